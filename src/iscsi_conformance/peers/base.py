@@ -1,0 +1,218 @@
+"""The one interface every peer driver implements.
+
+Theory of operation: a *peer* is a real program (tgt, LIO, open-iscsi, libiscsi) or
+our reference implementation, started and configured by the suite. Every driver
+records each command it runs and what that printed (``CommandLog``), so the report
+can show exactly how a peer was set up. Capabilities and known deviations are data,
+read from the peer's ``manifest.toml`` (``targets/<name>/`` or ``initiators/<name>/``),
+never ``if peer == ...`` in test code.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+Role = Literal["target", "initiator"]
+Mode = Literal["embedded", "native", "container", "microvm", "external"]
+
+
+@dataclasses.dataclass
+class CommandRecord:
+    """One command a driver ran, with what it printed (secrets already masked)."""
+
+    argv: list[str]
+    returncode: int | None
+    stdout: str
+    stderr: str
+    started: float
+    duration: float
+    where: str = "host"  # "host", "container:<name>", "microvm:<name>"
+
+
+@dataclasses.dataclass
+class CommandLog:
+    """Everything a driver ran. ``secrets`` are replaced by ``***`` before recording."""
+
+    records: list[CommandRecord] = dataclasses.field(default_factory=list)
+    secrets: set[str] = dataclasses.field(default_factory=set)
+
+    def mask(self, text: str) -> str:
+        for s in sorted(self.secrets, key=len, reverse=True):
+            if s:
+                text = text.replace(s, "***")
+        return text
+
+    def add(
+        self,
+        argv: Sequence[str],
+        returncode: int | None,
+        stdout: str,
+        stderr: str,
+        started: float,
+        *,
+        where: str = "host",
+    ) -> CommandRecord:
+        rec = CommandRecord(
+            argv=[self.mask(a) for a in argv],
+            returncode=returncode,
+            stdout=self.mask(stdout),
+            stderr=self.mask(stderr),
+            started=started,
+            duration=time.monotonic() - started,
+            where=where,
+        )
+        self.records.append(rec)
+        return rec
+
+
+@dataclasses.dataclass(frozen=True)
+class ChapCredentials:
+    user: str
+    secret: str = dataclasses.field(repr=False)  # never printed
+
+    def __repr__(self) -> str:
+        return f"ChapCredentials(user={self.user!r}, secret='***')"
+
+
+@dataclasses.dataclass(frozen=True)
+class LunSpec:
+    size_bytes: int = 64 * 1024 * 1024
+    block_size: int = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetSpec:
+    """What the suite asks a target driver to serve."""
+
+    iqn: str
+    luns: tuple[LunSpec, ...] = (LunSpec(),)
+    chap: ChapCredentials | None = None  # initiator authenticates to target
+    mutual_chap: ChapCredentials | None = None  # target authenticates to initiator
+    allowed_initiators: tuple[str, ...] = ()  # empty: any initiator (generate ACLs)
+    header_digest: tuple[str, ...] = ("None", "CRC32C")  # target's preference, in order
+    data_digest: tuple[str, ...] = ("None", "CRC32C")
+    parameters: tuple[tuple[str, str], ...] = ()  # further operational keys
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetEndpoint:
+    """Where a configured target can be reached *from the initiator's side*."""
+
+    host: str
+    port: int
+    iqn: str
+    luns: tuple[int, ...] = (0,)
+    portal_group_tag: int = 1
+    # Address reachable from the host running the suite (may differ under NAT)
+    host_side: tuple[str, int] | None = None
+
+    def url(self, lun: int = 0) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"iscsi://{host}:{self.port}/{self.iqn}/{lun}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoginOptions:
+    chap: ChapCredentials | None = None
+    mutual_chap: ChapCredentials | None = None
+    header_digest: str = "None"  # value offered, e.g. "CRC32C,None"
+    data_digest: str = "None"
+    parameters: tuple[tuple[str, str], ...] = ()
+    initiator_name: str | None = None
+
+
+@dataclasses.dataclass
+class Manifest:
+    """A peer's manifest.toml: capabilities and known deviations."""
+
+    name: str
+    role: Role
+    description: str = ""
+    capabilities: dict[str, Any] = dataclasses.field(default_factory=dict)
+    deviations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def supports(self, capability: str) -> bool:
+        value = self.capabilities.get(capability, False)
+        return bool(value)
+
+
+class PeerDriver(abc.ABC):
+    """Common part of every driver."""
+
+    name: str
+    role: Role
+    mode: Mode = "native"
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.log = CommandLog()
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Bring the peer up; raise ``PeerStartError`` (naming it, with its log tail)."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Tear everything down; idempotent; must work after a partial start."""
+
+    @abc.abstractmethod
+    def version(self) -> str:
+        """The peer's version string, as the report shows it."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role, "mode": self.mode, "version": self.version()}
+
+    def __enter__(self) -> PeerDriver:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class TargetDriver(PeerDriver):
+    role: Role = "target"
+
+    @abc.abstractmethod
+    def configure(self, spec: TargetSpec) -> TargetEndpoint:
+        """Create (or replace) a target as ``spec`` says; return where it listens."""
+
+    def deconfigure(self, iqn: str) -> None:  # noqa: B027 - optional
+        """Remove a target created by ``configure``."""
+
+
+@dataclasses.dataclass
+class SessionHandle:
+    """An initiator driver's logged-in session (opaque ``ref`` for the driver)."""
+
+    endpoint: TargetEndpoint
+    ref: Any = None
+    negotiated: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class InitiatorDriver(PeerDriver):
+    role: Role = "initiator"
+
+    @abc.abstractmethod
+    def discover(self, host: str, port: int, *, options: LoginOptions = LoginOptions()) -> list[tuple[str, str]]:
+        """SendTargets=All: list of (target name, 'addr:port,tpgt')."""
+
+    @abc.abstractmethod
+    def login(self, endpoint: TargetEndpoint, *, options: LoginOptions = LoginOptions()) -> SessionHandle:
+        """Log in; raise ``LoginError``/``AuthenticationError`` when the target refuses."""
+
+    @abc.abstractmethod
+    def logout(self, session: SessionHandle) -> None: ...
+
+    @abc.abstractmethod
+    def read(self, session: SessionHandle, lun: int, lba: int, blocks: int) -> bytes: ...
+
+    @abc.abstractmethod
+    def write(self, session: SessionHandle, lun: int, lba: int, data: bytes) -> None: ...
+
+    def inquiry(self, session: SessionHandle, lun: int) -> bytes:
+        raise NotImplementedError
