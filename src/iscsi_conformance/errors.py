@@ -73,7 +73,10 @@ class DigestError(PDUFormatError):
         section: str = "RFC 7143 7.8",
     ) -> None:
         super().__init__(
-            message, section=section, reject_reason=0x02, header=header  # Data (payload) Digest Error
+            message,
+            section=section,
+            reject_reason=0x02,
+            header=header,  # Data (payload) Digest Error
         )
         self.which = which  # "header" or "data"
         self.expected = expected
@@ -146,7 +149,9 @@ class SequenceError(ProtocolError):
 class NamingError(ProtocolError):
     """An iSCSI name does not follow RFC 7143 4.2.7 / RFC 3722."""
 
-    def __init__(self, message: str, *, section: str = "RFC 7143 4.2.7", level: str = "MUST") -> None:
+    def __init__(
+        self, message: str, *, section: str = "RFC 7143 4.2.7", level: str = "MUST"
+    ) -> None:
         super().__init__(message, section=section, level=level)
 
 
@@ -181,7 +186,9 @@ class SCSIError(ProtocolError):
 class ReservationConflict(SCSIError):
     """The command conflicts with a reservation (SPC-4 5.9, status 18h, no sense)."""
 
-    def __init__(self, message: str = "reservation conflict", *, section: str = "SPC-4 5.9") -> None:
+    def __init__(
+        self, message: str = "reservation conflict", *, section: str = "SPC-4 5.9"
+    ) -> None:
         super().__init__(message, sense_key=0, asc=0, section=section, status=0x18)
 
 

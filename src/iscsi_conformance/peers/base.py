@@ -181,7 +181,7 @@ class TargetDriver(PeerDriver):
     def configure(self, spec: TargetSpec) -> TargetEndpoint:
         """Create (or replace) a target as ``spec`` says; return where it listens."""
 
-    def deconfigure(self, iqn: str) -> None:  # noqa: B027 - optional
+    def deconfigure(self, iqn: str) -> None:
         """Remove a target created by ``configure``."""
 
 

@@ -1,0 +1,590 @@
+"""The pytest plugin: pairings, spec markers, peers, evidence and reports.
+
+Theory of operation (thin, in the order pytest meets it):
+
+1. Options, each with an ini twin: which targets/initiators make the pairings,
+   CHAP credentials for a third-party target, whether data may be lost, where the
+   report goes, and which suites (stable test-ID prefixes) run.
+2. ``pytest_configure``: the run's state (``IscsiRun``) goes under a ``StashKey``;
+   nothing heavy happens unless a conformance test is collected or peers were
+   named. On pytest-xdist the controller starts the peers once and hands their
+   endpoints to the workers (``pytest_configure_node``); workers never start targets.
+3. ``pytest_generate_tests``: a test marked by ``@spec`` is parametrised over the
+   pairings its ``pairing`` kind asks for; capabilities, profiles, dataloss and known
+   deviations (manifests) turn into skips and strict xfails at collection.
+4. Fixtures: ``target``, ``initiator``, ``evidence``, ``pairing``.
+5. Reports: every result carries its spec data in ``user_properties`` (so it survives
+   xdist); the controller builds the results document and writes JSON, HTML and JUnit
+   at the end. allure labels and attachments are added when allure is active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from iscsi_conformance.plugin.spec import (
+    ConformanceViolation,
+    SpecInfo,
+    SpecRef,
+    info_of,
+    require,
+    spec,
+    violation,
+)
+
+if TYPE_CHECKING:
+    from iscsi_conformance.plugin.peerpool import PeerPool
+
+__all__ = ["ConformanceViolation", "SpecRef", "require", "spec", "violation"]
+
+RUN_KEY = pytest.StashKey["IscsiRun"]()
+EVIDENCE_KEY = pytest.StashKey[Any]()
+PROPERTY = "iscsi"
+
+
+# --------------------------------------------------------------------------- options
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("iscsi", "iSCSI conformance")
+
+    def add(
+        opt: str,
+        ini: str,
+        help: str,
+        *,
+        action: str = "store",
+        ini_type: str | None = None,
+        **kw: Any,
+    ) -> None:
+        group.addoption(opt, action=action, dest=ini, help=f"{help} (ini: {ini})", **kw)
+        parser.addini(ini, help=help, type=ini_type)  # type: ignore[arg-type]
+
+    add(
+        "--iscsi-target",
+        "iscsi_targets",
+        "target to test: a peer name (reference, tgt, lio) or iscsi://host[:port]/iqn/lun; repeatable",
+        action="append",
+        ini_type="linelist",
+    )
+    add(
+        "--iscsi-initiator",
+        "iscsi_initiators",
+        "initiator to test: reference, libiscsi, open-iscsi; repeatable",
+        action="append",
+        ini_type="linelist",
+    )
+    add(
+        "--iscsi-chap",
+        "iscsi_chap",
+        "USER%SECRET: CHAP credentials the initiator uses with a third-party target",
+        metavar="USER%SECRET",
+    )
+    add(
+        "--iscsi-mutual-chap",
+        "iscsi_mutual_chap",
+        "USER%SECRET: the target's credentials for mutual CHAP",
+        metavar="USER%SECRET",
+    )
+    add(
+        "--iscsi-allow-dataloss",
+        "iscsi_allow_dataloss",
+        "allow tests that write to a third-party target's LUN (only the LUN given)",
+        action="store_true",
+        ini_type="bool",
+    )
+    add(
+        "--iscsi-report",
+        "iscsi_report",
+        "directory for results.json, report.html and junit.xml",
+        metavar="DIR",
+    )
+    add(
+        "--iscsi-suite",
+        "iscsi_suites",
+        "run only tests whose stable ID starts with this prefix; repeatable",
+        action="append",
+        ini_type="linelist",
+    )
+    add(
+        "--iscsi-peer-mode",
+        "iscsi_peer_mode",
+        "how peers run: auto, native, container, microvm",
+        metavar="MODE",
+    )
+
+
+def _opt(config: pytest.Config, name: str) -> Any:
+    value = config.getoption(name, default=None)
+    if value in (None, [], False):
+        try:
+            value = config.getini(name)
+        except ValueError:
+            value = None
+    return value
+
+
+# --------------------------------------------------------------------------- run state
+
+
+@dataclasses.dataclass
+class IscsiRun:
+    config: pytest.Config
+    targets: list[str]
+    initiators: list[str]
+    allow_dataloss: bool
+    report_dir: Path | None
+    suites: list[str]
+    mode: str
+    chap: Any = None
+    mutual_chap: Any = None
+    pool: PeerPool | None = None
+    pool_error: BaseException | None = None
+    results: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    started: float = 0.0
+
+    @property
+    def is_worker(self) -> bool:
+        return hasattr(self.config, "workerinput")
+
+    def get_pool(self) -> PeerPool:
+        """The peers, started on first use (or attached from the xdist controller)."""
+        if self.pool_error is not None:
+            raise self.pool_error
+        if self.pool is None:
+            from iscsi_conformance.plugin.peerpool import PeerPool
+
+            try:
+                if self.is_worker and "iscsi_peers" in self.config.workerinput:  # type: ignore[attr-defined]
+                    self.pool = PeerPool.attach(
+                        self.config.workerinput["iscsi_peers"], mode=self.mode
+                    )  # type: ignore[attr-defined]
+                else:
+                    pool = PeerPool.from_options(
+                        self.targets,
+                        self.initiators,
+                        chap=self.chap,
+                        mutual_chap=self.mutual_chap,
+                        mode=self.mode,
+                    )
+                    self.pool = pool
+                    pool.start()
+            except BaseException as exc:
+                self.pool_error = exc
+                raise
+        return self.pool
+
+
+def _credentials(text: str | None, what: str) -> Any:
+    if not text:
+        return None
+    from iscsi_conformance.errors import ConfigError
+    from iscsi_conformance.peers.base import ChapCredentials
+
+    if "%" not in text:
+        raise ConfigError(f"{what} must be USER%SECRET", field=what)
+    user, secret = text.split("%", 1)
+    return ChapCredentials(user, secret)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "iscsi(info): conformance test metadata (set by iscsi_conformance.plugin.spec.spec)",
+    )
+    report = _opt(config, "iscsi_report")
+    run = IscsiRun(
+        config=config,
+        targets=list(_opt(config, "iscsi_targets") or []),
+        initiators=list(_opt(config, "iscsi_initiators") or []),
+        allow_dataloss=bool(_opt(config, "iscsi_allow_dataloss")),
+        report_dir=Path(report) if report else None,
+        suites=list(_opt(config, "iscsi_suites") or []),
+        mode=str(_opt(config, "iscsi_peer_mode") or "auto"),
+        chap=_credentials(_opt(config, "iscsi_chap"), "--iscsi-chap"),
+        mutual_chap=_credentials(_opt(config, "iscsi_mutual_chap"), "--iscsi-mutual-chap"),
+    )
+    import time
+
+    run.started = time.time()
+    config.stash[RUN_KEY] = run
+    if config.pluginmanager.hasplugin("xdist") and not run.is_worker:
+        config.pluginmanager.register(_XdistController(run), "iscsi-xdist-controller")
+
+
+class _XdistController:
+    """Registered only where xdist is active: start peers once, share their endpoints."""
+
+    def __init__(self, run: IscsiRun) -> None:
+        self.run = run
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        if not (self.run.targets or self.run.initiators):
+            return  # workers start their own embedded reference peers lazily
+        pool = self.run.get_pool()
+        node.workerinput["iscsi_peers"] = pool.export()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.stash.get(RUN_KEY, None)
+    if run is None:
+        return
+    if run.pool is not None and run.pool.started:
+        run.pool.stop()
+
+
+# --------------------------------------------------------------------------- collection
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairing:
+    initiator: str
+    target: str
+
+    @property
+    def id(self) -> str:
+        from iscsi_conformance.report.model import pairing_id
+
+        return pairing_id(self.initiator, _public_name(self.target))
+
+    def __str__(self) -> str:
+        return f"{self.initiator}@{_public_name(self.target)}"
+
+
+def _public_name(name: str) -> str:
+    """A target name fit for reports: a URL loses its user and secret."""
+    if name.startswith("iscsi://") and "@" in name:
+        scheme, rest = name.split("://", 1)
+        return f"{scheme}://{rest.split('@', 1)[1]}"
+    return name
+
+
+def _pairings(run: IscsiRun, info: SpecInfo) -> list[Pairing]:
+    targets = run.targets or ["reference"]
+    initiators = run.initiators or ["reference"]
+    if info.pairing == "target":
+        return [Pairing("reference", t) for t in targets]
+    if info.pairing == "initiator":
+        return [Pairing(i, "reference") for i in initiators]
+    return [Pairing(i, t) for i in initiators for t in targets]
+
+
+def _effective_targets(run: IscsiRun) -> list[str]:
+    targets = list(run.targets or ["reference"])
+    if any(i != "reference" for i in run.initiators) and "reference" not in targets:
+        targets.append("reference")
+    return targets
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("iscsi")
+    if marker is None:
+        return
+    info: SpecInfo = marker.args[0]
+    run: IscsiRun = metafunc.config.stash[RUN_KEY]
+    pairings = _pairings(run, info)
+    metafunc.parametrize("pairing", pairings, ids=[str(p) for p in pairings], scope="function")
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    run: IscsiRun = config.stash[RUN_KEY]
+    if run.suites:
+        keep, drop = [], []
+        for item in items:
+            info = info_of(item)
+            if info is None or any(info.test_id.startswith(p) for p in run.suites):
+                keep.append(item)
+            else:
+                drop.append(item)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
+    # tests whose instrument is not in the run (e.g. initiator tests while certifying a
+    # third-party target) are deselected, not skipped: they say nothing of this run
+    targets = set(_effective_targets(run))
+    outside = [
+        item
+        for item in items
+        if info_of(item) is not None
+        and hasattr(item, "callspec")
+        and item.callspec.params.get("pairing") is not None
+        and item.callspec.params["pairing"].target not in targets
+    ]
+    if outside:
+        config.hook.pytest_deselected(items=outside)
+        items[:] = [i for i in items if i not in outside]
+    for item in items:
+        info = info_of(item)
+        if info is None:
+            continue
+        pairing = item.callspec.params.get("pairing") if hasattr(item, "callspec") else None
+        if pairing is not None and pairing.initiator != "reference":
+            # one worker per non-reference initiator: its VM/container is started once
+            item.add_marker(pytest.mark.xdist_group(pairing.initiator))
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest) -> Any:
+    from iscsi_conformance.plugin.under_test import Evidence
+
+    ev = Evidence()
+    request.node.stash[EVIDENCE_KEY] = ev
+    return ev
+
+
+def _skip_or_xfail(
+    request: pytest.FixtureRequest, pool: PeerPool, info: SpecInfo, pairing: Pairing
+) -> None:
+    """Capabilities, profiles, dataloss and deviations, decided per pairing."""
+    from iscsi_conformance.plugin.deviations import deviation_for
+    from iscsi_conformance.plugin.profiles import capability_satisfied
+
+    tentry = pool.targets.get(pairing.target)
+    ientry = pool.initiators.get(pairing.initiator)
+    for need in info.needs:
+        side, _, cap = need.rpartition(":")
+        entries = {
+            "target": [tentry],
+            "initiator": [ientry],
+            "": [tentry if info.pairing != "initiator" else ientry],
+        }[side]
+        for entry in entries:
+            if entry is not None and not capability_satisfied(entry.manifest, cap):
+                pytest.skip(f"{entry.name} does not declare capability {cap!r} (manifest)")
+    for entry in (tentry, ientry):
+        if entry is None:
+            continue
+        dev = deviation_for(entry.manifest, info.test_id, entry.description.get("version", ""))
+        if dev is not None:
+            request.node.add_marker(
+                pytest.mark.xfail(reason=f"known deviation of {entry.name}: {dev}", strict=True)
+            )
+            request.node.stash[_DEVIATION_KEY] = dev
+
+
+_DEVIATION_KEY = pytest.StashKey[str]()
+
+
+@pytest.fixture
+def _iscsi_pool(request: pytest.FixtureRequest, pairing: Pairing) -> PeerPool:
+    run: IscsiRun = request.config.stash[RUN_KEY]
+    pool = run.get_pool()
+    info = info_of(request.node)
+    if info is not None:
+        _skip_or_xfail(request, pool, info, pairing)
+    return pool
+
+
+@pytest.fixture
+def target(
+    request: pytest.FixtureRequest, pairing: Pairing, _iscsi_pool: PeerPool, evidence: Any
+) -> Any:
+    """The target under test (the pairing's target), or the reference target as instrument."""
+    from iscsi_conformance.plugin.under_test import TargetUnderTest
+
+    run: IscsiRun = request.config.stash[RUN_KEY]
+    entry = _iscsi_pool.targets.get(pairing.target)
+    if entry is None:
+        pytest.skip(f"target {pairing.target!r} is not part of this run")
+    info = info_of(request.node)
+    tut = TargetUnderTest(
+        entry, _iscsi_pool.credentials, evidence, allow_dataloss=run.allow_dataloss
+    )
+    if info is not None and info.dataloss:
+        tut.require_dataloss()
+    return tut
+
+
+@pytest.fixture
+def initiator(
+    request: pytest.FixtureRequest, pairing: Pairing, _iscsi_pool: PeerPool, evidence: Any
+) -> Any:
+    """The initiator under test (the pairing's initiator)."""
+    from iscsi_conformance.plugin.under_test import InitiatorUnderTest
+
+    entry = _iscsi_pool.initiators.get(pairing.initiator)
+    if entry is None:
+        pytest.skip(f"initiator {pairing.initiator!r} is not part of this run")
+    return InitiatorUnderTest(entry, evidence)
+
+
+# --------------------------------------------------------------------------- running
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Conformance tests may be ``async def``: run them on a fresh event loop."""
+    if info_of(pyfuncitem) is None or not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    argnames = pyfuncitem._fixtureinfo.argnames
+    kwargs = {name: pyfuncitem.funcargs[name] for name in argnames}
+    asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), timeout=120))
+    return True
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    info = info_of(item)
+    if info is None:
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        pairing = item.callspec.params.get("pairing") if hasattr(item, "callspec") else None
+        ev = item.stash.get(EVIDENCE_KEY, None)
+        data = {
+            "id": info.test_id,
+            "pairing": pairing.id if pairing else "",
+            "initiator": pairing.initiator if pairing else "",
+            "target": _public_name(pairing.target) if pairing else "",
+            "spec": [r.as_dict() for r in info.refs],
+            "requirements": list(info.requirements),
+            "summary": info.summary,
+            "deviation": item.stash.get(_DEVIATION_KEY, None),
+            "pdus": _pdu_events(ev) if ev is not None else [],
+            "notes": list(ev.notes) if ev is not None else [],
+            "secrets": sorted(ev.secrets) if ev is not None else [],
+        }
+        report.user_properties.append((PROPERTY, data))
+        _allure(item, info, data, ev)
+
+
+def _pdu_events(ev: Any) -> list[dict[str, Any]]:
+    out = []
+    for rec in ev.records():
+        direction = rec.get("direction", "")
+        if direction in ("send", "recv"):
+            direction = "i->t" if direction == "send" else "t->i"
+        out.append(
+            {
+                "direction": direction,
+                "opcode": str(rec.get("opcode") or rec.get("name") or "?"),
+                "summary": str(rec.get("summary", "")),
+                "hex": str(rec.get("hex", "")),
+                "time": rec.get("time"),
+                "note": str(rec.get("note", "")),
+            }
+        )
+    return out
+
+
+def _allure(item: pytest.Item, info: SpecInfo, data: dict[str, Any], ev: Any) -> None:
+    if not item.config.pluginmanager.hasplugin("allure_pytest"):
+        return
+    if not item.config.getoption("allure_report_dir", default=None):
+        return
+    import allure
+
+    try:
+        allure.dynamic.label("area", info.area)
+        allure.dynamic.label("pairing", data["pairing"])
+        allure.dynamic.label("test_id", info.test_id)
+        allure.dynamic.feature(info.area)
+        allure.dynamic.story(info.test_id)
+        allure.dynamic.parent_suite(data["pairing"])
+        for ref in info.refs:
+            allure.dynamic.label("spec", f"{ref.document} {ref.section} {ref.level}")
+        if data["pdus"]:
+            from iscsi_conformance.report.redact import redact_text
+
+            text = json.dumps(data["pdus"], indent=1)
+            allure.attach(
+                redact_text(text, set(data["secrets"])),
+                name="PDU trace",
+                attachment_type=allure.attachment_type.JSON,
+            )
+        for cap in getattr(ev, "captures", []) or []:
+            if os.path.exists(cap):
+                allure.attach.file(cap, name=os.path.basename(cap), extension="pcapng")
+    except Exception:  # allure must never break a run
+        pass
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for name, value in report.user_properties:
+        if name != PROPERTY:
+            continue
+        config = _CONFIG_REF.get("config")
+        if config is None:
+            return
+        run: IscsiRun = config.stash[RUN_KEY]
+        run.results.append(_result_from(report, value))
+
+
+_CONFIG_REF: dict[str, pytest.Config] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _CONFIG_REF["config"] = session.config
+
+
+def _result_from(report: pytest.TestReport, data: dict[str, Any]) -> dict[str, Any]:
+    if hasattr(report, "wasxfail"):
+        outcome = "xpassed" if report.passed else "xfailed"
+    elif report.when == "setup" and report.failed:
+        outcome = "error"
+    else:
+        outcome = report.outcome  # passed / failed / skipped
+    message = ""
+    details = ""
+    skip_reason = None
+    if report.skipped and isinstance(report.longrepr, tuple):
+        skip_reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+    elif report.failed:
+        crash = getattr(report.longrepr, "reprcrash", None)
+        message = (
+            crash.message
+            if crash is not None
+            else str(report.longrepr).splitlines()[-1:][0]
+            if report.longrepr
+            else ""
+        )
+        details = str(report.longrepr)
+    return {
+        **data,
+        "outcome": outcome,
+        "nodeid": report.nodeid,
+        "duration": report.duration,
+        "message": message,
+        "details": details,
+        "skip_reason": skip_reason,
+        "worker": getattr(report, "node", None)
+        and getattr(report.node, "gateway", None)
+        and report.node.gateway.id,
+    }
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    run: IscsiRun | None = session.config.stash.get(RUN_KEY, None)
+    if run is None or run.is_worker or not run.results:
+        return
+    from iscsi_conformance.plugin.results import build_results, write_reports
+
+    results = build_results(run)
+    run.config.stash[RESULTS_KEY] = results
+    if run.report_dir is not None:
+        paths = write_reports(results, run.report_dir)
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line("")
+            for kind, path in paths.items():
+                tr.write_line(f"iscsi-conformance {kind}: {path}")
+
+
+RESULTS_KEY = pytest.StashKey[Any]()

@@ -1,0 +1,232 @@
+"""The ``iscsi-conformance`` command.
+
+Subcommands:
+
+- ``run``: the main job: the whole conformance suite on the pairings asked for
+  (default: the reference initiator against the reference target, no Docker), with
+  progress, a summary and the report (JSON, HTML, JUnit) written.
+- ``certify URL``: certify a third-party target: only target-role tests, reads only
+  unless ``--allow-dataloss``; exit 0 only when every MUST it could test passed.
+- ``target`` / ``initiator``: the reference peers as tools.
+- ``report``: merge results files, render HTML / JUnit.
+- ``peers``: list the peers this installation knows, with their capabilities.
+- ``fuzz``: drive Hypothesis-generated PDUs at a target.
+
+Exit statuses: 0 success, 1 failures found (or the peer refused us), 2 bad usage or
+configuration, 3 the harness or a peer could not start, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HARNESS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def suite_dir() -> Path:
+    """The conformance suite: the source checkout's ``conformance/`` or the wheel's copy."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_suite", here.parent.parent / "conformance"):
+        if candidate.is_dir() and any(candidate.rglob("test_*.py")):
+            return candidate
+    raise SystemExit(
+        "iscsi-conformance: the conformance suite is not installed (no conformance/ folder found)"
+    )
+
+
+def _pytest_args(args: argparse.Namespace, report: Path, extra: Sequence[str]) -> list[str]:
+    argv = [
+        str(suite_dir()),
+        "--import-mode=importlib",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(suite_dir()),
+        "-c",
+        os.devnull,
+        "--iscsi-report",
+        str(report),
+    ]
+    for t in getattr(args, "target", None) or []:
+        argv += ["--iscsi-target", t]
+    for i in getattr(args, "initiator", None) or []:
+        argv += ["--iscsi-initiator", i]
+    for s in getattr(args, "suite", None) or []:
+        argv += ["--iscsi-suite", s]
+    if getattr(args, "peer_mode", None):
+        argv += ["--iscsi-peer-mode", args.peer_mode]
+    if getattr(args, "workers", None):
+        argv += ["-n", str(args.workers)]
+    if getattr(args, "allure", None):
+        argv += ["--alluredir", str(args.allure)]
+    if getattr(args, "quiet", False):
+        argv += ["-q"]
+    argv += ["-rfE"]
+    argv += list(extra)
+    return argv
+
+
+def _summary(results: object, report: Path) -> None:
+    from iscsi_conformance.verdict import print_summary
+
+    print_summary(results, report)
+
+
+def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    import pytest
+
+    from iscsi_conformance.plugin import RESULTS_KEY
+
+    report = Path(args.report)
+
+    class _Grab:
+        results: object = None
+
+        @pytest.hookimpl(trylast=True)
+        def pytest_sessionfinish(self, session: pytest.Session) -> None:
+            _Grab.results = session.config.stash.get(RESULTS_KEY, None)
+
+    code = pytest.main(_pytest_args(args, report, extra), plugins=[_Grab()])
+    if _Grab.results is not None:
+        _summary(_Grab.results, report)
+    if code == pytest.ExitCode.INTERRUPTED:
+        return EXIT_INTERRUPTED
+    if code in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        return EXIT_OK
+    if code == pytest.ExitCode.TESTS_FAILED:
+        return EXIT_FAILED
+    if code == pytest.ExitCode.USAGE_ERROR:
+        return EXIT_USAGE
+    return EXIT_HARNESS
+
+
+def cmd_certify(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from iscsi_conformance.certify import certify
+
+    return certify(args, extra)
+
+
+def _delegate(module: str, argv: Sequence[str]) -> int:
+    import importlib
+
+    mod = importlib.import_module(module)
+    return int(mod.main(list(argv)) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iscsi-conformance",
+        description="iSCSI conformance and interoperability suite (RFC 7143, SPC-4/SBC-3)",
+    )
+    from iscsi_conformance import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the conformance suite and write the report")
+    run.add_argument(
+        "--report", default="iscsi-report", help="report directory (default: %(default)s)"
+    )
+    run.add_argument(
+        "--target",
+        action="append",
+        help="target: reference, tgt, lio, or iscsi://host/iqn/lun (repeatable)",
+    )
+    run.add_argument(
+        "--initiator",
+        action="append",
+        help="initiator: reference, libiscsi, open-iscsi (repeatable)",
+    )
+    run.add_argument(
+        "--suite", action="append", help="only tests whose ID starts with this prefix (repeatable)"
+    )
+    run.add_argument(
+        "--peer-mode", choices=["auto", "native", "container", "microvm"], help="how real peers run"
+    )
+    run.add_argument("-n", "--workers", help="pytest-xdist workers (e.g. 2 or auto)")
+    run.add_argument("--allure", metavar="DIR", help="also write allure results to DIR")
+    run.add_argument("-q", "--quiet", action="store_true", help="less output")
+
+    cert = sub.add_parser("certify", help="certify a third-party target given by URL")
+    cert.add_argument("url", help="iscsi://[user[%%secret]@]host[:port]/iqn/lun")
+    cert.add_argument(
+        "--allow-dataloss", action="store_true", help="allow writes, to the given LUN only"
+    )
+    cert.add_argument(
+        "--chap", metavar="USER%%SECRET", help="CHAP credentials (or put them in the URL)"
+    )
+    cert.add_argument(
+        "--mutual-chap", metavar="USER%%SECRET", help="the target's credentials for mutual CHAP"
+    )
+    cert.add_argument(
+        "--report", default="iscsi-certify-report", help="report directory (default: %(default)s)"
+    )
+    cert.add_argument(
+        "--suite", action="append", help="only tests whose ID starts with this prefix"
+    )
+    cert.add_argument("--allure", metavar="DIR", help="also write allure results to DIR")
+    cert.add_argument("-q", "--quiet", action="store_true")
+
+    for name, helptext in (
+        ("target", "run the reference target"),
+        ("initiator", "use the reference initiator (discover, login, inquiry, read, write ...)"),
+        ("report", "merge results and render HTML/JUnit"),
+        ("peers", "list known peers and their capabilities"),
+        ("fuzz", "fuzz a target with Hypothesis-generated PDUs"),
+    ):
+        p = sub.add_parser(name, help=helptext, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+_DELEGATES = {
+    "target": "iscsi_conformance.target.cli",
+    "initiator": "iscsi_conformance.initiator.cli",
+    "report": "iscsi_conformance.report.cli",
+    "peers": "iscsi_conformance.peers.cli",
+    "fuzz": "iscsi_conformance.fuzz.cli",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+    parser = build_parser()
+    if argv and argv[0] in _DELEGATES:
+        try:
+            return _delegate(_DELEGATES[argv[0]], argv[1:])
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from iscsi_conformance.errors import ConfigError, HarnessError
+
+    try:
+        if args.command == "run":
+            return cmd_run(args, extra)
+        if args.command == "certify":
+            return cmd_certify(args, extra)
+    except KeyboardInterrupt:
+        print("iscsi-conformance: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ConfigError as exc:
+        print(f"iscsi-conformance: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HarnessError as exc:
+        print(f"iscsi-conformance: {exc}", file=sys.stderr)
+        return EXIT_HARNESS
+    parser.print_help()
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

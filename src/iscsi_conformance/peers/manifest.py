@@ -1,0 +1,397 @@
+"""Peer manifests: capabilities and known deviations, read from ``manifest.toml``.
+
+Theory of operation: a peer is one folder (``targets/<name>/`` or
+``initiators/<name>/``) holding its container file, its configuration templates and
+its ``manifest.toml``. The manifest is data: what the peer can do
+(``[capabilities]``) and where it is known to depart from the RFC
+(``[[deviations]]``, keyed by stable test ID or ID prefix and a version range), so
+test code never says ``if peer == ...``. The format is documented in
+``targets/README.md``.
+
+Peer folders are looked up in the source checkout first (``<repo>/targets``) and then
+in the installed wheel, where pyproject force-includes them as package data
+(``iscsi_conformance/_peers/targets``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from iscsi_conformance.errors import ConfigError
+from iscsi_conformance.peers.base import Manifest, Role
+
+ROLES: dict[str, str] = {"target": "targets", "initiator": "initiators"}
+"""Role -> name of the folder that holds the peers of that role."""
+
+ENV_PEERS_DIR = "ISCSI_CONFORMANCE_PEERS_DIR"
+"""Extra root searched first: a folder holding ``targets/`` and/or ``initiators/``."""
+
+# Known capabilities and their checkers. Unknown keys are accepted (the conformance
+# suite may introduce new ones) as long as their value is a plain TOML scalar or list.
+_DIGESTS = {"None", "CRC32C"}
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _is_nonneg_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _int_list(allowed: set[int]) -> Any:
+    def check(v: Any) -> bool:
+        return isinstance(v, list) and all(
+            isinstance(x, int) and not isinstance(x, bool) and x in allowed for x in v
+        )
+
+    check.__doc__ = f"a list of integers from {sorted(allowed)}"
+    return check
+
+
+def _str_list(allowed: set[str] | None = None) -> Any:
+    def check(v: Any) -> bool:
+        return isinstance(v, list) and all(
+            isinstance(x, str) and (allowed is None or x in allowed) for x in v
+        )
+
+    check.__doc__ = f"a list of strings from {sorted(allowed)}" if allowed else "a list of strings"
+    return check
+
+
+_is_bool.__doc__ = "true or false"
+_is_pos_int.__doc__ = "an integer >= 1"
+_is_nonneg_int.__doc__ = "an integer >= 0"
+
+CAPABILITIES: dict[str, Any] = {
+    # RFC 7143 12.1.3 CHAP; algorithm numbers 5 MD5, 6 SHA1, 7 SHA-256, 8 SHA3-256
+    "chap_algorithms": _int_list({5, 6, 7, 8}),
+    "mutual_chap": _is_bool,
+    "discovery_auth": _is_bool,
+    # RFC 7143 13.1 / 13.2: digests offered; `digests` applies to both when the
+    # specific keys are absent
+    "digests": _str_list(_DIGESTS),
+    "header_digests": _str_list(_DIGESTS),
+    "data_digests": _str_list(_DIGESTS),
+    "erl": _int_list({0, 1, 2}),  # ErrorRecoveryLevel values supported (13.20)
+    "max_connections": _is_pos_int,  # 13.2
+    "immediate_data": _is_bool,  # 13.11
+    "initial_r2t": _is_bool,  # 13.10: can run with InitialR2T=No
+    "send_targets": _is_bool,  # 13.3 / Appendix C
+    "login_redirect": _is_bool,  # 11.13.5 class 1
+    "reservations_scsi2": _is_bool,  # SPC-2 RESERVE/RELEASE
+    "persistent_reservations": _is_bool,  # SPC-4 5.9
+    "ipv6": _is_bool,
+    "isns": _is_bool,  # RFC 4171
+    "acl_by_initiator_name": _is_bool,
+    "acl_by_address": _is_bool,
+    "task_management": _str_list(),  # e.g. ["ABORT_TASK", "LUN_RESET"]
+    "first_lun": _is_nonneg_int,  # lowest LUN that carries data (tgt: 1, LUN 0 is a controller)
+    "block_sizes": _str_list(),
+    "nat_portal": _is_bool,  # SendTargets answers a guest-side address
+    "own_suite": _is_bool,  # the peer ships a conformance suite the driver can run
+}
+
+DEVIATION_EFFECTS = ("xfail", "skip")
+
+
+@dataclasses.dataclass(frozen=True)
+class Deviation:
+    """A known departure of a peer from the spec, as its manifest states it."""
+
+    test: str  # stable test ID or ID prefix ("Login.Keys" matches "Login.Keys.Foo")
+    reason: str
+    versions: str = "*"
+    upstream: str = ""
+    effect: str = "xfail"  # "xfail": run and expect failure; "skip": do not run
+
+    def matches(self, test_id: str, version: str | None = None) -> bool:
+        """Whether this deviation covers ``test_id`` for the peer at ``version``."""
+        if not (test_id == self.test or test_id.startswith(self.test + ".")):
+            return False
+        if version is None or self.versions.strip() == "*":
+            return True
+        return version_matches(version, self.versions)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class PeerManifest(Manifest):
+    """``base.Manifest`` plus what only the loader knows: upstream, packages, folder."""
+
+    upstream: str = ""
+    packages: tuple[str, ...] = ()
+    folder: Path | None = None
+    parsed_deviations: tuple[Deviation, ...] = ()
+
+    def deviation_for(self, test_id: str, version: str | None = None) -> Deviation | None:
+        """The first deviation that covers ``test_id`` (at ``version``), or ``None``."""
+        # Most specific (longest) prefix wins, so a narrow entry can override a broad one.
+        for dev in sorted(self.parsed_deviations, key=lambda d: len(d.test), reverse=True):
+            if dev.matches(test_id, version):
+                return dev
+        return None
+
+    def header_digests(self) -> list[str]:
+        return list(
+            self.capabilities.get("header_digests", self.capabilities.get("digests", ["None"]))
+        )
+
+    def data_digests(self) -> list[str]:
+        return list(
+            self.capabilities.get("data_digests", self.capabilities.get("digests", ["None"]))
+        )
+
+
+# --------------------------------------------------------------------------- versions
+
+_VERSION_OP = re.compile(r"^\s*(>=|<=|==|!=|>|<|=)?\s*([0-9A-Za-z.:+~_-]+)\s*$")
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """A tolerant sort key: Debian epoch and revision dropped, numbers compared.
+
+    ``"1:1.0.85-1+deb12u1"`` -> ``(1, 0, 85)``; ``"6.1.0-21-cloud-amd64"`` -> ``(6, 1, 0)``.
+    """
+    v = version.strip()
+    if ":" in v.split("-", 1)[0]:
+        v = v.split(":", 1)[1]
+    v = v.split("-", 1)[0].split("+", 1)[0].split("~", 1)[0]
+    return tuple(int(n) for n in re.findall(r"\d+", v))
+
+
+def version_matches(version: str, spec: str) -> bool:
+    """``spec`` is ``"*"`` or comma-separated clauses like ``">=1.0.80,<1.1"``."""
+    if spec.strip() in ("", "*"):
+        return True
+    have = version_key(version)
+    for clause in spec.split(","):
+        m = _VERSION_OP.match(clause)
+        if not m:
+            raise ConfigError(f"cannot parse version clause {clause!r}", field="versions")
+        op, want_s = m.group(1) or "==", m.group(2)
+        want = version_key(want_s)
+        ok = {
+            ">=": have >= want,
+            "<=": have <= want,
+            ">": have > want,
+            "<": have < want,
+            "==": have == want,
+            "=": have == want,
+            "!=": have != want,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _require(table: dict[str, Any], key: str, kind: type, where: str, *, default: Any = ...) -> Any:
+    if key not in table:
+        if default is ...:
+            raise ConfigError("missing (required)", field=f"{where}.{key}")
+        return default
+    value = table[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"must be a {kind.__name__}, got {type(value).__name__} {value!r}",
+            field=f"{where}.{key}",
+        )
+    return value
+
+
+def parse_manifest(
+    data: dict[str, Any], *, source: str = "manifest.toml", folder: Path | None = None
+) -> PeerManifest:
+    """Validate an already-parsed TOML document; raise ``ConfigError`` naming the field."""
+    known_tables = {"peer", "capabilities", "deviations"}
+    for key in data:
+        if key not in known_tables:
+            raise ConfigError(
+                f"unknown table in {source}; expected {sorted(known_tables)}", field=key
+            )
+    peer = data.get("peer")
+    if not isinstance(peer, dict):
+        raise ConfigError(f"{source} needs a [peer] table", field="peer")
+    name = _require(peer, "name", str, "peer")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+        raise ConfigError(
+            f"{name!r} must be lower-case letters, digits, '-' or '_'", field="peer.name"
+        )
+    role = _require(peer, "role", str, "peer")
+    if role not in ROLES:
+        raise ConfigError(f"must be one of {sorted(ROLES)}, got {role!r}", field="peer.role")
+    description = _require(peer, "description", str, "peer", default="")
+    upstream = _require(peer, "upstream", str, "peer", default="")
+    packages = _require(peer, "packages", list, "peer", default=[])
+    if not all(isinstance(p, str) for p in packages):
+        raise ConfigError("must be a list of strings", field="peer.packages")
+    extra = set(peer) - {"name", "role", "description", "upstream", "packages"}
+    if extra:
+        raise ConfigError(f"unknown key(s) {sorted(extra)}", field="peer")
+
+    caps = data.get("capabilities", {})
+    if not isinstance(caps, dict):
+        raise ConfigError("must be a table", field="capabilities")
+    for key, value in caps.items():
+        check = CAPABILITIES.get(key)
+        if check is not None:
+            if not check(value):
+                raise ConfigError(
+                    f"must be {check.__doc__}, got {value!r}", field=f"capabilities.{key}"
+                )
+        elif not _plain(value):
+            raise ConfigError(
+                f"must be a boolean, number, string or a list of those, got {value!r}",
+                field=f"capabilities.{key}",
+            )
+
+    raw_devs = data.get("deviations", [])
+    if not isinstance(raw_devs, list):
+        raise ConfigError("must be an array of tables ([[deviations]])", field="deviations")
+    devs: list[Deviation] = []
+    for i, raw in enumerate(raw_devs):
+        where = f"deviations[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError("must be a table", field=where)
+        extra = set(raw) - {"test", "versions", "reason", "upstream", "effect"}
+        if extra:
+            raise ConfigError(f"unknown key(s) {sorted(extra)}", field=where)
+        test = _require(raw, "test", str, where)
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*", test) or test.endswith("."):
+            raise ConfigError(f"not a test ID or ID prefix: {test!r}", field=f"{where}.test")
+        reason = _require(raw, "reason", str, where)
+        if not reason.strip():
+            raise ConfigError("must say why", field=f"{where}.reason")
+        versions = _require(raw, "versions", str, where, default="*")
+        try:
+            version_matches("0", versions)
+        except ConfigError as exc:
+            raise ConfigError(str(exc), field=f"{where}.versions") from None
+        effect = _require(raw, "effect", str, where, default="xfail")
+        if effect not in DEVIATION_EFFECTS:
+            raise ConfigError(f"must be one of {DEVIATION_EFFECTS}", field=f"{where}.effect")
+        devs.append(
+            Deviation(
+                test=test,
+                reason=reason.strip(),
+                versions=versions,
+                upstream=_require(raw, "upstream", str, where, default=""),
+                effect=effect,
+            )
+        )
+
+    return PeerManifest(
+        name=name,
+        role=role,
+        description=description,
+        capabilities=dict(caps),
+        deviations=[d.as_dict() for d in devs],
+        upstream=upstream,
+        packages=tuple(packages),
+        folder=folder,
+        parsed_deviations=tuple(devs),
+    )
+
+
+def _plain(value: Any) -> bool:
+    scalar = (bool, int, float, str)
+    return isinstance(value, scalar) or (
+        isinstance(value, list) and all(isinstance(x, scalar) for x in value)
+    )
+
+
+def load_manifest(path: str | os.PathLike[str], *, role: Role | None = None) -> PeerManifest:
+    """Load ``manifest.toml`` (or a peer folder holding one)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "manifest.toml"
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {p}: {exc.strerror}", field="manifest.toml") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: {exc}", field="manifest.toml") from None
+    manifest = parse_manifest(data, source=str(p), folder=p.parent)
+    if role is not None and manifest.role != role:
+        raise ConfigError(f"{p} says role {manifest.role!r}, expected {role!r}", field="peer.role")
+    if manifest.name != p.parent.name:
+        raise ConfigError(
+            f"{p}: name {manifest.name!r} differs from its folder {p.parent.name!r}",
+            field="peer.name",
+        )
+    return manifest
+
+
+# --------------------------------------------------------------------------- finding
+
+
+def peer_roots() -> list[Path]:
+    """Folders that may hold ``targets/`` and ``initiators/``, most specific first."""
+    roots: list[Path] = []
+    env = os.environ.get(ENV_PEERS_DIR)
+    if env:
+        roots.append(Path(env))
+    here = Path(__file__).resolve()
+    # Source checkout: src/iscsi_conformance/peers/manifest.py -> repo root
+    checkout = here.parents[3]
+    if (checkout / "pyproject.toml").is_file():
+        roots.append(checkout)
+    # Installed wheel: iscsi_conformance/_peers/{targets,initiators}
+    roots.append(here.parents[1] / "_peers")
+    return roots
+
+
+def peer_folders(role: Role) -> dict[str, Path]:
+    """Every peer folder of ``role`` (name -> folder); earlier roots win."""
+    found: dict[str, Path] = {}
+    sub = ROLES[role]
+    for root in peer_roots():
+        base = root / sub
+        if not base.is_dir():
+            continue
+        for child in sorted(base.iterdir()):
+            if (child / "manifest.toml").is_file() and child.name not in found:
+                found[child.name] = child
+    return found
+
+
+def peer_folder(role: Role, name: str) -> Path:
+    """The folder of peer ``name``; ``ConfigError`` listing the known ones otherwise."""
+    folders = peer_folders(role)
+    try:
+        return folders[name]
+    except KeyError:
+        known = ", ".join(sorted(folders)) or "none"
+        raise ConfigError(f"no {role} peer named {name!r} (known: {known})", field="peer") from None
+
+
+def load_peer_manifest(role: Role, name: str) -> PeerManifest:
+    return load_manifest(peer_folder(role, name), role=role)
+
+
+def load_all(
+    roles: Iterable[Role] = ("target", "initiator"),
+) -> dict[tuple[str, str], PeerManifest]:
+    """Every manifest found, keyed by (role, name); for ``iscsi-conformance peers``."""
+    out: dict[tuple[str, str], PeerManifest] = {}
+    for role in roles:
+        for name, folder in peer_folders(role).items():
+            out[(role, name)] = load_manifest(folder, role=role)
+    return out

@@ -1,0 +1,308 @@
+"""Run a peer's commands and keep what they printed.
+
+Theory of operation: every command a driver runs goes through ``run`` (on this host)
+or ``docker_exec`` (inside a container, through the Docker Engine API), and both
+record it in the driver's ``CommandLog`` *after* masking secrets, so the report can
+show exactly how a peer was set up without leaking a CHAP secret. Environment
+variables given to a command are recorded in front of its argv (``NAME=value``),
+masked the same way. A daemon that runs in the background (tgtd on the host) is a
+``BackgroundProcess`` whose output goes to a file; its last lines feed
+``PeerStartError`` when it will not come up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from iscsi_conformance.errors import HarnessError
+from iscsi_conformance.peers.base import CommandLog, CommandRecord
+
+DEFAULT_TIMEOUT = 60.0
+_MAX_RECORDED = 64 * 1024  # characters of stdout/stderr kept per command in the log
+
+
+class CommandFailed(HarnessError):
+    """A command a driver relied on exited non-zero (``check=True``)."""
+
+    def __init__(self, result: CommandResult) -> None:
+        rec = result.record
+        tail = (rec.stderr or rec.stdout).strip().splitlines()[-5:]
+        super().__init__(
+            f"{' '.join(rec.argv)} exited {rec.returncode} ({rec.where})"
+            + ("\n" + "\n".join(tail) if tail else "")
+        )
+        self.result = result
+
+
+class CommandTimeout(HarnessError):
+    """A command ran longer than its timeout and was killed."""
+
+    def __init__(self, record: CommandRecord, timeout: float) -> None:
+        super().__init__(f"{' '.join(record.argv)} timed out after {timeout:g} s ({record.where})")
+        self.record = record
+        self.timeout = timeout
+
+
+@dataclasses.dataclass
+class CommandResult:
+    """What a command returned. ``stdout``/``stderr`` are unmasked, for parsing only;
+    anything shown to a person must come from ``record`` (masked)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    record: CommandRecord
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def check(self) -> CommandResult:
+        if not self.ok:
+            raise CommandFailed(self)
+        return self
+
+
+def _clip(text: str) -> str:
+    if len(text) <= _MAX_RECORDED:
+        return text
+    return (
+        text[: _MAX_RECORDED // 2]
+        + f"\n[... {len(text) - _MAX_RECORDED} characters cut ...]\n"
+        + text[-_MAX_RECORDED // 2 :]
+    )
+
+
+def _shown_argv(argv: Sequence[str], env: Mapping[str, str] | None) -> list[str]:
+    return [f"{k}={v}" for k, v in (env or {}).items()] + [str(a) for a in argv]
+
+
+def _record(
+    log: CommandLog,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None,
+    returncode: int | None,
+    stdout: str,
+    stderr: str,
+    started: float,
+    where: str,
+) -> CommandRecord:
+    return log.add(
+        _shown_argv(argv, env), returncode, _clip(stdout), _clip(stderr), started, where=where
+    )
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    log: CommandLog,
+    timeout: float = DEFAULT_TIMEOUT,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    input: str | None = None,
+    secrets: Iterable[str] = (),
+    check: bool = False,
+) -> CommandResult:
+    """Run ``argv`` on this host; record it in ``log``.
+
+    ``env`` is *added* to this process's environment. ``secrets`` are added to
+    ``log.secrets`` before anything is recorded.
+    """
+    log.secrets.update(s for s in secrets if s)
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(
+            [str(a) for a in argv],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            env=full_env,
+            cwd=cwd,
+            input=input,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = (
+            exc.stdout.decode(errors="replace")
+            if isinstance(exc.stdout, bytes)
+            else (exc.stdout or "")
+        )
+        err = (
+            exc.stderr.decode(errors="replace")
+            if isinstance(exc.stderr, bytes)
+            else (exc.stderr or "")
+        )
+        rec = _record(log, argv, env, None, out, err, started, "host")
+        raise CommandTimeout(rec, timeout) from None
+    except OSError as exc:
+        rec = _record(log, argv, env, 127, "", f"{exc.strerror}: {argv[0]}", started, "host")
+        result = CommandResult(127, "", str(exc), rec)
+        if check:
+            raise CommandFailed(result) from None
+        return result
+    rec = _record(log, argv, env, proc.returncode, proc.stdout, proc.stderr, started, "host")
+    result = CommandResult(proc.returncode, proc.stdout, proc.stderr, rec)
+    return result.check() if check else result
+
+
+def docker_exec(
+    container: Any,
+    argv: Sequence[str],
+    *,
+    log: CommandLog,
+    timeout: float = DEFAULT_TIMEOUT,
+    env: Mapping[str, str] | None = None,
+    workdir: str | None = None,
+    user: str = "",
+    secrets: Iterable[str] = (),
+    check: bool = False,
+) -> CommandResult:
+    """Run ``argv`` inside ``container`` (a docker SDK ``Container``); record it.
+
+    The Engine API's exec has no timeout of its own, so the command runs under
+    coreutils ``timeout`` inside the container, and we also stop waiting a little
+    later in case the engine itself stalls.
+    """
+    log.secrets.update(s for s in secrets if s)
+    where = f"container:{container.name}"
+    wrapped = ["timeout", "-k", "5", f"{timeout:g}", *[str(a) for a in argv]]
+    api = container.client.api
+    started = time.monotonic()
+    exec_id = api.exec_create(
+        container.id,
+        wrapped,
+        stdout=True,
+        stderr=True,
+        environment=dict(env or {}),
+        workdir=workdir,
+        user=user,
+    )["Id"]
+    box: dict[str, Any] = {}
+
+    def _start() -> None:
+        try:
+            box["out"] = api.exec_start(exec_id, demux=True)
+        except Exception as exc:  # reported below, in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=_start, daemon=True)
+    worker.start()
+    worker.join(timeout + 15)
+    if worker.is_alive() or "error" in box:
+        detail = str(box.get("error", "no answer from the engine"))
+        rec = _record(log, argv, env, None, "", detail, started, where)
+        if "error" in box:
+            result = CommandResult(126, "", detail, rec)
+            if check:
+                raise CommandFailed(result)
+            return result
+        raise CommandTimeout(rec, timeout)
+    out_b, err_b = box["out"] or (b"", b"")
+    stdout = (out_b or b"").decode(errors="replace")
+    stderr = (err_b or b"").decode(errors="replace")
+    code = api.exec_inspect(exec_id).get("ExitCode")
+    if code in (124, 137) and time.monotonic() - started >= timeout:
+        rec = _record(log, argv, env, None, stdout, stderr, started, where)
+        raise CommandTimeout(rec, timeout)
+    rec = _record(log, argv, env, code, stdout, stderr, started, where)
+    result = CommandResult(code if code is not None else -1, stdout, stderr, rec)
+    return result.check() if check else result
+
+
+class BackgroundProcess:
+    """A daemon started on this host with its output in ``log_path``.
+
+    The start is recorded in ``log`` at once (return code ``None``); ``stop()``
+    completes that record with the exit status and the tail of the output.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        log: CommandLog,
+        log_path: str | os.PathLike[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.argv = [str(a) for a in argv]
+        self.log = log
+        self.log_path = Path(log_path)
+        self._env = env
+        self._started = time.monotonic()
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self._out = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the daemon
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._out,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                cwd=cwd,
+                start_new_session=True,  # Ctrl-C in the terminal is ours to handle
+            )
+        except OSError:
+            self._out.close()
+            raise
+        self.record = _record(log, self.argv, env, None, "", "", self._started, "host")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 30) -> str:
+        """Last ``lines`` lines of the output, secrets masked."""
+        try:
+            data = self.log_path.read_bytes()[-64 * 1024 :]
+        except OSError:
+            return ""
+        text = data.decode(errors="replace")
+        return self.log.mask("\n".join(text.splitlines()[-lines:]))
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; idempotent. Returns the exit code."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                self.proc.wait(timeout)
+        if not self._out.closed:
+            self._out.close()
+        self.record.returncode = self.proc.returncode
+        self.record.stdout = self.tail(200)
+        self.record.duration = time.monotonic() - self._started
+        return self.proc.returncode
+
+
+def wait_until(predicate: Any, *, timeout: float, interval: float = 0.1, alive: Any = None) -> bool:
+    """Poll ``predicate()`` until true or ``timeout``; stop early when ``alive()`` is false."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if alive is not None and not alive():
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)

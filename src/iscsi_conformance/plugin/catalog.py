@@ -1,0 +1,43 @@
+"""The requirements catalog (``conformance/requirements/*.toml``), loaded once."""
+
+from __future__ import annotations
+
+import functools
+import tomllib
+from pathlib import Path
+from typing import Any
+
+FIELDS = ("id", "document", "section", "level", "role", "text")
+LEVELS = {"MUST", "MUST NOT", "SHOULD", "SHOULD NOT", "MAY", "REQUIRED", "SHALL", "SHALL NOT"}
+ROLES = {"target", "initiator", "both"}
+
+
+def catalog_dir() -> Path:
+    from iscsi_conformance.cli import suite_dir
+
+    return suite_dir() / "requirements"
+
+
+@functools.cache
+def load_catalog(directory: Path | None = None) -> list[dict[str, Any]]:
+    """All requirements, validated; raises ValueError naming the file and entry."""
+    directory = directory or catalog_dir()
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for path in sorted(directory.glob("*.toml")):
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+        for n, req in enumerate(doc.get("requirement", [])):
+            where = f"{path.name}: requirement[{n}]"
+            missing = [f for f in FIELDS if f not in req]
+            if missing:
+                raise ValueError(f"{where}: missing {', '.join(missing)}")
+            if req["level"] not in LEVELS:
+                raise ValueError(f"{where}: level {req['level']!r} is not an RFC 2119 level")
+            if req["role"] not in ROLES:
+                raise ValueError(f"{where}: role {req['role']!r} must be target, initiator or both")
+            if req["id"] in seen:
+                raise ValueError(f"{where}: duplicate id {req['id']}")
+            seen.add(req["id"])
+            out.append({f: req[f] for f in FIELDS})
+    return out

@@ -1,0 +1,136 @@
+"""Target profiles: the fixed set of targets every target peer is asked to serve.
+
+Theory of operation: a test does not configure its target; it asks for a *profile*
+("default", "chap-md5", "mutual-sha256", ...). At the start of a run each target peer is
+configured once with every profile its manifest can serve, and the endpoints are
+shared with all workers (xdist). A profile a peer cannot serve makes the tests that
+need it skip with that reason; a third-party target given by URL serves only
+"default", plus "chap"/"mutual" when the user passes credentials.
+
+Secrets here are test secrets for the run, generated per run, never logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+from iscsi_conformance.peers.base import ChapCredentials, LunSpec, Manifest, TargetSpec
+
+REFERENCE_INITIATOR_NAME = "iqn.2024-01.org.iscsi-conformance:reference-initiator"
+OTHER_INITIATOR_NAME = "iqn.2024-01.org.iscsi-conformance:other-initiator"
+IQN_PREFIX = "iqn.2024-01.org.iscsi-conformance"
+
+CHAP_ALGORITHMS = {5: "md5", 6: "sha1", 7: "sha256", 8: "sha3-256"}
+
+
+def _secret(tag: str) -> str:
+    # 16 printable bytes of OS randomness per run: long enough for every policy (RFC 7143 12.1.3)
+    return tag[:2] + os.urandom(8).hex()
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    build: Callable[[Credentials], TargetSpec]
+    needs: tuple[str, ...] = ()  # manifest capabilities required to serve it
+    doc: str = ""
+
+    def servable_by(self, manifest: Manifest) -> tuple[bool, str]:
+        for need in self.needs:
+            if not capability_satisfied(manifest, need):
+                return False, f"{manifest.name} lacks capability {need!r}"
+        return True, ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """The run's CHAP credentials (generated once per run)."""
+
+    initiator: ChapCredentials
+    target: ChapCredentials  # for mutual CHAP; different secret (RFC 7143 12.1.3)
+
+    @classmethod
+    def generate(cls) -> Credentials:
+        return cls(
+            initiator=ChapCredentials("conformance-initiator", _secret("in")),
+            target=ChapCredentials("conformance-target", _secret("tg")),
+        )
+
+
+def capability_satisfied(manifest: Manifest, need: str) -> bool:
+    """``need`` is ``name`` (truthy capability) or ``name=value`` (value in a list cap)."""
+    if "=" in need:
+        key, value = need.split("=", 1)
+        cap = manifest.capabilities.get(key)
+        if isinstance(cap, list):
+            return value in [str(v) for v in cap]
+        return str(cap) == value
+    return manifest.supports(need)
+
+
+def _spec(name: str, **kw: object) -> TargetSpec:
+    return TargetSpec(iqn=f"{IQN_PREFIX}:{name}", **kw)  # type: ignore[arg-type]
+
+
+def _profiles() -> dict[str, Profile]:
+    p: dict[str, Profile] = {}
+
+    def add(
+        name: str, build: Callable[[Credentials], TargetSpec], *needs: str, doc: str = ""
+    ) -> None:
+        p[name] = Profile(name, build, tuple(needs), doc)
+
+    add(
+        "default",
+        lambda c: _spec("default", luns=(LunSpec(), LunSpec(16 * 1024 * 1024))),
+        doc="no auth, LUN 0 64 MiB, LUN 1 16 MiB",
+    )
+    add(
+        "chap", lambda c: _spec("chap", chap=c.initiator), "chap", doc="one-way CHAP, any algorithm"
+    )
+    add(
+        "mutual",
+        lambda c: _spec("mutual", chap=c.initiator, mutual_chap=c.target),
+        "mutual_chap",
+        doc="mutual CHAP",
+    )
+    for alg, label in CHAP_ALGORITHMS.items():
+        add(
+            f"chap-{label}",
+            lambda c, alg=alg, label=label: _spec(
+                f"chap-{label}", chap=c.initiator, parameters=(("CHAP_A", str(alg)),)
+            ),
+            f"chap_algorithms={alg}",
+            doc=f"one-way CHAP offering only CHAP_A={alg}",
+        )
+        add(
+            f"mutual-{label}",
+            lambda c, alg=alg, label=label: _spec(
+                f"mutual-{label}",
+                chap=c.initiator,
+                mutual_chap=c.target,
+                parameters=(("CHAP_A", str(alg)),),
+            ),
+            "mutual_chap",
+            f"chap_algorithms={alg}",
+            doc=f"mutual CHAP offering only CHAP_A={alg}",
+        )
+    add(
+        "acl",
+        lambda c: _spec("acl", allowed_initiators=(OTHER_INITIATOR_NAME,)),
+        "acl",
+        doc="only OTHER_INITIATOR_NAME may log in or discover it",
+    )
+    add(
+        "digest-required",
+        lambda c: _spec("digest-required", header_digest=("CRC32C",), data_digest=("CRC32C",)),
+        "digests=CRC32C",
+        "require_digests",
+        doc="target accepts only CRC32C digests",
+    )
+    return p
+
+
+PROFILES: dict[str, Profile] = _profiles()

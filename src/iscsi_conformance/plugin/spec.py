@@ -1,0 +1,179 @@
+"""How a conformance test says what it checks.
+
+Theory of operation: every conformance test carries one ``@spec(...)`` decorator. It
+gives the test a stable dotted ID (``Login.Keys.MaxRecvDataSegmentLengthBelowMinimum``:
+users select by prefix and peers' manifests name deviations by it), the
+specification references with their level (MUST/SHOULD/MAY) and the role they
+constrain, the requirement-catalog IDs it covers, what the pairing must be able to do
+(``needs``), and which side is under test (``pairing``):
+
+- ``"target"``: the reference initiator is the instrument; the test runs once per
+  target in the run (cell: reference x target);
+- ``"initiator"``: the reference target is the instrument and observes the initiator;
+  runs once per initiator (cell: initiator x reference);
+- ``"all"``: interoperability: runs for every initiator x target pairing, through
+  the drivers' common interface.
+
+``violation()`` builds the failure message: which requirement broke, and the PDUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, TypeVar
+
+import pytest
+
+PairingKind = Literal["target", "initiator", "all"]
+Level = Literal["MUST", "MUST NOT", "SHOULD", "SHOULD NOT", "MAY", "REQUIRED", "SHALL", "SHALL NOT"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecRef:
+    """One reference: ``SpecRef("RFC 7143", "13.12", "MUST", "target")``."""
+
+    document: str
+    section: str
+    level: str = "MUST"
+    role: str = "target"
+
+    def __str__(self) -> str:
+        return f"{self.document} {self.section} ({self.level}, {self.role})"
+
+    def as_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecInfo:
+    """Everything ``@spec`` attaches to a test (kept on the ``iscsi`` marker)."""
+
+    test_id: str
+    refs: tuple[SpecRef, ...]
+    requirements: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+    pairing: PairingKind = "target"
+    dataloss: bool = False  # writes to the LUN: needs --iscsi-allow-dataloss on external targets
+    summary: str = ""
+
+    @property
+    def area(self) -> str:
+        return self.test_id.split(".", 1)[0]
+
+    @property
+    def level(self) -> str:
+        """The strongest level among the references (MUST beats SHOULD beats MAY)."""
+        order = [
+            "MUST",
+            "MUST NOT",
+            "REQUIRED",
+            "SHALL",
+            "SHALL NOT",
+            "SHOULD",
+            "SHOULD NOT",
+            "MAY",
+        ]
+        levels = [r.level for r in self.refs] or ["MAY"]
+        return min(levels, key=lambda lv: order.index(lv) if lv in order else len(order))
+
+    @property
+    def is_must(self) -> bool:
+        return self.level in ("MUST", "MUST NOT", "REQUIRED", "SHALL", "SHALL NOT")
+
+
+def _parse_ref(ref: str | SpecRef | tuple[str, ...], level: str, role: str) -> SpecRef:
+    if isinstance(ref, SpecRef):
+        return ref
+    if isinstance(ref, tuple):
+        return SpecRef(*ref)
+    # "RFC 7143 13.12" -> document "RFC 7143", section "13.12"
+    parts = ref.rsplit(" ", 1)
+    if len(parts) != 2:
+        raise ValueError(f"spec reference {ref!r} must look like 'RFC 7143 13.12'")
+    return SpecRef(parts[0], parts[1], level, role)
+
+
+def spec(
+    test_id: str,
+    *refs: str | SpecRef | tuple[str, ...],
+    level: str = "MUST",
+    role: str | None = None,
+    requirements: Iterable[str] = (),
+    needs: Iterable[str] = (),
+    pairing: PairingKind = "target",
+    dataloss: bool = False,
+) -> Callable[[F], F]:
+    """Declare what a conformance test checks (see module docstring)."""
+    if not refs:
+        raise ValueError(f"{test_id}: a conformance test must cite at least one section")
+    if test_id.count(".") < 2:
+        raise ValueError(f"{test_id}: test IDs are Area.Suite.Test")
+    default_role = role or ("initiator" if pairing == "initiator" else "target")
+    info = SpecInfo(
+        test_id=test_id,
+        refs=tuple(_parse_ref(r, level, default_role) for r in refs),
+        requirements=tuple(requirements),
+        needs=tuple(needs),
+        pairing=pairing,
+        dataloss=dataloss,
+    )
+
+    def decorate(fn: F) -> F:
+        info2 = dataclasses.replace(info, summary=(fn.__doc__ or "").strip().split("\n")[0])
+        return pytest.mark.iscsi(info2)(fn)  # type: ignore[no-any-return]
+
+    return decorate
+
+
+def info_of(item: pytest.Item) -> SpecInfo | None:
+    marker = item.get_closest_marker("iscsi")
+    if marker is None or not marker.args:
+        return None
+    info = marker.args[0]
+    return info if isinstance(info, SpecInfo) else None
+
+
+class ConformanceViolation(AssertionError):
+    """A peer broke a requirement. Raised by ``violation()``; reported as a failure."""
+
+    def __init__(self, text: str, *, requirement: str = "", pdus: Sequence[Any] = ()) -> None:
+        super().__init__(text)
+        self.requirement = requirement
+        self.pdus = list(pdus)
+
+
+def _pdu_line(pdu: Any) -> str:
+    summary = getattr(pdu, "summary", None)
+    if callable(summary):
+        return str(summary())
+    return repr(pdu)
+
+
+def violation(
+    requirement: str, message: str, *, sent: Sequence[Any] = (), received: Sequence[Any] = ()
+) -> ConformanceViolation:
+    """Build the failure: which requirement broke, what was sent, what came back."""
+    lines = [f"{requirement}: {message}"]
+    if sent:
+        lines.append("  sent:")
+        lines += [f"    > {_pdu_line(p)}" for p in sent]
+    if received:
+        lines.append("  received:")
+        lines += [f"    < {_pdu_line(p)}" for p in received]
+    return ConformanceViolation("\n".join(lines), requirement=requirement, pdus=[*sent, *received])
+
+
+def require(
+    condition: object,
+    requirement: str,
+    message: str,
+    *,
+    sent: Sequence[Any] = (),
+    received: Sequence[Any] = (),
+) -> None:
+    """``assert``, but the failure names the requirement and shows the PDUs."""
+    if not condition:
+        raise violation(requirement, message, sent=sent, received=received)

@@ -1,0 +1,148 @@
+"""What a conformance test holds: the target or initiator under test, and its evidence.
+
+Theory of operation: ``TargetUnderTest`` wraps a target of the run (a peer or a URL)
+and hands out connections of the reference initiator to it by *profile*; every
+connection's PDU trace is registered with the test's ``Evidence`` so that a failure
+shows the PDUs and the report stores them. ``InitiatorUnderTest`` wraps an initiator
+driver. Nothing here starts a peer: ``PeerPool`` did that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from iscsi_conformance.peers.base import ChapCredentials, InitiatorDriver, Manifest, TargetEndpoint
+from iscsi_conformance.plugin.profiles import PROFILES, REFERENCE_INITIATOR_NAME, Credentials
+
+
+@dataclasses.dataclass
+class Evidence:
+    """PDU traces and notes gathered during one test."""
+
+    traces: list[Any] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    captures: list[str] = dataclasses.field(default_factory=list)
+    secrets: set[str] = dataclasses.field(default_factory=set)
+
+    def add_trace(self, trace: Any) -> Any:
+        if trace is not None and trace not in self.traces:
+            self.traces.append(trace)
+        return trace
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every traced PDU as plain data (direction, opcode, summary, hex)."""
+        out: list[dict[str, Any]] = []
+        for conn_no, trace in enumerate(self.traces):
+            to_records = getattr(trace, "to_records", None)
+            if to_records is None:
+                continue
+            for rec in to_records():
+                rec = dict(rec)
+                rec.setdefault("connection", conn_no)
+                out.append(rec)
+        return out
+
+
+class TargetUnderTest:
+    def __init__(
+        self, entry: Any, credentials: Credentials, evidence: Evidence, *, allow_dataloss: bool
+    ) -> None:
+        self.entry = entry
+        self.name: str = entry.name
+        self.manifest: Manifest = entry.manifest
+        self.credentials = credentials
+        self.evidence = evidence
+        self.allow_dataloss = allow_dataloss
+        self.initiator_name = REFERENCE_INITIATOR_NAME
+        evidence.secrets.update({credentials.initiator.secret, credentials.target.secret})
+
+    def __repr__(self) -> str:
+        return f"TargetUnderTest({self.name!r})"
+
+    @property
+    def external(self) -> bool:
+        return bool(self.entry.external)
+
+    @property
+    def lun(self) -> int:
+        """The LUN tests may use (the URL's LUN for a third-party target)."""
+        return int(self.entry.lun) if self.external else 0
+
+    def endpoint(self, profile: str = "default") -> TargetEndpoint:
+        ep = self.entry.endpoint(profile)
+        if ep is None:
+            why = self.entry.unservable.get(profile, f"profile {profile!r} unknown")
+            pytest.skip(f"target {self.name} cannot serve profile {profile!r}: {why}")
+        return ep  # type: ignore[no-any-return]
+
+    def chap_for(self, profile: str) -> tuple[ChapCredentials | None, ChapCredentials | None]:
+        """The CHAP credentials an initiator must use for ``profile``."""
+        if self.external:
+            return getattr(self.entry, "external_chap", None), (
+                getattr(self.entry, "external_mutual", None)
+                if profile.startswith("mutual")
+                else None
+            )
+        spec = PROFILES[profile].build(self.credentials)
+        # Credentials are regenerated only per run; the profile spec has the run's values.
+        chap = self.credentials.initiator if spec.chap is not None else None
+        mutual = self.credentials.target if spec.mutual_chap is not None else None
+        return chap, mutual
+
+    def require_dataloss(self) -> None:
+        if self.external and not self.allow_dataloss:
+            pytest.skip("writes to a third-party target need --iscsi-allow-dataloss")
+
+    # -- reference-initiator connections -------------------------------------------------
+
+    async def connect(self, profile: str = "default", **kw: Any) -> Any:
+        """Log in with the reference initiator (a ``Session``); the trace is evidence."""
+        from iscsi_conformance.initiator.client import Session
+
+        ep = self.endpoint(profile)
+        chap, mutual = self.chap_for(profile)
+        kw.setdefault("initiator_name", self.initiator_name)
+        kw.setdefault("chap", chap)
+        kw.setdefault("mutual_chap", mutual)
+        trace_sink = kw.pop("trace_sink", None)
+        host, port = ep.host_side or (ep.host, ep.port)
+        session = await Session.connect(host, port, ep.iqn, **kw)
+        self.evidence.add_trace(getattr(session, "trace", None))
+        if trace_sink is not None:
+            trace_sink.append(session)
+        return session
+
+    def raw(self, profile: str = "default", **kw: Any) -> Any:
+        """A raw connection (async context manager) to the target of ``profile``."""
+        from iscsi_conformance.initiator.raw import RawConnection
+
+        ep = self.endpoint(profile)
+        host, port = ep.host_side or (ep.host, ep.port)
+        conn = RawConnection(host, port, **kw)
+        self.evidence.add_trace(getattr(conn, "trace", None))
+        return conn
+
+    def portal(self, profile: str = "default") -> tuple[str, int]:
+        ep = self.endpoint(profile)
+        return ep.host_side or (ep.host, ep.port)
+
+
+class InitiatorUnderTest:
+    def __init__(self, entry: Any, evidence: Evidence) -> None:
+        self.entry = entry
+        self.name: str = entry.name
+        self.manifest: Manifest = entry.manifest
+        self.evidence = evidence
+
+    @property
+    def driver(self) -> InitiatorDriver:
+        return self.entry.driver  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"InitiatorUnderTest({self.name!r})"

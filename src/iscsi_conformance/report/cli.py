@@ -1,0 +1,107 @@
+"""``iscsi-conformance report ...``: merge result files, render HTML and JUnit.
+
+The top-level CLI hands the arguments after ``report`` to :func:`main`::
+
+    iscsi-conformance report merge OUT IN [IN ...]
+    iscsi-conformance report html IN [IN ...] --out DIR
+    iscsi-conformance report junit IN [IN ...] --out FILE
+    iscsi-conformance report validate IN [IN ...]
+
+Several inputs to ``html``/``junit`` are merged first (same rules as ``merge``).
+Secrets to mask on top of the built-in rules: ``--secret VALUE`` (repeatable) or
+``--secrets-file PATH`` (one per line; keeps them out of the process list).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import HarnessError
+from .merge import merge_files
+from .model import Results, validate
+from .render_html import write_html
+from .render_junit import write_junit
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser(prog: str = "iscsi-conformance report") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Merge and render iscsi-conformance results.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def secrets_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--secret", action="append", default=[], metavar="VALUE", help="a value to mask (repeatable)")
+        p.add_argument("--secrets-file", type=Path, metavar="PATH", help="values to mask, one per line")
+
+    p = sub.add_parser("merge", help="merge result files (machines, CI jobs, xdist workers) into one")
+    p.add_argument("out", type=Path, metavar="OUT", help="merged results file to write")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="IN")
+    secrets_opts(p)
+
+    p = sub.add_parser("html", help="render the self-contained HTML interoperability matrix")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="IN")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for index.html")
+    p.add_argument("--title", help="page title")
+    p.add_argument("--no-data", action="store_true", help="do not write results.json beside the page")
+    secrets_opts(p)
+
+    p = sub.add_parser("junit", help="render JUnit XML (one testsuite per pairing)")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="IN")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE")
+    secrets_opts(p)
+
+    p = sub.add_parser("validate", help="check result files against the schema")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="IN")
+    return parser
+
+
+def _secrets(args: argparse.Namespace) -> list[str]:
+    values = list(args.secret)
+    if args.secrets_file:
+        values += [line.rstrip("\n") for line in args.secrets_file.read_text(encoding="utf-8").splitlines()]
+    return [v for v in values if v]
+
+
+def _load(paths: Sequence[Path]) -> Results:
+    return Results.load(paths[0]) if len(paths) == 1 else merge_files(paths)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            import json
+
+            bad = 0
+            for path in args.inputs:
+                try:
+                    Results.load(path)
+                except HarnessError as exc:
+                    bad += 1
+                    print(exc, file=sys.stderr)
+                else:
+                    doc = json.loads(path.read_text(encoding="utf-8"))
+                    print(f"{path}: valid (version {doc.get('version')}, {len(doc.get('tests', []))} results)")
+                    assert not validate(doc, allow_unknown=True)
+            return 1 if bad else 0
+        secrets = _secrets(args)
+        if args.command == "merge":
+            merged = merge_files(args.inputs)
+            merged.dump(args.out, secrets=secrets)
+            print(f"{args.out}: {len(merged.tests)} results, {len(merged.pairings)} pairings")
+        elif args.command == "html":
+            page = write_html(_load(args.inputs), args.out, secrets=secrets, title=args.title, with_data=not args.no_data)
+            print(page)
+        elif args.command == "junit":
+            print(write_junit(_load(args.inputs), args.out, secrets=secrets))
+    except (HarnessError, OSError) as exc:
+        print(f"iscsi-conformance report: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,597 @@
+"""The HTML interoperability matrix.
+
+Theory of operation: :func:`build_view` turns a (redacted) :class:`Results` into plain
+view objects (rows, cells, per-area counts, annotated hex rows); the Jinja2 templates
+in ``reports/templates`` only lay them out. No numbers are computed in templates.
+The page is one self-contained file: CSS and JS are inlined from ``style.css`` and
+``script.js`` beside the templates, no resource is loaded from anywhere. Without JS
+the matrix, the drill-down (anchors and ``<details>``) and every section work; JS adds
+"show only this pairing" and a filter for problems. Jinja2 autoescaping is on for
+everything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import re
+import shlex
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .model import (
+    PAIRING_SEPARATOR,
+    Pairing,
+    PduEvent,
+    Peer,
+    Requirement,
+    Results,
+    TestResult,
+    resource_dir,
+    utcnow,
+    write_text_atomic,
+)
+from .redact import redact
+from .requirements_coverage import Coverage, compute_coverage
+
+__all__ = ["build_view", "render_html", "write_html"]
+
+MAX_HEX_BYTES = 1024  # longer PDUs are cut in the dump (the capture has everything)
+
+# Order in which outcomes are shown (bars and counts): worst first.
+SHOWN = ("failed", "error", "xpassed", "xfailed", "passed", "skipped")
+SYMBOL = {
+    "passed": "✓",
+    "failed": "✗",
+    "error": "!",
+    "xfailed": "≈",
+    "xpassed": "↑",
+    "skipped": "–",
+    "flaky": "~",
+}
+LABEL = {
+    "passed": "passed",
+    "failed": "failed",
+    "error": "error",
+    "xfailed": "known deviation",
+    "xpassed": "unexpectedly passed",
+    "skipped": "skipped",
+    "flaky": "flaky",
+}
+VERDICT_LABEL = {
+    "fail": "Fails",
+    "flaky": "Flaky",
+    "review": "Review",
+    "deviations": "Passes with deviations",
+    "pass": "Passes",
+    "skipped": "Skipped only",
+    "empty": "Not run",
+}
+
+
+# --------------------------------------------------------------------------- views
+
+
+@dataclasses.dataclass
+class Counts:
+    passed: int = 0
+    failed: int = 0
+    error: int = 0
+    xfailed: int = 0
+    xpassed: int = 0
+    skipped: int = 0
+    flaky: int = 0
+
+    def add(self, t: TestResult) -> None:
+        if t.outcome in SHOWN:
+            setattr(self, t.outcome, getattr(self, t.outcome) + 1)
+        if t.flaky:
+            self.flaky += 1
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, o) for o in SHOWN)
+
+    @property
+    def verdict(self) -> str:
+        """fail > flaky > review (xpassed: a manifest is out of date) > deviations >
+        pass > skipped > empty."""
+        if self.failed or self.error:
+            return "fail"
+        if self.flaky:
+            return "flaky"
+        if self.xpassed:
+            return "review"
+        if self.xfailed:
+            return "deviations"
+        if self.passed:
+            return "pass"
+        return "skipped" if self.skipped else "empty"
+
+    @property
+    def verdict_label(self) -> str:
+        return VERDICT_LABEL[self.verdict]
+
+    @property
+    def segments(self) -> list[dict[str, Any]]:
+        """Non-empty bar segments: outcome, count, width percent, label."""
+        total = self.total or 1
+        return [
+            {
+                "outcome": o,
+                "count": getattr(self, o),
+                "percent": round(100.0 * getattr(self, o) / total, 2),
+                "symbol": SYMBOL[o],
+                "label": LABEL[o],
+            }
+            for o in SHOWN
+            if getattr(self, o)
+        ]
+
+    @property
+    def summary(self) -> str:
+        """Plain text for titles and screen readers."""
+        parts = [f"{s['count']} {s['label']}" for s in self.segments]
+        if self.flaky:
+            parts.append(f"{self.flaky} flaky")
+        return ", ".join(parts) or "no results"
+
+    def as_data(self) -> dict[str, int]:
+        return {**dataclasses.asdict(self), "total": self.total}
+
+
+@dataclasses.dataclass
+class HexRow:
+    offset: str
+    cells: list[tuple[str, str, str]]  # (hex byte, css class, title)
+    ascii: str
+
+
+@dataclasses.dataclass
+class PduView:
+    event: PduEvent
+    arrow: str
+    rows: list[HexRow]
+    fields: list[tuple[str, str, str, str]]  # (css class, range, name, value)
+    length: int
+    truncated: bool
+
+
+@dataclasses.dataclass
+class RefView:
+    text: str
+    level: str
+    role: str
+    link: str
+
+
+@dataclasses.dataclass
+class ReqView:
+    id: str
+    known: bool
+    document: str = ""
+    section: str = ""
+    level: str = ""
+    role: str = ""
+    text: str = ""
+    link: str = ""
+
+
+@dataclasses.dataclass
+class TestView:
+    result: TestResult
+    anchor: str
+    refs: list[RefView]
+    reqs: list[ReqView]
+    pdus: list[PduView]
+    level: str  # strongest level among the references
+
+    @property
+    def is_problem(self) -> bool:
+        return self.result.outcome in ("failed", "error", "xpassed") or self.result.flaky
+
+    @property
+    def expanded(self) -> bool:
+        """Shown open: failures and errors, where the reader wants the evidence."""
+        return self.result.outcome in ("failed", "error")
+
+
+@dataclasses.dataclass
+class AreaView:
+    name: str
+    counts: Counts
+    tests: list[TestView]
+
+
+@dataclasses.dataclass
+class PeerHeader:
+    name: str
+    label: str
+    is_url: bool
+    peers: list[Peer]
+
+
+@dataclasses.dataclass
+class CellView:
+    initiator: PeerHeader
+    target: PeerHeader
+    pairing: Pairing | None
+    anchor: str
+    counts: Counts
+    areas: list[AreaView]
+    duration: float
+
+    @property
+    def run(self) -> bool:
+        return self.pairing is not None
+
+
+@dataclasses.dataclass
+class PageView:
+    title: str
+    generated: str
+    format_version: str
+    initiators: list[PeerHeader]
+    targets: list[PeerHeader]
+    rows: list[list[CellView]]
+    cells: list[CellView]
+    totals: Counts
+    areas: list[str]
+    peers_by_role: list[tuple[str, list[Peer]]]
+    coverage: Coverage | None
+    catalog: dict[str, Requirement]
+    runs: list[dict[str, Any]]
+    notes: list[str]
+    data_file: str | None
+    pairings_run: int
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _slug(prefix: str, text: str) -> str:
+    readable = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:60]
+    digest = hashlib.sha1(text.encode()).hexdigest()[:6]
+    return f"{prefix}-{readable}-{digest}"
+
+
+def _peer_order(names: Iterable[str]) -> list[str]:
+    """The reference implementation first, named peers alphabetically, URLs last."""
+    uniq = list(dict.fromkeys(names))
+    return sorted(uniq, key=lambda n: (n != "reference", "://" in n, n.lower()))
+
+
+def _short_url(url: str) -> str:
+    """``iscsi://192.0.2.7:3260/iqn.2003-01.org.x:disk/0`` -> ``192.0.2.7:3260 …:disk/0``."""
+    rest = url.split("://", 1)[1]
+    host, _, path = rest.partition("/")
+    tail = path.rsplit(":", 1)[-1] if ":" in path else path[-24:]
+    return f"{host} …{tail}" if path else host
+
+
+def rfc_link(document: str, section: str) -> str:
+    m = re.fullmatch(r"RFC\s*(\d+)", document.strip(), re.IGNORECASE)
+    if not m:
+        return ""
+    anchor = f"#section-{section}" if re.fullmatch(r"[0-9A-Z]+(\.[0-9]+)*", section) else ""
+    return f"https://www.rfc-editor.org/rfc/rfc{m.group(1)}{anchor}"
+
+
+_LEVEL_ORDER = ("MUST", "MUST NOT", "REQUIRED", "SHALL", "SHALL NOT", "SHOULD", "SHOULD NOT")
+
+
+def _strongest(levels: Sequence[str]) -> str:
+    if not levels:
+        return ""
+    return min(levels, key=lambda lv: _LEVEL_ORDER.index(lv) if lv in _LEVEL_ORDER else 99)
+
+
+def _annotations(raw: bytes, event: PduEvent) -> list[tuple[int, int, str, str]]:
+    if event.annotations:
+        return [(a.offset, a.length, a.name, a.value) for a in event.annotations]
+    out: list[tuple[int, int, str, str]] = []
+    if len(raw) >= 48:
+        try:  # the BHS layouts are declared once, in core.layout (STYLE.md 4)
+            from ..core.layout import annotate
+
+            out = [(o, n, name, f"0x{v:x}") for o, n, name, v in annotate(raw[:48])]
+        except Exception:
+            out = [(0, 1, "Opcode", f"0x{raw[0]:02x}"), (4, 1, "TotalAHSLength", str(raw[4]))]
+            out.append((5, 3, "DataSegmentLength", str(int.from_bytes(raw[5:8], "big"))))
+            out.append((16, 4, "Initiator Task Tag", "0x" + raw[16:20].hex()))
+        ahs = raw[4] * 4
+        if ahs and len(raw) > 48:
+            out.append((48, min(ahs, len(raw) - 48), "AHS", f"{ahs} bytes"))
+        if len(raw) > 48 + ahs:
+            dsl = int.from_bytes(raw[5:8], "big")
+            out.append((48 + ahs, len(raw) - 48 - ahs, "data segment (+padding, digests)", f"{dsl} bytes"))
+    return out
+
+
+def _pdu_view(event: PduEvent) -> PduView:
+    try:
+        raw = bytes.fromhex(event.hex)
+    except ValueError:
+        raw = b""
+    truncated = len(raw) > MAX_HEX_BYTES
+    shown = raw[:MAX_HEX_BYTES]
+    notes = _annotations(raw, event)
+    per_byte: list[list[int]] = [[] for _ in shown]
+    fields: list[tuple[str, str, str, str]] = []
+    colour = 0
+    classes: list[str] = []
+    for i, (off, length, name, value) in enumerate(notes):
+        if name == "reserved":
+            cls = "f-rsv"
+        elif name.startswith("data segment"):
+            cls = "f-data"
+        else:
+            cls = f"f{colour % 6}"
+            colour += 1
+        classes.append(cls)
+        end = off + length - 1
+        fields.append((cls, f"{off}" if length == 1 else f"{off}–{end}", name, value))
+        for b in range(off, min(off + length, len(shown))):
+            per_byte[b].append(i)
+    rows: list[HexRow] = []
+    for start in range(0, len(shown), 16):
+        cells = []
+        for b in range(start, min(start + 16, len(shown))):
+            idx = per_byte[b]
+            named = [i for i in idx if notes[i][2] != "reserved"] or idx
+            cls = classes[named[0]] if named else ""
+            title = "; ".join(f"{notes[i][2]} = {notes[i][3]}" for i in idx)
+            cells.append((f"{shown[b]:02x}", cls, f"byte {b}: {title}" if title else f"byte {b}"))
+        chunk = shown[start : start + 16]
+        ascii_ = "".join(chr(c) if 32 <= c < 127 else "·" for c in chunk)
+        rows.append(HexRow(f"{start:04x}", cells, ascii_))
+    # reserved fields clutter the legend: one line for all of them
+    legend = [f for f in fields if f[2] != "reserved"]
+    if any(f[2] == "reserved" for f in fields):
+        legend.append(("f-rsv", "", "reserved", "(greyed)"))
+    return PduView(
+        event=event,
+        arrow="→" if event.direction == "i->t" else "←",
+        rows=rows,
+        fields=legend,
+        length=len(raw),
+        truncated=truncated,
+    )
+
+
+def _test_view(t: TestResult, catalog: dict[str, Requirement]) -> TestView:
+    refs = [
+        RefView(
+            text=f"{r.document} §{r.section}",
+            level=r.level,
+            role=r.role,
+            link=rfc_link(r.document, r.section),
+        )
+        for r in t.spec
+    ]
+    reqs = []
+    for rid in t.requirements:
+        q = catalog.get(rid)
+        if q is None:
+            reqs.append(ReqView(id=rid, known=False))
+        else:
+            reqs.append(
+                ReqView(
+                    id=rid,
+                    known=True,
+                    document=q.document,
+                    section=q.section,
+                    level=q.level,
+                    role=q.role,
+                    text=q.text,
+                    link=rfc_link(q.document, q.section),
+                )
+            )
+    levels = [r.level for r in t.spec] + [r.level for r in reqs if r.known]
+    return TestView(
+        result=t,
+        anchor=_slug("t", f"{t.pairing}/{t.id}"),
+        refs=refs,
+        reqs=reqs,
+        pdus=[_pdu_view(p) for p in t.evidence.pdus],
+        level=_strongest(levels),
+    )
+
+
+def _area_key(area: str) -> tuple[int, str]:
+    canonical = ["Naming", "Login", "CHAP", "Discovery", "Digests", "FullFeature", "Reservations"]
+    if area in canonical:
+        return (canonical.index(area), area)
+    return (len(canonical) + (1 if area[:1].islower() else 0), area)
+
+
+def _fmt_ts(ts: str | None) -> str:
+    if not ts:
+        return "—"
+    try:
+        d = _dt.datetime.fromisoformat(ts)
+    except ValueError:
+        return ts
+    if d.tzinfo is not None:
+        d = d.astimezone(_dt.UTC)
+    return d.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if d.tzinfo is not None else "")
+
+
+def build_view(
+    results: Results, *, title: str | None = None, generated: str | None = None, data_file: str | None = None
+) -> PageView:
+    """The page's data. ``results`` should already be redacted (:func:`write_html` does)."""
+    catalog = results.requirement_index()
+    by_pairing: dict[str, list[TestResult]] = {}
+    for t in results.tests:
+        by_pairing.setdefault(t.pairing, []).append(t)
+    pairings = {p.id: p for p in results.pairings}
+    for pid in by_pairing:  # tolerate tests whose pairing is not listed
+        if pid not in pairings:
+            init, _, targ = pid.partition(PAIRING_SEPARATOR)
+            pairings[pid] = Pairing(init, targ or "?", pid)
+
+    def header(name: str, role: str) -> PeerHeader:
+        is_url = "://" in name
+        return PeerHeader(
+            name=name,
+            label=_short_url(name) if is_url else name,
+            is_url=is_url,
+            peers=results.peers_named(name, role),
+        )
+
+    initiators = [header(n, "initiator") for n in _peer_order(p.initiator for p in pairings.values())]
+    targets = [header(n, "target") for n in _peer_order(p.target for p in pairings.values())]
+    all_areas: set[str] = set()
+    rows: list[list[CellView]] = []
+    cells: list[CellView] = []
+    totals = Counts()
+    for ih in initiators:
+        row: list[CellView] = []
+        for th in targets:
+            pid = f"{ih.name}{PAIRING_SEPARATOR}{th.name}"
+            tests = by_pairing.get(pid, [])
+            counts = Counts()
+            areas: dict[str, AreaView] = {}
+            for t in sorted(tests, key=lambda t: t.id):
+                counts.add(t)
+                totals.add(t)
+                area = areas.setdefault(t.area, AreaView(t.area, Counts(), []))
+                area.counts.add(t)
+                area.tests.append(_test_view(t, catalog))
+                all_areas.add(t.area)
+            cell = CellView(
+                initiator=ih,
+                target=th,
+                pairing=pairings.get(pid),
+                anchor=_slug("pair", pid),
+                counts=counts,
+                areas=[areas[a] for a in sorted(areas, key=_area_key)],
+                duration=sum(t.duration for t in tests),
+            )
+            row.append(cell)
+            if cell.run:
+                cells.append(cell)
+        rows.append(row)
+
+    runs = []
+    for r in results.runs:
+        runs.append(
+            {
+                "run": r,
+                "started": _fmt_ts(r.started),
+                "finished": _fmt_ts(r.finished),
+                "command": shlex.join(r.command_line) if r.command_line else "",
+            }
+        )
+    by_role = [
+        ("Initiators", sorted((p for p in results.peers if p.role == "initiator"), key=_peer_sort)),
+        ("Targets", sorted((p for p in results.peers if p.role == "target"), key=_peer_sort)),
+    ]
+    return PageView(
+        title=title or "iSCSI interoperability matrix",
+        generated=_fmt_ts(generated or utcnow()),
+        format_version=results.version,
+        initiators=initiators,
+        targets=targets,
+        rows=rows,
+        cells=cells,
+        totals=totals,
+        areas=sorted(all_areas, key=_area_key),
+        peers_by_role=[(label, peers) for label, peers in by_role if peers],
+        coverage=compute_coverage(results) if results.requirements else None,
+        catalog=catalog,
+        runs=runs,
+        notes=list(results.notes),
+        data_file=data_file,
+        pairings_run=len(cells),
+    )
+
+
+def _peer_sort(p: Peer) -> tuple[bool, bool, str, str]:
+    return (p.name != "reference", "://" in p.name, p.name.lower(), p.version)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def fmt_duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    m, s = divmod(int(seconds), 60)
+    return f"{m} min {s} s" if m < 60 else f"{m // 60} h {m % 60} min"
+
+
+def _environment() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resource_dir("templates"))),
+        autoescape=True,  # everything, whatever the template's name
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["duration"] = fmt_duration
+    env.filters["ts"] = _fmt_ts
+    env.globals["SYMBOL"] = SYMBOL
+    env.globals["LABEL"] = LABEL
+    env.globals["OUTCOMES"] = SHOWN
+    return env
+
+
+def render_html(
+    results: Results,
+    *,
+    secrets: Iterable[str] = (),
+    title: str | None = None,
+    generated: str | None = None,
+    data_file: str | None = None,
+) -> str:
+    """The page as a string (redacted first: ``results.secrets`` + ``secrets``)."""
+    import markupsafe
+
+    safe = redact(results, secrets)
+    view = build_view(safe, title=title, generated=generated, data_file=data_file)
+    env = _environment()
+    tdir = resource_dir("templates")
+    css = (tdir / "style.css").read_text(encoding="utf-8")
+    js = (tdir / "script.js").read_text(encoding="utf-8")
+    for name, text in (("style.css", css), ("script.js", js)):
+        if "</" in text:  # would end the inline <style>/<script> element early
+            raise ValueError(f"{name} must not contain '</'")
+    return str(
+        env.get_template("matrix.html.j2").render(
+            view=view, css=markupsafe.Markup(css), js=markupsafe.Markup(js)
+        )
+    )
+
+
+def write_html(
+    results: Results,
+    out_dir: str | Path,
+    *,
+    secrets: Iterable[str] = (),
+    title: str | None = None,
+    generated: str | None = None,
+    with_data: bool = True,
+) -> Path:
+    """Write ``out_dir/index.html`` (and, with ``with_data``, the redacted
+    ``results.json`` it links to). Returns the HTML's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    secrets = list(secrets)
+    if with_data:
+        results.dump(out / "results.json", secrets=secrets)
+    html = render_html(
+        results,
+        secrets=secrets,
+        title=title,
+        generated=generated,
+        data_file="results.json" if with_data else None,
+    )
+    return write_text_atomic(out / "index.html", html)

@@ -1,0 +1,1415 @@
+"""The reference target's sans-IO engine: connections, sessions, full-feature phase.
+
+Theory of operation
+-------------------
+``TargetEngine`` is the whole target minus I/O. The asyncio adapter (``server.py``)
+creates one ``Connection`` per accepted TCP connection and then only moves bytes:
+``conn.receive_data(data, now)`` in, ``engine.take_output()`` out (a list of
+``(connection, [bytes...], close)`` batches, written with one ``writelines`` each).
+Time comes in as ``now`` (``handle_timer(now)`` drives NOP-In pings and login
+time-outs); randomness (TTTs are counters, CHAP challenges need bytes) comes from the
+injected ``rng``. Nothing here imports socket, asyncio or time.
+
+One engine serves several targets. Work that crosses connections (session
+reinstatement, TARGET COLD RESET, Async Messages asked for by a test, a PREEMPT AND
+ABORT) writes into the other connection's output and marks it dirty; the adapter
+flushes every dirty connection after each call.
+
+Full-feature phase (RFC 7143 3.2, 4.2.2, 11): non-immediate commands are delivered in
+CmdSN order; a command inside the window but ahead of ExpCmdSN waits in ``pending``
+(bounded by the window), one outside the window is silently ignored (4.2.2.1).
+Write data arrives as immediate data, unsolicited Data-Out (up to FirstBurstLength)
+and solicited Data-Out answering our R2Ts (at most MaxOutstandingR2T at a time, each
+at most MaxBurstLength). A command executes (``scsi.LogicalUnit.execute``) when its
+CmdSN has been delivered and all its data is in; reads are answered with Data-In PDUs
+of at most the peer's MaxRecvDataSegmentLength (capped by our own send limit), the
+last carrying the status when there is no sense data (phase collapse, 11.7.4).
+
+Error recovery: ErrorRecoveryLevel 0 closes the connection (and with it the session)
+on a framing or sequencing error. At ERL 1 a data digest error is answered with a
+Reject (reason 2) and, for Data-Out, a recovery R2T for the lost range once the
+sequence ends (RFC 7143 7.8, 7.9); Data-In PDUs and statuses are kept until
+acknowledged (ExpStatSN, DataACK SNACK) so a SNACK can have them re-sent (11.16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from iscsi_conformance.core import pdu as P
+from iscsi_conformance.core.codes import (
+    AsyncEvent,
+    LogoutReason,
+    LogoutResponseCode,
+    Opcode,
+    RejectReason,
+    ScsiResponseCode,
+    ScsiStatus,
+    SnackType,
+    TmfFunction,
+    TmfResponse,
+)
+from iscsi_conformance.errors import DigestError, PDUFormatError, ProtocolError
+from iscsi_conformance.target.config import ServerConfig, TargetConfig
+
+log = logging.getLogger("iscsi_conformance.target")
+
+NONE_TAG = 0xFFFFFFFF
+_SN_MASK = 0xFFFFFFFF
+DEFAULT_CMD_WINDOW = 128  # commands the initiator may have outstanding (MaxCmdSN - ExpCmdSN + 1)
+MAX_TASK_BYTES = 32 * 1024 * 1024  # largest write a single task may buffer
+SESSION_WRITE_BUDGET = 128 * 1024 * 1024  # write data solicited and not yet executed
+MAX_RETAINED_STATUS = 4096  # ERL1: statuses kept for SNACK, per connection
+MAX_ABORTED_TAGS = 1024
+
+# SCSI sense for commands the transport refuses before the LU sees them (SPC-4 4.5.6).
+_SENSE_KEY_ILLEGAL_REQUEST = 0x05
+_SENSE_KEY_ABORTED_COMMAND = 0x0B
+
+
+def _fixed_sense(key: int, asc: int, ascq: int) -> bytes:
+    """Fixed-format sense data (SPC-4 4.5.3), 18 bytes."""
+    return bytes([0x70, 0, key, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0])
+
+
+SENSE_LUN_NOT_SUPPORTED = _fixed_sense(_SENSE_KEY_ILLEGAL_REQUEST, 0x25, 0x00)
+SENSE_INVALID_FIELD_IN_IU = _fixed_sense(_SENSE_KEY_ILLEGAL_REQUEST, 0x0E, 0x03)
+SENSE_INVALID_FIELD_IN_CDB = _fixed_sense(_SENSE_KEY_ILLEGAL_REQUEST, 0x24, 0x00)
+
+
+def sn_lt(a: int, b: int) -> bool:
+    """RFC 1982 serial-number less-than on 32 bits (RFC 7143 4.2.2.1)."""
+    return a != b and ((b - a) & _SN_MASK) < 0x80000000
+
+
+def sn_le(a: int, b: int) -> bool:
+    return a == b or sn_lt(a, b)
+
+
+def sn_add(a: int, n: int) -> int:
+    return (a + n) & _SN_MASK
+
+
+# --------------------------------------------------------------------------- state
+
+
+class ConnState(enum.Enum):
+    """Target connection states (RFC 7143 8.1.2 names in comments)."""
+
+    LOGIN = "S3_XPT_UP/S4_IN_LOGIN"
+    FULL_FEATURE = "S5_LOGGED_IN"
+    LOGGED_OUT = "S6_IN_LOGOUT"
+    CLOSED = "S1_FREE"
+
+
+@dataclasses.dataclass
+class SessionParams:
+    """The negotiated values the full-feature phase needs (RFC 7143 13)."""
+
+    header_digest: bool = False
+    data_digest: bool = False
+    max_recv_data_segment_length: int = 8192  # ours: the decoder's cap
+    max_send_data_segment_length: int = 8192  # min(peer's MRDSL, our send cap)
+    max_burst_length: int = 262144
+    first_burst_length: int = 65536
+    immediate_data: bool = True
+    initial_r2t: bool = True
+    max_outstanding_r2t: int = 1
+    data_pdu_in_order: bool = True
+    data_sequence_in_order: bool = True
+    error_recovery_level: int = 0
+    max_connections: int = 1
+    default_time2wait: int = 2
+    default_time2retain: int = 20
+
+
+class SessionType(enum.Enum):
+    NORMAL = "Normal"
+    DISCOVERY = "Discovery"
+
+
+@dataclasses.dataclass
+class R2TState:
+    r2tsn: int
+    ttt: int
+    offset: int
+    length: int
+    received: int = 0
+    next_datasn: int = 0
+    lost: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+
+
+class Task:
+    """One SCSI command in flight (RFC 7143 3.2.4.3 'task')."""
+
+    __slots__ = (
+        "aborted",
+        "attr",
+        "buffer",
+        "cdb",
+        "cmdsn",
+        "conn",
+        "delivered",
+        "edtl",
+        "expected",
+        "immediate",
+        "itt",
+        "lu",
+        "lun",
+        "lun_field",
+        "outstanding",
+        "pending_ranges",
+        "read",
+        "received",
+        "residual_mismatch",
+        "sent_datain",
+        "unsolicited_done",
+        "unsolicited_next_datasn",
+        "unsolicited_received",
+        "write",
+        "r2tsn",
+        "next_offset",
+        "budgeted",
+    )
+
+    def __init__(self, conn: Connection, cmd: P.ScsiCommand, lun: int, lu: Any) -> None:
+        self.conn = conn
+        self.itt = cmd.itt
+        self.cmdsn = cmd.cmdsn
+        self.immediate = cmd.immediate
+        self.attr = cmd.attr
+        self.cdb = cmd.cdb
+        self.lun = lun
+        self.lun_field = cmd.lun
+        self.lu = lu
+        self.edtl = cmd.expected_data_transfer_length
+        self.read = cmd.read
+        self.write = cmd.write
+        self.delivered = False
+        self.aborted = False
+        self.expected = 0  # bytes of Data-Out we will accept
+        self.buffer: bytearray | None = None
+        self.received = 0
+        self.residual_mismatch = 0  # SPDTL - EDTL for writes that disagree
+        self.outstanding: dict[int, R2TState] = {}  # ttt -> R2T
+        self.pending_ranges: deque[tuple[int, int]] = deque()  # to solicit
+        self.unsolicited_done = True
+        self.unsolicited_next_datasn = 0
+        self.unsolicited_received = 0
+        self.sent_datain: list[bytes] = []  # ERL1: for Data SNACK
+        self.r2tsn = 0
+        self.next_offset = 0
+        self.budgeted = 0
+
+
+class Session:
+    """An iSCSI session (RFC 7143 3.3): CmdSN window, tasks, connections."""
+
+    def __init__(
+        self,
+        engine: TargetEngine,
+        *,
+        tsih: int,
+        isid: int,
+        initiator_name: str,
+        target: TargetState | None,
+        tpgt: int,
+        session_type: SessionType,
+        params: SessionParams,
+        expcmdsn: int,
+        window: int,
+    ) -> None:
+        self.engine = engine
+        self.tsih = tsih
+        self.isid = isid
+        self.initiator_name = initiator_name
+        self.target = target
+        self.tpgt = tpgt
+        self.session_type = session_type
+        self.params = params
+        self.expcmdsn = expcmdsn
+        self.window = window
+        self.connections: dict[int, Connection] = {}
+        self.tasks: dict[int, Task] = {}
+        self.pending: dict[int, tuple[Connection, P.PDU]] = {}  # cmdsn -> queued command
+        self.aborted_cmdsns: set[int] = set()
+        self.write_budget_used = 0
+        self.closed = False
+        self.nexus = None
+        self.initiator_alias: str | None = None
+        if target is not None:
+            self.nexus = engine.make_nexus(initiator_name, isid, target.config.name, tpgt)
+
+    @property
+    def maxcmdsn(self) -> int:
+        return sn_add(self.expcmdsn, self.window - 1)
+
+    def release_budget(self, task: Task) -> None:
+        self.write_budget_used -= task.budgeted
+        task.budgeted = 0
+
+    @property
+    def target_name(self) -> str:
+        return self.target.config.name if self.target else ""
+
+    def __repr__(self) -> str:
+        return (
+            f"Session(tsih={self.tsih}, isid=0x{self.isid:012x}, initiator={self.initiator_name!r},"
+            f" target={self.target_name!r}, type={self.session_type.value})"
+        )
+
+
+class TargetState:
+    """A configured target and its logical units."""
+
+    def __init__(self, config: TargetConfig, lus: dict[int, Any]) -> None:
+        self.config = config
+        self.lus = lus
+
+    def lus_for(self, initiator: str) -> dict[int, Any]:
+        acl = self.config.acl_for(initiator)
+        if acl is None or acl.luns is None:
+            return self.lus
+        return {n: lu for n, lu in self.lus.items() if n in acl.luns}
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class TargetEngine:
+    """Everything the target knows, shared by all its connections."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        lus: dict[str, dict[int, Any]],
+        *,
+        rng: Callable[[int], bytes],
+        cmd_window: int = DEFAULT_CMD_WINDOW,
+        nexus_factory: Callable[[str, int, str, int], Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.rng = rng
+        self.cmd_window = cmd_window
+        self.targets: dict[str, TargetState] = {
+            t.name: TargetState(t, lus.get(t.name, {})) for t in config.targets
+        }
+        self.sessions: dict[int, Session] = {}
+        self.connections: set[Connection] = set()
+        self._dirty: dict[Connection, None] = {}
+        self._next_tsih = 1
+        self._next_ttt = 1
+        self._nexus_factory = nexus_factory
+        self.trace = config.trace
+        # Hooks the adapter or a test may set: called with the engine's events.
+        self.on_session_closed: Callable[[Session], None] | None = None
+
+    # ------------------------------------------------------------------ plumbing
+
+    def make_nexus(self, initiator: str, isid: int, target: str, tpgt: int) -> Any:
+        if self._nexus_factory is not None:
+            return self._nexus_factory(initiator, isid, target, tpgt)
+        from iscsi_conformance.scsi.nexus import Nexus
+
+        return Nexus.iscsi(initiator, isid, target, tpgt)
+
+    def new_connection(
+        self,
+        *,
+        portal_group: int,
+        local: tuple[str, int] = ("", 0),
+        peer: tuple[str, int] = ("", 0),
+        now: float = 0.0,
+    ) -> Connection:
+        conn = Connection(self, portal_group=portal_group, local=local, peer=peer, now=now)
+        self.connections.add(conn)
+        return conn
+
+    def mark_dirty(self, conn: Connection) -> None:
+        self._dirty[conn] = None
+
+    def take_output(self) -> list[tuple[Connection, list[bytes], bool]]:
+        """Every connection with something to send: (conn, buffers, close-after)."""
+        out = []
+        while self._dirty:
+            dirty, self._dirty = self._dirty, {}
+            for conn in dirty:
+                bufs, conn.out = conn.out, []
+                out.append((conn, bufs, conn.close_requested))
+        return out
+
+    def alloc_ttt(self) -> int:
+        ttt = self._next_ttt
+        self._next_ttt = (ttt + 1) & 0x7FFFFFFF or 1
+        return ttt
+
+    def alloc_tsih(self) -> int:
+        for _ in range(65535):
+            tsih = self._next_tsih
+            self._next_tsih = tsih % 65535 + 1  # TSIH 0 is reserved (RFC 7143 11.12.6)
+            if tsih not in self.sessions:
+                return tsih
+        raise ProtocolError("no free TSIH", section="RFC 7143 11.12.6")
+
+    def find_session(self, isid: int, initiator: str, target_name: str | None) -> Session | None:
+        """The session with this ISID, InitiatorName and TargetName (RFC 7143 4.4.3)."""
+        for s in self.sessions.values():
+            if (
+                not s.closed
+                and s.isid == isid
+                and s.initiator_name == initiator
+                and (s.target_name or None) == (target_name or None)
+            ):
+                return s
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        for conn in list(self.connections):
+            conn.handle_timer(now)
+
+    def send_targets(self, session: Session | None, which: str, portal_group: int) -> list[tuple[str, str]]:
+        """SendTargets answer (RFC 7143 Appendix C): TargetName and TargetAddress pairs."""
+        out: list[tuple[str, str]] = []
+        initiator = session.initiator_name if session else ""
+        for t in self.targets.values():
+            if which == "All":
+                pass
+            elif which == "":
+                if session is None or session.target is not t:
+                    continue
+            elif which != t.config.name:
+                continue
+            if t.config.acls and t.config.acl_for(initiator) is None:
+                continue  # invisible to initiators outside its ACL
+            out.append(("TargetName", t.config.name))
+            for group in self.config.portal_groups:
+                if t.config.portal_groups and group.tag not in t.config.portal_groups:
+                    continue
+                for host, port in group.portals:
+                    h = f"[{host}]" if ":" in host else host
+                    out.append(("TargetAddress", f"{h}:{port},{group.tag}"))
+        return out
+
+    # ------------------------------------------------------------------ session life
+
+    def register_session(self, session: Session) -> None:
+        self.sessions[session.tsih] = session
+
+    def close_session(self, session: Session, *, reason: str = "") -> None:
+        """End a session: abort its tasks, drop its connections, tell the LUs (SAM-5)."""
+        if session.closed:
+            return
+        session.closed = True
+        self.sessions.pop(session.tsih, None)
+        for task in list(session.tasks.values()):
+            task.aborted = True
+        session.tasks.clear()
+        session.pending.clear()
+        for conn in list(session.connections.values()):
+            conn.close()
+        if session.target is not None and session.nexus is not None:
+            for lu in session.target.lus.values():
+                fn = getattr(lu, "nexus_lost", None)
+                if fn is not None:
+                    fn(session.nexus)
+        if self.trace:
+            log.info("session closed %r %s", session, reason)
+        if self.on_session_closed is not None:
+            self.on_session_closed(session)
+
+    def sessions_of_target(self, name: str) -> list[Session]:
+        return [s for s in self.sessions.values() if s.target_name == name and not s.closed]
+
+    # ------------------------------------------------------------------ test API
+
+    def request_logout(self, session: Session, *, time_to_logout: int = 5) -> None:
+        """Async Message 'logout requested' on every connection (RFC 7143 11.9.1, event 1)."""
+        for conn in session.connections.values():
+            conn.send_async(AsyncEvent.LOGOUT_REQUESTED, parameter3=time_to_logout)
+
+    def drop_connection(self, conn: Connection, *, time2wait: int = 0, time2retain: int = 0) -> None:
+        """Async Message 'connection drop' then close it (event 2)."""
+        conn.send_async(AsyncEvent.CONNECTION_DROP, parameter1=conn.cid, parameter2=time2wait,
+                        parameter3=time2retain)  # fmt: skip
+        conn.close(after_flush=True)
+        if conn.session is not None:
+            conn.session_detach()
+
+    def drop_session(self, session: Session, *, time2wait: int = 0, time2retain: int = 0) -> None:
+        """Async Message 'session drop' on every connection, then end the session (event 3)."""
+        for conn in list(session.connections.values()):
+            conn.send_async(AsyncEvent.SESSION_DROP, parameter2=time2wait, parameter3=time2retain)
+            conn.close(after_flush=True)
+        self.close_session(session, reason="dropped by target")
+
+    def request_renegotiation(self, session: Session) -> None:
+        """Async Message 'negotiation requested' (event 4)."""
+        for conn in session.connections.values():
+            conn.send_async(AsyncEvent.NEGOTIATION_REQUESTED)
+
+    def send_scsi_async_event(self, session: Session, lun: int, sense: bytes) -> None:
+        """Async Message carrying a SCSI asynchronous event (event 0) with sense data."""
+        for conn in session.connections.values():
+            conn.send_async(AsyncEvent.SCSI_ASYNC_EVENT, lun=P.lun_to_field(lun),
+                            data=len(sense).to_bytes(2, "big") + sense)  # fmt: skip
+            break
+
+    # ------------------------------------------------------------------ task management
+
+    def abort_tasks(self, predicate: Callable[[Task], bool]) -> int:
+        n = 0
+        for s in list(self.sessions.values()):
+            for itt, task in list(s.tasks.items()):
+                if predicate(task):
+                    task.aborted = True
+                    s.tasks.pop(itt, None)
+                    task.conn.remember_aborted(itt)
+                    s.release_budget(task)
+                    n += 1
+            for sn, (c, pdu) in list(s.pending.items()):
+                if isinstance(pdu, P.ScsiCommand):
+                    t = s.tasks.get(pdu.itt)
+                    if t is None:
+                        s.pending.pop(sn)
+                        s.aborted_cmdsns.add(sn)
+        return n
+
+
+# --------------------------------------------------------------------------- connection
+
+
+class Connection:
+    """One TCP connection: login, then full-feature phase (RFC 7143 8.1.2)."""
+
+    def __init__(
+        self,
+        engine: TargetEngine,
+        *,
+        portal_group: int,
+        local: tuple[str, int],
+        peer: tuple[str, int],
+        now: float,
+    ) -> None:
+        self.engine = engine
+        self.portal_group = portal_group
+        self.local = local
+        self.peer = peer
+        self.state = ConnState.LOGIN
+        self.session: Session | None = None
+        self.cid = 0
+        self.statsn = 0
+        self.out: list[bytes] = []
+        self.close_requested = False
+        self.closed = False
+        self.created = now
+        self.last_rx = now
+        self.params = SessionParams()
+        # Login PDUs are bounded by the default MaxRecvDataSegmentLength (RFC 7143 13.12).
+        self.decoder = P.PDUDecoder(max_data_segment_length=8192)
+        self.hd = False
+        self.dd = False
+        self.erl = 0
+        self.max_send = 8192
+        self._aborted_itts: deque[int] = deque(maxlen=MAX_ABORTED_TAGS)
+        self._aborted_set: set[int] = set()
+        self._retained: dict[int, bytes] = {}  # ERL1: statsn -> encoded status PDU
+        self._held: dict[int, Task] = {}  # ERL1: itt -> finished read task (Data-In kept)
+        self._ping_ttt: int | None = None
+        self._ping_sent = 0.0
+        self._last_ping = now
+        self._text_pending: dict[int, tuple[int, list[bytes]]] = {}  # itt -> (ttt, rest)
+        from iscsi_conformance.target.login_flow import TargetLoginFlow
+
+        self.login = TargetLoginFlow(self)
+
+    def __repr__(self) -> str:
+        return f"Connection(peer={self.peer!r}, cid={self.cid}, state={self.state.name})"
+
+    # ------------------------------------------------------------------ output
+
+    def _emit(self, pdu: P.PDU) -> bytes:
+        raw = P.encode(pdu, header_digest=self.hd, data_digest=self.dd)
+        self.out.append(raw)
+        self.engine.mark_dirty(self)
+        if self.engine.trace:
+            log.debug("-> %r", pdu)
+        return raw
+
+    def emit_raw(self, raw: bytes) -> None:
+        self.out.append(raw)
+        self.engine.mark_dirty(self)
+
+    def next_statsn(self) -> int:
+        sn = self.statsn
+        self.statsn = sn_add(sn, 1)
+        return sn
+
+    def _window(self) -> tuple[int, int]:
+        s = self.session
+        if s is None:
+            return 0, 0
+        return s.expcmdsn, s.maxcmdsn
+
+    def close(self, *, after_flush: bool = True) -> None:
+        """Ask the adapter to close this connection once its output is written."""
+        if not self.close_requested:
+            self.close_requested = True
+            self.engine.mark_dirty(self)
+
+    def session_detach(self) -> None:
+        s = self.session
+        if s is None:
+            return
+        if s.connections.get(self.cid) is self:
+            del s.connections[self.cid]
+        # Tasks with allegiance to this connection die with it (ERL < 2, RFC 7143 6.1.4).
+        for itt, t in list(s.tasks.items()):
+            if t.conn is self:
+                t.aborted = True
+                s.release_budget(t)
+                del s.tasks[itt]
+        for sn, (c, _) in list(s.pending.items()):
+            if c is self:
+                del s.pending[sn]
+        if not s.connections:
+            self.engine.close_session(s, reason="last connection gone")
+
+    def connection_lost(self) -> None:
+        """The transport is gone (peer closed, reset, or we closed it)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.state = ConnState.CLOSED
+        self.engine.connections.discard(self)
+        self.engine._dirty.pop(self, None)
+        self.session_detach()
+
+    def remember_aborted(self, itt: int) -> None:
+        if len(self._aborted_itts) == self._aborted_itts.maxlen:
+            self._aborted_set.discard(self._aborted_itts[0])
+        self._aborted_itts.append(itt)
+        self._aborted_set.add(itt)
+
+    def send_async(self, event: int, *, lun: int = 0, parameter1: int = 0, parameter2: int = 0,
+                   parameter3: int = 0, data: bytes = b"") -> None:  # fmt: skip
+        if self.state is not ConnState.FULL_FEATURE:
+            return
+        exp, mx = self._window()
+        self._emit(
+            P.AsyncMessage(lun=lun, statsn=self.next_statsn(), expcmdsn=exp, maxcmdsn=mx,
+                           async_event=event, parameter1=parameter1, parameter2=parameter2,
+                           parameter3=parameter3, data=data)  # fmt: skip
+        )
+
+    def reject(self, reason: int, header: bytes, *, datasn_r2tsn: int = 0) -> None:
+        """Reject PDU carrying the offending header (RFC 7143 11.17)."""
+        exp, mx = self._window()
+        self._emit(P.Reject(reason=reason, statsn=self.next_statsn(), expcmdsn=exp, maxcmdsn=mx,
+                            datasn_r2tsn=datasn_r2tsn, data=bytes(header[:48])))  # fmt: skip
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float = 0.0) -> None:
+        """Bytes from the transport. Never raises for anything the peer sends."""
+        if self.close_requested or self.closed:
+            return
+        self.last_rx = now
+        dec = self.decoder
+        dec.feed(data)
+        while not self.close_requested:
+            try:
+                pdu = dec.next_pdu()
+            except DigestError as exc:
+                self._digest_error(exc)
+                continue
+            except PDUFormatError as exc:
+                # Framing is lost (e.g. DataSegmentLength above what we declared,
+                # RFC 7143 13.12): answer with a Reject and close (7.1, 7.2).
+                if self.state is ConnState.LOGIN:
+                    self.login.fail_initiator_error()
+                elif exc.header:
+                    self.reject(exc.reject_reason or RejectReason.PROTOCOL_ERROR, exc.header)
+                self.close()
+                return
+            if pdu is None:
+                return
+            try:
+                self.handle_pdu(pdu, now)
+            except ProtocolError as exc:
+                if self.engine.trace:
+                    log.info("protocol error from %s: %s", self.peer, exc)
+                if self.state is ConnState.LOGIN:
+                    self.login.fail_initiator_error()
+                else:
+                    self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+                self.close()
+                return
+            except Exception:  # our bug: never take the server down (robustness)
+                log.exception("internal error handling %r from %s", type(pdu).__name__, self.peer)
+                self.close()
+                return
+
+    def _digest_error(self, exc: DigestError) -> None:
+        """RFC 7143 7.8: header digest -> discard; data digest -> Reject (+ recovery)."""
+        if self.erl == 0 or self.state is not ConnState.FULL_FEATURE:
+            # At ERL 0 any digest error ends the connection (7.1.4, 7.12.1).
+            if exc.which == "data" and exc.header:
+                self.reject(RejectReason.DATA_DIGEST_ERROR, exc.header)
+            self.close()
+            return
+        if exc.which == "header":
+            # The header is untrusted: the RFC allows discarding up to the next PDU
+            # boundary by the declared length, or closing. We discard it.
+            skip = getattr(self.decoder, "_skip_current", None)
+            if skip is None:
+                self.close()
+            else:
+                skip()
+            return
+        header = exc.header
+        self.reject(RejectReason.DATA_DIGEST_ERROR, header)
+        opcode = header[0] & 0x3F
+        if opcode == Opcode.SCSI_DATA_OUT and self.session is not None:
+            itt, ttt = struct.unpack_from(">II", header, 16)
+            offset = struct.unpack_from(">I", header, 40)[0]
+            dsl = int.from_bytes(header[5:8], "big")
+            task = self.session.tasks.get(itt)
+            if task is not None:
+                self._data_lost(task, ttt, offset, dsl, header)
+
+    def handle_pdu(self, pdu: P.PDU, now: float) -> None:
+        if self.engine.trace:
+            log.debug("<- %r", pdu)
+        if self.state is ConnState.LOGIN:
+            if not isinstance(pdu, P.LoginRequest):
+                # Only Login Requests before the login completes (RFC 7143 6.2).
+                self.login.fail_initiator_error()
+                self.close()
+                return
+            self.login.receive(pdu, now)
+            return
+        if self.state is not ConnState.FULL_FEATURE:
+            return  # after logout: ignore the rest
+        handler = _FFP_HANDLERS.get(type(pdu))
+        if handler is None:
+            if isinstance(pdu, P.LoginRequest):
+                # A Login Request in full-feature phase is a protocol error (RFC 7143 6.2)
+                self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+                self.close()
+                return
+            self.reject(RejectReason.COMMAND_NOT_SUPPORTED, _bhs_of_any(pdu))
+            self._consume_cmdsn_of_unknown(pdu)
+            return
+        handler(self, pdu, now)
+
+    def _consume_cmdsn_of_unknown(self, pdu: P.PDU) -> None:
+        pass
+
+    # ------------------------------------------------------------------ login done
+
+    def enter_full_feature(self, session: Session, params: SessionParams, statsn: int) -> None:
+        """Called by the login flow once the final Login Response is queued."""
+        self.session = session
+        self.params = params
+        self.state = ConnState.FULL_FEATURE
+        self.statsn = statsn
+        self.hd = params.header_digest
+        self.dd = params.data_digest
+        self.erl = params.error_recovery_level
+        self.max_send = params.max_send_data_segment_length
+        dec = self.decoder
+        dec.header_digest = params.header_digest
+        dec.data_digest = params.data_digest
+        dec.max_data_segment_length = params.max_recv_data_segment_length
+        session.connections[self.cid] = self
+
+    # ------------------------------------------------------------------ CmdSN ordering
+
+    def _ack_statsn(self, expstatsn: int) -> None:
+        if self._retained:
+            for sn in [sn for sn in self._retained if sn_lt(sn, expstatsn)]:
+                del self._retained[sn]
+
+    def _order(self, pdu: Any, run: Callable[[Any], None]) -> None:
+        """Deliver a non-immediate command in CmdSN order (RFC 7143 4.2.2.1, 3.2.2.1)."""
+        s = self.session
+        assert s is not None
+        if pdu.immediate:
+            run(pdu)
+            return
+        sn = pdu.cmdsn
+        if sn == s.expcmdsn:
+            s.expcmdsn = sn_add(sn, 1)
+            if sn in s.aborted_cmdsns:
+                s.aborted_cmdsns.discard(sn)
+            else:
+                run(pdu)
+            self._drain()
+            return
+        if sn_lt(s.expcmdsn, sn) and sn_le(sn, s.maxcmdsn):
+            if sn not in s.pending:
+                s.pending[sn] = (self, pdu)
+                if isinstance(pdu, P.ScsiCommand):
+                    self._create_task(pdu, deliver=False)
+            return
+        # Outside the window: silently ignored (RFC 7143 4.2.2.1).
+        if self.engine.trace:
+            log.info("CmdSN %d outside [%d, %d]: ignored", sn, s.expcmdsn, s.maxcmdsn)
+
+    def _drain(self) -> None:
+        s = self.session
+        assert s is not None
+        while s.pending:
+            item = s.pending.pop(s.expcmdsn, None)
+            if item is None:
+                if s.expcmdsn in s.aborted_cmdsns:
+                    s.aborted_cmdsns.discard(s.expcmdsn)
+                    s.expcmdsn = sn_add(s.expcmdsn, 1)
+                    continue
+                return
+            s.expcmdsn = sn_add(s.expcmdsn, 1)
+            conn, pdu = item
+            if conn.closed or conn.close_requested:
+                continue
+            if isinstance(pdu, P.ScsiCommand):
+                t = s.tasks.get(pdu.itt)
+                if t is not None and not t.aborted:
+                    conn._deliver(t)
+            else:
+                _ORDERED_RUNNERS[type(pdu)](conn, pdu)
+
+    # ------------------------------------------------------------------ SCSI command
+
+    def on_scsi_command(self, pdu: P.ScsiCommand, now: float) -> None:
+        s = self.session
+        assert s is not None
+        self._ack_statsn(pdu.expstatsn)
+        if s.session_type is SessionType.DISCOVERY:
+            # Only Text, Logout and NOP in a discovery session (RFC 7143 4.3).
+            self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+            return
+        if pdu.itt == NONE_TAG:
+            self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
+            return
+        if pdu.immediate:
+            self._create_task(pdu, deliver=True)
+            return
+        sn = pdu.cmdsn
+        if sn == s.expcmdsn:
+            s.expcmdsn = sn_add(sn, 1)
+            if sn in s.aborted_cmdsns:
+                s.aborted_cmdsns.discard(sn)
+            else:
+                self._create_task(pdu, deliver=True)
+            if s.pending:
+                self._drain()
+            return
+        self._order(pdu, lambda p: self._create_task(p, deliver=True))
+
+    def _create_task(self, pdu: P.ScsiCommand, *, deliver: bool) -> None:
+        s = self.session
+        assert s is not None and s.target is not None
+        if pdu.itt in s.tasks:
+            # A task tag still in use (RFC 7143 11.17.1: Task in progress).
+            self.reject(RejectReason.TASK_IN_PROGRESS, P.bhs_of(pdu))
+            return
+        lun = P.field_to_lun(pdu.lun)
+        lus = s.target.lus_for(s.initiator_name)
+        lu = lus.get(lun)
+        task = Task(self, pdu, lun, lu)
+        s.tasks[pdu.itt] = task
+        if pdu.write and lu is not None:
+            spdtl = _data_out_length(lu, pdu.cdb)
+            edtl = task.edtl
+            if spdtl is None:
+                spdtl = edtl
+            if spdtl != edtl:
+                task.residual_mismatch = spdtl - edtl
+            task.expected = min(edtl, spdtl) if spdtl != edtl else edtl
+            if task.residual_mismatch:
+                # Transfer the EDTL the initiator planned (so the stream stays in step)
+                # but do not execute; see _finish.
+                task.expected = edtl
+            if task.expected > MAX_TASK_BYTES:
+                task.expected = 0
+                task.residual_mismatch = 0
+                self._respond_check(task, SENSE_INVALID_FIELD_IN_CDB)
+                return
+        elif pdu.write:
+            task.expected = task.edtl if task.edtl <= MAX_TASK_BYTES else 0
+        if task.expected:
+            task.buffer = bytearray(task.expected)
+            s.write_budget_used += task.expected
+            task.budgeted = task.expected
+        imm = pdu.data
+        if imm:
+            n = min(len(imm), task.expected)
+            if not self.params.immediate_data or len(imm) > self.params.first_burst_length:
+                # Immediate data was not negotiated, or exceeds FirstBurstLength (13.14).
+                s.tasks.pop(pdu.itt, None)
+                s.release_budget(task)
+                self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+                return
+            if n and task.buffer is not None:
+                task.buffer[:n] = imm[:n]
+            task.received = n
+            task.unsolicited_received = len(imm)
+            task.next_offset = len(imm)
+        if task.expected and not self.params.initial_r2t and not pdu.final:
+            task.unsolicited_done = False  # more unsolicited Data-Out follows (13.10)
+        elif not pdu.final and task.expected:
+            task.unsolicited_done = False
+        if deliver:
+            self._deliver(task)
+
+    def _deliver(self, task: Task) -> None:
+        """The command's CmdSN has been reached: solicit data or execute."""
+        task.delivered = True
+        if task.aborted:
+            return
+        self._progress(task)
+
+    def _progress(self, task: Task) -> None:
+        if not task.delivered or task.aborted:
+            return
+        if task.received >= task.expected and not task.outstanding and task.unsolicited_done:
+            self._finish(task)
+            return
+        if task.unsolicited_done:
+            self._solicit(task)
+
+    def _solicit(self, task: Task) -> None:
+        """Issue R2Ts for what is still missing (RFC 7143 11.8; 13.17 MaxOutstandingR2T)."""
+        p = self.params
+        if not task.pending_ranges and task.next_offset < task.expected and not task.outstanding:
+            # Everything not covered by immediate/unsolicited data, in burst-size pieces.
+            start = task.next_offset
+            task.next_offset = task.expected
+            while start < task.expected:
+                ln = min(p.max_burst_length, task.expected - start)
+                task.pending_ranges.append((start, ln))
+                start += ln
+        while task.pending_ranges and len(task.outstanding) < p.max_outstanding_r2t:
+            off, ln = task.pending_ranges.popleft()
+            ttt = self.engine.alloc_ttt()
+            r2t = R2TState(r2tsn=task.r2tsn, ttt=ttt, offset=off, length=ln)
+            task.r2tsn += 1
+            task.outstanding[ttt] = r2t
+            self._send_r2t(task, r2t)
+
+    def _send_r2t(self, task: Task, r2t: R2TState) -> None:
+        exp, mx = self._window()
+        self._emit(
+            P.R2T(lun=task.lun_field, itt=task.itt, ttt=r2t.ttt, statsn=self.statsn,
+                  expcmdsn=exp, maxcmdsn=mx, r2tsn=r2t.r2tsn, buffer_offset=r2t.offset,
+                  desired_data_transfer_length=r2t.length)  # fmt: skip
+        )
+
+    def _data_lost(self, task: Task, ttt: int, offset: int, length: int, header: bytes) -> None:
+        """ERL1: a Data-Out was lost to a digest error; re-solicit it (RFC 7143 7.8)."""
+        final = bool(header[1] & 0x80)
+        if ttt == NONE_TAG:
+            # Unsolicited data lost: solicit it again once unsolicited data ends.
+            task.pending_ranges.append((offset, length))
+            task.unsolicited_next_datasn += 1
+            if final:
+                task.unsolicited_done = True
+                self._progress(task)
+            return
+        r2t = task.outstanding.get(ttt)
+        if r2t is None:
+            return
+        r2t.lost.append((offset, length))
+        r2t.next_datasn += 1
+        if final:
+            self._r2t_done(task, r2t)
+
+    def _r2t_done(self, task: Task, r2t: R2TState) -> None:
+        del task.outstanding[r2t.ttt]
+        for off, ln in r2t.lost:
+            # Recovery R2T for the lost range (RFC 7143 7.9).
+            task.pending_ranges.appendleft((off, ln))
+        if r2t.received < r2t.length and not r2t.lost:
+            # F bit before the burst was complete: re-solicit the rest.
+            task.pending_ranges.append((r2t.offset + r2t.received, r2t.length - r2t.received))
+        self._progress(task)
+
+    def on_data_out(self, pdu: P.ScsiDataOut, now: float) -> None:
+        s = self.session
+        assert s is not None
+        self._ack_statsn(pdu.expstatsn)
+        task = s.tasks.get(pdu.itt)
+        if task is None or task.conn is not self:
+            if pdu.itt in self._aborted_set:
+                return  # data for an aborted task is discarded (RFC 7143 4.2.3.3)
+            self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
+            return
+        data = pdu.data
+        off = pdu.buffer_offset
+        if pdu.ttt == NONE_TAG:
+            # Unsolicited (RFC 7143 13.10/13.14): only before the first R2T, within FBL.
+            if task.unsolicited_done or self.params.initial_r2t:
+                self._sequence_error(pdu, "unsolicited Data-Out not allowed here")
+                return
+            if pdu.datasn != task.unsolicited_next_datasn:
+                self._sequence_error(pdu, f"DataSN {pdu.datasn} expected {task.unsolicited_next_datasn}")
+                return
+            task.unsolicited_next_datasn += 1
+            task.unsolicited_received += len(data)
+            if task.unsolicited_received > self.params.first_burst_length:
+                self._sequence_error(pdu, "unsolicited data beyond FirstBurstLength")
+                return
+            self._store(task, off, data)
+            task.next_offset = max(task.next_offset, off + len(data))
+            if pdu.final:
+                task.unsolicited_done = True
+                self._progress(task)
+            return
+        r2t = task.outstanding.get(pdu.ttt)
+        if r2t is None:
+            self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
+            return
+        if pdu.datasn != r2t.next_datasn:
+            self._sequence_error(pdu, f"DataSN {pdu.datasn} expected {r2t.next_datasn}")
+            return
+        if off < r2t.offset or off + len(data) > r2t.offset + r2t.length:
+            self._sequence_error(pdu, "Data-Out outside the R2T's range")
+            return
+        r2t.next_datasn += 1
+        r2t.received += len(data)
+        self._store(task, off, data)
+        if pdu.final:
+            self._r2t_done(task, r2t)
+
+    def _store(self, task: Task, off: int, data: bytes) -> None:
+        buf = task.buffer
+        if buf is None or not data:
+            return
+        end = min(off + len(data), len(buf))
+        if off < end:
+            buf[off:end] = data[: end - off] if end - off < len(data) else data
+            task.received += end - off
+
+    def _sequence_error(self, pdu: P.PDU, why: str) -> None:
+        """A DataSN/offset error: ERL0 ends the connection (RFC 7143 7.1.4, 7.12)."""
+        if self.engine.trace:
+            log.info("sequence error from %s: %s", self.peer, why)
+        self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+        self.close()
+
+    # ------------------------------------------------------------------ execution
+
+    def _finish(self, task: Task) -> None:
+        s = self.session
+        assert s is not None
+        s.tasks.pop(task.itt, None)
+        s.release_budget(task)
+        if task.aborted:
+            return
+        lu = task.lu
+        if lu is None:
+            self._respond_check(task, SENSE_LUN_NOT_SUPPORTED, report_luns_ok=True)
+            return
+        if task.residual_mismatch:
+            # EDTL disagrees with the CDB for a write: FCP-4 9.4.2 option b, which
+            # libiscsi accepts: no transfer, CHECK CONDITION INVALID FIELD IN IU.
+            mm = task.residual_mismatch
+            self._respond(task, ScsiStatus.CHECK_CONDITION, SENSE_INVALID_FIELD_IN_IU,
+                          overflow=mm > 0, underflow=mm < 0, residual=abs(mm))  # fmt: skip
+            return
+        data_out = task.buffer if task.buffer is not None else b""
+        outcome = lu.execute(s.nexus, task.cdb, bytes(data_out) if data_out else b"")
+        aborted = getattr(outcome, "aborted_nexuses", None)
+        if aborted:
+            self._preempt_abort(task, aborted)
+        self._complete(task, outcome.status, outcome.sense, outcome.data)
+
+    def _preempt_abort(self, task: Task, nexuses: Iterable[Any]) -> None:
+        """PREEMPT AND ABORT: abort the preempted nexuses' tasks (SPC-4 5.9.11.5)."""
+        wanted = set(nexuses)
+        lu = task.lu
+        self.engine.abort_tasks(lambda t: t.lu is lu and t.conn.session is not None
+                                and t.conn.session.nexus in wanted)  # fmt: skip
+
+    def _respond_check(self, task: Task, sense: bytes, *, report_luns_ok: bool = False) -> None:
+        s = self.session
+        if s is not None:
+            s.tasks.pop(task.itt, None)
+            s.release_budget(task)
+        if report_luns_ok and task.cdb[0] == 0xA0 and task.lun == 0:
+            # REPORT LUNS through LUN 0 even without a LUN 0 (SPC-4 6.33).
+            self._complete(task, ScsiStatus.GOOD, b"", _report_luns(self, task.cdb))
+            return
+        self._respond(task, ScsiStatus.CHECK_CONDITION, sense)
+
+    def _complete(self, task: Task, status: int, sense: bytes, data: bytes) -> None:
+        """Send Data-In (with phase collapse when possible) and/or SCSI Response."""
+        edtl = task.edtl
+        n = len(data)
+        overflow = underflow = False
+        residual = 0
+        if task.write and not task.read:
+            data = b""
+        elif n > edtl:
+            overflow, residual = True, n - edtl
+            data = data[:edtl]
+        elif n < edtl:
+            underflow, residual = True, edtl - n
+        if not data:
+            self._respond(task, status, sense, overflow=overflow, underflow=underflow,
+                          residual=residual)  # fmt: skip
+            return
+        self._send_data_in(task, data, status, sense, overflow, underflow, residual)
+
+    def _send_data_in(self, task: Task, data: bytes, status: int, sense: bytes,
+                      overflow: bool, underflow: bool, residual: int) -> None:  # fmt: skip
+        s = self.session
+        assert s is not None
+        collapse = not sense and status == ScsiStatus.GOOD
+        mv = memoryview(data)
+        total = len(data)
+        seg = self.max_send
+        burst = self.params.max_burst_length
+        datasn = 0
+        off = 0
+        exp, mx = s.expcmdsn, s.maxcmdsn
+        keep = self.erl > 0
+        hd, dd = self.hd, self.dd
+        out = self.out
+        while off < total:
+            ln = min(seg, total - off)
+            burst_end = (off // burst + 1) * burst
+            if off + ln > burst_end:
+                ln = burst_end - off
+            last = off + ln >= total
+            final = last or off + ln == burst_end
+            status_here = last and collapse
+            pdu = P.ScsiDataIn(
+                final=final,
+                status_present=status_here,
+                status=status if status_here else 0,
+                overflow=overflow and status_here,
+                underflow=underflow and status_here,
+                lun=task.lun_field if not status_here else task.lun_field,
+                itt=task.itt,
+                ttt=NONE_TAG,
+                statsn=self.next_statsn() if status_here else 0,
+                expcmdsn=exp,
+                maxcmdsn=mx,
+                datasn=datasn,
+                buffer_offset=off,
+                residual_count=residual if status_here else 0,
+                data=bytes(mv[off : off + ln]),
+            )
+            raw = P.encode(pdu, header_digest=hd, data_digest=dd)
+            out.append(raw)
+            if keep:
+                task.sent_datain.append(raw)
+                if status_here:
+                    self._retain(pdu.statsn, raw)
+            datasn += 1
+            off += ln
+        self.engine.mark_dirty(self)
+        if not collapse:
+            self._respond(task, status, sense, overflow=overflow, underflow=underflow,
+                          residual=residual, expdatasn=datasn)  # fmt: skip
+        elif keep:
+            self._hold(task)
+
+    def _hold(self, task: Task) -> None:
+        """ERL1: keep a finished read's Data-In PDUs for a Data SNACK (bounded)."""
+        if len(self._held) >= MAX_RETAINED_STATUS:
+            self._held.pop(next(iter(self._held)))
+        self._held[task.itt] = task
+
+    def _retain(self, statsn: int, raw: bytes) -> None:
+        if len(self._retained) >= MAX_RETAINED_STATUS:
+            self._retained.pop(next(iter(self._retained)))
+        self._retained[statsn] = raw
+
+    def _respond(self, task: Task, status: int, sense: bytes, *, overflow: bool = False,
+                 underflow: bool = False, residual: int = 0, expdatasn: int = 0) -> None:  # fmt: skip
+        s = self.session
+        assert s is not None
+        pdu = P.ScsiResponse(
+            overflow=overflow,
+            underflow=underflow,
+            response=ScsiResponseCode.COMMAND_COMPLETED_AT_TARGET,
+            status=status,
+            itt=task.itt,
+            statsn=self.next_statsn(),
+            expcmdsn=s.expcmdsn,
+            maxcmdsn=s.maxcmdsn,
+            expdatasn=expdatasn,
+            residual_count=residual,
+            data=P.ScsiResponse.sense_segment(sense) if sense else b"",
+        )
+        raw = self._emit(pdu)
+        if self.erl > 0:
+            self._retain(pdu.statsn, raw)
+            if task.sent_datain:
+                self._hold(task)
+
+    # ------------------------------------------------------------------ NOP
+
+    def on_nop_out(self, pdu: P.NopOut, now: float) -> None:
+        self._ack_statsn(pdu.expstatsn)
+        if pdu.itt == NONE_TAG:
+            # Answer to our NOP-In ping, or a one-way NOP (RFC 7143 11.18): no reply.
+            if pdu.ttt != NONE_TAG and pdu.ttt == self._ping_ttt:
+                self._ping_ttt = None
+            elif not pdu.immediate and self.session is not None:
+                self._order(pdu, lambda p: None)
+            return
+        if pdu.ttt != NONE_TAG:
+            # A ping (ITT set) must carry TTT 0xffffffff (RFC 7143 11.18.3).
+            self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+            return
+        self._order(pdu, self._nop_reply)
+
+    def _nop_reply(self, pdu: P.NopOut) -> None:
+        exp, mx = self._window()
+        data = pdu.data[: self.max_send]
+        self._emit(P.NopIn(lun=pdu.lun, itt=pdu.itt, ttt=NONE_TAG, statsn=self.next_statsn(),
+                           expcmdsn=exp, maxcmdsn=mx, data=data))  # fmt: skip
+
+    def ping(self, now: float) -> None:
+        """Send a NOP-In asking for a NOP-Out (RFC 7143 11.19: TTT set, ITT reserved)."""
+        if self.state is not ConnState.FULL_FEATURE or self._ping_ttt is not None:
+            return
+        ttt = self.engine.alloc_ttt()
+        self._ping_ttt = ttt
+        self._ping_sent = now
+        exp, mx = self._window()
+        # StatSN is not advanced for a NOP-In that asks for a reply (11.19.4).
+        self._emit(P.NopIn(lun=0, itt=NONE_TAG, ttt=ttt, statsn=self.statsn, expcmdsn=exp,
+                           maxcmdsn=mx))  # fmt: skip
+
+    def handle_timer(self, now: float) -> None:
+        cfg = self.engine.config
+        if self.state is ConnState.LOGIN:
+            if cfg.login_timeout and now - self.created > cfg.login_timeout:
+                self.close()
+            return
+        if self.state is not ConnState.FULL_FEATURE:
+            return
+        if self._ping_ttt is not None:
+            if cfg.nop_in_timeout and now - self._ping_sent > cfg.nop_in_timeout:
+                log.info("no NOP-Out answer from %s: dropping the connection", self.peer)
+                self.close()
+                if self.session is not None:
+                    self.session_detach()
+            return
+        if cfg.nop_in_interval and now - max(self.last_rx, self._last_ping) >= cfg.nop_in_interval:
+            self._last_ping = now
+            self.ping(now)
+
+    # ------------------------------------------------------------------ text
+
+    def on_text(self, pdu: P.TextRequest, now: float) -> None:
+        self._ack_statsn(pdu.expstatsn)
+        self._order(pdu, self._text)
+
+    def _text(self, pdu: P.TextRequest) -> None:
+        from iscsi_conformance.core import text as T
+
+        s = self.session
+        assert s is not None
+        if pdu.ttt != NONE_TAG:
+            pending = self._text_pending.get(pdu.itt)
+            if pending is None or pending[0] != pdu.ttt:
+                self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
+                return
+            ttt, rest = pending
+            self._send_text_chunk(pdu, ttt, rest)
+            return
+        self._text_pending.pop(pdu.itt, None)
+        try:
+            pairs = T.parse_pairs(pdu.data)
+        except ProtocolError:
+            self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+            return
+        answer: list[tuple[str, str]] = []
+        for key, value in pairs:
+            if key == "SendTargets":
+                if s.session_type is SessionType.NORMAL and value not in ("", s.target_name):
+                    answer.append(("SendTargets", "Reject"))
+                    continue
+                answer.extend(self.engine.send_targets(s, value, self.portal_group))
+            else:
+                answer.extend(self.login.ffp_text_key(key, value))
+        body = T.format_pairs(answer, strict=False) if answer else b""
+        chunks = [body[i : i + self.max_send] for i in range(0, len(body), self.max_send)] or [b""]
+        ttt = self.engine.alloc_ttt() if len(chunks) > 1 else NONE_TAG
+        self._send_text_chunk(pdu, ttt, chunks)
+
+    def _send_text_chunk(self, pdu: P.TextRequest, ttt: int, chunks: list[bytes]) -> None:
+        s = self.session
+        assert s is not None
+        first, rest = chunks[0], chunks[1:]
+        if rest:
+            self._text_pending[pdu.itt] = (ttt, rest)
+        else:
+            self._text_pending.pop(pdu.itt, None)
+        self._emit(P.TextResponse(final=not rest, cont=bool(rest), lun=pdu.lun, itt=pdu.itt,
+                                  ttt=ttt if rest else NONE_TAG, statsn=self.next_statsn(),
+                                  expcmdsn=s.expcmdsn, maxcmdsn=s.maxcmdsn, data=first))  # fmt: skip
+
+    # ------------------------------------------------------------------ logout
+
+    def on_logout(self, pdu: P.LogoutRequest, now: float) -> None:
+        self._ack_statsn(pdu.expstatsn)
+        self._order(pdu, self._logout)
+
+    def _logout(self, pdu: P.LogoutRequest) -> None:
+        s = self.session
+        assert s is not None
+        reason = pdu.reason & 0x7F
+        code = LogoutResponseCode.SUCCESS
+        t2w = t2r = 0
+        close_self = False
+        if reason == LogoutReason.CLOSE_SESSION:
+            close_self = True
+        elif reason == LogoutReason.CLOSE_CONNECTION:
+            if pdu.cid == self.cid:
+                close_self = True
+            else:
+                other = s.connections.get(pdu.cid)
+                if other is None:
+                    code = LogoutResponseCode.CID_NOT_FOUND
+                else:
+                    other.close()
+                    other.session_detach()
+        elif reason == LogoutReason.REMOVE_CONNECTION_FOR_RECOVERY:
+            # Connection recovery needs ErrorRecoveryLevel 2 (RFC 7143 11.15.1).
+            if self.erl < 2:
+                code = LogoutResponseCode.RECOVERY_NOT_SUPPORTED
+            else:  # pragma: no cover - we never negotiate ERL 2
+                code = LogoutResponseCode.CID_NOT_FOUND
+            t2w, t2r = self.params.default_time2wait, self.params.default_time2retain
+        else:
+            self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
+            return
+        self._emit(P.LogoutResponse(response=code, itt=pdu.itt, statsn=self.next_statsn(),
+                                    expcmdsn=s.expcmdsn, maxcmdsn=s.maxcmdsn,
+                                    time2wait=t2w, time2retain=t2r))  # fmt: skip
+        if close_self:
+            self.state = ConnState.LOGGED_OUT
+            self.close()
+            if reason == LogoutReason.CLOSE_SESSION:
+                self.engine.close_session(s, reason="logout")
+            else:
+                self.session_detach()
+
+    # ------------------------------------------------------------------ SNACK
+
+    def on_snack(self, pdu: P.SnackRequest, now: float) -> None:
+        self._ack_statsn(pdu.expstatsn)
+        if self.erl == 0:
+            # SNACK is only for ERL > 0 (RFC 7143 11.16): reject it.
+            self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+            return
+        kind = pdu.snack_type & 0x0F
+        if kind == SnackType.STATUS:
+            first = pdu.begrun
+            count = pdu.runlength
+            sns = sorted(self._retained, key=lambda sn: (sn - first) & _SN_MASK)
+            sent = 0
+            for sn in sns:
+                if sn_le(first, sn) and (count == 0 or sn_lt(sn, sn_add(first, count))):
+                    self.emit_raw(self._retained[sn])
+                    sent += 1
+            if not sent:
+                self.reject(RejectReason.SNACK_REJECT, P.bhs_of(pdu))
+            return
+        if kind in (SnackType.DATA_R2T, SnackType.R_DATA):
+            held = self._held.get(pdu.itt)
+            if held is None:
+                self.reject(RejectReason.SNACK_REJECT, P.bhs_of(pdu))
+                return
+            frames = held.sent_datain
+            begin = 0 if kind == SnackType.R_DATA else pdu.begrun
+            end = len(frames) if kind == SnackType.R_DATA or pdu.runlength == 0 else begin + pdu.runlength
+            if begin >= len(frames) or end > len(frames):
+                self.reject(RejectReason.SNACK_REJECT, P.bhs_of(pdu))
+                return
+            for raw in frames[begin:end]:
+                self.emit_raw(raw)
+            return
+        if kind == SnackType.DATA_ACK:
+            self._held.pop(pdu.itt, None)
+            return
+        self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+
+    # ------------------------------------------------------------------ task management
+
+    def on_tmf(self, pdu: P.TaskManagementRequest, now: float) -> None:
+        self._ack_statsn(pdu.expstatsn)
+        if self.session is not None and self.session.session_type is SessionType.DISCOVERY:
+            self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+            return
+        self._order(pdu, self._tmf)
+
+    def _tmf(self, pdu: P.TaskManagementRequest) -> None:
+        from iscsi_conformance.target.tmf import perform_tmf
+
+        s = self.session
+        assert s is not None
+        response, after = perform_tmf(self, pdu)
+        self._emit(P.TaskManagementResponse(response=response, itt=pdu.itt,
+                                            statsn=self.next_statsn(), expcmdsn=s.expcmdsn,
+                                            maxcmdsn=s.maxcmdsn))  # fmt: skip
+        if after is not None:
+            after()
+
+
+def _bhs_of_any(pdu: P.PDU) -> bytes:
+    if isinstance(pdu, P.UnknownPDU):
+        return pdu.bhs
+    return P.bhs_of(pdu)
+
+
+def _data_out_length(lu: Any, cdb: bytes) -> int | None:
+    """SPDTL of a write CDB from the LU (scsi.LogicalUnit.data_out_length)."""
+    fn = getattr(lu, "data_out_length", None)
+    if fn is None:
+        return None
+    try:
+        return int(fn(cdb))
+    except Exception:
+        return None
+
+
+def _report_luns(conn: Connection, cdb: bytes) -> bytes:
+    """REPORT LUNS parameter data (SPC-4 6.33) for the LUNs this initiator sees."""
+    s = conn.session
+    assert s is not None and s.target is not None
+    luns = sorted(s.target.lus_for(s.initiator_name))
+    body = b"".join(P.lun_to_field(n).to_bytes(8, "big") for n in luns)
+    data = len(body).to_bytes(4, "big") + bytes(4) + body
+    alloc = int.from_bytes(cdb[6:10], "big")
+    return data[:alloc]
+
+
+_FFP_HANDLERS: dict[type, Callable[[Connection, Any, float], None]] = {
+    P.ScsiCommand: Connection.on_scsi_command,
+    P.ScsiDataOut: Connection.on_data_out,
+    P.NopOut: Connection.on_nop_out,
+    P.TextRequest: Connection.on_text,
+    P.LogoutRequest: Connection.on_logout,
+    P.SnackRequest: Connection.on_snack,
+    P.TaskManagementRequest: Connection.on_tmf,
+}
+
+_ORDERED_RUNNERS: dict[type, Callable[[Connection, Any], None]] = {
+    P.NopOut: lambda c, p: c._nop_reply(p) if p.itt != NONE_TAG else None,
+    P.TextRequest: Connection._text,
+    P.LogoutRequest: Connection._logout,
+    P.TaskManagementRequest: Connection._tmf,
+}
