@@ -39,12 +39,17 @@ class ScsiSense(ctypes.Structure):
         ("error_type", ctypes.c_ubyte),
         ("key", ctypes.c_int),
         ("ascq", ctypes.c_int),  # libiscsi keeps ASC << 8 | ASCQ here
-        ("sense_specific", ctypes.c_uint, 1),
-        ("ill_param_in_cdb", ctypes.c_uint, 1),
-        ("bit_pointer_valid", ctypes.c_uint, 1),
+        # C declares these ``unsigned x:1``; GCC packs the next ``unsigned char`` into
+        # the same word, which ctypes only reproduces with byte-wide bitfields.
+        ("sense_specific", ctypes.c_ubyte, 1),
+        ("ill_param_in_cdb", ctypes.c_ubyte, 1),
+        ("bit_pointer_valid", ctypes.c_ubyte, 1),
         ("bit_pointer", ctypes.c_ubyte),
         ("field_pointer", ctypes.c_uint16),
     ]
+
+
+assert ctypes.sizeof(ScsiSense) == 16, "struct scsi_sense layout of libiscsi 1.19"
 
 
 class ScsiData(ctypes.Structure):

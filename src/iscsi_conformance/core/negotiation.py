@@ -113,8 +113,14 @@ class NegotiatedParameters:
         return self.max_recv_data_segment_length_peer
 
 
-def _err(message: str, spec: KeySpec | None, key: str, *, section: str | None = None,
-         status: int = 0x0200) -> NegotiationError:  # fmt: skip
+def _err(
+    message: str,
+    spec: KeySpec | None,
+    key: str,
+    *,
+    section: str | None = None,
+    status: int = 0x0200,
+) -> NegotiationError:
     where = section or (spec.section if spec else "RFC 7143 6.2")
     return NegotiationError(message, section=where, login_status=status, key=key)
 
@@ -209,6 +215,8 @@ class Negotiator:
         self.peer_declared: dict[str, str] = {}
         #: Keys the peer answered with NotUnderstood / Irrelevant / Reject.
         self.special_answers: dict[str, str] = {}
+        #: Our answers to the peer's offers, by key.
+        self.answered: dict[str, str] = {}
         #: Requests left for the caller (SendTargets).
         self.requests: list[Pair] = []
         self._offered: dict[str, str] = {}
@@ -335,14 +343,16 @@ class Negotiator:
             answer = self._take_offer(key, spec, value)
             if answer is not None:
                 answers[i] = (key, answer)
+                self.answered[key] = answer
         return [answers[i] for i in sorted(answers)]
 
     def _note_seen(self, key: str, spec: KeySpec | None) -> None:
         # RFC 7143 6.2: a key may be negotiated or declared only once per negotiation
         # sequence, except keys that explicitly allow repeats (TargetAddress).
         if key in self._seen and not (spec is not None and spec.repeatable):
-            raise _err(f"key {key} sent twice in one negotiation", spec, key,
-                       section="RFC 7143 6.2")  # fmt: skip
+            raise _err(
+                f"key {key} sent twice in one negotiation", spec, key, section="RFC 7143 6.2"
+            )
         self._seen.add(key)
 
     def _take_answer(self, key: str, spec: KeySpec | None, value: str) -> None:
@@ -358,21 +368,33 @@ class Negotiator:
             choices = text.parse_list(offered)
             if value not in choices:
                 # RFC 7143 6.2.1: selecting a value that was not proposed.
-                raise _err(f"{key}={value} was not among the offered {offered}", spec, key,
-                           section="RFC 7143 6.2.1")  # fmt: skip
+                raise _err(
+                    f"{key}={value} was not among the offered {offered}",
+                    spec,
+                    key,
+                    section="RFC 7143 6.2.1",
+                )
         elif fn in (ResultFunction.AND, ResultFunction.OR):
             answer = self._bool(spec, value)
             mine = text.parse_boolean(offered)
             legal = (answer <= mine) if fn is ResultFunction.AND else (answer >= mine)
             if not legal:
-                raise _err(f"{key}={value} breaks the {fn.value} rule for our {offered}", spec,
-                           key, section="RFC 7143 6.2.2")  # fmt: skip
+                raise _err(
+                    f"{key}={value} breaks the {fn.value} rule for our {offered}",
+                    spec,
+                    key,
+                    section="RFC 7143 6.2.2",
+                )
         elif fn in (ResultFunction.MIN, ResultFunction.MAX):
             n = self._num(spec, value)
             limit = text.parse_number(offered)
             if (fn is ResultFunction.MIN and n > limit) or (fn is ResultFunction.MAX and n < limit):
-                raise _err(f"{key}={value} breaks the {fn.value} rule for our {offered}", spec,
-                           key, section="RFC 7143 6.2.2")  # fmt: skip
+                raise _err(
+                    f"{key}={value} breaks the {fn.value} rule for our {offered}",
+                    spec,
+                    key,
+                    section="RFC 7143 6.2.2",
+                )
         else:
             check_value(spec, value)
         self.values[key] = value
@@ -394,8 +416,12 @@ class Negotiator:
         self._note_seen(key, spec)
         if value in text.RESERVED_ANSWERS:
             # RFC 7143 6.2: the reserved constants are answers, never offers.
-            raise _err(f"{key}={value}: a reserved constant used as an offer", spec, key,
-                       section="RFC 7143 6.2")  # fmt: skip
+            raise _err(
+                f"{key}={value}: a reserved constant used as an offer",
+                spec,
+                key,
+                section="RFC 7143 6.2",
+            )
         if spec is None:
             # RFC 7143 6.2: unknown keys (X- / X# extensions included) -> NotUnderstood.
             return text.NOT_UNDERSTOOD
@@ -419,8 +445,12 @@ class Negotiator:
                 self.values[key] = value
             return None
         if not self.leading and spec.leading_only:
-            raise _err(f"{key} is leading-only but this is not the leading connection", spec,
-                       key, section=f"{spec.section} (Use: LO)")  # fmt: skip
+            raise _err(
+                f"{key} is leading-only but this is not the leading connection",
+                spec,
+                key,
+                section=f"{spec.section} (Use: LO)",
+            )
         if not self._relevant(spec):
             return text.IRRELEVANT
         if fn is ResultFunction.LIST:
@@ -433,31 +463,44 @@ class Negotiator:
         name = spec.name
         if self.stage is LoginStage.FULL_FEATURE_PHASE:
             if spec.login_only:
-                raise _err(f"{name} may only be used during login", spec, name,
-                           section=f"{spec.section} (Use)")  # fmt: skip
+                raise _err(
+                    f"{name} may only be used during login",
+                    spec,
+                    name,
+                    section=f"{spec.section} (Use)",
+                )
             return
         if Phase.FFPO in spec.phase:
             raise _err(f"{name} may only be used in full feature phase", spec, name)
         if not self.strict_stages:
             return
         if spec.security and self.stage is not LoginStage.SECURITY_NEGOTIATION:
-            raise _err(f"{name} belongs to the security stage", spec, name,
-                       section="RFC 7143 12, 6.3")  # fmt: skip
+            raise _err(
+                f"{name} belongs to the security stage", spec, name, section="RFC 7143 12, 6.3"
+            )
         if (
             self.stage is LoginStage.SECURITY_NEGOTIATION
             and not spec.security
             and Phase.ANY_STAGE not in spec.phase
         ):
-            raise _err(f"operational key {name} sent in the security stage", spec, name,
-                       section="RFC 7143 6.3")  # fmt: skip
+            raise _err(
+                f"operational key {name} sent in the security stage",
+                spec,
+                name,
+                section="RFC 7143 6.3",
+            )
 
     def _check_same_as_session(self, spec: KeySpec, value: str) -> None:
         # A non-leading connection may repeat a leading-only declaration (some
         # initiators resend SessionType) but not change it.
         current = self.current(spec.name)
         if current is not None and current != value:
-            raise _err(f"{spec.name}={value} differs from the session's {current}", spec,
-                       spec.name, section=f"{spec.section} (Use: LO)")  # fmt: skip
+            raise _err(
+                f"{spec.name}={value} differs from the session's {current}",
+                spec,
+                spec.name,
+                section=f"{spec.section} (Use: LO)",
+            )
 
     def _answer_list(self, spec: KeySpec, value: str) -> str:
         theirs = text.parse_list(value)

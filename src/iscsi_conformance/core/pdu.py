@@ -165,7 +165,7 @@ class ScsiCommand(PDU):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if len(self.cdb) < 16:
+        if isinstance(self.cdb, bytes | bytearray | memoryview) and len(self.cdb) < 16:
             object.__setattr__(self, "cdb", bytes(self.cdb).ljust(16, b"\0"))
 
 
@@ -824,9 +824,8 @@ def violations(pdu: PDU) -> list[Violation]:
     for f in lay.value_fields:
         value = getattr(pdu, f.name)
         if f.is_flag:
-            if not isinstance(value, bool):
-                out.append(Violation(f.name, lay.section, f"must be a bool, got {value!r}"))
-        elif f.is_bytes:
+            continue  # flags are taken for their truth value
+        if f.is_bytes:
             if not isinstance(value, bytes):
                 out.append(Violation(f.name, lay.section, f"must be bytes, got {value!r}"))
         elif not isinstance(value, int) or not 0 <= value <= f.max_value:
@@ -1058,35 +1057,36 @@ def _decode_at(
         return NeedMore(end - len(buf))
 
     if header_digest or tahs or dsl:
-        mv = buf if isinstance(buf, memoryview) else memoryview(buf)
-        if header_digest:
-            received = _LE32.unpack_from(buf, hend)[0]
-            expected = _crc32c(mv[pos:hend])
-            if received != expected:
-                raise DigestError(
-                    "header digest mismatch",
-                    which="header",
-                    expected=expected,
-                    received=received,
-                    header=bytes(mv[pos : pos + BHS_LENGTH]),
-                )
-        ahs = bytes(mv[pos + BHS_LENGTH : hend]) if tahs else b""
-        if dsl:
-            padded = dstart + ((dsl + 3) & ~3)
-            data = bytes(mv[dstart : dstart + dsl])
-            if data_digest:
-                received = _LE32.unpack_from(buf, padded)[0]
-                expected = _crc32c(mv[dstart:padded])
+        # a context manager, so the view is released even when a digest error is raised
+        with memoryview(buf) as mv:
+            if header_digest:
+                received = _LE32.unpack_from(buf, hend)[0]
+                expected = _crc32c(mv[pos:hend])
                 if received != expected:
                     raise DigestError(
-                        "data digest mismatch",
-                        which="data",
+                        "header digest mismatch",
+                        which="header",
                         expected=expected,
                         received=received,
                         header=bytes(mv[pos : pos + BHS_LENGTH]),
                     )
-        else:
-            data = b""
+            ahs = bytes(mv[pos + BHS_LENGTH : hend]) if tahs else b""
+            if dsl:
+                padded = dstart + ((dsl + 3) & ~3)
+                data = bytes(mv[dstart : dstart + dsl])
+                if data_digest:
+                    received = _LE32.unpack_from(buf, padded)[0]
+                    expected = _crc32c(mv[dstart:padded])
+                    if received != expected:
+                        raise DigestError(
+                            "data digest mismatch",
+                            which="data",
+                            expected=expected,
+                            received=received,
+                            header=bytes(mv[pos : pos + BHS_LENGTH]),
+                        )
+            else:
+                data = b""
     else:
         ahs = data = b""
 

@@ -166,6 +166,10 @@ class TextAssembler:
         self.reset()
         return parse_pairs(whole)
 
+    def peek(self, data: bytes = b"") -> list[Pair]:
+        """Parse the chain so far plus ``data`` as if it ended here, without consuming."""
+        return parse_pairs(bytes(self._buf) + data)
+
     def reset(self) -> None:
         """Forget any partial chain."""
         self._buf.clear()

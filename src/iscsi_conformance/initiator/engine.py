@@ -65,6 +65,7 @@ from iscsi_conformance.core.serial import gt as _sn_gt
 from iscsi_conformance.core.serial import le as _sn_le
 from iscsi_conformance.core.serial import lt as _sn_lt
 from iscsi_conformance.errors import ReservationConflict, SCSIError
+from iscsi_conformance.scsi.sense import SenseData
 
 __all__ = [
     "NONE_TAG",
@@ -192,14 +193,24 @@ class ScsiResult:
         return self.response == 0 and self.status == ScsiStatus.GOOD
 
     @property
+    def sense_data(self) -> SenseData | None:
+        """The parsed sense data (SPC-4 4.5), None if absent or malformed."""
+        if not self.sense:
+            return None
+        try:
+            return SenseData.parse(self.sense)
+        except (ValueError, IndexError):
+            return None
+
+    @property
     def sense_key(self) -> int | None:
-        info = _sense_fields(self.sense)
-        return info[0] if info else None
+        sd = self.sense_data
+        return sd.sense_key if sd else None
 
     @property
     def asc_ascq(self) -> tuple[int, int] | None:
-        info = _sense_fields(self.sense)
-        return (info[1], info[2]) if info else None
+        sd = self.sense_data
+        return (sd.asc, sd.ascq) if sd else None
 
     def raise_for_status(self) -> ScsiResult:
         """Return self if GOOD (or CONDITION MET); raise ``SCSIError`` otherwise."""
@@ -215,33 +226,22 @@ class ScsiResult:
             return self
         if self.status == ScsiStatus.RESERVATION_CONFLICT:
             raise ReservationConflict()
-        info = _sense_fields(self.sense) or (0, 0, 0)
+        sd = self.sense_data or SenseData(0)
         try:
             status_name = ScsiStatus(self.status).name
         except ValueError:
             status_name = f"{self.status:#04x}"
         raise SCSIError(
-            f"{status_name}: sense key {info[0]:#x}, ASC/ASCQ {info[1]:#04x}/{info[2]:#04x}",
-            sense_key=info[0],
-            asc=info[1],
-            ascq=info[2],
+            f"{status_name}: sense key {sd.sense_key:#x}, ASC/ASCQ {sd.asc:#04x}/{sd.ascq:#04x}",
+            sense_key=sd.sense_key,
+            asc=sd.asc,
+            ascq=sd.ascq,
             status=self.status,
+            info=sd.information,
+            field_pointer=sd.field_pointer,
+            bit_pointer=sd.bit_pointer,
+            cd=sd.cd,
         )
-
-
-def _sense_fields(sense: bytes) -> tuple[int, int, int] | None:
-    """(sense key, ASC, ASCQ) from fixed (70h/71h) or descriptor (72h/73h) sense."""
-    if len(sense) < 3:
-        return None
-    code = sense[0] & 0x7F
-    if code in (0x70, 0x71):
-        key = sense[2] & 0x0F
-        asc = sense[12] if len(sense) > 12 else 0
-        ascq = sense[13] if len(sense) > 13 else 0
-        return key, asc, ascq
-    if code in (0x72, 0x73):
-        return sense[1] & 0x0F, sense[2], sense[3] if len(sense) > 3 else 0
-    return None
 
 
 class Event:

@@ -9,30 +9,29 @@ label ``iscsi-conformance.run=<id>`` and an owner label (``<pid>:<process start
 time>``) so that ``cleanup_stale()`` can tell what a killed run left behind (its
 owner process is gone) from what a concurrent live run is using. Cleanup happens on
 every exit path: the context manager, ``atexit``, and SIGTERM/SIGHUP handlers
-(Ctrl-C arrives as ``KeyboardInterrupt`` and unwinds through the context manager).
+(``process.register_cleanup``; Ctrl-C arrives as ``KeyboardInterrupt`` and unwinds
+through the context manager, then atexit).
 A new ``DockerEnv`` calls ``cleanup_stale()`` first, so a run right after a killed
 one starts clean.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import fcntl
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import threading
 import time
-import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from iscsi_conformance.errors import PeerStartError
+from iscsi_conformance.peers.process import register_cleanup, unregister_cleanup
 
 LABEL_RUN = "iscsi-conformance.run"
 LABEL_OWNER = "iscsi-conformance.owner"
@@ -214,37 +213,6 @@ def cleanup_stale(client: Any = None, *, exclude_run: str | None = None) -> list
 
 # --------------------------------------------------------------------------- a run
 
-_LIVE: weakref.WeakSet[DockerEnv] = weakref.WeakSet()
-_handlers_installed = False
-
-
-def _close_all() -> None:
-    for env in list(_LIVE):
-        with contextlib.suppress(Exception):
-            env.close()
-
-
-def _install_handlers() -> None:
-    global _handlers_installed
-    if _handlers_installed:
-        return
-    _handlers_installed = True
-    atexit.register(_close_all)
-    if threading.current_thread() is not threading.main_thread():
-        return  # signal handlers can only be set from the main thread; atexit still runs
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        previous = signal.getsignal(sig)
-
-        def handler(signum: int, frame: Any, _previous: Any = previous) -> None:
-            _close_all()
-            if callable(_previous):
-                _previous(signum, frame)
-            else:
-                signal.signal(signum, _previous if _previous is not None else signal.SIG_DFL)
-                os.kill(os.getpid(), signum)
-
-        signal.signal(sig, handler)
-
 
 class DockerEnv:
     """One run's network and containers; a context manager.
@@ -268,8 +236,7 @@ class DockerEnv:
             self.stale_removed = cleanup_stale(self.client, exclude_run=self.run_id)
         else:
             self.stale_removed = []
-        _install_handlers()
-        _LIVE.add(self)
+        register_cleanup(self, "close")
 
     # -- network
     @property
@@ -365,7 +332,7 @@ class DockerEnv:
         if self._network is not None:
             with contextlib.suppress(Exception):
                 self._network.remove()
-        _LIVE.discard(self)
+        unregister_cleanup(self)
 
     def __enter__(self) -> DockerEnv:
         return self

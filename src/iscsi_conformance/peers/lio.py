@@ -35,6 +35,7 @@ from typing import Any
 from ..errors import ConfigError, HarnessError, PeerStartError
 from . import microvm
 from .base import Manifest, Mode, TargetDriver, TargetEndpoint, TargetSpec
+from .registry import register_target
 
 PEER_DIR_NAME = "lio"
 GUEST_SCRIPT = "/ic/lio"
@@ -83,7 +84,10 @@ def select_mode(requested: str | None = None) -> Mode:
     choice = requested or os.environ.get(ENV_MODE) or "auto"
     if choice != "auto":
         if choice not in ("native", "microvm", "container"):
-            raise ConfigError(f"LIO mode must be native, microvm, container or auto, not {choice!r}", field=ENV_MODE)
+            raise ConfigError(
+                f"LIO mode must be native, microvm, container or auto, not {choice!r}",
+                field=ENV_MODE,
+            )
         return choice  # type: ignore[return-value]
     if host_has_lio():
         from .docker_env import engine_available
@@ -95,6 +99,7 @@ def select_mode(requested: str | None = None) -> Mode:
     return "container"
 
 
+@register_target("lio")
 class LioTarget(TargetDriver):
     """TargetDriver for LIO. ``backstore``: "fileio" (a file in guest RAM) or "ramdisk"."""
 
@@ -112,7 +117,9 @@ class LioTarget(TargetDriver):
     ) -> None:
         super().__init__(manifest if manifest is not None else load_manifest())
         if backstore not in ("fileio", "ramdisk"):
-            raise ConfigError(f"backstore must be fileio or ramdisk, not {backstore!r}", field="backstore")
+            raise ConfigError(
+                f"backstore must be fileio or ramdisk, not {backstore!r}", field="backstore"
+            )
         self.mode = select_mode(mode)
         self.backstore = backstore
         self.memory_mb = memory_mb
@@ -202,7 +209,13 @@ class LioTarget(TargetDriver):
             tmpfs={"/var/lib/ic": "size=1g"},
         )
         shell = microvm.ContainerShell(self._container, log=self.log)
-        shell.run(["sh", "-c", "modprobe -a configfs target_core_mod target_core_file iscsi_target_mod || true"])
+        shell.run(
+            [
+                "sh",
+                "-c",
+                "modprobe -a configfs target_core_mod target_core_file iscsi_target_mod || true",
+            ]
+        )
         return shell
 
     def _env(self) -> Any:
@@ -256,7 +269,9 @@ class LioTarget(TargetDriver):
         for i, lun in enumerate(spec.luns):
             store = f"{_short(iqn)}_lun{i}"
             stores.append(store)
-            steps.append(["backstore", self.backstore, store, str(lun.size_bytes), str(lun.block_size)])
+            steps.append(
+                ["backstore", self.backstore, store, str(lun.size_bytes), str(lun.block_size)]
+            )
         steps.append(["target", iqn])
         steps.append(["portal", iqn, "0.0.0.0", str(ISCSI_PORT)])
         for i, store in enumerate(stores):
@@ -264,7 +279,9 @@ class LioTarget(TargetDriver):
         luns = [str(i) for i in range(len(stores))]
         auth = spec.chap is not None
         if spec.mutual_chap is not None and spec.chap is None:
-            raise ConfigError("mutual CHAP needs one-way CHAP too (RFC 7143 12.1.3)", field="mutual_chap")
+            raise ConfigError(
+                "mutual CHAP needs one-way CHAP too (RFC 7143 12.1.3)", field="mutual_chap"
+            )
         if spec.allowed_initiators:
             steps.append(["attrib", iqn, "generate_node_acls", "0"])
             for ini in spec.allowed_initiators:
@@ -321,13 +338,17 @@ class LioTarget(TargetDriver):
             assert self.vm is not None
             host, port = self.vm.bind_host, self.vm.host_port("iscsi")
             return TargetEndpoint(host, port, spec.iqn, luns, 1, host_side=(host, port))
-        return TargetEndpoint("127.0.0.1", ISCSI_PORT, spec.iqn, luns, 1, host_side=("127.0.0.1", ISCSI_PORT))
+        return TargetEndpoint(
+            "127.0.0.1", ISCSI_PORT, spec.iqn, luns, 1, host_side=("127.0.0.1", ISCSI_PORT)
+        )
 
     def deconfigure(self, iqn: str) -> None:
         self._targets.pop(iqn, None)
         self.lio("delete", iqn)
 
-    def set_discovery_auth(self, user: str, secret: str, mutual: tuple[str, str] | None = None) -> None:
+    def set_discovery_auth(
+        self, user: str, secret: str, mutual: tuple[str, str] | None = None
+    ) -> None:
         """Require CHAP for SendTargets sessions (``iscsi/discovery_auth``)."""
         self.log.secrets.add(secret)
         args = [user, secret]

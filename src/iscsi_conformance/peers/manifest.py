@@ -179,7 +179,7 @@ def version_matches(version: str, spec: str) -> bool:
     have = version_key(version)
     for clause in spec.split(","):
         m = _VERSION_OP.match(clause)
-        if not m:
+        if not m or not re.search(r"\d", m.group(2)):
             raise ConfigError(f"cannot parse version clause {clause!r}", field="versions")
         op, want_s = m.group(1) or "==", m.group(2)
         want = version_key(want_s)

@@ -39,6 +39,7 @@ import contextlib
 import ctypes
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import lzma
 import os
@@ -55,6 +56,7 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import HarnessError, PeerStartError
 from .base import CommandLog
@@ -202,7 +204,9 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _run(log: CommandLog, argv: Sequence[str], *, cwd: Path | None = None, timeout: float = 900) -> str:
+def _run(
+    log: CommandLog, argv: Sequence[str], *, cwd: Path | None = None, timeout: float = 900
+) -> str:
     started = time.monotonic()
     try:
         proc = subprocess.run(
@@ -219,14 +223,20 @@ def _run(log: CommandLog, argv: Sequence[str], *, cwd: Path | None = None, timeo
 
 
 def _clip(text: str, limit: int = 20000) -> str:
-    return text if len(text) <= limit else f"[... {len(text) - limit} chars cut ...]\n" + text[-limit:]
+    return (
+        text if len(text) <= limit else f"[... {len(text) - limit} chars cut ...]\n" + text[-limit:]
+    )
 
 
 def _apt_candidate(package: str) -> str:
     """The version apt would install (from local lists only); "" when unknown."""
     try:
         out = subprocess.run(
-            ["apt-cache", "policy", package], capture_output=True, text=True, timeout=60, check=False
+            ["apt-cache", "policy", package],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         ).stdout
     except OSError:
         return ""
@@ -357,6 +367,7 @@ class KernelArtefacts:
     modules: tuple[str, ...]
 
 
+@functools.lru_cache(maxsize=1)
 def kernel_recipe() -> str:
     return _digest(
         FORMAT_VERSION,
@@ -460,11 +471,18 @@ def _cpio(log: CommandLog, root: Path, dest: Path) -> None:
             stderr=subprocess.PIPE,
             check=False,
         )
-    log.add(["cpio", "-o", "-H", "newc", "-R", "0:0", f"> {dest.name}"], proc.returncode, "", proc.stderr.decode(), started)
+    log.add(
+        ["cpio", "-o", "-H", "newc", "-R", "0:0", f"> {dest.name}"],
+        proc.returncode,
+        "",
+        proc.stderr.decode(),
+        started,
+    )
     if proc.returncode != 0:
         raise HarnessError(f"cpio failed: {proc.stderr.decode()[-2000:]}")
 
 
+@functools.lru_cache(maxsize=4)
 def rootfs_recipe(packages: Sequence[str] = ROOTFS_PACKAGES) -> str:
     versions = [f"{p}={_apt_candidate(p)}" for p in sorted(packages)]
     return _digest(FORMAT_VERSION, DEBIAN_SUITE, "minbase", *versions)
@@ -478,7 +496,7 @@ def build_rootfs(
 ) -> Path:
     """A Debian guest (debootstrap minbase + ``packages``) as an ext4 image; cached."""
     log = log if log is not None else CommandLog()
-    out = cache_root() / "microvm" / f"rootfs-{rootfs_recipe(packages)}"
+    out = cache_root() / "microvm" / f"rootfs-{rootfs_recipe(tuple(packages))}"
     image = out / "rootfs.ext4"
     with _locked(out.with_suffix(".lock")):
         if not force and (out / "done").exists():
@@ -500,7 +518,13 @@ def build_rootfs(
                 argv.append(mirror)
             _run(log, argv, timeout=1800)
             # What the image does not need: package caches, docs, locales.
-            for sub in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/locale"):
+            for sub in (
+                "var/cache/apt/archives",
+                "var/lib/apt/lists",
+                "usr/share/doc",
+                "usr/share/man",
+                "usr/share/locale",
+            ):
                 p = root / sub
                 if p.is_dir():
                     for child in p.iterdir():
@@ -516,10 +540,25 @@ def build_rootfs(
             final.mkdir()
             _run(
                 log,
-                ["mke2fs", "-q", "-F", "-t", "ext4", "-L", "icroot", "-E", "root_owner=0:0",
-                 "-d", str(root), str(final / "rootfs.ext4"), f"{size_mb}M"],
+                [
+                    "mke2fs",
+                    "-q",
+                    "-F",
+                    "-t",
+                    "ext4",
+                    "-L",
+                    "icroot",
+                    "-E",
+                    "root_owner=0:0",
+                    "-d",
+                    str(root),
+                    str(final / "rootfs.ext4"),
+                    f"{size_mb}M",
+                ],
             )
-            pkgs = _run(log, ["chroot", str(root), "dpkg-query", "-W", "-f=${Package} ${Version}\\n"])
+            pkgs = _run(
+                log, ["chroot", str(root), "dpkg-query", "-W", "-f=${Package} ${Version}\\n"]
+            )
             (final / "packages").write_text(pkgs)
             (final / "done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
             if out.exists():
@@ -639,8 +678,33 @@ class MicroVM:
         return [*argv, "-append", cmdline]
 
     def start(self) -> None:
+        started = time.monotonic()
+        self._launch()
+        _LIVE.add(self)
+        try:
+            self._wait_ready(started)
+        except BaseException:
+            tail = self.console_tail()
+            self.stop()
+            if sys.exc_info()[0] is PeerStartError:
+                raise
+            raise PeerStartError(self.name, "boot interrupted", log_tail=tail) from None
+        self.boot_seconds = time.monotonic() - started
+        self.log.add(
+            ["# boot"],
+            0,
+            f"agent answered after {self.boot_seconds:.1f} s",
+            "",
+            started,
+            where=self.where,
+        )
+
+    def _launch(self) -> None:
+        """Start QEMU on this host (the container variant overrides this)."""
         if shutil.which(self.qemu) is None:
-            raise PeerStartError(self.name, f"{self.qemu} not found (apt-get install qemu-system-x86)")
+            raise PeerStartError(
+                self.name, f"{self.qemu} not found (apt-get install qemu-system-x86)"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ports = {"agent": free_port(self.bind_host)}
         for n in self.forwards:
@@ -655,31 +719,22 @@ class MicroVM:
             start_new_session=True,  # Ctrl-C reaches us, and stop() cleans up
             preexec_fn=_die_with_parent,
         )
-        _LIVE.add(self)
         self.log.add(argv, None, f"pid {self.proc.pid}", "", started)
-        try:
-            self._wait_ready(started)
-        except BaseException:
-            tail = self.console_tail()
-            self.stop()
-            if sys.exc_info()[0] is PeerStartError:
-                raise
-            raise PeerStartError(self.name, "boot interrupted", log_tail=tail) from None
-        self.boot_seconds = time.monotonic() - started
-        self.log.add(["# boot"], 0, f"agent answered after {self.boot_seconds:.1f} s", "", started, where=self.where)
+
+    def _exited(self) -> str | None:
+        """Why QEMU is gone, or None while it runs."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        out = (self.workdir / "qemu.out").read_text(errors="replace")
+        return f"qemu exited with {self.proc.returncode}: {out.strip()[-500:]}"
 
     def _wait_ready(self, started: float) -> None:
         deadline = started + self.boot_timeout
         seen_marker = False
         while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                out = (self.workdir / "qemu.out").read_text(errors="replace")
-                raise PeerStartError(
-                    self.name,
-                    f"qemu exited with {self.proc.returncode}: {out.strip()[-500:]}",
-                    log_tail=self.console_tail(),
-                )
+            why = self._exited()
+            if why is not None:
+                raise PeerStartError(self.name, why, log_tail=self.console_tail())
             if not seen_marker:
                 seen_marker = READY_MARKER in self.console_text()
                 time.sleep(0.2)
@@ -696,6 +751,8 @@ class MicroVM:
             f"agent did not answer within {self.boot_timeout:.0f} s",
             log_tail=self.console_tail(),
         )
+
+    _last_console = ""
 
     def console_text(self) -> str:
         try:
@@ -772,7 +829,9 @@ class MicroVM:
             self.log.add(shown, None, "", f"agent: {exc}", started, where=self.where)
             raise HarnessError(f"{self.name}: {script[:200]!r}: {exc}") from exc
         out = (
-            f"<{len(res.stdout)} bytes>" if binary_output else _clip(res.stdout.decode(errors="replace"))
+            f"<{len(res.stdout)} bytes>"
+            if binary_output
+            else _clip(res.stdout.decode(errors="replace"))
         )
         self.log.add(shown, res.returncode, out, _clip(res.error_text), started, where=self.where)
         if res.returncode == 137 and time.monotonic() - started >= guest_timeout:
@@ -791,10 +850,212 @@ class MicroVM:
         started = time.monotonic()
         res = self._request(f"PUT {len(data)} {mode} {path}\n".encode(), data, timeout=timeout)
         self.log.add(
-            ["# put", path, mode], res.returncode, f"<{len(data)} bytes>", res.error_text, started, where=self.where
+            ["# put", path, mode],
+            res.returncode,
+            f"<{len(data)} bytes>",
+            res.error_text,
+            started,
+            where=self.where,
         )
         if res.returncode != 0:
             raise HarnessError(f"{self.name}: writing {path} failed: {res.error_text}")
+
+
+# --------------------------------------------------------------------------- containers
+
+ARTEFACTS_IN_CONTAINER = "/ic-artefacts"
+
+
+class ContainerMicroVM(MicroVM):
+    """The same VM with QEMU inside a container on the run's docker network.
+
+    The artefact cache is bind-mounted read-only; QEMU forwards the guest's ports on
+    the container's own address (fixed ports: the container is alone on it), where
+    the host and the other containers of the run reach them.
+    """
+
+    def __init__(self, *args: Any, env: Any, image: str, peer: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.env = env
+        self.image = image
+        self.peer = peer
+        self.container: Any = None
+
+    @property
+    def where(self) -> str:
+        return f"microvm:{self.name}@container"
+
+    def _launch(self) -> None:
+        inner = MicroVM(
+            self.name,
+            KernelArtefacts(
+                vmlinuz=Path(ARTEFACTS_IN_CONTAINER) / self.kernel.vmlinuz.parent.name / "vmlinuz",
+                initramfs=Path(ARTEFACTS_IN_CONTAINER)
+                / self.kernel.initramfs.parent.name
+                / "initramfs.cpio",
+                kernel_release=self.kernel.kernel_release,
+                package=self.kernel.package,
+                modules=self.kernel.modules,
+            ),
+            log=self.log,
+            rootfs=(Path(ARTEFACTS_IN_CONTAINER) / self.rootfs.parent.name / self.rootfs.name)
+            if self.rootfs is not None
+            else None,
+            forwards=self.forwards,
+            memory_mb=self.memory_mb,
+            bind_host="0.0.0.0",
+            workdir=Path("/run/ic-vm"),
+            extra_cmdline=self.extra_cmdline,
+        )
+        inner.ports = {"agent": AGENT_PORT, **self.forwards}
+        argv = inner.argv()
+        # console on stdout, so that `docker logs` is the console log
+        i = argv.index("-chardev")
+        argv[i + 1] = "stdio,id=con,signal=off"
+        started = time.monotonic()
+        self.container = self.env.run_container(
+            self.image,
+            name=self.name,
+            peer=self.peer,
+            command=argv,
+            volumes={
+                str(cache_root() / "microvm"): {"bind": ARTEFACTS_IN_CONTAINER, "mode": "rw"}
+            },  # snapshot=on: never written
+        )
+        self.bind_host = self.env.container_ip(self.container)
+        self.ports = dict(inner.ports)
+        self.log.add(
+            ["docker", "run", self.image, *argv],
+            None,
+            f"container {self.container.name} at {self.bind_host}",
+            "",
+            started,
+        )
+
+    def _exited(self) -> str | None:
+        if self.container is None:
+            return "container gone"
+        try:
+            self.container.reload()
+        except Exception as exc:
+            return f"container gone: {exc}"
+        if self.container.status in ("exited", "dead"):
+            return f"qemu container {self.container.status}"
+        return None
+
+    def console_text(self) -> str:
+        if self.container is None:
+            return self._last_console
+        try:
+            self._last_console: str = self.container.logs().decode(errors="replace")
+        except Exception:
+            return getattr(self, "_last_console", "")
+        return self._last_console
+
+    def stop(self) -> None:
+        _LIVE.discard(self)
+        if self.container is not None:
+            self.console_text()
+            started = time.monotonic()
+            self.env.remove(self.container)
+            self.log.add(["docker", "rm", "-f", self.container.name], 0, "", "", started)
+            self.container = None
+        if self._own_workdir and self.workdir.exists():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_container_vm(
+    env: Any,
+    name: str,
+    kernel: KernelArtefacts,
+    *,
+    role: str,
+    peer: str,
+    folder: Path,
+    log: CommandLog,
+    rootfs: Path | None = None,
+    forwards: dict[str, int] | None = None,
+    memory_mb: int = 512,
+    boot_timeout: float = 180.0,
+) -> MicroVM:
+    """Build the peer's image (QEMU from Debian) and boot the VM inside it."""
+    from .images import build_peer_image
+
+    image = build_peer_image(role, peer, folder=folder, log=log)  # type: ignore[arg-type]
+    vm = ContainerMicroVM(
+        name,
+        kernel,
+        env=env,
+        image=image,
+        peer=peer,
+        log=log,
+        rootfs=rootfs,
+        forwards=forwards,
+        memory_mb=memory_mb,
+        boot_timeout=boot_timeout,
+    )
+    vm.start()
+    return vm
+
+
+class ContainerShell:
+    """``run``/``put`` like a VM's agent, for a container (native mode: host kernel)."""
+
+    def __init__(self, container: Any, *, log: CommandLog) -> None:
+        self.container = container
+        self.log = log
+
+    @property
+    def where(self) -> str:
+        return f"container:{self.container.name}"
+
+    def run(
+        self,
+        command: Sequence[str] | str,
+        *,
+        timeout: float = 60.0,
+        check: bool = False,
+        binary_output: bool = False,
+    ) -> AgentResult:
+        script = command if isinstance(command, str) else shlex.join(command)
+        shown = [script] if isinstance(command, str) else list(command)
+        started = time.monotonic()
+        argv = ["timeout", "-s", "KILL", str(max(1, int(timeout))), "sh", "-c", script]
+        code, (out, err) = self.container.exec_run(argv, demux=True)
+        res = AgentResult(int(code), out or b"", err or b"")
+        shown_out = f"<{len(res.stdout)} bytes>" if binary_output else _clip(res.text)
+        self.log.add(
+            shown, res.returncode, shown_out, _clip(res.error_text), started, where=self.where
+        )
+        if check and res.returncode != 0:
+            raise HarnessError(
+                f"{self.where}: {script[:200]!r} failed ({res.returncode}): {self.log.mask(res.error_text)[-1500:]}"
+            )
+        return res
+
+    def put(self, path: str, data: bytes, *, mode: str = "0644", timeout: float = 60.0) -> None:
+        import io
+        import tarfile
+
+        started = time.monotonic()
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo(os.path.basename(path))
+            info.size = len(data)
+            info.mode = int(mode, 8)
+            tar.addfile(info, io.BytesIO(data))
+        self.container.exec_run(["mkdir", "-p", os.path.dirname(path)])
+        ok = self.container.put_archive(os.path.dirname(path) or "/", buf.getvalue())
+        self.log.add(
+            ["# put", path, mode],
+            0 if ok else 1,
+            f"<{len(data)} bytes>",
+            "",
+            started,
+            where=self.where,
+        )
+        if not ok:
+            raise HarnessError(f"{self.where}: writing {path} failed")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -817,7 +1078,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     t0 = time.monotonic()
     k = build_kernel(log, force=args.force)
-    print(f"kernel   {k.package} ({k.kernel_release}) {k.vmlinuz.parent}  [{time.monotonic() - t0:.1f} s]")
+    print(
+        f"kernel   {k.package} ({k.kernel_release}) {k.vmlinuz.parent}  [{time.monotonic() - t0:.1f} s]"
+    )
     if args.rootfs:
         t1 = time.monotonic()
         img = build_rootfs(log, force=args.force)

@@ -12,6 +12,7 @@ masked the same way. A daemon that runs in the background (tgtd on the host) is 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import os
@@ -19,7 +20,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,63 @@ from iscsi_conformance.errors import HarnessError
 from iscsi_conformance.peers.base import CommandLog, CommandRecord
 
 DEFAULT_TIMEOUT = 60.0
+
+# --------------------------------------------------------------------------- exit cleanup
+# Things that must not outlive us (a tgtd on the host, a run's containers) register
+# here. They are cleaned up at interpreter exit (atexit, which a KeyboardInterrupt
+# also reaches) and on SIGTERM/SIGHUP, whose default action would skip atexit.
+
+_CLEANUPS: dict[int, Any] = {}  # strong: an object stays until it is cleaned up
+_cleanup_lock = threading.Lock()
+_handlers_installed = False
+
+
+def register_cleanup(obj: Any, method: str = "close") -> None:
+    """Call ``obj.<method>()`` at exit unless ``obj`` is gone or unregistered first."""
+    with _cleanup_lock:
+        _CLEANUPS[id(obj)] = obj
+        obj.__dict__.setdefault("_exit_cleanup_method", method)
+    install_exit_handlers()
+
+
+def unregister_cleanup(obj: Any) -> None:
+    with _cleanup_lock:
+        _CLEANUPS.pop(id(obj), None)
+
+
+def run_cleanups() -> None:
+    """Run every registered cleanup now (idempotent; errors are swallowed)."""
+    with _cleanup_lock:
+        objs = list(_CLEANUPS.values())
+        _CLEANUPS.clear()
+    for obj in reversed(objs):
+        with contextlib.suppress(Exception):
+            getattr(obj, obj.__dict__.get("_exit_cleanup_method", "close"))()
+
+
+def install_exit_handlers(signals: Iterable[int] = (signal.SIGTERM, signal.SIGHUP)) -> None:
+    """atexit + handlers for ``signals`` that clean up, then chain to the previous one."""
+    global _handlers_installed
+    if _handlers_installed:
+        return
+    _handlers_installed = True
+    atexit.register(run_cleanups)
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread; atexit still runs
+    for sig in signals:
+        previous = signal.getsignal(sig)
+
+        def handler(signum: int, frame: Any, _previous: Any = previous) -> None:
+            run_cleanups()
+            if callable(_previous):
+                _previous(signum, frame)
+            else:
+                signal.signal(signum, _previous if _previous is not None else signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+
+        signal.signal(sig, handler)
+
+
 _MAX_RECORDED = 64 * 1024  # characters of stdout/stderr kept per command in the log
 
 
@@ -259,6 +317,7 @@ class BackgroundProcess:
             self._out.close()
             raise
         self.record = _record(log, self.argv, env, None, "", "", self._started, "host")
+        register_cleanup(self, "stop")
 
     @property
     def pid(self) -> int:
@@ -278,6 +337,7 @@ class BackgroundProcess:
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; idempotent. Returns the exit code."""
+        unregister_cleanup(self)
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
@@ -295,7 +355,13 @@ class BackgroundProcess:
         return self.proc.returncode
 
 
-def wait_until(predicate: Any, *, timeout: float, interval: float = 0.1, alive: Any = None) -> bool:
+def wait_until(
+    predicate: Callable[[], bool],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    alive: Callable[[], bool] | None = None,
+) -> bool:
     """Poll ``predicate()`` until true or ``timeout``; stop early when ``alive()`` is false."""
     deadline = time.monotonic() + timeout
     while True:

@@ -44,9 +44,12 @@ from iscsi_conformance.peers.process import (
     BackgroundProcess,
     CommandResult,
     docker_exec,
+    register_cleanup,
     run,
+    unregister_cleanup,
     wait_until,
 )
+from iscsi_conformance.peers.registry import register_target
 
 CONTAINER_PORTAL_PORT = 3260
 CONTAINER_BACKING_DIR = "/var/lib/iscsi-conformance"
@@ -93,6 +96,7 @@ def upstream_version(package_version: str) -> str:
     return v.rsplit("-", 1)[0] if "-" in v else v
 
 
+@register_target("tgt")
 class TgtTarget(TargetDriver):
     """``TargetDriver`` for tgt. ``mode`` is ``"native"`` or ``"container"``."""
 
@@ -252,6 +256,7 @@ class TgtTarget(TargetDriver):
             self._owns_env = True
         env = self._docker_env
         self.image = build_peer_image("target", "tgt", client=env.client, log=self.log)
+        register_cleanup(self, "stop")
         self.control_port = 0
         argv = self._daemon_argv(0, f"0.0.0.0:{CONTAINER_PORTAL_PORT}")
         t0 = time.monotonic()
@@ -308,6 +313,7 @@ class TgtTarget(TargetDriver):
                     (TGTD_RUN_DIR / f"socket.{self.control_port}{suffix}").unlink()
 
     def stop(self) -> None:
+        unregister_cleanup(self)
         if self._daemon is not None:
             daemon = self._daemon
             if daemon.alive():

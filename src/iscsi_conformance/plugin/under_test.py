@@ -36,16 +36,31 @@ class Evidence:
         self.notes.append(text)
 
     def records(self) -> list[dict[str, Any]]:
-        """Every traced PDU as plain data (direction, opcode, summary, hex)."""
+        """Every traced PDU as plain data (direction, opcode, summary, hex), secrets masked."""
         out: list[dict[str, Any]] = []
         for conn_no, trace in enumerate(self.traces):
-            to_records = getattr(trace, "to_records", None)
-            if to_records is None:
-                continue
-            for rec in to_records():
-                rec = dict(rec)
-                rec.setdefault("connection", conn_no)
-                out.append(rec)
+            for secret in self.secrets:
+                trace.add_secret(secret)
+            for entry in trace.to_json().get("entries", []):
+                fields = entry.get("fields", {})
+                summary = ", ".join(
+                    f"{k}={v}"
+                    for k, v in fields.items()
+                    if k not in ("data", "ahs") and v not in (0, False, "", None)
+                )
+                if entry.get("text"):
+                    summary += f" | {entry['text']}"
+                out.append(
+                    {
+                        "direction": entry.get("direction"),
+                        "opcode": entry.get("pdu"),
+                        "summary": summary,
+                        "hex": entry.get("raw", ""),
+                        "time": entry.get("time"),
+                        "note": entry.get("note", ""),
+                        "connection": conn_no,
+                    }
+                )
         return out
 
 
@@ -127,6 +142,38 @@ class TargetUnderTest:
         conn = RawConnection(host, port, **kw)
         self.evidence.add_trace(getattr(conn, "trace", None))
         return conn
+
+    def probe(self, raw: Any, profile: str = "default", **kw: Any) -> Any:
+        """A ``LoginProbe`` for ``raw`` with this run's names for ``profile``."""
+        from iscsi_conformance.plugin.probe import LoginProbe
+
+        kw.setdefault("initiator_name", self.initiator_name)
+        kw.setdefault("target_name", self.endpoint(profile).iqn)
+        return LoginProbe(raw, **kw)
+
+    def chap_pair(self, profile: str) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
+        """(user, secret) pairs for ``profile``: the initiator's, and the target's (mutual)."""
+        chap, mutual = self.chap_for(profile)
+        return (
+            (chap.user, chap.secret) if chap else None,
+            (mutual.user, mutual.secret) if mutual else None,
+        )
+
+    async def login(self, raw: Any, profile: str = "default", keys: Any = (), **kw: Any) -> Any:
+        """A whole raw login to full feature phase for ``profile``; returns the probe."""
+        probe = self.probe(raw, profile, **kw)
+        chap, mutual = self.chap_pair(profile)
+        step = await probe.to_full_feature(keys, chap=chap, mutual=mutual)
+        if not probe.in_full_feature:
+            from iscsi_conformance.plugin.spec import violation
+
+            raise violation(
+                "harness",
+                f"could not log in to {self.name} profile {profile!r} (status {step.status!r})",
+                sent=probe.sent,
+                received=probe.received,
+            )
+        return probe
 
     def portal(self, profile: str = "default") -> tuple[str, int]:
         ep = self.endpoint(profile)

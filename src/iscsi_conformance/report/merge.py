@@ -135,7 +135,9 @@ def _merge_requirements(inputs: Iterable[Results], notes: list[str]) -> list[Any
     return list(reqs.values())
 
 
-def _merge_tests(inputs: Sequence[Results], runs: Sequence[Run], notes: list[str]) -> list[TestResult]:
+def _merge_tests(
+    inputs: Sequence[Results], runs: Sequence[Run], notes: list[str]
+) -> list[TestResult]:
     run_time = {run.id: (run.finished or run.started or "") for run in runs}
     groups: dict[tuple[str, str], list[tuple[tuple[int, str, int], TestResult]]] = {}
     order = 0
@@ -193,7 +195,7 @@ def _plain(obj: Any) -> dict[str, Any]:
 
 
 def _canon(obj: Any) -> str:
-    data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else obj
     return json.dumps(data, sort_keys=True, default=str)
 
 

@@ -226,7 +226,13 @@ class PduEvent:
 
     @classmethod
     def from_bytes(
-        cls, direction: str, opcode: str, raw: bytes, *, summary: str = "", time: float | None = None
+        cls,
+        direction: str,
+        opcode: str,
+        raw: bytes,
+        *,
+        summary: str = "",
+        time: float | None = None,
     ) -> PduEvent:
         return cls(direction=direction, opcode=opcode, summary=summary, hex=raw.hex(), time=time)
 
@@ -605,7 +611,9 @@ class Results:
         """Read a document; refuse other formats and major versions (``source`` names
         the file in errors). ``check`` validates against the schema first."""
         if not isinstance(doc, dict):
-            raise ResultsFormatError("not a results document (top level is not an object)", source=source)
+            raise ResultsFormatError(
+                "not a results document (top level is not an object)", source=source
+            )
         if doc.get("format") != FORMAT:
             raise ResultsFormatError(
                 f"not an {FORMAT} document (format is {doc.get('format')!r})", source=source
@@ -624,7 +632,9 @@ class Results:
         if check:
             problems = validate(doc, allow_unknown=minor > _parse_version(VERSION)[1])
             if problems:
-                raise ResultsFormatError("does not match the results schema", source=source, problems=problems)
+                raise ResultsFormatError(
+                    "does not match the results schema", source=source, problems=problems
+                )
         try:
             return cls(
                 runs=[Run.from_json(r) for r in doc.get("runs", [])],
@@ -689,6 +699,7 @@ def write_text_atomic(path: Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -718,7 +729,9 @@ def load_schema() -> dict[str, Any]:
     return cast(dict[str, Any], _SCHEMA_CACHE["v1"])
 
 
-def validate(doc: Any, *, allow_unknown: bool = False, use_jsonschema: bool | None = None) -> list[str]:
+def validate(
+    doc: Any, *, allow_unknown: bool = False, use_jsonschema: bool | None = None
+) -> list[str]:
     """Problems of ``doc`` against the v1 schema (empty list: valid).
 
     ``allow_unknown`` accepts properties the schema does not know (a newer minor
@@ -729,7 +742,7 @@ def validate(doc: Any, *, allow_unknown: bool = False, use_jsonschema: bool | No
         schema = _relax(schema)
     if use_jsonschema is not False:
         try:
-            import jsonschema
+            import jsonschema  # type: ignore[import-untyped]
         except ImportError:
             if use_jsonschema:
                 raise
@@ -745,7 +758,8 @@ def validate(doc: Any, *, allow_unknown: bool = False, use_jsonschema: bool | No
 def _relax(schema: Any) -> Any:
     if isinstance(schema, dict):
         return {
-            k: (True if k == "additionalProperties" and v is False else _relax(v)) for k, v in schema.items()
+            k: (True if k == "additionalProperties" and v is False else _relax(v))
+            for k, v in schema.items()
         }
     if isinstance(schema, list):
         return [_relax(x) for x in schema]

@@ -120,7 +120,12 @@ class Redactor:
         return value
 
     def _field(self, key: str, value: Any) -> Any:
-        if _SECRET_KEY.search(key) and isinstance(value, str | int | float) and not isinstance(value, bool) and value != "":
+        if (
+            _SECRET_KEY.search(key)
+            and isinstance(value, str | int | float)
+            and not isinstance(value, bool)
+            and value != ""
+        ):
             return MASK
         return self.tree(value, key)
 

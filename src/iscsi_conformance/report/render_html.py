@@ -306,7 +306,9 @@ def _annotations(raw: bytes, event: PduEvent) -> list[tuple[int, int, str, str]]
             out.append((48, min(ahs, len(raw) - 48), "AHS", f"{ahs} bytes"))
         if len(raw) > 48 + ahs:
             dsl = int.from_bytes(raw[5:8], "big")
-            out.append((48 + ahs, len(raw) - 48 - ahs, "data segment (+padding, digests)", f"{dsl} bytes"))
+            out.append(
+                (48 + ahs, len(raw) - 48 - ahs, "data segment (+padding, digests)", f"{dsl} bytes")
+            )
     return out
 
 
@@ -420,7 +422,11 @@ def _fmt_ts(ts: str | None) -> str:
 
 
 def build_view(
-    results: Results, *, title: str | None = None, generated: str | None = None, data_file: str | None = None
+    results: Results,
+    *,
+    title: str | None = None,
+    generated: str | None = None,
+    data_file: str | None = None,
 ) -> PageView:
     """The page's data. ``results`` should already be redacted (:func:`write_html` does)."""
     catalog = results.requirement_index()
@@ -442,7 +448,9 @@ def build_view(
             peers=results.peers_named(name, role),
         )
 
-    initiators = [header(n, "initiator") for n in _peer_order(p.initiator for p in pairings.values())]
+    initiators = [
+        header(n, "initiator") for n in _peer_order(p.initiator for p in pairings.values())
+    ]
     targets = [header(n, "target") for n in _peer_order(p.target for p in pairings.values())]
     all_areas: set[str] = set()
     rows: list[list[CellView]] = []

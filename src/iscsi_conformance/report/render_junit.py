@@ -87,7 +87,10 @@ def junit_xml(results: Results, *, secrets: Iterable[str] = ()) -> str:
                 ET.SubElement(props, "property", name=role, value=_clean(name))
                 for peer in safe.peers_named(name, role):
                     ET.SubElement(
-                        props, "property", name=f"{role}.version", value=_clean(f"{peer.version} ({peer.mode})")
+                        props,
+                        "property",
+                        name=f"{role}.version",
+                        value=_clean(f"{peer.version} ({peer.mode})"),
                     )
         for t in tests:
             _testcase(suite, t)
@@ -98,34 +101,62 @@ def junit_xml(results: Results, *, secrets: Iterable[str] = ()) -> str:
         suites_el.set(k, str(v))
     suites_el.set("time", f"{total_time:.3f}")
     ET.indent(suites_el)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites_el, encoding="unicode") + "\n"
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        + ET.tostring(suites_el, encoding="unicode")
+        + "\n"
+    )
 
 
 def _testcase(suite: ET.Element, t: TestResult) -> None:
     case = ET.SubElement(
-        suite, "testcase", classname=_clean(_classname(t)), name=_clean(t.id), time=f"{t.duration:.3f}"
+        suite,
+        "testcase",
+        classname=_clean(_classname(t)),
+        name=_clean(t.id),
+        time=f"{t.duration:.3f}",
     )
     props = ET.SubElement(case, "properties")
     for r in t.spec:
-        ET.SubElement(props, "property", name="spec", value=_clean(f"{r.document} {r.section} {r.level} ({r.role})"))
+        ET.SubElement(
+            props,
+            "property",
+            name="spec",
+            value=_clean(f"{r.document} {r.section} {r.level} ({r.role})"),
+        )
     for rid in t.requirements:
         ET.SubElement(props, "property", name="requirement", value=_clean(rid))
     if t.flaky:
         history = ", ".join(a.outcome for a in t.history)
         ET.SubElement(props, "property", name="flaky", value=_clean(f"true (earlier: {history})"))
     if t.outcome == "xpassed":
-        ET.SubElement(props, "property", name="xpassed", value=_clean(t.deviation or "declared deviation did not occur"))
+        ET.SubElement(
+            props,
+            "property",
+            name="xpassed",
+            value=_clean(t.deviation or "declared deviation did not occur"),
+        )
     if len(props) == 0:
         case.remove(props)
     evidence = _evidence_text(t)
     message = t.message.splitlines()[0] if t.message else ""
     if t.outcome in ("failed", "error"):
-        el = ET.SubElement(case, "failure" if t.outcome == "failed" else "error", message=_clean(message), type=t.outcome)
+        el = ET.SubElement(
+            case,
+            "failure" if t.outcome == "failed" else "error",
+            message=_clean(message),
+            type=t.outcome,
+        )
         el.text = _clean("\n\n".join(x for x in (t.message, t.details, evidence) if x))
     elif t.outcome == "skipped":
         ET.SubElement(case, "skipped", message=_clean(t.skip_reason or message or "skipped"))
     elif t.outcome == "xfailed":
-        ET.SubElement(case, "skipped", type="xfail", message=_clean(f"known deviation: {t.deviation or message}"))
+        ET.SubElement(
+            case,
+            "skipped",
+            type="xfail",
+            message=_clean(f"known deviation: {t.deviation or message}"),
+        )
     if t.outcome not in ("failed", "error") and (evidence or t.evidence.log):
         out = ET.SubElement(case, "system-out")
         out.text = _clean("\n".join(x for x in (evidence, t.evidence.log) if x))

@@ -10,6 +10,10 @@ Definitions (also in docs/reports.md):
   citing it that ran in pairings where P plays R decide its *status*: ``failed`` if
   any failed or errored, else ``deviation`` if any xfailed (a known deviation is not a
   pass), else ``passed``. Requirements no such test ran are *untested* for P.
+- a test counts for a side only if it puts that side under test: the roles of its
+  spec references (``target``, ``initiator``, ``both``; none given means both). A
+  target test that cites a ``both`` requirement therefore does not count against the
+  reference initiator that drove it.
 """
 
 from __future__ import annotations
@@ -105,9 +109,9 @@ def compute_coverage(results: Results) -> Coverage:
         side = 1 if role == "target" else 0
         names: list[str] = []
         for p in results.pairings:
-            n = (p.initiator, p.target)[side]
-            if n not in names:
-                names.append(n)
+            peer_name = (p.initiator, p.target)[side]
+            if peer_name not in names:
+                names.append(peer_name)
         mandatory = [r for r in catalog.values() if r.is_mandatory and r.role in (role, "both")]
         for name in names:
             pc = PeerCompliance(name=name, role=role, applicable=len(mandatory))
@@ -116,6 +120,7 @@ def compute_coverage(results: Results) -> Coverage:
                     t.outcome
                     for t in ran.get(req.id, [])
                     if _side(pairing_sides, t.pairing, side) == name
+                    and role in _roles_under_test(t)
                 ]
                 status = _status(outcomes)
                 if status:
@@ -131,6 +136,13 @@ def compute_coverage(results: Results) -> Coverage:
         by_document=by_doc,
         peers=peers,
     )
+
+
+def _roles_under_test(t: TestResult) -> set[str]:
+    roles = {r.role for r in t.spec}
+    if not roles or "both" in roles:
+        return {"target", "initiator"}
+    return roles
 
 
 def _side(sides: dict[str, tuple[str, str]], pid: str, side: int) -> str:

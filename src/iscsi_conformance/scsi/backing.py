@@ -169,7 +169,7 @@ def _load_fallocate() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 class SparseFileBacking:
@@ -177,7 +177,9 @@ class SparseFileBacking:
 
     _fallocate = _load_fallocate()
 
-    def __init__(self, path: str | os.PathLike[str], size: int | None = None, *, punch_holes: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], size: int | None = None, *, punch_holes: bool = True
+    ) -> None:
         self.path = os.fspath(path)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         current = os.fstat(self._fd).st_size
@@ -218,7 +220,9 @@ class SparseFileBacking:
         if length == 0:
             return
         if self._punch and self._fallocate is not None:
-            rc = self._fallocate(self._fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)
+            rc = self._fallocate(
+                self._fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length
+            )
             if rc == 0:
                 return
             self._punch = False  # file system cannot punch: fall back for good

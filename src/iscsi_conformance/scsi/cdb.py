@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .codes import MaintenanceIn, Opcode, PrInAction, PrOutAction, ServiceActionIn16
+from .codes import MaintenanceIn, Opcode, ServiceActionIn16
 from .nexus import decode_transport_id, encode_transport_id
 
 
@@ -50,49 +50,101 @@ def request_sense(alloc: int = 252, *, desc: bool = False) -> bytes:
 
 def inquiry(evpd: bool = False, page: int = 0, alloc: int = 255) -> bytes:
     """INQUIRY (SPC-4 6.4.1)."""
-    return struct.pack(">BBBHB", Opcode.INQUIRY, int(evpd), _fit(page, 8, "page"), _fit(alloc, 16, "alloc"), 0)
+    return struct.pack(
+        ">BBBHB", Opcode.INQUIRY, int(evpd), _fit(page, 8, "page"), _fit(alloc, 16, "alloc"), 0
+    )
 
 
 def report_luns(alloc: int = 4096, select_report: int = 0) -> bytes:
     """REPORT LUNS (SPC-4 6.33)."""
-    return struct.pack(">BxBxxxIxB", Opcode.REPORT_LUNS, _fit(select_report, 8, "select_report"), _fit(alloc, 32, "alloc"), 0)
+    return struct.pack(
+        ">BxBxxxIxB",
+        Opcode.REPORT_LUNS,
+        _fit(select_report, 8, "select_report"),
+        _fit(alloc, 32, "alloc"),
+        0,
+    )
 
 
-def mode_sense6(page: int, subpage: int = 0, *, pc: int = 0, dbd: bool = False, alloc: int = 255) -> bytes:
+def mode_sense6(
+    page: int, subpage: int = 0, *, pc: int = 0, dbd: bool = False, alloc: int = 255
+) -> bytes:
     """MODE SENSE(6) (SPC-4 6.11)."""
     return bytes(
-        [Opcode.MODE_SENSE_6, 0x08 if dbd else 0, _fit(pc, 2, "pc") << 6 | _fit(page, 6, "page"), _fit(subpage, 8, "subpage"), _fit(alloc, 8, "alloc"), 0]
+        [
+            Opcode.MODE_SENSE_6,
+            0x08 if dbd else 0,
+            _fit(pc, 2, "pc") << 6 | _fit(page, 6, "page"),
+            _fit(subpage, 8, "subpage"),
+            _fit(alloc, 8, "alloc"),
+            0,
+        ]
     )
 
 
 def mode_sense10(
-    page: int, subpage: int = 0, *, pc: int = 0, dbd: bool = False, llbaa: bool = False, alloc: int = 1024
+    page: int,
+    subpage: int = 0,
+    *,
+    pc: int = 0,
+    dbd: bool = False,
+    llbaa: bool = False,
+    alloc: int = 1024,
 ) -> bytes:
     """MODE SENSE(10) (SPC-4 6.12)."""
     b1 = (0x10 if llbaa else 0) | (0x08 if dbd else 0)
     return struct.pack(
-        ">BBBBxxxHB", Opcode.MODE_SENSE_10, b1, _fit(pc, 2, "pc") << 6 | _fit(page, 6, "page"), _fit(subpage, 8, "subpage"), _fit(alloc, 16, "alloc"), 0
+        ">BBBBxxxHB",
+        Opcode.MODE_SENSE_10,
+        b1,
+        _fit(pc, 2, "pc") << 6 | _fit(page, 6, "page"),
+        _fit(subpage, 8, "subpage"),
+        _fit(alloc, 16, "alloc"),
+        0,
     )
 
 
 def mode_select6(param_len: int, *, pf: bool = True, sp: bool = False) -> bytes:
     """MODE SELECT(6) (SPC-4 6.9)."""
-    return bytes([Opcode.MODE_SELECT_6, (0x10 if pf else 0) | int(sp), 0, 0, _fit(param_len, 8, "param_len"), 0])
+    return bytes(
+        [
+            Opcode.MODE_SELECT_6,
+            (0x10 if pf else 0) | int(sp),
+            0,
+            0,
+            _fit(param_len, 8, "param_len"),
+            0,
+        ]
+    )
 
 
 def mode_select10(param_len: int, *, pf: bool = True, sp: bool = False) -> bytes:
     """MODE SELECT(10) (SPC-4 6.10)."""
-    return struct.pack(">BBxxxxxHB", Opcode.MODE_SELECT_10, (0x10 if pf else 0) | int(sp), _fit(param_len, 16, "param_len"), 0)
+    return struct.pack(
+        ">BBxxxxxHB",
+        Opcode.MODE_SELECT_10,
+        (0x10 if pf else 0) | int(sp),
+        _fit(param_len, 16, "param_len"),
+        0,
+    )
 
 
-def mode_parameter_list6(pages: bytes, *, block_descriptors: bytes = b"", device_specific: int = 0) -> bytes:
+def mode_parameter_list6(
+    pages: bytes, *, block_descriptors: bytes = b"", device_specific: int = 0
+) -> bytes:
     """A MODE SELECT(6) parameter list: header, block descriptors, pages (SPC-4 7.5.4)."""
     return bytes([0, 0, device_specific, len(block_descriptors)]) + block_descriptors + pages
 
 
-def mode_parameter_list10(pages: bytes, *, block_descriptors: bytes = b"", device_specific: int = 0) -> bytes:
+def mode_parameter_list10(
+    pages: bytes, *, block_descriptors: bytes = b"", device_specific: int = 0
+) -> bytes:
     """A MODE SELECT(10) parameter list (SPC-4 7.5.5)."""
-    return struct.pack(">HBBBxH", 0, 0, device_specific, 0, len(block_descriptors)) + block_descriptors + pages
+    return (
+        struct.pack(">HBBBxH", 0, 0, device_specific, 0, len(block_descriptors))
+        + block_descriptors
+        + pages
+    )
 
 
 def reserve6() -> bytes:
@@ -117,7 +169,9 @@ def release10() -> bytes:
 
 def persistent_reserve_in(sa: int, alloc: int = 8192) -> bytes:
     """PERSISTENT RESERVE IN (SPC-4 6.15)."""
-    return struct.pack(">BBxxxxxHB", Opcode.PERSISTENT_RESERVE_IN, _fit(sa, 5, "sa"), _fit(alloc, 16, "alloc"), 0)
+    return struct.pack(
+        ">BBxxxxxHB", Opcode.PERSISTENT_RESERVE_IN, _fit(sa, 5, "sa"), _fit(alloc, 16, "alloc"), 0
+    )
 
 
 def persistent_reserve_out(sa: int, scope: int = 0, pr_type: int = 0, param_len: int = 24) -> bytes:
@@ -152,13 +206,26 @@ def pr_out_parameters(
 
 
 def register_and_move_parameters(
-    key: int, sa_key: int, relative_target_port: int, transport_id: bytes | str, *, unreg: bool = False, aptpl: bool = False
+    key: int,
+    sa_key: int,
+    relative_target_port: int,
+    transport_id: bytes | str,
+    *,
+    unreg: bool = False,
+    aptpl: bool = False,
 ) -> bytes:
     """REGISTER AND MOVE parameter list (SPC-4 6.16.4)."""
     tid = transport_id if isinstance(transport_id, bytes) else encode_transport_id(transport_id)
     flags = (0x02 if unreg else 0) | (0x01 if aptpl else 0)
     return (
-        struct.pack(">QQxBHI", _fit(key, 64, "key"), _fit(sa_key, 64, "sa_key"), flags, _fit(relative_target_port, 16, "rtp"), len(tid))
+        struct.pack(
+            ">QQxBHI",
+            _fit(key, 64, "key"),
+            _fit(sa_key, 64, "sa_key"),
+            flags,
+            _fit(relative_target_port, 16, "rtp"),
+            len(tid),
+        )
         + tid
     )
 
@@ -176,7 +243,14 @@ def pr_out(
     transport_ids: Sequence[bytes | str] = (),
 ) -> tuple[bytes, bytes]:
     """(CDB, parameter list) for a PERSISTENT RESERVE OUT other than REGISTER AND MOVE."""
-    data = pr_out_parameters(key, sa_key, spec_i_pt=spec_i_pt, all_tg_pt=all_tg_pt, aptpl=aptpl, transport_ids=transport_ids)
+    data = pr_out_parameters(
+        key,
+        sa_key,
+        spec_i_pt=spec_i_pt,
+        all_tg_pt=all_tg_pt,
+        aptpl=aptpl,
+        transport_ids=transport_ids,
+    )
     return persistent_reserve_out(sa, scope, pr_type, len(data)), data
 
 
@@ -206,12 +280,28 @@ def read_capacity10() -> bytes:
 
 def read_capacity16(alloc: int = 32) -> bytes:
     """READ CAPACITY(16) (SBC-3 5.16)."""
-    return struct.pack(">BBQIBB", Opcode.SERVICE_ACTION_IN_16, ServiceActionIn16.READ_CAPACITY_16, 0, _fit(alloc, 32, "alloc"), 0, 0)
+    return struct.pack(
+        ">BBQIBB",
+        Opcode.SERVICE_ACTION_IN_16,
+        ServiceActionIn16.READ_CAPACITY_16,
+        0,
+        _fit(alloc, 32, "alloc"),
+        0,
+        0,
+    )
 
 
 def get_lba_status(lba: int, alloc: int = 24) -> bytes:
     """GET LBA STATUS (SBC-3 5.8)."""
-    return struct.pack(">BBQIBB", Opcode.SERVICE_ACTION_IN_16, ServiceActionIn16.GET_LBA_STATUS, _fit(lba, 64, "lba"), _fit(alloc, 32, "alloc"), 0, 0)
+    return struct.pack(
+        ">BBQIBB",
+        Opcode.SERVICE_ACTION_IN_16,
+        ServiceActionIn16.GET_LBA_STATUS,
+        _fit(lba, 64, "lba"),
+        _fit(alloc, 32, "alloc"),
+        0,
+        0,
+    )
 
 
 def _rw_flags(protect: int, dpo: bool, fua: bool) -> int:
@@ -222,86 +312,204 @@ def read6(lba: int, blocks: int) -> bytes:
     """READ(6) (SBC-3 5.9); ``blocks`` 1..256, 256 is sent as 0."""
     if not 1 <= blocks <= 256:
         raise ValueError("READ(6) transfers 1..256 blocks")
-    return struct.pack(">BBHBB", Opcode.READ_6, _fit(lba, 21, "lba") >> 16, lba & 0xFFFF, blocks & 0xFF, 0)
+    return struct.pack(
+        ">BBHBB", Opcode.READ_6, _fit(lba, 21, "lba") >> 16, lba & 0xFFFF, blocks & 0xFF, 0
+    )
 
 
 def write6(lba: int, blocks: int) -> bytes:
     """WRITE(6) (SBC-3 5.32); ``blocks`` 1..256, 256 is sent as 0."""
     if not 1 <= blocks <= 256:
         raise ValueError("WRITE(6) transfers 1..256 blocks")
-    return struct.pack(">BBHBB", Opcode.WRITE_6, _fit(lba, 21, "lba") >> 16, lba & 0xFFFF, blocks & 0xFF, 0)
+    return struct.pack(
+        ">BBHBB", Opcode.WRITE_6, _fit(lba, 21, "lba") >> 16, lba & 0xFFFF, blocks & 0xFF, 0
+    )
 
 
 def _cdb10(op: int, b1: int, lba: int, blocks: int, group: int = 0) -> bytes:
-    return struct.pack(">BBIBHB", op, b1, _fit(lba, 32, "lba"), _fit(group, 5, "group"), _fit(blocks, 16, "blocks"), 0)
+    return struct.pack(
+        ">BBIBHB",
+        op,
+        b1,
+        _fit(lba, 32, "lba"),
+        _fit(group, 5, "group"),
+        _fit(blocks, 16, "blocks"),
+        0,
+    )
 
 
 def _cdb12(op: int, b1: int, lba: int, blocks: int, group: int = 0) -> bytes:
-    return struct.pack(">BBIIBB", op, b1, _fit(lba, 32, "lba"), _fit(blocks, 32, "blocks"), _fit(group, 5, "group"), 0)
+    return struct.pack(
+        ">BBIIBB",
+        op,
+        b1,
+        _fit(lba, 32, "lba"),
+        _fit(blocks, 32, "blocks"),
+        _fit(group, 5, "group"),
+        0,
+    )
 
 
 def _cdb16(op: int, b1: int, lba: int, blocks: int, group: int = 0) -> bytes:
-    return struct.pack(">BBQIBB", op, b1, _fit(lba, 64, "lba"), _fit(blocks, 32, "blocks"), _fit(group, 5, "group"), 0)
+    return struct.pack(
+        ">BBQIBB",
+        op,
+        b1,
+        _fit(lba, 64, "lba"),
+        _fit(blocks, 32, "blocks"),
+        _fit(group, 5, "group"),
+        0,
+    )
 
 
-def read10(lba: int, blocks: int, *, dpo: bool = False, fua: bool = False, rdprotect: int = 0, group: int = 0) -> bytes:
+def read10(
+    lba: int,
+    blocks: int,
+    *,
+    dpo: bool = False,
+    fua: bool = False,
+    rdprotect: int = 0,
+    group: int = 0,
+) -> bytes:
     """READ(10) (SBC-3 5.10)."""
     return _cdb10(Opcode.READ_10, _rw_flags(rdprotect, dpo, fua), lba, blocks, group)
 
 
-def read12(lba: int, blocks: int, *, dpo: bool = False, fua: bool = False, rdprotect: int = 0, group: int = 0) -> bytes:
+def read12(
+    lba: int,
+    blocks: int,
+    *,
+    dpo: bool = False,
+    fua: bool = False,
+    rdprotect: int = 0,
+    group: int = 0,
+) -> bytes:
     """READ(12) (SBC-3 5.11)."""
     return _cdb12(Opcode.READ_12, _rw_flags(rdprotect, dpo, fua), lba, blocks, group)
 
 
-def read16(lba: int, blocks: int, *, dpo: bool = False, fua: bool = False, rdprotect: int = 0, group: int = 0) -> bytes:
+def read16(
+    lba: int,
+    blocks: int,
+    *,
+    dpo: bool = False,
+    fua: bool = False,
+    rdprotect: int = 0,
+    group: int = 0,
+) -> bytes:
     """READ(16) (SBC-3 5.12)."""
     return _cdb16(Opcode.READ_16, _rw_flags(rdprotect, dpo, fua), lba, blocks, group)
 
 
-def write10(lba: int, blocks: int, *, dpo: bool = False, fua: bool = False, wrprotect: int = 0, group: int = 0) -> bytes:
+def write10(
+    lba: int,
+    blocks: int,
+    *,
+    dpo: bool = False,
+    fua: bool = False,
+    wrprotect: int = 0,
+    group: int = 0,
+) -> bytes:
     """WRITE(10) (SBC-3 5.33)."""
     return _cdb10(Opcode.WRITE_10, _rw_flags(wrprotect, dpo, fua), lba, blocks, group)
 
 
-def write12(lba: int, blocks: int, *, dpo: bool = False, fua: bool = False, wrprotect: int = 0, group: int = 0) -> bytes:
+def write12(
+    lba: int,
+    blocks: int,
+    *,
+    dpo: bool = False,
+    fua: bool = False,
+    wrprotect: int = 0,
+    group: int = 0,
+) -> bytes:
     """WRITE(12) (SBC-3 5.34)."""
     return _cdb12(Opcode.WRITE_12, _rw_flags(wrprotect, dpo, fua), lba, blocks, group)
 
 
-def write16(lba: int, blocks: int, *, dpo: bool = False, fua: bool = False, wrprotect: int = 0, group: int = 0) -> bytes:
+def write16(
+    lba: int,
+    blocks: int,
+    *,
+    dpo: bool = False,
+    fua: bool = False,
+    wrprotect: int = 0,
+    group: int = 0,
+) -> bytes:
     """WRITE(16) (SBC-3 5.35)."""
     return _cdb16(Opcode.WRITE_16, _rw_flags(wrprotect, dpo, fua), lba, blocks, group)
 
 
-def write_verify10(lba: int, blocks: int, *, bytchk: bool = False, dpo: bool = False, wrprotect: int = 0) -> bytes:
+def write_verify10(
+    lba: int, blocks: int, *, bytchk: bool = False, dpo: bool = False, wrprotect: int = 0
+) -> bytes:
     """WRITE AND VERIFY(10) (SBC-3 5.37)."""
-    return _cdb10(Opcode.WRITE_AND_VERIFY_10, _rw_flags(wrprotect, dpo, False) | (0x02 if bytchk else 0), lba, blocks)
+    return _cdb10(
+        Opcode.WRITE_AND_VERIFY_10,
+        _rw_flags(wrprotect, dpo, False) | (0x02 if bytchk else 0),
+        lba,
+        blocks,
+    )
 
 
-def write_verify12(lba: int, blocks: int, *, bytchk: bool = False, dpo: bool = False, wrprotect: int = 0) -> bytes:
+def write_verify12(
+    lba: int, blocks: int, *, bytchk: bool = False, dpo: bool = False, wrprotect: int = 0
+) -> bytes:
     """WRITE AND VERIFY(12) (SBC-3 5.38)."""
-    return _cdb12(Opcode.WRITE_AND_VERIFY_12, _rw_flags(wrprotect, dpo, False) | (0x02 if bytchk else 0), lba, blocks)
+    return _cdb12(
+        Opcode.WRITE_AND_VERIFY_12,
+        _rw_flags(wrprotect, dpo, False) | (0x02 if bytchk else 0),
+        lba,
+        blocks,
+    )
 
 
-def write_verify16(lba: int, blocks: int, *, bytchk: bool = False, dpo: bool = False, wrprotect: int = 0) -> bytes:
+def write_verify16(
+    lba: int, blocks: int, *, bytchk: bool = False, dpo: bool = False, wrprotect: int = 0
+) -> bytes:
     """WRITE AND VERIFY(16) (SBC-3 5.39)."""
-    return _cdb16(Opcode.WRITE_AND_VERIFY_16, _rw_flags(wrprotect, dpo, False) | (0x02 if bytchk else 0), lba, blocks)
+    return _cdb16(
+        Opcode.WRITE_AND_VERIFY_16,
+        _rw_flags(wrprotect, dpo, False) | (0x02 if bytchk else 0),
+        lba,
+        blocks,
+    )
 
 
-def verify10(lba: int, blocks: int, *, bytchk: int = 0, dpo: bool = False, vrprotect: int = 0) -> bytes:
+def verify10(
+    lba: int, blocks: int, *, bytchk: int = 0, dpo: bool = False, vrprotect: int = 0
+) -> bytes:
     """VERIFY(10) (SBC-3 5.29); ``bytchk`` 0 (medium), 1 (compare), 3 (one block vs all)."""
-    return _cdb10(Opcode.VERIFY_10, _rw_flags(vrprotect, dpo, False) | _fit(bytchk, 2, "bytchk") << 1, lba, blocks)
+    return _cdb10(
+        Opcode.VERIFY_10,
+        _rw_flags(vrprotect, dpo, False) | _fit(bytchk, 2, "bytchk") << 1,
+        lba,
+        blocks,
+    )
 
 
-def verify12(lba: int, blocks: int, *, bytchk: int = 0, dpo: bool = False, vrprotect: int = 0) -> bytes:
+def verify12(
+    lba: int, blocks: int, *, bytchk: int = 0, dpo: bool = False, vrprotect: int = 0
+) -> bytes:
     """VERIFY(12) (SBC-3 5.30)."""
-    return _cdb12(Opcode.VERIFY_12, _rw_flags(vrprotect, dpo, False) | _fit(bytchk, 2, "bytchk") << 1, lba, blocks)
+    return _cdb12(
+        Opcode.VERIFY_12,
+        _rw_flags(vrprotect, dpo, False) | _fit(bytchk, 2, "bytchk") << 1,
+        lba,
+        blocks,
+    )
 
 
-def verify16(lba: int, blocks: int, *, bytchk: int = 0, dpo: bool = False, vrprotect: int = 0) -> bytes:
+def verify16(
+    lba: int, blocks: int, *, bytchk: int = 0, dpo: bool = False, vrprotect: int = 0
+) -> bytes:
     """VERIFY(16) (SBC-3 5.31)."""
-    return _cdb16(Opcode.VERIFY_16, _rw_flags(vrprotect, dpo, False) | _fit(bytchk, 2, "bytchk") << 1, lba, blocks)
+    return _cdb16(
+        Opcode.VERIFY_16,
+        _rw_flags(vrprotect, dpo, False) | _fit(bytchk, 2, "bytchk") << 1,
+        lba,
+        blocks,
+    )
 
 
 def synchronize_cache10(lba: int = 0, blocks: int = 0, *, immed: bool = False) -> bytes:
@@ -324,49 +532,93 @@ def prefetch16(lba: int, blocks: int, *, immed: bool = False, group: int = 0) ->
     return _cdb16(Opcode.PRE_FETCH_16, 0x02 if immed else 0, lba, blocks, group)
 
 
-def write_same10(lba: int, blocks: int, *, unmap: bool = False, anchor: bool = False, wrprotect: int = 0) -> bytes:
+def write_same10(
+    lba: int, blocks: int, *, unmap: bool = False, anchor: bool = False, wrprotect: int = 0
+) -> bytes:
     """WRITE SAME(10) (SBC-3 5.42)."""
     b1 = _fit(wrprotect, 3, "wrprotect") << 5 | (0x10 if anchor else 0) | (0x08 if unmap else 0)
     return _cdb10(Opcode.WRITE_SAME_10, b1, lba, blocks)
 
 
 def write_same16(
-    lba: int, blocks: int, *, unmap: bool = False, anchor: bool = False, ndob: bool = False, wrprotect: int = 0
+    lba: int,
+    blocks: int,
+    *,
+    unmap: bool = False,
+    anchor: bool = False,
+    ndob: bool = False,
+    wrprotect: int = 0,
 ) -> bytes:
     """WRITE SAME(16) (SBC-3 5.43); NDOB means no Data-Out (write zeros)."""
-    b1 = _fit(wrprotect, 3, "wrprotect") << 5 | (0x10 if anchor else 0) | (0x08 if unmap else 0) | (0x01 if ndob else 0)
+    b1 = (
+        _fit(wrprotect, 3, "wrprotect") << 5
+        | (0x10 if anchor else 0)
+        | (0x08 if unmap else 0)
+        | (0x01 if ndob else 0)
+    )
     return _cdb16(Opcode.WRITE_SAME_16, b1, lba, blocks)
 
 
 def unmap(param_len: int, *, anchor: bool = False) -> bytes:
     """UNMAP (SBC-3 5.28); the parameter list comes from ``unmap_parameters``."""
-    return struct.pack(">BBxxxxBHB", Opcode.UNMAP, int(anchor), 0, _fit(param_len, 16, "param_len"), 0)
+    return struct.pack(
+        ">BBxxxxBHB", Opcode.UNMAP, int(anchor), 0, _fit(param_len, 16, "param_len"), 0
+    )
 
 
 def unmap_parameters(descriptors: Iterable[tuple[int, int]]) -> bytes:
     """UNMAP parameter list (SBC-3 5.28.2): (lba, blocks) descriptors."""
-    body = b"".join(struct.pack(">QI4x", _fit(lba, 64, "lba"), _fit(n, 32, "blocks")) for lba, n in descriptors)
+    body = b"".join(
+        struct.pack(">QI4x", _fit(lba, 64, "lba"), _fit(n, 32, "blocks")) for lba, n in descriptors
+    )
     return struct.pack(">HH4x", len(body) + 6, len(body)) + body
 
 
-def compare_and_write(lba: int, blocks: int, *, dpo: bool = False, fua: bool = False, wrprotect: int = 0, group: int = 0) -> bytes:
+def compare_and_write(
+    lba: int,
+    blocks: int,
+    *,
+    dpo: bool = False,
+    fua: bool = False,
+    wrprotect: int = 0,
+    group: int = 0,
+) -> bytes:
     """COMPARE AND WRITE (SBC-3 5.2); Data-Out is 2 x blocks (verify data, then write data)."""
     return struct.pack(
-        ">BBQxxxBBB", Opcode.COMPARE_AND_WRITE, _rw_flags(wrprotect, dpo, fua), _fit(lba, 64, "lba"), _fit(blocks, 8, "blocks"), _fit(group, 5, "group"), 0
+        ">BBQxxxBBB",
+        Opcode.COMPARE_AND_WRITE,
+        _rw_flags(wrprotect, dpo, fua),
+        _fit(lba, 64, "lba"),
+        _fit(blocks, 8, "blocks"),
+        _fit(group, 5, "group"),
+        0,
     )
 
 
 def start_stop_unit(
-    start: bool = True, *, loej: bool = False, immed: bool = False, power_condition: int = 0, modifier: int = 0, no_flush: bool = False
+    start: bool = True,
+    *,
+    loej: bool = False,
+    immed: bool = False,
+    power_condition: int = 0,
+    modifier: int = 0,
+    no_flush: bool = False,
 ) -> bytes:
     """START STOP UNIT (SBC-3 5.25)."""
-    b4 = _fit(power_condition, 4, "power_condition") << 4 | (0x04 if no_flush else 0) | (0x02 if loej else 0) | int(start)
+    b4 = (
+        _fit(power_condition, 4, "power_condition") << 4
+        | (0x04 if no_flush else 0)
+        | (0x02 if loej else 0)
+        | int(start)
+    )
     return bytes([Opcode.START_STOP_UNIT, int(immed), 0, _fit(modifier, 4, "modifier"), b4, 0])
 
 
 def prevent_allow(prevent: int | bool) -> bytes:
     """PREVENT ALLOW MEDIUM REMOVAL (SBC-3 5.5)."""
-    return bytes([Opcode.PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, _fit(int(prevent), 2, "prevent"), 0])
+    return bytes(
+        [Opcode.PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, _fit(int(prevent), 2, "prevent"), 0]
+    )
 
 
 # =========================================================================== CDB fields
@@ -643,7 +895,9 @@ def parse_pr_in_read_keys(data: bytes) -> tuple[int, list[int]]:
     """(PRgeneration, keys) of READ KEYS (SPC-4 6.15.2)."""
     gen, length = struct.unpack_from(">II", data, 0)
     body = data[8 : 8 + length]
-    return gen, [struct.unpack_from(">Q", body, i)[0] for i in range(0, len(body) - len(body) % 8, 8)]
+    return gen, [
+        struct.unpack_from(">Q", body, i)[0] for i in range(0, len(body) - len(body) % 8, 8)
+    ]
 
 
 @dataclass(frozen=True)
@@ -769,7 +1023,8 @@ def parse_report_supported_opcode_one(data: bytes) -> OneCommand:
     usage = bytes(data[4 : 4 + size])
     to: tuple[int, int] | None = None
     if flags & 0x80 and len(data) >= 4 + size + 12:
-        to = struct.unpack_from(">II", data, 4 + size + 4)  # type: ignore[assignment]
+        nominal, recommended = struct.unpack_from(">II", data, 4 + size + 4)
+        to = (nominal, recommended)
     return OneCommand(flags & 7, usage, to)
 
 
@@ -781,7 +1036,9 @@ class ModeParameters:
     medium_type: int
     device_specific: int
     block_descriptors: bytes
-    pages: dict[tuple[int, int], bytes] = field(default_factory=dict)  # (page, subpage) -> whole page
+    pages: dict[tuple[int, int], bytes] = field(
+        default_factory=dict
+    )  # (page, subpage) -> whole page
 
     @property
     def write_protected(self) -> bool:
@@ -815,14 +1072,18 @@ def parse_mode_sense6(data: bytes) -> ModeParameters:
     buf = bytes(data).ljust(4, b"\0")
     mdl, mt, dsp, bdl = buf[0], buf[1], buf[2], buf[3]
     end = min(len(data), mdl + 1)
-    return ModeParameters(mdl, mt, dsp, bytes(data[4 : 4 + bdl]), _parse_pages(bytes(data[4 + bdl : end])))
+    return ModeParameters(
+        mdl, mt, dsp, bytes(data[4 : 4 + bdl]), _parse_pages(bytes(data[4 + bdl : end]))
+    )
 
 
 def parse_mode_sense10(data: bytes) -> ModeParameters:
     buf = bytes(data).ljust(8, b"\0")
     mdl, mt, dsp, _, bdl = struct.unpack_from(">HBBBxH", buf, 0)
     end = min(len(data), mdl + 2)
-    return ModeParameters(mdl, mt, dsp, bytes(data[8 : 8 + bdl]), _parse_pages(bytes(data[8 + bdl : end])))
+    return ModeParameters(
+        mdl, mt, dsp, bytes(data[8 : 8 + bdl]), _parse_pages(bytes(data[8 + bdl : end]))
+    )
 
 
 @dataclass(frozen=True)
@@ -837,11 +1098,8 @@ class LbaStatus:
 def parse_get_lba_status(data: bytes) -> list[LbaStatus]:
     (length,) = struct.unpack_from(">I", data, 0)
     body = data[8 : 4 + length]
-    return [
-        LbaStatus(*struct.unpack_from(">QI", body, i), body[i + 12] & 0x0F)  # type: ignore[misc]
-        for i in range(0, len(body) - len(body) % 16, 16)
-    ]
-
-
-__all__ = [name for name in dir() if not name.startswith("_") and name not in ("annotations",)]
-_ = (PrInAction, PrOutAction)  # re-exported for callers building PR CDBs
+    out: list[LbaStatus] = []
+    for i in range(0, len(body) - len(body) % 16, 16):
+        lba, blocks = struct.unpack_from(">QI", body, i)
+        out.append(LbaStatus(lba, blocks, body[i + 12] & 0x0F))
+    return out

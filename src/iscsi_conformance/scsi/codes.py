@@ -202,7 +202,10 @@ class PrType(IntEnum):
     @property
     def all_registrants(self) -> bool:
         """Every registrant is a reservation holder (SPC-4 5.9.10)."""
-        return self in (PrType.WRITE_EXCLUSIVE_ALL_REGISTRANTS, PrType.EXCLUSIVE_ACCESS_ALL_REGISTRANTS)
+        return self in (
+            PrType.WRITE_EXCLUSIVE_ALL_REGISTRANTS,
+            PrType.EXCLUSIVE_ACCESS_ALL_REGISTRANTS,
+        )
 
     @property
     def registrants_only(self) -> bool:

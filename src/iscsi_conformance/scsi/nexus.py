@@ -34,7 +34,12 @@ class Nexus:
 
     @classmethod
     def iscsi(
-        cls, initiator_name: str, isid: int, target_name: str, tpgt: int = 1, relative_target_port: int | None = None
+        cls,
+        initiator_name: str,
+        isid: int,
+        target_name: str,
+        tpgt: int = 1,
+        relative_target_port: int | None = None,
     ) -> Nexus:
         """Build from iSCSI session parameters (ISID is the 48-bit value)."""
         return cls(

@@ -75,7 +75,8 @@ class Registration:
 
     def covers(self, nexus: Nexus) -> bool:
         return port_matches(self.initiator, nexus.initiator_port) and (
-            self.relative_target_port is None or self.relative_target_port == nexus.relative_target_port
+            self.relative_target_port is None
+            or self.relative_target_port == nexus.relative_target_port
         )
 
 
@@ -183,9 +184,13 @@ class ReservationState:
         """RESERVE(6)/(10) (SPC-2 7.21): conflicts with another holder and, with
         CRH, with any persistent registration (SPC-4 5.9.3)."""
         if self.registrations:
-            raise ReservationConflict("RESERVE while persistent registrations exist", section="SPC-4 5.9.3")
+            raise ReservationConflict(
+                "RESERVE while persistent registrations exist", section="SPC-4 5.9.3"
+            )
         if self.scsi2_conflict(nexus):
-            raise ReservationConflict("logical unit reserved by another I_T nexus", section="SPC-2 7.21")
+            raise ReservationConflict(
+                "logical unit reserved by another I_T nexus", section="SPC-2 7.21"
+            )
         self.scsi2_holder = _scsi2_key(nexus)
 
     def release_scsi2(self, nexus: Nexus) -> None:
@@ -222,12 +227,19 @@ class ReservationState:
         elif action == PrInAction.READ_FULL_STATUS:
             data = self._read_full_status()
         else:
-            raise invalid_field_in_cdb(1, f"PR IN service action {action:#x} not supported", bit=4, section="SPC-4 6.15.1")
+            raise invalid_field_in_cdb(
+                1, f"PR IN service action {action:#x} not supported", bit=4, section="SPC-4 6.15.1"
+            )
         return data[:allocation_length]
 
     def _report_capabilities(self) -> bytes:
         c = self.capabilities
-        b2 = (0x10 if c.crh else 0) | (0x08 if c.sip_c else 0) | (0x04 if c.atp_c else 0) | (0x01 if c.ptpl_c else 0)
+        b2 = (
+            (0x10 if c.crh else 0)
+            | (0x08 if c.sip_c else 0)
+            | (0x04 if c.atp_c else 0)
+            | (0x01 if c.ptpl_c else 0)
+        )
         b3 = (0x80 if c.tmv else 0) | (c.allow_commands & 7) << 4 | (0x01 if self.aptpl else 0)
         mask = bytearray(2)
         for t in c.types:
@@ -239,16 +251,27 @@ class ReservationState:
         out = bytearray()
         for reg in self.registrations:
             tid = encode_transport_id(reg.initiator)
-            holder = self.type is not None and (self.type.all_registrants or reg.nexus_key == self.holder)
+            holder = self.type is not None and (
+                self.type.all_registrants or reg.nexus_key == self.holder
+            )
             scope_type = (self.scope << 4 | self.type) if holder and self.type is not None else 0
             flags = (0x02 if reg.relative_target_port is None else 0) | (0x01 if holder else 0)
-            out += struct.pack(">QIBB4xHI", reg.key, 0, flags, scope_type, reg.relative_target_port or 0, len(tid))
+            out += struct.pack(
+                ">QIBB4xHI", reg.key, 0, flags, scope_type, reg.relative_target_port or 0, len(tid)
+            )
             out += tid
         return struct.pack(">II", self.generation, len(out)) + bytes(out)
 
     # ------------------------------------------------------------------ PR OUT
     def pr_out(
-        self, nexus: Nexus, action: int, scope: int, pr_type: int, params: bytes, *, parameter_list_length: int | None = None
+        self,
+        nexus: Nexus,
+        action: int,
+        scope: int,
+        pr_type: int,
+        params: bytes,
+        *,
+        parameter_list_length: int | None = None,
     ) -> PrOutResult:
         """Run one PERSISTENT RESERVE OUT (SPC-4 6.16).  Raises ``SCSIError`` /
         ``ReservationConflict``; returns the side effects for the logical unit."""
@@ -264,16 +287,24 @@ class ReservationState:
             PrOutAction.PREEMPT,
             PrOutAction.PREEMPT_AND_ABORT,
         ):
-            raise invalid_field_in_cdb(1, f"PR OUT service action {action:#x} not supported", bit=4, section="SPC-4 6.16.1")
+            raise invalid_field_in_cdb(
+                1, f"PR OUT service action {action:#x} not supported", bit=4, section="SPC-4 6.16.1"
+            )
         if plen < PR_OUT_BASIC_LENGTH or len(params) < PR_OUT_BASIC_LENGTH:
-            raise parameter_list_length_error("PR OUT parameter list shorter than 24 bytes", section="SPC-4 6.16.3")
+            raise parameter_list_length_error(
+                "PR OUT parameter list shorter than 24 bytes", section="SPC-4 6.16.3"
+            )
         rk, sark = struct.unpack_from(">QQ", params, 0)
         flags = params[20]
         spec_i_pt, all_tg_pt, aptpl = bool(flags & 0x08), bool(flags & 0x04), bool(flags & 0x01)
         if spec_i_pt and action != PrOutAction.REGISTER:
-            raise invalid_field_in_parameter_list(20, "SPEC_I_PT only with REGISTER", bit=3, section="SPC-4 6.16.3")
+            raise invalid_field_in_parameter_list(
+                20, "SPEC_I_PT only with REGISTER", bit=3, section="SPC-4 6.16.3"
+            )
         if not spec_i_pt and plen != PR_OUT_BASIC_LENGTH:
-            raise parameter_list_length_error("PR OUT parameter list must be 24 bytes", section="SPC-4 6.16.3")
+            raise parameter_list_length_error(
+                "PR OUT parameter list must be 24 bytes", section="SPC-4 6.16.3"
+            )
         if action in (PrOutAction.REGISTER, PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY):
             return self._register(
                 nexus,
@@ -296,7 +327,9 @@ class ReservationState:
             return self._release(reg, scope, pr_type)
         if action == PrOutAction.CLEAR:
             return self._clear(reg)
-        return self._preempt(reg, sark, scope, pr_type, abort=action == PrOutAction.PREEMPT_AND_ABORT)
+        return self._preempt(
+            reg, sark, scope, pr_type, abort=action == PrOutAction.PREEMPT_AND_ABORT
+        )
 
     # REGISTER / REGISTER AND IGNORE EXISTING KEY: SPC-4 5.9.7, Tables 53/54
     def _register(
@@ -312,26 +345,38 @@ class ReservationState:
         params: bytes,
     ) -> PrOutResult:
         if all_tg_pt and not self.capabilities.atp_c:
-            raise invalid_field_in_parameter_list(20, "ALL_TG_PT not supported", bit=2, section="SPC-4 6.16.3")
+            raise invalid_field_in_parameter_list(
+                20, "ALL_TG_PT not supported", bit=2, section="SPC-4 6.16.3"
+            )
         if aptpl and not self.capabilities.ptpl_c:
-            raise invalid_field_in_parameter_list(20, "APTPL not supported", bit=0, section="SPC-4 6.16.3")
+            raise invalid_field_in_parameter_list(
+                20, "APTPL not supported", bit=0, section="SPC-4 6.16.3"
+            )
         reg = self.registration(nexus)
         result = PrOutResult()
         if reg is None:
             if not ignore_existing and rk != 0:
-                raise ReservationConflict("unregistered I_T nexus sent a nonzero reservation key", section="SPC-4 5.9.7.1")
+                raise ReservationConflict(
+                    "unregistered I_T nexus sent a nonzero reservation key", section="SPC-4 5.9.7.1"
+                )
             extra = self._spec_i_pt_targets(nexus, params, all_tg_pt) if spec_i_pt else []
             if sark == 0:
                 return result  # nothing to register: GOOD, no change (SPC-4 Table 53)
             rtp = None if all_tg_pt else nexus.relative_target_port
-            self.registrations.append(Registration(nexus.initiator_port, rtp, sark, nexus.target_port))
+            self.registrations.append(
+                Registration(nexus.initiator_port, rtp, sark, nexus.target_port)
+            )
             for ident, port in extra:
                 self.registrations.append(Registration(ident, port, sark))
         else:
             if spec_i_pt:
-                raise invalid_field_in_cdb(1, "SPEC_I_PT from a registered I_T nexus", section="SPC-4 5.9.7.2")
+                raise invalid_field_in_cdb(
+                    1, "SPEC_I_PT from a registered I_T nexus", section="SPC-4 5.9.7.2"
+                )
             if not ignore_existing and rk != reg.key:
-                raise ReservationConflict("reservation key does not match the registration", section="SPC-4 5.9.7.2")
+                raise ReservationConflict(
+                    "reservation key does not match the registration", section="SPC-4 5.9.7.2"
+                )
             if sark == 0:
                 self._unregister(reg, result)
             else:
@@ -341,14 +386,19 @@ class ReservationState:
         result.changed = True
         return result
 
-    def _spec_i_pt_targets(self, nexus: Nexus, params: bytes, all_tg_pt: bool) -> list[tuple[str, int | None]]:
+    def _spec_i_pt_targets(
+        self, nexus: Nexus, params: bytes, all_tg_pt: bool
+    ) -> list[tuple[str, int | None]]:
         """The extra I_T nexuses a SPEC_I_PT registration names (SPC-4 6.16.3)."""
         if len(params) < 28:
-            raise parameter_list_length_error("SPEC_I_PT parameter list lacks the TransportID length", section="SPC-4 6.16.3")
+            raise parameter_list_length_error(
+                "SPEC_I_PT parameter list lacks the TransportID length", section="SPC-4 6.16.3"
+            )
         (tid_len,) = struct.unpack_from(">I", params, 24)
         if 28 + tid_len != len(params):
             raise parameter_list_length_error(
-                "TRANSPORTID PARAMETER DATA LENGTH disagrees with the list length", section="SPC-4 6.16.3"
+                "TRANSPORTID PARAMETER DATA LENGTH disagrees with the list length",
+                section="SPC-4 6.16.3",
             )
         out: list[tuple[str, int | None]] = []
         pos = 28
@@ -357,14 +407,23 @@ class ReservationState:
             try:
                 ident, used = decode_transport_id(params, pos)
             except ValueError as exc:
-                raise invalid_field_in_parameter_list(pos, f"bad TransportID: {exc}", section="SPC-4 7.6.4.6") from exc
+                raise invalid_field_in_parameter_list(
+                    pos, f"bad TransportID: {exc}", section="SPC-4 7.6.4.6"
+                ) from exc
             if ident.lower() != nexus.initiator_port.lower():
                 taken = any(
-                    r.initiator.lower() == ident.lower() and (r.relative_target_port is None or rtp is None or r.relative_target_port == rtp)
+                    r.initiator.lower() == ident.lower()
+                    and (
+                        r.relative_target_port is None
+                        or rtp is None
+                        or r.relative_target_port == rtp
+                    )
                     for r in self.registrations
                 )
                 if taken:
-                    raise invalid_field_in_parameter_list(pos, "TransportID names a registered I_T nexus", section="SPC-4 6.16.3")
+                    raise invalid_field_in_parameter_list(
+                        pos, "TransportID names a registered I_T nexus", section="SPC-4 6.16.3"
+                    )
                 if (ident, rtp) not in out:
                     out.append((ident, rtp))
             pos += used
@@ -394,11 +453,15 @@ class ReservationState:
     @staticmethod
     def _check_type_scope(scope: int, pr_type: int) -> PrType:
         if scope != PrScope.LU_SCOPE:
-            raise invalid_field_in_cdb(2, f"scope {scope} not supported", bit=4, section="SPC-4 6.16.2")
+            raise invalid_field_in_cdb(
+                2, f"scope {scope} not supported", bit=4, section="SPC-4 6.16.2"
+            )
         try:
             return PrType(pr_type)
         except ValueError:
-            raise invalid_field_in_cdb(2, f"reservation type {pr_type} not supported", bit=0, section="SPC-4 6.16.2") from None
+            raise invalid_field_in_cdb(
+                2, f"reservation type {pr_type} not supported", bit=0, section="SPC-4 6.16.2"
+            ) from None
 
     # RESERVE: SPC-4 5.9.9
     def _reserve(self, nexus: Nexus, reg: Registration, scope: int, pr_type: int) -> PrOutResult:
@@ -406,7 +469,9 @@ class ReservationState:
         if self.type is not None:
             if self.is_holder(nexus) and self.type == t and self.scope == scope:
                 return PrOutResult()
-            raise ReservationConflict("a persistent reservation is held already", section="SPC-4 5.9.9")
+            raise ReservationConflict(
+                "a persistent reservation is held already", section="SPC-4 5.9.9"
+            )
         self.type = t
         self.scope = PrScope(scope)
         self.holder = None if t.all_registrants else reg.nexus_key
@@ -447,7 +512,9 @@ class ReservationState:
         return result
 
     # PREEMPT / PREEMPT AND ABORT: SPC-4 5.9.11.4, 5.9.11.5
-    def _preempt(self, reg: Registration, sark: int, scope: int, pr_type: int, *, abort: bool) -> PrOutResult:
+    def _preempt(
+        self, reg: Registration, sark: int, scope: int, pr_type: int, *, abort: bool
+    ) -> PrOutResult:
         result = PrOutResult(changed=True)
         holder = self._holder_registration()
 
@@ -463,7 +530,12 @@ class ReservationState:
             remove([r for r in self.registrations if r is not reg])
             self.type, self.scope = t, PrScope(scope)
             self.holder = None if t.all_registrants else reg.nexus_key
-        elif self.type is not None and not self.type.all_registrants and holder is not None and holder.key == sark:
+        elif (
+            self.type is not None
+            and not self.type.all_registrants
+            and holder is not None
+            and holder.key == sark
+        ):
             t = self._check_type_scope(scope, pr_type)
             old_type, old_scope = self.type, self.scope
             remove([r for r in self.registrations if r.key == sark and r is not reg])
@@ -475,10 +547,14 @@ class ReservationState:
                         result.unit_attentions.append((other.nexus_key, Asc.RESERVATIONS_RELEASED))
         else:
             if sark == 0:
-                raise invalid_field_in_parameter_list(8, "PREEMPT with a zero service action key", section="SPC-4 5.9.11.4.3")
+                raise invalid_field_in_parameter_list(
+                    8, "PREEMPT with a zero service action key", section="SPC-4 5.9.11.4.3"
+                )
             victims = [r for r in self.registrations if r.key == sark]
             if not victims:
-                raise ReservationConflict("no registration has the service action key", section="SPC-4 5.9.11.4.3")
+                raise ReservationConflict(
+                    "no registration has the service action key", section="SPC-4 5.9.11.4.3"
+                )
             remove([v for v in victims if v is not reg])
             if self.type is not None and self.type.all_registrants and not self.registrations:
                 self._drop_reservation()
@@ -490,25 +566,39 @@ class ReservationState:
     # REGISTER AND MOVE: SPC-4 5.9.8, parameter list 6.16.4
     def _register_and_move(self, nexus: Nexus, params: bytes, plen: int) -> PrOutResult:
         if plen < REGISTER_AND_MOVE_HEADER or len(params) < REGISTER_AND_MOVE_HEADER:
-            raise parameter_list_length_error("REGISTER AND MOVE list shorter than 24 bytes", section="SPC-4 6.16.4")
+            raise parameter_list_length_error(
+                "REGISTER AND MOVE list shorter than 24 bytes", section="SPC-4 6.16.4"
+            )
         rk, sark = struct.unpack_from(">QQ", params, 0)
         unreg, aptpl = bool(params[17] & 0x02), bool(params[17] & 0x01)
         (rtp, tid_len) = struct.unpack_from(">HI", params, 18)
         if REGISTER_AND_MOVE_HEADER + tid_len > plen:
-            raise parameter_list_length_error("TransportID runs past the parameter list", section="SPC-4 6.16.4")
+            raise parameter_list_length_error(
+                "TransportID runs past the parameter list", section="SPC-4 6.16.4"
+            )
         reg = self.registration(nexus)
         if reg is None or reg.key != rk:
-            raise ReservationConflict("REGISTER AND MOVE from an unregistered nexus or wrong key", section="SPC-4 5.9.8")
+            raise ReservationConflict(
+                "REGISTER AND MOVE from an unregistered nexus or wrong key", section="SPC-4 5.9.8"
+            )
         if self.type is None or self.type.all_registrants or reg.nexus_key != self.holder:
-            raise ReservationConflict("REGISTER AND MOVE needs the reservation holder", section="SPC-4 5.9.8")
+            raise ReservationConflict(
+                "REGISTER AND MOVE needs the reservation holder", section="SPC-4 5.9.8"
+            )
         if sark == 0:
-            raise invalid_field_in_parameter_list(8, "REGISTER AND MOVE with zero service action key", section="SPC-4 5.9.8")
+            raise invalid_field_in_parameter_list(
+                8, "REGISTER AND MOVE with zero service action key", section="SPC-4 5.9.8"
+            )
         try:
             ident, _ = decode_transport_id(params[:plen], REGISTER_AND_MOVE_HEADER)
         except ValueError as exc:
-            raise invalid_field_in_parameter_list(24, f"bad TransportID: {exc}", section="SPC-4 6.16.4") from exc
+            raise invalid_field_in_parameter_list(
+                24, f"bad TransportID: {exc}", section="SPC-4 6.16.4"
+            ) from exc
         if port_matches(ident, nexus.initiator_port) and rtp == nexus.relative_target_port:
-            raise invalid_field_in_parameter_list(24, "REGISTER AND MOVE to the same I_T nexus", section="SPC-4 5.9.8")
+            raise invalid_field_in_parameter_list(
+                24, "REGISTER AND MOVE to the same I_T nexus", section="SPC-4 5.9.8"
+            )
         dest_key: NexusKey = (ident, rtp)
         dest = next((r for r in self.registrations if r.nexus_key == dest_key), None)
         if dest is None:
@@ -564,7 +654,12 @@ class ReservationState:
         for r in raw["registrations"]:
             rtp = r["relative_target_port"]
             st.registrations.append(
-                Registration(str(r["initiator"]), None if rtp is None else int(rtp), int(r["key"]), str(r.get("target_port", "")))
+                Registration(
+                    str(r["initiator"]),
+                    None if rtp is None else int(rtp),
+                    int(r["key"]),
+                    str(r.get("target_port", "")),
+                )
             )
         res = raw.get("reservation")
         if res:

@@ -279,7 +279,9 @@ def sense_bytes(
 def logical_unit_not_supported_sense(*, descriptor: bool = False) -> bytes:
     """ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (25h/00h): for a command to a LUN
     that does not exist (SPC-4 6.4.1, SAM-5 5.9.6)."""
-    return sense_bytes(SenseKey.ILLEGAL_REQUEST, Asc.LOGICAL_UNIT_NOT_SUPPORTED, descriptor=descriptor)
+    return sense_bytes(
+        SenseKey.ILLEGAL_REQUEST, Asc.LOGICAL_UNIT_NOT_SUPPORTED, descriptor=descriptor
+    )
 
 
 #: The same, under the name the target engineer asked for.
@@ -314,7 +316,11 @@ def illegal_request(
 
 
 def invalid_field_in_cdb(
-    byte: int, message: str = "invalid field in CDB", *, bit: int | None = None, section: str = "SPC-4 4.5.2.4.2"
+    byte: int,
+    message: str = "invalid field in CDB",
+    *,
+    bit: int | None = None,
+    section: str = "SPC-4 4.5.2.4.2",
 ) -> SCSIError:
     return illegal_request(
         Asc.INVALID_FIELD_IN_CDB, message, section=section, field_pointer=byte, bit_pointer=bit
@@ -343,10 +349,12 @@ def parameter_list_length_error(message: str, *, section: str) -> SCSIError:
 
 
 def lba_out_of_range(lba: int, *, section: str = "SBC-3 4.5") -> SCSIError:
-    return illegal_request(
-        Asc.LBA_OUT_OF_RANGE, f"LBA {lba:#x} out of range", section=section
+    return illegal_request(Asc.LBA_OUT_OF_RANGE, f"LBA {lba:#x} out of range", section=section)
+
+
+def check_condition(
+    key: int, code: Asc, message: str, *, section: str, info: int | None = None
+) -> SCSIError:
+    return SCSIError(
+        message, sense_key=key, asc=code.asc, ascq=code.ascq, section=section, info=info
     )
-
-
-def check_condition(key: int, code: Asc, message: str, *, section: str, info: int | None = None) -> SCSIError:
-    return SCSIError(message, sense_key=key, asc=code.asc, ascq=code.ascq, section=section, info=info)

@@ -52,8 +52,6 @@ from iscsi_conformance.core.codes import (
     ScsiResponseCode,
     ScsiStatus,
     SnackType,
-    TmfFunction,
-    TmfResponse,
 )
 from iscsi_conformance.errors import DigestError, PDUFormatError, ProtocolError
 from iscsi_conformance.target.config import ServerConfig, TargetConfig
@@ -151,6 +149,7 @@ class Task:
     __slots__ = (
         "aborted",
         "attr",
+        "budgeted",
         "buffer",
         "cdb",
         "cmdsn",
@@ -163,8 +162,10 @@ class Task:
         "lu",
         "lun",
         "lun_field",
+        "next_offset",
         "outstanding",
         "pending_ranges",
+        "r2tsn",
         "read",
         "received",
         "residual_mismatch",
@@ -173,9 +174,6 @@ class Task:
         "unsolicited_next_datasn",
         "unsolicited_received",
         "write",
-        "r2tsn",
-        "next_offset",
-        "budgeted",
     )
 
     def __init__(self, conn: Connection, cmd: P.ScsiCommand, lun: int, lu: Any) -> None:
@@ -309,6 +307,7 @@ class TargetEngine:
         self.trace = config.trace
         # Hooks the adapter or a test may set: called with the engine's events.
         self.on_session_closed: Callable[[Session], None] | None = None
+        self.on_pr_changed: Callable[[Any], None] | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -330,6 +329,11 @@ class TargetEngine:
         conn = Connection(self, portal_group=portal_group, local=local, peer=peer, now=now)
         self.connections.add(conn)
         return conn
+
+    def pr_changed(self, lu: Any) -> None:
+        """A PERSISTENT RESERVE OUT changed state: tell the owner (persistence)."""
+        if self.on_pr_changed is not None:
+            self.on_pr_changed(lu)
 
     def mark_dirty(self, conn: Connection) -> None:
         self._dirty[conn] = None
@@ -824,19 +828,16 @@ class Connection:
         lu = lus.get(lun)
         task = Task(self, pdu, lun, lu)
         s.tasks[pdu.itt] = task
-        if pdu.write and lu is not None:
+        if pdu.write and lu is not None and _known_command(lu, pdu.cdb):
             spdtl = _data_out_length(lu, pdu.cdb)
             edtl = task.edtl
             if spdtl is None:
                 spdtl = edtl
-            if spdtl != edtl:
-                task.residual_mismatch = spdtl - edtl
-            task.expected = min(edtl, spdtl) if spdtl != edtl else edtl
-            if task.residual_mismatch:
-                # Transfer the EDTL the initiator planned (so the stream stays in step)
-                # but do not execute; see _finish.
-                task.expected = edtl
-            if task.expected > MAX_TASK_BYTES:
+            # Accept the EDTL the initiator planned, so the data stream stays in step;
+            # _finish decides what to do when it disagrees with the CDB (11.4.5.1).
+            task.expected = edtl
+            task.residual_mismatch = spdtl - edtl
+            if edtl > MAX_TASK_BYTES:
                 task.expected = 0
                 task.residual_mismatch = 0
                 self._respond_check(task, SENSE_INVALID_FIELD_IN_CDB)
@@ -1016,26 +1017,46 @@ class Connection:
         if lu is None:
             self._respond_check(task, SENSE_LUN_NOT_SUPPORTED, report_luns_ok=True)
             return
-        if task.residual_mismatch:
-            # EDTL disagrees with the CDB for a write: FCP-4 9.4.2 option b, which
-            # libiscsi accepts: no transfer, CHECK CONDITION INVALID FIELD IN IU.
-            mm = task.residual_mismatch
-            self._respond(task, ScsiStatus.CHECK_CONDITION, SENSE_INVALID_FIELD_IN_IU,
+        mm = task.residual_mismatch
+        data_out: bytes = bytes(task.buffer) if task.buffer is not None else b""
+        if mm:
+            if task.cdb[0] in _BLOCK_WRITES:
+                # EDTL disagrees with the CDB's transfer length for a write: FCP-4
+                # 9.4.2 option b (no transfer; CHECK CONDITION, INVALID FIELD IN
+                # INFORMATION UNIT), with the residual (RFC 7143 11.4.5.1).
+                self._respond(task, ScsiStatus.CHECK_CONDITION, SENSE_INVALID_FIELD_IN_IU,
+                              overflow=mm > 0, underflow=mm < 0, residual=abs(mm))  # fmt: skip
+                return
+            if mm < 0:
+                data_out = data_out[: task.edtl + mm]
+        outcome = lu.execute(s.nexus, task.cdb, data_out)
+        if outcome.aborted:
+            self._preempt_abort(task, outcome.aborted)
+        if outcome.pr_changed:
+            self.engine.pr_changed(lu)
+        if mm and not task.read:
+            self._respond(task, outcome.status, outcome.sense,
                           overflow=mm > 0, underflow=mm < 0, residual=abs(mm))  # fmt: skip
             return
-        data_out = task.buffer if task.buffer is not None else b""
-        outcome = lu.execute(s.nexus, task.cdb, bytes(data_out) if data_out else b"")
-        aborted = getattr(outcome, "aborted_nexuses", None)
-        if aborted:
-            self._preempt_abort(task, aborted)
         self._complete(task, outcome.status, outcome.sense, outcome.data)
 
-    def _preempt_abort(self, task: Task, nexuses: Iterable[Any]) -> None:
+    def _preempt_abort(self, task: Task, keys: Iterable[tuple[str, int | None]]) -> None:
         """PREEMPT AND ABORT: abort the preempted nexuses' tasks (SPC-4 5.9.11.5)."""
-        wanted = set(nexuses)
+        from iscsi_conformance.scsi.nexus import port_matches
+
         lu = task.lu
-        self.engine.abort_tasks(lambda t: t.lu is lu and t.conn.session is not None
-                                and t.conn.session.nexus in wanted)  # fmt: skip
+
+        def hit(t: Task) -> bool:
+            s = t.conn.session
+            if t.lu is not lu or s is None or s.nexus is None:
+                return False
+            return any(
+                port_matches(ident, s.nexus.initiator_port)
+                and (rtp is None or rtp == s.nexus.relative_target_port)
+                for ident, rtp in keys
+            )
+
+        self.engine.abort_tasks(hit)
 
     def _respond_check(self, task: Task, sense: bytes, *, report_luns_ok: bool = False) -> None:
         s = self.session
@@ -1373,6 +1394,16 @@ def _bhs_of_any(pdu: P.PDU) -> bytes:
     if isinstance(pdu, P.UnknownPDU):
         return pdu.bhs
     return P.bhs_of(pdu)
+
+
+# WRITE(6/10/12/16), WRITE AND VERIFY(10/12/16) (SBC-3 5): block writes whose EDTL
+# must match the CDB.
+_BLOCK_WRITES = frozenset({0x0A, 0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E})
+
+
+def _known_command(lu: Any, cdb: bytes) -> bool:
+    lookup = getattr(lu, "lookup", None)
+    return lookup is None or lookup(cdb) is not None
 
 
 def _data_out_length(lu: Any, cdb: bytes) -> int | None:

@@ -1,0 +1,501 @@
+"""CHAP (RFC 1994, RFC 7143 12.1.3): each algorithm, one-way and mutual, encodings,
+wrong secrets, reflection, malformed and misplaced keys."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from iscsi_conformance.core.chap import ChapAlgorithm, chap_response
+from iscsi_conformance.core.text import format_binary, parse_binary
+from iscsi_conformance.plugin import require, spec
+from iscsi_conformance.plugin.profiles import CHAP_ALGORITHMS
+
+ALG_LABEL = {5: "MD5", 6: "SHA1", 7: "SHA256", 8: "SHA3_256"}
+
+
+def _make_oneway(alg: int, encoding: str) -> Any:
+    profile = f"chap-{CHAP_ALGORITHMS[alg]}"
+
+    @spec(
+        f"CHAP.OneWay.{ALG_LABEL[alg]}.{encoding.capitalize()}",
+        "RFC 7143 12.1.3",
+        "RFC 1994 4.1",
+        requirements=["R7143-12.1.3-1", "R7143-12.1.3-2", "R7143-12.1.3-7", "R1994-4.1-1"],
+        needs=(f"chap_algorithms={alg}",),
+    )
+    async def test(target: Any) -> None:
+        (user, secret), _ = target.chap_pair(profile)
+        async with target.raw(profile) as raw:
+            probe = target.probe(raw, profile)
+            step = await probe.chap(user, secret, algorithms=[alg], encoding=encoding)
+            require(
+                step.succeeded,
+                "R7143-12.1.3-1",
+                f"CHAP_A={alg} with the right secret ({encoding} response) was refused "
+                f"({step.status!r})",
+                sent=probe.sent,
+                received=probe.received,
+            )
+            ident = int(probe.steps[1].keys["CHAP_I"], 0)
+            require(
+                0 <= ident <= 255,
+                "R7143-12.1.3-2",
+                f"CHAP_I={ident} out of range",
+                sent=probe.sent,
+                received=probe.received,
+            )
+            challenge = parse_binary(probe.steps[1].keys["CHAP_C"])
+            require(
+                len(challenge) >= 1,
+                "R7143-12.1.3-2",
+                "empty CHAP_C",
+                sent=probe.sent,
+                received=probe.received,
+            )
+            step = await probe.operational([])
+            require(
+                probe.in_full_feature,
+                "R7143-12.1.3-1",
+                "login did not complete after CHAP",
+                sent=probe.sent,
+                received=probe.received,
+            )
+
+    test.__doc__ = f"One-way CHAP with CHAP_A={alg} and a {encoding} CHAP_R logs in."
+    return test
+
+
+def _make_mutual(alg: int) -> Any:
+    profile = f"mutual-{CHAP_ALGORITHMS[alg]}"
+
+    @spec(
+        f"CHAP.Mutual.{ALG_LABEL[alg]}",
+        "RFC 7143 12.1.3",
+        requirements=["R7143-12.1.3-1", "R7143-12.1.3-9"],
+        needs=("mutual_chap", f"chap_algorithms={alg}"),
+    )
+    async def test(target: Any) -> None:
+        chap, mutual = target.chap_pair(profile)
+        async with target.raw(profile) as raw:
+            probe = target.probe(raw, profile)
+            step = await probe.chap(
+                chap[0], chap[1], algorithms=[alg], mutual=mutual
+            )  # verifies the target's CHAP_R
+            require(
+                step.succeeded,
+                "R7143-12.1.3-1",
+                f"mutual CHAP with CHAP_A={alg} failed ({step.status!r})",
+                sent=probe.sent,
+                received=probe.received,
+            )
+            require(
+                "CHAP_R" in step.keys,
+                "R7143-12.1.3-9",
+                "the target did not answer the initiator's challenge",
+                sent=probe.sent,
+                received=probe.received,
+            )
+
+    test.__doc__ = f"Mutual CHAP with CHAP_A={alg}: the target proves its own secret."
+    return test
+
+
+def _make_wrong_secret(alg: int) -> Any:
+    profile = f"chap-{CHAP_ALGORITHMS[alg]}"
+
+    @spec(
+        f"CHAP.WrongSecret.{ALG_LABEL[alg]}",
+        "RFC 7143 12.1.3",
+        requirements=["R7143-12.1.3-3"],
+        needs=(f"chap_algorithms={alg}",),
+    )
+    async def test(target: Any) -> None:
+        (user, secret), _ = target.chap_pair(profile)
+        async with target.raw(profile) as raw:
+            probe = target.probe(raw, profile)
+            step = await probe.chap(user, secret + "-wrong", algorithms=[alg])
+            require(
+                step.refused,
+                "R7143-12.1.3-3",
+                "a CHAP_R computed with a wrong secret was accepted",
+                sent=probe.sent,
+                received=probe.received,
+            )
+            require(
+                step.response is None or step.status == 0x0201,
+                "R7143-12.1.3-3",
+                f"expected 0201 (authentication failure), got {step.status!r}",
+                sent=probe.sent,
+                received=probe.received,
+            )
+
+    test.__doc__ = f"A wrong secret with CHAP_A={alg} fails with 0201."
+    return test
+
+
+for _alg in CHAP_ALGORITHMS:
+    for _enc in ("hex", "base64"):
+        globals()[f"test_oneway_{ALG_LABEL[_alg]}_{_enc}"] = _make_oneway(_alg, _enc)
+    globals()[f"test_mutual_{ALG_LABEL[_alg]}"] = _make_mutual(_alg)
+    globals()[f"test_wrong_secret_{ALG_LABEL[_alg]}"] = _make_wrong_secret(_alg)
+
+
+async def _to_challenge(
+    target: Any, raw: Any, profile: str = "chap", algs: str = "5"
+) -> tuple[Any, Any]:
+    probe = target.probe(raw, profile)
+    s1 = await probe.step([("AuthMethod", "CHAP")], csg=0, nsg=1, transit=False)
+    require(
+        s1.succeeded and s1.keys.get("AuthMethod") == "CHAP",
+        "R7143-12.1-1",
+        "AuthMethod=CHAP not chosen",
+        sent=probe.sent,
+        received=probe.received,
+    )
+    s2 = await probe.step([("CHAP_A", algs)], csg=0, nsg=1, transit=False)
+    return probe, s2
+
+
+@spec("CHAP.Keys.WrongUser", "RFC 7143 12.1.3", requirements=["R7143-12.1.3-3"], needs=("chap",))
+async def test_wrong_user(target: Any) -> None:
+    """The right secret under another CHAP_N fails with 0201."""
+    (user, secret), _ = target.chap_pair("chap")
+    async with target.raw("chap") as raw:
+        probe = target.probe(raw, "chap")
+        step = await probe.chap(user + "-other", secret)
+        require(
+            step.refused,
+            "R7143-12.1.3-3",
+            "an unknown CHAP_N was accepted",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "CHAP.Keys.UnsupportedAlgorithmOnly",
+    "RFC 7143 12.1.3",
+    requirements=["R7143-12.1.3-1"],
+    needs=("chap",),
+)
+async def test_unsupported_algorithm_only(target: Any) -> None:
+    """CHAP_A offering only an unknown algorithm (99) is answered Reject or fails the login."""
+    async with target.raw("chap") as raw:
+        probe, step = await _to_challenge(target, raw, algs="99")
+        require(
+            step.refused or step.keys.get("CHAP_A") == "Reject",
+            "R7143-12.1.3-1",
+            f"CHAP_A=99 answered {step.keys.get('CHAP_A')!r}",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        require(
+            "CHAP_C" not in step.keys,
+            "R7143-12.1.3-1",
+            "a challenge was sent for an unsupported algorithm",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "CHAP.Keys.AlgorithmFromList",
+    "RFC 7143 12.1.3",
+    "RFC 7143 6.2.1",
+    requirements=["R7143-12.1.3-1", "R7143-6.2.1-1"],
+    needs=("chap",),
+)
+async def test_algorithm_chosen_from_list(target: Any) -> None:
+    """CHAP_A=99,5: the target picks 5 (the only one it must support from the list)."""
+    async with target.raw("chap") as raw:
+        probe, step = await _to_challenge(target, raw, algs="99,5")
+        require(
+            step.keys.get("CHAP_A") == "5",
+            "R7143-6.2.1-1",
+            f"CHAP_A answered {step.keys.get('CHAP_A')!r}, expected 5",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "CHAP.Keys.MissingResponse", "RFC 7143 12.1.3", requirements=["R7143-12.1.3-3"], needs=("chap",)
+)
+async def test_missing_chap_r(target: Any) -> None:
+    """CHAP_N without CHAP_R never authenticates."""
+    (user, _secret), _ = target.chap_pair("chap")
+    async with target.raw("chap") as raw:
+        probe, step = await _to_challenge(target, raw)
+        step = await probe.step([("CHAP_N", user)], csg=0, nsg=1, transit=True)
+        if step.succeeded and step.response.transit:
+            step = await probe.operational([])
+        require(
+            not probe.in_full_feature,
+            "R7143-12.1.3-3",
+            "logged in without CHAP_R",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "CHAP.Keys.ResponseWrongLength",
+    "RFC 7143 12.1.3",
+    requirements=["R7143-12.1.3-3"],
+    needs=("chap",),
+)
+async def test_response_wrong_length(target: Any) -> None:
+    """A CHAP_R one byte short of the MD5 length fails with 0201."""
+    (user, secret), _ = target.chap_pair("chap")
+    async with target.raw("chap") as raw:
+        probe, step = await _to_challenge(target, raw)
+        k = step.keys
+        good = chap_response(
+            ChapAlgorithm.MD5, int(k["CHAP_I"], 0), secret.encode(), parse_binary(k["CHAP_C"])
+        )
+        step = await probe.step(
+            [("CHAP_N", user), ("CHAP_R", format_binary(good[:-1]))], csg=0, nsg=1, transit=True
+        )
+        require(
+            step.refused,
+            "R7143-12.1.3-3",
+            "a truncated CHAP_R was accepted",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "CHAP.Keys.MalformedBinary", "RFC 7143 12.1.3", requirements=["R7143-12.1.3-6"], needs=("chap",)
+)
+async def test_malformed_binary_response(target: Any) -> None:
+    """CHAP_R=0xZZ (not hexadecimal) ends the login."""
+    (user, _s), _ = target.chap_pair("chap")
+    async with target.raw("chap") as raw:
+        probe, _step = await _to_challenge(target, raw)
+        step = await probe.step([("CHAP_N", user), ("CHAP_R", "0xZZ")], csg=0, nsg=1, transit=True)
+        require(
+            step.refused,
+            "R7143-12.1.3-6",
+            "a malformed CHAP_R was accepted",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "CHAP.Keys.RepeatedAlgorithmKey", "RFC 7143 6.2", requirements=["R7143-6.2-3"], needs=("chap",)
+)
+async def test_repeated_chap_a(target: Any) -> None:
+    """CHAP_A sent twice in one negotiation is refused."""
+    async with target.raw("chap") as raw:
+        probe = target.probe(raw, "chap")
+        await probe.step([("AuthMethod", "CHAP")], csg=0, nsg=1, transit=False)
+        step = await probe.step([("CHAP_A", "5"), ("CHAP_A", "5")], csg=0, nsg=1, transit=False)
+        require(
+            step.refused or step.keys.get("CHAP_A") == "Reject",
+            "R7143-6.2-3",
+            "CHAP_A offered twice was accepted",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "CHAP.Stage.ChapKeysInOperationalStage",
+    "RFC 7143 12.1.3",
+    "RFC 7143 6.3",
+    requirements=["R7143-6.3-7"],
+    needs=("chap",),
+)
+async def test_chap_in_operational_stage(target: Any) -> None:
+    """Authentication keys sent in the operational stage do not authenticate."""
+    async with target.raw("chap") as raw:
+        probe = target.probe(raw, "chap")
+        step = await probe.step([("CHAP_A", "5")], csg=1, nsg=3, transit=True)
+        if step.succeeded and not step.response.transit:
+            step = await probe.operational([])
+        require(
+            not probe.in_full_feature,
+            "R7143-6.3-7",
+            "full feature phase reached with CHAP keys in the operational stage",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "CHAP.Mutual.ReflectedChallenge",
+    "RFC 7143 12.1.3",
+    requirements=["R7143-12.1.3-4"],
+    needs=("mutual_chap",),
+)
+async def test_reflected_challenge_refused(target: Any) -> None:
+    """The initiator's mutual challenge equal to the target's own challenge is refused."""
+    chap, _mutual = target.chap_pair("mutual")
+    async with target.raw("mutual") as raw:
+        probe, step = await _to_challenge(target, raw, "mutual")
+        k = step.keys
+        their = parse_binary(k["CHAP_C"])
+        resp = chap_response(ChapAlgorithm.MD5, int(k["CHAP_I"], 0), chap[1].encode(), their)
+        step = await probe.step(
+            [
+                ("CHAP_N", chap[0]),
+                ("CHAP_R", format_binary(resp)),
+                ("CHAP_I", "7"),
+                ("CHAP_C", format_binary(their)),
+            ],
+            csg=0,
+            nsg=1,
+            transit=True,
+        )
+        require(
+            step.refused,
+            "R7143-12.1.3-4",
+            "the target answered its own challenge reflected back (reflection attack)",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "CHAP.Mutual.OversizeChallenge",
+    "RFC 7143 12.1.3",
+    requirements=["R7143-12.1.3-8"],
+    needs=("mutual_chap",),
+)
+async def test_oversize_challenge_refused(target: Any) -> None:
+    """A mutual CHAP_C of 1025 bytes is refused."""
+    chap, _mutual = target.chap_pair("mutual")
+    async with target.raw("mutual") as raw:
+        probe, step = await _to_challenge(target, raw, "mutual")
+        k = step.keys
+        resp = chap_response(
+            ChapAlgorithm.MD5, int(k["CHAP_I"], 0), chap[1].encode(), parse_binary(k["CHAP_C"])
+        )
+        step = await probe.step(
+            [
+                ("CHAP_N", chap[0]),
+                ("CHAP_R", format_binary(resp)),
+                ("CHAP_I", "7"),
+                ("CHAP_C", format_binary(os.urandom(1025), "base64")),
+            ],
+            csg=0,
+            nsg=1,
+            transit=True,
+        )
+        require(
+            step.refused,
+            "R7143-12.1.3-8",
+            "a 1025-byte challenge was answered",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "CHAP.Mutual.ChallengeIdentifierOutOfRange",
+    "RFC 7143 12.1.3",
+    requirements=["R7143-12.1.3-6"],
+    needs=("mutual_chap",),
+)
+async def test_chap_i_out_of_range(target: Any) -> None:
+    """The initiator's CHAP_I=256 (not an octet) ends the login."""
+    chap, _mutual = target.chap_pair("mutual")
+    async with target.raw("mutual") as raw:
+        probe, step = await _to_challenge(target, raw, "mutual")
+        k = step.keys
+        resp = chap_response(
+            ChapAlgorithm.MD5, int(k["CHAP_I"], 0), chap[1].encode(), parse_binary(k["CHAP_C"])
+        )
+        step = await probe.step(
+            [
+                ("CHAP_N", chap[0]),
+                ("CHAP_R", format_binary(resp)),
+                ("CHAP_I", "256"),
+                ("CHAP_C", format_binary(os.urandom(16))),
+            ],
+            csg=0,
+            nsg=1,
+            transit=True,
+        )
+        require(
+            step.refused,
+            "R7143-12.1.3-6",
+            "CHAP_I=256 was accepted",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "CHAP.Challenge.Fresh",
+    "RFC 1994 4.1",
+    "RFC 7143 12.1.3",
+    requirements=["R1994-4.1-2"],
+    needs=("chap",),
+)
+async def test_challenge_changes(target: Any) -> None:
+    """Two logins get two different challenges (a recorded response cannot be replayed)."""
+    seen = []
+    for _ in range(2):
+        async with target.raw("chap") as raw:
+            _probe, step = await _to_challenge(target, raw)
+            seen.append(step.keys.get("CHAP_C"))
+    require(
+        seen[0] is not None and seen[0] != seen[1],
+        "R1994-4.1-2",
+        f"the same CHAP_C twice: {seen[0]!r}",
+    )
+
+
+@spec(
+    "CHAP.Discovery.ChapOrNone",
+    "RFC 7143 12.1",
+    "RFC 7143 12.1.3",
+    requirements=["R7143-12.1-1", "R7143-6.2.1-1"],
+    needs=("chap",),
+)
+async def test_discovery_session_chap(target: Any) -> None:
+    """A Discovery session offering AuthMethod=CHAP,None completes: by CHAP with valid
+    credentials, or without authentication when discovery is not protected."""
+    (user, secret), _ = target.chap_pair("chap")
+    async with target.raw("chap") as raw:
+        probe = target.probe(raw, "chap", session_type="Discovery", target_name=None)
+        step = await probe.step([("AuthMethod", "CHAP,None")], csg=0, nsg=1, transit=False)
+        require(
+            step.succeeded,
+            "R7143-12.1-1",
+            f"AuthMethod=CHAP,None refused in discovery ({step.status!r})",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        method = step.keys.get("AuthMethod")
+        require(
+            method in ("CHAP", "None"),
+            "R7143-6.2.1-1",
+            f"AuthMethod answered {method!r}",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        if method == "CHAP":
+            s2 = await probe.step([("CHAP_A", "5")], csg=0, nsg=1, transit=False)
+            k = s2.keys
+            resp = chap_response(
+                ChapAlgorithm.MD5, int(k["CHAP_I"], 0), secret.encode(), parse_binary(k["CHAP_C"])
+            )
+            step = await probe.step(
+                [("CHAP_N", user), ("CHAP_R", format_binary(resp))], csg=0, nsg=1, transit=True
+            )
+        else:
+            step = await probe.step([], csg=0, nsg=1, transit=True)
+        if step.succeeded:
+            await probe.operational([])
+        require(
+            probe.in_full_feature,
+            "R7143-12.1.3-1",
+            "the discovery login did not complete",
+            sent=probe.sent,
+            received=probe.received,
+        )

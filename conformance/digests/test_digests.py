@@ -1,0 +1,254 @@
+"""Digests: HeaderDigest/DataDigest negotiation, digests on every full-feature PDU,
+and corrupted digests handled as the negotiated ErrorRecoveryLevel requires."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from iscsi_conformance.core import pdu as P
+from iscsi_conformance.core.digest import crc32c
+from iscsi_conformance.plugin import require, spec, violation
+
+OFFERS = ["None", "CRC32C", "CRC32C,None", "None,CRC32C"]
+
+
+def _label(offer: str) -> str:
+    return offer.replace(",", "Then")
+
+
+def _make_negotiation_test(key: str, offer: str) -> Any:
+    @spec(
+        f"Digests.Negotiation.{key}.{_label(offer)}",
+        "RFC 7143 13.1",
+        "RFC 7143 6.2.1",
+        requirements=["R7143-13.1-1", "R7143-6.2.1-1", "R7143-6.2.1-2"],
+    )
+    async def test(target: Any) -> None:
+        async with target.raw() as raw:
+            probe = target.probe(raw)
+            await probe.security_none()
+            step = await probe.step([(key, offer)], csg=1, nsg=3, transit=True)
+            offered = offer.split(",")
+            require(
+                step.succeeded,
+                "R7143-13.1-1",
+                f"{key}={offer} made the login fail ({step.status!r}); "
+                "CRC32C and None must both be implemented",
+                sent=probe.sent,
+                received=probe.received,
+            )
+            answer = step.keys.get(key)
+            require(
+                answer in offered,
+                "R7143-6.2.1-2",
+                f"{key} answer {answer!r} is not one of {offered}",
+                sent=probe.sent,
+                received=probe.received,
+            )
+            if len(offered) == 1:
+                require(
+                    answer == offered[0],
+                    "R7143-13.1-1",
+                    f"{key}={offered[0]} alone must be accepted, got {answer!r}",
+                    sent=probe.sent,
+                    received=probe.received,
+                )
+
+    test.__doc__ = (
+        f"{key}={offer} is answered with a value from the offer; both digests are implemented."
+    )
+    return test
+
+
+for _key in ("HeaderDigest", "DataDigest"):
+    for _offer in OFFERS:
+        globals()[f"test_{_key}_{_label(_offer)}"] = _make_negotiation_test(_key, _offer)
+
+
+async def _digest_session(target: Any, header: bool, data: bool) -> tuple[Any, Any]:
+    raw = target.raw()
+    await raw.__aenter__()
+    probe = await target.login(
+        raw,
+        keys=[
+            ("HeaderDigest", "CRC32C" if header else "None"),
+            ("DataDigest", "CRC32C" if data else "None"),
+        ],
+    )
+    raw.set_digests(header=header, data=data)
+    return raw, probe
+
+
+@pytest.mark.parametrize(
+    "header,data", [(True, False), (False, True), (True, True)], ids=["header", "data", "both"]
+)
+@spec(
+    "Digests.FullFeature.EveryPdu", "RFC 7143 13.1", requirements=["R7143-13.1-2", "R7143-13.1-3"]
+)
+async def test_digests_on_every_pdu(target: Any, header: bool, data: bool) -> None:
+    """With digests agreed, every full-feature PDU from the target carries correct digests."""
+    raw, probe = await _digest_session(target, header, data)
+    try:
+        payload = os.urandom(1000)  # not a multiple of 4: padding is covered by the CRC
+        nop = P.NopOut(
+            immediate=True,
+            itt=0x10,
+            ttt=0xFFFFFFFF,
+            cmdsn=probe.cmdsn,
+            expstatsn=probe.expstatsn,
+            data=payload,
+        )
+        await raw.send(nop)
+        answer = await raw.recv(timeout=5)  # the raw decoder verifies both digests
+        require(
+            isinstance(answer, P.NopIn),
+            "R7143-13.1-2",
+            f"expected a NOP-In with valid digests, got {type(answer).__name__ if answer else 'nothing / digest error'}",
+            sent=[*probe.sent, nop],
+            received=[*probe.received, *([answer] if answer else [])],
+        )
+        require(
+            answer.data == payload,
+            "R7143-11.18-1",
+            "the NOP-In does not echo the ping data",
+            sent=[nop],
+            received=[answer],
+        )
+        inquiry = P.ScsiCommand(
+            final=True,
+            read=True,
+            lun=0,
+            itt=0x11,
+            expected_data_transfer_length=96,
+            cmdsn=probe.cmdsn,
+            expstatsn=probe.expstatsn,
+            cdb=bytes([0x12, 0, 0, 0, 96, 0]),
+        )
+        await raw.send(inquiry)
+        got = [await raw.recv(timeout=5)]
+        while (
+            got[-1] is not None
+            and not isinstance(got[-1], P.ScsiResponse)
+            and not (isinstance(got[-1], P.ScsiDataIn) and got[-1].status_present)
+        ):
+            got.append(await raw.recv(timeout=5))
+        require(
+            got[-1] is not None,
+            "R7143-13.1-2",
+            "INQUIRY under digests got no valid response",
+            sent=[inquiry],
+            received=[g for g in got if g is not None],
+        )
+    finally:
+        await raw.__aexit__(None, None, None)
+
+
+@pytest.mark.parametrize("which", ["header", "data"])
+@spec(
+    "Digests.Errors.CorruptedAtErl0",
+    "RFC 7143 7.8",
+    "RFC 7143 13.1",
+    requirements=["R7143-7.8-1", "R7143-7.8-2"],
+)
+async def test_corrupted_digest_erl0(target: Any, which: str) -> None:
+    """At ErrorRecoveryLevel 0 a PDU with a wrong digest is not processed; the target drops the connection."""
+    raw, probe = await _digest_session(target, True, True)
+    try:
+        payload = os.urandom(64)
+        nop = P.NopOut(
+            immediate=True,
+            itt=0x20,
+            ttt=0xFFFFFFFF,
+            cmdsn=probe.cmdsn,
+            expstatsn=probe.expstatsn,
+            data=payload,
+        )
+        tamper = (
+            P.Tamper(header_digest_value=0xDEADBEEF)
+            if which == "header"
+            else P.Tamper(data_digest_value=crc32c(payload) ^ 0xFFFFFFFF)
+        )
+        wire = P.encode(nop, header_digest=True, data_digest=True, strict=False, tamper=tamper)
+        await raw.send(wire)
+        answer = await raw.recv(timeout=5)
+        if isinstance(answer, P.NopIn):
+            raise violation(
+                "R7143-7.8-1",
+                f"a NOP-Out with a corrupted {which} digest was answered as valid",
+                sent=[nop],
+                received=[answer],
+            )
+        if isinstance(answer, P.Reject):
+            require(
+                answer.reason == 0x02 and which == "data",
+                "R7143-7.8-1",
+                f"Reject reason {answer.reason:#x} for a corrupted {which} digest",
+                sent=[nop],
+                received=[answer],
+            )
+            return
+        closed = answer is None or await raw.expect_closed(timeout=10)
+        require(
+            closed,
+            "R7143-7.8-2",
+            "at ERL 0 a digest error leads to dropping the connection",
+            sent=[nop],
+            received=[answer] if answer else [],
+        )
+    finally:
+        await raw.__aexit__(None, None, None)
+
+
+@spec(
+    "Digests.Errors.DataDigestRejectAtErl1",
+    "RFC 7143 7.8",
+    requirements=["R7143-7.8-3"],
+    needs=("erl=1",),
+    dataloss=True,
+)
+async def test_data_digest_error_erl1(target: Any) -> None:
+    """At ErrorRecoveryLevel 1 a data digest error on unsolicited data is answered with Reject 02h."""
+    async with target.raw() as raw:
+        probe = await target.login(
+            raw,
+            keys=[
+                ("HeaderDigest", "CRC32C"),
+                ("DataDigest", "CRC32C"),
+                ("ErrorRecoveryLevel", "1"),
+                ("ImmediateData", "Yes"),
+            ],
+        )
+        if probe.negotiated.get("ErrorRecoveryLevel") != "1":
+            pytest.skip("the target did not agree to ErrorRecoveryLevel=1")
+        raw.set_digests(header=True, data=True)
+        payload = os.urandom(512)
+        cmd = P.ScsiCommand(
+            final=True,
+            write=True,
+            lun=0,
+            itt=0x30,
+            expected_data_transfer_length=512,
+            cmdsn=probe.cmdsn,
+            expstatsn=probe.expstatsn,
+            cdb=bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0]),
+            data=payload,
+        )
+        wire = P.encode(
+            cmd,
+            header_digest=True,
+            data_digest=True,
+            strict=False,
+            tamper=P.Tamper(data_digest_value=crc32c(payload) ^ 1),
+        )
+        await raw.send(wire)
+        answer = await raw.recv(timeout=5)
+        require(
+            isinstance(answer, P.Reject) and answer.reason == 0x02,
+            "R7143-7.8-3",
+            f"expected Reject (Data Digest Error), got {type(answer).__name__ if answer else 'nothing'}",
+            sent=[cmd],
+            received=[answer] if answer else [],
+        )

@@ -1,0 +1,644 @@
+"""Login.Keys: every RFC 7143 section 13 key, offered legally and illegally.
+
+Cases are generated from the one key table (``core.keys.KEYS``): each key gets its
+own stable test ID, so a deviation can name exactly one key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from iscsi_conformance.core.keys import KEYS, ResultFunction, ValueKind
+from iscsi_conformance.core.text import parse_number
+from iscsi_conformance.plugin import require, spec, violation
+
+NEGOTIATED_NUMBERS = [
+    k
+    for k in KEYS.values()
+    if k.kind is ValueKind.NUMBER and k.result_function in (ResultFunction.MIN, ResultFunction.MAX)
+]
+BOOLEANS = [
+    k
+    for k in KEYS.values()
+    if k.kind is ValueKind.BOOLEAN and k.result_function in (ResultFunction.AND, ResultFunction.OR)
+]
+
+KEY_REQ = {
+    "MaxConnections": "R7143-13.2-1",
+    "MaxBurstLength": "R7143-13.13-1",
+    "FirstBurstLength": "R7143-13.14-1",
+    "DefaultTime2Wait": "R7143-13.15-1",
+    "DefaultTime2Retain": "R7143-13.16-1",
+    "MaxOutstandingR2T": "R7143-13.17-1",
+    "ErrorRecoveryLevel": "R7143-13.20-1",
+    "iSCSIProtocolLevel": "R7143-13.24-1",
+    "InitialR2T": "R7143-13.10-1",
+    "ImmediateData": "R7143-13.11-1",
+    "DataPDUInOrder": "R7143-13.18-1",
+    "DataSequenceInOrder": "R7143-13.19-1",
+}
+
+
+def _section(key: Any) -> str:
+    return key.section.split("/")[0].strip()
+
+
+def _offer_for(key: Any) -> int:
+    """A legal value that differs from the default, so the answer shows the rule."""
+    assert key.min is not None and key.max is not None
+    default = int(key.default) if key.default is not None else key.min
+    if key.result_function is ResultFunction.MIN:
+        return max(key.min, min(key.max, default // 2 if default > key.min else default))
+    return min(key.max, default + 1)
+
+
+async def _answer(target: Any, pairs: list[tuple[str, str]]) -> tuple[Any, Any]:
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        s = await probe.security_none()
+        if s.refused:
+            raise violation(
+                "R7143-6.3.1-2",
+                "login with AuthMethod=None refused",
+                sent=probe.sent,
+                received=probe.received,
+            )
+        step = await probe.step(pairs, csg=1, nsg=3, transit=True)
+        return probe, step
+
+
+def _make_result_function_test(key: Any) -> Callable[..., Any]:
+    req = [KEY_REQ.get(key.name, "R7143-6.2.2-1"), "R7143-6.2.2-1"]
+
+    @spec(
+        f"Login.Keys.{key.name}.ResultFunction", _section(key), "RFC 7143 6.2.2", requirements=req
+    )
+    async def test(target: Any) -> None:
+        offer = _offer_for(key)
+        probe, step = await _answer(target, [(key.name, str(offer))])
+        require(
+            step.succeeded,
+            req[0],
+            f"a legal {key.name}={offer} made the login fail (status {step.status!r})",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        value = step.keys.get(key.name)
+        if value is None:
+            return  # answered later or accepted silently is allowed only for declarative keys
+        require(
+            value not in ("Reject", "NotUnderstood", "Irrelevant"),
+            req[0],
+            f"{key.name} is a standard key; the answer {value!r} refuses a legal offer",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        n = parse_number(value)
+        require(
+            key.min <= n <= key.max,
+            req[0],
+            f"answer {key.name}={n} is outside {key.min}..{key.max}",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        if key.result_function is ResultFunction.MIN:
+            require(
+                n <= offer,
+                "R7143-6.2.2-1",
+                f"{key.name} uses the minimum function: answer {n} exceeds the offer {offer}",
+                sent=probe.sent,
+                received=probe.received,
+            )
+        else:
+            require(
+                n >= offer,
+                "R7143-6.2.2-1",
+                f"{key.name} uses the maximum function: answer {n} is below the offer {offer}",
+                sent=probe.sent,
+                received=probe.received,
+            )
+
+    test.__doc__ = f"The answer to {key.name} follows its result function and range."
+    return test
+
+
+def _make_out_of_range_test(key: Any, value: int, label: str) -> Callable[..., Any]:
+    @spec(
+        f"Login.Keys.{key.name}.{label}",
+        _section(key),
+        "RFC 7143 6.2.2",
+        requirements=["R7143-6.2.2-3", "R7143-6.2-5"],
+    )
+    async def test(target: Any) -> None:
+        probe, step = await _answer(target, [(key.name, str(value))])
+        if step.refused:
+            require(
+                step.response is None or step.response.status_class == 2,
+                "R7143-11.13-1",
+                f"an illegal {key.name} is the initiator's error: expected status class 02, got {step.status!r}",
+                sent=probe.sent,
+                received=probe.received,
+            )
+            return
+        answer = step.keys.get(key.name)
+        require(
+            answer == "Reject",
+            "R7143-6.2.2-3",
+            f"{key.name}={value} is outside {key.min}..{key.max}; the target must answer Reject or fail "
+            f"the login, it answered {answer!r}",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+    test.__doc__ = f"An out-of-range {key.name} ({value}) is refused."
+    return test
+
+
+def _make_boolean_test(key: Any) -> Callable[..., Any]:
+    # AND: offering No forces No; OR: offering Yes forces Yes (RFC 7143 6.2.2)
+    offer = "No" if key.result_function is ResultFunction.AND else "Yes"
+    req = [KEY_REQ.get(key.name, "R7143-6.2.2-2"), "R7143-6.2.2-2"]
+
+    @spec(
+        f"Login.Keys.{key.name}.ResultFunction", _section(key), "RFC 7143 6.2.2", requirements=req
+    )
+    async def test(target: Any) -> None:
+        probe, step = await _answer(target, [(key.name, offer)])
+        require(
+            step.succeeded,
+            req[0],
+            f"{key.name}={offer} is legal; the login failed ({step.status!r})",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        answer = step.keys.get(key.name)
+        require(
+            answer == offer,
+            "R7143-6.2.2-2",
+            f"{key.name} uses the {key.result_function.name} function: offered {offer}, the only "
+            f"admissible answer is {offer}, got {answer!r}",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+    test.__doc__ = (
+        f"The answer to {key.name}={offer} obeys the {key.result_function.name} function."
+    )
+    return test
+
+
+def _make_boolean_illegal_test(key: Any) -> Callable[..., Any]:
+    @spec(
+        f"Login.Keys.{key.name}.IllegalValue",
+        _section(key),
+        "RFC 7143 6.2",
+        requirements=["R7143-6.2-5", "R7143-6.1-5"],
+    )
+    async def test(target: Any) -> None:
+        probe, step = await _answer(target, [(key.name, "Maybe")])
+        if step.refused:
+            return
+        answer = step.keys.get(key.name)
+        require(
+            answer == "Reject",
+            "R7143-6.2-5",
+            f"{key.name}=Maybe is not a boolean; expected Reject or a failed login, got {answer!r}",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+    test.__doc__ = f"{key.name}=Maybe (not a boolean) is refused."
+    return test
+
+
+for _key in NEGOTIATED_NUMBERS:
+    globals()[f"test_{_key.name}_result_function"] = _make_result_function_test(_key)
+    if _key.max is not None:
+        globals()[f"test_{_key.name}_above_maximum"] = _make_out_of_range_test(
+            _key, _key.max + 1, "AboveMaximum"
+        )
+    if _key.min is not None and _key.min > 0:
+        globals()[f"test_{_key.name}_below_minimum"] = _make_out_of_range_test(
+            _key, _key.min - 1, "BelowMinimum"
+        )
+for _key in BOOLEANS:
+    globals()[f"test_{_key.name}_result_function"] = _make_boolean_test(_key)
+    globals()[f"test_{_key.name}_illegal_value"] = _make_boolean_illegal_test(_key)
+
+
+# --------------------------------------------------------------------------- declarative
+
+
+@spec(
+    "Login.Keys.MaxRecvDataSegmentLength.BelowMinimum",
+    "RFC 7143 13.12",
+    requirements=["R7143-13.12-3"],
+)
+async def test_mrdsl_below_minimum(target: Any) -> None:
+    """MaxRecvDataSegmentLength=511 is out of range and is refused."""
+    probe, step = await _answer(target, [("MaxRecvDataSegmentLength", "511")])
+    if step.refused:
+        return
+    require(
+        step.keys.get("MaxRecvDataSegmentLength") == "Reject",
+        "R7143-13.12-3",
+        "MaxRecvDataSegmentLength=511 is below 512: expected Reject or a failed login",
+        sent=probe.sent,
+        received=probe.received,
+    )
+
+
+@spec(
+    "Login.Keys.MaxRecvDataSegmentLength.AboveMaximum",
+    "RFC 7143 13.12",
+    requirements=["R7143-13.12-3"],
+)
+async def test_mrdsl_above_maximum(target: Any) -> None:
+    """MaxRecvDataSegmentLength=2^24 is out of range and is refused."""
+    probe, step = await _answer(target, [("MaxRecvDataSegmentLength", str(1 << 24))])
+    if step.refused:
+        return
+    require(
+        step.keys.get("MaxRecvDataSegmentLength") == "Reject",
+        "R7143-13.12-3",
+        "MaxRecvDataSegmentLength=16777216 is above 2^24-1: expected Reject or a failed login",
+        sent=probe.sent,
+        received=probe.received,
+    )
+
+
+@spec(
+    "Login.Keys.MaxRecvDataSegmentLength.TargetDeclares",
+    "RFC 7143 13.12",
+    requirements=["R7143-13.12-1"],
+)
+async def test_mrdsl_target_declaration_in_range(target: Any) -> None:
+    """The target's own MaxRecvDataSegmentLength, if declared, is within 512..2^24-1."""
+    async with target.raw() as raw:
+        probe = await target.login(raw, keys=[("MaxRecvDataSegmentLength", "8192")])
+        value = probe.negotiated.get("MaxRecvDataSegmentLength")
+        if value is None:
+            return  # default 8192 applies
+        n = parse_number(value)
+        require(
+            512 <= n <= (1 << 24) - 1,
+            "R7143-13.12-1",
+            f"declared MaxRecvDataSegmentLength={n} is out of range",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec("Login.Keys.NumberEncodings.Hexadecimal", "RFC 7143 6.1", requirements=["R7143-6.1-4"])
+async def test_number_in_hex(target: Any) -> None:
+    """A numerical value written in hexadecimal (0x...) is understood."""
+    probe, step = await _answer(target, [("MaxBurstLength", "0x10000")])
+    require(
+        step.succeeded,
+        "R7143-6.1-4",
+        "MaxBurstLength=0x10000 (hex) made the login fail",
+        sent=probe.sent,
+        received=probe.received,
+    )
+    answer = step.keys.get("MaxBurstLength")
+    require(
+        answer is not None and answer not in ("Reject", "NotUnderstood"),
+        "R7143-6.1-4",
+        f"hexadecimal 0x10000 was not accepted: {answer!r}",
+        sent=probe.sent,
+        received=probe.received,
+    )
+    require(
+        parse_number(answer) <= 0x10000,
+        "R7143-6.2.2-1",
+        f"MaxBurstLength answer {answer} exceeds the offer 65536",
+        sent=probe.sent,
+        received=probe.received,
+    )
+
+
+@spec(
+    "Login.Keys.NumberEncodings.Base64", "RFC 7143 6.1", requirements=["R7143-6.1-4"], level="MUST"
+)
+async def test_number_in_base64(target: Any) -> None:
+    """A numerical value written in base64 (0b...) is understood (0bAQAA = 65536)."""
+    probe, step = await _answer(target, [("MaxBurstLength", "0bAQAA")])
+    require(
+        step.succeeded,
+        "R7143-6.1-4",
+        "MaxBurstLength=0bAQAA (base64) made the login fail",
+        sent=probe.sent,
+        received=probe.received,
+    )
+    answer = step.keys.get("MaxBurstLength")
+    require(
+        answer is not None and answer not in ("Reject", "NotUnderstood"),
+        "R7143-6.1-4",
+        f"base64 0bAQAA was not accepted: {answer!r}",
+        sent=probe.sent,
+        received=probe.received,
+    )
+    require(
+        parse_number(answer) <= 65536,
+        "R7143-6.2.2-1",
+        f"MaxBurstLength answer {answer} exceeds the offer 65536",
+        sent=probe.sent,
+        received=probe.received,
+    )
+
+
+@spec("Login.Keys.Malformed.NumberWithLetters", "RFC 7143 6.1", requirements=["R7143-6.1-5"])
+async def test_malformed_number(target: Any) -> None:
+    """MaxBurstLength=12ab34 is not a number: Reject or a failed login."""
+    probe, step = await _answer(target, [("MaxBurstLength", "12ab34")])
+    if step.refused:
+        return
+    require(
+        step.keys.get("MaxBurstLength") == "Reject",
+        "R7143-6.1-5",
+        f"a malformed number was answered {step.keys.get('MaxBurstLength')!r}",
+        sent=probe.sent,
+        received=probe.received,
+    )
+
+
+@spec(
+    "Login.Keys.Unknown.PrivateKey",
+    "RFC 7143 13.22",
+    "RFC 7143 6.2",
+    requirements=["R7143-13.22-1", "R7143-6.2-1"],
+)
+async def test_unknown_private_key(target: Any) -> None:
+    """An unknown X- key is answered NotUnderstood and the login goes on."""
+    probe, step = await _answer(target, [("X-org.iscsi-conformance.Probe", "1")])
+    require(
+        step.succeeded,
+        "R7143-6.2-1",
+        "an unknown private key made the login fail",
+        sent=probe.sent,
+        received=probe.received,
+    )
+    require(
+        step.keys.get("X-org.iscsi-conformance.Probe") == "NotUnderstood",
+        "R7143-6.2-1",
+        f"expected X-org.iscsi-conformance.Probe=NotUnderstood, got {step.keys.get('X-org.iscsi-conformance.Probe')!r}",
+        sent=probe.sent,
+        received=probe.received,
+    )
+
+
+@spec(
+    "Login.Keys.Unknown.PublicExtensionKey",
+    "RFC 7143 13.22",
+    requirements=["R7143-13.22-1", "R7143-6.2-1"],
+)
+async def test_unknown_public_extension_key(target: Any) -> None:
+    """An unknown X# key is answered NotUnderstood."""
+    probe, step = await _answer(target, [("X#org.iscsi-conformance.Probe", "1")])
+    require(
+        step.succeeded,
+        "R7143-6.2-1",
+        "an unknown X# key made the login fail",
+        sent=probe.sent,
+        received=probe.received,
+    )
+    require(
+        step.keys.get("X#org.iscsi-conformance.Probe") == "NotUnderstood",
+        "R7143-6.2-1",
+        f"got {step.keys.get('X#org.iscsi-conformance.Probe')!r}",
+        sent=probe.sent,
+        received=probe.received,
+    )
+
+
+@spec("Login.Keys.Unknown.StandardLookingKey", "RFC 7143 6.2", requirements=["R7143-6.2-1"])
+async def test_unknown_standard_key(target: Any) -> None:
+    """A key that no RFC defines (not X-) is answered NotUnderstood, not a failure."""
+    probe, step = await _answer(target, [("NoSuchKey", "1")])
+    if step.refused:
+        require(
+            step.response is not None and step.response.status_class == 2,
+            "R7143-6.2-1",
+            "a target that fails the login for an unknown key must say it is the initiator's error (02xx)",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        return
+    require(
+        step.keys.get("NoSuchKey") == "NotUnderstood",
+        "R7143-6.2-1",
+        f"NoSuchKey must be answered NotUnderstood, got {step.keys.get('NoSuchKey')!r}",
+        sent=probe.sent,
+        received=probe.received,
+    )
+
+
+@spec("Login.Keys.Repeated.SameNegotiation", "RFC 7143 6.2", requirements=["R7143-6.2-3"])
+async def test_repeated_key(target: Any) -> None:
+    """The same key twice in one negotiation is a protocol error."""
+    probe, step = await _answer(target, [("MaxBurstLength", "65536"), ("MaxBurstLength", "131072")])
+    require(
+        step.refused or step.keys.get("MaxBurstLength") == "Reject",
+        "R7143-6.2-3",
+        "MaxBurstLength offered twice was accepted",
+        sent=probe.sent,
+        received=probe.received,
+    )
+
+
+@spec("Login.Keys.Answers.EveryKeyAnswered", "RFC 7143 6.2", requirements=["R7143-6.2-4"])
+async def test_every_offered_key_answered(target: Any) -> None:
+    """Every negotiated key the initiator offers gets an answer before the login ends."""
+    offered = [
+        "MaxBurstLength",
+        "FirstBurstLength",
+        "MaxOutstandingR2T",
+        "ImmediateData",
+        "InitialR2T",
+        "DefaultTime2Wait",
+        "DefaultTime2Retain",
+        "ErrorRecoveryLevel",
+        "DataPDUInOrder",
+        "DataSequenceInOrder",
+        "MaxConnections",
+    ]
+    from iscsi_conformance.core.keys import defaults
+
+    d = defaults("Normal")
+    async with target.raw() as raw:
+        probe = await target.login(raw, keys=[(k, d[k]) for k in offered])
+        missing = [k for k in offered if k not in probe.negotiated]
+        require(
+            not missing,
+            "R7143-6.2-4",
+            f"the target never answered {missing}",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "Login.Keys.Answers.ListFromOffer",
+    "RFC 7143 6.2.1",
+    requirements=["R7143-6.2.1-2", "R7143-6.2.1-1"],
+)
+async def test_list_answer_from_offer(target: Any) -> None:
+    """The answer to a list-valued key is one value taken from the offered list."""
+    probe, step = await _answer(
+        target, [("HeaderDigest", "None,CRC32C"), ("DataDigest", "CRC32C,None")]
+    )
+    require(
+        step.succeeded,
+        "R7143-6.2.1-1",
+        "digest lists made the login fail",
+        sent=probe.sent,
+        received=probe.received,
+    )
+    for key, offered in (("HeaderDigest", ["None", "CRC32C"]), ("DataDigest", ["CRC32C", "None"])):
+        answer = step.keys.get(key)
+        require(
+            answer in offered,
+            "R7143-6.2.1-2",
+            f"{key} answer {answer!r} is not one of the offered {offered}",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec("Login.Keys.Obsolete.Markers", "RFC 7143 13.25", requirements=["R7143-13.25-1"])
+async def test_obsolete_marker_keys(target: Any) -> None:
+    """OFMarker/IFMarker offered as No never turn markers on."""
+    probe, step = await _answer(target, [("OFMarker", "No"), ("IFMarker", "No")])
+    require(
+        step.succeeded,
+        "R7143-13.25-1",
+        "obsolete marker keys made the login fail",
+        sent=probe.sent,
+        received=probe.received,
+    )
+    for key in ("OFMarker", "IFMarker"):
+        answer = step.keys.get(key)
+        require(
+            answer in (None, "No", "NotUnderstood", "Irrelevant", "Reject"),
+            "R7143-13.25-1",
+            f"{key} answered {answer!r}: markers must never be enabled",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "Login.Keys.Declarative.NodeArchitecture",
+    "RFC 7143 13.26",
+    requirements=["R7143-13.26-1"],
+    level="MUST",
+)
+async def test_node_architecture_declaration(target: Any) -> None:
+    """X#NodeArchitecture is declarative: the login goes on and no value is forced on us."""
+    probe, step = await _answer(target, [("X#NodeArchitecture", "iscsi-conformance/0.1")])
+    require(
+        step.succeeded,
+        "R7143-13.26-1",
+        "X#NodeArchitecture made the login fail",
+        sent=probe.sent,
+        received=probe.received,
+    )
+    require(
+        step.keys.get("X#NodeArchitecture") != "Reject",
+        "R7143-13.26-1",
+        "a declarative key was answered Reject",
+        sent=probe.sent,
+        received=probe.received,
+    )
+
+
+@spec("Login.Keys.ProtocolLevel.Higher", "RFC 7143 13.24", requirements=["R7143-13.24-1"])
+async def test_protocol_level_higher_than_known(target: Any) -> None:
+    """iSCSIProtocolLevel=31: the answer is a level the target supports, at most 31."""
+    probe, step = await _answer(target, [("iSCSIProtocolLevel", "31")])
+    require(
+        step.succeeded,
+        "R7143-13.24-1",
+        "iSCSIProtocolLevel=31 made the login fail",
+        sent=probe.sent,
+        received=probe.received,
+    )
+    answer = step.keys.get("iSCSIProtocolLevel")
+    if answer in (None, "NotUnderstood"):
+        return  # an RFC 3720 target may not know the key (RFC 7144 4.2.1)
+    require(
+        answer.isdigit() and int(answer) <= 31,
+        "R7143-13.24-1",
+        f"answer {answer!r} is not a level <= 31",
+        sent=probe.sent,
+        received=probe.received,
+    )
+
+
+@spec("Login.Keys.TargetPortalGroupTag.Returned", "RFC 7143 13.9", requirements=["R7143-13.9-1"])
+async def test_tpgt_returned(target: Any) -> None:
+    """The target sends TargetPortalGroupTag (0..65535) in a Normal session's first response."""
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        step = await probe.security_none()
+        require(
+            step.succeeded,
+            "R7143-6.3.1-2",
+            "AuthMethod=None refused",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        tpgt = step.keys.get("TargetPortalGroupTag")
+        require(
+            tpgt is not None,
+            "R7143-13.9-1",
+            "no TargetPortalGroupTag in the first Login Response",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        require(
+            tpgt.isdigit() and 0 <= int(tpgt) <= 65535,
+            "R7143-13.9-1",
+            f"TargetPortalGroupTag={tpgt!r} out of range",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "Login.Keys.Discovery.IrrelevantKeys",
+    "RFC 7143 6.2",
+    "RFC 7143 13.2",
+    requirements=["R7143-6.2-2"],
+)
+async def test_irrelevant_key_in_discovery(target: Any) -> None:
+    """MaxConnections in a Discovery session is irrelevant: the login goes on."""
+    async with target.raw() as raw:
+        probe = target.probe(raw, session_type="Discovery", target_name=None)
+        s = await probe.security_none()
+        require(
+            s.succeeded,
+            "R7143-6.3.1-2",
+            "Discovery login refused",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        step = await probe.step(
+            [("MaxConnections", "4"), ("InitialR2T", "Yes")], csg=1, nsg=3, transit=True
+        )
+        require(
+            step.succeeded,
+            "R7143-6.2-2",
+            f"irrelevant keys made a discovery login fail ({step.status!r})",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        answer = step.keys.get("MaxConnections")
+        require(
+            answer in (None, "Irrelevant", "1"),
+            "R7143-6.2-2",
+            f"MaxConnections in Discovery answered {answer!r}: expected Irrelevant",
+            sent=probe.sent,
+            received=probe.received,
+        )

@@ -1,0 +1,512 @@
+"""Login.Stages / Login.Session: CSG/NSG and T/C rules, versions, ISID and TSIH,
+reinstatement, and what may be sent before full feature phase."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iscsi_conformance.core import pdu as P
+from iscsi_conformance.plugin import require, spec, violation
+from iscsi_conformance.plugin.probe import random_isid
+
+
+def _refused_as_initiator_error(step: Any) -> bool:
+    return step.response is None or step.response.status_class == 2
+
+
+@spec("Login.Stages.TransitAndContinueBothSet", "RFC 7143 11.12.2", requirements=["R7143-11.12-1"])
+async def test_t_and_c_both_set(target: Any) -> None:
+    """A Login Request with T=1 and C=1 is a protocol error."""
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        step = await probe.step([("AuthMethod", "None")], csg=0, nsg=1, transit=True, cont=True)
+        require(
+            step.refused,
+            "R7143-11.12-1",
+            "T=1 with C=1 was accepted",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        require(
+            _refused_as_initiator_error(step),
+            "R7143-11.13-1",
+            f"expected an initiator error (02xx) or a closed connection, got {step.status!r}",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec("Login.Stages.NextStageBeforeCurrent", "RFC 7143 11.12.3", requirements=["R7143-11.12-2"])
+async def test_nsg_lower_than_csg(target: Any) -> None:
+    """T=1 with NSG (security) lower than CSG (operational) is a protocol error."""
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        step = await probe.send(probe.build([], csg=1, nsg=0, transit=True))
+        require(
+            step.refused,
+            "R7143-11.12-2",
+            "a transition back to the security stage was accepted",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec("Login.Stages.ReservedStageValue", "RFC 7143 11.12.3", requirements=["R7143-11.12-2"])
+async def test_reserved_stage_value(target: Any) -> None:
+    """CSG=2 is reserved: the login fails."""
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        step = await probe.send(probe.build([("AuthMethod", "None")], csg=2, nsg=3, transit=True))
+        require(
+            step.refused,
+            "R7143-11.12-2",
+            "CSG=2 (reserved) was accepted",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "Login.Stages.TransitOnlyIfRequested",
+    "RFC 7143 6.3",
+    "RFC 7143 11.13.2",
+    requirements=["R7143-6.3-4"],
+)
+async def test_target_transits_only_when_asked(target: Any) -> None:
+    """With T=0 in the request, the target's response has T=0."""
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        step = await probe.step([("AuthMethod", "None")], csg=0, nsg=0, transit=False)
+        require(
+            step.response is not None,
+            "R7143-6.3-4",
+            "no answer to a T=0 login request",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        require(
+            step.succeeded,
+            "R7143-6.3.1-2",
+            f"login refused ({step.status!r})",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        require(
+            not step.response.transit,
+            "R7143-6.3-4",
+            "the target set T although the initiator did not",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec("Login.Stages.SkipSecurityWhenNotRequired", "RFC 7143 6.3", requirements=["R7143-6.3.1-2"])
+async def test_start_in_operational_stage(target: Any) -> None:
+    """A target that requires no authentication accepts a login that starts in the operational stage."""
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        step = await probe.step([], csg=1, nsg=3, transit=True)
+        step = step if step.refused or step.response.transit else await probe.operational([])
+        require(
+            probe.in_full_feature,
+            "R7143-6.3.1-2",
+            f"starting in the operational stage was refused by an unauthenticated target ({step.status!r})",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "Login.Stages.SkipSecurityWhenRequired",
+    "RFC 7143 6.3.1",
+    requirements=["R7143-6.3.1-1", "R7143-6.3-7"],
+    needs=("chap",),
+)
+async def test_skip_security_refused(target: Any) -> None:
+    """A target that requires CHAP refuses a login that skips the security stage."""
+    async with target.raw() as raw:
+        probe = target.probe(raw, "chap")
+        step = await probe.step([], csg=1, nsg=3, transit=True)
+        if not step.refused and not step.response.transit:
+            step = await probe.operational([])
+        require(
+            not probe.in_full_feature,
+            "R7143-6.3.1-1",
+            "reached full feature phase without authenticating",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        require(
+            step.response is None or step.response.status in (0x0201, 0x0202, 0x0200),
+            "R7143-6.3.1-1",
+            f"expected authentication/authorisation failure, got {step.status!r}",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "Login.Stages.AuthMethodNoneWhenChapRequired",
+    "RFC 7143 6.3.2",
+    requirements=["R7143-6.3.2-1", "R7143-6.3.1-1"],
+    needs=("chap",),
+)
+async def test_authmethod_none_refused(target: Any) -> None:
+    """Offering only AuthMethod=None to a target that requires CHAP never reaches full feature phase."""
+    async with target.raw() as raw:
+        probe = target.probe(raw, "chap")
+        step = await probe.security_none()
+        if not step.refused:
+            answer = step.keys.get("AuthMethod")
+            require(
+                answer in ("Reject", "None") and answer != "CHAP",
+                "R7143-6.3.2-1",
+                f"AuthMethod answered {answer!r}",
+                sent=probe.sent,
+                received=probe.received,
+            )
+            if answer == "None" and step.response.transit:
+                step = await probe.operational([])
+        require(
+            not probe.in_full_feature,
+            "R7143-6.3.1-1",
+            "full feature phase without authentication",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec("Login.Versions.Unsupported", "RFC 7143 11.12.4", requirements=["R7143-11.12-3"])
+async def test_unsupported_version(target: Any) -> None:
+    """Version-min 1 and Version-max 1 (no overlap with 0x00) fails with 0205."""
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        step = await probe.send(
+            probe.build(
+                [("AuthMethod", "None")], csg=0, nsg=1, transit=True, version_max=1, version_min=1
+            )
+        )
+        require(
+            step.refused,
+            "R7143-11.12-3",
+            "a login with only version 1 was accepted",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        if step.response is not None:
+            require(
+                step.response.status == 0x0205,
+                "R7143-11.12-3",
+                f"expected 0205 (unsupported version), got {step.status:#06x}",
+                sent=probe.sent,
+                received=probe.received,
+            )
+
+
+@spec("Login.Versions.Active", "RFC 7143 11.13.4", requirements=["R7143-11.12-3"])
+async def test_version_active_zero(target: Any) -> None:
+    """A successful Login Response carries Version-active 0x00."""
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        step = await probe.security_none()
+        require(
+            step.succeeded,
+            "R7143-6.3.1-2",
+            "login refused",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        require(
+            step.response.version_active == 0,
+            "R7143-11.12-3",
+            f"Version-active {step.response.version_active}",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "Login.Session.EchoIsidAndItt", "RFC 7143 6.3", "RFC 7143 11.13", requirements=["R7143-6.3-3"]
+)
+async def test_response_echoes_isid_and_itt(target: Any) -> None:
+    """Every Login Response carries the request's ISID and Initiator Task Tag."""
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        await probe.to_full_feature([])
+        for step in probe.steps:
+            if step.response is None:
+                continue
+            require(
+                step.response.isid == step.request.isid,
+                "R7143-6.3-3",
+                f"ISID {step.response.isid:#x} != {step.request.isid:#x}",
+                sent=probe.sent,
+                received=probe.received,
+            )
+            require(
+                step.response.itt == step.request.itt,
+                "R7143-6.3-3",
+                f"ITT {step.response.itt:#x} != {step.request.itt:#x}",
+                sent=probe.sent,
+                received=probe.received,
+            )
+
+
+@spec("Login.Session.TsihAssigned", "RFC 7143 11.13.3", requirements=["R7143-6.3-5"])
+async def test_tsih_assigned(target: Any) -> None:
+    """The final response of a new session carries a non-zero TSIH."""
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        await probe.to_full_feature([])
+        require(
+            probe.in_full_feature,
+            "R7143-6.3.1-2",
+            "could not log in",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        require(
+            probe.steps[-1].response.tsih != 0,
+            "R7143-6.3-5",
+            "TSIH 0 in the final login response",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec("Login.Session.UnknownTsih", "RFC 7143 6.3", "RFC 7143 11.13.5", requirements=["R7143-6.3-6"])
+async def test_unknown_tsih(target: Any) -> None:
+    """Adding a connection to a session that does not exist fails with 020A."""
+    async with target.raw() as raw:
+        probe = target.probe(raw, tsih=0x7A5B, cid=1)
+        step = await probe.security_none()
+        if step.succeeded and step.response.transit:
+            step = await probe.operational([])
+        require(
+            step.refused,
+            "R7143-6.3-6",
+            "a login with an unknown TSIH was accepted",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        if step.response is not None:
+            require(
+                step.response.status in (0x020A, 0x0200, 0x0207),
+                "R7143-6.3-6",
+                f"expected 020A (session does not exist), got {step.status:#06x}",
+                sent=probe.sent,
+                received=probe.received,
+            )
+
+
+@spec(
+    "Login.Session.MissingInitiatorName",
+    "RFC 7143 6.3",
+    "RFC 7143 13.5",
+    requirements=["R7143-6.3-1"],
+)
+async def test_missing_initiator_name(target: Any) -> None:
+    """A first Login Request without InitiatorName fails with 0207 (missing parameter)."""
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        step = await probe.send(
+            probe.build(
+                [
+                    ("TargetName", probe.target_name),
+                    ("SessionType", "Normal"),
+                    ("AuthMethod", "None"),
+                ],
+                csg=0,
+                nsg=1,
+                transit=True,
+                with_leading=False,
+            )
+        )
+        require(
+            step.refused,
+            "R7143-6.3-1",
+            "a login without InitiatorName was accepted",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        if step.response is not None:
+            require(
+                step.response.status_class == 2,
+                "R7143-6.3-1",
+                f"expected 02xx, got {step.status:#06x}",
+                sent=probe.sent,
+                received=probe.received,
+            )
+
+
+@spec(
+    "Login.Session.MissingTargetName",
+    "RFC 7143 6.3",
+    "RFC 7143 13.4",
+    requirements=["R7143-6.3-1", "R7143-13.4-1"],
+)
+async def test_missing_target_name(target: Any) -> None:
+    """A Normal session's first Login Request without TargetName fails (02xx)."""
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        step = await probe.send(
+            probe.build(
+                [
+                    ("InitiatorName", probe.initiator_name),
+                    ("SessionType", "Normal"),
+                    ("AuthMethod", "None"),
+                ],
+                csg=0,
+                nsg=1,
+                transit=True,
+                with_leading=False,
+            )
+        )
+        if step.succeeded and step.response.transit:
+            step = await probe.operational([])
+        require(
+            step.refused,
+            "R7143-6.3-1",
+            "a Normal session without TargetName was accepted",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec("Login.Session.UnknownTarget", "RFC 7143 11.13.5", requirements=["R7143-6.3-2"])
+async def test_unknown_target(target: Any) -> None:
+    """A TargetName the target does not serve fails with 0203 (not found)."""
+    async with target.raw() as raw:
+        probe = target.probe(raw, target_name="iqn.2024-01.org.iscsi-conformance:no-such-target")
+        step = await probe.security_none()
+        if step.succeeded and step.response.transit:
+            step = await probe.operational([])
+        require(
+            step.refused,
+            "R7143-6.3-2",
+            "login to an unknown target was accepted",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        if step.response is not None:
+            require(
+                step.response.status in (0x0203, 0x0202, 0x0201),
+                "R7143-6.3-2",
+                f"expected 0203 (not found), got {step.status:#06x}",
+                sent=probe.sent,
+                received=probe.received,
+            )
+
+
+@spec("Login.Session.FailureClosesConnection", "RFC 7143 11.13.5", requirements=["R7143-11.13-1"])
+async def test_failure_closes_connection(target: Any) -> None:
+    """After a failed login the target closes the connection."""
+    async with target.raw() as raw:
+        probe = target.probe(raw, target_name="iqn.2024-01.org.iscsi-conformance:no-such-target")
+        step = await probe.security_none()
+        require(
+            step.refused,
+            "R7143-6.3-2",
+            "login to an unknown target was accepted",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        closed = await raw.expect_closed(timeout=5)
+        require(
+            closed,
+            "R7143-11.13-1",
+            "the connection stayed open after a failed login",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "Login.Session.NonLoginOpcodeBeforeFullFeature",
+    "RFC 7143 8.1.2",
+    requirements=["R7143-8.1.2-1"],
+)
+async def test_nop_during_login(target: Any) -> None:
+    """A NOP-Out during login (before full feature phase) is not processed as a NOP."""
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        step = await probe.step([("AuthMethod", "None")], csg=0, nsg=0, transit=False)
+        require(
+            step.succeeded,
+            "R7143-6.3.1-2",
+            "login refused",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        nop = P.NopOut(immediate=True, itt=0x77, ttt=0xFFFFFFFF, cmdsn=1, expstatsn=probe.expstatsn)
+        await raw.send(nop)
+        answer = await raw.recv(timeout=3)
+        require(
+            not isinstance(answer, P.NopIn),
+            "R7143-8.1.2-1",
+            "the target answered a NOP-Out during login with a NOP-In",
+            sent=[*probe.sent, nop],
+            received=[*probe.received, answer] if answer else probe.received,
+        )
+
+
+@spec("Login.Session.Reinstatement", "RFC 7143 6.3.5", requirements=["R7143-6.3.5-1"])
+async def test_session_reinstatement(target: Any) -> None:
+    """A new login with the same ISID and InitiatorName (TSIH 0) replaces the old session."""
+    isid = random_isid()
+    async with target.raw() as first:
+        p1 = await target.login(first, isid=isid)
+        async with target.raw() as second:
+            p2 = await target.login(second, isid=isid)
+            require(
+                p2.in_full_feature,
+                "R7143-6.3.5-1",
+                "reinstating login failed",
+                sent=p2.sent,
+                received=p2.received,
+            )
+            closed = await first.expect_closed(timeout=10)
+            require(
+                closed,
+                "R7143-6.3.5-1",
+                "the old session's connection was not closed on reinstatement",
+                sent=p1.sent + p2.sent,
+                received=p1.received + p2.received,
+            )
+
+
+@spec("Login.Session.DiscoveryRejectsScsi", "RFC 7143 13.21", requirements=["R7143-13.21-2"])
+async def test_discovery_session_refuses_scsi(target: Any) -> None:
+    """A SCSI command in a Discovery session is rejected (or the connection dropped)."""
+    async with target.raw() as raw:
+        probe = target.probe(raw, session_type="Discovery", target_name=None)
+        await probe.to_full_feature([])
+        require(
+            probe.in_full_feature,
+            "R7143-6.3.1-2",
+            "discovery login failed",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        cmd = P.ScsiCommand(
+            final=True,
+            read=True,
+            lun=0,
+            itt=0x55,
+            expected_data_transfer_length=36,
+            cmdsn=probe.cmdsn,
+            expstatsn=probe.expstatsn,
+            cdb=bytes([0x12, 0, 0, 0, 36, 0]),
+        )
+        await raw.send(cmd)
+        answer = await raw.recv(timeout=5)
+        if answer is None:
+            return  # connection dropped: acceptable
+        if isinstance(answer, P.Reject):
+            return
+        raise violation(
+            "R7143-13.21-2",
+            f"a SCSI command in a Discovery session got {type(answer).__name__}",
+            sent=[*probe.sent, cmd],
+            received=[*probe.received, answer],
+        )

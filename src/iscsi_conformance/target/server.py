@@ -1,0 +1,311 @@
+"""The asyncio adapter of the reference target: the only place with sockets and clocks.
+
+Theory of operation: ``TargetServer`` binds every portal of every portal group
+(IPv4 and IPv6), creates one ``engine.Connection`` per accepted connection and moves
+bytes: ``data_received`` feeds the engine (which decodes every complete PDU in the
+buffer at once), then every connection the engine marked dirty is flushed with a
+single ``transport.writelines`` - one system call per batch, not per PDU. A periodic
+tick passes ``time.monotonic()`` to ``engine.handle_timer`` (NOP-In pings, login
+time-outs) and writes changed APTPL reservation state. Per-connection memory is
+bounded: the decoder refuses a DataSegmentLength above what we declared (RFC 7143
+13.12) before buffering it, and reading pauses while the transport's write buffer
+is above its high-water mark.
+
+``TargetServer`` can run in the caller's loop (``await start()``) or in a background
+thread (``start_in_thread()``) for in-process tests and the ``embedded`` peer driver;
+its test API (``request_logout``, ``drop_connection``, ``drop_session``,
+``request_renegotiation``) is thread-safe in the latter mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from iscsi_conformance.target.config import ServerConfig
+from iscsi_conformance.target.engine import Connection, Session, TargetEngine
+from iscsi_conformance.target.luns import LunStore
+
+log = logging.getLogger("iscsi_conformance.target")
+
+TICK = 0.5  # seconds between timer ticks
+
+
+class _Protocol(asyncio.Protocol):
+    __slots__ = ("conn", "portal_group", "server", "transport")
+
+    def __init__(self, server: TargetServer, portal_group: int) -> None:
+        self.server = server
+        self.portal_group = portal_group
+        self.conn: Connection | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  (uvloop's is not a subclass)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            import socket
+
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        conn = self.server.engine.new_connection(
+            portal_group=self.portal_group, local=local[:2], peer=peer[:2], now=time.monotonic()
+        )
+        conn.transport = transport  # type: ignore[attr-defined]
+        self.conn = conn
+        transport.set_write_buffer_limits(high=4 * 1024 * 1024)
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        conn.receive_data(data, self.server._now)
+        self.server.flush()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        # The peer does not read: stop reading its requests too (bounded memory).
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        conn.connection_lost()
+        self.server.flush()
+        self.server.after_activity()
+
+
+class TargetServer:
+    """The reference target over asyncio."""
+
+    def __init__(self, config: ServerConfig, *, luns: LunStore | None = None) -> None:
+        self.config = config
+        self.luns = luns if luns is not None else LunStore(config)
+        self.engine = TargetEngine(config, self.luns.by_target, rng=os.urandom)
+        self.engine.on_pr_changed = self.luns.pr_changed
+        self.portals: list[tuple[str, int, int]] = []  # (host, port, tag) actually bound
+        self._servers: list[asyncio.base_events.Server] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._tick: asyncio.TimerHandle | None = None
+        self._now = time.monotonic()
+        self._stopped = asyncio.Event() if False else None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for group in self.config.portal_groups:
+            for host, port in group.portals:
+                srv = await self._loop.create_server(
+                    lambda tag=group.tag: _Protocol(self, tag),
+                    host=host,
+                    port=port,
+                    reuse_address=True,
+                    backlog=128,
+                )
+                self._servers.append(srv)
+                for sock in srv.sockets:
+                    addr = sock.getsockname()
+                    self.portals.append((addr[0], addr[1], group.tag))
+        self._schedule_tick()
+
+    def _schedule_tick(self) -> None:
+        assert self._loop is not None
+        self._tick = self._loop.call_later(TICK, self._on_tick)
+
+    def _on_tick(self) -> None:
+        self._now = time.monotonic()
+        try:
+            self.engine.handle_timer(self._now)
+            self.flush()
+        except Exception:  # never let the timer die
+            log.exception("timer tick failed")
+        self._schedule_tick()
+
+    def after_activity(self) -> None:
+        """Hook after connection loss (state such as reservations may have changed)."""
+
+    def flush(self) -> None:
+        """Write every connection's queued output, one writelines per connection."""
+        for conn, bufs, close in self.engine.take_output():
+            transport = getattr(conn, "transport", None)
+            if transport is None or transport.is_closing():
+                continue
+            if bufs:
+                transport.writelines(bufs)
+            if close:
+                transport.close()  # closes once the buffer is written
+
+    async def stop(self) -> None:
+        """Stop listening, close every connection, flush LUN data and state."""
+        if self._tick is not None:
+            self._tick.cancel()
+        for srv in self._servers:
+            srv.close()
+        for conn in list(self.engine.connections):
+            t = getattr(conn, "transport", None)
+            if t is not None:
+                t.close()
+        for srv in self._servers:
+            try:
+                await asyncio.wait_for(srv.wait_closed(), 2)
+            except TimeoutError:
+                pass
+        for s in list(self.engine.sessions.values()):
+            self.engine.close_session(s, reason="server stopping")
+        self.luns.close()
+        self._servers.clear()
+
+    # ------------------------------------------------------------------ thread mode
+
+    def start_in_thread(self, *, timeout: float = 10.0) -> None:
+        """Run the server's own event loop in a daemon thread; return when listening."""
+
+        def run() -> None:
+            loop = _new_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            try:
+                loop.run_until_complete(self.start())
+            except BaseException as exc:  # report bind errors to the caller
+                self._start_error = exc
+                self._ready.set()
+                loop.close()
+                return
+            self._ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(self.stop())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="iscsi-reference-target", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("reference target did not start")
+        if self._start_error is not None:
+            raise self._start_error
+
+    def stop_thread(self, *, timeout: float = 10.0) -> None:
+        if self._thread is None or self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """Run ``fn`` in the server's loop (from any thread) and return its result."""
+        loop = self._loop
+        if loop is None:
+            return fn(*args, **kw)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            result = fn(*args, **kw)
+            self.flush()
+            return result
+
+        async def job() -> Any:
+            result = fn(*args, **kw)
+            self.flush()
+            return result
+
+        return asyncio.run_coroutine_threadsafe(job(), loop).result(10)
+
+    # ------------------------------------------------------------------ test API
+
+    def sessions(self) -> list[Session]:
+        return self.call(lambda: list(self.engine.sessions.values()))
+
+    def find_session(self, initiator_name: str, target_name: str | None = None) -> Session | None:
+        def look() -> Session | None:
+            for s in self.engine.sessions.values():
+                if s.initiator_name == initiator_name and (target_name is None or s.target_name == target_name):
+                    return s
+            return None
+
+        return self.call(look)
+
+    def request_logout(self, session: Session, *, time_to_logout: int = 5) -> None:
+        """Async Message: 'please log out' (RFC 7143 11.9.1 AsyncEvent 1)."""
+        self.call(self.engine.request_logout, session, time_to_logout=time_to_logout)
+
+    def drop_connection(self, conn: Connection, *, time2wait: int = 0, time2retain: int = 0) -> None:
+        """Async Message 'connection will be dropped' (AsyncEvent 2), then drop it."""
+        self.call(self.engine.drop_connection, conn, time2wait=time2wait, time2retain=time2retain)
+
+    def drop_session(self, session: Session, *, time2wait: int = 0, time2retain: int = 0) -> None:
+        """Async Message 'all connections dropped' (AsyncEvent 3), then end the session."""
+        self.call(self.engine.drop_session, session, time2wait=time2wait, time2retain=time2retain)
+
+    def request_renegotiation(self, session: Session) -> None:
+        """Async Message 'please renegotiate' (AsyncEvent 4)."""
+        self.call(self.engine.request_renegotiation, session)
+
+    def ping(self, conn: Connection) -> None:
+        """Send a NOP-In that asks the initiator for a NOP-Out (RFC 7143 11.19)."""
+        self.call(conn.ping, time.monotonic())
+
+    def portal(self, tag: int | None = None) -> tuple[str, int]:
+        for host, port, t in self.portals:
+            if tag is None or t == tag:
+                return host, port
+        raise LookupError(f"no portal in group {tag}")
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (optional, faster), else the default loop."""
+    if os.environ.get("ISCSI_CONFORMANCE_NO_UVLOOP"):
+        return asyncio.new_event_loop()
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_server(config: ServerConfig, *, ready: Callable[[TargetServer], None] | None = None) -> int:
+    """Run until SIGINT/SIGTERM; flush LUNs and reservation state on the way out."""
+    import signal
+
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    server = TargetServer(config)
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        await server.start()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready(server)
+        await stop.wait()
+        await server.stop()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    return 0

@@ -1,0 +1,155 @@
+"""Task management functions, target side (RFC 7143 11.5 / 11.6, RFC 7144, SAM-5 7).
+
+Theory of operation: ``perform_tmf(conn, request)`` applies one function to the
+engine's tasks and logical units and returns the Response code (RFC 7143 11.6.1)
+plus an optional action to run *after* the response is queued (TARGET COLD RESET
+drops every connection once it has answered, 11.5.1). Tasks execute synchronously
+when their data is complete, so the tasks a TMF can find are those still waiting for
+Data-Out or for their CmdSN; aborting one removes it and remembers its ITT so late
+Data-Out for it is discarded quietly (4.2.3.3). Resets go to ``LogicalUnit.reset()``,
+which raises the unit attentions (SAM-5 6.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from iscsi_conformance.core import pdu as P
+from iscsi_conformance.core.codes import TmfFunction, TmfResponse
+from iscsi_conformance.scsi.codes import ResetKind
+
+if TYPE_CHECKING:
+    from iscsi_conformance.target.engine import Connection, Task
+
+_LUN_FUNCTIONS = {
+    TmfFunction.ABORT_TASK,
+    TmfFunction.ABORT_TASK_SET,
+    TmfFunction.CLEAR_ACA,
+    TmfFunction.CLEAR_TASK_SET,
+    TmfFunction.LOGICAL_UNIT_RESET,
+    TmfFunction.QUERY_TASK,
+    TmfFunction.QUERY_TASK_SET,
+    TmfFunction.QUERY_ASYNCHRONOUS_EVENT,
+}
+
+
+def _reset_lu(lu: Any, kind: ResetKind) -> None:
+    fn = getattr(lu, "reset", None)
+    if fn is not None:
+        fn(kind)
+
+
+def perform_tmf(
+    conn: Connection, req: P.TaskManagementRequest
+) -> tuple[int, Callable[[], None] | None]:
+    """Carry out ``req``; return (response code, action after responding)."""
+    session = conn.session
+    assert session is not None and session.target is not None
+    engine = conn.engine
+    fn = req.function & 0x7F
+    lun = P.field_to_lun(req.lun)
+    lus = session.target.lus_for(session.initiator_name)
+    lu = lus.get(lun)
+
+    if fn in _LUN_FUNCTIONS and lu is None:
+        return TmfResponse.LUN_DOES_NOT_EXIST, None
+
+    def mine(t: Task) -> bool:
+        return t.conn.session is session
+
+    if fn == TmfFunction.ABORT_TASK:
+        task = session.tasks.get(req.referenced_task_tag)
+        if task is not None and task.lun == lun:
+            engine.abort_tasks(lambda t: t is task)
+            return TmfResponse.FUNCTION_COMPLETE, None
+        # Not seen yet but inside the window: it counts as received and aborted, so
+        # that when it arrives it is not executed (RFC 7143 11.5.1, 4.2.3.2).
+        ref = req.refcmdsn
+        from iscsi_conformance.target.engine import sn_le, sn_lt
+
+        if (
+            req.referenced_task_tag != P._NONE_TAG
+            and sn_le(session.expcmdsn, ref)
+            and sn_le(ref, session.maxcmdsn)
+            and not sn_lt(ref, session.expcmdsn)
+            and ref not in session.pending
+        ):
+            session.aborted_cmdsns.add(ref)
+            return TmfResponse.FUNCTION_COMPLETE, None
+        return TmfResponse.TASK_DOES_NOT_EXIST, None
+
+    if fn == TmfFunction.ABORT_TASK_SET:
+        engine.abort_tasks(lambda t: mine(t) and t.lun == lun)
+        return TmfResponse.FUNCTION_COMPLETE, None
+
+    if fn == TmfFunction.CLEAR_TASK_SET:
+        # Every initiator's tasks on the LU (SAM-5 7.4); others see a unit attention.
+        engine.abort_tasks(lambda t: t.lu is lu)
+        clear = getattr(lu, "clear_task_set", None)
+        if clear is not None:
+            clear(session.nexus)
+        return TmfResponse.FUNCTION_COMPLETE, None
+
+    if fn == TmfFunction.CLEAR_ACA:
+        clear = getattr(lu, "clear_aca", None)
+        if clear is not None:
+            clear(session.nexus)
+        return TmfResponse.FUNCTION_COMPLETE, None
+
+    if fn == TmfFunction.LOGICAL_UNIT_RESET:
+        engine.abort_tasks(lambda t: t.lu is lu)
+        _reset_lu(lu, ResetKind.LOGICAL_UNIT_RESET)
+        return TmfResponse.FUNCTION_COMPLETE, None
+
+    if fn in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
+        target = session.target
+        engine.abort_tasks(lambda t: t.lu is not None and t.lu in target.lus.values())
+        kind = (ResetKind.TARGET_WARM_RESET if fn == TmfFunction.TARGET_WARM_RESET
+                else ResetKind.TARGET_COLD_RESET)  # fmt: skip
+        for unit in target.lus.values():
+            _reset_lu(unit, kind)
+        if fn == TmfFunction.TARGET_WARM_RESET:
+            return TmfResponse.FUNCTION_COMPLETE, None
+
+        def drop_all() -> None:
+            # Cold reset: after the response, every connection to this target goes
+            # (RFC 7143 11.5.1: the target drops all connections).
+            for s in engine.sessions_of_target(target.config.name):
+                for c in list(s.connections.values()):
+                    c.close()
+                engine.close_session(s, reason="target cold reset")
+
+        return TmfResponse.FUNCTION_COMPLETE, drop_all
+
+    if fn == TmfFunction.TASK_REASSIGN:
+        # Allegiance reassignment needs ERL 2 (RFC 7143 11.5.1, 6.2.2).
+        if conn.erl < 2:
+            return TmfResponse.TASK_ALLEGIANCE_REASSIGNMENT_NOT_SUPPORTED, None
+        return TmfResponse.TASK_DOES_NOT_EXIST, None  # pragma: no cover
+
+    if fn == TmfFunction.QUERY_TASK:
+        # RFC 7144 4.1: succeeded if the task exists, complete if it does not.
+        task = session.tasks.get(req.referenced_task_tag)
+        if task is not None and task.lun == lun:
+            return TmfResponse.FUNCTION_SUCCEEDED, None
+        return TmfResponse.FUNCTION_COMPLETE, None
+
+    if fn == TmfFunction.QUERY_TASK_SET:
+        if any(mine(t) and t.lun == lun for t in session.tasks.values()):
+            return TmfResponse.FUNCTION_SUCCEEDED, None
+        return TmfResponse.FUNCTION_COMPLETE, None
+
+    if fn == TmfFunction.I_T_NEXUS_RESET:
+        engine.abort_tasks(mine)
+        for unit in lus.values():
+            lost = getattr(unit, "nexus_lost", None)
+            if lost is not None:
+                lost(session.nexus)
+        return TmfResponse.FUNCTION_COMPLETE, None
+
+    if fn == TmfFunction.QUERY_ASYNCHRONOUS_EVENT:
+        return TmfResponse.FUNCTION_NOT_SUPPORTED, None
+
+    # Undefined function codes (RFC 7143 11.6.1: Function rejected).
+    return TmfResponse.FUNCTION_REJECTED, None

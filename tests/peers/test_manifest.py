@@ -1,0 +1,195 @@
+"""Manifest loading and validation (no peers needed)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from iscsi_conformance.errors import ConfigError
+from iscsi_conformance.peers.base import Manifest
+from iscsi_conformance.peers.manifest import (
+    Deviation,
+    PeerManifest,
+    load_all,
+    load_manifest,
+    load_peer_manifest,
+    parse_manifest,
+    peer_folder,
+    peer_folders,
+    peer_roots,
+    version_key,
+    version_matches,
+)
+
+GOOD = {
+    "peer": {
+        "name": "demo",
+        "role": "target",
+        "description": "d",
+        "upstream": "u",
+        "packages": ["p"],
+    },
+    "capabilities": {"chap_algorithms": [5, 7], "mutual_chap": True, "erl": [0], "new_thing": "x"},
+    "deviations": [
+        {"test": "Login.Keys", "reason": "broad", "versions": "*"},
+        {
+            "test": "Login.Keys.HeaderDigest",
+            "reason": "narrow",
+            "versions": ">=1.0.80,<1.1",
+            "effect": "skip",
+        },
+    ],
+}
+
+
+def _with(path: str, value: object) -> dict:
+    import copy
+
+    data = copy.deepcopy(GOOD)
+    *parents, last = path.split(".")
+    node = data
+    for p in parents:
+        node = node[int(p)] if p.isdigit() else node[p]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+def test_good_manifest_parses() -> None:
+    m = parse_manifest(GOOD)
+    assert isinstance(m, PeerManifest) and isinstance(m, Manifest)
+    assert (m.name, m.role, m.upstream, m.packages) == ("demo", "target", "u", ("p",))
+    assert m.supports("mutual_chap") and not m.supports("ipv6")
+    assert m.capabilities["new_thing"] == "x"
+    assert len(m.deviations) == 2 and m.deviations[0]["test"] == "Login.Keys"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        ("peer.name", KeyError, "peer.name"),
+        ("peer.name", "Bad Name", "peer.name"),
+        ("peer.role", "router", "peer.role"),
+        ("peer.packages", "tgt", "peer.packages"),
+        ("peer.colour", "red", "peer"),
+        ("capabilities.chap_algorithms", [4], "capabilities.chap_algorithms"),
+        ("capabilities.mutual_chap", "yes", "capabilities.mutual_chap"),
+        ("capabilities.erl", [3], "capabilities.erl"),
+        ("capabilities.max_connections", 0, "capabilities.max_connections"),
+        ("capabilities.digests", ["CRC32"], "capabilities.digests"),
+        ("capabilities.weird", {"a": 1}, "capabilities.weird"),
+        ("deviations.0.reason", KeyError, "deviations[0].reason"),
+        ("deviations.0.reason", "  ", "deviations[0].reason"),
+        ("deviations.0.test", "Login.", "deviations[0].test"),
+        ("deviations.1.versions", "~~", "deviations[1].versions"),
+        ("deviations.1.effect", "ignore", "deviations[1].effect"),
+        ("deviations.1.extra", 1, "deviations[1]"),
+    ],
+)
+def test_invalid_manifest_names_the_field(path: str, value: object, field: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_manifest(_with(path, value))
+    assert exc.value.field == field
+    assert field in str(exc.value)
+
+
+def test_unknown_table_and_missing_peer() -> None:
+    with pytest.raises(ConfigError, match="unknown table"):
+        parse_manifest({**GOOD, "extra": {}})
+    with pytest.raises(ConfigError) as exc:
+        parse_manifest({"capabilities": {}})
+    assert exc.value.field == "peer"
+
+
+def test_deviation_matching_prefix_and_versions() -> None:
+    m = parse_manifest(GOOD)
+    assert m.deviation_for("Login.Keys.HeaderDigest.Foo", "1.0.85").reason == "narrow"
+    assert m.deviation_for("Login.Keys.HeaderDigest", "1.2").reason == "broad"
+    assert m.deviation_for("Login.Keys.Other").reason == "broad"
+    assert m.deviation_for("Login.KeysX") is None
+    assert m.deviation_for("Login") is None
+    d = Deviation(test="A.B", reason="r", versions="<2")
+    assert d.matches("A.B", "1:1.9-3") and not d.matches("A.B", "2.0")
+
+
+@pytest.mark.parametrize(
+    ("version", "spec", "expected"),
+    [
+        ("1.0.85", "*", True),
+        ("1:1.0.85-1+deb12u1", ">=1.0.85", True),
+        ("1.0.84", ">=1.0.85", False),
+        ("1.19.0", ">=1.18,<1.20", True),
+        ("1.20.0", ">=1.18,<1.20", False),
+        ("6.1.0-21-cloud-amd64", "==6.1", False),
+        ("6.1", "==6.1", True),
+        ("2.0", "!=2", True),
+    ],
+)
+def test_version_matches(version: str, spec: str, expected: bool) -> None:
+    assert version_matches(version, spec) is expected
+
+
+def test_version_key() -> None:
+    assert version_key("1:1.0.85-1+deb12u1") == (1, 0, 85)
+    assert version_key("1.19.0") == (1, 19, 0)
+
+
+def test_load_manifest_from_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "targets" / "demo"
+    folder.mkdir(parents=True)
+    (folder / "manifest.toml").write_text(
+        textwrap.dedent(
+            """
+            [peer]
+            name = "demo"
+            role = "target"
+            [capabilities]
+            ipv6 = true
+            """
+        )
+    )
+    m = load_manifest(folder, role="target")
+    assert m.folder == folder and m.supports("ipv6")
+    with pytest.raises(ConfigError, match="expected 'initiator'"):
+        load_manifest(folder, role="initiator")
+    (folder / "manifest.toml").write_text("[peer\nname=")
+    with pytest.raises(ConfigError) as exc:
+        load_manifest(folder)
+    assert exc.value.field == "manifest.toml"
+    other = tmp_path / "targets" / "other"
+    other.mkdir()
+    (other / "manifest.toml").write_text('[peer]\nname = "demo"\nrole = "target"\n')
+    with pytest.raises(ConfigError, match="differs from its folder"):
+        load_manifest(other)
+
+
+def test_env_root_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "targets" / "tgt"
+    folder.mkdir(parents=True)
+    (folder / "manifest.toml").write_text(
+        '[peer]\nname = "tgt"\nrole = "target"\ndescription = "override"\n'
+    )
+    monkeypatch.setenv("ISCSI_CONFORMANCE_PEERS_DIR", str(tmp_path))
+    assert peer_roots()[0] == tmp_path
+    assert load_peer_manifest("target", "tgt").description == "override"
+
+
+def test_shipped_manifests_are_valid() -> None:
+    everything = load_all()
+    assert ("target", "tgt") in everything
+    assert ("initiator", "libiscsi") in everything
+    tgt = everything[("target", "tgt")]
+    assert tgt.capabilities["first_lun"] == 1
+    assert tgt.deviation_for("Security.CHAP.Algorithm.SHA256", "1.0.85") is not None
+    lib = everything[("initiator", "libiscsi")]
+    assert lib.data_digests() == ["None"] and lib.header_digests() == ["None", "CRC32C"]
+
+
+def test_unknown_peer_lists_known_ones() -> None:
+    assert "tgt" in peer_folders("target")
+    with pytest.raises(ConfigError, match=r"known: .*tgt"):
+        peer_folder("target", "no-such-peer")
