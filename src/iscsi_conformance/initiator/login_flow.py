@@ -299,7 +299,9 @@ class LoginFlow:
         try:
             answers = self.negotiator.respond(other)
         except NegotiationError as exc:
-            raise LoginError(exc.message, section=exc.section, login_status=exc.login_status) from exc
+            raise LoginError(
+                exc.message, section=exc.section, login_status=exc.login_status
+            ) from exc
         method = self.negotiator.values.get("AuthMethod")
         if method is not None:
             self.auth_used = method
@@ -342,7 +344,9 @@ class LoginFlow:
         try:
             answers = self.negotiator.respond(pairs)
         except NegotiationError as exc:
-            raise LoginError(exc.message, section=exc.section, login_status=exc.login_status) from exc
+            raise LoginError(
+                exc.message, section=exc.section, login_status=exc.login_status
+            ) from exc
         if resp.transit:
             if resp.nsg != LoginStage.FULL_FEATURE_PHASE:
                 raise LoginError(

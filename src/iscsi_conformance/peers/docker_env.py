@@ -41,6 +41,7 @@ DOCKERD_LOG = Path(
     os.environ.get("ISCSI_CONFORMANCE_DOCKERD_LOG", "/var/log/iscsi-conformance-dockerd.log")
 )
 _LOCK_PATH = Path("/run/iscsi-conformance-dockerd.lock")
+API_TIMEOUT = 300  # seconds, for every Engine API call after the first ping
 
 _client_lock = threading.Lock()
 _client: Any = None
@@ -62,11 +63,16 @@ def _docker() -> Any:
 
 
 def _try_client(timeout: float = 5.0) -> Any | None:
+    """A client if an engine answers ``ping`` within ``timeout``; its own API calls
+    get the long ``API_TIMEOUT`` (a busy engine on 2 shared cores can be slow)."""
     docker = _docker()
     try:
-        client = docker.from_env(timeout=int(max(timeout, 1)))
-        client.ping()
-        return client
+        probe = docker.from_env(timeout=int(max(timeout, 1)))
+        try:
+            probe.ping()
+        finally:
+            probe.close()
+        return docker.from_env(timeout=API_TIMEOUT)
     except Exception:
         return None
 

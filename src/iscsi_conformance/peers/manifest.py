@@ -83,6 +83,7 @@ CAPABILITIES: dict[str, Any] = {
     "digests": _str_list(_DIGESTS),
     "header_digests": _str_list(_DIGESTS),
     "data_digests": _str_list(_DIGESTS),
+    "digest_required": _is_bool,  # the target can be set to refuse Digest=None
     "erl": _int_list({0, 1, 2}),  # ErrorRecoveryLevel values supported (13.20)
     "max_connections": _is_pos_int,  # 13.2
     "immediate_data": _is_bool,  # 13.11

@@ -473,6 +473,20 @@ class TgtTarget(TargetDriver):
                 "--outgoing",
             )
             info["accounts"].append((spec.mutual_chap.user, True))
+        for key, offered in (
+            ("HeaderDigest", spec.header_digest),
+            ("DataDigest", spec.data_digest),
+        ):
+            if offered and "None" not in offered:
+                # tgt parses a digest list into a bit set that always holds None
+                # (digest_str_to_val, tgt 1.0.85): it cannot refuse None.
+                self.log.add(
+                    [f"# {key}={','.join(offered)}"],
+                    0,
+                    f"note: tgt cannot require {key}; it will also accept None\n",
+                    "",
+                    time.monotonic(),
+                )
         params: list[tuple[str, str]] = []
         if spec.header_digest:
             params.append(("HeaderDigest", ",".join(spec.header_digest)))

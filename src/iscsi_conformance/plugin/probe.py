@@ -19,9 +19,10 @@ Outcomes a test asserts on:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from iscsi_conformance.core import pdu as P
@@ -312,3 +313,260 @@ __all__ = [
     "random_isid",
     "text_of",
 ]
+
+
+# =========================================================================== full feature
+
+
+@dataclasses.dataclass
+class TaskOutcome:
+    """Everything that came back for one command."""
+
+    command: Any
+    sent: list[Any]
+    received: list[Any]
+    data: bytes = b""
+    status: int | None = None
+    response: Any | None = None  # ScsiResponse, or the final Data-In with S=1
+
+    @property
+    def r2ts(self) -> list[Any]:
+        return [p for p in self.received if isinstance(p, P.R2T)]
+
+    @property
+    def data_ins(self) -> list[Any]:
+        return [p for p in self.received if isinstance(p, P.ScsiDataIn)]
+
+    @property
+    def sense(self) -> bytes:
+        r = self.response
+        if isinstance(r, P.ScsiResponse) and len(r.data) >= 2:
+            n = int.from_bytes(r.data[:2], "big")
+            return bytes(r.data[2 : 2 + n])
+        return b""
+
+    @property
+    def sense_key(self) -> int | None:
+        s = self.sense
+        if len(s) < 3:
+            return None
+        return s[1] & 0x0F if (s[0] & 0x7F) in (0x72, 0x73) else s[2] & 0x0F
+
+    @property
+    def asc(self) -> tuple[int, int] | None:
+        s = self.sense
+        if (s[:1] and s[0] & 0x7F in (0x72, 0x73)) and len(s) >= 4:
+            return s[2], s[3]
+        if len(s) >= 14:
+            return s[12], s[13]
+        return None
+
+
+class FullFeature:
+    """A raw full-feature connection with sequence numbers tracked, for conformance tests.
+
+    ``command()`` runs one SCSI command the way the negotiated keys say (immediate and
+    unsolicited data, answering R2Ts with Data-Out within the target's
+    MaxRecvDataSegmentLength) and returns every PDU that came back, so a test can check
+    the target's side of the exchange.
+    """
+
+    def __init__(self, raw: Any, probe: LoginProbe, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.raw = raw
+        self.probe = probe
+        self.cmdsn = probe.cmdsn
+        self.expstatsn = probe.expstatsn
+        self.itt = 0x10
+        self.timeout = timeout
+        self.maxcmdsn = self.cmdsn
+        self.last_statsn: int | None = None
+        n = probe.negotiated
+
+        def num(key: str, default: int) -> int:
+            try:
+                return int(n.get(key, default), 0)
+            except ValueError:
+                return default
+
+        self.immediate_data = n.get("ImmediateData", "Yes") == "Yes"
+        self.initial_r2t = n.get("InitialR2T", "Yes") == "Yes"
+        self.first_burst = num("FirstBurstLength", 65536)
+        self.max_burst = num("MaxBurstLength", 262144)
+        self.target_mrdsl = num("MaxRecvDataSegmentLength", 8192)
+
+    def next_itt(self) -> int:
+        self.itt += 1
+        return self.itt
+
+    def _note(self, pdu: Any) -> None:
+        statsn = getattr(pdu, "statsn", None)
+        if statsn is not None and not isinstance(pdu, P.ScsiDataIn | P.R2T):
+            self.last_statsn = statsn
+            self.expstatsn = (statsn + 1) & 0xFFFFFFFF
+        elif isinstance(pdu, P.ScsiDataIn) and pdu.status_present:
+            self.last_statsn = pdu.statsn
+            self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF
+        exp = getattr(pdu, "expcmdsn", None)
+        if exp is not None:
+            self.maxcmdsn = getattr(pdu, "maxcmdsn", self.maxcmdsn)
+
+    async def send(self, pdu: Any, *, encoded: bytes | None = None) -> None:
+        await self.raw.send(encoded if encoded is not None else pdu)
+
+    async def recv(self, timeout: float | None = None) -> Any:
+        pdu = await self.raw.recv(timeout=self.timeout if timeout is None else timeout)
+        if pdu is not None:
+            self._note(pdu)
+        return pdu
+
+    def take_cmdsn(self, immediate: bool = False) -> int:
+        sn = self.cmdsn
+        if not immediate:
+            self.cmdsn = (self.cmdsn + 1) & 0xFFFFFFFF
+        return sn
+
+    async def nop(
+        self, data: bytes = b"", *, immediate: bool = True, itt: int | None = None
+    ) -> tuple[Any, Any]:
+        itt = self.next_itt() if itt is None else itt
+        req = P.NopOut(
+            immediate=immediate,
+            itt=itt,
+            ttt=0xFFFFFFFF,
+            cmdsn=self.take_cmdsn(immediate),
+            expstatsn=self.expstatsn,
+            data=data,
+        )
+        await self.send(req)
+        return req, await self.recv()
+
+    async def command(
+        self,
+        cdb: bytes,
+        *,
+        lun: int = 0,
+        read_length: int = 0,
+        data_out: bytes = b"",
+        expected_length: int | None = None,
+        immediate: bool = False,
+        answer_r2t: bool = True,
+    ) -> TaskOutcome:
+        itt = self.next_itt()
+        write = bool(data_out)
+        edtl = (
+            expected_length
+            if expected_length is not None
+            else (len(data_out) if write else read_length)
+        )
+        immediate_part = b""
+        if write and self.immediate_data:
+            immediate_part = data_out[: min(self.first_burst, self.target_mrdsl, len(data_out))]
+        cmd = P.ScsiCommand(
+            immediate=immediate,
+            final=not (
+                write
+                and not self.initial_r2t
+                and len(immediate_part) < min(self.first_burst, len(data_out))
+            ),
+            read=read_length > 0
+            or (expected_length is not None and not write and expected_length > 0),
+            write=write,
+            attr=1,
+            lun=P.lun_to_field(lun),
+            itt=itt,
+            expected_data_transfer_length=edtl,
+            cmdsn=self.take_cmdsn(immediate),
+            expstatsn=self.expstatsn,
+            cdb=cdb,
+            data=immediate_part,
+        )
+        out = TaskOutcome(cmd, [cmd], [])
+        await self.send(cmd)
+        offset = len(immediate_part)
+        if write and not self.initial_r2t and offset < min(self.first_burst, len(data_out)):
+            end = min(self.first_burst, len(data_out))
+            datasn = 0
+            while offset < end:
+                chunk = data_out[offset : min(end, offset + self.target_mrdsl)]
+                last = offset + len(chunk) >= end
+                d = P.ScsiDataOut(
+                    final=last,
+                    lun=cmd.lun,
+                    itt=itt,
+                    ttt=0xFFFFFFFF,
+                    expstatsn=self.expstatsn,
+                    datasn=datasn,
+                    buffer_offset=offset,
+                    data=chunk,
+                )
+                await self.send(d)
+                out.sent.append(d)
+                offset += len(chunk)
+                datasn += 1
+        data = bytearray()
+        for _ in range(100000):
+            pdu = await self.recv()
+            if pdu is None:
+                break
+            out.received.append(pdu)
+            if isinstance(pdu, P.ScsiDataIn):
+                if pdu.itt == itt:
+                    end = pdu.buffer_offset + len(pdu.data)
+                    if len(data) < end:
+                        data.extend(b"\0" * (end - len(data)))
+                    data[pdu.buffer_offset : end] = pdu.data
+                if pdu.status_present:
+                    out.status = pdu.status
+                    out.response = pdu
+                    break
+            elif isinstance(pdu, P.R2T) and pdu.itt == itt:
+                if not answer_r2t:
+                    continue
+                pos, remaining, datasn = pdu.buffer_offset, pdu.desired_data_transfer_length, 0
+                while remaining > 0:
+                    chunk = data_out[pos : pos + min(remaining, self.target_mrdsl)]
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
+                    d = P.ScsiDataOut(
+                        final=remaining <= 0,
+                        lun=cmd.lun,
+                        itt=itt,
+                        ttt=pdu.ttt,
+                        expstatsn=self.expstatsn,
+                        datasn=datasn,
+                        buffer_offset=pos,
+                        data=chunk,
+                    )
+                    await self.send(d)
+                    out.sent.append(d)
+                    pos += len(chunk)
+                    datasn += 1
+            elif isinstance(pdu, P.ScsiResponse) and pdu.itt == itt:
+                out.status = pdu.status
+                out.response = pdu
+                break
+            elif isinstance(pdu, P.Reject):
+                break
+            elif isinstance(pdu, P.NopIn) and pdu.ttt != 0xFFFFFFFF:
+                ack = P.NopOut(
+                    immediate=True,
+                    itt=0xFFFFFFFF,
+                    ttt=pdu.ttt,
+                    cmdsn=self.cmdsn,
+                    expstatsn=self.expstatsn,
+                )
+                await self.send(ack)
+        out.data = bytes(data)
+        return out
+
+
+@contextlib.asynccontextmanager
+async def full_feature(
+    target: Any, profile: str = "default", keys: Any = (), **kw: Any
+) -> AsyncIterator[FullFeature]:
+    """``async with full_feature(target, keys=...) as ffp``: a raw login to full feature
+    phase; the connection is closed on exit."""
+    async with target.raw(profile) as raw:
+        probe = await target.login(raw, profile, keys, **kw)
+        yield FullFeature(raw, probe)

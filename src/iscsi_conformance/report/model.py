@@ -741,18 +741,32 @@ def validate(
     if allow_unknown:
         schema = _relax(schema)
     if use_jsonschema is not False:
-        try:
-            import jsonschema  # type: ignore[import-untyped]
-        except ImportError:
-            if use_jsonschema:
-                raise
-        else:
-            validator = jsonschema.Draft202012Validator(schema)
+        validator = _jsonschema_validator(allow_unknown, required=bool(use_jsonschema))
+        if validator is not None:
+            if validator.is_valid(doc):  # fast path; collecting errors is slower
+                return []
             errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
             return [f"{_path_str(e.absolute_path)}: {e.message}" for e in errors]
     problems: list[str] = []
     _check(doc, schema, schema, "$", problems)
     return problems
+
+
+_VALIDATORS: dict[bool, Any] = {}
+
+
+def _jsonschema_validator(allow_unknown: bool, *, required: bool) -> Any:
+    """A cached ``jsonschema`` validator (building one costs more than validating)."""
+    if allow_unknown not in _VALIDATORS:
+        try:
+            import jsonschema  # type: ignore[import-untyped]
+        except ImportError:
+            if required:
+                raise
+            return None
+        schema = load_schema()
+        _VALIDATORS[allow_unknown] = jsonschema.Draft202012Validator(_relax(schema) if allow_unknown else schema)
+    return _VALIDATORS[allow_unknown]
 
 
 def _relax(schema: Any) -> Any:

@@ -11,7 +11,8 @@ of the document (argv, stdout, messages, PDU summaries, evidence, hex dumps):
    with its challenge allows an offline dictionary attack on the secret.
 3. *Fields named like a secret*: a mapping key containing ``secret``, ``password``,
    ``passwd`` (or exactly ``CHAP_R``/``CHAP_C``) gets its value replaced; in text,
-   ``password=...``, ``--password X``, iscsiadm's ``-n ...password -v X`` likewise.
+   ``password=...``, ``--password X``, iscsiadm's ``-n ...password -v X`` likewise,
+   and the password of a URL (``iscsi://user%secret@host``, libiscsi's form).
 
 Redaction never changes the document's shape, so the result still validates.
 """
@@ -30,7 +31,7 @@ MASK = "***"
 
 _SECRET_KEY = re.compile(r"(secret|password|passwd|passphrase|^chap_[rc]$)", re.IGNORECASE)
 # CHAP_R=0x.. / CHAP_C=0b.. / "CHAP_R": "..": value up to a separator.
-_CHAP_TEXT = re.compile(r"(CHAP_[RC])(\s*[=:]\s*[\"']?)([^\s\"',;&\x00]+)")
+_CHAP_TEXT = re.compile(r"(CHAP_[RC])([\"']?\s*[=:]\s*[\"']?)([^\s\"',;&\x00]+)")
 _WORD = r"[\w.-]*(?:secret|password|passwd|passphrase)[\w.-]*"
 _VALUE = r"[^\s\"',;&\x00]+"
 _SECRET_TEXT = (
@@ -40,6 +41,8 @@ _SECRET_TEXT = (
     re.compile(rf"(--?{_WORD})(\s+[\"']?)({_VALUE})", re.IGNORECASE),
     # iscsiadm -n node.session.auth.password -v foo
     re.compile(rf"({_WORD})(\s+(?:-v|--value)\s+[\"']?)({_VALUE})", re.IGNORECASE),
+    # URL credentials: iscsi://user%secret@host (libiscsi), scheme://user:secret@host
+    re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:%@]*)([:%])([^@\s/]+)(?=@)"),
 )
 _CHAP_BYTES = re.compile(rb"(CHAP_[RC]=)([^\x00]*)")
 _VALUE_FLAG = re.compile(r"^(-v|--value)$")
@@ -73,9 +76,12 @@ class Redactor:
         for v in self._texts:
             if v in s:
                 s = s.replace(v, MASK)
-        s = _CHAP_TEXT.sub(lambda m: m.group(1) + m.group(2) + MASK, s)
-        for rx in _SECRET_TEXT:
-            s = rx.sub(lambda m: m.group(1) + m.group(2) + MASK, s)
+        low = s.lower()  # cheap checks first: most strings need no regex at all
+        if "chap_" in low:
+            s = _CHAP_TEXT.sub(lambda m: m.group(1) + m.group(2) + MASK, s)
+        if "secret" in low or "passw" in low or "passphrase" in low or "://" in s:
+            for rx in _SECRET_TEXT:
+                s = rx.sub(lambda m: m.group(1) + m.group(2) + MASK, s)
         return s
 
     def data(self, b: bytes) -> bytes:

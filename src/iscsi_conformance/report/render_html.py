@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import re
 import shlex
@@ -534,7 +535,9 @@ def fmt_duration(seconds: float) -> str:
     return f"{m} min {s} s" if m < 60 else f"{m // 60} h {m % 60} min"
 
 
+@functools.cache
 def _environment() -> Any:
+    """One environment per process: compiling the templates costs more than rendering."""
     import jinja2
 
     env = jinja2.Environment(

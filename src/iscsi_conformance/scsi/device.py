@@ -782,6 +782,13 @@ class LogicalUnit:
                         f"unit attention {code.name}",
                         section="SAM-5 5.14",
                     )
+            if spec is None and cdb and cdb[0] in _SA_OPCODES:
+                raise invalid_field_in_cdb(
+                    1,
+                    f"service action {cdb[1] & 0x1F:#04x} not supported",
+                    bit=4,
+                    section="SPC-4 4.2.5.2",
+                )
             if spec is None:
                 raise illegal_request(
                     Asc.INVALID_COMMAND_OPERATION_CODE,
@@ -1522,7 +1529,9 @@ class LogicalUnit:
         if not b.blocks and ctx.data_out:
             # NUMBER OF LOGICAL BLOCKS 0 is no error (SBC-3 5.2), but Data-Out with it
             # means the field was cut short (256 does not fit in one byte).
-            raise invalid_field_in_cdb(13, "NUMBER OF LOGICAL BLOCKS is 0 but Data-Out was sent", section="SBC-3 5.2")
+            raise invalid_field_in_cdb(
+                13, "NUMBER OF LOGICAL BLOCKS is 0 but Data-Out was sent", section="SBC-3 5.2"
+            )
         self._check_writable()
         self._check_range(b.lba, b.blocks)
         if not b.blocks:

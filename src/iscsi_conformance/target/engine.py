@@ -998,11 +998,13 @@ class Connection:
             task.received += end - off
 
     def _sequence_error(self, pdu: P.PDU, why: str) -> None:
-        """A DataSN/offset error: ERL0 ends the connection (RFC 7143 7.1.4, 7.12)."""
+        """A DataSN/offset error in a Data-Out (RFC 7143 11.7.5, 11.7.6)."""
         if self.engine.trace:
             log.info("sequence error from %s: %s", self.peer, why)
+        # The PDU is rejected and discarded; the task waits for correct data, or for
+        # the initiator to abort it or to end the session (RFC 7143 7.1.4 leaves
+        # recovery at ERL 0 to the initiator).
         self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
-        self.close()
 
     # ------------------------------------------------------------------ execution
 
@@ -1019,16 +1021,15 @@ class Connection:
             return
         mm = task.residual_mismatch
         data_out: bytes = bytes(task.buffer) if task.buffer is not None else b""
-        if mm:
+        if mm > 0:
+            # EDTL below the CDB's transfer length (overflow): FCP-4 9.4.2 a) - run the
+            # command, but only the first EDTL bytes come from the initiator; the rest
+            # of a block write keeps the medium's current contents.
+            data_out = data_out[: task.edtl]
             if task.cdb[0] in _BLOCK_WRITES:
-                # EDTL disagrees with the CDB's transfer length for a write: FCP-4
-                # 9.4.2 option b (no transfer; CHECK CONDITION, INVALID FIELD IN
-                # INFORMATION UNIT), with the residual (RFC 7143 11.4.5.1).
-                self._respond(task, ScsiStatus.CHECK_CONDITION, SENSE_INVALID_FIELD_IN_IU,
-                              overflow=mm > 0, underflow=mm < 0, residual=abs(mm))  # fmt: skip
-                return
-            if mm < 0:
-                data_out = data_out[: task.edtl + mm]
+                data_out += _current_contents(lu, task.cdb, task.edtl, mm)
+        elif mm < 0:
+            data_out = data_out[: task.edtl + mm]  # underflow: only what the CDB asks
         outcome = lu.execute(s.nexus, task.cdb, data_out)
         if outcome.aborted:
             self._preempt_abort(task, outcome.aborted)
@@ -1399,6 +1400,19 @@ def _bhs_of_any(pdu: P.PDU) -> bytes:
 # WRITE(6/10/12/16), WRITE AND VERIFY(10/12/16) (SBC-3 5): block writes whose EDTL
 # must match the CDB.
 _BLOCK_WRITES = frozenset({0x0A, 0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E})
+
+
+def _current_contents(lu: Any, cdb: bytes, offset: int, length: int) -> bytes:
+    """What the medium holds past the first ``offset`` bytes of a block write."""
+    from iscsi_conformance.scsi.cdb import decode_block_cdb
+
+    try:
+        start = decode_block_cdb(cdb).lba * lu.block_size + offset
+        if start + length > lu.backing.size:
+            return bytes(length)  # out of range: the LU reports it
+        return bytes(lu.backing.read(start, length))
+    except (ValueError, AttributeError):
+        return bytes(length)
 
 
 def _known_command(lu: Any, cdb: bytes) -> bool:

@@ -1,0 +1,330 @@
+"""FullFeature.DataIn / DataOut / Residuals: Data-In sequencing within the declared
+MaxRecvDataSegmentLength, status and residuals, and R2T/Data-Out sequencing across
+ImmediateData x InitialR2T x FirstBurstLength x MaxBurstLength (RFC 7143 4.2.2.3,
+11.4, 11.7, 11.8, 13.10-13.14)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any
+
+import pytest
+
+from iscsi_conformance.core import pdu as P
+from iscsi_conformance.plugin import require, spec
+from iscsi_conformance.plugin.probe import full_feature
+from iscsi_conformance.scsi import cdb
+
+BLOCK = 512
+
+
+def _check_data_in(out: Any, expected_len: int, mrdsl: int) -> None:
+    ins = out.data_ins
+    require(ins, "R7143-11.7-1", "no Data-In for a READ", sent=out.sent, received=out.received)
+    sns = [p.datasn for p in ins]
+    require(
+        sns == list(range(len(ins))),
+        "R7143-4.2.2.3-1",
+        f"Data-In DataSN sequence {sns[:10]}...",
+        sent=out.sent,
+        received=out.received,
+    )
+    big = [len(p.data) for p in ins if len(p.data) > mrdsl]
+    require(
+        not big,
+        "R7143-11.7-2",
+        f"Data-In of {big[0] if big else 0} bytes exceeds our MaxRecvDataSegmentLength {mrdsl}",
+        sent=out.sent,
+        received=out.received,
+    )
+    pos = 0
+    for p in ins:
+        require(
+            p.buffer_offset == pos,
+            "R7143-11.7-1",
+            f"Data-In offset {p.buffer_offset}, expected {pos}",
+            sent=out.sent,
+            received=out.received,
+        )
+        pos += len(p.data)
+    require(
+        pos == expected_len,
+        "R7143-11.7-1",
+        f"Data-In covered {pos} bytes of {expected_len}",
+        sent=out.sent,
+        received=out.received,
+    )
+    for p in ins:
+        if p.status_present:
+            require(
+                p.final,
+                "R7143-11.7-3",
+                "S=1 on a Data-In without F=1",
+                sent=out.sent,
+                received=out.received,
+            )
+
+
+@pytest.mark.parametrize("mrdsl", [512, 4096, 8192, 65536])
+@spec(
+    "FullFeature.DataIn.WithinDeclaredLength",
+    "RFC 7143 11.7.2",
+    "RFC 7143 13.12",
+    requirements=["R7143-11.7-2", "R7143-13.12-2", "R7143-4.2.2.3-1", "R7143-11.7-1"],
+)
+async def test_data_in_within_mrdsl(target: Any, mrdsl: int) -> None:
+    """A 128 KiB READ comes back in Data-In PDUs no larger than our declared MaxRecvDataSegmentLength."""
+    async with full_feature(target, keys=[("MaxRecvDataSegmentLength", str(mrdsl))]) as ffp:
+        blocks = 256
+        out = await ffp.command(cdb.read10(0, blocks), read_length=blocks * BLOCK, lun=target.lun)
+        require(
+            out.status == 0,
+            "RSBC3-5.16-1",
+            f"READ ended with status {out.status!r}",
+            sent=out.sent,
+            received=out.received,
+        )
+        _check_data_in(out, blocks * BLOCK, mrdsl)
+
+
+@spec("FullFeature.DataIn.StatusWithFinal", "RFC 7143 11.7.3", requirements=["R7143-11.7-3"])
+async def test_status_only_with_final(target: Any) -> None:
+    """Data-In carrying status (S=1) always has F=1, and no SCSI Response follows it."""
+    async with full_feature(target) as ffp:
+        out = await ffp.command(cdb.read10(0, 16), read_length=16 * BLOCK, lun=target.lun)
+        for p in out.data_ins:
+            require(
+                not p.status_present or p.final,
+                "R7143-11.7-3",
+                "S=1 without F=1",
+                sent=out.sent,
+                received=out.received,
+            )
+        if out.data_ins and out.data_ins[-1].status_present:
+            extra = await ffp.recv(timeout=1)
+            require(
+                not isinstance(extra, P.ScsiResponse),
+                "R7143-11.7-3",
+                "a SCSI Response followed a Data-In with status",
+                sent=out.sent,
+                received=[*out.received, extra],
+            )
+
+
+@spec("FullFeature.Residuals.Underflow", "RFC 7143 11.4.5", requirements=["R7143-11.4-1"])
+async def test_underflow_residual(target: Any) -> None:
+    """READ of 1 block with ExpectedDataTransferLength of 2 blocks: U=1, residual 512."""
+    async with full_feature(target) as ffp:
+        out = await ffp.command(
+            cdb.read10(0, 1), expected_length=2 * BLOCK, read_length=2 * BLOCK, lun=target.lun
+        )
+        r = out.response
+        require(
+            r is not None and out.status == 0,
+            "R7143-11.4-1",
+            f"READ failed ({out.status!r})",
+            sent=out.sent,
+            received=out.received,
+        )
+        require(
+            r.underflow and not r.overflow,
+            "R7143-11.4-1",
+            "U bit not set for an underflow",
+            sent=out.sent,
+            received=out.received,
+        )
+        require(
+            r.residual_count == BLOCK,
+            "R7143-11.4-1",
+            f"residual {r.residual_count}, expected {BLOCK}",
+            sent=out.sent,
+            received=out.received,
+        )
+
+
+@spec("FullFeature.Residuals.Overflow", "RFC 7143 11.4.5", requirements=["R7143-11.4-2"])
+async def test_overflow_residual(target: Any) -> None:
+    """READ of 2 blocks with ExpectedDataTransferLength of 1 block: O=1, residual 512, only 512 bytes sent."""
+    async with full_feature(target) as ffp:
+        out = await ffp.command(
+            cdb.read10(0, 2), expected_length=BLOCK, read_length=BLOCK, lun=target.lun
+        )
+        r = out.response
+        require(
+            r is not None,
+            "R7143-11.4-2",
+            "no status for the READ",
+            sent=out.sent,
+            received=out.received,
+        )
+        sent_bytes = sum(len(p.data) for p in out.data_ins)
+        require(
+            sent_bytes <= BLOCK,
+            "R7143-11.4-2",
+            f"{sent_bytes} bytes of Data-In for an EDTL of {BLOCK}",
+            sent=out.sent,
+            received=out.received,
+        )
+        if out.status == 0:
+            require(
+                r.overflow and r.residual_count == BLOCK,
+                "R7143-11.4-2",
+                f"overflow not reported (O={r.overflow}, residual={r.residual_count})",
+                sent=out.sent,
+                received=out.received,
+            )
+
+
+COMBOS = list(itertools.product(["Yes", "No"], ["Yes", "No"], [8192, 65536], [16384, 262144]))
+
+
+def _combo_id(c: tuple[str, str, int, int]) -> str:
+    return f"Imm{c[0]}-Init{c[1]}-FB{c[2]}-MB{c[3]}"
+
+
+@pytest.mark.parametrize(
+    "immediate,initial_r2t,first_burst,max_burst", COMBOS, ids=[_combo_id(c) for c in COMBOS]
+)
+@spec(
+    "FullFeature.DataOut.R2TSequencing",
+    "RFC 7143 11.8",
+    "RFC 7143 13.10",
+    "RFC 7143 13.11",
+    "RFC 7143 13.13",
+    "RFC 7143 13.14",
+    requirements=[
+        "R7143-11.8-1",
+        "R7143-11.8-3",
+        "R7143-4.2.2.3-2",
+        "RSBC3-5.16-1",
+        "R7143-13.14-1",
+    ],
+    dataloss=True,
+)
+async def test_r2t_sequencing(
+    target: Any, immediate: str, initial_r2t: str, first_burst: int, max_burst: int
+) -> None:
+    """A 192 KiB WRITE: R2Ts within MaxBurstLength, numbered from 0, never asking for data
+    already sent unsolicited; the data reads back identical."""
+    keys = [
+        ("ImmediateData", immediate),
+        ("InitialR2T", initial_r2t),
+        ("FirstBurstLength", str(first_burst)),
+        ("MaxBurstLength", str(max_burst)),
+    ]
+    async with full_feature(target, keys=keys) as ffp:
+        fb = min(ffp.first_burst, ffp.max_burst)
+        require(
+            ffp.first_burst <= ffp.max_burst,
+            "R7143-13.14-1",
+            f"FirstBurstLength {ffp.first_burst} > MaxBurstLength {ffp.max_burst}",
+            sent=ffp.probe.sent,
+            received=ffp.probe.received,
+        )
+        blocks = 384
+        lba = 1024
+        payload = os.urandom(blocks * BLOCK)
+        out = await ffp.command(cdb.write10(lba, blocks), data_out=payload, lun=target.lun)
+        require(
+            out.status == 0,
+            "RSBC3-5.16-1",
+            f"WRITE ended with status {out.status!r}",
+            sent=out.sent,
+            received=out.received,
+        )
+        unsolicited = 0
+        if ffp.immediate_data or not ffp.initial_r2t:
+            unsolicited = sum(
+                len(p.data) for p in out.sent if p.__class__.__name__ == "ScsiCommand"
+            )
+            unsolicited += sum(
+                len(p.data)
+                for p in out.sent
+                if isinstance(p, P.ScsiDataOut) and p.ttt == 0xFFFFFFFF
+            )
+        r2ts = out.r2ts
+        require(
+            [r.r2tsn for r in r2ts] == list(range(len(r2ts))),
+            "R7143-4.2.2.3-2",
+            f"R2TSN sequence {[r.r2tsn for r in r2ts]}",
+            sent=out.sent,
+            received=out.received,
+        )
+        for r in r2ts:
+            require(
+                r.desired_data_transfer_length <= ffp.max_burst,
+                "R7143-11.8-1",
+                f"R2T asks for {r.desired_data_transfer_length} > MaxBurstLength {ffp.max_burst}",
+                sent=out.sent,
+                received=out.received,
+            )
+            require(
+                r.buffer_offset >= unsolicited,
+                "R7143-11.8-3",
+                f"R2T at offset {r.buffer_offset} asks again for unsolicited data (first {unsolicited} bytes)",
+                sent=out.sent,
+                received=out.received,
+            )
+        require(
+            unsolicited <= fb or not unsolicited,
+            "R7143-13.14-2",
+            f"we sent {unsolicited} unsolicited bytes",
+            sent=out.sent,
+        )
+        back = await ffp.command(
+            cdb.read10(lba, blocks), read_length=blocks * BLOCK, lun=target.lun
+        )
+        require(
+            back.data == payload,
+            "RSBC3-5.16-1",
+            "the data read back differs from the data written",
+            sent=back.sent,
+            received=back.received,
+        )
+
+
+@spec(
+    "FullFeature.DataOut.MaxOutstandingR2T",
+    "RFC 7143 11.8",
+    "RFC 7143 13.17",
+    requirements=["R7143-11.8-2"],
+    dataloss=True,
+)
+async def test_max_outstanding_r2t(target: Any) -> None:
+    """With MaxOutstandingR2T=1, a target never has two R2Ts of one task unanswered."""
+    keys = [
+        ("ImmediateData", "No"),
+        ("InitialR2T", "Yes"),
+        ("MaxBurstLength", "16384"),
+        ("MaxOutstandingR2T", "1"),
+    ]
+    async with full_feature(target, keys=keys) as ffp:
+        blocks = 256
+        cmd = P.ScsiCommand(
+            final=True,
+            write=True,
+            lun=P.lun_to_field(target.lun),
+            itt=0x900,
+            attr=1,
+            expected_data_transfer_length=blocks * BLOCK,
+            cmdsn=ffp.take_cmdsn(),
+            expstatsn=ffp.expstatsn,
+            cdb=cdb.write10(2048, blocks),
+        )
+        await ffp.send(cmd)
+        got = []
+        while True:
+            p = await ffp.recv(timeout=2)
+            if p is None:
+                break
+            got.append(p)
+        r2ts = [p for p in got if isinstance(p, P.R2T)]
+        limit = int(ffp.probe.negotiated.get("MaxOutstandingR2T", "1"))
+        require(
+            1 <= len(r2ts) <= limit,
+            "R7143-11.8-2",
+            f"{len(r2ts)} R2Ts outstanding with MaxOutstandingR2T={limit}",
+            sent=[cmd],
+            received=got,
+        )

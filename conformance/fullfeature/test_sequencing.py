@@ -1,0 +1,225 @@
+"""FullFeature.Sequencing / Nop: CmdSN window, immediate delivery, StatSN, NOP-Out/NOP-In
+(RFC 7143 4.2.2, 11.18, 11.19)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any
+
+from iscsi_conformance.core import pdu as P
+from iscsi_conformance.core.serial import lt as serial_lt
+from iscsi_conformance.plugin import require, spec, violation
+from iscsi_conformance.plugin.probe import full_feature
+from iscsi_conformance.scsi import cdb
+
+
+@spec("FullFeature.Nop.PingEchoed", "RFC 7143 11.18", requirements=["R7143-11.18-1"])
+async def test_nop_ping_echoed(target: Any) -> None:
+    """A NOP-Out with a valid ITT gets a NOP-In with the same ITT and the same data."""
+    async with full_feature(target) as ffp:
+        data = os.urandom(300)
+        req, resp = await ffp.nop(data)
+        require(
+            isinstance(resp, P.NopIn),
+            "R7143-11.18-1",
+            "no NOP-In answered the ping",
+            sent=[req],
+            received=[resp] if resp else [],
+        )
+        require(
+            resp.itt == req.itt,
+            "R7143-11.18-1",
+            f"NOP-In ITT {resp.itt:#x} != {req.itt:#x}",
+            sent=[req],
+            received=[resp],
+        )
+        require(
+            resp.ttt == 0xFFFFFFFF,
+            "R7143-11.18-1",
+            "a NOP-In answering a ping must carry TTT 0xffffffff",
+            sent=[req],
+            received=[resp],
+        )
+        require(
+            resp.data == data,
+            "R7143-11.18-1",
+            "the ping data was not echoed",
+            sent=[req],
+            received=[resp],
+        )
+
+
+@spec("FullFeature.Nop.NoAnswerToReservedTag", "RFC 7143 11.18.1", requirements=["R7143-11.18-2"])
+async def test_nop_reserved_itt_not_answered(target: Any) -> None:
+    """An immediate NOP-Out with ITT 0xffffffff (no answer wanted) gets no NOP-In."""
+    async with full_feature(target) as ffp:
+        req = P.NopOut(
+            immediate=True, itt=0xFFFFFFFF, ttt=0xFFFFFFFF, cmdsn=ffp.cmdsn, expstatsn=ffp.expstatsn
+        )
+        await ffp.send(req)
+        resp = await ffp.recv(timeout=2)
+        require(
+            not isinstance(resp, P.NopIn) or resp.ttt != 0xFFFFFFFF,
+            "R7143-11.18-2",
+            "the target answered a NOP-Out whose ITT says no answer is wanted",
+            sent=[req],
+            received=[resp] if resp else [],
+        )
+
+
+@spec(
+    "FullFeature.Sequencing.StatSNIncrements", "RFC 7143 4.2.2.2", requirements=["R7143-4.2.2.2-1"]
+)
+async def test_statsn_increments(target: Any) -> None:
+    """Consecutive status-bearing responses carry StatSN, StatSN + 1, ..."""
+    async with full_feature(target) as ffp:
+        seen, sent, received = [], [], []
+        for _ in range(4):
+            req, resp = await ffp.nop(b"")
+            sent.append(req)
+            if resp is not None:
+                received.append(resp)
+                seen.append(resp.statsn)
+        require(
+            len(seen) == 4,
+            "R7143-11.18-1",
+            "not every ping was answered",
+            sent=sent,
+            received=received,
+        )
+        steps = [(b - a) & 0xFFFFFFFF for a, b in itertools.pairwise(seen)]
+        require(
+            all(s == 1 for s in steps),
+            "R7143-4.2.2.2-1",
+            f"StatSN sequence {seen} does not advance by one",
+            sent=sent,
+            received=received,
+        )
+
+
+@spec(
+    "FullFeature.Sequencing.ExpCmdSNAdvances",
+    "RFC 7143 4.2.2.1",
+    requirements=["R7143-4.2.2.1-4", "R7143-4.2.2.1-5"],
+)
+async def test_expcmdsn_advances(target: Any) -> None:
+    """A non-immediate command advances ExpCmdSN; an immediate one does not; MaxCmdSN >= ExpCmdSN - 1."""
+    async with full_feature(target) as ffp:
+        start = ffp.cmdsn
+        req1, r1 = await ffp.nop(b"", immediate=False)
+        require(
+            r1 is not None and r1.expcmdsn == (start + 1) & 0xFFFFFFFF,
+            "R7143-4.2.2.1-4",
+            f"after CmdSN {start} ExpCmdSN is {getattr(r1, 'expcmdsn', None)}",
+            sent=[req1],
+            received=[r1] if r1 else [],
+        )
+        req2, r2 = await ffp.nop(b"", immediate=True)
+        require(
+            r2 is not None and r2.expcmdsn == (start + 1) & 0xFFFFFFFF,
+            "R7143-4.2.2.1-5",
+            f"an immediate NOP moved ExpCmdSN to {getattr(r2, 'expcmdsn', None)}",
+            sent=[req2],
+            received=[r2] if r2 else [],
+        )
+        for r in (r1, r2):
+            require(
+                not serial_lt(r.maxcmdsn, (r.expcmdsn - 1) & 0xFFFFFFFF),
+                "R7143-4.2.2.1-4",
+                f"MaxCmdSN {r.maxcmdsn} < ExpCmdSN - 1 ({r.expcmdsn})",
+                sent=[req1, req2],
+                received=[r1, r2],
+            )
+
+
+@spec(
+    "FullFeature.Sequencing.OutOfWindowIgnored",
+    "RFC 7143 4.2.2.1",
+    requirements=["R7143-4.2.2.1-2"],
+)
+async def test_out_of_window_command_ignored(target: Any) -> None:
+    """A non-immediate command with CmdSN beyond MaxCmdSN is ignored, and the session goes on."""
+    async with full_feature(target) as ffp:
+        _, r = await ffp.nop(b"")
+        far = (r.maxcmdsn + 1000) & 0xFFFFFFFF
+        bad = P.NopOut(
+            immediate=False, itt=0x4444, ttt=0xFFFFFFFF, cmdsn=far, expstatsn=ffp.expstatsn
+        )
+        await ffp.send(bad)
+        answer = await ffp.recv(timeout=2)
+        require(
+            not (isinstance(answer, P.NopIn) and answer.itt == 0x4444),
+            "R7143-4.2.2.1-2",
+            "a command outside the CmdSN window was executed",
+            sent=[bad],
+            received=[answer] if answer else [],
+        )
+        req, ok = await ffp.nop(b"x")
+        require(
+            isinstance(ok, P.NopIn),
+            "R7143-4.2.2.1-2",
+            "the session did not survive an out-of-window command",
+            sent=[bad, req],
+            received=[ok] if ok else [],
+        )
+
+
+@spec(
+    "FullFeature.Sequencing.DeliveredInCmdSNOrder",
+    "RFC 7143 4.2.2.1",
+    requirements=["R7143-4.2.2.1-1"],
+)
+async def test_commands_reordered(target: Any) -> None:
+    """CmdSN n+1 sent before n: both complete, and ExpCmdSN ends past both."""
+    async with full_feature(target) as ffp:
+        n = ffp.take_cmdsn()
+        m = ffp.take_cmdsn()
+        second = P.ScsiCommand(
+            final=True,
+            lun=0,
+            itt=0x501,
+            cmdsn=m,
+            expstatsn=ffp.expstatsn,
+            cdb=cdb.test_unit_ready(),
+        )
+        first = P.ScsiCommand(
+            final=True,
+            lun=0,
+            itt=0x500,
+            cmdsn=n,
+            expstatsn=ffp.expstatsn,
+            cdb=cdb.test_unit_ready(),
+        )
+        await ffp.send(second)
+        await ffp.send(first)
+        got = []
+        for _ in range(4):
+            p = await ffp.recv(timeout=5)
+            if p is None:
+                break
+            got.append(p)
+            if len([x for x in got if isinstance(x, P.ScsiResponse)]) == 2:
+                break
+        responses = [p for p in got if isinstance(p, P.ScsiResponse)]
+        require(
+            sorted(r.itt for r in responses) == [0x500, 0x501],
+            "R7143-4.2.2.1-1",
+            "both commands must complete when the gap is filled",
+            sent=[second, first],
+            received=got,
+        )
+        require(
+            responses[-1].expcmdsn == (m + 1) & 0xFFFFFFFF,
+            "R7143-4.2.2.1-1",
+            f"ExpCmdSN {responses[-1].expcmdsn} after CmdSN {n}, {m}",
+            sent=[second, first],
+            received=got,
+        )
+        if responses[0].itt == 0x501:
+            raise violation(
+                "R7143-4.2.2.1-1",
+                "CmdSN n+1 completed before CmdSN n arrived",
+                sent=[second, first],
+                received=got,
+            )

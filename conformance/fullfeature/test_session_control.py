@@ -1,0 +1,501 @@
+"""FullFeature.Logout / TaskManagement / Reject / Scsi: logout reasons, task management
+responses, Reject for malformed PDUs, and the SCSI basics every target must answer
+(RFC 7143 11.5, 11.6, 11.14, 11.15, 11.17; SPC-4; SBC-3)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from iscsi_conformance.core import pdu as P
+from iscsi_conformance.plugin import require, spec, violation
+from iscsi_conformance.plugin.probe import full_feature
+from iscsi_conformance.scsi import cdb
+
+BLOCK = 512
+
+
+async def _logout(ffp: Any, reason: int, cid: int) -> tuple[Any, Any]:
+    req = P.LogoutRequest(
+        immediate=True,
+        reason=reason,
+        itt=ffp.next_itt(),
+        cid=cid,
+        cmdsn=ffp.cmdsn,
+        expstatsn=ffp.expstatsn,
+    )
+    await ffp.send(req)
+    return req, await ffp.recv()
+
+
+@spec(
+    "FullFeature.Logout.CloseSession",
+    "RFC 7143 11.14",
+    "RFC 7143 11.15",
+    requirements=["R7143-11.14-1", "R7143-8.1.2-2"],
+)
+async def test_logout_close_session(target: Any) -> None:
+    """Logout 'close the session': response 0, then the target closes the connection."""
+    async with full_feature(target) as ffp:
+        req, resp = await _logout(ffp, 0, ffp.probe.cid)
+        require(
+            isinstance(resp, P.LogoutResponse),
+            "R7143-11.14-1",
+            "no Logout Response",
+            sent=[req],
+            received=[resp] if resp else [],
+        )
+        require(
+            resp.response == 0 and resp.itt == req.itt,
+            "R7143-11.14-1",
+            f"Logout response {resp.response}",
+            sent=[req],
+            received=[resp],
+        )
+        require(
+            await ffp.raw.expect_closed(timeout=10),
+            "R7143-8.1.2-2",
+            "the connection stayed open after logout",
+            sent=[req],
+            received=[resp],
+        )
+
+
+@spec("FullFeature.Logout.CloseConnection", "RFC 7143 11.14", requirements=["R7143-11.14-1"])
+async def test_logout_close_connection(target: Any) -> None:
+    """Logout 'close the connection' for our own CID is answered 0."""
+    async with full_feature(target) as ffp:
+        req, resp = await _logout(ffp, 1, ffp.probe.cid)
+        require(
+            isinstance(resp, P.LogoutResponse) and resp.response == 0,
+            "R7143-11.14-1",
+            f"close-connection logout answered {getattr(resp, 'response', None)!r}",
+            sent=[req],
+            received=[resp] if resp else [],
+        )
+
+
+@spec("FullFeature.Logout.UnknownCid", "RFC 7143 11.15.1", requirements=["R7143-11.14-2"])
+async def test_logout_unknown_cid(target: Any) -> None:
+    """Logout 'close the connection' for a CID that does not exist is answered 1 (CID not found)."""
+    async with full_feature(target) as ffp:
+        req, resp = await _logout(ffp, 1, 0x7777)
+        require(
+            isinstance(resp, P.LogoutResponse),
+            "R7143-11.14-2",
+            "no Logout Response",
+            sent=[req],
+            received=[resp] if resp else [],
+        )
+        require(
+            resp.response == 1,
+            "R7143-11.14-2",
+            f"expected 1 (CID not found), got {resp.response}",
+            sent=[req],
+            received=[resp],
+        )
+
+
+@spec("FullFeature.Logout.RecoveryAtErl0", "RFC 7143 11.14.1", requirements=["R7143-11.14-3"])
+async def test_logout_recovery_erl0(target: Any) -> None:
+    """'Remove the connection for recovery' at ErrorRecoveryLevel 0 is answered 2 (not supported)."""
+    async with full_feature(target, keys=[("ErrorRecoveryLevel", "0")]) as ffp:
+        req, resp = await _logout(ffp, 2, ffp.probe.cid)
+        require(
+            isinstance(resp, P.LogoutResponse) and resp.response == 2,
+            "R7143-11.14-3",
+            f"expected response 2, got {getattr(resp, 'response', None)!r}",
+            sent=[req],
+            received=[resp] if resp else [],
+        )
+
+
+async def _tmf(ffp: Any, function: int, *, lun: int = 0, ref: int = 0xFFFFFFFF) -> tuple[Any, Any]:
+    req = P.TaskManagementRequest(
+        immediate=True,
+        function=function,
+        lun=P.lun_to_field(lun),
+        itt=ffp.next_itt(),
+        referenced_task_tag=ref,
+        cmdsn=ffp.cmdsn,
+        expstatsn=ffp.expstatsn,
+        refcmdsn=ffp.cmdsn if function == 1 else 0,
+    )
+    await ffp.send(req)
+    while True:
+        resp = await ffp.recv()
+        if resp is None or isinstance(resp, P.TaskManagementResponse | P.Reject):
+            return req, resp
+
+
+@spec(
+    "FullFeature.TaskManagement.AbortUnknownTask", "RFC 7143 11.6.1", requirements=["R7143-11.5-1"]
+)
+async def test_abort_unknown_task(target: Any) -> None:
+    """ABORT TASK for a tag never used is answered 'task does not exist' (1) or 'function complete' (0)."""
+    async with full_feature(target) as ffp:
+        req, resp = await _tmf(ffp, 1, lun=target.lun, ref=0x0BADF00D)
+        require(
+            isinstance(resp, P.TaskManagementResponse),
+            "R7143-11.5-1",
+            "no TMF response",
+            sent=[req],
+            received=[resp] if resp else [],
+        )
+        require(
+            resp.response in (0, 1),
+            "R7143-11.5-1",
+            f"ABORT TASK of an unknown task answered {resp.response}",
+            sent=[req],
+            received=[resp],
+        )
+
+
+@spec("FullFeature.TaskManagement.AbortTaskSet", "RFC 7143 11.5.1", requirements=["R7143-11.5-2"])
+async def test_abort_task_set(target: Any) -> None:
+    """ABORT TASK SET is answered 'function complete' (0) or 'not supported' (5)."""
+    async with full_feature(target) as ffp:
+        req, resp = await _tmf(ffp, 2, lun=target.lun)
+        require(
+            isinstance(resp, P.TaskManagementResponse) and resp.response in (0, 5),
+            "R7143-11.5-2",
+            f"ABORT TASK SET answered {getattr(resp, 'response', None)!r}",
+            sent=[req],
+            received=[resp] if resp else [],
+        )
+
+
+@spec("FullFeature.TaskManagement.ReassignAtErl0", "RFC 7143 11.5.1", requirements=["R7143-11.5-3"])
+async def test_task_reassign_erl0(target: Any) -> None:
+    """TASK REASSIGN at ErrorRecoveryLevel 0 is answered 4 (allegiance reassignment not supported) or 5."""
+    async with full_feature(target, keys=[("ErrorRecoveryLevel", "0")]) as ffp:
+        req, resp = await _tmf(ffp, 14, lun=target.lun, ref=0x1234)
+        require(
+            isinstance(resp, P.TaskManagementResponse) and resp.response in (4, 5),
+            "R7143-11.5-3",
+            f"TASK REASSIGN at ERL 0 answered {getattr(resp, 'response', None)!r}",
+            sent=[req],
+            received=[resp] if resp else [],
+        )
+
+
+@spec(
+    "FullFeature.TaskManagement.UnknownFunction", "RFC 7143 11.6.1", requirements=["R7143-11.5-2"]
+)
+async def test_unknown_tmf_function(target: Any) -> None:
+    """An undefined function code (20) is answered 5 (not supported) or 255 (rejected), or Rejected."""
+    async with full_feature(target) as ffp:
+        req, resp = await _tmf(ffp, 20, lun=target.lun)
+        if isinstance(resp, P.Reject):
+            return
+        require(
+            isinstance(resp, P.TaskManagementResponse) and resp.response in (5, 255),
+            "R7143-11.5-2",
+            f"function 20 answered {getattr(resp, 'response', None)!r}",
+            sent=[req],
+            received=[resp] if resp else [],
+        )
+
+
+@spec(
+    "FullFeature.TaskManagement.LunResetUnknownLun",
+    "RFC 7143 11.6.1",
+    requirements=["R7143-11.5-4"],
+    dataloss=True,
+)
+async def test_lun_reset_unknown_lun(target: Any) -> None:
+    """LOGICAL UNIT RESET for a LUN that does not exist is answered 2 (LUN does not exist), 5 or 255."""
+    async with full_feature(target) as ffp:
+        req, resp = await _tmf(ffp, 5, lun=200)
+        require(
+            isinstance(resp, P.TaskManagementResponse) and resp.response in (2, 5, 255),
+            "R7143-11.5-4",
+            f"LUN RESET of LUN 200 answered {getattr(resp, 'response', None)!r}",
+            sent=[req],
+            received=[resp] if resp else [],
+        )
+
+
+@spec(
+    "FullFeature.TaskManagement.LunReset",
+    "RFC 7143 11.5.1",
+    requirements=["R7143-11.5-2"],
+    dataloss=True,
+)
+async def test_lun_reset(target: Any) -> None:
+    """LOGICAL UNIT RESET of an existing LUN completes (0) or is not supported (5); the LUN then answers."""
+    async with full_feature(target) as ffp:
+        req, resp = await _tmf(ffp, 5, lun=target.lun)
+        require(
+            isinstance(resp, P.TaskManagementResponse) and resp.response in (0, 5),
+            "R7143-11.5-2",
+            f"LUN RESET answered {getattr(resp, 'response', None)!r}",
+            sent=[req],
+            received=[resp] if resp else [],
+        )
+        out = await ffp.command(cdb.test_unit_ready(), lun=target.lun)
+        require(
+            out.status is not None,
+            "R7143-11.5-2",
+            "the LUN did not answer after a reset",
+            sent=out.sent,
+            received=out.received,
+        )
+
+
+@spec(
+    "FullFeature.Reject.UnknownOpcode",
+    "RFC 7143 11.2",
+    "RFC 7143 11.17",
+    requirements=["R7143-11.2.1-3", "R7143-11.17-1"],
+)
+async def test_unknown_opcode_rejected(target: Any) -> None:
+    """An unknown initiator opcode (0x1f) is answered with a Reject carrying its header."""
+    async with full_feature(target) as ffp:
+        bogus = P.UnknownPDU(
+            opcode=0x1F,
+            bhs=bytes([0x1F | 0x40, 0x80]) + bytes(14) + (0x9999).to_bytes(4, "big") + bytes(28),
+        )
+        wire = P.encode(bogus, strict=False)
+        await ffp.send(bogus, encoded=wire)
+        resp = await ffp.recv()
+        if resp is None:
+            raise violation(
+                "R7143-11.2.1-3",
+                "the target dropped the connection instead of rejecting an unknown opcode",
+                sent=[bogus],
+            )
+        require(
+            isinstance(resp, P.Reject),
+            "R7143-11.2.1-3",
+            f"expected Reject, got {type(resp).__name__}",
+            sent=[bogus],
+            received=[resp],
+        )
+        require(
+            resp.reason in (0x04, 0x05),
+            "R7143-11.2.1-3",
+            f"Reject reason {resp.reason:#x}",
+            sent=[bogus],
+            received=[resp],
+        )
+        require(
+            resp.data[:48] == wire[:48],
+            "R7143-11.17-1",
+            "the Reject does not carry the rejected header",
+            sent=[bogus],
+            received=[resp],
+        )
+
+
+@spec(
+    "FullFeature.Reject.DataSegmentTooLong",
+    "RFC 7143 11.2.1.1",
+    "RFC 7143 13.12",
+    requirements=["R7143-11.2.1-2"],
+)
+async def test_data_segment_over_mrdsl(target: Any) -> None:
+    """A NOP-Out carrying more data than the target's MaxRecvDataSegmentLength is refused."""
+    async with full_feature(target) as ffp:
+        data = os.urandom(ffp.target_mrdsl + 4096)
+        req = P.NopOut(
+            immediate=True,
+            itt=0x6060,
+            ttt=0xFFFFFFFF,
+            cmdsn=ffp.cmdsn,
+            expstatsn=ffp.expstatsn,
+            data=data,
+        )
+        await ffp.send(req, encoded=P.encode(req, strict=False))
+        resp = await ffp.recv()
+        require(
+            not isinstance(resp, P.NopIn),
+            "R7143-11.2.1-2",
+            f"{len(data)} bytes (> MaxRecvDataSegmentLength {ffp.target_mrdsl}) were accepted",
+            sent=[req],
+            received=[resp],
+        )
+
+
+@spec("FullFeature.Scsi.ExtendedCdb", "RFC 7143 11.3.4", requirements=["R7143-11.3-1"])
+async def test_extended_cdb(target: Any) -> None:
+    """A 32-byte CDB (Extended CDB AHS) gets a SCSI status, not a dropped connection."""
+    async with full_feature(target) as ffp:
+        long_cdb = bytes([0x7F, 0, 0, 0, 0, 0, 0, 24]) + bytes(
+            24
+        )  # variable-length CDB, no service action
+        out = await ffp.command(long_cdb, lun=target.lun)
+        require(
+            out.status is not None or any(isinstance(p, P.Reject) for p in out.received),
+            "R7143-11.3-1",
+            "no answer to a command with an Extended CDB AHS",
+            sent=out.sent,
+            received=out.received,
+        )
+
+
+@spec(
+    "FullFeature.Scsi.InquiryStandard", "SPC-4 6.6", "RFC 7143 11.7", requirements=["RSPC4-6.6-1"]
+)
+async def test_inquiry(target: Any) -> None:
+    """INQUIRY returns at least 36 bytes, truncated to the allocation length."""
+    async with full_feature(target) as ffp:
+        out = await ffp.command(cdb.inquiry(alloc=255), read_length=255, lun=target.lun)
+        require(
+            out.status == 0 and len(out.data) >= 36,
+            "RSPC4-6.6-1",
+            f"INQUIRY: status {out.status!r}, {len(out.data)} bytes",
+            sent=out.sent,
+            received=out.received,
+        )
+        short = await ffp.command(cdb.inquiry(alloc=8), read_length=8, lun=target.lun)
+        require(
+            short.status == 0 and len(short.data) <= 8,
+            "RSPC4-6.6-1",
+            f"INQUIRY alloc 8 returned {len(short.data)} bytes",
+            sent=short.sent,
+            received=short.received,
+        )
+
+
+@spec(
+    "FullFeature.Scsi.InquiryInvalidPage",
+    "SPC-4 6.6",
+    "RFC 7143 11.4.7",
+    requirements=["RSPC4-6.6-2", "R7143-11.4-3"],
+)
+async def test_inquiry_invalid_field(target: Any) -> None:
+    """INQUIRY with EVPD=0 and PAGE CODE 1 ends in CHECK CONDITION, ILLEGAL REQUEST, with SenseLength-prefixed sense."""
+    async with full_feature(target) as ffp:
+        bad = bytes([0x12, 0x00, 0x01, 0x00, 0xFF, 0x00])
+        out = await ffp.command(bad, read_length=255, lun=target.lun)
+        require(
+            out.status == 0x02,
+            "RSPC4-6.6-2",
+            f"status {out.status!r}, expected CHECK CONDITION",
+            sent=out.sent,
+            received=out.received,
+        )
+        require(
+            out.sense_key == 0x05,
+            "R7143-11.4-3",
+            f"sense key {out.sense_key!r}, expected ILLEGAL REQUEST (5)",
+            sent=out.sent,
+            received=out.received,
+        )
+        require(
+            out.asc == (0x24, 0x00),
+            "RSPC4-6.6-2",
+            f"ASC/ASCQ {out.asc!r}, expected INVALID FIELD IN CDB (24h/00h)",
+            sent=out.sent,
+            received=out.received,
+        )
+
+
+@spec("FullFeature.Scsi.ReportLuns", "SPC-4 6.33", requirements=["RSPC4-6.33-1"])
+async def test_report_luns(target: Any) -> None:
+    """REPORT LUNS lists the LUN we use."""
+    async with full_feature(target) as ffp:
+        out = await ffp.command(cdb.report_luns(4096), read_length=4096, lun=0)
+        require(
+            out.status == 0 and len(out.data) >= 8,
+            "RSPC4-6.33-1",
+            f"REPORT LUNS status {out.status!r}",
+            sent=out.sent,
+            received=out.received,
+        )
+        n = int.from_bytes(out.data[:4], "big") // 8
+        luns = [
+            P.field_to_lun(int.from_bytes(out.data[8 + 8 * i : 16 + 8 * i], "big"))
+            for i in range(min(n, (len(out.data) - 8) // 8))
+        ]
+        require(
+            target.lun in luns,
+            "RSPC4-6.33-1",
+            f"LUN {target.lun} not in REPORT LUNS {luns}",
+            sent=out.sent,
+            received=out.received,
+        )
+
+
+@spec("FullFeature.Scsi.TestUnitReady", "SPC-4 6.37", requirements=["RSPC4-6.37-1"])
+async def test_test_unit_ready(target: Any) -> None:
+    """TEST UNIT READY returns GOOD (after at most one unit attention)."""
+    async with full_feature(target) as ffp:
+        out = await ffp.command(cdb.test_unit_ready(), lun=target.lun)
+        if out.status == 0x02 and out.sense_key == 0x06:
+            out = await ffp.command(cdb.test_unit_ready(), lun=target.lun)
+        require(
+            out.status == 0,
+            "RSPC4-6.37-1",
+            f"TEST UNIT READY status {out.status!r}",
+            sent=out.sent,
+            received=out.received,
+        )
+
+
+@spec("FullFeature.Scsi.ReadCapacity16", "SBC-3 5.16", requirements=["RSBC3-5.16-3"])
+async def test_read_capacity16(target: Any) -> None:
+    """READ CAPACITY (16) reports a last LBA and a block length that a READ of the last block accepts."""
+    async with full_feature(target) as ffp:
+        out = await ffp.command(cdb.read_capacity16(32), read_length=32, lun=target.lun)
+        require(
+            out.status == 0 and len(out.data) >= 12,
+            "RSBC3-5.16-3",
+            f"READ CAPACITY(16) status {out.status!r}",
+            sent=out.sent,
+            received=out.received,
+        )
+        last = int.from_bytes(out.data[:8], "big")
+        size = int.from_bytes(out.data[8:12], "big")
+        require(
+            size in (512, 1024, 2048, 4096),
+            "RSBC3-5.16-3",
+            f"block length {size}",
+            sent=out.sent,
+            received=out.received,
+        )
+        rd = await ffp.command(cdb.read16(last, 1), read_length=size, lun=target.lun)
+        require(
+            rd.status == 0,
+            "RSBC3-5.16-3",
+            f"READ of the reported last LBA {last} failed ({rd.status!r})",
+            sent=rd.sent,
+            received=rd.received,
+        )
+        beyond = await ffp.command(cdb.read16(last + 1, 1), read_length=size, lun=target.lun)
+        require(
+            beyond.status == 0x02 and beyond.asc == (0x21, 0x00),
+            "RSBC3-5.16-2",
+            f"READ past the end: status {beyond.status!r}, ASC {beyond.asc!r}; expected LBA OUT OF RANGE (21h/00h)",
+            sent=beyond.sent,
+            received=beyond.received,
+        )
+
+
+@pytest.mark.parametrize("size_blocks", [1, 8, 129, 2048])
+@spec("FullFeature.Scsi.WriteReadBack", "SBC-3 5.16", requirements=["RSBC3-5.16-1"], dataloss=True)
+async def test_write_read_back(target: Any, size_blocks: int) -> None:
+    """Data written with WRITE(16) reads back identical with READ(16)."""
+    async with full_feature(target) as ffp:
+        payload = os.urandom(size_blocks * BLOCK)
+        w = await ffp.command(cdb.write16(4096, size_blocks), data_out=payload, lun=target.lun)
+        require(
+            w.status == 0,
+            "RSBC3-5.16-1",
+            f"WRITE status {w.status!r}",
+            sent=w.sent,
+            received=w.received,
+        )
+        r = await ffp.command(
+            cdb.read16(4096, size_blocks), read_length=len(payload), lun=target.lun
+        )
+        require(
+            r.status == 0 and r.data == payload,
+            "RSBC3-5.16-1",
+            "read-back differs from what was written",
+            sent=r.sent,
+            received=r.received,
+        )
