@@ -295,7 +295,7 @@ def test_container_initiator_against_container_target() -> None:
                     ep, options=LoginOptions(chap=ChapCredentials(CHAP.user, "bad-secret-00"))
                 )
             cases = lib.run_own_suite(ep, families=("iSCSI.iSCSIcmdsn",), allow_dataloss=False)
-            assert [c.outcome for c in cases] == ["passed", "passed"]
+            assert [c.outcome for c in cases] == ["passed", "passed"], cases
             assert all(
                 r.where.startswith("container:") for r in lib.log.records if r.argv[0] != "docker"
             )

@@ -232,9 +232,9 @@ def test_write_then_read_back(lio: LioTarget, libiscsi, header_digest: str) -> N
         s = libiscsi.login(ep, options=LoginOptions(header_digest=header_digest))
         for lun, bs in ((0, 512), (1, 4096)):
             data = os.urandom(bs * 16)
-            libiscsi.write(s, lun, 5, data)
-            assert libiscsi.read(s, lun, 5, 16) == data
-            assert libiscsi.read(s, lun, 0, 1) == bytes(bs)  # untouched blocks read zero
+            libiscsi.write(s, lun, 5, data, block_size=bs)
+            assert libiscsi.read(s, lun, 5, 16, block_size=bs) == data
+            assert libiscsi.read(s, lun, 0, 1, block_size=bs) == bytes(bs)  # never written
         libiscsi.logout(s)
     finally:
         lio.deconfigure(ep.iqn)

@@ -546,6 +546,7 @@ class _Ctx:
     cdb: bytes
     data_out: bytes
     spec: CommandSpec
+    expected_out: int = 0
 
 
 class LogicalUnit:
@@ -761,11 +762,20 @@ class LogicalUnit:
 
     # ------------------------------------------------------------------ execute
     def execute(
-        self, nexus: Nexus, cdb: bytes, data_out: bytes = b"", *, expected_in: int | None = None
+        self,
+        nexus: Nexus,
+        cdb: bytes,
+        data_out: bytes = b"",
+        *,
+        expected_in: int | None = None,
+        expected_out: int | None = None,
     ) -> ScsiOutcome:
         """Run one command to completion.  ``expected_in`` (the transport's expected
         Data-In length) is accepted for symmetry; truncation and residuals are the
-        transport's business (RFC 7143 11.4.5.2), so it does not change the outcome."""
+        transport's business (RFC 7143 11.4.5.2), so it does not change the outcome.
+        ``expected_out`` is the transport's expected Data-Out length; a command whose
+        CDB asks for no data while the initiator meant to send some (COMPARE AND
+        WRITE with 256 blocks wrapped to 0) is refused with it."""
         cdb = bytes(cdb)
         try:
             spec = self.lookup(cdb)
@@ -827,7 +837,7 @@ class LogicalUnit:
                     section="SBC-3 4.19",
                 )
             handler: Handler = getattr(type(self), spec.handler)
-            return handler(self, _Ctx(nexus, cdb, bytes(data_out), spec))
+            return handler(self, _Ctx(nexus, cdb, bytes(data_out), spec, expected_out or 0))
         except ReservationConflict:
             return ScsiOutcome(ScsiStatus.RESERVATION_CONFLICT)
         except SCSIError as err:
@@ -1526,7 +1536,7 @@ class LogicalUnit:
             raise invalid_field_in_cdb(
                 13, "exceeds MAXIMUM COMPARE AND WRITE LENGTH", section="SBC-3 5.2"
             )
-        if not b.blocks and ctx.data_out:
+        if not b.blocks and (ctx.data_out or ctx.expected_out):
             # NUMBER OF LOGICAL BLOCKS 0 is no error (SBC-3 5.2), but Data-Out with it
             # means the field was cut short (256 does not fit in one byte).
             raise invalid_field_in_cdb(

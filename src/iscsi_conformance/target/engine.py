@@ -1021,6 +1021,13 @@ class Connection:
             return
         mm = task.residual_mismatch
         data_out: bytes = bytes(task.buffer) if task.buffer is not None else b""
+        if mm and task.cdb[0] == _COMPARE_AND_WRITE:
+            # The CDB's NUMBER OF LOGICAL BLOCKS disagrees with the data the initiator
+            # sends (e.g. 256 blocks wrapped to 0 in the one-byte field): the CDB is
+            # invalid (SBC-3 5.2), not a residual to ignore.
+            self._respond(task, ScsiStatus.CHECK_CONDITION, SENSE_INVALID_FIELD_IN_CDB,
+                          overflow=mm > 0, underflow=mm < 0, residual=abs(mm))  # fmt: skip
+            return
         if mm > 0:
             # EDTL below the CDB's transfer length (overflow): FCP-4 9.4.2 a) - run the
             # command, but only the first EDTL bytes come from the initiator; the rest
@@ -1400,6 +1407,7 @@ def _bhs_of_any(pdu: P.PDU) -> bytes:
 # WRITE(6/10/12/16), WRITE AND VERIFY(10/12/16) (SBC-3 5): block writes whose EDTL
 # must match the CDB.
 _BLOCK_WRITES = frozenset({0x0A, 0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E})
+_COMPARE_AND_WRITE = 0x89
 
 
 def _current_contents(lu: Any, cdb: bytes, offset: int, length: int) -> bytes:

@@ -1,0 +1,141 @@
+"""Benchmark the reference target against tgt with libiscsi's iscsi-perf.
+
+Starts, in the same run, the reference target (``python -m
+iscsi_conformance.target.cli`` in its own process, RAM LUN) and tgt (``tgtd -f`` on a
+free loopback port with its own ``--control-port``, a LUN backed by a file in
+/dev/shm so both serve from memory), then runs ``iscsi-perf`` (sequential READs,
+``--depth`` in flight) against each for ``--seconds`` per block size, and prints
+IOPS, MB/s and the ratio reference/tgt. Absolute figures drift with the machine's
+load; the ratio measured side by side is what counts.
+
+    python benchmarks/bench_target.py --seconds 10 --sizes 4096,65536
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+IQN_REF = "iqn.2024-01.org.iscsi-conformance:bench-ref"
+IQN_TGT = "iqn.2024-01.org.iscsi-conformance:bench-tgt"
+_AVG = re.compile(r"iops average (\d+) \((\d+) MB/s\)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port}")
+
+
+@contextlib.contextmanager
+def reference_target(size: str) -> Iterator[str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "iscsi_conformance.target.cli", "--listen", f"127.0.0.1:{port}",
+           "--target", IQN_REF, "--lun", size]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if "listening on" not in line:
+            raise RuntimeError(f"reference target did not start: {line}")
+        yield f"iscsi://127.0.0.1:{port}/{IQN_REF}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextlib.contextmanager
+def tgt_target(size_bytes: int) -> Iterator[str]:
+    if shutil.which("tgtd") is None:
+        raise RuntimeError("tgtd not installed (apt-get install tgt)")
+    port, control = free_port(), free_port() % 1000 + 10000
+    tmp = tempfile.mkdtemp(prefix="bench-tgt-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    backing = os.path.join(tmp, "lun.img")
+    with open(backing, "wb") as f:
+        f.truncate(size_bytes)
+    proc = subprocess.Popen(["tgtd", "-f", "--iscsi", f"portal=127.0.0.1:{port}", "-C", str(control)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def adm(*args: str) -> None:
+        subprocess.run(["tgtadm", "-C", str(control), "--lld", "iscsi", *args], check=True,
+                       capture_output=True, timeout=10)  # fmt: skip
+
+    try:
+        wait_port(port)
+        adm("--op", "new", "--mode", "target", "--tid", "1", "-T", IQN_TGT)
+        adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", backing)
+        adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
+        yield f"iscsi://127.0.0.1:{port}/{IQN_TGT}/1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def iscsi_perf(url: str, block_bytes: int, depth: int, seconds: int) -> tuple[int, int]:
+    blocks = max(1, block_bytes // 512)
+    out = subprocess.run(
+        ["iscsi-perf", "-m", str(depth), "-b", str(blocks), "-t", str(seconds), url],
+        capture_output=True, text=True, timeout=seconds + 30,
+    )  # fmt: skip
+    found = _AVG.findall(out.stdout + out.stderr)
+    if not found:
+        raise RuntimeError(f"iscsi-perf printed no average:\n{out.stdout[-500:]}{out.stderr[-500:]}")
+    iops, mbs = found[-1]
+    return int(iops), int(mbs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--depth", type=int, default=32)
+    ap.add_argument("--sizes", default="4096,65536", help="block sizes in bytes, comma-separated")
+    ap.add_argument("--lun-size", default="256M")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    args = ap.parse_args(argv)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    size_bytes = int(args.lun_size.rstrip("M")) << 20
+    results: dict[str, dict[int, tuple[int, int]]] = {"reference": {}, "tgt": {}}
+    with reference_target(args.lun_size) as ref_url, tgt_target(size_bytes) as tgt_url:
+        for size in sizes:
+            # Alternate the two so drift in the machine's load hits both alike.
+            results["tgt"][size] = iscsi_perf(tgt_url, size, args.depth, args.seconds)
+            results["reference"][size] = iscsi_perf(ref_url, size, args.depth, args.seconds)
+    print(f"iscsi-perf READ, {args.depth} in flight, {args.seconds} s each")
+    print(f"{'size':>8} {'tgt IOPS':>10} {'tgt MB/s':>9} {'ref IOPS':>10} {'ref MB/s':>9} {'ratio':>6}")
+    for size in sizes:
+        ti, tm = results["tgt"][size]
+        ri, rm = results["reference"][size]
+        ratio = ri / ti if ti else float("nan")
+        print(f"{size:>8} {ti:>10} {tm:>9} {ri:>10} {rm:>9} {ratio:>6.2f}")
+    if args.json:
+        print(json.dumps({k: {str(s): v for s, v in d.items()} for k, d in results.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,438 @@
+"""Reservations: SCSI-2 and persistent reservations as a cluster uses them (SPC-4 5.9,
+6.15, 6.16; SPC-2 5.5). Two nodes are two I_T nexuses: the same reference initiator
+with two ISIDs, or two initiator names. Every test clears what it registered."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from iscsi_conformance.plugin import require, spec
+from iscsi_conformance.plugin.probe import FullFeature, full_feature, random_isid
+from iscsi_conformance.plugin.profiles import OTHER_INITIATOR_NAME
+from iscsi_conformance.scsi import cdb
+
+BLOCK = 512
+CONFLICT = 0x18
+REGISTER, RESERVE, RELEASE, CLEAR, PREEMPT = 0, 1, 2, 3, 4
+READ_KEYS, READ_RESERVATION = 0, 1
+WE, EA, WE_RO, EA_RO = 1, 3, 5, 6
+PR_NEEDS = ("persistent_reservations",)
+
+
+async def pr_out(
+    ffp: FullFeature, lun: int, sa: int, *, key: int = 0, sa_key: int = 0, pr_type: int = 0
+) -> Any:
+    c, params = cdb.pr_out(sa, key=key, sa_key=sa_key, pr_type=pr_type)
+    return await ffp.command(c, data_out=params, lun=lun)
+
+
+async def read_keys(ffp: FullFeature, lun: int) -> tuple[int, list[int], Any]:
+    out = await ffp.command(cdb.persistent_reserve_in(READ_KEYS, 1024), read_length=1024, lun=lun)
+    gen, keys = cdb.parse_pr_in_read_keys(out.data) if out.status == 0 else (-1, [])
+    return gen, keys, out
+
+
+async def read_reservation(ffp: FullFeature, lun: int) -> tuple[Any, Any]:
+    out = await ffp.command(
+        cdb.persistent_reserve_in(READ_RESERVATION, 1024), read_length=1024, lun=lun
+    )
+    return (cdb.parse_pr_in_read_reservation(out.data) if out.status == 0 else None), out
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(target: Any) -> AsyncIterator[tuple[FullFeature, FullFeature]]:
+    """Node A and node B: two sessions, two ISIDs (two I_T nexuses). Clears PR state on exit."""
+    async with (
+        full_feature(target, isid=random_isid()) as a,
+        full_feature(target, isid=random_isid()) as b,
+    ):
+        for node in (a, b):  # swallow the power-on unit attention of each nexus
+            await node.command(cdb.test_unit_ready(), lun=target.lun)
+        try:
+            yield a, b
+        finally:
+            for node, key in ((a, KEY_A), (b, KEY_B)):
+                await pr_out(node, target.lun, REGISTER, key=0, sa_key=key)  # ignore: may conflict
+                out = await pr_out(node, target.lun, CLEAR, key=key)
+                if out.status == 0:
+                    break
+
+
+KEY_A = 0xA0A0_0000_0000_0001
+KEY_B = 0xB0B0_0000_0000_0002
+
+
+@spec(
+    "Reservations.Persistent.RegisterBumpsGeneration",
+    "SPC-4 5.9.7",
+    requirements=["RSPC4-5.9-1"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_register(target: Any) -> None:
+    """REGISTER from an unregistered nexus adds its key and increments PRgeneration."""
+    async with two_nodes(target) as (a, _b):
+        gen0, _keys0, _ = await read_keys(a, target.lun)
+        out = await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        require(
+            out.status == 0,
+            "RSPC4-5.9-1",
+            f"REGISTER status {out.status!r}",
+            sent=out.sent,
+            received=out.received,
+        )
+        gen1, keys1, rk = await read_keys(a, target.lun)
+        require(
+            KEY_A in keys1,
+            "RSPC4-5.9-1",
+            f"READ KEYS {list(map(hex, keys1))} lacks the registered key",
+            sent=rk.sent,
+            received=rk.received,
+        )
+        require(
+            gen1 == (gen0 + 1) & 0xFFFFFFFF,
+            "RSPC4-5.9-1",
+            f"PRgeneration {gen0} -> {gen1}",
+            sent=rk.sent,
+            received=rk.received,
+        )
+
+
+@spec(
+    "Reservations.Persistent.RegisterWrongKey",
+    "SPC-4 5.9.7",
+    requirements=["RSPC4-5.9-2"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_register_wrong_key(target: Any) -> None:
+    """Re-registering with a RESERVATION KEY that is not ours ends in RESERVATION CONFLICT."""
+    async with two_nodes(target) as (a, _b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        out = await pr_out(a, target.lun, REGISTER, key=KEY_A ^ 0xFF, sa_key=KEY_A + 1)
+        require(
+            out.status == CONFLICT,
+            "RSPC4-5.9-2",
+            f"REGISTER with a wrong key: status {out.status!r}",
+            sent=out.sent,
+            received=out.received,
+        )
+
+
+@spec(
+    "Reservations.Persistent.ReserveAndRead",
+    "SPC-4 5.9.9",
+    "SPC-4 6.15.3",
+    requirements=["RSPC4-5.9-3"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_reserve_read_reservation(target: Any) -> None:
+    """RESERVE (Write Exclusive) by a registrant shows in READ RESERVATION with key, scope and type."""
+    async with two_nodes(target) as (a, _b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        out = await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE)
+        require(
+            out.status == 0,
+            "RSPC4-5.9-3",
+            f"RESERVE status {out.status!r}",
+            sent=out.sent,
+            received=out.received,
+        )
+        info, rr = await read_reservation(a, target.lun)
+        require(
+            info is not None and info.key == KEY_A and info.pr_type == WE and info.scope == 0,
+            "RSPC4-5.9-3",
+            f"READ RESERVATION says {info!r}",
+            sent=rr.sent,
+            received=rr.received,
+        )
+
+
+@spec(
+    "Reservations.Persistent.WriteExclusive",
+    "SPC-4 5.9.1",
+    requirements=["RSPC4-5.9-4"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_write_exclusive(target: Any) -> None:
+    """Under Write Exclusive held by A, B's WRITE conflicts and B's READ succeeds."""
+    async with two_nodes(target) as (a, b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE)
+        w = await b.command(cdb.write10(100, 1), data_out=os.urandom(BLOCK), lun=target.lun)
+        require(
+            w.status == CONFLICT,
+            "RSPC4-5.9-4",
+            f"B's WRITE under A's Write Exclusive: status {w.status!r}",
+            sent=w.sent,
+            received=w.received,
+        )
+        r = await b.command(cdb.read10(100, 1), read_length=BLOCK, lun=target.lun)
+        require(
+            r.status == 0,
+            "RSPC4-5.9-4",
+            f"B's READ under Write Exclusive: status {r.status!r}",
+            sent=r.sent,
+            received=r.received,
+        )
+
+
+@spec(
+    "Reservations.Persistent.ExclusiveAccess",
+    "SPC-4 5.9.1",
+    requirements=["RSPC4-5.9-5"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_exclusive_access(target: Any) -> None:
+    """Under Exclusive Access held by A, B's READ conflicts; A's READ succeeds."""
+    async with two_nodes(target) as (a, b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=EA)
+        r = await b.command(cdb.read10(100, 1), read_length=BLOCK, lun=target.lun)
+        require(
+            r.status == CONFLICT,
+            "RSPC4-5.9-5",
+            f"B's READ under Exclusive Access: status {r.status!r}",
+            sent=r.sent,
+            received=r.received,
+        )
+        mine = await a.command(cdb.read10(100, 1), read_length=BLOCK, lun=target.lun)
+        require(
+            mine.status == 0,
+            "RSPC4-5.9-5",
+            f"the holder's READ: status {mine.status!r}",
+            sent=mine.sent,
+            received=mine.received,
+        )
+
+
+@spec(
+    "Reservations.Persistent.RegistrantsOnly",
+    "SPC-4 5.9.1",
+    requirements=["RSPC4-5.9-6"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_registrants_only(target: Any) -> None:
+    """Under Write Exclusive - Registrants Only, a registered B may write; unregistered it may not."""
+    async with two_nodes(target) as (a, b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE_RO)
+        w = await b.command(cdb.write10(101, 1), data_out=os.urandom(BLOCK), lun=target.lun)
+        require(
+            w.status == CONFLICT,
+            "RSPC4-5.9-6",
+            f"unregistered B's WRITE under WE-RO: {w.status!r}",
+            sent=w.sent,
+            received=w.received,
+        )
+        await pr_out(b, target.lun, REGISTER, sa_key=KEY_B)
+        w2 = await b.command(cdb.write10(101, 1), data_out=os.urandom(BLOCK), lun=target.lun)
+        require(
+            w2.status == 0,
+            "RSPC4-5.9-6",
+            f"registered B's WRITE under WE-RO: {w2.status!r}",
+            sent=w2.sent,
+            received=w2.received,
+        )
+
+
+@spec(
+    "Reservations.Persistent.PreemptFailover",
+    "SPC-4 5.9.11.4",
+    requirements=["RSPC4-5.9-7"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_preempt_failover(target: Any) -> None:
+    """Cluster failover: B preempts A's key; the reservation moves to B and A's writes conflict."""
+    async with two_nodes(target) as (a, b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        await pr_out(b, target.lun, REGISTER, sa_key=KEY_B)
+        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE_RO)
+        out = await pr_out(b, target.lun, PREEMPT, key=KEY_B, sa_key=KEY_A, pr_type=WE_RO)
+        require(
+            out.status == 0,
+            "RSPC4-5.9-7",
+            f"PREEMPT status {out.status!r}",
+            sent=out.sent,
+            received=out.received,
+        )
+        info, rr = await read_reservation(b, target.lun)
+        require(
+            info is not None and info.key == KEY_B,
+            "RSPC4-5.9-7",
+            f"after PREEMPT the holder is {info!r}",
+            sent=rr.sent,
+            received=rr.received,
+        )
+        _gen, keys, rk = await read_keys(b, target.lun)
+        require(
+            KEY_A not in keys,
+            "RSPC4-5.9-7",
+            "the preempted key is still registered",
+            sent=rk.sent,
+            received=rk.received,
+        )
+        w = await a.command(cdb.write10(102, 1), data_out=os.urandom(BLOCK), lun=target.lun)
+        if (
+            w.status == 0x02 and w.sense_key == 0x06
+        ):  # the preempted nexus first sees its unit attention
+            w = await a.command(cdb.write10(102, 1), data_out=os.urandom(BLOCK), lun=target.lun)
+        require(
+            w.status == CONFLICT,
+            "RSPC4-5.9-7",
+            f"the preempted node's WRITE: {w.status!r}",
+            sent=w.sent,
+            received=w.received,
+        )
+
+
+@spec(
+    "Reservations.Persistent.Release",
+    "SPC-4 5.9.11.2",
+    requirements=["RSPC4-5.9-8"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_release(target: Any) -> None:
+    """RELEASE by the holder ends the reservation but keeps its registration."""
+    async with two_nodes(target) as (a, _b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE)
+        out = await pr_out(a, target.lun, RELEASE, key=KEY_A, pr_type=WE)
+        require(
+            out.status == 0,
+            "RSPC4-5.9-8",
+            f"RELEASE status {out.status!r}",
+            sent=out.sent,
+            received=out.received,
+        )
+        info, rr = await read_reservation(a, target.lun)
+        require(
+            info is not None and info.pr_type is None,
+            "RSPC4-5.9-8",
+            f"still reserved: {info!r}",
+            sent=rr.sent,
+            received=rr.received,
+        )
+        _g, keys, rk = await read_keys(a, target.lun)
+        require(
+            KEY_A in keys,
+            "RSPC4-5.9-8",
+            "RELEASE removed the registration",
+            sent=rk.sent,
+            received=rk.received,
+        )
+
+
+@spec(
+    "Reservations.Persistent.Clear",
+    "SPC-4 5.9.11.6",
+    requirements=["RSPC4-5.9-9"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_clear(target: Any) -> None:
+    """CLEAR removes every registration and the reservation."""
+    async with two_nodes(target) as (a, b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        await pr_out(b, target.lun, REGISTER, sa_key=KEY_B)
+        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=EA_RO)
+        out = await pr_out(a, target.lun, CLEAR, key=KEY_A)
+        require(
+            out.status == 0,
+            "RSPC4-5.9-9",
+            f"CLEAR status {out.status!r}",
+            sent=out.sent,
+            received=out.received,
+        )
+        await a.command(cdb.test_unit_ready(), lun=target.lun)
+        _g, keys, rk = await read_keys(a, target.lun)
+        require(
+            not keys,
+            "RSPC4-5.9-9",
+            f"keys left after CLEAR: {list(map(hex, keys))}",
+            sent=rk.sent,
+            received=rk.received,
+        )
+
+
+@spec(
+    "Reservations.Persistent.NexusIsPerIsid",
+    "SPC-4 5.9.6",
+    "RFC 7143 4.4",
+    requirements=["RSPC4-5.9-11"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_nexus_per_isid(target: Any) -> None:
+    """Two sessions of one initiator name with different ISIDs are different nexuses: only the registered one is."""
+    async with two_nodes(target) as (a, b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=EA_RO)
+        r = await b.command(cdb.read10(0, 1), read_length=BLOCK, lun=target.lun)
+        require(
+            r.status == CONFLICT,
+            "RSPC4-5.9-11",
+            f"the same initiator with another ISID was treated as registered (status {r.status!r})",
+            sent=r.sent,
+            received=r.received,
+        )
+
+
+@spec(
+    "Reservations.Scsi2.ReserveRelease",
+    "SPC-2 5.5.1",
+    requirements=["RSPC2-5.5.1-1"],
+    needs=("reservations_scsi2",),
+    dataloss=True,
+)
+async def test_scsi2_reserve_release(target: Any) -> None:
+    """SCSI-2 RESERVE(6) by A makes B's READ conflict; after RELEASE(6) B's READ succeeds."""
+    async with (
+        full_feature(target, isid=random_isid()) as a,
+        full_feature(target, initiator_name=OTHER_INITIATOR_NAME) as b,
+    ):
+        for node in (a, b):
+            await node.command(cdb.test_unit_ready(), lun=target.lun)
+        res = await a.command(cdb.reserve6(), lun=target.lun)
+        require(
+            res.status == 0,
+            "RSPC2-5.5.1-1",
+            f"RESERVE(6) status {res.status!r}",
+            sent=res.sent,
+            received=res.received,
+        )
+        try:
+            r = await b.command(cdb.read10(0, 1), read_length=BLOCK, lun=target.lun)
+            require(
+                r.status == CONFLICT,
+                "RSPC2-5.5.1-1",
+                f"another nexus read a reserved LU (status {r.status!r})",
+                sent=r.sent,
+                received=r.received,
+            )
+        finally:
+            rel = await a.command(cdb.release6(), lun=target.lun)
+        require(
+            rel.status == 0,
+            "RSPC2-5.5.1-1",
+            f"RELEASE(6) status {rel.status!r}",
+            sent=rel.sent,
+            received=rel.received,
+        )
+        r2 = await b.command(cdb.read10(0, 1), read_length=BLOCK, lun=target.lun)
+        require(
+            r2.status == 0,
+            "RSPC2-5.5.1-1",
+            f"READ after RELEASE: {r2.status!r}",
+            sent=r2.sent,
+            received=r2.received,
+        )
