@@ -69,7 +69,12 @@ def test_isid_is_random_type_10b() -> None:
 
 
 def test_write_with_immediate_data_then_r2t() -> None:
-    c = conn(max_recv_data_segment_length_peer=8192, first_burst_length=65536, immediate_data=True, initial_r2t=True)
+    c = conn(
+        max_recv_data_segment_length_peer=8192,
+        first_burst_length=65536,
+        immediate_data=True,
+        initial_r2t=True,
+    )
     data = bytes(range(256)) * 400  # 102400 bytes
     itt = c.start_command(1, b"\x8a" + bytes(15), data_out=data)
     (cmd,) = c.pdus_to_send()
@@ -89,7 +94,12 @@ def test_write_with_immediate_data_then_r2t() -> None:
 
 
 def test_unsolicited_data_out_up_to_first_burst() -> None:
-    c = conn(max_recv_data_segment_length_peer=4096, first_burst_length=16384, immediate_data=False, initial_r2t=False)
+    c = conn(
+        max_recv_data_segment_length_peer=4096,
+        first_burst_length=16384,
+        immediate_data=False,
+        initial_r2t=False,
+    )
     data = b"\xab" * 50000
     itt = c.start_command(0, bytes(16), data_out=data)
     cmd, *outs = c.pdus_to_send()
@@ -102,7 +112,12 @@ def test_unsolicited_data_out_up_to_first_burst() -> None:
 
 
 def test_immediate_plus_unsolicited() -> None:
-    c = conn(max_recv_data_segment_length_peer=8192, first_burst_length=20000, immediate_data=True, initial_r2t=False)
+    c = conn(
+        max_recv_data_segment_length_peer=8192,
+        first_burst_length=20000,
+        immediate_data=True,
+        initial_r2t=False,
+    )
     c.start_command(0, bytes(16), data_out=b"z" * 30000)
     cmd, *outs = c.pdus_to_send()
     assert len(cmd.data) == 8192 and not cmd.final
@@ -135,8 +150,16 @@ def test_data_in_reassembly_and_status() -> None:
     (cmd,) = c.pdus_to_send()
     assert cmd.read and cmd.expected_data_transfer_length == 10000
     payload = bytes(i % 251 for i in range(10000))
-    c.receive_pdu(ScsiDataIn(itt=itt, datasn=0, buffer_offset=0, data=payload[:4096], expcmdsn=11, maxcmdsn=40))
-    c.receive_pdu(ScsiDataIn(itt=itt, datasn=1, buffer_offset=4096, data=payload[4096:8192], expcmdsn=11, maxcmdsn=40))
+    c.receive_pdu(
+        ScsiDataIn(
+            itt=itt, datasn=0, buffer_offset=0, data=payload[:4096], expcmdsn=11, maxcmdsn=40
+        )
+    )
+    c.receive_pdu(
+        ScsiDataIn(
+            itt=itt, datasn=1, buffer_offset=4096, data=payload[4096:8192], expcmdsn=11, maxcmdsn=40
+        )
+    )
     events = c.receive_pdu(ScsiDataIn(itt=itt, datasn=2, buffer_offset=8192, data=payload[8192:], final=True,
                                       status_present=True, status=0, statsn=5, expcmdsn=11, maxcmdsn=40))  # fmt: skip
     assert not c.violations
@@ -150,8 +173,12 @@ def test_data_in_out_of_order_datasn_recorded() -> None:
     c = conn()
     itt = c.start_command(0, bytes(16), expected_in=1024)
     c.pdus_to_send()
-    events = c.receive_pdu(ScsiDataIn(itt=itt, datasn=1, buffer_offset=0, data=b"x" * 1024, expcmdsn=11, maxcmdsn=40))
-    assert any("DataSN 1, expected 0" in e.message for e in events if isinstance(e, ProtocolViolated))
+    events = c.receive_pdu(
+        ScsiDataIn(itt=itt, datasn=1, buffer_offset=0, data=b"x" * 1024, expcmdsn=11, maxcmdsn=40)
+    )
+    assert any(
+        "DataSN 1, expected 0" in e.message for e in events if isinstance(e, ProtocolViolated)
+    )
 
 
 def test_underflow_without_u_bit_recorded() -> None:
@@ -160,7 +187,9 @@ def test_underflow_without_u_bit_recorded() -> None:
     c.pdus_to_send()
     c.receive_pdu(ScsiDataIn(itt=itt, datasn=0, data=b"i" * 96, expcmdsn=11, maxcmdsn=40))
     events = c.receive_pdu(ScsiResponse(itt=itt, statsn=5, expdatasn=1, expcmdsn=11, maxcmdsn=40))
-    assert any("no underflow reported" in e.message for e in events if isinstance(e, ProtocolViolated))
+    assert any(
+        "no underflow reported" in e.message for e in events if isinstance(e, ProtocolViolated)
+    )
 
 
 def test_check_condition_sense() -> None:
@@ -182,7 +211,9 @@ def test_statsn_gap_recorded_and_followed() -> None:
     itt = c.start_command(0, bytes(16))
     c.pdus_to_send()
     events = c.receive_pdu(ScsiResponse(itt=itt, statsn=9, expcmdsn=11, maxcmdsn=40))
-    assert any("StatSN 9, expected 5" in e.message for e in events if isinstance(e, ProtocolViolated))
+    assert any(
+        "StatSN 9, expected 5" in e.message for e in events if isinstance(e, ProtocolViolated)
+    )
     assert c.expstatsn == 10
 
 
@@ -207,7 +238,9 @@ def test_window_update_ignored_when_max_below_exp_minus_one() -> None:
 
 def test_target_ping_answered() -> None:
     c = conn()
-    (ev,) = c.receive_pdu(NopIn(ttt=0x1234, lun=lun_to_field(0), statsn=5, expcmdsn=10, maxcmdsn=40))
+    (ev,) = c.receive_pdu(
+        NopIn(ttt=0x1234, lun=lun_to_field(0), statsn=5, expcmdsn=10, maxcmdsn=40)
+    )
     assert isinstance(ev, TargetPinged) and ev.answered
     (out,) = c.pdus_to_send()
     assert isinstance(out, NopOut)
@@ -233,14 +266,22 @@ def test_text_request_and_response_continuation() -> None:
     data = b"X-long=" + b"v" * 900 + b"\0"
     itt = c.start_text(data)
     (first,) = c.pdus_to_send()
-    assert isinstance(first, TextRequest) and first.cont and not first.final and len(first.data) == 512
+    assert (
+        isinstance(first, TextRequest) and first.cont and not first.final and len(first.data) == 512
+    )
     c.receive_pdu(TextResponse(itt=itt, ttt=9, statsn=5, expcmdsn=10, maxcmdsn=40))
     (second,) = c.pdus_to_send()
     assert second.final and not second.cont and second.ttt == 9 and first.data + second.data == data
-    c.receive_pdu(TextResponse(itt=itt, cont=True, ttt=10, statsn=6, expcmdsn=10, maxcmdsn=40, data=b"TargetName=iqn.x"))
+    c.receive_pdu(
+        TextResponse(
+            itt=itt, cont=True, ttt=10, statsn=6, expcmdsn=10, maxcmdsn=40, data=b"TargetName=iqn.x"
+        )
+    )
     (ask,) = c.pdus_to_send()
     assert ask.data == b"" and ask.ttt == 10 and ask.final
-    events = c.receive_pdu(TextResponse(itt=itt, final=True, statsn=7, expcmdsn=10, maxcmdsn=40, data=b":t\0"))
+    events = c.receive_pdu(
+        TextResponse(itt=itt, final=True, statsn=7, expcmdsn=10, maxcmdsn=40, data=b":t\0")
+    )
     (done,) = [e for e in events if isinstance(e, TextCompleted)]
     assert done.data == b"TargetName=iqn.x:t\0"
     assert not c.violations

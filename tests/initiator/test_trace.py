@@ -21,7 +21,9 @@ def test_trace_json_and_text_mask_secrets() -> None:
     t.add_secret("Sup3rS3cret99")
     req = LoginRequest(csg=0, nsg=1, isid=0x800000000001,
                        data=b"CHAP_N=alice\0CHAP_R=0xdeadbeefcafe\0X-note=Sup3rS3cret99\0")  # fmt: skip
-    resp = LoginResponse(csg=0, isid=0x800000000001, data=b"CHAP_A=5\0CHAP_I=7\0CHAP_C=0x0badf00d\0")
+    resp = LoginResponse(
+        csg=0, isid=0x800000000001, data=b"CHAP_A=5\0CHAP_I=7\0CHAP_C=0x0badf00d\0"
+    )
     t.record("send", 100.0, req, encode(req))
     t.record("recv", 100.5, resp, encode(resp))
     doc = t.to_json()

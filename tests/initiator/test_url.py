@@ -20,7 +20,13 @@ IQN = "iqn.2003-01.org.example:disk1"
         (f"iscsi://[2001:db8::7]:13260/{IQN}/16383", "2001:db8::7", 13260, IQN, 16383),
         (f"ISCSI://storage.example.com/{IQN}/0", "storage.example.com", DEFAULT_PORT, IQN, 0),
         ("iscsi://h/eui.02004567A425678D/0", "h", DEFAULT_PORT, "eui.02004567A425678D", 0),
-        ("iscsi://h/iqn.2003-01.org.example%3Adisk%201/0", "h", DEFAULT_PORT, "iqn.2003-01.org.example:disk 1", 0),
+        (
+            "iscsi://h/iqn.2003-01.org.example%3Adisk%201/0",
+            "h",
+            DEFAULT_PORT,
+            "iqn.2003-01.org.example:disk 1",
+            0,
+        ),
     ],
 )
 def test_good_urls(url: str, host: str, port: int, target: str, lun: int) -> None:

@@ -294,7 +294,12 @@ def test_container_initiator_against_container_target() -> None:
                 lib.login(
                     ep, options=LoginOptions(chap=ChapCredentials(CHAP.user, "bad-secret-00"))
                 )
-            cases = lib.run_own_suite(ep, families=("iSCSI.iSCSIcmdsn",), allow_dataloss=False)
+            cases = lib.run_own_suite(
+                ep,
+                families=("iSCSI.iSCSIcmdsn",),
+                allow_dataloss=False,
+                options=LoginOptions(chap=CHAP),
+            )
             assert [c.outcome for c in cases] == ["passed", "passed"], cases
             assert all(
                 r.where.startswith("container:") for r in lib.log.records if r.argv[0] != "docker"

@@ -3,7 +3,8 @@
 Deterministic (fixed clock, seeded RNG). PDUs are encoded by ``core.pdu`` so the hex
 dumps are real wire bytes. Run as a script to regenerate the committed sample::
 
-    python tests/report/report_sample.py   # writes fixtures/reports/sample-results.json
+    python tests/report/report_sample.py               # fixtures/reports/sample-results.json
+    python tests/report/report_sample.py --screenshot  # ... and docs/matrix.png (chromium)
 """
 
 from __future__ import annotations
@@ -948,11 +949,34 @@ def build_sample() -> Results:
     return merged
 
 
-def main() -> None:
+def main(argv: list[str]) -> int:
+    import shutil
+    import subprocess
+    import tempfile
+
+    from iscsi_conformance.report import write_html
+
     out = ROOT / "fixtures" / "reports" / "sample-results.json"
-    path = build_sample().dump(out)
-    print(path)
+    results = build_sample()
+    print(results.dump(out))
+    if "--screenshot" in argv:
+        browser = shutil.which("chromium") or shutil.which("chromium-browser")
+        if not browser:
+            print("chromium not found", file=sys.stderr)
+            return 1
+        with tempfile.TemporaryDirectory() as tmp:
+            page = write_html(Results.load(out), Path(tmp) / "html", generated="2025-03-14T10:00:00+00:00")
+            png = ROOT / "docs" / "matrix.png"
+            subprocess.run(
+                [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--hide-scrollbars", f"--user-data-dir={tmp}/profile", f"--screenshot={png}",
+                 "--window-size=1400,1000", page.as_uri()],
+                check=True, capture_output=True,
+            )
+            print(png, png.stat().st_size, "bytes")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -308,6 +308,8 @@ class Negotiator:
                     continue
             if key in self._offered or key in self.values or key in self.declared:
                 continue
+            if key in self._seen:  # the peer raised it first: it is settled or answered
+                continue
             out.append((key, value))
             self._offered[key] = value
             if spec is not None and spec.declarative:

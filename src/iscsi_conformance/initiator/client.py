@@ -791,14 +791,15 @@ class Session:
         expected_in: int = 0,
         *,
         check: bool = True,
+        connection: Connection | int | None = None,
     ) -> ScsiResult:
         """``execute`` for the helpers: retries a UNIT ATTENTION (sense key 6h) up to
         ``retry_unit_attention`` times, as initiators do after a reset (SAM-5 5.14)."""
-        r = await self.execute(lun, cdb, data_out, expected_in)
+        r = await self.execute(lun, cdb, data_out, expected_in, connection=connection)
         for _ in range(self.retry_unit_attention):
             if not (r.status == 0x02 and r.sense_key == 0x6):
                 break
-            r = await self.execute(lun, cdb, data_out, expected_in)
+            r = await self.execute(lun, cdb, data_out, expected_in, connection=connection)
         return r.raise_for_status() if check else r
 
     async def inquiry(
@@ -842,21 +843,39 @@ class Session:
         return self.block_sizes[lun]
 
     async def read(
-        self, lun: int, lba: int, blocks: int, *, block_size: int | None = None, fua: bool = False
+        self,
+        lun: int,
+        lba: int,
+        blocks: int,
+        *,
+        block_size: int | None = None,
+        fua: bool = False,
+        connection: Connection | int | None = None,
     ) -> bytes:
         """READ(16) ``blocks`` blocks at ``lba``; returns the data (raises on error)."""
         bs = block_size or await self.block_size(lun)
-        r = await self._run(lun, cdbs.read16(lba, blocks, fua=fua), expected_in=blocks * bs)
+        r = await self._run(
+            lun, cdbs.read16(lba, blocks, fua=fua), expected_in=blocks * bs, connection=connection
+        )
         return r.data
 
     async def write(
-        self, lun: int, lba: int, data: bytes, *, block_size: int | None = None, fua: bool = False
+        self,
+        lun: int,
+        lba: int,
+        data: bytes,
+        *,
+        block_size: int | None = None,
+        fua: bool = False,
+        connection: Connection | int | None = None,
     ) -> ScsiResult:
         """WRITE(16) ``data`` (a whole number of blocks) at ``lba``."""
         bs = block_size or await self.block_size(lun)
         if len(data) % bs:
             raise ValueError(f"write of {len(data)} bytes is not a multiple of the block size {bs}")
-        return await self._run(lun, cdbs.write16(lba, len(data) // bs, fua=fua), data_out=data)
+        return await self._run(
+            lun, cdbs.write16(lba, len(data) // bs, fua=fua), data_out=data, connection=connection
+        )
 
     async def report_luns(self, *, alloc: int = 4096) -> list[int]:
         """LUN numbers from REPORT LUNS (SPC-4 6.33), sent to LUN 0."""

@@ -1,0 +1,122 @@
+"""The page in a real headless browser (Debian's ``chromium``).
+
+``--dump-dom`` gives the DOM after the page's script ran: the matrix cells carry the
+right counts, the drill-down holds the failing test's evidence, and opening the page
+on a cell's anchor shows only that pairing (the script worked). A screenshot proves it
+renders. In CI (``CI=true``) a missing chromium fails the test instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from iscsi_conformance.report import Results, write_html
+
+pytestmark = pytest.mark.slow  # a browser start takes seconds
+
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
+
+
+def chromium() -> str:
+    for name in (os.environ.get("CHROMIUM", ""), "chromium", "chromium-browser", "google-chrome"):
+        if name and (path := shutil.which(name)):
+            return path
+    if os.environ.get("CI") == "true":
+        pytest.fail("chromium is required in CI (apt-get install -y chromium)")
+    pytest.skip("chromium not installed (apt-get install -y chromium)")
+
+
+def run_chromium(args: list[str], profile: Path) -> str:
+    proc = subprocess.run(
+        [chromium(), *FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+class Dom(HTMLParser):
+    """Cells (with their data-* counts) and pairing sections (with ``hidden``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: dict[str, dict[str, str]] = {}
+        self.sections: dict[str, dict[str, str | None]] = {}
+        self.selected_cells: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        cls = a.get("class") or ""
+        if tag == "td" and "cell" in cls.split() and a.get("data-pairing"):
+            self.cells[a["data-pairing"] or ""] = {k: v or "" for k, v in a.items()}
+            if "selected" in cls.split():
+                self.selected_cells.append(a["data-pairing"] or "")
+        if tag == "section" and "pairing" in cls.split():
+            self.sections[a.get("data-pairing") or ""] = a
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory, sample_module: object) -> tuple[Results, Path]:
+    results: Results = sample_module.build_sample()  # type: ignore[attr-defined]
+    out = tmp_path_factory.mktemp("html")
+    return results, write_html(results, out, generated="2025-03-14T10:00:00+00:00")
+
+
+def test_dom_has_matrix_with_right_counts(page: tuple[Results, Path], tmp_path: Path) -> None:
+    results, html = page
+    dom_text = run_chromium(["--dump-dom", html.as_uri()], tmp_path / "profile")
+    dom = Dom()
+    dom.feed(dom_text)
+    assert set(dom.cells) == {p.id for p in results.pairings}
+    for pid, attrs in dom.cells.items():
+        expected = Counter(t.outcome for t in results.tests if t.pairing == pid)
+        for outcome in ("passed", "failed", "error", "xfailed", "xpassed", "skipped"):
+            assert int(attrs[f"data-{outcome}"]) == expected[outcome], (pid, outcome)
+    assert dom.cells["reference×tgt"]["data-verdict"] == "fail"
+    assert dom.cells["open-iscsi×LIO"]["data-verdict"] == "deviations"
+    # the drill-down of the failing CHAP test: requirement text, message, PDU trace
+    assert "The same CHAP secret is not used for authentication in both directions" in dom_text
+    assert "the target accepted a CHAP_C equal to its own challenge" in dom_text
+    assert "expected: Login status 0x0201" in dom_text
+    assert "tgtd accepts MaxRecvDataSegmentLength=256" in dom_text  # a deviation reason
+    assert "Zx9-chap-secret-4711" not in dom_text
+    assert not any(s.get("hidden") is not None for s in dom.sections.values())  # no hash: all shown
+
+
+def test_script_selects_the_pairing_of_the_anchor(page: tuple[Results, Path], tmp_path: Path) -> None:
+    _, html = page
+    anchor = re.search(r'id="(pair-reference-tgt-[0-9a-f]+)"', html.read_text()).group(1)  # type: ignore[union-attr]
+    dom = Dom()
+    dom.feed(run_chromium(["--dump-dom", f"{html.as_uri()}#{anchor}"], tmp_path / "profile"))
+    visible = [pid for pid, s in dom.sections.items() if s.get("hidden") is None]
+    assert visible == ["reference×tgt"]
+    assert dom.selected_cells == ["reference×tgt"]
+
+
+def test_screenshot(page: tuple[Results, Path], tmp_path: Path) -> None:
+    _, html = page
+    png = tmp_path / "matrix.png"
+    run_chromium([f"--screenshot={png}", "--window-size=1400,1000", html.as_uri()], tmp_path / "profile")
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
