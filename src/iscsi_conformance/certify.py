@@ -114,5 +114,5 @@ def certify(args: argparse.Namespace, extra: Sequence[str]) -> int:
     for line in verdict.must_failed[:20]:
         print(f"  FAILED {line}")
     print(f"{'CERTIFIED' if verdict.certified else 'NOT CERTIFIED'}: {public}")
-    print(f"HTML report: {(report / 'report.html').resolve()}")
+    print(f"HTML report: {(report / 'index.html').resolve()}")
     return EXIT_OK if verdict.certified else EXIT_FAILED

@@ -74,6 +74,6 @@ def print_summary(results: Any, report_dir: Path, out: TextIO = sys.stdout) -> N
             if c[k]
         ]
         print(f"  {pid:<40} {', '.join(parts)}", file=out)
-    html = report_dir / "report.html"
+    html = report_dir / "index.html"
     if html.exists():
         print(f"HTML report: {html.resolve()}", file=out)

@@ -24,8 +24,8 @@ ALICE = ChapCredentials("iqn.2024-01.com.example:alice", b"alice-secret-16b")
 TARGET = ChapCredentials("iqn.2024-01.com.example:disk", b"target-secret-16")
 
 
-def counter_rng() -> chap.Rng:
-    counter = itertools.count(1)
+def counter_rng(start: int = 1000) -> chap.Rng:
+    counter = itertools.count(start)
 
     def rng(n: int) -> bytes:
         seed = next(counter).to_bytes(2, "big")
@@ -35,7 +35,7 @@ def counter_rng() -> chap.Rng:
 
 
 def authenticator(**kw: object) -> ChapAuthenticator:
-    kw.setdefault("rng", counter_rng())
+    kw.setdefault("rng", counter_rng(1))
     secrets = {ALICE.name: ALICE.secret}
     return ChapAuthenticator(secrets.get, **kw)  # type: ignore[arg-type]
 

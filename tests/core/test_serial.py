@@ -97,7 +97,11 @@ def test_task_tags_skip_reserved_and_in_use() -> None:
 
 
 def test_task_tags_exhaustion() -> None:
+    class Full(set[int]):
+        def __len__(self) -> int:  # every usable tag outstanding, without 4 G entries
+            return 0xFFFFFFFF
+
     tags = TaskTagAllocator()
-    tags._in_use = set(range(0xFFFFFFFF))  # every usable tag outstanding
+    tags._in_use = Full()
     with pytest.raises(SequenceError):
         tags.allocate()

@@ -965,14 +965,29 @@ def main(argv: list[str]) -> int:
             print("chromium not found", file=sys.stderr)
             return 1
         with tempfile.TemporaryDirectory() as tmp:
-            page = write_html(Results.load(out), Path(tmp) / "html", generated="2025-03-14T10:00:00+00:00")
+            page = write_html(
+                Results.load(out), Path(tmp) / "html", generated="2025-03-14T10:00:00+00:00"
+            )
             png = ROOT / "docs" / "matrix.png"
             subprocess.run(
-                [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--hide-scrollbars", f"--user-data-dir={tmp}/profile", f"--screenshot={png}",
-                 "--window-size=1400,1000", page.as_uri()],
-                check=True, capture_output=True,
+                [
+                    browser,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--hide-scrollbars",
+                    f"--user-data-dir={tmp}/profile",
+                    f"--screenshot={png}",
+                    "--window-size=1400,1000",
+                    page.as_uri(),
+                ],
+                check=True,
+                capture_output=True,
             )
             print(png, png.stat().st_size, "bytes")
     return 0

@@ -104,7 +104,9 @@ def test_dom_has_matrix_with_right_counts(page: tuple[Results, Path], tmp_path: 
     assert not any(s.get("hidden") is not None for s in dom.sections.values())  # no hash: all shown
 
 
-def test_script_selects_the_pairing_of_the_anchor(page: tuple[Results, Path], tmp_path: Path) -> None:
+def test_script_selects_the_pairing_of_the_anchor(
+    page: tuple[Results, Path], tmp_path: Path
+) -> None:
     _, html = page
     anchor = re.search(r'id="(pair-reference-tgt-[0-9a-f]+)"', html.read_text()).group(1)  # type: ignore[union-attr]
     dom = Dom()
@@ -117,6 +119,8 @@ def test_script_selects_the_pairing_of_the_anchor(page: tuple[Results, Path], tm
 def test_screenshot(page: tuple[Results, Path], tmp_path: Path) -> None:
     _, html = page
     png = tmp_path / "matrix.png"
-    run_chromium([f"--screenshot={png}", "--window-size=1400,1000", html.as_uri()], tmp_path / "profile")
+    run_chromium(
+        [f"--screenshot={png}", "--window-size=1400,1000", html.as_uri()], tmp_path / "profile"
+    )
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

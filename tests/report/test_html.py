@@ -31,10 +31,20 @@ def test_matrix_cells_and_counts(small: Results) -> None:
     html = render_html(small)
     p = Cells()
     p.feed(html)
-    assert set(p.cells) == {"reference×tgt", "reference×iscsi://192.0.2.10:3260/iqn.2003-01.org.example:disk1/0", "open-iscsi×tgt"}
+    assert set(p.cells) == {
+        "reference×tgt",
+        "reference×iscsi://192.0.2.10:3260/iqn.2003-01.org.example:disk1/0",
+        "open-iscsi×tgt",
+    }
     assert p.not_run == 1  # open-iscsi x the URL target was not run
     c = p.cells["reference×tgt"]
-    assert (c["data-passed"], c["data-failed"], c["data-xfailed"], c["data-skipped"], c["data-total"]) == ("1", "1", "1", "1", "4")
+    assert (
+        c["data-passed"],
+        c["data-failed"],
+        c["data-xfailed"],
+        c["data-skipped"],
+        c["data-total"],
+    ) == ("1", "1", "1", "1", "4")
     assert c["data-verdict"] == "fail"
     assert p.cells["open-iscsi×tgt"]["data-verdict"] == "review"  # an xpass: manifest out of date
     assert "third-party URL" in html and "192.0.2.10:3260 …disk1/0" in html
@@ -74,7 +84,12 @@ def test_coverage_numbers(small: Results) -> None:
     assert [r.id for r in cov.uncovered] == ["R7143-9.9-9"]
     assert cov.unknown_ids == ["R-UNKNOWN-1"]
     tgt = next(pc for pc in cov.peers if pc.name == "tgt")
-    assert (tgt.applicable, tgt.passed, tgt.deviation, tgt.failed) == (3, ["R7143-6.2-1"], ["R7143-13.12-1"], ["R7143-12.1.3-3"])
+    assert (tgt.applicable, tgt.passed, tgt.deviation, tgt.failed) == (
+        3,
+        ["R7143-6.2-1"],
+        ["R7143-13.12-1"],
+        ["R7143-12.1.3-3"],
+    )
     ref_init = next(pc for pc in cov.peers if pc.name == "reference" and pc.role == "initiator")
     assert ref_init.tested == 0  # target tests do not count against the instrument
 

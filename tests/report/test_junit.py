@@ -24,8 +24,16 @@ def test_counts_per_suite(sample: Results, tmp_path: Path) -> None:
         outcomes = Counter(t.outcome for t in sample.tests if t.pairing == pid)
         cases = suite.findall("testcase")
         assert int(suite.get("tests", -1)) == len(cases) == sum(outcomes.values())
-        assert int(suite.get("failures", -1)) == outcomes["failed"] == len(suite.findall("testcase/failure"))
-        assert int(suite.get("errors", -1)) == outcomes["error"] == len(suite.findall("testcase/error"))
+        assert (
+            int(suite.get("failures", -1))
+            == outcomes["failed"]
+            == len(suite.findall("testcase/failure"))
+        )
+        assert (
+            int(suite.get("errors", -1))
+            == outcomes["error"]
+            == len(suite.findall("testcase/error"))
+        )
         skipped = outcomes["skipped"] + outcomes["xfailed"]
         assert int(suite.get("skipped", -1)) == skipped == len(suite.findall("testcase/skipped"))
     assert int(root.get("tests", -1)) == len(sample.tests)
@@ -46,7 +54,11 @@ def test_testcase_naming_properties_and_evidence(small: Results, tmp_path: Path)
     specs = [p.get("value") for p in case.findall("properties/property[@name='spec']")]
     assert specs == ["RFC 7143 12.1.3 MUST (target)"]
     xfail = suite.find("testcase[@name='Login.Keys.MaxRecvDataSegmentLengthBelowMinimum']/skipped")
-    assert xfail is not None and xfail.get("type") == "xfail" and "tgt accepts 256" in (xfail.get("message") or "")
+    assert (
+        xfail is not None
+        and xfail.get("type") == "xfail"
+        and "tgt accepts 256" in (xfail.get("message") or "")
+    )
 
 
 def test_url_target_classname_has_no_stray_dots(small: Results, tmp_path: Path) -> None:

@@ -21,7 +21,15 @@ from iscsi_conformance.report import (
 from iscsi_conformance.report.cli import main as report_main
 
 
-def one(run: str, outcome: str, start: str | None, *, tid: str = "Login.A.B", pid: str = "ref×tgt", message: str = "") -> Results:
+def one(
+    run: str,
+    outcome: str,
+    start: str | None,
+    *,
+    tid: str = "Login.A.B",
+    pid: str = "ref×tgt",
+    message: str = "",
+) -> Results:
     r = Results()
     r.add_run(Run(run, started=start))
     r.add_test(TestResult(tid, pid, outcome, start=start, run=run, message=message))
@@ -66,14 +74,22 @@ def test_skipped_never_outweighs_a_run() -> None:
 
 def test_without_start_times_the_run_times_then_input_order_decide() -> None:
     a, b = one("a", "failed", None), one("b", "passed", None)
-    a.runs[0].finished, b.runs[0].finished = "2025-01-01T12:00:00+00:00", "2025-01-01T10:00:00+00:00"
+    a.runs[0].finished, b.runs[0].finished = (
+        "2025-01-01T12:00:00+00:00",
+        "2025-01-01T10:00:00+00:00",
+    )
     assert merge([a, b]).tests[0].outcome == "failed"  # run a finished later
     c, d = one("c", "failed", None), one("d", "passed", None)
     assert merge([c, d]).tests[0].outcome == "passed"  # last input
 
 
 def test_merging_merged_files_accumulates_history() -> None:
-    ab = merge([one("a", "failed", "2025-01-01T10:00:00+00:00"), one("b", "passed", "2025-01-01T11:00:00+00:00")])
+    ab = merge(
+        [
+            one("a", "failed", "2025-01-01T10:00:00+00:00"),
+            one("b", "passed", "2025-01-01T11:00:00+00:00"),
+        ]
+    )
     (t,) = merge([ab, one("c", "passed", "2025-01-01T12:00:00+00:00")]).tests
     assert t.flaky and t.run == "c" and [h.run for h in t.history] == ["a", "b"]
 
@@ -82,8 +98,28 @@ def test_peers_merged_by_name_role_version_mode() -> None:
     a, b = Results(), Results()
     cmd1 = Command(["tgtd", "--version"], 0, "1.0.87")
     cmd2 = Command(["tgtadm", "--op", "show"], 0)
-    a.add_peer(Peer("tgt", "target", "1.0.87", "container", capabilities={"chap": True}, commands=[cmd1], deviations=[{"test": "X", "reason": "r"}]))
-    b.add_peer(Peer("tgt", "target", "1.0.87", "container", capabilities={"digests": True}, commands=[cmd1, cmd2], deviations=[{"test": "X", "reason": "r"}]))
+    a.add_peer(
+        Peer(
+            "tgt",
+            "target",
+            "1.0.87",
+            "container",
+            capabilities={"chap": True},
+            commands=[cmd1],
+            deviations=[{"test": "X", "reason": "r"}],
+        )
+    )
+    b.add_peer(
+        Peer(
+            "tgt",
+            "target",
+            "1.0.87",
+            "container",
+            capabilities={"digests": True},
+            commands=[cmd1, cmd2],
+            deviations=[{"test": "X", "reason": "r"}],
+        )
+    )
     b.add_peer(Peer("tgt", "target", "1.0.88", "container"))
     b.add_peer(Peer("reference", "initiator", "0.1.0", "embedded"))
     a.add_peer(Peer("reference", "target", "0.1.0", "embedded"))
@@ -119,22 +155,30 @@ def test_merge_files_refuses_other_major_version(tmp_path: Path, small: Results)
 def test_in_memory_version_check() -> None:
     r = Results()
     r.version = "3.1"
-    with pytest.raises(ResultsFormatError, match="3.1 cannot be merged"):
+    with pytest.raises(ResultsFormatError, match=r"3\.1 cannot be merged"):
         merge([Results(), r])
 
 
-def test_cli_merge_html_junit_validate(tmp_path: Path, small: Results, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_merge_html_junit_validate(
+    tmp_path: Path, small: Results, capsys: pytest.CaptureFixture[str]
+) -> None:
     a = small.dump(tmp_path / "a.json")
-    b = one("r2", "passed", "2025-01-03T00:00:00+00:00", pid="open-iscsi×tgt").dump(tmp_path / "b.json")
+    b = one("r2", "passed", "2025-01-03T00:00:00+00:00", pid="open-iscsi×tgt").dump(
+        tmp_path / "b.json"
+    )
     out = tmp_path / "merged.json"
     assert report_main(["merge", str(out), str(a), str(b)]) == 0
     assert len(Results.load(out).tests) == len(small.tests) + 1
     assert report_main(["html", str(out), "--out", str(tmp_path / "html")]) == 0
-    assert (tmp_path / "html" / "index.html").is_file() and (tmp_path / "html" / "results.json").is_file()
+    assert (tmp_path / "html" / "index.html").is_file() and (
+        tmp_path / "html" / "results.json"
+    ).is_file()
     assert report_main(["junit", str(a), str(b), "--out", str(tmp_path / "j.xml")]) == 0
     assert (tmp_path / "j.xml").read_text().startswith("<?xml")
     assert report_main(["validate", str(out)]) == 0
-    (tmp_path / "broken.json").write_text('{"format": "iscsi-conformance-results", "version": "9.0"}')
+    (tmp_path / "broken.json").write_text(
+        '{"format": "iscsi-conformance-results", "version": "9.0"}'
+    )
     assert report_main(["validate", str(tmp_path / "broken.json")]) == 1
     assert report_main(["merge", str(out), str(tmp_path / "broken.json")]) == 2
     assert "9.0" in capsys.readouterr().err

@@ -9,9 +9,23 @@ from typing import Any
 
 import pytest
 
-from iscsi_conformance.peers.base import CommandLog, Manifest, TargetDriver, TargetEndpoint, TargetSpec
-from iscsi_conformance.report import FORMAT, VERSION, Results, ResultsFormatError, area_of, pairing_id, validate
-from iscsi_conformance.report.model import CIInfo, Peer, Run
+from iscsi_conformance.peers.base import (
+    CommandLog,
+    Manifest,
+    TargetDriver,
+    TargetEndpoint,
+    TargetSpec,
+)
+from iscsi_conformance.report import (
+    FORMAT,
+    VERSION,
+    Results,
+    ResultsFormatError,
+    area_of,
+    pairing_id,
+    validate,
+)
+from iscsi_conformance.report.model import CIInfo, Peer, Run, TestResult
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +58,11 @@ def test_sample_is_valid(sample: Results, use_jsonschema: bool) -> None:
 
 def test_committed_fixture_is_valid() -> None:
     r = Results.load(ROOT / "fixtures" / "reports" / "sample-results.json")
-    assert {p.id for p in r.pairings} == {f"{i}×{t}" for i in ("reference", "open-iscsi", "libiscsi") for t in ("reference", "tgt", "LIO")}
+    assert {p.id for p in r.pairings} == {
+        f"{i}×{t}"
+        for i in ("reference", "open-iscsi", "libiscsi")
+        for t in ("reference", "tgt", "LIO")
+    }
 
 
 def _break(doc: dict[str, Any], how: str) -> dict[str, Any]:
@@ -61,7 +79,9 @@ def _break(doc: dict[str, Any], how: str) -> dict[str, Any]:
     elif how == "extra-property":
         t["colour"] = "red"
     elif how == "level":
-        t["spec"] = [{"document": "RFC 7143", "section": "1", "level": "PROBABLY", "role": "target"}]
+        t["spec"] = [
+            {"document": "RFC 7143", "section": "1", "level": "PROBABLY", "role": "target"}
+        ]
     elif how == "mode":
         d["peers"][0]["mode"] = "teleported"
     elif how == "duration":
@@ -73,7 +93,18 @@ def _break(doc: dict[str, Any], how: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("use_jsonschema", [True, False], ids=["jsonschema", "builtin"])
 @pytest.mark.parametrize(
-    "how", ["outcome", "missing-id", "hex", "direction", "extra-property", "level", "mode", "duration", "runs-missing"]
+    "how",
+    [
+        "outcome",
+        "missing-id",
+        "hex",
+        "direction",
+        "extra-property",
+        "level",
+        "mode",
+        "duration",
+        "runs-missing",
+    ],
 )
 def test_schema_rejects(small: Results, how: str, use_jsonschema: bool) -> None:
     problems = validate(_break(small.to_json(), how), use_jsonschema=use_jsonschema)
@@ -85,7 +116,9 @@ def test_schema_rejects(small: Results, how: str, use_jsonschema: bool) -> None:
 def test_other_major_version_is_refused(small: Results) -> None:
     doc = small.to_json()
     doc["version"] = "2.0"
-    with pytest.raises(ResultsFormatError, match=r"x\.json: format version 2\.0 cannot be read.*1\.x"):
+    with pytest.raises(
+        ResultsFormatError, match=r"x\.json: format version 2\.0 cannot be read.*1\.x"
+    ):
         Results.from_json(doc, source="x.json")
 
 
@@ -101,7 +134,11 @@ def test_newer_minor_version_is_read_ignoring_new_fields(small: Results) -> None
 
 @pytest.mark.parametrize(
     "doc, match",
-    [([], "not a results document"), ({"format": "junit"}, "not an iscsi-conformance-results"), ({"format": FORMAT, "version": "one"}, "unreadable")],
+    [
+        ([], "not a results document"),
+        ({"format": "junit"}, "not an iscsi-conformance-results"),
+        ({"format": FORMAT, "version": "one"}, "unreadable"),
+    ],
 )
 def test_not_a_results_document(doc: Any, match: str) -> None:
     with pytest.raises(ResultsFormatError, match=match):
@@ -111,7 +148,7 @@ def test_not_a_results_document(doc: Any, match: str) -> None:
 def test_not_json(tmp_path: Path) -> None:
     p = tmp_path / "r.json"
     p.write_text("{nope")
-    with pytest.raises(ResultsFormatError, match="r.json: not JSON"):
+    with pytest.raises(ResultsFormatError, match=r"r\.json: not JSON"):
         Results.load(p)
 
 
@@ -124,7 +161,7 @@ def test_area_and_pairing_id() -> None:
 
 def test_add_test_creates_pairing() -> None:
     r = Results()
-    r.add_test(__import__("iscsi_conformance.report", fromlist=["TestResult"]).TestResult("A.B.C", "x×y", "passed"))
+    r.add_test(TestResult("A.B.C", "x×y", "passed"))
     assert r.pairings[0].initiator == "x" and r.pairings[0].target == "y"
     assert r.tests[0].area == "A"
 
@@ -163,7 +200,9 @@ class _FakeTarget(TargetDriver):
 
 
 def test_peer_from_driver() -> None:
-    d = _FakeTarget(Manifest("tgt", "target", "tgt", {"chap": True}, [{"test": "A.B.C", "reason": "r"}]))
+    d = _FakeTarget(
+        Manifest("tgt", "target", "tgt", {"chap": True}, [{"test": "A.B.C", "reason": "r"}])
+    )
     d.log = CommandLog(secrets={"s3cret!"})
     d.start()
     p = Peer.from_driver(d)

@@ -64,7 +64,10 @@ def test_redaction_keeps_shape_and_lengths(small: Results) -> None:
         ("the CHAP secret was wrong", "the CHAP secret was wrong"),
         ("Login.CHAP.SecretTooShort", "Login.CHAP.SecretTooShort"),
         ("iscsi://user%s3cret@10.0.0.1:3260/iqn.x/0", "iscsi://user%***@10.0.0.1:3260/iqn.x/0"),
-        ("iscsi://10.0.0.1:3260/iqn.2003-01.org.x:disk/0", "iscsi://10.0.0.1:3260/iqn.2003-01.org.x:disk/0"),
+        (
+            "iscsi://10.0.0.1:3260/iqn.2003-01.org.x:disk/0",
+            "iscsi://10.0.0.1:3260/iqn.2003-01.org.x:disk/0",
+        ),
     ],
 )
 def test_text_rules(text: str, expected: str) -> None:
@@ -73,8 +76,27 @@ def test_text_rules(text: str, expected: str) -> None:
 
 def test_argv_and_bytes() -> None:
     r = Redactor(["0x00112233"])
-    assert r.argv(["tgtadm", "--password", "x", "--user", "u"]) == ["tgtadm", "--password", "***", "--user", "u"]
+    assert r.argv(["tgtadm", "--password", "x", "--user", "u"]) == [
+        "tgtadm",
+        "--password",
+        "***",
+        "--user",
+        "u",
+    ]
     assert r.data(b"CHAP_R=0xff\x00A") == b"CHAP_R=****\x00A"
     masked = r.data(b"x\x00\x11\x22\x33y")
     assert masked == b"x****y"
-    assert r.tree({"Password": "p", "chap_secret_len": 12, "enabled": True}) == {"Password": "***", "chap_secret_len": "***", "enabled": True}
+    assert r.tree({"Password": "p", "chap_secret_len": 12, "enabled": True}) == {
+        "Password": "***",
+        "chap_secret_len": "***",
+        "enabled": True,
+    }
+
+
+def test_redact_text_for_attachments() -> None:
+    from iscsi_conformance.report.redact import redact_text
+
+    assert (
+        redact_text('[{"summary": "CHAP_R=0x12 k=s3cr3t"}]', {"s3cr3t"})
+        == '[{"summary": "CHAP_R=*** k=***"}]'
+    )

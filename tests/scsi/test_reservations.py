@@ -6,14 +6,21 @@ from __future__ import annotations
 import struct
 
 import pytest
+from scsi_util import NODE_A, NODE_B, NODE_C, attach, check, good, illegal, make_lu, nexus
 
 from iscsi_conformance.scsi import cdb as C
-from iscsi_conformance.scsi.codes import Asc, PrInAction, PrOutAction, PrType, ResetKind, ScsiStatus, SenseKey
+from iscsi_conformance.scsi.codes import (
+    Asc,
+    PrInAction,
+    PrOutAction,
+    PrType,
+    ResetKind,
+    ScsiStatus,
+    SenseKey,
+)
 from iscsi_conformance.scsi.device import LogicalUnit
-from iscsi_conformance.scsi.nexus import Nexus, encode_transport_id
+from iscsi_conformance.scsi.nexus import Nexus
 from iscsi_conformance.scsi.reservations import Capabilities, ReservationState
-
-from .conftest import NODE_A, NODE_B, NODE_C, attach, check, good, illegal, make_lu, nexus
 
 CONFLICT = ScsiStatus.RESERVATION_CONFLICT
 
@@ -31,12 +38,21 @@ def reserve(lu: LogicalUnit, n: Nexus, key: int, t: PrType) -> int:
     return prout(lu, n, PrOutAction.RESERVE, key=key, pr_type=t)
 
 
-def keys(lu: LogicalUnit, n: Nexus = NODE_A) -> tuple[int, list[int]]:
-    return C.parse_pr_in_read_keys(good(lu.execute(n, C.persistent_reserve_in(PrInAction.READ_KEYS))))
+OBSERVER = nexus("observer")  # never registered: sees no PR unit attentions
 
 
-def reservation(lu: LogicalUnit, n: Nexus = NODE_A) -> C.ReservationInfo:
-    return C.parse_pr_in_read_reservation(good(lu.execute(n, C.persistent_reserve_in(PrInAction.READ_RESERVATION))))
+def keys(lu: LogicalUnit, n: Nexus = OBSERVER) -> tuple[int, list[int]]:
+    attach(lu, n)
+    return C.parse_pr_in_read_keys(
+        good(lu.execute(n, C.persistent_reserve_in(PrInAction.READ_KEYS)))
+    )
+
+
+def reservation(lu: LogicalUnit, n: Nexus = OBSERVER) -> C.ReservationInfo:
+    attach(lu, n)
+    return C.parse_pr_in_read_reservation(
+        good(lu.execute(n, C.persistent_reserve_in(PrInAction.READ_RESERVATION)))
+    )
 
 
 def pending(lu: LogicalUnit, n: Nexus) -> list[Asc]:
@@ -47,15 +63,45 @@ def pending(lu: LogicalUnit, n: Nexus) -> list[Asc]:
 # SPC-4 5.9.1 Table 65 / SBC-3 4.17 Table 13, per reservation type and requester:
 # (read allowed, write allowed) for the holder, a registered non-holder, a non-registrant.
 ACCESS_TABLE: dict[PrType, dict[str, tuple[bool, bool]]] = {
-    PrType.WRITE_EXCLUSIVE: {"holder": (True, True), "registrant": (True, False), "other": (True, False)},
-    PrType.EXCLUSIVE_ACCESS: {"holder": (True, True), "registrant": (False, False), "other": (False, False)},
-    PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY: {"holder": (True, True), "registrant": (True, True), "other": (True, False)},
-    PrType.EXCLUSIVE_ACCESS_REGISTRANTS_ONLY: {"holder": (True, True), "registrant": (True, True), "other": (False, False)},
-    PrType.WRITE_EXCLUSIVE_ALL_REGISTRANTS: {"holder": (True, True), "registrant": (True, True), "other": (True, False)},
-    PrType.EXCLUSIVE_ACCESS_ALL_REGISTRANTS: {"holder": (True, True), "registrant": (True, True), "other": (False, False)},
+    PrType.WRITE_EXCLUSIVE: {
+        "holder": (True, True),
+        "registrant": (True, False),
+        "other": (True, False),
+    },
+    PrType.EXCLUSIVE_ACCESS: {
+        "holder": (True, True),
+        "registrant": (False, False),
+        "other": (False, False),
+    },
+    PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY: {
+        "holder": (True, True),
+        "registrant": (True, True),
+        "other": (True, False),
+    },
+    PrType.EXCLUSIVE_ACCESS_REGISTRANTS_ONLY: {
+        "holder": (True, True),
+        "registrant": (True, True),
+        "other": (False, False),
+    },
+    PrType.WRITE_EXCLUSIVE_ALL_REGISTRANTS: {
+        "holder": (True, True),
+        "registrant": (True, True),
+        "other": (True, False),
+    },
+    PrType.EXCLUSIVE_ACCESS_ALL_REGISTRANTS: {
+        "holder": (True, True),
+        "registrant": (True, True),
+        "other": (False, False),
+    },
 }
 # Commands by class; "allowed" ones never conflict (INQUIRY, REPORT LUNS, PR IN, TUR, READ CAPACITY).
-READ_COMMANDS = [C.read10(1, 1), C.read16(1, 1), C.verify10(1, 1), C.prefetch10(1, 1), C.get_lba_status(0)]
+READ_COMMANDS = [
+    C.read10(1, 1),
+    C.read16(1, 1),
+    C.verify10(1, 1),
+    C.prefetch10(1, 1),
+    C.get_lba_status(0),
+]
 WRITE_COMMANDS = [
     (C.write10(1, 1), b"w" * 512),
     (C.write_same16(1, 1), b"s" * 512),
@@ -112,7 +158,10 @@ def test_register_and_unregister(lu: LogicalUnit) -> None:
     assert prout(lu, NODE_A, PrOutAction.REGISTER, key=0x1111, sa_key=0x4444) == ScsiStatus.GOOD
     assert keys(lu)[1] == [0x4444]
     # REGISTER AND IGNORE EXISTING KEY ignores the reservation key
-    assert prout(lu, NODE_A, PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY, key=0x9, sa_key=0x5555) == ScsiStatus.GOOD
+    assert (
+        prout(lu, NODE_A, PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY, key=0x9, sa_key=0x5555)
+        == ScsiStatus.GOOD
+    )
     assert keys(lu)[1] == [0x5555]
     # unregister: service action key 0
     assert prout(lu, NODE_A, PrOutAction.REGISTER, key=0x5555, sa_key=0) == ScsiStatus.GOOD
@@ -130,7 +179,12 @@ def test_parameter_list_length_rules(lu: LogicalUnit) -> None:
     cdb = C.persistent_reserve_out(PrOutAction.REGISTER, param_len=20)
     illegal(lu.execute(NODE_A, cdb, data[:20]), Asc.PARAMETER_LIST_LENGTH_ERROR)
     # SPEC_I_PT only with REGISTER
-    cdb, data = C.pr_out(PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY, sa_key=1, spec_i_pt=True, transport_ids=[NODE_B.initiator_port])
+    cdb, data = C.pr_out(
+        PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY,
+        sa_key=1,
+        spec_i_pt=True,
+        transport_ids=[NODE_B.initiator_port],
+    )
     illegal(lu.execute(NODE_A, cdb, data), Asc.INVALID_FIELD_IN_PARAMETER_LIST)
     # unknown service action
     illegal(lu.execute(NODE_A, C.persistent_reserve_out(0x1F), C.pr_out_parameters()))
@@ -156,17 +210,26 @@ def test_reserve_type_and_scope_checks(lu: LogicalUnit) -> None:
 def test_release_rules_and_unit_attentions(lu: LogicalUnit) -> None:
     register(lu, NODE_A, 1)
     register(lu, NODE_B, 2)
-    assert prout(lu, NODE_A, PrOutAction.RELEASE, key=1, pr_type=1) == ScsiStatus.GOOD  # nothing reserved
+    assert (
+        prout(lu, NODE_A, PrOutAction.RELEASE, key=1, pr_type=1) == ScsiStatus.GOOD
+    )  # nothing reserved
     assert reserve(lu, NODE_A, 1, PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY) == ScsiStatus.GOOD
     assert prout(lu, NODE_C, PrOutAction.RELEASE, key=0, pr_type=5) == CONFLICT  # unregistered
-    assert prout(lu, NODE_B, PrOutAction.RELEASE, key=2, pr_type=5) == ScsiStatus.GOOD  # not holder: no-op
+    assert (
+        prout(lu, NODE_B, PrOutAction.RELEASE, key=2, pr_type=5) == ScsiStatus.GOOD
+    )  # not holder: no-op
     assert reservation(lu).pr_type == PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY
-    illegal(lu.execute(NODE_A, *C.pr_out(PrOutAction.RELEASE, key=1, pr_type=1)), Asc.INVALID_RELEASE_OF_PERSISTENT_RESERVATION)
+    illegal(
+        lu.execute(NODE_A, *C.pr_out(PrOutAction.RELEASE, key=1, pr_type=1)),
+        Asc.INVALID_RELEASE_OF_PERSISTENT_RESERVATION,
+    )
     assert prout(lu, NODE_A, PrOutAction.RELEASE, key=1, pr_type=5) == ScsiStatus.GOOD
     assert reservation(lu).pr_type is None
     assert pending(lu, NODE_B) == [Asc.RESERVATIONS_RELEASED]
     assert pending(lu, NODE_A) == [] and pending(lu, NODE_C) == []
-    check(lu.execute(NODE_B, C.test_unit_ready()), SenseKey.UNIT_ATTENTION, Asc.RESERVATIONS_RELEASED)
+    check(
+        lu.execute(NODE_B, C.test_unit_ready()), SenseKey.UNIT_ATTENTION, Asc.RESERVATIONS_RELEASED
+    )
     # releasing Write Exclusive gives no unit attention
     assert reserve(lu, NODE_A, 1, PrType.WRITE_EXCLUSIVE) == ScsiStatus.GOOD
     assert prout(lu, NODE_A, PrOutAction.RELEASE, key=1, pr_type=1) == ScsiStatus.GOOD
@@ -195,8 +258,13 @@ def test_preempt_removes_registration_without_reservation(lu: LogicalUnit) -> No
     assert keys(lu) == (gen + 1, [2])
     assert reservation(lu).pr_type is None
     assert pending(lu, NODE_A) == [Asc.REGISTRATIONS_PREEMPTED]
-    assert prout(lu, NODE_B, PrOutAction.PREEMPT, key=2, sa_key=7, pr_type=3) == CONFLICT  # no such key
-    illegal(lu.execute(NODE_B, *C.pr_out(PrOutAction.PREEMPT, key=2, sa_key=0, pr_type=3)), Asc.INVALID_FIELD_IN_PARAMETER_LIST)
+    assert (
+        prout(lu, NODE_B, PrOutAction.PREEMPT, key=2, sa_key=7, pr_type=3) == CONFLICT
+    )  # no such key
+    illegal(
+        lu.execute(NODE_B, *C.pr_out(PrOutAction.PREEMPT, key=2, sa_key=0, pr_type=3)),
+        Asc.INVALID_FIELD_IN_PARAMETER_LIST,
+    )
 
 
 def test_preempt_takes_reservation_and_changes_type(lu: LogicalUnit) -> None:
@@ -204,7 +272,10 @@ def test_preempt_takes_reservation_and_changes_type(lu: LogicalUnit) -> None:
     register(lu, NODE_B, 2)
     register(lu, NODE_C, 3)
     assert reserve(lu, NODE_A, 1, PrType.WRITE_EXCLUSIVE) == ScsiStatus.GOOD
-    assert prout(lu, NODE_B, PrOutAction.PREEMPT, key=2, sa_key=1, pr_type=PrType.EXCLUSIVE_ACCESS) == ScsiStatus.GOOD
+    assert (
+        prout(lu, NODE_B, PrOutAction.PREEMPT, key=2, sa_key=1, pr_type=PrType.EXCLUSIVE_ACCESS)
+        == ScsiStatus.GOOD
+    )
     r = reservation(lu, NODE_B)
     assert (r.key, r.pr_type) == (2, PrType.EXCLUSIVE_ACCESS)
     assert pending(lu, NODE_A) == [Asc.REGISTRATIONS_PREEMPTED]
@@ -223,7 +294,10 @@ def test_preempt_all_registrants(lu: LogicalUnit) -> None:
     assert sorted(keys(lu)[1]) == [1, 2]
     assert reservation(lu).pr_type == PrType.WRITE_EXCLUSIVE_ALL_REGISTRANTS
     # key 0 preempts everybody else and sets the new type
-    assert prout(lu, NODE_B, PrOutAction.PREEMPT, key=2, sa_key=0, pr_type=PrType.EXCLUSIVE_ACCESS) == ScsiStatus.GOOD
+    assert (
+        prout(lu, NODE_B, PrOutAction.PREEMPT, key=2, sa_key=0, pr_type=PrType.EXCLUSIVE_ACCESS)
+        == ScsiStatus.GOOD
+    )
     assert keys(lu)[1] == [2]
     r = reservation(lu)
     assert (r.key, r.pr_type) == (2, PrType.EXCLUSIVE_ACCESS)
@@ -248,6 +322,7 @@ def test_holder_unregistering_releases(lu: LogicalUnit) -> None:
     assert prout(lu, NODE_A, PrOutAction.REGISTER, key=1, sa_key=0) == ScsiStatus.GOOD
     assert reservation(lu).pr_type is None
     assert pending(lu, NODE_B) == [Asc.RESERVATIONS_RELEASED]
+    attach(lu, NODE_B)
     # all-registrants: survives until the last registrant leaves
     register(lu, NODE_A, 1)
     assert reserve(lu, NODE_A, 1, PrType.EXCLUSIVE_ACCESS_ALL_REGISTRANTS) == ScsiStatus.GOOD
@@ -278,10 +353,18 @@ def test_read_full_status(lu: LogicalUnit) -> None:
     register(lu, NODE_A, 1)
     assert prout(lu, NODE_B, PrOutAction.REGISTER, sa_key=2, all_tg_pt=True) == ScsiStatus.GOOD
     assert reserve(lu, NODE_A, 1, PrType.WRITE_EXCLUSIVE) == ScsiStatus.GOOD
-    gen, desc = C.parse_read_full_status(good(lu.execute(NODE_A, C.persistent_reserve_in(PrInAction.READ_FULL_STATUS))))
+    gen, desc = C.parse_read_full_status(
+        good(lu.execute(NODE_A, C.persistent_reserve_in(PrInAction.READ_FULL_STATUS)))
+    )
     assert gen == 2
     a, b = desc
-    assert (a.key, a.r_holder, a.all_tg_pt, a.pr_type, a.relative_target_port) == (1, True, False, 1, 1)
+    assert (a.key, a.r_holder, a.all_tg_pt, a.pr_type, a.relative_target_port) == (
+        1,
+        True,
+        False,
+        1,
+        1,
+    )
     assert a.transport_id == NODE_A.initiator_port
     assert (b.key, b.r_holder, b.all_tg_pt, b.pr_type) == (2, False, True, 0)
 
@@ -299,7 +382,9 @@ def test_all_tg_pt_covers_other_ports() -> None:
     a1, a2 = nexus("node-a", tpgt=1), nexus("node-a", tpgt=2)
     attach(lu, a1, a2, NODE_B)
     assert prout(lu, a1, PrOutAction.REGISTER, sa_key=5, all_tg_pt=True) == ScsiStatus.GOOD
-    assert reserve(lu, a2, 5, PrType.WRITE_EXCLUSIVE) == ScsiStatus.GOOD  # same registration on port 2
+    assert (
+        reserve(lu, a2, 5, PrType.WRITE_EXCLUSIVE) == ScsiStatus.GOOD
+    )  # same registration on port 2
     # without ALL_TG_PT, each port is its own I_T nexus
     assert prout(lu, NODE_B, PrOutAction.REGISTER, sa_key=6) == ScsiStatus.GOOD
     b2 = nexus("node-b", tpgt=2)
@@ -309,28 +394,40 @@ def test_all_tg_pt_covers_other_ports() -> None:
 
 def test_spec_i_pt_registers_named_nexuses(lu: LogicalUnit) -> None:
     tids = [NODE_B.initiator_port, "iqn.2024-01.org.example:node-c"]  # format 01b and 00b
-    assert prout(lu, NODE_A, PrOutAction.REGISTER, sa_key=9, spec_i_pt=True, transport_ids=tids) == ScsiStatus.GOOD
+    assert (
+        prout(lu, NODE_A, PrOutAction.REGISTER, sa_key=9, spec_i_pt=True, transport_ids=tids)
+        == ScsiStatus.GOOD
+    )
     assert keys(lu)[1] == [9, 9, 9]
     assert reserve(lu, NODE_B, 9, PrType.WRITE_EXCLUSIVE) == ScsiStatus.GOOD  # NODE_B is registered
     assert prout(lu, NODE_C, PrOutAction.REGISTER, key=9, sa_key=10) == ScsiStatus.GOOD  # by name
     # naming an already registered nexus is an error
-    cdb, data = C.pr_out(PrOutAction.REGISTER, sa_key=11, spec_i_pt=True, transport_ids=[NODE_A.initiator_port])
+    cdb, data = C.pr_out(
+        PrOutAction.REGISTER, sa_key=11, spec_i_pt=True, transport_ids=[NODE_A.initiator_port]
+    )
     other = nexus("node-d")
     attach(lu, other)
     illegal(lu.execute(other, cdb, data), Asc.INVALID_FIELD_IN_PARAMETER_LIST)
     # SPEC_I_PT from a registered nexus is an invalid field in the CDB
-    cdb, data = C.pr_out(PrOutAction.REGISTER, key=9, sa_key=12, spec_i_pt=True, transport_ids=["iqn.x:y"])
+    cdb, data = C.pr_out(
+        PrOutAction.REGISTER, key=9, sa_key=12, spec_i_pt=True, transport_ids=["iqn.x:y"]
+    )
     illegal(lu.execute(NODE_A, cdb, data))
 
 
 def test_spec_i_pt_malformed_lists(lu: LogicalUnit) -> None:
-    cdb, data = C.pr_out(PrOutAction.REGISTER, sa_key=1, spec_i_pt=True, transport_ids=[NODE_B.initiator_port])
+    cdb, data = C.pr_out(
+        PrOutAction.REGISTER, sa_key=1, spec_i_pt=True, transport_ids=[NODE_B.initiator_port]
+    )
     bad_len = data[:24] + struct.pack(">I", len(data) - 24) + data[28:]
     illegal(lu.execute(NODE_A, cdb, bad_len), Asc.PARAMETER_LIST_LENGTH_ERROR)
     bad_proto = data[:28] + bytes([0x41]) + data[29:]  # FC protocol id
     illegal(lu.execute(NODE_A, cdb, bad_proto), Asc.INVALID_FIELD_IN_PARAMETER_LIST)
     short = C.pr_out_parameters(0, 1, spec_i_pt=True)[:24]
-    illegal(lu.execute(NODE_A, C.persistent_reserve_out(0, param_len=24), short), Asc.INVALID_FIELD_IN_PARAMETER_LIST)
+    illegal(
+        lu.execute(NODE_A, C.persistent_reserve_out(0, param_len=24), short),
+        Asc.PARAMETER_LIST_LENGTH_ERROR,
+    )
 
 
 def test_register_and_move(lu: LogicalUnit) -> None:
@@ -345,11 +442,23 @@ def test_register_and_move(lu: LogicalUnit) -> None:
     assert move(NODE_B, 0, 5, NODE_B.initiator_port) == CONFLICT  # not registered
     assert move(NODE_A, 2, 5, NODE_B.initiator_port) == CONFLICT  # wrong key
     data = C.register_and_move_parameters(1, 0, 1, NODE_B.initiator_port)
-    illegal(lu.execute(NODE_A, C.persistent_reserve_out(7, param_len=len(data)), data), Asc.INVALID_FIELD_IN_PARAMETER_LIST)
+    illegal(
+        lu.execute(NODE_A, C.persistent_reserve_out(7, param_len=len(data)), data),
+        Asc.INVALID_FIELD_IN_PARAMETER_LIST,
+    )
     data = C.register_and_move_parameters(1, 5, 1, NODE_A.initiator_port)
-    illegal(lu.execute(NODE_A, C.persistent_reserve_out(7, param_len=len(data)), data), Asc.INVALID_FIELD_IN_PARAMETER_LIST)
-    illegal(lu.execute(NODE_A, C.persistent_reserve_out(7, param_len=20), data[:20]), Asc.PARAMETER_LIST_LENGTH_ERROR)
-    illegal(lu.execute(NODE_A, C.persistent_reserve_out(7, param_len=30), data[:30]), Asc.PARAMETER_LIST_LENGTH_ERROR)
+    illegal(
+        lu.execute(NODE_A, C.persistent_reserve_out(7, param_len=len(data)), data),
+        Asc.INVALID_FIELD_IN_PARAMETER_LIST,
+    )
+    illegal(
+        lu.execute(NODE_A, C.persistent_reserve_out(7, param_len=20), data[:20]),
+        Asc.PARAMETER_LIST_LENGTH_ERROR,
+    )
+    illegal(
+        lu.execute(NODE_A, C.persistent_reserve_out(7, param_len=30), data[:30]),
+        Asc.PARAMETER_LIST_LENGTH_ERROR,
+    )
     gen = keys(lu)[0]
     assert move(NODE_A, 1, 5, NODE_B.initiator_port, unreg=True) == ScsiStatus.GOOD
     assert keys(lu) == (gen + 1, [5])
@@ -368,7 +477,10 @@ def test_aptpl_roundtrip_through_json() -> None:
     lu = make_lu(on_pr_change=lambda st: saved.append(st.to_json()) if st.aptpl else None)
     attach(lu, NODE_A, NODE_B)
     assert prout(lu, NODE_A, PrOutAction.REGISTER, sa_key=0xA, aptpl=True) == ScsiStatus.GOOD
-    assert prout(lu, NODE_B, PrOutAction.REGISTER, sa_key=0xB, all_tg_pt=True, aptpl=True) == ScsiStatus.GOOD
+    assert (
+        prout(lu, NODE_B, PrOutAction.REGISTER, sa_key=0xB, all_tg_pt=True, aptpl=True)
+        == ScsiStatus.GOOD
+    )
     assert reserve(lu, NODE_A, 0xA, PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY) == ScsiStatus.GOOD
     assert saved, "the owner was told to persist"
     caps = C.parse_report_capabilities(good(lu.execute(NODE_A, C.persistent_reserve_in(2))))
@@ -399,8 +511,14 @@ def test_unsupported_capabilities_are_refused() -> None:
     caps = Capabilities(atp_c=False, ptpl_c=False)
     lu = make_lu(reservations=ReservationState(capabilities=caps))
     attach(lu, NODE_A)
-    illegal(lu.execute(NODE_A, *C.pr_out(PrOutAction.REGISTER, sa_key=1, all_tg_pt=True)), Asc.INVALID_FIELD_IN_PARAMETER_LIST)
-    illegal(lu.execute(NODE_A, *C.pr_out(PrOutAction.REGISTER, sa_key=1, aptpl=True)), Asc.INVALID_FIELD_IN_PARAMETER_LIST)
+    illegal(
+        lu.execute(NODE_A, *C.pr_out(PrOutAction.REGISTER, sa_key=1, all_tg_pt=True)),
+        Asc.INVALID_FIELD_IN_PARAMETER_LIST,
+    )
+    illegal(
+        lu.execute(NODE_A, *C.pr_out(PrOutAction.REGISTER, sa_key=1, aptpl=True)),
+        Asc.INVALID_FIELD_IN_PARAMETER_LIST,
+    )
 
 
 # --------------------------------------------------------------------------- cluster scenario
@@ -415,7 +533,17 @@ def test_cluster_failover() -> None:
     assert lu.execute(NODE_A, C.write10(10, 1), b"A" * 512).good
     lu.nexus_lost(NODE_A)  # node A crashed; its registration persists
     assert 0xA0 in keys(lu, NODE_B)[1]
-    assert prout(lu, NODE_B, PrOutAction.PREEMPT_AND_ABORT, key=0xB0, sa_key=0xA0, pr_type=PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY) == ScsiStatus.GOOD
+    assert (
+        prout(
+            lu,
+            NODE_B,
+            PrOutAction.PREEMPT_AND_ABORT,
+            key=0xB0,
+            sa_key=0xA0,
+            pr_type=PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
+        )
+        == ScsiStatus.GOOD
+    )
     r = reservation(lu, NODE_B)
     assert (r.key, r.pr_type) == (0xB0, PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY)
     assert lu.execute(NODE_B, C.write10(10, 1), b"B" * 512).good
@@ -437,7 +565,13 @@ def test_scsi2_reserve_release(lu: LogicalUnit) -> None:
     assert lu.execute(NODE_B, C.mode_sense6(0x3F)).status == CONFLICT
     assert lu.execute(NODE_B, C.test_unit_ready()).status == CONFLICT
     assert lu.execute(NODE_B, C.persistent_reserve_in(0)).status == CONFLICT
-    for cdb in (C.inquiry(), C.report_luns(), C.request_sense(), C.prevent_allow(0), C.report_supported_opcodes()):
+    for cdb in (
+        C.inquiry(),
+        C.report_luns(),
+        C.request_sense(),
+        C.prevent_allow(0),
+        C.report_supported_opcodes(),
+    ):
         assert lu.execute(NODE_B, cdb).good, cdb.hex()
     assert lu.execute(NODE_A, C.mode_sense6(0x3F)).good
     assert lu.execute(NODE_A, C.release10()).good
@@ -451,15 +585,26 @@ def test_scsi2_reserve_release(lu: LogicalUnit) -> None:
 @pytest.mark.parametrize("event", ["nexus_lost", "lun_reset", "warm_reset", "cold_reset"])
 def test_scsi2_released_by_loss_and_resets(lu: LogicalUnit, event: str) -> None:
     register(lu, NODE_C, 7)  # a PR registration survives all of these
-    lu.execute(NODE_C, C.pr_out(PrOutAction.REGISTER, key=7, sa_key=0)[0], C.pr_out_parameters(7, 0))
+    assert prout(lu, NODE_C, PrOutAction.REGISTER, key=7, sa_key=0) == ScsiStatus.GOOD
     assert lu.execute(NODE_A, C.reserve6()).good
-    register(lu, NODE_C, 7)
+    assert prout(lu, NODE_C, PrOutAction.REGISTER, sa_key=7) == CONFLICT  # PR OUT vs RESERVE
     if event == "nexus_lost":
         lu.nexus_lost(NODE_A)
     else:
-        lu.reset({"lun_reset": ResetKind.LOGICAL_UNIT_RESET, "warm_reset": ResetKind.TARGET_WARM_RESET, "cold_reset": ResetKind.TARGET_COLD_RESET}[event])
+        kinds = {
+            "lun_reset": ResetKind.LOGICAL_UNIT_RESET,
+            "warm_reset": ResetKind.TARGET_WARM_RESET,
+            "cold_reset": ResetKind.TARGET_COLD_RESET,
+        }
+        lu.reset(kinds[event])
+        attach(lu, NODE_C)
     assert lu.reservations.scsi2_holder is None
-    assert keys(lu, NODE_C)[1] == [7]
+    register(lu, NODE_C, 7)
+    if event == "nexus_lost":
+        assert pending(lu, NODE_A) == [Asc.I_T_NEXUS_LOSS_OCCURRED]
+    lu.reset(ResetKind.LOGICAL_UNIT_RESET)
+    attach(lu, NODE_C)
+    assert keys(lu, NODE_C)[1] == [7]  # persistent registrations survive resets
 
 
 def test_reserve_with_registrations_conflicts(lu: LogicalUnit) -> None:

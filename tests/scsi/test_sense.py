@@ -28,7 +28,9 @@ def test_fixed_format_fields() -> None:
 
 
 def test_fixed_format_field_pointer() -> None:
-    raw = SenseData(SenseKey.ILLEGAL_REQUEST, 0x24, 0, field_pointer=2, cd=True, bit_pointer=5).encode()
+    raw = SenseData(
+        SenseKey.ILLEGAL_REQUEST, 0x24, 0, field_pointer=2, cd=True, bit_pointer=5
+    ).encode()
     assert raw[0] == 0x70  # no INFORMATION: VALID clear
     assert raw[15] == 0x80 | 0x40 | 0x08 | 5  # SKSV, C/D, BPV, bit 5
     assert raw[16:18] == b"\x00\x02"
@@ -47,15 +49,24 @@ def test_descriptor_format_fields() -> None:
     assert raw[20:24] == bytes([0x02, 0x06, 0, 0])  # sense-key specific descriptor
     assert raw[24] == 0x80  # SKSV, C/D=0 (parameter list)
     back = SenseData.parse(raw)
-    assert back.descriptor_format and back.information == 7 and back.field_pointer == 9 and not back.cd
+    assert (
+        back.descriptor_format and back.information == 7 and back.field_pointer == 9 and not back.cd
+    )
 
 
 def test_deferred_and_other_descriptors_roundtrip() -> None:
-    s = SenseData(SenseKey.MEDIUM_ERROR, 0x11, 0, deferred=True, other_descriptors=(bytes([0x80, 2, 1, 2]),))
+    s = SenseData(
+        SenseKey.MEDIUM_ERROR, 0x11, 0, deferred=True, other_descriptors=(bytes([0x80, 2, 1, 2]),)
+    )
     raw = s.encode(descriptor=True)
     assert raw[0] == 0x73
     assert SenseData.parse(raw) == SenseData(
-        SenseKey.MEDIUM_ERROR, 0x11, 0, deferred=True, descriptor_format=True, other_descriptors=(bytes([0x80, 2, 1, 2]),)
+        SenseKey.MEDIUM_ERROR,
+        0x11,
+        0,
+        deferred=True,
+        descriptor_format=True,
+        other_descriptors=(bytes([0x80, 2, 1, 2]),),
     )
     fixed = SenseData(SenseKey.MEDIUM_ERROR, 0x11, 0, deferred=True).encode()
     assert fixed[0] == 0x71 and SenseData.parse(fixed).deferred
@@ -73,7 +84,9 @@ def test_parse_rejects_garbage() -> None:
     with pytest.raises(ValueError):
         SenseData.parse(b"\x05\x00\x00")
     with pytest.raises(ValueError):
-        SenseData.parse(bytes([0x72, 5, 0x24, 0, 0, 0, 0, 10, 0x02, 0x06, 0x80]))  # truncated descriptor
+        SenseData.parse(
+            bytes([0x72, 5, 0x24, 0, 0, 0, 0, 10, 0x02, 0x06, 0x80])
+        )  # truncated descriptor
 
 
 def test_sks_raw_for_other_keys() -> None:
@@ -83,7 +96,9 @@ def test_sks_raw_for_other_keys() -> None:
 
 
 def test_error_conversion() -> None:
-    err = SCSIError("x", sense_key=SenseKey.ILLEGAL_REQUEST, asc=0x24, ascq=0, field_pointer=1, bit_pointer=4)
+    err = SCSIError(
+        "x", sense_key=SenseKey.ILLEGAL_REQUEST, asc=0x24, ascq=0, field_pointer=1, bit_pointer=4
+    )
     s = SenseData.from_error(err)
     assert (s.sense_key, s.asc, s.field_pointer, s.bit_pointer) == (5, 0x24, 1, 4)
     back = s.to_error()
@@ -93,9 +108,15 @@ def test_error_conversion() -> None:
 
 
 def test_helpers() -> None:
-    assert SenseData.parse(logical_unit_not_supported_sense()).asc_ascq == Asc.LOGICAL_UNIT_NOT_SUPPORTED
+    assert (
+        SenseData.parse(logical_unit_not_supported_sense()).asc_ascq
+        == Asc.LOGICAL_UNIT_NOT_SUPPORTED
+    )
     assert not_ready_lun_sense(descriptor=True)[0] == 0x72
-    assert SenseData.parse(sense_bytes(SenseKey.UNIT_ATTENTION, Asc.RESERVATIONS_PREEMPTED)).asc_ascq == 0x2A03
+    assert (
+        SenseData.parse(sense_bytes(SenseKey.UNIT_ATTENTION, Asc.RESERVATIONS_PREEMPTED)).asc_ascq
+        == 0x2A03
+    )
     assert Asc.MODE_PARAMETERS_CHANGED.asc == 0x2A and Asc.MODE_PARAMETERS_CHANGED.ascq == 0x01
 
 
@@ -107,8 +128,16 @@ def test_helpers() -> None:
     fp=st.none() | st.integers(0, 0xFFFF),
     descriptor=st.booleans(),
 )
-def test_roundtrip(key: int, asc: int, ascq: int, info: int | None, fp: int | None, descriptor: bool) -> None:
+def test_roundtrip(
+    key: int, asc: int, ascq: int, info: int | None, fp: int | None, descriptor: bool
+) -> None:
     key = SenseKey.ILLEGAL_REQUEST if fp is not None else key
     s = SenseData(key, asc, ascq, information=info, field_pointer=fp, cd=True)
     back = SenseData.parse(s.encode(descriptor=descriptor))
-    assert (back.sense_key, back.asc, back.ascq, back.information, back.field_pointer) == (key, asc, ascq, info, fp)
+    assert (back.sense_key, back.asc, back.ascq, back.information, back.field_pointer) == (
+        key,
+        asc,
+        ascq,
+        info,
+        fp,
+    )

@@ -347,7 +347,7 @@ class InitiatorLogin:
         )
         if start_stage is None:
             start_stage = SECURITY if methods != ["None"] else OPERATIONAL
-        self.start_stage = start_stage
+        self.start_stage = LoginStage(start_stage)
         self.state = InitiatorState.S1_FREE
         self.history: list[tuple[InitiatorState, InitiatorInput, Transition]] = []
         self.warnings: list[str] = []
@@ -400,7 +400,7 @@ class InitiatorLogin:
         req = self._last
         if not isinstance(pdu, LoginResponse) or req is None or not self._awaiting:
             return InitiatorInput.RX_UNEXPECTED
-        if pdu.isid != self.isid or pdu.itt != req.itt:
+        if pdu.isid != req.isid or pdu.itt != req.itt:
             return InitiatorInput.RX_WRONG_TASK
         if pdu.status_class == 1:
             return InitiatorInput.RX_REDIRECT
@@ -528,6 +528,9 @@ class InitiatorLogin:
                 answers += self.chap.receive(chap_pairs)
         elif chap_pairs:
             raise AuthenticationError("CHAP keys although CHAP was not agreed")
+        method = self.negotiator.values.get("AuthMethod", "None")
+        if method not in ("None", "CHAP"):
+            raise AuthenticationError(f"AuthMethod {method} is not implemented here")
         if stage is SECURITY and self.negotiator.special_answers.get("AuthMethod") == "Reject":
             raise AuthenticationError(
                 "target rejected every AuthMethod we offered",
@@ -542,8 +545,6 @@ class InitiatorLogin:
                 self.chap.receive({})  # one-way CHAP ends here; mutual raises
             else:
                 raise AuthenticationError("the target left security before CHAP completed")
-        if method not in ("None", "CHAP") and method in self.auth_methods:
-            raise AuthenticationError(f"AuthMethod {method} is not implemented here")
 
     def _security_ready(self) -> bool:
         """True when we may ask to leave the security stage."""

@@ -932,12 +932,14 @@ class InitiatorConnection:
             len(pdu.data) >= 2 and 2 + int.from_bytes(pdu.data[:2], "big") > len(pdu.data)
         ):
             self._violate(events, "SenseLength runs past the data segment", "RFC 7143 11.4.7", pdu)
-        if pdu.response == 0 and pdu.status == ScsiStatus.GOOD:
-            expected = task.next_datasn if task.extra["read"] else task.r2t_count
+        if pdu.response == 0 and pdu.status == ScsiStatus.GOOD and not task.extra["write"]:
+            # For reads ExpDataSN counts the Data-In PDUs (11.4.8). For writes RFC 3720 and
+            # RFC 7143 word it differently (R2Ts counted or not), so it is not checked.
+            expected = task.next_datasn
             if pdu.expdatasn != expected:
                 self._violate(
                     events,
-                    f"ExpDataSN {pdu.expdatasn}, but {expected} Data-In/R2T PDUs were sent",
+                    f"ExpDataSN {pdu.expdatasn}, but {expected} Data-In PDUs were sent",
                     "RFC 7143 11.4.8",
                     pdu,
                     level="SHOULD",

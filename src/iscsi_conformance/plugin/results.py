@@ -83,7 +83,7 @@ def write_reports(results: model.Results, out_dir: Path) -> dict[str, Path]:
     from iscsi_conformance.report.render_junit import write_junit
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"results": results.dump(out_dir / "results.json")}
-    paths["html"] = write_html(results, out_dir)
+    paths: dict[str, Any] = {"html": write_html(results, out_dir)}  # also writes results.json
+    paths["results"] = out_dir / "results.json"
     paths["junit"] = write_junit(results, out_dir / "junit.xml")
     return {k: Path(os.fspath(v)) for k, v in paths.items()}

@@ -175,5 +175,6 @@ def require(
     received: Sequence[Any] = (),
 ) -> None:
     """``assert``, but the failure names the requirement and shows the PDUs."""
+    __tracebackhide__ = True
     if not condition:
         raise violation(requirement, message, sent=sent, received=received)

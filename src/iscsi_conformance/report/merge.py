@@ -195,7 +195,11 @@ def _plain(obj: Any) -> dict[str, Any]:
 
 
 def _canon(obj: Any) -> str:
-    data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else obj
+    data = (
+        dataclasses.asdict(obj)
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type)
+        else obj
+    )
     return json.dumps(data, sort_keys=True, default=str)
 
 

@@ -765,7 +765,9 @@ def _jsonschema_validator(allow_unknown: bool, *, required: bool) -> Any:
                 raise
             return None
         schema = load_schema()
-        _VALIDATORS[allow_unknown] = jsonschema.Draft202012Validator(_relax(schema) if allow_unknown else schema)
+        _VALIDATORS[allow_unknown] = jsonschema.Draft202012Validator(
+            _relax(schema) if allow_unknown else schema
+        )
     return _VALIDATORS[allow_unknown]
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from .model import Results
 
-__all__ = ["MASK", "Redactor", "redact"]
+__all__ = ["MASK", "Redactor", "redact", "redact_text"]
 
 MASK = "***"
 
@@ -154,3 +154,8 @@ def redact(results: Results, secrets: Iterable[str] = ()) -> Results:
     """A copy of ``results`` with its registered secrets, ``secrets`` and every
     secret-looking field masked (see the module docstring)."""
     return Redactor({*results.secrets, *secrets}).results(results)
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """Mask one string (for attachments written outside a results document)."""
+    return Redactor(secrets).text(text)

@@ -42,6 +42,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from crc32c import crc32c
+
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.codes import (
     AsyncEvent,
@@ -79,6 +81,32 @@ def _fixed_sense(key: int, asc: int, ascq: int) -> bytes:
 SENSE_LUN_NOT_SUPPORTED = _fixed_sense(_SENSE_KEY_ILLEGAL_REQUEST, 0x25, 0x00)
 SENSE_INVALID_FIELD_IN_IU = _fixed_sense(_SENSE_KEY_ILLEGAL_REQUEST, 0x0E, 0x03)
 SENSE_INVALID_FIELD_IN_CDB = _fixed_sense(_SENSE_KEY_ILLEGAL_REQUEST, 0x24, 0x00)
+
+
+# Hot-path packers for the two PDUs every command ends with. They must produce exactly
+# what core.pdu.encode produces (tests/target/test_fastpath.py checks byte equality):
+# Data-In, RFC 7143 11.7 (Figure 16) and SCSI Response, 11.4 (Figure 15); bytes 4-7
+# are TotalAHSLength (0) and DataSegmentLength.
+_DATA_IN = struct.Struct(">BBxBIQIIIIIIII")
+_SCSI_RESPONSE = struct.Struct(">BBBBIQIIIIIIII")
+_LE32 = struct.Struct("<I")
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+
+def _frame(bhs: bytes, data: bytes | memoryview, hd: bool, dd: bool) -> list[Any]:
+    """BHS [+ header digest] + data + padding [+ data digest] as separate buffers."""
+    parts: list[Any] = [bhs]
+    if hd:
+        parts.append(_LE32.pack(crc32c(bhs)))
+    n = len(data)
+    if n:
+        parts.append(data)
+        pad = _PAD[n & 3]
+        if pad:
+            parts.append(pad)
+        if dd:
+            parts.append(_LE32.pack(crc32c(pad, crc32c(data))))
+    return parts
 
 
 def sn_lt(a: int, b: int) -> bool:
@@ -1098,6 +1126,10 @@ class Connection:
 
     def _send_data_in(self, task: Task, data: bytes, status: int, sense: bytes,
                       overflow: bool, underflow: bool, residual: int) -> None:  # fmt: skip
+        """Data-In PDUs (RFC 7143 11.7): at most our send limit each, F at the end of
+        every MaxBurstLength sequence, the status in the last one when there is no
+        sense data (phase collapse, 11.7.4). Payloads go out as memoryview slices of
+        ``data`` (no copy); headers come from the hot-path packer."""
         s = self.session
         assert s is not None
         collapse = not sense and status == ScsiStatus.GOOD
@@ -1111,37 +1143,31 @@ class Connection:
         keep = self.erl > 0
         hd, dd = self.hd, self.dd
         out = self.out
+        lun, itt = task.lun_field, task.itt
         while off < total:
             ln = min(seg, total - off)
             burst_end = (off // burst + 1) * burst
             if off + ln > burst_end:
                 ln = burst_end - off
             last = off + ln >= total
-            final = last or off + ln == burst_end
-            status_here = last and collapse
-            pdu = P.ScsiDataIn(
-                final=final,
-                status_present=status_here,
-                status=status if status_here else 0,
-                overflow=overflow and status_here,
-                underflow=underflow and status_here,
-                lun=task.lun_field if not status_here else task.lun_field,
-                itt=task.itt,
-                ttt=NONE_TAG,
-                statsn=self.next_statsn() if status_here else 0,
-                expcmdsn=exp,
-                maxcmdsn=mx,
-                datasn=datasn,
-                buffer_offset=off,
-                residual_count=residual if status_here else 0,
-                data=bytes(mv[off : off + ln]),
-            )
-            raw = P.encode(pdu, header_digest=hd, data_digest=dd)
-            out.append(raw)
+            flags = 0x80 if (last or off + ln == burst_end) else 0
+            statsn = 0
+            st = 0
+            res = 0
+            if last and collapse:
+                flags |= 0x01 | (0x04 if overflow else 0) | (0x02 if underflow else 0)
+                statsn = self.next_statsn()
+                st = status
+                res = residual
+            bhs = _DATA_IN.pack(0x25, flags, st, ln, lun, itt, NONE_TAG, statsn, exp, mx,
+                                datasn, off, res)  # fmt: skip
+            parts = _frame(bhs, mv[off : off + ln], hd, dd)
+            out.extend(parts)
             if keep:
+                raw = b"".join(parts)
                 task.sent_datain.append(raw)
-                if status_here:
-                    self._retain(pdu.statsn, raw)
+                if flags & 0x01:
+                    self._retain(statsn, raw)
             datasn += 1
             off += ln
         self.engine.mark_dirty(self)
@@ -1166,22 +1192,17 @@ class Connection:
                  underflow: bool = False, residual: int = 0, expdatasn: int = 0) -> None:  # fmt: skip
         s = self.session
         assert s is not None
-        pdu = P.ScsiResponse(
-            overflow=overflow,
-            underflow=underflow,
-            response=ScsiResponseCode.COMMAND_COMPLETED_AT_TARGET,
-            status=status,
-            itt=task.itt,
-            statsn=self.next_statsn(),
-            expcmdsn=s.expcmdsn,
-            maxcmdsn=s.maxcmdsn,
-            expdatasn=expdatasn,
-            residual_count=residual,
-            data=P.ScsiResponse.sense_segment(sense) if sense else b"",
-        )
-        raw = self._emit(pdu)
+        data = P.ScsiResponse.sense_segment(sense) if sense else b""
+        statsn = self.next_statsn()
+        flags = 0x80 | (0x04 if overflow else 0) | (0x02 if underflow else 0)
+        bhs = _SCSI_RESPONSE.pack(0x21, flags, ScsiResponseCode.COMMAND_COMPLETED_AT_TARGET,
+                                  status, len(data), 0, task.itt, 0, statsn, s.expcmdsn,
+                                  s.maxcmdsn, expdatasn, 0, residual)  # fmt: skip
+        parts = _frame(bhs, data, self.hd, self.dd)
+        self.out.extend(parts)
+        self.engine.mark_dirty(self)
         if self.erl > 0:
-            self._retain(pdu.statsn, raw)
+            self._retain(statsn, b"".join(parts))
             if task.sent_datain:
                 self._hold(task)
 

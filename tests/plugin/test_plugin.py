@@ -1,0 +1,130 @@
+"""The pytest plugin, driven through pytester: pairings, selection by stable ID,
+markers, results and reports. The peers themselves are exercised elsewhere; these
+tests use only the ``pairing`` fixture so no peer starts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from iscsi_conformance.peers.base import Manifest
+from iscsi_conformance.plugin.deviations import deviation_for, version_matches
+from iscsi_conformance.plugin.spec import SpecInfo, spec
+
+pytest_plugins = ["pytester"]
+
+SUITE = '''
+from iscsi_conformance.plugin import require, spec
+
+@spec("Login.Keys.Alpha", "RFC 7143 13.12", requirements=["R7143-13.12-1"])
+def test_alpha(pairing):
+    assert pairing.initiator == "reference"
+
+@spec("Login.Stages.Beta", "RFC 7143 11.12.2", level="SHOULD")
+def test_beta(pairing):
+    require(False, "R7143-11.12-1", "peer set T and C together", sent=["LoginRequest(transit=True, cont=True)"])
+
+@spec("CHAP.OneWay.Gamma", "RFC 7143 12.1.3", pairing="all")
+def test_gamma(pairing):
+    pass
+
+@spec("Interop.Initiator.Delta", "RFC 7143 13.5", pairing="initiator")
+def test_delta(pairing):
+    assert pairing.target == "reference"
+
+def test_plain():
+    pass
+'''
+
+
+def test_pairings_follow_the_pairing_kind(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest("--collect-only", "-q", "--iscsi-target", "reference", "--iscsi-target", "tgt",
+                                "--iscsi-initiator", "reference", "--iscsi-initiator", "libiscsi")
+    out = result.stdout.str()
+    assert "test_alpha[reference@reference]" in out and "test_alpha[reference@tgt]" in out
+    assert "test_alpha[libiscsi@tgt]" not in out  # target-kind tests use the reference initiator only
+    for pair in ("reference@reference", "reference@tgt", "libiscsi@reference", "libiscsi@tgt"):
+        assert f"test_gamma[{pair}]" in out  # interop: every pairing
+    assert "test_delta[libiscsi@reference]" in out and "test_delta[reference@tgt]" not in out
+    assert "test_plain" in out
+
+
+def test_suite_selection_by_stable_id_prefix(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest("-q", "--iscsi-suite", "Login.Keys", "--iscsi-suite", "CHAP")
+    result.assert_outcomes(passed=3)  # alpha, gamma, and the plain test (not a conformance test)
+
+
+def test_ini_options(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.makeini("[pytest]\niscsi_targets =\n    reference\n    tgt\niscsi_suites = Login.Keys\n")
+    result = pytester.runpytest("--collect-only", "-q")
+    out = result.stdout.str()
+    assert "test_alpha[reference@tgt]" in out and "test_beta" not in out
+
+
+def test_report_written_with_failure_evidence(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest("-q", "--iscsi-report", "out")
+    result.assert_outcomes(passed=4, failed=1)
+    doc = json.loads((pytester.path / "out" / "results.json").read_text())
+    tests = {(t["id"], t["pairing"]): t for t in doc["tests"]}
+    beta = tests[("Login.Stages.Beta", "reference×reference")]
+    assert beta["outcome"] == "failed"
+    assert "R7143-11.12-1" in beta["message"] and "peer set T and C together" in beta["message"]
+    assert beta["spec"][0]["section"] == "11.12.2" and beta["spec"][0]["level"] == "SHOULD"
+    assert (pytester.path / "out" / "index.html").exists()
+    assert (pytester.path / "out" / "junit.xml").exists()
+
+
+def test_failure_message_names_requirement_and_pdus(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest("-q", "-k", "beta")
+    result.stdout.fnmatch_lines(["*R7143-11.12-1: peer set T and C together*", "*> *LoginRequest(transit=True, cont=True)*"])
+
+
+def test_spec_rejects_bad_declarations() -> None:
+    with pytest.raises(ValueError, match="cite at least one section"):
+        spec("Login.Keys.X")
+    with pytest.raises(ValueError, match="Area.Suite.Test"):
+        spec("Login.X", "RFC 7143 13.1")
+
+
+def test_spec_level_is_the_strongest() -> None:
+    from iscsi_conformance.plugin.spec import SpecRef
+
+    info = SpecInfo("A.B.C", (SpecRef("RFC 7143", "1", "SHOULD"), SpecRef("RFC 7143", "2", "MUST")))
+    assert info.level == "MUST" and info.is_must and info.area == "A"
+
+
+@pytest.mark.parametrize(
+    "spec_text,version,expected",
+    [("*", "1.0.85", True), (">=1.0.80", "tgt 1.0.85", True), ("<1.0.80", "1.0.85", False), (">=6.1", "6.1.0-28", True)],
+)
+def test_version_matching(spec_text: str, version: str, expected: bool) -> None:
+    assert version_matches(spec_text, version) is expected
+
+
+def test_deviation_matching_by_prefix() -> None:
+    m = Manifest(name="tgt", role="target", deviations=[{"test": "CHAP.OneWay", "versions": "*", "reason": "MD5 only"}])
+    assert deviation_for(m, "CHAP.OneWay.SHA256.Hex", "1.0.85") == "MD5 only"
+    assert deviation_for(m, "CHAP.OneWayX.Foo", "1.0.85") is None
+    assert deviation_for(m, "Login.Keys.X", "1.0.85") is None
+
+
+def test_secrets_never_in_reports(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_secret='''
+from iscsi_conformance.plugin import spec, require
+
+@spec("CHAP.Secret.Leak", "RFC 7143 12.1.3")
+def test_leak(pairing, evidence):
+    evidence.secrets.add("sup3r-s3cret-value")
+    require(False, "R7143-12.1.3-3", "saw CHAP secret sup3r-s3cret-value in a PDU")
+'''
+    )
+    pytester.runpytest("-q", "--iscsi-report", "out")
+    for name in ("results.json", "index.html", "junit.xml"):
+        assert "sup3r-s3cret-value" not in (pytester.path / "out" / name).read_text(), name
