@@ -259,7 +259,7 @@ async def test_unknown_opcode_rejected(target: Any) -> None:
             bhs=bytes([0x1F | 0x40, 0x80]) + bytes(14) + (0x9999).to_bytes(4, "big") + bytes(28),
         )
         wire = P.encode(bogus, strict=False)
-        await ffp.send(bogus, encoded=wire)
+        await ffp.send(bogus)
         resp = await ffp.recv()
         if resp is None:
             raise violation(
@@ -308,7 +308,7 @@ async def test_data_segment_over_mrdsl(target: Any) -> None:
             expstatsn=ffp.expstatsn,
             data=data,
         )
-        await ffp.send(req, encoded=P.encode(req, strict=False))
+        await ffp.send(req)
         resp = await ffp.recv()
         require(
             not isinstance(resp, P.NopIn),

@@ -63,7 +63,9 @@ def test_every_opcode_of_section_11_has_a_class() -> None:
         assert cls.opcode == op
         assert cls.is_request == codes.Opcode(op).from_initiator
         expected = (
-            layout.Direction.INITIATOR_TO_TARGET if op < 0x20 else layout.Direction.TARGET_TO_INITIATOR
+            layout.Direction.INITIATOR_TO_TARGET
+            if op < 0x20
+            else layout.Direction.TARGET_TO_INITIATOR
         )
         assert cls.direction is expected
 
@@ -294,12 +296,20 @@ def test_decoder_compacts_its_buffer() -> None:
         (LoginRequest(transit=True, csg=1, nsg=1), "nsg", "RFC 7143 6.3"),
         (LoginResponse(csg=2), "csg", "RFC 7143 11.12.3"),
         (TextRequest(final=True, cont=True), "cont", "RFC 7143 11.10.2"),
-        (ScsiCommand(expected_data_transfer_length=512), "expected_data_transfer_length", "RFC 7143 11.3.1"),
+        (
+            ScsiCommand(expected_data_transfer_length=512),
+            "expected_data_transfer_length",
+            "RFC 7143 11.3.1",
+        ),
         (ScsiCommand(read=True, bidi_read_length=5), "bidi_read_length", "RFC 7143 11.2.2.4"),
         (ScsiCommand(read=True, data=b"x"), "data", "RFC 7143 11.3.4"),
         (ScsiCommand(attr=6), "attr", "RFC 7143 11.3.1"),
         (ScsiDataIn(status_present=True), "status_present", "RFC 7143 11.7.3"),
-        (ScsiDataIn(final=True, status_present=True, overflow=True, underflow=True), "overflow", "RFC 7143 11.7.5"),
+        (
+            ScsiDataIn(final=True, status_present=True, overflow=True, underflow=True),
+            "overflow",
+            "RFC 7143 11.7.5",
+        ),
         (ScsiDataIn(status=2), "status", "RFC 7143 11.7.3"),
         (ScsiResponse(overflow=True, underflow=True), "overflow", "RFC 7143 11.4.5"),
         (ScsiResponse(bidi_overflow=True, bidi_underflow=True), "bidi_overflow", "RFC 7143 11.4.5"),

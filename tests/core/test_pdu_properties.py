@@ -3,6 +3,8 @@ byte by byte and split at random points, and decode as the exact inverse of enco
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -58,12 +60,14 @@ def test_each_class_strategy_draws_its_class(p: PDU) -> None:
     dd=st.booleans(),
     cuts=st.lists(st.integers(0, 2000), max_size=8),
 )
-def test_stream_split_at_random_points(batch: list[PDU], hd: bool, dd: bool, cuts: list[int]) -> None:
+def test_stream_split_at_random_points(
+    batch: list[PDU], hd: bool, dd: bool, cuts: list[int]
+) -> None:
     stream = b"".join(encode(p, strict=False, header_digest=hd, data_digest=dd) for p in batch)
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
     dec = PDUDecoder(header_digest=hd, data_digest=dd)
     got: list[PDU] = []
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         dec.feed(stream[a:b])
         got.extend(dec)
     assert [encode(q, strict=False) for q in got] == [encode(p, strict=False) for p in batch]
@@ -109,7 +113,9 @@ def test_decode_is_the_exact_inverse_of_encode(
     raw[4] = ahs_words
     raw[5:8] = data_len.to_bytes(3, "big")
     padded = -data_len % 4
-    wire = bytes(raw) + fill[: 4 * ahs_words] + fill[:data_len].ljust(data_len, b"d") + bytes(padded)
+    wire = (
+        bytes(raw) + fill[: 4 * ahs_words] + fill[:data_len].ljust(data_len, b"d") + bytes(padded)
+    )
     result = decode(wire)
     assert not isinstance(result, NeedMore)
     q, used = result

@@ -293,6 +293,7 @@ def test_max_connections(tgt: TgtTargets) -> None:
             except LoginError:
                 return False
             assert c.cid == 1 and len(s.connections) == 2
+            assert c.login_result is not None and c.login_result.tsih == s.tsih  # same session
             await s.nop(b"second", connection=c)
             return True
 

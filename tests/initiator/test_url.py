@@ -122,3 +122,30 @@ def test_parse_portal() -> None:
     assert parse_portal("10.0.2.15:3261") == ("10.0.2.15", 3261)
     assert parse_portal("[::1]") == ("::1", 3260)
     assert parse_portal("[::1]:1") == ("::1", 1)
+
+
+def test_send_targets_answer_parsing_and_nat() -> None:
+    from iscsi_conformance.initiator.client import (
+        Portal,
+        parse_send_targets,
+        parse_target_address,
+        remap_addresses,
+    )
+
+    assert parse_target_address("10.0.2.15:3260,1") == Portal("10.0.2.15", 3260, 1)
+    assert parse_target_address("[fe80::2]:3261,7") == Portal("fe80::2", 3261, 7)
+    assert parse_target_address("[2001:db8::1],2") == Portal("2001:db8::1", 3260, 2)
+    assert parse_target_address("storage.example.com") == Portal("storage.example.com", 3260, None)
+    pairs = [
+        ("TargetName", "iqn.2024-01.x:a"),
+        ("TargetAddress", "10.0.2.15:3260,1"),
+        ("TargetAddress", "[fe80::2]:3260,1"),
+        ("TargetName", "iqn.2024-01.x:b"),
+    ]
+    a, b = parse_send_targets(pairs)
+    assert a.name == "iqn.2024-01.x:a" and len(a.addresses) == 2 and b.addresses == ()
+    # NAT: the announced guest address is kept as given, and can be mapped
+    (ma, _) = remap_addresses([a, b], {("10.0.2.15", 3260): ("127.0.0.1", 13260)})
+    assert ma.addresses[0] == Portal("127.0.0.1", 13260, 1)
+    assert ma.addresses[1] == a.addresses[1]
+    assert b.via("127.0.0.1", 13260).addresses == (Portal("127.0.0.1", 13260, None),)

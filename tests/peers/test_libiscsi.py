@@ -268,7 +268,9 @@ def test_own_suite_scsi_family(lib: LibiscsiInitiator, tgt) -> None:
     assert counts["total"] >= 200 and counts["error"] == 0
     for c in cases:  # every failure is a deviation the tgt manifest explains
         if c.outcome == "failed":
-            assert tgt.manifest.deviation_for("libiscsi." + c.name, tgt.version()) is not None, c.name
+            assert tgt.manifest.deviation_for("libiscsi." + c.name, tgt.version()) is not None, (
+                c.name
+            )
     tgt.deconfigure(ep.iqn)
 
 

@@ -161,7 +161,7 @@ class RawInitiator:
             assert client.done
             keys = []
         ops = [("HeaderDigest", "None"), ("DataDigest", "None"), ("MaxRecvDataSegmentLength", "262144")]
-        if session_type == "Normal":
+        if session_type == "Normal" and not tsih:  # leading-only keys (RFC 7143 13)
             ops += [("InitialR2T", "No"), ("ImmediateData", "Yes"), ("MaxBurstLength", "262144"),
                     ("FirstBurstLength", "65536"), ("ErrorRecoveryLevel", "0")]  # fmt: skip
         ops += list(params or [])

@@ -156,7 +156,9 @@ class PDUTrace:
         lines = []
         for e in self.entries:
             arrow = ">>" if e.direction == "send" else "<<"
-            if e.pdu is None:
+            if e.pdu is None and not e.raw:
+                body = "(no bytes)"
+            elif e.pdu is None:
                 body = f"{len(e.raw)} undecoded bytes {mask_key_values(e.raw[:48], secrets).hex()}"
             else:
                 fields = []

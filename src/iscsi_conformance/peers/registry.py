@@ -29,6 +29,8 @@ DRIVER_MODULES: tuple[str, ...] = (
     "iscsi_conformance.peers.lio",
     "iscsi_conformance.peers.openiscsi",
     "iscsi_conformance.peers.reference",
+    "iscsi_conformance.peers.reference_target",
+    "iscsi_conformance.peers.reference_initiator",
 )
 """Modules imported on first lookup; missing ones are skipped."""
 

@@ -41,6 +41,58 @@ def random_isid() -> int:
     return (raw & ~(0b11 << 46)) | (0b10 << 46)
 
 
+class ProbeConnection:
+    """A raw connection as conformance tests use it.
+
+    Wraps ``initiator.raw.RawConnection`` with the forgiving semantics a probe needs:
+    ``recv`` returns ``None`` (and keeps the reason in ``last_error``) when the target
+    closed the connection, stayed silent, or sent something undecodable (all are
+    evidence, not harness errors); PDUs are always encoded non-strictly, since a test
+    may break rules on purpose; ``expect_closed`` answers a bool.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.last_error: BaseException | None = None
+
+    async def __aenter__(self) -> ProbeConnection:
+        await self._raw.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._raw.close()
+
+    @property
+    def trace(self) -> Any:
+        return self._raw.trace
+
+    def set_digests(self, *, header: bool, data: bool) -> None:
+        """Turn digests on for what follows (after a login that agreed on them)."""
+        self._raw.header_digest = header
+        self._raw.data_digest = data
+
+    async def send(self, pdu: Any) -> None:
+        if isinstance(pdu, bytes | bytearray):
+            await self._raw.send(bytes(pdu))
+        else:
+            await self._raw.send(pdu, strict=False)
+
+    async def recv(self, timeout: float | None = DEFAULT_TIMEOUT) -> Any | None:
+        from iscsi_conformance.errors import ProtocolError, TransportError
+
+        try:
+            return await self._raw.recv(timeout)
+        except (TransportError, ProtocolError, ConnectionError, TimeoutError) as exc:
+            self.last_error = exc
+            return None
+
+    async def expect_closed(self, timeout: float = 10.0) -> bool:
+        return bool(await self._raw.closed_within(timeout))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
 @dataclasses.dataclass
 class LoginStep:
     request: Any
@@ -172,9 +224,9 @@ class LoginProbe:
         kw.update(fields)
         return P.LoginRequest(**kw)
 
-    async def send(self, request: Any, *, strict: bool = False) -> LoginStep:
+    async def send(self, request: Any) -> LoginStep:
         """Send one Login Request (encoded non-strictly: it may be illegal on purpose)."""
-        await self.raw.send(P.encode(request, strict=strict) if not strict else request)
+        await self.raw.send(request)
         self.first = False
         response = await self.raw.recv(timeout=self.timeout)
         closed = response is None

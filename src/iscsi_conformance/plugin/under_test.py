@@ -136,11 +136,12 @@ class TargetUnderTest:
     def raw(self, profile: str = "default", **kw: Any) -> Any:
         """A raw connection (async context manager) to the target of ``profile``."""
         from iscsi_conformance.initiator.raw import RawConnection
+        from iscsi_conformance.plugin.probe import ProbeConnection
 
         ep = self.endpoint(profile)
         host, port = ep.host_side or (ep.host, ep.port)
-        conn = RawConnection(host, port, **kw)
-        self.evidence.add_trace(getattr(conn, "trace", None))
+        conn = ProbeConnection(RawConnection(host, port, **kw))
+        self.evidence.add_trace(conn.trace)
         return conn
 
     def probe(self, raw: Any, profile: str = "default", **kw: Any) -> Any:

@@ -191,7 +191,7 @@ class TargetLoginFlow:
             answers.append(("TargetPortalGroupTag", str(self.conn.portal_group)))
             self.sent_tpgt = True
         if req.csg == LoginStage.LOGIN_OPERATIONAL_NEGOTIATION:
-            answers += neg.offer(_DECLARE)
+            answers += _declare(neg)
         transit = req.transit
         if transit and req.csg == LoginStage.SECURITY_NEGOTIATION and not self.auth_done:
             transit = False  # authentication still under way: stay (8.2 T5)
@@ -203,7 +203,7 @@ class TargetLoginFlow:
         if transit and req.nsg == LoginStage.FULL_FEATURE_PHASE:
             if req.csg == LoginStage.SECURITY_NEGOTIATION:
                 neg.stage = LoginStage.LOGIN_OPERATIONAL_NEGOTIATION
-                body_extra = T.format_pairs(neg.offer(_DECLARE), strict=False)
+                body_extra = T.format_pairs(_declare(neg), strict=False)
                 body += body_extra
             self._complete(req, body)
             return
@@ -423,6 +423,23 @@ class TargetLoginFlow:
             return neg.respond([(key, value)])
         except NegotiationError:
             return [(key, T.REJECT)]
+
+
+def _declare(neg: Negotiator) -> list[tuple[str, str]]:
+    """Our declarative keys (MaxRecvDataSegmentLength, RFC 7143 13.12), once.
+
+    Each side declares its own value whatever the peer declared, so this does not
+    rely on the negotiator treating the peer's declaration as settling ours.
+    """
+    out = []
+    for key in _DECLARE:
+        if key in neg.declared:
+            continue
+        value = neg.local_value(key)
+        if value is not None:
+            neg.declared[key] = value
+            out.append((key, value))
+    return out
 
 
 def _authenticator(one_way: ChapConfig, mutual: ChapConfig | None, rng) -> ChapAuthenticator:
