@@ -36,7 +36,7 @@ def cases() -> list[tuple[str, object, bool]]:
                 cdb=READ16,
             ),
             False,
-        ),  # fmt: skip
+        ),
         (
             "SCSI Command, header digest",
             ScsiCommand(
@@ -48,17 +48,17 @@ def cases() -> list[tuple[str, object, bool]]:
                 cdb=READ16,
             ),
             True,
-        ),  # fmt: skip
+        ),
         (
             "Data-In 8 KiB, both digests",
             ScsiDataIn(final=True, itt=1, datasn=0, data=bytes(range(256)) * 32),
             True,
-        ),  # fmt: skip
+        ),
         (
             "Data-In 256 KiB, both digests",
             ScsiDataIn(final=True, itt=1, datasn=0, data=bytes(range(256)) * 1024),
             True,
-        ),  # fmt: skip
+        ),
     ]
 
 

@@ -133,6 +133,11 @@ class LoginMachine(RuleBasedStateMachine):
         self.events += self.i.receive_pdu(through_wire(self.to_initiator.pop(0)))
         self.to_target += self.i.data_to_send()
 
+    @precondition(lambda self: not (self.to_target or self.to_initiator))
+    @rule()
+    def idle(self) -> None:
+        """The login is over; nothing left to deliver."""
+
     @invariant()
     def no_failure(self) -> None:
         assert not any(isinstance(e, LoginFailed) for e in self.events), self.events
@@ -160,6 +165,6 @@ class LoginMachine(RuleBasedStateMachine):
 
 TestLoginMachine = LoginMachine.TestCase
 TestLoginMachine.settings = settings(
-    max_examples=40, stateful_step_count=40, deadline=None,
+    max_examples=25, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )  # fmt: skip

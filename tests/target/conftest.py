@@ -184,7 +184,7 @@ class RawInitiator:
                 immediate_data: bool = True, edtl: int | None = None, immediate: bool = False) -> P.ScsiCommand:  # fmt: skip
         length = edtl if edtl is not None else (read or len(write))
         cmd = P.ScsiCommand(
-            immediate=immediate, final=not write or immediate_data and len(write) <= 65536,
+            immediate=immediate, final=True,
             read=bool(read), write=bool(write), lun=P.lun_to_field(lun), itt=self.next_itt(),
             expected_data_transfer_length=length, cmdsn=self.cmdsn, expstatsn=self.expstatsn,
             cdb=cdb, data=write[:65536] if immediate_data else b"",
@@ -203,7 +203,7 @@ class RawInitiator:
             seen.append(pdu)
             if isinstance(pdu, P.R2T):
                 off, n = pdu.buffer_offset, pdu.desired_data_transfer_length
-                seg = 8192
+                seg = int(self.negotiated.get("MaxRecvDataSegmentLength", 8192))
                 for i, pos in enumerate(range(off, off + n, seg)):
                     chunk = write[pos : min(pos + seg, off + n)]
                     self.send(P.ScsiDataOut(final=pos + seg >= off + n, lun=0, itt=itt, ttt=pdu.ttt,

@@ -217,10 +217,11 @@ def test_target_nop_in_ping(connect, server):
 # ---------------------------------------------------------------------------- TMF
 
 
-def _tmf(ini, function: int, *, lun: int = 0, ref: int = NONE_TAG) -> P.PDU:
-    ini.send(P.TaskManagementRequest(immediate=True, function=0x80 | function, lun=P.lun_to_field(lun),
+def _tmf(ini, function: int, *, lun: int = 0, ref: int = NONE_TAG, refcmdsn: int | None = None) -> P.PDU:
+    ini.send(P.TaskManagementRequest(immediate=True, function=function, lun=P.lun_to_field(lun),
                                      itt=ini.next_itt(), referenced_task_tag=ref, cmdsn=ini.cmdsn,
-                                     expstatsn=ini.expstatsn, refcmdsn=ini.cmdsn))  # fmt: skip
+                                     expstatsn=ini.expstatsn,
+                                     refcmdsn=ini.cmdsn if refcmdsn is None else refcmdsn))  # fmt: skip
     return ini.recv()
 
 
@@ -232,7 +233,9 @@ def test_task_management_responses(connect):
     cmd = ini.command(write16(0, 16), write=bytes(8192), immediate_data=False)
     assert isinstance(ini.recv(), P.R2T)
     assert _tmf(ini, TmfFunction.ABORT_TASK, ref=cmd.itt).response == TmfResponse.FUNCTION_COMPLETE
-    assert _tmf(ini, TmfFunction.ABORT_TASK, ref=0x7777).response == TmfResponse.TASK_DOES_NOT_EXIST
+    # Unknown tag whose RefCmdSN was already received: the task does not exist.
+    done = _tmf(ini, TmfFunction.ABORT_TASK, ref=0x7777, refcmdsn=ini.cmdsn - 1)
+    assert done.response == TmfResponse.TASK_DOES_NOT_EXIST
     assert _tmf(ini, TmfFunction.ABORT_TASK_SET).response == TmfResponse.FUNCTION_COMPLETE
     assert _tmf(ini, TmfFunction.CLEAR_TASK_SET).response == TmfResponse.FUNCTION_COMPLETE
     assert _tmf(ini, TmfFunction.CLEAR_ACA).response == TmfResponse.FUNCTION_COMPLETE

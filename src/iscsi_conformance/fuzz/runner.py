@@ -176,7 +176,7 @@ async def _alive(host: str, port: int, target_name: str, initiator_name: str, ch
         async with ProbeConnection(RawConnection(host, port, timeout=5)) as raw:
             probe = await _login(raw, target_name, initiator_name, chap)
             ffp = FullFeature(raw, probe)
-            req, resp = await ffp.nop(PING)
+            _req, resp = await ffp.nop(PING)
             if not isinstance(resp, P.NopIn) or resp.data != PING:
                 raise Liveness(f"NOP-Out ping answered with {resp!r}")
     except (TimeoutError, ConnectionError, OSError) as exc:

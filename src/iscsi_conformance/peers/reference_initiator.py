@@ -207,10 +207,11 @@ class ReferenceInitiator(InitiatorDriver):
                 self._sessions.remove(s)
 
     def read(self, session: SessionHandle, lun: int, lba: int, blocks: int) -> bytes:
-        return self._call(
+        data: bytes = self._call(
             ["read", f"lun={lun}", f"lba={lba}", f"blocks={blocks}"],
             session.ref.read(lun, lba, blocks),
         )
+        return data
 
     def write(self, session: SessionHandle, lun: int, lba: int, data: bytes) -> None:
         self._call(

@@ -98,10 +98,10 @@ class PeerPool:
                     name=name, manifest=_external_manifest(name), external=True
                 )
                 continue
-            driver = registry.get_target_driver(name, mode=mode)
+            driver = registry.get_target_driver(name, mode=None if mode == "auto" else mode)
             pool.targets[name] = TargetEntry(name=name, manifest=driver.manifest, driver=driver)
         for name in initiators or ["reference"]:
-            idriver = registry.get_initiator_driver(name, mode=mode)
+            idriver = registry.get_initiator_driver(name, mode=None if mode == "auto" else mode)
             pool.initiators[name] = InitiatorEntry(
                 name=name, manifest=idriver.manifest, driver=idriver
             )
@@ -233,7 +233,7 @@ class PeerPool:
             entry.external_mutual = _creds(t.get("external_mutual"))  # type: ignore[attr-defined]
             pool.targets[name] = entry
         for name, i in data["initiators"].items():
-            driver = registry.get_initiator_driver(name, mode=mode)
+            driver = registry.get_initiator_driver(name, mode=None if mode == "auto" else mode)
             pool.initiators[name] = InitiatorEntry(
                 name=name,
                 manifest=driver.manifest,

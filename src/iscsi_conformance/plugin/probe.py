@@ -436,7 +436,7 @@ class FullFeature:
 
         def num(key: str, default: int) -> int:
             try:
-                return int(n.get(key, default), 0)
+                return int(str(n.get(key, default)), 0)
             except ValueError:
                 return default
 

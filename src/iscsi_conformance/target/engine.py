@@ -332,6 +332,8 @@ class TargetEngine:
         self._next_tsih = 1
         self._next_ttt = 1
         self._nexus_factory = nexus_factory
+        # Portals as actually bound (port 0 becomes a real port), set by the adapter.
+        self.bound_portals: dict[int, list[tuple[str, int]]] = {}
         self.trace = config.trace
         # Hooks the adapter or a test may set: called with the engine's events.
         self.on_session_closed: Callable[[Session], None] | None = None
@@ -405,7 +407,13 @@ class TargetEngine:
         for conn in list(self.connections):
             conn.handle_timer(now)
 
-    def send_targets(self, session: Session | None, which: str, portal_group: int) -> list[tuple[str, str]]:
+    def send_targets(
+        self,
+        session: Session | None,
+        which: str,
+        portal_group: int,
+        conn_local: tuple[str, int] | None = None,
+    ) -> list[tuple[str, str]]:
         """SendTargets answer (RFC 7143 Appendix C): TargetName and TargetAddress pairs."""
         out: list[tuple[str, str]] = []
         initiator = session.initiator_name if session else ""
@@ -423,7 +431,9 @@ class TargetEngine:
             for group in self.config.portal_groups:
                 if t.config.portal_groups and group.tag not in t.config.portal_groups:
                     continue
-                for host, port in group.portals:
+                for host, port in self.bound_portals.get(group.tag, group.portals):
+                    if host in ("0.0.0.0", "::") and conn_local is not None:
+                        host = conn_local[0]  # a wildcard portal: the address reached
                     h = f"[{host}]" if ":" in host else host
                     out.append(("TargetAddress", f"{h}:{port},{group.tag}"))
         return out
@@ -890,10 +900,14 @@ class Connection:
             task.received = n
             task.unsolicited_received = len(imm)
             task.next_offset = len(imm)
-        if task.expected and not self.params.initial_r2t and not pdu.final:
+        if (
+            task.expected
+            and not pdu.final
+            and not self.params.initial_r2t
+            and task.unsolicited_received < self.params.first_burst_length
+            and task.received < task.expected
+        ):
             task.unsolicited_done = False  # more unsolicited Data-Out follows (13.10)
-        elif not pdu.final and task.expected:
-            task.unsolicited_done = False
         if deliver:
             self._deliver(task)
 
@@ -1291,7 +1305,7 @@ class Connection:
                 if s.session_type is SessionType.NORMAL and value not in ("", s.target_name):
                     answer.append(("SendTargets", "Reject"))
                     continue
-                answer.extend(self.engine.send_targets(s, value, self.portal_group))
+                answer.extend(self.engine.send_targets(s, value, self.portal_group, self.local))
             else:
                 answer.extend(self.login.ffp_text_key(key, value))
         body = T.format_pairs(answer, strict=False) if answer else b""

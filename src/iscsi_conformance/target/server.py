@@ -127,6 +127,7 @@ class TargetServer:
                 for sock in srv.sockets:
                     addr = sock.getsockname()
                     self.portals.append((addr[0], addr[1], group.tag))
+                    self.engine.bound_portals.setdefault(group.tag, []).append((addr[0], addr[1]))
         self._schedule_tick()
 
     def _schedule_tick(self) -> None:
