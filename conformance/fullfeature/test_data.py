@@ -215,13 +215,17 @@ async def test_r2t_sequencing(
     ]
     async with full_feature(target, keys=keys) as ffp:
         fb = min(ffp.first_burst, ffp.max_burst)
-        require(
-            ffp.first_burst <= ffp.max_burst,
-            "R7143-13.14-1",
-            f"FirstBurstLength {ffp.first_burst} > MaxBurstLength {ffp.max_burst}",
-            sent=ffp.probe.sent,
-            received=ffp.probe.received,
-        )
+        answered = ffp.probe.negotiated.get("FirstBurstLength", "")
+        if (
+            answered.isdigit()
+        ):  # "Irrelevant" when InitialR2T=Yes and ImmediateData=No (RFC 7143 13.14)
+            require(
+                int(answered) <= ffp.max_burst,
+                "R7143-13.14-1",
+                f"FirstBurstLength {answered} > MaxBurstLength {ffp.max_burst}",
+                sent=ffp.probe.sent,
+                received=ffp.probe.received,
+            )
         blocks = 384
         lba = 1024
         payload = os.urandom(blocks * BLOCK)

@@ -171,7 +171,9 @@ async def test_abort_task_set(target: Any) -> None:
 async def test_task_reassign_erl0(target: Any) -> None:
     """TASK REASSIGN at ErrorRecoveryLevel 0 is answered 4 (allegiance reassignment not supported) or 5."""
     async with full_feature(target, keys=[("ErrorRecoveryLevel", "0")]) as ffp:
-        req, resp = await _tmf(ffp, 14, lun=target.lun, ref=0x1234)
+        req, resp = await _tmf(
+            ffp, 8, lun=target.lun, ref=0x1234
+        )  # TASK REASSIGN (RFC 7143 11.5.1)
         require(
             isinstance(resp, P.TaskManagementResponse) and resp.response in (4, 5),
             "R7143-11.5-3",

@@ -69,8 +69,9 @@ def test_md5_known_answer() -> None:
 @pytest.mark.parametrize("encoding", ["hex", "base64"])
 def test_handshake(alg: ChapAlgorithm, mutual: bool, encoding: str) -> None:
     policy = ChapPolicy(encoding=encoding)
-    client = ChapClient(ALICE, algorithms=[alg], target=TARGET if mutual else None,
-                        rng=counter_rng(), policy=policy)  # fmt: skip
+    client = ChapClient(
+        ALICE, algorithms=[alg], target=TARGET if mutual else None, rng=counter_rng(), policy=policy
+    )
     auth = authenticator(credentials=TARGET, policy=policy)
     run(client, auth)
     assert client.done and auth.done
@@ -117,17 +118,25 @@ def test_wrong_length_response() -> None:
 def test_reflected_challenge_is_refused() -> None:
     auth = authenticator(credentials=TARGET)
     c = dict(auth.receive({"CHAP_A": "5"}))
-    resp = chap.chap_response(ChapAlgorithm.MD5, int(c["CHAP_I"]), ALICE.secret,
-                              chap.text.parse_binary(c["CHAP_C"]))  # fmt: skip
+    resp = chap.chap_response(
+        ChapAlgorithm.MD5, int(c["CHAP_I"]), ALICE.secret, chap.text.parse_binary(c["CHAP_C"])
+    )
     with pytest.raises(AuthenticationError, match="reflect"):
-        auth.receive({"CHAP_N": ALICE.name, "CHAP_R": chap.text.format_binary(resp),
-                      "CHAP_I": "1", "CHAP_C": c["CHAP_C"]})  # fmt: skip
+        auth.receive(
+            {
+                "CHAP_N": ALICE.name,
+                "CHAP_R": chap.text.format_binary(resp),
+                "CHAP_I": "1",
+                "CHAP_C": c["CHAP_C"],
+            }
+        )
 
 
 def test_same_secret_in_both_directions_is_refused() -> None:
     same = ChapCredentials(TARGET.name, ALICE.secret)
-    client = ChapClient(ALICE, target=ChapCredentials(TARGET.name, b"other-secret-123"),
-                        rng=counter_rng())  # fmt: skip
+    client = ChapClient(
+        ALICE, target=ChapCredentials(TARGET.name, b"other-secret-123"), rng=counter_rng()
+    )
     with pytest.raises(AuthenticationError, match="secrets are equal"):
         run(client, authenticator(credentials=same))
     with pytest.raises(ConfigError):
@@ -199,8 +208,9 @@ def test_challenge_of_exactly_1024_bytes_is_answered() -> None:
 
 
 def test_short_peer_challenge_policy() -> None:
-    client = ChapClient(ALICE, algorithms=[ChapAlgorithm.MD5],
-                        policy=ChapPolicy(min_peer_challenge_length=16))  # fmt: skip
+    client = ChapClient(
+        ALICE, algorithms=[ChapAlgorithm.MD5], policy=ChapPolicy(min_peer_challenge_length=16)
+    )
     client.start()
     with pytest.raises(AuthenticationError, match="too short"):
         client.receive({"CHAP_A": "5", "CHAP_I": "1", "CHAP_C": "0x0102"})
@@ -214,10 +224,17 @@ def test_short_secret_policies() -> None:
     with pytest.raises(ConfigError):
         ChapClient(short, policy=ChapPolicy(short_secret=SecretPolicy.REJECT))
     with pytest.raises(ConfigError):
-        ChapClient(ALICE, target=ChapCredentials("t", b"tiny"), rng=counter_rng(),
-                   policy=ChapPolicy(short_secret=SecretPolicy.REJECT))  # fmt: skip
-    auth = ChapAuthenticator({short.name: short.secret}.get, rng=counter_rng(),
-                             policy=ChapPolicy(short_secret=SecretPolicy.REJECT))  # fmt: skip
+        ChapClient(
+            ALICE,
+            target=ChapCredentials("t", b"tiny"),
+            rng=counter_rng(),
+            policy=ChapPolicy(short_secret=SecretPolicy.REJECT),
+        )
+    auth = ChapAuthenticator(
+        {short.name: short.secret}.get,
+        rng=counter_rng(),
+        policy=ChapPolicy(short_secret=SecretPolicy.REJECT),
+    )
     with pytest.raises(AuthenticationError, match="shorter than the policy"):
         run(ChapClient(short, policy=ChapPolicy(short_secret=SecretPolicy.ALLOW)), auth)
 
@@ -246,12 +263,16 @@ def test_secrets_never_in_repr() -> None:
     assert "alice-secret" not in repr(ChapClient(ALICE))
 
 
-@given(st.binary(min_size=1, max_size=64), st.sampled_from(list(ChapAlgorithm)),
-       st.binary(min_size=1, max_size=64))  # fmt: skip
+@given(
+    st.binary(min_size=1, max_size=64),
+    st.sampled_from(list(ChapAlgorithm)),
+    st.binary(min_size=1, max_size=64),
+)
 def test_any_challenge_verifies(secret: bytes, alg: ChapAlgorithm, challenge: bytes) -> None:
     policy = ChapPolicy(short_secret=SecretPolicy.ALLOW, challenge_length=len(challenge))
     client = ChapClient(ChapCredentials("n", secret), algorithms=[alg], policy=policy)
-    auth = ChapAuthenticator({"n": secret}.get, rng=lambda n: challenge[:n].ljust(n, b"\0"),
-                             policy=policy)  # fmt: skip
+    auth = ChapAuthenticator(
+        {"n": secret}.get, rng=lambda n: challenge[:n].ljust(n, b"\0"), policy=policy
+    )
     run(client, auth)
     assert auth.done

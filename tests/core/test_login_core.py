@@ -63,8 +63,11 @@ def failed(events: list[Any]) -> LoginFailed:
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e["name"])
 def test_golden_key_sets(example: dict[str, Any]) -> None:
     portal = Portal(keys=example["target_keys"])
-    i = initiator(keys=example["initiator_keys"], session_type=example["session_type"],
-                  target_name=TARGET if example["session_type"] == "Normal" else None)  # fmt: skip
+    i = initiator(
+        keys=example["initiator_keys"],
+        session_type=example["session_type"],
+        target_name=TARGET if example["session_type"] == "Normal" else None,
+    )
     t = portal.target()
     ie, te = drive(i, t)
     ip, tp = completed(ie).parameters, completed(te).parameters
@@ -81,8 +84,11 @@ def test_golden_key_sets(example: dict[str, Any]) -> None:
 @pytest.mark.parametrize("alg", list(ChapAlgorithm))
 @pytest.mark.parametrize("mutual", [False, True], ids=["one-way", "mutual"])
 def test_chap_logins(alg: ChapAlgorithm, mutual: bool) -> None:
-    node = TargetNode(TARGET, keys={"HeaderDigest": "CRC32C,None", "DataDigest": "CRC32C,None"},
-                      chap=ChapTargetAuth(secrets={ALICE.name: ALICE.secret}, credentials=TGT))  # fmt: skip
+    node = TargetNode(
+        TARGET,
+        keys={"HeaderDigest": "CRC32C,None", "DataDigest": "CRC32C,None"},
+        chap=ChapTargetAuth(secrets={ALICE.name: ALICE.secret}, credentials=TGT),
+    )
     client = ChapClient(ALICE, algorithms=[alg], target=TGT if mutual else None, rng=rng_from(50))
     i = initiator(chap=client, keys={"HeaderDigest": "CRC32C", "DataDigest": "CRC32C,None"})
     t = Portal(node=node).target()
@@ -112,22 +118,23 @@ def test_discovery_session_without_target_name() -> None:
 def test_discovery_with_chap() -> None:
     portal = Portal(discovery_chap=ChapTargetAuth(secrets={ALICE.name: ALICE.secret}))
     i = initiator(session_type="Discovery", target_name=None, chap=ChapClient(ALICE))
-    ie, te = drive(i, portal.target())
+    _ie, te = drive(i, portal.target())
     assert completed(te).authenticated_as == ALICE.name
 
 
 def test_plain_login_starts_in_operational_stage() -> None:
     i = initiator()
     assert i.start_stage == 1
-    ie, te = drive(i, Portal().target())
+    ie, _te = drive(i, Portal().target())
     assert completed(ie).parameters.auth_method == "None"
     assert i.history[1][2].label == "T4" and i.history[-1][2].label == "T5"
 
 
 def test_security_stage_with_auth_none_and_skip_operational() -> None:
-    i = initiator(auth_methods=["None"], start_stage=0, skip_operational=True,
-                  initiator_alias="host ✓")  # fmt: skip
-    ie, te = drive(i, Portal().target())
+    i = initiator(
+        auth_methods=["None"], start_stage=0, skip_operational=True, initiator_alias="host ✓"
+    )
+    _ie, te = drive(i, Portal().target())
     assert completed(te).parameters.initiator_alias == "host ✓"
     assert len(i.history) == 3  # T1, T4, T5: one exchange
 
@@ -135,15 +142,16 @@ def test_security_stage_with_auth_none_and_skip_operational() -> None:
 def test_chap_optional_target_accepts_none() -> None:
     node = TargetNode(TARGET, chap=ChapTargetAuth(secrets={}, allow_none=True), alias="Disk ✓")
     i = initiator(auth_methods=["None"], start_stage=0)
-    ie, te = drive(i, Portal(node=node).target())
+    ie, _te = drive(i, Portal(node=node).target())
     assert completed(ie).parameters.target_alias == "Disk ✓"
 
 
 def test_chap_optional_target_with_chap_initiator() -> None:
-    node = TargetNode(TARGET, chap=ChapTargetAuth(secrets={ALICE.name: ALICE.secret},
-                                                  allow_none=True))  # fmt: skip
+    node = TargetNode(
+        TARGET, chap=ChapTargetAuth(secrets={ALICE.name: ALICE.secret}, allow_none=True)
+    )
     i = initiator(chap=ChapClient(ALICE), auth_methods=["CHAP", "None"])
-    ie, te = drive(i, Portal(node=node).target())
+    _ie, te = drive(i, Portal(node=node).target())
     assert completed(te).authenticated_as == ALICE.name
 
 
@@ -153,7 +161,7 @@ def test_continuation_both_directions() -> None:
     keys = {f"X-com.example.{i:03d}." + "k" * 40: "v" * 30 for i in range(120)}
     i = initiator(keys=keys, max_segment=1000)
     t = Portal().target()
-    ie, te = drive(i, t)
+    ie, _te = drive(i, t)
     completed(ie)
     assert i.negotiator.special_answers == dict.fromkeys(keys, "NotUnderstood")
     conts = [h for h in t.history if h[1].name == "RX_PARTIAL"]
@@ -163,7 +171,7 @@ def test_continuation_both_directions() -> None:
 
 def test_first_pdu_split_across_the_c_bit() -> None:
     i = initiator(initiator_alias="a" * 200, max_segment=16)
-    ie, te = drive(i, Portal().target())
+    _ie, te = drive(i, Portal().target())
     assert completed(te).initiator_name == INITIATOR
 
 
@@ -180,16 +188,22 @@ def test_session_reinstatement_and_new_connections() -> None:
     portal.keys = {"MaxConnections": "2"}
     ie, te = drive(i, portal.target())
     first = completed(te)
-    session = ExistingSession(first.tsih, INITIATOR, first.isid, TARGET, "Normal",
-                              first.parameters, frozenset({0}))  # fmt: skip
+    session = ExistingSession(
+        first.tsih, INITIATOR, first.isid, TARGET, "Normal", first.parameters, frozenset({0})
+    )
     portal.sessions[first.tsih] = session
     # same ISID, TSIH 0: reinstatement (RFC 7143 6.3.5)
     ie, te = drive(initiator(isid=first.isid), portal.target())
     assert isinstance(te[0], SessionReinstated) and te[0].old_tsih == first.tsih
     completed(te)
     # add a connection: non-leading, no LO keys, TSIH kept
-    j = initiator(isid=first.isid, tsih=first.tsih, cid=1, keys={"MaxBurstLength": "512",
-                  "HeaderDigest": "CRC32C,None"}, session=first.parameters)  # fmt: skip
+    j = initiator(
+        isid=first.isid,
+        tsih=first.tsih,
+        cid=1,
+        keys={"MaxBurstLength": "512", "HeaderDigest": "CRC32C,None"},
+        session=first.parameters,
+    )
     ie, te = drive(j, portal.target())
     assert completed(ie).tsih == completed(te).tsih == first.tsih
     assert "MaxBurstLength" not in j.negotiator.pending
@@ -234,60 +248,153 @@ def chap_node(**kw: Any) -> TargetNode:
 
 
 CASES: list[tuple[str, dict[str, Any], Portal | None, int]] = [
-    ("T and C both set", {"request_hook": hook_first({"transit": True, "cont": True})}, None,
-     LoginStatus.INITIATOR_ERROR),
-    ("NSG behind CSG", {"request_hook": hook_first({"transit": True, "nsg": 0})}, None,
-     LoginStatus.INITIATOR_ERROR),
-    ("reserved NSG", {"request_hook": hook_first({"transit": True, "nsg": 2})}, None,
-     LoginStatus.INITIATOR_ERROR),
-    ("CSG full feature", {"request_hook": hook_first({"csg": 3})}, None,
-     LoginStatus.INITIATOR_ERROR),
-    ("CSG jumps ahead", {"chap": ChapClient(ALICE), "request_hook": hook_nth(2, {"csg": 1})},
-     Portal(node=chap_node()), LoginStatus.INITIATOR_ERROR),
-    ("ISID changes", {"chap": ChapClient(ALICE), "request_hook": hook_nth(2, {"isid": 5})},
-     Portal(node=chap_node()), LoginStatus.INITIATOR_ERROR),
-    ("unsupported version", {"request_hook": hook_first({"version_min": 1, "version_max": 2})},
-     None, LoginStatus.UNSUPPORTED_VERSION),
-    ("reserved ISID type", {"isid": make_isid(IsidType.RESERVED)}, None,
-     LoginStatus.INITIATOR_ERROR),
-    ("no InitiatorName", {"pairs_hook": lambda s, p: [x for x in p if x[0] != "InitiatorName"]},
-     None, LoginStatus.MISSING_PARAMETER),
+    (
+        "T and C both set",
+        {"request_hook": hook_first({"transit": True, "cont": True})},
+        None,
+        LoginStatus.INITIATOR_ERROR,
+    ),
+    (
+        "NSG behind CSG",
+        {"request_hook": hook_first({"transit": True, "nsg": 0})},
+        None,
+        LoginStatus.INITIATOR_ERROR,
+    ),
+    (
+        "reserved NSG",
+        {"request_hook": hook_first({"transit": True, "nsg": 2})},
+        None,
+        LoginStatus.INITIATOR_ERROR,
+    ),
+    (
+        "CSG full feature",
+        {"request_hook": hook_first({"csg": 3})},
+        None,
+        LoginStatus.INITIATOR_ERROR,
+    ),
+    (
+        "CSG jumps ahead",
+        {"chap": ChapClient(ALICE), "request_hook": hook_nth(2, {"csg": 1})},
+        Portal(node=chap_node()),
+        LoginStatus.INITIATOR_ERROR,
+    ),
+    (
+        "ISID changes",
+        {"chap": ChapClient(ALICE), "request_hook": hook_nth(2, {"isid": 5})},
+        Portal(node=chap_node()),
+        LoginStatus.INITIATOR_ERROR,
+    ),
+    (
+        "unsupported version",
+        {"request_hook": hook_first({"version_min": 1, "version_max": 2})},
+        None,
+        LoginStatus.UNSUPPORTED_VERSION,
+    ),
+    (
+        "reserved ISID type",
+        {"isid": make_isid(IsidType.RESERVED)},
+        None,
+        LoginStatus.INITIATOR_ERROR,
+    ),
+    (
+        "no InitiatorName",
+        {"pairs_hook": lambda s, p: [x for x in p if x[0] != "InitiatorName"]},
+        None,
+        LoginStatus.MISSING_PARAMETER,
+    ),
     ("no TargetName", {"target_name": None}, None, LoginStatus.MISSING_PARAMETER),
-    ("unknown target", {"target_name": "iqn.2024-01.com.example:none"}, None,
-     LoginStatus.NOT_FOUND),
-    ("bogus SessionType", {"pairs_hook": lambda s, p: [
-        (k, "Bogus" if k == "SessionType" else v) for k, v in p]}, None,
-     LoginStatus.SESSION_TYPE_NOT_SUPPORTED),
-    ("discovery disabled", {"session_type": "Discovery", "target_name": None},
-     Portal(discovery=False), LoginStatus.SESSION_TYPE_NOT_SUPPORTED),
-    ("target removed", {}, Portal(node=TargetNode(TARGET, removed=True)),
-     LoginStatus.TARGET_REMOVED),
-    ("initiator not allowed", {}, Portal(node=TargetNode(TARGET, allow=lambda n: False)),
-     LoginStatus.AUTHORIZATION_FAILURE),
-    ("repeated key", {"keys": {"MaxBurstLength": "4096"},
-                      "pairs_hook": lambda s, p: p + [("MaxBurstLength", "8192")]}, None,
-     LoginStatus.INITIATOR_ERROR),
-    ("operational key in the security stage", {"chap": ChapClient(ALICE),
-     "pairs_hook": lambda s, p: p + [("MaxBurstLength", "8192")] if s == 0 else p},
-     Portal(node=chap_node()), LoginStatus.INITIATOR_ERROR),
-    ("CHAP key in the operational stage",
-     {"pairs_hook": lambda s, p: p + [("CHAP_A", "5")]}, None, LoginStatus.INITIATOR_ERROR),
-    ("skips security although CHAP is required", {"start_stage": 1}, Portal(node=chap_node()),
-     LoginStatus.AUTH_FAILURE),
-    ("leaves security before CHAP", {"auth_methods": ["None"], "start_stage": 0},
-     Portal(node=chap_node()), LoginStatus.AUTH_FAILURE),
-    ("wrong CHAP secret", {"chap": ChapClient(ChapCredentials(ALICE.name, b"wrong-secret-0001"))},
-     Portal(node=chap_node()), LoginStatus.AUTH_FAILURE),
-    ("CHAP keys without AuthMethod=CHAP", {"auth_methods": ["None"], "start_stage": 0,
-     "pairs_hook": lambda s, p: p + [("CHAP_A", "5")]}, None, LoginStatus.AUTH_FAILURE),
+    (
+        "unknown target",
+        {"target_name": "iqn.2024-01.com.example:none"},
+        None,
+        LoginStatus.NOT_FOUND,
+    ),
+    (
+        "bogus SessionType",
+        {"pairs_hook": lambda s, p: [(k, "Bogus" if k == "SessionType" else v) for k, v in p]},
+        None,
+        LoginStatus.SESSION_TYPE_NOT_SUPPORTED,
+    ),
+    (
+        "discovery disabled",
+        {"session_type": "Discovery", "target_name": None},
+        Portal(discovery=False),
+        LoginStatus.SESSION_TYPE_NOT_SUPPORTED,
+    ),
+    (
+        "target removed",
+        {},
+        Portal(node=TargetNode(TARGET, removed=True)),
+        LoginStatus.TARGET_REMOVED,
+    ),
+    (
+        "initiator not allowed",
+        {},
+        Portal(node=TargetNode(TARGET, allow=lambda n: False)),
+        LoginStatus.AUTHORIZATION_FAILURE,
+    ),
+    (
+        "repeated key",
+        {
+            "keys": {"MaxBurstLength": "4096"},
+            "pairs_hook": lambda s, p: [*p, ("MaxBurstLength", "8192")],
+        },
+        None,
+        LoginStatus.INITIATOR_ERROR,
+    ),
+    (
+        "operational key in the security stage",
+        {
+            "chap": ChapClient(ALICE),
+            "pairs_hook": lambda s, p: [*p, ("MaxBurstLength", "8192")] if s == 0 else p,
+        },
+        Portal(node=chap_node()),
+        LoginStatus.INITIATOR_ERROR,
+    ),
+    (
+        "CHAP key in the operational stage",
+        {"pairs_hook": lambda s, p: [*p, ("CHAP_A", "5")]},
+        None,
+        LoginStatus.INITIATOR_ERROR,
+    ),
+    (
+        "skips security although CHAP is required",
+        {"start_stage": 1},
+        Portal(node=chap_node()),
+        LoginStatus.AUTH_FAILURE,
+    ),
+    (
+        "leaves security before CHAP",
+        {"auth_methods": ["None"], "start_stage": 0},
+        Portal(node=chap_node()),
+        LoginStatus.AUTH_FAILURE,
+    ),
+    (
+        "wrong CHAP secret",
+        {"chap": ChapClient(ChapCredentials(ALICE.name, b"wrong-secret-0001"))},
+        Portal(node=chap_node()),
+        LoginStatus.AUTH_FAILURE,
+    ),
+    (
+        "CHAP keys without AuthMethod=CHAP",
+        {
+            "auth_methods": ["None"],
+            "start_stage": 0,
+            "pairs_hook": lambda s, p: [*p, ("CHAP_A", "5")],
+        },
+        None,
+        LoginStatus.AUTH_FAILURE,
+    ),
     ("no session with that TSIH", {"tsih": 77}, None, LoginStatus.SESSION_DOES_NOT_EXIST),
-]  # fmt: skip
+]
 
 
-@pytest.mark.parametrize(("kw", "portal", "status"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])  # fmt: skip
-def test_target_rejects_broken_logins(kw: dict[str, Any], portal: Portal | None,
-                                      status: int) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("kw", "portal", "status"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_target_rejects_broken_logins(
+    kw: dict[str, Any], portal: Portal | None, status: int
+) -> None:
     i = initiator(**kw)
     t = (portal or Portal()).target()
     ie, te = drive(i, t)
@@ -302,7 +409,7 @@ def test_discovery_session_cannot_take_a_second_connection() -> None:
     params = NegotiatedParameters(session_type="Discovery")
     portal.sessions[9] = ExistingSession(9, INITIATOR, 1 << 47, None, "Discovery", params)
     i = initiator(isid=1 << 47, tsih=9, session_type="Discovery", target_name=None)
-    ie, te = drive(i, portal.target())
+    _ie, te = drive(i, portal.target())
     assert failed(te).status == LoginStatus.CANT_INCLUDE_IN_SESSION
 
 
@@ -316,7 +423,7 @@ def test_non_login_pdu_during_login() -> None:
 
 def test_no_common_auth_method() -> None:
     i = initiator(auth_methods=["SRP"], start_stage=0)
-    ie, te = drive(i, Portal(node=chap_node()).target())
+    _ie, te = drive(i, Portal(node=chap_node()).target())
     assert failed(te).status == LoginStatus.AUTH_FAILURE
 
 
@@ -354,8 +461,9 @@ def first_exchange(**kw: Any) -> tuple[Any, LoginRequest]:
 
 
 def response_to(req: LoginRequest, **kw: Any) -> LoginResponse:
-    fields: dict[str, Any] = dict(csg=req.csg, isid=req.isid, itt=req.itt, statsn=5,
-                                  expcmdsn=req.cmdsn, maxcmdsn=req.cmdsn)  # fmt: skip
+    fields: dict[str, Any] = dict(
+        csg=req.csg, isid=req.isid, itt=req.itt, statsn=5, expcmdsn=req.cmdsn, maxcmdsn=req.cmdsn
+    )
     fields.update(kw)
     return LoginResponse(**fields)
 
@@ -369,11 +477,10 @@ def response_to(req: LoginRequest, **kw: Any) -> LoginResponse:
         ({"itt": 99}, "RX_WRONG_TASK"),
         ({"transit": True, "nsg": 1}, "RX_BAD_NSG"),
         ({"transit": True, "nsg": 3, "tsih": 0}, "TSIH 0"),
-        ({"transit": True, "nsg": 3, "tsih": 1, "data": b"MaxBurstLength=512\0"},
-         "need an answer"),
+        ({"transit": True, "nsg": 3, "tsih": 1, "data": b"MaxBurstLength=512\0"}, "need an answer"),
         ({"status_class": 1, "status_detail": 1}, "without TargetAddress"),
     ],
-)  # fmt: skip
+)
 def test_initiator_detects_bad_responses(change: dict[str, Any], why: str) -> None:
     i, req = first_exchange()
     events = i.receive_pdu(response_to(req, **change))
@@ -396,7 +503,7 @@ def test_initiator_unrequested_transit_and_nsg_beyond_request() -> None:
 def test_initiator_unexpected_pdus() -> None:
     i = initiator()
     assert failed(i.receive_pdu(LoginResponse())).error is not None  # nothing sent yet
-    i, req = first_exchange()
+    i, _req = first_exchange()
     assert failed(i.receive_pdu(NopOut())).error is not None
 
 
@@ -429,7 +536,6 @@ def test_initiator_security_errors() -> None:
     bad = failed(i.receive_pdu(response_to(req, data=b"AuthMethod=SRP\0", transit=False)))
     assert "not implemented" in bad.reason
     i, req = first_exchange(chap=ChapClient(ALICE), auth_methods=["CHAP", "None"])
-    (_,) = [None]
     i.receive_pdu(response_to(req, data=b"AuthMethod=CHAP\0"))
     (req2,) = i.data_to_send()
     assert not req2.transit

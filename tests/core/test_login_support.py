@@ -89,7 +89,9 @@ def through_wire(p: wire.PDU) -> wire.PDU:
     return decoded
 
 
-def drive(i: InitiatorLogin, t: TargetLogin, *, limit: int = 200) -> tuple[list[Event], list[Event]]:
+def drive(
+    i: InitiatorLogin, t: TargetLogin, *, limit: int = 200
+) -> tuple[list[Event], list[Event]]:
     """Run a login to its end; return (initiator events, target events)."""
     ie: list[Event] = []
     te: list[Event] = []

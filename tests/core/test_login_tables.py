@@ -40,9 +40,10 @@ def test_labels_are_rfc_names() -> None:
 
 
 @pytest.mark.parametrize(
-    ("state", "inp"), list(itertools.product(InitiatorState, InitiatorInput)),
+    ("state", "inp"),
+    list(itertools.product(InitiatorState, InitiatorInput)),
     ids=lambda x: x.name,
-)  # fmt: skip
+)
 def test_initiator_sweep(state: InitiatorState, inp: InitiatorInput) -> None:
     i = initiator()
     i.state = state
@@ -74,8 +75,11 @@ def test_target_sweep(state: TargetState, inp: TargetInput) -> None:
     assert len(events) == 1 and isinstance(events[0], LoginFailed)
     assert isinstance(events[0].error, LoginError)
     sent = t.data_to_send()
-    if state in (TargetState.S3_XPT_UP, TargetState.S4_IN_LOGIN_SECURITY,
-                 TargetState.S4_IN_LOGIN_OPERATIONAL):  # fmt: skip
+    if state in (
+        TargetState.S3_XPT_UP,
+        TargetState.S4_IN_LOGIN_SECURITY,
+        TargetState.S4_IN_LOGIN_OPERATIONAL,
+    ):
         want = _TARGET_ERRORS.get(inp, (LoginStatus.INITIATOR_ERROR, ""))[0]
         assert [r.status for r in sent] == [want] and sent[0].itt == 9
         assert t.state is TargetState.S1_FREE
@@ -102,20 +106,32 @@ class LoginMachine(RuleBasedStateMachine):
         chap=chap_configs,
         segment=st.sampled_from([64, 512, 8192]),
     )
-    def setup(self, ikeys: dict[str, str], tkeys: dict[str, str], session_type: str,
-              chap: Any, segment: int) -> None:  # fmt: skip
+    def setup(
+        self,
+        ikeys: dict[str, str],
+        tkeys: dict[str, str],
+        session_type: str,
+        chap: Any,
+        segment: int,
+    ) -> None:
         auth = None
         client = None
         if chap is not None:
             alg, mutual = chap
-            auth = ChapTargetAuth(secrets={ALICE.name: ALICE.secret}, credentials=TGT,
-                                  algorithms=(alg,))  # fmt: skip
-            client = ChapClient(ALICE, algorithms=[alg], target=TGT if mutual else None,
-                                rng=rng_from(77))  # fmt: skip
+            auth = ChapTargetAuth(
+                secrets={ALICE.name: ALICE.secret}, credentials=TGT, algorithms=(alg,)
+            )
+            client = ChapClient(
+                ALICE, algorithms=[alg], target=TGT if mutual else None, rng=rng_from(77)
+            )
         portal = Portal(node=TargetNode(TARGET, chap=auth, keys=tkeys), discovery_chap=auth)
-        self.i = initiator(keys=ikeys, session_type=session_type, chap=client,
-                           target_name=TARGET if session_type == "Normal" else None,
-                           max_segment=segment)  # fmt: skip
+        self.i = initiator(
+            keys=ikeys,
+            session_type=session_type,
+            chap=client,
+            target_name=TARGET if session_type == "Normal" else None,
+            max_segment=segment,
+        )
         self.t = portal.target()
         self.to_target = self.i.start()
         self.to_initiator: list[Any] = []
@@ -165,6 +181,8 @@ class LoginMachine(RuleBasedStateMachine):
 
 TestLoginMachine = LoginMachine.TestCase
 TestLoginMachine.settings = settings(
-    max_examples=25, stateful_step_count=30, deadline=None,
+    max_examples=25,
+    stateful_step_count=30,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
-)  # fmt: skip
+)

@@ -101,8 +101,11 @@ def test_booleans_and_or(key: str, ours: str, theirs: str, outcome: str) -> None
 
 def test_declarative_keys_are_recorded_not_answered() -> None:
     t = target()
-    pairs = [("MaxRecvDataSegmentLength", "65536"), ("InitiatorAlias", "host ✓"),
-             ("X#NodeArchitecture", "ExampleOS,1.0")]  # fmt: skip
+    pairs = [
+        ("MaxRecvDataSegmentLength", "65536"),
+        ("InitiatorAlias", "host ✓"),
+        ("X#NodeArchitecture", "ExampleOS,1.0"),
+    ]
     assert t.respond(pairs) == []
     result = t.result()
     assert result.max_recv_data_segment_length_peer == 65536
@@ -162,10 +165,14 @@ def test_sender_rules() -> None:
 
 def test_discovery_answers_irrelevant() -> None:
     t = target(session_type="Discovery")
-    out = t.respond([("MaxConnections", "4"), ("HeaderDigest", "CRC32C,None"),
-                     ("ErrorRecoveryLevel", "1")])  # fmt: skip
-    assert out == [("MaxConnections", "Irrelevant"), ("HeaderDigest", "None"),
-                   ("ErrorRecoveryLevel", "0")]  # fmt: skip
+    out = t.respond(
+        [("MaxConnections", "4"), ("HeaderDigest", "CRC32C,None"), ("ErrorRecoveryLevel", "1")]
+    )
+    assert out == [
+        ("MaxConnections", "Irrelevant"),
+        ("HeaderDigest", "None"),
+        ("ErrorRecoveryLevel", "0"),
+    ]
 
 
 def test_stage_rules() -> None:
@@ -199,9 +206,9 @@ def test_leading_only_on_a_non_leading_connection() -> None:
         t.respond([("MaxBurstLength", "8192")])
     assert "leading-only" in info.value.message
     # repeating the session's SessionType is tolerated, changing it is not
-    assert target(leading=False, session=session, stage=SEC).respond(
-        [("SessionType", "Normal")]
-    ) == []
+    assert (
+        target(leading=False, session=session, stage=SEC).respond([("SessionType", "Normal")]) == []
+    )
     with pytest.raises(NegotiationError):
         target(leading=False, session=session, stage=SEC).respond([("SessionType", "Discovery")])
 
@@ -218,10 +225,12 @@ def test_non_leading_connection_inherits_session_wide_values_only() -> None:
 
 def test_first_burst_irrelevant_when_initial_r2t_and_no_immediate_data() -> None:
     t = target({"ImmediateData": "No"})
-    out = t.respond([("FirstBurstLength", "4096"), ("InitialR2T", "Yes"),
-                     ("ImmediateData", "Yes")])  # fmt: skip
-    assert out == [("FirstBurstLength", "Irrelevant"), ("InitialR2T", "Yes"),
-                   ("ImmediateData", "No")]  # fmt: skip
+    out = t.respond([("FirstBurstLength", "4096"), ("InitialR2T", "Yes"), ("ImmediateData", "Yes")])
+    assert out == [
+        ("FirstBurstLength", "Irrelevant"),
+        ("InitialR2T", "Yes"),
+        ("ImmediateData", "No"),
+    ]
 
 
 # --------------------------------------------------------------------------- originator
@@ -237,10 +246,15 @@ def test_answer_outside_the_offered_list_is_a_protocol_error() -> None:
 
 @pytest.mark.parametrize(
     ("key", "ours", "answer"),
-    [("MaxBurstLength", "4096", "8192"), ("DefaultTime2Wait", "5", "2"),
-     ("ImmediateData", "No", "Yes"), ("InitialR2T", "Yes", "No"),
-     ("MaxBurstLength", "4096", "100"), ("InitialR2T", "No", "perhaps")],
-)  # fmt: skip
+    [
+        ("MaxBurstLength", "4096", "8192"),
+        ("DefaultTime2Wait", "5", "2"),
+        ("ImmediateData", "No", "Yes"),
+        ("InitialR2T", "Yes", "No"),
+        ("MaxBurstLength", "4096", "100"),
+        ("InitialR2T", "No", "perhaps"),
+    ],
+)
 def test_answers_breaking_the_result_function_are_protocol_errors(
     key: str, ours: str, answer: str
 ) -> None:
@@ -253,12 +267,20 @@ def test_answers_breaking_the_result_function_are_protocol_errors(
 def test_special_answers_leave_the_default() -> None:
     i = initiator({"MaxBurstLength": "4096", "X-com.example.a": "1", "MaxConnections": "2"})
     i.offer()
-    i.respond([("MaxBurstLength", "Reject"), ("X-com.example.a", "NotUnderstood"),
-               ("MaxConnections", "Irrelevant")])  # fmt: skip
+    i.respond(
+        [
+            ("MaxBurstLength", "Reject"),
+            ("X-com.example.a", "NotUnderstood"),
+            ("MaxConnections", "Irrelevant"),
+        ]
+    )
     r = i.result()
     assert r.max_burst_length == 262144 and r.max_connections == 1
-    assert i.special_answers == {"MaxBurstLength": "Reject", "X-com.example.a": "NotUnderstood",
-                                 "MaxConnections": "Irrelevant"}  # fmt: skip
+    assert i.special_answers == {
+        "MaxBurstLength": "Reject",
+        "X-com.example.a": "NotUnderstood",
+        "MaxConnections": "Irrelevant",
+    }
 
 
 def test_extension_key_answered_with_a_value() -> None:
@@ -279,8 +301,10 @@ def test_optional_answers() -> None:
 
 
 def test_offer_skips_what_cannot_be_sent_now_unless_named() -> None:
-    i = initiator({"MaxBurstLength": "4096", "TargetAlias": "x", "AuthMethod": "None",
-                   "OFMarker": "No"}, stage=OP)  # fmt: skip
+    i = initiator(
+        {"MaxBurstLength": "4096", "TargetAlias": "x", "AuthMethod": "None", "OFMarker": "No"},
+        stage=OP,
+    )
     assert i.offer() == [("MaxBurstLength", "4096")]
     assert i.offer() == []  # not twice
     assert i.offer(["OFMarker"]) == [("OFMarker", "No")]
@@ -318,15 +342,25 @@ def test_burst_length_conflict_between_two_answers() -> None:
 
 def test_role_helpers() -> None:
     assert Role.INITIATOR.peer is Role.TARGET and Role.TARGET.peer is Role.INITIATOR
-    assert NegotiatedParameters(max_recv_data_segment_length_peer=4096).max_send_data_segment_length == 4096
+    assert (
+        NegotiatedParameters(max_recv_data_segment_length_peer=4096).max_send_data_segment_length
+        == 4096
+    )
 
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("SessionType", "Bogus"), ("TargetName", ""), ("CHAP_C", "0x" + "00" * 1025),
-     ("TargetAlias", "x" * 256), ("CHAP_N", "has space"), ("OFMarkInt", "0~5"),
-     ("X#NodeArchitecture", "a" * 256), ("InitiatorAlias", "nul\0")],
-)  # fmt: skip
+    [
+        ("SessionType", "Bogus"),
+        ("TargetName", ""),
+        ("CHAP_C", "0x" + "00" * 1025),
+        ("TargetAlias", "x" * 256),
+        ("CHAP_N", "has space"),
+        ("OFMarkInt", "0~5"),
+        ("X#NodeArchitecture", "a" * 256),
+        ("InitiatorAlias", "nul\0"),
+    ],
+)
 def test_check_value_rejects(key: str, value: str) -> None:
     with pytest.raises(NegotiationError):
         check_value(KEYS[key], value)
@@ -334,10 +368,14 @@ def test_check_value_rejects(key: str, value: str) -> None:
 
 # --------------------------------------------------------------------------- properties
 
-_NUMERIC = [k for k, s in KEYS.items() if k != "FirstBurstLength" and s.result_function in
-            (ResultFunction.MIN, ResultFunction.MAX)]  # fmt: skip
-_BOOLEAN = [k for k, s in KEYS.items() if s.result_function in
-            (ResultFunction.AND, ResultFunction.OR)]  # fmt: skip
+_NUMERIC = [
+    k
+    for k, s in KEYS.items()
+    if k != "FirstBurstLength" and s.result_function in (ResultFunction.MIN, ResultFunction.MAX)
+]
+_BOOLEAN = [
+    k for k, s in KEYS.items() if s.result_function in (ResultFunction.AND, ResultFunction.OR)
+]
 
 
 @given(st.sampled_from(_NUMERIC), st.data())
@@ -364,16 +402,29 @@ def test_boolean_outcome_is_commutative(key: str, a: bool, b: bool) -> None:
 
 
 @given(fk.local_values(), fk.local_values(), st.sampled_from(["Normal", "Discovery"]))
-def test_both_sides_agree_on_every_outcome(il: dict[str, str], tl: dict[str, str],
-                                           session_type: str) -> None:  # fmt: skip
+def test_both_sides_agree_on_every_outcome(
+    il: dict[str, str], tl: dict[str, str], session_type: str
+) -> None:
     i = initiator(il, session_type=session_type)
     t = target(tl, session_type=session_type)
     ri, rt = exchange(i, t)
-    for name in ("header_digest", "data_digest", "max_burst_length", "first_burst_length",
-                 "immediate_data", "initial_r2t", "max_outstanding_r2t", "max_connections",
-                 "error_recovery_level", "default_time2wait", "default_time2retain",
-                 "data_pdu_in_order", "data_sequence_in_order", "task_reporting",
-                 "iscsi_protocol_level"):  # fmt: skip
+    for name in (
+        "header_digest",
+        "data_digest",
+        "max_burst_length",
+        "first_burst_length",
+        "immediate_data",
+        "initial_r2t",
+        "max_outstanding_r2t",
+        "max_connections",
+        "error_recovery_level",
+        "default_time2wait",
+        "default_time2retain",
+        "data_pdu_in_order",
+        "data_sequence_in_order",
+        "task_reporting",
+        "iscsi_protocol_level",
+    ):
         assert getattr(ri, name) == getattr(rt, name), name
     assert ri.max_recv_data_segment_length_local == rt.max_recv_data_segment_length_peer
     assert ri.first_burst_length <= ri.max_burst_length

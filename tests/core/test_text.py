@@ -119,15 +119,35 @@ def test_parse_never_crashes_otherwise(data: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("value", "number"),
-    [("0", 0), ("8192", 8192), ("0x2000", 8192), ("0X2000", 8192), ("0bIAA=", 8192),
-     ("0xFFFFFFFFFFFFFFFF", 2**64 - 1)],
-)  # fmt: skip
+    [
+        ("0", 0),
+        ("8192", 8192),
+        ("0x2000", 8192),
+        ("0X2000", 8192),
+        ("0bIAA=", 8192),
+        ("0xFFFFFFFFFFFFFFFF", 2**64 - 1),
+    ],
+)
 def test_parse_number(value: str, number: int) -> None:
     assert text.parse_number(value) == number
 
 
-@pytest.mark.parametrize("value", ["", "012", "-1", "0x", "0xG", "0b", "0b!!", "1.5", "Yes",
-                                   "18446744073709551616", "0x10000000000000000"])  # fmt: skip
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "012",
+        "-1",
+        "0x",
+        "0xG",
+        "0b",
+        "0b!!",
+        "1.5",
+        "Yes",
+        "18446744073709551616",
+        "0x10000000000000000",
+    ],
+)
 def test_bad_numbers(value: str) -> None:
     with pytest.raises(NegotiationError):
         text.parse_number(value)

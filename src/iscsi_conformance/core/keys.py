@@ -87,8 +87,9 @@ class KeySpec:
     RFC gives none).  ``min`` / ``max`` bound numbers.  ``values`` lists the legal
     values of LIST / ENUM keys.  ``usable_in_discovery`` is False where the RFC says
     "Irrelevant when: SessionType=Discovery".  ``max_length`` bounds each (decoded)
-    value in bytes.  ``repeatable`` marks keys that may legally appear more than once
-    (TargetAddress in SendTargets answers).
+    value in bytes.  ``repeatable`` marks keys that may legally appear more than once in
+    one negotiation (TargetAddress).  SendTargets answers, where TargetName repeats to
+    start each record, are parsed by the discovery layer, not negotiated.
     """
 
     name: str

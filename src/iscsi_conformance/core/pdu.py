@@ -63,6 +63,7 @@ __all__ = [
     "PDU",
     "PDU_CLASSES",
     "R2T",
+    "RULES",
     "AsyncMessage",
     "LoginRequest",
     "LoginResponse",
@@ -565,10 +566,93 @@ def field_to_lun(value: int) -> int:
     raise ValueError(f"unsupported LUN address method {method} in 0x{value:016x}")
 
 
+# ============================================================================ rules
+
+#: (class, field) -> (the codes enum its values come from, section); used by strict checks
+ENUM_FIELDS: dict[tuple[type[PDU], str], tuple[type[Any], str]] = {
+    (ScsiCommand, "attr"): (TaskAttribute, "RFC 7143 11.3.1"),
+    (TaskManagementRequest, "function"): (TmfFunction, "RFC 7143 11.5.1"),
+    (LogoutRequest, "reason"): (LogoutReason, "RFC 7143 11.14.1"),
+    (SnackRequest, "snack_type"): (SnackType, "RFC 7143 11.16.1"),
+    (AsyncMessage, "async_event"): (AsyncEvent, "RFC 7143 11.9.1"),
+    (Reject, "reason"): (RejectReason, "RFC 7143 11.17.1"),
+    (LoginRequest, "csg"): (LoginStage, "RFC 7143 11.12.3"),
+    (LoginRequest, "nsg"): (LoginStage, "RFC 7143 11.12.3"),
+    (LoginResponse, "csg"): (LoginStage, "RFC 7143 11.12.3"),
+    (LoginResponse, "nsg"): (LoginStage, "RFC 7143 11.12.3"),
+}
+
+# Cross-field rules of RFC 7143 section 11, declared once as data:
+# (field, section, what is wrong, Python expression over ``p`` that is true when broken).
+# The compiler turns them into the strict encoder's fast check and into the reporter
+# behind violations().
+_SENSE_OVERRUN = (
+    "len(p.data) == 1 or (len(p.data) >= 2 and 2 + int.from_bytes(p.data[:2], 'big') > len(p.data))"
+)
+RULES: dict[type[PDU], list[tuple[str, str, str, str]]] = {
+    LoginRequest: [
+        ("cont", "RFC 7143 11.12", "C and T must not both be 1", "p.transit and p.cont"),
+        ("nsg", "RFC 7143 6.3", "a transit must go to a later stage", "p.transit and p.nsg <= p.csg"),
+    ],
+    LoginResponse: [
+        ("cont", "RFC 7143 11.13", "C and T must not both be 1", "p.transit and p.cont"),
+        ("nsg", "RFC 7143 6.3", "a transit must go to a later stage", "p.transit and p.nsg <= p.csg"),
+    ],
+    TextRequest: [("cont", "RFC 7143 11.10.2", "F and C must not both be 1", "p.final and p.cont")],
+    TextResponse: [("cont", "RFC 7143 11.11", "F and C must not both be 1", "p.final and p.cont")],
+    ScsiCommand: [
+        ("expected_data_transfer_length", "RFC 7143 11.3.1",
+         "must be 0 when neither R nor W is set",
+         "not (p.read or p.write) and p.expected_data_transfer_length"),
+        ("bidi_read_length", "RFC 7143 11.2.2.4",
+         "the Bidirectional Read AHS is only for commands with R and W set",
+         "p.bidi_read_length is not None and not (p.read and p.write)"),
+        ("bidi_read_length", "RFC 7143 11.2.2.4", "must be an int in 0..2**32-1",
+         "p.bidi_read_length is not None and not (type(p.bidi_read_length) is int "
+         "and 0 <= p.bidi_read_length <= 0xFFFFFFFF)"),
+        # TotalAHSLength is one byte: 1020 bytes of AHS at most (RFC 7143 11.2.1.4)
+        ("cdb", "RFC 7143 11.2.2.3", "the CDB does not fit in the AHS",
+         "len(p.cdb) + (8 if p.bidi_read_length is not None else 0) > 1032"),
+        ("data", "RFC 7143 11.3.4", "immediate data needs the W bit", "p.data and not p.write"),
+    ],
+    ScsiDataIn: [
+        ("status_present", "RFC 7143 11.7.3", "S requires F", "p.status_present and not p.final"),
+        ("overflow", "RFC 7143 11.7.5", "O and U must not both be 1", "p.overflow and p.underflow"),
+        ("status", "RFC 7143 11.7.3", "status, O and U are only valid with S",
+         "not p.status_present and (p.overflow or p.underflow or p.status)"),
+    ],
+    ScsiResponse: [
+        ("overflow", "RFC 7143 11.4.5", "O and U must not both be 1", "p.overflow and p.underflow"),
+        ("bidi_overflow", "RFC 7143 11.4.5", "o and u must not both be 1",
+         "p.bidi_overflow and p.bidi_underflow"),
+        ("data", "RFC 7143 11.4.7", "SenseLength runs past the data segment", _SENSE_OVERRUN),
+    ],
+    NopOut: [
+        ("immediate", "RFC 7143 11.18", "a NOP-Out with ITT 0xffffffff must be immediate",
+         "p.itt == 0xFFFFFFFF and not p.immediate"),
+    ],
+    Reject: [
+        ("data", "RFC 7143 11.17", "must carry the complete rejected header (48 bytes)",
+         "len(p.data) < 48"),
+    ],
+}  # fmt: skip
+
+
+def _all_rules(cls: type[PDU]) -> list[tuple[str, str, str, str]]:
+    """Enum membership rules, then the cross-field rules, for ``cls``."""
+    out = [
+        (name, section, "undefined value", f"p.{name} not in _codes_{name}")
+        for (owner, name), (_enum, section) in ENUM_FIELDS.items()
+        if owner is cls
+    ]
+    return out + RULES.get(cls, [])
+
+
 # ============================================================================ compiler
 
 _Packer: TypeAlias = Callable[[Any, int, int], bytes]
 _Unpacker: TypeAlias = Callable[[Any, int, bytes, bytes], PDU]
+_Check: TypeAlias = Callable[[Any], bool]
 
 _STRUCT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q", 16: "16s"}
 _SPLIT_CODES = {3: ("B", "H", 16), 6: ("H", "I", 32)}  # widths struct has no code for
@@ -577,7 +661,7 @@ _SPLIT_CODES = {3: ("B", "H", 16), 6: ("H", "I", 32)}  # widths struct has no co
 _compiled_source: dict[str, str] = {}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Spec:
     """What the compiler produced for one opcode."""
 
@@ -585,7 +669,10 @@ class _Spec:
     pack_strict: _Packer
     pack_loose: _Packer
     unpack: _Unpacker
-    guard: Callable[[Any], bool] | None  # range check of sub-byte fields
+    ok: _Check  # True if strict encoding may proceed (every check except widths)
+    plain: Callable[[Any], bytes | None]  # strict BHS of a PDU without data or AHS
+    rules: tuple[tuple[str, str, str, _Check], ...]  # (field, section, message, broken)
+    command: bool  # SCSI Command: AHS come from cdb / bidi_read_length
 
 
 def _plan(lay: Layout, *, for_decode: bool) -> tuple[str, dict[int, str]]:
@@ -649,9 +736,9 @@ def _compile(cls: type[PDU], lay: Layout) -> _Spec:
     # ---- encoders: one expression per unit, OR-ing the fields that share it
     efmt, enames = _plan(lay, for_decode=False)
     env["_E"] = struct.Struct(efmt)
+    broken = []  # expressions true when strict encoding must refuse
     for strict in (True, False):
         parts: dict[int, list[str]] = {off: [] for off in enames}
-        guards = []
         for f in lay.fields:
             if f.kind is FieldKind.RESERVED:
                 continue
@@ -667,7 +754,8 @@ def _compile(cls: type[PDU], lay: Layout) -> _Spec:
                 parts[f.offset].append(f"({f.mask} if p.{f.name} else 0)")
             elif f.mask:
                 parts[f.offset].append(f"((p.{f.name} & {f.max_value}) << {f.shift})")
-                guards.append(f"0 <= p.{f.name} <= {f.max_value}")
+                if strict:  # struct checks whole-byte widths; sub-byte ones are ours
+                    broken.append(f"not 0 <= p.{f.name} <= {f.max_value}")
             elif strict or f.is_bytes:
                 parts[f.offset].append(f"p.{f.name}")
             else:
@@ -684,9 +772,28 @@ def _compile(cls: type[PDU], lay: Layout) -> _Spec:
         name = "pack_strict" if strict else "pack_loose"
         lines.append(f"def {name}(p, tahs, dsl):")
         lines.append(f"    return _E.pack({', '.join(args)})")
-        if strict and guards:
-            lines.append("def guard(p):")
-            lines.append(f"    return {' and '.join(guards)}")
+
+    # ---- strict check: widths of bit groups, AHS, data segment, then the rules
+    broken.append("p.ahs")
+    broken.append("p.data" if not lay.has_data else f"len(p.data) > {MAX_DATA_SEGMENT_LENGTH}")
+    rules = _all_rules(cls)
+    for (owner, name), (enum, _section) in ENUM_FIELDS.items():
+        if owner is cls:
+            env[f"_codes_{name}"] = frozenset(int(m) for m in enum)
+    broken += [f"({expr})" for *_, expr in rules]
+    lines.append("def ok(p):")
+    lines.append(f"    return not ({' or '.join(broken)})")
+    # the hot path of strict encoding: no data, no AHS, nothing broken -> the BHS
+    simple = ["p.data", "p.ahs"] + (
+        ["len(p.cdb) > 16", "p.bidi_read_length is not None"] if cls is ScsiCommand else []
+    )
+    lines.append("def plain(p):")
+    lines.append(f"    if {' or '.join(simple + broken)}:")
+    lines.append("        return None")
+    lines.append("    return pack_strict(p, 0, 0)")
+    for i, (*_, expr) in enumerate(rules):
+        lines.append(f"def rule{i}(p):")
+        lines.append(f"    return bool({expr})")
 
     source = "\n".join(lines) + "\n"
     _compiled_source[cls.__name__] = source
@@ -696,12 +803,16 @@ def _compile(cls: type[PDU], lay: Layout) -> _Spec:
         pack_strict=env["pack_strict"],
         pack_loose=env["pack_loose"],
         unpack=env["unpack"],
-        guard=env.get("guard"),
+        ok=env["ok"],
+        plain=env["plain"],
+        rules=tuple((f, s, m, env[f"rule{i}"]) for i, (f, s, m, _) in enumerate(rules)),
+        command=cls is ScsiCommand,
     )
 
 
 _SPECS: dict[type[PDU], _Spec] = {}
 _UNPACKERS: dict[int, _Unpacker] = {}
+_PLAIN: dict[type[PDU], Callable[[Any], bytes | None]] = {}
 
 
 def _register() -> None:
@@ -720,6 +831,7 @@ def _register() -> None:
         spec = _compile(cls, lay)
         _SPECS[cls] = spec
         _UNPACKERS[int(lay.opcode)] = spec.unpack
+        _PLAIN[cls] = spec.plain
         PDU_CLASSES[int(lay.opcode)] = cls
 
 
@@ -735,122 +847,49 @@ _register()
 
 # ============================================================================ validation
 
-#: (class, field) -> (the codes enum its values come from, section); used by strict checks
-ENUM_FIELDS: dict[tuple[type[PDU], str], tuple[type[Any], str]] = {
-    (ScsiCommand, "attr"): (TaskAttribute, "RFC 7143 11.3.1"),
-    (TaskManagementRequest, "function"): (TmfFunction, "RFC 7143 11.5.1"),
-    (LogoutRequest, "reason"): (LogoutReason, "RFC 7143 11.14.1"),
-    (SnackRequest, "snack_type"): (SnackType, "RFC 7143 11.16.1"),
-    (AsyncMessage, "async_event"): (AsyncEvent, "RFC 7143 11.9.1"),
-    (Reject, "reason"): (RejectReason, "RFC 7143 11.17.1"),
-    (LoginRequest, "csg"): (LoginStage, "RFC 7143 11.12.3"),
-    (LoginRequest, "nsg"): (LoginStage, "RFC 7143 11.12.3"),
-    (LoginResponse, "csg"): (LoginStage, "RFC 7143 11.12.3"),
-    (LoginResponse, "nsg"): (LoginStage, "RFC 7143 11.12.3"),
-}
-
-
-def _rule_violations(pdu: PDU) -> list[Violation]:
-    """Cross-field rules of RFC 7143 section 11 (beyond each field's range)."""
-    out: list[Violation] = []
-
-    def bad(name: str, section: str, message: str) -> None:
-        out.append(Violation(name, section, message))
-
-    cls = type(pdu)
-    for (owner, name), (enum, section) in ENUM_FIELDS.items():
-        if owner is cls:
-            value = getattr(pdu, name)
-            if value not in enum._value2member_map_:
-                bad(name, section, f"undefined value {value}")
-    if isinstance(pdu, LoginRequest | LoginResponse):
-        section = cls.layout.section if cls.layout else ""
-        if pdu.transit and pdu.cont:
-            bad("cont", section, "C and T must not both be 1")
-        if pdu.transit and pdu.nsg <= pdu.csg:
-            bad("nsg", "RFC 7143 6.3", f"transit from stage {pdu.csg} to {pdu.nsg} is not forward")
-    elif isinstance(pdu, TextRequest | TextResponse):
-        if pdu.final and pdu.cont:
-            bad("cont", "RFC 7143 11.10.2", "F and C must not both be 1")
-    elif isinstance(pdu, ScsiCommand):
-        if not (pdu.read or pdu.write) and pdu.expected_data_transfer_length:
-            bad("expected_data_transfer_length", "RFC 7143 11.3.1",
-                "must be 0 when neither R nor W is set")  # fmt: skip
-        if pdu.bidi_read_length is not None:
-            if not (pdu.read and pdu.write):
-                bad("bidi_read_length", "RFC 7143 11.2.2.4",
-                    "the Bidirectional Read AHS is only for commands with R and W set")  # fmt: skip
-            if not 0 <= pdu.bidi_read_length <= 0xFFFFFFFF:
-                bad("bidi_read_length", "RFC 7143 11.2.2.4", "does not fit 32 bits")
-        if len(pdu.cdb) - 15 > 0xFFFF or len(pdu.cdb) > 16 + 4 * 255 - 4:
-            bad("cdb", "RFC 7143 11.2.2.3", f"CDB of {len(pdu.cdb)} bytes does not fit the AHS")
-        if not pdu.write and pdu.data:
-            bad("data", "RFC 7143 11.3.4", "immediate data needs the W bit")
-    elif isinstance(pdu, ScsiDataIn):
-        if pdu.status_present and not pdu.final:
-            bad("status_present", "RFC 7143 11.7.3", "S requires F")
-        if pdu.overflow and pdu.underflow:
-            bad("overflow", "RFC 7143 11.7.5", "O and U must not both be 1")
-        if not pdu.status_present and (pdu.overflow or pdu.underflow or pdu.status):
-            bad("status", "RFC 7143 11.7.3", "status, O and U are only valid with S")
-    elif isinstance(pdu, ScsiResponse):
-        if pdu.overflow and pdu.underflow:
-            bad("overflow", "RFC 7143 11.4.5", "O and U must not both be 1")
-        if pdu.bidi_overflow and pdu.bidi_underflow:
-            bad("bidi_overflow", "RFC 7143 11.4.5", "o and u must not both be 1")
-        if len(pdu.data) == 1 or (
-            len(pdu.data) >= 2 and 2 + int.from_bytes(pdu.data[:2], "big") > len(pdu.data)
-        ):
-            bad("data", "RFC 7143 11.4.7", "SenseLength runs past the data segment")
-    elif isinstance(pdu, NopOut):
-        if pdu.itt == _NONE_TAG and not pdu.immediate:
-            bad("immediate", "RFC 7143 11.18", "a NOP-Out with ITT 0xffffffff must be immediate")
-    elif isinstance(pdu, Reject) and len(pdu.data) < BHS_LENGTH:
-        bad("data", "RFC 7143 11.17", "must carry the complete rejected header (48 bytes)")
-    return out
-
 
 def violations(pdu: PDU) -> list[Violation]:
     """Every format rule ``pdu`` breaks (empty for a PDU fit to send).
 
-    Covers field ranges, undefined codes, cross-field rules, data and AHS that the
-    opcode does not allow. Does not cover session state (sequence numbers, tags).
+    Covers field ranges, undefined codes, cross-field rules (:data:`RULES`), data and
+    AHS that the opcode does not allow. Not session state (sequence numbers, tags).
+    Flags are taken for their truth value.
     """
-    cls = type(pdu)
-    lay = cls.layout
-    if lay is None:
+    spec = _SPECS.get(type(pdu))
+    if spec is None:
         return [Violation("opcode", "RFC 7143 11.2.1.2", f"undefined opcode {pdu.opcode:#x}")]
+    lay = spec.layout
     out: list[Violation] = []
     for f in lay.value_fields:
         value = getattr(pdu, f.name)
         if f.is_flag:
-            continue  # flags are taken for their truth value
+            continue
         if f.is_bytes:
             if not isinstance(value, bytes):
                 out.append(Violation(f.name, lay.section, f"must be bytes, got {value!r}"))
-        elif not isinstance(value, int) or not 0 <= value <= f.max_value:
+        elif type(value) not in (int, bool) or not 0 <= value <= f.max_value:
             out.append(
                 Violation(f.name, lay.section, f"{value!r} does not fit in 0..{f.max_value:#x}")
             )
     if out:
-        return out
+        return out  # the rules below assume well-typed fields
     if pdu.data and not lay.has_data:
         out.append(Violation("data", lay.section, "this PDU carries no data segment"))
     if len(pdu.data) > MAX_DATA_SEGMENT_LENGTH:
         out.append(Violation("data", "RFC 7143 11.2.1.5", "longer than 2**24 - 1 bytes"))
     if pdu.ahs:
         out.append(Violation("ahs", "RFC 7143 11.2.2", "no such AHS is defined for this PDU"))
-    return out + _rule_violations(pdu)
+    out += [Violation(f, s, m) for f, s, m, is_broken in spec.rules if is_broken(pdu)]
+    return out
 
 
 def validate(pdu: PDU) -> None:
     """Raise :class:`PDUFormatError` (with the section) on the first broken rule."""
     problems = violations(pdu)
     if problems:
-        first = problems[0]
         raise PDUFormatError(
             f"{type(pdu).__name__}: " + "; ".join(f"{v.field}: {v.message}" for v in problems),
-            section=first.section,
+            section=problems[0].section,
             reject_reason=RejectReason.INVALID_PDU_FIELD,
         )
 
@@ -883,11 +922,6 @@ def bhs_of(pdu: PDU) -> bytes:
     return encode(pdu, strict=False)[:BHS_LENGTH]
 
 
-def _encode_unknown(pdu: UnknownPDU, tahs: int, dsl: int) -> bytes:
-    bhs = bytes(pdu.bhs).ljust(BHS_LENGTH, b"\0")[:BHS_LENGTH]
-    return bhs[:4] + bytes([tahs & 0xFF]) + (dsl & 0xFFFFFF).to_bytes(3, "big") + bhs[8:]
-
-
 def encode(
     pdu: PDU,
     *,
@@ -901,45 +935,76 @@ def encode(
     ``strict`` (the default) refuses a PDU that breaks a format rule, raising
     :class:`PDUFormatError`; ``strict=False`` encodes anything (values wider than their
     field are truncated) and applies ``tamper``. A data digest is sent only with a
-    non-empty data segment.
+    non-empty data segment (or tampered padding).
     """
-    if tamper is not None and strict:
+    if strict and not header_digest and tamper is None:
+        plain = _PLAIN.get(type(pdu))
+        if plain is not None:
+            try:
+                bhs = plain(pdu)
+            except (struct.error, TypeError, AttributeError):
+                bhs = None  # the general path below reports it
+            if bhs is not None:
+                return bhs
+    spec = _SPECS.get(type(pdu))
+    if not strict or spec is None:
+        return _encode_loose(pdu, spec, header_digest, data_digest, strict, tamper)
+    if tamper is not None:
         raise ValueError("tamper needs strict=False")
-    cls = type(pdu)
-    spec = _SPECS.get(cls)
-    ahs = _command_ahs(pdu, strict) if cls is ScsiCommand else pdu.ahs  # type: ignore[arg-type]
+    try:
+        good = spec.ok(pdu)
+    except (TypeError, AttributeError):
+        good = False
+    if not good:
+        validate(pdu)
+    ahs = _command_ahs(pdu, True) if spec.command else b""  # type: ignore[arg-type]
     data = pdu.data
-    tahs = (len(ahs) + 3) >> 2
-    dsl = len(data)
-    if spec is None:
-        if strict or not isinstance(pdu, UnknownPDU):
-            validate(pdu)  # raises: undefined opcode
-        bhs = _encode_unknown(pdu, tahs, dsl)  # type: ignore[arg-type]
-    elif strict:
-        if (spec.guard is not None and not spec.guard(pdu)) or (
-            pdu.ahs or (data and not spec.layout.has_data) or dsl > MAX_DATA_SEGMENT_LENGTH
-        ):
-            validate(pdu)
-        if cls in _HAS_RULES:
-            problems = _rule_violations(pdu)
-            if problems:
-                validate(pdu)
-        try:
-            bhs = spec.pack_strict(pdu, tahs, dsl)
-        except (struct.error, TypeError, AttributeError):
-            validate(pdu)
-            raise
-    else:
-        bhs = spec.pack_loose(pdu, tahs & 0xFF, dsl & 0xFFFFFF)
+    try:
+        bhs = spec.pack_strict(pdu, len(ahs) >> 2, len(data))
+    except (struct.error, TypeError, AttributeError) as exc:
+        validate(pdu)
+        raise PDUFormatError(f"{type(pdu).__name__}: {exc}", section=spec.layout.section) from exc
+    if not (ahs or data or header_digest):
+        return bhs  # the hot path: a header-only PDU
+    return _assemble(bhs, ahs, data, _PAD[len(data) & 3], header_digest, data_digest, None)
 
+
+def _encode_loose(
+    pdu: PDU,
+    spec: _Spec | None,
+    header_digest: bool,
+    data_digest: bool,
+    strict: bool,
+    tamper: Tamper | None,
+) -> bytes:
+    if spec is None and (strict or not isinstance(pdu, UnknownPDU)):
+        validate(pdu)  # raises: undefined opcode
+    ahs = _command_ahs(pdu, False) if type(pdu) is ScsiCommand else pdu.ahs
+    data = pdu.data
+    tahs, dsl = ((len(ahs) + 3) >> 2) & 0xFF, len(data) & 0xFFFFFF
+    if spec is None:
+        raw = bytes(pdu.bhs).ljust(BHS_LENGTH, b"\0")[:BHS_LENGTH]  # type: ignore[attr-defined]
+        bhs = raw[:4] + bytes([tahs]) + dsl.to_bytes(3, "big") + raw[8:]
+    else:
+        bhs = spec.pack_loose(pdu, tahs, dsl)
+    padding = _PAD[len(data) & 3]
     if tamper is not None:
         bhs = _tamper_bhs(bhs, tamper)
-        padding = tamper.padding if tamper.padding is not None else _PAD[dsl & 3]
-    elif not (ahs or data or header_digest):
-        return bhs  # the hot path: a header-only PDU
-    else:
-        padding = _PAD[dsl & 3]
+        if tamper.padding is not None:
+            padding = tamper.padding
+    return _assemble(bhs, ahs, data, padding, header_digest, data_digest, tamper)
 
+
+def _assemble(
+    bhs: bytes,
+    ahs: bytes,
+    data: bytes,
+    padding: bytes,
+    header_digest: bool,
+    data_digest: bool,
+    tamper: Tamper | None,
+) -> bytes:
+    """BHS + AHS + header digest + data + padding + data digest (RFC 7143 11.2)."""
     header = bhs + ahs if ahs else bhs
     parts = [header]
     if header_digest:
@@ -951,7 +1016,7 @@ def encode(
         parts.append(data)
         parts.append(padding)
         if data_digest:
-            value = _crc32c(padding, _crc32c(data))
+            value = _crc32c(padding, _crc32c(data))  # padding is covered (RFC 7143 13.1)
             if tamper is not None and tamper.data_digest_value is not None:
                 value = tamper.data_digest_value
             parts.append(_LE32.pack(value & 0xFFFFFFFF))
@@ -971,12 +1036,6 @@ def _tamper_bhs(bhs: bytes, tamper: Tamper) -> bytes:
     for offset, value in tamper.bhs_patch.items():
         out[offset] = value & 0xFF
     return bytes(out)
-
-
-_HAS_RULES = frozenset(
-    {LoginRequest, LoginResponse, TextRequest, TextResponse, ScsiCommand, ScsiDataIn,
-     ScsiResponse, NopOut, Reject} | {owner for owner, _ in ENUM_FIELDS}
-)  # fmt: skip
 
 
 # ============================================================================ decode
@@ -1018,28 +1077,24 @@ def decode(
     header_digest: bool = False,
     data_digest: bool = False,
     max_data_segment_length: int | None = None,
+    offset: int = 0,
 ) -> tuple[PDU, int] | NeedMore:
-    """Decode the PDU at the start of ``buf``: ``(pdu, bytes consumed)`` or ``NeedMore``.
+    """Decode the PDU at ``buf[offset:]``: ``(pdu, bytes consumed)`` or ``NeedMore``.
 
     Raises :class:`PDUFormatError` if the declared DataSegmentLength exceeds
     ``max_data_segment_length`` (checked as soon as the BHS is there, so a receiver
     never buffers more than it negotiated, RFC 7143 13.12) and :class:`DigestError`
     on a digest mismatch.
     """
-    return _decode_at(buf, 0, header_digest, data_digest, max_data_segment_length)
-
-
-def _decode_at(
-    buf: bytes | bytearray | memoryview,
-    pos: int,
-    header_digest: bool,
-    data_digest: bool,
-    max_dsl: int | None,
-) -> tuple[PDU, int] | NeedMore:
+    pos, max_dsl = offset, max_data_segment_length
     avail = len(buf) - pos
     if avail < BHS_LENGTH:
         return NeedMore(BHS_LENGTH - avail)
     b0, tahs, dsl_hi, dsl_lo = _HDR.unpack_from(buf, pos)
+    if not (tahs or dsl_hi or dsl_lo or header_digest):  # the hot path: a bare BHS
+        unpack = _UNPACKERS.get(b0 & 0x3F)
+        if unpack is not None:
+            return unpack(buf, pos, b"", b""), BHS_LENGTH
     dsl = dsl_hi << 16 | dsl_lo
     if max_dsl is not None and dsl > max_dsl:
         raise PDUFormatError(
@@ -1136,12 +1191,12 @@ class PDUDecoder:
         if len(self._buf) - self._pos < self._need:
             return None
         try:
-            result = _decode_at(
+            result = decode(
                 self._buf,
-                self._pos,
-                self.header_digest,
-                self.data_digest,
-                self.max_data_segment_length,
+                header_digest=self.header_digest,
+                data_digest=self.data_digest,
+                max_data_segment_length=self.max_data_segment_length,
+                offset=self._pos,
             )
         except DigestError as exc:
             if exc.which == "data":

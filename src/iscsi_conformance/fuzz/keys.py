@@ -55,9 +55,7 @@ def text_values(max_size: int = 255) -> st.SearchStrategy[str]:
 
 def local_names() -> st.SearchStrategy[str]:
     """iSCSI-local-name values: any UTF-8 without NUL, at most 255 bytes."""
-    return st.text(
-        st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=60
-    )
+    return st.text(st.characters(exclude_characters="\0", exclude_categories=["Cs"]), max_size=60)
 
 
 def number_encodings(n: int) -> st.SearchStrategy[str]:

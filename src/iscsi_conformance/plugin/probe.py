@@ -450,6 +450,14 @@ class FullFeature:
         self.itt += 1
         return self.itt
 
+    async def clear_unit_attention(self, lun: int, tries: int = 4) -> None:
+        """TEST UNIT READY until it stops reporting UNIT ATTENTION: a new I_T nexus
+        first sees power-on/reset (SAM-5 5.14), which is not what tests look at."""
+        for _ in range(tries):
+            out = await self.command(bytes(6), lun=lun)
+            if not (out.status == 0x02 and out.sense_key == 0x06):
+                return
+
     def _note(self, pdu: Any) -> None:
         statsn = getattr(pdu, "statsn", None)
         if statsn is not None and not isinstance(pdu, P.ScsiDataIn | P.R2T):
@@ -621,4 +629,6 @@ async def full_feature(
     phase; the connection is closed on exit."""
     async with target.raw(profile) as raw:
         probe = await target.login(raw, profile, keys, **kw)
-        yield FullFeature(raw, probe)
+        ffp = FullFeature(raw, probe)
+        await ffp.clear_unit_attention(target.lun)
+        yield ffp
