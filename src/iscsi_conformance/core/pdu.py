@@ -754,7 +754,9 @@ def _compile(cls: type[PDU], lay: Layout) -> _Spec:
                 parts[f.offset].append(f"({f.mask} if p.{f.name} else 0)")
             elif f.mask:
                 parts[f.offset].append(f"((p.{f.name} & {f.max_value}) << {f.shift})")
-                if strict:  # struct checks whole-byte widths; sub-byte ones are ours
+                if strict and (cls, f.name) not in ENUM_FIELDS:
+                    # struct checks whole-byte widths; sub-byte ones are ours (a coded
+                    # field is checked by its membership rule instead)
                     broken.append(f"not 0 <= p.{f.name} <= {f.max_value}")
             elif strict or f.is_bytes:
                 parts[f.offset].append(f"p.{f.name}")
@@ -843,6 +845,7 @@ def _opcode_of(cls: type[PDU]) -> int:
 
 
 _register()
+_UNPACK_BY_OPCODE: list[_Unpacker | None] = [_UNPACKERS.get(op) for op in range(64)]
 
 
 # ============================================================================ validation
@@ -1092,7 +1095,7 @@ def decode(
         return NeedMore(BHS_LENGTH - avail)
     b0, tahs, dsl_hi, dsl_lo = _HDR.unpack_from(buf, pos)
     if not (tahs or dsl_hi or dsl_lo or header_digest):  # the hot path: a bare BHS
-        unpack = _UNPACKERS.get(b0 & 0x3F)
+        unpack = _UNPACK_BY_OPCODE[b0 & 0x3F]
         if unpack is not None:
             return unpack(buf, pos, b"", b""), BHS_LENGTH
     dsl = dsl_hi << 16 | dsl_lo
