@@ -49,8 +49,17 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 @contextlib.contextmanager
 def reference_target(size: str) -> Iterator[str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "iscsi_conformance.target.cli", "--listen", f"127.0.0.1:{port}",
-           "--target", IQN_REF, "--lun", size]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "iscsi_conformance.target.cli",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--target",
+        IQN_REF,
+        "--lun",
+        size,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
@@ -70,16 +79,25 @@ def tgt_target(size_bytes: int) -> Iterator[str]:
     if shutil.which("tgtd") is None:
         raise RuntimeError("tgtd not installed (apt-get install tgt)")
     port, control = free_port(), free_port() % 1000 + 10000
-    tmp = tempfile.mkdtemp(prefix="bench-tgt-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    tmp = tempfile.mkdtemp(
+        prefix="bench-tgt-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    )
     backing = os.path.join(tmp, "lun.img")
     with open(backing, "wb") as f:
         f.truncate(size_bytes)
-    proc = subprocess.Popen(["tgtd", "-f", "--iscsi", f"portal=127.0.0.1:{port}", "-C", str(control)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        ["tgtd", "-f", "--iscsi", f"portal=127.0.0.1:{port}", "-C", str(control)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def adm(*args: str) -> None:
-        subprocess.run(["tgtadm", "-C", str(control), "--lld", "iscsi", *args], check=True,
-                       capture_output=True, timeout=10)  # fmt: skip
+        subprocess.run(
+            ["tgtadm", "-C", str(control), "--lld", "iscsi", *args],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
 
     try:
         wait_port(port)
@@ -100,17 +118,23 @@ def iscsi_perf(url: str, block_bytes: int, depth: int, seconds: int) -> tuple[in
     blocks = max(1, block_bytes // 512)
     out = subprocess.run(
         ["iscsi-perf", "-m", str(depth), "-b", str(blocks), "-t", str(seconds), url],
-        capture_output=True, text=True, timeout=seconds + 30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    )
     found = _AVG.findall(out.stdout + out.stderr)
     if not found:
-        raise RuntimeError(f"iscsi-perf printed no average:\n{out.stdout[-500:]}{out.stderr[-500:]}")
+        raise RuntimeError(
+            f"iscsi-perf printed no average:\n{out.stdout[-500:]}{out.stderr[-500:]}"
+        )
     iops, mbs = found[-1]
     return int(iops), int(mbs)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--depth", type=int, default=32)
     ap.add_argument("--sizes", default="4096,65536", help="block sizes in bytes, comma-separated")
@@ -126,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             results["tgt"][size] = iscsi_perf(tgt_url, size, args.depth, args.seconds)
             results["reference"][size] = iscsi_perf(ref_url, size, args.depth, args.seconds)
     print(f"iscsi-perf READ, {args.depth} in flight, {args.seconds} s each")
-    print(f"{'size':>8} {'tgt IOPS':>10} {'tgt MB/s':>9} {'ref IOPS':>10} {'ref MB/s':>9} {'ratio':>6}")
+    print(
+        f"{'size':>8} {'tgt IOPS':>10} {'tgt MB/s':>9} {'ref IOPS':>10} {'ref MB/s':>9} {'ratio':>6}"
+    )
     for size in sizes:
         ti, tm = results["tgt"][size]
         ri, rm = results["reference"][size]

@@ -157,7 +157,12 @@ async def _to_challenge(
     return probe, s2
 
 
-@spec("CHAP.Keys.WrongUser", "RFC 7143 12.1.3", requirements=["R7143-12.1.3-3"], needs=("chap",))
+@spec(
+    "CHAP.Keys.WrongUser",
+    "RFC 7143 12.1.3",
+    requirements=["R7143-12.1.3-3"],
+    needs=("chap_algorithms=5",),
+)
 async def test_wrong_user(target: Any) -> None:
     """The right secret under another CHAP_N fails with 0201."""
     (user, secret), _ = target.chap_pair("chap")
@@ -177,7 +182,7 @@ async def test_wrong_user(target: Any) -> None:
     "CHAP.Keys.UnsupportedAlgorithmOnly",
     "RFC 7143 12.1.3",
     requirements=["R7143-12.1.3-1"],
-    needs=("chap",),
+    needs=("chap_algorithms=5",),
 )
 async def test_unsupported_algorithm_only(target: Any) -> None:
     """CHAP_A offering only an unknown algorithm (99) is answered Reject or fails the login."""
@@ -204,7 +209,7 @@ async def test_unsupported_algorithm_only(target: Any) -> None:
     "RFC 7143 12.1.3",
     "RFC 7143 6.2.1",
     requirements=["R7143-12.1.3-1", "R7143-6.2.1-1"],
-    needs=("chap",),
+    needs=("chap_algorithms=5",),
 )
 async def test_algorithm_chosen_from_list(target: Any) -> None:
     """CHAP_A=99,5: the target picks 5 (the only one it must support from the list)."""
@@ -220,7 +225,10 @@ async def test_algorithm_chosen_from_list(target: Any) -> None:
 
 
 @spec(
-    "CHAP.Keys.MissingResponse", "RFC 7143 12.1.3", requirements=["R7143-12.1.3-3"], needs=("chap",)
+    "CHAP.Keys.MissingResponse",
+    "RFC 7143 12.1.3",
+    requirements=["R7143-12.1.3-3"],
+    needs=("chap_algorithms=5",),
 )
 async def test_missing_chap_r(target: Any) -> None:
     """CHAP_N without CHAP_R never authenticates."""
@@ -243,7 +251,7 @@ async def test_missing_chap_r(target: Any) -> None:
     "CHAP.Keys.ResponseWrongLength",
     "RFC 7143 12.1.3",
     requirements=["R7143-12.1.3-3"],
-    needs=("chap",),
+    needs=("chap_algorithms=5",),
 )
 async def test_response_wrong_length(target: Any) -> None:
     """A CHAP_R one byte short of the MD5 length fails with 0201."""
@@ -267,7 +275,10 @@ async def test_response_wrong_length(target: Any) -> None:
 
 
 @spec(
-    "CHAP.Keys.MalformedBinary", "RFC 7143 12.1.3", requirements=["R7143-12.1.3-6"], needs=("chap",)
+    "CHAP.Keys.MalformedBinary",
+    "RFC 7143 12.1.3",
+    requirements=["R7143-12.1.3-6"],
+    needs=("chap_algorithms=5",),
 )
 async def test_malformed_binary_response(target: Any) -> None:
     """CHAP_R=0xZZ (not hexadecimal) ends the login."""
@@ -285,7 +296,10 @@ async def test_malformed_binary_response(target: Any) -> None:
 
 
 @spec(
-    "CHAP.Keys.RepeatedAlgorithmKey", "RFC 7143 6.2", requirements=["R7143-6.2-3"], needs=("chap",)
+    "CHAP.Keys.RepeatedAlgorithmKey",
+    "RFC 7143 6.2",
+    requirements=["R7143-6.2-3"],
+    needs=("chap_algorithms=5",),
 )
 async def test_repeated_chap_a(target: Any) -> None:
     """CHAP_A sent twice in one negotiation is refused."""
@@ -307,7 +321,7 @@ async def test_repeated_chap_a(target: Any) -> None:
     "RFC 7143 12.1.3",
     "RFC 7143 6.3",
     requirements=["R7143-6.3-7"],
-    needs=("chap",),
+    needs=("chap_algorithms=5",),
 )
 async def test_chap_in_operational_stage(target: Any) -> None:
     """Authentication keys sent in the operational stage do not authenticate."""
@@ -434,7 +448,7 @@ async def test_chap_i_out_of_range(target: Any) -> None:
     "RFC 1994 4.1",
     "RFC 7143 12.1.3",
     requirements=["R1994-4.1-2"],
-    needs=("chap",),
+    needs=("chap_algorithms=5",),
 )
 async def test_challenge_changes(target: Any) -> None:
     """Two logins get two different challenges (a recorded response cannot be replayed)."""
@@ -455,7 +469,7 @@ async def test_challenge_changes(target: Any) -> None:
     "RFC 7143 12.1",
     "RFC 7143 12.1.3",
     requirements=["R7143-12.1-1", "R7143-6.2.1-1"],
-    needs=("chap",),
+    needs=("chap_algorithms=5",),
 )
 async def test_discovery_session_chap(target: Any) -> None:
     """A Discovery session offering AuthMethod=CHAP,None completes: by CHAP with valid

@@ -161,7 +161,7 @@ async def test_send_targets_unknown_name(target: Any) -> None:
     "Discovery.SendTargets.AclFiltering",
     "RFC 7143 13.3",
     requirements=["R7143-13.3-3"],
-    needs=("acl",),
+    needs=("acl_by_initiator_name",),
 )
 async def test_acl_hides_targets(target: Any) -> None:
     """A target restricted to another initiator is not revealed to us, but is to that initiator."""

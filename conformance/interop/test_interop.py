@@ -12,6 +12,7 @@ import pytest
 from iscsi_conformance.errors import AuthenticationError, LoginError
 from iscsi_conformance.peers.base import ChapCredentials, LoginOptions
 from iscsi_conformance.plugin import require, spec
+from iscsi_conformance.plugin.profiles import capability_satisfied
 
 BLOCK = 512
 
@@ -51,8 +52,10 @@ def test_discovery(initiator: Any, target: Any) -> None:
 )
 def test_login(initiator: Any, target: Any, profile: str) -> None:
     """The initiator logs in (no auth, one-way CHAP, mutual CHAP) and logs out."""
-    for need in {"chap": ["chap"], "mutual": ["chap", "mutual_chap"]}.get(profile, []):
-        if not initiator.manifest.supports(need):
+    for need in {"chap": ["chap_algorithms=5"], "mutual": ["chap_algorithms=5", "mutual_chap"]}.get(
+        profile, []
+    ):
+        if not capability_satisfied(initiator.manifest, need):
             pytest.skip(f"{initiator.name} does not declare {need}")
     ep = target.endpoint(profile)
     session = initiator.driver.login(ep, options=_options(target, profile))
@@ -65,7 +68,7 @@ def test_login(initiator: Any, target: Any, profile: str) -> None:
     pairing="all",
     role="target",
     requirements=["R7143-12.1.3-3"],
-    needs=("initiator:chap",),
+    needs=("initiator:chap_algorithms=5",),
 )
 def test_wrong_secret(initiator: Any, target: Any) -> None:
     """A wrong CHAP secret is refused, and the initiator reports it as an authentication failure."""
@@ -89,7 +92,12 @@ def test_wrong_secret(initiator: Any, target: Any) -> None:
     pairing="all",
     role="both",
     requirements=["R7143-13.1-2", "RSBC3-5.16-1"],
-    needs=("initiator:digests=CRC32C",),
+    needs=(
+        "initiator:header_digests=CRC32C",
+        "initiator:data_digests=CRC32C",
+        "header_digests=CRC32C",
+        "data_digests=CRC32C",
+    ),
     dataloss=True,
 )
 def test_digests_io(initiator: Any, target: Any, digest: str) -> None:

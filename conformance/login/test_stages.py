@@ -120,7 +120,7 @@ async def test_start_in_operational_stage(target: Any) -> None:
     "Login.Stages.SkipSecurityWhenRequired",
     "RFC 7143 6.3.1",
     requirements=["R7143-6.3.1-1", "R7143-6.3-7"],
-    needs=("chap",),
+    needs=("chap_algorithms=5",),
 )
 async def test_skip_security_refused(target: Any) -> None:
     """A target that requires CHAP refuses a login that skips the security stage."""
@@ -149,7 +149,7 @@ async def test_skip_security_refused(target: Any) -> None:
     "Login.Stages.AuthMethodNoneWhenChapRequired",
     "RFC 7143 6.3.2",
     requirements=["R7143-6.3.2-1", "R7143-6.3.1-1"],
-    needs=("chap",),
+    needs=("chap_algorithms=5",),
 )
 async def test_authmethod_none_refused(target: Any) -> None:
     """Offering only AuthMethod=None to a target that requires CHAP never reaches full feature phase."""

@@ -207,6 +207,12 @@ def test_non_canonical_ahs_stays_raw_and_exact() -> None:
     assert encode(p, strict=False) == wire
 
 
+def test_bidi_ahs_with_a_wrong_length_stays_raw() -> None:
+    raw = bytes([0, 6, 2, 0, 0, 0, 1, 0])  # AHSLength must be 5 (RFC 7143 11.2.2.4)
+    p = decoded(encode(ScsiCommand(ahs=raw), strict=False))
+    assert isinstance(p, ScsiCommand) and p.bidi_read_length is None and p.ahs == raw
+
+
 def test_unknown_opcode_round_trips() -> None:
     bhs = bytes([0x1C]) + bytes(range(1, 48))
     p = UnknownPDU(opcode=0x1C, bhs=bhs, data=b"vendor")
@@ -216,6 +222,7 @@ def test_unknown_opcode_round_trips() -> None:
     assert encode(q, strict=False) == wire
     assert q.is_request and q.direction is layout.Direction.INITIATOR_TO_TARGET
     assert not UnknownPDU(opcode=0x3C).is_request
+    assert UnknownPDU(opcode=0x3C).direction is layout.Direction.TARGET_TO_INITIATOR
     with pytest.raises(PDUFormatError):
         encode(q)
     assert check_reserved(wire)[0].field == "Opcode"
@@ -337,7 +344,12 @@ def test_strict_encoding_names_the_rule(bad: pdu.PDU, field: str, section: str) 
 
 
 def test_wrong_types_are_refused() -> None:
-    for bad, field in [(ScsiCommand(cdb="not bytes"), "cdb"), (NopOut(itt="1"), "itt")]:  # type: ignore[arg-type]
+    for bad, field in [
+        (ScsiCommand(cdb="not bytes"), "cdb"),  # type: ignore[arg-type]
+        (NopOut(itt="1"), "itt"),  # type: ignore[arg-type]
+        (ScsiResponse(data=5), "data"),  # type: ignore[arg-type]
+        (NopOut(ahs=None), "ahs"),  # type: ignore[arg-type]
+    ]:
         assert [v.field for v in pdu.violations(bad)] == [field]
         with pytest.raises(PDUFormatError):
             encode(bad)

@@ -32,22 +32,41 @@ def make_config(tmp: Path) -> dict:
         "server": {"state_dir": str(tmp / "state")},
         "portal_groups": [{"tag": 1, "portals": ["127.0.0.1:0"]}],
         "targets": [
-            {"name": DISK, "luns": [{"lun": 0, "size": "8M"}, {"lun": 1, "file": str(tmp / "disk1.img"), "size": "4M"}]},
-            {"name": CHAP, "luns": [{"lun": 0, "size": "1M"}],
-             "chap": {"user": "alice", "secret": "alice-secret-123"}},
-            {"name": MUTUAL, "luns": [{"lun": 0, "size": "1M"}],
-             "chap": {"user": "bob", "secret": "bob-secret-12345"},
-             "mutual_chap": {"user": "target", "secret": "target-secret-99"}},
-            {"name": ACL, "luns": [{"lun": 0, "size": "1M"}],
-             "acls": [{"initiator": INITIATOR}]},
+            {
+                "name": DISK,
+                "luns": [
+                    {"lun": 0, "size": "8M"},
+                    {"lun": 1, "file": str(tmp / "disk1.img"), "size": "4M"},
+                ],
+            },
+            {
+                "name": CHAP,
+                "luns": [{"lun": 0, "size": "1M"}],
+                "chap": {"user": "alice", "secret": "alice-secret-123"},
+            },
+            {
+                "name": MUTUAL,
+                "luns": [{"lun": 0, "size": "1M"}],
+                "chap": {"user": "bob", "secret": "bob-secret-12345"},
+                "mutual_chap": {"user": "target", "secret": "target-secret-99"},
+            },
+            {"name": ACL, "luns": [{"lun": 0, "size": "1M"}], "acls": [{"initiator": INITIATOR}]},
             {"name": MOVED, "redirect": {"address": "127.0.0.1:3999", "permanent": False}},
-            {"name": SMALL, "luns": [{"lun": 0, "size": "1M"}],
-             "parameters": {"MaxRecvDataSegmentLength": 4096, "MaxBurstLength": 8192,
-                            "FirstBurstLength": 4096, "InitialR2T": True, "ImmediateData": False,
-                            "MaxOutstandingR2T": 2},
-             "max_send_data_segment_length": 1024},
+            {
+                "name": SMALL,
+                "luns": [{"lun": 0, "size": "1M"}],
+                "parameters": {
+                    "MaxRecvDataSegmentLength": 4096,
+                    "MaxBurstLength": 8192,
+                    "FirstBurstLength": 4096,
+                    "InitialR2T": True,
+                    "ImmediateData": False,
+                    "MaxOutstandingR2T": 2,
+                },
+                "max_send_data_segment_length": 1024,
+            },
         ],
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
@@ -64,7 +83,9 @@ def server(tmp_path: Path) -> Iterator[TargetServer]:
 class RawInitiator:
     """A minimal initiator: PDUs from core.pdu over a blocking loopback socket."""
 
-    def __init__(self, addr: tuple[str, int], *, name: str = INITIATOR, isid: int = 0x400001000001) -> None:
+    def __init__(
+        self, addr: tuple[str, int], *, name: str = INITIATOR, isid: int = 0x400001000001
+    ) -> None:
         self.sock = socket.create_connection(addr, timeout=5)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.decoder = P.PDUDecoder()
@@ -144,7 +165,11 @@ class RawInitiator:
                 target=ChapCredentials(mutual[0], mutual[1].encode()) if mutual else None,
                 rng=lambda n: bytes(range(7, 7 + n)),
             )
-            self.send(P.LoginRequest(csg=0, nsg=1, data=T.format_pairs(keys + [("AuthMethod", "CHAP")]), **base))
+            self.send(
+                P.LoginRequest(
+                    csg=0, nsg=1, data=T.format_pairs([*keys, ("AuthMethod", "CHAP")]), **base
+                )
+            )
             rsp = self.recv()
             if rsp.status:
                 return rsp
@@ -153,20 +178,35 @@ class RawInitiator:
             if rsp.status:
                 return rsp
             answer = client.receive(dict(T.parse_pairs(rsp.data)))
-            self.send(P.LoginRequest(transit=True, csg=0, nsg=1, data=T.format_pairs(answer), **base))
+            self.send(
+                P.LoginRequest(transit=True, csg=0, nsg=1, data=T.format_pairs(answer), **base)
+            )
             rsp = self.recv()
             if rsp.status:
                 return rsp
             client.receive({k: v for k, v in T.parse_pairs(rsp.data) if k.startswith("CHAP_")})
             assert client.done
             keys = []
-        ops = [("HeaderDigest", "None"), ("DataDigest", "None"), ("MaxRecvDataSegmentLength", "262144")]
+        ops = [
+            ("HeaderDigest", "None"),
+            ("DataDigest", "None"),
+            ("MaxRecvDataSegmentLength", "262144"),
+        ]
         if session_type == "Normal" and not tsih:  # leading-only keys (RFC 7143 13)
-            ops += [("InitialR2T", "No"), ("ImmediateData", "Yes"), ("MaxBurstLength", "262144"),
-                    ("FirstBurstLength", "65536"), ("ErrorRecoveryLevel", "0")]  # fmt: skip
+            ops += [
+                ("InitialR2T", "No"),
+                ("ImmediateData", "Yes"),
+                ("MaxBurstLength", "262144"),
+                ("FirstBurstLength", "65536"),
+                ("ErrorRecoveryLevel", "0"),
+            ]
         ops += list(params or [])
         merged = dict(ops)
-        self.send(P.LoginRequest(transit=True, csg=1, nsg=3, data=T.format_pairs(keys + list(merged.items())), **base))
+        self.send(
+            P.LoginRequest(
+                transit=True, csg=1, nsg=3, data=T.format_pairs(keys + list(merged.items())), **base
+            )
+        )
         rsp = self.recv()
         if rsp.status == 0:
             self.negotiated.update(dict(T.parse_pairs(rsp.data)))
@@ -180,15 +220,31 @@ class RawInitiator:
 
     # ------------------------------------------------------------------ commands
 
-    def command(self, cdb: bytes, *, lun: int = 0, read: int = 0, write: bytes = b"",
-                immediate_data: bool = True, edtl: int | None = None, immediate: bool = False) -> P.ScsiCommand:  # fmt: skip
+    def command(
+        self,
+        cdb: bytes,
+        *,
+        lun: int = 0,
+        read: int = 0,
+        write: bytes = b"",
+        immediate_data: bool = True,
+        edtl: int | None = None,
+        immediate: bool = False,
+    ) -> P.ScsiCommand:
         length = edtl if edtl is not None else (read or len(write))
         cmd = P.ScsiCommand(
-            immediate=immediate, final=True,
-            read=bool(read), write=bool(write), lun=P.lun_to_field(lun), itt=self.next_itt(),
-            expected_data_transfer_length=length, cmdsn=self.cmdsn, expstatsn=self.expstatsn,
-            cdb=cdb, data=write[:65536] if immediate_data else b"",
-        )  # fmt: skip
+            immediate=immediate,
+            final=True,
+            read=bool(read),
+            write=bool(write),
+            lun=P.lun_to_field(lun),
+            itt=self.next_itt(),
+            expected_data_transfer_length=length,
+            cmdsn=self.cmdsn,
+            expstatsn=self.expstatsn,
+            cdb=cdb,
+            data=write[:65536] if immediate_data else b"",
+        )
         if not immediate:
             self.cmdsn = (self.cmdsn + 1) & 0xFFFFFFFF
         self.send(cmd)
@@ -206,9 +262,18 @@ class RawInitiator:
                 seg = int(self.negotiated.get("MaxRecvDataSegmentLength", 8192))
                 for i, pos in enumerate(range(off, off + n, seg)):
                     chunk = write[pos : min(pos + seg, off + n)]
-                    self.send(P.ScsiDataOut(final=pos + seg >= off + n, lun=0, itt=itt, ttt=pdu.ttt,
-                                            expstatsn=self.expstatsn, datasn=i, buffer_offset=pos,
-                                            data=chunk))  # fmt: skip
+                    self.send(
+                        P.ScsiDataOut(
+                            final=pos + seg >= off + n,
+                            lun=0,
+                            itt=itt,
+                            ttt=pdu.ttt,
+                            expstatsn=self.expstatsn,
+                            datasn=i,
+                            buffer_offset=pos,
+                            data=chunk,
+                        )
+                    )
             elif isinstance(pdu, P.ScsiDataIn):
                 assert pdu.itt == itt
                 data[pdu.buffer_offset : pdu.buffer_offset + len(pdu.data)] = pdu.data
@@ -220,7 +285,7 @@ class RawInitiator:
             else:
                 return pdu, bytes(data), seen
 
-    def scsi(self, cdb: bytes, *, lun: int = 0, read: int = 0, write: bytes = b"", **kw: object):  # noqa: ANN201
+    def scsi(self, cdb: bytes, *, lun: int = 0, read: int = 0, write: bytes = b"", **kw: object):
         cmd = self.command(cdb, lun=lun, read=read, write=write, **kw)  # type: ignore[arg-type]
         return self.collect(cmd.itt, write)
 
@@ -231,8 +296,15 @@ class RawInitiator:
                 return
 
     def logout(self, reason: int = 0) -> P.PDU:
-        self.send(P.LogoutRequest(immediate=True, reason=reason, itt=self.next_itt(), cmdsn=self.cmdsn,
-                                  expstatsn=self.expstatsn))  # fmt: skip
+        self.send(
+            P.LogoutRequest(
+                immediate=True,
+                reason=reason,
+                itt=self.next_itt(),
+                cmdsn=self.cmdsn,
+                expstatsn=self.expstatsn,
+            )
+        )
         return self.recv()
 
 

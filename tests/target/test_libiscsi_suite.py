@@ -30,8 +30,13 @@ _SUITE = re.compile(r"<SUITE_NAME>\s*(\S+)\s*</SUITE_NAME>(.*?)</CUNIT_RUN_SUITE
 
 def run_suite(url: str, family: str, cwd: Path, timeout: float = 900) -> dict[str, bool]:
     """Run one family with CUnit XML output; {"Family.Suite.Test": passed}."""
-    subprocess.run(["iscsi-test-cu", "-d", "-x", "-t", family, url], cwd=cwd,
-                   capture_output=True, timeout=timeout, check=False)  # fmt: skip
+    subprocess.run(
+        ["iscsi-test-cu", "-d", "-x", "-t", family, url],
+        cwd=cwd,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
     xml = (cwd / "CUnitAutomated-Results.xml").read_text(errors="replace")
     results: dict[str, bool] = {}
     for suite, body in _SUITE.findall(xml):
@@ -43,13 +48,15 @@ def run_suite(url: str, family: str, cwd: Path, timeout: float = 900) -> dict[st
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def target(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("libiscsi")
-    cfg = parse_config({
-        "server": {"state_dir": str(tmp / "state")},
-        "portal_groups": [{"tag": 1, "portals": ["127.0.0.1:0"]}],
-        "targets": [{"name": IQN, "luns": [{"lun": 0, "size": "64M"}]}],
-    })  # fmt: skip
+    cfg = parse_config(
+        {
+            "server": {"state_dir": str(tmp / "state")},
+            "portal_groups": [{"tag": 1, "portals": ["127.0.0.1:0"]}],
+            "targets": [{"name": IQN, "luns": [{"lun": 0, "size": "64M"}]}],
+        }
+    )
     srv = TargetServer(cfg)
     srv.start_in_thread()
     yield srv, tmp
@@ -57,7 +64,7 @@ def target(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 
 @pytest.mark.parametrize("family", ["iSCSI", "SCSI"])
-def test_libiscsi_family(target, family: str) -> None:  # noqa: ANN001
+def test_libiscsi_family(target, family: str) -> None:
     srv, tmp = target
     host, port = srv.portal()
     cwd = tmp / family

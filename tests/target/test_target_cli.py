@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RawInitiator, read16, write16
 
+from conftest import RawInitiator, read16, write16
 from iscsi_conformance.target import cli
 from iscsi_conformance.target.config import load_config
 
@@ -27,7 +27,9 @@ def _run_cli(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def test_bad_config_exits_2_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_config_exits_2_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text(
         '[[portal_groups]]\nportals = ["127.0.0.1:0"]\n'
@@ -43,14 +45,29 @@ def test_bad_config_exits_2_naming_the_field(tmp_path: Path, capsys: pytest.Capt
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ('[[portal_groups]]\nportals = ["127.0.0.1:99999"]\n[[targets]]\nname="iqn.2024-01.a:b"\n', "portal_groups[0].portals[0]"),
-        ('[[portal_groups]]\nportals = ["127.0.0.1:1"]\n[[targets]]\nname="bogus"\n', "targets[0].name"),
-        ('[[portal_groups]]\nportals = ["127.0.0.1:1"]\n[[targets]]\nname="iqn.2024-01.a:b"\n[targets.parameters]\nMaxBurstLength = 1\n', "targets[0].parameters.MaxBurstLength"),
-        ('[[portal_groups]]\nportals = ["127.0.0.1:1"]\n[[targets]]\nname="iqn.2024-01.a:b"\n[targets.chap]\nuser="u"\n', "targets[0].chap.secret"),
-        ('[[portal_groups]]\nportals = ["127.0.0.1:1"]\n[[targets]]\nname="iqn.2024-01.a:b"\nportal_groups=[7]\n', "targets[0].portal_groups[0]"),
+        (
+            '[[portal_groups]]\nportals = ["127.0.0.1:99999"]\n[[targets]]\nname="iqn.2024-01.a:b"\n',
+            "portal_groups[0].portals[0]",
+        ),
+        (
+            '[[portal_groups]]\nportals = ["127.0.0.1:1"]\n[[targets]]\nname="bogus"\n',
+            "targets[0].name",
+        ),
+        (
+            '[[portal_groups]]\nportals = ["127.0.0.1:1"]\n[[targets]]\nname="iqn.2024-01.a:b"\n[targets.parameters]\nMaxBurstLength = 1\n',
+            "targets[0].parameters.MaxBurstLength",
+        ),
+        (
+            '[[portal_groups]]\nportals = ["127.0.0.1:1"]\n[[targets]]\nname="iqn.2024-01.a:b"\n[targets.chap]\nuser="u"\n',
+            "targets[0].chap.secret",
+        ),
+        (
+            '[[portal_groups]]\nportals = ["127.0.0.1:1"]\n[[targets]]\nname="iqn.2024-01.a:b"\nportal_groups=[7]\n',
+            "targets[0].portal_groups[0]",
+        ),
         ("this is not toml", "bad.toml"),
     ],
-)  # fmt: skip
+)
 def test_config_errors_name_the_field(tmp_path: Path, body: str, field: str) -> None:
     from iscsi_conformance.errors import ConfigError
 
@@ -123,7 +140,10 @@ def test_sigint_flushes_file_lun_and_aptpl_state(tmp_path: Path) -> None:
         # PERSISTENT RESERVE IN, READ KEYS: the key registered before the restart.
         status, data, _ = ini.scsi(bytes([0x5E, 0x00, 0, 0, 0, 0, 0, 0x01, 0x00, 0]), read=256)
         assert status.status == 0
-        keys = [int.from_bytes(data[8 + i : 16 + i], "big") for i in range(0, int.from_bytes(data[4:8], "big"), 8)]
+        keys = [
+            int.from_bytes(data[8 + i : 16 + i], "big")
+            for i in range(0, int.from_bytes(data[4:8], "big"), 8)
+        ]
         assert 0x1234 in keys
         ini.close()
     finally:
@@ -145,8 +165,13 @@ def test_reference_target_driver(mode: str) -> None:
     drv = ReferenceTargetDriver(mode=mode)  # type: ignore[arg-type]
     assert drv.manifest.supports("mutual_chap")
     try:
-        ep = drv.configure(TargetSpec(iqn=IQN, luns=(LunSpec(size_bytes=1 << 20),),
-                                      chap=ChapCredentials("u", "driver-secret-1")))  # fmt: skip
+        ep = drv.configure(
+            TargetSpec(
+                iqn=IQN,
+                luns=(LunSpec(size_bytes=1 << 20),),
+                chap=ChapCredentials("u", "driver-secret-1"),
+            )
+        )
         ep2 = drv.configure(TargetSpec(iqn=IQN + "2"))
         assert ep.port == ep2.port
         ini = RawInitiator((ep.host, ep.port))
@@ -155,6 +180,8 @@ def test_reference_target_driver(mode: str) -> None:
         ini = RawInitiator((ep.host, ep.port))
         assert ini.login(IQN + "2").status == 0
         ini.close()
-        assert all("driver-secret-1" not in " ".join(r.argv) + r.stdout + r.stderr for r in drv.log.records)
+        assert all(
+            "driver-secret-1" not in " ".join(r.argv) + r.stdout + r.stderr for r in drv.log.records
+        )
     finally:
         drv.stop()

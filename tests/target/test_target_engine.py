@@ -7,8 +7,8 @@ import os
 import struct
 
 import pytest
-from conftest import NONE_TAG, read16, write16
 
+from conftest import NONE_TAG, read16, write16
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core import text as T
 from iscsi_conformance.core.codes import RejectReason
@@ -24,12 +24,30 @@ IQN = "iqn.2024-01.org.example:engine"
 @pytest.mark.parametrize("n", [0, 1, 3, 512])
 def test_data_in_fast_path_matches_codec(hd: bool, dd: bool, n: int) -> None:
     data = os.urandom(n)
-    bhs = E._DATA_IN.pack(0x25, 0x80 | 0x01 | 0x02, 0, n, P.lun_to_field(3), 7, NONE_TAG, 9, 10, 11, 2, 4096, 5)
+    bhs = E._DATA_IN.pack(
+        0x25, 0x80 | 0x01 | 0x02, 0, n, P.lun_to_field(3), 7, NONE_TAG, 9, 10, 11, 2, 4096, 5
+    )
     fast = b"".join(bytes(x) for x in E._frame(bhs, memoryview(data), hd, dd))
-    ref = P.encode(P.ScsiDataIn(final=True, status_present=True, underflow=True, status=0,
-                                lun=P.lun_to_field(3), itt=7, ttt=NONE_TAG, statsn=9, expcmdsn=10,
-                                maxcmdsn=11, datasn=2, buffer_offset=4096, residual_count=5, data=data),
-                   header_digest=hd, data_digest=dd)  # fmt: skip
+    ref = P.encode(
+        P.ScsiDataIn(
+            final=True,
+            status_present=True,
+            underflow=True,
+            status=0,
+            lun=P.lun_to_field(3),
+            itt=7,
+            ttt=NONE_TAG,
+            statsn=9,
+            expcmdsn=10,
+            maxcmdsn=11,
+            datasn=2,
+            buffer_offset=4096,
+            residual_count=5,
+            data=data,
+        ),
+        header_digest=hd,
+        data_digest=dd,
+    )
     assert fast == ref
 
 
@@ -37,11 +55,25 @@ def test_data_in_fast_path_matches_codec(hd: bool, dd: bool, n: int) -> None:
 @pytest.mark.parametrize("sense", [b"", bytes(range(18))])
 def test_scsi_response_fast_path_matches_codec(hd: bool, sense: bytes) -> None:
     data = P.ScsiResponse.sense_segment(sense) if sense else b""
-    bhs = E._SCSI_RESPONSE.pack(0x21, 0x80 | 0x04, 0, 2 if sense else 0, len(data), 0, 99, 0, 5, 6, 7, 3, 0, 42)
+    bhs = E._SCSI_RESPONSE.pack(
+        0x21, 0x80 | 0x04, 0, 2 if sense else 0, len(data), 0, 99, 0, 5, 6, 7, 3, 0, 42
+    )
     fast = b"".join(bytes(x) for x in E._frame(bhs, data, hd, hd))
-    ref = P.encode(P.ScsiResponse(overflow=True, status=2 if sense else 0, itt=99, statsn=5, expcmdsn=6,
-                                  maxcmdsn=7, expdatasn=3, residual_count=42, data=data),
-                   header_digest=hd, data_digest=hd)  # fmt: skip
+    ref = P.encode(
+        P.ScsiResponse(
+            overflow=True,
+            status=2 if sense else 0,
+            itt=99,
+            statsn=5,
+            expcmdsn=6,
+            maxcmdsn=7,
+            expdatasn=3,
+            residual_count=42,
+            data=data,
+        ),
+        header_digest=hd,
+        data_digest=hd,
+    )
     assert fast == ref
 
 
@@ -53,24 +85,36 @@ def test_serial_arithmetic_wraps() -> None:
 class Harness:
     """Engine + one connection, fed encoded PDUs, answering with decoded PDUs."""
 
-    def __init__(self, params: list[tuple[str, str]], *, hd: bool = False, dd: bool = False) -> None:
+    def __init__(
+        self, params: list[tuple[str, str]], *, hd: bool = False, dd: bool = False
+    ) -> None:
         cfg = simple_config(("127.0.0.1", 0), IQN, ["4M"])
         self.store = LunStore(cfg)
         self.engine = E.TargetEngine(cfg, self.store.by_target, rng=lambda n: bytes(n))
         self.conn = self.engine.new_connection(portal_group=1)
         self.hd, self.dd = hd, dd
-        keys = [("InitiatorName", "iqn.2024-01.org.example:ini"), ("TargetName", IQN),
-                ("HeaderDigest", "CRC32C" if hd else "None"), ("DataDigest", "CRC32C" if dd else "None"),
-                *params]  # fmt: skip
-        out = self.feed(P.LoginRequest(transit=True, csg=1, nsg=3, isid=1, itt=1, cmdsn=1,
-                                       data=T.format_pairs(keys)), digests=False)  # fmt: skip
+        keys = [
+            ("InitiatorName", "iqn.2024-01.org.example:ini"),
+            ("TargetName", IQN),
+            ("HeaderDigest", "CRC32C" if hd else "None"),
+            ("DataDigest", "CRC32C" if dd else "None"),
+            *params,
+        ]
+        out = self.feed(
+            P.LoginRequest(
+                transit=True, csg=1, nsg=3, isid=1, itt=1, cmdsn=1, data=T.format_pairs(keys)
+            ),
+            digests=False,
+        )
         assert out[-1].status == 0 and self.conn.state is E.ConnState.FULL_FEATURE
         self.cmdsn = 1
         self.feed(self.cmd(bytes(6)))  # the power-on unit attention
 
     def feed(self, pdu: P.PDU, *, digests: bool = True, raw: bytes | None = None) -> list[P.PDU]:
         hd, dd = (self.hd, self.dd) if digests else (False, False)
-        self.conn.receive_data(raw if raw is not None else P.encode(pdu, header_digest=hd, data_digest=dd))
+        self.conn.receive_data(
+            raw if raw is not None else P.encode(pdu, header_digest=hd, data_digest=dd)
+        )
         on = digests  # the login response itself goes out without digests (RFC 7143 13.1)
         dec = P.PDUDecoder(header_digest=self.conn.hd and on, data_digest=self.conn.dd and on)
         for _, bufs, _ in self.engine.take_output():
@@ -91,7 +135,9 @@ def test_immediate_command_does_not_advance_cmdsn() -> None:
 
 
 def test_erl1_data_digest_error_rejected_and_resolicited() -> None:
-    h = Harness([("ErrorRecoveryLevel", "1"), ("InitialR2T", "Yes"), ("ImmediateData", "No")], dd=True)
+    h = Harness(
+        [("ErrorRecoveryLevel", "1"), ("InitialR2T", "Yes"), ("ImmediateData", "No")], dd=True
+    )
     payload = os.urandom(4096)
     cmd = h.cmd(write16(0, 8), write=True, expected_data_transfer_length=4096)
     (r2t,) = h.feed(cmd)
@@ -101,13 +147,22 @@ def test_erl1_data_digest_error_rejected_and_resolicited() -> None:
     out = h.feed(first, raw=bad)
     assert isinstance(out[0], P.Reject) and out[0].reason == RejectReason.DATA_DIGEST_ERROR
     # The rest of the burst arrives (DataSN continues); the lost range is asked again.
-    out = h.feed(P.ScsiDataOut(final=True, itt=cmd.itt, ttt=r2t.ttt, datasn=1, buffer_offset=2048,
-                               data=payload[2048:]))  # fmt: skip
+    out = h.feed(
+        P.ScsiDataOut(
+            final=True, itt=cmd.itt, ttt=r2t.ttt, datasn=1, buffer_offset=2048, data=payload[2048:]
+        )
+    )
     (again,) = out
-    assert isinstance(again, P.R2T) and (again.buffer_offset, again.desired_data_transfer_length) == (0, 2048)
+    assert isinstance(again, P.R2T) and (
+        again.buffer_offset,
+        again.desired_data_transfer_length,
+    ) == (0, 2048)
     assert again.r2tsn == 1
-    (status,) = h.feed(P.ScsiDataOut(final=True, itt=cmd.itt, ttt=again.ttt, datasn=0, buffer_offset=0,
-                                     data=payload[:2048]))  # fmt: skip
+    (status,) = h.feed(
+        P.ScsiDataOut(
+            final=True, itt=cmd.itt, ttt=again.ttt, datasn=0, buffer_offset=0, data=payload[:2048]
+        )
+    )
     assert isinstance(status, P.ScsiResponse) and status.status == 0
     out = h.feed(h.cmd(read16(0, 8), read=True, expected_data_transfer_length=4096))
     assert b"".join(p.data for p in out) == payload
@@ -134,14 +189,27 @@ def test_snack_at_erl0_is_rejected() -> None:
 def test_unsolicited_data_out_within_first_burst() -> None:
     h = Harness([("InitialR2T", "No"), ("ImmediateData", "Yes"), ("FirstBurstLength", "8192")])
     payload = os.urandom(16384)
-    cmd = h.cmd(write16(16, 32), write=True, expected_data_transfer_length=16384, data=payload[:4096])
+    cmd = h.cmd(
+        write16(16, 32), write=True, expected_data_transfer_length=16384, data=payload[:4096]
+    )
     cmd = P.ScsiCommand(**{**cmd.__dict__, "final": False})
     assert h.feed(cmd) == []  # waiting for the unsolicited Data-Out
-    (r2t,) = h.feed(P.ScsiDataOut(final=True, itt=cmd.itt, ttt=NONE_TAG, datasn=0, buffer_offset=4096,
-                                  data=payload[4096:8192]))  # fmt: skip
+    (r2t,) = h.feed(
+        P.ScsiDataOut(
+            final=True,
+            itt=cmd.itt,
+            ttt=NONE_TAG,
+            datasn=0,
+            buffer_offset=4096,
+            data=payload[4096:8192],
+        )
+    )
     assert (r2t.buffer_offset, r2t.desired_data_transfer_length) == (8192, 8192)
-    (status,) = h.feed(P.ScsiDataOut(final=True, itt=cmd.itt, ttt=r2t.ttt, datasn=0, buffer_offset=8192,
-                                     data=payload[8192:]))  # fmt: skip
+    (status,) = h.feed(
+        P.ScsiDataOut(
+            final=True, itt=cmd.itt, ttt=r2t.ttt, datasn=0, buffer_offset=8192, data=payload[8192:]
+        )
+    )
     assert status.status == 0
     out = h.feed(h.cmd(read16(16, 32), read=True, expected_data_transfer_length=16384))
     assert b"".join(p.data for p in out) == payload
@@ -151,7 +219,9 @@ def test_wrong_datasn_is_rejected_without_corrupting() -> None:
     h = Harness([("InitialR2T", "Yes"), ("ImmediateData", "No")])
     cmd = h.cmd(write16(0, 2), write=True, expected_data_transfer_length=1024)
     (r2t,) = h.feed(cmd)
-    (rej,) = h.feed(P.ScsiDataOut(final=True, itt=cmd.itt, ttt=r2t.ttt, datasn=27, data=bytes(1024)))
+    (rej,) = h.feed(
+        P.ScsiDataOut(final=True, itt=cmd.itt, ttt=r2t.ttt, datasn=27, data=bytes(1024))
+    )
     assert isinstance(rej, P.Reject) and rej.reason == RejectReason.PROTOCOL_ERROR
 
 

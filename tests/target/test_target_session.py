@@ -18,7 +18,6 @@ from conftest import (
     read16,
     write16,
 )
-
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core import text as T
 from iscsi_conformance.core.codes import (
@@ -52,8 +51,11 @@ def test_unknown_target_is_not_found(connect):
 
 def test_missing_initiator_name_is_missing_parameter(connect):
     ini = connect()
-    ini.send(P.LoginRequest(transit=True, csg=1, nsg=3, isid=1, itt=1,
-                            data=T.format_pairs([("TargetName", DISK)])))  # fmt: skip
+    ini.send(
+        P.LoginRequest(
+            transit=True, csg=1, nsg=3, isid=1, itt=1, data=T.format_pairs([("TargetName", DISK)])
+        )
+    )
     assert ini.recv().status == LoginStatus.MISSING_PARAMETER
 
 
@@ -65,18 +67,26 @@ def test_redirect_temporary(connect):
 
 def test_acl_refuses_other_initiators(connect):
     assert connect().login(ACL).status == 0
-    assert connect(name=INITIATOR_2, isid=0x400001000002).login(ACL).status == LoginStatus.AUTHORIZATION_FAILURE
+    assert (
+        connect(name=INITIATOR_2, isid=0x400001000002).login(ACL).status
+        == LoginStatus.AUTHORIZATION_FAILURE
+    )
 
 
 def test_chap_one_way(connect):
     assert connect().login(CHAP, chap=("alice", "alice-secret-123")).status == 0
-    assert connect().login(CHAP, chap=("alice", "wrong-secret-0000")).status == LoginStatus.AUTH_FAILURE
+    assert (
+        connect().login(CHAP, chap=("alice", "wrong-secret-0000")).status
+        == LoginStatus.AUTH_FAILURE
+    )
     # No AuthMethod=CHAP at all: authentication failure.
     assert connect().login(CHAP).status == LoginStatus.AUTH_FAILURE
 
 
 def test_chap_mutual(connect):
-    rsp = connect().login(MUTUAL, chap=("bob", "bob-secret-12345"), mutual=("target", "target-secret-99"))
+    rsp = connect().login(
+        MUTUAL, chap=("bob", "bob-secret-12345"), mutual=("target", "target-secret-99")
+    )
     assert rsp.status == 0
 
 
@@ -104,8 +114,16 @@ def test_second_connection_joins_session(connect, server):
 def test_discovery_send_targets(connect, server):
     ini = connect()
     assert ini.login(None, session_type="Discovery").status == 0
-    ini.send(P.TextRequest(final=True, itt=ini.next_itt(), ttt=NONE_TAG, cmdsn=ini.cmdsn,
-                           expstatsn=ini.expstatsn, data=T.format_pairs([("SendTargets", "All")])))  # fmt: skip
+    ini.send(
+        P.TextRequest(
+            final=True,
+            itt=ini.next_itt(),
+            ttt=NONE_TAG,
+            cmdsn=ini.cmdsn,
+            expstatsn=ini.expstatsn,
+            data=T.format_pairs([("SendTargets", "All")]),
+        )
+    )
     rsp = ini.recv()
     assert isinstance(rsp, P.TextResponse) and rsp.final
     pairs = T.parse_pairs(rsp.data)
@@ -167,7 +185,9 @@ def test_unknown_lun_and_report_luns(connect):
     assert status.status == 2
     sense = status.sense
     assert sense[2] & 0x0F == 0x05 and sense[12] == 0x25  # LOGICAL UNIT NOT SUPPORTED
-    status, data, _ = ini.scsi(bytes([0xA0, 0, 0, 0, 0, 0]) + (4096).to_bytes(4, "big") + bytes(2), read=4096)
+    status, data, _ = ini.scsi(
+        bytes([0xA0, 0, 0, 0, 0, 0]) + (4096).to_bytes(4, "big") + bytes(2), read=4096
+    )
     assert status.status == 0 and int.from_bytes(data[:4], "big") == 16  # two LUNs
 
 
@@ -196,8 +216,16 @@ def test_cmdsn_out_of_order_is_queued_and_outside_window_ignored(connect):
 def test_nop_ping_reply(connect):
     ini = connect()
     assert ini.login().status == 0
-    ini.send(P.NopOut(immediate=True, itt=ini.next_itt(), ttt=NONE_TAG, cmdsn=ini.cmdsn,
-                      expstatsn=ini.expstatsn, data=b"ping"))  # fmt: skip
+    ini.send(
+        P.NopOut(
+            immediate=True,
+            itt=ini.next_itt(),
+            ttt=NONE_TAG,
+            cmdsn=ini.cmdsn,
+            expstatsn=ini.expstatsn,
+            data=b"ping",
+        )
+    )
     rsp = ini.recv()
     assert isinstance(rsp, P.NopIn) and rsp.data == b"ping" and rsp.ttt == NONE_TAG
 
@@ -209,7 +237,11 @@ def test_target_nop_in_ping(connect, server):
     server.ping(conn)
     ping = ini.recv()
     assert isinstance(ping, P.NopIn) and ping.itt == NONE_TAG and ping.ttt != NONE_TAG
-    ini.send(P.NopOut(immediate=True, itt=NONE_TAG, ttt=ping.ttt, cmdsn=ini.cmdsn, expstatsn=ini.expstatsn))
+    ini.send(
+        P.NopOut(
+            immediate=True, itt=NONE_TAG, ttt=ping.ttt, cmdsn=ini.cmdsn, expstatsn=ini.expstatsn
+        )
+    )
     time.sleep(0.2)
     assert server.call(lambda: conn._ping_ttt) is None
 
@@ -217,13 +249,20 @@ def test_target_nop_in_ping(connect, server):
 # ---------------------------------------------------------------------------- TMF
 
 
-def _tmf(ini, function: int, *, lun: int = 0, ref: int = NONE_TAG, refcmdsn: int | None = None,
-         strict: bool = True) -> P.PDU:  # fmt: skip
+def _tmf(
+    ini,
+    function: int,
+    *,
+    lun: int = 0,
+    ref: int = NONE_TAG,
+    refcmdsn: int | None = None,
+    strict: bool = True,
+) -> P.PDU:
     ini.send(P.TaskManagementRequest(immediate=True, function=function, lun=P.lun_to_field(lun),
                                      itt=ini.next_itt(), referenced_task_tag=ref, cmdsn=ini.cmdsn,
                                      expstatsn=ini.expstatsn,
                                      refcmdsn=ini.cmdsn if refcmdsn is None else refcmdsn),
-             strict=strict)  # fmt: skip  # fmt: skip
+             strict=strict)  # fmt: skip
     return ini.recv()
 
 
@@ -241,8 +280,13 @@ def test_task_management_responses(connect):
     assert _tmf(ini, TmfFunction.ABORT_TASK_SET).response == TmfResponse.FUNCTION_COMPLETE
     assert _tmf(ini, TmfFunction.CLEAR_TASK_SET).response == TmfResponse.FUNCTION_COMPLETE
     assert _tmf(ini, TmfFunction.CLEAR_ACA).response == TmfResponse.FUNCTION_COMPLETE
-    assert _tmf(ini, TmfFunction.LOGICAL_UNIT_RESET, lun=5).response == TmfResponse.LUN_DOES_NOT_EXIST
-    assert _tmf(ini, TmfFunction.TASK_REASSIGN).response == TmfResponse.TASK_ALLEGIANCE_REASSIGNMENT_NOT_SUPPORTED
+    assert (
+        _tmf(ini, TmfFunction.LOGICAL_UNIT_RESET, lun=5).response == TmfResponse.LUN_DOES_NOT_EXIST
+    )
+    assert (
+        _tmf(ini, TmfFunction.TASK_REASSIGN).response
+        == TmfResponse.TASK_ALLEGIANCE_REASSIGNMENT_NOT_SUPPORTED
+    )
     assert _tmf(ini, 0x33, strict=False).response == TmfResponse.FUNCTION_REJECTED
     assert _tmf(ini, TmfFunction.LOGICAL_UNIT_RESET).response == TmfResponse.FUNCTION_COMPLETE
     status, _, _ = ini.scsi(bytes(6))
@@ -264,8 +308,16 @@ def test_logout_reasons(connect):
     ini = connect()
     assert ini.login().status == 0
     assert ini.logout(reason=2).response == LogoutResponseCode.RECOVERY_NOT_SUPPORTED
-    ini.send(P.LogoutRequest(immediate=True, reason=1, itt=ini.next_itt(), cid=9, cmdsn=ini.cmdsn,
-                             expstatsn=ini.expstatsn))  # fmt: skip
+    ini.send(
+        P.LogoutRequest(
+            immediate=True,
+            reason=1,
+            itt=ini.next_itt(),
+            cid=9,
+            cmdsn=ini.cmdsn,
+            expstatsn=ini.expstatsn,
+        )
+    )
     assert ini.recv().response == LogoutResponseCode.CID_NOT_FOUND
     assert ini.logout(reason=1).response == LogoutResponseCode.SUCCESS
     assert ini.closed_by_target()
@@ -299,8 +351,11 @@ def test_malformed_pdus_do_not_hurt_other_connections(connect):
     rej = bad.recv()
     assert isinstance(rej, P.Reject) and rej.reason == RejectReason.COMMAND_NOT_SUPPORTED
     # Garbage framing: a header claiming 16 MiB of data is refused without buffering it.
-    bad.send(P.NopOut(immediate=True, itt=1, ttt=NONE_TAG), strict=False,
-             tamper=P.Tamper(data_segment_length=0xFFFFFF))  # fmt: skip
+    bad.send(
+        P.NopOut(immediate=True, itt=1, ttt=NONE_TAG),
+        strict=False,
+        tamper=P.Tamper(data_segment_length=0xFFFFFF),
+    )
     rej = bad.recv()
     assert isinstance(rej, P.Reject) and rej.reason == RejectReason.PROTOCOL_ERROR
     assert bad.closed_by_target()
@@ -321,8 +376,11 @@ def test_memory_bound_declared_length(connect, server):
     ini = connect()
     assert ini.login(SMALL).status == 0
     # We declared 4096: a Data-Out header announcing 1 MiB is rejected at the header.
-    ini.send(P.ScsiDataOut(final=True, itt=5, ttt=NONE_TAG, datasn=0), strict=False,
-             tamper=P.Tamper(data_segment_length=1 << 20))  # fmt: skip
+    ini.send(
+        P.ScsiDataOut(final=True, itt=5, ttt=NONE_TAG, datasn=0),
+        strict=False,
+        tamper=P.Tamper(data_segment_length=1 << 20),
+    )
     rej = ini.recv()
     assert isinstance(rej, P.Reject)
     assert ini.closed_by_target()

@@ -776,7 +776,7 @@ def _compile(cls: type[PDU], lay: Layout) -> _Spec:
         lines.append(f"    return _E.pack({', '.join(args)})")
 
     # ---- strict check: widths of bit groups, AHS, data segment, then the rules
-    broken.append("p.ahs")
+    broken.append("type(p.data) is not bytes or type(p.ahs) is not bytes or p.ahs")
     broken.append("p.data" if not lay.has_data else f"len(p.data) > {MAX_DATA_SEGMENT_LENGTH}")
     rules = _all_rules(cls)
     for (owner, name), (enum, _section) in ENUM_FIELDS.items():
@@ -874,6 +874,9 @@ def violations(pdu: PDU) -> list[Violation]:
             out.append(
                 Violation(f.name, lay.section, f"{value!r} does not fit in 0..{f.max_value:#x}")
             )
+    for name in ("data", "ahs"):
+        if not isinstance(getattr(pdu, name), bytes):
+            out.append(Violation(name, lay.section, f"must be bytes, got {getattr(pdu, name)!r}"))
     if out:
         return out  # the rules below assume well-typed fields
     if pdu.data and not lay.has_data:
@@ -967,8 +970,6 @@ def encode(
     except (struct.error, TypeError, AttributeError) as exc:
         validate(pdu)
         raise PDUFormatError(f"{type(pdu).__name__}: {exc}", section=spec.layout.section) from exc
-    if not (ahs or data or header_digest):
-        return bhs  # the hot path: a header-only PDU
     return _assemble(bhs, ahs, data, _PAD[len(data) & 3], header_digest, data_digest, None)
 
 

@@ -220,6 +220,15 @@ def parse_manifest(
 ) -> PeerManifest:
     """Validate an already-parsed TOML document; raise ``ConfigError`` naming the field."""
     known_tables = {"peer", "capabilities", "deviations"}
+    peer_keys = {"name", "role", "description", "upstream", "packages"}
+    flat = {k: v for k, v in data.items() if k in peer_keys}
+    if flat:
+        # Also accepted: the [peer] keys at the top level, before any table.
+        if "peer" in data:
+            raise ConfigError(
+                f"{sorted(flat)} given both at the top level and in [peer]", field="peer"
+            )
+        data = {"peer": flat, **{k: v for k, v in data.items() if k not in peer_keys}}
     for key in data:
         if key not in known_tables:
             raise ConfigError(

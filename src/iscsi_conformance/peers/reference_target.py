@@ -127,8 +127,13 @@ class ReferenceTargetDriver(TargetDriver):
         self._halt()
         self._launch()
         assert self.port is not None
-        return TargetEndpoint(host=self.host, port=self.port, iqn=spec.iqn,
-                              luns=tuple(range(len(spec.luns))), portal_group_tag=1)  # fmt: skip
+        return TargetEndpoint(
+            host=self.host,
+            port=self.port,
+            iqn=spec.iqn,
+            luns=tuple(range(len(spec.luns))),
+            portal_group_tag=1,
+        )
 
     def deconfigure(self, iqn: str) -> None:
         if self.specs.pop(iqn, None) is not None:
@@ -141,22 +146,44 @@ class ReferenceTargetDriver(TargetDriver):
     def config_text(self) -> str:
         """The TOML configuration for every configured spec (docs/target-config.md)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        lines = ["[server]", 'state_dir = "state"', "", "[[portal_groups]]", "tag = 1",
-                 f'portals = ["{host}:{self.port}"]', ""]  # fmt: skip
+        lines = [
+            "[server]",
+            'state_dir = "state"',
+            "",
+            "[[portal_groups]]",
+            "tag = 1",
+            f'portals = ["{host}:{self.port}"]',
+            "",
+        ]
         for spec in self.specs.values():
             lines += ["[[targets]]", f"name = {_toml_value(spec.iqn)}"]
             if spec.chap is not None:
-                lines.append(f"chap = {{ user = {_toml_value(spec.chap.user)}, secret = {_toml_value(spec.chap.secret)} }}")
+                lines.append(
+                    f"chap = {{ user = {_toml_value(spec.chap.user)}, secret = {_toml_value(spec.chap.secret)} }}"
+                )
             if spec.mutual_chap is not None:
                 m = spec.mutual_chap
-                lines.append(f"mutual_chap = {{ user = {_toml_value(m.user)}, secret = {_toml_value(m.secret)} }}")
-            params: dict[str, Any] = {"HeaderDigest": list(spec.header_digest), "DataDigest": list(spec.data_digest)}
+                lines.append(
+                    f"mutual_chap = {{ user = {_toml_value(m.user)}, secret = {_toml_value(m.secret)} }}"
+                )
+            params: dict[str, Any] = {
+                "HeaderDigest": list(spec.header_digest),
+                "DataDigest": list(spec.data_digest),
+            }
             for k, v in spec.parameters:
                 params[k] = int(v) if v.isdigit() else (v == "Yes" if v in ("Yes", "No") else v)
-            lines.append("parameters = { " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in params.items()) + " }")
+            lines.append(
+                "parameters = { "
+                + ", ".join(f"{k} = {_toml_value(v)}" for k, v in params.items())
+                + " }"
+            )
             for i, lun in enumerate(spec.luns):
-                lines += ["[[targets.luns]]", f"lun = {i}", f"size = {lun.size_bytes}",
-                          f"block_size = {lun.block_size}"]  # fmt: skip
+                lines += [
+                    "[[targets.luns]]",
+                    f"lun = {i}",
+                    f"size = {lun.size_bytes}",
+                    f"block_size = {lun.block_size}",
+                ]
             for ini in spec.allowed_initiators:
                 lines += ["[[targets.acls]]", f"initiator = {_toml_value(ini)}"]
             lines.append("")
@@ -180,10 +207,14 @@ class ReferenceTargetDriver(TargetDriver):
             except (ConfigError, OSError, TimeoutError) as exc:
                 self.log.add(["embedded", str(cfg_path)], 1, "", str(exc), started)
                 raise PeerStartError(self.name, str(exc)) from exc
-            self.log.add(["embedded", str(cfg_path)], 0, f"listening on {self.host}:{self.port}", "", started)
+            self.log.add(
+                ["embedded", str(cfg_path)], 0, f"listening on {self.host}:{self.port}", "", started
+            )
             return
         argv = [sys.executable, "-m", "iscsi_conformance.target.cli", "--config", str(cfg_path)]
-        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         line = self._proc.stdout.readline() if self._proc.stdout else ""
         if not line.startswith("listening on"):
             err = self._proc.stderr.read() if self._proc.stderr else ""

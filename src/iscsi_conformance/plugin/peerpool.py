@@ -52,14 +52,28 @@ class InitiatorEntry:
     description: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _external_manifest(url: str) -> Manifest:
-    # What we know of a third-party target before probing it: nothing. Every
-    # capability-gated test that needs configuration skips; protocol tests run.
+def _external_manifest(url: str, *, chap: bool, mutual: bool) -> Manifest:
+    """What we assume of a third-party target before probing it: what RFC 7143 makes
+    mandatory (CRC32C and None digests, MD5 CHAP when credentials are given, ERL 0)
+    plus the SCSI features a cluster disk needs. Tests that need configuration the
+    suite cannot make (ACLs, extra targets) skip; writes need --iscsi-allow-dataloss."""
+    caps: dict[str, Any] = {
+        "external": True,
+        "header_digests": ["None", "CRC32C"],
+        "data_digests": ["None", "CRC32C"],
+        "erl": [0],
+        "persistent_reservations": True,
+        "reservations_scsi2": True,
+    }
+    if chap:
+        caps["chap_algorithms"] = [5]
+    if mutual:
+        caps["mutual_chap"] = True
     return Manifest(
         name=url,
         role="target",
         description="third-party target under certification",
-        capabilities={"external": True, "digests": ["None", "CRC32C"]},
+        capabilities=caps,
     )
 
 

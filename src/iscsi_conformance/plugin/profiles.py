@@ -120,14 +120,15 @@ def _profiles() -> dict[str, Profile]:
     add(
         "acl",
         lambda c: _spec("acl", allowed_initiators=(OTHER_INITIATOR_NAME,)),
-        "acl",
+        "acl_by_initiator_name",
         doc="only OTHER_INITIATOR_NAME may log in or discover it",
     )
     add(
         "digest-required",
         lambda c: _spec("digest-required", header_digest=("CRC32C",), data_digest=("CRC32C",)),
-        "digests=CRC32C",
-        "require_digests",
+        "header_digests=CRC32C",
+        "data_digests=CRC32C",
+        "digest_required",
         doc="target accepts only CRC32C digests",
     )
     return p

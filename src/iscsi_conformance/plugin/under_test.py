@@ -86,8 +86,12 @@ class TargetUnderTest:
 
     @property
     def lun(self) -> int:
-        """The LUN tests may use (the URL's LUN for a third-party target)."""
-        return int(self.entry.lun) if self.external else 0
+        """The LUN tests may use: the URL's LUN for a third-party target, else the first
+        LUN the peer serves for the default profile (tgt's LUN 0 is its controller)."""
+        if self.external:
+            return int(self.entry.lun)
+        ep = self.entry.endpoint("default")
+        return int(ep.luns[0]) if ep is not None and ep.luns else 0
 
     def endpoint(self, profile: str = "default") -> TargetEndpoint:
         ep = self.entry.endpoint(profile)

@@ -29,12 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="iscsi-conformance target",
         description="Run the reference iSCSI target (RFC 7143).",
     )
-    p.add_argument("--config", type=Path, help="TOML file describing portals, targets, LUNs, ACLs, CHAP")
-    p.add_argument("--listen", action="append", metavar="HOST:PORT",
-                   help="portal to listen on (repeatable; IPv6 as [::1]:3260)")  # fmt: skip
+    p.add_argument(
+        "--config", type=Path, help="TOML file describing portals, targets, LUNs, ACLs, CHAP"
+    )
+    p.add_argument(
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="portal to listen on (repeatable; IPv6 as [::1]:3260)",
+    )
     p.add_argument("--target", metavar="IQN", help="target name to serve")
-    p.add_argument("--lun", action="append", metavar="SIZE_OR_FILE",
-                   help="a LUN: 64M (RAM), /path/disk.img, or /path/disk.img=1G (sparse)")  # fmt: skip
+    p.add_argument(
+        "--lun",
+        action="append",
+        metavar="SIZE_OR_FILE",
+        help="a LUN: 64M (RAM), /path/disk.img, or /path/disk.img=1G (sparse)",
+    )
     p.add_argument("--state-dir", type=Path, help="where RAM LUNs keep reservation state")
     p.add_argument("--trace", action="store_true", help="log every PDU (slow)")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -277,18 +277,14 @@ def _parameters(value: Any, field: str) -> dict[str, str]:
             items = v if isinstance(v, list) else [x.strip() for x in str(v).split(",")]
             for item in items:
                 if item not in _LIST_KEYS[key]:
-                    raise ConfigError(
-                        f"{item!r} is not one of {sorted(_LIST_KEYS[key])}", field=f
-                    )
+                    raise ConfigError(f"{item!r} is not one of {sorted(_LIST_KEYS[key])}", field=f)
             if not items:
                 raise ConfigError("must list at least one value", field=f)
             out[key] = ",".join(items)
         elif key in _FREE_KEYS:
             out[key] = _str(v, f)
         else:
-            raise ConfigError(
-                "not an operational key a target can set (RFC 7143 13)", field=f
-            )
+            raise ConfigError("not an operational key a target can set (RFC 7143 13)", field=f)
     return out
 
 
@@ -305,7 +301,9 @@ def _lun(value: Any, field: str, base: Path | None) -> LunConfig:
         if base is not None and not path.is_absolute():
             path = base / path
     if path is None and size is None:
-        raise ConfigError("must be a positive size like 64M (or give file =)", field=f"{field}.size")
+        raise ConfigError(
+            "must be a positive size like 64M (or give file =)", field=f"{field}.size"
+        )
     block = _int(t.get("block_size", 512), f"{field}.block_size", 512, 65536)
     if block & (block - 1):
         raise ConfigError("must be a power of two", field=f"{field}.block_size")
@@ -394,10 +392,17 @@ def _target(value: Any, field: str, base: Path | None, tags: set[int]) -> Target
     chap = _chap(t.get("chap"), f"{field}.chap")
     mutual = _chap(t.get("mutual_chap"), f"{field}.mutual_chap")
     if mutual is not None and chap is None:
-        raise ConfigError("mutual CHAP needs chap too (RFC 7143 12.1.3)", field=f"{field}.mutual_chap")
+        raise ConfigError(
+            "mutual CHAP needs chap too (RFC 7143 12.1.3)", field=f"{field}.mutual_chap"
+        )
     msdsl = None
     if "max_send_data_segment_length" in t:
-        msdsl = _int(t["max_send_data_segment_length"], f"{field}.max_send_data_segment_length", 512, 2**24 - 1)
+        msdsl = _int(
+            t["max_send_data_segment_length"],
+            f"{field}.max_send_data_segment_length",
+            512,
+            2**24 - 1,
+        )
     return TargetConfig(
         name=name,
         luns=luns,
@@ -418,14 +423,25 @@ def parse_config(doc: dict[str, Any], *, base: Path | None = None) -> ServerConf
     server = _table(doc.get("server", {}), "server")
     _known(
         server,
-        {"state_dir", "nop_in_interval", "nop_in_timeout", "trace", "max_sessions", "login_timeout"},
+        {
+            "state_dir",
+            "nop_in_interval",
+            "nop_in_timeout",
+            "trace",
+            "max_sessions",
+            "login_timeout",
+        },
         "server",
     )
     groups_raw = doc.get("portal_groups")
     if groups_raw is None:
-        raise ConfigError("missing: at least one [[portal_groups]] with portals", field="portal_groups")
+        raise ConfigError(
+            "missing: at least one [[portal_groups]] with portals", field="portal_groups"
+        )
     if not isinstance(groups_raw, list) or not groups_raw:
-        raise ConfigError("must be a non-empty array of tables ([[portal_groups]])", field="portal_groups")
+        raise ConfigError(
+            "must be a non-empty array of tables ([[portal_groups]])", field="portal_groups"
+        )
     groups = []
     tags: set[int] = set()
     for i, g in enumerate(groups_raw):
@@ -438,7 +454,9 @@ def parse_config(doc: dict[str, Any], *, base: Path | None = None) -> ServerConf
         tags.add(tag)
         portals_raw = gt.get("portals")
         if not isinstance(portals_raw, list) or not portals_raw:
-            raise ConfigError("must be a non-empty list like [\"127.0.0.1:3260\"]", field=f"{f}.portals")
+            raise ConfigError(
+                'must be a non-empty list like ["127.0.0.1:3260"]', field=f"{f}.portals"
+            )
         portals = tuple(parse_portal(p, f"{f}.portals[{j}]") for j, p in enumerate(portals_raw))
         groups.append(PortalGroupConfig(tag=tag, portals=portals))
     targets_raw = doc.get("targets")

@@ -475,10 +475,16 @@ class TargetEngine:
         for conn in session.connections.values():
             conn.send_async(AsyncEvent.LOGOUT_REQUESTED, parameter3=time_to_logout)
 
-    def drop_connection(self, conn: Connection, *, time2wait: int = 0, time2retain: int = 0) -> None:
+    def drop_connection(
+        self, conn: Connection, *, time2wait: int = 0, time2retain: int = 0
+    ) -> None:
         """Async Message 'connection drop' then close it (event 2)."""
-        conn.send_async(AsyncEvent.CONNECTION_DROP, parameter1=conn.cid, parameter2=time2wait,
-                        parameter3=time2retain)  # fmt: skip
+        conn.send_async(
+            AsyncEvent.CONNECTION_DROP,
+            parameter1=conn.cid,
+            parameter2=time2wait,
+            parameter3=time2retain,
+        )
         conn.close(after_flush=True)
         if conn.session is not None:
             conn.session_detach()
@@ -498,8 +504,11 @@ class TargetEngine:
     def send_scsi_async_event(self, session: Session, lun: int, sense: bytes) -> None:
         """Async Message carrying a SCSI asynchronous event (event 0) with sense data."""
         for conn in session.connections.values():
-            conn.send_async(AsyncEvent.SCSI_ASYNC_EVENT, lun=P.lun_to_field(lun),
-                            data=len(sense).to_bytes(2, "big") + sense)  # fmt: skip
+            conn.send_async(
+                AsyncEvent.SCSI_ASYNC_EVENT,
+                lun=P.lun_to_field(lun),
+                data=len(sense).to_bytes(2, "big") + sense,
+            )
             break
 
     # ------------------------------------------------------------------ task management
@@ -514,7 +523,7 @@ class TargetEngine:
                     task.conn.remember_aborted(itt)
                     s.release_budget(task)
                     n += 1
-            for sn, (c, pdu) in list(s.pending.items()):
+            for sn, (_conn, pdu) in list(s.pending.items()):
                 if isinstance(pdu, P.ScsiCommand):
                     t = s.tasks.get(pdu.itt)
                     if t is None:
@@ -638,22 +647,46 @@ class Connection:
         self._aborted_itts.append(itt)
         self._aborted_set.add(itt)
 
-    def send_async(self, event: int, *, lun: int = 0, parameter1: int = 0, parameter2: int = 0,
-                   parameter3: int = 0, data: bytes = b"") -> None:  # fmt: skip
+    def send_async(
+        self,
+        event: int,
+        *,
+        lun: int = 0,
+        parameter1: int = 0,
+        parameter2: int = 0,
+        parameter3: int = 0,
+        data: bytes = b"",
+    ) -> None:
         if self.state is not ConnState.FULL_FEATURE:
             return
         exp, mx = self._window()
         self._emit(
-            P.AsyncMessage(lun=lun, statsn=self.next_statsn(), expcmdsn=exp, maxcmdsn=mx,
-                           async_event=event, parameter1=parameter1, parameter2=parameter2,
-                           parameter3=parameter3, data=data)  # fmt: skip
+            P.AsyncMessage(
+                lun=lun,
+                statsn=self.next_statsn(),
+                expcmdsn=exp,
+                maxcmdsn=mx,
+                async_event=event,
+                parameter1=parameter1,
+                parameter2=parameter2,
+                parameter3=parameter3,
+                data=data,
+            )
         )
 
     def reject(self, reason: int, header: bytes, *, datasn_r2tsn: int = 0) -> None:
         """Reject PDU carrying the offending header (RFC 7143 11.17)."""
         exp, mx = self._window()
-        self._emit(P.Reject(reason=reason, statsn=self.next_statsn(), expcmdsn=exp, maxcmdsn=mx,
-                            datasn_r2tsn=datasn_r2tsn, data=bytes(header[:48])))  # fmt: skip
+        self._emit(
+            P.Reject(
+                reason=reason,
+                statsn=self.next_statsn(),
+                expcmdsn=exp,
+                maxcmdsn=mx,
+                datasn_r2tsn=datasn_r2tsn,
+                data=bytes(header[:48]),
+            )
+        )
 
     # ------------------------------------------------------------------ input
 
@@ -949,9 +982,17 @@ class Connection:
     def _send_r2t(self, task: Task, r2t: R2TState) -> None:
         exp, mx = self._window()
         self._emit(
-            P.R2T(lun=task.lun_field, itt=task.itt, ttt=r2t.ttt, statsn=self.statsn,
-                  expcmdsn=exp, maxcmdsn=mx, r2tsn=r2t.r2tsn, buffer_offset=r2t.offset,
-                  desired_data_transfer_length=r2t.length)  # fmt: skip
+            P.R2T(
+                lun=task.lun_field,
+                itt=task.itt,
+                ttt=r2t.ttt,
+                statsn=self.statsn,
+                expcmdsn=exp,
+                maxcmdsn=mx,
+                r2tsn=r2t.r2tsn,
+                buffer_offset=r2t.offset,
+                desired_data_transfer_length=r2t.length,
+            )
         )
 
     def _data_lost(self, task: Task, ttt: int, offset: int, length: int, header: bytes) -> None:
@@ -1001,7 +1042,9 @@ class Connection:
                 self._sequence_error(pdu, "unsolicited Data-Out not allowed here")
                 return
             if pdu.datasn != task.unsolicited_next_datasn:
-                self._sequence_error(pdu, f"DataSN {pdu.datasn} expected {task.unsolicited_next_datasn}")
+                self._sequence_error(
+                    pdu, f"DataSN {pdu.datasn} expected {task.unsolicited_next_datasn}"
+                )
                 return
             task.unsolicited_next_datasn += 1
             task.unsolicited_received += len(data)
@@ -1067,8 +1110,14 @@ class Connection:
             # The CDB's NUMBER OF LOGICAL BLOCKS disagrees with the data the initiator
             # sends (e.g. 256 blocks wrapped to 0 in the one-byte field): the CDB is
             # invalid (SBC-3 5.2), not a residual to ignore.
-            self._respond(task, ScsiStatus.CHECK_CONDITION, SENSE_INVALID_FIELD_IN_CDB,
-                          overflow=mm > 0, underflow=mm < 0, residual=abs(mm))  # fmt: skip
+            self._respond(
+                task,
+                ScsiStatus.CHECK_CONDITION,
+                SENSE_INVALID_FIELD_IN_CDB,
+                overflow=mm > 0,
+                underflow=mm < 0,
+                residual=abs(mm),
+            )
             return
         if mm > 0:
             # EDTL below the CDB's transfer length (overflow): FCP-4 9.4.2 a) - run the
@@ -1085,8 +1134,14 @@ class Connection:
         if outcome.pr_changed:
             self.engine.pr_changed(lu)
         if mm and not task.read:
-            self._respond(task, outcome.status, outcome.sense,
-                          overflow=mm > 0, underflow=mm < 0, residual=abs(mm))  # fmt: skip
+            self._respond(
+                task,
+                outcome.status,
+                outcome.sense,
+                overflow=mm > 0,
+                underflow=mm < 0,
+                residual=abs(mm),
+            )
             return
         self._complete(task, outcome.status, outcome.sense, outcome.data)
 
@@ -1133,13 +1188,22 @@ class Connection:
         elif n < edtl:
             underflow, residual = True, edtl - n
         if not data:
-            self._respond(task, status, sense, overflow=overflow, underflow=underflow,
-                          residual=residual)  # fmt: skip
+            self._respond(
+                task, status, sense, overflow=overflow, underflow=underflow, residual=residual
+            )
             return
         self._send_data_in(task, data, status, sense, overflow, underflow, residual)
 
-    def _send_data_in(self, task: Task, data: bytes, status: int, sense: bytes,
-                      overflow: bool, underflow: bool, residual: int) -> None:  # fmt: skip
+    def _send_data_in(
+        self,
+        task: Task,
+        data: bytes,
+        status: int,
+        sense: bytes,
+        overflow: bool,
+        underflow: bool,
+        residual: int,
+    ) -> None:
         """Data-In PDUs (RFC 7143 11.7): at most our send limit each, F at the end of
         every MaxBurstLength sequence, the status in the last one when there is no
         sense data (phase collapse, 11.7.4). Payloads go out as memoryview slices of
@@ -1173,8 +1237,9 @@ class Connection:
                 statsn = self.next_statsn()
                 st = status
                 res = residual
-            bhs = _DATA_IN.pack(0x25, flags, st, ln, lun, itt, NONE_TAG, statsn, exp, mx,
-                                datasn, off, res)  # fmt: skip
+            bhs = _DATA_IN.pack(
+                0x25, flags, st, ln, lun, itt, NONE_TAG, statsn, exp, mx, datasn, off, res
+            )
             parts = _frame(bhs, mv[off : off + ln], hd, dd)
             out.extend(parts)
             if keep:
@@ -1186,8 +1251,15 @@ class Connection:
             off += ln
         self.engine.mark_dirty(self)
         if not collapse:
-            self._respond(task, status, sense, overflow=overflow, underflow=underflow,
-                          residual=residual, expdatasn=datasn)  # fmt: skip
+            self._respond(
+                task,
+                status,
+                sense,
+                overflow=overflow,
+                underflow=underflow,
+                residual=residual,
+                expdatasn=datasn,
+            )
         elif keep:
             self._hold(task)
 
@@ -1202,16 +1274,38 @@ class Connection:
             self._retained.pop(next(iter(self._retained)))
         self._retained[statsn] = raw
 
-    def _respond(self, task: Task, status: int, sense: bytes, *, overflow: bool = False,
-                 underflow: bool = False, residual: int = 0, expdatasn: int = 0) -> None:  # fmt: skip
+    def _respond(
+        self,
+        task: Task,
+        status: int,
+        sense: bytes,
+        *,
+        overflow: bool = False,
+        underflow: bool = False,
+        residual: int = 0,
+        expdatasn: int = 0,
+    ) -> None:
         s = self.session
         assert s is not None
         data = P.ScsiResponse.sense_segment(sense) if sense else b""
         statsn = self.next_statsn()
         flags = 0x80 | (0x04 if overflow else 0) | (0x02 if underflow else 0)
-        bhs = _SCSI_RESPONSE.pack(0x21, flags, ScsiResponseCode.COMMAND_COMPLETED_AT_TARGET,
-                                  status, len(data), 0, task.itt, 0, statsn, s.expcmdsn,
-                                  s.maxcmdsn, expdatasn, 0, residual)  # fmt: skip
+        bhs = _SCSI_RESPONSE.pack(
+            0x21,
+            flags,
+            ScsiResponseCode.COMMAND_COMPLETED_AT_TARGET,
+            status,
+            len(data),
+            0,
+            task.itt,
+            0,
+            statsn,
+            s.expcmdsn,
+            s.maxcmdsn,
+            expdatasn,
+            0,
+            residual,
+        )
         parts = _frame(bhs, data, self.hd, self.dd)
         self.out.extend(parts)
         self.engine.mark_dirty(self)
@@ -1240,8 +1334,17 @@ class Connection:
     def _nop_reply(self, pdu: P.NopOut) -> None:
         exp, mx = self._window()
         data = pdu.data[: self.max_send]
-        self._emit(P.NopIn(lun=pdu.lun, itt=pdu.itt, ttt=NONE_TAG, statsn=self.next_statsn(),
-                           expcmdsn=exp, maxcmdsn=mx, data=data))  # fmt: skip
+        self._emit(
+            P.NopIn(
+                lun=pdu.lun,
+                itt=pdu.itt,
+                ttt=NONE_TAG,
+                statsn=self.next_statsn(),
+                expcmdsn=exp,
+                maxcmdsn=mx,
+                data=data,
+            )
+        )
 
     def ping(self, now: float) -> None:
         """Send a NOP-In asking for a NOP-Out (RFC 7143 11.19: TTT set, ITT reserved)."""
@@ -1252,8 +1355,9 @@ class Connection:
         self._ping_sent = now
         exp, mx = self._window()
         # StatSN is not advanced for a NOP-In that asks for a reply (11.19.4).
-        self._emit(P.NopIn(lun=0, itt=NONE_TAG, ttt=ttt, statsn=self.statsn, expcmdsn=exp,
-                           maxcmdsn=mx))  # fmt: skip
+        self._emit(
+            P.NopIn(lun=0, itt=NONE_TAG, ttt=ttt, statsn=self.statsn, expcmdsn=exp, maxcmdsn=mx)
+        )
 
     def handle_timer(self, now: float) -> None:
         cfg = self.engine.config
@@ -1321,9 +1425,19 @@ class Connection:
             self._text_pending[pdu.itt] = (ttt, rest)
         else:
             self._text_pending.pop(pdu.itt, None)
-        self._emit(P.TextResponse(final=not rest, cont=bool(rest), lun=pdu.lun, itt=pdu.itt,
-                                  ttt=ttt if rest else NONE_TAG, statsn=self.next_statsn(),
-                                  expcmdsn=s.expcmdsn, maxcmdsn=s.maxcmdsn, data=first))  # fmt: skip
+        self._emit(
+            P.TextResponse(
+                final=not rest,
+                cont=bool(rest),
+                lun=pdu.lun,
+                itt=pdu.itt,
+                ttt=ttt if rest else NONE_TAG,
+                statsn=self.next_statsn(),
+                expcmdsn=s.expcmdsn,
+                maxcmdsn=s.maxcmdsn,
+                data=first,
+            )
+        )
 
     # ------------------------------------------------------------------ logout
 
@@ -1360,9 +1474,17 @@ class Connection:
         else:
             self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
             return
-        self._emit(P.LogoutResponse(response=code, itt=pdu.itt, statsn=self.next_statsn(),
-                                    expcmdsn=s.expcmdsn, maxcmdsn=s.maxcmdsn,
-                                    time2wait=t2w, time2retain=t2r))  # fmt: skip
+        self._emit(
+            P.LogoutResponse(
+                response=code,
+                itt=pdu.itt,
+                statsn=self.next_statsn(),
+                expcmdsn=s.expcmdsn,
+                maxcmdsn=s.maxcmdsn,
+                time2wait=t2w,
+                time2retain=t2r,
+            )
+        )
         if close_self:
             self.state = ConnState.LOGGED_OUT
             self.close()
@@ -1399,7 +1521,11 @@ class Connection:
                 return
             frames = held.sent_datain
             begin = 0 if kind == SnackType.R_DATA else pdu.begrun
-            end = len(frames) if kind == SnackType.R_DATA or pdu.runlength == 0 else begin + pdu.runlength
+            end = (
+                len(frames)
+                if kind == SnackType.R_DATA or pdu.runlength == 0
+                else begin + pdu.runlength
+            )
             if begin >= len(frames) or end > len(frames):
                 self.reject(RejectReason.SNACK_REJECT, P.bhs_of(pdu))
                 return
@@ -1426,9 +1552,15 @@ class Connection:
         s = self.session
         assert s is not None
         response, after = perform_tmf(self, pdu)
-        self._emit(P.TaskManagementResponse(response=response, itt=pdu.itt,
-                                            statsn=self.next_statsn(), expcmdsn=s.expcmdsn,
-                                            maxcmdsn=s.maxcmdsn))  # fmt: skip
+        self._emit(
+            P.TaskManagementResponse(
+                response=response,
+                itt=pdu.itt,
+                statsn=self.next_statsn(),
+                expcmdsn=s.expcmdsn,
+                maxcmdsn=s.maxcmdsn,
+            )
+        )
         if after is not None:
             after()
 

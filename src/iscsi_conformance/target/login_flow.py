@@ -88,8 +88,17 @@ class TargetLoginFlow:
 
     # ------------------------------------------------------------------ responses
 
-    def _respond(self, req: P.LoginRequest, *, transit: bool, nsg: int, data: bytes = b"",
-                 status: int = 0, tsih: int = 0, cont: bool = False) -> None:  # fmt: skip
+    def _respond(
+        self,
+        req: P.LoginRequest,
+        *,
+        transit: bool,
+        nsg: int,
+        data: bytes = b"",
+        status: int = 0,
+        tsih: int = 0,
+        cont: bool = False,
+    ) -> None:
         exp = req.cmdsn
         window = self.engine.cmd_window
         if self.existing is not None:
@@ -98,7 +107,7 @@ class TargetLoginFlow:
             P.LoginResponse(
                 transit=transit,
                 cont=cont,
-                csg=req.csg if status == 0 else req.csg,
+                csg=req.csg,
                 nsg=nsg if transit else 0,
                 version_max=0,
                 version_active=0,
@@ -153,7 +162,12 @@ class TargetLoginFlow:
             if req.version_min > 0:
                 # We speak version 0 only (RFC 7143 11.12.4 / 11.13.5 detail 05h).
                 raise LoginRefused("unsupported version", LoginStatus.UNSUPPORTED_VERSION)
-        elif req.isid != first.isid or req.tsih != first.tsih or req.cid != first.cid or req.itt != first.itt:
+        elif (
+            req.isid != first.isid
+            or req.tsih != first.tsih
+            or req.cid != first.cid
+            or req.itt != first.itt
+        ):
             # ISID, TSIH, CID and ITT stay the same for the whole login (11.12).
             raise LoginRefused("login fields changed mid-login", LoginStatus.INITIATOR_ERROR)
         if req.csg not in (0, 1):
@@ -185,7 +199,9 @@ class TargetLoginFlow:
             if self.auth_needed is not None and not self.auth_done:
                 raise LoginRefused("authentication required", LoginStatus.AUTH_FAILURE)
             self.auth_done = True
-        answers += neg.respond([p for p in pairs if not p[0].startswith("CHAP_") and p[0] != "AuthMethod"])
+        answers += neg.respond(
+            [p for p in pairs if not p[0].startswith("CHAP_") and p[0] != "AuthMethod"]
+        )
         if not self.sent_tpgt and self.session_type == "Normal":
             # The target reports its portal group tag in its first response (13.9).
             answers.append(("TargetPortalGroupTag", str(self.conn.portal_group)))
@@ -209,8 +225,13 @@ class TargetLoginFlow:
             return
         if transit:
             self.stage = LoginStage(req.nsg)
-        self._respond(req, transit=transit, nsg=req.nsg, data=body,
-                      tsih=self.existing.tsih if self.existing else 0)  # fmt: skip
+        self._respond(
+            req,
+            transit=transit,
+            nsg=req.nsg,
+            data=body,
+            tsih=self.existing.tsih if self.existing else 0,
+        )
 
     # ------------------------------------------------------------------ first request
 
@@ -218,7 +239,9 @@ class TargetLoginFlow:
         keys = dict(pairs)
         name = keys.get("InitiatorName")
         if not name:
-            raise LoginRefused("InitiatorName missing (RFC 7143 13.5)", LoginStatus.MISSING_PARAMETER)
+            raise LoginRefused(
+                "InitiatorName missing (RFC 7143 13.5)", LoginStatus.MISSING_PARAMETER
+            )
         self.initiator_name = name
         stype = keys.get("SessionType", "Normal")
         if stype not in ("Normal", "Discovery"):
@@ -234,7 +257,9 @@ class TargetLoginFlow:
         else:
             tname = keys.get("TargetName")
             if not tname:
-                raise LoginRefused("TargetName missing (RFC 7143 13.4)", LoginStatus.MISSING_PARAMETER)
+                raise LoginRefused(
+                    "TargetName missing (RFC 7143 13.4)", LoginStatus.MISSING_PARAMETER
+                )
             target = self.engine.targets.get(tname)
             if target is None:
                 # iSCSI names compare case-insensitively (RFC 3722).
@@ -247,11 +272,19 @@ class TargetLoginFlow:
             if tc.portal_groups and self.conn.portal_group not in tc.portal_groups:
                 raise LoginRefused("target not on this portal group", LoginStatus.NOT_FOUND)
             if tc.redirect is not None:
-                status = (LoginStatus.TARGET_MOVED_PERMANENTLY if tc.redirect.permanent
-                          else LoginStatus.TARGET_MOVED_TEMPORARILY)  # fmt: skip
+                status = (
+                    LoginStatus.TARGET_MOVED_PERMANENTLY
+                    if tc.redirect.permanent
+                    else LoginStatus.TARGET_MOVED_TEMPORARILY
+                )
                 addr = tc.redirect.address
-                self._respond(req, transit=False, nsg=0, status=status,
-                              data=T.format_pairs([("TargetAddress", addr)], strict=False))  # fmt: skip
+                self._respond(
+                    req,
+                    transit=False,
+                    nsg=0,
+                    status=status,
+                    data=T.format_pairs([("TargetAddress", addr)], strict=False),
+                )
                 self.done = True
                 self.conn.close()
                 raise _Stop
@@ -277,7 +310,10 @@ class TargetLoginFlow:
                 or existing.session_type.value != stype
             ):
                 raise LoginRefused("no such session (TSIH)", LoginStatus.SESSION_DOES_NOT_EXIST)
-            if len(existing.connections) >= existing.params.max_connections and req.cid not in existing.connections:
+            if (
+                len(existing.connections) >= existing.params.max_connections
+                and req.cid not in existing.connections
+            ):
                 raise LoginRefused("MaxConnections reached", LoginStatus.TOO_MANY_CONNECTIONS)
             self.existing = existing
             self.statsn = req.expstatsn
@@ -347,7 +383,9 @@ class TargetLoginFlow:
             header_digest=result.header_digest,
             data_digest=result.data_digest,
             max_recv_data_segment_length=result.max_recv_data_segment_length_local,
-            max_send_data_segment_length=min(result.max_recv_data_segment_length_peer, cap or 1 << 24),
+            max_send_data_segment_length=min(
+                result.max_recv_data_segment_length_peer, cap or 1 << 24
+            ),
             max_burst_length=result.max_burst_length,
             first_burst_length=result.first_burst_length,
             immediate_data=result.immediate_data,
@@ -403,8 +441,9 @@ class TargetLoginFlow:
             params.max_outstanding_r2t = sp.max_outstanding_r2t
             params.error_recovery_level = sp.error_recovery_level
             params.max_connections = sp.max_connections
-        self._respond(req, transit=True, nsg=LoginStage.FULL_FEATURE_PHASE, data=body,
-                      tsih=session.tsih)  # fmt: skip
+        self._respond(
+            req, transit=True, nsg=LoginStage.FULL_FEATURE_PHASE, data=body, tsih=session.tsih
+        )
         self.done = True
         conn.enter_full_feature(session, params, self.statsn)
         if engine.trace:

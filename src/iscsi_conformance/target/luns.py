@@ -69,15 +69,22 @@ class LunStore:
                 if lc.file is not None:
                     try:
                         if lc.size is None and not lc.file.exists():
-                            raise ConfigError("file does not exist and no size given", field=f"{field}.file")
+                            raise ConfigError(
+                                "file does not exist and no size given", field=f"{field}.file"
+                            )
                         backing = SparseFileBacking(lc.file, lc.size)
                     except OSError as exc:
-                        raise ConfigError(f"cannot open {lc.file}: {exc.strerror}", field=f"{field}.file") from None
+                        raise ConfigError(
+                            f"cannot open {lc.file}: {exc.strerror}", field=f"{field}.file"
+                        ) from None
                 else:
                     assert lc.size is not None
                     backing = RamBacking(lc.size)
                 if backing.size % lc.block_size:
-                    raise ConfigError(f"size {backing.size} is not a multiple of block_size", field=f"{field}.size")
+                    raise ConfigError(
+                        f"size {backing.size} is not a multiple of block_size",
+                        field=f"{field}.size",
+                    )
                 state_path = _state_path(config, t.name, lc)
                 kwargs: dict[str, Any] = {"block_size": lc.block_size}
                 if lc.read_only:

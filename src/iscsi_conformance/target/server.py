@@ -243,7 +243,9 @@ class TargetServer:
     def find_session(self, initiator_name: str, target_name: str | None = None) -> Session | None:
         def look() -> Session | None:
             for s in self.engine.sessions.values():
-                if s.initiator_name == initiator_name and (target_name is None or s.target_name == target_name):
+                if s.initiator_name == initiator_name and (
+                    target_name is None or s.target_name == target_name
+                ):
                     return s
             return None
 
@@ -253,7 +255,9 @@ class TargetServer:
         """Async Message: 'please log out' (RFC 7143 11.9.1 AsyncEvent 1)."""
         self.call(self.engine.request_logout, session, time_to_logout=time_to_logout)
 
-    def drop_connection(self, conn: Connection, *, time2wait: int = 0, time2retain: int = 0) -> None:
+    def drop_connection(
+        self, conn: Connection, *, time2wait: int = 0, time2retain: int = 0
+    ) -> None:
         """Async Message 'connection will be dropped' (AsyncEvent 2), then drop it."""
         self.call(self.engine.drop_connection, conn, time2wait=time2wait, time2retain=time2retain)
 

@@ -105,8 +105,11 @@ def perform_tmf(
     if fn in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
         target = session.target
         engine.abort_tasks(lambda t: t.lu is not None and t.lu in target.lus.values())
-        kind = (ResetKind.TARGET_WARM_RESET if fn == TmfFunction.TARGET_WARM_RESET
-                else ResetKind.TARGET_COLD_RESET)  # fmt: skip
+        kind = (
+            ResetKind.TARGET_WARM_RESET
+            if fn == TmfFunction.TARGET_WARM_RESET
+            else ResetKind.TARGET_COLD_RESET
+        )
         for unit in target.lus.values():
             _reset_lu(unit, kind)
         if fn == TmfFunction.TARGET_WARM_RESET:
