@@ -513,3 +513,41 @@ async def test_discovery_session_chap(target: Any) -> None:
             sent=probe.sent,
             received=probe.received,
         )
+
+
+def _make_algorithm_or_md5(alg: int) -> Any:
+    @spec(
+        f"CHAP.Algorithms.{ALG_LABEL[alg]}OrMD5",
+        "RFC 7143 12.1.3",
+        "RFC 7143 6.2.1",
+        requirements=["R7143-12.1.3-1", "R7143-6.2.1-1", "R1994-4.1-1"],
+        needs=("chap_algorithms=5",),
+    )
+    async def test(target: Any) -> None:
+        (user, secret), _ = target.chap_pair("chap")
+        async with target.raw("chap") as raw:
+            probe = target.probe(raw, "chap")
+            step = await probe.chap(user, secret, algorithms=[alg, 5])
+            chosen = probe.steps[1].keys.get("CHAP_A") if len(probe.steps) > 1 else None
+            require(
+                chosen in (str(alg), "5"),
+                "R7143-6.2.1-1",
+                f"CHAP_A={alg},5 answered {chosen!r}",
+                sent=probe.sent,
+                received=probe.received,
+            )
+            require(
+                step.succeeded,
+                "R7143-12.1.3-1",
+                f"the target chose CHAP_A={chosen} but refused a response computed with that algorithm "
+                f"({step.status!r}): the algorithm it uses is not the one it announced",
+                sent=probe.sent,
+                received=probe.received,
+            )
+
+    test.__doc__ = f"CHAP_A={alg},5: whichever algorithm the target picks, a response computed with it authenticates."
+    return test
+
+
+for _alg in (6, 7, 8):
+    globals()[f"test_algorithm_{ALG_LABEL[_alg]}_or_md5"] = _make_algorithm_or_md5(_alg)

@@ -351,7 +351,7 @@ def _skip_or_xfail(
     request: pytest.FixtureRequest, pool: PeerPool, info: SpecInfo, pairing: Pairing
 ) -> None:
     """Capabilities, profiles, dataloss and deviations, decided per pairing."""
-    from iscsi_conformance.plugin.deviations import deviation_for
+    from iscsi_conformance.plugin.deviations import deviation_for, matching_deviation
     from iscsi_conformance.plugin.profiles import capability_satisfied
 
     tentry = pool.targets.get(pairing.target)
@@ -369,7 +369,11 @@ def _skip_or_xfail(
     for entry in (tentry, ientry):
         if entry is None:
             continue
-        dev = deviation_for(entry.manifest, info.test_id, entry.description.get("version", ""))
+        version = str(entry.description.get("version", ""))
+        dev = deviation_for(entry.manifest, info.test_id, version)
+        found = matching_deviation(entry.manifest, info.test_id, version)
+        if found is not None and found.get("effect") == "skip":
+            pytest.skip(f"known deviation of {entry.name} (not run): {dev}")
         if dev is not None:
             request.node.add_marker(
                 pytest.mark.xfail(reason=f"known deviation of {entry.name}: {dev}", strict=True)

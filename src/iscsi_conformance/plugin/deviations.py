@@ -35,15 +35,24 @@ def id_matches(pattern: str, test_id: str) -> bool:
 
 
 def deviation_for(manifest: Any, test_id: str, version: str) -> str | None:
-    """The reason of the first deviation of ``manifest`` that covers ``test_id``."""
+    """The reason of the deviation of ``manifest`` that covers ``test_id`` (the longest
+    matching prefix wins), or None."""
+    found = matching_deviation(manifest, test_id, version)
+    if found is None:
+        return None
+    reason = str(found.get("reason", "known deviation"))
+    upstream = found.get("upstream")
+    return f"{reason} ({upstream})" if upstream else reason
+
+
+def matching_deviation(manifest: Any, test_id: str, version: str) -> dict[str, Any] | None:
+    best: dict[str, Any] | None = None
     for dev in getattr(manifest, "deviations", None) or []:
         pattern = str(dev.get("test", ""))
-        if (
-            pattern
-            and id_matches(pattern, test_id)
-            and version_matches(str(dev.get("versions", "*")), version)
-        ):
-            reason = str(dev.get("reason", "known deviation"))
-            upstream = dev.get("upstream")
-            return f"{reason} ({upstream})" if upstream else reason
-    return None
+        if not pattern or not id_matches(pattern, test_id):
+            continue
+        if not version_matches(str(dev.get("versions", "*")), version):
+            continue
+        if best is None or len(pattern) > len(str(best.get("test", ""))):
+            best = dev
+    return best
