@@ -208,7 +208,7 @@ def test_non_canonical_ahs_stays_raw_and_exact() -> None:
 
 
 def test_bidi_ahs_with_a_wrong_length_stays_raw() -> None:
-    raw = bytes([0, 6, 2, 0, 0, 0, 1, 0])  # AHSLength must be 5 (RFC 7143 11.2.2.4)
+    raw = bytes([0, 4, 2, 0, 0, 0, 1, 0])  # AHSLength must be 5 (RFC 7143 11.2.2.4)
     p = decoded(encode(ScsiCommand(ahs=raw), strict=False))
     assert isinstance(p, ScsiCommand) and p.bidi_read_length is None and p.ahs == raw
 
@@ -346,6 +346,7 @@ def test_strict_encoding_names_the_rule(bad: pdu.PDU, field: str, section: str) 
 def test_wrong_types_are_refused() -> None:
     for bad, field in [
         (ScsiCommand(cdb="not bytes"), "cdb"),  # type: ignore[arg-type]
+        (ScsiCommand(cdb=None), "cdb"),  # type: ignore[arg-type]
         (NopOut(itt="1"), "itt"),  # type: ignore[arg-type]
         (ScsiResponse(data=5), "data"),  # type: ignore[arg-type]
         (NopOut(ahs=None), "ahs"),  # type: ignore[arg-type]
@@ -470,3 +471,12 @@ def test_lun_encodings() -> None:
 
 def test_pdu_class_registry() -> None:
     assert pdu.pdu_class(0x43) is LoginRequest and pdu.pdu_class(0x1C) is None
+
+
+def test_header_digest_fast_paths() -> None:
+    wire = encode(NopOut(immediate=True, itt=4), header_digest=True)
+    assert len(wire) == 52 and read_digest(wire, 48) == crc32c(wire[:48])
+    assert decode(wire[:50], header_digest=True) == NeedMore(2)
+    assert decoded(wire, header_digest=True) == NopOut(immediate=True, itt=4)
+    with pytest.raises(PDUFormatError):
+        encode(NopOut(itt=0xFFFFFFFF), header_digest=True)

@@ -246,3 +246,16 @@ def test_many_small_reads_decode_in_one_batch() -> None:
     assert [p.itt for p in got] == [c.itt for c in cmds]
     assert all(p.status_present for p in got)
     assert struct.unpack(">I", P.bhs_of(got[-1])[24:28])[0] == got[-1].statsn
+
+
+def test_erl1_kept_data_released_by_expstatsn() -> None:
+    h = Harness([("ErrorRecoveryLevel", "1")])
+    cmd = h.cmd(read16(0, 16), read=True, expected_data_transfer_length=8192)
+    out = h.feed(cmd)
+    assert cmd.itt in h.conn._held
+    h.feed(
+        P.NopOut(
+            immediate=True, itt=NONE_TAG, ttt=NONE_TAG, cmdsn=h.cmdsn, expstatsn=out[-1].statsn + 1
+        )
+    )
+    assert cmd.itt not in h.conn._held and not h.conn._retained

@@ -776,21 +776,23 @@ def _compile(cls: type[PDU], lay: Layout) -> _Spec:
         lines.append(f"    return _E.pack({', '.join(args)})")
 
     # ---- strict check: widths of bit groups, AHS, data segment, then the rules
-    broken.append("type(p.data) is not bytes or type(p.ahs) is not bytes or p.ahs")
-    broken.append("p.data" if not lay.has_data else f"len(p.data) > {MAX_DATA_SEGMENT_LENGTH}")
+    structural = [
+        "type(p.data) is not bytes or type(p.ahs) is not bytes or p.ahs",
+        "p.data" if not lay.has_data else f"len(p.data) > {MAX_DATA_SEGMENT_LENGTH}",
+    ]
     rules = _all_rules(cls)
     for (owner, name), (enum, _section) in ENUM_FIELDS.items():
         if owner is cls:
             env[f"_codes_{name}"] = frozenset(int(m) for m in enum)
-    broken += [f"({expr})" for *_, expr in rules]
+    rule_exprs = [f"({expr})" for *_, expr in rules]
     lines.append("def ok(p):")
-    lines.append(f"    return not ({' or '.join(broken)})")
+    lines.append(f"    return not ({' or '.join(broken + structural + rule_exprs)})")
     # the hot path of strict encoding: no data, no AHS, nothing broken -> the BHS
-    simple = ["p.data", "p.ahs"] + (
-        ["len(p.cdb) > 16", "p.bidi_read_length is not None"] if cls is ScsiCommand else []
-    )
+    simple = ["p.data != b''", "p.ahs != b''"]  # also refuses non-bytes
+    if cls is ScsiCommand:
+        simple += ["len(p.cdb) > 16", "p.bidi_read_length is not None"]
     lines.append("def plain(p):")
-    lines.append(f"    if {' or '.join(simple + broken)}:")
+    lines.append(f"    if {' or '.join(simple + broken + rule_exprs)}:")
     lines.append("        return None")
     lines.append("    return pack_strict(p, 0, 0)")
     for i, (*_, expr) in enumerate(rules):
@@ -943,7 +945,7 @@ def encode(
     field are truncated) and applies ``tamper``. A data digest is sent only with a
     non-empty data segment (or tampered padding).
     """
-    if strict and not header_digest and tamper is None:
+    if strict and tamper is None:
         plain = _PLAIN.get(type(pdu))
         if plain is not None:
             try:
@@ -951,7 +953,7 @@ def encode(
             except (struct.error, TypeError, AttributeError):
                 bhs = None  # the general path below reports it
             if bhs is not None:
-                return bhs
+                return bhs + _LE32.pack(_crc32c(bhs)) if header_digest else bhs
     spec = _SPECS.get(type(pdu))
     if not strict or spec is None:
         return _encode_loose(pdu, spec, header_digest, data_digest, strict, tamper)
@@ -1095,10 +1097,16 @@ def decode(
     if avail < BHS_LENGTH:
         return NeedMore(BHS_LENGTH - avail)
     b0, tahs, dsl_hi, dsl_lo = _HDR.unpack_from(buf, pos)
-    if not (tahs or dsl_hi or dsl_lo or header_digest):  # the hot path: a bare BHS
+    if not (tahs or dsl_hi or dsl_lo):  # the hot path: a bare BHS
         unpack = _UNPACK_BY_OPCODE[b0 & 0x3F]
         if unpack is not None:
-            return unpack(buf, pos, b"", b""), BHS_LENGTH
+            if not header_digest:
+                return unpack(buf, pos, b"", b""), BHS_LENGTH
+            if len(buf) - pos >= BHS_LENGTH + 4 and _LE32.unpack_from(buf, pos + BHS_LENGTH)[
+                0
+            ] == _crc32c(buf[pos : pos + BHS_LENGTH]):
+                return unpack(buf, pos, b"", b""), BHS_LENGTH + 4
+            # short or a bad digest: the general path says which
     dsl = dsl_hi << 16 | dsl_lo
     if max_dsl is not None and dsl > max_dsl:
         raise PDUFormatError(

@@ -592,3 +592,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 RESULTS_KEY = pytest.StashKey[Any]()
+
+from iscsi_conformance.plugin.observed import observed  # noqa: E402, F401

@@ -131,6 +131,39 @@ def _profiles() -> dict[str, Profile]:
         "digest_required",
         doc="target accepts only CRC32C digests",
     )
+    # Small declared limits, so an initiator that ignores them shows it on the wire
+    # (RFC 7143 13.12, 13.13, 13.14): FirstBurstLength below MaxRecvDataSegmentLength
+    # makes the burst, not the segment size, bound immediate data.
+    add(
+        "small-bursts",
+        lambda c: _spec(
+            "small-bursts",
+            parameters=(
+                ("MaxRecvDataSegmentLength", "4096"),
+                ("FirstBurstLength", "2048"),
+                ("MaxBurstLength", "16384"),
+                ("InitialR2T", "No"),
+                ("ImmediateData", "Yes"),
+            ),
+        ),
+        "immediate_data",
+        "unsolicited_data",
+        doc="MRDSL 4096, FirstBurstLength 2048, MaxBurstLength 16384, unsolicited data allowed",
+    )
+    add(
+        "r2t-only",
+        lambda c: _spec(
+            "r2t-only",
+            parameters=(
+                ("MaxRecvDataSegmentLength", "4096"),
+                ("MaxBurstLength", "16384"),
+                ("InitialR2T", "Yes"),
+                ("ImmediateData", "No"),
+            ),
+        ),
+        "immediate_data",  # the target lets its ImmediateData be configured
+        doc="InitialR2T=Yes, ImmediateData=No: every byte of a write waits for an R2T",
+    )
     return p
 
 

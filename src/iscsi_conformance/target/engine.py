@@ -66,6 +66,7 @@ DEFAULT_CMD_WINDOW = 128  # commands the initiator may have outstanding (MaxCmdS
 MAX_TASK_BYTES = 32 * 1024 * 1024  # largest write a single task may buffer
 SESSION_WRITE_BUDGET = 128 * 1024 * 1024  # write data solicited and not yet executed
 MAX_RETAINED_STATUS = 4096  # ERL1: statuses kept for SNACK, per connection
+MAX_HELD_TASKS = 256  # ERL1: finished reads whose Data-In is kept, per connection
 MAX_ABORTED_TAGS = 1024
 
 # SCSI sense for commands the transport refuses before the LU sees them (SPC-4 4.5.6).
@@ -178,6 +179,7 @@ class Task:
         "aborted",
         "attr",
         "budgeted",
+        "statsn",
         "buffer",
         "cdb",
         "cmdsn",
@@ -232,6 +234,7 @@ class Task:
         self.r2tsn = 0
         self.next_offset = 0
         self.budgeted = 0
+        self.statsn = 0  # of its status, once sent
 
 
 class Session:
@@ -807,9 +810,17 @@ class Connection:
     # ------------------------------------------------------------------ CmdSN ordering
 
     def _ack_statsn(self, expstatsn: int) -> None:
+        """ExpStatSN acknowledges statuses, and with them the data before them
+        (RFC 7143 4.2.2.2): what ERL 1 kept for a SNACK can go."""
         if self._retained:
             for sn in [sn for sn in self._retained if sn_lt(sn, expstatsn)]:
                 del self._retained[sn]
+        held = self._held
+        while held:
+            itt = next(iter(held))
+            if not sn_lt(held[itt].statsn, expstatsn):
+                break
+            del held[itt]
 
     def _order(self, pdu: Any, run: Callable[[Any], None]) -> None:
         """Deliver a non-immediate command in CmdSN order (RFC 7143 4.2.2.1, 3.2.2.1)."""
@@ -1261,12 +1272,15 @@ class Connection:
                 expdatasn=datasn,
             )
         elif keep:
-            self._hold(task)
+            self._hold(task, statsn)
 
-    def _hold(self, task: Task) -> None:
-        """ERL1: keep a finished read's Data-In PDUs for a Data SNACK (bounded)."""
-        if len(self._held) >= MAX_RETAINED_STATUS:
+    def _hold(self, task: Task, statsn: int) -> None:
+        """ERL1: keep a finished read's Data-In PDUs for a Data SNACK until its
+        status is acknowledged (bounded, oldest dropped first)."""
+        task.statsn = statsn
+        if len(self._held) >= MAX_HELD_TASKS:
             self._held.pop(next(iter(self._held)))
+        self._held.pop(task.itt, None)
         self._held[task.itt] = task
 
     def _retain(self, statsn: int, raw: bytes) -> None:
@@ -1312,7 +1326,7 @@ class Connection:
         if self.erl > 0:
             self._retain(statsn, b"".join(parts))
             if task.sent_datain:
-                self._hold(task)
+                self._hold(task, statsn)
 
     # ------------------------------------------------------------------ NOP
 
