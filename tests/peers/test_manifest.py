@@ -184,7 +184,7 @@ def test_shipped_manifests_are_valid() -> None:
     assert ("initiator", "libiscsi") in everything
     tgt = everything[("target", "tgt")]
     assert tgt.capabilities["first_lun"] == 1
-    assert tgt.deviation_for("Security.CHAP.Algorithm.SHA256", "1.0.85") is not None
+    assert tgt.deviation_for("CHAP.Algorithms.SHA256OrMD5", "1.0.85") is not None
     lib = everything[("initiator", "libiscsi")]
     assert lib.data_digests() == ["None"] and lib.header_digests() == ["None", "CRC32C"]
 
