@@ -5,10 +5,11 @@ iscsi_conformance.target.cli`` in its own process, RAM LUN) and tgt (``tgtd -f``
 free loopback port with its own ``--control-port``, a LUN backed by a file in
 /dev/shm so both serve from memory), then runs ``iscsi-perf`` (sequential READs,
 ``--depth`` in flight) against each for ``--seconds`` per block size, and prints
-IOPS, MB/s and the ratio reference/tgt. Absolute figures drift with the machine's
-load; the ratio measured side by side is what counts.
+IOPS, MB/s and the ratio reference/tgt (median of ``--rounds`` interleaved rounds).
+Absolute figures drift with the machine's load; the ratio measured side by side is
+what counts.
 
-    python benchmarks/bench_target.py --seconds 10 --sizes 4096,65536
+    python benchmarks/bench_target.py --seconds 10 --rounds 3 --sizes 4096,65536
 """
 
 from __future__ import annotations
@@ -139,17 +140,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depth", type=int, default=32)
     ap.add_argument("--sizes", default="4096,65536", help="block sizes in bytes, comma-separated")
     ap.add_argument("--lun-size", default="256M")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is shown")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     size_bytes = int(args.lun_size.rstrip("M")) << 20
-    results: dict[str, dict[int, tuple[int, int]]] = {"reference": {}, "tgt": {}}
+    runs: dict[str, dict[int, list[tuple[int, int]]]] = {"reference": {}, "tgt": {}}
     with reference_target(args.lun_size) as ref_url, tgt_target(size_bytes) as tgt_url:
-        for size in sizes:
-            # Alternate the two so drift in the machine's load hits both alike.
-            results["tgt"][size] = iscsi_perf(tgt_url, size, args.depth, args.seconds)
-            results["reference"][size] = iscsi_perf(ref_url, size, args.depth, args.seconds)
-    print(f"iscsi-perf READ, {args.depth} in flight, {args.seconds} s each")
+        for rnd in range(args.rounds):
+            for size in sizes:
+                # Alternate the two (and who goes first) so drift in the machine's
+                # load hits both alike; report the median of the rounds.
+                order = [("tgt", tgt_url), ("reference", ref_url)]
+                if rnd % 2:
+                    order.reverse()
+                for name, url in order:
+                    got = iscsi_perf(url, size, args.depth, args.seconds)
+                    runs[name].setdefault(size, []).append(got)
+    results = {
+        name: {size: sorted(v)[len(v) // 2] for size, v in per.items()}
+        for name, per in runs.items()
+    }
+    print(
+        f"iscsi-perf READ, {args.depth} in flight, {args.seconds} s each, median of {args.rounds} rounds"
+    )
     print(
         f"{'size':>8} {'tgt IOPS':>10} {'tgt MB/s':>9} {'ref IOPS':>10} {'ref MB/s':>9} {'ratio':>6}"
     )
@@ -159,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = ri / ti if ti else float("nan")
         print(f"{size:>8} {ti:>10} {tm:>9} {ri:>10} {rm:>9} {ratio:>6.2f}")
     if args.json:
-        print(json.dumps({k: {str(s): v for s, v in d.items()} for k, d in results.items()}))
+        print(json.dumps({k: {str(s): v for s, v in d.items()} for k, d in runs.items()}))
     return 0
 
 

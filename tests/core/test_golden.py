@@ -25,6 +25,7 @@ from iscsi_conformance.core.pdu import (
     ScsiCommand,
     decode,
     encode,
+    violations,
 )
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -100,6 +101,7 @@ def test_capture_reencodes_byte_exact(session: dict, direction: str) -> None:
     for p, wire, hd, dd in walked:
         assert encode(p, header_digest=hd, data_digest=dd, strict=False) == wire, p
         assert check_reserved(wire) == [], p  # tgt and libiscsi keep reserved bits clear
+        assert violations(p) == [], p  # ... and break none of our strict format rules
     assert b"".join(w for _, w, _, _ in walked) == stream
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -135,5 +136,13 @@ def test_decoding_garbage_only_raises_protocol_errors(junk: bytes, limit: int) -
         pass
 
 
-def test_registry_and_strategies_cover_all_opcodes() -> None:
-    assert {ps.pdu_of(cls) is not None for cls in PDU_CLASSES.values()} == {True}
+@pytest.mark.parametrize("cls", list(PDU_CLASSES.values()), ids=lambda c: c.__name__)
+def test_round_trip_per_class(cls: type[PDU]) -> None:
+    @settings(max_examples=10, deadline=None)
+    @given(p=ps.pdu_of(cls, data_anywhere=True), hd=st.booleans(), dd=st.booleans())
+    def check(p: PDU, hd: bool, dd: bool) -> None:
+        assert type(p) is cls
+        wire = encode(p, strict=False, header_digest=hd, data_digest=dd)
+        assert decode(wire, header_digest=hd, data_digest=dd) == (p, len(wire))
+
+    check()

@@ -150,7 +150,7 @@ class ScsiCommand(PDU):
     """
 
     immediate: bool = False
-    final: bool = False
+    final: bool = True  # W and F both 0 is an error (11.3.1)
     read: bool = False
     write: bool = False
     attr: int = 1  # SIMPLE
@@ -601,6 +601,7 @@ RULES: dict[type[PDU], list[tuple[str, str, str, str]]] = {
     TextRequest: [("cont", "RFC 7143 11.10.2", "F and C must not both be 1", "p.final and p.cont")],
     TextResponse: [("cont", "RFC 7143 11.11", "F and C must not both be 1", "p.final and p.cont")],
     ScsiCommand: [
+        ("final", "RFC 7143 11.3.1", "W and F must not both be 0", "not p.write and not p.final"),
         ("expected_data_transfer_length", "RFC 7143 11.3.1",
          "must be 0 when neither R nor W is set",
          "not (p.read or p.write) and p.expected_data_transfer_length"),
@@ -613,22 +614,22 @@ RULES: dict[type[PDU], list[tuple[str, str, str, str]]] = {
         # TotalAHSLength is one byte: 1020 bytes of AHS at most (RFC 7143 11.2.1.4)
         ("cdb", "RFC 7143 11.2.2.3", "the CDB does not fit in the AHS",
          "len(p.cdb) + (8 if p.bidi_read_length is not None else 0) > 1032"),
-        ("data", "RFC 7143 11.3.4", "immediate data needs the W bit", "p.data and not p.write"),
+        ("data", "RFC 7143 11.3", "immediate data needs the W bit", "p.data and not p.write"),
     ],
     ScsiDataIn: [
         ("status_present", "RFC 7143 11.7.3", "S requires F", "p.status_present and not p.final"),
-        ("overflow", "RFC 7143 11.7.5", "O and U must not both be 1", "p.overflow and p.underflow"),
+        ("overflow", "RFC 7143 11.7.3", "O and U must not both be 1", "p.overflow and p.underflow"),
         ("status", "RFC 7143 11.7.3", "status, O and U are only valid with S",
          "not p.status_present and (p.overflow or p.underflow or p.status)"),
     ],
     ScsiResponse: [
-        ("overflow", "RFC 7143 11.4.5", "O and U must not both be 1", "p.overflow and p.underflow"),
-        ("bidi_overflow", "RFC 7143 11.4.5", "o and u must not both be 1",
+        ("overflow", "RFC 7143 11.4.1", "O and U must not both be 1", "p.overflow and p.underflow"),
+        ("bidi_overflow", "RFC 7143 11.4.1", "o and u must not both be 1",
          "p.bidi_overflow and p.bidi_underflow"),
         ("data", "RFC 7143 11.4.7", "SenseLength runs past the data segment", _SENSE_OVERRUN),
     ],
     NopOut: [
-        ("immediate", "RFC 7143 11.18", "a NOP-Out with ITT 0xffffffff must be immediate",
+        ("immediate", "RFC 7143 11.18.1", "a NOP-Out with ITT 0xffffffff must be immediate",
          "p.itt == 0xFFFFFFFF and not p.immediate"),
     ],
     Reject: [

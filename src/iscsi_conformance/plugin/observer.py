@@ -43,6 +43,7 @@ from iscsi_conformance.core.pdu import (
     LoginRequest,
     LoginResponse,
     PDUDecoder,
+    Tamper,
     TextRequest,
     TextResponse,
     encode,
@@ -51,7 +52,7 @@ from iscsi_conformance.core.text import parse_pairs
 from iscsi_conformance.errors import DigestError
 from iscsi_conformance.initiator.trace import PDUTrace
 
-__all__ = ["Direction", "ObservedConnection", "ObservedPDU", "Observer", "Rewrite"]
+__all__ = ["Direction", "Forged", "ObservedConnection", "ObservedPDU", "Observer", "Rewrite"]
 
 Direction = Literal["i->t", "t->i"]
 I2T: Direction = "i->t"
@@ -60,9 +61,21 @@ _TRACE_DIRECTION = {I2T: "send", T2I: "recv"}
 _READ_CHUNK = 65536
 FULL_FEATURE = 3  # LoginStage.FULL_FEATURE_PHASE (RFC 7143 11.12.3)
 
-# rewrite(conn, direction, pdu) -> the same object (forward untouched), a PDU or a
-# sequence of PDUs (forward these instead, re-encoded), or None (drop it).
-Rewrite = Callable[["ObservedConnection", Direction, PDU], "PDU | Sequence[PDU] | None"]
+
+@dataclasses.dataclass(frozen=True)
+class Forged:
+    """A PDU to forward encoded with deliberate damage (``core.pdu.Tamper``: a wrong
+    digest, a patched BHS byte...), for a rewrite hook to return."""
+
+    pdu: PDU
+    tamper: Tamper
+
+
+# rewrite(conn, direction, pdu) -> the same object (forward untouched), a PDU, a Forged,
+# or a sequence of them (forward these instead, re-encoded), or None (drop it).
+Rewrite = Callable[
+    ["ObservedConnection", Direction, PDU], "PDU | Forged | Sequence[PDU | Forged] | None"
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +99,9 @@ class ObservedPDU:
 class ObservedConnection:
     """What passed on one proxied TCP connection, and what the login negotiated."""
 
-    def __init__(self, index: int, label: str) -> None:
+    def __init__(self, index: int, label: str, observer: Observer | None = None) -> None:
         self.index = index
+        self.observer = observer
         self.trace = PDUTrace(label)
         self.entries: list[ObservedPDU] = []
         self.decoders: dict[Direction, PDUDecoder] = {I2T: PDUDecoder(), T2I: PDUDecoder()}
@@ -108,6 +122,14 @@ class ObservedConnection:
 
     def __repr__(self) -> str:
         return f"ObservedConnection(#{self.index}, {len(self.entries)} PDUs)"
+
+    def inject(
+        self, pdu: PDU, direction: Direction = "t->i", *, delay: float = 0.0, note: str = "injected"
+    ) -> None:
+        """Send ``pdu`` to one side of this connection (see :meth:`Observer.inject`)."""
+        if self.observer is None:
+            raise RuntimeError("connection has no observer")
+        self.observer.inject(self, pdu, direction, delay=delay, note=note)
 
     # ------------------------------------------------------------------ queries
 
@@ -142,7 +164,9 @@ class ObservedConnection:
 
     def seen_by_initiator(self, cls: type | tuple[type, ...] = PDU) -> list[ObservedPDU]:
         """What the initiator received (after any rewriting or injection)."""
-        return [e for e in self.entries if e.direction == T2I and e.delivered and isinstance(e.pdu, cls)]
+        return [
+            e for e in self.entries if e.direction == T2I and e.delivered and isinstance(e.pdu, cls)
+        ]
 
     def delivered(self) -> list[ObservedPDU]:
         """The conversation as each side saw it, in time order."""
@@ -346,7 +370,9 @@ class Observer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        conn = ObservedConnection(len(self.connections), f"{self.label} #{len(self.connections)}")
+        conn = ObservedConnection(
+            len(self.connections), f"{self.label} #{len(self.connections)}", self
+        )
         self.connections.append(conn)
         if self.on_connection is not None:
             try:
@@ -358,7 +384,7 @@ class Observer:
             treader, twriter = await asyncio.wait_for(
                 asyncio.open_connection(host, port, limit=_READ_CHUNK), self.connect_timeout
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             conn.harness_errors.append(f"cannot reach target {host}:{port}: {exc!r}")
             conn.closed = {I2T: time.monotonic(), T2I: time.monotonic()}
             iwriter.close()
@@ -415,7 +441,9 @@ class Observer:
                             used = before - decoder.buffered
                             raw = bytes(pending[:used])
                             del pending[:used]
-                            self._record(conn, direction, None, raw, note=f"data digest error: {exc}")
+                            self._record(
+                                conn, direction, None, raw, note=f"data digest error: {exc}"
+                            )
                             out.append(raw)
                             continue
                         framing = False
@@ -451,15 +479,23 @@ class Observer:
 
     # ------------------------------------------------------------------ per PDU
 
-    def _encode(self, conn: ObservedConnection, direction: Direction, pdu: PDU) -> bytes:
+    def _encode(
+        self, conn: ObservedConnection, direction: Direction, pdu: PDU, tamper: Tamper | None = None
+    ) -> bytes:
         dec = conn.decoders[direction]
-        return encode(pdu, header_digest=dec.header_digest, data_digest=dec.data_digest, strict=False)
+        return encode(
+            pdu,
+            header_digest=dec.header_digest,
+            data_digest=dec.data_digest,
+            strict=False,
+            tamper=tamper,
+        )
 
     def _handle(
         self, conn: ObservedConnection, direction: Direction, pdu: PDU, raw: bytes
     ) -> list[bytes]:
         """Record ``pdu``, apply the rewrite hook, follow the login; bytes to forward."""
-        replaced: Sequence[PDU] | None = None
+        replaced: Sequence[PDU | Forged] | None = None
         if self.rewrite is not None:
             try:
                 result = self.rewrite(conn, direction, pdu)
@@ -469,7 +505,7 @@ class Observer:
             if result is None:
                 replaced = ()
             elif result is not pdu:
-                replaced = [result] if isinstance(result, PDU) else list(result)
+                replaced = [result] if isinstance(result, PDU | Forged) else list(result)
         if replaced is None:
             self._record(conn, direction, pdu, raw)
             self._follow(conn, direction, pdu)
@@ -477,15 +513,18 @@ class Observer:
         note = "dropped by the proxy" if not replaced else "rewritten by the proxy"
         self._record(conn, direction, pdu, raw, delivered=False, note=note)
         out = []
-        for new in replaced:
-            if new is pdu:
-                data, tag = raw, "forwarded"
+        for item in replaced:
+            if item is pdu:
+                new, data, tag = pdu, raw, "forwarded"
+            elif isinstance(item, Forged):
+                new, tag = item.pdu, f"forged: {item.tamper}"
+                data = self._encode(conn, direction, new, item.tamper)
             else:
-                data, tag = self._encode(conn, direction, new), "tampered"
+                new, data, tag = item, self._encode(conn, direction, item), "tampered"
             self._record(conn, direction, new, data, origin="proxy", note=tag)
             out.append(data)
-        for new in replaced:  # digests switch only after the bytes above were made
-            self._follow(conn, direction, new)
+        for item in replaced:  # digests switch only after the bytes above were made
+            self._follow(conn, direction, item.pdu if isinstance(item, Forged) else item)
         return out
 
     def _record(

@@ -34,7 +34,6 @@ from iscsi_conformance.target.luns import LunStore
 log = logging.getLogger("iscsi_conformance.target")
 
 TICK = 0.5  # seconds between timer ticks
-_JOIN = os.environ.get("ISCSI_TARGET_JOIN") == "1"
 
 
 class _Protocol(asyncio.Protocol):
@@ -154,10 +153,7 @@ class TargetServer:
             if transport is None or transport.is_closing():
                 continue
             if bufs:
-                if _JOIN:
-                    transport.write(b"".join(bufs))
-                else:
-                    transport.writelines(bufs)
+                transport.writelines(bufs)
             if close:
                 transport.close()  # closes once the buffer is written
 
