@@ -46,7 +46,9 @@ from iscsi_conformance.core.pdu import (
 from iscsi_conformance.core.text import format_binary, format_pairs, parse_binary, parse_pairs
 from iscsi_conformance.errors import ISCSIConformanceError
 from iscsi_conformance.peers.base import LoginOptions
-from iscsi_conformance.plugin import require, spec, violation
+from iscsi_conformance.plugin import require as _require
+from iscsi_conformance.plugin import spec
+from iscsi_conformance.plugin import violation as _violation
 from iscsi_conformance.plugin.observer import Forged, ObservedConnection, Observer
 
 BLOCK = 512
@@ -63,6 +65,53 @@ _STATUS_PDUS = ("ScsiResponse", "TaskManagementResponse", "LogoutResponse", "Tex
 _REQUESTS = (ScsiCommand, TaskManagementRequest, TextRequest, LogoutRequest, NopOut)
 _READS = {0x08: (6, 1), 0x28: (10, 2), 0xA8: (12, 6), 0x88: (16, 10)}  # opcode: (len, lba end)
 _WRITES = {0x0A: (6, 1), 0x2A: (10, 2), 0xAA: (12, 6), 0x8A: (16, 10)}
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+class _Brief:
+    """A PDU shown in a failure message: its fields, and its data only by length."""
+
+    def __init__(self, pdu: Any) -> None:
+        self.pdu = pdu
+
+    def summary(self) -> str:
+        if not dataclasses.is_dataclass(self.pdu):
+            return repr(self.pdu)
+        fields = []
+        for f in dataclasses.fields(self.pdu):
+            value = getattr(self.pdu, f.name)
+            if f.name in ("data", "ahs", "cdb"):
+                if f.name == "cdb":
+                    fields.append(f"cdb={value.hex()}")
+                elif value:
+                    fields.append(f"{f.name}[{len(value)}]")
+                continue
+            fields.append(
+                f"{f.name}={hex(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0xFFFF else value}"
+            )
+        return f"{type(self.pdu).__name__}({', '.join(fields)})"
+
+
+def _brief(pdus: Any) -> list[_Brief]:
+    return [_Brief(p) for p in pdus if p is not None][:MAX_SHOWN]
+
+
+def require(
+    condition: object, requirement: str, message: str, *, sent: Any = (), received: Any = ()
+) -> None:
+    """``plugin.require`` with PDUs shown briefly (no data bytes)."""
+    __tracebackhide__ = True
+    _require(condition, requirement, message, sent=_brief(sent), received=_brief(received))
+
+
+def violation(requirement: str, message: str, *, sent: Any = (), received: Any = ()) -> Exception:
+    return _violation(requirement, message, sent=_brief(sent), received=_brief(received))
+
+
+def _minus_one(sn: int) -> int:
+    return (sn - 1) & 0xFFFFFFFF
 
 
 # --------------------------------------------------------------------------- driving
@@ -90,7 +139,11 @@ def _run(
 ) -> Observer:
     """Log in through the proxy, write and read 64 KiB, log out; the observer."""
     ep, obs = observed(profile, tamper)
-    handle = initiator.driver.login(ep, options=options or _options(target, profile))
+    try:
+        handle = initiator.driver.login(ep, options=options or _options(target, profile))
+    except ISCSIConformanceError:
+        _harness_check(obs)
+        raise
     try:
         if write:
             initiator.driver.write(handle, LUN, LBA, _payload())
@@ -102,9 +155,18 @@ def _run(
     return obs
 
 
+def _harness_check(obs: Observer) -> None:
+    """Blame the harness, not the initiator, when the proxy itself failed."""
+    obs.wait_quiet(0.05, 1.0)
+    if obs.harness_errors:
+        raise violation("harness", f"the recording proxy failed: {obs.harness_errors}")
+
+
 def _settle(obs: Observer) -> None:
     obs.wait_closed(3.0)
     obs.wait_quiet(0.05, 1.0)
+    if obs.harness_errors:
+        raise violation("harness", f"the recording proxy failed: {obs.harness_errors}")
 
 
 def _logged_in(obs: Observer, session_type: str = "Normal") -> list[ObservedConnection]:
@@ -706,9 +768,7 @@ def _check_window(conn: ObservedConnection) -> None:
         if e.direction == "t->i" and hasattr(pdu, "maxcmdsn") and hasattr(pdu, "expcmdsn"):
             exp, mx = pdu.expcmdsn, pdu.maxcmdsn  # type: ignore[union-attr]
             # RFC 7143 4.2.2.1: ignore both when MaxCmdSN < ExpCmdSN - 1; never shrink
-            if not serial.lt(mx, serial.add(exp, -1)) and (
-                maxcmdsn is None or serial.gt(mx, maxcmdsn)
-            ):
+            if not serial.lt(mx, _minus_one(exp)) and (maxcmdsn is None or serial.gt(mx, maxcmdsn)):
                 maxcmdsn = mx
             last = [pdu]
         elif e.direction == "i->t" and isinstance(pdu, _REQUESTS) and e.full_feature:
@@ -780,7 +840,7 @@ def _closed_at_login(conn: ObservedConnection, direction: str, pdu: PDU) -> Any:
         maxcmdsn=pdu.maxcmdsn,
     )
     conn.inject(reopen, delay=REOPEN_DELAY, note="window reopened")
-    return dataclasses.replace(pdu, maxcmdsn=serial.add(pdu.expcmdsn, -1))
+    return dataclasses.replace(pdu, maxcmdsn=_minus_one(pdu.expcmdsn))
 
 
 @spec(

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from target_helpers import RawInitiator, read16, write16
 
-from conftest import RawInitiator, read16, write16
 from iscsi_conformance.target import cli
 from iscsi_conformance.target.config import load_config
 

@@ -7,8 +7,8 @@ import os
 import struct
 
 import pytest
+from target_helpers import NONE_TAG, read16, write16
 
-from conftest import NONE_TAG, read16, write16
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core import text as T
 from iscsi_conformance.core.codes import RejectReason
@@ -259,3 +259,41 @@ def test_erl1_kept_data_released_by_expstatsn() -> None:
         )
     )
     assert cmd.itt not in h.conn._held and not h.conn._retained
+
+
+def test_write_budget_bounds_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(E, "SESSION_WRITE_BUDGET", 8192)
+    h = Harness([("InitialR2T", "Yes"), ("ImmediateData", "No")])
+    first = h.cmd(write16(0, 16), write=True, expected_data_transfer_length=8192)
+    (r2t,) = h.feed(first)
+    assert isinstance(r2t, P.R2T)
+    second = h.cmd(write16(16, 16), write=True, expected_data_transfer_length=8192)
+    (full,) = h.feed(second)
+    assert isinstance(full, P.ScsiResponse) and full.status == 0x28  # TASK SET FULL
+    # Late data for the refused tag is dropped quietly; the first write completes.
+    assert h.feed(P.ScsiDataOut(final=True, itt=second.itt, ttt=NONE_TAG, data=bytes(512))) == []
+    (done,) = h.feed(P.ScsiDataOut(final=True, itt=first.itt, ttt=r2t.ttt, data=bytes(8192)))
+    assert done.status == 0
+    assert h.engine.sessions[1].write_budget_used == 0
+
+
+def test_nop_in_ping_and_timeout() -> None:
+    import dataclasses
+
+    h = Harness([])
+    h.engine.config = dataclasses.replace(h.engine.config, nop_in_interval=5.0, nop_in_timeout=10.0)
+    h.engine.handle_timer(1.0)
+    assert h.engine.take_output() == []  # not silent long enough yet
+    h.engine.handle_timer(6.0)
+    (batch,) = h.engine.take_output()
+    ping, _ = P.decode(b"".join(bytes(b) for b in batch[1]))
+    assert isinstance(ping, P.NopIn) and ping.itt == NONE_TAG and ping.ttt != NONE_TAG
+    h.engine.handle_timer(20.0)  # no NOP-Out answer within nop_in_timeout
+    assert h.conn.close_requested and not h.engine.sessions
+
+
+def test_login_timeout_closes_silent_connection() -> None:
+    h = Harness([])
+    idle = h.engine.new_connection(portal_group=1, now=0.0)
+    h.engine.handle_timer(h.engine.config.login_timeout + 1)
+    assert idle.close_requested and not h.conn.close_requested

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from target_helpers import NONE_TAG, RawInitiator
 
-from conftest import NONE_TAG, RawInitiator
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core import text as T
 from iscsi_conformance.core.codes import LoginStatus

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from conftest import (
+from target_helpers import (
     ACL,
     CHAP,
     DISK,
@@ -18,6 +18,7 @@ from conftest import (
     read16,
     write16,
 )
+
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core import text as T
 from iscsi_conformance.core.codes import (

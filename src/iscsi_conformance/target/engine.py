@@ -64,7 +64,9 @@ NONE_TAG = 0xFFFFFFFF
 _SN_MASK = 0xFFFFFFFF
 DEFAULT_CMD_WINDOW = 128  # commands the initiator may have outstanding (MaxCmdSN - ExpCmdSN + 1)
 MAX_TASK_BYTES = 32 * 1024 * 1024  # largest write a single task may buffer
-SESSION_WRITE_BUDGET = 128 * 1024 * 1024  # write data solicited and not yet executed
+SESSION_WRITE_BUDGET = 128 * 1024 * 1024  # write data buffered and not yet executed
+MAX_TASKS_PER_SESSION = 2 * DEFAULT_CMD_WINDOW  # immediate commands bypass the window
+MAX_TEXT_PENDING = 16  # Text responses waiting for the initiator to continue
 MAX_RETAINED_STATUS = 4096  # ERL1: statuses kept for SNACK, per connection
 MAX_HELD_TASKS = 256  # ERL1: finished reads whose Data-In is kept, per connection
 MAX_ABORTED_TAGS = 1024
@@ -179,7 +181,6 @@ class Task:
         "aborted",
         "attr",
         "budgeted",
-        "statsn",
         "buffer",
         "cdb",
         "cmdsn",
@@ -200,6 +201,7 @@ class Task:
         "received",
         "residual_mismatch",
         "sent_datain",
+        "statsn",
         "unsolicited_done",
         "unsolicited_next_datasn",
         "unsolicited_received",
@@ -782,12 +784,8 @@ class Connection:
                 self.close()
                 return
             self.reject(RejectReason.COMMAND_NOT_SUPPORTED, _bhs_of_any(pdu))
-            self._consume_cmdsn_of_unknown(pdu)
             return
         handler(self, pdu, now)
-
-    def _consume_cmdsn_of_unknown(self, pdu: P.PDU) -> None:
-        pass
 
     # ------------------------------------------------------------------ login done
 
@@ -926,6 +924,16 @@ class Connection:
                 return
         elif pdu.write:
             task.expected = task.edtl if task.edtl <= MAX_TASK_BYTES else 0
+        if task.expected and (
+            s.write_budget_used + task.expected > SESSION_WRITE_BUDGET
+            or len(s.tasks) > MAX_TASKS_PER_SESSION
+        ):
+            # Memory stays bounded whatever the initiator sends: answer TASK SET FULL
+            # (SAM-5 5.3.1) and drop any data that still arrives for this tag.
+            s.tasks.pop(pdu.itt, None)
+            self.remember_aborted(pdu.itt)
+            self._respond(task, ScsiStatus.TASK_SET_FULL, b"")
+            return
         if task.expected:
             task.buffer = bytearray(task.expected)
             s.write_budget_used += task.expected
@@ -1436,6 +1444,8 @@ class Connection:
         assert s is not None
         first, rest = chunks[0], chunks[1:]
         if rest:
+            if len(self._text_pending) >= MAX_TEXT_PENDING:
+                self._text_pending.pop(next(iter(self._text_pending)))
             self._text_pending[pdu.itt] = (ttt, rest)
         else:
             self._text_pending.pop(pdu.itt, None)
