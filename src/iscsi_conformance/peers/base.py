@@ -198,11 +198,15 @@ class InitiatorDriver(PeerDriver):
     role: Role = "initiator"
 
     @abc.abstractmethod
-    def discover(self, host: str, port: int, *, options: LoginOptions = LoginOptions()) -> list[tuple[str, str]]:
+    def discover(
+        self, host: str, port: int, *, options: LoginOptions = LoginOptions()
+    ) -> list[tuple[str, str]]:
         """SendTargets=All: list of (target name, 'addr:port,tpgt')."""
 
     @abc.abstractmethod
-    def login(self, endpoint: TargetEndpoint, *, options: LoginOptions = LoginOptions()) -> SessionHandle:
+    def login(
+        self, endpoint: TargetEndpoint, *, options: LoginOptions = LoginOptions()
+    ) -> SessionHandle:
         """Log in; raise ``LoginError``/``AuthenticationError`` when the target refuses."""
 
     @abc.abstractmethod

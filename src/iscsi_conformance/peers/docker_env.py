@@ -82,6 +82,23 @@ def engine_available() -> bool:
     return _try_client(timeout=3) is not None
 
 
+def docker_usable() -> bool:
+    """True when an engine answers, or ``ensure_engine()`` could start one (root,
+    no ``DOCKER_HOST``, ``dockerd`` installed). Starts nothing: "auto" peer modes ask
+    this to choose containers, and the peers' start-up then brings the engine up."""
+    try:
+        _docker()
+    except DockerUnavailable:
+        return False
+    if engine_available():
+        return True
+    return (
+        not os.environ.get("DOCKER_HOST")
+        and os.geteuid() == 0
+        and shutil.which("dockerd") is not None
+    )
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -228,12 +245,21 @@ class DockerEnv:
     """
 
     def __init__(
-        self, run_id: str | None = None, *, client: Any = None, clean_stale: bool = True
+        self,
+        run_id: str | None = None,
+        *,
+        client: Any = None,
+        clean_stale: bool = True,
+        network_name: str | None = None,
     ) -> None:
+        """``network_name``: join that existing network of another process's run (an
+        xdist worker joins its controller's) instead of creating one; it is then left
+        for its owner to remove."""
         self.client = client or ensure_engine()
         self.run_id = run_id or f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
         self.labels = {LABEL_RUN: self.run_id, LABEL_OWNER: owner_label()}
-        self.network_name = NETWORK_PREFIX + self.run_id
+        self.network_name = network_name or NETWORK_PREFIX + self.run_id
+        self._owns_network = network_name is None
         self._network: Any = None
         self._containers: dict[str, Any] = {}
         self._closed = False
@@ -248,6 +274,8 @@ class DockerEnv:
     @property
     def network(self) -> Any:
         with self._lock:
+            if self._network is None and not self._owns_network:
+                self._network = self.client.networks.get(self.network_name)
             if self._network is None:
                 self._network = self.client.networks.create(
                     self.network_name,
@@ -256,6 +284,19 @@ class DockerEnv:
                     check_duplicate=True,
                 )
             return self._network
+
+    @property
+    def gateway(self) -> str:
+        """This host's own address on the run's network (creating it if need be): where
+        containers on it reach a server of this process, such as the reference target
+        or the initiator tests' recording proxy."""
+        net = self.network
+        net.reload()
+        for cfg in (net.attrs.get("IPAM") or {}).get("Config") or []:
+            gw = cfg.get("Gateway")
+            if gw and ":" not in gw:
+                return str(gw)
+        raise PeerStartError("docker", f"network {self.network_name} has no IPv4 gateway")
 
     # -- containers
     def run_container(
@@ -335,7 +376,7 @@ class DockerEnv:
             ):
                 with contextlib.suppress(Exception):
                     c.remove(force=True, v=True)
-        if self._network is not None:
+        if self._network is not None and self._owns_network:
             with contextlib.suppress(Exception):
                 self._network.remove()
         unregister_cleanup(self)

@@ -47,6 +47,9 @@ APT_SOURCES = Path("/etc/apt/sources.list")
 APT_SOURCES_D = Path("/etc/apt/sources.list.d")
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 _IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".git"}
+# Files of a peer folder that never go into its image: recording a deviation in the
+# manifest must not rebuild (and re-hash) the peer's image.
+_NOT_IN_IMAGE = {"manifest.toml", "README.md"}
 
 
 class ImageBuildError(PeerStartError):
@@ -280,11 +283,16 @@ def build_base_image(
 
 
 def context_files(folder: Path) -> list[Path]:
-    """Files of a build context, sorted; caches left out."""
+    """Files of a build context that can reach the image, sorted; caches and the
+    peer's manifest (data for the suite, never copied in) left out."""
     out = []
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and not any(part in _IGNORED_NAMES for part in p.relative_to(folder).parts):
-            out.append(p)
+        rel = p.relative_to(folder)
+        if not p.is_file() or any(part in _IGNORED_NAMES for part in rel.parts):
+            continue
+        if rel.as_posix() in _NOT_IN_IMAGE:
+            continue
+        out.append(p)
     return out
 
 

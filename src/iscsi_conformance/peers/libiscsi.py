@@ -186,6 +186,13 @@ class LibiscsiInitiator(InitiatorDriver):
 
     name = "libiscsi"
     modes = ("native", "container")
+    docker_modes = ("container",)
+
+    @classmethod
+    def auto_mode(cls, docker: bool) -> str | None:
+        """What "auto" means for libiscsi: a container where Docker is usable,
+        otherwise the driver's default (the tools on this host)."""
+        return "container" if docker else None
 
     def __init__(
         self,

@@ -104,6 +104,17 @@ class LioTarget(TargetDriver):
     """TargetDriver for LIO. ``backstore``: "fileio" (a file in guest RAM) or "ramdisk"."""
 
     name = "lio"
+    modes = ("native", "microvm", "container")
+    docker_modes = ("native", "container")
+
+    @classmethod
+    def auto_mode(cls, docker: bool) -> str | None:
+        """What "auto" means for a run: with Docker, the peer's container, on the host's
+        kernel when it has LIO (native) or booting the micro-VM in it (container);
+        without Docker, ``select_mode``'s choice (QEMU on this host)."""
+        if docker:
+            return "native" if host_has_lio() else "container"
+        return select_mode("auto")
 
     def __init__(
         self,

@@ -162,6 +162,16 @@ class OpenIscsiInitiator(InitiatorDriver):
     """InitiatorDriver for open-iscsi."""
 
     name = "open-iscsi"
+    modes = ("native", "microvm", "container")
+    docker_modes = ("native", "container")
+
+    @classmethod
+    def auto_mode(cls, docker: bool) -> str | None:
+        """Like ``LioTarget.auto_mode``: with Docker, native on a host kernel that has
+        ``iscsi_tcp``, else the micro-VM inside the container; without, ``select_mode``."""
+        if docker:
+            return "native" if host_has_iscsi_tcp() else "container"
+        return select_mode("auto")
 
     def __init__(
         self,

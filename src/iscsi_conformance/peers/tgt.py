@@ -102,6 +102,13 @@ class TgtTarget(TargetDriver):
 
     name = "tgt"
     modes = ("native", "container")
+    docker_modes = ("container",)
+
+    @classmethod
+    def auto_mode(cls, docker: bool) -> str | None:
+        """What "auto" means for tgt: a container where Docker is usable, otherwise
+        the driver's default (tgtd on this host)."""
+        return "container" if docker else None
 
     def __init__(
         self,

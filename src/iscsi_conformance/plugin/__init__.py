@@ -424,6 +424,7 @@ def initiator(
     entry = _iscsi_pool.initiators.get(pairing.initiator)
     if entry is None:
         pytest.skip(f"initiator {pairing.initiator!r} is not part of this run")
+    entry.ensure_started()  # an xdist worker starts its initiators on first use
     return InitiatorUnderTest(entry, evidence)
 
 
@@ -465,6 +466,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             "secrets": sorted(ev.secrets) if ev is not None else [],
         }
         report.user_properties.append((PROPERTY, data))
+        if report.when == "call":
+            # cases of a peer's own suite run by this test (plugin/own_suite.py), each
+            # its own result with its own ID and outcome, in this test's pairing
+            for case in item.stash.get(SUBRESULTS_KEY, []):
+                report.user_properties.append((PROPERTY, {**data, **case}))
         _allure(item, info, data, ev)
 
 
@@ -539,6 +545,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _result_from(report: pytest.TestReport, data: dict[str, Any]) -> dict[str, Any]:
+    if "outcome" in data:  # a sub-result (own-suite case) carries its own verdict
+        return {"nodeid": report.nodeid, "skip_reason": None, "worker": None, **data}
     if hasattr(report, "wasxfail"):
         outcome = "xpassed" if report.passed else "xfailed"
     elif report.when == "setup" and report.failed:
@@ -592,5 +600,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 RESULTS_KEY = pytest.StashKey[Any]()
+SUBRESULTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 
 from iscsi_conformance.plugin.observed import observed  # noqa: E402, F401

@@ -6,7 +6,8 @@ Theory of operation: initiator tests (``pairing="initiator"``) drive
 :class:`~iscsi_conformance.plugin.observer.Observer`, and then judge what the initiator
 put on the wire. ``observed(profile="default", tamper=None)`` starts one proxy in
 front of the target's endpoint for ``profile`` and returns ``(endpoint, observer)``:
-the endpoint has the target's IQN and LUNs and the proxy's 127.0.0.1 address (drivers
+the endpoint has the target's IQN and LUNs and the proxy's address: 127.0.0.1, or
+this host's address on the run's docker network when the target listens there (drivers
 of VM-based initiators translate loopback to what their VM reaches). Every connection
 the proxy sees is registered as the test's evidence, so failures and the report show
 its PDUs; the proxies stop at the end of the test.
@@ -15,6 +16,7 @@ its PDUs; the proxies stop at the end of the test.
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +28,19 @@ from iscsi_conformance.plugin.observer import Observer, Rewrite
 __all__ = ["ObservedFactory", "observed"]
 
 ObservedFactory = Callable[..., tuple[TargetEndpoint, Observer]]
+
+
+def _listen_host(target_host: str) -> str:
+    """Where the proxy listens: beside the target when the target is on this host (the
+    reference target listens on the run's docker network when initiators run in
+    containers, which cannot reach this host's loopback), else on loopback."""
+    family = socket.AF_INET6 if ":" in target_host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((target_host, 0))
+    except OSError:
+        return "127.0.0.1"
+    return target_host
 
 
 @pytest.fixture
@@ -46,6 +61,7 @@ def observed(target: Any, evidence: Any) -> Iterator[ObservedFactory]:
             host,
             port,
             rewrite=tamper,
+            listen_host=_listen_host(host),
             label=f"{profile} via proxy",
             on_connection=lambda conn: evidence.add_trace(conn.trace),
         )

@@ -8,11 +8,21 @@ configures each target with every profile its manifest can serve; ``export()`` t
 the result into plain data that pytest-xdist hands to its workers, which
 ``PeerPool.attach`` rebuilds without starting anything. Only the process that
 started a peer stops it.
+
+Modes: "auto" (the default) asks each driver class what it prefers (``auto_mode``):
+a container for every third-party peer where Docker is usable, else the peer on this
+host (tgt, libiscsi) or QEMU on this host (LIO, open-iscsi). An explicit mode goes to
+every peer that has it; "microvm" means "on this host" for the userspace peers. When
+any peer runs in a container, the pool owns one ``DockerEnv`` for the run: every
+container joins its network, and servers of this process that initiators in
+containers must reach (the reference target, the initiator tests' proxy) listen on
+this host's address on that network (``DockerEnv.gateway``) instead of loopback.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 from typing import Any
 
@@ -50,6 +60,48 @@ class InitiatorEntry:
     manifest: Manifest
     driver: InitiatorDriver | None = None
     description: dict[str, Any] = dataclasses.field(default_factory=dict)
+    started: bool = False
+
+    def ensure_started(self) -> None:
+        """Start the driver on first use (xdist workers start only the initiators
+        their tests need: all tests of one initiator go to one worker)."""
+        if self.started or self.driver is None:
+            return
+        self.started = True
+        self.driver.start()
+        self.description = self.driver.describe()
+
+
+def _accepts(cls: type, parameter: str) -> bool:
+    try:
+        return parameter in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def resolve_mode(cls: type, requested: str | None, docker: bool) -> str | None:
+    """The mode to construct driver class ``cls`` with (None: the driver's default).
+
+    ``requested`` "auto"/None asks the class (``auto_mode(docker)``); an explicit mode
+    goes through when the class has it; "microvm" for a peer without one means on this
+    host ("native"); a class that declares no ``modes`` (the reference peers) keeps
+    its own default.
+    """
+    modes = getattr(cls, "modes", None)
+    if requested in (None, "auto"):
+        auto = getattr(cls, "auto_mode", None)
+        return auto(docker) if auto is not None else None
+    if not modes:
+        return None
+    if requested in modes:
+        return requested
+    if requested == "microvm" and "native" in modes:
+        return "native"
+    return None  # e.g. "container" for an embedded-only peer: its default
+
+
+def _needs_docker(cls: type, mode: str | None) -> bool:
+    return mode is not None and mode in getattr(cls, "docker_modes", ())
 
 
 def _external_manifest(url: str, *, chap: bool, mutual: bool) -> Manifest:
@@ -85,6 +137,17 @@ class PeerPool:
         self.targets: dict[str, TargetEntry] = {}
         self.initiators: dict[str, InitiatorEntry] = {}
         self.started = False
+        self.docker_env: Any = None  # the run's DockerEnv when a peer runs in a container
+        self._owns_docker_env = False
+        self.timings: dict[str, float] = {}  # "start <role> <name>" -> seconds
+
+    def _docker(self, network_name: str | None = None) -> Any:
+        if self.docker_env is None:
+            from iscsi_conformance.peers.docker_env import DockerEnv
+
+            self.docker_env = DockerEnv(network_name=network_name, clean_stale=not network_name)
+            self._owns_docker_env = True
+        return self.docker_env
 
     # ------------------------------------------------------------------ build
 
@@ -106,32 +169,72 @@ class PeerPool:
         targets = list(targets or ["reference"])
         if any(i != "reference" for i in initiators) and "reference" not in targets:
             targets.append("reference")  # the instrument that observes initiators
+        initiators = list(initiators or ["reference"])
+        peers: list[tuple[str, str]] = [
+            ("target", n) for n in targets if not n.startswith("iscsi://")
+        ] + [("initiator", n) for n in initiators]
+        classes = {(r, n): registry.driver_class(r, n) for r, n in peers}  # type: ignore[arg-type]
+        docker = False
+        if mode in (None, "auto") and any(hasattr(c, "auto_mode") for c in classes.values()):
+            from iscsi_conformance.peers.docker_env import docker_usable
+
+            docker = docker_usable()
+        modes = {key: resolve_mode(c, mode, docker) for key, c in classes.items()}
+        if any(_needs_docker(classes[k], m) for k, m in modes.items()):
+            pool._docker()
         for name in targets:
             if name.startswith("iscsi://"):
                 pool.targets[name] = TargetEntry(
                     name=name, manifest=_external_manifest(name), external=True
                 )
                 continue
-            driver = registry.get_target_driver(name, mode=None if mode == "auto" else mode)
+            driver = registry.get_target_driver(
+                name, mode=modes["target", name], **pool._driver_options(classes["target", name])
+            )
             pool.targets[name] = TargetEntry(name=name, manifest=driver.manifest, driver=driver)
-        for name in initiators or ["reference"]:
-            idriver = registry.get_initiator_driver(name, mode=None if mode == "auto" else mode)
+        for name in initiators:
+            idriver = registry.get_initiator_driver(
+                name,
+                mode=modes["initiator", name],
+                **pool._driver_options(classes["initiator", name]),
+            )
             pool.initiators[name] = InitiatorEntry(
                 name=name, manifest=idriver.manifest, driver=idriver
             )
         return pool
 
+    def _driver_options(self, cls: type) -> dict[str, Any]:
+        """The run's Docker environment for drivers that take one; for a server of this
+        process (the reference target), the address containers reach it at."""
+        options: dict[str, Any] = {}
+        if self.docker_env is None:
+            return options
+        if _accepts(cls, "docker_env"):
+            options["docker_env"] = self.docker_env
+        elif not getattr(cls, "docker_modes", ()) and _accepts(cls, "host"):
+            options["host"] = self.docker_env.gateway
+        return options
+
     # ------------------------------------------------------------------ life cycle
 
-    def start(self) -> None:
-        """Start every peer and configure the profiles. Raises PeerStartError."""
+    def start(self, *, initiators: bool = True) -> None:
+        """Start every peer and configure the profiles. Raises PeerStartError.
+
+        ``initiators=False`` (the xdist controller) starts only the targets: workers
+        start the initiators their tests use.
+        """
+        import time
+
         self.started = True
         for entry in self.targets.values():
             if entry.external:
                 self._configure_external(entry)
                 continue
             assert entry.driver is not None
+            t0 = time.monotonic()
             entry.driver.start()
+            self.timings[f"start target {entry.name}"] = time.monotonic() - t0
+            t0 = time.monotonic()
             for profile in PROFILES.values():
                 ok, why = profile.servable_by(entry.manifest)
                 if not ok:
@@ -147,11 +250,21 @@ class PeerPool:
                     if profile.name == "default":
                         raise
                     entry.unservable[profile.name] = f"{entry.name} could not configure it: {exc}"
+            self.timings[f"configure target {entry.name}"] = time.monotonic() - t0
             entry.description = entry.driver.describe()
         for ientry in self.initiators.values():
             assert ientry.driver is not None
-            ientry.driver.start()
-            ientry.description = ientry.driver.describe()
+            if not initiators:
+                ientry.description = {
+                    "name": ientry.name,
+                    "role": "initiator",
+                    "mode": str(ientry.driver.mode),
+                    "version": "",
+                }
+                continue
+            t0 = time.monotonic()
+            ientry.ensure_started()
+            self.timings[f"start initiator {ientry.name}"] = time.monotonic() - t0
 
     def _configure_external(self, entry: TargetEntry) -> None:
         from iscsi_conformance.initiator.url import parse_url
@@ -181,6 +294,8 @@ class PeerPool:
         }
 
     def stop(self) -> None:
+        """Stop every peer this process started, then remove the run's containers and
+        network; idempotent, and safe after a partial start."""
         errors: list[str] = []
         for entry in [*self.initiators.values(), *self.targets.values()]:
             if entry.driver is not None:
@@ -188,6 +303,11 @@ class PeerPool:
                     entry.driver.stop()
                 except Exception as exc:  # keep stopping the others
                     errors.append(f"{entry.name}: {exc}")
+        if self.docker_env is not None and self._owns_docker_env:
+            try:
+                self.docker_env.close()
+            except Exception as exc:
+                errors.append(f"docker: {exc}")
         if errors:
             log.warning("errors while stopping peers: %s", "; ".join(errors))
 
@@ -215,9 +335,14 @@ class PeerPool:
                 for name, e in self.targets.items()
             },
             "initiators": {
-                name: {"manifest": dataclasses.asdict(e.manifest), "description": e.description}
+                name: {
+                    "manifest": dataclasses.asdict(e.manifest),
+                    "description": e.description,
+                    "mode": None if e.driver is None else str(e.driver.mode),
+                }
                 for name, e in self.initiators.items()
             },
+            "docker_network": None if self.docker_env is None else self.docker_env.network_name,
         }
 
     @classmethod
@@ -225,12 +350,15 @@ class PeerPool:
         """Rebuild, in an xdist worker, the pool the controller started.
 
         Targets are servers: the worker only needs their endpoints. Initiators are
-        clients: each worker gets its own driver, started here (the collection puts all
-        tests of one non-reference initiator on one worker, so each starts once).
+        clients: each worker gets its own driver, in the controller's mode and on its
+        docker network, started on first use (the collection puts all tests of one
+        non-reference initiator on one worker, so each starts once).
         """
         from iscsi_conformance.peers import registry
 
         pool = cls(Credentials(**{k: ChapCredentials(**v) for k, v in data["credentials"].items()}))
+        if data.get("docker_network"):
+            pool._docker(network_name=data["docker_network"])
         for name, t in data["targets"].items():
             entry = TargetEntry(
                 name=name,
@@ -247,14 +375,16 @@ class PeerPool:
             entry.external_mutual = _creds(t.get("external_mutual"))  # type: ignore[attr-defined]
             pool.targets[name] = entry
         for name, i in data["initiators"].items():
-            driver = registry.get_initiator_driver(name, mode=None if mode == "auto" else mode)
+            icls = registry.driver_class("initiator", name)
+            driver = registry.get_initiator_driver(
+                name, mode=i.get("mode"), **pool._driver_options(icls)
+            )
             pool.initiators[name] = InitiatorEntry(
                 name=name,
                 manifest=driver.manifest,
                 driver=driver,
                 description=dict(i["description"]),
             )
-            driver.start()
         pool.started = True  # the initiators started here are ours to stop
         return pool
 

@@ -88,7 +88,10 @@ def _profiles() -> dict[str, Profile]:
         doc="no auth, LUN 0 64 MiB, LUN 1 16 MiB",
     )
     add(
-        "chap", lambda c: _spec("chap", chap=c.initiator), "chap", doc="one-way CHAP, any algorithm"
+        "chap",
+        lambda c: _spec("chap", chap=c.initiator),
+        "chap_algorithms",  # a non-empty list: the target does CHAP at all
+        doc="one-way CHAP, any algorithm",
     )
     add(
         "mutual",
