@@ -315,11 +315,18 @@ class LoginProbe:
         """Operational stage: offer ``keys``; keep answering until the target transits."""
         pairs = list(keys.items()) if isinstance(keys, Mapping) else list(keys)
         step = await self.step(pairs, csg=OPERATIONAL, nsg=nsg, transit=transit)
-        # A target may need another round (it offers keys of its own or has not set T).
+        # A target may need another round: it offers keys of its own (LIO offers every
+        # operational key it has), which RFC 7143 6.2 says we must answer before it
+        # will transit, or it has not set T yet.
+        sent = {k for k, _ in pairs}
         rounds = 0
         while transit and step.succeeded and not step.response.transit and rounds < 4:
             rounds += 1
-            step = await self.step([], csg=OPERATIONAL, nsg=nsg, transit=True)
+            answers = answer_offers(step.pairs, sent)
+            sent.update(k for k, _ in answers)
+            step = await self.step(answers, csg=OPERATIONAL, nsg=nsg, transit=True)
+            if step.succeeded:
+                self.negotiated.update(answers)
         return step
 
     async def to_full_feature(
@@ -330,7 +337,13 @@ class LoginProbe:
         mutual: tuple[str, str] | None = None,
         algorithms: Iterable[int] = (5, 6, 7, 8),
     ) -> LoginStep:
-        """The whole login: security (None or CHAP), then operational with ``keys``."""
+        """The whole login: security (None or CHAP), then operational with ``keys``.
+
+        Digests are offered as None unless ``keys`` says otherwise, as initiators do, so
+        that a target that would otherwise offer CRC32C itself does not turn them on."""
+        keys = list(keys.items()) if isinstance(keys, Mapping) else list(keys)
+        named = {k for k, _ in keys}
+        keys += [(k, "None") for k in ("HeaderDigest", "DataDigest") if k not in named]
         if chap is None:
             s = await self.security_none()
         else:
@@ -350,6 +363,38 @@ class LoginProbe:
             and last.transit
             and last.nsg == FULL_FEATURE
         )
+
+
+#: What the probe answers when a target offers an operational key first: the lowest
+#: recovery level and one connection (the probe is ERL 0, single connection), no
+#: digests when the target allows None; any other key gets the target's own value,
+#: which every result function (RFC 7143 6.2.1, 6.2.2) admits as an answer.
+_OFFER_PREFERENCES = {"ErrorRecoveryLevel": "0", "MaxConnections": "1"}
+
+
+def answer_offers(offered: Pairs, sent: Iterable[str]) -> list[tuple[str, str]]:
+    """Answers to the keys a target offered that we did not send (RFC 7143 6.2)."""
+    from iscsi_conformance.core.keys import KEYS
+
+    sent = set(sent)
+    answers: list[tuple[str, str]] = []
+    for key, value in offered:
+        spec = KEYS.get(key)
+        if (
+            key in sent
+            or spec is None
+            or spec.declarative
+            or value in ("NotUnderstood", "Irrelevant", "Reject")
+        ):
+            continue
+        if key in ("HeaderDigest", "DataDigest"):
+            choices = [v.strip() for v in value.split(",")]
+            answers.append((key, "None" if "None" in choices else choices[0]))
+        elif key in _OFFER_PREFERENCES:
+            answers.append((key, _OFFER_PREFERENCES[key]))
+        else:
+            answers.append((key, value.split(",")[0]))
+    return answers
 
 
 def text_of(pairs: Pairs) -> bytes:
@@ -629,6 +674,10 @@ async def full_feature(
     phase; the connection is closed on exit."""
     async with target.raw(profile) as raw:
         probe = await target.login(raw, profile, keys, **kw)
+        raw.set_digests(
+            header=probe.negotiated.get("HeaderDigest") == "CRC32C",
+            data=probe.negotiated.get("DataDigest") == "CRC32C",
+        )
         ffp = FullFeature(raw, probe)
         await ffp.clear_unit_attention(target.lun)
         yield ffp

@@ -159,11 +159,25 @@ def violation(
     lines = [f"{requirement}: {message}"]
     if sent:
         lines.append("  sent:")
-        lines += [f"    > {_pdu_line(p)}" for p in sent]
+        lines += _shown(sent, "    > ")
     if received:
         lines.append("  received:")
-        lines += [f"    < {_pdu_line(p)}" for p in received]
+        lines += _shown(received, "    < ")
     return ConformanceViolation("\n".join(lines), requirement=requirement, pdus=[*sent, *received])
+
+
+MAX_PDUS_SHOWN = 40  # a peer that floods (100000 Data-In PDUs) must not flood the report
+
+
+def _shown(pdus: Sequence[Any], prefix: str) -> list[str]:
+    if len(pdus) <= MAX_PDUS_SHOWN:
+        return [prefix + _pdu_line(p) for p in pdus]
+    head, tail = MAX_PDUS_SHOWN - 5, 5
+    return (
+        [prefix + _pdu_line(p) for p in pdus[:head]]
+        + [f"{prefix}... {len(pdus) - head - tail} more PDUs ..."]
+        + [prefix + _pdu_line(p) for p in pdus[-tail:]]
+    )
 
 
 def require(

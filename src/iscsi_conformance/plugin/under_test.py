@@ -35,13 +35,23 @@ class Evidence:
     def note(self, text: str) -> None:
         self.notes.append(text)
 
+    MAX_RECORDS = 2000  # per test: a peer that floods must not bloat the report
+
     def records(self) -> list[dict[str, Any]]:
-        """Every traced PDU as plain data (direction, opcode, summary, hex), secrets masked."""
+        """Every traced PDU as plain data (direction, opcode, summary, hex), secrets
+        masked; at most ``MAX_RECORDS`` per connection (the first ones)."""
         out: list[dict[str, Any]] = []
         for conn_no, trace in enumerate(self.traces):
             for secret in self.secrets:
                 trace.add_secret(secret)
-            for entry in trace.to_json().get("entries", []):
+            entries = trace.to_json().get("entries", [])
+            if len(entries) > self.MAX_RECORDS:
+                self.note(
+                    f"connection {conn_no}: {len(entries)} PDUs traced, "
+                    f"the first {self.MAX_RECORDS} kept in the report"
+                )
+                entries = entries[: self.MAX_RECORDS]
+            for entry in entries:
                 fields = entry.get("fields", {})
                 summary = ", ".join(
                     f"{k}={v}"
