@@ -88,7 +88,7 @@ def test_failure_message_names_requirement_and_pdus(pytester: pytest.Pytester) -
 def test_spec_rejects_bad_declarations() -> None:
     with pytest.raises(ValueError, match="cite at least one section"):
         spec("Login.Keys.X")
-    with pytest.raises(ValueError, match="Area.Suite.Test"):
+    with pytest.raises(ValueError, match=r"Area\.Suite\.Test"):
         spec("Login.X", "RFC 7143 13.1")
 
 
