@@ -14,7 +14,7 @@ from iscsi_conformance.plugin.spec import SpecInfo, spec
 
 pytest_plugins = ["pytester"]
 
-SUITE = '''
+SUITE = """
 from iscsi_conformance.plugin import require, spec
 
 @spec("Login.Keys.Alpha", "RFC 7143 13.12", requirements=["R7143-13.12-1"])
@@ -35,16 +35,28 @@ def test_delta(pairing):
 
 def test_plain():
     pass
-'''
+"""
 
 
 def test_pairings_follow_the_pairing_kind(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_suite=SUITE)
-    result = pytester.runpytest("--collect-only", "-q", "--iscsi-target", "reference", "--iscsi-target", "tgt",
-                                "--iscsi-initiator", "reference", "--iscsi-initiator", "libiscsi")
+    result = pytester.runpytest(
+        "--collect-only",
+        "-q",
+        "--iscsi-target",
+        "reference",
+        "--iscsi-target",
+        "tgt",
+        "--iscsi-initiator",
+        "reference",
+        "--iscsi-initiator",
+        "libiscsi",
+    )
     out = result.stdout.str()
     assert "test_alpha[reference@reference]" in out and "test_alpha[reference@tgt]" in out
-    assert "test_alpha[libiscsi@tgt]" not in out  # target-kind tests use the reference initiator only
+    assert (
+        "test_alpha[libiscsi@tgt]" not in out
+    )  # target-kind tests use the reference initiator only
     for pair in ("reference@reference", "reference@tgt", "libiscsi@reference", "libiscsi@tgt"):
         assert f"test_gamma[{pair}]" in out  # interop: every pairing
     assert "test_delta[libiscsi@reference]" in out and "test_delta[reference@tgt]" not in out
@@ -59,7 +71,9 @@ def test_suite_selection_by_stable_id_prefix(pytester: pytest.Pytester) -> None:
 
 def test_ini_options(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_suite=SUITE)
-    pytester.makeini("[pytest]\niscsi_targets =\n    reference\n    tgt\niscsi_suites = Login.Keys\n")
+    pytester.makeini(
+        "[pytest]\niscsi_targets =\n    reference\n    tgt\niscsi_suites = Login.Keys\n"
+    )
     result = pytester.runpytest("--collect-only", "-q")
     out = result.stdout.str()
     assert "test_alpha[reference@tgt]" in out and "test_beta" not in out
@@ -82,7 +96,9 @@ def test_report_written_with_failure_evidence(pytester: pytest.Pytester) -> None
 def test_failure_message_names_requirement_and_pdus(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_suite=SUITE)
     result = pytester.runpytest("-q", "-k", "beta")
-    result.stdout.fnmatch_lines(["*R7143-11.12-1: peer set T and C together*", "*> *LoginRequest(transit=True, cont=True)*"])
+    result.stdout.fnmatch_lines(
+        ["*R7143-11.12-1: peer set T and C together*", "*> *LoginRequest(transit=True, cont=True)*"]
+    )
 
 
 def test_spec_rejects_bad_declarations() -> None:
@@ -101,14 +117,23 @@ def test_spec_level_is_the_strongest() -> None:
 
 @pytest.mark.parametrize(
     "spec_text,version,expected",
-    [("*", "1.0.85", True), (">=1.0.80", "tgt 1.0.85", True), ("<1.0.80", "1.0.85", False), (">=6.1", "6.1.0-28", True)],
+    [
+        ("*", "1.0.85", True),
+        (">=1.0.80", "tgt 1.0.85", True),
+        ("<1.0.80", "1.0.85", False),
+        (">=6.1", "6.1.0-28", True),
+    ],
 )
 def test_version_matching(spec_text: str, version: str, expected: bool) -> None:
     assert version_matches(spec_text, version) is expected
 
 
 def test_deviation_matching_by_prefix() -> None:
-    m = Manifest(name="tgt", role="target", deviations=[{"test": "CHAP.OneWay", "versions": "*", "reason": "MD5 only"}])
+    m = Manifest(
+        name="tgt",
+        role="target",
+        deviations=[{"test": "CHAP.OneWay", "versions": "*", "reason": "MD5 only"}],
+    )
     assert deviation_for(m, "CHAP.OneWay.SHA256.Hex", "1.0.85") == "MD5 only"
     assert deviation_for(m, "CHAP.OneWayX.Foo", "1.0.85") is None
     assert deviation_for(m, "Login.Keys.X", "1.0.85") is None
@@ -116,14 +141,14 @@ def test_deviation_matching_by_prefix() -> None:
 
 def test_secrets_never_in_reports(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
-        test_secret='''
+        test_secret="""
 from iscsi_conformance.plugin import spec, require
 
 @spec("CHAP.Secret.Leak", "RFC 7143 12.1.3")
 def test_leak(pairing, evidence):
     evidence.secrets.add("sup3r-s3cret-value")
     require(False, "R7143-12.1.3-3", "saw CHAP secret sup3r-s3cret-value in a PDU")
-'''
+"""
     )
     pytester.runpytest("-q", "--iscsi-report", "out")
     for name in ("results.json", "index.html", "junit.xml"):
