@@ -517,6 +517,36 @@ def test_initiator_status_failure() -> None:
     )
 
 
+def test_initiator_final_status_wins_over_a_wrong_echo() -> None:
+    """A response that ends the login is judged by its status even without our ISID
+    or ITT (tgt zeroes the ISID of error responses); the mismatch is a warning."""
+    i, req = first_exchange()
+    bad = failed(i.receive_pdu(response_to(req, isid=0, status_class=2, status_detail=3)))
+    assert bad.status == 0x0203 and bad.error is None
+    assert len(i.warnings) == 1 and "RFC 7143 11.13" in i.warnings[0]
+    i, req = first_exchange()
+    events = i.receive_pdu(
+        response_to(req, itt=req.itt + 1, status_class=1, status_detail=2,
+                    data=b"TargetAddress=10.0.0.2:3260,1\0")
+    )  # fmt: skip
+    assert events == [LoginRedirected("10.0.0.2:3260,1", True, 0x0102)]
+    assert "ITT" in i.warnings[0]
+    i, req = first_exchange()
+    failed(i.receive_pdu(response_to(req, status_class=2, status_detail=3)))
+    assert i.warnings == []  # echoed correctly: nothing to say
+
+
+def test_initiator_keeps_what_the_target_said() -> None:
+    portal = Portal(keys={"MaxBurstLength": "16384"})
+    i = initiator(chap=ChapClient(ALICE, rng=rng_from(5)), keys={"MaxBurstLength": "65536"})
+    portal.node = TargetNode(TARGET, chap=ChapTargetAuth(secrets={ALICE.name: ALICE.secret}))
+    ie, _ = drive(i, portal.target())
+    completed(ie)
+    received = dict(i.received)
+    assert received["AuthMethod"] == "CHAP" and "CHAP_C" in received
+    assert received["MaxBurstLength"] == "16384"
+
+
 def test_initiator_security_errors() -> None:
     i, req = first_exchange(auth_methods=["CHAP"], start_stage=0)
     bad = failed(i.receive_pdu(response_to(req, data=b"AuthMethod=CHAP\0")))

@@ -233,6 +233,16 @@ def test_first_burst_irrelevant_when_initial_r2t_and_no_immediate_data() -> None
     ]
 
 
+def test_first_burst_answer_stays_within_our_own_max_burst() -> None:
+    """Found by Hypothesis: the initiator offers only FirstBurstLength=513 and the
+    target will offer MaxBurstLength=512 itself; answering 513 would break 13.14."""
+    i = initiator({"FirstBurstLength": "513"})
+    t = target({"MaxBurstLength": "512"})
+    assert t.respond(i.offer()) == [("FirstBurstLength", "512")]
+    assert i.respond(t.offer()) == [("MaxBurstLength", "512")]
+    assert i.result().first_burst_length == t.result().first_burst_length == 512
+
+
 # --------------------------------------------------------------------------- originator
 
 

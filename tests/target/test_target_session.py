@@ -259,11 +259,19 @@ def _tmf(
     refcmdsn: int | None = None,
     strict: bool = True,
 ) -> P.PDU:
-    ini.send(P.TaskManagementRequest(immediate=True, function=function, lun=P.lun_to_field(lun),
-                                     itt=ini.next_itt(), referenced_task_tag=ref, cmdsn=ini.cmdsn,
-                                     expstatsn=ini.expstatsn,
-                                     refcmdsn=ini.cmdsn if refcmdsn is None else refcmdsn),
-             strict=strict)  # fmt: skip
+    ini.send(
+        P.TaskManagementRequest(
+            immediate=True,
+            function=function,
+            lun=P.lun_to_field(lun),
+            itt=ini.next_itt(),
+            referenced_task_tag=ref,
+            cmdsn=ini.cmdsn,
+            expstatsn=ini.expstatsn,
+            refcmdsn=ini.cmdsn if refcmdsn is None else refcmdsn,
+        ),
+        strict=strict,
+    )
     return ini.recv()
 
 
@@ -387,3 +395,94 @@ def test_memory_bound_declared_length(connect, server):
     assert ini.closed_by_target()
     conns = server.call(lambda: [c.decoder.buffered for c in server.engine.connections])
     assert all(b < 65536 for b in conns)
+
+
+def test_malformed_initiator_name_and_repeated_key_refused(connect):
+    bad = connect(name="iqn.2024-13.org.example:x")
+    assert bad.login().status == LoginStatus.INITIATOR_ERROR
+    ini = connect()
+    ini.send(
+        P.LoginRequest(
+            transit=True,
+            csg=1,
+            nsg=3,
+            isid=1,
+            itt=1,
+            data=T.format_pairs(
+                [
+                    ("InitiatorName", ini.name),
+                    ("TargetName", DISK),
+                    ("MaxBurstLength", "8192"),
+                    ("MaxBurstLength", "8192"),
+                ]
+            ),
+        )
+    )
+    assert ini.recv().status == LoginStatus.INITIATOR_ERROR
+
+
+def test_out_of_range_offer_answered_reject(connect):
+    ini = connect()
+    rsp = ini.login(params=[("MaxBurstLength", "16777216")])
+    assert rsp.status == 0 and ini.negotiated["MaxBurstLength"] == "Reject"
+
+
+def test_unmapped_lun_inquiry_and_request_sense(connect):
+    ini = connect()
+    assert ini.login().status == 0
+    status, data, _ = ini.scsi(bytes([0x12, 0, 0, 0, 96, 0]), lun=9, read=96)
+    assert status.status == 0 and data[0] == 0x7F
+    status, data, _ = ini.scsi(bytes([0x03, 0, 0, 0, 252, 0]), lun=9, read=252)
+    assert status.status == 0 and data[2] & 0x0F == 0x05 and data[12] == 0x25
+
+
+def test_text_continuation_and_ffp_mrdsl(connect):
+    ini = connect()
+    assert ini.login().status == 0
+    ini.clear_ua()
+    text = T.format_pairs([("MaxRecvDataSegmentLength", "512")])
+    itt = ini.next_itt()
+    ini.send(
+        P.TextRequest(
+            immediate=True,
+            cont=True,
+            itt=itt,
+            ttt=NONE_TAG,
+            cmdsn=ini.cmdsn,
+            expstatsn=ini.expstatsn,
+            data=text[:10],
+        )
+    )
+    first = ini.recv()
+    assert isinstance(first, P.TextResponse) and not first.final and not first.data
+    assert first.ttt != NONE_TAG
+    ini.send(
+        P.TextRequest(
+            immediate=True,
+            final=True,
+            itt=itt,
+            ttt=first.ttt,
+            cmdsn=ini.cmdsn,
+            expstatsn=ini.expstatsn,
+            data=text[10:],
+        )
+    )
+    done = ini.recv()
+    assert isinstance(done, P.TextResponse) and done.final
+    _, data, seen = ini.scsi(read16(0, 8), read=4096)
+    assert len(data) == 4096
+    assert all(len(p.data) <= 512 for p in seen if isinstance(p, P.ScsiDataIn))
+    ini.send(
+        P.TextRequest(
+            immediate=True,
+            final=True,
+            cont=True,
+            itt=ini.next_itt(),
+            ttt=NONE_TAG,
+            cmdsn=ini.cmdsn,
+            expstatsn=ini.expstatsn,
+            data=b"A=1\0",
+        ),
+        strict=False,
+    )
+    assert isinstance(ini.recv(), P.Reject)

@@ -285,7 +285,8 @@ class InitiatorLogin:
     rewrite what is sent, to produce illegal logins on purpose.
 
     Use: ``start()`` then feed each Login Response to ``receive_pdu``; send what
-    ``data_to_send()`` returns after each call.
+    ``data_to_send()`` returns after each call.  ``received`` keeps the target's
+    pairs (reassembled), for reports and for adapters that hand them on.
     """
 
     def __init__(
@@ -352,6 +353,8 @@ class InitiatorLogin:
         self.history: list[tuple[InitiatorState, InitiatorInput, Transition]] = []
         self.warnings: list[str] = []
         self.error: ProtocolError | None = None
+        #: Every key=value the target sent, in order, once each LTDS was complete.
+        self.received: list[Pair] = []
         self._outbox: list[LoginRequest] = []
         self._assembler = text.TextAssembler()
         self._chunks: list[bytes] = []  # rest of an LTDS we are sending with C=1
@@ -400,12 +403,16 @@ class InitiatorLogin:
         req = self._last
         if not isinstance(pdu, LoginResponse) or req is None or not self._awaiting:
             return InitiatorInput.RX_UNEXPECTED
-        if pdu.isid != req.isid or pdu.itt != req.itt:
-            return InitiatorInput.RX_WRONG_TASK
+        # A response that ends the login (T7) is taken for its status even when it
+        # does not echo our ISID/ITT (tgt 1.0.85 zeroes the ISID of error responses):
+        # the login is over either way and the status is what matters; the mismatch
+        # is kept in ``warnings`` (see _check_echo).
         if pdu.status_class == 1:
             return InitiatorInput.RX_REDIRECT
         if pdu.status_class != 0:
             return InitiatorInput.RX_FAILURE
+        if pdu.isid != req.isid or pdu.itt != req.itt:
+            return InitiatorInput.RX_WRONG_TASK
         if not req.version_min <= pdu.version_active <= req.version_max:
             return InitiatorInput.RX_BAD_VERSION
         if pdu.transit and pdu.cont:
@@ -466,9 +473,11 @@ class InitiatorLogin:
         if action is InitiatorAction.FAIL:
             if rsp is None:
                 return [LoginFailed(None, "transport closed or login timed out")]
+            self._check_echo(rsp)
             return [LoginFailed(rsp.status, _status_name(rsp.status))]
         if action is InitiatorAction.REDIRECT:
             assert rsp is not None
+            self._check_echo(rsp)
             return [self._redirect(rsp)]
         if action is InitiatorAction.SEND_FIRST:
             self._send_first()
@@ -481,6 +490,7 @@ class InitiatorLogin:
             self._send(replace(last, cont=False, data=b""), hooked=False)
             return []
         pairs = self._assembler.feed(rsp.data, False) or []
+        self.received += pairs
         if action is InitiatorAction.CONTINUE and self._chunks:
             self._send_chunk(self._intent)
             return []
@@ -501,6 +511,17 @@ class InitiatorLogin:
             )
         self._check_authenticated()
         return [self._complete(rsp)]
+
+    def _check_echo(self, rsp: LoginResponse) -> None:
+        """Note a final response that does not echo our ISID and ITT (RFC 7143 11.13)."""
+        req = self._last
+        assert req is not None
+        if rsp.isid != req.isid or rsp.itt != req.itt:
+            self.warnings.append(
+                f"Login Response with status {rsp.status:#06x} has ISID {rsp.isid:#014x} "
+                f"ITT {rsp.itt:#010x}, not ours {req.isid:#014x} {req.itt:#010x} "
+                "(RFC 7143 11.13)"
+            )
 
     def _redirect(self, rsp: LoginResponse) -> Event:
         pairs = dict(text.parse_pairs(rsp.data)) if rsp.data else {}

@@ -552,7 +552,13 @@ class Negotiator:
                 return text.IRRELEVANT  # RFC 7143 13.14 "Irrelevant when"
             # 13.14: FirstBurstLength MUST NOT exceed MaxBurstLength; any value below
             # the offer is admissible under Minimum, so answer within both.
-            outcome = min(outcome, text.parse_number(self.current("MaxBurstLength") or "262144"))
+            mbl = text.parse_number(self.current("MaxBurstLength") or "262144")
+            own = self.local.get("MaxBurstLength")
+            if "MaxBurstLength" not in self.values and own is not None:
+                # Not settled yet, but we offer (or offered) our own value and Minimum
+                # can only lower it: stay within that too.
+                mbl = min(mbl, text.parse_number(own))  # checked in __init__
+            outcome = min(outcome, mbl)
         self.values[spec.name] = str(outcome)
         return str(outcome)
 

@@ -2,7 +2,7 @@
 
 Theory of operation: this is the only part of the initiator with sockets and clocks.
 A :class:`Connection` owns one TCP stream. It first runs the login
-(:class:`~.login_flow.LoginFlow`) request by request, then starts a reader task
+(:class:`~.login_flow.LoginFlow` over ``core.login``) request by request, then starts a reader task
 that decodes each PDU (with the negotiated digests), records it in the
 connection's :class:`~.trace.PDUTrace`, feeds it to the sans-IO
 :class:`~.engine.InitiatorConnection` and resolves the future waiting on its ITT.
@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 from iscsi_conformance.core import text
 from iscsi_conformance.core.codes import LogoutReason, TaskAttribute, TmfFunction
 from iscsi_conformance.core.negotiation import NegotiatedParameters
-from iscsi_conformance.core.pdu import PDU, LoginRequest, LoginResponse, NopIn, Tamper, encode
+from iscsi_conformance.core.pdu import PDU, NopIn, Tamper, encode
 from iscsi_conformance.errors import (
     ISCSIConformanceError,
     LoginError,
@@ -64,7 +64,7 @@ from .engine import (
     TextCompleted,
     make_isid,
 )
-from .login_flow import LoginFlow, LoginResult, TargetRedirected
+from .login_flow import LoginFlow, LoginHook, LoginResult, LoginSend, TargetRedirected
 from .trace import PDUTrace
 from .url import ISCSIURL, format_hostport, parse_portal, parse_url
 from .wire import ConnectionClosed, decode_raw, open_connection, read_raw_pdu
@@ -87,7 +87,6 @@ DEFAULT_INITIATOR_NAME = "iqn.2024-01.org.iscsi-conformance:reference-initiator"
 DEFAULT_TIMEOUT = 10.0
 
 Rng = Callable[[int], bytes]
-LoginHook = Callable[[LoginRequest], "LoginRequest | bytes | None"]
 PDUHook = Callable[[PDU], "PDU | bytes | None"]
 
 
@@ -327,37 +326,42 @@ class Connection:
 
     # ------------------------------------------------------------------ login
 
-    async def login(
-        self, flow: LoginFlow, hook: LoginHook | None, timeout: float | None
-    ) -> LoginResult:
-        """Run the login phase to its end (raises LoginError & co.)."""
-        request: LoginRequest | LoginResult = flow.start()
-        async with asyncio.timeout(timeout):
-            while isinstance(request, LoginRequest):
-                out: Any = hook(request) if hook is not None else request
-                if out is None:
-                    raise LoginError("login_hook dropped the Login Request")
-                if isinstance(out, bytes | bytearray):
-                    await self._write(bytes(out), request, "replaced by login_hook")
-                else:
-                    strict = out is request
-                    await self._write(
-                        encode(out, strict=strict), out, "" if strict else "rewritten by login_hook"
-                    )
-                try:
-                    resp = await self._read()
-                except ConnectionClosed:
-                    raise TransportError(
-                        f"connection to {self.session.portal} closed by the target during login"
-                    ) from None
-                if not isinstance(resp, LoginResponse):
-                    raise LoginError(
-                        f"expected a Login Response, got {type(resp).__name__}",
-                        section="RFC 7143 11.13",
-                    )
-                request = flow.receive(resp)
-        self.login_result = request
-        return request
+    async def login(self, flow: LoginFlow, timeout: float | None) -> LoginResult:
+        """Run the login phase to its end (raises LoginError & co.).
+
+        The login itself (and ``login_hook``) is ``flow``'s: this only moves PDUs.
+        """
+        step: LoginSend | LoginResult = flow.start()
+        try:
+            async with asyncio.timeout(timeout):
+                while isinstance(step, LoginSend):
+                    await self._send_login(step)
+                    try:
+                        pdu = await self._read()
+                    except ConnectionClosed:
+                        flow.connection_lost()
+                        raise TransportError(
+                            f"connection to {self.session.portal} closed by the target during login"
+                        ) from None
+                    step = flow.receive(pdu)
+        except TimeoutError:
+            flow.timed_out()
+            raise
+        self.login_result = step
+        return step
+
+    async def _send_login(self, step: LoginSend) -> None:
+        out = step.wire
+        if out is None:
+            raise LoginError("login_hook dropped the Login Request")
+        if isinstance(out, bytes | bytearray):
+            await self._write(bytes(out), step.request, "replaced by login_hook")
+        else:
+            await self._write(
+                encode(out, strict=step.strict),
+                out,
+                "" if step.strict else "rewritten by login_hook",
+            )
 
     def start_full_feature(self, result: LoginResult, sequencer: SessionSequencer) -> None:
         """Switch to full-feature phase: digests on, engine and reader task started."""
@@ -648,7 +652,13 @@ class Session:
         return cls.connect(u.host, u.port, u.target, keys=keys, **kw)
 
     def _flow(
-        self, *, tsih: int, cid: int, keys: Mapping[str, str | None] | None, itt: int
+        self,
+        *,
+        tsih: int,
+        cid: int,
+        keys: Mapping[str, str | None] | None,
+        itt: int,
+        login_hook: LoginHook | None,
     ) -> LoginFlow:
         chap, mutual = self._chap
         return LoginFlow(
@@ -665,6 +675,7 @@ class Session:
             chap_credentials=chap,
             mutual_chap=mutual,
             session=self.negotiated if tsih else None,
+            login_hook=login_hook,
             **self._login_args,
         )
 
@@ -690,9 +701,9 @@ class Session:
     ) -> None:
         conn = await self._open(cid, pdu_hook)
         itt = self.sequencer.allocate_itt()
-        flow = self._flow(tsih=tsih, cid=cid, keys=keys, itt=itt)
+        flow = self._flow(tsih=tsih, cid=cid, keys=keys, itt=itt, login_hook=login_hook)
         try:
-            result = await conn.login(flow, login_hook, self.timeout)
+            result = await conn.login(flow, self.timeout)
         except TimeoutError:
             await conn.close()
             raise ResponseTimeout(
@@ -726,9 +737,9 @@ class Session:
             cid = next(i for i in range(65536) if i not in used)
         conn = await self._open(cid, pdu_hook)
         itt = self.sequencer.allocate_itt()
-        flow = self._flow(tsih=self.tsih, cid=cid, keys=keys, itt=itt)
+        flow = self._flow(tsih=self.tsih, cid=cid, keys=keys, itt=itt, login_hook=login_hook)
         try:
-            result = await conn.login(flow, login_hook, self.timeout)
+            result = await conn.login(flow, self.timeout)
         except BaseException:
             await conn.close()
             raise

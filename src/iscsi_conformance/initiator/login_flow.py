@@ -1,25 +1,23 @@
-"""The initiator's side of the login phase (RFC 7143 6, 8.1, 11.12, 11.13, 12.1.3), sans-IO.
+"""The reference initiator's login policy over :class:`core.login.InitiatorLogin`, sans-IO.
 
-Theory of operation: :class:`LoginFlow` is the seam between the reference initiator
-and the login machinery of ``core``. It builds Login Requests and consumes Login
-Responses; the adapter moves them over the wire (and may rewrite each request
-through a ``login_hook`` for negative tests). Key negotiation is
-:class:`~iscsi_conformance.core.negotiation.Negotiator`'s job and the CHAP
-computations are :mod:`iscsi_conformance.core.chap`'s; what is here is the order of
-stages an initiator walks through:
+Theory of operation: the login state machine (RFC 7143 6.3, 8.1, 11.12, 11.13) is
+:class:`~iscsi_conformance.core.login.InitiatorLogin`, the one the target's tests
+also drive; this module only adapts it to the reference initiator:
 
-1. SecurityNegotiation (CSG=0), unless ``skip_security``: the declarative keys
-   (InitiatorName, SessionType, TargetName) and AuthMethod. With CHAP: CHAP_A, then
-   CHAP_N/CHAP_R (plus CHAP_I/CHAP_C when we authenticate the target too), T=1 to
-   LoginOperationalNegotiation. Without: AuthMethod=None and T=1 at once.
-2. LoginOperationalNegotiation (CSG=1): our operational offers, answers to the
-   target's, until both sides set T=1 with NSG=3 (RFC 7143 6.3).
-3. The final response gives the TSIH, StatSN and command window: :class:`LoginResult`.
+* policy in: the keys an initiator offers by default (:data:`DEFAULT_KEYS`, a value
+  of None drops one), CHAP credentials as the peers describe them, ``auth_method``
+  and ``skip_security`` (which stage the login starts in);
+* ``login_hook`` onto the core's ``request_hook``: a hook that returns a PDU
+  replaces the request in the core too (so responses are judged against what went
+  on the wire); raw bytes or None (drop) cannot be a PDU, so the core keeps the
+  request it built and :class:`LoginSend` tells the adapter what to write instead;
+* events out: ``LoginCompleted`` becomes :class:`LoginResult`; ``LoginRedirected``
+  raises :class:`TargetRedirected`; ``LoginFailed`` raises :class:`LoginError`
+  (:class:`AuthenticationError` for status 0x0201) with the status in the message,
+  or the rule the target broke when the core detected it (RFC section attached).
 
-Response data split over C-bit PDUs is reassembled (an empty request asks for the
-rest, RFC 7143 11.12.2). A non-zero status raises :class:`LoginError` (or
-:class:`AuthenticationError` for 0x0201 and for a target that fails mutual CHAP),
-a redirect raises :class:`TargetRedirected` carrying the new address.
+The asyncio adapters (``client.Connection.login``, ``raw.RawConnection.login``)
+write each :class:`LoginSend`, read one PDU and hand it to :meth:`LoginFlow.receive`.
 """
 
 from __future__ import annotations
@@ -27,21 +25,36 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
-from iscsi_conformance.core import chap, text
-from iscsi_conformance.core.codes import LoginStage, LoginStatus
-from iscsi_conformance.core.negotiation import NegotiatedParameters, Negotiator, Role
-from iscsi_conformance.core.pdu import LoginRequest, LoginResponse
-from iscsi_conformance.errors import AuthenticationError, LoginError, NegotiationError
+from iscsi_conformance.core import chap
+from iscsi_conformance.core.codes import LoginStatus
+from iscsi_conformance.core.login import (
+    OPERATIONAL,
+    SECURITY,
+    Event,
+    InitiatorLogin,
+    LoginCompleted,
+    LoginFailed,
+    LoginRedirected,
+)
+from iscsi_conformance.core.negotiation import NegotiatedParameters, Negotiator
+from iscsi_conformance.core.pdu import PDU, LoginRequest, LoginResponse
+from iscsi_conformance.errors import AuthenticationError, LoginError, ProtocolError
 from iscsi_conformance.peers.base import ChapCredentials
 
 __all__ = [
     "DEFAULT_DISCOVERY_KEYS",
     "DEFAULT_KEYS",
     "LoginFlow",
+    "LoginHook",
     "LoginResult",
+    "LoginSend",
     "TargetRedirected",
     "describe_status",
 ]
+
+#: Rewrites an outgoing Login Request: a PDU (sent non-strictly unless it is the
+#: request itself), raw bytes, or None to drop it (which ends the login).
+LoginHook = Callable[[LoginRequest], "LoginRequest | bytes | None"]
 
 # What the reference initiator offers unless told otherwise. RFC defaults except a
 # larger MaxRecvDataSegmentLength (we can take it) and DefaultTime2Retain 0 (no
@@ -114,14 +127,55 @@ class LoginResult:
     authenticated: str = "None"  # AuthMethod used
 
 
+@dataclasses.dataclass(frozen=True)
+class LoginSend:
+    """One Login Request to put on the wire.
+
+    ``request`` is what the login built; ``wire`` what ``login_hook`` made of it
+    (``request`` itself without a hook): a PDU, raw bytes, or None (dropped).
+    """
+
+    request: LoginRequest
+    wire: LoginRequest | bytes | None
+
+    @property
+    def strict(self) -> bool:
+        """Encode strictly only what the login built itself."""
+        return self.wire is self.request
+
+
+# A connection joining a session declares no session-wide (leading-only) keys and no
+# SessionType (RFC 7143 12, "LO"; 13.21); the core would skip them, but a default that
+# is not offered should not sit in the local values either.
+_LEADING_ONLY_DEFAULTS = (
+    "MaxConnections",
+    "InitialR2T",
+    "ImmediateData",
+    "MaxBurstLength",
+    "FirstBurstLength",
+    "DefaultTime2Wait",
+    "DefaultTime2Retain",
+    "MaxOutstandingR2T",
+    "DataPDUInOrder",
+    "DataSequenceInOrder",
+    "ErrorRecoveryLevel",
+)
+
+
 class LoginFlow:
-    """Sans-IO initiator login on one connection.
+    """The reference initiator's login on one connection (sans-IO).
 
     ``keys`` override or extend :data:`DEFAULT_KEYS` (a value of None drops a default);
     ``chap_algorithms`` is the CHAP_A list we offer (RFC 7143 12.1.3: 5 MD5, 6 SHA-1,
-    7 SHA-256, 8 SHA3-256). ``rng(n)`` gives n random bytes (challenges). ``session``
-    is the leading connection's outcome when this connection joins an existing
-    session (``tsih`` non-zero).
+    7 SHA-256, 8 SHA3-256); ``auth_method`` overrides the AuthMethod offer (e.g.
+    ``"CHAP,None"``); ``skip_security`` starts in LoginOperationalNegotiation.
+    ``rng(n)`` gives n random bytes (challenges). ``session`` is the leading
+    connection's outcome when this connection joins an existing session (``tsih``
+    non-zero). ``login_hook`` may rewrite each request (see :class:`LoginSend`).
+
+    Use: ``start()`` gives the first :class:`LoginSend`; feed each PDU received to
+    :meth:`receive`, which gives the next :class:`LoginSend` or the
+    :class:`LoginResult`, or raises.
     """
 
     def __init__(
@@ -145,54 +199,21 @@ class LoginFlow:
         auth_method: str | None = None,
         skip_security: bool = False,
         session: NegotiatedParameters | None = None,
-        version: int = 0,
+        login_hook: LoginHook | None = None,
     ) -> None:
         if mutual_chap is not None and chap_credentials is None:
             raise ValueError("mutual CHAP needs CHAP credentials for the initiator too")
-        self.isid = isid
-        self.tsih = tsih
-        self.cid = cid
-        self.itt = itt
-        self.cmdsn = cmdsn
-        self.expstatsn = expstatsn
-        self.session_type = session_type
-        self.rng = rng
-        self.version = version
-        local: dict[str, str] = {"InitiatorName": initiator_name, "SessionType": session_type}
-        if session_type == "Normal" and target_name is not None:
-            local["TargetName"] = target_name
-        defaults = DEFAULT_KEYS if session_type == "Normal" else DEFAULT_DISCOVERY_KEYS
-        local.update(defaults)
-        local["AuthMethod"] = auth_method or ("CHAP" if chap_credentials else "None")
         leading = tsih == 0
+        local: dict[str, str | None] = dict(
+            DEFAULT_KEYS if session_type == "Normal" else DEFAULT_DISCOVERY_KEYS
+        )
         if not leading:
-            # A connection joining a session declares only connection-scope keys.
-            for key in ("MaxConnections", "InitialR2T", "ImmediateData", "MaxBurstLength",
-                        "FirstBurstLength", "DefaultTime2Wait", "DefaultTime2Retain",
-                        "MaxOutstandingR2T", "DataPDUInOrder", "DataSequenceInOrder",
-                        "ErrorRecoveryLevel", "SessionType"):  # fmt: skip
+            for key in _LEADING_ONLY_DEFAULTS:
                 local.pop(key, None)
-        for key, value in (keys or {}).items():
-            if value is None:
-                local.pop(key, None)
-            else:
-                local[key] = value
-        self.negotiator = Negotiator(
-            Role.INITIATOR,
-            local,
-            session_type,
-            leading=leading,
-            stage=LoginStage.SECURITY_NEGOTIATION,
-            session=session,
-        )
-        self.stage = (
-            LoginStage.LOGIN_OPERATIONAL_NEGOTIATION
-            if skip_security
-            else LoginStage.SECURITY_NEGOTIATION
-        )
-        self._chap: chap.ChapClient | None = None
-        if chap_credentials is not None and local["AuthMethod"].startswith("CHAP"):
-            self._chap = chap.ChapClient(
+        local.update(keys or {})
+        client: chap.ChapClient | None = None
+        if chap_credentials is not None:
+            client = chap.ChapClient(
                 chap.ChapCredentials(chap_credentials.user, chap_credentials.secret.encode()),
                 algorithms=[chap.ChapAlgorithm(a) for a in chap_algorithms],
                 target=(
@@ -203,180 +224,135 @@ class LoginFlow:
                 rng=rng,
                 policy=chap_policy or chap.ChapPolicy(),
             )
-        self._assembler = text.TextAssembler()
-        self._target_pairs: list[tuple[str, str]] = []
-        self._want_transit = False
-        self.auth_used = "None"
-        self.done = False
-        self.responses: list[LoginResponse] = []
-
-    # ------------------------------------------------------------------ building
-
-    def _request(
-        self, pairs: list[tuple[str, str]], *, transit: bool, nsg: int, cont: bool = False
-    ) -> LoginRequest:
-        self._want_transit = transit
-        return LoginRequest(
-            transit=transit,
-            cont=cont,
-            csg=self.stage,
-            nsg=nsg if transit else 0,
-            version_max=self.version,
-            version_min=self.version,
-            isid=self.isid,
-            tsih=self.tsih,
-            itt=self.itt,
-            cid=self.cid,
-            cmdsn=self.cmdsn,
-            expstatsn=self.expstatsn,
-            data=text.format_pairs(pairs, strict=False),
+        methods = (
+            auth_method.split(",")
+            if auth_method
+            else (["CHAP"] if chap_credentials is not None else ["None"])
+        )
+        self.login_hook = login_hook
+        self._hooked: list[LoginSend] = []
+        self._last_response: LoginResponse | None = None
+        self.login = InitiatorLogin(
+            initiator_name,
+            target_name if session_type == "Normal" else None,
+            session_type,
+            isid=isid,
+            tsih=tsih,
+            cid=cid,
+            keys={k: v for k, v in local.items() if v is not None},
+            chap=client,
+            rng=rng,
+            auth_methods=methods,
+            itt=itt,
+            cmdsn=cmdsn,
+            expstatsn=expstatsn,
+            session=session,
+            # The reference initiator always walks through SecurityNegotiation, even
+            # with AuthMethod=None, unless told to skip it (RFC 7143 6.3).
+            start_stage=OPERATIONAL if skip_security else SECURITY,
+            request_hook=self._apply_hook if login_hook is not None else None,
         )
 
-    def start(self) -> LoginRequest:
+    # ------------------------------------------------------------------ driving
+
+    def start(self) -> LoginSend:
         """The first Login Request."""
-        self.negotiator.stage = self.stage
-        pairs = self.negotiator.offer()
-        if self.stage == LoginStage.SECURITY_NEGOTIATION:
-            if self._chap is not None:
-                return self._request(pairs, transit=False, nsg=0)
-            return self._request(pairs, transit=True, nsg=LoginStage.LOGIN_OPERATIONAL_NEGOTIATION)
-        return self._request(pairs, transit=True, nsg=LoginStage.FULL_FEATURE_PHASE)
+        return self._next(self.login.start())
 
-    # ------------------------------------------------------------------ receiving
+    def receive(self, pdu: PDU) -> LoginSend | LoginResult:
+        """Consume one PDU from the target: the next request, or the login's result.
 
-    def receive(self, resp: LoginResponse) -> LoginRequest | LoginResult:
-        """Consume one Login Response: the next request, or the login's result."""
-        self.responses.append(resp)
-        # ExpStatSN follows the target's StatSN from the first response on (11.13.4).
-        self.expstatsn = (resp.statsn + 1) & 0xFFFFFFFF
-        if resp.status != 0:
-            self._fail(resp)
-        if resp.csg != self.stage:
+        Raises :class:`TargetRedirected`, :class:`AuthenticationError` or
+        :class:`LoginError`.
+        """
+        events = self.login.receive_pdu(pdu)
+        if not isinstance(pdu, LoginResponse):
             raise LoginError(
-                f"Login Response CSG {resp.csg} does not match the request's {int(self.stage)}",
-                section="RFC 7143 11.13.3",
-                login_status=LoginStatus.INITIATOR_ERROR,
-            )
-        if resp.isid != self.isid:
-            raise LoginError(
-                f"Login Response ISID {resp.isid:#014x} is not ours {self.isid:#014x}",
-                section="RFC 7143 11.13",
-                login_status=LoginStatus.INITIATOR_ERROR,
-            )
-        try:
-            pairs = self._assembler.feed(resp.data, resp.cont)
-        except NegotiationError as exc:
-            raise LoginError(f"bad text in Login Response: {exc}", section=exc.section) from exc
-        if pairs is None:
-            # More data to come: an empty request with T=0 asks for it (11.12.2).
-            return self._request([], transit=False, nsg=0)
-        self._target_pairs.extend(pairs)
-        if self.stage == LoginStage.SECURITY_NEGOTIATION:
-            return self._security(resp, pairs)
-        return self._operational(resp, pairs)
+                f"expected a Login Response, got {type(pdu).__name__}", section="RFC 7143 11.13"
+            ) from self.login.error
+        self._last_response = pdu
+        for event in events:
+            self._raise_for(event)
+            if isinstance(event, LoginCompleted):
+                return self._result(event)
+        return self._next(self.login.data_to_send())
 
-    def _fail(self, resp: LoginResponse) -> None:
-        status = resp.status
-        if resp.status_class == 1:
-            address = None
-            try:
-                for key, value in text.parse_pairs(resp.data):
-                    if key == "TargetAddress":
-                        address = value
-            except NegotiationError:
-                pass
-            raise TargetRedirected(status, address)
-        message = f"login failed: status {describe_status(status)}"
-        if status == LoginStatus.AUTH_FAILURE:
-            raise AuthenticationError(message, login_status=status)
-        raise LoginError(message, login_status=status)
+    def connection_lost(self) -> None:
+        """The transport closed during login (recorded in the core's history)."""
+        self.login.connection_lost()
 
-    def _security(
-        self, resp: LoginResponse, pairs: list[tuple[str, str]]
-    ) -> LoginRequest | LoginResult:
-        chap_pairs = [(k, v) for k, v in pairs if k.startswith("CHAP_")]
-        other = [(k, v) for k, v in pairs if not k.startswith("CHAP_")]
-        try:
-            answers = self.negotiator.respond(other)
-        except NegotiationError as exc:
+    def timed_out(self) -> None:
+        """The login timer fired (recorded in the core's history)."""
+        self.login.timed_out()
+
+    @property
+    def negotiator(self) -> Negotiator:
+        """The core's key negotiator (for tests that look inside)."""
+        return self.login.negotiator
+
+    # ------------------------------------------------------------------ hooks
+
+    def _apply_hook(self, request: LoginRequest) -> LoginRequest:
+        assert self.login_hook is not None
+        out = self.login_hook(request)
+        # The core goes on with the rewritten PDU, or with its own when the hook
+        # produced something that is not one.
+        self._hooked.append(LoginSend(request, out))
+        return out if isinstance(out, LoginRequest) else request
+
+    def _next(self, queued: list[LoginRequest]) -> LoginSend:
+        if len(queued) != 1:  # the core answers each response with one request
+            raise AssertionError(f"expected one Login Request to send, got {len(queued)}")
+        pdu = queued[0]
+        hooked, self._hooked = self._hooked, []
+        for sent in hooked:
+            if sent.wire is pdu or sent.request is pdu:
+                return sent
+        # Not offered to request_hook by the core (the empty request that asks for
+        # the rest of a C=1 response): the hook still sees every request.
+        if self.login_hook is not None:
+            return LoginSend(pdu, self.login_hook(pdu))
+        return LoginSend(pdu, pdu)
+
+    # ------------------------------------------------------------------ events
+
+    def _raise_for(self, event: Event) -> None:
+        if isinstance(event, LoginRedirected):
+            raise TargetRedirected(event.status, event.address)
+        if not isinstance(event, LoginFailed):
+            return
+        if event.status is not None:
+            message = f"login failed: status {describe_status(event.status)}"
+            if event.status == LoginStatus.AUTH_FAILURE:
+                raise AuthenticationError(message, login_status=event.status)
+            raise LoginError(message, login_status=event.status)
+        rsp = self._last_response
+        if rsp is not None and rsp.status_class == 1:
+            # A redirection we could not read (no or bad TargetAddress, RFC 7143 13.8):
+            # still a redirection, without an address to follow.
+            raise TargetRedirected(rsp.status, None) from event.error
+        exc = event.error
+        if isinstance(exc, LoginError):
+            raise exc
+        if isinstance(exc, ProtocolError):
             raise LoginError(
-                exc.message, section=exc.section, login_status=exc.login_status
+                exc.message,
+                section=exc.section,
+                level=exc.level,
+                login_status=getattr(exc, "login_status", LoginStatus.INITIATOR_ERROR),
             ) from exc
-        method = self.negotiator.values.get("AuthMethod")
-        if method is not None:
-            self.auth_used = method
-        out: list[tuple[str, str]] = list(answers)
-        if self._chap is not None and not self._chap.done:
-            if self._chap.state is chap.ClientState.START:
-                if method != "CHAP":
-                    got = method or self.negotiator.special_answers.get("AuthMethod")
-                    raise AuthenticationError(f"target answered AuthMethod={got} to our CHAP offer")
-                out += self._chap.start()  # CHAP_A
-                return self._request(out, transit=False, nsg=0)
-            out += self._chap.receive(dict(chap_pairs))
-            if self._chap.state is chap.ClientState.WAIT_CONFIRM:
-                # CHAP_N/CHAP_R sent: ask to move on (RFC 7143 12.1.3, 6.3)
-                return self._request(
-                    out, transit=True, nsg=LoginStage.LOGIN_OPERATIONAL_NEGOTIATION
-                )
-        elif chap_pairs:
-            raise AuthenticationError(
-                f"unexpected CHAP keys {[k for k, _ in chap_pairs]} from the target"
-            )
-        if resp.transit:
-            return self._enter(resp.nsg, out)
-        # Target stays in the security stage: repeat our wish to move on.
-        return self._request(out, transit=True, nsg=LoginStage.LOGIN_OPERATIONAL_NEGOTIATION)
+        raise LoginError(f"login failed: {event.reason}")
 
-    def _enter(self, nsg: int, out: list[tuple[str, str]]) -> LoginRequest | LoginResult:
-        if nsg == LoginStage.LOGIN_OPERATIONAL_NEGOTIATION:
-            self.stage = LoginStage.LOGIN_OPERATIONAL_NEGOTIATION
-            self.negotiator.stage = self.stage
-            out = out + self.negotiator.offer()
-            return self._request(out, transit=True, nsg=LoginStage.FULL_FEATURE_PHASE)
-        if nsg == LoginStage.FULL_FEATURE_PHASE:
-            return self._finish()
-        raise LoginError(f"target transits to reserved stage {nsg}", section="RFC 7143 11.13.3")
-
-    def _operational(
-        self, resp: LoginResponse, pairs: list[tuple[str, str]]
-    ) -> LoginRequest | LoginResult:
-        try:
-            answers = self.negotiator.respond(pairs)
-        except NegotiationError as exc:
-            raise LoginError(
-                exc.message, section=exc.section, login_status=exc.login_status
-            ) from exc
-        if resp.transit:
-            if resp.nsg != LoginStage.FULL_FEATURE_PHASE:
-                raise LoginError(
-                    f"target transits from stage 1 to {resp.nsg}", section="RFC 7143 11.13.3"
-                )
-            if not self._want_transit:
-                raise LoginError("target set T=1 though we did not", section="RFC 7143 11.13.3")
-            if answers:
-                # RFC 7143 6.2: the target cannot end the negotiation with offers of its own
-                # outstanding; say so rather than enter FFP with unanswered keys.
-                raise LoginError(
-                    f"target offered {[k for k, _ in answers]} in its final Login Response",
-                    section="RFC 7143 6.2",
-                )
-            return self._finish(resp)
-        return self._request(list(answers), transit=True, nsg=LoginStage.FULL_FEATURE_PHASE)
-
-    def _finish(self, resp: LoginResponse | None = None) -> LoginResult:
-        resp = resp or self.responses[-1]
-        self.done = True
-        negotiated = self.negotiator.result()
+    def _result(self, done: LoginCompleted) -> LoginResult:
         return LoginResult(
-            negotiated=negotiated,
-            tsih=resp.tsih,
-            isid=self.isid,
-            cid=self.cid,
-            cmdsn=self.cmdsn,
-            statsn=resp.statsn,
-            expcmdsn=resp.expcmdsn,
-            maxcmdsn=resp.maxcmdsn,
-            target_pairs=tuple(self._target_pairs),
-            authenticated=self.auth_used,
+            negotiated=done.parameters,
+            tsih=done.tsih,
+            isid=done.isid,
+            cid=done.cid,
+            cmdsn=done.cmdsn,
+            statsn=done.statsn,
+            expcmdsn=done.expcmdsn,
+            maxcmdsn=done.maxcmdsn,
+            target_pairs=tuple(self.login.received),
+            authenticated=done.parameters.auth_method or "None",
         )

@@ -7,9 +7,9 @@ or plain bytes; :meth:`RawConnection.recv` reads one PDU with a timeout;
 Everything is recorded in the connection's :class:`~.trace.PDUTrace`.
 
 To probe full-feature phase without writing a login by hand, :meth:`RawConnection.login`
-runs the reference login (same :class:`~.login_flow.LoginFlow` as ``Session``) and then
-hands control back; from there the connection only *tracks* numbers, it never answers
-anything by itself: ``expstatsn`` follows the StatSN of status-bearing PDUs
+runs the reference login (the same :class:`~.login_flow.LoginFlow` over ``core.login``
+as ``Session``) and then hands control back; from there the connection only *tracks*
+numbers, it never answers anything by itself: ``expstatsn`` follows the StatSN of status-bearing PDUs
 (RFC 7143 4.2.2.2), ``expcmdsn``/``maxcmdsn`` the window (4.2.2.1), and
 :meth:`next_cmdsn` / :meth:`next_itt` hand out numbers. :meth:`build` fills the
 ITT, CmdSN and ExpStatSN of a PDU the test constructs, unless the test set them.
@@ -28,7 +28,6 @@ from iscsi_conformance.core.pdu import (
     PDU,
     R2T,
     AsyncMessage,
-    LoginRequest,
     LoginResponse,
     LogoutResponse,
     NopIn,
@@ -46,7 +45,7 @@ from iscsi_conformance.peers.base import ChapCredentials
 
 from .client import DEFAULT_INITIATOR_NAME, ResponseTimeout
 from .engine import NONE_TAG, make_isid
-from .login_flow import LoginFlow, LoginResult
+from .login_flow import LoginFlow, LoginHook, LoginResult, LoginSend
 from .trace import PDUTrace
 from .url import format_hostport
 from .wire import ConnectionClosed, decode_raw, open_connection, read_raw_pdu
@@ -291,7 +290,7 @@ class RawConnection:
         keys: Mapping[str, str | None] | None = None,
         session_type: str = "Normal",
         skip_security: bool = False,
-        login_hook: Callable[[LoginRequest], LoginRequest | bytes | None] | None = None,
+        login_hook: LoginHook | None = None,
     ) -> LoginResult:
         """A normal login; afterwards digests are on as negotiated and the numbers
         (``expstatsn``, ``cmdsn``, window) are ready for full-feature PDUs."""
@@ -314,17 +313,20 @@ class RawConnection:
             mutual_chap=mutual_chap,
             chap_algorithms=chap_algorithms,
             skip_security=skip_security,
+            login_hook=login_hook,
         )
-        request: LoginRequest | LoginResult = flow.start()
-        while isinstance(request, LoginRequest):
-            out: Any = login_hook(request) if login_hook is not None else request
-            if out is None:
+        step: LoginSend | LoginResult = flow.start()
+        while isinstance(step, LoginSend):
+            if step.wire is None:
                 raise LoginError("login_hook dropped the Login Request")
-            await self.send(out, strict=out is request)
-            resp = await self.recv()
-            if not isinstance(resp, LoginResponse):
-                raise LoginError(f"expected a Login Response, got {type(resp).__name__}")
-            request = flow.receive(resp)
+            await self.send(step.wire, strict=step.strict)
+            try:
+                pdu = await self.recv()
+            except ConnectionClosed:
+                flow.connection_lost()
+                raise
+            step = flow.receive(pdu)
+        request = step
         self.login_result = request
         self.tsih = request.tsih
         self.cmdsn = request.cmdsn

@@ -17,34 +17,21 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from iscsi_conformance.errors import PeerStartError
 from iscsi_conformance.peers.base import Manifest, Mode, TargetDriver, TargetEndpoint, TargetSpec
+from iscsi_conformance.peers.registry import register_target
 
 _KIND = {"HeaderDigest", "DataDigest"}
 
 
 def load_manifest() -> Manifest:
-    """targets/reference/manifest.toml, from the source tree or the installed wheel."""
-    here = Path(__file__).resolve()
-    candidates = [
-        here.parents[3] / "targets" / "reference" / "manifest.toml",
-        here.parents[1] / "_peers" / "targets" / "reference" / "manifest.toml",
-    ]
-    for path in candidates:
-        if path.exists():
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-            return Manifest(
-                name=raw.get("name", "reference"),
-                role="target",
-                description=raw.get("description", ""),
-                capabilities=raw.get("capabilities", {}),
-                deviations=raw.get("deviations", []),
-            )
-    return Manifest(name="reference", role="target")
+    """targets/reference/manifest.toml (source tree, wheel, or $ISCSI_CONFORMANCE_PEERS_DIR)."""
+    from iscsi_conformance.peers.manifest import load_peer_manifest
+
+    return load_peer_manifest("target", "reference")
 
 
 def _free_port(host: str) -> int:
@@ -65,21 +52,24 @@ def _toml_value(v: Any) -> str:
     return f'"{s}"'
 
 
+@register_target("reference")
 class ReferenceTargetDriver(TargetDriver):
     """The reference target as a peer (``mode`` "embedded" or "native")."""
 
     name = "reference"
+    modes = ("embedded", "native")
 
     def __init__(
         self,
         manifest: Manifest | None = None,
         *,
-        mode: Mode = "embedded",
+        mode: Mode | None = "embedded",
         host: str = "127.0.0.1",
         port: int | None = None,
         workdir: Path | None = None,
     ) -> None:
         super().__init__(manifest or load_manifest())
+        mode = mode or "embedded"
         if mode not in ("embedded", "native"):
             raise ValueError(f"mode {mode!r}: the reference target runs embedded or native")
         self.mode = mode
@@ -124,8 +114,20 @@ class ReferenceTargetDriver(TargetDriver):
         for creds in (spec.chap, spec.mutual_chap):
             if creds is not None:
                 self.log.secrets.add(creds.secret)
+        previous = self.specs.get(spec.iqn)
         self._halt()
-        self._launch()
+        try:
+            self._launch()
+        except PeerStartError:
+            # Keep serving what was configured before (the pool goes on with the
+            # other profiles after one it cannot serve).
+            if previous is None:
+                del self.specs[spec.iqn]
+            else:
+                self.specs[spec.iqn] = previous
+            if self.specs:
+                self._launch()
+            raise
         assert self.port is not None
         return TargetEndpoint(
             host=self.host,
@@ -171,6 +173,9 @@ class ReferenceTargetDriver(TargetDriver):
                 "DataDigest": list(spec.data_digest),
             }
             for k, v in spec.parameters:
+                if k == "CHAP_A":  # the CHAP algorithms this target accepts
+                    lines.append(f"chap_algorithms = [{', '.join(x.strip() for x in v.split(','))}]")
+                    continue
                 params[k] = int(v) if v.isdigit() else (v == "Yes" if v in ("Yes", "No") else v)
             lines.append(
                 "parameters = { "

@@ -161,6 +161,8 @@ class TargetConfig:
     redirect: RedirectConfig | None = None
     # Keys we declare/offer during login (RFC 7143 13); strings as on the wire.
     parameters: dict[str, str] = dataclasses.field(default_factory=dict)
+    # CHAP_A values we accept (RFC 7143 12.1.3): 5 MD5, 6 SHA-1, 7 SHA-256, 8 SHA3-256.
+    chap_algorithms: tuple[int, ...] = (5, 6, 7, 8)
     # Cap on the Data-In / text segments *we send*, independent of what the initiator
     # declares (RFC 7143 13.12 lets us send less): lets a test drive asymmetric limits.
     max_send_data_segment_length: int | None = None
@@ -334,6 +336,7 @@ def _target(value: Any, field: str, base: Path | None, tags: set[int]) -> Target
             "redirect",
             "parameters",
             "max_send_data_segment_length",
+            "chap_algorithms",
         },
         field,
     )
@@ -403,8 +406,17 @@ def _target(value: Any, field: str, base: Path | None, tags: set[int]) -> Target
             512,
             2**24 - 1,
         )
+    algs: tuple[int, ...] = (5, 6, 7, 8)
+    if "chap_algorithms" in t:
+        raw = t["chap_algorithms"]
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError(
+                "must be a non-empty list like [5, 7]", field=f"{field}.chap_algorithms"
+            )
+        algs = tuple(_int(a, f"{field}.chap_algorithms[{i}]", 5, 8) for i, a in enumerate(raw))
     return TargetConfig(
         name=name,
+        chap_algorithms=algs,
         luns=luns,
         alias=_str(t["alias"], f"{field}.alias") if "alias" in t else None,
         portal_groups=tuple(groups),

@@ -274,6 +274,7 @@ class Session:
         self.closed = False
         self.nexus = None
         self.initiator_alias: str | None = None
+        self.negotiated: Any = None  # core.negotiation.NegotiatedParameters of the login
         if target is not None:
             self.nexus = engine.make_nexus(initiator_name, isid, target.config.name, tpgt)
 
@@ -324,10 +325,14 @@ class TargetEngine:
         rng: Callable[[int], bytes],
         cmd_window: int = DEFAULT_CMD_WINDOW,
         nexus_factory: Callable[[str, int, str, int], Any] | None = None,
+        login_impl: str = "local",
     ) -> None:
         self.config = config
         self.rng = rng
         self.cmd_window = cmd_window
+        # "local": login_flow.py (default); "core": core.login.TargetLogin via
+        # login_core.py (gaps listed in docs/target-config.md).
+        self.login_impl = login_impl
         self.targets: dict[str, TargetState] = {
             t.name: TargetState(t, lus.get(t.name, {})) for t in config.targets
         }
@@ -579,10 +584,17 @@ class Connection:
         self._ping_ttt: int | None = None
         self._ping_sent = 0.0
         self._last_ping = now
-        self._text_pending: dict[int, tuple[int, list[bytes]]] = {}  # itt -> (ttt, rest)
-        from iscsi_conformance.target.login_flow import TargetLoginFlow
+        # Text exchanges in progress: itt -> (ttt, answer chunks still to send, or the
+        # TextAssembler of a request still arriving with C=1).
+        self._text_pending: dict[int, tuple[int, Any]] = {}
+        if engine.login_impl == "core":
+            from iscsi_conformance.target.login_core import CoreLoginFlow
 
-        self.login = TargetLoginFlow(self)
+            self.login: Any = CoreLoginFlow(self)
+        else:
+            from iscsi_conformance.target.login_flow import TargetLoginFlow
+
+            self.login = TargetLoginFlow(self)
 
     def __repr__(self) -> str:
         return f"Connection(peer={self.peer!r}, cid={self.cid}, state={self.state.name})"
@@ -1187,10 +1199,22 @@ class Connection:
         if s is not None:
             s.tasks.pop(task.itt, None)
             s.release_budget(task)
-        if report_luns_ok and task.cdb[0] == 0xA0 and task.lun == 0:
-            # REPORT LUNS through LUN 0 even without a LUN 0 (SPC-4 6.33).
-            self._complete(task, ScsiStatus.GOOD, b"", _report_luns(self, task.cdb))
-            return
+        if report_luns_ok:
+            op = task.cdb[0]
+            if op == 0xA0 and task.lun == 0:
+                # REPORT LUNS through LUN 0 even without a LUN 0 (SPC-4 6.33).
+                self._complete(task, ScsiStatus.GOOD, b"", _report_luns(self, task.cdb))
+                return
+            if op == 0x12:
+                # INQUIRY to a LUN that is not there succeeds with peripheral qualifier
+                # 011b, device type 1Fh (SPC-4 6.6.2, 6.4.2).
+                self._complete(task, ScsiStatus.GOOD, b"", _inquiry_no_lu(task.cdb))
+                return
+            if op == 0x03:
+                # REQUEST SENSE reports LOGICAL UNIT NOT SUPPORTED with GOOD status
+                # (SPC-4 6.39, SAM-5 5.9.6).
+                self._complete(task, ScsiStatus.GOOD, b"", _request_sense_no_lu(task.cdb))
+                return
         self._respond(task, ScsiStatus.CHECK_CONDITION, sense)
 
     def _complete(self, task: Task, status: int, sense: bytes, data: bytes) -> None:
@@ -1407,25 +1431,50 @@ class Connection:
         self._order(pdu, self._text)
 
     def _text(self, pdu: P.TextRequest) -> None:
+        """A Text Request (RFC 7143 11.10): C-bit continuation of the request, the
+        answer split to our send limit with a TTT, SendTargets, FFP negotiation."""
         from iscsi_conformance.core import text as T
 
         s = self.session
         assert s is not None
-        if pdu.ttt != NONE_TAG:
-            pending = self._text_pending.get(pdu.itt)
-            if pending is None or pending[0] != pdu.ttt:
-                self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
-                return
-            ttt, rest = pending
-            self._send_text_chunk(pdu, ttt, rest)
-            return
-        self._text_pending.pop(pdu.itt, None)
-        try:
-            pairs = T.parse_pairs(pdu.data)
-        except ProtocolError:
+        if pdu.itt == NONE_TAG or (pdu.final and pdu.cont):
+            # ITT 0xffffffff is reserved; F and C together are a protocol error (11.10.2).
             self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
             return
+        exchange = self._text_pending.get(pdu.itt)
+        if pdu.ttt != NONE_TAG:
+            if exchange is None or exchange[0] != pdu.ttt:
+                self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
+                return
+            ttt, rest = exchange
+            if isinstance(rest, list):  # the initiator asks for more of our answer
+                self._send_text_chunk(pdu, ttt, rest)
+                return
+            assembler = rest
+        else:
+            # TTT 0xffffffff starts a new exchange and drops any unfinished one (11.10.4).
+            self._text_pending.pop(pdu.itt, None)
+            assembler = T.TextAssembler()
+        try:
+            pairs = assembler.feed(pdu.data, pdu.cont)
+        except ProtocolError:
+            self._text_pending.pop(pdu.itt, None)
+            self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+            return
+        if pairs is None:
+            # More request text follows: an empty answer with a TTT asks for it (11.11.2).
+            ttt = (
+                exchange[0]
+                if exchange is not None and pdu.ttt != NONE_TAG
+                else self.engine.alloc_ttt()
+            )
+            self._keep_text(pdu.itt, (ttt, assembler))
+            self._emit(P.TextResponse(final=False, cont=False, lun=pdu.lun, itt=pdu.itt, ttt=ttt,
+                                      statsn=self.next_statsn(), expcmdsn=s.expcmdsn,
+                                      maxcmdsn=s.maxcmdsn))  # fmt: skip
+            return
         answer: list[tuple[str, str]] = []
+        other: list[tuple[str, str]] = []
         for key, value in pairs:
             if key == "SendTargets":
                 if s.session_type is SessionType.NORMAL and value not in ("", s.target_name):
@@ -1433,20 +1482,38 @@ class Connection:
                     continue
                 answer.extend(self.engine.send_targets(s, value, self.portal_group, self.local))
             else:
-                answer.extend(self.login.ffp_text_key(key, value))
+                other.append((key, value))
+        if other:
+            answer.extend(self.login.ffp_text_keys(other))
+            self._apply_ffp_declarations()
         body = T.format_pairs(answer, strict=False) if answer else b""
         chunks = [body[i : i + self.max_send] for i in range(0, len(body), self.max_send)] or [b""]
         ttt = self.engine.alloc_ttt() if len(chunks) > 1 else NONE_TAG
         self._send_text_chunk(pdu, ttt, chunks)
+
+    def _apply_ffp_declarations(self) -> None:
+        """A MaxRecvDataSegmentLength declared in full feature phase applies from now
+        on to what we send (RFC 7143 6.4, 13.12)."""
+        neg = self.login.neg
+        if neg is None:
+            return
+        value = neg.peer_declared.get("MaxRecvDataSegmentLength")
+        if value is not None and value.isdigit():
+            target = self.session.target if self.session else None
+            limit = target.config.max_send_data_segment_length if target else None
+            self.max_send = min(int(value), limit or 1 << 24)
+
+    def _keep_text(self, itt: int, state: tuple[int, Any]) -> None:
+        if itt not in self._text_pending and len(self._text_pending) >= MAX_TEXT_PENDING:
+            self._text_pending.pop(next(iter(self._text_pending)))
+        self._text_pending[itt] = state
 
     def _send_text_chunk(self, pdu: P.TextRequest, ttt: int, chunks: list[bytes]) -> None:
         s = self.session
         assert s is not None
         first, rest = chunks[0], chunks[1:]
         if rest:
-            if len(self._text_pending) >= MAX_TEXT_PENDING:
-                self._text_pending.pop(next(iter(self._text_pending)))
-            self._text_pending[pdu.itt] = (ttt, rest)
+            self._keep_text(pdu.itt, (ttt, rest))
         else:
             self._text_pending.pop(pdu.itt, None)
         self._emit(
@@ -1628,6 +1695,25 @@ def _data_out_length(lu: Any, cdb: bytes) -> int | None:
         return int(fn(cdb))
     except Exception:
         return None
+
+
+def _inquiry_no_lu(cdb: bytes) -> bytes:
+    """INQUIRY data for an unsupported LUN: qualifier 011b, type 1Fh (SPC-4 6.6.2)."""
+    alloc = int.from_bytes(cdb[3:5], "big")
+    if cdb[1] & 0x01:  # EVPD: just the page header, no page contents
+        return bytes([0x7F, cdb[2], 0, 0])[:alloc]
+    data = bytes([0x7F, 0, 0x06, 0x02, 31, 0, 0, 0]) + b"ISCSICNF" + b"NO LOGICAL UNIT " + b"0001"
+    return data[:alloc]
+
+
+def _request_sense_no_lu(cdb: bytes) -> bytes:
+    """REQUEST SENSE parameter data: ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED."""
+    alloc = cdb[4]
+    if cdb[1] & 0x01:  # DESC: descriptor format (SPC-4 4.5.2)
+        data = bytes([0x72, _SENSE_KEY_ILLEGAL_REQUEST, 0x25, 0x00, 0, 0, 0, 0])
+    else:
+        data = SENSE_LUN_NOT_SUPPORTED
+    return data[:alloc]
 
 
 def _report_luns(conn: Connection, cdb: bytes) -> bytes:

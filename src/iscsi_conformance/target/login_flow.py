@@ -18,15 +18,23 @@ only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from iscsi_conformance.core import naming
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core import text as T
-from iscsi_conformance.core.chap import ChapAuthenticator
+from iscsi_conformance.core.chap import ChapAlgorithm, ChapAuthenticator
 from iscsi_conformance.core.chap import ChapCredentials as _Creds
 from iscsi_conformance.core.codes import LoginStage, LoginStatus
 from iscsi_conformance.core.negotiation import NegotiatedParameters, Negotiator, OutOfRange, Role
-from iscsi_conformance.errors import ConfigError, LoginError, NegotiationError, ProtocolError
+from iscsi_conformance.errors import (
+    ConfigError,
+    LoginError,
+    NamingError,
+    NegotiationError,
+    ProtocolError,
+)
 from iscsi_conformance.target.config import ChapConfig
 
 if TYPE_CHECKING:
@@ -187,6 +195,13 @@ class TargetLoginFlow:
             # More of this request's text follows: an empty answer asks for it (6.1).
             self._respond(req, transit=False, nsg=0)
             return
+        names = [k for k, _ in pairs]
+        if len(set(names)) != len(names):
+            # A key may appear once per negotiation step (RFC 7143 6.2).
+            dup = next(k for k in names if names.count(k) > 1)
+            raise LoginRefused(
+                f"key {dup} sent twice", LoginStatus.INITIATOR_ERROR, section="RFC 7143 6.2"
+            )
         if self.neg is None:
             self._start(req, pairs)
         neg = self.neg
@@ -242,6 +257,11 @@ class TargetLoginFlow:
             raise LoginRefused(
                 "InitiatorName missing (RFC 7143 13.5)", LoginStatus.MISSING_PARAMETER
             )
+        try:
+            naming.validate(name)
+        except NamingError as exc:
+            # A malformed InitiatorName is an initiator error (RFC 7143 4.2.7, 13.5).
+            raise LoginRefused(str(exc), LoginStatus.INITIATOR_ERROR, section=exc.section) from None
         self.initiator_name = name
         stype = keys.get("SessionType", "Normal")
         if stype not in ("Normal", "Discovery"):
@@ -324,7 +344,7 @@ class TargetLoginFlow:
                 stype,
                 leading=self.existing is None,
                 session=self.existing.negotiated if self.existing else None,  # type: ignore[attr-defined]
-                out_of_range=OutOfRange.CLAMP,
+                out_of_range=OutOfRange.REJECT,  # out-of-range offers are answered Reject (6.2.2)
                 strict_stages=False,
             )
         except ConfigError as exc:  # a bad configured key: our fault, not the peer's
@@ -343,7 +363,10 @@ class TargetLoginFlow:
                     raise LoginRefused("CHAP required", LoginStatus.AUTH_FAILURE)
                 self.auth_method = "CHAP"
                 out.append(("AuthMethod", "CHAP"))
-                self.chap = _authenticator(self.auth_needed, self.mutual, self.engine.rng)
+                algorithms = self.target.config.chap_algorithms if self.target else (5, 6, 7, 8)
+                self.chap = _authenticator(
+                    self.auth_needed, self.mutual, self.engine.rng, algorithms
+                )
             else:
                 if "None" in offered:
                     self.auth_method = "None"
@@ -451,17 +474,28 @@ class TargetLoginFlow:
 
     # ------------------------------------------------------------------ FFP text keys
 
-    def ffp_text_key(self, key: str, value: str) -> list[tuple[str, str]]:
-        """Answer a key other than SendTargets in a full-feature Text Request."""
+    def ffp_text_keys(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Answer the keys (other than SendTargets) of a full-feature Text Request:
+        a new negotiation sequence (RFC 7143 6.4)."""
         neg = self.neg
         if neg is None:
-            return [(key, T.NOT_UNDERSTOOD)]
+            return [(k, T.NOT_UNDERSTOOD) for k, _ in pairs]
         neg.stage = LoginStage.FULL_FEATURE_PHASE
         neg.begin_sequence()
-        try:
-            return neg.respond([(key, value)])
-        except NegotiationError:
-            return [(key, T.REJECT)]
+        rejected: list[tuple[str, str]] = []
+        for _ in range(len(pairs) + 1):
+            try:
+                answer = neg.respond(pairs)
+            except NegotiationError as exc:
+                # A key that may not be negotiated now (or a bad value): Reject it and
+                # answer the others.
+                bad = exc.key if exc.key in {k for k, _ in pairs} else pairs[0][0]
+                rejected.append((bad, T.REJECT))
+                pairs = [(k, v) for k, v in pairs if k != bad]
+                neg.begin_sequence()
+                continue
+            return rejected + answer
+        return rejected
 
 
 def _declare(neg: Negotiator) -> list[tuple[str, str]]:
@@ -481,12 +515,18 @@ def _declare(neg: Negotiator) -> list[tuple[str, str]]:
     return out
 
 
-def _authenticator(one_way: ChapConfig, mutual: ChapConfig | None, rng) -> ChapAuthenticator:
+def _authenticator(
+    one_way: ChapConfig,
+    mutual: ChapConfig | None,
+    rng: Callable[[int], bytes],
+    algorithms: tuple[int, ...] = (5, 6, 7, 8),
+) -> ChapAuthenticator:
     """CHAP authenticator for one initiator user; secrets stay out of every log."""
     user, secret = one_way.user, one_way.secret.encode()
     return ChapAuthenticator(
         lambda name: secret if name == user else None,
         rng=rng,
+        algorithms=[ChapAlgorithm(a) for a in algorithms],
         credentials=_Creds(mutual.user, mutual.secret.encode()) if mutual else None,
     )
 
