@@ -47,8 +47,15 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port}")
 
 
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process (all its threads), in clock ticks (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 @contextlib.contextmanager
-def reference_target(size: str) -> Iterator[str]:
+def reference_target(size: str) -> Iterator[tuple[str, int]]:
     port = free_port()
     cmd = [
         sys.executable,
@@ -66,7 +73,7 @@ def reference_target(size: str) -> Iterator[str]:
         line = proc.stdout.readline() if proc.stdout else ""
         if "listening on" not in line:
             raise RuntimeError(f"reference target did not start: {line}")
-        yield f"iscsi://127.0.0.1:{port}/{IQN_REF}/0"
+        yield f"iscsi://127.0.0.1:{port}/{IQN_REF}/0", proc.pid
     finally:
         proc.terminate()
         try:
@@ -76,7 +83,7 @@ def reference_target(size: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def tgt_target(size_bytes: int) -> Iterator[str]:
+def tgt_target(size_bytes: int) -> Iterator[tuple[str, int]]:
     if shutil.which("tgtd") is None:
         raise RuntimeError("tgtd not installed (apt-get install tgt)")
     port, control = free_port(), free_port() % 1000 + 10000
@@ -105,7 +112,7 @@ def tgt_target(size_bytes: int) -> Iterator[str]:
         adm("--op", "new", "--mode", "target", "--tid", "1", "-T", IQN_TGT)
         adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", backing)
         adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
-        yield f"iscsi://127.0.0.1:{port}/{IQN_TGT}/1"
+        yield f"iscsi://127.0.0.1:{port}/{IQN_TGT}/1", proc.pid
     finally:
         proc.terminate()
         try:
@@ -146,34 +153,54 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(x) for x in args.sizes.split(",")]
     size_bytes = int(args.lun_size.rstrip("M")) << 20
     runs: dict[str, dict[int, list[tuple[int, int]]]] = {"reference": {}, "tgt": {}}
-    with reference_target(args.lun_size) as ref_url, tgt_target(size_bytes) as tgt_url:
+    cpu: dict[str, dict[int, list[float]]] = {"reference": {}, "tgt": {}}
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    with (
+        reference_target(args.lun_size) as (ref_url, ref_pid),
+        tgt_target(size_bytes) as (tgt_url, tgt_pid),
+    ):
         for rnd in range(args.rounds):
             for size in sizes:
                 # Alternate the two (and who goes first) so drift in the machine's
                 # load hits both alike; report the median of the rounds.
-                order = [("tgt", tgt_url), ("reference", ref_url)]
+                order = [("tgt", tgt_url, tgt_pid), ("reference", ref_url, ref_pid)]
                 if rnd % 2:
                     order.reverse()
-                for name, url in order:
+                for name, url, pid in order:
+                    before = cpu_ticks(pid)
                     got = iscsi_perf(url, size, args.depth, args.seconds)
+                    used = (cpu_ticks(pid) - before) * tick_us
                     runs[name].setdefault(size, []).append(got)
-    results = {
-        name: {size: sorted(v)[len(v) // 2] for size, v in per.items()}
-        for name, per in runs.items()
-    }
+                    # The target's own CPU time per I/O: less distorted than IOPS by
+                    # other load on a shared machine.
+                    cpu[name].setdefault(size, []).append(used / max(1, got[0] * args.seconds))
+
+    def median(v: list) -> object:  # type: ignore[type-arg]
+        return sorted(v)[len(v) // 2]
+
+    results = {n: {sz: median(v) for sz, v in per.items()} for n, per in runs.items()}
+    cpu_med = {n: {sz: median(v) for sz, v in per.items()} for n, per in cpu.items()}
     print(
         f"iscsi-perf READ, {args.depth} in flight, {args.seconds} s each, median of {args.rounds} rounds"
     )
-    print(
-        f"{'size':>8} {'tgt IOPS':>10} {'tgt MB/s':>9} {'ref IOPS':>10} {'ref MB/s':>9} {'ratio':>6}"
-    )
+    head = f"{'size':>8} {'tgt IOPS':>10} {'tgt MB/s':>9} {'ref IOPS':>10} {'ref MB/s':>9} {'ratio':>6}"
+    print(head + f" {'tgt us/IO':>10} {'ref us/IO':>10}")
     for size in sizes:
-        ti, tm = results["tgt"][size]
-        ri, rm = results["reference"][size]
+        ti, tm = results["tgt"][size]  # type: ignore[misc]
+        ri, rm = results["reference"][size]  # type: ignore[misc]
         ratio = ri / ti if ti else float("nan")
-        print(f"{size:>8} {ti:>10} {tm:>9} {ri:>10} {rm:>9} {ratio:>6.2f}")
+        line = f"{size:>8} {ti:>10} {tm:>9} {ri:>10} {rm:>9} {ratio:>6.2f}"
+        print(line + f" {cpu_med['tgt'][size]:>10.1f} {cpu_med['reference'][size]:>10.1f}")
+    print("us/IO: CPU time the target process spent per I/O (user + system, all threads)")
     if args.json:
-        print(json.dumps({k: {str(s): v for s, v in d.items()} for k, d in runs.items()}))
+        print(
+            json.dumps(
+                {
+                    "runs": {k: {str(s): v for s, v in d.items()} for k, d in runs.items()},
+                    "cpu_us_per_io": {k: {str(s): v for s, v in d.items()} for k, d in cpu.items()},
+                }
+            )
+        )
     return 0
 
 

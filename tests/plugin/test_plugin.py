@@ -153,3 +153,25 @@ def test_leak(pairing, evidence):
     pytester.runpytest("-q", "--iscsi-report", "out")
     for name in ("results.json", "index.html", "junit.xml"):
         assert "sup3r-s3cret-value" not in (pytester.path / "out" / name).read_text(), name
+
+
+def test_xdist_shares_the_controllers_peers(pytester: pytest.Pytester) -> None:
+    """Under pytest-xdist the controller starts the reference target once; workers
+    attach to its endpoints (``workerinput``) and the results merge into one report."""
+    from pathlib import Path
+
+    suite = Path(__file__).resolve().parents[2] / "conformance" / "login" / "test_stages.py"
+    pytester.makeconftest(
+        "def pytest_configure(config):\n"
+        "    wi = getattr(config, 'workerinput', None)\n"
+        "    if wi is not None:\n"
+        "        assert 'iscsi_peers' in wi, 'the controller did not hand its peers to the worker'\n"
+        "        assert wi['iscsi_peers']['targets']['reference']['endpoints']['default']['port'] > 0\n"
+    )
+    result = pytester.runpytest(str(suite), "-n", "2", "--import-mode=importlib", "--iscsi-target", "reference",
+                                "--iscsi-report", "out", "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    doc = json.loads((pytester.path / "out" / "results.json").read_text())
+    assert len(doc["tests"]) >= 15
+    assert {t["pairing"] for t in doc["tests"]} == {"reference×reference"}
+    assert [p["name"] for p in doc["peers"] if p["role"] == "target"] == ["reference"]

@@ -86,7 +86,12 @@ class Harness:
     """Engine + one connection, fed encoded PDUs, answering with decoded PDUs."""
 
     def __init__(
-        self, params: list[tuple[str, str]], *, hd: bool = False, dd: bool = False
+        self,
+        params: list[tuple[str, str]],
+        *,
+        hd: bool = False,
+        dd: bool = False,
+        login: str = "local",
     ) -> None:
         cfg = simple_config(("127.0.0.1", 0), IQN, ["4M"])
         self.store = LunStore(cfg)

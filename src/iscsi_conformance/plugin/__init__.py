@@ -229,7 +229,7 @@ class _XdistController:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
-        if not (self.run.targets or self.run.initiators):
+        if not (self.run.targets or self.run.initiators or self.run.report_dir):
             return  # workers start their own embedded reference peers lazily
         pool = self.run.get_pool()
         node.workerinput["iscsi_peers"] = pool.export()

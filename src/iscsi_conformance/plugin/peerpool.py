@@ -316,6 +316,11 @@ class PeerPool:
     def export(self) -> dict[str, Any]:
         """Plain data for xdist workers (credentials included: workers need them to
         log in; this never goes into a report)."""
+        import json
+
+        return json.loads(json.dumps(self._export(), default=str))  # type: ignore[no-any-return]
+
+    def _export(self) -> dict[str, Any]:
         return {
             "credentials": {
                 "initiator": _creds_data(self.credentials.initiator),
@@ -323,7 +328,7 @@ class PeerPool:
             },
             "targets": {
                 name: {
-                    "manifest": dataclasses.asdict(e.manifest),
+                    "manifest": _manifest_data(e.manifest),
                     "endpoints": {p: dataclasses.asdict(ep) for p, ep in e.endpoints.items()},
                     "unservable": e.unservable,
                     "description": e.description,
@@ -336,7 +341,7 @@ class PeerPool:
             },
             "initiators": {
                 name: {
-                    "manifest": dataclasses.asdict(e.manifest),
+                    "manifest": _manifest_data(e.manifest),
                     "description": e.description,
                     "mode": None if e.driver is None else str(e.driver.mode),
                 }
@@ -394,6 +399,15 @@ class PeerPool:
             if entry.driver is not None:
                 out[entry.name] = [dataclasses.asdict(r) for r in entry.driver.log.records]
         return out
+
+
+def _manifest_data(m: Manifest) -> dict[str, Any]:
+    """The base Manifest fields as plain JSON data (what xdist can ship)."""
+    import json
+
+    data = {"name": m.name, "role": m.role, "description": m.description,
+            "capabilities": m.capabilities, "deviations": m.deviations}
+    return json.loads(json.dumps(data, default=str))  # type: ignore[no-any-return]
 
 
 def _creds_data(c: ChapCredentials | None) -> dict[str, str] | None:
