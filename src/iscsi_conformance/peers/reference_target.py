@@ -174,7 +174,9 @@ class ReferenceTargetDriver(TargetDriver):
             }
             for k, v in spec.parameters:
                 if k == "CHAP_A":  # the CHAP algorithms this target accepts
-                    lines.append(f"chap_algorithms = [{', '.join(x.strip() for x in v.split(','))}]")
+                    lines.append(
+                        f"chap_algorithms = [{', '.join(x.strip() for x in v.split(','))}]"
+                    )
                     continue
                 params[k] = int(v) if v.isdigit() else (v == "Yes" if v in ("Yes", "No") else v)
             lines.append(
