@@ -17,8 +17,10 @@ campaign; connections go only to the host the user named (loopback by default).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase, InMemoryExampleDa
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.text import format_pairs
+from iscsi_conformance.errors import TransportError
 from iscsi_conformance.fuzz import keys as key_strategies
 from iscsi_conformance.fuzz import strategies as pdu_strategies
 
@@ -115,6 +118,14 @@ def ffp_cases(draw: st.DrawFn) -> FuzzCase:
     return FuzzCase("ffp", pdus, tuple(draw(tampers()) for _ in range(n)))
 
 
+@contextlib.asynccontextmanager
+async def _closing(conn: Any) -> AsyncIterator[Any]:
+    try:
+        yield conn
+    finally:
+        await conn.__aexit__(None, None, None)
+
+
 class Liveness(AssertionError):
     """The target did not survive a case."""
 
@@ -143,7 +154,12 @@ async def _run_case(
     from iscsi_conformance.initiator.raw import RawConnection
     from iscsi_conformance.plugin.probe import ProbeConnection
 
-    async with ProbeConnection(RawConnection(host, port, timeout=5)) as raw:
+    conn = ProbeConnection(RawConnection(host, port, timeout=5))
+    try:
+        await conn.__aenter__()
+    except (TransportError, OSError) as exc:
+        raise Liveness(f"cannot reach the target before the case: {exc}") from exc
+    async with _closing(conn) as raw:
         if case.phase == "ffp":
             probe = await _login(raw, target_name, initiator_name, chap)
             cmdsn, expstatsn = probe.cmdsn, probe.expstatsn
@@ -202,7 +218,11 @@ def fuzz(
         phase, st.one_of(login_cases(), ffp_cases())
     )
     started = time.monotonic()
-    db = DirectoryBasedExampleDatabase(str(database)) if database else InMemoryExampleDatabase()
+    db: Any = (
+        DirectoryBasedExampleDatabase(str(database)) if database else InMemoryExampleDatabase()
+    )
+    if seed is not None:
+        db = None  # a derandomised campaign replays from the seed, not from a database
 
     @settings(
         max_examples=max_examples,
@@ -223,7 +243,12 @@ def fuzz(
             await _run_case(host, port, target_name, initiator_name, chap, case, report.answers)
             await _alive(host, port, target_name, initiator_name, chap)
 
-        asyncio.run(one())
+        try:
+            asyncio.run(one())
+        except Liveness:
+            raise
+        except Exception as exc:  # one failure type, raised at one place: shrinking stays stable
+            raise Liveness(f"the case broke the exchange: {type(exc).__name__}: {exc}") from exc
 
     try:
         campaign()

@@ -144,9 +144,8 @@ class LoginSend:
         return self.wire is self.request
 
 
-# A connection joining a session declares no session-wide (leading-only) keys and no
-# SessionType (RFC 7143 12, "LO"; 13.21); the core would skip them, but a default that
-# is not offered should not sit in the local values either.
+# A connection joining a session offers no leading-only ("LO", RFC 7143 13) keys; the
+# core would skip them anyway, but defaults nobody offers are kept out of its values.
 _LEADING_ONLY_DEFAULTS = (
     "MaxConnections",
     "InitialR2T",
@@ -284,6 +283,11 @@ class LoginFlow:
     def timed_out(self) -> None:
         """The login timer fired (recorded in the core's history)."""
         self.login.timed_out()
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the core noticed without ending the login (e.g. a bad ISID echo)."""
+        return self.login.warnings
 
     @property
     def negotiator(self) -> Negotiator:

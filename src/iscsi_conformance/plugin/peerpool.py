@@ -405,8 +405,13 @@ def _manifest_data(m: Manifest) -> dict[str, Any]:
     """The base Manifest fields as plain JSON data (what xdist can ship)."""
     import json
 
-    data = {"name": m.name, "role": m.role, "description": m.description,
-            "capabilities": m.capabilities, "deviations": m.deviations}
+    data = {
+        "name": m.name,
+        "role": m.role,
+        "description": m.description,
+        "capabilities": m.capabilities,
+        "deviations": m.deviations,
+    }
     return json.loads(json.dumps(data, default=str))  # type: ignore[no-any-return]
 
 

@@ -707,14 +707,29 @@ class Connection:
 
     # ------------------------------------------------------------------ input
 
-    def receive_data(self, data: bytes | bytearray | memoryview, now: float = 0.0) -> None:
-        """Bytes from the transport. Never raises for anything the peer sends."""
+    def receive_data(
+        self, data: bytes | bytearray | memoryview, now: float = 0.0, *, max_pdus: int = 0
+    ) -> bool:
+        """Bytes from the transport. Never raises for anything the peer sends.
+
+        With ``max_pdus`` > 0, handles at most that many PDUs and returns True when
+        it stopped for that reason (more may be buffered): the adapter then writes
+        the output so far and calls again with ``b""``. Answering a batch of
+        commands piecewise lets the initiator work on the first answers while we
+        work on the rest, instead of both sides taking turns.
+        """
         if self.close_requested or self.closed:
-            return
+            return False
         self.last_rx = now
         dec = self.decoder
-        dec.feed(data)
+        if data:
+            dec.feed(data)
+        budget = max_pdus
         while not self.close_requested:
+            if max_pdus:
+                if not budget:
+                    return dec.buffered > 0
+                budget -= 1
             try:
                 pdu = dec.next_pdu()
             except DigestError as exc:
@@ -728,9 +743,9 @@ class Connection:
                 elif exc.header:
                     self.reject(exc.reject_reason or RejectReason.PROTOCOL_ERROR, exc.header)
                 self.close()
-                return
+                return False
             if pdu is None:
-                return
+                return False
             try:
                 self.handle_pdu(pdu, now)
             except ProtocolError as exc:
@@ -741,11 +756,12 @@ class Connection:
                 else:
                     self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
                 self.close()
-                return
+                return False
             except Exception:  # our bug: never take the server down (robustness)
                 log.exception("internal error handling %r from %s", type(pdu).__name__, self.peer)
                 self.close()
-                return
+                return False
+        return False
 
     def _digest_error(self, exc: DigestError) -> None:
         """RFC 7143 7.8: header digest -> discard; data digest -> Reject (+ recovery)."""

@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +36,11 @@ from iscsi_conformance.target.luns import LunStore
 log = logging.getLogger("iscsi_conformance.target")
 
 TICK = 0.5  # seconds between timer ticks
+PDUS_PER_FLUSH = int(os.environ.get("ISCSI_PDUS_PER_FLUSH", "8"))
+SENDER_THREAD = os.environ.get("ISCSI_SENDER_THREAD", "1") == "1"
+SENDER_HIGH = 4 * 1024 * 1024  # bytes queued for the send thread before reading pauses
+SENDER_LOW = 1024 * 1024
+_IOV_MAX = 1024  # buffers per sendmsg (Linux UIO_MAXIOV)
 
 
 class _Protocol(asyncio.Protocol):
@@ -49,8 +56,6 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  (uvloop's is not a subclass)
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            import socket
-
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
@@ -63,13 +68,23 @@ class _Protocol(asyncio.Protocol):
         conn.transport = transport  # type: ignore[attr-defined]
         self.conn = conn
         transport.set_write_buffer_limits(high=4 * 1024 * 1024)
+        if SENDER_THREAD and sock is not None:
+            try:
+                conn.sender = _Sender(self, sock.fileno())  # type: ignore[attr-defined]
+            except OSError:
+                pass
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         if conn is None:
             return
-        conn.receive_data(data, self.server._now)
-        self.server.flush()
+        now = self.server._now
+        flush = self.server.flush
+        more = conn.receive_data(data, now, max_pdus=PDUS_PER_FLUSH)
+        flush()
+        while more:
+            more = conn.receive_data(b"", now, max_pdus=PDUS_PER_FLUSH)
+            flush()
 
     def eof_received(self) -> bool:
         return False
@@ -87,9 +102,149 @@ class _Protocol(asyncio.Protocol):
         conn = self.conn
         if conn is None:
             return
+        sender = getattr(conn, "sender", None)
+        if sender is not None:
+            sender.stop()
         conn.connection_lost()
         self.server.flush()
         self.server.after_activity()
+
+
+class _Sender:
+    """Writes one connection's output from a thread of its own.
+
+    Why a thread: the kernel's share of a send over TCP (copying the Data-In
+    payload, and on loopback the receiver's TCP processing too) is about half of
+    what a read costs us. ``sendmsg`` releases the GIL, so in a thread it runs
+    while the event loop decodes and executes the next commands, and the
+    initiator gets the first answers while we work on the rest (one thread
+    doing both made the two sides take turns). ``sendmsg`` also gathers the
+    header and payload buffers without joining them into one copy first.
+
+    The thread sends on a duplicate of the transport's descriptor (same
+    connection, still non-blocking: it waits with ``poll``); asyncio keeps
+    reading. Memory stays bounded: reading pauses while more than
+    ``SENDER_HIGH`` bytes wait to be sent, and resumes below ``SENDER_LOW``.
+    """
+
+    def __init__(self, proto: _Protocol, fd: int) -> None:
+        self._proto = proto
+        self._loop = asyncio.get_running_loop()
+        self._sock = socket.socket(fileno=os.dup(fd))
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: list[Any] = []
+        self._queued = 0
+        self._close_after = False
+        self._stopped = False
+        self._paused = False
+        self._thread = threading.Thread(target=self._run, name="iscsi-target-send", daemon=True)
+        self._thread.start()
+
+    def send(self, bufs: list[Any], close: bool) -> None:
+        """Queue buffers (and maybe a close once they are sent); loop thread only."""
+        n = sum(len(b) for b in bufs)
+        with self._lock:
+            self._queue.extend(bufs)
+            self._queued += n
+            if close:
+                self._close_after = True
+            pause = self._queued > SENDER_HIGH and not self._paused
+            if pause:
+                self._paused = True
+            self._wake.notify()
+        if pause:
+            self._proto.transport.pause_reading()  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        """The connection is gone: drop what is queued and end the thread."""
+        with self._lock:
+            self._stopped = True
+            self._queue = []
+            self._wake.notify()
+
+    def _run(self) -> None:
+        try:
+            self._send_loop()
+        except OSError:
+            # Reset or broken pipe: asyncio's reader sees it too and reports
+            # connection_lost; make sure it does even if it is not reading now.
+            self._call(self._abort)
+        finally:
+            self._sock.close()
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._close_after and not self._stopped:
+                    self._wake.wait()
+                if self._stopped:
+                    return
+                bufs, self._queue = self._queue, []
+                close = self._close_after
+            sent = self._send_all(bufs)
+            with self._lock:
+                self._queued -= sent
+                resume = self._paused and self._queued <= SENDER_LOW
+                if resume:
+                    self._paused = False
+                close = close and not self._queue
+            if resume:
+                self._call(self._resume)
+            if close:
+                self._sock.close()  # ours first, so the FIN goes out with asyncio's close
+                self._call(self._close)
+                return
+
+    def _send_all(self, bufs: list[Any]) -> int:
+        sock = self._sock
+        total = 0
+        i = 0
+        views: list[Any] = bufs
+        while i < len(views):
+            if self._stopped:
+                return total
+            try:
+                n = sock.sendmsg(views[i : i + _IOV_MAX])
+            except BlockingIOError:
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+                poller.poll(100)
+                continue
+            total += n
+            # Skip what was sent; keep the unsent tail of a partly sent buffer.
+            while n:
+                ln = len(views[i])
+                if n >= ln:
+                    n -= ln
+                    i += 1
+                else:
+                    if views is bufs:
+                        views = list(bufs)
+                    views[i] = memoryview(views[i])[n:]
+                    n = 0
+        return total
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn)
+        except RuntimeError:  # the loop is closed
+            pass
+
+    def _resume(self) -> None:
+        t = self._proto.transport
+        if t is not None and not t.is_closing():
+            t.resume_reading()
+
+    def _close(self) -> None:
+        t = self._proto.transport
+        if t is not None:
+            t.close()
+
+    def _abort(self) -> None:
+        t = self._proto.transport
+        if t is not None:
+            t.abort()
 
 
 class TargetServer:
@@ -151,6 +306,10 @@ class TargetServer:
         for conn, bufs, close in self.engine.take_output():
             transport = getattr(conn, "transport", None)
             if transport is None or transport.is_closing():
+                continue
+            sender = getattr(conn, "sender", None)
+            if sender is not None:
+                sender.send(bufs, close)
                 continue
             if bufs:
                 transport.writelines(bufs)
