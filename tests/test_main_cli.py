@@ -44,27 +44,30 @@ def file_target(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     with lun.open("wb") as fh:  # recognisable content, so any write shows
         for i in range(32 * 1024 // 64):
             fh.write(hashlib.sha256(str(i).encode()).digest() * 2048)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "iscsi_conformance.cli",
-            "target",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--target",
-            IQN,
-            "--lun",
-            str(lun),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = tmp_path / "target.log"
+    with log.open("w") as out:  # a file, not a pipe: a full pipe would stall the target
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "iscsi_conformance.cli",
+                "target",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--target",
+                IQN,
+                "--lun",
+                str(lun),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert "listening on" in line, line
+        deadline = time.monotonic() + 30
+        while "listening on" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
         yield port, lun
     finally:
         proc.terminate()
