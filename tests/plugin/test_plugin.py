@@ -175,3 +175,35 @@ def test_xdist_shares_the_controllers_peers(pytester: pytest.Pytester) -> None:
     assert len(doc["tests"]) >= 15
     assert {t["pairing"] for t in doc["tests"]} == {"reference×reference"}
     assert [p["name"] for p in doc["peers"] if p["role"] == "target"] == ["reference"]
+
+
+def test_allure_results_carry_labels_and_trace(pytester: pytest.Pytester) -> None:
+    """With --alluredir, each conformance result carries area/pairing/test-ID/spec labels,
+    and a test with PDU evidence attaches the trace (secrets masked)."""
+    pytester.makepyfile(
+        test_allure_suite='''
+from iscsi_conformance.plugin import spec
+
+class FakeTrace:
+    def add_secret(self, s):
+        pass
+    def to_json(self):
+        return {"entries": [{"direction": "send", "pdu": "NopOut", "fields": {"itt": 7},
+                             "raw": "00" * 48, "time": 0.0}]}
+
+@spec("FullFeature.Nop.AllureProbe", "RFC 7143 11.18")
+def test_probe(pairing, evidence):
+    evidence.add_trace(FakeTrace())
+'''
+    )
+    result = pytester.runpytest("-q", "--alluredir", "allure", "-p", "allure_pytest")
+    result.assert_outcomes(passed=1)
+    docs = [json.loads(p.read_text()) for p in (pytester.path / "allure").glob("*-result.json")]
+    assert len(docs) == 1
+    labels = {(lab["name"], lab["value"]) for lab in docs[0]["labels"]}
+    assert ("area", "FullFeature") in labels
+    assert ("test_id", "FullFeature.Nop.AllureProbe") in labels
+    assert ("pairing", "reference×reference") in labels
+    assert ("spec", "RFC 7143 11.18 MUST") in labels
+    attachments = docs[0].get("attachments", [])
+    assert any(a["name"] == "PDU trace" for a in attachments), attachments
