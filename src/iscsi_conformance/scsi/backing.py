@@ -84,9 +84,12 @@ class RamBacking:
     def read(self, offset: int, length: int) -> bytes:
         self._check(offset, length)
         idx, off = divmod(offset, CHUNK)
-        if off + length <= CHUNK:  # the common case: one chunk, one slice
+        if off + length <= CHUNK:  # the common case: one chunk, one copy
             chunk = self._chunks.get(idx)
-            return bytes(length) if chunk is None else bytes(chunk[off : off + length])
+            if chunk is None:
+                # A hole: a whole chunk is the shared zero chunk itself (no copy).
+                return _ZERO_CHUNK if length == CHUNK else bytes(length)
+            return bytes(memoryview(chunk)[off : off + length])
         out = bytearray(length)
         pos, end = offset, offset + length
         while pos < end:

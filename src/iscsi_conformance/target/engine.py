@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 ``TargetEngine`` is the whole target minus I/O. The asyncio adapter (``server.py``)
 creates one ``Connection`` per accepted TCP connection and then only moves bytes:
-``conn.receive_data(data, now)`` in, ``engine.take_output()`` out (a list of
-``(connection, [bytes...], close)`` batches, written with one ``writelines`` each).
+``conn.receive_data(data, now)`` in (optionally ``max_pdus`` at a time, so output can
+go out between slices), ``engine.take_output()`` out (a list of
+``(connection, [bytes...], close)`` batches, written with one gathering write each).
 Time comes in as ``now`` (``handle_timer(now)`` drives NOP-In pings and login
 time-outs); randomness (TTTs are counters, CHAP challenges need bytes) comes from the
 injected ``rng``. Nothing here imports socket, asyncio or time.
