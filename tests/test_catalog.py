@@ -37,7 +37,9 @@ def collected() -> list[dict[str, object]]:
         f"pytest.main([{str(SUITE)!r}, '--collect-only', '-q', '--import-mode=importlib', '-p', 'no:cacheprovider'], plugins=[P()])\n"
         "print('JSON' + json.dumps(P.items))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("JSON")]
     assert line, out.stdout[-2000:] + out.stderr[-2000:]
     import json
@@ -55,7 +57,9 @@ def test_catalog_loads_and_ids_are_well_formed() -> None:
 
 def test_every_named_requirement_exists(collected: list[dict[str, object]]) -> None:
     ids = {r["id"] for r in load_catalog(SUITE / "requirements")}
-    missing = sorted({req for item in collected if item for req in item["requirements"]} - ids - {"harness"})  # type: ignore[union-attr]
+    missing = sorted(
+        {req for item in collected if item for req in item["requirements"]} - ids - {"harness"}
+    )  # type: ignore[union-attr]
     assert not missing, f"tests name requirements that are not in the catalog: {missing}"
 
 
@@ -82,7 +86,10 @@ def test_manifest_deviations_name_existing_tests(collected: list[dict[str, objec
     import tomllib
 
     ids = {str(i["id"]) for i in collected if i}
-    for manifest in [*ROOT.glob("targets/*/manifest.toml"), *ROOT.glob("initiators/*/manifest.toml")]:
+    for manifest in [
+        *ROOT.glob("targets/*/manifest.toml"),
+        *ROOT.glob("initiators/*/manifest.toml"),
+    ]:
         doc = tomllib.loads(manifest.read_text())
         for dev in doc.get("deviations", []):
             pattern = str(dev.get("test", ""))

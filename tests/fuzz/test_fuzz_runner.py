@@ -51,7 +51,9 @@ def test_dead_target_is_reported() -> None:
     report = fuzz("127.0.0.1", port, IQN, phase="login", max_examples=3, seconds=20, seed=2)
     assert not report.ok
     text = report.failures[0].lower()
-    assert any(word in text for word in ("cannot reach", "refused", "broke", "liveness")), report.failures
+    assert any(word in text for word in ("cannot reach", "refused", "broke", "liveness")), (
+        report.failures
+    )
 
 
 def test_strategies_draw_cases() -> None:

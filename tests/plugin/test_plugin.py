@@ -168,8 +168,18 @@ def test_xdist_shares_the_controllers_peers(pytester: pytest.Pytester) -> None:
         "        assert 'iscsi_peers' in wi, 'the controller did not hand its peers to the worker'\n"
         "        assert wi['iscsi_peers']['targets']['reference']['endpoints']['default']['port'] > 0\n"
     )
-    result = pytester.runpytest(str(suite), "-n", "2", "--import-mode=importlib", "--iscsi-target", "reference",
-                                "--iscsi-report", "out", "-p", "no:cacheprovider")
+    result = pytester.runpytest(
+        str(suite),
+        "-n",
+        "2",
+        "--import-mode=importlib",
+        "--iscsi-target",
+        "reference",
+        "--iscsi-report",
+        "out",
+        "-p",
+        "no:cacheprovider",
+    )
     assert result.ret == 0, result.stdout.str()[-3000:]
     doc = json.loads((pytester.path / "out" / "results.json").read_text())
     assert len(doc["tests"]) >= 15
@@ -181,7 +191,7 @@ def test_allure_results_carry_labels_and_trace(pytester: pytest.Pytester) -> Non
     """With --alluredir, each conformance result carries area/pairing/test-ID/spec labels,
     and a test with PDU evidence attaches the trace (secrets masked)."""
     pytester.makepyfile(
-        test_allure_suite='''
+        test_allure_suite="""
 from iscsi_conformance.plugin import spec
 
 class FakeTrace:
@@ -194,7 +204,7 @@ class FakeTrace:
 @spec("FullFeature.Nop.AllureProbe", "RFC 7143 11.18")
 def test_probe(pairing, evidence):
     evidence.add_trace(FakeTrace())
-'''
+"""
     )
     result = pytester.runpytest("-q", "--alluredir", "allure", "-p", "allure_pytest")
     result.assert_outcomes(passed=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import SECRET
+from report_data import SECRET
 
 from iscsi_conformance.report import Redactor, Results, junit_xml, redact, render_html, validate
 
@@ -27,7 +27,7 @@ def test_registered_secret_never_written(small: Results, tmp_path: Path) -> None
 
 
 def test_secret_given_at_write_time(tmp_path: Path) -> None:
-    from conftest import make_small
+    from report_data import make_small
 
     r = make_small()
     r.secrets.clear()

@@ -182,7 +182,9 @@ class IscsiRun:
                 self.pool_error = exc
                 # A peer that cannot start is the run's failure, not each test's: stop
                 # at once with one clear message (naming the peer, with its log tail).
-                pytest.exit(f"iscsi-conformance: the run's peers could not start: {exc}", returncode=3)
+                pytest.exit(
+                    f"iscsi-conformance: the run's peers could not start: {exc}", returncode=3
+                )
         return self.pool
 
 

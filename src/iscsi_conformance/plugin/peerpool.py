@@ -185,7 +185,9 @@ class PeerPool:
         for name in targets:
             if name.startswith("iscsi://"):
                 has_chap = chap is not None or "%" in name.split("://", 1)[1].split("/", 1)[0]
-                manifest = _external_manifest(name, chap=has_chap, mutual=has_chap and mutual_chap is not None)
+                manifest = _external_manifest(
+                    name, chap=has_chap, mutual=has_chap and mutual_chap is not None
+                )
                 pool.targets[name] = TargetEntry(name=name, manifest=manifest, external=True)
                 continue
             driver = registry.get_target_driver(
