@@ -457,7 +457,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         pairing = item.callspec.params.get("pairing") if hasattr(item, "callspec") else None
         ev = item.stash.get(EVIDENCE_KEY, None)
         data = {
-            "id": info.test_id,
+            "id": info.test_id + _case_suffix(item, pairing),
             "pairing": pairing.id if pairing else "",
             "initiator": pairing.initiator if pairing else "",
             "target": _public_name(pairing.target) if pairing else "",
@@ -476,6 +476,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             for case in item.stash.get(SUBRESULTS_KEY, []):
                 report.user_properties.append((PROPERTY, {**data, **case}))
         _allure(item, info, data, ev)
+
+
+def _case_suffix(item: pytest.Item, pairing: Any) -> str:
+    """``[case]`` for a test parametrised beyond its pairing, so every case keeps its own
+    result (a report key is test ID x pairing); empty otherwise."""
+    name = getattr(item, "name", "")
+    if "[" not in name:
+        return ""
+    params = name[name.index("[") + 1 : -1]
+    if pairing is not None:
+        params = params.replace(str(pairing), "", 1)
+    params = params.strip("-").replace("--", "-")
+    return f"[{params}]" if params else ""
 
 
 def _pdu_events(ev: Any) -> list[dict[str, Any]]:

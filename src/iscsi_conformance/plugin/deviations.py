@@ -31,7 +31,8 @@ def version_matches(spec: str, version: str) -> bool:
 
 
 def id_matches(pattern: str, test_id: str) -> bool:
-    return test_id == pattern or test_id.startswith(pattern.rstrip(".") + ".")
+    base = pattern.rstrip(".")
+    return test_id == pattern or test_id.startswith((base + ".", base + "["))
 
 
 def deviation_for(manifest: Any, test_id: str, version: str) -> str | None:
