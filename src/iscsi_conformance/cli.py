@@ -50,6 +50,9 @@ def _pytest_args(args: argparse.Namespace, report: Path, extra: Sequence[str]) -
         os.devnull,
         "--iscsi-report",
         str(report),
+        # the CLI imported the plugin before pytest could rewrite its asserts: expected
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
     ]
     for t in getattr(args, "target", None) or []:
         argv += ["--iscsi-target", t]
