@@ -184,6 +184,21 @@ class TargetDriver(PeerDriver):
     def deconfigure(self, iqn: str) -> None:
         """Remove a target created by ``configure``."""
 
+    def health(self) -> str | None:
+        """Why the target no longer serves (its process exited, its VM powered off), or
+        None while it runs or when the driver cannot tell. Cheap: called after every
+        test of a run (``PeerPool.check_target``)."""
+        return None
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The peer's last output lines (secrets masked), for crash reports."""
+        return ""
+
+    def restart(self) -> None:
+        """Bring a dead target up again, empty: the caller configures it again."""
+        self.stop()
+        self.start()
+
 
 @dataclasses.dataclass
 class SessionHandle:

@@ -179,6 +179,27 @@ class LioTarget(TargetDriver):
     def _tail(self) -> str:
         return self.vm.console_tail() if self.vm is not None else ""
 
+    def log_tail(self, lines: int = 30) -> str:
+        return self.vm.console_tail(lines) if self.vm is not None else ""
+
+    def health(self) -> str | None:
+        """A kernel target dies with its kernel: the guest boots with ``panic=-1`` and
+        QEMU with ``-no-reboot``, so a panic powers the VM off and QEMU exits."""
+        if self.vm is not None:
+            return self.vm._exited()
+        if self._container is not None:
+            try:
+                self._container.reload()
+            except Exception as exc:
+                return f"LIO tools container gone: {exc}"
+            if self._container.status not in ("created", "running"):
+                return f"LIO tools container {self._container.status}"
+        return None
+
+    def restart(self) -> None:
+        self._targets.clear()
+        super().restart()
+
     def _install_script(self) -> None:
         script = (peer_folder() / "lio-configfs.sh").read_bytes()
         self.shell.put(GUEST_SCRIPT, script, mode="0755")

@@ -103,7 +103,7 @@ CAPABILITIES: dict[str, Any] = {
     "own_suite": _is_bool,  # the peer ships a conformance suite the driver can run
 }
 
-DEVIATION_EFFECTS = ("xfail", "skip")
+DEVIATION_EFFECTS = ("xfail", "intermittent", "skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +114,7 @@ class Deviation:
     reason: str
     versions: str = "*"
     upstream: str = ""
-    effect: str = "xfail"  # "xfail": run and expect failure; "skip": do not run
+    effect: str = "xfail"  # "xfail": run, must fail; "intermittent": run, may fail; "skip": do not run
 
     def matches(self, test_id: str, version: str | None = None) -> bool:
         """Whether this deviation covers ``test_id`` for the peer at ``version``."""

@@ -230,6 +230,13 @@ class ReferenceTargetDriver(TargetDriver):
             raise PeerStartError(self.name, "did not start", log_tail=err[-2000:])
         self.log.add(argv, None, line, "", started)
 
+    def health(self) -> str | None:
+        if self._proc is not None and self._proc.poll() is not None:
+            return f"reference target process exited with status {self._proc.returncode}"
+        if self.server is not None and not self.server.serving():
+            return "reference target server thread stopped"
+        return None
+
     def _halt(self) -> None:
         if self.server is not None:
             self.server.stop_thread()

@@ -88,6 +88,23 @@ def _free_control_port() -> int:
     raise PeerStartError("tgt", f"no free tgtd control port in {TGTD_RUN_DIR}")
 
 
+def _status(code: Any) -> str:
+    """An exit status as people read it: 139 is "139 (SIGSEGV)", -11 likewise."""
+    import signal
+
+    try:
+        n = int(code)
+    except (TypeError, ValueError):
+        return str(code)
+    sig = -n if n < 0 else n - 128 if n > 128 else 0
+    if sig:
+        try:
+            return f"{n} ({signal.Signals(sig).name})"
+        except ValueError:
+            pass
+    return str(n)
+
+
 def upstream_version(package_version: str) -> str:
     """``"1:1.0.85-1+deb12u1"`` -> ``"1.0.85"``."""
     v = package_version.strip()
@@ -312,6 +329,23 @@ class TgtTarget(TargetDriver):
             )
         self.portal = (ip, CONTAINER_PORTAL_PORT)
         self.tgtadm("--mode", "sys", "--op", "show")
+
+    def health(self) -> str | None:
+        if self._daemon is not None:
+            code = self._daemon.proc.poll()
+            return None if code is None else f"tgtd exited with status {_status(code)}"
+        if self._container is not None:
+            try:
+                self._container.reload()
+            except Exception as exc:  # the container was removed under us
+                return f"tgt container gone: {exc}"
+            if self._container.status not in ("created", "running"):
+                state = self._container.attrs.get("State", {})
+                return (
+                    f"tgtd exited with status {_status(state.get('ExitCode'))} "
+                    f"(container {self._container.name} {self._container.status})"
+                )
+        return None
 
     def _remove_control_socket(self) -> None:
         if self.mode == "native" and self.control_port:

@@ -237,21 +237,7 @@ class PeerPool:
             entry.driver.start()
             self.timings[f"start target {entry.name}"] = time.monotonic() - t0
             t0 = time.monotonic()
-            for profile in PROFILES.values():
-                ok, why = profile.servable_by(entry.manifest)
-                if not ok:
-                    entry.unservable[profile.name] = why
-                    continue
-                spec = profile.build(self.credentials)
-                entry.driver.log.secrets.update(
-                    c.secret for c in (spec.chap, spec.mutual_chap) if c is not None
-                )
-                try:
-                    entry.endpoints[profile.name] = entry.driver.configure(spec)
-                except HarnessError as exc:
-                    if profile.name == "default":
-                        raise
-                    entry.unservable[profile.name] = f"{entry.name} could not configure it: {exc}"
+            self._configure_profiles(entry)
             self.timings[f"configure target {entry.name}"] = time.monotonic() - t0
             entry.description = entry.driver.describe()
         for ientry in self.initiators.values():
@@ -267,6 +253,66 @@ class PeerPool:
             t0 = time.monotonic()
             ientry.ensure_started()
             self.timings[f"start initiator {ientry.name}"] = time.monotonic() - t0
+
+    def _configure_profiles(self, entry: TargetEntry) -> None:
+        """Configure on ``entry``'s driver every profile its manifest can serve."""
+        assert entry.driver is not None
+        entry.endpoints.clear()
+        entry.unservable.clear()
+        for profile in PROFILES.values():
+            ok, why = profile.servable_by(entry.manifest)
+            if not ok:
+                entry.unservable[profile.name] = why
+                continue
+            spec = profile.build(self.credentials)
+            entry.driver.log.secrets.update(
+                c.secret for c in (spec.chap, spec.mutual_chap) if c is not None
+            )
+            try:
+                entry.endpoints[profile.name] = entry.driver.configure(spec)
+            except HarnessError as exc:
+                if profile.name == "default":
+                    raise
+                entry.unservable[profile.name] = f"{entry.name} could not configure it: {exc}"
+
+    def check_target(self, name: str) -> str | None:
+        """After a test: if target ``name`` died, say why and bring it back.
+
+        Returns None while the target serves (or when this process cannot tell: an
+        external target, or an xdist worker, which holds no driver). Otherwise returns
+        what happened (exit status and the tail of the peer's log), after restarting
+        the target and configuring every profile again, so that one crash costs one
+        test, not the rest of the run. The restart is recorded in the target's
+        description (``restarts``) and its command log.
+        """
+        import time
+
+        entry = self.targets.get(name)
+        if entry is None or entry.driver is None:
+            return None
+        why = entry.driver.health()
+        if why is None:
+            return None
+        tail = entry.driver.log_tail(20)
+        crashes = entry.description.setdefault("crashes", [])
+        log.warning("target %s died: %s; restarting it", name, why)
+        t0 = time.monotonic()
+        try:
+            entry.driver.restart()
+            self._configure_profiles(entry)
+        except HarnessError as exc:
+            crashes.append(why)
+            raise PeerStartError(
+                name, f"died ({why}) and could not be restarted: {exc}", log_tail=tail
+            ) from exc
+        self.timings[f"restart target {name}"] = (
+            self.timings.get(f"restart target {name}", 0.0) + time.monotonic() - t0
+        )
+        description = entry.driver.describe()
+        crashes.append(why)
+        description["crashes"] = crashes
+        entry.description = description
+        return why + (f"\n--- last lines of its log ---\n{tail}" if tail else "")
 
     def _configure_external(self, entry: TargetEntry) -> None:
         from iscsi_conformance.initiator.url import parse_url

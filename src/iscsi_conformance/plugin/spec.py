@@ -145,6 +145,14 @@ class ConformanceViolation(AssertionError):
         self.pdus = list(pdus)
 
 
+class PeerDied(ConformanceViolation):
+    """The peer under test died during the test (its process exited, its VM went
+    down). Whatever the test asserted, a peer must not crash on what it was sent."""
+
+    def __init__(self, text: str, *, requirement: str = "") -> None:
+        super().__init__(f"{requirement}: {text}" if requirement else text, requirement=requirement)
+
+
 def _pdu_line(pdu: Any) -> str:
     summary = getattr(pdu, "summary", None)
     if callable(summary):

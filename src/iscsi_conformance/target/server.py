@@ -224,6 +224,10 @@ class TargetServer:
         if self._start_error is not None:
             raise self._start_error
 
+    def serving(self) -> bool:
+        """Whether the thread started by ``start_in_thread`` still runs its loop."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop_thread(self, *, timeout: float = 10.0) -> None:
         if self._thread is None or self._loop is None:
             return
