@@ -497,6 +497,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     info = info_of(item)
     if info is None:
         return
+    if report.when == "teardown":
+        # the report has what it needs; PDU traces (whole data segments) of every
+        # test kept to the end of a run cost gigabytes on a long matrix
+        if EVIDENCE_KEY in item.stash:
+            del item.stash[EVIDENCE_KEY]
+        return
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         pairing = item.callspec.params.get("pairing") if hasattr(item, "callspec") else None
         ev = item.stash.get(EVIDENCE_KEY, None)

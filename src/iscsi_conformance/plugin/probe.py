@@ -31,6 +31,7 @@ from iscsi_conformance.core.text import format_binary, format_pairs, parse_binar
 
 SECURITY, OPERATIONAL, FULL_FEATURE = 0, 1, 3
 DEFAULT_TIMEOUT = 5.0
+FLOOD_EMPTY_DATA_IN = 16  # consecutive empty Data-In PDUs that count as no progress
 
 Pairs = Sequence[tuple[str, str]]
 
@@ -340,10 +341,15 @@ class LoginProbe:
         """The whole login: security (None or CHAP), then operational with ``keys``.
 
         Digests are offered as None unless ``keys`` says otherwise, as initiators do, so
-        that a target that would otherwise offer CRC32C itself does not turn them on."""
+        that a target that would otherwise offer CRC32C itself does not turn them on;
+        MaxRecvDataSegmentLength is declared (8192, the default value) as every
+        initiator does. A key given with the value None is not sent at all."""
         keys = list(keys.items()) if isinstance(keys, Mapping) else list(keys)
         named = {k for k, _ in keys}
         keys += [(k, "None") for k in ("HeaderDigest", "DataDigest") if k not in named]
+        if "MaxRecvDataSegmentLength" not in named:
+            keys.append(("MaxRecvDataSegmentLength", "8192"))
+        keys = [(k, v) for k, v in keys if v is not None]
         if chap is None:
             s = await self.security_none()
         else:
@@ -425,6 +431,7 @@ class TaskOutcome:
     data: bytes = b""
     status: int | None = None
     response: Any | None = None  # ScsiResponse, or the final Data-In with S=1
+    flood: str = ""  # why ``command()`` stopped reading a target that would not stop
 
     @property
     def r2ts(self) -> list[Any]:
@@ -609,12 +616,26 @@ class FullFeature:
                 offset += len(chunk)
                 datasn += 1
         data = bytearray()
+        # A target that makes no progress (empty Data-In after empty Data-In, or more
+        # Data-In PDUs than the transfer has bytes) would keep this loop, and the
+        # trace, growing until the test's timeout: stop and say so instead.
+        empty_run, data_ins = 0, 0
         for _ in range(100000):
             pdu = await self.recv()
             if pdu is None:
                 break
             out.received.append(pdu)
             if isinstance(pdu, P.ScsiDataIn):
+                if pdu.itt == itt and not pdu.status_present:
+                    data_ins += 1
+                    empty_run = 0 if pdu.data else empty_run + 1
+                    if empty_run > FLOOD_EMPTY_DATA_IN or data_ins > edtl + FLOOD_EMPTY_DATA_IN:
+                        out.flood = (
+                            f"the target sent {data_ins} Data-In PDUs without status for a "
+                            f"{edtl}-byte transfer, the last {empty_run} with no data; "
+                            "stopped reading"
+                        )
+                        break
                 if pdu.itt == itt:
                     end = pdu.buffer_offset + len(pdu.data)
                     if len(data) < end:

@@ -153,11 +153,26 @@ class PeerDied(ConformanceViolation):
         super().__init__(f"{requirement}: {text}" if requirement else text, requirement=requirement)
 
 
+SHOWN_BYTES = 32  # of a PDU's data segment (or AHS) in a failure message
+
+
 def _pdu_line(pdu: Any) -> str:
+    """One PDU as a failure message shows it: every field, with long byte strings
+    (a 1 MiB data segment) cut to their first ``SHOWN_BYTES`` bytes and their length."""
     summary = getattr(pdu, "summary", None)
     if callable(summary):
         return str(summary())
-    return repr(pdu)
+    if not dataclasses.is_dataclass(pdu):
+        return repr(pdu)
+    parts = []
+    for f in dataclasses.fields(pdu):
+        value = getattr(pdu, f.name)
+        if isinstance(value, bytes | bytearray | memoryview) and len(value) > SHOWN_BYTES:
+            shown = f"{bytes(value[:SHOWN_BYTES])!r}... ({len(value)} bytes)"
+        else:
+            shown = repr(value)
+        parts.append(f"{f.name}={shown}")
+    return f"{type(pdu).__name__}({', '.join(parts)})"
 
 
 def violation(

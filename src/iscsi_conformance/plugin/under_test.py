@@ -36,6 +36,7 @@ class Evidence:
         self.notes.append(text)
 
     MAX_RECORDS = 2000  # per test: a peer that floods must not bloat the report
+    MAX_HEX_BYTES = 1024  # per PDU in the report: the header and the start of the data
 
     def records(self) -> list[dict[str, Any]]:
         """Every traced PDU as plain data (direction, opcode, summary, hex), secrets
@@ -60,12 +61,16 @@ class Evidence:
                 )
                 if entry.get("text"):
                     summary += f" | {entry['text']}"
+                raw = entry.get("raw", "")
+                if len(raw) > 2 * self.MAX_HEX_BYTES:
+                    summary += f" | {len(raw) // 2} bytes, first {self.MAX_HEX_BYTES} kept"
+                    raw = raw[: 2 * self.MAX_HEX_BYTES]
                 out.append(
                     {
                         "direction": entry.get("direction"),
                         "opcode": entry.get("pdu"),
                         "summary": summary,
-                        "hex": entry.get("raw", ""),
+                        "hex": raw,
                         "time": entry.get("time"),
                         "note": entry.get("note", ""),
                         "connection": conn_no,
