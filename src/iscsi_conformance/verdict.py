@@ -74,6 +74,13 @@ def print_summary(results: Any, report_dir: Path, out: TextIO = sys.stdout) -> N
             if c[k]
         ]
         print(f"  {pid:<40} {', '.join(parts)}", file=out)
+    for run in getattr(results, "runs", []):
+        phases = dict(getattr(run, "phases", None) or {})
+        if phases:
+            order = ["images", "startup", "tests", "restarts", "total"]
+            shown = [f"{k} {phases[k]:.1f} s" for k in order if k in phases]
+            shown += [f"{k} {v:.1f} s" for k, v in phases.items() if k not in order]
+            print(f"  time: {', '.join(shown)}", file=out)
     html = report_dir / "index.html"
     if html.exists():
         print(f"HTML report: {html.resolve()}", file=out)

@@ -322,6 +322,21 @@ def build_peer_image(
     timeout: float = 1800,
 ) -> str:
     """Build (or reuse) the image of peer ``name``; returns its tag."""
+    from .phases import timed
+
+    with timed("images"):
+        return _build_peer_image(role, name, client, log, base, folder, timeout)
+
+
+def _build_peer_image(
+    role: Role,
+    name: str,
+    client: Any,
+    log: CommandLog | None,
+    base: str | None,
+    folder: Path | None,
+    timeout: float,
+) -> str:
     client = client or ensure_engine()
     log = log if log is not None else CommandLog()
     folder = folder or peer_folder(role, name)

@@ -60,6 +60,7 @@ from typing import Any
 
 from ..errors import HarnessError, PeerStartError
 from .base import CommandLog
+from .phases import timed
 
 #: Bump when the artefact layout changes in a way the recipe hash would not see.
 FORMAT_VERSION = "1"
@@ -384,7 +385,7 @@ def build_kernel(log: CommandLog | None = None, *, force: bool = False) -> Kerne
     """Download the kernel package, unpack it, assemble the initramfs; cached."""
     log = log if log is not None else CommandLog()
     out = cache_root() / "microvm" / f"kernel-{kernel_recipe()}"
-    with _locked(out.with_suffix(".lock")):
+    with timed("images"), _locked(out.with_suffix(".lock")):
         if not force and (out / "done").exists():
             return _kernel_from(out)
         busybox = Path("/bin/busybox")
@@ -498,7 +499,7 @@ def build_rootfs(
     log = log if log is not None else CommandLog()
     out = cache_root() / "microvm" / f"rootfs-{rootfs_recipe(tuple(packages))}"
     image = out / "rootfs.ext4"
-    with _locked(out.with_suffix(".lock")):
+    with timed("images"), _locked(out.with_suffix(".lock")):
         if not force and (out / "done").exists():
             return image
         for tool in ("debootstrap", "mke2fs"):

@@ -227,6 +227,20 @@ class PeerPool:
         """
         import time
 
+        from iscsi_conformance.peers.phases import PHASES, spent
+
+        t_start, images_before = time.monotonic(), spent("images")
+        try:
+            self._start(initiators=initiators)
+        finally:
+            elapsed = time.monotonic() - t_start
+            PHASES["startup"] = (
+                PHASES.get("startup", 0.0) + elapsed - (spent("images") - images_before)
+            )
+
+    def _start(self, *, initiators: bool) -> None:
+        import time
+
         self.started = True
         for entry in self.targets.values():
             if entry.external:
@@ -297,9 +311,12 @@ class PeerPool:
         crashes = entry.description.setdefault("crashes", [])
         log.warning("target %s died: %s; restarting it", name, why)
         t0 = time.monotonic()
+        from iscsi_conformance.peers.phases import timed
+
         try:
-            entry.driver.restart()
-            self._configure_profiles(entry)
+            with timed("restarts"):
+                entry.driver.restart()
+                self._configure_profiles(entry)
         except HarnessError as exc:
             crashes.append(why)
             raise PeerStartError(

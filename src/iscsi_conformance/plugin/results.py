@@ -24,6 +24,7 @@ def build_results(run: Any) -> model.Results:
     results = model.Results()
     results.add_run(model.Run.collect(started=model.iso_from_epoch(run.started)))
     results.runs[-1].finished = model.utcnow()
+    results.runs[-1].phases = run_phases(run.started)
     pool = run.pool
     if pool is not None:
         commands = pool.commands()
@@ -69,6 +70,20 @@ def build_results(run: Any) -> model.Results:
         )
     results.requirements = _requirements_catalog()
     return results
+
+
+def run_phases(started_epoch: float) -> dict[str, float]:
+    """Seconds per phase of this process's run: images, startup, restarts, and the
+    tests (the rest of the wall time since the run began), rounded to 0.1 s."""
+    import time
+
+    from iscsi_conformance.peers.phases import PHASES
+
+    total = max(0.0, time.time() - started_epoch)
+    phases = {k: v for k, v in PHASES.items() if v > 0}
+    phases["tests"] = max(0.0, total - sum(phases.values()))
+    phases["total"] = total
+    return {k: round(v, 1) for k, v in phases.items()}
 
 
 def _public(name: str) -> str:

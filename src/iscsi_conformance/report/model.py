@@ -484,6 +484,7 @@ class Run:
     python: str = ""
     platform: str = ""
     worker: str | None = None  # pytest-xdist worker id ("gw0")
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per phase
 
     @property
     def key(self) -> tuple[str, str | None]:
