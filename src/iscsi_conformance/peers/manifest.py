@@ -114,7 +114,9 @@ class Deviation:
     reason: str
     versions: str = "*"
     upstream: str = ""
-    effect: str = "xfail"  # "xfail": run, must fail; "intermittent": run, may fail; "skip": do not run
+    effect: str = (
+        "xfail"  # "xfail": run, must fail; "intermittent": run, may fail; "skip": do not run
+    )
 
     def matches(self, test_id: str, version: str | None = None) -> bool:
         """Whether this deviation covers ``test_id`` for the peer at ``version``."""
