@@ -197,3 +197,29 @@ def test_help_lists_subcommands() -> None:
     for cmd in ("run", "certify", "target", "initiator", "report", "peers", "fuzz"):
         assert cmd in out.stdout
     assert os.environ.get("ISCSI_CONFORMANCE_NEVER_SET") is None
+
+
+def test_plan_shards_balances_by_weight_and_keeps_order() -> None:
+    from iscsi_conformance.cli import plan_shards
+
+    assert plan_shards(["reference", "tgt", "lio"], 2) == [["lio"], ["reference", "tgt"]]
+    assert plan_shards(["reference", "tgt", "lio"], 1) == [["reference", "tgt", "lio"]]
+    assert plan_shards(["reference", "tgt"], 5) == [["reference"], ["tgt"]]
+    assert sorted(map(len, plan_shards(["a", "b", "c", "d"], 2))) == [2, 2]
+
+
+def test_shard_argv_gives_the_initiator_column_to_one_shard() -> None:
+    import argparse
+    from pathlib import Path
+
+    from iscsi_conformance.cli import _shard_argv
+
+    args = argparse.Namespace(
+        initiator=["reference", "libiscsi"], suite=["Interop"], peer_mode=None, allure=None
+    )
+    with_column = _shard_argv(args, ["reference"], Path("r/shard-0"), True, ["-x"])
+    without = _shard_argv(args, ["lio"], Path("r/shard-1"), False, [])
+    assert "--iscsi-no-initiator-column" not in with_column and "-x" in with_column
+    assert without[-1] == "--iscsi-no-initiator-column"
+    assert without[without.index("--target") + 1] == "lio"
+    assert without.count("--initiator") == 2

@@ -107,6 +107,124 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return EXIT_HARNESS
 
 
+#: Relative cost of a target's column, for splitting targets over shards: LIO runs in
+#: an emulated (TCG) micro-VM on hosts without its kernel modules and is the slowest.
+SHARD_WEIGHTS = {"lio": 4.0, "tgt": 1.0, "reference": 1.0}
+
+
+def plan_shards(targets: Sequence[str], shards: int) -> list[list[str]]:
+    """Split ``targets`` into at most ``shards`` groups of about equal weight,
+    heaviest first (greedy). Order within a group follows ``targets``."""
+    groups: list[list[str]] = [[] for _ in range(max(1, min(shards, len(targets))))]
+    load = [0.0] * len(groups)
+    for t in sorted(targets, key=lambda t: -SHARD_WEIGHTS.get(t, 1.0)):
+        k = load.index(min(load))
+        groups[k].append(t)
+        load[k] += SHARD_WEIGHTS.get(t, 1.0)
+    order = {t: i for i, t in enumerate(targets)}
+    return [sorted(g, key=order.__getitem__) for g in groups if g]
+
+
+def _shard_argv(
+    args: argparse.Namespace, group: list[str], report: Path, column: bool, extra: Sequence[str]
+) -> list[str]:
+    argv = [sys.executable, "-m", "iscsi_conformance.cli", "run", "--report", str(report)]
+    for t in group:
+        argv += ["--target", t]
+    for i in args.initiator or []:
+        argv += ["--initiator", i]
+    for s in args.suite or []:
+        argv += ["--suite", s]
+    if args.peer_mode:
+        argv += ["--peer-mode", args.peer_mode]
+    if args.allure:
+        argv += ["--allure", str(args.allure)]
+    argv += ["-q", "--", *extra]
+    if not column:
+        argv.append("--iscsi-no-initiator-column")
+    return argv
+
+
+def cmd_run_sharded(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    """``run --shards N``: the targets split over N independent runs side by side.
+
+    Each shard is a whole ``run`` in its own process with its own peers (so a target
+    that dies is restarted by the run that owns it); the initiator column (initiators
+    against the reference target as instrument) goes to the shard holding the
+    reference target, or the first. Their results are merged into one report in
+    ``--report``; each shard's output is in ``<report>/shard-K.log``.
+    """
+    import signal
+    import subprocess
+    import time
+
+    from iscsi_conformance.plugin.results import write_reports
+    from iscsi_conformance.report.merge import merge_files
+
+    report = Path(args.report)
+    report.mkdir(parents=True, exist_ok=True)
+    targets = list(args.target or ["reference"])
+    groups = plan_shards(targets, args.shards)
+    column_at = next((k for k, g in enumerate(groups) if "reference" in g), 0)
+    started = time.monotonic()
+    procs: list[tuple[int, list[str], subprocess.Popen[bytes], Path]] = []
+    try:
+        for k, group in enumerate(groups):
+            log_path = report / f"shard-{k}.log"
+            argv = _shard_argv(args, group, report / f"shard-{k}", k == column_at, extra)
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            procs.append((k, group, proc, log_path))
+            column = ", initiator column" if k == column_at else ""
+            print(f"shard {k}: targets {', '.join(group)}{column} (log: {log_path})", flush=True)
+        codes: dict[int, int] = {}
+        while len(codes) < len(procs):
+            for k, group, proc, _log in procs:
+                if k not in codes and proc.poll() is not None:
+                    codes[k] = proc.returncode
+                    print(
+                        f"shard {k} ({', '.join(group)}) finished: exit {proc.returncode} "
+                        f"after {time.monotonic() - started:.0f} s",
+                        flush=True,
+                    )
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        # each shard cleans up its own containers, VMs and networks on SIGINT
+        for _k, _g, proc, _log in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+        for _k, _g, proc, _log in procs:
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        print("iscsi-conformance: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    parts = [report / f"shard-{k}" / "results.json" for k, *_ in procs]
+    present = [p for p in parts if p.exists()]
+    for (k, _g, _p, log_path), part in zip(procs, parts, strict=True):
+        if not part.exists():
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            print(f"shard {k} wrote no results; its last lines:", file=sys.stderr)
+            print("\n".join("  " + line for line in tail), file=sys.stderr)
+    if present:
+        results = merge_files(present)
+        write_reports(results, report)
+        _summary(results, report)
+    print(f"  wall time of the sharded run: {time.monotonic() - started:.1f} s")
+    worst = max(codes.values(), key=_severity)
+    return worst if present or worst != EXIT_OK else EXIT_HARNESS
+
+
+def _severity(code: int) -> int:
+    """Which shard's exit status speaks for the whole run."""
+    return {EXIT_OK: 0, EXIT_FAILED: 1, EXIT_USAGE: 3, EXIT_HARNESS: 4, EXIT_INTERRUPTED: 5}.get(
+        code, 2
+    )
+
+
 def cmd_certify(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from iscsi_conformance.certify import certify
 
@@ -151,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--peer-mode", choices=["auto", "native", "container", "microvm"], help="how real peers run"
     )
     run.add_argument("-n", "--workers", help="pytest-xdist workers (e.g. 2 or auto)")
+    run.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the targets over N runs side by side, each with its own peers, "
+        "and merge their reports (default: 1)",
+    )
     run.add_argument("--allure", metavar="DIR", help="also write allure results to DIR")
     run.add_argument("-q", "--quiet", action="store_true", help="less output")
 
@@ -215,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "run":
+            if args.shards > 1 and len(args.target or []) > 1:
+                return cmd_run_sharded(args, extra)
             return cmd_run(args, extra)
         if args.command == "certify":
             return cmd_certify(args, extra)

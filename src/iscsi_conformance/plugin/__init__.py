@@ -116,6 +116,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ini_type="linelist",
     )
     add(
+        "--iscsi-no-initiator-column",
+        "iscsi_no_initiator_column",
+        "do not run the initiator column (each initiator against the reference target as "
+        "instrument); a sharded run gives that column to one shard only",
+        action="store_true",
+        ini_type="bool",
+    )
+    add(
         "--iscsi-peer-mode",
         "iscsi_peer_mode",
         "how peers run: auto, native, container, microvm",
@@ -147,6 +155,7 @@ class IscsiRun:
     mode: str
     chap: Any = None
     mutual_chap: Any = None
+    initiator_column: bool = True
     pool: PeerPool | None = None
     pool_error: BaseException | None = None
     results: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -175,6 +184,7 @@ class IscsiRun:
                         chap=self.chap,
                         mutual_chap=self.mutual_chap,
                         mode=self.mode,
+                        instrument=self.initiator_column,
                     )
                     self.pool = pool
                     pool.start()
@@ -216,6 +226,7 @@ def pytest_configure(config: pytest.Config) -> None:
         mode=str(_opt(config, "iscsi_peer_mode") or "auto"),
         chap=_credentials(_opt(config, "iscsi_chap"), "--iscsi-chap"),
         mutual_chap=_credentials(_opt(config, "iscsi_mutual_chap"), "--iscsi-mutual-chap"),
+        initiator_column=not bool(_opt(config, "iscsi_no_initiator_column")),
     )
     import time
 
@@ -285,7 +296,11 @@ def _pairings(run: IscsiRun, info: SpecInfo) -> list[Pairing]:
 
 def _effective_targets(run: IscsiRun) -> list[str]:
     targets = list(run.targets or ["reference"])
-    if any(i != "reference" for i in run.initiators) and "reference" not in targets:
+    if (
+        run.initiator_column
+        and any(i != "reference" for i in run.initiators)
+        and "reference" not in targets
+    ):
         targets.append("reference")
     return targets
 

@@ -160,14 +160,21 @@ class PeerPool:
         chap: ChapCredentials | None = None,
         mutual_chap: ChapCredentials | None = None,
         mode: str = "auto",
+        instrument: bool = True,
     ) -> PeerPool:
+        """``instrument=False``: do not add the reference target that observes the
+        initiators (the run has no initiator column)."""
         from iscsi_conformance.peers import registry
 
         pool = cls(Credentials.generate())
         pool._user_chap = chap
         pool._user_mutual = mutual_chap
         targets = list(targets or ["reference"])
-        if any(i != "reference" for i in initiators) and "reference" not in targets:
+        if (
+            instrument
+            and any(i != "reference" for i in initiators)
+            and "reference" not in targets
+        ):
             targets.append("reference")  # the instrument that observes initiators
         initiators = list(initiators or ["reference"])
         peers: list[tuple[str, str]] = [

@@ -241,8 +241,15 @@ class LoginProbe:
             if response.tsih:
                 self.tsih = response.tsih
             if response.status_class == 0:
-                for k, v in parse_pairs(response.data) if response.data else []:
+                answered = parse_pairs(response.data) if response.data else []
+                for k, v in answered:
                     self.negotiated[k] = v
+                # RFC 7143 6.2.2: an offer that fixes the outcome (AND with No, OR
+                # with Yes) need not be answered; the offered value is then in force.
+                named = {k for k, _ in answered}
+                for k, v in _offers_of(request):
+                    if k not in named and _answer_optional(k, v):
+                        self.negotiated[k] = v
         step = LoginStep(request, response, closed=closed)
         self.steps.append(step)
         return step
@@ -401,6 +408,25 @@ def answer_offers(offered: Pairs, sent: Iterable[str]) -> list[tuple[str, str]]:
         else:
             answers.append((key, value.split(",")[0]))
     return answers
+
+
+def _offers_of(request: Any) -> list[tuple[str, str]]:
+    """The pairs a Login Request carried ([] when its text does not parse)."""
+    try:
+        return list(parse_pairs(request.data)) if getattr(request, "data", b"") else []
+    except Exception:
+        return []
+
+
+def _answer_optional(key: str, offered: str) -> bool:
+    """RFC 7143 6.2.2: the answer is optional when the offer alone fixes the outcome."""
+    from iscsi_conformance.core.keys import KEYS, ResultFunction
+
+    spec = KEYS.get(key)
+    return spec is not None and (
+        (spec.result_function is ResultFunction.AND and offered == "No")
+        or (spec.result_function is ResultFunction.OR and offered == "Yes")
+    )
 
 
 def text_of(pairs: Pairs) -> bytes:
