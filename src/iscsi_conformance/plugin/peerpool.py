@@ -170,11 +170,7 @@ class PeerPool:
         pool._user_chap = chap
         pool._user_mutual = mutual_chap
         targets = list(targets or ["reference"])
-        if (
-            instrument
-            and any(i != "reference" for i in initiators)
-            and "reference" not in targets
-        ):
+        if instrument and any(i != "reference" for i in initiators) and "reference" not in targets:
             targets.append("reference")  # the instrument that observes initiators
         initiators = list(initiators or ["reference"])
         peers: list[tuple[str, str]] = [
