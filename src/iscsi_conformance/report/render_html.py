@@ -148,6 +148,7 @@ class HexRow:
     offset: str
     cells: list[tuple[str, str, str]]  # (hex byte, css class, title)
     ascii: str
+    data: str = ""  # bytes of the data segment: one run of hex, not a span per byte
 
 
 @dataclasses.dataclass
@@ -339,8 +340,18 @@ def _pdu_view(event: PduEvent) -> PduView:
         for b in range(off, min(off + length, len(shown))):
             per_byte[b].append(i)
     rows: list[HexRow] = []
+    data_idx = {i for i, n in enumerate(notes) if n[2].startswith("data segment")}
     for start in range(0, len(shown), 16):
         cells = []
+        chunk = shown[start : start + 16]
+        if all(
+            per_byte[b] and set(per_byte[b]) <= data_idx for b in range(start, start + len(chunk))
+        ):
+            # data-segment rows: one annotation for them all (a span per byte with its
+            # own title made 1 KiB of data cost 1024 elements; reports got slow)
+            ascii_ = "".join(chr(c) if 32 <= c < 127 else "·" for c in chunk)
+            rows.append(HexRow(f"{start:04x}", [], ascii_, " ".join(f"{c:02x}" for c in chunk)))
+            continue
         for b in range(start, min(start + 16, len(shown))):
             idx = per_byte[b]
             named = [i for i in idx if notes[i][2] != "reserved"] or idx
