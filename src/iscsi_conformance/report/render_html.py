@@ -189,6 +189,7 @@ class TestView:
     reqs: list[ReqView]
     pdus: list[PduView]
     level: str  # strongest level among the references
+    pdus_total: int = 0  # the trace's length in results.json (the page may show fewer)
 
     @property
     def is_problem(self) -> bool:
@@ -409,9 +410,21 @@ def _test_view(t: TestResult, catalog: dict[str, Requirement]) -> TestView:
         anchor=_slug("t", f"{t.pairing}/{t.id}"),
         refs=refs,
         reqs=reqs,
-        pdus=[_pdu_view(p) for p in t.evidence.pdus],
+        pdus=[_pdu_view(p) for p in t.evidence.pdus[: _pdus_shown(t)]],
         level=_strongest(levels),
+        pdus_total=len(t.evidence.pdus),
     )
+
+
+#: PDUs of a trace the page shows: a whole matrix has thousands of tests, and a passed
+#: test's trace is there to illustrate, a failed one's to prove (results.json has all).
+PDUS_SHOWN_PROBLEM, PDUS_SHOWN_OTHER = 400, 40
+
+
+def _pdus_shown(t: TestResult) -> int:
+    if t.outcome in ("failed", "error", "xpassed", "xfailed") or t.flaky:
+        return PDUS_SHOWN_PROBLEM
+    return PDUS_SHOWN_OTHER
 
 
 def _area_key(area: str) -> tuple[int, str]:
