@@ -12,7 +12,11 @@ they are there); then the opcode's class is looked up in a registry and its body
 decoded. Encoders and decoders are *compiled* at import time from the field tables of
 :mod:`.layout` into one ``struct.Struct`` and one small generated function per opcode:
 the offsets stay declared once, as data, and the hot path runs no per-field loop
-(``_compiled_source`` keeps the generated text for inspection).
+(``_compiled_source`` keeps the generated text for inspection). The common PDU is a
+bare BHS (no AHS, no data): decoding it is one struct call for byte 0 and the lengths
+and one generated function; strict encoding of it is one generated function that
+checks the rules and packs. Anything else takes the general path, which gives the same
+bytes (tests/core/test_pdu_fast_paths.py).
 
 Decoding never rejects reserved bits or undefined codes: a receiver decides what to do
 with them (:func:`violations`, :func:`.layout.check_reserved`). Encoding is strict by
@@ -51,6 +55,7 @@ from .layout import (
     BHS_LENGTH,
     LAYOUTS,
     Direction,
+    Field,
     FieldKind,
     Layout,
     Violation,
@@ -653,6 +658,7 @@ def _all_rules(cls: type[PDU]) -> list[tuple[str, str, str, str]]:
 
 _Packer: TypeAlias = Callable[[Any, int, int], bytes]
 _Unpacker: TypeAlias = Callable[[Any, int, bytes, bytes], PDU]
+_Plain: TypeAlias = Callable[[Any], bytes | None]
 _Check: TypeAlias = Callable[[Any], bool]
 
 _STRUCT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q", 16: "16s"}
@@ -671,13 +677,16 @@ class _Spec:
     pack_loose: _Packer
     unpack: _Unpacker
     ok: _Check  # True if strict encoding may proceed (every check except widths)
-    plain: Callable[[Any], bytes | None]  # strict BHS of a PDU without data or AHS
+    plain: _Plain  # strict BHS of a PDU without data or AHS; None: take the general path
     rules: tuple[tuple[str, str, str, _Check], ...]  # (field, section, message, broken)
     command: bool  # SCSI Command: AHS come from cdb / bidi_read_length
 
 
 def _plan(lay: Layout, *, for_decode: bool) -> tuple[str, dict[int, str]]:
-    """Struct format covering the units of ``lay`` and the expression naming each unit."""
+    """Struct format covering the units of ``lay`` and the expression naming each unit.
+
+    A unit is a whole field, or the byte that holds a group of bit fields.
+    """
     wanted = {FieldKind.VALUE} if for_decode else set(FieldKind) - {FieldKind.RESERVED}
     units: dict[int, int] = {}
     for f in lay.fields:
@@ -708,73 +717,139 @@ def _unit_vars(names: dict[int, str]) -> list[str]:
     return out
 
 
+def _bit_table(fields: list[Field]) -> tuple[Any, ...]:
+    """What each of the 256 values of a byte means for the bit ``fields`` it holds.
+
+    One tuple index then decodes them all, instead of a mask (and a compare) per field.
+    """
+
+    def decoded(byte: int, f: Field) -> int | bool:
+        value = (byte & f.mask) >> f.shift
+        return value != 0 if f.is_flag else value
+
+    if len(fields) == 1:
+        return tuple(decoded(byte, fields[0]) for byte in range(256))
+    return tuple(tuple(decoded(byte, f) for f in fields) for byte in range(256))
+
+
+class _Unknown(Exception):
+    pass
+
+
+class _PlainProbe:
+    """A PDU as the strict hot path sees it: no data, no AHS, no Bidi AHS; else unknown."""
+
+    data = ahs = b""
+    bidi_read_length = None
+
+    def __getattr__(self, name: str) -> Any:
+        raise _Unknown(name)
+
+
+def _may_break_plain(expr: str, env: dict[str, Any]) -> bool:
+    """False if rule ``expr`` is false for every PDU the strict hot path encodes.
+
+    Evaluated on :class:`_PlainProbe`: if it gives a false value without reading any
+    other attribute, the rule only concerns data or AHS and the hot path skips it.
+    """
+    try:
+        return bool(eval(expr, env, {"p": _PlainProbe()}))  # our own rule table
+    except _Unknown:
+        return True
+
+
+def _pack_args(
+    cls: type[PDU], lay: Layout, names: dict[int, str], *, strict: bool, lengths: str = ""
+) -> tuple[str, list[str]]:
+    """The arguments of an encoder's ``pack`` call, and the width checks strict needs.
+
+    The lengths are the encoder's arguments ``tahs`` and ``dsl``, or ``lengths`` if given.
+    """
+    parts: dict[int, list[str]] = {off: [] for off in names}
+    broken = []  # expressions true when strict encoding must refuse
+    for f in lay.fields:
+        if f.kind is FieldKind.RESERVED:
+            continue
+        if f.kind is FieldKind.OPCODE:
+            if lay.opcode:
+                parts[f.offset].append(str(int(lay.opcode)))
+        elif f.kind is FieldKind.FIXED:
+            parts[f.offset].append(str(f.fixed << f.shift))
+        elif f.kind is FieldKind.TOTAL_AHS_LENGTH:
+            parts[f.offset].append(lengths or "tahs")
+        elif f.kind is FieldKind.DATA_SEGMENT_LENGTH:
+            parts[f.offset].append(lengths or "dsl")
+        elif f.is_flag:
+            parts[f.offset].append(f"({f.mask} if p.{f.name} else 0)")
+        elif f.mask:
+            value = f"(p.{f.name} & {f.max_value})"
+            parts[f.offset].append(f"({value} << {f.shift})" if f.shift else value)
+            if strict and (cls, f.name) not in ENUM_FIELDS:
+                # struct checks whole-byte widths; sub-byte ones are ours (a coded
+                # field is checked by its membership rule instead)
+                broken.append(f"not 0 <= p.{f.name} <= {f.max_value}")
+        elif strict or f.is_bytes:
+            parts[f.offset].append(f"p.{f.name}")
+        else:
+            parts[f.offset].append(f"(p.{f.name} & {f.max_value})")
+    args = []
+    for off, expr in sorted(names.items()):
+        # Fields sharing a byte have disjoint bits (layout._coverage_check), so "+"
+        # combines them like "|" does, and CPython runs "+" of two ints much faster.
+        value = " + ".join(parts[off]) or "0"
+        if expr.startswith("("):
+            size = next(f.size for f in lay.fields if f.offset == off and not f.mask)
+            shift = _SPLIT_CODES[size][2]
+            if value.isdigit():  # a constant length
+                args += [str(int(value) >> shift), str(int(value) & ((1 << shift) - 1))]
+            else:
+                args += [f"({value}) >> {shift}", f"({value}) & {(1 << shift) - 1}"]
+        else:
+            args.append(value)
+    return ", ".join(args), broken
+
+
+# A decoded PDU gets its instance dict whole, as one dict display: far cheaper than the
+# frozen __init__ (one object.__setattr__ per field). This is the setter behind
+# object.__setattr__(o, "__dict__", d), called without the attribute lookup.
+_SET_DICT: Callable[[PDU, dict[str, Any]], None] = PDU.__dict__["__dict__"].__set__
+
+
 def _compile(cls: type[PDU], lay: Layout) -> _Spec:
-    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    env: dict[str, Any] = {"_new": object.__new__, "_set_dict": _SET_DICT, "_cls": cls}
+    env["_EMPTY"] = b""
     lines: list[str] = []
 
     # ---- decoder: unpack the value units, compute every attribute, fill __dict__
     dfmt, dnames = _plan(lay, for_decode=True)
     env["_D"] = struct.Struct(dfmt)
+    lines.append("def unpack(buf, pos, data, ahs):")
+    lines.append(f"    {', '.join(_unit_vars(dnames))}, = _D.unpack_from(buf, pos)")
     items = []
+    for off in sorted(dnames):
+        group = [f for f in lay.value_fields if f.offset == off and f.mask]
+        if group:
+            env[f"_T{off}"] = _bit_table(group)
+            targets = ", ".join(f.name for f in group) + ("," if len(group) > 1 else "")
+            lines.append(f"    {targets} = _T{off}[{dnames[off]}]")
     for f in lay.value_fields:
-        unit = dnames[f.offset]
-        if f.is_flag:
-            expr = f"(({unit} & {f.mask}) != 0)"
-        elif f.mask:
-            expr = f"(({unit} >> {f.shift}) & {f.max_value})"
-        else:
-            expr = unit
-        items.append(f"{f.name!r}: {expr}")
+        items.append(f"{f.name!r}: {f.name if f.mask else dnames[f.offset]}")
     if cls is ScsiCommand:
         items.append("'bidi_read_length': None")
     items += ["'data': data", "'ahs': ahs"]
-    lines.append("def unpack(buf, pos, data, ahs):")
-    lines.append(f"    {', '.join(_unit_vars(dnames))}, = _D.unpack_from(buf, pos)")
     lines.append("    o = _new(_cls)")
-    lines.append("    o.__dict__.update({" + ", ".join(items) + "})")
+    lines.append("    _set_dict(o, {" + ", ".join(items) + "})")
     lines.append("    return o")
 
     # ---- encoders: one expression per unit, OR-ing the fields that share it
     efmt, enames = _plan(lay, for_decode=False)
     env["_E"] = struct.Struct(efmt)
-    broken = []  # expressions true when strict encoding must refuse
-    for strict in (True, False):
-        parts: dict[int, list[str]] = {off: [] for off in enames}
-        for f in lay.fields:
-            if f.kind is FieldKind.RESERVED:
-                continue
-            if f.kind is FieldKind.OPCODE:
-                parts[f.offset].append(str(int(lay.opcode)))
-            elif f.kind is FieldKind.FIXED:
-                parts[f.offset].append(str(f.fixed << f.shift))
-            elif f.kind is FieldKind.TOTAL_AHS_LENGTH:
-                parts[f.offset].append("tahs")
-            elif f.kind is FieldKind.DATA_SEGMENT_LENGTH:
-                parts[f.offset].append("dsl")
-            elif f.is_flag:
-                parts[f.offset].append(f"({f.mask} if p.{f.name} else 0)")
-            elif f.mask:
-                parts[f.offset].append(f"((p.{f.name} & {f.max_value}) << {f.shift})")
-                if strict and (cls, f.name) not in ENUM_FIELDS:
-                    # struct checks whole-byte widths; sub-byte ones are ours (a coded
-                    # field is checked by its membership rule instead)
-                    broken.append(f"not 0 <= p.{f.name} <= {f.max_value}")
-            elif strict or f.is_bytes:
-                parts[f.offset].append(f"p.{f.name}")
-            else:
-                parts[f.offset].append(f"(p.{f.name} & {f.max_value})")
-        args = []
-        for off, expr in sorted(enames.items()):
-            value = " | ".join(parts[off]) or "0"
-            if expr.startswith("("):
-                size = next(f.size for f in lay.fields if f.offset == off and not f.mask)
-                shift = _SPLIT_CODES[size][2]
-                args += [f"({value}) >> {shift}", f"({value}) & {(1 << shift) - 1}"]
-            else:
-                args.append(value)
-        name = "pack_strict" if strict else "pack_loose"
-        lines.append(f"def {name}(p, tahs, dsl):")
-        lines.append(f"    return _E.pack({', '.join(args)})")
+    strict_args, broken = _pack_args(cls, lay, enames, strict=True)
+    loose_args, _ = _pack_args(cls, lay, enames, strict=False)
+    lines.append("def pack_strict(p, tahs, dsl):")
+    lines.append(f"    return _E.pack({strict_args})")
+    lines.append("def pack_loose(p, tahs, dsl):")
+    lines.append(f"    return _E.pack({loose_args})")
 
     # ---- strict check: widths of bit groups, AHS, data segment, then the rules
     structural = [
@@ -788,14 +863,20 @@ def _compile(cls: type[PDU], lay: Layout) -> _Spec:
     rule_exprs = [f"({expr})" for *_, expr in rules]
     lines.append("def ok(p):")
     lines.append(f"    return not ({' or '.join(broken + structural + rule_exprs)})")
-    # the hot path of strict encoding: no data, no AHS, nothing broken -> the BHS
-    simple = ["p.data != b''", "p.ahs != b''"]  # also refuses non-bytes
+
+    # ---- the hot path of strict encoding, so that the common PDU (a bare BHS) costs
+    # one call: no data, no AHS, no broken rule -> the packed BHS. Identity with the
+    # empty-bytes singleton (what the defaults and decode hold) is the cheapest exact
+    # test; any other empty value takes the general path. Rules that only concern data
+    # or AHS cannot fire here and are left out.
+    simple = ["p.data is not _EMPTY", "p.ahs is not _EMPTY"]
     if cls is ScsiCommand:
         simple += ["len(p.cdb) > 16", "p.bidi_read_length is not None"]
+    checks = simple + broken + [e for e in rule_exprs if _may_break_plain(e, env)]
     lines.append("def plain(p):")
-    lines.append(f"    if {' or '.join(simple + broken + rule_exprs)}:")
+    lines.append(f"    if {' or '.join(checks)}:")
     lines.append("        return None")
-    lines.append("    return pack_strict(p, 0, 0)")
+    lines.append(f"    return _E.pack({_pack_args(cls, lay, enames, strict=True, lengths='0')[0]})")
     for i, (*_, expr) in enumerate(rules):
         lines.append(f"def rule{i}(p):")
         lines.append(f"    return bool({expr})")
@@ -817,7 +898,7 @@ def _compile(cls: type[PDU], lay: Layout) -> _Spec:
 
 _SPECS: dict[type[PDU], _Spec] = {}
 _UNPACKERS: dict[int, _Unpacker] = {}
-_PLAIN: dict[type[PDU], Callable[[Any], bytes | None]] = {}
+_PLAIN: dict[type[PDU], _Plain] = {}
 
 
 def _register() -> None:
@@ -848,7 +929,10 @@ def _opcode_of(cls: type[PDU]) -> int:
 
 
 _register()
-_UNPACK_BY_OPCODE: list[_Unpacker | None] = [_UNPACKERS.get(op) for op in range(64)]
+#: the decoder of each value of BHS byte 0 (opcode, I bit and bit 7 need no masking)
+_UNPACK_BY_BYTE0: tuple[_Unpacker | None, ...] = tuple(
+    _UNPACKERS.get(b0 & 0x3F) for b0 in range(256)
+)
 
 
 # ============================================================================ validation
@@ -906,6 +990,7 @@ def validate(pdu: PDU) -> None:
 # ============================================================================ encode
 
 _HDR = struct.Struct(">BxxxBBH")  # byte 0, TotalAHSLength, DataSegmentLength hi/lo
+_HEAD = struct.Struct(">B3xI")  # byte 0, and bytes 4-7 (zero: neither AHS nor data)
 _LE32 = struct.Struct("<I")  # digests go little-endian (RFC 3720 B.4), see digest.py
 _AHS_HEAD = struct.Struct(">HBB")
 _BIDI_AHS = struct.Struct(">HBBI")
@@ -947,6 +1032,8 @@ def encode(
     non-empty data segment (or tampered padding).
     """
     if strict and tamper is None:
+        # The hot path: a BHS without AHS or data that breaks no rule, checked and packed
+        # by one generated function; None (or an exception) sends it the general way.
         plain = _PLAIN.get(type(pdu))
         if plain is not None:
             try:
@@ -1097,18 +1184,18 @@ def decode(
     avail = len(buf) - pos
     if avail < BHS_LENGTH:
         return NeedMore(BHS_LENGTH - avail)
-    b0, tahs, dsl_hi, dsl_lo = _HDR.unpack_from(buf, pos)
-    if not (tahs or dsl_hi or dsl_lo):  # the hot path: a bare BHS
-        unpack = _UNPACK_BY_OPCODE[b0 & 0x3F]
+    b0, lengths = _HEAD.unpack_from(buf, pos)
+    if not lengths:  # the hot path: a bare BHS, neither AHS nor data
+        unpack = _UNPACK_BY_BYTE0[b0]
         if unpack is not None:
             if not header_digest:
                 return unpack(buf, pos, b"", b""), BHS_LENGTH
-            if len(buf) - pos >= BHS_LENGTH + 4 and _LE32.unpack_from(buf, pos + BHS_LENGTH)[
-                0
-            ] == _crc32c(buf[pos : pos + BHS_LENGTH]):
+            if avail >= BHS_LENGTH + 4 and _LE32.unpack_from(buf, pos + BHS_LENGTH)[0] == _crc32c(
+                buf[pos : pos + BHS_LENGTH]
+            ):
                 return unpack(buf, pos, b"", b""), BHS_LENGTH + 4
             # short or a bad digest: the general path says which
-    dsl = dsl_hi << 16 | dsl_lo
+    tahs, dsl = lengths >> 24, lengths & 0xFFFFFF
     if max_dsl is not None and dsl > max_dsl:
         raise PDUFormatError(
             f"DataSegmentLength {dsl} exceeds MaxRecvDataSegmentLength {max_dsl}",
