@@ -208,18 +208,32 @@ def test_plan_shards_balances_by_weight_and_keeps_order() -> None:
     assert sorted(map(len, plan_shards(["a", "b", "c", "d"], 2))) == [2, 2]
 
 
-def test_shard_argv_gives_the_initiator_column_to_one_shard() -> None:
+def test_plan_run_splits_by_initiator_and_gives_each_column_once() -> None:
+    from iscsi_conformance.cli import plan_run
+
+    plan = plan_run(["reference", "tgt", "lio"], ["reference", "libiscsi", "open-iscsi"], 2)
+    assert [s.initiators for s in plan] == [["open-iscsi"], ["reference", "libiscsi"]]
+    assert all(s.targets == ["reference", "tgt", "lio"] for s in plan)
+    assert [s.target_column for s in plan] == [False, True]  # reference initiator's shard
+    assert all(s.initiator_column for s in plan)
+    one = plan_run(["reference", "tgt", "lio"], ["reference"], 2)
+    assert [s.targets for s in one] == [["lio"], ["reference", "tgt"]]
+    assert [s.initiator_column for s in one] == [False, True]
+
+
+def test_shard_argv_gives_each_column_to_one_shard() -> None:
     import argparse
     from pathlib import Path
 
-    from iscsi_conformance.cli import _shard_argv
+    from iscsi_conformance.cli import Shard, _shard_argv
 
-    args = argparse.Namespace(
-        initiator=["reference", "libiscsi"], suite=["Interop"], peer_mode=None, allure=None
+    args = argparse.Namespace(suite=["Interop"], peer_mode=None, allure=None)
+    with_columns = _shard_argv(args, Shard(["reference"], ["reference"]), Path("r/0"), ["-x"])
+    without = _shard_argv(
+        args, Shard(["lio"], ["libiscsi", "open-iscsi"], False, False), Path("r/1"), []
     )
-    with_column = _shard_argv(args, ["reference"], Path("r/shard-0"), True, ["-x"])
-    without = _shard_argv(args, ["lio"], Path("r/shard-1"), False, [])
-    assert "--iscsi-no-initiator-column" not in with_column and "-x" in with_column
-    assert without[-1] == "--iscsi-no-initiator-column"
+    assert "--iscsi-no-initiator-column" not in with_columns and "-x" in with_columns
+    assert "--iscsi-no-target-column" not in with_columns
+    assert without[-2:] == ["--iscsi-no-initiator-column", "--iscsi-no-target-column"]
     assert without[without.index("--target") + 1] == "lio"
     assert without.count("--initiator") == 2

@@ -19,6 +19,7 @@ configuration, 3 the harness or a peer could not start, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -107,31 +108,64 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return EXIT_HARNESS
 
 
-#: Relative cost of a target's column, for splitting targets over shards: LIO runs in
-#: an emulated (TCG) micro-VM on hosts without its kernel modules and is the slowest.
-SHARD_WEIGHTS = {"lio": 4.0, "tgt": 1.0, "reference": 1.0}
+#: Relative cost of a peer's share of a run, for splitting over shards (measured on a
+#: 2-core host, 2026-11: open-iscsi's column is the slowest, every login going through
+#: iscsiadm in an emulated (TCG) micro-VM; LIO's target column, also in TCG, next).
+SHARD_WEIGHTS = {"open-iscsi": 6.0, "libiscsi": 3.0, "lio": 3.0, "tgt": 1.0, "reference": 2.0}
 
 
-def plan_shards(targets: Sequence[str], shards: int) -> list[list[str]]:
-    """Split ``targets`` into at most ``shards`` groups of about equal weight,
-    heaviest first (greedy). Order within a group follows ``targets``."""
-    groups: list[list[str]] = [[] for _ in range(max(1, min(shards, len(targets))))]
+def plan_shards(names: Sequence[str], shards: int) -> list[list[str]]:
+    """Split ``names`` (initiators or targets) into at most ``shards`` groups of about
+    equal weight, heaviest first (greedy). Order within a group follows ``names``."""
+    groups: list[list[str]] = [[] for _ in range(max(1, min(shards, len(names))))]
     load = [0.0] * len(groups)
-    for t in sorted(targets, key=lambda t: -SHARD_WEIGHTS.get(t, 1.0)):
+    for t in sorted(names, key=lambda t: -SHARD_WEIGHTS.get(t, 1.0)):
         k = load.index(min(load))
         groups[k].append(t)
         load[k] += SHARD_WEIGHTS.get(t, 1.0)
-    order = {t: i for i, t in enumerate(targets)}
+    order = {t: i for i, t in enumerate(names)}
     return [sorted(g, key=order.__getitem__) for g in groups if g]
 
 
+@dataclasses.dataclass
+class Shard:
+    """One process of a sharded run: its peers, and which columns it owns."""
+
+    targets: list[str]
+    initiators: list[str]
+    target_column: bool = True  # reference initiator x each target
+    initiator_column: bool = True  # each initiator x the reference target
+
+    def describe(self) -> str:
+        text = f"initiators {', '.join(self.initiators) or 'reference'} x targets {', '.join(self.targets)}"
+        if not self.target_column:
+            text += " (no target column)"
+        return text
+
+
+def plan_run(targets: Sequence[str], initiators: Sequence[str], shards: int) -> list[Shard]:
+    """How ``run --shards N`` splits a run. With several initiators, by initiator (each
+    shard pairs its initiators with every target; the target column, the reference
+    initiator against each target, goes to one shard); otherwise by target (the
+    initiator column goes to the shard with the reference target)."""
+    targets = list(targets) or ["reference"]
+    initiators = list(initiators) or ["reference"]
+    if len(initiators) >= 2:
+        groups = plan_shards(initiators, shards)
+        owner = next((k for k, g in enumerate(groups) if "reference" in g), 0)
+        return [Shard(targets, g, target_column=k == owner) for k, g in enumerate(groups)]
+    groups = plan_shards(targets, shards)
+    owner = next((k for k, g in enumerate(groups) if "reference" in g), 0)
+    return [Shard(g, initiators, initiator_column=k == owner) for k, g in enumerate(groups)]
+
+
 def _shard_argv(
-    args: argparse.Namespace, group: list[str], report: Path, column: bool, extra: Sequence[str]
+    args: argparse.Namespace, shard: Shard, report: Path, extra: Sequence[str]
 ) -> list[str]:
     argv = [sys.executable, "-m", "iscsi_conformance.cli", "run", "--report", str(report)]
-    for t in group:
+    for t in shard.targets:
         argv += ["--target", t]
-    for i in args.initiator or []:
+    for i in shard.initiators:
         argv += ["--initiator", i]
     for s in args.suite or []:
         argv += ["--suite", s]
@@ -140,8 +174,10 @@ def _shard_argv(
     if args.allure:
         argv += ["--allure", str(args.allure)]
     argv += ["-q", "--", *extra]
-    if not column:
+    if not shard.initiator_column:
         argv.append("--iscsi-no-initiator-column")
+    if not shard.target_column:
+        argv.append("--iscsi-no-target-column")
     return argv
 
 
@@ -163,29 +199,26 @@ def cmd_run_sharded(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
-    targets = list(args.target or ["reference"])
-    groups = plan_shards(targets, args.shards)
-    column_at = next((k for k, g in enumerate(groups) if "reference" in g), 0)
+    plan = plan_run(args.target or [], args.initiator or [], args.shards)
     started = time.monotonic()
-    procs: list[tuple[int, list[str], subprocess.Popen[bytes], Path]] = []
+    procs: list[tuple[int, Shard, subprocess.Popen[bytes], Path]] = []
     try:
-        for k, group in enumerate(groups):
+        for k, shard in enumerate(plan):
             log_path = report / f"shard-{k}.log"
-            argv = _shard_argv(args, group, report / f"shard-{k}", k == column_at, extra)
+            argv = _shard_argv(args, shard, report / f"shard-{k}", extra)
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(
                     argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
                 )
-            procs.append((k, group, proc, log_path))
-            column = ", initiator column" if k == column_at else ""
-            print(f"shard {k}: targets {', '.join(group)}{column} (log: {log_path})", flush=True)
+            procs.append((k, shard, proc, log_path))
+            print(f"shard {k}: {shard.describe()} (log: {log_path})", flush=True)
         codes: dict[int, int] = {}
         while len(codes) < len(procs):
-            for k, group, proc, _log in procs:
+            for k, _shard, proc, _log in procs:
                 if k not in codes and proc.poll() is not None:
                     codes[k] = proc.returncode
                     print(
-                        f"shard {k} ({', '.join(group)}) finished: exit {proc.returncode} "
+                        f"shard {k} finished: exit {proc.returncode} "
                         f"after {time.monotonic() - started:.0f} s",
                         flush=True,
                     )
@@ -341,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "run":
-            if args.shards > 1 and len(args.target or []) > 1:
+            if args.shards > 1 and max(len(args.target or []), len(args.initiator or [])) > 1:
                 return cmd_run_sharded(args, extra)
             return cmd_run(args, extra)
         if args.command == "certify":

@@ -124,6 +124,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ini_type="bool",
     )
     add(
+        "--iscsi-no-target-column",
+        "iscsi_no_target_column",
+        "do not run the target column (the reference initiator as instrument against each "
+        "target); a run sharded by initiator gives that column to one shard only",
+        action="store_true",
+        ini_type="bool",
+    )
+    add(
         "--iscsi-peer-mode",
         "iscsi_peer_mode",
         "how peers run: auto, native, container, microvm",
@@ -156,6 +164,7 @@ class IscsiRun:
     chap: Any = None
     mutual_chap: Any = None
     initiator_column: bool = True
+    target_column: bool = True
     pool: PeerPool | None = None
     pool_error: BaseException | None = None
     results: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -227,6 +236,7 @@ def pytest_configure(config: pytest.Config) -> None:
         chap=_credentials(_opt(config, "iscsi_chap"), "--iscsi-chap"),
         mutual_chap=_credentials(_opt(config, "iscsi_mutual_chap"), "--iscsi-mutual-chap"),
         initiator_column=not bool(_opt(config, "iscsi_no_initiator_column")),
+        target_column=not bool(_opt(config, "iscsi_no_target_column")),
     )
     import time
 
@@ -336,10 +346,13 @@ def pytest_collection_modifyitems(
     outside = [
         item
         for item in items
-        if info_of(item) is not None
+        if (info := info_of(item)) is not None
         and hasattr(item, "callspec")
         and item.callspec.params.get("pairing") is not None
-        and item.callspec.params["pairing"].target not in targets
+        and (
+            item.callspec.params["pairing"].target not in targets
+            or (info.pairing == "target" and not run.target_column)
+        )
     ]
     if outside:
         config.hook.pytest_deselected(items=outside)
