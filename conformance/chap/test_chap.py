@@ -496,6 +496,14 @@ async def test_discovery_session_chap(target: Any) -> None:
         if method == "CHAP":
             s2 = await probe.step([("CHAP_A", "5")], csg=0, nsg=1, transit=False)
             k = s2.keys
+            require(
+                s2.succeeded and "CHAP_I" in k and "CHAP_C" in k,
+                "R7143-12.1-1",
+                f"the target chose AuthMethod=CHAP, then answered CHAP_A=5 with status "
+                f"{s2.status!r} and keys {sorted(k)}",
+                sent=probe.sent,
+                received=probe.received,
+            )
             resp = chap_response(
                 ChapAlgorithm.MD5, int(k["CHAP_I"], 0), secret.encode(), parse_binary(k["CHAP_C"])
             )

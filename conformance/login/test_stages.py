@@ -7,7 +7,7 @@ from typing import Any
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.plugin import require, spec, violation
-from iscsi_conformance.plugin.probe import random_isid
+from iscsi_conformance.plugin.probe import answer_offers, random_isid
 
 
 def _refused_as_initiator_error(step: Any) -> bool:
@@ -106,7 +106,9 @@ async def test_start_in_operational_stage(target: Any) -> None:
     async with target.raw() as raw:
         probe = target.probe(raw)
         step = await probe.step([], csg=1, nsg=3, transit=True)
-        step = step if step.refused or step.response.transit else await probe.operational([])
+        # The target may offer keys of its own first; they are answered (RFC 7143 6.2).
+        if not (step.refused or step.response.transit):
+            step = await probe.operational(answer_offers(step.pairs, []))
         require(
             probe.in_full_feature,
             "R7143-6.3.1-2",
