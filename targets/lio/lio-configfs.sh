@@ -49,9 +49,10 @@ verb=${1:-}
 case "$verb" in
 setup)
     grep -q configfs /proc/mounts || mount -t configfs configfs /sys/kernel/config
-    mkdir -p "$DATA/dbroot"
     # Persistent-reservation (APTPL) and ALUA state go under dbroot; it can only be
-    # changed while no device exists.
+    # changed while no device exists. LIO writes pr/aptpl_* on every REGISTER (even
+    # with APTPL=0) and fails the command when pr/ is missing.
+    mkdir -p "$DATA/dbroot/pr" "$DATA/dbroot/alua"
     [ "$(cat $CFS/dbroot)" = "$DATA/dbroot" ] || put "$CFS/dbroot" "$DATA/dbroot" || true
     mkdir -p "$CFS/iscsi"
     echo "kernel: $(uname -r)"

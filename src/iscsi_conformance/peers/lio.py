@@ -280,7 +280,9 @@ class LioTarget(TargetDriver):
     def version(self) -> str:
         if not self._versions:
             return "LIO (not started)"
-        return f"{self._versions.get('iscsi', 'LIO')}; Linux {self._versions.get('kernel', '?')}"
+        # The kernel release comes first: it is what deviations are matched against
+        # (LIO's own "v4.1.0" has not changed in years).
+        return f"Linux {self._versions.get('kernel', '?')} ({self._versions.get('iscsi', 'LIO')})"
 
     def kernel_release(self) -> str:
         return self._versions.get("kernel", "")
@@ -316,6 +318,8 @@ class LioTarget(TargetDriver):
             )
         if spec.allowed_initiators:
             steps.append(["attrib", iqn, "generate_node_acls", "0"])
+            # LIO's default lists every target in SendTargets, ACLs or not
+            steps.append(["attrib", iqn, "demo_mode_discovery", "0"])
             for ini in spec.allowed_initiators:
                 steps.append(["acl", iqn, ini, *luns])
         else:
@@ -337,6 +341,11 @@ class LioTarget(TargetDriver):
         steps.append(["param", iqn, "HeaderDigest", ",".join(spec.header_digest)])
         steps.append(["param", iqn, "DataDigest", ",".join(spec.data_digest)])
         for key, value in spec.parameters:
+            if key == "CHAP_A":
+                # LIO has no per-target CHAP_A setting: it accepts every algorithm it
+                # has (MD5, SHA-1, SHA-256, SHA3-256 on 6.1); the initiator's offer
+                # decides, which is what the CHAP profiles' tests send anyway.
+                continue
             if key not in LIO_PARAMS:
                 raise ConfigError(f"LIO has no TPG parameter {key!r}", field="parameters")
             steps.append(["param", iqn, key, value])
