@@ -58,6 +58,11 @@ async def _add_connection(
         step = await probe.step([], csg=SECURITY, nsg=OPERATIONAL, transit=True)
         if step.refused or not step.response.transit:
             return probe
+    keys = list(keys)
+    if "MaxRecvDataSegmentLength" not in {k for k, _ in keys}:
+        # connection-scoped and declarative: every connection declares its own, as
+        # initiators do (the leading connection's probe does the same)
+        keys.append(("MaxRecvDataSegmentLength", "8192"))
     await probe.operational(keys)
     return probe
 

@@ -340,6 +340,10 @@ class LioTarget(TargetDriver):
         steps.append(["param", iqn, "AuthMethod", "CHAP" if auth else "CHAP,None"])
         steps.append(["param", iqn, "HeaderDigest", ",".join(spec.header_digest)])
         steps.append(["param", iqn, "DataDigest", ",".join(spec.data_digest)])
+        if "MaxConnections" not in {k for k, _ in spec.parameters}:
+            # LIO's TPG default is 1; it implements multi-connection sessions, so let
+            # the suite see them (a spec may still ask for another value)
+            steps.append(["param", iqn, "MaxConnections", "8"])
         for key, value in spec.parameters:
             if key == "CHAP_A":
                 # LIO has no per-target CHAP_A setting: it accepts every algorithm it
