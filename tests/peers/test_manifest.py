@@ -124,9 +124,11 @@ def test_deviation_matching_prefix_and_versions() -> None:
         ("1.0.84", ">=1.0.85", False),
         ("1.19.0", ">=1.18,<1.20", True),
         ("1.20.0", ">=1.18,<1.20", False),
-        ("6.1.0-21-cloud-amd64", "==6.1", False),
+        ("6.1.0-21-cloud-amd64", "==6.1", True),  # missing parts count as 0, as in PEP 440
+        ("6.1.5-21-cloud-amd64", "==6.1", False),
         ("6.1", "==6.1", True),
-        ("2.0", "!=2", True),
+        ("2.0", "!=2", False),
+        ("2.1", "!=2", True),
     ],
 )
 def test_version_matches(version: str, spec: str, expected: bool) -> None:

@@ -119,12 +119,31 @@ class Deviation:
     )
 
     def matches(self, test_id: str, version: str | None = None) -> bool:
-        """Whether this deviation covers ``test_id`` for the peer at ``version``."""
-        if not (test_id == self.test or test_id.startswith(self.test + ".")):
+        """Whether this deviation covers ``test_id`` for the peer at ``version``.
+
+        ``test_id`` may carry a parametrised case (``Foo.Bar.Baz[512]``): the entry
+        ``Foo.Bar.Baz`` covers every case. A version with no number in it (not known
+        yet, or a peer that does not say) is assumed to still have the deviation.
+        """
+        base = test_id.split("[", 1)[0]
+        if not (base == self.test or base.startswith(self.test + ".")):
             return False
-        if version is None or self.versions.strip() == "*":
+        if version is None or self.versions.strip() == "*" or not re.search(r"\d", version):
             return True
         return version_matches(version, self.versions)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Deviation:
+        """A deviation from its manifest table (or an already parsed one)."""
+        if isinstance(raw, Deviation):
+            return raw
+        return cls(
+            test=str(raw.get("test", "")),
+            reason=str(raw.get("reason", "known deviation")),
+            versions=str(raw.get("versions", "*")),
+            upstream=str(raw.get("upstream", "") or ""),
+            effect=str(raw.get("effect", "xfail")),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,12 +159,8 @@ class PeerManifest(Manifest):
     parsed_deviations: tuple[Deviation, ...] = ()
 
     def deviation_for(self, test_id: str, version: str | None = None) -> Deviation | None:
-        """The first deviation that covers ``test_id`` (at ``version``), or ``None``."""
-        # Most specific (longest) prefix wins, so a narrow entry can override a broad one.
-        for dev in sorted(self.parsed_deviations, key=lambda d: len(d.test), reverse=True):
-            if dev.matches(test_id, version):
-                return dev
-        return None
+        """The deviation that covers ``test_id`` (at ``version``), or ``None``."""
+        return find_deviation(self.parsed_deviations, test_id, version)
 
     def header_digests(self) -> list[str]:
         return list(
@@ -156,6 +171,17 @@ class PeerManifest(Manifest):
         return list(
             self.capabilities.get("data_digests", self.capabilities.get("digests", ["None"]))
         )
+
+
+def find_deviation(deviations: Any, test_id: str, version: str | None = None) -> Deviation | None:
+    """The one matcher of deviations (the plugin's and the drivers'): the most specific
+    (longest) entry that covers ``test_id`` at ``version`` wins, so a narrow entry can
+    override a broad one. ``deviations`` are ``Deviation`` objects or manifest tables."""
+    parsed = [Deviation.from_dict(d) for d in deviations or ()]
+    for dev in sorted(parsed, key=lambda d: len(d.test), reverse=True):
+        if dev.matches(test_id, version):
+            return dev
+    return None
 
 
 # --------------------------------------------------------------------------- versions
@@ -169,8 +195,11 @@ def version_key(version: str) -> tuple[int, ...]:
     ``"1:1.0.85-1+deb12u1"`` -> ``(1, 0, 85)``; ``"6.1.0-21-cloud-amd64"`` -> ``(6, 1, 0)``.
     """
     v = version.strip()
-    if ":" in v.split("-", 1)[0]:
-        v = v.split(":", 1)[1]
+    # the first dotted number anywhere ("tgt 1.0.85", "Linux 6.1.0-21 (... v4.1.0)",
+    # past a Debian epoch "1:"); a bare number otherwise
+    dotted = re.search(r"\d+(?:\.\d+)+", v.split(":", 1)[1] if re.match(r"^\d+:", v) else v)
+    if dotted:
+        return tuple(int(n) for n in dotted.group(0).split("."))
     v = v.split("-", 1)[0].split("+", 1)[0].split("~", 1)[0]
     return tuple(int(n) for n in re.findall(r"\d+", v))
 
@@ -186,14 +215,16 @@ def version_matches(version: str, spec: str) -> bool:
             raise ConfigError(f"cannot parse version clause {clause!r}", field="versions")
         op, want_s = m.group(1) or "==", m.group(2)
         want = version_key(want_s)
+        width = max(len(have), len(want))  # 6.1 means 6.1.0
+        have_p, want = have + (0,) * (width - len(have)), want + (0,) * (width - len(want))
         ok = {
-            ">=": have >= want,
-            "<=": have <= want,
-            ">": have > want,
-            "<": have < want,
-            "==": have == want,
-            "=": have == want,
-            "!=": have != want,
+            ">=": have_p >= want,
+            "<=": have_p <= want,
+            ">": have_p > want,
+            "<": have_p < want,
+            "==": have_p == want,
+            "=": have_p == want,
+            "!=": have_p != want,
         }[op]
         if not ok:
             return False
