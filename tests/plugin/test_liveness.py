@@ -73,3 +73,31 @@ def test_dead_target_fails_its_test_and_is_restarted(pytester: pytest.Pytester) 
     starts = [c for c in tgt["commands"] if c["argv"][:1] == ["tgtd"]]
     assert len(starts) == 2, [c["argv"] for c in tgt["commands"]]
     assert doc["runs"][0]["phases"]["restarts"] > 0
+
+
+XDIST_SUITE = SUITE.replace(
+    """    daemon = target.entry.driver._daemon
+    os.kill(daemon.pid, signal.SIGSEGV)  # what tgtd 1.0.85 does to itself on stray Data-Out
+    daemon.proc.wait(10)""",
+    """    pid = target.entry.health["pid"]  # the worker holds no driver, only the handle
+    os.kill(pid, signal.SIGSEGV)
+    time.sleep(1)""",
+)
+
+
+@pytest.mark.peer
+def test_under_xdist_a_dead_target_is_named_not_restarted(pytester: pytest.Pytester) -> None:
+    """An xdist worker cannot restart the controller's target: the test during which it
+    died fails saying so, and later tests of that target fail at once with the cause
+    instead of a connection error each."""
+    if shutil.which("tgtd") is None:
+        pytest.skip("needs tgt on this host (ci/setup_host.sh)")
+    assert "entry.health" in XDIST_SUITE
+    pytester.makepyfile(test_liveness_suite=XDIST_SUITE)
+    result = pytester.runpytest(
+        "-n", "1", "-p", "no:randomly", "--iscsi-target", "tgt", "--iscsi-peer-mode", "native"
+    )
+    out = result.stdout.str()
+    assert "died during this test" in out and "cannot restart" in out, out[-3000:]
+    assert "died earlier in this run" in out, out[-3000:]
+    result.assert_outcomes(passed=1, failed=1, errors=1)

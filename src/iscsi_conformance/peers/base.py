@@ -194,6 +194,12 @@ class TargetDriver(PeerDriver):
         """The peer's last output lines (secrets masked), for crash reports."""
         return ""
 
+    def health_handle(self) -> dict[str, Any]:
+        """What another process (an xdist worker) needs to tell whether this target
+        still runs: ``{"pid": n}`` of its process on this host or ``{"container": id}``;
+        empty when there is nothing to watch (see ``handle_health``)."""
+        return {}
+
     def restart(self) -> None:
         """Bring a dead target up again, empty: the caller configures it again."""
         self.stop()
@@ -235,3 +241,26 @@ class InitiatorDriver(PeerDriver):
 
     def inquiry(self, session: SessionHandle, lun: int) -> bytes:
         raise NotImplementedError
+
+
+def handle_health(handle: dict[str, Any]) -> str | None:
+    """``TargetDriver.health`` for a process that holds only ``health_handle()``:
+    why the target is gone, or None while it runs (or when the handle says nothing)."""
+    pid = handle.get("pid")
+    if pid:
+        try:
+            with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return f"process {pid} is gone"
+        return f"process {pid} exited" if state in ("Z", "X") else None
+    container = handle.get("container")
+    if container:
+        try:
+            from iscsi_conformance.peers.docker_env import ensure_engine
+
+            status = ensure_engine(start=False).containers.get(container).status
+        except Exception as exc:  # removed, or the engine went away
+            return f"container {container[:12]} is gone ({exc})"
+        return None if status in ("created", "running") else f"container {container[:12]} {status}"
+    return None

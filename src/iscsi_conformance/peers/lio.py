@@ -196,6 +196,16 @@ class LioTarget(TargetDriver):
                 return f"LIO tools container {self._container.status}"
         return None
 
+    def health_handle(self) -> dict[str, Any]:
+        vm = self.vm
+        if vm is not None and getattr(vm, "container", None) is not None:
+            return {"container": vm.container.id}
+        if vm is not None and getattr(vm, "proc", None) is not None:
+            return {"pid": vm.proc.pid}
+        if self._container is not None:
+            return {"container": self._container.id}
+        return {}
+
     def restart(self) -> None:
         self._targets.clear()
         super().restart()

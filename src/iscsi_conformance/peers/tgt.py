@@ -347,6 +347,13 @@ class TgtTarget(TargetDriver):
                 )
         return None
 
+    def health_handle(self) -> dict[str, Any]:
+        if self._daemon is not None:
+            return {"pid": self._daemon.pid}
+        if self._container is not None:
+            return {"container": self._container.id}
+        return {}
+
     def _remove_control_socket(self) -> None:
         if self.mode == "native" and self.control_port:
             for suffix in ("", ".lock"):

@@ -444,6 +444,8 @@ def target(
     entry = _iscsi_pool.targets.get(pairing.target)
     if entry is None:
         pytest.skip(f"target {pairing.target!r} is not part of this run")
+    if entry.died is not None:  # seen dead by this xdist worker, which cannot restart it
+        pytest.fail(f"target {_public_name(pairing.target)} died earlier in this run: {entry.died}")
     info = info_of(request.node)
     tut = TargetUnderTest(
         entry, _iscsi_pool.credentials, evidence, allow_dataloss=run.allow_dataloss

@@ -49,6 +49,8 @@ class TargetEntry:
     description: dict[str, Any] = dataclasses.field(default_factory=dict)
     external: bool = False
     lun: int = 0  # for external targets: the only LUN we may touch
+    health: dict[str, Any] = dataclasses.field(default_factory=dict)  # for xdist workers
+    died: str | None = None  # set in a worker once the target was seen dead
 
     def endpoint(self, profile: str) -> TargetEndpoint | None:
         return self.endpoints.get(profile)
@@ -305,8 +307,10 @@ class PeerPool:
         import time
 
         entry = self.targets.get(name)
-        if entry is None or entry.driver is None:
+        if entry is None:
             return None
+        if entry.driver is None:
+            return self._check_attached(entry)
         why = entry.driver.health()
         if why is None:
             return None
@@ -333,6 +337,25 @@ class PeerPool:
         description["crashes"] = crashes
         entry.description = description
         return why + (f"\n--- last lines of its log ---\n{tail}" if tail else "")
+
+    @staticmethod
+    def _check_attached(entry: TargetEntry) -> str | None:
+        """In an xdist worker: the controller owns the target, so a dead one is only
+        reported (once, on the test during which it died); later tests of it fail at
+        once with the same words rather than one connection error each."""
+        if entry.died is not None:
+            return None
+        from iscsi_conformance.peers.base import handle_health
+
+        why = handle_health(entry.health)
+        if why is None:
+            return None
+        entry.died = why
+        return (
+            f"{why}; an xdist worker cannot restart it (the controller owns it): later "
+            "tests of this target will fail; run with --shards instead of -n to have "
+            "dead targets restarted"
+        )
 
     def _configure_external(self, entry: TargetEntry) -> None:
         from iscsi_conformance.initiator.url import parse_url
@@ -402,6 +425,7 @@ class PeerPool:
                     "description": e.description,
                     "external": e.external,
                     "lun": e.lun,
+                    "health": e.driver.health_handle() if e.driver is not None else {},
                     "external_chap": _creds_data(getattr(e, "external_chap", None)),
                     "external_mutual": _creds_data(getattr(e, "external_mutual", None)),
                 }
@@ -443,6 +467,7 @@ class PeerPool:
                 description=dict(t["description"]),
                 external=bool(t["external"]),
                 lun=int(t["lun"]),
+                health=dict(t.get("health") or {}),
             )
             entry.external_chap = _creds(t.get("external_chap"))  # type: ignore[attr-defined]
             entry.external_mutual = _creds(t.get("external_mutual"))  # type: ignore[attr-defined]
