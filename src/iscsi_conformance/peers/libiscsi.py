@@ -124,6 +124,9 @@ def _text(el: ET.Element | None) -> str:
     return (el.text or "").strip() if el is not None else ""
 
 
+MAX_HANGS = 3  # per run_own_suite call: after that a hang ends the family as an error
+
+
 def parse_cunit_results(xml_text: str, family: str) -> list[SuiteCase]:
     """Parse ``CUnitAutomated-Results.xml``; one ``SuiteCase`` per test.
 
@@ -166,6 +169,58 @@ def parse_cunit_results(xml_text: str, family: str) -> list[SuiteCase]:
                         where = f"{_text(res.find('FILE_NAME'))}:{_text(res.find('LINE_NUMBER'))}"
                         put(name, "failed", f"{where}: {_text(res.find('CONDITION'))}")
     return [cases[n] for n in order]
+
+
+def salvage_partial_results(xml_text: str, family: str) -> list[SuiteCase]:
+    """The cases of a CUnit results file cut short (``iscsi-test-cu`` killed while a
+    test hung): the whole file when it parses, else every complete test record."""
+    try:
+        return parse_cunit_results(xml_text, family)
+    except ET.ParseError:
+        pass
+    cases: dict[str, SuiteCase] = {}
+    suite = ""
+    token = re.compile(
+        r"<SUITE_NAME>(.*?)</SUITE_NAME>|<(CUNIT_RUN_TEST_SUCCESS|CUNIT_RUN_TEST_FAILURE)>(.*?)</\2>",
+        re.S,
+    )
+    for m in token.finditer(xml_text):
+        if m.group(1) is not None:
+            suite = m.group(1).strip()
+            continue
+        body = m.group(3)
+        test = re.search(r"<TEST_NAME>(.*?)</TEST_NAME>", body, re.S)
+        if not test or not suite:
+            continue
+        name = f"{family}.{suite}.{test.group(1).strip()}"
+        if m.group(2) == "CUNIT_RUN_TEST_SUCCESS":
+            cases.setdefault(name, SuiteCase(name, "passed", ""))
+        else:
+            cond = re.search(r"<CONDITION>(.*?)</CONDITION>", body, re.S)
+            detail = cond.group(1).strip() if cond else "assertion failed"
+            cases[name] = SuiteCase(name, "failed", detail)
+    return list(cases.values())
+
+
+def remaining_after_hang(listed: Sequence[str], done: Sequence[str]) -> tuple[str, list[str]]:
+    """(the test that hung, the selections still to run) from ``iscsi-test-cu -l``'s
+    tests of one family (``Family.Suite.Test``, in run order) and those with a result.
+
+    The hung test is the first listed one without a result after the last one with a
+    result; what follows it in its suite runs test by test, later suites whole."""
+    finished = set(done)
+    last = max((i for i, name in enumerate(listed) if name in finished), default=-1)
+    rest = [name for name in listed[last + 1 :] if name not in finished]
+    if not rest:
+        return "", []
+    hung, after = rest[0], rest[1:]
+    suite = hung.rsplit(".", 1)[0]
+    selections = [t for t in after if t.rsplit(".", 1)[0] == suite]
+    for t in after:
+        s = t.rsplit(".", 1)[0]
+        if s != suite and s not in selections:
+            selections.append(s)
+    return hung, selections
 
 
 def summarize(cases: Sequence[SuiteCase]) -> dict[str, int]:
@@ -597,6 +652,39 @@ class LibiscsiInitiator(InitiatorDriver):
             raise classify_login_failure(res.stderr + res.stdout)
         return res.stdout
 
+    def _after_hang(
+        self, selection: str, folder: str, family: str, timeout: float, queue: list[str]
+    ) -> list[SuiteCase]:
+        try:
+            partial = self._get_file(f"{folder}/CUnitAutomated-Results.xml").decode(
+                errors="replace"
+            )
+        except Exception:
+            partial = ""
+        done = [
+            c
+            for c in salvage_partial_results(partial, family)
+            if c.name == selection or c.name.startswith(selection + ".")
+        ]
+        listing = self._exec(["iscsi-test-cu", "-l"], timeout=60).stdout.split()
+        listed = [
+            t
+            for t in listing
+            if t.count(".") == 2 and (t == selection or t.startswith(selection + "."))
+        ]
+        hung, rest = remaining_after_hang(listed, [c.name for c in done])
+        queue[:0] = rest
+        name = hung or selection
+        return [
+            *done,
+            SuiteCase(
+                name,
+                "failed",
+                f"hung: no progress within {timeout:.0f} s, iscsi-test-cu was killed "
+                "(the tests after it were run separately)",
+            ),
+        ]
+
     def readcapacity16(
         self, endpoint: TargetEndpoint, lun: int, *, options: LoginOptions = NO_OPTIONS
     ) -> dict[str, int]:
@@ -634,7 +722,10 @@ class LibiscsiInitiator(InitiatorDriver):
         s = self.session_for(endpoint, options)
         lun = endpoint.luns[0] if lun is None else lun
         cases: list[SuiteCase] = []
-        for selection in families:
+        queue = list(families)
+        hangs = 0
+        while queue:
+            selection = queue.pop(0)
             family = selection.split(".", 1)[0]
             folder = self._scratch()
             try:
@@ -653,7 +744,16 @@ class LibiscsiInitiator(InitiatorDriver):
                 if allow_dataloss:
                     argv.append("-d")
                 argv.append(s.url(lun))
-                res = self._exec(argv, env=dict(s.env), timeout=timeout, workdir=folder)
+                limit = timeout  # docker_exec runs it under timeout(1) already
+                if self.mode != "container":
+                    argv, limit = ["timeout", "-k", "5", f"{timeout:g}", *argv], timeout + 30
+                res = self._exec(argv, env=dict(s.env), timeout=limit, workdir=folder)
+                if res.returncode in (124, 137) and hangs < MAX_HANGS:
+                    # killed by the timeout: a test hung. Keep what finished, name the
+                    # test that hung, and run what would have followed it.
+                    hangs += 1
+                    cases += self._after_hang(selection, folder, family, timeout, queue)
+                    continue
                 try:
                     xml_text = self._get_file(f"{folder}/CUnitAutomated-Results.xml").decode(
                         errors="replace"
@@ -666,7 +766,16 @@ class LibiscsiInitiator(InitiatorDriver):
                         )
                     )
                     continue
-                parsed = parse_cunit_results(xml_text, family)
+                parsed = salvage_partial_results(xml_text, family)
+                if res.returncode in (124, 137):  # killed, and out of hang recoveries
+                    cases.append(
+                        SuiteCase(
+                            selection,
+                            "error",
+                            f"iscsi-test-cu was killed after {timeout:.0f} s "
+                            f"({hangs} hung tests already in this run)",
+                        )
+                    )
                 if selection != family:  # a suite or a test: keep only what was asked
                     parsed = [
                         c
