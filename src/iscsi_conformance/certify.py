@@ -45,9 +45,9 @@ async def _preflight(url: object, chap: object, mutual: object) -> None:
 def certify(args: argparse.Namespace, extra: Sequence[str]) -> int:
     import pytest
 
-    from iscsi_conformance.cli import _pytest_args
     from iscsi_conformance.initiator.url import parse_url
     from iscsi_conformance.plugin import RESULTS_KEY, _credentials
+    from iscsi_conformance.suite import pytest_args as _pytest_args
     from iscsi_conformance.verdict import certification_verdict, print_summary
 
     try:

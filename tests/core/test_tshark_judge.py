@@ -28,10 +28,19 @@ from iscsi_conformance.core.pdu import PDU, Tamper, encode
 pytestmark = pytest.mark.peer
 
 TSHARK = shutil.which("tshark")
-if TSHARK is None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail("tshark is required in CI (apt-get install tshark)", pytrace=False)
-    pytest.skip("tshark is not installed", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tshark_present() -> None:
+    # Checked when a test runs, not at import: collection (e.g. `-m "not peer"`) must not
+    # need tshark, and provisioning (ci/provision.py, tests/conftest.py) runs before this.
+    global TSHARK
+    TSHARK = TSHARK or shutil.which("tshark")
+    if TSHARK is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("tshark is required in CI (apt-get install tshark)", pytrace=False)
+        pytest.skip("tshark is not installed")
+
 
 TARGET_PORT = 3260
 READ10 = bytes.fromhex("28000000000000000800") + bytes(6)

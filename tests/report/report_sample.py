@@ -31,6 +31,7 @@ from iscsi_conformance.report import (
     pairing_id,
 )
 from iscsi_conformance.report.model import CIInfo
+from iscsi_conformance.report.writer import dump_results
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "Zx9-chap-secret-4711"  # the run's CHAP secret: must never reach a report
@@ -958,7 +959,7 @@ def main(argv: list[str]) -> int:
 
     out = ROOT / "fixtures" / "reports" / "sample-results.json"
     results = build_sample()
-    print(results.dump(out))
+    print(dump_results(results, out))
     if "--screenshot" in argv:
         browser = shutil.which("chromium") or shutil.which("chromium-browser")
         if not browser:

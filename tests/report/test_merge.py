@@ -19,6 +19,7 @@ from iscsi_conformance.report import (
     merge_files,
 )
 from iscsi_conformance.report.cli import main as report_main
+from iscsi_conformance.report.writer import dump_results
 
 
 def one(
@@ -140,7 +141,7 @@ def test_peers_merged_by_name_role_version_mode() -> None:
 
 
 def test_merge_files_refuses_other_major_version(tmp_path: Path, small: Results) -> None:
-    good = small.dump(tmp_path / "good.json")
+    good = dump_results(small, tmp_path / "good.json")
     doc = json.loads(good.read_text())
     doc["version"] = "2.0"
     bad = tmp_path / "bad.json"
@@ -162,9 +163,9 @@ def test_in_memory_version_check() -> None:
 def test_cli_merge_html_junit_validate(
     tmp_path: Path, small: Results, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    a = small.dump(tmp_path / "a.json")
-    b = one("r2", "passed", "2025-01-03T00:00:00+00:00", pid="open-iscsi×tgt").dump(
-        tmp_path / "b.json"
+    a = dump_results(small, tmp_path / "a.json")
+    b = dump_results(
+        one("r2", "passed", "2025-01-03T00:00:00+00:00", pid="open-iscsi×tgt"), tmp_path / "b.json"
     )
     out = tmp_path / "merged.json"
     assert report_main(["merge", str(out), str(a), str(b)]) == 0

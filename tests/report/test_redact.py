@@ -8,11 +8,12 @@ import pytest
 from report_data import SECRET
 
 from iscsi_conformance.report import Redactor, Results, junit_xml, redact, render_html, validate
+from iscsi_conformance.report.writer import dumps_results
 
 
 def outputs(r: Results, tmp_path: Path, secrets: tuple[str, ...] = ()) -> dict[str, str]:
     return {
-        "json": r.dumps(secrets=secrets),
+        "json": dumps_results(r, secrets=secrets),
         "html": render_html(r, secrets=secrets),
         "junit": junit_xml(r, secrets=secrets),
     }

@@ -22,6 +22,7 @@ __all__ = [
     "Sequence",
     "TaskTagAllocator",
     "add",
+    "add_mod",
     "distance",
     "ge",
     "gt",
@@ -32,6 +33,7 @@ __all__ = [
 
 MOD = 1 << 32
 _HALF = 1 << 31
+_MASK = MOD - 1
 RESERVED_TAG = 0xFFFFFFFF  # RFC 7143 11.2.1.8: never used as a task tag
 
 
@@ -42,6 +44,17 @@ def add(s: int, n: int) -> int:
     return (s + n) % MOD
 
 
+def add_mod(s: int, n: int) -> int:
+    """``(s + n) mod 2**32`` for any integer ``n``, negative included.
+
+    Not RFC 1982 3.1 addition (:func:`add`, restricted to 0 <= n < 2**31): this is the
+    plain wrap-around of the 32-bit sequence-number fields of RFC 7143 4.2.2 (StatSN + 1,
+    ExpCmdSN + 1, ExpCmdSN + window - 1 for MaxCmdSN, ExpCmdSN - 1, BegRun + RunLength),
+    kept cheap for the engines' hot paths.
+    """
+    return (s + n) & _MASK
+
+
 def distance(a: int, b: int) -> int:
     """Signed forward distance from ``a`` to ``b`` in -2**31 .. 2**31 - 1."""
     d = (b - a) % MOD
@@ -50,22 +63,22 @@ def distance(a: int, b: int) -> int:
 
 def lt(a: int, b: int) -> bool:
     """``a < b`` in serial arithmetic (RFC 1982 3.2)."""
-    return 0 < (b - a) % MOD < _HALF
+    return 0 < (b - a) & _MASK < _HALF
 
 
 def gt(a: int, b: int) -> bool:
     """``a > b`` in serial arithmetic (RFC 1982 3.2)."""
-    return 0 < (a - b) % MOD < _HALF
+    return 0 < (a - b) & _MASK < _HALF
 
 
 def le(a: int, b: int) -> bool:
-    """``a <= b``: equal or less."""
-    return a % MOD == b % MOD or lt(a, b)
+    """``a <= b``: equal or less (RFC 1982 3.2, RFC 7143 4.2.2.1)."""
+    return (b - a) & _MASK < _HALF  # distance 0 (equal) or 1 .. 2**31 - 1 (less)
 
 
 def ge(a: int, b: int) -> bool:
-    """``a >= b``: equal or greater."""
-    return a % MOD == b % MOD or gt(a, b)
+    """``a >= b``: equal or greater (RFC 1982 3.2, RFC 7143 4.2.2.1)."""
+    return (a - b) & _MASK < _HALF  # distance 0 (equal) or 1 .. 2**31 - 1 (greater)
 
 
 def in_window(sn: int, low: int, high: int) -> bool:

@@ -37,6 +37,7 @@ from iscsi_conformance.core import text
 from iscsi_conformance.core.codes import LogoutReason, TaskAttribute, TmfFunction
 from iscsi_conformance.core.negotiation import NegotiatedParameters
 from iscsi_conformance.core.pdu import PDU, NopIn, Tamper, encode
+from iscsi_conformance.credentials import ChapCredentials
 from iscsi_conformance.errors import (
     ISCSIConformanceError,
     LoginError,
@@ -44,7 +45,6 @@ from iscsi_conformance.errors import (
     TransportError,
     URLError,
 )
-from iscsi_conformance.peers.base import ChapCredentials
 from iscsi_conformance.scsi import cdb as cdbs
 
 from .engine import (

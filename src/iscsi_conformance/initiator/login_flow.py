@@ -38,8 +38,8 @@ from iscsi_conformance.core.login import (
 )
 from iscsi_conformance.core.negotiation import NegotiatedParameters, Negotiator
 from iscsi_conformance.core.pdu import PDU, LoginRequest, LoginResponse
+from iscsi_conformance.credentials import ChapCredentials
 from iscsi_conformance.errors import AuthenticationError, LoginError, ProtocolError
-from iscsi_conformance.peers.base import ChapCredentials
 
 __all__ = [
     "DEFAULT_DISCOVERY_KEYS",

@@ -40,8 +40,8 @@ from iscsi_conformance.core.pdu import (
     encode,
 )
 from iscsi_conformance.core.serial import gt as sn_gt
+from iscsi_conformance.credentials import ChapCredentials
 from iscsi_conformance.errors import LoginError, ProtocolError
-from iscsi_conformance.peers.base import ChapCredentials
 
 from .client import DEFAULT_INITIATOR_NAME, ResponseTimeout
 from .engine import NONE_TAG, make_isid

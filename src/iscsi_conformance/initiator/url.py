@@ -20,8 +20,8 @@ import ipaddress
 import re
 from urllib.parse import unquote
 
+from iscsi_conformance.credentials import ChapCredentials
 from iscsi_conformance.errors import URLError
-from iscsi_conformance.peers.base import ChapCredentials
 
 __all__ = ["DEFAULT_PORT", "ISCSIURL", "format_hostport", "parse_portal", "parse_url"]
 

@@ -12,70 +12,20 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import time
-from collections.abc import Sequence
 from typing import Any, Literal
+
+from iscsi_conformance.credentials import ChapCredentials
+
+from .commandlog import CommandLog, CommandRecord
+
+__all__ = [
+    "ChapCredentials",
+    "CommandLog",
+    "CommandRecord",
+]  # re-exported: drivers import them from here
 
 Role = Literal["target", "initiator"]
 Mode = Literal["embedded", "native", "container", "microvm", "external"]
-
-
-@dataclasses.dataclass
-class CommandRecord:
-    """One command a driver ran, with what it printed (secrets already masked)."""
-
-    argv: list[str]
-    returncode: int | None
-    stdout: str
-    stderr: str
-    started: float
-    duration: float
-    where: str = "host"  # "host", "container:<name>", "microvm:<name>"
-
-
-@dataclasses.dataclass
-class CommandLog:
-    """Everything a driver ran. ``secrets`` are replaced by ``***`` before recording."""
-
-    records: list[CommandRecord] = dataclasses.field(default_factory=list)
-    secrets: set[str] = dataclasses.field(default_factory=set)
-
-    def mask(self, text: str) -> str:
-        for s in sorted(self.secrets, key=len, reverse=True):
-            if s:
-                text = text.replace(s, "***")
-        return text
-
-    def add(
-        self,
-        argv: Sequence[str],
-        returncode: int | None,
-        stdout: str,
-        stderr: str,
-        started: float,
-        *,
-        where: str = "host",
-    ) -> CommandRecord:
-        rec = CommandRecord(
-            argv=[self.mask(a) for a in argv],
-            returncode=returncode,
-            stdout=self.mask(stdout),
-            stderr=self.mask(stderr),
-            started=started,
-            duration=time.monotonic() - started,
-            where=where,
-        )
-        self.records.append(rec)
-        return rec
-
-
-@dataclasses.dataclass(frozen=True)
-class ChapCredentials:
-    user: str
-    secret: str = dataclasses.field(repr=False)  # never printed
-
-    def __repr__(self) -> str:
-        return f"ChapCredentials(user={self.user!r}, secret='***')"
 
 
 @dataclasses.dataclass(frozen=True)

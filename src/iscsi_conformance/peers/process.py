@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from iscsi_conformance.errors import HarnessError
-from iscsi_conformance.peers.base import CommandLog, CommandRecord
+from iscsi_conformance.peers.commandlog import CommandLog, CommandRecord
 
 DEFAULT_TIMEOUT = 60.0
 

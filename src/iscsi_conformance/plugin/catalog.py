@@ -13,7 +13,7 @@ ROLES = {"target", "initiator", "both"}
 
 
 def catalog_dir() -> Path:
-    from iscsi_conformance.cli import suite_dir
+    from iscsi_conformance.suite import suite_dir
 
     return suite_dir() / "requirements"
 

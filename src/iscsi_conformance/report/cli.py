@@ -24,6 +24,7 @@ from .merge import merge_files
 from .model import Results
 from .render_html import write_html
 from .render_junit import write_junit
+from .writer import dump_results
 
 __all__ = ["build_parser", "main"]
 
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         secrets = _secrets(args)
         if args.command == "merge":
             merged = merge_files(args.inputs)
-            merged.dump(args.out, secrets=secrets)
+            dump_results(merged, args.out, secrets=secrets)
             print(f"{args.out}: {len(merged.tests)} results, {len(merged.pairings)} pairings")
         elif args.command == "html":
             page = write_html(

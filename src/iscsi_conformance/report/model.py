@@ -15,7 +15,7 @@ with ``jsonschema`` when that is installed and with a small built-in interpreter
 same schema otherwise, so both paths enforce one definition.
 
 Timestamps are ISO 8601 strings (UTC); durations are seconds. Nothing here writes
-secrets: :mod:`.redact` runs before every writer (:meth:`Results.dump`).
+secrets: every writer (:mod:`.writer`) runs :mod:`.redact` first; the model never does.
 """
 
 from __future__ import annotations
@@ -595,17 +595,6 @@ class Results:
                 continue
             doc[f.name] = [_asdict(x) for x in getattr(self, f.name)]
         return doc
-
-    def dumps(self, *, secrets: Iterable[str] = (), indent: int | None = 1) -> str:
-        """Serialise, *redacted* (registered secrets + key-based masking)."""
-        from .redact import redact
-
-        doc = redact(self, secrets).to_json()
-        return json.dumps(doc, indent=indent, ensure_ascii=False, sort_keys=False) + "\n"
-
-    def dump(self, path: str | os.PathLike[str], *, secrets: Iterable[str] = ()) -> Path:
-        """Write atomically (xdist workers and CI jobs may share a directory)."""
-        return write_text_atomic(Path(path), self.dumps(secrets=secrets))
 
     @classmethod
     def from_json(cls, doc: Any, *, source: str = "", check: bool = True) -> Results:

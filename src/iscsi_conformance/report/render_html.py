@@ -36,6 +36,7 @@ from .model import (
 )
 from .redact import redact
 from .requirements_coverage import Coverage, compute_coverage
+from .writer import dump_results
 
 __all__ = ["build_view", "render_html", "write_html"]
 
@@ -621,7 +622,7 @@ def write_html(
     out.mkdir(parents=True, exist_ok=True)
     secrets = list(secrets)
     if with_data:
-        results.dump(out / "results.json", secrets=secrets)
+        dump_results(results, out / "results.json", secrets=secrets)
     html = render_html(
         results,
         secrets=secrets,

@@ -56,13 +56,15 @@ from iscsi_conformance.core.codes import (
     ScsiStatus,
     SnackType,
 )
+from iscsi_conformance.core.serial import add_mod as sn_add
+from iscsi_conformance.core.serial import le as sn_le
+from iscsi_conformance.core.serial import lt as sn_lt
 from iscsi_conformance.errors import DigestError, PDUFormatError, ProtocolError
 from iscsi_conformance.target.config import ServerConfig, TargetConfig
 
 log = logging.getLogger("iscsi_conformance.target")
 
 NONE_TAG = 0xFFFFFFFF
-_SN_MASK = 0xFFFFFFFF
 DEFAULT_CMD_WINDOW = 128  # commands the initiator may have outstanding (MaxCmdSN - ExpCmdSN + 1)
 MAX_TASK_BYTES = 32 * 1024 * 1024  # largest write a single task may buffer
 SESSION_WRITE_BUDGET = 128 * 1024 * 1024  # write data buffered and not yet executed
@@ -111,19 +113,6 @@ def _frame(bhs: bytes, data: bytes | memoryview, hd: bool, dd: bool) -> list[Any
         if dd:
             parts.append(_LE32.pack(crc32c(pad, crc32c(data))))
     return parts
-
-
-def sn_lt(a: int, b: int) -> bool:
-    """RFC 1982 serial-number less-than on 32 bits (RFC 7143 4.2.2.1)."""
-    return a != b and ((b - a) & _SN_MASK) < 0x80000000
-
-
-def sn_le(a: int, b: int) -> bool:
-    return a == b or sn_lt(a, b)
-
-
-def sn_add(a: int, n: int) -> int:
-    return (a + n) & _SN_MASK
 
 
 # --------------------------------------------------------------------------- state
@@ -1613,7 +1602,7 @@ class Connection:
         if kind == SnackType.STATUS:
             first = pdu.begrun
             count = pdu.runlength
-            sns = sorted(self._retained, key=lambda sn: (sn - first) & _SN_MASK)
+            sns = sorted(self._retained, key=lambda sn: sn_add(sn, -first))
             sent = 0
             for sn in sns:
                 if sn_le(first, sn) and (count == 0 or sn_lt(sn, sn_add(first, count))):
