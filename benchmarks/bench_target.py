@@ -27,15 +27,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+from iscsi_conformance.netutil import free_tcp_port
+
 IQN_REF = "iqn.2024-01.org.iscsi-conformance:bench-ref"
 IQN_TGT = "iqn.2024-01.org.iscsi-conformance:bench-tgt"
 _AVG = re.compile(r"iops average (\d+) \((\d+) MB/s\)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:
@@ -56,7 +52,7 @@ def cpu_ticks(pid: int) -> int:
 
 @contextlib.contextmanager
 def reference_target(size: str) -> Iterator[tuple[str, int]]:
-    port = free_port()
+    port = free_tcp_port()
     cmd = [
         sys.executable,
         "-m",
@@ -86,7 +82,7 @@ def reference_target(size: str) -> Iterator[tuple[str, int]]:
 def tgt_target(size_bytes: int) -> Iterator[tuple[str, int]]:
     if shutil.which("tgtd") is None:
         raise RuntimeError("tgtd not installed (apt-get install tgt)")
-    port, control = free_port(), free_port() % 1000 + 10000
+    port, control = free_tcp_port(), free_tcp_port() % 1000 + 10000
     tmp = tempfile.mkdtemp(
         prefix="bench-tgt-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
     )

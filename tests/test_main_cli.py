@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from iscsi_conformance.netutil import free_tcp_port
+
 IQN = "iqn.2024-01.org.iscsi-conformance:cli-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -39,7 +34,7 @@ def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def file_target(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """The reference target serving a 32 MiB file LUN, as a separate process."""
-    port = _free_port()
+    port = free_tcp_port()
     lun = tmp_path / "lun.img"
     with lun.open("wb") as fh:  # recognisable content, so any write shows
         for i in range(32 * 1024 // 64):
@@ -145,7 +140,7 @@ def test_certify_bad_url() -> None:
 
 
 def test_certify_unreachable() -> None:
-    out = _cli("certify", f"iscsi://127.0.0.1:{_free_port()}/{IQN}/0")
+    out = _cli("certify", f"iscsi://127.0.0.1:{free_tcp_port()}/{IQN}/0")
     assert out.returncode == 1
     assert "cannot reach" in out.stderr and out.stderr.count("\n") == 1
 

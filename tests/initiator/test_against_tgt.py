@@ -228,7 +228,7 @@ def test_unknown_target_name(tgt: TgtTargets) -> None:
 
 
 def test_connection_refused_is_one_line() -> None:
-    from iscsi_conformance.peers.tgt import free_tcp_port
+    from iscsi_conformance.netutil import free_tcp_port
 
     port = free_tcp_port()
     with pytest.raises(TransportError) as info:

@@ -7,7 +7,7 @@ from initiator_helpers import CHAP, TgtTargets
 
 from iscsi_conformance.cli import main as top_main
 from iscsi_conformance.initiator.cli import main
-from iscsi_conformance.peers.tgt import free_tcp_port
+from iscsi_conformance.netutil import free_tcp_port
 
 
 def test_bad_url_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 import pytest
 
 from iscsi_conformance.errors import ConfigError
+from iscsi_conformance.netutil import free_tcp_port
 from iscsi_conformance.peers.base import ChapCredentials, TargetEndpoint, TargetSpec
 from iscsi_conformance.peers.registry import get_target_driver, target_names
-from iscsi_conformance.peers.tgt import TGTD_RUN_DIR, TgtTarget, free_tcp_port, upstream_version
+from iscsi_conformance.peers.tgt import TGTD_RUN_DIR, TgtTarget, upstream_version
 
 IQN = "iqn.2024-01.org.example.conformance:tgt"
 USER, SECRET = "alice", "alice-secret-12"

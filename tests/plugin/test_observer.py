@@ -24,6 +24,7 @@ from iscsi_conformance.core.pdu import (
     encode,
 )
 from iscsi_conformance.core.text import format_pairs
+from iscsi_conformance.netutil import free_tcp_port
 from iscsi_conformance.plugin.observed import observed  # noqa: F401  (import check)
 from iscsi_conformance.plugin.observer import Forged, Observer
 
@@ -213,10 +214,7 @@ def test_half_close_and_stop(make_link: object) -> None:
 
 
 def test_unreachable_target_is_a_harness_error() -> None:
-    spare = socket.socket()
-    spare.bind(("127.0.0.1", 0))
-    port = spare.getsockname()[1]
-    spare.close()  # nothing listens there now
+    port = free_tcp_port()  # nothing listens there now
     with Observer("127.0.0.1", port, connect_timeout=2) as obs:
         ini = socket.create_connection(("127.0.0.1", obs.port), timeout=5)
         assert ini.recv(10) == b""

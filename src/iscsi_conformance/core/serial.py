@@ -33,7 +33,6 @@ __all__ = [
 
 MOD = 1 << 32
 _HALF = 1 << 31
-_MASK = MOD - 1
 RESERVED_TAG = 0xFFFFFFFF  # RFC 7143 11.2.1.8: never used as a task tag
 
 
@@ -52,7 +51,7 @@ def add_mod(s: int, n: int) -> int:
     ExpCmdSN + 1, ExpCmdSN + window - 1 for MaxCmdSN, ExpCmdSN - 1, BegRun + RunLength),
     kept cheap for the engines' hot paths.
     """
-    return (s + n) & _MASK
+    return (s + n) & 0xFFFFFFFF  # literals, not MOD/_HALF: no global look-ups here
 
 
 def distance(a: int, b: int) -> int:
@@ -63,22 +62,24 @@ def distance(a: int, b: int) -> int:
 
 def lt(a: int, b: int) -> bool:
     """``a < b`` in serial arithmetic (RFC 1982 3.2)."""
-    return 0 < (b - a) & _MASK < _HALF
+    return 0 < (b - a) & 0xFFFFFFFF < 0x80000000
 
 
 def gt(a: int, b: int) -> bool:
     """``a > b`` in serial arithmetic (RFC 1982 3.2)."""
-    return 0 < (a - b) & _MASK < _HALF
+    return 0 < (a - b) & 0xFFFFFFFF < 0x80000000
 
 
 def le(a: int, b: int) -> bool:
     """``a <= b``: equal or less (RFC 1982 3.2, RFC 7143 4.2.2.1)."""
-    return (b - a) & _MASK < _HALF  # distance 0 (equal) or 1 .. 2**31 - 1 (less)
+    # distance 0 (equal) or 1 .. 2**31 - 1 (less); ``a == b`` first, the common case
+    return a == b or (b - a) & 0xFFFFFFFF < 0x80000000
 
 
 def ge(a: int, b: int) -> bool:
     """``a >= b``: equal or greater (RFC 1982 3.2, RFC 7143 4.2.2.1)."""
-    return (a - b) & _MASK < _HALF  # distance 0 (equal) or 1 .. 2**31 - 1 (greater)
+    # distance 0 (equal) or 1 .. 2**31 - 1 (greater); ``a == b`` first, the common case
+    return a == b or (a - b) & 0xFFFFFFFF < 0x80000000
 
 
 def in_window(sn: int, low: int, high: int) -> bool:

@@ -61,6 +61,7 @@ from iscsi_conformance.core.pdu import (
     UnknownPDU,
     lun_to_field,
 )
+from iscsi_conformance.core.serial import add_mod as _sn_add
 from iscsi_conformance.core.serial import gt as _sn_gt
 from iscsi_conformance.core.serial import le as _sn_le
 from iscsi_conformance.core.serial import lt as _sn_lt
@@ -87,12 +88,7 @@ __all__ = [
 ]
 
 NONE_TAG = 0xFFFFFFFF  # reserved tag value (RFC 7143 11.2.1.8)
-_SN_MASK = 0xFFFFFFFF
-
-
-def _sn_add(a: int, n: int) -> int:
-    # modular, negative n allowed (core.serial.add is RFC 1982's forward-only addition)
-    return (a + n) & _SN_MASK
+_SN_MASK = 0xFFFFFFFF  # 32-bit field width; serial arithmetic itself is core.serial
 
 
 def make_isid(rng: Callable[[int], bytes], qualifier: int | None = None) -> int:

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HarnessError, PeerStartError
+from ..netutil import free_tcp_port
 from .base import CommandLog
 from .phases import timed
 
@@ -590,12 +591,6 @@ class AgentResult:
         return self.stderr.decode(errors="replace")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 _LIVE: weakref.WeakSet[MicroVM] = weakref.WeakSet()
 
 
@@ -707,9 +702,9 @@ class MicroVM:
                 self.name, f"{self.qemu} not found (apt-get install qemu-system-x86)"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.ports = {"agent": free_port(self.bind_host)}
+        self.ports = {"agent": free_tcp_port(self.bind_host)}
         for n in self.forwards:
-            self.ports[n] = free_port(self.bind_host)
+            self.ports[n] = free_tcp_port(self.bind_host)
         argv = self.argv()
         started = time.monotonic()
         self.proc = subprocess.Popen(

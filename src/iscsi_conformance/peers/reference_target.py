@@ -12,7 +12,6 @@ CHAP secrets masked.
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from iscsi_conformance.errors import PeerStartError
+from iscsi_conformance.netutil import free_tcp_port
 from iscsi_conformance.peers.base import Manifest, Mode, TargetDriver, TargetEndpoint, TargetSpec
 from iscsi_conformance.peers.registry import register_target
 
@@ -32,13 +32,6 @@ def load_manifest() -> Manifest:
     from iscsi_conformance.peers.manifest import load_peer_manifest
 
     return load_peer_manifest("target", "reference")
-
-
-def _free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _toml_value(v: Any) -> str:
@@ -89,7 +82,7 @@ class ReferenceTargetDriver(TargetDriver):
             self._tmp = tempfile.TemporaryDirectory(prefix="iscsi-ref-target-")
             self.workdir = Path(self._tmp.name)
         if self.port is None:
-            self.port = _free_port(self.host)
+            self.port = free_tcp_port(self.host)
         self._started = True
         if self.specs:
             self._launch()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from iscsi_conformance.errors import ConfigError, PeerStartError
+from iscsi_conformance.netutil import free_tcp_port
 from iscsi_conformance.peers.base import (
     CommandLog,
     LunSpec,
@@ -55,14 +56,6 @@ CONTAINER_PORTAL_PORT = 3260
 CONTAINER_BACKING_DIR = "/var/lib/iscsi-conformance"
 TGTD_RUN_DIR = Path("/var/run/tgtd")
 _DEFAULT_TEMPLATE = "tgtd -f -C {control_port} --iscsi portal={portal}"
-
-
-def free_tcp_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the caller retries on a race)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

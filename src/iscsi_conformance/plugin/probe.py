@@ -27,6 +27,8 @@ from typing import Any
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.chap import ChapAlgorithm, chap_response
+from iscsi_conformance.core.login import random_isid as core_random_isid
+from iscsi_conformance.core.serial import add_mod as sn_add
 from iscsi_conformance.core.text import format_binary, format_pairs, parse_binary, parse_pairs
 
 SECURITY, OPERATIONAL, FULL_FEATURE = 0, 1, 3
@@ -37,9 +39,8 @@ Pairs = Sequence[tuple[str, str]]
 
 
 def random_isid() -> int:
-    """A random-type ISID (T=10b, RFC 7143 11.12.5)."""
-    raw = int.from_bytes(os.urandom(6), "big")
-    return (raw & ~(0b11 << 46)) | (0b10 << 46)
+    """A random-type ISID (T=10b, RFC 7143 11.12.5): B, C and the qualifier D random."""
+    return core_random_isid(os.urandom, qualifier=int.from_bytes(os.urandom(2), "big"))
 
 
 class ProbeConnection:
@@ -237,7 +238,7 @@ class LoginProbe:
             self.steps.append(step)
             return step
         if response is not None:
-            self.expstatsn = (response.statsn + 1) & 0xFFFFFFFF
+            self.expstatsn = sn_add(response.statsn, 1)
             if response.tsih:
                 self.tsih = response.tsih
             if response.status_class == 0:
@@ -540,10 +541,10 @@ class FullFeature:
         statsn = getattr(pdu, "statsn", None)
         if statsn is not None and not isinstance(pdu, P.ScsiDataIn | P.R2T):
             self.last_statsn = statsn
-            self.expstatsn = (statsn + 1) & 0xFFFFFFFF
+            self.expstatsn = sn_add(statsn, 1)
         elif isinstance(pdu, P.ScsiDataIn) and pdu.status_present:
             self.last_statsn = pdu.statsn
-            self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF
+            self.expstatsn = sn_add(pdu.statsn, 1)
         exp = getattr(pdu, "expcmdsn", None)
         if exp is not None:
             self.maxcmdsn = getattr(pdu, "maxcmdsn", self.maxcmdsn)
@@ -560,7 +561,7 @@ class FullFeature:
     def take_cmdsn(self, immediate: bool = False) -> int:
         sn = self.cmdsn
         if not immediate:
-            self.cmdsn = (self.cmdsn + 1) & 0xFFFFFFFF
+            self.cmdsn = sn_add(self.cmdsn, 1)
         return sn
 
     async def nop(

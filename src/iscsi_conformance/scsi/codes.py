@@ -8,18 +8,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-
-class ScsiStatus(IntEnum):
-    """SCSI status codes (SAM-5 5.3.1, Table 35)."""
-
-    GOOD = 0x00
-    CHECK_CONDITION = 0x02
-    CONDITION_MET = 0x04
-    BUSY = 0x08
-    RESERVATION_CONFLICT = 0x18
-    TASK_SET_FULL = 0x28
-    ACA_ACTIVE = 0x30
-    TASK_ABORTED = 0x40
+# The status byte (SAM-5 5.3.1) is defined once, with the iSCSI wire codes.
+from iscsi_conformance.core.codes import ScsiStatus as ScsiStatus
 
 
 class SenseKey(IntEnum):

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.codes import TmfFunction, TmfResponse
+from iscsi_conformance.core.serial import le as sn_le
+from iscsi_conformance.core.serial import lt as sn_lt
 from iscsi_conformance.scsi.codes import ResetKind
 
 if TYPE_CHECKING:
@@ -66,8 +68,6 @@ def perform_tmf(
         # Not seen yet but inside the window: it counts as received and aborted, so
         # that when it arrives it is not executed (RFC 7143 11.5.1, 4.2.3.2).
         ref = req.refcmdsn
-        from iscsi_conformance.target.engine import sn_le, sn_lt
-
         if (
             req.referenced_task_tag != P._NONE_TAG
             and sn_le(session.expcmdsn, ref)
