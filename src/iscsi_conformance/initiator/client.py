@@ -27,14 +27,19 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from iscsi_conformance.core import text
+from iscsi_conformance.core import discovery, text
 from iscsi_conformance.core.codes import LogoutReason, TaskAttribute, TmfFunction
+from iscsi_conformance.core.discovery import (
+    DiscoveredTarget,
+    Portal,
+    parse_send_targets,
+    remap_addresses,
+)
 from iscsi_conformance.core.negotiation import NegotiatedParameters
 from iscsi_conformance.core.pdu import PDU, NopIn, Tamper, encode
 from iscsi_conformance.credentials import ChapCredentials
@@ -43,7 +48,6 @@ from iscsi_conformance.errors import (
     LoginError,
     ProtocolError,
     TransportError,
-    URLError,
 )
 from iscsi_conformance.scsi import cdb as cdbs
 
@@ -66,7 +70,7 @@ from .engine import (
 )
 from .login_flow import LoginFlow, LoginHook, LoginResult, LoginSend, TargetRedirected
 from .trace import PDUTrace
-from .url import ISCSIURL, format_hostport, parse_portal, parse_url
+from .url import ISCSIURL, format_hostport, parse_url
 from .wire import ConnectionClosed, decode_raw, open_connection, read_raw_pdu
 
 __all__ = [
@@ -114,90 +118,16 @@ class CommandRejected(ProtocolError):
 # ====================================================================== discovery data
 
 
-class Portal(NamedTuple):
-    """A network portal as a target announced it: (host, port, portal group tag)."""
-
-    host: str
-    port: int
-    tpgt: int | None
-
-    def __str__(self) -> str:
-        tag = f",{self.tpgt}" if self.tpgt is not None else ""
-        return format_hostport(self.host, self.port) + tag
-
-
-@dataclasses.dataclass(frozen=True)
-class DiscoveredTarget:
-    """One TargetName of a SendTargets answer with its TargetAddresses (RFC 7143 13.3)."""
-
-    name: str
-    addresses: tuple[Portal, ...] = ()
-
-    def remap(
-        self, mapping: Mapping[tuple[str, int], tuple[str, int]] | Callable[[Portal], Portal]
-    ) -> DiscoveredTarget:
-        """The same target with its addresses translated (NAT: what the target
-        announces may not be reachable from here). ``mapping`` is a dict
-        ``{(host, port): (host, port)}`` (unlisted addresses stay) or a function."""
-        out = []
-        for p in self.addresses:
-            if callable(mapping):
-                out.append(mapping(p))
-            else:
-                new = mapping.get((p.host, p.port))
-                out.append(Portal(new[0], new[1], p.tpgt) if new else p)
-        return DiscoveredTarget(self.name, tuple(out))
-
-    def via(self, host: str, port: int) -> DiscoveredTarget:
-        """Every address replaced by ``host:port`` (portal group tags kept): the usual
-        answer to NAT, logging in where discovery went."""
-        if not self.addresses:
-            return DiscoveredTarget(self.name, (Portal(host, port, None),))
-        return self.remap(lambda p: Portal(host, port, p.tpgt))
-
-
-def remap_addresses(
-    targets: Iterable[DiscoveredTarget],
-    mapping: Mapping[tuple[str, int], tuple[str, int]] | Callable[[Portal], Portal],
-) -> list[DiscoveredTarget]:
-    """:meth:`DiscoveredTarget.remap` over a whole discovery answer."""
-    return [t.remap(mapping) for t in targets]
+# Portal, DiscoveredTarget, remap_addresses and parse_send_targets live in core.discovery.
 
 
 def parse_target_address(value: str) -> Portal:
     """``domainname[:port][,portal-group-tag]`` (RFC 7143 13.8); IPv6 in brackets.
 
-    Kept as given (no resolution); a malformed host is kept verbatim.
+    Kept as given (no resolution); a malformed host is kept verbatim
+    (:func:`iscsi_conformance.core.discovery.parse_target_address`, not strict).
     """
-    addr, sep, tag = value.rpartition(",") if "," in value else (value, "", "")
-    tpgt: int | None = None
-    if sep:
-        try:
-            tpgt = text.parse_number(tag)
-        except ISCSIConformanceError:
-            addr, tpgt = value, None
-    try:
-        host, port = parse_portal(addr)
-    except URLError:
-        host, port = addr, 3260
-    return Portal(host, port, tpgt)
-
-
-def parse_send_targets(pairs: Sequence[tuple[str, str]]) -> list[DiscoveredTarget]:
-    """Group a SendTargets answer: each TargetName, then its TargetAddress keys."""
-    out: list[DiscoveredTarget] = []
-    name: str | None = None
-    addrs: list[Portal] = []
-    for key, value in pairs:
-        if key == "TargetName":
-            if name is not None:
-                out.append(DiscoveredTarget(name, tuple(addrs)))
-            name, addrs = value, []
-        elif key == "TargetAddress" and name is not None:
-            addrs.append(parse_target_address(value))
-    if name is not None:
-        out.append(DiscoveredTarget(name, tuple(addrs)))
-    return out
+    return discovery.parse_target_address(value, strict=False)
 
 
 # ====================================================================== connection

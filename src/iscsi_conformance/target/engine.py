@@ -56,6 +56,7 @@ from iscsi_conformance.core.codes import (
     ScsiStatus,
     SnackType,
 )
+from iscsi_conformance.core.discovery import DiscoveredTarget, Portal, format_send_targets
 from iscsi_conformance.core.serial import add_mod as sn_add
 from iscsi_conformance.core.serial import le as sn_le
 from iscsi_conformance.core.serial import lt as sn_lt
@@ -414,8 +415,11 @@ class TargetEngine:
         portal_group: int,
         conn_local: tuple[str, int] | None = None,
     ) -> list[tuple[str, str]]:
-        """SendTargets answer (RFC 7143 Appendix C): TargetName and TargetAddress pairs."""
-        out: list[tuple[str, str]] = []
+        """SendTargets answer (RFC 7143 Appendix C): TargetName and TargetAddress pairs.
+
+        Chooses the targets and portals; :func:`core.discovery.format_send_targets`
+        writes the pairs."""
+        found: list[DiscoveredTarget] = []
         initiator = session.initiator_name if session else ""
         for t in self.targets.values():
             if which == "All":
@@ -427,16 +431,16 @@ class TargetEngine:
                 continue
             if t.config.acls and t.config.acl_for(initiator) is None:
                 continue  # invisible to initiators outside its ACL
-            out.append(("TargetName", t.config.name))
+            portals: list[Portal] = []
             for group in self.config.portal_groups:
                 if t.config.portal_groups and group.tag not in t.config.portal_groups:
                     continue
                 for host, port in self.bound_portals.get(group.tag, group.portals):
                     if host in ("0.0.0.0", "::") and conn_local is not None:
                         host = conn_local[0]  # a wildcard portal: the address reached
-                    h = f"[{host}]" if ":" in host else host
-                    out.append(("TargetAddress", f"{h}:{port},{group.tag}"))
-        return out
+                    portals.append(Portal(host, port, group.tag))
+            found.append(DiscoveredTarget(t.config.name, tuple(portals)))
+        return format_send_targets(found)
 
     # ------------------------------------------------------------------ session life
 
