@@ -33,8 +33,10 @@ __all__ = [
     "DiscoveredTarget",
     "DiscoveryError",
     "Portal",
+    "format_hostport",
     "format_send_targets",
     "format_target_address",
+    "parse_hostport",
     "parse_send_targets",
     "parse_target_address",
     "remap_addresses",
@@ -55,7 +57,8 @@ class DiscoveryError(ProtocolError):
         super().__init__(message, section=section, level=level)
 
 
-def _hostport(host: str, port: int) -> str:
+def format_hostport(host: str, port: int) -> str:
+    """``host:port``, bracketing an IPv6 literal."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -114,42 +117,46 @@ def remap_addresses(
 def format_target_address(host: str, port: int, tpgt: int | None = None) -> str:
     """``host:port[,tpgt]`` (RFC 7143 13.8), an IPv6 literal in brackets."""
     tag = f",{tpgt}" if tpgt is not None else ""
-    return _hostport(host, port) + tag
+    return format_hostport(host, port) + tag
 
 
 def _parse_port(value: str, where: str) -> int:
     if not (value.isascii() and value.isdigit()):
-        raise DiscoveryError(f"port {value!r} in TargetAddress {where!r} is not a number")
+        raise DiscoveryError(f"port {value!r} in {where!r} is not a number")
     port = int(value)
     if not 1 <= port <= 65535:
-        raise DiscoveryError(f"port {port} in TargetAddress {where!r} is out of range 1..65535")
+        raise DiscoveryError(f"port {port} in {where!r} is out of range 1..65535")
     return port
 
 
-def _parse_hostport(value: str) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` -> (host, port)."""
+def parse_hostport(value: str, *, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` -> (host, port); no resolution.
+
+    The one host-and-port reader: TargetAddress values here, ``iscsi://`` URLs in
+    :mod:`iscsi_conformance.initiator.url` (which turns the error into a URLError).
+    """
     if not value:
-        raise DiscoveryError("TargetAddress has no host")
+        raise DiscoveryError("missing host: the address has no host")
     if value.startswith("["):
         end = value.find("]")
         if end < 0:
-            raise DiscoveryError(f"unterminated '[' in TargetAddress {value!r}")
+            raise DiscoveryError(f"unterminated '[' in {value!r}")
         host, rest = value[1:end], value[end + 1 :]
         try:
             ipaddress.IPv6Address(host.split("%", 1)[0])
         except ValueError:
-            raise DiscoveryError(f"{host!r} in TargetAddress is not an IPv6 address") from None
+            raise DiscoveryError(f"{host!r} is not an IPv6 address") from None
         if not rest:
-            return host, DEFAULT_PORT
+            return host, default_port
         if not rest.startswith(":"):
             raise DiscoveryError(f"unexpected {rest!r} after the IPv6 address in {value!r}")
         return host, _parse_port(rest[1:], value)
     if value.count(":") > 1:
-        raise DiscoveryError(f"IPv6 address in TargetAddress {value!r} must be in brackets")
+        raise DiscoveryError(f"IPv6 address {value!r} must be in brackets, e.g. [::1]")
     host, sep, port_text = value.partition(":")
     if not _HOSTNAME.match(host):
-        raise DiscoveryError(f"{host!r} in TargetAddress is not a valid host name or address")
-    return host, (_parse_port(port_text, value) if sep else DEFAULT_PORT)
+        raise DiscoveryError(f"{host!r} in {value!r} is not a valid host name or address")
+    return host, (_parse_port(port_text, value) if sep else default_port)
 
 
 def parse_target_address(value: str, *, strict: bool = True) -> Portal:
@@ -176,7 +183,7 @@ def parse_target_address(value: str, *, strict: bool = True) -> Portal:
                 f"portal group tag {tpgt} in TargetAddress {value!r} is out of range 0..65535"
             )
     try:
-        host, port = _parse_hostport(addr)
+        host, port = parse_hostport(addr)
     except DiscoveryError:
         if strict:
             raise

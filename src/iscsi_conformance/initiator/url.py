@@ -16,20 +16,23 @@ quotes the secret. The secret has ``repr=False`` and ``str()`` masks it.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import re
 from urllib.parse import unquote
 
+from iscsi_conformance.core.discovery import (
+    DEFAULT_PORT,
+    DiscoveryError,
+    format_hostport,
+    parse_hostport,
+)
 from iscsi_conformance.credentials import ChapCredentials
 from iscsi_conformance.errors import URLError
 
 __all__ = ["DEFAULT_PORT", "ISCSIURL", "format_hostport", "parse_portal", "parse_url"]
 
-DEFAULT_PORT = 3260  # IANA-registered iSCSI port
 MAX_LUN = 0x3FFF  # flat space addressing holds 14 bits (SAM-5 4.7.7)
 
 _SCHEME = "iscsi://"
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-_]*[A-Za-z0-9])?$")
 _DIGESTS = {"none": "None", "crc32c": "CRC32C"}
 
 
@@ -91,11 +94,6 @@ def _quote(s: str) -> str:
     return "".join(c if c.isalnum() or c in ".:-_" else f"%{ord(c):02X}" for c in s)
 
 
-def format_hostport(host: str, port: int) -> str:
-    """``host:port``, bracketing an IPv6 literal."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _decode(text: str, what: str) -> str:
     if re.search(r"%(?![0-9A-Fa-f]{2})", text):
         raise URLError(f"bad percent-encoding in the {what}")
@@ -105,42 +103,12 @@ def _decode(text: str, what: str) -> str:
         raise URLError(f"the {what} is not valid UTF-8 once percent-decoded") from None
 
 
-def _parse_port(text: str, where: str) -> int:
-    if not text.isdigit():
-        raise URLError(f"port {text!r} in {where} is not a number")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise URLError(f"port {port} in {where} is out of range 1..65535")
-    return port
-
-
 def parse_portal(text: str, *, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` -> (host, port)."""
-    if not text:
-        raise URLError("missing host")
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise URLError(f"unterminated '[' in host {text!r}")
-        host = text[1:end]
-        rest = text[end + 1 :]
-        try:
-            ipaddress.IPv6Address(host.split("%", 1)[0])
-        except ValueError:
-            raise URLError(f"{host!r} is not an IPv6 address") from None
-        if not rest:
-            return host, default_port
-        if not rest.startswith(":"):
-            raise URLError(f"unexpected {rest!r} after IPv6 address")
-        return host, _parse_port(rest[1:], text)
-    if text.count(":") > 1:
-        raise URLError(f"IPv6 address {text!r} must be written in brackets, e.g. [::1]")
-    host, sep, port_text = text.partition(":")
-    if not host:
-        raise URLError("missing host")
-    if not _HOSTNAME.match(host):
-        raise URLError(f"{host!r} is not a valid host name or address")
-    return host, (_parse_port(port_text, text) if sep else default_port)
+    try:
+        return parse_hostport(text, default_port=default_port)
+    except DiscoveryError as exc:
+        raise URLError(exc.message) from None
 
 
 def parse_url(url: str, *, require_target: bool = True, require_lun: bool = True) -> ISCSIURL:
