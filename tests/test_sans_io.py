@@ -1,11 +1,14 @@
-"""The protocol core and SCSI layer are sans-IO (STYLE.md 1): no module under
-src/iscsi_conformance/core or src/iscsi_conformance/scsi imports a socket, event loop,
-process, clock or RNG. ruff's TID251 enforces the same; this test enforces it without ruff.
+"""The protocol layer is sans-IO (STYLE.md 1): no module of it imports a socket, event
+loop, process, clock or RNG. The protocol layer is what pyproject.toml's [tool.mypy] lists
+(packages and modules, checked with --strict): core/, scsi/, and the engines and logins of
+the reference peers. ruff's TID251 enforces the same; this test enforces it without ruff,
+and checks that the two lists agree.
 """
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,26 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "iscsi_conformance"
 BANNED = {"socket", "asyncio", "subprocess", "time", "random", "secrets", "selectors", "threading"}
 BANNED_ATTRS = {("os", "urandom"), ("os", "system"), ("os", "popen")}
-FILES = sorted(p for d in ("core", "scsi") for p in (SRC / d).rglob("*.py"))
+ROOT = SRC.parents[1]
+_MYPY = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mypy"]
+
+
+def _path(dotted: str) -> Path:
+    return ROOT / "src" / Path(*dotted.split("."))
+
+
+FILES = sorted(
+    [p for pkg in _MYPY["packages"] for p in _path(pkg).rglob("*.py")]
+    + [_path(mod).with_suffix(".py") for mod in _MYPY.get("modules", [])]
+)
+
+
+def test_ruff_ban_covers_the_same_modules() -> None:
+    """The TID251 exemption in pyproject names every module mypy checks strictly."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    for mod in _MYPY.get("modules", []):
+        rel = mod.removeprefix("iscsi_conformance.").replace(".", "/") + ".py"
+        assert rel in text, f"{rel} is strictly typed but not in the sans-IO ban"
 
 
 def banned_imports(source: str) -> list[str]:

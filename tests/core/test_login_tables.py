@@ -14,8 +14,8 @@ from test_login_support import ALICE, TARGET, TGT, Portal, initiator, rng_from, 
 from iscsi_conformance.core.chap import ChapAlgorithm, ChapClient
 from iscsi_conformance.core.codes import LoginStatus
 from iscsi_conformance.core.login import (
-    _TARGET_ERRORS,
     INITIATOR_TRANSITIONS,
+    TARGET_ERRORS,
     TARGET_TRANSITIONS,
     ChapTargetAuth,
     InitiatorInput,
@@ -80,7 +80,7 @@ def test_target_sweep(state: TargetState, inp: TargetInput) -> None:
         TargetState.S4_IN_LOGIN_SECURITY,
         TargetState.S4_IN_LOGIN_OPERATIONAL,
     ):
-        want = _TARGET_ERRORS.get(inp, (LoginStatus.INITIATOR_ERROR, ""))[0]
+        want = TARGET_ERRORS.get(inp, (LoginStatus.INITIATOR_ERROR, ""))[0]
         assert [r.status for r in sent] == [want] and sent[0].itt == 9
         assert t.state is TargetState.S1_FREE
     else:

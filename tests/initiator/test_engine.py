@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from iscsi_conformance.core.codes import ScsiStatus
+from iscsi_conformance.core.codes import LoginStage, ScsiStatus
+from iscsi_conformance.core.negotiation import NegotiatedParameters, Negotiator, Role
 from iscsi_conformance.core.pdu import (
     R2T,
+    LoginResponse,
     NopIn,
     NopOut,
     Reject,
@@ -24,7 +28,6 @@ from iscsi_conformance.errors import SCSIError
 from iscsi_conformance.initiator.engine import (
     NONE_TAG,
     CommandCompleted,
-    FlowParams,
     InitiatorConnection,
     PDURejected,
     PingAnswered,
@@ -36,9 +39,9 @@ from iscsi_conformance.initiator.engine import (
 )
 
 
-def conn(**params: object) -> InitiatorConnection:
+def conn(**params: Any) -> InitiatorConnection:
     seq = SessionSequencer(10, expcmdsn=10, maxcmdsn=40)
-    return InitiatorConnection(seq, params=FlowParams(**params), expstatsn=5)  # type: ignore[arg-type]
+    return InitiatorConnection(seq, params=NegotiatedParameters(**params), expstatsn=5)
 
 
 def covered(pdus: list[ScsiDataOut]) -> list[tuple[int, int]]:
@@ -300,3 +303,61 @@ def test_unknown_itt_recorded() -> None:
     c = conn()
     events = c.receive_pdu(ScsiResponse(itt=0x999, statsn=5, expcmdsn=10, maxcmdsn=40))
     assert any("0x999" in e.message for e in events if isinstance(e, ProtocolViolated))
+
+
+def test_params_before_login_are_the_rfc_defaults() -> None:
+    c = InitiatorConnection(SessionSequencer(1), expstatsn=1)
+    assert c.params == NegotiatedParameters()
+    p = c.params  # RFC 7143 13.12-13.20, 13.1
+    assert (p.max_recv_data_segment_length_peer, p.max_recv_data_segment_length_local) == (
+        8192,
+        8192,
+    )
+    assert (p.max_burst_length, p.first_burst_length) == (262144, 65536)
+    assert p.immediate_data and p.initial_r2t
+    assert not (p.header_digest or p.data_digest)
+    assert p.error_recovery_level == 0
+    assert p.data_pdu_in_order and p.data_sequence_in_order
+
+
+def test_negotiation_result_shapes_pdus_as_is() -> None:
+    # What the login leaves (core.negotiation's result) goes into the engine unchanged.
+    neg = Negotiator(
+        Role.INITIATOR,
+        {"MaxRecvDataSegmentLength": "262144", "ImmediateData": "Yes", "InitialR2T": "Yes"},
+        stage=LoginStage.LOGIN_OPERATIONAL_NEGOTIATION,
+    )
+    neg.offer()
+    neg.respond([("MaxRecvDataSegmentLength", "1024"), ("ImmediateData", "No")])
+    params = neg.result()
+    c = InitiatorConnection(SessionSequencer(10, maxcmdsn=40), params=params, expstatsn=1)
+    assert c.params is params
+    itt = c.start_command(0, b"\x2a" + bytes(15), data_out=bytes(3000))
+    (cmd,) = c.pdus_to_send()
+    assert isinstance(cmd, ScsiCommand) and cmd.data == b""  # ImmediateData=No
+    c.receive_pdu(
+        R2T(itt=itt, ttt=7, statsn=1, expcmdsn=11, maxcmdsn=40, desired_data_transfer_length=3000)
+    )
+    outs = c.pdus_to_send()
+    data_outs = [p for p in outs if isinstance(p, ScsiDataOut)]
+    assert len(data_outs) == len(outs)
+    check_sequence(data_outs, 0, 3000, 1024)
+
+
+def test_initiator_pdu_from_the_target_touches_no_sequence_number() -> None:
+    c = conn()
+    before = (c.expstatsn, c.session.expcmdsn, c.session.maxcmdsn)
+    events = c.receive_pdu(NopOut(itt=0x55, ttt=NONE_TAG, cmdsn=99, expstatsn=99))
+    assert (c.expstatsn, c.session.expcmdsn, c.session.maxcmdsn) == before
+    (v,) = [e for e in events if isinstance(e, ProtocolViolated)]
+    assert "unexpected NopOut" in v.message
+
+
+def test_login_response_in_full_feature_phase_still_moves_the_window() -> None:
+    c = conn()
+    events = c.receive_pdu(LoginResponse(statsn=5, expcmdsn=10, maxcmdsn=50))
+    assert c.session.maxcmdsn == 50
+    assert c.expstatsn == 5  # a Login Response does not advance StatSN here
+    assert any(
+        "unexpected LoginResponse" in e.message for e in events if isinstance(e, ProtocolViolated)
+    )

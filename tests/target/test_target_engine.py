@@ -93,13 +93,10 @@ class Harness:
         *,
         hd: bool = False,
         dd: bool = False,
-        login: str = "local",
     ) -> None:
         cfg = simple_config(("127.0.0.1", 0), IQN, ["4M"])
         self.store = LunStore(cfg)
-        self.engine = E.TargetEngine(
-            cfg, self.store.by_target, rng=lambda n: bytes(n), login_impl=login
-        )
+        self.engine = E.TargetEngine(cfg, self.store.by_target, rng=lambda n: bytes(n))
         self.conn = self.engine.new_connection(portal_group=1)
         self.hd, self.dd = hd, dd
         keys = [
@@ -308,9 +305,8 @@ def test_login_timeout_closes_silent_connection() -> None:
     assert idle.close_requested and not h.conn.close_requested
 
 
-@pytest.mark.parametrize("login", ["local", "core"])
-def test_both_login_implementations_reach_full_feature(login: str) -> None:
-    h = Harness([("MaxRecvDataSegmentLength", "8192")], login=login)
+def test_login_reaches_full_feature() -> None:
+    h = Harness([("MaxRecvDataSegmentLength", "8192")])
     out = h.feed(h.cmd(read16(0, 8), read=True, expected_data_transfer_length=4096))
     assert out[-1].status_present and sum(len(p.data) for p in out) == 4096
-    assert h.engine.sessions[1].negotiated is not None
+    assert h.engine.sessions[1].params.max_recv_data_segment_length_peer == 8192

@@ -306,9 +306,13 @@ class Negotiator:
                     continue
                 if not self._relevant(spec):
                     continue
-            if key in self._offered or key in self.values or key in self.declared:
+            if key in self._offered or key in self.declared:
                 continue
-            if key in self._seen:  # the peer raised it first: it is settled or answered
+            declarative = spec is not None and spec.declarative
+            # A negotiated key the peer raised first is settled or answered; a
+            # declaration is each side's own (RFC 7143 13.12: both sides declare
+            # MaxRecvDataSegmentLength whatever the other declared).
+            if not declarative and (key in self.values or key in self._seen):
                 continue
             out.append((key, value))
             self._offered[key] = value

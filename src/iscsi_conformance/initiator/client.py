@@ -56,7 +56,6 @@ from .engine import (
     AsyncMessageReceived,
     CommandCompleted,
     Event,
-    FlowParams,
     InitiatorConnection,
     LogoutCompleted,
     PDURejected,
@@ -301,7 +300,7 @@ class Connection:
         self.engine = InitiatorConnection(
             sequencer,
             cid=self.cid,
-            params=FlowParams.from_negotiated(n),
+            params=n,
             expstatsn=(result.statsn + 1) & 0xFFFFFFFF,
         )
         self._reader_task = asyncio.get_running_loop().create_task(self._reader_loop())

@@ -33,7 +33,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 from iscsi_conformance.core.codes import (
     LogoutReason,
@@ -41,10 +41,12 @@ from iscsi_conformance.core.codes import (
     ScsiStatus,
     TaskAttribute,
 )
+from iscsi_conformance.core.negotiation import NegotiatedParameters
 from iscsi_conformance.core.pdu import (
     PDU,
     R2T,
     AsyncMessage,
+    LoginResponse,
     LogoutRequest,
     LogoutResponse,
     NopIn,
@@ -58,7 +60,6 @@ from iscsi_conformance.core.pdu import (
     TaskManagementResponse,
     TextRequest,
     TextResponse,
-    UnknownPDU,
     lun_to_field,
 )
 from iscsi_conformance.core.serial import add_mod as _sn_add
@@ -73,7 +74,6 @@ __all__ = [
     "AsyncMessageReceived",
     "CommandCompleted",
     "Event",
-    "FlowParams",
     "InitiatorConnection",
     "LogoutCompleted",
     "PDURejected",
@@ -103,64 +103,6 @@ def make_isid(rng: Callable[[int], bytes], qualifier: int | None = None) -> int:
     return (0b10 << 46) | (bc << 16) | d
 
 
-# ====================================================================== parameters
-
-
-@dataclasses.dataclass(frozen=True)
-class FlowParams:
-    """The negotiated values that shape PDUs on one connection (RFC 7143 13).
-
-    ``max_recv_data_segment_length_peer`` is what the *target* declared: it limits
-    every data segment we send. ``..._local`` is ours: it limits what we accept.
-    Defaults are the RFC defaults.
-    """
-
-    max_recv_data_segment_length_peer: int = 8192
-    max_recv_data_segment_length_local: int = 8192
-    max_burst_length: int = 262144
-    first_burst_length: int = 65536
-    immediate_data: bool = True
-    initial_r2t: bool = True
-    header_digest: bool = False
-    data_digest: bool = False
-    error_recovery_level: int = 0
-    data_pdu_in_order: bool = True
-    data_sequence_in_order: bool = True
-
-    @classmethod
-    def from_negotiated(cls, n: Any) -> FlowParams:
-        """Build from a ``NegotiatedParameters`` (or anything with the same attributes)."""
-        d = cls()
-
-        def get(name: str, default: Any) -> Any:
-            value = getattr(n, name, default)
-            return default if value is None else value
-
-        def digest(name: str) -> bool:
-            value = get(name, False)
-            if isinstance(value, str):
-                return value.upper() == "CRC32C"
-            return bool(value)
-
-        return cls(
-            max_recv_data_segment_length_peer=int(
-                get("max_recv_data_segment_length_peer", d.max_recv_data_segment_length_peer)
-            ),
-            max_recv_data_segment_length_local=int(
-                get("max_recv_data_segment_length_local", d.max_recv_data_segment_length_local)
-            ),
-            max_burst_length=int(get("max_burst_length", d.max_burst_length)),
-            first_burst_length=int(get("first_burst_length", d.first_burst_length)),
-            immediate_data=bool(get("immediate_data", d.immediate_data)),
-            initial_r2t=bool(get("initial_r2t", d.initial_r2t)),
-            header_digest=digest("header_digest"),
-            data_digest=digest("data_digest"),
-            error_recovery_level=int(get("error_recovery_level", 0)),
-            data_pdu_in_order=bool(get("data_pdu_in_order", True)),
-            data_sequence_in_order=bool(get("data_sequence_in_order", True)),
-        )
-
-
 # ====================================================================== results, events
 
 
@@ -182,7 +124,9 @@ class ScsiResult:
     overflow: bool = False
     bidi_residual: int = 0
     itt: int = NONE_TAG
-    response_pdu: Any = dataclasses.field(default=None, repr=False, compare=False)
+    response_pdu: ScsiResponse | ScsiDataIn | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def good(self) -> bool:
@@ -309,7 +253,7 @@ class ProtocolViolated(Event):
 
     message: str
     section: str
-    pdu: Any = dataclasses.field(default=None, repr=False)
+    pdu: PDU | None = dataclasses.field(default=None, repr=False)
     level: str = "MUST"
 
 
@@ -374,6 +318,15 @@ class SessionSequencer:
 # ====================================================================== tasks
 
 
+class _TaskExtra(TypedDict, total=False):
+    """What a request needs beyond the common task fields."""
+
+    read: bool  # SCSI: the R bit
+    write: bool  # SCSI: the W bit
+    sent_bytes: int  # SCSI: immediate plus unsolicited bytes sent with the command
+    reason: int  # logout: the reason code (RFC 7143 11.14.1)
+
+
 @dataclasses.dataclass
 class _Task:
     itt: int
@@ -401,8 +354,26 @@ class _Task:
     text_segments: list[bytes] = dataclasses.field(default_factory=list)
     text_in: list[TextResponse] = dataclasses.field(default_factory=list)
     # anything else the request needs
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    extra: _TaskExtra = dataclasses.field(default_factory=_TaskExtra)
 
+
+# Every target PDU that carries StatSN, ExpCmdSN and MaxCmdSN (RFC 7143 11.2.1, 4.2.2).
+_SEQUENCED_PDUS = (
+    NopIn,
+    ScsiResponse,
+    TaskManagementResponse,
+    LoginResponse,
+    TextResponse,
+    ScsiDataIn,
+    LogoutResponse,
+    R2T,
+    AsyncMessage,
+    Reject,
+)
+# Target PDUs that answer a task of ours, by its Initiator Task Tag.
+_TaskPDU = (
+    ScsiDataIn | R2T | ScsiResponse | NopIn | TaskManagementResponse | TextResponse | LogoutResponse
+)
 
 # Target PDUs whose StatSN advances the connection's StatSN (RFC 7143 4.2.2.2);
 # Data-In only with the S bit, NOP-In only when it answers a ping (11.19).
@@ -420,7 +391,11 @@ class InitiatorConnection:
     """One connection of a session in full-feature phase (sans-IO).
 
     ``cid`` is the connection ID; ``expstatsn`` the StatSN we expect next (1 + the
-    StatSN of the final Login Response). ``params`` shapes outgoing data.
+    StatSN of the final Login Response). ``params`` is the login's outcome, the
+    negotiated values that shape PDUs on this connection (RFC 7143 13); before a
+    login, or without one, the RFC defaults (``NegotiatedParameters()``).
+    ``max_recv_data_segment_length_peer`` is what the *target* declared: it limits
+    every data segment we send; ``..._local`` is ours: it limits what we accept.
     ``answer_target_pings`` (default True) answers NOP-In with a valid TTT as RFC
     7143 11.18 requires; a test can turn it off to see what the target does.
     """
@@ -430,13 +405,13 @@ class InitiatorConnection:
         session: SessionSequencer,
         *,
         cid: int = 0,
-        params: FlowParams | None = None,
+        params: NegotiatedParameters | None = None,
         expstatsn: int = 0,
         answer_target_pings: bool = True,
     ) -> None:
         self.session = session
         self.cid = cid
-        self.params = params or FlowParams()
+        self.params = params if params is not None else NegotiatedParameters()
         self.expstatsn = expstatsn & _SN_MASK
         self.answer_target_pings = answer_target_pings
         self.tasks: dict[int, _Task] = {}
@@ -729,7 +704,12 @@ class InitiatorConnection:
         return events
 
     def _violate(
-        self, events: list[Event], message: str, section: str, pdu: Any = None, level: str = "MUST"
+        self,
+        events: list[Event],
+        message: str,
+        section: str,
+        pdu: PDU | None = None,
+        level: str = "MUST",
     ) -> None:
         v = ProtocolViolated(message, section, pdu, level)
         self.violations.append(v)
@@ -741,17 +721,12 @@ class InitiatorConnection:
 
     def _track_sequence(self, pdu: PDU, events: list[Event]) -> None:
         """StatSN and the command window (RFC 7143 4.2.2)."""
-        if isinstance(pdu, UnknownPDU):
-            return
-        expcmdsn = getattr(pdu, "expcmdsn", None)
-        maxcmdsn = getattr(pdu, "maxcmdsn", None)
-        if expcmdsn is not None and maxcmdsn is not None:
-            problem = self.session.update_window(expcmdsn, maxcmdsn)
-            if problem:
-                self._violate(events, problem, "RFC 7143 4.2.2.1", pdu)
-        statsn = getattr(pdu, "statsn", None)
-        if statsn is None:
-            return
+        if not isinstance(pdu, _SEQUENCED_PDUS):
+            return  # an initiator PDU or an UnknownPDU: no window, no StatSN
+        problem = self.session.update_window(pdu.expcmdsn, pdu.maxcmdsn)
+        if problem:
+            self._violate(events, problem, "RFC 7143 4.2.2.1", pdu)
+        statsn = pdu.statsn
         advances = isinstance(pdu, _STATUS_PDUS)
         if isinstance(pdu, ScsiDataIn):
             advances = pdu.status_present
@@ -779,8 +754,8 @@ class InitiatorConnection:
                 level="SHOULD",
             )
 
-    def _task_for(self, pdu: PDU, kind: str, events: list[Event]) -> _Task | None:
-        itt = pdu.itt  # type: ignore[attr-defined]
+    def _task_for(self, pdu: _TaskPDU, kind: str, events: list[Event]) -> _Task | None:
+        itt = pdu.itt
         task = self.tasks.get(itt)
         if task is None or task.kind != kind:
             self._violate(
@@ -1049,7 +1024,9 @@ class InitiatorConnection:
         events.append(PDURejected(itt if task is not None else None, pdu.reason, pdu, opcode))
 
 
-_HANDLERS: dict[type, Callable[[InitiatorConnection, Any, list[Event]], None]] = {
+# Looked up by the exact class of the PDU. Each handler takes its own PDU class, which
+# the value type of one dict cannot say per key: hence Any for the PDU argument.
+_HANDLERS: dict[type[PDU], Callable[[InitiatorConnection, Any, list[Event]], None]] = {
     ScsiDataIn: InitiatorConnection._on_data_in,
     R2T: InitiatorConnection._on_r2t,
     ScsiResponse: InitiatorConnection._on_scsi_response,

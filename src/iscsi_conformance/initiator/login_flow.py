@@ -39,7 +39,12 @@ from iscsi_conformance.core.login import (
 from iscsi_conformance.core.negotiation import NegotiatedParameters, Negotiator
 from iscsi_conformance.core.pdu import PDU, LoginRequest, LoginResponse
 from iscsi_conformance.credentials import ChapCredentials
-from iscsi_conformance.errors import AuthenticationError, LoginError, ProtocolError
+from iscsi_conformance.errors import (
+    AuthenticationError,
+    LoginError,
+    NegotiationError,
+    ProtocolError,
+)
 
 __all__ = [
     "DEFAULT_DISCOVERY_KEYS",
@@ -343,7 +348,11 @@ class LoginFlow:
                 exc.message,
                 section=exc.section,
                 level=exc.level,
-                login_status=getattr(exc, "login_status", LoginStatus.INITIATOR_ERROR),
+                login_status=(
+                    exc.login_status
+                    if isinstance(exc, NegotiationError)
+                    else LoginStatus.INITIATOR_ERROR
+                ),
             ) from exc
         raise LoginError(f"login failed: {event.reason}")
 

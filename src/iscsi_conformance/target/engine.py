@@ -57,11 +57,21 @@ from iscsi_conformance.core.codes import (
     SnackType,
 )
 from iscsi_conformance.core.discovery import DiscoveredTarget, Portal, format_send_targets
+from iscsi_conformance.core.login import (
+    ConnectionReinstated,
+    ExistingSession,
+    LoginCompleted,
+    LoginFailed,
+    LoginRedirected,
+    SessionReinstated,
+)
+from iscsi_conformance.core.negotiation import NegotiatedParameters
 from iscsi_conformance.core.serial import add_mod as sn_add
 from iscsi_conformance.core.serial import le as sn_le
 from iscsi_conformance.core.serial import lt as sn_lt
 from iscsi_conformance.errors import DigestError, PDUFormatError, ProtocolError
 from iscsi_conformance.target.config import ServerConfig, TargetConfig
+from iscsi_conformance.target.login import ConnectionLogin, find_target, renegotiate
 
 log = logging.getLogger("iscsi_conformance.target")
 
@@ -128,25 +138,28 @@ class ConnState(enum.Enum):
     CLOSED = "S1_FREE"
 
 
-@dataclasses.dataclass
-class SessionParams:
-    """The negotiated values the full-feature phase needs (RFC 7143 13)."""
+#: Values that are the session's, whichever connection negotiated them: a further
+#: connection's login may not change them (RFC 7143 13: "leading only" keys).
+SESSION_WIDE = (
+    "max_burst_length",
+    "first_burst_length",
+    "immediate_data",
+    "initial_r2t",
+    "max_outstanding_r2t",
+    "error_recovery_level",
+    "max_connections",
+    "default_time2wait",
+    "default_time2retain",
+)
 
-    header_digest: bool = False
-    data_digest: bool = False
-    max_recv_data_segment_length: int = 8192  # ours: the decoder's cap
-    max_send_data_segment_length: int = 8192  # min(peer's MRDSL, our send cap)
-    max_burst_length: int = 262144
-    first_burst_length: int = 65536
-    immediate_data: bool = True
-    initial_r2t: bool = True
-    max_outstanding_r2t: int = 1
-    data_pdu_in_order: bool = True
-    data_sequence_in_order: bool = True
-    error_recovery_level: int = 0
-    max_connections: int = 1
-    default_time2wait: int = 2
-    default_time2retain: int = 20
+
+def session_params(ev: LoginCompleted, session: Session) -> NegotiatedParameters:
+    """A connection's parameters: its own login's outcome, with the session-wide values
+    of the session it joined."""
+    if ev.leading:
+        return ev.parameters
+    sp = session.params
+    return dataclasses.replace(ev.parameters, **{n: getattr(sp, n) for n in SESSION_WIDE})
 
 
 class SessionType(enum.Enum):
@@ -243,7 +256,7 @@ class Session:
         target: TargetState | None,
         tpgt: int,
         session_type: SessionType,
-        params: SessionParams,
+        params: NegotiatedParameters,
         expcmdsn: int,
         window: int,
     ) -> None:
@@ -265,7 +278,6 @@ class Session:
         self.closed = False
         self.nexus = None
         self.initiator_alias: str | None = None
-        self.negotiated: Any = None  # core.negotiation.NegotiatedParameters of the login
         if target is not None:
             self.nexus = engine.make_nexus(initiator_name, isid, target.config.name, tpgt)
 
@@ -316,17 +328,14 @@ class TargetEngine:
         rng: Callable[[int], bytes],
         cmd_window: int = DEFAULT_CMD_WINDOW,
         nexus_factory: Callable[[str, int, str, int], Any] | None = None,
-        login_impl: str = "local",
     ) -> None:
         self.config = config
         self.rng = rng
         self.cmd_window = cmd_window
-        # "local": login_flow.py (default); "core": core.login.TargetLogin via
-        # login_core.py (gaps listed in docs/target-config.md).
-        self.login_impl = login_impl
         self.targets: dict[str, TargetState] = {
             t.name: TargetState(t, lus.get(t.name, {})) for t in config.targets
         }
+        self.target_configs = {name: t.config for name, t in self.targets.items()}
         self.sessions: dict[int, Session] = {}
         self.connections: set[Connection] = set()
         self._dirty: dict[Connection, None] = {}
@@ -403,6 +412,54 @@ class TargetEngine:
             ):
                 return s
         return None
+
+    def session_for(self, ev: LoginCompleted, portal_group: int) -> Session | None:
+        """The session a completed login joins: the existing one (a further connection,
+        RFC 7143 5.3) or a new one (T5 of a leading login)."""
+        if not ev.leading:
+            s = self.sessions.get(ev.tsih)
+            return None if s is None or s.closed else s
+        if len(self.sessions) >= self.config.max_sessions:
+            return None
+        tc = find_target(self.target_configs, ev.target_name) if ev.target_name else None
+        session = Session(
+            self,
+            tsih=ev.tsih,
+            isid=ev.isid,
+            initiator_name=ev.initiator_name,
+            target=self.targets[tc.name] if tc else None,
+            tpgt=portal_group,
+            session_type=SessionType(ev.session_type),
+            params=ev.parameters,
+            expcmdsn=ev.expcmdsn,
+            window=self.cmd_window,
+        )
+        self.register_session(session)
+        return session
+
+    @staticmethod
+    def _existing(s: Session) -> ExistingSession:
+        return ExistingSession(
+            tsih=s.tsih,
+            initiator_name=s.initiator_name,
+            isid=s.isid,
+            target_name=s.target_name or None,
+            session_type=s.session_type.value,
+            parameters=s.params,
+            cids=frozenset(s.connections),
+        )
+
+    def existing_session(self, tsih: int) -> ExistingSession | None:
+        """The live session with this TSIH, as the login sees it (RFC 7143 11.12.6)."""
+        s = self.sessions.get(tsih)
+        return None if s is None or s.closed else self._existing(s)
+
+    def existing_session_by_isid(
+        self, initiator: str, isid: int, target: str | None
+    ) -> ExistingSession | None:
+        """The live session a leading login would reinstate (RFC 7143 6.3.5)."""
+        s = self.find_session(isid, initiator, target)
+        return None if s is None else self._existing(s)
 
     def handle_timer(self, now: float) -> None:
         for conn in list(self.connections):
@@ -564,7 +621,7 @@ class Connection:
         self.closed = False
         self.created = now
         self.last_rx = now
-        self.params = SessionParams()
+        self.params = NegotiatedParameters()
         # Login PDUs are bounded by the default MaxRecvDataSegmentLength (RFC 7143 13.12).
         self.decoder = P.PDUDecoder(max_data_segment_length=8192)
         self.hd = False
@@ -581,14 +638,16 @@ class Connection:
         # Text exchanges in progress: itt -> (ttt, answer chunks still to send, or the
         # TextAssembler of a request still arriving with C=1).
         self._text_pending: dict[int, tuple[int, Any]] = {}
-        if engine.login_impl == "core":
-            from iscsi_conformance.target.login_core import CoreLoginFlow
-
-            self.login: Any = CoreLoginFlow(self)
-        else:
-            from iscsi_conformance.target.login_flow import TargetLoginFlow
-
-            self.login = TargetLoginFlow(self)
+        self.login = ConnectionLogin(
+            targets=engine.target_configs,
+            discovery=engine.config.discovery,
+            portal_group=portal_group,
+            allocate_tsih=engine.alloc_tsih,
+            find_session=engine.existing_session,
+            find_session_by_isid=engine.existing_session_by_isid,
+            cmd_window=engine.cmd_window,
+            rng=engine.rng,
+        )
 
     def __repr__(self) -> str:
         return f"Connection(peer={self.peer!r}, cid={self.cid}, state={self.state.name})"
@@ -733,7 +792,7 @@ class Connection:
                 # Framing is lost (e.g. DataSegmentLength above what we declared,
                 # RFC 7143 13.12): answer with a Reject and close (7.1, 7.2).
                 if self.state is ConnState.LOGIN:
-                    self.login.fail_initiator_error()
+                    self._login_failed()
                 elif exc.header:
                     self.reject(exc.reject_reason or RejectReason.PROTOCOL_ERROR, exc.header)
                 self.close()
@@ -746,7 +805,7 @@ class Connection:
                 if self.engine.trace:
                     log.info("protocol error from %s: %s", self.peer, exc)
                 if self.state is ConnState.LOGIN:
-                    self.login.fail_initiator_error()
+                    self._login_failed()
                 else:
                     self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
                 self.close()
@@ -791,10 +850,10 @@ class Connection:
         if self.state is ConnState.LOGIN:
             if not isinstance(pdu, P.LoginRequest):
                 # Only Login Requests before the login completes (RFC 7143 6.2).
-                self.login.fail_initiator_error()
+                self._login_failed()
                 self.close()
                 return
-            self.login.receive(pdu, now)
+            self._login_step(pdu)
             return
         if self.state is not ConnState.FULL_FEATURE:
             return  # after logout: ignore the rest
@@ -809,10 +868,53 @@ class Connection:
             return
         handler(self, pdu, now)
 
-    # ------------------------------------------------------------------ login done
+    # ------------------------------------------------------------------ login
 
-    def enter_full_feature(self, session: Session, params: SessionParams, statsn: int) -> None:
-        """Called by the login flow once the final Login Response is queued."""
+    def _login_failed(self) -> None:
+        rsp = self.login.fail()
+        if rsp is not None:
+            self._emit(rsp)
+
+    def _login_step(self, req: P.LoginRequest) -> None:
+        """One Login Request through the core's table; act on what it decided."""
+        self.cid = req.cid
+        events = self.login.receive(req)
+        engine = self.engine
+        for event in events:
+            if isinstance(event, SessionReinstated):  # RFC 7143 6.3.5
+                old = engine.sessions.get(event.old_tsih)
+                if old is not None:
+                    engine.close_session(old, reason="reinstated")
+            elif isinstance(event, ConnectionReinstated):  # RFC 7143 6.3.4
+                s = engine.sessions.get(event.tsih)
+                old_conn = s.connections.get(event.cid) if s else None
+                if old_conn is not None and old_conn is not self:
+                    old_conn.close()
+                    old_conn.session_detach()
+        completed = next((e for e in events if isinstance(e, LoginCompleted)), None)
+        session = engine.session_for(completed, self.portal_group) if completed else None
+        for rsp in self.login.data_to_send():
+            self._emit(rsp)
+        for event in events:
+            if isinstance(event, LoginFailed | LoginRedirected):
+                self.login.done = True
+                self.close()
+                if engine.trace:
+                    log.info("login ended: %r", event)
+        if completed is None:
+            return
+        self.login.done = True
+        if session is None:
+            self.close()
+            return
+        self.enter_full_feature(session, session_params(completed, session), completed.statsn + 1)
+        if engine.trace:
+            log.info("login complete: %r on %r", session, self)
+
+    def enter_full_feature(
+        self, session: Session, params: NegotiatedParameters, statsn: int
+    ) -> None:
+        """Called once the final Login Response is queued (T5)."""
         self.session = session
         self.params = params
         self.state = ConnState.FULL_FEATURE
@@ -820,11 +922,12 @@ class Connection:
         self.hd = params.header_digest
         self.dd = params.data_digest
         self.erl = params.error_recovery_level
-        self.max_send = params.max_send_data_segment_length
+        cap = session.target.config.max_send_data_segment_length if session.target else None
+        self.max_send = min(params.max_send_data_segment_length, cap or 1 << 24)
         dec = self.decoder
         dec.header_digest = params.header_digest
         dec.data_digest = params.data_digest
-        dec.max_data_segment_length = params.max_recv_data_segment_length
+        dec.max_data_segment_length = params.max_recv_data_segment_length_local
         session.connections[self.cid] = self
 
     # ------------------------------------------------------------------ CmdSN ordering
@@ -1494,7 +1597,7 @@ class Connection:
             else:
                 other.append((key, value))
         if other:
-            answer.extend(self.login.ffp_text_keys(other))
+            answer.extend(renegotiate(self.login.neg, other))
             self._apply_ffp_declarations()
         body = T.format_pairs(answer, strict=False) if answer else b""
         chunks = [body[i : i + self.max_send] for i in range(0, len(body), self.max_send)] or [b""]
