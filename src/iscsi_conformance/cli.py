@@ -24,6 +24,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from iscsi_conformance.suite import pytest_args as _pytest_args
 
@@ -64,21 +65,22 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return EXIT_HARNESS
 
 
-#: Relative cost of a peer's share of a run, for splitting over shards (measured on a
-#: 2-core host, 2026-11: open-iscsi's column is the slowest, every login going through
-#: iscsiadm in an emulated (TCG) micro-VM; LIO's target column, also in TCG, next).
-SHARD_WEIGHTS = {"open-iscsi": 6.0, "libiscsi": 3.0, "lio": 3.0, "tgt": 1.0, "reference": 2.0}
+def plan_shards(
+    names: Sequence[str], shards: int, *, role: Literal["target", "initiator"] = "target"
+) -> list[list[str]]:
+    """Split ``names`` (peers of ``role``) into at most ``shards`` groups of about equal
+    weight, heaviest first (greedy). Order within a group follows ``names``. A peer's
+    weight is its manifest's ``peer.shard_weight``; a name without a peer folder (an
+    ``iscsi://`` target) weighs 1."""
+    from iscsi_conformance.peers.registry import shard_weight
 
-
-def plan_shards(names: Sequence[str], shards: int) -> list[list[str]]:
-    """Split ``names`` (initiators or targets) into at most ``shards`` groups of about
-    equal weight, heaviest first (greedy). Order within a group follows ``names``."""
+    weight = {t: shard_weight(role, t) for t in dict.fromkeys(names)}
     groups: list[list[str]] = [[] for _ in range(max(1, min(shards, len(names))))]
     load = [0.0] * len(groups)
-    for t in sorted(names, key=lambda t: -SHARD_WEIGHTS.get(t, 1.0)):
+    for t in sorted(names, key=lambda t: -weight[t]):
         k = load.index(min(load))
         groups[k].append(t)
-        load[k] += SHARD_WEIGHTS.get(t, 1.0)
+        load[k] += weight[t]
     order = {t: i for i, t in enumerate(names)}
     return [sorted(g, key=order.__getitem__) for g in groups if g]
 
@@ -107,7 +109,7 @@ def plan_run(targets: Sequence[str], initiators: Sequence[str], shards: int) -> 
     targets = list(targets) or ["reference"]
     initiators = list(initiators) or ["reference"]
     if len(initiators) >= 2:
-        groups = plan_shards(initiators, shards)
+        groups = plan_shards(initiators, shards, role="initiator")
         owner = next((k for k, g in enumerate(groups) if "reference" in g), 0)
         return [Shard(targets, g, target_column=k == owner) for k, g in enumerate(groups)]
     groups = plan_shards(targets, shards)

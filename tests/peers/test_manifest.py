@@ -27,6 +27,8 @@ GOOD = {
     "peer": {
         "name": "demo",
         "role": "target",
+        "driver": "iscsi_conformance.peers.tgt:TgtTarget",
+        "shard_weight": 2.5,
         "description": "d",
         "upstream": "u",
         "packages": ["p"],
@@ -63,6 +65,7 @@ def test_good_manifest_parses() -> None:
     m = parse_manifest(GOOD)
     assert isinstance(m, PeerManifest) and isinstance(m, Manifest)
     assert (m.name, m.role, m.upstream, m.packages) == ("demo", "target", "u", ("p",))
+    assert (m.driver, m.shard_weight) == ("iscsi_conformance.peers.tgt:TgtTarget", 2.5)
     assert m.supports("mutual_chap") and not m.supports("ipv6")
     assert m.capabilities["new_thing"] == "x"
     assert len(m.deviations) == 2 and m.deviations[0]["test"] == "Login.Keys"
@@ -76,6 +79,16 @@ def test_good_manifest_parses() -> None:
         ("peer.role", "router", "peer.role"),
         ("peer.packages", "tgt", "peer.packages"),
         ("peer.colour", "red", "peer"),
+        ("peer.driver", KeyError, "peer.driver"),
+        ("peer.driver", "iscsi_conformance.peers.tgt", "peer.driver"),
+        ("peer.driver", "tgt:Tgt Target", "peer.driver"),
+        ("peer.driver", 42, "peer.driver"),
+        ("peer.shard_weight", 0, "peer.shard_weight"),
+        ("peer.shard_weight", -1.5, "peer.shard_weight"),
+        ("peer.shard_weight", "3", "peer.shard_weight"),
+        ("peer.shard_weight", True, "peer.shard_weight"),
+        ("peer.shard_weight", float("nan"), "peer.shard_weight"),
+        ("peer.shard_weight", float("inf"), "peer.shard_weight"),
         ("capabilities.chap_algorithms", [4], "capabilities.chap_algorithms"),
         ("capabilities.mutual_chap", "yes", "capabilities.mutual_chap"),
         ("capabilities.erl", [3], "capabilities.erl"),
@@ -149,6 +162,7 @@ def test_load_manifest_from_folder(tmp_path: Path) -> None:
             [peer]
             name = "demo"
             role = "target"
+            driver = "iscsi_conformance.peers.tgt:TgtTarget"
             [capabilities]
             ipv6 = true
             """
@@ -156,6 +170,7 @@ def test_load_manifest_from_folder(tmp_path: Path) -> None:
     )
     m = load_manifest(folder, role="target")
     assert m.folder == folder and m.supports("ipv6")
+    assert m.shard_weight == 1.0  # the default
     with pytest.raises(ConfigError, match="expected 'initiator'"):
         load_manifest(folder, role="initiator")
     (folder / "manifest.toml").write_text("[peer\nname=")
@@ -164,7 +179,7 @@ def test_load_manifest_from_folder(tmp_path: Path) -> None:
     assert exc.value.field == "manifest.toml"
     other = tmp_path / "targets" / "other"
     other.mkdir()
-    (other / "manifest.toml").write_text('[peer]\nname = "demo"\nrole = "target"\n')
+    (other / "manifest.toml").write_text('[peer]\nname = "demo"\nrole = "target"\ndriver = "m:C"\n')
     with pytest.raises(ConfigError, match="differs from its folder"):
         load_manifest(other)
 
@@ -174,6 +189,7 @@ def test_env_root_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder.mkdir(parents=True)
     (folder / "manifest.toml").write_text(
         '[peer]\nname = "tgt"\nrole = "target"\ndescription = "override"\n'
+        'driver = "iscsi_conformance.peers.tgt:TgtTarget"\n'
     )
     monkeypatch.setenv("ISCSI_CONFORMANCE_PEERS_DIR", str(tmp_path))
     assert peer_roots()[0] == tmp_path

@@ -25,10 +25,10 @@ IQN = "iqn.2024-01.org.example:engine"
 @pytest.mark.parametrize("n", [0, 1, 3, 512])
 def test_data_in_fast_path_matches_codec(hd: bool, dd: bool, n: int) -> None:
     data = os.urandom(n)
-    bhs = E._DATA_IN.pack(
+    bhs = P.DATA_IN_BHS.pack(
         0x25, 0x80 | 0x01 | 0x02, 0, n, P.lun_to_field(3), 7, NONE_TAG, 9, 10, 11, 2, 4096, 5
     )
-    fast = b"".join(bytes(x) for x in E._frame(bhs, memoryview(data), hd, dd))
+    fast = b"".join(bytes(x) for x in P.frame_parts(bhs, memoryview(data), hd, dd))
     ref = P.encode(
         P.ScsiDataIn(
             final=True,
@@ -56,10 +56,10 @@ def test_data_in_fast_path_matches_codec(hd: bool, dd: bool, n: int) -> None:
 @pytest.mark.parametrize("sense", [b"", bytes(range(18))])
 def test_scsi_response_fast_path_matches_codec(hd: bool, sense: bytes) -> None:
     data = P.ScsiResponse.sense_segment(sense) if sense else b""
-    bhs = E._SCSI_RESPONSE.pack(
+    bhs = P.SCSI_RESPONSE_BHS.pack(
         0x21, 0x80 | 0x04, 0, 2 if sense else 0, len(data), 0, 99, 0, 5, 6, 7, 3, 0, 42
     )
-    fast = b"".join(bytes(x) for x in E._frame(bhs, data, hd, hd))
+    fast = b"".join(bytes(x) for x in P.frame_parts(bhs, data, hd, hd))
     ref = P.encode(
         P.ScsiResponse(
             overflow=True,
@@ -310,3 +310,19 @@ def test_login_reaches_full_feature() -> None:
     out = h.feed(h.cmd(read16(0, 8), read=True, expected_data_transfer_length=4096))
     assert out[-1].status_present and sum(len(p.data) for p in out) == 4096
     assert h.engine.sessions[1].params.max_recv_data_segment_length_peer == 8192
+
+
+def test_get_timer_follows_the_next_deadline() -> None:
+    """The adapter sleeps until get_timer(): the next ping, its answer's time-out, or
+    a login time-out; with nothing due there is no timer at all."""
+    import dataclasses
+
+    h = Harness([])  # logged in at time 0.0
+    assert h.engine.get_timer() is None  # no keep-alive configured, no login pending
+    h.engine.config = dataclasses.replace(h.engine.config, nop_in_interval=5.0, nop_in_timeout=10.0)
+    assert h.engine.get_timer() == 5.0
+    h.engine.handle_timer(5.0)  # the ping goes out ...
+    assert h.engine.get_timer() == 15.0  # ... and its answer is due within nop_in_timeout
+    idle = h.engine.new_connection(portal_group=1, now=7.0)
+    assert idle.next_deadline() == 7.0 + h.engine.config.login_timeout
+    assert h.engine.get_timer() == 15.0

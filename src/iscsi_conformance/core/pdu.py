@@ -63,12 +63,14 @@ from .layout import (
 )
 
 __all__ = [
+    "DATA_IN_BHS",
     "ENUM_FIELDS",
     "MAX_DATA_SEGMENT_LENGTH",
     "PDU",
     "PDU_CLASSES",
     "R2T",
     "RULES",
+    "SCSI_RESPONSE_BHS",
     "AsyncMessage",
     "LoginRequest",
     "LoginResponse",
@@ -96,6 +98,7 @@ __all__ = [
     "decode",
     "encode",
     "field_to_lun",
+    "frame_parts",
     "lun_to_field",
     "pdu_class",
     "validate",
@@ -1117,6 +1120,39 @@ def _assemble(
     if tamper is not None and tamper.extra:
         parts.append(tamper.extra)
     return b"".join(parts)
+
+
+# The gathered fast path, for the two PDUs every SCSI command ends with: a BHS packed in
+# one struct call, and the PDU as a list of buffers (the payload is not copied; the
+# adapter writes the list with one gathering write). Same bytes as ``encode`` (tests/
+# core/test_pdu_fast_paths.py): Data-In is RFC 7143 11.7, SCSI Response 11.4; bytes 4-7
+# are TotalAHSLength (0) and DataSegmentLength, so pass the segment length there.
+#: Data-In: opcode, flags, status, DSL, LUN, ITT, TTT, StatSN, ExpCmdSN, MaxCmdSN,
+#: DataSN, Buffer Offset, Residual Count.
+DATA_IN_BHS = struct.Struct(">BBxBIQIIIIIIII")
+#: SCSI Response: opcode, flags, response, status, DSL, reserved (Q), ITT, SNACK Tag,
+#: StatSN, ExpCmdSN, MaxCmdSN, ExpDataSN, Bidi residual, Residual Count.
+SCSI_RESPONSE_BHS = struct.Struct(">BBBBIQIIIIIIII")
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+
+def frame_parts(
+    bhs: bytes, data: bytes | memoryview, header_digest: bool, data_digest: bool
+) -> list[bytes | memoryview]:
+    """BHS [+ header digest] + data + padding [+ data digest] (RFC 7143 11.2) as separate
+    buffers, ``data`` not copied."""
+    parts: list[bytes | memoryview] = [bhs]
+    if header_digest:
+        parts.append(_LE32.pack(_crc32c(bhs)))
+    n = len(data)
+    if n:
+        parts.append(data)
+        pad = _PAD[n & 3]
+        if pad:
+            parts.append(pad)
+        if data_digest:
+            parts.append(_LE32.pack(_crc32c(pad, _crc32c(data))))
+    return parts
 
 
 def _tamper_bhs(bhs: bytes, tamper: Tamper) -> bytes:

@@ -2,7 +2,9 @@
 
 Theory of operation: a peer is one folder (``targets/<name>/`` or
 ``initiators/<name>/``) holding its container file, its configuration templates and
-its ``manifest.toml``. The manifest is data: what the peer can do
+its ``manifest.toml``. The manifest is data: which class drives the peer
+(``peer.driver``, imported lazily by ``peers.registry``), what a share of a run on it
+costs (``peer.shard_weight``, for ``run --shards``), what the peer can do
 (``[capabilities]``) and where it is known to depart from the RFC
 (``[[deviations]]``, keyed by stable test ID or ID prefix and a version range), so
 test code never says ``if peer == ...``. The format is documented in
@@ -16,6 +18,7 @@ in the installed wheel, where pyproject force-includes them as package data
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -105,6 +108,22 @@ CAPABILITIES: dict[str, Any] = {
 
 DEVIATION_EFFECTS = ("xfail", "intermittent", "skip")
 
+PEER_KEYS = ("name", "role", "description", "upstream", "packages", "driver", "shard_weight")
+"""The keys of ``[peer]``."""
+
+_DRIVER_SPEC = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+DRIVER_EXAMPLE = "iscsi_conformance.peers.tgt:TgtTarget"
+
+DEFAULT_SHARD_WEIGHT = 1.0
+"""The shard weight of a peer whose manifest gives none (and of an external target)."""
+
+
+def manifest_error(path: str | os.PathLike[str], field: str, message: str) -> ConfigError:
+    """A ``ConfigError`` that reads ``<path>: <field>: <message>`` and keeps ``field``."""
+    exc = ConfigError(f"{path}: {field}: {message}" if field else f"{path}: {message}")
+    exc.field = field
+    return exc
+
 
 @dataclasses.dataclass(frozen=True)
 class Deviation:
@@ -151,16 +170,24 @@ class Deviation:
 
 @dataclasses.dataclass
 class PeerManifest(Manifest):
-    """``base.Manifest`` plus what only the loader knows: upstream, packages, folder."""
+    """``base.Manifest`` plus what only the loader knows: upstream, packages, folder,
+    the driver (``"package.module:Class"``) and the shard weight."""
 
     upstream: str = ""
     packages: tuple[str, ...] = ()
     folder: Path | None = None
+    driver: str = ""
+    shard_weight: float = DEFAULT_SHARD_WEIGHT
     parsed_deviations: tuple[Deviation, ...] = ()
 
     def deviation_for(self, test_id: str, version: str | None = None) -> Deviation | None:
         """The deviation that covers ``test_id`` (at ``version``), or ``None``."""
         return find_deviation(self.parsed_deviations, test_id, version)
+
+    @property
+    def path(self) -> Path | str:
+        """The manifest file, for error messages (``manifest.toml`` when not from a folder)."""
+        return self.folder / "manifest.toml" if self.folder is not None else "manifest.toml"
 
     def header_digests(self) -> list[str]:
         return list(
@@ -253,7 +280,7 @@ def parse_manifest(
 ) -> PeerManifest:
     """Validate an already-parsed TOML document; raise ``ConfigError`` naming the field."""
     known_tables = {"peer", "capabilities", "deviations"}
-    peer_keys = {"name", "role", "description", "upstream", "packages"}
+    peer_keys = set(PEER_KEYS)
     flat = {k: v for k, v in data.items() if k in peer_keys}
     if flat:
         # Also accepted: the [peer] keys at the top level, before any table.
@@ -283,9 +310,11 @@ def parse_manifest(
     packages = _require(peer, "packages", list, "peer", default=[])
     if not all(isinstance(p, str) for p in packages):
         raise ConfigError("must be a list of strings", field="peer.packages")
-    extra = set(peer) - {"name", "role", "description", "upstream", "packages"}
+    extra = set(peer) - peer_keys
     if extra:
-        raise ConfigError(f"unknown key(s) {sorted(extra)}", field="peer")
+        raise ConfigError(f"unknown key(s) {sorted(extra)}; known: {list(PEER_KEYS)}", field="peer")
+    driver = _driver(peer)
+    shard_weight = _shard_weight(peer)
 
     caps = data.get("capabilities", {})
     if not isinstance(caps, dict):
@@ -348,7 +377,44 @@ def parse_manifest(
         packages=tuple(packages),
         folder=folder,
         parsed_deviations=tuple(devs),
+        driver=driver,
+        shard_weight=shard_weight,
     )
+
+
+def _driver(peer: dict[str, Any]) -> str:
+    """``peer.driver``: required, ``"package.module:Class"`` (imported by the registry)."""
+    if "driver" not in peer:
+        raise ConfigError(
+            f"missing (required): the class that drives the peer, as "
+            f"'package.module:Class', e.g. {DRIVER_EXAMPLE!r}",
+            field="peer.driver",
+        )
+    driver = peer["driver"]
+    if not isinstance(driver, str) or not _DRIVER_SPEC.fullmatch(driver.strip()):
+        raise ConfigError(
+            f"must be 'package.module:Class', e.g. {DRIVER_EXAMPLE!r}, got {driver!r}",
+            field="peer.driver",
+        )
+    return driver.strip()
+
+
+def _shard_weight(peer: dict[str, Any]) -> float:
+    """``peer.shard_weight``: optional positive number, the relative cost of the peer's
+    share of a run (``run --shards`` balances shards by it)."""
+    weight = peer.get("shard_weight", DEFAULT_SHARD_WEIGHT)
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int | float)
+        or not math.isfinite(weight)
+        or weight <= 0
+    ):
+        raise ConfigError(
+            f"must be a positive number (the relative cost of a run on this peer, "
+            f"e.g. 1 or 2.5), got {weight!r}",
+            field="peer.shard_weight",
+        )
+    return float(weight)
 
 
 def _plain(value: Any) -> bool:
@@ -371,13 +437,19 @@ def load_manifest(path: str | os.PathLike[str], *, role: Role | None = None) -> 
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: {exc}", field="manifest.toml") from None
-    manifest = parse_manifest(data, source=str(p), folder=p.parent)
+    try:
+        manifest = parse_manifest(data, source=str(p), folder=p.parent)
+    except ConfigError as exc:
+        if str(p) in str(exc):
+            raise
+        # name the file: "<path>: <field>: <message>"
+        message = str(exc).removeprefix(f"{exc.field}: ") if exc.field else str(exc)
+        raise manifest_error(p, exc.field, message) from None
     if role is not None and manifest.role != role:
-        raise ConfigError(f"{p} says role {manifest.role!r}, expected {role!r}", field="peer.role")
+        raise manifest_error(p, "peer.role", f"says {manifest.role!r}, expected {role!r}")
     if manifest.name != p.parent.name:
-        raise ConfigError(
-            f"{p}: name {manifest.name!r} differs from its folder {p.parent.name!r}",
-            field="peer.name",
+        raise manifest_error(
+            p, "peer.name", f"{manifest.name!r} differs from its folder {p.parent.name!r}"
         )
     return manifest
 

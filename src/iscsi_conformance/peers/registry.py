@@ -1,52 +1,66 @@
 """Peer name -> driver class, for targets and initiators.
 
-Theory of operation: a driver module registers its class with a decorator when it
-is imported::
+Theory of operation: a peer is one folder, ``targets/<name>/`` or
+``initiators/<name>/`` (found by ``peers.manifest.peer_folders``: the source
+checkout, the installed wheel's package data, ``$ISCSI_CONFORMANCE_PEERS_DIR``). Its
+``manifest.toml`` names the driver class and the peer's shard weight::
 
-    @register_target("lio")
-    class LioTarget(TargetDriver): ...
+    [peer]
+    name = "tgt"
+    role = "target"
+    driver = "iscsi_conformance.peers.tgt:TgtTarget"
+    shard_weight = 1
 
-The registry imports the known driver modules lazily, on the first lookup, and skips
-the ones that do not exist (yet), so adding a peer is one module plus one line in
-``DRIVER_MODULES``. Drivers are constructed as ``cls(manifest, mode=..., **options)``
-with the manifest loaded from the peer's folder (or a bare ``Manifest`` when the peer
-has no folder, like the embedded reference implementation).
+so adding a peer is its folder plus its driver module; nothing here lists peers. The
+registry knows the peers by scanning the folders and imports a driver only when it is
+looked up (``driver_class``): listing peers or weighing shards imports no driver. A
+manifest whose driver is missing, malformed, does not import, or is not a driver of
+its role is a ``ConfigError`` naming the manifest file and ``peer.driver``.
+
+Drivers are constructed as ``cls(manifest, mode=..., **options)`` with the manifest
+loaded from the peer's folder. ``@register_target("name")`` /
+``@register_initiator("name")`` still register a class directly; that serves drivers
+without a folder (a test's stand-in), which then get a bare ``Manifest``. A peer
+folder wins over such a registration of the same name.
 """
 
 from __future__ import annotations
 
 import importlib
-import threading
+import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from iscsi_conformance.errors import ConfigError
 from iscsi_conformance.peers.base import InitiatorDriver, Manifest, PeerDriver, Role, TargetDriver
-
-DRIVER_MODULES: tuple[str, ...] = (
-    "iscsi_conformance.peers.tgt",
-    "iscsi_conformance.peers.libiscsi",
-    "iscsi_conformance.peers.lio",
-    "iscsi_conformance.peers.openiscsi",
-    "iscsi_conformance.peers.reference",
-    "iscsi_conformance.peers.reference_target",
-    "iscsi_conformance.peers.reference_initiator",
+from iscsi_conformance.peers.manifest import (
+    DEFAULT_SHARD_WEIGHT,
+    DRIVER_EXAMPLE,
+    PeerManifest,
+    load_manifest,
+    manifest_error,
+    peer_folders,
 )
-"""Modules imported on first lookup; missing ones are skipped."""
 
 _REGISTRY: dict[Role, dict[str, type[PeerDriver]]] = {"target": {}, "initiator": {}}
-_loaded = False
-_load_lock = threading.RLock()
-_import_errors: dict[str, str] = {}
+"""Classes registered by decorator (the folderless ones are looked up here)."""
+
+_ROLES: tuple[Role, ...] = ("target", "initiator")
 
 D = TypeVar("D", bound=type[PeerDriver])
 
 
+def _base(role: Role) -> type[PeerDriver]:
+    return TargetDriver if role == "target" else InitiatorDriver
+
+
 def register(role: Role, name: str) -> Callable[[D], D]:
-    """Class decorator: make ``cls`` the driver of peer ``name`` in ``role``."""
+    """Class decorator: make ``cls`` the driver of peer ``name`` in ``role`` when
+    ``name`` has no peer folder (one that has is driven by its manifest's class)."""
 
     def deco(cls: D) -> D:
-        base = TargetDriver if role == "target" else InitiatorDriver
+        base = _base(role)
         if not issubclass(cls, base):
             raise TypeError(f"{cls.__name__} is not a {base.__name__}")
         existing = _REGISTRY[role].get(name)
@@ -73,45 +87,102 @@ def register_initiator(name: str) -> Callable[[D], D]:
     return register("initiator", name)
 
 
-def _load() -> None:
-    global _loaded
-    with _load_lock:
-        if _loaded:
-            return
-        _loaded = True  # set first: a driver module may look itself up while importing
-        for mod in DRIVER_MODULES:
-            try:
-                importlib.import_module(mod)
-            except ModuleNotFoundError as exc:
-                if exc.name == mod:  # the module itself is absent: not written yet
-                    _import_errors[mod] = "not present"
-                    continue
-                _import_errors[mod] = f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # a broken driver must not hide the others
-                _import_errors[mod] = f"{type(exc).__name__}: {exc}"
+# --------------------------------------------------------------------------- discovery
 
 
-def import_errors() -> dict[str, str]:
-    """Driver modules that failed to import (other than absent ones), with why."""
-    _load()
-    return {m: e for m, e in _import_errors.items() if e != "not present"}
+def _folders(role: Role) -> dict[str, Path]:
+    return peer_folders(role)
+
+
+def _peer_manifest(role: Role, name: str) -> PeerManifest | None:
+    """The manifest of peer ``name``, or ``None`` when it has no folder."""
+    folder = _folders(role).get(name)
+    return None if folder is None else load_manifest(folder, role=role)
+
+
+def import_driver(role: Role, manifest: PeerManifest) -> type[PeerDriver]:
+    """Import the class ``manifest.driver`` names (``"package.module:Class"``) and check
+    that it is a concrete driver of ``role``; ``ConfigError`` naming the manifest file
+    and ``peer.driver`` otherwise."""
+    where, spec = manifest.path, manifest.driver
+    if not spec:
+        raise manifest_error(
+            where, "peer.driver", f"missing (required), e.g. driver = {DRIVER_EXAMPLE!r}"
+        )
+    module_name, _, qualname = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            raise manifest_error(
+                where, "peer.driver", f"{spec!r}: there is no module {module_name!r}"
+            ) from None
+        raise manifest_error(
+            where, "peer.driver", f"{spec!r}: importing {module_name} failed: {exc}"
+        ) from exc
+    except Exception as exc:  # a broken driver: say which and why
+        raise manifest_error(
+            where,
+            "peer.driver",
+            f"{spec!r}: importing {module_name} failed: {type(exc).__name__}: {exc}",
+        ) from exc
+    for part in qualname.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise manifest_error(
+                where, "peer.driver", f"{spec!r}: module {module_name} has no {qualname!r}"
+            ) from None
+    base = _base(role)
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        raise manifest_error(where, "peer.driver", f"{spec!r} is not a {base.__name__} subclass")
+    if inspect.isabstract(obj):
+        raise manifest_error(
+            where, "peer.driver", f"{spec!r} is abstract (it does not implement every method)"
+        )
+    return obj
+
+
+def _resolve(role: Role, name: str) -> tuple[type[PeerDriver], Manifest]:
+    """Peer ``name``'s driver class and the manifest it is constructed with."""
+    manifest = _peer_manifest(role, name)
+    if manifest is not None:
+        return import_driver(role, manifest), manifest
+    try:
+        return _REGISTRY[role][name], Manifest(name=name, role=role)
+    except KeyError:
+        known = ", ".join(names(role)) or "none"
+        raise ConfigError(f"no {role} driver named {name!r} (known: {known})", field=role) from None
 
 
 def driver_class(role: Role, name: str) -> type[PeerDriver]:
-    _load()
-    try:
-        return _REGISTRY[role][name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY[role])) or "none"
-        hint = "".join(f"; {m}: {e}" for m, e in import_errors().items())
-        raise ConfigError(
-            f"no {role} driver named {name!r} (known: {known}){hint}", field=role
-        ) from None
+    """The driver class of peer ``name``: its manifest's ``peer.driver``, imported now."""
+    return _resolve(role, name)[0]
+
+
+def import_errors() -> dict[str, str]:
+    """Peers whose manifest or driver is bad, keyed by driver module (or manifest
+    file), with the error; imports every peer's driver (``iscsi-conformance peers``)."""
+    errors: dict[str, str] = {}
+    for role in _ROLES:
+        for folder in _folders(role).values():
+            try:
+                manifest = load_manifest(folder, role=role)
+            except ConfigError as exc:
+                errors[str(folder / "manifest.toml")] = str(exc)
+                continue
+            try:
+                import_driver(role, manifest)
+            except ConfigError as exc:
+                errors[manifest.driver.partition(":")[0] or str(manifest.path)] = str(exc)
+    return errors
 
 
 def names(role: Role) -> list[str]:
-    _load()
-    return sorted(_REGISTRY[role])
+    """Every peer of ``role``: its folders (no driver imported) and folderless
+    registrations."""
+    return sorted(set(_folders(role)) | set(_REGISTRY[role]))
 
 
 def target_names() -> list[str]:
@@ -122,18 +193,29 @@ def initiator_names() -> list[str]:
     return names("initiator")
 
 
-def _manifest_for(role: Role, name: str) -> Manifest:
-    from iscsi_conformance.peers.manifest import load_peer_manifest, peer_folders
+def shard_weight(role: Role, name: str) -> float:
+    """Peer ``name``'s ``peer.shard_weight``: the relative cost of its share of a run,
+    by which ``run --shards`` balances shards. A name without a peer folder (an
+    ``iscsi://`` target, a folderless driver) weighs ``DEFAULT_SHARD_WEIGHT``."""
+    manifest = _peer_manifest(role, name)
+    return DEFAULT_SHARD_WEIGHT if manifest is None else float(manifest.shard_weight)
 
-    if name in peer_folders(role):
-        return load_peer_manifest(role, name)
-    return Manifest(name=name, role=role)
+
+def shard_weights(role: Role) -> dict[str, float]:
+    """``shard_weight`` of every peer of ``role`` that has a folder."""
+    return {name: shard_weight(role, name) for name in _folders(role)}
+
+
+def _manifest_for(role: Role, name: str) -> Manifest:
+    """Peer ``name``'s manifest (a bare ``Manifest`` for a folderless driver)."""
+    manifest = _peer_manifest(role, name)
+    return Manifest(name=name, role=role) if manifest is None else manifest
 
 
 def get_driver(role: Role, name: str, *, mode: str | None = None, **options: Any) -> PeerDriver:
     """A new, not yet started driver for peer ``name``."""
-    cls = driver_class(role, name)
-    return cls(_manifest_for(role, name), mode=mode, **options)  # type: ignore[call-arg]
+    cls, manifest = _resolve(role, name)
+    return cls(manifest, mode=mode, **options)  # type: ignore[call-arg]
 
 
 def get_target_driver(name: str, *, mode: str | None = None, **options: Any) -> TargetDriver:

@@ -26,6 +26,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..core.pdu import lun_to_field
 from ..errors import ReservationConflict, SCSIError
 from .backing import Backing
 from .cdb import decode_block_cdb
@@ -526,12 +527,9 @@ _SA_FIELD_MASK: dict[int, int] = {
 
 
 def encode_lun(lun: int) -> bytes:
-    """8-byte LUN field (SAM-5 4.6): peripheral addressing below 256, flat below 16384."""
-    if lun < 256:
-        return bytes([0, lun]) + bytes(6)
-    if lun < 0x4000:
-        return bytes([0x40 | lun >> 8, lun & 0xFF]) + bytes(6)
-    raise ValueError("LUN too large for single-level addressing")
+    """8-byte LUN field (SAM-5 4.7) as bytes: ``core.pdu.lun_to_field`` (peripheral
+    addressing below 256, flat below 16384)."""
+    return lun_to_field(lun).to_bytes(8, "big")
 
 
 def report_luns_data(luns: Sequence[int]) -> bytes:

@@ -43,8 +43,6 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from crc32c import crc32c
-
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.codes import (
     AsyncEvent,
@@ -70,6 +68,7 @@ from iscsi_conformance.core.serial import add_mod as sn_add
 from iscsi_conformance.core.serial import le as sn_le
 from iscsi_conformance.core.serial import lt as sn_lt
 from iscsi_conformance.errors import DigestError, PDUFormatError, ProtocolError
+from iscsi_conformance.scsi import nolu
 from iscsi_conformance.target.config import ServerConfig, TargetConfig
 from iscsi_conformance.target.login import ConnectionLogin, find_target, renegotiate
 
@@ -95,35 +94,8 @@ def _fixed_sense(key: int, asc: int, ascq: int) -> bytes:
     return bytes([0x70, 0, key, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0])
 
 
-SENSE_LUN_NOT_SUPPORTED = _fixed_sense(_SENSE_KEY_ILLEGAL_REQUEST, 0x25, 0x00)
 SENSE_INVALID_FIELD_IN_IU = _fixed_sense(_SENSE_KEY_ILLEGAL_REQUEST, 0x0E, 0x03)
 SENSE_INVALID_FIELD_IN_CDB = _fixed_sense(_SENSE_KEY_ILLEGAL_REQUEST, 0x24, 0x00)
-
-
-# Hot-path packers for the two PDUs every command ends with. They must produce exactly
-# what core.pdu.encode produces (tests/target/test_fastpath.py checks byte equality):
-# Data-In, RFC 7143 11.7 (Figure 16) and SCSI Response, 11.4 (Figure 15); bytes 4-7
-# are TotalAHSLength (0) and DataSegmentLength.
-_DATA_IN = struct.Struct(">BBxBIQIIIIIIII")
-_SCSI_RESPONSE = struct.Struct(">BBBBIQIIIIIIII")
-_LE32 = struct.Struct("<I")
-_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
-
-
-def _frame(bhs: bytes, data: bytes | memoryview, hd: bool, dd: bool) -> list[Any]:
-    """BHS [+ header digest] + data + padding [+ data digest] as separate buffers."""
-    parts: list[Any] = [bhs]
-    if hd:
-        parts.append(_LE32.pack(crc32c(bhs)))
-    n = len(data)
-    if n:
-        parts.append(data)
-        pad = _PAD[n & 3]
-        if pad:
-            parts.append(pad)
-        if dd:
-            parts.append(_LE32.pack(crc32c(pad, crc32c(data))))
-    return parts
 
 
 # --------------------------------------------------------------------------- state
@@ -460,6 +432,12 @@ class TargetEngine:
         """The live session a leading login would reinstate (RFC 7143 6.3.5)."""
         s = self.find_session(isid, initiator, target)
         return None if s is None else self._existing(s)
+
+    def get_timer(self) -> float | None:
+        """The earliest time at which ``handle_timer`` has something to do, or None
+        (aioquic's ``get_timer()``): the adapter sleeps until then, not on a tick."""
+        deadlines = [d for c in self.connections if (d := c.next_deadline()) is not None]
+        return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
         for conn in list(self.connections):
@@ -1246,7 +1224,7 @@ class Connection:
             return
         lu = task.lu
         if lu is None:
-            self._respond_check(task, SENSE_LUN_NOT_SUPPORTED, report_luns_ok=True)
+            self._no_logical_unit(task)
             return
         mm = task.residual_mismatch
         data_out: bytes = bytes(task.buffer) if task.buffer is not None else b""
@@ -1307,28 +1285,26 @@ class Connection:
 
         self.engine.abort_tasks(hit)
 
-    def _respond_check(self, task: Task, sense: bytes, *, report_luns_ok: bool = False) -> None:
+    def _respond_check(self, task: Task, sense: bytes) -> None:
+        self._forget(task)
+        self._respond(task, ScsiStatus.CHECK_CONDITION, sense)
+
+    def _forget(self, task: Task) -> None:
         s = self.session
         if s is not None:
             s.tasks.pop(task.itt, None)
             s.release_budget(task)
-        if report_luns_ok:
-            op = task.cdb[0]
-            if op == 0xA0 and task.lun == 0:
-                # REPORT LUNS through LUN 0 even without a LUN 0 (SPC-4 6.33).
-                self._complete(task, ScsiStatus.GOOD, b"", _report_luns(self, task.cdb))
-                return
-            if op == 0x12:
-                # INQUIRY to a LUN that is not there succeeds with peripheral qualifier
-                # 011b, device type 1Fh (SPC-4 6.6.2, 6.4.2).
-                self._complete(task, ScsiStatus.GOOD, b"", _inquiry_no_lu(task.cdb))
-                return
-            if op == 0x03:
-                # REQUEST SENSE reports LOGICAL UNIT NOT SUPPORTED with GOOD status
-                # (SPC-4 6.39, SAM-5 5.9.6).
-                self._complete(task, ScsiStatus.GOOD, b"", _request_sense_no_lu(task.cdb))
-                return
-        self._respond(task, ScsiStatus.CHECK_CONDITION, sense)
+
+    def _no_logical_unit(self, task: Task) -> None:
+        """A command to a LUN with no logical unit: the answers of scsi.nolu."""
+        self._forget(task)
+        s = self.session
+        assert s is not None and s.target is not None
+        outcome = nolu.respond(task.cdb, task.lun, list(s.target.lus_for(s.initiator_name)))
+        if outcome.status == ScsiStatus.GOOD:
+            self._complete(task, ScsiStatus.GOOD, b"", outcome.data)
+        else:
+            self._respond(task, outcome.status, outcome.sense)
 
     def _complete(self, task: Task, status: int, sense: bytes, data: bytes) -> None:
         """Send Data-In (with phase collapse when possible) and/or SCSI Response."""
@@ -1393,10 +1369,10 @@ class Connection:
                 statsn = self.next_statsn()
                 st = status
                 res = residual
-            bhs = _DATA_IN.pack(
+            bhs = P.DATA_IN_BHS.pack(
                 0x25, flags, st, ln, lun, itt, NONE_TAG, statsn, exp, mx, datasn, off, res
             )
-            parts = _frame(bhs, mv[off : off + ln], hd, dd)
+            parts = P.frame_parts(bhs, mv[off : off + ln], hd, dd)
             out.extend(parts)
             if keep:
                 raw = b"".join(parts)
@@ -1449,7 +1425,7 @@ class Connection:
         data = P.ScsiResponse.sense_segment(sense) if sense else b""
         statsn = self.next_statsn()
         flags = 0x80 | (0x04 if overflow else 0) | (0x02 if underflow else 0)
-        bhs = _SCSI_RESPONSE.pack(
+        bhs = P.SCSI_RESPONSE_BHS.pack(
             0x21,
             flags,
             ScsiResponseCode.COMMAND_COMPLETED_AT_TARGET,
@@ -1465,7 +1441,7 @@ class Connection:
             0,
             residual,
         )
-        parts = _frame(bhs, data, self.hd, self.dd)
+        parts = P.frame_parts(bhs, data, self.hd, self.dd)
         self.out.extend(parts)
         self.engine.mark_dirty(self)
         if self.erl > 0:
@@ -1517,6 +1493,22 @@ class Connection:
         self._emit(
             P.NopIn(lun=0, itt=NONE_TAG, ttt=ttt, statsn=self.statsn, expcmdsn=exp, maxcmdsn=mx)
         )
+
+    def next_deadline(self) -> float | None:
+        """When ``handle_timer`` next has work on this connection: the login time-out,
+        the NOP-In answer time-out, or the next keep-alive NOP-In (RFC 7143 11.19)."""
+        if self.close_requested:
+            return None
+        cfg = self.engine.config
+        if self.state is ConnState.LOGIN:
+            return self.created + cfg.login_timeout if cfg.login_timeout else None
+        if self.state is not ConnState.FULL_FEATURE:
+            return None
+        if self._ping_ttt is not None:
+            return self._ping_sent + cfg.nop_in_timeout if cfg.nop_in_timeout else None
+        if cfg.nop_in_interval:
+            return max(self.last_rx, self._last_ping) + cfg.nop_in_interval
+        return None
 
     def handle_timer(self, now: float) -> None:
         cfg = self.engine.config
@@ -1808,36 +1800,6 @@ def _data_out_length(lu: Any, cdb: bytes) -> int | None:
         return int(fn(cdb))
     except Exception:
         return None
-
-
-def _inquiry_no_lu(cdb: bytes) -> bytes:
-    """INQUIRY data for an unsupported LUN: qualifier 011b, type 1Fh (SPC-4 6.6.2)."""
-    alloc = int.from_bytes(cdb[3:5], "big")
-    if cdb[1] & 0x01:  # EVPD: just the page header, no page contents
-        return bytes([0x7F, cdb[2], 0, 0])[:alloc]
-    data = bytes([0x7F, 0, 0x06, 0x02, 31, 0, 0, 0]) + b"ISCSICNF" + b"NO LOGICAL UNIT " + b"0001"
-    return data[:alloc]
-
-
-def _request_sense_no_lu(cdb: bytes) -> bytes:
-    """REQUEST SENSE parameter data: ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED."""
-    alloc = cdb[4]
-    if cdb[1] & 0x01:  # DESC: descriptor format (SPC-4 4.5.2)
-        data = bytes([0x72, _SENSE_KEY_ILLEGAL_REQUEST, 0x25, 0x00, 0, 0, 0, 0])
-    else:
-        data = SENSE_LUN_NOT_SUPPORTED
-    return data[:alloc]
-
-
-def _report_luns(conn: Connection, cdb: bytes) -> bytes:
-    """REPORT LUNS parameter data (SPC-4 6.33) for the LUNs this initiator sees."""
-    s = conn.session
-    assert s is not None and s.target is not None
-    luns = sorted(s.target.lus_for(s.initiator_name))
-    body = b"".join(P.lun_to_field(n).to_bytes(8, "big") for n in luns)
-    data = len(body).to_bytes(4, "big") + bytes(4) + body
-    alloc = int.from_bytes(cdb[6:10], "big")
-    return data[:alloc]
 
 
 _FFP_HANDLERS: dict[type, Callable[[Connection, Any, float], None]] = {

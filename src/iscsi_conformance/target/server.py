@@ -6,9 +6,10 @@ bytes: ``data_received`` feeds the engine, which handles up to ``PDUS_PER_FLUSH`
 complete PDUs at a time; after each slice every connection the engine marked dirty
 is flushed with one gathering ``os.writev`` straight to the socket when the
 transport has nothing buffered (no join copy of the payloads), handing any unsent
-rest to ``transport.writelines``. A periodic
-tick passes ``time.monotonic()`` to ``engine.handle_timer`` (NOP-In pings, login
-time-outs) and writes changed APTPL reservation state. Per-connection memory is
+rest to ``transport.writelines``. Timers follow the engine's own deadline
+(``engine.get_timer()``, aioquic's pattern): one timer handle sleeps until the
+earliest NOP-In ping, NOP-In answer time-out or login time-out, then passes
+``time.monotonic()`` to ``engine.handle_timer``; an idle server has no timer at all. Per-connection memory is
 bounded: the decoder refuses a DataSegmentLength above what we declared (RFC 7143
 13.12) before buffering it, and reading pauses while the transport's write buffer
 is above its high-water mark.
@@ -36,7 +37,8 @@ from iscsi_conformance.target.luns import LunStore
 
 log = logging.getLogger("iscsi_conformance.target")
 
-TICK = 0.5  # seconds between timer ticks
+# A deadline this close to the one already scheduled needs no new timer handle.
+TIMER_SLACK = 0.05
 # PDUs handled per flush: the initiator starts on the first answers of a burst of
 # commands while we work on the rest, instead of the two sides taking turns.
 PDUS_PER_FLUSH = 8
@@ -68,6 +70,7 @@ class _Protocol(asyncio.Protocol):
         )
         conn.transport = transport  # type: ignore[attr-defined]
         self.conn = conn
+        self.server.schedule_timer()  # its login time-out
         transport.set_write_buffer_limits(high=4 * 1024 * 1024)
         self.fd = sock.fileno() if sock is not None else -1
 
@@ -75,13 +78,16 @@ class _Protocol(asyncio.Protocol):
         conn = self.conn
         if conn is None:
             return
-        now = self.server._now
+        now = time.monotonic()
         flush = self.server.flush
+        state = conn.state
         more = conn.receive_data(data, now, max_pdus=PDUS_PER_FLUSH)
         flush()
         while more:
             more = conn.receive_data(b"", now, max_pdus=PDUS_PER_FLUSH)
             flush()
+        if conn.state is not state:  # e.g. login done: keep-alive deadlines start
+            self.server.schedule_timer()
 
     def eof_received(self) -> bool:
         return False
@@ -117,6 +123,7 @@ class TargetServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._tick: asyncio.TimerHandle | None = None
+        self._tick_at = 0.0
         self._now = time.monotonic()
         self._stopped = asyncio.Event() if False else None
         self._ready = threading.Event()
@@ -140,20 +147,33 @@ class TargetServer:
                     addr = sock.getsockname()
                     self.portals.append((addr[0], addr[1], group.tag))
                     self.engine.bound_portals.setdefault(group.tag, []).append((addr[0], addr[1]))
-        self._schedule_tick()
+        self.schedule_timer()
 
-    def _schedule_tick(self) -> None:
-        assert self._loop is not None
-        self._tick = self._loop.call_later(TICK, self._on_tick)
+    def schedule_timer(self) -> None:
+        """Sleep until the engine's next deadline; a later one than already set waits
+        for that timer (which schedules the next when it fires)."""
+        loop = self._loop
+        if loop is None:
+            return
+        deadline = self.engine.get_timer()
+        if deadline is None:
+            return
+        if self._tick is not None and self._tick_at <= deadline + TIMER_SLACK:
+            return
+        if self._tick is not None:
+            self._tick.cancel()
+        self._tick_at = deadline
+        self._tick = loop.call_later(max(0.0, deadline - time.monotonic()), self._on_timer)
 
-    def _on_tick(self) -> None:
+    def _on_timer(self) -> None:
+        self._tick = None
         self._now = time.monotonic()
         try:
             self.engine.handle_timer(self._now)
             self.flush()
         except Exception:  # never let the timer die
-            log.exception("timer tick failed")
-        self._schedule_tick()
+            log.exception("timer failed")
+        self.schedule_timer()
 
     def after_activity(self) -> None:
         """Hook after connection loss (state such as reservations may have changed)."""
@@ -247,11 +267,13 @@ class TargetServer:
         if running is loop:
             result = fn(*args, **kw)
             self.flush()
+            self.schedule_timer()
             return result
 
         async def job() -> Any:
             result = fn(*args, **kw)
             self.flush()
+            self.schedule_timer()  # a ping now waits for its answer
             return result
 
         return asyncio.run_coroutine_threadsafe(job(), loop).result(10)
