@@ -14,6 +14,7 @@ from iscsi_conformance.core import serial
 from iscsi_conformance.core import text as T
 from iscsi_conformance.core.codes import RejectReason
 from iscsi_conformance.target import engine as E
+from iscsi_conformance.target import task as task_module
 from iscsi_conformance.target.config import simple_config
 from iscsi_conformance.target.luns import LunStore
 
@@ -268,7 +269,7 @@ def test_erl1_kept_data_released_by_expstatsn() -> None:
 
 
 def test_write_budget_bounds_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(E, "SESSION_WRITE_BUDGET", 8192)
+    monkeypatch.setattr(task_module, "SESSION_WRITE_BUDGET", 8192)
     h = Harness([("InitialR2T", "Yes"), ("ImmediateData", "No")])
     first = h.cmd(write16(0, 16), write=True, expected_data_transfer_length=8192)
     (r2t,) = h.feed(first)

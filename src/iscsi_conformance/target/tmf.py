@@ -22,7 +22,8 @@ from iscsi_conformance.core.serial import lt as sn_lt
 from iscsi_conformance.scsi.codes import ResetKind
 
 if TYPE_CHECKING:
-    from iscsi_conformance.target.engine import Connection, Task
+    from iscsi_conformance.target.connection import Connection
+    from iscsi_conformance.target.task import Task
 
 _LUN_FUNCTIONS = {
     TmfFunction.ABORT_TASK,

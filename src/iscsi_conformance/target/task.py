@@ -1,0 +1,652 @@
+"""A SCSI task on the target's side: R2T, Data-Out, Data-In and their recovery (sans-IO).
+
+Theory of operation: ``Task`` is one SCSI command's state (RFC 7143 3.2.2): its CDB
+and LU, the write data gathered so far (immediate data, unsolicited Data-Out up to
+FirstBurstLength, solicited Data-Out answering our R2Ts, 13.13-13.14), the R2Ts in
+flight (at most MaxOutstandingR2T, each at most MaxBurstLength, 11.8) and, at ERL 1,
+the Data-In PDUs kept for a SNACK (11.16). ``TaskIO`` is the part of a connection that
+moves a task along: it delivers the command in CmdSN order, solicits the data,
+executes it on the LU once it is all in, and answers with Data-In (phase collapse when
+there is no sense, 11.7.4) and/or a SCSI Response. A command to a LUN with no logical
+unit is answered by ``scsi.nolu``. A Data-Out digest error at ERL 1 becomes a recovery
+R2T for the lost range once the sequence ends (7.8, 7.9).
+
+``TaskIO`` is a mixin of ``connection.Connection``: the connection owns the wire
+(StatSN, digests, the output queue), the task owns its data transfer, the way h2's
+``H2Stream`` owns a stream's state beside ``H2Connection``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from iscsi_conformance.core import pdu as P
+from iscsi_conformance.core.codes import (
+    RejectReason,
+    ScsiResponseCode,
+    ScsiStatus,
+)
+from iscsi_conformance.core.serial import add_mod as sn_add
+from iscsi_conformance.scsi import nolu
+from iscsi_conformance.scsi.nexus import port_matches
+from iscsi_conformance.target.session import DEFAULT_CMD_WINDOW, SessionType
+
+if TYPE_CHECKING:
+    from iscsi_conformance.target.connection import Connection
+
+log = logging.getLogger("iscsi_conformance.target")
+
+NONE_TAG = 0xFFFFFFFF
+
+MAX_TASK_BYTES = 32 * 1024 * 1024  # largest write a single task may buffer
+SESSION_WRITE_BUDGET = 128 * 1024 * 1024  # write data buffered and not yet executed
+MAX_TASKS_PER_SESSION = 2 * DEFAULT_CMD_WINDOW  # immediate commands bypass the window
+
+MAX_RETAINED_STATUS = 4096  # ERL1: statuses kept for SNACK, per connection
+MAX_HELD_TASKS = 256  # ERL1: finished reads whose Data-In is kept, per connection
+
+# SCSI sense for commands the transport refuses before the LU sees them (SPC-4 4.5.6).
+_SENSE_KEY_ILLEGAL_REQUEST = 0x05
+_SENSE_KEY_ABORTED_COMMAND = 0x0B
+
+
+def _fixed_sense(key: int, asc: int, ascq: int) -> bytes:
+    """Fixed-format sense data (SPC-4 4.5.3), 18 bytes."""
+    return bytes([0x70, 0, key, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0])
+
+
+SENSE_INVALID_FIELD_IN_IU = _fixed_sense(_SENSE_KEY_ILLEGAL_REQUEST, 0x0E, 0x03)
+SENSE_INVALID_FIELD_IN_CDB = _fixed_sense(_SENSE_KEY_ILLEGAL_REQUEST, 0x24, 0x00)
+
+
+@dataclasses.dataclass
+class R2TState:
+    r2tsn: int
+    ttt: int
+    offset: int
+    length: int
+    received: int = 0
+    next_datasn: int = 0
+    lost: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+
+
+class Task:
+    """One SCSI command in flight (RFC 7143 3.2.4.3 'task')."""
+
+    __slots__ = (
+        "aborted",
+        "attr",
+        "budgeted",
+        "buffer",
+        "cdb",
+        "cmdsn",
+        "conn",
+        "delivered",
+        "edtl",
+        "expected",
+        "immediate",
+        "itt",
+        "lu",
+        "lun",
+        "lun_field",
+        "next_offset",
+        "outstanding",
+        "pending_ranges",
+        "r2tsn",
+        "read",
+        "received",
+        "residual_mismatch",
+        "sent_datain",
+        "statsn",
+        "unsolicited_done",
+        "unsolicited_next_datasn",
+        "unsolicited_received",
+        "write",
+    )
+
+    def __init__(self, conn: Connection, cmd: P.ScsiCommand, lun: int, lu: Any) -> None:
+        self.conn = conn
+        self.itt = cmd.itt
+        self.cmdsn = cmd.cmdsn
+        self.immediate = cmd.immediate
+        self.attr = cmd.attr
+        self.cdb = cmd.cdb
+        self.lun = lun
+        self.lun_field = cmd.lun
+        self.lu = lu
+        self.edtl = cmd.expected_data_transfer_length
+        self.read = cmd.read
+        self.write = cmd.write
+        self.delivered = False
+        self.aborted = False
+        self.expected = 0  # bytes of Data-Out we will accept
+        self.buffer: bytearray | None = None
+        self.received = 0
+        self.residual_mismatch = 0  # SPDTL - EDTL for writes that disagree
+        self.outstanding: dict[int, R2TState] = {}  # ttt -> R2T
+        self.pending_ranges: deque[tuple[int, int]] = deque()  # to solicit
+        self.unsolicited_done = True
+        self.unsolicited_next_datasn = 0
+        self.unsolicited_received = 0
+        self.sent_datain: list[bytes] = []  # ERL1: for Data SNACK
+        self.r2tsn = 0
+        self.next_offset = 0
+        self.budgeted = 0
+        self.statsn = 0  # of its status, once sent
+
+
+class TaskIO:
+    """The SCSI data path of a connection (see the module docstring)."""
+
+    def on_scsi_command(self, pdu: P.ScsiCommand, now: float) -> None:
+        s = self.session
+        assert s is not None
+        self._ack_statsn(pdu.expstatsn)
+        if s.session_type is SessionType.DISCOVERY:
+            # Only Text, Logout and NOP in a discovery session (RFC 7143 4.3).
+            self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+            return
+        if pdu.itt == NONE_TAG:
+            self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
+            return
+        if pdu.immediate:
+            self._create_task(pdu, deliver=True)
+            return
+        sn = pdu.cmdsn
+        if sn == s.expcmdsn:
+            s.expcmdsn = sn_add(sn, 1)
+            if sn in s.aborted_cmdsns:
+                s.aborted_cmdsns.discard(sn)
+            else:
+                self._create_task(pdu, deliver=True)
+            if s.pending:
+                self._drain()
+            return
+        self._order(pdu, lambda p: self._create_task(p, deliver=True))
+
+    def _create_task(self, pdu: P.ScsiCommand, *, deliver: bool) -> None:
+        s = self.session
+        assert s is not None and s.target is not None
+        if pdu.itt in s.tasks:
+            # A task tag still in use (RFC 7143 11.17.1: Task in progress).
+            self.reject(RejectReason.TASK_IN_PROGRESS, P.bhs_of(pdu))
+            return
+        lun = P.field_to_lun(pdu.lun)
+        lus = s.target.lus_for(s.initiator_name)
+        lu = lus.get(lun)
+        task = Task(self, pdu, lun, lu)
+        s.tasks[pdu.itt] = task
+        if pdu.write and lu is not None and _known_command(lu, pdu.cdb):
+            spdtl = _data_out_length(lu, pdu.cdb)
+            edtl = task.edtl
+            if spdtl is None:
+                spdtl = edtl
+            # Accept the EDTL the initiator planned, so the data stream stays in step;
+            # _finish decides what to do when it disagrees with the CDB (11.4.5.1).
+            task.expected = edtl
+            task.residual_mismatch = spdtl - edtl
+            if edtl > MAX_TASK_BYTES:
+                task.expected = 0
+                task.residual_mismatch = 0
+                self._respond_check(task, SENSE_INVALID_FIELD_IN_CDB)
+                return
+        elif pdu.write:
+            task.expected = task.edtl if task.edtl <= MAX_TASK_BYTES else 0
+        if task.expected and (
+            s.write_budget_used + task.expected > SESSION_WRITE_BUDGET
+            or len(s.tasks) > MAX_TASKS_PER_SESSION
+        ):
+            # Memory stays bounded whatever the initiator sends: answer TASK SET FULL
+            # (SAM-5 5.3.1) and drop any data that still arrives for this tag.
+            s.tasks.pop(pdu.itt, None)
+            self.remember_aborted(pdu.itt)
+            self._respond(task, ScsiStatus.TASK_SET_FULL, b"")
+            return
+        if task.expected:
+            task.buffer = bytearray(task.expected)
+            s.write_budget_used += task.expected
+            task.budgeted = task.expected
+        imm = pdu.data
+        if imm:
+            n = min(len(imm), task.expected)
+            if not self.params.immediate_data or len(imm) > self.params.first_burst_length:
+                # Immediate data was not negotiated, or exceeds FirstBurstLength (13.14).
+                s.tasks.pop(pdu.itt, None)
+                s.release_budget(task)
+                self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+                return
+            if n and task.buffer is not None:
+                task.buffer[:n] = imm[:n]
+            task.received = n
+            task.unsolicited_received = len(imm)
+            task.next_offset = len(imm)
+        if (
+            task.expected
+            and not pdu.final
+            and not self.params.initial_r2t
+            and task.unsolicited_received < self.params.first_burst_length
+            and task.received < task.expected
+        ):
+            task.unsolicited_done = False  # more unsolicited Data-Out follows (13.10)
+        if deliver:
+            self._deliver(task)
+
+    def _deliver(self, task: Task) -> None:
+        """The command's CmdSN has been reached: solicit data or execute."""
+        task.delivered = True
+        if task.aborted:
+            return
+        self._progress(task)
+
+    def _progress(self, task: Task) -> None:
+        if not task.delivered or task.aborted:
+            return
+        if task.received >= task.expected and not task.outstanding and task.unsolicited_done:
+            self._finish(task)
+            return
+        if task.unsolicited_done:
+            self._solicit(task)
+
+    def _solicit(self, task: Task) -> None:
+        """Issue R2Ts for what is still missing (RFC 7143 11.8; 13.17 MaxOutstandingR2T)."""
+        p = self.params
+        if not task.pending_ranges and task.next_offset < task.expected and not task.outstanding:
+            # Everything not covered by immediate/unsolicited data, in burst-size pieces.
+            start = task.next_offset
+            task.next_offset = task.expected
+            while start < task.expected:
+                ln = min(p.max_burst_length, task.expected - start)
+                task.pending_ranges.append((start, ln))
+                start += ln
+        while task.pending_ranges and len(task.outstanding) < p.max_outstanding_r2t:
+            off, ln = task.pending_ranges.popleft()
+            ttt = self.engine.alloc_ttt()
+            r2t = R2TState(r2tsn=task.r2tsn, ttt=ttt, offset=off, length=ln)
+            task.r2tsn += 1
+            task.outstanding[ttt] = r2t
+            self._send_r2t(task, r2t)
+
+    def _send_r2t(self, task: Task, r2t: R2TState) -> None:
+        exp, mx = self._window()
+        self._emit(
+            P.R2T(
+                lun=task.lun_field,
+                itt=task.itt,
+                ttt=r2t.ttt,
+                statsn=self.statsn,
+                expcmdsn=exp,
+                maxcmdsn=mx,
+                r2tsn=r2t.r2tsn,
+                buffer_offset=r2t.offset,
+                desired_data_transfer_length=r2t.length,
+            )
+        )
+
+    def _data_lost(self, task: Task, ttt: int, offset: int, length: int, header: bytes) -> None:
+        """ERL1: a Data-Out was lost to a digest error; re-solicit it (RFC 7143 7.8)."""
+        final = bool(header[1] & 0x80)
+        if ttt == NONE_TAG:
+            # Unsolicited data lost: solicit it again once unsolicited data ends.
+            task.pending_ranges.append((offset, length))
+            task.unsolicited_next_datasn += 1
+            if final:
+                task.unsolicited_done = True
+                self._progress(task)
+            return
+        r2t = task.outstanding.get(ttt)
+        if r2t is None:
+            return
+        r2t.lost.append((offset, length))
+        r2t.next_datasn += 1
+        if final:
+            self._r2t_done(task, r2t)
+
+    def _r2t_done(self, task: Task, r2t: R2TState) -> None:
+        del task.outstanding[r2t.ttt]
+        for off, ln in r2t.lost:
+            # Recovery R2T for the lost range (RFC 7143 7.9).
+            task.pending_ranges.appendleft((off, ln))
+        if r2t.received < r2t.length and not r2t.lost:
+            # F bit before the burst was complete: re-solicit the rest.
+            task.pending_ranges.append((r2t.offset + r2t.received, r2t.length - r2t.received))
+        self._progress(task)
+
+    def on_data_out(self, pdu: P.ScsiDataOut, now: float) -> None:
+        s = self.session
+        assert s is not None
+        self._ack_statsn(pdu.expstatsn)
+        task = s.tasks.get(pdu.itt)
+        if task is None or task.conn is not self:
+            if pdu.itt in self._aborted_set:
+                return  # data for an aborted task is discarded (RFC 7143 4.2.3.3)
+            self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
+            return
+        data = pdu.data
+        off = pdu.buffer_offset
+        if pdu.ttt == NONE_TAG:
+            # Unsolicited (RFC 7143 13.10/13.14): only before the first R2T, within FBL.
+            if task.unsolicited_done or self.params.initial_r2t:
+                self._sequence_error(pdu, "unsolicited Data-Out not allowed here")
+                return
+            if pdu.datasn != task.unsolicited_next_datasn:
+                self._sequence_error(
+                    pdu, f"DataSN {pdu.datasn} expected {task.unsolicited_next_datasn}"
+                )
+                return
+            task.unsolicited_next_datasn += 1
+            task.unsolicited_received += len(data)
+            if task.unsolicited_received > self.params.first_burst_length:
+                self._sequence_error(pdu, "unsolicited data beyond FirstBurstLength")
+                return
+            self._store(task, off, data)
+            task.next_offset = max(task.next_offset, off + len(data))
+            if pdu.final:
+                task.unsolicited_done = True
+                self._progress(task)
+            return
+        r2t = task.outstanding.get(pdu.ttt)
+        if r2t is None:
+            self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
+            return
+        if pdu.datasn != r2t.next_datasn:
+            self._sequence_error(pdu, f"DataSN {pdu.datasn} expected {r2t.next_datasn}")
+            return
+        if off < r2t.offset or off + len(data) > r2t.offset + r2t.length:
+            self._sequence_error(pdu, "Data-Out outside the R2T's range")
+            return
+        r2t.next_datasn += 1
+        r2t.received += len(data)
+        self._store(task, off, data)
+        if pdu.final:
+            self._r2t_done(task, r2t)
+
+    def _store(self, task: Task, off: int, data: bytes) -> None:
+        buf = task.buffer
+        if buf is None or not data:
+            return
+        end = min(off + len(data), len(buf))
+        if off < end:
+            buf[off:end] = data[: end - off] if end - off < len(data) else data
+            task.received += end - off
+
+    def _sequence_error(self, pdu: P.PDU, why: str) -> None:
+        """A DataSN/offset error in a Data-Out (RFC 7143 11.7.5, 11.7.6)."""
+        if self.engine.trace:
+            log.info("sequence error from %s: %s", self.peer, why)
+        # The PDU is rejected and discarded; the task waits for correct data, or for
+        # the initiator to abort it or to end the session (RFC 7143 7.1.4 leaves
+        # recovery at ERL 0 to the initiator).
+        self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+
+    # ------------------------------------------------------------------ execution
+
+    def _finish(self, task: Task) -> None:
+        s = self.session
+        assert s is not None
+        s.tasks.pop(task.itt, None)
+        s.release_budget(task)
+        if task.aborted:
+            return
+        lu = task.lu
+        if lu is None:
+            self._no_logical_unit(task)
+            return
+        mm = task.residual_mismatch
+        data_out: bytes = bytes(task.buffer) if task.buffer is not None else b""
+        if mm and task.cdb[0] == _COMPARE_AND_WRITE:
+            # The CDB's NUMBER OF LOGICAL BLOCKS disagrees with the data the initiator
+            # sends (e.g. 256 blocks wrapped to 0 in the one-byte field): the CDB is
+            # invalid (SBC-3 5.2), not a residual to ignore.
+            self._respond(
+                task,
+                ScsiStatus.CHECK_CONDITION,
+                SENSE_INVALID_FIELD_IN_CDB,
+                overflow=mm > 0,
+                underflow=mm < 0,
+                residual=abs(mm),
+            )
+            return
+        if mm > 0:
+            # EDTL below the CDB's transfer length (overflow): FCP-4 9.4.2 a) - run the
+            # command, but only the first EDTL bytes come from the initiator; the rest
+            # of a block write keeps the medium's current contents.
+            data_out = data_out[: task.edtl]
+            if task.cdb[0] in _BLOCK_WRITES:
+                data_out += _current_contents(lu, task.cdb, task.edtl, mm)
+        elif mm < 0:
+            data_out = data_out[: task.edtl + mm]  # underflow: only what the CDB asks
+        outcome = lu.execute(s.nexus, task.cdb, data_out)
+        if outcome.aborted:
+            self._preempt_abort(task, outcome.aborted)
+        if outcome.pr_changed:
+            self.engine.pr_changed(lu)
+        if mm and not task.read:
+            self._respond(
+                task,
+                outcome.status,
+                outcome.sense,
+                overflow=mm > 0,
+                underflow=mm < 0,
+                residual=abs(mm),
+            )
+            return
+        self._complete(task, outcome.status, outcome.sense, outcome.data)
+
+    def _preempt_abort(self, task: Task, keys: Iterable[tuple[str, int | None]]) -> None:
+        """PREEMPT AND ABORT: abort the preempted nexuses' tasks (SPC-4 5.9.11.5)."""
+        lu = task.lu
+
+        def hit(t: Task) -> bool:
+            s = t.conn.session
+            if t.lu is not lu or s is None or s.nexus is None:
+                return False
+            return any(
+                port_matches(ident, s.nexus.initiator_port)
+                and (rtp is None or rtp == s.nexus.relative_target_port)
+                for ident, rtp in keys
+            )
+
+        self.engine.abort_tasks(hit)
+
+    def _respond_check(self, task: Task, sense: bytes) -> None:
+        self._forget(task)
+        self._respond(task, ScsiStatus.CHECK_CONDITION, sense)
+
+    def _forget(self, task: Task) -> None:
+        s = self.session
+        if s is not None:
+            s.tasks.pop(task.itt, None)
+            s.release_budget(task)
+
+    def _no_logical_unit(self, task: Task) -> None:
+        """A command to a LUN with no logical unit: the answers of scsi.nolu."""
+        self._forget(task)
+        s = self.session
+        assert s is not None and s.target is not None
+        outcome = nolu.respond(task.cdb, task.lun, list(s.target.lus_for(s.initiator_name)))
+        if outcome.status == ScsiStatus.GOOD:
+            self._complete(task, ScsiStatus.GOOD, b"", outcome.data)
+        else:
+            self._respond(task, outcome.status, outcome.sense)
+
+    def _complete(self, task: Task, status: int, sense: bytes, data: bytes) -> None:
+        """Send Data-In (with phase collapse when possible) and/or SCSI Response."""
+        edtl = task.edtl
+        n = len(data)
+        overflow = underflow = False
+        residual = 0
+        if task.write and not task.read:
+            data = b""
+        elif n > edtl:
+            overflow, residual = True, n - edtl
+            data = data[:edtl]
+        elif n < edtl:
+            underflow, residual = True, edtl - n
+        if not data:
+            self._respond(
+                task, status, sense, overflow=overflow, underflow=underflow, residual=residual
+            )
+            return
+        self._send_data_in(task, data, status, sense, overflow, underflow, residual)
+
+    def _send_data_in(
+        self,
+        task: Task,
+        data: bytes,
+        status: int,
+        sense: bytes,
+        overflow: bool,
+        underflow: bool,
+        residual: int,
+    ) -> None:
+        """Data-In PDUs (RFC 7143 11.7): at most our send limit each, F at the end of
+        every MaxBurstLength sequence, the status in the last one when there is no
+        sense data (phase collapse, 11.7.4). Payloads go out as memoryview slices of
+        ``data`` (no copy); headers come from the hot-path packer."""
+        s = self.session
+        assert s is not None
+        collapse = not sense and status == ScsiStatus.GOOD
+        mv = memoryview(data)
+        total = len(data)
+        seg = self.max_send
+        burst = self.params.max_burst_length
+        datasn = 0
+        off = 0
+        exp, mx = s.expcmdsn, s.maxcmdsn
+        keep = self.erl > 0
+        hd, dd = self.hd, self.dd
+        out = self.out
+        lun, itt = task.lun_field, task.itt
+        while off < total:
+            ln = min(seg, total - off)
+            burst_end = (off // burst + 1) * burst
+            if off + ln > burst_end:
+                ln = burst_end - off
+            last = off + ln >= total
+            flags = 0x80 if (last or off + ln == burst_end) else 0
+            statsn = 0
+            st = 0
+            res = 0
+            if last and collapse:
+                flags |= 0x01 | (0x04 if overflow else 0) | (0x02 if underflow else 0)
+                statsn = self.next_statsn()
+                st = status
+                res = residual
+            bhs = P.DATA_IN_BHS.pack(
+                0x25, flags, st, ln, lun, itt, NONE_TAG, statsn, exp, mx, datasn, off, res
+            )
+            parts = P.frame_parts(bhs, mv[off : off + ln], hd, dd)
+            out.extend(parts)
+            if keep:
+                raw = b"".join(parts)
+                task.sent_datain.append(raw)
+                if flags & 0x01:
+                    self._retain(statsn, raw)
+            datasn += 1
+            off += ln
+        self.engine.mark_dirty(self)
+        if not collapse:
+            self._respond(
+                task,
+                status,
+                sense,
+                overflow=overflow,
+                underflow=underflow,
+                residual=residual,
+                expdatasn=datasn,
+            )
+        elif keep:
+            self._hold(task, statsn)
+
+    def _hold(self, task: Task, statsn: int) -> None:
+        """ERL1: keep a finished read's Data-In PDUs for a Data SNACK until its
+        status is acknowledged (bounded, oldest dropped first)."""
+        task.statsn = statsn
+        if len(self._held) >= MAX_HELD_TASKS:
+            self._held.pop(next(iter(self._held)))
+        self._held.pop(task.itt, None)
+        self._held[task.itt] = task
+
+    def _retain(self, statsn: int, raw: bytes) -> None:
+        if len(self._retained) >= MAX_RETAINED_STATUS:
+            self._retained.pop(next(iter(self._retained)))
+        self._retained[statsn] = raw
+
+    def _respond(
+        self,
+        task: Task,
+        status: int,
+        sense: bytes,
+        *,
+        overflow: bool = False,
+        underflow: bool = False,
+        residual: int = 0,
+        expdatasn: int = 0,
+    ) -> None:
+        s = self.session
+        assert s is not None
+        data = P.ScsiResponse.sense_segment(sense) if sense else b""
+        statsn = self.next_statsn()
+        flags = 0x80 | (0x04 if overflow else 0) | (0x02 if underflow else 0)
+        bhs = P.SCSI_RESPONSE_BHS.pack(
+            0x21,
+            flags,
+            ScsiResponseCode.COMMAND_COMPLETED_AT_TARGET,
+            status,
+            len(data),
+            0,
+            task.itt,
+            0,
+            statsn,
+            s.expcmdsn,
+            s.maxcmdsn,
+            expdatasn,
+            0,
+            residual,
+        )
+        parts = P.frame_parts(bhs, data, self.hd, self.dd)
+        self.out.extend(parts)
+        self.engine.mark_dirty(self)
+        if self.erl > 0:
+            self._retain(statsn, b"".join(parts))
+            if task.sent_datain:
+                self._hold(task, statsn)
+
+
+# WRITE(6/10/12/16), WRITE AND VERIFY(10/12/16) (SBC-3 5): block writes whose EDTL
+# must match the CDB.
+_BLOCK_WRITES = frozenset({0x0A, 0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E})
+_COMPARE_AND_WRITE = 0x89
+
+
+def _current_contents(lu: Any, cdb: bytes, offset: int, length: int) -> bytes:
+    """What the medium holds past the first ``offset`` bytes of a block write."""
+    from iscsi_conformance.scsi.cdb import decode_block_cdb
+
+    try:
+        start = decode_block_cdb(cdb).lba * lu.block_size + offset
+        if start + length > lu.backing.size:
+            return bytes(length)  # out of range: the LU reports it
+        return bytes(lu.backing.read(start, length))
+    except (ValueError, AttributeError):
+        return bytes(length)
+
+
+def _known_command(lu: Any, cdb: bytes) -> bool:
+    lookup = getattr(lu, "lookup", None)
+    return lookup is None or lookup(cdb) is not None
+
+
+def _data_out_length(lu: Any, cdb: bytes) -> int | None:
+    """SPDTL of a write CDB from the LU (scsi.LogicalUnit.data_out_length)."""
+    fn = getattr(lu, "data_out_length", None)
+    if fn is None:
+        return None
+    try:
+        return int(fn(cdb))
+    except Exception:
+        return None
