@@ -8,8 +8,8 @@ from typing import Any
 
 from iscsi_conformance.core.chap import ChapAlgorithm, chap_response
 from iscsi_conformance.core.text import format_binary, parse_binary
+from iscsi_conformance.harness.profiles import CHAP_ALGORITHMS
 from iscsi_conformance.plugin import require, spec
-from iscsi_conformance.plugin.profiles import CHAP_ALGORITHMS
 
 ALG_LABEL = {5: "MD5", 6: "SHA1", 7: "SHA256", 8: "SHA3_256"}
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.text import format_pairs, parse_pairs
+from iscsi_conformance.harness.profiles import OTHER_INITIATOR_NAME
 from iscsi_conformance.plugin import require, spec
-from iscsi_conformance.plugin.profiles import OTHER_INITIATOR_NAME
 
 # domainname[:port][,tpgt], IPv6 literal in brackets (RFC 7143 13.8)
 ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:\d{1,5})?,\d{1,5}$")

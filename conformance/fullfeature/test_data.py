@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from iscsi_conformance.core import pdu as P
+from iscsi_conformance.harness.probe import full_feature
 from iscsi_conformance.plugin import require, spec
-from iscsi_conformance.plugin.probe import full_feature
 from iscsi_conformance.scsi import cdb
 
 BLOCK = 512

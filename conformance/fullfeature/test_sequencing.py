@@ -9,8 +9,8 @@ from typing import Any
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.serial import lt as serial_lt
+from iscsi_conformance.harness.probe import full_feature
 from iscsi_conformance.plugin import require, spec, violation
-from iscsi_conformance.plugin.probe import full_feature
 from iscsi_conformance.scsi import cdb
 
 

@@ -16,8 +16,8 @@ import pytest
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.codes import SnackType
 from iscsi_conformance.errors import TransportError
+from iscsi_conformance.harness.probe import FullFeature, full_feature
 from iscsi_conformance.plugin import require, spec
-from iscsi_conformance.plugin.probe import FullFeature, full_feature
 from iscsi_conformance.scsi import cdb
 
 NONE_TAG = 0xFFFFFFFF

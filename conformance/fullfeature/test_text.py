@@ -14,8 +14,8 @@ from typing import Any
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.text import parse_pairs
+from iscsi_conformance.harness.probe import FullFeature, full_feature, text_of
 from iscsi_conformance.plugin import require, spec, violation
-from iscsi_conformance.plugin.probe import FullFeature, full_feature, text_of
 from iscsi_conformance.scsi import cdb
 
 NONE_TAG = 0xFFFFFFFF

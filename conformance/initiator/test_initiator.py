@@ -2,7 +2,7 @@
 
 These tests run once per initiator of the run (``pairing="initiator"``): the
 initiator's driver logs in to the reference target through the recording proxy
-(``observed``, plugin/observer.py), does some I/O, logs out, and the test then judges
+(``observed``, harness/observer.py), does some I/O, logs out, and the test then judges
 the PDUs the initiator sent against what the target had told it. Some tests have the
 proxy rewrite what the target says (a wrong mutual CHAP_R, a smaller command window,
 a ping, a corrupted Data-In) and check that the initiator refuses or obeys.
@@ -45,11 +45,11 @@ from iscsi_conformance.core.pdu import (
 )
 from iscsi_conformance.core.text import format_binary, format_pairs, parse_binary, parse_pairs
 from iscsi_conformance.errors import ISCSIConformanceError
+from iscsi_conformance.harness.observer import Forged, ObservedConnection, Observer
 from iscsi_conformance.peers.base import LoginOptions
 from iscsi_conformance.plugin import require as _require
 from iscsi_conformance.plugin import spec
 from iscsi_conformance.plugin import violation as _violation
-from iscsi_conformance.plugin.observer import Forged, ObservedConnection, Observer
 
 BLOCK = 512
 LUN = 0

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from iscsi_conformance.errors import AuthenticationError, LoginError
+from iscsi_conformance.harness.profiles import capability_satisfied
 from iscsi_conformance.peers.base import ChapCredentials, LoginOptions
 from iscsi_conformance.plugin import require, spec
-from iscsi_conformance.plugin.profiles import capability_satisfied
 
 BLOCK = 512
 

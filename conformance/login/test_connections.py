@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from iscsi_conformance.core import pdu as P
+from iscsi_conformance.core.login import OPERATIONAL, SECURITY
+from iscsi_conformance.harness.probe import FullFeature, random_isid
+from iscsi_conformance.harness.profiles import OTHER_INITIATOR_NAME
 from iscsi_conformance.plugin import require, spec, violation
-from iscsi_conformance.plugin.probe import OPERATIONAL, SECURITY, FullFeature, random_isid
-from iscsi_conformance.plugin.profiles import OTHER_INITIATOR_NAME
 from iscsi_conformance.scsi import cdb
 
 NONE_TAG = 0xFFFFFFFF

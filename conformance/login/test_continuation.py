@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from iscsi_conformance.core.login import OPERATIONAL, SECURITY
+from iscsi_conformance.harness.probe import text_of
 from iscsi_conformance.plugin import require, spec, violation
-from iscsi_conformance.plugin.probe import OPERATIONAL, SECURITY, text_of
 
 # An unknown private key: its answer (NotUnderstood) names the key the target parsed.
 PROBE_KEY = "X-org.iscsi-conformance.Split"

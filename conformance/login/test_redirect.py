@@ -2,7 +2,7 @@
 and a TargetAddress (RFC 7143 11.13.5, 13.8).
 
 Redirection needs a target configured for it: these tests run only where a "redirect"
-target profile exists (``plugin/profiles.py``) and the target can serve it; otherwise
+target profile exists (``harness/profiles.py``) and the target can serve it; otherwise
 they skip with that reason.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from iscsi_conformance.harness.profiles import PROFILES
 from iscsi_conformance.plugin import require, spec
-from iscsi_conformance.plugin.profiles import PROFILES
 
 PROFILE = "redirect"
 ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:\d{1,5})?(,\d{1,5})?$")

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from iscsi_conformance.core import pdu as P
+from iscsi_conformance.harness.probe import random_isid
 from iscsi_conformance.plugin import require, spec, violation
-from iscsi_conformance.plugin.probe import answer_offers, random_isid
 
 
 def _refused_as_initiator_error(step: Any) -> bool:
@@ -108,7 +108,7 @@ async def test_start_in_operational_stage(target: Any) -> None:
         step = await probe.step([], csg=1, nsg=3, transit=True)
         # The target may offer keys of its own first; they are answered (RFC 7143 6.2).
         if not (step.refused or step.response.transit):
-            step = await probe.operational(answer_offers(step.pairs, []))
+            step = await probe.operational(answering=step)
         require(
             probe.in_full_feature,
             "R7143-6.3.1-2",

@@ -9,9 +9,9 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from iscsi_conformance.harness.probe import FullFeature, full_feature, random_isid
+from iscsi_conformance.harness.profiles import OTHER_INITIATOR_NAME
 from iscsi_conformance.plugin import require, spec
-from iscsi_conformance.plugin.probe import FullFeature, full_feature, random_isid
-from iscsi_conformance.plugin.profiles import OTHER_INITIATOR_NAME
 from iscsi_conformance.scsi import cdb
 
 BLOCK = 512

@@ -24,8 +24,8 @@ def _err(text: str) -> None:
 
 
 async def _preflight(url: object, chap: object, mutual: object) -> None:
+    from iscsi_conformance.harness.profiles import REFERENCE_INITIATOR_NAME
     from iscsi_conformance.initiator.client import Session
-    from iscsi_conformance.plugin.profiles import REFERENCE_INITIATOR_NAME
 
     session = await Session.connect(
         url.host,  # type: ignore[attr-defined]

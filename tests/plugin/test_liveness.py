@@ -16,7 +16,7 @@ import signal
 import time
 
 from iscsi_conformance.plugin import spec
-from iscsi_conformance.plugin.probe import full_feature
+from iscsi_conformance.harness.probe import full_feature
 
 
 @spec("Liveness.Run.First", "RFC 7143 7.11")

@@ -1,4 +1,4 @@
-"""The recording proxy (plugin/observer.py): byte-exact forwarding, the digest switch
+"""The recording proxy (harness/observer.py): byte-exact forwarding, the digest switch
 after login, rewriting, malformed input, shutdown.
 
 Both ends are plain sockets held by the test: ``initiator`` connects to the proxy,
@@ -24,9 +24,9 @@ from iscsi_conformance.core.pdu import (
     encode,
 )
 from iscsi_conformance.core.text import format_pairs
+from iscsi_conformance.harness.observer import Forged, Observer
 from iscsi_conformance.netutil import free_tcp_port
 from iscsi_conformance.plugin.observed import observed  # noqa: F401  (import check)
-from iscsi_conformance.plugin.observer import Forged, Observer
 
 DIGESTS = format_pairs([("HeaderDigest", "CRC32C"), ("DataDigest", "CRC32C")])
 

@@ -95,6 +95,7 @@ __all__ = [
     "Violation",
     "bhs_of",
     "check_reserved",
+    "data_out_pdus",
     "decode",
     "encode",
     "field_to_lun",
@@ -572,6 +573,49 @@ def field_to_lun(value: int) -> int:
     if method == 1:  # flat space addressing
         return (value >> 48) & 0x3FFF
     raise ValueError(f"unsupported LUN address method {method} in 0x{value:016x}")
+
+
+def data_out_pdus(
+    data: bytes,
+    offset: int,
+    max_segment: int,
+    *,
+    itt: int,
+    ttt: int,
+    lun: int,
+    expstatsn: int,
+) -> list[ScsiDataOut]:
+    """One Data-Out sequence (RFC 7143 11.7), as the PDUs an initiator sends.
+
+    ``data`` is the whole sequence: the bytes at buffer offset ``offset`` that answer
+    one R2T (``ttt`` its Target Transfer Tag) or that go unsolicited (``ttt``
+    0xffffffff). They are cut into PDUs of at most ``max_segment`` bytes, the
+    MaxRecvDataSegmentLength the target declared (RFC 7143 13.12); DataSN counts from 0
+    within the sequence and F is set on its last PDU only. Empty ``data`` is one
+    Data-Out with no data and F=1. ``lun`` is the 8-byte LUN field, as in the command.
+    """
+    step = max(1, max_segment)
+    end = offset + len(data)
+    pdus: list[ScsiDataOut] = []
+    pos = offset
+    while True:
+        chunk = data[pos - offset : pos - offset + step]
+        last = pos + len(chunk) >= end
+        pdus.append(
+            ScsiDataOut(
+                final=last,
+                lun=lun,
+                itt=itt,
+                ttt=ttt,
+                expstatsn=expstatsn,
+                datasn=len(pdus),
+                buffer_offset=pos,
+                data=chunk,
+            )
+        )
+        pos += len(chunk)
+        if last:
+            return pdus
 
 
 # ============================================================================ rules

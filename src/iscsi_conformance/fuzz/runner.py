@@ -131,7 +131,7 @@ class Liveness(AssertionError):
 
 
 async def _login(raw: Any, target_name: str, initiator_name: str, chap: Any) -> Any:
-    from iscsi_conformance.plugin.probe import LoginProbe
+    from iscsi_conformance.harness.probe import LoginProbe
 
     probe = LoginProbe(raw, initiator_name=initiator_name, target_name=target_name, timeout=5)
     await probe.to_full_feature([], chap=chap)
@@ -151,8 +151,8 @@ async def _run_case(
     case: FuzzCase,
     answers: dict[str, int],
 ) -> None:
+    from iscsi_conformance.harness.probe import ProbeConnection
     from iscsi_conformance.initiator.raw import RawConnection
-    from iscsi_conformance.plugin.probe import ProbeConnection
 
     conn = ProbeConnection(RawConnection(host, port, timeout=5))
     try:
@@ -185,8 +185,8 @@ async def _run_case(
 
 
 async def _alive(host: str, port: int, target_name: str, initiator_name: str, chap: Any) -> None:
+    from iscsi_conformance.harness.probe import FullFeature, ProbeConnection
     from iscsi_conformance.initiator.raw import RawConnection
-    from iscsi_conformance.plugin.probe import FullFeature, ProbeConnection
 
     try:
         async with ProbeConnection(RawConnection(host, port, timeout=5)) as raw:

@@ -60,6 +60,7 @@ from iscsi_conformance.core.pdu import (
     TaskManagementResponse,
     TextRequest,
     TextResponse,
+    data_out_pdus,
     lun_to_field,
 )
 from iscsi_conformance.core.serial import add_mod as _sn_add
@@ -530,31 +531,17 @@ class InitiatorConnection:
     def _data_out_sequence(
         self, task: _Task, ttt: int, offset: int, length: int
     ) -> list[ScsiDataOut]:
-        """Data-Out PDUs for one sequence, each within the target's MRDSL (13.12)."""
-        mrdsl = max(1, self.params.max_recv_data_segment_length_peer)
-        end = offset + length
-        pdus = []
-        datasn = 0
-        pos = offset
-        while True:
-            chunk = task.data_out[pos : min(pos + mrdsl, end)]
-            last = pos + len(chunk) >= end or not chunk
-            pdus.append(
-                ScsiDataOut(
-                    final=last,
-                    lun=lun_to_field(task.lun),
-                    itt=task.itt,
-                    ttt=ttt,
-                    expstatsn=self.expstatsn,
-                    datasn=datasn,
-                    buffer_offset=pos,
-                    data=chunk,
-                )
-            )
-            datasn += 1
-            pos += len(chunk)
-            if last:
-                return pdus
+        """Data-Out PDUs for one sequence, each within the target's MRDSL (13.12):
+        ``core.pdu.data_out_pdus`` cuts them (DataSN and the F bit)."""
+        return data_out_pdus(
+            task.data_out[offset : offset + length],
+            offset,
+            self.params.max_recv_data_segment_length_peer,
+            itt=task.itt,
+            ttt=ttt,
+            lun=lun_to_field(task.lun),
+            expstatsn=self.expstatsn,
+        )
 
     def start_nop(self, data: bytes = b"", *, lun: int = 0, immediate: bool = True) -> int:
         """Ping the target: NOP-Out with a valid ITT, answered by a NOP-In (11.18)."""

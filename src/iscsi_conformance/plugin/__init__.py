@@ -20,9 +20,7 @@ Theory of operation (thin, in the order pytest meets it):
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import inspect
 import json
 import os
 from collections.abc import Iterator
@@ -31,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from iscsi_conformance.harness.runner import run_test_function
 from iscsi_conformance.plugin.spec import (
     ConformanceViolation,
     SpecInfo,
@@ -42,12 +41,21 @@ from iscsi_conformance.plugin.spec import (
 )
 
 if TYPE_CHECKING:
-    from iscsi_conformance.plugin.peerpool import PeerPool
+    from iscsi_conformance.harness.peerpool import PeerPool
 
 __all__ = ["ConformanceViolation", "SpecRef", "require", "spec", "violation"]
 
+# Every StashKey of the plugin, defined before any hook or fixture uses it.
+#: The run's state, on ``config.stash``.
 RUN_KEY = pytest.StashKey["IscsiRun"]()
+#: The test's ``Evidence`` (PDU traces, notes), on ``item.stash``; dropped at teardown.
 EVIDENCE_KEY = pytest.StashKey[Any]()
+#: The known deviation that made a test an expected failure, on ``item.stash``.
+_DEVIATION_KEY = pytest.StashKey[str]()
+#: The results document built at the end of the run, on ``config.stash``.
+RESULTS_KEY = pytest.StashKey[Any]()
+#: Results of the cases of a peer's own suite run by one test, on ``item.stash``.
+SUBRESULTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 PROPERTY = "iscsi"
 
 
@@ -179,7 +187,7 @@ class IscsiRun:
         if self.pool_error is not None:
             raise self.pool_error
         if self.pool is None:
-            from iscsi_conformance.plugin.peerpool import PeerPool
+            from iscsi_conformance.harness.peerpool import PeerPool
 
             try:
                 if self.is_worker and "iscsi_peers" in self.config.workerinput:  # type: ignore[attr-defined]
@@ -242,6 +250,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     run.started = time.time()
     config.stash[RUN_KEY] = run
+    config.pluginmanager.register(_ResultCollector(run), "iscsi-results")
     if config.pluginmanager.hasplugin("xdist") and not run.is_worker:
         config.pluginmanager.register(_XdistController(run), "iscsi-xdist-controller")
 
@@ -383,8 +392,8 @@ def _skip_or_xfail(
     request: pytest.FixtureRequest, pool: PeerPool, info: SpecInfo, pairing: Pairing
 ) -> None:
     """Capabilities, profiles, dataloss and deviations, decided per pairing."""
+    from iscsi_conformance.harness.profiles import capability_satisfied
     from iscsi_conformance.plugin.deviations import deviation_for, matching_deviation
-    from iscsi_conformance.plugin.profiles import capability_satisfied
 
     tentry = pool.targets.get(pairing.target)
     ientry = pool.initiators.get(pairing.initiator)
@@ -418,9 +427,6 @@ def _skip_or_xfail(
                 )
             )
             request.node.stash[_DEVIATION_KEY] = dev
-
-
-_DEVIATION_KEY = pytest.StashKey[str]()
 
 
 @pytest.fixture
@@ -474,8 +480,8 @@ def initiator(
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """Run a conformance test (``async def`` ones on a fresh event loop), then ask
-    whether its target survived it.
+    """Run a conformance test (``harness.runner``: ``async def`` ones on a fresh event
+    loop, bounded in time), then ask whether its target survived it.
 
     A third-party target that died during the test (tgtd segfaulting on a stray PDU,
     a kernel panic taking the LIO VM down) fails that test, whatever the test itself
@@ -490,10 +496,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     kwargs = {name: pyfuncitem.funcargs[name] for name in argnames}
     error: Exception | None = None
     try:
-        if inspect.iscoroutinefunction(pyfuncitem.obj):
-            asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), timeout=120))
-        else:
-            pyfuncitem.obj(**kwargs)
+        run_test_function(pyfuncitem.obj, kwargs)
     except Exception as exc:  # re-raised below unless the target died
         error = exc
     died = _target_died(pyfuncitem)
@@ -622,23 +625,21 @@ def _allure(item: pytest.Item, info: SpecInfo, data: dict[str, Any], ev: Any) ->
         pass
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    for name, value in report.user_properties:
-        if name != PROPERTY:
-            continue
-        config = _CONFIG_REF.get("config")
-        if config is None:
-            return
-        run: IscsiRun = config.stash[RUN_KEY]
-        run.results.append(_result_from(report, value))
+class _ResultCollector:
+    """Registered per run in ``pytest_configure``: gathers every result of the run.
 
+    ``pytest_runtest_logreport`` receives only the report (on the xdist controller,
+    one that a worker sent), not the config; a plugin object that holds the run
+    carries it there instead of a module global.
+    """
 
-_CONFIG_REF: dict[str, pytest.Config] = {}
+    def __init__(self, run: IscsiRun) -> None:
+        self.run = run
 
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionstart(session: pytest.Session) -> None:
-    _CONFIG_REF["config"] = session.config
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name == PROPERTY:
+                self.run.results.append(_result_from(report, value))
 
 
 def _result_from(report: pytest.TestReport, data: dict[str, Any]) -> dict[str, Any]:
@@ -695,8 +696,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             for kind, path in paths.items():
                 tr.write_line(f"iscsi-conformance {kind}: {path}")
 
-
-RESULTS_KEY = pytest.StashKey[Any]()
-SUBRESULTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 
 from iscsi_conformance.plugin.observed import observed  # noqa: E402, F401

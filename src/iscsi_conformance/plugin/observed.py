@@ -3,7 +3,7 @@ and the reference target.
 
 Theory of operation: initiator tests (``pairing="initiator"``) drive
 ``initiator.driver`` to the reference target of the run, but through an
-:class:`~iscsi_conformance.plugin.observer.Observer`, and then judge what the initiator
+:class:`~iscsi_conformance.harness.observer.Observer`, and then judge what the initiator
 put on the wire. ``observed(profile="default", tamper=None)`` starts one proxy in
 front of the target's endpoint for ``profile`` and returns ``(endpoint, observer)``:
 the endpoint has the target's IQN and LUNs and the proxy's address: 127.0.0.1, or
@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+from iscsi_conformance.harness.observer import Observer, Rewrite
 from iscsi_conformance.peers.base import TargetEndpoint
-from iscsi_conformance.plugin.observer import Observer, Rewrite
 
 __all__ = ["ObservedFactory", "observed"]
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from iscsi_conformance.harness.profiles import PROFILES, REFERENCE_INITIATOR_NAME, Credentials
 from iscsi_conformance.peers.base import ChapCredentials, InitiatorDriver, Manifest, TargetEndpoint
-from iscsi_conformance.plugin.profiles import PROFILES, REFERENCE_INITIATOR_NAME, Credentials
 
 
 @dataclasses.dataclass
@@ -154,8 +154,8 @@ class TargetUnderTest:
 
     def raw(self, profile: str = "default", **kw: Any) -> Any:
         """A raw connection (async context manager) to the target of ``profile``."""
+        from iscsi_conformance.harness.probe import ProbeConnection
         from iscsi_conformance.initiator.raw import RawConnection
-        from iscsi_conformance.plugin.probe import ProbeConnection
 
         ep = self.endpoint(profile)
         host, port = ep.host_side or (ep.host, ep.port)
@@ -165,7 +165,7 @@ class TargetUnderTest:
 
     def probe(self, raw: Any, profile: str = "default", **kw: Any) -> Any:
         """A ``LoginProbe`` for ``raw`` with this run's names for ``profile``."""
-        from iscsi_conformance.plugin.probe import LoginProbe
+        from iscsi_conformance.harness.probe import LoginProbe
 
         kw.setdefault("initiator_name", self.initiator_name)
         kw.setdefault("target_name", self.endpoint(profile).iqn)

@@ -1,12 +1,26 @@
-"""Building blocks of conformance tests: a login driven PDU by PDU.
+"""Building blocks of conformance tests: a login driven PDU by PDU, and a raw
+full-feature connection.
 
 Theory of operation: a conformance test must be able to do the wrong thing on
 purpose (repeat a key, skip a stage, send T and C together) and see exactly what the
-target answers. ``LoginProbe`` drives a login over a raw connection one Login
-Request at a time, keeps every request and response (they become the failure
-message and the report's evidence), parses the answered keys, and offers the
-common paths (``security_none``, ``chap``, ``operational``, ``to_full_feature``) so
-that each test only spells out the step it is about.
+target answers. ``LoginProbe`` keeps every Login Request of one connection with the
+answer it got, as a ``LoginStep`` (they become the failure message and the report's
+evidence), and sends in two ways that share the connection's state (ISID, TSIH, CID,
+CmdSN, ITT, ExpStatSN), so that a test can mix them:
+
+- the raw path, ``build`` / ``send`` / ``step``: one Login Request exactly as the test
+  spells it (a ``core.pdu.LoginRequest``, encoded non-strictly): any stage, flags,
+  version or text, however illegal;
+- the common paths, ``security_none``, ``chap``, ``operational`` and
+  ``to_full_feature``: each runs a ``core.login.InitiatorLogin`` over the stage it
+  covers, so the stages, T/C/NSG, CHAP (``core.chap.ChapClient``) and the answers to
+  keys the target offers (``core.negotiation.Negotiator``) are those of the
+  reference initiator. The probe changes what that machine sends only through its
+  ``pairs_hook``: the names are declared once per connection, by the probe, in its
+  first request whichever path sends it (``leading_keys``, the raw path's too), and a
+  test's operational keys go out verbatim and in its order, also the ones the
+  machine would not offer by itself (a leading-only key on an added connection, a
+  value out of range).
 
 Outcomes a test asserts on:
 
@@ -14,7 +28,10 @@ Outcomes a test asserts on:
   connection or said nothing before the timeout: both count as refusal evidence);
 - ``LoginStep.keys``: the keys the target answered, as a dict (last value wins, and
   ``repeated`` lists keys it sent twice);
-- ``LoginStep.status``: class<<8|detail, ``None`` without a response.
+- ``LoginStep.status``: class<<8|detail, ``None`` without a response;
+- ``LoginProbe.negotiated``: every key the target sent in a successful response, and
+  what the common paths settled for us (our answers to the target's offers, our
+  offers whose answer is optional), which ``FullFeature`` runs with.
 """
 
 from __future__ import annotations
@@ -22,20 +39,54 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from iscsi_conformance.core import pdu as P
-from iscsi_conformance.core.chap import ChapAlgorithm, chap_response
+from iscsi_conformance.core.chap import ChapClient, ChapCredentials, ChapPolicy, ClientState
+from iscsi_conformance.core.codes import LoginStage
+from iscsi_conformance.core.keys import KEYS
+from iscsi_conformance.core.login import (
+    FULL_FEATURE,
+    OPERATIONAL,
+    SECURITY,
+    VERSION,
+    InitiatorLogin,
+)
 from iscsi_conformance.core.login import random_isid as core_random_isid
+from iscsi_conformance.core.negotiation import check_value
 from iscsi_conformance.core.serial import add_mod as sn_add
-from iscsi_conformance.core.text import format_binary, format_pairs, parse_binary, parse_pairs
+from iscsi_conformance.core.text import format_pairs, parse_pairs
+from iscsi_conformance.errors import (
+    AuthenticationError,
+    HarnessError,
+    ProtocolError,
+    TransportError,
+)
 
-SECURITY, OPERATIONAL, FULL_FEATURE = 0, 1, 3
+__all__ = [
+    "FullFeature",
+    "LoginProbe",
+    "LoginStep",
+    "ProbeConnection",
+    "TaskOutcome",
+    "full_feature",
+    "random_isid",
+    "text_of",
+]
+
 DEFAULT_TIMEOUT = 5.0
 FLOOD_EMPTY_DATA_IN = 16  # consecutive empty Data-In PDUs that count as no progress
+NONE_TAG = 0xFFFFFFFF
 
-Pairs = Sequence[tuple[str, str]]
+Pair = tuple[str, str]
+Pairs = Sequence[Pair]
+
+#: The keys that name the connection's ends; the probe declares them itself.
+NAME_KEYS = frozenset({"InitiatorName", "TargetName", "SessionType", "InitiatorAlias"})
+#: What the login machine is given for a name the test made malformed on purpose (its
+#: negotiator refuses to hold one); it is never sent, the probe's own names are.
+_STAND_IN_NAME = "iqn.2024-01.org.iscsi-conformance:probe"
 
 
 def random_isid() -> int:
@@ -80,8 +131,6 @@ class ProbeConnection:
             await self._raw.send(pdu, strict=False)
 
     async def recv(self, timeout: float | None = DEFAULT_TIMEOUT) -> Any | None:
-        from iscsi_conformance.errors import ProtocolError, TransportError
-
         try:
             return await self._raw.recv(timeout)
         except (TransportError, ProtocolError, ConnectionError, TimeoutError) as exc:
@@ -120,7 +169,7 @@ class LoginStep:
             return {}
 
     @property
-    def pairs(self) -> list[tuple[str, str]]:
+    def pairs(self) -> list[Pair]:
         if self.response is None or not self.response.data:
             return []
         return list(parse_pairs(self.response.data))
@@ -134,6 +183,23 @@ class LoginStep:
     def refused(self) -> bool:
         """The target refused: an error status, or it closed / went silent."""
         return self.response is None or self.response.status_class != 0
+
+
+def _holdable(key: str, value: str) -> bool:
+    """Whether a negotiator may hold ``value`` as our own value of ``key`` (a test may
+    send others on purpose; the negotiator refuses to be configured with them)."""
+    spec = KEYS.get(key)
+    if spec is None:
+        return True
+    try:
+        check_value(spec, value)
+    except (ProtocolError, ValueError):
+        return False
+    return True
+
+
+def _transits(step: LoginStep) -> bool:
+    return bool(step.response.transit)
 
 
 class LoginProbe:
@@ -178,9 +244,10 @@ class LoginProbe:
     def received(self) -> list[Any]:
         return [s.response for s in self.steps if s.response is not None]
 
-    # ------------------------------------------------------------------ primitives
+    # ------------------------------------------------------------------ the raw path
 
-    def leading_keys(self) -> list[tuple[str, str]]:
+    def leading_keys(self) -> list[Pair]:
+        """The names the probe's first Login Request declares, whichever path sends it."""
         keys = [("InitiatorName", self.initiator_name), ("SessionType", self.session_type)]
         if self.target_name is not None and self.session_type == "Normal":
             keys.insert(1, ("TargetName", self.target_name))
@@ -195,8 +262,8 @@ class LoginProbe:
         transit: bool,
         cont: bool = False,
         with_leading: bool | None = None,
-        version_max: int = 0,
-        version_min: int = 0,
+        version_max: int = VERSION,
+        version_min: int = VERSION,
         data: bytes | None = None,
         **fields: Any,
     ) -> Any:
@@ -227,7 +294,8 @@ class LoginProbe:
         return P.LoginRequest(**kw)
 
     async def send(self, request: Any) -> LoginStep:
-        """Send one Login Request (encoded non-strictly: it may be illegal on purpose)."""
+        """Send one Login Request (encoded non-strictly: it may be illegal on purpose)
+        and wait for its answer; every path sends through here."""
         await self.raw.send(request)
         self.first = False
         response = await self.raw.recv(timeout=self.timeout)
@@ -241,16 +309,8 @@ class LoginProbe:
             self.expstatsn = sn_add(response.statsn, 1)
             if response.tsih:
                 self.tsih = response.tsih
-            if response.status_class == 0:
-                answered = parse_pairs(response.data) if response.data else []
-                for k, v in answered:
-                    self.negotiated[k] = v
-                # RFC 7143 6.2.2: an offer that fixes the outcome (AND with No, OR
-                # with Yes) need not be answered; the offered value is then in force.
-                named = {k for k, _ in answered}
-                for k, v in _offers_of(request):
-                    if k not in named and _answer_optional(k, v):
-                        self.negotiated[k] = v
+            if response.status_class == 0 and response.data:
+                self.negotiated.update(parse_pairs(response.data))
         step = LoginStep(request, response, closed=closed)
         self.steps.append(step)
         return step
@@ -260,11 +320,111 @@ class LoginProbe:
 
     # ------------------------------------------------------------------ common paths
 
-    async def security_none(self, *, nsg: int = OPERATIONAL, extra: Pairs = ()) -> LoginStep:
-        """Security stage with AuthMethod=None, transiting to ``nsg``."""
-        return await self.step(
-            [("AuthMethod", "None"), *extra], csg=SECURITY, nsg=nsg, transit=True
+    def _machine(
+        self,
+        stage: LoginStage,
+        keys: Pairs = (),
+        *,
+        chap: ChapClient | None = None,
+        answering: LoginStep | None = None,
+    ) -> tuple[InitiatorLogin, dict[str, str]]:
+        """An ``InitiatorLogin`` for one stage of this connection, and the record of
+        every pair it sends (filled as it sends).
+
+        Its hook declares the probe's names in the probe's first request only, and puts
+        ``keys`` (and the answers to the keys the target offered in ``answering``, a
+        step of the raw path) into the first operational request, verbatim; the keys are
+        offered to the machine's negotiator explicitly, so that it takes what the target
+        says about them as answers.
+        """
+
+        def name(key: str, value: str | None) -> str | None:
+            if value is None or _holdable(key, value):
+                return value
+            return _STAND_IN_NAME
+
+        machine = InitiatorLogin(
+            name("InitiatorName", self.initiator_name) or _STAND_IN_NAME,
+            name("TargetName", self.target_name),
+            self.session_type,
+            isid=self.isid,
+            tsih=self.tsih,
+            cid=self.cid,
+            keys={k: v for k, v in keys if k not in NAME_KEYS and _holdable(k, v)},
+            chap=chap,
+            rng=os.urandom,
+            auth_methods=None if chap is not None else ["None"],
+            itt=self.itt,
+            cmdsn=self.cmdsn,
+            expstatsn=self.expstatsn,
+            start_stage=stage,
         )
+        sent: dict[str, str] = {}
+        negotiator = machine.negotiator
+        answers: list[Pair] = []
+        if answering is not None:
+            ours = {k for k, _ in parse_pairs(getattr(answering.request, "data", b""))}
+            negotiator.stage = OPERATIONAL
+            answers = negotiator.respond([kv for kv in answering.pairs if kv[0] not in ours])
+        keys_pending = True  # the test's keys have not gone out yet
+
+        def hook(stage: LoginStage, pairs: list[Pair]) -> list[Pair]:
+            nonlocal keys_pending
+            body = [kv for kv in pairs if kv[0] not in NAME_KEYS]
+            if stage is OPERATIONAL and keys_pending:
+                keys_pending = False
+                offered = {k for k, _ in body}
+                for key, _value in keys:
+                    if key not in offered and key in negotiator.local:
+                        negotiator.offer([key])  # named explicitly: offered in any case
+                body = [*answers, *keys]
+            out = [*(self.leading_keys() if self.first else []), *body]
+            sent.update(out)
+            return out
+
+        machine.pairs_hook = hook
+        return machine, sent
+
+    async def _drive(
+        self,
+        machine: InitiatorLogin,
+        sent: dict[str, str],
+        *,
+        rounds: int,
+        done: Callable[[LoginStep], bool],
+    ) -> LoginStep:
+        """Send what ``machine`` asks for, one request per answer, until the login
+        ends for the machine (success, refusal, a rule broken), ``done`` says the stage
+        is over, or ``rounds`` requests went out; the last step is returned."""
+        requests = machine.start()
+        step: LoginStep | None = None
+        while requests and rounds > 0:
+            rounds -= 1
+            step = await self.send(requests[0])
+            if step.response is None:
+                machine.connection_lost()
+                break
+            if machine.receive_pdu(step.response) or done(step):
+                break
+            requests = machine.data_to_send()
+        if step is None:
+            raise HarnessError(f"the login machine sent no request: {machine.error}")
+        last = step.response
+        if isinstance(last, P.LoginResponse) and last.status_class == 0:
+            neg = machine.negotiator
+            # RFC 7143 6.2.2: an offer that fixes the outcome (AND with No, OR with Yes)
+            # need not be answered; the offered value is then in force.
+            unanswered = set(neg.unanswered())
+            self.negotiated.update((k, v) for k, v in neg.pending.items() if k not in unanswered)
+            # our answers to the target's offers, as far as they went out
+            self.negotiated.update((k, v) for k, v in neg.answered.items() if sent.get(k) == v)
+        return step
+
+    async def security_none(self) -> LoginStep:
+        """Security stage with AuthMethod=None, transiting to the operational stage
+        (one request)."""
+        machine, sent = self._machine(SECURITY)
+        return await self._drive(machine, sent, rounds=1, done=_transits)
 
     async def chap(
         self,
@@ -274,69 +434,50 @@ class LoginProbe:
         algorithms: Iterable[int] = (5,),
         mutual: tuple[str, str] | None = None,
         encoding: str = "hex",
-        challenge: bytes | None = None,
-        nsg: int = OPERATIONAL,
     ) -> LoginStep:
-        """A whole CHAP exchange (RFC 7143 12.1.3); returns the final step.
+        """A whole CHAP exchange (RFC 7143 12.1.3), AuthMethod=CHAP, CHAP_A, then
+        CHAP_N/CHAP_R (``encoding`` hex or base64) asking to transit; returns the
+        final step.
 
         ``mutual`` is (target user, target secret): the target must prove it too, and
-        its CHAP_R is verified here (a wrong one raises AssertionError with the PDUs).
+        its CHAP_N/CHAP_R are verified by the ``ChapClient`` (a wrong one raises
+        AssertionError naming the requirement).
         """
-        s1 = await self.step([("AuthMethod", "CHAP")], csg=SECURITY, nsg=nsg, transit=False)
-        if s1.refused or s1.keys.get("AuthMethod") != "CHAP":
-            return s1
-        algs = ",".join(str(a) for a in algorithms)
-        s2 = await self.step([("CHAP_A", algs)], csg=SECURITY, nsg=nsg, transit=False)
-        if s2.refused:
-            return s2
-        k = s2.keys
-        try:
-            alg = ChapAlgorithm(int(k["CHAP_A"]))
-            ident = int(k["CHAP_I"], 0)
-            target_challenge = parse_binary(k["CHAP_C"])
-        except (KeyError, ValueError):
-            return s2
-        response = chap_response(alg, ident, secret.encode(), target_challenge)
-        pairs = [("CHAP_N", user), ("CHAP_R", format_binary(response, encoding))]
-        my_ident = 0
-        my_challenge = b""
-        if mutual is not None:
-            my_ident = 0x42
-            my_challenge = challenge if challenge is not None else os.urandom(alg.digest_size)
-            pairs += [("CHAP_I", str(my_ident)), ("CHAP_C", format_binary(my_challenge, encoding))]
-        s3 = await self.step(pairs, csg=SECURITY, nsg=nsg, transit=True)
-        self.chap_algorithm = alg
-        self.target_challenge = target_challenge
-        if mutual is not None and s3.succeeded:
-            t_user, t_secret = mutual
-            got = s3.keys.get("CHAP_R")
-            expected = chap_response(alg, my_ident, t_secret.encode(), my_challenge)
-            if got is None or parse_binary(got) != expected or s3.keys.get("CHAP_N") != t_user:
-                raise AssertionError(
-                    "R7143-12.1.3-9: the target's mutual CHAP answer (CHAP_N/CHAP_R) does not prove "
-                    f"the configured target secret; CHAP_N={s3.keys.get('CHAP_N')!r}"
-                )
-        return s3
+        client = ChapClient(
+            ChapCredentials(user, secret.encode()),
+            algorithms=algorithms,
+            target=ChapCredentials(mutual[0], mutual[1].encode()) if mutual else None,
+            rng=os.urandom,
+            policy=ChapPolicy(encoding=encoding),
+        )
+        machine, sent = self._machine(SECURITY, chap=client)
+        step = await self._drive(machine, sent, rounds=3, done=_transits)
+        if (
+            mutual is not None
+            and step.succeeded
+            and client.state is ClientState.WAIT_CONFIRM
+            and isinstance(machine.error, AuthenticationError)
+        ):
+            raise AssertionError(
+                "R7143-12.1.3-9: the target's mutual CHAP answer (CHAP_N/CHAP_R) does not prove "
+                f"the configured target secret; CHAP_N={step.keys.get('CHAP_N')!r}: "
+                f"{machine.error.message}"
+            )
+        return step
 
     async def operational(
-        self, keys: Mapping[str, str] | Pairs = (), *, transit: bool = True, nsg: int = FULL_FEATURE
+        self, keys: Mapping[str, str] | Pairs = (), *, answering: LoginStep | None = None
     ) -> LoginStep:
-        """Operational stage: offer ``keys``; keep answering until the target transits."""
+        """Operational stage: offer ``keys``; keep answering until the target transits.
+
+        A target may need more rounds: it offers keys of its own (LIO offers every
+        operational key it has), which RFC 7143 6.2 says we must answer before it will
+        transit, or it has not set T yet. ``answering`` is a step of the raw path whose
+        offers are answered in the first request.
+        """
         pairs = list(keys.items()) if isinstance(keys, Mapping) else list(keys)
-        step = await self.step(pairs, csg=OPERATIONAL, nsg=nsg, transit=transit)
-        # A target may need another round: it offers keys of its own (LIO offers every
-        # operational key it has), which RFC 7143 6.2 says we must answer before it
-        # will transit, or it has not set T yet.
-        sent = {k for k, _ in pairs}
-        rounds = 0
-        while transit and step.succeeded and not step.response.transit and rounds < 4:
-            rounds += 1
-            answers = answer_offers(step.pairs, sent)
-            sent.update(k for k, _ in answers)
-            step = await self.step(answers, csg=OPERATIONAL, nsg=nsg, transit=True)
-            if step.succeeded:
-                self.negotiated.update(answers)
-        return step
+        machine, sent = self._machine(OPERATIONAL, pairs, answering=answering)
+        return await self._drive(machine, sent, rounds=5, done=_transits)
 
     async def to_full_feature(
         self,
@@ -379,70 +520,9 @@ class LoginProbe:
         )
 
 
-#: What the probe answers when a target offers an operational key first: the lowest
-#: recovery level and one connection (the probe is ERL 0, single connection), no
-#: digests when the target allows None; any other key gets the target's own value,
-#: which every result function (RFC 7143 6.2.1, 6.2.2) admits as an answer.
-_OFFER_PREFERENCES = {"ErrorRecoveryLevel": "0", "MaxConnections": "1"}
-
-
-def answer_offers(offered: Pairs, sent: Iterable[str]) -> list[tuple[str, str]]:
-    """Answers to the keys a target offered that we did not send (RFC 7143 6.2)."""
-    from iscsi_conformance.core.keys import KEYS
-
-    sent = set(sent)
-    answers: list[tuple[str, str]] = []
-    for key, value in offered:
-        spec = KEYS.get(key)
-        if (
-            key in sent
-            or spec is None
-            or spec.declarative
-            or value in ("NotUnderstood", "Irrelevant", "Reject")
-        ):
-            continue
-        if key in ("HeaderDigest", "DataDigest"):
-            choices = [v.strip() for v in value.split(",")]
-            answers.append((key, "None" if "None" in choices else choices[0]))
-        elif key in _OFFER_PREFERENCES:
-            answers.append((key, _OFFER_PREFERENCES[key]))
-        else:
-            answers.append((key, value.split(",")[0]))
-    return answers
-
-
-def _offers_of(request: Any) -> list[tuple[str, str]]:
-    """The pairs a Login Request carried ([] when its text does not parse)."""
-    try:
-        return list(parse_pairs(request.data)) if getattr(request, "data", b"") else []
-    except Exception:
-        return []
-
-
-def _answer_optional(key: str, offered: str) -> bool:
-    """RFC 7143 6.2.2: the answer is optional when the offer alone fixes the outcome."""
-    from iscsi_conformance.core.keys import KEYS, ResultFunction
-
-    spec = KEYS.get(key)
-    return spec is not None and (
-        (spec.result_function is ResultFunction.AND and offered == "No")
-        or (spec.result_function is ResultFunction.OR and offered == "Yes")
-    )
-
-
 def text_of(pairs: Pairs) -> bytes:
+    """Key=value text as a test spells it (encoded non-strictly)."""
     return format_pairs(list(pairs), strict=False)
-
-
-__all__ = [
-    "FULL_FEATURE",
-    "OPERATIONAL",
-    "SECURITY",
-    "LoginProbe",
-    "LoginStep",
-    "random_isid",
-    "text_of",
-]
 
 
 # =========================================================================== full feature
@@ -622,26 +702,10 @@ class FullFeature:
         out = TaskOutcome(cmd, [cmd], [])
         await self.send(cmd)
         offset = len(immediate_part)
-        if write and not self.initial_r2t and offset < min(self.first_burst, len(data_out)):
-            end = min(self.first_burst, len(data_out))
-            datasn = 0
-            while offset < end:
-                chunk = data_out[offset : min(end, offset + self.target_mrdsl)]
-                last = offset + len(chunk) >= end
-                d = P.ScsiDataOut(
-                    final=last,
-                    lun=cmd.lun,
-                    itt=itt,
-                    ttt=0xFFFFFFFF,
-                    expstatsn=self.expstatsn,
-                    datasn=datasn,
-                    buffer_offset=offset,
-                    data=chunk,
-                )
-                await self.send(d)
-                out.sent.append(d)
-                offset += len(chunk)
-                datasn += 1
+        end = min(self.first_burst, len(data_out))
+        if write and not self.initial_r2t and offset < end:
+            # unsolicited Data-Out, up to FirstBurstLength with the immediate data
+            await self._data_out(out, data_out[offset:end], offset, NONE_TAG)
         data = bytearray()
         # A target that makes no progress (empty Data-In after empty Data-In, or more
         # Data-In PDUs than the transfer has bytes) would keep this loop, and the
@@ -675,26 +739,11 @@ class FullFeature:
             elif isinstance(pdu, P.R2T) and pdu.itt == itt:
                 if not answer_r2t:
                     continue
-                pos, remaining, datasn = pdu.buffer_offset, pdu.desired_data_transfer_length, 0
-                while remaining > 0:
-                    chunk = data_out[pos : pos + min(remaining, self.target_mrdsl)]
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
-                    d = P.ScsiDataOut(
-                        final=remaining <= 0,
-                        lun=cmd.lun,
-                        itt=itt,
-                        ttt=pdu.ttt,
-                        expstatsn=self.expstatsn,
-                        datasn=datasn,
-                        buffer_offset=pos,
-                        data=chunk,
-                    )
-                    await self.send(d)
-                    out.sent.append(d)
-                    pos += len(chunk)
-                    datasn += 1
+                # what the R2T asks for, as far as we have it: nothing if none of it
+                pos = pdu.buffer_offset
+                wanted = data_out[pos : pos + pdu.desired_data_transfer_length]
+                if wanted:
+                    await self._data_out(out, wanted, pos, pdu.ttt)
             elif isinstance(pdu, P.ScsiResponse) and pdu.itt == itt:
                 out.status = pdu.status
                 out.response = pdu
@@ -704,7 +753,7 @@ class FullFeature:
             elif isinstance(pdu, P.NopIn) and pdu.ttt != 0xFFFFFFFF:
                 ack = P.NopOut(
                     immediate=True,
-                    itt=0xFFFFFFFF,
+                    itt=NONE_TAG,
                     ttt=pdu.ttt,
                     cmdsn=self.cmdsn,
                     expstatsn=self.expstatsn,
@@ -712,6 +761,22 @@ class FullFeature:
                 await self.send(ack)
         out.data = bytes(data)
         return out
+
+    async def _data_out(self, out: TaskOutcome, data: bytes, offset: int, ttt: int) -> None:
+        """Send one Data-Out sequence within the target's MaxRecvDataSegmentLength
+        (``core.pdu.data_out_pdus`` sets DataSN and F); record it in ``out``."""
+        cmd = out.command
+        for pdu in P.data_out_pdus(
+            data,
+            offset,
+            self.target_mrdsl,
+            itt=cmd.itt,
+            ttt=ttt,
+            lun=cmd.lun,
+            expstatsn=self.expstatsn,
+        ):
+            await self.send(pdu)
+            out.sent.append(pdu)
 
 
 @contextlib.asynccontextmanager

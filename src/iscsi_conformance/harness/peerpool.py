@@ -27,6 +27,7 @@ import logging
 from typing import Any
 
 from iscsi_conformance.errors import HarnessError, PeerStartError
+from iscsi_conformance.harness.profiles import PROFILES, Credentials
 from iscsi_conformance.peers.base import (
     ChapCredentials,
     InitiatorDriver,
@@ -34,9 +35,8 @@ from iscsi_conformance.peers.base import (
     TargetDriver,
     TargetEndpoint,
 )
-from iscsi_conformance.plugin.profiles import PROFILES, Credentials
 
-log = logging.getLogger("iscsi_conformance.plugin")
+log = logging.getLogger("iscsi_conformance.harness")
 
 
 @dataclasses.dataclass
