@@ -276,3 +276,14 @@ def test_any_challenge_verifies(secret: bytes, alg: ChapAlgorithm, challenge: by
     )
     run(client, auth)
     assert auth.done
+
+
+def test_unasked_target_proof_in_one_way_chap_is_refused() -> None:
+    """A target that sends CHAP_N/CHAP_R when the initiator sent no challenge gets an
+    AuthenticationError (RFC 7143 12.1.3), not an internal error."""
+    client = ChapClient(ALICE, rng=counter_rng())
+    auth = authenticator()
+    challenge = dict(auth.receive(dict(client.start())))
+    client.receive(challenge)
+    with pytest.raises(AuthenticationError):
+        client.receive({"CHAP_N": "target", "CHAP_R": "0x" + "00" * 16})

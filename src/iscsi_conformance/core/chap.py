@@ -308,7 +308,10 @@ class ChapClient:
         return out
 
     def _verify_target(self, pairs: Mapping[str, str]) -> None:
-        assert self.target is not None and self.algorithm is not None
+        if self.target is None or self.algorithm is None:
+            # One-way CHAP, yet the target sent CHAP_N/CHAP_R: it answers a challenge
+            # we never sent (RFC 7143 12.1.3: the proof follows the initiator's CHAP_C).
+            raise _fail("the target sent CHAP_N/CHAP_R, but no target challenge was sent")
         if pairs["CHAP_N"] != self.target.name:
             raise _fail(f"target CHAP_N={pairs['CHAP_N']!r}, expected {self.target.name!r}")
         got = _parse_challenge(pairs["CHAP_R"], self.policy, "CHAP_R")
