@@ -442,3 +442,16 @@ def test_both_sides_agree_on_every_outcome(
         spec = KEYS.get(key)
         if spec is not None and spec.kind.name == "NUMBER":
             assert spec.in_range(int(value)), key
+
+
+def test_accept_answers_an_offer_without_making_one() -> None:
+    """``accept``: values a side supports when answering, never offered itself."""
+    from iscsi_conformance.core.negotiation import Negotiator, Role
+
+    neg = Negotiator(Role.INITIATOR, {}, accept={"HeaderDigest": "CRC32C,None"})
+    neg.stage = LoginStage.LOGIN_OPERATIONAL_NEGOTIATION
+    assert ("HeaderDigest", "CRC32C,None") not in neg.offer()
+    assert neg.respond([("HeaderDigest", "CRC32C")]) == [("HeaderDigest", "CRC32C")]
+    plain = Negotiator(Role.INITIATOR, {})
+    plain.stage = LoginStage.LOGIN_OPERATIONAL_NEGOTIATION
+    assert plain.respond([("HeaderDigest", "CRC32C")]) == [("HeaderDigest", "Reject")]

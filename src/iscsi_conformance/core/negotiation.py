@@ -196,9 +196,14 @@ class Negotiator:
         out_of_range: OutOfRange = OutOfRange.REJECT,
         answer_optional: bool = True,
         strict_stages: bool = True,
+        accept: Mapping[str, str] | None = None,
     ) -> None:
         self.role = role
         self.local: dict[str, str] = dict(local or {})
+        #: List keys we never offer but accept when the peer offers them: the values we
+        #: support, used only to answer (e.g. a test initiator that can do CRC32C but
+        #: does not ask for it). ``local`` wins where both name a key.
+        self.accept: dict[str, str] = dict(accept or {})
         self.session_type = session_type
         self.leading = leading
         self.stage = stage
@@ -510,7 +515,8 @@ class Negotiator:
 
     def _answer_list(self, spec: KeySpec, value: str) -> str:
         theirs = text.parse_list(value)
-        ours = text.parse_list(self.local_value(spec.name) or "None")
+        mine = self.local.get(spec.name) or self.accept.get(spec.name)
+        ours = text.parse_list(mine or self.local_value(spec.name) or "None")
         supported = [v for v in ours if not spec.values or v in spec.values]
         # RFC 7143 6.2.1: the first value of the originator's list we support;
         # unknown values are ignored; None only if proposed; otherwise Reject.

@@ -361,6 +361,9 @@ class LoginProbe:
         )
         sent: dict[str, str] = {}
         negotiator = machine.negotiator
+        # The probe speaks both digests: a target that offers CRC32C gets it, as a
+        # real initiator that supports it answers (RFC 7143 13.1), not Reject.
+        negotiator.accept.update({k: "CRC32C,None" for k in ("HeaderDigest", "DataDigest")})
         answers: list[Pair] = []
         if answering is not None:
             ours = {k for k, _ in parse_pairs(getattr(answering.request, "data", b""))}
