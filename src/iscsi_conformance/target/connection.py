@@ -20,7 +20,7 @@ import logging
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core import text as T
@@ -57,6 +57,12 @@ MAX_TEXT_PENDING = 16  # Text responses waiting for the initiator to continue
 
 MAX_ABORTED_TAGS = 1024
 
+#: The PDUs that carry a CmdSN and so may wait for it (RFC 7143 3.2.2.1): what ``_order``
+#: delivers, each to a runner that takes that type.
+_Ordered = TypeVar(
+    "_Ordered", P.ScsiCommand, P.NopOut, P.TextRequest, P.LogoutRequest, P.TaskManagementRequest
+)
+
 
 # --------------------------------------------------------------------------- state
 
@@ -90,7 +96,7 @@ class Connection(TaskIO):
         self.session: Session | None = None
         self.cid = 0
         self.statsn = 0
-        self.out: list[bytes] = []
+        self.out: list[bytes | memoryview] = []  # memoryview: Data-In payload slices
         self.close_requested = False
         self.closed = False
         self.created = now
@@ -111,7 +117,7 @@ class Connection(TaskIO):
         self._last_ping = now
         # Text exchanges in progress: itt -> (ttt, answer chunks still to send, or the
         # TextAssembler of a request still arriving with C=1).
-        self._text_pending: dict[int, tuple[int, Any]] = {}
+        self._text_pending: dict[int, tuple[int, list[bytes] | T.TextAssembler]] = {}
         self.login = ConnectionLogin(
             targets=engine.target_configs,
             discovery=engine.config.discovery,
@@ -419,7 +425,7 @@ class Connection(TaskIO):
                 break
             del held[itt]
 
-    def _order(self, pdu: Any, run: Callable[[Any], None]) -> None:
+    def _order(self, pdu: _Ordered, run: Callable[[_Ordered], None]) -> None:
         """Deliver a non-immediate command in CmdSN order (RFC 7143 4.2.2.1, 3.2.2.1)."""
         s = self.session
         assert s is not None
@@ -624,7 +630,7 @@ class Connection(TaskIO):
             limit = target.config.max_send_data_segment_length if target else None
             self.max_send = min(int(value), limit or 1 << 24)
 
-    def _keep_text(self, itt: int, state: tuple[int, Any]) -> None:
+    def _keep_text(self, itt: int, state: tuple[int, list[bytes] | T.TextAssembler]) -> None:
         if itt not in self._text_pending and len(self._text_pending) >= MAX_TEXT_PENDING:
             self._text_pending.pop(next(iter(self._text_pending)))
         self._text_pending[itt] = state
@@ -781,7 +787,8 @@ def _bhs_of_any(pdu: P.PDU) -> bytes:
     return P.bhs_of(pdu)
 
 
-_FFP_HANDLERS: dict[type, Callable[[Connection, Any, float], None]] = {
+# Any: each handler takes the PDU class it is keyed by, which a dict's type cannot say.
+_FFP_HANDLERS: dict[type[P.PDU], Callable[[Connection, Any, float], None]] = {
     P.ScsiCommand: Connection.on_scsi_command,
     P.ScsiDataOut: Connection.on_data_out,
     P.NopOut: Connection.on_nop_out,
@@ -791,7 +798,8 @@ _FFP_HANDLERS: dict[type, Callable[[Connection, Any, float], None]] = {
     P.TaskManagementRequest: Connection.on_tmf,
 }
 
-_ORDERED_RUNNERS: dict[type, Callable[[Connection, Any], None]] = {
+# Any: as above, each runner takes the PDU class it is keyed by.
+_ORDERED_RUNNERS: dict[type[P.PDU], Callable[[Connection, Any], None]] = {
     P.NopOut: lambda c, p: c._nop_reply(p) if p.itt != NONE_TAG else None,
     P.TextRequest: Connection._text,
     P.LogoutRequest: Connection._logout,

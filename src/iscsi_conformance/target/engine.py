@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.codes import (
@@ -69,17 +69,21 @@ from iscsi_conformance.target.session import (
 )
 from iscsi_conformance.target.task import NONE_TAG, R2TState, Task
 
+if TYPE_CHECKING:
+    from iscsi_conformance.scsi.device import LogicalUnit
+    from iscsi_conformance.scsi.nexus import Nexus
+
 log = logging.getLogger("iscsi_conformance.target")
 
 
 class TargetState:
     """A configured target and its logical units."""
 
-    def __init__(self, config: TargetConfig, lus: dict[int, Any]) -> None:
+    def __init__(self, config: TargetConfig, lus: dict[int, LogicalUnit]) -> None:
         self.config = config
         self.lus = lus
 
-    def lus_for(self, initiator: str) -> dict[int, Any]:
+    def lus_for(self, initiator: str) -> dict[int, LogicalUnit]:
         acl = self.config.acl_for(initiator)
         if acl is None or acl.luns is None:
             return self.lus
@@ -95,11 +99,11 @@ class TargetEngine:
     def __init__(
         self,
         config: ServerConfig,
-        lus: dict[str, dict[int, Any]],
+        lus: dict[str, dict[int, LogicalUnit]],
         *,
         rng: Callable[[int], bytes],
         cmd_window: int = DEFAULT_CMD_WINDOW,
-        nexus_factory: Callable[[str, int, str, int], Any] | None = None,
+        nexus_factory: Callable[[str, int, str, int], Nexus] | None = None,
     ) -> None:
         self.config = config
         self.rng = rng
@@ -119,11 +123,11 @@ class TargetEngine:
         self.trace = config.trace
         # Hooks the adapter or a test may set: called with the engine's events.
         self.on_session_closed: Callable[[Session], None] | None = None
-        self.on_pr_changed: Callable[[Any], None] | None = None
+        self.on_pr_changed: Callable[[LogicalUnit], None] | None = None
 
     # ------------------------------------------------------------------ plumbing
 
-    def make_nexus(self, initiator: str, isid: int, target: str, tpgt: int) -> Any:
+    def make_nexus(self, initiator: str, isid: int, target: str, tpgt: int) -> Nexus:
         if self._nexus_factory is not None:
             return self._nexus_factory(initiator, isid, target, tpgt)
         from iscsi_conformance.scsi.nexus import Nexus
@@ -142,7 +146,7 @@ class TargetEngine:
         self.connections.add(conn)
         return conn
 
-    def pr_changed(self, lu: Any) -> None:
+    def pr_changed(self, lu: LogicalUnit) -> None:
         """A PERSISTENT RESERVE OUT changed state: tell the owner (persistence)."""
         if self.on_pr_changed is not None:
             self.on_pr_changed(lu)
@@ -150,7 +154,7 @@ class TargetEngine:
     def mark_dirty(self, conn: Connection) -> None:
         self._dirty[conn] = None
 
-    def take_output(self) -> list[tuple[Connection, list[bytes], bool]]:
+    def take_output(self) -> list[tuple[Connection, list[bytes | memoryview], bool]]:
         """Every connection with something to send: (conn, buffers, close-after)."""
         out = []
         while self._dirty:

@@ -23,6 +23,7 @@ from iscsi_conformance.core.negotiation import NegotiatedParameters
 from iscsi_conformance.core.serial import add_mod as sn_add
 
 if TYPE_CHECKING:
+    from iscsi_conformance.scsi.nexus import Nexus
     from iscsi_conformance.target.connection import Connection
     from iscsi_conformance.target.engine import TargetEngine, TargetState
     from iscsi_conformance.target.task import Task
@@ -92,7 +93,7 @@ class Session:
         self.aborted_cmdsns: set[int] = set()
         self.write_budget_used = 0
         self.closed = False
-        self.nexus = None
+        self.nexus: Nexus | None = None
         self.initiator_alias: str | None = None
         if target is not None:
             self.nexus = engine.make_nexus(initiator_name, isid, target.config.name, tpgt)

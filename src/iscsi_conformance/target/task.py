@@ -22,7 +22,7 @@ import dataclasses
 import logging
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.codes import (
@@ -36,7 +36,14 @@ from iscsi_conformance.scsi.nexus import port_matches
 from iscsi_conformance.target.session import DEFAULT_CMD_WINDOW, SessionType
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from iscsi_conformance.core.negotiation import NegotiatedParameters
+    from iscsi_conformance.scsi.device import LogicalUnit
+    from iscsi_conformance.scsi.reservations import NexusKey
     from iscsi_conformance.target.connection import Connection
+    from iscsi_conformance.target.engine import TargetEngine
+    from iscsi_conformance.target.session import Session
 
 log = logging.getLogger("iscsi_conformance.target")
 
@@ -108,7 +115,9 @@ class Task:
         "write",
     )
 
-    def __init__(self, conn: Connection, cmd: P.ScsiCommand, lun: int, lu: Any) -> None:
+    def __init__(
+        self, conn: Connection, cmd: P.ScsiCommand, lun: int, lu: LogicalUnit | None
+    ) -> None:
         self.conn = conn
         self.itt = cmd.itt
         self.cmdsn = cmd.cmdsn
@@ -141,6 +150,35 @@ class Task:
 
 class TaskIO:
     """The SCSI data path of a connection (see the module docstring)."""
+
+    if TYPE_CHECKING:
+        # What the data path uses of the connection it is mixed into: defined by
+        # ``connection.Connection``, declared here (for the type checker only, nothing at
+        # run time) so that mypy checks this class, and Connection's overrides, against them.
+        # A TaskIO is always that Connection (its only subclass): where a Connection is
+        # wanted (Task.conn, TargetEngine.mark_dirty), ``cast("Connection", self)`` says so.
+        engine: TargetEngine
+        session: Session | None
+        params: NegotiatedParameters
+        peer: tuple[str, int]
+        statsn: int
+        max_send: int
+        erl: int
+        hd: bool
+        dd: bool
+        out: list[bytes | memoryview]
+        _aborted_set: set[int]
+        _held: dict[int, Task]
+        _retained: dict[int, bytes]
+
+        def _emit(self, pdu: P.PDU) -> bytes: ...
+        def next_statsn(self) -> int: ...
+        def _window(self) -> tuple[int, int]: ...
+        def reject(self, reason: int, header: bytes, *, datasn_r2tsn: int = 0) -> None: ...
+        def remember_aborted(self, itt: int) -> None: ...
+        def _ack_statsn(self, expstatsn: int) -> None: ...
+        def _order(self, pdu: P.ScsiCommand, run: Callable[[P.ScsiCommand], None]) -> None: ...
+        def _drain(self) -> None: ...
 
     def on_scsi_command(self, pdu: P.ScsiCommand, now: float) -> None:
         s = self.session
@@ -178,7 +216,7 @@ class TaskIO:
         lun = P.field_to_lun(pdu.lun)
         lus = s.target.lus_for(s.initiator_name)
         lu = lus.get(lun)
-        task = Task(self, pdu, lun, lu)
+        task = Task(cast("Connection", self), pdu, lun, lu)
         s.tasks[pdu.itt] = task
         if pdu.write and lu is not None and _known_command(lu, pdu.cdb):
             spdtl = _data_out_length(lu, pdu.cdb)
@@ -419,6 +457,7 @@ class TaskIO:
                 data_out += _current_contents(lu, task.cdb, task.edtl, mm)
         elif mm < 0:
             data_out = data_out[: task.edtl + mm]  # underflow: only what the CDB asks
+        assert s.nexus is not None  # set with the target, in Session.__init__
         outcome = lu.execute(s.nexus, task.cdb, data_out)
         if outcome.aborted:
             self._preempt_abort(task, outcome.aborted)
@@ -436,7 +475,7 @@ class TaskIO:
             return
         self._complete(task, outcome.status, outcome.sense, outcome.data)
 
-    def _preempt_abort(self, task: Task, keys: Iterable[tuple[str, int | None]]) -> None:
+    def _preempt_abort(self, task: Task, keys: Iterable[NexusKey]) -> None:
         """PREEMPT AND ABORT: abort the preempted nexuses' tasks (SPC-4 5.9.11.5)."""
         lu = task.lu
 
@@ -548,7 +587,7 @@ class TaskIO:
                     self._retain(statsn, raw)
             datasn += 1
             off += ln
-        self.engine.mark_dirty(self)
+        self.engine.mark_dirty(cast("Connection", self))
         if not collapse:
             self._respond(
                 task,
@@ -610,7 +649,7 @@ class TaskIO:
         )
         parts = P.frame_parts(bhs, data, self.hd, self.dd)
         self.out.extend(parts)
-        self.engine.mark_dirty(self)
+        self.engine.mark_dirty(cast("Connection", self))
         if self.erl > 0:
             self._retain(statsn, b"".join(parts))
             if task.sent_datain:
@@ -623,7 +662,7 @@ _BLOCK_WRITES = frozenset({0x0A, 0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E})
 _COMPARE_AND_WRITE = 0x89
 
 
-def _current_contents(lu: Any, cdb: bytes, offset: int, length: int) -> bytes:
+def _current_contents(lu: LogicalUnit, cdb: bytes, offset: int, length: int) -> bytes:
     """What the medium holds past the first ``offset`` bytes of a block write."""
     from iscsi_conformance.scsi.cdb import decode_block_cdb
 
@@ -636,12 +675,12 @@ def _current_contents(lu: Any, cdb: bytes, offset: int, length: int) -> bytes:
         return bytes(length)
 
 
-def _known_command(lu: Any, cdb: bytes) -> bool:
+def _known_command(lu: LogicalUnit, cdb: bytes) -> bool:
     lookup = getattr(lu, "lookup", None)
     return lookup is None or lookup(cdb) is not None
 
 
-def _data_out_length(lu: Any, cdb: bytes) -> int | None:
+def _data_out_length(lu: LogicalUnit, cdb: bytes) -> int | None:
     """SPDTL of a write CDB from the LU (scsi.LogicalUnit.data_out_length)."""
     fn = getattr(lu, "data_out_length", None)
     if fn is None:

@@ -13,7 +13,7 @@ which raises the unit attentions (SAM-5 6.3).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.codes import TmfFunction, TmfResponse
@@ -22,6 +22,7 @@ from iscsi_conformance.core.serial import lt as sn_lt
 from iscsi_conformance.scsi.codes import ResetKind
 
 if TYPE_CHECKING:
+    from iscsi_conformance.scsi.device import LogicalUnit
     from iscsi_conformance.target.connection import Connection
     from iscsi_conformance.target.task import Task
 
@@ -37,7 +38,7 @@ _LUN_FUNCTIONS = {
 }
 
 
-def _reset_lu(lu: Any, kind: ResetKind) -> None:
+def _reset_lu(lu: LogicalUnit | None, kind: ResetKind) -> None:
     fn = getattr(lu, "reset", None)
     if fn is not None:
         fn(kind)
