@@ -123,7 +123,7 @@ def _make_wrong_secret(alg: int) -> Any:
                 received=probe.received,
             )
             require(
-                step.response is None or step.status == 0x0201,
+                step.status == 0x0201,
                 "R7143-12.1.3-3",
                 f"expected 0201 (authentication failure), got {step.status!r}",
                 sent=probe.sent,
@@ -245,6 +245,14 @@ async def test_missing_chap_r(target: Any) -> None:
             sent=probe.sent,
             received=probe.received,
         )
+        require(
+            probe.steps[-1].refused,
+            "R7143-11.13-1",
+            "an authentication that cannot succeed ends with a Login Response with a "
+            "non-zero status (RFC 7143 11.13.5)",
+            sent=probe.sent,
+            received=probe.received,
+        )
 
 
 @spec(
@@ -334,6 +342,14 @@ async def test_chap_in_operational_stage(target: Any) -> None:
             not probe.in_full_feature,
             "R7143-6.3-7",
             "full feature phase reached with CHAP keys in the operational stage",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        require(
+            probe.steps[-1].refused,
+            "R7143-11.13-1",
+            "the login with CHAP keys in the operational stage is not refused with a Login "
+            "Response with a non-zero status (RFC 7143 11.13.5)",
             sent=probe.sent,
             received=probe.received,
         )

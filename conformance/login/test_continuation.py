@@ -325,9 +325,17 @@ async def test_key_name_of_64_bytes(target: Any) -> None:
     key = ("X-org.iscsi-conformance." + "k" * 64)[:64]
     async with target.raw() as raw:
         probe, step = await _operational_answer(target, raw, text_of([(key, "1")]))
+        require(
+            step.response is not None,
+            "R7143-6.1-7",
+            "no answer to a malformed request: it is refused with a Login Response with "
+            "status 02xx (RFC 7143 11.13.5) or the key is answered Reject",
+            sent=probe.sent,
+            received=probe.received,
+        )
         if step.refused:
             require(
-                step.response is None or step.response.status_class == 2,
+                step.response.status_class == 2,
                 "R7143-6.1-7",
                 f"expected an initiator error (02xx), got {step.status!r}",
                 sent=probe.sent,
@@ -385,9 +393,17 @@ async def test_value_of_256_bytes(target: Any) -> None:
     alias = "a" * 256
     async with target.raw() as raw:
         probe, step = await _operational_answer(target, raw, text_of([("InitiatorAlias", alias)]))
+        require(
+            step.response is not None,
+            "R7143-6.1-7",
+            "no answer to a malformed request: it is refused with a Login Response with "
+            "status 02xx (RFC 7143 11.13.5) or the key is answered Reject",
+            sent=probe.sent,
+            received=probe.received,
+        )
         if step.refused:
             require(
-                step.response is None or step.response.status_class == 2,
+                step.response.status_class == 2,
                 "R7143-6.1-7",
                 f"expected an initiator error (02xx), got {step.status!r}",
                 sent=probe.sent,
@@ -416,9 +432,17 @@ async def test_last_pair_without_nul(target: Any) -> None:
     data = text_of([("ImmediateData", "Yes")]) + b"MaxBurstLength=65536"
     async with target.raw() as raw:
         probe, step = await _operational_answer(target, raw, data)
+        require(
+            step.response is not None,
+            "R7143-6.1-7",
+            "no answer to a malformed request: it is refused with a Login Response with "
+            "status 02xx (RFC 7143 11.13.5) or the key is answered Reject",
+            sent=probe.sent,
+            received=probe.received,
+        )
         if step.refused:
             require(
-                step.response is None or step.response.status_class == 2,
+                step.response.status_class == 2,
                 "R7143-6.1-7",
                 f"expected an initiator error (02xx), got {step.status!r}",
                 sent=probe.sent,
@@ -449,9 +473,17 @@ async def test_pair_without_equals(target: Any) -> None:
     data = text_of([("ImmediateData", "Yes")]) + b"MaxBurstLength\x00"
     async with target.raw() as raw:
         probe, step = await _operational_answer(target, raw, data)
+        require(
+            step.response is not None,
+            "R7143-6.1-7",
+            "no answer to a malformed request: it is refused with a Login Response with "
+            "status 02xx (RFC 7143 11.13.5) or the key is answered Reject",
+            sent=probe.sent,
+            received=probe.received,
+        )
         if step.refused:
             require(
-                step.response is None or step.response.status_class == 2,
+                step.response.status_class == 2,
                 "R7143-6.1-7",
                 f"expected an initiator error (02xx), got {step.status!r}",
                 sent=probe.sent,

@@ -64,7 +64,7 @@ def _make_bad(label: str, name: str) -> Any:
             )
             last = probe.steps[-1]
             require(
-                last.response is None or last.response.status_class == 2,
+                last.refused and last.response.status_class == 2,
                 "R7143-4.2.7-5",
                 f"a malformed name is the initiator's error: expected 02xx, got {last.status!r}",
                 sent=probe.sent,

@@ -119,6 +119,7 @@ class ObservedConnection:
         self.data_digest = False
         self._partial: dict[Direction, bytearray] = {I2T: bytearray(), T2I: bytearray()}
         self._writers: dict[Direction, asyncio.StreamWriter] = {}  # who receives a direction
+        self.muted = False  # see mute()
 
     def __repr__(self) -> str:
         return f"ObservedConnection(#{self.index}, {len(self.entries)} PDUs)"
@@ -130,6 +131,18 @@ class ObservedConnection:
         if self.observer is None:
             raise RuntimeError("connection has no observer")
         self.observer.inject(self, pdu, direction, delay=delay, note=note)
+
+    def mute(self) -> None:
+        """From a rewrite hook: the proxy plays a peer that goes silent. Nothing more
+        from the target reaches the initiator, and the target's own close is not passed
+        on: the initiator's connection stays open and hears nothing."""
+        self.muted = True
+
+    def hang_up(self) -> None:
+        """Close both sides of this connection now (from a rewrite hook: the proxy plays
+        a peer that drops the connection instead of answering)."""
+        for writer in self._writers.values():
+            writer.close()
 
     # ------------------------------------------------------------------ queries
 
@@ -463,7 +476,7 @@ class Observer:
                     raw = bytes(pending[:used])
                     del pending[:used]
                     out.extend(self._handle(conn, direction, pdu, raw))
-                if out:
+                if out and not (conn.muted and direction == T2I):
                     writer.write(b"".join(out))
                     await writer.drain()
         except (ConnectionError, OSError):
@@ -473,7 +486,7 @@ class Observer:
             if pending:
                 self._record(conn, direction, None, bytes(pending), note="incomplete PDU at close")
             with contextlib.suppress(Exception):
-                if writer.can_write_eof():
+                if writer.can_write_eof() and not (conn.muted and direction == T2I):
                     writer.write_eof()
             self._notify()
 

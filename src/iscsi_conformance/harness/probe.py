@@ -24,8 +24,13 @@ CmdSN, ITT, ExpStatSN), so that a test can mix them:
 
 Outcomes a test asserts on:
 
-- ``LoginStep.response``: the Login Response (``None`` when the target closed the
-  connection or said nothing before the timeout: both count as refusal evidence);
+- ``LoginStep.outcome``: what happened to the request (``Outcome``): *answered*
+  (``response`` holds the PDU), *closed* (the target closed the connection, and
+  ``elapsed`` says how long after the request), *silent* (no answer within the time
+  limit) or *undecodable*. Silence and a hang-up are not answers: ``refused`` is
+  true only for a Login Response with a non-zero status, the form RFC 7143 11.13.5
+  gives a failed login; ``received`` shows the missing answer as a ``NoAnswer`` so
+  that a failure message says what happened;
 - ``LoginStep.keys``: the keys the target answered, as a dict (last value wins, and
   ``repeated`` lists keys it sent twice);
 - ``LoginStep.status``: class<<8|detail, ``None`` without a response;
@@ -38,7 +43,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -68,6 +75,8 @@ __all__ = [
     "FullFeature",
     "LoginProbe",
     "LoginStep",
+    "NoAnswer",
+    "Outcome",
     "ProbeConnection",
     "TaskOutcome",
     "full_feature",
@@ -75,7 +84,22 @@ __all__ = [
     "text_of",
 ]
 
-DEFAULT_TIMEOUT = 5.0
+
+def _answer_timeout() -> float:
+    """How long a step waits for an answer before it counts as silence: 5 s, or
+    ``ISCSI_CONFORMANCE_ANSWER_TIMEOUT`` seconds (a slow peer; our own scripted-peer
+    tests use less)."""
+    raw = os.environ.get("ISCSI_CONFORMANCE_ANSWER_TIMEOUT", "")
+    try:
+        value = float(raw) if raw else 5.0
+    except ValueError:
+        raise HarnessError(f"ISCSI_CONFORMANCE_ANSWER_TIMEOUT={raw!r} is not a number") from None
+    if not 0 < value <= 600:
+        raise HarnessError(f"ISCSI_CONFORMANCE_ANSWER_TIMEOUT={raw!r}: give 0 < seconds <= 600")
+    return value
+
+
+DEFAULT_TIMEOUT = _answer_timeout()
 FLOOD_EMPTY_DATA_IN = 16  # consecutive empty Data-In PDUs that count as no progress
 NONE_TAG = 0xFFFFFFFF
 
@@ -137,6 +161,16 @@ class ProbeConnection:
             self.last_error = exc
             return None
 
+    @property
+    def last_outcome(self) -> Outcome:
+        """What the last ``recv`` that returned None met."""
+        exc = self.last_error
+        if isinstance(exc, TimeoutError):  # ResponseTimeout is one too
+            return Outcome.SILENT
+        if isinstance(exc, ProtocolError):
+            return Outcome.UNDECODABLE
+        return Outcome.CLOSED
+
     async def expect_closed(self, timeout: float = 10.0) -> bool:
         return bool(await self._raw.closed_within(timeout))
 
@@ -144,11 +178,55 @@ class ProbeConnection:
         return getattr(self._raw, name)
 
 
+class Outcome(enum.Enum):
+    """What became of a request: the three answers a peer can give, and garbage."""
+
+    ANSWERED = "answered"
+    CLOSED = "closed"  # the peer closed the connection
+    SILENT = "silent"  # nothing within the time limit
+    UNDECODABLE = "undecodable"  # bytes that are no PDU
+
+
+@dataclasses.dataclass(frozen=True)
+class NoAnswer:
+    """Stands in a list of received PDUs where the answer is missing."""
+
+    outcome: Outcome
+    elapsed: float
+    timeout: float
+    no_answer = True  # how plugin.spec tells it from a PDU
+
+    def __str__(self) -> str:
+        if self.outcome is Outcome.CLOSED:
+            return f"no answer: the target closed the connection {self.elapsed * 1000:.0f} ms after the request"
+        if self.outcome is Outcome.SILENT:
+            return f"no answer: nothing within {self.timeout:g} s of the request"
+        return "no answer: what came back does not decode as a PDU"
+
+
 @dataclasses.dataclass
 class LoginStep:
     request: Any
     response: Any | None
-    closed: bool = False
+    closed: bool = False  # no response at all (closed, silent or undecodable)
+    outcome: Outcome = Outcome.ANSWERED
+    elapsed: float = 0.0  # seconds from the request to the answer, close or time-out
+    timeout: float = 0.0
+
+    @property
+    def no_answer(self) -> NoAnswer | None:
+        """The missing answer, for messages (None when the target answered)."""
+        if self.outcome is Outcome.ANSWERED:
+            return None
+        return NoAnswer(self.outcome, self.elapsed, self.timeout)
+
+    @property
+    def hung_up(self) -> bool:
+        return self.outcome is Outcome.CLOSED
+
+    @property
+    def silent(self) -> bool:
+        return self.outcome is Outcome.SILENT
 
     @property
     def status(self) -> int | None:
@@ -181,8 +259,11 @@ class LoginStep:
 
     @property
     def refused(self) -> bool:
-        """The target refused: an error status, or it closed / went silent."""
-        return self.response is None or self.response.status_class != 0
+        """The target refused the way RFC 7143 11.13.5 says a login fails: a Login
+        Response with a non-zero status class. Closing the connection or saying
+        nothing is not a refusal (see ``outcome``)."""
+        r = self.response
+        return isinstance(r, P.LoginResponse) and r.status_class != 0
 
 
 def _holdable(key: str, value: str) -> bool:
@@ -242,7 +323,8 @@ class LoginProbe:
 
     @property
     def received(self) -> list[Any]:
-        return [s.response for s in self.steps if s.response is not None]
+        """The answers, with a ``NoAnswer`` where a request got none."""
+        return [s.response if s.response is not None else s.no_answer for s in self.steps]
 
     # ------------------------------------------------------------------ the raw path
 
@@ -298,11 +380,14 @@ class LoginProbe:
         and wait for its answer; every path sends through here."""
         await self.raw.send(request)
         self.first = False
+        started = time.monotonic()
         response = await self.raw.recv(timeout=self.timeout)
+        elapsed = time.monotonic() - started
         closed = response is None
+        outcome = getattr(self.raw, "last_outcome", Outcome.CLOSED) if closed else Outcome.ANSWERED
         if response is not None and not isinstance(response, P.LoginResponse):
             # anything but a Login Response during login is itself evidence; keep it
-            step = LoginStep(request, response, closed=False)
+            step = LoginStep(request, response, closed=False, elapsed=elapsed)
             self.steps.append(step)
             return step
         if response is not None:
@@ -311,7 +396,9 @@ class LoginProbe:
                 self.tsih = response.tsih
             if response.status_class == 0 and response.data:
                 self.negotiated.update(parse_pairs(response.data))
-        step = LoginStep(request, response, closed=closed)
+        step = LoginStep(
+            request, response, closed=closed, outcome=outcome, elapsed=elapsed, timeout=self.timeout
+        )
         self.steps.append(step)
         return step
 

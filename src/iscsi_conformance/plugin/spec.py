@@ -159,6 +159,8 @@ SHOWN_BYTES = 32  # of a PDU's data segment (or AHS) in a failure message
 def _pdu_line(pdu: Any) -> str:
     """One PDU as a failure message shows it: every field, with long byte strings
     (a 1 MiB data segment) cut to their first ``SHOWN_BYTES`` bytes and their length."""
+    if getattr(pdu, "no_answer", False) is True:  # harness.probe.NoAnswer
+        return str(pdu)
     summary = getattr(pdu, "summary", None)
     if callable(summary):
         return str(summary())
@@ -186,7 +188,8 @@ def violation(
     if received:
         lines.append("  received:")
         lines += _shown(received, "    < ")
-    return ConformanceViolation("\n".join(lines), requirement=requirement, pdus=[*sent, *received])
+    pdus = [p for p in (*sent, *received) if getattr(p, "no_answer", False) is not True]
+    return ConformanceViolation("\n".join(lines), requirement=requirement, pdus=pdus)
 
 
 MAX_PDUS_SHOWN = 40  # a peer that floods (100000 Data-In PDUs) must not flood the report
