@@ -327,3 +327,27 @@ def test_get_timer_follows_the_next_deadline() -> None:
     idle = h.engine.new_connection(portal_group=1, now=7.0)
     assert idle.next_deadline() == 7.0 + h.engine.config.login_timeout
     assert h.engine.get_timer() == 15.0
+
+
+def test_connection_and_session_walk_the_rfc_tables(caplog: pytest.LogCaptureFixture) -> None:
+    """Logout and failure take the RFC 7143 8.1.2 / 8.3 transitions of target/states.py,
+    and no move outside the tables is logged."""
+    from iscsi_conformance.target.states import ConnectionState, SessionState
+
+    caplog.set_level("ERROR", logger="iscsi_conformance.target")
+    h = Harness([])
+    session = h.engine.sessions[1]
+    assert (session.state, session.labels) == (SessionState.Q3_LOGGED_IN, ["N1", "N2"])
+    h.engine.request_logout(session)
+    assert h.conn.rfc_state is ConnectionState.S7_LOGOUT_REQUESTED
+    h.feed(P.LogoutRequest(reason=1, itt=9, cid=0, cmdsn=h.cmdsn, expstatsn=0))
+    assert h.conn.rfc_labels == ["T5", "T11", "T10", "T13"]
+    assert h.conn.rfc_state is ConnectionState.S1_FREE
+    assert (session.state, session.labels[-1]) == (SessionState.Q1_FREE, "N3")
+    failed = Harness([])
+    s2 = failed.engine.sessions[1]
+    failed.conn.connection_lost()  # the transport went away in full feature phase
+    assert failed.conn.rfc_labels == ["T5", "T15"]
+    assert failed.conn.rfc_state is ConnectionState.S8_CLEANUP_WAIT
+    assert s2.labels == ["N1", "N2", "N5", "N6"] and s2.state is SessionState.Q1_FREE
+    assert not caplog.records

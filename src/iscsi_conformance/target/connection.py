@@ -44,7 +44,13 @@ from iscsi_conformance.core.serial import le as sn_le
 from iscsi_conformance.core.serial import lt as sn_lt
 from iscsi_conformance.errors import DigestError, PDUFormatError, ProtocolError
 from iscsi_conformance.target.login import ConnectionLogin, renegotiate
-from iscsi_conformance.target.session import Session, SessionType, session_params
+from iscsi_conformance.target.session import (
+    Session,
+    SessionType,
+    advance_connection,
+    session_params,
+)
+from iscsi_conformance.target.states import ConnectionInput, ConnectionState
 from iscsi_conformance.target.task import NONE_TAG, Task, TaskIO
 from iscsi_conformance.target.tmf import perform_tmf
 
@@ -52,6 +58,15 @@ if TYPE_CHECKING:
     from iscsi_conformance.target.engine import TargetEngine
 
 log = logging.getLogger("iscsi_conformance.target")
+
+#: The states in which a transport failure is a T15/T16/T17 (RFC 7143 8.1.2).
+_OPERATIONAL = frozenset(
+    {
+        ConnectionState.S5_LOGGED_IN,
+        ConnectionState.S6_IN_LOGOUT,
+        ConnectionState.S7_LOGOUT_REQUESTED,
+    }
+)
 
 MAX_TEXT_PENDING = 16  # Text responses waiting for the initiator to continue
 
@@ -95,6 +110,10 @@ class Connection(TaskIO):
         self.state = ConnState.LOGIN
         self.session: Session | None = None
         self.cid = 0
+        #: Where the connection is in RFC 7143 8.1's target diagram once logged in (the
+        #: login itself is core.login's table), and the T-labels taken.
+        self.rfc_state: ConnectionState | None = None
+        self.rfc_labels: list[str] = []
         self.statsn = 0
         self.out: list[bytes | memoryview] = []  # memoryview: Data-In payload slices
         self.close_requested = False
@@ -128,6 +147,11 @@ class Connection(TaskIO):
             cmd_window=engine.cmd_window,
             rng=engine.rng,
         )
+
+    def advance(self, inp: ConnectionInput) -> None:
+        """Take the connection table's transition (RFC 7143 8.1.2, T8-T18)."""
+        if self.rfc_state is not None:
+            self.rfc_state = advance_connection(self.rfc_state, inp, self.rfc_labels, self)
 
     def __repr__(self) -> str:
         return f"Connection(peer={self.peer!r}, cid={self.cid}, state={self.state.name})"
@@ -179,7 +203,10 @@ class Connection(TaskIO):
             if c is self:
                 del s.pending[sn]
         if not s.connections:
-            self.engine.close_session(s, reason="last connection gone")
+            # The last connection logged out (T13): a session closure (N3); otherwise
+            # it failed, and at ErrorRecoveryLevel < 2 nothing waits for recovery.
+            graceful = self.rfc_labels[-1:] == ["T13"]
+            self.engine.close_session(s, reason="logout" if graceful else "last connection gone")
 
     def connection_lost(self) -> None:
         """The transport is gone (peer closed, reset, or we closed it)."""
@@ -187,6 +214,8 @@ class Connection(TaskIO):
             return
         self.closed = True
         self.state = ConnState.CLOSED
+        if self.rfc_state in _OPERATIONAL:  # T15, T16, T17
+            self.advance(ConnectionInput.TRANSPORT_FAILED)
         self.engine.connections.discard(self)
         self.engine._dirty.pop(self, None)
         self.session_detach()
@@ -369,6 +398,7 @@ class Connection(TaskIO):
                 s = engine.sessions.get(event.tsih)
                 old_conn = s.connections.get(event.cid) if s else None
                 if old_conn is not None and old_conn is not self:
+                    old_conn.advance(ConnectionInput.REINSTATED)  # T8
                     old_conn.close()
                     old_conn.session_detach()
         completed = next((e for e in events if isinstance(e, LoginCompleted)), None)
@@ -396,6 +426,8 @@ class Connection(TaskIO):
     ) -> None:
         """Called once the final Login Response is queued (T5)."""
         self.session = session
+        self.rfc_state = ConnectionState.S5_LOGGED_IN
+        self.rfc_labels.append("T5")
         self.params = params
         self.state = ConnState.FULL_FEATURE
         self.statsn = statsn
@@ -704,6 +736,8 @@ class Connection(TaskIO):
             )
         )
         if close_self:
+            self.advance(ConnectionInput.LOGOUT_RECEIVED)  # T9 (T10 if it was requested)
+            self.advance(ConnectionInput.LOGOUT_SUCCEEDED)  # T13: the response is out
             self.state = ConnState.LOGGED_OUT
             self.close()
             if reason == LogoutReason.CLOSE_SESSION:

@@ -67,6 +67,7 @@ from iscsi_conformance.target.session import (
     SessionType,
     session_params,
 )
+from iscsi_conformance.target.states import ConnectionInput, SessionInput
 from iscsi_conformance.target.task import NONE_TAG, R2TState, Task
 
 if TYPE_CHECKING:
@@ -210,6 +211,8 @@ class TargetEngine:
             expcmdsn=ev.expcmdsn,
             window=self.cmd_window,
         )
+        session.advance(SessionInput.FIRST_CONNECTION_IN_LOGIN)  # N1
+        session.advance(SessionInput.CONNECTION_LOGGED_IN)  # N2
         self.register_session(session)
         return session
 
@@ -291,6 +294,17 @@ class TargetEngine:
         if session.closed:
             return
         session.closed = True
+        if reason == "reinstated":
+            session.advance(SessionInput.REINSTATED)  # N3 / N6 / N11
+            for conn in session.connections.values():
+                conn.advance(ConnectionInput.REINSTATED)  # T8 / T13 / T18
+        elif reason == "logout":
+            session.advance(SessionInput.SESSION_CLOSED)  # N3
+        else:
+            # The session failed (N5); at ErrorRecoveryLevel < 2 no continuation can
+            # follow, so its state timeout is zero (N6).
+            session.advance(SessionInput.SESSION_FAILED)
+            session.advance(SessionInput.SESSION_TIMEOUT)
         self.sessions.pop(session.tsih, None)
         for task in list(session.tasks.values()):
             task.aborted = True
@@ -317,6 +331,7 @@ class TargetEngine:
         """Async Message 'logout requested' on every connection (RFC 7143 11.9.1, event 1)."""
         for conn in session.connections.values():
             conn.send_async(AsyncEvent.LOGOUT_REQUESTED, parameter3=time_to_logout)
+            conn.advance(ConnectionInput.DECOMMISSION)  # T11 (T12 when asked again)
 
     def drop_connection(
         self, conn: Connection, *, time2wait: int = 0, time2retain: int = 0

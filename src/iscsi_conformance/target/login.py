@@ -1,6 +1,6 @@
 """The reference target's login policy, as the callbacks of ``core.login.TargetLogin``.
 
-Theory of operation: the login itself - stages, transitions (RFC 7143 8.1.3 T4, T5,
+Theory of operation: the login itself - stages, transitions (RFC 7143 8.1.2 T4, T5,
 T7), key negotiation, CHAP, the Login status of every refusal - is the core's table
 (``core.login``); this module holds only the reference target's *decisions*, which
 the core asks for through ``TargetLoginConfig``:

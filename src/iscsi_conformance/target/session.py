@@ -13,14 +13,29 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, TypeVar
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.login import (
     LoginCompleted,
+    Transition,
 )
 from iscsi_conformance.core.negotiation import NegotiatedParameters
 from iscsi_conformance.core.serial import add_mod as sn_add
+from iscsi_conformance.errors import ProtocolError
+from iscsi_conformance.target.states import (
+    CONNECTION_TRANSITIONS,
+    SESSION_TRANSITIONS,
+    ConnectionInput,
+    ConnectionState,
+    SessionInput,
+    SessionState,
+    step,
+)
+
+_S = TypeVar("_S", bound=enum.Enum)
+_I = TypeVar("_I", bound=enum.Enum)
 
 if TYPE_CHECKING:
     from iscsi_conformance.scsi.nexus import Nexus
@@ -97,6 +112,14 @@ class Session:
         self.initiator_alias: str | None = None
         if target is not None:
             self.nexus = engine.make_nexus(initiator_name, isid, target.config.name, tpgt)
+        #: Where the session is in RFC 7143 8.3's target diagram, and the N-labels taken.
+        self.state = SessionState.Q1_FREE
+        self.labels: list[str] = []
+
+    def advance(self, inp: SessionInput) -> None:
+        """Take the session table's transition for ``inp``. A move the table does not
+        have is our bug: logged, never raised at the peer (robustness)."""
+        self.state = _advance(SESSION_TRANSITIONS, self.state, inp, self.labels, self)
 
     @property
     def maxcmdsn(self) -> int:
@@ -115,3 +138,25 @@ class Session:
             f"Session(tsih={self.tsih}, isid=0x{self.isid:012x}, initiator={self.initiator_name!r},"
             f" target={self.target_name!r}, type={self.session_type.value})"
         )
+
+
+log = logging.getLogger("iscsi_conformance.target")
+
+
+def _advance(
+    table: dict[tuple[_S, _I], Transition], state: _S, inp: _I, labels: list[str], who: object
+) -> _S:
+    try:
+        entry = step(table, state, inp)
+    except ProtocolError as exc:
+        log.error("%r: %s", who, exc)
+        return state
+    labels.append(entry.label)
+    return entry.next_state  # type: ignore[return-value]  # the table's states are _S
+
+
+def advance_connection(
+    state: ConnectionState, inp: ConnectionInput, labels: list[str], who: object
+) -> ConnectionState:
+    """The connection table's move (RFC 7143 8.1.2, T8-T18); see ``Session.advance``."""
+    return _advance(CONNECTION_TRANSITIONS, state, inp, labels, who)

@@ -1,4 +1,4 @@
-"""What a login tells its owner (RFC 7143 6.3, 8.1.3): the events of both roles.
+"""What a login tells its owner (RFC 7143 6.3, 8.1.2): the events of both roles.
 
 The owner acts on them: on ``LoginCompleted`` it moves the connection to full-feature
 phase, on ``LoginFailed`` and ``LoginRedirected`` it closes the connection once the

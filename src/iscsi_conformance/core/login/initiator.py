@@ -1,4 +1,4 @@
-"""The initiator's side of one connection's login, sans-IO (RFC 7143 6.3, 8.1.3, 11.12).
+"""The initiator's side of one connection's login, sans-IO (RFC 7143 6.3, 8.1.2, 11.12).
 
 Theory of operation: ``InitiatorLogin`` walks ``states.INITIATOR_TRANSITIONS``: each
 received Login Response is classified (``classify``), looked up with the current
@@ -230,7 +230,7 @@ class InitiatorLogin:
             return self._protocol_error(
                 LoginError(
                     f"{inp.value} in state {self.state.name}",
-                    section="RFC 7143 8.1.3, 11.13",
+                    section="RFC 7143 8.1.2, 11.13",
                     login_status=LoginStatus.INITIATOR_ERROR,
                 )
             )

@@ -5,7 +5,7 @@ Theory of operation: this module holds no behaviour, the way h11 keeps its
 ``{(state, input): Transition(action, next_state, label)}``.  States carry the names
 of RFC 7143 8.1.1 (S1 FREE, S2 XPT_WAIT, S3 XPT_UP, S4 IN_LOGIN, S5 LOGGED_IN), with
 IN_LOGIN split by login stage (the sub-steps of 6.3); labels are the transition
-names of 8.1.3 (T1..T7) or the 6.3 rule that allows the step.  Inputs are classified
+names of 8.1.2 (T1..T7) or the 6.3 rule that allows the step.  Inputs are classified
 PDUs and transport events; the malformed shapes (T=1 with C=1, a CSG that is not the
 current stage, a reserved NSG, ...) appear in no table, so they are errors by
 construction, and ``TARGET_ERRORS`` says which Login status the target sends for

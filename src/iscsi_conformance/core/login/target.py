@@ -1,4 +1,4 @@
-"""The target's side of one connection's login, sans-IO (RFC 7143 6.3, 8.1.3, 11.12, 11.13).
+"""The target's side of one connection's login, sans-IO (RFC 7143 6.3, 8.1.2, 11.12, 11.13).
 
 Theory of operation: ``TargetLogin`` walks ``states.TARGET_TRANSITIONS``.  Every
 Login Request is classified; the first one (T4) is checked against the target's
@@ -232,7 +232,7 @@ class TargetLogin:
         entry = self._lookup(inp)
         if entry is None:
             status, section = TARGET_ERRORS.get(
-                inp, (LoginStatus.INITIATOR_ERROR, "RFC 7143 8.1.3")
+                inp, (LoginStatus.INITIATOR_ERROR, "RFC 7143 8.1.2")
             )
             if self.state in (TargetState.S1_FREE, TargetState.S5_LOGGED_IN):
                 # No login in progress: nothing to answer with a Login status.
