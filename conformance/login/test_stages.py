@@ -158,6 +158,15 @@ async def test_authmethod_none_refused(target: Any) -> None:
     async with target.raw() as raw:
         probe = target.probe(raw, "chap")
         step = await probe.security_none()
+        require(
+            step.response is not None,
+            "R7143-11.13-1",
+            "no Login Response to AuthMethod=None from a target that requires CHAP: it "
+            "answers AuthMethod=Reject or ends the login with a non-zero status "
+            "(RFC 7143 6.3.2, 11.13.5)",
+            sent=probe.sent,
+            received=probe.received,
+        )
         if not step.refused:
             answer = step.keys.get("AuthMethod")
             require(
