@@ -41,6 +41,7 @@ from iscsi_conformance.core.codes import (
     ScsiStatus,
     TaskAttribute,
 )
+from iscsi_conformance.core.login.isid import random_isid
 from iscsi_conformance.core.negotiation import NegotiatedParameters
 from iscsi_conformance.core.pdu import (
     PDU,
@@ -93,15 +94,11 @@ _SN_MASK = 0xFFFFFFFF  # 32-bit field width; serial arithmetic itself is core.se
 
 
 def make_isid(rng: Callable[[int], bytes], qualifier: int | None = None) -> int:
-    """A random ISID of type 10b (RFC 7143 11.12.5, 10.1.1 of RFC 3721).
-
-    T=10b, A reserved (0), B and C a 24-bit random number, D a 16-bit qualifier
-    (random unless given).
-    """
+    """A random ISID of type 10b (RFC 7143 11.12.5, 10.1.1 of RFC 3721), built by
+    ``core.login.random_isid``: B and C random, D the qualifier (random unless given)."""
     rand = rng(5)
-    bc = int.from_bytes(rand[:3], "big")
     d = int.from_bytes(rand[3:5], "big") if qualifier is None else qualifier & 0xFFFF
-    return (0b10 << 46) | (bc << 16) | d
+    return random_isid(lambda _n: rand[:3], d)
 
 
 # ====================================================================== results, events
