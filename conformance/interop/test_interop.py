@@ -11,7 +11,7 @@ import pytest
 
 from iscsi_conformance.errors import AuthenticationError, LoginError
 from iscsi_conformance.harness.profiles import capability_satisfied
-from iscsi_conformance.peers.base import ChapCredentials, LoginOptions
+from iscsi_conformance.peers.base import ChapAccount, LoginOptions
 from iscsi_conformance.plugin import require, spec
 
 BLOCK = 512
@@ -74,7 +74,7 @@ def test_wrong_secret(initiator: Any, target: Any) -> None:
     """A wrong CHAP secret is refused, and the initiator reports it as an authentication failure."""
     ep = target.endpoint("chap")
     chap, _ = target.chap_for("chap")
-    bad = LoginOptions(chap=ChapCredentials(chap.user, chap.secret + "x"))
+    bad = LoginOptions(chap=ChapAccount(chap.user, chap.secret + "x"))
     try:
         session = initiator.driver.login(ep, options=bad)
     except AuthenticationError:

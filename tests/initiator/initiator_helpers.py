@@ -12,14 +12,14 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from iscsi_conformance.peers.base import ChapCredentials, TargetEndpoint
+from iscsi_conformance.peers.base import ChapAccount, TargetEndpoint
 
 T = TypeVar("T")
 
 PREFIX = "iqn.2024-01.org.iscsi-conformance.test-initiator"
-CHAP = ChapCredentials("alice", "alice-secret-12")
-MUTUAL_IN = ChapCredentials("bob", "bob-secret-1234")
-MUTUAL_OUT = ChapCredentials("tgtuser", "target-secret-99")
+CHAP = ChapAccount("alice", "alice-secret-12")
+MUTUAL_IN = ChapAccount("bob", "bob-secret-1234")
+MUTUAL_OUT = ChapAccount("tgtuser", "target-secret-99")
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:

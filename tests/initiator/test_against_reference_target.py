@@ -12,12 +12,12 @@ from iscsi_conformance.core.codes import AsyncEvent, TmfFunction, TmfResponse
 from iscsi_conformance.errors import AuthenticationError, LoginError
 from iscsi_conformance.initiator.client import Session, discover
 from iscsi_conformance.initiator.engine import AsyncMessageReceived, TargetPinged
-from iscsi_conformance.peers.base import ChapCredentials
+from iscsi_conformance.peers.base import ChapAccount
 
 PREFIX = "iqn.2024-01.org.iscsi-conformance.test-ref"
-CHAP = ChapCredentials("carol", "carol-secret-12")
-MUTUAL_IN = ChapCredentials("dave", "dave-secret-123")
-MUTUAL_OUT = ChapCredentials("refsrv", "refsrv-secret-9")
+CHAP = ChapAccount("carol", "carol-secret-12")
+MUTUAL_IN = ChapAccount("dave", "dave-secret-123")
+MUTUAL_OUT = ChapAccount("refsrv", "refsrv-secret-9")
 
 
 @pytest.fixture(scope="module")
@@ -119,13 +119,13 @@ def test_chap_mutual_and_failures(ref) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(AuthenticationError) as info:
         run(
             Session.connect(
-                host, port, f"{PREFIX}:chap", chap=ChapCredentials(CHAP.user, "wrong-secret-77")
+                host, port, f"{PREFIX}:chap", chap=ChapAccount(CHAP.user, "wrong-secret-77")
             )
         )
     assert info.value.login_status == 0x0201
     with pytest.raises(AuthenticationError):
         run(Session.connect(host, port, f"{PREFIX}:mutual", chap=MUTUAL_IN,
-                            mutual_chap=ChapCredentials(MUTUAL_OUT.user, "other-secret-88")))  # fmt: skip
+                            mutual_chap=ChapAccount(MUTUAL_OUT.user, "other-secret-88")))  # fmt: skip
 
 
 def test_nop_tmf_text_logout(ref) -> None:  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from iscsi_conformance.errors import AuthenticationError, LoginError, TransportE
 from iscsi_conformance.initiator.client import ResponseTimeout, Session, discover
 from iscsi_conformance.initiator.engine import NONE_TAG, TargetPinged
 from iscsi_conformance.initiator.raw import RawConnection
-from iscsi_conformance.peers.base import ChapCredentials
+from iscsi_conformance.peers.base import ChapAccount
 from iscsi_conformance.scsi import cdb as cdbs
 
 pytestmark = pytest.mark.peer
@@ -130,7 +130,7 @@ def test_chap_one_way(tgt: TgtTargets) -> None:
 def test_chap_wrong_secret(tgt: TgtTargets) -> None:
     with pytest.raises(LoginError) as info:
         run(Session.connect(tgt.host, tgt.port, tgt.chap.iqn,
-                            chap=ChapCredentials(CHAP.user, "wrong-secret-123")))  # fmt: skip
+                            chap=ChapAccount(CHAP.user, "wrong-secret-123")))  # fmt: skip
     # tgt 1.0.85 answers a wrong CHAP_R with 0x0200 (initiator error), not 0x0201
     # (authentication failure, RFC 7143 11.13.5): accept both, report which.
     assert info.value.login_status in (0x0200, 0x0201)
@@ -161,7 +161,7 @@ def test_chap_mutual_target_proof_checked(tgt: TgtTargets) -> None:
     """If the target cannot prove the secret we expect, we refuse it."""
     with pytest.raises(AuthenticationError) as info:
         run(Session.connect(tgt.host, tgt.port, tgt.mutual.iqn, chap=MUTUAL_IN,
-                            mutual_chap=ChapCredentials(MUTUAL_OUT.user, "not-the-target-1")))  # fmt: skip
+                            mutual_chap=ChapAccount(MUTUAL_OUT.user, "not-the-target-1")))  # fmt: skip
     assert "mutual" in str(info.value) or "CHAP_R" in str(info.value)
 
 

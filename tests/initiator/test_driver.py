@@ -6,7 +6,7 @@ import pytest
 from initiator_helpers import CHAP, TgtTargets
 
 from iscsi_conformance.errors import LoginError
-from iscsi_conformance.peers.base import ChapCredentials, LoginOptions
+from iscsi_conformance.peers.base import ChapAccount, LoginOptions
 from iscsi_conformance.peers.reference_initiator import ReferenceInitiator
 
 pytestmark = pytest.mark.peer
@@ -40,7 +40,7 @@ def test_driver_chap_and_masking(tgt: TgtTargets) -> None:
         drv.logout(h)
         with pytest.raises(LoginError):
             drv.login(
-                tgt.chap, options=LoginOptions(chap=ChapCredentials(CHAP.user, "bad-secret-0000"))
+                tgt.chap, options=LoginOptions(chap=ChapAccount(CHAP.user, "bad-secret-0000"))
             )
         text = "".join(" ".join(r.argv) + r.stdout + r.stderr for r in drv.log.records)
         assert CHAP.secret not in text and "bad-secret-0000" not in text

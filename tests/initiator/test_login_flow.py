@@ -29,12 +29,12 @@ from iscsi_conformance.initiator.login_flow import (
     LoginSend,
     TargetRedirected,
 )
-from iscsi_conformance.peers.base import ChapCredentials
+from iscsi_conformance.peers.base import ChapAccount
 
 INITIATOR = "iqn.2024-01.org.example:flow"
 TARGET = "iqn.2024-01.org.example:disk"
-ALICE = ChapCredentials("alice", "alice-secret-0001")
-DISK = ChapCredentials("disk", "disk-secret-00001")
+ALICE = ChapAccount("alice", "alice-secret-0001")
+DISK = ChapAccount("disk", "disk-secret-00001")
 
 
 _COUNTER = itertools.count(1)
@@ -114,7 +114,7 @@ def test_mutual_chap() -> None:
     result, sent = run(f, target(node))
     assert result.authenticated == "CHAP" and result.negotiated.auth_method == "CHAP"
     assert b"CHAP_A=7" in sent[1].request.data and b"CHAP_C=" in sent[2].request.data
-    wrong = flow(chap_credentials=ALICE, mutual_chap=ChapCredentials(DISK.user, "x" * 16))
+    wrong = flow(chap_credentials=ALICE, mutual_chap=ChapAccount(DISK.user, "x" * 16))
     with pytest.raises(AuthenticationError, match="mutual"):
         run(wrong, target(node))
     with pytest.raises(ValueError):

@@ -11,7 +11,7 @@ import pytest
 
 from iscsi_conformance.errors import AuthenticationError, ConfigError, LoginError, SCSIError
 from iscsi_conformance.peers.base import (
-    ChapCredentials,
+    ChapAccount,
     LoginOptions,
     LunSpec,
     TargetEndpoint,
@@ -133,8 +133,8 @@ def test_urls_env_and_digests() -> None:
         host="10.0.0.5", port=3260, iqn="iqn.t:1", luns=(1,), host_side=("127.0.0.1", 40000)
     )
     opts = LoginOptions(
-        chap=ChapCredentials("u", "pw-one"),
-        mutual_chap=ChapCredentials("t", "pw-two"),
+        chap=ChapAccount("u", "pw-one"),
+        mutual_chap=ChapAccount("t", "pw-two"),
         header_digest="CRC32C",
     )
     s = drv.session_for(ep, opts)
@@ -166,8 +166,8 @@ def test_registry_knows_libiscsi() -> None:
 # --------------------------------------------------------------------------- real peers
 
 IQN = "iqn.2024-01.org.example.conformance:libiscsi"
-CHAP = ChapCredentials("init-user", "init-secret-123")
-MUTUAL = ChapCredentials("tgt-user", "tgt-secret-456")
+CHAP = ChapAccount("init-user", "init-secret-123")
+MUTUAL = ChapAccount("tgt-user", "tgt-secret-456")
 
 
 def _need_native() -> None:
@@ -243,14 +243,14 @@ def test_chap_right_and_wrong(lib: LibiscsiInitiator, chap_ep: TargetEndpoint) -
     s = lib.login(chap_ep, options=LoginOptions(chap=CHAP, mutual_chap=MUTUAL))
     assert len(lib.read(s, 1, 0, 1)) == 512
     with pytest.raises(AuthenticationError) as exc:
-        lib.login(chap_ep, options=LoginOptions(chap=ChapCredentials(CHAP.user, "wrong-secret-1")))
+        lib.login(chap_ep, options=LoginOptions(chap=ChapAccount(CHAP.user, "wrong-secret-1")))
     assert exc.value.login_status == 0x0201 and "\n" not in str(exc.value)
     with pytest.raises(AuthenticationError):
         lib.login(chap_ep)  # no CHAP at all
     with pytest.raises(AuthenticationError, match="CHAP_R"):
         lib.login(
             chap_ep,
-            options=LoginOptions(chap=CHAP, mutual_chap=ChapCredentials(MUTUAL.user, "not-it-789")),
+            options=LoginOptions(chap=CHAP, mutual_chap=ChapAccount(MUTUAL.user, "not-it-789")),
         )
     text = repr(lib.log.records)
     assert CHAP.secret not in text and MUTUAL.secret not in text and "***" in text
@@ -335,9 +335,7 @@ def test_container_initiator_against_container_target() -> None:
             lib.write(s, 1, 100, data)
             assert lib.read(s, 1, 100, 16) == data
             with pytest.raises(AuthenticationError):
-                lib.login(
-                    ep, options=LoginOptions(chap=ChapCredentials(CHAP.user, "bad-secret-00"))
-                )
+                lib.login(ep, options=LoginOptions(chap=ChapAccount(CHAP.user, "bad-secret-00")))
             cases = lib.run_own_suite(
                 ep,
                 families=("iSCSI.iSCSIcmdsn",),

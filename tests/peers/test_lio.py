@@ -16,12 +16,12 @@ import pytest
 
 from iscsi_conformance.errors import AuthenticationError, ConfigError
 from iscsi_conformance.peers import lio as lio_mod
-from iscsi_conformance.peers.base import ChapCredentials, LoginOptions, LunSpec, TargetSpec
+from iscsi_conformance.peers.base import ChapAccount, LoginOptions, LunSpec, TargetSpec
 from iscsi_conformance.peers.lio import LioTarget
 
 INI = "iqn.2024-01.org.iscsi-conformance:host-libiscsi"
-CHAP = ChapCredentials("lio-user", "lio-secret-0123")
-MUTUAL = ChapCredentials("lio-target", "lio-mutual-4567")
+CHAP = ChapAccount("lio-user", "lio-secret-0123")
+MUTUAL = ChapAccount("lio-target", "lio-mutual-4567")
 
 
 # --------------------------------------------------------------------------- pure
@@ -182,9 +182,7 @@ def test_chap_right_secret_logs_in_wrong_secret_is_refused(lio: LioTarget, libis
         assert libiscsi.inquiry(s, 0)[8:16] == b"LIO-ORG "
         libiscsi.logout(s)
         with pytest.raises(AuthenticationError):
-            libiscsi.login(
-                ep, options=LoginOptions(chap=ChapCredentials(CHAP.user, "not-the-secret"))
-            )
+            libiscsi.login(ep, options=LoginOptions(chap=ChapAccount(CHAP.user, "not-the-secret")))
         with pytest.raises(AuthenticationError):
             libiscsi.login(ep)  # no CHAP at all: the target requires it
         logged = "\n".join(" ".join(r.argv) + r.stdout + r.stderr for r in lio.log.records)
@@ -210,9 +208,7 @@ def test_mutual_chap(lio: LioTarget, libiscsi) -> None:  # type: ignore[no-untyp
         assert libiscsi.inquiry(s, 0)[8:16] == b"LIO-ORG "
         libiscsi.logout(s)
         with pytest.raises(AuthenticationError):
-            bad = LoginOptions(
-                chap=CHAP, mutual_chap=ChapCredentials(MUTUAL.user, "wrong-mutual-00")
-            )
+            bad = LoginOptions(chap=CHAP, mutual_chap=ChapAccount(MUTUAL.user, "wrong-mutual-00"))
             libiscsi.inquiry(libiscsi.login(ep, options=bad), 0)
     finally:
         lio.deconfigure(ep.iqn)

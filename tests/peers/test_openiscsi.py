@@ -15,7 +15,7 @@ import pytest
 from iscsi_conformance.errors import AuthenticationError, ConfigError, LoginError
 from iscsi_conformance.peers import openiscsi as oi
 from iscsi_conformance.peers.base import (
-    ChapCredentials,
+    ChapAccount,
     LoginOptions,
     LunSpec,
     TargetEndpoint,
@@ -23,8 +23,8 @@ from iscsi_conformance.peers.base import (
 )
 from iscsi_conformance.peers.openiscsi import OpenIscsiInitiator
 
-CHAP = ChapCredentials("oi-user", "oi-secret-0123")
-MUTUAL = ChapCredentials("oi-target", "oi-mutual-4567")
+CHAP = ChapAccount("oi-user", "oi-secret-0123")
+MUTUAL = ChapAccount("oi-target", "oi-mutual-4567")
 
 # --------------------------------------------------------------------------- pure
 
@@ -170,7 +170,7 @@ def test_chap(initiator: OpenIscsiInitiator, tgt, mutual: bool) -> None:  # type
         initiator.logout(s)
         with pytest.raises(AuthenticationError):
             initiator.login(
-                ep, options=LoginOptions(chap=ChapCredentials(CHAP.user, "wrong-secret-99"))
+                ep, options=LoginOptions(chap=ChapAccount(CHAP.user, "wrong-secret-99"))
             )
         logged = "\n".join(" ".join(r.argv) + r.stdout + r.stderr for r in initiator.log.records)
         assert CHAP.secret not in logged and MUTUAL.secret not in logged
@@ -183,7 +183,7 @@ def test_chap(initiator: OpenIscsiInitiator, tgt, mutual: bool) -> None:  # type
 def test_mutual_chap_with_the_wrong_target_secret_fails(initiator: OpenIscsiInitiator, tgt) -> None:  # type: ignore[no-untyped-def]
     ep = tgt.configure(_spec("mutualbad", chap=CHAP, mutual_chap=MUTUAL))
     try:
-        bad = LoginOptions(chap=CHAP, mutual_chap=ChapCredentials(MUTUAL.user, "not-the-mutual-1"))
+        bad = LoginOptions(chap=CHAP, mutual_chap=ChapAccount(MUTUAL.user, "not-the-mutual-1"))
         with pytest.raises(LoginError):
             initiator.login(ep, options=bad)
     finally:

@@ -11,7 +11,7 @@ import pytest
 
 from iscsi_conformance.errors import ConfigError
 from iscsi_conformance.netutil import free_tcp_port
-from iscsi_conformance.peers.base import ChapCredentials, TargetEndpoint, TargetSpec
+from iscsi_conformance.peers.base import ChapAccount, TargetEndpoint, TargetSpec
 from iscsi_conformance.peers.registry import get_target_driver, target_names
 from iscsi_conformance.peers.tgt import TGTD_RUN_DIR, TgtTarget, upstream_version
 
@@ -100,7 +100,7 @@ def test_start_version_and_show(tgt: TgtTarget) -> None:
 
 @pytest.mark.peer
 def test_one_way_chap(tgt: TgtTarget) -> None:
-    ep = tgt.configure(TargetSpec(iqn=IQN + ":chap", chap=ChapCredentials(USER, SECRET)))
+    ep = tgt.configure(TargetSpec(iqn=IQN + ":chap", chap=ChapAccount(USER, SECRET)))
     assert ep.luns == (1,)
     ok = _inq(_url(ep, 1, f"{USER}%{SECRET}@"))
     assert ok.returncode == 0, ok.stderr
@@ -120,8 +120,8 @@ def test_one_way_chap(tgt: TgtTarget) -> None:
 def test_mutual_chap(tgt: TgtTarget) -> None:
     spec = TargetSpec(
         iqn=IQN + ":mutual",
-        chap=ChapCredentials(USER, SECRET),
-        mutual_chap=ChapCredentials(MUSER, MSECRET),
+        chap=ChapAccount(USER, SECRET),
+        mutual_chap=ChapAccount(MUSER, MSECRET),
     )
     ep = tgt.configure(spec)
     good = {"LIBISCSI_CHAP_TARGET_USERNAME": MUSER, "LIBISCSI_CHAP_TARGET_PASSWORD": MSECRET}
@@ -193,12 +193,12 @@ def test_discovery_luns_and_acl(tgt: TgtTarget) -> None:
 
 @pytest.mark.peer
 def test_reconfigure_replaces_and_global_accounts(tgt: TgtTarget) -> None:
-    ep = tgt.configure(TargetSpec(iqn=IQN + ":again", chap=ChapCredentials(USER, SECRET)))
+    ep = tgt.configure(TargetSpec(iqn=IQN + ":again", chap=ChapAccount(USER, SECRET)))
     ep2 = tgt.configure(TargetSpec(iqn=IQN + ":again"))  # replaced, no CHAP now
     assert ep2.iqn == ep.iqn and _inq(_url(ep2, 1)).returncode == 0
-    tgt.configure(TargetSpec(iqn=IQN + ":a1", chap=ChapCredentials(USER, SECRET)))
+    tgt.configure(TargetSpec(iqn=IQN + ":a1", chap=ChapAccount(USER, SECRET)))
     with pytest.raises(ConfigError, match="global"):
-        tgt.configure(TargetSpec(iqn=IQN + ":a2", chap=ChapCredentials(USER, "another-secret-1")))
+        tgt.configure(TargetSpec(iqn=IQN + ":a2", chap=ChapAccount(USER, "another-secret-1")))
     for iqn in (IQN + ":again", IQN + ":a1", IQN + ":a2"):
         tgt.deconfigure(iqn)
 

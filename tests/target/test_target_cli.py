@@ -159,7 +159,7 @@ def test_cli_missing_file_lun_exits_2(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["embedded", "native"])
 def test_reference_target_driver(mode: str) -> None:
-    from iscsi_conformance.peers.base import ChapCredentials, LunSpec, TargetSpec
+    from iscsi_conformance.peers.base import ChapAccount, LunSpec, TargetSpec
     from iscsi_conformance.peers.reference_target import ReferenceTargetDriver
 
     drv = ReferenceTargetDriver(mode=mode)  # type: ignore[arg-type]
@@ -169,7 +169,7 @@ def test_reference_target_driver(mode: str) -> None:
             TargetSpec(
                 iqn=IQN,
                 luns=(LunSpec(size_bytes=1 << 20),),
-                chap=ChapCredentials("u", "driver-secret-1"),
+                chap=ChapAccount("u", "driver-secret-1"),
             )
         )
         ep2 = drv.configure(TargetSpec(iqn=IQN + "2"))

@@ -29,7 +29,7 @@ from typing import Any
 from iscsi_conformance.errors import HarnessError, PeerStartError
 from iscsi_conformance.harness.profiles import PROFILES, Credentials
 from iscsi_conformance.peers.base import (
-    ChapCredentials,
+    ChapAccount,
     InitiatorDriver,
     Manifest,
     TargetDriver,
@@ -134,8 +134,8 @@ def _external_manifest(url: str, *, chap: bool, mutual: bool) -> Manifest:
 class PeerPool:
     def __init__(self, credentials: Credentials) -> None:
         self.credentials = credentials
-        self._user_chap: ChapCredentials | None = None
-        self._user_mutual: ChapCredentials | None = None
+        self._user_chap: ChapAccount | None = None
+        self._user_mutual: ChapAccount | None = None
         self.targets: dict[str, TargetEntry] = {}
         self.initiators: dict[str, InitiatorEntry] = {}
         self.started = False
@@ -159,8 +159,8 @@ class PeerPool:
         targets: list[str],
         initiators: list[str],
         *,
-        chap: ChapCredentials | None = None,
-        mutual_chap: ChapCredentials | None = None,
+        chap: ChapAccount | None = None,
+        mutual_chap: ChapAccount | None = None,
         mode: str = "auto",
         instrument: bool = True,
     ) -> PeerPool:
@@ -453,7 +453,7 @@ class PeerPool:
         """
         from iscsi_conformance.peers import registry
 
-        pool = cls(Credentials(**{k: ChapCredentials(**v) for k, v in data["credentials"].items()}))
+        pool = cls(Credentials(**{k: ChapAccount(**v) for k, v in data["credentials"].items()}))
         if data.get("docker_network"):
             pool._docker(network_name=data["docker_network"])
         for name, t in data["targets"].items():
@@ -508,12 +508,12 @@ def _manifest_data(m: Manifest) -> dict[str, Any]:
     return json.loads(json.dumps(data, default=str))  # type: ignore[no-any-return]
 
 
-def _creds_data(c: ChapCredentials | None) -> dict[str, str] | None:
+def _creds_data(c: ChapAccount | None) -> dict[str, str] | None:
     return None if c is None else {"user": c.user, "secret": c.secret}
 
 
-def _creds(d: dict[str, str] | None) -> ChapCredentials | None:
-    return None if d is None else ChapCredentials(**d)
+def _creds(d: dict[str, str] | None) -> ChapAccount | None:
+    return None if d is None else ChapAccount(**d)
 
 
 def _endpoint_args(ep: dict[str, Any]) -> dict[str, Any]:

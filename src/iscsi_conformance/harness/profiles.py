@@ -16,7 +16,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 
-from iscsi_conformance.peers.base import ChapCredentials, LunSpec, Manifest, TargetSpec
+from iscsi_conformance.peers.base import ChapAccount, LunSpec, Manifest, TargetSpec
 
 REFERENCE_INITIATOR_NAME = "iqn.2024-01.org.iscsi-conformance:reference-initiator"
 OTHER_INITIATOR_NAME = "iqn.2024-01.org.iscsi-conformance:other-initiator"
@@ -48,14 +48,14 @@ class Profile:
 class Credentials:
     """The run's CHAP credentials (generated once per run)."""
 
-    initiator: ChapCredentials
-    target: ChapCredentials  # for mutual CHAP; different secret (RFC 7143 12.1.3)
+    initiator: ChapAccount
+    target: ChapAccount  # for mutual CHAP; different secret (RFC 7143 12.1.3)
 
     @classmethod
     def generate(cls) -> Credentials:
         return cls(
-            initiator=ChapCredentials("conformance-initiator", _secret("in")),
-            target=ChapCredentials("conformance-target", _secret("tg")),
+            initiator=ChapAccount("conformance-initiator", _secret("in")),
+            target=ChapAccount("conformance-target", _secret("tg")),
         )
 
 

@@ -42,7 +42,7 @@ from iscsi_conformance.core.discovery import (
 )
 from iscsi_conformance.core.negotiation import NegotiatedParameters
 from iscsi_conformance.core.pdu import PDU, NopIn, Tamper, encode
-from iscsi_conformance.credentials import ChapCredentials
+from iscsi_conformance.credentials import ChapAccount
 from iscsi_conformance.errors import (
     ISCSIConformanceError,
     LoginError,
@@ -473,7 +473,7 @@ class Session:
         self.async_messages: list[Any] = []
         self.block_sizes: dict[int, int] = {}
         self.retry_unit_attention = 3  # helpers only; execute() never retries
-        self._chap: tuple[ChapCredentials | None, ChapCredentials | None] = (None, None)
+        self._chap: tuple[ChapAccount | None, ChapAccount | None] = (None, None)
         self._login_args: dict[str, Any] = {}
         self.logged_out = False
 
@@ -515,8 +515,8 @@ class Session:
         isid: int | None = None,
         tsih: int = 0,
         cid: int = 0,
-        chap: ChapCredentials | None = None,
-        mutual_chap: ChapCredentials | None = None,
+        chap: ChapAccount | None = None,
+        mutual_chap: ChapAccount | None = None,
         chap_algorithms: Sequence[int] = (5,),
         keys: Mapping[str, str | None] | None = None,
         session_type: str = "Normal",
@@ -955,8 +955,8 @@ async def discover(
     port: int = 3260,
     *,
     initiator_name: str = DEFAULT_INITIATOR_NAME,
-    chap: ChapCredentials | None = None,
-    mutual_chap: ChapCredentials | None = None,
+    chap: ChapAccount | None = None,
+    mutual_chap: ChapAccount | None = None,
     send_targets: str = "All",
     keys: Mapping[str, str | None] | None = None,
     login_hook: LoginHook | None = None,

@@ -38,7 +38,7 @@ from iscsi_conformance.core.login import (
 )
 from iscsi_conformance.core.negotiation import NegotiatedParameters, Negotiator
 from iscsi_conformance.core.pdu import PDU, LoginRequest, LoginResponse
-from iscsi_conformance.credentials import ChapCredentials
+from iscsi_conformance.credentials import ChapAccount
 from iscsi_conformance.errors import (
     AuthenticationError,
     LoginError,
@@ -196,8 +196,8 @@ class LoginFlow:
         expstatsn: int = 0,
         session_type: str = "Normal",
         keys: Mapping[str, str | None] | None = None,
-        chap_credentials: ChapCredentials | None = None,
-        mutual_chap: ChapCredentials | None = None,
+        chap_credentials: ChapAccount | None = None,
+        mutual_chap: ChapAccount | None = None,
         chap_policy: chap.ChapPolicy | None = None,
         chap_algorithms: Sequence[int] = (5,),
         auth_method: str | None = None,

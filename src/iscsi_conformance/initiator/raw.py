@@ -40,7 +40,7 @@ from iscsi_conformance.core.pdu import (
     encode,
 )
 from iscsi_conformance.core.serial import gt as sn_gt
-from iscsi_conformance.credentials import ChapCredentials
+from iscsi_conformance.credentials import ChapAccount
 from iscsi_conformance.errors import LoginError, ProtocolError
 
 from .client import DEFAULT_INITIATOR_NAME, ResponseTimeout
@@ -284,8 +284,8 @@ class RawConnection:
         isid: int | None = None,
         tsih: int = 0,
         cid: int = 0,
-        chap: ChapCredentials | None = None,
-        mutual_chap: ChapCredentials | None = None,
+        chap: ChapAccount | None = None,
+        mutual_chap: ChapAccount | None = None,
         chap_algorithms: Sequence[int] = (5,),
         keys: Mapping[str, str | None] | None = None,
         session_type: str = "Normal",

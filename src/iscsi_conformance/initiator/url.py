@@ -25,7 +25,7 @@ from iscsi_conformance.core.discovery import (
     format_hostport,
     parse_hostport,
 )
-from iscsi_conformance.credentials import ChapCredentials
+from iscsi_conformance.credentials import ChapAccount
 from iscsi_conformance.errors import URLError
 
 __all__ = ["DEFAULT_PORT", "ISCSIURL", "format_hostport", "parse_portal", "parse_url"]
@@ -52,18 +52,18 @@ class ISCSIURL:
     data_digest: str | None = None
 
     @property
-    def chap(self) -> ChapCredentials | None:
+    def chap(self) -> ChapAccount | None:
         """One-way CHAP credentials (initiator authenticates to target), if given."""
         if self.user is None:
             return None
-        return ChapCredentials(self.user, self.secret or "")
+        return ChapAccount(self.user, self.secret or "")
 
     @property
-    def mutual_chap(self) -> ChapCredentials | None:
+    def mutual_chap(self) -> ChapAccount | None:
         """Credentials the target must prove (mutual CHAP), if given."""
         if self.target_user is None:
             return None
-        return ChapCredentials(self.target_user, self.target_secret or "")
+        return ChapAccount(self.target_user, self.target_secret or "")
 
     @property
     def portal(self) -> str:

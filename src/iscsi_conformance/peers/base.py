@@ -14,12 +14,12 @@ import abc
 import dataclasses
 from typing import Any, Literal
 
-from iscsi_conformance.credentials import ChapCredentials
+from iscsi_conformance.credentials import ChapAccount
 
 from .commandlog import CommandLog, CommandRecord
 
 __all__ = [
-    "ChapCredentials",
+    "ChapAccount",
     "CommandLog",
     "CommandRecord",
 ]  # re-exported: drivers import them from here
@@ -40,8 +40,8 @@ class TargetSpec:
 
     iqn: str
     luns: tuple[LunSpec, ...] = (LunSpec(),)
-    chap: ChapCredentials | None = None  # initiator authenticates to target
-    mutual_chap: ChapCredentials | None = None  # target authenticates to initiator
+    chap: ChapAccount | None = None  # initiator authenticates to target
+    mutual_chap: ChapAccount | None = None  # target authenticates to initiator
     allowed_initiators: tuple[str, ...] = ()  # empty: any initiator (generate ACLs)
     header_digest: tuple[str, ...] = ("None", "CRC32C")  # target's preference, in order
     data_digest: tuple[str, ...] = ("None", "CRC32C")
@@ -67,8 +67,8 @@ class TargetEndpoint:
 
 @dataclasses.dataclass(frozen=True)
 class LoginOptions:
-    chap: ChapCredentials | None = None
-    mutual_chap: ChapCredentials | None = None
+    chap: ChapAccount | None = None
+    mutual_chap: ChapAccount | None = None
     header_digest: str = "None"  # value offered, e.g. "CRC32C,None"
     data_digest: str = "None"
     parameters: tuple[tuple[str, str], ...] = ()

@@ -219,12 +219,12 @@ def _credentials(text: str | None, what: str) -> Any:
     if not text:
         return None
     from iscsi_conformance.errors import ConfigError
-    from iscsi_conformance.peers.base import ChapCredentials
+    from iscsi_conformance.peers.base import ChapAccount
 
     if "%" not in text:
         raise ConfigError(f"{what} must be USER%SECRET", field=what)
     user, secret = text.split("%", 1)
-    return ChapCredentials(user, secret)
+    return ChapAccount(user, secret)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from iscsi_conformance.harness.profiles import PROFILES, REFERENCE_INITIATOR_NAME, Credentials
-from iscsi_conformance.peers.base import ChapCredentials, InitiatorDriver, Manifest, TargetEndpoint
+from iscsi_conformance.peers.base import ChapAccount, InitiatorDriver, Manifest, TargetEndpoint
 
 
 @dataclasses.dataclass
@@ -115,7 +115,7 @@ class TargetUnderTest:
             pytest.skip(f"target {self.name} cannot serve profile {profile!r}: {why}")
         return ep  # type: ignore[no-any-return]
 
-    def chap_for(self, profile: str) -> tuple[ChapCredentials | None, ChapCredentials | None]:
+    def chap_for(self, profile: str) -> tuple[ChapAccount | None, ChapAccount | None]:
         """The CHAP credentials an initiator must use for ``profile``."""
         if self.external:
             return getattr(self.entry, "external_chap", None), (
