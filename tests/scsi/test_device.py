@@ -8,7 +8,7 @@ import pytest
 from scsi_util import BLOCKS, NODE_A, NODE_B, attach, check, good, illegal, make_lu, nexus
 
 from iscsi_conformance.scsi import cdb as C
-from iscsi_conformance.scsi.codes import Asc, Opcode, ResetKind, ScsiStatus, SenseKey
+from iscsi_conformance.scsi.codes import Asc, ResetKind, ScsiOpcode, ScsiStatus, SenseKey
 from iscsi_conformance.scsi.device import COMMANDS, LogicalUnit, encode_lun, report_luns_data
 from iscsi_conformance.scsi.sense import SenseData
 
@@ -552,7 +552,7 @@ def test_report_supported_opcodes(lu: LogicalUnit) -> None:
             one.support == 3 and one.cdb_usage[0] == d.opcode and len(one.cdb_usage) == d.cdb_length
         )
     one = C.parse_report_supported_opcode_one(
-        good(lu.execute(A, C.report_supported_opcodes(1, Opcode.READ_10, rctd=True)))
+        good(lu.execute(A, C.report_supported_opcodes(1, ScsiOpcode.READ_10, rctd=True)))
     )
     assert one.cdb_usage[1] & 0x18 == 0x18 and one.timeouts == (1, 30)
     assert (
@@ -561,7 +561,7 @@ def test_report_supported_opcodes(lu: LogicalUnit) -> None:
         ).support
         == 1
     )
-    good(lu.execute(A, C.report_supported_opcodes(3, Opcode.READ_10)))
+    good(lu.execute(A, C.report_supported_opcodes(3, ScsiOpcode.READ_10)))
     illegal(lu.execute(A, C.report_supported_opcodes(5)))
     assert len(good(lu.execute(A, C.report_supported_opcodes(alloc=10)))) == 10
 

@@ -5,7 +5,7 @@ Only ``backing.py`` touches files; everything else is pure computation.
 """
 
 from .backing import Backing, RamBacking, SparseFileBacking
-from .codes import Asc, Opcode, PrInAction, PrOutAction, PrType, ResetKind, ScsiStatus, SenseKey
+from .codes import Asc, PrInAction, PrOutAction, PrType, ResetKind, ScsiOpcode, ScsiStatus, SenseKey
 from .device import COMMANDS, CommandSpec, LogicalUnit, ScsiOutcome, encode_lun, report_luns_data
 from .nexus import Nexus, decode_transport_id, encode_transport_id
 from .reservations import AccessClass, Capabilities, PrOutResult, Registration, ReservationState
@@ -20,7 +20,6 @@ __all__ = [
     "CommandSpec",
     "LogicalUnit",
     "Nexus",
-    "Opcode",
     "PrInAction",
     "PrOutAction",
     "PrOutResult",
@@ -29,6 +28,7 @@ __all__ = [
     "Registration",
     "ReservationState",
     "ResetKind",
+    "ScsiOpcode",
     "ScsiOutcome",
     "ScsiStatus",
     "SenseData",

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .codes import MaintenanceIn, Opcode, ServiceActionIn16
+from .codes import MaintenanceIn, ScsiOpcode, ServiceActionIn16
 from .nexus import decode_transport_id, encode_transport_id
 
 
@@ -45,13 +45,13 @@ test_unit_ready.__test__ = False  # type: ignore[attr-defined]  # not a pytest t
 
 def request_sense(alloc: int = 252, *, desc: bool = False) -> bytes:
     """REQUEST SENSE (SPC-4 6.29)."""
-    return bytes([Opcode.REQUEST_SENSE, int(desc), 0, 0, _fit(alloc, 8, "alloc"), 0])
+    return bytes([ScsiOpcode.REQUEST_SENSE, int(desc), 0, 0, _fit(alloc, 8, "alloc"), 0])
 
 
 def inquiry(evpd: bool = False, page: int = 0, alloc: int = 255) -> bytes:
     """INQUIRY (SPC-4 6.4.1)."""
     return struct.pack(
-        ">BBBHB", Opcode.INQUIRY, int(evpd), _fit(page, 8, "page"), _fit(alloc, 16, "alloc"), 0
+        ">BBBHB", ScsiOpcode.INQUIRY, int(evpd), _fit(page, 8, "page"), _fit(alloc, 16, "alloc"), 0
     )
 
 
@@ -59,7 +59,7 @@ def report_luns(alloc: int = 4096, select_report: int = 0) -> bytes:
     """REPORT LUNS (SPC-4 6.33)."""
     return struct.pack(
         ">BxBxxxIxB",
-        Opcode.REPORT_LUNS,
+        ScsiOpcode.REPORT_LUNS,
         _fit(select_report, 8, "select_report"),
         _fit(alloc, 32, "alloc"),
         0,
@@ -72,7 +72,7 @@ def mode_sense6(
     """MODE SENSE(6) (SPC-4 6.11)."""
     return bytes(
         [
-            Opcode.MODE_SENSE_6,
+            ScsiOpcode.MODE_SENSE_6,
             0x08 if dbd else 0,
             _fit(pc, 2, "pc") << 6 | _fit(page, 6, "page"),
             _fit(subpage, 8, "subpage"),
@@ -95,7 +95,7 @@ def mode_sense10(
     b1 = (0x10 if llbaa else 0) | (0x08 if dbd else 0)
     return struct.pack(
         ">BBBBxxxHB",
-        Opcode.MODE_SENSE_10,
+        ScsiOpcode.MODE_SENSE_10,
         b1,
         _fit(pc, 2, "pc") << 6 | _fit(page, 6, "page"),
         _fit(subpage, 8, "subpage"),
@@ -108,7 +108,7 @@ def mode_select6(param_len: int, *, pf: bool = True, sp: bool = False) -> bytes:
     """MODE SELECT(6) (SPC-4 6.9)."""
     return bytes(
         [
-            Opcode.MODE_SELECT_6,
+            ScsiOpcode.MODE_SELECT_6,
             (0x10 if pf else 0) | int(sp),
             0,
             0,
@@ -122,7 +122,7 @@ def mode_select10(param_len: int, *, pf: bool = True, sp: bool = False) -> bytes
     """MODE SELECT(10) (SPC-4 6.10)."""
     return struct.pack(
         ">BBxxxxxHB",
-        Opcode.MODE_SELECT_10,
+        ScsiOpcode.MODE_SELECT_10,
         (0x10 if pf else 0) | int(sp),
         _fit(param_len, 16, "param_len"),
         0,
@@ -149,28 +149,32 @@ def mode_parameter_list10(
 
 def reserve6() -> bytes:
     """RESERVE(6) (SPC-2 7.21)."""
-    return bytes([Opcode.RESERVE_6, 0, 0, 0, 0, 0])
+    return bytes([ScsiOpcode.RESERVE_6, 0, 0, 0, 0, 0])
 
 
 def release6() -> bytes:
     """RELEASE(6) (SPC-2 7.19)."""
-    return bytes([Opcode.RELEASE_6, 0, 0, 0, 0, 0])
+    return bytes([ScsiOpcode.RELEASE_6, 0, 0, 0, 0, 0])
 
 
 def reserve10() -> bytes:
     """RESERVE(10) (SPC-2 7.22), logical unit reservation, no third party."""
-    return bytes([Opcode.RESERVE_10] + [0] * 9)
+    return bytes([ScsiOpcode.RESERVE_10] + [0] * 9)
 
 
 def release10() -> bytes:
     """RELEASE(10) (SPC-2 7.20)."""
-    return bytes([Opcode.RELEASE_10] + [0] * 9)
+    return bytes([ScsiOpcode.RELEASE_10] + [0] * 9)
 
 
 def persistent_reserve_in(sa: int, alloc: int = 8192) -> bytes:
     """PERSISTENT RESERVE IN (SPC-4 6.15)."""
     return struct.pack(
-        ">BBxxxxxHB", Opcode.PERSISTENT_RESERVE_IN, _fit(sa, 5, "sa"), _fit(alloc, 16, "alloc"), 0
+        ">BBxxxxxHB",
+        ScsiOpcode.PERSISTENT_RESERVE_IN,
+        _fit(sa, 5, "sa"),
+        _fit(alloc, 16, "alloc"),
+        0,
     )
 
 
@@ -178,7 +182,7 @@ def persistent_reserve_out(sa: int, scope: int = 0, pr_type: int = 0, param_len:
     """PERSISTENT RESERVE OUT (SPC-4 6.16)."""
     return struct.pack(
         ">BBBxxIB",
-        Opcode.PERSISTENT_RESERVE_OUT,
+        ScsiOpcode.PERSISTENT_RESERVE_OUT,
         _fit(sa, 5, "sa"),
         _fit(scope, 4, "scope") << 4 | _fit(pr_type, 4, "pr_type"),
         _fit(param_len, 32, "param_len"),
@@ -260,7 +264,7 @@ def report_supported_opcodes(
     """REPORT SUPPORTED OPERATION CODES (SPC-4 6.35)."""
     return struct.pack(
         ">BBBBHIxB",
-        Opcode.MAINTENANCE_IN,
+        ScsiOpcode.MAINTENANCE_IN,
         MaintenanceIn.REPORT_SUPPORTED_OPERATION_CODES,
         (0x80 if rctd else 0) | _fit(options, 3, "options"),
         _fit(opcode, 8, "opcode"),
@@ -275,14 +279,14 @@ def report_supported_opcodes(
 
 def read_capacity10() -> bytes:
     """READ CAPACITY(10) (SBC-3 5.15)."""
-    return bytes([Opcode.READ_CAPACITY_10] + [0] * 9)
+    return bytes([ScsiOpcode.READ_CAPACITY_10] + [0] * 9)
 
 
 def read_capacity16(alloc: int = 32) -> bytes:
     """READ CAPACITY(16) (SBC-3 5.16)."""
     return struct.pack(
         ">BBQIBB",
-        Opcode.SERVICE_ACTION_IN_16,
+        ScsiOpcode.SERVICE_ACTION_IN_16,
         ServiceActionIn16.READ_CAPACITY_16,
         0,
         _fit(alloc, 32, "alloc"),
@@ -295,7 +299,7 @@ def get_lba_status(lba: int, alloc: int = 24) -> bytes:
     """GET LBA STATUS (SBC-3 5.8)."""
     return struct.pack(
         ">BBQIBB",
-        Opcode.SERVICE_ACTION_IN_16,
+        ScsiOpcode.SERVICE_ACTION_IN_16,
         ServiceActionIn16.GET_LBA_STATUS,
         _fit(lba, 64, "lba"),
         _fit(alloc, 32, "alloc"),
@@ -313,7 +317,7 @@ def read6(lba: int, blocks: int) -> bytes:
     if not 1 <= blocks <= 256:
         raise ValueError("READ(6) transfers 1..256 blocks")
     return struct.pack(
-        ">BBHBB", Opcode.READ_6, _fit(lba, 21, "lba") >> 16, lba & 0xFFFF, blocks & 0xFF, 0
+        ">BBHBB", ScsiOpcode.READ_6, _fit(lba, 21, "lba") >> 16, lba & 0xFFFF, blocks & 0xFF, 0
     )
 
 
@@ -322,7 +326,7 @@ def write6(lba: int, blocks: int) -> bytes:
     if not 1 <= blocks <= 256:
         raise ValueError("WRITE(6) transfers 1..256 blocks")
     return struct.pack(
-        ">BBHBB", Opcode.WRITE_6, _fit(lba, 21, "lba") >> 16, lba & 0xFFFF, blocks & 0xFF, 0
+        ">BBHBB", ScsiOpcode.WRITE_6, _fit(lba, 21, "lba") >> 16, lba & 0xFFFF, blocks & 0xFF, 0
     )
 
 
@@ -372,7 +376,7 @@ def read10(
     group: int = 0,
 ) -> bytes:
     """READ(10) (SBC-3 5.10)."""
-    return _cdb10(Opcode.READ_10, _rw_flags(rdprotect, dpo, fua), lba, blocks, group)
+    return _cdb10(ScsiOpcode.READ_10, _rw_flags(rdprotect, dpo, fua), lba, blocks, group)
 
 
 def read12(
@@ -385,7 +389,7 @@ def read12(
     group: int = 0,
 ) -> bytes:
     """READ(12) (SBC-3 5.11)."""
-    return _cdb12(Opcode.READ_12, _rw_flags(rdprotect, dpo, fua), lba, blocks, group)
+    return _cdb12(ScsiOpcode.READ_12, _rw_flags(rdprotect, dpo, fua), lba, blocks, group)
 
 
 def read16(
@@ -398,7 +402,7 @@ def read16(
     group: int = 0,
 ) -> bytes:
     """READ(16) (SBC-3 5.12)."""
-    return _cdb16(Opcode.READ_16, _rw_flags(rdprotect, dpo, fua), lba, blocks, group)
+    return _cdb16(ScsiOpcode.READ_16, _rw_flags(rdprotect, dpo, fua), lba, blocks, group)
 
 
 def write10(
@@ -411,7 +415,7 @@ def write10(
     group: int = 0,
 ) -> bytes:
     """WRITE(10) (SBC-3 5.33)."""
-    return _cdb10(Opcode.WRITE_10, _rw_flags(wrprotect, dpo, fua), lba, blocks, group)
+    return _cdb10(ScsiOpcode.WRITE_10, _rw_flags(wrprotect, dpo, fua), lba, blocks, group)
 
 
 def write12(
@@ -424,7 +428,7 @@ def write12(
     group: int = 0,
 ) -> bytes:
     """WRITE(12) (SBC-3 5.34)."""
-    return _cdb12(Opcode.WRITE_12, _rw_flags(wrprotect, dpo, fua), lba, blocks, group)
+    return _cdb12(ScsiOpcode.WRITE_12, _rw_flags(wrprotect, dpo, fua), lba, blocks, group)
 
 
 def write16(
@@ -437,7 +441,7 @@ def write16(
     group: int = 0,
 ) -> bytes:
     """WRITE(16) (SBC-3 5.35)."""
-    return _cdb16(Opcode.WRITE_16, _rw_flags(wrprotect, dpo, fua), lba, blocks, group)
+    return _cdb16(ScsiOpcode.WRITE_16, _rw_flags(wrprotect, dpo, fua), lba, blocks, group)
 
 
 def write_verify10(
@@ -445,7 +449,7 @@ def write_verify10(
 ) -> bytes:
     """WRITE AND VERIFY(10) (SBC-3 5.37)."""
     return _cdb10(
-        Opcode.WRITE_AND_VERIFY_10,
+        ScsiOpcode.WRITE_AND_VERIFY_10,
         _rw_flags(wrprotect, dpo, False) | (0x02 if bytchk else 0),
         lba,
         blocks,
@@ -457,7 +461,7 @@ def write_verify12(
 ) -> bytes:
     """WRITE AND VERIFY(12) (SBC-3 5.38)."""
     return _cdb12(
-        Opcode.WRITE_AND_VERIFY_12,
+        ScsiOpcode.WRITE_AND_VERIFY_12,
         _rw_flags(wrprotect, dpo, False) | (0x02 if bytchk else 0),
         lba,
         blocks,
@@ -469,7 +473,7 @@ def write_verify16(
 ) -> bytes:
     """WRITE AND VERIFY(16) (SBC-3 5.39)."""
     return _cdb16(
-        Opcode.WRITE_AND_VERIFY_16,
+        ScsiOpcode.WRITE_AND_VERIFY_16,
         _rw_flags(wrprotect, dpo, False) | (0x02 if bytchk else 0),
         lba,
         blocks,
@@ -481,7 +485,7 @@ def verify10(
 ) -> bytes:
     """VERIFY(10) (SBC-3 5.29); ``bytchk`` 0 (medium), 1 (compare), 3 (one block vs all)."""
     return _cdb10(
-        Opcode.VERIFY_10,
+        ScsiOpcode.VERIFY_10,
         _rw_flags(vrprotect, dpo, False) | _fit(bytchk, 2, "bytchk") << 1,
         lba,
         blocks,
@@ -493,7 +497,7 @@ def verify12(
 ) -> bytes:
     """VERIFY(12) (SBC-3 5.30)."""
     return _cdb12(
-        Opcode.VERIFY_12,
+        ScsiOpcode.VERIFY_12,
         _rw_flags(vrprotect, dpo, False) | _fit(bytchk, 2, "bytchk") << 1,
         lba,
         blocks,
@@ -505,7 +509,7 @@ def verify16(
 ) -> bytes:
     """VERIFY(16) (SBC-3 5.31)."""
     return _cdb16(
-        Opcode.VERIFY_16,
+        ScsiOpcode.VERIFY_16,
         _rw_flags(vrprotect, dpo, False) | _fit(bytchk, 2, "bytchk") << 1,
         lba,
         blocks,
@@ -514,22 +518,22 @@ def verify16(
 
 def synchronize_cache10(lba: int = 0, blocks: int = 0, *, immed: bool = False) -> bytes:
     """SYNCHRONIZE CACHE(10) (SBC-3 5.22)."""
-    return _cdb10(Opcode.SYNCHRONIZE_CACHE_10, 0x02 if immed else 0, lba, blocks)
+    return _cdb10(ScsiOpcode.SYNCHRONIZE_CACHE_10, 0x02 if immed else 0, lba, blocks)
 
 
 def synchronize_cache16(lba: int = 0, blocks: int = 0, *, immed: bool = False) -> bytes:
     """SYNCHRONIZE CACHE(16) (SBC-3 5.23)."""
-    return _cdb16(Opcode.SYNCHRONIZE_CACHE_16, 0x02 if immed else 0, lba, blocks)
+    return _cdb16(ScsiOpcode.SYNCHRONIZE_CACHE_16, 0x02 if immed else 0, lba, blocks)
 
 
 def prefetch10(lba: int, blocks: int, *, immed: bool = False, group: int = 0) -> bytes:
     """PRE-FETCH(10) (SBC-3 5.6)."""
-    return _cdb10(Opcode.PRE_FETCH_10, 0x02 if immed else 0, lba, blocks, group)
+    return _cdb10(ScsiOpcode.PRE_FETCH_10, 0x02 if immed else 0, lba, blocks, group)
 
 
 def prefetch16(lba: int, blocks: int, *, immed: bool = False, group: int = 0) -> bytes:
     """PRE-FETCH(16) (SBC-3 5.7)."""
-    return _cdb16(Opcode.PRE_FETCH_16, 0x02 if immed else 0, lba, blocks, group)
+    return _cdb16(ScsiOpcode.PRE_FETCH_16, 0x02 if immed else 0, lba, blocks, group)
 
 
 def write_same10(
@@ -537,7 +541,7 @@ def write_same10(
 ) -> bytes:
     """WRITE SAME(10) (SBC-3 5.42)."""
     b1 = _fit(wrprotect, 3, "wrprotect") << 5 | (0x10 if anchor else 0) | (0x08 if unmap else 0)
-    return _cdb10(Opcode.WRITE_SAME_10, b1, lba, blocks)
+    return _cdb10(ScsiOpcode.WRITE_SAME_10, b1, lba, blocks)
 
 
 def write_same16(
@@ -556,13 +560,13 @@ def write_same16(
         | (0x08 if unmap else 0)
         | (0x01 if ndob else 0)
     )
-    return _cdb16(Opcode.WRITE_SAME_16, b1, lba, blocks)
+    return _cdb16(ScsiOpcode.WRITE_SAME_16, b1, lba, blocks)
 
 
 def unmap(param_len: int, *, anchor: bool = False) -> bytes:
     """UNMAP (SBC-3 5.28); the parameter list comes from ``unmap_parameters``."""
     return struct.pack(
-        ">BBxxxxBHB", Opcode.UNMAP, int(anchor), 0, _fit(param_len, 16, "param_len"), 0
+        ">BBxxxxBHB", ScsiOpcode.UNMAP, int(anchor), 0, _fit(param_len, 16, "param_len"), 0
     )
 
 
@@ -586,7 +590,7 @@ def compare_and_write(
     """COMPARE AND WRITE (SBC-3 5.2); Data-Out is 2 x blocks (verify data, then write data)."""
     return struct.pack(
         ">BBQxxxBBB",
-        Opcode.COMPARE_AND_WRITE,
+        ScsiOpcode.COMPARE_AND_WRITE,
         _rw_flags(wrprotect, dpo, fua),
         _fit(lba, 64, "lba"),
         _fit(blocks, 8, "blocks"),
@@ -611,13 +615,13 @@ def start_stop_unit(
         | (0x02 if loej else 0)
         | int(start)
     )
-    return bytes([Opcode.START_STOP_UNIT, int(immed), 0, _fit(modifier, 4, "modifier"), b4, 0])
+    return bytes([ScsiOpcode.START_STOP_UNIT, int(immed), 0, _fit(modifier, 4, "modifier"), b4, 0])
 
 
 def prevent_allow(prevent: int | bool) -> bytes:
     """PREVENT ALLOW MEDIUM REMOVAL (SBC-3 5.5)."""
     return bytes(
-        [Opcode.PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, _fit(int(prevent), 2, "prevent"), 0]
+        [ScsiOpcode.PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, _fit(int(prevent), 2, "prevent"), 0]
     )
 
 
@@ -651,7 +655,7 @@ def decode_block_cdb(cdb: bytes) -> BlockCdb:
     if n == 12:
         lba, blocks, group = struct.unpack_from(">IIB", cdb, 2)
         return BlockCdb(op, lba, blocks, cdb[1], group & 0x1F)
-    if op == Opcode.COMPARE_AND_WRITE:
+    if op == ScsiOpcode.COMPARE_AND_WRITE:
         (lba,) = struct.unpack_from(">Q", cdb, 2)
         return BlockCdb(op, lba, cdb[13], cdb[1], cdb[14] & 0x1F)
     lba, blocks, group = struct.unpack_from(">QIB", cdb, 2)

@@ -84,7 +84,7 @@ class Asc(IntEnum):
         return self.value & 0xFF
 
 
-class Opcode(IntEnum):
+class ScsiOpcode(IntEnum):
     """Operation codes served or built here (SPC-4 Annex D / SBC-3 Table 12)."""
 
     TEST_UNIT_READY = 0x00

@@ -37,13 +37,13 @@ from .codes import (
     DesignatorType,
     MaintenanceIn,
     ModePage,
-    Opcode,
     PageControl,
     PrInAction,
     ProtocolIdentifier,
     PrOutAction,
     ProvisioningStatus,
     ResetKind,
+    ScsiOpcode,
     ScsiStatus,
     SenseKey,
     ServiceActionIn16,
@@ -154,7 +154,7 @@ R, W, A = AccessClass.READ, AccessClass.WRITE, AccessClass.ALLOWED
 #: SPC-4 Table 65 and SBC-3 Table 13; SCSI-2 exemptions from SPC-2 5.5.1.
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
-        Opcode.TEST_UNIT_READY,
+        ScsiOpcode.TEST_UNIT_READY,
         None,
         "TEST UNIT READY",
         _u(0, 0, 0, 0, 0, 0),
@@ -163,7 +163,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.REQUEST_SENSE,
+        ScsiOpcode.REQUEST_SENSE,
         None,
         "REQUEST SENSE",
         _u(3, 1, 0, 0, 0xFF, 0),
@@ -173,7 +173,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         scsi2_allowed=True,
     ),
     CommandSpec(
-        Opcode.INQUIRY,
+        ScsiOpcode.INQUIRY,
         None,
         "INQUIRY",
         _u(0x12, 1, 0xFF, 0xFF, 0xFF, 0),
@@ -183,7 +183,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         scsi2_allowed=True,
     ),
     CommandSpec(
-        Opcode.REPORT_LUNS,
+        ScsiOpcode.REPORT_LUNS,
         None,
         "REPORT LUNS",
         _u(0xA0, 0, 0xFF, 0, 0, 0, _FF4, 0, 0),
@@ -193,7 +193,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         scsi2_allowed=True,
     ),
     CommandSpec(
-        Opcode.MODE_SENSE_6,
+        ScsiOpcode.MODE_SENSE_6,
         None,
         "MODE SENSE(6)",
         _u(0x1A, 0x08, 0xFF, 0xFF, 0xFF, 0),
@@ -201,7 +201,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         W,
     ),
     CommandSpec(
-        Opcode.MODE_SENSE_10,
+        ScsiOpcode.MODE_SENSE_10,
         None,
         "MODE SENSE(10)",
         _u(0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, _FF2, 0),
@@ -209,7 +209,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         W,
     ),
     CommandSpec(
-        Opcode.MODE_SELECT_6,
+        ScsiOpcode.MODE_SELECT_6,
         None,
         "MODE SELECT(6)",
         _u(0x15, 0x11, 0, 0, 0xFF, 0),
@@ -217,16 +217,16 @@ COMMANDS: tuple[CommandSpec, ...] = (
         W,
     ),
     CommandSpec(
-        Opcode.MODE_SELECT_10,
+        ScsiOpcode.MODE_SELECT_10,
         None,
         "MODE SELECT(10)",
         _u(0x55, 0x11, 0, 0, 0, 0, 0, _FF2, 0),
         "_mode_select",
         W,
     ),
-    CommandSpec(Opcode.RESERVE_6, None, "RESERVE(6)", _u(0x16, 0, 0, 0, 0, 0), "_reserve", W),
+    CommandSpec(ScsiOpcode.RESERVE_6, None, "RESERVE(6)", _u(0x16, 0, 0, 0, 0, 0), "_reserve", W),
     CommandSpec(
-        Opcode.RELEASE_6,
+        ScsiOpcode.RELEASE_6,
         None,
         "RELEASE(6)",
         _u(0x17, 0, 0, 0, 0, 0),
@@ -235,10 +235,15 @@ COMMANDS: tuple[CommandSpec, ...] = (
         scsi2_allowed=True,
     ),
     CommandSpec(
-        Opcode.RESERVE_10, None, "RESERVE(10)", _u(0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0), "_reserve", W
+        ScsiOpcode.RESERVE_10,
+        None,
+        "RESERVE(10)",
+        _u(0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        "_reserve",
+        W,
     ),
     CommandSpec(
-        Opcode.RELEASE_10,
+        ScsiOpcode.RELEASE_10,
         None,
         "RELEASE(10)",
         _u(0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0),
@@ -247,7 +252,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         scsi2_allowed=True,
     ),
     CommandSpec(
-        Opcode.START_STOP_UNIT,
+        ScsiOpcode.START_STOP_UNIT,
         None,
         "START STOP UNIT",
         _u(0x1B, 1, 0, 0x0F, 0xF7, 0),
@@ -255,7 +260,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         _start_stop_access,
     ),
     CommandSpec(
-        Opcode.PREVENT_ALLOW_MEDIUM_REMOVAL,
+        ScsiOpcode.PREVENT_ALLOW_MEDIUM_REMOVAL,
         None,
         "PREVENT ALLOW MEDIUM REMOVAL",
         _u(0x1E, 0, 0, 0, 3, 0),
@@ -264,7 +269,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         scsi2_allowed=_prevent_scsi2,
     ),
     CommandSpec(
-        Opcode.READ_CAPACITY_10,
+        ScsiOpcode.READ_CAPACITY_10,
         None,
         "READ CAPACITY(10)",
         _u(0x25, 0, _FF4, 0, 0, 1, 0),
@@ -273,7 +278,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.SERVICE_ACTION_IN_16,
+        ScsiOpcode.SERVICE_ACTION_IN_16,
         ServiceActionIn16.READ_CAPACITY_16,
         "READ CAPACITY(16)",
         _u(0x9E, 0x10, bytes(8), _FF4, 0, 0),
@@ -282,7 +287,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.SERVICE_ACTION_IN_16,
+        ScsiOpcode.SERVICE_ACTION_IN_16,
         ServiceActionIn16.GET_LBA_STATUS,
         "GET LBA STATUS",
         _u(0x9E, 0x12, _FF8, _FF4, 0, 0),
@@ -291,10 +296,16 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.READ_6, None, "READ(6)", _u(0x08, 0x1F, 0xFF, 0xFF, 0xFF, 0), "_read", R, medium=True
+        ScsiOpcode.READ_6,
+        None,
+        "READ(6)",
+        _u(0x08, 0x1F, 0xFF, 0xFF, 0xFF, 0),
+        "_read",
+        R,
+        medium=True,
     ),
     CommandSpec(
-        Opcode.READ_10,
+        ScsiOpcode.READ_10,
         None,
         "READ(10)",
         _u(0x28, 0x1A, _FF4, 0x1F, _FF2, 0),
@@ -303,7 +314,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.READ_12,
+        ScsiOpcode.READ_12,
         None,
         "READ(12)",
         _u(0xA8, 0x1A, _FF4, _FF4, 0x1F, 0),
@@ -312,7 +323,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.READ_16,
+        ScsiOpcode.READ_16,
         None,
         "READ(16)",
         _u(0x88, 0x1A, _FF8, _FF4, 0x1F, 0),
@@ -321,7 +332,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.WRITE_6,
+        ScsiOpcode.WRITE_6,
         None,
         "WRITE(6)",
         _u(0x0A, 0x1F, 0xFF, 0xFF, 0xFF, 0),
@@ -330,7 +341,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.WRITE_10,
+        ScsiOpcode.WRITE_10,
         None,
         "WRITE(10)",
         _u(0x2A, 0x1A, _FF4, 0x1F, _FF2, 0),
@@ -339,7 +350,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.WRITE_12,
+        ScsiOpcode.WRITE_12,
         None,
         "WRITE(12)",
         _u(0xAA, 0x1A, _FF4, _FF4, 0x1F, 0),
@@ -348,7 +359,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.WRITE_16,
+        ScsiOpcode.WRITE_16,
         None,
         "WRITE(16)",
         _u(0x8A, 0x1A, _FF8, _FF4, 0x1F, 0),
@@ -357,7 +368,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.WRITE_AND_VERIFY_10,
+        ScsiOpcode.WRITE_AND_VERIFY_10,
         None,
         "WRITE AND VERIFY(10)",
         _u(0x2E, 0x12, _FF4, 0x1F, _FF2, 0),
@@ -366,7 +377,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.WRITE_AND_VERIFY_12,
+        ScsiOpcode.WRITE_AND_VERIFY_12,
         None,
         "WRITE AND VERIFY(12)",
         _u(0xAE, 0x12, _FF4, _FF4, 0x1F, 0),
@@ -375,7 +386,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.WRITE_AND_VERIFY_16,
+        ScsiOpcode.WRITE_AND_VERIFY_16,
         None,
         "WRITE AND VERIFY(16)",
         _u(0x8E, 0x12, _FF8, _FF4, 0x1F, 0),
@@ -384,7 +395,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.VERIFY_10,
+        ScsiOpcode.VERIFY_10,
         None,
         "VERIFY(10)",
         _u(0x2F, 0x16, _FF4, 0x1F, _FF2, 0),
@@ -393,7 +404,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.VERIFY_12,
+        ScsiOpcode.VERIFY_12,
         None,
         "VERIFY(12)",
         _u(0xAF, 0x16, _FF4, _FF4, 0x1F, 0),
@@ -402,7 +413,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.VERIFY_16,
+        ScsiOpcode.VERIFY_16,
         None,
         "VERIFY(16)",
         _u(0x8F, 0x16, _FF8, _FF4, 0x1F, 0),
@@ -411,7 +422,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.PRE_FETCH_10,
+        ScsiOpcode.PRE_FETCH_10,
         None,
         "PRE-FETCH(10)",
         _u(0x34, 0x02, _FF4, 0x1F, _FF2, 0),
@@ -420,7 +431,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.PRE_FETCH_16,
+        ScsiOpcode.PRE_FETCH_16,
         None,
         "PRE-FETCH(16)",
         _u(0x90, 0x02, _FF8, _FF4, 0x1F, 0),
@@ -429,7 +440,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.SYNCHRONIZE_CACHE_10,
+        ScsiOpcode.SYNCHRONIZE_CACHE_10,
         None,
         "SYNCHRONIZE CACHE(10)",
         _u(0x35, 0x02, _FF4, 0x1F, _FF2, 0),
@@ -438,7 +449,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.SYNCHRONIZE_CACHE_16,
+        ScsiOpcode.SYNCHRONIZE_CACHE_16,
         None,
         "SYNCHRONIZE CACHE(16)",
         _u(0x91, 0x02, _FF8, _FF4, 0x1F, 0),
@@ -447,7 +458,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.WRITE_SAME_10,
+        ScsiOpcode.WRITE_SAME_10,
         None,
         "WRITE SAME(10)",
         _u(0x41, 0x08, _FF4, 0x1F, _FF2, 0),
@@ -456,7 +467,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.WRITE_SAME_16,
+        ScsiOpcode.WRITE_SAME_16,
         None,
         "WRITE SAME(16)",
         _u(0x93, 0x09, _FF8, _FF4, 0x1F, 0),
@@ -465,7 +476,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.UNMAP,
+        ScsiOpcode.UNMAP,
         None,
         "UNMAP",
         _u(0x42, 0, 0, 0, 0, 0, 0x1F, _FF2, 0),
@@ -475,7 +486,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         thin_only=True,
     ),
     CommandSpec(
-        Opcode.COMPARE_AND_WRITE,
+        ScsiOpcode.COMPARE_AND_WRITE,
         None,
         "COMPARE AND WRITE",
         _u(0x89, 0x18, _FF8, 0, 0, 0, 0xFF, 0x1F, 0),
@@ -484,7 +495,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         medium=True,
     ),
     CommandSpec(
-        Opcode.MAINTENANCE_IN,
+        ScsiOpcode.MAINTENANCE_IN,
         MaintenanceIn.REPORT_SUPPORTED_OPERATION_CODES,
         "REPORT SUPPORTED OPERATION CODES",
         _u(0xA3, 0x0C, 0x87, 0xFF, _FF2, _FF4, 0, 0),
@@ -494,7 +505,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     ),
     *(
         CommandSpec(
-            Opcode.PERSISTENT_RESERVE_IN,
+            ScsiOpcode.PERSISTENT_RESERVE_IN,
             int(sa),
             f"PERSISTENT RESERVE IN ({sa.name})",
             _u(0x5E, int(sa), 0, 0, 0, 0, 0, _FF2, 0),
@@ -505,7 +516,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     ),
     *(
         CommandSpec(
-            Opcode.PERSISTENT_RESERVE_OUT,
+            ScsiOpcode.PERSISTENT_RESERVE_OUT,
             int(sa),
             f"PERSISTENT RESERVE OUT ({sa.name})",
             _u(0x5F, int(sa), 0xFF, 0, 0, _FF4, 0),
@@ -519,10 +530,10 @@ COMMANDS: tuple[CommandSpec, ...] = (
 
 _SA_OPCODES = frozenset(c.opcode for c in COMMANDS if c.service_action is not None)
 _SA_FIELD_MASK: dict[int, int] = {
-    Opcode.PERSISTENT_RESERVE_IN: 0x1F,
-    Opcode.PERSISTENT_RESERVE_OUT: 0x1F,
-    Opcode.SERVICE_ACTION_IN_16: 0x1F,
-    Opcode.MAINTENANCE_IN: 0x1F,
+    ScsiOpcode.PERSISTENT_RESERVE_IN: 0x1F,
+    ScsiOpcode.PERSISTENT_RESERVE_OUT: 0x1F,
+    ScsiOpcode.SERVICE_ACTION_IN_16: 0x1F,
+    ScsiOpcode.MAINTENANCE_IN: 0x1F,
 }
 
 
@@ -653,27 +664,32 @@ class LogicalUnit:
     def _data_out_length(self, cdb: bytes) -> int:
         op = cdb[0]
         bs = self.block_size
-        if op in (Opcode.WRITE_6, Opcode.WRITE_10, Opcode.WRITE_12, Opcode.WRITE_16) or op in (
-            Opcode.WRITE_AND_VERIFY_10,
-            Opcode.WRITE_AND_VERIFY_12,
-            Opcode.WRITE_AND_VERIFY_16,
+        if op in (
+            ScsiOpcode.WRITE_6,
+            ScsiOpcode.WRITE_10,
+            ScsiOpcode.WRITE_12,
+            ScsiOpcode.WRITE_16,
+        ) or op in (
+            ScsiOpcode.WRITE_AND_VERIFY_10,
+            ScsiOpcode.WRITE_AND_VERIFY_12,
+            ScsiOpcode.WRITE_AND_VERIFY_16,
         ):
             return decode_block_cdb(cdb).blocks * bs
-        if op in (Opcode.VERIFY_10, Opcode.VERIFY_12, Opcode.VERIFY_16):
+        if op in (ScsiOpcode.VERIFY_10, ScsiOpcode.VERIFY_12, ScsiOpcode.VERIFY_16):
             b = decode_block_cdb(cdb)
             bytchk = (b.flags >> 1) & 3
             return b.blocks * bs if bytchk == 1 else (bs if bytchk == 3 and b.blocks else 0)
-        if op == Opcode.COMPARE_AND_WRITE:
+        if op == ScsiOpcode.COMPARE_AND_WRITE:
             return 2 * cdb[13] * bs
-        if op == Opcode.WRITE_SAME_10:
+        if op == ScsiOpcode.WRITE_SAME_10:
             return bs
-        if op == Opcode.WRITE_SAME_16:
+        if op == ScsiOpcode.WRITE_SAME_16:
             return 0 if cdb[1] & 0x01 else bs
-        if op in (Opcode.UNMAP, Opcode.MODE_SELECT_10):
+        if op in (ScsiOpcode.UNMAP, ScsiOpcode.MODE_SELECT_10):
             return int(struct.unpack_from(">H", cdb, 7)[0])
-        if op == Opcode.MODE_SELECT_6:
+        if op == ScsiOpcode.MODE_SELECT_6:
             return cdb[4]
-        if op == Opcode.PERSISTENT_RESERVE_OUT:
+        if op == ScsiOpcode.PERSISTENT_RESERVE_OUT:
             return int(struct.unpack_from(">I", cdb, 5)[0])
         return 0
 
@@ -686,19 +702,19 @@ class LogicalUnit:
 
     def _data_in_length(self, cdb: bytes) -> int:
         op = cdb[0]
-        if op in (Opcode.READ_6, Opcode.READ_10, Opcode.READ_12, Opcode.READ_16):
+        if op in (ScsiOpcode.READ_6, ScsiOpcode.READ_10, ScsiOpcode.READ_12, ScsiOpcode.READ_16):
             return decode_block_cdb(cdb).blocks * self.block_size
-        if op in (Opcode.INQUIRY,):
+        if op in (ScsiOpcode.INQUIRY,):
             return int(struct.unpack_from(">H", cdb, 3)[0])
-        if op in (Opcode.REQUEST_SENSE, Opcode.MODE_SENSE_6):
+        if op in (ScsiOpcode.REQUEST_SENSE, ScsiOpcode.MODE_SENSE_6):
             return cdb[4]
-        if op in (Opcode.MODE_SENSE_10, Opcode.PERSISTENT_RESERVE_IN):
+        if op in (ScsiOpcode.MODE_SENSE_10, ScsiOpcode.PERSISTENT_RESERVE_IN):
             return int(struct.unpack_from(">H", cdb, 7)[0])
-        if op == Opcode.READ_CAPACITY_10:
+        if op == ScsiOpcode.READ_CAPACITY_10:
             return 8
-        if op in (Opcode.SERVICE_ACTION_IN_16,):
+        if op in (ScsiOpcode.SERVICE_ACTION_IN_16,):
             return int(struct.unpack_from(">I", cdb, 10)[0])
-        if op in (Opcode.REPORT_LUNS, Opcode.MAINTENANCE_IN):
+        if op in (ScsiOpcode.REPORT_LUNS, ScsiOpcode.MAINTENANCE_IN):
             return int(struct.unpack_from(">I", cdb, 6)[0])
         return 0
 
@@ -851,7 +867,7 @@ class LogicalUnit:
 
     def _check_protect(self, cdb: bytes) -> None:
         """No protection information (SBC-3 4.22): nonzero RD/WR/VRPROTECT is invalid."""
-        if cdb[0] not in (Opcode.READ_6, Opcode.WRITE_6) and cdb[1] & 0xE0:
+        if cdb[0] not in (ScsiOpcode.READ_6, ScsiOpcode.WRITE_6) and cdb[1] & 0xE0:
             raise invalid_field_in_cdb(
                 1, "protection information not supported", bit=7, section="SBC-3 5.10"
             )
@@ -890,7 +906,7 @@ class LogicalUnit:
         return ctx.data_out[:length] if len(ctx.data_out) != length else ctx.data_out
 
     def _fua(self, cdb: bytes) -> None:
-        if cdb[0] not in (Opcode.WRITE_6,) and cdb[1] & 0x08:
+        if cdb[0] not in (ScsiOpcode.WRITE_6,) and cdb[1] & 0x08:
             self.backing.flush()  # force unit access: write through (SBC-3 5.33)
 
     @staticmethod
@@ -1090,7 +1106,7 @@ class LogicalUnit:
     # ---- mode pages
     def _mode_sense(self, ctx: _Ctx) -> ScsiOutcome:
         cdb = ctx.cdb
-        ten = cdb[0] == Opcode.MODE_SENSE_10
+        ten = cdb[0] == ScsiOpcode.MODE_SENSE_10
         dbd = bool(cdb[1] & 0x08)
         llbaa = ten and bool(cdb[1] & 0x10)
         pc, page, sub = cdb[2] >> 6, cdb[2] & 0x3F, cdb[3]
@@ -1127,7 +1143,7 @@ class LogicalUnit:
 
     def _mode_select(self, ctx: _Ctx) -> ScsiOutcome:
         cdb = ctx.cdb
-        ten = cdb[0] == Opcode.MODE_SELECT_10
+        ten = cdb[0] == ScsiOpcode.MODE_SELECT_10
         plen = struct.unpack_from(">H", cdb, 7)[0] if ten else cdb[4]
         if not cdb[1] & 0x10:
             raise invalid_field_in_cdb(
@@ -1180,11 +1196,11 @@ class LogicalUnit:
     # ---- SCSI-2 reservations
     def _reserve(self, ctx: _Ctx) -> ScsiOutcome:
         cdb = ctx.cdb
-        if cdb[0] == Opcode.RESERVE_10 and cdb[1] & 0x12:
+        if cdb[0] == ScsiOpcode.RESERVE_10 and cdb[1] & 0x12:
             raise invalid_field_in_cdb(
                 1, "third-party reservations not supported", bit=4, section="SPC-2 7.22"
             )
-        if cdb[0] == Opcode.RESERVE_6 and cdb[1] & 0x01:
+        if cdb[0] == ScsiOpcode.RESERVE_6 and cdb[1] & 0x01:
             raise invalid_field_in_cdb(
                 1, "extent reservations not supported", bit=0, section="SPC-2 7.21"
             )
@@ -1193,7 +1209,7 @@ class LogicalUnit:
 
     def _release(self, ctx: _Ctx) -> ScsiOutcome:
         cdb = ctx.cdb
-        if cdb[0] == Opcode.RELEASE_10 and cdb[1] & 0x12:
+        if cdb[0] == ScsiOpcode.RELEASE_10 and cdb[1] & 0x12:
             raise invalid_field_in_cdb(
                 1, "third-party release not supported", bit=4, section="SPC-2 7.20"
             )
@@ -1372,9 +1388,9 @@ class LogicalUnit:
         cdb = ctx.cdb
         self._check_protect(cdb)
         verify = cdb[0] in (
-            Opcode.WRITE_AND_VERIFY_10,
-            Opcode.WRITE_AND_VERIFY_12,
-            Opcode.WRITE_AND_VERIFY_16,
+            ScsiOpcode.WRITE_AND_VERIFY_10,
+            ScsiOpcode.WRITE_AND_VERIFY_12,
+            ScsiOpcode.WRITE_AND_VERIFY_16,
         )
         if verify and (cdb[1] >> 1) & 3 > 1:
             raise invalid_field_in_cdb(1, "BYTCHK value not supported", bit=2, section="SBC-3 5.37")
@@ -1446,7 +1462,7 @@ class LogicalUnit:
         cdb = ctx.cdb
         self._check_protect(cdb)
         unmap, anchor = bool(cdb[1] & 0x08), bool(cdb[1] & 0x10)
-        ndob = cdb[0] == Opcode.WRITE_SAME_16 and bool(cdb[1] & 0x01)
+        ndob = cdb[0] == ScsiOpcode.WRITE_SAME_16 and bool(cdb[1] & 0x01)
         if anchor:  # ANC_SUP=0 in the Logical Block Provisioning VPD page
             raise invalid_field_in_cdb(1, "ANCHOR not supported", bit=4, section="SBC-3 5.42")
         if unmap and not self.thin:
@@ -1456,13 +1472,13 @@ class LogicalUnit:
         b = decode_block_cdb(cdb)
         if b.blocks == 0:  # WSNZ=1 (SBC-3 6.5.3)
             raise invalid_field_in_cdb(
-                10 if cdb[0] == Opcode.WRITE_SAME_16 else 7,
+                10 if cdb[0] == ScsiOpcode.WRITE_SAME_16 else 7,
                 "NUMBER OF LOGICAL BLOCKS is zero",
                 section="SBC-3 5.42",
             )
         if self.max_write_same_blocks and b.blocks > self.max_write_same_blocks:
             raise invalid_field_in_cdb(
-                10 if cdb[0] == Opcode.WRITE_SAME_16 else 7,
+                10 if cdb[0] == ScsiOpcode.WRITE_SAME_16 else 7,
                 "exceeds MAXIMUM WRITE SAME LENGTH",
                 section="SBC-3 5.42",
             )
