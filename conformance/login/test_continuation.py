@@ -278,6 +278,19 @@ async def test_text_in_many_pieces(target: Any, pieces: str) -> None:
 # --------------------------------------------------------------------------- text limits
 
 
+def _require_answer(probe: Any, step: Any) -> None:
+    """A malformed request is answered: refused with a Login Response with status 02xx
+    (RFC 7143 11.13.5), or the key answered Reject. Silence and a hang-up are neither."""
+    require(
+        step.response is not None,
+        "R7143-6.1-7",
+        "no answer to a malformed request: it is refused with a Login Response with "
+        "status 02xx (RFC 7143 11.13.5) or the key is answered Reject",
+        sent=probe.sent,
+        received=probe.received,
+    )
+
+
 async def _operational_answer(target: Any, raw: Any, data: bytes) -> tuple[Any, Any]:
     probe = await _to_operational(target, raw)
     step = await probe.send(
@@ -325,14 +338,7 @@ async def test_key_name_of_64_bytes(target: Any) -> None:
     key = ("X-org.iscsi-conformance." + "k" * 64)[:64]
     async with target.raw() as raw:
         probe, step = await _operational_answer(target, raw, text_of([(key, "1")]))
-        require(
-            step.response is not None,
-            "R7143-6.1-7",
-            "no answer to a malformed request: it is refused with a Login Response with "
-            "status 02xx (RFC 7143 11.13.5) or the key is answered Reject",
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_answer(probe, step)
         if step.refused:
             require(
                 step.response.status_class == 2,
@@ -393,14 +399,7 @@ async def test_value_of_256_bytes(target: Any) -> None:
     alias = "a" * 256
     async with target.raw() as raw:
         probe, step = await _operational_answer(target, raw, text_of([("InitiatorAlias", alias)]))
-        require(
-            step.response is not None,
-            "R7143-6.1-7",
-            "no answer to a malformed request: it is refused with a Login Response with "
-            "status 02xx (RFC 7143 11.13.5) or the key is answered Reject",
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_answer(probe, step)
         if step.refused:
             require(
                 step.response.status_class == 2,
@@ -432,14 +431,7 @@ async def test_last_pair_without_nul(target: Any) -> None:
     data = text_of([("ImmediateData", "Yes")]) + b"MaxBurstLength=65536"
     async with target.raw() as raw:
         probe, step = await _operational_answer(target, raw, data)
-        require(
-            step.response is not None,
-            "R7143-6.1-7",
-            "no answer to a malformed request: it is refused with a Login Response with "
-            "status 02xx (RFC 7143 11.13.5) or the key is answered Reject",
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_answer(probe, step)
         if step.refused:
             require(
                 step.response.status_class == 2,
@@ -473,14 +465,7 @@ async def test_pair_without_equals(target: Any) -> None:
     data = text_of([("ImmediateData", "Yes")]) + b"MaxBurstLength\x00"
     async with target.raw() as raw:
         probe, step = await _operational_answer(target, raw, data)
-        require(
-            step.response is not None,
-            "R7143-6.1-7",
-            "no answer to a malformed request: it is refused with a Login Response with "
-            "status 02xx (RFC 7143 11.13.5) or the key is answered Reject",
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_answer(probe, step)
         if step.refused:
             require(
                 step.response.status_class == 2,
