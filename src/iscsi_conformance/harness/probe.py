@@ -78,6 +78,7 @@ __all__ = [
     "NoAnswer",
     "Outcome",
     "ProbeConnection",
+    "Reply",
     "TaskOutcome",
     "full_feature",
     "random_isid",
@@ -620,7 +621,15 @@ def text_of(pairs: Pairs) -> bytes:
 
 @dataclasses.dataclass
 class TaskOutcome:
-    """Everything that came back for one command."""
+    """Everything that came back for one command, and what ended the wait for it.
+
+    ``outcome`` says what happened to the command the way ``LoginStep.outcome`` does for
+    a Login Request: *answered* (a status came: ``response``, or a Reject of the
+    command), *closed* (the target closed the connection ``elapsed`` seconds after the
+    command), *silent* (nothing more within ``timeout`` seconds) or *undecodable*.
+    ``missing()`` is the missing answer as a ``NoAnswer`` (None when answered) and
+    ``shown()`` the received PDUs with it in place, for failure messages.
+    """
 
     command: Any
     sent: list[Any]
@@ -629,6 +638,24 @@ class TaskOutcome:
     status: int | None = None
     response: Any | None = None  # ScsiResponse, or the final Data-In with S=1
     flood: str = ""  # why ``command()`` stopped reading a target that would not stop
+    outcome: Outcome = Outcome.ANSWERED
+    elapsed: float = 0.0  # seconds from the command to its status, the close or the time-out
+    timeout: float = 0.0
+
+    def missing(self) -> NoAnswer | None:
+        """The missing answer (None when a status or a Reject came)."""
+        if self.outcome is Outcome.ANSWERED:
+            return None
+        return NoAnswer(self.outcome, self.elapsed, self.timeout)
+
+    def shown(self) -> list[Any]:
+        """What came back, with the missing answer at its end: a failure message's list."""
+        gone = self.missing()
+        return [*self.received, gone] if gone is not None else list(self.received)
+
+    @property
+    def rejects(self) -> list[Any]:
+        return [p for p in self.received if isinstance(p, P.Reject)]
 
     @property
     def r2ts(self) -> list[Any]:
@@ -663,6 +690,41 @@ class TaskOutcome:
         return None
 
 
+@dataclasses.dataclass
+class Reply:
+    """One full-feature request and what became of it (``FullFeature.exchange``)."""
+
+    request: Any
+    pdu: Any | None  # the answer: same Initiator Task Tag, or a Reject of the request
+    outcome: Outcome
+    elapsed: float  # seconds from the request to the answer, the close or the time-out
+    timeout: float
+    others: list[Any] = dataclasses.field(default_factory=list)  # PDUs answering other things
+
+    def missing(self) -> NoAnswer | None:
+        """The missing answer (None when one came)."""
+        if self.outcome is Outcome.ANSWERED:
+            return None
+        return NoAnswer(self.outcome, self.elapsed, self.timeout)
+
+    def shown(self) -> list[Any]:
+        """What came back, the missing answer in its place: a failure message's list."""
+        last = self.pdu if self.pdu is not None else self.missing()
+        return [*self.others, *([last] if last is not None else [])]
+
+    @property
+    def rejected(self) -> bool:
+        return isinstance(self.pdu, P.Reject)
+
+    @property
+    def closed(self) -> bool:
+        return self.outcome is Outcome.CLOSED
+
+    @property
+    def silent(self) -> bool:
+        return self.outcome is Outcome.SILENT
+
+
 class FullFeature:
     """A raw full-feature connection with sequence numbers tracked, for conformance tests.
 
@@ -670,6 +732,15 @@ class FullFeature:
     unsolicited data, answering R2Ts with Data-Out within the target's
     MaxRecvDataSegmentLength) and returns every PDU that came back, so a test can check
     the target's side of the exchange.
+
+    Every step has an outcome, as login steps do: ``recv`` returns None when nothing
+    answered, and ``no_answer`` then says why (the target closed the connection N ms
+    after our last PDU, stayed silent for the time limit, or sent bytes that are no
+    PDU); ``shown(pdu, ...)`` puts it in place of the missing PDU for a failure
+    message. ``exchange()`` sends one request and waits for the PDU that answers it
+    (same Initiator Task Tag, or a Reject carrying its header) as a ``Reply``. ``send``
+    never raises for a connection the target has closed: the close is evidence, and
+    the next ``recv`` reports it.
     """
 
     def __init__(self, raw: Any, probe: LoginProbe, *, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -681,6 +752,8 @@ class FullFeature:
         self.timeout = timeout
         self.maxcmdsn = self.cmdsn
         self.last_statsn: int | None = None
+        self.no_answer: NoAnswer | None = None  # why the last ``recv`` returned None
+        self._sent_at = time.monotonic()
         n = probe.negotiated
 
         def num(key: str, default: int) -> int:
@@ -720,13 +793,77 @@ class FullFeature:
             self.maxcmdsn = getattr(pdu, "maxcmdsn", self.maxcmdsn)
 
     async def send(self, pdu: Any, *, encoded: bytes | None = None) -> None:
-        await self.raw.send(encoded if encoded is not None else pdu)
+        """Send one PDU; a connection the target already closed is not an error here
+        (the next ``recv`` says it was closed)."""
+        self._sent_at = time.monotonic()
+        try:
+            await self.raw.send(encoded if encoded is not None else pdu)
+        except (TransportError, ConnectionError, OSError):
+            pass
 
     async def recv(self, timeout: float | None = None) -> Any:
-        pdu = await self.raw.recv(timeout=self.timeout if timeout is None else timeout)
+        """The next PDU, or None (``no_answer`` says why: closed, silent, undecodable)."""
+        limit = self.timeout if timeout is None else timeout
+        pdu = await self.raw.recv(timeout=limit)
         if pdu is not None:
             self._note(pdu)
-        return pdu
+            self.no_answer = None
+            return pdu
+        outcome = getattr(self.raw, "last_outcome", Outcome.CLOSED)
+        self.no_answer = NoAnswer(outcome, time.monotonic() - self._sent_at, limit)
+        return None
+
+    def shown(self, *pdus: Any) -> list[Any]:
+        """``pdus`` for a failure message, a None in them replaced by ``no_answer``."""
+        return [
+            p if p is not None else self.no_answer
+            for p in pdus
+            if p is not None or self.no_answer is not None
+        ]
+
+    async def drain(self, seconds: float) -> list[Any]:
+        """Everything that arrives until ``seconds`` pass without a PDU, or the
+        connection closes (``no_answer`` then says which)."""
+        got: list[Any] = []
+        for _ in range(10000):
+            p = await self.recv(timeout=seconds)
+            if p is None:
+                break
+            got.append(p)
+        return got
+
+    async def exchange(
+        self,
+        request: Any,
+        *,
+        answers: Callable[[Any], bool] | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        """Send ``request`` and wait for its answer: a PDU with its Initiator Task Tag
+        (or one ``answers`` accepts), or a Reject carrying its header. PDUs that answer
+        something else are kept in ``Reply.others``."""
+        itt = getattr(request, "itt", None)
+
+        def default(p: Any) -> bool:
+            return getattr(p, "itt", None) == itt and not isinstance(p, P.ScsiDataIn | P.R2T)
+
+        match = answers or default
+        header = P.bhs_of(request) if not isinstance(request, bytes | bytearray) else b""
+        await self.send(request)
+        others: list[Any] = []
+        for _ in range(64):
+            pdu = await self.recv(timeout)
+            if pdu is None:
+                gone = self.no_answer
+                assert gone is not None
+                return Reply(request, None, gone.outcome, gone.elapsed, gone.timeout, others)
+            if match(pdu) or (
+                isinstance(pdu, P.Reject) and (not header or pdu.data[:48] == header[:48])
+            ):
+                elapsed = time.monotonic() - self._sent_at
+                return Reply(request, pdu, Outcome.ANSWERED, elapsed, 0.0, others)
+            others.append(pdu)
+        return Reply(request, None, Outcome.SILENT, time.monotonic() - self._sent_at, 0.0, others)
 
     def take_cmdsn(self, immediate: bool = False) -> int:
         sn = self.cmdsn
@@ -789,8 +926,9 @@ class FullFeature:
             cdb=cdb,
             data=immediate_part,
         )
-        out = TaskOutcome(cmd, [cmd], [])
+        out = TaskOutcome(cmd, [cmd], [], timeout=self.timeout)
         await self.send(cmd)
+        started = self._sent_at
         offset = len(immediate_part)
         end = min(self.first_burst, len(data_out))
         if write and not self.initial_r2t and offset < end:
@@ -801,9 +939,13 @@ class FullFeature:
         # Data-In PDUs than the transfer has bytes) would keep this loop, and the
         # trace, growing until the test's timeout: stop and say so instead.
         empty_run, data_ins = 0, 0
+        out.outcome = Outcome.SILENT  # until a status or a Reject comes
         for _ in range(100000):
             pdu = await self.recv()
             if pdu is None:
+                gone = self.no_answer
+                if gone is not None:
+                    out.outcome = gone.outcome
                 break
             out.received.append(pdu)
             if isinstance(pdu, P.ScsiDataIn):
@@ -825,6 +967,7 @@ class FullFeature:
                 if pdu.status_present:
                     out.status = pdu.status
                     out.response = pdu
+                    out.outcome = Outcome.ANSWERED
                     break
             elif isinstance(pdu, P.R2T) and pdu.itt == itt:
                 if not answer_r2t:
@@ -837,8 +980,10 @@ class FullFeature:
             elif isinstance(pdu, P.ScsiResponse) and pdu.itt == itt:
                 out.status = pdu.status
                 out.response = pdu
+                out.outcome = Outcome.ANSWERED
                 break
             elif isinstance(pdu, P.Reject):
+                out.outcome = Outcome.ANSWERED  # a Reject is an answer (RFC 7143 11.17)
                 break
             elif isinstance(pdu, P.NopIn) and pdu.ttt != 0xFFFFFFFF:
                 ack = P.NopOut(
@@ -850,6 +995,7 @@ class FullFeature:
                 )
                 await self.send(ack)
         out.data = bytes(data)
+        out.elapsed = time.monotonic() - started
         return out
 
     async def _data_out(self, out: TaskOutcome, data: bytes, offset: int, ttt: int) -> None:
