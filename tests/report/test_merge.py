@@ -143,12 +143,12 @@ def test_peers_merged_by_name_role_version_mode() -> None:
 def test_merge_files_refuses_other_major_version(tmp_path: Path, small: Results) -> None:
     good = dump_results(small, tmp_path / "good.json")
     doc = json.loads(good.read_text())
-    doc["version"] = "2.0"
+    doc["version"] = "3.0"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(doc))
     with pytest.raises(ResultsFormatError) as exc:
         merge_files([good, bad])
-    assert "bad.json" in str(exc.value) and "2.0" in str(exc.value)
+    assert "bad.json" in str(exc.value) and "3.0" in str(exc.value)
     with pytest.raises(ResultsFormatError, match="no input files"):
         merge_files([])
 

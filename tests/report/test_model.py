@@ -48,7 +48,7 @@ def test_round_trip_through_text_is_stable(sample: Results) -> None:
 def test_header_and_version(small: Results) -> None:
     doc = small.to_json()
     assert doc["format"] == FORMAT == "iscsi-conformance-results"
-    assert doc["version"] == VERSION == "1.0"
+    assert doc["version"] == VERSION == "2.0"
     assert "secrets" not in doc
 
 
@@ -64,6 +64,46 @@ def test_committed_fixture_is_valid() -> None:
         for i in ("reference", "open-iscsi", "libiscsi")
         for t in ("reference", "tgt", "LIO")
     }
+
+
+def test_version_1_document_is_read_and_upgraded() -> None:
+    """A 1.0 document (written before graded verdicts) is checked against its own schema,
+    read, given grades from its spec levels and skip causes from its skip reasons, and
+    written as the current version: old results still merge with new ones."""
+    path = ROOT / "fixtures" / "reports" / "sample-results-v1.0.json"
+    doc = json.loads(path.read_text())
+    assert doc["version"] == "1.0"
+    assert validate(doc) == [] and validate(doc, use_jsonschema=False) == []
+    r = Results.load(path)
+    assert r.version == "1.0"
+    graded = [t for t in r.tests if t.spec]
+    assert graded and all(t.grade in ("must", "should", "informational") for t in graded)
+    assert {t.outcome for t in r.tests} <= {
+        "passed",
+        "failed",
+        "skipped",
+        "xfailed",
+        "xpassed",
+        "error",
+    }
+    skipped = [t for t in r.tests if t.outcome == "skipped"]
+    assert skipped and all(t.skip_cause is not None for t in skipped)
+    out = r.to_json()
+    assert out["version"] == VERSION and validate(out) == []
+
+
+def test_version_2_adds_grades_and_new_outcomes(small: Results) -> None:
+    doc = small.to_json()
+    doc["tests"][0]["outcome"] = "non-strict"
+    doc["tests"][0]["grade"] = "should"
+    doc["tests"][1]["outcome"] = "informational"
+    doc["runs"][0]["strict"] = True
+    doc["requirements"][0]["level"] = "INFORMATIONAL"
+    assert validate(doc) == [] and validate(doc, use_jsonschema=False) == []
+    r = Results.from_json(doc)
+    assert r.tests[0].grade == "should" and r.runs[0].strict
+    doc["version"] = "1.0"  # the same document as 1.0: its schema knows none of it
+    assert validate(doc) and validate(doc, use_jsonschema=False)
 
 
 def _break(doc: dict[str, Any], how: str) -> dict[str, Any]:
@@ -116,20 +156,20 @@ def test_schema_rejects(small: Results, how: str, use_jsonschema: bool) -> None:
 
 def test_other_major_version_is_refused(small: Results) -> None:
     doc = small.to_json()
-    doc["version"] = "2.0"
+    doc["version"] = "3.0"
     with pytest.raises(
-        ResultsFormatError, match=r"x\.json: format version 2\.0 cannot be read.*1\.x"
+        ResultsFormatError, match=r"x\.json: format version 3\.0 cannot be read.*1\.x and 2\.x"
     ):
         Results.from_json(doc, source="x.json")
 
 
 def test_newer_minor_version_is_read_ignoring_new_fields(small: Results) -> None:
     doc = small.to_json()
-    doc["version"] = "1.7"
-    doc["tests"][0]["new_field_of_1_7"] = {"x": 1}
+    doc["version"] = "2.7"
+    doc["tests"][0]["new_field_of_2_7"] = {"x": 1}
     doc["attachments"] = []
     r = Results.from_json(doc)
-    assert r.version == "1.7"
+    assert r.version == "2.7"
     assert r.to_json()["version"] == VERSION  # written as what we know
 
 

@@ -8,7 +8,19 @@ from pathlib import Path
 from typing import Any
 
 FIELDS = ("id", "document", "section", "level", "role", "text")
-LEVELS = {"MUST", "MUST NOT", "SHOULD", "SHOULD NOT", "MAY", "REQUIRED", "SHALL", "SHALL NOT"}
+# RFC 2119 levels, and INFORMATIONAL for a row with no normative word behind it (a
+# robustness check: what a peer does is recorded, never failed; grading.py)
+LEVELS = {
+    "MUST",
+    "MUST NOT",
+    "SHOULD",
+    "SHOULD NOT",
+    "MAY",
+    "REQUIRED",
+    "SHALL",
+    "SHALL NOT",
+    "INFORMATIONAL",
+}
 ROLES = {"target", "initiator", "both"}
 
 
@@ -41,3 +53,14 @@ def load_catalog(directory: Path | None = None) -> list[dict[str, Any]]:
             seen.add(req["id"])
             out.append({f: req[f] for f in FIELDS})
     return out
+
+
+@functools.cache
+def level_of(requirement: str) -> str | None:
+    """The catalog level of one requirement id (None when the catalog lacks it, or
+    cannot be found: a third-party suite may name requirements of its own)."""
+    try:
+        catalog = load_catalog()
+    except (OSError, ValueError, SystemExit):  # suite_dir() exits when no suite is found
+        return None
+    return next((r["level"] for r in catalog if r["id"] == requirement), None)

@@ -15,6 +15,10 @@ constrain, the requirement-catalog IDs it covers, what the pairing must be able 
   the drivers' common interface.
 
 ``violation()`` builds the failure message: which requirement broke, and the PDUs.
+It may name the level of what broke (``level="SHOULD"``); otherwise the plugin takes
+the level of the requirement from the catalog, and failing that the test's own
+references. That level grades the failure (``grading.py``): a MUST broken fails, a
+SHOULD broken is non-strict, an informational check records what it observed.
 """
 
 from __future__ import annotations
@@ -25,8 +29,20 @@ from typing import Any, Literal, TypeVar
 
 import pytest
 
+from iscsi_conformance import grading
+
 PairingKind = Literal["target", "initiator", "all"]
-Level = Literal["MUST", "MUST NOT", "SHOULD", "SHOULD NOT", "MAY", "REQUIRED", "SHALL", "SHALL NOT"]
+Level = Literal[
+    "MUST",
+    "MUST NOT",
+    "SHOULD",
+    "SHOULD NOT",
+    "MAY",
+    "REQUIRED",
+    "SHALL",
+    "SHALL NOT",
+    "INFORMATIONAL",  # no normative word behind it: recorded, never failed
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,23 +81,19 @@ class SpecInfo:
 
     @property
     def level(self) -> str:
-        """The strongest level among the references (MUST beats SHOULD beats MAY)."""
-        order = [
-            "MUST",
-            "MUST NOT",
-            "REQUIRED",
-            "SHALL",
-            "SHALL NOT",
-            "SHOULD",
-            "SHOULD NOT",
-            "MAY",
-        ]
+        """The strongest level among the references (MUST beats SHOULD beats MAY);
+        the first reference's wording among equals."""
         levels = [r.level for r in self.refs] or ["MAY"]
-        return min(levels, key=lambda lv: order.index(lv) if lv in order else len(order))
+        return min(levels, key=lambda lv: grading.GRADES.index(grading.grade_of(lv)))
+
+    @property
+    def grade(self) -> grading.Grade:
+        """What a failure of this test weighs when it names no requirement of its own."""
+        return grading.grade_of(self.level)
 
     @property
     def is_must(self) -> bool:
-        return self.level in ("MUST", "MUST NOT", "REQUIRED", "SHALL", "SHALL NOT")
+        return self.grade == grading.MUST
 
 
 def _parse_ref(ref: str | SpecRef | tuple[str, ...], level: str, role: str) -> SpecRef:
@@ -139,10 +151,18 @@ def info_of(item: pytest.Item) -> SpecInfo | None:
 class ConformanceViolation(AssertionError):
     """A peer broke a requirement. Raised by ``violation()``; reported as a failure."""
 
-    def __init__(self, text: str, *, requirement: str = "", pdus: Sequence[Any] = ()) -> None:
+    def __init__(
+        self,
+        text: str,
+        *,
+        requirement: str = "",
+        pdus: Sequence[Any] = (),
+        level: str | None = None,
+    ) -> None:
         super().__init__(text)
         self.requirement = requirement
         self.pdus = list(pdus)
+        self.level = level  # of the requirement broken, when the test names it
 
 
 class PeerDied(ConformanceViolation):
@@ -150,7 +170,9 @@ class PeerDied(ConformanceViolation):
     down). Whatever the test asserted, a peer must not crash on what it was sent."""
 
     def __init__(self, text: str, *, requirement: str = "") -> None:
-        super().__init__(f"{requirement}: {text}" if requirement else text, requirement=requirement)
+        super().__init__(
+            f"{requirement}: {text}" if requirement else text, requirement=requirement, level="MUST"
+        )
 
 
 SHOWN_BYTES = 32  # of a PDU's data segment (or AHS) in a failure message
@@ -178,9 +200,17 @@ def _pdu_line(pdu: Any) -> str:
 
 
 def violation(
-    requirement: str, message: str, *, sent: Sequence[Any] = (), received: Sequence[Any] = ()
+    requirement: str,
+    message: str,
+    *,
+    sent: Sequence[Any] = (),
+    received: Sequence[Any] = (),
+    level: Level | None = None,
 ) -> ConformanceViolation:
-    """Build the failure: which requirement broke, what was sent, what came back."""
+    """Build the failure: which requirement broke, what was sent, what came back.
+
+    ``level`` is the level of what broke, when it is not the catalog's level of
+    ``requirement`` (a test that checks a SHOULD sentence of a MUST row)."""
     lines = [f"{requirement}: {message}"]
     if sent:
         lines.append("  sent:")
@@ -189,7 +219,7 @@ def violation(
         lines.append("  received:")
         lines += _shown(received, "    < ")
     pdus = [p for p in (*sent, *received) if getattr(p, "no_answer", False) is not True]
-    return ConformanceViolation("\n".join(lines), requirement=requirement, pdus=pdus)
+    return ConformanceViolation("\n".join(lines), requirement=requirement, pdus=pdus, level=level)
 
 
 MAX_PDUS_SHOWN = 40  # a peer that floods (100000 Data-In PDUs) must not flood the report
@@ -213,8 +243,9 @@ def require(
     *,
     sent: Sequence[Any] = (),
     received: Sequence[Any] = (),
+    level: Level | None = None,
 ) -> None:
     """``assert``, but the failure names the requirement and shows the PDUs."""
     __tracebackhide__ = True
     if not condition:
-        raise violation(requirement, message, sent=sent, received=received)
+        raise violation(requirement, message, sent=sent, received=received, level=level)

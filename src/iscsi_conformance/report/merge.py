@@ -2,9 +2,10 @@
 
 The rules (also in docs/reports.md):
 
-- **Format**: every input must be format ``iscsi-conformance-results`` major version 1;
-  anything else is refused with :class:`ResultsFormatError` naming the file. The output
-  is written as the current version.
+- **Format**: every input must be format ``iscsi-conformance-results`` of a major
+  version this tool reads (2, or 1, upgraded when read: its grades come from its spec
+  levels); anything else is refused with :class:`ResultsFormatError` naming the file.
+  The output is written as the current version.
 - **Runs**: union, keyed by (run id, xdist worker); exact repeats are dropped.
 - **Peers**: keyed by (name, role, version, mode). ``role`` is in the key because the
   reference implementation is both an initiator and a target under one name. For one
@@ -30,7 +31,16 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .model import PAIRING_SEPARATOR, Attempt, Peer, Results, ResultsFormatError, Run, TestResult
+from .model import (
+    PAIRING_SEPARATOR,
+    READABLE_MAJORS,
+    Attempt,
+    Peer,
+    Results,
+    ResultsFormatError,
+    Run,
+    TestResult,
+)
 
 __all__ = ["merge", "merge_files"]
 
@@ -47,9 +57,10 @@ def merge(inputs: Sequence[Results], *, sources: Sequence[str] | None = None) ->
     names = list(sources) if sources else [f"input #{i + 1}" for i in range(len(inputs))]
     for r, name in zip(inputs, names, strict=True):
         major = r.version.split(".", 1)[0]
-        if major != "1":
+        if major not in {str(m) for m in READABLE_MAJORS}:
             raise ResultsFormatError(
-                f"format version {r.version} cannot be merged with version 1.x documents",
+                f"format version {r.version} cannot be merged by this tool, which reads "
+                f"versions {' and '.join(f'{m}.x' for m in READABLE_MAJORS)}",
                 source=name,
             )
     out = Results()

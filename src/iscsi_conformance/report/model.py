@@ -6,13 +6,18 @@ the runs that produced it (machine, CI job, command line), the peers that took p
 :class:`TestResult` per (test id, pairing) with its spec references and evidence, and
 optionally the requirements catalog so coverage can be computed offline.
 
-The document is JSON: ``{"format": "iscsi-conformance-results", "version": "1.0",
+The document is JSON: ``{"format": "iscsi-conformance-results", "version": "2.0",
 ...}``. ``version`` is ``MAJOR.MINOR``: a minor version only *adds* optional fields, so a
-reader accepts any ``1.x`` (ignoring fields it does not know); a different major version
-is refused with :class:`ResultsFormatError`. The JSON Schema lives in
-``reports/schema/results-v1.schema.json``; :func:`validate` checks a document against it
-with ``jsonschema`` when that is installed and with a small built-in interpreter of the
-same schema otherwise, so both paths enforce one definition.
+reader accepts any ``2.x`` (ignoring fields it does not know). Version 2 graded the
+verdicts (``grading.py``): the outcomes ``non-strict`` and ``informational``, each
+test's ``grade``, its ``skip_cause``, a run's ``strict``, the level INFORMATIONAL. A
+``1.x`` document is still read, checked against its own schema, and upgraded in memory
+(grades come from its spec levels; its outcomes stay as they were); any other major
+version is refused with :class:`ResultsFormatError`. The JSON Schemas live in
+``reports/schema/results-v<MAJOR>.schema.json``; :func:`validate` checks a document
+against its major version's schema with ``jsonschema`` when that is installed and with
+a small built-in interpreter of the same schema otherwise, so both paths enforce one
+definition.
 
 Timestamps are ISO 8601 strings (UTC); durations are seconds. Nothing here writes
 secrets: every writer (:mod:`.writer`) runs :mod:`.redact` first; the model never does.
@@ -34,7 +39,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from .. import grading
 from ..errors import HarnessError
+from .skips import SkipCause, skip_cause
 
 if TYPE_CHECKING:
     from ..peers.base import CommandRecord, PeerDriver
@@ -55,6 +62,7 @@ __all__ = [
     "Results",
     "ResultsFormatError",
     "Run",
+    "SkipCause",
     "SpecRef",
     "TestResult",
     "area_of",
@@ -65,11 +73,23 @@ __all__ = [
 ]
 
 FORMAT = "iscsi-conformance-results"
-VERSION = "1.0"
-MAJOR = 1
+VERSION = "2.0"
+MAJOR = 2
+READABLE_MAJORS = (1, 2)  # 1.x: read and upgraded in memory (no grades, no new outcomes)
 
-Outcome = Literal["passed", "failed", "skipped", "xfailed", "xpassed", "error"]
-OUTCOMES: tuple[str, ...] = ("passed", "failed", "error", "xfailed", "xpassed", "skipped")
+Outcome = Literal[
+    "passed", "failed", "non-strict", "informational", "skipped", "xfailed", "xpassed", "error"
+]
+OUTCOMES: tuple[str, ...] = (
+    "passed",
+    "failed",
+    "non-strict",  # a SHOULD broken (grading.py); a failure only in a strict run
+    "informational",  # behaviour the RFC leaves open, with what was observed
+    "error",
+    "xfailed",
+    "xpassed",
+    "skipped",
+)
 PEER_MODES = ("embedded", "native", "container", "microvm", "external")
 ROLES = ("target", "initiator")
 # RFC 2119 / RFC 8174 keywords a reference may carry.
@@ -85,6 +105,7 @@ LEVELS = (
     "NOT RECOMMENDED",
     "MAY",
     "OPTIONAL",
+    "INFORMATIONAL",  # no normative word behind it (grading.py)
 )
 MANDATORY_LEVELS = frozenset({"MUST", "MUST NOT", "REQUIRED", "SHALL", "SHALL NOT"})
 PAIRING_SEPARATOR = "×"  # U+00D7, as in "open-iscsi×tgt"
@@ -292,12 +313,21 @@ class TestResult:
     evidence: Evidence = dataclasses.field(default_factory=Evidence)
     deviation: str | None = None  # the manifest's reason, for xfailed/xpassed
     skip_reason: str | None = None
+    #: what was missing for a skipped test to run (read from skip_reason when not given)
+    skip_cause: SkipCause | None = None
+    #: must / should / informational (grading.py): of the requirement a failure broke,
+    #: else of the strongest spec reference; a 1.x document's grade comes from its spec
+    grade: str | None = None
     flaky: bool = False
     history: list[Attempt] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.area:
             self.area = area_of(self.id)
+        if self.grade is None and self.spec:
+            self.grade = grading.strongest(r.level for r in self.spec)
+        if self.skip_cause is None and self.outcome == "skipped":
+            self.skip_cause = skip_cause(self.skip_reason)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -309,6 +339,8 @@ class TestResult:
         kw["spec"] = [SpecRef.from_json(s) for s in d.get("spec", [])]
         kw["evidence"] = Evidence.from_json(d.get("evidence", {}))
         kw["history"] = [Attempt.from_json(a) for a in d.get("history", [])]
+        if d.get("skip_cause"):
+            kw["skip_cause"] = SkipCause.from_json(d["skip_cause"])
         return cls(**kw)
 
 
@@ -485,6 +517,7 @@ class Run:
     platform: str = ""
     worker: str | None = None  # pytest-xdist worker id ("gw0")
     phases: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per phase
+    strict: bool = False  # a SHOULD broken was a failure in this run (--iscsi-strict)
 
     @property
     def key(self) -> tuple[str, str | None]:
@@ -612,15 +645,17 @@ class Results:
         major, minor = _parse_version(version)
         if major is None:
             raise ResultsFormatError(f"unreadable format version {version!r}", source=source)
-        if major != MAJOR:
+        if major not in READABLE_MAJORS:
             raise ResultsFormatError(
                 f"format version {version} cannot be read by this tool, which reads "
-                f"version {MAJOR}.x (format major versions differ: "
+                f"versions {' and '.join(f'{m}.x' for m in READABLE_MAJORS)} (format major "
+                f"versions differ: "
                 f"{'upgrade iscsi-conformance' if major > MAJOR else 'convert or re-run the older results'})",
                 source=source,
             )
         if check:
-            problems = validate(doc, allow_unknown=minor > _parse_version(VERSION)[1])
+            newest = _parse_version(VERSION)[1] if major == MAJOR else _LAST_MINOR[major]
+            problems = validate(doc, allow_unknown=minor > newest)
             if problems:
                 raise ResultsFormatError(
                     "does not match the results schema", source=source, problems=problems
@@ -712,26 +747,39 @@ def resource_dir(kind: Literal["templates", "schema"]) -> Path:
 _SCHEMA_CACHE: dict[str, Any] = {}
 
 
-def load_schema() -> dict[str, Any]:
-    if "v1" not in _SCHEMA_CACHE:
-        path = resource_dir("schema") / "results-v1.schema.json"
-        _SCHEMA_CACHE["v1"] = json.loads(path.read_text(encoding="utf-8"))
-    return cast(dict[str, Any], _SCHEMA_CACHE["v1"])
+#: The newest minor version of each older major version this tool reads.
+_LAST_MINOR = {1: 0}
+
+
+def load_schema(major: int = MAJOR) -> dict[str, Any]:
+    key = f"v{major}"
+    if key not in _SCHEMA_CACHE:
+        path = resource_dir("schema") / f"results-{key}.schema.json"
+        _SCHEMA_CACHE[key] = json.loads(path.read_text(encoding="utf-8"))
+    return cast(dict[str, Any], _SCHEMA_CACHE[key])
+
+
+def _major_of(doc: Any) -> int:
+    """The schema a document is checked against: its own major version when this tool
+    reads it, else the current one (which then names the wrong version)."""
+    major = _parse_version(doc.get("version") if isinstance(doc, dict) else None)[0]
+    return major if major in READABLE_MAJORS else MAJOR
 
 
 def validate(
     doc: Any, *, allow_unknown: bool = False, use_jsonschema: bool | None = None
 ) -> list[str]:
-    """Problems of ``doc`` against the v1 schema (empty list: valid).
+    """Problems of ``doc`` against the schema of its major version (empty list: valid).
 
     ``allow_unknown`` accepts properties the schema does not know (a newer minor
     version). ``use_jsonschema``: None = when installed; False forces the built-in check.
     """
-    schema = load_schema()
+    major = _major_of(doc)
+    schema = load_schema(major)
     if allow_unknown:
         schema = _relax(schema)
     if use_jsonschema is not False:
-        validator = _jsonschema_validator(allow_unknown, required=bool(use_jsonschema))
+        validator = _jsonschema_validator(major, allow_unknown, required=bool(use_jsonschema))
         if validator is not None:
             if validator.is_valid(doc):  # fast path; collecting errors is slower
                 return []
@@ -742,23 +790,24 @@ def validate(
     return problems
 
 
-_VALIDATORS: dict[bool, Any] = {}
+_VALIDATORS: dict[tuple[int, bool], Any] = {}
 
 
-def _jsonschema_validator(allow_unknown: bool, *, required: bool) -> Any:
+def _jsonschema_validator(major: int, allow_unknown: bool, *, required: bool) -> Any:
     """A cached ``jsonschema`` validator (building one costs more than validating)."""
-    if allow_unknown not in _VALIDATORS:
+    key = (major, allow_unknown)
+    if key not in _VALIDATORS:
         try:
             import jsonschema  # type: ignore[import-untyped]
         except ImportError:
             if required:
                 raise
             return None
-        schema = load_schema()
-        _VALIDATORS[allow_unknown] = jsonschema.Draft202012Validator(
+        schema = load_schema(major)
+        _VALIDATORS[key] = jsonschema.Draft202012Validator(
             _relax(schema) if allow_unknown else schema
         )
-    return _VALIDATORS[allow_unknown]
+    return _VALIDATORS[key]
 
 
 def _relax(schema: Any) -> Any:
@@ -797,7 +846,7 @@ def _is_type(value: Any, name: str) -> bool:
 
 
 def _check(value: Any, schema: Any, root: dict[str, Any], where: str, out: list[str]) -> None:
-    """The subset of JSON Schema 2020-12 that results-v1.schema.json uses."""
+    """The subset of JSON Schema 2020-12 that the results schemas use."""
     if schema is True or schema is None:
         return
     if schema is False:
