@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 FIELDS = ("id", "document", "section", "level", "role", "text")
+# Where the row's wording was checked against its document (README.md), "" when not yet.
+# Validated here but not passed on: reports carry FIELDS only.
+OPTIONAL_FIELDS = ("verified",)
 # RFC 2119 levels, and INFORMATIONAL for a row with no normative word behind it (a
 # robustness check: what a peer does is recorded, never failed; grading.py)
 LEVELS = {
@@ -48,6 +51,11 @@ def load_catalog(directory: Path | None = None) -> list[dict[str, Any]]:
                 raise ValueError(f"{where}: level {req['level']!r} is not an RFC 2119 level")
             if req["role"] not in ROLES:
                 raise ValueError(f"{where}: role {req['role']!r} must be target, initiator or both")
+            unknown = sorted(set(req) - set(FIELDS) - set(OPTIONAL_FIELDS))
+            if unknown:
+                raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
+            if not isinstance(req.get("verified", ""), str):
+                raise ValueError(f"{where}: verified must be a string ('' when not verified)")
             if req["id"] in seen:
                 raise ValueError(f"{where}: duplicate id {req['id']}")
             seen.add(req["id"])
