@@ -357,7 +357,7 @@ async def test_chap_in_operational_stage(target: Any) -> None:
 
 @spec(
     "CHAP.Mutual.ReflectedChallenge",
-    "RFC 7143 12.1.3",
+    "RFC 7143 9.2.1",
     requirements=["R7143-12.1.3-4"],
     needs=("mutual_chap",),
 )

@@ -69,7 +69,7 @@ def _check_data_in(out: Any, expected_len: int, mrdsl: int) -> None:
 @pytest.mark.parametrize("mrdsl", [512, 4096, 8192, 65536])
 @spec(
     "FullFeature.DataIn.WithinDeclaredLength",
-    "RFC 7143 11.7.2",
+    "RFC 7143 13.18",
     "RFC 7143 13.12",
     requirements=["R7143-11.7-2", "R7143-13.12-2", "R7143-4.2.2.3-1", "R7143-11.7-1"],
 )

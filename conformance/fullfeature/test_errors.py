@@ -368,6 +368,7 @@ async def _solicited_session(target: Any) -> Any:
     "FullFeature.Errors.DataOutUnknownTtt",
     "RFC 7143 11.7.4",
     "RFC 7143 11.8",
+    level="INFORMATIONAL",
     requirements=["R7143-11.7-6", "RSBC3-5.16-1"],
     dataloss=True,
 )
@@ -492,7 +493,7 @@ async def test_data_out_with_unknown_ttt_session_goes_on(target: Any) -> None:
 @spec(
     "FullFeature.Errors.DataOutUnknownItt",
     "RFC 7143 7.11",
-    "RFC 7143 11.7.4",
+    ("RFC 7143", "11.7.4", "INFORMATIONAL", "target"),
     level="SHOULD",
     requirements=["R7143-7.11-1", "R7143-11.7-6"],
 )

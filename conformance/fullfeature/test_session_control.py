@@ -249,8 +249,9 @@ async def test_lun_reset(target: Any) -> None:
 
 @spec(
     "FullFeature.Reject.UnknownOpcode",
-    "RFC 7143 11.2",
-    "RFC 7143 11.17",
+    "RFC 7143 11.17.1",
+    "RFC 7143 11.17.4",
+    level="INFORMATIONAL",
     requirements=["R7143-11.2.1-3", "R7143-11.17-1"],
 )
 async def test_unknown_opcode_rejected(target: Any) -> None:
@@ -294,8 +295,8 @@ async def test_unknown_opcode_rejected(target: Any) -> None:
 
 @spec(
     "FullFeature.Reject.DataSegmentTooLong",
-    "RFC 7143 11.2.1.1",
     "RFC 7143 13.12",
+    level="INFORMATIONAL",
     requirements=["R7143-11.2.1-2"],
 )
 async def test_data_segment_over_mrdsl(target: Any) -> None:
@@ -321,7 +322,12 @@ async def test_data_segment_over_mrdsl(target: Any) -> None:
         )
 
 
-@spec("FullFeature.Scsi.ExtendedCdb", "RFC 7143 11.3.4", requirements=["R7143-11.3-1"])
+@spec(
+    "FullFeature.Scsi.ExtendedCdb",
+    "RFC 7143 11.2.2.3",
+    level="INFORMATIONAL",
+    requirements=["R7143-11.3-1"],
+)
 async def test_extended_cdb(target: Any) -> None:
     """A 32-byte CDB (Extended CDB AHS) gets a SCSI status, not a dropped connection."""
     async with full_feature(target) as ffp:

@@ -149,7 +149,6 @@ async def test_mrdsl_redeclared_in_ffp(target: Any) -> None:
 @spec(
     "FullFeature.Text.RedeclaredLengthApplies",
     "RFC 7143 6.4",
-    "RFC 7143 11.7.2",
     "RFC 7143 13.12",
     requirements=["R7143-6.4-2", "R7143-11.7-2"],
 )
@@ -317,6 +316,7 @@ async def test_continued_text_request_reassembled(target: Any) -> None:
 @spec(
     "FullFeature.Text.ResetWithReservedTtt",
     "RFC 7143 11.10.4",
+    level="INFORMATIONAL",
     requirements=["R7143-11.10-4", "R7143-11.10-3"],
 )
 async def test_new_request_resets_exchange(target: Any) -> None:
@@ -355,7 +355,7 @@ async def test_new_request_resets_exchange(target: Any) -> None:
 @spec(
     "FullFeature.Text.UnknownTtt",
     "RFC 7143 11.10.4",
-    level="SHOULD",
+    level="INFORMATIONAL",
     requirements=["R7143-11.10-5"],
 )
 async def test_text_request_with_unknown_ttt(target: Any) -> None:
@@ -383,9 +383,9 @@ async def test_text_request_with_unknown_ttt(target: Any) -> None:
 
 @spec(
     "FullFeature.Text.ReservedItt",
-    "RFC 7143 11.10",
-    level="SHOULD",
-    requirements=["R7143-11.10-5"],
+    "RFC 7143 7.7",
+    "RFC 7143 11.17.1",
+    requirements=["R7143-7.7-1", "R7143-11.10-5"],
 )
 async def test_text_request_reserved_itt(target: Any) -> None:
     """A Text Request with the reserved Initiator Task Tag 0xffffffff is rejected, not
@@ -405,9 +405,9 @@ async def test_text_request_reserved_itt(target: Any) -> None:
 
 @spec(
     "FullFeature.Text.FinalAndContinue",
+    "RFC 7143 7.7",
     "RFC 7143 11.10.2",
-    level="SHOULD",
-    requirements=["R7143-11.10-5"],
+    requirements=["R7143-7.7-1", "R7143-11.10-5"],
 )
 async def test_text_request_final_and_continue(target: Any) -> None:
     """A Text Request with both F=1 and C=1 (C requires F=0) is rejected, and the session goes on."""

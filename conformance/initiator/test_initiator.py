@@ -686,7 +686,7 @@ def test_mutual_wrong_response(initiator: Any, target: Any, observed: Any, corru
 
 @spec(
     "Initiator.Chap.OwnChallenge",
-    "RFC 7143 12.1.3",
+    "RFC 7143 9.2.1",
     pairing="initiator",
     requirements=["R7143-12.1.3-11"],
     needs=("initiator:mutual_chap",),
@@ -887,7 +887,7 @@ def test_window_closed_at_login(initiator: Any, target: Any, observed: Any) -> N
 @spec(
     "Initiator.Sequencing.CmdSNNumbering",
     "RFC 7143 4.2.2.1",
-    "RFC 7143 11.12.7",
+    "RFC 7143 11.12.8",
     pairing="initiator",
     requirements=["R7143-4.2.2.1-5", "R7143-11.12-5"],
 )
@@ -1041,7 +1041,6 @@ def _declared_mrdsl(conn: ObservedConnection) -> int:
 @spec(
     "Initiator.Data.SegmentWithinMaxRecv",
     "RFC 7143 13.12",
-    "RFC 7143 11.7.4",
     pairing="initiator",
     requirements=["R7143-13.12-2", "R7143-11.7-4"],
 )

@@ -447,8 +447,8 @@ async def test_unknown_private_key(target: Any) -> None:
 
 @spec(
     "Login.Keys.Unknown.PublicExtensionKey",
-    "RFC 7143 13.22",
-    requirements=["R7143-13.22-1", "R7143-6.2-1"],
+    "RFC 7143 13.23",
+    requirements=["R7143-13.23-1", "R7143-6.2-1"],
 )
 async def test_unknown_public_extension_key(target: Any) -> None:
     """An unknown X# key is answered NotUnderstood."""
@@ -563,7 +563,12 @@ async def test_list_answer_from_offer(target: Any) -> None:
         )
 
 
-@spec("Login.Keys.Obsolete.Markers", "RFC 7143 13.25", requirements=["R7143-13.25-1"])
+@spec(
+    "Login.Keys.Obsolete.Markers",
+    "RFC 7143 13.25",
+    level="SHOULD",
+    requirements=["R7143-13.25-1"],
+)
 async def test_obsolete_marker_keys(target: Any) -> None:
     """OFMarker/IFMarker offered as No never turn markers on."""
     probe, step = await _answer(target, [("OFMarker", "No"), ("IFMarker", "No")])

@@ -214,7 +214,7 @@ async def test_unsupported_version(target: Any) -> None:
             )
 
 
-@spec("Login.Versions.Active", "RFC 7143 11.13.4", requirements=["R7143-11.12-3"])
+@spec("Login.Versions.Active", "RFC 7143 11.13.2", requirements=["R7143-11.12-3"])
 async def test_version_active_zero(target: Any) -> None:
     """A successful Login Response carries Version-active 0x00."""
     async with target.raw() as raw:
