@@ -18,7 +18,7 @@ import pytest
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.errors import TransportError
-from iscsi_conformance.harness.probe import FullFeature, full_feature
+from iscsi_conformance.harness.probe import FullFeature, Outcome, full_feature
 from iscsi_conformance.plugin import require, spec, violation
 from iscsi_conformance.scsi import cdb
 
@@ -118,7 +118,7 @@ async def test_unmapped_lun_check_condition(target: Any) -> None:
             f"TEST UNIT READY to unmapped LUN {lun} ended with status {out.status!r}, "
             "expected CHECK CONDITION",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         require(
             out.sense_key == 0x05 and out.asc == (0x25, 0x00),
@@ -126,7 +126,7 @@ async def test_unmapped_lun_check_condition(target: Any) -> None:
             f"sense key {out.sense_key!r}, ASC/ASCQ {out.asc!r}; expected ILLEGAL REQUEST, "
             "LOGICAL UNIT NOT SUPPORTED (5, 25h/00h)",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
 
 
@@ -147,7 +147,7 @@ async def test_inquiry_unmapped_lun(target: Any) -> None:
             f"INQUIRY to unmapped LUN {lun} ended with status {out.status!r} "
             f"({len(out.data)} bytes); INQUIRY must succeed there",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         qualifier, device_type = out.data[0] >> 5, out.data[0] & 0x1F
         require(
@@ -156,7 +156,7 @@ async def test_inquiry_unmapped_lun(target: Any) -> None:
             f"peripheral qualifier {qualifier:03b}b, type {device_type:#x} for unmapped LUN "
             f"{lun}; expected 011b/1Fh (no logical unit)",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
 
 
@@ -176,7 +176,7 @@ async def test_request_sense_unmapped_lun(target: Any) -> None:
             "RSPC4-6.39-1",
             f"REQUEST SENSE to unmapped LUN {lun} ended with status {out.status!r}, expected GOOD",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         key, asc = _sense_of(out.data)
         require(
@@ -185,7 +185,7 @@ async def test_request_sense_unmapped_lun(target: Any) -> None:
             f"returned sense key {key!r}, ASC/ASCQ {asc!r}; expected ILLEGAL REQUEST, "
             "LOGICAL UNIT NOT SUPPORTED",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
 
 
@@ -204,7 +204,7 @@ async def test_request_sense_nothing_pending(target: Any) -> None:
             "RSPC4-6.39-3",
             f"REQUEST SENSE ended with status {out.status!r}, {len(out.data)} bytes",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         code = out.data[0] & 0x7F
         key, _ = _sense_of(out.data)
@@ -213,7 +213,7 @@ async def test_request_sense_nothing_pending(target: Any) -> None:
             "RSPC4-6.39-3",
             f"response code {code:#x}, sense key {key!r}; expected 70h/72h and NO SENSE",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
 
 
@@ -240,7 +240,7 @@ async def test_write_underflow(target: Any) -> None:
             "R7143-11.4-1",
             f"the write ended with status {out.status!r}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         require(
             r.underflow and not r.overflow and r.residual_count == BLOCK,
@@ -248,7 +248,7 @@ async def test_write_underflow(target: Any) -> None:
             f"U={int(r.underflow)} O={int(r.overflow)} residual {r.residual_count}; expected "
             f"U=1, residual {BLOCK}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         back = await ffp.command(cdb.read10(lba, 1), read_length=BLOCK, lun=target.lun)
         require(
@@ -256,7 +256,7 @@ async def test_write_underflow(target: Any) -> None:
             "RSBC3-5.16-1",
             "the block does not hold the first 512 bytes of the write",
             sent=back.sent,
-            received=back.received,
+            received=back.shown(),
         )
 
 
@@ -282,7 +282,7 @@ async def test_write_overflow(target: Any) -> None:
             "R7143-11.4-2",
             "an R2T asks for data beyond ExpectedDataTransferLength 512",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         r = out.response
         require(
@@ -290,7 +290,7 @@ async def test_write_overflow(target: Any) -> None:
             "R7143-11.4-2",
             "no status for the write",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         if out.status == 0x02:
             return
@@ -300,7 +300,7 @@ async def test_write_overflow(target: Any) -> None:
             f"status {out.status!r} with O={int(r.overflow)}, residual {r.residual_count}; "
             f"expected CHECK CONDITION or O=1 with residual {BLOCK}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
 
 
@@ -336,7 +336,8 @@ async def _finish_write(
         except (TransportError, OSError):
             p = None
         if p is None:
-            return None, True
+            gone = ffp.no_answer
+            return None, gone is not None and gone.outcome is Outcome.CLOSED
         received.append(p)
         if isinstance(p, P.R2T) and p.itt == cmd.itt:
             chunk = real[p.buffer_offset : p.buffer_offset + p.desired_data_transfer_length]
@@ -626,10 +627,21 @@ async def test_immediate_data_over_first_burst(target: Any) -> None:
         cmd = await _write_command(ffp, target.lun, LBA_BASE + 64, 2, data=payload)
         sent, received = [cmd], []
         status, closed = await _finish_write(ffp, cmd, payload, sent, received)
-        if closed or status is None:
-            return
+        rejected = any(isinstance(p, P.Reject) for p in received)
+        # The command is owed an answer: an error status (RFC 7143 11.4.7.2 lists
+        # unexpected unsolicited data and an incorrect amount of data as CHECK
+        # CONDITION), a Reject of the PDU (7.11, 11.17), or the end of the connection
+        # on the protocol error. Silence is none of these, and GOOD accepts the data.
         require(
-            status.status != 0 or any(isinstance(p, P.Reject) for p in received),
+            rejected or closed or status is not None,
+            "R7143-13.14-3",
+            "1024 bytes of immediate data with FirstBurstLength=512 got no status, no "
+            f"Reject and the connection stayed open: {ffp.no_answer}",
+            sent=sent,
+            received=[*received, *ffp.shown(None)],
+        )
+        require(
+            rejected or closed or status.status != 0,
             "R7143-13.14-3",
             "1024 bytes of immediate data with FirstBurstLength=512 were accepted without "
             "a Reject or an error status",

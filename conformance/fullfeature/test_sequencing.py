@@ -23,9 +23,9 @@ async def test_nop_ping_echoed(target: Any) -> None:
         require(
             isinstance(resp, P.NopIn),
             "R7143-11.18-1",
-            "no NOP-In answered the ping",
+            f"no NOP-In answered the ping: {ffp.no_answer or type(resp).__name__}",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
         require(
             resp.itt == req.itt,
@@ -64,7 +64,7 @@ async def test_nop_reserved_itt_not_answered(target: Any) -> None:
             "R7143-11.18-2",
             "the target answered a NOP-Out whose ITT says no answer is wanted",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
 
 
@@ -84,9 +84,9 @@ async def test_statsn_increments(target: Any) -> None:
         require(
             len(seen) == 4,
             "R7143-11.18-1",
-            "not every ping was answered",
+            f"not every ping was answered: {ffp.no_answer}",
             sent=sent,
-            received=received,
+            received=[*received, *ffp.shown(None)],
         )
         steps = [(b - a) & 0xFFFFFFFF for a, b in itertools.pairwise(seen)]
         require(
@@ -113,7 +113,7 @@ async def test_expcmdsn_advances(target: Any) -> None:
             "R7143-4.2.2.1-4",
             f"after CmdSN {start} ExpCmdSN is {getattr(r1, 'expcmdsn', None)}",
             sent=[req1],
-            received=[r1] if r1 else [],
+            received=ffp.shown(r1),
         )
         req2, r2 = await ffp.nop(b"", immediate=True)
         require(
@@ -121,7 +121,7 @@ async def test_expcmdsn_advances(target: Any) -> None:
             "R7143-4.2.2.1-5",
             f"an immediate NOP moved ExpCmdSN to {getattr(r2, 'expcmdsn', None)}",
             sent=[req2],
-            received=[r2] if r2 else [],
+            received=ffp.shown(r2),
         )
         for r in (r1, r2):
             require(
@@ -153,7 +153,7 @@ async def test_out_of_window_command_ignored(target: Any) -> None:
             "R7143-4.2.2.1-2",
             "a command outside the CmdSN window was executed",
             sent=[bad],
-            received=[answer] if answer else [],
+            received=ffp.shown(answer),
         )
         req, ok = await ffp.nop(b"x")
         require(
@@ -161,7 +161,7 @@ async def test_out_of_window_command_ignored(target: Any) -> None:
             "R7143-4.2.2.1-2",
             "the session did not survive an out-of-window command",
             sent=[bad, req],
-            received=[ok] if ok else [],
+            received=ffp.shown(ok),
         )
 
 
@@ -207,7 +207,7 @@ async def test_commands_reordered(target: Any) -> None:
             "R7143-4.2.2.1-1",
             "both commands must complete when the gap is filled",
             sent=[second, first],
-            received=got,
+            received=[*got, *ffp.shown(None)],
         )
         require(
             responses[-1].expcmdsn == (m + 1) & 0xFFFFFFFF,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from iscsi_conformance.core import pdu as P
-from iscsi_conformance.harness.probe import full_feature
+from iscsi_conformance.harness.probe import Outcome, full_feature
 from iscsi_conformance.plugin import require, spec, violation
 from iscsi_conformance.scsi import cdb
 
@@ -30,6 +30,17 @@ async def _logout(ffp: Any, reason: int, cid: int) -> tuple[Any, Any]:
     return req, await ffp.recv()
 
 
+def _what(ffp: Any, resp: Any) -> str:
+    """The answer as a message names it: its PDU type, or what happened instead."""
+    return type(resp).__name__ if resp is not None else str(ffp.no_answer or "no answer")
+
+
+def _code(ffp: Any, resp: Any) -> str:
+    """A response's code, or what came instead of a response."""
+    code = getattr(resp, "response", None)
+    return f"response {code}" if code is not None else _what(ffp, resp)
+
+
 @spec(
     "FullFeature.Logout.CloseSession",
     "RFC 7143 11.14",
@@ -43,9 +54,9 @@ async def test_logout_close_session(target: Any) -> None:
         require(
             isinstance(resp, P.LogoutResponse),
             "R7143-11.14-1",
-            "no Logout Response",
+            f"no Logout Response: {_what(ffp, resp)}",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
         require(
             resp.response == 0 and resp.itt == req.itt,
@@ -71,9 +82,9 @@ async def test_logout_close_connection(target: Any) -> None:
         require(
             isinstance(resp, P.LogoutResponse) and resp.response == 0,
             "R7143-11.14-1",
-            f"close-connection logout answered {getattr(resp, 'response', None)!r}",
+            f"close-connection logout answered {_code(ffp, resp)}",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
 
 
@@ -85,9 +96,9 @@ async def test_logout_unknown_cid(target: Any) -> None:
         require(
             isinstance(resp, P.LogoutResponse),
             "R7143-11.14-2",
-            "no Logout Response",
+            f"no Logout Response: {_what(ffp, resp)}",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
         require(
             resp.response == 1,
@@ -106,9 +117,9 @@ async def test_logout_recovery_erl0(target: Any) -> None:
         require(
             isinstance(resp, P.LogoutResponse) and resp.response == 2,
             "R7143-11.14-3",
-            f"expected response 2, got {getattr(resp, 'response', None)!r}",
+            f"expected response 2, got {_code(ffp, resp)}",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
 
 
@@ -124,10 +135,11 @@ async def _tmf(ffp: Any, function: int, *, lun: int = 0, ref: int = 0xFFFFFFFF) 
         refcmdsn=ffp.cmdsn if function == 1 else 0,
     )
     await ffp.send(req)
-    while True:
+    for _ in range(64):
         resp = await ffp.recv()
         if resp is None or isinstance(resp, P.TaskManagementResponse | P.Reject):
             return req, resp
+    return req, None
 
 
 @spec(
@@ -140,9 +152,9 @@ async def test_abort_unknown_task(target: Any) -> None:
         require(
             isinstance(resp, P.TaskManagementResponse),
             "R7143-11.5-1",
-            "no TMF response",
+            f"no Task Management Function Response: {_what(ffp, resp)}",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
         require(
             resp.response in (0, 1),
@@ -161,9 +173,9 @@ async def test_abort_task_set(target: Any) -> None:
         require(
             isinstance(resp, P.TaskManagementResponse) and resp.response in (0, 5),
             "R7143-11.5-2",
-            f"ABORT TASK SET answered {getattr(resp, 'response', None)!r}",
+            f"ABORT TASK SET answered {_code(ffp, resp)}",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
 
 
@@ -177,9 +189,9 @@ async def test_task_reassign_erl0(target: Any) -> None:
         require(
             isinstance(resp, P.TaskManagementResponse) and resp.response in (4, 5),
             "R7143-11.5-3",
-            f"TASK REASSIGN at ERL 0 answered {getattr(resp, 'response', None)!r}",
+            f"TASK REASSIGN at ERL 0 answered {_code(ffp, resp)}",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
 
 
@@ -187,17 +199,36 @@ async def test_task_reassign_erl0(target: Any) -> None:
     "FullFeature.TaskManagement.UnknownFunction", "RFC 7143 11.6.1", requirements=["R7143-11.5-2"]
 )
 async def test_unknown_tmf_function(target: Any) -> None:
-    """An undefined function code (20) is answered 5 (not supported) or 255 (rejected), or Rejected."""
+    """An unassigned function code (20) is answered 5 (not supported) or 255 (rejected),
+    or rejected, or ends the connection; it is never left unanswered.
+
+    RFC 7143 11.5.1 assigns functions 1-8 (9-12 in RFC 7144) and leaves the rest
+    unassigned; 11.6.1 gives the answers 5 (Task management function not supported)
+    and 255 (Function rejected). An unassigned value is also an illegal header field,
+    a format error (7.7) on which the target may end the session's connections, and
+    11.17.1 has a Reject for an invalid field. Silence is none of these."""
     async with full_feature(target) as ffp:
         req, resp = await _tmf(ffp, 20, lun=target.lun)
+        gone = ffp.no_answer
+        if resp is None and gone is not None and gone.outcome is Outcome.CLOSED:
+            return  # a format error ends the connection (RFC 7143 7.7)
         if isinstance(resp, P.Reject):
+            require(
+                resp.data[:48] == P.bhs_of(req),
+                "R7143-11.17-1",
+                "the Reject does not carry the rejected request's header",
+                sent=[req],
+                received=[resp],
+            )
             return
         require(
             isinstance(resp, P.TaskManagementResponse) and resp.response in (5, 255),
             "R7143-11.5-2",
-            f"function 20 answered {getattr(resp, 'response', None)!r}",
+            f"function 20 (unassigned) answered {_code(ffp, resp)}; "
+            "RFC 7143 allows response 5 or 255 (11.6.1), a Reject (11.17.1) or the end of "
+            "the connection (7.7)",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
 
 
@@ -214,9 +245,9 @@ async def test_lun_reset_unknown_lun(target: Any) -> None:
         require(
             isinstance(resp, P.TaskManagementResponse) and resp.response in (2, 5, 255),
             "R7143-11.5-4",
-            f"LUN RESET of LUN 200 answered {getattr(resp, 'response', None)!r}",
+            f"LUN RESET of LUN 200 answered {_code(ffp, resp)}",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
 
 
@@ -233,17 +264,17 @@ async def test_lun_reset(target: Any) -> None:
         require(
             isinstance(resp, P.TaskManagementResponse) and resp.response in (0, 5),
             "R7143-11.5-2",
-            f"LUN RESET answered {getattr(resp, 'response', None)!r}",
+            f"LUN RESET answered {_code(ffp, resp)}",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
         out = await ffp.command(cdb.test_unit_ready(), lun=target.lun)
         require(
             out.status is not None,
             "R7143-11.5-2",
-            "the LUN did not answer after a reset",
+            f"the LUN did not answer after a reset: {out.missing()}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
 
 
@@ -267,8 +298,9 @@ async def test_unknown_opcode_rejected(target: Any) -> None:
         if resp is None:
             raise violation(
                 "R7143-11.2.1-3",
-                "the target dropped the connection instead of rejecting an unknown opcode",
+                f"an unknown opcode was not rejected: {_what(ffp, resp)}",
                 sent=[bogus],
+                received=ffp.shown(resp),
             )
         require(
             isinstance(resp, P.Reject),
@@ -320,6 +352,19 @@ async def test_data_segment_over_mrdsl(target: Any) -> None:
             sent=[req],
             received=[resp],
         )
+        # The NOP-Out has a valid ITT, so it is owed an answer (11.18); having broken
+        # the receiver's limit (13.12), it may instead be rejected (11.17, 7.11) or, the
+        # framing being lost, end the connection. Silence is none of these.
+        gone = ffp.no_answer
+        require(
+            isinstance(resp, P.Reject) or (gone is not None and gone.outcome is Outcome.CLOSED),
+            "R7143-11.2.1-2",
+            f"a NOP-Out of {len(data)} bytes (> MaxRecvDataSegmentLength "
+            f"{ffp.target_mrdsl}) got {_what(ffp, resp)}; expected a Reject or the end of "
+            "the connection",
+            sent=[req],
+            received=ffp.shown(resp),
+        )
 
 
 @spec(
@@ -338,9 +383,9 @@ async def test_extended_cdb(target: Any) -> None:
         require(
             out.status is not None or any(isinstance(p, P.Reject) for p in out.received),
             "R7143-11.3-1",
-            "no answer to a command with an Extended CDB AHS",
+            f"no answer to a command with an Extended CDB AHS: {out.missing()}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
 
 
@@ -356,7 +401,7 @@ async def test_inquiry(target: Any) -> None:
             "RSPC4-6.6-1",
             f"INQUIRY: status {out.status!r}, {len(out.data)} bytes",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         short = await ffp.command(cdb.inquiry(alloc=8), read_length=8, lun=target.lun)
         require(
@@ -364,7 +409,7 @@ async def test_inquiry(target: Any) -> None:
             "RSPC4-6.6-1",
             f"INQUIRY alloc 8 returned {len(short.data)} bytes",
             sent=short.sent,
-            received=short.received,
+            received=short.shown(),
         )
 
 
@@ -384,21 +429,21 @@ async def test_inquiry_invalid_field(target: Any) -> None:
             "RSPC4-6.6-2",
             f"status {out.status!r}, expected CHECK CONDITION",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         require(
             out.sense_key == 0x05,
             "R7143-11.4-3",
             f"sense key {out.sense_key!r}, expected ILLEGAL REQUEST (5)",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         require(
             out.asc == (0x24, 0x00),
             "RSPC4-6.6-2",
             f"ASC/ASCQ {out.asc!r}, expected INVALID FIELD IN CDB (24h/00h)",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
 
 
@@ -412,7 +457,7 @@ async def test_report_luns(target: Any) -> None:
             "RSPC4-6.33-1",
             f"REPORT LUNS status {out.status!r}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         n = int.from_bytes(out.data[:4], "big") // 8
         luns = [
@@ -424,7 +469,7 @@ async def test_report_luns(target: Any) -> None:
             "RSPC4-6.33-1",
             f"LUN {target.lun} not in REPORT LUNS {luns}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
 
 
@@ -440,7 +485,7 @@ async def test_test_unit_ready(target: Any) -> None:
             "RSPC4-6.37-1",
             f"TEST UNIT READY status {out.status!r}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
 
 
@@ -454,7 +499,7 @@ async def test_read_capacity16(target: Any) -> None:
             "RSBC3-5.16-3",
             f"READ CAPACITY(16) status {out.status!r}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         last = int.from_bytes(out.data[:8], "big")
         size = int.from_bytes(out.data[8:12], "big")
@@ -463,7 +508,7 @@ async def test_read_capacity16(target: Any) -> None:
             "RSBC3-5.16-3",
             f"block length {size}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         rd = await ffp.command(cdb.read16(last, 1), read_length=size, lun=target.lun)
         require(
@@ -471,7 +516,7 @@ async def test_read_capacity16(target: Any) -> None:
             "RSBC3-5.16-3",
             f"READ of the reported last LBA {last} failed ({rd.status!r})",
             sent=rd.sent,
-            received=rd.received,
+            received=rd.shown(),
         )
         beyond = await ffp.command(cdb.read16(last + 1, 1), read_length=size, lun=target.lun)
         require(
@@ -479,7 +524,7 @@ async def test_read_capacity16(target: Any) -> None:
             "RSBC3-5.16-2",
             f"READ past the end: status {beyond.status!r}, ASC {beyond.asc!r}; expected LBA OUT OF RANGE (21h/00h)",
             sent=beyond.sent,
-            received=beyond.received,
+            received=beyond.shown(),
         )
 
 
@@ -495,7 +540,7 @@ async def test_write_read_back(target: Any, size_blocks: int) -> None:
             "RSBC3-5.16-1",
             f"WRITE status {w.status!r}",
             sent=w.sent,
-            received=w.received,
+            received=w.shown(),
         )
         r = await ffp.command(
             cdb.read16(4096, size_blocks), read_length=len(payload), lun=target.lun
@@ -505,5 +550,5 @@ async def test_write_read_back(target: Any, size_blocks: int) -> None:
             "RSBC3-5.16-1",
             "read-back differs from what was written",
             sent=r.sent,
-            received=r.received,
+            received=r.shown(),
         )

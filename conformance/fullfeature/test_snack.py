@@ -15,8 +15,7 @@ import pytest
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.codes import SnackType
-from iscsi_conformance.errors import TransportError
-from iscsi_conformance.harness.probe import FullFeature, full_feature
+from iscsi_conformance.harness.probe import FullFeature, Outcome, full_feature
 from iscsi_conformance.plugin import require, spec
 from iscsi_conformance.scsi import cdb
 
@@ -31,22 +30,25 @@ async def _read(ffp: FullFeature, target: Any, blocks: int = 4) -> Any:
     require(
         out.status == 0 and len(out.data_ins) == blocks,
         "RSBC3-5.16-1",
-        f"READ of {blocks} blocks: status {out.status!r}, {len(out.data_ins)} Data-In PDUs",
+        f"READ of {blocks} blocks: status {out.status!r}, {len(out.data_ins)} Data-In PDUs"
+        + (f"; {out.missing()}" if out.missing() else ""),
         sent=out.sent,
-        received=out.received,
+        received=out.shown(),
     )
     return out
 
 
 async def _collect(ffp: FullFeature, seconds: float) -> tuple[list[Any], bool]:
-    """Everything that arrives within ``seconds``; and whether the connection closed."""
-    got: list[Any] = []
-    try:
-        while (p := await ffp.recv(timeout=seconds)) is not None:
-            got.append(p)
-    except (TransportError, OSError):
-        return got, True
-    return got, bool(ffp.raw.eof)
+    """Everything that arrives until ``seconds`` pass quietly; and whether the
+    connection closed (``ffp.no_answer`` says when)."""
+    got = await ffp.drain(seconds)
+    gone = ffp.no_answer
+    return got, gone is not None and gone.outcome is Outcome.CLOSED
+
+
+def _seen(ffp: FullFeature, got: list[Any]) -> list[Any]:
+    """What came after the SNACK, and how the wait for more ended."""
+    return [*got, *ffp.shown(None)]
 
 
 def _status_statsn(out: Any) -> int:
@@ -90,7 +92,7 @@ def _make_erl0_test(label: str, kind: int) -> Callable[..., Any]:
             out = await _read(ffp, target)
             snack = _snack(ffp, out, kind, begrun=0, runlength=1)
             await ffp.send(snack)
-            got, _ = await _collect(ffp, 2.0)
+            got, closed = await _collect(ffp, 2.0)
             resent = [
                 p
                 for p in got
@@ -102,11 +104,25 @@ def _make_erl0_test(label: str, kind: int) -> Callable[..., Any]:
                 f"at ErrorRecoveryLevel 0 a SNACK (type {kind}) was honoured: "
                 f"{len(resent)} PDUs of the finished READ were sent again",
                 sent=[*out.sent, snack],
-                received=[*out.received, *got],
+                received=[*out.received, *_seen(ffp, got)],
+            )
+            # Not honoured is not ignored: SNACK is a tool of ErrorRecoveryLevel 1
+            # (RFC 7143 7.1.5), so at level 0 it is a protocol error, which the RFC
+            # answers with a Reject (7.11, 11.17.1: Protocol Error, SNACK Reject), or
+            # an error the target escalates to session recovery, the only recovery of
+            # level 0 (7.1.5): the connection ends. Silence is neither.
+            require(
+                any(isinstance(p, P.Reject) for p in got) or closed,
+                "R7143-11.16-1",
+                f"at ErrorRecoveryLevel 0 a SNACK (type {kind}) was neither rejected nor "
+                f"ended the connection: {ffp.no_answer or 'other PDUs only'}",
+                sent=[*out.sent, snack],
+                received=[*out.received, *_seen(ffp, got)],
             )
 
     test.__doc__ = (
-        f"At ErrorRecoveryLevel 0 a SNACK of type {kind} for a finished READ retransmits nothing."
+        f"At ErrorRecoveryLevel 0 a SNACK of type {kind} for a finished READ retransmits "
+        "nothing, and is rejected or ends the connection."
     )
     return test
 
@@ -130,15 +146,15 @@ async def test_erl0_snack_rejected(target: Any) -> None:
         out = await _read(ffp, target)
         snack = _snack(ffp, out, SnackType.DATA_R2T, begrun=0, runlength=1)
         await ffp.send(snack)
-        got, closed = await _collect(ffp, 2.0)
+        got, _closed = await _collect(ffp, 2.0)
         rejects = [p for p in got if isinstance(p, P.Reject)]
         require(
             rejects and rejects[0].reason in (0x03, 0x04),
             "R7143-11.16-2",
-            f"expected a Reject with reason 03h/04h; got {[type(p).__name__ for p in got]}"
-            + (" and the connection was closed" if closed else ""),
+            f"expected a Reject with reason 03h/04h; got {[type(p).__name__ for p in got]}, "
+            f"then {ffp.no_answer}",
             sent=[snack],
-            received=got,
+            received=_seen(ffp, got),
         )
         require(
             rejects[0].data[:48] == P.bhs_of(snack),
@@ -151,9 +167,10 @@ async def test_erl0_snack_rejected(target: Any) -> None:
         require(
             isinstance(resp, P.NopIn),
             "R7143-11.16-2",
-            "the session did not go on after the SNACK was rejected",
+            "the session did not go on after the SNACK was rejected: the ping got "
+            f"{type(resp).__name__ if resp is not None else ffp.no_answer}",
             sent=[snack, req],
-            received=[*got, resp] if resp else got,
+            received=[*got, *ffp.shown(resp)],
         )
 
 
@@ -192,7 +209,7 @@ async def test_erl1_data_snack_resends(target: Any) -> None:
             "R7143-11.16-3",
             f"a Data SNACK for DataSN 1..2 brought back DataSN {[p.datasn for p in again]}",
             sent=[*out.sent, snack],
-            received=[*out.received, *got],
+            received=[*out.received, *_seen(ffp, got)],
         )
         for p in again:
             first = original[p.datasn]
@@ -202,7 +219,7 @@ async def test_erl1_data_snack_resends(target: Any) -> None:
                 f"the resent DataSN {p.datasn} differs from the original (offset "
                 f"{p.buffer_offset} vs {first.buffer_offset}, or its data)",
                 sent=[*out.sent, snack],
-                received=[*out.received, *got],
+                received=[*out.received, *_seen(ffp, got)],
             )
     finally:
         await ctx.__aexit__(None, None, None)
@@ -223,9 +240,9 @@ async def test_erl1_status_snack_resends(target: Any) -> None:
         require(
             isinstance(out.response, P.ScsiResponse),
             "RSPC4-6.39-3",
-            "no SCSI Response to TEST UNIT READY",
+            f"no SCSI Response to TEST UNIT READY: {out.missing()}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         snack = _snack(ffp, out, SnackType.STATUS)
         await ffp.send(snack)
@@ -239,7 +256,7 @@ async def test_erl1_status_snack_resends(target: Any) -> None:
             f"a Status SNACK for StatSN {out.response.statsn} brought back "
             f"{[(p.itt, p.statsn) for p in again]}",
             sent=[*out.sent, snack],
-            received=[*out.received, *got],
+            received=[*out.received, *_seen(ffp, got)],
         )
     finally:
         await ctx.__aexit__(None, None, None)
@@ -269,14 +286,14 @@ async def test_erl1_data_snack_beyond_range(target: Any) -> None:
             "R7143-11.16-5",
             f"Data-In with DataSN {[p.datasn for p in invented]} for a READ that produced 0..3",
             sent=[*out.sent, snack],
-            received=[*out.received, *got],
+            received=[*out.received, *_seen(ffp, got)],
         )
         require(
             any(isinstance(p, P.Reject) for p in got),
             "R7143-11.16-5",
             "a Data SNACK for DataSNs the task never produced was not rejected",
             sent=[snack],
-            received=got,
+            received=_seen(ffp, got),
         )
     finally:
         await ctx.__aexit__(None, None, None)

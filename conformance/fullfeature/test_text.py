@@ -14,7 +14,7 @@ from typing import Any
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.text import parse_pairs
-from iscsi_conformance.harness.probe import FullFeature, full_feature, text_of
+from iscsi_conformance.harness.probe import FullFeature, Outcome, full_feature, text_of
 from iscsi_conformance.plugin import require, spec, violation
 from iscsi_conformance.scsi import cdb
 
@@ -51,6 +51,11 @@ async def _text(
     return req, None
 
 
+def _what(ffp: FullFeature, resp: Any) -> str:
+    """The answer as a message names it: its PDU type, or what happened instead."""
+    return type(resp).__name__ if resp is not None else str(ffp.no_answer or "no answer")
+
+
 def _pairs(resp: Any) -> dict[str, str]:
     if not isinstance(resp, P.TextResponse) or not resp.data:
         return {}
@@ -73,9 +78,9 @@ async def _still_alive(ffp: FullFeature, sent: list[Any], received: list[Any], r
     require(
         isinstance(answer, P.NopIn),
         req_id,
-        "the session did not survive: a ping after the exchange went unanswered",
+        f"the session did not survive: a ping after the exchange got {_what(ffp, answer)}",
         sent=[*sent, ping],
-        received=[*received, answer] if answer else received,
+        received=[*received, *ffp.shown(answer)],
     )
 
 
@@ -96,9 +101,9 @@ async def test_unknown_key_in_ffp(target: Any) -> None:
         require(
             isinstance(resp, P.TextResponse),
             "R7143-6.2-1",
-            f"an unknown key in a Text Request got {type(resp).__name__ if resp else 'no answer'}",
+            f"an unknown key in a Text Request got {_what(ffp, resp)}",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
         require(
             resp.final and not resp.cont and resp.ttt == NONE_TAG,
@@ -132,9 +137,9 @@ async def test_mrdsl_redeclared_in_ffp(target: Any) -> None:
         require(
             isinstance(resp, P.TextResponse) and resp.final,
             "R7143-6.4-2",
-            f"declaring MaxRecvDataSegmentLength in full feature phase got {resp!r}",
+            f"declaring MaxRecvDataSegmentLength in full feature phase got {_what(ffp, resp)}",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
         answer = _pairs(resp).get("MaxRecvDataSegmentLength")
         require(
@@ -162,7 +167,7 @@ async def test_redeclared_mrdsl_applies(target: Any) -> None:
             "R7143-6.4-2",
             "declaring MaxRecvDataSegmentLength=512 was not answered with a final Text Response",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
         out = await ffp.command(cdb.read10(0, 8), read_length=8 * BLOCK, lun=target.lun)
         big = [len(p.data) for p in out.data_ins if len(p.data) > 512]
@@ -171,7 +176,7 @@ async def test_redeclared_mrdsl_applies(target: Any) -> None:
             "RSBC3-5.16-1",
             f"READ failed ({out.status!r})",
             sent=[req, *out.sent],
-            received=[resp, *out.received],
+            received=[resp, *out.shown()],
         )
         require(
             not big,
@@ -179,7 +184,7 @@ async def test_redeclared_mrdsl_applies(target: Any) -> None:
             f"Data-In segments of {big} bytes after MaxRecvDataSegmentLength=512 was declared "
             "in full feature phase",
             sent=[req, *out.sent],
-            received=[resp, *out.received],
+            received=[resp, *out.shown()],
         )
 
 
@@ -216,9 +221,9 @@ def _make_login_only_test(key: str, value: str) -> Callable[..., Any]:
             require(
                 isinstance(resp, P.TextResponse),
                 "R7143-6.4-1",
-                f"{key} in a Text Request got {type(resp).__name__ if resp else 'no answer'}",
+                f"{key} in a Text Request got {_what(ffp, resp)}",
                 sent=[req],
-                received=[resp] if resp else [],
+                received=ffp.shown(resp),
             )
             answer = _pairs(resp).get(key)
             require(
@@ -262,9 +267,9 @@ async def test_continued_text_request_empty_answer(target: Any) -> None:
         require(
             isinstance(resp, P.TextResponse),
             "R7143-11.10-3",
-            f"a Text Request with C=1 got {type(resp).__name__ if resp else 'no answer'}",
+            f"a Text Request with C=1 got {_what(ffp, resp)}",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
         require(
             not resp.data and not resp.final and resp.ttt != NONE_TAG,
@@ -293,16 +298,16 @@ async def test_continued_text_request_reassembled(target: Any) -> None:
                 "R7143-11.10-3",
                 "no Target Transfer Tag to continue the text with",
                 sent=[req1],
-                received=[resp1] if resp1 else [],
+                received=ffp.shown(resp1),
             )
         req2, resp2 = await _text(ffp, text[10:], itt=req1.itt, ttt=resp1.ttt)
         pairs = _pairs(resp2)
         require(
             isinstance(resp2, P.TextResponse) and resp2.final,
             "R7143-11.10-3",
-            f"the continuation got {type(resp2).__name__ if resp2 else 'no answer'}",
+            f"the continuation got {_what(ffp, resp2)}",
             sent=[req1, req2],
-            received=[p for p in (resp1, resp2) if p],
+            received=ffp.shown(resp1, resp2),
         )
         require(
             pairs.get(PROBE_KEY) == "NotUnderstood",
@@ -329,18 +334,18 @@ async def test_new_request_resets_exchange(target: Any) -> None:
         require(
             isinstance(resp1, P.TextResponse) and not resp1.final,
             "R7143-11.10-3",
-            f"the first, continued request (C=1) was answered {resp1!r}: no exchange to reset",
+            f"the first, continued request (C=1) was answered {_what(ffp, resp1)}: no exchange to reset",
             sent=[req1],
-            received=[resp1] if resp1 else [],
+            received=ffp.shown(resp1),
         )
         req2, resp2 = await _text(ffp, text_of([(other, "2")]), itt=req1.itt)
         pairs = _pairs(resp2)
         require(
             isinstance(resp2, P.TextResponse) and resp2.final,
             "R7143-11.10-4",
-            f"a new request (TTT 0xffffffff) after an unfinished one got {resp2!r}",
+            f"a new request (TTT 0xffffffff) after an unfinished one got {_what(ffp, resp2)}",
             sent=[req1, req2],
-            received=[p for p in (resp1, resp2) if p],
+            received=ffp.shown(resp1, resp2),
         )
         require(
             pairs.get(other) == "NotUnderstood" and len(pairs) == 1,
@@ -348,7 +353,7 @@ async def test_new_request_resets_exchange(target: Any) -> None:
             f"the new request was answered {pairs}: the unfinished text must be dropped "
             f"and only {other} answered",
             sent=[req1, req2],
-            received=[p for p in (resp1, resp2) if p],
+            received=ffp.shown(resp1, resp2),
         )
 
 
@@ -366,9 +371,9 @@ async def test_text_request_with_unknown_ttt(target: Any) -> None:
         require(
             isinstance(resp, P.Reject | P.TextResponse),
             "R7143-11.10-5",
-            f"a Text Request with an unknown TTT got {type(resp).__name__ if resp else 'no answer'}",
+            f"a Text Request with an unknown TTT got {_what(ffp, resp)}",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
         if isinstance(resp, P.TextResponse):
             require(
@@ -388,19 +393,36 @@ async def test_text_request_with_unknown_ttt(target: Any) -> None:
     requirements=["R7143-7.7-1", "R7143-11.10-5"],
 )
 async def test_text_request_reserved_itt(target: Any) -> None:
-    """A Text Request with the reserved Initiator Task Tag 0xffffffff is rejected, not
-    answered as a request, and the session goes on."""
+    """A Text Request with the reserved Initiator Task Tag 0xffffffff is not answered as
+    a request: the target rejects it or ends the connection.
+
+    The tag 0xffffffff is reserved and no task may carry it (RFC 7143 11.2.1.8), so the
+    request is malformed. The RFC gives the target two answers: a Reject carrying the
+    header (11.17.1 lists an invalid ITT under reason 09h, Invalid PDU field), after
+    which the session may go on or end; or, taking it as a format error (an illegal
+    header field, 7.7), ending the session's connections. A Text Response (the request
+    processed) and silence with the connection open are neither."""
     async with full_feature(target) as ffp:
         req, resp = await _text(ffp, text_of([(PROBE_KEY, "1")]), itt=NONE_TAG)
+        gone = ffp.no_answer
         require(
-            isinstance(resp, P.Reject),
+            isinstance(resp, P.Reject)
+            or (resp is None and gone and gone.outcome is Outcome.CLOSED),
             "R7143-11.10-5",
-            f"a Text Request with ITT 0xffffffff got {type(resp).__name__ if resp else 'no answer'}, "
-            "expected a Reject",
+            f"a Text Request with ITT 0xffffffff got {_what(ffp, resp)}; RFC 7143 allows a "
+            "Reject (11.17.1, Invalid PDU field) or the end of the connection (7.7, format "
+            "error)",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
-        await _still_alive(ffp, [req], [resp], "R7143-11.10-5")
+        if isinstance(resp, P.Reject):
+            require(
+                resp.data[:48] == P.bhs_of(req),
+                "R7143-11.17-1",
+                "the Reject does not carry the rejected Text Request's header",
+                sent=[req],
+                received=[resp],
+            )
 
 
 @spec(
@@ -410,15 +432,32 @@ async def test_text_request_reserved_itt(target: Any) -> None:
     requirements=["R7143-7.7-1", "R7143-11.10-5"],
 )
 async def test_text_request_final_and_continue(target: Any) -> None:
-    """A Text Request with both F=1 and C=1 (C requires F=0) is rejected, and the session goes on."""
+    """A Text Request with both F=1 and C=1 is a format error: the target ends the
+    connection (a Reject may come first) and never answers it as a request.
+
+    A Text Request with C=1 must have F=0 (RFC 7143 11.10.2); F and C together are
+    inconsistent field contents, one of the two format errors of RFC 7143 7.7, on which
+    the receiver must end every connection of the session (close or reset) and go to
+    session recovery. A Reject before the close does not process the request and is
+    allowed; a Text Response, a session that goes on, or silence are not."""
     async with full_feature(target) as ffp:
         req, resp = await _text(ffp, text_of([(PROBE_KEY, "1")]), final=True, cont=True)
         require(
-            isinstance(resp, P.Reject),
-            "R7143-11.10-5",
-            f"a Text Request with F=1 and C=1 got {type(resp).__name__ if resp else 'no answer'}, "
-            "expected a Reject",
+            not isinstance(resp, P.TextResponse),
+            "R7143-7.7-1",
+            "a Text Request with F=1 and C=1 (a format error) was answered as a valid request",
             sent=[req],
-            received=[resp] if resp else [],
+            received=[resp],
         )
-        await _still_alive(ffp, [req], [resp], "R7143-11.10-5")
+        after = await ffp.drain(min(ffp.timeout, 5.0)) if resp is not None else []
+        gone = ffp.no_answer
+        require(
+            gone is not None and gone.outcome is Outcome.CLOSED,
+            "R7143-7.7-1",
+            f"a Text Request with F=1 and C=1 got {_what(ffp, resp)}"
+            + (" and the connection stayed open" if resp is not None else "")
+            + "; RFC 7143 7.7 requires the target to end the session's connections on a "
+            "format error (inconsistent fields: C=1 needs F=0, 11.10.2)",
+            sent=[req],
+            received=[*ffp.shown(resp), *after, *([gone] if resp is not None and gone else [])],
+        )

@@ -82,7 +82,7 @@ async def test_register(target: Any) -> None:
             "RSPC4-5.9-1",
             f"REGISTER status {out.status!r}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         gen1, keys1, rk = await read_keys(a, target.lun)
         require(
@@ -90,14 +90,14 @@ async def test_register(target: Any) -> None:
             "RSPC4-5.9-1",
             f"READ KEYS {list(map(hex, keys1))} lacks the registered key",
             sent=rk.sent,
-            received=rk.received,
+            received=rk.shown(),
         )
         require(
             gen1 == (gen0 + 1) & 0xFFFFFFFF,
             "RSPC4-5.9-1",
             f"PRgeneration {gen0} -> {gen1}",
             sent=rk.sent,
-            received=rk.received,
+            received=rk.shown(),
         )
 
 
@@ -118,7 +118,7 @@ async def test_register_wrong_key(target: Any) -> None:
             "RSPC4-5.9-2",
             f"REGISTER with a wrong key: status {out.status!r}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
 
 
@@ -140,7 +140,7 @@ async def test_reserve_read_reservation(target: Any) -> None:
             "RSPC4-5.9-3",
             f"RESERVE status {out.status!r}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         info, rr = await read_reservation(a, target.lun)
         require(
@@ -148,7 +148,7 @@ async def test_reserve_read_reservation(target: Any) -> None:
             "RSPC4-5.9-3",
             f"READ RESERVATION says {info!r}",
             sent=rr.sent,
-            received=rr.received,
+            received=rr.shown(),
         )
 
 
@@ -170,7 +170,7 @@ async def test_write_exclusive(target: Any) -> None:
             "RSPC4-5.9-4",
             f"B's WRITE under A's Write Exclusive: status {w.status!r}",
             sent=w.sent,
-            received=w.received,
+            received=w.shown(),
         )
         r = await b.command(cdb.read10(100, 1), read_length=BLOCK, lun=target.lun)
         require(
@@ -178,7 +178,7 @@ async def test_write_exclusive(target: Any) -> None:
             "RSPC4-5.9-4",
             f"B's READ under Write Exclusive: status {r.status!r}",
             sent=r.sent,
-            received=r.received,
+            received=r.shown(),
         )
 
 
@@ -200,7 +200,7 @@ async def test_exclusive_access(target: Any) -> None:
             "RSPC4-5.9-5",
             f"B's READ under Exclusive Access: status {r.status!r}",
             sent=r.sent,
-            received=r.received,
+            received=r.shown(),
         )
         mine = await a.command(cdb.read10(100, 1), read_length=BLOCK, lun=target.lun)
         require(
@@ -208,7 +208,7 @@ async def test_exclusive_access(target: Any) -> None:
             "RSPC4-5.9-5",
             f"the holder's READ: status {mine.status!r}",
             sent=mine.sent,
-            received=mine.received,
+            received=mine.shown(),
         )
 
 
@@ -230,7 +230,7 @@ async def test_registrants_only(target: Any) -> None:
             "RSPC4-5.9-6",
             f"unregistered B's WRITE under WE-RO: {w.status!r}",
             sent=w.sent,
-            received=w.received,
+            received=w.shown(),
         )
         await pr_out(b, target.lun, REGISTER, sa_key=KEY_B)
         w2 = await b.command(cdb.write10(101, 1), data_out=os.urandom(BLOCK), lun=target.lun)
@@ -239,7 +239,7 @@ async def test_registrants_only(target: Any) -> None:
             "RSPC4-5.9-6",
             f"registered B's WRITE under WE-RO: {w2.status!r}",
             sent=w2.sent,
-            received=w2.received,
+            received=w2.shown(),
         )
 
 
@@ -262,7 +262,7 @@ async def test_preempt_failover(target: Any) -> None:
             "RSPC4-5.9-7",
             f"PREEMPT status {out.status!r}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         info, rr = await read_reservation(b, target.lun)
         require(
@@ -270,7 +270,7 @@ async def test_preempt_failover(target: Any) -> None:
             "RSPC4-5.9-7",
             f"after PREEMPT the holder is {info!r}",
             sent=rr.sent,
-            received=rr.received,
+            received=rr.shown(),
         )
         _gen, keys, rk = await read_keys(b, target.lun)
         require(
@@ -278,7 +278,7 @@ async def test_preempt_failover(target: Any) -> None:
             "RSPC4-5.9-7",
             "the preempted key is still registered",
             sent=rk.sent,
-            received=rk.received,
+            received=rk.shown(),
         )
         w = await a.command(cdb.write10(102, 1), data_out=os.urandom(BLOCK), lun=target.lun)
         if (
@@ -290,7 +290,7 @@ async def test_preempt_failover(target: Any) -> None:
             "RSPC4-5.9-7",
             f"the preempted node's WRITE: {w.status!r}",
             sent=w.sent,
-            received=w.received,
+            received=w.shown(),
         )
 
 
@@ -312,7 +312,7 @@ async def test_release(target: Any) -> None:
             "RSPC4-5.9-8",
             f"RELEASE status {out.status!r}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         info, rr = await read_reservation(a, target.lun)
         require(
@@ -320,7 +320,7 @@ async def test_release(target: Any) -> None:
             "RSPC4-5.9-8",
             f"still reserved: {info!r}",
             sent=rr.sent,
-            received=rr.received,
+            received=rr.shown(),
         )
         _g, keys, rk = await read_keys(a, target.lun)
         require(
@@ -328,7 +328,7 @@ async def test_release(target: Any) -> None:
             "RSPC4-5.9-8",
             "RELEASE removed the registration",
             sent=rk.sent,
-            received=rk.received,
+            received=rk.shown(),
         )
 
 
@@ -351,7 +351,7 @@ async def test_clear(target: Any) -> None:
             "RSPC4-5.9-9",
             f"CLEAR status {out.status!r}",
             sent=out.sent,
-            received=out.received,
+            received=out.shown(),
         )
         await a.command(cdb.test_unit_ready(), lun=target.lun)
         _g, keys, rk = await read_keys(a, target.lun)
@@ -360,7 +360,7 @@ async def test_clear(target: Any) -> None:
             "RSPC4-5.9-9",
             f"keys left after CLEAR: {list(map(hex, keys))}",
             sent=rk.sent,
-            received=rk.received,
+            received=rk.shown(),
         )
 
 
@@ -383,7 +383,7 @@ async def test_nexus_per_isid(target: Any) -> None:
             "RSPC4-5.9-11",
             f"the same initiator with another ISID was treated as registered (status {r.status!r})",
             sent=r.sent,
-            received=r.received,
+            received=r.shown(),
         )
 
 
@@ -408,7 +408,7 @@ async def test_scsi2_reserve_release(target: Any) -> None:
             "RSPC2-5.5.1-1",
             f"RESERVE(6) status {res.status!r}",
             sent=res.sent,
-            received=res.received,
+            received=res.shown(),
         )
         try:
             r = await b.command(cdb.read10(0, 1), read_length=BLOCK, lun=target.lun)
@@ -417,7 +417,7 @@ async def test_scsi2_reserve_release(target: Any) -> None:
                 "RSPC2-5.5.1-1",
                 f"another nexus read a reserved LU (status {r.status!r})",
                 sent=r.sent,
-                received=r.received,
+                received=r.shown(),
             )
         finally:
             rel = await a.command(cdb.release6(), lun=target.lun)
@@ -426,7 +426,7 @@ async def test_scsi2_reserve_release(target: Any) -> None:
             "RSPC2-5.5.1-1",
             f"RELEASE(6) status {rel.status!r}",
             sent=rel.sent,
-            received=rel.received,
+            received=rel.shown(),
         )
         r2 = await b.command(cdb.read10(0, 1), read_length=BLOCK, lun=target.lun)
         require(
@@ -434,5 +434,5 @@ async def test_scsi2_reserve_release(target: Any) -> None:
             "RSPC2-5.5.1-1",
             f"READ after RELEASE: {r2.status!r}",
             sent=r2.sent,
-            received=r2.received,
+            received=r2.shown(),
         )
