@@ -428,7 +428,7 @@ async def test_data_out_with_unknown_ttt(target: Any) -> None:
 
 @spec(
     "FullFeature.Errors.DataOutUnknownTttSessionGoesOn",
-    "RFC 7143 7.11",
+    ("RFC 7143", "7.3", "INFORMATIONAL", "target"),
     "RFC 7143 11.17",
     level="SHOULD",
     requirements=["R7143-7.11-1"],
@@ -493,7 +493,7 @@ async def test_data_out_with_unknown_ttt_session_goes_on(target: Any) -> None:
 
 @spec(
     "FullFeature.Errors.DataOutUnknownItt",
-    "RFC 7143 7.11",
+    ("RFC 7143", "7.3", "INFORMATIONAL", "target"),
     ("RFC 7143", "11.7.4", "INFORMATIONAL", "target"),
     level="SHOULD",
     requirements=["R7143-7.11-1", "R7143-11.7-6"],

@@ -483,9 +483,9 @@ def test_only_login_before_ffp(initiator: Any, target: Any, observed: Any) -> No
 
 @spec(
     "Initiator.Login.KeysNotRepeated",
-    "RFC 7143 6.2",
+    ("RFC 7143", "6.3", "INFORMATIONAL", "initiator"),
     pairing="initiator",
-    requirements=["R7143-6.2-3"],
+    requirements=["R7143-6.3-12"],
 )
 def test_keys_not_repeated(initiator: Any, target: Any, observed: Any) -> None:
     """The initiator sends each key at most once per login."""
@@ -495,7 +495,7 @@ def test_keys_not_repeated(initiator: Any, target: Any, observed: Any) -> None:
         for key, _value in conn.initiator_keys:
             require(
                 key not in seen,
-                "R7143-6.2-3",
+                "R7143-6.3-12",
                 f"key {key} sent twice in one login",
                 sent=_shown(_login_requests(conn)),
             )
@@ -785,7 +785,7 @@ def _check_window(conn: ObservedConnection) -> None:
 
 @spec(
     "Initiator.Sequencing.CmdSNWithinWindow",
-    "RFC 7143 4.2.2.1",
+    ("RFC 7143", "4.2.2.1", "INFORMATIONAL", "initiator"),
     pairing="initiator",
     requirements=["R7143-4.2.2.1-3"],
 )
@@ -807,7 +807,7 @@ def _narrow(conn: ObservedConnection, direction: str, pdu: PDU) -> Any:
 
 @spec(
     "Initiator.Sequencing.NarrowWindow",
-    "RFC 7143 4.2.2.1",
+    ("RFC 7143", "4.2.2.1", "INFORMATIONAL", "initiator"),
     pairing="initiator",
     requirements=["R7143-4.2.2.1-3"],
 )
@@ -845,7 +845,7 @@ def _closed_at_login(conn: ObservedConnection, direction: str, pdu: PDU) -> Any:
 
 @spec(
     "Initiator.Sequencing.WindowClosedAtLogin",
-    "RFC 7143 4.2.2.1",
+    ("RFC 7143", "4.2.2.1", "INFORMATIONAL", "initiator"),
     pairing="initiator",
     requirements=["R7143-4.2.2.1-3"],
 )
