@@ -48,7 +48,7 @@ def certify(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from iscsi_conformance.initiator.url import parse_url
     from iscsi_conformance.plugin import RESULTS_KEY, _credentials
     from iscsi_conformance.suite import pytest_args as _pytest_args
-    from iscsi_conformance.verdict import certification_verdict, print_summary
+    from iscsi_conformance.verdict import certification_verdict, print_summary, print_verdict
 
     try:
         url = parse_url(args.url)
@@ -90,6 +90,8 @@ def certify(args: argparse.Namespace, extra: Sequence[str]) -> int:
         argv += ["--iscsi-mutual-chap", f"{mutual.user}%{mutual.secret}"]
     if args.allow_dataloss:
         argv += ["--iscsi-allow-dataloss"]
+    if getattr(args, "strict", False):
+        argv += ["--iscsi-strict"]
 
     class _Grab:
         results: object = None
@@ -106,13 +108,7 @@ def certify(args: argparse.Namespace, extra: Sequence[str]) -> int:
         _err(f"the suite produced no results (pytest exit status {int(code)})")
         return EXIT_HARNESS
     print_summary(results, report)
-    verdict = certification_verdict(results, public)
-    print(
-        f"MUST requirements tested: {verdict.must_tested}, passed: {verdict.must_passed}, "
-        f"failed: {len(verdict.must_failed)}; skipped tests: {verdict.skipped}"
-    )
-    for line in verdict.must_failed[:20]:
-        print(f"  FAILED {line}")
-    print(f"{'CERTIFIED' if verdict.certified else 'NOT CERTIFIED'}: {public}")
+    verdict = certification_verdict(results, public, strict=getattr(args, "strict", False))
+    print_verdict(verdict)
     print(f"HTML report: {(report / 'index.html').resolve()}")
     return EXIT_OK if verdict.certified else EXIT_FAILED

@@ -6,11 +6,15 @@ Subcommands:
   (default: the reference initiator against the reference target, no Docker), with
   progress, a summary and the report (JSON, HTML, JUnit) written.
 - ``certify URL``: certify a third-party target: only target-role tests, reads only
-  unless ``--allow-dataloss``; exit 0 only when every MUST it could test passed.
+  unless ``--allow-dataloss``; exit 0 only when every MUST it could test passed (and,
+  with ``--strict``, every SHOULD). ``run --strict`` likewise makes a SHOULD broken a
+  failure instead of a non-strict result (``grading.py``).
 - ``target`` / ``initiator``: the reference peers as tools.
 - ``report``: merge results files, render HTML / JUnit.
 - ``peers``: list the peers this installation knows, with their capabilities.
 - ``fuzz``: drive Hypothesis-generated PDUs at a target.
+- ``mutate``: the suite's mutation score: named mutants of the reference target, one
+  at a time, and the tests that kill each (``iscsi_conformance.mutation``).
 
 Exit statuses: 0 success, 1 failures found (or the peer refused us), 2 bad usage or
 configuration, 3 the harness or a peer could not start, 130 interrupted.
@@ -51,7 +55,10 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         def pytest_sessionfinish(self, session: pytest.Session) -> None:
             _Grab.results = session.config.stash.get(RESULTS_KEY, None)
 
-    code = pytest.main(_pytest_args(args, report, extra), plugins=[_Grab()])
+    argv = _pytest_args(args, report, extra)
+    if getattr(args, "strict", False):
+        argv.append("--iscsi-strict")
+    code = pytest.main(argv, plugins=[_Grab()])
     if _Grab.results is not None:
         _summary(_Grab.results, report)
     if code == pytest.ExitCode.INTERRUPTED:
@@ -131,6 +138,8 @@ def _shard_argv(
         argv += ["--peer-mode", args.peer_mode]
     if args.allure:
         argv += ["--allure", str(args.allure)]
+    if getattr(args, "strict", False):
+        argv.append("--strict")
     argv += ["-q", "--", *extra]
     if not shard.initiator_column:
         argv.append("--iscsi-no-initiator-column")
@@ -270,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--allure", metavar="DIR", help="also write allure results to DIR")
     run.add_argument("-q", "--quiet", action="store_true", help="less output")
+    run.add_argument(
+        "--strict",
+        action="store_true",
+        help="a SHOULD broken is a failure (default: a non-strict result, shown apart)",
+    )
 
     cert = sub.add_parser("certify", help="certify a third-party target given by URL")
     cert.add_argument("url", help="iscsi://[user[%%secret]@]host[:port]/iqn/lun")
@@ -290,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cert.add_argument("--allure", metavar="DIR", help="also write allure results to DIR")
     cert.add_argument("-q", "--quiet", action="store_true")
+    cert.add_argument(
+        "--strict",
+        action="store_true",
+        help="a SHOULD broken fails certification too (default: only MUSTs do)",
+    )
 
     for name, helptext in (
         ("target", "run the reference target"),
@@ -297,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("report", "merge results and render HTML/JUnit"),
         ("peers", "list known peers and their capabilities"),
         ("fuzz", "fuzz a target with Hypothesis-generated PDUs"),
+        ("mutate", "mutation score of the suite: break the reference target, see what is caught"),
     ):
         p = sub.add_parser(name, help=helptext, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -309,6 +329,7 @@ _DELEGATES = {
     "report": "iscsi_conformance.report.cli",
     "peers": "iscsi_conformance.peers.cli",
     "fuzz": "iscsi_conformance.fuzz.cli",
+    "mutate": "iscsi_conformance.mutation.cli",
 }
 
 

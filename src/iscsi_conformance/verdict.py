@@ -5,6 +5,11 @@ strongest reference is a MUST (or MUST NOT / SHALL / REQUIRED) for the target ro
 passed. Skipped tests (capability or profile not available, writes not allowed) are
 counted and listed, never silently dropped; a known deviation (xfailed) is still a
 failure of the requirement for certification purposes.
+
+Verdicts are graded (``grading.py``): a failure that broke a MUST counts against
+certification; a SHOULD broken is a *non-strict* result, counted apart, and fails
+certification only in strict mode; an *informational* result (behaviour the RFC
+leaves open) is counted and listed, never a failure.
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-MUST_LEVELS = frozenset({"MUST", "MUST NOT", "REQUIRED", "SHALL", "SHALL NOT"})
+from iscsi_conformance import grading
+
+MUST_LEVELS = frozenset(
+    level for level, grade in grading.LEVEL_GRADE.items() if grade == grading.MUST
+)
 
 
 def _is_target_must(test: Any) -> bool:
@@ -30,15 +39,31 @@ class Verdict:
     must_failed: list[str]
     skipped: int
     total: int
+    non_strict: list[str] = dataclasses.field(default_factory=list)  # SHOULDs broken
+    informational: list[str] = dataclasses.field(default_factory=list)
+    strict: bool = False
 
     @property
     def certified(self) -> bool:
+        """Every MUST it was tested on passed (and, strict, every SHOULD too)."""
+        if self.strict and self.non_strict:
+            return False
         return self.must_tested > 0 and not self.must_failed
 
 
-def certification_verdict(results: Any, target: str) -> Verdict:
+def _line(t: Any) -> str:
+    text = t.message or t.deviation or ""
+    return f"{t.id}: {t.outcome}: {text.splitlines()[0] if text else ''}"
+
+
+def certification_verdict(results: Any, target: str, *, strict: bool = False) -> Verdict:
+    """The verdict on ``target`` from ``results``: MUST failures, non-strict results
+    (a SHOULD broken; a failed result graded ``should`` in a strict run counts here too)
+    and informational results, each counted apart."""
     tested = passed = skipped = total = 0
     failed: list[str] = []
+    non_strict: list[str] = []
+    informational: list[str] = []
     for t in results.tests:
         pairing = results.pairing(t.pairing)
         if pairing is None or pairing.target != target:
@@ -47,16 +72,49 @@ def certification_verdict(results: Any, target: str) -> Verdict:
         if t.outcome == "skipped":
             skipped += 1
             continue
-        if not _is_target_must(t):
+        grade = getattr(t, "grade", None)
+        if t.outcome == grading.NON_STRICT or (t.outcome == "failed" and grade == grading.SHOULD):
+            non_strict.append(_line(t))
+            continue
+        if t.outcome == grading.INFORMATIONAL or (
+            t.outcome == "failed" and grade == grading.INFORMATIONAL
+        ):
+            informational.append(_line(t))
+            continue
+        if not (_is_target_must(t) or (t.outcome == "failed" and grade == grading.MUST)):
             continue
         tested += 1
         if t.outcome in ("passed",):
             passed += 1
         else:
-            failed.append(
-                f"{t.id}: {t.outcome}: {(t.message or t.deviation or '').splitlines()[0] if (t.message or t.deviation) else ''}"
-            )
-    return Verdict(target, tested, passed, failed, skipped, total)
+            failed.append(_line(t))
+    return Verdict(
+        target, tested, passed, failed, skipped, total, non_strict, informational, strict
+    )
+
+
+def print_verdict(verdict: Verdict, out: TextIO = sys.stdout) -> None:
+    """The graded summary of ``certify``: MUST failures, non-strict results (SHOULDs
+    broken) and informational results, each counted and listed apart, then the verdict."""
+    print(
+        f"MUST requirements tested: {verdict.must_tested}, passed: {verdict.must_passed}, "
+        f"failed: {len(verdict.must_failed)}; "
+        f"non-strict (SHOULD broken): {len(verdict.non_strict)}; "
+        f"informational: {len(verdict.informational)}; skipped tests: {verdict.skipped}",
+        file=out,
+    )
+    for title, lines, shown in (
+        ("FAILED", verdict.must_failed, 20),
+        ("NON-STRICT", verdict.non_strict, 20),
+        ("INFORMATIONAL", verdict.informational, 10),
+    ):
+        for line in lines[:shown]:
+            print(f"  {title} {line}", file=out)
+        if len(lines) > shown:
+            print(f"  ... {len(lines) - shown} more {title.lower()} (see the report)", file=out)
+    mode = " (strict: a SHOULD broken fails)" if verdict.strict else ""
+    verdict_word = "CERTIFIED" if verdict.certified else "NOT CERTIFIED"
+    print(f"{verdict_word}{mode}: {verdict.target}", file=out)
 
 
 def print_summary(results: Any, report_dir: Path, out: TextIO = sys.stdout) -> None:
@@ -70,7 +128,16 @@ def print_summary(results: Any, report_dir: Path, out: TextIO = sys.stdout) -> N
         c = by_pairing[pid]
         parts = [
             f"{c[k]} {k}"
-            for k in ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+            for k in (
+                "passed",
+                "failed",
+                "error",
+                "non-strict",
+                "informational",
+                "skipped",
+                "xfailed",
+                "xpassed",
+            )
             if c[k]
         ]
         print(f"  {pid:<40} {', '.join(parts)}", file=out)

@@ -16,6 +16,14 @@ Theory of operation (thin, in the order pytest meets it):
 5. Reports: every result carries its spec data in ``user_properties`` (so it survives
    xdist); the controller builds the results document and writes JSON, HTML and JUnit
    at the end. allure labels and attachments are added when allure is active.
+6. Grades (``grading.py``): a failed test is graded by the level of the requirement
+   it broke (the violation's, else the catalog's, else the test's strongest
+   reference). A MUST broken fails; a SHOULD broken becomes a *non-strict* result and
+   an informational check an *informational* one: both are reported as passed to
+   pytest (so the exit status, JUnit and xdist see no failure) with their own
+   category in the terminal and their own outcome in the results, unless
+   ``--iscsi-strict`` makes a SHOULD a failure. A target that died, and an error that
+   is no peer's doing (our bug), always fail.
 """
 
 from __future__ import annotations
@@ -29,9 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from iscsi_conformance import grading
+from iscsi_conformance.errors import ProtocolError
 from iscsi_conformance.harness.runner import run_test_function
 from iscsi_conformance.plugin.spec import (
     ConformanceViolation,
+    PeerDied,
     SpecInfo,
     SpecRef,
     info_of,
@@ -43,7 +54,7 @@ from iscsi_conformance.plugin.spec import (
 if TYPE_CHECKING:
     from iscsi_conformance.harness.peerpool import PeerPool
 
-__all__ = ["ConformanceViolation", "SpecRef", "require", "spec", "violation"]
+__all__ = ["ConformanceViolation", "SpecRef", "failure_grade", "require", "spec", "violation"]
 
 # Every StashKey of the plugin, defined before any hook or fixture uses it.
 #: The run's state, on ``config.stash``.
@@ -57,6 +68,8 @@ RESULTS_KEY = pytest.StashKey[Any]()
 #: Results of the cases of a peer's own suite run by one test, on ``item.stash``.
 SUBRESULTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 PROPERTY = "iscsi"
+#: The report attribute naming a graded result that pytest sees as passed.
+STATUS_ATTR = "iscsi_status"
 
 
 # --------------------------------------------------------------------------- options
@@ -140,6 +153,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ini_type="bool",
     )
     add(
+        "--iscsi-strict",
+        "iscsi_strict",
+        "strict verdicts: a SHOULD broken is a failure, not a non-strict result "
+        "(informational results never fail)",
+        action="store_true",
+        ini_type="bool",
+    )
+    add(
         "--iscsi-peer-mode",
         "iscsi_peer_mode",
         "how peers run: auto, native, container, microvm",
@@ -173,6 +194,7 @@ class IscsiRun:
     mutual_chap: Any = None
     initiator_column: bool = True
     target_column: bool = True
+    strict: bool = False  # --iscsi-strict: a SHOULD broken fails
     pool: PeerPool | None = None
     pool_error: BaseException | None = None
     results: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -245,6 +267,7 @@ def pytest_configure(config: pytest.Config) -> None:
         mutual_chap=_credentials(_opt(config, "iscsi_mutual_chap"), "--iscsi-mutual-chap"),
         initiator_column=not bool(_opt(config, "iscsi_no_initiator_column")),
         target_column=not bool(_opt(config, "iscsi_no_target_column")),
+        strict=bool(_opt(config, "iscsi_strict")),
     )
     import time
 
@@ -501,8 +524,6 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         error = exc
     died = _target_died(pyfuncitem)
     if died is not None:
-        from iscsi_conformance.plugin.spec import PeerDied
-
         requirement = info.requirements[0] if info.requirements else info.test_id
         raise PeerDied(died, requirement=requirement) from error
     if error is not None:
@@ -523,7 +544,48 @@ def _target_died(item: pytest.Item) -> str | None:
     return f"target {_public_name(pairing.target)} died during this test: {why}"
 
 
-@pytest.hookimpl(hookwrapper=True)
+#: What a peer can cause: a broken rule, no answer in time, a dropped connection, a PDU
+#: that breaks the format. Any other exception (a TypeError, a HarnessError) is our bug
+#: or the run's, and is never graded down.
+_PEER_CAUSED = (AssertionError, TimeoutError, ConnectionError, EOFError, ProtocolError)
+
+
+def failure_grade(info: SpecInfo, exc: BaseException | None) -> grading.Grade:
+    """The grade of a failed test: the level of the requirement its violation names
+    (the violation's own, else the catalog's), else the test's strongest reference. A
+    dead target, and an error no peer caused, are ``must``."""
+    if isinstance(exc, PeerDied) or not isinstance(exc, _PEER_CAUSED):
+        return grading.MUST
+    if isinstance(exc, ConformanceViolation):
+        from iscsi_conformance.plugin.catalog import level_of
+
+        level = exc.level or (level_of(exc.requirement) if exc.requirement else None)
+        if level:
+            return grading.grade_of(level)
+    elif isinstance(exc, ProtocolError) and exc.level:
+        return grading.grade_of(exc.level)
+    return info.grade
+
+
+def _grade(item: pytest.Item, info: SpecInfo, call: pytest.CallInfo[None], report: Any) -> str:
+    """Grade a failed call (see the module docstring, 6) and, when it is not a failure,
+    report it to pytest as passed with its status. Returns the result's grade."""
+    if not (report.when == "call" and report.failed) or hasattr(report, "wasxfail"):
+        return info.grade
+    if _DEVIATION_KEY in item.stash:  # a known deviation stays a strict expected failure
+        return info.grade
+    run: IscsiRun = item.config.stash[RUN_KEY]
+    grade = failure_grade(info, call.excinfo.value if call.excinfo is not None else None)
+    status = grading.failed_outcome(grade, strict=run.strict)
+    if status != grading.FAILED:
+        report.outcome = "passed"  # the exit status, JUnit and xdist see no failure
+        setattr(report, STATUS_ATTR, status)
+        item.user_properties.append(("iscsi_status", status))  # pytest's own JUnit
+    item.user_properties.append(("iscsi_grade", grade))
+    return grade
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)  # outermost: sees xfail already decided
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
@@ -537,6 +599,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             del item.stash[EVIDENCE_KEY]
         return
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        grade = _grade(item, info, call, report)
         pairing = item.callspec.params.get("pairing") if hasattr(item, "callspec") else None
         ev = item.stash.get(EVIDENCE_KEY, None)
         data = {
@@ -546,6 +609,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             "target": _public_name(pairing.target) if pairing else "",
             "spec": [r.as_dict() for r in info.refs],
             "requirements": list(info.requirements),
+            "grade": grade,
             "summary": info.summary,
             "deviation": item.stash.get(_DEVIATION_KEY, None),
             "pdus": _pdu_events(ev) if ev is not None else [],
@@ -645,8 +709,11 @@ class _ResultCollector:
 def _result_from(report: pytest.TestReport, data: dict[str, Any]) -> dict[str, Any]:
     if "outcome" in data:  # a sub-result (own-suite case) carries its own verdict
         return {"nodeid": report.nodeid, "skip_reason": None, "worker": None, **data}
+    status = getattr(report, STATUS_ATTR, None)
     if hasattr(report, "wasxfail"):
         outcome = "xpassed" if report.passed else "xfailed"
+    elif status:
+        outcome = status  # non-strict / informational: graded down from a failure
     elif report.when == "setup" and report.failed:
         outcome = "error"
     else:
@@ -656,7 +723,7 @@ def _result_from(report: pytest.TestReport, data: dict[str, Any]) -> dict[str, A
     skip_reason = None
     if report.skipped and isinstance(report.longrepr, tuple):
         skip_reason = str(report.longrepr[2]).removeprefix("Skipped: ")
-    elif report.failed:
+    elif report.failed or status:
         crash = getattr(report.longrepr, "reprcrash", None)
         message = (
             crash.message
@@ -678,6 +745,34 @@ def _result_from(report: pytest.TestReport, data: dict[str, Any]) -> dict[str, A
         and getattr(report.node, "gateway", None)
         and report.node.gateway.id,
     }
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
+    """Graded results have their own category: ``3 non-strict, 1 informational`` in the
+    summary line, ``n`` / ``i`` in the progress, NON-STRICT / INFORMATIONAL with -v."""
+    status = getattr(report, STATUS_ATTR, None)
+    if status and report.when == "call":
+        letter = "n" if status == grading.NON_STRICT else "i"
+        return status, letter, (status.upper(), {"yellow": True})
+    return None
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Each graded result, with the requirement it broke, after pytest's own summary."""
+    titles = {
+        grading.NON_STRICT: "non-strict results: a SHOULD broken (a failure with --iscsi-strict)",
+        grading.INFORMATIONAL: "informational results: behaviour the RFC leaves open, as observed",
+    }
+    for status, title in titles.items():
+        reports = terminalreporter.stats.get(status, [])
+        if not reports:
+            continue
+        terminalreporter.section(title, sep="-", yellow=True)
+        for rep in reports:
+            crash = getattr(rep.longrepr, "reprcrash", None)
+            text = crash.message.strip().splitlines()[0] if crash is not None else ""
+            terminalreporter.write_line(f"{status.upper()} {rep.nodeid} - {text}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

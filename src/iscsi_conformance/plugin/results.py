@@ -25,6 +25,7 @@ def build_results(run: Any) -> model.Results:
     results.add_run(model.Run.collect(started=model.iso_from_epoch(run.started)))
     results.runs[-1].finished = model.utcnow()
     results.runs[-1].phases = run_phases(run.started)
+    results.runs[-1].strict = bool(getattr(run, "strict", False))
     pool = run.pool
     if pool is not None:
         commands = pool.commands()
@@ -66,6 +67,7 @@ def build_results(run: Any) -> model.Results:
                 ),
                 deviation=rec.get("deviation"),
                 skip_reason=rec.get("skip_reason"),
+                grade=rec.get("grade"),
             )
         )
     results.requirements = _requirements_catalog()

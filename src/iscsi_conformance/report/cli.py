@@ -68,6 +68,11 @@ def build_parser(prog: str = "iscsi-conformance report") -> argparse.ArgumentPar
     p = sub.add_parser("junit", help="render JUnit XML (one testsuite per pairing)")
     p.add_argument("inputs", type=Path, nargs="+", metavar="IN")
     p.add_argument("--out", type=Path, required=True, metavar="FILE")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="non-strict results (a SHOULD broken) are <failure>s (default: when a run was strict)",
+    )
     secrets_opts(p)
 
     p = sub.add_parser("validate", help="check result files against the schema")
@@ -117,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(page)
         elif args.command == "junit":
-            print(write_junit(_load(args.inputs), args.out, secrets=secrets))
+            strict = True if args.strict else None
+            print(write_junit(_load(args.inputs), args.out, secrets=secrets, strict=strict))
     except (HarnessError, OSError) as exc:
         print(f"iscsi-conformance report: {exc}", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ from .model import (
     Requirement,
     Results,
     TestResult,
+    area_of,
     resource_dir,
     utcnow,
     write_text_atomic,
@@ -42,12 +43,25 @@ __all__ = ["build_view", "render_html", "write_html"]
 
 MAX_HEX_BYTES = 1024  # longer PDUs are cut in the dump (the capture has everything)
 
-# Order in which outcomes are shown (bars and counts): worst first.
-SHOWN = ("failed", "error", "xpassed", "xfailed", "passed", "skipped")
+# Order in which outcomes are shown (bars and counts): worst first. A non-strict result
+# (a SHOULD broken) and an informational one (what the RFC leaves open) are shown apart
+# from failures: neither fails the cell unless the run was strict (grading.py).
+SHOWN = (
+    "failed",
+    "error",
+    "xpassed",
+    "non-strict",
+    "xfailed",
+    "informational",
+    "passed",
+    "skipped",
+)
 SYMBOL = {
     "passed": "✓",
     "failed": "✗",
     "error": "!",
+    "non-strict": "△",
+    "informational": "ℹ",
     "xfailed": "≈",
     "xpassed": "↑",
     "skipped": "–",
@@ -57,6 +71,8 @@ LABEL = {
     "passed": "passed",
     "failed": "failed",
     "error": "error",
+    "non-strict": "non-strict (SHOULD broken)",
+    "informational": "informational",
     "xfailed": "known deviation",
     "xpassed": "unexpectedly passed",
     "skipped": "skipped",
@@ -67,6 +83,7 @@ VERDICT_LABEL = {
     "flaky": "Flaky",
     "review": "Review",
     "deviations": "Passes with deviations",
+    "nonstrict": "Passes, SHOULDs broken",
     "pass": "Passes",
     "skipped": "Skipped only",
     "empty": "Not run",
@@ -76,11 +93,17 @@ VERDICT_LABEL = {
 # --------------------------------------------------------------------------- views
 
 
+def _attr(outcome: str) -> str:
+    return outcome.replace("-", "_")
+
+
 @dataclasses.dataclass
 class Counts:
     passed: int = 0
     failed: int = 0
     error: int = 0
+    non_strict: int = 0
+    informational: int = 0
     xfailed: int = 0
     xpassed: int = 0
     skipped: int = 0
@@ -88,18 +111,19 @@ class Counts:
 
     def add(self, t: TestResult) -> None:
         if t.outcome in SHOWN:
-            setattr(self, t.outcome, getattr(self, t.outcome) + 1)
+            setattr(self, _attr(t.outcome), getattr(self, _attr(t.outcome)) + 1)
         if t.flaky:
             self.flaky += 1
 
     @property
     def total(self) -> int:
-        return sum(getattr(self, o) for o in SHOWN)
+        return sum(getattr(self, _attr(o)) for o in SHOWN)
 
     @property
     def verdict(self) -> str:
         """fail > flaky > review (xpassed: a manifest is out of date) > deviations >
-        pass > skipped > empty."""
+        nonstrict (SHOULDs broken) > pass (informational results count as runs) >
+        skipped > empty."""
         if self.failed or self.error:
             return "fail"
         if self.flaky:
@@ -108,7 +132,9 @@ class Counts:
             return "review"
         if self.xfailed:
             return "deviations"
-        if self.passed:
+        if self.non_strict:
+            return "nonstrict"
+        if self.passed or self.informational:
             return "pass"
         return "skipped" if self.skipped else "empty"
 
@@ -123,13 +149,13 @@ class Counts:
         return [
             {
                 "outcome": o,
-                "count": getattr(self, o),
-                "percent": round(100.0 * getattr(self, o) / total, 2),
+                "count": getattr(self, _attr(o)),
+                "percent": round(100.0 * getattr(self, _attr(o)) / total, 2),
                 "symbol": SYMBOL[o],
                 "label": LABEL[o],
             }
             for o in SHOWN
-            if getattr(self, o)
+            if getattr(self, _attr(o))
         ]
 
     @property
@@ -141,7 +167,8 @@ class Counts:
         return ", ".join(parts) or "no results"
 
     def as_data(self) -> dict[str, int]:
-        return {**dataclasses.asdict(self), "total": self.total}
+        data = {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+        return {**data, "total": self.total}
 
 
 @dataclasses.dataclass
@@ -194,7 +221,16 @@ class TestView:
 
     @property
     def is_problem(self) -> bool:
-        return self.result.outcome in ("failed", "error", "xpassed") or self.result.flaky
+        return (
+            self.result.outcome in ("failed", "error", "xpassed", "non-strict") or self.result.flaky
+        )
+
+    @property
+    def skip_cause(self) -> str:
+        """What was missing for a skipped test, in words ("capability redirect of tgt
+        missing"); empty when the reason says nothing the report can name."""
+        cause = self.result.skip_cause
+        return "" if cause is None or cause.kind == "other" else str(cause)
 
     @property
     def expanded(self) -> bool:
@@ -233,6 +269,16 @@ class CellView:
 
 
 @dataclasses.dataclass
+class SkippedEverywhere:
+    """A test that ran on no pairing of these results, and why."""
+
+    id: str
+    pairings: int
+    causes: list[str]  # distinct causes in words ("profile redirect not served by tgt")
+    reasons: list[str]  # the distinct skip reasons, verbatim
+
+
+@dataclasses.dataclass
 class PageView:
     title: str
     generated: str
@@ -250,6 +296,7 @@ class PageView:
     notes: list[str]
     data_file: str | None
     pairings_run: int
+    skipped_everywhere: list[SkippedEverywhere] = dataclasses.field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- building
@@ -423,7 +470,9 @@ PDUS_SHOWN_PROBLEM, PDUS_SHOWN_OTHER = 400, 40
 
 
 def _pdus_shown(t: TestResult) -> int:
-    if t.outcome in ("failed", "error", "xpassed", "xfailed") or t.flaky:
+    if t.outcome in ("failed", "error", "xpassed", "xfailed", "non-strict", "informational"):
+        return PDUS_SHOWN_PROBLEM
+    if t.flaky:
         return PDUS_SHOWN_PROBLEM
     return PDUS_SHOWN_OTHER
 
@@ -541,7 +590,31 @@ def build_view(
         notes=list(results.notes),
         data_file=data_file,
         pairings_run=len(cells),
+        skipped_everywhere=skipped_everywhere(results.tests),
     )
+
+
+def skipped_everywhere(tests: Iterable[TestResult]) -> list[SkippedEverywhere]:
+    """The tests skipped on every pairing they were collected for, each with the causes
+    (what was missing) and the reasons, by test id."""
+    by_id: dict[str, list[TestResult]] = {}
+    for t in tests:
+        by_id.setdefault(t.id, []).append(t)
+    out: list[SkippedEverywhere] = []
+    for tid in sorted(by_id, key=lambda i: (_area_key(area_of(i)), i)):
+        results = by_id[tid]
+        if not all(t.outcome == "skipped" for t in results):
+            continue
+        causes = [c for c in (t.skip_cause for t in results) if c and c.kind != "other"]
+        out.append(
+            SkippedEverywhere(
+                id=tid,
+                pairings=len(results),
+                causes=sorted({str(c) for c in causes}),
+                reasons=sorted({t.skip_reason for t in results if t.skip_reason}),
+            )
+        )
+    return out
 
 
 def _peer_sort(p: Peer) -> tuple[bool, bool, str, str]:

@@ -6,9 +6,13 @@ classname, dots of the pairing id (a URL target, a version) become ``_`` so tool
 split classnames on dots still group by pairing, then area. Outcomes map as pytest's
 own junitxml does: failed -> ``<failure>``, error -> ``<error>``, skipped ->
 ``<skipped>``, xfailed -> ``<skipped type="xfail">`` with the deviation as message;
-xpassed is a pass with a property. Spec references, requirement ids and flakiness are
-``<property>`` elements of the testcase; the evidence (PDU trace) goes into the failure
-text and ``<system-out>``. Everything is redacted first.
+xpassed is a pass with a property. A graded result (``grading.py``) is no failure: a
+non-strict one (a SHOULD broken) and an informational one pass, with ``grade`` and
+``status`` properties and their message in ``<system-out>``, unless ``strict`` asks for
+a non-strict result to be a ``<failure>`` (an informational one never is). Spec
+references, requirement ids, the grade and flakiness are ``<property>`` elements of the
+testcase; the evidence (PDU trace) goes into the failure text and ``<system-out>``.
+Everything is redacted first.
 """
 
 from __future__ import annotations
@@ -54,8 +58,13 @@ def _classname(t: TestResult) -> str:
     return f"{t.pairing.replace('.', '_')}.{t.area}"
 
 
-def junit_xml(results: Results, *, secrets: Iterable[str] = ()) -> str:
-    """The JUnit document as a string (redacted: ``results.secrets`` + ``secrets``)."""
+def _as_failure(t: TestResult, strict: bool) -> bool:
+    return t.outcome == "failed" or (strict and t.outcome == "non-strict")
+
+
+def junit_xml(results: Results, *, secrets: Iterable[str] = (), strict: bool = False) -> str:
+    """The JUnit document as a string (redacted: ``results.secrets`` + ``secrets``);
+    ``strict``: non-strict results are failures."""
     safe = redact(results, secrets)
     host = safe.runs[0].host if safe.runs else ""
     stamp = min((r.started for r in safe.runs if r.started), default=None)
@@ -70,7 +79,7 @@ def junit_xml(results: Results, *, secrets: Iterable[str] = ()) -> str:
             continue
         counts = {
             "tests": len(tests),
-            "failures": sum(t.outcome == "failed" for t in tests),
+            "failures": sum(_as_failure(t, strict) for t in tests),
             "errors": sum(t.outcome == "error" for t in tests),
             "skipped": sum(t.outcome in ("skipped", "xfailed") for t in tests),
         }
@@ -93,7 +102,7 @@ def junit_xml(results: Results, *, secrets: Iterable[str] = ()) -> str:
                         value=_clean(f"{peer.version} ({peer.mode})"),
                     )
         for t in tests:
-            _testcase(suite, t)
+            _testcase(suite, t, strict)
         for k, v in counts.items():
             totals[k] += v
         total_time += duration
@@ -108,7 +117,7 @@ def junit_xml(results: Results, *, secrets: Iterable[str] = ()) -> str:
     )
 
 
-def _testcase(suite: ET.Element, t: TestResult) -> None:
+def _testcase(suite: ET.Element, t: TestResult, strict: bool = False) -> None:
     case = ET.SubElement(
         suite,
         "testcase",
@@ -126,6 +135,10 @@ def _testcase(suite: ET.Element, t: TestResult) -> None:
         )
     for rid in t.requirements:
         ET.SubElement(props, "property", name="requirement", value=_clean(rid))
+    if t.grade:
+        ET.SubElement(props, "property", name="grade", value=t.grade)
+    if t.outcome in ("non-strict", "informational"):
+        ET.SubElement(props, "property", name="status", value=t.outcome)
     if t.flaky:
         history = ", ".join(a.outcome for a in t.history)
         ET.SubElement(props, "property", name="flaky", value=_clean(f"true (earlier: {history})"))
@@ -140,10 +153,11 @@ def _testcase(suite: ET.Element, t: TestResult) -> None:
         case.remove(props)
     evidence = _evidence_text(t)
     message = t.message.splitlines()[0] if t.message else ""
-    if t.outcome in ("failed", "error"):
+    failure = _as_failure(t, strict)
+    if failure or t.outcome == "error":
         el = ET.SubElement(
             case,
-            "failure" if t.outcome == "failed" else "error",
+            "failure" if failure else "error",
             message=_clean(message),
             type=t.outcome,
         )
@@ -157,11 +171,20 @@ def _testcase(suite: ET.Element, t: TestResult) -> None:
             type="xfail",
             message=_clean(f"known deviation: {t.deviation or message}"),
         )
-    if t.outcome not in ("failed", "error") and (evidence or t.evidence.log):
+    graded = ""
+    if not failure and t.outcome in ("non-strict", "informational"):
+        what = "a SHOULD broken" if t.outcome == "non-strict" else "observed"
+        graded = f"{t.outcome} ({what}): {t.message}"
+    if not failure and t.outcome != "error" and (graded or evidence or t.evidence.log):
         out = ET.SubElement(case, "system-out")
-        out.text = _clean("\n".join(x for x in (evidence, t.evidence.log) if x))
+        out.text = _clean("\n".join(x for x in (graded, evidence, t.evidence.log) if x))
 
 
-def write_junit(results: Results, path: str | Path, *, secrets: Iterable[str] = ()) -> Path:
-    """Write the JUnit XML file (redacted)."""
-    return write_text_atomic(Path(path), junit_xml(results, secrets=secrets))
+def write_junit(
+    results: Results, path: str | Path, *, secrets: Iterable[str] = (), strict: bool | None = None
+) -> Path:
+    """Write the JUnit XML file (redacted). ``strict`` defaults to whether any run of
+    ``results`` was strict."""
+    if strict is None:
+        strict = any(r.strict for r in results.runs)
+    return write_text_atomic(Path(path), junit_xml(results, secrets=secrets, strict=strict))

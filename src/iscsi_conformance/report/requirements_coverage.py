@@ -9,7 +9,9 @@ Definitions (also in docs/reports.md):
   (MUST, MUST NOT, SHALL, SHALL NOT, REQUIRED) whose role is R or ``both``, the tests
   citing it that ran in pairings where P plays R decide its *status*: ``failed`` if
   any failed or errored, else ``deviation`` if any xfailed (a known deviation is not a
-  pass), else ``passed``. Requirements no such test ran are *untested* for P.
+  pass), else ``passed``. A non-strict or informational result broke a SHOULD or
+  recorded what the RFC leaves open, not the mandatory requirement the test cites: it
+  counts as ``passed`` for it. Requirements no such test ran are *untested* for P.
 - a test counts for a side only if it puts that side under test: the roles of its
   spec references (``target``, ``initiator``, ``both``; none given means both). A
   target test that cites a ``both`` requirement therefore does not count against the
@@ -73,7 +75,7 @@ def _status(outcomes: Iterable[str]) -> str | None:
     best: str | None = None
     for o in outcomes:
         s = {"failed": "failed", "error": "failed", "xfailed": "deviation"}.get(
-            o, "passed" if o in ("passed", "xpassed") else None
+            o, "passed" if o in ("passed", "xpassed", "non-strict", "informational") else None
         )
         if s and (best is None or _RANK[s] > _RANK[best]):
             best = s

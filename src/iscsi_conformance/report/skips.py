@@ -33,19 +33,23 @@ class SkipCause:
         return cls(str(d.get("kind", "other")), str(d.get("name", "")), str(d.get("peer", "")))
 
     def __str__(self) -> str:
-        who = f" of {self.peer}" if self.peer else ""
+        """The cause in words: ``missing capability 'redirect' (tgt's manifest)``."""
         if self.kind == "capability":
-            return f"capability {self.name}{who} missing"
+            return f"missing capability '{self.name}'" + (
+                f" ({self.peer}'s manifest)" if self.peer else ""
+            )
         if self.kind == "profile":
-            return f"profile {self.name} not served{' by ' + self.peer if self.peer else ''}"
+            return f"missing profile '{self.name}'" + (
+                f" ({self.peer} cannot serve it)" if self.peer else ""
+            )
         if self.kind == "option":
-            return f"option {self.name} not given"
+            return f"missing option {self.name}"
         if self.kind == "deviation":
-            return f"known deviation{who}, not run"
+            return f"known deviation of {self.peer or 'the peer'}, not run"
         if self.kind == "negotiated":
-            return f"negotiated away{' by ' + self.peer if self.peer else ''}"
+            return "the peer negotiated it away"
         if self.kind == "pairing":
-            return f"{self.peer or 'peer'} not in the run"
+            return f"{self.peer or 'the peer'} is not in the run"
         return "other reason"
 
 
