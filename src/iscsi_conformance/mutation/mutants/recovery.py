@@ -1,0 +1,88 @@
+"""SNACK and error recovery levels (RFC 7143 6.1, 7, 11.16)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iscsi_conformance.core import pdu as P
+from iscsi_conformance.core.codes import SnackType
+from iscsi_conformance.mutation.patching import Patcher
+from iscsi_conformance.mutation.registry import mutant
+from iscsi_conformance.target.connection import Connection
+
+
+def _snack(p: Patcher, handle: Any) -> None:
+    def make(old: Any) -> Any:
+        def on_snack(self: Connection, pdu: P.SnackRequest, now: float) -> None:
+            if not handle(self, pdu):
+                old(self, pdu, now)
+
+        return on_snack
+
+    p.wrap(Connection, "on_snack", make)
+
+
+@mutant(
+    "Recovery.Snack.IgnoredAtErl0",
+    "recovery",
+    "a SNACK at ErrorRecoveryLevel 0 is dropped silently instead of rejected (11.16, 7.1.4)",
+    catches=["FullFeature.Snack.Erl0"],
+)
+def erl0_ignored(p: Patcher) -> None:
+    _snack(p, lambda self, pdu: self.erl == 0)
+
+
+@mutant(
+    "Recovery.Snack.StatusNotResent",
+    "recovery",
+    "a Status SNACK at ERL 1 is rejected instead of resending the statuses (11.16.1)",
+    catches=["FullFeature.Snack.Erl1.StatusSnackResends"],
+)
+def status_not_resent(p: Patcher) -> None:
+    from iscsi_conformance.core.codes import RejectReason
+
+    def handle(self: Connection, pdu: P.SnackRequest) -> bool:
+        if self.erl > 0 and pdu.snack_type & 0x0F == SnackType.STATUS:
+            self.reject(RejectReason.SNACK_REJECT, P.bhs_of(pdu))
+            return True
+        return False
+
+    _snack(p, handle)
+
+
+@mutant(
+    "Recovery.Snack.DataNotResent",
+    "recovery",
+    "a Data SNACK at ERL 1 is answered with nothing (11.16.1: the Data-In are resent)",
+    catches=["FullFeature.Snack.Erl1.DataSnackResends"],
+)
+def data_not_resent(p: Patcher) -> None:
+    _snack(p, lambda self, pdu: self.erl > 0 and pdu.snack_type & 0x0F == SnackType.DATA_R2T)
+
+
+@mutant(
+    "Recovery.Snack.BeyondRangeSilent",
+    "recovery",
+    "a Data SNACK beyond the Data-In sent is ignored instead of rejected (11.16.1)",
+    catches=["FullFeature.Snack.Erl1.DataSnackBeyondRange"],
+)
+def beyond_range(p: Patcher) -> None:
+    def handle(self: Connection, pdu: P.SnackRequest) -> bool:
+        if self.erl == 0 or pdu.snack_type & 0x0F != SnackType.DATA_R2T:
+            return False
+        held = self._held.get(pdu.itt)
+        return held is not None and pdu.begrun >= len(held.sent_datain)
+
+    _snack(p, handle)
+
+
+@mutant(
+    "Recovery.Erl.Erl1DataNotKept",
+    "recovery",
+    "at ERL 1 the target keeps no Data-In for a SNACK (the Data SNACK finds nothing) (6.1, 11.16)",
+    catches=["FullFeature.Snack.Erl1.DataSnackResends"],
+)
+def not_kept(p: Patcher) -> None:
+    from iscsi_conformance.target.task import TaskIO
+
+    p.noop(TaskIO, "_hold")
