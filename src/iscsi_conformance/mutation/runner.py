@@ -134,11 +134,13 @@ def judge(m: Mutant, run: SuiteRun, baseline: SuiteRun) -> MutantResult:
         m.name, m.area, m.description, list(m.catches), "survived",
         seconds=round(run.seconds, 1), tests_run=len(run.outcomes),
     )  # fmt: skip
-    result.killed_by = [
+    killers = [
         tid
         for tid, outcome in run.outcomes.items()
         if outcome not in _PASSING and baseline.outcomes.get(tid, "passed") == "passed"
     ]
+    # The tests the mutant names first: they show whether the expected test caught it.
+    result.killed_by = sorted(killers, key=lambda t: not any(t.startswith(c) for c in m.catches))
     if run.timed_out:
         result.status = "timeout"
         result.note = f"no end within the time limit ({run.seconds:.0f} s)"
