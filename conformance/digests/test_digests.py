@@ -278,3 +278,104 @@ async def test_data_digest_error_erl1(target: Any) -> None:
             sent=[cmd],
             received=[answer or gone],
         )
+
+
+# --------------------------------------------------------------------------- required digests
+#
+# The "digest-required" profile holds CRC32C alone for both digests: None is a value that
+# target is not allowed to use. RFC 7143 6.2.1 has the acceptor answer a list with the
+# first offered value it supports and may use, never a value that was not offered; when
+# no offered value will do, it answers Reject or ends the negotiation, and a login that
+# ends is failed with a Login Response whose status class is not 0 (11.13.5).
+
+REQUIRED = "digest-required"
+
+
+async def _required_answer(target: Any, raw: Any, key: str, offer: str) -> tuple[Any, Any]:
+    """Offer ``key=offer`` (the other digest CRC32C) in the operational stage."""
+    other = "DataDigest" if key == "HeaderDigest" else "HeaderDigest"
+    probe = target.probe(raw, REQUIRED)
+    first = await probe.security_none()
+    if not first.succeeded:
+        raise violation(
+            "harness",
+            f"the digest-required target refused the security stage ({first.status!r})",
+            sent=probe.sent,
+            received=probe.received,
+        )
+    step = await probe.step([(key, offer), (other, "CRC32C")], csg=1, nsg=3, transit=True)
+    return probe, step
+
+
+def _make_required_none_test(key: str) -> Any:
+    @spec(
+        f"Digests.Required.{key}.None",
+        "RFC 7143 6.2.1",
+        "RFC 7143 11.13.5",
+        requirements=["R7143-6.2.1-1", "R7143-6.2.1-2", "R7143-11.13-1"],
+    )
+    async def test(target: Any) -> None:
+        async with target.raw(REQUIRED) as raw:
+            probe, step = await _required_answer(target, raw, key, "None")
+            require(
+                step.response is not None,
+                "R7143-11.13-1",
+                f"{key}=None to a target that requires CRC32C got no Login Response; "
+                "it answers Reject, or fails the login with a non-zero status",
+                sent=probe.sent,
+                received=probe.received,
+            )
+            if step.refused:
+                return  # the negotiation ended: a failed login, as 11.13.5 has it
+            answer = step.keys.get(key)
+            require(
+                answer == "Reject",
+                "R7143-6.2.1-1" if answer in ("None", None) else "R7143-6.2.1-2",
+                f"{key}=None to a target that holds only CRC32C was answered {answer!r}; "
+                "None is not a value it may use and CRC32C was not offered: the answer is "
+                "Reject, or the login fails",
+                sent=probe.sent,
+                received=probe.received,
+            )
+
+    test.__doc__ = (
+        f"{key}=None to a target that requires CRC32C: Reject, or a failed login; never None."
+    )
+    return test
+
+
+def _make_required_list_test(key: str) -> Any:
+    @spec(
+        f"Digests.Required.{key}.NoneThenCRC32C",
+        "RFC 7143 6.2.1",
+        requirements=["R7143-6.2.1-1", "R7143-6.2.1-2"],
+    )
+    async def test(target: Any) -> None:
+        async with target.raw(REQUIRED) as raw:
+            probe, step = await _required_answer(target, raw, key, "None,CRC32C")
+            require(
+                step.succeeded,
+                "R7143-6.2.1-1",
+                f"{key}=None,CRC32C made the login fail "
+                f"({'no Login Response' if step.status is None else f'{step.status:04x}'}); "
+                "CRC32C is in the offer and the target supports it",
+                sent=probe.sent,
+                received=probe.received,
+            )
+            answer = step.keys.get(key)
+            require(
+                answer == "CRC32C",
+                "R7143-6.2.1-1",
+                f"{key}=None,CRC32C to a target that requires CRC32C was answered {answer!r}; "
+                "the answer is the first offered value the target may use: CRC32C",
+                sent=probe.sent,
+                received=probe.received,
+            )
+
+    test.__doc__ = f"{key}=None,CRC32C to a target that requires CRC32C is answered CRC32C."
+    return test
+
+
+for _key in ("HeaderDigest", "DataDigest"):
+    globals()[f"test_required_{_key}_none"] = _make_required_none_test(_key)
+    globals()[f"test_required_{_key}_none_then_crc32c"] = _make_required_list_test(_key)

@@ -1,9 +1,11 @@
-"""Login.Redirect: a target configured to redirect answers the login with status class 1
-and a TargetAddress (RFC 7143 11.13.5, 13.8).
+"""Login.Redirect: a target configured to redirect answers the login with a redirection
+status and a TargetAddress, then closes the connection (RFC 7143 11.13.5, 13.8).
 
-Redirection needs a target configured for it: these tests run only where a "redirect"
-target profile exists (``harness/profiles.py``) and the target can serve it; otherwise
-they skip with that reason.
+Redirection needs a target configured for it: the "redirect" (temporary) and
+"redirect-permanent" profiles (``harness/profiles.py``) send every login to
+``REDIRECT_ADDRESS``, a loopback address nothing listens on. A target whose manifest
+lacks ``login_redirect`` cannot serve them, and the tests skip saying so. The tests read
+the answer and never follow it.
 """
 
 from __future__ import annotations
@@ -11,26 +13,66 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import pytest
-
-from iscsi_conformance.harness.profiles import PROFILES
+from iscsi_conformance.harness.profiles import REDIRECT_ADDRESS
 from iscsi_conformance.plugin import require, spec
 
-PROFILE = "redirect"
 ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:\d{1,5})?(,\d{1,5})?$")
+STATUS = {"redirect": 0x0101, "redirect-permanent": 0x0102}  # RFC 7143 11.13.5
 
 
-def _need_profile() -> None:
-    if PROFILE not in PROFILES:
-        pytest.skip(f"no {PROFILE!r} target profile: redirection needs a target configured for it")
-
-
-async def _redirected(target: Any, raw: Any) -> Any:
-    probe = target.probe(raw, PROFILE)
+async def _redirected(target: Any, raw: Any, profile: str) -> Any:
+    """Log in to ``profile``; 11.13.5 lets the target redirect before or after the
+    security stage, so a successful security step is followed by the operational one."""
+    probe = target.probe(raw, profile)
     step = await probe.security_none()
     if step.succeeded and step.response.transit:
         step = await probe.operational([])
     return probe, step
+
+
+def _host_port(address: str) -> str:
+    """``host[:port][,tag]`` as ``host:port`` (the port defaults to 3260, RFC 7143 13.8)."""
+    where = address.split(",", 1)[0]
+    if where.startswith("["):
+        host, _, rest = where.partition("]")
+        host += "]"
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = where.partition(":")
+    return f"{host}:{port or '3260'}"
+
+
+async def _check_redirection(target: Any, profile: str) -> None:
+    expected = STATUS[profile]
+    async with target.raw(profile) as raw:
+        probe, step = await _redirected(target, raw, profile)
+        require(
+            step.status == expected,
+            "R7143-11.13-2",
+            f"a target configured to redirect {'permanently' if expected == 0x0102 else 'temporarily'}"
+            f" must answer status {expected:04x}, got "
+            f"{'no Login Response' if step.status is None else f'{step.status:04x}'}",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        address = step.keys.get("TargetAddress")
+        require(
+            address is not None and ADDRESS.match(address) is not None,
+            "R7143-13.8-1",
+            f"the redirection must carry a TargetAddress of the form "
+            f"domainname[:port][,portal-group-tag], got {address!r}",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        assert address is not None
+        require(
+            _host_port(address) == _host_port(REDIRECT_ADDRESS),
+            "R7143-11.13-2",
+            f"the redirection names TargetAddress={address!r}, not the address the target "
+            f"was configured to send initiators to ({REDIRECT_ADDRESS})",
+            sent=probe.sent,
+            received=probe.received,
+        )
 
 
 @spec(
@@ -40,25 +82,19 @@ async def _redirected(target: Any, raw: Any) -> Any:
     requirements=["R7143-11.13-2", "R7143-13.8-1"],
 )
 async def test_redirect_carries_target_address(target: Any) -> None:
-    """The redirecting Login Response has status 0101 or 0102 and a well-formed TargetAddress."""
-    _need_profile()
-    async with target.raw(PROFILE) as raw:
-        probe, step = await _redirected(target, raw)
-        require(
-            step.status in (0x0101, 0x0102),
-            "R7143-11.13-2",
-            f"expected a redirection (0101/0102), got {step.status!r}",
-            sent=probe.sent,
-            received=probe.received,
-        )
-        address = step.keys.get("TargetAddress")
-        require(
-            address is not None and ADDRESS.match(address),
-            "R7143-11.13-2",
-            f"the redirection carries TargetAddress={address!r}",
-            sent=probe.sent,
-            received=probe.received,
-        )
+    """A target that moved temporarily answers 0101 with the TargetAddress it was given."""
+    await _check_redirection(target, "redirect")
+
+
+@spec(
+    "Login.Redirect.Permanent",
+    "RFC 7143 11.13.5",
+    "RFC 7143 13.8",
+    requirements=["R7143-11.13-2", "R7143-13.8-1"],
+)
+async def test_redirect_permanent(target: Any) -> None:
+    """A target that moved permanently answers 0102 with the TargetAddress it was given."""
+    await _check_redirection(target, "redirect-permanent")
 
 
 @spec(
@@ -68,20 +104,21 @@ async def test_redirect_carries_target_address(target: Any) -> None:
 )
 async def test_redirect_closes_connection(target: Any) -> None:
     """After the redirecting Login Response the target closes the connection."""
-    _need_profile()
-    async with target.raw(PROFILE) as raw:
-        probe, step = await _redirected(target, raw)
+    async with target.raw("redirect") as raw:
+        probe, step = await _redirected(target, raw, "redirect")
         require(
             step.response is not None and step.response.status_class == 1,
             "R7143-11.13-2",
-            f"expected a redirection, got {step.status!r}",
+            f"expected a redirection (status class 1), got "
+            f"{'no Login Response' if step.status is None else f'{step.status:04x}'}",
             sent=probe.sent,
             received=probe.received,
         )
         require(
             await raw.expect_closed(timeout=10),
             "R7143-11.13-1",
-            "the connection stayed open after the redirection",
+            "the connection stayed open 10 s after the redirection; with a non-zero status "
+            "class the target closes it (RFC 7143 11.13.5)",
             sent=probe.sent,
             received=probe.received,
         )

@@ -81,6 +81,23 @@ def test_plan_rejects_what_lio_cannot_do() -> None:
         LioTarget(mode="microvm", backstore="iblock")
 
 
+def test_plan_holds_erl_2_unless_the_spec_sets_it() -> None:
+    # LIO answers with its ACLs' default_erl, 0 by default, which made every ERL 1 test
+    # skip; ACLs take it from the TPG when they are made, so it comes first
+    spec = TargetSpec(iqn="iqn.2024-01.org.example:e", allowed_initiators=(INI,))
+    steps = _driver().plan(spec)
+    erl = steps.index(["attrib", spec.iqn, "default_erl", "2"])
+    assert erl < min(i for i, s in enumerate(steps) if s[0] == "acl")
+    spec = TargetSpec(iqn="iqn.2024-01.org.example:e", parameters=(("ErrorRecoveryLevel", "0"),))
+    assert ["attrib", spec.iqn, "default_erl", "0"] in _driver().plan(spec)
+
+
+def test_plan_refuses_a_redirection() -> None:
+    # LIO has no redirect setting (manifest: login_redirect = false)
+    with pytest.raises(ConfigError):
+        _driver().plan(TargetSpec(iqn="iqn.2024-01.org.example:f", redirect="127.0.0.2:3260"))
+
+
 def test_mode_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(lio_mod.ENV_MODE, "container")
     assert lio_mod.select_mode() == "container"

@@ -155,6 +155,33 @@ def test_header_digest_settings(tgt: TgtTarget) -> None:
 
 
 @pytest.mark.peer
+@pytest.mark.parametrize("permanent", [False, True], ids=["temporary", "permanent"])
+def test_redirect(tgt: TgtTarget, permanent: bool) -> None:
+    import asyncio
+
+    from iscsi_conformance.initiator.client import Session
+    from iscsi_conformance.initiator.login_flow import TargetRedirected
+
+    spec = TargetSpec(iqn=IQN + ":moved", redirect="127.0.0.2:3260", redirect_permanent=permanent)
+    ep = tgt.configure(spec)
+    tid = str(tgt._targets[ep.iqn]["tid"])
+    shown = tgt.tgtadm("--mode", "target", "--op", "show", "--tid", tid).stdout
+    assert "RedirectAddress=127.0.0.2" in shown and "RedirectPort=3260" in shown
+    host, port = ep.host_side or (ep.host, ep.port)
+
+    async def login() -> None:
+        session = await Session.connect(host, port, ep.iqn, follow_redirects=False, timeout=10)
+        await session.close()
+
+    # tgtd answers 0101 or 0102 with TargetAddress=address:port (usr/iscsi/iscsid.c)
+    with pytest.raises(TargetRedirected) as info:
+        asyncio.run(login())
+    assert info.value.address == "127.0.0.2:3260"
+    assert info.value.login_status == (0x0102 if permanent else 0x0101)
+    tgt.deconfigure(ep.iqn)
+
+
+@pytest.mark.peer
 def test_discovery_luns_and_acl(tgt: TgtTarget) -> None:
     from iscsi_conformance.peers.base import LunSpec
 

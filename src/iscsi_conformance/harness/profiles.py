@@ -24,6 +24,11 @@ IQN_PREFIX = "iqn.2024-01.org.iscsi-conformance"
 
 CHAP_ALGORITHMS = {5: "md5", 6: "sha1", 7: "sha256", 8: "sha3-256"}
 
+# Where the "redirect" profiles send initiators (RFC 7143 11.13.5, TargetAddress 13.8):
+# a loopback address nothing listens on, so an initiator that follows the redirection
+# reaches no other host. Tests read the answer; they never connect there.
+REDIRECT_ADDRESS = "127.0.0.2:3260"
+
 
 def _secret(tag: str) -> str:
     # 16 printable bytes of OS randomness per run: long enough for every policy (RFC 7143 12.1.3)
@@ -119,6 +124,16 @@ def _profiles() -> dict[str, Profile]:
             "mutual_chap",
             f"chap_algorithms={alg}",
             doc=f"mutual CHAP offering only CHAP_A={alg}",
+        )
+    for name, permanent in (("redirect", False), ("redirect-permanent", True)):
+        add(
+            name,
+            lambda c, name=name, permanent=permanent: _spec(
+                name, redirect=REDIRECT_ADDRESS, redirect_permanent=permanent
+            ),
+            "login_redirect",
+            doc=f"every login is redirected ({'0102 permanent' if permanent else '0101 temporary'})"
+            f" to TargetAddress={REDIRECT_ADDRESS}",
         )
     add(
         "acl",

@@ -46,6 +46,11 @@ class TargetSpec:
     header_digest: tuple[str, ...] = ("None", "CRC32C")  # target's preference, in order
     data_digest: tuple[str, ...] = ("None", "CRC32C")
     parameters: tuple[tuple[str, str], ...] = ()  # further operational keys
+    # Login redirection (RFC 7143 11.13.5): answer every login with status 0101
+    # (temporary) or 0102 (permanent, when redirect_permanent) and TargetAddress=redirect,
+    # "host:port" (13.8). None: serve the target.
+    redirect: str | None = None
+    redirect_permanent: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

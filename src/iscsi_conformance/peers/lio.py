@@ -41,6 +41,7 @@ PEER_DIR_NAME = "lio"
 GUEST_SCRIPT = "/ic/lio"
 ISCSI_PORT = 3260
 ENV_MODE = "ISCSI_CONFORMANCE_LIO_MODE"
+LIO_MAX_ERL = 2  # the highest ErrorRecoveryLevel LIO implements (manifest: erl)
 
 #: Operational keys LIO takes in tpgt_1/param (RFC 7143 section 13 names).
 LIO_PARAMS = frozenset(
@@ -308,6 +309,11 @@ class LioTarget(TargetDriver):
     def plan(self, spec: TargetSpec) -> list[list[str]]:
         """The ``lio`` verbs that build ``spec`` (pure; tests read it)."""
         iqn = spec.iqn
+        if spec.redirect is not None:
+            # LIO never answers a login with status class 1: iscsi_target_mod has no
+            # redirect setting (its configfs has only the login_redirects counter),
+            # see the manifest's login_redirect.
+            raise ConfigError("LIO cannot redirect a login", field="redirect")
         steps: list[list[str]] = []
         stores = []
         for i, lun in enumerate(spec.luns):
@@ -318,6 +324,15 @@ class LioTarget(TargetDriver):
             )
         steps.append(["target", iqn])
         steps.append(["portal", iqn, "0.0.0.0", str(ISCSI_PORT)])
+        # The ErrorRecoveryLevel LIO answers with is the node ACL's default_erl, which
+        # an ACL takes from the TPG's attrib/default_erl when it is made (the login
+        # overrides the key's value with "ErrorRecoveryLevel=<default_erl>"); param/
+        # ErrorRecoveryLevel alone changes nothing. The default, 0, made every session
+        # run at ERL 0 whatever was offered (the key's result is the minimum, RFC 7143
+        # 13.20). LIO implements 1 and 2 (iscsi_target_erl1.c, _erl2.c): hold 2, so each
+        # session runs at the level its initiator offers. Set before any ACL exists.
+        erl = dict(spec.parameters).get("ErrorRecoveryLevel", str(LIO_MAX_ERL))
+        steps.append(["attrib", iqn, "default_erl", erl])
         for i, store in enumerate(stores):
             steps.append(["lun", iqn, str(i), self.backstore, store])
         luns = [str(i) for i in range(len(stores))]

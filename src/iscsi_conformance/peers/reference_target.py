@@ -177,6 +177,11 @@ class ReferenceTargetDriver(TargetDriver):
                 + ", ".join(f"{k} = {_toml_value(v)}" for k, v in params.items())
                 + " }"
             )
+            if spec.redirect is not None:
+                lines.append(
+                    f"redirect = {{ address = {_toml_value(spec.redirect)}, "
+                    f"permanent = {_toml_value(spec.redirect_permanent)} }}"
+                )
             for i, lun in enumerate(spec.luns):
                 lines += [
                     "[[targets.luns]]",

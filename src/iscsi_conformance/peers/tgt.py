@@ -547,6 +547,22 @@ class TgtTarget(TargetDriver):
                 )
                 continue
             params.append((key, value))
+        if spec.redirect is not None:
+            # tgt's per-target redirection (usr/iscsi/target.c: RedirectAddress,
+            # RedirectPort, RedirectReason Temporary|Permanent): tgtd answers 0101/0102
+            # with TargetAddress=address:port, to every initiator whose own address
+            # differs from the redirect address.
+            address, _, port = spec.redirect.rpartition(":")
+            if not address or not port.isdigit():
+                raise ConfigError(
+                    f"redirect {spec.redirect!r} is not host:port (RFC 7143 13.8)",
+                    field="redirect",
+                )
+            params += [
+                ("RedirectAddress", address),
+                ("RedirectPort", port),
+                ("RedirectReason", "Permanent" if spec.redirect_permanent else "Temporary"),
+            ]
         for key, value in params:
             self.tgtadm(
                 "--mode",
