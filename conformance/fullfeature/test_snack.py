@@ -92,7 +92,7 @@ def _make_erl0_test(label: str, kind: int) -> Callable[..., Any]:
             out = await _read(ffp, target)
             snack = _snack(ffp, out, kind, begrun=0, runlength=1)
             await ffp.send(snack)
-            got, closed = await _collect(ffp, 2.0)
+            got, closed = await _collect(ffp, min(ffp.timeout, 2.0))
             resent = [
                 p
                 for p in got
@@ -146,7 +146,7 @@ async def test_erl0_snack_rejected(target: Any) -> None:
         out = await _read(ffp, target)
         snack = _snack(ffp, out, SnackType.DATA_R2T, begrun=0, runlength=1)
         await ffp.send(snack)
-        got, _closed = await _collect(ffp, 2.0)
+        got, _closed = await _collect(ffp, min(ffp.timeout, 2.0))
         rejects = [p for p in got if isinstance(p, P.Reject)]
         require(
             rejects and rejects[0].reason in (0x03, 0x04),
@@ -201,7 +201,7 @@ async def test_erl1_data_snack_resends(target: Any) -> None:
         out = await _read(ffp, target)
         snack = _snack(ffp, out, SnackType.DATA_R2T, begrun=1, runlength=2)
         await ffp.send(snack)
-        got, _ = await _collect(ffp, 2.0)
+        got, _ = await _collect(ffp, min(ffp.timeout, 2.0))
         again = [p for p in got if isinstance(p, P.ScsiDataIn) and p.itt == out.command.itt]
         original = {p.datasn: p for p in out.data_ins}
         require(
@@ -246,7 +246,7 @@ async def test_erl1_status_snack_resends(target: Any) -> None:
         )
         snack = _snack(ffp, out, SnackType.STATUS)
         await ffp.send(snack)
-        got, _ = await _collect(ffp, 2.0)
+        got, _ = await _collect(ffp, min(ffp.timeout, 2.0))
         again = [p for p in got if isinstance(p, P.ScsiResponse)]
         require(
             len(again) == 1
@@ -275,7 +275,7 @@ async def test_erl1_data_snack_beyond_range(target: Any) -> None:
         out = await _read(ffp, target)
         snack = _snack(ffp, out, SnackType.DATA_R2T, begrun=50, runlength=1)
         await ffp.send(snack)
-        got, _ = await _collect(ffp, 2.0)
+        got, _ = await _collect(ffp, min(ffp.timeout, 2.0))
         invented = [
             p
             for p in got

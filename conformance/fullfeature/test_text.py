@@ -165,7 +165,8 @@ async def test_redeclared_mrdsl_applies(target: Any) -> None:
         require(
             isinstance(resp, P.TextResponse) and resp.final,
             "R7143-6.4-2",
-            "declaring MaxRecvDataSegmentLength=512 was not answered with a final Text Response",
+            "declaring MaxRecvDataSegmentLength=512 was not answered with a final Text "
+            f"Response: {_what(ffp, resp)}",
             sent=[req],
             received=ffp.shown(resp),
         )
@@ -296,7 +297,7 @@ async def test_continued_text_request_reassembled(target: Any) -> None:
         if not isinstance(resp1, P.TextResponse) or resp1.ttt == NONE_TAG:
             raise violation(
                 "R7143-11.10-3",
-                "no Target Transfer Tag to continue the text with",
+                f"no Target Transfer Tag to continue the text with: {_what(ffp, resp1)}",
                 sent=[req1],
                 received=ffp.shown(resp1),
             )
