@@ -66,6 +66,7 @@ SUITE: list[tuple[str, list[str], str]] = [
     ("Login.Basic.MissingInitiatorName", ["R7143-6.3-1"], "target"),
     ("Login.Basic.UnknownTargetName", ["R7143-6.3-2"], "target"),
     ("Login.Basic.IttIsidCidConstant", ["R7143-6.3-3"], "target"),
+    ("Login.Redirect.Temporary", ["R7143-6.3-2"], "target"),
     ("Login.Keys.MaxRecvDataSegmentLengthBelowMinimum", ["R7143-13.12-1"], "target"),
     ("Login.Keys.NotUnderstood", ["R7143-6.2-1"], "target"),
     ("Login.Keys.DuplicateKey", ["R7143-6.2-3"], "target"),
@@ -730,6 +731,23 @@ def _outcome(pid: str, tid: str) -> dict[str, Any]:
             "outcome": "skipped",
             "skip_reason": "reference target does not implement COMPARE AND WRITE (needs: compare_and_write)",
         }
+    if tid == "Login.Redirect.Temporary":
+        return {
+            "outcome": "skipped",
+            "skip_reason": f"target {tgt} cannot serve profile 'redirect': {tgt} lacks capability 'redirect'",
+        }
+    if pid == "reference×LIO" and tid == "Naming.InitiatorName.InvalidRefused":
+        return {
+            "outcome": "non-strict",
+            "grade": "should",
+            "message": "R7143-4.2.7-5: InitiatorName=iqn.bad_name was accepted (Login status 0x0000); a target SHOULD refuse a name that is not a valid iSCSI name",
+        }
+    if pid == "reference×tgt" and tid == "Login.Text.NumberEncodings":
+        return {
+            "outcome": "informational",
+            "grade": "informational",
+            "message": "observed: MaxBurstLength=0b... (base64) answered Reject; decimal and hexadecimal accepted",
+        }
     if pid == "libiscsi×LIO" and tid == "libiscsi.SCSI.Unmap.Simple":
         return {
             "outcome": "error",
@@ -793,6 +811,7 @@ def _run_part(
                         evidence=o.get("evidence", Evidence()),
                         deviation=o.get("deviation"),
                         skip_reason=o.get("skip_reason"),
+                        grade=o.get("grade"),
                     )
                 )
                 clock += dur + 0.01

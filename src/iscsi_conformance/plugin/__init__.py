@@ -726,7 +726,7 @@ def _result_from(report: pytest.TestReport, data: dict[str, Any]) -> dict[str, A
     elif report.failed or status:
         crash = getattr(report.longrepr, "reprcrash", None)
         message = (
-            crash.message
+            _crash_message(crash.message)
             if crash is not None
             else str(report.longrepr).splitlines()[-1:][0]
             if report.longrepr
@@ -745,6 +745,14 @@ def _result_from(report: pytest.TestReport, data: dict[str, Any]) -> dict[str, A
         and getattr(report.node, "gateway", None)
         and report.node.gateway.id,
     }
+
+
+def _crash_message(text: str) -> str:
+    """A violation's message without pytest's ``module.ConformanceViolation: `` prefix:
+    the message already names the requirement it broke."""
+    for cls in (ConformanceViolation, PeerDied):
+        text = text.removeprefix(f"{cls.__module__}.{cls.__qualname__}: ")
+    return text
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -771,7 +779,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.section(title, sep="-", yellow=True)
         for rep in reports:
             crash = getattr(rep.longrepr, "reprcrash", None)
-            text = crash.message.strip().splitlines()[0] if crash is not None else ""
+            text = (
+                _crash_message(crash.message).strip().splitlines()[0] if crash is not None else ""
+            )
             terminalreporter.write_line(f"{status.upper()} {rep.nodeid} - {text}")
 
 
