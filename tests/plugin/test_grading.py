@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -214,3 +215,37 @@ def test_graded_results_survive_xdist(pytester: pytest.Pytester) -> None:
         "Login.Grade.Informational": "informational",
         "Login.Grade.Passes": "passed",
     }
+
+
+# --------------------------------------------------------------------------- the commands
+
+
+def test_run_and_certify_strict_reach_pytest(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``run --strict`` and ``certify --strict`` hand ``--iscsi-strict`` to pytest, and a
+    sharded run hands ``--strict`` to each shard."""
+    from iscsi_conformance import certify as certify_mod
+    from iscsi_conformance.cli import Shard, _shard_argv, build_parser, main
+
+    seen: list[list[str]] = []
+
+    def fake_main(argv: list[str], plugins: object = ()) -> int:
+        seen.append(list(argv))
+        return 0
+
+    async def no_preflight(*_: object) -> None:
+        return None
+
+    monkeypatch.setattr(pytest, "main", fake_main)
+    monkeypatch.setattr(certify_mod, "_preflight", no_preflight)
+    assert main(["run", "--strict", "--report", str(tmp_path / "r")]) == 0
+    assert "--iscsi-strict" in seen[-1]
+    assert main(["run", "--report", str(tmp_path / "r")]) == 0
+    assert "--iscsi-strict" not in seen[-1]
+    url = "iscsi://127.0.0.1:3260/iqn.2024-01.org.example:disk/0"
+    assert main(["certify", url, "--strict", "--report", str(tmp_path / "c")]) == 3  # no results
+    assert "--iscsi-strict" in seen[-1]
+    args = build_parser().parse_args(["run", "--strict", "--target", "tgt"])
+    argv = _shard_argv(args, Shard(["tgt"], ["reference"]), tmp_path / "s", [])
+    assert "--strict" in argv[: argv.index("--")]
