@@ -66,6 +66,17 @@ async def test_nop_reserved_itt_not_answered(target: Any) -> None:
             sent=[req],
             received=ffp.shown(resp),
         )
+        # No answer is not a hang-up: the NOP-Out is legal (11.18), and the session
+        # goes on, so a ping with a valid ITT after it is answered.
+        ping, alive = await ffp.nop(b"alive")
+        require(
+            isinstance(alive, P.NopIn),
+            "R7143-11.18-2",
+            "after a NOP-Out with ITT 0xffffffff the session did not go on: a ping got "
+            f"{type(alive).__name__ if alive is not None else ffp.no_answer}",
+            sent=[req, ping],
+            received=ffp.shown(resp, alive) if resp is not None else ffp.shown(alive),
+        )
 
 
 @spec(
