@@ -129,6 +129,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, dict[s
     return {mode: {t["id"]: t for t in tests} for mode, tests in done.items()}
 
 
+@pytest.mark.slow  # ~50 s: three certify runs side by side, waiting on time-outs
 @pytest.mark.parametrize(
     ("mode", "words"), [("hangup", "closed the connection"), ("silent", "nothing within")]
 )
