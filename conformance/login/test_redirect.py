@@ -66,6 +66,14 @@ async def _check_redirection(target: Any, profile: str) -> None:
         )
         assert address is not None
         require(
+            "," not in address,
+            "R7143-13.8-2",
+            f"the redirection carries TargetAddress={address!r}: in a redirection the comma "
+            "and portal group tag are omitted (RFC 7143 13.8)",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        require(
             _host_port(address) == _host_port(REDIRECT_ADDRESS),
             "R7143-11.13-2",
             f"the redirection names TargetAddress={address!r}, not the address the target "
@@ -79,10 +87,10 @@ async def _check_redirection(target: Any, profile: str) -> None:
     "Login.Redirect.CarriesTargetAddress",
     "RFC 7143 11.13.5",
     "RFC 7143 13.8",
-    requirements=["R7143-11.13-2", "R7143-13.8-1"],
+    requirements=["R7143-11.13-2", "R7143-13.8-1", "R7143-13.8-2"],
 )
 async def test_redirect_carries_target_address(target: Any) -> None:
-    """A target that moved temporarily answers 0101 with the TargetAddress it was given."""
+    """A target that moved temporarily answers 0101 with the TargetAddress it was given, no tag."""
     await _check_redirection(target, "redirect")
 
 
@@ -90,10 +98,10 @@ async def test_redirect_carries_target_address(target: Any) -> None:
     "Login.Redirect.Permanent",
     "RFC 7143 11.13.5",
     "RFC 7143 13.8",
-    requirements=["R7143-11.13-2", "R7143-13.8-1"],
+    requirements=["R7143-11.13-2", "R7143-13.8-1", "R7143-13.8-2"],
 )
 async def test_redirect_permanent(target: Any) -> None:
-    """A target that moved permanently answers 0102 with the TargetAddress it was given."""
+    """A target that moved permanently answers 0102 with the TargetAddress it was given, no tag."""
     await _check_redirection(target, "redirect-permanent")
 
 
