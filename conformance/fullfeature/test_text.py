@@ -390,6 +390,38 @@ async def test_text_request_with_unknown_ttt(target: Any) -> None:
         await _still_alive(ffp, [req], [resp], "R7143-11.10-5")
 
 
+async def _format_error_ends_session(ffp: FullFeature, req: Any, resp: Any, what: str) -> None:
+    """RFC 7143 7.7: a PDU with a format error is never processed, and the receiver
+    ends every connection of the session (close or reset); a Reject may come first."""
+    require(
+        not isinstance(resp, P.TextResponse),
+        "R7143-7.7-1",
+        f"{what}, a format error, was answered as a valid request",
+        sent=[req],
+        received=[resp],
+    )
+    after = await ffp.drain(min(ffp.timeout, 5.0)) if resp is not None else []
+    gone = ffp.no_answer
+    require(
+        gone is not None and gone.outcome is Outcome.CLOSED,
+        "R7143-7.7-1",
+        f"{what} got {_what(ffp, resp)}"
+        + (" and the connection stayed open" if resp is not None else "")
+        + "; RFC 7143 7.7 requires the target to end the session's connections on a "
+        "format error",
+        sent=[req],
+        received=[*ffp.shown(resp), *after, *([gone] if resp is not None and gone else [])],
+    )
+    if isinstance(resp, P.Reject):
+        require(
+            resp.data[:48] == P.bhs_of(req),
+            "R7143-11.17-1",
+            "the Reject before the close does not carry the rejected header",
+            sent=[req],
+            received=[resp],
+        )
+
+
 @spec(
     "FullFeature.Text.ReservedItt",
     "RFC 7143 7.7",
@@ -397,36 +429,20 @@ async def test_text_request_with_unknown_ttt(target: Any) -> None:
     requirements=["R7143-7.7-1", "R7143-11.10-5"],
 )
 async def test_text_request_reserved_itt(target: Any) -> None:
-    """A Text Request with the reserved Initiator Task Tag 0xffffffff is not answered as
-    a request: the target rejects it or ends the connection.
+    """A Text Request with the reserved Initiator Task Tag 0xffffffff is a format error:
+    the target ends the connection (a Reject may come first) and never answers it as a
+    request.
 
-    The tag 0xffffffff is reserved and no task may carry it (RFC 7143 11.2.1.8), so the
-    request is malformed. The RFC gives the target two answers: a Reject carrying the
-    header (11.17.1 lists an invalid ITT under reason 09h, Invalid PDU field), after
-    which the session may go on or end; or, taking it as a format error (an illegal
-    header field, 7.7), ending the session's connections. A Text Response (the request
-    processed) and silence with the connection open are neither."""
+    The tag 0xffffffff is reserved and no task may carry it (RFC 7143 11.2.1.8): in a
+    request that starts a task it is an illegal header field, one of the two format
+    errors of RFC 7143 7.7, on which the receiver must end every connection of the
+    session and go to session recovery. A Reject before the close is allowed; a Text
+    Response, a session that goes on, or silence are not."""
     async with full_feature(target) as ffp:
         req, resp = await _text(ffp, text_of([(PROBE_KEY, "1")]), itt=NONE_TAG)
-        gone = ffp.no_answer
-        require(
-            isinstance(resp, P.Reject)
-            or (resp is None and gone and gone.outcome is Outcome.CLOSED),
-            "R7143-11.10-5",
-            f"a Text Request with ITT 0xffffffff got {_what(ffp, resp)}; RFC 7143 allows a "
-            "Reject (11.17.1, Invalid PDU field) or the end of the connection (7.7, format "
-            "error)",
-            sent=[req],
-            received=ffp.shown(resp),
+        await _format_error_ends_session(
+            ffp, req, resp, "a Text Request with ITT 0xffffffff (reserved, 11.2.1.8)"
         )
-        if isinstance(resp, P.Reject):
-            require(
-                resp.data[:48] == P.bhs_of(req),
-                "R7143-11.17-1",
-                "the Reject does not carry the rejected Text Request's header",
-                sent=[req],
-                received=[resp],
-            )
 
 
 @spec(
@@ -446,22 +462,6 @@ async def test_text_request_final_and_continue(target: Any) -> None:
     allowed; a Text Response, a session that goes on, or silence are not."""
     async with full_feature(target) as ffp:
         req, resp = await _text(ffp, text_of([(PROBE_KEY, "1")]), final=True, cont=True)
-        require(
-            not isinstance(resp, P.TextResponse),
-            "R7143-7.7-1",
-            "a Text Request with F=1 and C=1 (a format error) was answered as a valid request",
-            sent=[req],
-            received=[resp],
-        )
-        after = await ffp.drain(min(ffp.timeout, 5.0)) if resp is not None else []
-        gone = ffp.no_answer
-        require(
-            gone is not None and gone.outcome is Outcome.CLOSED,
-            "R7143-7.7-1",
-            f"a Text Request with F=1 and C=1 got {_what(ffp, resp)}"
-            + (" and the connection stayed open" if resp is not None else "")
-            + "; RFC 7143 7.7 requires the target to end the session's connections on a "
-            "format error (inconsistent fields: C=1 needs F=0, 11.10.2)",
-            sent=[req],
-            received=[*ffp.shown(resp), *after, *([gone] if resp is not None and gone else [])],
+        await _format_error_ends_session(
+            ffp, req, resp, "a Text Request with F=1 and C=1 (C=1 needs F=0, 11.10.2)"
         )

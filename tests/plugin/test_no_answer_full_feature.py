@@ -12,11 +12,11 @@ message that says what happened, unless RFC 7143 allows that outcome:
 - ``FullFeature.Snack.Erl0.<type>``: at ErrorRecoveryLevel 0 a SNACK is a protocol
   error that may be escalated to session recovery, the only recovery of level 0
   (7.1.5), so the end of the connection conforms (silence does not);
-- ``FullFeature.Text.FinalAndContinue``: F=1 with C=1 is a format error, on which the
-  target must end the connection (7.7);
-- ``FullFeature.Text.ReservedItt``, ``FullFeature.TaskManagement.UnknownFunction``: a
-  reserved tag or an unassigned function is an illegal header field, a format error
-  (7.7), so ending the connection conforms;
+- ``FullFeature.Text.FinalAndContinue``, ``FullFeature.Text.ReservedItt``: F=1 with
+  C=1, or the reserved tag 0xffffffff, is a format error, on which the target must end
+  the connection (7.7);
+- ``FullFeature.TaskManagement.UnknownFunction``: an unassigned function is an illegal
+  header field, a format error (7.7), so ending the connection conforms;
 - ``FullFeature.Reject.DataSegmentTooLong``: past the receiver's
   MaxRecvDataSegmentLength the framing is lost and the connection may end.
 

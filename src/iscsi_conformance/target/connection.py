@@ -596,16 +596,12 @@ class Connection(TaskIO):
         answer split to our send limit with a TTT, SendTargets, FFP negotiation."""
         s = self.session
         assert s is not None
-        if pdu.final and pdu.cont:
-            # C=1 needs F=0 (RFC 7143 11.10.2): inconsistent fields are a format error,
-            # on which the receiver ends the session's connections (7.7); the Reject
-            # says why before the close.
+        if pdu.itt == NONE_TAG or (pdu.final and pdu.cont):
+            # The reserved ITT 0xffffffff (11.2.1.8) is an illegal field, and C=1 with
+            # F=1 inconsistent fields (11.10.2): format errors, on which the receiver
+            # ends the session's connections (7.7); the Reject says why before the close.
             self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
             self.close()
-            return
-        if pdu.itt == NONE_TAG:
-            # ITT 0xffffffff is reserved (11.2.1.8): an invalid field (11.17.1).
-            self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
             return
         exchange = self._text_pending.get(pdu.itt)
         if pdu.ttt != NONE_TAG:
