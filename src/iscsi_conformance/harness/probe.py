@@ -958,6 +958,7 @@ class FullFeature:
                             f"{edtl}-byte transfer, the last {empty_run} with no data; "
                             "stopped reading"
                         )
+                        out.outcome = Outcome.ANSWERED  # it kept talking: ``flood`` says how
                         break
                 if pdu.itt == itt:
                     end = pdu.buffer_offset + len(pdu.data)
