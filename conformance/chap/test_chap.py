@@ -12,6 +12,50 @@ from iscsi_conformance.harness.profiles import CHAP_ALGORITHMS
 from iscsi_conformance.plugin import require, spec
 
 ALG_LABEL = {5: "MD5", 6: "SHA1", 7: "SHA256", 8: "SHA3_256"}
+#: Why a refused login still needs an answer (a failure message's second half).
+REFUSAL_RULE = (
+    "RFC 7143 11.13.5: a login the target does not accept ends with a Login Response with "
+    "a non-zero status class (0201 for a failed authentication), and only then is the "
+    "connection closed"
+)
+#: Why any Login Request needs an answer.
+ANSWER_RULE = "RFC 7143 11.13: every Login Request is answered with a Login Response"
+
+
+def _require_refusal(probe: Any, step: Any, requirement: str, accepted: str) -> None:
+    """The login was refused the way RFC 7143 11.13.5 says: a Login Response with a
+    non-zero status. Silence, a hang-up and an accepted login fail, saying which."""
+    __tracebackhide__ = True
+    require(
+        step.response is not None,
+        requirement,
+        step.missing(REFUSAL_RULE),
+        sent=probe.sent,
+        received=probe.received,
+    )
+    require(step.refused, requirement, accepted, sent=probe.sent, received=probe.received)
+
+
+def _require_challenge(probe: Any, step: Any) -> dict[str, str]:
+    """The target answered CHAP_A with its CHAP_I and CHAP_C (RFC 7143 12.1.3)."""
+    __tracebackhide__ = True
+    require(
+        step.response is not None,
+        "R7143-12.1.3-2",
+        step.missing(ANSWER_RULE),
+        sent=probe.sent,
+        received=probe.received,
+    )
+    keys: dict[str, str] = step.keys
+    require(
+        "CHAP_I" in keys and "CHAP_C" in keys,
+        "R7143-12.1.3-2",
+        f"CHAP_A was answered without a challenge (status {step.status!r}, keys {sorted(keys)}): "
+        "the target answers CHAP_A with CHAP_A, CHAP_I and CHAP_C (RFC 7143 12.1.3)",
+        sent=probe.sent,
+        received=probe.received,
+    )
+    return keys
 
 
 def _make_oneway(alg: int, encoding: str) -> Any:
@@ -115,12 +159,8 @@ def _make_wrong_secret(alg: int) -> Any:
         async with target.raw(profile) as raw:
             probe = target.probe(raw, profile)
             step = await probe.chap(user, secret + "-wrong", algorithms=[alg])
-            require(
-                step.refused,
-                "R7143-12.1.3-3",
-                "a CHAP_R computed with a wrong secret was accepted",
-                sent=probe.sent,
-                received=probe.received,
+            _require_refusal(
+                probe, step, "R7143-12.1.3-3", "a CHAP_R computed with a wrong secret was accepted"
             )
             require(
                 step.status == 0x0201,
@@ -149,7 +189,7 @@ async def _to_challenge(
     require(
         s1.succeeded and s1.keys.get("AuthMethod") == "CHAP",
         "R7143-12.1-1",
-        "AuthMethod=CHAP not chosen",
+        s1.missing(ANSWER_RULE) or f"AuthMethod=CHAP not chosen ({s1.keys.get('AuthMethod')!r})",
         sent=probe.sent,
         received=probe.received,
     )
@@ -169,13 +209,7 @@ async def test_wrong_user(target: Any) -> None:
     async with target.raw("chap") as raw:
         probe = target.probe(raw, "chap")
         step = await probe.chap(user + "-other", secret)
-        require(
-            step.refused,
-            "R7143-12.1.3-3",
-            "an unknown CHAP_N was accepted",
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_refusal(probe, step, "R7143-12.1.3-3", "an unknown CHAP_N was accepted")
 
 
 @spec(
@@ -188,6 +222,13 @@ async def test_unsupported_algorithm_only(target: Any) -> None:
     """CHAP_A offering only an unknown algorithm (99) is answered Reject or fails the login."""
     async with target.raw("chap") as raw:
         probe, step = await _to_challenge(target, raw, algs="99")
+        require(
+            step.response is not None,
+            "R7143-12.1.3-1",
+            step.missing(ANSWER_RULE),
+            sent=probe.sent,
+            received=probe.received,
+        )
         require(
             step.refused or step.keys.get("CHAP_A") == "Reject",
             "R7143-12.1.3-1",
@@ -215,6 +256,13 @@ async def test_algorithm_chosen_from_list(target: Any) -> None:
     """CHAP_A=99,5: the target picks 5 (the only one it must support from the list)."""
     async with target.raw("chap") as raw:
         probe, step = await _to_challenge(target, raw, algs="99,5")
+        require(
+            step.response is not None,
+            "R7143-6.2.1-1",
+            step.missing(ANSWER_RULE),
+            sent=probe.sent,
+            received=probe.received,
+        )
         require(
             step.keys.get("CHAP_A") == "5",
             "R7143-6.2.1-1",
@@ -248,7 +296,8 @@ async def test_missing_chap_r(target: Any) -> None:
         require(
             probe.steps[-1].refused,
             "R7143-11.13-1",
-            "an authentication that cannot succeed ends with a Login Response with a "
+            probe.steps[-1].missing(REFUSAL_RULE)
+            or "an authentication that cannot succeed ends with a Login Response with a "
             "non-zero status (RFC 7143 11.13.5)",
             sent=probe.sent,
             received=probe.received,
@@ -266,20 +315,14 @@ async def test_response_wrong_length(target: Any) -> None:
     (user, secret), _ = target.chap_pair("chap")
     async with target.raw("chap") as raw:
         probe, step = await _to_challenge(target, raw)
-        k = step.keys
+        k = _require_challenge(probe, step)
         good = chap_response(
             ChapAlgorithm.MD5, int(k["CHAP_I"], 0), secret.encode(), parse_binary(k["CHAP_C"])
         )
         step = await probe.step(
             [("CHAP_N", user), ("CHAP_R", format_binary(good[:-1]))], csg=0, nsg=1, transit=True
         )
-        require(
-            step.refused,
-            "R7143-12.1.3-3",
-            "a truncated CHAP_R was accepted",
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_refusal(probe, step, "R7143-12.1.3-3", "a truncated CHAP_R was accepted")
 
 
 @spec(
@@ -294,18 +337,12 @@ async def test_malformed_binary_response(target: Any) -> None:
     async with target.raw("chap") as raw:
         probe, _step = await _to_challenge(target, raw)
         step = await probe.step([("CHAP_N", user), ("CHAP_R", "0xZZ")], csg=0, nsg=1, transit=True)
-        require(
-            step.refused,
-            "R7143-12.1.3-6",
-            "a malformed CHAP_R was accepted",
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_refusal(probe, step, "R7143-12.1.3-6", "a malformed CHAP_R was accepted")
 
 
 @spec(
     "CHAP.Keys.RepeatedAlgorithmKey",
-    "RFC 7143 6.2",
+    "RFC 7143 6.3",
     requirements=["R7143-6.2-3"],
     needs=("chap_algorithms=5",),
 )
@@ -315,6 +352,13 @@ async def test_repeated_chap_a(target: Any) -> None:
         probe = target.probe(raw, "chap")
         await probe.step([("AuthMethod", "CHAP")], csg=0, nsg=1, transit=False)
         step = await probe.step([("CHAP_A", "5"), ("CHAP_A", "5")], csg=0, nsg=1, transit=False)
+        require(
+            step.response is not None,
+            "R7143-6.2-3",
+            step.missing(ANSWER_RULE),
+            sent=probe.sent,
+            received=probe.received,
+        )
         require(
             step.refused or step.keys.get("CHAP_A") == "Reject",
             "R7143-6.2-3",
@@ -348,7 +392,8 @@ async def test_chap_in_operational_stage(target: Any) -> None:
         require(
             probe.steps[-1].refused,
             "R7143-11.13-1",
-            "the login with CHAP keys in the operational stage is not refused with a Login "
+            probe.steps[-1].missing(REFUSAL_RULE)
+            or "the login with CHAP keys in the operational stage is not refused with a Login "
             "Response with a non-zero status (RFC 7143 11.13.5)",
             sent=probe.sent,
             received=probe.received,
@@ -366,7 +411,7 @@ async def test_reflected_challenge_refused(target: Any) -> None:
     chap, _mutual = target.chap_pair("mutual")
     async with target.raw("mutual") as raw:
         probe, step = await _to_challenge(target, raw, "mutual")
-        k = step.keys
+        k = _require_challenge(probe, step)
         their = parse_binary(k["CHAP_C"])
         resp = chap_response(ChapAlgorithm.MD5, int(k["CHAP_I"], 0), chap[1].encode(), their)
         step = await probe.step(
@@ -380,12 +425,11 @@ async def test_reflected_challenge_refused(target: Any) -> None:
             nsg=1,
             transit=True,
         )
-        require(
-            step.refused,
+        _require_refusal(
+            probe,
+            step,
             "R7143-12.1.3-4",
             "the target answered its own challenge reflected back (reflection attack)",
-            sent=probe.sent,
-            received=probe.received,
         )
 
 
@@ -400,7 +444,7 @@ async def test_oversize_challenge_refused(target: Any) -> None:
     chap, _mutual = target.chap_pair("mutual")
     async with target.raw("mutual") as raw:
         probe, step = await _to_challenge(target, raw, "mutual")
-        k = step.keys
+        k = _require_challenge(probe, step)
         resp = chap_response(
             ChapAlgorithm.MD5, int(k["CHAP_I"], 0), chap[1].encode(), parse_binary(k["CHAP_C"])
         )
@@ -415,13 +459,7 @@ async def test_oversize_challenge_refused(target: Any) -> None:
             nsg=1,
             transit=True,
         )
-        require(
-            step.refused,
-            "R7143-12.1.3-8",
-            "a 1025-byte challenge was answered",
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_refusal(probe, step, "R7143-12.1.3-8", "a 1025-byte challenge was answered")
 
 
 @spec(
@@ -435,7 +473,7 @@ async def test_chap_i_out_of_range(target: Any) -> None:
     chap, _mutual = target.chap_pair("mutual")
     async with target.raw("mutual") as raw:
         probe, step = await _to_challenge(target, raw, "mutual")
-        k = step.keys
+        k = _require_challenge(probe, step)
         resp = chap_response(
             ChapAlgorithm.MD5, int(k["CHAP_I"], 0), chap[1].encode(), parse_binary(k["CHAP_C"])
         )
@@ -450,13 +488,7 @@ async def test_chap_i_out_of_range(target: Any) -> None:
             nsg=1,
             transit=True,
         )
-        require(
-            step.refused,
-            "R7143-12.1.3-6",
-            "CHAP_I=256 was accepted",
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_refusal(probe, step, "R7143-12.1.3-6", "CHAP_I=256 was accepted")
 
 
 @spec(
@@ -471,8 +503,8 @@ async def test_challenge_changes(target: Any) -> None:
     seen = []
     for _ in range(2):
         async with target.raw("chap") as raw:
-            _probe, step = await _to_challenge(target, raw)
-            seen.append(step.keys.get("CHAP_C"))
+            probe, step = await _to_challenge(target, raw)
+            seen.append(_require_challenge(probe, step)["CHAP_C"])
     require(
         seen[0] is not None and seen[0] != seen[1],
         "R1994-4.1-2",

@@ -24,6 +24,20 @@ from iscsi_conformance.plugin import require, spec, violation
 from iscsi_conformance.scsi import cdb
 
 NONE_TAG = 0xFFFFFFFF
+#: Why a refused login still needs an answer (a failure message's second half).
+REFUSAL_RULE = (
+    "RFC 7143 11.13.5: a login the target does not accept ends with a Login Response with "
+    "a non-zero status class, and only then is the connection closed"
+)
+#: Why any Login Request needs an answer.
+ANSWER_RULE = "RFC 7143 11.13: every Login Request is answered with a Login Response"
+
+
+def _why_not_in(probe: Any, rule: str = ANSWER_RULE) -> str:
+    """What the last step of a login that did not reach full feature phase got: the
+    missing answer, or the status."""
+    last = probe.steps[-1]
+    return last.missing(rule) or f"status {last.status!r}"
 
 
 async def _add_connection(
@@ -79,6 +93,15 @@ async def _session_for_two(target: Any) -> AsyncIterator[tuple[Any, FullFeature]
     agreed to fewer), as (raw, FullFeature)."""
     async with target.raw() as raw:
         lead = await target.login(raw, keys=[("MaxConnections", "2")])
+        # A numerical offer is always answered (RFC 7143 6.2.2): no answer is no "1".
+        require(
+            "MaxConnections" in lead.negotiated,
+            "R7143-6.2-4",
+            "the login went on but MaxConnections=2 was never answered: the acceptor answers "
+            "a numerical key offered to it (RFC 7143 6.2.2)",
+            sent=lead.sent,
+            received=lead.received,
+        )
         agreed = _agreed_connections(lead)
         if agreed < 2:
             pytest.skip(f"the target agreed MaxConnections={agreed}: no multi-connection sessions")
@@ -97,7 +120,7 @@ async def _second(target: Any, ffp: FullFeature, *, cid: int = 1) -> AsyncIterat
         require(
             probe.in_full_feature,
             "R7143-6.3-10",
-            f"connection CID {cid} could not join the session (status {probe.steps[-1].status!r})",
+            f"connection CID {cid} could not join the session ({_why_not_in(probe)})",
             sent=probe.sent,
             received=probe.received,
         )
@@ -141,7 +164,7 @@ async def test_add_second_connection(target: Any) -> None:
             probe.in_full_feature,
             "R7143-6.3-10",
             f"a second connection to a session with MaxConnections=2 was refused "
-            f"({probe.steps[-1].status!r})",
+            f"({_why_not_in(probe)})",
             sent=[*ffp.probe.sent, *probe.sent],
             received=[*ffp.probe.received, *probe.received],
         )
@@ -156,7 +179,7 @@ async def test_added_connection_keeps_tsih(target: Any) -> None:
         require(
             probe.in_full_feature,
             "R7143-6.3-10",
-            "the second connection could not log in",
+            f"the second connection could not log in ({_why_not_in(probe)})",
             sent=probe.sent,
             received=probe.received,
         )
@@ -182,9 +205,14 @@ async def test_connection_beyond_max_connections(target: Any) -> None:
     async with target.raw() as first:
         lead = await target.login(first, keys=[("MaxConnections", "1")])
         require(
-            _agreed_connections(lead) == 1,
+            lead.negotiated.get("MaxConnections") is not None and _agreed_connections(lead) == 1,
             "R7143-13.2-1",
-            f"MaxConnections=1 offered, answered {lead.negotiated.get('MaxConnections')!r}",
+            f"MaxConnections=1 offered, answered {lead.negotiated.get('MaxConnections')!r}"
+            + (
+                ""
+                if "MaxConnections" in lead.negotiated
+                else ": never answered, though a numerical offer always is (RFC 7143 6.2.2)"
+            ),
             sent=lead.sent,
             received=lead.received,
         )
@@ -201,8 +229,9 @@ async def test_connection_beyond_max_connections(target: Any) -> None:
             require(
                 probe.steps[-1].refused and status in (0x0206, 0x0208),
                 "R7143-11.13-1",
-                "expected a Login Response with status 0206 (too many connections) or 0208 "
-                f"(RFC 7143 11.13.5), got {status!r}",
+                probe.steps[-1].missing(REFUSAL_RULE)
+                or "expected a Login Response with status 0206 (too many connections) or 0208 "
+                f"(RFC 7143 11.13.5), got {status:#06x}",
                 sent=probe.sent,
                 received=probe.received,
             )
@@ -232,10 +261,19 @@ def _make_leading_only_test(key: str, value: str) -> Callable[..., Any]:
             probe = await _add_connection(
                 target, raw, ffp.probe, cid=1, keys=[(key, value)], cmdsn=ffp.cmdsn
             )
+            # Conforms: Irrelevant or Reject, or the login ended with status class 02.
+            # Not: silence, a hang-up, the key left unanswered or accepted.
+            require(
+                probe.steps[-1].response is not None,
+                "R7143-6.3.6-1",
+                probe.steps[-1].missing(ANSWER_RULE),
+                sent=probe.sent,
+                received=probe.received,
+            )
             if probe.steps[-1].refused:
                 status = probe.steps[-1].status
                 require(
-                    status is None or status >> 8 == 2,
+                    status >> 8 == 2,
                     "R7143-6.3.6-1",
                     f"expected an initiator error (02xx) for a leading-only key, got {status!r}",
                     sent=probe.sent,
@@ -247,8 +285,9 @@ def _make_leading_only_test(key: str, value: str) -> Callable[..., Any]:
             require(
                 answer in ("Irrelevant", "Reject"),
                 "R7143-6.3.6-1",
-                f"the leading-only key {key}={value} on a non-leading connection was answered "
-                f"{answer!r}: expected Irrelevant (or Reject, or a failed login)",
+                f"the leading-only key {key}={value} on a non-leading connection was "
+                + (f"answered {answer!r}" if answer is not None else "never answered")
+                + ": expected Irrelevant (or Reject, or a failed login)",
                 sent=probe.sent,
                 received=probe.received,
             )
@@ -277,7 +316,7 @@ async def test_connection_keys_on_added_connection(target: Any) -> None:
         require(
             probe.in_full_feature,
             "R7143-6.3.6-1",
-            f"connection-scope keys made the added connection fail ({probe.steps[-1].status!r})",
+            f"connection-scope keys made the added connection fail ({_why_not_in(probe)})",
             sent=probe.sent,
             received=probe.received,
         )
@@ -315,7 +354,8 @@ async def test_tsih_with_other_isid(target: Any) -> None:
         require(
             probe.steps[-1].refused and status >> 8 == 2,
             "R7143-11.13-1",
-            f"expected an initiator error (020A session does not exist), got {status!r}",
+            probe.steps[-1].missing(REFUSAL_RULE)
+            or f"expected an initiator error (020A session does not exist), got {status:#06x}",
             sent=probe.sent,
             received=probe.received,
         )
@@ -343,8 +383,9 @@ async def test_tsih_with_other_initiator(target: Any) -> None:
         require(
             probe.steps[-1].refused,
             "R7143-11.13-1",
-            "a login that joins no session ends with a Login Response with a non-zero "
-            "status (RFC 7143 11.13.5)",
+            probe.steps[-1].missing(REFUSAL_RULE)
+            or "a login that joins no session ends with a Login Response with a non-zero "
+            f"status (RFC 7143 11.13.5), got {probe.steps[-1].status:#06x}",
             sent=probe.sent,
             received=probe.received,
         )
@@ -527,7 +568,7 @@ async def test_connection_reinstatement(target: Any) -> None:
         require(
             probe.in_full_feature,
             "R7143-6.3.4-1",
-            f"reinstating CID 1 was refused ({probe.steps[-1].status!r}); a login with an "
+            f"reinstating CID 1 was refused ({_why_not_in(probe)}); a login with an "
             "active CID replaces that connection and does not count as an extra one",
             sent=probe.sent,
             received=probe.received,

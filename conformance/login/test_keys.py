@@ -11,6 +11,7 @@ from typing import Any
 
 from iscsi_conformance.core.keys import KEYS, ResultFunction, ValueKind
 from iscsi_conformance.core.text import parse_number
+from iscsi_conformance.errors import ProtocolError
 from iscsi_conformance.plugin import require, spec, violation
 
 NEGOTIATED_NUMBERS = [
@@ -45,6 +46,14 @@ KEY_REQ = {
 MAY_BE_UNKNOWN = frozenset({"iSCSIProtocolLevel"})
 
 
+def _number(value: str) -> int | None:
+    """``value`` as a number (decimal or 0x hex, RFC 7143 6.1), or None."""
+    try:
+        return parse_number(value)
+    except (ValueError, ProtocolError):
+        return None
+
+
 def _section(key: Any) -> str:
     return key.section.split("/")[0].strip()
 
@@ -58,19 +67,57 @@ def _offer_for(key: Any) -> int:
     return min(key.max, default + 1)
 
 
+#: Why a Login Request needs an answer at all (the failure message's second half).
+ANSWER_RULE = (
+    "RFC 7143 11.13 answers every Login Request with a Login Response, and 11.13.5 gives a "
+    "failed login one too, with a non-zero status"
+)
+#: Why an offered key needs an answer (RFC 7143 6.2, 6.2.2).
+KEY_RULE = (
+    "the acceptor answers a key offered to it with the same key (RFC 7143 6.2.2: a "
+    "numerical offer is always answered; 6.2: NotUnderstood when it does not know the "
+    "key); only declarative keys, and boolean offers that fix the result, go unanswered"
+)
+
+
+def _failed(step: Any, what: str) -> str:
+    """The message for a login that did not go on: what happened, and why it matters."""
+    if step.response is None:
+        return step.missing(ANSWER_RULE)
+    if getattr(step.response, "status_class", None) is None:
+        return f"{what} was answered with a {type(step.response).__name__}, not a Login Response"
+    return f"{what} made the login fail (status {step.status:#06x})"
+
+
 async def _answer(target: Any, pairs: list[tuple[str, str]]) -> tuple[Any, Any]:
     async with target.raw() as raw:
         probe = target.probe(raw)
         s = await probe.security_none()
-        if s.refused:
+        if not s.succeeded:
             raise violation(
                 "R7143-6.3.1-2",
-                "login with AuthMethod=None refused",
+                _failed(s, "AuthMethod=None, to a target that needs no authentication,"),
                 sent=probe.sent,
                 received=probe.received,
             )
         step = await probe.step(pairs, csg=1, nsg=3, transit=True)
+        await _rest_of_stage(probe, step)
         return probe, step
+
+
+async def _rest_of_stage(probe: Any, step: Any) -> None:
+    """When the target answered with T=0 (it has offers of its own, or answers later:
+    RFC 7143 6.2 lets an answer come in a later response of the same stage), finish the
+    operational stage so that every answer the target gives is in ``probe.steps``."""
+    if step.succeeded and not step.response.transit:
+        await probe.operational(answering=step)
+
+
+def _answer_to(probe: Any, step: Any, key: str) -> str | None:
+    """The target's last answer to ``key`` from ``step`` on (None: never answered)."""
+    later = probe.steps[probe.steps.index(step) :]
+    values = [s.keys[key] for s in later if key in s.keys]
+    return values[-1] if values else None
 
 
 def _make_result_function_test(key: Any) -> Callable[..., Any]:
@@ -85,13 +132,20 @@ def _make_result_function_test(key: Any) -> Callable[..., Any]:
         require(
             step.succeeded,
             req[0],
-            f"a legal {key.name}={offer} made the login fail (status {step.status!r})",
+            _failed(step, f"a legal {key.name}={offer}"),
             sent=probe.sent,
             received=probe.received,
         )
-        value = step.keys.get(key.name)
-        if value is None:
-            return  # answered later or accepted silently is allowed only for declarative keys
+        value = _answer_to(probe, step, key.name)
+        # Conforms: the key answered with a number by the key's rule, or NotUnderstood
+        # from a target older than the key (MAY_BE_UNKNOWN). Not: no answer at all.
+        require(
+            value is not None,
+            "R7143-6.2-4",
+            f"the login went on but {key.name}={offer} was never answered: {KEY_RULE}",
+            sent=probe.sent,
+            received=probe.received,
+        )
         if value == "NotUnderstood" and key.name in MAY_BE_UNKNOWN:
             return
         require(
@@ -138,29 +192,52 @@ def _make_out_of_range_test(key: Any, value: int, label: str) -> Callable[..., A
         requirements=["R7143-6.2.2-3", "R7143-6.2-5"],
     )
     async def test(target: Any) -> None:
+        # Conforms (RFC 7143 6.2.2: an inadmissible value "MAY be answered with the
+        # constant Reject", or the acceptor selects an admissible value): the key answered
+        # Reject; the key answered with a value inside the key's range; the login ended
+        # as the initiator's error (a Login Response with status class 02, 11.13.5);
+        # NotUnderstood from a target older than the key. Not: silence, a hang-up, the
+        # key left unanswered, or an answer outside the range.
         probe, step = await _answer(target, [(key.name, str(value))])
+        require(
+            step.response is not None,
+            "R7143-6.2.2-3",
+            step.missing(ANSWER_RULE),
+            sent=probe.sent,
+            received=probe.received,
+        )
         if step.refused:
             require(
                 step.response.status_class == 2,
                 "R7143-11.13-1",
-                f"an illegal {key.name} is the initiator's error: expected status class 02, got {step.status!r}",
+                f"an illegal {key.name} is the initiator's error: expected status class 02, got {step.status:#06x}",
                 sent=probe.sent,
                 received=probe.received,
             )
             return
-        answer = step.keys.get(key.name)
-        if answer == "NotUnderstood" and key.name in MAY_BE_UNKNOWN:
+        answer = _answer_to(probe, step, key.name)
+        if answer == "Reject" or (answer == "NotUnderstood" and key.name in MAY_BE_UNKNOWN):
             return
         require(
-            answer == "Reject",
+            answer is not None,
             "R7143-6.2.2-3",
-            f"{key.name}={value} is outside {key.min}..{key.max}; the target must answer Reject or fail "
-            f"the login, it answered {answer!r}",
+            f"{key.name}={value} (outside {key.min}..{key.max}) was never answered: {KEY_RULE}",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        n = _number(answer)
+        require(
+            n is not None and key.min <= n <= key.max,
+            "R7143-6.2.2-3",
+            f"{key.name}={value} is outside {key.min}..{key.max}; the target may answer Reject or "
+            f"select a value inside the range (RFC 7143 6.2.2), it answered {answer!r}",
             sent=probe.sent,
             received=probe.received,
         )
 
-    test.__doc__ = f"An out-of-range {key.name} ({value}) is refused."
+    test.__doc__ = (
+        f"An out-of-range {key.name} ({value}) is answered Reject or with an admissible value."
+    )
     return test
 
 
@@ -177,11 +254,11 @@ def _make_boolean_test(key: Any) -> Callable[..., Any]:
         require(
             step.succeeded,
             req[0],
-            f"{key.name}={offer} is legal; the login failed ({step.status!r})",
+            _failed(step, f"the legal {key.name}={offer}"),
             sent=probe.sent,
             received=probe.received,
         )
-        answer = step.keys.get(key.name)
+        answer = _answer_to(probe, step, key.name)
         # RFC 7143 6.2.2: this offer fixes the outcome, so the answer is optional.
         require(
             answer in (None, offer),
@@ -207,9 +284,18 @@ def _make_boolean_illegal_test(key: Any) -> Callable[..., Any]:
     )
     async def test(target: Any) -> None:
         probe, step = await _answer(target, [(key.name, "Maybe")])
+        # Conforms: Reject, or a failed login (a Login Response with a non-zero status,
+        # RFC 7143 11.13.5). Not: silence, a hang-up, no answer to the key.
+        require(
+            step.response is not None,
+            "R7143-6.2-5",
+            step.missing(ANSWER_RULE),
+            sent=probe.sent,
+            received=probe.received,
+        )
         if step.refused:
             return
-        answer = step.keys.get(key.name)
+        answer = _answer_to(probe, step, key.name)
         require(
             answer == "Reject",
             "R7143-6.2-5",
@@ -248,6 +334,13 @@ for _key in BOOLEANS:
 async def test_mrdsl_below_minimum(target: Any) -> None:
     """MaxRecvDataSegmentLength=511 is out of range and is refused."""
     probe, step = await _answer(target, [("MaxRecvDataSegmentLength", "511")])
+    require(
+        step.response is not None,
+        "R7143-13.12-3",
+        step.missing(ANSWER_RULE),
+        sent=probe.sent,
+        received=probe.received,
+    )
     if step.refused:
         return
     require(
@@ -267,6 +360,13 @@ async def test_mrdsl_below_minimum(target: Any) -> None:
 async def test_mrdsl_above_maximum(target: Any) -> None:
     """MaxRecvDataSegmentLength=2^24 is out of range and is refused."""
     probe, step = await _answer(target, [("MaxRecvDataSegmentLength", str(1 << 24))])
+    require(
+        step.response is not None,
+        "R7143-13.12-3",
+        step.missing(ANSWER_RULE),
+        sent=probe.sent,
+        received=probe.received,
+    )
     if step.refused:
         return
     require(
@@ -307,15 +407,15 @@ async def test_number_in_hex(target: Any) -> None:
     require(
         step.succeeded,
         "R7143-6.1-4",
-        "MaxBurstLength=0x10000 (hex) made the login fail",
+        _failed(step, "MaxBurstLength=0x10000 (hex)"),
         sent=probe.sent,
         received=probe.received,
     )
-    answer = step.keys.get("MaxBurstLength")
+    answer = _answer_to(probe, step, "MaxBurstLength")
     require(
         answer is not None and answer not in ("Reject", "NotUnderstood"),
         "R7143-6.1-4",
-        f"hexadecimal 0x10000 was not accepted: {answer!r}",
+        f"hexadecimal 0x10000 was not accepted: {answer!r}" + ("" if answer else f"; {KEY_RULE}"),
         sent=probe.sent,
         received=probe.received,
     )
@@ -339,6 +439,13 @@ async def test_number_in_base64(target: Any) -> None:
     is for binary and large numerical values), so the target may refuse it (Reject or an
     initiator error) or read it as 65536; it never answers above 65536 or NotUnderstood."""
     probe, step = await _answer(target, [("MaxBurstLength", "0bAQAA")])
+    require(
+        step.response is not None,
+        "R7143-6.1-5",
+        step.missing(ANSWER_RULE),
+        sent=probe.sent,
+        received=probe.received,
+    )
     if step.refused:
         require(
             step.response.status_class == 2,
@@ -349,13 +456,14 @@ async def test_number_in_base64(target: Any) -> None:
             received=probe.received,
         )
         return
-    answer = step.keys.get("MaxBurstLength")
+    answer = _answer_to(probe, step, "MaxBurstLength")
     if answer == "Reject":
         return
     require(
         answer is not None and answer != "NotUnderstood",
         "R7143-6.1-5",
-        f"MaxBurstLength=0bAQAA was answered {answer!r}: neither refused nor read as a number",
+        f"MaxBurstLength=0bAQAA was answered {answer!r}: neither refused nor read as a number"
+        + ("" if answer else f"; {KEY_RULE}"),
         sent=probe.sent,
         received=probe.received,
     )
@@ -383,18 +491,40 @@ async def test_first_burst_not_above_max_burst(target: Any) -> None:
         ("FirstBurstLength", "65536"),
         ("MaxBurstLength", "16384"),
     ]
+    # Conforms: a Login Response with status class 02 (11.13.5); Reject for either key;
+    # FirstBurstLength=Irrelevant (the target agreed InitialR2T=Yes and ImmediateData=No,
+    # 13.14); both answered, FirstBurstLength not above MaxBurstLength. Not: silence, a
+    # hang-up, either key left unanswered (both are numerical offers, 6.2.2).
     probe, step = await _answer(target, offer)
+    require(
+        step.response is not None,
+        "R7143-13.14-1",
+        step.missing(ANSWER_RULE),
+        sent=probe.sent,
+        received=probe.received,
+    )
     if step.refused:
         require(
             step.response.status_class == 2,
             "R7143-11.13-1",
-            f"expected an initiator error (02xx), got {step.status!r}",
+            f"expected an initiator error (02xx), got {step.status:#06x}",
             sent=probe.sent,
             received=probe.received,
         )
         return
-    first, most = step.keys.get("FirstBurstLength"), step.keys.get("MaxBurstLength")
-    if first is None or most is None or "Reject" in (first, most) or first == "Irrelevant":
+    first = _answer_to(probe, step, "FirstBurstLength")
+    most = _answer_to(probe, step, "MaxBurstLength")
+    unanswered = [
+        k for k, v in (("FirstBurstLength", first), ("MaxBurstLength", most)) if v is None
+    ]
+    require(
+        not unanswered,
+        "R7143-6.2-4",
+        f"the login went on but {unanswered} was never answered: {KEY_RULE}",
+        sent=probe.sent,
+        received=probe.received,
+    )
+    if "Reject" in (first, most) or first == "Irrelevant":
         return
     require(
         parse_number(first) <= parse_number(most),
@@ -409,12 +539,20 @@ async def test_first_burst_not_above_max_burst(target: Any) -> None:
 async def test_malformed_number(target: Any) -> None:
     """MaxBurstLength=12ab34 is not a number: Reject or a failed login."""
     probe, step = await _answer(target, [("MaxBurstLength", "12ab34")])
+    require(
+        step.response is not None,
+        "R7143-6.1-5",
+        step.missing(ANSWER_RULE),
+        sent=probe.sent,
+        received=probe.received,
+    )
     if step.refused:
         return
+    answer = _answer_to(probe, step, "MaxBurstLength")
     require(
-        step.keys.get("MaxBurstLength") == "Reject",
+        answer == "Reject",
         "R7143-6.1-5",
-        f"a malformed number was answered {step.keys.get('MaxBurstLength')!r}",
+        f"a malformed number was answered {answer!r}" + ("" if answer else f"; {KEY_RULE}"),
         sent=probe.sent,
         received=probe.received,
     )
@@ -432,7 +570,7 @@ async def test_unknown_private_key(target: Any) -> None:
     require(
         step.succeeded,
         "R7143-6.2-1",
-        "an unknown private key made the login fail",
+        _failed(step, "an unknown private key"),
         sent=probe.sent,
         received=probe.received,
     )
@@ -456,7 +594,7 @@ async def test_unknown_public_extension_key(target: Any) -> None:
     require(
         step.succeeded,
         "R7143-6.2-1",
-        "an unknown X# key made the login fail",
+        _failed(step, "an unknown X# key"),
         sent=probe.sent,
         received=probe.received,
     )
@@ -473,9 +611,16 @@ async def test_unknown_public_extension_key(target: Any) -> None:
 async def test_unknown_standard_key(target: Any) -> None:
     """A key that no RFC defines (not X-) is answered NotUnderstood, not a failure."""
     probe, step = await _answer(target, [("NoSuchKey", "1")])
+    require(
+        step.response is not None,
+        "R7143-6.2-1",
+        step.missing(ANSWER_RULE),
+        sent=probe.sent,
+        received=probe.received,
+    )
     if step.refused:
         require(
-            step.response is not None and step.response.status_class == 2,
+            step.response.status_class == 2,
             "R7143-6.2-1",
             "a target that fails the login for an unknown key must say it is the initiator's error (02xx)",
             sent=probe.sent,
@@ -491,10 +636,17 @@ async def test_unknown_standard_key(target: Any) -> None:
     )
 
 
-@spec("Login.Keys.Repeated.SameNegotiation", "RFC 7143 6.2", requirements=["R7143-6.2-3"])
+@spec("Login.Keys.Repeated.SameNegotiation", "RFC 7143 6.3", requirements=["R7143-6.2-3"])
 async def test_repeated_key(target: Any) -> None:
     """The same key twice in one negotiation is a protocol error."""
     probe, step = await _answer(target, [("MaxBurstLength", "65536"), ("MaxBurstLength", "131072")])
+    require(
+        step.response is not None,
+        "R7143-6.2-3",
+        step.missing(ANSWER_RULE),
+        sent=probe.sent,
+        received=probe.received,
+    )
     require(
         step.refused or step.keys.get("MaxBurstLength") == "Reject",
         "R7143-6.2-3",
@@ -548,12 +700,12 @@ async def test_list_answer_from_offer(target: Any) -> None:
     require(
         step.succeeded,
         "R7143-6.2.1-1",
-        "digest lists made the login fail",
+        _failed(step, "digest lists"),
         sent=probe.sent,
         received=probe.received,
     )
     for key, offered in (("HeaderDigest", ["None", "CRC32C"]), ("DataDigest", ["CRC32C", "None"])):
-        answer = step.keys.get(key)
+        answer = _answer_to(probe, step, key)
         require(
             answer in offered,
             "R7143-6.2.1-2",
@@ -575,7 +727,7 @@ async def test_obsolete_marker_keys(target: Any) -> None:
     require(
         step.succeeded,
         "R7143-13.25-1",
-        "obsolete marker keys made the login fail",
+        _failed(step, "obsolete marker keys"),
         sent=probe.sent,
         received=probe.received,
     )
@@ -602,7 +754,7 @@ async def test_node_architecture_declaration(target: Any) -> None:
     require(
         step.succeeded,
         "R7143-13.26-1",
-        "X#NodeArchitecture made the login fail",
+        _failed(step, "X#NodeArchitecture"),
         sent=probe.sent,
         received=probe.received,
     )
@@ -617,22 +769,47 @@ async def test_node_architecture_declaration(target: Any) -> None:
 
 @spec("Login.Keys.ProtocolLevel.Higher", "RFC 7143 13.24", requirements=["R7143-13.24-1"])
 async def test_protocol_level_higher_than_known(target: Any) -> None:
-    """iSCSIProtocolLevel=31: the answer is a level the target supports, at most 31."""
-    probe, step = await _answer(target, [("iSCSIProtocolLevel", "31")])
+    """iSCSIProtocolLevel=31, then 30: the answer is the target's own level both times.
+
+    The key's result function is the minimum (RFC 7143 13.24): offered a level above its
+    own, a target answers its own level, whichever higher level was offered (every level
+    an RFC defines so far is far below 30). Conforms: the same number twice, at most the
+    offer; NotUnderstood twice from a target older than the key (RFC 7144 4.2.1 reads it
+    as level 0). Not: no answer, or an echo of the offer (31, then 30)."""
+    answers: list[str | None] = []
+    for level in (31, 30):
+        probe, step = await _answer(target, [("iSCSIProtocolLevel", str(level))])
+        require(
+            step.succeeded,
+            "R7143-13.24-1",
+            _failed(step, f"iSCSIProtocolLevel={level}"),
+            sent=probe.sent,
+            received=probe.received,
+        )
+        answer = _answer_to(probe, step, "iSCSIProtocolLevel")
+        require(
+            answer is not None,
+            "R7143-6.2-4",
+            f"the login went on but iSCSIProtocolLevel={level} was never answered: {KEY_RULE}",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        if answer != "NotUnderstood":
+            require(
+                answer.isdigit() and int(answer) <= level,
+                "R7143-13.24-1",
+                f"iSCSIProtocolLevel={level} answered {answer!r}: the minimum function allows a "
+                f"level of at most {level}",
+                sent=probe.sent,
+                received=probe.received,
+            )
+        answers.append(answer)
     require(
-        step.succeeded,
+        answers[0] == answers[1],
         "R7143-13.24-1",
-        "iSCSIProtocolLevel=31 made the login fail",
-        sent=probe.sent,
-        received=probe.received,
-    )
-    answer = step.keys.get("iSCSIProtocolLevel")
-    if answer in (None, "NotUnderstood"):
-        return  # an RFC 3720 target may not know the key (RFC 7144 4.2.1)
-    require(
-        answer.isdigit() and int(answer) <= 31,
-        "R7143-13.24-1",
-        f"answer {answer!r} is not a level <= 31",
+        f"iSCSIProtocolLevel=31 was answered {answers[0]!r}, =30 was answered {answers[1]!r}: "
+        "the minimum of a higher offer and the target's own level is its own level, the "
+        "same both times; the target echoes the offer instead of answering its level",
         sent=probe.sent,
         received=probe.received,
     )

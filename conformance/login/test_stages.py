@@ -3,23 +3,57 @@ reinstatement, and what may be sent before full feature phase."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from iscsi_conformance.core import pdu as P
-from iscsi_conformance.harness.probe import random_isid
+from iscsi_conformance.harness.probe import NoAnswer, Outcome, random_isid
 from iscsi_conformance.plugin import require, spec, violation
+
+#: Why a refused login still needs an answer (a failure message's second half).
+REFUSAL_RULE = (
+    "RFC 7143 11.13.5: a login the target does not accept ends with a Login Response with "
+    "a non-zero status class, and only then is the connection closed"
+)
+#: Why any Login Request needs an answer.
+ANSWER_RULE = "RFC 7143 11.13: every Login Request is answered with a Login Response"
 
 
 def _refused_as_initiator_error(step: Any) -> bool:
     return bool(step.refused and step.response.status_class == 2)
 
 
+def _require_answer(probe: Any, step: Any, requirement: str, rule: str = REFUSAL_RULE) -> None:
+    """A Login Response came (any status); silence and a hang-up fail, saying which."""
+    __tracebackhide__ = True
+    require(
+        step.response is not None,
+        requirement,
+        step.missing(rule),
+        sent=probe.sent,
+        received=probe.received,
+    )
+
+
 @spec("Login.Stages.TransitAndContinueBothSet", "RFC 7143 11.12.2", requirements=["R7143-11.12-1"])
 async def test_t_and_c_both_set(target: Any) -> None:
-    """A Login Request with T=1 and C=1 is a protocol error."""
+    """A Login Request with T=1 and C=1 is a protocol error: the login ends.
+
+    Conforms: a Login Response with status class 02 (11.13.5), or the connection closed
+    (T and C together are inconsistent header fields, a format error on which the
+    receiver ends the connection, 7.7). Not: silence, or the login going on."""
     async with target.raw() as raw:
         probe = target.probe(raw)
         step = await probe.step([("AuthMethod", "None")], csg=0, nsg=1, transit=True, cont=True)
+        if step.hung_up:
+            return
+        _require_answer(
+            probe,
+            step,
+            "R7143-11.12-1",
+            "RFC 7143 11.13.5 ends a refused login with a Login Response with status class "
+            "02, and 7.7 has the receiver of a format error close the connection",
+        )
         require(
             step.refused,
             "R7143-11.12-1",
@@ -30,7 +64,7 @@ async def test_t_and_c_both_set(target: Any) -> None:
         require(
             _refused_as_initiator_error(step),
             "R7143-11.13-1",
-            f"expected an initiator error (02xx) or a closed connection, got {step.status!r}",
+            f"expected an initiator error (02xx), got {step.status:#06x}",
             sent=probe.sent,
             received=probe.received,
         )
@@ -42,6 +76,7 @@ async def test_nsg_lower_than_csg(target: Any) -> None:
     async with target.raw() as raw:
         probe = target.probe(raw)
         step = await probe.send(probe.build([], csg=1, nsg=0, transit=True))
+        _require_answer(probe, step, "R7143-11.12-2")
         require(
             step.refused,
             "R7143-11.12-2",
@@ -57,6 +92,7 @@ async def test_reserved_stage_value(target: Any) -> None:
     async with target.raw() as raw:
         probe = target.probe(raw)
         step = await probe.send(probe.build([("AuthMethod", "None")], csg=2, nsg=3, transit=True))
+        _require_answer(probe, step, "R7143-11.12-2")
         require(
             step.refused,
             "R7143-11.12-2",
@@ -77,13 +113,7 @@ async def test_target_transits_only_when_asked(target: Any) -> None:
     async with target.raw() as raw:
         probe = target.probe(raw)
         step = await probe.step([("AuthMethod", "None")], csg=0, nsg=0, transit=False)
-        require(
-            step.response is not None,
-            "R7143-6.3-4",
-            "no answer to a T=0 login request",
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_answer(probe, step, "R7143-6.3-4", ANSWER_RULE)
         require(
             step.succeeded,
             "R7143-6.3.1-2",
@@ -107,12 +137,13 @@ async def test_start_in_operational_stage(target: Any) -> None:
         probe = target.probe(raw)
         step = await probe.step([], csg=1, nsg=3, transit=True)
         # The target may offer keys of its own first; they are answered (RFC 7143 6.2).
-        if not (step.refused or step.response.transit):
+        if step.succeeded and not step.response.transit:
             step = await probe.operational(answering=step)
         require(
             probe.in_full_feature,
             "R7143-6.3.1-2",
-            f"starting in the operational stage was refused by an unauthenticated target ({step.status!r})",
+            step.missing(ANSWER_RULE)
+            or f"starting in the operational stage was refused by an unauthenticated target ({step.status!r})",
             sent=probe.sent,
             received=probe.received,
         )
@@ -138,10 +169,11 @@ async def test_skip_security_refused(target: Any) -> None:
             sent=probe.sent,
             received=probe.received,
         )
+        _require_answer(probe, step, "R7143-6.3.1-1")
         require(
             step.refused and step.response.status in (0x0201, 0x0202, 0x0200),
             "R7143-6.3.1-1",
-            f"expected authentication/authorisation failure, got {step.status!r}",
+            f"expected authentication/authorisation failure, got {step.status:#06x}",
             sent=probe.sent,
             received=probe.received,
         )
@@ -197,6 +229,7 @@ async def test_unsupported_version(target: Any) -> None:
                 [("AuthMethod", "None")], csg=0, nsg=1, transit=True, version_max=1, version_min=1
             )
         )
+        _require_answer(probe, step, "R7143-11.12-3")
         require(
             step.refused,
             "R7143-11.12-3",
@@ -204,14 +237,13 @@ async def test_unsupported_version(target: Any) -> None:
             sent=probe.sent,
             received=probe.received,
         )
-        if step.response is not None:
-            require(
-                step.response.status == 0x0205,
-                "R7143-11.12-3",
-                f"expected 0205 (unsupported version), got {step.status:#06x}",
-                sent=probe.sent,
-                received=probe.received,
-            )
+        require(
+            step.response.status == 0x0205,
+            "R7143-11.12-3",
+            f"expected 0205 (unsupported version), got {step.status:#06x}",
+            sent=probe.sent,
+            received=probe.received,
+        )
 
 
 @spec("Login.Versions.Active", "RFC 7143 11.13.2", requirements=["R7143-11.12-3"])
@@ -223,7 +255,7 @@ async def test_version_active_zero(target: Any) -> None:
         require(
             step.succeeded,
             "R7143-6.3.1-2",
-            "login refused",
+            step.missing(ANSWER_RULE) or f"login refused ({step.status:#06x})",
             sent=probe.sent,
             received=probe.received,
         )
@@ -245,8 +277,7 @@ async def test_response_echoes_isid_and_itt(target: Any) -> None:
         probe = target.probe(raw)
         await probe.to_full_feature([])
         for step in probe.steps:
-            if step.response is None:
-                continue
+            _require_answer(probe, step, "R7143-6.3-3", ANSWER_RULE)
             require(
                 step.response.isid == step.request.isid,
                 "R7143-6.3-3",
@@ -272,7 +303,7 @@ async def test_tsih_assigned(target: Any) -> None:
         require(
             probe.in_full_feature,
             "R7143-6.3.1-2",
-            "could not log in",
+            probe.steps[-1].missing(ANSWER_RULE) or "could not log in",
             sent=probe.sent,
             received=probe.received,
         )
@@ -293,6 +324,7 @@ async def test_unknown_tsih(target: Any) -> None:
         step = await probe.security_none()
         if step.succeeded and step.response.transit:
             step = await probe.operational([])
+        _require_answer(probe, step, "R7143-6.3-6")
         require(
             step.refused,
             "R7143-6.3-6",
@@ -300,14 +332,13 @@ async def test_unknown_tsih(target: Any) -> None:
             sent=probe.sent,
             received=probe.received,
         )
-        if step.response is not None:
-            require(
-                step.response.status in (0x020A, 0x0200, 0x0207),
-                "R7143-6.3-6",
-                f"expected 020A (session does not exist), got {step.status:#06x}",
-                sent=probe.sent,
-                received=probe.received,
-            )
+        require(
+            step.response.status in (0x020A, 0x0200, 0x0207),
+            "R7143-6.3-6",
+            f"expected 020A (session does not exist), got {step.status:#06x}",
+            sent=probe.sent,
+            received=probe.received,
+        )
 
 
 @spec(
@@ -333,6 +364,7 @@ async def test_missing_initiator_name(target: Any) -> None:
                 with_leading=False,
             )
         )
+        _require_answer(probe, step, "R7143-6.3-1")
         require(
             step.refused,
             "R7143-6.3-1",
@@ -340,14 +372,13 @@ async def test_missing_initiator_name(target: Any) -> None:
             sent=probe.sent,
             received=probe.received,
         )
-        if step.response is not None:
-            require(
-                step.response.status_class == 2,
-                "R7143-6.3-1",
-                f"expected 02xx, got {step.status:#06x}",
-                sent=probe.sent,
-                received=probe.received,
-            )
+        require(
+            step.response.status_class == 2,
+            "R7143-6.3-1",
+            f"expected 02xx, got {step.status:#06x}",
+            sent=probe.sent,
+            received=probe.received,
+        )
 
 
 @spec(
@@ -375,6 +406,7 @@ async def test_missing_target_name(target: Any) -> None:
         )
         if step.succeeded and step.response.transit:
             step = await probe.operational([])
+        _require_answer(probe, step, "R7143-6.3-1")
         require(
             step.refused,
             "R7143-6.3-1",
@@ -392,6 +424,7 @@ async def test_unknown_target(target: Any) -> None:
         step = await probe.security_none()
         if step.succeeded and step.response.transit:
             step = await probe.operational([])
+        _require_answer(probe, step, "R7143-6.3-2")
         require(
             step.refused,
             "R7143-6.3-2",
@@ -399,14 +432,13 @@ async def test_unknown_target(target: Any) -> None:
             sent=probe.sent,
             received=probe.received,
         )
-        if step.response is not None:
-            require(
-                step.response.status in (0x0203, 0x0202, 0x0201),
-                "R7143-6.3-2",
-                f"expected 0203 (not found), got {step.status:#06x}",
-                sent=probe.sent,
-                received=probe.received,
-            )
+        require(
+            step.response.status in (0x0203, 0x0202, 0x0201),
+            "R7143-6.3-2",
+            f"expected 0203 (not found), got {step.status:#06x}",
+            sent=probe.sent,
+            received=probe.received,
+        )
 
 
 @spec("Login.Session.FailureClosesConnection", "RFC 7143 11.13.5", requirements=["R7143-11.13-1"])
@@ -415,6 +447,7 @@ async def test_failure_closes_connection(target: Any) -> None:
     async with target.raw() as raw:
         probe = target.probe(raw, target_name="iqn.2024-01.org.iscsi-conformance:no-such-target")
         step = await probe.security_none()
+        _require_answer(probe, step, "R7143-11.13-1")
         require(
             step.refused,
             "R7143-6.3-2",
@@ -445,13 +478,13 @@ async def test_nop_during_login(target: Any) -> None:
         require(
             step.succeeded,
             "R7143-6.3.1-2",
-            "login refused",
+            step.missing(ANSWER_RULE) or f"login refused ({step.status:#06x})",
             sent=probe.sent,
             received=probe.received,
         )
         nop = P.NopOut(immediate=True, itt=0x77, ttt=0xFFFFFFFF, cmdsn=1, expstatsn=probe.expstatsn)
         await raw.send(nop)
-        answer = await raw.recv(timeout=3)
+        answer = await raw.recv(timeout=min(3.0, probe.timeout))
         require(
             not isinstance(answer, P.NopIn),
             "R7143-8.1.2-1",
@@ -509,10 +542,22 @@ async def test_discovery_session_refuses_scsi(target: Any) -> None:
             expstatsn=probe.expstatsn,
             cdb=bytes([0x12, 0, 0, 0, 36, 0]),
         )
+        # Conforms: a Reject of the command, or the connection dropped. Not: silence (the
+        # initiator would wait for a command that never ends) or any other answer.
+        started = time.monotonic()
         await raw.send(cmd)
-        answer = await raw.recv(timeout=5)
+        answer = await raw.recv(timeout=probe.timeout)
         if answer is None:
-            return  # connection dropped: acceptable
+            if raw.last_outcome is Outcome.CLOSED:
+                return
+            gap = NoAnswer(raw.last_outcome, time.monotonic() - started, probe.timeout)
+            raise violation(
+                "R7143-13.21-2",
+                f"{gap.describe('Reject')}: a SCSI command in a Discovery session is rejected "
+                "(or the connection dropped), never left unanswered",
+                sent=[*probe.sent, cmd],
+                received=[*probe.received, gap],
+            )
         if isinstance(answer, P.Reject):
             return
         raise violation(

@@ -197,12 +197,19 @@ class NoAnswer:
     timeout: float
     no_answer = True  # how plugin.spec tells it from a PDU
 
-    def __str__(self) -> str:
+    def describe(self, expected: str = "answer") -> str:
+        """What happened instead of ``expected`` ("Login Response", "Text Response")."""
         if self.outcome is Outcome.CLOSED:
-            return f"no answer: the target closed the connection {self.elapsed * 1000:.0f} ms after the request"
+            return (
+                f"no {expected}: the target closed the connection "
+                f"{self.elapsed * 1000:.0f} ms after the request"
+            )
         if self.outcome is Outcome.SILENT:
-            return f"no answer: nothing within {self.timeout:g} s of the request"
-        return "no answer: what came back does not decode as a PDU"
+            return f"no {expected}: nothing within {self.timeout:g} s of the request"
+        return f"no {expected}: what came back does not decode as a PDU"
+
+    def __str__(self) -> str:
+        return self.describe()
 
 
 @dataclasses.dataclass
@@ -221,6 +228,13 @@ class LoginStep:
             return None
         return NoAnswer(self.outcome, self.elapsed, self.timeout)
 
+    def missing(self, rule: str, expected: str = "Login Response") -> str:
+        """The failure message for a step that needed an answer and got none: "no Login
+        Response: the target closed the connection 3 ms after the request; <rule>", where
+        ``rule`` cites the RFC text that requires the answer ("" when the target answered)."""
+        gap = self.no_answer
+        return f"{gap.describe(expected)}; {rule}" if gap is not None else ""
+
     @property
     def hung_up(self) -> bool:
         return self.outcome is Outcome.CLOSED
@@ -231,12 +245,15 @@ class LoginStep:
 
     @property
     def status(self) -> int | None:
+        """class<<8|detail of the Login Response (None without one: no answer, or
+        another PDU such as a Reject)."""
         r = self.response
-        return None if r is None else (r.status_class << 8) | r.status_detail
+        return (r.status_class << 8) | r.status_detail if isinstance(r, P.LoginResponse) else None
 
     @property
     def succeeded(self) -> bool:
-        return self.response is not None and self.response.status_class == 0
+        r = self.response
+        return isinstance(r, P.LoginResponse) and r.status_class == 0
 
     @property
     def keys(self) -> dict[str, str]:
@@ -379,9 +396,12 @@ class LoginProbe:
     async def send(self, request: Any) -> LoginStep:
         """Send one Login Request (encoded non-strictly: it may be illegal on purpose)
         and wait for its answer; every path sends through here."""
-        await self.raw.send(request)
-        self.first = False
         started = time.monotonic()
+        try:
+            await self.raw.send(request)
+        except (TransportError, ConnectionError, OSError):
+            pass  # the target closed the connection: evidence, which the recv below reports
+        self.first = False
         response = await self.raw.recv(timeout=self.timeout)
         elapsed = time.monotonic() - started
         closed = response is None
@@ -396,7 +416,10 @@ class LoginProbe:
             if response.tsih:
                 self.tsih = response.tsih
             if response.status_class == 0 and response.data:
-                self.negotiated.update(parse_pairs(response.data))
+                # The target's text as it sent it: a malformed answer is evidence the
+                # test judges (LoginStep.keys), not a harness error here.
+                with contextlib.suppress(ProtocolError, ValueError):
+                    self.negotiated.update(parse_pairs(response.data))
         step = LoginStep(
             request, response, closed=closed, outcome=outcome, elapsed=elapsed, timeout=self.timeout
         )
@@ -594,8 +617,8 @@ class LoginProbe:
             s = await self.security_none()
         else:
             s = await self.chap(chap[0], chap[1], algorithms=algorithms, mutual=mutual)
-        if s.refused:
-            return s
+        if not s.succeeded:
+            return s  # refused, or no answer: the caller judges which conforms
         if s.response.transit and s.response.nsg == FULL_FEATURE:
             return s
         return await self.operational(keys)
@@ -604,7 +627,7 @@ class LoginProbe:
     def in_full_feature(self) -> bool:
         last = self.steps[-1].response if self.steps else None
         return bool(
-            last is not None
+            isinstance(last, P.LoginResponse)
             and last.status_class == 0
             and last.transit
             and last.nsg == FULL_FEATURE
