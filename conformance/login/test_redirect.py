@@ -42,6 +42,13 @@ def _host_port(address: str) -> str:
     return f"{host}:{port or '3260'}"
 
 
+#: Why a redirection needs an answer (a failure message's end).
+REDIRECT_RULE = (
+    "RFC 7143 11.13.5: a target redirects with a Login Response of status class 01 that "
+    "carries TargetAddress, and only then closes the connection"
+)
+
+
 async def _check_redirection(target: Any, profile: str) -> None:
     expected = STATUS[profile]
     async with target.raw(profile) as raw:
@@ -51,7 +58,7 @@ async def _check_redirection(target: Any, profile: str) -> None:
             "R7143-11.13-2",
             f"a target configured to redirect {'permanently' if expected == 0x0102 else 'temporarily'}"
             f" must answer status {expected:04x}, got "
-            f"{'no Login Response' if step.status is None else f'{step.status:04x}'}",
+            f"{step.missing(REDIRECT_RULE) if step.status is None else f'{step.status:04x}'}",
             sent=probe.sent,
             received=probe.received,
         )
@@ -118,7 +125,7 @@ async def test_redirect_closes_connection(target: Any) -> None:
             step.response is not None and step.response.status_class == 1,
             "R7143-11.13-2",
             f"expected a redirection (status class 1), got "
-            f"{'no Login Response' if step.status is None else f'{step.status:04x}'}",
+            f"{step.missing(REDIRECT_RULE) if step.status is None else f'{step.status:04x}'}",
             sent=probe.sent,
             received=probe.received,
         )
