@@ -417,7 +417,7 @@ async def test_connection_allegiance(target: Any) -> None:
             "R7143-4.2.4.1-1",
             "a ping sent on connection 1 got no NOP-In on connection 1",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp1.shown(resp),
         )
         strays = []
         while (p := await raw0.recv(timeout=1.0)) is not None:
@@ -442,14 +442,14 @@ async def test_statsn_per_connection(target: Any) -> None:
     two pings are answered StatSN n, n+1."""
     async with _session_for_two(target) as (_, ffp), _second(target, ffp) as ffp1:
         r1, a = await _nop(ffp1)
-        sent, received = [r1], [a] if a else []
+        sent, received = [r1], ffp1.shown(a)
         for _ in range(3):
             r, resp = await _nop(ffp)
             sent.append(r)
-            received += [resp] if resp else []
+            received += ffp.shown(resp)
         r2, b = await _nop(ffp1)
         sent.append(r2)
-        received += [b] if b else []
+        received += ffp1.shown(b)
         require(
             isinstance(a, P.NopIn) and isinstance(b, P.NopIn),
             "R7143-11.18-1",
@@ -480,11 +480,11 @@ async def test_cmdsn_session_wide(target: Any) -> None:
         for _ in range(3):
             r, resp = await _nop(ffp, immediate=False)
             sent.append(r)
-            received += [resp] if resp else []
+            received += ffp.shown(resp)
         ffp1.cmdsn = ffp.cmdsn
         r, resp = await _nop(ffp1, immediate=False)
         sent.append(r)
-        received += [resp] if resp else []
+        received += ffp1.shown(resp)
         require(
             isinstance(resp, P.NopIn),
             "R7143-4.2.2.1-6",
@@ -532,7 +532,7 @@ async def test_logout_other_connection(target: Any) -> None:
             "R7143-11.14-5",
             f"Logout of CID 1 sent on CID 0 answered {resp!r}",
             sent=[req],
-            received=[resp] if resp else [],
+            received=ffp.shown(resp),
         )
         require(
             await ffp1.raw.expect_closed(timeout=10),
@@ -547,7 +547,7 @@ async def test_logout_other_connection(target: Any) -> None:
             "R7143-11.14-5",
             "connection 0 stopped answering after connection 1 was logged out",
             sent=[req, ping],
-            received=[resp, answer] if answer else [resp],
+            received=[resp, *ffp.shown(answer)],
         )
 
 
@@ -586,5 +586,5 @@ async def test_connection_reinstatement(target: Any) -> None:
                 "R7143-6.3.4-1",
                 "connection 0 stopped answering after CID 1 was reinstated",
                 sent=[*probe.sent, ping],
-                received=[*probe.received, answer] if answer else probe.received,
+                received=[*probe.received, *ffp.shown(answer)],
             )
