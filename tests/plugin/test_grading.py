@@ -249,3 +249,64 @@ def test_run_and_certify_strict_reach_pytest(
     args = build_parser().parse_args(["run", "--strict", "--target", "tgt"])
     argv = _shard_argv(args, Shard(["tgt"], ["reference"]), tmp_path / "s", [])
     assert "--strict" in argv[: argv.index("--")]
+
+
+# --------------------------------------------------------------------------- deviations
+
+
+class _Item:
+    def __init__(self, strict: bool = False, **stash: object) -> None:
+        from iscsi_conformance import plugin
+
+        self.stash = pytest.Stash()
+        self.config = type("C", (), {"stash": pytest.Stash()})()
+        self.config.stash[plugin.RUN_KEY] = type("R", (), {"strict": strict})()  # type: ignore[assignment]
+        for key, value in stash.items():
+            self.stash[getattr(plugin, key)] = value
+        self.user_properties: list[tuple[str, object]] = []
+
+
+class _Report:
+    def __init__(self, outcome: str, wasxfail: str | None = None) -> None:
+        self.when = "call"
+        self.outcome = outcome
+        if wasxfail is not None:
+            self.wasxfail = wasxfail
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome == "failed"
+
+    @property
+    def skipped(self) -> bool:
+        return self.outcome == "skipped"
+
+
+class _Call:
+    def __init__(self, exc: BaseException) -> None:
+        self.excinfo = type("E", (), {"value": exc})()
+
+
+def test_a_deviation_keeps_its_xfail_unless_intermittent_and_no_crash() -> None:
+    from iscsi_conformance.plugin import STATUS_ATTR, _grade
+
+    info = _info("SHOULD")
+    # strict deviation: stays xfailed
+    rep = _Report("skipped", wasxfail="known deviation of tgt: x")
+    item = _Item(_DEVIATION_KEY="x", _INTERMITTENT_KEY=False)
+    assert _grade(item, info, _Call(AssertionError("a SHOULD")), rep) == "should"  # type: ignore[arg-type]
+    assert hasattr(rep, "wasxfail") and not hasattr(rep, STATUS_ATTR)
+    # intermittent (a crash in some runs), and this time no crash: graded like any other
+    rep = _Report("skipped", wasxfail="known deviation of tgt (intermittent): segfaults")
+    item = _Item(_DEVIATION_KEY="x", _INTERMITTENT_KEY=True)
+    assert _grade(item, info, _Call(AssertionError("a SHOULD")), rep) == "should"  # type: ignore[arg-type]
+    assert not hasattr(rep, "wasxfail") and rep.outcome == "passed"
+    assert getattr(rep, STATUS_ATTR) == "non-strict"
+    # intermittent and the target died: the deviation's expected failure
+    rep = _Report("skipped", wasxfail="known deviation of tgt (intermittent): segfaults")
+    assert _grade(item, info, _Call(PeerDied("tgtd exited 139")), rep) == "must"  # type: ignore[arg-type]
+    assert hasattr(rep, "wasxfail") and rep.outcome == "skipped"
+    # no deviation, strict run: a failure
+    rep = _Report("failed")
+    assert _grade(_Item(strict=True), info, _Call(AssertionError("x")), rep) == "should"  # type: ignore[arg-type]
+    assert rep.outcome == "failed" and not hasattr(rep, STATUS_ATTR)
