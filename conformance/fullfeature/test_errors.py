@@ -536,10 +536,10 @@ async def _outcome_without_junk(
 ) -> None:
     received: list[Any] = []
     status, _ = await _finish_write(ffp, cmd, real, sent, received)
-    stored = await _read_back(target, lba, len(real) // BLOCK, "R7143-13.14-3", sent)
+    stored = await _read_back(target, lba, len(real) // BLOCK, "R7143-13.11-3", sent)
     require(
         stored[: len(junk)] != junk,
-        "R7143-13.14-3",
+        "R7143-13.11-3",
         "unsolicited data the negotiated keys forbid was stored as the write's data",
         sent=sent,
         received=received,
@@ -547,7 +547,7 @@ async def _outcome_without_junk(
     if status is not None and status.status == 0:
         require(
             stored == real,
-            "R7143-13.14-3",
+            "R7143-13.11-3",
             "the write completed GOOD but the block does not hold the data sent for its R2T",
             sent=sent,
             received=received,
@@ -557,8 +557,7 @@ async def _outcome_without_junk(
 @spec(
     "FullFeature.Errors.ImmediateDataWhenDisabled",
     "RFC 7143 13.11",
-    level="SHOULD",
-    requirements=["R7143-13.14-3"],
+    requirements=["R7143-13.11-3"],
     dataloss=True,
 )
 async def test_immediate_data_when_disabled(target: Any) -> None:
@@ -572,9 +571,8 @@ async def test_immediate_data_when_disabled(target: Any) -> None:
 
 @spec(
     "FullFeature.Errors.UnsolicitedDataOutWhenInitialR2T",
-    "RFC 7143 13.10",
-    level="SHOULD",
-    requirements=["R7143-13.14-3"],
+    "RFC 7143 13.11",
+    requirements=["R7143-13.11-3"],
     dataloss=True,
 )
 async def test_unsolicited_data_out_when_initial_r2t(target: Any) -> None:
