@@ -177,9 +177,9 @@ def test_first_pdu_split_across_the_c_bit() -> None:
 
 def test_redirection_temporary_and_permanent() -> None:
     for permanent, status in ((False, 0x0101), (True, 0x0102)):
-        node = TargetNode(TARGET, redirect="127.0.0.2:3260,1", redirect_permanent=permanent)
+        node = TargetNode(TARGET, redirect="127.0.0.2:3260", redirect_permanent=permanent)
         ie, te = drive(initiator(), Portal(node=node).target())
-        assert ie == te == [LoginRedirected("127.0.0.2:3260,1", permanent, status)]
+        assert ie == te == [LoginRedirected("127.0.0.2:3260", permanent, status)]
 
 
 def test_session_reinstatement_and_new_connections() -> None:

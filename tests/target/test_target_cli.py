@@ -65,6 +65,11 @@ def test_bad_config_exits_2_naming_the_field(
             '[[portal_groups]]\nportals = ["127.0.0.1:1"]\n[[targets]]\nname="iqn.2024-01.a:b"\nportal_groups=[7]\n',
             "targets[0].portal_groups[0]",
         ),
+        (
+            '[[portal_groups]]\nportals = ["127.0.0.1:1"]\n[[targets]]\nname="iqn.2024-01.a:b"\n'
+            '[targets.redirect]\naddress="127.0.0.2:3260,1"\n',
+            "targets[0].redirect.address",
+        ),
         ("this is not toml", "bad.toml"),
     ],
 )

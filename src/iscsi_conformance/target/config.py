@@ -139,7 +139,7 @@ class AclConfig:
 class RedirectConfig:
     """Login redirection (RFC 7143 11.13.5: class 1, detail 1 temporary / 2 permanent)."""
 
-    address: str  # TargetAddress value: "host:port,tpgt" form without the tag is fine
+    address: str  # TargetAddress value "host[:port]": a redirection carries no tag (13.8)
     permanent: bool = False
 
 
@@ -390,7 +390,13 @@ def _target(value: Any, field: str, base: Path | None, tags: set[int]) -> Target
         if "address" not in rt:
             raise ConfigError("missing (host:port to send initiators to)", field=f"{rf}.address")
         addr = _str(rt["address"], f"{rf}.address")
-        parse_portal(addr.split(",")[0], f"{rf}.address")
+        if "," in addr:
+            raise ConfigError(
+                "a redirection's TargetAddress carries no portal group tag "
+                "(RFC 7143 13.8): give host[:port]",
+                field=f"{rf}.address",
+            )
+        parse_portal(addr, f"{rf}.address")
         redirect = RedirectConfig(addr, _bool(rt.get("permanent", False), f"{rf}.permanent"))
     chap = _chap(t.get("chap"), f"{field}.chap")
     mutual = _chap(t.get("mutual_chap"), f"{field}.mutual_chap")
