@@ -109,12 +109,7 @@ async def test_logout_unknown_cid(target: Any) -> None:
         )
 
 
-@spec(
-    "FullFeature.Logout.RecoveryAtErl0",
-    "RFC 7143 11.14.1",
-    level="INFORMATIONAL",
-    requirements=["R7143-11.14-3"],
-)
+@spec("FullFeature.Logout.RecoveryAtErl0", "RFC 7143 11.14.1", requirements=["R7143-11.14-3"])
 async def test_logout_recovery_erl0(target: Any) -> None:
     """'Remove the connection for recovery' at ErrorRecoveryLevel 0 is answered 2 (not supported)."""
     async with full_feature(target, keys=[("ErrorRecoveryLevel", "0")]) as ffp:
@@ -478,7 +473,7 @@ async def test_report_luns(target: Any) -> None:
         )
 
 
-@spec("FullFeature.Scsi.TestUnitReady", "SPC-4 6.37", requirements=["RSPC4-6.37-1"])
+@spec("FullFeature.Scsi.TestUnitReady", "SPC-4 6.47", requirements=["RSPC4-6.37-1"])
 async def test_test_unit_ready(target: Any) -> None:
     """TEST UNIT READY returns GOOD (after at most one unit attention)."""
     async with full_feature(target) as ffp:
@@ -534,7 +529,7 @@ async def test_read_capacity16(target: Any) -> None:
 
 
 @pytest.mark.parametrize("size_blocks", [1, 8, 129, 2048])
-@spec("FullFeature.Scsi.WriteReadBack", "SBC-3 5.16", requirements=["RSBC3-5.16-1"], dataloss=True)
+@spec("FullFeature.Scsi.WriteReadBack", "SBC-3 5.11", requirements=["RSBC3-5.16-1"], dataloss=True)
 async def test_write_read_back(target: Any, size_blocks: int) -> None:
     """Data written with WRITE(16) reads back identical with READ(16)."""
     async with full_feature(target) as ffp:

@@ -67,7 +67,7 @@ KEY_B = 0xB0B0_0000_0000_0002
 
 @spec(
     "Reservations.Persistent.RegisterBumpsGeneration",
-    "SPC-4 5.9.7",
+    "SPC-4 5.13.7",
     requirements=["RSPC4-5.9-1"],
     needs=PR_NEEDS,
     dataloss=True,
@@ -103,7 +103,7 @@ async def test_register(target: Any) -> None:
 
 @spec(
     "Reservations.Persistent.RegisterWrongKey",
-    "SPC-4 5.9.7",
+    "SPC-4 5.13.7",
     requirements=["RSPC4-5.9-2"],
     needs=PR_NEEDS,
     dataloss=True,
@@ -124,7 +124,7 @@ async def test_register_wrong_key(target: Any) -> None:
 
 @spec(
     "Reservations.Persistent.ReserveAndRead",
-    "SPC-4 5.9.9",
+    "SPC-4 5.13.9",
     "SPC-4 6.15.3",
     requirements=["RSPC4-5.9-3"],
     needs=PR_NEEDS,
@@ -154,7 +154,7 @@ async def test_reserve_read_reservation(target: Any) -> None:
 
 @spec(
     "Reservations.Persistent.WriteExclusive",
-    "SPC-4 5.9.1",
+    "SPC-4 5.13.1",
     requirements=["RSPC4-5.9-4"],
     needs=PR_NEEDS,
     dataloss=True,
@@ -184,7 +184,7 @@ async def test_write_exclusive(target: Any) -> None:
 
 @spec(
     "Reservations.Persistent.ExclusiveAccess",
-    "SPC-4 5.9.1",
+    "SPC-4 5.13.1",
     requirements=["RSPC4-5.9-5"],
     needs=PR_NEEDS,
     dataloss=True,
@@ -214,7 +214,7 @@ async def test_exclusive_access(target: Any) -> None:
 
 @spec(
     "Reservations.Persistent.RegistrantsOnly",
-    "SPC-4 5.9.1",
+    "SPC-4 5.13.1",
     requirements=["RSPC4-5.9-6"],
     needs=PR_NEEDS,
     dataloss=True,
@@ -245,7 +245,7 @@ async def test_registrants_only(target: Any) -> None:
 
 @spec(
     "Reservations.Persistent.PreemptFailover",
-    "SPC-4 5.9.11.4",
+    "SPC-4 5.13.11.2.4",
     requirements=["RSPC4-5.9-7"],
     needs=PR_NEEDS,
     dataloss=True,
@@ -296,7 +296,7 @@ async def test_preempt_failover(target: Any) -> None:
 
 @spec(
     "Reservations.Persistent.Release",
-    "SPC-4 5.9.11.2",
+    "SPC-4 5.13.11.2.2",
     requirements=["RSPC4-5.9-8"],
     needs=PR_NEEDS,
     dataloss=True,
@@ -334,7 +334,7 @@ async def test_release(target: Any) -> None:
 
 @spec(
     "Reservations.Persistent.Clear",
-    "SPC-4 5.9.11.6",
+    "SPC-4 5.13.11.2.7",
     requirements=["RSPC4-5.9-9"],
     needs=PR_NEEDS,
     dataloss=True,
@@ -366,7 +366,7 @@ async def test_clear(target: Any) -> None:
 
 @spec(
     "Reservations.Persistent.NexusIsPerIsid",
-    "SPC-4 5.9.6",
+    "SPC-4 5.13.1",
     "RFC 7143 4.4",
     requirements=["RSPC4-5.9-11"],
     needs=PR_NEEDS,
