@@ -109,7 +109,12 @@ async def test_logout_unknown_cid(target: Any) -> None:
         )
 
 
-@spec("FullFeature.Logout.RecoveryAtErl0", "RFC 7143 11.14.1", requirements=["R7143-11.14-3"])
+@spec(
+    "FullFeature.Logout.RecoveryAtErl0",
+    "RFC 7143 11.14.1",
+    level="INFORMATIONAL",
+    requirements=["R7143-11.14-3"],
+)
 async def test_logout_recovery_erl0(target: Any) -> None:
     """'Remove the connection for recovery' at ErrorRecoveryLevel 0 is answered 2 (not supported)."""
     async with full_feature(target, keys=[("ErrorRecoveryLevel", "0")]) as ffp:

@@ -445,6 +445,7 @@ def test_stages(initiator: Any, target: Any, observed: Any) -> None:
 @spec(
     "Initiator.Login.Immediate",
     "RFC 7143 11.12",
+    level="INFORMATIONAL",
     pairing="initiator",
     requirements=["R7143-11.12-8"],
 )

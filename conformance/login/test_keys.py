@@ -279,7 +279,7 @@ def _make_boolean_illegal_test(key: Any) -> Callable[..., Any]:
     @spec(
         f"Login.Keys.{key.name}.IllegalValue",
         _section(key),
-        "RFC 7143 6.2",
+        "RFC 7143 6.2.2",
         requirements=["R7143-6.2-5", "R7143-6.1-5"],
     )
     async def test(target: Any) -> None:

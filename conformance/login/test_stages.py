@@ -524,7 +524,12 @@ async def test_session_reinstatement(target: Any) -> None:
             )
 
 
-@spec("Login.Session.DiscoveryRejectsScsi", "RFC 7143 13.21", requirements=["R7143-13.21-2"])
+@spec(
+    "Login.Session.DiscoveryRejectsScsi",
+    "RFC 7143 4.3",
+    "RFC 7143 13.21",
+    requirements=["R7143-13.21-2"],
+)
 async def test_discovery_session_refuses_scsi(target: Any) -> None:
     """A SCSI command in a Discovery session is rejected (or the connection dropped)."""
     async with target.raw() as raw:
