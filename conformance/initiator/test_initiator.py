@@ -1523,6 +1523,7 @@ def test_send_targets_all(initiator: Any, target: Any, observed: Any) -> None:
 @spec(
     "Initiator.Discovery.NoScsi",
     "RFC 7143 4.3",
+    level="INFORMATIONAL",
     pairing="initiator",
     requirements=["R7143-4.3-1"],
     needs=("initiator:send_targets",),
