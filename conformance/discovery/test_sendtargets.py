@@ -140,7 +140,7 @@ def _targets(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
     return out
 
 
-@spec("Discovery.SendTargets.All", "RFC 7143 13.3", requirements=["R7143-13.3-1"])
+@spec("Discovery.SendTargets.All", "RFC 7143 13.3", "RFC 7143 C", requirements=["R7143-13.3-1"])
 async def test_send_targets_all(target: Any) -> None:
     """SendTargets=All lists the target we can log in to, with at least one address."""
     async with target.raw() as raw:
@@ -185,7 +185,7 @@ async def test_target_address_format(target: Any) -> None:
         )
 
 
-@spec("Discovery.SendTargets.Named", "RFC 7143 13.3", requirements=["R7143-13.3-2"])
+@spec("Discovery.SendTargets.Named", "RFC 7143 13.3", "RFC 7143 C", requirements=["R7143-13.3-2"])
 async def test_send_targets_named(target: Any) -> None:
     """SendTargets=<name> returns only that target."""
     iqn = target.endpoint().iqn
@@ -203,7 +203,12 @@ async def test_send_targets_named(target: Any) -> None:
         )
 
 
-@spec("Discovery.SendTargets.UnknownName", "RFC 7143 13.3", requirements=["R7143-13.3-2"])
+@spec(
+    "Discovery.SendTargets.UnknownName",
+    "RFC 7143 13.3",
+    "RFC 7143 C",
+    requirements=["R7143-13.3-2"],
+)
 async def test_send_targets_unknown_name(target: Any) -> None:
     """SendTargets=<a name the target does not have> is answered, and lists no target.
 
@@ -226,6 +231,8 @@ async def test_send_targets_unknown_name(target: Any) -> None:
 @spec(
     "Discovery.SendTargets.AclFiltering",
     "RFC 7143 13.3",
+    "RFC 7143 C",
+    level="INFORMATIONAL",
     requirements=["R7143-13.3-3"],
     needs=("acl_by_initiator_name",),
 )
@@ -295,7 +302,12 @@ async def test_long_answer_is_continued(target: Any) -> None:
             )
 
 
-@spec("Discovery.SendTargets.InNormalSession", "RFC 7143 13.3", requirements=["R7143-13.3-2"])
+@spec(
+    "Discovery.SendTargets.InNormalSession",
+    "RFC 7143 13.3",
+    "RFC 7143 C",
+    requirements=["R7143-13.3-2"],
+)
 async def test_send_targets_in_normal_session(target: Any) -> None:
     """In a Normal session SendTargets=<empty> lists the target the session is logged in to,
     and that target only.
@@ -323,6 +335,7 @@ async def test_send_targets_in_normal_session(target: Any) -> None:
 @spec(
     "Discovery.SendTargets.AllInNormalSession",
     "RFC 7143 13.3",
+    "RFC 7143 C",
     requirements=["R7143-13.3-4"],
     level="MUST",
 )

@@ -1486,6 +1486,7 @@ def test_nothing_after_logout(initiator: Any, target: Any, observed: Any) -> Non
 @spec(
     "Initiator.Discovery.SendTargetsAll",
     "RFC 7143 13.3",
+    "RFC 7143 C",
     "RFC 7143 11.10",
     pairing="initiator",
     requirements=["R7143-13.3-5"],
