@@ -104,8 +104,7 @@ async def test_reserved_stage_value(target: Any) -> None:
 
 @spec(
     "Login.Stages.TransitOnlyIfRequested",
-    "RFC 7143 6.3",
-    "RFC 7143 11.13.2",
+    "RFC 7143 11.13.6",
     requirements=["R7143-6.3-4"],
 )
 async def test_target_transits_only_when_asked(target: Any) -> None:
