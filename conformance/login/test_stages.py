@@ -493,12 +493,7 @@ async def test_nop_during_login(target: Any) -> None:
         )
 
 
-@spec(
-    "Login.Session.Reinstatement",
-    "RFC 7143 6.3.5",
-    level="INFORMATIONAL",
-    requirements=["R7143-6.3.5-1"],
-)
+@spec("Login.Session.Reinstatement", "RFC 7143 6.3.5", requirements=["R7143-6.3.5-1"])
 async def test_session_reinstatement(target: Any) -> None:
     """A new login with the same ISID and InitiatorName (TSIH 0) replaces the old session."""
     isid = random_isid()
