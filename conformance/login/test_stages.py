@@ -383,7 +383,7 @@ async def test_missing_initiator_name(target: Any) -> None:
 @spec(
     "Login.Session.MissingTargetName",
     "RFC 7143 6.3",
-    "RFC 7143 13.4",
+    ("RFC 7143", "13.4", "INFORMATIONAL", "target"),
     requirements=["R7143-6.3-1", "R7143-13.4-1"],
 )
 async def test_missing_target_name(target: Any) -> None:
