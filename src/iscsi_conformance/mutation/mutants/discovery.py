@@ -297,18 +297,13 @@ def naa32_refused(p: Patcher) -> None:
 
 
 @mutant(
-    "Naming.Iqn.SuffixRefused",
+    "Naming.Iqn.WithoutSuffixRefused",
     "discovery",
-    "a valid iqn. name with a ':' unique suffix is refused (4.2.7.4)",
-    catches=["Naming.Initiator.Accepted.IqnWithSuffix"],
+    "a valid iqn. name without the optional ':' unique part is refused (4.2.7.4)",
+    catches=["Naming.Initiator.Accepted.IqnWithoutSuffix"],
 )
-def iqn_suffix(p: Patcher) -> None:
-    _validate(
-        p,
-        refuse=lambda name: (
-            name.startswith("iqn.") and ":" in name and "iscsi-conformance" not in name
-        ),
-    )
+def iqn_without_suffix(p: Patcher) -> None:
+    _validate(p, refuse=lambda name: name.startswith("iqn.") and ":" not in name)
 
 
 @mutant(
