@@ -88,7 +88,12 @@ async def test_logout_close_connection(target: Any) -> None:
         )
 
 
-@spec("FullFeature.Logout.UnknownCid", "RFC 7143 11.15.1", requirements=["R7143-11.14-2"])
+@spec(
+    "FullFeature.Logout.UnknownCid",
+    "RFC 7143 11.15.1",
+    level="INFORMATIONAL",
+    requirements=["R7143-11.14-2"],
+)
 async def test_logout_unknown_cid(target: Any) -> None:
     """Logout 'close the connection' for a CID that does not exist is answered 1 (CID not found)."""
     async with full_feature(target) as ffp:
