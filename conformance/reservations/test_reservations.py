@@ -179,6 +179,7 @@ async def test_write_exclusive(target: Any) -> None:
             f"B's READ under Write Exclusive: status {r.status!r}",
             sent=r.sent,
             received=r.shown(),
+            level="SHOULD",  # SPC-4 5.13.1: an allowed command should complete normally
         )
 
 
@@ -209,6 +210,7 @@ async def test_exclusive_access(target: Any) -> None:
             f"the holder's READ: status {mine.status!r}",
             sent=mine.sent,
             received=mine.shown(),
+            level="SHOULD",  # SPC-4 5.13.1: an allowed command should complete normally
         )
 
 
@@ -240,6 +242,7 @@ async def test_registrants_only(target: Any) -> None:
             f"registered B's WRITE under WE-RO: {w2.status!r}",
             sent=w2.sent,
             received=w2.shown(),
+            level="SHOULD",  # SPC-4 5.13.1: an allowed command should complete normally
         )
 
 
