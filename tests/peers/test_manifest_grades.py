@@ -31,13 +31,7 @@ SUITE = ROOT / "conformance"
 #: the non-MUST tests it covers. The lead clears this list; it keeps CI green
 #: meanwhile. A new offender fails at once; an entry here that no longer offends is
 #: only reported (a warning), so removing a deviation never breaks CI.
-KNOWN_BY_DEVIATION: dict[tuple[str, str, str], tuple[str, ...]] = {
-    # the deviation says its first step (C=1 answered) is a MUST, the test grades that
-    # step INFORMATIONAL (require(..., level="INFORMATIONAL")): one of them is wrong
-    ("target", "tgt", "FullFeature.Text.ResetWithReservedTtt"): (
-        "FullFeature.Text.ResetWithReservedTtt",
-    ),
-}
+KNOWN_BY_DEVIATION: dict[tuple[str, str, str], tuple[str, ...]] = {}
 #: (role, peer, covered test): an entry stays known when its deviation is narrowed.
 KNOWN: set[tuple[str, str, str]] = {
     (role, peer, test) for (role, peer, _), tests in KNOWN_BY_DEVIATION.items() for test in tests
