@@ -93,6 +93,8 @@ def _line(r: MutantResult) -> str:
     elif r.status == "survived":
         flag = "SURVIVED  (known)" if r.expected_survivor else "SURVIVED  NEW"
         how = f"{flag}; should be caught by {', '.join(r.catches) or '-'}"
+        if r.observed_by:
+            how += f"; observed (informational) by {', '.join(r.observed_by[:3])}"
     else:
         how = f"ERROR     {r.note}"
     return f"{r.name:58} {r.seconds:6.1f}s  {how}"
@@ -118,7 +120,12 @@ def print_report(report: Report, out: object = sys.stdout) -> None:
         w("survivors (mutant: the test that should have caught it; why it did not):")
         for r in survivors:
             mark = "" if r.expected_survivor else "  [NEW: not in the survivors file]"
-            w(f"  {r.name}: {', '.join(r.catches) or '-'}{mark}")
+            seen = (
+                f" (observed, informational: {', '.join(r.observed_by[:2])})"
+                if r.observed_by
+                else ""
+            )
+            w(f"  {r.name}: {', '.join(r.catches) or '-'}{mark}{seen}")
             if r.reason:
                 w(f"      {r.reason}")
     errors = [r for r in report.results if r.status == "error"]
@@ -134,6 +141,11 @@ def print_report(report: Report, out: object = sys.stdout) -> None:
         w()
         w(f"baseline: {len(bad)} test(s) do not pass without a mutant (not counted as kills)")
     w()
+    if c["observed_informational"]:
+        w(
+            f"{c['observed_informational']} survivors were observed by informational tests "
+            f"(behaviour the RFC leaves open): {c['score_with_informational']}% counting those"
+        )
     w(
         f"mutation score: {c['killed']}/{c['killed'] + c['survived']} killed = {c['score']}% "
         f"({c['errors']} errors; {report.seconds:.0f} s"

@@ -5,7 +5,8 @@ the chosen mutants need. Each mutant then runs in its own process (a fresh refer
 target, nothing left over from another mutant) with ``activate`` loaded and the
 mutant named in the environment. A mutant is *killed* when a test of its area that
 passed in the baseline does not pass with it (failed, error, or non-strict: a SHOULD
-broken; an informational result does not kill); it *survived* when every such test
+broken; an informational result does not kill, but is recorded as the mutant being
+*observed*: the RFC leaves that behaviour open); it *survived* when every such test
 still passes. A run that exceeds its time limit counts as killed (the suite did not finish: someone notices)
 and says so. A mutant that could not be applied is an *error*, outside the score.
 """
@@ -58,6 +59,7 @@ class MutantResult:
     catches: list[str]
     status: str  # killed | survived | timeout | error
     killed_by: list[str] = field(default_factory=list)
+    observed_by: list[str] = field(default_factory=list)  # informational tests that saw it
     seconds: float = 0.0
     tests_run: int = 0
     expected_survivor: bool = False
@@ -141,6 +143,11 @@ def judge(m: Mutant, run: SuiteRun, baseline: SuiteRun) -> MutantResult:
     ]
     # The tests the mutant names first: they show whether the expected test caught it.
     result.killed_by = sorted(killers, key=lambda t: not any(t.startswith(c) for c in m.catches))
+    result.observed_by = [
+        tid
+        for tid, outcome in run.outcomes.items()
+        if outcome == "informational" and baseline.outcomes.get(tid, "passed") == "passed"
+    ]
     if run.timed_out:
         result.status = "timeout"
         result.note = f"no end within the time limit ({run.seconds:.0f} s)"
@@ -195,13 +202,18 @@ class Report:
         killed = sum(r.killed for r in rs)
         survived = sum(r.status == "survived" for r in rs)
         errors = sum(r.status == "error" for r in rs)
+        observed = sum(r.status == "survived" and bool(r.observed_by) for r in rs)
         scored = killed + survived
         return {
             "mutants": len(rs),
             "killed": killed,
             "survived": survived,
+            "observed_informational": observed,
             "errors": errors,
             "score": round(100.0 * killed / scored, 1) if scored else 0.0,
+            "score_with_informational": round(100.0 * (killed + observed) / scored, 1)
+            if scored
+            else 0.0,
         }
 
     def unexpected(self) -> list[MutantResult]:
