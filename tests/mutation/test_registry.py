@@ -158,9 +158,8 @@ def test_judge_kills_on_a_new_failure_only() -> None:
         m, SuiteRun(outcomes={"A": "non-strict", "B": "failed", "C": "skipped"}, returncode=0), base
     )
     assert (r.status, r.killed_by) == ("killed", ["A"])
-    assert (
-        judge(m, SuiteRun(outcomes={"A": "informational"}, returncode=0), base).status == "survived"
-    )
+    r = judge(m, SuiteRun(outcomes={"A": "informational"}, returncode=0), base)
+    assert (r.status, r.observed_by) == ("survived", ["A"])
     assert judge(m, SuiteRun(returncode=3, stderr_tail="boom"), base).status == "error"
     assert judge(m, SuiteRun(outcomes={"A": "passed"}, timed_out=True), base).status == "timeout"
 
