@@ -284,8 +284,12 @@ def _make_boolean_illegal_test(key: Any) -> Callable[..., Any]:
     )
     async def test(target: Any) -> None:
         probe, step = await _answer(target, [(key.name, "Maybe")])
-        # Conforms: Reject, or a failed login (a Login Response with a non-zero status,
-        # RFC 7143 11.13.5). Not: silence, a hang-up, no answer to the key.
+        # Conforms (RFC 7143 6.2.2, as RFC 3720 5.2.2 words it: an inadmissible value
+        # "MAY be answered with the constant Reject" or the acceptor "MAY select an
+        # admissible value"): Reject; Yes or No, the values a boolean admits; a failed
+        # login (a Login Response with a non-zero status, 11.13.5). Not: silence, a
+        # hang-up, the key left unanswered ("Maybe" decides no result by itself, so the
+        # boolean exception of 6.2.2 does not apply), any other answer.
         require(
             step.response is not None,
             "R7143-6.2-5",
@@ -297,14 +301,15 @@ def _make_boolean_illegal_test(key: Any) -> Callable[..., Any]:
             return
         answer = _answer_to(probe, step, key.name)
         require(
-            answer == "Reject",
+            answer in ("Reject", "Yes", "No"),
             "R7143-6.2-5",
-            f"{key.name}=Maybe is not a boolean; expected Reject or a failed login, got {answer!r}",
+            f"{key.name}=Maybe is not a boolean; expected Reject, an admissible Yes or No, or a "
+            f"failed login, got {answer!r}" + ("" if answer else f"; {KEY_RULE}"),
             sent=probe.sent,
             received=probe.received,
         )
 
-    test.__doc__ = f"{key.name}=Maybe (not a boolean) is refused."
+    test.__doc__ = f"{key.name}=Maybe (not a boolean) is refused or answered with Yes or No."
     return test
 
 
