@@ -528,7 +528,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     except Exception as exc:  # re-raised below unless the target died
         error = exc
     died = _target_died(pyfuncitem)
-    if died is None and _lost_the_target(error):
+    if died is None and _lost_the_target(error) and _watched(pyfuncitem):
         # A target that crashed on the test's last PDU may take a moment to be seen
         # dead (a container's exit, a VM's console); without this grace the crash
         # would fail the next test instead of the one that caused it.
@@ -559,6 +559,22 @@ def _lost_the_target(error: BaseException | None) -> bool:
     if isinstance(error, TimeoutError | ConnectionError | EOFError):
         return True
     return isinstance(error, AssertionError) and bool(_NO_ANSWER.search(str(error)))
+
+
+def _watched(item: pytest.Item) -> bool:
+    """Whether this process can see the item's target die: a third-party target it
+    runs (or, in an xdist worker, one whose health handle it holds). The reference
+    target is ours and never crashes; an external one cannot be watched."""
+    run: IscsiRun = item.config.stash[RUN_KEY]
+    pairing = item.callspec.params.get("pairing") if hasattr(item, "callspec") else None
+    if pairing is None or run.pool is None or pairing.target == "reference":
+        return False
+    entry = run.pool.targets.get(pairing.target)
+    return (
+        entry is not None
+        and not entry.external
+        and (entry.driver is not None or bool(entry.health))
+    )
 
 
 def _target_died(item: pytest.Item) -> str | None:
