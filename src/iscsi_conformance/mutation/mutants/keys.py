@@ -9,6 +9,7 @@ from iscsi_conformance.core import text
 from iscsi_conformance.core.keys import KEYS, ResultFunction
 from iscsi_conformance.core.login.target import TargetLogin
 from iscsi_conformance.core.negotiation import Negotiator, Role
+from iscsi_conformance.errors import NegotiationError
 from iscsi_conformance.mutation.patching import Patcher
 from iscsi_conformance.mutation.registry import mutant
 
@@ -164,6 +165,24 @@ def fbl_above_mbl(p: Patcher) -> None:
         return _outcome(self, spec, str(min(theirs, mine)))
 
     _answer_when(p, "_answer_number", lambda s: s.name == "FirstBurstLength", answer)
+
+    def make(old: Any) -> Any:
+        def result(self: Negotiator) -> Any:
+            # ... and the login completes on it (the session quietly uses MaxBurstLength).
+            try:
+                return old(self)
+            except NegotiationError:
+                saved = self.values.get("FirstBurstLength")
+                self.values["FirstBurstLength"] = self.values.get("MaxBurstLength", "262144")
+                try:
+                    return old(self)
+                finally:
+                    if saved is not None:
+                        self.values["FirstBurstLength"] = saved
+
+        return result
+
+    p.for_target(Negotiator, "result", make)
 
 
 @mutant(
