@@ -303,12 +303,26 @@ def t_and_c(p: Patcher) -> None:
     catches=["Login.Stages.NextStageBeforeCurrent"],
 )
 def bad_nsg(p: Patcher) -> None:
-    def change(self: TargetLogin, r: P.LoginRequest) -> P.LoginRequest:
-        if self.classify(r) is TargetInput.RX_BAD_NSG:
-            return dataclasses.replace(r, transit=False, nsg=0)
-        return r
+    def bad(r: P.LoginRequest) -> bool:
+        return r.transit and (r.nsg <= r.csg or r.nsg == 2)
 
-    _request_as(p, change)
+    def make_classify(old: Any) -> Any:
+        def classify(self: TargetLogin, pdu: P.PDU) -> Any:
+            inp = old(self, pdu)
+            return TargetInput.RX_STAY if inp is TargetInput.RX_BAD_NSG else inp
+
+        return classify
+
+    def make_negotiate(old: Any) -> Any:
+        def negotiate(self: TargetLogin, req: P.LoginRequest, prior: Any) -> Any:
+            if bad(req):
+                req = dataclasses.replace(req, transit=False, nsg=0)
+            return old(self, req, prior)
+
+        return negotiate
+
+    p.wrap(TargetLogin, "classify", make_classify)
+    p.wrap(TargetLogin, "_negotiate", make_negotiate)
 
 
 @mutant(
