@@ -169,3 +169,24 @@ def test_survivors_file_names_registered_mutants_with_reasons() -> None:
     for name, entry in load_survivors().items():
         assert name in known, name
         assert entry.get("reason") and entry.get("should_catch"), name
+
+
+def test_check_runs_an_unexpected_survivor_again_and_calls_a_later_kill_flaky(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from iscsi_conformance.mutation import runner
+
+    m = MUTANTS[0]
+    base = SuiteRun(outcomes={"A": "passed"}, returncode=0)
+    survived = judge(m, SuiteRun(outcomes={"A": "passed"}, returncode=0), base)
+    report = runner.Report([survived], base, None, 0.0)
+    monkeypatch.setattr(
+        runner, "run_suite", lambda *a, **k: SuiteRun(outcomes={"A": "failed"}, returncode=1)
+    )
+    assert runner.recheck(report, {m.name: m}) == []
+    assert survived.note.endswith("flaky") and not report.unexpected()
+    monkeypatch.setattr(
+        runner, "run_suite", lambda *a, **k: SuiteRun(outcomes={"A": "passed"}, returncode=0)
+    )
+    again = judge(m, SuiteRun(outcomes={"A": "passed"}, returncode=0), base)
+    assert runner.recheck(runner.Report([again], base, None, 0.0), {m.name: m}) == [again]

@@ -20,6 +20,7 @@ from iscsi_conformance.mutation.runner import (
     Report,
     default_seed,
     load_survivors,
+    recheck,
     run_mutants,
     sample,
 )
@@ -189,7 +190,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")
         print(f"JSON: {path}")
     if args.check and report.unexpected():
-        names = ", ".join(r.name for r in report.unexpected())
+        print("unexpected survivors: running each once more (a flaky kill is not a regression)")
+        confirmed = recheck(
+            report, {m.name: m for m in mutants}, timeout=args.timeout, maxfail=args.maxfail
+        )
+        for r in report.results:
+            if r.note.endswith(": flaky"):
+                print(f"  {r.name}: {r.note}")
+        if not confirmed:
+            return 0
+        names = ", ".join(r.name for r in confirmed)
         print(
             f"iscsi-conformance mutate: mutants expected to be killed survived: {names}",
             file=sys.stderr,

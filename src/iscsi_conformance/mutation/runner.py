@@ -279,3 +279,25 @@ def run_mutants(
             if progress is not None:
                 progress(r)
     return Report(results, baseline, seed, time.monotonic() - started)
+
+
+def recheck(
+    report: Report, mutants: dict[str, Mutant], *, timeout: float = 300.0, maxfail: int = 0
+) -> list[MutantResult]:
+    """Run each unexpected survivor once more; a mutant killed this time is marked
+    flaky (a timing-dependent kill) rather than counted as a regression. Returns the
+    mutants that survived twice."""
+    confirmed = []
+    for r in report.unexpected():
+        m = mutants[r.name]
+        again = judge(
+            m,
+            run_suite(m.suite_prefixes(), mutant=m.name, timeout=timeout, maxfail=maxfail),
+            report.baseline,
+        )
+        if again.killed:
+            r.note = f"survived once, then killed by {', '.join(again.killed_by[:3]) or 'the time limit'}: flaky"
+            r.expected_survivor = True
+        else:
+            confirmed.append(r)
+    return confirmed
