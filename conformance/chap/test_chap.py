@@ -607,3 +607,63 @@ def _make_algorithm_or_md5(alg: int) -> Any:
 
 for _alg in (6, 7, 8):
     globals()[f"test_algorithm_{ALG_LABEL[_alg]}_or_md5"] = _make_algorithm_or_md5(_alg)
+
+
+@spec(
+    "CHAP.Keys.AlgorithmFirstOfTwo",
+    "RFC 7143 12.1.3",
+    "RFC 7143 6.2.1",
+    requirements=["R7143-12.1.3-1", "R7143-6.2.1-1"],
+    needs=("chap_algorithms=5", "chap_algorithms=7"),
+)
+async def test_algorithm_first_of_two(target: Any) -> None:
+    """CHAP_A=7,5 to a target that supports both: the target picks 7, the first of the
+    initiator's list it supports (a list is answered with its first supported value)."""
+    async with target.raw("chap") as raw:
+        probe, step = await _to_challenge(target, raw, algs="7,5")
+        require(
+            step.response is not None,
+            "R7143-6.2.1-1",
+            step.missing(ANSWER_RULE),
+            sent=probe.sent,
+            received=probe.received,
+        )
+        require(
+            step.keys.get("CHAP_A") == "7",
+            "R7143-6.2.1-1",
+            f"CHAP_A=7,5 answered {step.keys.get('CHAP_A')!r}: the target supports both, so it "
+            "answers the first of the initiator's list it supports, 7 (RFC 7143 6.2.1)",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
+    "CHAP.Keys.BinaryWithoutPrefix",
+    "RFC 7143 12.1.3",
+    "RFC 7143 6.1",
+    requirements=["R7143-12.1.3-3", "R7143-12.1.3-6"],
+    needs=("chap_algorithms=5",),
+)
+async def test_binary_without_prefix(target: Any) -> None:
+    """The right MD5 CHAP_R written as bare hexadecimal digits, without the 0x prefix a
+    binary value needs (RFC 7143 6.1), is not a CHAP response: the login fails."""
+    (user, secret), _ = target.chap_pair("chap")
+    async with target.raw("chap") as raw:
+        probe, step = await _to_challenge(target, raw)
+        keys = _require_challenge(probe, step)
+        digest = chap_response(
+            ChapAlgorithm(5), int(keys["CHAP_I"], 0), secret.encode(), parse_binary(keys["CHAP_C"])
+        )
+        step = await probe.step(
+            [("CHAP_N", user), ("CHAP_R", digest.hex())], csg=0, nsg=1, transit=True
+        )
+        if step.succeeded and step.response.transit:
+            step = await probe.operational([])
+        _require_refusal(
+            probe,
+            step,
+            "R7143-12.1.3-3",
+            "a CHAP_R without its 0x prefix was accepted as the response: a binary value is "
+            "0x-hexadecimal or 0b-base64 (RFC 7143 6.1), anything else does not authenticate",
+        )
