@@ -9,6 +9,8 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from iscsi_conformance.harness.probe import FullFeature, full_feature, random_isid
 from iscsi_conformance.harness.profiles import OTHER_INITIATOR_NAME
 from iscsi_conformance.plugin import require, spec
@@ -438,4 +440,168 @@ async def test_scsi2_reserve_release(target: Any) -> None:
             f"READ after RELEASE: {r2.status!r}",
             sent=r2.sent,
             received=r2.shown(),
+        )
+
+
+REGISTER_IGNORE = 6  # REGISTER AND IGNORE EXISTING KEY (SPC-4 6.16.2)
+WE_AR, EA_AR = 7, 8  # the All Registrants types (SPC-4 6.15.3.4)
+
+
+async def unregister(ffp: FullFeature, lun: int) -> None:
+    """Drop whatever registration this nexus holds: REGISTER AND IGNORE EXISTING KEY with a
+    zero service action key unregisters without naming the old key (SPC-4 5.13.7 table 68)."""
+    await pr_out(ffp, lun, REGISTER_IGNORE, sa_key=0)
+
+
+@spec(
+    "Reservations.Persistent.RegisterUnregisteredWithKey",
+    "SPC-4 5.13.7",
+    requirements=["RSPC4-5.13.7-1"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_register_unregistered_with_key(target: Any) -> None:
+    """REGISTER from an unregistered nexus with a non-zero RESERVATION KEY conflicts and registers nothing."""
+    async with two_nodes(target) as (a, _b):
+        out = await pr_out(a, target.lun, REGISTER, key=KEY_A, sa_key=KEY_A)
+        try:
+            require(
+                out.status == CONFLICT,
+                "RSPC4-5.13.7-1",
+                f"REGISTER from an unregistered nexus with a non-zero key: status {out.status!r}",
+                sent=out.sent,
+                received=out.shown(),
+            )
+            _g, keys, rk = await read_keys(a, target.lun)
+            require(
+                KEY_A not in keys,
+                "RSPC4-5.13.7-1",
+                "the refused REGISTER registered the key",
+                sent=rk.sent,
+                received=rk.shown(),
+            )
+        finally:
+            await unregister(a, target.lun)
+
+
+@spec(
+    "Reservations.Persistent.Unregister",
+    "SPC-4 5.13.7",
+    requirements=["RSPC4-5.13.7-2"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_unregister(target: Any) -> None:
+    """REGISTER with the nexus's own key and a zero SERVICE ACTION RESERVATION KEY unregisters it."""
+    async with two_nodes(target) as (a, _b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        out = await pr_out(a, target.lun, REGISTER, key=KEY_A, sa_key=0)
+        require(
+            out.status == 0,
+            "RSPC4-5.13.7-2",
+            f"REGISTER with a zero service action key: status {out.status!r}",
+            sent=out.sent,
+            received=out.shown(),
+        )
+        _g, keys, rk = await read_keys(a, target.lun)
+        require(
+            KEY_A not in keys,
+            "RSPC4-5.13.7-2",
+            f"the key is still registered after unregistering: {list(map(hex, keys))}",
+            sent=rk.sent,
+            received=rk.shown(),
+        )
+
+
+@spec(
+    "Reservations.Persistent.RegisterIgnoreExistingKey",
+    "SPC-4 5.13.7",
+    requirements=["RSPC4-5.13.7-3"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_register_ignore_existing_key(target: Any) -> None:
+    """REGISTER AND IGNORE EXISTING KEY replaces a registered nexus's key whatever RESERVATION KEY it carries."""
+    async with two_nodes(target) as (a, _b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        try:
+            out = await pr_out(a, target.lun, REGISTER_IGNORE, key=KEY_A ^ 0xFF, sa_key=KEY_A + 1)
+            require(
+                out.status == 0,
+                "RSPC4-5.13.7-3",
+                f"REGISTER AND IGNORE EXISTING KEY with a stale key: status {out.status!r}",
+                sent=out.sent,
+                received=out.shown(),
+            )
+            _g, keys, rk = await read_keys(a, target.lun)
+            require(
+                KEY_A + 1 in keys and KEY_A not in keys,
+                "RSPC4-5.13.7-3",
+                f"keys after REGISTER AND IGNORE EXISTING KEY: {list(map(hex, keys))}",
+                sent=rk.sent,
+                received=rk.shown(),
+            )
+        finally:
+            await unregister(a, target.lun)
+
+
+@spec(
+    "Reservations.Persistent.WriteExclusiveAllRegistrants",
+    "SPC-4 5.13.1",
+    requirements=["RSPC4-5.13.1-1"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_write_exclusive_all_registrants(target: Any) -> None:
+    """Under Write Exclusive - All Registrants, an unregistered nexus's WRITE conflicts."""
+    async with two_nodes(target) as (a, b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        res = await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE_AR)
+        if res.status == 0x02 and res.sense_key == 0x05:  # the All Registrants types are optional
+            pytest.skip(f"the target does not support reservation type 7: {res.asc!r}")
+        require(
+            res.status == 0,
+            "RSPC4-5.13.1-1",
+            f"RESERVE type 7: status {res.status!r}",
+            sent=res.sent,
+            received=res.shown(),
+        )
+        w = await b.command(cdb.write10(103, 1), data_out=os.urandom(BLOCK), lun=target.lun)
+        require(
+            w.status == CONFLICT,
+            "RSPC4-5.13.1-1",
+            f"unregistered B's WRITE under Write Exclusive - All Registrants: {w.status!r}",
+            sent=w.sent,
+            received=w.shown(),
+        )
+
+
+@spec(
+    "Reservations.Persistent.ExclusiveAccessAllRegistrants",
+    "SPC-4 5.13.1",
+    requirements=["RSPC4-5.13.1-1"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_exclusive_access_all_registrants(target: Any) -> None:
+    """Under Exclusive Access - All Registrants, an unregistered nexus's READ conflicts."""
+    async with two_nodes(target) as (a, b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        res = await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=EA_AR)
+        if res.status == 0x02 and res.sense_key == 0x05:  # the All Registrants types are optional
+            pytest.skip(f"the target does not support reservation type 8: {res.asc!r}")
+        require(
+            res.status == 0,
+            "RSPC4-5.13.1-1",
+            f"RESERVE type 8: status {res.status!r}",
+            sent=res.sent,
+            received=res.shown(),
+        )
+        r = await b.command(cdb.read10(103, 1), read_length=BLOCK, lun=target.lun)
+        require(
+            r.status == CONFLICT,
+            "RSPC4-5.13.1-1",
+            f"unregistered B's READ under Exclusive Access - All Registrants: {r.status!r}",
+            sent=r.sent,
+            received=r.shown(),
         )

@@ -1,0 +1,68 @@
+"""SCSI fields a device server fills in by rule: the REPORT LUNS list length and the
+REPORT LUNS answer while a unit attention is pending (SPC-4 6.33)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iscsi_conformance.harness.probe import FullFeature, full_feature, random_isid
+from iscsi_conformance.plugin import require, spec
+from iscsi_conformance.scsi import cdb
+
+
+@spec("FullFeature.Scsi.ReportLunsListLength", "SPC-4 6.33", requirements=["RSPC4-6.33-2"])
+async def test_report_luns_list_length(target: Any) -> None:
+    """LUN LIST LENGTH is eight bytes per LUN returned, whatever the allocation length."""
+    async with full_feature(target) as ffp:
+        out = await ffp.command(cdb.report_luns(4096), read_length=4096, lun=0)
+        require(
+            out.status == 0 and len(out.data) >= 8,
+            "RSPC4-6.33-2",
+            f"REPORT LUNS status {out.status!r}, {len(out.data)} bytes",
+            sent=out.sent,
+            received=out.shown(),
+        )
+        length = int.from_bytes(out.data[:4], "big")
+        require(
+            length % 8 == 0 and length == len(out.data) - 8,
+            "RSPC4-6.33-2",
+            f"LUN LIST LENGTH {length} for {len(out.data) - 8} bytes of LUN list",
+            sent=out.sent,
+            received=out.shown(),
+        )
+        short = await ffp.command(cdb.report_luns(16), read_length=16, lun=0)
+        require(
+            short.status == 0 and int.from_bytes(short.data[:4], "big") == length,
+            "RSPC4-6.33-2",
+            f"LUN LIST LENGTH with a 16-byte allocation: {short.data[:4].hex()}, "
+            f"expected {length} (not altered by the allocation length)",
+            sent=short.sent,
+            received=short.shown(),
+        )
+
+
+@spec(
+    "FullFeature.Scsi.ReportLunsDuringUnitAttention",
+    "SPC-4 6.33",
+    requirements=["RSPC4-6.33-3"],
+)
+async def test_report_luns_during_unit_attention(target: Any) -> None:
+    """The first command of a new I_T nexus is REPORT LUNS: it completes even if a unit
+    attention (e.g. POWER ON OCCURRED) is pending for that nexus."""
+    # Not full_feature(): it clears the new nexus's unit attention before the test runs.
+    async with target.raw("default") as raw:
+        probe = await target.login(raw, "default", (), isid=random_isid())
+        raw.set_digests(
+            header=probe.negotiated.get("HeaderDigest") == "CRC32C",
+            data=probe.negotiated.get("DataDigest") == "CRC32C",
+        )
+        ffp = FullFeature(raw, probe)
+        out = await ffp.command(cdb.report_luns(4096), read_length=4096, lun=target.lun)
+        require(
+            out.status == 0,
+            "RSPC4-6.33-3",
+            f"REPORT LUNS as a new nexus's first command: status {out.status!r}, "
+            f"sense key {out.sense_key!r}",
+            sent=out.sent,
+            received=out.shown(),
+        )
