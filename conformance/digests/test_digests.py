@@ -11,8 +11,9 @@ import pytest
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.digest import crc32c
-from iscsi_conformance.harness.probe import DEFAULT_TIMEOUT, NoAnswer, Outcome
+from iscsi_conformance.harness.probe import DEFAULT_TIMEOUT, NoAnswer, Outcome, full_feature
 from iscsi_conformance.plugin import require, spec, violation
+from iscsi_conformance.scsi import cdb
 
 OFFERS = ["None", "CRC32C", "CRC32C,None", "None,CRC32C"]
 
@@ -379,3 +380,154 @@ def _make_required_list_test(key: str) -> Any:
 for _key in ("HeaderDigest", "DataDigest"):
     globals()[f"test_required_{_key}_none"] = _make_required_none_test(_key)
     globals()[f"test_required_{_key}_none_then_crc32c"] = _make_required_list_test(_key)
+
+
+def _got(reply: Any) -> str:
+    """What answered a request, or what happened instead."""
+    return type(reply.pdu).__name__ if reply.pdu is not None else str(reply.missing())
+
+
+@spec(
+    "Digests.FullFeature.EveryPduKind",
+    "RFC 7143 13.1",
+    requirements=["R7143-13.1-2", "R7143-13.1-3"],
+    dataloss=True,
+)
+async def test_digests_on_every_pdu_kind(target: Any) -> None:
+    """With both digests agreed, the target's R2T, SCSI Response (with and without sense
+    data), Task Management Function Response and Logout Response all carry correct
+    digests, and a PDU without data segment carries no data digest (13.1)."""
+    keys = [
+        ("HeaderDigest", "CRC32C"),
+        ("DataDigest", "CRC32C"),
+        ("InitialR2T", "Yes"),
+        ("ImmediateData", "No"),
+    ]
+    async with full_feature(target, keys=keys) as ffp:
+        require(
+            ffp.probe.negotiated.get("HeaderDigest") == "CRC32C"
+            and ffp.probe.negotiated.get("DataDigest") == "CRC32C",
+            "R7143-13.1-1",
+            "HeaderDigest=CRC32C and DataDigest=CRC32C were not agreed: "
+            f"{ffp.probe.negotiated.get('HeaderDigest')!r}, "
+            f"{ffp.probe.negotiated.get('DataDigest')!r}",
+            sent=ffp.probe.sent,
+            received=ffp.probe.received,
+        )
+
+        def decoded(ok: bool, what: str, sent: list[Any], received: list[Any]) -> None:
+            # the raw decoder checks both digests: a bad one leaves no PDU (undecodable)
+            require(
+                ok,
+                "R7143-13.1-2",
+                f"under HeaderDigest and DataDigest CRC32C, {what}",
+                sent=sent,
+                received=received,
+            )
+
+        # A solicited WRITE: an R2T (no data segment) and a SCSI Response without data.
+        payload = os.urandom(16 * 512)
+        out = await ffp.command(cdb.write10(1024, 16), data_out=payload, lun=target.lun)
+        decoded(
+            bool(out.r2ts) and isinstance(out.response, P.ScsiResponse) and out.status == 0,
+            "a solicited WRITE did not end in R2T then a good SCSI Response: "
+            f"{len(out.r2ts)} R2T(s), status {out.status!r}, {out.outcome}",
+            out.sent,
+            out.shown(),
+        )
+        # A READ past the end of the LU: a SCSI Response carrying sense data.
+        bad = await ffp.command(cdb.read10(0xFFFFFFF0, 1), read_length=512, lun=target.lun)
+        decoded(
+            isinstance(bad.response, P.ScsiResponse | P.ScsiDataIn),
+            f"a READ past the end of the LU got no status: {bad.outcome}",
+            bad.sent,
+            bad.shown(),
+        )
+        # ABORT TASK for a tag never used: a Task Management Function Response.
+        tmf = P.TaskManagementRequest(
+            immediate=True,
+            function=1,
+            lun=P.lun_to_field(target.lun),
+            itt=ffp.next_itt(),
+            referenced_task_tag=0x0BADF00D,
+            cmdsn=ffp.cmdsn,
+            expstatsn=ffp.expstatsn,
+            refcmdsn=ffp.cmdsn,
+        )
+        reply = await ffp.exchange(tmf)
+        decoded(
+            isinstance(reply.pdu, P.TaskManagementResponse),
+            f"ABORT TASK got {_got(reply)}",
+            [tmf],
+            reply.shown(),
+        )
+        # Close the session: a Logout Response (no data segment).
+        logout = P.LogoutRequest(
+            immediate=True,
+            reason=0,
+            itt=ffp.next_itt(),
+            cid=ffp.probe.cid,
+            cmdsn=ffp.cmdsn,
+            expstatsn=ffp.expstatsn,
+        )
+        reply = await ffp.exchange(logout)
+        decoded(
+            isinstance(reply.pdu, P.LogoutResponse),
+            f"a Logout Request got {_got(reply)}",
+            [logout],
+            reply.shown(),
+        )
+
+
+@spec(
+    "Digests.FullFeature.TextResponse",
+    "RFC 7143 13.1",
+    "RFC 7143 C",
+    requirements=["R7143-13.1-2", "R7143-13.3-1"],
+)
+async def test_digests_on_text_response(target: Any) -> None:
+    """In a Discovery session with both digests agreed, SendTargets=All is answered in
+    Text Responses that carry correct digests (13.1, appendix C). A target that answers
+    None to CRC32C,None in Discovery (6.2.1 allows it) leaves nothing to check: skipped."""
+    async with target.raw() as raw:
+        probe = target.probe(raw, session_type="Discovery", target_name=None)
+        await probe.to_full_feature(
+            [("HeaderDigest", "CRC32C,None"), ("DataDigest", "CRC32C,None")]
+        )
+        require(
+            probe.in_full_feature,
+            "R7143-13.21-1",
+            "a Discovery login offering HeaderDigest and DataDigest CRC32C,None failed",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        agreed = (probe.negotiated.get("HeaderDigest"), probe.negotiated.get("DataDigest"))
+        if agreed != ("CRC32C", "CRC32C"):
+            pytest.skip(f"the Discovery session agreed digests {agreed}: nothing to check")
+        raw.set_digests(header=True, data=True)
+        text = P.TextRequest(
+            immediate=True,
+            final=True,
+            itt=0x100,
+            cmdsn=probe.cmdsn,
+            expstatsn=probe.expstatsn,
+            data=b"SendTargets=All\0",
+        )
+        await raw.send(text)
+        answer, gone = await _answer(raw)  # the raw decoder verifies both digests
+        require(
+            gone is None or gone.outcome is not Outcome.UNDECODABLE,
+            "R7143-13.1-2",
+            "under HeaderDigest and DataDigest CRC32C, the answer to SendTargets=All did "
+            "not decode (a wrong header or data digest)",
+            sent=[text],
+            received=[answer or gone],
+        )
+        require(
+            isinstance(answer, P.TextResponse),
+            "R7143-13.3-1",
+            "SendTargets=All in a Discovery session got "
+            f"{type(answer).__name__ if answer is not None else gone}, not a Text Response",
+            sent=[text],
+            received=[answer or gone],
+        )

@@ -370,3 +370,37 @@ async def test_max_outstanding_r2t(target: Any) -> None:
             sent=[cmd],
             received=[*got, *ffp.shown(None)],
         )
+
+
+@spec(
+    "FullFeature.DataOut.StatSNAcrossR2T",
+    "RFC 7143 4.2.2.2",
+    "RFC 7143 11.8",
+    requirements=["R7143-4.2.2.2-1"],
+    dataloss=True,
+)
+async def test_statsn_across_r2t(target: Any) -> None:
+    """R2Ts carry no status: a solicited WRITE's SCSI Response takes the StatSN right
+    after the previous status, however many R2Ts came in between."""
+    keys = [("InitialR2T", "Yes"), ("ImmediateData", "No")]
+    async with full_feature(target, keys=keys) as ffp:
+        ping, first = await ffp.nop(b"")
+        payload = os.urandom(32 * BLOCK)
+        out = await ffp.command(cdb.write10(1024, 32), data_out=payload, lun=target.lun)
+        require(
+            isinstance(first, P.NopIn) and out.status == 0 and out.r2ts,
+            "RSBC3-5.16-1",
+            f"a ping then a solicited WRITE: ping answer {type(first).__name__}, "
+            f"{len(out.r2ts)} R2T(s), status {out.status!r} ({out.outcome})",
+            sent=[ping, *out.sent],
+            received=[*ffp.shown(first), *out.shown()],
+        )
+        require(
+            out.response.statsn == (first.statsn + 1) & 0xFFFFFFFF,
+            "R7143-4.2.2.2-1",
+            f"the ping's NOP-In carried StatSN {first.statsn}, the WRITE's status "
+            f"{out.response.statsn} after {len(out.r2ts)} R2T(s); StatSN advances by one "
+            "per status only",
+            sent=[ping, *out.sent],
+            received=[first, *out.received],
+        )

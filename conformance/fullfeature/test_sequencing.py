@@ -9,7 +9,7 @@ from typing import Any
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.serial import lt as serial_lt
-from iscsi_conformance.harness.probe import full_feature
+from iscsi_conformance.harness.probe import FullFeature, full_feature
 from iscsi_conformance.plugin import require, spec, violation
 from iscsi_conformance.scsi import cdb
 
@@ -234,3 +234,87 @@ async def test_commands_reordered(target: Any) -> None:
                 sent=[second, first],
                 received=got,
             )
+
+
+@spec(
+    "FullFeature.Sequencing.StatSNContinuesLogin",
+    "RFC 7143 4.2.2.2",
+    requirements=["R7143-4.2.2.2-1"],
+)
+async def test_statsn_continues_login(target: Any) -> None:
+    """StatSN counts from the first Login Response on: each further Login Response, then
+    the first full-feature response, carries the previous StatSN + 1."""
+    async with target.raw() as raw:
+        probe = await target.login(raw)
+        ffp = FullFeature(raw, probe)
+        logins = [p for p in probe.received if isinstance(p, P.LoginResponse)]
+        last_login = logins[-1]
+        numbers = [p.statsn for p in logins]
+        require(
+            all((b - a) & 0xFFFFFFFF == 1 for a, b in itertools.pairwise(numbers)),
+            "R7143-4.2.2.2-1",
+            f"the Login Responses of one login carry StatSN {numbers}; each response "
+            "after the first carries the previous one's StatSN + 1",
+            sent=probe.sent,
+            received=logins,
+        )
+        req, resp = await ffp.nop(b"")
+        require(
+            isinstance(resp, P.NopIn),
+            "R7143-11.18-1",
+            f"the first ping was not answered: {ffp.no_answer}",
+            sent=[req],
+            received=ffp.shown(resp),
+        )
+        require(
+            resp.statsn == (last_login.statsn + 1) & 0xFFFFFFFF,
+            "R7143-4.2.2.2-1",
+            f"the final Login Response carried StatSN {last_login.statsn}, the first "
+            f"full-feature response StatSN {resp.statsn}; it continues the login's numbering",
+            sent=[*probe.sent, req],
+            received=[last_login, resp],
+        )
+
+
+@spec(
+    "FullFeature.Sequencing.ImmediateCommandKeepsExpCmdSN",
+    "RFC 7143 4.2.2.1",
+    requirements=["R7143-4.2.2.1-5"],
+)
+async def test_immediate_command_keeps_expcmdsn(target: Any) -> None:
+    """An immediate SCSI command (TEST UNIT READY) carries the current CmdSN without
+    advancing it: ExpCmdSN stays where the last non-immediate command left it, in the
+    command's answer (status or Reject) and in the next NOP-In."""
+    async with full_feature(target) as ffp:
+        before = await ffp.command(cdb.test_unit_ready(), lun=target.lun)
+        expected = ffp.cmdsn
+        require(
+            before.response is not None and before.response.expcmdsn == expected,
+            "R7143-4.2.2.1-4",
+            f"after a non-immediate command ExpCmdSN is "
+            f"{getattr(before.response, 'expcmdsn', None)}, not {expected}",
+            sent=before.sent,
+            received=before.shown(),
+        )
+        imm = await ffp.command(cdb.test_unit_ready(), lun=target.lun, immediate=True)
+        # its status, or a Reject (a target need not run it at once): both carry ExpCmdSN
+        answer = imm.response
+        if answer is None:
+            answer = next((p for p in imm.received if isinstance(p, P.Reject)), None)
+        require(
+            answer is not None,
+            "R7143-4.2.2.1-5",
+            f"an immediate TEST UNIT READY got neither status nor Reject: {imm.outcome}",
+            sent=imm.sent,
+            received=imm.shown(),
+        )
+        req, nop = await ffp.nop(b"")
+        got = [answer.expcmdsn, getattr(nop, "expcmdsn", None)]
+        require(
+            got == [expected, expected],
+            "R7143-4.2.2.1-5",
+            f"an immediate command sent with CmdSN {expected} moved ExpCmdSN: its status "
+            f"and the next NOP-In report {got}, not {expected}",
+            sent=[*imm.sent, req],
+            received=[*imm.shown(), *ffp.shown(nop)],
+        )
