@@ -45,11 +45,15 @@ async def read_reservation(ffp: FullFeature, lun: int) -> tuple[Any, Any]:
 
 
 @contextlib.asynccontextmanager
-async def two_nodes(target: Any) -> AsyncIterator[tuple[FullFeature, FullFeature]]:
-    """Node A and node B: two sessions, two ISIDs (two I_T nexuses). Clears PR state on exit."""
+async def two_nodes(
+    target: Any, *, other_name: bool = False
+) -> AsyncIterator[tuple[FullFeature, FullFeature]]:
+    """Node A and node B: two sessions, two ISIDs (two I_T nexuses), or with ``other_name``
+    two initiator names. Clears PR state on exit."""
+    b_kw: dict[str, Any] = {"initiator_name": OTHER_INITIATOR_NAME} if other_name else {}
     async with (
         full_feature(target, isid=random_isid()) as a,
-        full_feature(target, isid=random_isid()) as b,
+        full_feature(target, isid=random_isid(), **b_kw) as b,
     ):
         for node in (a, b):  # swallow the power-on unit attention of each nexus
             await node.command(cdb.test_unit_ready(), lun=target.lun)
@@ -604,4 +608,144 @@ async def test_exclusive_access_all_registrants(target: Any) -> None:
             f"unregistered B's READ under Exclusive Access - All Registrants: {r.status!r}",
             sent=r.sent,
             received=r.shown(),
+        )
+
+
+async def unit_attentions(ffp: FullFeature, lun: int, tries: int = 4) -> tuple[list[Any], Any]:
+    """TEST UNIT READY until no UNIT ATTENTION: the (ASC, ASCQ) pairs reported, and the last answer."""
+    seen: list[Any] = []
+    out = None
+    for _ in range(tries):
+        out = await ffp.command(cdb.test_unit_ready(), lun=lun)
+        if not (out.status == 0x02 and out.sense_key == 0x06):
+            break
+        seen.append(out.asc)
+    return seen, out
+
+
+RESERVATIONS_RELEASED = (0x2A, 0x04)
+REGISTRATIONS_PREEMPTED = (0x2A, 0x05)
+
+
+@spec(
+    "Reservations.Persistent.ReserveWhileHeld",
+    "SPC-4 5.13.9",
+    requirements=["RSPC4-5.13.9-1"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_reserve_while_held(target: Any) -> None:
+    """A registered B's RESERVE while A holds the reservation conflicts; A stays the holder."""
+    async with two_nodes(target) as (a, b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        await pr_out(b, target.lun, REGISTER, sa_key=KEY_B)
+        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE)
+        out = await pr_out(b, target.lun, RESERVE, key=KEY_B, pr_type=WE)
+        require(
+            out.status == CONFLICT,
+            "RSPC4-5.13.9-1",
+            f"B's RESERVE while A holds the reservation: status {out.status!r}",
+            sent=out.sent,
+            received=out.shown(),
+        )
+        info, rr = await read_reservation(a, target.lun)
+        require(
+            info is not None and info.key == KEY_A,
+            "RSPC4-5.13.9-1",
+            f"after B's refused RESERVE the reservation is {info!r}",
+            sent=rr.sent,
+            received=rr.shown(),
+        )
+
+
+@spec(
+    "Reservations.Persistent.ReleaseWrongType",
+    "SPC-4 5.13.11.2.2",
+    requirements=["RSPC4-5.13.11.2.2-1"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_release_wrong_type(target: Any) -> None:
+    """The holder's RELEASE naming another type ends in INVALID RELEASE OF PERSISTENT RESERVATION; the reservation stays."""
+    async with two_nodes(target) as (a, _b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE)
+        out = await pr_out(a, target.lun, RELEASE, key=KEY_A, pr_type=EA)
+        require(
+            out.status == 0x02 and out.sense_key == 0x05 and out.asc == (0x26, 0x04),
+            "RSPC4-5.13.11.2.2-1",
+            f"RELEASE with the wrong type: status {out.status!r}, sense key {out.sense_key!r}, "
+            f"ASC/ASCQ {out.asc!r} (expected CHECK CONDITION, ILLEGAL REQUEST, 26h/04h)",
+            sent=out.sent,
+            received=out.shown(),
+        )
+        info, rr = await read_reservation(a, target.lun)
+        require(
+            info is not None and info.key == KEY_A and info.pr_type == WE,
+            "RSPC4-5.13.11.2.2-1",
+            f"after the refused RELEASE the reservation is {info!r}",
+            sent=rr.sent,
+            received=rr.shown(),
+        )
+
+
+@spec(
+    "Reservations.Persistent.ReleaseUnitAttention",
+    "SPC-4 5.13.11.2.2",
+    requirements=["RSPC4-5.13.11.2.2-2"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_release_unit_attention(target: Any) -> None:
+    """Releasing a Registrants Only reservation gives the other registered nexus RESERVATIONS RELEASED."""
+    async with two_nodes(target) as (a, b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        await pr_out(b, target.lun, REGISTER, sa_key=KEY_B)
+        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE_RO)
+        out = await pr_out(a, target.lun, RELEASE, key=KEY_A, pr_type=WE_RO)
+        require(
+            out.status == 0,
+            "RSPC4-5.13.11.2.2-2",
+            f"RELEASE of the WE-RO reservation: status {out.status!r}",
+            sent=out.sent,
+            received=out.shown(),
+        )
+        seen, last = await unit_attentions(b, target.lun)
+        require(
+            RESERVATIONS_RELEASED in seen,
+            "RSPC4-5.13.11.2.2-2",
+            f"B's unit attentions after the release: {seen!r} (expected 2Ah/04h)",
+            sent=last.sent,
+            received=last.shown(),
+        )
+
+
+@spec(
+    "Reservations.Persistent.PreemptUnitAttention",
+    "SPC-4 5.13.11.2.4",
+    requirements=["RSPC4-5.9-7"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_preempt_unit_attention(target: Any) -> None:
+    """The nexus whose registration is preempted sees REGISTRATIONS PREEMPTED."""
+    async with two_nodes(target, other_name=True) as (a, b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        await pr_out(b, target.lun, REGISTER, sa_key=KEY_B)
+        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE_RO)
+        out = await pr_out(b, target.lun, PREEMPT, key=KEY_B, sa_key=KEY_A, pr_type=WE_RO)
+        require(
+            out.status == 0,
+            "RSPC4-5.9-7",
+            f"PREEMPT status {out.status!r}",
+            sent=out.sent,
+            received=out.shown(),
+        )
+        seen, last = await unit_attentions(a, target.lun)
+        require(
+            REGISTRATIONS_PREEMPTED in seen,
+            "RSPC4-5.9-7",
+            f"the preempted nexus's unit attentions: {seen!r} (expected 2Ah/05h)",
+            sent=last.sent,
+            received=last.shown(),
         )
