@@ -318,3 +318,48 @@ async def test_immediate_command_keeps_expcmdsn(target: Any) -> None:
             sent=[*imm.sent, req],
             received=[*imm.shown(), *ffp.shown(nop)],
         )
+
+
+@spec(
+    "FullFeature.Sequencing.ExpCmdSNInTextResponse",
+    "RFC 7143 4.2.2.1",
+    requirements=["R7143-4.2.2.1-4"],
+)
+async def test_expcmdsn_in_text_response(target: Any) -> None:
+    """A non-immediate Text Request (SendTargets=All, Discovery session) advances ExpCmdSN:
+    its Text Response reports the request's CmdSN + 1."""
+    async with target.raw() as raw:
+        probe = target.probe(raw, session_type="Discovery", target_name=None)
+        await probe.to_full_feature([])
+        require(
+            probe.in_full_feature,
+            "R7143-13.21-1",
+            "discovery login failed",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        ffp = FullFeature(raw, probe)
+        req = P.TextRequest(
+            final=True,
+            itt=ffp.next_itt(),
+            cmdsn=ffp.take_cmdsn(),
+            expstatsn=ffp.expstatsn,
+            data=b"SendTargets=All\0",
+        )
+        reply = await ffp.exchange(req)
+        require(
+            isinstance(reply.pdu, P.TextResponse),
+            "R7143-13.3-1",
+            "SendTargets=All in a Discovery session got "
+            f"{type(reply.pdu).__name__ if reply.pdu is not None else reply.missing()}",
+            sent=[req],
+            received=reply.shown(),
+        )
+        require(
+            reply.pdu.expcmdsn == ffp.cmdsn,
+            "R7143-4.2.2.1-4",
+            f"after a Text Request with CmdSN {req.cmdsn} the Text Response reports "
+            f"ExpCmdSN {reply.pdu.expcmdsn}, not {ffp.cmdsn}",
+            sent=[req],
+            received=[reply.pdu],
+        )
