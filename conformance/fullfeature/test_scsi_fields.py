@@ -1,13 +1,29 @@
 """SCSI fields a device server fills in by rule: the REPORT LUNS list length and the
-REPORT LUNS answer while a unit attention is pending (SPC-4 6.33)."""
+REPORT LUNS answer while a unit attention is pending (SPC-4 6.33), and REQUEST SENSE
+reporting a pending unit attention (SPC-4 6.39)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from iscsi_conformance.harness.probe import FullFeature, full_feature, random_isid
 from iscsi_conformance.plugin import require, spec
 from iscsi_conformance.scsi import cdb
+
+
+@contextlib.asynccontextmanager
+async def new_nexus(target: Any) -> AsyncIterator[FullFeature]:
+    """A session with a fresh ISID (a new I_T nexus) whose unit attentions are left
+    pending: full_feature() clears them with TEST UNIT READY before a test runs."""
+    async with target.raw("default") as raw:
+        probe = await target.login(raw, "default", (), isid=random_isid())
+        raw.set_digests(
+            header=probe.negotiated.get("HeaderDigest") == "CRC32C",
+            data=probe.negotiated.get("DataDigest") == "CRC32C",
+        )
+        yield FullFeature(raw, probe)
 
 
 @spec("FullFeature.Scsi.ReportLunsListLength", "SPC-4 6.33", requirements=["RSPC4-6.33-2"])
@@ -49,14 +65,7 @@ async def test_report_luns_list_length(target: Any) -> None:
 async def test_report_luns_during_unit_attention(target: Any) -> None:
     """The first command of a new I_T nexus is REPORT LUNS: it completes even if a unit
     attention (e.g. POWER ON OCCURRED) is pending for that nexus."""
-    # Not full_feature(): it clears the new nexus's unit attention before the test runs.
-    async with target.raw("default") as raw:
-        probe = await target.login(raw, "default", (), isid=random_isid())
-        raw.set_digests(
-            header=probe.negotiated.get("HeaderDigest") == "CRC32C",
-            data=probe.negotiated.get("DataDigest") == "CRC32C",
-        )
-        ffp = FullFeature(raw, probe)
+    async with new_nexus(target) as ffp:
         out = await ffp.command(cdb.report_luns(4096), read_length=4096, lun=target.lun)
         require(
             out.status == 0,
@@ -65,4 +74,38 @@ async def test_report_luns_during_unit_attention(target: Any) -> None:
             f"sense key {out.sense_key!r}",
             sent=out.sent,
             received=out.shown(),
+        )
+
+
+@spec(
+    "FullFeature.Scsi.RequestSenseReportsUnitAttention",
+    "SPC-4 6.39",
+    requirements=["RSPC4-6.39-4"],
+)
+async def test_request_sense_reports_unit_attention(target: Any) -> None:
+    """REQUEST SENSE as a new nexus's first command: GOOD, and if a unit attention was
+    pending its sense data is returned and the condition cleared, so the next command
+    does not report one. A NO SENSE answer followed by a unit attention means the
+    pending condition was withheld."""
+    async with new_nexus(target) as ffp:
+        rs = await ffp.command(cdb.request_sense(252), read_length=252, lun=target.lun)
+        require(
+            rs.status == 0 and len(rs.data) >= 14,
+            "RSPC4-6.39-4",
+            f"REQUEST SENSE: status {rs.status!r}, {len(rs.data)} bytes",
+            sent=rs.sent,
+            received=rs.shown(),
+        )
+        fixed = rs.data[0] & 0x7F in (0x70, 0x71)
+        key = (rs.data[2] if fixed else rs.data[1]) & 0x0F
+        if key == 0x06:
+            return  # the pending unit attention was reported
+        tur = await ffp.command(cdb.test_unit_ready(), lun=target.lun)
+        require(
+            not (tur.status == 0x02 and tur.sense_key == 0x06),
+            "RSPC4-6.39-4",
+            f"REQUEST SENSE returned sense key {key:#x}, then TEST UNIT READY reported the "
+            f"unit attention {tur.asc!r} that was pending",
+            sent=rs.sent + tur.sent,
+            received=rs.shown() + tur.shown(),
         )
