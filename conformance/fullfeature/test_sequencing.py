@@ -7,6 +7,8 @@ import itertools
 import os
 from typing import Any
 
+import pytest
+
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.serial import lt as serial_lt
 from iscsi_conformance.harness.probe import FullFeature, full_feature
@@ -362,4 +364,41 @@ async def test_expcmdsn_in_text_response(target: Any) -> None:
             f"ExpCmdSN {reply.pdu.expcmdsn}, not {ffp.cmdsn}",
             sent=[req],
             received=[reply.pdu],
+        )
+
+
+@spec(
+    "FullFeature.Sequencing.StatSNAcrossReject",
+    "RFC 7143 4.2.2.2",
+    "RFC 7143 11.17.3",
+    requirements=["R7143-4.2.2.2-1"],
+)
+async def test_statsn_across_reject(target: Any) -> None:
+    """A Reject takes a StatSN of its own (11.17.3: StatSN is advanced after a Reject):
+    ping, unknown opcode (0x1f) answered with a
+    Reject, ping carry StatSN n, n + 1, n + 2. A target that answers the unknown opcode
+    otherwise (a close) leaves nothing to number: skipped."""
+    async with full_feature(target) as ffp:
+        ping1, first = await ffp.nop(b"")
+        bogus = P.UnknownPDU(
+            opcode=0x1F,
+            bhs=bytes([0x1F | 0x40, 0x80]) + bytes(14) + (0x9999).to_bytes(4, "big") + bytes(28),
+        )
+        await ffp.send(bogus)
+        reject = await ffp.recv()
+        if not isinstance(first, P.NopIn) or not isinstance(reject, P.Reject):
+            pytest.skip(
+                "no ping answer then Reject to number: "
+                f"{type(first).__name__}, {type(reject).__name__ if reject else ffp.no_answer}"
+            )
+        ping2, last = await ffp.nop(b"")
+        got = [first.statsn, reject.statsn, getattr(last, "statsn", None)]
+        want = [first.statsn, (first.statsn + 1) & 0xFFFFFFFF, (first.statsn + 2) & 0xFFFFFFFF]
+        require(
+            got == want,
+            "R7143-4.2.2.2-1",
+            f"ping, Reject, ping carry StatSN {got}, not {want}: the Reject's StatSN is "
+            "consumed like any status's",
+            sent=[ping1, bogus, ping2],
+            received=[first, reject, *ffp.shown(last)],
         )
