@@ -749,3 +749,71 @@ async def test_preempt_unit_attention(target: Any) -> None:
             sent=last.sent,
             received=last.shown(),
         )
+
+
+READ_FULL_STATUS = 3
+
+
+@spec(
+    "Reservations.Persistent.GenerationAgrees",
+    "SPC-4 5.13.6.2",
+    "SPC-4 5.13.6.3",
+    requirements=["RSPC4-5.13.6-1"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_generation_agrees(target: Any) -> None:
+    """READ KEYS and READ RESERVATION, with no PERSISTENT RESERVE OUT between them, report the same PRgeneration."""
+    async with two_nodes(target) as (a, b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        await pr_out(b, target.lun, REGISTER, sa_key=KEY_B)
+        gen_keys, _keys, rk = await read_keys(a, target.lun)
+        info, rr = await read_reservation(a, target.lun)
+        require(
+            info is not None and gen_keys == info.generation,
+            "RSPC4-5.13.6-1",
+            f"READ KEYS reports PRgeneration {gen_keys}, READ RESERVATION "
+            f"{info.generation if info is not None else None}",
+            sent=rk.sent + rr.sent,
+            received=rk.shown() + rr.shown(),
+        )
+
+
+@spec(
+    "Reservations.Persistent.ReadFullStatusHolder",
+    "SPC-4 5.13.6.4",
+    requirements=["RSPC4-5.13.6-2"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_read_full_status_holder(target: Any) -> None:
+    """READ FULL STATUS marks the holder's registration R_HOLDER with the reservation's type, and not the other registrant's."""
+    async with two_nodes(target) as (a, b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        await pr_out(b, target.lun, REGISTER, sa_key=KEY_B)
+        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE)
+        out = await a.command(
+            cdb.persistent_reserve_in(READ_FULL_STATUS, 4096), read_length=4096, lun=target.lun
+        )
+        if out.status == 0x02 and out.sense_key == 0x05:
+            pytest.skip(f"the target does not support READ FULL STATUS: {out.asc!r}")
+        require(
+            out.status == 0 and len(out.data) >= 8,
+            "RSPC4-5.13.6-2",
+            f"READ FULL STATUS: status {out.status!r}",
+            sent=out.sent,
+            received=out.shown(),
+        )
+        _gen, descs = cdb.parse_read_full_status(out.data)
+        holder = [d for d in descs if d.key == KEY_A]
+        other = [d for d in descs if d.key == KEY_B]
+        require(
+            bool(holder)
+            and all(d.r_holder and d.pr_type == WE for d in holder)
+            and bool(other)
+            and not any(d.r_holder for d in other),
+            "RSPC4-5.13.6-2",
+            f"READ FULL STATUS descriptors: {descs!r} (A {KEY_A:#x} holds Write Exclusive)",
+            sent=out.sent,
+            received=out.shown(),
+        )
