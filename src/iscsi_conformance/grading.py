@@ -60,6 +60,12 @@ LEVEL_GRADE: dict[str, Grade] = {
 }
 
 
+#: Every level a catalog row or a test reference may carry, strongest first.
+LEVELS: tuple[str, ...] = tuple(LEVEL_GRADE)
+#: The levels whose breach is a failure (graded must).
+MANDATORY_LEVELS = frozenset(level for level, grade in LEVEL_GRADE.items() if grade == MUST)
+
+
 def grade_of(level: str) -> Grade:
     """The grade of one level (``"SHOULD NOT"`` -> ``"should"``); unknown -> ``"must"``."""
     return LEVEL_GRADE.get(level.strip().upper(), MUST)

@@ -22,9 +22,7 @@ from typing import Any, TextIO
 
 from iscsi_conformance import grading
 
-MUST_LEVELS = frozenset(
-    level for level, grade in grading.LEVEL_GRADE.items() if grade == grading.MUST
-)
+MUST_LEVELS = grading.MANDATORY_LEVELS
 
 
 def _is_target_must(test: Any) -> bool:

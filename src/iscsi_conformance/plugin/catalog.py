@@ -7,23 +7,15 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from iscsi_conformance import grading
+
 FIELDS = ("id", "document", "section", "level", "role", "text")
 # Where the row's wording was checked against its document (README.md), "" when not yet.
 # Validated here but not passed on: reports carry FIELDS only.
 OPTIONAL_FIELDS = ("verified",)
 # RFC 2119 levels, and INFORMATIONAL for a row with no normative word behind it (a
 # robustness check: what a peer does is recorded, never failed; grading.py)
-LEVELS = {
-    "MUST",
-    "MUST NOT",
-    "SHOULD",
-    "SHOULD NOT",
-    "MAY",
-    "REQUIRED",
-    "SHALL",
-    "SHALL NOT",
-    "INFORMATIONAL",
-}
+LEVELS = frozenset(grading.LEVELS)
 ROLES = {"target", "initiator", "both"}
 
 

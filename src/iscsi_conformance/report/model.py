@@ -92,22 +92,9 @@ OUTCOMES: tuple[str, ...] = (
 )
 PEER_MODES = ("embedded", "native", "container", "microvm", "external")
 ROLES = ("target", "initiator")
-# RFC 2119 / RFC 8174 keywords a reference may carry.
-LEVELS = (
-    "MUST",
-    "MUST NOT",
-    "REQUIRED",
-    "SHALL",
-    "SHALL NOT",
-    "SHOULD",
-    "SHOULD NOT",
-    "RECOMMENDED",
-    "NOT RECOMMENDED",
-    "MAY",
-    "OPTIONAL",
-    "INFORMATIONAL",  # no normative word behind it (grading.py)
-)
-MANDATORY_LEVELS = frozenset({"MUST", "MUST NOT", "REQUIRED", "SHALL", "SHALL NOT"})
+# RFC 2119 / RFC 8174 keywords a reference may carry, and INFORMATIONAL (grading.py).
+LEVELS = grading.LEVELS
+MANDATORY_LEVELS = grading.MANDATORY_LEVELS
 PAIRING_SEPARATOR = "×"  # U+00D7, as in "open-iscsi×tgt"
 
 
