@@ -109,3 +109,35 @@ async def test_request_sense_reports_unit_attention(target: Any) -> None:
             sent=rs.sent + tur.sent,
             received=rs.shown() + tur.shown(),
         )
+
+
+@spec(
+    "FullFeature.Scsi.SenseLengthMatchesSegment",
+    "RFC 7143 11.4.7",
+    requirements=["R7143-11.4-3"],
+)
+async def test_sense_length_matches_segment(target: Any) -> None:
+    """A CHECK CONDITION (INQUIRY with EVPD=0 and PAGE CODE 1) carries its sense data
+    behind a 2-byte SenseLength that the data segment covers: SenseLength is not zero
+    and the 2 bytes plus SenseLength do not run past the DataSegmentLength."""
+    async with full_feature(target) as ffp:
+        out = await ffp.command(cdb.inquiry(page=1), read_length=255, lun=target.lun)
+        pdu = out.response
+        data = bytes(getattr(pdu, "data", b"") or b"")
+        require(
+            out.status == 0x02 and len(data) >= 2,
+            "R7143-11.4-3",
+            f"status {out.status!r} with a {len(data)}-byte data segment, expected "
+            "CHECK CONDITION with SenseLength and sense data",
+            sent=out.sent,
+            received=out.shown(),
+        )
+        length = int.from_bytes(data[:2], "big")
+        require(
+            0 < length <= len(data) - 2,
+            "R7143-11.4-3",
+            f"SenseLength {length} in a {len(data)}-byte data segment (it holds "
+            f"{len(data) - 2} bytes after the SenseLength field)",
+            sent=out.sent,
+            received=out.shown(),
+        )
