@@ -886,3 +886,55 @@ async def test_irrelevant_key_in_discovery(target: Any) -> None:
             sent=probe.sent,
             received=probe.received,
         )
+
+
+@spec(
+    "Login.Keys.Answers.FirstSupportedOfOffer",
+    "RFC 7143 6.2.1",
+    requirements=["R7143-6.2.1-1"],
+)
+async def test_list_answer_first_supported(target: Any) -> None:
+    """A target that accepts HeaderDigest=CRC32C alone answers CRC32C to CRC32C,None:
+    the first offered value it supports, not its own first preference."""
+    probe, step = await _answer(target, [("HeaderDigest", "CRC32C")])
+    if not step.succeeded or _answer_to(probe, step, "HeaderDigest") != "CRC32C":
+        return  # CRC32C is not supported here: the order of the offer shows nothing
+    probe, step = await _answer(target, [("HeaderDigest", "CRC32C,None")])
+    require(
+        step.succeeded,
+        "R7143-6.2.1-1",
+        _failed(step, "HeaderDigest=CRC32C,None"),
+        sent=probe.sent,
+        received=probe.received,
+    )
+    answer = _answer_to(probe, step, "HeaderDigest")
+    require(
+        answer == "CRC32C",
+        "R7143-6.2.1-1",
+        f"HeaderDigest=CRC32C,None answered {answer!r}, although the target accepted CRC32C "
+        "alone: the answer is the first value of the offer that the target supports",
+        sent=probe.sent,
+        received=probe.received,
+    )
+
+
+@spec(
+    "Login.Keys.Answers.NoCommonValue",
+    "RFC 7143 6.2.1",
+    requirements=["R7143-6.2.1-2"],
+)
+async def test_list_no_common_value(target: Any) -> None:
+    """AuthMethod=KRB5 alone, to a target that needs no authentication: the answer is
+    KRB5 or Reject (or the login ends), never None, which was not offered."""
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        step = await probe.step([("AuthMethod", "KRB5")], csg=0, nsg=1, transit=True)
+        answer = step.keys.get("AuthMethod") if step.response is not None else None
+        require(
+            answer in (None, "KRB5", "Reject"),
+            "R7143-6.2.1-2",
+            f"AuthMethod=KRB5 answered {answer!r}: a list answer is a value from the offer "
+            "(None only when offered), or Reject",
+            sent=probe.sent,
+            received=probe.received,
+        )

@@ -570,3 +570,24 @@ async def test_discovery_session_refuses_scsi(target: Any) -> None:
             sent=[*probe.sent, cmd],
             received=[*probe.received, answer],
         )
+
+
+@spec(
+    "Login.Stages.ReservedStageOperationalKeys",
+    "RFC 7143 11.12.3",
+    requirements=["R7143-11.12-2"],
+)
+async def test_reserved_stage_with_operational_keys(target: Any) -> None:
+    """CSG=2 is reserved even when the request carries only operational keys: the login
+    fails (the request cannot be read as an operational-stage request)."""
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        step = await probe.send(probe.build([("HeaderDigest", "None")], csg=2, nsg=3, transit=True))
+        _require_answer(probe, step, "R7143-11.12-2")
+        require(
+            step.refused,
+            "R7143-11.12-2",
+            "CSG=2 (reserved) was accepted",
+            sent=probe.sent,
+            received=probe.received,
+        )
