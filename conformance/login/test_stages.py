@@ -591,3 +591,48 @@ async def test_reserved_stage_with_operational_keys(target: Any) -> None:
             sent=probe.sent,
             received=probe.received,
         )
+
+
+@spec(
+    "Login.Session.NonLoginPduRefused",
+    "RFC 7143 8.1.2",
+    requirements=["R7143-8.1.2-1"],
+)
+async def test_nop_during_login_refused(target: Any) -> None:
+    """A NOP-Out after the first Login Request, before full feature phase, ends the login:
+    a Login reject or a closed connection; silence (the PDU ignored) does not conform."""
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        step = await probe.step([("AuthMethod", "None")], csg=0, nsg=0, transit=False)
+        require(
+            step.succeeded,
+            "R7143-6.3.1-2",
+            step.missing(ANSWER_RULE) or f"login refused ({step.status:#06x})",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        nop = P.NopOut(immediate=True, itt=0x78, ttt=0xFFFFFFFF, cmdsn=1, expstatsn=probe.expstatsn)
+        limit = min(3.0, probe.timeout)
+        started = time.monotonic()
+        await raw.send(nop)
+        answer = await raw.recv(timeout=limit)
+        if answer is None:
+            if raw.last_outcome is Outcome.CLOSED:
+                return
+            gap = NoAnswer(raw.last_outcome, time.monotonic() - started, limit)
+            raise violation(
+                "R7143-8.1.2-1",
+                f"{gap.describe('Login reject')}: a PDU other than a Login Request during login "
+                "ends the login with a Login reject (invalid during login) and a disconnect",
+                sent=[*probe.sent, nop],
+                received=[*probe.received, gap],
+            )
+        require(
+            isinstance(answer, P.LoginResponse) and answer.status_class != 0,
+            "R7143-8.1.2-1",
+            f"a NOP-Out during login got {type(answer).__name__}"
+            + (" with status class 0" if isinstance(answer, P.LoginResponse) else "")
+            + ", not a Login reject",
+            sent=[*probe.sent, nop],
+            received=[*probe.received, answer],
+        )
