@@ -817,3 +817,60 @@ async def test_read_full_status_holder(target: Any) -> None:
             sent=out.sent,
             received=out.shown(),
         )
+
+
+REGISTER_AND_MOVE = 7  # SPC-4 6.16.2
+
+
+async def relative_target_port(ffp: FullFeature, lun: int) -> int | None:
+    """The RELATIVE TARGET PORT IDENTIFIER of this nexus's target port: the relative
+    target port designator (type 4h, association 01b) of VPD page 83h."""
+    out = await ffp.command(cdb.inquiry(evpd=True, page=0x83), read_length=255, lun=lun)
+    if out.status != 0:
+        return None
+    for d in cdb.parse_vpd_83(out.data):
+        if d.designator_type == 4 and d.association == 1 and len(d.designator) >= 4:
+            return int.from_bytes(d.designator[2:4], "big")
+    return None
+
+
+@spec(
+    "Reservations.Persistent.RegisterAndMove",
+    "SPC-4 5.13.8",
+    requirements=["RSPC4-5.13.8-1"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_register_and_move(target: Any) -> None:
+    """A holds a Write Exclusive reservation and sends REGISTER AND MOVE naming B's
+    initiator port (iSCSI TransportID with B's ISID) and the target port: B becomes
+    the holder under B's new key, same type. Skipped where the service action is
+    refused with ILLEGAL REQUEST or no relative target port designator is reported."""
+    async with two_nodes(target) as (a, b):
+        rtp = await relative_target_port(a, target.lun)
+        if rtp is None:
+            pytest.skip("VPD page 83h reports no relative target port designator")
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE)
+        port = f"{b.probe.initiator_name},i,0x{b.probe.isid:012x}"
+        params = cdb.register_and_move_parameters(KEY_A, KEY_B, rtp, port)
+        c = cdb.persistent_reserve_out(REGISTER_AND_MOVE, 0, WE, len(params))
+        out = await a.command(c, data_out=params, lun=target.lun)
+        if out.status == 0x02 and out.sense_key == 0x05:
+            pytest.skip(f"the target refuses REGISTER AND MOVE: {out.asc!r}")
+        require(
+            out.status == 0,
+            "RSPC4-5.13.8-1",
+            f"REGISTER AND MOVE by the holder: status {out.status!r}",
+            sent=out.sent,
+            received=out.shown(),
+        )
+        info, rr = await read_reservation(b, target.lun)
+        require(
+            info is not None and info.key == KEY_B and info.pr_type == WE,
+            "RSPC4-5.13.8-1",
+            f"after REGISTER AND MOVE to B the reservation is {info!r}, expected B's key "
+            f"{KEY_B:#x} with type {WE}",
+            sent=out.sent + rr.sent,
+            received=out.shown() + rr.shown(),
+        )
