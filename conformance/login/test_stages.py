@@ -636,3 +636,63 @@ async def test_nop_during_login_refused(target: Any) -> None:
             sent=[*probe.sent, nop],
             received=[*probe.received, answer],
         )
+
+
+@spec(
+    "Login.Session.CidOfFirstRequest",
+    "RFC 7143 11.12",
+    requirements=["R7143-6.3-3"],
+)
+async def test_cid_of_first_request_kept(target: Any) -> None:
+    """Login Requests after the first carry another CID: the target refuses the login or
+    keeps the first CID, so a Logout closing that CID in full feature phase succeeds."""
+    from iscsi_conformance.harness.probe import FullFeature
+
+    async with target.raw() as raw:
+        probe = target.probe(raw)
+        first_cid = probe.cid
+        s = await probe.security_none()
+        require(
+            s.succeeded,
+            "R7143-6.3.1-2",
+            s.missing(ANSWER_RULE) or f"login refused ({s.status:#06x})",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        probe.cid = (first_cid + 1) & 0xFFFF
+        step = await probe.operational(
+            [("HeaderDigest", "None"), ("DataDigest", "None"), ("MaxRecvDataSegmentLength", "8192")]
+        )
+        if step.refused:
+            return  # the target saw the CID change and ended the login: conforms
+        require(
+            step.succeeded and probe.in_full_feature,
+            "R7143-6.3-3",
+            step.missing(ANSWER_RULE) or "the login did not reach full feature phase",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        ffp = FullFeature(raw, probe)
+        req = P.LogoutRequest(
+            immediate=True,
+            reason=1,
+            itt=ffp.next_itt(),
+            cid=first_cid,
+            cmdsn=ffp.cmdsn,
+            expstatsn=ffp.expstatsn,
+        )
+        await ffp.send(req)
+        resp = None
+        for _ in range(8):
+            resp = await ffp.recv()
+            if resp is None or isinstance(resp, P.LogoutResponse | P.Reject):
+                break
+        require(
+            isinstance(resp, P.LogoutResponse) and resp.response == 0,
+            "R7143-6.3-3",
+            f"the Login Requests carried CID {first_cid} and then {probe.cid}; a Logout closing "
+            f"CID {first_cid} was answered {resp!r}: the target uses the CID of the first Login "
+            "Request (RFC 3720 10.12.7 = RFC 7143 11.12.7)",
+            sent=[*probe.sent, req],
+            received=[*probe.received, *ffp.shown(resp)],
+        )
