@@ -938,3 +938,34 @@ async def test_list_no_common_value(target: Any) -> None:
             sent=probe.sent,
             received=probe.received,
         )
+
+
+@spec(
+    "Login.Keys.ReservedConstantAsOffer",
+    "RFC 7143 6.2",
+    requirements=["R7143-6.2-4", "R7143-6.2-5"],
+)
+async def test_reserved_constant_as_offer(target: Any) -> None:
+    """ImmediateData=NotUnderstood (a reserved answer constant, used as an offer) is not
+    passed over in silence: the key is answered (Reject, or a value of the target's
+    choosing) or the login fails."""
+    probe, step = await _answer(target, [("ImmediateData", "NotUnderstood")])
+    if step.refused:
+        return  # the target took the misuse of a reserved constant as a protocol error
+    require(
+        step.succeeded,
+        "R7143-6.2-4",
+        _failed(step, "ImmediateData=NotUnderstood"),
+        sent=probe.sent,
+        received=probe.received,
+    )
+    answer = _answer_to(probe, step, "ImmediateData")
+    require(
+        answer is not None,
+        "R7143-6.2-4",
+        "ImmediateData=NotUnderstood was neither answered nor refused: "
+        + KEY_RULE
+        + "; a value the acceptor cannot take is answered Reject (6.2.2)",
+        sent=probe.sent,
+        received=probe.received,
+    )
