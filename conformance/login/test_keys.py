@@ -925,11 +925,22 @@ async def test_list_answer_first_supported(target: Any) -> None:
 )
 async def test_list_no_common_value(target: Any) -> None:
     """AuthMethod=KRB5 alone, to a target that needs no authentication: the answer is
-    KRB5 or Reject (or the login ends), never None, which was not offered."""
+    KRB5 or Reject (or the login fails with a Login reject), never None, which was not
+    offered; a hang-up or silence is no answer (11.13.5)."""
     async with target.raw() as raw:
         probe = target.probe(raw)
         step = await probe.step([("AuthMethod", "KRB5")], csg=0, nsg=1, transit=True)
-        answer = step.keys.get("AuthMethod") if step.response is not None else None
+        require(
+            step.response is not None,
+            "R7143-6.2.1-2",
+            step.missing(
+                "RFC 7143 11.13.5: a login the target will not go on with ends with a Login "
+                "Response carrying a non-zero status"
+            ),
+            sent=probe.sent,
+            received=probe.received,
+        )
+        answer = step.keys.get("AuthMethod")
         require(
             answer in (None, "KRB5", "Reject"),
             "R7143-6.2.1-2",

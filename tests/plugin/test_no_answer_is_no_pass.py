@@ -28,6 +28,8 @@ The tests let off name their reason:
   SCSI command in a Discovery session (as a Reject would be), so only silence must fail it;
 - ``Login.Stages.TransitAndContinueBothSet``: T and C together are a format error, on
   which RFC 7143 7.7 has the receiver close the connection, so only silence must fail it;
+- ``Login.Session.NonLoginPduRefused``: a NOP-Out during login ends the login with a
+  Login reject or a disconnect (RFC 7143 8.1.2), so only silence must fail it;
 - ``Discovery.SendTargets.UnknownName``: an empty text is the right answer to a name the
   target does not have.
 """
@@ -70,7 +72,11 @@ NUMERICAL = frozenset(
 #: Tests that pass whatever the outcome, but the one the RFC forbids (see above).
 ANY_OUTCOME_BUT_ONE = {"Login.Session.NonLoginOpcodeBeforeFullFeature"}
 #: Tests for which a hang-up conforms but silence does not (see above).
-SILENCE_ONLY = {"Login.Session.DiscoveryRejectsScsi", "Login.Stages.TransitAndContinueBothSet"}
+SILENCE_ONLY = {
+    "Login.Session.DiscoveryRejectsScsi",
+    "Login.Stages.TransitAndContinueBothSet",
+    "Login.Session.NonLoginPduRefused",
+}
 #: Tests that need a numerical key answered, a SendTargets text, or both: the empty
 #: answers must fail them.
 NEEDS_CONTENT = re.compile(
