@@ -89,17 +89,7 @@ async def test_nsg_lower_than_csg(target: Any) -> None:
 @spec("Login.Stages.ReservedStageValue", "RFC 7143 11.12.3", requirements=["R7143-11.12-2"])
 async def test_reserved_stage_value(target: Any) -> None:
     """CSG=2 is reserved: the login fails."""
-    async with target.raw() as raw:
-        probe = target.probe(raw)
-        step = await probe.send(probe.build([("AuthMethod", "None")], csg=2, nsg=3, transit=True))
-        _require_answer(probe, step, "R7143-11.12-2")
-        require(
-            step.refused,
-            "R7143-11.12-2",
-            "CSG=2 (reserved) was accepted",
-            sent=probe.sent,
-            received=probe.received,
-        )
+    await _reserved_stage_refused(target, [("AuthMethod", "None")])
 
 
 @spec(
@@ -580,9 +570,14 @@ async def test_discovery_session_refuses_scsi(target: Any) -> None:
 async def test_reserved_stage_with_operational_keys(target: Any) -> None:
     """CSG=2 is reserved even when the request carries only operational keys: the login
     fails (the request cannot be read as an operational-stage request)."""
+    await _reserved_stage_refused(target, [("HeaderDigest", "None")])
+
+
+async def _reserved_stage_refused(target: Any, pairs: list[tuple[str, str]]) -> None:
+    """A first Login Request with CSG=2 (reserved, 11.12.3) carrying ``pairs`` fails."""
     async with target.raw() as raw:
         probe = target.probe(raw)
-        step = await probe.send(probe.build([("HeaderDigest", "None")], csg=2, nsg=3, transit=True))
+        step = await probe.send(probe.build(pairs, csg=2, nsg=3, transit=True))
         _require_answer(probe, step, "R7143-11.12-2")
         require(
             step.refused,

@@ -549,6 +549,22 @@ async def test_register_ignore_existing_key(target: Any) -> None:
             await unregister(a, target.lun)
 
 
+async def _reserve_all_registrants(a: FullFeature, lun: int, pr_type: int) -> None:
+    """A registers and reserves with an All Registrants type (7 or 8); a target that
+    refuses the type with ILLEGAL REQUEST skips the test (the types are optional)."""
+    await pr_out(a, lun, REGISTER, sa_key=KEY_A)
+    res = await pr_out(a, lun, RESERVE, key=KEY_A, pr_type=pr_type)
+    if res.status == 0x02 and res.sense_key == 0x05:
+        pytest.skip(f"the target does not support reservation type {pr_type}: {res.asc!r}")
+    require(
+        res.status == 0,
+        "RSPC4-5.13.1-1",
+        f"RESERVE type {pr_type}: status {res.status!r}",
+        sent=res.sent,
+        received=res.shown(),
+    )
+
+
 @spec(
     "Reservations.Persistent.WriteExclusiveAllRegistrants",
     "SPC-4 5.13.1",
@@ -559,17 +575,7 @@ async def test_register_ignore_existing_key(target: Any) -> None:
 async def test_write_exclusive_all_registrants(target: Any) -> None:
     """Under Write Exclusive - All Registrants, an unregistered nexus's WRITE conflicts."""
     async with two_nodes(target) as (a, b):
-        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
-        res = await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE_AR)
-        if res.status == 0x02 and res.sense_key == 0x05:  # the All Registrants types are optional
-            pytest.skip(f"the target does not support reservation type 7: {res.asc!r}")
-        require(
-            res.status == 0,
-            "RSPC4-5.13.1-1",
-            f"RESERVE type 7: status {res.status!r}",
-            sent=res.sent,
-            received=res.shown(),
-        )
+        await _reserve_all_registrants(a, target.lun, WE_AR)
         w = await b.command(cdb.write10(103, 1), data_out=os.urandom(BLOCK), lun=target.lun)
         require(
             w.status == CONFLICT,
@@ -590,17 +596,7 @@ async def test_write_exclusive_all_registrants(target: Any) -> None:
 async def test_exclusive_access_all_registrants(target: Any) -> None:
     """Under Exclusive Access - All Registrants, an unregistered nexus's READ conflicts."""
     async with two_nodes(target) as (a, b):
-        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
-        res = await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=EA_AR)
-        if res.status == 0x02 and res.sense_key == 0x05:  # the All Registrants types are optional
-            pytest.skip(f"the target does not support reservation type 8: {res.asc!r}")
-        require(
-            res.status == 0,
-            "RSPC4-5.13.1-1",
-            f"RESERVE type 8: status {res.status!r}",
-            sent=res.sent,
-            received=res.shown(),
-        )
+        await _reserve_all_registrants(a, target.lun, EA_AR)
         r = await b.command(cdb.read10(103, 1), read_length=BLOCK, lun=target.lun)
         require(
             r.status == CONFLICT,
