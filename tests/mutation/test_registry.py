@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import types
 from typing import Any
 
@@ -169,6 +170,27 @@ def test_survivors_file_names_registered_mutants_with_reasons() -> None:
     for name, entry in load_survivors().items():
         assert name in known, name
         assert entry.get("reason") and entry.get("should_catch"), name
+        if entry.get("equivalent"):
+            # An equivalent mutant is a judgement on the text: its reason names the
+            # section that was read.
+            assert re.search(r"\d+\.\d+", str(entry["reason"])), name
+
+
+def test_equivalent_mutants_leave_the_score_and_a_kill_of_one_is_flagged() -> None:
+    from iscsi_conformance.mutation import runner
+
+    m = MUTANTS[0]
+    base = SuiteRun(outcomes={"A": "passed"}, returncode=0)
+    killed = judge(m, SuiteRun(outcomes={"A": "failed"}, returncode=1), base)
+    survived = judge(m, SuiteRun(outcomes={"A": "passed"}, returncode=0), base)
+    equivalent = judge(m, SuiteRun(outcomes={"A": "passed"}, returncode=0), base)
+    equivalent.equivalent = True
+    report = runner.Report([killed, survived, equivalent], base, None, 0.0)
+    c = report.counts()
+    assert (c["killed"], c["survived"], c["equivalent"], c["score"]) == (1, 1, 1, 50.0)
+    assert report.overreaching() == []
+    killed.equivalent = True
+    assert report.overreaching() == [killed]
 
 
 def test_check_runs_an_unexpected_survivor_again_and_calls_a_later_kill_flaky(

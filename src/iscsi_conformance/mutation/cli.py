@@ -91,6 +91,10 @@ def _line(r: MutantResult) -> str:
         how = f"KILLED    by {tests}" if r.killed_by else "KILLED    (time limit)"
         if r.status == "timeout" and r.killed_by:
             how += " (then the time limit)"
+        if r.equivalent:
+            how += "  [marked equivalent: a test fails what no rule forbids]"
+    elif r.status == "survived" and r.equivalent:
+        how = "EQUIVALENT (no rule forbids it; survives by right)"
     elif r.status == "survived":
         flag = "SURVIVED  (known)" if r.expected_survivor else "SURVIVED  NEW"
         how = f"{flag}; should be caught by {', '.join(r.catches) or '-'}"
@@ -114,8 +118,23 @@ def print_report(report: Report, out: object = sys.stdout) -> None:
             a = report.counts(rs)
             w(
                 f"  {area:14} {a['killed']:3}/{a['killed'] + a['survived']:<3} killed  ({a['score']}%)"
+                + (f"  +{a['equivalent']} equivalent" if a["equivalent"] else "")
             )
-    survivors = [r for r in report.results if r.status == "survived"]
+    survivors = [r for r in report.results if r.status == "survived" and not r.equivalent]
+    equivalents = [r for r in report.results if r.status == "survived" and r.equivalent]
+    if equivalents:
+        w()
+        w("equivalent mutants (no specification text forbids the change; not scored):")
+        for r in equivalents:
+            w(f"  {r.name}")
+            if r.reason:
+                w(f"      {r.reason}")
+    overreaching = report.overreaching()
+    if overreaching:
+        w()
+        w("equivalent mutants killed (the killing test fails behaviour no rule forbids):")
+        for r in overreaching:
+            w(f"  {r.name}: {', '.join(r.killed_by[:4])}")
     if survivors:
         w()
         w("survivors (mutant: the test that should have caught it; why it did not):")
@@ -149,7 +168,7 @@ def print_report(report: Report, out: object = sys.stdout) -> None:
         )
     w(
         f"mutation score: {c['killed']}/{c['killed'] + c['survived']} killed = {c['score']}% "
-        f"({c['errors']} errors; {report.seconds:.0f} s"
+        f"({c['equivalent']} equivalent not scored; {c['errors']} errors; {report.seconds:.0f} s"
         + (f"; sample seed {report.seed}" if report.seed else "")
         + ")"
     )
@@ -189,6 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")
         print(f"JSON: {path}")
+    if args.check and report.overreaching():
+        names = ", ".join(f"{r.name} ({', '.join(r.killed_by[:2])})" for r in report.overreaching())
+        print(
+            "iscsi-conformance mutate: equivalent mutants were killed, so a test fails "
+            f"behaviour no rule forbids: {names}",
+            file=sys.stderr,
+        )
+        return 1
     if args.check and report.unexpected():
         print("unexpected survivors: running each once more (a flaky kill is not a regression)")
         confirmed = recheck(

@@ -9,6 +9,11 @@ broken; an informational result does not kill, but is recorded as the mutant bei
 *observed*: the RFC leaves that behaviour open); it *survived* when every such test
 still passes. A run that exceeds its time limit counts as killed (the suite did not finish: someone notices)
 and says so. A mutant that could not be applied is an *error*, outside the score.
+
+A mutant is *equivalent* when no text of the specifications forbids what it changes (the
+survivors file marks it ``equivalent = true`` and cites what was read). No conforming test
+can kill it, so it is left out of the score's denominator and listed apart; if a test does
+kill it, that test fails behaviour the RFC allows, and ``--check`` says so.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class MutantResult:
     seconds: float = 0.0
     tests_run: int = 0
     expected_survivor: bool = False
+    equivalent: bool = False  # no spec text forbids the mutant's behaviour
     reason: str = ""
     note: str = ""
 
@@ -182,7 +188,7 @@ def default_seed() -> str:
     return datetime.datetime.now(datetime.UTC).date().isoformat()
 
 
-def load_survivors(path: Path = SURVIVORS_FILE) -> dict[str, dict[str, str]]:
+def load_survivors(path: Path = SURVIVORS_FILE) -> dict[str, dict[str, object]]:
     """The survivors file: mutants known to survive, each with its reason."""
     if not path.exists():
         return {}
@@ -200,14 +206,18 @@ class Report:
     def counts(self, results: Sequence[MutantResult] | None = None) -> dict[str, int | float]:
         rs = self.results if results is None else results
         killed = sum(r.killed for r in rs)
-        survived = sum(r.status == "survived" for r in rs)
+        equivalent = sum(r.equivalent and r.status == "survived" for r in rs)
+        survived = sum(r.status == "survived" for r in rs) - equivalent
         errors = sum(r.status == "error" for r in rs)
-        observed = sum(r.status == "survived" and bool(r.observed_by) for r in rs)
+        observed = sum(
+            r.status == "survived" and not r.equivalent and bool(r.observed_by) for r in rs
+        )
         scored = killed + survived
         return {
             "mutants": len(rs),
             "killed": killed,
             "survived": survived,
+            "equivalent": equivalent,
             "observed_informational": observed,
             "errors": errors,
             "score": round(100.0 * killed / scored, 1) if scored else 0.0,
@@ -219,6 +229,10 @@ class Report:
     def unexpected(self) -> list[MutantResult]:
         """Survivors not in the survivors file: a test that used to kill them is gone."""
         return [r for r in self.results if r.status == "survived" and not r.expected_survivor]
+
+    def overreaching(self) -> list[MutantResult]:
+        """Equivalent mutants that a test killed: that test fails what no rule forbids."""
+        return [r for r in self.results if r.equivalent and r.killed]
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -248,7 +262,7 @@ def run_mutants(
     jobs: int = 1,
     timeout: float = 300.0,
     maxfail: int = 0,
-    survivors: dict[str, dict[str, str]] | None = None,
+    survivors: dict[str, dict[str, object]] | None = None,
     seed: str | None = None,
     progress: Callable[[MutantResult], None] | None = None,
 ) -> Report:
@@ -274,6 +288,7 @@ def run_mutants(
             known = survivors.get(m.name)
             if known is not None:
                 r.expected_survivor = True
+                r.equivalent = bool(known.get("equivalent", False))
                 r.reason = str(known.get("reason", ""))
             results.append(r)
             if progress is not None:
