@@ -447,6 +447,34 @@ async def test_scsi2_reserve_release(target: Any) -> None:
         )
 
 
+@spec(
+    "Reservations.Scsi2.ReserveWhileRegistered",
+    "SPC-2 5.5.1",
+    "SPC-4 5.13.3",
+    requirements=["RSPC2-5.5.1-2"],
+    needs=("reservations_scsi2", *PR_NEEDS),
+    dataloss=True,
+)
+async def test_scsi2_reserve_while_registered(target: Any) -> None:
+    """While nexus A is registered (no persistent reservation), RESERVE(6) from the unregistered
+    nexus B ends in RESERVATION CONFLICT: SPC-4 5.13.3 excepts only the holder and registrants
+    under a registrants-only or all-registrants type, and SPC-2 5.5.1 has every other RESERVE
+    conflict while a registration exists."""
+    async with two_nodes(target) as (a, b):
+        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
+        res = await b.command(cdb.reserve6(), lun=target.lun)
+        if res.status == 0:  # undo a wrongly granted reservation before two_nodes cleans up
+            await pr_out(a, target.lun, CLEAR, key=KEY_A)
+            await b.command(cdb.release6(), lun=target.lun)
+        require(
+            res.status == CONFLICT,
+            "RSPC2-5.5.1-2",
+            f"RESERVE(6) from an unregistered nexus while another is registered: status {res.status!r}",
+            sent=res.sent,
+            received=res.shown(),
+        )
+
+
 REGISTER_IGNORE = 6  # REGISTER AND IGNORE EXISTING KEY (SPC-4 6.16.2)
 WE_AR, EA_AR = 7, 8  # the All Registrants types (SPC-4 6.15.3.4)
 
