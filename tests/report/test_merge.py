@@ -66,6 +66,21 @@ def test_conflicting_outcomes_mark_flaky() -> None:
     assert any("FLAKY" in n for n in merge([a, b]).notes)
 
 
+def test_a_should_broken_in_a_strict_and_a_non_strict_run_is_not_flaky() -> None:
+    strict = one("a", "failed", "2025-01-01T10:00:00+00:00")
+    lenient = one("b", "non-strict", "2025-01-01T11:00:00+00:00")
+    for r in (strict, lenient):
+        r.tests[0].grade = "should"
+    (t,) = merge([strict, lenient]).tests
+    assert t.outcome == "non-strict" and not t.flaky
+    # A MUST that failed once and was non-strict once cannot happen; a pass and a
+    # SHOULD broken are still two behaviours.
+    passed = one("c", "passed", "2025-01-01T12:00:00+00:00")
+    passed.tests[0].grade = "should"
+    (t,) = merge([strict, passed]).tests
+    assert t.flaky
+
+
 def test_skipped_never_outweighs_a_run() -> None:
     ran = one("a", "failed", "2025-01-01T10:00:00+00:00")
     skipped_later = one("b", "skipped", "2025-01-01T12:00:00+00:00")

@@ -19,6 +19,9 @@ The rules (also in docs/reports.md):
   its run's ``finished``/``started``, else input order). The superseded attempts are
   kept in ``history``. If the outcomes of the attempts that ran **differ**, the test is
   marked ``flaky`` (its outcome stays the latest one). Either way a note is added.
+  A SHOULD broken is the same behaviour whether a run graded it ``failed`` (strict) or
+  ``non-strict``: such attempts are compared as one outcome, so merging a strict run
+  with a non-strict one does not make the test flaky.
 - **Requirements**: union by id; on conflicting text the first wins, with a note.
 - **Notes**: concatenated, then the merge's own notes.
 """
@@ -30,6 +33,8 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from iscsi_conformance import grading
 
 from .model import (
     PAIRING_SEPARATOR,
@@ -170,9 +175,11 @@ def _merge_tests(
             history.extend(t.history)
             if t is not attempts[-1][1]:
                 history.append(Attempt(t.outcome, t.run, t.start, t.duration, t.message))
-        ran_outcomes = {a.outcome for a in history if a.outcome != "skipped"}
+        ran_outcomes = {
+            _behaviour(a.outcome, latest.grade) for a in history if a.outcome != "skipped"
+        }
         if latest.outcome != "skipped":
-            ran_outcomes.add(latest.outcome)
+            ran_outcomes.add(_behaviour(latest.outcome, latest.grade))
         flaky = len(ran_outcomes) > 1 or any(t.flaky for _, t in attempts)
         latest.history = _dedupe_attempts(history)
         latest.flaky = flaky
@@ -188,6 +195,14 @@ def _merge_tests(
             )
         merged.append(latest)
     return merged
+
+
+def _behaviour(outcome: str, grade: str | None) -> str:
+    """What an attempt observed, apart from the run's strictness: a SHOULD broken is
+    ``failed`` in a strict run and ``non-strict`` otherwise (grading.failed_outcome)."""
+    if outcome == grading.FAILED and grade == grading.SHOULD:
+        return grading.NON_STRICT
+    return outcome
 
 
 def _dedupe_attempts(attempts: list[Attempt]) -> list[Attempt]:
