@@ -434,6 +434,44 @@ async def test_reflected_challenge_refused(target: Any) -> None:
 
 
 @spec(
+    "CHAP.Mutual.SameSecretBothWays",
+    "RFC 7143 9.2.1",
+    requirements=["R7143-12.1.3-5"],
+    needs=("mutual_chap", "chap_same_secret", "chap_algorithms=5"),
+)
+async def test_same_secret_both_ways_refused(target: Any) -> None:
+    """A target given the initiator's secret as its own mutual CHAP secret refuses the
+    login: the initiator's right CHAP_R is the response the target would compute itself
+    for that challenge, which RFC 7143 9.2.1 makes an authentication failure."""
+    (user, secret), _ = target.chap_pair("same-secret")
+    async with target.raw("same-secret") as raw:
+        probe, step = await _to_challenge(target, raw, "same-secret")
+        k = _require_challenge(probe, step)
+        resp = chap_response(
+            ChapAlgorithm.MD5, int(k["CHAP_I"], 0), secret.encode(), parse_binary(k["CHAP_C"])
+        )
+        step = await probe.step(
+            [
+                ("CHAP_N", user),
+                ("CHAP_R", format_binary(resp)),
+                ("CHAP_I", "7"),
+                ("CHAP_C", format_binary(os.urandom(16))),
+            ],
+            csg=0,
+            nsg=1,
+            transit=True,
+        )
+        _require_refusal(
+            probe,
+            step,
+            "R7143-12.1.3-5",
+            f"mutual CHAP went on (status {step.status!r}, keys {sorted(step.keys)}) although "
+            "the target's secret is the initiator's: a CHAP_R equal to the one the receiver "
+            "would compute with its own secret is an authentication failure (RFC 7143 9.2.1)",
+        )
+
+
+@spec(
     "CHAP.Mutual.OversizeChallenge",
     "RFC 7143 12.1.3",
     requirements=["R7143-12.1.3-8"],

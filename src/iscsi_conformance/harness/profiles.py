@@ -104,6 +104,20 @@ def _profiles() -> dict[str, Profile]:
         "mutual_chap",
         doc="mutual CHAP",
     )
+    # RFC 7143 9.2.1: a secret that authenticates initiators must not authenticate a
+    # target; a CHAP_R equal to the one the receiver would compute with its own secret
+    # fails. Only a target that lets such a pairing be configured serves this profile.
+    add(
+        "same-secret",
+        lambda c: _spec(
+            "same-secret",
+            chap=c.initiator,
+            mutual_chap=ChapAccount(c.target.user, c.initiator.secret),
+        ),
+        "mutual_chap",
+        "chap_same_secret",
+        doc="mutual CHAP whose target secret is the initiator's secret (to be refused)",
+    )
     for alg, label in CHAP_ALGORITHMS.items():
         add(
             f"chap-{label}",

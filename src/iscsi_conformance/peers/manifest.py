@@ -81,6 +81,9 @@ CAPABILITIES: dict[str, Any] = {
     "chap_algorithms": _int_list({5, 6, 7, 8}),
     "mutual_chap": _is_bool,
     "discovery_auth": _is_bool,
+    # the target can be configured with one CHAP secret for both directions, to show it
+    # refuses that pairing (RFC 7143 9.2.1): serves the "same-secret" profile
+    "chap_same_secret": _is_bool,
     # RFC 7143 13.1 / 13.2: digests offered; `digests` applies to both when the
     # specific keys are absent
     "digests": _str_list(_DIGESTS),
