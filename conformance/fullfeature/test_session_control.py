@@ -288,6 +288,183 @@ async def test_lun_reset(target: Any) -> None:
         )
 
 
+# A task held open: a one-block WRITE with no immediate or unsolicited data waits for
+# its Data-Out after the target's R2T. The block is read first and written back
+# unchanged, so whether the write is aborted or completes, the LUN's data stays.
+HELD_LBA = 3072
+HELD_KEYS = [("ImmediateData", "No"), ("InitialR2T", "Yes")]
+ABORT_TASK, ABORT_TASK_SET, LOGICAL_UNIT_RESET = 1, 2, 5
+
+
+async def _abort_held_write(
+    target: Any, function: int, name: str, allowed: tuple[int, ...]
+) -> None:
+    """WRITE -> R2T, then the task management ``function`` (immediate, so it covers
+    the WRITE: RFC 7143 11.5.1 has it act on every command of the session with a
+    lower CmdSN), then the Data-Out the R2T asked for: the issuing initiator keeps
+    answering the Target Transfer Tags of the affected tasks (11.5.1 for ABORT TASK
+    SET and CLEAR TASK SET; 4.2.3.3). Once the target answers 'Function complete',
+    no response for the WRITE may follow the Task Management Function Response
+    (11.5.1: the target MUST ensure it)."""
+    async with full_feature(target, keys=HELD_KEYS) as ffp:
+        lun = target.lun
+        before = await ffp.command(cdb.read10(HELD_LBA, 1), read_length=BLOCK, lun=lun)
+        block = before.data if before.status == 0 and len(before.data) == BLOCK else None
+        require(
+            block is not None,
+            "RSBC3-5.16-1",
+            f"READ(10) of LBA {HELD_LBA} answered status {before.status!r} ({before.outcome}) "
+            f"with {len(before.data)} bytes",
+            sent=before.sent,
+            received=before.shown(),
+        )
+        assert block is not None
+        cmd = P.ScsiCommand(
+            final=True,
+            write=True,
+            attr=1,
+            lun=P.lun_to_field(lun),
+            itt=ffp.next_itt(),
+            expected_data_transfer_length=BLOCK,
+            cmdsn=ffp.take_cmdsn(),
+            expstatsn=ffp.expstatsn,
+            cdb=cdb.write10(HELD_LBA, 1),
+        )
+        await ffp.send(cmd)
+        got: list[Any] = []
+        r2t = None
+        for _ in range(16):
+            p = await ffp.recv()
+            if p is None:
+                break
+            got.append(p)
+            if isinstance(p, P.R2T) and p.itt == cmd.itt:
+                r2t = p
+                break
+            if getattr(p, "itt", None) == cmd.itt and isinstance(p, P.ScsiResponse):
+                break
+        require(
+            r2t is not None,
+            "RSBC3-5.16-1",
+            "a one-block WRITE with ImmediateData=No and InitialR2T=Yes got no R2T "
+            "(the target can only have its data by asking for it)",
+            sent=[cmd],
+            received=[*got, *ffp.shown(None)],
+        )
+        assert r2t is not None
+        tmf = P.TaskManagementRequest(
+            immediate=True,
+            function=function,
+            lun=P.lun_to_field(lun),
+            itt=ffp.next_itt(),
+            referenced_task_tag=cmd.itt if function == ABORT_TASK else 0xFFFFFFFF,
+            cmdsn=ffp.cmdsn,
+            expstatsn=ffp.expstatsn,
+            refcmdsn=cmd.cmdsn if function == ABORT_TASK else 0,
+        )
+        await ffp.send(tmf)
+        wanted = block[r2t.buffer_offset : r2t.buffer_offset + r2t.desired_data_transfer_length]
+        data_out = P.data_out_pdus(
+            wanted,
+            r2t.buffer_offset,
+            ffp.target_mrdsl,
+            itt=cmd.itt,
+            ttt=r2t.ttt,
+            lun=cmd.lun,
+            expstatsn=ffp.expstatsn,
+        )
+        for pdu in data_out:
+            await ffp.send(pdu)
+        sent = [cmd, tmf, *data_out]
+        earlier: list[Any] = []
+        resp = None
+        for _ in range(64):
+            p = await ffp.recv()
+            if p is None:
+                break
+            if isinstance(p, P.TaskManagementResponse) and p.itt == tmf.itt:
+                resp = p
+                break
+            earlier.append(p)
+        require(
+            isinstance(resp, P.TaskManagementResponse),
+            "R7143-11.5-1" if function == ABORT_TASK else "R7143-11.5-2",
+            f"no Task Management Function Response to {name} of a WRITE waiting for "
+            f"its Data-Out: {_what(ffp, resp)}",
+            sent=sent,
+            received=[*got, *earlier, *ffp.shown(resp)],
+        )
+        assert resp is not None
+
+        def status_of(p: Any) -> bool:
+            return getattr(p, "itt", None) == cmd.itt and (
+                isinstance(p, P.ScsiResponse) or (isinstance(p, P.ScsiDataIn) and p.status_present)
+            )
+
+        completed_first = any(status_of(p) for p in earlier)
+        later = await ffp.drain(1.0)
+        late = [p for p in later if status_of(p)]
+        require(
+            resp.response in allowed or (resp.response == 1 and completed_first),
+            "R7143-11.5-1" if function == ABORT_TASK else "R7143-11.5-2",
+            f"{name} of a WRITE waiting for its Data-Out answered {resp.response}"
+            + (f", and the WRITE then got status {late[0].status}" if late else ""),
+            sent=sent,
+            received=[*got, *earlier, resp, *later],
+        )
+        if resp.response != 0:
+            return  # not performed (5) or the task was already done (1): nothing covered
+        require(
+            not late,
+            "R7143-11.5-5",
+            f"{name} answered 'Function complete' (0), then the WRITE it covered got its "
+            f"status {late[0].status if late else ''} after the Task Management Function "
+            "Response; RFC 7143 11.5.1: the target MUST ensure that no responses for the "
+            "tasks covered by a task management function are delivered after it",
+            sent=sent,
+            received=[*got, *earlier, resp, *later],
+        )
+
+
+@spec(
+    "FullFeature.TaskManagement.AbortTaskOutstanding",
+    "RFC 7143 11.5.1",
+    "RFC 7143 11.6.1",
+    requirements=["R7143-11.5-1", "R7143-11.5-5"],
+    dataloss=True,
+)
+async def test_abort_task_outstanding(target: Any) -> None:
+    """ABORT TASK of a WRITE waiting for its Data-Out: 'Function complete', and the
+    WRITE gets no response after the Task Management Function Response."""
+    await _abort_held_write(target, ABORT_TASK, "ABORT TASK", (0,))
+
+
+@spec(
+    "FullFeature.TaskManagement.AbortTaskSetOutstanding",
+    "RFC 7143 11.5.1",
+    "RFC 7143 11.6.1",
+    requirements=["R7143-11.5-2", "R7143-11.5-5"],
+    dataloss=True,
+)
+async def test_abort_task_set_outstanding(target: Any) -> None:
+    """ABORT TASK SET with a WRITE waiting for its Data-Out: 'Function complete' (or
+    'not supported'), and the WRITE gets no response after the TMF Response."""
+    await _abort_held_write(target, ABORT_TASK_SET, "ABORT TASK SET", (0, 5))
+
+
+@spec(
+    "FullFeature.TaskManagement.LunResetOutstanding",
+    "RFC 7143 11.5.1",
+    "RFC 7143 11.6.1",
+    requirements=["R7143-11.5-2", "R7143-11.5-5"],
+    dataloss=True,
+)
+async def test_lun_reset_outstanding(target: Any) -> None:
+    """LOGICAL UNIT RESET with a WRITE waiting for its Data-Out: 'Function complete'
+    (or 'not supported'), and the WRITE gets no response after the TMF Response."""
+    await _abort_held_write(target, LOGICAL_UNIT_RESET, "LOGICAL UNIT RESET", (0, 5))
+
+
 @spec(
     "FullFeature.Reject.UnknownOpcode",
     "RFC 7143 11.17.1",
