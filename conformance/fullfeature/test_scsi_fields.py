@@ -1,12 +1,15 @@
 """SCSI fields a device server fills in by rule: the REPORT LUNS list length and the
 REPORT LUNS answer while a unit attention is pending (SPC-4 6.33), and REQUEST SENSE
-reporting a pending unit attention (SPC-4 6.39)."""
+reporting a pending unit attention (SPC-4 6.39), and ACCESS CONTROL IN refused as an
+invalid operation code by a logical unit without access controls (SPC-4 8.3.2)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
 
 from iscsi_conformance.harness.probe import FullFeature, full_feature, random_isid
 from iscsi_conformance.plugin import require, spec
@@ -138,6 +141,42 @@ async def test_sense_length_matches_segment(target: Any) -> None:
             "R7143-11.4-3",
             f"SenseLength {length} in a {len(data)}-byte data segment (it holds "
             f"{len(data) - 2} bytes after the SenseLength field)",
+            sent=out.sent,
+            received=out.shown(),
+        )
+
+
+ACCESS_CONTROL_IN = 0x86  # SPC-4 8.3.2, service action 00h REPORT ACL
+
+
+@spec(
+    "FullFeature.Scsi.AccessControlInWithoutAcc",
+    "SPC-4 8.3.2",
+    requirements=["RSPC4-8.3.2-1"],
+)
+async def test_access_control_in_without_acc(target: Any) -> None:
+    """A logical unit whose standard INQUIRY data has ACC zero answers ACCESS CONTROL IN
+    (86h, REPORT ACL) with CHECK CONDITION, ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE
+    (20h/00h), never GOOD: it has no access controls coordinator to report on."""
+    async with full_feature(target) as ffp:
+        inq = await ffp.command(cdb.inquiry(), read_length=255, lun=target.lun)
+        require(
+            inq.status == 0 and len(inq.data) >= 6,
+            "RSPC4-8.3.2-1",
+            f"standard INQUIRY: status {inq.status!r}, {len(inq.data)} bytes",
+            sent=inq.sent,
+            received=inq.shown(),
+        )
+        if inq.data[5] & 0x40:
+            pytest.skip("standard INQUIRY data has ACC set: ACCESS CONTROL IN is processed")
+        request = bytes([ACCESS_CONTROL_IN, 0x00]) + bytes(8) + (512).to_bytes(4, "big") + bytes(2)
+        out = await ffp.command(request, read_length=512, lun=target.lun)
+        require(
+            out.status == 0x02 and out.sense_key == 0x05 and out.asc == (0x20, 0x00),
+            "RSPC4-8.3.2-1",
+            f"ACCESS CONTROL IN with ACC zero: status {out.status!r}, sense key "
+            f"{out.sense_key!r}, ASC/ASCQ {out.asc!r}; expected CHECK CONDITION, ILLEGAL "
+            "REQUEST, INVALID COMMAND OPERATION CODE (20h/00h)",
             sent=out.sent,
             received=out.shown(),
         )
