@@ -168,7 +168,7 @@ async def test_digests_on_every_pdu(target: Any, header: bool, data: bool) -> No
     "Digests.Errors.CorruptedAtErl0",
     "RFC 7143 7.8",
     "RFC 7143 13.1",
-    requirements=["R7143-7.8-1", "R7143-7.8-2"],
+    requirements=["R7143-7.8-1", "R7143-7.8-2", "R7143-7.8-6"],
 )
 async def test_corrupted_digest_erl0(target: Any, which: str) -> None:
     """At ErrorRecoveryLevel 0 a PDU with a wrong digest is not processed; the target drops the connection."""
@@ -216,6 +216,18 @@ async def test_corrupted_digest_erl0(target: Any, which: str) -> None:
             gone = None if closed else NoAnswer(Outcome.SILENT, 0.0, max(2.0, DEFAULT_TIMEOUT))
         else:
             closed = gone is not None and gone.outcome is Outcome.CLOSED
+        if which == "data":
+            # A payload digest error is answered with Reject 02h at every level, unless
+            # the target escalates to session recovery and ends the connection (RFC
+            # 7143 7.8); a PDU dropped in silence on an open connection is neither.
+            require(
+                isinstance(answer, P.Reject) or closed,
+                "R7143-7.8-6",
+                f"a NOP-Out with a corrupted data digest got no Reject and the connection "
+                f"stayed open: {gone or ''}",
+                sent=[nop],
+                received=[p for p in (answer, gone) if p is not None],
+            )
         require(
             closed,
             "R7143-7.8-2",

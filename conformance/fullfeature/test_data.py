@@ -404,3 +404,120 @@ async def test_statsn_across_r2t(target: Any) -> None:
             sent=[ping, *out.sent],
             received=[first, *out.received],
         )
+
+
+@spec(
+    "FullFeature.DataIn.SequenceWithinMaxBurst",
+    "RFC 7143 11.7.1",
+    "RFC 7143 13.13",
+    requirements=["R7143-11.7-7"],
+)
+async def test_data_in_sequence_within_max_burst(target: Any) -> None:
+    """A 16 KiB READ with MaxBurstLength=4096 and MaxRecvDataSegmentLength=1024: the
+    Data-In PDUs come in sequences, each ended by F=1, none carrying more than the
+    agreed MaxBurstLength (RFC 7143 11.7.1)."""
+    keys = [
+        ("MaxBurstLength", "4096"),
+        ("FirstBurstLength", "4096"),
+        ("MaxRecvDataSegmentLength", "1024"),
+    ]
+    async with full_feature(target, keys=keys) as ffp:
+        blocks = 32
+        out = await ffp.command(cdb.read10(0, blocks), read_length=blocks * BLOCK, lun=target.lun)
+        require(
+            out.status == 0 and out.data_ins,
+            "RSBC3-5.16-1",
+            f"READ ended with status {out.status!r} after {len(out.data_ins)} Data-In",
+            sent=out.sent,
+            received=out.shown(),
+        )
+        sequences, run = [], 0
+        for p in out.data_ins:
+            run += len(p.data)
+            if p.final:
+                sequences.append(run)
+                run = 0
+        require(
+            run == 0,
+            "R7143-11.7-7",
+            f"the last {run} bytes of Data-In end without F=1",
+            sent=out.sent,
+            received=out.shown(),
+        )
+        big = [n for n in sequences if n > ffp.max_burst]
+        require(
+            not big,
+            "R7143-11.7-7",
+            f"Data-In sequences of {sequences} bytes (ended by F=1); the agreed "
+            f"MaxBurstLength is {ffp.max_burst}",
+            sent=out.sent,
+            received=out.shown(),
+        )
+
+
+@spec(
+    "FullFeature.DataIn.ExpDataSNWithoutData",
+    "RFC 7143 11.4.8",
+    requirements=["R7143-11.4-4"],
+)
+async def test_expdatasn_zero_without_data(target: Any) -> None:
+    """TEST UNIT READY moves no data: its SCSI Response carries ExpDataSN 0, as for
+    every command the target sent no Data-In for (RFC 7143 11.4.8)."""
+    async with full_feature(target) as ffp:
+        out = await ffp.command(cdb.test_unit_ready(), lun=target.lun)
+        r = out.response
+        require(
+            isinstance(r, P.ScsiResponse),
+            "R7143-11.4-4",
+            f"no SCSI Response for TEST UNIT READY: {out.missing() or out.outcome}",
+            sent=out.sent,
+            received=out.shown(),
+        )
+        require(
+            r.expdatasn == 0,
+            "R7143-11.4-4",
+            f"ExpDataSN {r.expdatasn} in the response to a command with no Data-In",
+            sent=out.sent,
+            received=out.shown(),
+        )
+
+
+@spec(
+    "FullFeature.DataOut.R2TOffsetsInOrder",
+    "RFC 7143 13.19",
+    "RFC 7143 11.8",
+    requirements=["R7143-13.19-2", "RSBC3-5.16-1"],
+    dataloss=True,
+)
+async def test_r2t_offsets_in_order(target: Any) -> None:
+    """With DataSequenceInOrder=Yes, a 16 KiB solicited WRITE under MaxBurstLength=4096
+    is asked for by R2Ts at non-decreasing buffer offsets (RFC 7143 13.19), and ends GOOD."""
+    keys = [
+        ("ImmediateData", "No"),
+        ("InitialR2T", "Yes"),
+        ("MaxBurstLength", "4096"),
+        ("FirstBurstLength", "4096"),
+        ("MaxOutstandingR2T", "1"),
+        ("DataSequenceInOrder", "Yes"),
+    ]
+    async with full_feature(target, keys=keys) as ffp:
+        if ffp.probe.negotiated.get("DataSequenceInOrder", "Yes") != "Yes":
+            pytest.skip("DataSequenceInOrder=Yes was not agreed")
+        blocks = 32
+        payload = os.urandom(blocks * BLOCK)
+        out = await ffp.command(cdb.write10(3584, blocks), data_out=payload, lun=target.lun)
+        require(
+            out.status == 0 and out.r2ts,
+            "RSBC3-5.16-1",
+            f"a solicited WRITE: {len(out.r2ts)} R2T(s), status {out.status!r} ({out.outcome})",
+            sent=out.sent,
+            received=out.shown(),
+        )
+        offsets = [r.buffer_offset for r in out.r2ts]
+        require(
+            offsets == sorted(offsets),
+            "R7143-13.19-2",
+            f"R2T buffer offsets {offsets} go back with DataSequenceInOrder=Yes",
+            sent=out.sent,
+            received=out.shown(),
+        )
