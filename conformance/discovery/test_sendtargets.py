@@ -18,6 +18,8 @@ import re
 import time
 from typing import Any
 
+import pytest
+
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.text import format_pairs, parse_pairs
 from iscsi_conformance.errors import TransportError
@@ -182,6 +184,61 @@ async def test_target_address_format(target: Any) -> None:
             f"malformed TargetAddress values: {bad}",
             sent=sent,
             received=received,
+        )
+
+
+@spec(
+    "Discovery.SendTargets.AddressOfThisPortal",
+    "RFC 7143 C",
+    "RFC 7143 13.8",
+    requirements=["R7143-13.3-1"],
+)
+async def test_target_address_includes_this_portal(target: Any) -> None:
+    """The record of the target we reached lists the port we reached it on: a Discovery
+    session returns all path information (address-port pairs and portal group tags) of
+    the targets the initiator may access, so a portal that carries a login is among
+    them; a record without any TargetAddress means the address of this connection.
+
+    The port compared is the endpoint's own (the portal initiators on the target's
+    network dial), not a port published for the suite. Skipped for a target whose
+    manifest has ``nat_portal``: its driver knows only the forwarded port."""
+    if target.manifest.supports("nat_portal"):
+        pytest.skip(
+            f"{target.name} sits behind NAT (nat_portal): the port it advertises is not the "
+            "forwarded port the suite dials"
+        )
+    # The endpoint's own port is the one initiators on the target's network dial (a
+    # container's portal); the suite may reach it through a published port (host_side).
+    endpoint = target.endpoint()
+    iqn, port = endpoint.iqn, endpoint.port
+    async with target.raw() as raw:
+        probe = await _discovery(target, raw)
+        answer = await send_targets(raw, probe, "All")
+        answer.require_text("R7143-13.3-1", DISCOVERY_RULE)
+        addresses = _targets(answer.pairs).get(iqn)
+        require(
+            addresses is not None,
+            "R7143-13.3-1",
+            f"SendTargets=All did not list {iqn}, the target this initiator logs in to",
+            sent=answer.sent,
+            received=answer.received,
+        )
+        if not addresses:
+            return  # no TargetAddress: the address of this connection (appendix C)
+        ports = []
+        for value in addresses:
+            hostport = value.rsplit(",", 1)[0]
+            tail = hostport.rsplit("]", 1)[-1]  # past an IPv6 literal
+            ports.append(int(tail.rsplit(":", 1)[1]) if ":" in tail else 3260)
+        require(
+            port in ports,
+            "R7143-13.3-1",
+            f"the record of {iqn} lists TargetAddress {addresses}, none on port {port}, the "
+            "portal this login reached: a Discovery session returns all path information "
+            "(address-port pairs) of the targets the initiator may access (RFC 7143 "
+            "appendix C, MUST)",
+            sent=answer.sent,
+            received=answer.received,
         )
 
 
