@@ -421,9 +421,10 @@ def _still_serves(port: int) -> None:
 
 def test_isnsd_never_answers_a_message_split_over_pdus(isnsd: int) -> None:
     """Finding (open-isns 0.101): isnsd logs every PDU of a split message, First and
-    Last included, and then neither answers nor closes; RFC 4171 5.2 lets any message
-    travel in several PDUs. (socket.c orders the chain by comparing a host-order
-    SEQUENCE ID with the network-order ones it stored, which is probably why.)"""
+    Last included, and then neither answers nor closes, though RFC 4171 5.2 lets any
+    message travel in several PDUs. Reading open-isns's socket.c (GitHub, 0.103):
+    isns_msg_complete() copies the fragments into a buffer, frees it and reports the
+    message incomplete, so a fragmented message is dropped."""
     c = Client(isnsd, timeout=1.5)
     try:
         with pytest.raises(TimeoutError):
