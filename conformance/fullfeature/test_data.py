@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from iscsi_conformance.core import pdu as P
-from iscsi_conformance.harness.probe import full_feature
+from iscsi_conformance.harness.probe import Outcome, full_feature
 from iscsi_conformance.plugin import require, spec
 from iscsi_conformance.scsi import cdb
 
@@ -521,3 +521,91 @@ async def test_r2t_offsets_in_order(target: Any) -> None:
             sent=out.sent,
             received=out.shown(),
         )
+
+
+@spec(
+    "FullFeature.DataOut.DataSNOutOfOrder",
+    "RFC 7143 7.9",
+    "RFC 7143 7.8",
+    requirements=["R7143-7.9-1"],
+    dataloss=True,
+)
+async def test_data_out_datasn_out_of_order(target: Any) -> None:
+    """The one Data-Out answering an R2T carries DataSN 1 instead of 0: the target must
+    take it as the sign of a lost earlier Data-Out (RFC 7143 7.9) and act on it as on a
+    digest error (7.8): a Reject, a recovery R2T, an error status or the end of the
+    connection, never a GOOD status as if nothing were missing, nor silence."""
+    keys = [("ImmediateData", "No"), ("InitialR2T", "Yes")]
+    async with full_feature(target, keys=keys) as ffp:
+        cmd = P.ScsiCommand(
+            final=True,
+            write=True,
+            attr=1,
+            lun=P.lun_to_field(target.lun),
+            itt=ffp.next_itt(),
+            expected_data_transfer_length=BLOCK,
+            cmdsn=ffp.take_cmdsn(),
+            expstatsn=ffp.expstatsn,
+            cdb=cdb.write10(3712, 1),
+        )
+        await ffp.send(cmd)
+        r2t = await ffp.recv()
+        require(
+            isinstance(r2t, P.R2T) and r2t.itt == cmd.itt,
+            "R7143-11.8-3",
+            "no R2T for a write with ImmediateData=No and InitialR2T=Yes",
+            sent=[cmd],
+            received=ffp.shown(r2t),
+        )
+        payload = os.urandom(BLOCK)
+
+        def data_out(datasn: int) -> Any:
+            return P.ScsiDataOut(
+                final=True,
+                lun=cmd.lun,
+                itt=cmd.itt,
+                ttt=r2t.ttt,
+                expstatsn=ffp.expstatsn,
+                datasn=datasn,
+                buffer_offset=0,
+                data=payload,
+            )
+
+        wrong = data_out(1)
+        await ffp.send(wrong)
+        got = await ffp.drain(1.5)
+        if not got and ffp.no_answer is not None and ffp.no_answer.outcome is Outcome.SILENT:
+            # A target that ends the session may take a while to close: wait for it.
+            got = await ffp.drain(5.0)
+        gone = ffp.no_answer
+        closed = gone is not None and gone.outcome is Outcome.CLOSED
+        acted = closed
+        for p in got:
+            if isinstance(p, P.Reject | P.R2T):
+                acted = True
+            if isinstance(p, P.ScsiResponse) and p.itt == cmd.itt:
+                require(
+                    acted or p.status != 0,
+                    "R7143-7.9-1",
+                    "the only Data-Out of the R2T's sequence carried DataSN 1 (0 expected), "
+                    "and the write completed GOOD with no Reject, no recovery R2T and no "
+                    "error status",
+                    sent=[cmd, wrong],
+                    received=[r2t, *got],
+                )
+                acted = True
+        require(
+            acted,
+            "R7143-7.9-1",
+            "the only Data-Out of the R2T's sequence carried DataSN 1 (0 expected): no "
+            f"Reject, no recovery R2T, no status and the connection stayed open ({gone})",
+            sent=[cmd, wrong],
+            received=[r2t, *got, *ffp.shown(None)],
+        )
+        if not closed and not any(isinstance(p, P.ScsiResponse) for p in got):
+            # Leave no write waiting for data on the target: send what the R2T asked for.
+            await ffp.send(data_out(0))
+            for _ in range(8):
+                p = await ffp.recv(timeout=2.0)
+                if p is None or (isinstance(p, P.ScsiResponse) and p.itt == cmd.itt):
+                    break

@@ -402,3 +402,70 @@ async def test_statsn_across_reject(target: Any) -> None:
             sent=[ping1, bogus, ping2],
             received=[first, reject, *ffp.shown(last)],
         )
+
+
+@spec(
+    "FullFeature.Sequencing.ClosedWindowAtLogin",
+    "RFC 7143 4.2.2.1",
+    "RFC 7143 11.4.11",
+    requirements=["R7143-4.2.2.1-1", "R7143-4.2.2.1-2", "R7143-11.4-5"],
+)
+async def test_closed_window_at_login(target: Any) -> None:
+    """A target whose final Login Response closes the command window (MaxCmdSN =
+    ExpCmdSN - 1) executes no command before a PDU of its own opens the window: a
+    command sent into the closed window is ignored (RFC 7143 4.2.2.1), and a window the
+    target opens later is announced by a NOP-In when nothing else is pending (11.4.11).
+    A target that opens the window at login executes that first command, which lies
+    inside the window (4.2.2.1: commands are delivered in CmdSN order)."""
+    async with full_feature(target) as ffp:
+        final = ffp.probe.steps[-1].response
+        require(
+            isinstance(final, P.LoginResponse),
+            "R7143-4.2.2.1-2",
+            "no final Login Response to read the command window from",
+            sent=ffp.probe.sent,
+            received=ffp.probe.received,
+        )
+        if not serial_lt(final.maxcmdsn, final.expcmdsn):
+            out = await ffp.command(cdb.test_unit_ready(), lun=target.lun)
+            require(
+                isinstance(out.response, P.ScsiResponse),
+                "R7143-4.2.2.1-1",
+                f"the final Login Response opened the window (ExpCmdSN {final.expcmdsn}, "
+                f"MaxCmdSN {final.maxcmdsn}), yet TEST UNIT READY inside it got no "
+                f"status: {out.missing() or out.outcome}",
+                sent=out.sent,
+                received=out.shown(),
+            )
+            return
+        got = await ffp.drain(1.0)
+        if any(not serial_lt(getattr(p, "maxcmdsn", final.maxcmdsn), final.expcmdsn) for p in got):
+            return  # the target opened the window itself before any command was sent
+        cmdsn = ffp.take_cmdsn()
+        tur = P.ScsiCommand(
+            final=True,
+            attr=1,
+            lun=P.lun_to_field(target.lun),
+            itt=ffp.next_itt(),
+            expected_data_transfer_length=0,
+            cmdsn=cmdsn,
+            expstatsn=ffp.expstatsn,
+            cdb=cdb.test_unit_ready(),
+        )
+        await ffp.send(tur)
+        after = await ffp.drain(2.0)
+        opened = False
+        for p in after:
+            if isinstance(p, P.ScsiResponse) and p.itt == tur.itt and not opened:
+                raise violation(
+                    "R7143-11.4-5",
+                    f"the final Login Response closed the window (ExpCmdSN {final.expcmdsn}, "
+                    f"MaxCmdSN {final.maxcmdsn}), no PDU opened it, and TEST UNIT READY with "
+                    f"CmdSN {cmdsn} was executed: either a command outside the window was not "
+                    "ignored (4.2.2.1), or the window opened without the NOP-In that must "
+                    "announce it (11.4.11)",
+                    sent=[tur],
+                    received=[final, *got, *after],
+                )
+            if not serial_lt(getattr(p, "maxcmdsn", final.maxcmdsn), final.expcmdsn):
+                opened = True
