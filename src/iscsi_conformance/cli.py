@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("peers", "list known peers and their capabilities"),
         ("fuzz", "fuzz a target with Hypothesis-generated PDUs"),
         ("mutate", "mutation score of the suite: break the reference target, see what is caught"),
+        ("isns", "run the reference iSNS server (RFC 4171)"),
     ):
         p = sub.add_parser(name, help=helptext, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -330,6 +331,7 @@ _DELEGATES = {
     "peers": "iscsi_conformance.peers.cli",
     "fuzz": "iscsi_conformance.fuzz.cli",
     "mutate": "iscsi_conformance.mutation.cli",
+    "isns": "iscsi_conformance.isns.cli",
 }
 
 
