@@ -401,6 +401,54 @@ async def test_chap_in_operational_stage(target: Any) -> None:
 
 
 @spec(
+    "CHAP.Stage.KeysAfterSecurityStage",
+    "RFC 7143 6.2.1",
+    "RFC 7143 12",
+    requirements=["R7143-6.2-4", "R7143-11.13-1"],
+    needs=("chap_algorithms=5",),
+)
+async def test_chap_keys_after_security_stage(target: Any) -> None:
+    """After a completed CHAP security stage, CHAP_A=5 offered in the operational stage
+    is not passed over: the target refuses the login or answers CHAP_A (with any value,
+    Reject or NotUnderstood included). A login that goes on with the offer unanswered
+    breaks the rule that an acceptor answers every key offered to it."""
+    (user, secret), _ = target.chap_pair("chap")
+    async with target.raw("chap") as raw:
+        probe = target.probe(raw, "chap")
+        step = await probe.chap(user, secret)
+        require(
+            step.succeeded and step.response.transit,
+            "R7143-12.1.3-1",
+            step.missing(ANSWER_RULE) or f"CHAP with the right secret failed ({step.status!r})",
+            sent=probe.sent,
+            received=probe.received,
+        )
+        step = await probe.step([("CHAP_A", "5")], csg=1, nsg=3, transit=True)
+        require(
+            step.response is not None,
+            "R7143-11.13-1",
+            step.missing(ANSWER_RULE),
+            sent=probe.sent,
+            received=probe.received,
+        )
+        if step.refused:
+            return
+        if not step.response.transit:
+            await probe.operational(answering=step)
+        later = probe.steps[probe.steps.index(step) :]
+        answered = [s.keys["CHAP_A"] for s in later if "CHAP_A" in s.keys]
+        require(
+            bool(answered) or not probe.in_full_feature,
+            "R7143-6.2-4",
+            "CHAP_A offered in the operational stage after CHAP went unanswered and the login "
+            "reached full feature phase: an acceptor answers every key offered to it "
+            "(RFC 7143 6.2.1), here at least with Reject or NotUnderstood, or fails the login",
+            sent=probe.sent,
+            received=probe.received,
+        )
+
+
+@spec(
     "CHAP.Mutual.ReflectedChallenge",
     "RFC 7143 9.2.1",
     requirements=["R7143-12.1.3-4"],
