@@ -175,6 +175,43 @@ async def test_abort_unknown_task(target: Any) -> None:
         )
 
 
+@spec(
+    "FullFeature.TaskManagement.AbortTaskOutsideWindow",
+    "RFC 7143 11.6.1",
+    "RFC 7143 11.5.1",
+    requirements=["R7143-11.5-6"],
+)
+async def test_abort_task_outside_window(target: Any) -> None:
+    """ABORT TASK naming a tag that no task has, with a RefCmdSN outside the CmdSN
+    window (4096 past MaxCmdSN), is answered 1 (Task does not exist): RFC 7143 11.6.1
+    gives that case 'Task does not exist' (a lower-case must), and 11.5.1 says the
+    Task Management Function Response MUST be returned as 11.6 details it. 'Function
+    complete' (0) is only for a RefCmdSN inside the window (a command not yet seen)."""
+    async with full_feature(target) as ffp:
+        ref = (ffp.maxcmdsn + 4096) & 0xFFFFFFFF
+        req = P.TaskManagementRequest(
+            immediate=True,
+            function=ABORT_TASK,
+            lun=P.lun_to_field(target.lun),
+            itt=ffp.next_itt(),
+            referenced_task_tag=0x0BADF00D,
+            cmdsn=ffp.cmdsn,
+            expstatsn=ffp.expstatsn,
+            refcmdsn=ref,
+        )
+        reply = await ffp.exchange(req)
+        resp = reply.pdu
+        require(
+            isinstance(resp, P.TaskManagementResponse) and resp.response == 1,
+            "R7143-11.5-6",
+            f"ABORT TASK of an unknown tag with RefCmdSN {ref} (MaxCmdSN {ffp.maxcmdsn}) "
+            f"answered {_code(ffp, resp) if resp is not None else reply.missing()}; "
+            "RFC 7143 11.6.1: outside the CmdSN window it is 1 (Task does not exist)",
+            sent=[req],
+            received=reply.shown(),
+        )
+
+
 @spec("FullFeature.TaskManagement.AbortTaskSet", "RFC 7143 11.5.1", requirements=["R7143-11.5-2"])
 async def test_abort_task_set(target: Any) -> None:
     """ABORT TASK SET is answered 'function complete' (0) or 'not supported' (5)."""
@@ -363,6 +400,23 @@ async def _abort_held_write(
             refcmdsn=cmd.cmdsn if function == ABORT_TASK else 0,
         )
         await ffp.send(tmf)
+        # The Data-Out goes once the target has had time to answer the request: a
+        # target that acts at once answers first (the WRITE must then be aborted), one
+        # that waits for the affected Target Transfer Tags (11.5.1, 4.2.3.3) answers
+        # after the Data-Out. Either way the order on the wire is fixed, not a race.
+        earlier: list[Any] = []
+
+        async def await_response(timeout: float | None) -> Any:
+            for _ in range(64):
+                p = await ffp.recv(timeout=timeout)
+                if p is None:
+                    return None
+                if isinstance(p, P.TaskManagementResponse) and p.itt == tmf.itt:
+                    return p
+                earlier.append(p)
+            return None
+
+        resp = await await_response(0.5)
         wanted = block[r2t.buffer_offset : r2t.buffer_offset + r2t.desired_data_transfer_length]
         data_out = P.data_out_pdus(
             wanted,
@@ -376,16 +430,9 @@ async def _abort_held_write(
         for pdu in data_out:
             await ffp.send(pdu)
         sent = [cmd, tmf, *data_out]
-        earlier: list[Any] = []
-        resp = None
-        for _ in range(64):
-            p = await ffp.recv()
-            if p is None:
-                break
-            if isinstance(p, P.TaskManagementResponse) and p.itt == tmf.itt:
-                resp = p
-                break
-            earlier.append(p)
+        gone = ffp.no_answer
+        if resp is None and (gone is None or gone.outcome is Outcome.SILENT):
+            resp = await await_response(None)
         require(
             isinstance(resp, P.TaskManagementResponse),
             "R7143-11.5-1" if function == ABORT_TASK else "R7143-11.5-2",
@@ -463,6 +510,51 @@ async def test_lun_reset_outstanding(target: Any) -> None:
     """LOGICAL UNIT RESET with a WRITE waiting for its Data-Out: 'Function complete'
     (or 'not supported'), and the WRITE gets no response after the TMF Response."""
     await _abort_held_write(target, LOGICAL_UNIT_RESET, "LOGICAL UNIT RESET", (0, 5))
+
+
+@spec(
+    "FullFeature.TaskManagement.LunResetUnitAttention",
+    "RFC 7143 11.5.1",
+    requirements=["R7143-11.5-7"],
+    dataloss=True,
+)
+async def test_lun_reset_unit_attention(target: Any) -> None:
+    """After a LOGICAL UNIT RESET answered 'Function complete', the logical unit has a
+    unit attention condition: the next TEST UNIT READY of the issuing I_T nexus or of
+    another one (logged in before the reset, its own power-on unit attention already
+    cleared) ends in CHECK CONDITION, UNIT ATTENTION.
+
+    RFC 7143 11.5.1: for LOGICAL UNIT RESET the target MUST behave as SAM's logical
+    unit reset, which shall establish a unit attention condition. Which nexuses get it
+    is SAM's 5.14 (not read here), so either one seeing it conforms."""
+    async with full_feature(target) as ffp, full_feature(target) as other:
+        req, resp = await _tmf(ffp, LOGICAL_UNIT_RESET, lun=target.lun)
+        require(
+            isinstance(resp, P.TaskManagementResponse) and resp.response in (0, 5),
+            "R7143-11.5-2",
+            f"LUN RESET answered {_code(ffp, resp)}",
+            sent=[req],
+            received=ffp.shown(resp),
+        )
+        if resp.response == 5:
+            pytest.skip("LOGICAL UNIT RESET is not supported (response 5): no reset, no UA")
+        mine = await ffp.command(cdb.test_unit_ready(), lun=target.lun)
+        theirs = await other.command(cdb.test_unit_ready(), lun=target.lun)
+
+        def unit_attention(out: Any) -> bool:
+            return bool(out.status == 0x02 and out.sense_key == 0x06)
+
+        require(
+            unit_attention(mine) or unit_attention(theirs),
+            "R7143-11.5-7",
+            "after LOGICAL UNIT RESET (Function complete) no I_T nexus saw a unit "
+            f"attention: the issuer's TEST UNIT READY got status {mine.status!r} "
+            f"({mine.outcome}), another nexus's got {theirs.status!r} ({theirs.outcome}); "
+            "SAM's logical unit reset shall establish a unit attention condition and RFC "
+            "7143 11.5.1 says the target MUST behave as it dictates",
+            sent=[req, *mine.sent, *theirs.sent],
+            received=[resp, *mine.shown(), *theirs.shown()],
+        )
 
 
 @spec(
