@@ -4,6 +4,7 @@ with two ISIDs, or two initiator names. Every test clears what it registered."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from iscsi_conformance.core import pdu as P
 from iscsi_conformance.harness.probe import FullFeature, full_feature, random_isid
 from iscsi_conformance.harness.profiles import OTHER_INITIATOR_NAME
 from iscsi_conformance.plugin import require, spec
@@ -46,13 +48,13 @@ async def read_reservation(ffp: FullFeature, lun: int) -> tuple[Any, Any]:
 
 @contextlib.asynccontextmanager
 async def two_nodes(
-    target: Any, *, other_name: bool = False
+    target: Any, *, other_name: bool = False, a_keys: Any = ()
 ) -> AsyncIterator[tuple[FullFeature, FullFeature]]:
     """Node A and node B: two sessions, two ISIDs (two I_T nexuses), or with ``other_name``
-    two initiator names. Clears PR state on exit."""
+    two initiator names; ``a_keys`` are login keys for A. Clears PR state on exit."""
     b_kw: dict[str, Any] = {"initiator_name": OTHER_INITIATOR_NAME} if other_name else {}
     async with (
-        full_feature(target, isid=random_isid()) as a,
+        full_feature(target, isid=random_isid(), keys=a_keys) as a,
         full_feature(target, isid=random_isid(), **b_kw) as b,
     ):
         for node in (a, b):  # swallow the power-on unit attention of each nexus
@@ -897,4 +899,133 @@ async def test_register_and_move(target: Any) -> None:
             f"{KEY_B:#x} with type {WE}",
             sent=out.sent + rr.sent,
             received=out.shown() + rr.shown(),
+        )
+
+
+PREEMPT_AND_ABORT = 5
+TASK_ABORTED = 0x40
+HELD_LBA = 3080  # read first and written back unchanged, whether or not the WRITE runs
+HELD_KEYS = [("ImmediateData", "No"), ("InitialR2T", "Yes")]
+
+
+@spec(
+    "Reservations.Persistent.PreemptAndAbortAbortsTasks",
+    "SPC-4 5.13.11.2.6",
+    "SPC-4 5.13.11.2.4",
+    requirements=["RSPC4-5.13.11.2.6-1"],
+    needs=PR_NEEDS,
+    dataloss=True,
+)
+async def test_preempt_and_abort_aborts_tasks(target: Any) -> None:
+    """Holder A's one-block WRITE waits for its Data-Out after the R2T when B's PREEMPT AND
+    ABORT takes A's key; A then sends the Data-Out the R2T asked for (the block's own
+    contents). The WRITE was aborted: it ends with no status (TAS zero) or TASK ABORTED
+    (TAS one), never with a completion status such as GOOD or RESERVATION CONFLICT."""
+    lun = target.lun
+    async with two_nodes(target, other_name=True, a_keys=HELD_KEYS) as (a, b):
+        before = await a.command(cdb.read10(HELD_LBA, 1), read_length=BLOCK, lun=lun)
+        block = before.data if before.status == 0 and len(before.data) == BLOCK else None
+        require(
+            block is not None,
+            "RSPC4-5.13.11.2.6-1",
+            f"READ(10) of LBA {HELD_LBA}: status {before.status!r}, {len(before.data)} bytes",
+            sent=before.sent,
+            received=before.shown(),
+        )
+        assert block is not None
+        for node, key, what in ((a, KEY_A, "A's REGISTER"), (b, KEY_B, "B's REGISTER")):
+            reg = await pr_out(node, lun, REGISTER, sa_key=key)
+            require(
+                reg.status == 0,
+                "RSPC4-5.13.11.2.6-1",
+                f"{what}: status {reg.status!r}",
+                sent=reg.sent,
+                received=reg.shown(),
+            )
+        res = await pr_out(a, lun, RESERVE, key=KEY_A, pr_type=WE)
+        require(
+            res.status == 0,
+            "RSPC4-5.13.11.2.6-1",
+            f"A's RESERVE (Write Exclusive): status {res.status!r}",
+            sent=res.sent,
+            received=res.shown(),
+        )
+        cmd = P.ScsiCommand(
+            final=True,
+            write=True,
+            attr=1,
+            lun=P.lun_to_field(lun),
+            itt=a.next_itt(),
+            expected_data_transfer_length=BLOCK,
+            cmdsn=a.take_cmdsn(),
+            expstatsn=a.expstatsn,
+            cdb=cdb.write10(HELD_LBA, 1),
+        )
+        await a.send(cmd)
+        got: list[Any] = []
+        r2t = None
+        for _ in range(16):
+            p = await a.recv()
+            if p is None:
+                break
+            got.append(p)
+            if isinstance(p, P.R2T) and p.itt == cmd.itt:
+                r2t = p
+                break
+            if isinstance(p, P.ScsiResponse) and p.itt == cmd.itt:
+                break
+        if r2t is None:
+            pytest.skip(
+                "a one-block WRITE with ImmediateData=No and InitialR2T=Yes got no R2T: "
+                "no task is held open to preempt"
+            )
+        # B's PREEMPT AND ABORT runs beside A's connection: a target that waits for the
+        # aborted WRITE's Data-Out before completing it gets that Data-Out meanwhile.
+        preempt = asyncio.create_task(
+            pr_out(b, lun, PREEMPT_AND_ABORT, key=KEY_B, sa_key=KEY_A, pr_type=WE)
+        )
+        await asyncio.wait({preempt}, timeout=0.5)
+        wanted = block[r2t.buffer_offset : r2t.buffer_offset + r2t.desired_data_transfer_length]
+        data_out = P.data_out_pdus(
+            wanted,
+            r2t.buffer_offset,
+            a.target_mrdsl,
+            itt=cmd.itt,
+            ttt=r2t.ttt,
+            lun=cmd.lun,
+            expstatsn=a.expstatsn,
+        )
+        for pdu in data_out:
+            await a.send(pdu)
+        out = await preempt
+        if out.status == 0x02 and out.sense_key == 0x05:
+            await a.drain(1.0)  # the WRITE goes on: take its answer off A's connection
+            pytest.skip(
+                f"PREEMPT AND ABORT refused with ILLEGAL REQUEST {out.asc!r}: the service "
+                "action is not supported (SPC-4 6.16.2 does not make it mandatory)"
+            )
+        require(
+            out.status == 0,
+            "RSPC4-5.13.11.2.6-1",
+            f"PREEMPT AND ABORT of the holder's key: status {out.status!r}",
+            sent=out.sent,
+            received=out.shown(),
+        )
+        later = await a.drain(1.5)
+        statuses = [
+            p.status
+            for p in later
+            if getattr(p, "itt", None) == cmd.itt
+            and (
+                isinstance(p, P.ScsiResponse) or (isinstance(p, P.ScsiDataIn) and p.status_present)
+            )
+        ]
+        require(
+            all(st == TASK_ABORTED for st in statuses),
+            "RSPC4-5.13.11.2.6-1",
+            f"the preempted nexus's WRITE, held open when PREEMPT AND ABORT arrived, then "
+            f"completed with status {statuses[0] if statuses else None!r}: it was not aborted "
+            "(only no status, or TASK ABORTED 40h with TAS one, may follow)",
+            sent=[cmd, *data_out],
+            received=[*got, *later],
         )
