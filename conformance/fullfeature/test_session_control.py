@@ -330,7 +330,7 @@ async def test_lun_reset(target: Any) -> None:
 # unchanged, so whether the write is aborted or completes, the LUN's data stays.
 HELD_LBA = 3072
 HELD_KEYS = [("ImmediateData", "No"), ("InitialR2T", "Yes")]
-ABORT_TASK, ABORT_TASK_SET, LOGICAL_UNIT_RESET = 1, 2, 5
+ABORT_TASK, ABORT_TASK_SET, LOGICAL_UNIT_RESET, TARGET_COLD_RESET = 1, 2, 5, 7
 
 
 async def _abort_held_write(
@@ -554,6 +554,58 @@ async def test_lun_reset_unit_attention(target: Any) -> None:
             "7143 11.5.1 says the target MUST behave as it dictates",
             sent=[req, *mine.sent, *theirs.sent],
             received=[resp, *mine.shown(), *theirs.shown()],
+        )
+
+
+@spec(
+    "FullFeature.TaskManagement.TargetColdReset",
+    "RFC 7143 11.5.1",
+    "RFC 7143 11.6.1",
+    requirements=["R7143-11.5-8"],
+    needs=("cold_reset_target",),
+)
+async def test_target_cold_reset(target: Any) -> None:
+    """TARGET COLD RESET ends every connection of the target: the issuing one (after the
+    Task Management Function Response, which may be lost) and another session's.
+
+    RFC 7143 11.5.1: the target MUST treat TARGET COLD RESET as a power-on event and
+    terminate all of its TCP connections to all initiators; 11.6.1: it MUST then close
+    them. The function is OPTIONAL: 'not supported' (5) with the connections kept
+    conforms. Run only on the "cold-reset" profile, a target of its own, so that the
+    reset ends no other test's session."""
+    async with (
+        full_feature(target, "cold-reset") as ffp,
+        full_feature(target, "cold-reset") as other,
+    ):
+        req = P.TaskManagementRequest(
+            immediate=True,
+            function=TARGET_COLD_RESET,
+            lun=0,
+            itt=ffp.next_itt(),
+            referenced_task_tag=0xFFFFFFFF,
+            cmdsn=ffp.cmdsn,
+            expstatsn=ffp.expstatsn,
+        )
+        await ffp.send(req)
+        resp = await ffp.recv()
+        if isinstance(resp, P.TaskManagementResponse) and resp.response == 5:
+            pytest.skip("TARGET COLD RESET is not supported (response 5; it is OPTIONAL)")
+        gone = ffp.no_answer
+        if resp is None and gone is not None and gone.outcome is Outcome.CLOSED:
+            closed = True
+        else:
+            closed = await ffp.raw.expect_closed(timeout=5)
+        other_closed = await other.raw.expect_closed(timeout=5)
+        require(
+            closed and other_closed,
+            "R7143-11.5-8",
+            f"after TARGET COLD RESET ({_what(ffp, resp)}"
+            + (f", response {resp.response}" if resp is not None else "")
+            + f") the issuing connection {'closed' if closed else 'stayed open'} and "
+            f"another session's {'closed' if other_closed else 'stayed open'}; RFC 7143 "
+            "11.5.1: the target MUST terminate all of its TCP connections to all initiators",
+            sent=[req],
+            received=ffp.shown(resp),
         )
 
 

@@ -118,6 +118,15 @@ def _profiles() -> dict[str, Profile]:
         "chap_same_secret",
         doc="mutual CHAP whose target secret is the initiator's secret (to be refused)",
     )
+    # RFC 7143 11.5.1: TARGET COLD RESET ends every session of the target. Only a
+    # target that can serve this one apart, so that the reset ends no other test's
+    # sessions, serves this profile.
+    add(
+        "cold-reset",
+        lambda c: _spec("cold-reset", luns=(LunSpec(1024 * 1024),)),
+        "cold_reset_target",
+        doc="a target of its own, for TARGET COLD RESET (ends only its own sessions)",
+    )
     for alg, label in CHAP_ALGORITHMS.items():
         add(
             f"chap-{label}",

@@ -84,6 +84,9 @@ CAPABILITIES: dict[str, Any] = {
     # the target can be configured with one CHAP secret for both directions, to show it
     # refuses that pairing (RFC 7143 9.2.1): serves the "same-secret" profile
     "chap_same_secret": _is_bool,
+    # the target can serve the "cold-reset" profile as a target of its own, whose TARGET
+    # COLD RESET (RFC 7143 11.5.1: all its connections end) ends no other profile's sessions
+    "cold_reset_target": _is_bool,
     # RFC 7143 13.1 / 13.2: digests offered; `digests` applies to both when the
     # specific keys are absent
     "digests": _str_list(_DIGESTS),
