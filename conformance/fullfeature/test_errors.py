@@ -102,13 +102,16 @@ async def _ping(ffp: FullFeature) -> tuple[Any, Any]:
 
 @spec(
     "FullFeature.Errors.UnmappedLunCheckCondition",
-    "SPC-4 6.39",
-    "RFC 7143 11.4.7",
+    ("SPC-4", "6.39", "INFORMATIONAL", "target"),
+    ("RFC 7143", "11.4.7", "INFORMATIONAL", "target"),
     requirements=["RSPC4-6.39-2", "R7143-11.4-3"],
 )
 async def test_unmapped_lun_check_condition(target: Any) -> None:
     """TEST UNIT READY to a LUN the target does not provide ends in CHECK CONDITION,
-    ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (25h/00h)."""
+    ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (25h/00h).
+
+    A robustness check: the rule is SAM's incorrect-logical-unit selection, whose text
+    was not read (RSPC4-6.39-2)."""
     async with full_feature(target) as ffp:
         lun = await _unmapped_lun(ffp, target)
         out = await ffp.command(cdb.test_unit_ready(), lun=lun)
@@ -615,7 +618,7 @@ async def test_unsolicited_data_out_when_initial_r2t(target: Any) -> None:
 @spec(
     "FullFeature.Errors.ImmediateDataOverFirstBurst",
     "RFC 7143 13.14",
-    level="SHOULD",
+    level="INFORMATIONAL",
     requirements=["R7143-13.14-3"],
     dataloss=True,
 )

@@ -505,8 +505,8 @@ def test_keys_not_repeated(initiator: Any, target: Any, observed: Any) -> None:
 
 @spec(
     "Initiator.Login.KeySenders",
-    "RFC 7143 6.2",
-    "RFC 7143 13.9",
+    ("RFC 7143", "6.2", "INFORMATIONAL", "initiator"),
+    ("RFC 7143", "13.9", "INFORMATIONAL", "initiator"),
     pairing="initiator",
     requirements=["R7143-6.2-6"],
 )
@@ -911,7 +911,7 @@ def test_cmdsn_numbering(initiator: Any, target: Any, observed: Any) -> None:
 
 @spec(
     "Initiator.Sequencing.ExpStatSN",
-    "RFC 7143 4.2.2.2",
+    ("RFC 7143", "4.2.2.2", "INFORMATIONAL", "initiator"),
     pairing="initiator",
     requirements=["R7143-4.2.2.2-1"],
 )

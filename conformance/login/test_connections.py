@@ -151,8 +151,8 @@ async def _nop(ffp: FullFeature, *, immediate: bool = True) -> tuple[Any, Any]:
 
 @spec(
     "Login.Connections.AddConnection",
-    "RFC 7143 6.3",
-    "RFC 7143 13.2",
+    ("RFC 7143", "6.3", "INFORMATIONAL", "target"),
+    ("RFC 7143", "13.2", "INFORMATIONAL", "target"),
     requirements=["R7143-6.3-10", "R7143-13.2-1"],
 )
 async def test_add_second_connection(target: Any) -> None:
@@ -170,7 +170,11 @@ async def test_add_second_connection(target: Any) -> None:
         )
 
 
-@spec("Login.Connections.AddedConnectionTsih", "RFC 7143 11.13", requirements=["R7143-6.3-10"])
+@spec(
+    "Login.Connections.AddedConnectionTsih",
+    ("RFC 7143", "11.13", "INFORMATIONAL", "target"),
+    requirements=["R7143-6.3-10"],
+)
 async def test_added_connection_keeps_tsih(target: Any) -> None:
     """Every Login Response to the added connection carries the session's TSIH (never a new one)."""
     async with _session_for_two(target) as (_, ffp), target.raw() as raw:
@@ -201,7 +205,10 @@ async def test_added_connection_keeps_tsih(target: Any) -> None:
 )
 async def test_connection_beyond_max_connections(target: Any) -> None:
     """With MaxConnections=1 agreed, a second connection to the session is refused
-    (0206 too many connections, or 0208 cannot include in session)."""
+    (0206 too many connections, or 0208 cannot include in session).
+
+    Admitting it is a robustness finding (R7143-6.3-11: no keyword read binds the
+    target); a refusal is still owed a Login Response with a status (R7143-11.13-1)."""
     async with target.raw() as first:
         lead = await target.login(first, keys=[("MaxConnections", "1")])
         require(
@@ -434,7 +441,7 @@ async def test_connection_allegiance(target: Any) -> None:
 
 @spec(
     "Login.Connections.StatSNPerConnection",
-    "RFC 7143 4.2.2.2",
+    ("RFC 7143", "4.2.2.2", "INFORMATIONAL", "target"),
     requirements=["R7143-4.2.2.2-3", "R7143-4.2.2.2-1"],
 )
 async def test_statsn_per_connection(target: Any) -> None:

@@ -333,15 +333,19 @@ for _key in BOOLEANS:
 
 @spec(
     "Login.Keys.MaxRecvDataSegmentLength.BelowMinimum",
-    "RFC 7143 13.12",
-    requirements=["R7143-13.12-3"],
+    ("RFC 7143", "13.12", "INFORMATIONAL", "target"),
+    "RFC 7143 11.13.5",
+    requirements=["R7143-13.12-3", "R7143-11.13-1"],
 )
 async def test_mrdsl_below_minimum(target: Any) -> None:
-    """MaxRecvDataSegmentLength=511 is out of range and is refused."""
+    """MaxRecvDataSegmentLength=511 is out of range and is refused.
+
+    A robustness check (R7143-13.12-3: the key is declarative, no keyword says how an
+    out-of-range declaration is answered); the request is still owed a Login Response."""
     probe, step = await _answer(target, [("MaxRecvDataSegmentLength", "511")])
     require(
         step.response is not None,
-        "R7143-13.12-3",
+        "R7143-11.13-1",
         step.missing(ANSWER_RULE),
         sent=probe.sent,
         received=probe.received,
@@ -359,15 +363,19 @@ async def test_mrdsl_below_minimum(target: Any) -> None:
 
 @spec(
     "Login.Keys.MaxRecvDataSegmentLength.AboveMaximum",
-    "RFC 7143 13.12",
-    requirements=["R7143-13.12-3"],
+    ("RFC 7143", "13.12", "INFORMATIONAL", "target"),
+    "RFC 7143 11.13.5",
+    requirements=["R7143-13.12-3", "R7143-11.13-1"],
 )
 async def test_mrdsl_above_maximum(target: Any) -> None:
-    """MaxRecvDataSegmentLength=2^24 is out of range and is refused."""
+    """MaxRecvDataSegmentLength=2^24 is out of range and is refused.
+
+    A robustness check (R7143-13.12-3: the key is declarative, no keyword says how an
+    out-of-range declaration is answered); the request is still owed a Login Response."""
     probe, step = await _answer(target, [("MaxRecvDataSegmentLength", str(1 << 24))])
     require(
         step.response is not None,
-        "R7143-13.12-3",
+        "R7143-11.13-1",
         step.missing(ANSWER_RULE),
         sent=probe.sent,
         received=probe.received,
@@ -820,7 +828,12 @@ async def test_protocol_level_higher_than_known(target: Any) -> None:
     )
 
 
-@spec("Login.Keys.TargetPortalGroupTag.Returned", "RFC 7143 13.9", requirements=["R7143-13.9-1"])
+@spec(
+    "Login.Keys.TargetPortalGroupTag.Returned",
+    "RFC 7143 6.3.1",
+    "RFC 7143 13.9",
+    requirements=["R7143-13.9-1"],
+)
 async def test_tpgt_returned(target: Any) -> None:
     """The target sends TargetPortalGroupTag (0..65535) in a Normal session's first response."""
     async with target.raw() as raw:

@@ -70,13 +70,21 @@ async def test_t_and_c_both_set(target: Any) -> None:
         )
 
 
-@spec("Login.Stages.NextStageBeforeCurrent", "RFC 7143 11.12.3", requirements=["R7143-11.12-2"])
+@spec(
+    "Login.Stages.NextStageBeforeCurrent",
+    ("RFC 7143", "11.12.3", "INFORMATIONAL", "target"),
+    "RFC 7143 11.13.5",
+    requirements=["R7143-11.12-2", "R7143-11.13-1"],
+)
 async def test_nsg_lower_than_csg(target: Any) -> None:
-    """T=1 with NSG (security) lower than CSG (operational) is a protocol error."""
+    """T=1 with NSG (security) lower than CSG (operational) is a protocol error.
+
+    The refusal is a robustness check (no keyword binds the target's answer, R7143-11.12-2);
+    silence or a hang-up without a Login Response breaks R7143-11.13-1."""
     async with target.raw() as raw:
         probe = target.probe(raw)
         step = await probe.send(probe.build([], csg=1, nsg=0, transit=True))
-        _require_answer(probe, step, "R7143-11.12-2")
+        _require_answer(probe, step, "R7143-11.13-1")
         require(
             step.refused,
             "R7143-11.12-2",
@@ -86,7 +94,12 @@ async def test_nsg_lower_than_csg(target: Any) -> None:
         )
 
 
-@spec("Login.Stages.ReservedStageValue", "RFC 7143 11.12.3", requirements=["R7143-11.12-2"])
+@spec(
+    "Login.Stages.ReservedStageValue",
+    ("RFC 7143", "11.12.3", "INFORMATIONAL", "target"),
+    "RFC 7143 11.13.5",
+    requirements=["R7143-11.12-2", "R7143-11.13-1"],
+)
 async def test_reserved_stage_value(target: Any) -> None:
     """CSG=2 is reserved: the login fails."""
     await _reserved_stage_refused(target, [("AuthMethod", "None")])
@@ -140,12 +153,17 @@ async def test_start_in_operational_stage(target: Any) -> None:
 
 @spec(
     "Login.Stages.SkipSecurityWhenRequired",
-    "RFC 7143 6.3.1",
-    requirements=["R7143-6.3.1-1", "R7143-6.3-7"],
+    ("RFC 7143", "6.3.1", "INFORMATIONAL", "target"),
+    "RFC 7143 11.13.5",
+    requirements=["R7143-6.3.1-1", "R7143-6.3-7", "R7143-11.13-1"],
     needs=("chap_algorithms=5",),
 )
 async def test_skip_security_refused(target: Any) -> None:
-    """A target that requires CHAP refuses a login that skips the security stage."""
+    """A target that requires CHAP refuses a login that skips the security stage.
+
+    RFC 7143 6.3.1 lets such a target refuse (lower case), so the refusal and its code are
+    a robustness check (R7143-6.3.1-1); a refusal without a Login Response breaks
+    R7143-11.13-1."""
     async with target.raw() as raw:
         probe = target.probe(raw, "chap")
         step = await probe.step([], csg=1, nsg=3, transit=True)
@@ -158,7 +176,7 @@ async def test_skip_security_refused(target: Any) -> None:
             sent=probe.sent,
             received=probe.received,
         )
-        _require_answer(probe, step, "R7143-6.3.1-1")
+        _require_answer(probe, step, "R7143-11.13-1")
         require(
             step.refused and step.response.status in (0x0201, 0x0202, 0x0200),
             "R7143-6.3.1-1",
@@ -199,10 +217,14 @@ async def test_authmethod_none_refused(target: Any) -> None:
             )
             if answer == "None" and step.response.transit:
                 step = await probe.operational([])
+        # 6.3.2: the target answers the first offered method it supports and is allowed
+        # to use for this initiator, or Reject; None is not allowed where CHAP is required.
         require(
             not probe.in_full_feature,
-            "R7143-6.3.1-1",
-            "full feature phase without authentication",
+            "R7143-6.3.2-1",
+            "full feature phase without authentication: AuthMethod=None was accepted by a "
+            "target that requires CHAP (RFC 7143 6.3.2: Reject when no offered method may "
+            "be used)",
             sent=probe.sent,
             received=probe.received,
         )
@@ -332,12 +354,16 @@ async def test_unknown_tsih(target: Any) -> None:
 
 @spec(
     "Login.Session.MissingInitiatorName",
-    "RFC 7143 6.3",
-    "RFC 7143 13.5",
-    requirements=["R7143-6.3-1"],
+    ("RFC 7143", "6.3", "INFORMATIONAL", "target"),
+    ("RFC 7143", "13.5", "INFORMATIONAL", "target"),
+    "RFC 7143 11.13.5",
+    requirements=["R7143-6.3-1", "R7143-11.13-1"],
 )
 async def test_missing_initiator_name(target: Any) -> None:
-    """A first Login Request without InitiatorName fails with 0207 (missing parameter)."""
+    """A first Login Request without InitiatorName fails with 0207 (missing parameter).
+
+    The MUST binds the initiator (RFC 7143 6.3), so the refusal is a robustness check
+    (R7143-6.3-1); a failed login without a Login Response breaks R7143-11.13-1."""
     async with target.raw() as raw:
         probe = target.probe(raw)
         step = await probe.send(
@@ -353,7 +379,7 @@ async def test_missing_initiator_name(target: Any) -> None:
                 with_leading=False,
             )
         )
-        _require_answer(probe, step, "R7143-6.3-1")
+        _require_answer(probe, step, "R7143-11.13-1")
         require(
             step.refused,
             "R7143-6.3-1",
@@ -372,9 +398,10 @@ async def test_missing_initiator_name(target: Any) -> None:
 
 @spec(
     "Login.Session.MissingTargetName",
-    "RFC 7143 6.3",
+    ("RFC 7143", "6.3", "INFORMATIONAL", "target"),
     ("RFC 7143", "13.4", "INFORMATIONAL", "target"),
-    requirements=["R7143-6.3-1", "R7143-13.4-1"],
+    "RFC 7143 11.13.5",
+    requirements=["R7143-6.3-1", "R7143-13.4-1", "R7143-11.13-1"],
 )
 async def test_missing_target_name(target: Any) -> None:
     """A Normal session's first Login Request without TargetName fails (02xx)."""
@@ -395,7 +422,7 @@ async def test_missing_target_name(target: Any) -> None:
         )
         if step.succeeded and step.response.transit:
             step = await probe.operational([])
-        _require_answer(probe, step, "R7143-6.3-1")
+        _require_answer(probe, step, "R7143-11.13-1")
         require(
             step.refused,
             "R7143-6.3-1",
@@ -405,15 +432,23 @@ async def test_missing_target_name(target: Any) -> None:
         )
 
 
-@spec("Login.Session.UnknownTarget", "RFC 7143 11.13.5", requirements=["R7143-6.3-2"])
+@spec(
+    "Login.Session.UnknownTarget",
+    ("RFC 7143", "6.3", "INFORMATIONAL", "target"),
+    "RFC 7143 11.13.5",
+    requirements=["R7143-6.3-2", "R7143-11.13-1"],
+)
 async def test_unknown_target(target: Any) -> None:
-    """A TargetName the target does not serve fails with 0203 (not found)."""
+    """A TargetName the target does not serve fails with 0203 (not found).
+
+    0203 is a status-table entry, so the refusal and its code are a robustness check
+    (R7143-6.3-2); a failed login without a Login Response breaks R7143-11.13-1."""
     async with target.raw() as raw:
         probe = target.probe(raw, target_name="iqn.2024-01.org.iscsi-conformance:no-such-target")
         step = await probe.security_none()
         if step.succeeded and step.response.transit:
             step = await probe.operational([])
-        _require_answer(probe, step, "R7143-6.3-2")
+        _require_answer(probe, step, "R7143-11.13-1")
         require(
             step.refused,
             "R7143-6.3-2",
@@ -456,6 +491,7 @@ async def test_failure_closes_connection(target: Any) -> None:
 
 @spec(
     "Login.Session.NonLoginOpcodeBeforeFullFeature",
+    "RFC 7143 4.2.3",
     "RFC 7143 8.1.2",
     requirements=["R7143-8.1.2-1"],
 )
@@ -564,8 +600,9 @@ async def test_discovery_session_refuses_scsi(target: Any) -> None:
 
 @spec(
     "Login.Stages.ReservedStageOperationalKeys",
-    "RFC 7143 11.12.3",
-    requirements=["R7143-11.12-2"],
+    ("RFC 7143", "11.12.3", "INFORMATIONAL", "target"),
+    "RFC 7143 11.13.5",
+    requirements=["R7143-11.12-2", "R7143-11.13-1"],
 )
 async def test_reserved_stage_with_operational_keys(target: Any) -> None:
     """CSG=2 is reserved even when the request carries only operational keys: the login
@@ -574,11 +611,13 @@ async def test_reserved_stage_with_operational_keys(target: Any) -> None:
 
 
 async def _reserved_stage_refused(target: Any, pairs: list[tuple[str, str]]) -> None:
-    """A first Login Request with CSG=2 (reserved, 11.12.3) carrying ``pairs`` fails."""
+    """A first Login Request with CSG=2 (reserved, 11.12.3) carrying ``pairs`` fails: a
+    robustness check (R7143-11.12-2), but the failed login is owed a Login Response
+    (R7143-11.13-1)."""
     async with target.raw() as raw:
         probe = target.probe(raw)
         step = await probe.send(probe.build(pairs, csg=2, nsg=3, transit=True))
-        _require_answer(probe, step, "R7143-11.12-2")
+        _require_answer(probe, step, "R7143-11.13-1")
         require(
             step.refused,
             "R7143-11.12-2",
@@ -590,6 +629,7 @@ async def _reserved_stage_refused(target: Any, pairs: list[tuple[str, str]]) -> 
 
 @spec(
     "Login.Session.NonLoginPduRefused",
+    "RFC 7143 4.2.3",
     "RFC 7143 8.1.2",
     requirements=["R7143-8.1.2-1"],
 )
