@@ -591,3 +591,160 @@ def test_random_sequences_keep_the_database_consistent(ops: list[tuple[str, str,
         assert all(p.eid in db.entities for p in db.portals.values())
         assert all(g.name in db.nodes or g.portal in db.portals for g in db.groups.values())
         assert Database.from_json(json.loads(json.dumps(db.to_json()))).to_json() == db.to_json()
+
+
+# ------------------------------------------------------------------ more of the object model
+
+
+def test_query_orders_objects_as_5_6_5_2_says(client: Client) -> None:
+    """5.6.5.2's example: an entity key lists every node, then every portal, in the
+    order the Operating Attributes name the object types."""
+    ops = [*portal("127.0.0.1", 3260), *portal("127.0.0.1", 3261), name(T1),
+           Attribute.of(Tag.ISCSI_NODE_TYPE, 1), name(T2), Attribute.of(Tag.ISCSI_NODE_TYPE, 1)]  # fmt: skip
+    assert client.ask(register(T1, "e1", *ops)).status == 0
+    rsp = client.ask(
+        query(T1, [eid("e1")], [Attribute(Tag.ISCSI_NAME), Attribute(Tag.PORTAL_TCP_UDP_PORT)])
+    )
+    assert [a.tag for a in rsp.operating_attributes] == [Tag.ISCSI_NAME] * 2 + [
+        Tag.PORTAL_TCP_UDP_PORT
+    ] * 2
+    # a node key: the node, then the portals its PGs join it to (PGT 1 by default)
+    rsp = client.ask(query(T1, [name(T2)], [Attribute(Tag.ISCSI_NAME), Attribute(Tag.PG_TAG)]))
+    assert [(a.tag, a.decoded()) for a in rsp.operating_attributes] == [
+        (Tag.ISCSI_NAME, T2),
+        (Tag.PG_TAG, 1),
+        (Tag.PG_TAG, 1),
+    ]
+    # a zero-length key: every object of that type
+    rsp = client.ask(query(T1, [Attribute(Tag.PORTAL_IP_ADDRESS), Attribute(Tag.PORTAL_TCP_UDP_PORT)],
+                           [Attribute(Tag.PORTAL_INDEX)]))  # fmt: skip
+    assert len(rsp.operating_attributes) == 2
+    # keys of two object types are no query (5.6.5.2)
+    assert client.ask(query(T1, [name(T1), eid("e1")])).status == Status.INVALID_QUERY
+
+
+def test_explicit_pgt_and_null_pgt(client: Client) -> None:
+    """5.6.5.1: a PGT after a portal, followed by PG iSCSI Names, sets that PG; a
+    zero-length PGT registers NULL, meaning no relationship (5.6.5.2)."""
+    ops = [*portal("127.0.0.1", 3260), Attribute.of(Tag.PG_TAG, 7),
+           Attribute.of(Tag.PG_ISCSI_NAME, T1), Attribute(Tag.PG_TAG),
+           Attribute.of(Tag.PG_ISCSI_NAME, T2), name(T1), name(T2)]  # fmt: skip
+    rsp = client.ask(register(T1, "e1", *ops))
+    assert rsp.status == 0
+    assert [a.decoded() for a in rsp.operating_attributes if a.tag == Tag.PG_TAG] == [7, None]
+    q = client.ask(
+        query(T1, [name(T1)], [Attribute(Tag.PORTAL_TCP_UDP_PORT), Attribute(Tag.PG_TAG)])
+    )
+    assert [a.decoded() for a in q.operating_attributes] == [3260, 7]
+    q = client.ask(query(T1, [name(T2)], [Attribute(Tag.PORTAL_TCP_UDP_PORT)]))
+    assert q.operating_attributes == ()  # NULL PGT: T2 is not reached through that portal
+
+
+def test_get_next_over_every_key_type(client: Client) -> None:
+    _three(client)
+    for keys in ([eid("")], [Attribute(Tag.ENTITY_IDENTIFIER)], portal("0.0.0.0", 1)[:0] or [
+            Attribute(Tag.PORTAL_IP_ADDRESS), Attribute(Tag.PORTAL_TCP_UDP_PORT)],
+                 [Attribute(Tag.PORTAL_INDEX)], [Attribute(Tag.ISCSI_NODE_INDEX)],
+                 [Attribute(Tag.PG_INDEX)]):  # fmt: skip
+        keys = [Attribute(k.tag) for k in keys]
+        seen = 0
+        for _ in range(10):
+            rsp = client.ask(Message.request(FunctionId.DEV_GET_NEXT, source=name(INI), keys=keys))
+            if rsp.status == Status.NO_SUCH_ENTRY:
+                break
+            assert rsp.status == 0, keys
+            keys = list(rsp.key_attributes)
+            seen += 1
+        assert seen >= 2, keys
+    # a key of a deregistered object still has a next (5.6.5.3)
+    gone = Message.request(FunctionId.DEV_GET_NEXT, source=name(INI),
+                           keys=[name("iqn.2024-01.org.example:s")])  # fmt: skip
+    assert client.ask(gone).key_attributes == (name(T1),)
+    # scoping by a non-zero Operating Attribute: only targets
+    only = Message.request(FunctionId.DEV_GET_NEXT, source=name(INI), keys=[Attribute(Tag.ISCSI_NAME)],
+                           operating=[Attribute.of(Tag.ISCSI_NODE_TYPE, 1)])  # fmt: skip
+    assert client.ask(only).key_attributes == (name(T1),)
+    bad = Message.request(FunctionId.DEV_GET_NEXT, source=name(INI), keys=[Attribute(Tag.ISCSI_NAME)],
+                          operating=[Attribute(Tag.PORTAL_INDEX)])  # fmt: skip
+    assert client.ask(bad).status == Status.INVALID_QUERY
+
+
+def test_dd_sets_and_scn_event(engine: ServerEngine) -> None:
+    c = Client(engine)
+    _three(c)
+    dds = Message.request(FunctionId.DDS_REG, source=name(T1), operating=[
+        Attribute.of(Tag.DD_SET_SYMBOLIC_NAME, "set"), Attribute.of(Tag.DD_ID, 40)])  # fmt: skip
+    rsp = c.ask(dds)
+    dds_id = rsp.first(Tag.DD_SET_ID).decoded()
+    assert rsp.status == 0 and dds_id not in (0, 1)  # 6.11.1.1
+    assert rsp.first(Tag.DD_SET_STATUS).decoded() == 0  # 6.11.1.3: disabled by default
+    assert 40 in engine.db.dds and rsp.first(Tag.DD_SYMBOLIC_NAME).decoded()  # created (5.6.5.11)
+    walk = c.ask(
+        Message.request(FunctionId.DEV_GET_NEXT, source=name(T1), keys=[Attribute(Tag.DD_SET_ID)])
+    )
+    assert walk.status == Status.NO_SUCH_ENTRY  # T1 is in no DD of the set
+    dd = Message.request(FunctionId.DD_REG, source=name(T1), keys=[Attribute.of(Tag.DD_ID, 40)],
+                         operating=[Attribute.of(Tag.DD_MEMBER_ISCSI_NAME, T1)])  # fmt: skip
+    assert c.ask(dd).status == 0
+    walk = c.ask(
+        Message.request(FunctionId.DEV_GET_NEXT, source=name(T1), keys=[Attribute(Tag.DD_SET_ID)])
+    )
+    assert walk.first(Tag.DD_SET_ID).decoded() == dds_id
+    dereg = Message.request(FunctionId.DDS_DEREG, source=name(T1), keys=[Attribute.of(Tag.DD_SET_ID, dds_id)],
+                            operating=[Attribute.of(Tag.DD_ID, 40)])  # fmt: skip
+    assert c.ask(dereg).status == 0 and engine.db.ddss[dds_id].dds == []
+    dereg = Message.request(
+        FunctionId.DDS_DEREG, source=name(T1), keys=[Attribute.of(Tag.DD_SET_ID, dds_id)]
+    )
+    assert c.ask(dereg).status == 0 and dds_id not in engine.db.ddss
+    # SCNEvent (5.6.5.7): an SCN about the key's node to nodes registered for SCN
+    c.ask(
+        register(INI, "e3", *portal("127.0.0.1", 9), Attribute.of(Tag.SCN_PORT, I.port_value(5000)))
+    )
+    c.ask(Message.request(FunctionId.SCN_REG, source=name(INI), keys=[name(INI)],
+                          operating=[Attribute.of(Tag.ISCSI_SCN_BITMAP, 0x04)]))  # fmt: skip
+    engine.take_outbound()
+    ev = Message.request(FunctionId.SCN_EVENT, source=name(T2), keys=[name(T2)],
+                         operating=[Attribute.of(Tag.ISCSI_SCN_BITMAP, ScnEvent.OBJECT_UPDATED)])  # fmt: skip
+    assert c.ask(ev).status == 0
+    (scn,) = engine.take_outbound()
+    assert [a.decoded() for a in scn.message.attributes[2:]] == [ScnEvent.OBJECT_UPDATED, T2]
+
+
+def test_esi_interval_below_the_minimum_is_raised_and_returned(engine: ServerEngine) -> None:
+    e = ServerEngine(ServerConfig(min_esi_interval=20), now=NOW)
+    c = Client(e)
+    rsp = c.ask(register(T1, "e1", *portal("127.0.0.1", 3260), Attribute.of(Tag.ESI_INTERVAL, 5),
+                         Attribute.of(Tag.ESI_PORT, I.port_value(4000)), name(T1)))  # fmt: skip
+    assert rsp.status == 0 and rsp.first(Tag.ESI_INTERVAL).decoded() == 20  # 6.3.4, 5.7.5.1
+    assert e.get_timer() == NOW + 20
+
+
+def test_adapter_serves_saves_and_reloads(tmp_path: Path) -> None:
+    """The asyncio adapter on loopback: a registration is answered and written to the
+    database file atomically; a second server on that file serves it."""
+    import socket
+
+    from iscsi_conformance.isns.server import ISNSServer
+
+    db = tmp_path / "isns.json"
+    for round_ in range(2):
+        server = ISNSServer("127.0.0.1", 0, db_path=db)
+        server.start_in_thread()
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+                msg = (
+                    target(T1, "e1")
+                    if round_ == 0
+                    else query(T1, [name(T1)], [Attribute(Tag.ISCSI_NAME)])
+                )
+                s.sendall(I.encode(replace(msg, transaction_id=1), max_payload=16))
+                dec = MessageDecoder()
+                while (rsp := dec.next_message()) is None:
+                    dec.feed(s.recv(4096))
+            assert rsp.status == 0
+        finally:
+            server.stop_thread()
+        assert json.loads(db.read_text())["nodes"][0]["name"] == T1
+    assert names_in(rsp) == [T1]
+    assert [p.name for p in tmp_path.iterdir()] == ["isns.json"]

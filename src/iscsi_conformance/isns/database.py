@@ -197,7 +197,8 @@ class Database:
 
     # ------------------------------------------------------------------ indexes
 
-    def _allocate(self) -> int:
+    def allocate_index(self) -> int:
+        """A new index (Entity, Portal, Node and PG indexes share one counter)."""
         n = self.next_index
         self.next_index += 1
         return n
@@ -206,17 +207,17 @@ class Database:
         """The iSCSI Node Index of ``name``: kept from an earlier registration or DD
         membership, else a new one (5.6.5.9)."""
         if name not in self.node_indexes:
-            self.node_indexes[name] = self._allocate()
+            self.node_indexes[name] = self.allocate_index()
         return self.node_indexes[name]
 
     def portal_index(self, key: PortalKey) -> int:
         if key not in self.portal_indexes:
-            self.portal_indexes[key] = self._allocate()
+            self.portal_indexes[key] = self.allocate_index()
         return self.portal_indexes[key]
 
     def entity_index(self, eid: str) -> int:
         if eid not in self.entity_indexes:
-            self.entity_indexes[eid] = self._allocate()
+            self.entity_indexes[eid] = self.allocate_index()
         return self.entity_indexes[eid]
 
     def new_eid(self) -> str:
@@ -228,14 +229,18 @@ class Database:
         return eid
 
     def new_dd_id(self) -> int:
+        """A DD_ID no DD has, never 0 or 1 (6.11.2.1), not reused after a DDDereg."""
         while self.next_dd in self.dds or self.next_dd < 2:
             self.next_dd += 1
-        return self.next_dd
+        self.next_dd += 1
+        return self.next_dd - 1
 
     def new_dds_id(self) -> int:
+        """A DDS_ID no DDS has, never 0 or 1 (6.11.1.1)."""
         while self.next_dds in self.ddss or self.next_dds < 2:
             self.next_dds += 1
-        return self.next_dds
+        self.next_dds += 1
+        return self.next_dds - 1
 
     def node_by_index(self, index: int) -> Node | None:
         return next((n for n in self.nodes.values() if n.index == index), None)

@@ -38,6 +38,11 @@ enforces DDs that are in no DDS, so by default a DD in no DDS is active (False f
 3.6 to the letter); ``dd_modification`` (2.4's administratively controlled setting):
 whether nodes that are not Control Nodes may register DDs (isnsd lets isnsadm).
 
+The Name Service Heartbeat (5.6.5.14) is not required of a server by 4.1.3 and needs a
+multicast or broadcast address: this server neither sends one nor answers one.
+iFCP functions and attributes (4.2) are answered Message Not Supported / Attribute Not
+Implemented.
+
 Sections are RFC 4171's unless stated otherwise.
 """
 
@@ -809,7 +814,7 @@ class ServerEngine:
                     )
                 if interval < self.config.min_esi_interval:
                     value = self.config.min_esi_interval.to_bytes(4, "big")
-                    attrs[Tag.ESI_INTERVAL] = value
+                    attrs[int(Tag.ESI_INTERVAL)] = value
                     changed[(key, int(Tag.ESI_INTERVAL))] = value
         # replace (5.6.5.1): the object and its subordinates go first
         if msg.flags & Flag.REPLACE and target is not None:
@@ -865,11 +870,11 @@ class ServerEngine:
         for name in entity.nodes:  # implicit PGs, PGT 1 unless registered before (5.6.5.1)
             for pkey in entity.portals:
                 if (name, pkey) not in db.groups:
-                    db.groups[(name, pkey)] = PortalGroup(name, pkey, db._allocate())
+                    db.groups[(name, pkey)] = PortalGroup(name, pkey, db.allocate_index())
         for name, pkey, pgt in reg.groups:
             group = db.groups.get((name, pkey))
             if group is None:
-                group = PortalGroup(name, pkey, db._allocate(), pgt)
+                group = PortalGroup(name, pkey, db.allocate_index(), pgt)
                 db.groups[(name, pkey)] = group
             group.tag = pgt
         self._touch(entity, now, esi=True)
@@ -1050,7 +1055,13 @@ class ServerEngine:
         return kind
 
     def _dev_attr_qry(self, msg: Message, src: str, now: float) -> Message:
-        """DevAttrQry (5.6.5.2, 5.7.5.2), scoped to the source's DDs."""
+        """DevAttrQry (5.6.5.2, 5.7.5.2), scoped to the source's DDs.
+
+        No Operating Attributes asks for every attribute (5.7.5.2; isnsadm's --query
+        does so). A key that matches nothing is answered Successful with no Operating
+        Attributes, as 5.6.5.2 says ("SHALL NOT be considered an error"), although 6.3.4
+        has a client expect "no such entry" for its deregistered EID.
+        """
         keys = [canonical(a) for a in msg.key_attributes]
         requested = [a.tag for a in msg.operating_attributes]
         for tag in requested:

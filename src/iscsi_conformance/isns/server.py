@@ -28,7 +28,9 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from iscsi_conformance.core.isns import ISNSFormatError, Message, MessageDecoder, encode
 
@@ -91,10 +93,12 @@ class ISNSServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
+        self._closing = False
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self._closing = False
         self._wake = asyncio.Event()
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -102,13 +106,20 @@ class ISNSServer:
         log.info("iSNS server listening on %s:%d", self.host, self.port)
 
     async def stop(self) -> None:
+        """Stop listening, end every connection and outbound task, save the database."""
+        # Python 3.11's wait_for can swallow a cancellation that races with its inner
+        # future's completion, so the loops also check this flag.
+        self._closing = True
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            self._server = None
         self._save()
 
     def start_in_thread(self, timeout: float = 10.0) -> None:
@@ -148,8 +159,8 @@ class ISNSServer:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -167,9 +178,11 @@ class ISNSServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = self.engine.connection()
-        self._tasks.add(asyncio.current_task())  # type: ignore[arg-type]
+        me = asyncio.current_task()
+        if me is not None:
+            self._tasks.add(me)  # stop() cancels connections too
         try:
-            while not conn.closed:
+            while not conn.closed and not self._closing:
                 try:
                     data = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
                 except TimeoutError:
@@ -186,7 +199,8 @@ class ISNSServer:
         except (ConnectionError, OSError) as exc:
             log.info("iSNS connection lost: %s", exc)
         finally:
-            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            if me is not None:
+                self._tasks.discard(me)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -199,6 +213,7 @@ class ISNSServer:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(action.host, action.port), self.outbound_timeout
             )
+            assert writer is not None
             writer.write(encode(action.message))
             await writer.drain()
             decoder = MessageDecoder()
@@ -224,7 +239,7 @@ class ISNSServer:
 
     async def _timer(self) -> None:
         assert self._wake is not None
-        while True:
+        while not self._closing:
             self._wake.clear()
             deadline = self.engine.get_timer()
             delay = None if deadline is None else max(0.0, deadline - time.time())
