@@ -665,3 +665,53 @@ async def test_immediate_data_over_first_burst(target: Any) -> None:
             sent=sent,
             received=received,
         )
+
+
+@spec(
+    "FullFeature.Errors.HeldBackWriteUnsolicitedDataOut",
+    "RFC 7143 13.11",
+    "RFC 7143 4.2.2.1",
+    requirements=["R7143-13.11-3"],
+    needs=("stray_data_out",),
+    dataloss=True,
+)
+async def test_unsolicited_data_out_before_delivery(target: Any) -> None:
+    """With InitialR2T=Yes, a WRITE held back by a CmdSN gap gets an unsolicited
+    Data-Out before the target could issue any R2T; once the gap is filled the write is
+    solicited as usual: the block ends up with the data sent for the R2T (or the write
+    fails), never with the unsolicited data (RFC 7143 13.11)."""
+    lba = LBA_BASE + 80
+    real, junk = os.urandom(BLOCK), os.urandom(BLOCK)
+    async with _solicited_session(target) as ffp:
+        gap = ffp.take_cmdsn()
+        cmd = P.ScsiCommand(
+            final=True,
+            write=True,
+            attr=1,
+            lun=P.lun_to_field(target.lun),
+            itt=ffp.next_itt(),
+            expected_data_transfer_length=BLOCK,
+            cmdsn=ffp.take_cmdsn(),
+            expstatsn=ffp.expstatsn,
+            cdb=cdb.write10(lba, 1),
+        )
+        await ffp.send(cmd)
+        stray = P.ScsiDataOut(
+            final=True,
+            lun=cmd.lun,
+            itt=cmd.itt,
+            ttt=NONE_TAG,
+            expstatsn=ffp.expstatsn,
+            datasn=0,
+            buffer_offset=0,
+            data=junk,
+        )
+        await _send_quietly(ffp, stray)
+        filler = P.NopOut(
+            itt=ffp.next_itt(),
+            ttt=NONE_TAG,
+            cmdsn=gap,
+            expstatsn=ffp.expstatsn,
+        )
+        await _send_quietly(ffp, filler)
+        await _outcome_without_junk(target, ffp, cmd, real, junk, [cmd, stray, filler], lba)

@@ -110,6 +110,9 @@ CAPABILITIES: dict[str, Any] = {
     "block_sizes": _str_list(),
     "nat_portal": _is_bool,  # SendTargets answers a guest-side address
     "own_suite": _is_bool,  # the peer ships a conformance suite the driver can run
+    # the target survives Data-Out PDUs it never asked for (unsolicited data the keys
+    # forbid, tags it never issued); tgt 1.0.85 segfaults on some (targets/tgt/manifest.toml)
+    "stray_data_out": _is_bool,
 }
 
 DEVIATION_EFFECTS = ("xfail", "intermittent", "skip")
