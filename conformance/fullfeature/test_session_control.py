@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from iscsi_conformance.core import pdu as P
-from iscsi_conformance.harness.probe import Outcome, full_feature
+from iscsi_conformance.core.login import OPERATIONAL, SECURITY
+from iscsi_conformance.harness.probe import FullFeature, Outcome, full_feature
 from iscsi_conformance.plugin import require, spec, violation
 from iscsi_conformance.scsi import cdb
 
@@ -132,6 +133,66 @@ async def test_logout_recovery_erl0(target: Any) -> None:
             sent=[req],
             received=ffp.shown(resp),
         )
+
+
+async def _join(target: Any, raw: Any, lead: Any, cid: int) -> Any:
+    """Log ``raw`` in as connection ``cid`` of ``lead``'s session (its ISID and TSIH,
+    no leading-only keys, RFC 7143 6.3); returns the probe, in full feature phase or
+    not (the caller skips: joining is not what is tested here)."""
+    probe = target.probe(raw, isid=lead.isid, tsih=lead.tsih, cid=cid, cmdsn=lead.cmdsn)
+    first = [
+        ("InitiatorName", target.initiator_name),
+        ("TargetName", probe.target_name),
+        ("AuthMethod", "None"),
+    ]
+    step = await probe.step(first, csg=SECURITY, nsg=OPERATIONAL, transit=True, with_leading=False)
+    if step.succeeded and step.response.transit and step.response.nsg == OPERATIONAL:
+        await probe.operational([("MaxRecvDataSegmentLength", "8192")])
+    return probe
+
+
+@spec(
+    "FullFeature.Logout.CloseSessionAllConnections",
+    "RFC 7143 11.15",
+    "RFC 7143 11.14",
+    requirements=["R7143-11.14-1"],
+)
+async def test_logout_close_session_two_connections(target: Any) -> None:
+    """In a session of two connections, Logout 'close the session' sent on one of them
+    is answered 0 and closes both: RFC 7143 11.15 has the connection the Logout names
+    closed at both ends after it, and every connection when the reason is 'close the
+    session' (11.14.1 reason 0: the session is closed). The other connection staying
+    open leaves the session alive."""
+    async with target.raw() as raw:
+        lead = await target.login(raw, keys=[("MaxConnections", "2")])
+        agreed = lead.negotiated.get("MaxConnections", "1")
+        if not agreed.isdigit() or int(agreed) < 2:
+            pytest.skip(f"the target agreed MaxConnections={agreed}: no second connection")
+        ffp = FullFeature(raw, lead)
+        await ffp.clear_unit_attention(target.lun)
+        lead.cmdsn = ffp.cmdsn
+        async with target.raw() as raw1:
+            probe = await _join(target, raw1, lead, cid=1)
+            if not probe.in_full_feature:
+                pytest.skip("a second connection could not join the session")
+            second = FullFeature(raw1, probe)
+            req, resp = await _logout(ffp, 0, ffp.probe.cid)
+            require(
+                isinstance(resp, P.LogoutResponse) and resp.response == 0,
+                "R7143-11.14-1",
+                f"close-the-session logout answered {_code(ffp, resp)}",
+                sent=[req],
+                received=ffp.shown(resp),
+            )
+            require(
+                await second.raw.expect_closed(timeout=10),
+                "R7143-11.14-1",
+                "after Logout 'close the session' was answered 0 on connection 0, the "
+                "session's connection 1 stayed open; RFC 7143 11.15: after Logout all "
+                "connections are closed when the reason was to close the session",
+                sent=[req],
+                received=[resp],
+            )
 
 
 async def _tmf(ffp: Any, function: int, *, lun: int = 0, ref: int = 0xFFFFFFFF) -> tuple[Any, Any]:
