@@ -391,6 +391,9 @@ def test_esi_sent_answered_and_given_up(engine: ServerEngine) -> None:
         Tag.PORTAL_IP_ADDRESS,
         Tag.PORTAL_TCP_UDP_PORT,
     ]
+    # an ESI Response for another entity is no sign of life
+    engine.outbound_answered(action, action.message.response(0, [eid("someone-else")]), NOW + 31)
+    assert engine.get_timer() == NOW + 40  # the retransmission stays scheduled
     # the client's ESI Response echoes the attributes (5.7.5.13)
     engine.outbound_answered(
         action, action.message.response(0, action.message.attributes), NOW + 31

@@ -470,9 +470,11 @@ class ServerEngine:
             self._notify(before, now)
 
     def outbound_answered(self, action: Outbound, answer: Message | None, now: float) -> None:
-        """The answer to an ESI or SCN we sent (None: none came). An ESI Response with
-        status 0 echoing the ESI's attributes (5.7.5.13) resets the count of
-        unanswered ESIs and refreshes the registration (6.2.6)."""
+        """The answer to an ESI or SCN we sent (None: none came). An ESI Response
+        (5.7.5.13) with status 0, our TRANSACTION ID and, if it echoes an EID, ours,
+        resets the count of unanswered ESIs and refreshes the registration (6.2.6).
+        5.7.5.13 has the response echo every attribute of the ESI; one that echoes
+        fewer is still taken as a sign of life, and logged."""
         if action.kind != "esi" or answer is None or action.portal is None:
             return
         if (
@@ -481,6 +483,11 @@ class ServerEngine:
             or answer.transaction_id != action.message.transaction_id
         ):
             return
+        echoed = answer.first(Tag.ENTITY_IDENTIFIER)
+        if echoed is not None and echoed.value.rstrip(b"\0") != action.eid.encode():
+            return
+        if answer.attributes != action.message.attributes:
+            self.events.append(f"ESI Response from {action.eid} does not echo the ESI (5.7.5.13)")
         state = self._esi.get(action.portal)
         portal = self.db.portals.get(action.portal)
         entity = self.db.entities.get(action.eid)
