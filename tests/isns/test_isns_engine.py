@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from iscsi_conformance.core import isns as I
 from iscsi_conformance.core.isns import (
@@ -560,40 +561,78 @@ def test_random_bytes_never_raise(data: bytes, cut: int) -> None:
     assert all(m.is_response for m in dec)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    ops=st.lists(
-        st.tuples(st.sampled_from(["reg", "dereg", "replace", "dd", "timer"]),
-                  st.sampled_from([T1, T2, INI]), st.integers(3260, 3262)),
-        max_size=12,
-    )
-)  # fmt: skip
-def test_random_sequences_keep_the_database_consistent(ops: list[tuple[str, str, int]]) -> None:
-    engine = ServerEngine(ServerConfig(registration_period=100), now=NOW)
-    c = Client(engine)
-    for step, (op, who, port) in enumerate(ops):
-        c.now = NOW + 20 * step
-        ent = "e-" + who[-1]
-        if op == "reg":
-            c.ask(target(who, ent, port))
-        elif op == "replace":
-            c.ask(replace(target(who, ent, port), flags=Flag.CLIENT | Flag.REPLACE))
-        elif op == "dereg":
-            c.ask(Message.request(FunctionId.DEV_DEREG, source=name(who), operating=[name(who)]))
-        elif op == "dd":
-            c.ask(Message.request(FunctionId.DD_REG, source=name(who),
-                                  operating=[Attribute.of(Tag.DD_MEMBER_ISCSI_NAME, who)]))  # fmt: skip
-        else:
-            engine.handle_timer(c.now)
-        db = engine.db
+_NODES = (T1, T2, INI)
+
+
+class ServerMachine(RuleBasedStateMachine):
+    """Registrations, replacements, deregistrations, DDs, SCN registrations and time in
+    any order; after every step the database holds together (5.6.5.4: no entity without
+    a portal or node, containment both ways; PGs only while one end lives), survives a
+    JSON round trip, and every SCN the engine queued is well formed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.engine = ServerEngine(ServerConfig(registration_period=100), now=NOW)
+        self.client = Client(self.engine)
+
+    def _ask(self, msg: Message) -> None:
+        rsp = self.client.ask(msg)
+        assert rsp.status in Status._value2member_map_
+
+    @rule(who=st.sampled_from(_NODES), port=st.integers(3260, 3262), replace_=st.booleans())
+    def register(self, who: str, port: int, replace_: bool) -> None:
+        msg = target(who, "e-" + who[-1], port, Attribute.of(Tag.SCN_PORT, I.port_value(5000)))
+        self._ask(replace(msg, flags=Flag.CLIENT | (Flag.REPLACE if replace_ else 0)))
+
+    @rule(who=st.sampled_from(_NODES), entity=st.booleans())
+    def deregister(self, who: str, entity: bool) -> None:
+        what = eid("e-" + who[-1]) if entity else name(who)
+        self._ask(Message.request(FunctionId.DEV_DEREG, source=name(who), operating=[what]))
+
+    @rule(who=st.sampled_from(_NODES), members=st.sets(st.sampled_from(_NODES), max_size=3))
+    def dd(self, who: str, members: set[str]) -> None:
+        ops = [Attribute.of(Tag.DD_MEMBER_ISCSI_NAME, m) for m in sorted(members)]
+        self._ask(Message.request(FunctionId.DD_REG, source=name(who), operating=ops))
+
+    @rule(who=st.sampled_from(_NODES), dd_id=st.integers(2, 4))
+    def dd_dereg(self, who: str, dd_id: int) -> None:
+        self._ask(Message.request(FunctionId.DD_DEREG, source=name(who),
+                                  keys=[Attribute.of(Tag.DD_ID, dd_id)]))  # fmt: skip
+
+    @rule(who=st.sampled_from(_NODES))
+    def scn_register(self, who: str) -> None:
+        self._ask(Message.request(FunctionId.SCN_REG, source=name(who), keys=[name(who)],
+                                  operating=[Attribute.of(Tag.ISCSI_SCN_BITMAP, 0x1C)]))  # fmt: skip
+
+    @rule(seconds=st.integers(1, 150))
+    def time_passes(self, seconds: int) -> None:
+        self.client.now += seconds
+        self.engine.handle_timer(self.client.now)
+
+    @invariant()
+    def database_holds_together(self) -> None:
+        db = self.engine.db
         for e in db.entities.values():
             assert e.nodes or e.portals
             assert all(db.nodes[n].eid == e.eid for n in e.nodes)
             assert all(db.portals[k].eid == e.eid for k in e.portals)
-        assert all(n.eid in db.entities for n in db.nodes.values())
-        assert all(p.eid in db.entities for p in db.portals.values())
+        assert all(n.name in db.entities[n.eid].nodes for n in db.nodes.values())
+        assert all(p.key in db.entities[p.eid].portals for p in db.portals.values())
         assert all(g.name in db.nodes or g.portal in db.portals for g in db.groups.values())
         assert Database.from_json(json.loads(json.dumps(db.to_json()))).to_json() == db.to_json()
+
+    @invariant()
+    def scns_are_well_formed(self) -> None:
+        for action in self.engine.take_outbound():
+            assert action.kind == "scn" and I.violations(action.message) == []
+            assert action.message.attributes[0].decoded() in self.engine.db.nodes
+
+
+ServerMachine.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=15, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
+test_server_machine = ServerMachine.TestCase
 
 
 # ------------------------------------------------------------------ more of the object model
