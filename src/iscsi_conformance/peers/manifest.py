@@ -87,6 +87,10 @@ CAPABILITIES: dict[str, Any] = {
     # the target can serve the "cold-reset" profile as a target of its own, whose TARGET
     # COLD RESET (RFC 7143 11.5.1: all its connections end) ends no other profile's sessions
     "cold_reset_target": _is_bool,
+    # the target can be run as an instance of one test alone, which the test may restart
+    # (same state directory), give a second portal group or discovery CHAP: only the
+    # embedded reference target (plugin/under_test.py DedicatedTarget)
+    "dedicated_instance": _is_bool,
     # RFC 7143 13.1 / 13.2: digests offered; `digests` applies to both when the
     # specific keys are absent
     "digests": _str_list(_DIGESTS),

@@ -21,7 +21,14 @@ from typing import Any
 
 from iscsi_conformance.errors import PeerStartError
 from iscsi_conformance.netutil import free_tcp_port
-from iscsi_conformance.peers.base import Manifest, Mode, TargetDriver, TargetEndpoint, TargetSpec
+from iscsi_conformance.peers.base import (
+    ChapAccount,
+    Manifest,
+    Mode,
+    TargetDriver,
+    TargetEndpoint,
+    TargetSpec,
+)
 from iscsi_conformance.peers.registry import register_target
 
 _KIND = {"HeaderDigest", "DataDigest"}
@@ -60,6 +67,8 @@ class ReferenceTargetDriver(TargetDriver):
         host: str = "127.0.0.1",
         port: int | None = None,
         workdir: Path | None = None,
+        portal_groups: int = 1,
+        discovery_chap: ChapAccount | None = None,
     ) -> None:
         super().__init__(manifest or load_manifest())
         mode = mode or "embedded"
@@ -74,6 +83,13 @@ class ReferenceTargetDriver(TargetDriver):
         self.server: Any = None  # TargetServer in embedded mode
         self._proc: subprocess.Popen[str] | None = None
         self._started = False
+        # Portal group tag -> port; tag 1 is ``port``. More than one group (one portal
+        # each, relative target port = tag) and discovery CHAP serve dedicated instances.
+        self.portal_groups = portal_groups
+        self.ports: dict[int, int] = {}
+        self.discovery_chap = discovery_chap
+        if discovery_chap is not None:
+            self.log.secrets.add(discovery_chap.secret)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -83,6 +99,9 @@ class ReferenceTargetDriver(TargetDriver):
             self.workdir = Path(self._tmp.name)
         if self.port is None:
             self.port = free_tcp_port(self.host)
+        self.ports = {1: self.port}
+        for tag in range(2, self.portal_groups + 1):
+            self.ports[tag] = free_tcp_port(self.host)
         self._started = True
         if self.specs:
             self._launch()
@@ -94,6 +113,12 @@ class ReferenceTargetDriver(TargetDriver):
             self._tmp.cleanup()
             self._tmp = None
             self.workdir = None
+
+    def restart(self) -> None:
+        """Stop the server and start it again on the same ports, configuration and
+        state directory: a power cycle (APTPL state is read back from ``state_dir``)."""
+        self._halt()
+        self._launch()
 
     def version(self) -> str:
         from iscsi_conformance import __version__
@@ -141,15 +166,16 @@ class ReferenceTargetDriver(TargetDriver):
     def config_text(self) -> str:
         """The TOML configuration for every configured spec (docs/target-config.md)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        lines = [
-            "[server]",
-            'state_dir = "state"',
-            "",
-            "[[portal_groups]]",
-            "tag = 1",
-            f'portals = ["{host}:{self.port}"]',
-            "",
-        ]
+        lines = ["[server]", 'state_dir = "state"', ""]
+        for tag, port in sorted((self.ports or {1: self.port}).items()):
+            lines += ["[[portal_groups]]", f"tag = {tag}", f'portals = ["{host}:{port}"]', ""]
+        if self.discovery_chap is not None:
+            d = self.discovery_chap
+            lines += [
+                "[discovery]",
+                f"chap = {{ user = {_toml_value(d.user)}, secret = {_toml_value(d.secret)} }}",
+                "",
+            ]
         for spec in self.specs.values():
             lines += ["[[targets]]", f"name = {_toml_value(spec.iqn)}"]
             if spec.chap is not None:

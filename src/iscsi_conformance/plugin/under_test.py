@@ -9,7 +9,9 @@ driver. Nothing here starts a peer: ``PeerPool`` did that.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -199,6 +201,21 @@ class TargetUnderTest:
         ep = self.endpoint(profile)
         return ep.host_side or (ep.host, ep.port)
 
+    @contextlib.contextmanager
+    def dedicated(self, **kw: Any) -> Iterator[DedicatedTarget]:
+        """A reference target instance of this test alone (``DedicatedTarget``; keyword
+        arguments are its options), stopped on exit. Only a target whose manifest declares
+        ``dedicated_instance`` (the reference target) offers one; elsewhere the test skips."""
+        from iscsi_conformance.harness.profiles import capability_satisfied
+
+        if self.external or not capability_satisfied(self.manifest, "dedicated_instance"):
+            pytest.skip(f"{self.name} does not declare capability 'dedicated_instance' (manifest)")
+        instance = DedicatedTarget(self, **kw)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
 
 class InitiatorUnderTest:
     def __init__(self, entry: Any, evidence: Evidence) -> None:
@@ -213,3 +230,75 @@ class InitiatorUnderTest:
 
     def __repr__(self) -> str:
         return f"InitiatorUnderTest({self.name!r})"
+
+
+class DedicatedTarget(TargetUnderTest):
+    """A reference target instance of one test alone (capability ``dedicated_instance``).
+
+    It runs embedded in this process beside the run's shared targets, on ports of its
+    own, so a test may restart it (a power cycle: same state directory), give it a
+    second portal group or discovery CHAP, or reset it, and no other test (or xdist
+    worker) sees any of it. Profiles "default" (portal group 1) and "port-2" (portal
+    group 2, relative target port 2) name its portals; CHAP (``chap_for``) is the run's
+    initiator account wherever the instance requires CHAP. ``close()`` stops it and
+    removes its directory; ``TargetUnderTest.dedicated`` does that on exit.
+    """
+
+    def __init__(
+        self,
+        parent: TargetUnderTest,
+        *,
+        luns: int = 1,
+        portal_groups: int = 1,
+        discovery_chap: bool = False,
+    ) -> None:
+        from iscsi_conformance.harness.profiles import IQN_PREFIX
+        from iscsi_conformance.peers.base import LunSpec, TargetSpec
+        from iscsi_conformance.peers.reference_target import ReferenceTargetDriver
+
+        super().__init__(parent.entry, parent.credentials, parent.evidence, allow_dataloss=True)
+        self.name = f"{parent.name} (dedicated instance)"
+        self._discovery_chap = discovery_chap
+        self.driver = ReferenceTargetDriver(
+            mode="embedded",
+            portal_groups=portal_groups,
+            discovery_chap=self.credentials.initiator if discovery_chap else None,
+        )
+        spec = TargetSpec(
+            iqn=f"{IQN_PREFIX}:dedicated", luns=tuple(LunSpec(1024 * 1024) for _ in range(luns))
+        )
+        try:
+            first = self.driver.configure(spec)
+        except BaseException:
+            self.driver.stop()
+            raise
+        self._endpoints = {
+            "default" if tag == 1 else f"port-{tag}": dataclasses.replace(
+                first, port=port, portal_group_tag=tag
+            )
+            for tag, port in self.driver.ports.items()
+        }
+
+    def __repr__(self) -> str:
+        return f"DedicatedTarget({self.name!r})"
+
+    @property
+    def external(self) -> bool:
+        return False
+
+    @property
+    def lun(self) -> int:
+        return 0
+
+    def endpoint(self, profile: str = "default") -> TargetEndpoint:
+        return self._endpoints[profile]
+
+    def chap_for(self, profile: str) -> tuple[ChapAccount | None, ChapAccount | None]:
+        return (self.credentials.initiator if self._discovery_chap else None), None
+
+    def restart(self) -> None:
+        """Stop the instance and start it again with the same ports and state directory."""
+        self.driver.restart()
+
+    def close(self) -> None:
+        self.driver.stop()

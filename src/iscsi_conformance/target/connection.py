@@ -16,6 +16,7 @@ digest error is answered with a Reject and recovered (7.8).
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import struct
 from collections import deque
@@ -143,7 +144,9 @@ class Connection(TaskIO):
             portal_group=portal_group,
             allocate_tsih=engine.alloc_tsih,
             find_session=engine.existing_session,
-            find_session_by_isid=engine.existing_session_by_isid,
+            find_session_by_isid=functools.partial(
+                engine.existing_session_by_isid, tpgt=portal_group
+            ),
             cmd_window=engine.cmd_window,
             rng=engine.rng,
         )

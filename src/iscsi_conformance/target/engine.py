@@ -178,14 +178,19 @@ class TargetEngine:
                 return tsih
         raise ProtocolError("no free TSIH", section="RFC 7143 11.12.6")
 
-    def find_session(self, isid: int, initiator: str, target_name: str | None) -> Session | None:
-        """The session with this ISID, InitiatorName and TargetName (RFC 7143 4.4.3)."""
+    def find_session(
+        self, isid: int, initiator: str, target_name: str | None, tpgt: int | None = None
+    ) -> Session | None:
+        """The session with this ISID, InitiatorName and TargetName (RFC 7143 4.4.3), and
+        with ``tpgt`` its portal group too: a session ID is the ISID with the target portal
+        group tag (RFC 7143 2.2, SSID), so one ISID to two portal groups is two sessions."""
         for s in self.sessions.values():
             if (
                 not s.closed
                 and s.isid == isid
                 and s.initiator_name == initiator
                 and (s.target_name or None) == (target_name or None)
+                and (tpgt is None or s.tpgt == tpgt)
             ):
                 return s
         return None
@@ -234,10 +239,11 @@ class TargetEngine:
         return None if s is None or s.closed else self._existing(s)
 
     def existing_session_by_isid(
-        self, initiator: str, isid: int, target: str | None
+        self, initiator: str, isid: int, target: str | None, tpgt: int | None = None
     ) -> ExistingSession | None:
-        """The live session a leading login would reinstate (RFC 7143 6.3.5)."""
-        s = self.find_session(isid, initiator, target)
+        """The live session a leading login would reinstate (RFC 7143 6.3.5): with
+        ``tpgt``, only one of that portal group (the same SSID)."""
+        s = self.find_session(isid, initiator, target, tpgt)
         return None if s is None else self._existing(s)
 
     def get_timer(self) -> float | None:
