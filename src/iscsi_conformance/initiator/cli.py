@@ -3,7 +3,9 @@
 In the manner of libiscsi's tools (iscsi-ls, iscsi-inq, iscsi-readcapacity16):
 every command takes an ``iscsi://[user[%secret]@]host[:port]/target/lun`` URL
 (``discover`` only needs ``iscsi://host[:port]``), logs in, does one thing, logs
-out. Mutual CHAP and digests come from the URL query (``?target_user=..&
+out. ``discover isns://host[:port]`` asks an iSNS server instead (RFC 4171: the
+initiator registers its node, lists the targets it may see, deregisters) and, with
+``--login``, logs in to one of them. Mutual CHAP and digests come from the URL query (``?target_user=..&
 target_password=..&header_digest=crc32c``) or from options.
 
 Exit status: 0 done, 1 the target refused or could not be reached (one line on
@@ -55,9 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="The reference iSCSI initiator (RFC 7143).")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
-    p = sub.add_parser("discover", help="SendTargets discovery (like iscsi-ls)")
-    p.add_argument("url", help="iscsi://[user[%%secret]@]host[:port]")
+    p = sub.add_parser("discover", help="SendTargets discovery (like iscsi-ls), or iSNS")
+    p.add_argument("url", help="iscsi://[user[%%secret]@]host[:port] or isns://host[:port]")
     p.add_argument("--send-targets", default="All", help="SendTargets value (default All)")
+    p.add_argument("--login", nargs="?", const="", metavar="IQN",
+                   help="isns:// only: then log in to IQN (default: the first target found)")  # fmt: skip
     _common(p)
 
     p = sub.add_parser("login", help="log in, print the negotiated parameters, log out")
@@ -252,6 +256,59 @@ async def _discover(args: argparse.Namespace, url: ISCSIURL) -> int:
     return EXIT_OK
 
 
+async def _discover_isns(args: argparse.Namespace) -> int:
+    """iSNS discovery (RFC 4171 5.6.5.2, 5.6.5.3), then an optional login."""
+    from iscsi_conformance.core.isns import NodeType
+    from iscsi_conformance.isns.client import NodeSpec, Registration
+    from iscsi_conformance.isns.client_io import ISNSClient, ISNSClientError, parse_server
+
+    from .client import DEFAULT_INITIATOR_NAME, Session
+
+    try:
+        server = parse_server(args.url)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    name = args.initiator_name or DEFAULT_INITIATOR_NAME
+    # registered, so that the server scopes the queries to our discovery domains (5.6.5.2)
+    reg = Registration(entity_id=name, nodes=(NodeSpec(name, NodeType.INITIATOR),))
+    client = ISNSClient(server, registration=reg, timeout=args.timeout)
+    try:
+        await client.start()
+        targets = await client.discover()
+    except ISNSClientError as exc:
+        print(f"{PROG}: iSNS {server[0]}:{server[1]}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        await client.stop()
+    for t in targets:
+        print(f"Target: {t.name}")
+        for host, port, tag in t.portals:
+            h = f"[{host}]" if ":" in host else host
+            print(f"  Portal: {h}:{port}" + (f",{tag}" if tag is not None else ""))
+    if args.login is None:
+        return EXIT_OK
+    chosen = [t for t in targets if t.portals and (not args.login or t.name == args.login)]
+    if not chosen:
+        print(f"{PROG}: no target {args.login or ''} with a portal in iSNS".replace("  ", " "),
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
+    target = chosen[0]
+    host, port, tag = target.portals[0]
+    h = f"[{host}]" if ":" in host else host
+    url = parse_url(f"iscsi://{h}:{port}/{target.name}", require_lun=False)
+    session = await Session.from_url(
+        url, initiator_name=name, keys=_keys(args, url), timeout=args.timeout
+    )
+    try:
+        tpgt = session.negotiated.values.get("TargetPortalGroupTag")
+        print(f"Logged in: {target.name} at {h}:{port} TSIH {session.tsih} TPGT {tpgt}"
+              + (f" (iSNS PGT {tag})" if tag is not None else ""))  # fmt: skip
+    finally:
+        await session.close()
+        _emit_traces(args, session.traces)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -260,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
+        if args.command == "discover" and args.url.startswith("isns://"):
+            return asyncio.run(_discover_isns(args))
         if args.command == "discover":
             url = parse_url(args.url, require_target=False, require_lun=False)
             return asyncio.run(_discover(args, url))

@@ -22,6 +22,7 @@ __all__ = [
     "AclConfig",
     "ChapConfig",
     "DiscoveryConfig",
+    "IsnsConfig",
     "LunConfig",
     "PortalGroupConfig",
     "RedirectConfig",
@@ -182,6 +183,16 @@ class DiscoveryConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class IsnsConfig:
+    """Registration with an iSNS server (RFC 4171; the ``[isns]`` table, ``--isns``)."""
+
+    server: tuple[str, int]
+    entity_id: str = ""  # empty: derived from the first target's name
+    esi_interval: int = 20  # seconds (RFC 4171 6.3.4); 0: no ESI port registered
+    registration_period: int = 0  # seconds (6.2.6); 0: the server's choice
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerConfig:
     portal_groups: tuple[PortalGroupConfig, ...]
     targets: tuple[TargetConfig, ...]
@@ -193,6 +204,7 @@ class ServerConfig:
     max_sessions: int = 256
     # Connections that stay in login longer than this are closed (RFC 7143 6.1).
     login_timeout: float = 30.0
+    isns: IsnsConfig | None = None
 
     def target(self, name: str) -> TargetConfig | None:
         for t in self.targets:
@@ -437,7 +449,7 @@ def _target(value: Any, field: str, base: Path | None, tags: set[int]) -> Target
 
 def parse_config(doc: dict[str, Any], *, base: Path | None = None) -> ServerConfig:
     """Validate a parsed TOML document; ``base`` resolves relative LUN file paths."""
-    _known(doc, {"server", "portal_groups", "targets", "discovery"}, "")
+    _known(doc, {"server", "portal_groups", "targets", "discovery", "isns"}, "")
     server = _table(doc.get("server", {}), "server")
     _known(
         server,
@@ -515,6 +527,24 @@ def parse_config(doc: dict[str, Any], *, base: Path | None = None) -> ServerConf
         trace=_bool(server.get("trace", False), "server.trace"),
         max_sessions=_int(server.get("max_sessions", 256), "server.max_sessions", 1, 65535),
         login_timeout=_seconds("login_timeout", 30.0),
+        isns=_isns(doc["isns"]) if "isns" in doc else None,
+    )
+
+
+def _isns(value: Any) -> IsnsConfig:
+    """The ``[isns]`` table: ``server = "HOST[:PORT]"`` (port 3205 by default),
+    ``entity_id``, ``esi_interval``, ``registration_period``."""
+    t = _table(value, "isns")
+    _known(t, {"server", "entity_id", "esi_interval", "registration_period"}, "isns")
+    if "server" not in t:
+        raise ConfigError('required, like "127.0.0.1:3205"', field="isns.server")
+    return IsnsConfig(
+        server=parse_portal(_str(t["server"], "isns.server"), "isns.server", default_port=3205),
+        entity_id=_str(t.get("entity_id", ""), "isns.entity_id"),
+        esi_interval=_int(t.get("esi_interval", 20), "isns.esi_interval", 0, 86400),
+        registration_period=_int(
+            t.get("registration_period", 0), "isns.registration_period", 0, 1 << 31
+        ),
     )
 
 

@@ -357,8 +357,15 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_server(config: ServerConfig, *, ready: Callable[[TargetServer], None] | None = None) -> int:
-    """Run until SIGINT/SIGTERM; flush LUNs and reservation state on the way out."""
+def run_server(
+    config: ServerConfig,
+    *,
+    ready: Callable[[TargetServer], None] | None = None,
+    stopping: Callable[[TargetServer], None] | None = None,
+) -> int:
+    """Run until SIGINT/SIGTERM; flush LUNs and reservation state on the way out.
+    ``stopping`` runs (in a worker thread) before the portals close, while a second
+    signal still only asks to stop: the iSNS deregistration goes there."""
     import signal
 
     loop = _new_loop()
@@ -373,6 +380,8 @@ def run_server(config: ServerConfig, *, ready: Callable[[TargetServer], None] | 
         if ready is not None:
             ready(server)
         await stop.wait()
+        if stopping is not None:
+            await loop.run_in_executor(None, stopping, server)
         await server.stop()
 
     try:

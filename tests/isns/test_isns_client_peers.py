@@ -1,0 +1,259 @@
+"""The reference iSNS clients (target and initiator) against both iSNS servers.
+
+Each test runs against open-isns's ``isnsd`` and against ours (``iscsi-conformance isns``),
+each a subprocess on loopback under ``timeout``, stopped in a ``finally``. The reference
+target runs as ``iscsi-conformance target ... --isns 127.0.0.1:PORT``; ``isnsadm``, a
+client that shares no code with ours, judges what it registered (5.6.5.1): the node name,
+the portal and the Portal Group's tag (6.5.4), which the login's TargetPortalGroupTag
+(RFC 7143 13.9) must equal. Then: a restart replaces the registration, a shutdown
+(SIGINT) deregisters (5.6.5.4), a target killed with SIGKILL is removed once its ESI
+goes unanswered (5.6.5.13, 6.3.4; isnsd with ``ESIMinInterval`` lowered, since it
+raises any shorter interval to 60 s), and the reference initiator discovers through iSNS
+and logs in, seeing only the targets of its discovery domains (5.6.5.2, 5.6.5.3).
+
+Marked ``peer``: provisioning (tests/conftest.py, ci/setup_host.sh) installs open-isns
+as root; in CI a missing tool fails, elsewhere it skips.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.peer
+
+T1 = "iqn.2024-01.org.iscsi-conformance:isns-client-t1"
+T2 = "iqn.2024-01.org.iscsi-conformance:isns-client-t2"
+INI = "iqn.2024-01.org.iscsi-conformance:isns-client-ini"
+ADM = "iqn.2024-01.org.iscsi-conformance:isns-client-adm"
+CLI = [sys.executable, "-m", "iscsi_conformance.cli"]
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name) or (
+        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
+    )
+    if path is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{name} is required in CI (ci/setup_host.sh installs it)", pytrace=False)
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def _wait(predicate: object, what: str, limit: float = 15.0) -> None:
+    deadline = time.monotonic() + limit
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} within {limit:.0f} s")
+        time.sleep(0.3)
+
+
+class Server:
+    """One iSNS server process on loopback."""
+
+    def __init__(self, kind: str, tmp: Path) -> None:
+        self.kind, self.tmp = kind, tmp
+        self.port = _free_port()
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = tmp / f"{kind}.log"
+
+    def start(self) -> None:
+        if self.kind == "ours":
+            cmd = [*CLI, "isns", "--listen", f"127.0.0.1:{self.port}",
+                   "--db", str(self.tmp / "isns.json"), "--esi-threshold", "2"]  # fmt: skip
+        else:
+            (self.tmp / "db").mkdir(exist_ok=True)
+            conf = self.tmp / "isnsd.conf"
+            # ESIMinInterval: isnsd raises shorter ESI intervals to 60 s by default
+            conf.write_text(
+                f"Database = {self.tmp}/db\nPIDFile = {self.tmp}/isnsd.pid\n"
+                f"ControlSocket = {self.tmp}/isnsctl\nBindAddress = 127.0.0.1:{self.port}\n"
+                "Security = 0\nSLPRegister = 0\nDefaultDiscoveryDomain = 1\n"
+                "ESIMinInterval = 1\nESIRetries = 2\n"
+            )
+            cmd = [_tool("isnsd"), "--config", str(conf), "--foreground"]
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(
+                ["timeout", "180", *cmd], stdout=out, stderr=subprocess.STDOUT, text=True
+            )
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the iSNS server did not start: {self.log.read_text()}")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+    def isnsadm(self, *args: str, source: str = ADM) -> str:
+        conf = self.tmp / f"isnsadm-{source.rsplit(':', 1)[-1]}.conf"
+        conf.write_text(f"ServerAddress = 127.0.0.1:{self.port}\nSourceName = {source}\n"
+                        f"Security = 0\nControlSocket = {self.tmp}/isnsctl\n")  # fmt: skip
+        done = subprocess.run(["timeout", "20", _tool("isnsadm"), "--config", str(conf), *args],
+                              capture_output=True, text=True, timeout=30)  # fmt: skip
+        return f"rc={done.returncode}\n{done.stdout}{done.stderr}"
+
+    def nodes(self) -> str:
+        return self.isnsadm("--list", "nodes")
+
+
+class Target:
+    """``iscsi-conformance target --isns``: started, read until it registered."""
+
+    def __init__(self, server: Server, name: str, port: int, *extra: str) -> None:
+        self.log = server.tmp / f"target-{port}.log"
+        cmd = [*CLI, "target", "--listen", f"127.0.0.1:{port}", "--target", name,
+               "--lun", "1M", "--isns", f"127.0.0.1:{server.port}", *extra]  # fmt: skip
+        self.out = self.log.open("w")
+        self.proc = subprocess.Popen(
+            ["timeout", "120", *cmd], stdout=self.out, stderr=subprocess.STDOUT, text=True
+        )
+        _wait(lambda: "registered with iSNS" in self.log.read_text() or self.proc.poll() is not None,
+              "the target did not register")  # fmt: skip
+        assert self.proc.poll() is None, self.log.read_text()
+
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        if sig == signal.SIGKILL and self.proc.poll() is None:
+            # `timeout` forwards only the signals it catches: kill the target itself
+            child = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True,
+                                   text=True).stdout.split()  # fmt: skip
+            for pid in child:
+                os.kill(int(pid), signal.SIGKILL)
+        _stop(self.proc, signal.SIGTERM if sig == signal.SIGKILL else sig)
+        self.out.close()
+
+
+@pytest.fixture(params=["isnsd", "ours"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    _tool("isnsadm")
+    s = Server(request.param, tmp_path)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+def _initiator(server: Server, *args: str, name: str = INI) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "initiator", "discover", f"isns://127.0.0.1:{server.port}", "-i", name,
+         "--timeout", "5", *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_target_registers_what_it_serves(server: Server) -> None:
+    """isnsadm sees the node (type Target), its portal and a Portal Group with PGT 1,
+    the reference target's portal group tag (5.6.5.1, 6.4.2, 6.5.4)."""
+    port = _free_port()
+    target = Target(server, T1, port)
+    try:
+        out = server.isnsadm("--query", f"iscsi-name={T1}")
+        assert "rc=0" in out, out
+        assert f'iSCSI name = "{T1}"' in out and "iSCSI node type = Target" in out, out
+        assert re.search(rf"Portal TCP/UDP port\s*=\s*{port}/tcp", out), out
+        assert re.search(rf"Portal group port\s*=\s*{port}/tcp", out), out
+        assert re.search(r"Portal group tag\s*=\s*1\b", out), out
+        assert re.search(r"ESI port\s*=\s*\d+/tcp", out), out
+    finally:
+        target.stop()
+
+
+def test_restart_replaces_and_shutdown_deregisters(server: Server) -> None:
+    """A restart on another port replaces the portal (5.6.5.1, Replace); SIGINT
+    deregisters the entity (5.6.5.4)."""
+    first, second = _free_port(), _free_port()
+    target = Target(server, T1, first)
+    target.stop(signal.SIGKILL)
+    try:
+        target = Target(server, T1, second)
+        out = server.isnsadm("--query", f"iscsi-name={T1}")
+        assert re.search(rf"Portal TCP/UDP port\s*=\s*{second}/tcp", out), out
+        assert f"{first}/tcp" not in out, out
+    finally:
+        target.stop(signal.SIGINT)
+    assert target.proc.returncode == 0, target.log.read_text()
+    _wait(lambda: T1 not in server.nodes(), "the target was not deregistered at shutdown", 5)
+
+
+def test_killed_target_is_removed_when_esi_goes_unanswered(server: Server) -> None:
+    """SIGKILL leaves no deregistration; the ESI port dies with the process, so the
+    server removes the entity after its retransmissions (5.6.5.13, 6.3.4)."""
+    target = Target(server, T1, _free_port(), "--isns-esi-interval", "1")
+    try:
+        time.sleep(2.5)  # ESIs answered meanwhile: it stays
+        assert T1 in server.nodes()
+    finally:
+        target.stop(signal.SIGKILL)
+    assert T1 in server.nodes()  # nothing deregistered it
+    _wait(lambda: T1 not in server.nodes(), "the killed target's entity stayed", 30)
+
+
+def test_initiator_discovers_and_logs_in(server: Server) -> None:
+    """DevGetNext + DevAttrQry list the target with its portal and PGT; the login to it
+    is answered with TargetPortalGroupTag equal to that PGT (RFC 7143 13.9)."""
+    port = _free_port()
+    target = Target(server, T1, port)
+    try:
+        done = _initiator(server, "--login")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"Target: {T1}\n  Portal: 127.0.0.1:{port},1\n" in done.stdout
+        assert f"Logged in: {T1} at 127.0.0.1:{port} TSIH" in done.stdout
+        assert "TPGT 1 (iSNS PGT 1)" in done.stdout
+    finally:
+        target.stop()
+    assert INI not in server.nodes()  # the initiator deregistered too
+
+
+def test_discovery_domains_restrict_what_the_initiator_finds(server: Server) -> None:
+    """A DD holding the initiator and T1 only: T2 is never returned (5.6.5.2, 5.6.5.3),
+    and a login asked for T2 finds nothing to log in to."""
+    t1 = Target(server, T1, _free_port())
+    t2 = Target(server, T2, _free_port())
+    try:
+        out = server.isnsadm("--dd-register", "dd-name=pair", f"member-name={T1}",
+                             f"member-name={INI}", source=T1)  # fmt: skip
+        assert "rc=0" in out, out
+        out = server.isnsadm("--dd-register", "dd-name=other", f"member-name={T2}",
+                             f"member-name={ADM}", source=T2)  # fmt: skip
+        assert "rc=0" in out, out
+        done = _initiator(server)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"Target: {T1}" in done.stdout and T2 not in done.stdout, done.stdout
+        refused = _initiator(server, "--login", T2)
+        assert refused.returncode == 1 and T2 not in refused.stdout, refused.stdout
+    finally:
+        t1.stop()
+        t2.stop()
