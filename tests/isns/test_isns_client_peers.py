@@ -10,6 +10,9 @@ the portal and the Portal Group's tag (6.5.4), which the login's TargetPortalGro
 goes unanswered (5.6.5.13, 6.3.4; isnsd with ``ESIMinInterval`` lowered, since it
 raises any shorter interval to 60 s), and the reference initiator discovers through iSNS
 and logs in, seeing only the targets of its discovery domains (5.6.5.2, 5.6.5.3).
+tgt's built-in iSNS client (tgtadm ``iSNSServerIP``/``iSNSServerPort``/``iSNS``) is
+judged the same way: what it registers is what it serves, it deregisters at stop, the
+reference initiator finds it and logs in, and ``iSNSAccessControl`` follows the DDs.
 
 Marked ``peer``: provisioning (tests/conftest.py, ci/setup_host.sh) installs open-isns
 as root; in CI a missing tool fails, elsewhere it skips.
@@ -257,3 +260,94 @@ def test_discovery_domains_restrict_what_the_initiator_finds(server: Server) -> 
     finally:
         t1.stop()
         t2.stop()
+
+
+# ------------------------------------------------------------------ tgt's built-in iSNS client
+
+TGT = "iqn.2024-01.org.iscsi-conformance:isns-client-tgt"
+
+
+@pytest.fixture
+def tgt() -> Iterator[object]:
+    """tgtd on this host (native mode of the tgt driver), stopped in a ``finally``."""
+    _tool("tgtd")
+    from iscsi_conformance.peers.tgt import TgtTarget
+
+    drv = TgtTarget(mode="native")
+    try:
+        drv.start()
+        yield drv
+    finally:
+        drv.stop()
+
+
+def _tgt_isns_on(drv: object, server: Server) -> object:
+    from iscsi_conformance.peers.base import LunSpec, TargetSpec
+
+    ep = drv.configure(TargetSpec(TGT, (LunSpec(1 << 20),)))  # type: ignore[attr-defined]
+    for name, value in (("iSNSServerIP", "127.0.0.1"), ("iSNSServerPort", str(server.port)),
+                        ("iSNSAccessControl", "Off"), ("iSNS", "On")):  # fmt: skip
+        drv.tgtadm("--op", "update", "--mode", "sys", "--name", name, "--value", value)  # type: ignore[attr-defined]
+    _wait(lambda: TGT in server.nodes(), "tgt did not register with iSNS")
+    return ep
+
+
+def test_tgt_registers_what_it_serves_and_deregisters(server: Server, tgt: object) -> None:
+    """tgt 1.0.85's iSNS client: isnsadm sees its node, its portal and PGT 1 (its TPGT);
+    deleting tgtd's targets at stop deregisters them (5.6.5.4). Recorded, not judged
+    here: tgt's Entity Identifier is its portal's IP address, shared by every tgtd on
+    that address (6.2.1 has EIDs unique), it registers no ESI port and no PG object
+    (the PGT 1 shown is each server's default), and its SCNDereg has no Delimiter
+    (5.6.3); see the iSNS client helper's report."""
+    ep = _tgt_isns_on(tgt, server)
+    out = server.isnsadm("--query", f"iscsi-name={TGT}")
+    assert "iSCSI node type = Target" in out, out
+    assert re.search(rf"Portal TCP/UDP port\s*=\s*{ep.port}/tcp", out), out  # type: ignore[attr-defined]
+    assert re.search(rf"Portal group tag\s*=\s*{ep.portal_group_tag}\b", out), out  # type: ignore[attr-defined]
+    assert 'Entity identifier = "127.0.0.1"' in out, out  # the finding above
+    tgt.stop()  # type: ignore[attr-defined]
+    _wait(lambda: TGT not in server.nodes(), "tgt did not deregister at stop", 10)
+
+
+def test_reference_initiator_finds_tgt_and_logs_in(server: Server, tgt: object) -> None:
+    """The reference initiator discovers tgt's target through iSNS and logs in; the
+    TargetPortalGroupTag of the login equals the PGT iSNS lists (RFC 7143 13.9)."""
+    ep = _tgt_isns_on(tgt, server)
+    done = _initiator(server, "--login", TGT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"Portal: 127.0.0.1:{ep.port},{ep.portal_group_tag}" in done.stdout, done.stdout  # type: ignore[attr-defined]
+    tpgt = ep.portal_group_tag  # type: ignore[attr-defined]
+    assert f"TPGT {tpgt} (iSNS PGT {tpgt})" in done.stdout, done.stdout
+
+
+def test_tgt_access_control_follows_discovery_domains(server: Server, tgt: object) -> None:
+    """tgt's iSNSAccessControl: tgt asks iSNS which initiators share a DD with its
+    target. An initiator in that DD finds the target and logs in (registered while it
+    does); one outside never finds it, and a login it forces is refused (tgt answers
+    0203 Not Found)."""
+    from iscsi_conformance.peers.base import LunSpec, TargetSpec
+
+    ep = tgt.configure(TargetSpec(TGT, (LunSpec(1 << 20),)))  # type: ignore[attr-defined]
+    for name, value in (("iSNSServerIP", "127.0.0.1"), ("iSNSServerPort", str(server.port)),
+                        ("iSNSAccessControl", "On"), ("iSNS", "On")):  # fmt: skip
+        tgt.tgtadm("--op", "update", "--mode", "sys", "--name", name, "--value", value)  # type: ignore[attr-defined]
+    _wait(lambda: TGT in server.nodes(), "tgt did not register with iSNS")
+    out = server.isnsadm("--dd-register", "dd-name=acl", f"member-name={TGT}",
+                         f"member-name={INI}", source=TGT)  # fmt: skip
+    assert "rc=0" in out, out
+    outsider = "iqn.2024-01.org.iscsi-conformance:isns-client-outsider"
+    found = _initiator(server, "--login", TGT, name=outsider)
+    assert found.returncode == 1 and TGT not in found.stdout, found.stdout + found.stderr
+    forced = subprocess.run(
+        [*CLI, "initiator", "login", f"iscsi://127.0.0.1:{ep.port}/{TGT}", "-i", outsider,  # type: ignore[attr-defined]
+         "--timeout", "5"], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert forced.returncode == 1 and "login failed" in forced.stderr, forced.stderr
+    deadline = time.monotonic() + 15
+    while True:  # tgt learns of the DD and the initiator through SCN and queries
+        done = _initiator(server, "--login", TGT)
+        if done.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"Logged in: {TGT}" in done.stdout

@@ -262,7 +262,7 @@ async def _discover_isns(args: argparse.Namespace) -> int:
     from iscsi_conformance.isns.client import NodeSpec, Registration
     from iscsi_conformance.isns.client_io import ISNSClient, ISNSClientError, parse_server
 
-    from .client import DEFAULT_INITIATOR_NAME, Session
+    from .client import DEFAULT_INITIATOR_NAME
 
     try:
         server = parse_server(args.url)
@@ -275,11 +275,19 @@ async def _discover_isns(args: argparse.Namespace) -> int:
     try:
         await client.start()
         targets = await client.discover()
+        # still registered while logging in: a target that asks iSNS who may log in
+        # (tgt's iSNSAccessControl) must find us
+        return await _isns_login(args, targets, name)
     except ISNSClientError as exc:
         print(f"{PROG}: iSNS {server[0]}:{server[1]}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         await client.stop()
+
+
+async def _isns_login(args: argparse.Namespace, targets: Sequence[Any], name: str) -> int:
+    from .client import Session
+
     for t in targets:
         print(f"Target: {t.name}")
         for host, port, tag in t.portals:
