@@ -207,6 +207,25 @@ def test_esi_is_echoed_and_scn_answered(server: ServerEngine) -> None:
     assert event == ScnReceived(T1, ((int(ScnEvent.OBJECT_ADDED), INI),))
 
 
+def test_esi_with_the_client_flag_as_isnsd_sends_it_is_answered() -> None:
+    """open-isns 0.101's ESI carries the Client flag (5.1.4 has the server set the
+    Server bit); our answer is still an ESI Response from the client, echoing it."""
+    client = ClientEngine(T1)
+    esi = Message(FunctionId.ESI, 0, int(Flag.CLIENT), None, (
+        Attribute.of(Tag.TIMESTAMP, 1), Attribute.of(Tag.ENTITY_IDENTIFIER, "e"),
+        Attribute.of(Tag.PORTAL_IP_ADDRESS, "127.0.0.1"),
+        Attribute.of(Tag.PORTAL_TCP_UDP_PORT, 3260)))  # fmt: skip
+    listener = client.listener()
+    listener.receive_data(I.encode(esi, strict=False), 0.0)
+    (answer,) = _decoded([listener.data_to_send()])
+    assert not listener.closed and answer.flags == Flag.CLIENT and not I.violations(answer)
+    assert answer.attributes == esi.attributes and answer.transaction_id == 0
+    unknown = Message(FunctionId.DD_REG, 5, int(Flag.SERVER), None, (I.DELIMITER,))
+    listener.receive_data(I.encode(unknown, strict=False), 0.0)
+    (refused,) = _decoded([listener.data_to_send()])
+    assert refused.status == Status.MESSAGE_NOT_SUPPORTED and refused.transaction_id == 5
+
+
 def test_refused_registration_and_lost_connection() -> None:
     client = ClientEngine(T1)
     client.register(_target_reg())
@@ -331,7 +350,8 @@ def test_target_registration_and_config() -> None:
     assert cfg.isns == IsnsConfig(("127.0.0.1", 3205), "box", 0, 0)
     reg = registration_for(cfg, cfg.isns, [("127.0.0.1", 3260, 1), ("127.0.0.1", 3261, 2)])
     assert reg.esi_port is None and reg.entity_id == "box"
-    assert [(g.node, g.tag) for g in reg.groups] == [(T1, 2), (T2, 1), (T2, 2)]
+    assert [(g.node, g.tag) for g in reg.groups] == [(T1, None), (T1, 2), (T2, 1), (T2, 2)]
+    assert parse_config({**doc, "isns": {"server": "::1"}}).isns == IsnsConfig(("::1", 3205))
     for bad in ({"esi_interval": 1}, {"server": "x:1:2:3"}, {"server": "1.2.3.4", "zz": 1}):
         with pytest.raises(ConfigError, match="isns"):
             parse_config({**doc, "isns": bad})

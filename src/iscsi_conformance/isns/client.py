@@ -20,7 +20,9 @@ What the engine does:
   (IP Address, TCP Port, ESI Interval and ESI Port, 6.3.4/6.3.5, and SCN Port, 6.3.7),
   then each Storage Node (iSCSI Name, Node Type, Alias, 6.4), then each Portal Group as
   an explicit PG object (PG iSCSI Name, PG Portal IP Addr, PG Portal TCP/UDP Port, PGT,
-  6.5). The server's answer (5.7.5.1) may shorten or lengthen the period; the engine
+  6.5). A node that is not served on one of the entity's portals needs a PG with a NULL
+  PGT there (6.5.4): both isnsd and our server otherwise create an implicit PG with
+  PGT 1 for every node and portal of the entity (5.6.5.1). The server's answer (5.7.5.1) may shorten or lengthen the period; the engine
   refreshes at half of the period the server returned (6.2.6: the registration is
   removed when nothing refreshes it within the period) by re-registering the entity
   alone, without Replace.
@@ -60,6 +62,7 @@ from iscsi_conformance.core.isns import (
     MAX_PAYLOAD,
     Attribute,
     EntityProtocol,
+    Flag,
     FunctionId,
     ISNSFormatError,
     Message,
@@ -105,12 +108,13 @@ class NodeSpec:
 
 @dataclass(frozen=True)
 class PortalGroupSpec:
-    """One Portal Group (6.5): the node is reachable at the portal with this PGT."""
+    """One Portal Group (6.5): the node is reachable at the portal with this PGT, or,
+    with ``tag`` None (a NULL PGT, 6.5.4), not reachable there."""
 
     node: str
     host: str
     port: int
-    tag: int
+    tag: int | None
 
 
 @dataclass(frozen=True)
@@ -449,7 +453,7 @@ class ClientEngine:
                 Attribute.of(Tag.PG_ISCSI_NAME, g.node),
                 Attribute.of(Tag.PG_PORTAL_IP_ADDR, ipaddress.ip_address(g.host)),
                 Attribute.of(Tag.PG_PORTAL_TCP_UDP_PORT, port_value(g.port)),
-                Attribute.of(Tag.PG_TAG, g.tag),
+                Attribute.of(Tag.PG_TAG, g.tag),  # None: the zero-length NULL PGT
             ]
         return self._request(
             FunctionId.DEV_ATTR_REG,
@@ -609,7 +613,7 @@ class ClientEngine:
         if msg.function == FunctionId.ESI:
             self._events.append(EsiAnswered(msg.transaction_id, now))
             # 5.7.5.13: status, then the ESI's own attributes echoed
-            return msg.response(Status.SUCCESSFUL, msg.attributes)
+            return _answer(msg, FunctionId.ESI_RSP, Status.SUCCESSFUL, msg.attributes)
         if msg.function == FunctionId.SCN:
             attrs = msg.attributes
             destination = _text(attrs[0]) if attrs and attrs[0].tag == Tag.ISCSI_NAME else ""
@@ -622,10 +626,17 @@ class ClientEngine:
                     changes.append((bit, _text(a)))
             self._events.append(ScnReceived(destination, tuple(changes)))
             # 5.7.5.8: status and the destination's iSCSI Name
-            return msg.response(Status.SUCCESSFUL, attrs[:1])
+            return _answer(msg, FunctionId.SCN_RSP, Status.SUCCESSFUL, attrs[:1])
         if msg.is_response:
             return None
-        return msg.response(Status.MESSAGE_NOT_SUPPORTED)
+        return _answer(msg, msg.function | 0x8000, Status.MESSAGE_NOT_SUPPORTED, ())
+
+
+def _answer(msg: Message, function: int, status: int, attrs: tuple[Attribute, ...]) -> Message:
+    """Our response to a server's request: always with the Client flag (5.1.4), whatever
+    the request's flags said (open-isns 0.101 sends ESI with the Client flag set, so
+    ``Message.response``, which flips the sender, would claim to be the server)."""
+    return Message(function, msg.transaction_id, int(Flag.CLIENT), status, attrs)
 
 
 class ListenerConnection:
@@ -645,8 +656,12 @@ class ListenerConnection:
         try:
             while (msg := self._decoder.next_message()) is not None:
                 answer = self._engine._server_request(msg, now)
-                if answer is not None:
+                if answer is None:
+                    continue
+                if answer.function in (FunctionId.ESI_RSP, FunctionId.SCN_RSP):
                     self._out += _single_pdu(answer)
+                else:  # a request a client never gets: its response has no client layout
+                    self._out += encode(answer, strict=False)
         except ISNSFormatError:
             self.closed = True  # 5.2: nothing to resynchronise on
 

@@ -540,7 +540,7 @@ def _isns(value: Any) -> IsnsConfig:
         raise ConfigError('required, like "127.0.0.1:3205"', field="isns.server")
     return IsnsConfig(
         server=parse_portal(_str(t["server"], "isns.server"), "isns.server", default_port=3205),
-        entity_id=_str(t.get("entity_id", ""), "isns.entity_id"),
+        entity_id=_str(t["entity_id"], "isns.entity_id") if "entity_id" in t else "",
         esi_interval=_int(t.get("esi_interval", 20), "isns.esi_interval", 0, 86400),
         registration_period=_int(
             t.get("registration_period", 0), "isns.registration_period", 0, 1 << 31

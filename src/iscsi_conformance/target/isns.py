@@ -3,7 +3,9 @@
 The target's configuration and the portals it actually bound become one Network Entity
 (3.1): every bound portal, every target as an iSCSI Storage Node of type Target (6.4.2,
 with its alias, 6.4.3), and one Portal Group per (target, portal) the target answers on,
-with the portal group's tag as PGT (6.5.4; RFC 7143 4.4.1's TPGT). The client itself is
+with the portal group's tag as PGT (6.5.4; RFC 7143 4.4.1's TPGT), and one with a NULL
+PGT where a target is not served (otherwise the server's implicit PG, PGT 1, would
+offer it there, 5.6.5.1). The client itself is
 ``isns/client_io.py``; this module only builds what it registers.
 """
 
@@ -31,11 +33,11 @@ def registration_for(
         for t in config.targets
     )
     groups = tuple(
-        PortalGroupSpec(t.name, host, port, tag)
+        PortalGroupSpec(t.name, host, port, tag if not t.portal_groups or tag in t.portal_groups
+                        else None)
         for t in config.targets
         for host, port, tag in bound
-        if not t.portal_groups or tag in t.portal_groups
-    )
+    )  # fmt: skip
     esi = isns.esi_interval > 0
     return Registration(
         entity_id=isns.entity_id or config.targets[0].name,
