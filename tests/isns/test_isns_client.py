@@ -322,6 +322,25 @@ def test_adapter_against_the_server_in_process(tmp_path: Path) -> None:
         srv.stop_thread()
 
 
+def test_adapter_refreshes_over_a_new_connection_when_the_server_closed_it() -> None:
+    """The server closes idle connections (ours after ``idle_timeout``, isnsd too): the
+    refresh (6.2.6) is sent again on a new connection and the entity never expires."""
+    srv = ISNSServer("127.0.0.1", 0, idle_timeout=0.3)
+    srv.start_in_thread()
+    client = ISNSClient(("127.0.0.1", srv.port), registration=_target_reg(registration_period=2))
+    try:
+        client.start_in_thread()
+        deadline = time.monotonic() + 10
+        while len([e for e in client.events_of(Registered) if e.refresh]) < 2:
+            assert time.monotonic() < deadline, client.events
+            assert T1 in srv.engine.db.nodes
+            time.sleep(0.1)
+        assert any(isinstance(e, RequestFailed) and e.status is None for e in client.events)
+    finally:
+        client.stop_thread()
+        srv.stop_thread()
+
+
 def test_unreachable_server_is_an_error() -> None:
     async def go() -> None:
         client = ISNSClient(("127.0.0.1", 1), registration=_target_reg(), timeout=1.0)

@@ -342,9 +342,10 @@ class ClientEngine:
         self._discovery = None
 
     def reconnected(self) -> None:
-        """The adapter opened a new server connection."""
+        """The adapter opened a new server connection: what was queued goes out."""
         self.broken = None
         self._decoder = MessageDecoder()
+        self._pump()
 
     @property
     def idle(self) -> bool:
