@@ -374,3 +374,17 @@ def test_target_registration_and_config() -> None:
     for bad in ({"esi_interval": 1}, {"server": "x:1:2:3"}, {"server": "1.2.3.4", "zz": 1}):
         with pytest.raises(ConfigError, match="isns"):
             parse_config({**doc, "isns": bad})
+
+
+def test_target_cli_isns_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unreachable iSNS server ends the target with status 1 and says so; an ESI
+    interval without a server is a usage error (2)."""
+    from iscsi_conformance.netutil import free_tcp_port
+    from iscsi_conformance.target.cli import main
+
+    listen = f"127.0.0.1:{free_tcp_port('127.0.0.1')}"
+    common = ["--listen", listen, "--target", T1, "--lun", "1M"]
+    assert main([*common, "--isns", "127.0.0.1:1"]) == 1
+    assert "error: iSNS: 127.0.0.1:1" in capsys.readouterr().err
+    assert main([*common, "--isns-esi-interval", "1"]) == 2
+    assert "--isns-esi-interval" in capsys.readouterr().err
