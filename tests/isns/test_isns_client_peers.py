@@ -295,6 +295,31 @@ def test_initiator_discovers_and_logs_in(server: Server) -> None:
     assert INI not in server.nodes()  # the initiator deregistered too
 
 
+def test_initiator_acts_on_scn(server: Server) -> None:
+    """``discover --watch``: the initiator registers a portal with an SCN port (6.3.7),
+    and a target that registers, then deregisters, reaches it as Object Added and
+    Object Removed SCNs (5.6.5.8, 6.4.4), after which it lists the targets again."""
+    watch = subprocess.Popen(
+        [*CLI, "initiator", "discover", f"isns://127.0.0.1:{server.port}", "-i", INI,
+         "--timeout", "5", "--watch", "8"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        _wait(lambda: INI in server.nodes(), "the watching initiator did not register")
+        port = _free_port()
+        target = Target(server, T1, port)
+        time.sleep(1.5)
+        target.stop()
+        out, _ = watch.communicate(timeout=30)
+    finally:
+        _stop(watch)  # type: ignore[arg-type]
+    server.check_alive()
+    added = re.search(rf"SCN: \S*object_added\S* {re.escape(T1)}\n", out)
+    assert added, out
+    assert f"Target: {T1}\n  Portal: 127.0.0.1:{port},1\n" in out[added.end() :], out
+    assert re.search(rf"SCN: \S*object_removed\S* {re.escape(T1)}\n", out[added.end() :]), out
+
+
 def test_discovery_domains_restrict_what_the_initiator_finds(server: Server) -> None:
     """A DD holding the initiator and T1 only: T2 is never returned (5.6.5.2, 5.6.5.3),
     and a login asked for T2 finds nothing to log in to."""

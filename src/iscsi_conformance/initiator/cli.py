@@ -5,7 +5,8 @@ every command takes an ``iscsi://[user[%secret]@]host[:port]/target/lun`` URL
 (``discover`` only needs ``iscsi://host[:port]``), logs in, does one thing, logs
 out. ``discover isns://host[:port]`` asks an iSNS server instead (RFC 4171: the
 initiator registers its node, lists the targets it may see, deregisters) and, with
-``--login``, logs in to one of them. Mutual CHAP and digests come from the URL query (``?target_user=..&
+``--login``, logs in to one of them; with ``--watch SECONDS`` it also registers a portal
+with an SCN port and, on each SCN, prints it and lists the targets again. Mutual CHAP and digests come from the URL query (``?target_user=..&
 target_password=..&header_digest=crc32c``) or from options.
 
 Exit status: 0 done, 1 the target refused or could not be reached (one line on
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -62,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--send-targets", default="All", help="SendTargets value (default All)")
     p.add_argument("--login", nargs="?", const="", metavar="IQN",
                    help="isns:// only: then log in to IQN (default: the first target found)")  # fmt: skip
+    p.add_argument("--watch", type=float, metavar="SECONDS",
+                   help="isns:// only: take SCNs for SECONDS, listing the targets again after each")  # fmt: skip
     _common(p)
 
     p = sub.add_parser("login", help="log in, print the negotiated parameters, log out")
@@ -271,10 +275,19 @@ async def _discover_isns(args: argparse.Namespace) -> int:
     name = args.initiator_name or DEFAULT_INITIATOR_NAME
     # registered, so that the server scopes the queries to our discovery domains (5.6.5.2)
     reg = Registration(entity_id=name, nodes=(NodeSpec(name, NodeType.INITIATOR),))
+    if args.watch:
+        # SCNs (5.6.5.8) go to a portal's SCN Port (6.3.7): our address toward the server
+        reg = dataclasses.replace(
+            reg, portals=((_local_address(server), 0),), scn_port=0, esi_port=0, esi_interval=20
+        )
     client = ISNSClient(server, registration=reg, timeout=args.timeout)
     try:
         await client.start()
         targets = await client.discover()
+        if args.watch:
+            _print_targets(targets)
+            await _watch(client, args.watch)
+            return EXIT_OK
         # still registered while logging in: a target that asks iSNS who may log in
         # (tgt's iSNSAccessControl) must find us
         return await _isns_login(args, targets, name)
@@ -285,14 +298,47 @@ async def _discover_isns(args: argparse.Namespace) -> int:
         await client.stop()
 
 
-async def _isns_login(args: argparse.Namespace, targets: Sequence[Any], name: str) -> int:
-    from .client import Session
+def _local_address(server: tuple[str, int]) -> str:
+    import socket
 
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect(server)  # UDP: no packet is sent, the kernel only picks the route
+        return str(s.getsockname()[0])
+
+
+def _print_targets(targets: Sequence[Any]) -> None:
     for t in targets:
         print(f"Target: {t.name}")
         for host, port, tag in t.portals:
             h = f"[{host}]" if ":" in host else host
-            print(f"  Portal: {h}:{port}" + (f",{tag}" if tag is not None else ""))
+            print(f"  Portal: {h}:{port}" + (f",{tag}" if tag is not None else ""), flush=True)
+
+
+async def _watch(client: Any, seconds: float) -> None:
+    """Print each SCN (5.6.5.8) and the targets found after it, for ``seconds``."""
+    from iscsi_conformance.core.isns import ScnEvent
+    from iscsi_conformance.isns.client import ScnReceived
+
+    loop = asyncio.get_running_loop()
+    end, seen = loop.time() + seconds, 0
+    while loop.time() < end:
+        await asyncio.sleep(0.1)
+        scns = client.events_of(ScnReceived)
+        if len(scns) == seen:
+            continue
+        for scn in scns[seen:]:
+            for bit, node in scn.changes:
+                what = ScnEvent(bit).name or str(bit)
+                print(f"SCN: {what.lower()} {node}", flush=True)
+        seen = len(scns)
+        _print_targets(await client.discover())
+
+
+async def _isns_login(args: argparse.Namespace, targets: Sequence[Any], name: str) -> int:
+    from .client import Session
+
+    _print_targets(targets)
     if args.login is None:
         return EXIT_OK
     chosen = [t for t in targets if t.portals and (not args.login or t.name == args.login)]

@@ -119,6 +119,8 @@ class ISNSClient:
                 reg,
                 esi_port=self.esi_port if reg.esi_port is not None else None,
                 scn_port=self.esi_port if reg.scn_port is not None else None,
+                # an initiator's portal (port 0) is where it takes SCNs (6.3.7)
+                portals=tuple((h, p or self.esi_port) for h, p in reg.portals),
             )
             self.registration = reg
         await self._operation(lambda: self.engine.register(reg), Registered)
