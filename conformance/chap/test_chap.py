@@ -22,13 +22,18 @@ REFUSAL_RULE = (
 ANSWER_RULE = "RFC 7143 11.13: every Login Request is answered with a Login Response"
 
 
-def _require_refusal(probe: Any, step: Any, requirement: str, accepted: str) -> None:
+def _require_refusal(
+    probe: Any, step: Any, requirement: str, accepted: str, *, answered: str | None = None
+) -> None:
     """The login was refused the way RFC 7143 11.13.5 says: a Login Response with a
-    non-zero status. Silence, a hang-up and an accepted login fail, saying which."""
+    non-zero status. Silence, a hang-up and an accepted login fail, saying which.
+
+    ``answered`` is the requirement a missing Login Response breaks, when it is not
+    ``requirement`` (a robustness check whose refusal no keyword binds)."""
     __tracebackhide__ = True
     require(
         step.response is not None,
-        requirement,
+        answered or requirement,
         step.missing(REFUSAL_RULE),
         sent=probe.sent,
         received=probe.received,
@@ -328,16 +333,27 @@ async def test_response_wrong_length(target: Any) -> None:
 @spec(
     "CHAP.Keys.MalformedBinary",
     "RFC 7143 12.1.3",
-    requirements=["R7143-12.1.3-6"],
+    "RFC 7143 11.13.5",
+    requirements=["R7143-12.1.3-3", "R7143-12.1.3-6", "R7143-11.13-1"],
     needs=("chap_algorithms=5",),
 )
 async def test_malformed_binary_response(target: Any) -> None:
-    """CHAP_R=0xZZ (not hexadecimal) ends the login."""
+    """CHAP_R=0xZZ (not hexadecimal) ends the login.
+
+    No keyword says how a malformed value is treated (R7143-12.1.3-6 is a robustness
+    check), but such a CHAP_R cannot match the secret, so the login fails
+    (R7143-12.1.3-3); a refusal without a Login Response breaks R7143-11.13-1."""
     (user, _s), _ = target.chap_pair("chap")
     async with target.raw("chap") as raw:
         probe, _step = await _to_challenge(target, raw)
         step = await probe.step([("CHAP_N", user), ("CHAP_R", "0xZZ")], csg=0, nsg=1, transit=True)
-        _require_refusal(probe, step, "R7143-12.1.3-6", "a malformed CHAP_R was accepted")
+        _require_refusal(
+            probe,
+            step,
+            "R7143-12.1.3-3",
+            "a malformed CHAP_R was accepted",
+            answered="R7143-11.13-1",
+        )
 
 
 @spec(
@@ -521,12 +537,16 @@ async def test_same_secret_both_ways_refused(target: Any) -> None:
 
 @spec(
     "CHAP.Mutual.OversizeChallenge",
-    "RFC 7143 12.1.3",
-    requirements=["R7143-12.1.3-8"],
+    ("RFC 7143", "12.1.3", "INFORMATIONAL", "target"),
+    "RFC 7143 11.13.5",
+    requirements=["R7143-12.1.3-8", "R7143-11.13-1"],
     needs=("mutual_chap",),
 )
 async def test_oversize_challenge_refused(target: Any) -> None:
-    """A mutual CHAP_C of 1025 bytes is refused."""
+    """A mutual CHAP_C of 1025 bytes is refused.
+
+    The 1024-byte limit binds the sender, so the refusal is a robustness check
+    (R7143-12.1.3-8); silence or a hang-up without a Login Response breaks R7143-11.13-1."""
     chap, _mutual = target.chap_pair("mutual")
     async with target.raw("mutual") as raw:
         probe, step = await _to_challenge(target, raw, "mutual")
@@ -545,17 +565,27 @@ async def test_oversize_challenge_refused(target: Any) -> None:
             nsg=1,
             transit=True,
         )
-        _require_refusal(probe, step, "R7143-12.1.3-8", "a 1025-byte challenge was answered")
+        _require_refusal(
+            probe,
+            step,
+            "R7143-12.1.3-8",
+            "a 1025-byte challenge was answered",
+            answered="R7143-11.13-1",
+        )
 
 
 @spec(
     "CHAP.Mutual.ChallengeIdentifierOutOfRange",
-    "RFC 7143 12.1.3",
-    requirements=["R7143-12.1.3-6"],
+    ("RFC 7143", "12.1.3", "INFORMATIONAL", "target"),
+    "RFC 7143 11.13.5",
+    requirements=["R7143-12.1.3-6", "R7143-11.13-1"],
     needs=("mutual_chap",),
 )
 async def test_chap_i_out_of_range(target: Any) -> None:
-    """The initiator's CHAP_I=256 (not an octet) ends the login."""
+    """The initiator's CHAP_I=256 (not an octet) ends the login.
+
+    No keyword says what a receiver does with such an identifier, so the refusal is a
+    robustness check (R7143-12.1.3-6); a missing Login Response breaks R7143-11.13-1."""
     chap, _mutual = target.chap_pair("mutual")
     async with target.raw("mutual") as raw:
         probe, step = await _to_challenge(target, raw, "mutual")
@@ -574,7 +604,9 @@ async def test_chap_i_out_of_range(target: Any) -> None:
             nsg=1,
             transit=True,
         )
-        _require_refusal(probe, step, "R7143-12.1.3-6", "CHAP_I=256 was accepted")
+        _require_refusal(
+            probe, step, "R7143-12.1.3-6", "CHAP_I=256 was accepted", answered="R7143-11.13-1"
+        )
 
 
 @spec(

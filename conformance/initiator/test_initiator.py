@@ -99,11 +99,24 @@ def _brief(pdus: Any) -> list[_Brief]:
 
 
 def require(
-    condition: object, requirement: str, message: str, *, sent: Any = (), received: Any = ()
+    condition: object,
+    requirement: str,
+    message: str,
+    *,
+    sent: Any = (),
+    received: Any = (),
+    level: Any = None,
 ) -> None:
     """``plugin.require`` with PDUs shown briefly (no data bytes)."""
     __tracebackhide__ = True
-    _require(condition, requirement, message, sent=_brief(sent), received=_brief(received))
+    _require(
+        condition,
+        requirement,
+        message,
+        sent=_brief(sent),
+        received=_brief(received),
+        level=level,
+    )
 
 
 def violation(requirement: str, message: str, *, sent: Any = (), received: Any = ()) -> Exception:
@@ -405,13 +418,15 @@ def test_transit_continue(initiator: Any, target: Any, observed: Any) -> None:
 
 @spec(
     "Initiator.Login.Stages",
-    "RFC 7143 11.12.3",
-    "RFC 7143 6.3",
+    ("RFC 7143", "11.12.3", "INFORMATIONAL", "initiator"),
+    ("RFC 7143", "6.3", "INFORMATIONAL", "initiator"),
     pairing="initiator",
     requirements=["R7143-6.3-9"],
 )
 def test_stages(initiator: Any, target: Any, observed: Any) -> None:
-    """CSG is the stage in force, NSG (with T=1) a later legal stage, across a CHAP login."""
+    """CSG is the stage in force, NSG (with T=1) a later legal stage, across a CHAP login.
+
+    A robustness check: no keyword read binds how the initiator sets CSG (R7143-6.3-9)."""
     obs = _run(initiator, target, observed, "chap", write=False, read=False)
     for conn in _all_connections(obs):
         stage: int | None = None
@@ -464,12 +479,15 @@ def test_login_immediate(initiator: Any, target: Any, observed: Any) -> None:
 
 @spec(
     "Initiator.Login.OnlyLoginBeforeFullFeature",
-    "RFC 7143 6.3",
+    ("RFC 7143", "6.3", "INFORMATIONAL", "initiator"),
     pairing="initiator",
     requirements=["R7143-6.3-8"],
 )
 def test_only_login_before_ffp(initiator: Any, target: Any, observed: Any) -> None:
-    """Until the final Login Response, the initiator sends only Login Requests."""
+    """Until the final Login Response, the initiator sends only Login Requests.
+
+    A robustness check: the keywords read bind the target's answer to another PDU during
+    login, not the initiator (R7143-6.3-8)."""
     obs = _run(initiator, target, observed, "chap", read=False)
     for conn in _all_connections(obs):
         early = [e.pdu for e in conn.sent_by_initiator() if not e.full_feature]
@@ -531,13 +549,16 @@ def test_key_senders(initiator: Any, target: Any, observed: Any) -> None:
 
 @spec(
     "Initiator.Login.KeyValues",
-    "RFC 7143 6.1",
-    "RFC 7143 13",
+    ("RFC 7143", "6.1", "INFORMATIONAL", "initiator"),
+    ("RFC 7143", "13", "INFORMATIONAL", "initiator"),
     pairing="initiator",
     requirements=["R7143-6.1-6", "R7143-6.1-2"],
 )
 def test_key_values(initiator: Any, target: Any, observed: Any) -> None:
-    """Every value the initiator sends for a standard key is well formed and in range."""
+    """Every value the initiator sends for a standard key is well formed and in range.
+
+    A robustness check: value types and ranges are definitions, no keyword binds the
+    sender to them (R7143-6.1-6)."""
     obs = _run(initiator, target, observed, "chap", write=False, read=False)
     for conn in _all_connections(obs):
         for key, value in conn.initiator_keys:
@@ -1493,7 +1514,10 @@ def test_nothing_after_logout(initiator: Any, target: Any, observed: Any) -> Non
     needs=("initiator:send_targets",),
 )
 def test_send_targets_all(initiator: Any, target: Any, observed: Any) -> None:
-    """Discovery asks SendTargets=All in a final Text Request with a real ITT and TTT 0xffffffff."""
+    """Discovery asks SendTargets=All in a final Text Request with a real ITT and TTT 0xffffffff.
+
+    The single-PDU, single-key request is a MUST (RFC 7143 C); the F bit, ITT and TTT
+    clauses have no keyword read and are checked as informational (R7143-13.3-5)."""
     ep, obs = observed()
     found = initiator.driver.discover(ep.host, ep.port)
     _settle(obs)
@@ -1504,15 +1528,19 @@ def test_send_targets_all(initiator: Any, target: Any, observed: Any) -> None:
         first: TextRequest = texts[0]  # type: ignore[assignment]
         pairs = parse_pairs(first.data) if first.data and not first.cont else []
         require(
-            ("SendTargets", "All") in pairs
-            and first.final
-            and not first.cont
-            and first.itt != NONE_TAG
-            and first.ttt == NONE_TAG,
+            ("SendTargets", "All") in pairs and not first.cont,
             "R7143-13.3-5",
-            f"SendTargets request: pairs {pairs}, F={int(first.final)}, C={int(first.cont)}, "
-            f"ITT 0x{first.itt:08x}, TTT 0x{first.ttt:08x}",
+            f"SendTargets request: pairs {pairs}, C={int(first.cont)}: not a single Text "
+            "Request PDU carrying SendTargets=All (RFC 7143 C)",
             sent=[first],
+        )
+        require(
+            first.final and first.itt != NONE_TAG and first.ttt == NONE_TAG,
+            "R7143-13.3-5",
+            f"SendTargets request: F={int(first.final)}, ITT 0x{first.itt:08x}, "
+            f"TTT 0x{first.ttt:08x} (F=1, a fresh ITT and TTT 0xffffffff expected)",
+            sent=[first],
+            level="INFORMATIONAL",
         )
     require(
         any(name == target.endpoint().iqn for name, _ in found),
