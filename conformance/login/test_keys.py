@@ -443,18 +443,22 @@ async def test_number_in_hex(target: Any) -> None:
 
 @spec(
     "Login.Keys.NumberEncodings.Base64",
-    "RFC 7143 6.1",
-    requirements=["R7143-6.1-5", "R7143-6.2.2-1"],
+    ("RFC 7143", "6.1", "INFORMATIONAL", "target"),
+    "RFC 7143 6.2",
+    requirements=["R7143-6.1-5", "R7143-6.2.2-1", "R7143-6.2-4", "R7143-6.2-5"],
     level="MUST",
 )
 async def test_number_in_base64(target: Any) -> None:
     """MaxBurstLength=0bAQAA: a numerical-value is decimal or hex only (RFC 7143 6.1; base64
     is for binary and large numerical values), so the target may refuse it (Reject or an
-    initiator error) or read it as 65536; it never answers above 65536 or NotUnderstood."""
+    initiator error) or read it as 65536; it never answers above 65536 or NotUnderstood.
+
+    How a receiver treats a malformed value has no keyword read (R7143-6.1-5, a robustness
+    check); the offer is still owed an answer (R7143-6.2-5, R7143-6.2-4)."""
     probe, step = await _answer(target, [("MaxBurstLength", "0bAQAA")])
     require(
         step.response is not None,
-        "R7143-6.1-5",
+        "R7143-6.2-5",
         step.missing(ANSWER_RULE),
         sent=probe.sent,
         received=probe.received,
@@ -474,7 +478,7 @@ async def test_number_in_base64(target: Any) -> None:
         return
     require(
         answer is not None and answer != "NotUnderstood",
-        "R7143-6.1-5",
+        "R7143-6.2-4",
         f"MaxBurstLength=0bAQAA was answered {answer!r}: neither refused nor read as a number"
         + ("" if answer else f"; {KEY_RULE}"),
         sent=probe.sent,
@@ -548,13 +552,21 @@ async def test_first_burst_not_above_max_burst(target: Any) -> None:
     )
 
 
-@spec("Login.Keys.Malformed.NumberWithLetters", "RFC 7143 6.1", requirements=["R7143-6.1-5"])
+@spec(
+    "Login.Keys.Malformed.NumberWithLetters",
+    ("RFC 7143", "6.1", "INFORMATIONAL", "target"),
+    "RFC 7143 6.2.2",
+    requirements=["R7143-6.1-5", "R7143-6.2-5", "R7143-6.2-4"],
+)
 async def test_malformed_number(target: Any) -> None:
-    """MaxBurstLength=12ab34 is not a number: Reject or a failed login."""
+    """MaxBurstLength=12ab34 is not a number: Reject or a failed login.
+
+    Which of the two has no keyword read (R7143-6.1-5, a robustness check); the offer is
+    owed an answer, as any inadmissible value is (R7143-6.2-5)."""
     probe, step = await _answer(target, [("MaxBurstLength", "12ab34")])
     require(
         step.response is not None,
-        "R7143-6.1-5",
+        "R7143-6.2-5",
         step.missing(ANSWER_RULE),
         sent=probe.sent,
         received=probe.received,
@@ -562,6 +574,13 @@ async def test_malformed_number(target: Any) -> None:
     if step.refused:
         return
     answer = _answer_to(probe, step, "MaxBurstLength")
+    require(
+        answer is not None and answer != "NotUnderstood",
+        "R7143-6.2-4",
+        f"a malformed number was answered {answer!r}" + ("" if answer else f"; {KEY_RULE}"),
+        sent=probe.sent,
+        received=probe.received,
+    )
     require(
         answer == "Reject",
         "R7143-6.1-5",
