@@ -476,12 +476,16 @@ async def test_statsn_per_connection(target: Any) -> None:
 
 @spec(
     "Login.Connections.CmdSNSessionWide",
-    "RFC 7143 4.2.2.1",
-    requirements=["R7143-4.2.2.1-6", "R7143-4.2.2.1-1"],
+    ("RFC 7143", "4.2.2.1", "INFORMATIONAL", "target"),
+    "RFC 7143 11.18",
+    requirements=["R7143-4.2.2.1-6", "R7143-4.2.2.1-1", "R7143-11.18-1"],
 )
 async def test_cmdsn_session_wide(target: Any) -> None:
     """Non-immediate pings with CmdSN n..n+2 on connection 0, then n+3 on connection 1:
-    connection 1's answer reports ExpCmdSN n+4."""
+    connection 1's answer reports ExpCmdSN n+4.
+
+    The session-wide ExpCmdSN is a robustness check (no keyword read, R7143-4.2.2.1-6);
+    the ping itself is owed a NOP-In (R7143-11.18-1)."""
     async with _session_for_two(target) as (_, ffp), _second(target, ffp) as ffp1:
         sent, received = [], []
         for _ in range(3):
@@ -494,7 +498,7 @@ async def test_cmdsn_session_wide(target: Any) -> None:
         received += ffp1.shown(resp)
         require(
             isinstance(resp, P.NopIn),
-            "R7143-4.2.2.1-6",
+            "R7143-11.18-1",
             f"a ping with CmdSN {r.cmdsn} on connection 1 (the session's next CmdSN after "
             "three on connection 0) was not answered",
             sent=sent,
