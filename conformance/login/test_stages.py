@@ -280,25 +280,31 @@ async def test_version_active_zero(target: Any) -> None:
 
 
 @spec(
-    "Login.Session.EchoIsidAndItt", "RFC 7143 6.3", "RFC 7143 11.13", requirements=["R7143-6.3-3"]
+    "Login.Session.EchoIsidAndItt",
+    ("RFC 7143", "11.13", "INFORMATIONAL", "target"),
+    "RFC 7143 6.2",
+    requirements=["R7143-11.13-5", "R7143-6.2-4"],
 )
 async def test_response_echoes_isid_and_itt(target: Any) -> None:
-    """Every Login Response carries the request's ISID and Initiator Task Tag."""
+    """Every Login Response carries the request's ISID and Initiator Task Tag.
+
+    The echo is a robustness check (no keyword read, R7143-11.13-5); each Login Request
+    offers keys, so a missing Login Response breaks R7143-6.2-4."""
     async with target.raw() as raw:
         probe = target.probe(raw)
         await probe.to_full_feature([])
         for step in probe.steps:
-            _require_answer(probe, step, "R7143-6.3-3", ANSWER_RULE)
+            _require_answer(probe, step, "R7143-6.2-4", ANSWER_RULE)
             require(
                 step.response.isid == step.request.isid,
-                "R7143-6.3-3",
+                "R7143-11.13-5",
                 f"ISID {step.response.isid:#x} != {step.request.isid:#x}",
                 sent=probe.sent,
                 received=probe.received,
             )
             require(
                 step.response.itt == step.request.itt,
-                "R7143-6.3-3",
+                "R7143-11.13-5",
                 f"ITT {step.response.itt:#x} != {step.request.itt:#x}",
                 sent=probe.sent,
                 received=probe.received,
@@ -675,7 +681,7 @@ async def test_nop_during_login_refused(target: Any) -> None:
 
 @spec(
     "Login.Session.CidOfFirstRequest",
-    "RFC 7143 11.12",
+    "RFC 7143 11.12.7",
     requirements=["R7143-6.3-3"],
 )
 async def test_cid_of_first_request_kept(target: Any) -> None:
