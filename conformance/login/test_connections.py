@@ -259,9 +259,10 @@ LEADING_ONLY = {
 def _make_leading_only_test(key: str, value: str) -> Callable[..., Any]:
     @spec(
         f"Login.Connections.NonLeading.{key}",
-        "RFC 7143 6.3.6",
-        "RFC 7143 13",
-        requirements=["R7143-6.3.6-1"],
+        ("RFC 7143", "6.3.6", "INFORMATIONAL", "target"),
+        ("RFC 7143", "13", "INFORMATIONAL", "target"),
+        "RFC 7143 6.2",
+        requirements=["R7143-6.3.6-1", "R7143-6.2-4", "R7143-6.2-1"],
     )
     async def test(target: Any) -> None:
         async with _session_for_two(target) as (_, ffp), target.raw() as raw:
@@ -269,10 +270,12 @@ def _make_leading_only_test(key: str, value: str) -> Callable[..., Any]:
                 target, raw, ffp.probe, cid=1, keys=[(key, value)], cmdsn=ffp.cmdsn
             )
             # Conforms: Irrelevant or Reject, or the login ended with status class 02.
-            # Not: silence, a hang-up, the key left unanswered or accepted.
+            # Not: silence, a hang-up, the key left unanswered (R7143-6.2-4) or answered
+            # NotUnderstood (R7143-6.2-1). Which answer it gets has no keyword read
+            # (R7143-6.3.6-1, a robustness check: the LO rule binds the sender).
             require(
                 probe.steps[-1].response is not None,
-                "R7143-6.3.6-1",
+                "R7143-6.2-4",
                 probe.steps[-1].missing(ANSWER_RULE),
                 sent=probe.sent,
                 received=probe.received,
@@ -289,6 +292,23 @@ def _make_leading_only_test(key: str, value: str) -> Callable[..., Any]:
                 return
             answers = [s.keys.get(key) for s in probe.steps if s.keys.get(key) is not None]
             answer = answers[-1] if answers else None
+            require(
+                answer is not None,
+                "R7143-6.2-4",
+                f"the leading-only key {key}={value} on a non-leading connection was never "
+                "answered: a negotiated key offered to the acceptor is answered (RFC 7143 6.2)",
+                sent=probe.sent,
+                received=probe.received,
+            )
+            require(
+                answer != "NotUnderstood",
+                "R7143-6.2-1",
+                f"the leading-only key {key}={value} on a non-leading connection was answered "
+                "NotUnderstood: a standard key the target knows is never answered NotUnderstood "
+                "(RFC 7143 6.2)",
+                sent=probe.sent,
+                received=probe.received,
+            )
             require(
                 answer in ("Irrelevant", "Reject"),
                 "R7143-6.3.6-1",
@@ -309,7 +329,7 @@ for _key, _value in LEADING_ONLY.items():
 
 @spec(
     "Login.Connections.ConnectionKeysOnNonLeading",
-    "RFC 7143 6.3.6",
+    ("RFC 7143", "6.3.6", "INFORMATIONAL", "target"),
     "RFC 7143 13.1",
     "RFC 7143 13.12",
     requirements=["R7143-6.3.6-1", "R7143-6.2.1-2"],
