@@ -133,14 +133,16 @@ for _label, _kind in ERL0_KINDS.items():
 
 @spec(
     "FullFeature.Snack.Erl0.Rejected",
-    "RFC 7143 11.16",
+    ("RFC 7143", "11.16", "INFORMATIONAL", "target"),
     "RFC 7143 11.17",
-    level="SHOULD",
     requirements=["R7143-11.16-2", "R7143-11.17-1"],
 )
 async def test_erl0_snack_rejected(target: Any) -> None:
     """At ErrorRecoveryLevel 0 a Data SNACK is answered with a Reject (Protocol Error or
-    SNACK Reject) carrying its header, and the session goes on."""
+    SNACK Reject) carrying its header, and the session goes on.
+
+    A robustness check (no keyword read for SNACKs at level 0, R7143-11.16-2), but a
+    Reject that comes carries the SNACK's header (R7143-11.17-1, MUST)."""
     keys = [("ErrorRecoveryLevel", "0"), *SMALL_PDUS]
     async with full_feature(target, keys=keys) as ffp:
         out = await _read(ffp, target)
