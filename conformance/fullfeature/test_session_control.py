@@ -418,30 +418,7 @@ async def _abort_held_write(
             received=before.shown(),
         )
         assert block is not None
-        cmd = P.ScsiCommand(
-            final=True,
-            write=True,
-            attr=1,
-            lun=P.lun_to_field(lun),
-            itt=ffp.next_itt(),
-            expected_data_transfer_length=BLOCK,
-            cmdsn=ffp.take_cmdsn(),
-            expstatsn=ffp.expstatsn,
-            cdb=cdb.write10(HELD_LBA, 1),
-        )
-        await ffp.send(cmd)
-        got: list[Any] = []
-        r2t = None
-        for _ in range(16):
-            p = await ffp.recv()
-            if p is None:
-                break
-            got.append(p)
-            if isinstance(p, P.R2T) and p.itt == cmd.itt:
-                r2t = p
-                break
-            if getattr(p, "itt", None) == cmd.itt and isinstance(p, P.ScsiResponse):
-                break
+        cmd, r2t, got = await ffp.hold_write(lun, cdb.write10(HELD_LBA, 1), BLOCK)
         require(
             r2t is not None,
             "RSBC3-5.16-1",

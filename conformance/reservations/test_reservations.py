@@ -950,30 +950,7 @@ async def test_preempt_and_abort_aborts_tasks(target: Any) -> None:
             sent=res.sent,
             received=res.shown(),
         )
-        cmd = P.ScsiCommand(
-            final=True,
-            write=True,
-            attr=1,
-            lun=P.lun_to_field(lun),
-            itt=a.next_itt(),
-            expected_data_transfer_length=BLOCK,
-            cmdsn=a.take_cmdsn(),
-            expstatsn=a.expstatsn,
-            cdb=cdb.write10(HELD_LBA, 1),
-        )
-        await a.send(cmd)
-        got: list[Any] = []
-        r2t = None
-        for _ in range(16):
-            p = await a.recv()
-            if p is None:
-                break
-            got.append(p)
-            if isinstance(p, P.R2T) and p.itt == cmd.itt:
-                r2t = p
-                break
-            if isinstance(p, P.ScsiResponse) and p.itt == cmd.itt:
-                break
+        cmd, r2t, got = await a.hold_write(lun, cdb.write10(HELD_LBA, 1), BLOCK)
         if r2t is None:
             pytest.skip(
                 "a one-block WRITE with ImmediateData=No and InitialR2T=Yes got no R2T: "

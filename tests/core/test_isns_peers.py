@@ -22,8 +22,6 @@ in CI a missing tool fails, elsewhere it skips.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -35,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from host_programs import host_program as _tool
 from iscsi_conformance.core import isns as I
 from iscsi_conformance.core.isns import (
     DELIMITER,
@@ -47,23 +46,12 @@ from iscsi_conformance.core.isns import (
     Status,
     Tag,
 )
+from iscsi_conformance.netutil import free_tcp_port as _free_port
 
 pytestmark = pytest.mark.peer
 
 TARGET = "iqn.2024-01.org.iscsi-conformance:isns-codec-target"
 INITIATOR = "iqn.2024-01.org.iscsi-conformance:isns-codec-initiator"
-
-
-def _tool(name: str) -> str:
-    # Looked up when a test runs: provisioning happens after collection.
-    path = shutil.which(name) or (
-        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
-    )
-    if path is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{name} is required in CI (ci/setup_host.sh installs it)", pytrace=False)
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 # ------------------------------------------------------------------ what we encode
@@ -282,12 +270,6 @@ def test_tshark_notices_a_lying_attribute_length(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ live isnsd
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

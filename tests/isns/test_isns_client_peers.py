@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +32,9 @@ from pathlib import Path
 
 import pytest
 
+from host_programs import host_program as _tool
+from iscsi_conformance.netutil import free_tcp_port as _free_port
+
 pytestmark = pytest.mark.peer
 
 T1 = "iqn.2024-01.org.iscsi-conformance:isns-client-t1"
@@ -40,23 +42,6 @@ T2 = "iqn.2024-01.org.iscsi-conformance:isns-client-t2"
 INI = "iqn.2024-01.org.iscsi-conformance:isns-client-ini"
 ADM = "iqn.2024-01.org.iscsi-conformance:isns-client-adm"
 CLI = [sys.executable, "-m", "iscsi_conformance.cli"]
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name) or (
-        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
-    )
-    if path is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{name} is required in CI (ci/setup_host.sh installs it)", pytrace=False)
-        pytest.skip(f"{name} is not installed")
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:

@@ -16,9 +16,7 @@ as root; in CI a missing tool fails, elsewhere it skips. Traffic stays on loopba
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,31 +28,16 @@ from pathlib import Path
 
 import pytest
 
+from host_programs import host_program as _tool
 from iscsi_conformance.core import isns as I
 from iscsi_conformance.core.isns import Attribute, FunctionId, Message, MessageDecoder, Status, Tag
+from iscsi_conformance.netutil import free_tcp_port as _free_port
 
 pytestmark = pytest.mark.peer
 
 T1 = "iqn.2024-01.org.iscsi-conformance:isns-server-t1"
 T2 = "iqn.2024-01.org.iscsi-conformance:isns-server-t2"
 INI = "iqn.2024-01.org.iscsi-conformance:isns-server-ini"
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name) or (
-        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
-    )
-    if path is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{name} is required in CI (ci/setup_host.sh installs it)", pytrace=False)
-        pytest.skip(f"{name} is not installed")
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:

@@ -895,6 +895,38 @@ class FullFeature:
             self.cmdsn = sn_add(self.cmdsn, 1)
         return sn
 
+    async def hold_write(
+        self, lun: int, cdb_bytes: bytes, length: int, *, wait_for: int = 16
+    ) -> tuple[Any, Any | None, list[Any]]:
+        """Send a WRITE without data and read until its first R2T: with ImmediateData=No
+        and InitialR2T=Yes the target can only have the data by asking for it, so the task
+        stays open until the Data-Out comes (a task held open for task management or
+        PREEMPT AND ABORT). Returns the command, the R2T (None if a SCSI Response for the
+        command, silence or a hang-up came first) and every PDU read meanwhile."""
+        cmd = P.ScsiCommand(
+            final=True,
+            write=True,
+            attr=1,
+            lun=P.lun_to_field(lun),
+            itt=self.next_itt(),
+            expected_data_transfer_length=length,
+            cmdsn=self.take_cmdsn(),
+            expstatsn=self.expstatsn,
+            cdb=cdb_bytes,
+        )
+        await self.send(cmd)
+        got: list[Any] = []
+        for _ in range(wait_for):
+            p = await self.recv()
+            if p is None:
+                break
+            got.append(p)
+            if isinstance(p, P.R2T) and p.itt == cmd.itt:
+                return cmd, p, got
+            if isinstance(p, P.ScsiResponse) and p.itt == cmd.itt:
+                break
+        return cmd, None, got
+
     async def nop(
         self, data: bytes = b"", *, immediate: bool = True, itt: int | None = None
     ) -> tuple[Any, Any]:
