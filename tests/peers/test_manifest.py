@@ -35,7 +35,7 @@ GOOD = {
     },
     "capabilities": {"chap_algorithms": [5, 7], "mutual_chap": True, "erl": [0], "new_thing": "x"},
     "deviations": [
-        {"test": "Login.Keys", "reason": "broad", "versions": "*"},
+        {"test": "Login.Keys.*", "reason": "broad", "versions": "*"},
         {
             "test": "Login.Keys.HeaderDigest",
             "reason": "narrow",
@@ -68,7 +68,7 @@ def test_good_manifest_parses() -> None:
     assert (m.driver, m.shard_weight) == ("iscsi_conformance.peers.tgt:TgtTarget", 2.5)
     assert m.supports("mutual_chap") and not m.supports("ipv6")
     assert m.capabilities["new_thing"] == "x"
-    assert len(m.deviations) == 2 and m.deviations[0]["test"] == "Login.Keys"
+    assert len(m.deviations) == 2 and m.deviations[0]["test"] == "Login.Keys.*"
 
 
 @pytest.mark.parametrize(
@@ -98,6 +98,9 @@ def test_good_manifest_parses() -> None:
         ("deviations.0.reason", KeyError, "deviations[0].reason"),
         ("deviations.0.reason", "  ", "deviations[0].reason"),
         ("deviations.0.test", "Login.", "deviations[0].test"),
+        ("deviations.0.test", "Login*", "deviations[0].test"),
+        ("deviations.0.test", "Login.*.Keys", "deviations[0].test"),
+        ("deviations.0.test", "*", "deviations[0].test"),
         ("deviations.1.versions", "~~", "deviations[1].versions"),
         ("deviations.1.effect", "ignore", "deviations[1].effect"),
         ("deviations.1.extra", 1, "deviations[1]"),
@@ -118,13 +121,24 @@ def test_unknown_table_and_missing_peer() -> None:
     assert exc.value.field == "peer"
 
 
-def test_deviation_matching_prefix_and_versions() -> None:
+def test_deviation_matching_exact_group_and_versions() -> None:
     m = parse_manifest(GOOD)
-    assert m.deviation_for("Login.Keys.HeaderDigest.Foo", "1.0.85").reason == "narrow"
+    assert m.deviation_for("Login.Keys.HeaderDigest", "1.0.85").reason == "narrow"
+    assert m.deviation_for("Login.Keys.HeaderDigest[CRC32C]", "1.0.85").reason == "narrow"
+    # a test's own entry covers no longer ID: the group does
+    assert m.deviation_for("Login.Keys.HeaderDigest.Foo", "1.0.85").reason == "broad"
     assert m.deviation_for("Login.Keys.HeaderDigest", "1.2").reason == "broad"
     assert m.deviation_for("Login.Keys.Other").reason == "broad"
+    assert m.deviation_for("Login.Keys") is None  # the group is what lies under it
     assert m.deviation_for("Login.KeysX") is None
     assert m.deviation_for("Login") is None
+    one = Deviation(test="A.B", reason="r")
+    assert one.matches("A.B") and one.matches("A.B[512]")
+    assert not one.matches("A.B.C") and not one.matches("A.BC")
+    # the group's length does not beat a test's own entry
+    long_group = Deviation(test="Login.Keys.HeaderDigest.*", reason="group")
+    assert long_group.matches("Login.Keys.HeaderDigest.X[1]")
+    assert not long_group.matches("Login.Keys.HeaderDigest")
     d = Deviation(test="A.B", reason="r", versions="<2")
     assert d.matches("A.B", "1:1.9-3") and not d.matches("A.B", "2.0")
 

@@ -4,7 +4,7 @@ Verdicts are graded (``grading.py``): a SHOULD broken is a non-strict result and
 behaviour the RFC leaves open is informational; the report shows both apart, and
 neither fails a run. A ``[[deviations]]`` entry makes a test a strict expected failure,
 so an entry on a SHOULD or informational test would hide a graded result behind an
-xfail. Every test a deviation covers (its ID, or every ID under its prefix) must
+xfail. Every test a deviation covers (its ID, or every ID under its group) must
 therefore be graded MUST by its strongest reference. Deviations that name cases of
 libiscsi's own suite (``libiscsi.*``) carry libiscsi's verdicts, not ours, and are
 outside this rule; so are ``effect = "intermittent"`` entries, which record a target
@@ -112,14 +112,26 @@ def test_the_rule_catches_should_and_informational_deviations() -> None:
     devs: Manifests = {
         ("target", "demo"): (
             Deviation("Login.A.Must", "a MUST breach: kept"),
-            Deviation("Login.A", "a prefix covering a SHOULD test"),
+            Deviation("Login.A.*", "a group covering a SHOULD test"),
             Deviation("Login.B.Open[512]", "a case of an informational test"),
             Deviation("libiscsi.SCSI.X.Y", "libiscsi's own verdict: outside the rule"),
             Deviation("Login.B.Open", "tgtd segfaults here in some runs", effect="intermittent"),
         )
     }
     assert offenders(grades, devs) == {
-        ("target", "demo", "Login.A", "Login.A.Should"),
+        ("target", "demo", "Login.A.*", "Login.A.Should"),
     }
     devs[("target", "demo")] += (Deviation("Login.B.Open", "informational"),)
     assert ("target", "demo", "Login.B.Open", "Login.B.Open") in offenders(grades, devs)
+
+
+def test_every_deviation_covers_a_test(grades: dict[str, str]) -> None:
+    """A deviation names a test by its exact ID (or a group ``X.*``): an entry that
+    covers no collected test is a typo or a renamed test, and would hide nothing."""
+    idle = sorted(
+        f"{role} {name}: [[deviations]] test={dev.test!r}"
+        for (role, name), devs in manifests().items()
+        for dev in devs
+        if not dev.test.startswith("libiscsi.") and not any(dev.matches(t) for t in grades)
+    )
+    assert not idle, "deviations that cover no test:\n  " + "\n  ".join(idle)

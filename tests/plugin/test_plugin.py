@@ -133,13 +133,14 @@ def test_version_matching(spec_text: str, version: str, expected: bool) -> None:
     assert version_matches(version, spec_text) is expected
 
 
-def test_deviation_matching_by_prefix() -> None:
+def test_deviation_matching_by_group() -> None:
     m = Manifest(
         name="tgt",
         role="target",
-        deviations=[{"test": "CHAP.OneWay", "versions": "*", "reason": "MD5 only"}],
+        deviations=[{"test": "CHAP.OneWay.*", "versions": "*", "reason": "MD5 only"}],
     )
     assert deviation_for(m, "CHAP.OneWay.SHA256.Hex", "1.0.85") == "MD5 only"
+    assert deviation_for(m, "CHAP.OneWay", "1.0.85") is None
     assert deviation_for(m, "CHAP.OneWayX.Foo", "1.0.85") is None
     assert deviation_for(m, "Login.Keys.X", "1.0.85") is None
     # a parametrised case is covered by its test's entry; an unknown version still applies

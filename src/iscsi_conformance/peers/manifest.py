@@ -6,8 +6,8 @@ its ``manifest.toml``. The manifest is data: which class drives the peer
 (``peer.driver``, imported lazily by ``peers.registry``), what a share of a run on it
 costs (``peer.shard_weight``, for ``run --shards``), what the peer can do
 (``[capabilities]``) and where it is known to depart from the RFC
-(``[[deviations]]``, keyed by stable test ID or ID prefix and a version range), so
-test code never says ``if peer == ...``. The format is documented in
+(``[[deviations]]``, keyed by stable test ID or a group ``Family.Suite.*`` and a
+version range), so test code never says ``if peer == ...``. The format is documented in
 ``targets/README.md``.
 
 Peer folders are looked up in the source checkout first (``<repo>/targets``) and then
@@ -142,7 +142,9 @@ def manifest_error(path: str | os.PathLike[str], field: str, message: str) -> Co
 class Deviation:
     """A known departure of a peer from the spec, as its manifest states it."""
 
-    test: str  # stable test ID or ID prefix ("Login.Keys" matches "Login.Keys.Foo")
+    #: A stable test ID ("Login.Keys.Foo" covers it and its cases "Login.Keys.Foo[512]"),
+    #: or a group ("Login.Keys.*" covers every ID under "Login.Keys.", not "Login.Keys").
+    test: str
     reason: str
     versions: str = "*"
     upstream: str = ""
@@ -153,16 +155,27 @@ class Deviation:
     def matches(self, test_id: str, version: str | None = None) -> bool:
         """Whether this deviation covers ``test_id`` for the peer at ``version``.
 
-        ``test_id`` may carry a parametrised case (``Foo.Bar.Baz[512]``): the entry
-        ``Foo.Bar.Baz`` covers every case. A version with no number in it (not known
-        yet, or a peer that does not say) is assumed to still have the deviation.
+        The entry ``Foo.Bar.Baz`` covers that ID and its parametrised cases
+        (``Foo.Bar.Baz[512]``), never a longer ID such as ``Foo.Bar.Baz.Qux``: a new test
+        does not fall under an older entry by its name. A group ``Foo.Bar.*`` covers every
+        ID under ``Foo.Bar.``, said so in the manifest. A version with no number in it
+        (not known yet, or a peer that does not say) is assumed to still have the
+        deviation.
         """
         base = test_id.split("[", 1)[0]
-        if not (base == self.test or base.startswith(self.test + ".")):
+        if self.is_group:
+            if not base.startswith(self.test[:-1]):
+                return False
+        elif base != self.test:
             return False
         if version is None or self.versions.strip() == "*" or not re.search(r"\d", version):
             return True
         return version_matches(version, self.versions)
+
+    @property
+    def is_group(self) -> bool:
+        """Whether the entry names a group of tests (``Foo.Bar.*``), not one test."""
+        return self.test.endswith(".*")
 
     @classmethod
     def from_dict(cls, raw: Any) -> Deviation:
@@ -215,10 +228,11 @@ class PeerManifest(Manifest):
 
 def find_deviation(deviations: Any, test_id: str, version: str | None = None) -> Deviation | None:
     """The one matcher of deviations (the plugin's and the drivers'): the most specific
-    (longest) entry that covers ``test_id`` at ``version`` wins, so a narrow entry can
-    override a broad one. ``deviations`` are ``Deviation`` objects or manifest tables."""
+    entry that covers ``test_id`` at ``version`` wins (the test's own entry, then the
+    longest group), so a narrow entry can override a broad one. ``deviations`` are
+    ``Deviation`` objects or manifest tables."""
     parsed = [Deviation.from_dict(d) for d in deviations or ()]
-    for dev in sorted(parsed, key=lambda d: len(d.test), reverse=True):
+    for dev in sorted(parsed, key=lambda d: (not d.is_group, len(d.test)), reverse=True):
         if dev.matches(test_id, version):
             return dev
     return None
@@ -357,8 +371,11 @@ def parse_manifest(
         if extra:
             raise ConfigError(f"unknown key(s) {sorted(extra)}", field=where)
         test = _require(raw, "test", str, where)
-        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*", test) or test.endswith("."):
-            raise ConfigError(f"not a test ID or ID prefix: {test!r}", field=f"{where}.test")
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_\-]*(\.[A-Za-z0-9_\-]+)*(\.\*)?", test):
+            raise ConfigError(
+                f"not a test ID or a group of IDs (Family.Suite.*): {test!r}",
+                field=f"{where}.test",
+            )
         reason = _require(raw, "reason", str, where)
         if not reason.strip():
             raise ConfigError("must say why", field=f"{where}.reason")

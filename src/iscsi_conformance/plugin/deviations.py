@@ -1,6 +1,7 @@
 """Known deviations of a peer, from its manifest, matched to a test.
 
-A deviation names a stable test ID or an ID prefix (``CHAP.Algorithms``), the peer
+A deviation names a stable test ID (which covers its parametrised cases) or a group
+of IDs (``CHAP.Algorithms.*``), the peer
 versions it applies to (``*``, ``>=1.0.85``, ``<6.2,>=5.10``) and the reason. A
 matching deviation makes the test a *strict* expected failure: if the peer is fixed,
 the test passes unexpectedly and the run says so, so the manifest gets updated.
