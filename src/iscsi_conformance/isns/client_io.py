@@ -36,6 +36,7 @@ from .client import (
     RequestFailed,
     TargetsDiscovered,
 )
+from .pump import pump
 
 log = logging.getLogger("iscsi_conformance.isns.client")
 
@@ -300,27 +301,9 @@ class ISNSClient:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """One connection from the server to our ESI/SCN port."""
-        conn = self.engine.listener()
-        try:
-            while not conn.closed and not self._closing:
-                try:
-                    data = await asyncio.wait_for(reader.read(65536), 30.0)
-                except TimeoutError:
-                    break
-                if not data:
-                    break
-                conn.receive_data(data, time.time())
-                out = conn.data_to_send()
-                if out:
-                    writer.write(out)
-                    await writer.drain()
-                self._drain_events()
-        except (ConnectionError, OSError) as exc:
-            log.info("iSNS listener connection lost: %s", exc)
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        await pump(self.engine.listener(), reader, writer, idle_timeout=30.0,
+                   after_step=self._drain_events, closing=lambda: self._closing,
+                   what="iSNS listener connection")  # fmt: skip
 
     def events_of(self, kind: type[T]) -> list[T]:
         """The events of one kind seen so far (tests)."""

@@ -36,6 +36,7 @@ from iscsi_conformance.core.isns import ISNSFormatError, Message, MessageDecoder
 
 from .database import Database
 from .engine import Outbound, ServerConfig, ServerEngine
+from .pump import pump
 
 log = logging.getLogger("iscsi_conformance.isns")
 
@@ -177,33 +178,15 @@ class ISNSServer:
             self._wake.set()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = self.engine.connection()
         me = asyncio.current_task()
         if me is not None:
             self._tasks.add(me)  # stop() cancels connections too
         try:
-            while not conn.closed and not self._closing:
-                try:
-                    data = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
-                except TimeoutError:
-                    log.info("iSNS connection idle for %.0f s: closed", self.idle_timeout)
-                    break
-                if not data:
-                    break
-                conn.receive_data(data, time.time())
-                out = conn.data_to_send()
-                if out:
-                    writer.write(out)
-                    await writer.drain()
-                self._after()
-        except (ConnectionError, OSError) as exc:
-            log.info("iSNS connection lost: %s", exc)
+            await pump(self.engine.connection(), reader, writer, idle_timeout=self.idle_timeout,
+                       after_step=self._after, closing=lambda: self._closing)  # fmt: skip
         finally:
             if me is not None:
                 self._tasks.discard(me)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
     async def _deliver(self, action: Outbound) -> None:
         """One ESI or SCN (5.6.5.13, 5.6.5.8): connect, send, read one answer."""
