@@ -52,6 +52,8 @@ import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Generic, TypeVar
 
 from iscsi_conformance.core.isns import (
     DELIMITER,
@@ -143,6 +145,46 @@ class Outbound:
 class _EsiState:
     next_at: float
     unanswered: int = 0
+
+
+_G = TypeVar("_G", DiscoveryDomain, DiscoveryDomainSet)
+_M = TypeVar("_M")
+
+
+@dataclass(frozen=True)
+class _DDMembers:
+    """What a DDReg adds to a DD (6.11.2)."""
+
+    features: int | None
+    members: list[str]
+    portals: list[PortalKey]
+
+
+@dataclass(frozen=True)
+class _DDSMembers:
+    """What a DDSReg adds to a DD Set (6.11.1)."""
+
+    status: int | None
+    dd_ids: list[int]
+
+
+@dataclass(frozen=True)
+class _Grouping(Generic[_G, _M]):
+    """What DDs and DD Sets differ in; their registration (5.6.5.9, 5.6.5.11) and
+    deregistration (5.6.5.10, 5.6.5.12) are one handler each."""
+
+    label: str  # "DD" or "DDS", as the RFC names the functions
+    id_tag: int
+    name_tag: int
+    reg_section: str
+    id_section: str  # where ID 0 is reserved
+    store: Callable[[], dict[int, _G]]
+    new_id: Callable[[], int]
+    read: Callable[[Sequence[Attribute]], _M]  # Operating Attributes but ID and name
+    create: Callable[[int, str | None], _G]
+    add: Callable[[_G, _M, bool], list[Attribute]]  # -> the response's attributes
+    delete: Callable[[_G], None]
+    remove: Callable[[_G, Sequence[Attribute]], None]
 
 
 class _Refused(Exception):
@@ -406,6 +448,14 @@ class ServerEngine:
         self.events: list[str] = []  # what happened, for logs and tests
         for entity in self.db.entities.values():
             self._touch(entity, now, esi=True)
+        dd: _Grouping[DiscoveryDomain, _DDMembers] = _Grouping(
+            "DD", Tag.DD_ID, Tag.DD_SYMBOLIC_NAME, "5.6.5.9", "6.11.2.1",
+            lambda: self.db.dds, self.db.new_dd_id, self._dd_read, self._dd_create,
+            self._dd_add, self._dd_delete, self._dd_remove)  # fmt: skip
+        dds: _Grouping[DiscoveryDomainSet, _DDSMembers] = _Grouping(
+            "DDS", Tag.DD_SET_ID, Tag.DD_SET_SYMBOLIC_NAME, "5.6.5.11", "6.11.1.1",
+            lambda: self.db.ddss, self.db.new_dds_id, self._dds_read, self._dds_create,
+            self._dds_add, self._dds_delete, self._dds_remove)  # fmt: skip
         self._handlers: dict[int, Callable[[Message, str, float], Message]] = {
             FunctionId.DEV_ATTR_REG: self._dev_attr_reg,
             FunctionId.DEV_ATTR_QRY: self._dev_attr_qry,
@@ -414,10 +464,10 @@ class ServerEngine:
             FunctionId.SCN_REG: self._scn_reg,
             FunctionId.SCN_DEREG: self._scn_dereg,
             FunctionId.SCN_EVENT: self._scn_event,
-            FunctionId.DD_REG: self._dd_reg,
-            FunctionId.DD_DEREG: self._dd_dereg,
-            FunctionId.DDS_REG: self._dds_reg,
-            FunctionId.DDS_DEREG: self._dds_dereg,
+            FunctionId.DD_REG: partial(self._grouping_reg, dd),
+            FunctionId.DD_DEREG: partial(self._grouping_dereg, dd),
+            FunctionId.DDS_REG: partial(self._grouping_reg, dds),
+            FunctionId.DDS_DEREG: partial(self._grouping_dereg, dds),
         }
 
     # ------------------------------------------------------------------ driving API
@@ -1336,42 +1386,96 @@ class ServerEngine:
             raise _Refused(Status.INVALID_REGISTRATION, f"two different tag {tag} values")
         return values[0] if values else None
 
-    def _dd_reg(self, msg: Message, src: str, now: float) -> Message:
-        """DDReg (5.6.5.9, 5.7.5.9)."""
+    def _grouping_reg(self, kind: _Grouping[_G, _M], msg: Message, src: str, now: float) -> Message:
+        """DDReg and DDSReg (5.6.5.9, 5.6.5.11): the Message Key names an existing
+        grouping, or none and the Operating Attributes create one (with the ID they give,
+        or a new one); names are unique; members are added, never removed."""
         self._may_modify_dds(src)
-        db = self.db
+        label = kind.label
+        store = kind.store()
         keys = [canonical(a) for a in msg.key_attributes]
         ops = [canonical(a) for a in msg.operating_attributes]
-        if any(a.tag != Tag.DD_ID for a in keys):
-            raise _Refused(Status.INVALID_REGISTRATION, "the DDReg Message Key is a DD_ID")
-        key_id = self._one_id(keys, Tag.DD_ID)
-        op_id = self._one_id(ops, Tag.DD_ID)
+        if any(a.tag != kind.id_tag for a in keys):
+            raise _Refused(
+                Status.INVALID_REGISTRATION, f"the {label}Reg Message Key is a {label}_ID"
+            )
+        key_id = self._one_id(keys, kind.id_tag)
+        op_id = self._one_id(ops, kind.id_tag)
         if key_id is not None and op_id is not None and key_id != op_id:
-            raise _Refused(Status.INVALID_REGISTRATION, "Message Key and Operating DD_IDs differ")
-        if key_id is not None and key_id not in db.dds:
-            raise _Refused(Status.INVALID_REGISTRATION, f"DD {key_id} does not exist (5.6.5.9)")
-        dd_id = key_id if key_id is not None else op_id
-        if dd_id == 0:
-            raise _Refused(Status.INVALID_REGISTRATION, "DD_ID 0 is reserved (6.11.2.1)")
-        dd = db.dds.get(dd_id) if dd_id is not None else None
-        new = dd is None
+            raise _Refused(
+                Status.INVALID_REGISTRATION, f"Message Key and Operating {label}_IDs differ"
+            )
+        if key_id is not None and key_id not in store:
+            raise _Refused(
+                Status.INVALID_REGISTRATION, f"{label} {key_id} does not exist ({kind.reg_section})"
+            )
+        obj_id = key_id if key_id is not None else op_id
+        if obj_id == 0:
+            raise _Refused(
+                Status.INVALID_REGISTRATION, f"{label}_ID 0 is reserved ({kind.id_section})"
+            )
         name: str | None = None
+        rest: list[Attribute] = []
+        for a in ops:
+            if a.tag == kind.id_tag:
+                continue
+            if a.tag == kind.name_tag:
+                name = _text(a) or None
+            else:
+                rest.append(a)
+        members = kind.read(rest)
+        obj = store.get(obj_id) if obj_id is not None else None
+        if name is not None and any(o.name == name and o is not obj for o in store.values()):
+            raise _Refused(
+                Status.INVALID_REGISTRATION, f"{label} name {name!r} is taken ({kind.reg_section})"
+            )
+        new = obj is None
+        if obj is None:
+            obj_id = obj_id if obj_id is not None else kind.new_id()
+            obj = kind.create(obj_id, name)
+            store[obj_id] = obj
+        elif name is not None:
+            obj.name = name
+        out: list[Attribute] = kind.add(obj, members, new)
+        return msg.response(Status.SUCCESSFUL, [*msg.key_attributes, DELIMITER, *out])
+
+    def _grouping_dereg(
+        self, kind: _Grouping[_G, _M], msg: Message, src: str, now: float
+    ) -> Message:
+        """DDDereg and DDSDereg (5.6.5.10, 5.6.5.12): the grouping, or some of its
+        members; one that does not exist is no error."""
+        self._may_modify_dds(src)
+        label = kind.label
+        keys = [canonical(a) for a in msg.key_attributes]
+        if len(keys) != 1 or keys[0].tag != kind.id_tag or not keys[0].value:
+            raise _Refused(
+                Status.MESSAGE_FORMAT_ERROR, f"the {label}Dereg Message Key is one {label}_ID"
+            )
+        obj = kind.store().get(_u32(keys[0]))
+        ops = [canonical(a) for a in msg.operating_attributes]
+        if obj is None:
+            pass
+        elif not ops:
+            kind.delete(obj)
+        else:
+            kind.remove(obj, ops)
+        return msg.response(Status.SUCCESSFUL)
+
+    # A DD groups nodes and portals (6.11.2).
+
+    def _dd_read(self, ops: Sequence[Attribute]) -> _DDMembers:
         features: int | None = None
         members: list[str] = []
         portals: list[PortalKey] = []
         i = 0
         while i < len(ops):
             a = ops[i]
-            if a.tag == Tag.DD_ID:
-                pass
-            elif a.tag == Tag.DD_SYMBOLIC_NAME:
-                name = _text(a) or None
-            elif a.tag == Tag.DD_FEATURES:
+            if a.tag == Tag.DD_FEATURES:
                 features = _u32(a)
             elif a.tag == Tag.DD_MEMBER_ISCSI_NAME and a.value:
                 members.append(_text(a))
             elif a.tag == Tag.DD_MEMBER_ISCSI_INDEX and a.value:
-                node = db.node_by_index(_u32(a))
+                node = self.db.node_by_index(_u32(a))
                 if node is None:
                     raise _Refused(
                         Status.INVALID_REGISTRATION, "DD Member iSCSI Index of no registered node"
@@ -1384,7 +1488,7 @@ class ServerEngine:
                     i += 1
                 members.append(node.name)
             elif a.tag == Tag.DD_MEMBER_PORTAL_INDEX and a.value:
-                portal = db.portal_by_index(_u32(a))
+                portal = self.db.portal_by_index(_u32(a))
                 if portal is None:
                     raise _Refused(
                         Status.INVALID_REGISTRATION, "DD Member Portal Index of no portal"
@@ -1401,52 +1505,33 @@ class ServerEngine:
             else:
                 raise _Refused(Status.INVALID_REGISTRATION, f"tag {a.tag} in a DDReg (5.6.5.9)")
             i += 1
-        if name is not None and any(d.name == name and d is not dd for d in db.dds.values()):
-            raise _Refused(Status.INVALID_REGISTRATION, f"DD name {name!r} is taken (5.6.5.9)")
-        if dd is None:
-            dd_id = dd_id if dd_id is not None else db.new_dd_id()
-            dd = DiscoveryDomain(dd_id, name or self._unique_dd_name(dd_id))
-            db.dds[dd_id] = dd
-        elif name is not None:
-            dd.name = name
-        if features is not None:
-            dd.features = features
-        for m in members:
-            db.node_index(m)  # 5.6.5.9: an unregistered member gets its index now
+        return _DDMembers(features, members, portals)
+
+    def _dd_create(self, dd_id: int, name: str | None) -> DiscoveryDomain:
+        return DiscoveryDomain(dd_id, name or self._unique_dd_name(dd_id))
+
+    def _dd_add(self, dd: DiscoveryDomain, add: _DDMembers, new: bool) -> list[Attribute]:
+        if add.features is not None:
+            dd.features = add.features
+        for m in add.members:
+            self.db.node_index(m)  # 5.6.5.9: an unregistered member gets its index now
             if m not in dd.members:
                 dd.members.append(m)
-        for p in portals:
-            db.portal_index(p)
+        for p in add.portals:
+            self.db.portal_index(p)
             if p not in dd.portal_members:
                 dd.portal_members.append(p)
-        out = (
-            self._dd_list(dd) if new or members or portals else [Attribute.of(Tag.DD_ID, dd.dd_id)]
-        )
-        return msg.response(Status.SUCCESSFUL, [*msg.key_attributes, DELIMITER, *out])
+        if new or add.members or add.portals:
+            return self._dd_list(dd)
+        return [Attribute.of(Tag.DD_ID, dd.dd_id)]
 
-    def _unique_dd_name(self, dd_id: int) -> str:
-        name, n = f"dd-{dd_id}", 0
-        while any(d.name == name for d in self.db.dds.values()):
-            n += 1
-            name = f"dd-{dd_id}-{n}"
-        return name
+    def _dd_delete(self, dd: DiscoveryDomain) -> None:
+        del self.db.dds[dd.dd_id]
+        for dds in self.db.ddss.values():
+            if dd.dd_id in dds.dds:
+                dds.dds.remove(dd.dd_id)
 
-    def _dd_dereg(self, msg: Message, src: str, now: float) -> Message:
-        """DDDereg (5.6.5.10): the DD, or some of its members; none is no error."""
-        self._may_modify_dds(src)
-        keys = [canonical(a) for a in msg.key_attributes]
-        if len(keys) != 1 or keys[0].tag != Tag.DD_ID or not keys[0].value:
-            raise _Refused(Status.MESSAGE_FORMAT_ERROR, "the DDDereg Message Key is one DD_ID")
-        dd = self.db.dds.get(_u32(keys[0]))
-        ops = [canonical(a) for a in msg.operating_attributes]
-        if dd is None:
-            return msg.response(Status.SUCCESSFUL)
-        if not ops:
-            del self.db.dds[dd.dd_id]
-            for dds in self.db.ddss.values():
-                if dd.dd_id in dds.dds:
-                    dds.dds.remove(dd.dd_id)
-            return msg.response(Status.SUCCESSFUL)
+    def _dd_remove(self, dd: DiscoveryDomain, ops: Sequence[Attribute]) -> None:
         for i, a in enumerate(ops):
             if a.tag == Tag.DD_MEMBER_ISCSI_NAME and _text(a) in dd.members:
                 dd.members.remove(_text(a))
@@ -1460,34 +1545,21 @@ class ServerEngine:
                 key = (a.value, _u32(ops[i + 1]))
                 if key in dd.portal_members:
                     dd.portal_members.remove(key)
-        return msg.response(Status.SUCCESSFUL)
 
-    def _dds_reg(self, msg: Message, src: str, now: float) -> Message:
-        """DDSReg (5.6.5.11): a DD_ID that does not exist creates that DD."""
-        self._may_modify_dds(src)
-        db = self.db
-        keys = [canonical(a) for a in msg.key_attributes]
-        ops = [canonical(a) for a in msg.operating_attributes]
-        if any(a.tag != Tag.DD_SET_ID for a in keys):
-            raise _Refused(Status.INVALID_REGISTRATION, "the DDSReg Message Key is a DDS_ID")
-        key_id = self._one_id(keys, Tag.DD_SET_ID)
-        op_id = self._one_id(ops, Tag.DD_SET_ID)
-        if key_id is not None and op_id is not None and key_id != op_id:
-            raise _Refused(Status.INVALID_REGISTRATION, "Message Key and Operating DDS_IDs differ")
-        if key_id is not None and key_id not in db.ddss:
-            raise _Refused(Status.INVALID_REGISTRATION, f"DDS {key_id} does not exist (5.6.5.11)")
-        dds_id = key_id if key_id is not None else op_id
-        if dds_id == 0:
-            raise _Refused(Status.INVALID_REGISTRATION, "DDS_ID 0 is reserved (6.11.1.1)")
-        name: str | None = None
+    def _unique_dd_name(self, dd_id: int) -> str:
+        name, n = f"dd-{dd_id}", 0
+        while any(d.name == name for d in self.db.dds.values()):
+            n += 1
+            name = f"dd-{dd_id}-{n}"
+        return name
+
+    # A DD Set groups DDs (6.11.1); DDSReg of a DD_ID that does not exist creates that DD.
+
+    def _dds_read(self, ops: Sequence[Attribute]) -> _DDSMembers:
         status: int | None = None
         dd_ids: list[int] = []
         for a in ops:
-            if a.tag == Tag.DD_SET_ID:
-                continue
-            if a.tag == Tag.DD_SET_SYMBOLIC_NAME:
-                name = _text(a) or None
-            elif a.tag == Tag.DD_SET_STATUS:
+            if a.tag == Tag.DD_SET_STATUS:
                 status = _u32(a)
             elif a.tag == Tag.DD_ID and a.value:
                 if _u32(a) == 0:
@@ -1495,19 +1567,17 @@ class ServerEngine:
                 dd_ids.append(_u32(a))
             else:
                 raise _Refused(Status.INVALID_REGISTRATION, f"tag {a.tag} in a DDSReg (5.6.5.11)")
-        dds = db.ddss.get(dds_id) if dds_id is not None else None
-        if name is not None and any(s.name == name and s is not dds for s in db.ddss.values()):
-            raise _Refused(Status.INVALID_REGISTRATION, f"DDS name {name!r} is taken (5.6.5.11)")
-        if dds is None:
-            dds_id = dds_id if dds_id is not None else db.new_dds_id()
-            dds = DiscoveryDomainSet(dds_id, name or f"dds-{dds_id}")
-            db.ddss[dds_id] = dds
-        elif name is not None:
-            dds.name = name
-        if status is not None:
-            dds.enabled = bool(status & 1)  # 6.11.1.3: bit 31 (the LSb)
+        return _DDSMembers(status, dd_ids)
+
+    def _dds_create(self, dds_id: int, name: str | None) -> DiscoveryDomainSet:
+        return DiscoveryDomainSet(dds_id, name or f"dds-{dds_id}")
+
+    def _dds_add(self, dds: DiscoveryDomainSet, add: _DDSMembers, new: bool) -> list[Attribute]:
+        db = self.db
+        if add.status is not None:
+            dds.enabled = bool(add.status & 1)  # 6.11.1.3: bit 31 (the LSb)
         created: list[Attribute] = []
-        for d in dd_ids:
+        for d in add.dd_ids:
             if d not in db.dds:
                 db.dds[d] = DiscoveryDomain(d, self._unique_dd_name(d))
                 created += [Attribute.of(Tag.DD_ID, d),
@@ -1515,21 +1585,12 @@ class ServerEngine:
                             Attribute.of(Tag.DD_FEATURES, 0)]  # fmt: skip
             if d not in dds.dds:
                 dds.dds.append(d)
-        out = [Attribute(t, v) for t, v in self._dds_attrs(dds).items()] + created
-        return msg.response(Status.SUCCESSFUL, [*msg.key_attributes, DELIMITER, *out])
+        return [Attribute(t, v) for t, v in self._dds_attrs(dds).items()] + created
 
-    def _dds_dereg(self, msg: Message, src: str, now: float) -> Message:
-        """DDSDereg (5.6.5.12)."""
-        self._may_modify_dds(src)
-        keys = [canonical(a) for a in msg.key_attributes]
-        if len(keys) != 1 or keys[0].tag != Tag.DD_SET_ID or not keys[0].value:
-            raise _Refused(Status.MESSAGE_FORMAT_ERROR, "the DDSDereg Message Key is one DDS_ID")
-        dds = self.db.ddss.get(_u32(keys[0]))
-        ops = [a for a in msg.operating_attributes if a.tag == Tag.DD_ID and a.value]
-        if dds is not None:
-            if not msg.operating_attributes:
-                del self.db.ddss[dds.dds_id]
-            for a in ops:
-                if _u32(a) in dds.dds:
-                    dds.dds.remove(_u32(a))
-        return msg.response(Status.SUCCESSFUL)
+    def _dds_delete(self, dds: DiscoveryDomainSet) -> None:
+        del self.db.ddss[dds.dds_id]
+
+    def _dds_remove(self, dds: DiscoveryDomainSet, ops: Sequence[Attribute]) -> None:
+        for a in ops:
+            if a.tag == Tag.DD_ID and a.value and _u32(a) in dds.dds:
+                dds.dds.remove(_u32(a))
