@@ -227,3 +227,59 @@ def test_probe(pairing, evidence):
     assert ("spec", "RFC 7143 11.18 MUST") in labels
     attachments = docs[0].get("attachments", [])
     assert any(a["name"] == "PDU trace" for a in attachments), attachments
+
+
+def test_a_lost_target_is_told_by_the_last_read_not_by_words() -> None:
+    """DEATH_GRACE waits for a dead target when the failed test's last read met a
+    closed connection or silence, or the failure came from a time-out or a dropped
+    connection; a message that merely says "closed the connection" does not count."""
+    from iscsi_conformance.harness import probe
+    from iscsi_conformance.plugin import _lost_the_target
+    from iscsi_conformance.plugin.spec import violation
+
+    words = violation("R-1", "no Login Response: the target closed the connection 3 ms after")
+    assert not _lost_the_target(words, probe.Outcome.ANSWERED)
+    assert not _lost_the_target(words, None)
+    assert _lost_the_target(words, probe.Outcome.CLOSED)
+    assert _lost_the_target(violation("R-1", "wrong status"), probe.Outcome.SILENT)
+    assert not _lost_the_target(violation("R-1", "x"), probe.Outcome.UNDECODABLE)
+    assert not _lost_the_target(None, probe.Outcome.CLOSED)
+    assert not _lost_the_target(ValueError("closed"), probe.Outcome.CLOSED)
+    assert _lost_the_target(TimeoutError(), probe.Outcome.ANSWERED)
+    try:
+        try:
+            raise ConnectionResetError
+        except ConnectionError:
+            raise violation("R-1", "the ping went unanswered") from None
+    except AssertionError as exc:
+        assert not _lost_the_target(exc, None)  # "from None": not what caused it
+    try:
+        try:
+            raise ConnectionResetError
+        except ConnectionError:
+            raise violation("R-1", "the ping went unanswered")  # noqa: B904
+    except AssertionError as exc:
+        assert _lost_the_target(exc, None)
+
+
+def test_probe_reads_are_recorded() -> None:
+    import asyncio
+
+    from iscsi_conformance.harness import probe
+
+    class Raw:
+        def __init__(self, answers: list[object]) -> None:
+            self.answers = answers
+
+        async def recv(self, timeout: float | None) -> object:
+            a = self.answers.pop(0)
+            if isinstance(a, BaseException):
+                raise a
+            return a
+
+    conn = probe.ProbeConnection(Raw(["pdu", TimeoutError(), ConnectionResetError()]))
+    probe.forget_reads()
+    assert probe.last_read() is None
+    assert asyncio.run(conn.recv(1)) == "pdu" and probe.last_read() is probe.Outcome.ANSWERED
+    assert asyncio.run(conn.recv(1)) is None and probe.last_read() is probe.Outcome.SILENT
+    assert asyncio.run(conn.recv(1)) is None and probe.last_read() is probe.Outcome.CLOSED

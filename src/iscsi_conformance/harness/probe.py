@@ -157,10 +157,13 @@ class ProbeConnection:
 
     async def recv(self, timeout: float | None = DEFAULT_TIMEOUT) -> Any | None:
         try:
-            return await self._raw.recv(timeout)
+            pdu = await self._raw.recv(timeout)
         except (TransportError, ProtocolError, ConnectionError, TimeoutError) as exc:
             self.last_error = exc
+            _LAST_READ[0] = self.last_outcome
             return None
+        _LAST_READ[0] = Outcome.ANSWERED
+        return pdu
 
     @property
     def last_outcome(self) -> Outcome:
@@ -186,6 +189,23 @@ class Outcome(enum.Enum):
     CLOSED = "closed"  # the peer closed the connection
     SILENT = "silent"  # nothing within the time limit
     UNDECODABLE = "undecodable"  # bytes that are no PDU
+
+
+#: What the most recent read of any probe connection in this process met (None before
+#: the first read since ``forget_reads``). Tests run one at a time per process.
+_LAST_READ: list[Outcome | None] = [None]
+
+
+def forget_reads() -> None:
+    """Start a test: no read has been made yet."""
+    _LAST_READ[0] = None
+
+
+def last_read() -> Outcome | None:
+    """What the test's most recent read met: the plugin asks it after a failed test,
+    since a target whose last answer was a closed connection or silence may have died
+    on what it was sent, while one that answered is alive whatever it answered."""
+    return _LAST_READ[0]
 
 
 @dataclasses.dataclass(frozen=True)

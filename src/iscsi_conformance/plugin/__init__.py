@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -522,13 +521,16 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return None
     argnames = pyfuncitem._fixtureinfo.argnames
     kwargs = {name: pyfuncitem.funcargs[name] for name in argnames}
+    from iscsi_conformance.harness import probe  # not at import: the plugin loads light
+
     error: Exception | None = None
+    probe.forget_reads()
     try:
         run_test_function(pyfuncitem.obj, kwargs)
     except Exception as exc:  # re-raised below unless the target died
         error = exc
     died = _target_died(pyfuncitem)
-    if died is None and _lost_the_target(error) and _watched(pyfuncitem):
+    if died is None and _lost_the_target(error, probe.last_read()) and _watched(pyfuncitem):
         # A target that crashed on the test's last PDU may take a moment to be seen
         # dead (a container's exit, a VM's console); without this grace the crash
         # would fail the next test instead of the one that caused it.
@@ -546,19 +548,26 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 #: How long a test that lost its target's answer waits to see whether the target died.
 DEATH_GRACE = 3.0
-#: What a failure says when the target stopped answering (probe.NoAnswer's words, and
-#: the transport's): only then is a crash worth waiting for.
-_NO_ANSWER = re.compile(
-    r"closed the connection|nothing within|connection (reset|refused)|no answer"
-)
+#: The ends of a test's last read (``probe.Outcome`` values) that may mean its target
+#: died on what it was sent.
+_LOST = ("closed", "silent")
 
 
-def _lost_the_target(error: BaseException | None) -> bool:
+def _lost_the_target(error: BaseException | None, last_read: Any) -> bool:
+    """Whether a failed test lost its target, so that a crash is worth waiting for: the
+    failure is (or was raised while handling) a time-out or a dropped connection, or it
+    is a verdict given after the test's last read met a closed connection or silence
+    (``probe.last_read``; never the words of the failure message)."""
     if error is None:
         return False
-    if isinstance(error, TimeoutError | ConnectionError | EOFError):
-        return True
-    return isinstance(error, AssertionError) and bool(_NO_ANSWER.search(str(error)))
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, TimeoutError | ConnectionError | EOFError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    return isinstance(error, AssertionError) and getattr(last_read, "value", None) in _LOST
 
 
 def _watched(item: pytest.Item) -> bool:
@@ -674,6 +683,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             else item.stash.get(_DEVIATION_KEY, None),
             "pdus": _pdu_events(ev) if ev is not None else [],
             "notes": list(ev.notes) if ev is not None else [],
+            "extra": dict(ev.extra) if ev is not None else {},
             "secrets": sorted(ev.secrets) if ev is not None else [],
         }
         report.user_properties.append((PROPERTY, data))
