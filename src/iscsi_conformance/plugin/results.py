@@ -64,6 +64,7 @@ def build_results(run: Any) -> model.Results:
                 evidence=model.Evidence(
                     pdus=[model.PduEvent.from_json(p) for p in rec.get("pdus", [])],
                     log="\n".join(rec.get("notes", [])),
+                    extra=dict(rec.get("extra") or {}),
                 ),
                 deviation=rec.get("deviation"),
                 skip_reason=rec.get("skip_reason"),

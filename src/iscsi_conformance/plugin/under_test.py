@@ -28,6 +28,8 @@ class Evidence:
     notes: list[str] = dataclasses.field(default_factory=list)
     captures: list[str] = dataclasses.field(default_factory=list)
     secrets: set[str] = dataclasses.field(default_factory=set)
+    # structured evidence by name (JSON-able), e.g. "cluster_timeline" (Cluster area)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def add_trace(self, trace: Any) -> Any:
         if trace is not None and trace not in self.traces:
