@@ -1,0 +1,1518 @@
+"""Cluster: SCSI reservations as server clusters use them (SPC-4 5.13, SPC-2 5.5), with
+two or three nodes, each a session of the reference initiator (an I_T nexus: its own
+initiator name or ISID), failover, fencing and restarts (issue 13).
+
+Theory of operation: ``cluster(target, "scenario")`` opens a ``Cluster`` on a logical
+unit of the test's own where the target offers one (``target.dedicated()``, the
+reference target: parallel runs never share its LU), else on the target's shared LU,
+which it clears on exit. ``await c.join("A")`` logs a node in; every command a node
+sends goes through ``c.pr_out`` / ``c.command`` and lands in that node's command
+sequence ("+0.12s A PR OUT PREEMPT key=... sa_key=... type=5 -> GOOD"), so that a
+failure (``c.require``) shows every node's sequence, not only the last exchange.
+``await c.observe(node)`` reads the registrations and the reservation (READ FULL STATUS,
+else READ KEYS and READ RESERVATION) into a state point of the timeline; ``c.event``
+marks fencing, failures and restarts. On exit the timeline is put into the test's
+evidence as ``evidence.extra["cluster_timeline"]`` (a list, one entry per scenario):
+
+    {"scenario": str, "target": str, "lun": int,
+     "nodes": [{"name", "initiator", "isid"}],
+     "events": [{"t": seconds, "node": name|None, "kind": "command"|"state"|"event",
+                 "what": str, "status": str|None,               # command, event
+                 "holder": [names], "type": int|None,             # state
+                 "registered": {name: "0x..key"}, "generation": int|None}],
+     "facts": {name: value}}                                      # e.g. reservation type used
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import zlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from iscsi_conformance.core import pdu as P
+from iscsi_conformance.harness.probe import FullFeature, full_feature, random_isid
+from iscsi_conformance.harness.profiles import (
+    OTHER_INITIATOR_NAME,
+    REFERENCE_INITIATOR_NAME,
+    capability_satisfied,
+)
+from iscsi_conformance.plugin import require, spec
+from iscsi_conformance.scsi import cdb
+
+GOOD, CHECK_CONDITION, CONFLICT, TASK_ABORTED = 0x00, 0x02, 0x18, 0x40
+UNIT_ATTENTION, ILLEGAL_REQUEST = 0x06, 0x05
+REGISTER, RESERVE, RELEASE, CLEAR, PREEMPT, PREEMPT_AND_ABORT = 0, 1, 2, 3, 4, 5
+REGISTER_IGNORE, REGISTER_AND_MOVE = 6, 7
+READ_KEYS, READ_RESERVATION, REPORT_CAPABILITIES, READ_FULL_STATUS = 0, 1, 2, 3
+WE, EA, WE_RO, EA_RO, WE_AR, EA_AR = 1, 3, 5, 6, 7, 8
+RESERVATIONS_PREEMPTED = (0x2A, 0x03)
+RESERVATIONS_RELEASED = (0x2A, 0x04)
+REGISTRATIONS_PREEMPTED = (0x2A, 0x05)
+LOGICAL_UNIT_RESET, TARGET_WARM_RESET = 5, 6
+LBA = 1600  # inside the 1 MiB LU of a dedicated instance, and of every shared LU
+
+SA_NAMES = {
+    REGISTER: "REGISTER",
+    RESERVE: "RESERVE",
+    RELEASE: "RELEASE",
+    CLEAR: "CLEAR",
+    PREEMPT: "PREEMPT",
+    PREEMPT_AND_ABORT: "PREEMPT AND ABORT",
+    REGISTER_IGNORE: "REGISTER AND IGNORE EXISTING KEY",
+    REGISTER_AND_MOVE: "REGISTER AND MOVE",
+}
+STATUS_NAMES = {
+    GOOD: "GOOD",
+    CHECK_CONDITION: "CHECK CONDITION",
+    0x08: "BUSY",
+    CONFLICT: "RESERVATION CONFLICT",
+    0x28: "TASK SET FULL",
+    TASK_ABORTED: "TASK ABORTED",
+}
+ASC_NAMES = {
+    RESERVATIONS_PREEMPTED: "RESERVATIONS PREEMPTED",
+    RESERVATIONS_RELEASED: "RESERVATIONS RELEASED",
+    REGISTRATIONS_PREEMPTED: "REGISTRATIONS PREEMPTED",
+    (0x29, 0x00): "POWER ON, RESET, OR BUS DEVICE RESET OCCURRED",
+    (0x29, 0x01): "POWER ON OCCURRED",
+    (0x29, 0x03): "BUS DEVICE RESET FUNCTION OCCURRED",
+    (0x29, 0x07): "I_T NEXUS LOSS OCCURRED",
+    (0x2A, 0x01): "MODE PARAMETERS CHANGED",
+    (0x3F, 0x0E): "REPORTED LUNS DATA HAS CHANGED",
+    (0x26, 0x04): "INVALID RELEASE OF PERSISTENT RESERVATION",
+    (0x24, 0x00): "INVALID FIELD IN CDB",
+    (0x26, 0x00): "INVALID FIELD IN PARAMETER LIST",
+    (0x20, 0x00): "INVALID COMMAND OPERATION CODE",
+}
+
+
+def node_key(cluster_name: str, node_name: str) -> int:
+    """A reservation key from the cluster's and the node's names, as fence_scsi derives
+    one (a hash of the cluster name in the high half, of the node name in the low)."""
+    high = zlib.crc32(cluster_name.encode()) or 1
+    low = zlib.crc32(node_name.encode()) or 1
+    return high << 32 | low
+
+
+def describe(out: Any) -> str:
+    """A command's outcome in a word or three: status, and sense for CHECK CONDITION."""
+    if out is None or out.status is None:
+        return f"no status ({out.missing().describe('SCSI Response') if out else 'not sent'})"
+    name = STATUS_NAMES.get(out.status, f"status {out.status:#04x}")
+    if out.status == CHECK_CONDITION and out.sense_key is not None:
+        asc = out.asc
+        what = ASC_NAMES.get(asc, f"{asc[0]:02X}h/{asc[1]:02X}h" if asc else "?")
+        return f"{name} sense key {out.sense_key:X}h {what}"
+    return name
+
+
+def is_ua(out: Any) -> bool:
+    return bool(out.status == CHECK_CONDITION and out.sense_key == UNIT_ATTENTION)
+
+
+def is_illegal(out: Any) -> bool:
+    return bool(out.status == CHECK_CONDITION and out.sense_key == ILLEGAL_REQUEST)
+
+
+@dataclass
+class Node:
+    """One cluster node: an I_T nexus of the reference initiator."""
+
+    name: str
+    initiator: str
+    isid: int
+    ffp: FullFeature | None = None
+    stack: contextlib.AsyncExitStack | None = None
+    uas: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def port(self) -> str:
+        """Its initiator port name, as an iSCSI TransportID names it (SPC-4 7.6.4.6)."""
+        return f"{self.initiator},i,0x{self.isid:012x}"
+
+    @property
+    def up(self) -> FullFeature:
+        assert self.ffp is not None, f"node {self.name} is not logged in"
+        return self.ffp
+
+
+@dataclass
+class State:
+    """Registrations and reservation as a node read them."""
+
+    generation: int | None
+    keys: list[int]
+    holder_key: int | None
+    pr_type: int | None
+    full: list[Any] | None = None  # READ FULL STATUS descriptors, when supported
+
+
+def supports_dedicated(target: Any) -> bool:
+    return not target.external and capability_satisfied(target.manifest, "dedicated_instance")
+
+
+@contextlib.contextmanager
+def own_lu(target: Any, **kw: Any) -> Iterator[Any]:
+    """A target with a logical unit of this test alone where the target offers one (a
+    dedicated reference target instance), else the run's target and its shared LU."""
+    if supports_dedicated(target):
+        with target.dedicated(**kw) as inst:
+            yield inst
+    else:
+        yield target
+
+
+class Cluster:
+    """The nodes of one scenario, their command sequences and the timeline."""
+
+    def __init__(self, target: Any, scenario: str) -> None:
+        self.target = target
+        self.scenario = scenario
+        self.lun: int = target.lun
+        self.nodes: dict[str, Node] = {}
+        self.lines: list[str] = []
+        self.events: list[dict[str, Any]] = []
+        self.facts: dict[str, Any] = {}
+        self.keys: dict[str, int] = {}  # node name -> key it registered (for the timeline)
+        self.t0 = time.monotonic()
+        self.block = 512
+
+    # ------------------------------------------------------------------ recording
+    def _t(self) -> float:
+        return round(time.monotonic() - self.t0, 3)
+
+    def _line(self, node: str | None, text: str) -> None:
+        self.lines.append(f"+{self._t():6.2f}s {node or '-':>2} {text}")
+
+    def event(self, what: str, node: str | None = None) -> None:
+        """A cluster event for the timeline: a failure, a fence, a restart, a rejoin."""
+        self.events.append({"t": self._t(), "node": node, "kind": "event", "what": what})
+        self._line(node, f"** {what}")
+
+    def fact(self, name: str, value: Any) -> None:
+        self.facts[name] = value
+
+    def sequences(self) -> str:
+        return "command sequence of every node (time, node, command -> outcome):\n" + "\n".join(
+            f"  {line}" for line in self.lines
+        )
+
+    def require(
+        self, condition: object, requirement: str, message: str, *outs: Any, level: Any = None
+    ) -> None:
+        """``require`` with every node's command sequence in the failure message."""
+        __tracebackhide__ = True
+        sent = [p for o in outs if o is not None for p in o.sent]
+        received = [p for o in outs if o is not None for p in o.shown()]
+        require(
+            condition,
+            requirement,
+            f"{message}\n{self.sequences()}",
+            sent=sent,
+            received=received,
+            level=level,
+        )
+
+    def timeline(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "target": str(getattr(self.target, "name", "")),
+            "lun": self.lun,
+            "nodes": [
+                {"name": n.name, "initiator": n.initiator, "isid": f"0x{n.isid:012x}"}
+                for n in self.nodes.values()
+            ],
+            "events": self.events,
+            "facts": self.facts,
+        }
+
+    # ------------------------------------------------------------------ nodes
+    async def join(
+        self,
+        name: str,
+        *,
+        initiator: str | None = None,
+        isid: int | None = None,
+        profile: str = "default",
+        keys: Any = (),
+    ) -> Node:
+        """Log node ``name`` in (a new session: a new I_T nexus)."""
+        old = self.nodes.get(name)
+        node = Node(
+            name,
+            initiator or (old.initiator if old else REFERENCE_INITIATOR_NAME),
+            isid if isid is not None else random_isid(),
+        )
+        node.stack = contextlib.AsyncExitStack()
+        node.ffp = await node.stack.enter_async_context(
+            full_feature(self.target, profile, keys, isid=node.isid, initiator_name=node.initiator)
+        )
+        self.nodes[name] = node
+        self.event(f"login ISID 0x{node.isid:012x} ({profile})", name)
+        cap = await self.command(node, cdb.read_capacity10(), read_length=8)
+        if cap.status == GOOD and len(cap.data) >= 8:
+            self.block = cdb.parse_read_capacity10(cap.data)[1] or 512
+        return node
+
+    async def leave(self, node: Node, how: str = "drop") -> None:
+        """End node's session: ``drop`` closes the connection (I_T nexus loss, a node
+        that fails), ``logout`` sends a Logout Request first (a clean shutdown)."""
+        if node.ffp is None:
+            return
+        if how == "logout":
+            ffp = node.ffp
+            req = P.LogoutRequest(
+                immediate=True, reason=0, itt=ffp.next_itt(), cmdsn=ffp.cmdsn,
+                expstatsn=ffp.expstatsn,
+            )  # fmt: skip
+            await ffp.send(req)
+            resp = await ffp.recv()
+            self._line(node.name, f"Logout (close session) -> {type(resp).__name__}")
+        assert node.stack is not None
+        await node.stack.aclose()
+        node.ffp = None
+        self.event("logged out" if how == "logout" else "connection lost (node failed)", node.name)
+
+    async def close(self, *, clear: bool) -> None:
+        """Clear what the scenario left on a shared LU (registrations, reservations,
+        SCSI-2 reservations) and log every node out."""
+        live = [n for n in self.nodes.values() if n.ffp is not None]
+        if clear and live:
+            cleaner = live[0]
+            key = 0xC1EA_0000_0000_0001
+            await self.pr_out(cleaner, REGISTER_IGNORE, sa_key=key, quiet=True)
+            await self.pr_out(cleaner, CLEAR, key=key, quiet=True)
+            for n in live:
+                await self.command(n, cdb.release6(), quiet=True)
+        for n in live:
+            assert n.stack is not None
+            with contextlib.suppress(Exception):
+                await n.stack.aclose()
+            n.ffp = None
+
+    # ------------------------------------------------------------------ commands
+    async def command(
+        self,
+        node: Node,
+        c: bytes,
+        *,
+        what: str | None = None,
+        data_out: bytes = b"",
+        read_length: int = 0,
+        quiet: bool = False,
+        keep_ua: bool = False,
+    ) -> Any:
+        """One command from ``node``; a UNIT ATTENTION answer is noted in the node's
+        ``uas`` and the command sent again (it was not performed, SAM-5), up to 4 times."""
+        out = None
+        for _ in range(5):
+            out = await node.up.command(c, lun=self.lun, data_out=data_out, read_length=read_length)
+            if not is_ua(out) or keep_ua:
+                break
+            if out.asc is not None:
+                node.uas.append(out.asc)
+            self._line(node.name, f"(unit attention {ASC_NAMES.get(out.asc, out.asc)!s})")
+        assert out is not None
+        if not quiet:
+            self._line(node.name, f"{what or _cdb_name(c)} -> {describe(out)}")
+            self.events.append(
+                {
+                    "t": self._t(),
+                    "node": node.name,
+                    "kind": "command",
+                    "what": what or _cdb_name(c),
+                    "status": describe(out),
+                }
+            )
+        return out
+
+    async def pr_out(
+        self,
+        node: Node,
+        sa: int,
+        *,
+        key: int = 0,
+        sa_key: int = 0,
+        pr_type: int = 0,
+        quiet: bool = False,
+        **kw: Any,
+    ) -> Any:
+        c, params = cdb.pr_out(sa, key=key, sa_key=sa_key, pr_type=pr_type, **kw)
+        flags = " ".join(k.upper() for k, v in kw.items() if v is True)
+        what = (
+            f"PR OUT {SA_NAMES.get(sa, sa)} key={key:#x} sa_key={sa_key:#x}"
+            + (f" type={pr_type}" if sa in (RESERVE, RELEASE, PREEMPT, PREEMPT_AND_ABORT) else "")
+            + (f" {flags}" if flags else "")
+        )
+        out = await self.command(node, c, what=what, data_out=params, quiet=quiet)
+        if out.status == GOOD and sa in (REGISTER, REGISTER_IGNORE):
+            if sa_key:
+                self.keys[node.name] = sa_key
+            else:
+                self.keys.pop(node.name, None)
+        return out
+
+    async def write(self, node: Node, lba: int, data: bytes) -> Any:
+        return await self.command(
+            node, cdb.write10(lba, 1), what=f"WRITE(10) LBA {lba}", data_out=data
+        )
+
+    async def read(self, node: Node, lba: int) -> tuple[bytes | None, Any]:
+        out = await self.command(
+            node, cdb.read10(lba, 1), what=f"READ(10) LBA {lba}", read_length=self.block
+        )
+        return (bytes(out.data) if out.status == GOOD else None), out
+
+    def pattern(self, tag: str) -> bytes:
+        """One block of recognisable data."""
+        text = f"{self.scenario}:{tag}:".encode()
+        return (text * (self.block // len(text) + 1))[: self.block]
+
+    async def unit_attentions(self, node: Node) -> list[tuple[int, int]]:
+        """The unit attentions pending for ``node`` (TEST UNIT READY until none), with
+        the ones its earlier commands met; the list is emptied."""
+        for _ in range(6):
+            out = await node.up.command(cdb.test_unit_ready(), lun=self.lun)
+            if not is_ua(out):
+                break
+            if out.asc is not None:
+                node.uas.append(out.asc)
+        seen, node.uas = node.uas, []
+        self._line(
+            node.name, f"TEST UNIT READY: unit attentions {[ASC_NAMES.get(a, a) for a in seen]}"
+        )
+        return seen
+
+    async def tmf(self, node: Node, function: int) -> Any:
+        """A task management function (immediate) from ``node`` on the LU; the response."""
+        ffp = node.up
+        req = P.TaskManagementRequest(
+            immediate=True,
+            function=function,
+            lun=P.lun_to_field(self.lun),
+            itt=ffp.next_itt(),
+            referenced_task_tag=0xFFFFFFFF,
+            cmdsn=ffp.cmdsn,
+            expstatsn=ffp.expstatsn,
+        )
+        await ffp.send(req)
+        resp = None
+        for _ in range(64):
+            resp = await ffp.recv()
+            if resp is None or isinstance(resp, P.TaskManagementResponse | P.Reject):
+                break
+        name = {LOGICAL_UNIT_RESET: "LOGICAL UNIT RESET", TARGET_WARM_RESET: "TARGET WARM RESET"}
+        got = f"response {resp.response}" if isinstance(resp, P.TaskManagementResponse) else resp
+        self._line(node.name, f"TMF {name.get(function, function)} -> {got}")
+        self.event(name.get(function, f"TMF {function}"), node.name)
+        return resp
+
+    # ------------------------------------------------------------------ reading state
+    async def observe(self, node: Node, note: str = "") -> State:
+        """Registrations and reservation as ``node`` reads them, kept as a state point."""
+        full = await self.command(
+            node, cdb.persistent_reserve_in(READ_FULL_STATUS, 4096), what="PR IN READ FULL STATUS",
+            read_length=4096, quiet=True,
+        )  # fmt: skip
+        state: State
+        if full.status == GOOD and len(full.data) >= 8:
+            gen, descs = cdb.parse_read_full_status(full.data)
+            holders = [d for d in descs if d.r_holder]
+            state = State(
+                gen,
+                [d.key for d in descs],
+                holders[0].key if holders else None,
+                holders[0].pr_type if holders else None,
+                descs,
+            )
+        else:
+            gen, keys, _ = await self.read_keys(node, quiet=True)
+            info, _ = await self.read_reservation(node, quiet=True)
+            state = State(
+                gen,
+                keys,
+                info.key if info is not None and info.pr_type is not None else None,
+                info.pr_type if info is not None else None,
+            )
+        names = {k: n for n, k in self.keys.items()}
+        ports = {n.port.lower(): n.name for n in self.nodes.values() if n.ffp is not None}
+
+        def label(key: int, transport_id: str | None = None) -> str:
+            """The node a registration belongs to: by its TransportID where READ FULL
+            STATUS gives one (a registration of a node's earlier nexus is "stale"),
+            else by the key the node registered."""
+            name = names.get(key, f"{key:#x}")
+            if transport_id is None or ",i," not in transport_id.lower():
+                return name
+            return ports.get(transport_id.lower(), f"{name} (stale nexus)")
+
+        if state.full is not None:
+            holder = [label(d.key, d.transport_id) for d in state.full if d.r_holder]
+            registered = {label(d.key, d.transport_id): f"{d.key:#x}" for d in state.full}
+        else:
+            holder = [] if state.pr_type is None else [label(state.holder_key or 0)]
+            registered = {label(k): f"{k:#x}" for k in state.keys}
+        self.events.append(
+            {
+                "t": self._t(),
+                "node": node.name,
+                "kind": "state",
+                "what": note or "state",
+                "holder": holder,
+                "type": state.pr_type,
+                "registered": registered,
+                "generation": state.generation,
+            }
+        )
+        self._line(
+            node.name,
+            f"state{f' ({note})' if note else ''}: holder {holder or 'none'} type "
+            f"{state.pr_type}, registered {sorted(registered)}, PRgeneration {state.generation}",
+        )
+        return state
+
+    async def read_keys(self, node: Node, quiet: bool = False) -> tuple[int | None, list[int], Any]:
+        out = await self.command(
+            node, cdb.persistent_reserve_in(READ_KEYS, 1024), what="PR IN READ KEYS",
+            read_length=1024, quiet=quiet,
+        )  # fmt: skip
+        if out.status != GOOD or len(out.data) < 8:
+            return None, [], out
+        gen, keys = cdb.parse_pr_in_read_keys(out.data)
+        return gen, keys, out
+
+    async def read_reservation(self, node: Node, quiet: bool = False) -> tuple[Any, Any]:
+        out = await self.command(
+            node, cdb.persistent_reserve_in(READ_RESERVATION, 1024),
+            what="PR IN READ RESERVATION", read_length=1024, quiet=quiet,
+        )  # fmt: skip
+        if out.status != GOOD or len(out.data) < 8:
+            return None, out
+        return cdb.parse_pr_in_read_reservation(out.data), out
+
+
+def _cdb_name(c: bytes) -> str:
+    names = {
+        0x00: "TEST UNIT READY",
+        0x16: "RESERVE(6)",
+        0x17: "RELEASE(6)",
+        0x25: "READ CAPACITY(10)",
+        0x28: "READ(10)",
+        0x2A: "WRITE(10)",
+        0x5E: "PR IN",
+    }
+    return names.get(c[0], f"opcode {c[0]:#04x}")
+
+
+@contextlib.asynccontextmanager
+async def cluster(target: Any, scenario: str) -> AsyncIterator[Cluster]:
+    """A ``Cluster`` on ``target`` (a dedicated instance or the run's target): on exit the
+    shared LU is cleared, every node logged out, and the timeline kept as evidence."""
+    c = Cluster(target, scenario)
+    try:
+        yield c
+    finally:
+        try:
+            await c.close(clear=not isinstance(target, _dedicated_type()))
+        finally:
+            extra = getattr(target.evidence, "extra", None)
+            if isinstance(extra, dict):
+                extra.setdefault("cluster_timeline", []).append(c.timeline())
+
+
+def _dedicated_type() -> type:
+    from iscsi_conformance.plugin.under_test import DedicatedTarget
+
+    return DedicatedTarget
+
+
+OTHER = OTHER_INITIATOR_NAME
+
+
+# ====================================================================== scenarios
+PR = ("persistent_reservations",)
+CLUSTER_NAME = "conformance-cluster"
+HELD_KEYS = [("ImmediateData", "No"), ("InitialR2T", "Yes")]
+# MS-CSVP 3.2.4.16 (CprepDiskPRRegister) registers with REGISTER AND IGNORE EXISTING
+# KEY, 3.4.4.11 (CprepDiskPRPreempt3) preempts with the owner's key as service action
+# key, 3.2.4.22 reads READ RESERVATION; 3.2.6.1 leaves how ownership is established
+# (the reservation type) implementation-specific. Windows' IOCTL offers types 1, 3, 5
+# and 6: the scenario asks for Write Exclusive - Registrants Only and falls back in
+# that order, recording the type the target took (facts["reservation_type"]).
+WINDOWS_TYPES = (WE_RO, EA_RO, WE, EA)
+
+
+async def _windows_reserve(c: Cluster, node: Node, key: int) -> int:
+    for t in WINDOWS_TYPES:
+        out = await c.pr_out(node, RESERVE, key=key, pr_type=t)
+        if out.status == GOOD:
+            c.fact("reservation_type", t)
+            return t
+        if not is_illegal(out):
+            c.require(
+                False, "RSPC4-5.9-3", f"RESERVE type {t} by a registered node: {describe(out)}", out
+            )
+    pytest.skip("the target refuses every reservation type a Windows cluster may use (1, 3, 5, 6)")
+
+
+@spec(
+    "Cluster.Windows.Arbitration",
+    "SPC-4 5.13.7",
+    "SPC-4 5.13.9",
+    "SPC-4 5.13.11.2.4",
+    "SPC-4 5.13.11.2.2",
+    "SPC-4 5.13.11.2.7",
+    "SPC-4 5.13.11.2.3",
+    requirements=[
+        "RSPC4-5.13.7-3", "RSPC4-5.9-3", "RSPC4-5.9-7", "RSPC4-5.13.9-1",
+        "RSPC4-5.9-8", "RSPC4-5.9-9", "RSPC4-5.13.11.2.3-1",
+    ],
+    needs=PR,
+    dataloss=True,
+)  # fmt: skip
+async def test_windows_arbitration(target: Any) -> None:
+    """A Windows failover cluster's disk arbitration (MS-CSVP order): each node registers
+    with REGISTER AND IGNORE EXISTING KEY, A reserves, B reads the keys and the
+    reservation; B then wins the disk by PREEMPT, A's RESERVE while B owns it conflicts,
+    A wins it back; release, clear, and unregistering with REGISTER AND IGNORE EXISTING
+    KEY and a zero key, which also releases a holder's reservation (SPC-4 5.13.11.2.3)."""
+    ka, kb = node_key(CLUSTER_NAME, "win-a"), node_key(CLUSTER_NAME, "win-b")
+    with own_lu(target) as lu:
+        async with cluster(lu, "windows-arbitration") as c:
+            a = await c.join("A")
+            b = await c.join("B", initiator=OTHER)
+            for n, k in ((a, ka), (b, kb)):
+                out = await c.pr_out(n, REGISTER_IGNORE, sa_key=k)
+                c.require(
+                    out.status == GOOD,
+                    "RSPC4-5.13.7-3",
+                    f"{n.name}'s REGISTER AND IGNORE EXISTING KEY: {describe(out)}",
+                    out,
+                )
+            t = await _windows_reserve(c, a, ka)
+            _g, keys, rk = await c.read_keys(b)
+            c.require(
+                ka in keys and kb in keys,
+                "RSPC4-5.13.7-3",
+                f"B's READ KEYS lists {[hex(k) for k in keys]}, not both nodes' keys",
+                rk,
+            )
+            info, rr = await c.read_reservation(b)
+            c.require(
+                info is not None and info.key == ka and info.pr_type == t,
+                "RSPC4-5.9-3",
+                f"B's READ RESERVATION: {info!r}, expected A's key {ka:#x} type {t}",
+                rr,
+            )
+            await c.observe(b, "A owns the disk")
+            # arbitration: B challenges and wins (MS-CSVP 3.4.4.11: PREEMPT, owner's key)
+            out = await c.pr_out(b, PREEMPT, key=kb, sa_key=ka, pr_type=t)
+            c.require(
+                out.status == GOOD, "RSPC4-5.9-7", f"B's PREEMPT of A's key: {describe(out)}", out
+            )
+            info, rr = await c.read_reservation(a)
+            c.require(
+                info is not None and info.key == kb,
+                "RSPC4-5.9-7",
+                f"after B's PREEMPT the reservation is {info!r} (SPC-4 5.13.11.2.4.3: the preempting nexus's reservation is established)",
+                rr,
+            )
+            c.event("B won arbitration", "B")
+            out = await c.pr_out(a, REGISTER_IGNORE, sa_key=ka)
+            c.require(
+                out.status == GOOD, "RSPC4-5.13.7-3", f"A registers again: {describe(out)}", out
+            )
+            out = await c.pr_out(a, RESERVE, key=ka, pr_type=t)
+            c.require(
+                out.status == CONFLICT,
+                "RSPC4-5.13.9-1",
+                f"A's RESERVE while B owns the disk: {describe(out)} (SPC-4 5.13.9: RESERVATION CONFLICT)",
+                out,
+            )
+            await c.observe(a, "B owns the disk, A registered again")
+            out = await c.pr_out(a, PREEMPT, key=ka, sa_key=kb, pr_type=t)
+            c.require(
+                out.status == GOOD, "RSPC4-5.9-7", f"A's PREEMPT of B's key: {describe(out)}", out
+            )
+            info, rr = await c.read_reservation(b)
+            c.require(
+                info is not None and info.key == ka,
+                "RSPC4-5.9-7",
+                f"after A's PREEMPT the reservation is {info!r}",
+                rr,
+            )
+            c.event("A won arbitration", "A")
+            await c.observe(b, "A owns the disk again")
+            out = await c.pr_out(a, RELEASE, key=ka, pr_type=t)
+            info, rr = await c.read_reservation(b)
+            c.require(
+                out.status == GOOD and info is not None and info.pr_type is None,
+                "RSPC4-5.9-8",
+                f"A's RELEASE: {describe(out)}; then the reservation is {info!r}",
+                out,
+                rr,
+            )
+            await c.pr_out(b, REGISTER_IGNORE, sa_key=kb)
+            out = await c.pr_out(a, CLEAR, key=ka)
+            _g, keys, rk = await c.read_keys(b)
+            c.require(
+                out.status == GOOD and not keys,
+                "RSPC4-5.9-9",
+                f"A's CLEAR: {describe(out)}; keys left {[hex(k) for k in keys]}",
+                out,
+                rk,
+            )
+            await c.observe(b, "cleared")
+            # unregister with REGISTER AND IGNORE EXISTING KEY and a zero key; B holds first
+            for n, k in ((a, ka), (b, kb)):
+                await c.pr_out(n, REGISTER_IGNORE, sa_key=k)
+            await c.pr_out(b, RESERVE, key=kb, pr_type=t)
+            out_b = await c.pr_out(b, REGISTER_IGNORE, sa_key=0)
+            info, rr = await c.read_reservation(a)
+            c.require(
+                out_b.status == GOOD and info is not None and info.pr_type is None,
+                "RSPC4-5.13.11.2.3-1",
+                f"holder B unregistered (REGISTER AND IGNORE EXISTING KEY, key 0): {describe(out_b)}; the reservation is then {info!r} (SPC-4 5.13.11.2.3: the device server shall also release a reservation of a type other than all registrants)",
+                out_b,
+                rr,
+            )
+            out_a = await c.pr_out(a, REGISTER_IGNORE, sa_key=0)
+            _g, keys, rk = await c.read_keys(a)
+            c.require(
+                out_a.status == GOOD and not keys,
+                "RSPC4-5.13.11.2.3-1",
+                f"after both nodes unregistered READ KEYS lists {[hex(k) for k in keys]}",
+                out_a,
+                rk,
+            )
+            await c.observe(a, "both unregistered")
+
+
+@spec(
+    "Cluster.Windows.SimultaneousArbitration",
+    "SPC-4 5.13.11.2.4",
+    "SPC-4 5.13.11.2.5",
+    requirements=["RSPC4-5.13.11.2.4-1"],
+    needs=PR,
+    dataloss=True,
+)
+async def test_windows_simultaneous_arbitration(target: Any) -> None:
+    """Two nodes arbitrate at once: A (owner) and B each PREEMPT the other's key at the
+    same moment. Each PREEMPT is an uninterrupted series of actions (SPC-4
+    5.13.11.2.4.3), so exactly one wins: the other, from an I_T nexus whose
+    registration is gone by then, gets RESERVATION CONFLICT, and the winner holds."""
+    ka, kb = node_key(CLUSTER_NAME, "win-a"), node_key(CLUSTER_NAME, "win-b")
+    with own_lu(target) as lu:
+        async with cluster(lu, "windows-simultaneous-arbitration") as c:
+            a = await c.join("A")
+            b = await c.join("B", initiator=OTHER)
+            for n, k in ((a, ka), (b, kb)):
+                await c.pr_out(n, REGISTER_IGNORE, sa_key=k)
+            t = await _windows_reserve(c, a, ka)
+            await c.observe(a, "A owns the disk")
+            c.event("A and B preempt each other at once")
+            out_a, out_b = await asyncio.gather(
+                c.pr_out(a, PREEMPT, key=ka, sa_key=kb, pr_type=t),
+                c.pr_out(b, PREEMPT, key=kb, sa_key=ka, pr_type=t),
+            )
+            wins = [n for n, o in (("A", out_a), ("B", out_b)) if o.status == GOOD]
+            c.require(
+                len(wins) == 1,
+                "RSPC4-5.13.11.2.4-1",
+                f"crossing PREEMPTs: A {describe(out_a)}, B {describe(out_b)}: {len(wins)} winners, not exactly one",
+                out_a,
+                out_b,
+            )
+            winner_key = ka if wins == ["A"] else kb
+            loser = out_b if wins == ["A"] else out_a
+            c.require(
+                loser.status == CONFLICT,
+                "RSPC4-5.13.11.2.4-1",
+                f"the losing PREEMPT: {describe(loser)}, not RESERVATION CONFLICT (SPC-4 5.13.7: a PERSISTENT RESERVE OUT from an unregistered I_T nexus)",
+                loser,
+            )
+            info, rr = await c.read_reservation(a if wins == ["A"] else b)
+            c.require(
+                info is not None and info.key == winner_key,
+                "RSPC4-5.13.11.2.4-1",
+                f"after the arbitration {wins[0]} won but the reservation is {info!r}",
+                rr,
+            )
+            c.event(f"{wins[0]} won the simultaneous arbitration", wins[0])
+            await c.observe(a if wins == ["A"] else b, "after arbitration")
+
+
+async def _unfence(c: Cluster, node: Node, key: int) -> None:
+    """fence_scsi's unfence: register (REGISTER AND IGNORE EXISTING KEY), then reserve
+    Write Exclusive - Registrants Only if the LU has no reservation yet."""
+    out = await c.pr_out(node, REGISTER_IGNORE, sa_key=key)
+    c.require(
+        out.status == GOOD, "RSPC4-5.13.7-3", f"unfence {node.name}: register: {describe(out)}", out
+    )
+    info, rr = await c.read_reservation(node)
+    c.require(
+        info is not None,
+        "RSPC4-5.9-3",
+        f"unfence {node.name}: READ RESERVATION: {describe(rr)}",
+        rr,
+    )
+    if info.pr_type is None:
+        out = await c.pr_out(node, RESERVE, key=key, pr_type=WE_RO)
+        c.require(
+            out.status == GOOD,
+            "RSPC4-5.9-3",
+            f"unfence {node.name}: RESERVE Write Exclusive - Registrants Only: {describe(out)}",
+            out,
+        )
+    c.event("unfenced", node.name)
+
+
+@spec(
+    "Cluster.Pacemaker.FenceScsi",
+    "SPC-4 5.13.11.2.6",
+    "SPC-4 5.13.11.2.5",
+    "SPC-4 5.13.1",
+    requirements=["RSPC4-5.13.11.2.5-1", "RSPC4-5.9-6"],
+    needs=PR,
+    dataloss=True,
+)
+async def test_pacemaker_fence_scsi(target: Any) -> None:
+    """Pacemaker fence_scsi: keys from the cluster and node names, unfence registers and
+    reserves Write Exclusive - Registrants Only; fencing B is A's PREEMPT AND ABORT with
+    B's key. B's key is gone, the reservation stays as it was (B held none: SPC-4
+    5.13.11.2.5 removes registrations only), B's WRITE gets RESERVATION CONFLICT (SPC-4
+    5.13.1, unregistered under a registrants only type) and the block read from A is
+    unchanged."""
+    ka, kb = node_key(CLUSTER_NAME, "node1"), node_key(CLUSTER_NAME, "node2")
+    with own_lu(target) as lu:
+        async with cluster(lu, "pacemaker-fence-scsi") as c:
+            a = await c.join("A")
+            b = await c.join("B", initiator=OTHER)
+            await _unfence(c, a, ka)
+            await _unfence(c, b, kb)
+            before = c.pattern("survivor")
+            w = await c.write(a, LBA, before)
+            c.require(
+                w.status == GOOD,
+                "RSPC4-5.9-6",
+                f"A's (holder) WRITE: {describe(w)}",
+                w,
+                level="SHOULD",
+            )
+            await c.observe(a, "both unfenced")
+            c.event("B fails; A fences B (PREEMPT AND ABORT)", "A")
+            out = await c.pr_out(a, PREEMPT_AND_ABORT, key=ka, sa_key=kb, pr_type=WE_RO)
+            if is_illegal(out):
+                pytest.skip(
+                    f"PREEMPT AND ABORT refused ({describe(out)}): fence_scsi cannot fence here"
+                )
+            c.require(
+                out.status == GOOD,
+                "RSPC4-5.13.11.2.5-1",
+                f"A's PREEMPT AND ABORT of B's key: {describe(out)}",
+                out,
+            )
+            st = await c.observe(a, "B fenced")
+            c.require(
+                kb not in st.keys and ka in st.keys,
+                "RSPC4-5.13.11.2.5-1",
+                f"after fencing B the keys are {[hex(k) for k in st.keys]} (SPC-4 5.13.11.2.5: the registrations of the service action key shall be removed)",
+            )
+            c.require(
+                st.pr_type == WE_RO and st.holder_key == ka,
+                "RSPC4-5.13.11.2.5-1",
+                f"after fencing B the reservation is type {st.pr_type} held by {st.holder_key!r}, not A's Write Exclusive - Registrants Only (removing a registration that holds no reservation shall not affect the reservation, SPC-4 5.13.11.2.5)",
+            )
+            wb = await c.write(b, LBA, c.pattern("victim"))
+            c.require(
+                wb.status == CONFLICT,
+                "RSPC4-5.9-6",
+                f"fenced B's WRITE: {describe(wb)}, not RESERVATION CONFLICT (SPC-4 5.13.1: an unregistered nexus under Write Exclusive - Registrants Only)",
+                wb,
+            )
+            data, r = await c.read(a, LBA)
+            c.require(
+                data == before,
+                "RSPC4-5.9-6",
+                "the block read from the survivor A changed after fenced B's WRITE",
+                r,
+            )
+
+
+@spec(
+    "Cluster.Pacemaker.InFlightWriteFenced",
+    "SPC-4 5.13.11.2.6",
+    "SPC-4 5.13.11.2.4",
+    requirements=["RSPC4-5.13.11.2.6-1"],
+    needs=PR,
+    dataloss=True,
+)
+async def test_pacemaker_in_flight_write(target: Any) -> None:
+    """B's WRITE is in flight (its R2T answered only after A's PREEMPT AND ABORT has been
+    sent) when A fences B: the WRITE either completes before the preempt (GOOD, while
+    the PREEMPT AND ABORT has not completed) or never lands: read from A, the block
+    holds A's data, never B's, once the preempt has completed first (SPC-4
+    5.13.11.2.6 c: B's commands shall be aborted)."""
+    ka, kb = node_key(CLUSTER_NAME, "node1"), node_key(CLUSTER_NAME, "node2")
+    with own_lu(target) as lu:
+        async with cluster(lu, "pacemaker-in-flight-write") as c:
+            a = await c.join("A")
+            b = await c.join("B", initiator=OTHER, keys=HELD_KEYS)
+            await _unfence(c, a, ka)
+            await _unfence(c, b, kb)
+            before = c.pattern("before-fence")
+            await c.write(a, LBA + 1, before)
+            cmd, r2t, _got = await b.up.hold_write(c.lun, cdb.write10(LBA + 1, 1), c.block)
+            if r2t is None:
+                pytest.skip(
+                    "B's WRITE got no R2T (ImmediateData=No, InitialR2T=Yes): no write held in flight"
+                )
+            c._line("B", f"WRITE(10) LBA {LBA + 1} sent, R2T received (data held back)")
+            c.event("B's WRITE in flight; A fences B", "A")
+            preempt = asyncio.create_task(
+                c.pr_out(a, PREEMPT_AND_ABORT, key=ka, sa_key=kb, pr_type=WE_RO)
+            )
+            await asyncio.wait({preempt}, timeout=0.5)
+            preempt_first = preempt.done()
+            victim = c.pattern("victim-in-flight")
+            wanted = victim[
+                r2t.buffer_offset : r2t.buffer_offset + r2t.desired_data_transfer_length
+            ]
+            for pdu in P.data_out_pdus(
+                wanted,
+                r2t.buffer_offset,
+                b.up.target_mrdsl,
+                itt=cmd.itt,
+                ttt=r2t.ttt,
+                lun=cmd.lun,
+                expstatsn=b.up.expstatsn,
+            ):
+                await b.up.send(pdu)
+            c._line(
+                "B",
+                f"Data-Out for the in-flight WRITE sent (PREEMPT AND ABORT {'already completed' if preempt_first else 'still running'})",
+            )
+            out = await preempt
+            if is_illegal(out):
+                await b.up.drain(1.0)
+                pytest.skip(f"PREEMPT AND ABORT refused ({describe(out)})")
+            later = await b.up.drain(1.5)
+            statuses = [
+                p.status
+                for p in later
+                if getattr(p, "itt", None) == cmd.itt
+                and (
+                    isinstance(p, P.ScsiResponse)
+                    or (isinstance(p, P.ScsiDataIn) and p.status_present)
+                )
+            ]
+            c._line(
+                "B",
+                f"in-flight WRITE ended with {[STATUS_NAMES.get(s, s) for s in statuses] or 'no status'}",
+            )
+            data, r = await c.read(a, LBA + 1)
+            landed = data == victim
+            c.fact(
+                "in_flight_write",
+                {
+                    "preempt_completed_before_data": preempt_first,
+                    "write_status": statuses,
+                    "landed": landed,
+                },
+            )
+            c.require(
+                data in (before, victim),
+                "RSPC4-5.13.11.2.6-1",
+                "the block read from A is neither A's data nor B's in-flight write",
+                r,
+            )
+            c.require(
+                not landed or (not preempt_first and GOOD in statuses),
+                "RSPC4-5.13.11.2.6-1",
+                f"fenced B's in-flight WRITE landed on disk although the PREEMPT AND ABORT had completed before its data was sent (WRITE status {statuses}); it shall be aborted (SPC-4 5.13.11.2.6 c)",
+                r,
+            )
+            c.require(
+                landed or GOOD not in statuses,
+                "RSPC4-5.13.11.2.6-1",
+                "B's in-flight WRITE completed with GOOD but the block does not hold its data",
+                r,
+            )
+
+
+@spec(
+    "Cluster.Restart.NewIsid",
+    "SPC-4 5.13.1",
+    "SPC-4 5.13.6.4",
+    "SPC-4 5.13.11.2.4",
+    requirements=["RSPC4-5.9-11", "RSPC4-5.13.6-2", "RSPC4-5.13.7-3", "RSPC4-5.9-7"],
+    needs=PR,
+    dataloss=True,
+)
+async def test_restart_new_isid(target: Any) -> None:
+    """A node restarts and comes back with a new ISID: its registration belongs to an I_T
+    nexus that is gone. READ FULL STATUS still lists the old nexus (registrations
+    survive the loss of an I_T nexus); the new nexus is unregistered, so its WRITE under
+    Write Exclusive - Registrants Only conflicts; it registers again (REGISTER, then
+    REGISTER AND IGNORE EXISTING KEY), waits for TEST UNIT READY and its key, then
+    brings the disk online by preempting its own stale registration (SPC-4
+    5.13.11.2.4.3) and writes."""
+    ka, kb = node_key(CLUSTER_NAME, "node1"), node_key(CLUSTER_NAME, "node2")
+    with own_lu(target) as lu:
+        async with cluster(lu, "restart-new-isid") as c:
+            a = await c.join("A")
+            b = await c.join("B", initiator=OTHER)
+            await _unfence(c, a, ka)
+            await _unfence(c, b, kb)
+            old_isid = a.isid
+            await c.leave(a, "drop")
+            c.event("A restarts", "A")
+            a = await c.join("A", isid=random_isid())
+            st = await c.observe(b, "A back with a new ISID")
+            c.require(
+                ka in st.keys,
+                "RSPC4-5.13.6-2",
+                f"after A's I_T nexus was lost the keys are {[hex(k) for k in st.keys]}: A's registration did not survive (registrations persist across I_T nexus loss, SPC-4 5.13.1)",
+            )
+            if st.full is not None:
+                stale = [d for d in st.full if d.key == ka]
+                c.fact("stale_nexus", [d.transport_id for d in stale])
+                c.require(
+                    any(
+                        f"{old_isid:012x}" in d.transport_id.lower()
+                        or ",i," not in d.transport_id.lower()
+                        for d in stale
+                    ),
+                    "RSPC4-5.13.6-2",
+                    f"READ FULL STATUS names A's registration {[d.transport_id for d in stale]}, not the old I_T nexus (ISID {old_isid:012x})",
+                )
+            w = await c.write(a, LBA + 2, c.pattern("new-nexus-unregistered"))
+            c.require(
+                w.status == CONFLICT,
+                "RSPC4-5.9-11",
+                f"A's WRITE from the new, unregistered nexus: {describe(w)} (SPC-4 5.13.1: the registration belongs to the old I_T nexus)",
+                w,
+            )
+            out = await c.pr_out(a, REGISTER, sa_key=ka)
+            c.require(
+                out.status == GOOD,
+                "RSPC4-5.9-1",
+                f"A registers from the new nexus: {describe(out)}",
+                out,
+            )
+            out = await c.pr_out(a, REGISTER_IGNORE, sa_key=ka)
+            c.require(
+                out.status == GOOD,
+                "RSPC4-5.13.7-3",
+                f"REGISTER AND IGNORE EXISTING KEY from the new nexus: {describe(out)}",
+                out,
+            )
+            tur = await c.command(a, cdb.test_unit_ready())
+            _g, keys, rk = await c.read_keys(a)
+            c.require(
+                tur.status == GOOD and ka in keys,
+                "RSPC4-5.13.7-3",
+                f"bring online: TEST UNIT READY {describe(tur)}, keys {[hex(k) for k in keys]}",
+                tur,
+                rk,
+            )
+            out = await c.pr_out(a, PREEMPT, key=ka, sa_key=ka, pr_type=WE_RO)
+            c.require(
+                out.status == GOOD,
+                "RSPC4-5.9-7",
+                f"A preempts its own stale registration: {describe(out)}",
+                out,
+            )
+            st = await c.observe(a, "A online again")
+            c.require(
+                st.keys.count(ka) == 1 and st.holder_key == ka,
+                "RSPC4-5.9-7",
+                f"after A's PREEMPT of its own key: keys {[hex(k) for k in st.keys]}, holder {st.holder_key!r} (the stale registration shall be removed, the new nexus holds)",
+            )
+            w = await c.write(a, LBA + 2, c.pattern("online"))
+            c.require(
+                w.status == GOOD,
+                "RSPC4-5.9-6",
+                f"A's WRITE once online: {describe(w)}",
+                w,
+                level="SHOULD",
+            )
+
+
+SCSI2 = ("reservations_scsi2",)
+
+
+async def _scsi2_held(c: Cluster) -> tuple[Node, Node]:
+    a = await c.join("A")
+    b = await c.join("B", initiator=OTHER)
+    res = await c.command(a, cdb.reserve6())
+    c.require(res.status == GOOD, "RSPC2-5.5.1-1", f"A's RESERVE(6): {describe(res)}", res)
+    r = await c.command(b, cdb.read10(LBA, 1), read_length=c.block)
+    c.require(
+        r.status == CONFLICT,
+        "RSPC2-5.5.1-1",
+        f"B's READ while A holds the SCSI-2 reservation: {describe(r)}",
+        r,
+    )
+    c.event("A holds the SCSI-2 reservation", "A")
+    return a, b
+
+
+async def _scsi2_free(c: Cluster, b: Node, requirement: str, why: str) -> None:
+    r = await c.command(b, cdb.read10(LBA, 1), read_length=c.block)
+    c.require(
+        r.status == GOOD,
+        requirement,
+        f"B's READ after {why}: {describe(r)}: the SCSI-2 reservation was not released",
+        r,
+    )
+
+
+@spec(
+    "Cluster.Scsi2.ReleaseByHolderOnly",
+    "SPC-2 5.5.1",
+    requirements=["RSPC2-5.5.1-1", "RSPC2-5.5.1-3"],
+    needs=SCSI2,
+    dataloss=True,
+)
+async def test_scsi2_release_by_holder_only(target: Any) -> None:
+    """A legacy two-node cluster: A holds RESERVE(6), B's READ conflicts. B's RELEASE(6)
+    completes with GOOD and releases nothing (only the holder releases); A's RELEASE
+    frees the LU for B."""
+    with own_lu(target) as lu:
+        async with cluster(lu, "scsi2-release-by-holder-only") as c:
+            a, b = await _scsi2_held(c)
+            rel = await c.command(b, cdb.release6())
+            r = await c.command(b, cdb.read10(LBA, 1), read_length=c.block)
+            c.require(
+                r.status == CONFLICT,
+                "RSPC2-5.5.1-1",
+                f"after non-holder B's RELEASE(6) ({describe(rel)}) B's READ: {describe(r)}: a RELEASE from another nexus released A's reservation",
+                rel,
+                r,
+            )
+            c.require(
+                rel.status == GOOD,
+                "RSPC2-5.5.1-3",
+                f"non-holder B's RELEASE(6): {describe(rel)}, not GOOD",
+                rel,
+            )
+            rel = await c.command(a, cdb.release6())
+            c.require(
+                rel.status == GOOD, "RSPC2-5.5.1-1", f"holder A's RELEASE(6): {describe(rel)}", rel
+            )
+            await _scsi2_free(c, b, "RSPC2-5.5.1-1", "A's RELEASE(6)")
+
+
+@pytest.mark.parametrize("how", ["lun-reset", "logout", "nexus-loss", "target-reset"])
+@spec(
+    "Cluster.Scsi2.Cleared",
+    "SPC-2 5.5.1",
+    requirements=["RSPC2-5.5.1-4"],
+    needs=SCSI2,
+    dataloss=True,
+)
+async def test_scsi2_cleared(target: Any, how: str) -> None:
+    """A's SCSI-2 reservation is released by a LOGICAL UNIT RESET (from B), by A's logout,
+    by the loss of A's I_T nexus (A's connection dropped), and by a TARGET WARM RESET
+    (from B): B's READ then completes."""
+    with own_lu(target) as lu:
+        async with cluster(lu, f"scsi2-cleared-{how}") as c:
+            a, b = await _scsi2_held(c)
+            if how in ("lun-reset", "target-reset"):
+                fn = LOGICAL_UNIT_RESET if how == "lun-reset" else TARGET_WARM_RESET
+                resp = await c.tmf(b, fn)
+                if isinstance(resp, P.TaskManagementResponse) and resp.response in (3, 5):
+                    pytest.skip(f"{how} not supported (response {resp.response})")
+                c.require(
+                    isinstance(resp, P.TaskManagementResponse) and resp.response == 0,
+                    "RSPC2-5.5.1-4",
+                    f"B's {how}: {resp!r}",
+                )
+            else:
+                await c.leave(a, "logout" if how == "logout" else "drop")
+                await asyncio.sleep(0.3)  # let the target notice the closed connection
+            await _scsi2_free(c, b, "RSPC2-5.5.1-4", how)
+
+
+@spec(
+    "Cluster.Persistent.AptplAcrossRestart",
+    "SPC-4 5.13.5",
+    requirements=["RSPC4-5.9-10"],
+    needs=(*PR, "dedicated_instance"),
+    dataloss=True,
+)
+async def test_aptpl_across_restart(target: Any) -> None:
+    """Two nodes register with APTPL=1, A reserves Write Exclusive - Registrants Only; the
+    target restarts (power cycle, state kept). Both keys and A's reservation are there
+    afterwards, B (registered) may still write and a third, unregistered nexus may not
+    (SPC-4 5.13.5.1)."""
+    ka, kb = node_key(CLUSTER_NAME, "node1"), node_key(CLUSTER_NAME, "node2")
+    with target.dedicated() as lu:
+        async with cluster(lu, "aptpl-across-restart") as c:
+            a = await c.join("A")
+            b = await c.join("B", initiator=OTHER)
+            for n, k in ((a, ka), (b, kb)):
+                out = await c.pr_out(n, REGISTER, sa_key=k, aptpl=True)
+                if is_illegal(out):
+                    pytest.skip(f"REGISTER with APTPL=1 refused: {describe(out)}")
+            await c.pr_out(a, RESERVE, key=ka, pr_type=WE_RO)
+            await c.observe(a, "before the restart")
+            isids = (a.isid, b.isid)
+            await c.leave(a)
+            await c.leave(b)
+            lu.restart()
+            c.event("target restarted (power cycle)")
+            a = await c.join("A", isid=isids[0])
+            b = await c.join("B", isid=isids[1])
+            st = await c.observe(b, "after the restart")
+            c.require(
+                ka in st.keys and kb in st.keys and st.holder_key == ka and st.pr_type == WE_RO,
+                "RSPC4-5.9-10",
+                f"after the restart: keys {[hex(k) for k in st.keys]}, holder {st.holder_key!r} type {st.pr_type} (SPC-4 5.13.5.1: with APTPL the registrations and the reservation shall be preserved)",
+            )
+            w = await c.write(b, LBA + 3, c.pattern("after-restart"))
+            c.require(
+                w.status == GOOD,
+                "RSPC4-5.9-6",
+                f"registered B's WRITE after the restart: {describe(w)}",
+                w,
+                level="SHOULD",
+            )
+            x = await c.join("X")
+            w = await c.write(x, LBA + 3, c.pattern("intruder"))
+            c.require(
+                w.status == CONFLICT,
+                "RSPC4-5.9-10",
+                f"an unregistered nexus's WRITE after the restart: {describe(w)}",
+                w,
+            )
+
+
+@spec(
+    "Cluster.Persistent.AllTgPtTwoPortals",
+    "SPC-4 5.13.7",
+    requirements=["RSPC4-5.13.7-4"],
+    needs=(*PR, "dedicated_instance"),
+    dataloss=True,
+)
+async def test_all_tg_pt_two_portals(target: Any) -> None:
+    """A registers with ALL_TG_PT=1 through portal group 1: the same initiator port
+    through portal group 2 is registered too (SPC-4 5.13.7 table 69), so it may
+    RESERVE with A's key, and READ FULL STATUS marks the registration ALL_TG_PT."""
+    ka = node_key(CLUSTER_NAME, "node1")
+    with target.dedicated(portal_groups=2) as lu:
+        async with cluster(lu, "all-tg-pt-two-portals") as c:
+            a = await c.join("A")
+            a2 = await c.join("A@port2", initiator=a.initiator, isid=a.isid, profile="port-2")
+            out = await c.pr_out(a, REGISTER, sa_key=ka, all_tg_pt=True)
+            if is_illegal(out):
+                pytest.skip(f"ALL_TG_PT=1 refused: {describe(out)}")
+            res = await c.pr_out(a2, RESERVE, key=ka, pr_type=WE_RO)
+            c.require(
+                res.status == GOOD,
+                "RSPC4-5.13.7-4",
+                f"RESERVE through portal group 2 with the key registered with ALL_TG_PT=1 through group 1: {describe(res)}",
+                out,
+                res,
+            )
+            st = await c.observe(a2, "registered on all target ports")
+            if st.full is not None:
+                c.require(
+                    any(d.key == ka and d.all_tg_pt for d in st.full),
+                    "RSPC4-5.13.7-4",
+                    f"READ FULL STATUS: {st.full!r}, no ALL_TG_PT registration",
+                )
+
+
+async def _relative_port(c: Cluster, node: Node) -> int | None:
+    out = await c.command(
+        node, cdb.inquiry(evpd=True, page=0x83), what="INQUIRY VPD 83h", read_length=255
+    )
+    if out.status != GOOD:
+        return None
+    for d in cdb.parse_vpd_83(out.data):
+        if d.designator_type == 4 and d.association == 1 and len(d.designator) >= 4:
+            return int.from_bytes(d.designator[2:4], "big")
+    return None
+
+
+@spec(
+    "Cluster.Persistent.RegisterAndMoveFailover",
+    "SPC-4 5.13.8",
+    requirements=["RSPC4-5.13.8-1"],
+    needs=PR,
+    dataloss=True,
+)
+async def test_register_and_move_failover(target: Any) -> None:
+    """A planned failover by REGISTER AND MOVE with UNREG=1: holder A hands its Write
+    Exclusive - Registrants Only reservation to B's I_T nexus under B's new key and
+    unregisters; B holds and writes, A's WRITE conflicts."""
+    ka, kb = node_key(CLUSTER_NAME, "node1"), node_key(CLUSTER_NAME, "node2")
+    with own_lu(target) as lu:
+        async with cluster(lu, "register-and-move") as c:
+            a = await c.join("A")
+            b = await c.join("B", initiator=OTHER)
+            rtp = await _relative_port(c, a)
+            if rtp is None:
+                pytest.skip("VPD page 83h reports no relative target port designator")
+            await c.pr_out(a, REGISTER, sa_key=ka)
+            await c.pr_out(a, RESERVE, key=ka, pr_type=WE_RO)
+            params = cdb.register_and_move_parameters(ka, kb, rtp, b.port, unreg=True)
+            out = await c.command(
+                a,
+                cdb.persistent_reserve_out(REGISTER_AND_MOVE, 0, WE_RO, len(params)),
+                what=f"PR OUT REGISTER AND MOVE to B ({b.port}) UNREG",
+                data_out=params,
+            )
+            if is_illegal(out):
+                pytest.skip(f"REGISTER AND MOVE refused: {describe(out)}")
+            c.require(
+                out.status == GOOD,
+                "RSPC4-5.13.8-1",
+                f"REGISTER AND MOVE by the holder: {describe(out)}",
+                out,
+            )
+            c.keys.pop("A", None)
+            c.keys["B"] = kb
+            c.event("reservation moved to B", "B")
+            st = await c.observe(b, "after REGISTER AND MOVE")
+            c.require(
+                st.holder_key == kb and st.pr_type == WE_RO and ka not in st.keys,
+                "RSPC4-5.13.8-1",
+                f"after REGISTER AND MOVE (UNREG=1): keys {[hex(k) for k in st.keys]}, holder {st.holder_key!r} type {st.pr_type}",
+            )
+            wb = await c.write(b, LBA + 4, c.pattern("moved"))
+            wa = await c.write(a, LBA + 4, c.pattern("old-owner"))
+            c.require(
+                wb.status == GOOD and wa.status == CONFLICT,
+                "RSPC4-5.13.8-1",
+                f"after the move B's WRITE {describe(wb)}, unregistered A's WRITE {describe(wa)}",
+                wb,
+                wa,
+            )
+
+
+@spec(
+    "Cluster.Persistent.SpecIPt",
+    "SPC-4 5.13.7",
+    requirements=["RSPC4-5.13.7-5"],
+    needs=PR,
+    dataloss=True,
+)
+async def test_spec_i_pt(target: Any) -> None:
+    """A registers with SPEC_I_PT=1 naming B's initiator port (iSCSI TransportID with B's
+    ISID): B's nexus is registered with A's key too, so B may RESERVE with it (SPC-4
+    5.13.7: a registration for each specified I_T nexus)."""
+    ka = node_key(CLUSTER_NAME, "node1")
+    with own_lu(target) as lu:
+        async with cluster(lu, "spec-i-pt") as c:
+            a = await c.join("A")
+            b = await c.join("B", initiator=OTHER)
+            out = await c.pr_out(a, REGISTER, sa_key=ka, spec_i_pt=True, transport_ids=[b.port])
+            if is_illegal(out):
+                pytest.skip(f"SPEC_I_PT refused: {describe(out)}")
+            c.require(
+                out.status == GOOD,
+                "RSPC4-5.13.7-5",
+                f"REGISTER with SPEC_I_PT naming B: {describe(out)}",
+                out,
+            )
+            c.keys["B"] = ka
+            st = await c.observe(b, "after SPEC_I_PT")
+            c.require(
+                st.keys.count(ka) >= 2,
+                "RSPC4-5.13.7-5",
+                f"after REGISTER with SPEC_I_PT naming B the keys are {[hex(k) for k in st.keys]}: B's nexus is not registered",
+            )
+            res = await c.pr_out(b, RESERVE, key=ka, pr_type=WE)
+            c.require(
+                res.status == GOOD,
+                "RSPC4-5.13.7-5",
+                f"B's RESERVE with the key A registered for it: {describe(res)}",
+                res,
+            )
+
+
+@spec(
+    "Cluster.Persistent.Generation",
+    "SPC-4 6.16.2",
+    requirements=["RSPC4-6.16.2-1"],
+    needs=PR,
+    dataloss=True,
+)
+async def test_generation(target: Any) -> None:
+    """PRgeneration through a failover: REGISTER, PREEMPT and CLEAR increment it, RESERVE
+    and RELEASE leave it (SPC-4 6.16.2 table 213)."""
+    ka, kb = node_key(CLUSTER_NAME, "node1"), node_key(CLUSTER_NAME, "node2")
+    with own_lu(target) as lu:
+        async with cluster(lu, "generation") as c:
+            a = await c.join("A")
+            b = await c.join("B", initiator=OTHER)
+            steps = [
+                (a, REGISTER, {"sa_key": ka}, 1),
+                (b, REGISTER, {"sa_key": kb}, 1),
+                (a, RESERVE, {"key": ka, "pr_type": WE_RO}, 0),
+                (b, PREEMPT, {"key": kb, "sa_key": ka, "pr_type": WE_RO}, 1),
+                (b, RELEASE, {"key": kb, "pr_type": WE_RO}, 0),
+                (b, CLEAR, {"key": kb}, 1),
+            ]
+            gen, _k, rk = await c.read_keys(a)
+            for node, sa, kw, inc in steps:
+                out = await c.pr_out(node, sa, **kw)
+                c.require(
+                    out.status == GOOD, "RSPC4-6.16.2-1", f"{SA_NAMES[sa]}: {describe(out)}", out
+                )
+                new, _k, rk = await c.read_keys(a)
+                c.require(
+                    gen is not None and new == (gen + inc) & 0xFFFFFFFF,
+                    "RSPC4-6.16.2-1",
+                    f"PRgeneration {gen} -> {new} after {SA_NAMES[sa]} (SPC-4 6.16.2 table 213: {'incremented' if inc else 'not incremented'})",
+                    out,
+                    rk,
+                )
+                gen = new
+
+
+@spec(
+    "Cluster.Persistent.UnitAttentionsToNamedNexuses",
+    "SPC-4 5.13.11.2.4",
+    "SPC-4 5.13.11.2.2",
+    "SPC-4 5.13.11.2.7",
+    requirements=["RSPC4-5.13.11-1"],
+    needs=PR,
+    dataloss=True,
+)
+async def test_unit_attentions_named_nexuses(target: Any) -> None:
+    """Three registered nodes, A holds Write Exclusive - Registrants Only. B preempts A
+    (same type): A alone gets REGISTRATIONS PREEMPTED; B releases: A (registered again)
+    and C get RESERVATIONS RELEASED, B nothing; B clears: A and C get RESERVATIONS
+    PREEMPTED, B nothing (SPC-4 5.13.11.2.4.3 e/f, 5.13.11.2.2 c, 5.13.11.2.7 e)."""
+    k = {n: node_key(CLUSTER_NAME, n) for n in "ABC"}
+    with own_lu(target) as lu:
+        async with cluster(lu, "unit-attentions") as c:
+            a = await c.join("A")
+            b = await c.join("B", initiator=OTHER)
+            cc = await c.join("C")
+            nodes = {"A": a, "B": b, "C": cc}
+            for name, n in nodes.items():
+                await c.pr_out(n, REGISTER, sa_key=k[name])
+            await c.pr_out(a, RESERVE, key=k["A"], pr_type=WE_RO)
+            for n in nodes.values():
+                await c.unit_attentions(n)
+
+            async def check(step: str, expected: dict[str, tuple[int, int] | None]) -> None:
+                for name, want in expected.items():
+                    seen = await c.unit_attentions(nodes[name])
+                    pr_uas = [u for u in seen if u[0] == 0x2A and u[1] in (3, 4, 5)]
+                    ok = (want in seen) if want else not pr_uas
+                    c.require(
+                        ok,
+                        "RSPC4-5.13.11-1",
+                        f"after {step} node {name} saw unit attentions {[ASC_NAMES.get(u, u) for u in seen]}, expected {ASC_NAMES.get(want, want) if want else 'no reservation unit attention'}",
+                    )
+
+            out = await c.pr_out(b, PREEMPT, key=k["B"], sa_key=k["A"], pr_type=WE_RO)
+            c.require(out.status == GOOD, "RSPC4-5.9-7", f"B's PREEMPT: {describe(out)}", out)
+            await check(
+                "B's PREEMPT of A (type unchanged)",
+                {"A": REGISTRATIONS_PREEMPTED, "B": None, "C": None},
+            )
+            await c.pr_out(a, REGISTER, sa_key=k["A"])
+            out = await c.pr_out(b, RELEASE, key=k["B"], pr_type=WE_RO)
+            c.require(out.status == GOOD, "RSPC4-5.9-8", f"B's RELEASE: {describe(out)}", out)
+            await check(
+                "B's RELEASE (Registrants Only)",
+                {"A": RESERVATIONS_RELEASED, "B": None, "C": RESERVATIONS_RELEASED},
+            )
+            out = await c.pr_out(b, CLEAR, key=k["B"])
+            c.require(out.status == GOOD, "RSPC4-5.9-9", f"B's CLEAR: {describe(out)}", out)
+            await check(
+                "B's CLEAR", {"A": RESERVATIONS_PREEMPTED, "B": None, "C": RESERVATIONS_PREEMPTED}
+            )
+
+
+@spec(
+    "Cluster.ThreeNodes.FailFenceRejoin",
+    "SPC-4 5.13.11.2.6",
+    "SPC-4 5.13.1",
+    requirements=["RSPC4-5.13.11.2.5-1", "RSPC4-5.9-6"],
+    needs=PR,
+    dataloss=True,
+)
+async def test_three_nodes(target: Any) -> None:
+    """Three fence_scsi nodes: B fails (its connection drops), A fences it with PREEMPT
+    AND ABORT, C keeps writing and reading throughout, and B, restarted with a new
+    ISID, is refused until it unfences (registers) again."""
+    k = {n: node_key(CLUSTER_NAME, f"node-{n}") for n in "ABC"}
+    with own_lu(target) as lu:
+        async with cluster(lu, "three-nodes") as c:
+            a = await c.join("A")
+            b = await c.join("B", initiator=OTHER)
+            cc = await c.join("C")
+            for name, n in (("A", a), ("B", b), ("C", cc)):
+                await _unfence(c, n, k[name])
+            mine = c.pattern("node-C")
+            w = await c.write(cc, LBA + 5, mine)
+            c.require(
+                w.status == GOOD,
+                "RSPC4-5.9-6",
+                f"registered C's WRITE: {describe(w)}",
+                w,
+                level="SHOULD",
+            )
+            await c.observe(a, "three nodes unfenced")
+            await c.leave(b, "drop")
+            out = await c.pr_out(a, PREEMPT_AND_ABORT, key=k["A"], sa_key=k["B"], pr_type=WE_RO)
+            if is_illegal(out):
+                pytest.skip(f"PREEMPT AND ABORT refused ({describe(out)})")
+            c.event("A fenced B", "A")
+            st = await c.observe(cc, "B fenced")
+            c.require(
+                out.status == GOOD
+                and k["B"] not in st.keys
+                and k["C"] in st.keys
+                and st.holder_key == k["A"],
+                "RSPC4-5.13.11.2.5-1",
+                f"fencing B: {describe(out)}; keys {[hex(x) for x in st.keys]}, holder {st.holder_key!r}",
+                out,
+            )
+            w = await c.write(cc, LBA + 5, mine)
+            data, r = await c.read(cc, LBA + 5)
+            c.require(
+                w.status == GOOD and data == mine,
+                "RSPC4-5.9-6",
+                f"C keeps its access after B was fenced: WRITE {describe(w)}, READ back {'same' if data == mine else describe(r)}",
+                w,
+                r,
+                level="SHOULD",
+            )
+            b = await c.join("B", isid=random_isid())
+            c.event("B rejoins after a restart", "B")
+            w = await c.write(b, LBA + 6, c.pattern("B-before-unfence"))
+            c.require(
+                w.status == CONFLICT,
+                "RSPC4-5.9-6",
+                f"rejoined B's WRITE before it unfences: {describe(w)}",
+                w,
+            )
+            await _unfence(c, b, k["B"])
+            w = await c.write(b, LBA + 6, c.pattern("B-unfenced"))
+            c.require(
+                w.status == GOOD,
+                "RSPC4-5.9-6",
+                f"B's WRITE after unfencing: {describe(w)}",
+                w,
+                level="SHOULD",
+            )
+            data, r = await c.read(a, LBA + 5)
+            c.require(
+                data == mine, "RSPC4-5.9-6", "C's block changed while B was fenced and rejoined", r
+            )
+            await c.observe(a, "B back")
