@@ -1,0 +1,291 @@
+"""iSNS.Discovery: an initiator finds a target through the run's iSNS server (RFC 4171).
+
+For every pairing, the target registers with the run's iSNS server (``isns_server``:
+isnsd in a container by default, or ours), and the initiator asks that server, not the
+target, what it may log in to: RFC 4171 5.6.5.2 (DevAttrQry) and 5.6.5.3 (DevGetNext)
+answer it, scoped by Discovery Domains. Then:
+
+- it finds the target, at the portal the target serves, with the Portal Group Tag the
+  login answers (RFC 7143 13.9), and logs in there;
+- Discovery Domains restrict it (5.6.5.9 DDReg): the target is listed to an initiator
+  of its domain, never to one outside, and the outsider never tries it;
+- after a change, an SCN (5.6.5.8) is acted on: the reference initiator, registered for
+  SCNs, lists the target that registered after it and logs in.
+
+How each initiator discovers: open-iscsi with ``iscsiadm -m discovery -t isns`` in its
+micro-VM; the reference initiator with its own iSNS client (``iscsi-conformance
+initiator discover isns://``); libiscsi has no iSNS client (its source names no iSNS at
+all), so a reference-initiator bridge discovers and libiscsi logs in to what it found.
+Targets: the reference target (a dedicated ``--isns`` instance) and tgt (its built-in
+client, ``iSNSServerIP``); LIO has none (``targets/lio/manifest.toml``), so its cells
+skip as not supported.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from iscsi_conformance.errors import LoginError
+from iscsi_conformance.peers.base import LoginOptions, TargetEndpoint
+from iscsi_conformance.plugin import require, spec, violation
+
+#: What the iSNS area's discoveries take at most (a loaded CI host included).
+TIMEOUT = 20.0
+CLI = [sys.executable, "-m", "iscsi_conformance.cli"]
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def discover(initiator: Any, isns_server: Any, name: str) -> tuple[list[tuple[str, str, int, int | None]], str]:  # fmt: skip
+    """What ``initiator``, named ``name``, finds through the run's iSNS server:
+    (target name, portal host, port, PGT) items, and how it asked."""
+    if initiator.name == "open-iscsi":
+        return _iscsiadm_isns(initiator, isns_server, name), "iscsiadm -m discovery -t isns"
+    found = isns_server.discover(name, timeout=TIMEOUT / 2)
+    how = (
+        "the reference iSNS client"
+        if initiator.name == "reference"
+        else f"a reference-initiator bridge ({initiator.name} has no iSNS client)"
+    )
+    return [(t.name, h, p, tag) for t in found for h, p, tag in t.portals], how
+
+
+def _guest_portal(initiator: Any, isns_server: Any) -> str:
+    from iscsi_conformance.peers.openiscsi import guest_address
+
+    host, port = isns_server.address
+    return f"{guest_address(host, initiator.driver.mode)}:{port}"
+
+
+def _iscsiadm_isns(initiator: Any, isns_server: Any, name: str) -> list[tuple[str, str, int, int | None]]:  # fmt: skip
+    """``iscsiadm -m discovery -t isns -o nonpersistent`` as ``name`` (an iface)."""
+    drv = initiator.driver
+    iface = drv._iface(name)
+    argv = ["iscsiadm", "-m", "discovery", "-t", "isns", "-p", _guest_portal(initiator, isns_server),
+            "-I", iface, "-o", "nonpersistent"]  # fmt: skip
+    res = drv.guest(argv, timeout=TIMEOUT)
+    initiator.evidence.note(f"$ {shlex.join(argv)}\n(exit {res.returncode})\n{res.text}")
+    # 21: ISCSI_ERR_NO_OBJS_FOUND, "No portals found": the server listed nothing to it
+    if res.returncode not in (0, 21):
+        raise violation(
+            "R4171-5.6.5.2-1",
+            f"open-iscsi's iSNS discovery failed (exit {res.returncode}): {res.error_text.strip()}",
+        )
+    out = []
+    for line in res.text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and "," in parts[0]:
+            addr, _, tag = parts[0].rpartition(",")
+            host, _, port = addr.rpartition(":")
+            out.append((parts[1], host.strip("[]"), int(port), int(tag) if tag.isdigit() else None))
+    return out
+
+
+def _login(initiator: Any, iqn: str, host: str, port: int, tag: int | None, name: str) -> dict[str, str]:  # fmt: skip
+    """Log ``initiator`` in as ``name`` at a portal iSNS listed; its negotiated keys."""
+    ep = TargetEndpoint(host=host, port=port, iqn=iqn, luns=(0,), portal_group_tag=tag or 1)
+    session = initiator.driver.login(ep, options=LoginOptions(initiator_name=name))
+    try:
+        return dict(session.negotiated or {})
+    finally:
+        initiator.driver.logout(session)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@spec(
+    "iSNS.Discovery.FindsTargetAndLogsIn",
+    "RFC 4171 5.6.5.2",
+    "RFC 4171 5.6.5.3",
+    "RFC 7143 13.9",
+    pairing="all",
+    role="both",
+    requirements=["R4171-5.6.5.2-1"],
+    needs=("target:isns",),
+)
+def test_finds_target_and_logs_in(initiator: Any, target: Any, isns_server: Any) -> None:
+    """The initiator finds the target through iSNS at the portal it serves and logs in
+    there; the login's TargetPortalGroupTag is the PGT iSNS lists."""
+    name = isns_server.unique_iqn("initiator")
+    with isns_server.registered(target) as reg:
+        found, how = discover(initiator, isns_server, name)
+        target.evidence.note(f"{initiator.name} asked {isns_server.kind} through {how}: {found}")
+        mine = [f for f in found if f[0] == reg.iqn]
+        require(
+            bool(mine),
+            "R4171-5.6.5.2-1",
+            f"{initiator.name} did not find {reg.iqn} through the {isns_server.kind} iSNS server "
+            f"({how}); found {[f[0] for f in found]}",
+        )
+        at = [f for f in mine if (f[1], f[2]) == reg.portal]
+        require(
+            bool(at),
+            "R4171-5.6.5.2-1",
+            f"{target.name} registered {reg.iqn} at {[(f[1], f[2]) for f in mine]}, "
+            f"not at the portal it serves {reg.portal[0]}:{reg.portal[1]}",
+        )
+        _iqn, host, port, tag = at[0]
+        try:
+            keys = _login(initiator, reg.iqn, host, port, tag, name)
+        except LoginError as exc:
+            raise violation(
+                "R4171-5.6.5.2-1",
+                f"{initiator.name} could not log in at {host}:{port}, where iSNS lists "
+                f"{reg.iqn}: {exc}",
+            ) from exc
+        answered = keys.get("TargetPortalGroupTag")
+        if tag is not None and answered is not None:
+            require(
+                int(answered) == tag,
+                "R4171-5.6.5.2-1",
+                f"iSNS lists {reg.iqn} at {host}:{port} with PGT {tag}, but the login "
+                f"answered TargetPortalGroupTag={answered} (RFC 7143 13.9)",
+            )
+
+
+@spec(
+    "iSNS.Discovery.DomainsRestrict",
+    "RFC 4171 5.6.5.2",
+    "RFC 4171 5.6.5.9",
+    pairing="all",
+    role="both",
+    requirements=["R4171-5.6.5.2-2", "R4171-5.6.5.2-3"],
+    needs=("target:isns",),
+)
+def test_domains_restrict(initiator: Any, target: Any, isns_server: Any) -> None:
+    """A target is listed to an initiator of its Discovery Domain, never to one outside
+    them, and the outsider never tries it."""
+    inside = isns_server.unique_iqn("inside")
+    outside = isns_server.unique_iqn("outside")
+    with isns_server.registered(target) as reg:
+        dds = [
+            isns_server.register_dd(f"{inside}-dd", [inside, reg.iqn], source=reg.iqn),
+            isns_server.register_dd(f"{outside}-dd", [outside], source=reg.iqn),
+        ]
+        try:
+            found_in, how = discover(initiator, isns_server, inside)
+            require(
+                reg.iqn in [f[0] for f in found_in],
+                "R4171-5.6.5.2-2",
+                f"{initiator.name} in {reg.iqn}'s Discovery Domain did not find it ({how}); "
+                f"found {[f[0] for f in found_in]}",
+            )
+            found_out, how = discover(initiator, isns_server, outside)
+            require(
+                reg.iqn not in [f[0] for f in found_out],
+                "R4171-5.6.5.2-2",
+                f"{initiator.name} outside {reg.iqn}'s Discovery Domains was told of it ({how})",
+            )
+            _never_tried(initiator, isns_server, outside, reg.iqn)
+        finally:
+            for dd in dds:
+                isns_server.deregister_dd(dd, source=reg.iqn)
+
+
+def _never_tried(initiator: Any, isns_server: Any, name: str, iqn: str) -> None:
+    """The outsider, asked to log in to what iSNS lists, makes no attempt at ``iqn``."""
+    if initiator.name == "open-iscsi":
+        drv = initiator.driver
+        argv = ["iscsiadm", "-m", "discovery", "-t", "isns", "-p", _guest_portal(initiator, isns_server),
+                "-I", drv._iface(name), "--login"]  # fmt: skip
+        res = drv.guest(argv, timeout=TIMEOUT * 2)
+        sessions = drv.iscsiadm("-m", "session").text
+        nodes = drv.iscsiadm("-m", "node").text
+        initiator.evidence.note(f"$ {shlex.join(argv)} (exit {res.returncode})\n{res.text}\n"
+                                f"sessions:\n{sessions}\nnodes:\n{nodes}")  # fmt: skip
+        tried = iqn in res.text or iqn in sessions or iqn in nodes
+        if iqn in sessions:
+            drv.iscsiadm("-m", "node", "-T", iqn, "--logout")
+        require(
+            not tried,
+            "R4171-5.6.5.2-3",
+            f"open-iscsi, outside {iqn}'s Discovery Domains, recorded or logged in to it",
+        )
+        return
+    if initiator.name != "reference":
+        return  # the bridge: the reference initiator's attempt is the one checked
+    host, port = isns_server.host_side
+    done = subprocess.run(
+        [*CLI, "initiator", "discover", f"isns://{host}:{port}", "-i", name,
+         "--timeout", "5", "--login", iqn],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    initiator.evidence.note(f"reference discover --login (exit {done.returncode}):\n"
+                            f"{done.stdout}{done.stderr}")  # fmt: skip
+    require(
+        done.returncode == 1 and "Logged in" not in done.stdout,
+        "R4171-5.6.5.2-3",
+        f"the reference initiator, outside {iqn}'s Discovery Domains, logged in to it",
+    )
+
+
+@spec(
+    "iSNS.Discovery.ScnActedOn",
+    "RFC 4171 5.6.5.5",
+    "RFC 4171 5.6.5.8",
+    pairing="target",
+    role="both",
+    requirements=["R4171-5.6.5.8-1"],
+    needs=("target:isns",),
+)
+def test_scn_acted_on(target: Any, isns_server: Any) -> None:
+    """The reference initiator, registered for SCNs before the target registers, is
+    notified, lists the target again and logs in to it."""
+    name = isns_server.unique_iqn("watcher")
+    host, port = isns_server.host_side
+    with tempfile.TemporaryDirectory(prefix="icc-isns-scn-") as tmp:
+        out_path = Path(tmp) / "watch.log"
+        with out_path.open("w") as out:
+            watch = subprocess.Popen(
+                [*CLI, "initiator", "discover", f"isns://{host}:{port}", "-i", name,
+                 "--timeout", "5", "--watch", str(int(TIMEOUT) + 10)],
+                stdout=out, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+        try:
+            time.sleep(2.0)  # registered with its SCN port before the change
+            require(watch.poll() is None, "R4171-5.6.5.8-1",
+                    f"the reference initiator's watch ended: {out_path.read_text()}")  # fmt: skip
+            with isns_server.registered(target) as reg:
+                deadline = time.monotonic() + TIMEOUT
+                text = ""
+                while time.monotonic() < deadline:
+                    text = out_path.read_text()
+                    added = text.find(f" {reg.iqn}\n", text.find("SCN: "))
+                    if "SCN: " in text and added >= 0 and f"Target: {reg.iqn}\n" in text[added:]:
+                        break
+                    time.sleep(0.3)
+                target.evidence.note(f"reference initiator --watch:\n{text}")
+                isns_server.check_alive()
+                require(
+                    "SCN: " in text and f"Target: {reg.iqn}\n" in text,
+                    "R4171-5.6.5.8-1",
+                    f"no SCN naming {reg.iqn} reached the reference initiator, or it did not "
+                    f"list the target after it, within {TIMEOUT:.0f} s",
+                )
+                portal = text[text.index(f"Target: {reg.iqn}\n") :].splitlines()[1]
+                done = subprocess.run(
+                    [*CLI, "initiator", "discover", f"isns://{host}:{port}", "-i", name + "-login",
+                     "--timeout", "5", "--login", reg.iqn],
+                    capture_output=True, text=True, timeout=60,
+                )  # fmt: skip
+                require(
+                    done.returncode == 0 and f"Logged in: {reg.iqn}" in done.stdout,
+                    "R4171-5.6.5.8-1",
+                    f"the reference initiator could not log in to {reg.iqn} ({portal.strip()}) "
+                    f"after the SCN: {done.stdout}{done.stderr}",
+                )
+        finally:
+            watch.terminate()
+            try:
+                watch.wait(10)
+            except subprocess.TimeoutExpired:
+                watch.kill()
+                watch.wait(5)
