@@ -33,6 +33,11 @@ PACKAGES=(
     open-isns-server open-isns-utils
     # independent wire oracle
     tshark
+    # IPsec transport (issue 11): charon (IKEv2) with kernel-libipsec (libcharon-extra-plugins),
+    # its VICI plugin (strongswan-swanctl), AES-GCM (libstrongswan-standard-plugins); iptables
+    # for the protected portal's drop policy
+    strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins
+    iptables
     # micro-VMs for kernel peers (LIO, open-iscsi)
     qemu-system-x86 busybox-static cpio e2fsprogs
     # report browser check

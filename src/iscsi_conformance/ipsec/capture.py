@@ -1,0 +1,119 @@
+"""The wire between the hosts, captured and dissected by tshark.
+
+Theory of operation: :class:`Capture` runs ``dumpcap`` inside the target host's
+namespace on its end of the link, for the span of a ``with`` block, into a pcapng
+file. :func:`dissect` then asks tshark (an independent dissector) how many frames
+carry ESP (also UDP-encapsulated, RFC 3948), IKE, and how many are cleartext iSCSI
+or TCP to the iSCSI port. :class:`WireSummary.cleartext` is what the no-cleartext
+assertion checks: it must be zero while the path is protected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from iscsi_conformance.errors import HarnessError
+
+from .hosts import Host
+
+__all__ = ["Capture", "WireSummary", "dissect"]
+
+_COUNTED = ("esp", "udpencap", "ike", "iscsi", "tcp_iscsi_port")
+
+
+@dataclasses.dataclass(frozen=True)
+class WireSummary:
+    frames: int
+    esp: int
+    udpencap: int
+    ike: int
+    iscsi: int
+    tcp_iscsi_port: int
+
+    @property
+    def cleartext(self) -> int:
+        """Frames that show iSCSI or TCP to/from the iSCSI port in the clear."""
+        return max(self.iscsi, self.tcp_iscsi_port)
+
+    def describe(self) -> str:
+        return (
+            f"{self.frames} frames: {self.esp} ESP ({self.udpencap} of them UDP-encapsulated), "
+            f"{self.ike} IKE, {self.iscsi} cleartext iSCSI, {self.tcp_iscsi_port} cleartext "
+            f"TCP on the iSCSI port"
+        )
+
+
+class Capture:
+    """``with Capture(host, path):`` records the host's link while the block runs."""
+
+    def __init__(self, host: Host, path: Path, *, snaplen: int = 256) -> None:
+        self.host, self.path, self.snaplen = host, path, snaplen
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Capture:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)
+        argv = self.host.argv(
+            "dumpcap", "-q", "-i", self.host.ifname, "-s", str(self.snaplen),
+            "-a", "duration:600", "-w", str(self.path),
+        )  # fmt: skip
+        self._proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # dumpcap writes the file header once it listens
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                raise HarnessError(f"dumpcap on {self.host.netns} exited: {err.strip()}")
+            if self.path.exists() and self.path.stat().st_size > 0:
+                time.sleep(0.1)
+                return self
+            time.sleep(0.05)
+        self.__exit__()
+        raise HarnessError(f"dumpcap on {self.host.netns} wrote nothing within 10 s")
+
+    def __exit__(self, *exc: object) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        time.sleep(0.2)  # let the last frames reach the file
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def dissect(path: Path, *, port: int = 3260) -> WireSummary:
+    """Count what tshark sees in ``path``: one pass, one field per frame and filter."""
+    argv = ["tshark", "-n", "-r", str(path), "-d", f"tcp.port=={port},iscsi", "-T", "fields"]
+    argv += ["-e", "frame.number", "-e", "frame.protocols", "-e", "tcp.port"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    if out.returncode != 0:
+        raise HarnessError(f"tshark could not read {path}: {out.stderr.strip()[-300:]}")
+    counts = dict.fromkeys(_COUNTED, 0)
+    frames = 0
+    for line in out.stdout.splitlines():
+        parts = line.split("\t")
+        if len(parts) < 2:
+            continue
+        frames += 1
+        protocols = parts[1].split(":")
+        ports = parts[2].split(",") if len(parts) > 2 and parts[2] else []
+        counts["esp"] += "esp" in protocols
+        counts["udpencap"] += "udpencap" in protocols and "esp" in protocols
+        counts["ike"] += "isakmp" in protocols
+        counts["iscsi"] += "iscsi" in protocols
+        counts["tcp_iscsi_port"] += "tcp" in protocols and str(port) in ports
+    return WireSummary(frames=frames, **counts)

@@ -1,0 +1,234 @@
+"""The protected path: two hosts, a charon on each, a policy, and SAs on demand.
+
+Theory of operation: :class:`ProtectedPath` owns everything the IPsec area creates
+and removes it on every exit (``close`` is idempotent, registered with ``atexit``, and
+each part is removed even when another fails; a run killed outright is swept by the
+next one, :func:`hosts.sweep`). :meth:`establish` loads one :class:`SaProfile` into both
+charons over VICI and initiates the child SA from the initiator host (an explicit
+initiation: with kernel-libipsec a trap policy alone starts no IKE), timing it.
+
+The *policy* makes the portal a protected one: on the target host, TCP to the iSCSI
+port that arrives on the link itself (not out of the tunnel) is dropped; on the
+initiator host, such TCP may not leave on the link in the clear, except from a socket
+marked with charon's bypass mark, which is what the cleartext probe uses to show that
+the target's side of the policy holds on its own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import secrets
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from iscsi_conformance.errors import HarnessError
+
+from . import hosts
+from .ca import HostCredentials, RunCA, make_ca
+from .charon import FWMARK, Charon
+from .hosts import Host, Link
+from .profiles import EspBackend, SaProfile, connection
+
+__all__ = ["Established", "ProtectedPath"]
+
+IKE_NAME = "iscsi-path"
+ISCSI_PORT = 3260
+
+
+@dataclasses.dataclass
+class Established:
+    """One established child SA: what was asked, how long IKE took, what was agreed."""
+
+    profile: SaProfile
+    ike_seconds: float
+    initiator_log: list[str]
+    sas: list[dict[str, Any]]
+
+    def child(self) -> dict[str, Any]:
+        """The initiator's view of the child SA (the first installed one)."""
+        for ike in self.sas:
+            for ike_sa in ike.values():
+                for child in ike_sa.get("child-sas", {}).values():
+                    if child.get("state") == "INSTALLED":
+                        return dict(child)
+        return {}
+
+    def transforms(self) -> dict[str, str]:
+        """The negotiated transform, as list-sas reports it (no key material)."""
+        child = self.child()
+        keep = ("mode", "protocol", "encap", "encr-alg", "encr-keysize", "integ-alg", "esn")
+        ike: dict[str, Any] = next(iter(self.sas[0].values()), {}) if self.sas else {}
+        out = {k: str(child[k]) for k in keep if k in child}
+        out.update(
+            {f"ike-{k}": str(ike[k]) for k in ("encr-alg", "integ-alg", "dh-group") if k in ike}
+        )
+        return out
+
+
+class ProtectedPath:
+    """``with ProtectedPath(workdir) as path: path.establish(profile)``."""
+
+    def __init__(self, workdir: Path, *, backend: EspBackend = "kernel-libipsec") -> None:
+        self.workdir = workdir
+        self.backend = backend
+        self.link = Link()
+        self.initiator, self.target = self.link.initiator, self.link.target
+        self.charons: dict[str, Charon] = {}
+        self.psk = secrets.token_urlsafe(24)
+        self.ca: RunCA | None = None
+        self.creds: dict[str, HostCredentials] = {}
+        self.timings: dict[str, float] = {}
+        self.commands: list[dict[str, Any]] = []
+        self._closed = True
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> ProtectedPath:
+        self._closed = False
+        atexit.register(self.close)
+        try:
+            started = time.monotonic()
+            self.swept = hosts.sweep()
+            self.link.open()
+            self.timings["hosts"] = time.monotonic() - started
+            started = time.monotonic()
+            for host in self.link.hosts:
+                self.charons[host.role] = Charon(host, self.workdir, backend=self.backend).start()
+            self.timings["charon_start"] = time.monotonic() - started
+            started = time.monotonic()
+            self.ca = make_ca()
+            self.creds = {h.role: self.ca.issue(h.address) for h in self.link.hosts}
+            self.timings["ca"] = time.monotonic() - started
+            self._policy()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Stop both charons (their SAs and TUN devices go with them), remove the hosts."""
+        if self._closed:
+            return
+        self._closed = True
+        for charon in self.charons.values():
+            with contextlib.suppress(Exception):
+                charon.stop()
+        self.link.close()
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.close)
+
+    def __enter__(self) -> ProtectedPath:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def secrets(self) -> set[str]:
+        """Everything that must never appear in a log or report."""
+        out = {self.psk} | {c.key_pem for c in self.creds.values()}
+        for charon in self.charons.values():
+            out |= charon.secrets
+        return out
+
+    # ------------------------------------------------------------------ policy
+
+    def _run(self, host: Host, *argv: str) -> None:
+        full = host.argv(*argv)
+        started = time.monotonic()
+        out = subprocess.run(full, capture_output=True, text=True, timeout=30, check=False)
+        self.commands.append(
+            {"argv": full, "returncode": out.returncode, "stdout": out.stdout[-500:],
+             "duration": round(time.monotonic() - started, 3)}
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise HarnessError(f"{' '.join(full)}: {out.stderr.strip()[-300:]}")
+
+    def _policy(self) -> None:
+        port = str(ISCSI_PORT)
+        self._run(
+            self.target, "iptables", "-A", "INPUT", "-i", self.target.ifname,
+            "-p", "tcp", "--dport", port, "-j", "DROP",
+        )  # fmt: skip
+        self._run(
+            self.initiator, "iptables", "-A", "OUTPUT", "-o", self.initiator.ifname,
+            "-p", "tcp", "--dport", port, "-m", "mark", "!", "--mark", FWMARK, "-j", "DROP",
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ SAs
+
+    def load(
+        self,
+        profile: SaProfile,
+        *,
+        target_psk: str | None = None,
+        target_ca: RunCA | None = None,
+        target_profile: SaProfile | None = None,
+    ) -> None:
+        """Load ``profile`` into both charons. ``target_psk``/``target_ca`` give the target
+        host other credentials than the initiator's, ``target_profile`` other proposals
+        (the negative cases)."""
+        if self.ca is None:
+            raise HarnessError("the protected path is not open")
+        ends = ((self.initiator, self.target, True), (self.target, self.initiator, False))
+        for local, remote, is_initiator in ends:
+            creds = self.creds[local.role]
+            ca = self.ca
+            if not is_initiator and target_ca is not None:
+                ca = target_ca
+                creds = target_ca.issue(local.address)
+            conn = connection(
+                target_profile if (target_profile and not is_initiator) else profile,
+                name=IKE_NAME,
+                local=local.address,
+                remote=remote.address,
+                local_id=local.address,
+                remote_id=remote.address,
+                cert=creds.cert_pem,
+                cacert=ca.cert_pem,
+                initiator=is_initiator,
+                port=ISCSI_PORT,
+            )
+            if profile.auth == "pubkey":
+                self.charons[local.role].load(conn, key_pem=creds.key_pem)
+            else:
+                psk = target_psk if (target_psk and not is_initiator) else self.psk
+                self.charons[local.role].load(conn, psk=psk, ids=[local.address, remote.address])
+
+    def establish(self, profile: SaProfile, **load: Any) -> Established:
+        """Load ``profile`` and bring its child SA up (raises :class:`IkeFailed`)."""
+        self.terminate()
+        self.load(profile, **load)
+        started = time.monotonic()
+        log = self.charons["initiator"].initiate(IKE_NAME)
+        seconds = time.monotonic() - started
+        self.timings.setdefault("ike", 0.0)
+        self.timings["ike"] += seconds
+        return Established(profile, seconds, log, self.list_sas())
+
+    def reinitiate(self) -> float:
+        """Bring the child SA up again with the profile already loaded; seconds taken."""
+        started = time.monotonic()
+        self.charons["initiator"].initiate(IKE_NAME)
+        return time.monotonic() - started
+
+    def delete_child(self) -> None:
+        """Delete the child SA (INFORMATIONAL exchange), keeping the IKE SA."""
+        self.charons["initiator"].terminate(child="iscsi")
+
+    def terminate(self) -> None:
+        """Delete every SA (the IKE SA with its children) on both hosts."""
+        for charon in self.charons.values():
+            if charon.running:
+                charon.terminate(ike=IKE_NAME)
+
+    def list_sas(self, role: str = "initiator") -> list[dict[str, Any]]:
+        return self.charons[role].list_sas()
+
+    def modes(self) -> dict[str, str]:
+        """Where ESP ran on each host (for the report)."""
+        return {role: charon.backend for role, charon in self.charons.items()}
