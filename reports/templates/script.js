@@ -43,7 +43,7 @@
 
   cells.forEach(function (c) {
     var link = c.querySelector("a.cell-link");
-    if (!link) return;
+    if (!link || !link.getAttribute("data-detail")) return; // a report folder: its own page
     link.addEventListener("click", function (ev) {
       ev.preventDefault();
       var id = anchorOf(c);

@@ -48,7 +48,7 @@ def test_round_trip_through_text_is_stable(sample: Results) -> None:
 def test_header_and_version(small: Results) -> None:
     doc = small.to_json()
     assert doc["format"] == FORMAT == "iscsi-conformance-results"
-    assert doc["version"] == VERSION == "2.0"
+    assert doc["version"] == VERSION == "2.1"
     assert "secrets" not in doc
 
 

@@ -3,11 +3,15 @@
 The top-level CLI hands the arguments after ``report`` to :func:`main`::
 
     iscsi-conformance report merge OUT IN [IN ...]
-    iscsi-conformance report html IN [IN ...] --out DIR
+    iscsi-conformance report html IN [IN ...] --out DIR [--baseline OLD.json]
+    iscsi-conformance report diff OLD.json NEW.json [--json]
     iscsi-conformance report junit IN [IN ...] --out FILE
     iscsi-conformance report validate IN [IN ...]
 
 Several inputs to ``html``/``junit`` are merged first (same rules as ``merge``).
+``diff`` lists, per cell, new failures, fixed tests, deviations new and gone and tests
+added or removed; it exits 1 when something regressed (a new failure), else 0, and 2
+on bad input.
 Secrets to mask on top of the built-in rules: ``--secret VALUE`` (repeatable) or
 ``--secrets-file PATH`` (one per line; keeps them out of the process list).
 """
@@ -15,11 +19,14 @@ Secrets to mask on top of the built-in rules: ``--secret VALUE`` (repeatable) or
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import HarnessError
+from .diff import diff, format_text
 from .merge import merge_files
 from .model import Results
 from .render_html import write_html
@@ -54,10 +61,21 @@ def build_parser(prog: str = "iscsi-conformance report") -> argparse.ArgumentPar
     p.add_argument("inputs", type=Path, nargs="+", metavar="IN")
     secrets_opts(p)
 
-    p = sub.add_parser("html", help="render the self-contained HTML interoperability matrix")
+    p = sub.add_parser(
+        "html", help="write the report folder: index.html (the matrix) and a page per cell"
+    )
     p.add_argument("inputs", type=Path, nargs="+", metavar="IN")
     p.add_argument(
         "--out", type=Path, required=True, metavar="DIR", help="directory for index.html"
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="OLD.json",
+        help="earlier results: the page gets a Changes section (new failures, fixed, ...)",
+    )
+    p.add_argument(
+        "--no-captures", action="store_true", help="do not write a pcapng capture per test"
     )
     p.add_argument("--title", help="page title")
     p.add_argument(
@@ -74,6 +92,13 @@ def build_parser(prog: str = "iscsi-conformance report") -> argparse.ArgumentPar
         help="non-strict results (a SHOULD broken) are <failure>s (default: when a run was strict)",
     )
     secrets_opts(p)
+
+    p = sub.add_parser(
+        "diff", help="compare two result files per cell; exit 1 on a regression only"
+    )
+    p.add_argument("old", type=Path, metavar="OLD.json", help="the baseline (e.g. last release)")
+    p.add_argument("new", type=Path, metavar="NEW.json")
+    p.add_argument("--json", action="store_true", help="print the changes as JSON")
 
     p = sub.add_parser("validate", help="check result files against the schema")
     p.add_argument("inputs", type=Path, nargs="+", metavar="IN")
@@ -107,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else:
                     print(f"{path}: valid (version {r.version}, {len(r.tests)} results)")
             return 1 if bad else 0
+        if args.command == "diff":
+            return _diff(args)
         secrets = _secrets(args)
         if args.command == "merge":
             merged = merge_files(args.inputs)
@@ -119,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 secrets=secrets,
                 title=args.title,
                 with_data=not args.no_data,
+                baseline=Results.load(args.baseline) if args.baseline else None,
+                captures=not args.no_captures,
             )
             print(page)
         elif args.command == "junit":
@@ -128,6 +157,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"iscsi-conformance report: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    d = diff(
+        Results.load(args.old),
+        Results.load(args.new),
+        old_label=str(args.old),
+        new_label=str(args.new),
+    )
+    if args.json:
+        doc = {
+            "old": d.old_label,
+            "new": d.new_label,
+            "regressed": d.regressed,
+            "cells": [dataclasses.asdict(c) for c in d.cells],
+        }
+        print(json.dumps(doc, indent=1, ensure_ascii=False))
+    else:
+        print(format_text(d))
+    return 1 if d.regressed else 0
 
 
 if __name__ == "__main__":

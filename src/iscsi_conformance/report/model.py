@@ -25,6 +25,7 @@ secrets: every writer (:mod:`.writer`) runs :mod:`.redact` first; the model neve
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as _dt
 import json
@@ -73,7 +74,7 @@ __all__ = [
 ]
 
 FORMAT = "iscsi-conformance-results"
-VERSION = "2.0"
+VERSION = "2.1"  # 2.1: PDU connections, evidence connections, per-pairing evidence files
 MAJOR = 2
 READABLE_MAJORS = (1, 2)  # 1.x: read and upgraded in memory (no grades, no new outcomes)
 
@@ -225,6 +226,7 @@ class PduEvent:
     time: float | None = None
     annotations: list[HexAnnotation] = dataclasses.field(default_factory=list)
     note: str = ""  # why this PDU matters ("expected a Reject here")
+    connection: int | None = None  # index into Evidence.connections (2.1)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> PduEvent:
@@ -253,6 +255,9 @@ class Evidence:
     capture: str | None = None  # path of a .pcap(ng) attachment
     log: str = ""
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the TCP connections of the trace (2.1), each ``{"label", "initiator", "target"}``
+    #: with ``host:port`` addresses as the sockets had them; PduEvent.connection indexes it
+    connections: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Evidence:
@@ -670,15 +675,92 @@ class Results:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Results:
+        """Read a results file; PDU traces kept in per-pairing evidence files beside it
+        (``evidence_files``, written by the report folder) are read back in, so the
+        loaded document is whole and merges or renders like one written inline."""
         p = Path(path)
         try:
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise ResultsFormatError(f"cannot read: {exc.strerror}", source=str(p)) from exc
-        return cls.loads(text, source=str(p))
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ResultsFormatError(f"not JSON: {exc}", source=str(p)) from exc
+        results = cls.from_json(doc, source=str(p))
+        files = doc.get("evidence_files") if isinstance(doc, dict) else None
+        if files:
+            _attach_evidence(results, {k: p.parent / v for k, v in files.items()}, source=str(p))
+        return results
 
     def validate(self) -> list[str]:
         return validate(self.to_json())
+
+
+# --------------------------------------------------------------------------- evidence files
+
+#: A per-pairing evidence file is JavaScript that a page loads with ``<script src>``
+#: (pages opened from the disk cannot fetch JSON) and JSON for everything else: one
+#: call of this function with one JSON object, ``{"pairing", "tests": {id: [pdu]}}``.
+EVIDENCE_CALL = "iscsiEvidence"
+
+
+def evidence_file_text(
+    pairing: str, pdus_by_test: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> str:
+    """The file's text. A PDU's bytes are kept as base64 (``b64``), not as the hex of
+    results.json: a third smaller, and the page decodes it with ``atob``."""
+    tests = {tid: [_b64_of(p) for p in pdus] for tid, pdus in pdus_by_test.items()}
+    body = {"pairing": pairing, "tests": tests}
+    return f"{EVIDENCE_CALL}({json.dumps(body, ensure_ascii=False, separators=(',', ':'))});\n"
+
+
+def _b64_of(pdu: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in pdu.items() if k != "hex"}
+    if pdu.get("hex"):
+        out["b64"] = base64.b64encode(bytes.fromhex(pdu["hex"])).decode("ascii")
+    return out
+
+
+def _hex_of(pdu: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in pdu.items() if k != "b64"}
+    if pdu.get("b64"):
+        out["hex"] = base64.b64decode(pdu["b64"]).hex()
+    return out
+
+
+def read_evidence_file(path: Path) -> dict[str, Any]:
+    """An evidence file's object, its PDUs with ``hex`` again, as in results.json."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ResultsFormatError(f"cannot read: {exc.strerror}", source=str(path)) from exc
+    start, end = text.find(f"{EVIDENCE_CALL}("), text.rstrip().rfind(");")
+    try:
+        if start < 0 or end < start:
+            raise ValueError(f"no {EVIDENCE_CALL}(...) call")
+        body = json.loads(text[start + len(EVIDENCE_CALL) + 1 : end])
+        if not isinstance(body, dict) or not isinstance(body.get("tests"), dict):
+            raise ValueError("not an evidence object")
+        body["tests"] = {tid: [_hex_of(p) for p in pdus] for tid, pdus in body["tests"].items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ResultsFormatError(f"not an evidence file: {exc}", source=str(path)) from exc
+    return body
+
+
+def _attach_evidence(results: Results, files: Mapping[str, Path], *, source: str) -> None:
+    """Put the PDUs of each pairing's evidence file back into its tests."""
+    for pid, path in files.items():
+        body = read_evidence_file(path)
+        if body.get("pairing") != pid:
+            raise ResultsFormatError(
+                f"evidence file {path.name} is for {body.get('pairing')!r}, not {pid!r}",
+                source=source,
+            )
+        tests = body["tests"]
+        for t in results.tests:
+            if t.pairing == pid and t.id in tests and not t.evidence.pdus:
+                t.evidence.pdus = [PduEvent.from_json(d) for d in tests[t.id]]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -16,12 +16,14 @@ import dataclasses
 import datetime as _dt
 import functools
 import hashlib
+import json
 import re
 import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .diff import Diff, diff, history_trend
 from .model import (
     PAIRING_SEPARATOR,
     Pairing,
@@ -31,13 +33,14 @@ from .model import (
     Results,
     TestResult,
     area_of,
+    evidence_file_text,
     resource_dir,
     utcnow,
     write_text_atomic,
 )
+from .pcapng import write_capture
 from .redact import redact
 from .requirements_coverage import Coverage, compute_coverage
-from .writer import dump_results
 
 __all__ = ["build_view", "render_html", "write_html"]
 
@@ -218,6 +221,7 @@ class TestView:
     pdus: list[PduView]
     level: str  # strongest level among the references
     pdus_total: int = 0  # the trace's length in results.json (the page may show fewer)
+    capture_href: str = ""  # the test's pcapng in a report folder
 
     @property
     def is_problem(self) -> bool:
@@ -262,6 +266,10 @@ class CellView:
     counts: Counts
     areas: list[AreaView]
     duration: float
+    href: str = ""  # where the cell's details are: "#anchor", or its own page
+
+    def __post_init__(self) -> None:
+        self.href = self.href or f"#{self.anchor}"
 
     @property
     def run(self) -> bool:
@@ -297,6 +305,16 @@ class PageView:
     data_file: str | None
     pairings_run: int
     skipped_everywhere: list[SkippedEverywhere] = dataclasses.field(default_factory=list)
+    #: a report folder: the cells' details are pages of their own, and the index lists
+    #: the problems (failures, errors, ...) across cells instead
+    split: bool = False
+    changes: Diff | None = None  # against a baseline
+    trend_runs: list[str] = dataclasses.field(default_factory=list)
+    trend: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def problems(self) -> list[tuple[CellView, TestView]]:
+        return [(c, tv) for c in self.cells for a in c.areas for tv in a.tests if tv.is_problem]
 
 
 # --------------------------------------------------------------------------- building
@@ -424,7 +442,7 @@ def _pdu_view(event: PduEvent) -> PduView:
     )
 
 
-def _test_view(t: TestResult, catalog: dict[str, Requirement]) -> TestView:
+def _test_view(t: TestResult, catalog: dict[str, Requirement], *, lazy: bool = False) -> TestView:
     refs = [
         RefView(
             text=f"{r.document} §{r.section}",
@@ -458,7 +476,7 @@ def _test_view(t: TestResult, catalog: dict[str, Requirement]) -> TestView:
         anchor=_slug("t", f"{t.pairing}/{t.id}"),
         refs=refs,
         reqs=reqs,
-        pdus=[_pdu_view(p) for p in t.evidence.pdus[: _pdus_shown(t)]],
+        pdus=[] if lazy else [_pdu_view(p) for p in t.evidence.pdus[: _pdus_shown(t)]],
         level=_strongest(levels),
         pdus_total=len(t.evidence.pdus),
     )
@@ -502,8 +520,12 @@ def build_view(
     title: str | None = None,
     generated: str | None = None,
     data_file: str | None = None,
+    split: bool = False,
+    baseline: Results | None = None,
 ) -> PageView:
-    """The page's data. ``results`` should already be redacted (:func:`write_html` does)."""
+    """The page's data. ``results`` should already be redacted (:func:`write_html` does).
+    ``split``: the cells' details are pages of their own (the hex dumps are left to the
+    page's script, which reads the cell's evidence file)."""
     catalog = results.requirement_index()
     by_pairing: dict[str, list[TestResult]] = {}
     for t in results.tests:
@@ -543,13 +565,14 @@ def build_view(
                 totals.add(t)
                 area = areas.setdefault(t.area, AreaView(t.area, Counts(), []))
                 area.counts.add(t)
-                area.tests.append(_test_view(t, catalog))
+                area.tests.append(_test_view(t, catalog, lazy=split))
                 all_areas.add(t.area)
             cell = CellView(
                 initiator=ih,
                 target=th,
                 pairing=pairings.get(pid),
                 anchor=_slug("pair", pid),
+                href=f"cells/{_slug('pair', pid)}.html" if split else "",
                 counts=counts,
                 areas=[areas[a] for a in sorted(areas, key=_area_key)],
                 duration=sum(t.duration for t in tests),
@@ -591,7 +614,20 @@ def build_view(
         data_file=data_file,
         pairings_run=len(cells),
         skipped_everywhere=skipped_everywhere(results.tests),
+        split=split,
+        changes=diff(baseline, results, old_label="baseline", new_label="this run")
+        if baseline is not None
+        else None,
+        **_trend(results),
     )
+
+
+def _trend(results: Results) -> dict[str, Any]:
+    """The per-cell trend, when merged runs left a history (else nothing to show)."""
+    if not any(t.history for t in results.tests):
+        return {}
+    runs, table = history_trend(results)
+    return {"trend_runs": runs, "trend": table} if len(runs) > 1 else {}
 
 
 def skipped_everywhere(tests: Iterable[TestResult]) -> list[SkippedEverywhere]:
@@ -688,19 +724,98 @@ def write_html(
     title: str | None = None,
     generated: str | None = None,
     with_data: bool = True,
+    baseline: Results | None = None,
+    captures: bool = True,
 ) -> Path:
-    """Write ``out_dir/index.html`` (and, with ``with_data``, the redacted
-    ``results.json`` it links to). Returns the HTML's path."""
+    """Write the report folder ``out_dir`` and return its ``index.html``.
+
+    The folder (docs/reports.md): ``index.html`` (the matrix, per-area counts, the
+    problems across cells, changes against ``baseline``, coverage, runs), one page per
+    cell in ``cells/`` with the cell's PDU traces beside it in ``cells/*.evidence.js``
+    (loaded by the page when a test is opened: pages opened from the disk cannot fetch
+    JSON), ``peers.html`` (the drivers' command logs), ``captures/*.pcapng`` (each
+    test's traffic, :mod:`.pcapng`), ``assets/`` (CSS, scripts) and, with
+    ``with_data``, ``results.json``: whole for one pairing, else with its PDUs left in
+    the evidence files it names (``evidence_files``; :meth:`Results.load` reads them
+    back). Everything is redacted first; everything opens from the disk, no server.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    secrets = list(secrets)
-    if with_data:
-        dump_results(results, out / "results.json", secrets=secrets)
-    html = render_html(
-        results,
-        secrets=secrets,
+    safe = redact(results, secrets)
+    env = _environment()
+    tdir = resource_dir("templates")
+    assets = out / "assets"
+    assets.mkdir(exist_ok=True)
+    for name in ("style.css", "script.js", "evidence.js"):
+        write_text_atomic(assets / name, (tdir / name).read_text(encoding="utf-8"))
+    write_text_atomic(assets / "layouts.js", _layouts_js())
+    view = build_view(
+        safe,
         title=title,
         generated=generated,
         data_file="results.json" if with_data else None,
+        split=True,
+        baseline=baseline,
     )
-    return write_text_atomic(out / "index.html", html)
+    by_key = {t.key: t for t in safe.tests}
+    evidence_files: dict[str, str] = {}
+    cells_dir = out / "cells"
+    for cell in view.cells:
+        assert cell.pairing is not None
+        pid = cell.pairing.id
+        pdus: dict[str, list[dict[str, Any]]] = {}
+        for area in cell.areas:
+            for tv in area.tests:
+                t = by_key.get(tv.result.key, tv.result)
+                if t.evidence.pdus:
+                    pdus[t.id] = [_compact(dataclasses.asdict(p)) for p in t.evidence.pdus]
+                    if captures:
+                        name = f"captures/{tv.anchor}.pcapng.gz"
+                        if write_capture(t, out / name) is not None:
+                            tv.capture_href = f"../{name}"
+        evidence = f"cells/{cell.anchor}.evidence.js"
+        write_text_atomic(out / evidence, evidence_file_text(pid, pdus))
+        evidence_files[pid] = evidence
+        page = env.get_template("cell.html.j2").render(
+            view=view, cell=cell, evidence=f"{cell.anchor}.evidence.js"
+        )
+        write_text_atomic(cells_dir / f"{cell.anchor}.html", page)
+    write_text_atomic(out / "peers.html", env.get_template("peers.html.j2").render(view=view))
+    if with_data:
+        doc = safe.to_json()
+        if len(evidence_files) > 1:  # a matrix: PDUs once, in the evidence files
+            for t in doc["tests"]:
+                t["evidence"]["pdus"] = []
+            doc["evidence_files"] = evidence_files
+        text = json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+        write_text_atomic(out / "results.json", text)
+    return write_text_atomic(
+        out / "index.html", env.get_template("index.html.j2").render(view=view)
+    )
+
+
+def _compact(pdu: dict[str, Any]) -> dict[str, Any]:
+    """A PDU for an evidence file without its empty fields (they are the defaults)."""
+    return {k: v for k, v in pdu.items() if v not in (None, "", []) or k in ("direction", "opcode")}
+
+
+def _layouts_js() -> str:
+    """The BHS layouts (core.layout, STYLE.md 4) for the page's hex dumps:
+    ``{opcode: [[offset, size, mask, name], ...]}``."""
+    from ..core.layout import LAYOUTS, FieldKind
+
+    table = {
+        str(op): [
+            [
+                f.offset,
+                f.size,
+                f.mask,
+                f.name
+                if f.kind is FieldKind.VALUE
+                else ("reserved" if f.kind is FieldKind.RESERVED else f.label),
+            ]
+            for f in lay.fields
+        ]
+        for op, lay in LAYOUTS.items()
+    }
+    return f"window.ISCSI_LAYOUTS = {json.dumps(table, separators=(',', ':'))};\n"
