@@ -284,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a SHOULD broken is a failure (default: a non-strict result, shown apart)",
     )
+    run.add_argument(
+        "--isns-server",
+        choices=("auto", "isnsd", "reference"),
+        help="the iSNS server of the iSNS area: open-isns isnsd in a container, or ours "
+        "(default auto: isnsd where the run has a docker network, else ours)",
+    )
 
     cert = sub.add_parser("certify", help="certify a third-party target given by URL")
     cert.add_argument("url", help="iscsi://[user[%%secret]@]host[:port]/iqn/lun")
@@ -355,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "run":
+            if args.isns_server:  # read by the iSNS area in every pytest process (shards too)
+                os.environ["ISCSI_CONFORMANCE_ISNS_SERVER"] = args.isns_server
             if args.shards > 1 and max(len(args.target or []), len(args.initiator or [])) > 1:
                 return cmd_run_sharded(args, extra)
             return cmd_run(args, extra)
