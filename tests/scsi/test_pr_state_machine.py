@@ -87,7 +87,11 @@ class PrMachine(RuleBasedStateMachine):
         if all_reg and sa_key == 0:
             self.model = {who: key}
         else:
-            for i in [i for i, k in self.model.items() if k == sa_key and i != who]:
+            # the holder preempting itself keeps its registration (SPC-4 5.13.11.2.4.3);
+            # a PREEMPT that only removes registrations removes the sender's own too
+            # when it names the sender's key (5.13.11.2.5)
+            keep = who if holder_key == sa_key and not all_reg else None
+            for i in [i for i, k in self.model.items() if k == sa_key and i != keep]:
                 del self.model[i]
         assert holder_key is None or state.type is not None
 

@@ -556,6 +556,10 @@ class ReservationState:
                     "no registration has the service action key", section="SPC-4 5.9.11.4.3"
                 )
             remove([v for v in victims if v is not reg])
+            if reg in victims:
+                # a PREEMPT naming the sender's own key removes its registration too,
+                # with no unit attention for it (SPC-4 5.13.11.2.5)
+                self.registrations.remove(reg)
             if self.type is not None and self.type.all_registrants and not self.registrations:
                 self._drop_reservation()
         if abort:
