@@ -20,12 +20,19 @@ def _requirements_catalog() -> list[model.Requirement]:
     return [model.Requirement(**r) for r in load_catalog()]
 
 
+#: The Run field naming the iSNS server of the run's iSNS area (report.model.Run).
+_ISNS_FIELD = "isns_server"
+
+
 def build_results(run: Any) -> model.Results:
     results = model.Results()
     results.add_run(model.Run.collect(started=model.iso_from_epoch(run.started)))
     results.runs[-1].finished = model.utcnow()
     results.runs[-1].phases = run_phases(run.started)
     results.runs[-1].strict = bool(getattr(run, "strict", False))
+    isns = getattr(run, "isns", None)  # the iSNS area's server (conformance/isns/conftest.py)
+    if isns is not None and hasattr(model.Run, _ISNS_FIELD):
+        setattr(results.runs[-1], _ISNS_FIELD, isns.describe())
     pool = run.pool
     if pool is not None:
         commands = pool.commands()
