@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from iscsi_conformance.report import Results, write_html
+from iscsi_conformance.report import Results, render_html, write_html
 
 pytestmark = pytest.mark.slow  # a browser start takes seconds
 
@@ -79,8 +79,10 @@ class Dom(HTMLParser):
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory, sample_module: object) -> tuple[Results, Path]:
     results: Results = sample_module.build_sample()  # type: ignore[attr-defined]
-    out = tmp_path_factory.mktemp("html")
-    return results, write_html(results, out, generated="2025-03-14T10:00:00+00:00")
+    # the single self-contained page (render_html) of a small run
+    page = tmp_path_factory.mktemp("html") / "index.html"
+    page.write_text(render_html(results, generated="2025-03-14T10:00:00+00:00"))
+    return results, page
 
 
 def test_dom_has_matrix_with_right_counts(page: tuple[Results, Path], tmp_path: Path) -> None:
@@ -124,3 +126,95 @@ def test_screenshot(page: tuple[Results, Path], tmp_path: Path) -> None:
     )
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+# --------------------------------------------------------------------------- report folder
+
+#: Goals of issue 17 for a full CI matrix's report folder.
+INDEX_MAX_BYTES = 3 * 1024 * 1024
+RENDER_MAX_MS = 1000
+
+
+@pytest.fixture(scope="module")
+def folder(
+    tmp_path_factory: pytest.TempPathFactory, sample_module: object
+) -> tuple[Results, Path, str, str, str]:
+    """The report folder of a full-matrix-shaped run, with a baseline that has one
+    planted regression and one planted fix: (results, index.html, regressed, fixed,
+    source)."""
+    from matrix_data import matrix_results, plant_baseline
+
+    results, source = matrix_results(sample_module.build_sample())  # type: ignore[attr-defined]
+    new, base, regressed, fixed = plant_baseline(results)
+    out = tmp_path_factory.mktemp("folder")
+    index = write_html(new, out, generated="2025-03-14T10:00:00+00:00", baseline=base)
+    return new, index, regressed, fixed, source
+
+
+def _attr(dom_text: str, name: str) -> int:
+    m = re.search(rf'{name}="(\d+)"', dom_text)
+    assert m, f"{name} not set: the page's script did not run"
+    return int(m.group(1))
+
+
+def test_folder_index_matrix_counts_changes_and_render_time(
+    folder: tuple[Results, Path, str, str, str], tmp_path: Path
+) -> None:
+    results, index, regressed, fixed, source = folder
+    size = index.stat().st_size
+    assert size <= INDEX_MAX_BYTES, f"index.html is {size} bytes ({source})"
+    dom_text = run_chromium(["--dump-dom", index.as_uri()], tmp_path / "profile")
+    dom = Dom()
+    dom.feed(dom_text)
+    assert set(dom.cells) == {p.id for p in results.pairings}
+    for pid, attrs in dom.cells.items():
+        expected = Counter(t.outcome for t in results.tests if t.pairing == pid)
+        for outcome in ("passed", "failed", "error", "xfailed", "xpassed", "skipped"):
+            assert int(attrs[f"data-{outcome}"]) == expected[outcome], (pid, outcome)
+    # the Changes section names the planted regression and the planted fix
+    changes = dom_text[dom_text.index('id="changes"') :]
+    changes = changes[: changes.index("</section>")]
+    assert 'data-regressed="true"' in dom_text
+    for key, kind in ((regressed, "new_failures"), (fixed, "fixed")):
+        pid, tid = key.split("/", 1)
+        block = changes[changes.index(f'data-pairing="{pid}"') :]
+        block = block[block.index(f'data-kind="{kind}"') :]
+        assert f'data-test="{tid}"' in block[: block.index("</details>")], (key, kind)
+    # the problems list links the failing test to its cell's page
+    pid, tid = regressed.split("/", 1)
+    link = re.search(
+        rf'href="(cells/[^"#]+\.html)#(t-[^"]+)"><code>{re.escape(tid)}</code>', dom_text
+    )
+    assert link, "the failing test is not linked from the problems list"
+    assert (index.parent / link.group(1)).is_file()
+    ms = _attr(dom_text, "data-render-ms")
+    print(f"\nindex.html {size} bytes, first render {ms} ms ({source})")
+    assert ms < RENDER_MAX_MS
+
+
+def test_folder_cell_drill_down_into_a_failing_test(
+    folder: tuple[Results, Path, str, str, str], tmp_path: Path
+) -> None:
+    results, index, regressed, _, source = folder
+    pid, tid = regressed.split("/", 1)
+    test = next(t for t in results.tests if t.key == (tid, pid))
+    m = re.search(
+        rf'href="(cells/[^"#]+\.html)#(t-[^"]+)"><code>{re.escape(tid)}</code>', index.read_text()
+    )
+    assert m
+    page = index.parent / m.group(1)
+    dom_text = run_chromium(["--dump-dom", f"{page.as_uri()}#{m.group(2)}"], tmp_path / "profile")
+    item = dom_text[dom_text.index(f'id="{m.group(2)}"') :]
+    item = item[: item.index("</li>")]
+    # requirement(s), the message, the PDU trace (read from the evidence file), the capture
+    for rid in test.requirements:
+        assert rid in item
+    assert test.message.splitlines()[0].split(":")[0] in item
+    assert item.count('class="pdu d-') == len(test.evidence.pdus) > 0
+    capture = re.search(r'class="capture-link" href="([^"]+)"', item)
+    assert capture and (page.parent / capture.group(1)).is_file()
+    ms, ev_ms = _attr(dom_text, "data-render-ms"), _attr(dom_text, "data-evidence-ms")
+    print(f"\ncell page {page.stat().st_size} bytes: render {ms} ms, evidence {ev_ms} ms")
+    assert ms + ev_ms < RENDER_MAX_MS
+    total = sum(f.stat().st_size for f in index.parent.rglob("*") if f.is_file())
+    print(f"report folder {total} bytes ({source})")
