@@ -2,8 +2,9 @@
 
     python ci/provision.py packages     Debian packages (tshark, tgt, libiscsi, qemu, ...)
                                         and a running Docker engine (ci/setup_host.sh)
-    python ci/provision.py peers        the same, then the base image and the micro-VM
-                                        kernel and root file system (all cached)
+    python ci/provision.py peers        the same, then the base image, the isnsd image
+                                        and the micro-VM kernel and root file system
+                                        (all cached)
 
 Only as root: anywhere else it says what it did not do and exits 0, so a user's
 machine is never changed behind their back (the tests then skip what has no peer,
@@ -32,6 +33,10 @@ def _images() -> None:
 
     log = CommandLog()
     print(f"provision: base image {images.base_image(log=log)}", flush=True)
+    from iscsi_conformance.harness.isns_run import isnsd_folder  # the matrix's iSNS server
+
+    isnsd = images.build_peer_image("isns", "isnsd", log=log, folder=isnsd_folder())  # type: ignore[arg-type]
+    print(f"provision: isnsd image {isnsd}", flush=True)
     kernel = microvm.build_kernel(log)
     print(f"provision: micro-VM kernel {kernel}", flush=True)
     print(f"provision: micro-VM root fs {microvm.build_rootfs(log)}", flush=True)
