@@ -159,3 +159,21 @@ def test_trend_of_merged_runs(sample: Results) -> None:
     runs, table = history_trend(merged)
     assert len(runs) >= 2 and table
     assert all(len(v) == len(runs) for v in table.values())
+
+
+def test_area_not_supported_and_isns_server_shown(tmp_path: Path) -> None:
+    from iscsi_conformance.report import Run, TestResult, render_html
+
+    r = Results()
+    r.add_run(Run("r1", isns_server={"name": "isnsd", "version": "0.101", "mode": "container"}))
+    why = "lio does not declare capability 'isns' (manifest)"
+    r.add_test(TestResult("Isns.Register.Portal", "reference×lio", "skipped", skip_reason=why))
+    r.add_test(TestResult("Login.Stages.Plain", "reference×lio", "passed"))
+    html = render_html(r)
+    assert "not supported (missing capability &#39;isns&#39; (lio&#39;s manifest))" in html
+    assert "iSNS server: isnsd 0.101 (container)" in html
+    assert Results.from_json(r.to_json()).runs[0].isns_server == {
+        "name": "isnsd",
+        "version": "0.101",
+        "mode": "container",
+    }

@@ -510,6 +510,8 @@ class Run:
     worker: str | None = None  # pytest-xdist worker id ("gw0")
     phases: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per phase
     strict: bool = False  # a SHOULD broken was a failure in this run (--iscsi-strict)
+    #: the iSNS server the run used (2.1): name, kind, version, mode, address
+    isns_server: dict[str, str] | None = None
 
     @property
     def key(self) -> tuple[str, str | None]:

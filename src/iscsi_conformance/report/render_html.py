@@ -248,6 +248,15 @@ class AreaView:
     counts: Counts
     tests: list[TestView]
 
+    @property
+    def unsupported(self) -> str:
+        """``not supported (missing capability 'isns' (lio's manifest))`` when every
+        test of the area was skipped for a capability a peer lacks; else empty."""
+        causes = [tv.result.skip_cause for tv in self.tests]
+        if not causes or not all(c is not None and c.kind == "capability" for c in causes):
+            return ""
+        return f"not supported ({', '.join(sorted({str(c) for c in causes}))})"
+
 
 @dataclasses.dataclass
 class PeerHeader:
