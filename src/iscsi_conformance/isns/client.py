@@ -225,6 +225,17 @@ def _host(attr: Attribute) -> str:
     return str(value) if value is not None else ""
 
 
+def _misframed(msg: Message) -> str | None:
+    """Why an answer is not framed as iSNSP frames every message, or None: a TLV
+    whose length is not a multiple of 4 (5.3.1) leaves the rest of the payload
+    unaligned, so nothing read after it means what the server meant. Other format
+    breaches (isnsd writes IPv4-compatible addresses, 6.3.1) are tolerated."""
+    odd = next((a for a in msg.attributes if len(a.value) % 4), None)
+    if odd is None:
+        return None
+    return f"attribute {odd.tag} is {len(odd.value)} bytes long, not a multiple of 4 (5.3.1)"
+
+
 def _single_pdu(msg: Message) -> bytes:
     data = encode(msg)
     if len(data) > MAX_PAYLOAD + 12:
@@ -316,7 +327,11 @@ class ClientEngine:
             return
         self._decoder.feed(data)
         try:
-            while (msg := self._decoder.next_message()) is not None:
+            while self.broken is None and (msg := self._decoder.next_message()) is not None:
+                misframed = _misframed(msg)
+                if misframed is not None:
+                    self.connection_lost(f"undecodable answer: {misframed}")
+                    return
                 self._response(msg, now)
         except ISNSFormatError as exc:
             self.connection_lost(f"undecodable answer: {exc}")

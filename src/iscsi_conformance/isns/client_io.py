@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from iscsi_conformance.core.isns import Status
+
 from .client import (
     ClientEngine,
     DiscoveredTarget,
@@ -269,11 +271,19 @@ class ISNSClient:
                     await self._disconnect()
                     continue
                 events = self._drain_events()
+                if self.engine.broken is not None:
+                    # an undecodable answer: the stream cannot be resynchronised (5.2), so
+                    # the next operation starts on a new connection
+                    await self._disconnect()
                 failed = [e for e in events if isinstance(e, RequestFailed)]
-                if failed and failed[0].status is not None:
+                if failed:
                     f = failed[0]
+                    if f.status is None:
+                        raise ISNSClientError(f"{self.server[0]}:{self.server[1]}: {f.why}")
+                    named = Status(f.status).name if f.status in Status._value2member_map_ else ""
                     raise ISNSClientError(
                         f"iSNS {f.why or hex(f.function)} refused with status {f.status}"
+                        + (f" ({named.replace('_', ' ').title()}, RFC 4171 5.4)" if named else "")
                     )
                 if wanted is not None and not any(isinstance(e, wanted) for e in events):
                     raise ISNSClientError(f"no {wanted.__name__} from the iSNS server")
