@@ -640,8 +640,11 @@ async def _reserved_stage_refused(target: Any, pairs: list[tuple[str, str]]) -> 
     requirements=["R7143-8.1.2-1"],
 )
 async def test_nop_during_login_refused(target: Any) -> None:
-    """A NOP-Out after the first Login Request, before full feature phase, ends the login:
-    a Login reject or a closed connection; silence (the PDU ignored) does not conform."""
+    """A NOP-Out after the first Login Request, before full feature phase, ends the login
+    the way RFC 3720 3.2.3 (= RFC 7143 4.2.3) says: once the login phase has started, a
+    target receiving a PDU other than a Login Request MUST send a Login reject with the
+    status "invalid during login" (020B) and then disconnect. A hang-up without the Login
+    reject, silence (the PDU ignored) or another answer does not conform."""
     async with target.raw() as raw:
         probe = target.probe(raw)
         step = await probe.step([("AuthMethod", "None")], csg=0, nsg=0, transit=False)
@@ -658,25 +661,42 @@ async def test_nop_during_login_refused(target: Any) -> None:
         await raw.send(nop)
         answer = await raw.recv(timeout=limit)
         if answer is None:
-            if raw.last_outcome is Outcome.CLOSED:
-                return
             gap = NoAnswer(raw.last_outcome, time.monotonic() - started, limit)
             raise violation(
                 "R7143-8.1.2-1",
-                f"{gap.describe('Login reject')}: a PDU other than a Login Request during login "
-                "ends the login with a Login reject (invalid during login) and a disconnect",
+                f"{gap.describe('Login reject')}: {INVALID_DURING_LOGIN_RULE}",
                 sent=[*probe.sent, nop],
                 received=[*probe.received, gap],
             )
+        status = (
+            (answer.status_class << 8) | answer.status_detail
+            if isinstance(answer, P.LoginResponse)
+            else None
+        )
         require(
-            isinstance(answer, P.LoginResponse) and answer.status_class != 0,
+            status == 0x020B,
             "R7143-8.1.2-1",
             f"a NOP-Out during login got {type(answer).__name__}"
-            + (" with status class 0" if isinstance(answer, P.LoginResponse) else "")
-            + ", not a Login reject",
+            + (f" with status {status:#06x}" if status is not None else "")
+            + f", not a Login reject 0x020b: {INVALID_DURING_LOGIN_RULE}",
             sent=[*probe.sent, nop],
             received=[*probe.received, answer],
         )
+        require(
+            await raw.expect_closed(timeout=limit),
+            "R7143-8.1.2-1",
+            f"the connection stayed open after the Login reject: {INVALID_DURING_LOGIN_RULE}",
+            sent=[*probe.sent, nop],
+            received=[*probe.received, answer],
+        )
+
+
+#: RFC 3720 3.2.3 (= RFC 7143 4.2.3) on a PDU other than a Login Request during login.
+INVALID_DURING_LOGIN_RULE = (
+    "RFC 3720 3.2.3 (= RFC 7143 4.2.3): once the login phase has started, a target receiving "
+    "any PDU except a Login Request MUST send a Login reject (status 020B, invalid during "
+    "login) and then disconnect"
+)
 
 
 @spec(

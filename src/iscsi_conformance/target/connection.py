@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core import text as T
 from iscsi_conformance.core.codes import (
+    LoginStatus,
     LogoutReason,
     LogoutResponseCode,
     Opcode,
@@ -361,8 +362,12 @@ class Connection(TaskIO):
             log.debug("<- %r", pdu)
         if self.state is ConnState.LOGIN:
             if not isinstance(pdu, P.LoginRequest):
-                # Only Login Requests before the login completes (RFC 7143 6.2).
-                self._login_failed()
+                # Only Login Requests before the login completes. RFC 3720 3.2.3 (= RFC
+                # 7143 4.2.3): before any Login Request the target closes at once; once
+                # the login phase has started, it MUST send a Login reject "invalid
+                # during login" (020B) and then disconnect.
+                if self.login.started:
+                    self._login_failed(LoginStatus.INVALID_DURING_LOGIN)
                 self.close()
                 return
             self._login_step(pdu)
@@ -382,8 +387,8 @@ class Connection(TaskIO):
 
     # ------------------------------------------------------------------ login
 
-    def _login_failed(self) -> None:
-        rsp = self.login.fail()
+    def _login_failed(self, status: LoginStatus = LoginStatus.INITIATOR_ERROR) -> None:
+        rsp = self.login.fail(status)
         if rsp is not None:
             self._emit(rsp)
 

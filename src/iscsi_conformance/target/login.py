@@ -23,6 +23,7 @@ SendTargets) with the login's negotiator: a new negotiation sequence (RFC 7143 6
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 from iscsi_conformance.core import pdu as P
@@ -33,6 +34,8 @@ from iscsi_conformance.core.login import (
     ChapTargetAuth,
     Event,
     ExistingSession,
+    LoginCompleted,
+    LoginFailed,
     TargetLogin,
     TargetLoginConfig,
     TargetNode,
@@ -128,6 +131,8 @@ class ConnectionLogin:
         rng: Callable[[int], bytes],
     ) -> None:
         self.done = False
+        self.started = False  # a Login Request came: the login phase has started (4.2.3)
+        self._held: list[P.LoginResponse] = []  # responses that replace the core's
         self.initiator_name: str | None = None
         self._targets = targets
         self._portal_group = portal_group
@@ -163,6 +168,7 @@ class ConnectionLogin:
         """Feed one Login Request; the answers wait in ``data_to_send``."""
         if self.done:
             return []
+        self.started = True
         if self.initiator_name is None:
             # The ACL needs the InitiatorName before the core asks for the target
             # node; it is in the first request (RFC 7143 13.5).
@@ -170,18 +176,57 @@ class ConnectionLogin:
                 self.initiator_name = dict(T.parse_pairs(req.data)).get("InitiatorName")
             except ProtocolError:
                 pass  # the core answers malformed text
-        return self.core.receive_pdu(req)
+        events = self.core.receive_pdu(req)
+        completed = next((e for e in events if isinstance(e, LoginCompleted)), None)
+        why = self._against_policy(completed) if completed is not None else None
+        if why is None:
+            return events
+        # The core would end the login with a digest this target does not allow (it
+        # answered Reject to the offer, and the key kept its default, None): the target
+        # fails the login instead of serving a session against its own policy.
+        *before, final = self.core.data_to_send()
+        status = LoginStatus.INITIATOR_ERROR
+        self._held = [
+            *before,
+            dataclasses.replace(
+                final,
+                transit=False,
+                nsg=0,
+                tsih=0,
+                status_class=status >> 8,
+                status_detail=status & 0xFF,
+                data=b"",
+            ),
+        ]
+        self.done = True
+        return [LoginFailed(status, why)]
+
+    def _against_policy(self, done: LoginCompleted) -> str | None:
+        """Why the login's outcome breaks the target's digest policy (a target that
+        holds only CRC32C for a digest, as the digest-required profile does), or None."""
+        node = self._lookup_target(done.target_name) if done.target_name else None
+        if node is None:
+            return None
+        for key, used in (
+            ("HeaderDigest", done.parameters.header_digest),
+            ("DataDigest", done.parameters.data_digest),
+        ):
+            allowed = {v.strip() for v in node.keys.get(key, "None").split(",")}
+            if not used and "None" not in allowed:
+                return f"{key}=None is not allowed by this target (it holds {node.keys[key]})"
+        return None
 
     def data_to_send(self) -> list[P.LoginResponse]:
-        return self.core.data_to_send()
+        held, self._held = self._held, []
+        return held + self.core.data_to_send()
 
-    def fail(self) -> P.LoginResponse | None:
-        """The Login Response that ends a login the connection found broken (framing,
-        a PDU other than a Login Request): initiator error (RFC 7143 11.13.5)."""
+    def fail(self, status: LoginStatus = LoginStatus.INITIATOR_ERROR) -> P.LoginResponse | None:
+        """The Login Response that ends a login the connection found broken (framing:
+        initiator error; a PDU other than a Login Request: invalid during login, RFC 7143
+        11.13.5)."""
         if self.done:
             return None
         self.done = True
-        status = LoginStatus.INITIATOR_ERROR
         return P.LoginResponse(
             status_class=status >> 8, status_detail=status & 0xFF, statsn=self.core.statsn
         )

@@ -239,6 +239,27 @@ def non_login_pdu(p: Patcher) -> None:
 
 
 @mutant(
+    "Login.Session.NonLoginPduHangUp",
+    "login",
+    "a PDU other than a Login Request once the login has started closes the connection "
+    "without the Login reject 'invalid during login' (RFC 3720 3.2.3 = RFC 7143 4.2.3)",
+    catches=["Login.Session.NonLoginPduRefused"],
+)
+def non_login_pdu_hang_up(p: Patcher) -> None:
+    def make(old: Any) -> Any:
+        def handle(self: Connection, pdu: P.PDU, now: float) -> None:
+            if self.state is ConnState.LOGIN and not isinstance(pdu, P.LoginRequest):
+                self.login.done = True  # no Login Response
+                self.close()
+                return
+            old(self, pdu, now)
+
+        return handle
+
+    p.wrap(Connection, "handle_pdu", make)
+
+
+@mutant(
     "Login.Session.ReinstatementIgnored",
     "login",
     "a leading login with the ISID of a live session does not end the old session (6.3.5)",
