@@ -108,7 +108,16 @@
   }
 
   window.iscsiEvidence = function (data) {
-    tests = data.tests || {};
+    // a PDU is an array in the order of data.fields (report/model.py EVIDENCE_FIELDS)
+    var fields = data.fields || [];
+    tests = {};
+    Object.keys(data.tests || {}).forEach(function (id) {
+      tests[id] = data.tests[id].map(function (v) {
+        var p = {};
+        fields.forEach(function (f, i) { p[f] = v[i]; });
+        return p;
+      });
+    });
     renderOpen();
     document.documentElement.setAttribute("data-evidence-ms", String(Math.round(performance.now() - started)));
   };

@@ -710,29 +710,50 @@ EVIDENCE_CALL = "iscsiEvidence"
 def evidence_file_text(
     pairing: str, pdus_by_test: Mapping[str, Sequence[Mapping[str, Any]]]
 ) -> str:
-    """The file's text. A PDU's bytes are kept as base64 (``b64``), not as the hex of
-    results.json: a third smaller, and the page decodes it with ``atob``."""
-    tests = {tid: [_b64_of(p) for p in pdus] for tid, pdus in pdus_by_test.items()}
-    body = {"pairing": pairing, "tests": tests}
+    """The file's text: ``{"pairing", "fields", "tests": {id: [pdu, ...]}}`` where a PDU
+    is an array in the order of ``fields`` (trailing empty values left out; a matrix has
+    tens of thousands of PDUs, whose key names alone would weigh megabytes) and its
+    bytes are base64, a third smaller than the hex of results.json (the page decodes
+    them with ``atob``)."""
+    tests = {tid: [_packed(p) for p in pdus] for tid, pdus in pdus_by_test.items()}
+    body = {"pairing": pairing, "fields": list(EVIDENCE_FIELDS), "tests": tests}
     return f"{EVIDENCE_CALL}({json.dumps(body, ensure_ascii=False, separators=(',', ':'))});\n"
 
 
-def _b64_of(pdu: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in pdu.items() if k != "hex"}
-    if pdu.get("hex"):
-        out["b64"] = base64.b64encode(bytes.fromhex(pdu["hex"])).decode("ascii")
+#: The order of a PDU's values in an evidence file ("b64" holds PduEvent.hex).
+EVIDENCE_FIELDS = (
+    "direction",
+    "opcode",
+    "summary",
+    "b64",
+    "time",
+    "note",
+    "connection",
+    "annotations",
+)
+_EMPTY: tuple[Any, ...] = (None, "", [])
+
+
+def _packed(pdu: Mapping[str, Any]) -> list[Any]:
+    raw = pdu.get("hex") or ""
+    values = dict(pdu, b64=base64.b64encode(bytes.fromhex(raw)).decode("ascii") if raw else "")
+    out = [values.get(k) for k in EVIDENCE_FIELDS]
+    while len(out) > 2 and out[-1] in _EMPTY:
+        out.pop()
     return out
 
 
-def _hex_of(pdu: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in pdu.items() if k != "b64"}
-    if pdu.get("b64"):
-        out["hex"] = base64.b64decode(pdu["b64"]).hex()
-    return out
+def _unpacked(values: Sequence[Any], fields: Sequence[str]) -> dict[str, Any]:
+    pdu = {k: v for k, v in zip(fields, values, strict=False) if v not in _EMPTY}
+    b64 = pdu.pop("b64", "")
+    if b64:
+        pdu["hex"] = base64.b64decode(b64).hex()
+    return pdu
 
 
 def read_evidence_file(path: Path) -> dict[str, Any]:
-    """An evidence file's object, its PDUs with ``hex`` again, as in results.json."""
+    """An evidence file's object, its PDUs as objects with ``hex`` again, as in
+    results.json."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -744,7 +765,10 @@ def read_evidence_file(path: Path) -> dict[str, Any]:
         body = json.loads(text[start + len(EVIDENCE_CALL) + 1 : end])
         if not isinstance(body, dict) or not isinstance(body.get("tests"), dict):
             raise ValueError("not an evidence object")
-        body["tests"] = {tid: [_hex_of(p) for p in pdus] for tid, pdus in body["tests"].items()}
+        fields = body.get("fields") or EVIDENCE_FIELDS
+        body["tests"] = {
+            tid: [_unpacked(p, fields) for p in pdus] for tid, pdus in body["tests"].items()
+        }
     except (ValueError, TypeError, AttributeError) as exc:
         raise ResultsFormatError(f"not an evidence file: {exc}", source=str(path)) from exc
     return body
