@@ -543,3 +543,32 @@ async def test_digests_on_text_response(target: Any) -> None:
             sent=[text],
             received=[answer or gone],
         )
+
+
+@spec(
+    "Digests.FullFeature.AsyncMessage",
+    "RFC 7143 13.1",
+    "RFC 7143 11.9",
+    requirements=["R7143-13.1-2"],
+    needs=("dedicated_instance", "async_messages"),
+)
+async def test_digests_on_async_message(target: Any) -> None:
+    """With both digests agreed, an Async Message (a vendor event with data, asked of a
+    dedicated reference target through its test API: no request makes a target send one)
+    carries a correct header digest and a correct data digest (13.1)."""
+    keys = [("HeaderDigest", "CRC32C"), ("DataDigest", "CRC32C")]
+    with target.dedicated() as inst:
+        async with full_feature(inst, keys=keys) as ffp:
+            if ffp.probe.negotiated.get("HeaderDigest") != "CRC32C":
+                pytest.skip("HeaderDigest=CRC32C was not agreed")
+            data = bytes(2) + b"vendor event data, 27 bytes"  # SenseLength 0, then event data
+            inst.send_async(ffp.probe.tsih, 255, vcode=1, data=data)
+            msg = await ffp.recv(timeout=5.0)
+            # the raw decoder checks both digests: a bad one leaves no PDU (undecodable)
+            require(
+                isinstance(msg, P.AsyncMessage) and msg.data == data,
+                "R7143-13.1-2",
+                "under HeaderDigest and DataDigest CRC32C the Async Message did not decode "
+                f"with valid digests: {msg if msg is not None else ffp.no_answer}",
+                received=ffp.shown(msg),
+            )

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from iscsi_conformance.core import pdu as P
-from iscsi_conformance.core.login import OPERATIONAL, SECURITY
-from iscsi_conformance.harness.probe import FullFeature, Outcome, full_feature
+from iscsi_conformance.harness.probe import FullFeature, Outcome, full_feature, join_session
 from iscsi_conformance.plugin import require, spec, violation
 from iscsi_conformance.scsi import cdb
 
@@ -135,20 +134,7 @@ async def test_logout_recovery_erl0(target: Any) -> None:
         )
 
 
-async def _join(target: Any, raw: Any, lead: Any, cid: int) -> Any:
-    """Log ``raw`` in as connection ``cid`` of ``lead``'s session (its ISID and TSIH,
-    no leading-only keys, RFC 7143 6.3); returns the probe, in full feature phase or
-    not (the caller skips: joining is not what is tested here)."""
-    probe = target.probe(raw, isid=lead.isid, tsih=lead.tsih, cid=cid, cmdsn=lead.cmdsn)
-    first = [
-        ("InitiatorName", target.initiator_name),
-        ("TargetName", probe.target_name),
-        ("AuthMethod", "None"),
-    ]
-    step = await probe.step(first, csg=SECURITY, nsg=OPERATIONAL, transit=True, with_leading=False)
-    if step.succeeded and step.response.transit and step.response.nsg == OPERATIONAL:
-        await probe.operational([("MaxRecvDataSegmentLength", "8192")])
-    return probe
+_join = join_session  # one connection more in a session (harness/probe.py)
 
 
 @spec(

@@ -1107,3 +1107,19 @@ async def full_feature(
         ffp = FullFeature(raw, probe)
         await ffp.clear_unit_attention(target.lun)
         yield ffp
+
+
+async def join_session(target: Any, raw: Any, lead: LoginProbe, cid: int) -> LoginProbe:
+    """Log ``raw`` in as connection ``cid`` of ``lead``'s session (its ISID and TSIH,
+    no leading-only keys, RFC 7143 6.3); returns the probe, in full feature phase or
+    not (the caller decides: joining is seldom what a test is about)."""
+    probe: LoginProbe = target.probe(raw, isid=lead.isid, tsih=lead.tsih, cid=cid, cmdsn=lead.cmdsn)
+    first = [
+        ("InitiatorName", target.initiator_name),
+        ("TargetName", probe.target_name),
+        ("AuthMethod", "None"),
+    ]
+    step = await probe.step(first, csg=SECURITY, nsg=OPERATIONAL, transit=True, with_leading=False)
+    if step.succeeded and step.response.transit and step.response.nsg == OPERATIONAL:
+        await probe.operational([("MaxRecvDataSegmentLength", "8192")])
+    return probe

@@ -107,9 +107,10 @@ AREAS: dict[str, Area] = {
         ),
         Area(
             "control",
-            "task management, logout, NOP, Reject and Text",
+            "task management, logout, NOP, Reject and Text; Async Messages",
             (
                 f"{_FF}.TaskManagement",
+                f"{_FF}.Async",
                 f"{_FF}.Logout",
                 f"{_FF}.Nop",
                 f"{_FF}.Reject",

@@ -238,6 +238,7 @@ class Connection(TaskIO):
         parameter1: int = 0,
         parameter2: int = 0,
         parameter3: int = 0,
+        vcode: int = 0,
         data: bytes = b"",
     ) -> None:
         if self.state is not ConnState.FULL_FEATURE:
@@ -250,6 +251,7 @@ class Connection(TaskIO):
                 expcmdsn=exp,
                 maxcmdsn=mx,
                 async_event=event,
+                async_vcode=vcode,
                 parameter1=parameter1,
                 parameter2=parameter2,
                 parameter3=parameter3,

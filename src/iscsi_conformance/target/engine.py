@@ -333,9 +333,14 @@ class TargetEngine:
 
     # ------------------------------------------------------------------ test API
 
-    def request_logout(self, session: Session, *, time_to_logout: int = 5) -> None:
-        """Async Message 'logout requested' on every connection (RFC 7143 11.9.1, event 1)."""
+    def request_logout(
+        self, session: Session, *, time_to_logout: int = 5, cid: int | None = None
+    ) -> None:
+        """Async Message 'logout requested' on every connection, or on connection ``cid``
+        alone: it goes on the connection to be logged out (RFC 7143 11.9.1, event 1)."""
         for conn in session.connections.values():
+            if cid is not None and conn.cid != cid:
+                continue
             conn.send_async(AsyncEvent.LOGOUT_REQUESTED, parameter3=time_to_logout)
             conn.advance(ConnectionInput.DECOMMISSION)  # T11 (T12 when asked again)
 
@@ -374,6 +379,12 @@ class TargetEngine:
                 data=len(sense).to_bytes(2, "big") + sense,
             )
             break
+
+    def send_vendor_event(self, session: Session, vcode: int, data: bytes = b"") -> None:
+        """Async Message with a vendor-specific event (event 255), its AsyncVCode and
+        data (RFC 7143 11.9.1: data MAY accompany it), on every connection."""
+        for conn in session.connections.values():
+            conn.send_async(AsyncEvent.VENDOR_SPECIFIC, vcode=vcode, data=data)
 
     # ------------------------------------------------------------------ task management
 

@@ -294,9 +294,12 @@ class TargetServer:
 
         return self.call(look)
 
-    def request_logout(self, session: Session, *, time_to_logout: int = 5) -> None:
-        """Async Message: 'please log out' (RFC 7143 11.9.1 AsyncEvent 1)."""
-        self.call(self.engine.request_logout, session, time_to_logout=time_to_logout)
+    def request_logout(
+        self, session: Session, *, time_to_logout: int = 5, cid: int | None = None
+    ) -> None:
+        """Async Message: 'please log out' (RFC 7143 11.9.1 AsyncEvent 1), on every
+        connection of ``session`` or on connection ``cid`` alone."""
+        self.call(self.engine.request_logout, session, time_to_logout=time_to_logout, cid=cid)
 
     def drop_connection(
         self, conn: Connection, *, time2wait: int = 0, time2retain: int = 0
@@ -311,6 +314,14 @@ class TargetServer:
     def request_renegotiation(self, session: Session) -> None:
         """Async Message 'please renegotiate' (AsyncEvent 4)."""
         self.call(self.engine.request_renegotiation, session)
+
+    def send_scsi_async_event(self, session: Session, lun: int, sense: bytes) -> None:
+        """Async Message reporting a SCSI asynchronous event with ``sense`` (AsyncEvent 0)."""
+        self.call(self.engine.send_scsi_async_event, session, lun, sense)
+
+    def send_vendor_event(self, session: Session, vcode: int, data: bytes = b"") -> None:
+        """Async Message with a vendor-specific event (AsyncEvent 255)."""
+        self.call(self.engine.send_vendor_event, session, vcode, data)
 
     def ping(self, conn: Connection) -> None:
         """Send a NOP-In that asks the initiator for a NOP-Out (RFC 7143 11.19)."""

@@ -25,7 +25,10 @@ _SENT = {
     "Reject": P.Reject,
 }
 #: Those of them that carry a data segment in the suite's runs.
-_WITH_DATA = ("NopIn", "ScsiResponse", "TextResponse", "DataIn", "Reject")
+_WITH_DATA = ("NopIn", "ScsiResponse", "TextResponse", "DataIn", "Reject", "AsyncMessage")
+#: The test that sees each PDU under digests where Digests.FullFeature.EveryPdu cannot:
+#: an Async Message is the target's own initiative, asked of a dedicated reference target.
+_CATCHER = {"AsyncMessage": "Digests.FullFeature.AsyncMessage"}
 
 
 def _corrupt(p: Patcher, cls: type[P.PDU], which: str) -> None:
@@ -49,7 +52,7 @@ def _register(name: str, cls: type[P.PDU], which: str) -> None:
         f"Digests.{which.capitalize()}Digest.Wrong.{name}",
         "digests",
         f"every {name} PDU goes out with a wrong {which} digest (11.1, 13.1: CRC32C)",
-        catches=["Digests.FullFeature.EveryPdu"],
+        catches=[_CATCHER.get(name, "Digests.FullFeature.EveryPdu")],
     )
     def apply(p: Patcher) -> None:
         _corrupt(p, cls, which)
