@@ -82,6 +82,8 @@ class Server:
                 f"Database = {self.tmp}/db\nPIDFile = {self.tmp}/isnsd.pid\n"
                 f"ControlSocket = {self.tmp}/isnsctl\nBindAddress = 127.0.0.1:{self.port}\n"
                 "Security = 0\nSLPRegister = 0\nDefaultDiscoveryDomain = 1\n"
+                # isnsd raises ESI intervals below ESIMinInterval (60 s by default)
+                "ESIMinInterval = 1\nESIRetries = 2\n"
             )
             cmd = [_tool("isnsd"), "--config", str(conf), "--foreground"]
         with self.log.open("a") as out:
@@ -107,7 +109,7 @@ class Server:
 @pytest.fixture(params=["ours", "isnsd"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
     _tool("isnsadm")
-    s = Server(request.param, tmp_path)
+    s = Server(request.param, tmp_path, "--esi-threshold", "2")
     try:
         s.start()
         yield s
@@ -242,7 +244,7 @@ def _registration(xid: int = 1, entity: str = "raw.example", node: str = INI) ->
 
 # (case, how to break a registration, our status, isnsd's status): where they differ, the
 # RFC 4171 rule is named; isnsd 0.101's answers are recorded, not endorsed.
-_MALFORMED: list[tuple[str, Callable[[Message], Message], int, int]] = [
+_MALFORMED: list[tuple[str, Callable[[Message], Message], int, int | None]] = [
     ("unknown-tag", lambda m: replace(m, attributes=(*m.attributes, Attribute(9999, b"junk"))),
      Status.INVALID_REGISTRATION, Status.INVALID_REGISTRATION),
     ("attribute-length-lies", lambda m: replace(m, attributes=(*m.attributes[:-1], replace(
@@ -255,7 +257,38 @@ _MALFORMED: list[tuple[str, Callable[[Message], Message], int, int]] = [
         Tag.ISCSI_NAME, b"i" * 300 + b"\0\0\0\0"))), Status.INVALID_REGISTRATION, Status.SUCCESSFUL),
     # 5.1.1: a server MAY refuse other versions (10); isnsd serves version 2
     ("version-2", lambda m: replace(m, version=2), Status.VERSION_NOT_SUPPORTED, Status.SUCCESSFUL),
+    # 5.3.1: every TLV length is a multiple of 4
+    ("attribute-length-not-4-aligned", lambda m: replace(m, attributes=(*m.attributes[:-1],
+        Attribute(Tag.ISCSI_NODE_TYPE, b"\0\0\0\2\0"))), Status.MESSAGE_FORMAT_ERROR,
+     Status.MESSAGE_FORMAT_ERROR),
+    # 6.1: iSCSI Node Type is 4 bytes; isnsd answers Message Format Error, we Invalid
+    # Registration (a registration that breaks an attribute's rule, 5.4)
+    ("fixed-length-attribute-of-8", lambda m: replace(m, attributes=(*m.attributes[:-1],
+        Attribute(Tag.ISCSI_NODE_TYPE, bytes(8)))), Status.INVALID_REGISTRATION,
+     Status.MESSAGE_FORMAT_ERROR),
+    # 6.4.1: an iSCSI Name is NUL-terminated
+    ("unterminated-name", lambda m: replace(m, attributes=(*m.attributes[:2], Attribute(
+        Tag.ISCSI_NAME, b"iqn.2024-01.org.example:abc"), m.attributes[-1])),
+     Status.MESSAGE_FORMAT_ERROR, Status.MESSAGE_FORMAT_ERROR),
+    # 6.1, 6.4.1: an empty iSCSI Name, the key of a Storage Node; isnsd registers it
+    # (see _ISNSD_STOPS_SERVING)
+    ("empty-name", lambda m: replace(m, attributes=(*m.attributes[:2], Attribute(
+        Tag.ISCSI_NAME, b""), m.attributes[-1])), Status.INVALID_REGISTRATION, Status.SUCCESSFUL),
+    # the tgt CVE-2010-2221 class: a name of 60000 bytes in one PDU; isnsd closes
+    # (it logs "Message too long"), which a server may do with a message it cannot hold
+    ("name-of-60000-bytes", lambda m: replace(m, attributes=(*m.attributes[:2], Attribute(
+        Tag.ISCSI_NAME, b"i" * 60000 + b"\0\0\0\0"), m.attributes[-1])),
+     Status.INVALID_REGISTRATION, None),
 ]  # fmt: skip
+
+# What isnsd 0.101 does after a case that no longer serves the other clients: recorded
+# (the RFC section it breaks, what was seen) and reported as an expected failure.
+_ISNSD_STOPS_SERVING = {
+    "empty-name": "isnsd registers a Storage Node with an empty iSCSI Name, the node's key "
+    "(RFC 4171 6.1, 6.4.1); after it, another node's registration on that connection is "
+    "refused (3, 'move iSCSI Storage Node to a different Network Entity') and isnsadm "
+    "--list nodes lists the empty node without end",
+}
 
 
 @pytest.mark.parametrize(("case", "break_it", "status", "isnsd_status"), _MALFORMED,
@@ -265,44 +298,90 @@ def test_malformed_messages_get_a_status_and_the_server_keeps_serving(
     case: str,
     break_it: Callable[[Message], Message],
     status: int,
-    isnsd_status: int,
+    isnsd_status: int | None,
 ) -> None:
+    """The RFC's error status (5.4) or, where a server may (None), a clean close; then
+    the server serves others: on the same connection when it answered (the PDU header
+    still frames the stream), on a new one when it closed, and isnsadm."""
     bad = break_it(_registration())
-    assert I.violations(bad)
+    assert I.violations(bad) or case == "empty-name"  # a zero-length TLV is well formed
+    want = status if server.kind == "ours" else isnsd_status
+    other = INI + "-2"
     raw = Raw(server.port)
     try:
-        answer = raw.send(I.encode(bad, strict=False))
-        want = status if server.kind == "ours" else isnsd_status
-        assert answer is not None and answer.status == want, answer
-        # the same connection goes on (the PDU header still frames the stream); another
-        # node and entity, since isnsd may have registered the broken message
-        other = INI + "-2"
+        try:
+            answer = raw.send(I.encode(bad, strict=False))
+        except ConnectionResetError:
+            answer = None
+        if want is None:
+            assert answer is None, answer
+            raw.close()
+            raw = Raw(server.port)
+        else:
+            assert answer is not None and answer.status == want, answer
+        # another node and entity, since isnsd may have registered the broken message
         answer = raw.send(I.encode(_registration(2, "raw-2.example", other)))
+        if server.kind == "isnsd" and case in _ISNSD_STOPS_SERVING:
+            assert answer is not None and answer.status != Status.SUCCESSFUL, answer
+            pytest.xfail(_ISNSD_STOPS_SERVING[case])
         assert answer is not None and answer.status == Status.SUCCESSFUL
     finally:
         raw.close()
     assert other in server.isnsadm(other, "--list", "nodes")
 
 
-def test_split_messages_and_lying_pdu_lengths(ours: Server) -> None:
-    """5.2: a message split over PDUs (isnsd drops it, see tests/core/test_isns_peers.py)
-    is answered; a PDU LENGTH that promises bytes never sent ends in a clean close after
-    the idle time-out (2 s here), and meanwhile isnsadm is served."""
+def test_a_message_split_over_pdus_is_answered(ours: Server) -> None:
+    """5.2: a message split over PDUs is answered (isnsd drops it, see
+    tests/core/test_isns_peers.py)."""
     raw = Raw(ours.port)
     try:
         answer = raw.send(I.encode(_registration(), max_payload=8))
         assert answer is not None and answer.status == Status.SUCCESSFUL
     finally:
         raw.close()
-    liar = Raw(ours.port, timeout=10)
+
+
+# a DevAttrQry header whose PDU LENGTH promises 400 bytes that never come
+_LIAR = I.encode(I.PDU(FunctionId.DEV_ATTR_QRY, bytes(16), I.Flag.CLIENT | 0x0C00, length=400),
+                 strict=False)  # fmt: skip
+
+
+def test_a_message_split_across_reads_is_answered(server: Server) -> None:
+    """TCP gives no message boundaries (5.2): a registration that arrives a few bytes
+    per read, with pauses, is one message, answered once."""
+    data = I.encode(_registration(5, "trickle.example", INI + "-trickle"))
+    raw = Raw(server.port)
     try:
-        header = I.encode(I.PDU(FunctionId.DEV_ATTR_QRY, bytes(16), I.Flag.CLIENT | 0x0C00,
-                                length=400), strict=False)  # fmt: skip
-        liar.sock.sendall(header)
-        assert "rc=0" in ours.isnsadm(INI, "--list", "nodes")
-        started = time.monotonic()
-        assert liar.sock.recv(100) == b""  # closed, no answer
-        assert time.monotonic() - started < 5
+        raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, len(data), 3):
+            raw.sock.sendall(data[i : i + 3])
+            time.sleep(0.01)
+        answer = raw.send(b"")
+        assert answer is not None and answer.status == Status.SUCCESSFUL, answer
+        assert answer.transaction_id == 5
+    finally:
+        raw.close()
+
+
+def test_a_lying_pdu_length_holds_up_no_other_client(server: Server) -> None:
+    """A connection whose PDU LENGTH promises bytes never sent (5.1.3) costs that
+    connection only: isnsadm and a second raw client are served meanwhile. Ours then
+    closes it after its idle time-out (2 s here); isnsd keeps it open, which RFC 4171
+    allows (it sets no time-out), so the close is checked on ours only."""
+    liar = Raw(server.port, timeout=10)
+    try:
+        liar.sock.sendall(_LIAR)
+        other = Raw(server.port)
+        try:
+            answer = other.send(I.encode(_registration(3, "second.example", INI + "-second")))
+            assert answer is not None and answer.status == Status.SUCCESSFUL, answer
+        finally:
+            other.close()
+        assert INI + "-second" in server.isnsadm(INI, "--list", "nodes")
+        if server.kind == "ours":
+            started = time.monotonic()
+            assert liar.sock.recv(100) == b""  # closed, no answer
+            assert time.monotonic() - started < 5
     finally:
         liar.close()
 
@@ -348,7 +427,10 @@ class Listener:
                         echo = (
                             msg.attributes if msg.function == FunctionId.ESI else msg.attributes[:1]
                         )
-                        conn.sendall(I.encode(msg.response(Status.SUCCESSFUL, echo)))
+                        # from the client side whatever the request's flags said:
+                        # isnsd sends ESI with the Client flag (see isns/client.py)
+                        rsp = replace(msg.response(Status.SUCCESSFUL, echo), flags=I.Flag.CLIENT)
+                        conn.sendall(I.encode(rsp))
             except OSError:
                 pass
             if self.answer or msg is None:
@@ -383,22 +465,26 @@ def _register_esi(port: int, node: str, entity: str, esi_port: int, portal: int)
         raw.close()
 
 
-def test_esi_unanswered_deregisters_answered_stays(ours: Server) -> None:
+def test_esi_unanswered_deregisters_answered_stays(server: Server) -> None:
     """5.6.5.13, 6.3.4: ESI every second; the entity whose ESI port accepts but never
-    answers is gone after its retransmissions (threshold 2), the one that answers stays."""
+    answers (a client that registers and goes quiet) is gone after its retransmissions
+    (ours: threshold 2; isnsd: ESIRetries 2), the one that answers stays. isnsd sends
+    its ESI with the Client flag (5.1.4 wants the Server flag): recorded, not judged."""
     silent, answering = Listener(answer=False), Listener(answer=True)
     try:
-        rsp = _register_esi(ours.port, T1, "silent.example", silent.port, 3260)
+        rsp = _register_esi(server.port, T1, "silent.example", silent.port, 3260)
         assert rsp is not None and rsp.status == 0
-        rsp = _register_esi(ours.port, T2, "answering.example", answering.port, 3261)
+        rsp = _register_esi(server.port, T2, "answering.example", answering.port, 3261)
         assert rsp is not None and rsp.status == 0
         deadline = time.monotonic() + 15
-        while T1 in ours.isnsadm(INI, "--list", "nodes"):
+        while T1 in server.isnsadm(INI, "--list", "nodes"):
             assert time.monotonic() < deadline, "the silent entity was never deregistered"
             time.sleep(0.5)
         assert len(silent.received) >= 2 and len(answering.received) >= 2
-        assert all(m.function == FunctionId.ESI and not I.violations(m) for m in silent.received)
-        assert T2 in ours.isnsadm(INI, "--list", "nodes")
+        assert all(m.function == FunctionId.ESI for m in silent.received)
+        if server.kind == "ours":
+            assert not any(I.violations(m) for m in silent.received)
+        assert T2 in server.isnsadm(INI, "--list", "nodes")
     finally:
         silent.close()
         answering.close()
