@@ -14,7 +14,7 @@ import pytest
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.harness.probe import FullFeature, full_feature, random_isid
-from iscsi_conformance.harness.profiles import OTHER_INITIATOR_NAME
+from iscsi_conformance.harness.profiles import OTHER_INITIATOR_NAME, capability_satisfied
 from iscsi_conformance.plugin import require, spec
 from iscsi_conformance.scsi import cdb
 
@@ -51,8 +51,27 @@ async def two_nodes(
     target: Any, *, other_name: bool = False, a_keys: Any = ()
 ) -> AsyncIterator[tuple[FullFeature, FullFeature]]:
     """Node A and node B: two sessions, two ISIDs (two I_T nexuses), or with ``other_name``
-    two initiator names; ``a_keys`` are login keys for A. Clears PR state on exit."""
+    two initiator names; ``a_keys`` are login keys for A. Clears PR state on exit.
+
+    Where the target offers one (``dedicated_instance``: the reference target) the nodes
+    log in to a target instance of this test alone, so that tests run side by side
+    (``run -n 2``) never share a logical unit's reservations; its LUN is the one the
+    tests address (``target.lun``)."""
     b_kw: dict[str, Any] = {"initiator_name": OTHER_INITIATOR_NAME} if other_name else {}
+    with contextlib.ExitStack() as stack:
+        if not target.external and capability_satisfied(target.manifest, "dedicated_instance"):
+            lu = stack.enter_context(target.dedicated())
+            assert lu.lun == target.lun, "the tests address target.lun"
+        else:
+            lu = target
+        async with _logged_in(lu, b_kw, a_keys) as (a, b):
+            yield a, b
+
+
+@contextlib.asynccontextmanager
+async def _logged_in(
+    target: Any, b_kw: dict[str, Any], a_keys: Any
+) -> AsyncIterator[tuple[FullFeature, FullFeature]]:
     async with (
         full_feature(target, isid=random_isid(), keys=a_keys) as a,
         full_feature(target, isid=random_isid(), **b_kw) as b,
@@ -71,6 +90,19 @@ async def two_nodes(
 
 KEY_A = 0xA0A0_0000_0000_0001
 KEY_B = 0xB0B0_0000_0000_0002
+
+
+async def registered(
+    a: FullFeature, lun: int, pr_type: int | None = None, *, b: FullFeature | None = None
+) -> None:
+    """The two-node set-up most tests share: A registers KEY_A, B (if given) KEY_B, and
+    A reserves ``pr_type`` if given. Statuses are not checked here: a test that depends
+    on them reads the state back."""
+    await pr_out(a, lun, REGISTER, sa_key=KEY_A)
+    if b is not None:
+        await pr_out(b, lun, REGISTER, sa_key=KEY_B)
+    if pr_type is not None:
+        await pr_out(a, lun, RESERVE, key=KEY_A, pr_type=pr_type)
 
 
 @spec(
@@ -170,8 +202,7 @@ async def test_reserve_read_reservation(target: Any) -> None:
 async def test_write_exclusive(target: Any) -> None:
     """Under Write Exclusive held by A, B's WRITE conflicts and B's READ succeeds."""
     async with two_nodes(target) as (a, b):
-        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
-        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE)
+        await registered(a, target.lun, WE)
         w = await b.command(cdb.write10(100, 1), data_out=os.urandom(BLOCK), lun=target.lun)
         require(
             w.status == CONFLICT,
@@ -201,8 +232,7 @@ async def test_write_exclusive(target: Any) -> None:
 async def test_exclusive_access(target: Any) -> None:
     """Under Exclusive Access held by A, B's READ conflicts; A's READ succeeds."""
     async with two_nodes(target) as (a, b):
-        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
-        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=EA)
+        await registered(a, target.lun, EA)
         r = await b.command(cdb.read10(100, 1), read_length=BLOCK, lun=target.lun)
         require(
             r.status == CONFLICT,
@@ -232,8 +262,7 @@ async def test_exclusive_access(target: Any) -> None:
 async def test_registrants_only(target: Any) -> None:
     """Under Write Exclusive - Registrants Only, a registered B may write; unregistered it may not."""
     async with two_nodes(target) as (a, b):
-        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
-        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE_RO)
+        await registered(a, target.lun, WE_RO)
         w = await b.command(cdb.write10(101, 1), data_out=os.urandom(BLOCK), lun=target.lun)
         require(
             w.status == CONFLICT,
@@ -264,9 +293,7 @@ async def test_registrants_only(target: Any) -> None:
 async def test_preempt_failover(target: Any) -> None:
     """Cluster failover: B preempts A's key; the reservation moves to B and A's writes conflict."""
     async with two_nodes(target) as (a, b):
-        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
-        await pr_out(b, target.lun, REGISTER, sa_key=KEY_B)
-        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE_RO)
+        await registered(a, target.lun, WE_RO, b=b)
         out = await pr_out(b, target.lun, PREEMPT, key=KEY_B, sa_key=KEY_A, pr_type=WE_RO)
         require(
             out.status == 0,
@@ -315,8 +342,7 @@ async def test_preempt_failover(target: Any) -> None:
 async def test_release(target: Any) -> None:
     """RELEASE by the holder ends the reservation but keeps its registration."""
     async with two_nodes(target) as (a, _b):
-        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
-        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE)
+        await registered(a, target.lun, WE)
         out = await pr_out(a, target.lun, RELEASE, key=KEY_A, pr_type=WE)
         require(
             out.status == 0,
@@ -353,9 +379,7 @@ async def test_release(target: Any) -> None:
 async def test_clear(target: Any) -> None:
     """CLEAR removes every registration and the reservation."""
     async with two_nodes(target) as (a, b):
-        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
-        await pr_out(b, target.lun, REGISTER, sa_key=KEY_B)
-        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=EA_RO)
+        await registered(a, target.lun, EA_RO, b=b)
         out = await pr_out(a, target.lun, CLEAR, key=KEY_A)
         require(
             out.status == 0,
@@ -386,8 +410,7 @@ async def test_clear(target: Any) -> None:
 async def test_nexus_per_isid(target: Any) -> None:
     """Two sessions of one initiator name with different ISIDs are different nexuses: only the registered one is."""
     async with two_nodes(target) as (a, b):
-        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
-        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=EA_RO)
+        await registered(a, target.lun, EA_RO)
         r = await b.command(cdb.read10(0, 1), read_length=BLOCK, lun=target.lun)
         require(
             r.status == CONFLICT,
@@ -407,12 +430,7 @@ async def test_nexus_per_isid(target: Any) -> None:
 )
 async def test_scsi2_reserve_release(target: Any) -> None:
     """SCSI-2 RESERVE(6) by A makes B's READ conflict; after RELEASE(6) B's READ succeeds."""
-    async with (
-        full_feature(target, isid=random_isid()) as a,
-        full_feature(target, initiator_name=OTHER_INITIATOR_NAME) as b,
-    ):
-        for node in (a, b):
-            await node.command(cdb.test_unit_ready(), lun=target.lun)
+    async with two_nodes(target, other_name=True) as (a, b):
         res = await a.command(cdb.reserve6(), lun=target.lun)
         require(
             res.status == 0,
@@ -663,9 +681,7 @@ REGISTRATIONS_PREEMPTED = (0x2A, 0x05)
 async def test_reserve_while_held(target: Any) -> None:
     """A registered B's RESERVE while A holds the reservation conflicts; A stays the holder."""
     async with two_nodes(target) as (a, b):
-        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
-        await pr_out(b, target.lun, REGISTER, sa_key=KEY_B)
-        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE)
+        await registered(a, target.lun, WE, b=b)
         out = await pr_out(b, target.lun, RESERVE, key=KEY_B, pr_type=WE)
         require(
             out.status == CONFLICT,
@@ -694,8 +710,7 @@ async def test_reserve_while_held(target: Any) -> None:
 async def test_release_wrong_type(target: Any) -> None:
     """The holder's RELEASE naming another type ends in INVALID RELEASE OF PERSISTENT RESERVATION; the reservation stays."""
     async with two_nodes(target) as (a, _b):
-        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
-        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE)
+        await registered(a, target.lun, WE)
         out = await pr_out(a, target.lun, RELEASE, key=KEY_A, pr_type=EA)
         require(
             out.status == 0x02 and out.sense_key == 0x05 and out.asc == (0x26, 0x04),
@@ -725,9 +740,7 @@ async def test_release_wrong_type(target: Any) -> None:
 async def test_release_unit_attention(target: Any) -> None:
     """Releasing a Registrants Only reservation gives the other registered nexus RESERVATIONS RELEASED."""
     async with two_nodes(target) as (a, b):
-        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
-        await pr_out(b, target.lun, REGISTER, sa_key=KEY_B)
-        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE_RO)
+        await registered(a, target.lun, WE_RO, b=b)
         out = await pr_out(a, target.lun, RELEASE, key=KEY_A, pr_type=WE_RO)
         require(
             out.status == 0,
@@ -756,9 +769,7 @@ async def test_release_unit_attention(target: Any) -> None:
 async def test_preempt_unit_attention(target: Any) -> None:
     """The nexus whose registration is preempted sees REGISTRATIONS PREEMPTED."""
     async with two_nodes(target, other_name=True) as (a, b):
-        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
-        await pr_out(b, target.lun, REGISTER, sa_key=KEY_B)
-        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE_RO)
+        await registered(a, target.lun, WE_RO, b=b)
         out = await pr_out(b, target.lun, PREEMPT, key=KEY_B, sa_key=KEY_A, pr_type=WE_RO)
         require(
             out.status == 0,
@@ -791,8 +802,7 @@ READ_FULL_STATUS = 3
 async def test_generation_agrees(target: Any) -> None:
     """READ KEYS and READ RESERVATION, with no PERSISTENT RESERVE OUT between them, report the same PRgeneration."""
     async with two_nodes(target) as (a, b):
-        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
-        await pr_out(b, target.lun, REGISTER, sa_key=KEY_B)
+        await registered(a, target.lun, b=b)
         gen_keys, _keys, rk = await read_keys(a, target.lun)
         info, rr = await read_reservation(a, target.lun)
         require(
@@ -815,9 +825,7 @@ async def test_generation_agrees(target: Any) -> None:
 async def test_read_full_status_holder(target: Any) -> None:
     """READ FULL STATUS marks the holder's registration R_HOLDER with the reservation's type, and not the other registrant's."""
     async with two_nodes(target) as (a, b):
-        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
-        await pr_out(b, target.lun, REGISTER, sa_key=KEY_B)
-        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE)
+        await registered(a, target.lun, WE, b=b)
         out = await a.command(
             cdb.persistent_reserve_in(READ_FULL_STATUS, 4096), read_length=4096, lun=target.lun
         )
@@ -876,8 +884,7 @@ async def test_register_and_move(target: Any) -> None:
         rtp = await relative_target_port(a, target.lun)
         if rtp is None:
             pytest.skip("VPD page 83h reports no relative target port designator")
-        await pr_out(a, target.lun, REGISTER, sa_key=KEY_A)
-        await pr_out(a, target.lun, RESERVE, key=KEY_A, pr_type=WE)
+        await registered(a, target.lun, WE)
         port = f"{b.probe.initiator_name},i,0x{b.probe.isid:012x}"
         params = cdb.register_and_move_parameters(KEY_A, KEY_B, rtp, port)
         c = cdb.persistent_reserve_out(REGISTER_AND_MOVE, 0, WE, len(params))
@@ -904,7 +911,8 @@ async def test_register_and_move(target: Any) -> None:
 
 PREEMPT_AND_ABORT = 5
 TASK_ABORTED = 0x40
-HELD_LBA = 3080  # read first and written back unchanged, whether or not the WRITE runs
+HELD_LBA = 2040  # read first and written back unchanged, whether or not the WRITE runs;
+# inside the 1 MiB LU of a dedicated instance
 HELD_KEYS = [("ImmediateData", "No"), ("InitialR2T", "Yes")]
 
 
