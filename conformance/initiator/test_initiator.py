@@ -14,6 +14,7 @@ careless initiator gets wrong.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from iscsi_conformance.core.negotiation import check_value
 from iscsi_conformance.core.pdu import (
     PDU,
     R2T,
+    AsyncMessage,
     LoginRequest,
     LoginResponse,
     LogoutRequest,
@@ -1499,6 +1501,137 @@ def test_nothing_after_logout(initiator: Any, target: Any, observed: Any) -> Non
                 sent=[logout],
             )
     require(judged, "R7143-11.14-4", f"{initiator.name} never sent a Logout Request")
+
+
+# --------------------------------------------------------------------------- async messages
+
+ASYNC_DEADLINE = 4  # Parameter3 of the Async Messages below: the initiator's seconds to act
+
+
+def _live_session(initiator: Any, target: Any, observed: Any) -> tuple[Any, Observer, Any]:
+    """Log in through the proxy and keep the session: (handle, observer, the open
+    full-feature connection). An initiator whose driver holds no session between
+    operations (libiscsi's runs one program per command) skips: no Async Message can
+    reach it outside a command."""
+    ep, obs = observed()
+    handle = initiator.driver.login(ep, options=_options(target))
+    obs.wait_quiet(0.1, 2.0)
+    live = [c for c in obs if c.in_full_feature and c.session_type == "Normal" and not c.closed]
+    if not live:
+        with contextlib.suppress(ISCSIConformanceError):
+            initiator.driver.logout(handle)
+        pytest.skip(
+            f"{initiator.name} keeps no session open after login (its driver logs in per "
+            "operation): an Async Message has no session to reach"
+        )
+    return handle, obs, live[0]
+
+
+def _tsih(conn: ObservedConnection) -> int:
+    answers = [e.pdu for e in conn.seen_by_initiator(LoginResponse) if e.pdu.tsih]  # type: ignore[union-attr]
+    if not answers:
+        raise violation("harness", "no Login Response with a TSIH passed the proxy")
+    return int(answers[-1].tsih)
+
+
+def _after_async(
+    initiator: Any, target: Any, observed: Any, event: int, wanted: tuple[type, ...]
+) -> tuple[ObservedConnection, Any, list[Any], float | None]:
+    """Have the reference target send Async Message ``event`` (Parameter3 =
+    ASYNC_DEADLINE) on a live session and wait for the initiator's answer: (connection,
+    the Async Message as delivered, what the initiator sent after it, seconds from the
+    message to its first PDU of a ``wanted`` type, or None)."""
+    handle, obs, conn = _live_session(initiator, target, observed)
+    try:
+        target.send_async(_tsih(conn), event, time_to_logout=ASYNC_DEADLINE)
+
+        def answered() -> bool:
+            return any(
+                isinstance(e.pdu, wanted) and e.time >= sent.time
+                for e in conn.sent_by_initiator()
+                for sent in conn.seen_by_initiator(AsyncMessage)[:1]
+            )
+
+        obs.wait_for(answered, ASYNC_DEADLINE + 2.0)
+    finally:
+        with contextlib.suppress(ISCSIConformanceError):
+            initiator.driver.logout(handle)
+        _settle(obs)
+    seen = conn.seen_by_initiator(AsyncMessage)
+    require(seen, "harness", f"the reference target sent no Async Message (event {event})")
+    at = seen[0].time
+    after = [e for e in conn.sent_by_initiator() if e.time >= at]
+    first = next((e for e in after if isinstance(e.pdu, wanted)), None)
+    return conn, seen[0].pdu, [e.pdu for e in after], (first.time - at) if first else None
+
+
+@spec(
+    "Initiator.Async.LogoutRequest",
+    "RFC 7143 11.9.1",
+    "RFC 7143 11.14.1",
+    pairing="initiator",
+    requirements=["R7143-11.9-3", "R7143-11.9-5"],
+    needs=("target:async_messages",),
+)
+def test_async_logout_request(initiator: Any, target: Any, observed: Any) -> None:
+    """Asked by an Async Message (event 1) to log out within Parameter3 seconds, the
+    initiator sends a Logout Request, "close the connection" or "close the session",
+    in time, and issues no new command meanwhile (SHOULD NOT)."""
+    _conn, msg, after, delay = _after_async(initiator, target, observed, 1, (LogoutRequest,))
+    require(
+        delay is not None and delay <= ASYNC_DEADLINE,
+        "R7143-11.9-3",
+        f"{initiator.name} sent no Logout Request within Parameter3 = {ASYNC_DEADLINE} s of "
+        "the target's logout request"
+        + (f" (it came after {delay:.1f} s)" if delay is not None else ""),
+        sent=_shown(after),
+        received=[msg],
+    )
+    logout = next(p for p in after if isinstance(p, LogoutRequest))
+    require(
+        logout.reason in (0, 1),
+        "R7143-11.9-3",
+        f"the Logout Request answering event 1 has reason {logout.reason} "
+        "(close the session 0 or close the connection 1 expected)",
+        sent=[logout],
+        received=[msg],
+    )
+    commands = [p for p in after[: after.index(logout)] if isinstance(p, ScsiCommand)]
+    require(
+        not commands,
+        "R7143-11.9-5",
+        f"{initiator.name} issued {len(commands)} new command(s) after the logout request",
+        sent=_shown(commands),
+        received=[msg],
+        level="SHOULD NOT",
+    )
+
+
+@spec(
+    "Initiator.Async.Renegotiation",
+    "RFC 7143 11.9.1",
+    "RFC 7143 11.10",
+    pairing="initiator",
+    requirements=["R7143-11.9-4"],
+    needs=("target:async_messages",),
+)
+def test_async_renegotiation(initiator: Any, target: Any, observed: Any) -> None:
+    """Asked by an Async Message (event 4) to renegotiate, the initiator sends a Text
+    Request (it may be empty) on that connection, or a Logout Request, within
+    Parameter3 seconds; dropping the connection is neither."""
+    conn, msg, after, delay = _after_async(
+        initiator, target, observed, 4, (TextRequest, LogoutRequest)
+    )
+    require(
+        delay is not None and delay <= ASYNC_DEADLINE,
+        "R7143-11.9-4",
+        f"{initiator.name} sent neither a Text Request nor a Logout Request within "
+        f"Parameter3 = {ASYNC_DEADLINE} s of the target's renegotiation request"
+        + (f" (one came after {delay:.1f} s)" if delay is not None else "")
+        + ("; it closed the connection instead" if "i->t" in conn.closed and not after else ""),
+        sent=_shown(after),
+        received=[msg],
+    )
 
 
 # --------------------------------------------------------------------------- discovery

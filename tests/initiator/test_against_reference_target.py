@@ -11,7 +11,7 @@ from initiator_helpers import run
 from iscsi_conformance.core.codes import AsyncEvent, TmfFunction, TmfResponse
 from iscsi_conformance.errors import AuthenticationError, LoginError
 from iscsi_conformance.initiator.client import Session, discover
-from iscsi_conformance.initiator.engine import AsyncMessageReceived, TargetPinged
+from iscsi_conformance.initiator.engine import AsyncMessageReceived, TargetPinged, TextCompleted
 from iscsi_conformance.peers.base import ChapAccount
 
 PREFIX = "iqn.2024-01.org.iscsi-conformance.test-ref"
@@ -185,6 +185,33 @@ def test_target_events(ref) -> None:  # type: ignore[no-untyped-def]
             ev = await s.connections[0].next_event(5)
             assert isinstance(ev, AsyncMessageReceived)
             assert ev.pdu.async_event == AsyncEvent.LOGOUT_REQUESTED
+            # RFC 7143 11.9.1: the initiator logs out within Parameter3 seconds, by itself.
+            await s.connections[0].wait_closed(5)
+            assert s.logged_out
+
+    run(go())
+
+
+def test_renegotiation_request_answered(ref) -> None:  # type: ignore[no-untyped-def]
+    """An Async Message asking for renegotiation (event 4) is answered by an empty Text
+    Request on that connection (RFC 7143 11.9.1), and the session goes on."""
+    server, host, port = ref
+
+    async def go() -> None:
+        async with Session.connect(
+            host, port, f"{PREFIX}:plain", initiator_name="iqn.2024-01.x:reneg"
+        ) as s:
+            loop = asyncio.get_running_loop()
+            sess = await loop.run_in_executor(None, server.find_session, "iqn.2024-01.x:reneg")
+            await loop.run_in_executor(None, server.request_renegotiation, sess)
+            conn = s.connections[0]
+            for _ in range(50):
+                if any(isinstance(e, TextCompleted) for e in conn.events):
+                    break
+                await asyncio.sleep(0.1)
+            assert any(isinstance(e, AsyncMessageReceived) for e in conn.events)
+            assert any(isinstance(e, TextCompleted) for e in conn.events)
+            await s.nop()
 
     run(go())
 

@@ -27,13 +27,14 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from iscsi_conformance.core import discovery, text
-from iscsi_conformance.core.codes import LogoutReason, TaskAttribute, TmfFunction
+from iscsi_conformance.core.codes import AsyncEvent, LogoutReason, TaskAttribute, TmfFunction
 from iscsi_conformance.core.discovery import (
     DiscoveredTarget,
     Portal,
@@ -161,6 +162,7 @@ class Connection:
         self._reader_task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self.close_reason: BaseException | None = None
+        self._async_tasks: set[asyncio.Task[None]] = set()  # answers to Async Messages
 
     # ------------------------------------------------------------------ state
 
@@ -357,6 +359,34 @@ class Connection:
         self.unsolicited.put_nowait(event)
         if isinstance(event, AsyncMessageReceived):
             self.session.async_messages.append(event.pdu)
+            self._honour_async(event.pdu.async_event)
+
+    def _honour_async(self, event: int) -> None:
+        """What RFC 7143 11.9.1 asks of an initiator, started at once: a logout request
+        (event 1) is answered by a Logout, "close the connection" or, on the session's
+        last connection, "close the session"; a renegotiation request (event 4) by an
+        empty Text Request on this connection. Drops (events 2, 3) need nothing: the
+        target closes. A SCSI or vendor event is left to the application
+        (``Session.async_messages``)."""
+        if event == AsyncEvent.LOGOUT_REQUESTED:
+            job = self._logout_on_request()
+        elif event == AsyncEvent.NEGOTIATION_REQUESTED:
+            job = self._renegotiate()
+        else:
+            return
+        task = asyncio.get_running_loop().create_task(job)
+        self._async_tasks.add(task)
+        task.add_done_callback(self._async_tasks.discard)
+
+    async def _logout_on_request(self) -> None:
+        live = [c for c in self.session.connections if not c.closed]
+        reason = LogoutReason.CLOSE_SESSION if live == [self] else LogoutReason.CLOSE_CONNECTION
+        with contextlib.suppress(ISCSIConformanceError):
+            await self.session.logout(reason, connection=self)
+
+    async def _renegotiate(self) -> None:
+        with contextlib.suppress(ISCSIConformanceError):
+            await self.session.text(b"", connection=self)
 
     def _mark_closed(self, reason: BaseException) -> None:
         if self._closed.is_set():

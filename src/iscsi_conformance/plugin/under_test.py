@@ -203,6 +203,55 @@ class TargetUnderTest:
         ep = self.endpoint(profile)
         return ep.host_side or (ep.host, ep.port)
 
+    def send_async(
+        self,
+        tsih: int,
+        event: int,
+        *,
+        cid: int | None = None,
+        time2wait: int = 0,
+        time2retain: int = 0,
+        time_to_logout: int = 5,
+        lun: int = 0,
+        sense: bytes = b"",
+        vcode: int = 0,
+        data: bytes = b"",
+    ) -> None:
+        """Have the target send the Async Message ``event`` (RFC 7143 11.9.1) on the
+        session ``tsih`` through the reference target's test API (an embedded reference
+        target, the run's or a dedicated instance; elsewhere the test skips): every event
+        is a target's own initiative, which no request can ask for. Event 2 goes on the
+        connection ``cid``, event 1 too when ``cid`` is given; the others on every
+        connection of the session. ``time_to_logout`` is Parameter3 of events 1 and 4
+        (the seconds the initiator has to log out, or to send its Text Request)."""
+        driver = self.__dict__.get("driver") or getattr(self.entry, "driver", None)
+        server = getattr(driver, "server", None)
+        if server is None or not server.serving():
+            pytest.skip(
+                f"{self.name} has no in-process test API to send an Async Message "
+                "(only an embedded reference target has one)"
+            )
+        session = server.call(lambda: server.engine.sessions.get(tsih))
+        if session is None:
+            raise LookupError(f"{self.name} has no session with TSIH {tsih}")
+        if event == 0:
+            server.send_scsi_async_event(session, lun, sense)
+        elif event == 1:
+            server.request_logout(session, time_to_logout=time_to_logout, cid=cid)
+        elif event == 2:
+            conn = server.call(lambda: session.connections.get(cid))
+            if conn is None:
+                raise LookupError(f"session {tsih} has no connection with CID {cid}")
+            server.drop_connection(conn, time2wait=time2wait, time2retain=time2retain)
+        elif event == 3:
+            server.drop_session(session, time2wait=time2wait, time2retain=time2retain)
+        elif event == 4:
+            server.request_renegotiation(session, time_to_answer=time_to_logout)
+        elif event == 255:
+            server.send_vendor_event(session, vcode, data)
+        else:
+            raise ValueError(f"AsyncEvent {event} is reserved (RFC 7143 11.9.1)")
+
     @contextlib.contextmanager
     def dedicated(self, **kw: Any) -> Iterator[DedicatedTarget]:
         """A reference target instance of this test alone (``DedicatedTarget``; keyword
@@ -297,49 +346,6 @@ class DedicatedTarget(TargetUnderTest):
 
     def chap_for(self, profile: str) -> tuple[ChapAccount | None, ChapAccount | None]:
         return (self.credentials.initiator if self._discovery_chap else None), None
-
-    def send_async(
-        self,
-        tsih: int,
-        event: int,
-        *,
-        cid: int | None = None,
-        time2wait: int = 0,
-        time2retain: int = 0,
-        time_to_logout: int = 5,
-        lun: int = 0,
-        sense: bytes = b"",
-        vcode: int = 0,
-        data: bytes = b"",
-    ) -> None:
-        """Have the instance send the Async Message ``event`` (RFC 7143 11.9.1) on the
-        session ``tsih`` through the reference target's test API: every event is a
-        target's own initiative, which no request can ask for. Event 2 goes on the
-        connection ``cid``, event 1 too when ``cid`` is given; the others on every
-        connection of the session."""
-        server = self.driver.server
-        if server is None:
-            raise RuntimeError("the dedicated instance is not running")
-        session = server.call(lambda: server.engine.sessions.get(tsih))
-        if session is None:
-            raise LookupError(f"the dedicated instance has no session with TSIH {tsih}")
-        if event == 0:
-            server.send_scsi_async_event(session, lun, sense)
-        elif event == 1:
-            server.request_logout(session, time_to_logout=time_to_logout, cid=cid)
-        elif event == 2:
-            conn = server.call(lambda: session.connections.get(cid))
-            if conn is None:
-                raise LookupError(f"session {tsih} has no connection with CID {cid}")
-            server.drop_connection(conn, time2wait=time2wait, time2retain=time2retain)
-        elif event == 3:
-            server.drop_session(session, time2wait=time2wait, time2retain=time2retain)
-        elif event == 4:
-            server.request_renegotiation(session)
-        elif event == 255:
-            server.send_vendor_event(session, vcode, data)
-        else:
-            raise ValueError(f"AsyncEvent {event} is reserved (RFC 7143 11.9.1)")
 
     def restart(self) -> None:
         """Stop the instance and start it again with the same ports and state directory."""

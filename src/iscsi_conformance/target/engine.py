@@ -365,10 +365,11 @@ class TargetEngine:
             conn.close(after_flush=True)
         self.close_session(session, reason="dropped by target")
 
-    def request_renegotiation(self, session: Session) -> None:
-        """Async Message 'negotiation requested' (event 4)."""
+    def request_renegotiation(self, session: Session, *, time_to_answer: int = 5) -> None:
+        """Async Message 'negotiation requested' (event 4), the initiator's Text Request
+        being due within Parameter3 = ``time_to_answer`` seconds (RFC 7143 11.9.1)."""
         for conn in session.connections.values():
-            conn.send_async(AsyncEvent.NEGOTIATION_REQUESTED)
+            conn.send_async(AsyncEvent.NEGOTIATION_REQUESTED, parameter3=time_to_answer)
 
     def send_scsi_async_event(self, session: Session, lun: int, sense: bytes) -> None:
         """Async Message carrying a SCSI asynchronous event (event 0) with sense data."""

@@ -311,9 +311,9 @@ class TargetServer:
         """Async Message 'all connections dropped' (AsyncEvent 3), then end the session."""
         self.call(self.engine.drop_session, session, time2wait=time2wait, time2retain=time2retain)
 
-    def request_renegotiation(self, session: Session) -> None:
-        """Async Message 'please renegotiate' (AsyncEvent 4)."""
-        self.call(self.engine.request_renegotiation, session)
+    def request_renegotiation(self, session: Session, *, time_to_answer: int = 5) -> None:
+        """Async Message 'please renegotiate' (AsyncEvent 4), answer due in Parameter3 s."""
+        self.call(self.engine.request_renegotiation, session, time_to_answer=time_to_answer)
 
     def send_scsi_async_event(self, session: Session, lun: int, sense: bytes) -> None:
         """Async Message reporting a SCSI asynchronous event with ``sense`` (AsyncEvent 0)."""
