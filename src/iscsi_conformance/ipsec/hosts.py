@@ -6,7 +6,10 @@ through netlink (pyroute2). The link is the one wire between them, where the sui
 captures. Names carry this process's id (``isc<pid>i``, ``isc<pid>t``), so a later run
 recognises what a killed run left behind and removes it first (:func:`sweep`): the
 processes still inside those namespaces, then the namespaces (with them the veth and
-charon's TUN devices). :func:`call_in` runs a function on a thread that has entered a
+charon's TUN devices). A host can also be a container's own network namespace
+(``attach``: role -> the container's pid): ``ip netns attach`` names it, the veth end
+goes into it, and closing only removes the name (the container's driver stops the
+container; nothing inside it is killed). :func:`call_in` runs a function on a thread that has entered a
 namespace, so sockets it opens (the reference initiator's) live on that host.
 """
 
@@ -41,6 +44,7 @@ class Host:
     netns: str
     ifname: str
     address: str
+    attached: int = 0  # pid of the container whose namespace this is; 0: our own
 
     def argv(self, *argv: str) -> list[str]:
         """``argv`` run inside this host's namespace."""
@@ -82,10 +86,16 @@ def sweep() -> list[str]:
 class Link:
     """Two namespaces and the veth between them; :meth:`close` removes everything."""
 
-    def __init__(self, *, tag: str | None = None) -> None:
+    def __init__(self, *, tag: str | None = None, attach: dict[str, int] | None = None) -> None:
         tag = tag or str(os.getpid())
-        self.initiator = Host("initiator", f"{PREFIX}{tag}i", f"{PREFIX}{tag}-i", f"{SUBNET}.1")
-        self.target = Host("target", f"{PREFIX}{tag}t", f"{PREFIX}{tag}-t", f"{SUBNET}.2")
+        attach = attach or {}
+        self.initiator = Host(
+            "initiator", f"{PREFIX}{tag}i", f"{PREFIX}{tag}-i", f"{SUBNET}.1",
+            attach.get("initiator", 0),
+        )  # fmt: skip
+        self.target = Host(
+            "target", f"{PREFIX}{tag}t", f"{PREFIX}{tag}-t", f"{SUBNET}.2", attach.get("target", 0)
+        )
         self._created: list[str] = []
 
     @property
@@ -98,7 +108,13 @@ class Link:
                 if host.netns in netns.listnetns():  # our own pid's leftover: reuse nothing
                     _kill_inside(host.netns)
                     netns.remove(host.netns)
-                netns.create(host.netns)
+                if host.attached:
+                    subprocess.run(
+                        ["ip", "netns", "attach", host.netns, str(host.attached)],
+                        check=True, capture_output=True, timeout=10,
+                    )  # fmt: skip
+                else:
+                    netns.create(host.netns)
                 self._created.append(host.netns)
             with IPRoute() as ip:
                 ip.link(
@@ -122,9 +138,18 @@ class Link:
 
     def close(self) -> None:
         """Kill what still runs inside, then remove the namespaces (idempotent)."""
+        attached = {h.netns for h in self.hosts if h.attached}
         while self._created:
             name = self._created.pop()
-            _kill_inside(name)
+            if name in attached:  # the veth end goes; the container's namespace stays
+                for host in self.hosts:
+                    if host.netns == name:
+                        subprocess.run(
+                            ["ip", "-n", name, "link", "del", host.ifname],
+                            capture_output=True, timeout=10, check=False,
+                        )  # fmt: skip
+            else:
+                _kill_inside(name)
             with contextlib.suppress(Exception):
                 netns.remove(name)
 

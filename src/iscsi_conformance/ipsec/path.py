@@ -72,10 +72,17 @@ class Established:
 class ProtectedPath:
     """``with ProtectedPath(workdir) as path: path.establish(profile)``."""
 
-    def __init__(self, workdir: Path, *, backend: EspBackend = "kernel-libipsec") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        backend: EspBackend = "kernel-libipsec",
+        attach: dict[str, int] | None = None,
+    ) -> None:
+        """``attach``: role -> pid of a container whose network namespace is that host."""
         self.workdir = workdir
         self.backend = backend
-        self.link = Link()
+        self.link = Link(attach=attach)
         self.initiator, self.target = self.link.initiator, self.link.target
         self.charons: dict[str, Charon] = {}
         self.psk = secrets.token_urlsafe(24)

@@ -74,8 +74,13 @@ def install_exit_handlers(signals: Iterable[int] = (signal.SIGTERM, signal.SIGHU
     for sig in signals:
         previous = signal.getsignal(sig)
 
-        def handler(signum: int, frame: Any, _previous: Any = previous) -> None:
-            run_cleanups()
+        def handler(
+            signum: int, frame: Any, _previous: Any = previous, _owner: int = os.getpid()
+        ) -> None:
+            # A forked child (pyroute2's netns helper, which its parent ends with SIGTERM)
+            # inherits this handler: it must not remove the parent's containers.
+            if os.getpid() == _owner:
+                run_cleanups()
             if callable(_previous):
                 _previous(signum, frame)
             else:
