@@ -469,3 +469,50 @@ async def test_closed_window_at_login(target: Any) -> None:
                 )
             if not serial_lt(getattr(p, "maxcmdsn", final.maxcmdsn), final.expcmdsn):
                 opened = True
+
+
+WRAP_START = 0xFFFFFFF8  # the login's CmdSN: a few commands before 2**32 wraps to 0
+WRAP_COMMANDS = 16  # NOP-Outs sent after login: the CmdSN passes 0xffffffff, then 0
+
+
+@spec(
+    "FullFeature.Sequencing.CmdSNWraparound",
+    "RFC 7143 4.2.2.1",
+    requirements=["R7143-4.2.2.1-2", "R7143-4.2.2.1-4"],
+)
+async def test_cmdsn_wraparound(target: Any) -> None:
+    """A session whose CmdSN starts just below 2**32 (the initiator picks it at login)
+    goes on across the wrap: every non-immediate command is in the window in serial
+    arithmetic, is answered, and ExpCmdSN follows it through 0xffffffff to 0, with
+    MaxCmdSN never below ExpCmdSN - 1."""
+    async with full_feature(target, cmdsn=WRAP_START) as ffp:
+        crossed = False
+        for _ in range(WRAP_COMMANDS):
+            sn = ffp.cmdsn
+            req, r = await ffp.nop(b"", immediate=False)
+            crossed = crossed or sn == 0
+            require(
+                isinstance(r, P.NopIn) and r.itt == req.itt,
+                "R7143-4.2.2.1-2",
+                f"the NOP-Out with CmdSN {sn:#010x}, inside the window across the wrap at "
+                f"2**32, got {type(r).__name__ if r is not None else ffp.no_answer}",
+                sent=[req],
+                received=ffp.shown(r),
+            )
+            require(
+                r.expcmdsn == (sn + 1) & 0xFFFFFFFF,
+                "R7143-4.2.2.1-4",
+                f"after CmdSN {sn:#010x} ExpCmdSN is {r.expcmdsn:#010x} "
+                f"(expected {(sn + 1) & 0xFFFFFFFF:#010x})",
+                sent=[req],
+                received=[r],
+            )
+            require(
+                not serial_lt(r.maxcmdsn, (r.expcmdsn - 1) & 0xFFFFFFFF),
+                "R7143-4.2.2.1-4",
+                f"MaxCmdSN {r.maxcmdsn:#010x} < ExpCmdSN - 1 ({r.expcmdsn:#010x}) in serial "
+                "arithmetic across the wrap",
+                sent=[req],
+                received=[r],
+            )
+        require(crossed, "harness", f"the CmdSN never reached 0 from {WRAP_START:#010x}")

@@ -263,3 +263,16 @@ def reject_statsn(p: Patcher) -> None:
 )
 def text_expcmdsn(p: Patcher) -> None:
     fields(p, P.TextResponse, full_feature, expcmdsn=lambda pdu: add_mod(pdu.expcmdsn, -1))
+
+
+@mutant(
+    "Sequencing.CmdSN.NoWraparound",
+    "sequencing",
+    "ExpCmdSN is advanced without the modulo 2**32 of serial arithmetic: after CmdSN "
+    "0xffffffff the window never reaches CmdSN 0 (4.2.2.1)",
+    catches=["FullFeature.Sequencing.CmdSNWraparound"],
+)
+def cmdsn_no_wrap(p: Patcher) -> None:
+    from iscsi_conformance.target import connection as C
+
+    p.setattr(C, "sn_add", lambda s, n: s + n)
