@@ -89,6 +89,20 @@ class RegisteredTarget:
     host_side: tuple[str, int]
 
 
+@dataclasses.dataclass
+class ReferenceTargetProcess:
+    """A reference target process registered with the run's iSNS server."""
+
+    registered: RegisteredTarget
+    process: Any  # peers.process.BackgroundProcess
+
+    def kill(self) -> None:
+        """SIGKILL: the target ends without deregistering and answers no more ESI."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.proc.kill()
+        self.process.proc.wait(5)
+
+
 class RunIsnsServer:
     """One iSNS server for a run; ``start()`` once, ``stop()`` on every exit."""
 
@@ -351,16 +365,35 @@ class RunIsnsServer:
     def _reference_target(
         self, iqn: str, listen_host: str, timeout: float
     ) -> Iterator[RegisteredTarget]:
+        with self.reference_target(iqn, listen_host, timeout=timeout) as running:
+            yield running.registered
+
+    @contextlib.contextmanager
+    def reference_target(
+        self,
+        iqn: str,
+        listen_host: str,
+        *,
+        port: int | None = None,
+        esi_interval: int | None = None,
+        timeout: float = 20.0,
+    ) -> Iterator[ReferenceTargetProcess]:
+        """A dedicated ``iscsi-conformance target --isns`` process serving ``iqn`` on
+        ``listen_host:port`` (a free port by default), its entity named after ``iqn``;
+        yielded once it says it registered. Stopped with SIGTERM on exit (it
+        deregisters, 5.6.5.4) unless the test killed it."""
         from iscsi_conformance.netutil import free_tcp_port
         from iscsi_conformance.peers.process import BackgroundProcess, wait_until
 
-        port = free_tcp_port(listen_host)
+        port = port or free_tcp_port(listen_host)
         host, isns_port = self.address
         with tempfile.TemporaryDirectory(prefix="icc-isns-target-") as tmp:
             log_path = Path(tmp) / "target.log"
             argv = [sys.executable, "-m", "iscsi_conformance.cli", "target",
                     "--listen", f"{listen_host}:{port}", "--target", iqn, "--lun", "1M",
                     "--isns", f"{host}:{isns_port}"]  # fmt: skip
+            if esi_interval is not None:
+                argv += ["--isns-esi-interval", str(esi_interval)]
             proc = BackgroundProcess(argv, log=self.log, log_path=log_path)
             try:
                 if not wait_until(
@@ -371,7 +404,8 @@ class RunIsnsServer:
                         f"the reference target did not register with the {self.kind} iSNS "
                         f"server: {proc.tail(10)}"
                     )
-                yield RegisteredTarget(iqn, (listen_host, port), 1, (listen_host, port))
+                reg = RegisteredTarget(iqn, (listen_host, port), 1, (listen_host, port))
+                yield ReferenceTargetProcess(reg, proc)
             finally:
                 proc.stop(timeout=10.0)  # SIGTERM: the target deregisters (5.6.5.4)
 
@@ -408,4 +442,11 @@ class RunIsnsServer:
 #: The name the harness queries under when it only checks what is registered.
 _OBSERVER = "iqn.2024-01.org.iscsi-conformance:isns-observer"
 
-__all__ = ["CHOICES", "KINDS", "RegisteredTarget", "RunIsnsServer", "resolve_kind"]
+__all__ = [
+    "CHOICES",
+    "KINDS",
+    "ReferenceTargetProcess",
+    "RegisteredTarget",
+    "RunIsnsServer",
+    "resolve_kind",
+]

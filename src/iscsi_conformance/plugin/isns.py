@@ -22,7 +22,12 @@ from typing import Any
 
 import pytest
 
-from iscsi_conformance.harness.isns_run import RegisteredTarget, RunIsnsServer, resolve_kind
+from iscsi_conformance.harness.isns_run import (
+    ReferenceTargetProcess,
+    RegisteredTarget,
+    RunIsnsServer,
+    resolve_kind,
+)
 
 #: ``run --isns-server`` sets it for the run's pytest processes (shards included).
 ENV_SERVER = "ISCSI_CONFORMANCE_ISNS_SERVER"
@@ -91,6 +96,25 @@ class IsnsServerUnderTest:
 
     def deregister_dd(self, dd_id: int, *, source: str) -> None:
         self.server.deregister_dd(dd_id, source=source)
+
+    def portals_of(self, iqn: str) -> list[tuple[str, int, int | None]] | None:
+        """The (host, port, PGT) portals the server lists for node ``iqn`` to an
+        observer of the default Discovery Domain; None when it lists no such node."""
+        for found in self.discover(self.unique_iqn("observer")):
+            if found.name == iqn:
+                return list(found.portals)
+        return None
+
+    @contextlib.contextmanager
+    def reference_target(
+        self, iqn: str, *, port: int | None = None, esi_interval: int | None = None
+    ) -> Iterator[ReferenceTargetProcess]:
+        """A reference target process of the test's own that registers ``iqn`` (see
+        ``RunIsnsServer.reference_target``): a test may kill it, or start it again."""
+        with self.server.reference_target(
+            iqn, listen_host(self.pool), port=port, esi_interval=esi_interval
+        ) as running:
+            yield running
 
     def check_alive(self) -> None:
         why = self.server.alive()

@@ -1,0 +1,197 @@
+"""iSNS.Registration: what a target registers with the run's iSNS server (RFC 4171).
+
+The target is judged by what the server (isnsd by default, or ours) lists for it,
+asked through the reference iSNS client as an observer of the default Discovery
+Domain (DevAttrQry, 5.6.5.2):
+
+- the registration is what the target serves: every Portal listed for its node, with
+  its Portal Group Tag, is one the target itself announces in a SendTargets answer
+  with that Target Portal Group Tag (RFC 4171 3.2, 3.4; RFC 7143 13.3, 13.9);
+- a target restarted without deregistering (SIGKILL) and registering again at another
+  portal replaces its old entry: only the new portal is listed (5.6.5.1, the replace
+  bit);
+- a target that stops deregisters (5.6.5.4): its node is no longer listed;
+- a target killed without deregistering, registered with ESI monitoring, stays listed
+  while it answers ESIs and is removed once they go unanswered (5.6.5.13).
+
+Targets: the reference target (a dedicated ``--isns`` process of each test) and tgt
+(its built-in client, ``iSNS On``/``Off``; it registers no ESI port, and the run's
+tgtd is shared, so the restart and ESI tests are for the reference target alone). LIO
+has no iSNS client (``targets/lio/manifest.toml``): its cells are not supported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from iscsi_conformance.plugin import require, spec
+
+#: How long the server may take to show a change (a loaded CI host included).
+SETTLE = 10.0
+#: ESI Interval the reference target asks for in the ESI test (isnsd's container
+#: allows 1 s: isns-servers/isnsd/isnsd.conf; ours by default).
+ESI_INTERVAL = 1
+
+
+def _send_targets(host: str, port: int) -> list[tuple[str, str, int, int | None]]:
+    """(target, host, port, TPGT) of a SendTargets=All answer at ``host:port``."""
+    from iscsi_conformance.initiator.client import discover
+
+    found = asyncio.run(discover(host, port, timeout=10.0))
+    return [(t.name, a.host, a.port, a.tpgt) for t in found for a in t.addresses]
+
+
+def _until(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def _reference_only(target: Any, why: str) -> None:
+    if target.name != "reference":
+        pytest.skip(f"{target.name}: {why}")
+
+
+@spec(
+    "iSNS.Registration.WhatIsServed",
+    "RFC 4171 3.4",
+    "RFC 4171 5.6.5.1",
+    "RFC 7143 13.9",
+    pairing="target",
+    requirements=["R4171-5.6.5.2-1"],
+    needs=("target:isns",),
+)
+def test_registration_is_what_is_served(target: Any, isns_server: Any) -> None:
+    """Every Portal and PGT the server lists for the target's node is a TargetAddress
+    and Target Portal Group Tag of the target's own SendTargets answer."""
+    with isns_server.registered(target) as reg:
+        listed = isns_server.portals_of(reg.iqn)
+        served = _send_targets(*reg.host_side)
+        target.evidence.note(
+            f"{isns_server.kind} lists {reg.iqn} at {listed}; SendTargets at "
+            f"{reg.host_side[0]}:{reg.host_side[1]} answers {served}"
+        )
+        require(
+            bool(listed),
+            "R4171-5.6.5.2-1",
+            f"the {isns_server.kind} server lists no portal for {reg.iqn} after {target.name} "
+            "registered",
+        )
+        mine = {(h, p, t) for name, h, p, t in served if name == reg.iqn}
+        for host, port, pgt in listed or []:
+            if pgt is None:
+                continue  # a NULL PGT: the portal gives no access to the node (3.4)
+            require(
+                (host, port, pgt) in mine,
+                "R4171-5.6.5.2-1",
+                f"{target.name} registered {reg.iqn} at {host}:{port} with PGT {pgt}, but its "
+                f"SendTargets answer names {sorted(mine)}: the registered portal or tag is not "
+                "one it serves (RFC 4171 3.4: a non-NULL PGT says the portal gives access)",
+            )
+
+
+@spec(
+    "iSNS.Registration.ReplacedAfterRestart",
+    "RFC 4171 5.6.5.1",
+    pairing="target",
+    role="both",
+    requirements=["R4171-5.6.5.1-1"],
+    needs=("target:isns",),
+)
+def test_restart_replaces_the_old_registration(target: Any, isns_server: Any) -> None:
+    """Killed without deregistering, then started again at another port: the server
+    lists the node at the new portal only."""
+    _reference_only(target, "the run's tgtd is shared; its restart is not the iSNS area's")
+    iqn = isns_server.unique_iqn("restarted")
+    with isns_server.reference_target(iqn) as first:
+        old = first.registered.portal
+        first.kill()
+    with isns_server.reference_target(iqn) as second:
+        new = second.registered.portal
+        listed: list[Any] | None = None
+
+        def replaced() -> bool:
+            nonlocal listed
+            listed = isns_server.portals_of(iqn)
+            return listed is not None and [(h, p) for h, p, _t in listed] == [new]
+
+        ok = _until(replaced, SETTLE)
+        target.evidence.note(f"killed at {old}, registered again at {new}; listed: {listed}")
+        isns_server.check_alive()
+        require(
+            ok,
+            "R4171-5.6.5.1-1",
+            f"after the restart the {isns_server.kind} server lists {iqn} at {listed}, not at "
+            f"{new[0]}:{new[1]} alone: the old portal {old[0]}:{old[1]} was not replaced",
+        )
+
+
+@spec(
+    "iSNS.Registration.DeregisteredAtStop",
+    "RFC 4171 5.6.5.4",
+    pairing="target",
+    requirements=["R4171-5.6.5.4-1"],
+    needs=("target:isns",),
+)
+def test_stop_deregisters(target: Any, isns_server: Any) -> None:
+    """Once the target stops (the reference target: SIGTERM; tgt: ``iSNS Off``), the
+    server no longer lists its node."""
+    with isns_server.registered(target) as reg:
+        require(
+            isns_server.portals_of(reg.iqn) is not None,
+            "R4171-5.6.5.4-1",
+            f"the {isns_server.kind} server does not list {reg.iqn} while {target.name} runs",
+        )
+    gone = _until(lambda: isns_server.portals_of(reg.iqn) is None, SETTLE)
+    require(
+        gone,
+        "R4171-5.6.5.4-1",
+        f"{SETTLE:.0f} s after {target.name} stopped, the {isns_server.kind} server still lists "
+        f"{reg.iqn}: it did not deregister (DevDereg)",
+    )
+
+
+@spec(
+    "iSNS.Registration.RemovedWhenEsiUnanswered",
+    "RFC 4171 5.6.5.13",
+    "RFC 4171 6.3.4",
+    pairing="target",
+    role="both",
+    requirements=["R4171-5.6.5.13-1"],
+    needs=("target:isns",),
+)
+def test_killed_target_is_removed_when_esi_goes_unanswered(target: Any, isns_server: Any) -> None:
+    """With an ESI Interval of 1 s the target stays listed for several intervals (it
+    answers the ESIs); killed, it is removed after the unanswered ones."""
+    _reference_only(target, "registers no ESI port (usr/iscsi/isns.c), so it gets no ESI")
+    iqn = isns_server.unique_iqn("esi")
+    with isns_server.reference_target(iqn, esi_interval=ESI_INTERVAL) as running:
+        time.sleep(4 * ESI_INTERVAL)
+        isns_server.check_alive()
+        require(
+            isns_server.portals_of(iqn) is not None,
+            "R4171-5.6.5.13-1",
+            f"the reference target, alive and answering ESI, was removed by the "
+            f"{isns_server.kind} server within {4 * ESI_INTERVAL} s",
+        )
+        running.kill()
+        started = time.monotonic()
+        gone = _until(lambda: isns_server.portals_of(iqn) is None, 3 * SETTLE)
+        target.evidence.note(
+            f"killed; {'removed' if gone else 'still listed'} after "
+            f"{time.monotonic() - started:.1f} s"
+        )
+        isns_server.check_alive()
+        require(
+            gone,
+            "R4171-5.6.5.13-1",
+            f"{3 * SETTLE:.0f} s after the target was killed, the {isns_server.kind} server "
+            f"still lists {iqn}: its unanswered ESIs did not remove it",
+        )

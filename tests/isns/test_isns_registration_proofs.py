@@ -1,0 +1,224 @@
+"""The iSNS.Registration tests can fail: each is run here against a broken world.
+
+``conformance/isns/test_isns_registration.py`` is imported by path and its tests are
+called with a stand-in for ``isns_server`` that lists what a broken target or server
+would leave in the database, and a stand-in SendTargets answer:
+
+- a target registering a portal, or a PGT, that its SendTargets answer does not name,
+  and one the server does not list at all: WhatIsServed fails (R4171-5.6.5.2-1);
+- a restart whose old portal stays listed beside the new one: ReplacedAfterRestart
+  fails (R4171-5.6.5.1-1);
+- a node still listed after its target stopped: DeregisteredAtStop fails
+  (R4171-5.6.5.4-1, an informational row: the plugin records it, never fails it);
+- a killed target never removed, and a live one removed: RemovedWhenEsiUnanswered
+  fails (R4171-5.6.5.13-1).
+
+The conforming stand-in passes all four. The tests against real servers and targets
+are the iSNS area itself (reference and tgt, through isnsd or ours).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iscsi_conformance.harness.isns_run import RegisteredTarget
+from iscsi_conformance.plugin.spec import ConformanceViolation
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST = "192.0.2.5"
+
+
+def _suite() -> Any:
+    path = ROOT / "conformance" / "isns" / "test_isns_registration.py"
+    spec = importlib.util.spec_from_file_location("isns_registration_under_proof", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SUITE = _suite()
+
+
+class Notes:
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+@dataclasses.dataclass
+class Target:
+    name: str = "reference"
+    evidence: Notes = dataclasses.field(default_factory=Notes)
+
+
+@dataclasses.dataclass
+class Running:
+    registered: RegisteredTarget
+    server: Server
+
+    def kill(self) -> None:
+        self.server.killed.add(self.registered.portal)
+
+
+class Server:
+    """The run's iSNS server as the tests see it. A conforming one lists the portals
+    of live, registered targets; the flags break it one way each."""
+
+    kind = "stand-in"
+
+    def __init__(
+        self,
+        *,
+        listed: tuple[str, int, int] | None = (HOST, 3260, 1),
+        keeps_old: bool = False,
+        keeps_stopped: bool = False,
+        keeps_killed: bool = False,
+        drops_live: bool = False,
+    ) -> None:
+        self.listed = listed
+        self.keeps_old, self.keeps_stopped = keeps_old, keeps_stopped
+        self.keeps_killed, self.drops_live = keeps_killed, drops_live
+        self.live: dict[str, list[tuple[str, int]]] = {}
+        self.stopped: set[str] = set()
+        self.killed: set[tuple[str, int]] = set()
+        self.next_port = 40000
+
+    def unique_iqn(self, what: str) -> str:
+        return f"iqn.2024-01.org.iscsi-conformance:proof-{what}"
+
+    def _register(self, iqn: str, portal: tuple[str, int]) -> None:
+        old = self.live.get(iqn, [])
+        self.live[iqn] = [*old, portal] if self.keeps_old else [portal]
+        self.stopped.discard(iqn)
+
+    def _stop(self, iqn: str) -> None:
+        if not self.keeps_stopped:
+            self.stopped.add(iqn)
+
+    @contextlib.contextmanager
+    def registered(self, target: Any) -> Iterator[RegisteredTarget]:
+        iqn = self.unique_iqn("target")
+        self._register(iqn, (HOST, 3260))
+        yield RegisteredTarget(iqn, (HOST, 3260), 1, (HOST, 3260))
+        self._stop(iqn)
+
+    @contextlib.contextmanager
+    def reference_target(self, iqn: str, **kw: Any) -> Iterator[Running]:
+        self.next_port += 1
+        portal = (HOST, self.next_port)
+        self._register(iqn, portal)
+        yield Running(RegisteredTarget(iqn, portal, 1, portal), self)
+        if portal not in self.killed:
+            self._stop(iqn)
+
+    def portals_of(self, iqn: str) -> list[tuple[str, int, int | None]] | None:
+        if iqn in self.stopped or iqn not in self.live:
+            return None
+        if iqn.endswith("target"):  # the pairing's target: what the flag says is listed
+            return [self.listed] if self.listed else None
+        alive = [p for p in self.live[iqn] if p not in self.killed or self.keeps_killed]
+        if self.drops_live or not alive:
+            return None
+        return [(h, p, 1) for h, p in alive]
+
+    def check_alive(self) -> None:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No waiting, and the target's SendTargets answer: HOST:3260 with TPGT 1."""
+    monkeypatch.setattr(SUITE, "SETTLE", 0.2)
+    monkeypatch.setattr(SUITE, "ESI_INTERVAL", 0)
+    monkeypatch.setattr(SUITE, "_send_targets", lambda host, port: [(_target(), HOST, 3260, 1)])
+
+
+def _target() -> str:
+    return Server().unique_iqn("target")
+
+
+def _fails(requirement: str, call: Any, *args: Any) -> str:
+    with pytest.raises(ConformanceViolation) as info:
+        call(*args)
+    assert requirement in str(info.value), str(info.value)
+    return str(info.value)
+
+
+def test_a_conforming_world_passes() -> None:
+    SUITE.test_registration_is_what_is_served(Target(), Server())
+    SUITE.test_restart_replaces_the_old_registration(Target(), Server())
+    SUITE.test_stop_deregisters(Target(), Server())
+    SUITE.test_killed_target_is_removed_when_esi_goes_unanswered(Target(), Server())
+
+
+@pytest.mark.parametrize(
+    ("listed", "says"),
+    [((HOST, 3261, 1), "3261 with PGT 1"), ((HOST, 3260, 7), "PGT 7"), (None, "no portal")],
+    ids=["portal-not-served", "pgt-not-answered", "not-listed"],
+)
+def test_a_registration_other_than_what_is_served_fails(
+    listed: tuple[str, int, int] | None, says: str
+) -> None:
+    message = _fails(
+        "R4171-5.6.5.2-1",
+        SUITE.test_registration_is_what_is_served,
+        Target(),
+        Server(listed=listed),
+    )
+    assert says in message
+
+
+def test_a_restart_leaving_the_old_portal_listed_fails() -> None:
+    message = _fails(
+        "R4171-5.6.5.1-1",
+        SUITE.test_restart_replaces_the_old_registration,
+        Target(),
+        Server(keeps_old=True, keeps_killed=True),
+    )
+    assert "was not replaced" in message
+
+
+def test_a_node_listed_after_its_target_stopped_fails() -> None:
+    message = _fails(
+        "R4171-5.6.5.4-1", SUITE.test_stop_deregisters, Target(), Server(keeps_stopped=True)
+    )
+    assert "did not deregister" in message
+
+
+@pytest.mark.parametrize(
+    ("server", "says"),
+    [
+        (Server(keeps_killed=True, keeps_stopped=True), "did not remove it"),
+        (Server(drops_live=True), "alive and answering ESI, was removed"),
+    ],
+    ids=["killed-never-removed", "live-removed"],
+)
+def test_esi_monitoring_that_does_not_follow_the_target_fails(server: Server, says: str) -> None:
+    message = _fails(
+        "R4171-5.6.5.13-1",
+        SUITE.test_killed_target_is_removed_when_esi_goes_unanswered,
+        Target(),
+        server,
+    )
+    assert says in message
+
+
+def test_tgt_skips_the_reference_only_tests() -> None:
+    """tgt registers no ESI port and its tgtd is the run's: the restart and ESI tests
+    skip for it, naming why."""
+    for test in (
+        SUITE.test_restart_replaces_the_old_registration,
+        SUITE.test_killed_target_is_removed_when_esi_goes_unanswered,
+    ):
+        with pytest.raises(pytest.skip.Exception, match="tgt: "):
+            test(Target("tgt"), Server())
