@@ -312,7 +312,11 @@ class IPsecArea:
                 list_sas=self.current.sas,
             )  # fmt: skip
             if wire is None:
-                evidence.note(f"IPsec {p.describe()}; negotiated {self.current.transforms()}")
+                where = ", ".join(f"{r} host {m}" for r, m in self.path.modes().items())
+                evidence.note(
+                    f"IPsec {p.describe()}; ESP in {where}; pairing {self.pairing} "
+                    f"({self.target_desc}); negotiated {self.current.transforms()}"
+                )
 
     def close(self) -> None:
         while self.closers:
