@@ -15,6 +15,9 @@ from iscsi_conformance.harness.probe import FullFeature, full_feature
 from iscsi_conformance.plugin import require, spec, violation
 from iscsi_conformance.scsi import cdb
 
+WRAP_START = 0xFFFFFFF8  # the login's CmdSN: a few commands before 2**32 wraps to 0
+WRAP_COMMANDS = 16  # NOP-Outs sent after login: the CmdSN passes 0xffffffff, then 0
+
 
 @spec("FullFeature.Nop.PingEchoed", "RFC 7143 11.18", requirements=["R7143-11.18-1"])
 async def test_nop_ping_echoed(target: Any) -> None:
@@ -186,56 +189,87 @@ async def test_out_of_window_command_ignored(target: Any) -> None:
 async def test_commands_reordered(target: Any) -> None:
     """CmdSN n+1 sent before n: both complete, and ExpCmdSN ends past both."""
     async with full_feature(target) as ffp:
-        n = ffp.take_cmdsn()
-        m = ffp.take_cmdsn()
-        second = P.ScsiCommand(
-            final=True,
-            lun=0,
-            itt=0x501,
-            cmdsn=m,
-            expstatsn=ffp.expstatsn,
-            cdb=cdb.test_unit_ready(),
-        )
-        first = P.ScsiCommand(
-            final=True,
-            lun=0,
-            itt=0x500,
-            cmdsn=n,
-            expstatsn=ffp.expstatsn,
-            cdb=cdb.test_unit_ready(),
-        )
-        await ffp.send(second)
-        await ffp.send(first)
-        got = []
-        for _ in range(4):
-            p = await ffp.recv(timeout=5)
-            if p is None:
+        await _reordered_pair(ffp)
+
+
+@spec(
+    "FullFeature.Sequencing.DeliveredInCmdSNOrderAcrossWrap",
+    "RFC 7143 4.2.2.1",
+    requirements=["R7143-4.2.2.1-1"],
+)
+async def test_commands_reordered_across_wrap(target: Any) -> None:
+    """CmdSN 0 sent before CmdSN 0xffffffff: 0 lies inside the window in serial
+    arithmetic, so the target holds it until 0xffffffff arrives, then both complete in
+    CmdSN order."""
+    async with full_feature(target, cmdsn=WRAP_START) as ffp:
+        for _ in range(WRAP_COMMANDS):
+            if ffp.cmdsn == 0xFFFFFFFF:
                 break
-            got.append(p)
-            if len([x for x in got if isinstance(x, P.ScsiResponse)]) == 2:
-                break
-        responses = [p for p in got if isinstance(p, P.ScsiResponse)]
-        require(
-            sorted(r.itt for r in responses) == [0x500, 0x501],
+            req, r = await ffp.nop(b"", immediate=False)
+            require(
+                isinstance(r, P.NopIn),
+                "R7143-4.2.2.1-2",
+                f"the NOP-Out with CmdSN {req.cmdsn:#010x} got "
+                f"{type(r).__name__ if r is not None else ffp.no_answer}",
+                sent=[req],
+                received=ffp.shown(r),
+            )
+        require(ffp.cmdsn == 0xFFFFFFFF, "harness", f"CmdSN is {ffp.cmdsn:#010x}, not 0xffffffff")
+        await _reordered_pair(ffp)
+
+
+async def _reordered_pair(ffp: FullFeature) -> None:
+    """Send TEST UNIT READYs with CmdSN n+1 then n; both complete, n first."""
+    n = ffp.take_cmdsn()
+    m = ffp.take_cmdsn()
+    second = P.ScsiCommand(
+        final=True,
+        lun=0,
+        itt=0x501,
+        cmdsn=m,
+        expstatsn=ffp.expstatsn,
+        cdb=cdb.test_unit_ready(),
+    )
+    first = P.ScsiCommand(
+        final=True,
+        lun=0,
+        itt=0x500,
+        cmdsn=n,
+        expstatsn=ffp.expstatsn,
+        cdb=cdb.test_unit_ready(),
+    )
+    await ffp.send(second)
+    await ffp.send(first)
+    got = []
+    for _ in range(4):
+        p = await ffp.recv(timeout=5)
+        if p is None:
+            break
+        got.append(p)
+        if len([x for x in got if isinstance(x, P.ScsiResponse)]) == 2:
+            break
+    responses = [p for p in got if isinstance(p, P.ScsiResponse)]
+    require(
+        sorted(r.itt for r in responses) == [0x500, 0x501],
+        "R7143-4.2.2.1-1",
+        "both commands must complete when the gap is filled",
+        sent=[second, first],
+        received=[*got, *ffp.shown(None)],
+    )
+    require(
+        responses[-1].expcmdsn == (m + 1) & 0xFFFFFFFF,
+        "R7143-4.2.2.1-1",
+        f"ExpCmdSN {responses[-1].expcmdsn} after CmdSN {n}, {m}",
+        sent=[second, first],
+        received=got,
+    )
+    if responses[0].itt == 0x501:
+        raise violation(
             "R7143-4.2.2.1-1",
-            "both commands must complete when the gap is filled",
-            sent=[second, first],
-            received=[*got, *ffp.shown(None)],
-        )
-        require(
-            responses[-1].expcmdsn == (m + 1) & 0xFFFFFFFF,
-            "R7143-4.2.2.1-1",
-            f"ExpCmdSN {responses[-1].expcmdsn} after CmdSN {n}, {m}",
+            "CmdSN n+1 completed before CmdSN n arrived",
             sent=[second, first],
             received=got,
         )
-        if responses[0].itt == 0x501:
-            raise violation(
-                "R7143-4.2.2.1-1",
-                "CmdSN n+1 completed before CmdSN n arrived",
-                sent=[second, first],
-                received=got,
-            )
 
 
 @spec(
@@ -469,10 +503,6 @@ async def test_closed_window_at_login(target: Any) -> None:
                 )
             if not serial_lt(getattr(p, "maxcmdsn", final.maxcmdsn), final.expcmdsn):
                 opened = True
-
-
-WRAP_START = 0xFFFFFFF8  # the login's CmdSN: a few commands before 2**32 wraps to 0
-WRAP_COMMANDS = 16  # NOP-Outs sent after login: the CmdSN passes 0xffffffff, then 0
 
 
 @spec(

@@ -276,3 +276,17 @@ def cmdsn_no_wrap(p: Patcher) -> None:
     from iscsi_conformance.target import connection as C
 
     p.setattr(C, "sn_add", lambda s, n: s + n)
+
+
+@mutant(
+    "Sequencing.CmdSN.WindowWithoutSerialArithmetic",
+    "sequencing",
+    "the CmdSN window is checked with plain integer comparison instead of serial "
+    "arithmetic: across the wrap at 2**32 a command sent ahead is ignored (4.2.2.1)",
+    catches=["FullFeature.Sequencing.DeliveredInCmdSNOrderAcrossWrap"],
+)
+def cmdsn_window_plain(p: Patcher) -> None:
+    from iscsi_conformance.target import connection as C
+
+    p.setattr(C, "sn_lt", lambda a, b: a < b)
+    p.setattr(C, "sn_le", lambda a, b: a <= b)
