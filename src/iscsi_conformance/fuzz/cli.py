@@ -1,55 +1,169 @@
-"""``iscsi-conformance fuzz URL``: a bounded Hypothesis campaign against a target."""
+"""``iscsi-conformance fuzz``: bounded fuzz campaigns against a target, and replay.
+
+``fuzz URL`` runs a throughput campaign (``fuzz.campaign``) against the target at URL;
+``fuzz reference`` starts a reference target of its own and also listens to its log
+(an internal error is a failure) and reads its RSS and descriptors. ``--engine
+hypothesis`` runs the Hypothesis campaign of ``fuzz.runner`` instead (one case per
+connection; slower, with Hypothesis's shrinking and example database).
+``fuzz replay FILE`` sends a saved reproducer again and says whether the same
+failure (kind and place) is seen; its status is 1 when it is, 0 when it is not.
+A progress line is printed every second, the summary at the end; ``--seconds`` bounds
+the whole run, shrinking included. Exit status: 0 no failure, 1 failures, 2 bad input.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
+from typing import Any
 
-from iscsi_conformance.errors import URLError
+from iscsi_conformance.errors import ISCSIConformanceError, URLError
+
+DEFAULT_IQN = "iqn.2024-01.org.iscsi-conformance:fuzz"
+
+
+def _err(msg: str) -> int:
+    print(f"iscsi-conformance fuzz: {msg}", file=sys.stderr)
+    return 2
+
+
+def _replay(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="iscsi-conformance fuzz replay")
+    parser.add_argument("file", type=Path, help="a reproducer written by a campaign")
+    parser.add_argument(
+        "--url", help="the target (default: the one recorded, else a fresh reference)"
+    )
+    args = parser.parse_args(argv)
+    from iscsi_conformance.fuzz.campaign import replay
+    from iscsi_conformance.fuzz.repro import load
+
+    try:
+        finding = load(args.file)
+    except (OSError, ValueError, SyntaxError) as exc:
+        return _err(f"cannot read {args.file}: {exc}")
+    identity = (finding["kind"], finding["place"])
+    url = args.url or finding.get("url") or ""
+    with contextlib.ExitStack() as stack:
+        health: Any = None
+        if url:
+            try:
+                host, port, iqn = _endpoint(url)
+            except URLError as exc:
+                return _err(f"bad URL: {exc}")
+        else:
+            from iscsi_conformance.fuzz.reference import ReferenceSubject
+
+            iqn = dict(finding["login_keys"]).get("TargetName", DEFAULT_IQN)
+            health = stack.enter_context(ReferenceSubject(iqn))
+            host, port = health.host, health.port
+        seen = replay(
+            host, port, iqn, finding["phase"], finding["login_keys"], finding["pdus"], health=health
+        )
+    if identity in seen:
+        print(f"reproduced: {identity[0]} at {identity[1]}")
+        return 1
+    others = ", ".join(f"{k} at {p}" for k, p in sorted(seen)) or "nothing"
+    print(f"not reproduced: {identity[0]} at {identity[1]} (seen: {others})")
+    return 0
+
+
+def _endpoint(url: str) -> tuple[str, int, str]:
+    from iscsi_conformance.initiator.url import parse_url
+
+    parsed = parse_url(url, require_lun=False)
+    if parsed.target is None:
+        raise URLError("the URL must name a target (iscsi://host/iqn)")
+    return parsed.host, parsed.port, parsed.target
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["replay"]:
+        return _replay(argv[1:])
     parser = argparse.ArgumentParser(prog="iscsi-conformance fuzz", description=__doc__)
-    parser.add_argument("url", help="iscsi://[user[%%secret]@]host[:port]/iqn[/lun]")
-    parser.add_argument("--phase", choices=["login", "ffp", "both"], default="both")
     parser.add_argument(
-        "--examples", type=int, default=200, help="at most this many cases (default %(default)s)"
+        "url",
+        help="iscsi://host[:port]/iqn, or 'reference' for a reference target of our own",
     )
     parser.add_argument(
-        "--seconds", type=float, default=120.0, help="time budget (default %(default)s)"
+        "--engine", choices=["random", "hypothesis"], default="random", help="(default random)"
     )
+    parser.add_argument("--seconds", type=float, default=60.0, help="time budget (default 60)")
+    parser.add_argument("--cases", type=int, help="stop after this many cases")
+    parser.add_argument("--workers", type=int, default=4, help="connections at once (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="campaign seed (default 0)")
+    parser.add_argument("--save", type=Path, help="write a reproducer per failure here")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.add_argument(
-        "--database", type=Path, help="Hypothesis example database (replays earlier failures)"
+        "--lenient",
+        action="store_true",
+        help="only MUST failures count (the default for a URL; 'reference' fails on any)",
     )
-    parser.add_argument("--seed", type=int, help="derandomise the campaign")
+    parser.add_argument("--phase", choices=["login", "ffp", "both"], default="both",
+                        help="(hypothesis engine)")  # fmt: skip
+    parser.add_argument("--examples", type=int, default=200, help="(hypothesis engine)")
+    parser.add_argument(
+        "--database", type=Path, help="Hypothesis example database kept between runs"
+    )
     args = parser.parse_args(argv)
-    from iscsi_conformance.fuzz.runner import fuzz
-    from iscsi_conformance.initiator.url import parse_url
-
+    if args.seconds <= 0 or args.workers < 1:
+        return _err("--seconds must be positive and --workers at least 1")
     try:
-        url = parse_url(args.url, require_lun=False)
-    except URLError as exc:
-        print(f"iscsi-conformance fuzz: bad URL: {exc}", file=sys.stderr)
-        return 2
-    if url.target is None:
-        print(
-            "iscsi-conformance fuzz: the URL must name a target (iscsi://host/iqn)", file=sys.stderr
-        )
-        return 2
-    chap = (url.chap.user, url.chap.secret) if url.chap else None
+        with contextlib.ExitStack() as stack:
+            health: Any = None
+            if args.url == "reference":
+                from iscsi_conformance.fuzz.reference import ReferenceSubject
+
+                health = stack.enter_context(ReferenceSubject(DEFAULT_IQN))
+                host, port, iqn, strict = health.host, health.port, DEFAULT_IQN, True
+            else:
+                try:
+                    host, port, iqn = _endpoint(args.url)
+                except URLError as exc:
+                    return _err(f"bad URL: {exc}")
+                strict = False
+            if args.lenient:
+                strict = False
+            if args.engine == "hypothesis":
+                return _hypothesis(args, host, port, iqn)
+            return _campaign(args, host, port, iqn, health, strict)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except ISCSIConformanceError as exc:
+        return _err(str(exc))
+
+
+def _hypothesis(args: argparse.Namespace, host: str, port: int, iqn: str) -> int:
+    from iscsi_conformance.fuzz.runner import fuzz
+
     report = fuzz(
-        url.host,
-        url.port,
-        url.target,
-        chap=chap,
-        phase=args.phase,
-        max_examples=args.examples,
-        seconds=args.seconds,
-        database=args.database,
-        seed=args.seed,
-    )
+        host, port, iqn, phase=args.phase, max_examples=args.examples, seconds=args.seconds,
+        database=args.database, seed=args.seed if args.seed else None,
+    )  # fmt: skip
     print(report.summary())
     for failure in report.failures:
         print(failure)
     return 0 if report.ok else 1
+
+
+def _campaign(
+    args: argparse.Namespace, host: str, port: int, iqn: str, health: Any, strict: bool
+) -> int:
+    from iscsi_conformance.fuzz.campaign import Campaign
+    from iscsi_conformance.fuzz.repro import save
+
+    camp = Campaign(
+        host, port, iqn, seconds=args.seconds, max_cases=args.cases, seed=args.seed,
+        workers=args.workers, health=health, strict=strict,
+        progress=None if args.quiet else lambda line: print(line, flush=True),
+    )  # fmt: skip
+    report = camp.run()
+    print(report.summary())
+    url = "" if health is not None else args.url
+    if args.save is not None:
+        for f in report.failures.values():
+            path = save(f, args.save, target=report.target, url=url, seed=args.seed)
+            print(f"  reproducer: {path}  (iscsi-conformance fuzz replay {path})")
+    return 1 if report.failing(strict=strict) else 0

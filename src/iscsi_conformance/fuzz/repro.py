@@ -1,0 +1,123 @@
+"""Reproducers: one Python file per distinct failure, replayable with
+``iscsi-conformance fuzz replay FILE``.
+
+Theory of operation: the file is Python a reader can open: a docstring with the
+replay command, one ``FINDING = {...}`` literal (kind, place, requirement, phase, the
+login keys, the PDUs in hex) and, as comments, each PDU decoded as its dataclass
+repr (or "does not decode" for damaged ones). ``load()`` reads the literal with
+``ast.literal_eval``: a reproducer is data and is never executed. The PDUs go out
+as recorded, after a login with the recorded keys (CmdSN 0, so that a target that
+starts its window at the login's CmdSN sees the same numbers again).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from iscsi_conformance.core import pdu as P
+from iscsi_conformance.errors import ProtocolError
+from iscsi_conformance.fuzz.campaign import Failure
+
+__all__ = ["describe", "load", "save"]
+
+
+def describe(raw: bytes, *, digests: tuple[bool, bool] = (False, False)) -> str:
+    """The dataclass repr of one PDU, or why it does not decode."""
+    try:
+        result = P.decode(raw, header_digest=digests[0], data_digest=digests[1])
+    except (ProtocolError, ValueError) as exc:
+        return f"does not decode ({type(exc).__name__}: {str(exc)[:120]})"
+    if isinstance(result, P.NeedMore):
+        return f"incomplete ({result.n} more bytes announced)"
+    pdu, used = result
+    tail = f" + {len(raw) - used} trailing bytes" if used < len(raw) else ""
+    text = repr(pdu)
+    return (text if len(text) <= 400 else text[:400] + "...") + tail
+
+
+def _lit(v: Any) -> str:
+    """A Python literal for ``v`` with double quotes (the house format)."""
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_lit(x) for x in v) + "]"
+    return repr(v)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:60] or "failure"
+
+
+def save(
+    f: Failure, directory: Path, *, target: str, url: str = "", seed: int | None = None
+) -> Path:
+    """Write ``f`` as a reproducer under ``directory``; returns its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{_slug(f.kind)}--{_slug(f.place)}.py"
+    keys = dict(f.login_keys)
+    digests = (keys.get("HeaderDigest") == "CRC32C", keys.get("DataDigest") == "CRC32C")
+    finding: dict[str, Any] = {
+        "kind": f.kind,
+        "place": f.place,
+        "requirement": f.requirement,
+        "level": f.level,
+        "target": target,
+        "url": url,
+        "seed": seed,
+        "count": f.count,
+        "shrunk": f.shrunk,
+        "phase": f.phase,
+        "login_keys": [list(kv) for kv in f.login_keys],
+        "pdus": [p.hex() for p in f.pdus],
+    }
+    lines = [
+        f'"""iscsi-conformance fuzz reproducer: {f.kind} at {f.place}.',
+        "",
+        f"Replay: iscsi-conformance fuzz replay {path.name} [--url iscsi://HOST:PORT/IQN]",
+        "(without --url against a fresh reference target when the target was ours).",
+        "",
+        "What was seen first:",
+        *("    " + line for line in f.detail.splitlines()[-30:]),
+        '"""',
+        "",
+        "FINDING = {",
+    ]
+    for k, v in finding.items():
+        if k in ("pdus", "login_keys"):
+            lines.append(f"    {_lit(k)}: [")
+            lines.extend(f"        {_lit(h)}," for h in v)
+            lines.append("    ],")
+        else:
+            lines.append(f"    {_lit(k)}: {_lit(v)},")
+    lines.append("}")
+    lines.append("")
+    lines.append("# The PDUs as sent, decoded (after the login in phase ffp):")
+    for i, raw in enumerate(f.pdus, 1):
+        lines.append(
+            f"# {i}. {describe(raw, digests=digests if f.phase == 'ffp' else (False, False))}"
+        )
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def load(path: Path) -> dict[str, Any]:
+    """The ``FINDING`` literal of a reproducer (never executed). Raises ValueError."""
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=str(path))
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id == "FINDING"
+        ):
+            value = ast.literal_eval(node.value)
+            if not isinstance(value, dict) or "pdus" not in value:
+                break
+            value["pdus"] = [bytes.fromhex(h) for h in value["pdus"]]
+            value["login_keys"] = [tuple(kv) for kv in value.get("login_keys", [])]
+            return value
+    raise ValueError(f"{path}: no FINDING = {{...}} with 'pdus' in it")

@@ -1,0 +1,103 @@
+"""The throughput campaign (fuzz.campaign) can fail, and keeps its promises: a target
+scripted to break on one PDU sequence is found and shrunk to that sequence, its
+reproducer replays to the same failure, a dead target is reported, the time budget is
+kept (issue 14).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iscsi_conformance.core import pdu as P
+from iscsi_conformance.fuzz.campaign import Campaign, ddmin, replay_once
+from iscsi_conformance.fuzz.reference import InProcessSubject
+from iscsi_conformance.fuzz.repro import load, save
+from iscsi_conformance.target.connection import Connection
+
+IQN = "iqn.2024-01.org.iscsi-conformance:fuzz"
+
+
+def _opcodes(pdus: list[bytes]) -> list[str]:
+    return [type(P.decode(raw)[0]).__name__ for raw in pdus]  # type: ignore[index]
+
+
+@pytest.fixture
+def broken_target(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A reference target that raises (an internal error) when a Text Request comes
+    straight after a Task Management Function Request on the same connection."""
+    real = Connection.handle_pdu
+
+    def broken_handle(self: Connection, pdu: P.PDU, now: float) -> None:
+        last = getattr(self, "_fuzz_last", None)
+        self._fuzz_last = type(pdu)  # type: ignore[attr-defined]
+        if last is P.TaskManagementRequest and isinstance(pdu, P.TextRequest):
+            raise RuntimeError("scripted breakage")
+        real(self, pdu, now)
+
+    monkeypatch.setattr(Connection, "handle_pdu", broken_handle)
+    with InProcessSubject(IQN) as subject:
+        yield subject
+
+
+def test_scripted_breakage_is_found_shrunk_and_replayed(broken_target: Any, tmp_path: Path) -> None:
+    seconds = 10.0
+    camp = Campaign(
+        broken_target.host, broken_target.port, IQN, seconds=seconds, seed=3, workers=2,
+        health=broken_target,
+    )  # fmt: skip
+    start = time.monotonic()
+    report = camp.run()
+    assert time.monotonic() - start <= seconds * 1.05 + 0.5
+    key = ("internal-error", "RuntimeError at test_campaign.py:broken_handle")
+    assert key in report.failures, report.summary()
+    f = report.failures[key]
+    assert f.shrunk, report.summary()
+    assert _opcodes(f.pdus) == ["TaskManagementRequest", "TextRequest"], report.summary()
+    assert report.failing(strict=True)
+    # the reproducer file replays to the same failure
+    path = save(f, tmp_path, target=report.target)
+    finding = load(path)
+    seen = asyncio.run(
+        replay_once(
+            broken_target.host, broken_target.port, IQN, finding["phase"],
+            finding["login_keys"], finding["pdus"], health=broken_target,
+        )
+    )  # fmt: skip
+    assert key in seen
+
+
+def test_dead_target_is_reported_and_budget_kept() -> None:
+    """A 'target' that accepts one connection and stops listening fails liveness."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+
+    def serve_once() -> None:
+        conn, _ = srv.accept()
+        conn.close()
+        srv.close()
+
+    threading.Thread(target=serve_once, daemon=True).start()
+    start = time.monotonic()
+    report = Campaign("127.0.0.1", port, IQN, seconds=3, seed=1, workers=2).run()
+    assert time.monotonic() - start <= 3 * 1.05 + 0.5
+    assert ("liveness", "dead") in report.failures, report.summary()
+    assert report.failing(strict=False)
+
+
+def test_ddmin_finds_the_one_pair() -> None:
+    items = [bytes([i]) for i in range(40)]
+
+    async def fails(sub: list[bytes]) -> bool:
+        return bytes([7]) in sub and bytes([31]) in sub
+
+    out = asyncio.run(ddmin(items, fails, lambda: 100.0))
+    assert out == [bytes([7]), bytes([31])]
