@@ -503,6 +503,20 @@ class Cluster:
         return cdb.parse_pr_in_read_reservation(out.data), out
 
 
+def _status_text(pdu: Any) -> str:
+    """The status a SCSI Response (or a Data-In with status) carries, with its sense key
+    and additional sense code for CHECK CONDITION."""
+    name = STATUS_NAMES.get(pdu.status, f"status {pdu.status:#04x}")
+    sense = pdu.sense if isinstance(pdu, P.ScsiResponse) else b""
+    if pdu.status != CHECK_CONDITION or len(sense) < 3:
+        return name
+    desc = (sense[0] & 0x7F) in (0x72, 0x73)
+    key = sense[1] & 0x0F if desc else sense[2] & 0x0F
+    asc = (sense[2], sense[3]) if desc and len(sense) >= 4 else tuple(sense[12:14])
+    what = ASC_NAMES.get(asc, "/".join(f"{b:02X}h" for b in asc)) if len(asc) == 2 else "?"
+    return f"{name} sense key {key:X}h {what}"
+
+
 def _cdb_name(c: bytes) -> str:
     names = {
         0x00: "TEST UNIT READY",
@@ -918,8 +932,8 @@ async def test_pacemaker_in_flight_write(target: Any) -> None:
                 await b.up.drain(1.0)
                 pytest.skip(f"PREEMPT AND ABORT refused ({describe(out)})")
             later = await b.up.drain(1.5)
-            statuses = [
-                p.status
+            ends = [
+                p
                 for p in later
                 if getattr(p, "itt", None) == cmd.itt
                 and (
@@ -927,10 +941,9 @@ async def test_pacemaker_in_flight_write(target: Any) -> None:
                     or (isinstance(p, P.ScsiDataIn) and p.status_present)
                 )
             ]
-            c._line(
-                "B",
-                f"in-flight WRITE ended with {[STATUS_NAMES.get(s, s) for s in statuses] or 'no status'}",
-            )
+            statuses = [p.status for p in ends]
+            ended = [_status_text(p) for p in ends]
+            c._line("B", f"in-flight WRITE ended with {ended or 'no status'}")
             data, r = await c.read(a, LBA + 1)
             landed = data == victim
             c.fact(
@@ -938,6 +951,7 @@ async def test_pacemaker_in_flight_write(target: Any) -> None:
                 {
                     "preempt_completed_before_data": preempt_first,
                     "write_status": statuses,
+                    "write_ended_with": ended,
                     "landed": landed,
                 },
             )
@@ -957,6 +971,12 @@ async def test_pacemaker_in_flight_write(target: Any) -> None:
                 landed or GOOD not in statuses,
                 "RSPC4-5.13.11.2.6-1",
                 "B's in-flight WRITE completed with GOOD but the block does not hold its data",
+                r,
+            )
+            c.require(
+                not preempt_first or all(st == TASK_ABORTED for st in statuses),
+                "RSPC4-5.13.11.2.6-1",
+                f"fenced B's in-flight WRITE ended with {ended} after the PREEMPT AND ABORT had completed: an aborted command gets no status, or TASK ABORTED where TAS is one (SPC-4 5.13.11.2.6 c, 5.13.11.2.4.3)",
                 r,
             )
 
