@@ -72,6 +72,7 @@ def test_every_mutant_says_what_it_breaks_and_what_should_catch_it() -> None:
         "FullFeature",
         "Naming",
         "Reservations",
+        "Cluster",
         "Interop",
     }
     for m in MUTANTS:

@@ -142,6 +142,11 @@ AREAS: dict[str, Area] = {
             ("Reservations",),
         ),
         Area(
+            "cluster",
+            "reservations as failover clusters use them: arbitration, fencing, restarts (issue 13)",
+            ("Cluster",),
+        ),
+        Area(
             "discovery",
             "SendTargets filtering and the answers' format; iSCSI names",
             ("Discovery", "Naming", "Interop.Discovery", "Login.Session"),
