@@ -81,6 +81,10 @@ _Ordered = TypeVar(
 )
 
 
+class AnswerEncodingError(RuntimeError):
+    """The target built an answer that its own strict encoder refuses (an internal error)."""
+
+
 # --------------------------------------------------------------------------- state
 
 
@@ -163,7 +167,12 @@ class Connection(TaskIO):
     # ------------------------------------------------------------------ output
 
     def _emit(self, pdu: P.PDU) -> bytes:
-        raw = P.encode(pdu, header_digest=self.hd, data_digest=self.dd)
+        try:
+            raw = P.encode(pdu, header_digest=self.hd, data_digest=self.dd)
+        except PDUFormatError as exc:
+            # Our own answer breaks a format rule: our bug, never the peer's protocol
+            # error (which a PDUFormatError would otherwise be taken for).
+            raise AnswerEncodingError(f"cannot encode our own {pdu!r}: {exc}") from exc
         self.out.append(raw)
         self.engine.mark_dirty(self)
         if self.engine.trace:

@@ -81,6 +81,16 @@ class R2TState:
     lost: list[tuple[int, int]] = dataclasses.field(default_factory=list)
 
 
+def lun_number(field: int) -> int:
+    """The LUN that an 8-byte LUN field addresses, or -1 (no logical unit) for an
+    addressing method we never hand out (SAM-5 4.7: extended or logical unit
+    addressing), so that such a command is answered like one to a missing LUN."""
+    try:
+        return P.field_to_lun(field)
+    except ValueError:
+        return -1
+
+
 class Task:
     """One SCSI command in flight (RFC 7143 3.2.4.3 'task')."""
 
@@ -213,7 +223,7 @@ class TaskIO:
             # A task tag still in use (RFC 7143 11.17.1: Task in progress).
             self.reject(RejectReason.TASK_IN_PROGRESS, P.bhs_of(pdu))
             return
-        lun = P.field_to_lun(pdu.lun)
+        lun = lun_number(pdu.lun)
         lus = s.target.lus_for(s.initiator_name)
         lu = lus.get(lun)
         task = Task(cast("Connection", self), pdu, lun, lu)
@@ -645,7 +655,7 @@ class TaskIO:
             s.maxcmdsn,
             expdatasn,
             0,
-            residual,
+            min(residual, 0xFFFFFFFF),  # a CDB may ask for more than 32 bits can count
         )
         parts = P.frame_parts(bhs, data, self.hd, self.dd)
         self.out.extend(parts)
@@ -669,10 +679,12 @@ def _current_contents(lu: LogicalUnit, cdb: bytes, offset: int, length: int) -> 
     try:
         start = decode_block_cdb(cdb).lba * lu.block_size + offset
         if start + length > lu.backing.size:
-            return bytes(length)  # out of range: the LU reports it
+            # out of range: the LU reports it from the CDB before it looks at the data
+            # (SBC-3 4.5), and ``length`` may be terabytes: nothing to read or build
+            return b""
         return bytes(lu.backing.read(start, length))
     except (ValueError, AttributeError):
-        return bytes(length)
+        return b""
 
 
 def _known_command(lu: LogicalUnit, cdb: bytes) -> bool:

@@ -52,7 +52,10 @@ def perform_tmf(
     assert session is not None and session.target is not None
     engine = conn.engine
     fn = req.function & 0x7F
-    lun = P.field_to_lun(req.lun)
+    try:
+        lun = P.field_to_lun(req.lun)
+    except ValueError:  # an addressing method we never hand out: no such LU (SAM-5 4.7)
+        lun = -1
     lus = session.target.lus_for(session.initiator_name)
     lu = lus.get(lun)
 
