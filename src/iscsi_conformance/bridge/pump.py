@@ -1,0 +1,492 @@
+"""The conformance bridge: a TCP relay between any initiator and any target that
+decodes every PDU both ways, judges it (:mod:`.judge`), records it (:mod:`.capture`)
+and injects faults on demand (:mod:`.faults`).
+
+Theory of operation
+-------------------
+:class:`Bridge` listens on ``listen`` and opens a connection to the target for each
+initiator connection it accepts; two pumps per connection run on the bridge's own
+asyncio loop (a daemon thread, as ``harness.observer``). Each pump feeds what it reads
+to that direction's ``core.pdu.PDUDecoder`` and handles one whole PDU at a time: the
+judge sees it as the peer sent it, the fault plan may change what goes out, and the
+exact bytes are forwarded (re-encoded only when a fault or the address rewrite asks
+for it). The bridge keeps no PDU once forwarded: a decoder holds at most the PDU it
+is assembling, a held PDU (``merge``, ``reorder``) waits for the next one only, and the
+evidence kept per breach is a few one-line summaries of the PDUs before it.
+
+Digests switch on after the final Login Response passes (RFC 7143 13.1), as the judge
+reports them agreed. A data digest error is judged and the PDU forwarded as it was; a
+header digest error or a format error loses framing, and that direction becomes a
+plain byte pipe (still captured). Breaches that follow a fault the bridge injected on
+a connection are marked ``after_fault``: they may be the fault's doing, not a peer's.
+
+``advertise`` (host, port): TargetAddress values in Text Responses (SendTargets) are
+rewritten to the bridge's own portal, so an initiator that logs in to what discovery
+returned comes back through the bridge (the NAT case).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from iscsi_conformance.core.pdu import PDU, PDUDecoder, TextResponse, encode
+from iscsi_conformance.core.text import format_pairs, parse_pairs
+from iscsi_conformance.errors import DigestError
+
+from .capture import PcapngWriter
+from .faults import Fault, FaultPlan
+from .judge import I2T, T2I, Breach, Direction, Judge, SessionBook
+
+__all__ = ["Bridge", "BridgeBreach", "BridgedConnection"]
+
+_READ_CHUNK = 65536
+_CONTEXT = 6  # PDU summaries kept before each breach
+_HOLD = 0.2  # seconds a merged or reordered PDU waits for the next one
+
+
+@dataclasses.dataclass(frozen=True)
+class BridgeBreach:
+    """A breach seen live, with the connection and the PDUs that led to it."""
+
+    connection: int
+    breach: Breach
+    context: tuple[str, ...]
+    after_fault: bool = False
+
+    def __str__(self) -> str:
+        tag = " [after an injected fault]" if self.after_fault else ""
+        return f"conn {self.connection}: {self.breach}{tag}"
+
+
+def _summary(direction: Direction, pdu: PDU | None, size: int, note: str = "") -> str:
+    if pdu is None:
+        return f"{direction} {size} bytes {note}".rstrip()
+    fields = []
+    for name in ("itt", "ttt", "cmdsn", "statsn", "expcmdsn", "maxcmdsn", "datasn", "r2tsn",
+                 "buffer_offset", "desired_data_transfer_length", "status", "response"):  # fmt: skip
+        if hasattr(pdu, name):
+            value = getattr(pdu, name)
+            fields.append(f"{name}={value:#x}" if name in ("itt", "ttt") else f"{name}={value}")
+    return (
+        f"{direction} {type(pdu).__name__} {' '.join(fields)} data={len(pdu.data)} {note}".rstrip()
+    )
+
+
+class BridgedConnection:
+    """One relayed TCP connection: its judge, decoders, and what the bridge did to it."""
+
+    def __init__(self, index: int, book: SessionBook) -> None:
+        self.index = index
+        self.judge = Judge(book, label=f"conn {index}")
+        self.decoders: dict[Direction, PDUDecoder] = {I2T: PDUDecoder(), T2I: PDUDecoder()}
+        self.recent: collections.deque[str] = collections.deque(maxlen=_CONTEXT)
+        self.pdus = {I2T: 0, T2I: 0}
+        self.bytes = {I2T: 0, T2I: 0}
+        self.faulted = False
+        self.framing_lost: set[Direction] = set()
+        self.closed: dict[Direction, float] = {}
+        self.held: dict[Direction, tuple[Fault, bytes] | None] = {I2T: None, T2I: None}
+        self.writers: dict[Direction, asyncio.StreamWriter] = {}
+
+    def __repr__(self) -> str:
+        return f"BridgedConnection(#{self.index}, {self.pdus[I2T]}+{self.pdus[T2I]} PDUs)"
+
+
+class Bridge:
+    """``start()`` -> (host, port) for the initiator; ``stop()`` ends everything."""
+
+    def __init__(
+        self,
+        target: tuple[str, int],
+        *,
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+        faults: FaultPlan | None = None,
+        pcap: str | Path | None = None,
+        advertise: bool = False,
+        on_breach: Callable[[BridgeBreach], None] | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.target = target
+        self.listen_host, self.port = listen
+        self.faults = faults or FaultPlan()
+        self.pcap = PcapngWriter(pcap, port=target[1]) if pcap is not None else None
+        self.advertise = advertise
+        self.on_breach = on_breach
+        self.connect_timeout = connect_timeout
+        self.book = SessionBook()
+        self.connections: list[BridgedConnection] = []
+        self.breaches: list[BridgeBreach] = []
+        self.harness_errors: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._changed = threading.Condition()
+
+    def __repr__(self) -> str:
+        return f"Bridge({self.listen_host}:{self.port} -> {self.target[0]}:{self.target[1]})"
+
+    def __enter__(self) -> Bridge:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, timeout: float = 10.0) -> tuple[str, int]:
+        if self._loop is not None:
+            return self.listen_host, self.port
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._listen())
+            except BaseException as exc:  # reported to start()
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="bridge", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout) or failure:
+            self.stop()
+            reason = failure[0] if failure else "timeout"
+            raise OSError(f"bridge cannot listen on {self.listen_host}:{self.port}: {reason}")
+        return self.listen_host, self.port
+
+    async def _listen(self) -> None:
+        family = socket.AF_INET6 if ":" in self.listen_host else socket.AF_INET
+        self._server = await asyncio.start_server(
+            self._accept, self.listen_host, self.port, family=family, limit=_READ_CHUNK
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the listener and every connection, then the capture; idempotent."""
+        loop, thread = self._loop, self._thread
+        if loop is not None:
+
+            async def shutdown() -> None:
+                if self._server is not None:
+                    self._server.close()
+                for conn in self.connections:
+                    for writer in conn.writers.values():
+                        writer.close()
+                for task in list(self._tasks):
+                    task.cancel()
+                if self._tasks:
+                    await asyncio.wait(list(self._tasks), timeout=timeout)
+
+            if thread is not None and thread.is_alive() and loop.is_running():
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout + 1)
+                loop.call_soon_threadsafe(loop.stop)
+                thread.join(timeout)
+            if not loop.is_running():
+                loop.close()
+            self._loop = self._thread = None
+        if self.pcap is not None:
+            self.pcap.close()
+        self._notify()
+
+    # ------------------------------------------------------------------ waiting
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 0.05))
+        return True
+
+    def wait_closed(self, timeout: float = 5.0) -> bool:
+        return self.wait_for(lambda: all(len(c.closed) == 2 for c in self.connections), timeout)
+
+    def breaches_of(self, side: str, *, after_fault: bool = False) -> list[BridgeBreach]:
+        return [
+            b for b in self.breaches if b.breach.side == side and (after_fault or not b.after_fault)
+        ]
+
+    # ------------------------------------------------------------------ connections
+
+    async def _accept(self, ireader: asyncio.StreamReader, iwriter: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        conn = BridgedConnection(len(self.connections), self.book)
+        self.connections.append(conn)
+        host, port = self.target
+        try:
+            treader, twriter = await asyncio.wait_for(
+                asyncio.open_connection(host, port, limit=_READ_CHUNK), self.connect_timeout
+            )
+        except (TimeoutError, OSError) as exc:
+            self.harness_errors.append(
+                f"conn {conn.index}: cannot reach target {host}:{port}: {exc}"
+            )
+            conn.closed = {I2T: time.monotonic(), T2I: time.monotonic()}
+            iwriter.close()
+            self._tasks.discard(task)
+            self._notify()
+            return
+        if self.pcap is not None:
+            self.pcap.open_connection(conn.index, time.time())
+        conn.writers = {I2T: twriter, T2I: iwriter}
+        pumps = [
+            asyncio.ensure_future(self._pump(conn, I2T, ireader, twriter)),
+            asyncio.ensure_future(self._pump(conn, T2I, treader, iwriter)),
+        ]
+        self._tasks.update(pumps)
+        try:
+            await asyncio.gather(*pumps, return_exceptions=True)
+        finally:
+            for p in pumps:
+                p.cancel()
+                self._tasks.discard(p)
+            for w in (iwriter, twriter):
+                w.close()
+            self._tasks.discard(task)
+            self._notify()
+
+    async def _pump(
+        self,
+        conn: BridgedConnection,
+        direction: Direction,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        decoder = conn.decoders[direction]
+        pending = bytearray()  # bytes fed to the decoder and not yet forwarded
+        try:
+            while True:
+                data = await reader.read(_READ_CHUNK)
+                if not data:
+                    break
+                conn.bytes[direction] += len(data)
+                if direction in conn.framing_lost:
+                    await self._send(conn, direction, writer, data)
+                    continue
+                decoder.feed(data)
+                pending += data
+                out = bytearray()
+                while True:
+                    before = decoder.buffered
+                    try:
+                        pdu = decoder.next_pdu()
+                    except DigestError as exc:
+                        self._judged(conn, conn.judge.digest_error(direction, exc.which, str(exc)))
+                        if exc.which == "data":  # skipped by the decoder: still in step
+                            used = before - decoder.buffered
+                            conn.recent.append(
+                                _summary(direction, None, used, "(data digest error)")
+                            )
+                            out += pending[:used]
+                            del pending[:used]
+                            continue
+                        conn.framing_lost.add(direction)
+                    except Exception as exc:  # a format error: judged by the active tests
+                        self.harness_errors.append(
+                            f"conn {conn.index} {direction}: undecodable: {exc}"
+                        )
+                        conn.framing_lost.add(direction)
+                    if direction in conn.framing_lost:
+                        out += pending
+                        pending.clear()
+                        break
+                    if pdu is None:
+                        break
+                    used = before - decoder.buffered
+                    raw = bytes(pending[:used])
+                    del pending[:used]
+                    action = await self._handle(conn, direction, pdu, raw, writer, out)
+                    if action == "close":
+                        return
+                if out:
+                    await self._send(conn, direction, writer, bytes(out))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            conn.closed.setdefault(direction, time.monotonic())
+            held = conn.held[direction]
+            if held is not None:
+                with contextlib.suppress(Exception):
+                    await self._send(conn, direction, writer, held[1])
+            with contextlib.suppress(Exception):
+                if writer.can_write_eof():
+                    writer.write_eof()
+            if self.pcap is not None:
+                self.pcap.close_direction(conn.index, direction, time.time())
+            self._notify()
+
+    async def _send(
+        self,
+        conn: BridgedConnection,
+        direction: Direction,
+        writer: asyncio.StreamWriter,
+        data: bytes,
+    ) -> None:
+        if self.pcap is not None:
+            self.pcap.record(conn.index, direction, data, time.time())
+        writer.write(data)
+        await writer.drain()
+
+    def _judged(self, conn: BridgedConnection, breaches: list[Breach]) -> None:
+        for b in breaches:
+            record = BridgeBreach(conn.index, b, tuple(conn.recent), conn.faulted)
+            if len(self.breaches) < 10000:
+                self.breaches.append(record)
+            if self.on_breach is not None:
+                try:
+                    self.on_breach(record)
+                except Exception as exc:
+                    self.harness_errors.append(f"on_breach failed: {exc!r}")
+
+    async def _handle(
+        self,
+        conn: BridgedConnection,
+        direction: Direction,
+        pdu: PDU,
+        raw: bytes,
+        writer: asyncio.StreamWriter,
+        out: bytearray,
+    ) -> str:
+        """Judge, apply a due fault, queue the bytes in ``out``; "close" ends the pump."""
+        judge = conn.judge
+        conn.pdus[direction] += 1
+        was_ffp = judge.full_feature
+        conn.recent.append(_summary(direction, pdu, len(raw)))
+        self._judged(conn, judge.pdu(direction, pdu, raw))
+        if judge.full_feature and not was_ffp:  # RFC 7143 13.1: digests from the next PDU
+            for dec in conn.decoders.values():
+                dec.header_digest = judge.header_digest
+                dec.data_digest = judge.data_digest
+        if self.advertise and isinstance(pdu, TextResponse) and b"TargetAddress=" in pdu.data:
+            raw = self._rewrite_addresses(conn, pdu, raw)
+        fault = self.faults.decide(conn.index, pdu, was_ffp)
+        if fault is None:
+            self._release(conn, direction, out, raw)
+            return ""
+        conn.faulted = True
+        conn.recent.append(f"bridge: {fault}")
+        if fault.action == "drop":
+            return ""
+        if fault.action == "delay":
+            if out:
+                await self._send(conn, direction, writer, bytes(out))
+                out.clear()
+            await asyncio.sleep(fault.seconds)
+            self._release(conn, direction, out, raw)
+            return ""
+        if fault.action in ("digest", "hdigest", "ddigest"):
+            damaged = self._corrupt(conn, pdu, raw, fault)
+            self._release(conn, direction, out, damaged)
+            return ""
+        if fault.action == "close":
+            for w in conn.writers.values():
+                with contextlib.suppress(Exception):
+                    sock = w.get_extra_info("socket")
+                    if sock is not None:  # linger 0: the close is a reset
+                        sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                    w.transport.abort()
+            return "close"
+        if fault.action == "split":
+            if out:
+                await self._send(conn, direction, writer, bytes(out))
+                out.clear()
+            await self._send(conn, direction, writer, raw[:20])
+            await asyncio.sleep(0.05)
+            await self._send(conn, direction, writer, raw[20:])
+            return ""
+        if out:  # what came before the held PDU goes first
+            await self._send(conn, direction, writer, bytes(out))
+            out.clear()
+        held = (fault, raw)  # merge / reorder: waits for the next PDU, _HOLD at most
+        conn.held[direction] = held
+        asyncio.get_running_loop().call_later(_HOLD, self._flush_held, conn, direction, held)
+        return ""
+
+    def _flush_held(self, conn: BridgedConnection, direction: Direction, held: object) -> None:
+        """No next PDU came in time: the held one goes out alone (after the pause)."""
+        if conn.held[direction] is not held:
+            return
+        conn.held[direction] = None
+        writer = conn.writers.get(direction)
+        if writer is None or writer.is_closing():
+            return
+        raw = held[1]  # type: ignore[index]
+        if self.pcap is not None:
+            self.pcap.record(conn.index, direction, raw, time.time())
+        writer.write(raw)
+
+    def _release(
+        self, conn: BridgedConnection, direction: Direction, out: bytearray, raw: bytes
+    ) -> None:
+        held = conn.held[direction]
+        conn.held[direction] = None
+        if held is None:
+            out += raw
+        elif held[0].action == "merge":
+            out += held[1] + raw
+        else:  # reorder: the held PDU goes after this one
+            out += raw + held[1]
+
+    def _corrupt(self, conn: BridgedConnection, pdu: PDU, raw: bytes, fault: Fault) -> bytes:
+        judge = conn.judge
+        data_ok = judge.data_digest and pdu.data and fault.action != "hdigest"
+        if data_ok and fault.action in ("digest", "ddigest"):
+            return raw[:-4] + bytes(b ^ 0xFF for b in raw[-4:])
+        if judge.header_digest and fault.action != "ddigest":
+            at = 48 + raw[4] * 4
+            return raw[:at] + bytes(b ^ 0xFF for b in raw[at : at + 4]) + raw[at + 4 :]
+        self.harness_errors.append(
+            f"conn {conn.index}: {fault}: no such digest agreed, forwarded intact"
+        )
+        return raw
+
+    def _rewrite_addresses(self, conn: BridgedConnection, pdu: TextResponse, raw: bytes) -> bytes:
+        try:
+            pairs = parse_pairs(pdu.data)
+        except Exception:
+            return raw
+        mine = f"{self.listen_host}:{self.port}"
+        if ":" in self.listen_host:
+            mine = f"[{self.listen_host}]:{self.port}"
+        new = []
+        for key, value in pairs:
+            if key == "TargetAddress":
+                _, comma, tag = value.rpartition(",")
+                value = mine + (f",{tag}" if comma else "")
+            new.append((key, value))
+        judge = conn.judge
+        return encode(
+            dataclasses.replace(pdu, data=format_pairs(new)),
+            header_digest=judge.header_digest,
+            data_digest=judge.data_digest,
+            strict=False,
+        )

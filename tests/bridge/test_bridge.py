@@ -1,0 +1,212 @@
+"""The conformance bridge live (bridge/pump.py): the reference initiator and the
+reference target talk through it with data verified; it finds nothing in that clean
+conversation, finds the breach of a target broken on purpose (mutants of the
+reference target) and of an initiator broken on purpose (a rewriting PDU hook), writes
+a pcapng that replays to the same verdict, and injects each fault on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iscsi_conformance.bridge.capture import _frames, conversations, replay
+from iscsi_conformance.bridge.faults import FaultPlan, parse_fault
+from iscsi_conformance.bridge.pump import Bridge
+from iscsi_conformance.core import pdu as P
+from iscsi_conformance.initiator.client import Session, discover
+from iscsi_conformance.mutation import get as get_mutant
+from iscsi_conformance.mutation.patching import Patcher
+from iscsi_conformance.target.config import parse_config
+from iscsi_conformance.target.server import TargetServer
+
+DISK = "iqn.2024-01.org.example:bridge-disk"
+SMALL = "iqn.2024-01.org.example:bridge-small"  # R2Ts: InitialR2T=Yes, ImmediateData=No
+DIGESTS = {"HeaderDigest": "CRC32C", "DataDigest": "CRC32C"}
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TargetServer]:
+    tmp = tmp_path_factory.mktemp("bridge-target")
+    cfg = {
+        "server": {"state_dir": str(tmp / "state")},
+        "portal_groups": [{"tag": 1, "portals": ["127.0.0.1:0"]}],
+        "targets": [
+            {"name": DISK, "luns": [{"lun": 0, "size": "4M"}]},
+            {
+                "name": SMALL,
+                "luns": [{"lun": 0, "size": "1M"}],
+                "parameters": {
+                    "MaxRecvDataSegmentLength": 4096,
+                    "MaxBurstLength": 8192,
+                    "FirstBurstLength": 4096,
+                    "InitialR2T": True,
+                    "ImmediateData": False,
+                    "MaxOutstandingR2T": 2,
+                },
+            },
+        ],
+    }
+    srv = TargetServer(parse_config(cfg))
+    srv.start_in_thread()
+    try:
+        yield srv
+    finally:
+        srv.stop_thread()
+
+
+def _io(
+    bridge: Bridge, name: str, keys: dict[str, str] | None = None, timeout: float = 5, **kw: Any
+) -> None:
+    """Log in through the bridge, write and read back 64 KiB (data verified), log out."""
+    host, port = bridge.listen_host, bridge.port
+
+    async def run() -> None:
+        async with Session.connect(host, port, name, keys=keys, timeout=timeout, **kw) as s:
+            data = os.urandom(65536)
+            await s.write(0, 8, data)
+            assert await s.read(0, 8, 128) == data
+            await s.logout()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def bridge(target: TargetServer, tmp_path: Path) -> Iterator[Any]:
+    made: list[Bridge] = []
+
+    def make(*faults: str, pcap: bool = False) -> Bridge:
+        b = Bridge(
+            target.portal(),
+            faults=FaultPlan(faults),
+            pcap=tmp_path / "bridge.pcapng" if pcap else None,
+            advertise=True,
+        )
+        b.start()
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+def test_clean_conversation_passes_and_replays_the_same(bridge: Any) -> None:
+    b = bridge(pcap=True)
+
+    async def discovery() -> list[Any]:
+        return await discover(b.listen_host, b.port)
+
+    found = asyncio.run(discovery())
+    # SendTargets came back rewritten to the bridge's own portal (the NAT case)
+    assert {(p.host, p.port) for t in found for p in t.addresses} == {(b.listen_host, b.port)}
+    _io(b, DISK, DIGESTS)
+    _io(b, SMALL, {"ImmediateData": "No", "InitialR2T": "Yes"})
+    assert b.wait_closed(5)
+    assert [str(x) for x in b.breaches] == []
+    assert b.harness_errors == []
+    ffp = [c for c in b.connections if c.judge.full_feature]
+    assert len(ffp) == 3 and all(c.judge.index > 4 for c in ffp)
+    b.stop()
+    # the capture replays to the same verdict, PDU for PDU
+    pcap = b.pcap.path  # type: ignore[union-attr]
+    port = struct.unpack("!HH", next(iter(_frames(pcap.read_bytes())))[1][20:24])[1]
+    convs = conversations(pcap, port)
+    assert [replay(c).index for c in convs] == [c.judge.index for c in b.connections]
+    assert all(replay(c).breaches == [] for c in convs)
+
+
+# mutant of the reference target -> (target name, the rule the bridge must report)
+BROKEN_TARGETS = {
+    "Data.DataSN.StartsAtOne": (DISK, "datasn.datain"),
+    "Data.Offset.Shifted": (DISK, "datain.offsets"),
+    "R2T.R2TSN.StartsAtOne": (SMALL, "r2tsn.sequence"),
+    "R2T.Burst.AboveMaxBurstLength": (SMALL, "r2t.burst"),
+    "R2T.Outstanding.AboveMaxOutstandingR2T": (SMALL, "r2t.outstanding"),
+    "Sequencing.StatSN.SkipsOne": (DISK, "statsn.sequence"),
+}
+
+
+@pytest.mark.parametrize("mutant", sorted(BROKEN_TARGETS))
+def test_a_target_broken_on_purpose_is_caught(bridge: Any, mutant: str) -> None:
+    name, rule = BROKEN_TARGETS[mutant]
+    b = bridge()
+    patcher = Patcher()
+    get_mutant(mutant).apply(patcher)
+    try:
+        with _anything():  # small segments: a read takes 16 Data-In PDUs
+            _io(b, name, {"MaxRecvDataSegmentLength": "4096"})
+    finally:
+        patcher.undo()
+    found = {x.breach.rule.name for x in b.breaches}
+    assert rule in found, f"{mutant}: {rule} not reported; found {sorted(found)}"
+    assert all(x.breach.side == "target" for x in b.breaches if x.breach.rule.name == rule)
+
+
+class _anything:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return True
+
+
+def test_an_initiator_broken_on_purpose_is_caught(bridge: Any) -> None:
+    b = bridge()
+
+    def hook(pdu: P.PDU) -> P.PDU:
+        if isinstance(pdu, P.ScsiDataOut):  # every Data-Out claims DataSN 5
+            return dataclasses.replace(pdu, datasn=5)
+        return pdu
+
+    with _anything():
+        _io(b, SMALL, pdu_hook=hook)
+    found = {(x.breach.rule.name, x.breach.side) for x in b.breaches}
+    assert ("datasn.dataout", "initiator") in found, found
+
+
+@pytest.mark.parametrize(
+    "spec, expect",
+    [
+        ("ddigest:ScsiDataOut", "rejected"),  # RFC 7143 7.8: Reject (Data-Digest-Error)
+        ("hdigest:ScsiCommand", "closed"),  # header digest: the target drops the connection
+        ("close:ScsiDataOut", "closed"),  # reset mid-write
+        ("drop:ScsiResponse", "timeout"),  # the answer never comes
+        ("delay:ScsiResponse=0.3", "ok"),
+        ("split:ScsiCommand", "ok"),
+        ("merge:ScsiCommand", "ok"),
+        ("reorder:ScsiDataIn", "ok"),
+    ],
+)
+def test_faults_on_demand(bridge: Any, spec: str, expect: str) -> None:
+    b = bridge(spec)
+    keys = DIGESTS if "digest" in spec else None
+    outcome = "ok"
+    try:
+        _io(b, SMALL if "ScsiDataOut" in spec else DISK, keys, timeout=1 if "drop" in spec else 5)
+    except Exception as exc:
+        text = f"{type(exc).__name__} {exc}".lower()
+        words = {"rejected": "rejected", "closed": "closed", "lost": "closed", "reset": "closed",
+                 "timeout": "timeout"}  # fmt: skip
+        outcome = next((v for w, v in words.items() if w in text), text)
+    assert [str(f[0]) for f in b.faults.fired] == [str(parse_fault(spec))]
+    if expect == "ok":
+        assert outcome == "ok"
+        assert [str(x) for x in b.breaches if not x.after_fault] == []
+    else:
+        assert outcome.startswith(expect) or expect in outcome, outcome
+
+
+@pytest.mark.parametrize(
+    "spec", ["", "drop", "drop:", "drop:Nothing", "delay:NopIn", "delay:NopIn=-1", "drop:NopIn#0",
+             "split:NopIn=3"],
+)  # fmt: skip
+def test_a_bad_fault_spec_is_one_clear_error(spec: str) -> None:
+    with pytest.raises(ValueError, match="fault"):
+        parse_fault(spec)

@@ -1,0 +1,347 @@
+"""The bridge's passive rules (bridge/judge.py): each rule passes the real libiscsi x tgt
+conversations of fixtures/captures/ and catches the same conversation with one breach
+planted in it; the rule table agrees with the requirements catalog."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from bridge_helpers import golden
+
+from iscsi_conformance.bridge.capture import Conversation, replay
+from iscsi_conformance.bridge.judge import RULES, Judge, SessionBook, judge_pdus
+from iscsi_conformance.core import pdu as P
+from iscsi_conformance.core.text import format_pairs, parse_pairs
+
+Conv = list[tuple[str, P.PDU]]
+CATALOG = Path(__file__).resolve().parents[2] / "conformance" / "requirements" / "rfc7143.toml"
+NONE = 0xFFFFFFFF
+
+
+@pytest.fixture(scope="module")
+def convs() -> list[Conv]:
+    from bridge_helpers import decoded
+
+    return [decoded(c) for c in golden()]
+
+
+# conversations of the golden capture (make_capture.sh's order)
+DISCOVERY, READS, INQUIRY, WRITES, TMF = 0, 2, 3, 8, 10
+
+
+def test_rules_match_the_catalog() -> None:
+    rows = {r["id"]: r for r in tomllib.loads(CATALOG.read_text())["requirement"]}
+    for rule in RULES.values():
+        row = rows.get(rule.requirement)
+        assert row is not None, f"{rule.name}: {rule.requirement} is not in the catalog"
+        # never stronger than the catalog (a row the catalog weakens is followed at once)
+        assert rule.level in (row["level"], "INFORMATIONAL"), f"{rule.name}: {rule.level}"
+        assert row["role"] in (rule.sender, "both"), f"{rule.name}: role {row['role']}"
+
+
+def test_golden_captures_raise_no_alarm() -> None:
+    book = SessionBook()
+    found = [str(b) for c in golden() for b in replay(c, book).breaches]
+    assert found == []
+
+
+# ---------------------------------------------------------------- planting helpers
+
+
+def at(conv: Conv, cls: type, n: int = 0, pred: Callable[[P.PDU], bool] = lambda p: True) -> int:
+    hits = [i for i, (_, p) in enumerate(conv) if isinstance(p, cls) and pred(p)]
+    return hits[n]
+
+
+def put(conv: Conv, i: int, **fields: object) -> Conv:
+    d, p = conv[i]
+    return [*conv[:i], (d, dataclasses.replace(p, **fields)), *conv[i + 1 :]]  # type: ignore[call-arg]
+
+
+def change(cls: type, n: int = 0, **fields: object) -> Callable[[Conv], Conv]:
+    return lambda c: put(c, at(c, cls, n), **fields)
+
+
+def insert(cls: type, n: int, pdu: P.PDU, *, after: bool = True) -> Callable[[Conv], Conv]:
+    def plant(c: Conv) -> Conv:
+        i = at(c, cls, n) + (1 if after else 0)
+        d = "i->t" if pdu.is_request else "t->i"
+        return [*c[:i], (d, pdu), *c[i:]]
+
+    return plant
+
+
+def keys(
+    cls: type, edit: Callable[[list[tuple[str, str]]], list[tuple[str, str]]]
+) -> Callable[[Conv], Conv]:
+    def plant(c: Conv) -> Conv:
+        i = at(c, cls)
+        pairs = edit(parse_pairs(c[i][1].data))
+        return put(c, i, data=format_pairs(pairs, strict=False))
+
+    return plant
+
+
+def set_key(name: str, value: str) -> Callable[[list[tuple[str, str]]], list[tuple[str, str]]]:
+    def edit(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        if any(k == name for k, _ in pairs):
+            return [(k, value if k == name else v) for k, v in pairs]
+        return [*pairs, (name, value)]
+
+    return edit
+
+
+def drop_key(name: str) -> Callable[[list[tuple[str, str]]], list[tuple[str, str]]]:
+    return lambda pairs: [(k, v) for k, v in pairs if k != name]
+
+
+def then(*plants: Callable[[Conv], Conv]) -> Callable[[Conv], Conv]:
+    def plant(c: Conv) -> Conv:
+        for p in plants:
+            c = p(c)
+        return c
+
+    return plant
+
+
+def _last_cmdsn(c: Conv) -> int:
+    return [p.cmdsn for _, p in c if isinstance(p, P.ScsiCommand)][-1]
+
+
+def _logout_cmdsn(c: Conv) -> int:
+    return c[at(c, P.LogoutRequest)][1].cmdsn  # type: ignore[attr-defined]
+
+
+def _ping_pair(c: Conv, nop_in: P.NopIn, nop_out: P.NopOut) -> Conv:
+    i = at(c, P.LogoutRequest)
+    return [*c[:i], ("t->i", nop_in), ("i->t", nop_out), *c[i:]]
+
+
+def _nop_in_for(c: Conv, **fields: object) -> P.NopIn:
+    resp = c[at(c, P.ScsiResponse, -1)][1]
+    base = dict(
+        itt=NONE,
+        ttt=0x77,
+        statsn=resp.statsn + 1,
+        expcmdsn=resp.expcmdsn,  # type: ignore[attr-defined]
+        maxcmdsn=resp.maxcmdsn,
+        data=b"ping",
+    )  # type: ignore[attr-defined]
+    base.update(fields)
+    return P.NopIn(**base)  # type: ignore[arg-type]
+
+
+def _nop_out_answer(c: Conv, **fields: object) -> P.NopOut:
+    base = dict(immediate=True, itt=NONE, ttt=0x77, cmdsn=_logout_cmdsn(c), data=b"ping")
+    base.update(fields)
+    return P.NopOut(**base)  # type: ignore[arg-type]
+
+
+def _own_ping(c: Conv, echo: bytes) -> Conv:
+    i = at(c, P.LogoutRequest)
+    cmdsn = _logout_cmdsn(c)
+    resp = c[at(c, P.ScsiResponse, -1)][1]
+    out = P.NopOut(immediate=True, itt=0x99, cmdsn=cmdsn, data=b"abcd")
+    back = P.NopIn(
+        itt=0x99,
+        statsn=resp.statsn + 1,
+        expcmdsn=cmdsn,
+        maxcmdsn=cmdsn + 30,  # type: ignore[attr-defined]
+        data=echo,
+    )
+    return [*c[:i], ("i->t", out), ("t->i", back), *c[i:]]
+
+
+def _second_r2t(c: Conv, **fields: object) -> Conv:
+    i = at(c, P.R2T)
+    r2t = dataclasses.replace(c[i][1], **fields)  # type: ignore[call-arg]
+    return [*c[: i + 1], ("t->i", r2t), *c[i + 1 :]]
+
+
+def _after_dataout_r2t(c: Conv, **fields: object) -> Conv:
+    i = at(c, P.ScsiDataOut)
+    r2t = dataclasses.replace(c[at(c, P.R2T)][1], **fields)  # type: ignore[call-arg]
+    return [*c[: i + 1], ("t->i", r2t), *c[i + 1 :]]
+
+
+# rule name -> (conversation, plant)
+PLANTED: dict[str, tuple[int, Callable[[Conv], Conv]]] = {
+    "format.fields": (INQUIRY, change(P.LogoutRequest, reason=9)),
+    "format.fields.target": (INQUIRY, change(P.ScsiResponse, overflow=True, underflow=True)),
+    "login.t_and_c": (INQUIRY, change(P.LoginRequest, cont=True)),
+    "login.t_and_c.target": (INQUIRY, change(P.LoginResponse, cont=True)),
+    "datain.s_needs_f": (READS, change(P.ScsiDataIn, final=False)),
+    "command.rw_length": (
+        INQUIRY,
+        lambda c: put(c, at(c, P.ScsiCommand, pred=lambda p: p.read), read=False),
+    ),
+    "login.same_ids": (INQUIRY, insert(P.LoginRequest, 0, P.LoginRequest(cid=5), after=True)),
+    "login.transit_granted": (INQUIRY, change(P.LoginRequest, transit=False)),
+    "login.tsih": (INQUIRY, change(P.LoginResponse, tsih=0)),
+    "login.only_login": (INQUIRY, insert(P.LoginRequest, 0, P.NopOut(itt=0x55), after=True)),
+    "login.silent_after_failure": (
+        INQUIRY,
+        then(
+            change(P.LoginResponse, status_class=2, transit=False),
+            insert(P.LoginResponse, 0, P.LoginRequest(), after=True),
+        ),
+    ),
+    "login.cmdsn": (
+        INQUIRY,
+        insert(P.LoginRequest, 0, P.LoginRequest(cmdsn=77), after=True),
+    ),
+    "keys.answered": (INQUIRY, keys(P.LoginResponse, drop_key("MaxBurstLength"))),
+    "keys.list_answer": (WRITES, keys(P.LoginResponse, set_key("HeaderDigest", "CRC32C,None"))),
+    "keys.numeric_answer": (INQUIRY, keys(P.LoginResponse, set_key("MaxBurstLength", "300000"))),
+    "keys.boolean_answer": (
+        INQUIRY,  # InitialR2T is OR: an offer of Yes can only give Yes
+        then(
+            keys(P.LoginRequest, set_key("InitialR2T", "Yes")),
+            keys(P.LoginResponse, set_key("InitialR2T", "No")),
+        ),
+    ),
+    "keys.well_formed": (INQUIRY, keys(P.LoginRequest, set_key("MaxConnections", "0"))),
+    "keys.sender": (INQUIRY, keys(P.LoginRequest, set_key("TargetAlias", "mine"))),
+    "cmdsn.sequence": (INQUIRY, change(P.ScsiCommand, 1, cmdsn=1000)),
+    "cmdsn.window": (
+        INQUIRY,
+        lambda c: put(c, at(c, P.ScsiCommand, 1), cmdsn=c[at(c, P.ScsiResponse)][1].maxcmdsn + 1),
+    ),  # type: ignore[attr-defined]
+    "cmdsn.target_window": (
+        INQUIRY,
+        lambda c: put(c, at(c, P.ScsiResponse), maxcmdsn=c[at(c, P.ScsiResponse)][1].expcmdsn - 2),
+    ),  # type: ignore[attr-defined]
+    "statsn.sequence": (
+        INQUIRY,
+        lambda c: put(
+            c, at(c, P.ScsiResponse, 1), statsn=c[at(c, P.ScsiResponse, 1)][1].statsn + 1
+        ),
+    ),  # type: ignore[attr-defined]
+    "datasn.datain": (READS, change(P.ScsiDataIn, datasn=1)),
+    "r2tsn.sequence": (WRITES, change(P.R2T, r2tsn=1)),
+    "datasn.dataout": (WRITES, change(P.ScsiDataOut, datasn=1)),
+    "mrdsl.target": (READS, lambda c: put(c, at(c, P.ScsiDataIn), data=bytes(262148))),
+    "mrdsl.initiator": (WRITES, lambda c: put(c, at(c, P.ScsiDataOut), data=bytes(262148))),
+    "datain.offsets": (READS, change(P.ScsiDataIn, buffer_offset=512)),
+    "datain.burst": (
+        READS,
+        then(
+            keys(P.LoginResponse, set_key("MaxBurstLength", "512")),
+            lambda c: put(c, at(c, P.ScsiDataIn), data=bytes(1024)),
+        ),
+    ),
+    "r2t.burst": (WRITES, change(P.R2T, desired_data_transfer_length=262145)),
+    "r2t.outstanding": (WRITES, lambda c: _second_r2t(c, ttt=0x4242, r2tsn=1)),
+    "r2t.not_unsolicited": (WRITES, change(P.R2T, buffer_offset=0)),
+    "r2t.in_order": (WRITES, lambda c: _after_dataout_r2t(c, ttt=0x4243, r2tsn=1, buffer_offset=0)),
+    "dataout.answers_r2t": (WRITES, change(P.ScsiDataOut, ttt=0x1234)),
+    "unsolicited.initial_r2t": (WRITES, change(P.ScsiDataOut, ttt=NONE)),
+    "unsolicited.immediate_data": (WRITES, keys(P.LoginResponse, set_key("ImmediateData", "No"))),
+    "unsolicited.first_burst": (
+        WRITES,
+        lambda c: put(c, at(c, P.ScsiCommand, pred=lambda p: bool(p.data)), data=bytes(65540)),
+    ),
+    "itt.unique": (INQUIRY, change(P.ScsiCommand, 1, itt=NONE)),
+    "residual.underflow": (READS, change(P.ScsiDataIn, underflow=True, residual_count=8)),
+    "response.expdatasn": (INQUIRY, change(P.ScsiResponse, expdatasn=3)),
+    "nop.echo": (INQUIRY, lambda c: _own_ping(c, echo=b"dcba")),
+    "nop.ping_reply": (
+        INQUIRY,
+        lambda c: _ping_pair(c, _nop_in_for(c), _nop_out_answer(c, data=b"pong")),
+    ),
+    "nop.reply_form": (INQUIRY, lambda c: _ping_pair(c, _nop_in_for(c), _nop_out_answer(c, itt=5))),
+    "logout.last": (
+        INQUIRY,
+        lambda c: insert(
+            P.LogoutRequest, 0, P.ScsiCommand(itt=0x321, cmdsn=_logout_cmdsn(c) + 1, cdb=b"\0" * 6)
+        )(c),
+    ),
+}
+
+
+def _target_offer(key: str, offer: str, answer: str) -> Callable[[Conv], Conv]:
+    """The target offers ``key`` in its Login Response; the initiator answers in a
+    second login round (a Login Request and a final response are added)."""
+
+    def plant(c: Conv) -> Conv:
+        i = at(c, P.LoginResponse)
+        d, resp = c[i]
+        first = c[at(c, P.LoginRequest)][1]
+        offering = dataclasses.replace(
+            resp, transit=False, nsg=1, tsih=0,  # type: ignore[call-arg]
+            data=format_pairs([*parse_pairs(resp.data), (key, offer)], strict=False),
+        )  # fmt: skip
+        reply = dataclasses.replace(first, transit=True, data=format_pairs([(key, answer)]))  # type: ignore[call-arg]
+        final = dataclasses.replace(resp, data=b"")  # type: ignore[call-arg]
+        return [*c[:i], (d, offering), ("i->t", reply), (d, final), *c[i + 1 :]]
+
+    return plant
+
+
+PLANTED["keys.list_answer.initiator"] = (INQUIRY, _target_offer("HeaderDigest", "None", "CRC32C"))
+PLANTED["keys.numeric_answer.initiator"] = (
+    INQUIRY,
+    _target_offer("MaxBurstLength", "4096", "8192"),
+)
+PLANTED["keys.boolean_answer.initiator"] = (INQUIRY, _target_offer("InitialR2T", "Yes", "No"))
+
+
+def test_every_rule_has_a_planted_breach() -> None:
+    missing = set(RULES) - set(PLANTED) - {"padding.zero", "padding.zero.target",
+                                             "digest.correct", "digest.correct.target"}  # fmt: skip
+    assert not missing, f"rules without a planted breach: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("rule", sorted(PLANTED))
+def test_planted_breach_is_caught(rule: str, convs: list[Conv]) -> None:
+    index, plant = PLANTED[rule]
+    clean = convs[index]
+    assert judge_pdus(clean) == []  # the clean conversation passes
+    breaches = judge_pdus(plant(clean))
+    names = {b.rule.name for b in breaches}
+    assert rule in names, f"{rule} not caught; found {sorted(names)}"
+    hit = next(b for b in breaches if b.rule.name == rule)
+    assert hit.side == RULES[rule].sender
+    assert RULES[rule].requirement in str(hit)
+
+
+def _corrupt(conv: Conversation, direction: str, which: str) -> Conversation:
+    """Flip a byte of the first full-feature PDU's header digest (or of its data)."""
+    segs = list(conv.segments)
+    i = [n for n, (d, _) in enumerate(segs) if d == direction][1]  # after the login PDU
+    d, data = segs[i]
+    at_byte = 50 if which == "header" else len(data) - 1
+    segs[i] = (d, data[:at_byte] + bytes([data[at_byte] ^ 0xFF]) + data[at_byte + 1 :])
+    return Conversation(conv.client_port, segs)
+
+
+@pytest.mark.parametrize(
+    "direction, rule", [("i->t", "digest.correct"), ("t->i", "digest.correct.target")]
+)
+def test_a_wrong_header_digest_is_the_senders_breach(direction: str, rule: str) -> None:
+    conv = golden()[WRITES]  # HeaderDigest=CRC32C agreed
+    assert replay(conv).breaches == []
+    judge = replay(_corrupt(conv, direction, "header"))
+    assert [b.rule.name for b in judge.breaches] == [rule]
+
+
+@pytest.mark.parametrize(
+    "direction, rule", [("i->t", "padding.zero"), ("t->i", "padding.zero.target")]
+)
+def test_nonzero_padding_is_flagged(direction: str, rule: str) -> None:
+    pdu: P.PDU = (
+        P.TextRequest(final=True, itt=1, data=b"A=1\0")  # 4 bytes: no pad; use 5
+        if direction == "i->t"
+        else P.TextResponse(final=True, itt=1, data=b"A=1\0")
+    )
+    pdu = dataclasses.replace(pdu, data=b"AB=1\0")  # type: ignore[call-arg]
+    raw = P.encode(pdu, strict=False, tamper=P.Tamper(padding=b"\x01\0\0"))
+    judge = Judge()
+    judge.full_feature = True
+    assert rule in {b.rule.name for b in judge.pdu(direction, pdu, raw)}  # type: ignore[arg-type]
+    clean = P.encode(pdu, strict=False)
+    assert not Judge().pdu(direction, pdu, clean)  # type: ignore[arg-type]
