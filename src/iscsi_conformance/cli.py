@@ -13,6 +13,8 @@ Subcommands:
 - ``report``: merge results files, render HTML / JUnit.
 - ``peers``: list the peers this installation knows, with their capabilities.
 - ``fuzz``: drive Hypothesis-generated PDUs at a target.
+- ``bridge``: the conformance bridge between any initiator and any target
+  (``iscsi_conformance.bridge``): every PDU judged both ways, faults on demand.
 - ``mutate``: the suite's mutation score: named mutants of the reference target, one
   at a time, and the tests that kill each (``iscsi_conformance.mutation``).
 
@@ -324,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("fuzz", "fuzz a target with Hypothesis-generated PDUs"),
         ("mutate", "mutation score of the suite: break the reference target, see what is caught"),
         ("isns", "run the reference iSNS server (RFC 4171)"),
+        ("bridge", "relay an initiator to a target, judging every PDU both ways"),
     ):
         p = sub.add_parser(name, help=helptext, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -338,6 +341,7 @@ _DELEGATES = {
     "fuzz": "iscsi_conformance.fuzz.cli",
     "mutate": "iscsi_conformance.mutation.cli",
     "isns": "iscsi_conformance.isns.cli",
+    "bridge": "iscsi_conformance.bridge.cli",
 }
 
 
