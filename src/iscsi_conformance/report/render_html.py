@@ -678,6 +678,15 @@ def fmt_duration(seconds: float) -> str:
     return f"{m} min {s} s" if m < 60 else f"{m // 60} h {m % 60} min"
 
 
+def _cluster_timeline(value: Any) -> Any:
+    """The picture of a Cluster scenario's timeline (report/cluster_timeline.py)."""
+    from markupsafe import Markup
+
+    from iscsi_conformance.report.cluster_timeline import render
+
+    return Markup(render(value))  # render() escapes every text it writes
+
+
 @functools.cache
 def _environment() -> Any:
     """One environment per process: compiling the templates costs more than rendering."""
@@ -692,6 +701,7 @@ def _environment() -> Any:
     )
     env.filters["duration"] = fmt_duration
     env.filters["ts"] = _fmt_ts
+    env.filters["cluster_timeline"] = _cluster_timeline
     env.globals["SYMBOL"] = SYMBOL
     env.globals["LABEL"] = LABEL
     env.globals["OUTCOMES"] = SHOWN
