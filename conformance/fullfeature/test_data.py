@@ -552,7 +552,7 @@ async def test_data_out_datasn_out_of_order(target: Any) -> None:
         r2t = await ffp.recv()
         require(
             isinstance(r2t, P.R2T) and r2t.itt == cmd.itt,
-            "R7143-11.8-3",
+            "R7143-7.9-1",
             "no R2T for a write with ImmediateData=No and InitialR2T=Yes",
             sent=[cmd],
             received=ffp.shown(r2t),
