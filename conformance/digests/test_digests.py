@@ -572,3 +572,127 @@ async def test_digests_on_async_message(target: Any) -> None:
                 f"with valid digests: {msg if msg is not None else ffp.no_answer}",
                 received=ffp.shown(msg),
             )
+
+
+RECOVERY_LBA = 96  # the block the solicited-data recovery test writes and reads back
+BLOCK = 512
+
+
+@spec(
+    "Digests.Errors.SolicitedDataDigestAtErl1",
+    "RFC 7143 7.8",
+    "RFC 7143 7.3",
+    requirements=["R7143-7.8-4"],
+    needs=("erl=1",),
+    dataloss=True,
+)
+async def test_solicited_data_digest_error_erl1(target: Any) -> None:
+    """At ErrorRecoveryLevel 1 a solicited Data-Out with a bad data digest is answered
+    with Reject 02h carrying its header, and the task still ends with a SCSI Response:
+    after a recovery R2T for the lost range (the data sent again is what gets written)
+    or with CHECK CONDITION. GOOD without the data ever asked again, silence or a
+    hang-up fail (7.8; 7.3: a Reject never ends an active task by itself)."""
+    keys = [
+        ("HeaderDigest", "CRC32C"),
+        ("DataDigest", "CRC32C"),
+        ("ErrorRecoveryLevel", "1"),
+        ("InitialR2T", "Yes"),
+        ("ImmediateData", "No"),
+    ]
+    async with full_feature(target, keys=keys) as ffp:
+        if ffp.probe.negotiated.get("ErrorRecoveryLevel") != "1":
+            pytest.skip("the target did not agree to ErrorRecoveryLevel=1")
+        lun = target.lun
+        payload = os.urandom(BLOCK)
+        cmd, r2t, got = await ffp.hold_write(lun, cdb.write10(RECOVERY_LBA, 1), BLOCK)
+        if r2t is None:
+            raise violation(
+                "harness",
+                "the 1-block WRITE under InitialR2T=Yes, ImmediateData=No got no R2T",
+                sent=[cmd],
+                received=ffp.shown(*got, None),
+            )
+        bad = P.ScsiDataOut(
+            final=True,
+            lun=P.lun_to_field(lun),
+            itt=cmd.itt,
+            ttt=r2t.ttt,
+            expstatsn=ffp.expstatsn,
+            datasn=0,
+            buffer_offset=r2t.buffer_offset,
+            data=payload[r2t.buffer_offset : r2t.buffer_offset + r2t.desired_data_transfer_length],
+        )
+        padded = bad.data + b"\0" * (-len(bad.data) % 4)
+        wire = P.encode(
+            bad,
+            header_digest=True,
+            data_digest=True,
+            strict=False,
+            tamper=P.Tamper(data_digest_value=crc32c(padded) ^ 1),
+        )
+        await ffp.send(bad, encoded=wire)
+        sent: list[Any] = [cmd, bad]
+        seen: list[Any] = []
+        rejects: list[Any] = []
+        recovered = False
+        response = None
+        for _ in range(16):
+            p = await ffp.recv(timeout=5.0)
+            if p is None:
+                break
+            seen.append(p)
+            if isinstance(p, P.Reject):
+                rejects.append(p)
+            elif isinstance(p, P.R2T) and p.itt == cmd.itt:
+                recovered = True
+                start = p.buffer_offset
+                again = P.ScsiDataOut(
+                    final=True,
+                    lun=P.lun_to_field(lun),
+                    itt=cmd.itt,
+                    ttt=p.ttt,
+                    expstatsn=ffp.expstatsn,
+                    datasn=0,
+                    buffer_offset=start,
+                    data=payload[start : start + p.desired_data_transfer_length],
+                )
+                await ffp.send(again)
+                sent.append(again)
+            elif isinstance(p, P.ScsiResponse) and p.itt == cmd.itt:
+                response = p
+                break
+        require(
+            any(r.reason == 0x02 and r.data[:48] == P.bhs_of(bad)[:48] for r in rejects),
+            "R7143-7.8-4",
+            "the Data-Out with a bad data digest was not answered with a Reject "
+            "(Data-Digest-Error, 02h) carrying its header",
+            sent=sent,
+            received=ffp.shown(*seen, None) if response is None else seen,
+        )
+        require(
+            response is not None,
+            "R7143-7.8-4",
+            "after rejecting the Data-Out the target neither asked for the data again nor "
+            f"ended the task: no SCSI Response ({ffp.no_answer})",
+            sent=sent,
+            received=ffp.shown(*seen, None),
+        )
+        if response.status != 0:
+            return  # the task ended with CHECK CONDITION: the other allowed choice
+        require(
+            recovered,
+            "R7143-7.8-4",
+            "the WRITE ended GOOD although the only Data-Out was discarded for its digest "
+            "and no recovery R2T asked for the data again",
+            sent=sent,
+            received=seen,
+        )
+        back = await ffp.command(cdb.read10(RECOVERY_LBA, 1), lun=lun, read_length=BLOCK)
+        require(
+            back.status == 0 and back.data == payload,
+            "R7143-7.8-4",
+            "the block written through the recovery R2T does not read back as sent "
+            f"(status {back.status}, {len(back.data)} bytes)",
+            sent=[*sent, back.command],
+            received=back.shown(),
+        )

@@ -86,3 +86,38 @@ def not_kept(p: Patcher) -> None:
     from iscsi_conformance.target.task import TaskIO
 
     p.noop(TaskIO, "_hold")
+
+
+@mutant(
+    "Recovery.Erl1.LostDataOutNeverAskedAgain",
+    "recovery",
+    "at ERL 1 a Data-Out rejected for its data digest is forgotten: no recovery R2T and "
+    "no SCSI Response, the WRITE hangs (7.8: re-solicit the data or end the task)",
+    catches=["Digests.Errors.SolicitedDataDigestAtErl1"],
+)
+def lost_data_out_forgotten(p: Patcher) -> None:
+    from iscsi_conformance.target.task import TaskIO
+
+    p.noop(TaskIO, "_data_lost")
+
+
+@mutant(
+    "Recovery.Erl1.LostDataOutCountedReceived",
+    "recovery",
+    "at ERL 1 a Data-Out rejected for its data digest is counted as received: the WRITE "
+    "ends GOOD without the data ever being asked again (7.8)",
+    catches=["Digests.Errors.SolicitedDataDigestAtErl1"],
+)
+def lost_data_out_counted(p: Patcher) -> None:
+    from iscsi_conformance.target.task import TaskIO
+
+    def data_lost(self: Any, task: Any, ttt: int, offset: int, length: int, header: bytes) -> None:
+        r2t = task.outstanding.get(ttt)
+        if r2t is None:
+            return
+        r2t.received += length
+        r2t.next_datasn += 1
+        if header[1] & 0x80:
+            self._r2t_done(task, r2t)
+
+    p.replace(TaskIO, "_data_lost", data_lost)
