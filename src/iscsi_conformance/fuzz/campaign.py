@@ -85,6 +85,7 @@ class CampaignReport:
     pdus: int = 0
     answers: int = 0
     sessions: int = 0
+    digest_sessions: int = 0  # sessions that negotiated a CRC32C header or data digest
     closed_by_target: int = 0
     silent: int = 0
     liveness_checks: int = 0
@@ -114,7 +115,7 @@ class CampaignReport:
             f"fuzzed {self.target}: {self.cases} cases, {self.pdus} PDUs sent, "
             f"{self.answers} answers in {self.seconds:.1f} s "
             f"({self.cases / max(self.seconds, 1e-9):.0f} cases/s, {self.rate:.0f} PDUs/s)",
-            f"sessions {self.sessions}, closed by the target {self.closed_by_target}, "
+            f"sessions {self.sessions} ({self.digest_sessions} with digests), closed by the target {self.closed_by_target}, "
             f"silent {self.silent}, liveness checks {self.liveness_checks}, "
             f"coverage {len(self.coverage)}/{len(COVERAGE_CELLS)} opcode x phase",
         ]
@@ -419,6 +420,7 @@ class Campaign:
             s.hd = answered.get("HeaderDigest") == "CRC32C"
             s.dd = answered.get("DataDigest") == "CRC32C"
             wire.decoder.header_digest, wire.decoder.data_digest = s.hd, s.dd
+            self.report.digest_sessions += s.hd or s.dd
             wire.decoder.max_data_segment_length = None  # the checker reports oversize
             erl = (
                 int(answered.get("ErrorRecoveryLevel", "0") or 0)

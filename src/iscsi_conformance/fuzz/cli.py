@@ -2,8 +2,9 @@
 
 ``fuzz URL`` runs a throughput campaign (``fuzz.campaign``) against the target at URL;
 ``fuzz reference`` starts a reference target of its own and also listens to its log
-(an internal error is a failure) and reads its RSS and descriptors. ``--engine
-hypothesis`` runs the Hypothesis campaign of ``fuzz.runner`` instead (one case per
+(an internal error is a failure) and reads its RSS and descriptors; ``fuzz engine``
+feeds the reference target's engine in memory (``fuzz.memory``, no sockets).
+``--engine hypothesis`` runs the Hypothesis campaign of ``fuzz.runner`` instead (one case per
 connection; slower, with Hypothesis's shrinking and example database).
 ``fuzz replay FILE`` sends a saved reproducer again and says whether the same
 failure (kind and place) is seen; its status is 1 when it is, 0 when it is not.
@@ -84,7 +85,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="iscsi-conformance fuzz", description=__doc__)
     parser.add_argument(
         "url",
-        help="iscsi://host[:port]/iqn, or 'reference' for a reference target of our own",
+        help="iscsi://host[:port]/iqn; 'reference' for a reference target of our own; "
+        "'engine' for the reference target's engine in memory (no sockets)",
     )
     parser.add_argument(
         "--engine", choices=["random", "hypothesis"], default="random", help="(default random)"
@@ -109,6 +111,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.workers < 1:
         return _err("--seconds must be positive and --workers at least 1")
+    if args.url == "engine":
+        return _engine(args)
     try:
         with contextlib.ExitStack() as stack:
             health: Any = None
@@ -133,6 +137,19 @@ def main(argv: list[str]) -> int:
         return 130
     except ISCSIConformanceError as exc:
         return _err(str(exc))
+
+
+def _engine(args: argparse.Namespace) -> int:
+    from iscsi_conformance.fuzz.memory import engine_campaign
+    from iscsi_conformance.fuzz.repro import save
+
+    report = engine_campaign(args.seed, cases=args.cases or 10**9, seconds=args.seconds)
+    print(report.summary())
+    if args.save is not None:
+        for f in report.failures.values():
+            path = save(f, args.save, target="reference", seed=args.seed)
+            print(f"  reproducer: {path}  (iscsi-conformance fuzz replay {path})")
+    return 1 if report.failures else 0
 
 
 def _hypothesis(args: argparse.Namespace, host: str, port: int, iqn: str) -> int:
