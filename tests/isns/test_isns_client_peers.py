@@ -5,11 +5,12 @@ each a subprocess on loopback under ``timeout``, stopped in a ``finally``. The r
 target runs as ``iscsi-conformance target ... --isns 127.0.0.1:PORT``; ``isnsadm``, a
 client that shares no code with ours, judges what it registered (5.6.5.1): the node name,
 the portal and the Portal Group's tag (6.5.4), which the login's TargetPortalGroupTag
-(RFC 7143 13.9) must equal. Then: a restart replaces the registration, a shutdown
-(SIGINT) deregisters (5.6.5.4), a target killed with SIGKILL is removed once its ESI
-goes unanswered (5.6.5.13, 6.3.4; isnsd with ``ESIMinInterval`` lowered, since it
-raises any shorter interval to 60 s), and the reference initiator discovers through iSNS
-and logs in, seeing only the targets of its discovery domains (5.6.5.2, 5.6.5.3).
+(RFC 7143 13.9) must equal. Then: Ctrl-C (SIGINT) deregisters (5.6.5.4) and exits 0,
+and the reference initiator discovers through iSNS and logs in, seeing only the
+targets of its discovery domains (5.6.5.2, 5.6.5.3). A restart replacing the
+registration (5.6.5.1), deregistration at stop and removal of a killed target whose
+ESI goes unanswered (5.6.5.13) are the iSNS area's (conformance/isns/
+test_isns_registration.py: ours in the embedded run, isnsd in the matrix).
 tgt's built-in iSNS client (tgtadm ``iSNSServerIP``/``iSNSServerPort``/``iSNS``) is
 judged the same way: what it registers is what it serves, it deregisters at stop, the
 reference initiator finds it and logs in, and ``iSNSAccessControl`` follows the DDs.
@@ -199,19 +200,11 @@ def test_target_registers_what_it_serves(server: Server) -> None:
         target.stop()
 
 
-def test_restart_replaces_and_shutdown_deregisters(server: Server) -> None:
-    """A restart on another port replaces the portal (5.6.5.1, Replace); SIGINT
-    deregisters the entity (5.6.5.4)."""
-    first, second = _free_port(), _free_port()
-    target = Target(server, T1, first)
-    target.stop(signal.SIGKILL)
-    try:
-        target = Target(server, T1, second)
-        out = server.isnsadm("--query", f"iscsi-name={T1}")
-        assert re.search(rf"Portal TCP/UDP port\s*=\s*{second}/tcp", out), out
-        assert f"{first}/tcp" not in out, out
-    finally:
-        target.stop(signal.SIGINT)
+def test_ctrl_c_deregisters_and_exits_0(server: Server) -> None:
+    """SIGINT (Ctrl-C) deregisters the entity (5.6.5.4) and the target exits 0."""
+    target = Target(server, T1, _free_port())
+    assert T1 in server.nodes()
+    target.stop(signal.SIGINT)
     assert target.proc.returncode == 0, target.log.read_text()
     _wait(lambda: T1 not in server.nodes(), "the target was not deregistered at shutdown", 5)
 
@@ -248,20 +241,6 @@ def test_config_file_portal_groups_and_refresh(server: Server) -> None:
             assert {(int(p), int(t)) for p, t in groups} == tags, out
     finally:
         target.stop()
-
-
-def test_killed_target_is_removed_when_esi_goes_unanswered(server: Server) -> None:
-    """SIGKILL leaves no deregistration; the ESI port dies with the process, so the
-    server removes the entity after its retransmissions (5.6.5.13, 6.3.4). Before
-    that, 4 s of ESI every second, answered: unanswered, both servers would have
-    dropped it within 3 s (ours after 2 ESIs, isnsd after ESIRetries = 2)."""
-    target = Target(server, T1, _free_port(), "--isns-esi-interval", "1")
-    try:
-        time.sleep(4)  # ESIs answered meanwhile: it stays
-        assert T1 in server.nodes()
-    finally:
-        target.stop(signal.SIGKILL)  # runs no code of the target: no DevDereg
-    _wait(lambda: T1 not in server.nodes(), "the killed target's entity stayed", 30)
 
 
 def test_initiator_discovers_and_logs_in(server: Server) -> None:
