@@ -442,18 +442,7 @@ async def _abort_held_write(
             return None
 
         resp = await await_response(0.5)
-        wanted = block[r2t.buffer_offset : r2t.buffer_offset + r2t.desired_data_transfer_length]
-        data_out = P.data_out_pdus(
-            wanted,
-            r2t.buffer_offset,
-            ffp.target_mrdsl,
-            itt=cmd.itt,
-            ttt=r2t.ttt,
-            lun=cmd.lun,
-            expstatsn=ffp.expstatsn,
-        )
-        for pdu in data_out:
-            await ffp.send(pdu)
+        data_out = await ffp.answer_r2t(cmd, r2t, block)
         sent = [cmd, tmf, *data_out]
         gone = ffp.no_answer
         if resp is None and (gone is None or gone.outcome is Outcome.SILENT):

@@ -970,18 +970,7 @@ async def test_preempt_and_abort_aborts_tasks(target: Any) -> None:
             pr_out(b, lun, PREEMPT_AND_ABORT, key=KEY_B, sa_key=KEY_A, pr_type=WE)
         )
         await asyncio.wait({preempt}, timeout=0.5)
-        wanted = block[r2t.buffer_offset : r2t.buffer_offset + r2t.desired_data_transfer_length]
-        data_out = P.data_out_pdus(
-            wanted,
-            r2t.buffer_offset,
-            a.target_mrdsl,
-            itt=cmd.itt,
-            ttt=r2t.ttt,
-            lun=cmd.lun,
-            expstatsn=a.expstatsn,
-        )
-        for pdu in data_out:
-            await a.send(pdu)
+        data_out = await a.answer_r2t(cmd, r2t, block)
         out = await preempt
         if out.status == 0x02 and out.sense_key == 0x05:
             await a.drain(1.0)  # the WRITE goes on: take its answer off A's connection

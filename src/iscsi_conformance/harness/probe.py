@@ -947,6 +947,52 @@ class FullFeature:
                 break
         return cmd, None, got
 
+    async def answer_r2t(self, cmd: Any, r2t: Any, data: bytes) -> list[Any]:
+        """Send the Data-Out sequence ``r2t`` asks for: the part of ``data`` (the whole
+        write's buffer) at its Buffer Offset and Desired Data Transfer Length, echoing its
+        Target Transfer Tag, in PDUs within the target's MaxRecvDataSegmentLength (DataSN
+        from 0, F on the last: ``core.pdu.data_out_pdus``). Returns the PDUs sent."""
+        start = r2t.buffer_offset
+        pdus = P.data_out_pdus(
+            data[start : start + r2t.desired_data_transfer_length],
+            start,
+            self.target_mrdsl,
+            itt=cmd.itt,
+            ttt=r2t.ttt,
+            lun=cmd.lun,
+            expstatsn=self.expstatsn,
+        )
+        for pdu in pdus:
+            await self.send(pdu)
+        return pdus
+
+    async def answer_r2ts(
+        self,
+        cmd: Any,
+        data: bytes,
+        *,
+        sent: list[Any] | None = None,
+        received: list[Any] | None = None,
+        limit: int = 64,
+    ) -> Any | None:
+        """Read until the SCSI Response of ``cmd`` (a WRITE under way), answering each of
+        its R2Ts with ``answer_r2t``. Returns that response, or None when silence, a
+        hang-up (``no_answer`` says which) or ``limit`` PDUs came first. The Data-Out
+        PDUs sent and every PDU read are appended to ``sent`` and ``received``."""
+        for _ in range(limit):
+            p = await self.recv()
+            if p is None:
+                return None
+            if received is not None:
+                received.append(p)
+            if isinstance(p, P.R2T) and p.itt == cmd.itt:
+                pdus = await self.answer_r2t(cmd, p, data)
+                if sent is not None:
+                    sent.extend(pdus)
+            elif isinstance(p, P.ScsiResponse) and p.itt == cmd.itt:
+                return p
+        return None
+
     async def nop(
         self, data: bytes = b"", *, immediate: bool = True, itt: int | None = None
     ) -> tuple[Any, Any]:
