@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -336,3 +337,43 @@ def test_rekey_during_long_write(ipsec: IPsecArea, evidence: Any) -> None:
     evidence.note(f"{moved} bytes across rekeys; child SPIs now {spis}, first {first}")
     require(first not in spis, "R7146-2-1", f"no rekey happened within 4 s: {spis}")
     _no_cleartext(wire)
+
+
+REPLAY_LOG = "ESP sequence number verification failed"
+
+
+@spec("IPsec.Negative.ReplayedEspDropped", ESP, pairing="all", requirements=["R7146-2-2"])
+def test_replayed_esp_packet_is_dropped(ipsec: IPsecArea, evidence: Any) -> None:
+    """An ESP datagram captured on the link and sent again is refused by the target host's
+    anti-replay check (its charon names the SPI and sequence number), and iSCSI goes on."""
+    from iscsi_conformance.ipsec import call_in
+    from iscsi_conformance.ipsec.capture import esp_datagrams, send_udp
+    from iscsi_conformance.ipsec.charon import FWMARK
+
+    ipsec.protect()
+    with ipsec.wire(evidence, "replay-source") as wire:
+        ipsec.initiator.exchange(ipsec.open_target, sizes=(4096,))
+    _no_cleartext(wire)
+    i, t = ipsec.path.initiator, ipsec.path.target
+    sent = esp_datagrams(Path(evidence.captures[-1]), src=i.address)
+    require(bool(sent), "R7146-2-2", "no UDP-encapsulated ESP from the initiator host to replay")
+    sport, spi, seq, payload = sent[0]
+    log = ipsec.path.charons["target"].log_path
+    before = log.read_text(errors="replace").count(REPLAY_LOG)
+    call_in(i, lambda: send_udp(i.address, sport, t.address, 4500, payload, mark=int(FWMARK, 16)))
+    deadline, seen = time.monotonic() + 3, before
+    while time.monotonic() < deadline and seen == before:
+        time.sleep(0.1)
+        seen = log.read_text(errors="replace").count(REPLAY_LOG)
+    evidence.note(
+        f"replayed SPI {spi:#010x} sequence number {seq}: {seen - before} refusal(s) logged"
+    )
+    require(
+        seen > before,
+        "R7146-2-2",
+        f"the target host did not refuse a replayed ESP datagram (SPI {spi:#010x}, seq {seq})",
+    )
+    if "kernel-libipsec" in ipsec.path.modes().values():
+        evidence.note("kernel-libipsec's replay window is fixed in size (esp_context.c)")
+    done = ipsec.initiator.exchange(ipsec.open_target, sizes=(4096,))
+    require(done.moved == 4096, "R7146-2-1", "iSCSI did not go on after the replay")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ import pytest
 from pyroute2 import netns
 
 from iscsi_conformance.initiator.client import discover
-from iscsi_conformance.ipsec import Capture, Link, call_in, dissect
+from iscsi_conformance.ipsec import DEFAULT, Capture, Link, call_in, dissect
 
 pytestmark = [pytest.mark.peer]
 
@@ -86,3 +87,44 @@ def test_attached_namespace_outlives_the_link() -> None:
     finally:
         proc.kill()
         proc.wait(5)
+
+
+def test_replay_check_counts_only_replays(tmp_path: Path) -> None:
+    """The area's anti-replay test looks for the target charon's replay refusal: a real
+    replay produces it, a datagram of an unknown SPI (dropped for another reason) does not."""
+    _root()
+    from iscsi_conformance.ipsec import ProtectedPath, charon_available
+    from iscsi_conformance.ipsec.capture import esp_datagrams, send_udp
+    from iscsi_conformance.ipsec.charon import FWMARK
+
+    if charon_available():
+        pytest.skip(f"strongSwan missing: {charon_available()}")
+    refusal = "ESP sequence number verification failed"
+    with ProtectedPath(tmp_path) as path:
+        path.establish(DEFAULT)
+        t, i = path.target, path.initiator
+        srv = call_in(t, lambda: socket.create_server((t.address, 3260)))
+        pcap = tmp_path / "replay.pcapng"
+        try:
+            with Capture(t, pcap):
+
+                def client() -> None:
+                    with socket.create_connection((t.address, 3260), timeout=3) as c:
+                        c.sendall(b"x" * 3000)
+
+                call_in(i, client)
+                time.sleep(0.3)
+        finally:
+            srv.close()
+        sport, spi, _seq, payload = esp_datagrams(pcap, src=i.address)[0]
+        log = path.charons["target"].log_path
+
+        def send(data: bytes) -> int:
+            before = log.read_text().count(refusal)
+            mark = int(FWMARK, 16)
+            call_in(i, lambda: send_udp(i.address, sport, t.address, 4500, data, mark=mark))
+            time.sleep(1.0)
+            return log.read_text().count(refusal) - before
+
+        assert send(bytes([payload[0] ^ 0xFF]) + payload[1:]) == 0, "unknown SPI taken as replay"
+        assert send(payload) == 1, f"replay of SPI {spi:#x} not refused"

@@ -117,3 +117,46 @@ def dissect(path: Path, *, port: int = 3260) -> WireSummary:
         counts["iscsi"] += "iscsi" in protocols
         counts["tcp_iscsi_port"] += "tcp" in protocols and str(port) in ports
     return WireSummary(frames=frames, **counts)
+
+
+def esp_datagrams(path: Path, *, src: str) -> list[tuple[int, int, int, bytes]]:
+    """The UDP-encapsulated ESP datagrams ``src`` sent in ``path``, as tshark reads
+    them: (source port, SPI, sequence number, UDP payload)."""
+    argv = ["tshark", "-n", "-r", str(path), "-Y", f"esp && udp && ip.src=={src}", "-T", "fields"]
+    argv += ["-e", "udp.srcport", "-e", "esp.spi", "-e", "esp.sequence", "-e", "udp.payload"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    if out.returncode != 0:
+        raise HarnessError(f"tshark could not read {path}: {out.stderr.strip()[-300:]}")
+    found = []
+    for line in out.stdout.splitlines():
+        parts = line.split("\t")
+        if len(parts) < 4 or not parts[3]:
+            continue
+        found.append(
+            (
+                int(parts[0]),
+                int(parts[1], 0),
+                int(parts[2]),
+                bytes.fromhex(parts[3].replace(":", "")),
+            )
+        )
+    return found
+
+
+def send_udp(src: str, sport: int, dst: str, dport: int, payload: bytes, *, mark: int = 0) -> None:
+    """Send one UDP datagram with a chosen source port through a raw socket (the port
+    may be bound by charon), in the calling thread's network namespace; ``mark`` is the
+    socket's fwmark (charon's bypass mark keeps it out of the tunnel's routing table).
+    The UDP checksum is 0 (none, allowed over IPv4)."""
+    import socket
+    import struct
+
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, socket.IPPROTO_UDP, 0,
+        socket.inet_aton(src), socket.inet_aton(dst),
+    )  # fmt: skip
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
+        if mark:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        s.sendto(ip + udp, (dst, 0))

@@ -7,6 +7,9 @@ VICI protocol for one host. Which variants an ESP implementation can carry is a 
 too (:data:`LIMITS`): charon's kernel-libipsec does ESP in user space over a TUN device
 and supports tunnel mode only, without Extended Sequence Numbers (its own log says
 ``unsupported mode`` and ``ESN not supported``, strongSwan 5.9.8); kernel ESP has both.
+kernel-libipsec's anti-replay window is always on and of a fixed size (strongSwan's
+libipsec/esp_context.c sets ``ESP_DEFAULT_WINDOW_SIZE`` whatever ``replay_window``
+says; a profile's window of 0 still refuses replays there, measured).
 
 The algorithm choices follow RFC 8221 (ESP: AES-GCM with a 16-octet ICV and AES-CBC
 with HMAC-SHA-256-128 are MUST) as RFC 7146 applies them to iSCSI (catalog:
