@@ -290,6 +290,23 @@ PLANTED["keys.numeric_answer.initiator"] = (
 PLANTED["keys.boolean_answer.initiator"] = (INQUIRY, _target_offer("InitialR2T", "Yes", "No"))
 
 
+def test_every_rule_knows_when_it_is_exercised() -> None:
+    from iscsi_conformance.bridge.judge import _EXERCISED_BY
+
+    marked_in_code = {
+        n for n in RULES if n.startswith("keys.") and n.endswith(("_answer", ".initiator"))
+    }
+    assert set(RULES) - set(_EXERCISED_BY) - marked_in_code - {"keys.answered"} == set()
+
+
+def test_the_golden_conversations_exercise_the_core_rules() -> None:
+    seen = set().union(*(replay(c).exercised for c in golden()))
+    for rule in ("datasn.datain", "r2tsn.sequence", "datasn.dataout", "statsn.sequence",
+                 "keys.answered", "keys.list_answer", "keys.numeric_answer", "keys.boolean_answer",
+                 "digest.correct", "digest.correct.target", "residual.underflow", "logout.last"):  # fmt: skip
+        assert rule in seen, rule
+
+
 def test_every_rule_has_a_planted_breach() -> None:
     missing = set(RULES) - set(PLANTED) - {"padding.zero", "padding.zero.target",
                                              "digest.correct", "digest.correct.target"}  # fmt: skip
@@ -301,7 +318,11 @@ def test_planted_breach_is_caught(rule: str, convs: list[Conv]) -> None:
     index, plant = PLANTED[rule]
     clean = convs[index]
     assert judge_pdus(clean) == []  # the clean conversation passes
-    breaches = judge_pdus(plant(clean))
+    judge = Judge()
+    for d, p in plant(clean):
+        judge.pdu(d, p)  # type: ignore[arg-type]
+    breaches = judge.breaches
+    assert rule in judge.exercised  # a breach is only found where the rule was in play
     names = {b.rule.name for b in breaches}
     assert rule in names, f"{rule} not caught; found {sorted(names)}"
     hit = next(b for b in breaches if b.rule.name == rule)

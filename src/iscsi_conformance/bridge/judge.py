@@ -291,6 +291,8 @@ class Judge:
         self.login_failed = False
         self.logged_out = False
         self.snack_seen = False
+        self.exercised: set[str] = set()  # rules this conversation gave a chance to break
+        self._offered_to_target = False
         # login
         self._first_login: LoginRequest | None = None
         self._last_login_transit = False
@@ -339,8 +341,12 @@ class Judge:
         """Judge one PDU as it passed; the breaches it commits (also kept in .breaches)."""
         self.index += 1
         out: list[Breach] = []
+        was_ffp = self.full_feature
         self._format(direction, pdu, raw, out)
         _dispatch(self, direction, pdu, out)
+        for name, (sender_dir, test) in _EXERCISED_BY.items():
+            if sender_dir == direction and name not in self.exercised and test(self, pdu, was_ffp):
+                self.exercised.add(name)
         self._keep(out)
         return out
 
@@ -482,6 +488,7 @@ class Judge:
                 self._declared[side][key] = value
             else:
                 self._offers[d][key] = value
+                self._offered_to_target = self._offered_to_target or d == I2T
 
     def _answer(
         self, d: Direction, pdu: PDU, key: str, offer: str, answer: str, out: list[Breach]
@@ -492,6 +499,11 @@ class Judge:
         suffix = "" if d == T2I else ".initiator"
         fn = spec.result_function
         agreed = answer
+        kind = {ResultFunction.LIST: "list", ResultFunction.MIN: "numeric",
+                ResultFunction.MAX: "numeric", ResultFunction.AND: "boolean",
+                ResultFunction.OR: "boolean"}.get(fn)  # fmt: skip
+        if kind is not None:
+            self.exercised.add(f"keys.{kind}_answer{suffix}")
         if fn is ResultFunction.LIST:
             offered = parse_list(offer)
             if "," in answer or answer not in offered:
@@ -541,6 +553,8 @@ class Judge:
 
     def _end_negotiation(self, d: Direction, pdu: PDU, out: list[Breach]) -> None:
         """At the end of an exchange: offers to the target it left unanswered."""
+        if self._offered_to_target:
+            self.exercised.add("keys.answered")
         for key, offer in list(self._offers[I2T].items()):
             spec = spec_for(key)
             optional = spec is not None and (
@@ -895,6 +909,82 @@ class Judge:
     def _plain_status(self, d: Direction, p: PDU, out: list[Breach]) -> None:
         self._target_window(d, p, out)
         self._status(d, p, out, advances=True)
+
+
+def _ffp(cls: type | tuple[type, ...]) -> Callable[[Judge, PDU, bool], bool]:
+    return lambda j, p, was_ffp: was_ffp and isinstance(p, cls)
+
+
+def _data(cls: type | tuple[type, ...]) -> Callable[[Judge, PDU, bool], bool]:
+    return lambda j, p, was_ffp: was_ffp and isinstance(p, cls) and bool(p.data)
+
+
+_COMMANDS = (ScsiCommand, TaskManagementRequest, TextRequest, LogoutRequest, NopOut)
+_STATUS = (ScsiResponse, TaskManagementResponse, TextResponse, LogoutResponse, NopIn, Reject)
+
+
+def _write(j: Judge, p: PDU, was_ffp: bool) -> bool:
+    return was_ffp and isinstance(p, ScsiCommand) and p.write
+
+
+def _good_read(j: Judge, p: PDU, was_ffp: bool) -> bool:
+    if isinstance(p, ScsiDataIn) and p.status_present:
+        return p.status == 0
+    return isinstance(p, ScsiResponse) and p.status == 0 and p.response == 0
+
+
+#: When a conversation gave the sender a chance to break each rule: (the sender's
+#: direction, a test on each PDU it sends). A rule never exercised has no verdict:
+#: silence is not a pass. Key answers and offers are marked where they are judged.
+_EXERCISED_BY: dict[str, tuple[Direction, Callable[[Judge, PDU, bool], bool]]] = {
+    "format.fields": (I2T, lambda j, p, f: True),
+    "format.fields.target": (T2I, lambda j, p, f: True),
+    "login.t_and_c": (I2T, lambda j, p, f: isinstance(p, LoginRequest)),
+    "login.t_and_c.target": (T2I, lambda j, p, f: isinstance(p, LoginResponse)),
+    "datain.s_needs_f": (T2I, _ffp(ScsiDataIn)),
+    "command.rw_length": (I2T, _ffp(ScsiCommand)),
+    "padding.zero": (I2T, lambda j, p, f: len(p.data) % 4 != 0),
+    "padding.zero.target": (T2I, lambda j, p, f: len(p.data) % 4 != 0),
+    "digest.correct": (I2T, lambda j, p, f: f and (j.header_digest or j.data_digest)),
+    "digest.correct.target": (T2I, lambda j, p, f: f and (j.header_digest or j.data_digest)),
+    "login.same_ids": (
+        I2T,
+        lambda j, p, f: isinstance(p, LoginRequest) and j._first_login is not p,
+    ),
+    "login.transit_granted": (T2I, lambda j, p, f: isinstance(p, LoginResponse)),
+    "login.tsih": (T2I, lambda j, p, f: j.full_feature and not f),
+    "login.only_login": (I2T, lambda j, p, f: isinstance(p, LoginRequest)),
+    "login.silent_after_failure": (T2I, lambda j, p, f: j.login_failed),
+    "login.cmdsn": (I2T, lambda j, p, f: isinstance(p, LoginRequest) and j._first_login is not p),
+    "keys.well_formed": (I2T, lambda j, p, f: isinstance(p, LoginRequest) and bool(p.data)),
+    "keys.sender": (I2T, lambda j, p, f: isinstance(p, LoginRequest) and bool(p.data)),
+    "cmdsn.sequence": (I2T, _ffp(_COMMANDS)),
+    "cmdsn.window": (I2T, _ffp(_COMMANDS)),
+    "cmdsn.target_window": (T2I, _ffp((*_STATUS, ScsiDataIn, R2T, AsyncMessage))),
+    "statsn.sequence": (T2I, _ffp(_STATUS)),
+    "datasn.datain": (T2I, _ffp(ScsiDataIn)),
+    "r2tsn.sequence": (T2I, _ffp(R2T)),
+    "datasn.dataout": (I2T, _ffp(ScsiDataOut)),
+    "mrdsl.target": (T2I, _data((ScsiDataIn, ScsiResponse, TextResponse))),
+    "mrdsl.initiator": (I2T, _data((ScsiDataOut, ScsiCommand, TextRequest))),
+    "datain.offsets": (T2I, _ffp(ScsiDataIn)),
+    "datain.burst": (T2I, _ffp(ScsiDataIn)),
+    "r2t.burst": (T2I, _ffp(R2T)),
+    "r2t.outstanding": (T2I, _ffp(R2T)),
+    "r2t.not_unsolicited": (T2I, _ffp(R2T)),
+    "r2t.in_order": (T2I, _ffp(R2T)),
+    "dataout.answers_r2t": (I2T, _ffp(ScsiDataOut)),
+    "unsolicited.initial_r2t": (I2T, _write),
+    "unsolicited.immediate_data": (I2T, _write),
+    "unsolicited.first_burst": (I2T, _write),
+    "itt.unique": (I2T, _ffp(ScsiCommand)),
+    "residual.underflow": (T2I, _good_read),
+    "response.expdatasn": (T2I, _ffp(ScsiResponse)),
+    "nop.echo": (T2I, lambda j, p, f: f and isinstance(p, NopIn) and p.itt != NONE_TAG),
+    "nop.ping_reply": (I2T, lambda j, p, f: f and isinstance(p, NopOut) and p.ttt != NONE_TAG),
+    "nop.reply_form": (I2T, lambda j, p, f: f and isinstance(p, NopOut) and p.ttt != NONE_TAG),
+    "logout.last": (I2T, _ffp(LogoutRequest)),
+}
 
 
 def _as_immediate(p: NopOut) -> NopOut:
