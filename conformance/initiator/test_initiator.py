@@ -1505,7 +1505,7 @@ def test_nothing_after_logout(initiator: Any, target: Any, observed: Any) -> Non
 
 # --------------------------------------------------------------------------- async messages
 
-ASYNC_DEADLINE = 4  # Parameter3 of the Async Messages below: the initiator's seconds to act
+ASYNC_DEADLINE = 2  # Parameter3 of the Async Messages below: the initiator's seconds to act
 
 
 def _live_session(initiator: Any, target: Any, observed: Any) -> tuple[Any, Observer, Any]:
@@ -1631,6 +1631,81 @@ def test_async_renegotiation(initiator: Any, target: Any, observed: Any) -> None
         + ("; it closed the connection instead" if "i->t" in conn.closed and not after else ""),
         sent=_shown(after),
         received=[msg],
+    )
+
+
+TIME2WAIT = 2  # Parameter2 of the drop below: the seconds the initiator waits to reconnect
+
+
+@spec(
+    "Initiator.Async.ConnectionDrop",
+    "RFC 7143 11.9.1",
+    pairing="initiator",
+    level="INFORMATIONAL",
+    requirements=["R7143-11.9-10"],
+    needs=("target:async_messages",),
+)
+def test_async_connection_drop(initiator: Any, target: Any, observed: Any) -> None:
+    """After the target announces that it drops the connection (event 2, Time2Wait =
+    TIME2WAIT s) and drops it, the initiator does not log in again before Time2Wait
+    has passed (reconnecting later, or not at all, both conform)."""
+    handle, obs, conn = _live_session(initiator, target, observed)
+    try:
+        cid = _login_requests(conn)[0].cid
+        target.send_async(_tsih(conn), 2, cid=cid, time2wait=TIME2WAIT, time2retain=20)
+        obs.wait_for(lambda: len(obs.connections) > 1, TIME2WAIT + 0.5)
+    finally:
+        with contextlib.suppress(ISCSIConformanceError):
+            initiator.driver.logout(handle)
+        _settle(obs)
+    seen = conn.seen_by_initiator(AsyncMessage)
+    require(seen, "harness", "the reference target sent no Async Message (event 2)")
+    at = seen[0].time
+    logins = [e for c in obs if c is not conn for e in c.sent_by_initiator(LoginRequest)[:1]]
+    early = [e for e in logins if e.time - at < TIME2WAIT - 0.2]
+    require(
+        not early,
+        "R7143-11.9-10",
+        f"{initiator.name} logged in again {early[0].time - at:.1f} s after the drop "
+        f"announced Time2Wait = {TIME2WAIT} s"
+        if early
+        else "",
+        sent=_shown([e.pdu for e in early]),
+        received=[seen[0].pdu],
+    )
+
+
+@spec(
+    "Initiator.Async.VendorEvent",
+    "RFC 7143 11.9.4",
+    pairing="initiator",
+    level="INFORMATIONAL",
+    requirements=["R7143-11.9-9"],
+    needs=("target:async_messages",),
+)
+def test_async_vendor_event(initiator: Any, target: Any, observed: Any) -> None:
+    """A vendor-specific event (255) with data the initiator cannot understand leaves
+    the session going: the initiator does not close the connection over it (it may
+    ignore the data and process the rest of the PDU)."""
+    handle, obs, conn = _live_session(initiator, target, observed)
+    try:
+        data = bytes(2) + b"vendor event nobody knows"
+        target.send_async(_tsih(conn), 255, vcode=0x7E, data=data)
+        obs.wait_for(lambda: "i->t" in conn.closed, 1.0)
+        dropped = "i->t" in conn.closed
+        logged_out = any(conn.sent_by_initiator(LogoutRequest))
+    finally:
+        with contextlib.suppress(ISCSIConformanceError):
+            initiator.driver.logout(handle)
+        _settle(obs)
+    seen = conn.seen_by_initiator(AsyncMessage)
+    require(seen, "harness", "the reference target sent no Async Message (event 255)")
+    require(
+        not dropped or logged_out,
+        "R7143-11.9-9",
+        f"{initiator.name} closed the connection within 1 s of a vendor-specific Async "
+        "Message instead of ignoring what it did not understand",
+        received=[seen[0].pdu],
     )
 
 
