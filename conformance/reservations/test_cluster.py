@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -455,6 +456,8 @@ class Cluster:
             else by the key the node registered."""
             name = names.get(key, f"{key:#x}")
             if transport_id is None or ",i," not in transport_id.lower():
+                return name
+            if name not in self.nodes:  # a third-party node: its ISID is its own
                 return name
             return ports.get(transport_id.lower(), f"{name} (stale nexus)")
 
@@ -986,7 +989,14 @@ async def test_pacemaker_in_flight_write(target: Any) -> None:
     "SPC-4 5.13.1",
     "SPC-4 5.13.6.4",
     "SPC-4 5.13.11.2.4",
-    requirements=["RSPC4-5.9-11", "RSPC4-5.13.6-2", "RSPC4-5.13.7-3", "RSPC4-5.9-7"],
+    requirements=[
+        "RSPC4-5.9-11",
+        "RSPC4-5.13.6-2",
+        "RSPC4-5.9-1",
+        "RSPC4-5.13.7-3",
+        "RSPC4-5.9-7",
+        "RSPC4-5.9-6",
+    ],
     needs=PR,
     dataloss=True,
 )
@@ -1569,3 +1579,148 @@ async def test_three_nodes(target: Any) -> None:
                 data == mine, "RSPC4-5.9-6", "C's block changed while B was fenced and rejoined", r
             )
             await c.observe(a, "B back")
+
+
+# ====================================================================== mixed nodes
+class ThirdPartyNode:
+    """A cluster node that is a third-party initiator, driven through its driver's
+    persistent reservation tools (open-iscsi: ``sg_persist`` and ``dd`` over the
+    kernel's block device in its micro-VM); its commands land in the scenario's
+    command sequence and timeline like a reference node's."""
+
+    def __init__(self, c: Cluster, name: str, initiator: Any, session: Any) -> None:
+        self.c, self.name, self.initiator, self.session = c, name, initiator, session
+        self.driver = initiator.driver
+
+    def _record(self, what: str, status: str) -> None:
+        self.c._line(self.name, f"{what} -> {status}")
+        self.c.events.append(
+            {"t": self.c._t(), "node": self.name, "kind": "command", "what": what, "status": status}
+        )
+
+    def pr_out(self, action: str, *, key: int = 0, sa_key: int = 0, pr_type: int = 0) -> str:
+        """``sg_persist --out``: GOOD, RESERVATION CONFLICT (exit 24) or what it printed."""
+        res = self.driver.persistent_reserve_out(
+            self.session, self.c.lun, action, key=key, sa_key=sa_key, prout_type=pr_type
+        )
+        status = {0: "GOOD", 24: "RESERVATION CONFLICT"}.get(
+            res.returncode, f"sg_persist exit {res.returncode}: {res.error_text.strip()[:120]}"
+        )
+        what = f"sg_persist --out {action} key={key:#x} sa_key={sa_key:#x}" + (
+            f" type={pr_type}" if pr_type else ""
+        )
+        self._record(what, status)
+        if status == "GOOD" and action in ("register", "register-ignore"):
+            if sa_key:
+                self.c.keys[self.name] = sa_key
+            else:
+                self.c.keys.pop(self.name, None)
+        return status
+
+    def write(self, lba: int, data: bytes) -> str:
+        """``dd oflag=direct`` of one block: GOOD, or the error the kernel reported."""
+        try:
+            self.driver.write(self.session, self.c.lun, lba, data)
+            status = "GOOD"
+        except Exception as exc:  # the kernel turns RESERVATION CONFLICT into EIO
+            status = f"write failed: {str(exc)[:160]}"
+        self._record(f"dd WRITE LBA {lba}", status)
+        return status
+
+    def keys(self) -> list[int] | None:
+        """``sg_persist --in --read-keys``, again after a unit attention (exit 6: the
+        command was not performed, SAM-5); None when it never completed."""
+        for _ in range(3):
+            res = self.driver.persistent_reserve_in(self.session, self.c.lun, "read-keys")
+            if res.returncode != 6:
+                break
+            self._record("sg_persist --in --read-keys", "unit attention")
+        if res.returncode != 0:
+            self._record("sg_persist --in --read-keys", f"exit {res.returncode}")
+            return None
+        keys = [int(k, 16) for k in re.findall(r"^\s+(0x[0-9a-fA-F]+)\s*$", res.text, re.M)]
+        self._record("sg_persist --in --read-keys", f"{[hex(k) for k in keys]}")
+        return keys
+
+
+@spec(
+    "Cluster.Mixed.FenceScsi",
+    "SPC-4 5.13.11.2.5",
+    "SPC-4 5.13.1",
+    "SPC-4 5.13.7",
+    pairing="all",
+    requirements=["RSPC4-5.13.7-3", "RSPC4-5.9-3", "RSPC4-5.13.11.2.5-1", "RSPC4-5.9-6"],
+    needs=(*PR, "initiator:persistent_reservations"),
+    dataloss=True,
+)
+async def test_mixed_fence_scsi(initiator: Any, target: Any) -> None:
+    """A heterogeneous two-node cluster: node A is the third-party initiator (open-iscsi
+    with sg_persist over its block device), node B the reference initiator. A unfences
+    (REGISTER AND IGNORE EXISTING KEY, RESERVE Write Exclusive - Registrants Only) and
+    writes; B registers and reads A's key and reservation; B fences A with PREEMPT AND
+    ABORT (PREEMPT where refused); A's key is gone in A's own view, A's write fails,
+    the block read from B keeps A's data; A unfences again and writes (SPC-4 5.13.1: a
+    registrant may write under Registrants Only)."""
+    ka, kb = node_key(CLUSTER_NAME, "mixed-a"), node_key(CLUSTER_NAME, "mixed-b")
+    async with cluster(target, f"mixed-fence-scsi-{initiator.name}") as c:
+        b = await c.join("B")
+        session = initiator.driver.login(target.endpoint())
+        c.event(f"login ({initiator.name})", "A")
+        try:
+            a = ThirdPartyNode(c, "A", initiator, session)
+            st = a.pr_out("register-ignore", sa_key=ka)
+            c.require(st == "GOOD", "RSPC4-5.13.7-3", f"A ({initiator.name}) registers: {st}")
+            st = a.pr_out("reserve", key=ka, pr_type=WE_RO)
+            c.require(st == "GOOD", "RSPC4-5.9-3", f"A reserves WE-RO: {st}")
+            out = await c.pr_out(b, REGISTER_IGNORE, sa_key=kb)
+            c.require(out.status == GOOD, "RSPC4-5.13.7-3", f"B registers: {describe(out)}", out)
+            mine = c.pattern("node-A")
+            st = a.write(LBA + 7, mine)
+            c.require(st == "GOOD", "RSPC4-5.9-6", f"holder A's WRITE: {st}", level="SHOULD")
+            state = await c.observe(b, "A holds, B registered")
+            c.require(
+                ka in state.keys and kb in state.keys and state.holder_key == ka,
+                "RSPC4-5.13.7-3",
+                f"B reads keys {[hex(k) for k in state.keys]}, holder {state.holder_key!r}: not A's registration and reservation",
+            )
+            c.event(f"A ({initiator.name}) fails; B fences A", "B")
+            out = await _fence(c, b, kb, ka)
+            c.require(
+                out.status == GOOD,
+                "RSPC4-5.13.11.2.5-1",
+                f"B's fence of A: {describe(out)}",
+                out,
+            )
+            state = await c.observe(b, "A fenced")
+            seen_by_a = a.keys() or []
+            c.require(
+                ka not in state.keys and ka not in seen_by_a and kb in seen_by_a,
+                "RSPC4-5.13.11.2.5-1",
+                f"after the fence B reads {[hex(k) for k in state.keys]}, A reads {[hex(k) for k in seen_by_a]}: A's key shall be gone",
+            )
+            st = a.write(LBA + 7, c.pattern("fenced-A"))
+            data, r = await c.read(b, LBA + 7)
+            c.require(
+                st != "GOOD" and data == mine,
+                "RSPC4-5.9-6",
+                f"fenced A's WRITE: {st}; the block read from B {'is unchanged' if data == mine else 'changed'} (SPC-4 5.13.1: an unregistered nexus's write conflicts)",
+                r,
+            )
+            st = a.pr_out("register-ignore", sa_key=ka)
+            c.event("A unfences again", "A")
+            again = c.pattern("node-A-back")
+            wst = a.write(LBA + 7, again)
+            data, r = await c.read(b, LBA + 7)
+            c.require(
+                st == "GOOD" and wst == "GOOD" and data == again,
+                "RSPC4-5.9-6",
+                f"A registered again ({st}), its WRITE {wst}, read back from B {'same' if data == again else 'different'}",
+                r,
+                level="SHOULD",
+            )
+            await c.observe(b, "A back")
+        finally:
+            with contextlib.suppress(Exception):
+                a.pr_out("register-ignore", sa_key=0)
+            with contextlib.suppress(Exception):
+                initiator.driver.logout(session)
