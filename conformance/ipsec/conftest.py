@@ -187,7 +187,7 @@ class DriverInitiator:
         )
         saved = self.driver.timeout
         if timeout < 10:  # a login expected to fail: the tool's own retries end sooner
-            self.driver.timeout = timeout + 4
+            self.driver.timeout = timeout + 1
         try:
             session = self.driver.login(endpoint, options=opts)
         finally:
