@@ -347,6 +347,7 @@ _DELEGATES = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    whole = list(argv)  # `peers exec NAME -- COMMAND` needs what follows "--"
     extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")
@@ -354,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     if argv and argv[0] in _DELEGATES:
         try:
-            return _delegate(_DELEGATES[argv[0]], argv[1:])
+            return _delegate(_DELEGATES[argv[0]], (whole if argv[0] == "peers" else argv)[1:])
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
     args = parser.parse_args(argv)

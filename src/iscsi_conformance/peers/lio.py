@@ -126,13 +126,23 @@ class LioTarget(TargetDriver):
         memory_mb: int = 512,
         boot_timeout: float = 180.0,
         docker_env: Any = None,
+        port: int | None = None,
     ) -> None:
+        """``port``: the host port the micro-VM's portal is forwarded to (microvm mode
+        only; None picks a free one)."""
         super().__init__(manifest if manifest is not None else load_manifest())
         if backstore not in ("fileio", "ramdisk"):
             raise ConfigError(
                 f"backstore must be fileio or ramdisk, not {backstore!r}", field="backstore"
             )
         self.mode = select_mode(mode)
+        if port is not None and self.mode != "microvm":
+            raise ConfigError(
+                f"LIO in {self.mode} mode listens where its mode puts it; a port can be "
+                "chosen in microvm mode only",
+                field="port",
+            )
+        self.port = port
         self.backstore = backstore
         self.memory_mb = memory_mb
         self.boot_timeout = boot_timeout
@@ -157,6 +167,7 @@ class LioTarget(TargetDriver):
                     forwards={"iscsi": ISCSI_PORT},
                     memory_mb=self.memory_mb,
                     boot_timeout=self.boot_timeout,
+                    host_ports={"iscsi": self.port} if self.port else None,
                 )
                 self.vm.start()
                 self.shell = self.vm

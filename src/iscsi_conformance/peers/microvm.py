@@ -628,9 +628,11 @@ class MicroVM:
         bind_host: str = "127.0.0.1",
         qemu: str = "qemu-system-x86_64",
         extra_cmdline: str = "",
+        host_ports: dict[str, int] | None = None,
     ) -> None:
         self.name = name
         self.kernel = kernel
+        self.host_ports = dict(host_ports or {})  # forward name -> fixed host port
         self.log = log
         self.rootfs = rootfs
         self.forwards = dict(forwards or {})
@@ -704,7 +706,7 @@ class MicroVM:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ports = {"agent": free_tcp_port(self.bind_host)}
         for n in self.forwards:
-            self.ports[n] = free_tcp_port(self.bind_host)
+            self.ports[n] = self.host_ports.get(n) or free_tcp_port(self.bind_host)
         argv = self.argv()
         started = time.monotonic()
         self.proc = subprocess.Popen(

@@ -129,7 +129,10 @@ class TgtTarget(TargetDriver):
         host: str = "127.0.0.1",
         start_timeout: float = 30.0,
         backing_dir: str | None = None,
+        port: int | None = None,
     ) -> None:
+        """``port``: the portal's port on ``host`` (native) or the published port on
+        127.0.0.1 (container); None picks a free one."""
         if manifest is None:
             from iscsi_conformance.peers.manifest import load_peer_manifest
 
@@ -141,6 +144,7 @@ class TgtTarget(TargetDriver):
             raise ConfigError(f"tgt runs in modes {self.modes}, not {mode!r}", field="mode")
         self.mode = mode  # type: ignore[assignment]
         self.host = host
+        self.port = port
         self.start_timeout = start_timeout
         self._backing_parent = backing_dir
         self._docker_env = docker_env
@@ -245,7 +249,7 @@ class TgtTarget(TargetDriver):
         last_tail = ""
         for _attempt in range(3):  # a port taken between probe and bind: try another
             self.control_port = _free_control_port()
-            port = free_tcp_port(self.host)
+            port = self.port or free_tcp_port(self.host)
             host_fmt = f"[{self.host}]" if ":" in self.host else self.host
             argv = self._daemon_argv(self.control_port, f"{host_fmt}:{port}")
             self._daemon = BackgroundProcess(
@@ -262,6 +266,8 @@ class TgtTarget(TargetDriver):
             last_tail = self._daemon.tail()
             self._daemon.stop()
             self._remove_control_socket()
+            if self.port:
+                break  # a port asked for: another one would not do
         raise PeerStartError("tgt", "tgtd did not come up (native)", log_tail=last_tail)
 
     def _start_container(self) -> None:
@@ -282,7 +288,7 @@ class TgtTarget(TargetDriver):
             name="tgt",
             peer="tgt",
             command=argv,
-            ports={f"{CONTAINER_PORTAL_PORT}/tcp": ("127.0.0.1", None)},
+            ports={f"{CONTAINER_PORTAL_PORT}/tcp": ("127.0.0.1", self.port)},
             tmpfs={CONTAINER_BACKING_DIR: "size=2g"},
         )
         self.log.add(
