@@ -41,16 +41,32 @@ def _require_refusal(
     require(step.refused, requirement, accepted, sent=probe.sent, received=probe.received)
 
 
-def _require_challenge(probe: Any, step: Any) -> dict[str, str]:
-    """The target answered CHAP_A with its CHAP_I and CHAP_C (RFC 7143 12.1.3)."""
+def _require_not_logged_in(probe: Any, requirement: str, what: str, why: str) -> None:
+    """The login did not reach full feature phase (else ``what`` fails ``requirement``),
+    and its last step was refused the way RFC 7143 11.13.5 says (else ``why`` fails
+    R7143-11.13-1; silence and a hang-up fail saying which)."""
+    __tracebackhide__ = True
+    require(not probe.in_full_feature, requirement, what, sent=probe.sent, received=probe.received)
+    _require_refusal(probe, probe.steps[-1], "R7143-11.13-1", why)
+
+
+def _require_answer(probe: Any, step: Any, requirement: str) -> None:
+    """The login step got a Login Response (any status); silence and a hang-up fail
+    under ``requirement``, saying which (``ANSWER_RULE``)."""
     __tracebackhide__ = True
     require(
         step.response is not None,
-        "R7143-12.1.3-2",
+        requirement,
         step.missing(ANSWER_RULE),
         sent=probe.sent,
         received=probe.received,
     )
+
+
+def _require_challenge(probe: Any, step: Any) -> dict[str, str]:
+    """The target answered CHAP_A with its CHAP_I and CHAP_C (RFC 7143 12.1.3)."""
+    __tracebackhide__ = True
+    _require_answer(probe, step, "R7143-12.1.3-2")
     keys: dict[str, str] = step.keys
     require(
         "CHAP_I" in keys and "CHAP_C" in keys,
@@ -227,13 +243,7 @@ async def test_unsupported_algorithm_only(target: Any) -> None:
     """CHAP_A offering only an unknown algorithm (99) is answered Reject or fails the login."""
     async with target.raw("chap") as raw:
         probe, step = await _to_challenge(target, raw, algs="99")
-        require(
-            step.response is not None,
-            "R7143-12.1.3-1",
-            step.missing(ANSWER_RULE),
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_answer(probe, step, "R7143-12.1.3-1")
         require(
             step.refused or step.keys.get("CHAP_A") == "Reject",
             "R7143-12.1.3-1",
@@ -261,13 +271,7 @@ async def test_algorithm_chosen_from_list(target: Any) -> None:
     """CHAP_A=99,5: the target picks 5 (the only one it must support from the list)."""
     async with target.raw("chap") as raw:
         probe, step = await _to_challenge(target, raw, algs="99,5")
-        require(
-            step.response is not None,
-            "R7143-6.2.1-1",
-            step.missing(ANSWER_RULE),
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_answer(probe, step, "R7143-6.2.1-1")
         require(
             step.keys.get("CHAP_A") == "5",
             "R7143-6.2.1-1",
@@ -291,21 +295,12 @@ async def test_missing_chap_r(target: Any) -> None:
         step = await probe.step([("CHAP_N", user)], csg=0, nsg=1, transit=True)
         if step.succeeded and step.response.transit:
             step = await probe.operational([])
-        require(
-            not probe.in_full_feature,
+        _require_not_logged_in(
+            probe,
             "R7143-12.1.3-3",
             "logged in without CHAP_R",
-            sent=probe.sent,
-            received=probe.received,
-        )
-        require(
-            probe.steps[-1].refused,
-            "R7143-11.13-1",
-            probe.steps[-1].missing(REFUSAL_RULE)
-            or "an authentication that cannot succeed ends with a Login Response with a "
+            "an authentication that cannot succeed ends with a Login Response with a "
             "non-zero status (RFC 7143 11.13.5)",
-            sent=probe.sent,
-            received=probe.received,
         )
 
 
@@ -368,13 +363,7 @@ async def test_repeated_chap_a(target: Any) -> None:
         probe = target.probe(raw, "chap")
         await probe.step([("AuthMethod", "CHAP")], csg=0, nsg=1, transit=False)
         step = await probe.step([("CHAP_A", "5"), ("CHAP_A", "5")], csg=0, nsg=1, transit=False)
-        require(
-            step.response is not None,
-            "R7143-6.2-3",
-            step.missing(ANSWER_RULE),
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_answer(probe, step, "R7143-6.2-3")
         require(
             step.refused or step.keys.get("CHAP_A") == "Reject",
             "R7143-6.2-3",
@@ -398,21 +387,12 @@ async def test_chap_in_operational_stage(target: Any) -> None:
         step = await probe.step([("CHAP_A", "5")], csg=1, nsg=3, transit=True)
         if step.succeeded and not step.response.transit:
             step = await probe.operational([])
-        require(
-            not probe.in_full_feature,
+        _require_not_logged_in(
+            probe,
             "R7143-6.3-7",
             "full feature phase reached with CHAP keys in the operational stage",
-            sent=probe.sent,
-            received=probe.received,
-        )
-        require(
-            probe.steps[-1].refused,
-            "R7143-11.13-1",
-            probe.steps[-1].missing(REFUSAL_RULE)
-            or "the login with CHAP keys in the operational stage is not refused with a Login "
+            "the login with CHAP keys in the operational stage is not refused with a Login "
             "Response with a non-zero status (RFC 7143 11.13.5)",
-            sent=probe.sent,
-            received=probe.received,
         )
 
 
@@ -440,13 +420,7 @@ async def test_chap_keys_after_security_stage(target: Any) -> None:
             received=probe.received,
         )
         step = await probe.step([("CHAP_A", "5")], csg=1, nsg=3, transit=True)
-        require(
-            step.response is not None,
-            "R7143-11.13-1",
-            step.missing(ANSWER_RULE),
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_answer(probe, step, "R7143-11.13-1")
         if step.refused:
             return
         if not step.response.transit:
@@ -739,13 +713,7 @@ async def test_algorithm_first_of_two(target: Any) -> None:
     initiator's list it supports (a list is answered with its first supported value)."""
     async with target.raw("chap") as raw:
         probe, step = await _to_challenge(target, raw, algs="7,5")
-        require(
-            step.response is not None,
-            "R7143-6.2.1-1",
-            step.missing(ANSWER_RULE),
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_answer(probe, step, "R7143-6.2.1-1")
         require(
             step.keys.get("CHAP_A") == "7",
             "R7143-6.2.1-1",

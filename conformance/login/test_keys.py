@@ -89,6 +89,19 @@ def _failed(step: Any, what: str) -> str:
     return f"{what} made the login fail (status {step.status:#06x})"
 
 
+def _require_answer(probe: Any, step: Any, requirement: str) -> None:
+    """The login step got a Login Response (any status); silence and a hang-up fail
+    under ``requirement``, saying which (``ANSWER_RULE``)."""
+    __tracebackhide__ = True
+    require(
+        step.response is not None,
+        requirement,
+        step.missing(ANSWER_RULE),
+        sent=probe.sent,
+        received=probe.received,
+    )
+
+
 async def _answer(target: Any, pairs: list[tuple[str, str]]) -> tuple[Any, Any]:
     async with target.raw() as raw:
         probe = target.probe(raw)
@@ -199,13 +212,7 @@ def _make_out_of_range_test(key: Any, value: int, label: str) -> Callable[..., A
         # NotUnderstood from a target older than the key. Not: silence, a hang-up, the
         # key left unanswered, or an answer outside the range.
         probe, step = await _answer(target, [(key.name, str(value))])
-        require(
-            step.response is not None,
-            "R7143-6.2.2-3",
-            step.missing(ANSWER_RULE),
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_answer(probe, step, "R7143-6.2.2-3")
         if step.refused:
             require(
                 step.response.status_class == 2,
@@ -290,13 +297,7 @@ def _make_boolean_illegal_test(key: Any) -> Callable[..., Any]:
         # login (a Login Response with a non-zero status, 11.13.5). Not: silence, a
         # hang-up, the key left unanswered ("Maybe" decides no result by itself, so the
         # boolean exception of 6.2.2 does not apply), any other answer.
-        require(
-            step.response is not None,
-            "R7143-6.2-5",
-            step.missing(ANSWER_RULE),
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_answer(probe, step, "R7143-6.2-5")
         if step.refused:
             return
         answer = _answer_to(probe, step, key.name)
@@ -343,13 +344,7 @@ async def test_mrdsl_below_minimum(target: Any) -> None:
     A robustness check (R7143-13.12-3: the key is declarative, no keyword says how an
     out-of-range declaration is answered); the request is still owed a Login Response."""
     probe, step = await _answer(target, [("MaxRecvDataSegmentLength", "511")])
-    require(
-        step.response is not None,
-        "R7143-11.13-1",
-        step.missing(ANSWER_RULE),
-        sent=probe.sent,
-        received=probe.received,
-    )
+    _require_answer(probe, step, "R7143-11.13-1")
     if step.refused:
         return
     require(
@@ -373,13 +368,7 @@ async def test_mrdsl_above_maximum(target: Any) -> None:
     A robustness check (R7143-13.12-3: the key is declarative, no keyword says how an
     out-of-range declaration is answered); the request is still owed a Login Response."""
     probe, step = await _answer(target, [("MaxRecvDataSegmentLength", str(1 << 24))])
-    require(
-        step.response is not None,
-        "R7143-11.13-1",
-        step.missing(ANSWER_RULE),
-        sent=probe.sent,
-        received=probe.received,
-    )
+    _require_answer(probe, step, "R7143-11.13-1")
     if step.refused:
         return
     require(
@@ -456,13 +445,7 @@ async def test_number_in_base64(target: Any) -> None:
     How a receiver treats a malformed value has no keyword read (R7143-6.1-5, a robustness
     check); the offer is still owed an answer (R7143-6.2-5, R7143-6.2-4)."""
     probe, step = await _answer(target, [("MaxBurstLength", "0bAQAA")])
-    require(
-        step.response is not None,
-        "R7143-6.2-5",
-        step.missing(ANSWER_RULE),
-        sent=probe.sent,
-        received=probe.received,
-    )
+    _require_answer(probe, step, "R7143-6.2-5")
     if step.refused:
         require(
             step.response.status_class == 2,
@@ -513,13 +496,7 @@ async def test_first_burst_not_above_max_burst(target: Any) -> None:
     # 13.14); both answered, FirstBurstLength not above MaxBurstLength. Not: silence, a
     # hang-up, either key left unanswered (both are numerical offers, 6.2.2).
     probe, step = await _answer(target, offer)
-    require(
-        step.response is not None,
-        "R7143-13.14-1",
-        step.missing(ANSWER_RULE),
-        sent=probe.sent,
-        received=probe.received,
-    )
+    _require_answer(probe, step, "R7143-13.14-1")
     if step.refused:
         require(
             step.response.status_class == 2,
@@ -564,13 +541,7 @@ async def test_malformed_number(target: Any) -> None:
     Which of the two has no keyword read (R7143-6.1-5, a robustness check); the offer is
     owed an answer, as any inadmissible value is (R7143-6.2-5)."""
     probe, step = await _answer(target, [("MaxBurstLength", "12ab34")])
-    require(
-        step.response is not None,
-        "R7143-6.2-5",
-        step.missing(ANSWER_RULE),
-        sent=probe.sent,
-        received=probe.received,
-    )
+    _require_answer(probe, step, "R7143-6.2-5")
     if step.refused:
         return
     answer = _answer_to(probe, step, "MaxBurstLength")
@@ -643,13 +614,7 @@ async def test_unknown_public_extension_key(target: Any) -> None:
 async def test_unknown_standard_key(target: Any) -> None:
     """A key that no RFC defines (not X-) is answered NotUnderstood, not a failure."""
     probe, step = await _answer(target, [("NoSuchKey", "1")])
-    require(
-        step.response is not None,
-        "R7143-6.2-1",
-        step.missing(ANSWER_RULE),
-        sent=probe.sent,
-        received=probe.received,
-    )
+    _require_answer(probe, step, "R7143-6.2-1")
     if step.refused:
         require(
             step.response.status_class == 2,
@@ -672,13 +637,7 @@ async def test_unknown_standard_key(target: Any) -> None:
 async def test_repeated_key(target: Any) -> None:
     """The same key twice in one negotiation is a protocol error."""
     probe, step = await _answer(target, [("MaxBurstLength", "65536"), ("MaxBurstLength", "131072")])
-    require(
-        step.response is not None,
-        "R7143-6.2-3",
-        step.missing(ANSWER_RULE),
-        sent=probe.sent,
-        received=probe.received,
-    )
+    _require_answer(probe, step, "R7143-6.2-3")
     require(
         step.refused or step.keys.get("MaxBurstLength") == "Reject",
         "R7143-6.2-3",

@@ -35,6 +35,19 @@ def _require_answer(probe: Any, step: Any, requirement: str, rule: str = REFUSAL
     )
 
 
+def _require_going_on(probe: Any, step: Any) -> None:
+    """The login step succeeded, as it does at a target that needs no authentication
+    (R7143-6.3.1-2); anything else fails, saying what came."""
+    __tracebackhide__ = True
+    require(
+        step.succeeded,
+        "R7143-6.3.1-2",
+        step.missing(ANSWER_RULE) or f"login refused ({step.status:#06x})",
+        sent=probe.sent,
+        received=probe.received,
+    )
+
+
 @spec("Login.Stages.TransitAndContinueBothSet", "RFC 7143 11.12.2", requirements=["R7143-11.12-1"])
 async def test_t_and_c_both_set(target: Any) -> None:
     """A Login Request with T=1 and C=1 is a protocol error: the login ends.
@@ -263,13 +276,7 @@ async def test_version_active_zero(target: Any) -> None:
     async with target.raw() as raw:
         probe = target.probe(raw)
         step = await probe.security_none()
-        require(
-            step.succeeded,
-            "R7143-6.3.1-2",
-            step.missing(ANSWER_RULE) or f"login refused ({step.status:#06x})",
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_going_on(probe, step)
         require(
             step.response.version_active == 0,
             "R7143-11.12-3",
@@ -506,13 +513,7 @@ async def test_nop_during_login(target: Any) -> None:
     async with target.raw() as raw:
         probe = target.probe(raw)
         step = await probe.step([("AuthMethod", "None")], csg=0, nsg=0, transit=False)
-        require(
-            step.succeeded,
-            "R7143-6.3.1-2",
-            step.missing(ANSWER_RULE) or f"login refused ({step.status:#06x})",
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_going_on(probe, step)
         nop = P.NopOut(immediate=True, itt=0x77, ttt=0xFFFFFFFF, cmdsn=1, expstatsn=probe.expstatsn)
         await raw.send(nop)
         answer = await raw.recv(timeout=min(3.0, probe.timeout))
@@ -648,13 +649,7 @@ async def test_nop_during_login_refused(target: Any) -> None:
     async with target.raw() as raw:
         probe = target.probe(raw)
         step = await probe.step([("AuthMethod", "None")], csg=0, nsg=0, transit=False)
-        require(
-            step.succeeded,
-            "R7143-6.3.1-2",
-            step.missing(ANSWER_RULE) or f"login refused ({step.status:#06x})",
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_going_on(probe, step)
         nop = P.NopOut(immediate=True, itt=0x78, ttt=0xFFFFFFFF, cmdsn=1, expstatsn=probe.expstatsn)
         limit = min(3.0, probe.timeout)
         started = time.monotonic()
@@ -713,13 +708,7 @@ async def test_cid_of_first_request_kept(target: Any) -> None:
         probe = target.probe(raw)
         first_cid = probe.cid
         s = await probe.security_none()
-        require(
-            s.succeeded,
-            "R7143-6.3.1-2",
-            s.missing(ANSWER_RULE) or f"login refused ({s.status:#06x})",
-            sent=probe.sent,
-            received=probe.received,
-        )
+        _require_going_on(probe, s)
         probe.cid = (first_cid + 1) & 0xFFFF
         step = await probe.operational(
             [("HeaderDigest", "None"), ("DataDigest", "None"), ("MaxRecvDataSegmentLength", "8192")]
