@@ -1504,6 +1504,84 @@ async def test_unit_attentions_named_nexuses(target: Any) -> None:
 
 
 @spec(
+    "Cluster.AllRegistrants.HolderLeaves",
+    "SPC-4 5.13.11.2.3",
+    "SPC-4 5.13.1",
+    requirements=["RSPC4-5.13.11.2.3-2", "RSPC4-5.9-6"],
+    needs=PR,
+    dataloss=True,
+)
+async def test_all_registrants_holder_leaves(target: Any) -> None:
+    """Three nodes share a Write Exclusive - All Registrants reservation (every
+    registrant holds it). A node leaves the cluster (REGISTER AND IGNORE EXISTING KEY,
+    key 0): the reservation stays with the others, who still write, while the node
+    that left is refused; when the last registrant leaves, the reservation is
+    released (SPC-4 5.13.11.2.3, table 71)."""
+    k = {n: node_key(CLUSTER_NAME, f"ar-{n}") for n in "ABC"}
+    with own_lu(target) as lu:
+        async with cluster(lu, "all-registrants-holder-leaves") as c:
+            a = await c.join("A")
+            b = await c.join("B", initiator=OTHER)
+            cc = await c.join("C", initiator=THIRD)
+            nodes = {"A": a, "B": b, "C": cc}
+            for name, n in nodes.items():
+                await c.pr_out(n, REGISTER_IGNORE, sa_key=k[name])
+            out = await c.pr_out(a, RESERVE, key=k["A"], pr_type=WE_AR)
+            if is_illegal(out):
+                pytest.skip(f"Write Exclusive - All Registrants refused: {describe(out)}")
+            c.require(
+                out.status == GOOD, "RSPC4-5.9-3", f"A's RESERVE type 7: {describe(out)}", out
+            )
+            await c.observe(b, "all three hold")
+            out = await c.pr_out(a, REGISTER_IGNORE, sa_key=0)
+            c.event("A leaves the cluster", "A")
+            info, rr = await c.read_reservation(b)
+            c.require(
+                out.status == GOOD and info is not None and info.pr_type == WE_AR,
+                "RSPC4-5.13.11.2.3-2",
+                f"after A unregistered ({describe(out)}) the reservation is {info!r}: an all registrants reservation shall be released only when the last registration is removed (SPC-4 table 71)",
+                out,
+                rr,
+            )
+            await c.observe(b, "A left")
+            wb = await c.write(b, LBA + 8, c.pattern("B"))
+            wa = await c.write(a, LBA + 8, c.pattern("A-left"))
+            c.require(
+                wa.status == CONFLICT,
+                "RSPC4-5.9-6",
+                f"A's WRITE after it left: {describe(wa)} (SPC-4 5.13.1: an unregistered nexus under Write Exclusive - All Registrants)",
+                wa,
+            )
+            c.require(
+                wb.status == GOOD,
+                "RSPC4-5.9-6",
+                f"registrant B's WRITE after A left: {describe(wb)}",
+                wb,
+                level="SHOULD",
+            )
+            await c.pr_out(b, REGISTER_IGNORE, sa_key=0)
+            c.event("B leaves the cluster", "B")
+            info, rr = await c.read_reservation(cc)
+            c.require(
+                info is not None and info.pr_type == WE_AR,
+                "RSPC4-5.13.11.2.3-2",
+                f"with C still registered the reservation is {info!r}",
+                rr,
+            )
+            out = await c.pr_out(cc, REGISTER_IGNORE, sa_key=0)
+            c.event("C, the last registrant, leaves", "C")
+            info, rr = await c.read_reservation(cc)
+            c.require(
+                out.status == GOOD and info is not None and info.pr_type is None,
+                "RSPC4-5.13.11.2.3-2",
+                f"after the last registrant unregistered ({describe(out)}) the reservation is {info!r}: it shall be released (SPC-4 5.13.11.2.3)",
+                out,
+                rr,
+            )
+            await c.observe(cc, "nobody registered")
+
+
+@spec(
     "Cluster.ThreeNodes.FailFenceRejoin",
     "SPC-4 5.13.11.2.6",
     "SPC-4 5.13.1",

@@ -41,6 +41,25 @@ def unregister_keeps(p: Patcher) -> None:
 
 
 @mutant(
+    "Cluster.AllRegistrants.DroppedWhenOneLeaves",
+    "cluster",
+    "an all registrants reservation is released when any registrant unregisters (SPC-4 5.13.11.2.3, table 71: only with the last one)",
+    catches=[f"{_C}.AllRegistrants.HolderLeaves"],
+)
+def all_registrants_dropped(p: Patcher) -> None:
+    def make(old: Any) -> Any:
+        def unregister(self: R, reg: Any, result: Any) -> None:
+            was = self.type
+            old(self, reg, result)
+            if was is not None and was.all_registrants:
+                self._drop_reservation()
+
+        return unregister
+
+    p.wrap(R, "_unregister", make)
+
+
+@mutant(
     "Cluster.Preempt.FromUnregisteredNexus",
     "cluster",
     "a PREEMPT from an unregistered I_T nexus registers it and proceeds, so two crossing PREEMPTs both win (SPC-4 5.13.11.2.4.3, 5.13.7: RESERVATION CONFLICT)",
