@@ -546,3 +546,81 @@ async def test_cmdsn_wraparound(target: Any) -> None:
                 received=[r],
             )
         require(crossed, "harness", f"the CmdSN never reached 0 from {WRAP_START:#010x}")
+
+
+async def _window_nop_in(ffp: FullFeature) -> Any:
+    """The next NOP-In that answers nothing (ITT and TTT 0xffffffff), or None."""
+    for _ in range(8):
+        p = await ffp.recv(timeout=3.0)
+        if p is None:
+            return None
+        if isinstance(p, P.NopIn) and p.itt == 0xFFFFFFFF and p.ttt == 0xFFFFFFFF:
+            return p
+    return None
+
+
+@spec(
+    "FullFeature.Sequencing.WindowClosedThenReopened",
+    "RFC 7143 4.2.2.1",
+    "RFC 7143 11.4.11",
+    requirements=["R7143-11.4-5", "R7143-4.2.2.1-2", "R7143-11.18-1"],
+    needs=("dedicated_instance",),
+)
+async def test_window_closed_then_reopened(target: Any) -> None:
+    """A target that closes its command window mid-session (a dedicated reference
+    target, through its test API) announces MaxCmdSN = ExpCmdSN - 1 in a NOP-In,
+    ignores a non-immediate command sent into the closed window, still answers an
+    immediate NOP-Out, announces the reopened window in a NOP-In, and then executes
+    the command sent again with the same CmdSN."""
+    with target.dedicated() as inst:
+        async with full_feature(inst) as ffp:
+            tsih = ffp.probe.tsih
+            inst.set_cmd_window(tsih, 0)
+            closed = await _window_nop_in(ffp)
+            require(
+                closed is not None and closed.maxcmdsn == (closed.expcmdsn - 1) & 0xFFFFFFFF,
+                "R7143-11.4-5",
+                "after closing its window the target sent no NOP-In carrying MaxCmdSN = "
+                f"ExpCmdSN - 1: {closed if closed is not None else ffp.no_answer}",
+                received=ffp.shown(closed),
+            )
+            sn = ffp.cmdsn
+            held = P.NopOut(itt=0x7001, ttt=0xFFFFFFFF, cmdsn=sn, expstatsn=ffp.expstatsn)
+            await ffp.send(held)
+            early = await ffp.drain(1.0)
+            require(
+                not any(isinstance(p, P.NopIn) and p.itt == held.itt for p in early),
+                "R7143-4.2.2.1-2",
+                f"the NOP-Out with CmdSN {sn}, outside the closed window "
+                f"(MaxCmdSN {closed.maxcmdsn}), was answered",
+                sent=[held],
+                received=[closed, *early],
+            )
+            ping, pong = await ffp.nop(b"closed", immediate=True)
+            require(
+                isinstance(pong, P.NopIn) and pong.itt == ping.itt and pong.data == b"closed",
+                "R7143-11.18-1",
+                "an immediate NOP-Out in the closed window was not answered: "
+                f"{pong if pong is not None else ffp.no_answer}",
+                sent=[ping],
+                received=ffp.shown(pong),
+            )
+            inst.set_cmd_window(tsih, 8)
+            opened = await _window_nop_in(ffp)
+            require(
+                opened is not None and not serial_lt(opened.maxcmdsn, sn),
+                "R7143-11.4-5",
+                "after opening its window the target sent no NOP-In carrying the new "
+                f"MaxCmdSN: {opened if opened is not None else ffp.no_answer}",
+                received=ffp.shown(opened),
+            )
+            again = P.NopOut(itt=0x7002, ttt=0xFFFFFFFF, cmdsn=sn, expstatsn=ffp.expstatsn)
+            reply = await ffp.exchange(again)
+            require(
+                isinstance(reply.pdu, P.NopIn),
+                "R7143-4.2.2.1-2",
+                f"the NOP-Out sent again with CmdSN {sn} inside the reopened window got "
+                f"{type(reply.pdu).__name__ if reply.pdu is not None else reply.missing()}",
+                sent=[held, again],
+                received=[opened, *reply.shown()],
+            )

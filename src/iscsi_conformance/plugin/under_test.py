@@ -224,16 +224,7 @@ class TargetUnderTest:
         connection ``cid``, event 1 too when ``cid`` is given; the others on every
         connection of the session. ``time_to_logout`` is Parameter3 of events 1 and 4
         (the seconds the initiator has to log out, or to send its Text Request)."""
-        driver = self.__dict__.get("driver") or getattr(self.entry, "driver", None)
-        server = getattr(driver, "server", None)
-        if server is None or not server.serving():
-            pytest.skip(
-                f"{self.name} has no in-process test API to send an Async Message "
-                "(only an embedded reference target has one)"
-            )
-        session = server.call(lambda: server.engine.sessions.get(tsih))
-        if session is None:
-            raise LookupError(f"{self.name} has no session with TSIH {tsih}")
+        server, session = self._test_api(tsih, "send an Async Message")
         if event == 0:
             server.send_scsi_async_event(session, lun, sense)
         elif event == 1:
@@ -251,6 +242,28 @@ class TargetUnderTest:
             server.send_vendor_event(session, vcode, data)
         else:
             raise ValueError(f"AsyncEvent {event} is reserved (RFC 7143 11.9.1)")
+
+    def set_cmd_window(self, tsih: int, window: int) -> None:
+        """Have an embedded reference target resize the CmdSN window of session ``tsih``
+        to ``window`` commands (0 closes it, RFC 7143 4.2.2.1), announced by a NOP-In
+        (11.4.11); elsewhere the test skips, as in ``send_async``."""
+        server, session = self._test_api(tsih, "resize a CmdSN window")
+        server.set_cmd_window(session, window)
+
+    def _test_api(self, tsih: int, what: str) -> tuple[Any, Any]:
+        """The embedded reference target's server and its session ``tsih``; a target
+        without that in-process test API skips the test (it cannot ``what``)."""
+        driver = self.__dict__.get("driver") or getattr(self.entry, "driver", None)
+        server = getattr(driver, "server", None)
+        if server is None or not server.serving():
+            pytest.skip(
+                f"{self.name} has no in-process test API to {what} "
+                "(only an embedded reference target has one)"
+            )
+        session = server.call(lambda: server.engine.sessions.get(tsih))
+        if session is None:
+            raise LookupError(f"{self.name} has no session with TSIH {tsih}")
+        return server, session
 
     @contextlib.contextmanager
     def dedicated(self, **kw: Any) -> Iterator[DedicatedTarget]:

@@ -484,7 +484,7 @@ class Connection(TaskIO):
             run(pdu)
             return
         sn = pdu.cmdsn
-        if sn == s.expcmdsn:
+        if sn == s.expcmdsn and sn_le(sn, s.maxcmdsn):  # a closed window holds even ExpCmdSN
             s.expcmdsn = sn_add(sn, 1)
             if sn in s.aborted_cmdsns:
                 s.aborted_cmdsns.discard(sn)
@@ -567,6 +567,19 @@ class Connection(TaskIO):
         # StatSN is not advanced for a NOP-In that asks for a reply (11.19.4).
         self._emit(
             P.NopIn(lun=0, itt=NONE_TAG, ttt=ttt, statsn=self.statsn, expcmdsn=exp, maxcmdsn=mx)
+        )
+
+    def announce_window(self) -> None:
+        """A NOP-In that only carries ExpCmdSN and MaxCmdSN: ITT and TTT reserved, StatSN
+        the next one, not advanced (RFC 7143 11.4.11: a MaxCmdSN that changes with no
+        PDU pending to carry it is sent in a NOP-In; 11.19)."""
+        if self.state is not ConnState.FULL_FEATURE:
+            return
+        exp, mx = self._window()
+        self._emit(
+            P.NopIn(
+                lun=0, itt=NONE_TAG, ttt=NONE_TAG, statsn=self.statsn, expcmdsn=exp, maxcmdsn=mx
+            )
         )
 
     def next_deadline(self) -> float | None:

@@ -381,6 +381,16 @@ class TargetEngine:
             )
             break
 
+    def set_cmd_window(self, session: Session, window: int) -> None:
+        """Resize the session's CmdSN window to ``window`` commands (0 closes it:
+        MaxCmdSN = ExpCmdSN - 1, RFC 7143 4.2.2.1) and announce the new MaxCmdSN with a
+        NOP-In on every connection, no other PDU being due to carry it (11.4.11)."""
+        if window == session.window:
+            return
+        session.window = max(0, window)
+        for conn in session.connections.values():
+            conn.announce_window()
+
     def send_vendor_event(self, session: Session, vcode: int, data: bytes = b"") -> None:
         """Async Message with a vendor-specific event (event 255), its AsyncVCode and
         data (RFC 7143 11.9.1: data MAY accompany it), on every connection."""

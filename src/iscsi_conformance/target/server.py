@@ -319,6 +319,10 @@ class TargetServer:
         """Async Message reporting a SCSI asynchronous event with ``sense`` (AsyncEvent 0)."""
         self.call(self.engine.send_scsi_async_event, session, lun, sense)
 
+    def set_cmd_window(self, session: Session, window: int) -> None:
+        """Resize (0: close) the session's CmdSN window; a NOP-In announces it."""
+        self.call(self.engine.set_cmd_window, session, window)
+
     def send_vendor_event(self, session: Session, vcode: int, data: bytes = b"") -> None:
         """Async Message with a vendor-specific event (AsyncEvent 255)."""
         self.call(self.engine.send_vendor_event, session, vcode, data)

@@ -290,3 +290,39 @@ def cmdsn_window_plain(p: Patcher) -> None:
 
     p.setattr(C, "sn_lt", lambda a, b: a < b)
     p.setattr(C, "sn_le", lambda a, b: a <= b)
+
+
+@mutant(
+    "Sequencing.Window.ClosedWindowNotAnnounced",
+    "sequencing",
+    "a CmdSN window closed or opened mid-session is not announced: no NOP-In carries "
+    "the new MaxCmdSN (11.4.11)",
+    catches=["FullFeature.Sequencing.WindowClosedThenReopened"],
+)
+def window_not_announced(p: Patcher) -> None:
+    p.noop(Connection, "announce_window")
+
+
+@mutant(
+    "Sequencing.Window.ClosedWindowRunsExpCmdSN",
+    "sequencing",
+    "a command whose CmdSN equals ExpCmdSN runs even when the window is closed "
+    "(MaxCmdSN = ExpCmdSN - 1): the window is checked only ahead of ExpCmdSN (4.2.2.1)",
+    catches=["FullFeature.Sequencing.WindowClosedThenReopened"],
+)
+def closed_window_runs(p: Patcher) -> None:
+    def make(old: Any) -> Any:
+        def order(self: Connection, pdu: Any, run: Any) -> None:
+            s = self.session
+            if s is None or pdu.immediate or pdu.cmdsn != s.expcmdsn or s.window > 0:
+                old(self, pdu, run)
+                return
+            s.window = 1  # the check the mutant leaves out: as if the window were open
+            try:
+                old(self, pdu, run)
+            finally:
+                s.window = 0
+
+        return order
+
+    p.wrap(Connection, "_order", make)
