@@ -93,6 +93,11 @@ class FaultPlan:
     def __bool__(self) -> bool:
         return bool(self.faults)
 
+    @property
+    def pending(self) -> bool:
+        """True while a fault is still to fire."""
+        return len(self._done) < len(self.faults)
+
     def decide(self, conn: int, pdu: PDU, full_feature: bool) -> Fault | None:
         """The fault to apply to ``pdu`` now, if one is due (full feature phase only)."""
         if not self.faults or not full_feature:

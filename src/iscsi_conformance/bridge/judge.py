@@ -293,6 +293,9 @@ class Judge:
         self.snack_seen = False
         self.exercised: set[str] = set()  # rules this conversation gave a chance to break
         self._offered_to_target = False
+        self._unexercised: dict[Direction, dict[str, Callable[[Judge, PDU, bool], bool]]] = {
+            d: {n: t for n, (sd, t) in _EXERCISED_BY.items() if sd == d} for d in (I2T, T2I)
+        }
         # login
         self._first_login: LoginRequest | None = None
         self._last_login_transit = False
@@ -344,9 +347,12 @@ class Judge:
         was_ffp = self.full_feature
         self._format(direction, pdu, raw, out)
         _dispatch(self, direction, pdu, out)
-        for name, (sender_dir, test) in _EXERCISED_BY.items():
-            if sender_dir == direction and name not in self.exercised and test(self, pdu, was_ffp):
-                self.exercised.add(name)
+        todo = self._unexercised[direction]
+        if todo:
+            for name, test in list(todo.items()):
+                if test(self, pdu, was_ffp):
+                    self.exercised.add(name)
+                    del todo[name]
         self._keep(out)
         return out
 
@@ -390,6 +396,7 @@ class Judge:
         if raw is not None and len(raw) >= 48:
             dsl = int.from_bytes(raw[5:8], "big")
             if dsl % 4:
+                self.exercised.add("padding.zero" + suffix)  # judged only with the bytes
                 start = 48 + raw[4] * 4 + (4 if self.header_digest else 0) + dsl
                 pad = raw[start : start + (4 - dsl % 4)]
                 if any(pad):
@@ -943,8 +950,6 @@ _EXERCISED_BY: dict[str, tuple[Direction, Callable[[Judge, PDU, bool], bool]]] =
     "login.t_and_c.target": (T2I, lambda j, p, f: isinstance(p, LoginResponse)),
     "datain.s_needs_f": (T2I, _ffp(ScsiDataIn)),
     "command.rw_length": (I2T, _ffp(ScsiCommand)),
-    "padding.zero": (I2T, lambda j, p, f: len(p.data) % 4 != 0),
-    "padding.zero.target": (T2I, lambda j, p, f: len(p.data) % 4 != 0),
     "digest.correct": (I2T, lambda j, p, f: f and (j.header_digest or j.data_digest)),
     "digest.correct.target": (T2I, lambda j, p, f: f and (j.header_digest or j.data_digest)),
     "login.same_ids": (

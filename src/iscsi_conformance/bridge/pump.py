@@ -49,7 +49,7 @@ from .judge import I2T, T2I, Breach, Direction, Judge, SessionBook
 
 __all__ = ["Bridge", "BridgeBreach", "BridgedConnection"]
 
-_READ_CHUNK = 65536
+_READ_CHUNK = 262144
 _CONTEXT = 6  # PDU summaries kept before each breach
 _HOLD = 0.2  # seconds a merged or reordered PDU waits for the next one
 
@@ -290,6 +290,14 @@ class Bridge:
                 if direction in conn.framing_lost:
                     await self._send(conn, direction, writer, data)
                     continue
+                if not pending and self._fast(conn):
+                    # nothing to change on the way: forward as read, then judge
+                    writer.write(data)
+                    if self.pcap is not None:
+                        self.pcap.record(conn.index, direction, data, time.time())
+                    self._judge_only(conn, direction, decoder, data)
+                    await writer.drain()
+                    continue
                 decoder.feed(data)
                 pending += data
                 out = bytearray()
@@ -341,6 +349,40 @@ class Bridge:
             if self.pcap is not None:
                 self.pcap.close_direction(conn.index, direction, time.time())
             self._notify()
+
+    def _fast(self, conn: BridgedConnection) -> bool:
+        """Whole chunks go out unchanged: full feature phase, no fault left to inject,
+        no SendTargets answer to rewrite (PDUs are still decoded and judged)."""
+        judge = conn.judge
+        return (
+            judge.full_feature
+            and not self.faults.pending
+            and not (self.advertise and judge.session_type == "Discovery")
+        )
+
+    def _judge_only(
+        self, conn: BridgedConnection, direction: Direction, decoder: PDUDecoder, data: bytes
+    ) -> None:
+        """Decode and judge what was already forwarded (the fast path)."""
+        decoder.feed(data)
+        while True:
+            try:
+                pdu = decoder.next_pdu()
+            except DigestError as exc:
+                self._judged(conn, conn.judge.digest_error(direction, exc.which, str(exc)))
+                if exc.which == "data":
+                    continue
+                conn.framing_lost.add(direction)
+                return
+            except Exception as exc:
+                self.harness_errors.append(f"conn {conn.index} {direction}: undecodable: {exc}")
+                conn.framing_lost.add(direction)
+                return
+            if pdu is None:
+                return
+            conn.pdus[direction] += 1
+            conn.recent.append(_summary(direction, pdu, 0))
+            self._judged(conn, conn.judge.pdu(direction, pdu))
 
     async def _send(
         self,

@@ -1,0 +1,131 @@
+"""What the conformance bridge costs: READ throughput at 64 KiB against the reference
+target directly and through the bridge, in one run, as a ratio (issue 15: at most 20%).
+
+Starts the reference target in this process, then alternates rounds direct / bridged
+(``--rounds`` each, ``--seconds`` per round) with two initiators:
+
+- the reference initiator (Python, ``--depth`` commands in flight), as the issue
+  measures it: reference x reference with and without the bridge;
+- libiscsi's ``iscsi-perf`` where installed (C, the same depth), a much faster client
+  that shows the bridge's own ceiling.
+
+The bridge runs as users run it, ``iscsi-conformance bridge`` in a process of its own,
+judging every PDU (all rules on) and recording nothing to disk. Prints the median MB/s
+of each side, the ratio bridged/direct, and the bridge's own summary.
+
+    python benchmarks/bench_bridge.py --seconds 3 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from iscsi_conformance.initiator.client import Session
+from iscsi_conformance.netutil import free_tcp_port
+from iscsi_conformance.target.config import parse_config
+from iscsi_conformance.target.server import TargetServer
+
+IQN = "iqn.2024-01.org.iscsi-conformance:bench-bridge"
+_AVG = re.compile(r"iops average (\d+) \((\d+) MB/s\)")
+
+
+def reference_read(host: str, port: int, size: int, depth: int, seconds: float) -> float:
+    """MB/s of READs of ``size`` bytes, ``depth`` at a time, for ``seconds``."""
+
+    async def run() -> float:
+        async with Session.connect(host, port, IQN, timeout=10) as s:
+            blocks = size // 512
+            done = 0
+            end = time.monotonic() + seconds
+            start = time.monotonic()
+
+            async def worker(n: int) -> None:
+                nonlocal done
+                lba = n * blocks
+                while time.monotonic() < end:
+                    await s.read(0, lba, blocks, block_size=512)
+                    done += size
+
+            await asyncio.gather(*(worker(n) for n in range(depth)))
+            elapsed = time.monotonic() - start
+            await s.logout()
+            return done / elapsed / 1e6
+
+    return asyncio.run(run())
+
+
+def perf_read(host: str, port: int, size: int, depth: int, seconds: float) -> float:
+    url = f"iscsi://{host}:{port}/{IQN}/0"
+    argv = ["iscsi-perf", "-m", str(depth), "-b", str(size // 512), "-t", str(int(seconds)), url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+    found = _AVG.findall(out.stdout + out.stderr)
+    if not found:
+        raise RuntimeError(f"iscsi-perf printed no average: {out.stdout[-300:]}{out.stderr[-300:]}")
+    return float(found[-1][1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--size", type=int, default=65536)
+    ap.add_argument("--depth", type=int, default=8)
+    args = ap.parse_args(argv)
+    if args.size % 512 or args.size <= 0:
+        print("bench_bridge: --size must be a positive multiple of 512", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = {
+            "server": {"state_dir": str(Path(tmp) / "state")},
+            "portal_groups": [{"tag": 1, "portals": ["127.0.0.1:0"]}],
+            "targets": [{"name": IQN, "luns": [{"lun": 0, "size": "64M"}]}],
+        }
+        srv = TargetServer(parse_config(cfg))
+        srv.start_in_thread()
+        port = free_tcp_port()
+        thost, tport = srv.portal()
+        # the bridge as users run it: a process of its own (no GIL shared with the peers)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iscsi_conformance.cli", "bridge", "--listen",
+             f"127.0.0.1:{port}", "--target", f"{thost}:{tport}"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            proc.stdout.readline()  # "bridge HOST:PORT -> ..." once it listens
+            clients = [("reference initiator", reference_read)]
+            if shutil.which("iscsi-perf"):
+                clients.append(("iscsi-perf", perf_read))
+            for label, fn in clients:
+                direct, bridged = [], []
+                for _ in range(args.rounds):
+                    direct.append(fn(*srv.portal(), args.size, args.depth, args.seconds))
+                    bridged.append(fn("127.0.0.1", port, args.size, args.depth, args.seconds))
+                d, b = statistics.median(direct), statistics.median(bridged)
+                print(
+                    f"{label}: READ {args.size} B x{args.depth}: direct {d:.1f} MB/s, "
+                    f"bridged {b:.1f} MB/s, ratio {b / d:.2f} (cost {100 * (1 - b / d):.0f}%)"
+                )
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=10)
+            print("bridge: " + " | ".join(out.strip().splitlines()[-3:]))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            srv.stop_thread()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
