@@ -14,7 +14,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from iscsi_conformance.errors import AuthenticationError, LoginError, TransportError, URLError
+from iscsi_conformance.errors import (
+    AuthenticationError,
+    ConfigError,
+    LoginError,
+    TransportError,
+    URLError,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HARNESS = 0, 1, 2, 3
 
@@ -61,6 +67,16 @@ def certify(args: argparse.Namespace, extra: Sequence[str]) -> int:
         _err("bad URL: certify needs iscsi://host[:port]/iqn/lun (target name and LUN)")
         return EXIT_USAGE
     public = f"iscsi://{url.portal}/{url.target}/{url.lun}"
+    if getattr(args, "baseline", None):
+        from iscsi_conformance.report.baseline import load_baseline
+
+        try:
+            baseline = load_baseline(args.baseline)
+        except ConfigError as exc:
+            _err(str(exc))
+            return EXIT_USAGE
+    else:
+        baseline = None
     try:
         asyncio.run(_preflight(url, chap, mutual))
     except AuthenticationError as exc:
@@ -110,5 +126,12 @@ def certify(args: argparse.Namespace, extra: Sequence[str]) -> int:
     print_summary(results, report)
     verdict = certification_verdict(results, public, strict=getattr(args, "strict", False))
     print_verdict(verdict)
+    regressed = False
+    if baseline is not None and (report / "results.json").exists():
+        from iscsi_conformance.report.baseline import compare_report, summary_lines
+
+        d = compare_report(report, baseline, label=str(args.baseline))
+        print("\n".join(summary_lines(d)))
+        regressed = d.regressed
     print(f"HTML report: {(report / 'index.html').resolve()}")
-    return EXIT_OK if verdict.certified else EXIT_FAILED
+    return EXIT_OK if verdict.certified and not regressed else EXIT_FAILED

@@ -43,12 +43,34 @@ def _summary(results: object, report: Path) -> None:
     print_summary(results, report)
 
 
+def _baseline(args: argparse.Namespace) -> object:
+    """``--baseline``'s results, read before anything starts (ConfigError: one line)."""
+    if not getattr(args, "baseline", None):
+        return None
+    from iscsi_conformance.report.baseline import load_baseline
+
+    return load_baseline(args.baseline)
+
+
+def _regressed(args: argparse.Namespace, baseline: object, report: Path) -> bool | None:
+    """Compare the run's report folder with the baseline (rewriting it with the Changes
+    section) and print the verdict; None when there is no baseline or no results."""
+    if baseline is None or not (report / "results.json").exists():
+        return None
+    from iscsi_conformance.report.baseline import compare_report, summary_lines
+
+    d = compare_report(report, baseline, label=str(args.baseline))  # type: ignore[arg-type]
+    print("\n".join(summary_lines(d)), flush=True)
+    return d.regressed
+
+
 def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     import pytest
 
     from iscsi_conformance.plugin import RESULTS_KEY
 
     report = Path(args.report)
+    baseline = _baseline(args)
 
     class _Grab:
         results: object = None
@@ -65,6 +87,9 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         _summary(_Grab.results, report)
     if code == pytest.ExitCode.INTERRUPTED:
         return EXIT_INTERRUPTED
+    regressed = _regressed(args, baseline, report)
+    if regressed is not None and code in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        return EXIT_FAILED if regressed else EXIT_OK  # a baseline: regressions only
     if code in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         return EXIT_OK
     if code == pytest.ExitCode.TESTS_FAILED:
@@ -167,6 +192,7 @@ def cmd_run_sharded(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from iscsi_conformance.report.merge import merge_files
 
     report = Path(args.report)
+    baseline = _baseline(args)
     report.mkdir(parents=True, exist_ok=True)
     plan = plan_run(args.target or [], args.initiator or [], args.shards)
     started = time.monotonic()
@@ -217,6 +243,9 @@ def cmd_run_sharded(args: argparse.Namespace, extra: Sequence[str]) -> int:
         _summary(results, report)
     print(f"  wall time of the sharded run: {time.monotonic() - started:.1f} s")
     worst = max(codes.values(), key=_severity)
+    regressed = _regressed(args, baseline, report) if present else None
+    if regressed is not None and worst in (EXIT_OK, EXIT_FAILED):
+        return EXIT_FAILED if regressed else EXIT_OK  # a baseline: regressions only
     return worst if present or worst != EXIT_OK else EXIT_HARNESS
 
 
@@ -293,6 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default auto: isnsd where the run has a docker network, else ours)",
     )
 
+    baseline_help = (
+        "an earlier run's results.json (or its report folder): the report gets a Changes "
+        "section and %s"
+    )
+    run.add_argument(
+        "--baseline",
+        metavar="OLD.json",
+        help=baseline_help % "the exit status is 1 on a regression only",
+    )
+
     cert = sub.add_parser("certify", help="certify a third-party target given by URL")
     cert.add_argument("url", help="iscsi://[user[%%secret]@]host[:port]/iqn/lun")
     cert.add_argument(
@@ -316,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict",
         action="store_true",
         help="a SHOULD broken fails certification too (default: only MUSTs do)",
+    )
+    cert.add_argument(
+        "--baseline",
+        metavar="OLD.json",
+        help=baseline_help % "a regression fails certification too",
     )
 
     for name, helptext in (
