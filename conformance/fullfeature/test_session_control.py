@@ -181,8 +181,15 @@ async def test_logout_close_session_two_connections(target: Any) -> None:
             )
 
 
-async def _tmf(ffp: Any, function: int, *, lun: int = 0, ref: int = 0xFFFFFFFF) -> tuple[Any, Any]:
-    req = P.TaskManagementRequest(
+def _tmf_request(
+    ffp: Any, function: int, *, lun: int = 0, ref: int = 0xFFFFFFFF, refcmdsn: int | None = None
+) -> Any:
+    """An immediate Task Management Function Request on ``ffp``'s session: RefCmdSN is
+    ``refcmdsn``, or for ABORT TASK the request's own CmdSN (RFC 7143 11.5.5: that of an
+    immediate command), else 0."""
+    if refcmdsn is None:
+        refcmdsn = ffp.cmdsn if function == ABORT_TASK else 0
+    return P.TaskManagementRequest(
         immediate=True,
         function=function,
         lun=P.lun_to_field(lun),
@@ -190,8 +197,12 @@ async def _tmf(ffp: Any, function: int, *, lun: int = 0, ref: int = 0xFFFFFFFF) 
         referenced_task_tag=ref,
         cmdsn=ffp.cmdsn,
         expstatsn=ffp.expstatsn,
-        refcmdsn=ffp.cmdsn if function == 1 else 0,
+        refcmdsn=refcmdsn,
     )
+
+
+async def _tmf(ffp: Any, function: int, *, lun: int = 0, ref: int = 0xFFFFFFFF) -> tuple[Any, Any]:
+    req = _tmf_request(ffp, function, lun=lun, ref=ref)
     await ffp.send(req)
     for _ in range(64):
         resp = await ffp.recv()
@@ -237,16 +248,7 @@ async def test_abort_task_outside_window(target: Any) -> None:
     complete' (0) is only for a RefCmdSN inside the window (a command not yet seen)."""
     async with full_feature(target) as ffp:
         ref = (ffp.maxcmdsn + 4096) & 0xFFFFFFFF
-        req = P.TaskManagementRequest(
-            immediate=True,
-            function=ABORT_TASK,
-            lun=P.lun_to_field(target.lun),
-            itt=ffp.next_itt(),
-            referenced_task_tag=0x0BADF00D,
-            cmdsn=ffp.cmdsn,
-            expstatsn=ffp.expstatsn,
-            refcmdsn=ref,
-        )
+        req = _tmf_request(ffp, ABORT_TASK, lun=target.lun, ref=0x0BADF00D, refcmdsn=ref)
         reply = await ffp.exchange(req)
         resp = reply.pdu
         require(
@@ -414,15 +416,13 @@ async def _abort_held_write(
             received=[*got, *ffp.shown(None)],
         )
         assert r2t is not None
-        tmf = P.TaskManagementRequest(
-            immediate=True,
-            function=function,
-            lun=P.lun_to_field(lun),
-            itt=ffp.next_itt(),
-            referenced_task_tag=cmd.itt if function == ABORT_TASK else 0xFFFFFFFF,
-            cmdsn=ffp.cmdsn,
-            expstatsn=ffp.expstatsn,
-            refcmdsn=cmd.cmdsn if function == ABORT_TASK else 0,
+        aborted = function == ABORT_TASK
+        tmf = _tmf_request(
+            ffp,
+            function,
+            lun=lun,
+            ref=cmd.itt if aborted else 0xFFFFFFFF,
+            refcmdsn=cmd.cmdsn if aborted else 0,
         )
         await ffp.send(tmf)
         # The Data-Out goes once the target has had time to answer the request: a
@@ -591,15 +591,7 @@ async def test_target_cold_reset(target: Any) -> None:
         full_feature(target, "cold-reset") as ffp,
         full_feature(target, "cold-reset") as other,
     ):
-        req = P.TaskManagementRequest(
-            immediate=True,
-            function=TARGET_COLD_RESET,
-            lun=0,
-            itt=ffp.next_itt(),
-            referenced_task_tag=0xFFFFFFFF,
-            cmdsn=ffp.cmdsn,
-            expstatsn=ffp.expstatsn,
-        )
+        req = _tmf_request(ffp, TARGET_COLD_RESET)
         await ffp.send(req)
         resp = await ffp.recv()
         if isinstance(resp, P.TaskManagementResponse) and resp.response == 5:
