@@ -1,6 +1,6 @@
-"""The in-memory campaign over the reference target's engine (fuzz.memory): tens of
-thousands of cases, a third of the sessions with CRC32C digests, end with no internal
-error and no broken invariant (issue 14); an engine that raises is caught."""
+"""The in-memory campaign over the reference target's engine (fuzz.memory): thousands
+of cases, a third of the sessions with CRC32C digests, end with no internal error and
+no broken invariant (issue 14); an engine that raises is caught."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from iscsi_conformance.target.connection import Connection
 
 
 def test_engine_campaign_is_clean() -> None:
-    report = engine_campaign(0, cases=10_000, seconds=30)
+    report = engine_campaign(0, cases=4_000, seconds=60)
     assert not report.failures, report.summary()
-    assert report.cases == 10_000 or report.seconds >= 30
-    assert report.digest_sessions > 25, report.summary()
+    assert report.cases == 4_000
+    assert report.digest_sessions > 10, report.summary()
     assert len(report.coverage) >= 16, report.summary()
 
 
@@ -28,7 +28,7 @@ def test_engine_campaign_reports_an_internal_error(monkeypatch: pytest.MonkeyPat
         real(self, pdu, now)
 
     monkeypatch.setattr(Connection, "handle_pdu", broken)
-    report = engine_campaign(0, cases=3_000, seconds=30)
+    report = engine_campaign(0, cases=1_500, seconds=60)
     f = report.failures.get(("internal-error", "KeyError at test_engine_fuzz.py:broken"))
     assert f is not None, report.summary()
     assert f.pdus and any(raw[0] & 0x3F == 0x10 for raw in f.pdus)

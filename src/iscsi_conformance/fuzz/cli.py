@@ -6,6 +6,8 @@
 feeds the reference target's engine in memory (``fuzz.memory``, no sockets).
 ``--engine hypothesis`` runs the Hypothesis campaign of ``fuzz.runner`` instead (one case per
 connection; slower, with Hypothesis's shrinking and example database).
+``fuzz --initiator NAME`` runs an initiator (the reference one, or libiscsi's tools)
+against a hostile reference target (``fuzz.hostile``).
 ``fuzz replay FILE`` sends a saved reproducer again and says whether the same
 failure (kind and place) is seen; its status is 1 when it is, 0 when it is not.
 A progress line is printed every second, the summary at the end; ``--seconds`` bounds
@@ -85,11 +87,17 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="iscsi-conformance fuzz", description=__doc__)
     parser.add_argument(
         "url",
+        nargs="?",
         help="iscsi://host[:port]/iqn; 'reference' for a reference target of our own; "
         "'engine' for the reference target's engine in memory (no sockets)",
     )
     parser.add_argument(
         "--engine", choices=["random", "hypothesis"], default="random", help="(default random)"
+    )
+    parser.add_argument(
+        "--initiator",
+        choices=["reference", "libiscsi"],
+        help="fuzz this initiator against a hostile reference target instead of a target",
     )
     parser.add_argument("--seconds", type=float, default=60.0, help="time budget (default 60)")
     parser.add_argument("--cases", type=int, help="stop after this many cases")
@@ -111,6 +119,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.workers < 1:
         return _err("--seconds must be positive and --workers at least 1")
+    if args.initiator is not None:
+        if args.url is not None:
+            return _err("give a target URL or --initiator, not both")
+        return _initiator(args)
+    if args.url is None:
+        return _err("give a target URL ('reference', 'engine', iscsi://...) or --initiator")
     if args.url == "engine":
         return _engine(args)
     try:
@@ -150,6 +164,22 @@ def _engine(args: argparse.Namespace) -> int:
             path = save(f, args.save, target="reference", seed=args.seed)
             print(f"  reproducer: {path}  (iscsi-conformance fuzz replay {path})")
     return 1 if report.failures else 0
+
+
+def _initiator(args: argparse.Namespace) -> int:
+    from iscsi_conformance.fuzz.hostile import initiator_campaign, summary
+
+    try:
+        report = initiator_campaign(
+            args.initiator, seed=args.seed, seconds=args.seconds, max_cases=args.cases,
+            progress=None if args.quiet else lambda line: print(line, flush=True),
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(summary(report))
+    strict = args.initiator == "reference" and not args.lenient
+    return 1 if report.failing(strict=strict) else 0
 
 
 def _hypothesis(args: argparse.Namespace, host: str, port: int, iqn: str) -> int:

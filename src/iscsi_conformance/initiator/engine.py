@@ -791,10 +791,14 @@ class InitiatorConnection:
                 pdu,
             )
         if n:
-            if end > len(task.data_in):
-                task.data_in.extend(bytes(end - len(task.data_in)))
-            task.data_in[pdu.buffer_offset : end] = pdu.data
-            task.data_in_end = max(task.data_in_end, end)
+            # Only what we asked for is kept: the excess is reported above, and a hostile
+            # Buffer Offset near 2**32 would otherwise make us allocate gigabytes.
+            keep = min(end, task.expected_in)
+            if keep > pdu.buffer_offset:
+                if keep > len(task.data_in):
+                    task.data_in.extend(bytes(keep - len(task.data_in)))
+                task.data_in[pdu.buffer_offset : keep] = pdu.data[: keep - pdu.buffer_offset]
+                task.data_in_end = max(task.data_in_end, keep)
             task.data_in_bytes += n
         if pdu.status_present:
             result = ScsiResult(

@@ -1,0 +1,110 @@
+"""Fuzzing initiators (fuzz.hostile): the reference initiator against a hostile
+reference target ends every case cleanly within its time limit; the oracle can fail
+(an initiator that raises on a hostile name is reported); the proxy really damages
+what it forwards; and the internal error it found is fixed (issue 14)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from typing import Any
+
+import pytest
+
+from iscsi_conformance.core.negotiation import NegotiatedParameters
+from iscsi_conformance.core.pdu import ScsiDataIn
+from iscsi_conformance.fuzz import hostile
+from iscsi_conformance.fuzz.hostile import initiator_campaign
+from iscsi_conformance.initiator.engine import (
+    InitiatorConnection,
+    ProtocolViolated,
+    SessionSequencer,
+)
+
+
+def test_reference_initiator_survives_a_hostile_target() -> None:
+    seconds = 30.0  # a bound for a loaded machine: 40 cases take about 3 s
+    start = time.monotonic()
+    report = initiator_campaign("reference", seed=0, seconds=seconds, max_cases=40)
+    assert time.monotonic() - start <= seconds * 1.05 + 1.0
+    assert not report.failures, hostile.summary(report)
+    assert report.cases >= 10 and report.pdus >= 5, hostile.summary(report)
+
+
+def test_an_initiator_that_raises_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = hostile._reference_client
+
+    async def fragile(host: str, port: int, timeout: float) -> None:
+        from iscsi_conformance.initiator.client import discover
+
+        for t in await discover(host, port, timeout=timeout):
+            if ".." in t.name or any(ord(c) < 32 for c in t.name):
+                raise KeyError(t.name)
+        await real(host, port, timeout)
+
+    monkeypatch.setattr(hostile, "_reference_client", fragile)
+    report = initiator_campaign("reference", seed=0, seconds=30, max_cases=60, rate=1.0)
+    keys = [k for k in report.failures if k[0] == "internal-error"]
+    assert keys and keys[0][1] == "KeyError at test_hostile.py:fragile", hostile.summary(report)
+    assert report.failing(strict=False)
+
+
+def test_data_in_with_a_hostile_offset_allocates_nothing() -> None:
+    """A Data-In whose Buffer Offset is near 2**32 (what the hostile target found) is a
+    violation (RFC 7143 11.7.6) and nothing beyond what was asked is buffered: before the
+    fix the reference initiator allocated up to 4 GiB and stalled its event loop."""
+    seq = SessionSequencer(10, expcmdsn=10, maxcmdsn=40)
+    c = InitiatorConnection(seq, params=NegotiatedParameters(), expstatsn=5)
+    itt = c.start_command(0, bytes(16), expected_in=512)
+    c.pdus_to_send()
+    events = c.receive_pdu(
+        ScsiDataIn(itt=itt, datasn=0, buffer_offset=0xFFFFFF00, data=b"x" * 64,
+                   expcmdsn=11, maxcmdsn=40)
+    )  # fmt: skip
+    assert any(
+        "beyond the expected" in e.message for e in events if isinstance(e, ProtocolViolated)
+    )
+    assert len(c.tasks[itt].data_in) <= 512
+
+
+@pytest.mark.peer
+def test_libiscsi_tools_against_a_hostile_target() -> None:
+    """libiscsi's tools never die by a signal; their hangs (no timeout of their own on a
+    silent target) are informational."""
+    if shutil.which("iscsi-inq") is None or shutil.which("iscsi-ls") is None:
+        if os.environ.get("CI"):
+            pytest.fail("libiscsi's tools (iscsi-ls, iscsi-inq) are not installed")
+        pytest.skip("libiscsi's tools are not installed")
+    report = initiator_campaign("libiscsi", seed=0, seconds=8, limit=3.0)
+    assert report.cases >= 1
+    assert not report.failing(strict=False), hostile.summary(report)
+
+
+def test_proxy_damages_what_it_forwards() -> None:
+    async def run() -> Any:
+        from iscsi_conformance.fuzz.reference import InProcessSubject
+        from iscsi_conformance.initiator.client import discover
+
+        names: list[str] = []
+        with InProcessSubject(hostile.IQN) as subject:
+            proxy = hostile.HostileProxy((subject.host, subject.port), seed=0, rate=1.0)
+            await proxy.start()
+            try:
+                for case in range(80):
+                    proxy.new_case(case)
+                    try:
+                        found = await discover(proxy.host, proxy.port, timeout=0.5)
+                        names += [t.name for t in found]
+                    except Exception:
+                        pass
+                    if any(n != hostile.IQN for n in names):
+                        break
+            finally:
+                await proxy.stop()
+        return proxy.damaged, names
+
+    damaged, names = asyncio.run(run())
+    assert damaged >= 5
+    assert any(n != hostile.IQN for n in names), names
