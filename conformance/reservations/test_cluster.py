@@ -285,6 +285,10 @@ class Cluster:
         SCSI-2 reservations) and log every node out."""
         live = [n for n in self.nodes.values() if n.ffp is not None]
         if clear and live:
+            # a SCSI-2 reservation first: while one is held a target may refuse the other
+            # nodes' PERSISTENT RESERVE OUT (SPC-2 5.5.1), and with it the CLEAR below
+            for n in live:
+                await self.command(n, cdb.release6(), quiet=True)
             # any node may clear, but some targets refuse a node that shares its
             # initiator name with a stale holder: try each, other names first
             key = 0xC1EA_0000_0000_0001
@@ -295,8 +299,6 @@ class Cluster:
                     break
             else:
                 self.fact("cleanup", "CLEAR refused through every node: the LU keeps PR state")
-            for n in live:
-                await self.command(n, cdb.release6(), quiet=True)
         for n in live:
             assert n.stack is not None
             with contextlib.suppress(Exception):
