@@ -169,3 +169,38 @@ def test_data_out_within_the_target_segment_length(portal: tuple[str, int]) -> N
     unsolicited = [d for d in data_outs if d.ttt == 0xFFFFFFFF]
     assert [d.datasn for d in unsolicited] == list(range(len(unsolicited)))
     assert unsolicited and unsolicited[-1].final
+
+
+def test_answer_r2ts_completes_a_held_write(portal: tuple[str, int]) -> None:
+    """``hold_write`` stops at the WRITE's first R2T; ``answer_r2t`` sends what that R2T
+    asks for and ``answer_r2ts`` the rest, each PDU within the target's 1024 bytes, until
+    the SCSI Response; the data reads back."""
+    data = os.urandom(8 * 512)
+    keys = [
+        ("ImmediateData", "No"),
+        ("InitialR2T", "Yes"),
+        ("MaxBurstLength", "2048"),
+        ("FirstBurstLength", "2048"),
+    ]
+
+    async def body(raw: Any) -> Any:
+        probe = _probe(raw, "small")
+        await probe.to_full_feature(keys)
+        assert probe.in_full_feature
+        ffp = FullFeature(raw, probe)
+        await ffp.clear_unit_attention(0)
+        cmd, r2t, _ = await ffp.hold_write(0, cdb.write10(16, 8), len(data))
+        assert r2t is not None
+        sent = await ffp.answer_r2t(cmd, r2t, data)
+        received: list[Any] = []
+        resp = await ffp.answer_r2ts(cmd, data, sent=sent, received=received)
+        back = await ffp.command(cdb.read10(16, 8), read_length=len(data), lun=0)
+        return r2t, sent, received, resp, back
+
+    r2t, sent, received, resp, back = _run(portal, body)
+    assert (r2t.buffer_offset, r2t.desired_data_transfer_length) == (0, 2048)
+    assert [p.r2tsn for p in received if isinstance(p, P.R2T)] == [1]
+    assert resp is not None and resp.status == 0
+    assert [d.buffer_offset for d in sent] == [0, 1024, 2048, 3072]
+    assert [(d.datasn, d.final) for d in sent] == [(0, False), (1, True)] * 2
+    assert back.status == 0 and back.data == data
