@@ -116,7 +116,9 @@ def certify(args: argparse.Namespace, extra: Sequence[str]) -> int:
         def pytest_sessionfinish(self, session: pytest.Session) -> None:
             _Grab.results = session.config.stash.get(RESULTS_KEY, None)
 
-    code = pytest.main(argv, plugins=[_Grab()])
+    from iscsi_conformance.plugin.progress import progress_plugins
+
+    code = pytest.main(argv, plugins=[_Grab(), *progress_plugins(args, argv)])
     if code == pytest.ExitCode.INTERRUPTED:
         return 130
     results = _Grab.results

@@ -82,7 +82,9 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     argv = _pytest_args(args, report, extra)
     if getattr(args, "strict", False):
         argv.append("--iscsi-strict")
-    code = pytest.main(argv, plugins=[_Grab()])
+    from iscsi_conformance.plugin.progress import progress_plugins
+
+    code = pytest.main(argv, plugins=[_Grab(), *progress_plugins(args, argv)])
     if _Grab.results is not None:
         _summary(_Grab.results, report)
     if code == pytest.ExitCode.INTERRUPTED:
@@ -167,7 +169,7 @@ def _shard_argv(
         argv += ["--allure", str(args.allure)]
     if getattr(args, "strict", False):
         argv.append("--strict")
-    argv += ["-q", "--", *extra]
+    argv += ["-v" if getattr(args, "verbose", False) else "-q", "--", *extra]
     if not shard.initiator_column:
         argv.append("--iscsi-no-initiator-column")
     if not shard.target_column:
@@ -310,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--allure", metavar="DIR", help="also write allure results to DIR")
     run.add_argument("-q", "--quiet", action="store_true", help="less output")
+    verbose_help = "pytest's own view, a line per test (default: progress per pairing and area)"
+    run.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
     run.add_argument(
         "--strict",
         action="store_true",
@@ -351,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cert.add_argument("--allure", metavar="DIR", help="also write allure results to DIR")
     cert.add_argument("-q", "--quiet", action="store_true")
+    cert.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
     cert.add_argument(
         "--strict",
         action="store_true",

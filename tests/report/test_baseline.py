@@ -1,4 +1,4 @@
-"""``run --baseline``: a real run of the Discovery.SendTargets tests against the
+"""``run --baseline`` (and the terminal progress of ``run``): a real run of the Discovery.SendTargets tests against the
 reference target broken on purpose (a mutant that answers SendTargets=<unknown name>
 with every target) compared with a baseline where that test passed and another one
 failed: the run exits 1 for the regression, names it, and the report's Changes
@@ -9,6 +9,7 @@ regression. A baseline that cannot be read is one usage line before anything run
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,9 @@ def test_run_with_a_baseline_fails_on_the_regression_only(tmp_path: Path) -> Non
     assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
     assert "REGRESSED, 1 new failure(s); 1 fixed" in res.stdout
     assert f"new failure {PAIR}  {BROKEN}  passed -> failed" in res.stdout
+    # the progress view (plugin/progress.py): per pairing and area, no file paths
+    assert f"{PAIR}  Discovery 9/9: 1 failed, 8 passed" in res.stdout
+    assert not re.search(r"rootdir:|configfile:|test_\w+\.py [.FsxX]", res.stdout)
     index = (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
     changes = index[index.index('id="changes"') :]
     assert BROKEN in changes and OTHER in changes
@@ -69,3 +73,14 @@ def test_an_unreadable_baseline_is_one_line_and_runs_nothing(
             assert code == 2 and out == "", (command, out)
             assert "--baseline: " in err and err.count("\n") == 1, err
     assert not (tmp_path / "r").exists()
+
+
+def test_verbose_keeps_pytests_own_view() -> None:
+    import argparse
+
+    from iscsi_conformance.plugin.progress import Install, progress_plugins
+
+    argv: list[str] = []
+    assert progress_plugins(argparse.Namespace(verbose=True), argv) == [] and argv == ["-v"]
+    assert progress_plugins(argparse.Namespace(verbose=False), ["-vv"]) == []
+    assert [type(p) for p in progress_plugins(argparse.Namespace(), [])] == [Install]
