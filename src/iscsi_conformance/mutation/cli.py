@@ -8,14 +8,18 @@ and prints, for each mutant, killed or survived and by which tests, then the sco
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from iscsi_conformance.mutation import AREAS, Mutant, all_mutants, get
 from iscsi_conformance.mutation.runner import (
     SURVIVORS_FILE,
+    Interrupted,
     MutantResult,
     Report,
     default_seed,
@@ -23,6 +27,7 @@ from iscsi_conformance.mutation.runner import (
     recheck,
     run_mutants,
     sample,
+    stop_all,
 )
 
 
@@ -174,6 +179,27 @@ def print_report(report: Report, out: object = sys.stdout) -> None:
     )
 
 
+@contextlib.contextmanager
+def _stopped_on_signal() -> Iterator[None]:
+    """SIGINT and SIGTERM stop every suite run under way (``runner.stop_all``: the
+    pytest processes run in sessions of their own, which a terminal's Ctrl-C does not
+    reach) before the interruption goes on as a KeyboardInterrupt."""
+
+    def handler(signum: int, frame: object) -> None:
+        stop_all()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -193,15 +219,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{len(mutants)} mutants, {args.jobs} at a time" + (f", sample seed {seed}" if seed else "")
     )
-    report = run_mutants(
-        mutants,
-        jobs=args.jobs,
-        timeout=args.timeout,
-        maxfail=args.maxfail,
-        survivors=load_survivors(args.survivors),
-        seed=seed,
-        progress=lambda r: print(_line(r), flush=True),
-    )
+    try:
+        with _stopped_on_signal():
+            report = run_mutants(
+                mutants,
+                jobs=args.jobs,
+                timeout=args.timeout,
+                maxfail=args.maxfail,
+                survivors=load_survivors(args.survivors),
+                seed=seed,
+                progress=lambda r: print(_line(r), flush=True),
+            )
+    except (KeyboardInterrupt, Interrupted):
+        print("iscsi-conformance mutate: interrupted; every suite run stopped", file=sys.stderr)
+        return 130
     print_report(report)
     if args.json:
         path = Path(args.json)
@@ -218,9 +249,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.check and report.unexpected():
         print("unexpected survivors: running each once more (a flaky kill is not a regression)")
-        confirmed = recheck(
-            report, {m.name: m for m in mutants}, timeout=args.timeout, maxfail=args.maxfail
-        )
+        try:
+            with _stopped_on_signal():
+                confirmed = recheck(
+                    report, {m.name: m for m in mutants}, timeout=args.timeout, maxfail=args.maxfail
+                )
+        except (KeyboardInterrupt, Interrupted):
+            print("iscsi-conformance mutate: interrupted; every suite run stopped", file=sys.stderr)
+            return 130
         for r in report.results:
             if r.note.endswith(": flaky"):
                 print(f"  {r.name}: {r.note}")

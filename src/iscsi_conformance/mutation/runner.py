@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
@@ -42,6 +43,27 @@ SURVIVORS_FILE = Path(__file__).with_name("survivors.toml")
 #: Outcomes that do not kill: a pass, a skip, and what the RFC leaves open (informational).
 _PASSING = frozenset({"passed", "skipped", "xfailed", "deselected", "informational"})
 _WORST = {"error": 5, "failed": 4, "non-strict": 3, "xpassed": 2, "informational": 1, "passed": 1}
+
+#: Process groups of the suite runs under way, and whether ``stop_all`` was called.
+_LIVE: set[int] = set()
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+class Interrupted(Exception):
+    """The mutation run was stopped (``stop_all``): no further suite run starts."""
+
+
+def stop_all() -> None:
+    """End every suite run under way, its whole process group (each pytest runs in a
+    session of its own, out of reach of the terminal's Ctrl-C), and start no other:
+    what an interrupted ``mutate`` calls so that nothing is left running."""
+    with _LIVE_LOCK:
+        _STOPPING.set()
+        groups = list(_LIVE)
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
 
 
 @dataclass
@@ -105,6 +127,8 @@ def run_suite(
         env.pop(ENV_MUTANT, None)
         if mutant:
             env[ENV_MUTANT] = mutant
+        if _STOPPING.is_set():
+            raise Interrupted("mutation run stopped")
         started = time.monotonic()
         proc = subprocess.Popen(
             pytest_argv(prefixes, maxfail=maxfail),
@@ -115,13 +139,28 @@ def run_suite(
             text=True,
             start_new_session=True,
         )
+        with _LIVE_LOCK:
+            _LIVE.add(proc.pid)
+            stopping = _STOPPING.is_set()
         try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            run.timed_out = True
-            with contextlib.suppress(ProcessLookupError):
+            if stopping:  # stop_all ran between the check above and Popen
                 os.killpg(proc.pid, signal.SIGKILL)
-            _, err = proc.communicate()
+            try:
+                _, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                run.timed_out = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                _, err = proc.communicate()
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(proc.pid)
+            if proc.poll() is None:  # an exception left it running
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if _STOPPING.is_set():
+            raise Interrupted("mutation run stopped")
         run.seconds = time.monotonic() - started
         run.returncode = proc.returncode
         run.stderr_tail = (err or "")[-2000:]
