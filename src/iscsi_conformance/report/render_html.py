@@ -3,11 +3,13 @@
 Theory of operation: :func:`build_view` turns a (redacted) :class:`Results` into plain
 view objects (rows, cells, per-area counts, annotated hex rows); the Jinja2 templates
 in ``reports/templates`` only lay them out. No numbers are computed in templates.
-The page is one self-contained file: CSS and JS are inlined from ``style.css`` and
-``script.js`` beside the templates, no resource is loaded from anywhere. Without JS
-the matrix, the drill-down (anchors and ``<details>``) and every section work; JS adds
-"show only this pairing" and a filter for problems. Jinja2 autoescaping is on for
-everything.
+:func:`render_html` gives one self-contained page (CSS and JS inlined);
+:func:`write_html` a report folder (``index.html``, a page and an evidence file per
+cell, captures; docs/reports.md) that opens from the disk and loads nothing from
+anywhere else. Without JS the matrix, the drill-down (anchors and ``<details>``) and
+every section work, except the PDU traces that a cell's page reads from its evidence
+file; JS adds "show only this pairing" and a filter for problems. Jinja2 autoescaping
+is on for everything.
 """
 
 from __future__ import annotations
