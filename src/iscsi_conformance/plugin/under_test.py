@@ -315,6 +315,7 @@ class DedicatedTarget(TargetUnderTest):
         luns: int = 1,
         portal_groups: int = 1,
         discovery_chap: bool = False,
+        parameters: tuple[tuple[str, str], ...] = (),
     ) -> None:
         from iscsi_conformance.harness.profiles import IQN_PREFIX
         from iscsi_conformance.peers.base import LunSpec, TargetSpec
@@ -329,7 +330,9 @@ class DedicatedTarget(TargetUnderTest):
             discovery_chap=self.credentials.initiator if discovery_chap else None,
         )
         spec = TargetSpec(
-            iqn=f"{IQN_PREFIX}:dedicated", luns=tuple(LunSpec(1024 * 1024) for _ in range(luns))
+            iqn=f"{IQN_PREFIX}:dedicated",
+            luns=tuple(LunSpec(1024 * 1024) for _ in range(luns)),
+            parameters=parameters,
         )
         try:
             first = self.driver.configure(spec)

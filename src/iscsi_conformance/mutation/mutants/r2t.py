@@ -308,3 +308,26 @@ def final_ignored(p: Patcher) -> None:
         return on_data_out
 
     p.wrap(TaskIO, "on_data_out", make)
+
+
+@mutant(
+    "R2T.DataOut.OutOfOrderPdusRefused",
+    "r2t",
+    "a Data-Out PDU whose Buffer Offset is not where the sequence's data so far ends is "
+    "rejected even with DataPDUInOrder=No agreed (13.18: any order within a sequence)",
+    catches=["FullFeature.DataOut.PdusInAnyOrder"],
+)
+def out_of_order_refused(p: Patcher) -> None:
+    def make(old: Any) -> Any:
+        def on_data_out(self: TaskIO, pdu: P.ScsiDataOut, now: float) -> None:
+            s = self.session
+            task = s.tasks.get(pdu.itt) if s is not None else None
+            r2t = task.outstanding.get(pdu.ttt) if task is not None else None
+            if r2t is not None and pdu.buffer_offset != r2t.offset + r2t.received:
+                self._sequence_error(pdu, "Data-Out not at the next offset")
+                return
+            old(self, pdu, now)
+
+        return on_data_out
+
+    p.wrap(TaskIO, "on_data_out", make)

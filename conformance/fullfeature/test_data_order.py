@@ -1,0 +1,137 @@
+"""FullFeature.DataOut with DataPDUInOrder=No: the data PDUs of a sequence in any order
+(RFC 7143 13.18).
+
+DataPDUInOrder has the OR result function: a target that wants data PDUs at
+continuously increasing offsets answers Yes, and that is its right; the test then
+skips. A target that agrees to No has said the data PDUs within a sequence can come in
+any order, and every key it negotiates it must support (11.12.10): the test sends each
+R2T's Data-Out PDUs in reverse offset order (DataSN in sending order, F on the last one
+sent) and requires GOOD and the data read back. Where the target offers a dedicated
+instance (the reference target), that instance is configured to agree to No.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from iscsi_conformance.core import pdu as P
+from iscsi_conformance.harness.probe import FullFeature, full_feature
+from iscsi_conformance.harness.profiles import capability_satisfied
+from iscsi_conformance.plugin import require, spec, violation
+from iscsi_conformance.scsi import cdb
+
+BLOCK = 512
+BLOCKS = 64  # 32 KiB: several Data-Out PDUs per R2T at the usual 8 KiB segment length
+LBA = 256  # inside the 1 MiB logical unit of a dedicated instance
+SEGMENT = 4096  # the Data-Out size we send (at most the target's MaxRecvDataSegmentLength)
+KEYS = [
+    ("DataPDUInOrder", "No"),
+    ("InitialR2T", "Yes"),
+    ("ImmediateData", "No"),
+    ("MaxBurstLength", "262144"),
+]
+
+
+@contextlib.asynccontextmanager
+async def _session(target: Any) -> AsyncIterator[tuple[Any, FullFeature]]:
+    with contextlib.ExitStack() as stack:
+        if not target.external and capability_satisfied(target.manifest, "dedicated_instance"):
+            lu = stack.enter_context(target.dedicated(parameters=(("DataPDUInOrder", "No"),)))
+        else:
+            lu = target
+        async with full_feature(lu, keys=KEYS) as ffp:
+            yield lu, ffp
+
+
+def _reversed_sequence(ffp: FullFeature, cmd: Any, r2t: Any, payload: bytes) -> list[Any]:
+    """The R2T's Data-Out PDUs, highest offset first: DataSN counts them in the order
+    they are sent and F marks the last one sent (13.18: any order within a sequence)."""
+    start, length = r2t.buffer_offset, r2t.desired_data_transfer_length
+    pdus = P.data_out_pdus(
+        payload[start : start + length],
+        start,
+        min(SEGMENT, ffp.target_mrdsl),
+        itt=cmd.itt,
+        ttt=r2t.ttt,
+        lun=cmd.lun,
+        expstatsn=ffp.expstatsn,
+    )
+    pdus.reverse()
+    return [dataclasses.replace(p, datasn=i, final=i == len(pdus) - 1) for i, p in enumerate(pdus)]
+
+
+@spec(
+    "FullFeature.DataOut.PdusInAnyOrder",
+    "RFC 7143 13.18",
+    requirements=["R7143-13.18-2"],
+    dataloss=True,
+)
+async def test_data_out_pdus_in_any_order(target: Any) -> None:
+    """With DataPDUInOrder=No agreed, a WRITE whose Data-Out PDUs come in reverse offset
+    order within each sequence ends GOOD, and the data reads back as sent."""
+    async with _session(target) as (lu, ffp):
+        agreed = ffp.probe.negotiated.get("DataPDUInOrder", "Yes")
+        if agreed != "No":
+            pytest.skip(f"the target answered DataPDUInOrder={agreed} (OR: in-order data)")
+        payload = os.urandom(BLOCKS * BLOCK)
+        cmd, r2t, got = await ffp.hold_write(lu.lun, cdb.write10(LBA, BLOCKS), len(payload))
+        if r2t is None:
+            raise violation(
+                "harness",
+                "the WRITE under InitialR2T=Yes, ImmediateData=No got no R2T",
+                sent=[cmd],
+                received=ffp.shown(*got, None),
+            )
+        sent: list[Any] = [cmd]
+        seen: list[Any] = [*got]
+        reordered = 0
+        response = None
+        for _ in range(64):
+            if r2t is not None:
+                pdus = _reversed_sequence(ffp, cmd, r2t, payload)
+                reordered += len(pdus) > 1
+                for pdu in pdus:
+                    await ffp.send(pdu)
+                sent += pdus
+                r2t = None
+            p = await ffp.recv(timeout=5.0)
+            if p is None:
+                break
+            seen.append(p)
+            if isinstance(p, P.R2T) and p.itt == cmd.itt:
+                r2t = p
+            elif isinstance(p, P.ScsiResponse) and p.itt == cmd.itt:
+                response = p
+                break
+        if not reordered:
+            raise violation(
+                "harness",
+                f"no R2T asked for more than one Data-Out PDU of {SEGMENT} bytes at most: "
+                "nothing could be sent out of order",
+                sent=sent,
+                received=seen,
+            )
+        require(
+            response is not None and response.status == 0,
+            "R7143-13.18-2",
+            "with DataPDUInOrder=No agreed, the WRITE whose Data-Out PDUs came in reverse "
+            "offset order did not end GOOD: "
+            + (f"status {response.status:#04x}" if response is not None else str(ffp.no_answer)),
+            sent=sent,
+            received=ffp.shown(*seen, None) if response is None else seen,
+        )
+        back = await ffp.command(cdb.read10(LBA, BLOCKS), lun=lu.lun, read_length=len(payload))
+        require(
+            back.status == 0 and back.data == payload,
+            "R7143-13.18-2",
+            "the data written with Data-Out PDUs in reverse order does not read back as sent "
+            f"(status {back.status}, {len(back.data)} bytes)",
+            sent=[back.command],
+            received=back.shown(),
+        )
