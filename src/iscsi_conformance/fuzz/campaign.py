@@ -542,9 +542,7 @@ class Campaign:
         if self._time_left() <= 0.5:
             return  # the deadline cut the check short: not a verdict
         phase, keys, pdus = self._recent[-1] if self._recent else ("ffp", [], [])
-        self._fail(
-            "liveness", "dead" if "connect" in why else "unresponsive", why, phase, keys, pdus
-        )
+        self._fail("liveness", _liveness_place(why, self.health), why, phase, keys, pdus)
         if self.health is None:
             self._dead = True
             return
@@ -756,9 +754,20 @@ async def replay_once(
     camp._deadline = time.monotonic() + timeout + 5
     why = await camp.alive(timeout=timeout)
     if why is not None:
+        seen.add(("liveness", _liveness_place(why, health)))
         seen.add(("liveness", "dead" if "connect" in why else "unresponsive"))
         seen.add(("liveness", "end"))
     return seen
+
+
+def _liveness_place(why: str, health: Health | None) -> str:
+    """ "dead" or "unresponsive", with how the peer died when its health says so
+    (``death()`` of a ``DriverSubject``: "tgtd exited with status -11 (SIGSEGV)"), so
+    that each way of dying is a failure of its own, shrunk on its own."""
+    place = "dead" if "connect" in why else "unresponsive"
+    death = getattr(health, "death", None)
+    how = death() if callable(death) else None
+    return f"{place}: {how}" if how else place
 
 
 def replay(

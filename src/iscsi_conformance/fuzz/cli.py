@@ -89,6 +89,7 @@ def main(argv: list[str]) -> int:
         "url",
         nargs="?",
         help="iscsi://host[:port]/iqn; 'reference' for a reference target of our own; "
+        "a peer driver's name (tgt, lio) to start that peer and restart it after a crash; "
         "'engine' for the reference target's engine in memory (no sockets)",
     )
     parser.add_argument(
@@ -135,6 +136,11 @@ def main(argv: list[str]) -> int:
 
                 health = stack.enter_context(ReferenceSubject(DEFAULT_IQN))
                 host, port, iqn, strict = health.host, health.port, DEFAULT_IQN, True
+            elif "://" not in args.url:  # a peer driver's name: tgt, lio...
+                from iscsi_conformance.fuzz.peer import DriverSubject
+
+                health = stack.enter_context(DriverSubject(args.url, DEFAULT_IQN))
+                host, port, iqn, strict = health.host, health.port, DEFAULT_IQN, False
             else:
                 try:
                     host, port, iqn = _endpoint(args.url)
@@ -209,6 +215,9 @@ def _campaign(
     report = camp.run()
     print(report.summary())
     url = "" if health is not None else args.url
+    deaths = getattr(health, "deaths", None)
+    if deaths:
+        print(f"the peer died {len(deaths)} time(s): {'; '.join(sorted(set(deaths)))}")
     if args.save is not None:
         for f in report.failures.values():
             path = save(f, args.save, target=report.target, url=url, seed=args.seed)
