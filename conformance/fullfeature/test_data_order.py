@@ -39,13 +39,17 @@ KEYS = [
 
 
 @contextlib.asynccontextmanager
-async def _session(target: Any) -> AsyncIterator[tuple[Any, FullFeature]]:
+async def _session(
+    target: Any, keys: list[tuple[str, str]], parameters: tuple[tuple[str, str], ...]
+) -> AsyncIterator[tuple[Any, FullFeature]]:
+    """A session offering ``keys``, on a dedicated instance configured with
+    ``parameters`` where the target offers one, else on the target itself."""
     with contextlib.ExitStack() as stack:
         if not target.external and capability_satisfied(target.manifest, "dedicated_instance"):
-            lu = stack.enter_context(target.dedicated(parameters=(("DataPDUInOrder", "No"),)))
+            lu = stack.enter_context(target.dedicated(parameters=parameters))
         else:
             lu = target
-        async with full_feature(lu, keys=KEYS) as ffp:
+        async with full_feature(lu, keys=keys) as ffp:
             yield lu, ffp
 
 
@@ -75,7 +79,7 @@ def _reversed_sequence(ffp: FullFeature, cmd: Any, r2t: Any, payload: bytes) -> 
 async def test_data_out_pdus_in_any_order(target: Any) -> None:
     """With DataPDUInOrder=No agreed, a WRITE whose Data-Out PDUs come in reverse offset
     order within each sequence ends GOOD, and the data reads back as sent."""
-    async with _session(target) as (lu, ffp):
+    async with _session(target, KEYS, (("DataPDUInOrder", "No"),)) as (lu, ffp):
         agreed = ffp.probe.negotiated.get("DataPDUInOrder", "Yes")
         if agreed != "No":
             pytest.skip(f"the target answered DataPDUInOrder={agreed} (OR: in-order data)")
@@ -131,6 +135,111 @@ async def test_data_out_pdus_in_any_order(target: Any) -> None:
             back.status == 0 and back.data == payload,
             "R7143-13.18-2",
             "the data written with Data-Out PDUs in reverse order does not read back as sent "
+            f"(status {back.status}, {len(back.data)} bytes)",
+            sent=[back.command],
+            received=back.shown(),
+        )
+
+
+SEQUENCE_KEYS = [
+    ("DataSequenceInOrder", "No"),
+    ("MaxOutstandingR2T", "4"),
+    ("MaxBurstLength", "8192"),
+    ("FirstBurstLength", "8192"),
+    ("InitialR2T", "Yes"),
+    ("ImmediateData", "No"),
+]
+
+
+@spec(
+    "FullFeature.DataOut.SequencesInAnyOrder",
+    "RFC 7143 13.19",
+    "RFC 7143 13.17",
+    requirements=["R7143-13.19-3"],
+    dataloss=True,
+)
+async def test_data_out_sequences_in_any_order(target: Any) -> None:
+    """With DataSequenceInOrder=No and several R2Ts outstanding, a WRITE whose Data-Out
+    sequences answer the R2Ts newest first ends GOOD, and the data reads back as sent."""
+    params = (("DataSequenceInOrder", "No"), ("MaxOutstandingR2T", "4"))
+    async with _session(target, SEQUENCE_KEYS, params) as (lu, ffp):
+        n = ffp.probe.negotiated
+        if n.get("DataSequenceInOrder", "Yes") != "No":
+            pytest.skip(
+                f"the target answered DataSequenceInOrder={n.get('DataSequenceInOrder')} "
+                "(OR: sequences in order)"
+            )
+        if int(n.get("MaxOutstandingR2T", "1")) < 2:
+            pytest.skip("MaxOutstandingR2T=1: one R2T at a time, no sequences to reorder")
+        payload = os.urandom(BLOCKS * BLOCK)
+        cmd, first, got = await ffp.hold_write(lu.lun, cdb.write10(LBA, BLOCKS), len(payload))
+        if first is None:
+            raise violation(
+                "harness",
+                "the WRITE under InitialR2T=Yes, ImmediateData=No got no R2T",
+                sent=[cmd],
+                received=ffp.shown(*got, None),
+            )
+        r2ts = [first]
+        seen: list[Any] = [*got]
+        for _ in range(8):  # the other R2Ts the target has outstanding at once
+            p = await ffp.recv(timeout=1.0)
+            if p is None:
+                break
+            seen.append(p)
+            if isinstance(p, P.R2T) and p.itt == cmd.itt:
+                r2ts.append(p)
+        if len(r2ts) < 2:
+            raise violation(
+                "harness",
+                f"MaxOutstandingR2T={n.get('MaxOutstandingR2T')} agreed, yet one R2T at a "
+                "time came: no sequences to send out of order",
+                sent=[cmd],
+                received=seen,
+            )
+        sent: list[Any] = [cmd]
+        response = None
+        pending = list(reversed(r2ts))  # the newest R2T's sequence first
+        for _ in range(64):
+            for r2t in pending:
+                pdus = P.data_out_pdus(
+                    payload[
+                        r2t.buffer_offset : r2t.buffer_offset + r2t.desired_data_transfer_length
+                    ],
+                    r2t.buffer_offset,
+                    min(SEGMENT, ffp.target_mrdsl),
+                    itt=cmd.itt,
+                    ttt=r2t.ttt,
+                    lun=cmd.lun,
+                    expstatsn=ffp.expstatsn,
+                )
+                for pdu in pdus:
+                    await ffp.send(pdu)
+                sent += pdus
+            pending = []
+            p = await ffp.recv(timeout=5.0)
+            if p is None:
+                break
+            seen.append(p)
+            if isinstance(p, P.R2T) and p.itt == cmd.itt:
+                pending = [p]
+            elif isinstance(p, P.ScsiResponse) and p.itt == cmd.itt:
+                response = p
+                break
+        require(
+            response is not None and response.status == 0,
+            "R7143-13.19-3",
+            "with DataSequenceInOrder=No agreed, the WRITE whose Data-Out sequences answered "
+            f"its {len(r2ts)} outstanding R2Ts newest first did not end GOOD: "
+            + (f"status {response.status:#04x}" if response is not None else str(ffp.no_answer)),
+            sent=sent,
+            received=ffp.shown(*seen, None) if response is None else seen,
+        )
+        back = await ffp.command(cdb.read10(LBA, BLOCKS), lun=lu.lun, read_length=len(payload))
+        require(
+            back.status == 0 and back.data == payload,
+            "R7143-13.19-3",
+            "the data written with Data-Out sequences out of order does not read back as sent "
             f"(status {back.status}, {len(back.data)} bytes)",
             sent=[back.command],
             received=back.shown(),

@@ -331,3 +331,26 @@ def out_of_order_refused(p: Patcher) -> None:
         return on_data_out
 
     p.wrap(TaskIO, "on_data_out", make)
+
+
+@mutant(
+    "R2T.DataOut.OutOfOrderSequencesRefused",
+    "r2t",
+    "a Data-Out sequence for an R2T other than the oldest outstanding one is rejected "
+    "even with DataSequenceInOrder=No agreed (13.19: sequences in any order)",
+    catches=["FullFeature.DataOut.SequencesInAnyOrder"],
+)
+def out_of_order_sequences_refused(p: Patcher) -> None:
+    def make(old: Any) -> Any:
+        def on_data_out(self: TaskIO, pdu: P.ScsiDataOut, now: float) -> None:
+            s = self.session
+            task = s.tasks.get(pdu.itt) if s is not None else None
+            r2t = task.outstanding.get(pdu.ttt) if task is not None else None
+            if r2t is not None and r2t.r2tsn != min(r.r2tsn for r in task.outstanding.values()):
+                self._sequence_error(pdu, "Data-Out for a later R2T first")
+                return
+            old(self, pdu, now)
+
+        return on_data_out
+
+    p.wrap(TaskIO, "on_data_out", make)
