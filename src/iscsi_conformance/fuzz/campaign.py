@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core import text as T
 from iscsi_conformance.errors import ProtocolError
-from iscsi_conformance.fuzz.gen import Case, Gen, Session
+from iscsi_conformance.fuzz.gen import Case, Gen, Session, cve_cases
 from iscsi_conformance.fuzz.oracles import AnswerChecker, HealthEvent, Violation
 
 __all__ = ["Campaign", "CampaignReport", "Failure", "Health", "replay"]
@@ -85,6 +85,7 @@ class CampaignReport:
     pdus: int = 0
     answers: int = 0
     sessions: int = 0
+    cve_cases: int = 0  # the CVE-derived cases run first (fuzz.gen.cve_cases)
     digest_sessions: int = 0  # sessions that negotiated a CRC32C header or data digest
     closed_by_target: int = 0
     silent: int = 0
@@ -117,7 +118,8 @@ class CampaignReport:
             f"({self.cases / max(self.seconds, 1e-9):.0f} cases/s, {self.rate:.0f} PDUs/s)",
             f"sessions {self.sessions} ({self.digest_sessions} with digests), closed by the target {self.closed_by_target}, "
             f"silent {self.silent}, liveness checks {self.liveness_checks}, "
-            f"coverage {len(self.coverage)}/{len(COVERAGE_CELLS)} opcode x phase",
+            f"coverage {len(self.coverage)}/{len(COVERAGE_CELLS)} opcode x phase, "
+            f"CVE-derived cases {self.cve_cases}",
         ]
         for name, (before, after) in sorted(self.resources.items()):
             lines.append(f"{name}: {before} before, {after} after")
@@ -353,8 +355,8 @@ class Campaign:
 
     # ------------------------------------------------------------------ cases
 
-    async def _login_case(self, gen: Gen) -> None:
-        case = gen.case(None)
+    async def _login_case(self, gen: Gen, case: Case | None = None) -> None:
+        case = case if case is not None else gen.case(None)
         try:
             wire = await _connect(self.host, self.port, self._io())
         except (OSError, TimeoutError):
@@ -574,6 +576,12 @@ class Campaign:
             mrdsl=self.mrdsl,
             digests=self.digests,
         )
+        if wid == 0:  # the CVE-derived cases go first, as explicit examples
+            for case in cve_cases(self.initiator, self.target):
+                if not self._generating():
+                    return
+                await self._login_case(gen, case)
+                self.report.cve_cases += 1
         while self._generating():
             if (
                 self._need_liveness
@@ -646,6 +654,8 @@ class Campaign:
         return f.identity in seen
 
     async def _shrink_all(self) -> None:
+        if self._dead and self.health is None:
+            return  # a target that died and that we cannot restart: nothing to replay on
         for f in list(self.report.failures.values()):
             if self._time_left() < 1.0:
                 return
@@ -707,7 +717,12 @@ async def replay_once(
         health.poll()  # forget what came before
         if not health.alive():
             await asyncio.to_thread(health.restart)
-    wire = await _connect(host, port, timeout)
+    try:
+        wire = await _connect(host, port, timeout)
+    except (OSError, TimeoutError) as exc:
+        seen.add(("liveness", _liveness_place(f"cannot connect: {exc}", health)))
+        seen.add(("liveness", "dead"))
+        return seen
     try:
         checker = AnswerChecker(0, 0, mrdsl)
         if phase == "ffp":

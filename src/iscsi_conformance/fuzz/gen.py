@@ -23,7 +23,7 @@ from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core import text as T
 from iscsi_conformance.core.keys import KEYS
 
-__all__ = ["Case", "Gen", "Session"]
+__all__ = ["Case", "Gen", "Session", "cve_cases"]
 
 _EDGES = (0, 1, 2, 0x7F, 0x80, 0xFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF)
 _REQUESTS = [c for c in P.PDU_CLASSES.values() if c.is_request]
@@ -363,3 +363,66 @@ class Gen:
                 pdu = self._random_pdu(cls, s)
             out.append(self._encode(pdu, s))
         return Case("ffp", tuple(p for p, _ in out), tuple(lab for _, lab in out))
+
+
+def cve_cases(initiator: str, target: str) -> list[Case]:
+    """Login-phase cases of the input classes behind known target CVEs, run first by a
+    campaign (issue 14): each is the class, written for this project, not an exploit.
+
+    - ``long-key``: a key whose value fills most of a login data segment (LIO,
+      CVE-2013-2850: an over-long key overflowed a buffer).
+    - ``chap-r-overflow``: a CHAP exchange whose CHAP_R is far longer than any digest
+      (LIO, CVE-2018-14633).
+    - ``short-login``: a Login Request cut inside its header, and one whose
+      DataSegmentLength announces more than comes (the short-login-PDU class).
+    - ``huge-before-login``: a first PDU announcing a 16 MiB data segment (tgt,
+      CVE-2011-0001: input before login reached a buffer unchecked).
+    - ``non-login-during-login``: a SCSI Command after the first Login Request (SPDK
+      issue 3927).
+    """
+
+    def login(
+        pairs: list[tuple[str, str]], *, nsg: int = 1, transit: bool = True
+    ) -> P.LoginRequest:
+        return P.LoginRequest(
+            transit=transit, csg=0, nsg=nsg, isid=0x80_0000_0001, itt=1, cmdsn=0,
+            data=T.format_pairs(pairs, strict=False),
+        )  # fmt: skip
+
+    names = [("InitiatorName", initiator), ("TargetName", target)]
+    out: list[Case] = []
+
+    def add(label: str, *pdus: bytes) -> None:
+        out.append(Case("login", tuple(pdus), tuple(f"{label}#{i}" for i in range(len(pdus)))))
+
+    add("long-key", P.encode(login([*names, ("TargetAlias", "A" * 7000)]), strict=False))
+    add("long-key", P.encode(login([*names, ("X-" + "k" * 4000, "v")]), strict=False))
+    chap = login([*names, ("AuthMethod", "CHAP")], nsg=0, transit=False)
+    add(
+        "chap-r-overflow",
+        P.encode(chap, strict=False),
+        P.encode(dataclasses.replace(chap, data=T.format_pairs([("CHAP_A", "5")])), strict=False),
+        P.encode(
+            dataclasses.replace(
+                chap,
+                data=T.format_pairs(
+                    [("CHAP_N", "n"), ("CHAP_R", "0x" + "ab" * 3000)], strict=False
+                ),
+            ),
+            strict=False,
+        ),
+    )
+    first = P.encode(login([*names, ("AuthMethod", "None")]))
+    add("short-login", first[:20])
+    add(
+        "short-login",
+        P.encode(login(names), strict=False, tamper=P.Tamper(data_segment_length=8000)),
+    )
+    add(
+        "huge-before-login",
+        P.encode(login(names), strict=False, tamper=P.Tamper(data_segment_length=0xFFFFFF)),
+    )
+    cmd = P.ScsiCommand(final=True, read=True, itt=2, expected_data_transfer_length=512,
+                        cmdsn=0, cdb=bytes([0x12, 0, 0, 0, 36, 0]))  # fmt: skip
+    add("non-login-during-login", first, P.encode(cmd, strict=False))
+    return out
