@@ -28,7 +28,8 @@ from pathlib import Path
 from iscsi_conformance.report import Results, write_html
 
 ROOT = Path(__file__).resolve().parents[1]
-GOALS = {"index": 3 * 1024 * 1024, "folder": 30 * 1024 * 1024, "render_ms": 1000}
+MIB = 1024 * 1024
+GOALS = {"index": 3 * MIB, "folder": 30 * MIB, "render_ms": 1000}
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
 
 
@@ -117,13 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"results: {len(new.tests)} tests, {len(new.pairings)} pairings")
         print(f"write_html: {written:.2f} s")
         for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1]):
-            print(f"  {kind:24} {n / 1e6:8.2f} MB")
+            print(f"  {kind:24} {n / MIB:8.2f} MiB")
         ok = {True: "ok", False: "OVER"}
         print(
-            f"index.html: {index.stat().st_size / 1e6:.2f} MB "
-            f"(goal <= 3 MB: {ok[index.stat().st_size <= GOALS['index']]})"
+            f"index.html: {index.stat().st_size / MIB:.2f} MiB "
+            f"(goal <= 3 MiB: {ok[index.stat().st_size <= GOALS['index']]})"
         )
-        print(f"folder: {total / 1e6:.2f} MB (goal <= 30 MB: {ok[total <= GOALS['folder']]})")
+        print(f"folder: {total / MIB:.2f} MiB (goal <= 30 MiB: {ok[total <= GOALS['folder']]})")
         med = statistics.median
         print(
             f"index.html first render: {med(idx):.0f} ms (median of {len(idx)}; goal < 1000 ms: "
