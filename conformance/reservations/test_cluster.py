@@ -459,8 +459,8 @@ class Cluster:
             name = names.get(key, f"{key:#x}")
             if transport_id is None or ",i," not in transport_id.lower():
                 return name
-            if name not in self.nodes:  # a third-party node: its ISID is its own
-                return name
+            if name not in self.nodes:  # a third-party node: named with its ISID
+                return f"{name} ({transport_id.lower().split(',i,')[-1]})"
             return ports.get(transport_id.lower(), f"{name} (stale nexus)")
 
         if state.full is not None:
@@ -1804,3 +1804,103 @@ async def test_mixed_fence_scsi(initiator: Any, target: Any) -> None:
                 a.pr_out("register-ignore", sa_key=0)
             with contextlib.suppress(Exception):
                 initiator.driver.logout(session)
+
+
+def _ports_of(state: State, key: int) -> list[str]:
+    """The initiator ports READ FULL STATUS lists with ``key`` (empty without it)."""
+    return [
+        f"{d.transport_id} (relative target port {d.relative_target_port})"
+        for d in state.full or []
+        if d.key == key
+    ]
+
+
+@spec(
+    "Cluster.Mixed.Restart",
+    "SPC-4 5.13.1",
+    "SPC-4 5.13.6.4",
+    pairing="all",
+    requirements=["RSPC4-5.13.6-2", "RSPC4-5.13.7-3", "RSPC4-5.9-6"],
+    needs=(*PR, "initiator:persistent_reservations"),
+    dataloss=True,
+)
+async def test_mixed_restart(initiator: Any, target: Any) -> None:
+    """The third-party node A (open-iscsi) holds the disk, then restarts: it logs out
+    and logs in again (the LU mapped again by the initiator itself, no hand). Its
+    registration outlives the session (SPC-4 5.13.1); READ FULL STATUS from node B
+    names the nexus it belongs to, and whether A came back with the same ISID (the
+    same I_T nexus) is recorded. A brings the disk online as a cluster does: TEST UNIT
+    READY (sg_turs) until it answers, REGISTER AND IGNORE EXISTING KEY (fence_scsi's
+    unfence at boot: a new nexus is registered, the same one left as it was), its key
+    read back, then a WRITE, read back from B (registrants may write under Write
+    Exclusive - Registrants Only, SPC-4 5.13.1)."""
+    ka, kb = node_key(CLUSTER_NAME, "mixed-a"), node_key(CLUSTER_NAME, "mixed-b")
+    async with cluster(target, f"mixed-restart-{initiator.name}") as c:
+        b = await c.join("B")
+        ep = target.endpoint()
+        session = initiator.driver.login(ep)
+        c.event(f"login ({initiator.name})", "A")
+        a = ThirdPartyNode(c, "A", initiator, session)
+        try:
+            st = a.pr_out("register-ignore", sa_key=ka)
+            c.require(st == "GOOD", "RSPC4-5.13.7-3", f"A ({initiator.name}) registers: {st}")
+            st = a.pr_out("reserve", key=ka, pr_type=WE_RO)
+            c.require(st == "GOOD", "RSPC4-5.9-3", f"A reserves WE-RO: {st}")
+            await c.pr_out(b, REGISTER_IGNORE, sa_key=kb)
+            before = await c.observe(b, "A holds")
+            old_ports = _ports_of(before, ka)
+            initiator.driver.logout(session)
+            c.event("A restarts (logout)", "A")
+            state = await c.observe(b, "A down")
+            c.require(
+                ka in state.keys and state.holder_key == ka,
+                "RSPC4-5.13.6-2",
+                f"with A logged out B reads keys {[hex(k) for k in state.keys]}, holder {state.holder_key!r}: A's registration and reservation shall outlive its session (SPC-4 5.13.1)",
+            )
+            session = initiator.driver.login(ep)
+            a.session = session
+            c.event("A logged in again, LU mapped", "A")
+            tur = "not run"
+            for _ in range(4):  # a unit attention (e.g. I_T nexus loss) first, then GOOD
+                res = initiator.driver.sg(session, c.lun, "sg_turs")
+                tur = "GOOD" if res.returncode == 0 else f"sg_turs exit {res.returncode}"
+                a._record("sg_turs (TEST UNIT READY)", tur)
+                if res.returncode == 0:
+                    break
+            # fence_scsi's unfence at boot: REGISTER AND IGNORE EXISTING KEY, which
+            # registers a new I_T nexus and leaves the same one as it was
+            st = a.pr_out("register-ignore", sa_key=ka)
+            keys = a.keys() or []
+            back = await c.observe(b, "A back, registered again")
+            new_ports = _ports_of(back, ka)
+            c.fact("a_registrations", {"before": old_ports, "after": new_ports})
+            c.fact(
+                "new_isid_after_restart",
+                len(new_ports) > len(old_ports) if back.full is not None else "unknown",
+            )
+            c.require(
+                st == "GOOD" and tur == "GOOD" and ka in keys,
+                "RSPC4-5.13.7-3",
+                f"bring online: TEST UNIT READY {tur}, REGISTER AND IGNORE EXISTING KEY {st}, A reads keys {[hex(k) for k in keys]}",
+            )
+            if back.full is not None and old_ports:
+                c.require(
+                    all(p in new_ports for p in old_ports),
+                    "RSPC4-5.13.6-2",
+                    f"READ FULL STATUS lists {new_ports} for A's key, not its earlier nexus {old_ports} (registrations outlive the session, SPC-4 5.13.1)",
+                )
+            data_a = c.pattern("A-after-restart")
+            w = a.write(LBA + 9, data_a)
+            data, r = await c.read(b, LBA + 9)
+            c.require(
+                w == "GOOD" and data == data_a,
+                "RSPC4-5.9-6",
+                f"A's WRITE once online: {w}; read back from B {'same' if data == data_a else 'different'}",
+                r,
+                level="SHOULD",
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                a.pr_out("register-ignore", sa_key=0)
+            with contextlib.suppress(Exception):
+                initiator.driver.logout(a.session)
