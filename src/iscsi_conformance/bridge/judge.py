@@ -973,7 +973,15 @@ _EXERCISED_BY: dict[str, tuple[Direction, Callable[[Judge, PDU, bool], bool]]] =
     "mrdsl.target": (T2I, _data((ScsiDataIn, ScsiResponse, TextResponse))),
     "mrdsl.initiator": (I2T, _data((ScsiDataOut, ScsiCommand, TextRequest))),
     "datain.offsets": (T2I, _ffp(ScsiDataIn)),
-    "datain.burst": (T2I, _ffp(ScsiDataIn)),
+    # only a read longer than one burst can break it (open-iscsi's reads never are)
+    "datain.burst": (
+        T2I,
+        lambda j, p, f: (
+            f
+            and isinstance(p, ScsiDataIn)
+            and p.buffer_offset + len(p.data) > j.number("MaxBurstLength", 262144)
+        ),
+    ),
     "r2t.burst": (T2I, _ffp(R2T)),
     "r2t.outstanding": (T2I, _ffp(R2T)),
     "r2t.not_unsolicited": (T2I, _ffp(R2T)),
