@@ -242,6 +242,29 @@ def test_detach_status_url_and_stop(state_dir: Path, capsys: pytest.CaptureFixtu
     assert not list(state_dir.glob("*.json"))
 
 
+def test_libiscsi_logs_in_to_a_url_and_runs_its_tools(
+    state_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    if shutil.which("iscsi-inq") is None:
+        pytest.skip("needs libiscsi-bin (ci/provision.py packages)")
+    env = _env(state_dir)
+    target = Started(["reference"], env, timeout=30)
+    try:
+        url = target.url
+        ini = Started(["libiscsi", "--url", url], env, timeout=120)
+        assert f"  logged in to {url}" in ini.lines
+        assert peers_main(["exec", "libiscsi", "--", "iscsi-inq", url]) == 0
+        assert "DIRECT_ACCESS" in capfd.readouterr().out
+        assert peers_main(["stop"]) == 0  # the initiator first, then the target
+        out = capfd.readouterr().out
+        assert out.index("libiscsi stopped") < out.index("reference stopped"), out
+    finally:
+        for peer in (target, locals().get("ini")):
+            if peer is not None and peer.proc.poll() is None:
+                peer.end(signal.SIGTERM)
+    assert not list(state_dir.glob("*.json"))
+
+
 # --------------------------------------------------------------------------- real peers, as root
 
 

@@ -402,7 +402,11 @@ def _initiator_state(req: StartRequest, drv: Any) -> dict[str, Any]:
         elif drv._container is not None:
             state["container"] = drv._container.name
     else:
-        state["container"] = getattr(drv, "_container", None) and drv._container.name
+        container = getattr(drv, "_container", None)
+        if container is not None:
+            state["container"] = container.name
+        else:
+            state["local"] = True  # native: its tools are this host's
         tool_url = f"iscsi://{_portal_text(host, url.port)}/{url.target}/{lun}"
         state["examples"] = [f"iscsi-inq {tool_url}", f"iscsi-readcapacity16 {tool_url}"]
         drv.logout(session)  # libiscsi's tools log in per command
@@ -459,7 +463,11 @@ def start(req: StartRequest, *, out: Any = None, poll: float = 2.0) -> int:
                 return EXIT_USAGE
             except (HarnessError, ISCSIConformanceError) as exc:
                 # one line: a PeerStartError's log tail is in the peer's own log
-                _err(str(exc).splitlines()[0])
+                first = str(exc).splitlines()[0]
+                if first.endswith("boot interrupted"):  # a micro-VM's Ctrl-C during boot
+                    _err(f"{req.name}: interrupted while starting")
+                    return EXIT_INTERRUPTED
+                _err(first)
                 return EXIT_HARNESS
             state.update(
                 name=req.name,
@@ -629,5 +637,11 @@ def exec_in(name: str, command: list[str], *, timeout: float = 120.0) -> int:
         sys.stdout.buffer.write(stdout or b"")
         sys.stderr.buffer.write(stderr or b"")
         return int(rc)
+    if state.get("local"):
+        try:
+            return subprocess.run(command, timeout=timeout, check=False).returncode
+        except FileNotFoundError:
+            print(f"iscsi-conformance peers: no command {command[0]!r} here", file=sys.stderr)
+            return EXIT_USAGE
     print(f"iscsi-conformance peers: {name} runs no commands (a target)", file=sys.stderr)
     return EXIT_USAGE
