@@ -11,7 +11,8 @@ Subcommands:
   failure instead of a non-strict result (``grading.py``).
 - ``target`` / ``initiator``: the reference peers as tools.
 - ``report``: merge results files, render HTML / JUnit.
-- ``peers``: list the peers this installation knows, with their capabilities.
+- ``peers``: list the peers this installation knows, with their capabilities; ``peers
+  start|stop|status|url|exec``: a peer as a tool of its own (``peers/tool.py``).
 - ``fuzz``: drive Hypothesis-generated PDUs at a target.
 - ``bridge``: the conformance bridge between any initiator and any target
   (``iscsi_conformance.bridge``): every PDU judged both ways, faults on demand.
@@ -371,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("target", "run the reference target"),
         ("initiator", "use the reference initiator (discover, login, inquiry, read, write ...)"),
         ("report", "merge results and render HTML/JUnit"),
-        ("peers", "list known peers and their capabilities"),
+        ("peers", "list known peers; start, stop or exec in one as a tool (peers start tgt)"),
         ("fuzz", "fuzz a target with Hypothesis-generated PDUs"),
         ("mutate", "mutation score of the suite: break the reference target, see what is caught"),
         ("isns", "run the reference iSNS server (RFC 4171)"),
