@@ -117,6 +117,16 @@ def test_a_port_in_use_is_refused(state_dir: Path, capsys: pytest.CaptureFixture
     )
 
 
+def test_no_docker_engine_is_one_line(
+    state_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    assert peers_main(["start", "tgt", "--mode", "container"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no Docker engine answers" in err, err
+    assert not list(state_dir.glob("*.json"))
+
+
 def test_the_login_lines_name_the_secret_without_showing_it() -> None:
     state = {
         "name": "tgt",
