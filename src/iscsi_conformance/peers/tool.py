@@ -159,10 +159,29 @@ def read_state(name: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     if _proc_start(int(state.get("pid", 0))) != state.get("pid_start"):
+        # its process is gone (SIGKILL: no clean-up ran). Its micro-VM died with it
+        # (PR_SET_PDEATHSIG); its containers and network are removed here.
+        _remove_docker_run(state.get("resources", {}).get("docker_run"))
         with contextlib.suppress(OSError):
-            path.unlink()  # its process is gone (killed): the file says nothing now
+            path.unlink()
         return None
     return state
+
+
+def _remove_docker_run(run_id: str | None) -> None:
+    if not run_id:
+        return
+    with contextlib.suppress(Exception):
+        from iscsi_conformance.peers.docker_env import LABEL_RUN, ensure_engine
+
+        client = ensure_engine(start=False)
+        label = {"label": f"{LABEL_RUN}={run_id}"}
+        for c in client.containers.list(all=True, filters=label):
+            with contextlib.suppress(Exception):
+                c.remove(force=True, v=True)
+        for n in client.networks.list(filters=label):
+            with contextlib.suppress(Exception):
+                n.remove()
 
 
 def running() -> list[dict[str, Any]]:
