@@ -210,3 +210,29 @@ def test_faults_on_demand(bridge: Any, spec: str, expect: str) -> None:
 def test_a_bad_fault_spec_is_one_clear_error(spec: str) -> None:
     with pytest.raises(ValueError, match="fault"):
         parse_fault(spec)
+
+
+def test_a_reset_mid_write_loses_no_acknowledged_data(bridge: Any) -> None:
+    """ERL 0 (RFC 7143 7.1.1, 6.3.5): the bridge resets the connection on the first
+    Data-Out of a write; the write fails, a new session logs in through the same bridge,
+    and the data acknowledged before the reset reads back intact."""
+    b = bridge("close:ScsiDataOut")
+    host, port = b.listen_host, b.port
+    acknowledged = os.urandom(4096)  # immediate data (ImmediateData=Yes): no Data-Out
+
+    async def write(lba: int, data: bytes) -> None:
+        async with Session.connect(host, port, DISK, timeout=3) as s:
+            await s.write(0, lba, data)
+            await s.logout()
+
+    async def read(lba: int, blocks: int) -> bytes:
+        async with Session.connect(host, port, DISK, timeout=3) as s:
+            data = await s.read(0, lba, blocks)
+            await s.logout()
+            return data
+
+    asyncio.run(write(40, acknowledged))
+    with pytest.raises(Exception):  # noqa: B017 (however the client reports the reset)
+        asyncio.run(write(200, os.urandom(262144)))  # beyond FirstBurstLength: Data-Out
+    assert [str(f[0]) for f in b.faults.fired] == ["close:ScsiDataOut#1"]
+    assert asyncio.run(read(40, 8)) == acknowledged
