@@ -197,6 +197,7 @@ def test_area_and_pairing_id() -> None:
     assert area_of("Login.Keys.MaxRecvDataSegmentLengthBelowMinimum") == "Login"
     assert area_of("CHAP.Mutual.X") == "CHAP"
     assert area_of("libiscsi.SCSI.Read16.Simple") == "libiscsi.SCSI"
+    assert area_of("iSNS.Registration.PortalsServed") == "iSNS"
     assert pairing_id("open-iscsi", "tgt") == "open-iscsi×tgt"
 
 

@@ -124,9 +124,10 @@ def area_of(test_id: str) -> str:
 
     A peer's own suite is namespaced by the peer's (lower-case) name, and its area keeps
     the suite name too: ``libiscsi.SCSI.Read16.Simple`` is in area ``libiscsi.SCSI``.
+    An area spelt as the RFCs spell it (``iSNS.Registration.X``) is not a peer's name.
     """
     parts = test_id.split(".")
-    if len(parts) > 2 and parts[0][:1].islower():
+    if len(parts) > 2 and parts[0][:1].islower() and not parts[0][1:2].isupper():
         return ".".join(parts[:2])
     return parts[0]
 
