@@ -31,13 +31,14 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core import text as T
-from iscsi_conformance.errors import ProtocolError
+from iscsi_conformance.errors import ISCSIConformanceError, ProtocolError
 from iscsi_conformance.fuzz.gen import Case, Gen, Session, cve_cases
 from iscsi_conformance.fuzz.oracles import AnswerChecker, HealthEvent, Violation
 
@@ -182,42 +183,40 @@ def default_login_keys(initiator: str, target: str, mrdsl: int) -> list[tuple[st
 async def login(
     wire: _Wire, keys: Sequence[tuple[str, str]], *, isid: int, timeout: float
 ) -> tuple[P.LoginResponse, dict[str, str]]:
-    """Security stage with AuthMethod=None (when the first keys hold names), then the
-    operational stage: the final Login Response and the keys the target answered."""
-    names = [(k, v) for k, v in keys if k in ("InitiatorName", "TargetName", "SessionType")]
-    ops = [(k, v) for k, v in keys if k not in ("InitiatorName", "TargetName", "SessionType")]
+    """A correct login as the reference initiator makes it (``initiator.login_flow``,
+    AuthMethod=None, ``keys`` over its defaults): the final Login Response and the keys
+    the target answered. Raises ConnectionError when the login does not succeed."""
+    from iscsi_conformance.initiator.login_flow import LoginFlow, LoginResult
+
+    ours = dict(keys)
+    flow = LoginFlow(
+        initiator_name=ours.pop("InitiatorName", "iqn.2024-01.org.iscsi-conformance:fuzzer"),
+        target_name=ours.pop("TargetName", None),
+        session_type=ours.pop("SessionType", "Normal"),
+        isid=isid, itt=1, rng=os.urandom, keys=dict(ours),
+    )  # fmt: skip
     answered: dict[str, str] = {}
-    steps = [
-        (0, 1, [*names, ("AuthMethod", "None")]),
-        (1, 3, ops),
-    ]
-    rsp: P.PDU | None = None
-    for csg, nsg, pairs in steps:
-        req = P.LoginRequest(
-            transit=True, csg=csg, nsg=nsg, isid=isid, itt=csg, cmdsn=0, data=T.format_pairs(pairs)
-        )
-        wire.writer.write(P.encode(req))
-        for _ in range(4):
-            rsp = await _next_pdu(wire, timeout)
-            if not isinstance(rsp, P.LoginResponse):
-                raise ConnectionError(f"login answered with {rsp!r}")
-            if rsp.status_class:
-                raise ConnectionError(
-                    f"login refused: status {rsp.status_class:02x}{rsp.status_detail:02x}"
-                )
-            with contextlib.suppress(ProtocolError):
-                answered.update(T.parse_pairs(rsp.data))
-            if rsp.transit or rsp.nsg == 3:
-                break
-            # the target wants another exchange in this stage: send the stage again, empty
-            wire.writer.write(
-                P.encode(
-                    P.LoginRequest(transit=True, csg=csg, nsg=nsg, isid=isid, itt=csg, data=b"")
-                )
+    step = flow.start()
+    for _ in range(16):
+        out = step.wire
+        if out is not None:
+            wire.writer.write(out if isinstance(out, bytes) else P.encode(out))
+        rsp = await _next_pdu(wire, timeout)
+        if not isinstance(rsp, P.LoginResponse):
+            raise ConnectionError(f"login answered with {rsp!r}")
+        if rsp.status_class:
+            raise ConnectionError(
+                f"login refused: status {rsp.status_class:02x}{rsp.status_detail:02x}"
             )
-        assert isinstance(rsp, P.LoginResponse)
-        if rsp.transit and rsp.nsg == 3:
+        with contextlib.suppress(ProtocolError):
+            answered.update(T.parse_pairs(rsp.data))
+        try:
+            nxt = flow.receive(rsp)
+        except ISCSIConformanceError as exc:
+            raise ConnectionError(f"login failed: {exc}") from exc
+        if isinstance(nxt, LoginResult):
             return rsp, answered
+        step = nxt
     raise ConnectionError("the login did not reach full feature phase")
 
 
