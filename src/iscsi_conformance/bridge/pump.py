@@ -49,7 +49,7 @@ from .judge import I2T, T2I, Breach, Direction, Judge, SessionBook
 
 __all__ = ["Bridge", "BridgeBreach", "BridgedConnection"]
 
-_READ_CHUNK = 262144
+_READ_CHUNK = 65536
 _CONTEXT = 6  # PDU summaries kept before each breach
 _HOLD = 0.2  # seconds a merged or reordered PDU waits for the next one
 
@@ -263,6 +263,8 @@ class Bridge:
         self._tasks.update(pumps)
         try:
             await asyncio.gather(*pumps, return_exceptions=True)
+        except asyncio.CancelledError:
+            pass  # stop(): the connection ends here, quietly (no traceback on Ctrl-C)
         finally:
             for p in pumps:
                 p.cancel()
