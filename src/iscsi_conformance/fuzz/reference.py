@@ -101,6 +101,7 @@ class ReferenceSubject:
         return self._proc.pid if self._proc is not None else None
 
     def start(self) -> None:
+        self.stop_process()  # never orphan a process started before
         if not self.port:
             self.port = free_tcp_port(self.host)
         argv = [sys.executable, "-m", "iscsi_conformance.target.cli"]
