@@ -177,3 +177,30 @@ def test_area_not_supported_and_isns_server_shown(tmp_path: Path) -> None:
         "version": "0.101",
         "mode": "container",
     }
+
+
+def test_an_evidence_file_of_objects_is_still_read(sample: Results, tmp_path: Path) -> None:
+    """Folders written before the ``fields`` array (one object a PDU, ``b64``) load the
+    same, so that a baseline from an earlier release still reads."""
+    import base64
+
+    out = tmp_path / "old"
+    write_html(sample, out)
+    doc = json.loads((out / "results.json").read_text())
+    rel = next(iter(doc["evidence_files"].values()))
+    body = read_evidence_file(out / rel)
+    old = {
+        "pairing": body["pairing"],
+        "tests": {
+            tid: [
+                {
+                    **{k: v for k, v in p.items() if k != "hex"},
+                    "b64": base64.b64encode(bytes.fromhex(p["hex"])).decode(),
+                }
+                for p in pdus
+            ]
+            for tid, pdus in body["tests"].items()
+        },
+    }
+    (out / rel).write_text(f"iscsiEvidence({json.dumps(old)});\n")
+    assert read_evidence_file(out / rel)["tests"] == body["tests"]

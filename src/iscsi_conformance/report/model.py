@@ -744,8 +744,11 @@ def _packed(pdu: Mapping[str, Any]) -> list[Any]:
     return out
 
 
-def _unpacked(values: Sequence[Any], fields: Sequence[str]) -> dict[str, Any]:
-    pdu = {k: v for k, v in zip(fields, values, strict=False) if v not in _EMPTY}
+def _unpacked(values: Sequence[Any] | Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+    if isinstance(values, Mapping):  # a folder written before "fields": one object a PDU
+        pdu = dict(values)
+    else:
+        pdu = {k: v for k, v in zip(fields, values, strict=False) if v not in _EMPTY}
     b64 = pdu.pop("b64", "")
     if b64:
         pdu["hex"] = base64.b64decode(b64).hex()
