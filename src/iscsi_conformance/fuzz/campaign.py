@@ -42,7 +42,7 @@ from iscsi_conformance.errors import ISCSIConformanceError, ProtocolError
 from iscsi_conformance.fuzz.gen import Case, Gen, Session, cve_cases
 from iscsi_conformance.fuzz.oracles import AnswerChecker, HealthEvent, Violation
 
-__all__ = ["Campaign", "CampaignReport", "Failure", "Health", "replay"]
+__all__ = ["Campaign", "CampaignReport", "Failure", "Health", "quiet_on_interrupt", "replay"]
 
 PING = b"iscsi-conformance fuzz ping"
 MAX_BATCH = 64
@@ -600,6 +600,7 @@ class Campaign:
                 self.progress(self.report.progress_line(time.monotonic() - self._started))
 
     async def run_async(self) -> CampaignReport:
+        asyncio.get_running_loop().set_exception_handler(quiet_on_interrupt)
         self._started = time.monotonic()
         self._deadline = self._started + self.seconds
         self._stop_generating = self._deadline
@@ -665,6 +666,15 @@ class Campaign:
                 continue
             f.pdus = await ddmin(f.pdus, functools.partial(self.reproduces, f), self._time_left)
             f.shrunk = True
+
+
+def quiet_on_interrupt(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler: a Ctrl-C cancels every task at once, and what they
+    leave (cancelled tasks, futures nobody reads any more) is not worth a traceback."""
+    exc = context.get("exception")
+    if isinstance(exc, asyncio.CancelledError) or "never retrieved" in context.get("message", ""):
+        return
+    loop.default_exception_handler(context)
 
 
 async def ddmin(

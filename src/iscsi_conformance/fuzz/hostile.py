@@ -35,7 +35,7 @@ from typing import Any
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core import text as T
 from iscsi_conformance.errors import ISCSIConformanceError, ProtocolError
-from iscsi_conformance.fuzz.campaign import CampaignReport, Failure
+from iscsi_conformance.fuzz.campaign import CampaignReport, Failure, quiet_on_interrupt
 
 __all__ = ["HOSTILE_VALUES", "HostileProxy", "initiator_campaign", "summary"]
 
@@ -343,6 +343,7 @@ def initiator_campaign(
     report = CampaignReport(target=f"{client} initiator against a hostile reference target")
 
     async def run(subject: InProcessSubject) -> None:
+        asyncio.get_running_loop().set_exception_handler(quiet_on_interrupt)
         proxy = HostileProxy((subject.host, subject.port), seed=seed, rate=rate)
         await proxy.start()
         start = time.monotonic()
