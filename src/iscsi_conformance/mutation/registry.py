@@ -121,8 +121,8 @@ AREAS: dict[str, Area] = {
         ),
         Area(
             "recovery",
-            "SNACK and error recovery levels",
-            (f"{_FF}.Snack", "Digests.Errors"),
+            "SNACK and error recovery levels; ERL 2 connection recovery",
+            (f"{_FF}.Snack", f"{_FF}.Recovery", "Digests.Errors"),
         ),
         Area(
             "scsi",

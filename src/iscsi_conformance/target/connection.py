@@ -132,6 +132,7 @@ class Connection(TaskIO):
         self.hd = False
         self.dd = False
         self.erl = 0
+        self.recovering = False  # logged out with reason 2 (RFC 7143 11.14.1)
         self.max_send = 8192
         self._aborted_itts: deque[int] = deque(maxlen=MAX_ABORTED_TAGS)
         self._aborted_set: set[int] = set()
@@ -206,9 +207,20 @@ class Connection(TaskIO):
             return
         if s.connections.get(self.cid) is self:
             del s.connections[self.cid]
-        # Tasks with allegiance to this connection die with it (ERL < 2, RFC 7143 6.1.4).
+        # Tasks with allegiance to this connection die with it at ERL < 2 (RFC 7143
+        # 6.1.4). At ERL 2 a failed connection, or one removed for recovery, leaves
+        # them to a TASK REASSIGN on another connection (7.2.2, 11.5.1); a Logout
+        # that closes the connection (T13 without reason 2) still ends them.
+        graceful = self.rfc_labels[-1:] == ["T13"]
+        keep = self.erl >= 2 and (self.recovering or not graceful)
+        if keep:
+            for t in s.tasks.values():
+                if t.conn is self:
+                    t.outstanding.clear()  # its R2Ts went with the connection
+            s.orphans.update(self._held)  # finished, status not acknowledged
+            self._held = {}
         for itt, t in list(s.tasks.items()):
-            if t.conn is self:
+            if t.conn is self and not keep:
                 t.aborted = True
                 s.release_budget(t)
                 del s.tasks[itt]
@@ -217,9 +229,18 @@ class Connection(TaskIO):
                 del s.pending[sn]
         if not s.connections:
             # The last connection logged out (T13): a session closure (N3); otherwise
-            # it failed, and at ErrorRecoveryLevel < 2 nothing waits for recovery.
-            graceful = self.rfc_labels[-1:] == ["T13"]
-            self.engine.close_session(s, reason="logout" if graceful else "last connection gone")
+            # it failed, and at ErrorRecoveryLevel < 2 nothing waits for recovery. At
+            # ERL 2 the session waits Time2Wait + Time2Retain for a new connection
+            # (RFC 7143 6.3.4 / 7.2.2); the engine's timer ends it then.
+            if keep:
+                if not s.retaining:
+                    s.retaining = True
+                    s.retain_until = None
+                    self.engine.mark_retaining(s)
+            else:
+                self.engine.close_session(
+                    s, reason="logout" if graceful else "last connection gone"
+                )
 
     def connection_lost(self) -> None:
         """The transport is gone (peer closed, reset, or we closed it)."""
@@ -460,6 +481,8 @@ class Connection(TaskIO):
         dec.data_digest = params.data_digest
         dec.max_data_segment_length = params.max_recv_data_segment_length_local
         session.connections[self.cid] = self
+        session.retaining = False  # a connection again: no longer waiting (ERL 2)
+        session.retain_until = None
 
     # ------------------------------------------------------------------ CmdSN ordering
 
@@ -750,12 +773,21 @@ class Connection(TaskIO):
                     other.close()
                     other.session_detach()
         elif reason == LogoutReason.REMOVE_CONNECTION_FOR_RECOVERY:
-            # Connection recovery needs ErrorRecoveryLevel 2 (RFC 7143 11.15.1).
+            # Connection recovery needs ErrorRecoveryLevel 2 (RFC 7143 11.15.1); the
+            # tasks of the connection removed wait for TASK REASSIGN (7.2.2).
+            t2w, t2r = self.params.default_time2wait, self.params.default_time2retain
             if self.erl < 2:
                 code = LogoutResponseCode.RECOVERY_NOT_SUPPORTED
-            else:  # pragma: no cover - we never negotiate ERL 2
-                code = LogoutResponseCode.CID_NOT_FOUND
-            t2w, t2r = self.params.default_time2wait, self.params.default_time2retain
+            elif pdu.cid == self.cid:
+                self.recovering = close_self = True
+            else:
+                other = s.connections.get(pdu.cid)
+                if other is None:
+                    code = LogoutResponseCode.CID_NOT_FOUND
+                else:
+                    other.recovering = True
+                    other.close()
+                    other.session_detach()
         else:
             self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
             return

@@ -116,6 +116,8 @@ class TargetEngine:
         self.sessions: dict[int, Session] = {}
         self.connections: set[Connection] = set()
         self._dirty: dict[Connection, None] = {}
+        #: Sessions without a connection at ERL 2, kept for connection recovery.
+        self._retaining: dict[Session, None] = {}
         self._next_tsih = 1
         self._next_ttt = 1
         self._nexus_factory = nexus_factory
@@ -151,6 +153,12 @@ class TargetEngine:
         """A PERSISTENT RESERVE OUT changed state: tell the owner (persistence)."""
         if self.on_pr_changed is not None:
             self.on_pr_changed(lu)
+
+    def mark_retaining(self, session: Session) -> None:
+        """``session`` lost its last connection at ErrorRecoveryLevel 2: keep it (and
+        its tasks) for Time2Wait + Time2Retain, counted from the next timer call
+        (RFC 7143 6.3.4, 13.19, 13.20), then end it."""
+        self._retaining[session] = None
 
     def mark_dirty(self, conn: Connection) -> None:
         self._dirty[conn] = None
@@ -250,11 +258,21 @@ class TargetEngine:
         """The earliest time at which ``handle_timer`` has something to do, or None
         (aioquic's ``get_timer()``): the adapter sleeps until then, not on a tick."""
         deadlines = [d for c in self.connections if (d := c.next_deadline()) is not None]
+        deadlines += [s.retain_until or 0.0 for s in self._retaining]
         return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
         for conn in list(self.connections):
             conn.handle_timer(now)
+        for s in list(self._retaining):
+            if not s.retaining or s.closed:
+                del self._retaining[s]
+            elif s.retain_until is None:
+                p = s.params
+                s.retain_until = now + p.default_time2wait + p.default_time2retain
+            elif now >= s.retain_until:
+                del self._retaining[s]
+                self.close_session(s, reason="Time2Retain expired")
 
     def send_targets(
         self,
@@ -315,6 +333,7 @@ class TargetEngine:
         for task in list(session.tasks.values()):
             task.aborted = True
         session.tasks.clear()
+        session.orphans.clear()
         session.pending.clear()
         for conn in list(session.connections.values()):
             conn.close()

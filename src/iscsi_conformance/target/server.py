@@ -108,6 +108,7 @@ class _Protocol(asyncio.Protocol):
         conn.connection_lost()
         self.server.flush()
         self.server.after_activity()
+        self.server.schedule_timer()  # a session kept for recovery (ERL 2) times out
 
 
 class TargetServer:

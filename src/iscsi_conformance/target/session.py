@@ -115,6 +115,13 @@ class Session:
         #: Where the session is in RFC 7143 8.3's target diagram, and the N-labels taken.
         self.state = SessionState.Q1_FREE
         self.labels: list[str] = []
+        #: ErrorRecoveryLevel 2 (RFC 7143 7.2.2, 11.5.1): finished tasks of a failed
+        #: connection whose status was not acknowledged, waiting for TASK REASSIGN.
+        self.orphans: dict[int, Task] = {}
+        #: The session lost its last connection at ERL 2: kept until this time
+        #: (Time2Wait + Time2Retain after the engine's first timer), None = not set yet.
+        self.retaining = False
+        self.retain_until: float | None = None
 
     def advance(self, inp: SessionInput) -> None:
         """Take the session table's transition for ``inp``. A move the table does not

@@ -102,6 +102,7 @@ class Task:
         "cdb",
         "cmdsn",
         "conn",
+        "datain_offsets",
         "delivered",
         "edtl",
         "expected",
@@ -116,6 +117,7 @@ class Task:
         "r2tsn",
         "read",
         "received",
+        "reply",
         "residual_mismatch",
         "sent_datain",
         "statsn",
@@ -156,6 +158,10 @@ class Task:
         self.next_offset = 0
         self.budgeted = 0
         self.statsn = 0  # of its status, once sent
+        # ERL 2: the outcome (status, sense, data, overflow, underflow, residual) and
+        # each Data-In PDU's offset by DataSN, for a TASK REASSIGN (RFC 7143 11.5.6).
+        self.reply: tuple[int, bytes, bytes, bool, bool, int] | None = None
+        self.datain_offsets: list[int] = []
 
 
 class TaskIO:
@@ -535,12 +541,48 @@ class TaskIO:
             data = data[:edtl]
         elif n < edtl:
             underflow, residual = True, edtl - n
+        if self.erl > 1:
+            task.reply = (status, sense, data, overflow, underflow, residual)
         if not data:
             self._respond(
                 task, status, sense, overflow=overflow, underflow=underflow, residual=residual
             )
             return
         self._send_data_in(task, data, status, sense, overflow, underflow, residual)
+
+    def resume_task(self, task: Task, expdatasn: int) -> None:
+        """TASK REASSIGN (ERL 2): ``task`` continues on this connection from its current
+        state (RFC 7143 7.2.2): a WRITE still missing data is solicited again by R2T, a
+        finished command resends its Data-In from DataSN ``expdatasn`` (11.5.6: 0 means
+        unchanged, here from the start) and its status, now with this connection's StatSN."""
+        s = self.session
+        assert s is not None
+        task.conn = cast("Connection", self)
+        s.orphans.pop(task.itt, None)
+        reply = task.reply
+        if reply is None:
+            if task.write and task.expected and task.buffer is not None:
+                # Which bytes arrived is not kept: solicit the whole transfer again.
+                task.outstanding.clear()
+                task.pending_ranges.clear()
+                task.received = 0
+                task.next_offset = 0
+                task.unsolicited_done = True
+            self._progress(task)
+            return
+        status, sense, data, overflow, underflow, residual = reply
+        offsets = task.datain_offsets
+        task.sent_datain = []
+        if data and expdatasn < len(offsets):
+            start = offsets[expdatasn]
+            self._send_data_in(
+                task, data, status, sense, overflow, underflow, residual,
+                datasn=expdatasn, start=start,
+            )  # fmt: skip
+            return
+        self._respond(
+            task, status, sense, overflow=overflow, underflow=underflow, residual=residual
+        )
 
     def _send_data_in(
         self,
@@ -551,6 +593,9 @@ class TaskIO:
         overflow: bool,
         underflow: bool,
         residual: int,
+        *,
+        datasn: int = 0,
+        start: int = 0,
     ) -> None:
         """Data-In PDUs (RFC 7143 11.7): at most our send limit each, F at the end of
         every MaxBurstLength sequence, the status in the last one when there is no
@@ -563,10 +608,12 @@ class TaskIO:
         total = len(data)
         seg = self.max_send
         burst = self.params.max_burst_length
-        datasn = 0
-        off = 0
+        off = start
         exp, mx = s.expcmdsn, s.maxcmdsn
         keep = self.erl > 0
+        offsets = task.datain_offsets if self.erl > 1 and not start else None
+        if offsets is not None:
+            offsets.clear()
         hd, dd = self.hd, self.dd
         out = self.out
         lun, itt = task.lun_field, task.itt
@@ -590,6 +637,8 @@ class TaskIO:
             )
             parts = P.frame_parts(bhs, mv[off : off + ln], hd, dd)
             out.extend(parts)
+            if offsets is not None:
+                offsets.append(off)
             if keep:
                 raw = b"".join(parts)
                 task.sent_datain.append(raw)
@@ -662,7 +711,9 @@ class TaskIO:
         self.engine.mark_dirty(cast("Connection", self))
         if self.erl > 0:
             self._retain(statsn, b"".join(parts))
-            if task.sent_datain:
+            if self.erl > 1 and task.reply is None:
+                task.reply = (status, sense, b"", overflow, underflow, residual)
+            if task.sent_datain or self.erl > 1:
                 self._hold(task, statsn)
 
 

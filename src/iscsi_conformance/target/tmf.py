@@ -134,7 +134,21 @@ def perform_tmf(
         # Allegiance reassignment needs ERL 2 (RFC 7143 11.5.1, 6.2.2).
         if conn.erl < 2:
             return TmfResponse.TASK_ALLEGIANCE_REASSIGNMENT_NOT_SUPPORTED, None
-        return TmfResponse.TASK_DOES_NOT_EXIST, None  # pragma: no cover
+        ref = req.referenced_task_tag
+        task = session.tasks.get(ref) or session.orphans.get(ref)
+        if task is None:
+            return TmfResponse.TASK_DOES_NOT_EXIST, None
+        if not task.conn.closed:
+            # Its connection was not logged out for recovery (7.2.2 MUST): still
+            # allegiant (11.6.1 code 3).
+            return TmfResponse.TASK_STILL_ALLEGIANT, None
+        expdatasn, reassigned = req.expdatasn, task
+
+        def resume() -> None:
+            # The new allegiance takes effect only once the response is out (11.6).
+            conn.resume_task(reassigned, expdatasn)
+
+        return TmfResponse.FUNCTION_COMPLETE, resume
 
     if fn == TmfFunction.QUERY_TASK:
         # RFC 7144 4.1: succeeded if the task exists, complete if it does not.

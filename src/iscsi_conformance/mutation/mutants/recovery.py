@@ -121,3 +121,75 @@ def lost_data_out_counted(p: Patcher) -> None:
             self._r2t_done(task, r2t)
 
     p.replace(TaskIO, "_data_lost", data_lost)
+
+
+@mutant(
+    "Recovery.Erl2.TasksDieWithConnection",
+    "recovery",
+    "at ERL 2 the tasks of a connection removed for recovery are ended with it, so TASK "
+    "REASSIGN finds none (7.2.2: the target SHOULD continue the command; 11.5.6)",
+    catches=[
+        "FullFeature.Recovery.Erl2.WriteReassigned",
+        "FullFeature.Recovery.Erl2.ReadReassigned",
+    ],
+)
+def erl2_tasks_die(p: Patcher) -> None:
+    def make(old: Any) -> Any:
+        def session_detach(self: Connection) -> None:
+            self.recovering = False
+            erl, self.erl = self.erl, min(self.erl, 1)
+            try:
+                old(self)
+            finally:
+                self.erl = erl
+
+        return session_detach
+
+    p.wrap(Connection, "session_detach", make)
+
+
+@mutant(
+    "Recovery.Erl2.AllegianceBeforeResponse",
+    "recovery",
+    "TASK REASSIGN resumes the task (R2T, Data-In) before the Task Management response "
+    "goes out (11.6: the new allegiance MUST ONLY take effect after the response)",
+    catches=[
+        "FullFeature.Recovery.Erl2.WriteReassigned",
+        "FullFeature.Recovery.Erl2.ReadReassigned",
+    ],
+)
+def erl2_resumed_early(p: Patcher) -> None:
+    from iscsi_conformance.target import tmf
+
+    def make(old: Any) -> Any:
+        def perform_tmf(conn: Connection, req: P.TaskManagementRequest) -> Any:
+            code, after = old(conn, req)
+            if (req.function & 0x7F) == 8 and after is not None:
+                after()
+                return code, None
+            return code, after
+
+        return perform_tmf
+
+    p.wrap(tmf, "perform_tmf", make)
+
+
+@mutant(
+    "Recovery.Erl2.DataInNotResent",
+    "recovery",
+    "a READ reassigned at ERL 2 gets only its status again, not its Data-In from "
+    "ExpDataSN (11.5.6: the target MUST transmit all Data-In PDUs from that number)",
+    catches=["FullFeature.Recovery.Erl2.ReadReassigned"],
+)
+def erl2_data_not_resent(p: Patcher) -> None:
+    from iscsi_conformance.target.task import TaskIO
+
+    def make(old: Any) -> Any:
+        def resume_task(self: Any, task: Any, expdatasn: int) -> None:
+            if task.reply is not None:
+                task.datain_offsets = []
+            old(self, task, expdatasn)
+
+        return resume_task
+
+    p.wrap(TaskIO, "resume_task", make)
