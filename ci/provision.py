@@ -40,6 +40,8 @@ def _images() -> None:
     kernel = microvm.build_kernel(log)
     print(f"provision: micro-VM kernel {kernel}", flush=True)
     print(f"provision: micro-VM root fs {microvm.build_rootfs(log)}", flush=True)
+    ipsec_root = microvm.build_rootfs(log, packages=microvm.IPSEC_ROOTFS_PACKAGES)
+    print(f"provision: micro-VM root fs with strongSwan (IPsec area) {ipsec_root}", flush=True)
 
 
 def main(argv: list[str]) -> int:

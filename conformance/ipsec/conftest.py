@@ -11,8 +11,11 @@ by one veth, a charon on each, the run CA, the drop policy. A host is
   libiscsi: the container's network namespace gets the veth end and a charon from
   this machine (``ip netns attach``), the peer's tools run through ``docker exec``.
 
-LIO and open-iscsi live in the micro-VM, whose guest has no strongSwan yet: their
-cells are skipped with that reason. Outside CI a machine without root, Docker or
+- the micro-VM for LIO: its guest (kernel ESP, a charon of its image reached over
+  VICI through a forwarded port) is the target host; the VM's second NIC is a tap in
+  the initiator host's namespace, the link that is captured.
+
+open-iscsi (also in the micro-VM) has no host yet: its cells are skipped with that reason. Outside CI a machine without root, Docker or
 strongSwan skips the area; in CI that is a failure (the issue's start-up rule), with
 charon's log tail.
 """
@@ -274,13 +277,13 @@ class IPsecArea:
         out: list[WireSummary] = []
         started = time.monotonic()
         try:
-            with Capture(self.path.target, pcap):
+            with Capture(self.path.capture_host, pcap):
                 yield out
         finally:
             self.timings["tests"] = self.timings.get("tests", 0.0) + time.monotonic() - started
         out.append(dissect(pcap))
         evidence.captures.append(str(pcap))
-        evidence.note(f"wire ({self.path.target.ifname}, {pcap.name}): {out[0].describe()}")
+        evidence.note(f"wire ({self.path.capture_host.ifname}, {pcap.name}): {out[0].describe()}")
         self.record(wire=out[0], capture=pcap)
 
     def record(self, *, wire: WireSummary | None = None, capture: Path | None = None) -> None:
@@ -296,8 +299,11 @@ class IPsecArea:
         facts.update(
             pairing=self.pairing, esp_backend=self.path.modes(), timings=dict(self.timings),
             hosts={
-                h.role: (f"container pid {h.attached}" if h.attached else "network namespace")
-                + f" {h.netns}, {h.address}"
+                h.role: (
+                    f"micro-VM guest {h.ifname}" if h.shell is not None
+                    else f"container pid {h.attached} {h.netns}" if h.attached
+                    else f"network namespace {h.netns}"
+                ) + f", {h.address}"
                 for h in self.path.link.hosts
             },
             target=self.target_desc,
@@ -397,9 +403,10 @@ def _start_reference_target(area: IPsecArea) -> None:
 #: Where each peer's host comes from; LIO and open-iscsi run in the micro-VM.
 CONTAINER_TARGETS = ("tgt",)
 CONTAINER_INITIATORS = ("libiscsi",)
+MICROVM_TARGETS = ("lio",)
 MICROVM_REASON = (
-    "runs in the micro-VM, whose guest image has no strongSwan charon yet (issue 11: "
-    "kernel ESP there is not built); no IPsec host for it"
+    "runs in the micro-VM; only a micro-VM target host is built so far (issue 11: an "
+    "initiator in the guest is not wired to the area)"
 )
 
 
@@ -424,6 +431,26 @@ def _container_pid(container: Any) -> int:
     return pid
 
 
+def _start_lio(chap: ChapAccount, closers: list[Callable[[], None]]) -> tuple[Any, Any]:
+    """LIO in a micro-VM booted from the IPsec image (charon), with a tap as second NIC."""
+    from iscsi_conformance.ipsec.guest import GUEST_VICI_PORT
+    from iscsi_conformance.ipsec.hosts import make_tap
+    from iscsi_conformance.peers import microvm
+    from iscsi_conformance.peers.base import LunSpec, TargetSpec
+    from iscsi_conformance.peers.lio import LioTarget
+
+    tdriver = LioTarget(mode="microvm")
+    tdriver.log.secrets.add(chap.secret)
+    rootfs = microvm.build_rootfs(tdriver.log, packages=microvm.IPSEC_ROOTFS_PACKAGES)
+    tap = make_tap()
+    tdriver.vm_options = {"rootfs": rootfs, "taps": (tap,), "forwards": {"vici": GUEST_VICI_PORT}}
+    closers.append(tdriver.stop)
+    tdriver.start()
+    ep = tdriver.configure(TargetSpec(OPEN_TARGET, luns=(LunSpec(16 << 20),)))
+    tdriver.configure(TargetSpec(CHAP_TARGET, luns=(LunSpec(4 << 20),), chap=chap))
+    return tdriver, ep
+
+
 def build_area(workdir: Path, initiator: str, target: str) -> IPsecArea:
     """Start the pairing's peers on their hosts and the protected path between them."""
     chap = ChapAccount("ipsec-node", secrets.token_hex(12))
@@ -433,6 +460,7 @@ def build_area(workdir: Path, initiator: str, target: str) -> IPsecArea:
     tdriver: Any = None
     idriver: Any = None
     env: Any = None
+    started_lio = time.monotonic()
     try:
         if target in CONTAINER_TARGETS or initiator in CONTAINER_INITIATORS:
             from iscsi_conformance.peers.docker_env import DockerEnv, docker_usable
@@ -464,13 +492,25 @@ def build_area(workdir: Path, initiator: str, target: str) -> IPsecArea:
             idriver.start()
             attach["initiator"] = _container_pid(idriver._container)
             timings["initiator_start"] = time.monotonic() - started
-        path = ProtectedPath(workdir, attach=attach)
+        guest: dict[str, Any] = {}
+        if target == "lio":
+            tdriver, ep = _start_lio(chap, closers)
+            vm = tdriver.vm
+            guest = {"guest": vm, "guest_vici": (vm.bind_host, vm.host_port("vici"))}
+            timings["target_start"] = time.monotonic() - started_lio
+        path = ProtectedPath(workdir, attach=attach, **guest)
         area = IPsecArea(
             path, workdir, chap, timings, pairing=f"{initiator} x {target}", closers=closers
         )
         path.open()
         timings.update(path.timings)
-        if tdriver is not None:
+        if tdriver is not None and target == "lio":
+            area.lun = ep.luns[0]
+            area.target_desc = (
+                f"LIO, Linux {tdriver.vm.kernel.kernel_release} (micro-VM guest: the target "
+                f"host, kernel ESP; its tap NIC in {path.initiator.netns} is the link)"
+            )
+        elif tdriver is not None:
             area.lun = ep.luns[0]
             area.target_desc = (
                 f"tgt {tdriver.version()} (container {tdriver._container.name}, "
@@ -556,9 +596,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def ipsec(request: pytest.FixtureRequest, pairing: Any, evidence: Any) -> Iterator[IPsecArea]:
     """The area of this test's pairing: its peers on their hosts, the path between them."""
     for side, name in (("target", pairing.target), ("initiator", pairing.initiator)):
-        if name in ("lio", "open-iscsi"):
+        if name == "open-iscsi":
             pytest.skip(f"IPsec: {side} {name} {MICROVM_REASON}")
-        if name not in ("reference", *CONTAINER_TARGETS, *CONTAINER_INITIATORS):
+        if name not in ("reference", *CONTAINER_TARGETS, *CONTAINER_INITIATORS, *MICROVM_TARGETS):
             pytest.skip(f"IPsec: no host is built for {side} {name}")
     if not _selected(pairing.initiator, pairing.target):
         pytest.skip(

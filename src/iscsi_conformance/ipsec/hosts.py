@@ -6,7 +6,10 @@ through netlink (pyroute2). The link is the one wire between them, where the sui
 captures. Names carry this process's id (``isc<pid>i``, ``isc<pid>t``), so a later run
 recognises what a killed run left behind and removes it first (:func:`sweep`): the
 processes still inside those namespaces, then the namespaces (with them the veth and
-charon's TUN devices). A host can also be a container's own network namespace
+charon's TUN devices). A host can be a micro-VM's guest too (``guest``: its agent
+shell): the initiator's end of the link is then a tap device that :func:`make_tap`
+created before the VM booted (QEMU opened it) and that ``open`` moves into the
+initiator's namespace; the guest's end is its ``eth1``. A host can also be a container's own network namespace
 (``attach``: role -> the container's pid): ``ip netns attach`` names it, the veth end
 goes into it, and closing only removes the name (the container's driver stops the
 container; nothing inside it is killed). :func:`call_in` runs a function on a thread that has entered a
@@ -28,11 +31,13 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, NetNS, netns
 
-__all__ = ["Host", "Link", "call_in", "sweep"]
+__all__ = ["Host", "Link", "call_in", "make_tap", "sweep"]
 
 T = TypeVar("T")
 PREFIX = "isc"
 _NAME = re.compile(rf"^{PREFIX}(\d+)[it]$")
+_TAP = re.compile(rf"^{PREFIX}(\d+)-i$")
+GUEST_IFNAME = "eth1"  # a guest's link NIC (its second, after the user-mode network)
 SUBNET = "10.77.0"
 
 
@@ -45,10 +50,27 @@ class Host:
     ifname: str
     address: str
     attached: int = 0  # pid of the container whose namespace this is; 0: our own
+    shell: Any = None  # a micro-VM guest's agent (``run``/``put``); None: a namespace
 
     def argv(self, *argv: str) -> list[str]:
         """``argv`` run inside this host's namespace."""
+        if self.shell is not None:
+            raise ValueError(f"the {self.role} host is a guest: run through its shell")
         return ["ip", "netns", "exec", self.netns, *argv]
+
+
+def make_tap(tag: str | None = None) -> str:
+    """The tap device a guest's link NIC opens (made before the VM boots); its name is
+    the initiator's link interface of :class:`Link` with the same ``tag``."""
+    name = f"{PREFIX}{tag or os.getpid()}-i"
+    with IPRoute() as ip:
+        if ip.link_lookup(ifname=name):
+            ip.link("del", ifname=name)
+    subprocess.run(
+        ["ip", "tuntap", "add", "dev", name, "mode", "tap"],
+        check=True, capture_output=True, timeout=10,
+    )  # fmt: skip
+    return name
 
 
 def _alive(pid: int) -> bool:
@@ -80,13 +102,29 @@ def sweep() -> list[str]:
             with contextlib.suppress(Exception):
                 netns.remove(name)
             removed.append(name)
+    with IPRoute() as ip:
+        for link in ip.get_links():
+            name = link.get_attr("IFLA_IFNAME") or ""
+            m = _TAP.match(name)
+            if m and not _alive(int(m.group(1))):
+                with contextlib.suppress(Exception):
+                    ip.link("del", index=link["index"])
+                removed.append(name)
     return removed
 
 
 class Link:
     """Two namespaces and the veth between them; :meth:`close` removes everything."""
 
-    def __init__(self, *, tag: str | None = None, attach: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        tag: str | None = None,
+        attach: dict[str, int] | None = None,
+        guest: Any = None,
+    ) -> None:
+        """``guest``: the agent shell of a micro-VM that is the target host (its tap,
+        from :func:`make_tap` with the same ``tag``, is the link)."""
         tag = tag or str(os.getpid())
         attach = attach or {}
         self.initiator = Host(
@@ -96,6 +134,8 @@ class Link:
         self.target = Host(
             "target", f"{PREFIX}{tag}t", f"{PREFIX}{tag}-t", f"{SUBNET}.2", attach.get("target", 0)
         )
+        if guest is not None:
+            self.target = Host("target", "", GUEST_IFNAME, f"{SUBNET}.2", shell=guest)
         self._created: list[str] = []
 
     @property
@@ -105,6 +145,8 @@ class Link:
     def open(self) -> Link:
         try:
             for host in self.hosts:
+                if host.shell is not None:
+                    continue
                 if host.netns in netns.listnetns():  # our own pid's leftover: reuse nothing
                     _kill_inside(host.netns)
                     netns.remove(host.netns)
@@ -117,15 +159,25 @@ class Link:
                     netns.create(host.netns)
                 self._created.append(host.netns)
             with IPRoute() as ip:
-                ip.link(
-                    "add",
-                    ifname=self.initiator.ifname,
-                    kind="veth",
-                    peer={"ifname": self.target.ifname, "net_ns_fd": self.target.netns},
-                )
-                index = ip.link_lookup(ifname=self.initiator.ifname)[0]
+                if self.target.shell is None:
+                    ip.link(
+                        "add",
+                        ifname=self.initiator.ifname,
+                        kind="veth",
+                        peer={"ifname": self.target.ifname, "net_ns_fd": self.target.netns},
+                    )
+                index = ip.link_lookup(ifname=self.initiator.ifname)[0]  # the veth or tap
                 ip.link("set", index=index, net_ns_fd=self.initiator.netns)
+            if self.target.shell is not None:
+                self.target.shell.run(
+                    f"ip addr add {self.target.address}/24 dev {GUEST_IFNAME} && "
+                    f"ip link set {GUEST_IFNAME} up",
+                    check=True,
+                    timeout=20,
+                )
             for host in self.hosts:
+                if host.shell is not None:
+                    continue
                 with NetNS(host.netns) as ns:
                     index = ns.link_lookup(ifname=host.ifname)[0]
                     ns.addr("add", index=index, address=host.address, prefixlen=24)
@@ -152,6 +204,12 @@ class Link:
                 _kill_inside(name)
             with contextlib.suppress(Exception):
                 netns.remove(name)
+        if self.target.shell is not None:  # the tap, wherever it is now
+            for where in (["-n", self.initiator.netns], []):
+                subprocess.run(
+                    ["ip", *where, "link", "del", self.initiator.ifname],
+                    capture_output=True, timeout=10, check=False,
+                )  # fmt: skip
 
     def __enter__(self) -> Link:
         return self.open()

@@ -78,11 +78,16 @@ class ProtectedPath:
         *,
         backend: EspBackend = "kernel-libipsec",
         attach: dict[str, int] | None = None,
+        guest: Any = None,
+        guest_vici: tuple[str, int] | None = None,
     ) -> None:
-        """``attach``: role -> pid of a container whose network namespace is that host."""
+        """``attach``: role -> pid of a container whose network namespace is that host.
+        ``guest``: the agent shell of a micro-VM that is the target host (kernel ESP,
+        charon reached over VICI at ``guest_vici``; its tap from :func:`hosts.make_tap`)."""
         self.workdir = workdir
         self.backend = backend
-        self.link = Link(attach=attach)
+        self.guest_vici = guest_vici
+        self.link = Link(attach=attach, guest=guest)
         self.initiator, self.target = self.link.initiator, self.link.target
         self.charons: dict[str, Charon] = {}
         self.psk = secrets.token_urlsafe(24)
@@ -104,6 +109,15 @@ class ProtectedPath:
             self.timings["hosts"] = time.monotonic() - started
             started = time.monotonic()
             for host in self.link.hosts:
+                if host.shell is not None:
+                    from .guest import GuestCharon
+
+                    if self.guest_vici is None:
+                        raise HarnessError("a guest host needs the address of its VICI port")
+                    self.charons[host.role] = GuestCharon(
+                        host, self.workdir, shell=host.shell, vici_at=self.guest_vici
+                    ).start()
+                    continue
                 self.charons[host.role] = Charon(host, self.workdir, backend=self.backend).start()
             self.timings["charon_start"] = time.monotonic() - started
             started = time.monotonic()
@@ -135,6 +149,12 @@ class ProtectedPath:
         self.close()
 
     @property
+    def capture_host(self) -> Host:
+        """Where the link is captured: the target's end, or the initiator's tap when the
+        target is a guest (its own NIC is inside the VM)."""
+        return self.initiator if self.target.shell is not None else self.target
+
+    @property
     def secrets(self) -> set[str]:
         """Everything that must never appear in a log or report."""
         out = {self.psk} | {c.key_pem for c in self.creds.values()}
@@ -145,6 +165,9 @@ class ProtectedPath:
     # ------------------------------------------------------------------ policy
 
     def _run(self, host: Host, *argv: str) -> None:
+        if host.shell is not None:
+            host.shell.run(list(argv), check=True, timeout=30)  # recorded in its log
+            return
         full = host.argv(*argv)
         started = time.monotonic()
         out = subprocess.run(full, capture_output=True, text=True, timeout=30, check=False)
@@ -157,9 +180,12 @@ class ProtectedPath:
 
     def _policy(self) -> None:
         port = str(ISCSI_PORT)
+        # kernel ESP hands the decrypted packet back on the same interface: only what
+        # did not come through an SA is dropped there (kernel-libipsec's comes from TUN)
+        via_sa = ("-m", "policy", "--dir", "in", "--pol", "none") if self.target.shell else ()
         self._run(
             self.target, "iptables", "-A", "INPUT", "-i", self.target.ifname,
-            "-p", "tcp", "--dport", port, "-j", "DROP",
+            "-p", "tcp", "--dport", port, *via_sa, "-j", "DROP",
         )  # fmt: skip
         self._run(
             self.initiator, "iptables", "-A", "OUTPUT", "-o", self.initiator.ifname,

@@ -127,9 +127,11 @@ class LioTarget(TargetDriver):
         boot_timeout: float = 180.0,
         docker_env: Any = None,
         port: int | None = None,
+        vm_options: dict[str, Any] | None = None,
     ) -> None:
         """``port``: the host port the micro-VM's portal is forwarded to (microvm mode
-        only; None picks a free one)."""
+        only; None picks a free one). ``vm_options``: more :class:`microvm.MicroVM`
+        arguments in microvm mode (the IPsec area's ``rootfs``, ``taps``, ``forwards``)."""
         super().__init__(manifest if manifest is not None else load_manifest())
         if backstore not in ("fileio", "ramdisk"):
             raise ConfigError(
@@ -143,6 +145,7 @@ class LioTarget(TargetDriver):
                 field="port",
             )
         self.port = port
+        self.vm_options = dict(vm_options or {})
         self.backstore = backstore
         self.memory_mb = memory_mb
         self.boot_timeout = boot_timeout
@@ -160,14 +163,17 @@ class LioTarget(TargetDriver):
         try:
             if self.mode == "microvm":
                 kernel = microvm.build_kernel(self.log)
+                options = dict(self.vm_options)
+                forwards = {"iscsi": ISCSI_PORT, **options.pop("forwards", {})}
                 self.vm = microvm.MicroVM(
                     "lio",
                     kernel,
                     log=self.log,
-                    forwards={"iscsi": ISCSI_PORT},
+                    forwards=forwards,
                     memory_mb=self.memory_mb,
                     boot_timeout=self.boot_timeout,
                     host_ports={"iscsi": self.port} if self.port else None,
+                    **options,
                 )
                 self.vm.start()
                 self.shell = self.vm

@@ -87,6 +87,23 @@ GUEST_MODULES: tuple[str, ...] = (
     "sg",
     # CHAP_A=8 (SHA3-256) in both LIO and open-iscsi needs the sha3 shash
     "sha3_generic",
+    # kernel ESP for the IPsec area (charon's kernel-netlink): XFRM over netlink, ESP,
+    # the AEAD and authenc transforms of RFC 8221 and ESN (authencesn)
+    "xfrm_user",
+    "esp4",
+    "authenc",
+    "authencesn",
+    "gcm",
+    "ghash_generic",
+    "ctr",
+    "seqiv",
+    "echainiv",
+    "jitterentropy_rng",  # seqiv/echainiv take their IVs from the default RNG (drbg)
+    "drbg",
+    # the IPsec area's portal policy (iptables-nft in the guest; -m policy: not via ESP)
+    "nf_tables",
+    "nft_compat",
+    "xt_policy",
 )
 
 GUEST_ADDRESS = "10.0.2.15"  # slirp's default DHCP address; set statically by /init
@@ -172,6 +189,15 @@ $BB rm -rf "$d"
 """
 
 ROOTFS_PACKAGES: tuple[str, ...] = ("open-iscsi", "sg3-utils")
+#: The IPsec area's guest (a host of the protected path): charon with VICI and the
+#: standard plugins (AES-GCM), iptables for the portal's drop policy.
+IPSEC_ROOTFS_PACKAGES: tuple[str, ...] = (
+    *ROOTFS_PACKAGES,
+    "strongswan-charon",
+    "strongswan-swanctl",
+    "libstrongswan-standard-plugins",
+    "iptables",
+)
 
 
 # --------------------------------------------------------------------------- cache
@@ -629,8 +655,10 @@ class MicroVM:
         qemu: str = "qemu-system-x86_64",
         extra_cmdline: str = "",
         host_ports: dict[str, int] | None = None,
+        taps: Sequence[str] = (),
     ) -> None:
         self.name = name
+        self.taps = tuple(taps)  # host tap devices, made beforehand: eth1, eth2, ... in the guest
         self.kernel = kernel
         self.host_ports = dict(host_ports or {})  # forward name -> fixed host port
         self.log = log
@@ -668,6 +696,11 @@ class MicroVM:
             "-netdev", f"user,id=n0,{fwd}", "-device", "virtio-net-pci,netdev=n0",
             "-chardev", f"file,id=con,path={self.console}", "-serial", "chardev:con",
         ]  # fmt: skip
+        for i, tap in enumerate(self.taps, start=1):
+            argv += [
+                "-netdev", f"tap,id=t{i},ifname={tap},script=no,downscript=no",
+                "-device", f"virtio-net-pci,netdev=t{i}",
+            ]  # fmt: skip
         if self.rootfs is not None:
             argv += ["-drive", f"file={self.rootfs},if=virtio,format=raw,snapshot=on"]
             cmdline += " ic.root=/dev/vda"
