@@ -443,7 +443,12 @@ def _start_lio(chap: ChapAccount, closers: list[Callable[[], None]]) -> tuple[An
     tdriver.log.secrets.add(chap.secret)
     rootfs = microvm.build_rootfs(tdriver.log, packages=microvm.IPSEC_ROOTFS_PACKAGES)
     tap = make_tap()
-    tdriver.vm_options = {"rootfs": rootfs, "taps": (tap,), "forwards": {"vici": GUEST_VICI_PORT}}
+    tdriver.vm_options = {
+        "rootfs": rootfs,
+        "taps": (tap,),
+        "forwards": {"vici": GUEST_VICI_PORT},
+        "extra_cmdline": microvm.IPSEC_CMDLINE,  # the ESP modules
+    }
     closers.append(tdriver.stop)
     tdriver.start()
     ep = tdriver.configure(TargetSpec(OPEN_TARGET, luns=(LunSpec(16 << 20),)))

@@ -87,6 +87,11 @@ GUEST_MODULES: tuple[str, ...] = (
     "sg",
     # CHAP_A=8 (SHA3-256) in both LIO and open-iscsi needs the sha3 shash
     "sha3_generic",
+)
+
+#: In the initramfs too, loaded at boot only with ``ic.extra=ipsec`` on the command line
+#: (:data:`IPSEC_CMDLINE`), so that other boots do not pay for them under TCG.
+IPSEC_MODULES: tuple[str, ...] = (
     # kernel ESP for the IPsec area (charon's kernel-netlink): XFRM over netlink, ESP,
     # the AEAD and authenc transforms of RFC 8221 and ESN (authencesn)
     "xfrm_user",
@@ -105,6 +110,7 @@ GUEST_MODULES: tuple[str, ...] = (
     "nft_compat",
     "xt_policy",
 )
+IPSEC_CMDLINE = "ic.extra=ipsec"
 
 GUEST_ADDRESS = "10.0.2.15"  # slirp's default DHCP address; set statically by /init
 HOST_FROM_GUEST = "10.0.2.2"  # slirp maps the gateway to the host's 127.0.0.1
@@ -124,7 +130,11 @@ if [ "$1" != "stage2" ]; then
     for a in sh mount; do [ -e /bin/$a ] || $BB ln -s /ic/busybox /bin/$a; done
     $BB mount -t sysfs sysfs /sys
     $BB mount -t devtmpfs devtmpfs /dev
-    for m in $($BB cat /ic/modules); do
+    extra=
+    for arg in $($BB cat /proc/cmdline); do
+        case "$arg" in ic.extra=ipsec) extra=/ic/modules-ipsec ;; esac
+    done
+    for m in $($BB cat /ic/modules $extra); do
         $BB insmod /lib/modules/ic/$m.ko || echo "ic: insmod $m failed"
     done
     $BB mount -t configfs configfs /sys/kernel/config 2>/dev/null
@@ -403,6 +413,7 @@ def kernel_recipe() -> str:
         _apt_candidate(KERNEL_PACKAGE),
         _dpkg_version("busybox-static"),
         ",".join(GUEST_MODULES),
+        ",".join(IPSEC_MODULES),
         INIT_SCRIPT,
         AGENT_SCRIPT,
     )
@@ -441,6 +452,9 @@ def build_kernel(log: CommandLog | None = None, *, force: bool = False) -> Kerne
             vmlinuz = next((unpacked / "boot").glob("vmlinuz-*"))
             index = _module_index(unpacked / "lib" / "modules" / release)
             order = resolve_modules(index, GUEST_MODULES)
+            extra = [
+                m for m in resolve_modules(index, GUEST_MODULES + IPSEC_MODULES) if m not in order
+            ]
 
             root = tmp / "initramfs"
             (root / "ic").mkdir(parents=True)
@@ -453,7 +467,8 @@ def build_kernel(log: CommandLog | None = None, *, force: bool = False) -> Kerne
                 (root / "ic" / name).write_text(text)
                 os.chmod(root / "ic" / name, 0o755)
             (root / "ic" / "modules").write_text("\n".join(order) + "\n")
-            for name in order:
+            (root / "ic" / "modules-ipsec").write_text("\n".join(extra) + "\n")
+            for name in order + extra:
                 (root / "lib" / "modules" / "ic" / f"{name}.ko").write_bytes(
                     _read_module(index[name])
                 )
