@@ -138,7 +138,7 @@ def perform_tmf(
         task = session.tasks.get(ref) or session.orphans.get(ref)
         if task is None:
             return TmfResponse.TASK_DOES_NOT_EXIST, None
-        if not task.conn.closed:
+        if session.connections.get(task.conn.cid) is task.conn:
             # Its connection was not logged out for recovery (7.2.2 MUST): still
             # allegiant (11.6.1 code 3).
             return TmfResponse.TASK_STILL_ALLEGIANT, None
