@@ -125,6 +125,28 @@ def abort_task_set(p: Patcher) -> None:
 
 
 @mutant(
+    "Control.Tmf.ClearTaskSetAbortsNothing",
+    "control",
+    "CLEAR TASK SET answers Function complete but a held WRITE still completes after the "
+    "response (11.5.1)",
+    catches=["FullFeature.TaskManagement.ClearTaskSetOutstanding"],
+)
+def clear_task_set(p: Patcher) -> None:
+    _no_abort_for(p, {TmfFunction.CLEAR_TASK_SET})
+
+
+@mutant(
+    "Control.Tmf.WarmResetAbortsNothing",
+    "control",
+    "TARGET WARM RESET answers Function complete but a held WRITE still completes after "
+    "the response (11.5.1)",
+    catches=["FullFeature.TaskManagement.TargetWarmResetOutstanding"],
+)
+def warm_reset(p: Patcher) -> None:
+    _no_abort_for(p, {TmfFunction.TARGET_WARM_RESET})
+
+
+@mutant(
     "Control.Tmf.LunResetAbortsNothing",
     "control",
     "LOGICAL UNIT RESET answers Function complete but leaves the tasks running (SAM-5 7.7)",
