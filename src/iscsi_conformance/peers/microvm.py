@@ -712,9 +712,14 @@ class MicroVM:
             "-chardev", f"file,id=con,path={self.console}", "-serial", "chardev:con",
         ]  # fmt: skip
         for i, tap in enumerate(self.taps, start=1):
+            # a MAC of the tap's name: QEMU's default is the same in every VM, and two
+            # guests on one bridge would clash
+            mac = "52:54:01:" + ":".join(
+                f"{b:02x}" for b in hashlib.sha256(tap.encode()).digest()[:3]
+            )
             argv += [
                 "-netdev", f"tap,id=t{i},ifname={tap},script=no,downscript=no",
-                "-device", f"virtio-net-pci,netdev=t{i}",
+                "-device", f"virtio-net-pci,netdev=t{i},mac={mac}",
             ]  # fmt: skip
         if self.rootfs is not None:
             argv += ["-drive", f"file={self.rootfs},if=virtio,format=raw,snapshot=on"]
