@@ -87,10 +87,16 @@ def test_sigterm_stops_mutate_and_its_runs(tmp_path: Any) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2.0)
-    children = subprocess.run(
-        ["pgrep", "-f", "import time; time.sleep.60."], capture_output=True, text=True
-    ).stdout.split()
+    children: list[str] = []
+    deadline = time.monotonic() + 30  # its suite runs start once the handlers are in place
+    while len(children) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        found = subprocess.run(
+            ["pgrep", "-f", "-P", str(proc.pid), "import time; time.sleep.60."],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        children = found
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, (out, err)
