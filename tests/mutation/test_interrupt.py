@@ -74,8 +74,10 @@ def test_sigterm_stops_mutate_and_its_runs(tmp_path: Any) -> None:
     code = (
         "import sys, time\n"
         "from iscsi_conformance.mutation import runner, cli\n"
+        # the suite run's code is split here so that this process's own command line
+        # (and a fork of it before its exec) never matches the pattern looked for below
         "runner.pytest_argv = lambda *a, **k: [sys.executable, '-c', "
-        "'import time; time.sleep(60)']\n"
+        "'import time; time.sleep(6' + '0)']\n"
         "sys.exit(cli.main(['--mutant', sys.argv[1], '-j', '2']))\n"
     )
     from iscsi_conformance.mutation import all_mutants
