@@ -579,6 +579,90 @@ async def test_target_warm_reset_outstanding(target: Any) -> None:
 
 
 @spec(
+    "FullFeature.TaskManagement.LunResetOtherSessionTask",
+    "RFC 7143 11.5.1",
+    requirements=["R7143-11.5-9"],
+    dataloss=True,
+)
+async def test_lun_reset_other_session_task(target: Any) -> None:
+    """A LOGICAL UNIT RESET from a second session aborts the first session's WRITE
+    that waits for its Data-Out: once the reset is answered 'Function complete', the
+    Data-Out the first session then sends for its R2T writes nothing, and the WRITE
+    gets no status (TASK ABORTED at most): it is no longer running.
+
+    RFC 7143 11.5.1: for LOGICAL UNIT RESET the target MUST behave as SAM's logical
+    unit reset; SAM-2 5.9.7 (quoted on the T10 reflector) has the logical unit abort
+    all tasks to process it, whichever I_T nexus sent them. The block is read back
+    through the second session and compared, so a write carried out in silence fails
+    too; the original block is written back afterwards."""
+    lun, lba = target.lun, HELD_LBA + 8
+    async with full_feature(target, keys=HELD_KEYS) as ffp, full_feature(target) as other:
+        before = await ffp.command(cdb.read10(lba, 1), read_length=BLOCK, lun=lun)
+        if before.status == 0x02 and before.sense_key == 0x06:
+            before = await ffp.command(cdb.read10(lba, 1), read_length=BLOCK, lun=lun)
+        block = before.data if before.status == 0 and len(before.data) == BLOCK else None
+        require(
+            block is not None,
+            "RSBC3-5.16-1",
+            f"READ(10) of LBA {lba} answered status {before.status!r} ({before.outcome})",
+            sent=before.sent,
+            received=before.shown(),
+        )
+        assert block is not None
+        changed = bytes(b ^ 0xA5 for b in block)
+        cmd, r2t, got = await ffp.hold_write(lun, cdb.write10(lba, 1), BLOCK)
+        require(
+            r2t is not None,
+            "RSBC3-5.16-1",
+            "a one-block WRITE with ImmediateData=No and InitialR2T=Yes got no R2T",
+            sent=[cmd],
+            received=[*got, *ffp.shown(None)],
+        )
+        assert r2t is not None
+        req, resp = await _tmf(other, LOGICAL_UNIT_RESET, lun=lun)
+        require(
+            isinstance(resp, P.TaskManagementResponse) and resp.response in (0, 5),
+            "R7143-11.5-2",
+            f"LUN RESET from a second session answered {_code(other, resp)}",
+            sent=[req],
+            received=other.shown(resp),
+        )
+        if resp.response == 5:
+            pytest.skip("LOGICAL UNIT RESET is not supported (response 5)")
+        data_out = await ffp.answer_r2t(cmd, r2t, changed)
+        later = await ffp.drain(1.0)
+        # An aborted task gets no status, or TASK ABORTED (40h) where the logical unit
+        # reports aborts to other nexuses; any other status means it went on running.
+        ran = [
+            p
+            for p in later
+            if getattr(p, "itt", None) == cmd.itt
+            and (isinstance(p, P.ScsiResponse) or getattr(p, "status_present", False))
+            and p.status != 0x40
+        ]
+        after = await other.command(cdb.read10(lba, 1), read_length=BLOCK, lun=lun)
+        for _ in range(3):
+            if not (after.status == 0x02 and after.sense_key == 0x06):
+                break
+            after = await other.command(cdb.read10(lba, 1), read_length=BLOCK, lun=lun)
+        written = after.status == 0 and after.data == changed
+        if written:  # put the block back
+            await other.command(cdb.write10(lba, 1), data_out=block, lun=lun)
+        require(
+            not ran and not written,
+            "R7143-11.5-9",
+            "a LOGICAL UNIT RESET from a second session answered 'Function complete', yet "
+            "the first session's WRITE waiting for its Data-Out "
+            + (f"then got status {ran[0].status:#04x}" if ran else "did not")
+            + (" and wrote its data" if written else "")
+            + " after it (not aborted); RFC 7143 11.5.1: the target MUST behave as SAM's "
+            "logical unit reset, which aborts all tasks",
+            sent=[cmd, req, *data_out, *after.sent],
+            received=[*got, resp, *later, *after.shown()],
+        )
+
+
+@spec(
     "FullFeature.TaskManagement.LunResetUnitAttention",
     "RFC 7143 11.5.1",
     requirements=["R7143-11.5-7"],

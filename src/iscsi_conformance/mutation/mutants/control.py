@@ -157,6 +157,32 @@ def lun_reset(p: Patcher) -> None:
 
 
 @mutant(
+    "Control.Tmf.LunResetSparesOtherSessions",
+    "control",
+    "LOGICAL UNIT RESET aborts only the issuing session's tasks; another session's held "
+    "WRITE still completes (11.5.1: SAM's logical unit reset aborts all tasks)",
+    catches=["FullFeature.TaskManagement.LunResetOtherSessionTask"],
+)
+def lun_reset_own_session(p: Patcher) -> None:
+    def make(old: Any) -> Any:
+        def perform(conn: Connection, req: P.TaskManagementRequest) -> Any:
+            if _fn(req) != TmfFunction.LOGICAL_UNIT_RESET:
+                return old(conn, req)
+            engine, session = conn.engine, conn.session
+            real = engine.abort_tasks
+
+            def own(predicate: Any) -> int:
+                return real(lambda t: predicate(t) and t.conn.session is session)
+
+            with swapped(engine, "abort_tasks", own):
+                return old(conn, req)
+
+        return perform
+
+    p.wrap(C, "perform_tmf", make)
+
+
+@mutant(
     "Control.Tmf.AbortTaskAbortsNothing",
     "control",
     "ABORT TASK answers Function complete but the task still completes (11.5.1)",
