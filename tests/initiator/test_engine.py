@@ -172,6 +172,27 @@ def test_data_in_reassembly_and_status() -> None:
     assert itt not in c.tasks
 
 
+def test_data_in_pdus_out_of_order_placed_by_buffer_offset() -> None:
+    """With DataPDUInOrder=No the target may send a sequence's Data-In PDUs in any
+    offset order (RFC 7143 13.18), DataSN still counting in sending order (11.7.5): the
+    reference initiator places each PDU at its Buffer Offset, and the data read is the
+    data sent, with no violation recorded."""
+    c = conn(data_pdu_in_order=False, max_recv_data_segment_length_local=4096)
+    itt = c.start_command(0, bytes(16), expected_in=10000)
+    c.pdus_to_send()
+    payload = bytes(i % 251 for i in range(10000))
+    pieces = [(8192, payload[8192:]), (0, payload[:4096]), (4096, payload[4096:8192])]
+    events: list[Any] = []
+    for datasn, (offset, data) in enumerate(pieces):
+        last = datasn == len(pieces) - 1
+        events = c.receive_pdu(ScsiDataIn(itt=itt, datasn=datasn, buffer_offset=offset, data=data,
+                                          final=last, status_present=last, status=0, statsn=5,
+                                          expcmdsn=11, maxcmdsn=40))  # fmt: skip
+    assert not c.violations
+    (done,) = [e for e in events if isinstance(e, CommandCompleted)]
+    assert done.result.good and done.result.data == payload
+
+
 def test_data_in_out_of_order_datasn_recorded() -> None:
     c = conn()
     itt = c.start_command(0, bytes(16), expected_in=1024)
