@@ -85,14 +85,23 @@ class Capture:
         time.sleep(0.2)  # let the last frames reach the file
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGINT)
+        killed = False
         try:
-            proc.wait(5)
+            # dumpcap writes what it still buffers as it stops: on a loaded machine that
+            # can take seconds, and a SIGKILL before it would leave a capture with no frames
+            proc.wait(30)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+            killed = True
         if proc.stderr is not None:
             proc.stderr.close()
+        if killed and not any(exc):
+            raise HarnessError(
+                f"dumpcap on {self.host.netns} did not stop within 30 s; its capture "
+                f"{self.path} may lack frames, so no verdict is drawn from it"
+            )
 
 
 def dissect(path: Path, *, port: int = 3260) -> WireSummary:
