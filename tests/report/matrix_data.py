@@ -87,9 +87,13 @@ def plant_baseline(results: Results) -> tuple[Results, Results, str, str]:
     """``(new, baseline, regressed, fixed)``: a baseline for ``results`` with one planted
     regression (a test that fails now passed in the baseline) and one planted fix (a
     test that passes now failed in it); keys are ``pairing/id``. Results without a
-    failure (a clean CI run) get one planted, on a test with a trace."""
+    failure with a trace (a clean CI run) get one planted, on a test with a trace."""
     new = copy.deepcopy(results)
-    failing = next((t for t in new.tests if t.outcome in ("failed", "error")), None)
+    # a failure whose drill-down shows a PDU trace (an IPsec failure's evidence is its
+    # link capture alone)
+    failing = next(
+        (t for t in new.tests if t.outcome in ("failed", "error") and t.evidence.pdus), None
+    )
     if failing is None:
         failing = next(t for t in new.tests if t.outcome == "passed" and t.evidence.pdus)
         failing.outcome = "failed"
