@@ -663,6 +663,81 @@ async def test_lun_reset_other_session_task(target: Any) -> None:
 
 
 @spec(
+    "FullFeature.TaskManagement.AbortTaskSetSparesOtherSession",
+    "RFC 7143 11.5.1",
+    requirements=["R7143-11.5-10"],
+    dataloss=True,
+)
+async def test_abort_task_set_spares_other_session(target: Any) -> None:
+    """An ABORT TASK SET from a second session leaves the first session's WRITE (held
+    open by its R2T) running: the Data-Out then sent completes it with GOOD and the
+    block reads back as written (RFC 7143 11.5.1: ABORT TASK SET aborts the tasks
+    issued via this session on the logical unit; no RFC 2119 keyword, so informational).
+    The original block is written back afterwards."""
+    lun, lba = target.lun, HELD_LBA + 16
+    async with full_feature(target, keys=HELD_KEYS) as ffp, full_feature(target) as other:
+        before = await ffp.command(cdb.read10(lba, 1), read_length=BLOCK, lun=lun)
+        if before.status == 0x02 and before.sense_key == 0x06:
+            before = await ffp.command(cdb.read10(lba, 1), read_length=BLOCK, lun=lun)
+        block = before.data if before.status == 0 and len(before.data) == BLOCK else None
+        require(
+            block is not None,
+            "RSBC3-5.16-1",
+            f"READ(10) of LBA {lba} answered status {before.status!r} ({before.outcome})",
+            sent=before.sent,
+            received=before.shown(),
+        )
+        assert block is not None
+        changed = bytes(b ^ 0x5A for b in block)
+        cmd, r2t, got = await ffp.hold_write(lun, cdb.write10(lba, 1), BLOCK)
+        require(
+            r2t is not None,
+            "RSBC3-5.16-1",
+            "a one-block WRITE with ImmediateData=No and InitialR2T=Yes got no R2T",
+            sent=[cmd],
+            received=[*got, *ffp.shown(None)],
+        )
+        assert r2t is not None
+        req, resp = await _tmf(other, ABORT_TASK_SET, lun=lun)
+        require(
+            isinstance(resp, P.TaskManagementResponse) and resp.response in (0, 5),
+            "R7143-11.5-2",
+            f"ABORT TASK SET from a second session answered {_code(other, resp)}",
+            sent=[req],
+            received=other.shown(resp),
+        )
+        data_out = await ffp.answer_r2t(cmd, r2t, changed)
+        status = None
+        seen: list[Any] = []
+        for _ in range(16):
+            p = await ffp.recv(timeout=5)
+            if p is None:
+                break
+            seen.append(p)
+            if getattr(p, "itt", None) == cmd.itt and (
+                isinstance(p, P.ScsiResponse) or getattr(p, "status_present", False)
+            ):
+                status = p.status
+                break
+        after = await other.command(cdb.read10(lba, 1), read_length=BLOCK, lun=lun)
+        written = after.status == 0 and after.data == changed
+        if written:
+            await other.command(cdb.write10(lba, 1), data_out=block, lun=lun)
+        require(
+            status == 0 and written,
+            "R7143-11.5-10",
+            f"an ABORT TASK SET from another session (response {resp.response}) reached "
+            "this session's WRITE: after its Data-Out the WRITE got "
+            + (f"status {status:#04x}" if status is not None else _what(ffp, None))
+            + (", and the block was written" if written else ", and the block was not written")
+            + "; RFC 7143 11.5.1: ABORT TASK SET aborts the tasks issued via the issuing "
+            "session",
+            sent=[cmd, req, *data_out, *after.sent],
+            received=[*got, resp, *seen, *after.shown()],
+        )
+
+
+@spec(
     "FullFeature.TaskManagement.LunResetUnitAttention",
     "RFC 7143 11.5.1",
     requirements=["R7143-11.5-7"],

@@ -183,6 +183,33 @@ def lun_reset_own_session(p: Patcher) -> None:
 
 
 @mutant(
+    "Control.Tmf.AbortTaskSetAbortsOtherSessions",
+    "control",
+    "ABORT TASK SET aborts every session's tasks on the logical unit, not only the "
+    "issuing session's (11.5.1)",
+    catches=["FullFeature.TaskManagement.AbortTaskSetSparesOtherSession"],
+)
+def abort_task_set_all_sessions(p: Patcher) -> None:
+    def make(old: Any) -> Any:
+        def perform(conn: Connection, req: P.TaskManagementRequest) -> Any:
+            if _fn(req) != TmfFunction.ABORT_TASK_SET:
+                return old(conn, req)
+            engine = conn.engine
+            real = engine.abort_tasks
+            lun = P.field_to_lun(req.lun)
+
+            def every(predicate: Any) -> int:
+                return real(lambda t: t.lun == lun)
+
+            with swapped(engine, "abort_tasks", every):
+                return old(conn, req)
+
+        return perform
+
+    p.wrap(C, "perform_tmf", make)
+
+
+@mutant(
     "Control.Tmf.AbortTaskAbortsNothing",
     "control",
     "ABORT TASK answers Function complete but the task still completes (11.5.1)",
