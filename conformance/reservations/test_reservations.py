@@ -397,6 +397,14 @@ async def test_clear(target: Any) -> None:
             sent=rk.sent,
             received=rk.shown(),
         )
+        info, rr = await read_reservation(a, target.lun)
+        require(
+            info is not None and info.pr_type is None,
+            "RSPC4-5.9-9",
+            f"a reservation left after CLEAR: {info!r}",
+            sent=rr.sent,
+            received=rr.shown(),
+        )
 
 
 @spec(
