@@ -384,6 +384,38 @@ ABORT_TASK, ABORT_TASK_SET, LOGICAL_UNIT_RESET, TARGET_COLD_RESET = 1, 2, 5, 7
 CLEAR_TASK_SET, TARGET_WARM_RESET = 4, 6
 
 
+async def _read_then_hold_write(
+    ffp: Any, lun: int, lba: int, flip: int
+) -> tuple[bytes, bytes, Any, Any, list[Any]]:
+    """Read block ``lba`` (once more after a unit attention), then hold a one-block WRITE
+    of it with every byte XORed with ``flip`` open by its R2T: (block as read, the data
+    to write, the command, its R2T, what came with it). The tests of a second session's
+    TMF on this WRITE share it."""
+    before = await ffp.command(cdb.read10(lba, 1), read_length=BLOCK, lun=lun)
+    if before.status == 0x02 and before.sense_key == 0x06:
+        before = await ffp.command(cdb.read10(lba, 1), read_length=BLOCK, lun=lun)
+    block = before.data if before.status == 0 and len(before.data) == BLOCK else None
+    require(
+        block is not None,
+        "RSBC3-5.16-1",
+        f"READ(10) of LBA {lba} answered status {before.status!r} ({before.outcome})",
+        sent=before.sent,
+        received=before.shown(),
+    )
+    assert block is not None
+    changed = bytes(b ^ flip for b in block)
+    cmd, r2t, got = await ffp.hold_write(lun, cdb.write10(lba, 1), BLOCK)
+    require(
+        r2t is not None,
+        "RSBC3-5.16-1",
+        "a one-block WRITE with ImmediateData=No and InitialR2T=Yes got no R2T",
+        sent=[cmd],
+        received=[*got, *ffp.shown(None)],
+    )
+    assert r2t is not None
+    return block, changed, cmd, r2t, got
+
+
 async def _abort_held_write(
     target: Any,
     function: int,
@@ -597,28 +629,7 @@ async def test_lun_reset_other_session_task(target: Any) -> None:
     too; the original block is written back afterwards."""
     lun, lba = target.lun, HELD_LBA + 8
     async with full_feature(target, keys=HELD_KEYS) as ffp, full_feature(target) as other:
-        before = await ffp.command(cdb.read10(lba, 1), read_length=BLOCK, lun=lun)
-        if before.status == 0x02 and before.sense_key == 0x06:
-            before = await ffp.command(cdb.read10(lba, 1), read_length=BLOCK, lun=lun)
-        block = before.data if before.status == 0 and len(before.data) == BLOCK else None
-        require(
-            block is not None,
-            "RSBC3-5.16-1",
-            f"READ(10) of LBA {lba} answered status {before.status!r} ({before.outcome})",
-            sent=before.sent,
-            received=before.shown(),
-        )
-        assert block is not None
-        changed = bytes(b ^ 0xA5 for b in block)
-        cmd, r2t, got = await ffp.hold_write(lun, cdb.write10(lba, 1), BLOCK)
-        require(
-            r2t is not None,
-            "RSBC3-5.16-1",
-            "a one-block WRITE with ImmediateData=No and InitialR2T=Yes got no R2T",
-            sent=[cmd],
-            received=[*got, *ffp.shown(None)],
-        )
-        assert r2t is not None
+        block, changed, cmd, r2t, got = await _read_then_hold_write(ffp, lun, lba, 0xA5)
         req, resp = await _tmf(other, LOGICAL_UNIT_RESET, lun=lun)
         require(
             isinstance(resp, P.TaskManagementResponse) and resp.response in (0, 5),
@@ -676,28 +687,7 @@ async def test_abort_task_set_spares_other_session(target: Any) -> None:
     The original block is written back afterwards."""
     lun, lba = target.lun, HELD_LBA + 16
     async with full_feature(target, keys=HELD_KEYS) as ffp, full_feature(target) as other:
-        before = await ffp.command(cdb.read10(lba, 1), read_length=BLOCK, lun=lun)
-        if before.status == 0x02 and before.sense_key == 0x06:
-            before = await ffp.command(cdb.read10(lba, 1), read_length=BLOCK, lun=lun)
-        block = before.data if before.status == 0 and len(before.data) == BLOCK else None
-        require(
-            block is not None,
-            "RSBC3-5.16-1",
-            f"READ(10) of LBA {lba} answered status {before.status!r} ({before.outcome})",
-            sent=before.sent,
-            received=before.shown(),
-        )
-        assert block is not None
-        changed = bytes(b ^ 0x5A for b in block)
-        cmd, r2t, got = await ffp.hold_write(lun, cdb.write10(lba, 1), BLOCK)
-        require(
-            r2t is not None,
-            "RSBC3-5.16-1",
-            "a one-block WRITE with ImmediateData=No and InitialR2T=Yes got no R2T",
-            sent=[cmd],
-            received=[*got, *ffp.shown(None)],
-        )
-        assert r2t is not None
+        block, changed, cmd, r2t, got = await _read_then_hold_write(ffp, lun, lba, 0x5A)
         req, resp = await _tmf(other, ABORT_TASK_SET, lun=lun)
         require(
             isinstance(resp, P.TaskManagementResponse) and resp.response in (0, 5),
