@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,29 +32,12 @@ from iscsi_conformance.errors import ConfigError
 from iscsi_conformance.harness.isns_run import RegisteredTarget, resolve_kind
 from iscsi_conformance.isns.client import DiscoveredTarget
 from iscsi_conformance.plugin.spec import ConformanceViolation
+from suite_modules import Notes, load_suite
 
-ROOT = Path(__file__).resolve().parents[2]
 T = "iqn.2024-01.org.iscsi-conformance:isns-proof-target"
 
 
-def _suite() -> Any:
-    path = ROOT / "conformance" / "isns" / "test_isns_discovery.py"
-    spec = importlib.util.spec_from_file_location("isns_discovery_under_proof", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SUITE = _suite()
-
-
-class Notes:
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
+SUITE = load_suite("isns/test_isns_discovery.py", "isns_discovery_under_proof")
 
 
 @dataclasses.dataclass

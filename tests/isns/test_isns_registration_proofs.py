@@ -21,38 +21,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from iscsi_conformance.harness.isns_run import RegisteredTarget
 from iscsi_conformance.plugin.spec import ConformanceViolation
+from suite_modules import Notes, load_suite
 
-ROOT = Path(__file__).resolve().parents[2]
 HOST = "192.0.2.5"
 
 
-def _suite() -> Any:
-    path = ROOT / "conformance" / "isns" / "test_isns_registration.py"
-    spec = importlib.util.spec_from_file_location("isns_registration_under_proof", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SUITE = _suite()
-
-
-class Notes:
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
+SUITE = load_suite("isns/test_isns_registration.py", "isns_registration_under_proof")
 
 
 @dataclasses.dataclass
