@@ -282,6 +282,10 @@ def _target_offer(key: str, offer: str, answer: str) -> Callable[[Conv], Conv]:
     return plant
 
 
+# answers matched to their requests by Initiator Task Tag (a tag no request holds)
+PLANTED["tmf.answer_itt"] = (TMF, change(P.TaskManagementResponse, itt=0x7777))
+PLANTED["text.answer_itt"] = (DISCOVERY, change(P.TextResponse, itt=0x7777))
+PLANTED["logout.answer_itt"] = (INQUIRY, change(P.LogoutResponse, itt=0x7777))
 PLANTED["keys.list_answer.initiator"] = (INQUIRY, _target_offer("HeaderDigest", "None", "CRC32C"))
 PLANTED["keys.numeric_answer.initiator"] = (
     INQUIRY,
@@ -304,7 +308,8 @@ def test_the_golden_conversations_exercise_the_core_rules() -> None:
     seen = set().union(*(replay(c).exercised for c in golden()))
     for rule in ("datasn.datain", "r2tsn.sequence", "datasn.dataout", "statsn.sequence",
                  "keys.answered", "keys.list_answer", "keys.numeric_answer", "keys.boolean_answer",
-                 "digest.correct", "digest.correct.target", "residual.underflow", "logout.last"):  # fmt: skip
+                 "digest.correct", "digest.correct.target", "residual.underflow", "logout.last",
+                 "tmf.answer_itt", "text.answer_itt", "logout.answer_itt"):  # fmt: skip
         assert rule in seen, rule
 
 

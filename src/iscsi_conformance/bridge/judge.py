@@ -209,6 +209,12 @@ RULES: dict[str, Rule] = _rules(
          "a NOP-Out answering a ping has ITT 0xffffffff and the I bit"),
     Rule("logout.last", "R7143-11.14-4", "MUST", "initiator",
          "no further requests on a connection after its Logout Request"),
+    Rule("tmf.answer_itt", "R7143-11.6-2", "INFORMATIONAL", "target",
+         "a Task Management Function Response carries the ITT of its request"),
+    Rule("text.answer_itt", "R7143-11.11-1", "INFORMATIONAL", "target",
+         "a Text Response carries the ITT of the Text Request it answers"),
+    Rule("logout.answer_itt", "R7143-11.15-1", "INFORMATIONAL", "target",
+         "a Logout Response carries the ITT of the Logout Request"),
 )  # fmt: skip
 
 
@@ -898,6 +904,7 @@ class Judge:
         self._target_window(d, p, out)
         self._status(d, p, out, advances=True)
         itt = getattr(p, "itt", NONE_TAG)
+        self._answer_itt(d, p, itt, out)
         if isinstance(p, TextResponse):
             self._mrdsl(d, p, out)
             self._text(d, p.data, p.cont, out, p)
@@ -913,6 +920,18 @@ class Judge:
                 else:
                     self._tasks.clear()
 
+    def _answer_itt(self, d: Direction, p: PDU, itt: int, out: list[Breach]) -> None:
+        """A TMF, Text or Logout Response names an open request of its own kind."""
+        wanted, rule = _ANSWERS[type(p)]
+        if self.snack_seen or isinstance(self._requests.get(itt), wanted):
+            return  # (a SNACK may bring back a response whose request is closed)
+        open_tags = [f"{i:#x}" for i, r in self._requests.items() if isinstance(r, wanted)]
+        self._flag(
+            out, rule, d, p,
+            f"ITT {itt:#x} answers no open {wanted.__name__}"
+            + (f" (open: {', '.join(open_tags)})" if open_tags else ""),
+        )  # fmt: skip
+
     def _plain_status(self, d: Direction, p: PDU, out: list[Breach]) -> None:
         self._target_window(d, p, out)
         self._status(d, p, out, advances=True)
@@ -927,6 +946,12 @@ def _data(cls: type | tuple[type, ...]) -> Callable[[Judge, PDU, bool], bool]:
 
 
 _COMMANDS = (ScsiCommand, TaskManagementRequest, TextRequest, LogoutRequest, NopOut)
+#: Each answer PDU -> the request it answers by ITT, and the rule that checks it.
+_ANSWERS: dict[type[PDU], tuple[type[PDU], str]] = {
+    TaskManagementResponse: (TaskManagementRequest, "tmf.answer_itt"),
+    TextResponse: (TextRequest, "text.answer_itt"),
+    LogoutResponse: (LogoutRequest, "logout.answer_itt"),
+}
 _STATUS = (ScsiResponse, TaskManagementResponse, TextResponse, LogoutResponse, NopIn, Reject)
 
 
@@ -997,6 +1022,9 @@ _EXERCISED_BY: dict[str, tuple[Direction, Callable[[Judge, PDU, bool], bool]]] =
     "nop.ping_reply": (I2T, lambda j, p, f: f and isinstance(p, NopOut) and p.ttt != NONE_TAG),
     "nop.reply_form": (I2T, lambda j, p, f: f and isinstance(p, NopOut) and p.ttt != NONE_TAG),
     "logout.last": (I2T, _ffp(LogoutRequest)),
+    "tmf.answer_itt": (T2I, _ffp(TaskManagementResponse)),
+    "text.answer_itt": (T2I, _ffp(TextResponse)),
+    "logout.answer_itt": (T2I, _ffp(LogoutResponse)),
 }
 
 
