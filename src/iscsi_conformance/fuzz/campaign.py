@@ -718,9 +718,11 @@ async def replay_once(
     health: Health | None = None,
     mrdsl: int = 8192,
     timeout: float = 2.0,
+    tape: Any = None,
 ) -> set[tuple[str, str]]:
     """Send ``pdus`` once (after a login in phase ffp) and return the identities of the
-    failures seen: internal errors, invariant violations, a dead target."""
+    failures seen: internal errors, invariant violations, a dead target. ``tape`` (a
+    ``fuzz.capture.Tape``) records the connection's bytes both ways."""
     seen: set[tuple[str, str]] = set()
     if health is not None:
         health.poll()  # forget what came before
@@ -732,6 +734,8 @@ async def replay_once(
         seen.add(("liveness", _liveness_place(f"cannot connect: {exc}", health)))
         seen.add(("liveness", "dead"))
         return seen
+    if tape is not None:
+        tape.attach(wire)
     try:
         checker = AnswerChecker(0, 0, mrdsl)
         if phase == "ffp":

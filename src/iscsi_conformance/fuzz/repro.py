@@ -21,6 +21,7 @@ from typing import Any
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.errors import ProtocolError
 from iscsi_conformance.fuzz.campaign import Failure
+from iscsi_conformance.fuzz.capture import Tape
 
 __all__ = ["describe", "load", "save"]
 
@@ -53,11 +54,29 @@ def _slug(text: str) -> str:
 
 
 def save(
-    f: Failure, directory: Path, *, target: str, url: str = "", seed: int | None = None
+    f: Failure,
+    directory: Path,
+    *,
+    target: str,
+    url: str = "",
+    seed: int | None = None,
+    tape: Tape | None = None,
 ) -> Path:
-    """Write ``f`` as a reproducer under ``directory``; returns its path."""
+    """Write ``f`` as a reproducer under ``directory``; returns its path. With ``tape``
+    (the exchange of one replay, ``fuzz.capture.record``) the capture goes beside it as
+    ``NAME.pcapng``, named in the file."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{_slug(f.kind)}--{_slug(f.place)}.py"
+    capture = path.with_suffix(".pcapng")
+    capture.unlink(missing_ok=True)  # an older campaign's capture is not this exchange
+    if tape is not None:
+        written = tape.write_pcapng(
+            capture,
+            title=f"fuzz {f.kind} at {f.place}",
+            message=f.detail.splitlines()[0] if f.detail else "",
+        )
+        if written is None:
+            tape = None
     keys = dict(f.login_keys)
     digests = (keys.get("HeaderDigest") == "CRC32C", keys.get("DataDigest") == "CRC32C")
     finding: dict[str, Any] = {
@@ -74,11 +93,21 @@ def save(
         "login_keys": [list(kv) for kv in f.login_keys],
         "pdus": [p.hex() for p in f.pdus],
     }
+    if tape is not None:
+        finding["pcapng"] = capture.name
     lines = [
         f'"""iscsi-conformance fuzz reproducer: {f.kind} at {f.place}.',
         "",
         f"Replay: iscsi-conformance fuzz replay {path.name} [--url iscsi://HOST:PORT/IQN]",
         "(without --url against a fresh reference target when the target was ours).",
+        *(
+            [
+                f"Capture of one replay: {capture.name} "
+                f"(tshark -r {capture.name} -d tcp.port=={tape.target_port},iscsi)",
+            ]
+            if tape is not None
+            else []
+        ),
         "",
         "What was seen first:",
         *("    " + line for line in f.detail.splitlines()[-30:]),
