@@ -104,7 +104,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cases", type=int, help="stop after this many cases")
     parser.add_argument("--workers", type=int, default=4, help="connections at once (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="campaign seed (default 0)")
-    parser.add_argument("--save", type=Path, help="write a reproducer per failure here")
+    parser.add_argument(
+        "--save",
+        type=Path,
+        help="write a reproducer (and the pcapng of one replay) per failure here",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="put the campaign in the report folder DIR: DIR/fuzz/PEER.json (the index's Fuzz "
+        "section), reproducers in DIR/fuzz/PEER/ unless --save says where",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.add_argument(
         "--lenient",
@@ -118,6 +129,7 @@ def main(argv: list[str]) -> int:
         "--database", type=Path, help="Hypothesis example database kept between runs"
     )
     args = parser.parse_args(argv)
+    args.argv = list(argv)
     if args.seconds <= 0 or args.workers < 1:
         return _err("--seconds must be positive and --workers at least 1")
     if args.initiator is not None:
@@ -165,11 +177,91 @@ def _engine(args: argparse.Namespace) -> int:
 
     report = engine_campaign(args.seed, cases=args.cases or 10**9, seconds=args.seconds)
     print(report.summary())
-    if args.save is not None:
+    saved: dict[tuple[str, str], Path] = {}
+    save_dir = _save_dir(args, "engine")
+    if save_dir is not None:
+        from iscsi_conformance.fuzz.reference import InProcessSubject
+
         for f in report.failures.values():
-            path = save(f, args.save, target="reference", seed=args.seed)
+            # the capture: the same PDUs once more, to a reference target on a socket
+            iqn = dict(f.login_keys).get("TargetName", DEFAULT_IQN)
+            with InProcessSubject(iqn) as subject:
+                tape = _tape(f, subject.host, subject.port, iqn, subject)
+            path = save(f, save_dir, target="reference", seed=args.seed, tape=tape)
+            saved[f.identity] = path
             print(f"  reproducer: {path}  (iscsi-conformance fuzz replay {path})")
+    _report(args, "engine", "target", report, saved)
     return 1 if report.failures else 0
+
+
+def _save_dir(args: argparse.Namespace, peer: str) -> Path | None:
+    """--save, else the campaign's folder in --report's DIR, else None."""
+    if args.save is not None or args.report is None:
+        return args.save  # type: ignore[no-any-return]
+    from iscsi_conformance.report.fuzz import campaign_path
+
+    return campaign_path(args.report, peer).with_suffix("")
+
+
+def _tape(f: Any, host: str, port: int, iqn: str, health: Any) -> Any:
+    """The recorded exchange of one replay of ``f`` (``fuzz.capture``), or None."""
+    from iscsi_conformance.fuzz.capture import record
+
+    try:
+        tape, _seen = record(host, port, iqn, f.phase, f.login_keys, f.pdus, health=health)
+    except (OSError, ISCSIConformanceError) as exc:
+        print(f"  no capture of {f.kind} at {f.place}: {exc}")
+        return None
+    return tape
+
+
+def _report(
+    args: argparse.Namespace, peer: str, role: str, report: Any, saved: dict[tuple[str, str], Path]
+) -> None:
+    """With --report DIR: write the campaign as DIR/fuzz/PEER.json (report/fuzz.py)."""
+    if args.report is None:
+        return
+    import datetime as dt
+    import json
+
+    from iscsi_conformance.report.fuzz import FuzzCampaign, FuzzFailure, campaign_path
+
+    def rel(path: Path | None) -> str:
+        if path is None or not path.exists():
+            return ""
+        try:
+            return path.resolve().relative_to(args.report.resolve()).as_posix()
+        except ValueError:
+            return str(path.resolve())
+
+    failures = []
+    for f in report.failures.values():
+        repro = saved.get(f.identity)
+        failures.append(
+            FuzzFailure(
+                kind=f.kind,
+                place=f.place,
+                requirement=f.requirement,
+                level=f.level,
+                count=f.count,
+                detail=f.detail.splitlines()[0][:300] if f.detail else "",
+                reproducer=rel(repro),
+                pcapng=rel(repro.with_suffix(".pcapng")) if repro is not None else "",
+                replay=f"iscsi-conformance fuzz replay {rel(repro)}" if repro is not None else "",
+            )
+        )
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=report.seconds)
+    campaign = FuzzCampaign(
+        peer=peer, role=role, started=started.isoformat(timespec="seconds"),
+        seconds=round(report.seconds, 3), cases=report.cases, pdus=report.pdus,
+        seed=args.seed, command=["iscsi-conformance", "fuzz", *args.argv],
+        notes=list(report.notes), failures=failures,
+    )  # fmt: skip
+    path = campaign_path(args.report, peer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(campaign.to_json(), indent=1) + "\n", encoding="utf-8")
+    print(f"campaign written to {path}: the Fuzz section of {args.report / 'index.html'} "
+          "shows it when the folder is written (run --report / report html --out)")  # fmt: skip
 
 
 def _initiator(args: argparse.Namespace) -> int:
@@ -184,6 +276,7 @@ def _initiator(args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     print(summary(report))
+    _report(args, args.initiator, "initiator", report, {})
     strict = args.initiator == "reference" and not args.lenient
     return 1 if report.failing(strict=strict) else 0
 
@@ -218,8 +311,14 @@ def _campaign(
     deaths = getattr(health, "deaths", None)
     if deaths:
         print(f"the peer died {len(deaths)} time(s): {'; '.join(sorted(set(deaths)))}")
-    if args.save is not None:
+    peer = args.url if "://" not in args.url else f"{host}:{port}"
+    saved: dict[tuple[str, str], Path] = {}
+    save_dir = _save_dir(args, peer)
+    if save_dir is not None:
         for f in report.failures.values():
-            path = save(f, args.save, target=report.target, url=url, seed=args.seed)
+            tape = _tape(f, host, port, iqn, health)
+            path = save(f, save_dir, target=report.target, url=url, seed=args.seed, tape=tape)
+            saved[f.identity] = path
             print(f"  reproducer: {path}  (iscsi-conformance fuzz replay {path})")
+    _report(args, peer, "target", report, saved)
     return 1 if report.failing(strict=strict) else 0

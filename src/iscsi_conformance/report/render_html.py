@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .diff import Diff, diff, history_trend
+from .fuzz import FuzzCampaign, load_campaigns
 from .model import (
     PAIRING_SEPARATOR,
     Pairing,
@@ -322,6 +323,8 @@ class PageView:
     changes: Diff | None = None  # against a baseline
     trend_runs: list[str] = dataclasses.field(default_factory=list)
     trend: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: the folder's fuzz campaigns (report/fuzz.py), shown in their own section
+    fuzz: list[FuzzCampaign] = dataclasses.field(default_factory=list)
 
     @property
     def problems(self) -> list[tuple[CellView, TestView]]:
@@ -778,6 +781,8 @@ def write_html(
         split=True,
         baseline=baseline,
     )
+    view.fuzz, fuzz_notes = load_campaigns(out)
+    view.notes.extend(fuzz_notes)
     by_key = {t.key: t for t in safe.tests}
     evidence_files: dict[str, str] = {}
     cells_dir = out / "cells"
