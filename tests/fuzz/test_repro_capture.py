@@ -114,3 +114,15 @@ def test_tshark_decodes_the_reproducer_capture(broken_target: Any, tmp_path: Pat
     # then the replay's NOP-Out ping
     assert sent[0] == 0x03 and [op for op in sent if op != 0x03] == [0x02, 0x04, 0x00], rows
     assert answered[0] == 0x23, rows  # a Login Response
+
+
+def test_replay_writes_its_exchange_on_request(broken_target: Any, tmp_path: Path) -> None:
+    from iscsi_conformance.fuzz.cli import main
+
+    path = save(_failure(), tmp_path, target="reference")
+    url = f"iscsi://127.0.0.1:{broken_target.port}/{IQN}"
+    out = tmp_path / "again.pcapng"
+    # by URL the target's log is not ours to read: the internal error is not seen
+    assert main(["replay", str(path), "--url", url, "--pcap", str(out)]) == 0
+    (conv,) = conversations(out, port=broken_target.port)
+    assert b"".join(_failure().pdus) in conv.stream("i->t")  # type: ignore[arg-type]

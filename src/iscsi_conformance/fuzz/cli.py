@@ -38,6 +38,7 @@ def _replay(argv: list[str]) -> int:
     parser.add_argument(
         "--url", help="the target (default: the one recorded, else a fresh reference)"
     )
+    parser.add_argument("--pcap", type=Path, help="write this replay's exchange here (pcapng)")
     args = parser.parse_args(argv)
     from iscsi_conformance.fuzz.campaign import replay
     from iscsi_conformance.fuzz.repro import load
@@ -61,9 +62,19 @@ def _replay(argv: list[str]) -> int:
             iqn = dict(finding["login_keys"]).get("TargetName", DEFAULT_IQN)
             health = stack.enter_context(ReferenceSubject(iqn))
             host, port = health.host, health.port
+        from iscsi_conformance.fuzz.capture import Tape
+
+        tape = Tape() if args.pcap is not None else None
         seen = replay(
-            host, port, iqn, finding["phase"], finding["login_keys"], finding["pdus"], health=health
-        )
+            host, port, iqn, finding["phase"], finding["login_keys"], finding["pdus"],
+            health=health, tape=tape,
+        )  # fmt: skip
+    if tape is not None:
+        title = f"fuzz replay of {args.file.name}: {identity[0]} at {identity[1]}"
+        if tape.write_pcapng(args.pcap, title=title) is None:
+            print(f"no capture: nothing was exchanged with {host}:{port}")
+        else:
+            print(f"capture: {args.pcap} (tshark -r {args.pcap} -d tcp.port=={port},iscsi)")
     if identity in seen:
         print(f"reproduced: {identity[0]} at {identity[1]}")
         return 1
