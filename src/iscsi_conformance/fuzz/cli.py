@@ -143,6 +143,8 @@ def main(argv: list[str]) -> int:
     args.argv = list(argv)
     if args.seconds <= 0 or args.workers < 1:
         return _err("--seconds must be positive and --workers at least 1")
+    if args.engine == "hypothesis" and args.report is not None:
+        return _err("--report needs the random engine (the default)")
     if args.initiator is not None:
         if args.url is not None:
             return _err("give a target URL or --initiator, not both")
