@@ -19,6 +19,7 @@ from typing import Any
 from iscsi_conformance.errors import ConfigError
 
 __all__ = [
+    "DATAIN_ORDERS",
     "AclConfig",
     "ChapConfig",
     "DiscoveryConfig",
@@ -54,6 +55,7 @@ _NUMERIC_KEYS = {
 _BOOLEAN_KEYS = {"InitialR2T", "ImmediateData", "DataPDUInOrder", "DataSequenceInOrder"}
 _LIST_KEYS = {"HeaderDigest": {"None", "CRC32C"}, "DataDigest": {"None", "CRC32C"}}
 _FREE_KEYS = {"TargetAlias"}
+DATAIN_ORDERS = ("offset", "reverse")  # TargetConfig.datain_order
 
 
 def parse_size(value: Any, field: str) -> int:
@@ -167,6 +169,11 @@ class TargetConfig:
     # Cap on the Data-In / text segments *we send*, independent of what the initiator
     # declares (RFC 7143 13.12 lets us send less): lets a test drive asymmetric limits.
     max_send_data_segment_length: int | None = None
+    # The order of a sequence's Data-In PDUs on a session that agreed to
+    # DataPDUInOrder=No (RFC 7143 13.18: then they may come in any order): "offset"
+    # (increasing, as with Yes) or "reverse" (decreasing Buffer Offset, DataSN still
+    # counting in sending order, 11.7.5). With DataPDUInOrder=Yes always "offset".
+    datain_order: str = "offset"
 
     def acl_for(self, initiator: str) -> AclConfig | None:
         for acl in self.acls:
@@ -349,6 +356,7 @@ def _target(value: Any, field: str, base: Path | None, tags: set[int]) -> Target
             "parameters",
             "max_send_data_segment_length",
             "chap_algorithms",
+            "datain_order",
         },
         field,
     )
@@ -432,9 +440,15 @@ def _target(value: Any, field: str, base: Path | None, tags: set[int]) -> Target
                 "must be a non-empty list like [5, 7]", field=f"{field}.chap_algorithms"
             )
         algs = tuple(_int(a, f"{field}.chap_algorithms[{i}]", 5, 8) for i, a in enumerate(raw))
+    datain_order = _str(t.get("datain_order", "offset"), f"{field}.datain_order")
+    if datain_order not in DATAIN_ORDERS:
+        raise ConfigError(
+            f"must be one of {', '.join(DATAIN_ORDERS)}", field=f"{field}.datain_order"
+        )
     return TargetConfig(
         name=name,
         chap_algorithms=algs,
+        datain_order=datain_order,
         luns=luns,
         alias=_str(t["alias"], f"{field}.alias") if "alias" in t else None,
         portal_groups=tuple(groups),

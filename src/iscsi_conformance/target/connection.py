@@ -134,6 +134,7 @@ class Connection(TaskIO):
         self.erl = 0
         self.recovering = False  # logged out with reason 2 (RFC 7143 11.14.1)
         self.max_send = 8192
+        self.datain_reverse = False  # TargetConfig.datain_order "reverse", DataPDUInOrder=No
         self._aborted_itts: deque[int] = deque(maxlen=MAX_ABORTED_TAGS)
         self._aborted_set: set[int] = set()
         self._retained: dict[int, bytes] = {}  # ERL1: statsn -> encoded status PDU
@@ -476,6 +477,8 @@ class Connection(TaskIO):
         self.erl = params.error_recovery_level
         cap = session.target.config.max_send_data_segment_length if session.target else None
         self.max_send = min(params.max_send_data_segment_length, cap or 1 << 24)
+        order = session.target.config.datain_order if session.target else "offset"
+        self.datain_reverse = order == "reverse" and not params.data_pdu_in_order
         dec = self.decoder
         dec.header_digest = params.header_digest
         dec.data_digest = params.data_digest

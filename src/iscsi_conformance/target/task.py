@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, cast
 
 from iscsi_conformance.core import pdu as P
@@ -179,6 +179,7 @@ class TaskIO:
         peer: tuple[str, int]
         statsn: int
         max_send: int
+        datain_reverse: bool
         erl: int
         hd: bool
         dd: bool
@@ -599,7 +600,8 @@ class TaskIO:
     ) -> None:
         """Data-In PDUs (RFC 7143 11.7): at most our send limit each, F at the end of
         every MaxBurstLength sequence, the status in the last one when there is no
-        sense data (phase collapse, 11.7.4). Payloads go out as memoryview slices of
+        sense data (phase collapse, 11.7.4); a sequence's PDUs at decreasing offsets
+        when ``datain_reverse`` (DataPDUInOrder=No agreed). Payloads go out as memoryview slices of
         ``data`` (no copy); headers come from the hot-path packer."""
         s = self.session
         assert s is not None
@@ -608,7 +610,6 @@ class TaskIO:
         total = len(data)
         seg = self.max_send
         burst = self.params.max_burst_length
-        off = start
         exp, mx = s.expcmdsn, s.maxcmdsn
         keep = self.erl > 0
         offsets = task.datain_offsets if self.erl > 1 and not start else None
@@ -617,13 +618,10 @@ class TaskIO:
         hd, dd = self.hd, self.dd
         out = self.out
         lun, itt = task.lun_field, task.itt
-        while off < total:
-            ln = min(seg, total - off)
-            burst_end = (off // burst + 1) * burst
-            if off + ln > burst_end:
-                ln = burst_end - off
-            last = off + ln >= total
-            flags = 0x80 if (last or off + ln == burst_end) else 0
+        # ERL 2 resends from a DataSN's offset onwards (resume_task): offset order only.
+        reverse = self.datain_reverse and not start and self.erl < 2
+        for off, ln, final, last in _datain_pieces(start, total, seg, burst, reverse):
+            flags = 0x80 if final else 0
             statsn = 0
             st = 0
             res = 0
@@ -645,7 +643,6 @@ class TaskIO:
                 if flags & 0x01:
                     self._retain(statsn, raw)
             datasn += 1
-            off += ln
         self.engine.mark_dirty(cast("Connection", self))
         if not collapse:
             self._respond(
@@ -721,6 +718,29 @@ class TaskIO:
 # must match the CDB.
 _BLOCK_WRITES = frozenset({0x0A, 0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E})
 _COMPARE_AND_WRITE = 0x89
+
+
+def _datain_pieces(
+    start: int, total: int, seg: int, burst: int, reverse: bool
+) -> Iterator[tuple[int, int, bool, bool]]:
+    """(Buffer Offset, length, F, last) of each Data-In PDU in sending order: at most
+    ``seg`` bytes each, a sequence ending at each MaxBurstLength boundary with F set on
+    its last PDU sent (RFC 7143 11.7.1). With ``reverse`` (DataPDUInOrder=No agreed,
+    13.18: a sequence's PDUs in any order) each sequence goes out at decreasing offsets;
+    sequences stay in increasing order (DataSequenceInOrder is another key)."""
+    off = start
+    while off < total:
+        seq_end = min((off // burst + 1) * burst, total)
+        seq = []
+        while off < seq_end:
+            ln = min(seg, seq_end - off)
+            seq.append((off, ln))
+            off += ln
+        if reverse:
+            seq.reverse()
+        for i, (o, n) in enumerate(seq):
+            final = i == len(seq) - 1
+            yield o, n, final, final and off >= total
 
 
 def _current_contents(lu: LogicalUnit, cdb: bytes, offset: int, length: int) -> bytes:
