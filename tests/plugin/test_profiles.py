@@ -25,6 +25,7 @@ SERVES = {
     "chap-sha256": {"reference", "lio"},
     "chap-sha3-256": {"reference", "lio"},
     "mutual-sha256": {"reference", "lio"},
+    "datain-reverse": {"reference"},
 }
 
 

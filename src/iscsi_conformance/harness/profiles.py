@@ -205,6 +205,21 @@ def _profiles() -> dict[str, Profile]:
         "immediate_data",  # the target lets its ImmediateData be configured
         doc="InitialR2T=Yes, ImmediateData=No: every byte of a write waits for an R2T",
     )
+    # RFC 7143 13.18: with DataPDUInOrder=No agreed a sequence's data PDUs may come in
+    # any order. This target answers No, sends Data-In of 4096 bytes at most and each
+    # 16 KiB sequence at decreasing offsets, so an initiator that offers No must place
+    # every PDU by its Buffer Offset (11.7.6) to read the right data.
+    add(
+        "datain-reverse",
+        lambda c: _spec(
+            "datain-reverse",
+            parameters=(("DataPDUInOrder", "No"), ("MaxBurstLength", "16384")),
+            max_send_data_segment_length=4096,
+            datain_order="reverse",
+        ),
+        "datain_out_of_order",
+        doc="DataPDUInOrder=No; Data-In of 4 KiB, each 16 KiB sequence at decreasing offsets",
+    )
     return p
 
 

@@ -51,6 +51,11 @@ class TargetSpec:
     # "host:port" (13.8). None: serve the target.
     redirect: str | None = None
     redirect_permanent: bool = False
+    # Reference target only (a profile needing capability "datain_out_of_order"): a cap
+    # on its Data-In segments (several PDUs per sequence) and their order under
+    # DataPDUInOrder=No ("offset" or "reverse", target/config.py datain_order).
+    max_send_data_segment_length: int | None = None
+    datain_order: str = "offset"
 
 
 @dataclasses.dataclass(frozen=True)

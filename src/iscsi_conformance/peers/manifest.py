@@ -117,6 +117,9 @@ CAPABILITIES: dict[str, Any] = {
     # the target survives Data-Out PDUs it never asked for (unsolicited data the keys
     # forbid, tags it never issued); tgt 1.0.85 segfaults on some (targets/tgt/manifest.toml)
     "stray_data_out": _is_bool,
+    # the target can be told to send a sequence's Data-In at decreasing offsets when
+    # DataPDUInOrder=No is agreed (profile "datain-reverse"; reference target only)
+    "datain_out_of_order": _is_bool,
 }
 
 DEVIATION_EFFECTS = ("xfail", "intermittent", "skip")

@@ -203,6 +203,10 @@ class ReferenceTargetDriver(TargetDriver):
                 + ", ".join(f"{k} = {_toml_value(v)}" for k, v in params.items())
                 + " }"
             )
+            if spec.max_send_data_segment_length is not None:
+                lines.append(f"max_send_data_segment_length = {spec.max_send_data_segment_length}")
+            if spec.datain_order != "offset":
+                lines.append(f"datain_order = {_toml_value(spec.datain_order)}")
             if spec.redirect is not None:
                 lines.append(
                     f"redirect = {{ address = {_toml_value(spec.redirect)}, "

@@ -1,0 +1,123 @@
+"""Initiator.DataIn.OutOfOrderPlaced can fail: it is run here with the reference
+initiator against the reference target's real "datain-reverse" profile (configured
+through its driver, embedded, loopback), behind the recording proxy.
+
+- the reference initiator as it is (Data-In placed by Buffer Offset) passes;
+- a broken copy that places each Data-In PDU where the previous one ended (arrival
+  order) returns other data and fails R7143-13.18-3;
+- an initiator that does not offer DataPDUInOrder=No skips, naming its offer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from iscsi_conformance.bridge.judge import Judge
+from iscsi_conformance.core.pdu import ScsiDataIn
+from iscsi_conformance.harness.observer import Observer
+from iscsi_conformance.harness.profiles import PROFILES, Credentials
+from iscsi_conformance.initiator import engine
+from iscsi_conformance.initiator.engine import InitiatorConnection
+from iscsi_conformance.peers.reference_initiator import ReferenceInitiator
+from iscsi_conformance.peers.reference_target import ReferenceTargetDriver
+from iscsi_conformance.plugin.spec import ConformanceViolation
+from suite_modules import load_suite
+
+SUITE = load_suite("initiator/test_datain_order.py", "datain_order_under_proof")
+PROFILE = SUITE.PROFILE
+
+
+class Target:
+    """The run's target as the test sees it: one profile's endpoint, no CHAP."""
+
+    def __init__(self, endpoint: Any) -> None:
+        self._endpoint = endpoint
+
+    def chap_for(self, profile: str) -> tuple[None, None]:
+        return None, None
+
+    def endpoint(self, profile: str) -> Any:
+        assert profile == PROFILE
+        return self._endpoint
+
+
+@dataclasses.dataclass
+class Initiator:
+    driver: Any
+    name: str = "reference"
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[Target]:
+    driver = ReferenceTargetDriver(mode="embedded")
+    try:
+        endpoint = driver.configure(PROFILES[PROFILE].build(Credentials.generate()))
+        yield Target(endpoint)
+    finally:
+        driver.stop()
+
+
+@pytest.fixture
+def observed(target: Target) -> Iterator[Any]:
+    observers: list[Observer] = []
+
+    def make(profile: str) -> tuple[Any, Observer]:
+        ep = target.endpoint(profile)
+        obs = Observer(ep.host, ep.port, listen_host="127.0.0.1", label=profile)
+        obs.start()
+        observers.append(obs)
+        return dataclasses.replace(ep, host=obs.listen_host, port=obs.port), obs
+
+    make.observers = observers  # type: ignore[attr-defined]
+    yield make
+    for obs in observers:
+        obs.stop()
+
+
+@pytest.fixture
+def initiator() -> Iterator[Initiator]:
+    with ReferenceInitiator() as driver:
+        yield Initiator(driver)
+
+
+def test_reference_initiator_passes(initiator: Initiator, target: Target, observed: Any) -> None:
+    SUITE.test_out_of_order_data_in_placed(initiator, target, observed)
+    # The reversed stream is itself conformant: the bridge's passive rules (DataSN in
+    # sending order, F and status placement, burst sizes) find nothing on either side.
+    (obs,) = observed.observers
+    for conn in obs:
+        judge = Judge(label=f"connection {conn.index}")
+        for entry in conn.entries:
+            if entry.pdu is not None:
+                judge.pdu(entry.direction, entry.pdu, entry.raw)
+        assert judge.breaches == [], judge.breaches
+        assert {"datasn.datain", "datain.burst", "datain.s_needs_f"} <= judge.exercised
+
+
+def test_arrival_order_placement_fails(
+    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    place = InitiatorConnection._on_data_in
+
+    def arrival_order(self: InitiatorConnection, pdu: Any, events: list[Any]) -> None:
+        task = self.tasks.get(pdu.itt)
+        if task is not None:  # where the previous PDU ended, whatever the Buffer Offset says
+            pdu = dataclasses.replace(pdu, buffer_offset=task.data_in_bytes)
+        place(self, pdu, events)
+
+    monkeypatch.setitem(engine._HANDLERS, ScsiDataIn, arrival_order)
+    with pytest.raises(ConformanceViolation, match=r"R7143-13\.18-3") as failed:
+        SUITE.test_out_of_order_data_in_placed(initiator, target, observed)
+    assert "returned other data than it wrote" in str(failed.value)
+
+
+def test_an_initiator_offering_yes_skips(
+    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SUITE, "OFFER", (("DataPDUInOrder", "Yes"),))
+    with pytest.raises(pytest.skip.Exception, match="offered DataPDUInOrder=Yes"):
+        SUITE.test_out_of_order_data_in_placed(initiator, target, observed)
