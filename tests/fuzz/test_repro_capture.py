@@ -66,6 +66,7 @@ def test_reproducer_has_its_exchange_as_pcapng(broken_target: Any, tmp_path: Pat
     path, tape = _saved(broken_target, tmp_path)
     capture = path.with_suffix(".pcapng")
     assert load(path)["pcapng"] == capture.name
+    assert "That replay showed this failure again." in path.read_text()
     assert f"-d tcp.port=={broken_target.port},iscsi" in path.read_text()
     # the real ports: the target's listening port, and our socket's
     assert tape.target == f"127.0.0.1:{broken_target.port}"
@@ -82,6 +83,11 @@ def test_no_exchange_no_pcapng(tmp_path: Path) -> None:
     path = save(_failure(), tmp_path, target="reference", tape=Tape())
     assert not path.with_suffix(".pcapng").exists()
     assert "pcapng" not in load(path)
+    tape = Tape(chunks=[(0.0, "i->t", b"\0" * 48)], target="127.0.0.1:3260", seen=set())
+    assert (
+        "That replay did NOT show it (it saw: no failure)"
+        in save(_failure(), tmp_path, target="reference", tape=tape).read_text()
+    )
 
 
 def _tshark() -> str:

@@ -68,6 +68,8 @@ class Tape:
     initiator: str = ""  # "host:port" of our socket
     target: str = ""  # "host:port" of the target's
     chunks: list[tuple[float, str, bytes]] = dataclasses.field(default_factory=list)
+    #: the failures (kind, place) the recorded replay saw, when :func:`record` made it
+    seen: set[tuple[str, str]] | None = None
 
     def attach(self, wire: Any) -> None:
         """Record what goes through ``wire`` (a campaign's ``_Wire``) from now on."""
@@ -123,4 +125,5 @@ def record(
 
     tape = Tape()
     seen = replay(host, port, target, phase, login_keys, pdus, tape=tape, **kw)
+    tape.seen = set(seen)
     return tape, seen

@@ -104,6 +104,7 @@ def save(
             [
                 f"Capture of one replay: {capture.name} "
                 f"(tshark -r {capture.name} -d tcp.port=={tape.target_port},iscsi)",
+                *([_replay_verdict(f, tape.seen)] if tape.seen is not None else []),
             ]
             if tape is not None
             else []
@@ -131,6 +132,13 @@ def save(
         )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _replay_verdict(f: Failure, seen: set[tuple[str, str]]) -> str:
+    if f.identity in seen:
+        return "That replay showed this failure again."
+    others = ", ".join(f"{k} at {p}" for k, p in sorted(seen)) or "no failure"
+    return f"That replay did NOT show it (it saw: {others}): the cause may lie before these PDUs."
 
 
 def load(path: Path) -> dict[str, Any]:
