@@ -91,11 +91,12 @@ def test_out_of_order_data_in_placed(initiator: Any, target: Any, observed: Any)
         agreed = [c.negotiated("DataPDUInOrder", "Yes") for c in _logged_in(obs)]
         if agreed != ["No"]:
             # Judged before any I/O: such an initiator gets in-order data (OR result).
-            offered = [c.declared_by_initiator("DataPDUInOrder") for c in _logged_in(obs)]
+            offers = [c.declared_by_initiator("DataPDUInOrder") for c in _logged_in(obs)]
+            offer = offers[-1] or "nothing (default Yes)"
             pytest.skip(
-                f"{initiator.name} offered DataPDUInOrder={offered[-1] if offered else None} "
-                f"(None: not at all, default Yes): the OR result is {agreed}, so its Data-In "
-                "comes in offset order (RFC 7143 13.18)"
+                f"{initiator.name} offered DataPDUInOrder={offer} and negotiated "
+                f"{agreed[-1]} (result function OR, RFC 7143 13.18): its Data-In comes in "
+                "offset order"
             )
         initiator.driver.write(handle, LUN, LBA, payload)
         try:
