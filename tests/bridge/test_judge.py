@@ -15,6 +15,7 @@ from bridge_helpers import golden
 from iscsi_conformance.bridge.capture import Conversation, replay
 from iscsi_conformance.bridge.judge import RULES, Judge, SessionBook, judge_pdus
 from iscsi_conformance.core import pdu as P
+from iscsi_conformance.core.layout import FieldKind, layout_for
 from iscsi_conformance.core.text import format_pairs, parse_pairs
 
 Conv = list[tuple[str, P.PDU]]
@@ -301,6 +302,7 @@ def test_every_rule_knows_when_it_is_exercised() -> None:
         n for n in RULES if n.startswith("keys.") and n.endswith(("_answer", ".initiator"))
     }
     marked_in_code |= {"keys.answered", "padding.zero", "padding.zero.target"}
+    marked_in_code |= {"reserved.zero", "reserved.zero.target"}
     assert set(RULES) - set(_EXERCISED_BY) - marked_in_code == set()
 
 
@@ -315,7 +317,8 @@ def test_the_golden_conversations_exercise_the_core_rules() -> None:
 
 def test_every_rule_has_a_planted_breach() -> None:
     missing = set(RULES) - set(PLANTED) - {"padding.zero", "padding.zero.target",
-                                             "digest.correct", "digest.correct.target"}  # fmt: skip
+                                             "digest.correct", "digest.correct.target",
+                                             "reserved.zero", "reserved.zero.target"}  # fmt: skip
     assert not missing, f"rules without a planted breach: {sorted(missing)}"
 
 
@@ -372,3 +375,31 @@ def test_nonzero_padding_is_flagged(direction: str, rule: str) -> None:
     assert rule in {b.rule.name for b in judge.pdu(direction, pdu, raw)}  # type: ignore[arg-type]
     clean = P.encode(pdu, strict=False)
     assert not Judge().pdu(direction, pdu, clean)  # type: ignore[arg-type]
+
+
+def _reserved_bit_set(conv: Conversation, direction: str) -> tuple[Conversation, str]:
+    """Set one bit of the first reserved field of the first full-feature PDU's header
+    (after the login PDU), as the sender would have sent it."""
+    segs = list(conv.segments)
+    i = [n for n, (d, _) in enumerate(segs) if d == direction][1]
+    d, data = segs[i]
+    lay = layout_for(data[0])
+    assert lay is not None
+    field = next(f for f in lay.fields if f.kind is FieldKind.RESERVED)
+    bit = field.mask & -field.mask if field.mask else 1
+    at_byte = field.offset + (0 if field.mask else field.size - 1)
+    segs[i] = (d, data[:at_byte] + bytes([data[at_byte] | bit]) + data[at_byte + 1 :])
+    return Conversation(conv.client_port, segs), f"{lay.class_name} byte {field.offset}"
+
+
+@pytest.mark.parametrize(
+    "direction, rule", [("i->t", "reserved.zero"), ("t->i", "reserved.zero.target")]
+)
+def test_a_reserved_bit_set_is_the_senders_breach(direction: str, rule: str) -> None:
+    conv = golden()[INQUIRY]  # no digest: the changed header still decodes
+    clean = replay(conv)
+    assert clean.breaches == [] and rule in clean.exercised
+    planted, where = _reserved_bit_set(conv, direction)
+    judge = replay(planted)
+    assert [b.rule.name for b in judge.breaches] == [rule], where
+    assert RULES[rule].requirement in str(judge.breaches[0])

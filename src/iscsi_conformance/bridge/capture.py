@@ -238,7 +238,7 @@ def replay(conv: Conversation, book: SessionBook | None = None) -> Judge:
         dec = decoders[direction]
         dec.feed(data)
         while True:
-            before = dec.buffered
+            header = dec.peek()
             try:
                 pdu = dec.next_pdu()
             except DigestError as exc:
@@ -248,10 +248,8 @@ def replay(conv: Conversation, book: SessionBook | None = None) -> Judge:
                 continue
             if pdu is None:
                 break
-            used = before - dec.buffered
-            del used
             was_ffp = judge.full_feature
-            judge.pdu(direction, pdu)
+            judge.pdu(direction, pdu, header=header)
             if judge.full_feature and not was_ffp:
                 for d in decoders.values():
                     d.header_digest = judge.header_digest

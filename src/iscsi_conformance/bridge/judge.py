@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 from iscsi_conformance.core import serial
 from iscsi_conformance.core.keys import ResultFunction, Senders, ValueKind, defaults, spec_for
+from iscsi_conformance.core.layout import BHS_LENGTH, check_reserved
 from iscsi_conformance.core.negotiation import check_value
 from iscsi_conformance.core.pdu import (
     PDU,
@@ -209,6 +210,10 @@ RULES: dict[str, Rule] = _rules(
          "a NOP-Out answering a ping has ITT 0xffffffff and the I bit"),
     Rule("logout.last", "R7143-11.14-4", "MUST", "initiator",
          "no further requests on a connection after its Logout Request"),
+    Rule("reserved.zero", "R7143-11-1", "MUST", "initiator",
+         "reserved fields and undefined bits of the header are zero"),
+    Rule("reserved.zero.target", "R7143-11-1", "MUST", "target",
+         "reserved fields and undefined bits of the header are zero"),
     Rule("tmf.answer_itt", "R7143-11.6-2", "INFORMATIONAL", "target",
          "a Task Management Function Response carries the ITT of its request"),
     Rule("text.answer_itt", "R7143-11.11-1", "INFORMATIONAL", "target",
@@ -346,12 +351,20 @@ class Judge:
 
     # ------------------------------------------------------------------ input
 
-    def pdu(self, direction: Direction, pdu: PDU, raw: bytes | None = None) -> list[Breach]:
-        """Judge one PDU as it passed; the breaches it commits (also kept in .breaches)."""
+    def pdu(
+        self, direction: Direction, pdu: PDU, raw: bytes | None = None, header: bytes | None = None
+    ) -> list[Breach]:
+        """Judge one PDU as it passed; the breaches it commits (also kept in .breaches).
+
+        ``raw`` is the PDU's exact bytes; without them, ``header`` its first 48 bytes
+        (``PDUDecoder.peek()`` before the PDU is taken), for the reserved fields."""
         self.index += 1
         out: list[Breach] = []
         was_ffp = self.full_feature
         self._format(direction, pdu, raw, out)
+        bhs = raw[:BHS_LENGTH] if raw is not None else header
+        if bhs is not None and len(bhs) == BHS_LENGTH and not isinstance(pdu, UnknownPDU):
+            self._reserved(direction, pdu, bhs, out)
         _dispatch(self, direction, pdu, out)
         todo = self._unexercised[direction]
         if todo:
@@ -409,6 +422,13 @@ class Judge:
                     self._flag(
                         out, "padding.zero" + suffix, direction, pdu, f"pad bytes {pad.hex()}"
                     )
+
+    def _reserved(self, direction: Direction, pdu: PDU, bhs: bytes, out: list[Breach]) -> None:
+        name = "reserved.zero" + ("" if direction == I2T else ".target")
+        self.exercised.add(name)  # judged only with the header's bytes
+        bad = [v.message for v in check_reserved(bhs) if v.field == "reserved"]
+        if bad:
+            self._flag(out, name, direction, pdu, "; ".join(bad))
 
     # ------------------------------------------------------------------ login
 

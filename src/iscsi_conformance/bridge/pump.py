@@ -368,6 +368,7 @@ class Bridge:
         """Decode and judge what was already forwarded (the fast path)."""
         decoder.feed(data)
         while True:
+            header = decoder.peek()
             try:
                 pdu = decoder.next_pdu()
             except DigestError as exc:
@@ -384,7 +385,7 @@ class Bridge:
                 return
             conn.pdus[direction] += 1
             conn.recent.append(_summary(direction, pdu, 0))
-            self._judged(conn, conn.judge.pdu(direction, pdu))
+            self._judged(conn, conn.judge.pdu(direction, pdu, header=header))
 
     async def _send(
         self,

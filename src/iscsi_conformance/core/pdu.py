@@ -1366,6 +1366,10 @@ class PDUDecoder:
         """Bytes received and not yet returned as PDUs."""
         return len(self._buf) - self._pos
 
+    def peek(self, n: int = BHS_LENGTH) -> bytes:
+        """The first ``n`` bytes not yet returned (the next PDU's header, as sent)."""
+        return bytes(self._buf[self._pos : self._pos + n])
+
     def next_pdu(self) -> PDU | None:
         """The next complete PDU, or ``None`` if more bytes are needed."""
         if len(self._buf) - self._pos < self._need:
