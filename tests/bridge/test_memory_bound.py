@@ -44,8 +44,9 @@ TRANSPORT = 3 * 2**19
 
 
 def bound(mrdsl: int) -> int:
-    """One Data-In PDU twice (assembled, decoded) plus the transports' buffers."""
-    return 2 * (48 + mrdsl) + TRANSPORT
+    """One Data-In PDU twice (assembled, decoded) plus the transports' buffers; a
+    bytearray that grows keeps up to 1/8 more room (the decoder assembles in one)."""
+    return 2 * (48 + mrdsl) * 9 // 8 + TRANSPORT
 
 
 @pytest.fixture(scope="module")
