@@ -70,6 +70,37 @@ def _reversed_sequence(ffp: FullFeature, cmd: Any, r2t: Any, payload: bytes) -> 
     return [dataclasses.replace(p, datasn=i, final=i == len(pdus) - 1) for i, p in enumerate(pdus)]
 
 
+async def _require_good_and_read_back(
+    ffp: Any,
+    lu: Any,
+    payload: bytes,
+    response: Any,
+    sent: list[Any],
+    seen: list[Any],
+    row: str,
+    write: str,
+    data: str,
+) -> None:
+    """The end both tests share: the reordered WRITE ended GOOD (``write`` says how it
+    was sent) and its data read back as sent (``data`` names them), both under ``row``."""
+    require(
+        response is not None and response.status == 0,
+        row,
+        f"{write} did not end GOOD: "
+        + (f"status {response.status:#04x}" if response is not None else str(ffp.no_answer)),
+        sent=sent,
+        received=ffp.shown(*seen, None) if response is None else seen,
+    )
+    back = await ffp.command(cdb.read10(LBA, BLOCKS), lun=lu.lun, read_length=len(payload))
+    require(
+        back.status == 0 and back.data == payload,
+        row,
+        f"{data} does not read back as sent (status {back.status}, {len(back.data)} bytes)",
+        sent=[back.command],
+        received=back.shown(),
+    )
+
+
 @spec(
     "FullFeature.DataOut.PdusInAnyOrder",
     "RFC 7143 13.18",
@@ -121,24 +152,12 @@ async def test_data_out_pdus_in_any_order(target: Any) -> None:
                 sent=sent,
                 received=seen,
             )
-        require(
-            response is not None and response.status == 0,
-            "R7143-13.18-2",
+        await _require_good_and_read_back(
+            ffp, lu, payload, response, sent, seen, "R7143-13.18-2",
             "with DataPDUInOrder=No agreed, the WRITE whose Data-Out PDUs came in reverse "
-            "offset order did not end GOOD: "
-            + (f"status {response.status:#04x}" if response is not None else str(ffp.no_answer)),
-            sent=sent,
-            received=ffp.shown(*seen, None) if response is None else seen,
-        )
-        back = await ffp.command(cdb.read10(LBA, BLOCKS), lun=lu.lun, read_length=len(payload))
-        require(
-            back.status == 0 and back.data == payload,
-            "R7143-13.18-2",
-            "the data written with Data-Out PDUs in reverse order does not read back as sent "
-            f"(status {back.status}, {len(back.data)} bytes)",
-            sent=[back.command],
-            received=back.shown(),
-        )
+            "offset order",
+            "the data written with Data-Out PDUs in reverse order",
+        )  # fmt: skip
 
 
 SEQUENCE_KEYS = [
@@ -226,21 +245,9 @@ async def test_data_out_sequences_in_any_order(target: Any) -> None:
             elif isinstance(p, P.ScsiResponse) and p.itt == cmd.itt:
                 response = p
                 break
-        require(
-            response is not None and response.status == 0,
-            "R7143-13.19-3",
+        await _require_good_and_read_back(
+            ffp, lu, payload, response, sent, seen, "R7143-13.19-3",
             "with DataSequenceInOrder=No agreed, the WRITE whose Data-Out sequences answered "
-            f"its {len(r2ts)} outstanding R2Ts newest first did not end GOOD: "
-            + (f"status {response.status:#04x}" if response is not None else str(ffp.no_answer)),
-            sent=sent,
-            received=ffp.shown(*seen, None) if response is None else seen,
-        )
-        back = await ffp.command(cdb.read10(LBA, BLOCKS), lun=lu.lun, read_length=len(payload))
-        require(
-            back.status == 0 and back.data == payload,
-            "R7143-13.19-3",
-            "the data written with Data-Out sequences out of order does not read back as sent "
-            f"(status {back.status}, {len(back.data)} bytes)",
-            sent=[back.command],
-            received=back.shown(),
-        )
+            f"its {len(r2ts)} outstanding R2Ts newest first",
+            "the data written with Data-Out sequences out of order",
+        )  # fmt: skip
