@@ -558,6 +558,10 @@ class _Ctx:
     expected_out: int = 0
 
 
+MAX_LOST_NEXUSES = 1024
+"""How many lost I_T nexuses a logical unit remembers (``LogicalUnit.nexus_lost``)."""
+
+
 class LogicalUnit:
     """A direct-access block logical unit over a ``Backing`` (SBC-3).
 
@@ -623,6 +627,11 @@ class LogicalUnit:
         self._prevent: set[tuple[str, int]] = set()
         self._known: set[Nexus] = set()
         self._ua: dict[Nexus, list[Asc]] = {}
+        # Nexuses lost and not back yet, oldest first (``nexus_lost``): at most
+        # ``max_lost_nexuses`` are remembered, so that state stays bounded when
+        # initiators come with a new ISID every session (issue 14).
+        self._lost: dict[Nexus, None] = {}
+        self.max_lost_nexuses = MAX_LOST_NEXUSES
         self._table: dict[tuple[int, int | None], CommandSpec] = {
             (c.opcode, c.service_action): c for c in COMMANDS
         }
@@ -750,11 +759,27 @@ class LogicalUnit:
 
     def nexus_lost(self, nexus: Nexus) -> None:
         """I_T nexus loss (SAM-5 6.3.4): SCSI-2 reservation and PREVENT released,
-        PR registrations kept; the nexus sees I_T NEXUS LOSS OCCURRED when it returns."""
+        PR registrations kept; the nexus sees I_T NEXUS LOSS OCCURRED when it returns.
+
+        Bounded: only the ``max_lost_nexuses`` most recently lost nexuses are
+        remembered. An older one is forgotten with its unit attention queue; if it
+        ever returns it is a new nexus to this logical unit and its first command
+        still meets a unit attention, POWER ON, RESET, OR BUS DEVICE RESET OCCURRED
+        (29h/00h, the general code of the family I_T NEXUS LOSS OCCURRED, 29h/07h,
+        belongs to), so the initiator is still told that its state was lost.
+        Persistent reservation registrations are not nexus state here: they stay
+        (SPC-4 5.13.1: not reset by I_T nexus loss)."""
         self.reservations.nexus_lost(nexus)
         self._prevent.discard((nexus.initiator_port.lower(), nexus.relative_target_port))
         if nexus in self._known:
             self._ua[nexus] = [Asc.I_T_NEXUS_LOSS_OCCURRED]
+            self._lost.pop(nexus, None)
+            self._lost[nexus] = None
+            while len(self._lost) > self.max_lost_nexuses:
+                oldest = next(iter(self._lost))
+                del self._lost[oldest]
+                self._known.discard(oldest)
+                self._ua.pop(oldest, None)
 
     def flush(self) -> None:
         """Write back everything (SYNCHRONIZE CACHE of the whole medium)."""
@@ -796,6 +821,8 @@ class LogicalUnit:
             if nexus not in self._known:
                 self._known.add(nexus)
                 self._queue_ua(nexus, Asc.POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED)
+            elif self._lost:
+                self._lost.pop(nexus, None)  # back: no longer a candidate to forget
             if spec is None or not spec.ua_exempt:
                 q = self._ua.get(nexus)
                 if q:
