@@ -233,9 +233,6 @@ def test_node_key_registration_updates_that_node(client: Client) -> None:
         pytest.param(register(T1, "e9", *portal("127.0.0.1", 3260),
                               Attribute.of(Tag.ESI_INTERVAL, 10), name(T1)),
                      Status.ESI_NOT_AVAILABLE, id="esi-interval-without-esi-port"),
-        pytest.param(register(T1, "e9", *portal("127.0.0.1", 3260), Attribute.of(
-            Tag.ESI_PORT, I.port_value(4000, udp=True)), Attribute.of(Tag.ESI_INTERVAL, 10),
-            name(T1)), Status.ESI_NOT_AVAILABLE, id="esi-over-udp"),
     ],
 )  # fmt: skip
 def test_invalid_registrations(client: Client, msg: Message, status: int) -> None:
@@ -413,6 +410,18 @@ def test_esi_sent_answered_and_given_up(engine: ServerEngine) -> None:
     assert engine.get_timer() is None
 
 
+def test_esi_over_udp_is_accepted(engine: ServerEngine) -> None:
+    """2.9.2: the server MUST accept registrations requesting UDP-based ESI; the ESI
+    then goes to that UDP port."""
+    c = Client(engine)
+    esi = [Attribute.of(Tag.ESI_INTERVAL, 30),
+           Attribute.of(Tag.ESI_PORT, I.port_value(4000, udp=True))]  # fmt: skip
+    assert c.ask(register(T1, "e1", *portal("127.0.0.1", 3260), *esi, name(T1))).status == 0
+    engine.handle_timer(NOW + 30)
+    (action,) = engine.take_outbound()
+    assert (action.kind, action.host, action.port, action.udp) == ("esi", "127.0.0.1", 4000, True)
+
+
 # ------------------------------------------------------------------ SCN
 
 
@@ -443,6 +452,26 @@ def test_scn_registration_and_delivery(engine: ServerEngine) -> None:
     c.ask(Message.request(FunctionId.SCN_DEREG, source=name(INI), keys=[name(INI)]))
     c.ask(target(T1, "e1"))
     assert engine.take_outbound() == []
+
+
+def test_scn_over_udp_goes_to_each_portal(engine: ServerEngine) -> None:
+    """2.9.2: a server MUST accept UDP SCN registrations, and the SCN SHALL go to each
+    Portal registered with a UDP SCN Port (open-iscsi's iscsid registers every address
+    of its host so, usr/discoveryd.c); a TCP SCN Port gets it at one Portal (6.3.7)."""
+    c = Client(engine)
+    udp = Attribute.of(Tag.SCN_PORT, I.port_value(5000, udp=True))
+    c.ask(register(INI, "e3", *portal("127.0.0.1", 0), udp, *portal("127.0.0.2", 0), udp,
+                   *portal("127.0.0.3", 0), Attribute.of(Tag.SCN_PORT, I.port_value(5001)),
+                   name(INI), Attribute.of(Tag.ISCSI_NODE_TYPE, 2)))  # fmt: skip
+    scn_reg = Message.request(FunctionId.SCN_REG, source=name(INI), keys=[name(INI)],
+                              operating=[Attribute.of(Tag.ISCSI_SCN_BITMAP, 0x1C)])  # fmt: skip
+    assert c.ask(scn_reg).status == 0
+    engine.take_outbound()
+    c.ask(target(T1, "e1"))
+    sent = engine.take_outbound()
+    assert sorted((a.host, a.port, a.udp) for a in sent) == [
+        ("127.0.0.1", 5000, True), ("127.0.0.2", 5000, True)]  # fmt: skip
+    assert len({a.message.transaction_id for a in sent}) == 2
 
 
 # ------------------------------------------------------------------ persistence
@@ -790,3 +819,56 @@ def test_adapter_serves_saves_and_reloads(tmp_path: Path) -> None:
         assert json.loads(db.read_text())["nodes"][0]["name"] == T1
     assert names_in(rsp) == [T1]
     assert [p.name for p in tmp_path.iterdir()] == ["isns.json"]
+
+
+def test_adapter_delivers_scn_and_esi_over_udp() -> None:
+    """The asyncio adapter on loopback sends an SCN and an ESI to UDP ports, one PDU per
+    datagram (2.9.2), and takes the ESI Response that comes back as a sign of life."""
+    import socket
+
+    from iscsi_conformance.isns.server import ISNSServer
+
+    server = ISNSServer("127.0.0.1", 0, outbound_timeout=3.0)
+    server.start_in_thread()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            udp.settimeout(10)
+            port = udp.getsockname()[1]
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+                dec = MessageDecoder()
+
+                def ask(msg: Message) -> Message:
+                    s.sendall(I.encode(msg))
+                    while (rsp := dec.next_message()) is None:
+                        dec.feed(s.recv(4096))
+                    return rsp
+
+                ports = [Attribute.of(Tag.SCN_PORT, I.port_value(port, udp=True)),
+                         Attribute.of(Tag.ESI_INTERVAL, 1),
+                         Attribute.of(Tag.ESI_PORT, I.port_value(port, udp=True))]  # fmt: skip
+                assert ask(register(INI, "e3", *portal("127.0.0.1", 0), *ports, name(INI),
+                                    Attribute.of(Tag.ISCSI_NODE_TYPE, 2))).status == 0  # fmt: skip
+                scn_reg = Message.request(
+                    FunctionId.SCN_REG, source=name(INI), keys=[name(INI)],
+                    operating=[Attribute.of(Tag.ISCSI_SCN_BITMAP, 0x1C)], transaction_id=2,
+                )  # fmt: skip
+                assert ask(scn_reg).status == 0
+                assert ask(replace(target(T1, "e1"), transaction_id=3)).status == 0
+                seen: set[int] = set()
+                for _ in range(6):
+                    data, addr = udp.recvfrom(65536)
+                    pdu, used = I.decode_pdu(data)  # type: ignore[misc]
+                    assert used == len(data)  # one PDU per datagram (2.9.2)
+                    msg = I.assemble([pdu])
+                    seen.add(msg.function)
+                    if msg.function == FunctionId.ESI:
+                        udp.sendto(I.encode(msg.response(0, msg.attributes)), addr)
+                    if {FunctionId.SCN, FunctionId.ESI} <= seen:
+                        break
+                assert {FunctionId.SCN, FunctionId.ESI} <= seen
+                scn = server.engine.events
+                assert any("over UDP" in e for e in scn), scn
+                assert "e3" in server.engine.db.entities
+    finally:
+        server.stop_thread()

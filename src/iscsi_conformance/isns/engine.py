@@ -108,7 +108,6 @@ _MUTATIONS = (
         FunctionId.SCN_DEREG,
     }
 )
-_PORT_UDP = 0x10000
 
 
 @dataclass(frozen=True)
@@ -129,9 +128,10 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class Outbound:
-    """A message the server originates: connect to ``host:port`` over TCP, send
-    ``message``, read one answer and give it to :meth:`ServerEngine.outbound_answered`
-    (None when the peer closed, refused or stayed silent)."""
+    """A message the server originates: connect to ``host:port`` over TCP (or, when
+    ``udp``, send it there as datagrams of one PDU each, 2.9.2), send ``message``, read
+    one answer and give it to :meth:`ServerEngine.outbound_answered` (None when the
+    peer closed, refused or stayed silent)."""
 
     kind: str  # "esi" (5.6.5.13) or "scn" (5.6.5.8)
     host: str
@@ -139,6 +139,7 @@ class Outbound:
     message: Message
     portal: PortalKey | None = None
     eid: str = ""
+    udp: bool = False  # the ESI or SCN Port has bit 15 set (6.3.5, 6.3.7)
 
 
 @dataclass
@@ -513,7 +514,7 @@ class ServerEngine:
             state.next_at = now + interval / self.config.esi_threshold
             self._outbound.append(
                 Outbound("esi", _host(key[0]), esi_port[0], self._esi_message(portal, now),
-                         key, portal.eid)
+                         key, portal.eid, udp=esi_port[1])
             )  # fmt: skip
         if removed:
             self._dirty = True
@@ -778,19 +779,25 @@ class ServerEngine:
             ]
         if len(attrs) == 2:
             return
+        # To every Portal with a UDP SCN Port (2.9.2: "each Portal registered"), else to
+        # one Portal with a TCP SCN Port (6.3.7: "any one of the indicated Portals").
         entity = self.db.entities.get(node.eid)
-        for key in entity.portals if entity is not None else []:
-            portal = self.db.portals.get(key)
-            scn_port = portal.port_attr(Tag.SCN_PORT) if portal is not None else None
-            if scn_port is not None and not scn_port[1]:
-                msg = Message(
-                    FunctionId.SCN, self._next_xid(), int(Flag.SERVER), None, tuple(attrs)
-                )
-                self._outbound.append(
-                    Outbound("scn", _host(key[0]), scn_port[0], msg, key, node.eid)
-                )
-                self.events.append(f"SCN to {node.name}: {len(attrs) // 2 - 1} event(s)")
-                return
+        ports = [
+            (key, scn_port)
+            for key in (entity.portals if entity is not None else [])
+            if (portal := self.db.portals.get(key)) is not None
+            and (scn_port := portal.port_attr(Tag.SCN_PORT)) is not None
+        ]
+        udp = [(key, port) for key, port in ports if port[1]]
+        for key, (port, is_udp) in udp or ports[:1]:
+            msg = Message(FunctionId.SCN, self._next_xid(), int(Flag.SERVER), None, tuple(attrs))
+            self._outbound.append(
+                Outbound("scn", _host(key[0]), port, msg, key, node.eid, udp=is_udp)
+            )
+            self.events.append(
+                f"SCN to {node.name} over {'UDP' if is_udp else 'TCP'}: "
+                f"{len(attrs) // 2 - 1} event(s)"
+            )
 
     # ------------------------------------------------------------------ DevAttrReg
 
@@ -848,7 +855,7 @@ class ServerEngine:
             other_p = db.portals.get(key)
             if other_p is not None and other_p.eid != eid:
                 raise _Refused(Status.INVALID_REGISTRATION, "the portal belongs to another entity")
-        # ESI (6.3.4, 6.3.5): a TCP ESI port somewhere when an interval is asked
+        # ESI (6.3.4, 6.3.5): an ESI Port (TCP or UDP, 2.9.2) when an interval is asked
         changed: dict[tuple[PortalKey, int], bytes] = {}
         replacing_entity = (
             bool(msg.flags & Flag.REPLACE) and target is not None and target[0] == "entity"
@@ -860,9 +867,6 @@ class ServerEngine:
             if (p := db.portals.get(k)) is not None and p.attrs.get(Tag.ESI_PORT)
         ]
         for key, attrs in reg.portals:
-            esi_port = attrs.get(Tag.ESI_PORT)
-            if esi_port and int.from_bytes(esi_port, "big") & _PORT_UDP:
-                raise _Refused(Status.ESI_NOT_AVAILABLE, "ESI over UDP is not offered")
             interval = int.from_bytes(attrs.get(Tag.ESI_INTERVAL) or b"", "big")
             if interval:
                 if not esi_ports:
@@ -1325,7 +1329,8 @@ class ServerEngine:
 
     def _scn_reg(self, msg: Message, src: str, now: float) -> Message:
         """SCNReg (5.6.5.5): the SCN Bitmap overwrites the node's; 17 when no portal of
-        its entity has a (TCP) SCN Port, or a non-Control Node asks for management SCNs."""
+        its entity has an SCN Port (TCP or UDP: 2.9.2 makes a server accept UDP SCN
+        registrations), or a non-Control Node asks for management SCNs."""
         node = self._scn_node(msg, src)
         ops = [a for a in msg.operating_attributes if a.tag == Tag.ISCSI_SCN_BITMAP and a.value]
         if len(ops) != 1:
@@ -1343,7 +1348,7 @@ class ServerEngine:
             for k in (entity.portals if entity is not None else [])
             if (p := self.db.portals.get(k)) is not None
         ]
-        if not any(port is not None and not port[1] for port in ports):
+        if not any(port is not None for port in ports):
             raise _Refused(Status.SCN_REGISTRATION_REJECTED, "no SCN Port registered (5.6.5.5)")
         node.attrs[int(Tag.ISCSI_SCN_BITMAP)] = ops[0].value
         return msg.response(Status.SUCCESSFUL)

@@ -9,7 +9,8 @@ saves the database when the engine says it changed (JSON written to a temporary 
 in the same directory, flushed, fsynced and renamed over the old one, so a crash
 leaves the old or the new file, never half of one); starts a task for each
 ``Outbound`` action (ESI or SCN: connect, send, read one answer, each step bounded by
-``outbound_timeout``, and report the answer); and wakes the timer task, which sleeps
+``outbound_timeout``, and report the answer; to a UDP ESI or SCN Port, one datagram per
+PDU from a socket of its own and the first answer that decodes, 2.9.2); and wakes the timer task, which sleeps
 until ``engine.get_timer()`` and calls ``engine.handle_timer(time.time())``.
 Wall-clock time is used because the engine also writes it into Timestamp attributes
 (6.2.4).
@@ -32,7 +33,14 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from iscsi_conformance.core.isns import ISNSFormatError, Message, MessageDecoder, encode
+from iscsi_conformance.core.isns import (
+    ISNSFormatError,
+    Message,
+    MessageDecoder,
+    encode,
+    encode_pdu,
+    split,
+)
 
 from .database import Database
 from .engine import Outbound, ServerConfig, ServerEngine
@@ -190,6 +198,10 @@ class ISNSServer:
 
     async def _deliver(self, action: Outbound) -> None:
         """One ESI or SCN (5.6.5.13, 5.6.5.8): connect, send, read one answer."""
+        if action.udp:
+            self.engine.outbound_answered(action, await self._deliver_udp(action), time.time())
+            self._after()
+            return
         answer: Message | None = None
         writer: asyncio.StreamWriter | None = None
         try:
@@ -219,6 +231,41 @@ class ISNSServer:
                     await writer.wait_closed()
         self.engine.outbound_answered(action, answer, time.time())
         self._after()
+
+    async def _deliver_udp(self, action: Outbound) -> Message | None:
+        """An ESI or SCN to a UDP port (2.9.2): each PDU in a datagram of its own, then
+        the first message the datagrams coming back assemble (None: none in time)."""
+        loop = asyncio.get_running_loop()
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class _Receiver(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                got.put_nowait(data)
+
+            def error_received(self, exc: Exception) -> None:
+                log.info("iSNS %s to %s:%d over UDP: %s", action.kind, action.host,
+                         action.port, exc)  # fmt: skip
+
+        transport: asyncio.DatagramTransport | None = None
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                _Receiver, remote_addr=(action.host, action.port)
+            )
+            for pdu in split(action.message):
+                transport.sendto(encode_pdu(pdu))
+            decoder = MessageDecoder()
+            deadline = time.monotonic() + self.outbound_timeout
+            while (left := deadline - time.monotonic()) > 0:
+                decoder.feed(await asyncio.wait_for(got.get(), left))
+                answer = decoder.next_message()
+                if answer is not None:
+                    return answer
+        except (TimeoutError, OSError, ISNSFormatError) as exc:
+            log.info("iSNS %s to %s:%d over UDP: %s", action.kind, action.host, action.port, exc)
+        finally:
+            if transport is not None:
+                transport.close()
+        return None
 
     async def _timer(self) -> None:
         assert self._wake is not None
