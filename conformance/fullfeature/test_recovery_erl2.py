@@ -130,6 +130,29 @@ async def _tmf_response(ffp: FullFeature, req: Any, itt: int) -> tuple[Any, list
     return None, got
 
 
+async def _continued_anyway(ffp: FullFeature, itt: int) -> str:
+    """After a TASK REASSIGN answered other than 'function complete': what the target
+    sends for the task within a second. Some targets continue it although their
+    response says otherwise (LIO 6.1: see the Erl2 entry of targets/lio/manifest.toml)."""
+    got: list[Any] = []
+    for _ in range(64):
+        try:
+            p = await asyncio.wait_for(ffp.recv(), 1.0)
+        except TimeoutError:
+            break
+        if p is None:
+            break
+        if getattr(p, "itt", None) == itt:
+            got.append(p)
+    if not got:
+        return ""
+    names = sorted({type(p).__name__ for p in got})
+    return (
+        f"; yet the target then sent {len(got)} PDU(s) of the task ({', '.join(names)}): "
+        "the reassignment took effect although the response says it did not"
+    )
+
+
 async def _read_back(ffp: FullFeature, lun: int, length: int) -> bytes:
     out = await ffp.command(cdb.read10(LBA, BLOCKS), lun=lun, read_length=length)
     if out.status != 0:
@@ -204,14 +227,17 @@ async def test_write_reassigned_after_logout_for_recovery(target: Any) -> None:
             sent=[req],
             received=second.shown(*seen),
         )
-        require(
-            isinstance(resp, P.TaskManagementResponse) and resp.response == 0,
-            "R7143-7.2.2-1",
-            "TASK REASSIGN of a WRITE after the logout for recovery answered "
-            f"{getattr(resp, 'response', None) if resp is not None else second.no_answer}",
-            sent=[req],
-            received=second.shown(*seen),
-        )
+        if not isinstance(resp, P.TaskManagementResponse) or resp.response != 0:
+            anyway = await _continued_anyway(second, cmd.itt) if resp is not None else ""
+            require(
+                False,
+                "R7143-7.2.2-1",
+                "TASK REASSIGN of a WRITE after the logout for recovery answered "
+                f"{getattr(resp, 'response', None) if resp is not None else second.no_answer}"
+                + anyway,
+                sent=[req],
+                received=second.shown(*seen),
+            )
         sent: list[Any] = []
         received: list[Any] = []
         status = await second.answer_r2ts(cmd, payload, sent=sent, received=received)
@@ -282,11 +308,13 @@ async def test_read_reassigned_after_connection_drop(target: Any) -> None:
             received=second.shown(*seen),
         )
         if not isinstance(resp, P.TaskManagementResponse) or resp.response != 0:
+            anyway = await _continued_anyway(second, read.itt) if resp is not None else ""
             require(
                 False,
                 "R7143-7.2.2-1",
                 "TASK REASSIGN of a READ after its connection failed answered "
-                f"{getattr(resp, 'response', None) if resp is not None else second.no_answer}",
+                f"{getattr(resp, 'response', None) if resp is not None else second.no_answer}"
+                + anyway,
                 sent=[req],
                 received=second.shown(*seen),
             )
