@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -79,6 +80,7 @@ __all__ = [
     "Connection",
     "DiscoveredTarget",
     "Portal",
+    "RecoveryRecord",
     "ResponseTimeout",
     "Session",
     "discover",
@@ -133,6 +135,18 @@ def parse_target_address(value: str) -> Portal:
 # ====================================================================== connection
 
 
+@dataclasses.dataclass
+class RecoveryRecord:
+    """What one connection recovery did (``Session.recoveries``), for tests and logs."""
+
+    failed_cid: int
+    itts: tuple[int, ...]
+    waited: float = 0.0  # seconds from the failure to the first recovery step
+    method: str = ""  # "implicit" (same CID) or "logout" (reason 2 on a new CID)
+    answers: dict[int, int] = dataclasses.field(default_factory=dict)  # ITT -> TMF code
+    error: str = ""
+
+
 class Connection:
     """One TCP connection of a session (login, then full-feature phase)."""
 
@@ -163,6 +177,7 @@ class Connection:
         self._closed = asyncio.Event()
         self.close_reason: BaseException | None = None
         self._async_tasks: set[asyncio.Task[None]] = set()  # answers to Async Messages
+        self._closing = False  # we close it (close(), a logout): no recovery
 
     # ------------------------------------------------------------------ state
 
@@ -368,6 +383,12 @@ class Connection:
         empty Text Request on this connection. Drops (events 2, 3) need nothing: the
         target closes. A SCSI or vendor event is left to the application
         (``Session.async_messages``)."""
+        if event == AsyncEvent.CONNECTION_DROP:
+            # Parameter1 names the CID, 2 and 3 are its Time2Wait and Time2Retain
+            # (11.9.1): they replace the negotiated ones for its recovery.
+            pdu = self.session.async_messages[-1]
+            self.session.drop_timers[pdu.parameter1] = (pdu.parameter2, pdu.parameter3)
+            return
         if event == AsyncEvent.LOGOUT_REQUESTED:
             job = self._logout_on_request()
         elif event == AsyncEvent.NEGOTIATION_REQUESTED:
@@ -393,6 +414,13 @@ class Connection:
             return
         self.close_reason = reason
         self._closed.set()
+        if self._recoverable():
+            # ErrorRecoveryLevel 2: the SCSI tasks of a failed connection go on within
+            # the session (RFC 7143 7.2.2); their callers keep waiting.
+            assert self.engine is not None
+            tasks = self.engine.detach_for_recovery()
+            waiters = {t.itt: self._waiters.pop(t.itt) for t in tasks if t.itt in self._waiters}
+            self.session._start_recovery(self, tasks, waiters)
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(reason)
@@ -401,6 +429,18 @@ class Connection:
             self._writer.close()
         except Exception:  # pragma: no cover - already gone
             pass
+
+    def _recoverable(self) -> bool:
+        """A failure of this connection is one the session recovers from: ERL 2 was
+        agreed, we did not close or log it out ourselves, and recovery is on."""
+        return (
+            self.engine is not None
+            and not self._closing
+            and not self.engine.logged_out
+            and self.session.recover_connections
+            and self.session.negotiated.error_recovery_level >= 2
+            and any(t.kind == "scsi" for t in self.engine.tasks.values())
+        )
 
     def _expect(self, itt: int) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -438,6 +478,7 @@ class Connection:
             raise ResponseTimeout(f"no unsolicited event within {timeout} s") from None
 
     async def close(self) -> None:
+        self._closing = True
         if self._reader_task is not None and not self._reader_task.done():
             self._reader_task.cancel()
             try:
@@ -505,7 +546,18 @@ class Session:
         self.retry_unit_attention = 3  # helpers only; execute() never retries
         self._chap: tuple[ChapAccount | None, ChapAccount | None] = (None, None)
         self._login_args: dict[str, Any] = {}
+        self._keys: Mapping[str, str | None] | None = None  # the leading login's offer
         self.logged_out = False
+        # ErrorRecoveryLevel 2 (RFC 7143 7.2.2): when a connection with SCSI tasks fails,
+        # a connection of the session takes them over by TASK REASSIGN. "auto" logs in
+        # with a new CID and logs the failed one out with reason 2 when MaxConnections
+        # allows a second connection, else reuses its CID (an implicit logout, 6.3.4);
+        # "same" and "new" force one way.
+        self.recover_connections = True
+        self.recovery_cid = "auto"
+        self.drop_timers: dict[int, tuple[int, int]] = {}  # CID -> Async event 2 timers
+        self.recoveries: list[RecoveryRecord] = []
+        self._recovery_jobs: set[asyncio.Task[None]] = set()
 
     @property
     def portal(self) -> str:
@@ -579,6 +631,7 @@ class Session:
                 rng=rng,
             )
             session._chap = (chap, mutual_chap)
+            session._keys = keys
             session._login_args = dict(
                 chap_algorithms=tuple(chap_algorithms),
                 auth_method=auth_method,
@@ -708,6 +761,114 @@ class Session:
         conn.start_full_feature(result, self.sequencer)
         self.connections.append(conn)
         return conn
+
+    # ------------------------------------------------------------------ ERL 2
+
+    def _start_recovery(
+        self, failed: Connection, tasks: list[Any], waiters: dict[int, asyncio.Future[Any]]
+    ) -> None:
+        """Begin connection recovery for ``failed`` (called as it closes)."""
+        job = asyncio.get_running_loop().create_task(
+            self._recover(failed, tasks, waiters, time.monotonic())
+        )
+        self._recovery_jobs.add(job)
+        job.add_done_callback(self._recovery_jobs.discard)
+
+    async def _recover(
+        self,
+        failed: Connection,
+        tasks: list[Any],
+        waiters: dict[int, asyncio.Future[Any]],
+        failed_at: float,
+    ) -> None:
+        """Connection recovery (RFC 7143 7.2.2, 6.3.4, 11.14.1, 11.5.1).
+
+        After Time2Wait (13.19; a 'connection drop' Async Message's own value first,
+        11.9.1) a connection of the session takes over: either the failed CID logs in
+        again (an implicit logout of the old connection) or a new CID logs in and
+        logs the failed one out with reason 2 'remove the connection for recovery',
+        waiting the Logout Response's Time2Wait (11.15.3). Only then is each task
+        reassigned (7.2.2: the logout MUST be complete before). Whatever is not done
+        within Time2Retain (13.20) fails its caller.
+        """
+        record = RecoveryRecord(failed_cid=failed.cid, itts=tuple(t.itt for t in tasks))
+        self.recoveries.append(record)
+        t2w, t2r = self.drop_timers.pop(
+            failed.cid,
+            (self.negotiated.default_time2wait, self.negotiated.default_time2retain),
+        )
+        why = failed.close_reason or TransportError("connection failed")
+        try:
+            await asyncio.sleep(t2w)
+            record.waited = time.monotonic() - failed_at
+            async with asyncio.timeout(max(t2r, 0.001)):
+                conn = await self._recovery_connection(failed, record)
+                for task in tasks:
+                    await self._reassign(conn, task, waiters.pop(task.itt, None), record)
+        except asyncio.CancelledError:
+            why = TransportError("session closed during connection recovery")
+            raise
+        except TimeoutError:
+            record.error = f"recovery not done within Time2Retain ({t2r} s)"
+            why = TransportError(f"{why}; {record.error}")
+        except ISCSIConformanceError as exc:
+            record.error = str(exc)
+            why = TransportError(f"{why}; connection recovery failed: {exc}")
+        finally:
+            for fut in waiters.values():
+                if not fut.done():
+                    fut.set_exception(why)
+
+    async def _recovery_connection(self, failed: Connection, record: RecoveryRecord) -> Connection:
+        live = [c for c in self.connections if not c.closed and c.engine is not None]
+        room = self.negotiated.max_connections > len(live) + 1
+        how = self.recovery_cid
+        if how == "auto":
+            how = "new" if room else "same"
+        if how == "same":
+            # A login with the failed CID implicitly logs the old connection out (6.3.4).
+            conn = await self.add_connection(cid=failed.cid, keys=self._keys)
+            record.method = "implicit"
+            return conn
+        conn = await self.add_connection(keys=self._keys)
+        resp = await self.logout(
+            LogoutReason.REMOVE_CONNECTION_FOR_RECOVERY, connection=conn, cid=failed.cid
+        )
+        if resp.response not in (0, 1):
+            # 1, "CID not found": the target had already removed the failed connection
+            # from the session (RFC 7143 11.14, 11.15.1), which is what the logout asks.
+            raise ProtocolError(
+                f"Logout 'remove the connection for recovery' of CID {failed.cid} answered "
+                f"{resp.response}"
+            )
+        record.method = "logout"
+        await asyncio.sleep(resp.time2wait)  # 11.15.3: before reassignment
+        return conn
+
+    async def _reassign(
+        self,
+        conn: Connection,
+        task: Any,
+        fut: asyncio.Future[Any] | None,
+        record: RecoveryRecord,
+    ) -> None:
+        assert conn.engine is not None
+        if fut is not None:
+            conn._waiters[task.itt] = fut  # the task's PDUs now come here
+        tmf = conn.engine.reassign(task)
+        if tmf is None:
+            await conn.flush()  # never sent before: sent here as a new command
+            return
+        answer = conn._expect(tmf)
+        code = int(await conn.wait(tmf, answer, "TASK REASSIGN", self.timeout))
+        record.answers[task.itt] = code
+        if code != 0:
+            conn._waiters.pop(task.itt, None)
+            conn.engine.abandon(task.itt)
+            if fut is not None and not fut.done():
+                fut.set_exception(
+                    ProtocolError(f"TASK REASSIGN of ITT {task.itt:#x} answered {code}")
+                )
 
     # ------------------------------------------------------------------ plumbing
 
@@ -961,6 +1122,10 @@ class Session:
 
     async def close(self) -> None:
         """Log out if still possible (best effort, short timeout), close everything."""
+        for job in list(self._recovery_jobs):
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await job
         live = [c for c in self.connections if not c.closed]
         if live and not self.logged_out:
             try:

@@ -40,6 +40,7 @@ from iscsi_conformance.core.codes import (
     Opcode,
     ScsiStatus,
     TaskAttribute,
+    TmfFunction,
 )
 from iscsi_conformance.core.login.isid import random_isid
 from iscsi_conformance.core.negotiation import NegotiatedParameters
@@ -323,6 +324,7 @@ class _TaskExtra(TypedDict, total=False):
     write: bool  # SCSI: the W bit
     sent_bytes: int  # SCSI: immediate plus unsolicited bytes sent with the command
     reason: int  # logout: the reason code (RFC 7143 11.14.1)
+    reassigned: bool  # SCSI: moved here by TASK REASSIGN; the next R2T sets the R2TSN count
 
 
 @dataclasses.dataclass
@@ -668,6 +670,48 @@ class InitiatorConnection:
                 self._waiting.remove(task)
             self.session.release_itt(itt)
 
+    # ------------------------------------------------------------------ ERL 2
+
+    def detach_for_recovery(self) -> list[_Task]:
+        """This connection failed at ErrorRecoveryLevel 2: hand its SCSI tasks over for
+        reassignment to another connection of the session (RFC 7143 7.2.2). Their ITTs
+        stay in use; what they received so far stays with them."""
+        moved = [t for t in self.tasks.values() if t.kind == "scsi"]
+        for t in moved:
+            del self.tasks[t.itt]
+        self._waiting.clear()
+        return moved
+
+    def reassign(self, task: _Task) -> int | None:
+        """Adopt ``task`` from a failed connection of this session (RFC 7143 7.2.2).
+
+        A task never sent (its window was closed) is simply sent here; None is
+        returned. Otherwise a TASK REASSIGN (function 8, 11.5.1, immediate) asks the
+        target to continue it on this connection; its ITT is returned and the task's
+        PDUs are accepted here from now on. ExpDataSN (11.5.6) is the next Data-In PDU
+        a read still needs (the data placed so far are kept), and 0 for a write, whose
+        data the target solicits again by R2T from the R2TSN it chooses.
+        """
+        self.tasks[task.itt] = task
+        if not task.sent:
+            if task.immediate or (not self._waiting and self.session.window_open()):
+                self._send_command(task)
+            else:
+                self._waiting.append(task)
+            return None
+        expdatasn = 0
+        if task.extra["write"]:
+            task.extra["reassigned"] = True
+        else:
+            expdatasn = task.next_datasn
+        return self.start_tmf(
+            TmfFunction.TASK_REASSIGN,
+            lun=task.lun,
+            referenced_task_tag=task.itt,
+            refcmdsn=task.cmdsn,
+            expdatasn=expdatasn,
+        )
+
     # ------------------------------------------------------------------ input
 
     def receive_pdu(self, pdu: PDU) -> list[Event]:
@@ -851,6 +895,8 @@ class InitiatorConnection:
         if not task.extra["write"]:
             self._violate(events, "R2T for a command without the W bit", "RFC 7143 11.8", pdu)
             return
+        if task.extra.pop("reassigned", False):
+            task.next_r2tsn = pdu.r2tsn  # the target picks up the count after TASK REASSIGN
         if pdu.r2tsn != task.next_r2tsn:
             self._violate(
                 events, f"R2TSN {pdu.r2tsn}, expected {task.next_r2tsn}", "RFC 7143 11.8.4", pdu

@@ -215,6 +215,14 @@ class LoginFlow:
             for key in _LEADING_ONLY_DEFAULTS:
                 local.pop(key, None)
         local.update(keys or {})
+        if (
+            leading
+            and local.get("ErrorRecoveryLevel") == "2"
+            and "DefaultTime2Retain" not in (keys or {})
+        ):
+            # Offering connection recovery, keep the RFC's default time to do it in
+            # (13.20: 0 would have the target drop the tasks at once).
+            local["DefaultTime2Retain"] = "20"
         client: chap.ChapClient | None = None
         if chap_credentials is not None:
             client = chap.ChapClient(
