@@ -14,7 +14,7 @@ Each test offers ErrorRecoveryLevel=2 and skips where the target agrees to less 
 right: the result function is Minimum). Where the target offers a dedicated instance
 (the reference target), that instance is configured to agree to 2, with
 DefaultTime2Wait=0 so the reassignment need not wait. The negotiated Time2Wait is
-honoured before the new connection is used for recovery (13.19).
+honoured before the new connection is used for recovery (13.15).
 """
 
 from __future__ import annotations

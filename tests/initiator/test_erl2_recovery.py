@@ -32,7 +32,7 @@ from iscsi_conformance.initiator.client import Session
 
 PREFIX = "iqn.2024-01.org.iscsi-conformance.test-erl2"
 ERL2 = {"ErrorRecoveryLevel": "2", "DefaultTime2Retain": "10"}
-# DefaultTime2Wait's result is the Maximum (RFC 7143 13.19): target "two" makes it 1 s,
+# DefaultTime2Wait's result is the Maximum (RFC 7143 13.15): target "two" makes it 1 s,
 # so waiting it is measurable; target "one" agrees to 0, to keep the other cases fast.
 WAIT = {"two": "1", "one": "0"}
 
@@ -113,7 +113,7 @@ def test_write_recovered_on_another_connection(
             wait = float(WAIT[target])
             assert rec.method == method and rec.error == "" and rec.waited >= wait
             assert list(rec.answers.values()) == [0]
-            assert time.monotonic() - started >= wait  # Time2Wait honoured (13.19)
+            assert time.monotonic() - started >= wait  # Time2Wait honoured (13.15)
             assert await s.read(0, 16, 32, block_size=512) == payload
             reassigns = [p for p in _sent(s, TaskManagementRequest)
                          if p.function == TmfFunction.TASK_REASSIGN]  # fmt: skip

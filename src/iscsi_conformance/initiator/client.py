@@ -783,13 +783,13 @@ class Session:
     ) -> None:
         """Connection recovery (RFC 7143 7.2.2, 6.3.4, 11.14.1, 11.5.1).
 
-        After Time2Wait (13.19; a 'connection drop' Async Message's own value first,
+        After Time2Wait (13.15; a 'connection drop' Async Message's own value first,
         11.9.1) a connection of the session takes over: either the failed CID logs in
         again (an implicit logout of the old connection) or a new CID logs in and
         logs the failed one out with reason 2 'remove the connection for recovery',
         waiting the Logout Response's Time2Wait (11.15.3). Only then is each task
         reassigned (7.2.2: the logout MUST be complete before). Whatever is not done
-        within Time2Retain (13.20) fails its caller.
+        within Time2Retain (13.16) fails its caller.
         """
         record = RecoveryRecord(failed_cid=failed.cid, itts=tuple(t.itt for t in tasks))
         self.recoveries.append(record)

@@ -221,7 +221,7 @@ class LoginFlow:
             and "DefaultTime2Retain" not in (keys or {})
         ):
             # Offering connection recovery, keep the RFC's default time to do it in
-            # (13.20: 0 would have the target drop the tasks at once).
+            # (13.16: 0 would have the target drop the tasks at once).
             local["DefaultTime2Retain"] = "20"
         client: chap.ChapClient | None = None
         if chap_credentials is not None:
