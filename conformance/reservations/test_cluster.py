@@ -1092,6 +1092,69 @@ async def test_restart_new_isid(target: Any) -> None:
             )
 
 
+@spec(
+    "Cluster.Restart.SameIsid",
+    "SPC-4 5.13.1",
+    "SPC-4 5.13.9",
+    requirements=["RSPC4-5.13.6-2", "RSPC4-5.9-3", "RSPC4-5.9-6"],
+    needs=PR,
+    dataloss=True,
+)
+async def test_restart_same_isid(target: Any) -> None:
+    """A node restarts and logs in again with the SAME ISID, as an initiator with a
+    fixed initiator port does (and libiscsi's iscsi-pr, one login per command): the
+    same initiator port through the same target port is the same I_T nexus, so the
+    registration it made before is still its own. It RESERVEs with its key, which
+    only a registered nexus may (SPC-4 5.13.9; RESERVATION CONFLICT here means the
+    target tied the registration to the session, not to the I_T nexus), and writes
+    under its Write Exclusive - Registrants Only reservation."""
+    ka, kb = node_key(CLUSTER_NAME, "node1"), node_key(CLUSTER_NAME, "node2")
+    with own_lu(target) as lu:
+        async with cluster(lu, "restart-same-isid") as c:
+            a = await c.join("A")
+            b = await c.join("B", initiator=OTHER)
+            for n, k in ((a, ka), (b, kb)):
+                out = await c.pr_out(n, REGISTER_IGNORE, sa_key=k)
+                c.require(
+                    out.status == GOOD,
+                    "RSPC4-5.13.7-3",
+                    f"{n.name} registers: {describe(out)}",
+                    out,
+                )
+            isid = a.isid
+            await c.leave(a, "logout")
+            c.event("A restarts, same ISID", "A")
+            a = await c.join("A", isid=isid)
+            st = await c.observe(b, "A back with the same ISID")
+            c.require(
+                ka in st.keys,
+                "RSPC4-5.13.6-2",
+                f"after A's logout the keys are {[hex(k) for k in st.keys]}: A's registration did not outlive its session (SPC-4 5.13.1)",
+            )
+            tur = await c.command(a, cdb.test_unit_ready())  # a unit attention, if any
+            out = await c.pr_out(a, RESERVE, key=ka, pr_type=WE_RO)
+            c.require(
+                out.status == GOOD,
+                "RSPC4-5.9-3",
+                f"A's RESERVE with its own key from the same I_T nexus (initiator port ISID 0x{isid:012x}) after a new login: {describe(out)}; TEST UNIT READY before it: {describe(tur)}",
+                out,
+            )
+            st = await c.observe(b, "A holds")
+            c.require(
+                st.holder_key == ka and st.pr_type == WE_RO,
+                "RSPC4-5.9-3",
+                f"READ RESERVATION after A's RESERVE: holder {st.holder_key!r} type {st.pr_type}",
+            )
+            w = await c.write(a, LBA + 4, c.pattern("same-isid"))
+            c.require(
+                w.status == GOOD,
+                "RSPC4-5.9-6",
+                f"holder A's WRITE: {describe(w)}",
+                w,
+                level="SHOULD",
+            )
+
+
 SCSI2 = ("reservations_scsi2",)
 
 
@@ -1665,12 +1728,26 @@ async def test_three_nodes(target: Any) -> None:
 class ThirdPartyNode:
     """A cluster node that is a third-party initiator, driven through its driver's
     persistent reservation tools (open-iscsi: ``sg_persist`` and ``dd`` over the
-    kernel's block device in its micro-VM); its commands land in the scenario's
-    command sequence and timeline like a reference node's."""
+    kernel's block device in its micro-VM; libiscsi: our ``iscsi-pr`` on libiscsi's
+    API, one login per command through the node's fixed ISID); its commands land in
+    the scenario's command sequence and timeline like a reference node's."""
 
     def __init__(self, c: Cluster, name: str, initiator: Any, session: Any) -> None:
         self.c, self.name, self.initiator, self.session = c, name, initiator, session
         self.driver = initiator.driver
+        self.tool = "iscsi-pr" if hasattr(self.driver, "node_login") else "sg_persist"
+
+    def tur(self) -> str:
+        """TEST UNIT READY: GOOD, or the tool's exit status."""
+        if hasattr(self.driver, "test_unit_ready"):
+            res = self.driver.test_unit_ready(self.session, self.c.lun)
+            tool = "iscsi-pr tur"
+        else:
+            res = self.driver.sg(self.session, self.c.lun, "sg_turs")
+            tool = "sg_turs"
+        status = "GOOD" if res.returncode == 0 else f"{tool} exit {res.returncode}"
+        self._record(f"{tool} (TEST UNIT READY)", status)
+        return status
 
     def _record(self, what: str, status: str) -> None:
         self.c._line(self.name, f"{what} -> {status}")
@@ -1679,14 +1756,15 @@ class ThirdPartyNode:
         )
 
     def pr_out(self, action: str, *, key: int = 0, sa_key: int = 0, pr_type: int = 0) -> str:
-        """``sg_persist --out``: GOOD, RESERVATION CONFLICT (exit 24) or what it printed."""
+        """``sg_persist --out`` / ``iscsi-pr out``: GOOD, RESERVATION CONFLICT (exit 24)
+        or what it printed."""
         res = self.driver.persistent_reserve_out(
             self.session, self.c.lun, action, key=key, sa_key=sa_key, prout_type=pr_type
         )
         status = {0: "GOOD", 24: "RESERVATION CONFLICT"}.get(
-            res.returncode, f"sg_persist exit {res.returncode}: {res.error_text.strip()[:120]}"
+            res.returncode, f"{self.tool} exit {res.returncode}: {res.error_text.strip()[:120]}"
         )
-        what = f"sg_persist --out {action} key={key:#x} sa_key={sa_key:#x}" + (
+        what = f"{self.tool} --out {action} key={key:#x} sa_key={sa_key:#x}" + (
             f" type={pr_type}" if pr_type else ""
         )
         self._record(what, status)
@@ -1698,29 +1776,49 @@ class ThirdPartyNode:
         return status
 
     def write(self, lba: int, data: bytes) -> str:
-        """``dd oflag=direct`` of one block: GOOD, or the error the kernel reported."""
+        """One block: ``dd oflag=direct`` (open-iscsi) or ``iscsi-pr write`` (libiscsi);
+        GOOD, or the error the kernel or the tool reported."""
         try:
             self.driver.write(self.session, self.c.lun, lba, data)
             status = "GOOD"
         except Exception as exc:  # the kernel turns RESERVATION CONFLICT into EIO
             status = f"write failed: {str(exc)[:160]}"
-        self._record(f"dd WRITE LBA {lba}", status)
+        self._record(f"{'dd' if self.tool == 'sg_persist' else 'iscsi-pr'} WRITE LBA {lba}", status)
         return status
 
     def keys(self) -> list[int] | None:
-        """``sg_persist --in --read-keys``, again after a unit attention (exit 6: the
+        """``sg_persist --in --read-keys`` / ``iscsi-pr in read-keys``, again after a unit attention (exit 6: the
         command was not performed, SAM-5); None when it never completed."""
         for _ in range(3):
             res = self.driver.persistent_reserve_in(self.session, self.c.lun, "read-keys")
             if res.returncode != 6:
                 break
-            self._record("sg_persist --in --read-keys", "unit attention")
+            self._record(f"{self.tool} --in --read-keys", "unit attention")
         if res.returncode != 0:
-            self._record("sg_persist --in --read-keys", f"exit {res.returncode}")
+            self._record(f"{self.tool} --in --read-keys", f"exit {res.returncode}")
             return None
         keys = [int(k, 16) for k in re.findall(r"^\s+(0x[0-9a-fA-F]+)\s*$", res.text, re.M)]
-        self._record("sg_persist --in --read-keys", f"{[hex(k) for k in keys]}")
+        self._record(f"{self.tool} --in --read-keys", f"{[hex(k) for k in keys]}")
         return keys
+
+
+def _node_login(initiator: Any, target: Any, endpoint: Any) -> Any:
+    """A third-party node's login: libiscsi's driver pins a fresh ISID for the node
+    (``node_login``) and logs in once per command through it; open-iscsi's session is
+    one I_T nexus by itself."""
+    driver = initiator.driver
+    if hasattr(driver, "node_login"):
+        if not driver.has_pr_tool():
+            pytest.skip(f"{initiator.name} has no persistent reservation tool in this mode")
+        manifest = getattr(target, "manifest", None)
+        if manifest is not None and manifest.deviation_for("Cluster.Restart.SameIsid"):
+            pytest.skip(
+                f"{initiator.name} logs in once per command through the node's fixed ISID, and "
+                f"{target.name} ties a registration to the session, not to the I_T nexus "
+                "(deviation Cluster.Restart.SameIsid): such a node cannot keep a registration there"
+            )
+        return driver.node_login(endpoint)
+    return driver.login(endpoint)
 
 
 @spec(
@@ -1735,7 +1833,8 @@ class ThirdPartyNode:
 )
 async def test_mixed_fence_scsi(initiator: Any, target: Any) -> None:
     """A heterogeneous two-node cluster: node A is the third-party initiator (open-iscsi
-    with sg_persist over its block device), node B the reference initiator. A unfences
+    with sg_persist over its block device, or libiscsi with iscsi-pr through one fixed
+    ISID), node B the reference initiator. A unfences
     (REGISTER AND IGNORE EXISTING KEY, RESERVE Write Exclusive - Registrants Only) and
     writes; B registers and reads A's key and reservation; B fences A with PREEMPT AND
     ABORT (PREEMPT where refused); A's key is gone in A's own view, A's write fails,
@@ -1744,7 +1843,7 @@ async def test_mixed_fence_scsi(initiator: Any, target: Any) -> None:
     ka, kb = node_key(CLUSTER_NAME, "mixed-a"), node_key(CLUSTER_NAME, "mixed-b")
     async with cluster(target, f"mixed-fence-scsi-{initiator.name}") as c:
         b = await c.join("B")
-        session = initiator.driver.login(target.endpoint())
+        session = _node_login(initiator, target, target.endpoint())
         c.event(f"login ({initiator.name})", "A")
         try:
             a = ThirdPartyNode(c, "A", initiator, session)
@@ -1825,8 +1924,8 @@ def _ports_of(state: State, key: int) -> list[str]:
     dataloss=True,
 )
 async def test_mixed_restart(initiator: Any, target: Any) -> None:
-    """The third-party node A (open-iscsi) holds the disk, then restarts: it logs out
-    and logs in again (the LU mapped again by the initiator itself, no hand). Its
+    """The third-party node A (open-iscsi, or libiscsi with a new ISID at each login)
+    holds the disk, then restarts: it logs out and logs in again (the LU mapped again by the initiator itself, no hand). Its
     registration outlives the session (SPC-4 5.13.1); READ FULL STATUS from node B
     names the nexus it belongs to, and whether A came back with the same ISID (the
     same I_T nexus) is recorded. A brings the disk online as a cluster does: TEST UNIT
@@ -1838,7 +1937,7 @@ async def test_mixed_restart(initiator: Any, target: Any) -> None:
     async with cluster(target, f"mixed-restart-{initiator.name}") as c:
         b = await c.join("B")
         ep = target.endpoint()
-        session = initiator.driver.login(ep)
+        session = _node_login(initiator, target, ep)
         c.event(f"login ({initiator.name})", "A")
         a = ThirdPartyNode(c, "A", initiator, session)
         try:
@@ -1857,15 +1956,13 @@ async def test_mixed_restart(initiator: Any, target: Any) -> None:
                 "RSPC4-5.13.6-2",
                 f"with A logged out B reads keys {[hex(k) for k in state.keys]}, holder {state.holder_key!r}: A's registration and reservation shall outlive its session (SPC-4 5.13.1)",
             )
-            session = initiator.driver.login(ep)
+            session = _node_login(initiator, target, ep)
             a.session = session
             c.event("A logged in again, LU mapped", "A")
             tur = "not run"
             for _ in range(4):  # a unit attention (e.g. I_T nexus loss) first, then GOOD
-                res = initiator.driver.sg(session, c.lun, "sg_turs")
-                tur = "GOOD" if res.returncode == 0 else f"sg_turs exit {res.returncode}"
-                a._record("sg_turs (TEST UNIT READY)", tur)
-                if res.returncode == 0:
+                tur = a.tur()
+                if tur == "GOOD":
                     break
             # fence_scsi's unfence at boot: REGISTER AND IGNORE EXISTING KEY, which
             # registers a new I_T nexus and leaves the same one as it was

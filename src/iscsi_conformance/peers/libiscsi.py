@@ -27,6 +27,7 @@ import dataclasses
 import io
 import json
 import re
+import secrets
 import shutil
 import sys
 import tarfile
@@ -61,6 +62,17 @@ from iscsi_conformance.peers.process import (
 )
 from iscsi_conformance.peers.registry import register_initiator
 
+PR_TOOL = "iscsi-pr"  # initiators/libiscsi/iscsi_pr.c, built into the container image
+PR_OUT_ACTIONS = (
+    "register",
+    "reserve",
+    "release",
+    "clear",
+    "preempt",
+    "preempt-abort",
+    "register-ignore",
+)
+PR_IN_ACTIONS = ("read-keys", "read-reservation", "report-capabilities", "read-full-status")
 DEFAULT_INITIATOR_NAME = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-conformance"
 SECOND_INITIATOR_NAME = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-conformance-2"
 CONTAINER_HELPER = "/opt/iscsi-conformance/libiscsi_io.py"
@@ -89,9 +101,23 @@ class LibiscsiSession:
     query: str  # "?header_digest=crc32c" or ""
     env: tuple[tuple[str, str], ...]
     initiator_name: str
+    # A cluster node's fixed ISID (12 hex digits; ``node_login``): every command of the
+    # session then logs in through the same initiator port, one I_T nexus throughout.
+    isid: str | None = None
 
     def url(self, lun: int) -> str:
         return f"{self.url_base}/{lun}{self.query}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrToolResult:
+    """What ``iscsi-pr`` answered: its exit status follows sg3_utils' categories as
+    ``sg_persist``'s does (0 GOOD, 24 RESERVATION CONFLICT, 6 UNIT ATTENTION, 5 ILLEGAL
+    REQUEST, 90 login failed), ``text`` its keys or holder lines and JSON status line."""
+
+    returncode: int
+    text: str
+    error_text: str
 
 
 def classify_login_failure(message: str) -> LoginError:
@@ -628,6 +654,19 @@ class LibiscsiInitiator(InitiatorDriver):
         folder = self._scratch()
         try:
             path = self._put_file(folder, "write.bin", data)
+            s = self._session(session)
+            if s.isid is not None and block_size == 512:
+                # a cluster node writes from its own nexus (iscsi-pr), not a new one
+                res = self._pr_tool(s, lun, "write", str(lba), path)
+                if res.returncode == 24:
+                    raise SCSIError(
+                        f"write at {lba}: RESERVATION CONFLICT", sense_key=0, asc=0, status=0x18
+                    )
+                if res.returncode != 0:
+                    raise TransportError(
+                        f"write at {lba} failed (iscsi-pr exit {res.returncode}): {res.text.strip()[-200:]}"
+                    )
+                return
             self._helper(
                 self._session(session),
                 lun,
@@ -641,6 +680,76 @@ class LibiscsiInitiator(InitiatorDriver):
             )
         finally:
             self._drop(folder)
+
+    # ------------------------------------------------------------------ cluster node
+
+    def has_pr_tool(self) -> bool:
+        """Whether ``iscsi-pr`` is there (always in the container image; natively only
+        when built and put on PATH by hand)."""
+        return self.mode == "container" or shutil.which(PR_TOOL) is not None
+
+    def node_login(
+        self, endpoint: TargetEndpoint, *, options: LoginOptions = NO_OPTIONS
+    ) -> SessionHandle:
+        """Log in as a cluster node: a new random ISID (a new I_T nexus, as a restarted
+        host gets), kept for every later command of the session (``iscsi-pr -I``)."""
+        if not self.has_pr_tool():
+            raise ConfigError(
+                f"{PR_TOOL} is only in libiscsi's container image (initiators/libiscsi/iscsi_pr.c); use mode='container'",
+                field="mode",
+            )
+        s = dataclasses.replace(
+            self.session_for(endpoint, options), isid=f"80{secrets.randbits(40):010x}"
+        )
+        lun = endpoint.luns[0] if endpoint.luns else 0
+        res = self._pr_tool(s, lun, "tur")
+        if res.returncode == 90:
+            raise classify_login_failure(res.text)
+        return SessionHandle(endpoint=endpoint, ref=s, negotiated={})
+
+    def _pr_tool(self, s: LibiscsiSession, lun: int, *args: str) -> PrToolResult:
+        argv = [PR_TOOL, s.url(lun), "-i", s.initiator_name]
+        if s.isid:
+            argv += ["-I", s.isid]
+        res = self._exec([*argv, *args], env=dict(s.env))
+        if res.returncode == 1:  # usage: a bug of ours, never the peer's answer
+            raise ConfigError(f"{PR_TOOL}: {res.stderr.strip()}", field="argv")
+        return PrToolResult(res.returncode, res.stdout, res.stderr)
+
+    def persistent_reserve_out(
+        self,
+        session: SessionHandle,
+        lun: int,
+        action: str,
+        *,
+        key: int = 0,
+        sa_key: int = 0,
+        prout_type: int = 0,
+        aptpl: bool = False,
+        all_tg_pt: bool = False,
+    ) -> PrToolResult:
+        """PERSISTENT RESERVE OUT (SPC-4 6.16) through libiscsi's
+        ``iscsi_persistent_reserve_out_sync``; the same actions as open-iscsi's
+        ``sg_persist`` path, and the same exit statuses."""
+        if action not in PR_OUT_ACTIONS:
+            raise ConfigError(f"unknown PR OUT action {action!r}; one of {PR_OUT_ACTIONS}")
+        args = ["out", action, "-k", f"{key:#x}", "-s", f"{sa_key:#x}", "-t", str(prout_type)]
+        args += ["-a"] if aptpl else []
+        args += ["-g"] if all_tg_pt else []
+        return self._pr_tool(self._session(session), lun, *args)
+
+    def persistent_reserve_in(
+        self, session: SessionHandle, lun: int, action: str = "read-keys"
+    ) -> PrToolResult:
+        """PERSISTENT RESERVE IN (SPC-4 6.15): keys as ``    0x...`` lines."""
+        if action not in PR_IN_ACTIONS:
+            raise ConfigError(f"unknown PR IN action {action!r}; one of {PR_IN_ACTIONS}")
+        return self._pr_tool(self._session(session), lun, "in", action)
+
+    def test_unit_ready(self, session: SessionHandle, lun: int) -> PrToolResult:
+        """TEST UNIT READY from the node's nexus. libiscsi's own connect sends TEST UNIT
+        READY too and clears unit attentions before this one (lib/connect.c)."""
+        return self._pr_tool(self._session(session), lun, "tur")
 
     def inq_tool(
         self, endpoint: TargetEndpoint, lun: int, *, options: LoginOptions = NO_OPTIONS

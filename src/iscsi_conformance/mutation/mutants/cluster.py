@@ -166,6 +166,25 @@ def registration_lost(p: Patcher) -> None:
 
 
 @mutant(
+    "Cluster.Restart.RegistrationTiedToSession",
+    "cluster",
+    "as tgt 1.0.85 does: the registration of a session that ends stays listed but no longer belongs to its initiator port, so the same port logged in again (same ISID) is unregistered (SPC-4 5.13.1, 5.13.9: the I_T nexus, not the session, is registered)",
+    catches=[f"{_C}.Restart.SameIsid"],
+)
+def registration_tied_to_session(p: Patcher) -> None:
+    def post(self: R, nexus: Any) -> None:
+        port = nexus.initiator_port.lower()
+        for reg in self.registrations:
+            if reg.initiator.lower() == port:
+                old_key = reg.nexus_key
+                reg.initiator += " (ended session)"
+                if self.holder == old_key:
+                    self.holder = reg.nexus_key
+
+    p.after(R, "nexus_lost", post)
+
+
+@mutant(
     "Cluster.Restart.PreemptOwnKeyRemovesSender",
     "cluster",
     "a PREEMPT naming the holder's key, which is also the sender's, removes the sender's registration too: the restarted node ends unregistered (SPC-4 5.13.11.2.4.3: all but the sender's)",
