@@ -226,6 +226,13 @@ def test_cleartext_to_protected_portal_dropped(ipsec: IPsecArea, evidence: Any) 
 
     from iscsi_conformance.ipsec.charon import FWMARK
 
+    if ipsec.path.initiator.shell is not None:
+        pytest.skip(
+            f"not supported here: the initiator host is {ipsec.initiator.name}'s micro-VM guest, "
+            "where no socket can bypass the kernel's IPsec policy (the probe needs the "
+            "bypass mark of a namespace host's charon); the target's policy is proved with "
+            "the reference initiator"
+        )
     ipsec.protect()
     host, port = ipsec.portal
 
@@ -379,7 +386,13 @@ def test_replayed_esp_packet_is_dropped(ipsec: IPsecArea, evidence: Any) -> None
 
         where = "logged by charon"
     before = refusals()
-    call_in(i, lambda: send_udp(i.address, sport, t.address, 4500, payload, mark=int(FWMARK, 16)))
+    sender = i
+    if i.shell is not None:  # a guest has no raw-socket tool: replay inside the target host
+        sender = t
+        evidence.note("replayed from inside the target host (the initiator host is a guest)")
+    call_in(
+        sender, lambda: send_udp(i.address, sport, t.address, 4500, payload, mark=int(FWMARK, 16))
+    )
     deadline, seen = time.monotonic() + 3, before
     while time.monotonic() < deadline and seen == before:
         time.sleep(0.1)

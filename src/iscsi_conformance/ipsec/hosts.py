@@ -7,9 +7,9 @@ captures. Names carry this process's id (``isc<pid>i``, ``isc<pid>t``), so a lat
 recognises what a killed run left behind and removes it first (:func:`sweep`): the
 processes still inside those namespaces, then the namespaces (with them the veth and
 charon's TUN devices). A host can be a micro-VM's guest too (``guest``: its agent
-shell): the initiator's end of the link is then a tap device that :func:`make_tap`
-created before the VM booted (QEMU opened it) and that ``open`` moves into the
-initiator's namespace; the guest's end is its ``eth1``. A host can also be a container's own network namespace
+shell; ``guest_role``: which host it is): the other end of the link is then a tap
+device that :func:`make_tap` created before the VM booted (QEMU opened it) and that
+``open`` moves into the other host's namespace; the guest's end is its ``eth1``. A host can also be a container's own network namespace
 (``attach``: role -> the container's pid): ``ip netns attach`` names it, the veth end
 goes into it, and closing only removes the name (the container's driver stops the
 container; nothing inside it is killed). :func:`call_in` runs a function on a thread that has entered a
@@ -122,21 +122,39 @@ class Link:
         tag: str | None = None,
         attach: dict[str, int] | None = None,
         guest: Any = None,
+        guest_role: str = "target",
     ) -> None:
-        """``guest``: the agent shell of a micro-VM that is the target host (its tap,
-        from :func:`make_tap` with the same ``tag``, is the link)."""
+        """``guest``: the agent shell of a micro-VM that is the ``guest_role`` host (its
+        tap, from :func:`make_tap` with the same ``tag``, is the link and goes into the
+        other host's namespace)."""
         tag = tag or str(os.getpid())
         attach = attach or {}
+        if guest_role not in ("initiator", "target"):
+            raise ValueError(f"guest_role must be initiator or target, not {guest_role!r}")
+        tap = f"{PREFIX}{tag}-i"
         self.initiator = Host(
-            "initiator", f"{PREFIX}{tag}i", f"{PREFIX}{tag}-i", f"{SUBNET}.1",
-            attach.get("initiator", 0),
+            "initiator", f"{PREFIX}{tag}i", tap, f"{SUBNET}.1", attach.get("initiator", 0),
         )  # fmt: skip
         self.target = Host(
             "target", f"{PREFIX}{tag}t", f"{PREFIX}{tag}-t", f"{SUBNET}.2", attach.get("target", 0)
         )
-        if guest is not None:
+        if guest is not None and guest_role == "target":
             self.target = Host("target", "", GUEST_IFNAME, f"{SUBNET}.2", shell=guest)
+        elif guest is not None:
+            self.initiator = Host("initiator", "", GUEST_IFNAME, f"{SUBNET}.1", shell=guest)
+            self.target = dataclasses.replace(self.target, ifname=tap)
+        self._tap = tap if guest is not None else ""
         self._created: list[str] = []
+
+    @property
+    def guest(self) -> Host | None:
+        """The host that is a micro-VM guest, if one is."""
+        return next((h for h in self.hosts if h.shell is not None), None)
+
+    @property
+    def namespace_side(self) -> Host:
+        """The end of the link in one of our namespaces (where a guest's tap went)."""
+        return self.target if self.initiator.shell is not None else self.initiator
 
     @property
     def hosts(self) -> tuple[Host, Host]:
@@ -158,19 +176,21 @@ class Link:
                 else:
                     netns.create(host.netns)
                 self._created.append(host.netns)
+            guest = self.guest
             with IPRoute() as ip:
-                if self.target.shell is None:
+                if guest is None:
                     ip.link(
                         "add",
                         ifname=self.initiator.ifname,
                         kind="veth",
                         peer={"ifname": self.target.ifname, "net_ns_fd": self.target.netns},
                     )
-                index = ip.link_lookup(ifname=self.initiator.ifname)[0]  # the veth or tap
-                ip.link("set", index=index, net_ns_fd=self.initiator.netns)
-            if self.target.shell is not None:
-                self.target.shell.run(
-                    f"ip addr add {self.target.address}/24 dev {GUEST_IFNAME} && "
+                side = self.namespace_side
+                index = ip.link_lookup(ifname=side.ifname)[0]  # the veth or the guest's tap
+                ip.link("set", index=index, net_ns_fd=side.netns)
+            if guest is not None:
+                guest.shell.run(
+                    f"ip addr add {guest.address}/24 dev {GUEST_IFNAME} && "
                     f"ip link set {GUEST_IFNAME} up",
                     check=True,
                     timeout=20,
@@ -204,10 +224,10 @@ class Link:
                 _kill_inside(name)
             with contextlib.suppress(Exception):
                 netns.remove(name)
-        if self.target.shell is not None:  # the tap, wherever it is now
-            for where in (["-n", self.initiator.netns], []):
+        if self._tap:  # the guest's tap, wherever it is now
+            for where in (["-n", self.namespace_side.netns], []):
                 subprocess.run(
-                    ["ip", *where, "link", "del", self.initiator.ifname],
+                    ["ip", *where, "link", "del", self._tap],
                     capture_output=True, timeout=10, check=False,
                 )  # fmt: skip
 

@@ -80,14 +80,16 @@ class ProtectedPath:
         attach: dict[str, int] | None = None,
         guest: Any = None,
         guest_vici: tuple[str, int] | None = None,
+        guest_role: str = "target",
     ) -> None:
         """``attach``: role -> pid of a container whose network namespace is that host.
-        ``guest``: the agent shell of a micro-VM that is the target host (kernel ESP,
-        charon reached over VICI at ``guest_vici``; its tap from :func:`hosts.make_tap`)."""
+        ``guest``: the agent shell of a micro-VM that is the ``guest_role`` host (kernel
+        ESP, charon reached over VICI at ``guest_vici``; its tap from
+        :func:`hosts.make_tap`)."""
         self.workdir = workdir
         self.backend = backend
         self.guest_vici = guest_vici
-        self.link = Link(attach=attach, guest=guest)
+        self.link = Link(attach=attach, guest=guest, guest_role=guest_role)
         self.initiator, self.target = self.link.initiator, self.link.target
         self.charons: dict[str, Charon] = {}
         self.psk = secrets.token_urlsafe(24)
@@ -150,9 +152,9 @@ class ProtectedPath:
 
     @property
     def capture_host(self) -> Host:
-        """Where the link is captured: the target's end, or the initiator's tap when the
-        target is a guest (its own NIC is inside the VM)."""
-        return self.initiator if self.target.shell is not None else self.target
+        """Where the link is captured: the target's end, or the guest's tap in the other
+        host's namespace when a host is a guest (its own NIC is inside the VM)."""
+        return self.link.namespace_side if self.link.guest is not None else self.target
 
     @property
     def secrets(self) -> set[str]:
@@ -187,9 +189,17 @@ class ProtectedPath:
             self.target, "iptables", "-A", "INPUT", "-i", self.target.ifname,
             "-p", "tcp", "--dport", port, *via_sa, "-j", "DROP",
         )  # fmt: skip
+        # on the initiator host, OUTPUT sees the plaintext: with kernel ESP what no SA
+        # will protect is dropped; with kernel-libipsec what does not carry the bypass mark
+        # leaves through TUN, so the link's side drops all but the cleartext probe's
+        unprotected = (
+            ("-m", "policy", "--dir", "out", "--pol", "none")
+            if self.initiator.shell
+            else ("-m", "mark", "!", "--mark", FWMARK)
+        )
         self._run(
             self.initiator, "iptables", "-A", "OUTPUT", "-o", self.initiator.ifname,
-            "-p", "tcp", "--dport", port, "-m", "mark", "!", "--mark", FWMARK, "-j", "DROP",
+            "-p", "tcp", "--dport", port, *unprotected, "-j", "DROP",
         )  # fmt: skip
 
     # ------------------------------------------------------------------ SAs

@@ -183,7 +183,10 @@ class OpenIscsiInitiator(InitiatorDriver):
         boot_timeout: float = 180.0,
         login_timeout: int = 15,
         docker_env: Any = None,
+        vm_options: dict[str, Any] | None = None,
     ) -> None:
+        """``vm_options``: more :class:`microvm.MicroVM` arguments in microvm mode (the
+        IPsec area's ``rootfs``, ``taps``, ``forwards``, ``extra_cmdline``)."""
         super().__init__(manifest if manifest is not None else load_manifest())
         self.mode = select_mode(mode)
         self.initiator_name = initiator_name
@@ -191,6 +194,7 @@ class OpenIscsiInitiator(InitiatorDriver):
         self.boot_timeout = boot_timeout
         self.login_timeout = login_timeout
         self.docker_env = docker_env
+        self.vm_options = dict(vm_options or {})
         self._own_env = False
         self.vm: microvm.MicroVM | None = None
         self.shell: Any = None
@@ -204,7 +208,8 @@ class OpenIscsiInitiator(InitiatorDriver):
         try:
             if self.mode == "microvm":
                 kernel = microvm.build_kernel(self.log)
-                rootfs = microvm.build_rootfs(self.log)
+                options = dict(self.vm_options)
+                rootfs = options.pop("rootfs", None) or microvm.build_rootfs(self.log)
                 self.vm = microvm.MicroVM(
                     "open-iscsi",
                     kernel,
@@ -212,6 +217,7 @@ class OpenIscsiInitiator(InitiatorDriver):
                     rootfs=rootfs,
                     memory_mb=self.memory_mb,
                     boot_timeout=self.boot_timeout,
+                    **options,
                 )
                 self.vm.start()
                 self.shell = self.vm
