@@ -1,7 +1,8 @@
 """Fuzzing initiators (fuzz.hostile): the reference initiator against a hostile
-reference target ends every case cleanly within its time limit; the oracle can fail
-(an initiator that raises on a hostile name is reported); the proxy really damages
-what it forwards; and the internal error it found is fixed (issue 14)."""
+reference target ends every case cleanly within its time limit; the proxy really
+damages what it forwards; and the internal error it found is fixed (issue 14). That
+the oracles can fail, and that failures are shrunk, saved and replayed:
+test_hostile_repro.py."""
 
 from __future__ import annotations
 
@@ -31,24 +32,6 @@ def test_reference_initiator_survives_a_hostile_target() -> None:
     assert time.monotonic() - start <= seconds * 1.05 + 1.0
     assert not report.failures, hostile.summary(report)
     assert report.cases >= 10 and report.pdus >= 5, hostile.summary(report)
-
-
-def test_an_initiator_that_raises_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = hostile._reference_client
-
-    async def fragile(host: str, port: int, timeout: float) -> None:
-        from iscsi_conformance.initiator.client import discover
-
-        for t in await discover(host, port, timeout=timeout):
-            if ".." in t.name or any(ord(c) < 32 for c in t.name):
-                raise KeyError(t.name)
-        await real(host, port, timeout)
-
-    monkeypatch.setattr(hostile, "_reference_client", fragile)
-    report = initiator_campaign("reference", seed=0, seconds=30, max_cases=60, rate=1.0)
-    keys = [k for k in report.failures if k[0] == "internal-error"]
-    assert keys and keys[0][1] == "KeyError at test_hostile.py:fragile", hostile.summary(report)
-    assert report.failing(strict=False)
 
 
 def test_data_in_with_a_hostile_offset_allocates_nothing() -> None:

@@ -6,8 +6,9 @@
 feeds the reference target's engine in memory (``fuzz.memory``, no sockets).
 ``--engine hypothesis`` runs the Hypothesis campaign of ``fuzz.runner`` instead (one case per
 connection; slower, with Hypothesis's shrinking and example database).
-``fuzz --initiator NAME`` runs an initiator (the reference one, or libiscsi's tools)
-against a hostile reference target (``fuzz.hostile``).
+``fuzz --initiator NAME`` runs an initiator (the reference one, libiscsi's tools or
+``--tool iscsi-test-cu``, open-iscsi in its micro-VM) against a hostile reference
+target (``fuzz.hostile``), saving a shrunk reproducer per failure with --save/--report.
 ``fuzz replay FILE`` sends a saved reproducer again and says whether the same
 failure (kind and place) is seen; its status is 1 when it is, 0 when it is not.
 A progress line is printed every second, the summary at the end; ``--seconds`` bounds
@@ -48,6 +49,8 @@ def _replay(argv: list[str]) -> int:
     except (OSError, ValueError, SyntaxError) as exc:
         return _err(f"cannot read {args.file}: {exc}")
     identity = (finding["kind"], finding["place"])
+    if finding.get("role") == "initiator":
+        return _replay_initiator(args, finding)
     url = args.url or finding.get("url") or ""
     with contextlib.ExitStack() as stack:
         health: Any = None
@@ -83,6 +86,34 @@ def _replay(argv: list[str]) -> int:
     return 0
 
 
+def _replay_initiator(args: argparse.Namespace, finding: dict[str, Any]) -> int:
+    """``fuzz replay`` of an initiator's reproducer (``fuzz.hostile.replay_finding``)."""
+    from iscsi_conformance.fuzz.hostile import replay_finding
+
+    if args.url:
+        return _err("--url does not apply: an initiator's reproducer replays its own target")
+    identity = (finding["kind"], finding["place"])
+    try:
+        seen, tape = replay_finding(finding)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ISCSIConformanceError, ValueError) as exc:
+        return _err(f"cannot replay {args.file}: {exc}")
+    if args.pcap is not None:
+        title = f"fuzz replay of {args.file.name}: {identity[0]} at {identity[1]}"
+        if tape.write_pcapng(args.pcap, title=title) is None:
+            print("no capture: the initiator opened no connection")
+        else:
+            print(f"capture: {args.pcap} (tshark -r {args.pcap} -d tcp.port=={tape.port},iscsi)")
+    if identity in seen:
+        print(f"reproduced: {identity[0]} at {identity[1]}")
+        return 1
+    others = ", ".join(f"{k} at {p}" for k, p in sorted(seen)) or "nothing"
+    print(f"not reproduced: {identity[0]} at {identity[1]} (seen: {others})")
+    return 0
+
+
 def _endpoint(url: str) -> tuple[str, int, str]:
     from iscsi_conformance.initiator.url import parse_url
 
@@ -108,8 +139,14 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--initiator",
-        choices=["reference", "libiscsi"],
+        choices=["reference", "libiscsi", "open-iscsi"],
         help="fuzz this initiator against a hostile reference target instead of a target",
+    )
+    parser.add_argument(
+        "--tool",
+        choices=["tools", "iscsi-test-cu"],
+        help="with --initiator libiscsi: iscsi-ls and iscsi-inq (tools, the default) or "
+        "libiscsi's own iscsi-test-cu, one suite per case",
     )
     parser.add_argument("--seconds", type=float, default=60.0, help="time budget (default 60)")
     parser.add_argument("--cases", type=int, help="stop after this many cases")
@@ -278,18 +315,39 @@ def _report(
 
 
 def _initiator(args: argparse.Namespace) -> int:
-    from iscsi_conformance.fuzz.hostile import initiator_campaign, summary
+    from iscsi_conformance.fuzz.hostile import initiator_campaign, save_reproducer, summary
+
+    tool = None if args.tool in (None, "tools") else args.tool
+    peer = f"{args.initiator}-initiator" + (f"-{tool}" if tool else "")
+    if args.tool is not None and args.initiator != "libiscsi":
+        return _err("--tool goes with --initiator libiscsi")
+    save_dir = _save_dir(args, peer)
+    saved: dict[tuple[str, str], Path] = {}
+
+    def keep(f: Any, plan: Any, tape: Any) -> None:
+        if save_dir is None:
+            return
+        from iscsi_conformance.fuzz.hostile_clients import make_client
+
+        limit = make_client(args.initiator, tool).limit
+        path = save_reproducer(f, plan, tape, save_dir, client=args.initiator, tool=tool,
+                               seed=args.seed, limit=limit)  # fmt: skip
+        saved[f.identity] = path
+        print(f"  reproducer: {path}  (iscsi-conformance fuzz replay {path})", flush=True)
 
     try:
         report = initiator_campaign(
             args.initiator, seed=args.seed, seconds=args.seconds, max_cases=args.cases,
+            tool=tool, saved=keep,
             progress=None if args.quiet else lambda line: print(line, flush=True),
         )  # fmt: skip
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ISCSIConformanceError as exc:
+        return _err(str(exc))
     print(summary(report))
-    _report(args, args.initiator, "initiator", report, {})
+    _report(args, peer, "initiator", report, saved)
     strict = args.initiator == "reference" and not args.lenient
     return 1 if report.failing(strict=strict) else 0
 

@@ -9,37 +9,57 @@ reasons, Async events...), the keys of a Login or Text Response replaced by host
 ones (SendTargets answers with ``../`` and control characters in names, over-long
 strings, IPv6 oddities in TargetAddress, CHAP challenges of odd sizes, limits of 0 or
 2**32), a PDU dropped or sent twice, or its bytes tampered (lengths, padding, digests).
-What the initiator sends goes upstream unchanged. Which PDUs are damaged, and how, is a
-pure function of ``(seed, case)``: a case is replayed by running it again.
+Which PDUs are damaged, and how, is a pure function of ``(seed, case)``, and every
+damage done is recorded as a :class:`Mutation` (connection, PDU index, what was done,
+with the concrete values): a case is replayed by applying the same mutations again.
 
-A case runs one client against the proxy: the reference initiator in this process
-(discovery, login, INQUIRY, READ CAPACITY, READ, logout) or a libiscsi tool as a
-process (``iscsi-ls -s``, ``iscsi-inq``). The oracles: the reference initiator ends
-with success or one of its own errors (an ``ISCSIConformanceError``, an ``OSError``
-from the transport) within its time limit, never another exception (an internal
-error, placed by type and innermost frame); a libiscsi tool ends by itself within the
-time limit (a hang is a failure) and never by a signal (a crash).
+What the initiator sends goes upstream unchanged, and is checked on the way
+(``_SentChecker``): every PDU an initiator sends, whatever it was answered, must
+decode, be an initiator opcode, and keep its reserved fields zero (RFC 7143 11.2.1.1;
+row R7143-11-1).
+
+A case runs one client of ``fuzz.hostile_clients`` against the proxy: the reference
+initiator in this process, libiscsi's tools or ``iscsi-test-cu`` as processes, or
+open-iscsi's ``iscsiadm`` and kernel initiator in the micro-VM. Each client's oracles
+are its own (see that module); the proxy adds the sent-PDU checks above.
+
+Distinct failures (kind + place) keep their first case. After the campaign, in the
+time left, each is replayed from its recorded mutations, shrunk by ddmin over them
+(``campaign.ddmin``), and saved (``save_reproducer``) as a reproducer of the
+target-side format (``fuzz.repro``) with ``role = "initiator"``, the client, the
+mutations and a pcapng of the shrunk replay's connections; ``fuzz replay FILE``
+dispatches to :func:`replay_finding`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as _dt
 import random
 import time
-import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core import text as T
-from iscsi_conformance.errors import ISCSIConformanceError, ProtocolError
-from iscsi_conformance.fuzz.campaign import CampaignReport, Failure, quiet_on_interrupt
+from iscsi_conformance.core.layout import check_reserved
+from iscsi_conformance.errors import ProtocolError
+from iscsi_conformance.fuzz.campaign import CampaignReport, Failure, ddmin, quiet_on_interrupt
+from iscsi_conformance.fuzz.capture import Tape
+from iscsi_conformance.fuzz.hostile_clients import IQN, make_client
 
-__all__ = ["HOSTILE_VALUES", "HostileProxy", "initiator_campaign", "summary"]
+__all__ = [
+    "HOSTILE_VALUES",
+    "HostileProxy",
+    "Mutation",
+    "initiator_campaign",
+    "replay_finding",
+    "save_reproducer",
+    "summary",
+]
 
-IQN = "iqn.2024-01.org.iscsi-conformance:hostile"
 _EDGES = (0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF)
 # Values a hostile target puts in its keys (RFC 7143 6.1, 13; the CVE-2026-44943 class
 # of names that walk out of a directory in a SendTargets answer).
@@ -84,18 +104,95 @@ _TEXT_KEYS = (
     "TargetPortalGroupTag",
     "X-com.example.odd",
 )
+ACTIONS = ("drop", "twice", "tamper", "keys", "field")
+#: damage is drawn among the first PDUs of each connection: a discovery's login, text
+#: and logout answers; a session's login, INQUIRY, READ CAPACITY, WRITE and READ answers
+DAMAGED_PREFIX = 12
+#: a case records at most this many bytes of its connections (for its pcapng)
+RECORD_LIMIT = 4 << 20
+
+
+@dataclasses.dataclass
+class Mutation:
+    """One damage done by the proxy: to the ``index``-th PDU (from 0) the target sent on
+    the case's ``conn``-th connection (from 1). ``arg``: the Tamper fields (tamper),
+    the new data segment in hex (keys), ``[field, value]`` with bytes in hex (field)."""
+
+    conn: int
+    index: int
+    action: str
+    arg: Any = None
+
+    def literal(self) -> list[Any]:
+        return [self.conn, self.index, self.action, self.arg]
+
+    @classmethod
+    def from_literal(cls, value: Any) -> Mutation:
+        """Raises ValueError for anything but ``[conn, index, action, arg]``."""
+        if not isinstance(value, list | tuple) or len(value) != 4 or value[2] not in ACTIONS:
+            raise ValueError(f"not a mutation: {value!r}")
+        return cls(int(value[0]), int(value[1]), str(value[2]), value[3])
+
+    def describe(self) -> str:
+        where = f"connection {self.conn} PDU {self.index}"
+        if self.action == "drop":
+            return f"{where}: dropped"
+        if self.action == "twice":
+            return f"{where}: sent twice"
+        if self.action == "tamper":
+            return f"{where}: encoded with {self.arg}"
+        if self.action == "keys":
+            text = bytes.fromhex(self.arg).decode("utf-8", "backslashreplace")
+            return f"{where}: keys {text[:160]!r}"
+        name, value = self.arg
+        shown = f"0x{value:x}" if isinstance(value, int) and not isinstance(value, bool) else value
+        return f"{where}: {name} = {shown}"
+
+    def apply(self, pdu: P.PDU) -> tuple[list[P.PDU], P.Tamper | None]:
+        """The PDUs sent in place of ``pdu`` and the tamper of their encoding."""
+        if self.action == "drop":
+            return [], None
+        if self.action == "twice":
+            return [pdu, pdu], None
+        if self.action == "tamper":
+            arg = dict(self.arg)
+            patch = {int(k): int(v) for k, v in arg.pop("bhs_patch", {}).items()}
+            return [pdu], P.Tamper(bhs_patch=patch, **arg)
+        if self.action == "keys":
+            if isinstance(pdu, P.LoginResponse | P.TextResponse):
+                return [dataclasses.replace(pdu, data=bytes.fromhex(self.arg))], None
+            return [pdu], None
+        name, value = self.arg
+        if name not in {f.name for f in dataclasses.fields(pdu)}:  # type: ignore[arg-type]
+            return [pdu], None
+        if isinstance(value, str):
+            value = bytes.fromhex(value)
+        try:
+            return [dataclasses.replace(pdu, **{name: value})], None  # type: ignore[type-var]
+        except (TypeError, ValueError):
+            return [pdu], None
 
 
 class _Mutator:
-    """Draws the damage of one connection from its own ``random.Random``."""
+    """Draws the damage of one connection from its own ``random.Random``, or applies a
+    recorded ``plan`` (replay)."""
 
-    def __init__(self, rng: random.Random, rate: float) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        rate: float,
+        conn: int,
+        plan: dict[tuple[int, int], Mutation] | None = None,
+    ) -> None:
         self.rng = rng
-        # ``rate`` of the connections get one to three of their first ten PDUs damaged
-        # (a discovery's login, text and logout answers; a session's login, INQUIRY,
-        # READ CAPACITY and READ answers): the states after them stay reachable.
+        self.conn = conn
+        self.plan = plan
+        # ``rate`` of the connections get one to three of their first PDUs damaged:
+        # the states after them stay reachable.
         self.targets = (
-            set(rng.sample(range(10), rng.randint(1, 3))) if rng.random() < rate else set()
+            set(rng.sample(range(DAMAGED_PREFIX), rng.randint(1, 3)))
+            if rng.random() < rate
+            else set()
         )
         self.n = 0
 
@@ -124,58 +221,147 @@ class _Mutator:
             raw = raw.rstrip(b"\0") + rng.choice((b"", b"=", b"\xff\xfe", b"noequals"))
         return raw
 
-    def damage(self, pdu: P.PDU) -> tuple[list[P.PDU], P.Tamper | None]:
-        """The PDUs to send in place of ``pdu`` (none, one, two) and an optional tamper."""
+    def _draw(self, pdu: P.PDU, index: int) -> Mutation | None:
         rng = self.rng
-        self.n += 1
-        if self.n - 1 not in self.targets:
-            return [pdu], None
         r = rng.random()
+        m = (self.conn, index)
         if r < 0.08:
-            return [], None  # dropped
+            return Mutation(*m, "drop")
         if r < 0.15:
-            return [pdu, pdu], None  # sent twice
+            return Mutation(*m, "twice")
         if r < 0.25:
             kind = rng.randrange(4)
             if kind == 0:
-                return [pdu], P.Tamper(data_segment_length=self._int(0xFFFFFF))
+                return Mutation(*m, "tamper", {"data_segment_length": self._int(0xFFFFFF)})
             if kind == 1:
-                return [pdu], P.Tamper(bhs_patch={rng.randrange(48): rng.randrange(256)})
+                return Mutation(
+                    *m, "tamper", {"bhs_patch": {rng.randrange(48): rng.randrange(256)}}
+                )
             if kind == 2:
-                return [pdu], P.Tamper(total_ahs_length=self._int(0xFF))
-            return [pdu], P.Tamper(opcode=rng.randrange(64))
+                return Mutation(*m, "tamper", {"total_ahs_length": self._int(0xFF)})
+            return Mutation(*m, "tamper", {"opcode": rng.randrange(64)})
         if isinstance(pdu, P.LoginResponse | P.TextResponse) and rng.random() < 0.7:
             data = self._text(pdu.data, send_targets=isinstance(pdu, P.TextResponse))
-            return [dataclasses.replace(pdu, data=data)], None
+            return Mutation(*m, "keys", data.hex())
         lay = type(pdu).layout
-        fields = [f for f in lay.value_fields] if lay is not None else []
+        fields = list(lay.value_fields) if lay is not None else []
         if not fields:
-            return [pdu], None
+            return None
         f = rng.choice(fields)
+        value: Any
         if f.is_flag:
-            value: Any = not getattr(pdu, f.name)
+            value = not getattr(pdu, f.name)
         elif f.is_bytes:
-            value = rng.randbytes(f.size)
+            value = rng.randbytes(f.size).hex()
         else:
             value = self._int(f.max_value)
-        try:
-            return [dataclasses.replace(pdu, **{f.name: value})], None  # type: ignore[type-var]
-        except (TypeError, ValueError):
-            return [pdu], None
+        return Mutation(*m, "field", [f.name, value])
+
+    def damage(self, pdu: P.PDU) -> tuple[list[P.PDU], P.Tamper | None, Mutation | None]:
+        """The PDUs to send in place of ``pdu`` (none, one, two), an optional tamper,
+        and the mutation done (None when ``pdu`` goes on as it is)."""
+        index = self.n
+        self.n += 1
+        if self.plan is not None:
+            m = self.plan.get((self.conn, index))
+        elif index in self.targets:
+            m = self._draw(pdu, index)
+        else:
+            m = None
+        if m is None:
+            return [pdu], None, None
+        sends, tamper = m.apply(pdu)
+        if tamper is None and sends == [pdu]:
+            return sends, None, None  # nothing changed (a field this PDU does not have)
+        return sends, tamper, m
+
+
+_BHS = 48
+_COMBOS = ((False, False), (True, False), (False, True), (True, True))
+
+
+class _SentChecker:
+    """What an initiator sends on one connection, checked PDU by PDU (module doc).
+    ``digests`` follows the login the upstream target completed; a PDU that decodes
+    with another digest setting is accepted too (the initiator may have believed a
+    damaged answer)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.digests = (False, False)
+        self.stopped = False
+
+    def feed(self, data: bytes) -> list[tuple[str, str, str]]:
+        if self.stopped:
+            return []
+        self.buf += data
+        out: list[tuple[str, str, str]] = []
+        while len(self.buf) >= _BHS:
+            result: Any = None
+            for hd, dd in (self.digests, *(c for c in _COMBOS if c != self.digests)):
+                try:
+                    result = P.decode(self.buf, header_digest=hd, data_digest=dd)
+                except (ProtocolError, ValueError):
+                    continue
+                break
+            if result is None:
+                self.stopped = True
+                head = bytes(self.buf[:_BHS]).hex()
+                out.append(("sent", "an undecodable PDU", f"BHS {head}"))
+                break
+            if isinstance(result, P.NeedMore):
+                break
+            pdu, used = result
+            header = bytes(self.buf[:_BHS])
+            del self.buf[:used]
+            name = type(pdu).__name__
+            if not type(pdu).is_request:
+                out.append(("sent", f"a target opcode ({name})", repr(pdu)[:300]))
+                continue
+            for v in check_reserved(header):
+                out.append(("sent", f"{name} with {v.field} not as required", str(v)))
+        if len(self.buf) > (1 << 25):  # not PDUs any more: stop buffering
+            self.stopped = True
+        return out
+
+
+@dataclasses.dataclass
+class _Conn:
+    """One client connection of a case, as recorded for the pcapng."""
+
+    initiator: str
+    target: str
+    start: float
+    chunks: list[tuple[float, str, bytes]] = dataclasses.field(default_factory=list)
 
 
 class HostileProxy:
-    """See the module doc. ``case`` and ``seed`` choose the damage of new connections."""
+    """See the module doc. ``case`` and ``seed`` choose the damage of new connections;
+    ``plan`` (replay) applies recorded mutations instead."""
 
-    def __init__(self, upstream: tuple[str, int], *, seed: int, rate: float = 0.5) -> None:
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        *,
+        seed: int,
+        rate: float = 0.5,
+        host: str = "127.0.0.1",
+        plan: Sequence[Mutation] | None = None,
+    ) -> None:
         self.upstream = upstream
         self.seed = seed
         self.rate = rate
         self.case = 0
         self._conn = 0
-        self.host = "127.0.0.1"
+        self.host = host
         self.port = 0
         self.damaged = 0
+        self.plan = {(m.conn, m.index): m for m in plan} if plan is not None else None
+        self.applied: list[Mutation] = []
+        self.sent_damaged: list[bytes] = []
+        self.breaches: list[tuple[str, str, str]] = []
+        self.conns: list[_Conn] = []
+        self._recorded = 0
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -190,25 +376,39 @@ class HostileProxy:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def new_case(self, case: int) -> None:
+    def new_case(self, case: int, plan: Sequence[Mutation] | None = None) -> None:
         self.case, self._conn = case, 0
+        if plan is not None:
+            self.plan = {(m.conn, m.index): m for m in plan}
+        self.applied, self.sent_damaged, self.breaches, self.conns = [], [], [], []
+        self._recorded = 0
+
+    def _record(self, conn: _Conn, direction: str, data: bytes) -> None:
+        if self._recorded + len(data) <= RECORD_LIMIT:
+            self._recorded += len(data)
+            conn.chunks.append((time.time(), direction, data))
 
     async def _serve(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
         self._conn += 1
-        rng = random.Random(f"{self.seed}/{self.case}/{self._conn}")
-        mut = _Mutator(rng, self.rate)
+        n = self._conn
+        rng = random.Random(f"{self.seed}/{self.case}/{n}")
+        mut = _Mutator(rng, self.rate, n, self.plan)
+        peer, sock = cw.get_extra_info("peername"), cw.get_extra_info("sockname")
+        conn = _Conn(f"{peer[0]}:{peer[1]}", f"{sock[0]}:{sock[1]}", time.time())
+        self.conns.append(conn)
+        checker = _SentChecker()
         try:
             ur, uw = await asyncio.wait_for(asyncio.open_connection(*self.upstream), 5)
         except (OSError, TimeoutError):
             cw.close()
             self._tasks.discard(task)
             return
-        up = asyncio.create_task(self._pump_up(cr, uw))
+        up = asyncio.create_task(self._pump_up(cr, uw, conn, checker))
         try:
-            await self._pump_down(ur, cw, mut)
+            await self._pump_down(ur, cw, mut, conn, checker)
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -217,10 +417,18 @@ class HostileProxy:
                 w.transport.abort()
             self._tasks.discard(task)
 
-    @staticmethod
-    async def _pump_up(cr: asyncio.StreamReader, uw: asyncio.StreamWriter) -> None:
+    async def _pump_up(
+        self,
+        cr: asyncio.StreamReader,
+        uw: asyncio.StreamWriter,
+        conn: _Conn,
+        checker: _SentChecker,
+    ) -> None:
         try:
             while data := await cr.read(65536):
+                self._record(conn, "i->t", data)
+                for kind, place, detail in checker.feed(data):
+                    self.breaches.append((kind, place, f"connection {len(self.conns)}: {detail}"))
                 uw.write(data)
                 await uw.drain()
         except OSError:
@@ -229,7 +437,12 @@ class HostileProxy:
             uw.transport.abort()
 
     async def _pump_down(
-        self, ur: asyncio.StreamReader, cw: asyncio.StreamWriter, mut: _Mutator
+        self,
+        ur: asyncio.StreamReader,
+        cw: asyncio.StreamWriter,
+        mut: _Mutator,
+        conn: _Conn,
+        checker: _SentChecker,
     ) -> None:
         dec = P.PDUDecoder(max_data_segment_length=None)
         keys: dict[str, str] = {}
@@ -252,75 +465,97 @@ class HostileProxy:
                     if pdu.transit and pdu.nsg == 3 and not pdu.status_class:
                         dec.header_digest = keys.get("HeaderDigest") == "CRC32C"
                         dec.data_digest = keys.get("DataDigest") == "CRC32C"
-                sends, tamper = mut.damage(pdu)
-                if tamper is not None or sends != [pdu]:
+                        checker.digests = (dec.header_digest, dec.data_digest)
+                sends, tamper, m = mut.damage(pdu)
+                encoded = [
+                    P.encode(p, strict=False, tamper=tamper, header_digest=hd, data_digest=dd)
+                    for p in sends
+                ]
+                if m is not None:
                     self.damaged += 1
-                for p in sends:
-                    out.append(
-                        P.encode(p, strict=False, tamper=tamper, header_digest=hd, data_digest=dd)
-                    )
-            cw.write(b"".join(out))
-            await cw.drain()
+                    self.applied.append(m)
+                    # the damaged PDU as sent, its data cut at 1 KiB (the reproducer's
+                    # evidence; a replay applies the mutation again)
+                    self.sent_damaged.extend(e[: _BHS + 1024] for e in encoded[:1])
+                out.extend(encoded)
+            if out:
+                raw = b"".join(out)
+                self._record(conn, "t->i", raw)
+                cw.write(raw)
+                await cw.drain()
+
+    def tape(self) -> _CaseTape:
+        """The recorded connections of the last case, as a tape for ``repro.save``."""
+        return _CaseTape(list(self.conns), self.port)
 
 
-# ---------------------------------------------------------------------- clients
+class _CaseTape(Tape):
+    """A case's connections (several) in the pcapng of its reproducer."""
 
+    def __init__(self, conns: list[_Conn], port: int) -> None:
+        super().__init__(start=min((c.start for c in conns), default=time.time()))
+        self.conns = conns
+        self.port = port
+        self.chunks = [ch for c in conns for ch in c.chunks]
 
-async def _reference_client(host: str, port: int, timeout: float) -> None:
-    from iscsi_conformance.initiator.client import Session, discover
+    @property
+    def target_port(self) -> int:
+        return self.port
 
-    await discover(host, port, timeout=timeout)
-    async with await Session.connect(host, port, IQN, timeout=timeout) as s:
-        await s.inquiry(0)
-        await s.read_capacity16(0)
-        await s.read(0, 0, 8)
-        await s.logout()
+    def write_pcapng(self, path: Path, *, title: str, message: str = "") -> Path | None:
+        from iscsi_conformance.report.model import Evidence, PduEvent, TestResult
+        from iscsi_conformance.report.pcapng import write_capture
 
-
-async def _tool(argv: list[str], limit: float) -> tuple[int | None, bytes]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), limit)
-        return proc.returncode, err or b""
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return None, b""
-
-
-CLIENTS = ("reference", "libiscsi")
-
-
-async def _one_case(client: str, proxy: HostileProxy, limit: float) -> tuple[str, str, str] | None:
-    """Run one client against the proxy: None, or (kind, place, detail) of a failure."""
-    host, port = proxy.host, proxy.port
-    if client == "reference":
-        try:
-            # each exchange has limit/10 to answer: with at most three damaged PDUs on
-            # each of the two connections, a clean initiator ends well within ``limit``
-            await asyncio.wait_for(_reference_client(host, port, timeout=limit / 10), limit)
-        except TimeoutError as exc:
-            if isinstance(exc, ISCSIConformanceError):
-                return None  # the initiator's own response timeout: a clean error
-            return ("hang", "reference initiator", f"still running after {limit} s")
-        except (ISCSIConformanceError, OSError, asyncio.IncompleteReadError):
+        events = [
+            PduEvent(direction, "", hex=data.hex(), time=when - self.start, connection=i)
+            for i, c in enumerate(self.conns)
+            for when, direction, data in c.chunks
+        ]
+        if not events:
             return None
-        except Exception as exc:  # an internal error of the reference initiator
-            frames = traceback.extract_tb(exc.__traceback__)
-            where = f"{Path(frames[-1].filename).name}:{frames[-1].name}" if frames else "?"
-            detail = "".join(traceback.format_exception(exc))[-3000:]
-            return ("internal-error", f"{type(exc).__name__} at {where}", detail)
-        return None
-    url = f"iscsi://{host}:{port}"
-    for argv in (["iscsi-ls", "-s", url], ["iscsi-inq", f"{url}/{IQN}/0"]):
-        code, err = await _tool(argv, limit)
-        if code is None:
-            return ("hang", argv[0], f"{' '.join(argv)} still running after {limit} s")
-        if code < 0:
-            return ("crash", f"{argv[0]} signal {-code}", err.decode(errors="replace")[-2000:])
-    return None
+        result = TestResult(
+            id=title,
+            pairing="fuzz",
+            outcome="failed",
+            start=_dt.datetime.fromtimestamp(self.start, _dt.UTC).isoformat(),
+            message=message,
+            evidence=Evidence(
+                pdus=events,
+                connections=[{"initiator": c.initiator, "target": c.target} for c in self.conns],
+            ),
+        )
+        return write_capture(result, path)
+
+
+# ---------------------------------------------------------------------- campaigns
+
+
+def _level(kind: str, client: str) -> str:
+    # No RFC text bounds how long an initiator waits for a target that went quiet or
+    # garbled a tag: a third-party initiator's hang is informational; a crash, a PDU
+    # that breaks the format and unbounded memory are failures, and so is any failure
+    # of our reference initiator, which promises bounded waits.
+    return "INFORMATIONAL" if kind == "hang" and client != "reference" else "MUST"
+
+
+def _requirement(kind: str) -> str:
+    return "R7143-11-1" if kind == "sent" else ""
+
+
+async def _run_case(
+    client: Any, proxy: HostileProxy, limit: float, plan: Sequence[Mutation] | None = None
+) -> list[tuple[str, str, str]]:
+    """One case (``plan``: a replay): the failures seen, the client's first."""
+    proxy.new_case(proxy.case, plan)
+    found = await client.run(proxy.host, proxy.port, limit, proxy)
+    await asyncio.sleep(0)  # the pumps' last reads
+    out = [found] if found is not None else []
+    seen = {f[:2] for f in out}
+    for b in proxy.breaches:
+        if b[:2] not in seen:
+            seen.add(b[:2])
+            out.append(b)
+    return out
 
 
 def initiator_campaign(
@@ -329,54 +564,59 @@ def initiator_campaign(
     seed: int = 0,
     seconds: float = 60.0,
     max_cases: int | None = None,
-    limit: float = 5.0,
+    limit: float | None = None,
     rate: float = 0.5,
+    tool: str | None = None,
     progress: Callable[[str], None] | None = None,
+    shrink: bool = True,
+    saved: Callable[[Failure, Sequence[Mutation], _CaseTape | None], None] | None = None,
 ) -> CampaignReport:
     """Cases of ``client`` against a hostile reference target until ``seconds`` or
-    ``max_cases``. A failure keeps the first case (its index in ``pdus``' place: the
-    case is replayed by ``(seed, case)``) of each kind and place."""
+    ``max_cases``. A failure keeps the first case of each kind and place, with the
+    mutations of that case; once generation stops (at 80% of ``seconds`` when a
+    failure waits), each failure is replayed, shrunk by ddmin over its mutations and
+    handed to ``saved`` with the tape of its last replay."""
     from iscsi_conformance.fuzz.reference import InProcessSubject
 
-    if client not in CLIENTS:
-        raise ValueError(f"unknown initiator {client!r} (one of {', '.join(CLIENTS)})")
-    report = CampaignReport(target=f"{client} initiator against a hostile reference target")
+    impl = make_client(client, tool)
+    lim = impl.limit if limit is None else limit
+    report = CampaignReport(target=f"{impl.title} against a hostile reference target")
+    report.notes.append(f"client: {impl.title}; case limit {lim:g} s; damage rate {rate:g}")
+    plans: dict[tuple[str, str], list[Mutation]] = {}
+    deadline = time.monotonic() + seconds
 
     async def run(subject: InProcessSubject) -> None:
         asyncio.get_running_loop().set_exception_handler(quiet_on_interrupt)
-        proxy = HostileProxy((subject.host, subject.port), seed=seed, rate=rate)
+        proxy = HostileProxy((subject.host, subject.port), seed=seed, rate=rate, host=impl.host)
         await proxy.start()
         start = time.monotonic()
         last = start
         try:
+            await impl.setup(proxy)
             case = 0
             while max_cases is None or case < max_cases:
-                left = start + seconds - time.monotonic()
-                if left < 0.5:
+                end = deadline - (0.2 * seconds if report.failures and shrink else 0)
+                left = end - time.monotonic()
+                if left < min(0.5, lim):
                     break
-                proxy.new_case(case)
-                lim = min(limit, left)  # the budget is kept
-                found = await _one_case(client, proxy, lim)
-                if found is not None and found[0] == "hang" and lim < limit:
-                    found = None  # cut short by the deadline: not a verdict
+                proxy.case = case
+                case_lim = min(lim, left)  # the budget is kept
+                found = await _run_case(impl, proxy, case_lim)
                 report.cases += 1
-                if found is not None:
-                    kind, place, detail = found
+                for kind, place, detail in found:
+                    if kind == "hang" and case_lim < lim:
+                        continue  # cut short by the deadline: not a verdict
                     old = report.failures.get((kind, place))
                     if old is not None:
                         old.count += 1
-                    else:
-                        # No RFC text bounds how long an initiator waits for a target
-                        # that went quiet or garbled a tag: a third-party tool's hang is
-                        # informational; a crash is a failure, and so is any failure of
-                        # our reference initiator, which promises bounded waits.
-                        level = (
-                            "INFORMATIONAL" if kind == "hang" and client != "reference" else "MUST"
-                        )
-                        report.failures[(kind, place)] = Failure(
-                            kind, place, f"seed {seed} case {case}\n{detail}", level=level,
-                            phase="hostile",
-                        )  # fmt: skip
+                        continue
+                    damage = "\n".join(m.describe() for m in proxy.applied) or "no damage"
+                    report.failures[(kind, place)] = Failure(
+                        kind, place, f"seed {seed} case {case}: {detail}\ndamage:\n{damage}",
+                        requirement=_requirement(kind), level=_level(kind, client),
+                        phase="hostile", pdus=list(proxy.sent_damaged),
+                    )  # fmt: skip
+                    plans[(kind, place)] = list(proxy.applied)
                 subject.poll()  # the upstream target's own health is not judged here
                 case += 1
                 if progress is not None and time.monotonic() - last >= 1.0:
@@ -385,27 +625,137 @@ def initiator_campaign(
                         f"[{last - start:6.1f} s] cases {report.cases}  damaged PDUs "
                         f"{proxy.damaged}  failures {len(report.failures)}"
                     )
+            report.pdus = proxy.damaged
+            report.seconds = time.monotonic() - start
+            for identity, f in report.failures.items():
+                tape = None
+                plan = plans[identity]
+                if shrink and time.monotonic() < deadline - min(1.0, lim):
+                    plan, tape = await _shrink(impl, proxy, f, plan, lim, deadline)
+                if saved is not None:
+                    saved(f, plan, tape)
         finally:
             report.pdus = proxy.damaged
-            await proxy.stop()
+            try:
+                await impl.teardown()
+            finally:
+                await proxy.stop()
             report.seconds = time.monotonic() - start
 
     with InProcessSubject(IQN) as subject:
         asyncio.run(run(subject))
+    if impl.memory_note:
+        report.notes.append(impl.memory_note)
     return report
+
+
+async def _shrink(
+    impl: Any,
+    proxy: HostileProxy,
+    f: Failure,
+    plan: list[Mutation],
+    limit: float,
+    deadline: float,
+) -> tuple[list[Mutation], _CaseTape | None]:
+    """Replay ``f`` from ``plan``; ddmin over the mutations while it still shows; the
+    shrunk plan and the tape of the last replay that showed it (None if none did)."""
+    best: list[_CaseTape | None] = [None]
+
+    def time_left() -> float:
+        return deadline - time.monotonic()
+
+    async def shows(items: list[Any]) -> bool:
+        if time_left() < min(1.0, limit):
+            return False
+        found = await _run_case(impl, proxy, min(limit, time_left()), plan=items)
+        if any(x[:2] == f.identity for x in found):
+            best[0] = proxy.tape()
+            f.pdus = list(proxy.sent_damaged)
+            return True
+        return False
+
+    if not await shows(plan):
+        f.detail += "\n(did not show again on replay: kept unshrunk)"
+        return plan, None
+    if len(plan) > 1:
+        shrunk = await ddmin(cast(list[bytes], plan), shows, time_left, max_tests=40)
+        plan = cast(list[Mutation], shrunk)
+        if await shows(plan):  # the tape and PDUs of the shrunk plan itself
+            f.shrunk = True
+    else:
+        f.shrunk = True
+    return plan, best[0]
+
+
+def replay_finding(
+    finding: dict[str, Any], *, limit: float | None = None
+) -> tuple[set[tuple[str, str]], _CaseTape]:
+    """Replay a saved initiator reproducer once (the same client, a fresh hostile
+    reference target applying its mutations): the failures seen and the tape."""
+    from iscsi_conformance.fuzz.reference import InProcessSubject
+
+    plan = [Mutation.from_literal(m) for m in finding.get("mutations", [])]
+    impl = make_client(str(finding.get("client", "reference")), finding.get("tool") or None)
+    lim = limit or float(finding.get("limit") or impl.limit)
+    out: dict[str, Any] = {}
+
+    async def run(subject: InProcessSubject) -> None:
+        asyncio.get_running_loop().set_exception_handler(quiet_on_interrupt)
+        proxy = HostileProxy((subject.host, subject.port), seed=0, rate=0.0, host=impl.host)
+        await proxy.start()
+        try:
+            await impl.setup(proxy)
+            found = await _run_case(impl, proxy, lim, plan=plan)
+            out["seen"] = {x[:2] for x in found}
+            out["tape"] = proxy.tape()
+        finally:
+            try:
+                await impl.teardown()
+            finally:
+                await proxy.stop()
+
+    with InProcessSubject(IQN) as subject:
+        asyncio.run(run(subject))
+    return out["seen"], out["tape"]
+
+
+def save_reproducer(
+    f: Failure,
+    plan: Sequence[Mutation],
+    tape: _CaseTape | None,
+    directory: Path,
+    *,
+    client: str,
+    tool: str | None,
+    seed: int,
+    limit: float,
+) -> Path:
+    """Write ``f`` as a reproducer (``fuzz.repro`` format, role initiator)."""
+    from iscsi_conformance.fuzz.repro import save
+
+    if tape is not None:
+        tape.seen = {f.identity}
+    name = client if tool is None else f"{client} {tool}"
+    return save(
+        f, directory, target=f"{name} initiator", seed=seed, tape=tape,
+        extra={"role": "initiator", "client": client, "tool": tool or "", "limit": limit,
+               "mutations": [m.literal() for m in plan]},
+    )  # fmt: skip
 
 
 def summary(report: CampaignReport) -> str:
     """The end-of-campaign lines of ``initiator_campaign``."""
     lines = [
         f"fuzzed the {report.target}: {report.cases} cases, {report.pdus} damaged PDUs "
-        f"in {report.seconds:.1f} s ({report.cases / max(report.seconds, 1e-9):.1f} cases/s)"
+        f"in {report.seconds:.1f} s ({report.cases / max(report.seconds, 1e-9):.2f} cases/s)"
     ]
+    lines.extend(report.notes)
     if not report.failures:
         lines.append("no failure")
     for f in report.failures.values():
         first = f.detail.splitlines()
         lines.append(
-            f"FAILURE {f.kind} at {f.place} ({f.level}): {f.count} time(s), first in {first[0]}"
+            f"FAILURE {f.kind} at {f.place} ({f.level}): {f.count} time(s), first in "
+            f"{first[0][:200]}{' (shrunk)' if f.shrunk else ''}"
         )
     return "\n".join(lines)

@@ -61,10 +61,12 @@ def save(
     url: str = "",
     seed: int | None = None,
     tape: Tape | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``f`` as a reproducer under ``directory``; returns its path. With ``tape``
     (the exchange of one replay, ``fuzz.capture.record``) the capture goes beside it as
-    ``NAME.pcapng``, named in the file."""
+    ``NAME.pcapng``, named in the file. ``extra`` goes into ``FINDING`` too (an
+    initiator's reproducer, ``fuzz.hostile``: role, client, mutations)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{_slug(f.kind)}--{_slug(f.place)}.py"
     capture = path.with_suffix(".pcapng")
@@ -93,13 +95,18 @@ def save(
         "login_keys": [list(kv) for kv in f.login_keys],
         "pdus": [p.hex() for p in f.pdus],
     }
+    finding.update(extra or {})
     if tape is not None:
         finding["pcapng"] = capture.name
+    initiator = finding.get("role") == "initiator"
     lines = [
         f'"""iscsi-conformance fuzz reproducer: {f.kind} at {f.place}.',
         "",
-        f"Replay: iscsi-conformance fuzz replay {path.name} [--url iscsi://HOST:PORT/IQN]",
-        "(without --url against a fresh reference target when the target was ours).",
+        f"Replay: iscsi-conformance fuzz replay {path.name}"
+        + ("" if initiator else " [--url iscsi://HOST:PORT/IQN]"),
+        "(the same initiator against a fresh hostile reference target applying MUTATIONS)."
+        if initiator
+        else "(without --url against a fresh reference target when the target was ours).",
         *(
             [
                 f"Capture of one replay: {capture.name} "
@@ -117,7 +124,7 @@ def save(
         "FINDING = {",
     ]
     for k, v in finding.items():
-        if k in ("pdus", "login_keys"):
+        if k in ("pdus", "login_keys", "mutations"):
             lines.append(f"    {_lit(k)}: [")
             lines.extend(f"        {_lit(h)}," for h in v)
             lines.append("    ],")

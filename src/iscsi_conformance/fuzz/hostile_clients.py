@@ -1,0 +1,339 @@
+"""The initiators a hostile-target campaign (``fuzz.hostile``) runs, one case at a time.
+
+Theory of operation: a client has a ``title``, a per-case time ``limit``, the
+``host`` the proxy listens on (loopback; the micro-VM reaches it through QEMU's
+user-net gateway), ``setup``/``teardown`` around the campaign, and ``run(host, port,
+limit, proxy)``, which runs one case and returns None or its first failure as
+``(kind, place, detail)``. The failure's kind and place are its identity.
+
+- ``reference``: the reference initiator in this process: SendTargets discovery, then a
+  session: INQUIRY, READ CAPACITY(16), a WRITE of a pattern and a READ of it back,
+  logout. Oracles: it ends with success or one of its own errors within ``limit``
+  (``hang`` otherwise), never another exception (``internal-error``, placed by type
+  and innermost frame); a READ it returns without having recorded a violation
+  (``ProtocolViolated``: the engine is an instrument that records what a target does
+  wrong and never raises, the suite judges) returns the bytes the target holds (read
+  again from the upstream target directly; ``accepted`` otherwise: a damaged Data-In
+  taken as data unnoticed, against RFC 3720 3.2.4.3: the initiator MUST verify that
+  the fields of a task's PDUs agree with the task); the process's peak RSS grows by less than
+  ``MEMORY_BOUND_KIB`` in a case (``memory``).
+- ``libiscsi`` (``tools``): ``iscsi-ls -s`` and ``iscsi-inq`` as processes;
+  ``libiscsi`` with tool ``iscsi-test-cu``: one suite of libiscsi's own test tool per
+  case, in turn from ``TEST_CU_SUITES``. Oracles: a tool ends by itself within the
+  limit (``hang``, informational: no RFC text bounds its wait), never by a signal
+  (``crash``), and the peak RSS of the tools stays under ``MEMORY_BOUND_KIB``.
+- ``open-iscsi``: ``iscsiadm`` and the kernel initiator in the micro-VM
+  (``peers.openiscsi``), one round per case: discovery, login, a 64 KiB O_DIRECT read,
+  logout, the records deleted, each step under ``timeout`` in the guest. Oracles: the
+  guest kernel logs no oops, BUG or panic and the VM stays up (``crash``); no file
+  appears outside ``/etc/iscsi/nodes`` and ``/etc/iscsi/send_targets`` (``traversal``:
+  a hostile name written as a path); iscsid's RSS grows by less than
+  ``MEMORY_BOUND_KIB`` (``memory``); a step killed by its timeout is a ``hang``
+  (informational).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import resource
+import shutil
+import traceback
+from pathlib import Path
+from typing import Any
+
+from iscsi_conformance.errors import ConfigError, HarnessError, ISCSIConformanceError
+
+__all__ = ["CLIENTS", "IQN", "MEMORY_BOUND_KIB", "TEST_CU_SUITES", "make_client"]
+
+#: the name of the hostile target (the upstream reference target's)
+IQN = "iqn.2024-01.org.iscsi-conformance:hostile"
+
+CLIENTS = ("reference", "libiscsi", "open-iscsi")
+TOOLS = {"libiscsi": ("tools", "iscsi-test-cu")}
+MEMORY_BOUND_KIB = 256 * 1024
+#: the suites of ``iscsi-test-cu`` a campaign runs, one per case, in turn: quick ones
+#: whose commands reach the damaged Data-In, SCSI Response and login paths
+TEST_CU_SUITES = (
+    "SCSI.Inquiry.Standard",
+    "SCSI.Read16.Simple",
+    "SCSI.ReadCapacity16.Simple",
+    "iSCSI.iSCSIResiduals.Read16Residuals",
+    "SCSI.TestUnitReady.Simple",
+    "iSCSI.iSCSIdatasn.iSCSIDataSnInvalid",
+)
+_OOPS = re.compile(r"Oops|BUG:|Kernel panic|general protection fault|Call Trace:|KASAN")
+
+
+def make_client(client: str, tool: str | None = None) -> Any:
+    """The client object for ``client`` (and ``tool``); ConfigError for bad names."""
+    if client not in CLIENTS:
+        raise ConfigError(f"unknown initiator {client!r} (one of {', '.join(CLIENTS)})")
+    if tool is not None and tool not in TOOLS.get(client, ()):
+        choices = ", ".join(TOOLS.get(client, ())) or "none"
+        raise ConfigError(f"--tool {tool!r} does not fit initiator {client!r} (choices: {choices})")
+    if client == "reference":
+        return ReferenceClient()
+    if client == "libiscsi":
+        return TestCuClient() if tool == "iscsi-test-cu" else LibiscsiTools()
+    return OpenIscsiClient()
+
+
+def _children_peak_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+
+
+def _self_peak_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+class _Client:
+    title = ""
+    limit = 5.0
+    host = "127.0.0.1"
+    memory_note = ""
+
+    async def setup(self, proxy: Any) -> None:
+        return None
+
+    async def teardown(self) -> None:
+        return None
+
+
+class ReferenceClient(_Client):
+    title = "reference initiator"
+    limit = 5.0
+
+    def __init__(self) -> None:
+        self.start_peak = _self_peak_kib()
+        self.violations = 0
+
+    async def _exercise(self, host: str, port: int, timeout: float, lba: int) -> bytes:
+        from iscsi_conformance.initiator.client import Session, discover
+
+        await discover(host, port, timeout=timeout)
+        async with await Session.connect(host, port, IQN, timeout=timeout) as s:
+            await s.inquiry(0)
+            await s.read_capacity16(0)
+            pattern = random.Random(lba).randbytes(32 * 512)
+            await s.write(0, lba, pattern, block_size=512)
+            data: bytes = await s.read(0, lba, 32, block_size=512)
+            self.violations = len(s.violations)
+            await s.logout()
+            return data
+
+    async def _truth(self, proxy: Any, lba: int, timeout: float) -> bytes:
+        from iscsi_conformance.initiator.client import Session
+
+        host, port = proxy.upstream
+        async with await Session.connect(host, port, IQN, timeout=timeout) as s:
+            data: bytes = await s.read(0, lba, 32, block_size=512)
+            await s.logout()
+            return data
+
+    async def run(self, host: str, port: int, limit: float, proxy: Any) -> Any:
+        lba = (proxy.case % 400) * 32
+        before = _self_peak_kib()
+        self.violations = 0
+        data: bytes | None = None
+        try:
+            # each exchange has limit/10 to answer: with at most three damaged PDUs on
+            # each connection, a clean initiator ends well within ``limit``
+            data = await asyncio.wait_for(self._exercise(host, port, limit / 10, lba), limit)
+        except TimeoutError as exc:
+            if not isinstance(exc, ISCSIConformanceError):
+                return ("hang", "reference initiator", f"still running after {limit:g} s")
+        except (ISCSIConformanceError, OSError, asyncio.IncompleteReadError):
+            pass
+        except Exception as exc:  # an internal error of the reference initiator
+            frames = traceback.extract_tb(exc.__traceback__)
+            where = f"{Path(frames[-1].filename).name}:{frames[-1].name}" if frames else "?"
+            detail = "".join(traceback.format_exception(exc))[-3000:]
+            return ("internal-error", f"{type(exc).__name__} at {where}", detail)
+        grew = _self_peak_kib() - before
+        if grew > MEMORY_BOUND_KIB:
+            return ("memory", "reference initiator peak RSS", f"grew by {grew} KiB in one case")
+        if data is not None and proxy.applied and not self.violations:
+            try:
+                truth = await self._truth(proxy, lba, 2.0)
+            except (ISCSIConformanceError, OSError, TimeoutError):
+                truth = None
+            if truth is not None and truth != data:
+                first = next(i for i, (a, b) in enumerate(zip(data, truth, strict=False)) if a != b) \
+                    if len(data) == len(truth) else min(len(data), len(truth))  # fmt: skip
+                return (
+                    "accepted",
+                    "READ returned data the target does not hold",
+                    f"{len(data)} bytes returned as good, first difference at byte {first}",
+                )
+        return None
+
+    @property
+    def memory_note(self) -> str:  # type: ignore[override]
+        return (
+            f"this process's peak RSS: {self.start_peak // 1024} MiB at the start, "
+            f"{_self_peak_kib() // 1024} MiB at the end (bound: +{MEMORY_BOUND_KIB // 1024} MiB "
+            "in one case)"
+        )
+
+
+async def _tool(argv: list[str], limit: float) -> tuple[int | None, bytes]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), limit)
+        return proc.returncode, err or b""
+    except TimeoutError:
+        return None, b""
+    finally:
+        if proc.returncode is None:  # over its limit, or the campaign was interrupted
+            proc.kill()
+            await proc.wait()
+
+
+class LibiscsiTools(_Client):
+    title = "libiscsi tools (iscsi-ls -s, iscsi-inq)"
+    limit = 5.0
+
+    def argvs(self, url: str, case: int) -> list[list[str]]:
+
+        return [["iscsi-ls", "-s", url], ["iscsi-inq", f"{url}/{IQN}/0"]]
+
+    async def setup(self, proxy: Any) -> None:
+        for argv in self.argvs("iscsi://x", 0):
+            if shutil.which(argv[0]) is None:
+                raise ConfigError(f"{argv[0]} is not installed (libiscsi-bin)")
+
+    async def run(self, host: str, port: int, limit: float, proxy: Any) -> Any:
+        url = f"iscsi://{host}:{port}"
+        for argv in self.argvs(url, proxy.case):
+            code, err = await _tool(argv, limit)
+            if code is None:
+                return ("hang", argv[0], f"{' '.join(argv)} still running after {limit:g} s")
+            if code < 0:
+                return ("crash", f"{argv[0]} signal {-code}", err.decode(errors="replace")[-2000:])
+        peak = _children_peak_kib()
+        if peak > MEMORY_BOUND_KIB:
+            return ("memory", f"{argv[0]} peak RSS", f"a tool's peak RSS reached {peak} KiB")
+        return None
+
+    @property
+    def memory_note(self) -> str:  # type: ignore[override]
+        return f"the tools' peak RSS: {_children_peak_kib() // 1024} MiB"
+
+
+class TestCuClient(LibiscsiTools):
+    title = "libiscsi iscsi-test-cu"
+    limit = 20.0
+
+    def argvs(self, url: str, case: int) -> list[list[str]]:
+
+        suite = TEST_CU_SUITES[case % len(TEST_CU_SUITES)]
+        return [["iscsi-test-cu", "-s", "-t", suite, f"{url}/{IQN}/0"]]
+
+
+class OpenIscsiClient(_Client):
+    title = "open-iscsi (iscsiadm + kernel initiator in the micro-VM)"
+    limit = 60.0
+
+    def __init__(self) -> None:
+        self.driver: Any = None
+        self.console_seen = 0
+        self.iscsid_start = 0
+        self.iscsid_last = 0
+
+    async def setup(self, proxy: Any) -> None:
+        from iscsi_conformance.peers.openiscsi import OpenIscsiInitiator
+
+        self.driver = OpenIscsiInitiator(login_timeout=5)
+        try:
+            await asyncio.to_thread(self.driver.start)
+        except BaseException:
+            await asyncio.to_thread(self.driver.stop)
+            self.driver = None
+            raise
+        self.console_seen = len(self._console())
+        self.iscsid_start = self.iscsid_last = await asyncio.to_thread(self._iscsid_rss)
+
+    async def teardown(self) -> None:
+        if self.driver is not None:
+            driver, self.driver = self.driver, None
+            await asyncio.to_thread(driver.stop)
+
+    def _console(self) -> str:
+        vm = getattr(self.driver, "vm", None)
+        return vm.console_text() if vm is not None else ""
+
+    def _iscsid_rss(self) -> int:
+        res = self.driver.guest("ps -o rss= -C iscsid | awk '{s+=$1} END {print s+0}'", timeout=20)
+        text = res.text.strip()
+        return int(text) if text.isdigit() else 0
+
+    def _round(self, host: str, port: int, limit: float) -> tuple[str, str]:
+        from iscsi_conformance.peers.openiscsi import guest_address
+
+        portal = f"{guest_address(host, self.driver.mode)}:{port}"
+        step = max(5, int(limit / 4))
+        script = f"""
+P={portal}; T={IQN}; touch /run/ic-round
+timeout -k 2 {step} iscsiadm -m discovery -t st -p $P >/dev/null 2>&1; d=$?
+iscsiadm -m node -T $T -p $P -o new >/dev/null 2>&1
+timeout -k 2 {step} iscsiadm -m node -T $T -p $P --login >/dev/null 2>&1; l=$?
+r=-
+if [ $l = 0 ]; then
+  for i in $(seq 1 25); do
+    dev=$(ls -d /sys/class/iscsi_session/session*/device/target*/*:*:*:0/block/* 2>/dev/null | head -1)
+    [ -n "$dev" ] && break; sleep 0.2
+  done
+  [ -n "$dev" ] && {{ timeout -k 2 {step} dd if=/dev/${{dev##*/}} of=/dev/null bs=4096 count=16 iflag=direct status=none; r=$?; }}
+fi
+timeout -k 2 {step} iscsiadm -m node -u >/dev/null 2>&1; o=$?
+iscsiadm -m node -o delete >/dev/null 2>&1
+iscsiadm -m discoverydb -t st -p $P -o delete >/dev/null 2>&1
+echo "discovery=$d login=$l read=$r logout=$o"
+find / -xdev -newer /run/ic-round \\( -path /proc -o -path /sys -o -path /dev -o -path /run \\
+  -o -path /tmp -o -path /var -o -path /etc/iscsi/nodes -o -path /etc/iscsi/send_targets \\) \\
+  -prune -o -print 2>/dev/null | grep -v '^/$' | grep -v '^/etc/iscsi$' | head -20 | sed 's/^/new: /'
+"""
+        res = self.driver.guest(script, timeout=step * 5 + 30)
+        return res.text, res.error_text
+
+    async def run(self, host: str, port: int, limit: float, proxy: Any) -> Any:
+        try:
+            out, _err = await asyncio.to_thread(self._round, host, port, limit)
+        except HarnessError as exc:
+            out = f"agent: {exc}"
+        console = self._console()
+        fresh, self.console_seen = console[self.console_seen :], len(console)
+        vm = getattr(self.driver, "vm", None)
+        gone = vm._exited() if vm is not None else None
+        oops = _OOPS.search(fresh)
+        if oops or gone:
+            at = fresh[oops.start() :] if oops else fresh[-2000:]
+            place = "guest kernel " + (oops.group(0).rstrip(":") if oops else "VM exited")
+            return ("crash", place, (gone or "") + "\n" + at[:3000])
+        if out.startswith("agent:"):
+            return ("hang", "guest round", out)
+        new = [line[5:] for line in out.splitlines() if line.startswith("new: ")]
+        if new:
+            return ("traversal", "a file outside /etc/iscsi/nodes", "; ".join(new[:5]))
+        steps = dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+        for name in ("discovery", "login", "read", "logout"):
+            if steps.get(name) in ("124", "137"):
+                return ("hang", f"iscsiadm {name}" if name != "read" else "dd read", out.strip())
+        rss = await asyncio.to_thread(self._iscsid_rss)
+        self.iscsid_last = rss or self.iscsid_last
+        if rss - self.iscsid_start > MEMORY_BOUND_KIB:
+            return ("memory", "iscsid RSS", f"{self.iscsid_start} KiB at the start, {rss} KiB now")
+        return None
+
+    @property
+    def memory_note(self) -> str:  # type: ignore[override]
+        return (
+            f"iscsid RSS: {self.iscsid_start} KiB at the start, {self.iscsid_last} KiB at the end"
+        )
