@@ -171,7 +171,7 @@ async def test_scsi_event(target: Any) -> None:
     "FullFeature.Async.Drop",
     "RFC 7143 11.9.1",
     level="INFORMATIONAL",
-    requirements=["R7143-11.9-6", "R7143-11.9-7"],
+    requirements=["R7143-11.9-6", "R7143-11.9-7", "R7143-4.2.2.2-1"],
     needs=("dedicated_instance", "async_messages"),
 )
 async def test_drop(target: Any, event: int) -> None:
@@ -201,7 +201,7 @@ async def test_drop(target: Any, event: int) -> None:
             )
             require(
                 msg.statsn == before,
-                "R7143-11.9-7",
+                "R7143-4.2.2.2-1",
                 f"the Async Message carries StatSN {msg.statsn}, the connection's next is {before}",
                 received=[msg],
             )
@@ -219,7 +219,7 @@ async def test_drop(target: Any, event: int) -> None:
     "RFC 7143 11.9.1",
     "RFC 7143 11.10",
     level="INFORMATIONAL",
-    requirements=["R7143-11.9-7"],
+    requirements=["R7143-11.9-7", "R7143-4.2.2.2-1"],
     needs=("dedicated_instance", "async_messages"),
 )
 async def test_renegotiation(target: Any) -> None:
@@ -238,7 +238,7 @@ async def test_renegotiation(target: Any) -> None:
             )
             require(
                 msg.statsn == before,
-                "R7143-11.9-7",
+                "R7143-4.2.2.2-1",
                 f"the Async Message carries StatSN {msg.statsn}, the connection's next is {before}",
                 received=[msg],
             )
@@ -271,7 +271,7 @@ async def test_renegotiation(target: Any) -> None:
     "RFC 7143 11.9.2",
     "RFC 7143 11.9.4",
     level="INFORMATIONAL",
-    requirements=["R7143-11.9-8", "R7143-11.9-7"],
+    requirements=["R7143-11.9-8", "R7143-11.9-7", "R7143-4.2.2.2-1"],
     needs=("dedicated_instance", "async_messages"),
 )
 async def test_vendor_event(target: Any) -> None:
@@ -290,13 +290,25 @@ async def test_vendor_event(target: Any) -> None:
                 received=ffp.shown(*got, None),
             )
             require(
-                msg.async_vcode == 0x5A and msg.data == data and msg.statsn == before,
+                msg.statsn == before,
+                "R7143-4.2.2.2-1",
+                f"the vendor event carries StatSN {msg.statsn}, the connection's next is {before}",
+                received=[msg],
+            )
+            require(
+                msg.async_vcode == 0x5A and msg.data == data,
                 "R7143-11.9-8",
-                f"vendor event: AsyncVCode {msg.async_vcode:#x} (asked 0x5a), data "
-                f"{msg.data!r}, StatSN {msg.statsn} (next: {before})",
+                f"vendor event: AsyncVCode {msg.async_vcode:#x} (asked 0x5a), data {msg.data!r}",
                 received=[msg],
             )
             _, pong = await ffp.nop()
+            require(
+                not isinstance(pong, P.NopIn) or pong.statsn == sn_add(before, 1),
+                "R7143-4.2.2.2-1",
+                f"the ping after the vendor event carries StatSN {pong.statsn if pong else None}, "
+                f"not {sn_add(before, 1)}: the Async Message counts a StatSN of its own (11.9)",
+                received=ffp.shown(msg, pong),
+            )
             require(
                 isinstance(pong, P.NopIn) and pong.statsn == sn_add(before, 1),
                 "R7143-11.9-7",
