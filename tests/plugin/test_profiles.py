@@ -26,6 +26,7 @@ SERVES = {
     "chap-sha3-256": {"reference", "lio"},
     "mutual-sha256": {"reference", "lio"},
     "datain-reverse": {"reference"},
+    "erl2": {"reference"},
 }
 
 

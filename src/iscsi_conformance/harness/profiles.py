@@ -220,6 +220,27 @@ def _profiles() -> dict[str, Profile]:
         "datain_out_of_order",
         doc="DataPDUInOrder=No; Data-In of 4 KiB, each 16 KiB sequence at decreasing offsets",
     )
+    # RFC 7143 7.2.2: connection recovery. This target agrees to ErrorRecoveryLevel 2
+    # (a failed connection's tasks wait for TASK REASSIGN), lets a second connection
+    # in, makes Time2Wait 1 s so that waiting it shows, and solicits every byte of a
+    # write by R2T, so a WRITE is in flight when its connection is cut.
+    add(
+        "erl2",
+        lambda c: _spec(
+            "erl2",
+            parameters=(
+                ("ErrorRecoveryLevel", "2"),
+                ("MaxConnections", "2"),
+                ("DefaultTime2Wait", "1"),
+                ("DefaultTime2Retain", "20"),
+                ("InitialR2T", "Yes"),
+                ("ImmediateData", "No"),
+                ("MaxBurstLength", "16384"),
+            ),
+        ),
+        "task_reassign",
+        doc="ErrorRecoveryLevel 2, MaxConnections 2, Time2Wait 1 s, every write by R2T",
+    )
     return p
 
 

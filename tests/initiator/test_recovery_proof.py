@@ -1,0 +1,138 @@
+"""Initiator.Recovery.Erl2.WriteContinued can fail: it is run here with the reference
+initiator against the reference target's real "erl2" profile (embedded, loopback),
+behind the recording proxy that cuts the connection at the WRITE's first R2T.
+
+- the reference initiator as it is (logout for recovery, Time2Wait, TASK REASSIGN)
+  passes;
+- a copy that reassigns on a new connection without logging the failed one out
+  fails the MUST of R7143-7.2.2-2;
+- a copy that does not wait Time2Wait, and one that does not recover at all, fail
+  the informational R7143-7.2.2-3 (reported, not failed, by the grading);
+- an initiator that offers ErrorRecoveryLevel 0 skips, naming its offer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from iscsi_conformance.harness.observer import Observer
+from iscsi_conformance.harness.profiles import PROFILES, Credentials
+from iscsi_conformance.initiator.client import Connection, RecoveryRecord, Session
+from iscsi_conformance.peers.reference_initiator import ReferenceInitiator
+from iscsi_conformance.peers.reference_target import ReferenceTargetDriver
+from iscsi_conformance.plugin.spec import ConformanceViolation
+from suite_modules import load_suite
+
+SUITE = load_suite("initiator/test_recovery.py", "recovery_under_proof")
+PROFILE = SUITE.PROFILE
+
+
+class Target:
+    """The run's target as the test sees it: one profile's endpoint, no CHAP."""
+
+    def __init__(self, endpoint: Any) -> None:
+        self._endpoint = endpoint
+
+    def chap_for(self, profile: str) -> tuple[None, None]:
+        return None, None
+
+    def endpoint(self, profile: str) -> Any:
+        assert profile == PROFILE
+        return self._endpoint
+
+
+@dataclasses.dataclass
+class Initiator:
+    driver: Any
+    name: str = "reference"
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[Target]:
+    driver = ReferenceTargetDriver(mode="embedded")
+    try:
+        endpoint = driver.configure(PROFILES[PROFILE].build(Credentials.generate()))
+        yield Target(endpoint)
+    finally:
+        driver.stop()
+
+
+@pytest.fixture
+def observed(target: Target) -> Iterator[Any]:
+    observers: list[Observer] = []
+
+    def make(profile: str, rewrite: Any = None) -> tuple[Any, Observer]:
+        ep = target.endpoint(profile)
+        obs = Observer(ep.host, ep.port, listen_host="127.0.0.1", label=profile, rewrite=rewrite)
+        obs.start()
+        observers.append(obs)
+        return dataclasses.replace(ep, host=obs.listen_host, port=obs.port), obs
+
+    yield make
+    for obs in observers:
+        obs.stop()
+
+
+@pytest.fixture
+def initiator() -> Iterator[Initiator]:
+    with ReferenceInitiator() as driver:
+        yield Initiator(driver)
+
+
+def test_reference_initiator_passes(initiator: Initiator, target: Target, observed: Any) -> None:
+    SUITE.test_write_continued_after_connection_failure(initiator, target, observed)
+
+
+def test_reassign_before_logout_fails(
+    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def no_logout(self: Session, failed: Connection, record: RecoveryRecord) -> Connection:
+        return await self.add_connection(keys=self._keys)  # a new CID, the old one left be
+
+    monkeypatch.setattr(Session, "_recovery_connection", no_logout)
+    with pytest.raises(ConformanceViolation, match=r"R7143-7\.2\.2-2") as failed:
+        SUITE.test_write_continued_after_connection_failure(initiator, target, observed)
+    assert "was sent before the failed connection" in str(failed.value)
+
+
+def test_no_time2wait_fails(
+    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recover = Session._recover
+
+    async def hasty(self: Session, *args: Any) -> None:
+        self.negotiated = dataclasses.replace(self.negotiated, default_time2wait=0)
+        await recover(self, *args)
+
+    monkeypatch.setattr(Session, "_recover", hasty)
+    with pytest.raises(ConformanceViolation, match=r"R7143-7\.2\.2-3") as failed:
+        SUITE.test_write_continued_after_connection_failure(initiator, target, observed)
+    assert "before Time2Wait" in str(failed.value)
+
+
+def test_no_recovery_fails(
+    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Session, "recover_connections", False, raising=False)
+    original = Session.__init__
+
+    def init(self: Session, *args: Any, **kw: Any) -> None:
+        original(self, *args, **kw)
+        self.recover_connections = False
+
+    monkeypatch.setattr(Session, "__init__", init)
+    with pytest.raises(ConformanceViolation, match=r"R7143-7\.2\.2-3") as failed:
+        SUITE.test_write_continued_after_connection_failure(initiator, target, observed)
+    assert "did not reassign the task" in str(failed.value)
+
+
+def test_an_initiator_offering_erl0_skips(
+    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SUITE, "OFFER", (("ErrorRecoveryLevel", "0"),))
+    with pytest.raises(pytest.skip.Exception, match="offered ErrorRecoveryLevel=0"):
+        SUITE.test_write_continued_after_connection_failure(initiator, target, observed)
