@@ -6,13 +6,21 @@ Theory of operation
 -------------------
 :class:`Bridge` listens on ``listen`` and opens a connection to the target for each
 initiator connection it accepts; two pumps per connection run on the bridge's own
-asyncio loop (a daemon thread, as ``harness.observer``). Each pump feeds what it reads
+asyncio loop (a daemon thread, ``aio.LoopThread``, as ``harness.observer``). Each pump feeds what it reads
 to that direction's ``core.pdu.PDUDecoder`` and handles one whole PDU at a time: the
 judge sees it as the peer sent it, the fault plan may change what goes out, and the
 exact bytes are forwarded (re-encoded only when a fault or the address rewrite asks
 for it). The bridge keeps no PDU once forwarded: a decoder holds at most the PDU it
 is assembling, a held PDU (``merge``, ``reorder``) waits for the next one only, and the
 evidence kept per breach is a few one-line summaries of the PDUs before it.
+
+Once a connection is in the full feature phase with no fault left to inject and
+nothing to rewrite, each direction leaves the loop for a relay thread of its own
+(``_Relay``): it receives into one buffer, judges what it received under the
+connection's lock (so the judge sees each PDU once, in wire order, before any answer
+to it can exist), then sends the same bytes. The loop's read/copy/write turns were
+most of the bridge's cost; the threads move bytes with the GIL released, both ways at
+once (issue 15's throughput goal, ``benchmarks/bench_bridge.py``).
 
 Digests switch on after the final Login Response passes (RFC 7143 13.1), as the judge
 reports them agreed. A data digest error is judged and the PDU forwarded as it was; a
@@ -40,6 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from iscsi_conformance.aio import LoopThread
 from iscsi_conformance.core.pdu import PDU, PDUDecoder, TextResponse, encode
 from iscsi_conformance.core.text import format_pairs, parse_pairs
 from iscsi_conformance.errors import DigestError
@@ -132,8 +141,7 @@ class Bridge:
         self.connections: list[BridgedConnection] = []
         self.breaches: list[BridgeBreach] = []
         self.harness_errors: list[str] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._runner = LoopThread("bridge")
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed = threading.Condition()
@@ -152,30 +160,13 @@ class Bridge:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, timeout: float = 10.0) -> tuple[str, int]:
-        if self._loop is not None:
-            return self.listen_host, self.port
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._listen())
-            except BaseException as exc:  # reported to start()
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name="bridge", daemon=True)
-        self._thread.start()
-        if not ready.wait(timeout) or failure:
+        try:
+            self._runner.start(self._listen, timeout)
+        except OSError as exc:
             self.stop()
-            reason = failure[0] if failure else "timeout"
-            raise OSError(f"bridge cannot listen on {self.listen_host}:{self.port}: {reason}")
+            raise OSError(
+                f"bridge cannot listen on {self.listen_host}:{self.port}: {exc}"
+            ) from None
         return self.listen_host, self.port
 
     async def _listen(self) -> None:
@@ -187,31 +178,22 @@ class Bridge:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close the listener and every connection, then the capture; idempotent."""
-        loop, thread = self._loop, self._thread
-        if loop is not None:
 
-            async def shutdown() -> None:
-                if self._server is not None:
-                    self._server.close()
-                for conn in self.connections:
-                    for writer in conn.writers.values():
-                        writer.close()
-                for task in list(self._tasks):
-                    task.cancel()
-                if self._tasks:
-                    await asyncio.wait(list(self._tasks), timeout=timeout)
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            for conn in self.connections:
+                for writer in conn.writers.values():
+                    writer.close()
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=timeout)
 
-            if thread is not None and thread.is_alive() and loop.is_running():
-                with contextlib.suppress(Exception):
-                    asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout + 1)
-                loop.call_soon_threadsafe(loop.stop)
-                thread.join(timeout)
-            for relay in list(self._relays):
-                relay.halt()
-                relay.join(timeout)
-            if not loop.is_running():
-                loop.close()
-            self._loop = self._thread = None
+        self._runner.stop(shutdown, timeout)
+        for relay in list(self._relays):
+            relay.halt()
+            relay.join(timeout)
         if self.pcap is not None:
             self.pcap.close()
         self._notify()

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
+from iscsi_conformance.aio import LoopThread
 from iscsi_conformance.core.pdu import (
     PDU,
     LoginRequest,
@@ -219,8 +220,7 @@ class Observer:
         self.connect_timeout = connect_timeout
         self.connections: list[ObservedConnection] = []
         self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._runner = LoopThread(f"observer-{label}")
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed = threading.Condition()
@@ -239,29 +239,11 @@ class Observer:
         self.stop()
 
     def start(self, timeout: float = 10.0) -> tuple[str, int]:
-        if self._loop is not None:
-            return self.listen_host, self.port
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._listen())
-            except BaseException as exc:  # reported to start()
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name=f"observer-{self.label}", daemon=True)
-        self._thread.start()
-        if not ready.wait(timeout) or failure:
-            self.stop()
-            raise OSError(f"observer did not start: {failure[0] if failure else 'timeout'}")
+        try:
+            self._runner.start(self._listen, timeout)
+        except OSError as exc:
+            self._notify()
+            raise OSError(f"observer did not start: {exc}") from None
         return self.listen_host, self.port
 
     async def _listen(self) -> None:
@@ -273,8 +255,7 @@ class Observer:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close the listener and every connection; idempotent."""
-        loop, thread = self._loop, self._thread
-        if loop is None:
+        if self._runner.loop is None:
             return
 
         async def shutdown() -> None:
@@ -288,14 +269,7 @@ class Observer:
             if self._tasks:
                 await asyncio.wait(list(self._tasks), timeout=timeout)
 
-        if thread is not None and thread.is_alive() and loop.is_running():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout + 1)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout)
-        if not loop.is_running():
-            loop.close()
-        self._loop = self._thread = None
+        self._runner.stop(shutdown, timeout)
         self._notify()
 
     # ------------------------------------------------------------------ waiting
@@ -359,7 +333,7 @@ class Observer:
         note: str = "injected",
     ) -> None:
         """Send ``pdu`` (encoded with the digests in force) to one side; thread-safe."""
-        loop = self._loop
+        loop = self._runner.loop
         if loop is None:
             raise RuntimeError("observer is not running")
 
