@@ -10,7 +10,13 @@ answer it, scoped by Discovery Domains. Then:
 - Discovery Domains restrict it (5.6.5.9 DDReg): the target is listed to an initiator
   of its domain, never to one outside, and the outsider never tries it;
 - after a change, an SCN (5.6.5.8) is acted on: the reference initiator, registered for
-  SCNs, lists the target that registered after it and logs in.
+  SCNs, lists the target that registered after it and logs in;
+- open-iscsi's iscsid, registered for SCNs on a UDP SCN Port by its discovery daemon,
+  receives the SCN (6.3.7, 2.9.2) and logs in to the target it names. The server must
+  reach the guest, and 2.9.2 has it send to every Portal the guest registered, its
+  user-mode network address included: so this cell runs on a network of its own (a
+  micro-VM with a tap into a namespace of ours, holding our server and a reference
+  target; ``harness/isns_guest.py``), whatever server the run uses.
 
 How each initiator discovers: open-iscsi with ``iscsiadm -m discovery -t isns`` in its
 micro-VM; the reference initiator with its own iSNS client (``iscsi-conformance
@@ -23,6 +29,8 @@ skip as not supported.
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
 import subprocess
 import sys
@@ -30,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from iscsi_conformance.errors import LoginError
 from iscsi_conformance.peers.base import LoginOptions, TargetEndpoint
@@ -289,3 +299,72 @@ def test_scn_acted_on(target: Any, isns_server: Any) -> None:
             except subprocess.TimeoutExpired:
                 watch.kill()
                 watch.wait(5)
+
+
+@spec(
+    "iSNS.Discovery.ScnActedOnByInitiator",
+    "RFC 4171 6.3.7",
+    "RFC 4171 2.9.2",
+    "RFC 4171 5.6.5.8",
+    pairing="initiator",
+    role="initiator",
+    requirements=["R4171-6.3.7-1", "R4171-5.6.5.8-2"],
+    needs=("initiator:isns",),
+)
+def test_initiator_acts_on_scn(initiator: Any) -> None:
+    """An initiator registered for SCNs by its own iSNS client gets the SCN that a
+    target's registration causes, and logs in to that target without polling."""
+    if initiator.name != "open-iscsi":
+        pytest.skip(
+            f"{initiator.name}: its SCN handling is judged by iSNS.Discovery.ScnActedOn"
+            if initiator.name == "reference"
+            else f"{initiator.name} lacks capability 'isns' (an iSNS client of its own)"
+        )
+    if os.geteuid() != 0:  # a tap and a network namespace
+        why = "the SCN network of this cell needs root (a tap, a network namespace)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(why)
+        pytest.skip(why)
+    scn_in_guest(initiator.evidence)
+
+
+def scn_in_guest(evidence: Any, *, block_scn: bool = False) -> None:
+    """open-iscsi in a micro-VM of its own registers for SCNs with our server through
+    iscsid's discovery daemon (no polling); a reference target then registers: the SCN
+    must reach the guest (6.3.7), and open-iscsi logs in to the target (informational).
+    ``block_scn``: the namespace drops the server's UDP, the network on which this
+    fails (tests/isns/test_isns_guest_scn_proof.py)."""
+    from iscsi_conformance.harness.isns_guest import SCN_BITMAP, GuestScnStage
+    from iscsi_conformance.harness.profiles import IQN_PREFIX
+
+    iqn = f"{IQN_PREFIX}:isns-scn-guest"
+    with GuestScnStage(block_scn=block_scn) as stage:
+        name = stage.initiator.initiator_name
+        script = stage.start_discoveryd()
+        reg = stage.wait_registered(name, TIMEOUT * 2)
+        ports = sorted({p["key"][1] for p in reg["portals"]})
+        evidence.note(f"guest: {script}\n{name} registered for SCN (bitmap "
+                      f"{reg['node']['attrs'].get(SCN_BITMAP)}) with portals "
+                      f"{[p['key'] for p in reg['portals']]}; SCN Port values {ports}")  # fmt: skip
+        stage.start_target(iqn)
+        took = stage.wait_session(iqn, TIMEOUT)
+        guest_log, server_log = stage.guest_log(), stage.server_log()
+        evidence.note(f"session after {took} s:\n{stage.sessions()}\niscsid (guest):\n"
+                      f"{guest_log}\nreference iSNS server:\n{server_log}")  # fmt: skip
+        at = re.escape(stage.guest_address)
+        answered = re.search(
+            rf"scn to {at}:\d+ over UDP: answered with function 0x8008 status 0", server_log
+        )
+        processed = f"(Target: {iqn}," in guest_log
+        require(
+            bool(answered or processed),
+            "R4171-6.3.7-1",
+            f"the SCN our server sent to open-iscsi's registered UDP SCN Port at "
+            f"{stage.guest_address} got no SCN Response and iscsid logged no SCN for {iqn}",
+        )
+        require(
+            took is not None,
+            "R4171-5.6.5.8-2",
+            f"open-iscsi received the SCN announcing {iqn} but did not log in to it within "
+            f"{TIMEOUT:.0f} s",
+        )

@@ -199,10 +199,10 @@ class ISNSServer:
     async def _deliver(self, action: Outbound) -> None:
         """One ESI or SCN (5.6.5.13, 5.6.5.8): connect, send, read one answer."""
         if action.udp:
-            self.engine.outbound_answered(action, await self._deliver_udp(action), time.time())
-            self._after()
+            answer = await self._deliver_udp(action)
+            self._answered(action, answer)
             return
-        answer: Message | None = None
+        answer = None
         writer: asyncio.StreamWriter | None = None
         try:
             reader, writer = await asyncio.wait_for(
@@ -229,6 +229,19 @@ class ISNSServer:
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
+        self._answered(action, answer)
+
+    def _answered(self, action: Outbound, answer: Message | None) -> None:
+        """Hand the answer to the engine; an SCN's is logged (5.7.5.8: the SCNRsp
+        confirms that the SCN was received and processed)."""
+        if action.kind == "scn":
+            how = "UDP" if action.udp else "TCP"
+            if answer is None:
+                log.info("iSNS scn to %s:%d over %s: no answer", action.host, action.port, how)
+            else:
+                status = "none" if answer.status is None else int(answer.status)
+                log.info("iSNS scn to %s:%d over %s: answered with function %#06x status %s",
+                         action.host, action.port, how, answer.function, status)  # fmt: skip
         self.engine.outbound_answered(action, answer, time.time())
         self._after()
 
