@@ -4,7 +4,8 @@
 Once per pairing, the initiator under test is pointed at a bridge in front of the
 target (SendTargets answers rewritten to the bridge's portal) and driven through what
 both sides can do: discovery, then one login with the header and data digests both
-declare, and I/O of 32 KiB and 1 MiB with the data verified (one login: each costs
+declare, and I/O of 32 KiB and 1 MiB with the data verified, then one task management
+request where the initiator's driver can send one (one login: each costs
 seconds with a micro-VM initiator; CHAP logins are the Interop and CHAP areas'). The bridge
 judges every PDU both ways against its table of rules (``bridge.judge.RULES``); each
 rule is one test here, of the side that sends the PDU it judges, in the area the rule
@@ -27,12 +28,14 @@ import pytest
 
 from iscsi_conformance.bridge.judge import RULES, Rule
 from iscsi_conformance.bridge.pump import Bridge, BridgeBreach
+from iscsi_conformance.core.codes import TmfFunction
 from iscsi_conformance.harness.profiles import capability_satisfied
 from iscsi_conformance.peers.base import LoginOptions
 from iscsi_conformance.plugin import spec, violation
 from iscsi_conformance.plugin.catalog import load_catalog
 
 BLOCK = 512
+_UNUSED_TAG = 0x7EA5_0001  # no task of the scenario has this Initiator Task Tag
 LBA = 24576  # away from the Interop tests' blocks
 
 
@@ -81,6 +84,27 @@ def _listen(ep: Any, pool: Any) -> str:
     return str(env.gateway) if env is not None else "127.0.0.1"
 
 
+def _tmf(drv: Any, session: Any, lun: int) -> None:
+    """One task management request through the bridge, as the initiator can send one,
+    so that its answer is matched to it on a live conversation (RFC 7143 11.6): the
+    reference initiator an ABORT TASK of a tag no task has (11.5.1: the answer is
+    "Task does not exist" or "Function complete"), open-iscsi a LOGICAL UNIT RESET
+    (``sg_reset -d``: the SCSI midlayer's device reset). libiscsi's tools send none."""
+    if hasattr(drv, "run") and hasattr(session.ref, "tmf"):
+        response = drv.run(
+            session.ref.tmf(TmfFunction.ABORT_TASK, lun, referenced_task_tag=_UNUSED_TAG),
+            timeout=15,
+        )
+        if response not in (0, 1):
+            raise AssertionError(f"ABORT TASK of a tag not in use answered {response}")
+    elif hasattr(drv, "sg"):
+        res = drv.sg(session, lun, "sg_reset", "-d")
+        if res.returncode:
+            raise RuntimeError(f"sg_reset -d exited {res.returncode}: {res.error_text[:160]}")
+    else:
+        pytest.skip("this initiator's driver sends no task management request")
+
+
 def _scenario(initiator: Any, target: Any, pool: Any) -> WireRun:
     key = (initiator.name, target.name)
     with _LOCK:
@@ -108,6 +132,7 @@ def _scenario(initiator: Any, target: Any, pool: Any) -> WireRun:
                         drv.write(session, target.lun, LBA, data)
                         if drv.read(session, target.lun, LBA, n) != data:
                             raise AssertionError(f"{n} blocks read back differ")
+                    _step(steps, "task management", lambda: _tmf(drv, session, target.lun))
                 finally:
                     drv.logout(session)
 

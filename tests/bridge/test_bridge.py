@@ -2,7 +2,8 @@
 reference target talk through it with data verified; it finds nothing in that clean
 conversation, finds the breach of a target broken on purpose (mutants of the
 reference target) and of an initiator broken on purpose (a rewriting PDU hook), writes
-a pcapng that replays to the same verdict, and injects each fault on demand."""
+a pcapng that replays to the same verdict, injects each fault on demand, and matches a
+task management answer to its request live."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from iscsi_conformance.bridge.capture import _frames, conversations, replay
 from iscsi_conformance.bridge.faults import FaultPlan, parse_fault
 from iscsi_conformance.bridge.pump import Bridge
 from iscsi_conformance.core import pdu as P
+from iscsi_conformance.core.codes import TmfFunction
 from iscsi_conformance.initiator.client import Session, discover
 from iscsi_conformance.mutation import get as get_mutant
 from iscsi_conformance.mutation.patching import Patcher
 from iscsi_conformance.target.config import parse_config
+from iscsi_conformance.target.connection import Connection
 from iscsi_conformance.target.server import TargetServer
 
 DISK = "iqn.2024-01.org.example:bridge-disk"
@@ -236,3 +239,46 @@ def test_a_reset_mid_write_loses_no_acknowledged_data(bridge: Any) -> None:
         asyncio.run(write(200, os.urandom(262144)))  # beyond FirstBurstLength: Data-Out
     assert [str(f[0]) for f in b.faults.fired] == ["close:ScsiDataOut#1"]
     assert asyncio.run(read(40, 8)) == acknowledged
+
+
+def _abort_unknown_task(bridge: Bridge, timeout: float) -> int:
+    """Log in through the bridge, send ABORT TASK for a tag no task has, log out."""
+
+    async def run() -> int:
+        async with Session.connect(bridge.listen_host, bridge.port, DISK, timeout=timeout) as s:
+            response = await s.tmf(TmfFunction.ABORT_TASK, 0, referenced_task_tag=0x7EA50001)
+            await s.logout()
+            return response
+
+    return asyncio.run(run())
+
+
+def test_a_tmf_answer_is_matched_to_its_request_live(bridge: Any) -> None:
+    """RFC 7143 11.6 (the TMF Response's Initiator Task Tag is the request's), on a live
+    conversation: the clean answer passes and marks the rule exercised; a target broken
+    on purpose (its TMF Response carries another tag) is caught, by the target's side."""
+    b = bridge()
+    assert _abort_unknown_task(b, 5) in (0, 1)  # 11.5.1: function complete / no such task
+    assert b.wait_closed(5)
+    assert [str(x) for x in b.breaches] == []
+    assert "tmf.answer_itt" in set().union(*(c.judge.exercised for c in b.connections))
+
+    broken = bridge()
+    patcher = Patcher()
+
+    def wrong_tag(emit: Any) -> Any:
+        def emit_with(self: Any, pdu: P.PDU) -> bytes:
+            if isinstance(pdu, P.TaskManagementResponse):
+                pdu = dataclasses.replace(pdu, itt=pdu.itt ^ 0x100)
+            return emit(self, pdu)  # type: ignore[no-any-return]
+
+        return emit_with
+
+    patcher.wrap(Connection, "_emit", wrong_tag)
+    try:
+        with _anything():  # the initiator waits for its tag in vain
+            _abort_unknown_task(broken, 1)
+    finally:
+        patcher.undo()
+    found = [x for x in broken.breaches if x.breach.rule.name == "tmf.answer_itt"]
+    assert found and all(x.breach.side == "target" for x in found), broken.breaches
