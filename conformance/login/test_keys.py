@@ -588,7 +588,7 @@ async def test_unknown_private_key(target: Any) -> None:
 
 @spec(
     "Login.Keys.Unknown.PublicExtensionKey",
-    "RFC 7143 13.23",
+    "RFC 7143 6.2",
     requirements=["R7143-13.23-1", "R7143-6.2-1"],
 )
 async def test_unknown_public_extension_key(target: Any) -> None:
