@@ -102,6 +102,11 @@ class Server:
         if portal not in self.killed:
             self._stop(iqn)
 
+    @contextlib.contextmanager
+    def dedicated(self, target: Any, iqn: str) -> Iterator[Running]:
+        with self.reference_target(iqn) as running:
+            yield running
+
     def portals_of(self, iqn: str) -> list[tuple[str, int, int | None]] | None:
         if iqn in self.stopped or iqn not in self.live:
             return None
@@ -194,12 +199,25 @@ def test_esi_monitoring_that_does_not_follow_the_target_fails(server: Server, sa
     assert says in message
 
 
-def test_tgt_skips_the_reference_only_tests() -> None:
-    """tgt registers no ESI port and its tgtd is the run's: the restart and ESI tests
-    skip for it, naming why."""
-    for test in (
-        SUITE.test_restart_replaces_the_old_registration,
-        SUITE.test_killed_target_is_removed_when_esi_goes_unanswered,
-    ):
-        with pytest.raises(pytest.skip.Exception, match="tgt: "):
-            test(Target("tgt"), Server())
+def test_tgt_skips_the_esi_test_as_a_missing_capability() -> None:
+    """tgt registers no ESI Port, which RFC 4171 leaves to the client: the ESI test
+    skips naming the capability and the sections, and the report files it so."""
+    from iscsi_conformance.report.skips import skip_cause
+
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        SUITE.test_killed_target_is_removed_when_esi_goes_unanswered(Target("tgt"), Server())
+    reason = str(skipped.value)
+    assert "6.3.4" in reason and "6.2.6" in reason, reason
+    cause = skip_cause(reason)
+    assert cause is not None and (cause.kind, cause.name, cause.peer) == (
+        "capability", "isns-esi", "tgt")  # fmt: skip
+
+
+def test_tgt_restart_runs_on_a_tgtd_of_its_own() -> None:
+    """The restart test runs for tgt too (a tgtd of its own, ``dedicated``): it passes
+    on a server that replaces the entry and fails on one that keeps the old portal."""
+    SUITE.test_restart_replaces_the_old_registration(Target("tgt"), Server())
+    with pytest.raises(ConformanceViolation, match="was not replaced"):
+        SUITE.test_restart_replaces_the_old_registration(
+            Target("tgt"), Server(keeps_old=True, keeps_killed=True)
+        )

@@ -103,6 +103,23 @@ class ReferenceTargetProcess:
         self.process.proc.wait(5)
 
 
+@dataclasses.dataclass
+class DedicatedTgt:
+    """A tgtd of a test's own (native, on this host) registered with the run's iSNS
+    server: the run's tgtd is shared, so a test that kills its target needs its own."""
+
+    registered: RegisteredTarget
+    driver: Any  # peers.tgt.TgtTarget
+
+    def kill(self) -> None:
+        """SIGKILL: tgtd ends without deregistering (it ignores SIGTERM anyway)."""
+        daemon = self.driver._daemon
+        if daemon is not None:
+            with contextlib.suppress(ProcessLookupError):
+                daemon.proc.kill()
+            daemon.proc.wait(5)
+
+
 class RunIsnsServer:
     """One iSNS server for a run; ``start()`` once, ``stop()`` on every exit."""
 
@@ -410,6 +427,43 @@ class RunIsnsServer:
                 proc.stop(timeout=10.0)  # SIGTERM: the target deregisters (5.6.5.4)
 
     @contextlib.contextmanager
+    def tgt_target(
+        self, iqn: str, listen_host: str, *, timeout: float = 20.0
+    ) -> Iterator[DedicatedTgt]:
+        """A tgtd of its own (native) serving ``iqn`` on ``listen_host`` at a free port,
+        its iSNS client switched on towards this server (``iSNSServerIP``,
+        ``iSNSServerPort``, ``iSNSAccessControl Off``, ``iSNS On``); yielded once the
+        server lists ``iqn`` at its portal. Stopped on exit unless the test killed it."""
+        from iscsi_conformance.peers.base import LunSpec, TargetSpec
+        from iscsi_conformance.peers.process import wait_until
+        from iscsi_conformance.peers.tgt import TgtTarget
+
+        driver = TgtTarget(mode="native", host=listen_host)
+        try:
+            driver.start()
+            ep = driver.configure(TargetSpec(iqn, luns=(LunSpec(1 << 20),)))
+            host, port = self.address
+            for name, value in (("iSNSServerIP", host), ("iSNSServerPort", str(port)),
+                                ("iSNSAccessControl", "Off"), ("iSNS", "On")):  # fmt: skip
+                driver.tgtadm("--op", "update", "--mode", "sys", "--name", name, "--value", value)
+            portal = (ep.host, ep.port)
+
+            def listed() -> bool:
+                return any(
+                    t.name == iqn and any((h, p) == portal for h, p, _tag in t.portals)
+                    for t in self.discover(_OBSERVER)
+                )
+
+            if not wait_until(listed, timeout=timeout, interval=0.3):
+                raise HarnessError(
+                    f"tgt did not register {iqn} at {portal[0]}:{portal[1]} with the "
+                    f"{self.kind} iSNS server"
+                )
+            yield DedicatedTgt(RegisteredTarget(iqn, portal, ep.portal_group_tag, portal), driver)
+        finally:
+            driver.stop()
+
+    @contextlib.contextmanager
     def _tgt(self, entry: Any, timeout: float) -> Iterator[RegisteredTarget]:
         from iscsi_conformance.peers.process import wait_until
 
@@ -445,6 +499,7 @@ _OBSERVER = "iqn.2024-01.org.iscsi-conformance:isns-observer"
 __all__ = [
     "CHOICES",
     "KINDS",
+    "DedicatedTgt",
     "ReferenceTargetProcess",
     "RegisteredTarget",
     "RunIsnsServer",

@@ -116,6 +116,21 @@ class IsnsServerUnderTest:
         ) as running:
             yield running
 
+    @contextlib.contextmanager
+    def dedicated(self, target: Any, iqn: str) -> Iterator[Any]:
+        """An instance of the pairing's target of the test's own that registers ``iqn``
+        and that the test may kill (``.kill()``, ``.registered``): a reference target
+        process, or for tgt a tgtd of its own on this host (the run's tgtd is shared)."""
+        if target.name == "tgt":
+            with self.server.tgt_target(iqn, listen_host(self.pool)) as running:
+                target.evidence.note(
+                    f"a tgtd of this test's own on this host (native, {running.driver.version()})"
+                )
+                yield running
+        else:
+            with self.reference_target(iqn) as running:
+                yield running
+
     def check_alive(self) -> None:
         why = self.server.alive()
         if why is None:
