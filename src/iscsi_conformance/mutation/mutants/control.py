@@ -164,9 +164,26 @@ def lun_reset(p: Patcher) -> None:
     catches=["FullFeature.TaskManagement.LunResetOtherSessionTask"],
 )
 def lun_reset_own_session(p: Patcher) -> None:
+    _own_session_only(p, TmfFunction.LOGICAL_UNIT_RESET)
+
+
+@mutant(
+    "Control.Tmf.ClearTaskSetSparesOtherSessions",
+    "control",
+    "CLEAR TASK SET under TST=000b aborts only the issuing session's tasks; another "
+    "session's held WRITE still completes (11.5.1: the task set the TST defines)",
+    catches=["FullFeature.TaskManagement.ClearTaskSetOtherSessionTask"],
+)
+def clear_task_set_own_session(p: Patcher) -> None:
+    _own_session_only(p, TmfFunction.CLEAR_TASK_SET)
+
+
+def _own_session_only(p: Patcher, function: int) -> None:
+    """``function`` aborts only the tasks of the session that sent it."""
+
     def make(old: Any) -> Any:
         def perform(conn: Connection, req: P.TaskManagementRequest) -> Any:
-            if _fn(req) != TmfFunction.LOGICAL_UNIT_RESET:
+            if _fn(req) != function:
                 return old(conn, req)
             engine, session = conn.engine, conn.session
             real = engine.abort_tasks
