@@ -24,6 +24,22 @@ pytestmark = [
 ]
 
 
+def _wait_until_capturing(tshark: subprocess.Popen[str], timeout: float = 30.0) -> None:
+    """Block until tshark says it captures: a fixed sleep lost the whole exchange
+    when tshark started late on a loaded machine (CI, load 15)."""
+    assert tshark.stderr is not None
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        line = tshark.stderr.readline()
+        if not line:
+            break  # tshark exited
+        seen.append(line.strip())
+        if "Capture started" in line:  # dumpcap listens ("Capturing on" comes earlier)
+            return
+    pytest.fail(f"tshark did not start capturing within {timeout:.0f} s: {seen[-3:]}")
+
+
 def test_tshark_finds_no_malformed_pdus(server: TargetServer, tmp_path: Path) -> None:
     host, port = server.portal()
     cap = tmp_path / "cap.pcapng"
@@ -34,7 +50,7 @@ def test_tshark_finds_no_malformed_pdus(server: TargetServer, tmp_path: Path) ->
         text=True,
     )
     try:
-        time.sleep(2.0)  # tshark needs a moment before it captures
+        _wait_until_capturing(tshark)
         ini = RawInitiator((host, port))
         rsp = ini.login(
             DISK, params=[("HeaderDigest", "CRC32C,None"), ("DataDigest", "CRC32C,None")]
@@ -60,7 +76,7 @@ def test_tshark_finds_no_malformed_pdus(server: TargetServer, tmp_path: Path) ->
         time.sleep(1.0)
     finally:
         tshark.terminate()
-        tshark.wait(10)
+        tshark.wait(30)  # it writes what it still buffers as it stops: slow under load
     decode = ["tshark", "-r", str(cap), "-d", f"tcp.port=={port},iscsi"]
     pdus = subprocess.run(
         [*decode, "-Y", "iscsi", "-T", "fields", "-e", "iscsi.opcode"],
