@@ -4,8 +4,10 @@
 ``fuzz reference`` starts a reference target of its own and also listens to its log
 (an internal error is a failure) and reads its RSS and descriptors; ``fuzz engine``
 feeds the reference target's engine in memory (``fuzz.memory``, no sockets).
-``--engine hypothesis`` runs the Hypothesis campaign of ``fuzz.runner`` instead (one case per
-connection; slower, with Hypothesis's shrinking and example database).
+``--engine hypothesis`` runs the Hypothesis state machine of ``fuzz.machine`` instead
+(sessions, MC/S, reinstatement, CHAP variants, TMF, NOP, Text, logout, hostile PDUs;
+slower, with Hypothesis's shrinking and example database; reproducers as the default
+engine saves them).
 ``fuzz --initiator NAME`` runs an initiator (the reference one, libiscsi's tools or
 ``--tool iscsi-test-cu``, open-iscsi in its micro-VM) against a hostile reference
 target (``fuzz.hostile``), saving a shrunk reproducer per failure with --save/--report.
@@ -170,9 +172,10 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="only MUST failures count (the default for a URL; 'reference' fails on any)",
     )
-    parser.add_argument("--phase", choices=["login", "ffp", "both"], default="both",
-                        help="(hypothesis engine)")  # fmt: skip
-    parser.add_argument("--examples", type=int, default=200, help="(hypothesis engine)")
+    parser.add_argument("--examples", type=int, default=200,
+                        help="(hypothesis engine) at most this many programs (default 200)")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=30,
+                        help="(hypothesis engine) rules per program (default 30)")  # fmt: skip
     parser.add_argument(
         "--database", type=Path, help="Hypothesis example database kept between runs"
     )
@@ -180,8 +183,8 @@ def main(argv: list[str]) -> int:
     args.argv = list(argv)
     if args.seconds <= 0 or args.workers < 1:
         return _err("--seconds must be positive and --workers at least 1")
-    if args.engine == "hypothesis" and args.report is not None:
-        return _err("--report needs the random engine (the default)")
+    if args.examples < 1 or args.steps < 1:
+        return _err("--examples and --steps must be at least 1")
     if args.initiator is not None:
         if args.url is not None:
             return _err("give a target URL or --initiator, not both")
@@ -193,10 +196,17 @@ def main(argv: list[str]) -> int:
     try:
         with contextlib.ExitStack() as stack:
             health: Any = None
+            accounts: Any = None
             if args.url == "reference":
                 from iscsi_conformance.fuzz.reference import ReferenceSubject
 
-                health = stack.enter_context(ReferenceSubject(DEFAULT_IQN))
+                config = None
+                if args.engine == "hypothesis":  # CHAP accounts for the machine's logins
+                    from iscsi_conformance.fuzz.machine import Accounts, chap_toml
+
+                    accounts = Accounts.random()
+                    config = chap_toml(DEFAULT_IQN, accounts)
+                health = stack.enter_context(ReferenceSubject(DEFAULT_IQN, config=config))
                 host, port, iqn, strict = health.host, health.port, DEFAULT_IQN, True
             elif "://" not in args.url:  # a peer driver's name: tgt, lio...
                 from iscsi_conformance.fuzz.peer import DriverSubject
@@ -212,7 +222,7 @@ def main(argv: list[str]) -> int:
             if args.lenient:
                 strict = False
             if args.engine == "hypothesis":
-                return _hypothesis(args, host, port, iqn)
+                return _hypothesis(args, host, port, iqn, health, strict, accounts)
             return _campaign(args, host, port, iqn, health, strict)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -352,17 +362,40 @@ def _initiator(args: argparse.Namespace) -> int:
     return 1 if report.failing(strict=strict) else 0
 
 
-def _hypothesis(args: argparse.Namespace, host: str, port: int, iqn: str) -> int:
-    from iscsi_conformance.fuzz.runner import fuzz
+def _hypothesis(
+    args: argparse.Namespace, host: str, port: int, iqn: str, health: Any, strict: bool,
+    accounts: Any,
+) -> int:  # fmt: skip
+    from iscsi_conformance.fuzz.machine import run_machine
+    from iscsi_conformance.fuzz.repro import save
 
-    report = fuzz(
-        host, port, iqn, phase=args.phase, max_examples=args.examples, seconds=args.seconds,
-        database=args.database, seed=args.seed if args.seed else None,
+    report, run = run_machine(
+        host, port, iqn, seconds=args.seconds, max_examples=args.examples, steps=args.steps,
+        health=health, accounts=accounts, strict=strict, database=args.database,
+        seed=args.seed if args.seed else None,
+        progress=None if args.quiet else lambda line: print(line, flush=True),
     )  # fmt: skip
     print(report.summary())
-    for failure in report.failures:
-        print(failure)
-    return 0 if report.ok else 1
+    print(
+        f"rate: {run.examples / max(report.seconds, 1e-9):.1f} programs/s, "
+        f"{report.cases / max(report.seconds, 1e-9):.0f} rules/s "
+        "(the seeded engine, the default, is the fast one: fuzz ... --engine random)"
+    )
+    deaths = getattr(health, "deaths", None)
+    if deaths:
+        print(f"the peer died {len(deaths)} time(s): {'; '.join(sorted(set(deaths)))}")
+    peer = args.url if "://" not in args.url else f"{host}:{port}"
+    saved: dict[tuple[str, str], Path] = {}
+    save_dir = _save_dir(args, peer)
+    if save_dir is not None:
+        for f in report.failures.values():
+            tape = _tape(f, host, port, iqn, health) if f.pdus else None
+            url = "" if health is not None else args.url
+            path = save(f, save_dir, target=report.target, url=url, seed=args.seed, tape=tape)
+            saved[f.identity] = path
+            print(f"  reproducer: {path}  (iscsi-conformance fuzz replay {path})")
+    _report(args, peer, "target", report, saved)
+    return 1 if report.failing(strict=strict) else 0
 
 
 def _campaign(

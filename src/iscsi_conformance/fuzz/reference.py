@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -75,9 +76,18 @@ def parse_log(text: str) -> list[HealthEvent]:
 class ReferenceSubject:
     """The reference target in a process of its own (see the module doc)."""
 
-    def __init__(self, iqn: str, *, luns: tuple[str, ...] = ("8M", "1M")) -> None:
+    def __init__(
+        self,
+        iqn: str,
+        *,
+        luns: tuple[str, ...] = ("8M", "1M"),
+        config: Callable[[str, int], str] | None = None,
+    ) -> None:
         self.iqn = iqn
         self.luns = luns
+        # config(host, port): a TOML configuration (docs/target-config.md) used instead
+        # of --target/--lun, e.g. with CHAP accounts; written to a private directory
+        self.config = config
         self.host = "127.0.0.1"
         self.port = 0
         self._tmp = tempfile.TemporaryDirectory(prefix="iscsi-fuzz-ref-")
@@ -105,9 +115,15 @@ class ReferenceSubject:
         if not self.port:
             self.port = free_tcp_port(self.host)
         argv = [sys.executable, "-m", "iscsi_conformance.target.cli"]
-        argv += ["--listen", f"{self.host}:{self.port}", "--target", self.iqn]
-        for lun in self.luns:
-            argv += ["--lun", lun]
+        if self.config is not None:
+            path = Path(self._tmp.name) / "target.toml"
+            path.write_text(self.config(self.host, self.port), encoding="utf-8")
+            path.chmod(0o600)  # it may hold CHAP secrets
+            argv += ["--config", str(path)]
+        else:
+            argv += ["--listen", f"{self.host}:{self.port}", "--target", self.iqn]
+            for lun in self.luns:
+                argv += ["--lun", lun]
         log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 (the child keeps it)
         try:
             self._proc = subprocess.Popen(
