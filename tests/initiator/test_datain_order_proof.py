@@ -32,17 +32,16 @@ PROFILE = SUITE.PROFILE
 
 
 class Target:
-    """The run's target as the test sees it: one profile's endpoint, no CHAP."""
+    """The run's target as the test sees it: the profiles' endpoints, no CHAP."""
 
-    def __init__(self, endpoint: Any) -> None:
-        self._endpoint = endpoint
+    def __init__(self, endpoints: dict[str, Any]) -> None:
+        self._endpoints = endpoints
 
     def chap_for(self, profile: str) -> tuple[None, None]:
         return None, None
 
     def endpoint(self, profile: str) -> Any:
-        assert profile == PROFILE
-        return self._endpoint
+        return self._endpoints[profile]
 
 
 @dataclasses.dataclass
@@ -55,8 +54,12 @@ class Initiator:
 def target() -> Iterator[Target]:
     driver = ReferenceTargetDriver(mode="embedded")
     try:
-        endpoint = driver.configure(PROFILES[PROFILE].build(Credentials.generate()))
-        yield Target(endpoint)
+        yield Target(
+            {
+                name: driver.configure(PROFILES[name].build(Credentials.generate()))
+                for name in (PROFILE, SUITE.SEQ_PROFILE)
+            }
+        )
     finally:
         driver.stop()
 
@@ -121,3 +124,34 @@ def test_an_initiator_offering_yes_skips(
     monkeypatch.setattr(SUITE, "OFFER", (("DataPDUInOrder", "Yes"),))
     with pytest.raises(pytest.skip.Exception, match="offered DataPDUInOrder=Yes"):
         SUITE.test_out_of_order_data_in_placed(initiator, target, observed)
+
+
+def test_sequences_reference_initiator_passes(
+    initiator: Initiator, target: Target, observed: Any
+) -> None:
+    SUITE.test_out_of_order_sequences_placed(initiator, target, observed)
+
+
+def test_sequences_arrival_order_placement_fails(
+    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    place = InitiatorConnection._on_data_in
+
+    def arrival_order(self: InitiatorConnection, pdu: Any, events: list[Any]) -> None:
+        task = self.tasks.get(pdu.itt)
+        if task is not None:
+            pdu = dataclasses.replace(pdu, buffer_offset=task.data_in_bytes)
+        place(self, pdu, events)
+
+    monkeypatch.setitem(engine._HANDLERS, ScsiDataIn, arrival_order)
+    with pytest.raises(ConformanceViolation, match=r"R7143-13\.19-4") as failed:
+        SUITE.test_out_of_order_sequences_placed(initiator, target, observed)
+    assert "returned other data than it wrote" in str(failed.value)
+
+
+def test_sequences_an_initiator_offering_yes_skips(
+    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SUITE, "SEQ_OFFER", (("DataSequenceInOrder", "Yes"),))
+    with pytest.raises(pytest.skip.Exception, match="offered DataSequenceInOrder=Yes"):
+        SUITE.test_out_of_order_sequences_placed(initiator, target, observed)

@@ -27,6 +27,7 @@ SERVES = {
     "mutual-sha256": {"reference", "lio"},
     "datain-reverse": {"reference"},
     "erl2": {"reference"},
+    "dataseq-reverse": {"reference"},
 }
 
 

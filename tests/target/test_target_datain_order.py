@@ -104,3 +104,56 @@ def test_pieces_cover_the_data_once_in_both_orders() -> None:
 def test_unknown_datain_order_is_one_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="datain_order"):
         parse_config(_config(tmp_path, "random"))
+
+
+def test_sequences_last_first_when_data_sequence_in_order_no(tmp_path: Path) -> None:
+    """``datain_order = "reverse-sequences"`` under DataSequenceInOrder=No (RFC 7143
+    13.19): the MaxBurstLength sequences go out last first, each in offset order, DataSN
+    in sending order, F closing each sequence and the status on the PDU sent last; with
+    Yes agreed the same target sends offset order."""
+    cfg = _config(tmp_path, "reverse-sequences")
+    cfg["targets"][0]["parameters"] = {"DataSequenceInOrder": False, "MaxBurstLength": BURST}
+    srv = TargetServer(parse_config(cfg))
+    srv.start_in_thread()
+    try:
+        for agreed, offsets in (
+            ("No", [8192, 9216, 4096, 5120, 6144, 7168, 0, 1024, 2048, 3072]),
+            ("Yes", list(range(0, TOTAL, SEG))),
+        ):
+            ini = RawInitiator(srv.portal())
+            try:
+                keys = [("DataSequenceInOrder", agreed), ("MaxBurstLength", str(BURST)),
+                        ("InitialR2T", "Yes"), ("ImmediateData", "No")]  # fmt: skip
+                assert ini.login(NAME, params=keys).status == 0
+                assert ini.negotiated.get("DataSequenceInOrder") == agreed
+                ini.clear_ua()
+                payload = bytes((i * 11) % 256 for i in range(TOTAL))
+                status, _, _ = ini.scsi(
+                    write16(8, TOTAL // 512), write=payload, immediate_data=False
+                )
+                assert status.status == 0
+                last, _, seen = ini.scsi(read16(8, TOTAL // 512), read=TOTAL)
+                assert isinstance(last, P.ScsiDataIn) and last.status_present
+                pdus = [p for p in seen if isinstance(p, P.ScsiDataIn)]
+                data = bytearray(TOTAL)
+                for p in pdus:
+                    data[p.buffer_offset : p.buffer_offset + len(p.data)] = p.data
+                assert bytes(data) == payload
+                assert [p.buffer_offset for p in pdus] == offsets
+                assert [p.datasn for p in pdus] == list(range(10))
+                finals = [3, 7, 9] if agreed == "Yes" else [1, 5, 9]
+                assert [i for i, p in enumerate(pdus) if p.final] == finals
+                assert [i for i, p in enumerate(pdus) if p.status_present] == [9]
+            finally:
+                ini.close()
+    finally:
+        srv.stop_thread()
+
+
+def test_backwards_pieces_cover_the_data_once() -> None:
+    pieces = list(_datain_pieces(0, 10000, 1000, 4096, False, True))
+    covered = sorted((o, o + n) for o, n, _, _ in pieces)
+    assert covered[0][0] == 0 and covered[-1][1] == 10000
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(covered))
+    assert [o for o, *_ in pieces][:2] == [8192, 9192]  # the last sequence first
+    assert [last for *_, last in pieces] == [False] * (len(pieces) - 1) + [True]

@@ -220,6 +220,21 @@ def _profiles() -> dict[str, Profile]:
         "datain_out_of_order",
         doc="DataPDUInOrder=No; Data-In of 4 KiB, each 16 KiB sequence at decreasing offsets",
     )
+    # RFC 7143 13.19: with DataSequenceInOrder=No agreed the data sequences may come in
+    # any order. This target answers No and sends each READ's 16 KiB sequences last
+    # first (each in offset order, 4 KiB Data-In), so an initiator that offers No must
+    # place every PDU by its Buffer Offset (11.7.6).
+    add(
+        "dataseq-reverse",
+        lambda c: _spec(
+            "dataseq-reverse",
+            parameters=(("DataSequenceInOrder", "No"), ("MaxBurstLength", "16384")),
+            max_send_data_segment_length=4096,
+            datain_order="reverse-sequences",
+        ),
+        "datain_out_of_order",
+        doc="DataSequenceInOrder=No; Data-In of 4 KiB, the 16 KiB sequences last first",
+    )
     # RFC 7143 7.2.2: connection recovery. This target agrees to ErrorRecoveryLevel 2
     # (a failed connection's tasks wait for TASK REASSIGN), lets a second connection
     # in, makes Time2Wait 1 s so that waiting it shows, and solicits every byte of a

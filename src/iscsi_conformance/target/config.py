@@ -55,7 +55,7 @@ _NUMERIC_KEYS = {
 _BOOLEAN_KEYS = {"InitialR2T", "ImmediateData", "DataPDUInOrder", "DataSequenceInOrder"}
 _LIST_KEYS = {"HeaderDigest": {"None", "CRC32C"}, "DataDigest": {"None", "CRC32C"}}
 _FREE_KEYS = {"TargetAlias"}
-DATAIN_ORDERS = ("offset", "reverse")  # TargetConfig.datain_order
+DATAIN_ORDERS = ("offset", "reverse", "reverse-sequences")  # TargetConfig.datain_order
 
 
 def parse_size(value: Any, field: str) -> int:
@@ -173,6 +173,8 @@ class TargetConfig:
     # DataPDUInOrder=No (RFC 7143 13.18: then they may come in any order): "offset"
     # (increasing, as with Yes) or "reverse" (decreasing Buffer Offset, DataSN still
     # counting in sending order, 11.7.5). With DataPDUInOrder=Yes always "offset".
+    # "reverse-sequences" acts on DataSequenceInOrder=No instead (13.19: sequences in
+    # any order): the MaxBurstLength sequences go out last first, each in offset order.
     datain_order: str = "offset"
 
     def acl_for(self, initiator: str) -> AclConfig | None:

@@ -135,6 +135,7 @@ class Connection(TaskIO):
         self.recovering = False  # logged out with reason 2 (RFC 7143 11.14.1)
         self.max_send = 8192
         self.datain_reverse = False  # TargetConfig.datain_order "reverse", DataPDUInOrder=No
+        self.datain_sequences_reverse = False  # "reverse-sequences", DataSequenceInOrder=No
         self._aborted_itts: deque[int] = deque(maxlen=MAX_ABORTED_TAGS)
         self._aborted_set: set[int] = set()
         self._retained: dict[int, bytes] = {}  # ERL1: statsn -> encoded status PDU
@@ -479,6 +480,9 @@ class Connection(TaskIO):
         self.max_send = min(params.max_send_data_segment_length, cap or 1 << 24)
         order = session.target.config.datain_order if session.target else "offset"
         self.datain_reverse = order == "reverse" and not params.data_pdu_in_order
+        self.datain_sequences_reverse = (
+            order == "reverse-sequences" and not params.data_sequence_in_order
+        )
         dec = self.decoder
         dec.header_digest = params.header_digest
         dec.data_digest = params.data_digest

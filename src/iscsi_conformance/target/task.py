@@ -180,6 +180,7 @@ class TaskIO:
         statsn: int
         max_send: int
         datain_reverse: bool
+        datain_sequences_reverse: bool
         erl: int
         hd: bool
         dd: bool
@@ -620,7 +621,8 @@ class TaskIO:
         lun, itt = task.lun_field, task.itt
         # ERL 2 resends from a DataSN's offset onwards (resume_task): offset order only.
         reverse = self.datain_reverse and not start and self.erl < 2
-        for off, ln, final, last in _datain_pieces(start, total, seg, burst, reverse):
+        backwards = self.datain_sequences_reverse and not start and self.erl < 2
+        for off, ln, final, last in _datain_pieces(start, total, seg, burst, reverse, backwards):
             flags = 0x80 if final else 0
             statsn = 0
             st = 0
@@ -721,26 +723,43 @@ _COMPARE_AND_WRITE = 0x89
 
 
 def _datain_pieces(
-    start: int, total: int, seg: int, burst: int, reverse: bool
+    start: int, total: int, seg: int, burst: int, reverse: bool, backwards: bool = False
 ) -> Iterator[tuple[int, int, bool, bool]]:
     """(Buffer Offset, length, F, last) of each Data-In PDU in sending order: at most
     ``seg`` bytes each, a sequence ending at each MaxBurstLength boundary with F set on
     its last PDU sent (RFC 7143 11.7.1). With ``reverse`` (DataPDUInOrder=No agreed,
-    13.18: a sequence's PDUs in any order) each sequence goes out at decreasing offsets;
-    sequences stay in increasing order (DataSequenceInOrder is another key)."""
-    off = start
-    while off < total:
-        seq_end = min((off // burst + 1) * burst, total)
-        seq = []
-        while off < seq_end:
-            ln = min(seg, seq_end - off)
-            seq.append((off, ln))
-            off += ln
-        if reverse:
-            seq.reverse()
-        for i, (o, n) in enumerate(seq):
-            final = i == len(seq) - 1
-            yield o, n, final, final and off >= total
+    13.18: a sequence's PDUs in any order) each sequence goes out at decreasing offsets.
+    With ``backwards`` (DataSequenceInOrder=No agreed, 13.19: sequences in any order)
+    the sequences go out last first; ``last`` marks the PDU sent last."""
+
+    def in_offset_order() -> Iterator[list[tuple[int, int]]]:
+        off = start
+        while off < total:
+            seq_end = min((off // burst + 1) * burst, total)
+            seq = []
+            while off < seq_end:
+                ln = min(seg, seq_end - off)
+                seq.append((off, ln))
+                off += ln
+            if reverse:
+                seq.reverse()
+            yield seq
+
+    # Only the backwards case holds the whole list: the usual one stays lazy.
+    sequences = reversed(list(in_offset_order())) if backwards else in_offset_order()
+    pending: list[tuple[int, int]] | None = None
+    for seq in sequences:
+        if pending is not None:
+            yield from _sequence(pending, last=False)
+        pending = seq
+    if pending is not None:
+        yield from _sequence(pending, last=True)
+
+
+def _sequence(seq: list[tuple[int, int]], *, last: bool) -> Iterator[tuple[int, int, bool, bool]]:
+    for i, (o, n) in enumerate(seq):
+        final = i == len(seq) - 1
+        yield o, n, final, final and last
 
 
 def _current_contents(lu: LogicalUnit, cdb: bytes, offset: int, length: int) -> bytes:
