@@ -12,7 +12,8 @@ answer it, scoped by Discovery Domains. Then:
 - after a change, an SCN (5.6.5.8) is acted on: the reference initiator, registered for
   SCNs, lists the target that registered after it and logs in;
 - open-iscsi's iscsid, registered for SCNs on a UDP SCN Port by its discovery daemon,
-  receives the SCN (6.3.7, 2.9.2) and logs in to the target it names. The server must
+  receives the SCN (6.3.7, 2.9.2), logs in to the target it names, and logs out once an
+  SCN says the target left its Discovery Domains. The server must
   reach the guest, and 2.9.2 has it send to every Portal the guest registered, its
   user-mode network address included: so this cell runs on a network of its own (a
   micro-VM with a tap into a namespace of ours, holding our server and a reference
@@ -328,12 +329,15 @@ def test_initiator_acts_on_scn(initiator: Any) -> None:
     scn_in_guest(initiator.evidence)
 
 
-def scn_in_guest(evidence: Any, *, block_scn: bool = False) -> None:
+def scn_in_guest(evidence: Any, *, block_scn: bool = False, block_removal: bool = False) -> None:
     """open-iscsi in a micro-VM of its own registers for SCNs with our server through
     iscsid's discovery daemon (no polling); a reference target then registers: the SCN
-    must reach the guest (6.3.7), and open-iscsi logs in to the target (informational).
+    must reach the guest (6.3.7), and open-iscsi logs in to the target; moved into a
+    Discovery Domain of its own, the target leaves the initiator's view, and open-iscsi
+    logs out (both informational).
     ``block_scn``: the namespace drops the server's UDP, the network on which this
-    fails (tests/isns/test_isns_guest_scn_proof.py)."""
+    fails; ``block_removal``: it does so only after the login, so that the SCN of the
+    removal is lost (tests/isns/test_isns_guest_scn_proof.py)."""
     from iscsi_conformance.harness.isns_guest import SCN_BITMAP, GuestScnStage
     from iscsi_conformance.harness.profiles import IQN_PREFIX
 
@@ -367,4 +371,20 @@ def scn_in_guest(evidence: Any, *, block_scn: bool = False) -> None:
             "R4171-5.6.5.8-2",
             f"open-iscsi received the SCN announcing {iqn} but did not log in to it within "
             f"{TIMEOUT:.0f} s",
+        )
+        # The target goes into a Discovery Domain of its own: out of the initiator's
+        # view (the default DD holds only nodes in no DD), an SCN Object Removed.
+        if block_removal:
+            stage.drop_udp()
+        stage.register_dd(f"{iqn}-alone", [iqn], source=iqn)
+        gone = stage.wait_no_session(iqn, TIMEOUT)
+        guest_log, server_log = stage.guest_log(), stage.server_log()
+        evidence.note(f"after the target left the initiator's Discovery Domains: session "
+                      f"gone after {gone} s\n{stage.sessions()}\niscsid (guest):\n{guest_log}"
+                      f"\nreference iSNS server:\n{server_log}")  # fmt: skip
+        require(
+            gone is not None,
+            "R4171-5.6.5.8-2",
+            f"open-iscsi kept its session with {iqn} for {TIMEOUT:.0f} s after an SCN said "
+            f"the target left its Discovery Domains",
         )

@@ -7,7 +7,10 @@ namespace holding our iSNS server and a reference target):
 - as it is: iscsid's discovery daemon registers a UDP SCN Port, gets the SCN that the
   target's registration causes, answers it and logs in: the cell passes;
 - with the namespace dropping its outgoing UDP (``block_scn``): no SCN reaches the
-  guest, so it neither answers one nor logs in: R4171-6.3.7-1 fails.
+  guest, so it neither answers one nor logs in: R4171-6.3.7-1 fails;
+- with the UDP dropped only after the login (``block_removal``): the SCN saying the
+  target left the initiator's Discovery Domains is lost and the session stays:
+  R4171-5.6.5.8-2 fails (informational: the plugin records it, never fails it).
 
 Each run boots a micro-VM (about 45 s here), so this proof runs only where
 ``ISCSI_CONFORMANCE_ISNS_GUEST=1`` is set (``tox -e isns-guest``; docs/isns.md).
@@ -45,3 +48,10 @@ def test_lost_scns_fail_the_cell() -> None:
     with pytest.raises(ConformanceViolation) as failed:
         SUITE.scn_in_guest(notes, block_scn=True)
     assert failed.value.requirement == "R4171-6.3.7-1", failed.value
+
+
+def test_a_lost_removal_scn_fails_the_cell() -> None:
+    notes = Notes()
+    with pytest.raises(ConformanceViolation) as failed:
+        SUITE.scn_in_guest(notes, block_removal=True)
+    assert failed.value.requirement == "R4171-5.6.5.8-2", failed.value

@@ -84,7 +84,7 @@ class GuestScnStage:
                 raise PeerStartError("open-iscsi", "its micro-VM has no tap (vm_options)")
             self.link = Link(guest=self.initiator.shell, guest_role="initiator").open()
             if self.block_scn:
-                self._ns(["iptables", "-A", "OUTPUT", "-p", "udp", "-j", "DROP"])
+                self.drop_udp()
             self._server = self._background(
                 "isns",
                 [
@@ -155,6 +155,10 @@ class GuestScnStage:
         )  # fmt: skip
         if done.returncode != 0:
             raise HarnessError(f"{shlex.join(argv)} in the namespace: {done.stderr.strip()}")
+
+    def drop_udp(self) -> None:
+        """From now on the namespace drops its outgoing UDP: no SCN reaches the guest."""
+        self._ns(["iptables", "-A", "OUTPUT", "-p", "udp", "-j", "DROP"])
 
     def _background(self, name: str, args: list[str]) -> Any:
         from iscsi_conformance.peers.process import BackgroundProcess
@@ -242,6 +246,27 @@ class GuestScnStage:
         )
         self._wait(lambda: "registered with iSNS" in self._target.tail(20), timeout,
                    f"the reference target to register {iqn}")  # fmt: skip
+
+    def register_dd(self, name: str, members: list[str], *, source: str) -> int:
+        """DDReg (5.6.5.9) sent from inside the namespace: a new Discovery Domain
+        ``name`` holding ``members``; its DD_ID."""
+        from iscsi_conformance.harness.isns_run import RunIsnsServer
+        from iscsi_conformance.ipsec.hosts import call_in
+
+        client = RunIsnsServer("reference")  # never started: its iSNSP calls only
+        client.address = (self.server_address, ISNS_PORT)
+        return call_in(
+            self.link.target, lambda: client.register_dd(name, members, source=source), timeout=30
+        )
+
+    def wait_no_session(self, iqn: str, timeout: float) -> float | None:
+        """Seconds until the guest has no session with ``iqn``; None if one stayed."""
+        started = time.monotonic()
+        while time.monotonic() < started + timeout:
+            if iqn not in self.sessions():
+                return time.monotonic() - started
+            time.sleep(0.5)
+        return None
 
     def sessions(self) -> str:
         return str(self.initiator.iscsiadm("-m", "session", timeout=20).text)
