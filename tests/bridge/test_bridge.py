@@ -18,10 +18,17 @@ from typing import Any
 import pytest
 
 from iscsi_conformance.bridge.capture import _frames, conversations, replay
-from iscsi_conformance.bridge.faults import FaultPlan, parse_fault
+from iscsi_conformance.bridge.faults import (
+    FaultOutcome,
+    FaultPlan,
+    datain_digest_breach,
+    dataout_digest_breach,
+    parse_fault,
+)
 from iscsi_conformance.bridge.pump import Bridge
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.codes import TmfFunction
+from iscsi_conformance.initiator import client
 from iscsi_conformance.initiator.client import Session, discover
 from iscsi_conformance.mutation import get as get_mutant
 from iscsi_conformance.mutation.patching import Patcher
@@ -282,3 +289,76 @@ def test_a_tmf_answer_is_matched_to_its_request_live(bridge: Any) -> None:
         patcher.undo()
     found = [x for x in broken.breaches if x.breach.rule.name == "tmf.answer_itt"]
     assert found and all(x.breach.side == "target" for x in found), broken.breaches
+
+
+def _digest_fault(target: TargetServer, spec: str, timeout: float = 2) -> FaultOutcome:
+    """A reference session with data digests through a bridge injecting ``spec``: WRITE
+    1 MiB (Data-Out PDUs), read it back; the outcome as the Wire fault tests judge it."""
+    seen: list[Any] = []
+    b = Bridge(target.portal(), faults=FaultPlan([spec]), on_pdu=lambda *a: seen.append(a))
+    b.start()
+    out = FaultOutcome(seen)
+    try:
+
+        async def run() -> None:
+            keys = {"DataDigest": "CRC32C"}
+            async with Session.connect(
+                b.listen_host, b.port, DISK, keys=keys, timeout=timeout
+            ) as s:
+                data = os.urandom(2**20)
+                await s.write(0, 2048, data)
+                out.data_ok = await s.read(0, 2048, 2048) == data
+                await s.logout()
+
+        try:
+            asyncio.run(run())
+        except Exception as exc:
+            out.error = f"{type(exc).__name__}: {exc}"
+        b.wait_closed(5)
+    finally:
+        b.stop()
+    out.closed_first = {
+        c.index: "initiator" if c.closed["i->t"] <= c.closed["t->i"] else "target"
+        for c in b.connections
+        if len(c.closed) == 2
+    }
+    assert out.faulted() is not None, b.harness_errors
+    return out
+
+
+def test_a_target_that_takes_a_bad_data_digest_silently_is_caught(target: TargetServer) -> None:
+    """Digests.Wire.Fault.DataOutDigestRejected can fail (RFC 7143 7.8): the reference
+    target Rejects a Data-Out with a wrong data digest; broken on purpose to discard it
+    without a word and keep the connection, it is caught."""
+    assert dataout_digest_breach(_digest_fault(target, "ddigest:ScsiDataOut")) is None
+    patcher = Patcher()
+    patcher.setattr(Connection, "_digest_error", lambda self, exc: None)
+    try:
+        broken = _digest_fault(target, "ddigest:ScsiDataOut")
+    finally:
+        patcher.undo()
+    breach = dataout_digest_breach(broken)
+    assert breach is not None and "no Reject" in breach, (breach, broken.error)
+
+
+def test_an_initiator_that_takes_a_bad_data_digest_as_good_is_caught(
+    target: TargetServer,
+) -> None:
+    """Digests.Wire.Fault.DataInDigestNotTakenAsGood can fail (RFC 7143 7.8): the
+    reference initiator ends the connection on a Data-In with a wrong data digest;
+    broken on purpose to decode Data-In without checking it, it is caught."""
+    assert datain_digest_breach(_digest_fault(target, "ddigest:ScsiDataIn")) is None
+    patcher = Patcher()
+    decode_raw = client.decode_raw
+
+    def unchecked(raw: bytes, **kw: Any) -> P.PDU:
+        return decode_raw(raw, **{**kw, "data_digest": False})
+
+    patcher.setattr(client, "decode_raw", unchecked)
+    try:
+        broken = _digest_fault(target, "ddigest:ScsiDataIn")
+    finally:
+        patcher.undo()
+    assert broken.error is None and broken.data_ok, broken.error
+    breach = datain_digest_breach(broken)
+    assert breach is not None and "as good" in breach, breach

@@ -18,6 +18,11 @@ the action's argument. Each fault fires once. Actions:
 
 Parsing is pure; :meth:`FaultPlan.decide` is called by the pump with each PDU and says
 what to do. A spec that does not parse raises ``ValueError`` with one clear line.
+
+What a side must do after a fault is judged here too, from a :class:`FaultOutcome`
+(the PDUs the bridge saw, each with the fault applied to it, and how the I/O ended):
+``datain_digest_breach`` (RFC 7143 7.8, the initiator) and ``dataout_digest_breach``
+(7.8, the target) return why the side broke the rule, or ``None``.
 """
 
 from __future__ import annotations
@@ -25,9 +30,27 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from iscsi_conformance.core.pdu import PDU, PDU_CLASSES
+from iscsi_conformance.core.codes import RejectReason
+from iscsi_conformance.core.pdu import (
+    PDU,
+    PDU_CLASSES,
+    LogoutRequest,
+    LogoutResponse,
+    Reject,
+    ScsiCommand,
+    SnackRequest,
+    TaskManagementRequest,
+)
 
-__all__ = ["ACTIONS", "Fault", "FaultPlan", "parse_fault"]
+__all__ = [
+    "ACTIONS",
+    "Fault",
+    "FaultOutcome",
+    "FaultPlan",
+    "datain_digest_breach",
+    "dataout_digest_breach",
+    "parse_fault",
+]
 
 ACTIONS = ("drop", "withhold", "delay", "digest", "hdigest", "ddigest", "close", "split",
            "merge", "reorder")  # fmt: skip
@@ -113,3 +136,86 @@ class FaultPlan:
                 self.fired.append((fault, conn, repr(pdu)[:120]))
                 return fault
         return None
+
+
+_I2T, _T2I = "i->t", "t->i"  # judge.I2T / judge.T2I (faults sits beside the judge)
+
+
+@dataclasses.dataclass
+class FaultOutcome:
+    """One bridged run with faults: what passed and how the I/O ended."""
+
+    seen: list[tuple[int, str, PDU, Fault | None]]  # (connection, direction, PDU, fault)
+    error: str | None = None  # the I/O's error, None if it completed
+    data_ok: bool | None = None  # the data read back as written (None: not read)
+    closed_first: dict[int, str] = dataclasses.field(default_factory=dict)  # side per conn
+
+    def faulted(self) -> tuple[int, PDU] | None:
+        """(connection, PDU) of the first PDU a fault was applied to."""
+        return next(((c, p) for c, _, p, f in self.seen if f is not None), None)
+
+    def after(self, conn: int, direction: str) -> list[PDU]:
+        """The PDUs ``direction`` carried on ``conn`` after the first faulted one."""
+        i = next((i for i, (_, _, _, f) in enumerate(self.seen) if f is not None), None)
+        if i is None:
+            return []
+        return [p for c, d, p, _ in self.seen[i + 1 :] if c == conn and d == direction]
+
+
+def datain_digest_breach(o: FaultOutcome) -> str | None:
+    """RFC 7143 7.8: an initiator that gets a Data-In with a payload digest error
+    discards it and either asks for it again (SNACK) or aborts the task and ends the
+    command with an error (or escalates to session recovery). It kept the rule if the
+    I/O ended with an error, or if on the wire it sent a SNACK, aborted the task, sent
+    the same command again or hung up (no Logout) after the fault."""
+    hit = o.faulted()
+    if hit is None:
+        return None
+    conn, pdu = hit
+    if o.data_ok is False:
+        return "the data read back differs from what was written"
+    itt = getattr(pdu, "itt", None)
+    cdb = next(
+        (p.cdb for c, d, p, _ in o.seen
+         if c == conn and d == _I2T and isinstance(p, ScsiCommand) and p.itt == itt),
+        None,
+    )  # fmt: skip
+    later = o.after(conn, _I2T)
+    reacted = any(
+        isinstance(p, SnackRequest)
+        or (isinstance(p, TaskManagementRequest) and p.referenced_task_tag == itt)
+        or (isinstance(p, ScsiCommand) and cdb is not None and p.cdb == cdb)
+        for p in later
+    )
+    hung_up = o.closed_first.get(conn) == "initiator" and not any(
+        isinstance(p, LogoutRequest) for p in later
+    )
+    if o.error is not None or reacted or hung_up:
+        return None
+    return (
+        f"the initiator took the Data-In of ITT {itt:#x} with a wrong data digest as good: "
+        "no SNACK, no abort, no retry, no hang-up, and the I/O completed"
+    )
+
+
+def dataout_digest_breach(o: FaultOutcome) -> str | None:
+    """RFC 7143 7.8: a target answers a PDU with a payload digest error with a Reject
+    (Data-Digest-Error) and discards it, or escalates to session recovery (it ends the
+    connection). Keeping the connection without a Reject is neither; a WRITE that
+    reported success must read back as written."""
+    hit = o.faulted()
+    if hit is None:
+        return None
+    conn, _ = hit
+    if o.data_ok is False:
+        return "the data read back differs from what was written"
+    answers = o.after(conn, _T2I)
+    if any(isinstance(p, Reject) and p.reason == RejectReason.DATA_DIGEST_ERROR for p in answers):
+        return None
+    logged_out = any(isinstance(p, LogoutResponse) for p in answers)
+    if o.closed_first.get(conn) == "target" and not logged_out:
+        return None
+    return (
+        "after a Data-Out with a wrong data digest the target sent no Reject "
+        "(Data-Digest-Error) and kept the connection"
+    )

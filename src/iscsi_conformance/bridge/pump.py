@@ -128,6 +128,7 @@ class Bridge:
         pcap: str | Path | None = None,
         advertise: bool = False,
         on_breach: Callable[[BridgeBreach], None] | None = None,
+        on_pdu: Callable[[int, Direction, PDU, Fault | None], None] | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
         self.target = target
@@ -136,6 +137,10 @@ class Bridge:
         self.pcap = PcapngWriter(pcap, port=target[1]) if pcap is not None else None
         self.advertise = advertise
         self.on_breach = on_breach
+        # (connection, direction, the PDU as its sender sent it, the fault applied to it):
+        # for a caller that judges what the peers did after a fault (the Wire area's
+        # fault tests); the bridge itself keeps no PDU
+        self.on_pdu = on_pdu
         self.connect_timeout = connect_timeout
         self.book = SessionBook()
         self.connections: list[BridgedConnection] = []
@@ -397,6 +402,7 @@ class Bridge:
             conn.pdus[direction] += 1
             conn.recent.append(_summary(direction, pdu, 0))
             self._judged(conn, conn.judge.pdu(direction, pdu, header=header))
+            self._seen(conn, direction, pdu, None)
 
     async def _relay(
         self,
@@ -453,6 +459,15 @@ class Bridge:
         writer.write(data)
         await writer.drain()
 
+    def _seen(
+        self, conn: BridgedConnection, direction: Direction, pdu: PDU, fault: Fault | None
+    ) -> None:
+        if self.on_pdu is not None:
+            try:
+                self.on_pdu(conn.index, direction, pdu, fault)
+            except Exception as exc:
+                self.harness_errors.append(f"on_pdu failed: {exc!r}")
+
     def _judged(self, conn: BridgedConnection, breaches: list[Breach]) -> None:
         for b in breaches:
             record = BridgeBreach(conn.index, b, tuple(conn.recent), conn.faulted)
@@ -486,6 +501,7 @@ class Bridge:
         if self.advertise and isinstance(pdu, TextResponse) and b"TargetAddress=" in pdu.data:
             raw = self._rewrite_addresses(conn, pdu, raw)
         fault = self.faults.decide(conn.index, pdu, was_ffp)
+        self._seen(conn, direction, pdu, fault)
         if fault is None:
             self._release(conn, direction, out, raw)
             return ""
