@@ -261,8 +261,14 @@ class Campaign:
         silence: float = 0.3,
         hostile_ratio: float = 0.3,
         digests: bool = True,
+        max_rss_kib: int | None = None,
+        max_fds: int | None = None,
     ) -> None:
         self.host, self.port, self.target = host, port, target
+        # growth allowed over the start, read from ``health`` (rss_kib(), fds()) every
+        # second and at the end: beyond it, a failure of kind "resources"
+        self.max_rss_kib, self.max_fds = max_rss_kib, max_fds
+        self._res0: dict[str, int] = {}
         self.initiator = initiator
         self.seconds = seconds
         self.max_cases = max_cases
@@ -596,6 +602,7 @@ class Campaign:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            self._check_resources(self._resources())
             if self.progress is not None:
                 self.progress(self.report.progress_line(time.monotonic() - self._started))
 
@@ -604,7 +611,7 @@ class Campaign:
         self._started = time.monotonic()
         self._deadline = self._started + self.seconds
         self._stop_generating = self._deadline
-        res0 = self._resources()
+        res0 = self._res0 = self._resources()
         ticker = asyncio.create_task(self._ticker())
         try:
             tasks = [asyncio.create_task(self._worker(i)) for i in range(self.workers)]
@@ -627,6 +634,7 @@ class Campaign:
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
         res1 = self._resources()
+        self._check_resources(res1)
         for name in res0:
             self.report.resources[name] = (res0[name], res1.get(name, 0))
         self.report.seconds = time.monotonic() - self._started
@@ -635,12 +643,25 @@ class Campaign:
     def run(self) -> CampaignReport:
         return asyncio.run(self.run_async())
 
+    def _check_resources(self, now: dict[str, int]) -> None:
+        for place, detail in resource_breaches(self._res0, now, self.max_rss_kib, self.max_fds):
+            if ("resources", place) in self.report.failures:
+                continue
+            phase, keys, pdus = self._recent[-1] if self._recent else ("ffp", [], [])
+            detail += (
+                f" after {self.report.cases} cases (seed {self.seed}); growth is not one "
+                f"exchange: rerun the campaign (--seed {self.seed} --cases {self.report.cases})"
+                " to see it again; the PDUs kept are the last session's"
+            )
+            self._fail("resources", place, detail, phase, keys, list(pdus),
+                       level="INFORMATIONAL")  # fmt: skip
+
     def _resources(self) -> dict[str, int]:
         h: Any = self.health
         out: dict[str, int] = {}
         if h is not None and hasattr(h, "rss_kib") and h.alive():
-            out["target RSS KiB"] = h.rss_kib()
-            out["target descriptors"] = h.fds()
+            out[RSS_KEY] = h.rss_kib()
+            out[FDS_KEY] = h.fds()
         return out
 
     # ------------------------------------------------------------------ shrinking
@@ -659,13 +680,32 @@ class Campaign:
         for f in list(self.report.failures.values()):
             if self._time_left() < 1.0:
                 return
-            if not f.pdus or not (self.strict or f.level == "MUST"):
-                continue
+            if not f.pdus or not (self.strict or f.level == "MUST") or f.kind == "resources":
+                continue  # growth is the campaign's doing, not one exchange's
             if not await self.reproduces(f, f.pdus):
                 f.detail += "\n(did not reproduce on replay: kept unshrunk)"
                 continue
             f.pdus = await ddmin(f.pdus, functools.partial(self.reproduces, f), self._time_left)
             f.shrunk = True
+
+
+RSS_KEY, FDS_KEY = "target RSS KiB", "target descriptors"
+
+
+def resource_breaches(
+    before: dict[str, int], after: dict[str, int], max_rss_kib: int | None, max_fds: int | None
+) -> list[tuple[str, str]]:
+    """(place, detail) of each resource that grew past its limit (issue 14, oracle 4)."""
+    out = []
+    for key, limit, place, unit in ((RSS_KEY, max_rss_kib, "rss", "KiB"),
+                                    (FDS_KEY, max_fds, "descriptors", "")):  # fmt: skip
+        if limit is None or key not in before or key not in after:
+            continue
+        grown = after[key] - before[key]
+        if grown > limit:
+            out.append((place, f"the target's {place} grew from {before[key]} to {after[key]}"
+                               f"{' ' + unit if unit else ''}, more than the {limit} allowed"))  # fmt: skip
+    return out
 
 
 def quiet_on_interrupt(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

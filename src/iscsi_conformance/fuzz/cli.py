@@ -174,6 +174,16 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--examples", type=int, default=200,
                         help="(hypothesis engine) at most this many programs (default 200)")  # fmt: skip
+    parser.add_argument(
+        "--max-rss", type=float, metavar="MB",
+        help="fail when the target's RSS grows by more than MB over its start (default 64 "
+        "for 'reference'; read from /proc, so only for targets we run; 0: no limit)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-fds", type=int, metavar="N",
+        help="fail when the target's open descriptors grow by more than N (default 32 for "
+        "'reference'; 0: no limit)",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=30,
                         help="(hypothesis engine) rules per program (default 30)")  # fmt: skip
     parser.add_argument(
@@ -362,6 +372,14 @@ def _initiator(args: argparse.Namespace) -> int:
     return 1 if report.failing(strict=strict) else 0
 
 
+def _limits(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    """--max-rss (MB, as KiB) and --max-fds, with the reference target's defaults."""
+    ours = args.url == "reference"
+    rss = args.max_rss if args.max_rss is not None else (64.0 if ours else 0.0)
+    fds = args.max_fds if args.max_fds is not None else (32 if ours else 0)
+    return (int(rss * 1024) if rss > 0 else None), (fds if fds > 0 else None)
+
+
 def _hypothesis(
     args: argparse.Namespace, host: str, port: int, iqn: str, health: Any, strict: bool,
     accounts: Any,
@@ -369,9 +387,11 @@ def _hypothesis(
     from iscsi_conformance.fuzz.machine import run_machine
     from iscsi_conformance.fuzz.repro import save
 
+    max_rss_kib, max_fds = _limits(args)
     report, run = run_machine(
         host, port, iqn, seconds=args.seconds, max_examples=args.examples, steps=args.steps,
         health=health, accounts=accounts, strict=strict, database=args.database,
+        max_rss_kib=max_rss_kib, max_fds=max_fds,
         seed=args.seed if args.seed else None,
         progress=None if args.quiet else lambda line: print(line, flush=True),
     )  # fmt: skip
@@ -404,9 +424,11 @@ def _campaign(
     from iscsi_conformance.fuzz.campaign import Campaign
     from iscsi_conformance.fuzz.repro import save
 
+    max_rss_kib, max_fds = _limits(args)
     camp = Campaign(
         host, port, iqn, seconds=args.seconds, max_cases=args.cases, seed=args.seed,
-        workers=args.workers, health=health, strict=strict,
+        workers=args.workers, health=health, strict=strict, max_rss_kib=max_rss_kib,
+        max_fds=max_fds,
         progress=None if args.quiet else lambda line: print(line, flush=True),
     )  # fmt: skip
     report = camp.run()

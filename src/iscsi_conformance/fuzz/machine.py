@@ -65,7 +65,15 @@ from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core import text as T
 from iscsi_conformance.credentials import ChapAccount
 from iscsi_conformance.errors import ISCSIConformanceError, ProtocolError
-from iscsi_conformance.fuzz.campaign import COVERAGE_CELLS, CampaignReport, Failure, _label_opcode
+from iscsi_conformance.fuzz.campaign import (
+    COVERAGE_CELLS,
+    FDS_KEY,
+    RSS_KEY,
+    CampaignReport,
+    Failure,
+    _label_opcode,
+    resource_breaches,
+)
 from iscsi_conformance.fuzz.gen import _CDB_OPS, Session
 from iscsi_conformance.fuzz.oracles import AnswerChecker
 
@@ -896,6 +904,8 @@ def run_machine(
     database: Path | None = None,
     progress: Callable[[str], None] | None = None,
     shrink_seconds: float | None = None,
+    max_rss_kib: int | None = None,
+    max_fds: int | None = None,
 ) -> tuple[CampaignReport, MachineRun]:
     """Run the machine for at most ``max_examples`` examples and ``seconds``; returns
     the report (a ``CampaignReport``: cases are rules run) and the run, whose
@@ -921,6 +931,8 @@ def run_machine(
     )  # fmt: skip
     from hypothesis.reporting import with_reporter
 
+    before = _resources(health)
+
     with contextlib.ExitStack() as stack:
         stack.enter_context(with_reporter(lambda text: None))  # the notes carry the programs
         try:
@@ -945,15 +957,30 @@ def run_machine(
             others = [e for e in _leaves(group) if not isinstance(e, FuzzFinding)]
             if others:
                 raise others[0] from group
-    for f in run.failures.values():
+    for f in list(run.failures.values()):
         program = run.programs.get(f.identity)
         f.shrunk = program is not None
         if program:
             f.detail += "\n\nHypothesis's shrunk program:\n" + _trim(program)
+    if before:
+        time.sleep(0.2)  # let the target finish closing what the run left
+    after = _resources(health)
+    for name in before:
+        run.report.resources[name] = (before[name], after.get(name, 0))
+    for place, detail in resource_breaches(before, after, max_rss_kib, max_fds):
+        f = Failure("resources", place, detail + f" after {run.examples} programs", "",
+                    "INFORMATIONAL")  # fmt: skip
+        run.failures[f.identity] = f
     run.report.failures = dict(run.failures)
     run.report.seconds = time.monotonic() - run.started
     run.report.notes.insert(0, f"Hypothesis state machine: {run.examples} examples")
     return run.report, run
+
+
+def _resources(health: Any) -> dict[str, int]:
+    if health is None or not hasattr(health, "rss_kib") or not health.alive():
+        return {}
+    return {RSS_KEY: health.rss_kib(), FDS_KEY: health.fds()}
 
 
 def _keep_program(run: MachineRun, exc: FuzzFinding) -> None:
