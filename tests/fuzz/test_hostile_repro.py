@@ -148,3 +148,65 @@ def test_an_initiator_that_returns_damaged_data_is_reported(
         "reference", seed=0, seconds=20, max_cases=8, rate=1.0, shrink=False
     )
     assert any(k[0] == "accepted" for k in report.failures), hostile.summary(report)
+
+
+class _Res:
+    def __init__(self, text: str) -> None:
+        self.text, self.error_text, self.returncode = text, "", 0
+
+
+class _FakeVM:
+    def __init__(self) -> None:
+        self.console = "booted\n"
+        self.exit: str | None = None
+
+    def console_text(self) -> str:
+        return self.console
+
+    def _exited(self) -> str | None:
+        return self.exit
+
+
+class _FakeDriver:
+    """Stands in for peers.openiscsi: the guest answers what the test scripts."""
+
+    mode = "microvm"
+
+    def __init__(self, round_output: str, rss: int = 4000) -> None:
+        self.vm = _FakeVM()
+        self.round_output = round_output
+        self.rss = rss
+
+    def guest(self, script: str, **_: Any) -> _Res:
+        if "VmRSS" in script:
+            return _Res(f"{self.rss}\n")
+        return _Res(self.round_output)
+
+
+def _oi_round(driver: _FakeDriver, *, console: str = "") -> Any:
+    client = hostile_clients.OpenIscsiClient()
+    client.driver = driver
+    client.iscsid_start = 4000
+    client.console_seen = len(driver.vm.console)
+    driver.vm.console += console
+
+    class Proxy:
+        case = 0
+
+    return asyncio.run(client.run("127.0.0.1", 3260, 60, Proxy()))
+
+
+def test_open_iscsi_oracles_can_fail() -> None:
+    """The open-iscsi round's oracles, on a stand-in guest: a clean round passes; an
+    oops on the guest console is a crash; a new file outside the node records is a
+    traversal; a step killed by its timeout is a hang; iscsid's growth is memory."""
+    clean = "discovery=0 login=0 read=0 logout=0\n"
+    assert _oi_round(_FakeDriver(clean)) is None
+    found = _oi_round(_FakeDriver(clean), console="BUG: kernel NULL pointer dereference\n")
+    assert found[0] == "crash" and "BUG" in found[1], found
+    found = _oi_round(_FakeDriver(clean + "new: /etc/iscsi/tmp/evil\n"))
+    assert found[:2] == ("traversal", "a file outside /etc/iscsi/nodes"), found
+    found = _oi_round(_FakeDriver("discovery=0 login=124 read=- logout=0\n"))
+    assert found[:2] == ("hang", "iscsiadm login"), found
+    found = _oi_round(_FakeDriver(clean, rss=4000 + hostile_clients.MEMORY_BOUND_KIB + 1))
+    assert found[:2] == ("memory", "iscsid RSS"), found

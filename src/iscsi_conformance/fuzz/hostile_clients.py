@@ -63,6 +63,17 @@ TEST_CU_SUITES = (
     "SCSI.TestUnitReady.Simple",
     "iSCSI.iSCSIdatasn.iSCSIDataSnInvalid",
 )
+# The paths a hostile name written as a path could reach: the top two levels of the
+# guest's root file system and the whole of the trees where files are kept (/etc but the
+# records iscsiadm keeps, home directories, /usr/local, /opt, /srv, /mnt), kept sorted
+# in /run/ic-files and compared after each round (the guest's clock is not the one the
+# rootfs was built with: modification times do not tell what is new). A walk of the
+# whole root file system costs ~15 s a round in the TCG guest.
+_LIST_FILES = (
+    "{ find / -xdev -maxdepth 2 -print; "
+    r"find /etc /root /home /usr/local /opt /srv /mnt -xdev \( -path /etc/iscsi/nodes"
+    r" -o -path /etc/iscsi/send_targets \) -prune -o -print; } 2>/dev/null"
+)
 _OOPS = re.compile(r"Oops|BUG:|Kernel panic|general protection fault|Call Trace:|KASAN")
 
 
@@ -108,6 +119,7 @@ class ReferenceClient(_Client):
     def __init__(self) -> None:
         self.start_peak = _self_peak_kib()
         self.violations = 0
+        self.cases = self.reads = 0
 
     async def _exercise(self, host: str, port: int, timeout: float, lba: int) -> bytes:
         from iscsi_conformance.initiator.client import Session, discover
@@ -151,6 +163,8 @@ class ReferenceClient(_Client):
             where = f"{Path(frames[-1].filename).name}:{frames[-1].name}" if frames else "?"
             detail = "".join(traceback.format_exception(exc))[-3000:]
             return ("internal-error", f"{type(exc).__name__} at {where}", detail)
+        self.cases += 1
+        self.reads += data is not None
         grew = _self_peak_kib() - before
         if grew > MEMORY_BOUND_KIB:
             return ("memory", "reference initiator peak RSS", f"grew by {grew} KiB in one case")
@@ -172,6 +186,7 @@ class ReferenceClient(_Client):
     @property
     def memory_note(self) -> str:  # type: ignore[override]
         return (
+            f"cases that wrote and read back: {self.reads} of {self.cases}; "
             f"this process's peak RSS: {self.start_peak // 1024} MiB at the start, "
             f"{_self_peak_kib() // 1024} MiB at the end (bound: +{MEMORY_BOUND_KIB // 1024} MiB "
             "in one case)"
@@ -246,6 +261,7 @@ class OpenIscsiClient(_Client):
         self.console_seen = 0
         self.iscsid_start = 0
         self.iscsid_last = 0
+        self.rounds = self.rounds_read = 0
 
     async def setup(self, proxy: Any) -> None:
         from iscsi_conformance.peers.openiscsi import OpenIscsiInitiator
@@ -259,6 +275,9 @@ class OpenIscsiClient(_Client):
             raise
         self.console_seen = len(self._console())
         self.iscsid_start = self.iscsid_last = await asyncio.to_thread(self._iscsid_rss)
+        await asyncio.to_thread(
+            self.driver.guest, f"{_LIST_FILES} | sort > /run/ic-files", timeout=120
+        )
 
     async def teardown(self) -> None:
         if self.driver is not None:
@@ -270,7 +289,11 @@ class OpenIscsiClient(_Client):
         return vm.console_text() if vm is not None else ""
 
     def _iscsid_rss(self) -> int:
-        res = self.driver.guest("ps -o rss= -C iscsid | awk '{s+=$1} END {print s+0}'", timeout=20)
+        res = self.driver.guest(
+            'for d in /proc/[0-9]*; do [ "$(cat $d/comm 2>/dev/null)" = iscsid ] && '
+            "awk '/VmRSS/ {print $2}' $d/status; done | awk '{s+=$1} END {print s+0}'",
+            timeout=20,
+        )
         text = res.text.strip()
         return int(text) if text.isdigit() else 0
 
@@ -280,7 +303,7 @@ class OpenIscsiClient(_Client):
         portal = f"{guest_address(host, self.driver.mode)}:{port}"
         step = max(5, int(limit / 4))
         script = f"""
-P={portal}; T={IQN}; touch /run/ic-round
+P={portal}; T={IQN}
 timeout -k 2 {step} iscsiadm -m discovery -t st -p $P >/dev/null 2>&1; d=$?
 iscsiadm -m node -T $T -p $P -o new >/dev/null 2>&1
 timeout -k 2 {step} iscsiadm -m node -T $T -p $P --login >/dev/null 2>&1; l=$?
@@ -296,9 +319,9 @@ timeout -k 2 {step} iscsiadm -m node -u >/dev/null 2>&1; o=$?
 iscsiadm -m node -o delete >/dev/null 2>&1
 iscsiadm -m discoverydb -t st -p $P -o delete >/dev/null 2>&1
 echo "discovery=$d login=$l read=$r logout=$o"
-find / -xdev -newer /run/ic-round \\( -path /proc -o -path /sys -o -path /dev -o -path /run \\
-  -o -path /tmp -o -path /var -o -path /etc/iscsi/nodes -o -path /etc/iscsi/send_targets \\) \\
-  -prune -o -print 2>/dev/null | grep -v '^/$' | grep -v '^/etc/iscsi$' | head -20 | sed 's/^/new: /'
+{_LIST_FILES} | sort > /run/ic-files.now
+comm -13 /run/ic-files /run/ic-files.now | head -20 | sed 's/^/new: /'
+sort -u -o /run/ic-files /run/ic-files /run/ic-files.now
 """
         res = self.driver.guest(script, timeout=step * 5 + 30)
         return res.text, res.error_text
@@ -320,9 +343,12 @@ find / -xdev -newer /run/ic-round \\( -path /proc -o -path /sys -o -path /dev -o
         if out.startswith("agent:"):
             return ("hang", "guest round", out)
         new = [line[5:] for line in out.splitlines() if line.startswith("new: ")]
-        if new:
+        if new:  # each path once: the round adds what it saw to the guest's list
             return ("traversal", "a file outside /etc/iscsi/nodes", "; ".join(new[:5]))
         steps = dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+        self.rounds += 1
+        if steps.get("login") == "0" and steps.get("read") == "0":
+            self.rounds_read += 1
         for name in ("discovery", "login", "read", "logout"):
             if steps.get(name) in ("124", "137"):
                 return ("hang", f"iscsiadm {name}" if name != "read" else "dd read", out.strip())
@@ -335,5 +361,6 @@ find / -xdev -newer /run/ic-round \\( -path /proc -o -path /sys -o -path /dev -o
     @property
     def memory_note(self) -> str:  # type: ignore[override]
         return (
+            f"rounds that logged in and read: {self.rounds_read} of {self.rounds}; "
             f"iscsid RSS: {self.iscsid_start} KiB at the start, {self.iscsid_last} KiB at the end"
         )
