@@ -67,3 +67,12 @@ def test_campaign_round_trip(tmp_path: Path) -> None:
     assert [c.peer for c in campaigns] == ["reference", "tgt"] and len(notes) == 1
     assert campaigns[1].failures[0].count == 3 and campaigns[1].seed == 7
     assert FuzzCampaign.from_json(campaigns[1].to_json()) == campaigns[1]
+
+
+def test_a_slow_initiator_campaign_shows_its_rate(small: Results, tmp_path: Path) -> None:
+    """An open-iscsi campaign runs a case every 20 s or so: its rate is not rounded to 0."""
+    out = tmp_path / "out"
+    _write(out, FuzzCampaign(peer="open-iscsi-initiator", role="initiator", seconds=400.0,
+                             cases=20, pdus=17))  # fmt: skip
+    text = write_html(small, out).read_text()
+    assert "0.05 cases/s, 0.04 PDUs/s" in text, text[text.index('id="fuzz"') :][:2000]

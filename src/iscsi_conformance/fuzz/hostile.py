@@ -581,7 +581,10 @@ def initiator_campaign(
     impl = make_client(client, tool)
     lim = impl.limit if limit is None else limit
     report = CampaignReport(target=f"{impl.title} against a hostile reference target")
-    report.notes.append(f"client: {impl.title}; case limit {lim:g} s; damage rate {rate:g}")
+    report.notes.append(
+        f"client: {impl.title}; case limit {lim:g} s; damage rate {rate:g}; "
+        "PDUs counts the PDUs the hostile target damaged"
+    )
     plans: dict[tuple[str, str], list[Mutation]] = {}
     deadline = time.monotonic() + seconds
 
