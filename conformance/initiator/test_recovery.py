@@ -3,9 +3,11 @@ with a WRITE outstanding (RFC 7143 7.2.2, 6.3.4, 11.14.1, 11.5.1, 13.15, 13.16).
 
 The run's reference target serves profile "erl2": it agrees to ErrorRecoveryLevel 2
 (MaxConnections 2, DefaultTime2Wait 1, DefaultTime2Retain 20) and solicits every byte
-of a write by R2T. The proxy cuts the connection (both sides, as a network failure
-looks) when the first R2T of the WRITE comes, and drops that R2T: the target keeps the
-task for TASK REASSIGN, the initiator has a task with no connection.
+of a write by R2T. The proxy holds the first R2T of the WRITE back, and the reference
+target then drops the connection itself: an Async Message 'connection drop' (event 2,
+RFC 7143 11.9.1) names the CID, Time2Wait (Parameter2) and Time2Retain (Parameter3),
+and the connection closes. The target keeps the task for TASK REASSIGN; the initiator
+has a task with no connection.
 
 What the RFC asks of the initiator, and how each part is graded:
 
@@ -14,9 +16,9 @@ What the RFC asks of the initiator, and how each part is graded:
   implicitly by a login with that CID into the same session (6.3.4). A TASK REASSIGN
   sent before either is a failure.
 - INFORMATIONAL: that it recovers at all (7.2.2 calls TASK REASSIGN the initiator's
-  intent; it may as well end the session), that it waits Time2Wait first (13.15 and
-  11.15.3 describe the wait without a keyword on the initiator) and that the WRITE
-  then ends GOOD with its data read back. Waiting is checked only when recovery
+  intent; it may as well end the session), that it waits the message's Time2Wait
+  first (11.9.1, 13.15 and 11.15.3 describe the wait without a keyword on the
+  initiator) and that the WRITE then ends GOOD with its data read back. Waiting is checked only when recovery
   happens, and a missing recovery is reported, not failed.
 
 An initiator that does not offer ErrorRecoveryLevel=2, or cannot be told to, gets less
@@ -35,6 +37,7 @@ import pytest
 
 from iscsi_conformance.core.pdu import (
     R2T,
+    AsyncMessage,
     LoginRequest,
     LoginResponse,
     LogoutRequest,
@@ -61,14 +64,16 @@ OFFER = (
 TASK_REASSIGN = 8
 REMOVE_FOR_RECOVERY = 2
 SLACK = 0.05  # clock granularity between the proxy's timestamps
+DROP_TIME2WAIT = 1  # Parameter2 of the target's 'connection drop'
 
 
-class _CutAtFirstR2T:
-    """Rewrite hook: the first R2T of a Normal session is dropped and its connection
-    hung up, both ways; everything else passes."""
+class _HoldFirstR2T:
+    """Rewrite hook: the first R2T of a Normal session is not passed on (the WRITE
+    stays outstanding); everything else passes."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.held = threading.Event()
         self.cut: tuple[ObservedConnection, float, R2T] | None = None
 
     def __call__(self, conn: ObservedConnection, direction: str, pdu: Any) -> Any:
@@ -78,7 +83,7 @@ class _CutAtFirstR2T:
             if self.cut is not None:
                 return pdu
             self.cut = (conn, time.monotonic(), pdu)
-        conn.hang_up()
+        self.held.set()
         return None
 
 
@@ -113,6 +118,7 @@ def _isid_tsih(conn: ObservedConnection) -> tuple[int, int]:
 @spec(
     "Initiator.Recovery.Erl2.WriteContinued",
     "RFC 7143 7.2.2",
+    ("RFC 7143", "11.9.1", "INFORMATIONAL", "initiator"),
     ("RFC 7143", "13.15", "INFORMATIONAL", "initiator"),
     pairing="initiator",
     requirements=["R7143-7.2.2-2", "R7143-7.2.2-3"],
@@ -121,10 +127,11 @@ def _isid_tsih(conn: ObservedConnection) -> tuple[int, int]:
 def test_write_continued_after_connection_failure(
     initiator: Any, target: Any, observed: Any
 ) -> None:
-    """A WRITE whose connection fails at its first R2T: any TASK REASSIGN comes only
-    after the failed connection was logged out (explicitly or implicitly); the
-    initiator waits Time2Wait, reassigns, and the WRITE ends GOOD with its data."""
-    cutter = _CutAtFirstR2T()
+    """A WRITE whose connection the target drops (Async event 2) while it waits for
+    its R2T: any TASK REASSIGN comes only after the failed connection was logged out
+    (explicitly or implicitly); the initiator waits the message's Time2Wait,
+    reassigns, and the WRITE ends GOOD with its data."""
+    cutter = _HoldFirstR2T()
     ep, obs = observed(PROFILE, cutter)
     payload = os.urandom(BLOCKS * BLOCK)
     handle = _login(initiator, target, ep)
@@ -142,21 +149,46 @@ def test_write_continued_after_connection_failure(
                 f"{initiator.name} offered ErrorRecoveryLevel={offer} and negotiated {agreed} "
                 "(result function Minimum, RFC 7143 13.20): no connection recovery agreed"
             )
-        time2wait = float(first.negotiated("DefaultTime2Wait", "2") or 2)
-        try:
-            initiator.driver.write(handle, LUN, LBA, payload)
-            data = initiator.driver.read(handle, LUN, LBA, BLOCKS)
-        except ISCSIConformanceError as exc:
-            error = exc
+        outcome: dict[str, Any] = {}
+
+        def write() -> None:
+            try:
+                initiator.driver.write(handle, LUN, LBA, payload)
+            except ISCSIConformanceError as exc:
+                outcome["error"] = exc
+
+        writer = threading.Thread(target=write, name="erl2-write", daemon=True)
+        writer.start()
+        if not cutter.held.wait(10.0):
+            writer.join(5.0)
+            raise violation("harness", "the WRITE got no R2T through the proxy: nothing was held")
+        held_conn = cutter.cut[0] if cutter.cut else first
+        cid = next(e.pdu.cid for e in held_conn.sent_by_initiator(LoginRequest))  # type: ignore[union-attr]
+        target.send_async(
+            _isid_tsih(held_conn)[1], 2, cid=cid, time2wait=DROP_TIME2WAIT, time2retain=20
+        )
+        writer.join(DROP_TIME2WAIT + 15.0)
+        error = outcome.get("error")
+        if writer.is_alive():
+            error = ISCSIConformanceError("the WRITE was still waiting 15 s after the drop")
+        elif error is None:
+            try:
+                data = initiator.driver.read(handle, LUN, LBA, BLOCKS)
+            except ISCSIConformanceError as exc:
+                error = exc
     finally:
         try:
             initiator.driver.logout(handle)
         except ISCSIConformanceError:
             pass  # a session ended by a failed recovery has nothing to log out
     _settle(obs)
-    if cutter.cut is None:
-        raise violation("harness", "the WRITE got no R2T through the proxy: nothing was cut")
-    failed, cut_at, r2t = cutter.cut
+    assert cutter.cut is not None
+    failed, _, r2t = cutter.cut
+    drops = failed.seen_by_initiator(AsyncMessage)
+    if not drops:
+        raise violation("harness", "the reference target's 'connection drop' never came")
+    cut_at = drops[0].time
+    time2wait = float(drops[0].pdu.parameter2)  # type: ignore[union-attr]
     failed_cid = next(e.pdu.cid for e in failed.sent_by_initiator(LoginRequest))  # type: ignore[union-attr]
     isid, tsih = _isid_tsih(failed)
     write_itt = r2t.itt
@@ -224,8 +256,8 @@ def test_write_continued_after_connection_failure(
     require(
         waited is not None and waited >= time2wait - SLACK,
         "R7143-7.2.2-3",
-        f"{initiator.name} logged in again for recovery {waited:.2f} s after the connection "
-        f"failed, before Time2Wait ({time2wait:g} s, RFC 7143 13.15)"
+        f"{initiator.name} logged in again for recovery {waited:.2f} s after the target's "
+        f"'connection drop', before its Time2Wait ({time2wait:g} s, RFC 7143 11.9.1)"
         if waited is not None
         else f"{initiator.name} reassigned the task without a new login",
     )

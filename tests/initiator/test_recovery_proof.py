@@ -1,6 +1,7 @@
 """Initiator.Recovery.Erl2.WriteContinued can fail: it is run here with the reference
 initiator against the reference target's real "erl2" profile (embedded, loopback),
-behind the recording proxy that cuts the connection at the WRITE's first R2T.
+behind the recording proxy that holds the WRITE's first R2T back while the target
+drops the connection (Async event 2, Time2Wait 1 s).
 
 - the reference initiator as it is (logout for recovery, Time2Wait, TASK REASSIGN)
   passes;
@@ -32,10 +33,21 @@ PROFILE = SUITE.PROFILE
 
 
 class Target:
-    """The run's target as the test sees it: one profile's endpoint, no CHAP."""
+    """The run's target as the test sees it: one profile's endpoint, no CHAP, and the
+    embedded reference target's test API for the 'connection drop' (as
+    ``TargetUnderTest.send_async`` does it)."""
 
-    def __init__(self, endpoint: Any) -> None:
+    def __init__(self, endpoint: Any, server: Any) -> None:
         self._endpoint = endpoint
+        self._server = server
+
+    def send_async(
+        self, tsih: int, event: int, *, cid: int, time2wait: int, time2retain: int
+    ) -> None:
+        assert event == 2
+        server = self._server
+        conn = server.call(lambda: server.engine.sessions[tsih].connections[cid])
+        server.drop_connection(conn, time2wait=time2wait, time2retain=time2retain)
 
     def chap_for(self, profile: str) -> tuple[None, None]:
         return None, None
@@ -56,7 +68,7 @@ def target() -> Iterator[Target]:
     driver = ReferenceTargetDriver(mode="embedded")
     try:
         endpoint = driver.configure(PROFILES[PROFILE].build(Credentials.generate()))
-        yield Target(endpoint)
+        yield Target(endpoint, driver.server)
     finally:
         driver.stop()
 
@@ -105,13 +117,14 @@ def test_no_time2wait_fails(
     recover = Session._recover
 
     async def hasty(self: Session, *args: Any) -> None:
+        self.drop_timers.clear()  # the Async Message's Time2Wait forgotten
         self.negotiated = dataclasses.replace(self.negotiated, default_time2wait=0)
         await recover(self, *args)
 
     monkeypatch.setattr(Session, "_recover", hasty)
     with pytest.raises(ConformanceViolation, match=r"R7143-7\.2\.2-3") as failed:
         SUITE.test_write_continued_after_connection_failure(initiator, target, observed)
-    assert "before Time2Wait" in str(failed.value)
+    assert "before its Time2Wait" in str(failed.value)
 
 
 def test_no_recovery_fails(
