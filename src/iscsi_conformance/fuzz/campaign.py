@@ -87,6 +87,8 @@ class CampaignReport:
     answers: int = 0
     sessions: int = 0
     cve_cases: int = 0  # the CVE-derived cases run first (fuzz.gen.cve_cases)
+    # session-level cases of the seeded engine by kind (mcs, reinstate-..., chap, bad-chap)
+    session_cases: dict[str, int] = dataclasses.field(default_factory=dict)
     digest_sessions: int = 0  # sessions that negotiated a CRC32C header or data digest
     closed_by_target: int = 0
     silent: int = 0
@@ -122,6 +124,9 @@ class CampaignReport:
             f"coverage {len(self.coverage)}/{len(COVERAGE_CELLS)} opcode x phase, "
             f"CVE-derived cases {self.cve_cases}",
         ]
+        if self.session_cases:
+            lines.append("session cases: " + ", ".join(
+                f"{k} {v}" for k, v in sorted(self.session_cases.items())))  # fmt: skip
         for name, (before, after) in sorted(self.resources.items()):
             lines.append(f"{name}: {before} before, {after} after")
         lines.extend(self.notes)
@@ -181,11 +186,26 @@ def default_login_keys(initiator: str, target: str, mrdsl: int) -> list[tuple[st
 
 
 async def login(
-    wire: _Wire, keys: Sequence[tuple[str, str]], *, isid: int, timeout: float
+    wire: _Wire,
+    keys: Sequence[tuple[str, str]],
+    *,
+    isid: int,
+    timeout: float,
+    tsih: int = 0,
+    cid: int = 0,
+    chap: Any = None,
+    mutual: Any = None,
+    algorithm: int = 5,
+    hook: Any = None,
+    session: Any = None,
+    result: list[Any] | None = None,
 ) -> tuple[P.LoginResponse, dict[str, str]]:
     """A correct login as the reference initiator makes it (``initiator.login_flow``,
     AuthMethod=None, ``keys`` over its defaults): the final Login Response and the keys
-    the target answered. Raises ConnectionError when the login does not succeed."""
+    the target answered. Raises ConnectionError when the login does not succeed.
+    ``tsih``/``cid``/``session`` join or reinstate (RFC 7143 6.3.1); ``chap``/``mutual``
+    (``ChapAccount``) with CHAP_A ``algorithm`` authenticate; ``hook`` rewrites each
+    Login Request (``LoginFlow.login_hook``); ``result`` receives the ``LoginResult``."""
     from iscsi_conformance.initiator.login_flow import LoginFlow, LoginResult
 
     ours = dict(keys)
@@ -193,14 +213,16 @@ async def login(
         initiator_name=ours.pop("InitiatorName", "iqn.2024-01.org.iscsi-conformance:fuzzer"),
         target_name=ours.pop("TargetName", None),
         session_type=ours.pop("SessionType", "Normal"),
-        isid=isid, itt=1, rng=os.urandom, keys=dict(ours),
+        isid=isid, itt=1, rng=os.urandom, keys=dict(ours), tsih=tsih, cid=cid,
+        chap_credentials=chap, mutual_chap=mutual, chap_algorithms=(algorithm,),
+        login_hook=hook, session=session,
     )  # fmt: skip
     answered: dict[str, str] = {}
     step = flow.start()
     for _ in range(16):
         out = step.wire
         if out is not None:
-            wire.writer.write(out if isinstance(out, bytes) else P.encode(out))
+            wire.writer.write(out if isinstance(out, bytes) else P.encode(out, strict=step.strict))
         rsp = await _next_pdu(wire, timeout)
         if not isinstance(rsp, P.LoginResponse):
             raise ConnectionError(f"login answered with {rsp!r}")
@@ -215,6 +237,8 @@ async def login(
         except ISCSIConformanceError as exc:
             raise ConnectionError(f"login failed: {exc}") from exc
         if isinstance(nxt, LoginResult):
+            if result is not None:
+                result.append(nxt)
             return rsp, answered
         step = nxt
     raise ConnectionError("the login did not reach full feature phase")
@@ -263,11 +287,17 @@ class Campaign:
         digests: bool = True,
         max_rss_kib: int | None = None,
         max_fds: int | None = None,
+        accounts: Any = None,
+        session_ratio: float = 0.05,
     ) -> None:
         self.host, self.port, self.target = host, port, target
         # growth allowed over the start, read from ``health`` (rss_kib(), fds()) every
         # second and at the end: beyond it, a failure of kind "resources"
         self.max_rss_kib, self.max_fds = max_rss_kib, max_fds
+        # session-level cases (MC/S, reinstatement, CHAP spoiled): ``session_ratio`` of
+        # the draws; CHAP ones only with ``accounts`` (``fuzz.machine.Accounts``, the
+        # subject configured with ``machine.chap_toml``/``with_accounts``)
+        self.accounts, self.session_ratio = accounts, session_ratio
         self._res0: dict[str, int] = {}
         self.initiator = initiator
         self.seconds = seconds
@@ -508,6 +538,124 @@ class Campaign:
                     )  # fmt: skip
                 return "answered"
 
+    # ------------------------------------------------------------------ session cases
+
+    async def _session_case(self, gen: Gen, wid: int) -> None:
+        """One session-level case: an extra connection (MC/S), a session or connection
+        reinstatement, or a CHAP login with a spoiled value (see ``fuzz.machine``)."""
+        kinds = ["mcs", "reinstate-session", "reinstate-connection"]
+        if self.accounts is not None:
+            kinds += ["chap", "bad-chap", "bad-chap"]
+        kind = gen.rng.choice(kinds)
+        self.report.cases += 1
+        self.report.coverage.add(("LoginRequest", "login"))
+        self.report.session_cases[kind] = self.report.session_cases.get(kind, 0) + 1
+        wires: list[_Wire] = []
+        try:
+            if kind in ("chap", "bad-chap"):
+                await self._chap_case(gen, wires, spoil=kind == "bad-chap")
+            else:
+                await self._rejoin_case(gen, wid, kind, wires)
+        except (ConnectionError, TimeoutError, OSError, ProtocolError):
+            self._need_liveness = True
+        finally:
+            for w in wires:
+                w.close()
+        self._poll_health()
+
+    async def _chap_case(self, gen: Gen, wires: list[_Wire], *, spoil: bool) -> None:
+        from iscsi_conformance.fuzz.machine import (
+            ALGORITHMS,
+            BAD_CHAP_VALUES,
+            CHAP_INITIATOR,
+            MUTUAL_INITIATOR,
+        )
+
+        rng = gen.rng
+        mutual = rng.random() < 0.5
+        algorithm = rng.choice(sorted(ALGORITHMS.values()))
+        name = MUTUAL_INITIATOR if mutual else CHAP_INITIATOR
+        key, value = rng.choice(BAD_CHAP_VALUES)
+        sent: list[bytes] = []
+
+        def hook(req: P.LoginRequest) -> P.LoginRequest:
+            pairs = T.parse_pairs(req.data) if req.data else []
+            if spoil and any(k == key for k, _ in pairs):
+                pairs = [(k, value if k == key else v) for k, v in pairs]
+                req = dataclasses.replace(req, data=T.format_pairs(pairs, strict=False))
+            sent.append(P.encode(req, strict=False))
+            return req
+
+        keys = [("InitiatorName", name), ("TargetName", self.target),
+                ("MaxRecvDataSegmentLength", str(self.mrdsl))]  # fmt: skip
+        wire = await _connect(self.host, self.port, self._io())
+        wires.append(wire)
+        try:
+            await login(wire, keys, isid=0x3D_0000_0000 | next(self._isid), timeout=self._io(),
+                        chap=self.accounts.chap, algorithm=algorithm, hook=hook,
+                        mutual=self.accounts.mutual_target if mutual else None)  # fmt: skip
+        except (ConnectionError, TimeoutError) as exc:
+            if not spoil and "refused" in str(exc):
+                self._fail("login", f"CHAP {algorithm} refused",
+                           f"a correct CHAP login ({'mutual' if mutual else 'one-way'}, "
+                           f"CHAP_A={algorithm}) failed: {exc}", "login", [], sent,
+                           level="INFORMATIONAL")  # fmt: skip
+            return
+        self.report.pdus += len(sent)
+        if spoil and key != "CHAP_A":  # a spoiled CHAP_A list may still hold the right one
+            self._fail(
+                "auth-accepted", f"{key} {'mutual' if mutual else 'one-way'}",
+                f"a login whose {key} was {value[:40]!r} reached full feature phase",
+                "login", [], sent, requirement="R7143-12.1.3-3",
+            )  # fmt: skip
+
+    async def _rejoin_case(self, gen: Gen, wid: int, kind: str, wires: list[_Wire]) -> None:
+        keys = default_login_keys(self.initiator, self.target, self.mrdsl)
+        keys.append(("MaxConnections", str(gen.rng.choice((1, 2, 4)))))
+        keys.append(("ErrorRecoveryLevel", str(gen.rng.choice((0, 1, 2)))))
+        isid = (wid << 32) | 0x3C_0000_0000 | next(self._isid)
+        lead = await _connect(self.host, self.port, self._io())
+        wires.append(lead)
+        got: list[Any] = []
+        rsp, _ = await login(lead, keys, isid=isid, timeout=self._io(), result=got)
+        res = got[0]
+        s = Session(cmdsn=rsp.expcmdsn, expstatsn=(rsp.statsn + 1) & 0xFFFFFFFF)
+        second = await _connect(self.host, self.port, self._io())
+        wires.append(second)
+        join: dict[str, Any] = {
+            "mcs": {"tsih": res.tsih, "cid": 1, "session": res.negotiated},
+            "reinstate-session": {},
+            "reinstate-connection": {"tsih": res.tsih, "cid": 0, "session": res.negotiated},
+        }[kind]
+        try:
+            await login(second, keys, isid=isid, timeout=self._io(), **join)
+        except (ConnectionError, TimeoutError) as exc:
+            if kind == "reinstate-session":
+                self._fail("reinstatement", "session refused",
+                           f"a session reinstatement (same ISID, TSIH 0) failed: {exc}",
+                           "ffp", keys, [], requirement="R7143-6.3.5-1")  # fmt: skip
+            return  # MC/S and connection reinstatement may be refused (MaxConnections, ERL)
+        if kind == "mcs":
+            return
+        # after a reinstatement the old connection ends: it answers no more pings
+        nop = P.NopOut(immediate=True, itt=0xF0F0_0001, cmdsn=s.cmdsn, expstatsn=s.expstatsn,
+                       data=PING)  # fmt: skip
+        try:
+            lead.writer.write(P.encode(nop))
+            while True:
+                pdu = await _next_pdu(lead, max(0.01, min(self.silence, self._time_left())))
+                if isinstance(pdu, P.NopIn) and pdu.itt == 0xF0F0_0001:
+                    what = kind.split("-")[1]
+                    self._fail(
+                        "reinstatement", f"old {what} still answers",
+                        f"after a {what} reinstatement the old connection still answered a "
+                        "NOP-Out", "ffp", keys, [P.encode(nop)],
+                        requirement="R7143-6.3.5-1" if what == "session" else "R7143-6.3.4-1",
+                    )  # fmt: skip
+                    return
+        except (ConnectionError, TimeoutError, OSError, ProtocolError):
+            return
+
     # ------------------------------------------------------------------ liveness
 
     async def alive(self, timeout: float = 5.0) -> str | None:
@@ -594,8 +742,11 @@ class Campaign:
             ):
                 await self._liveness()
                 continue
-            if gen.rng.random() < self.login_ratio:
+            r = gen.rng.random()
+            if r < self.login_ratio:
                 await self._login_case(gen)
+            elif r < self.login_ratio + self.session_ratio:
+                await self._session_case(gen, wid)
             else:
                 await self._session(gen, wid)
 

@@ -208,14 +208,11 @@ def main(argv: list[str]) -> int:
             health: Any = None
             accounts: Any = None
             if args.url == "reference":
+                from iscsi_conformance.fuzz.machine import Accounts, chap_toml
                 from iscsi_conformance.fuzz.reference import ReferenceSubject
 
-                config = None
-                if args.engine == "hypothesis":  # CHAP accounts for the machine's logins
-                    from iscsi_conformance.fuzz.machine import Accounts, chap_toml
-
-                    accounts = Accounts.random()
-                    config = chap_toml(DEFAULT_IQN, accounts)
+                accounts = Accounts.random()  # CHAP accounts (secrets never printed)
+                config = chap_toml(DEFAULT_IQN, accounts)
                 health = stack.enter_context(ReferenceSubject(DEFAULT_IQN, config=config))
                 host, port, iqn, strict = health.host, health.port, DEFAULT_IQN, True
             elif "://" not in args.url:  # a peer driver's name: tgt, lio...
@@ -233,7 +230,7 @@ def main(argv: list[str]) -> int:
                 strict = False
             if args.engine == "hypothesis":
                 return _hypothesis(args, host, port, iqn, health, strict, accounts)
-            return _campaign(args, host, port, iqn, health, strict)
+            return _campaign(args, host, port, iqn, health, strict, accounts)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -419,8 +416,9 @@ def _hypothesis(
 
 
 def _campaign(
-    args: argparse.Namespace, host: str, port: int, iqn: str, health: Any, strict: bool
-) -> int:
+    args: argparse.Namespace, host: str, port: int, iqn: str, health: Any, strict: bool,
+    accounts: Any = None,
+) -> int:  # fmt: skip
     from iscsi_conformance.fuzz.campaign import Campaign
     from iscsi_conformance.fuzz.repro import save
 
@@ -428,7 +426,7 @@ def _campaign(
     camp = Campaign(
         host, port, iqn, seconds=args.seconds, max_cases=args.cases, seed=args.seed,
         workers=args.workers, health=health, strict=strict, max_rss_kib=max_rss_kib,
-        max_fds=max_fds,
+        max_fds=max_fds, accounts=accounts,
         progress=None if args.quiet else lambda line: print(line, flush=True),
     )  # fmt: skip
     report = camp.run()

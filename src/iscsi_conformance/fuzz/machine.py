@@ -273,20 +273,19 @@ def _operational(draw: st.DrawFn) -> dict[str, str]:
     return keys
 
 
-_BAD_CHAP = st.sampled_from(
-    [
-        ("CHAP_R", "0x00"),
-        ("CHAP_R", "0x" + "ab" * 16),
-        ("CHAP_R", "0x" + "ab" * 3000),  # CVE-2018-14633's class: far longer than any digest
-        ("CHAP_R", "0b" + "QUJD" * 8),
-        ("CHAP_R", ""),
-        ("CHAP_R", "0xZZ"),
-        ("CHAP_N", "someone-else"),
-        ("CHAP_N", "n" * 600),
-        ("CHAP_A", "4"),
-        ("CHAP_A", "5,6,7,8," + "9," * 200),
-    ]
-)
+BAD_CHAP_VALUES = [
+    ("CHAP_R", "0x00"),
+    ("CHAP_R", "0x" + "ab" * 16),
+    ("CHAP_R", "0x" + "ab" * 3000),  # CVE-2018-14633's class: far longer than any digest
+    ("CHAP_R", "0b" + "QUJD" * 8),
+    ("CHAP_R", ""),
+    ("CHAP_R", "0xZZ"),
+    ("CHAP_N", "someone-else"),
+    ("CHAP_N", "n" * 600),
+    ("CHAP_A", "4"),
+    ("CHAP_A", "5,6,7,8," + "9," * 200),
+]
+_BAD_CHAP = st.sampled_from(BAD_CHAP_VALUES)
 
 
 class SessionMachine(RuleBasedStateMachine):
