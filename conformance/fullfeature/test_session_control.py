@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from iscsi_conformance.core import pdu as P
-from iscsi_conformance.harness.probe import FullFeature, Outcome, full_feature, join_session
+from iscsi_conformance.core.digest import crc32c
+from iscsi_conformance.harness.probe import (
+    DEFAULT_TIMEOUT,
+    FullFeature,
+    Outcome,
+    full_feature,
+    join_session,
+)
 from iscsi_conformance.plugin import require, spec, violation
 from iscsi_conformance.scsi import cdb
 
@@ -946,6 +953,62 @@ async def test_unknown_opcode_rejected(target: Any) -> None:
             "R7143-11.17-1",
             "the Reject does not carry the rejected header",
             sent=[bogus],
+            received=[resp],
+        )
+
+
+@spec(
+    "FullFeature.Reject.PayloadDigestReason",
+    "RFC 7143 7.8",
+    "RFC 7143 11.17.1",
+    requirements=["R7143-7.8-6", "R7143-11.17-1"],
+)
+async def test_reject_reason_payload_digest(target: Any) -> None:
+    """A Reject names its cause: a NOP-Out whose data digest fails is answered with a
+    Reject of reason 02h (Data (payload) digest error) carrying the NOP-Out's header,
+    which RFC 7143 7.8 requires at every ErrorRecoveryLevel. Ending the connection
+    without a Reject (escalation to session recovery, which 7.8 allows) also conforms;
+    silence, another answer or another reason does not."""
+    async with target.raw() as raw:
+        probe = await target.login(raw, keys=[("HeaderDigest", "CRC32C"), ("DataDigest", "CRC32C")])
+        raw.set_digests(header=True, data=True)
+        payload = os.urandom(64)
+        nop = P.NopOut(
+            immediate=True,
+            itt=0x7070,
+            ttt=0xFFFFFFFF,
+            cmdsn=probe.cmdsn,
+            expstatsn=probe.expstatsn,
+            data=payload,
+        )
+        bad = P.Tamper(data_digest_value=crc32c(payload) ^ 0xFFFFFFFF)
+        wire = P.encode(nop, header_digest=True, data_digest=True, strict=False, tamper=bad)
+        await raw.send(wire)
+        resp = await raw.recv(timeout=DEFAULT_TIMEOUT)
+        if resp is None and raw.last_outcome is Outcome.CLOSED:
+            return  # escalated to session recovery (RFC 7143 7.8)
+        require(
+            isinstance(resp, P.Reject),
+            "R7143-7.8-6",
+            "a NOP-Out with a wrong data digest got "
+            f"{type(resp).__name__ if resp is not None else raw.last_outcome}, not a Reject "
+            "(02h) and not the end of the connection",
+            sent=[nop],
+            received=[resp] if resp is not None else [],
+        )
+        require(
+            resp.reason == 0x02,
+            "R7143-7.8-6",
+            f"the Reject of a payload digest error gives reason {resp.reason:#04x}; RFC 7143 "
+            "7.8 requires 02h (Data (payload) digest error)",
+            sent=[nop],
+            received=[resp],
+        )
+        require(
+            resp.data[:48] == wire[:48],
+            "R7143-11.17-1",
+            "the Reject does not carry the rejected NOP-Out's header",
+            sent=[nop],
             received=[resp],
         )
 

@@ -109,9 +109,10 @@ async def test_nsg_lower_than_csg(target: Any) -> None:
 
 @spec(
     "Login.Stages.ReservedStageValue",
-    ("RFC 7143", "11.12.3", "INFORMATIONAL", "target"),
+    "RFC 7143 11.12.3",
+    "RFC 7143 7.7",
     "RFC 7143 11.13.5",
-    requirements=["R7143-11.12-2", "R7143-11.13-1"],
+    requirements=["R7143-7.7-1", "R7143-11.13-1"],
 )
 async def test_reserved_stage_value(target: Any) -> None:
     """CSG=2 is reserved: the login fails."""
@@ -607,9 +608,10 @@ async def test_discovery_session_refuses_scsi(target: Any) -> None:
 
 @spec(
     "Login.Stages.ReservedStageOperationalKeys",
-    ("RFC 7143", "11.12.3", "INFORMATIONAL", "target"),
+    "RFC 7143 11.12.3",
+    "RFC 7143 7.7",
     "RFC 7143 11.13.5",
-    requirements=["R7143-11.12-2", "R7143-11.13-1"],
+    requirements=["R7143-7.7-1", "R7143-11.13-1"],
 )
 async def test_reserved_stage_with_operational_keys(target: Any) -> None:
     """CSG=2 is reserved even when the request carries only operational keys: the login
@@ -617,21 +619,40 @@ async def test_reserved_stage_with_operational_keys(target: Any) -> None:
     await _reserved_stage_refused(target, [("HeaderDigest", "None")])
 
 
-async def _reserved_stage_refused(target: Any, pairs: list[tuple[str, str]]) -> None:
-    """A first Login Request with CSG=2 (reserved, 11.12.3) carrying ``pairs`` fails: a
-    robustness check (R7143-11.12-2), but the failed login is owed a Login Response
+async def _reserved_stage_refused(
+    target: Any, pairs: list[tuple[str, str]], *, csg: int = 2, nsg: int = 3
+) -> None:
+    """A first Login Request with a reserved stage code (2, RFC 7143 11.12.3: all codes but
+    0, 1 and 3 are reserved) carrying ``pairs`` fails. An illegal header field value is a
+    format error (7.7), on which the target MUST end the connection (R7143-7.7-1), so a
+    login that goes on does not conform; the failed login is owed a Login Response
     (R7143-11.13-1)."""
     async with target.raw() as raw:
         probe = target.probe(raw)
-        step = await probe.send(probe.build(pairs, csg=2, nsg=3, transit=True))
+        step = await probe.send(probe.build(pairs, csg=csg, nsg=nsg, transit=True))
         _require_answer(probe, step, "R7143-11.13-1")
         require(
             step.refused,
-            "R7143-11.12-2",
-            "CSG=2 (reserved) was accepted",
+            "R7143-7.7-1",
+            f"a Login Request with CSG={csg}, NSG={nsg} (2 is a reserved stage code, RFC 7143 "
+            "11.12.3) was taken up; an illegal header field value is a format error, on "
+            "which the target MUST end the connection (7.7)",
             sent=probe.sent,
             received=probe.received,
         )
+
+
+@spec(
+    "Login.Stages.ReservedNextStage",
+    "RFC 7143 11.12.3",
+    "RFC 7143 7.7",
+    "RFC 7143 11.13.5",
+    requirements=["R7143-7.7-1", "R7143-11.13-1"],
+)
+async def test_reserved_next_stage(target: Any) -> None:
+    """T=1 with NSG=2 (reserved; the Next Stage value is valid when T is 1) is a format
+    error: the login fails, and is not read as a request without transit."""
+    await _reserved_stage_refused(target, [("AuthMethod", "None")], csg=0, nsg=2)
 
 
 @spec(

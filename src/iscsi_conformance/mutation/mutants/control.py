@@ -428,10 +428,10 @@ def unknown_opcode(p: Patcher) -> None:
     "Control.Reject.ReasonAlwaysProtocolError",
     "control",
     "every Reject gives reason 0x04 (protocol error) whatever the cause (11.17.1)",
-    catches=["FullFeature.Reject.UnknownOpcode", "FullFeature.Errors", "Digests.Errors"],
+    catches=["FullFeature.Reject.PayloadDigestReason", "Digests.Errors"],
     # 11.17.1's reason table has no keyword; the reason a MUST names is 7.8's: a payload
-    # digest error is answered with Reject 'Data (payload) Digest Error'.
-    suites=("Digests.Errors",),
+    # digest error is answered with Reject 'Data (payload) Digest Error', which the
+    # control area's FullFeature.Reject.PayloadDigestReason checks.
 )
 def reject_reason(p: Patcher) -> None:
     fields(p, P.Reject, reason=RejectReason.PROTOCOL_ERROR)
