@@ -295,8 +295,8 @@ class Campaign:
         # second and at the end: beyond it, a failure of kind "resources"
         self.max_rss_kib, self.max_fds = max_rss_kib, max_fds
         # session-level cases (MC/S, reinstatement, CHAP spoiled): ``session_ratio`` of
-        # the draws; CHAP ones only with ``accounts`` (``fuzz.machine.Accounts``, the
-        # subject configured with ``machine.chap_toml``/``with_accounts``)
+        # the draws; CHAP ones only with ``accounts`` (``fuzz.accounts.Accounts``, the
+        # subject configured with ``accounts.chap_toml``/``with_accounts``)
         self.accounts, self.session_ratio = accounts, session_ratio
         self._res0: dict[str, int] = {}
         self.initiator = initiator
@@ -564,7 +564,7 @@ class Campaign:
         self._poll_health()
 
     async def _chap_case(self, gen: Gen, wires: list[_Wire], *, spoil: bool) -> None:
-        from iscsi_conformance.fuzz.machine import (
+        from iscsi_conformance.fuzz.accounts import (
             ALGORITHMS,
             BAD_CHAP_VALUES,
             CHAP_INITIATOR,

@@ -63,8 +63,17 @@ from hypothesis.stateful import (
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core import text as T
-from iscsi_conformance.credentials import ChapAccount
 from iscsi_conformance.errors import ISCSIConformanceError, ProtocolError
+from iscsi_conformance.fuzz.accounts import (
+    ALGORITHMS,
+    BAD_CHAP_VALUES,
+    CHAP_INITIATOR,
+    INITIATOR,
+    MUTUAL_INITIATOR,
+    Accounts,
+    chap_toml,
+    with_accounts,
+)
 from iscsi_conformance.fuzz.campaign import (
     COVERAGE_CELLS,
     FDS_KEY,
@@ -80,10 +89,6 @@ from iscsi_conformance.fuzz.oracles import AnswerChecker
 __all__ = ["Accounts", "MachineRun", "OutOfTime", "chap_toml", "run_machine", "with_accounts"]
 
 PING = b"iscsi-conformance machine ping"
-INITIATOR = "iqn.2024-01.org.iscsi-conformance:fuzzer"
-CHAP_INITIATOR = "iqn.2024-01.org.iscsi-conformance:fuzzer-chap"
-MUTUAL_INITIATOR = "iqn.2024-01.org.iscsi-conformance:fuzzer-mutual"
-ALGORITHMS = {"MD5": 5, "SHA-1": 6, "SHA-256": 7, "SHA3-256": 8}
 MRDSL = 8192
 MAX_LINKS = 6
 
@@ -94,59 +99,6 @@ class OutOfTime(BaseException):
 
 class FuzzFinding(AssertionError):
     """A failure of the machine; each identity (kind, place) gets a subclass."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Accounts:
-    """CHAP accounts the subject was configured with (secrets never printed)."""
-
-    chap: ChapAccount
-    mutual_target: ChapAccount  # what the target answers for MUTUAL_INITIATOR
-
-    @classmethod
-    def random(cls) -> Accounts:
-        return cls(
-            ChapAccount("fuzz-chap", os.urandom(12).hex()),
-            ChapAccount("fuzz-target", os.urandom(12).hex()),
-        )
-
-
-def chap_toml(iqn: str, accounts: Accounts, luns: tuple[str, ...] = ("8M", "1M")) -> Any:
-    """``config(host, port)`` for ``ReferenceSubject``: the target ``iqn`` with ACLs for
-    the three initiators of the machine (none, CHAP, mutual CHAP)."""
-
-    def render(host: str, port: int) -> str:
-        def chap(a: ChapAccount) -> str:
-            return f'{{ user = "{a.user}", secret = "{a.secret}" }}'
-
-        lines = ["[server]", "nop_in_interval = 0", "", "[[portal_groups]]", "tag = 1",
-                 f'portals = ["{host}:{port}"]', "", "[[targets]]", f'name = "{iqn}"']  # fmt: skip
-        for i, size in enumerate(luns):
-            lines += ["[[targets.luns]]", f"lun = {i}", f'size = "{size}"']
-        lines += ["[[targets.acls]]", f'initiator = "{INITIATOR}"']
-        lines += ["[[targets.acls]]", f'initiator = "{CHAP_INITIATOR}"',
-                  f"chap = {chap(accounts.chap)}"]  # fmt: skip
-        lines += ["[[targets.acls]]", f'initiator = "{MUTUAL_INITIATOR}"',
-                  f"chap = {chap(accounts.chap)}", f"mutual_chap = {chap(accounts.mutual_target)}"]  # fmt: skip
-        return "\n".join(lines) + "\n"
-
-    return render
-
-
-def with_accounts(config: Any, accounts: Accounts) -> Any:
-    """A ``ServerConfig`` whose targets carry the machine's three ACLs (in process)."""
-    from iscsi_conformance.target.config import AclConfig, ChapConfig
-
-    def cc(a: ChapAccount) -> ChapConfig:
-        return ChapConfig(a.user, a.secret)
-
-    acls = (
-        AclConfig(INITIATOR),
-        AclConfig(CHAP_INITIATOR, chap=cc(accounts.chap)),
-        AclConfig(MUTUAL_INITIATOR, chap=cc(accounts.chap), mutual_chap=cc(accounts.mutual_target)),
-    )
-    targets = tuple(dataclasses.replace(t, acls=acls) for t in config.targets)
-    return dataclasses.replace(config, targets=targets)
 
 
 @dataclasses.dataclass
@@ -273,18 +225,6 @@ def _operational(draw: st.DrawFn) -> dict[str, str]:
     return keys
 
 
-BAD_CHAP_VALUES = [
-    ("CHAP_R", "0x00"),
-    ("CHAP_R", "0x" + "ab" * 16),
-    ("CHAP_R", "0x" + "ab" * 3000),  # CVE-2018-14633's class: far longer than any digest
-    ("CHAP_R", "0b" + "QUJD" * 8),
-    ("CHAP_R", ""),
-    ("CHAP_R", "0xZZ"),
-    ("CHAP_N", "someone-else"),
-    ("CHAP_N", "n" * 600),
-    ("CHAP_A", "4"),
-    ("CHAP_A", "5,6,7,8," + "9," * 200),
-]
 _BAD_CHAP = st.sampled_from(BAD_CHAP_VALUES)
 
 
