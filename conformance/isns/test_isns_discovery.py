@@ -13,7 +13,7 @@ answer it, scoped by Discovery Domains. Then:
   SCNs, lists the target that registered after it and logs in;
 - open-iscsi's iscsid, registered for SCNs on a UDP SCN Port by its discovery daemon,
   receives the SCN (6.3.7, 2.9.2), logs in to the target it names, and logs out once an
-  SCN says the target left its Discovery Domains. The server must
+  SCN says the target's node was deregistered. The server must
   reach the guest, and 2.9.2 has it send to every Portal the guest registered, its
   user-mode network address included: so this cell runs on a network of its own (a
   micro-VM with a tap into a namespace of ours, holding our server and a reference
@@ -312,9 +312,11 @@ def test_scn_acted_on(target: Any, isns_server: Any) -> None:
     requirements=["R4171-6.3.7-1", "R4171-5.6.5.8-2"],
     needs=("initiator:isns",),
 )
-def test_initiator_acts_on_scn(initiator: Any) -> None:
+def test_initiator_acts_on_scn(initiator: Any, request: pytest.FixtureRequest) -> None:
     """An initiator registered for SCNs by its own iSNS client gets the SCN that a
-    target's registration causes, and logs in to that target without polling."""
+    target's registration causes, and logs in to that target without polling; then
+    logs out once its node is deregistered. The run's server serves: isnsd with the
+    guest's tap in its container, or ours in a namespace of the cell's own."""
     if initiator.name != "open-iscsi":
         pytest.skip(
             f"{initiator.name}: its SCN handling is judged by iSNS.Discovery.ScnActedOn"
@@ -326,15 +328,21 @@ def test_initiator_acts_on_scn(initiator: Any) -> None:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(why)
         pytest.skip(why)
-    scn_in_guest(initiator.evidence)
+    isns_server = request.getfixturevalue("isns_server")  # only now: the others skip
+    scn_in_guest(
+        initiator.evidence, isnsd=isns_server.server if isns_server.kind == "isnsd" else None
+    )
+    isns_server.check_alive()
 
 
-def scn_in_guest(evidence: Any, *, block_scn: bool = False, block_removal: bool = False) -> None:
+def scn_in_guest(
+    evidence: Any, *, block_scn: bool = False, block_removal: bool = False, isnsd: Any = None
+) -> None:
     """open-iscsi in a micro-VM of its own registers for SCNs with our server through
     iscsid's discovery daemon (no polling); a reference target then registers: the SCN
-    must reach the guest (6.3.7), and open-iscsi logs in to the target; moved into a
-    Discovery Domain of its own, the target leaves the initiator's view, and open-iscsi
-    logs out (both informational).
+    must reach the guest (6.3.7), and open-iscsi logs in to the target; once the
+    target's node is deregistered (it still serves), open-iscsi logs out (both
+    informational). ``isnsd``: the run's isnsd serves instead of ours.
     ``block_scn``: the namespace drops the server's UDP, the network on which this
     fails; ``block_removal``: it does so only after the login, so that the SCN of the
     removal is lost (tests/isns/test_isns_guest_scn_proof.py)."""
@@ -342,19 +350,23 @@ def scn_in_guest(evidence: Any, *, block_scn: bool = False, block_removal: bool 
     from iscsi_conformance.harness.profiles import IQN_PREFIX
 
     iqn = f"{IQN_PREFIX}:isns-scn-guest"
-    with GuestScnStage(block_scn=block_scn) as stage:
+    with GuestScnStage(block_scn=block_scn, isnsd=isnsd) as stage:
         name = stage.initiator.initiator_name
         script = stage.start_discoveryd()
         reg = stage.wait_registered(name, TIMEOUT * 2)
-        ports = sorted({p["key"][1] for p in reg["portals"]})
-        evidence.note(f"guest: {script}\n{name} registered for SCN (bitmap "
-                      f"{reg['node']['attrs'].get(SCN_BITMAP)}) with portals "
-                      f"{[p['key'] for p in reg['portals']]}; SCN Port values {ports}")  # fmt: skip
+        server = "the run's isnsd (the tap in its container)" if isnsd else "our server"
+        if reg:
+            ports = sorted({p["key"][1] for p in reg["portals"]})
+            how = (f"bitmap {reg['node']['attrs'].get(SCN_BITMAP)}, portals "
+                   f"{[p['key'] for p in reg['portals']]}, SCN Port values {ports}")  # fmt: skip
+        else:
+            how = "as iscsid logged it"
+        evidence.note(f"guest: {script}\n{name} registered for SCN with {server} ({how})")
         stage.start_target(iqn)
         took = stage.wait_session(iqn, TIMEOUT)
         guest_log, server_log = stage.guest_log(), stage.server_log()
         evidence.note(f"session after {took} s:\n{stage.sessions()}\niscsid (guest):\n"
-                      f"{guest_log}\nreference iSNS server:\n{server_log}")  # fmt: skip
+                      f"{guest_log}\n{server}'s log:\n{server_log}")  # fmt: skip
         at = re.escape(stage.guest_address)
         answered = re.search(
             rf"scn to {at}:\d+ over UDP: answered with function 0x8008 status 0", server_log
@@ -363,7 +375,7 @@ def scn_in_guest(evidence: Any, *, block_scn: bool = False, block_removal: bool 
         require(
             bool(answered or processed),
             "R4171-6.3.7-1",
-            f"the SCN our server sent to open-iscsi's registered UDP SCN Port at "
+            f"the SCN {server} sent to open-iscsi's registered UDP SCN Port at "
             f"{stage.guest_address} got no SCN Response and iscsid logged no SCN for {iqn}",
         )
         require(
@@ -372,19 +384,19 @@ def scn_in_guest(evidence: Any, *, block_scn: bool = False, block_removal: bool 
             f"open-iscsi received the SCN announcing {iqn} but did not log in to it within "
             f"{TIMEOUT:.0f} s",
         )
-        # The target goes into a Discovery Domain of its own: out of the initiator's
-        # view (the default DD holds only nodes in no DD), an SCN Object Removed.
+        # The target's node is deregistered (DevDereg, 5.6.5.4) while the target keeps
+        # serving: an SCN Object Removed, and nothing else tells open-iscsi to leave.
         if block_removal:
             stage.drop_udp()
-        stage.register_dd(f"{iqn}-alone", [iqn], source=iqn)
+        stage.deregister_node(iqn)
         gone = stage.wait_no_session(iqn, TIMEOUT)
         guest_log, server_log = stage.guest_log(), stage.server_log()
-        evidence.note(f"after the target left the initiator's Discovery Domains: session "
+        evidence.note(f"after the target's node was deregistered (it still serves): session "
                       f"gone after {gone} s\n{stage.sessions()}\niscsid (guest):\n{guest_log}"
-                      f"\nreference iSNS server:\n{server_log}")  # fmt: skip
+                      f"\n{server}'s log:\n{server_log}")  # fmt: skip
         require(
             gone is not None,
             "R4171-5.6.5.8-2",
             f"open-iscsi kept its session with {iqn} for {TIMEOUT:.0f} s after an SCN said "
-            f"the target left its Discovery Domains",
+            f"the target's node was deregistered",
         )

@@ -51,9 +51,16 @@ class GuestScnStage:
     """A micro-VM of open-iscsi, a namespace holding our iSNS server and, later, a
     reference target, and the tap between them (see the module's docstring)."""
 
-    def __init__(self, *, block_scn: bool = False, login_timeout: int = 5) -> None:
+    def __init__(
+        self, *, block_scn: bool = False, login_timeout: int = 5, isnsd: Any = None
+    ) -> None:
+        """``isnsd``: the run's isnsd (``harness.isns_run.RunIsnsServer``, started): the
+        tap then goes into its container's network namespace, where a route makes the
+        guest's user-mode network unreachable, and isnsd serves instead of ours."""
         from iscsi_conformance.peers.base import CommandLog
 
+        self.isnsd = isnsd
+        self._route = ""
         self.block_scn = block_scn
         self.login_timeout = login_timeout
         self.log = CommandLog()
@@ -82,6 +89,11 @@ class GuestScnStage:
             self.initiator.start()
             if self._tap not in getattr(self.initiator.vm, "taps", ()):
                 raise PeerStartError("open-iscsi", "its micro-VM has no tap (vm_options)")
+            if self.isnsd is not None:
+                self._into_isnsd(Link)
+                if self.block_scn:
+                    self.drop_udp()
+                return self
             self.link = Link(guest=self.initiator.shell, guest_role="initiator").open()
             if self.block_scn:
                 self.drop_udp()
@@ -108,6 +120,19 @@ class GuestScnStage:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _into_isnsd(self, link_class: Any) -> None:
+        """The tap into isnsd's container namespace; the user-mode network unroutable."""
+        from iscsi_conformance.peers.microvm import HOST_FROM_GUEST
+
+        container = self.isnsd._container
+        container.reload()
+        pid = int(container.attrs["State"]["Pid"])
+        self.link = link_class(
+            guest=self.initiator.shell, guest_role="initiator", attach={"target": pid}
+        ).open()
+        self._route = HOST_FROM_GUEST.rsplit(".", 1)[0] + ".0/24"
+        self._ns(["ip", "route", "add", "unreachable", self._route])
+
     def close(self) -> None:
         """Stop the target, the server, the VM; remove the namespace and the tap."""
         from iscsi_conformance.peers.process import unregister_cleanup
@@ -116,6 +141,12 @@ class GuestScnStage:
             if proc is not None:
                 proc.stop(timeout=10.0)
         self._target = self._server = None
+        if self._route and self.link is not None:
+            subprocess.run(
+                ["ip", "-n", self.link.target.netns, "route", "del", "unreachable", self._route],
+                capture_output=True, timeout=10, check=False,
+            )  # fmt: skip
+            self._route = ""
         if self.link is not None:
             self.link.close()
             self.link = None
@@ -217,11 +248,17 @@ class GuestScnStage:
         return None
 
     def wait_registered(self, name: str, timeout: float) -> dict[str, Any]:
+        """Once iscsid's daemon has registered ``name`` for SCNs: our server's record of
+        it (its database), or for isnsd ``{}`` once iscsid logs its registration (it
+        does so after its SCNReg, usr/discoveryd.c)."""
         found: dict[str, Any] | None = None
 
         def ready() -> bool:
             nonlocal found
-            found = self.registered_for_scn(name)
+            if self.isnsd is not None:
+                found = {} if "Registered network entity" in self.guest_log() else None
+            else:
+                found = self.registered_for_scn(name)
             return found is not None
 
         self._wait(ready, timeout, f"{name} to register for SCN with the iSNS server")
@@ -247,17 +284,23 @@ class GuestScnStage:
         self._wait(lambda: "registered with iSNS" in self._target.tail(20), timeout,
                    f"the reference target to register {iqn}")  # fmt: skip
 
-    def register_dd(self, name: str, members: list[str], *, source: str) -> int:
-        """DDReg (5.6.5.9) sent from inside the namespace: a new Discovery Domain
-        ``name`` holding ``members``; its DD_ID."""
+    def deregister_node(self, iqn: str) -> None:
+        """DevDereg (5.6.5.4) of node ``iqn`` alone, as itself, sent from inside the
+        namespace: the node leaves the server while its target keeps serving."""
+        from iscsi_conformance.core.isns import Attribute, FunctionId, Message, Status
         from iscsi_conformance.harness.isns_run import RunIsnsServer
         from iscsi_conformance.ipsec.hosts import call_in
 
         client = RunIsnsServer("reference")  # never started: its iSNSP calls only
         client.address = (self.server_address, ISNS_PORT)
-        return call_in(
-            self.link.target, lambda: client.register_dd(name, members, source=source), timeout=30
-        )
+        name = Attribute.of(Tag.ISCSI_NAME, iqn)
+        msg = Message.request(
+            FunctionId.DEV_DEREG, source=name, operating=[name],
+            transaction_id=int(time.monotonic() * 1000) & 0xFFFF,
+        )  # fmt: skip
+        rsp = call_in(self.link.target, lambda: client._call(msg), timeout=30)
+        if rsp.status != Status.SUCCESSFUL:
+            raise HarnessError(f"DevDereg of {iqn} refused with status {rsp.status}")
 
     def wait_no_session(self, iqn: str, timeout: float) -> float | None:
         """Seconds until the guest has no session with ``iqn``; None if one stayed."""
@@ -275,6 +318,8 @@ class GuestScnStage:
         return str(self.initiator.guest(["tail", "-n", "60", GUEST_LOG], timeout=20).text)
 
     def server_log(self) -> str:
+        if self.isnsd is not None:
+            return str(self.isnsd.log_tail(60))
         return str(self._server.tail(60)) if self._server is not None else ""
 
     def wait_session(self, iqn: str, timeout: float) -> float | None:
