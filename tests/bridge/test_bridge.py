@@ -317,11 +317,7 @@ def _digest_fault(target: TargetServer, spec: str, timeout: float = 2) -> FaultO
         b.wait_closed(5)
     finally:
         b.stop()
-    out.closed_first = {
-        c.index: "initiator" if c.closed["i->t"] <= c.closed["t->i"] else "target"
-        for c in b.connections
-        if len(c.closed) == 2
-    }
+    out.closed_first = {c.index: c.ended_by for c in b.connections if c.ended_by}
     assert out.faulted() is not None, b.harness_errors
     return out
 
@@ -330,15 +326,15 @@ def test_a_target_that_takes_a_bad_data_digest_silently_is_caught(target: Target
     """Digests.Wire.Fault.DataOutDigestRejected can fail (RFC 7143 7.8): the reference
     target Rejects a Data-Out with a wrong data digest; broken on purpose to discard it
     without a word and keep the connection, it is caught."""
-    assert dataout_digest_breach(_digest_fault(target, "ddigest:ScsiDataOut")) is None
+    assert dataout_digest_breach(_digest_fault(target, "ddigest:ScsiDataOut"))[0] == "pass"
     patcher = Patcher()
     patcher.setattr(Connection, "_digest_error", lambda self, exc: None)
     try:
         broken = _digest_fault(target, "ddigest:ScsiDataOut")
     finally:
         patcher.undo()
-    breach = dataout_digest_breach(broken)
-    assert breach is not None and "no Reject" in breach, (breach, broken.error)
+    grade, why = dataout_digest_breach(broken)
+    assert grade == "fail" and "no Reject" in why, (grade, why, broken.error)
 
 
 def test_an_initiator_that_takes_a_bad_data_digest_as_good_is_caught(
@@ -347,7 +343,7 @@ def test_an_initiator_that_takes_a_bad_data_digest_as_good_is_caught(
     """Digests.Wire.Fault.DataInDigestNotTakenAsGood can fail (RFC 7143 7.8): the
     reference initiator ends the connection on a Data-In with a wrong data digest;
     broken on purpose to decode Data-In without checking it, it is caught."""
-    assert datain_digest_breach(_digest_fault(target, "ddigest:ScsiDataIn")) is None
+    assert datain_digest_breach(_digest_fault(target, "ddigest:ScsiDataIn"))[0] == "pass"
     patcher = Patcher()
     decode_raw = client.decode_raw
 
@@ -360,5 +356,5 @@ def test_an_initiator_that_takes_a_bad_data_digest_as_good_is_caught(
     finally:
         patcher.undo()
     assert broken.error is None and broken.data_ok, broken.error
-    breach = datain_digest_breach(broken)
-    assert breach is not None and "as good" in breach, breach
+    grade, why = datain_digest_breach(broken)
+    assert grade == "fail" and "as good" in why, (grade, why)

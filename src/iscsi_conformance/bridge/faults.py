@@ -22,13 +22,16 @@ what to do. A spec that does not parse raises ``ValueError`` with one clear line
 What a side must do after a fault is judged here too, from a :class:`FaultOutcome`
 (the PDUs the bridge saw, each with the fault applied to it, and how the I/O ended):
 ``datain_digest_breach`` (RFC 7143 7.8, the initiator) and ``dataout_digest_breach``
-(7.8, the target) return why the side broke the rule, or ``None``.
+(7.8, the target) return a :data:`Verdict`: "pass", "fail" (with why), "unexercised"
+(no fault fired) or "inconclusive" (the I/O did not end in time and the wire showed
+no answer: a recovery timer still running is no pass, and no breach either).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import Literal
 
 from iscsi_conformance.core.codes import RejectReason
 from iscsi_conformance.core.pdu import (
@@ -47,6 +50,7 @@ __all__ = [
     "Fault",
     "FaultOutcome",
     "FaultPlan",
+    "Verdict",
     "datain_digest_breach",
     "dataout_digest_breach",
     "parse_fault",
@@ -149,6 +153,7 @@ class FaultOutcome:
     error: str | None = None  # the I/O's error, None if it completed
     data_ok: bool | None = None  # the data read back as written (None: not read)
     closed_first: dict[int, str] = dataclasses.field(default_factory=dict)  # side per conn
+    timed_out: bool = False  # the I/O had not ended at the deadline (the bridge hung up)
 
     def faulted(self) -> tuple[int, PDU] | None:
         """(connection, PDU) of the first PDU a fault was applied to."""
@@ -162,7 +167,10 @@ class FaultOutcome:
         return [p for c, d, p, _ in self.seen[i + 1 :] if c == conn and d == direction]
 
 
-def datain_digest_breach(o: FaultOutcome) -> str | None:
+Verdict = tuple[Literal["pass", "fail", "unexercised", "inconclusive"], str]
+
+
+def datain_digest_breach(o: FaultOutcome) -> Verdict:
     """RFC 7143 7.8: an initiator that gets a Data-In with a payload digest error
     discards it and either asks for it again (SNACK) or aborts the task and ends the
     command with an error (or escalates to session recovery). It kept the rule if the
@@ -170,10 +178,10 @@ def datain_digest_breach(o: FaultOutcome) -> str | None:
     the same command again or hung up (no Logout) after the fault."""
     hit = o.faulted()
     if hit is None:
-        return None
+        return "unexercised", "no Data-In carried a data digest"
     conn, pdu = hit
     if o.data_ok is False:
-        return "the data read back differs from what was written"
+        return "fail", "the data read back differs from what was written"
     itt = getattr(pdu, "itt", None)
     cdb = next(
         (p.cdb for c, d, p, _ in o.seen
@@ -190,32 +198,38 @@ def datain_digest_breach(o: FaultOutcome) -> str | None:
     hung_up = o.closed_first.get(conn) == "initiator" and not any(
         isinstance(p, LogoutRequest) for p in later
     )
-    if o.error is not None or reacted or hung_up:
-        return None
-    return (
+    if reacted or hung_up:
+        return "pass", "answered on the wire"
+    if o.timed_out:
+        return "inconclusive", "no end and no answer on the wire before the deadline"
+    if o.error is not None:
+        return "pass", "the command ended with an error"
+    return "fail", (
         f"the initiator took the Data-In of ITT {itt:#x} with a wrong data digest as good: "
         "no SNACK, no abort, no retry, no hang-up, and the I/O completed"
     )
 
 
-def dataout_digest_breach(o: FaultOutcome) -> str | None:
+def dataout_digest_breach(o: FaultOutcome) -> Verdict:
     """RFC 7143 7.8: a target answers a PDU with a payload digest error with a Reject
     (Data-Digest-Error) and discards it, or escalates to session recovery (it ends the
     connection). Keeping the connection without a Reject is neither; a WRITE that
     reported success must read back as written."""
     hit = o.faulted()
     if hit is None:
-        return None
+        return "unexercised", "no Data-Out carried a data digest"
     conn, _ = hit
     if o.data_ok is False:
-        return "the data read back differs from what was written"
+        return "fail", "the data read back differs from what was written"
     answers = o.after(conn, _T2I)
     if any(isinstance(p, Reject) and p.reason == RejectReason.DATA_DIGEST_ERROR for p in answers):
-        return None
+        return "pass", "Reject (Data-Digest-Error)"
     logged_out = any(isinstance(p, LogoutResponse) for p in answers)
     if o.closed_first.get(conn) == "target" and not logged_out:
-        return None
-    return (
+        return "pass", "the target ended the connection (session recovery)"
+    if o.timed_out:
+        return "inconclusive", "no Reject and no hang-up before the deadline"
+    return "fail", (
         "after a Data-Out with a wrong data digest the target sent no Reject "
         "(Data-Digest-Error) and kept the connection"
     )

@@ -64,6 +64,8 @@ _CONTEXT = 6  # PDU summaries kept before each breach
 _HOLD = 0.2  # seconds a merged or reordered PDU waits for the next one
 _RELAY_CHUNK = 1 << 18  # what one recv of a relay thread may take
 _RELAY_POLL = 0.25  # seconds a relay thread waits on its sockets before it looks at stop
+_SOURCE = {I2T: "initiator", T2I: "target"}  # who sends what a direction reads
+_SINK = {I2T: "target", T2I: "initiator"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +113,13 @@ class BridgedConnection:
         self.writers: dict[Direction, asyncio.StreamWriter] = {}
         self.lock = threading.Lock()  # the judge sees one PDU at a time, in wire order
         self.relayed: set[Direction] = set()  # directions a relay thread carries
+        # who ended the connection first: "initiator" or "target" (its socket hit EOF or
+        # a reset, read or written), or "bridge" (a close fault, stop())
+        self.ended_by: str | None = None
+
+    def end(self, side: str) -> None:
+        if self.ended_by is None:
+            self.ended_by = side
 
     def __repr__(self) -> str:
         return f"BridgedConnection(#{self.index}, {self.pdus[I2T]}+{self.pdus[T2I]} PDUs)"
@@ -188,6 +197,7 @@ class Bridge:
             if self._server is not None:
                 self._server.close()
             for conn in self.connections:
+                conn.end("bridge")
                 for writer in conn.writers.values():
                     writer.close()
             for task in list(self._tasks):
@@ -284,8 +294,13 @@ class Bridge:
                 if not pending and conn.held[direction] is None and self._fast(conn):
                     await self._relay(conn, direction, reader, writer)
                     break
-                data = await reader.read(_READ_CHUNK)
+                try:
+                    data = await reader.read(_READ_CHUNK)
+                except (ConnectionError, OSError):
+                    conn.end(_SOURCE[direction])
+                    raise
                 if not data:
+                    conn.end(_SOURCE[direction])
                     break
                 conn.bytes[direction] += len(data)
                 if direction in conn.framing_lost:
@@ -336,7 +351,7 @@ class Bridge:
                 if out:
                     await self._send(conn, direction, writer, bytes(out))
         except (ConnectionError, OSError):
-            pass
+            conn.end(_SINK[direction])  # a read's error has named its side already
         finally:
             conn.closed.setdefault(direction, time.monotonic())
             held = conn.held[direction]
@@ -521,6 +536,7 @@ class Bridge:
             self._release(conn, direction, out, damaged)
             return ""
         if fault.action == "close":
+            conn.end("bridge")
             for w in conn.writers.values():
                 with contextlib.suppress(Exception):
                     sock = w.get_extra_info("socket")
@@ -661,11 +677,15 @@ class _Relay(threading.Thread):
                     n = self.source.recv_into(buf)
                 except TimeoutError:
                     continue
+                except OSError:
+                    conn.end("bridge" if self._halted else _SOURCE[direction])
+                    raise
                 if not n:
+                    conn.end(_SOURCE[direction])
                     break
                 self._pass(decoder, view[:n])
-        except OSError:
-            pass  # a reset or a halt: the pump's ending reports the close
+        except OSError:  # a reset or a halt: the pump's ending reports the close
+            conn.end("bridge" if self._halted else _SINK[direction])
         except Exception as exc:  # a bug of ours: said, and the connection ends
             self.bridge.harness_errors.append(f"conn {conn.index} {direction}: relay: {exc!r}")
         finally:
