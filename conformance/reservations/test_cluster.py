@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import time
 import zlib
@@ -2001,3 +2002,216 @@ async def test_mixed_restart(initiator: Any, target: Any) -> None:
                 a.pr_out("register-ignore", sa_key=0)
             with contextlib.suppress(Exception):
                 initiator.driver.logout(a.session)
+
+
+#: The heavy scenarios (``tox -e cluster``): Cluster.Mixed.Reboot on every target (the
+#: default run resets the node on REBOOT_TARGETS only: one micro-VM reboot each) and
+#: Cluster.Mixed.TwoOpenIscsiVms (a second open-iscsi micro-VM as node B).
+ENV_HEAVY = "ISCSI_CONFORMANCE_CLUSTER_HEAVY"
+REBOOT_TARGETS = ("reference",)
+HEAVY_TIMEOUT = 420.0  # seconds: a micro-VM boot (up to its 180 s timeout) and the scenario
+
+
+@spec(
+    "Cluster.Mixed.Reboot",
+    "SPC-4 5.13.11.2.5",
+    "SPC-4 5.13.1",
+    "SPC-4 5.13.7",
+    pairing="all",
+    requirements=["RSPC4-5.13.11.2.5-1", "RSPC4-5.9-6", "RSPC4-5.13.7-3", "RSPC4-5.13.6-2"],
+    needs=(*PR, "initiator:persistent_reservations"),
+    dataloss=True,
+)
+def test_mixed_reboot(initiator: Any, target: Any) -> None:
+    """Node A (open-iscsi in its micro-VM, its node record set to log in at boot) holds
+    the disk; its host resets for real (sysrq b: no Logout, the connection just ends)
+    and node B (the reference initiator) fences it with PREEMPT AND ABORT while it is
+    down. A boots, logs in by itself (``iscsiadm -m node --loginall=automatic``, its
+    disk mapped again without a hand), and brings the disk online as a cluster node
+    does: TEST UNIT READY until it answers, its key read (gone: fenced), a WRITE that
+    must not land (SPC-4 5.13.1: an unregistered nexus under Registrants Only), then
+    REGISTER AND IGNORE EXISTING KEY and a WRITE read back from B. Whether A came back
+    through the same I_T nexus (ISID) is recorded from READ FULL STATUS."""
+    # a plain def with its own bound: the micro-VM's boot alone may take its 180 s
+    # boot timeout on a loaded host, more than a test's usual 120 s (harness/runner.py)
+    asyncio.run(asyncio.wait_for(_mixed_reboot(initiator, target), timeout=HEAVY_TIMEOUT))
+
+
+async def _mixed_reboot(initiator: Any, target: Any) -> None:
+    driver = initiator.driver
+    if not hasattr(driver, "reboot") or not driver.can_reboot():
+        pytest.skip(f"{initiator.name} here is not a host the suite can reset (micro-VM only)")
+    if not os.environ.get(ENV_HEAVY) and target.name not in REBOOT_TARGETS:
+        pytest.skip(
+            f"a reboot takes about 35 s: the default run resets the node on {', '.join(REBOOT_TARGETS)} only; "
+            f"{ENV_HEAVY}=1 (tox -e cluster) runs it on every target"
+        )
+    ka, kb = node_key(CLUSTER_NAME, "reboot-a"), node_key(CLUSTER_NAME, "reboot-b")
+    async with cluster(target, f"mixed-reboot-{initiator.name}") as c:
+        b = await c.join("B")
+        ep = target.endpoint()
+        a = ThirdPartyNode(c, "A", initiator, _node_login(initiator, target, ep))
+        c.event(f"login ({initiator.name})", "A")
+        reboot: Any = None
+        try:
+            st = a.pr_out("register-ignore", sa_key=ka)
+            c.require(st == "GOOD", "RSPC4-5.13.7-3", f"A ({initiator.name}) registers: {st}")
+            st = a.pr_out("reserve", key=ka, pr_type=WE_RO)
+            c.require(st == "GOOD", "RSPC4-5.9-3", f"A reserves WE-RO: {st}")
+            await c.pr_out(b, REGISTER_IGNORE, sa_key=kb)
+            mine = c.pattern("A-before-reset")
+            a.write(LBA + 11, mine)
+            before = await c.observe(b, "A holds")
+            old_ports = _ports_of(before, ka)
+            c.event("A's host resets (sysrq b)", "A")
+            loop = asyncio.get_running_loop()
+            reboot = loop.run_in_executor(None, driver.reboot, a.session)
+            out = await _fence(c, b, kb, ka)
+            c.require(
+                out.status == GOOD, "RSPC4-5.13.11.2.5-1", f"B's fence of A: {describe(out)}", out
+            )
+            fenced = await c.observe(b, "A down, fenced")
+            c.require(
+                ka not in fenced.keys and fenced.holder_key == kb,
+                "RSPC4-5.13.11.2.5-1",
+                f"after the fence B reads keys {[hex(k) for k in fenced.keys]}, holder {fenced.holder_key!r}: A's key shall be gone and B hold",
+            )
+            a.session, seconds = await reboot
+            c.event(f"A booted and logged in by itself after {seconds:.1f} s", "A")
+            c.fact("reboot_seconds", round(seconds, 1))
+            tur = "not run"
+            for _ in range(4):  # unit attentions first (power on, registrations preempted)
+                tur = a.tur()
+                if tur == "GOOD":
+                    break
+            keys = a.keys()
+            c.require(
+                tur == "GOOD" and keys is not None and ka not in keys,
+                "RSPC4-5.13.11.2.5-1",
+                f"A after boot: TEST UNIT READY {tur}, reads keys {[hex(k) for k in keys or []]} (its key shall be gone: fenced)",
+            )
+            w = a.write(LBA + 11, c.pattern("A-fenced-after-boot"))
+            data, r = await c.read(b, LBA + 11)
+            c.require(
+                w != "GOOD" and data == mine,
+                "RSPC4-5.9-6",
+                f"fenced A's WRITE after boot: {w}; the block read from B {'is unchanged' if data == mine else 'changed'}",
+                r,
+            )
+            st = a.pr_out("register-ignore", sa_key=ka)
+            back = await c.observe(b, "A registered again")
+            new_ports = _ports_of(back, ka)
+            c.fact("a_registrations", {"before": old_ports, "after": new_ports})
+            if back.full is not None:
+                c.fact("same_nexus_after_reboot", bool(old_ports) and old_ports == new_ports)
+            again = c.pattern("A-back")
+            w = a.write(LBA + 11, again)
+            data, r = await c.read(b, LBA + 11)
+            c.require(
+                st == "GOOD" and w == "GOOD" and data == again,
+                "RSPC4-5.9-6",
+                f"A registered again ({st}), its WRITE {w}, read back from B {'same' if data == again else 'different'}",
+                r,
+                level="SHOULD",
+            )
+        finally:
+            if reboot is not None and not reboot.done():
+                with contextlib.suppress(Exception):
+                    a.session, _s = await reboot  # never leave the host half booted
+            with contextlib.suppress(Exception):
+                a.pr_out("register-ignore", sa_key=0)
+            with contextlib.suppress(Exception):
+                driver.logout(a.session)
+
+
+@spec(
+    "Cluster.Mixed.TwoOpenIscsiVms",
+    "SPC-4 5.13.11.2.5",
+    "SPC-4 5.13.1",
+    pairing="all",
+    requirements=["RSPC4-5.13.7-3", "RSPC4-5.9-3", "RSPC4-5.13.11.2.5-1", "RSPC4-5.9-6"],
+    needs=(*PR, "initiator:persistent_reservations"),
+    dataloss=True,
+)
+def test_two_open_iscsi_vms(initiator: Any, target: Any) -> None:
+    """fence_scsi between two hosts that are both open-iscsi, each in a micro-VM of its
+    own with its own initiator name (sg_persist and dd over each kernel's block
+    device): A unfences and holds Write Exclusive - Registrants Only, B unfences; A
+    fails and B fences it with PREEMPT AND ABORT; A's key is gone in A's own view, A's
+    WRITE does not land (read back in B's VM), and B, a registrant, writes. A reference
+    session only reads the state for the timeline (PERSISTENT RESERVE IN needs no
+    registration). Heavy (a second VM boot): ISCSI_CONFORMANCE_CLUSTER_HEAVY=1."""
+    asyncio.run(asyncio.wait_for(_two_open_iscsi_vms(initiator, target), timeout=HEAVY_TIMEOUT))
+
+
+async def _two_open_iscsi_vms(initiator: Any, target: Any) -> None:
+    driver = initiator.driver
+    if not hasattr(driver, "reboot") or not driver.can_reboot():
+        pytest.skip(f"{initiator.name} here does not run in a micro-VM of its own")
+    if not os.environ.get(ENV_HEAVY):
+        pytest.skip(
+            f"a second open-iscsi micro-VM boots for node B: {ENV_HEAVY}=1 (tox -e cluster)"
+        )
+    ka, kb = node_key(CLUSTER_NAME, "vm-a"), node_key(CLUSTER_NAME, "vm-b")
+    second = type(driver)(
+        mode=driver.mode,
+        initiator_name=f"{driver.initiator_name}-node-b",
+        docker_env=getattr(driver, "docker_env", None),
+        vm_name="open-iscsi-node-b",
+    )
+    async with cluster(target, f"two-open-iscsi-vms-{target.name}") as c:
+        o = await c.join("observer")
+        ep = target.endpoint()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, second.start)
+        c.event("node B's micro-VM booted", "B")
+        sa = sb = None
+        try:
+            sa, sb = driver.login(ep), second.login(ep)
+            a = ThirdPartyNode(c, "A", initiator, sa)
+            b = ThirdPartyNode(c, "B", initiator, sb)
+            b.driver = second
+            c.event("both hosts logged in", None)
+            st = a.pr_out("register-ignore", sa_key=ka)
+            c.require(st == "GOOD", "RSPC4-5.13.7-3", f"A registers: {st}")
+            st = a.pr_out("reserve", key=ka, pr_type=WE_RO)
+            c.require(st == "GOOD", "RSPC4-5.9-3", f"A reserves WE-RO: {st}")
+            st = b.pr_out("register-ignore", sa_key=kb)
+            c.require(st == "GOOD", "RSPC4-5.13.7-3", f"B registers: {st}")
+            mine = c.pattern("vm-A")
+            a.write(LBA + 13, mine)
+            await c.observe(o, "A holds, B registered")
+            c.event("A fails; B fences A", "B")
+            st = b.pr_out("preempt-abort", key=kb, sa_key=ka, pr_type=WE_RO)
+            c.require(st == "GOOD", "RSPC4-5.13.11.2.5-1", f"B's PREEMPT AND ABORT of A: {st}")
+            state = await c.observe(o, "A fenced")
+            seen_by_a = a.keys() or []
+            c.require(
+                ka not in state.keys and ka not in seen_by_a and kb in seen_by_a,
+                "RSPC4-5.13.11.2.5-1",
+                f"after the fence the keys are {[hex(k) for k in state.keys]}, A reads {[hex(k) for k in seen_by_a]}: A's key shall be gone",
+            )
+            w = a.write(LBA + 13, c.pattern("vm-A-fenced"))
+            data = second.read(sb, c.lun, LBA + 13, 1)
+            c.require(
+                w != "GOOD" and data == mine,
+                "RSPC4-5.9-6",
+                f"fenced A's WRITE: {w}; the block read in B's VM {'is unchanged' if data == mine else 'changed'}",
+            )
+            theirs = c.pattern("vm-B")
+            w = b.write(LBA + 13, theirs)
+            data = second.read(sb, c.lun, LBA + 13, 1)
+            c.require(
+                w == "GOOD" and data == theirs,
+                "RSPC4-5.9-6",
+                f"registrant B's WRITE: {w}, read back {'same' if data == theirs else 'different'}",
+                level="SHOULD",
+            )
+        finally:
+            for drv, sess in ((driver, sa), (second, sb)):
+                if sess is not None:
+                    with contextlib.suppress(Exception):
+                        drv.persistent_reserve_out(sess, c.lun, "register-ignore", sa_key=0)
+                    with contextlib.suppress(Exception):
+                        drv.logout(sess)
+            await loop.run_in_executor(None, second.stop)

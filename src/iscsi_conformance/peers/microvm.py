@@ -833,6 +833,33 @@ class MicroVM:
             if not keep:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def reboot(self, *, timeout: float = 30.0) -> float:
+        """A real reboot of the guest, as a host that resets: ``sysrq b`` (no shutdown,
+        no iSCSI Logout: its connections simply end), QEMU exits (``-no-reboot``), and
+        the same VM boots again from the same kernel and root image. The root is a
+        snapshot, so what the guest wrote is gone, as a host that boots from a clean
+        image. Returns the seconds from the reset to the agent's first answer."""
+        started = time.monotonic()
+        with contextlib.suppress(OSError, HarnessError):
+            self.run("echo b > /proc/sysrq-trigger", timeout=5)
+        while self._exited() is None:
+            if time.monotonic() - started > timeout:
+                raise HarnessError(f"{self.name}: still running {timeout:.0f} s after sysrq b")
+            time.sleep(0.2)
+        self.log.add(
+            ["# reboot (sysrq b)"], 0, "guest reset, QEMU exited", "", started, where=self.where
+        )
+        self._discard_exited()
+        self.start()
+        return time.monotonic() - started
+
+    def _discard_exited(self) -> None:
+        """Forget the QEMU that exited (the container variant removes its container)."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+
     # ------------------------------------------------------------------ agent
 
     def _request(self, header: bytes, body: bytes, *, timeout: float) -> AgentResult:
@@ -1002,6 +1029,12 @@ class ContainerMicroVM(MicroVM):
         except Exception:
             return getattr(self, "_last_console", "")
         return self._last_console
+
+    def _discard_exited(self) -> None:
+        if self.container is not None:
+            self.console_text()
+            self.env.remove(self.container)
+            self.container = None
 
     def stop(self) -> None:
         _LIVE.discard(self)

@@ -184,9 +184,11 @@ class OpenIscsiInitiator(InitiatorDriver):
         login_timeout: int = 15,
         docker_env: Any = None,
         vm_options: dict[str, Any] | None = None,
+        vm_name: str = "open-iscsi",
     ) -> None:
         """``vm_options``: more :class:`microvm.MicroVM` arguments in microvm mode (the
-        IPsec area's ``rootfs``, ``taps``, ``forwards``, ``extra_cmdline``)."""
+        IPsec area's ``rootfs``, ``taps``, ``forwards``, ``extra_cmdline``). ``vm_name``
+        tells a second host's VM (and its container) from the first (a cluster's node B)."""
         super().__init__(manifest if manifest is not None else load_manifest())
         self.mode = select_mode(mode)
         self.initiator_name = initiator_name
@@ -195,6 +197,7 @@ class OpenIscsiInitiator(InitiatorDriver):
         self.login_timeout = login_timeout
         self.docker_env = docker_env
         self.vm_options = dict(vm_options or {})
+        self.vm_name = vm_name
         self._own_env = False
         self.vm: microvm.MicroVM | None = None
         self.shell: Any = None
@@ -211,7 +214,7 @@ class OpenIscsiInitiator(InitiatorDriver):
                 options = dict(self.vm_options)
                 rootfs = options.pop("rootfs", None) or microvm.build_rootfs(self.log)
                 self.vm = microvm.MicroVM(
-                    "open-iscsi",
+                    self.vm_name,
                     kernel,
                     log=self.log,
                     rootfs=rootfs,
@@ -225,7 +228,7 @@ class OpenIscsiInitiator(InitiatorDriver):
                 env = self._env()
                 self.vm = microvm.start_container_vm(
                     env,
-                    "open-iscsi",
+                    self.vm_name,
                     microvm.build_kernel(self.log),
                     role="initiator",
                     peer=PEER_DIR_NAME,
@@ -487,6 +490,55 @@ class OpenIscsiInitiator(InitiatorDriver):
             raise HarnessError(
                 f"open-iscsi: logout failed ({res.returncode}): {res.error_text.strip()}"
             )
+
+    def can_reboot(self) -> bool:
+        """Whether ``reboot`` can reset this initiator's host: its micro-VM (not a
+        native host kernel, which is this machine's)."""
+        return self.vm is not None
+
+    def reboot(self, session: SessionHandle) -> tuple[SessionHandle, float]:
+        """Reset the host of ``session`` (a real reboot of the micro-VM, no Logout) and
+        let it log in again as a host set to log in at boot does: the session's node
+        record is set to ``node.startup = automatic`` first and kept across the reset
+        (the guest's /etc/iscsi, as a persistent root keeps it), then the booted guest
+        starts iscsid and runs ``iscsiadm -m node --loginall=automatic``, what
+        open-iscsi's boot service runs. Returns the new session (the LUNs' block devices
+        found again, no hand) and the seconds from the reset to the login."""
+        if self.vm is None:
+            raise ConfigError("open-iscsi reboots only in a micro-VM (mode microvm or container)")
+        ref = session.ref
+        node = ["-m", "node", "-T", session.endpoint.iqn, "-p", ref["portal"], "-I", ref["iface"]]
+        self.iscsiadm(*node, "-o", "update", "-n", "node.startup", "-v", "automatic", check=True)
+        saved = self.shell.run(
+            "tar -C /etc/iscsi -cf - nodes ifaces", binary_output=True, check=True
+        ).stdout
+        if session in self._sessions:
+            self._sessions.remove(session)
+        started = time.monotonic()
+        self.vm.reboot()
+        self._setup_guest()
+        self.shell.put("/tmp/ic-iscsi-etc.tar", saved)
+        self.shell.run("tar -C /etc/iscsi -xf /tmp/ic-iscsi-etc.tar", check=True)
+        res = self.iscsiadm(
+            "-m", "node", "--loginall=automatic", timeout=self.login_timeout * 3 + 30
+        )
+        if res.returncode != 0:
+            raise LoginError(
+                f"open-iscsi: boot-time login failed (iscsiadm exit {res.returncode}): "
+                f"{self.log.mask(res.error_text or res.text).strip()}",
+                login_status=_status_from(res.returncode),
+            )
+        seconds = time.monotonic() - started
+        sid = self._find_session(session.endpoint.iqn, ref["portal"])
+        handle = SessionHandle(
+            endpoint=session.endpoint,
+            ref={**ref, "sid": sid, "devices": {}, "login_seconds": seconds},
+        )
+        handle.negotiated = self.negotiated(handle)
+        self._sessions.append(handle)
+        for lun in session.endpoint.luns:
+            handle.ref["devices"][lun] = self._wait_device(sid, lun)
+        return handle, seconds
 
     # ------------------------------------------------------------------ I/O
 
