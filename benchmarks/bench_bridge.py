@@ -14,11 +14,17 @@ judging every PDU (all rules on) and recording nothing to disk. Prints the media
 of each side, the ratio bridged/direct, and the bridge's own summary.
 
 Measured here (2 shared cores, load average 4 to 13 from other work, ``--seconds 3
---rounds 3``, 2026-12-07): reference initiator direct 35 to 72 MB/s, bridged 24 to 36
-MB/s, ratio 0.38 to 0.82; iscsi-perf direct 440 to 815 MB/s, bridged 31 to 193 MB/s,
-ratio 0.07 to 0.24. Issue 15's goal (at most 20% lost) is not met: the bridge process
-tops out near 30 to 190 MB/s here, its time going to loopback sends and polls (a
-profile of its loop: judging is about a fifth of it).
+--rounds 3``, 2026-12-07, session 4): reference initiator direct 35 to 72 MB/s, bridged
+24 to 36 MB/s, ratio 0.38 to 0.82; iscsi-perf direct 440 to 815 MB/s, bridged 31 to 193
+MB/s, ratio 0.07 to 0.24; a py-spy profile of the bridge had its one asyncio thread
+busy all the time, in loopback sends, polls and StreamReader copies, judging about a
+fifth. Session 5 (same command): before, at load 1 to 2, 0.46 and 0.15; with the relay
+threads of the full feature phase (``pump._Relay``: recv_into one buffer, judge under
+the connection's lock, send) and the reserved-field rule's one-mask test, 0.99 and 0.35
+at load 7.7, and 1.84 (the direct rounds starved) and 0.53 at load 22. The issue's
+measure (the reference initiator, at most 20% lost) is met; with iscsi-perf the three
+processes share two cores, and a relay's extra loopback copies cost what the direct
+path does not pay (a bare Python thread relay that judges nothing reached 0.92 here).
 
     python benchmarks/bench_bridge.py --seconds 3 --rounds 3
 """
