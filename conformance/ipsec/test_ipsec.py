@@ -147,7 +147,8 @@ def test_transform_negotiated_and_used(ipsec: IPsecArea, evidence: Any, profile:
     require(
         t.get("mode") == profile.mode.upper() and t.get("encr-alg") == want_alg
         and t.get("encr-keysize") == want_size
-        and (want_alg != "AES_CBC" or t.get("integ-alg") == "HMAC_SHA2_256_128"),
+        and (want_alg != "AES_CBC" or t.get("integ-alg") == "HMAC_SHA2_256_128")
+        and (not profile.esn or t.get("esn") == "1"),
         "R8221-5-1" if want_alg == "AES_GCM_16" else "R8221-5-2",
         f"asked {profile.describe()}; list-sas shows {t}",
     )  # fmt: skip
@@ -387,9 +388,11 @@ def test_replayed_esp_packet_is_dropped(ipsec: IPsecArea, evidence: Any) -> None
         where = "logged by charon"
     before = refusals()
     sender = i
-    if i.shell is not None:  # a guest has no raw-socket tool: replay inside the target host
-        sender = t
-        evidence.note("replayed from inside the target host (the initiator host is a guest)")
+    if i.shell is not None:  # a guest has no raw-socket tool: replay from our side of the link
+        sender = ipsec.path.link.namespace_side
+        evidence.note(
+            f"replayed from {sender.netns} ({sender.role} side; the initiator host is a guest)"
+        )
     call_in(
         sender, lambda: send_udp(i.address, sport, t.address, 4500, payload, mark=int(FWMARK, 16))
     )

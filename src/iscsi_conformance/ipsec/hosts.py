@@ -35,8 +35,8 @@ __all__ = ["Host", "Link", "call_in", "make_tap", "sweep"]
 
 T = TypeVar("T")
 PREFIX = "isc"
-_NAME = re.compile(rf"^{PREFIX}(\d+)[it]$")
-_TAP = re.compile(rf"^{PREFIX}(\d+)-i$")
+_NAME = re.compile(rf"^{PREFIX}(\d+)[itb]$")
+_TAP = re.compile(rf"^{PREFIX}(\d+)-[it]$")
 GUEST_IFNAME = "eth1"  # a guest's link NIC (its second, after the user-mode network)
 SUBNET = "10.77.0"
 
@@ -59,10 +59,11 @@ class Host:
         return ["ip", "netns", "exec", self.netns, *argv]
 
 
-def make_tap(tag: str | None = None) -> str:
-    """The tap device a guest's link NIC opens (made before the VM boots); its name is
-    the initiator's link interface of :class:`Link` with the same ``tag``."""
-    name = f"{PREFIX}{tag or os.getpid()}-i"
+def make_tap(tag: str | None = None, end: str = "i") -> str:
+    """The tap device a guest's link NIC opens (made before the VM boots), named as
+    :class:`Link` with the same ``tag`` expects it: ``end`` "i" for a lone guest or the
+    initiator guest of two, "t" for the target guest of two."""
+    name = f"{PREFIX}{tag or os.getpid()}-{end}"
     with IPRoute() as ip:
         if ip.link_lookup(ifname=name):
             ip.link("del", ifname=name)
@@ -114,7 +115,13 @@ def sweep() -> list[str]:
 
 
 class Link:
-    """Two namespaces and the veth between them; :meth:`close` removes everything."""
+    """Two hosts and the one link between them; :meth:`close` removes everything.
+
+    The link is a veth pair between two namespaces; with one guest host, the guest's
+    tap moved into the other host's namespace; with two guest hosts, both taps on a
+    bridge in a namespace of its own (``isc<tag>b``, bridge ``br0``, address ``.3``),
+    which is then where the link is captured and from where a datagram can be put on it.
+    """
 
     def __init__(
         self,
@@ -123,48 +130,67 @@ class Link:
         attach: dict[str, int] | None = None,
         guest: Any = None,
         guest_role: str = "target",
+        guests: dict[str, Any] | None = None,
     ) -> None:
-        """``guest``: the agent shell of a micro-VM that is the ``guest_role`` host (its
-        tap, from :func:`make_tap` with the same ``tag``, is the link and goes into the
-        other host's namespace)."""
+        """``guest``: the agent shell of a micro-VM that is the ``guest_role`` host;
+        ``guests``: role -> agent shell, for one guest or two. A guest's tap comes from
+        :func:`make_tap` with the same ``tag`` (end "t" for the target of two guests)."""
         tag = tag or str(os.getpid())
         attach = attach or {}
         if guest_role not in ("initiator", "target"):
             raise ValueError(f"guest_role must be initiator or target, not {guest_role!r}")
-        tap = f"{PREFIX}{tag}-i"
+        shells = dict(guests or {})
+        if guest is not None:
+            shells[guest_role] = guest
+        if set(shells) - {"initiator", "target"}:
+            raise ValueError(f"guest roles must be initiator or target, not {sorted(shells)}")
         self.initiator = Host(
-            "initiator", f"{PREFIX}{tag}i", tap, f"{SUBNET}.1", attach.get("initiator", 0),
+            "initiator", f"{PREFIX}{tag}i", f"{PREFIX}{tag}-i", f"{SUBNET}.1",
+            attach.get("initiator", 0),
         )  # fmt: skip
         self.target = Host(
             "target", f"{PREFIX}{tag}t", f"{PREFIX}{tag}-t", f"{SUBNET}.2", attach.get("target", 0)
         )
-        if guest is not None and guest_role == "target":
-            self.target = Host("target", "", GUEST_IFNAME, f"{SUBNET}.2", shell=guest)
-        elif guest is not None:
-            self.initiator = Host("initiator", "", GUEST_IFNAME, f"{SUBNET}.1", shell=guest)
-            self.target = dataclasses.replace(self.target, ifname=tap)
-        self._tap = tap if guest is not None else ""
+        self._taps: list[str] = []
+        self.bridge: Host | None = None
+        if len(shells) == 2:
+            self.bridge = Host("link", f"{PREFIX}{tag}b", "br0", f"{SUBNET}.3")
+            self._taps = [f"{PREFIX}{tag}-i", f"{PREFIX}{tag}-t"]
+        elif shells:
+            self._taps = [f"{PREFIX}{tag}-i"]
+        if "initiator" in shells:
+            self.initiator = Host(
+                "initiator", "", GUEST_IFNAME, f"{SUBNET}.1", shell=shells["initiator"]
+            )
+        if "target" in shells:
+            self.target = Host("target", "", GUEST_IFNAME, f"{SUBNET}.2", shell=shells["target"])
+        if len(shells) == 1 and "initiator" in shells:
+            self.target = dataclasses.replace(self.target, ifname=self._taps[0])
         self._created: list[str] = []
-
-    @property
-    def guest(self) -> Host | None:
-        """The host that is a micro-VM guest, if one is."""
-        return next((h for h in self.hosts if h.shell is not None), None)
-
-    @property
-    def namespace_side(self) -> Host:
-        """The end of the link in one of our namespaces (where a guest's tap went)."""
-        return self.target if self.initiator.shell is not None else self.initiator
 
     @property
     def hosts(self) -> tuple[Host, Host]:
         return (self.initiator, self.target)
 
+    @property
+    def guest(self) -> Host | None:
+        """The (first) host that is a micro-VM guest, if one is."""
+        return next((h for h in self.hosts if h.shell is not None), None)
+
+    @property
+    def namespace_side(self) -> Host:
+        """Where the link is in one of our namespaces: the bridge between two guests, the
+        other host's end beside one guest (its tap), else the initiator's veth end."""
+        if self.bridge is not None:
+            return self.bridge
+        return self.target if self.initiator.shell is not None else self.initiator
+
     def open(self) -> Link:
         try:
-            for host in self.hosts:
-                if host.shell is not None:
-                    continue
+            namespaces = [h for h in self.hosts if h.shell is None]
+            if self.bridge is not None:
+                namespaces.append(self.bridge)
+            for host in namespaces:
                 if host.netns in netns.listnetns():  # our own pid's leftover: reuse nothing
                     _kill_inside(host.netns)
                     netns.remove(host.netns)
@@ -176,28 +202,33 @@ class Link:
                 else:
                     netns.create(host.netns)
                 self._created.append(host.netns)
-            guest = self.guest
+            side = self.namespace_side
             with IPRoute() as ip:
-                if guest is None:
+                if not self._taps:
                     ip.link(
                         "add",
                         ifname=self.initiator.ifname,
                         kind="veth",
                         peer={"ifname": self.target.ifname, "net_ns_fd": self.target.netns},
                     )
-                side = self.namespace_side
-                index = ip.link_lookup(ifname=side.ifname)[0]  # the veth or the guest's tap
-                ip.link("set", index=index, net_ns_fd=side.netns)
-            if guest is not None:
-                guest.shell.run(
-                    f"ip addr add {guest.address}/24 dev {GUEST_IFNAME} && "
-                    f"ip link set {GUEST_IFNAME} up",
-                    check=True,
-                    timeout=20,
-                )
+                for name in self._taps or [self.initiator.ifname]:  # the taps, or the veth
+                    index = ip.link_lookup(ifname=name)[0]
+                    ip.link("set", index=index, net_ns_fd=side.netns)
+            if self.bridge is not None:
+                with NetNS(self.bridge.netns) as ns:
+                    ns.link("add", ifname="br0", kind="bridge")
+                    br = ns.link_lookup(ifname="br0")[0]
+                    for name in self._taps:
+                        ns.link("set", index=ns.link_lookup(ifname=name)[0], master=br, state="up")
             for host in self.hosts:
                 if host.shell is not None:
-                    continue
+                    host.shell.run(
+                        f"ip addr add {host.address}/24 dev {GUEST_IFNAME} && "
+                        f"ip link set {GUEST_IFNAME} up",
+                        check=True,
+                        timeout=20,
+                    )
+            for host in [*namespaces]:
                 with NetNS(host.netns) as ns:
                     index = ns.link_lookup(ifname=host.ifname)[0]
                     ns.addr("add", index=index, address=host.address, prefixlen=24)
@@ -211,6 +242,7 @@ class Link:
     def close(self) -> None:
         """Kill what still runs inside, then remove the namespaces (idempotent)."""
         attached = {h.netns for h in self.hosts if h.attached}
+        side = self.namespace_side.netns
         while self._created:
             name = self._created.pop()
             if name in attached:  # the veth end goes; the container's namespace stays
@@ -224,10 +256,10 @@ class Link:
                 _kill_inside(name)
             with contextlib.suppress(Exception):
                 netns.remove(name)
-        if self._tap:  # the guest's tap, wherever it is now
-            for where in (["-n", self.namespace_side.netns], []):
+        for tap in self._taps:  # a guest's tap, wherever it is now
+            for where in (["-n", side], []):
                 subprocess.run(
-                    ["ip", *where, "link", "del", self._tap],
+                    ["ip", *where, "link", "del", tap],
                     capture_output=True, timeout=10, check=False,
                 )  # fmt: skip
 

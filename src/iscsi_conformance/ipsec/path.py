@@ -81,15 +81,20 @@ class ProtectedPath:
         guest: Any = None,
         guest_vici: tuple[str, int] | None = None,
         guest_role: str = "target",
+        guests: dict[str, tuple[Any, tuple[str, int]]] | None = None,
     ) -> None:
         """``attach``: role -> pid of a container whose network namespace is that host.
         ``guest``: the agent shell of a micro-VM that is the ``guest_role`` host (kernel
         ESP, charon reached over VICI at ``guest_vici``; its tap from
-        :func:`hosts.make_tap`)."""
+        :func:`hosts.make_tap`). ``guests``: role -> (agent shell, VICI address), for
+        two guests (ESP in a kernel at both ends: ``backend`` becomes "kernel")."""
         self.workdir = workdir
-        self.backend = backend
-        self.guest_vici = guest_vici
-        self.link = Link(attach=attach, guest=guest, guest_role=guest_role)
+        shells = {role: shell for role, (shell, _at) in (guests or {}).items()}
+        self.guest_vici = {role: at for role, (_shell, at) in (guests or {}).items()}
+        if guest is not None and guest_vici is not None:
+            self.guest_vici[guest_role] = guest_vici
+        self.backend: EspBackend = "kernel" if len(shells) == 2 else backend
+        self.link = Link(attach=attach, guest=guest, guest_role=guest_role, guests=shells)
         self.initiator, self.target = self.link.initiator, self.link.target
         self.charons: dict[str, Charon] = {}
         self.psk = secrets.token_urlsafe(24)
@@ -114,10 +119,10 @@ class ProtectedPath:
                 if host.shell is not None:
                     from .guest import GuestCharon
 
-                    if self.guest_vici is None:
+                    if host.role not in self.guest_vici:
                         raise HarnessError("a guest host needs the address of its VICI port")
                     self.charons[host.role] = GuestCharon(
-                        host, self.workdir, shell=host.shell, vici_at=self.guest_vici
+                        host, self.workdir, shell=host.shell, vici_at=self.guest_vici[host.role]
                     ).start()
                     continue
                 self.charons[host.role] = Charon(host, self.workdir, backend=self.backend).start()
