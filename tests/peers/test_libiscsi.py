@@ -381,3 +381,63 @@ def test_own_suite_survives_a_hang(tmp_path: object) -> None:
     names = [c.name for c in cases]
     assert len(names) == len(set(names))
     assert sum(c.outcome == "passed" for c in cases) > 100  # the rest still ran
+
+
+@pytest.mark.peer
+@pytest.mark.skipif(
+    not os.environ.get("ISCSI_CONFORMANCE_CLUSTER_HEAVY"),
+    reason="a container of its own (12 s): tox -e cluster runs it; the default run's matrix drives iscsi-pr in Cluster.Mixed",
+)
+def test_cluster_node_tool_in_the_container() -> None:
+    """iscsi-pr (initiators/libiscsi/iscsi_pr.c) in libiscsi's container as two cluster
+    nodes of the reference target, with CHAP. Every command is a login of its own, and
+    the node's fixed ISID keeps them on one I_T nexus: A registers and then RESERVEs with
+    its key (an unregistered nexus would conflict). B fences A with PREEMPT AND ABORT,
+    after which A's key is gone and A's write conflicts. A bad action is one
+    ConfigError, and the CHAP secret is never logged."""
+    from iscsi_conformance.peers.docker_env import DockerEnv, DockerUnavailable, ensure_engine
+    from iscsi_conformance.peers.reference_target import ReferenceTargetDriver
+
+    try:
+        ensure_engine()
+    except DockerUnavailable as exc:
+        pytest.skip(str(exc))
+    target = ReferenceTargetDriver()
+    target.start()
+    try:
+        with DockerEnv() as env:
+            lib = LibiscsiInitiator(mode="container", docker_env=env, network_mode="host")
+            lib.start()
+            try:
+                ep = target.configure(TargetSpec(iqn=IQN + ":cluster", chap=CHAP))
+                lun = ep.luns[0] if ep.luns else 0
+                a = lib.node_login(ep, options=LoginOptions(chap=CHAP))
+                b = lib.node_login(ep, options=LoginOptions(chap=CHAP))
+                assert a.ref.isid != b.ref.isid
+                ka, kb = 0xA1A1, 0xB2B2
+                out = lib.persistent_reserve_out(a, lun, "register-ignore", sa_key=ka)
+                assert out.returncode == 0, out
+                out = lib.persistent_reserve_out(a, lun, "reserve", key=ka, prout_type=5)
+                assert out.returncode == 0, out  # a later login, the same nexus: registered
+                assert (
+                    lib.persistent_reserve_out(b, lun, "register-ignore", sa_key=kb).returncode == 0
+                )
+                keys = lib.persistent_reserve_in(b, lun, "read-keys")
+                assert keys.returncode == 0 and "0xa1a1" in keys.text and "0xb2b2" in keys.text
+                out = lib.persistent_reserve_out(
+                    b, lun, "preempt-abort", key=kb, sa_key=ka, prout_type=5
+                )
+                assert out.returncode == 0, out
+                keys = lib.persistent_reserve_in(a, lun, "read-keys")
+                assert "0xa1a1" not in keys.text and "0xb2b2" in keys.text, keys
+                with pytest.raises(SCSIError):
+                    lib.write(a, lun, 8, bytes(512))  # RESERVATION CONFLICT
+                lib.write(b, lun, 8, bytes(512))
+                with pytest.raises(ConfigError):
+                    lib.persistent_reserve_out(a, lun, "bogus")
+                assert lib.test_unit_ready(a, lun).returncode == 0
+                assert CHAP.secret not in repr(lib.log.records)
+            finally:
+                lib.stop()
+    finally:
+        target.stop()
