@@ -178,15 +178,14 @@ class _FakeDriver:
         self.rss = rss
 
     def guest(self, script: str, **_: Any) -> _Res:
-        if "VmRSS" in script:
-            return _Res(f"{self.rss}\n")
-        return _Res(self.round_output)
+        return _Res(self.round_output.replace("logout=0", f"logout=0 rss={self.rss}"))
 
 
 def _oi_round(driver: _FakeDriver, *, console: str = "") -> Any:
     client = hostile_clients.OpenIscsiClient()
     client.driver = driver
     client.iscsid_start = 4000
+    client.files = {"/", "/etc", "/etc/iscsi"}
     client.console_seen = len(driver.vm.console)
     driver.vm.console += console
 
@@ -200,11 +199,11 @@ def test_open_iscsi_oracles_can_fail() -> None:
     """The open-iscsi round's oracles, on a stand-in guest: a clean round passes; an
     oops on the guest console is a crash; a new file outside the node records is a
     traversal; a step killed by its timeout is a hang; iscsid's growth is memory."""
-    clean = "discovery=0 login=0 read=0 logout=0\n"
+    clean = "discovery=0 login=0 read=0 logout=0\nfile: /\nfile: /etc\nfile: /etc/iscsi\n"
     assert _oi_round(_FakeDriver(clean)) is None
     found = _oi_round(_FakeDriver(clean), console="BUG: kernel NULL pointer dereference\n")
     assert found[0] == "crash" and "BUG" in found[1], found
-    found = _oi_round(_FakeDriver(clean + "new: /etc/iscsi/tmp/evil\n"))
+    found = _oi_round(_FakeDriver(clean + "file: /etc/iscsi/tmp/evil\n"))
     assert found[:2] == ("traversal", "a file outside /etc/iscsi/nodes"), found
     found = _oi_round(_FakeDriver("discovery=0 login=124 read=- logout=0\n"))
     assert found[:2] == ("hang", "iscsiadm login"), found

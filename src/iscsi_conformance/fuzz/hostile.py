@@ -406,7 +406,7 @@ class HostileProxy:
             cw.close()
             self._tasks.discard(task)
             return
-        up = asyncio.create_task(self._pump_up(cr, uw, conn, checker))
+        up = asyncio.create_task(self._pump_up(cr, uw, conn, checker, n))
         try:
             await self._pump_down(ur, cw, mut, conn, checker)
         except (OSError, asyncio.IncompleteReadError):
@@ -423,12 +423,13 @@ class HostileProxy:
         uw: asyncio.StreamWriter,
         conn: _Conn,
         checker: _SentChecker,
+        n: int,
     ) -> None:
         try:
             while data := await cr.read(65536):
                 self._record(conn, "i->t", data)
                 for kind, place, detail in checker.feed(data):
-                    self.breaches.append((kind, place, f"connection {len(self.conns)}: {detail}"))
+                    self.breaches.append((kind, place, f"connection {n}: {detail}"))
                 uw.write(data)
                 await uw.drain()
         except OSError:

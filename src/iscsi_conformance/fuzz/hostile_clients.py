@@ -65,14 +65,21 @@ TEST_CU_SUITES = (
 )
 # The paths a hostile name written as a path could reach: the top two levels of the
 # guest's root file system and the whole of the trees where files are kept (/etc but the
-# records iscsiadm keeps, home directories, /usr/local, /opt, /srv, /mnt), kept sorted
-# in /run/ic-files and compared after each round (the guest's clock is not the one the
-# rootfs was built with: modification times do not tell what is new). A walk of the
+# records iscsiadm keeps, home directories, /usr/local, /opt, /srv, /mnt), listed before
+# the campaign and after each round and compared here (the guest's clock is not the one
+# the rootfs was built with: modification times do not tell what is new). A walk of the
 # whole root file system costs ~15 s a round in the TCG guest.
 _LIST_FILES = (
     "{ find / -xdev -maxdepth 2 -print; "
     r"find /etc /root /home /usr/local /opt /srv /mnt -xdev \( -path /etc/iscsi/nodes"
     r" -o -path /etc/iscsi/send_targets \) -prune -o -print; } 2>/dev/null"
+)
+# iscsid's resident set in KiB (the guest has no ps): its pid file, else a walk of /proc
+_ISCSID_RSS = (
+    "p=$(cat /run/iscsid.pid 2>/dev/null); "
+    "[ -n \"$p\" ] && awk '/VmRSS/ {print $2}' /proc/$p/status 2>/dev/null || "
+    'for d in /proc/[0-9]*; do [ "$(cat $d/comm 2>/dev/null)" = iscsid ] && '
+    "awk '/VmRSS/ {print $2}' $d/status; done | awk '{s+=$1} END {print s+0}'"
 )
 _OOPS = re.compile(r"Oops|BUG:|Kernel panic|general protection fault|Call Trace:|KASAN")
 
@@ -262,6 +269,7 @@ class OpenIscsiClient(_Client):
         self.iscsid_start = 0
         self.iscsid_last = 0
         self.rounds = self.rounds_read = 0
+        self.files: set[str] = set()
 
     async def setup(self, proxy: Any) -> None:
         from iscsi_conformance.peers.openiscsi import OpenIscsiInitiator
@@ -275,9 +283,10 @@ class OpenIscsiClient(_Client):
             raise
         self.console_seen = len(self._console())
         self.iscsid_start = self.iscsid_last = await asyncio.to_thread(self._iscsid_rss)
-        await asyncio.to_thread(
-            self.driver.guest, f"{_LIST_FILES} | sort > /run/ic-files", timeout=120
-        )
+        listing = await asyncio.to_thread(self.driver.guest, _LIST_FILES, timeout=120)
+        self.files = set(listing.text.splitlines())
+        if len(self.files) < 50:  # a listing that failed would hide every traversal
+            raise HarnessError(f"open-iscsi: cannot list the guest's files: {listing.text!r:.200}")
 
     async def teardown(self) -> None:
         if self.driver is not None:
@@ -289,11 +298,10 @@ class OpenIscsiClient(_Client):
         return vm.console_text() if vm is not None else ""
 
     def _iscsid_rss(self) -> int:
-        res = self.driver.guest(
-            'for d in /proc/[0-9]*; do [ "$(cat $d/comm 2>/dev/null)" = iscsid ] && '
-            "awk '/VmRSS/ {print $2}' $d/status; done | awk '{s+=$1} END {print s+0}'",
-            timeout=20,
-        )
+        try:
+            res = self.driver.guest(f"echo $({_ISCSID_RSS})", timeout=60)
+        except HarnessError:
+            return 0
         text = res.text.strip()
         return int(text) if text.isdigit() else 0
 
@@ -318,10 +326,8 @@ fi
 timeout -k 2 {step} iscsiadm -m node -u >/dev/null 2>&1; o=$?
 iscsiadm -m node -o delete >/dev/null 2>&1
 iscsiadm -m discoverydb -t st -p $P -o delete >/dev/null 2>&1
-echo "discovery=$d login=$l read=$r logout=$o"
-{_LIST_FILES} | sort > /run/ic-files.now
-comm -13 /run/ic-files /run/ic-files.now | head -20 | sed 's/^/new: /'
-sort -u -o /run/ic-files /run/ic-files /run/ic-files.now
+echo "discovery=$d login=$l read=$r logout=$o rss=$({_ISCSID_RSS})"
+{_LIST_FILES} | sed 's/^/file: /'
 """
         res = self.driver.guest(script, timeout=step * 5 + 30)
         return res.text, res.error_text
@@ -342,17 +348,20 @@ sort -u -o /run/ic-files /run/ic-files /run/ic-files.now
             return ("crash", place, (gone or "") + "\n" + at[:3000])
         if out.startswith("agent:"):
             return ("hang", "guest round", out)
-        new = [line[5:] for line in out.splitlines() if line.startswith("new: ")]
-        if new:  # each path once: the round adds what it saw to the guest's list
-            return ("traversal", "a file outside /etc/iscsi/nodes", "; ".join(new[:5]))
-        steps = dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+        head = next((line for line in out.splitlines() if line.startswith("discovery=")), "")
+        steps = dict(kv.split("=", 1) for kv in head.split() if "=" in kv)
         self.rounds += 1
         if steps.get("login") == "0" and steps.get("read") == "0":
             self.rounds_read += 1
+        listed = {line[6:] for line in out.splitlines() if line.startswith("file: ")}
+        new = sorted(listed - self.files)
+        self.files |= listed  # each new path is reported once
+        if new:
+            return ("traversal", "a file outside /etc/iscsi/nodes", "; ".join(new[:5]))
         for name in ("discovery", "login", "read", "logout"):
             if steps.get(name) in ("124", "137"):
                 return ("hang", f"iscsiadm {name}" if name != "read" else "dd read", out.strip())
-        rss = await asyncio.to_thread(self._iscsid_rss)
+        rss = int(steps["rss"]) if steps.get("rss", "").isdigit() else 0
         self.iscsid_last = rss or self.iscsid_last
         if rss - self.iscsid_start > MEMORY_BOUND_KIB:
             return ("memory", "iscsid RSS", f"{self.iscsid_start} KiB at the start, {rss} KiB now")
