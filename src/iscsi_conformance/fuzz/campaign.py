@@ -630,7 +630,7 @@ class Campaign:
         try:
             await login(second, keys, isid=isid, timeout=self._io(), **join)
         except (ConnectionError, TimeoutError) as exc:
-            if kind == "reinstate-session":
+            if kind == "reinstate-session" and "refused" in str(exc):  # a status, not a death
                 self._fail("reinstatement", "session refused",
                            f"a session reinstatement (same ISID, TSIH 0) failed: {exc}",
                            "ffp", keys, [], requirement="R7143-6.3.5-1")  # fmt: skip

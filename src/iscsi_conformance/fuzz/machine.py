@@ -584,6 +584,9 @@ class SessionMachine(RuleBasedStateMachine):
         olds = [x for x in self.links if (x.isid, x.tsih) == (old.isid, old.tsih)]
         link, why = self._login(old.profile, keys, isid=old.isid)
         self._health(old)
+        if link is None and not why.startswith(("LoginError", "AuthenticationError")):
+            self._liveness(old)  # no Login Response at all: the target's life is the question
+            return
         if link is None:
             self._fail("reinstatement", "session refused",
                        f"a session reinstatement (same ISID, TSIH 0) failed: {why}", link=old,
@@ -811,6 +814,8 @@ def _traced(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         self.trace.append(f"state.{name}({args})")
         return function(self, **kwargs)
 
+    call.__name__ = call.__qualname__ = name  # Hypothesis prints programs with it
+    call.__doc__ = function.__doc__
     return call
 
 
