@@ -5,6 +5,7 @@ responses, Reject for malformed PDUs, and the SCSI basics every target must answ
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from iscsi_conformance.core.digest import crc32c
 from iscsi_conformance.harness.probe import (
     DEFAULT_TIMEOUT,
     FullFeature,
+    NoAnswer,
     Outcome,
     full_feature,
     join_session,
@@ -984,15 +986,19 @@ async def test_reject_reason_payload_digest(target: Any) -> None:
         bad = P.Tamper(data_digest_value=crc32c(payload) ^ 0xFFFFFFFF)
         wire = P.encode(nop, header_digest=True, data_digest=True, strict=False, tamper=bad)
         await raw.send(wire)
+        started = time.monotonic()
         resp = await raw.recv(timeout=DEFAULT_TIMEOUT)
         if resp is None and raw.last_outcome is Outcome.CLOSED:
             return  # escalated to session recovery (RFC 7143 7.8)
+        gone = None
+        if resp is None:
+            gone = NoAnswer(raw.last_outcome, time.monotonic() - started, DEFAULT_TIMEOUT)
         require(
             isinstance(resp, P.Reject),
             "R7143-7.8-6",
             "a NOP-Out with a wrong data digest got "
-            f"{type(resp).__name__ if resp is not None else raw.last_outcome}, not a Reject "
-            "(02h) and not the end of the connection",
+            f"{type(resp).__name__ if resp is not None else gone}, not a Reject (02h) and "
+            "not the end of the connection",
             sent=[nop],
             received=[resp] if resp is not None else [],
         )

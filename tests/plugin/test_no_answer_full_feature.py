@@ -18,7 +18,11 @@ message that says what happened, unless RFC 7143 allows that outcome:
 - ``FullFeature.TaskManagement.UnknownFunction``: an unassigned function is an illegal
   header field, a format error (7.7), so ending the connection conforms;
 - ``FullFeature.Reject.DataSegmentTooLong``: past the receiver's
-  MaxRecvDataSegmentLength the framing is lost and the connection may end.
+  MaxRecvDataSegmentLength the framing is lost and the connection may end;
+- ``FullFeature.Reject.PayloadDigestReason``: either side may escalate a digest error
+  to session recovery (7.8), so the end of the connection conforms. Its request (a
+  NOP-Out whose data digest fails) is not taken apart by the proxy; the Reject of a
+  payload digest error (reason 02h) is the answer taken away.
 
 ``certify`` runs those areas in a subprocess, as a vendor would.
 """
@@ -61,6 +65,7 @@ HANG_UP_CONFORMS = {
     "FullFeature.Text.ReservedItt",
     "FullFeature.TaskManagement.UnknownFunction",
     "FullFeature.Reject.DataSegmentTooLong",
+    "FullFeature.Reject.PayloadDigestReason",
 }
 #: Verdicts that are not a pass: a MUST broken, a SHOULD broken, or a recorded observation.
 CAUGHT = {"failed", "non-strict", "informational"}
@@ -88,6 +93,8 @@ def _rewrite(mode: str) -> Any:
             if _under_test(pdu):
                 armed.add(conn.index)
             return pdu
+        if isinstance(pdu, P.Reject) and pdu.reason == 0x02:
+            armed.add(conn.index)  # the answer to a payload digest error (7.8)
         if conn.index in armed:
             if mode == "hangup":
                 conn.hang_up()
