@@ -123,7 +123,7 @@ class MachineRun:
     failures: dict[tuple[str, str], Failure] = dataclasses.field(default_factory=dict)
     #: the shrunk program of each identity, as Hypothesis printed it
     programs: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
-    io_timeout: float = 1.0  # a login step, a liveness ping
+    io_timeout: float = 3.0  # a login step, a liveness ping (a loaded host is slow)
     silence: float = 0.1  # a ping unanswered this long leaves its connection "silent"
 
     #: set at the first failure: shrinking gets ``shrink_seconds`` from then on
@@ -449,13 +449,17 @@ class SessionMachine(RuleBasedStateMachine):
         if r.time_left() < 1.0:
             raise OutOfTime
         r.report.liveness_checks += 1
-        link, why = self._login("none", {"MaxRecvDataSegmentLength": str(MRDSL)})
-        if link is not None:
-            outcome = self._sync_quiet(link)
-            link.close()
-            if outcome == "answered":
-                return
-            why = f"the ping after a fresh login was {outcome}"
+        why = ""
+        for attempt in range(2):  # twice: a TARGET COLD RESET ends every session (11.5.1)
+            if attempt:
+                time.sleep(0.2)
+            link, why = self._login("none", {"MaxRecvDataSegmentLength": str(MRDSL)})
+            if link is not None:
+                outcome = self._sync_quiet(link)
+                link.close()
+                if outcome == "answered":
+                    return
+                why = f"the ping after a fresh login was {outcome}"
         if r.time_left() < 1.0:
             raise OutOfTime  # the deadline cut the check short: not a verdict
         h = r.health
@@ -464,13 +468,13 @@ class SessionMachine(RuleBasedStateMachine):
         place = ("dead" if "connect" in why else "unresponsive") + (f": {how}" if how else "")
         self._fail("liveness", place, why, link=after)
 
-    def _sync_quiet(self, link: _Link) -> str:
+    def _sync_quiet(self, link: _Link, timeout: float | None = None) -> str:
         s = link.s
         nop = P.NopOut(immediate=True, itt=0xEEEE, cmdsn=s.cmdsn, expstatsn=s.expstatsn, data=PING)
         try:
             link.sock.sendall(P.encode(nop, header_digest=s.hd, data_digest=s.dd))
             while True:
-                pdu = link.next_pdu(self.r.io_timeout)
+                pdu = link.next_pdu(self.r.io_timeout if timeout is None else timeout)
                 if pdu is None:
                     return "silent"
                 if isinstance(pdu, P.NopIn) and pdu.itt == 0xEEEE:
@@ -521,6 +525,9 @@ class SessionMachine(RuleBasedStateMachine):
             self._drop(self.links[0])
         link, why = self._login(profile, keys, algorithm=algorithm)
         self._health()
+        if link is None and not why.startswith(("LoginError", "AuthenticationError")):
+            self._liveness()  # no Login Response at all: the target's life is the question
+            return
         if link is None:
             self._fail("login", "refused", f"a correct login ({profile}) failed: {why}",
                        phase="login", keys=[], pdus=[], level="INFORMATIONAL")  # fmt: skip
@@ -619,7 +626,7 @@ class SessionMachine(RuleBasedStateMachine):
         if old not in self.links:
             return
         self.links.remove(old)
-        outcome = self._sync_quiet(old)
+        outcome = self._sync_quiet(old, timeout=1.0)
         old.close()
         if outcome == "answered":
             self._fail(
