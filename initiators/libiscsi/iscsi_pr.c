@@ -114,8 +114,8 @@ static int category(struct scsi_task *task)
 /* Print the PR IN parameter data the way a person reads it (SPC-4 6.15). */
 static void show_prin(int sa, const unsigned char *d, int n)
 {
-	if (n < 8)
-		return;
+	if (n < 8 || sa > SCSI_PERSISTENT_RESERVE_READ_RESERVATION)
+		return; /* REPORT CAPABILITIES and READ FULL STATUS: the JSON line's hex only */
 	uint32_t len = be32(d + 4);
 
 	printf("  PR generation=0x%x\n", be32(d));
