@@ -1,6 +1,6 @@
 """FullFeature.DataIn / DataOut / Residuals: Data-In sequencing within the declared
 MaxRecvDataSegmentLength, status and residuals, and R2T/Data-Out sequencing across
-ImmediateData x InitialR2T x FirstBurstLength x MaxBurstLength (RFC 7143 4.2.2.3,
+ImmediateData x InitialR2T x FirstBurstLength x MaxBurstLength (RFC 7143 4.2.2.4,
 11.4, 11.7, 11.8, 13.10-13.14)."""
 
 from __future__ import annotations

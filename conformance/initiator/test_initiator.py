@@ -1167,7 +1167,7 @@ def test_initial_r2t(initiator: Any, target: Any, observed: Any) -> None:
 @pytest.mark.parametrize("profile", ["small-bursts", "r2t-only"])
 @spec(
     "Initiator.Data.DataSN",
-    "RFC 7143 4.2.2.3",
+    "RFC 7143 4.2.2.4",
     "RFC 7143 11.7.5",
     pairing="initiator",
     requirements=["R7143-4.2.2.3-3"],

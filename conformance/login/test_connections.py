@@ -1,4 +1,4 @@
-"""Login.Connections: sessions with more than one connection (RFC 7143 4.2.2, 4.2.4.1,
+"""Login.Connections: sessions with more than one connection (RFC 7143 4.2.2, 4.2.5.1,
 6.3, 6.3.4, 11.14, 13.2).
 
 A connection joins a session by logging in with the session's InitiatorName, ISID and
@@ -423,7 +423,7 @@ async def test_tsih_with_other_initiator(target: Any) -> None:
 
 @spec(
     "Login.Connections.Allegiance",
-    "RFC 7143 4.2.4.1",
+    "RFC 7143 4.2.5.1",
     requirements=["R7143-4.2.4.1-1"],
 )
 async def test_connection_allegiance(target: Any) -> None:

@@ -505,7 +505,7 @@ async def test_failure_closes_connection(target: Any) -> None:
 
 @spec(
     "Login.Session.NonLoginOpcodeBeforeFullFeature",
-    "RFC 7143 4.2.3",
+    "RFC 7143 4.2.4",
     "RFC 7143 8.1.2",
     requirements=["R7143-8.1.2-1"],
 )
@@ -657,13 +657,13 @@ async def test_reserved_next_stage(target: Any) -> None:
 
 @spec(
     "Login.Session.NonLoginPduRefused",
-    "RFC 7143 4.2.3",
+    "RFC 7143 4.2.4",
     "RFC 7143 8.1.2",
     requirements=["R7143-8.1.2-1"],
 )
 async def test_nop_during_login_refused(target: Any) -> None:
     """A NOP-Out after the first Login Request, before full feature phase, ends the login
-    the way RFC 3720 3.2.3 (= RFC 7143 4.2.3) says: once the login phase has started, a
+    the way RFC 3720 3.2.3 (= RFC 7143 4.2.4) says: once the login phase has started, a
     target receiving a PDU other than a Login Request MUST send a Login reject with the
     status "invalid during login" (020B) and then disconnect. A hang-up without the Login
     reject, silence (the PDU ignored) or another answer does not conform."""
@@ -707,9 +707,9 @@ async def test_nop_during_login_refused(target: Any) -> None:
         )
 
 
-#: RFC 3720 3.2.3 (= RFC 7143 4.2.3) on a PDU other than a Login Request during login.
+#: RFC 3720 3.2.3 (= RFC 7143 4.2.4) on a PDU other than a Login Request during login.
 INVALID_DURING_LOGIN_RULE = (
-    "RFC 3720 3.2.3 (= RFC 7143 4.2.3): once the login phase has started, a target receiving "
+    "RFC 3720 3.2.3 (= RFC 7143 4.2.4): once the login phase has started, a target receiving "
     "any PDU except a Login Request MUST send a Login reject (status 020B, invalid during "
     "login) and then disconnect"
 )
