@@ -103,4 +103,4 @@ def test_short_run_against_the_reference_target_is_clean() -> None:
         took = time.monotonic() - start
     assert took <= seconds * 1.05 + 0.5, took
     assert not report.failures, report.summary()
-    assert run.examples >= 2 and report.sessions >= 5, report.summary()
+    assert run.examples >= 1 and report.cases >= 10, report.summary()  # it ran rules
