@@ -81,6 +81,19 @@ _ISCSID_RSS = (
     'for d in /proc/[0-9]*; do [ "$(cat $d/comm 2>/dev/null)" = iscsid ] && '
     "awk '/VmRSS/ {print $2}' $d/status; done | awk '{s+=$1} END {print s+0}'"
 )
+# open-iscsi's own timeouts in the guest, set short at the campaign's start: SendTargets
+# discovery (iscsiadm's defaults would retry a silent target 5 times, 15 s each) ...
+_DISCOVERY_TIMEOUTS = (
+    "'discovery.sendtargets.timeo.login_timeout = 5' "
+    "'discovery.sendtargets.timeo.auth_timeout = 5' "
+    "'discovery.sendtargets.timeo.active_timeout = 5' "
+    "'discovery.sendtargets.reopen_max = 1'"
+)
+#: ... and each step of a round is killed (a ``hang``) only well past them: discovery
+#: 2 x 5 s; login 5 s (node login_timeout) x 2 tries; a read: the SCSI command timeout
+#: (set to 5 s) then the kernel's error handler (abort 15 s, LU reset 30 s, target reset
+#: 30 s, host reset 60 s, iscsid.conf); logout 15 s (logout_timeout).
+STEPS = {"discovery": 40, "login": 40, "read": 180, "logout": 40}
 _OOPS = re.compile(r"Oops|BUG:|Kernel panic|general protection fault|Call Trace:|KASAN")
 
 
@@ -261,7 +274,7 @@ class TestCuClient(LibiscsiTools):
 
 class OpenIscsiClient(_Client):
     title = "open-iscsi (iscsiadm + kernel initiator in the micro-VM)"
-    limit = 60.0
+    limit = 300.0
 
     def __init__(self) -> None:
         self.driver: Any = None
@@ -282,6 +295,12 @@ class OpenIscsiClient(_Client):
             self.driver = None
             raise
         self.console_seen = len(self._console())
+        # open-iscsi's own bounds, short, so that a hang is one beyond them (STEPS)
+        await asyncio.to_thread(
+            self.driver.guest,
+            f"printf '%s\\n' {_DISCOVERY_TIMEOUTS} >> /etc/iscsi/iscsid.conf",
+            timeout=60,
+        )
         self.iscsid_start = self.iscsid_last = await asyncio.to_thread(self._iscsid_rss)
         listing = await asyncio.to_thread(self.driver.guest, _LIST_FILES, timeout=120)
         self.files = set(listing.text.splitlines())
@@ -309,27 +328,31 @@ class OpenIscsiClient(_Client):
         from iscsi_conformance.peers.openiscsi import guest_address
 
         portal = f"{guest_address(host, self.driver.mode)}:{port}"
-        step = max(5, int(limit / 4))
+        scale = limit / OpenIscsiClient.limit  # a replay or a test may ask for less
+        d, lg, rd, lo = (
+            max(5, int(STEPS[k] * scale)) for k in ("discovery", "login", "read", "logout")
+        )
         script = f"""
 P={portal}; T={IQN}
-timeout -k 2 {step} iscsiadm -m discovery -t st -p $P >/dev/null 2>&1; d=$?
+timeout -k 2 {d} iscsiadm -m discovery -t st -p $P >/dev/null 2>&1; d=$?
 iscsiadm -m node -T $T -p $P -o new >/dev/null 2>&1
-timeout -k 2 {step} iscsiadm -m node -T $T -p $P --login >/dev/null 2>&1; l=$?
+timeout -k 2 {lg} iscsiadm -m node -T $T -p $P --login >/dev/null 2>&1; l=$?
 r=-
 if [ $l = 0 ]; then
   for i in $(seq 1 25); do
     dev=$(ls -d /sys/class/iscsi_session/session*/device/target*/*:*:*:0/block/* 2>/dev/null | head -1)
     [ -n "$dev" ] && break; sleep 0.2
   done
-  [ -n "$dev" ] && {{ timeout -k 2 {step} dd if=/dev/${{dev##*/}} of=/dev/null bs=4096 count=16 iflag=direct status=none; r=$?; }}
+  [ -n "$dev" ] && echo 5 > /sys/block/${{dev##*/}}/device/timeout 2>/dev/null
+  [ -n "$dev" ] && {{ timeout -k 2 {rd} dd if=/dev/${{dev##*/}} of=/dev/null bs=4096 count=16 iflag=direct status=none; r=$?; }}
 fi
-timeout -k 2 {step} iscsiadm -m node -u >/dev/null 2>&1; o=$?
+timeout -k 2 {lo} iscsiadm -m node -u >/dev/null 2>&1; o=$?
 iscsiadm -m node -o delete >/dev/null 2>&1
 iscsiadm -m discoverydb -t st -p $P -o delete >/dev/null 2>&1
 echo "discovery=$d login=$l read=$r logout=$o rss=$({_ISCSID_RSS})"
 {_LIST_FILES} | sed 's/^/file: /'
 """
-        res = self.driver.guest(script, timeout=step * 5 + 30)
+        res = self.driver.guest(script, timeout=d + lg + rd + lo + 60)
         return res.text, res.error_text
 
     async def run(self, host: str, port: int, limit: float, proxy: Any) -> Any:
@@ -360,7 +383,7 @@ echo "discovery=$d login=$l read=$r logout=$o rss=$({_ISCSID_RSS})"
             return ("traversal", "a file outside /etc/iscsi/nodes", "; ".join(new[:5]))
         for name in ("discovery", "login", "read", "logout"):
             if steps.get(name) in ("124", "137"):
-                return ("hang", f"iscsiadm {name}" if name != "read" else "dd read", out.strip())
+                return ("hang", f"iscsiadm {name}" if name != "read" else "dd read", head)
         rss = int(steps["rss"]) if steps.get("rss", "").isdigit() else 0
         self.iscsid_last = rss or self.iscsid_last
         if rss - self.iscsid_start > MEMORY_BOUND_KIB:
