@@ -60,12 +60,18 @@ def discover(initiator: Any, isns_server: Any, name: str) -> tuple[list[tuple[st
     if initiator.name == "open-iscsi":
         return _iscsiadm_isns(initiator, isns_server, name), "iscsiadm -m discovery -t isns"
     found = isns_server.discover(name, timeout=TIMEOUT / 2)
-    how = (
-        "the reference iSNS client"
-        if initiator.name == "reference"
-        else f"a reference-initiator bridge ({initiator.name} has no iSNS client)"
-    )
+    how = "the reference iSNS client" if initiator.name == "reference" else bridge(initiator)
     return [(t.name, h, p, tag) for t in found for h, p, tag in t.portals], how
+
+
+def bridge(initiator: Any) -> str:
+    """How discovery is done for an initiator without an iSNS client (libiscsi)."""
+    return (
+        f"a reference-initiator bridge: the reference initiator's iSNS client queried the "
+        f"server (DevAttrQry, DevGetNext) on {initiator.name}'s behalf, as {initiator.name}'s "
+        f"initiator node ({initiator.name} has no iSNS client); the login judged is "
+        f"{initiator.name}'s own, at the iscsi:// URL built from the iSNS answer"
+    )
 
 
 def _guest_portal(initiator: Any, isns_server: Any) -> str:
@@ -103,6 +109,9 @@ def _login(initiator: Any, iqn: str, host: str, port: int, tag: int | None, name
     """Log ``initiator`` in as ``name`` at a portal iSNS listed; its negotiated keys."""
     ep = TargetEndpoint(host=host, port=port, iqn=iqn, luns=(0,), portal_group_tag=tag or 1)
     session = initiator.driver.login(ep, options=LoginOptions(initiator_name=name))
+    url = getattr(getattr(session, "ref", None), "url_base", None)
+    if url:  # libiscsi: the URL the bridge built from the iSNS answer
+        initiator.evidence.note(f"{initiator.name} logged in as {name} at {url}")
     try:
         return dict(session.negotiated or {})
     finally:
@@ -222,7 +231,8 @@ def _never_tried(initiator: Any, isns_server: Any, name: str, iqn: str) -> None:
         )
         return
     if initiator.name != "reference":
-        return  # the bridge: the reference initiator's attempt is the one checked
+        _bridge_never_tries(initiator, isns_server, name, iqn)
+        return
     host, port = isns_server.host_side
     done = subprocess.run(
         [*CLI, "initiator", "discover", f"isns://{host}:{port}", "-i", name,
@@ -235,6 +245,35 @@ def _never_tried(initiator: Any, isns_server: Any, name: str, iqn: str) -> None:
         done.returncode == 1 and "Logged in" not in done.stdout,
         "R4171-5.6.5.2-3",
         f"the reference initiator, outside {iqn}'s Discovery Domains, logged in to it",
+    )
+
+
+#: At most this many listed targets are tried by the bridge's initiator in one cell.
+BRIDGE_TRIES = 4
+
+
+def _bridge_never_tries(initiator: Any, isns_server: Any, name: str, iqn: str) -> None:
+    """The bridge asks iSNS as ``name`` and has the initiator (libiscsi) log in to every
+    target listed (at most ``BRIDGE_TRIES``): ``iqn``, outside the node's Discovery
+    Domains, must not be among them (RFC 4171 5.6.5.2: never returned, so never tried)."""
+    found = isns_server.discover(name, timeout=TIMEOUT / 2)
+    listed = [(t.name, h, p, tag) for t in found for h, p, tag in t.portals][:BRIDGE_TRIES]
+    tried, results = [], []
+    for t_iqn, host, port, tag in listed:
+        tried.append(t_iqn)
+        try:
+            _login(initiator, t_iqn, host, port, tag, name)
+            results.append(f"{t_iqn} at {host}:{port}: logged in")
+        except Exception as exc:  # another test's target: only the attempt matters here
+            results.append(f"{t_iqn} at {host}:{port}: {type(exc).__name__}: {exc}")
+    initiator.evidence.note(
+        f"{bridge(initiator)}; as {name}, iSNS listed {[x[0] for x in listed]}, and "
+        f"{initiator.name} tried: {results or 'nothing'}"
+    )
+    require(
+        iqn not in tried,
+        "R4171-5.6.5.2-3",
+        f"{initiator.name}, outside {iqn}'s Discovery Domains, was given it by iSNS and tried it",
     )
 
 

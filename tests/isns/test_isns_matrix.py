@@ -139,7 +139,10 @@ def test_a_conforming_world_passes() -> None:
     """The stand-ins themselves conform: the tests pass against them."""
     server = Server(("192.0.2.5", 3260), ("192.0.2.5", 3260, 1))
     SUITE.test_finds_target_and_logs_in(Initiator("reference", Driver()), Target(), server)
-    SUITE.test_domains_restrict(Initiator("libiscsi", Driver()), Target(), server)
+    libiscsi = Initiator("libiscsi", Driver())
+    SUITE.test_domains_restrict(libiscsi, Target(), server)
+    assert libiscsi.driver.logins == []  # listed nothing outside, so tried nothing
+    assert "tried: nothing" in "".join(libiscsi.evidence.notes)
 
 
 def test_a_target_registering_the_wrong_portal_fails() -> None:
@@ -180,6 +183,18 @@ def test_a_server_ignoring_domains_fails() -> None:
     )
     assert "was told of it" in message
     assert server.members == {}  # the domains were removed again
+
+
+def test_a_bridge_given_a_target_outside_its_domains_tries_it_and_fails() -> None:
+    """libiscsi's bridge: what iSNS lists to libiscsi's node, libiscsi tries; a server
+    that lists the target outside the node's domains makes it try, and the check fails."""
+    server = Server(("192.0.2.5", 3260), ("192.0.2.5", 3260, 1), dds=False)
+    driver = Driver()
+    initiator = Initiator("libiscsi", driver)
+    message = _fails("R4171-5.6.5.2-3", SUITE._bridge_never_tries, initiator, server, "outsider", T)
+    assert "was given it by iSNS and tried it" in message
+    assert [ep.iqn for ep in driver.logins] == [T]
+    assert "on libiscsi's behalf" in "".join(initiator.evidence.notes)
 
 
 def test_an_initiator_trying_a_target_outside_its_domains_fails() -> None:
