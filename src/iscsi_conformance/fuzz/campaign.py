@@ -628,7 +628,7 @@ class Campaign:
             "reinstate-connection": {"tsih": res.tsih, "cid": 0, "session": res.negotiated},
         }[kind]
         try:
-            await login(second, keys, isid=isid, timeout=self._io(), **join)
+            rsp2, _ = await login(second, keys, isid=isid, timeout=self._io(), **join)
         except (ConnectionError, TimeoutError) as exc:
             if kind == "reinstate-session" and "refused" in str(exc):  # a status, not a death
                 self._fail("reinstatement", "session refused",
@@ -637,7 +637,26 @@ class Campaign:
             return  # MC/S and connection reinstatement may be refused (MaxConnections, ERL)
         if kind == "mcs":
             return
-        # after a reinstatement the old connection ends: it answers no more pings
+        # the connection a reinstatement let in is served (RFC 7143 6.3.4: in addition
+        # to the implicit logout, reinstatement is equivalent to a new login) ...
+        what = kind.split("-")[1]
+        requirement = "R7143-6.3.5-1" if what == "session" else "R7143-6.3.4-1"
+        ping = P.NopOut(immediate=True, itt=0xF0F0_0002, cmdsn=rsp2.expcmdsn,
+                        expstatsn=(rsp2.statsn + 1) & 0xFFFFFFFF, data=PING)  # fmt: skip
+        try:
+            second.writer.write(P.encode(ping))
+            while True:
+                pdu = await _next_pdu(second, max(0.5, min(self.io_timeout, self._time_left())))
+                if isinstance(pdu, P.NopIn) and pdu.itt == 0xF0F0_0002:
+                    break
+        except (ConnectionError, TimeoutError, OSError, ProtocolError) as exc:
+            if self._time_left() > 0.5:
+                self._fail("reinstatement", f"new {what} not served",
+                           f"after a {what} reinstatement the new connection's NOP-Out got "
+                           f"{type(exc).__name__}: {exc}", "ffp", keys, [P.encode(ping)],
+                           requirement=requirement)  # fmt: skip
+            return
+        # ... and the old connection ends: it answers no more pings
         nop = P.NopOut(immediate=True, itt=0xF0F0_0001, cmdsn=s.cmdsn, expstatsn=s.expstatsn,
                        data=PING)  # fmt: skip
         try:
@@ -645,12 +664,11 @@ class Campaign:
             while True:
                 pdu = await _next_pdu(lead, max(0.01, min(self.silence, self._time_left())))
                 if isinstance(pdu, P.NopIn) and pdu.itt == 0xF0F0_0001:
-                    what = kind.split("-")[1]
                     self._fail(
                         "reinstatement", f"old {what} still answers",
                         f"after a {what} reinstatement the old connection still answered a "
                         "NOP-Out", "ffp", keys, [P.encode(nop)],
-                        requirement="R7143-6.3.5-1" if what == "session" else "R7143-6.3.4-1",
+                        requirement=requirement,
                     )  # fmt: skip
                     return
         except (ConnectionError, TimeoutError, OSError, ProtocolError):

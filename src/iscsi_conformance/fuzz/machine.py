@@ -602,6 +602,7 @@ class SessionMachine(RuleBasedStateMachine):
         self.links.append(link)
         for x in olds:
             self._expect_ended(x, "session", "R7143-6.3.5-1")
+        self._expect_serving(link, "session", "R7143-6.3.5-1")
 
     @rule(i=st.integers(0, MAX_LINKS - 1))
     def reinstate_connection(self, i: int) -> None:
@@ -620,6 +621,22 @@ class SessionMachine(RuleBasedStateMachine):
             return  # below ErrorRecoveryLevel 2 a target may refuse it (SHOULD)
         self.links.append(link)
         self._expect_ended(old, "connection", "R7143-6.3.4-1")
+        self._expect_serving(link, "connection", "R7143-6.3.4-1")
+
+    def _expect_serving(self, new: _Link, what: str, requirement: str) -> None:
+        """The connection a reinstatement let in answers a NOP-Out (RFC 7143 6.3.4: in
+        addition to the implicit logout, reinstatement is equivalent to a new login)."""
+        if new not in self.links:
+            return
+        outcome = self._sync_quiet(new)
+        if outcome == "answered":
+            return
+        self._drop(new)
+        self._fail(
+            "reinstatement", f"new {what} not served",
+            f"after a {what} reinstatement the new connection's NOP-Out was {outcome}",
+            link=new, requirement=requirement,
+        )  # fmt: skip
 
     def _expect_ended(self, old: _Link, what: str, requirement: str) -> None:
         """After a reinstatement the old connection answers no more pings."""

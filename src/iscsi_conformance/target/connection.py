@@ -203,7 +203,9 @@ class Connection(TaskIO):
             self.close_requested = True
             self.engine.mark_dirty(self)
 
-    def session_detach(self) -> None:
+    def session_detach(self, *, replaced: bool = False) -> None:
+        """Leave the session; ``replaced``: a reinstating connection takes this one's
+        place, so the session does not end when this was its last connection."""
         s = self.session
         if s is None:
             return
@@ -229,6 +231,9 @@ class Connection(TaskIO):
         for sn, (c, _) in list(s.pending.items()):
             if c is self:
                 del s.pending[sn]
+        if replaced:
+            self.session = None  # detached for good: connection_lost has nothing to do
+            return
         if not s.connections:
             # The last connection logged out (T13): a session closure (N3); otherwise
             # it failed, and at ErrorRecoveryLevel < 2 nothing waits for recovery. At
@@ -442,7 +447,10 @@ class Connection(TaskIO):
                 if old_conn is not None and old_conn is not self:
                     old_conn.advance(ConnectionInput.REINSTATED)  # T8
                     old_conn.close()
-                    old_conn.session_detach()
+                    # this connection takes its place (6.3.4: the implicit logout of the
+                    # old one, then the equivalent of a new connection login): the
+                    # session does not end with it, even when it was the only one
+                    old_conn.session_detach(replaced=True)
         completed = next((e for e in events if isinstance(e, LoginCompleted)), None)
         session = engine.session_for(completed, self.portal_group) if completed else None
         for rsp in self.login.data_to_send():

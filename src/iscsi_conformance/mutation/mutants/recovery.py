@@ -135,11 +135,11 @@ def lost_data_out_counted(p: Patcher) -> None:
 )
 def erl2_tasks_die(p: Patcher) -> None:
     def make(old: Any) -> Any:
-        def session_detach(self: Connection) -> None:
+        def session_detach(self: Connection, **kw: Any) -> None:
             self.recovering = False
             erl, self.erl = self.erl, min(self.erl, 1)
             try:
-                old(self)
+                old(self, **kw)
             finally:
                 self.erl = erl
 
