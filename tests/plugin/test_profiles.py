@@ -28,6 +28,7 @@ SERVES = {
     "datain-reverse": {"reference"},
     "erl2": {"reference"},
     "dataseq-reverse": {"reference"},
+    "window-closed": {"reference"},
 }
 
 

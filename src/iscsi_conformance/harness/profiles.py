@@ -256,6 +256,15 @@ def _profiles() -> dict[str, Profile]:
         "task_reassign",
         doc="ErrorRecoveryLevel 2, MaxConnections 2, Time2Wait 1 s, every write by R2T",
     )
+    # RFC 7143 4.2.2.1: the target grants the window. This one grants none from the
+    # login on (MaxCmdSN = ExpCmdSN - 1 in every Login Response) and ignores what an
+    # initiator sends beyond it, until a test opens the window with a NOP-In (11.4.11).
+    add(
+        "window-closed",
+        lambda c: _spec("window-closed", cmd_window=0),
+        "cmd_window_initial",
+        doc="CmdSN window closed from the login on, opened later through the test API",
+    )
     return p
 
 

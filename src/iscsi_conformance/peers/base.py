@@ -56,6 +56,10 @@ class TargetSpec:
     # DataPDUInOrder=No ("offset" or "reverse", target/config.py datain_order).
     max_send_data_segment_length: int | None = None
     datain_order: str = "offset"
+    # Reference target only (capability "cmd_window_initial"): the CmdSN window its
+    # logins grant a Normal session (0: closed until the test API opens it, RFC 7143
+    # 4.2.2.1; target/config.py cmd_window). None: the target's default.
+    cmd_window: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

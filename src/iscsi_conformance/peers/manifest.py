@@ -120,6 +120,9 @@ CAPABILITIES: dict[str, Any] = {
     # the target can be told to send a sequence's Data-In at decreasing offsets when
     # DataPDUInOrder=No is agreed (profile "datain-reverse"; reference target only)
     "datain_out_of_order": _is_bool,
+    # the target can hold a session's CmdSN window closed from its login on and open
+    # it later through its test API (profile "window-closed"; reference target only)
+    "cmd_window_initial": _is_bool,
 }
 
 DEVIATION_EFFECTS = ("xfail", "intermittent", "skip")

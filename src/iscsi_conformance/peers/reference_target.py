@@ -207,6 +207,8 @@ class ReferenceTargetDriver(TargetDriver):
                 lines.append(f"max_send_data_segment_length = {spec.max_send_data_segment_length}")
             if spec.datain_order != "offset":
                 lines.append(f"datain_order = {_toml_value(spec.datain_order)}")
+            if spec.cmd_window is not None:
+                lines.append(f"cmd_window = {spec.cmd_window}")
             if spec.redirect is not None:
                 lines.append(
                     f"redirect = {{ address = {_toml_value(spec.redirect)}, "

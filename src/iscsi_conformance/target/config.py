@@ -176,6 +176,10 @@ class TargetConfig:
     # "reverse-sequences" acts on DataSequenceInOrder=No instead (13.19: sequences in
     # any order): the MaxBurstLength sequences go out last first, each in offset order.
     datain_order: str = "offset"
+    # The CmdSN window this target grants a Normal session from its login on
+    # (MaxCmdSN - ExpCmdSN + 1, RFC 7143 4.2.2.1); 0 holds it closed (MaxCmdSN =
+    # ExpCmdSN - 1) until the test API opens it. None: the server's default (128).
+    cmd_window: int | None = None
 
     def acl_for(self, initiator: str) -> AclConfig | None:
         for acl in self.acls:
@@ -359,6 +363,7 @@ def _target(value: Any, field: str, base: Path | None, tags: set[int]) -> Target
             "max_send_data_segment_length",
             "chap_algorithms",
             "datain_order",
+            "cmd_window",
         },
         field,
     )
@@ -447,10 +452,15 @@ def _target(value: Any, field: str, base: Path | None, tags: set[int]) -> Target
         raise ConfigError(
             f"must be one of {', '.join(DATAIN_ORDERS)}", field=f"{field}.datain_order"
         )
+    window = None
+    if "cmd_window" in t:
+        # serial arithmetic (RFC 1982) compares CmdSNs less than 2**31 apart
+        window = _int(t["cmd_window"], f"{field}.cmd_window", 0, 2**31 - 1)
     return TargetConfig(
         name=name,
         chap_algorithms=algs,
         datain_order=datain_order,
+        cmd_window=window,
         luns=luns,
         alias=_str(t["alias"], f"{field}.alias") if "alias" in t else None,
         portal_groups=tuple(groups),

@@ -222,7 +222,7 @@ class TargetEngine:
             session_type=SessionType(ev.session_type),
             params=ev.parameters,
             expcmdsn=ev.expcmdsn,
-            window=self.cmd_window,
+            window=tc.cmd_window if tc and tc.cmd_window is not None else self.cmd_window,
         )
         session.advance(SessionInput.FIRST_CONNECTION_IN_LOGIN)  # N1
         session.advance(SessionInput.CONNECTION_LOGGED_IN)  # N2

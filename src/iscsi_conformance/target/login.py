@@ -112,6 +112,7 @@ def target_node(tc: TargetConfig, portal_group: int, initiator_name: str) -> Tar
         redirect=redirect.address if redirect else None,
         redirect_permanent=bool(redirect and redirect.permanent),
         allow=(lambda ini: tc.acl_for(ini) is not None) if tc.acls else None,
+        cmd_window=tc.cmd_window,
     )
 
 

@@ -31,6 +31,7 @@ from iscsi_conformance.core.codes import (
     ScsiStatus,
 )
 from iscsi_conformance.core.serial import add_mod as sn_add
+from iscsi_conformance.core.serial import le as sn_le
 from iscsi_conformance.scsi import nolu
 from iscsi_conformance.scsi.nexus import port_matches
 from iscsi_conformance.target.session import DEFAULT_CMD_WINDOW, SessionType
@@ -213,7 +214,7 @@ class TaskIO:
             self._create_task(pdu, deliver=True)
             return
         sn = pdu.cmdsn
-        if sn == s.expcmdsn:
+        if sn == s.expcmdsn and sn_le(sn, s.maxcmdsn):  # a closed window holds it (4.2.2.1)
             s.expcmdsn = sn_add(sn, 1)
             if sn in s.aborted_cmdsns:
                 s.aborted_cmdsns.discard(sn)

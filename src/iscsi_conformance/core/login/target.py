@@ -98,6 +98,9 @@ class TargetNode:
     redirect_permanent: bool = False
     removed: bool = False
     allow: Callable[[str], bool] | None = None
+    #: The CmdSN window its login responses grant (RFC 7143 4.2.2.1; 0: closed,
+    #: MaxCmdSN = ExpCmdSN - 1); None: the portal's ``TargetLoginConfig.cmd_window``.
+    cmd_window: int | None = None
 
 
 @dataclass(frozen=True)
@@ -609,6 +612,13 @@ class TargetLogin:
             )
         return events
 
+    def _window(self) -> int:
+        """The window the login's responses grant: the target node's, else the portal's."""
+        node = self.node
+        if node is not None and node.cmd_window is not None:
+            return node.cmd_window
+        return self.config.cmd_window
+
     def _respond(
         self,
         req: LoginRequest,
@@ -632,7 +642,7 @@ class TargetLogin:
                 itt=req.itt,
                 statsn=self.statsn,
                 expcmdsn=req.cmdsn,
-                maxcmdsn=(req.cmdsn + self.config.cmd_window - 1) & 0xFFFFFFFF,
+                maxcmdsn=(req.cmdsn + self._window() - 1) & 0xFFFFFFFF,
                 data=data,
             )
         )

@@ -1,0 +1,125 @@
+"""Initiator.Window.ClosedHonoured can fail: it runs here with the reference initiator
+against the reference target's real "window-closed" profile (embedded, loopback; the
+window closed from the login on, opened to one command by ``set_cmd_window``), behind
+the recording proxy.
+
+- the reference initiator as it is (it holds non-immediate commands while CmdSN >
+  MaxCmdSN, RFC 7143 4.2.2.1) passes;
+- a copy that ignores the window sends into it, is caught by R7143-4.2.2.1-3 and the
+  test ends promptly (the proxy hangs up the connection whose command was ignored);
+- a copy that never takes a larger MaxCmdSN stays within the window but never
+  completes its I/O, and is reported under the same row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from iscsi_conformance.harness.observer import Observer
+from iscsi_conformance.harness.profiles import PROFILES, Credentials
+from iscsi_conformance.initiator.engine import SessionSequencer
+from iscsi_conformance.peers.reference_initiator import ReferenceInitiator
+from iscsi_conformance.peers.reference_target import ReferenceTargetDriver
+from iscsi_conformance.plugin.spec import ConformanceViolation
+from suite_modules import load_suite
+
+SUITE = load_suite("initiator/test_cmd_window.py", "cmd_window_under_proof")
+PROFILE = SUITE.PROFILE
+
+
+class Target:
+    """The run's target as the test sees it: one profile's endpoint, no CHAP, and the
+    embedded reference target's test API to open a session's window (as
+    ``TargetUnderTest.set_cmd_window`` does it)."""
+
+    def __init__(self, endpoint: Any, server: Any) -> None:
+        self._endpoint = endpoint
+        self._server = server
+
+    def set_cmd_window(self, tsih: int, window: int) -> None:
+        server = self._server
+        session = server.call(lambda: server.engine.sessions.get(tsih))
+        if session is None:
+            raise LookupError(f"no session with TSIH {tsih}")
+        server.set_cmd_window(session, window)
+
+    def chap_for(self, profile: str) -> tuple[None, None]:
+        return None, None
+
+    def endpoint(self, profile: str) -> Any:
+        assert profile == PROFILE
+        return self._endpoint
+
+
+@dataclasses.dataclass
+class Initiator:
+    driver: Any
+    name: str = "reference"
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[Target]:
+    driver = ReferenceTargetDriver(mode="embedded")
+    try:
+        endpoint = driver.configure(PROFILES[PROFILE].build(Credentials.generate()))
+        yield Target(endpoint, driver.server)
+    finally:
+        driver.stop()
+
+
+@pytest.fixture
+def observed(target: Target) -> Iterator[Any]:
+    observers: list[Observer] = []
+
+    def make(profile: str, rewrite: Any = None) -> tuple[Any, Observer]:
+        ep = target.endpoint(profile)
+        obs = Observer(ep.host, ep.port, listen_host="127.0.0.1", label=profile, rewrite=rewrite)
+        obs.start()
+        observers.append(obs)
+        return dataclasses.replace(ep, host=obs.listen_host, port=obs.port), obs
+
+    yield make
+    for obs in observers:
+        obs.stop()
+
+
+@pytest.fixture
+def initiator() -> Iterator[Initiator]:
+    with ReferenceInitiator() as driver:
+        yield Initiator(driver)
+
+
+def test_reference_initiator_passes(initiator: Initiator, target: Target, observed: Any) -> None:
+    SUITE.test_closed_window_honoured(initiator, target, observed)
+
+
+def test_window_ignored_fails(
+    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SessionSequencer, "window_open", lambda self: True)
+    started = time.monotonic()
+    with pytest.raises(ConformanceViolation, match=r"R7143-4\.2\.2\.1-3") as failed:
+        SUITE.test_closed_window_honoured(initiator, target, observed)
+    assert "beyond MaxCmdSN" in str(failed.value)
+    assert "window still closed" in str(failed.value)
+    assert time.monotonic() - started < 10.0  # the hang-up bounds it, not IO_LIMIT
+
+
+def test_window_never_taken_fails(
+    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    update = SessionSequencer.update_window
+
+    def deaf(self: SessionSequencer, expcmdsn: int, maxcmdsn: int) -> str | None:
+        return update(self, expcmdsn, self.maxcmdsn)  # a larger MaxCmdSN never taken
+
+    monkeypatch.setattr(SessionSequencer, "update_window", deaf)
+    monkeypatch.setattr(SUITE, "IO_LIMIT", 1.0)
+    with pytest.raises(ConformanceViolation, match=r"R7143-4\.2\.2\.1-3") as failed:
+        SUITE.test_closed_window_honoured(initiator, target, observed)
+    assert "did not complete its I/O" in str(failed.value)
