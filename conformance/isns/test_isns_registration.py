@@ -2,7 +2,9 @@
 
 The target is judged by what the server (isnsd by default, or ours) lists for it,
 asked through the reference iSNS client as an observer of the default Discovery
-Domain (DevAttrQry, 5.6.5.2):
+Domain (DevAttrQry, 5.6.5.2), and, in WhatIsServed, also through open-isns's isnsadm
+(this host's open-isns-utils, a second, independent client) with ``--query
+iscsi-name=``: both must see the node as a Target and the same portals and PGTs.
 
 - the registration is what the target serves: every Portal listed for its node, with
   its Portal Group Tag, is one the target itself announces in a SendTargets answer
@@ -63,6 +65,34 @@ def _reference_only(target: Any, why: str) -> None:
         pytest.skip(f"{target.name} lacks capability {why}")
 
 
+def _isnsadm_agrees(target: Any, isns_server: Any, iqn: str, listed: list[Any]) -> None:
+    """isnsadm (open-isns-utils), a second client independent of ours, sees the same
+    node (name, type Target) and the same Portal Groups (portal, PGT) as the reference
+    client: what is checked against SendTargets is what the server lists, not what
+    one client makes of it."""
+    view = isns_server.isnsadm_view(iqn)
+    if view is None:
+        target.evidence.note("isnsadm is not installed here: the reference client observed alone")
+        return
+    target.evidence.note(f"isnsadm sees nodes {list(view.nodes)}, portal groups "
+                         f"{list(view.portal_groups)}:\n{view.log}")  # fmt: skip
+    require(
+        (iqn, "Target") in view.nodes,
+        "R4171-5.6.5.2-1",
+        f"isnsadm, asking the {isns_server.kind} server for {iqn}, sees no such Target node "
+        f"(it sees {list(view.nodes)})",
+    )
+    ours = sorted((h, p, t) for h, p, t in listed)
+    theirs = sorted(view.portal_groups)
+    require(
+        ours == theirs,
+        "R4171-5.6.5.2-1",
+        f"isnsadm sees {iqn}'s portal groups (portal, PGT) as {theirs}, the reference "
+        f"client as {ours}: the two clients disagree on what the {isns_server.kind} server "
+        "lists",
+    )
+
+
 @spec(
     "iSNS.Registration.WhatIsServed",
     "RFC 4171 3.4",
@@ -79,8 +109,8 @@ def test_registration_is_what_is_served(target: Any, isns_server: Any) -> None:
         listed = isns_server.portals_of(reg.iqn)
         served = _send_targets(*reg.host_side)
         target.evidence.note(
-            f"{isns_server.kind} lists {reg.iqn} at {listed}; SendTargets at "
-            f"{reg.host_side[0]}:{reg.host_side[1]} answers {served}"
+            f"{isns_server.kind} lists {reg.iqn} at {listed} (reference iSNS client); "
+            f"SendTargets at {reg.host_side[0]}:{reg.host_side[1]} answers {served}"
         )
         require(
             bool(listed),
@@ -88,6 +118,7 @@ def test_registration_is_what_is_served(target: Any, isns_server: Any) -> None:
             f"the {isns_server.kind} server lists no portal for {reg.iqn} after {target.name} "
             "registered",
         )
+        _isnsadm_agrees(target, isns_server, reg.iqn, listed or [])
         mine = {(h, p, t) for name, h, p, t in served if name == reg.iqn}
         for host, port, pgt in listed or []:
             if pgt is None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from iscsi_conformance.harness.isns_run import RegisteredTarget
+from iscsi_conformance.harness.isns_run import IsnsadmView, RegisteredTarget
 from iscsi_conformance.plugin.spec import ConformanceViolation
 from suite_modules import Notes, load_suite
 
@@ -117,6 +117,14 @@ class Server:
             return None
         return [(h, p, 1) for h, p in alive]
 
+    #: what isnsadm sees instead of what the server lists (None: the same)
+    isnsadm_sees: IsnsadmView | None = None
+
+    def isnsadm_view(self, iqn: str) -> IsnsadmView:
+        if self.isnsadm_sees is not None:
+            return self.isnsadm_sees
+        return IsnsadmView(((iqn, "Target"),), tuple(self.portals_of(iqn) or ()), "")
+
     def check_alive(self) -> None:
         pass
 
@@ -131,6 +139,9 @@ def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _target() -> str:
     return Server().unique_iqn("target")
+
+
+_T = _target()
 
 
 def _fails(requirement: str, call: Any, *args: Any) -> str:
@@ -162,6 +173,54 @@ def test_a_registration_other_than_what_is_served_fails(
         Server(listed=listed),
     )
     assert says in message
+
+
+@pytest.mark.parametrize(
+    ("sees", "says"),
+    [
+        (IsnsadmView(((_T, "Target"),), ((HOST, 3260, 2),), ""), "the two clients disagree"),
+        (IsnsadmView(((_T, "Initiator"),), ((HOST, 3260, 1),), ""), "sees no such Target"),
+        (IsnsadmView((), (), ""), "sees no such Target"),
+    ],
+    ids=["other-pgt", "not-a-target", "no-node"],
+)
+def test_isnsadm_seeing_other_than_the_reference_client_fails(sees: IsnsadmView, says: str) -> None:
+    """isnsadm is the second observer: where it disagrees with the reference client
+    on the node or its portal groups, WhatIsServed fails."""
+    server = Server()
+    server.isnsadm_sees = sees
+    message = _fails("R4171-5.6.5.2-1", SUITE.test_registration_is_what_is_served, Target(), server)
+    assert says in message
+
+
+#: isnsadm 0.101's ``--query iscsi-name=`` answer, as read from isnsd and ours
+_ANSWER = f"""object[0] = <Network Entity>
+  0001  string      : Entity identifier = "172.24.0.2"
+  0007  uint32      : Entity index = 9
+object[1] = <iSCSI Storage Node>
+  0020  string      : iSCSI name = "{_T}"
+  0021  uint32      : iSCSI node type = Target
+object[2] = <Portal>
+  0010  ipaddr      : Portal IP address = 172.24.0.1
+  0011  uint32      : Portal TCP/UDP port = 3260/tcp
+object[3] = <iSCSI Portal Group>
+  0030  string      : Portal group name = "{_T}"
+  0031  ipaddr      : Portal group address = 172.24.0.1
+  0032  uint32      : Portal group port = 3260/tcp
+  0033  uint32      : Portal group tag = 1
+object[4] = <iSCSI Portal Group>
+  0030  string      : Portal group name = "iqn.2024-01.org.example:other"
+  0031  ipaddr      : Portal group address = 172.24.0.9
+  0032  uint32      : Portal group port = 3261/tcp
+  0033  uint32      : Portal group tag = 5
+"""
+
+
+def test_isnsadm_answer_is_read() -> None:
+    view = IsnsadmView.parse(_ANSWER, _T)
+    assert view.nodes == ((_T, "Target"),)
+    assert view.portal_groups == (("172.24.0.1", 3260, 1),)  # the other node's PG left out
+    assert IsnsadmView.parse("rc=1\nNo matching objects\n", _T).nodes == ()
 
 
 def test_a_restart_leaving_the_old_portal_listed_fails() -> None:

@@ -120,6 +120,39 @@ class DedicatedTgt:
             daemon.proc.wait(5)
 
 
+@dataclasses.dataclass(frozen=True)
+class IsnsadmView:
+    """isnsadm's ``--query`` answer for one node: its Storage Node objects
+    (name, node type) and its Portal Groups (address, port, PGT) named after it."""
+
+    nodes: tuple[tuple[str, str], ...]
+    portal_groups: tuple[tuple[str, int, int | None], ...]
+    log: str
+
+    @classmethod
+    def parse(cls, text: str, iqn: str, *, log: str = "") -> IsnsadmView:
+        """Read isnsadm's object dump (``object[N] = <...>`` then ``TAG type : Name = v``
+        lines): iSCSI name/node type (tags 32/33), Portal Group name/address/port/tag
+        (48-51; RFC 4171 6.5)."""
+        objects: list[dict[str, str]] = []
+        for line in text.splitlines():
+            if line.startswith("object[") or line.startswith("Object "):
+                objects.append({})
+                continue
+            parts = line.split(None, 2)
+            if objects and len(parts) == 3 and len(parts[0]) == 4 and "=" in parts[2]:
+                value = parts[2].split("=", 1)[1].strip().strip('"')
+                objects[-1][parts[0].lower()] = value
+        nodes = tuple((o["0020"], o.get("0021", "")) for o in objects if "0020" in o)
+        groups = []
+        for o in objects:
+            if o.get("0030") == iqn and "0031" in o and "0032" in o:
+                tag = o.get("0033")
+                port = int(o["0032"].split("/", 1)[0])
+                groups.append((o["0031"], port, int(tag) if tag and tag.isdigit() else None))
+        return cls(nodes, tuple(groups), log or text)
+
+
 class RunIsnsServer:
     """One iSNS server for a run; ``start()`` once, ``stop()`` on every exit."""
 
@@ -360,6 +393,44 @@ class RunIsnsServer:
         with contextlib.suppress(HarnessError, OSError):
             self._call(msg)
 
+    def isnsadm_view(self, iqn: str, *, observer: str, timeout: float = 20.0) -> IsnsadmView:
+        """What open-isns's ``isnsadm`` (this host's, a client independent of ours) sees
+        of node ``iqn``: registered as the initiator ``observer`` of the default
+        Discovery Domain, it asks DevAttrQry ``--query iscsi-name=IQN`` (5.6.5.2), and
+        deregisters. Raises ``PeerStartError`` when isnsadm is not installed."""
+        import shutil
+        import subprocess
+
+        tool = shutil.which("isnsadm") or shutil.which("isnsadm", path="/usr/sbin:/sbin")
+        if tool is None:
+            raise PeerStartError("isnsadm", "open-isns-utils is not installed on this host")
+        host, port = self.host_side
+        entity = f"{observer.rsplit(':', 1)[-1]}.isnsadm"
+        with tempfile.TemporaryDirectory(prefix="icc-isnsadm-") as tmp:
+            conf = Path(tmp) / "isnsadm.conf"
+            conf.write_text(f"ServerAddress = {host}:{port}\nSourceName = {observer}\n"
+                            f"Security = 0\nControlSocket = {tmp}/isnsctl\n")  # fmt: skip
+
+            def run(*args: str) -> str:
+                argv = [tool, "--config", str(conf), *args]
+                try:
+                    done = subprocess.run(
+                        argv, capture_output=True, text=True, timeout=timeout,
+                        stdin=subprocess.DEVNULL,
+                    )  # fmt: skip
+                except subprocess.TimeoutExpired:
+                    return f"$ isnsadm {' '.join(args)}\n(no answer within {timeout:.0f} s)\n"
+                return (f"$ isnsadm {' '.join(args)}\n(exit {done.returncode})\n"
+                        f"{done.stdout}{done.stderr}")  # fmt: skip
+
+            before = run("--register", f"entity={entity}", f"initiator={observer}")
+            after = ""
+            try:
+                answer = run("--query", f"iscsi-name={iqn}")
+            finally:
+                after = run("--deregister", f"iscsi-name={observer}")
+        return IsnsadmView.parse(answer, iqn, log=before + answer + after)
+
     # ------------------------------------------------------------------ targets
 
     @contextlib.contextmanager
@@ -500,6 +571,7 @@ __all__ = [
     "CHOICES",
     "KINDS",
     "DedicatedTgt",
+    "IsnsadmView",
     "ReferenceTargetProcess",
     "RegisteredTarget",
     "RunIsnsServer",

@@ -105,6 +105,19 @@ class IsnsServerUnderTest:
                 return list(found.portals)
         return None
 
+    def isnsadm_view(self, iqn: str) -> Any:
+        """What isnsadm, an independent client, sees of node ``iqn`` on this server
+        (``RunIsnsServer.isnsadm_view``). Without isnsadm: a failure in CI (provisioning
+        installs open-isns-utils), None elsewhere, and the test says so."""
+        from iscsi_conformance.errors import PeerStartError
+
+        try:
+            return self.server.isnsadm_view(iqn, observer=self.unique_iqn("isnsadm"))
+        except PeerStartError as exc:
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                pytest.fail(str(exc))
+            return None
+
     @contextlib.contextmanager
     def reference_target(
         self, iqn: str, *, port: int | None = None, esi_interval: int | None = None
