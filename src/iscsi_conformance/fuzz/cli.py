@@ -208,7 +208,7 @@ def main(argv: list[str]) -> int:
             health: Any = None
             accounts: Any = None
             if args.url == "reference":
-                from iscsi_conformance.fuzz.machine import Accounts, chap_toml
+                from iscsi_conformance.fuzz.accounts import Accounts, chap_toml
                 from iscsi_conformance.fuzz.reference import ReferenceSubject
 
                 accounts = Accounts.random()  # CHAP accounts (secrets never printed)
