@@ -474,6 +474,32 @@ def test_scn_over_udp_goes_to_each_portal(engine: ServerEngine) -> None:
     assert len({a.message.transaction_id for a in sent}) == 2
 
 
+def test_scn_is_not_delivered_to_the_portal_it_is_about(engine: ServerEngine) -> None:
+    """RFC 4171 5.6.5.8: with several Portals of the recipient registered with an SCN
+    Port, the SCN goes to one of them "provided that the selected Portal is not the
+    subject of the SCN". The recipient's entity re-registers its first Portal: the SCN
+    (Object Updated, about the entity's target) goes to the other Portal; a change that
+    does not touch a Portal leaves the first one chosen."""
+    c = Client(engine)
+    a = [*portal("127.0.0.1", 0), Attribute.of(Tag.SCN_PORT, I.port_value(5000))]
+    b = [*portal("127.0.0.2", 0), Attribute.of(Tag.SCN_PORT, I.port_value(5001))]
+    c.ask(register(INI, "e3", *a, *b, name(INI), Attribute.of(Tag.ISCSI_NODE_TYPE, 2),
+                   name(T2), Attribute.of(Tag.ISCSI_NODE_TYPE, 1)))  # fmt: skip
+    scn_reg = Message.request(FunctionId.SCN_REG, source=name(INI), keys=[name(INI)],
+                              operating=[Attribute.of(Tag.ISCSI_SCN_BITMAP, 0x1C)])  # fmt: skip
+    assert c.ask(scn_reg).status == 0
+    engine.take_outbound()
+    c.ask(
+        register(INI, "e3", *a, Attribute.of(Tag.PORTAL_SYMBOLIC_NAME, "one"))
+    )  # Portal 1 updated
+    (scn,) = engine.take_outbound()
+    assert [a.decoded() for a in scn.message.attributes[2:]] == [ScnEvent.OBJECT_UPDATED, T2]
+    assert (scn.host, scn.port) == ("127.0.0.2", 5001)
+    c.ask(target(T1, "e1"))  # no Portal of e3 is the subject: the first one serves
+    (scn,) = engine.take_outbound()
+    assert (scn.host, scn.port) == ("127.0.0.1", 5000)
+
+
 # ------------------------------------------------------------------ persistence
 
 

@@ -446,6 +446,7 @@ class ServerEngine:
         self._dirty = False
         self._xid = 0
         self._updated: set[str] = set()  # nodes re-registered by the request in hand
+        self._subjects: set[PortalKey] = set()  # Portals the request in hand changed
         self.events: list[str] = []  # what happened, for logs and tests
         for entity in self.db.entities.values():
             self._touch(entity, now, esi=True)
@@ -493,6 +494,7 @@ class ServerEngine:
     def handle_timer(self, now: float) -> None:
         """Expire registrations (6.2.6) and send, resend or give up on ESI (6.3.4)."""
         before = self._snapshot()
+        self._subjects = set()  # entities removed whole: their Portals are gone
         removed: set[str] = set()
         for eid, deadline in sorted(self._deadlines.items()):
             if deadline <= now and eid in self.db.entities:
@@ -570,7 +572,7 @@ class ServerEngine:
             if node is not None and node.eid in self.db.entities:
                 self._touch(self.db.entities[node.eid], now)  # 6.2.6: any message refreshes
             before = self._snapshot() if msg.function in _MUTATIONS else None
-            self._updated = set()
+            self._updated, self._subjects = set(), set()
             response = handler(msg, src, now)
             if before is not None and response.status == Status.SUCCESSFUL:
                 self._dirty = True
@@ -780,7 +782,10 @@ class ServerEngine:
         if len(attrs) == 2:
             return
         # To every Portal with a UDP SCN Port (2.9.2: "each Portal registered"), else to
-        # one Portal with a TCP SCN Port (6.3.7: "any one of the indicated Portals").
+        # one Portal with a TCP SCN Port (6.3.7: "any one of the indicated Portals"),
+        # "provided that the selected Portal is not the subject of the SCN" (5.6.5.8):
+        # not one the change in hand registered, updated or removed. If every one is,
+        # the SCN still goes to one (5.6.5.8's SHALL send it to one Portal).
         entity = self.db.entities.get(node.eid)
         ports = [
             (key, scn_port)
@@ -789,7 +794,8 @@ class ServerEngine:
             and (scn_port := portal.port_attr(Tag.SCN_PORT)) is not None
         ]
         udp = [(key, port) for key, port in ports if port[1]]
-        for key, (port, is_udp) in udp or ports[:1]:
+        chosen = [p for p in ports if p[0] not in self._subjects][:1] or ports[:1]
+        for key, (port, is_udp) in udp or chosen:
             msg = Message(FunctionId.SCN, self._next_xid(), int(Flag.SERVER), None, tuple(attrs))
             self._outbound.append(
                 Outbound("scn", _host(key[0]), port, msg, key, node.eid, udp=is_udp)
@@ -892,6 +898,7 @@ class ServerEngine:
             elif kind == "portal" and isinstance(what, tuple):
                 db.remove_portal(what)
                 self._esi.pop(what, None)
+                self._subjects.add(what)
         # apply
         if entity is None:
             entity = Entity(eid, db.entity_index(eid))
@@ -916,6 +923,7 @@ class ServerEngine:
                 entity.portals.append(key)
             portal.attrs.update(attrs)
             portal.attrs[int(Tag.PORTAL_INDEX)] = portal.index.to_bytes(4, "big")
+            self._subjects.add(key)
         for name, attrs in reg.nodes:
             node = db.nodes.get(name)
             if node is None:
@@ -1303,6 +1311,7 @@ class ServerEngine:
                 eid = portal.eid
                 db.remove_portal(what)
                 self._esi.pop(what, None)
+                self._subjects.add(what)
             else:
                 node = db.nodes.get(str(what))
                 if node is None:
