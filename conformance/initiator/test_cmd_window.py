@@ -18,9 +18,10 @@ judged on every non-immediate request against the largest valid MaxCmdSN it had
 received, and on completing a WRITE and READ (data compared) once the window opened:
 an initiator that stalls is reported too, since silence is not obeying.
 
-A command sent into the closed window is ignored by the target, so such an initiator
-would wait for an answer that never comes: once the breach is on record the proxy
-hangs up that connection, which bounds the test.
+A command sent into the closed window would be ignored by the target, and such an
+initiator would wait for an answer that never comes: the proxy records the breach and
+holds the command (and its Data-Out) until the target's own PDUs open the window that
+far, then passes it on, so the test ends in its usual time.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from iscsi_conformance.core.pdu import (
     LogoutRequest,
     NopOut,
     ScsiCommand,
+    ScsiDataOut,
     TaskManagementRequest,
     TextRequest,
 )
@@ -62,14 +64,18 @@ def _minus_one(sn: int) -> int:
 
 
 class _Window:
-    """Rewrite hook that passes everything on and follows, per connection, the largest
-    valid MaxCmdSN the initiator was told (RFC 7143 4.2.2.1's three rules); the first
-    non-immediate request beyond it is recorded and that connection hung up after it
-    (the hook runs in the proxy's event loop)."""
+    """Rewrite hook that follows, per connection, the largest valid MaxCmdSN the
+    initiator was told (RFC 7143 4.2.2.1's three rules). The first non-immediate
+    request beyond it is recorded as the breach. Such a request, and the Data-Out of
+    its task, are held by the proxy and passed to the target only once the target's
+    own PDUs have opened the window that far: the target would ignore it (4.2.2.1) and
+    the initiator wait for an answer in vain, and one breach is all the test needs.
+    The hook runs in the proxy's event loop."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.known: dict[int, int] = {}  # connection index -> MaxCmdSN
+        self.held: dict[int, list[Any]] = {}  # connection index -> PDUs held back
         self.breach: tuple[ObservedConnection, Any, int, float] | None = None
         self.breached = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None  # the proxy's, once seen
@@ -83,23 +89,36 @@ class _Window:
             if exp is None or mx is None or serial.lt(mx, _minus_one(exp)):
                 return pdu  # no window, or one the initiator must ignore
             with self.lock:
-                held = self.known.get(conn.index)
-                if held is None or serial.gt(mx, held):
+                known = self.known.get(conn.index)
+                if known is None or serial.gt(mx, known):
                     self.known[conn.index] = mx
-            return pdu
-        if not isinstance(pdu, _REQUESTS) or pdu.immediate or not conn.in_full_feature:
+                    self._release(conn, mx)
             return pdu
         with self.lock:
-            held = self.known.get(conn.index)
-            if held is None or serial.le(pdu.cmdsn, held) or self.breach is not None:
+            held = self.held.setdefault(conn.index, [])
+            if isinstance(pdu, ScsiDataOut) and any(p.itt == pdu.itt for p in held):
+                held.append(pdu)  # data of a held command follows it
+                return None
+            if not isinstance(pdu, _REQUESTS) or pdu.immediate or not conn.in_full_feature:
                 return pdu
-            self.breach = (conn, pdu, held, time.monotonic())
-        self.breached.set()
-        # The target ignores it, as 4.2.2.1 tells it to, and the initiator would wait
-        # for its answer in vain: the proxy (whose loop runs this hook) hangs up once
-        # the command has been passed on.
-        self.loop.call_later(0.1, conn.hang_up)
-        return pdu
+            known = self.known.get(conn.index)
+            if known is None or (serial.le(pdu.cmdsn, known) and not held):
+                return pdu
+            if self.breach is None and not serial.le(pdu.cmdsn, known):
+                self.breach = (conn, pdu, known, time.monotonic())
+                self.breached.set()
+            held.append(pdu)
+            return None
+
+    def _release(self, conn: ObservedConnection, maxcmdsn: int) -> None:
+        """Pass on, in order, the held PDUs the window now admits (lock held)."""
+        held = self.held.get(conn.index, [])
+        while held:
+            first = held[0]
+            if not isinstance(first, ScsiDataOut) and serial.gt(first.cmdsn, maxcmdsn):
+                return
+            held.pop(0)
+            conn.inject(first, "i->t", note="held by the proxy until the window opened")
 
     def hang_up_all(self, obs: Observer) -> None:
         """From the test's thread: the proxy closes every connection (an initiator
@@ -228,7 +247,7 @@ def test_closed_window_honoured(initiator: Any, target: Any, observed: Any) -> N
             ROW,
             f"{initiator.name} sent a non-immediate {type(pdu).__name__} with CmdSN "
             f"{pdu.cmdsn} beyond MaxCmdSN {held}, the largest it had been given "
-            f"({when}); the target ignored it",
+            f"({when}); the proxy held it until the window opened",
             sent=[pdu],
         )
     error = outcome.get("error")
