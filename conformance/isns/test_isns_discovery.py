@@ -349,13 +349,16 @@ def test_scn_acted_on(target: Any, isns_server: Any) -> None:
     pairing="initiator",
     role="initiator",
     requirements=["R4171-6.3.7-1", "R4171-5.6.5.8-2"],
-    needs=("initiator:isns",),
 )
 def test_initiator_acts_on_scn(initiator: Any, request: pytest.FixtureRequest) -> None:
     """An initiator registered for SCNs by its own iSNS client gets the SCN that a
     target's registration causes, and logs in to that target without polling; then
-    logs out once its node is deregistered. The run's server serves: isnsd with the
+    logs out once its node is deregistered. libiscsi, which has no iSNS client, gets
+    it through the reference-initiator bridge and logs in (the login is judged). The run's server serves: isnsd with the
     guest's tap in its container, or ours in a namespace of the cell's own."""
+    if initiator.name == "libiscsi":
+        _bridge_acts_on_scn(initiator, request.getfixturevalue("isns_server"))
+        return
     if initiator.name != "open-iscsi":
         pytest.skip(
             f"{initiator.name}: its SCN handling is judged by iSNS.Discovery.ScnActedOn"
@@ -374,6 +377,66 @@ def test_initiator_acts_on_scn(initiator: Any, request: pytest.FixtureRequest) -
         )
     finally:
         isns_server.check_alive()  # an isnsd that died sending SCNs is no failure of the guest
+
+
+def _bridge_acts_on_scn(initiator: Any, isns_server: Any) -> None:
+    """libiscsi has no iSNS client, so no SCN of its own: the bridge, the reference
+    initiator registered for SCNs as libiscsi's initiator node (``--watch``), gets the
+    SCN a reference target's registration causes (5.6.5.8), asks again as that node,
+    and libiscsi logs in to what the answer names. The SCN is the bridge's; the login
+    judged is libiscsi's."""
+    name = isns_server.unique_iqn("bridged")
+    iqn = isns_server.unique_iqn("scn-target")
+    host, port = isns_server.host_side
+    with tempfile.TemporaryDirectory(prefix="icc-isns-bridge-") as tmp:
+        out_path = Path(tmp) / "watch.log"
+        with out_path.open("w") as out:
+            watch = subprocess.Popen(
+                [*CLI, "initiator", "discover", f"isns://{host}:{port}", "-i", name,
+                 "--timeout", "5", "--watch", str(int(TIMEOUT) + 10)],
+                stdout=out, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+        try:
+            time.sleep(2.0)  # registered with its SCN port before the change
+            require(watch.poll() is None, "R4171-5.6.5.8-1",
+                    f"the bridge's watch ended: {out_path.read_text()}")  # fmt: skip
+            with isns_server.reference_target(iqn):
+                deadline, text = time.monotonic() + TIMEOUT, ""
+                while time.monotonic() < deadline:
+                    text = out_path.read_text()
+                    if "SCN: " in text and f"Target: {iqn}\n" in text:
+                        break
+                    time.sleep(0.3)
+                watch.terminate()
+                watch.wait(10)
+                initiator.evidence.note(
+                    f"{bridge(initiator)}; the bridge registered for SCNs as {name} "
+                    f"(reference initiator --watch):\n{text}"
+                )
+                isns_server.check_alive()
+                require(
+                    "SCN: " in text and f"Target: {iqn}\n" in text,
+                    "R4171-5.6.5.8-1",
+                    f"no SCN naming {iqn} reached the bridge registered as {name}, or it did "
+                    f"not list the target after it, within {TIMEOUT:.0f} s",
+                )
+                found = [(h, p, tag) for t in isns_server.discover(name, timeout=TIMEOUT / 2)
+                         if t.name == iqn for h, p, tag in t.portals]  # fmt: skip
+                require(bool(found), "R4171-5.6.5.8-1",
+                        f"after the SCN, {iqn} is not listed to {name}")  # fmt: skip
+                at_host, at_port, tag = found[0]
+                try:
+                    _login(initiator, iqn, at_host, at_port, tag, name)
+                except LoginError as exc:
+                    raise violation(
+                        "R4171-5.6.5.8-2",
+                        f"{initiator.name} could not log in to {iqn} at {at_host}:{at_port}, "
+                        f"which the SCN announced and iSNS lists: {exc}",
+                    ) from exc
+        finally:
+            if watch.poll() is None:
+                watch.kill()
+                watch.wait(5)
 
 
 def scn_in_guest(

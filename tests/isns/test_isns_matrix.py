@@ -231,6 +231,31 @@ def test_no_scn_fails(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         real.stop_thread()
 
 
+def test_bridge_without_scn_fails(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """libiscsi's bridge: a target that never registers, so the reference initiator
+    watching as libiscsi's node gets no SCN, and libiscsi is never sent to log in."""
+    from iscsi_conformance.isns.server import ISNSServer
+
+    class Silent(Server):
+        @contextlib.contextmanager
+        def reference_target(self, iqn: str) -> Iterator[None]:
+            yield None  # started, never registered
+
+    real = ISNSServer("127.0.0.1", 0, db_path=tmp_path / "isns.json")
+    real.start_in_thread()
+    try:
+        server = Silent(("127.0.0.1", 1), ("127.0.0.1", 1, 1))
+        server.address = server.host_side = ("127.0.0.1", real.port)
+        monkeypatch.setattr(SUITE, "TIMEOUT", 2.0)
+        driver = Driver()
+        initiator = Initiator("libiscsi", driver)
+        message = _fails("R4171-5.6.5.8-1", SUITE._bridge_acts_on_scn, initiator, server)
+        assert "reached the bridge" in message
+        assert driver.logins == []
+    finally:
+        real.stop_thread()
+
+
 def test_server_choice() -> None:
     assert resolve_kind(None, docker=True) == "isnsd"
     assert resolve_kind("auto", docker=False) == "reference"
