@@ -569,7 +569,8 @@ async def _window_nop_in(ffp: FullFeature) -> Any:
 async def test_window_closed_then_reopened(target: Any) -> None:
     """A target that closes its command window mid-session (a dedicated reference
     target, through its test API) announces MaxCmdSN = ExpCmdSN - 1 in a NOP-In,
-    ignores a non-immediate command sent into the closed window, still answers an
+    ignores a non-immediate command sent into the closed window (a NOP-Out, and a
+    TEST UNIT READY with the same CmdSN, ExpCmdSN: SCSI commands too), still answers an
     immediate NOP-Out, announces the reopened window in a NOP-In, and then executes
     the command sent again with the same CmdSN."""
     with target.dedicated() as inst:
@@ -587,6 +588,9 @@ async def test_window_closed_then_reopened(target: Any) -> None:
             sn = ffp.cmdsn
             held = P.NopOut(itt=0x7001, ttt=0xFFFFFFFF, cmdsn=sn, expstatsn=ffp.expstatsn)
             await ffp.send(held)
+            tur = P.ScsiCommand(final=True, lun=0, itt=0x7003, cmdsn=sn,
+                                expstatsn=ffp.expstatsn, cdb=cdb.test_unit_ready())  # fmt: skip
+            await ffp.send(tur)
             early = await ffp.drain(1.0)
             require(
                 not any(isinstance(p, P.NopIn) and p.itt == held.itt for p in early),
@@ -594,6 +598,14 @@ async def test_window_closed_then_reopened(target: Any) -> None:
                 f"the NOP-Out with CmdSN {sn}, outside the closed window "
                 f"(MaxCmdSN {closed.maxcmdsn}), was answered",
                 sent=[held],
+                received=[closed, *early],
+            )
+            require(
+                not any(isinstance(p, P.ScsiResponse) and p.itt == tur.itt for p in early),
+                "R7143-4.2.2.1-2",
+                f"the TEST UNIT READY with CmdSN {sn}, outside the closed window "
+                f"(MaxCmdSN {closed.maxcmdsn}), was executed",
+                sent=[held, tur],
                 received=[closed, *early],
             )
             ping, pong = await ffp.nop(b"closed", immediate=True)

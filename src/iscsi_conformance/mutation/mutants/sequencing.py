@@ -193,6 +193,34 @@ def outside_executed(p: Patcher) -> None:
 
 
 @mutant(
+    "Sequencing.Window.ClosedRunsScsiCommand",
+    "sequencing",
+    "a SCSI command at ExpCmdSN runs although the window is closed (MaxCmdSN = ExpCmdSN "
+    "- 1; 4.2.2.1: ignored), the reference target's bug before issue 16",
+    catches=["FullFeature.Sequencing.WindowClosedThenReopened"],
+)
+def closed_runs_scsi(p: Patcher) -> None:
+    def make(old: Any) -> Any:
+        def on_scsi_command(self: TaskIO, pdu: P.ScsiCommand, now: float) -> None:
+            s = self.session
+            if (
+                s is not None
+                and s.target is not None
+                and not pdu.immediate
+                and pdu.cmdsn == s.expcmdsn
+                and not le(pdu.cmdsn, s.maxcmdsn)
+            ):
+                s.expcmdsn = add_mod(pdu.cmdsn, 1)
+                self._create_task(pdu, deliver=True)
+                return
+            old(self, pdu, now)
+
+        return on_scsi_command
+
+    p.wrap(TaskIO, "on_scsi_command", make)
+
+
+@mutant(
     "Sequencing.Window.AheadExecutedAtOnce",
     "sequencing",
     "a command ahead of ExpCmdSN runs at once instead of in CmdSN order (3.2.2.1)",
