@@ -90,10 +90,13 @@ _DISCOVERY_TIMEOUTS = (
     "'discovery.sendtargets.reopen_max = 1'"
 )
 #: ... and each step of a round is killed (a ``hang``) only well past them: discovery
-#: 2 x 5 s; login 5 s (node login_timeout) x 2 tries; a read: the SCSI command timeout
-#: (set to 5 s) then the kernel's error handler (abort 15 s, LU reset 30 s, target reset
-#: 30 s, host reset 60 s, iscsid.conf); logout 15 s (logout_timeout).
-STEPS = {"discovery": 40, "login": 40, "read": 180, "logout": 40}
+#: 2 x 5 s; login 5 s (node login_timeout) x 2 tries, and then the kernel's scan of the
+#: new session (node.session.scan = auto: iscsiadm returns after it), whose INQUIRY,
+#: when its answer is lost, waits for the SCSI timeout and error handler as a read does
+#: (seen: an Abort Task 62 s after the INQUIRY); a read: the SCSI command timeout (set to
+#: 5 s) then the error handler (abort 15 s, LU reset 30 s, target reset 30 s, host reset
+#: 60 s, iscsid.conf); logout 15 s (logout_timeout).
+STEPS = {"discovery": 40, "login": 200, "read": 180, "logout": 40}
 _OOPS = re.compile(r"Oops|BUG:|Kernel panic|general protection fault|Call Trace:|KASAN")
 
 
