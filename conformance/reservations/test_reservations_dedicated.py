@@ -2,8 +2,9 @@
 a power cycle (APTPL), and a second target port (ALL_TG_PT). Each test runs on a
 dedicated reference target instance (``target.dedicated()``, capability
 ``dedicated_instance``), which it restarts or gives two portal groups without touching
-the run's shared target; other targets skip, their report saying which capability
-was missing."""
+the run's shared target; the APTPL test also runs on a LIO target of its own when
+ISCSI_CONFORMANCE_CLUSTER_HEAVY=1 (``target.power_cyclable()``); other targets skip,
+their report saying which capability was missing."""
 
 from __future__ import annotations
 
@@ -37,15 +38,16 @@ async def read_keys(ffp: FullFeature) -> tuple[list[int], Any]:
     "Reservations.Persistent.AptplSurvivesPowerCycle",
     "SPC-4 5.13.5",
     requirements=["RSPC4-5.9-10"],
-    needs=NEEDS,
+    needs=("persistent_reservations",),
 )
 async def test_aptpl_survives_power_cycle(target: Any) -> None:
     """A registration and a reservation made with APTPL=1 are there after the target is
     stopped and started again (a power cycle, its state directory kept): once the
     application client enables persist through power loss, the device server shall
-    preserve them across any power cycle (SPC-4 5.13.5.1)."""
+    preserve them across any power cycle (SPC-4 5.13.5.1). On LIO (tox -e cluster) the
+    power cycle is that of a logical unit of the test's own (``target.power_cyclable()``)."""
     isid = random_isid()
-    with target.dedicated() as inst:
+    with target.power_cyclable() as inst:
         async with full_feature(inst, isid=isid) as a:
             reg = await pr_out(a, REGISTER, sa_key=KEY, aptpl=True)
             if reg.status != GOOD:

@@ -19,6 +19,8 @@
 #   lio discovery-auth USER SECRET [MUTUAL_USER MUTUAL_SECRET]
 #   lio enable IQN | lio disable IQN
 #   lio delete IQN                         target, its LUNs and their backstores
+#   lio power-cycle IQN                    the target's devices freed and made again from
+#                                          their medium and the APTPL files LIO wrote
 #   lio show [IQN]                         the configuration, secrets left out
 set -eu
 
@@ -162,6 +164,55 @@ delete)
         rmdir "$s"
         rm -f "$DATA/$(basename "$s").img"
     done
+    ;;
+power-cycle)
+    # A power loss of the target's logical units as the device server sees it: each
+    # device (its in-kernel registrations and reservation) is freed, then made again
+    # from what survives a power loss: its medium file, its unit serial number, and the
+    # dbroot/pr/aptpl_<serial> file LIO wrote when APTPL was set. The file's records go
+    # back through pr/res_aptpl_metadata before the device is exported, as targetcli's
+    # restoreconfig does at boot (the kernel accepts them only while no export exists).
+    t=$(tpg "$1")
+    [ -d "$t" ] || { echo "lio: no target $1" >&2; exit 1; }
+    put "$t/enable" 0
+    saved=""
+    for l in "$t"/lun/lun_*/; do
+        [ -d "$l" ] || continue
+        for s in "$l"*; do
+            [ -L "$s" ] || continue
+            dev=$(readlink -f "$s")
+            saved="$saved $(basename "$l"):$dev"
+            rm "$s"
+        done
+        rmdir "$l"
+    done
+    for entry in $saved; do
+        lun=${entry%%:*} dev=${entry#*:}
+        serial=$(sed 's/^.*: //' "$dev/wwn/vpd_unit_serial")
+        bs=$(cat "$dev/attrib/block_size")
+        size=$(sed -n 's/.*File: .* Size: \([0-9]*\).*/\1/p' "$dev/info")
+        rmdir "$dev"
+        mkdir "$dev"
+        put "$dev/control" "fd_dev_name=$DATA/$(basename "$dev").img,fd_dev_size=$size"
+        put "$dev/wwn/vpd_unit_serial" "$serial"
+        put "$dev/enable" 1
+        put "$dev/attrib/block_size" "$bs"
+        restored=0
+        if [ -f "$DATA/dbroot/pr/aptpl_$serial" ]; then
+            rec=""
+            while IFS= read -r line; do
+                case "$line" in
+                PR_REG_START*) rec="" ;;
+                PR_REG_END*) put "$dev/pr/res_aptpl_metadata" "$rec"; restored=$((restored + 1)) ;;
+                *=*) rec="${rec:+$rec,}$line" ;;
+                esac
+            done < "$DATA/dbroot/pr/aptpl_$serial"
+        fi
+        echo "$(basename "$dev"): power-cycled, $restored APTPL registration(s) restored"
+        mkdir "$t/lun/$lun"
+        ln -s "$dev" "$t/lun/$lun/$(basename "$dev")"
+    done
+    put "$t/enable" 1
     ;;
 show)
     base=$CFS/iscsi

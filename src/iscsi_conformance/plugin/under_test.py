@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,9 @@ import pytest
 
 from iscsi_conformance.harness.profiles import PROFILES, REFERENCE_INITIATOR_NAME, Credentials
 from iscsi_conformance.peers.base import ChapAccount, InitiatorDriver, Manifest, TargetEndpoint
+
+#: Heavy cluster work (tox -e cluster) is asked for with this variable.
+ENV_CLUSTER_HEAVY = "ISCSI_CONFORMANCE_CLUSTER_HEAVY"
 
 
 @dataclasses.dataclass
@@ -280,6 +284,35 @@ class TargetUnderTest:
         finally:
             instance.close()
 
+    @contextlib.contextmanager
+    def power_cyclable(self) -> Iterator[TargetUnderTest]:
+        """A target of this test alone whose ``restart()`` is a power cycle (APTPL, SPC-4
+        5.13.5): the reference target's dedicated instance, or, with
+        ``ISCSI_CONFORMANCE_CLUSTER_HEAVY=1``, a LIO target of the test's own (its own
+        IQN and backstore in the run's LIO guest, ``LioOwnTarget``). Elsewhere the test
+        skips, naming the capability."""
+        from iscsi_conformance.harness.profiles import capability_satisfied
+
+        driver = None if self.external else getattr(self.entry, "driver", None)
+        if os.environ.get(ENV_CLUSTER_HEAVY) and hasattr(driver, "power_cycle"):
+            lio = LioOwnTarget(self)
+            try:
+                yield lio
+            finally:
+                lio.close()
+            return
+        if self.external or not capability_satisfied(self.manifest, "dedicated_instance"):
+            extra = (
+                f" (LIO offers one with {ENV_CLUSTER_HEAVY}=1)"
+                if hasattr(driver, "power_cycle")
+                else ""
+            )
+            pytest.skip(
+                f"{self.name} does not declare capability 'dedicated_instance' (manifest){extra}"
+            )
+        with self.dedicated() as inst:
+            yield inst
+
 
 class InitiatorUnderTest:
     def __init__(self, entry: Any, evidence: Evidence) -> None:
@@ -369,3 +402,51 @@ class DedicatedTarget(TargetUnderTest):
 
     def close(self) -> None:
         self.driver.stop()
+
+
+class LioOwnTarget(TargetUnderTest):
+    """A LIO target of one test alone in the run's LIO guest: its own IQN and fileio
+    backstore (1 MiB, demo-mode ACLs), deleted on ``close()``. ``restart()`` is a power
+    cycle of its logical unit (``LioTarget.power_cycle``): the device and its in-kernel
+    reservation state are freed and made again from the medium and the APTPL file LIO
+    wrote, as at boot; the run's shared target is not touched. One portal group only."""
+
+    def __init__(self, parent: TargetUnderTest) -> None:
+        import secrets
+
+        from iscsi_conformance.harness.profiles import IQN_PREFIX
+        from iscsi_conformance.peers.base import LunSpec, TargetSpec
+
+        super().__init__(parent.entry, parent.credentials, parent.evidence, allow_dataloss=True)
+        self.name = f"{parent.name} (own target)"
+        self.driver: Any = parent.entry.driver
+        self.iqn = f"{IQN_PREFIX}:own-{secrets.token_hex(3)}"
+        self._endpoint = self.driver.configure(
+            TargetSpec(iqn=self.iqn, luns=(LunSpec(1024 * 1024),))
+        )
+
+    def __repr__(self) -> str:
+        return f"LioOwnTarget({self.iqn!r})"
+
+    @property
+    def external(self) -> bool:
+        return False
+
+    @property
+    def lun(self) -> int:
+        return 0
+
+    def endpoint(self, profile: str = "default") -> TargetEndpoint:
+        if profile != "default":
+            pytest.skip(f"{self.name} has one portal group, not profile {profile!r}")
+        return self._endpoint  # type: ignore[no-any-return]
+
+    def chap_for(self, profile: str) -> tuple[ChapAccount | None, ChapAccount | None]:
+        return None, None
+
+    def restart(self) -> None:
+        """A power cycle of the target's logical unit (``lio power-cycle``)."""
+        self.driver.power_cycle(self.iqn)
+
+    def close(self) -> None:
+        self.driver.deconfigure(self.iqn)
