@@ -5,6 +5,8 @@ asked through the reference iSNS client as an observer of the default Discovery
 Domain (DevAttrQry, 5.6.5.2), and, in WhatIsServed, also through open-isns's isnsadm
 (this host's open-isns-utils, a second, independent client) with ``--query
 iscsi-name=``: both must see the node as a Target and the same portals and PGTs.
+isnsadm also checks the end state of ReplacedAfterRestart (the new portal alone) and of
+DeregisteredAtStop (no node).
 
 - the registration is what the target serves: every Portal listed for its node, with
   its Portal Group Tag, is one the target itself announces in a SendTargets answer
@@ -167,6 +169,16 @@ def test_restart_replaces_the_old_registration(target: Any, isns_server: Any) ->
             f"after the restart the {isns_server.kind} server lists {iqn} at {listed}, not at "
             f"{new[0]}:{new[1]} alone: the old portal {old[0]}:{old[1]} was not replaced",
         )
+        view = isns_server.isnsadm_view(iqn)
+        if view is not None:
+            target.evidence.note(f"isnsadm sees portal groups {list(view.portal_groups)}")
+            seen = sorted({(h, p) for h, p, _t in view.portal_groups})
+            require(
+                seen == [new],
+                "R4171-5.6.5.1-1",
+                f"isnsadm sees {iqn} at {seen} after the restart, not at {new[0]}:{new[1]} "
+                "alone: the old portal was not replaced",
+            )
 
 
 @spec(
@@ -191,6 +203,13 @@ def test_stop_deregisters(target: Any, isns_server: Any) -> None:
         "R4171-5.6.5.4-1",
         f"{SETTLE:.0f} s after {target.name} stopped, the {isns_server.kind} server still lists "
         f"{reg.iqn}: it did not deregister (DevDereg)",
+    )
+    view = isns_server.isnsadm_view(reg.iqn)
+    require(
+        view is None or not view.nodes,
+        "R4171-5.6.5.4-1",
+        f"after {target.name} stopped, isnsadm still sees {reg.iqn} on the {isns_server.kind} "
+        f"server: {list(view.nodes) if view else []}",
     )
 
 

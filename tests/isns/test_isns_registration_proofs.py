@@ -123,7 +123,8 @@ class Server:
     def isnsadm_view(self, iqn: str) -> IsnsadmView:
         if self.isnsadm_sees is not None:
             return self.isnsadm_sees
-        return IsnsadmView(((iqn, "Target"),), tuple(self.portals_of(iqn) or ()), "")
+        listed = self.portals_of(iqn)
+        return IsnsadmView(((iqn, "Target"),) if listed else (), tuple(listed or ()), "")
 
     def check_alive(self) -> None:
         pass
@@ -191,6 +192,21 @@ def test_isnsadm_seeing_other_than_the_reference_client_fails(sees: IsnsadmView,
     server.isnsadm_sees = sees
     message = _fails("R4171-5.6.5.2-1", SUITE.test_registration_is_what_is_served, Target(), server)
     assert says in message
+
+
+def test_isnsadm_seeing_the_old_portal_or_a_stopped_node_fails() -> None:
+    """isnsadm's end state counts too: the old portal still seen after a restart fails
+    ReplacedAfterRestart, a node still seen after the stop fails DeregisteredAtStop."""
+    server = Server()
+    server.isnsadm_sees = IsnsadmView((), ((HOST, 40001, 1), (HOST, 40002, 1)), "")
+    message = _fails(
+        "R4171-5.6.5.1-1", SUITE.test_restart_replaces_the_old_registration, Target(), server
+    )
+    assert "isnsadm sees" in message
+    server = Server()
+    server.isnsadm_sees = IsnsadmView(((_T, "Target"),), (), "")
+    message = _fails("R4171-5.6.5.4-1", SUITE.test_stop_deregisters, Target(), server)
+    assert "isnsadm still sees" in message
 
 
 #: isnsadm 0.101's ``--query iscsi-name=`` answer, as read from isnsd and ours
