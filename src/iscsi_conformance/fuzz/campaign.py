@@ -148,6 +148,11 @@ COVERAGE_CELLS = [
 ] + [("unknown", ph) for ph in _PHASES]
 
 
+def _is_cold_reset(raw: bytes) -> bool:
+    """A Task Management Function Request for TARGET COLD RESET (RFC 7143 11.5.1)."""
+    return len(raw) > 1 and raw[0] & 0x3F == 0x02 and raw[1] & 0x7F == 7
+
+
 def _label_opcode(raw: bytes) -> str:
     cls = P.PDU_CLASSES.get(raw[0] & 0x3F) if raw else None
     if cls is None or not cls.is_request:
@@ -325,6 +330,9 @@ class Campaign:
         self._dead = False
         self._restart_lock = asyncio.Lock()
         self._restarted_at = 0.0
+        # TARGET COLD RESETs sent by any worker: one closes every connection of the
+        # target (RFC 7143 11.5.1), a connection a reinstatement let in included
+        self._cold_resets = 0
         # local port -> (login keys, transcript) of live sessions, for health events
         self._transcripts: dict[int, tuple[str, list[tuple[str, str]], list[bytes]]] = {}
         self._recent: list[tuple[str, list[tuple[str, str]], list[bytes]]] = []
@@ -477,6 +485,7 @@ class Campaign:
                     immediate=True, itt=ping_itt, cmdsn=s.cmdsn, expstatsn=s.expstatsn, data=PING
                 )
                 out = [raw for c in cases for raw in c.pdus]
+                self._cold_resets += sum(map(_is_cold_reset, out))
                 transcript.extend(out)
                 del transcript[:-TRANSCRIPT_CASES]
                 wire.writer.write(
@@ -620,6 +629,7 @@ class Campaign:
         rsp, _ = await login(lead, keys, isid=isid, timeout=self._io(), result=got)
         res = got[0]
         s = Session(cmdsn=rsp.expcmdsn, expstatsn=(rsp.statsn + 1) & 0xFFFFFFFF)
+        resets = self._cold_resets
         second = await _connect(self.host, self.port, self._io())
         wires.append(second)
         join: dict[str, Any] = {
@@ -650,7 +660,7 @@ class Campaign:
                 if isinstance(pdu, P.NopIn) and pdu.itt == 0xF0F0_0002:
                     break
         except (ConnectionError, TimeoutError, OSError, ProtocolError) as exc:
-            if self._time_left() > 0.5:
+            if self._time_left() > 0.5 and self._cold_resets == resets:
                 self._fail("reinstatement", f"new {what} not served",
                            f"after a {what} reinstatement the new connection's NOP-Out got "
                            f"{type(exc).__name__}: {exc}", "ffp", keys, [P.encode(ping)],
