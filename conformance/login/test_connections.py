@@ -18,7 +18,7 @@ import pytest
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.login import OPERATIONAL, SECURITY
-from iscsi_conformance.harness.probe import FullFeature, random_isid
+from iscsi_conformance.harness.probe import FullFeature, Outcome, random_isid
 from iscsi_conformance.harness.profiles import OTHER_INITIATOR_NAME
 from iscsi_conformance.plugin import require, spec, violation
 from iscsi_conformance.scsi import cdb
@@ -618,4 +618,62 @@ async def test_connection_reinstatement(target: Any) -> None:
                 "connection 0 stopped answering after CID 1 was reinstated",
                 sent=[*probe.sent, ping],
                 received=[*probe.received, *ffp.shown(answer)],
+            )
+
+
+@spec(
+    "Login.Connections.ReinstatementSingleConnection",
+    "RFC 7143 6.3.4",
+    requirements=["R7143-6.3.4-1"],
+)
+async def test_connection_reinstatement_single(target: Any) -> None:
+    """A session of one connection (MaxConnections=1, ErrorRecoveryLevel=0) whose CID is
+    reinstated by a second login with its ISID, TSIH and CID: the old connection is
+    logged out (RFC 7143 6.3.4: "The Login Request performs the logout function of the
+    old connection"), so it must not answer a NOP-Out, and the new one must (6.3.4: "in
+    addition to the implicit logout of the old connection, reinstatement is equivalent
+    to a new connection login"). A target may refuse the second connection below
+    ErrorRecoveryLevel 2 (6.3.4 makes supporting it a SHOULD there): then it skips.
+    RFC 7143 6.3.4, full text read in Mango0x45/dotfiles doc/rfc/rfc7143.txt."""
+    keys = [("MaxConnections", "1"), ("ErrorRecoveryLevel", "0")]
+    async with target.raw() as raw, target.raw() as raw2:
+        lead = await target.login(raw, keys=keys)
+        old = FullFeature(raw, lead)
+        await old.clear_unit_attention(target.lun)
+        lead.cmdsn = old.cmdsn
+        probe = await _add_connection(target, raw2, lead, cid=lead.cid)
+        if not probe.in_full_feature:
+            pytest.skip(
+                f"the target did not let CID {lead.cid} of a one-connection session be "
+                f"reinstated ({_why_not_in(probe)}); RFC 7143 6.3.4 makes that a SHOULD "
+                "below ErrorRecoveryLevel 2"
+            )
+        ping, answer = await _nop(old)
+        gone = old.no_answer
+        if isinstance(answer, P.NopIn):
+            raise violation(
+                "R7143-6.3.4-1",
+                f"the old connection (CID {lead.cid}) answered a NOP-Out after a login with "
+                "its ISID, TSIH and CID had reinstated it: that login performs its logout",
+                sent=[*probe.sent, ping],
+                received=[*probe.received, *old.shown(answer)],
+            )
+        if not (answer is None and gone is not None and gone.outcome is Outcome.CLOSED):
+            require(
+                await raw.expect_closed(timeout=10),
+                "R7143-6.3.4-1",
+                f"the old connection (CID {lead.cid}) stayed open 10 s after it was "
+                f"reinstated (its NOP-Out got {answer or gone})",
+                sent=[*probe.sent, ping],
+                received=probe.received,
+            )
+        new = FullFeature(raw2, probe)
+        new.cmdsn = old.cmdsn
+        ping2, answer2 = await _nop(new)
+        if not isinstance(answer2, P.NopIn):
+            raise violation(
+                "R7143-6.3.4-1",
+                "the connection that reinstated the old one did not answer a NOP-Out",
+                sent=[*probe.sent, ping2],
+                received=[*probe.received, *new.shown(answer2)],
             )

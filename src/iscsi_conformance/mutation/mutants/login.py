@@ -274,6 +274,25 @@ def no_reinstatement(p: Patcher) -> None:
 
 
 @mutant(
+    "Login.Connections.ReinstatedConnectionKept",
+    "login",
+    "a login with the ISID, TSIH and CID of a live connection succeeds but the old "
+    "connection is neither logged out nor closed and goes on answering (6.3.4), as tgt 1.0.85",
+    catches=["Login.Connections.ReinstatementSingleConnection"],
+)
+def reinstated_connection_kept(p: Patcher) -> None:
+    from iscsi_conformance.core.login import ConnectionReinstated
+
+    def make(old: Any) -> Any:
+        def receive(self: ConnectionLogin, req: P.LoginRequest) -> Any:
+            return [e for e in old(self, req) if not isinstance(e, ConnectionReinstated)]
+
+        return receive
+
+    p.wrap(ConnectionLogin, "receive", make)
+
+
+@mutant(
     "Login.Session.DiscoveryScsiIgnored",
     "login",
     "a SCSI Command in a Discovery session is silently ignored, neither rejected nor answered (4.3)",
