@@ -123,6 +123,9 @@ def test_failure_grade_of_what_no_violation_names() -> None:
     assert failure_grade(_info("SHOULD"), PeerDied("tgtd exited 139")) == "must"
     assert failure_grade(_info("MAY"), TypeError("ours")) == "must"
     assert failure_grade(_info("MAY"), None) == "must"
+    # a test whose setup failed (e.g. a login with a valid profile refused) judged
+    # nothing: it fails, an informational test's own level does not hide it
+    assert failure_grade(_info("MAY"), violation("harness", "could not log in")) == "must"
     assert isinstance(PeerDied("x"), ConformanceViolation)
 
 

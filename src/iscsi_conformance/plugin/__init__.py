@@ -605,12 +605,20 @@ def _target_died(item: pytest.Item) -> str | None:
 _PEER_CAUSED = (AssertionError, TimeoutError, ConnectionError, EOFError, ProtocolError)
 
 
+#: The requirement a violation names when the test's own setup failed (a login with a
+#: valid profile refused, a precondition the peer did not give): no verdict on the rule
+#: the test checks, so it is graded ``must`` whatever that rule's level.
+HARNESS = "harness"
+
+
 def failure_grade(info: SpecInfo, exc: BaseException | None) -> grading.Grade:
     """The grade of a failed test: the level of the requirement its violation names
     (the violation's own, else the catalog's), else the test's strongest reference. A
-    dead target, and an error no peer caused, are ``must``."""
+    dead target, an error no peer caused, and a failed setup (``harness``) are ``must``."""
     if isinstance(exc, PeerDied) or not isinstance(exc, _PEER_CAUSED):
         return grading.MUST
+    if isinstance(exc, ConformanceViolation) and exc.requirement == HARNESS:
+        return grading.MUST  # the test could not run: never hidden behind its own level
     if isinstance(exc, ConformanceViolation):
         from iscsi_conformance.plugin.catalog import level_of
 
