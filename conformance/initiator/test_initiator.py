@@ -378,7 +378,10 @@ def test_tsih_zero(initiator: Any, target: Any, observed: Any) -> None:
     requirements=["R7143-11.12-7"],
 )
 def test_constant_fields(initiator: Any, target: Any, observed: Any) -> None:
-    """ISID, TSIH, CID, Version-max and Version-min stay the same through the login; min <= max."""
+    """TSIH, CID, Version-max and Version-min stay the same through the login; min <= max.
+
+    RFC 7143 11.12.4-11.12.7 bind those four with MUST; no keyword binds the ISID to stay
+    the same (11.12.5), so a changed ISID is reported as informational (R7143-11.12-7)."""
     obs = _run(initiator, target, observed, "chap", write=False, read=False)
     for conn in _all_connections(obs):
         reqs = _login_requests(conn)
@@ -390,6 +393,7 @@ def test_constant_fields(initiator: Any, target: Any, observed: Any) -> None:
                     "R7143-11.12-7",
                     f"{name} changed during the login: {getattr(first, name)} then {getattr(req, name)}",
                     sent=_shown(reqs),
+                    level="INFORMATIONAL" if name == "isid" else None,
                 )
             require(
                 req.version_min <= req.version_max,
@@ -1725,8 +1729,9 @@ def test_async_vendor_event(initiator: Any, target: Any, observed: Any) -> None:
 def test_send_targets_all(initiator: Any, target: Any, observed: Any) -> None:
     """Discovery asks SendTargets=All in a final Text Request with a real ITT and TTT 0xffffffff.
 
-    The single-PDU, single-key request is a MUST (RFC 7143 C); the F bit, ITT and TTT
-    clauses have no keyword read and are checked as informational (R7143-13.3-5)."""
+    The single-PDU, single-key request is a MUST (RFC 7143 C), and so is an ITT other than
+    0xffffffff (RFC 7143 11.2.1.8); the F bit and TTT clauses have no keyword and are
+    checked as informational (R7143-13.3-5)."""
     ep, obs = observed()
     found = initiator.driver.discover(ep.host, ep.port)
     _settle(obs)
@@ -1744,10 +1749,16 @@ def test_send_targets_all(initiator: Any, target: Any, observed: Any) -> None:
             sent=[first],
         )
         require(
-            first.final and first.itt != NONE_TAG and first.ttt == NONE_TAG,
+            first.itt != NONE_TAG,
             "R7143-13.3-5",
-            f"SendTargets request: F={int(first.final)}, ITT 0x{first.itt:08x}, "
-            f"TTT 0x{first.ttt:08x} (F=1, a fresh ITT and TTT 0xffffffff expected)",
+            "SendTargets request with the reserved ITT 0xffffffff (RFC 7143 11.2.1.8)",
+            sent=[first],
+        )
+        require(
+            first.final and first.ttt == NONE_TAG,
+            "R7143-13.3-5",
+            f"SendTargets request: F={int(first.final)}, TTT 0x{first.ttt:08x} "
+            "(F=1 and TTT 0xffffffff expected)",
             sent=[first],
             level="INFORMATIONAL",
         )

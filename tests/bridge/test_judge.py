@@ -181,6 +181,10 @@ PLANTED: dict[str, tuple[int, Callable[[Conv], Conv]]] = {
         lambda c: put(c, at(c, P.ScsiCommand, pred=lambda p: p.read), read=False),
     ),
     "login.same_ids": (INQUIRY, insert(P.LoginRequest, 0, P.LoginRequest(cid=5), after=True)),
+    "login.same_isid": (
+        INQUIRY,
+        insert(P.LoginRequest, 0, P.LoginRequest(isid=0x800000000009), after=True),
+    ),
     "login.transit_granted": (INQUIRY, change(P.LoginRequest, transit=False)),
     "login.tsih": (INQUIRY, change(P.LoginResponse, tsih=0)),
     "login.only_login": (INQUIRY, insert(P.LoginRequest, 0, P.NopOut(itt=0x55), after=True)),

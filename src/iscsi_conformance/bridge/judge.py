@@ -125,7 +125,9 @@ RULES: dict[str, Rule] = _rules(
          "the agreed digests are present and correct on every full feature PDU"),
     # -- login
     Rule("login.same_ids", "R7143-11.12-7", "MUST", "initiator",
-         "all Login Requests of a login carry the same ISID, TSIH, CID and versions"),
+         "all Login Requests of a login carry the same TSIH, CID and versions"),
+    Rule("login.same_isid", "R7143-11.12-7", "INFORMATIONAL", "initiator",
+         "all Login Requests of a login carry the same ISID (no keyword, RFC 7143 11.12.5)"),
     Rule("login.transit_granted", "R7143-6.3-4", "MUST", "target",
          "a Login Response sets T only when the request set it"),
     Rule("login.tsih", "R7143-6.3-5", "MUST", "target",
@@ -449,7 +451,7 @@ class Judge:
             for f in ("isid", "tsih", "cid", "version_max", "version_min"):
                 if getattr(p, f) != getattr(first, f):
                     self._flag(
-                        out, "login.same_ids", d, p,
+                        out, "login.same_isid" if f == "isid" else "login.same_ids", d, p,
                         f"{f} {getattr(p, f):#x} differs from the first request's "
                         f"{getattr(first, f):#x}",
                     )  # fmt: skip
@@ -1001,6 +1003,10 @@ _EXERCISED_BY: dict[str, tuple[Direction, Callable[[Judge, PDU, bool], bool]]] =
     "digest.correct": (I2T, lambda j, p, f: f and (j.header_digest or j.data_digest)),
     "digest.correct.target": (T2I, lambda j, p, f: f and (j.header_digest or j.data_digest)),
     "login.same_ids": (
+        I2T,
+        lambda j, p, f: isinstance(p, LoginRequest) and j._first_login is not p,
+    ),
+    "login.same_isid": (
         I2T,
         lambda j, p, f: isinstance(p, LoginRequest) and j._first_login is not p,
     ),
