@@ -1327,7 +1327,7 @@ async def test_aptpl_across_restart(target: Any) -> None:
     "Cluster.Persistent.AllTgPtTwoPortals",
     "SPC-4 5.13.7",
     requirements=["RSPC4-5.13.7-4"],
-    needs=(*PR, "dedicated_instance"),
+    needs=PR,
     dataloss=True,
 )
 async def test_all_tg_pt_two_portals(target: Any) -> None:
@@ -1335,7 +1335,7 @@ async def test_all_tg_pt_two_portals(target: Any) -> None:
     through portal group 2 is registered too (SPC-4 5.13.7 table 69), so it may
     RESERVE with A's key, and READ FULL STATUS marks the registration ALL_TG_PT."""
     ka = node_key(CLUSTER_NAME, "node1")
-    with target.dedicated(portal_groups=2) as lu:
+    with target.power_cyclable(portal_groups=2) as lu:
         async with cluster(lu, "all-tg-pt-two-portals") as c:
             a = await c.join("A")
             a2 = await c.join("A@port2", initiator=a.initiator, isid=a.isid, profile="port-2")

@@ -21,7 +21,6 @@ REGISTER, RESERVE = 0, 1
 READ_KEYS, READ_RESERVATION = 0, 1
 WE = 1
 KEY = 0xD0D0_0000_0000_0007
-NEEDS = ("persistent_reservations", "dedicated_instance")
 
 
 async def pr_out(ffp: FullFeature, sa: int, **kw: Any) -> Any:
@@ -93,7 +92,7 @@ async def test_aptpl_survives_power_cycle(target: Any) -> None:
     "SPC-4 5.13.7",
     "SPC-4 5.13.5",
     requirements=["RSPC4-5.13.7-4"],
-    needs=NEEDS,
+    needs=("persistent_reservations",),
 )
 async def test_registration_per_target_port(target: Any) -> None:
     """A REGISTER with ALL_TG_PT=0 registers the I_T nexus it came on, target port
@@ -101,7 +100,7 @@ async def test_registration_per_target_port(target: Any) -> None:
     another target port (a second portal group) is unregistered, so its PERSISTENT
     RESERVE OUT RESERVE is completed with RESERVATION CONFLICT."""
     isid = random_isid()
-    with target.dedicated(portal_groups=2) as inst:
+    with target.power_cyclable(portal_groups=2) as inst:
         async with (
             full_feature(inst, isid=isid) as a,
             full_feature(inst, "port-2", isid=isid) as b,

@@ -19,6 +19,9 @@
 #   lio discovery-auth USER SECRET [MUTUAL_USER MUTUAL_SECRET]
 #   lio enable IQN | lio disable IQN
 #   lio delete IQN                         target, its LUNs and their backstores
+#   lio second-tpg IQN PORT [INITIATOR...] TPG 2 (a second target port) on PORT, the same
+#                                          LUNs, node ACLs for the initiators named (else
+#                                          demo mode), no CHAP
 #   lio power-cycle IQN                    the target's devices freed and made again from
 #                                          their medium and the APTPL files LIO wrote
 #   lio show [IQN]                         the configuration, secrets left out
@@ -136,6 +139,26 @@ delete)
     iqn=$1
     t=$(tpg "$iqn")
     [ -d "$t" ] || exit 0
+    t2=$CFS/iscsi/$iqn/tpgt_2
+    if [ -d "$t2" ]; then
+        put "$t2/enable" 0 || true
+        for acl in "$t2"/acls/*/; do
+            [ -d "$acl" ] || continue
+            for m in "$acl"lun_*/; do
+                [ -d "$m" ] || continue
+                for l in "$m"*; do [ -L "$l" ] && rm "$l"; done
+                rmdir "$m"
+            done
+            rmdir "$acl"
+        done
+        for l in "$t2"/lun/lun_*/; do
+            [ -d "$l" ] || continue
+            for s in "$l"*; do [ -L "$s" ] && rm "$s"; done
+            rmdir "$l"
+        done
+        for np in "$t2"/np/*/; do [ -d "$np" ] && rmdir "$np"; done
+        rmdir "$t2"
+    fi
     put "$t/enable" 0 || true
     for acl in "$t"/acls/*/; do
         [ -d "$acl" ] || continue
@@ -164,6 +187,41 @@ delete)
         rmdir "$s"
         rm -f "$DATA/$(basename "$s").img"
     done
+    ;;
+second-tpg)
+    # A second target port of the same target: TPG 2 with its own network portal and
+    # the LUNs of TPG 1 (the same devices), without CHAP. Node ACLs with mapped LUNs
+    # for the initiators named: LIO applies an ALL_TG_PT=1 registration only to
+    # explicit mapped LUNs, never to demo-mode (dynamic) ones.
+    t1=$(tpg "$1") t2=$CFS/iscsi/$1/tpgt_2 port=$2
+    shift 2
+    mkdir -p "$t2/np/0.0.0.0:$port"
+    for l in "$t1"/lun/lun_*/; do
+        [ -d "$l" ] || continue
+        for s in "$l"*; do
+            [ -L "$s" ] || continue
+            mkdir -p "$t2/lun/$(basename "$l")"
+            ln -s "$(readlink -f "$s")" "$t2/lun/$(basename "$l")/$(basename "$s")"
+        done
+    done
+    if [ $# -gt 0 ]; then
+        put "$t2/attrib/generate_node_acls" 0
+        for ini in "$@"; do
+            for l in "$t2"/lun/lun_*/; do
+                [ -d "$l" ] || continue
+                m=$t2/acls/$ini/$(basename "$l")
+                mkdir -p "$m"
+                ln -s "${l%/}" "$m/$(basename "$l")"
+            done
+        done
+    else
+        put "$t2/attrib/generate_node_acls" 1
+        put "$t2/attrib/cache_dynamic_acls" 1
+        put "$t2/attrib/demo_mode_write_protect" 0
+    fi
+    put "$t2/attrib/authentication" 0
+    put "$t2/param/AuthMethod" "CHAP,None"
+    put "$t2/enable" 1
     ;;
 power-cycle)
     # A power loss of the target's logical units as the device server sees it: each

@@ -40,6 +40,7 @@ from .registry import register_target
 PEER_DIR_NAME = "lio"
 GUEST_SCRIPT = "/ic/lio"
 ISCSI_PORT = 3260
+ISCSI_PORT_2 = 3261  # the second target port (TPG 2) of ``add_portal_group``
 ENV_MODE = "ISCSI_CONFORMANCE_LIO_MODE"
 LIO_MAX_ERL = 2  # the highest ErrorRecoveryLevel LIO implements (manifest: erl)
 
@@ -164,7 +165,11 @@ class LioTarget(TargetDriver):
             if self.mode == "microvm":
                 kernel = microvm.build_kernel(self.log)
                 options = dict(self.vm_options)
-                forwards = {"iscsi": ISCSI_PORT, **options.pop("forwards", {})}
+                forwards = {
+                    "iscsi": ISCSI_PORT,
+                    "iscsi2": ISCSI_PORT_2,
+                    **options.pop("forwards", {}),
+                }
                 self.vm = microvm.MicroVM(
                     "lio",
                     kernel,
@@ -243,7 +248,7 @@ class LioTarget(TargetDriver):
             peer=PEER_DIR_NAME,
             folder=peer_folder(),
             log=self.log,
-            forwards={"iscsi": ISCSI_PORT},
+            forwards={"iscsi": ISCSI_PORT, "iscsi2": ISCSI_PORT_2},
             memory_mb=self.memory_mb,
             boot_timeout=self.boot_timeout,
         )
@@ -432,6 +437,21 @@ class LioTarget(TargetDriver):
     def deconfigure(self, iqn: str) -> None:
         self._targets.pop(iqn, None)
         self.lio("delete", iqn)
+
+    def add_portal_group(self, iqn: str, initiators: tuple[str, ...] = ()) -> TargetEndpoint:
+        """A second target port for target ``iqn`` (``lio second-tpg``): TPG 2 on port
+        3261 (forwarded from the guest like 3260) with TPG 1's LUNs and no CHAP, node
+        ACLs for ``initiators`` (else demo mode: LIO's ALL_TG_PT skips dynamic mapped
+        LUNs); deleted with the target. Returns its endpoint (portal group tag 2)."""
+        if iqn not in self._targets:
+            raise HarnessError(f"LIO has no target {iqn} to add a portal group to")
+        self.lio("second-tpg", iqn, str(ISCSI_PORT_2), *initiators)
+        first = self.endpoint(self._targets[iqn])
+        if self.vm is not None:
+            port = self.vm.host_port("iscsi2")
+        else:
+            port = ISCSI_PORT_2
+        return TargetEndpoint(first.host, port, iqn, first.luns, 2, host_side=(first.host, port))
 
     def power_cycle(self, iqn: str) -> str:
         """A power loss of target ``iqn``'s logical units (``lio power-cycle``): each

@@ -285,17 +285,18 @@ class TargetUnderTest:
             instance.close()
 
     @contextlib.contextmanager
-    def power_cyclable(self) -> Iterator[TargetUnderTest]:
+    def power_cyclable(self, portal_groups: int = 1) -> Iterator[TargetUnderTest]:
         """A target of this test alone whose ``restart()`` is a power cycle (APTPL, SPC-4
         5.13.5): the reference target's dedicated instance, or, with
         ``ISCSI_CONFORMANCE_CLUSTER_HEAVY=1``, a LIO target of the test's own (its own
-        IQN and backstore in the run's LIO guest, ``LioOwnTarget``). Elsewhere the test
-        skips, naming the capability."""
+        IQN and backstore in the run's LIO guest, ``LioOwnTarget``). ``portal_groups=2``
+        adds a second target port (profile "port-2"). Elsewhere the test skips, naming
+        the capability."""
         from iscsi_conformance.harness.profiles import capability_satisfied
 
         driver = None if self.external else getattr(self.entry, "driver", None)
         if os.environ.get(ENV_CLUSTER_HEAVY) and hasattr(driver, "power_cycle"):
-            lio = LioOwnTarget(self)
+            lio = LioOwnTarget(self, portal_groups=portal_groups)
             try:
                 yield lio
             finally:
@@ -310,7 +311,7 @@ class TargetUnderTest:
             pytest.skip(
                 f"{self.name} does not declare capability 'dedicated_instance' (manifest){extra}"
             )
-        with self.dedicated() as inst:
+        with self.dedicated(portal_groups=portal_groups) as inst:
             yield inst
 
 
@@ -409,21 +410,35 @@ class LioOwnTarget(TargetUnderTest):
     backstore (1 MiB, demo-mode ACLs), deleted on ``close()``. ``restart()`` is a power
     cycle of its logical unit (``LioTarget.power_cycle``): the device and its in-kernel
     reservation state are freed and made again from the medium and the APTPL file LIO
-    wrote, as at boot; the run's shared target is not touched. One portal group only."""
+    wrote, as at boot; the run's shared target is not touched. ``portal_groups=2``: a
+    second target port, TPG 2 (profile "port-2"; a power cycle then is not offered)."""
 
-    def __init__(self, parent: TargetUnderTest) -> None:
+    def __init__(self, parent: TargetUnderTest, *, portal_groups: int = 1) -> None:
         import secrets
 
-        from iscsi_conformance.harness.profiles import IQN_PREFIX
+        from iscsi_conformance.harness.profiles import IQN_PREFIX, OTHER_INITIATOR_NAME
         from iscsi_conformance.peers.base import LunSpec, TargetSpec
 
         super().__init__(parent.entry, parent.credentials, parent.evidence, allow_dataloss=True)
         self.name = f"{parent.name} (own target)"
         self.driver: Any = parent.entry.driver
         self.iqn = f"{IQN_PREFIX}:own-{secrets.token_hex(3)}"
-        self._endpoint = self.driver.configure(
-            TargetSpec(iqn=self.iqn, luns=(LunSpec(1024 * 1024),))
-        )
+        if portal_groups not in (1, 2):
+            raise ValueError(
+                f"a LIO target of the test's own has 1 or 2 portal groups, not {portal_groups}"
+            )
+        # Two target ports: node ACLs for the run's two initiator names on both, since
+        # LIO's ALL_TG_PT=1 registers only through explicit mapped LUNs.
+        names = (REFERENCE_INITIATOR_NAME, OTHER_INITIATOR_NAME) if portal_groups == 2 else ()
+        spec = TargetSpec(iqn=self.iqn, luns=(LunSpec(1024 * 1024),), allowed_initiators=names)
+        first = self.driver.configure(spec)
+        self._endpoints = {"default": first}
+        try:
+            if portal_groups == 2:
+                self._endpoints["port-2"] = self.driver.add_portal_group(self.iqn, names)
+        except BaseException:
+            self.driver.deconfigure(self.iqn)
+            raise
 
     def __repr__(self) -> str:
         return f"LioOwnTarget({self.iqn!r})"
@@ -437,9 +452,9 @@ class LioOwnTarget(TargetUnderTest):
         return 0
 
     def endpoint(self, profile: str = "default") -> TargetEndpoint:
-        if profile != "default":
-            pytest.skip(f"{self.name} has one portal group, not profile {profile!r}")
-        return self._endpoint  # type: ignore[no-any-return]
+        if profile not in self._endpoints:
+            pytest.skip(f"{self.name} has no profile {profile!r}")
+        return self._endpoints[profile]  # type: ignore[no-any-return]
 
     def chap_for(self, profile: str) -> tuple[ChapAccount | None, ChapAccount | None]:
         return None, None
