@@ -55,9 +55,15 @@ async def test_nop_ping_echoed(target: Any) -> None:
         )
 
 
-@spec("FullFeature.Nop.NoAnswerToReservedTag", "RFC 7143 11.18.1", requirements=["R7143-11.18-2"])
+@spec(
+    "FullFeature.Nop.NoAnswerToReservedTag",
+    "RFC 7143 11.18.1",
+    ("RFC 7143", "11.19", "SHOULD NOT", "target"),
+    requirements=["R7143-11.18-2", "R7143-11.18-1"],
+)
 async def test_nop_reserved_itt_not_answered(target: Any) -> None:
-    """An immediate NOP-Out with ITT 0xffffffff (no answer wanted) gets no NOP-In."""
+    """An immediate NOP-Out with ITT 0xffffffff (no answer wanted) gets no NOP-In (RFC 7143
+    11.19: SHOULD NOT), and the session goes on: the next ping is answered (11.18.1, MUST)."""
     async with full_feature(target) as ffp:
         req = P.NopOut(
             immediate=True, itt=0xFFFFFFFF, ttt=0xFFFFFFFF, cmdsn=ffp.cmdsn, expstatsn=ffp.expstatsn
@@ -76,7 +82,7 @@ async def test_nop_reserved_itt_not_answered(target: Any) -> None:
         ping, alive = await ffp.nop(b"alive")
         require(
             isinstance(alive, P.NopIn),
-            "R7143-11.18-2",
+            "R7143-11.18-1",
             "after a NOP-Out with ITT 0xffffffff the session did not go on: a ping got "
             f"{type(alive).__name__ if alive is not None else ffp.no_answer}",
             sent=[req, ping],
