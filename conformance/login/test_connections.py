@@ -624,7 +624,7 @@ async def test_connection_reinstatement(target: Any) -> None:
 @spec(
     "Login.Connections.ReinstatementSingleConnection",
     "RFC 7143 6.3.4",
-    requirements=["R7143-6.3.4-1"],
+    requirements=["R7143-6.3.4-1", "R7143-6.3.4-2", "R7143-11.13-1"],
 )
 async def test_connection_reinstatement_single(target: Any) -> None:
     """A session of one connection (MaxConnections=1, ErrorRecoveryLevel=0) whose CID is
@@ -632,21 +632,37 @@ async def test_connection_reinstatement_single(target: Any) -> None:
     logged out (RFC 7143 6.3.4: "The Login Request performs the logout function of the
     old connection"), so it must not answer a NOP-Out, and the new one must (6.3.4: "in
     addition to the implicit logout of the old connection, reinstatement is equivalent
-    to a new connection login"). A target may refuse the second connection below
-    ErrorRecoveryLevel 2 (6.3.4 makes supporting it a SHOULD there): then it skips.
+    to a new connection login"). A refused reinstatement breaks a SHOULD (R7143-6.3.4-2:
+    6.3.4 has targets support that second connection, a SHOULD below ErrorRecoveryLevel
+    2), a login left unanswered a MUST (R7143-11.13-1: a failed login ends with a
+    Login Response).
     RFC 7143 6.3.4, full text read in Mango0x45/dotfiles doc/rfc/rfc7143.txt."""
     keys = [("MaxConnections", "1"), ("ErrorRecoveryLevel", "0")]
     async with target.raw() as raw, target.raw() as raw2:
         lead = await target.login(raw, keys=keys)
+        for key, _ in keys:  # a numerical offer is always answered (RFC 7143 6.2.2)
+            require(
+                key in lead.negotiated,
+                "R7143-6.2-4",
+                f"the login went on but {key} was never answered: the acceptor answers a "
+                "numerical key offered to it (RFC 7143 6.2.2)",
+                sent=lead.sent,
+                received=lead.received,
+            )
         old = FullFeature(raw, lead)
         await old.clear_unit_attention(target.lun)
         lead.cmdsn = old.cmdsn
         probe = await _add_connection(target, raw2, lead, cid=lead.cid)
         if not probe.in_full_feature:
-            pytest.skip(
+            unanswered = probe.steps[-1].response is None
+            raise violation(
+                "R7143-11.13-1" if unanswered else "R7143-6.3.4-2",
                 f"the target did not let CID {lead.cid} of a one-connection session be "
-                f"reinstated ({_why_not_in(probe)}); RFC 7143 6.3.4 makes that a SHOULD "
-                "below ErrorRecoveryLevel 2"
+                f"reinstated ({_why_not_in(probe)}); RFC 7143 6.3.4: targets SHOULD support "
+                "opening that second connection below ErrorRecoveryLevel 2",
+                sent=probe.sent,
+                received=probe.received,
+                level=None if unanswered else "SHOULD",
             )
         ping, answer = await _nop(old)
         gone = old.no_answer
