@@ -13,18 +13,14 @@ the recording proxy.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from proof_harness import ProofInitiator, ProofTarget, embedded, observers, reference_initiator
 
-from iscsi_conformance.harness.observer import Observer
-from iscsi_conformance.harness.profiles import PROFILES, Credentials
 from iscsi_conformance.initiator.engine import SessionSequencer
-from iscsi_conformance.peers.reference_initiator import ReferenceInitiator
-from iscsi_conformance.peers.reference_target import ReferenceTargetDriver
 from iscsi_conformance.plugin.spec import ConformanceViolation
 from suite_modules import load_suite
 
@@ -32,14 +28,9 @@ SUITE = load_suite("initiator/test_cmd_window.py", "cmd_window_under_proof")
 PROFILE = SUITE.PROFILE
 
 
-class Target:
-    """The run's target as the test sees it: one profile's endpoint, no CHAP, and the
-    embedded reference target's test API to open a session's window (as
-    ``TargetUnderTest.set_cmd_window`` does it)."""
-
-    def __init__(self, endpoint: Any, server: Any) -> None:
-        self._endpoint = endpoint
-        self._server = server
+class Target(ProofTarget):
+    """The target as the test sees it, with the embedded reference target's test API to
+    open a session's window (as ``TargetUnderTest.set_cmd_window`` does it)."""
 
     def set_cmd_window(self, tsih: int, window: int) -> None:
         server = self._server
@@ -48,58 +39,31 @@ class Target:
             raise LookupError(f"no session with TSIH {tsih}")
         server.set_cmd_window(session, window)
 
-    def chap_for(self, profile: str) -> tuple[None, None]:
-        return None, None
-
-    def endpoint(self, profile: str) -> Any:
-        assert profile == PROFILE
-        return self._endpoint
-
-
-@dataclasses.dataclass
-class Initiator:
-    driver: Any
-    name: str = "reference"
-
 
 @pytest.fixture(scope="module")
 def target() -> Iterator[Target]:
-    driver = ReferenceTargetDriver(mode="embedded")
-    try:
-        endpoint = driver.configure(PROFILES[PROFILE].build(Credentials.generate()))
-        yield Target(endpoint, driver.server)
-    finally:
-        driver.stop()
+    with embedded(PROFILE) as (endpoints, server):
+        yield Target(endpoints, server)
 
 
 @pytest.fixture
 def observed(target: Target) -> Iterator[Any]:
-    observers: list[Observer] = []
-
-    def make(profile: str, rewrite: Any = None) -> tuple[Any, Observer]:
-        ep = target.endpoint(profile)
-        obs = Observer(ep.host, ep.port, listen_host="127.0.0.1", label=profile, rewrite=rewrite)
-        obs.start()
-        observers.append(obs)
-        return dataclasses.replace(ep, host=obs.listen_host, port=obs.port), obs
-
-    yield make
-    for obs in observers:
-        obs.stop()
+    yield from observers(target)
 
 
 @pytest.fixture
-def initiator() -> Iterator[Initiator]:
-    with ReferenceInitiator() as driver:
-        yield Initiator(driver)
+def initiator() -> Iterator[ProofInitiator]:
+    yield from reference_initiator()
 
 
-def test_reference_initiator_passes(initiator: Initiator, target: Target, observed: Any) -> None:
+def test_reference_initiator_passes(
+    initiator: ProofInitiator, target: Target, observed: Any
+) -> None:
     SUITE.test_closed_window_honoured(initiator, target, observed)
 
 
 def test_window_ignored_fails(
-    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+    initiator: ProofInitiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(SessionSequencer, "window_open", lambda self: True)
     started = time.monotonic()
@@ -111,7 +75,7 @@ def test_window_ignored_fails(
 
 
 def test_window_never_taken_fails(
-    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+    initiator: ProofInitiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     update = SessionSequencer.update_window
 

@@ -15,15 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from proof_harness import ProofInitiator, ProofTarget, embedded, observers, reference_initiator
 
 from iscsi_conformance.bridge.judge import Judge
 from iscsi_conformance.core.pdu import ScsiDataIn
-from iscsi_conformance.harness.observer import Observer
-from iscsi_conformance.harness.profiles import PROFILES, Credentials
 from iscsi_conformance.initiator import engine
 from iscsi_conformance.initiator.engine import InitiatorConnection
-from iscsi_conformance.peers.reference_initiator import ReferenceInitiator
-from iscsi_conformance.peers.reference_target import ReferenceTargetDriver
 from iscsi_conformance.plugin.spec import ConformanceViolation
 from suite_modules import load_suite
 
@@ -31,63 +28,25 @@ SUITE = load_suite("initiator/test_datain_order.py", "datain_order_under_proof")
 PROFILE = SUITE.PROFILE
 
 
-class Target:
-    """The run's target as the test sees it: the profiles' endpoints, no CHAP."""
-
-    def __init__(self, endpoints: dict[str, Any]) -> None:
-        self._endpoints = endpoints
-
-    def chap_for(self, profile: str) -> tuple[None, None]:
-        return None, None
-
-    def endpoint(self, profile: str) -> Any:
-        return self._endpoints[profile]
-
-
-@dataclasses.dataclass
-class Initiator:
-    driver: Any
-    name: str = "reference"
-
-
 @pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
-    driver = ReferenceTargetDriver(mode="embedded")
-    try:
-        yield Target(
-            {
-                name: driver.configure(PROFILES[name].build(Credentials.generate()))
-                for name in (PROFILE, SUITE.SEQ_PROFILE)
-            }
-        )
-    finally:
-        driver.stop()
+def target() -> Iterator[ProofTarget]:
+    with embedded(PROFILE, SUITE.SEQ_PROFILE) as (endpoints, server):
+        yield ProofTarget(endpoints, server)
 
 
 @pytest.fixture
-def observed(target: Target) -> Iterator[Any]:
-    observers: list[Observer] = []
-
-    def make(profile: str) -> tuple[Any, Observer]:
-        ep = target.endpoint(profile)
-        obs = Observer(ep.host, ep.port, listen_host="127.0.0.1", label=profile)
-        obs.start()
-        observers.append(obs)
-        return dataclasses.replace(ep, host=obs.listen_host, port=obs.port), obs
-
-    make.observers = observers  # type: ignore[attr-defined]
-    yield make
-    for obs in observers:
-        obs.stop()
+def observed(target: ProofTarget) -> Iterator[Any]:
+    yield from observers(target)
 
 
 @pytest.fixture
-def initiator() -> Iterator[Initiator]:
-    with ReferenceInitiator() as driver:
-        yield Initiator(driver)
+def initiator() -> Iterator[ProofInitiator]:
+    yield from reference_initiator()
 
 
-def test_reference_initiator_passes(initiator: Initiator, target: Target, observed: Any) -> None:
+def test_reference_initiator_passes(
+    initiator: ProofInitiator, target: ProofTarget, observed: Any
+) -> None:
     SUITE.test_out_of_order_data_in_placed(initiator, target, observed)
     # The reversed stream is itself conformant: the bridge's passive rules (DataSN in
     # sending order, F and status placement, burst sizes) find nothing on either side.
@@ -102,7 +61,7 @@ def test_reference_initiator_passes(initiator: Initiator, target: Target, observ
 
 
 def test_arrival_order_placement_fails(
-    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+    initiator: ProofInitiator, target: ProofTarget, observed: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     place = InitiatorConnection._on_data_in
 
@@ -119,7 +78,7 @@ def test_arrival_order_placement_fails(
 
 
 def test_an_initiator_offering_yes_skips(
-    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+    initiator: ProofInitiator, target: ProofTarget, observed: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(SUITE, "OFFER", (("DataPDUInOrder", "Yes"),))
     with pytest.raises(pytest.skip.Exception, match="offered DataPDUInOrder=Yes"):
@@ -127,13 +86,13 @@ def test_an_initiator_offering_yes_skips(
 
 
 def test_sequences_reference_initiator_passes(
-    initiator: Initiator, target: Target, observed: Any
+    initiator: ProofInitiator, target: ProofTarget, observed: Any
 ) -> None:
     SUITE.test_out_of_order_sequences_placed(initiator, target, observed)
 
 
 def test_sequences_arrival_order_placement_fails(
-    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+    initiator: ProofInitiator, target: ProofTarget, observed: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     place = InitiatorConnection._on_data_in
 
@@ -150,7 +109,7 @@ def test_sequences_arrival_order_placement_fails(
 
 
 def test_sequences_an_initiator_offering_yes_skips(
-    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+    initiator: ProofInitiator, target: ProofTarget, observed: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(SUITE, "SEQ_OFFER", (("DataSequenceInOrder", "Yes"),))
     with pytest.raises(pytest.skip.Exception, match="offered DataSequenceInOrder=Yes"):

@@ -19,12 +19,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from proof_harness import ProofInitiator, ProofTarget, embedded, observers, reference_initiator
 
-from iscsi_conformance.harness.observer import Observer
-from iscsi_conformance.harness.profiles import PROFILES, Credentials
 from iscsi_conformance.initiator.client import Connection, RecoveryRecord, Session
-from iscsi_conformance.peers.reference_initiator import ReferenceInitiator
-from iscsi_conformance.peers.reference_target import ReferenceTargetDriver
 from iscsi_conformance.plugin.spec import ConformanceViolation
 from suite_modules import load_suite
 
@@ -32,14 +29,9 @@ SUITE = load_suite("initiator/test_recovery.py", "recovery_under_proof")
 PROFILE = SUITE.PROFILE
 
 
-class Target:
-    """The run's target as the test sees it: one profile's endpoint, no CHAP, and the
-    embedded reference target's test API for the 'connection drop' (as
-    ``TargetUnderTest.send_async`` does it)."""
-
-    def __init__(self, endpoint: Any, server: Any) -> None:
-        self._endpoint = endpoint
-        self._server = server
+class Target(ProofTarget):
+    """The target as the test sees it, with the embedded reference target's test API
+    for the 'connection drop' (as ``TargetUnderTest.send_async`` does it)."""
 
     def send_async(
         self, tsih: int, event: int, *, cid: int, time2wait: int, time2retain: int
@@ -49,58 +41,31 @@ class Target:
         conn = server.call(lambda: server.engine.sessions[tsih].connections[cid])
         server.drop_connection(conn, time2wait=time2wait, time2retain=time2retain)
 
-    def chap_for(self, profile: str) -> tuple[None, None]:
-        return None, None
-
-    def endpoint(self, profile: str) -> Any:
-        assert profile == PROFILE
-        return self._endpoint
-
-
-@dataclasses.dataclass
-class Initiator:
-    driver: Any
-    name: str = "reference"
-
 
 @pytest.fixture(scope="module")
 def target() -> Iterator[Target]:
-    driver = ReferenceTargetDriver(mode="embedded")
-    try:
-        endpoint = driver.configure(PROFILES[PROFILE].build(Credentials.generate()))
-        yield Target(endpoint, driver.server)
-    finally:
-        driver.stop()
+    with embedded(PROFILE) as (endpoints, server):
+        yield Target(endpoints, server)
 
 
 @pytest.fixture
 def observed(target: Target) -> Iterator[Any]:
-    observers: list[Observer] = []
-
-    def make(profile: str, rewrite: Any = None) -> tuple[Any, Observer]:
-        ep = target.endpoint(profile)
-        obs = Observer(ep.host, ep.port, listen_host="127.0.0.1", label=profile, rewrite=rewrite)
-        obs.start()
-        observers.append(obs)
-        return dataclasses.replace(ep, host=obs.listen_host, port=obs.port), obs
-
-    yield make
-    for obs in observers:
-        obs.stop()
+    yield from observers(target)
 
 
 @pytest.fixture
-def initiator() -> Iterator[Initiator]:
-    with ReferenceInitiator() as driver:
-        yield Initiator(driver)
+def initiator() -> Iterator[ProofInitiator]:
+    yield from reference_initiator()
 
 
-def test_reference_initiator_passes(initiator: Initiator, target: Target, observed: Any) -> None:
+def test_reference_initiator_passes(
+    initiator: ProofInitiator, target: Target, observed: Any
+) -> None:
     SUITE.test_write_continued_after_connection_failure(initiator, target, observed)
 
 
 def test_reassign_before_logout_fails(
-    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+    initiator: ProofInitiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def no_logout(self: Session, failed: Connection, record: RecoveryRecord) -> Connection:
         return await self.add_connection(keys=self._keys)  # a new CID, the old one left be
@@ -112,7 +77,7 @@ def test_reassign_before_logout_fails(
 
 
 def test_no_time2wait_fails(
-    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+    initiator: ProofInitiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recover = Session._recover
 
@@ -128,7 +93,7 @@ def test_no_time2wait_fails(
 
 
 def test_no_recovery_fails(
-    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+    initiator: ProofInitiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(Session, "recover_connections", False, raising=False)
     original = Session.__init__
@@ -144,7 +109,7 @@ def test_no_recovery_fails(
 
 
 def test_an_initiator_offering_erl0_skips(
-    initiator: Initiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
+    initiator: ProofInitiator, target: Target, observed: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(SUITE, "OFFER", (("ErrorRecoveryLevel", "0"),))
     with pytest.raises(pytest.skip.Exception, match="offered ErrorRecoveryLevel=0"):
