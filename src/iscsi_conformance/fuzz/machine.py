@@ -477,6 +477,10 @@ class SessionMachine(RuleBasedStateMachine):
                 pdu = link.next_pdu(self.r.io_timeout if timeout is None else timeout)
                 if pdu is None:
                     return "silent"
+                # judged by no one, but counted: a link that goes on after this ping
+                # (a reinstatement's new connection) expects the StatSN that follows it
+                s.saw(pdu)
+                link.checker.check(pdu)
                 if isinstance(pdu, P.NopIn) and pdu.itt == 0xEEEE:
                     return "answered"
         except (_Closed, OSError, ProtocolError):
