@@ -322,6 +322,12 @@ class DockerEnv:
             net_kwargs["network_mode"] = network_mode
         else:
             net_kwargs["network"] = self.network.name
+        # a peer's own log is capped: tgt 1.0.85, once stuck in conn_close, logs the same
+        # line without end (22 GB in 18 minutes of a CI run); what a driver reads of it
+        # (the last lines, a crash's trace) stays
+        kwargs.setdefault(
+            "log_config", {"type": "json-file", "config": {"max-size": "32m", "max-file": "2"}}
+        )
         container = self.client.containers.run(
             image,
             command,
