@@ -391,6 +391,42 @@ def test_fully_provisioned_unit() -> None:
     assert st == [C.LbaStatus(3, BLOCKS - 3, 0)]
 
 
+# --------------------------------------------------------------------------- XDWRITEREAD(10)
+def test_xdwriteread_returns_the_xor_and_writes_the_data_out(lu: LogicalUnit) -> None:
+    """SBC-3 XDWRITEREAD(10): Data-In is old XOR Data-Out; the Data-Out is written."""
+    old = bytes(range(256)) * 4
+    new = bytes((i * 7 + 3) & 0xFF for i in range(1024))
+    good(lu.execute(A, C.write10(20, 2), old))
+    xor = good(lu.execute(A, C.xdwriteread10(20, 2), new))
+    assert xor == bytes(a ^ b for a, b in zip(old, new, strict=True))
+    assert good(lu.execute(A, C.read10(20, 2))) == new
+    assert lu.data_out_length(C.xdwriteread10(20, 2)) == 1024
+    assert lu.data_in_length(C.xdwriteread10(20, 2)) == 1024
+
+
+def test_xdwriteread_disable_write_leaves_the_medium(lu: LogicalUnit) -> None:
+    good(lu.execute(A, C.write10(30, 1), b"\x0f" * 512))
+    xor = good(lu.execute(A, C.xdwriteread10(30, 1, disable_write=True), b"\xf0" * 512))
+    assert xor == b"\xff" * 512
+    assert good(lu.execute(A, C.read10(30, 1))) == b"\x0f" * 512
+
+
+def test_xdwriteread_errors(lu: LogicalUnit) -> None:
+    assert good(lu.execute(A, C.xdwriteread10(0, 0))) == b""
+    illegal(lu.execute(A, C.xdwriteread10(BLOCKS - 1, 2), bytes(1024)), Asc.LBA_OUT_OF_RANGE)
+    illegal(
+        lu.execute(A, C.xdwriteread10(0, 2), bytes(512)),
+        Asc.INVALID_FIELD_IN_COMMAND_INFORMATION_UNIT,
+    )
+    ro = make_lu(read_only=True)
+    attach(ro, A)
+    check(
+        ro.execute(A, C.xdwriteread10(0, 1), bytes(512)), SenseKey.DATA_PROTECT, Asc.WRITE_PROTECTED
+    )
+    # DISABLE WRITE: nothing is written, so a read-only unit still answers
+    assert good(ro.execute(A, C.xdwriteread10(0, 1, disable_write=True), bytes(512))) == bytes(512)
+
+
 # --------------------------------------------------------------------------- COMPARE AND WRITE
 def test_compare_and_write(lu: LogicalUnit) -> None:
     good(lu.execute(A, C.write16(10, 2), b"A" * 1024))

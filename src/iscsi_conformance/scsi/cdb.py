@@ -418,6 +418,22 @@ def write10(
     return _cdb10(ScsiOpcode.WRITE_10, _rw_flags(wrprotect, dpo, fua), lba, blocks, group)
 
 
+def xdwriteread10(
+    lba: int,
+    blocks: int,
+    *,
+    disable_write: bool = False,
+    dpo: bool = False,
+    fua: bool = False,
+    group: int = 0,
+) -> bytes:
+    """XDWRITEREAD(10) (SBC-3 5.48, sbc3r22 numbering): a bidirectional command whose
+    Data-In is the XOR of its Data-Out with the addressed blocks; DISABLE WRITE (byte 1
+    bit 2) keeps the Data-Out off the medium."""
+    flags = _rw_flags(0, dpo, fua) | (0x04 if disable_write else 0)
+    return _cdb10(ScsiOpcode.XDWRITEREAD_10, flags, lba, blocks, group)
+
+
 def write12(
     lba: int,
     blocks: int,

@@ -113,6 +113,7 @@ class ScsiOpcode(IntEnum):
     UNMAP = 0x42
     LOG_SELECT = 0x4C
     LOG_SENSE = 0x4D
+    XDWRITEREAD_10 = 0x53
     MODE_SELECT_10 = 0x55
     RESERVE_10 = 0x56
     RELEASE_10 = 0x57

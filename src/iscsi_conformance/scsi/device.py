@@ -486,6 +486,15 @@ COMMANDS: tuple[CommandSpec, ...] = (
         thin_only=True,
     ),
     CommandSpec(
+        ScsiOpcode.XDWRITEREAD_10,
+        None,
+        "XDWRITEREAD(10)",
+        _u(0x53, 0x1C, _FF4, 0x1F, _FF2, 0),
+        "_xdwriteread",
+        W,
+        medium=True,
+    ),
+    CommandSpec(
         ScsiOpcode.COMPARE_AND_WRITE,
         None,
         "COMPARE AND WRITE",
@@ -690,6 +699,8 @@ class LogicalUnit:
             return b.blocks * bs if bytchk == 1 else (bs if bytchk == 3 and b.blocks else 0)
         if op == ScsiOpcode.COMPARE_AND_WRITE:
             return 2 * cdb[13] * bs
+        if op == ScsiOpcode.XDWRITEREAD_10:
+            return decode_block_cdb(cdb).blocks * bs
         if op == ScsiOpcode.WRITE_SAME_10:
             return bs
         if op == ScsiOpcode.WRITE_SAME_16:
@@ -711,7 +722,13 @@ class LogicalUnit:
 
     def _data_in_length(self, cdb: bytes) -> int:
         op = cdb[0]
-        if op in (ScsiOpcode.READ_6, ScsiOpcode.READ_10, ScsiOpcode.READ_12, ScsiOpcode.READ_16):
+        if op in (
+            ScsiOpcode.READ_6,
+            ScsiOpcode.READ_10,
+            ScsiOpcode.READ_12,
+            ScsiOpcode.READ_16,
+            ScsiOpcode.XDWRITEREAD_10,
+        ):
             return decode_block_cdb(cdb).blocks * self.block_size
         if op in (ScsiOpcode.INQUIRY,):
             return int(struct.unpack_from(">H", cdb, 3)[0])
@@ -798,6 +815,13 @@ class LogicalUnit:
 
     def pending_unit_attentions(self, nexus: Nexus) -> list[Asc]:
         return list(self._ua.get(nexus, ()))
+
+    def unit_attention_pending(self, nexus: Nexus) -> bool:
+        """Whether the next command of ``nexus`` would meet a unit attention: one is
+        queued, or the nexus is new to this logical unit (its first command reports
+        POWER ON, as ``execute`` does). QUERY ASYNCHRONOUS EVENT asks this (RFC 7144
+        6.4.2); asking reports nothing and clears nothing."""
+        return nexus not in self._known or bool(self._ua.get(nexus))
 
     # ------------------------------------------------------------------ execute
     def execute(
@@ -1565,6 +1589,30 @@ class LogicalUnit:
         for lba, n in ranges:
             self.backing.discard(lba * bs, n * bs)
         return _GOOD
+
+    def _xdwriteread(self, ctx: _Ctx) -> ScsiOutcome:
+        """XDWRITEREAD(10) (SBC-3 5.48 in sbc3r22, the steps linux target_core_sbc.c
+        quotes): read the addressed blocks, XOR the Data-Out with them, write the
+        Data-Out unless DISABLE WRITE is one, and return the XOR as Data-In. The
+        transport carries it as one bidirectional task (RFC 7143 11.3.4)."""
+        cdb = ctx.cdb
+        self._check_protect(cdb)
+        b = decode_block_cdb(cdb)
+        disable_write = bool(cdb[1] & 0x04)
+        if not disable_write:
+            self._check_writable()
+        self._check_range(b.lba, b.blocks)
+        if not b.blocks:
+            return _GOOD
+        self._check_transfer(b.blocks)
+        bs = self.block_size
+        data = self._need_data(ctx, b.blocks * bs)
+        old = self.backing.read(b.lba * bs, len(data))
+        xor = (int.from_bytes(old, "big") ^ int.from_bytes(data, "big")).to_bytes(len(data), "big")
+        if not disable_write:
+            self.backing.write(b.lba * bs, data)
+            self._fua(cdb)
+        return ScsiOutcome(ScsiStatus.GOOD, data=xor)
 
     def _compare_and_write(self, ctx: _Ctx) -> ScsiOutcome:
         """COMPARE AND WRITE (SBC-3 5.2): atomic here because execute() runs one
