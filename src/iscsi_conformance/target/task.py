@@ -98,6 +98,7 @@ class Task:
     __slots__ = (
         "aborted",
         "attr",
+        "bidi",
         "budgeted",
         "buffer",
         "cdb",
@@ -117,6 +118,7 @@ class Task:
         "pending_ranges",
         "r2tsn",
         "read",
+        "read_edtl",
         "received",
         "reply",
         "residual_mismatch",
@@ -143,6 +145,10 @@ class Task:
         self.edtl = cmd.expected_data_transfer_length
         self.read = cmd.read
         self.write = cmd.write
+        # Bidirectional (R and W): EDTL is the write length, the read length comes in
+        # the Bidirectional Read Expected Data Transfer Length AHS (RFC 7143 11.3.4).
+        self.bidi = cmd.read and cmd.write
+        self.read_edtl = (cmd.bidi_read_length or 0) if self.bidi else self.edtl
         self.delivered = False
         self.aborted = False
         self.expected = 0  # bytes of Data-Out we will accept
@@ -231,6 +237,13 @@ class TaskIO:
         if pdu.itt in s.tasks:
             # A task tag still in use (RFC 7143 11.17.1: Task in progress).
             self.reject(RejectReason.TASK_IN_PROGRESS, P.bhs_of(pdu))
+            return
+        if pdu.read and pdu.write and pdu.bidi_read_length is None:
+            # R and W without the Bidirectional Read AHS, which 11.3.4 says MUST be
+            # there: an invalid field of a PDU that describes a task (11.17.1 note 2).
+            # Data-Out that may follow for the tag is dropped (remember_aborted).
+            self.remember_aborted(pdu.itt)
+            self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
             return
         lun = lun_number(pdu.lun)
         lus = s.target.lus_for(s.initiator_name)
@@ -482,6 +495,9 @@ class TaskIO:
             self._preempt_abort(task, outcome.aborted)
         if outcome.pr_changed:
             self.engine.pr_changed(lu)
+        if task.bidi:
+            self._complete_bidi(task, outcome.status, outcome.sense, outcome.data, mm)
+            return
         if mm and not task.read:
             self._respond(
                 task,
@@ -552,6 +568,67 @@ class TaskIO:
             )
             return
         self._send_data_in(task, data, status, sense, overflow, underflow, residual)
+
+    def _complete_bidi(
+        self, task: Task, status: int, sense: bytes, data: bytes, write_mismatch: int
+    ) -> None:
+        """The end of a bidirectional command (RFC 7143 11.3.4): the read part as
+        Data-In within the Bidirectional Read EDTL, numbered on from the R2Ts (R2T and
+        Data-In share one sequence, 4.2.2.4, 11.7.5), then the status in a SCSI Response
+        (never in a Data-In, 11.7.3) with the write part's residual in O/U and the
+        Residual Count and the read part's in o/u and the Bidirectional Read Residual
+        Count (11.4.1, 11.4.6)."""
+        limit = task.read_edtl
+        n = len(data)
+        bidi_over = bidi_under = False
+        bidi_residual = 0
+        if n > limit:
+            bidi_over, bidi_residual = True, n - limit
+            data = data[:limit]
+        elif n < limit:
+            bidi_under, bidi_residual = True, limit - n
+        count = 0
+        if data and status == ScsiStatus.GOOD:
+            count = self._send_bidi_data_in(task, data)
+        self._respond(
+            task,
+            status,
+            sense,
+            overflow=write_mismatch > 0,
+            underflow=write_mismatch < 0,
+            residual=abs(write_mismatch),
+            expdatasn=count,  # the number of Data-In PDUs sent (11.4.8)
+            bidi_overflow=bidi_over,
+            bidi_underflow=bidi_under,
+            bidi_residual=bidi_residual,
+        )
+
+    def _send_bidi_data_in(self, task: Task, data: bytes) -> int:
+        """The read part of a bidirectional command: Data-In PDUs without status, their
+        DataSN going on from the last R2TSN (``task.r2tsn``); returns how many."""
+        s = self.session
+        assert s is not None
+        mv = memoryview(data)
+        exp, mx = s.expcmdsn, s.maxcmdsn
+        datasn = task.r2tsn
+        count = 0
+        pieces = _datain_pieces(
+            0, len(data), self.max_send, self.params.max_burst_length,
+            self.datain_reverse, self.datain_sequences_reverse,
+        )  # fmt: skip
+        for off, ln, final, _last in pieces:
+            bhs = P.DATA_IN_BHS.pack(
+                0x25, 0x80 if final else 0, 0, ln, task.lun_field, task.itt, NONE_TAG,
+                0, exp, mx, datasn, off, 0,
+            )  # fmt: skip
+            parts = P.frame_parts(bhs, mv[off : off + ln], self.hd, self.dd)
+            # not kept for a Data SNACK: its BegRun would count the R2Ts too (11.16)
+            self.out.extend(parts)
+            datasn = sn_add(datasn, 1)
+            count += 1
+        task.r2tsn = datasn
+        self.engine.mark_dirty(cast("Connection", self))
+        return count
 
     def resume_task(self, task: Task, expdatasn: int) -> None:
         """TASK REASSIGN (ERL 2): ``task`` continues on this connection from its current
@@ -684,12 +761,16 @@ class TaskIO:
         underflow: bool = False,
         residual: int = 0,
         expdatasn: int = 0,
+        bidi_overflow: bool = False,
+        bidi_underflow: bool = False,
+        bidi_residual: int = 0,
     ) -> None:
         s = self.session
         assert s is not None
         data = P.ScsiResponse.sense_segment(sense) if sense else b""
         statsn = self.next_statsn()
         flags = 0x80 | (0x04 if overflow else 0) | (0x02 if underflow else 0)
+        flags |= (0x10 if bidi_overflow else 0) | (0x08 if bidi_underflow else 0)
         bhs = P.SCSI_RESPONSE_BHS.pack(
             0x21,
             flags,
@@ -703,7 +784,7 @@ class TaskIO:
             s.expcmdsn,
             s.maxcmdsn,
             expdatasn,
-            0,
+            min(bidi_residual, 0xFFFFFFFF),
             min(residual, 0xFFFFFFFF),  # a CDB may ask for more than 32 bits can count
         )
         parts = P.frame_parts(bhs, data, self.hd, self.dd)
