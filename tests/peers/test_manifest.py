@@ -225,3 +225,30 @@ def test_unknown_peer_lists_known_ones() -> None:
     assert "tgt" in peer_folders("target")
     with pytest.raises(ConfigError, match=r"known: .*tgt"):
         peer_folder("target", "no-such-peer")
+
+
+def test_fuzz_findings_of_a_deviation() -> None:
+    """``fuzz`` lists campaign failures ("KIND at PLACE", wildcards) that the entry
+    records; a ``Fuzz.*`` entry must have it; a bad pattern names the field."""
+    data = _with("deviations.1.fuzz", ["liveness at dead: *(SIGSEGV)"])
+    data["deviations"].append(
+        {"test": "Fuzz.Robustness.Demo", "reason": "r", "fuzz": ["hang at *"], "versions": "<2"}
+    )
+    m = parse_manifest(data)
+    narrow, fuzz_only = m.parsed_deviations[1], m.parsed_deviations[2]
+    assert narrow.covers_fuzz("liveness", "dead: tgtd exited with status -11 (SIGSEGV)", "1.0.85")
+    assert not narrow.covers_fuzz("liveness", "dead: tgtd exited with status -11 (SIGSEGV)", "1.2")
+    assert not narrow.covers_fuzz("liveness", "dead: exited with status -6 (SIGABRT)", "1.0.85")
+    assert not m.parsed_deviations[0].covers_fuzz("liveness", "dead")  # no fuzz key
+    assert fuzz_only.covers_fuzz("hang", "iscsi-inq", "?") and m.deviations[2]["fuzz"] == [
+        "hang at *"
+    ]
+    assert "fuzz" not in m.deviations[0]  # entries without it keep their old table
+    for value in (["liveness"], "hang at x", [3]):
+        with pytest.raises(ConfigError) as exc:
+            parse_manifest(_with("deviations.1.fuzz", value))
+        assert exc.value.field == "deviations[1].fuzz"
+    bare = _with("deviations.0.test", "Fuzz.Robustness.Bare")
+    with pytest.raises(ConfigError) as exc:
+        parse_manifest(bare)
+    assert exc.value.field == "deviations[0].fuzz"

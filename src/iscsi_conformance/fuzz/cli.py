@@ -13,6 +13,8 @@ engine saves them).
 target (``fuzz.hostile``), saving a shrunk reproducer per failure with --save/--report.
 ``fuzz replay FILE`` sends a saved reproducer again and says whether the same
 failure (kind and place) is seen; its status is 1 when it is, 0 when it is not.
+``fuzz ci --report DIR`` runs the CI's campaigns side by side (``fuzz.ci``: every
+target and every initiator) and fails on a failure of ours or a new one of a peer.
 A progress line is printed every second, the summary at the end; ``--seconds`` bounds
 the whole run, shrinking included. Exit status: 0 no failure, 1 failures, 2 bad input.
 """
@@ -128,6 +130,10 @@ def _endpoint(url: str) -> tuple[str, int, str]:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["replay"]:
         return _replay(argv[1:])
+    if argv[:1] == ["ci"]:
+        from iscsi_conformance.fuzz.ci import main as ci_main
+
+        return ci_main(argv[1:])
     parser = argparse.ArgumentParser(prog="iscsi-conformance fuzz", description=__doc__)
     parser.add_argument(
         "url",
@@ -283,8 +289,9 @@ def _tape(f: Any, host: str, port: int, iqn: str, health: Any) -> Any:
 
 
 def _report(
-    args: argparse.Namespace, peer: str, role: str, report: Any, saved: dict[tuple[str, str], Path]
-) -> None:
+    args: argparse.Namespace, peer: str, role: str, report: Any, saved: dict[tuple[str, str], Path],
+    version: str = "",
+) -> None:  # fmt: skip
     """With --report DIR: write the campaign as DIR/fuzz/PEER.json (report/fuzz.py)."""
     if args.report is None:
         return
@@ -322,7 +329,7 @@ def _report(
         peer=peer, role=role, started=started.isoformat(timespec="seconds"),
         seconds=round(report.seconds, 3), cases=report.cases, pdus=report.pdus,
         seed=args.seed, command=["iscsi-conformance", "fuzz", *args.argv],
-        notes=list(report.notes), failures=failures,
+        notes=list(report.notes), failures=failures, peer_version=version,
     )  # fmt: skip
     path = campaign_path(args.report, peer)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -385,6 +392,7 @@ def _hypothesis(
     from iscsi_conformance.fuzz.repro import save
 
     max_rss_kib, max_fds = _limits(args)
+    version = _version(health)
     report, run = run_machine(
         host, port, iqn, seconds=args.seconds, max_examples=args.examples, steps=args.steps,
         health=health, accounts=accounts, strict=strict, database=args.database,
@@ -411,8 +419,17 @@ def _hypothesis(
             path = save(f, save_dir, target=report.target, url=url, seed=args.seed, tape=tape)
             saved[f.identity] = path
             print(f"  reproducer: {path}  (iscsi-conformance fuzz replay {path})")
-    _report(args, peer, "target", report, saved)
+    _report(args, peer, "target", report, saved, version)
     return 1 if report.failing(strict=strict) else 0
+
+
+def _version(health: Any) -> str:
+    """The version of a peer run by its driver (``DriverSubject``), else ""."""
+    version = getattr(health, "version", None)
+    try:
+        return str(version()) if callable(version) else ""
+    except (OSError, ISCSIConformanceError):
+        return ""
 
 
 def _campaign(
@@ -423,6 +440,7 @@ def _campaign(
     from iscsi_conformance.fuzz.repro import save
 
     max_rss_kib, max_fds = _limits(args)
+    version = _version(health)
     camp = Campaign(
         host, port, iqn, seconds=args.seconds, max_cases=args.cases, seed=args.seed,
         workers=args.workers, health=health, strict=strict, max_rss_kib=max_rss_kib,
@@ -444,5 +462,5 @@ def _campaign(
             path = save(f, save_dir, target=report.target, url=url, seed=args.seed, tape=tape)
             saved[f.identity] = path
             print(f"  reproducer: {path}  (iscsi-conformance fuzz replay {path})")
-    _report(args, peer, "target", report, saved)
+    _report(args, peer, "target", report, saved, version)
     return 1 if report.failing(strict=strict) else 0

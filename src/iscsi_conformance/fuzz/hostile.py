@@ -587,16 +587,18 @@ def initiator_campaign(
         "PDUs counts the PDUs the hostile target damaged"
     )
     plans: dict[tuple[str, str], list[Mutation]] = {}
-    deadline = time.monotonic() + seconds
 
     async def run(subject: InProcessSubject) -> None:
         asyncio.get_running_loop().set_exception_handler(quiet_on_interrupt)
         proxy = HostileProxy((subject.host, subject.port), seed=seed, rate=rate, host=impl.host)
         await proxy.start()
         start = time.monotonic()
-        last = start
         try:
             await impl.setup(proxy)
+            # the budget counts from the initiator being up, as a target campaign's
+            # counts from its peer started: open-iscsi's micro-VM boot is not fuzzing
+            start = last = time.monotonic()
+            deadline = start + seconds
             case = 0
             while max_cases is None or case < max_cases:
                 end = deadline - (0.2 * seconds if report.failures and shrink else 0)
@@ -640,11 +642,11 @@ def initiator_campaign(
                     saved(f, plan, tape)
         finally:
             report.pdus = proxy.damaged
+            report.seconds = time.monotonic() - start  # the peer's stop is not fuzzing
             try:
                 await impl.teardown()
             finally:
                 await proxy.stop()
-            report.seconds = time.monotonic() - start
 
     with InProcessSubject(IQN) as subject:
         asyncio.run(run(subject))

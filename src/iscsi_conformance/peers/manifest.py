@@ -18,6 +18,7 @@ in the installed wheel, where pyproject force-includes them as package data
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 import os
 import re
@@ -157,6 +158,11 @@ class Deviation:
     effect: str = (
         "xfail"  # "xfail": run, must fail; "intermittent": run, may fail; "skip": do not run
     )
+    #: Fuzz findings this entry records, each "KIND at PLACE" (a campaign failure's
+    #: identity, fnmatch wildcards allowed): ``fuzz ci`` passes a third-party peer's
+    #: campaign failure that one of them covers (``fuzz.ci``). Entries under the
+    #: reserved family ``Fuzz.*`` are fuzz findings that no conformance test covers.
+    fuzz: tuple[str, ...] = ()
 
     def matches(self, test_id: str, version: str | None = None) -> bool:
         """Whether this deviation covers ``test_id`` for the peer at ``version``.
@@ -183,6 +189,15 @@ class Deviation:
         """Whether the entry names a group of tests (``Foo.Bar.*``), not one test."""
         return self.test.endswith(".*")
 
+    def covers_fuzz(self, kind: str, place: str, version: str | None = None) -> bool:
+        """Whether this entry records the fuzz failure ``kind`` at ``place`` of the peer
+        at ``version`` (a version with no number in it is assumed to still have it)."""
+        if not any(fnmatch.fnmatchcase(f"{kind} at {place}", pat) for pat in self.fuzz):
+            return False
+        if version is None or self.versions.strip() == "*" or not re.search(r"\d", version):
+            return True
+        return version_matches(version, self.versions)
+
     @classmethod
     def from_dict(cls, raw: Any) -> Deviation:
         """A deviation from its manifest table (or an already parsed one)."""
@@ -194,10 +209,16 @@ class Deviation:
             versions=str(raw.get("versions", "*")),
             upstream=str(raw.get("upstream", "") or ""),
             effect=str(raw.get("effect", "xfail")),
+            fuzz=tuple(str(p) for p in raw.get("fuzz", ()) or ()),
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.fuzz:
+            out["fuzz"] = list(self.fuzz)
+        else:
+            del out["fuzz"]  # the tables of conformance deviations stay as they were
+        return out
 
 
 @dataclasses.dataclass
@@ -373,7 +394,7 @@ def parse_manifest(
         where = f"deviations[{i}]"
         if not isinstance(raw, dict):
             raise ConfigError("must be a table", field=where)
-        extra = set(raw) - {"test", "versions", "reason", "upstream", "effect"}
+        extra = set(raw) - {"test", "versions", "reason", "upstream", "effect", "fuzz"}
         if extra:
             raise ConfigError(f"unknown key(s) {sorted(extra)}", field=where)
         test = _require(raw, "test", str, where)
@@ -393,6 +414,18 @@ def parse_manifest(
         effect = _require(raw, "effect", str, where, default="xfail")
         if effect not in DEVIATION_EFFECTS:
             raise ConfigError(f"must be one of {DEVIATION_EFFECTS}", field=f"{where}.effect")
+        fuzz = _require(raw, "fuzz", list, where, default=[])
+        if not all(isinstance(p, str) and " at " in p for p in fuzz):
+            raise ConfigError(
+                'must be a list of fuzz failure identities "KIND at PLACE"',
+                field=f"{where}.fuzz",
+            )
+        if test.startswith("Fuzz.") and not fuzz:
+            raise ConfigError(
+                "an entry of the reserved family Fuzz.* records fuzz findings: it needs "
+                'fuzz = ["KIND at PLACE", ...]',
+                field=f"{where}.fuzz",
+            )
         devs.append(
             Deviation(
                 test=test,
@@ -400,6 +433,7 @@ def parse_manifest(
                 versions=versions,
                 upstream=_require(raw, "upstream", str, where, default=""),
                 effect=effect,
+                fuzz=tuple(fuzz),
             )
         )
 

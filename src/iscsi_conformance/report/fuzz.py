@@ -6,7 +6,8 @@ Theory of operation: a campaign is one JSON file ``DIR/fuzz/<peer>.json`` (forma
 ``iscsi-conformance-fuzz``, version 1), its reproducers and their captures beside it
 in ``DIR/fuzz/<peer>/``; every path in the file is relative to ``DIR``. The fields:
 ``peer``, ``role`` ("target" or "initiator"), ``started`` (ISO 8601), ``seconds``,
-``cases``, ``pdus``, ``seed``, ``command`` (argv), ``notes`` (lines) and ``failures``,
+``cases``, ``pdus``, ``seed``, ``command`` (argv), ``notes`` (lines), ``peer_version`` (the
+peer's, "" when not known; added later, so optional) and ``failures``,
 each with ``kind``, ``place``, ``requirement``, ``level``, ``count``, ``detail`` (its
 first line), ``reproducer`` and ``pcapng`` (paths, "" when none) and ``replay`` (the
 command). :func:`load_campaigns` reads every such file of a folder, sorted by peer; a
@@ -53,6 +54,7 @@ class FuzzCampaign:
     command: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     failures: list[FuzzFailure] = dataclasses.field(default_factory=list)
+    peer_version: str = ""
 
     @property
     def anchor(self) -> str:
