@@ -72,6 +72,9 @@ class Failure:
     pdus: list[bytes] = dataclasses.field(default_factory=list)
     count: int = 1
     shrunk: bool = False
+    #: the state machine's program up to the failure (``fuzz.machine``: replayed by
+    #: ``machine.replay_program``), ``[rule, {argument: value}]``; empty otherwise
+    program: list[Any] = dataclasses.field(default_factory=list)
 
     @property
     def identity(self) -> tuple[str, str]:

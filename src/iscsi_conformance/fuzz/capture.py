@@ -12,6 +12,10 @@ named in the reproducer). The file's first packet says which failure it is.
 
 :func:`record` replays a failure once against a live target with a tape on, the way
 ``fuzz --save`` and ``fuzz --report`` record the capture of each reproducer they save.
+
+A :class:`MultiTape` keeps several connections (a hostile target's case, a state
+machine program with MC/S or a reinstatement): one :class:`ConnRecord` per connection,
+each framed as its own TCP stream in the same pcapng.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Tape", "record"]
+__all__ = ["ConnRecord", "MultiTape", "Tape", "record"]
 
 I2T, T2I = "i->t", "t->i"
 
@@ -105,6 +109,71 @@ class Tape:
             evidence=Evidence(
                 pdus=events,
                 connections=[{"initiator": self.initiator, "target": self.target}],
+            ),
+        )
+        return write_capture(result, path)
+
+
+@dataclasses.dataclass
+class ConnRecord:
+    """One connection of a :class:`MultiTape`: its two endpoints and its chunks."""
+
+    initiator: str
+    target: str
+    start: float
+    chunks: list[tuple[float, str, bytes]] = dataclasses.field(default_factory=list)
+
+
+class MultiTape(Tape):
+    """Several connections in one pcapng (``conns``; ``port``: the target's port)."""
+
+    def __init__(self, conns: list[ConnRecord] | None = None, port: int = 0) -> None:
+        conns = list(conns or [])
+        super().__init__(start=min((c.start for c in conns), default=time.time()))
+        self.conns = conns
+        self.port = port
+        self.chunks = [ch for c in conns for ch in c.chunks]
+
+    def open(self, sockname: Any, peername: Any) -> ConnRecord:
+        """A new connection from now on (the socket's own and its peer's address)."""
+        conn = ConnRecord(_endpoint(sockname), _endpoint(peername), time.time())
+        if not self.conns:
+            self.start = conn.start
+        self.conns.append(conn)
+        if not self.port and peername:
+            self.port = int(peername[1])
+        return conn
+
+    def add_to(self, conn: ConnRecord, direction: str, data: bytes) -> None:
+        if data:
+            chunk = (time.time(), direction, bytes(data))
+            conn.chunks.append(chunk)
+            self.chunks.append(chunk)
+
+    @property
+    def target_port(self) -> int:
+        return self.port
+
+    def write_pcapng(self, path: Path, *, title: str, message: str = "") -> Path | None:
+        from iscsi_conformance.report.model import Evidence, PduEvent, TestResult
+        from iscsi_conformance.report.pcapng import write_capture
+
+        events = [
+            PduEvent(direction, "", hex=data.hex(), time=when - self.start, connection=i)
+            for i, c in enumerate(self.conns)
+            for when, direction, data in c.chunks
+        ]
+        if not events:
+            return None
+        result = TestResult(
+            id=title,
+            pairing="fuzz",
+            outcome="failed",
+            start=_dt.datetime.fromtimestamp(self.start, _dt.UTC).isoformat(),
+            message=message,
+            evidence=Evidence(
+                pdus=events,
+                connections=[{"initiator": c.initiator, "target": c.target} for c in self.conns],
             ),
         )
         return write_capture(result, path)

@@ -55,6 +55,8 @@ def _replay(argv: list[str]) -> int:
     identity = (finding["kind"], finding["place"])
     if finding.get("role") == "initiator":
         return _replay_initiator(args, finding)
+    if finding.get("program"):
+        return _replay_program(args, finding)
     url = args.url or finding.get("url") or ""
     with contextlib.ExitStack() as stack:
         health: Any = None
@@ -110,6 +112,58 @@ def _replay_initiator(args: argparse.Namespace, finding: dict[str, Any]) -> int:
             print("no capture: the initiator opened no connection")
         else:
             print(f"capture: {args.pcap} (tshark -r {args.pcap} -d tcp.port=={tape.port},iscsi)")
+    if identity in seen:
+        print(f"reproduced: {identity[0]} at {identity[1]}")
+        return 1
+    others = ", ".join(f"{k} at {p}" for k, p in sorted(seen)) or "nothing"
+    print(f"not reproduced: {identity[0]} at {identity[1]} (seen: {others})")
+    return 0
+
+
+def _replay_program(args: argparse.Namespace, finding: dict[str, Any]) -> int:
+    """``fuzz replay`` of a state machine finding: its program runs again
+    (``machine.replay_program``); without a URL against a fresh reference target with
+    new CHAP accounts (the program's CHAP logins answer the new challenges)."""
+    from iscsi_conformance.fuzz.capture import MultiTape
+    from iscsi_conformance.fuzz.machine import replay_program
+
+    identity = (finding["kind"], finding["place"])
+    url = args.url or finding.get("url") or ""
+    tape = MultiTape() if args.pcap is not None else None
+    try:
+        with contextlib.ExitStack() as stack:
+            health: Any = None
+            accounts: Any = None
+            if url:
+                host, port, iqn = _endpoint(url)
+            else:
+                from iscsi_conformance.fuzz.accounts import Accounts, chap_toml
+                from iscsi_conformance.fuzz.reference import ReferenceSubject
+
+                iqn = str(finding.get("iqn") or DEFAULT_IQN)
+                accounts = Accounts.random()
+                config = chap_toml(iqn, accounts)
+                health = stack.enter_context(ReferenceSubject(iqn, config=config))
+                host, port = health.host, health.port
+            seen, _run = replay_program(
+                host, port, iqn, finding["program"], health=health, accounts=accounts, tape=tape
+            )
+    except URLError as exc:
+        return _err(f"bad URL: {exc}")
+    except ValueError as exc:
+        return _err(f"cannot replay {args.file}: {exc}")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except ISCSIConformanceError as exc:
+        return _err(str(exc))
+    if tape is not None:
+        title = f"fuzz replay of {args.file.name}: {identity[0]} at {identity[1]}"
+        if tape.write_pcapng(args.pcap, title=title) is None:
+            print("no capture: the program opened no connection")
+        else:
+            print(f"capture: {args.pcap} ({len(tape.conns)} connection(s); "
+                  f"tshark -r {args.pcap} -d tcp.port=={tape.target_port},iscsi)")  # fmt: skip
     if identity in seen:
         print(f"reproduced: {identity[0]} at {identity[1]}")
         return 1
@@ -276,6 +330,31 @@ def _save_dir(args: argparse.Namespace, peer: str) -> Path | None:
     return campaign_path(args.report, peer).with_suffix("")
 
 
+def _program_tape(
+    f: Any, host: str, port: int, iqn: str, health: Any, accounts: Any
+) -> tuple[Any, dict[str, Any]]:
+    """A state machine failure's program replayed once with every connection recorded:
+    the tape (None if it failed) and what the reproducer adds (the program, each PDU's
+    connection and digests). ``f.pdus`` become the PDUs that replay sent."""
+    from iscsi_conformance.fuzz.capture import MultiTape
+    from iscsi_conformance.fuzz.machine import replay_program
+
+    extra: dict[str, Any] = {"engine": "hypothesis", "iqn": iqn, "program": f.program}
+    tape = MultiTape()
+    try:
+        seen, run = replay_program(host, port, iqn, f.program, health=health,
+                                   accounts=accounts, tape=tape)  # fmt: skip
+    except (OSError, ISCSIConformanceError, ValueError) as exc:
+        print(f"  no capture of {f.kind} at {f.place}: {exc}")
+        return None, extra
+    tape.seen = seen
+    if run.sent:
+        f.pdus, f.phase = [raw for _n, raw, _d in run.sent], "program"
+        extra["pdu_connections"] = [n for n, _raw, _d in run.sent]
+        extra["pdu_digests"] = [list(d) for _n, _raw, d in run.sent]
+    return tape, extra
+
+
 def _tape(f: Any, host: str, port: int, iqn: str, health: Any) -> Any:
     """The recorded exchange of one replay of ``f`` (``fuzz.capture``), or None."""
     from iscsi_conformance.fuzz.capture import record
@@ -414,9 +493,14 @@ def _hypothesis(
     save_dir = _save_dir(args, peer)
     if save_dir is not None:
         for f in report.failures.values():
-            tape = _tape(f, host, port, iqn, health) if f.pdus else None
+            extra: dict[str, Any] = {}
+            if f.program:
+                tape, extra = _program_tape(f, host, port, iqn, health, accounts)
+            else:
+                tape = _tape(f, host, port, iqn, health) if f.pdus else None
             url = "" if health is not None else args.url
-            path = save(f, save_dir, target=report.target, url=url, seed=args.seed, tape=tape)
+            path = save(f, save_dir, target=report.target, url=url, seed=args.seed, tape=tape,
+                        extra=extra)  # fmt: skip
             saved[f.identity] = path
             print(f"  reproducer: {path}  (iscsi-conformance fuzz replay {path})")
     _report(args, peer, "target", report, saved, version)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as _dt
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +46,7 @@ from iscsi_conformance.core import text as T
 from iscsi_conformance.core.layout import check_reserved
 from iscsi_conformance.errors import ProtocolError
 from iscsi_conformance.fuzz.campaign import CampaignReport, Failure, ddmin, quiet_on_interrupt
-from iscsi_conformance.fuzz.capture import Tape
+from iscsi_conformance.fuzz.capture import ConnRecord, MultiTape
 from iscsi_conformance.fuzz.hostile_clients import IQN, make_client
 
 __all__ = [
@@ -325,14 +324,7 @@ class _SentChecker:
         return out
 
 
-@dataclasses.dataclass
-class _Conn:
-    """One client connection of a case, as recorded for the pcapng."""
-
-    initiator: str
-    target: str
-    start: float
-    chunks: list[tuple[float, str, bytes]] = dataclasses.field(default_factory=list)
+_Conn = ConnRecord
 
 
 class HostileProxy:
@@ -490,42 +482,8 @@ class HostileProxy:
         return _CaseTape(list(self.conns), self.port)
 
 
-class _CaseTape(Tape):
+class _CaseTape(MultiTape):
     """A case's connections (several) in the pcapng of its reproducer."""
-
-    def __init__(self, conns: list[_Conn], port: int) -> None:
-        super().__init__(start=min((c.start for c in conns), default=time.time()))
-        self.conns = conns
-        self.port = port
-        self.chunks = [ch for c in conns for ch in c.chunks]
-
-    @property
-    def target_port(self) -> int:
-        return self.port
-
-    def write_pcapng(self, path: Path, *, title: str, message: str = "") -> Path | None:
-        from iscsi_conformance.report.model import Evidence, PduEvent, TestResult
-        from iscsi_conformance.report.pcapng import write_capture
-
-        events = [
-            PduEvent(direction, "", hex=data.hex(), time=when - self.start, connection=i)
-            for i, c in enumerate(self.conns)
-            for when, direction, data in c.chunks
-        ]
-        if not events:
-            return None
-        result = TestResult(
-            id=title,
-            pairing="fuzz",
-            outcome="failed",
-            start=_dt.datetime.fromtimestamp(self.start, _dt.UTC).isoformat(),
-            message=message,
-            evidence=Evidence(
-                pdus=events,
-                connections=[{"initiator": c.initiator, "target": c.target} for c in self.conns],
-            ),
-        )
-        return write_capture(result, path)
 
 
 # ---------------------------------------------------------------------- campaigns

@@ -34,6 +34,15 @@ distinct bugs apart and shrinks each on its own; the connection's PDUs of its la
 
 Bounded: ``max_examples`` and ``seconds`` (a rule past the deadline ends the whole
 run at once, shrinking included, and what was found so far is reported).
+
+Replay: every example also records its program as data (``SessionMachine.program``:
+``[rule, {argument: value}]``, a ``hostile_pdu`` as the bytes it sent), and each
+failure keeps the program of its smallest run. :func:`replay_program` runs such a
+program again outside Hypothesis, against any target, with every connection it opens
+recorded (a ``capture.MultiTape`` for the pcapng, ``MachineRun.sent`` for the hex):
+a failure between two connections (MC/S, a reinstatement) or in a CHAP exchange (a
+fresh challenge, answered with the accounts of the target replayed against) shows
+again because the same rules run again, not the same bytes.
 """
 
 from __future__ import annotations
@@ -86,7 +95,15 @@ from iscsi_conformance.fuzz.campaign import (
 from iscsi_conformance.fuzz.gen import _CDB_OPS, Session
 from iscsi_conformance.fuzz.oracles import AnswerChecker
 
-__all__ = ["Accounts", "MachineRun", "OutOfTime", "chap_toml", "run_machine", "with_accounts"]
+__all__ = [
+    "Accounts",
+    "MachineRun",
+    "OutOfTime",
+    "chap_toml",
+    "replay_program",
+    "run_machine",
+    "with_accounts",
+]
 
 PING = b"iscsi-conformance machine ping"
 MRDSL = 8192
@@ -129,6 +146,12 @@ class MachineRun:
     #: set at the first failure: shrinking gets ``shrink_seconds`` from then on
     shrink_deadline: float = float("inf")
     shrink_seconds: float = 10.0
+    #: a ``capture.MultiTape`` recording every connection opened (a replay), or None
+    tape: Any = None
+    #: when ``record_sent``: every PDU sent, as (connection number, bytes, digests)
+    record_sent: bool = False
+    sent: list[tuple[int, bytes, tuple[bool, bool]]] = dataclasses.field(default_factory=list)
+    conns: Any = dataclasses.field(default_factory=lambda: itertools.count(1))
 
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
@@ -149,11 +172,35 @@ class _Closed(Exception):
     pass
 
 
+class _TapedSocket:
+    """A socket whose bytes both ways go to a ``capture.MultiTape``."""
+
+    def __init__(self, sock: socket.socket, tape: Any) -> None:
+        self._sock, self._tape = sock, tape
+        self._conn = tape.open(sock.getsockname(), sock.getpeername())
+
+    def sendall(self, data: bytes) -> None:
+        self._tape.add_to(self._conn, "i->t", data)
+        self._sock.sendall(data)
+
+    def recv(self, n: int) -> bytes:
+        data = self._sock.recv(n)
+        self._tape.add_to(self._conn, "t->i", data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class _Link:
     """One connection in full feature phase, seen from the initiator side."""
 
-    def __init__(self, sock: socket.socket, profile: str, keys: list[tuple[str, str]]) -> None:
+    def __init__(
+        self, sock: Any, profile: str, keys: list[tuple[str, str]], run: MachineRun | None = None
+    ) -> None:
         self.sock = sock
+        self.number = next(run.conns) if run is not None else 0
+        self.log = run.sent if run is not None and run.record_sent else None
         self.profile = profile
         self.keys = keys
         self.decoder = P.PDUDecoder(max_data_segment_length=1 << 24)
@@ -169,6 +216,12 @@ class _Link:
     def send(self, raws: Sequence[bytes]) -> None:
         self.transcript.extend(raws)
         del self.transcript[:-256]
+        self.send_only(raws)
+
+    def send_only(self, raws: Sequence[bytes]) -> None:
+        """Send without keeping the PDUs in the transcript (a ping)."""
+        if self.log is not None:
+            self.log.extend((self.number, raw, (self.s.hd, self.s.dd)) for raw in raws)
         try:
             self.sock.sendall(b"".join(raws))
         except OSError as exc:
@@ -200,10 +253,10 @@ class _Link:
             self.sock.close()
 
 
-def _connect(run: MachineRun) -> socket.socket:
+def _connect(run: MachineRun) -> Any:
     sock = socket.create_connection((run.host, run.port), timeout=run.io_timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    return _TapedSocket(sock, run.tape) if run.tape is not None else sock
 
 
 _ALGS = st.sampled_from(sorted(ALGORITHMS))
@@ -237,6 +290,7 @@ class SessionMachine(RuleBasedStateMachine):
         super().__init__()
         self.links: list[_Link] = []
         self.trace: list[str] = []  # the rules run so far, for a failure's detail
+        self.program: list[list[Any]] = []  # the same as data: [rule, {argument: value}]
         r = type(self).run
         self._tick()
         r.examples += 1
@@ -293,13 +347,15 @@ class SessionMachine(RuleBasedStateMachine):
             kind, place, detail, requirement, level, phase,
             list(keys if keys is not None else (link.keys if link else [])),
             list(pdus if pdus is not None else (link.transcript if link else [])),
+            program=[[name, dict(kw)] for name, kw in self.program],
         )  # fmt: skip
         f.detail += "\n\nThe program up to the failure:\n" + "\n".join(self.trace[-40:])
         old = r.failures.get(f.identity)
         if old is None:
             r.shrink_deadline = min(r.shrink_deadline, time.monotonic() + r.shrink_seconds)
         f.count = old.count + 1 if old is not None else 1
-        if old is None or len(f.pdus) <= len(old.pdus):  # the smallest transcript is kept
+        # the smallest run is kept: the shortest program, then the shortest transcript
+        if old is None or (len(f.program), len(f.pdus)) <= (len(old.program), len(old.pdus)):
             r.failures[f.identity] = f
         else:
             old.count = f.count
@@ -353,7 +409,7 @@ class SessionMachine(RuleBasedStateMachine):
         except OSError as exc:
             return None, f"cannot connect: {exc}"
         link = _Link(sock, profile, [("InitiatorName", name), ("TargetName", r.target),
-                                     *sorted(keys.items())])  # fmt: skip
+                                     *sorted(keys.items())], r)  # fmt: skip
         link.isid = isid if isid is not None else 0x80_0000_0000 | next(r.isids)
         link.cid = cid if cid is not None else next(r.cids) & 0xFFFF
         try:
@@ -408,7 +464,7 @@ class SessionMachine(RuleBasedStateMachine):
         s = link.s
         nop = P.NopOut(immediate=True, itt=itt, cmdsn=s.cmdsn, expstatsn=s.expstatsn, data=PING)
         try:
-            link.sock.sendall(P.encode(nop, header_digest=s.hd, data_digest=s.dd))
+            link.send_only([P.encode(nop, header_digest=s.hd, data_digest=s.dd)])
             while True:
                 pdu = link.next_pdu(min(r.silence, max(0.05, r.time_left())))
                 if pdu is None:
@@ -472,7 +528,7 @@ class SessionMachine(RuleBasedStateMachine):
         s = link.s
         nop = P.NopOut(immediate=True, itt=0xEEEE, cmdsn=s.cmdsn, expstatsn=s.expstatsn, data=PING)
         try:
-            link.sock.sendall(P.encode(nop, header_digest=s.hd, data_digest=s.dd))
+            link.send_only([P.encode(nop, header_digest=s.hd, data_digest=s.dd)])
             while True:
                 pdu = link.next_pdu(self.r.io_timeout if timeout is None else timeout)
                 if pdu is None:
@@ -672,7 +728,7 @@ class SessionMachine(RuleBasedStateMachine):
         except OSError:
             self._liveness()
             return
-        link = _Link(sock, "none", [])
+        link = _Link(sock, "none", [], self.r)
         try:
             link.send([raw])
             self._step([raw], "login")
@@ -826,7 +882,16 @@ class SessionMachine(RuleBasedStateMachine):
             return
         s = link.s
         raw = P.encode(drawn, strict=False, tamper=tamper, header_digest=s.hd, data_digest=s.dd)
+        self.program.append(["hostile_bytes", {"i": i, "raw": raw.hex()}])  # replayed as sent
         self._ffp(link, [raw])
+
+    def hostile_bytes(self, i: int, raw: str) -> None:
+        """A ``hostile_pdu`` replayed: the bytes it sent (hex), on link ``i``."""
+        self._tick()
+        link = self._pick(i)
+        if link is not None:
+            self.trace.append(f"state.hostile_bytes(i={i}, raw={_short(raw)})")
+            self._ffp(link, [bytes.fromhex(raw)])
 
     # ------------------------------------------------------------------ end
 
@@ -840,11 +905,22 @@ def _traced(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
     def call(self: SessionMachine, **kwargs: Any) -> Any:
         args = ", ".join(f"{k}={_short(v)}" for k, v in kwargs.items())
         self.trace.append(f"state.{name}({args})")
+        if name != "hostile_pdu":  # that one records the bytes it sends (hostile_bytes)
+            self.program.append([name, {k: _plain(v) for k, v in kwargs.items()}])
         return function(self, **kwargs)
 
     call.__name__ = call.__qualname__ = name  # Hypothesis prints programs with it
     call.__doc__ = function.__doc__
     return call
+
+
+def _plain(v: Any) -> Any:
+    """``v`` as a reproducer writes and reads it back (tuples as lists)."""
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
 
 def _short(v: Any) -> str:
@@ -854,11 +930,71 @@ def _short(v: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+#: the rules by name, as a replayed program calls them (traced, as in a run)
+_RULES: dict[str, Callable[..., Any]] = {}
 for _name, _value in list(vars(SessionMachine).items()):
     for _marker in ("hypothesis_stateful_rule", "hypothesis_stateful_initialize_rule"):
         _r = getattr(_value, _marker, None)
         if _r is not None:
             object.__setattr__(_r, "function", _traced(_name, _r.function))
+            _RULES[_name] = _r.function
+_RULES["hostile_bytes"] = SessionMachine.hostile_bytes
+
+
+def check_program(program: Any) -> list[tuple[str, dict[str, Any]]]:
+    """``program`` (a reproducer's literal) as (rule, arguments); ValueError if it is
+    not one: an unknown rule or arguments that are not a dict."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    if not isinstance(program, list | tuple):
+        raise ValueError("a program is a list of [rule, {argument: value}]")
+    for step in program:
+        if (
+            not isinstance(step, list | tuple)
+            or len(step) != 2
+            or step[0] not in _RULES
+            or step[0] == "hostile_pdu"
+            or not isinstance(step[1], dict)
+        ):
+            raise ValueError(f"not a step of a program: {step!r:.200}")
+        out.append((str(step[0]), dict(step[1])))
+    return out
+
+
+def replay_program(
+    host: str,
+    port: int,
+    target: str,
+    program: Any,
+    *,
+    health: Any = None,
+    accounts: Accounts | None = None,
+    tape: Any = None,
+    seconds: float = 120.0,
+) -> tuple[set[tuple[str, str]], MachineRun]:
+    """Run a recorded ``program`` once against the target (outside Hypothesis): the
+    identities of the failures it showed (it goes on past a failure, as a non-strict
+    run does) and the run (``sent``: every PDU sent, by connection). ``tape`` (a
+    ``capture.MultiTape``) records every connection. ``accounts``: the CHAP accounts
+    of the target (without them, CHAP rules log in without authentication). Raises
+    ValueError for a program that is not one."""
+    steps = check_program(program)
+    run = MachineRun(host, port, target, deadline=time.monotonic() + seconds, health=health,
+                     accounts=accounts, strict=True, tape=tape, record_sent=True)  # fmt: skip
+    machine = type("SessionMachineReplay", (SessionMachine,), {"run": run})()
+    try:
+        for name, kwargs in steps:
+            try:
+                _RULES[name](machine, **kwargs)
+            except FuzzFinding:
+                pass  # kept in run.failures; the program goes on
+            except TypeError as exc:  # arguments that are not the rule's
+                raise ValueError(f"{name}: {exc}") from exc
+    except OutOfTime:
+        run.report.notes.append(TIME_NOTE)
+    finally:
+        machine.teardown()
+    run.report.failures = dict(run.failures)
+    return set(run.failures), run
 
 
 def run_machine(

@@ -8,6 +8,13 @@ repr (or "does not decode" for damaged ones). ``load()`` reads the literal with
 ``ast.literal_eval``: a reproducer is data and is never executed. The PDUs go out
 as recorded, after a login with the recorded keys (CmdSN 0, so that a target that
 starts its window at the login's CmdSN sees the same numbers again).
+
+A finding of the state machine (``fuzz.machine``, phase ``program``) also holds its
+``program`` (the rules and their arguments): ``fuzz replay`` runs the program again
+(``machine.replay_program``), so that several connections (MC/S, a reinstatement)
+and CHAP logins (a fresh challenge each time) replay; its ``pdus`` are every PDU
+that program's recorded replay sent, on all its connections (``pdu_connections``
+says which), and its pcapng holds every connection.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ def _lit(v: Any) -> str:
         return json.dumps(v)
     if isinstance(v, list | tuple):
         return "[" + ", ".join(_lit(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_lit(k)}: {_lit(x)}" for k, x in v.items()) + "}"
     return repr(v)
 
 
@@ -124,7 +133,7 @@ def save(
         "FINDING = {",
     ]
     for k, v in finding.items():
-        if k in ("pdus", "login_keys", "mutations"):
+        if k in ("pdus", "login_keys", "mutations", "program"):
             lines.append(f"    {_lit(k)}: [")
             lines.extend(f"        {_lit(h)}," for h in v)
             lines.append("    ],")
@@ -132,8 +141,16 @@ def save(
             lines.append(f"    {_lit(k)}: {_lit(v)},")
     lines.append("}")
     lines.append("")
-    lines.append("# The PDUs as sent, decoded (after the login in phase ffp):")
+    conns = finding.get("pdu_connections") or []
+    if conns:
+        lines.append("# The PDUs the program's recorded replay sent, decoded (by connection):")
+    else:
+        lines.append("# The PDUs as sent, decoded (after the login in phase ffp):")
     for i, raw in enumerate(f.pdus, 1):
+        if conns:
+            hd, dd = (finding.get("pdu_digests") or [])[i - 1]
+            lines.append(f"# {i}. connection {conns[i - 1]}: {describe(raw, digests=(hd, dd))}")
+            continue
         lines.append(
             f"# {i}. {describe(raw, digests=digests if f.phase == 'ffp' else (False, False))}"
         )
