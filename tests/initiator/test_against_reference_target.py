@@ -221,3 +221,31 @@ def test_login_errors(ref) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(LoginError) as info:
         run(Session.connect(host, port, f"{PREFIX}:missing"))
     assert info.value.login_status == 0x0203
+
+
+@pytest.mark.parametrize(
+    ("target", "keys"),
+    [("plain", {}), ("small", {"InitialR2T": "Yes", "ImmediateData": "No"})],
+)
+def test_xdwriteread_bidirectional(ref, target: str, keys: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """A bidirectional XDWRITEREAD(10) (RFC 7143 11.3.4): the write part by immediate data
+    or R2Ts, the read part (the XOR) reassembled from Data-In numbered on from the R2Ts, no
+    violation seen, the medium holding the write part afterwards; then the read residuals."""
+    _, host, port = ref
+
+    async def go() -> None:
+        async with Session.connect(host, port, f"{PREFIX}:{target}", keys=keys) as s:
+            old, new = pattern(16384, seed=3), pattern(16384, seed=77)
+            await s.write(0, 900, old)
+            r = await s.xdwriteread(0, 900, new)
+            assert r.status == 0 and r.data == bytes(a ^ b for a, b in zip(old, new, strict=True))
+            assert await s.read(0, 900, 32) == new
+            r = await s.xdwriteread(0, 900, old, read_length=8192)
+            assert r.status == 0 and len(r.data) == 8192 and r.bidi_residual == 8192
+            assert r.response_pdu.bidi_overflow
+            r = await s.xdwriteread(0, 900, new, disable_write=True)
+            assert r.data == bytes(a ^ b for a, b in zip(old, new, strict=True))
+            assert await s.read(0, 900, 32) == old
+            assert s.violations == []
+
+    run(go())

@@ -1018,7 +1018,11 @@ class FullFeature:
         expected_length: int | None = None,
         immediate: bool = False,
         answer_r2t: bool = True,
+        bidi_read_length: int | None = None,
     ) -> TaskOutcome:
+        """One SCSI command. ``bidi_read_length`` (with ``data_out``) makes it
+        bidirectional: R and W set, EDTL the write length and the read length in a
+        Bidirectional Read Expected Data Transfer Length AHS (RFC 7143 11.3.4)."""
         itt = self.next_itt()
         write = bool(data_out)
         edtl = (
@@ -1037,7 +1041,8 @@ class FullFeature:
                 and len(immediate_part) < min(self.first_burst, len(data_out))
             ),
             read=read_length > 0
-            or (expected_length is not None and not write and expected_length > 0),
+            or (expected_length is not None and not write and expected_length > 0)
+            or bidi_read_length is not None,
             write=write,
             attr=1,
             lun=P.lun_to_field(lun),
@@ -1046,6 +1051,7 @@ class FullFeature:
             cmdsn=self.take_cmdsn(immediate),
             expstatsn=self.expstatsn,
             cdb=cdb,
+            bidi_read_length=bidi_read_length,
             data=immediate_part,
         )
         out = TaskOutcome(cmd, [cmd], [], timeout=self.timeout)
@@ -1074,7 +1080,8 @@ class FullFeature:
                 if pdu.itt == itt and not pdu.status_present:
                     data_ins += 1
                     empty_run = 0 if pdu.data else empty_run + 1
-                    if empty_run > FLOOD_EMPTY_DATA_IN or data_ins > edtl + FLOOD_EMPTY_DATA_IN:
+                    most = max(edtl, bidi_read_length or 0)
+                    if empty_run > FLOOD_EMPTY_DATA_IN or data_ins > most + FLOOD_EMPTY_DATA_IN:
                         out.flood = (
                             f"the target sent {data_ins} Data-In PDUs without status for a "
                             f"{edtl}-byte transfer, the last {empty_run} with no data; "

@@ -1008,6 +1008,31 @@ class Session:
             lun, cdbs.write16(lba, len(data) // bs, fua=fua), data_out=data, connection=connection
         )
 
+    async def xdwriteread(
+        self,
+        lun: int,
+        lba: int,
+        data: bytes,
+        *,
+        read_length: int | None = None,
+        disable_write: bool = False,
+        block_size: int | None = None,
+        connection: Connection | int | None = None,
+    ) -> ScsiResult:
+        """XDWRITEREAD(10) (SBC-3 5.48): a bidirectional command. ``data`` (whole blocks)
+        goes out as its write part, EDTL ``len(data)``; ``read_length`` (default the same)
+        is the Bidirectional Read Expected Data Transfer Length (RFC 7143 11.3.4). The
+        result's ``data`` is the Data-In placed by Buffer Offset (the XOR of ``data`` with
+        the blocks), ``bidi_residual`` the Bidirectional Read Residual Count."""
+        bs = block_size or await self.block_size(lun)
+        if not data or len(data) % bs:
+            raise ValueError(f"XDWRITEREAD of {len(data)} bytes: not whole {bs}-byte blocks")
+        cdb = cdbs.xdwriteread10(lba, len(data) // bs, disable_write=disable_write)
+        expected_in = len(data) if read_length is None else read_length
+        if expected_in <= 0:
+            raise ValueError("a bidirectional command needs a read length above 0")
+        return await self._run(lun, cdb, data, expected_in, check=False, connection=connection)
+
     async def report_luns(self, *, alloc: int = 4096) -> list[int]:
         """LUN numbers from REPORT LUNS (SPC-4 6.33), sent to LUN 0."""
         from iscsi_conformance.core.pdu import field_to_lun

@@ -826,6 +826,10 @@ class InitiatorConnection:
             self._violate(events, "A bit set at ErrorRecoveryLevel 0", "RFC 7143 11.7.2", pdu)
         if pdu.status_present and not pdu.final:
             self._violate(events, "S bit without F bit", "RFC 7143 11.7.3", pdu)
+        if pdu.status_present and task.extra["read"] and task.extra["write"]:
+            self._violate(
+                events, "status in a Data-In of a bidirectional command", "RFC 7143 11.7.3", pdu
+            )
         end = pdu.buffer_offset + n
         if n and end > task.expected_in:
             self._violate(
