@@ -303,6 +303,66 @@ def test_task_management_responses(connect):
     assert _tmf(ini, TmfFunction.TARGET_WARM_RESET).response == TmfResponse.FUNCTION_COMPLETE
 
 
+def test_rfc7144_functions_at_level2(connect):
+    """On a session that negotiated iSCSIProtocolLevel 2 (RFC 7144 4.1) the four new
+    functions are carried out (6.3, 6.4.2)."""
+    ini = connect()
+    params = [("InitialR2T", "Yes"), ("ImmediateData", "No"), ("iSCSIProtocolLevel", "2")]
+    assert ini.login(SMALL, params=params).status == 0
+    assert ini.negotiated["iSCSIProtocolLevel"] == "2"
+    # A fresh nexus has its power-on unit attention pending: QUERY ASYNCHRONOUS EVENT
+    # says so and clears nothing; after it is reported, nothing is pending.
+    assert _tmf(ini, TmfFunction.QUERY_ASYNCHRONOUS_EVENT).response == (
+        TmfResponse.FUNCTION_SUCCEEDED
+    )
+    ini.clear_ua()
+    assert _tmf(ini, TmfFunction.QUERY_ASYNCHRONOUS_EVENT).response == (
+        TmfResponse.FUNCTION_COMPLETE
+    )
+    assert _tmf(ini, TmfFunction.QUERY_TASK_SET).response == TmfResponse.FUNCTION_COMPLETE
+    cmd = ini.command(write16(0, 16), write=bytes(8192), immediate_data=False)
+    assert isinstance(ini.recv(), P.R2T)
+    held = _tmf(ini, TmfFunction.QUERY_TASK, ref=cmd.itt, refcmdsn=cmd.cmdsn)
+    assert held.response == TmfResponse.FUNCTION_SUCCEEDED
+    assert _tmf(ini, TmfFunction.QUERY_TASK, ref=0x7777).response == TmfResponse.FUNCTION_COMPLETE
+    assert _tmf(ini, TmfFunction.QUERY_TASK_SET).response == TmfResponse.FUNCTION_SUCCEEDED
+    # QUERY TASK of a task management request (here itself): Function rejected (6.3).
+    itt = ini.itt + 1
+    assert _tmf(ini, TmfFunction.QUERY_TASK, ref=itt).response == TmfResponse.FUNCTION_REJECTED
+    assert _tmf(ini, TmfFunction.ABORT_TASK, ref=cmd.itt).response == TmfResponse.FUNCTION_COMPLETE
+    gone = _tmf(ini, TmfFunction.QUERY_TASK, ref=cmd.itt, refcmdsn=cmd.cmdsn)
+    assert gone.response == TmfResponse.FUNCTION_COMPLETE
+    assert _tmf(ini, TmfFunction.QUERY_TASK_SET).response == TmfResponse.FUNCTION_COMPLETE
+
+
+def test_rfc7144_functions_not_supported_at_level1(connect):
+    """Without iSCSIProtocolLevel 2 (the initiator did not offer it) the functions of
+    RFC 7144 6.3 are answered 'not supported'; the key's default is 1."""
+    ini = connect()
+    assert ini.login().status == 0
+    for fn in (9, 10, 11, 12):
+        assert _tmf(ini, fn).response == TmfResponse.FUNCTION_NOT_SUPPORTED
+    assert _tmf(ini, TmfFunction.LOGICAL_UNIT_RESET).response == TmfResponse.FUNCTION_COMPLETE
+
+
+def test_i_t_nexus_reset_drops_the_session(connect):
+    """I_T NEXUS RESET (RFC 7144 6.3): answered, then every connection of the issuing
+    session is dropped; another session goes on; the nexus, back, sees I_T NEXUS LOSS."""
+    isid = 0x400001000011
+    a, b = connect(isid=isid), connect(name=INITIATOR_2, isid=0x400001000012)
+    assert a.login(params=[("iSCSIProtocolLevel", "2")]).status == 0 and b.login().status == 0
+    a.clear_ua()
+    b.clear_ua()
+    assert _tmf(a, TmfFunction.I_T_NEXUS_RESET).response == TmfResponse.FUNCTION_COMPLETE
+    assert a.closed_by_target()
+    status, _, _ = b.scsi(bytes(6))
+    assert status.status == 0
+    again = connect(isid=isid)
+    assert again.login().status == 0
+    status, _, _ = again.scsi(bytes(6))
+    assert status.status == 2 and status.sense[12:14] == b"\x29\x07"
+
+
 def test_target_cold_reset_drops_connections(connect):
     a, b = connect(), connect(name=INITIATOR_2, isid=0x400001000002)
     assert a.login().status == 0 and b.login().status == 0

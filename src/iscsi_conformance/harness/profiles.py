@@ -265,6 +265,15 @@ def _profiles() -> dict[str, Profile]:
         "cmd_window_initial",
         doc="CmdSN window closed from the login on, opened later through the test API",
     )
+    # RFC 7144 4.1: its task management functions (6.3) need iSCSIProtocolLevel 2. This
+    # target answers 1 (RFC 7143 alone, 13.24) whatever is offered, so the tests of
+    # those functions are shown not negotiated here, and the level-1 behaviour is kept.
+    add(
+        "level1",
+        lambda c: _spec("level1", parameters=(("iSCSIProtocolLevel", "1"),)),
+        "protocol_level_configurable",
+        doc="iSCSIProtocolLevel 1: RFC 7143 alone, no RFC 7144 functions",
+    )
     return p
 
 

@@ -124,6 +124,9 @@ CAPABILITIES: dict[str, Any] = {
     # the target can hold a session's CmdSN window closed from its login on and open
     # it later through its test API (profile "window-closed"; reference target only)
     "cmd_window_initial": _is_bool,
+    # the target can be configured to answer iSCSIProtocolLevel=1 (RFC 7143 alone) where
+    # it would answer 2 (RFC 7144), profile "level1"; reference target only
+    "protocol_level_configurable": _is_bool,
 }
 
 DEVIATION_EFFECTS = ("xfail", "intermittent", "skip")

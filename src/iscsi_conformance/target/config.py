@@ -51,6 +51,8 @@ _NUMERIC_KEYS = {
     "MaxOutstandingR2T": (1, 65535),
     "ErrorRecoveryLevel": (0, 2),
     "MaxConnections": (1, 65535),
+    # RFC 7144 7.1.1 allows 0-31; this target implements levels up to 2 (RFC 7144).
+    "iSCSIProtocolLevel": (0, 2),
 }
 _BOOLEAN_KEYS = {"InitialR2T", "ImmediateData", "DataPDUInOrder", "DataSequenceInOrder"}
 _LIST_KEYS = {"HeaderDigest": {"None", "CRC32C"}, "DataDigest": {"None", "CRC32C"}}

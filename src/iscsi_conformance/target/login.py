@@ -60,6 +60,11 @@ TARGET_DEFAULTS: dict[str, str] = {
     "DataSequenceInOrder": "Yes",
     "DefaultTime2Wait": "2",
     "DefaultTime2Retain": "20",
+    # RFC 7144 (level 2): its task management functions (6.3), Status Qualifier and
+    # command priority ignored or not (5.1.1, 5.2.1: this target never sets the one
+    # and ignores the other). Minimum result function, so an initiator gets at most
+    # what it offers; a target configured with 1 claims RFC 7143 alone (7143 13.24).
+    "iSCSIProtocolLevel": "2",
 }
 
 #: Every CHAP algorithm the core implements (RFC 7143 12.1.3 and RFC 8017/IANA).

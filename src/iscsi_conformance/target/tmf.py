@@ -8,6 +8,11 @@ when their data is complete, so the tasks a TMF can find are those still waiting
 Data-Out or for their CmdSN; aborting one removes it and remembers its ITT so late
 Data-Out for it is discarded quietly (4.2.3.3). Resets go to ``LogicalUnit.reset()``,
 which raises the unit attentions (SAM-5 6.3).
+
+The four functions RFC 7144 6.3 adds (QUERY TASK, QUERY TASK SET, I_T NEXUS RESET,
+QUERY ASYNCHRONOUS EVENT) are carried out only on a session that negotiated
+iSCSIProtocolLevel 2 (RFC 7144 4.1: that level MUST be negotiated to use them);
+below it they are answered 'not supported', as a target of RFC 7143 alone would.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from iscsi_conformance.scsi.codes import ResetKind
 if TYPE_CHECKING:
     from iscsi_conformance.scsi.device import LogicalUnit
     from iscsi_conformance.target.connection import Connection
+    from iscsi_conformance.target.session import Session
     from iscsi_conformance.target.task import Task
 
 _LUN_FUNCTIONS = {
@@ -37,11 +43,29 @@ _LUN_FUNCTIONS = {
     TmfFunction.QUERY_ASYNCHRONOUS_EVENT,
 }
 
+#: The functions of RFC 7144 6.3, usable once iSCSIProtocolLevel 2 is negotiated (4.1).
+LEVEL2_FUNCTIONS = frozenset(
+    {
+        TmfFunction.QUERY_TASK,
+        TmfFunction.QUERY_TASK_SET,
+        TmfFunction.I_T_NEXUS_RESET,
+        TmfFunction.QUERY_ASYNCHRONOUS_EVENT,
+    }
+)
+
 
 def _reset_lu(lu: LogicalUnit | None, kind: ResetKind) -> None:
     fn = getattr(lu, "reset", None)
     if fn is not None:
         fn(kind)
+
+
+def _queued_tmf(session: Session, itt: int) -> bool:
+    """A Task Management request with this ITT waits for its CmdSN in the session."""
+    return any(
+        isinstance(pdu, P.TaskManagementRequest) and pdu.itt == itt
+        for _conn, pdu in session.pending.values()
+    )
 
 
 def perform_tmf(
@@ -58,6 +82,10 @@ def perform_tmf(
         lun = -1
     lus = session.target.lus_for(session.initiator_name)
     lu = lus.get(lun)
+
+    if fn in LEVEL2_FUNCTIONS and session.params.iscsi_protocol_level < 2:
+        # RFC 7144 4.1 / 7.1.1: without level 2 the session has not agreed to them.
+        return TmfResponse.FUNCTION_NOT_SUPPORTED, None
 
     if fn in _LUN_FUNCTIONS and lu is None:
         return TmfResponse.LUN_DOES_NOT_EXIST, None
@@ -151,27 +179,44 @@ def perform_tmf(
         return TmfResponse.FUNCTION_COMPLETE, resume
 
     if fn == TmfFunction.QUERY_TASK:
-        # RFC 7144 4.1: succeeded if the task exists, complete if it does not.
-        task = session.tasks.get(req.referenced_task_tag)
+        ref = req.referenced_task_tag
+        if ref == req.itt or _queued_tmf(session, ref):
+            # RFC 7144 6.3: QUERY TASK MUST NOT be executed on a task management
+            # request; it is answered 'Function rejected'.
+            return TmfResponse.FUNCTION_REJECTED, None
+        # RFC 7144 6.4.2: succeeded if the task is in the task set, complete if not.
+        task = session.tasks.get(ref)
         if task is not None and task.lun == lun:
             return TmfResponse.FUNCTION_SUCCEEDED, None
         return TmfResponse.FUNCTION_COMPLETE, None
 
     if fn == TmfFunction.QUERY_TASK_SET:
+        # RFC 7144 6.4.2: succeeded if any command of this I_T_L nexus is in the task set.
         if any(mine(t) and t.lun == lun for t in session.tasks.values()):
             return TmfResponse.FUNCTION_SUCCEEDED, None
         return TmfResponse.FUNCTION_COMPLETE, None
 
     if fn == TmfFunction.I_T_NEXUS_RESET:
+        # RFC 7144 6.3, 6.5: the nexus's tasks on every LU are aborted; then, once the
+        # response is queued, every connection of the session is dropped and the session
+        # ends at once whatever DefaultTime2Wait/Time2Retain say, which is the I_T nexus
+        # loss the logical units see (close_session tells them, SAM-5 6.3.4).
         engine.abort_tasks(mine)
-        for unit in lus.values():
-            lost = getattr(unit, "nexus_lost", None)
-            if lost is not None:
-                lost(session.nexus)
-        return TmfResponse.FUNCTION_COMPLETE, None
+
+        def nexus_loss() -> None:
+            for c in list(session.connections.values()):
+                c.close(after_flush=True)
+            engine.close_session(session, reason="I_T nexus reset")
+
+        return TmfResponse.FUNCTION_COMPLETE, nexus_loss
 
     if fn == TmfFunction.QUERY_ASYNCHRONOUS_EVENT:
-        return TmfResponse.FUNCTION_NOT_SUPPORTED, None
+        # RFC 7144 6.4.2: succeeded if a unit attention (or a deferred error: this
+        # logical unit has none) is pending for this I_T_L nexus, complete if not.
+        pending = getattr(lu, "unit_attention_pending", None)
+        if pending is not None and session.nexus is not None and pending(session.nexus):
+            return TmfResponse.FUNCTION_SUCCEEDED, None
+        return TmfResponse.FUNCTION_COMPLETE, None
 
     # Undefined function codes (RFC 7143 11.6.1: Function rejected).
     return TmfResponse.FUNCTION_REJECTED, None
