@@ -157,6 +157,12 @@ def test_a_target_broken_on_purpose_is_caught(bridge: Any, mutant: str) -> None:
     found = {x.breach.rule.name for x in b.breaches}
     assert rule in found, f"{mutant}: {rule} not reported; found {sorted(found)}"
     assert all(x.breach.side == "target" for x in b.breaches if x.breach.rule.name == rule)
+    # the PDUs before it, put into words from their headers only when the breach came
+    first = next(x for x in b.breaches if x.breach.rule.name == rule)
+    assert first.context and all(
+        line.startswith(("i->t ", "t->i ", "bridge: ")) for line in first.context
+    ), first.context
+    assert any(" ScsiCommand itt=" in line for line in first.context), first.context
 
 
 class _anything:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from iscsi_conformance.core import serial
 from iscsi_conformance.core.keys import ResultFunction, Senders, ValueKind, defaults, spec_for
@@ -68,6 +68,7 @@ from iscsi_conformance.core.pdu import (
     TextResponse,
     UnknownPDU,
     violations,
+    well_formed,
 )
 from iscsi_conformance.core.text import parse_list, parse_number, parse_pairs
 
@@ -317,6 +318,9 @@ class Judge:
         self._offers: dict[Direction, dict[str, str]] = {I2T: {}, T2I: {}}  # by offerer
         self._declared: dict[Side, dict[str, str]] = {"initiator": {}, "target": {}}
         self._agreed: dict[str, str] = {}
+        # value(), number() and mrdsl() per key, for the PDU hot path; emptied whenever
+        # a key is declared or agreed (_text, _end_negotiation) or the session type set
+        self._memo: dict[tuple[str, str], Any] = {}
         # numbering
         self._sn: _SessionSN | None = None
         self._statsn: int | None = None  # the StatSN the next status carries
@@ -332,21 +336,31 @@ class Judge:
         """The value in force for ``key``: the agreed one, else the default."""
         if key in self._agreed:
             return self._agreed[key]
-        return defaults(self.session_type).get(key)
+        memo = ("default", key)
+        if memo not in self._memo:
+            self._memo[memo] = defaults(self.session_type).get(key)
+        return cast(str | None, self._memo[memo])
 
     def number(self, key: str, fallback: int) -> int:
-        try:
-            return parse_number(self.value(key) or "")
-        except Exception:
-            return fallback
+        memo = ("number", key)
+        if memo not in self._memo:
+            try:
+                self._memo[memo] = parse_number(self.value(key) or "")
+            except Exception:
+                self._memo[memo] = None
+        found = self._memo[memo]
+        return fallback if found is None else cast(int, found)
 
     def mrdsl(self, receiver: Side) -> int:
         """MaxRecvDataSegmentLength declared by ``receiver`` (RFC 7143 13.12: 8192)."""
-        value = self._declared[receiver].get("MaxRecvDataSegmentLength")
-        try:
-            return parse_number(value) if value is not None else 8192
-        except Exception:
-            return 8192
+        memo = ("mrdsl", receiver)
+        if memo not in self._memo:
+            value = self._declared[receiver].get("MaxRecvDataSegmentLength")
+            try:
+                self._memo[memo] = parse_number(value) if value is not None else 8192
+            except Exception:
+                self._memo[memo] = 8192
+        return cast(int, self._memo[memo])
 
     def yes(self, key: str) -> bool:
         return self.value(key) == "Yes"
@@ -404,7 +418,7 @@ class Judge:
         if isinstance(pdu, UnknownPDU):
             return
         suffix = "" if direction == I2T else ".target"
-        for v in violations(pdu):
+        for v in () if well_formed(pdu) else violations(pdu):
             if v.field == "cont" and isinstance(pdu, LoginRequest | LoginResponse):
                 name = "login.t_and_c" + suffix
             elif v.field == "status_present" and isinstance(pdu, ScsiDataIn):
@@ -482,6 +496,7 @@ class Judge:
             self.header_digest = self._agreed.get("HeaderDigest") == "CRC32C"
             self.data_digest = self._agreed.get("DataDigest") == "CRC32C"
             self.session_type = self._declared["initiator"].get("SessionType", "Normal")
+            self._memo.clear()
             if self.book is not None and self._sn is not None and first is not None:
                 self._sn = self.book.join(first.isid, p.tsih, self._sn)
 
@@ -496,6 +511,7 @@ class Judge:
         part.clear()
         if not blob:
             return
+        self._memo.clear()  # keys are declared or agreed below
         try:
             pairs = parse_pairs(blob)
         except Exception:
@@ -591,6 +607,7 @@ class Judge:
 
     def _end_negotiation(self, d: Direction, pdu: PDU, out: list[Breach]) -> None:
         """At the end of an exchange: offers to the target it left unanswered."""
+        self._memo.clear()
         if self._offered_to_target:
             self.exercised.add("keys.answered")
         for key, offer in list(self._offers[I2T].items()):

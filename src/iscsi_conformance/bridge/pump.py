@@ -49,7 +49,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from iscsi_conformance.aio import LoopThread
-from iscsi_conformance.core.pdu import PDU, PDUDecoder, TextResponse, encode
+from iscsi_conformance.core.layout import BHS_LENGTH
+from iscsi_conformance.core.pdu import PDU, PDUDecoder, TextResponse, decode, encode
 from iscsi_conformance.core.text import format_pairs, parse_pairs
 from iscsi_conformance.errors import DigestError
 
@@ -82,7 +83,32 @@ class BridgeBreach:
         return f"conn {self.connection}: {self.breach}{tag}"
 
 
-def _summary(direction: Direction, pdu: PDU | None, size: int, note: str = "") -> str:
+#: what ``BridgedConnection.recent`` holds: a note, or (direction, the PDU's first 48
+#: bytes, its data length), put into words only when a breach quotes it (_render)
+_Entry = str | tuple[Direction, bytes, int]
+
+
+def _render(entry: _Entry) -> str:
+    """One line for a PDU before a breach, from its header (the data is long gone)."""
+    if isinstance(entry, str):
+        return entry
+    direction, header, size = entry
+    try:
+        bare = decode(header[:4] + bytes(4) + header[8:BHS_LENGTH])  # lengths zeroed
+    except Exception:
+        bare = None
+    if isinstance(bare, tuple):
+        return _summary(direction, bare[0], size, data=size)
+    return _summary(direction, None, BHS_LENGTH + size, "(header not decodable)")
+
+
+def _entry(direction: Direction, header: bytes | bytearray | memoryview, pdu: PDU) -> _Entry:
+    return direction, bytes(header[:BHS_LENGTH]), len(pdu.data)
+
+
+def _summary(
+    direction: Direction, pdu: PDU | None, size: int, note: str = "", data: int | None = None
+) -> str:
     if pdu is None:
         return f"{direction} {size} bytes {note}".rstrip()
     fields = []
@@ -91,9 +117,8 @@ def _summary(direction: Direction, pdu: PDU | None, size: int, note: str = "") -
         if hasattr(pdu, name):
             value = getattr(pdu, name)
             fields.append(f"{name}={value:#x}" if name in ("itt", "ttt") else f"{name}={value}")
-    return (
-        f"{direction} {type(pdu).__name__} {' '.join(fields)} data={len(pdu.data)} {note}".rstrip()
-    )
+    size = len(pdu.data) if data is None else data
+    return f"{direction} {type(pdu).__name__} {' '.join(fields)} data={size} {note}".rstrip()
 
 
 class BridgedConnection:
@@ -103,7 +128,7 @@ class BridgedConnection:
         self.index = index
         self.judge = Judge(book, label=f"conn {index}")
         self.decoders: dict[Direction, PDUDecoder] = {I2T: PDUDecoder(), T2I: PDUDecoder()}
-        self.recent: collections.deque[str] = collections.deque(maxlen=_CONTEXT)
+        self.recent: collections.deque[_Entry] = collections.deque(maxlen=_CONTEXT)
         self.pdus = {I2T: 0, T2I: 0}
         self.bytes = {I2T: 0, T2I: 0}
         self.faulted = False
@@ -415,7 +440,7 @@ class Bridge:
             if pdu is None:
                 return
             conn.pdus[direction] += 1
-            conn.recent.append(_summary(direction, pdu, 0))
+            conn.recent.append(_entry(direction, header, pdu))
             self._judged(conn, conn.judge.pdu(direction, pdu, header=header))
             self._seen(conn, direction, pdu, None)
 
@@ -485,7 +510,8 @@ class Bridge:
 
     def _judged(self, conn: BridgedConnection, breaches: list[Breach]) -> None:
         for b in breaches:
-            record = BridgeBreach(conn.index, b, tuple(conn.recent), conn.faulted)
+            context = tuple(_render(e) for e in conn.recent)
+            record = BridgeBreach(conn.index, b, context, conn.faulted)
             if len(self.breaches) < 10000:
                 self.breaches.append(record)
             if self.on_breach is not None:
@@ -507,7 +533,7 @@ class Bridge:
         judge = conn.judge
         conn.pdus[direction] += 1
         was_ffp = judge.full_feature
-        conn.recent.append(_summary(direction, pdu, len(raw)))
+        conn.recent.append(_entry(direction, raw, pdu))
         self._judged(conn, judge.pdu(direction, pdu, raw))
         if judge.full_feature and not was_ffp:  # RFC 7143 13.1: digests from the next PDU
             for dec in conn.decoders.values():

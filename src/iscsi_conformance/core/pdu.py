@@ -104,6 +104,7 @@ __all__ = [
     "pdu_class",
     "validate",
     "violations",
+    "well_formed",
 ]
 
 _NONE_TAG = 0xFFFFFFFF  # the reserved tag value (RFC 7143 11.2.1.8 / 11.18.2)
@@ -1021,6 +1022,25 @@ def violations(pdu: PDU) -> list[Violation]:
         out.append(Violation("ahs", "RFC 7143 11.2.2", "no such AHS is defined for this PDU"))
     out += [Violation(f, s, m) for f, s, m, is_broken in spec.rules if is_broken(pdu)]
     return out
+
+
+def well_formed(pdu: PDU) -> bool:
+    """A quick ``violations(pdu) == []`` for the common case, where the answer is yes.
+
+    True only if every check of :func:`violations` passes: the generated ``ok`` (bit
+    group widths, data and AHS, the rules) and one strict pack (whole-byte widths and
+    types). False means "ask :func:`violations`", not that a rule is broken. A passive
+    judge calls it on every PDU that crosses (bridge.judge), where a field loop each
+    time was a third of its cost (tests/core/test_pdu_fast_paths.py proves it agrees).
+    """
+    spec = _SPECS.get(type(pdu))
+    if spec is None or not spec.ok(pdu):
+        return False
+    try:
+        spec.pack_strict(pdu, 0, 0)
+    except Exception:  # struct.error, or a field of the wrong type
+        return False
+    return True
 
 
 def validate(pdu: PDU) -> None:
