@@ -912,6 +912,342 @@ async def test_target_cold_reset(target: Any) -> None:
         )
 
 
+# ---------------------------------------------------------------- RFC 7144 functions
+# QUERY TASK (9), QUERY TASK SET (10), I_T NEXUS RESET (11) and QUERY ASYNCHRONOUS
+# EVENT (12) exist only on a session that negotiated iSCSIProtocolLevel 2 (RFC 7144 4.1,
+# 6.3). Each test offers 2; a target that answers less (or NotUnderstood, 7.1.1) did
+# not agree to them, and the test says so and judges nothing. Once 2 is negotiated a
+# target may still answer 5 (not supported, 4.1) but MUST NOT Reject the request.
+QUERY_TASK, QUERY_TASK_SET, I_T_NEXUS_RESET, QUERY_ASYNC_EVENT = 9, 10, 11, 12
+LEVEL2 = [("iSCSIProtocolLevel", "2")]
+FUNCTION_SUCCEEDED = 7
+
+
+def _require_level2(ffp: Any) -> None:
+    """Skip, saying why, unless the login settled iSCSIProtocolLevel at 2 or more."""
+    level = ffp.probe.negotiated.get("iSCSIProtocolLevel")
+    if level is None or not level.isdigit() or int(level) < 2:
+        pytest.skip(
+            f"not negotiated: offered iSCSIProtocolLevel=2, the target answered {level!r}; "
+            "RFC 7144 4.1: its task management functions need level 2"
+        )
+
+
+async def _level2_tmf(
+    ffp: Any, function: int, name: str, *, lun: int = 0, ref: int = 0xFFFFFFFF, refcmdsn: int = 0
+) -> tuple[Any, Any]:
+    """Send RFC 7144 function ``function`` (immediate) and return (request, response):
+    a Reject or no answer fails (4.1, 6.3), 5 (not supported) skips."""
+    req = _tmf_request(ffp, function, lun=lun, ref=ref, refcmdsn=refcmdsn)
+    reply = await ffp.exchange(req)
+    resp = reply.pdu
+    require(
+        not isinstance(resp, P.Reject),
+        "R7144-4.1-1",
+        f"{name} was answered by a Reject (reason {getattr(resp, 'reason', None)}) on a "
+        "session at iSCSIProtocolLevel 2; RFC 7144 4.1: the target MUST NOT reject it",
+        sent=[req],
+        received=reply.shown(),
+    )
+    require(
+        isinstance(resp, P.TaskManagementResponse),
+        "R7144-6.3-1",
+        f"no Task Management Function Response to {name}: "
+        f"{resp if resp is not None else reply.missing()}; RFC 7144 6.3: the response "
+        "MUST be returned as 6.4 details",
+        sent=[req],
+        received=reply.shown(),
+    )
+    if resp.response == 5:
+        pytest.skip(f"{name} is not supported (response 5; RFC 7144 4.1 allows it)")
+    return req, resp
+
+
+@spec(
+    "FullFeature.TaskManagement.QueryTask",
+    "RFC 7144 6.4.2",
+    "RFC 7144 6.3",
+    requirements=["R7144-6.4.2-1", "R7144-4.1-1", "R7144-6.3-1"],
+    dataloss=True,
+)
+async def test_query_task(target: Any) -> None:
+    """QUERY TASK at iSCSIProtocolLevel 2: for a tag no task has, 'Function complete'
+    (0); for a WRITE held open by its R2T, 'Function succeeded' (7); for the same WRITE
+    once its Data-Out completed it, 0 again (RFC 7144 6.4.2: succeeded if the task is
+    in the task set, complete if not). The block is written back unchanged."""
+    lun, lba = target.lun, HELD_LBA + 40
+    async with full_feature(target, keys=[*HELD_KEYS, *LEVEL2]) as ffp:
+        _require_level2(ffp)
+        name = "QUERY TASK"
+        req, resp = await _level2_tmf(ffp, QUERY_TASK, name, lun=lun, ref=0x0BADF00D)
+        require(
+            resp.response == 0,
+            "R7144-6.4.2-1",
+            f"QUERY TASK of a tag no task has answered {resp.response}, not 0 (Function "
+            "complete); RFC 7144 6.4.2: complete when the task is not in the task set",
+            sent=[req],
+            received=[resp],
+        )
+        block, _changed, cmd, r2t, got = await _read_then_hold_write(ffp, lun, lba, 0)
+        held_req, held = await _level2_tmf(
+            ffp, QUERY_TASK, name, lun=lun, ref=cmd.itt, refcmdsn=cmd.cmdsn
+        )
+        data_out = await ffp.answer_r2t(cmd, r2t, block)
+        later = await ffp.drain(1.0)
+        require(
+            held.response == FUNCTION_SUCCEEDED,
+            "R7144-6.4.2-1",
+            f"QUERY TASK of a WRITE waiting for its Data-Out (R2T received) answered "
+            f"{held.response}, not 7 (Function succeeded); RFC 7144 6.4.2: succeeded when "
+            "the task is in the task set",
+            sent=[cmd, held_req],
+            received=[*got, held],
+        )
+        done_req, done = await _level2_tmf(
+            ffp, QUERY_TASK, name, lun=lun, ref=cmd.itt, refcmdsn=cmd.cmdsn
+        )
+        require(
+            done.response == 0,
+            "R7144-6.4.2-1",
+            f"QUERY TASK of a WRITE that had its Data-Out and status answered "
+            f"{done.response}, not 0 (Function complete): the task is no longer in the "
+            "task set (RFC 7144 6.4.2)",
+            sent=[cmd, *data_out, done_req],
+            received=[*later, done],
+        )
+
+
+@spec(
+    "FullFeature.TaskManagement.QueryTaskOfTaskManagement",
+    "RFC 7144 6.3",
+    requirements=["R7144-6.3-2", "R7144-4.1-1", "R7144-6.3-1"],
+)
+async def test_query_task_of_task_management(target: Any) -> None:
+    """QUERY TASK whose Referenced Task Tag is its own Initiator Task Tag, a task
+    management request, is answered 255 (Function rejected): RFC 7144 6.3 says a QUERY
+    TASK MUST NOT be executed on a Task Management request and MUST then result in
+    'Function rejected'."""
+    async with full_feature(target, keys=LEVEL2) as ffp:
+        _require_level2(ffp)
+        itt = ffp.itt + 1  # the tag _tmf_request gives the request
+        req, resp = await _level2_tmf(
+            ffp, QUERY_TASK, "QUERY TASK", lun=target.lun, ref=itt, refcmdsn=ffp.cmdsn
+        )
+        require(
+            resp.response == 255,
+            "R7144-6.3-2",
+            f"QUERY TASK of a task management request (its own tag {itt:#x}) answered "
+            f"{resp.response}, not 255 (Function rejected); RFC 7144 6.3: it MUST NOT be "
+            "executed on a Task Management request",
+            sent=[req],
+            received=[resp],
+        )
+
+
+@spec(
+    "FullFeature.TaskManagement.QueryTaskSet",
+    "RFC 7144 6.4.2",
+    requirements=["R7144-6.4.2-2", "R7144-4.1-1", "R7144-6.3-1"],
+    dataloss=True,
+)
+async def test_query_task_set(target: Any) -> None:
+    """QUERY TASK SET at iSCSIProtocolLevel 2: with no command of this I_T_L nexus in
+    the task set, 'Function complete' (0); with a WRITE held open by its R2T, 'Function
+    succeeded' (7) (RFC 7144 6.4.2). The block is written back unchanged."""
+    lun, lba = target.lun, HELD_LBA + 48
+    async with full_feature(target, keys=[*HELD_KEYS, *LEVEL2]) as ffp:
+        _require_level2(ffp)
+        name = "QUERY TASK SET"
+        req, resp = await _level2_tmf(ffp, QUERY_TASK_SET, name, lun=lun)
+        require(
+            resp.response == 0,
+            "R7144-6.4.2-2",
+            f"QUERY TASK SET with no command of this nexus outstanding answered "
+            f"{resp.response}, not 0 (Function complete); RFC 7144 6.4.2",
+            sent=[req],
+            received=[resp],
+        )
+        block, _changed, cmd, r2t, got = await _read_then_hold_write(ffp, lun, lba, 0)
+        held_req, held = await _level2_tmf(ffp, QUERY_TASK_SET, name, lun=lun)
+        data_out = await ffp.answer_r2t(cmd, r2t, block)
+        later = await ffp.drain(1.0)
+        require(
+            held.response == FUNCTION_SUCCEEDED,
+            "R7144-6.4.2-2",
+            f"QUERY TASK SET with a WRITE of this nexus waiting for its Data-Out answered "
+            f"{held.response}, not 7 (Function succeeded); RFC 7144 6.4.2: succeeded when "
+            "a command of the I_T_L nexus is in the task set",
+            sent=[cmd, held_req, *data_out],
+            received=[*got, held, *later],
+        )
+
+
+def _unit_attention(out: Any) -> bool:
+    return bool(out.status == 0x02 and out.sense_key == 0x06)
+
+
+@spec(
+    "FullFeature.TaskManagement.QueryAsyncEvent",
+    "RFC 7144 6.4.2",
+    requirements=["R7144-6.4.2-4", "R7144-4.1-1", "R7144-6.3-1"],
+)
+async def test_query_async_event(target: Any) -> None:
+    """QUERY ASYNCHRONOUS EVENT at iSCSIProtocolLevel 2 agrees with what the next
+    command of the nexus meets: a new nexus asks first, then sends TEST UNIT READY, and
+    repeats until a TEST UNIT READY is GOOD. Each time the answer must be 7 (Function
+    succeeded) when that TEST UNIT READY then reports a UNIT ATTENTION, and 0 (Function
+    complete) when it is GOOD (RFC 7144 6.4.2: succeeded if a unit attention condition
+    or deferred error is pending for the I_T_L nexus, complete if none is). A unit
+    attention raised by another test between the two is told apart by asking again."""
+    profile, lun = "default", target.lun
+    async with target.raw(profile) as raw:
+        probe = await target.login(raw, profile, LEVEL2)
+        ffp = FullFeature(raw, probe)  # no clear_unit_attention: a new nexus's UA is the point
+        _require_level2(ffp)
+        sent: list[Any] = []
+        received: list[Any] = []
+        for _ in range(6):
+            req, resp = await _level2_tmf(
+                ffp, QUERY_ASYNC_EVENT, "QUERY ASYNCHRONOUS EVENT", lun=lun
+            )
+            out = await ffp.command(cdb.test_unit_ready(), lun=lun)
+            sent += [req, *out.sent]
+            received += [resp, *out.shown()]
+            pending = _unit_attention(out)
+            said = resp.response == FUNCTION_SUCCEEDED
+            if said != pending and pending:
+                # A unit attention may have come between the two (another test's reset):
+                # then it is pending still, or reported; ask once more before judging.
+                again_req, again = await _level2_tmf(
+                    ffp, QUERY_ASYNC_EVENT, "QUERY ASYNCHRONOUS EVENT", lun=lun
+                )
+                retry = await ffp.command(cdb.test_unit_ready(), lun=lun)
+                sent += [again_req, *retry.sent]
+                received += [again, *retry.shown()]
+                said, pending = again.response == FUNCTION_SUCCEEDED, _unit_attention(retry)
+                resp, out = again, retry
+            require(
+                said == pending and resp.response in (0, FUNCTION_SUCCEEDED),
+                "R7144-6.4.2-4",
+                f"QUERY ASYNCHRONOUS EVENT answered {resp.response} and the next TEST UNIT "
+                f"READY got status {out.status!r}"
+                + (f" sense key {out.sense_key:#x}" if out.status == 0x02 else "")
+                + f" ({out.outcome.value}); RFC 7144 6.4.2: 7 (Function succeeded) when a "
+                "unit attention is pending for the I_T_L nexus, 0 (Function complete) when "
+                "none is",
+                sent=sent,
+                received=received,
+            )
+            if out.status == 0:
+                return
+        raise violation(
+            "harness",
+            "TEST UNIT READY never ended in GOOD after six tries: nothing left to compare",
+            sent=sent,
+            received=received,
+        )
+
+
+@spec(
+    "FullFeature.TaskManagement.ItNexusReset",
+    "RFC 7144 6.3",
+    "RFC 7144 6.4.2",
+    requirements=["R7144-6.3-3", "R7144-6.3-4", "R7144-6.4.2-3", "R7144-4.1-1"],
+    dataloss=True,
+)
+async def test_i_t_nexus_reset(target: Any) -> None:
+    """I_T NEXUS RESET at iSCSIProtocolLevel 2, while a second session (another I_T
+    nexus) holds a WRITE open by its R2T: the issuing session's connection is dropped
+    (RFC 7144 6.3: the target MUST drop all connections of the session; the response,
+    0 Function complete by 6.4.2, may be lost on the way); the other nexus is not
+    touched, its WRITE completes with GOOD once its Data-Out comes and the block reads
+    back as written (6.3: the I_T nexus loss is that of the nexus on which the function
+    came); and the issuing nexus, logging in again with its ISID, meets a unit
+    attention on its first command (6.3: each logical unit MUST behave as SAM-5's I_T
+    nexus loss, which leaves one). The other session's block is written back."""
+    lun, lba, profile = target.lun, HELD_LBA + 56, "default"
+    isid = 0x8011_4400_0000 | (os.getpid() & 0xFFFF)  # this test's own nexus (random type)
+    async with (
+        full_feature(target, keys=[*HELD_KEYS, *LEVEL2], isid=isid) as ffp,
+        full_feature(target, keys=HELD_KEYS) as other,
+    ):
+        _require_level2(ffp)
+        block, changed, cmd, r2t, got = await _read_then_hold_write(other, lun, lba, 0x66)
+        req = _tmf_request(ffp, I_T_NEXUS_RESET)
+        reply = await ffp.exchange(req)
+        resp = reply.pdu
+        if isinstance(resp, P.TaskManagementResponse) and resp.response == 5:
+            await other.answer_r2t(cmd, r2t, block)
+            pytest.skip("I_T NEXUS RESET is not supported (response 5; RFC 7144 4.1 allows it)")
+        require(
+            not isinstance(resp, P.Reject),
+            "R7144-4.1-1",
+            "I_T NEXUS RESET was answered by a Reject on a session at iSCSIProtocolLevel 2; "
+            "RFC 7144 4.1: the target MUST NOT reject it",
+            sent=[req],
+            received=reply.shown(),
+        )
+        require(
+            resp is None or (isinstance(resp, P.TaskManagementResponse) and resp.response == 0),
+            "R7144-6.4.2-3",
+            f"I_T NEXUS RESET answered {_code(ffp, resp)}, not 0 (Function complete); RFC "
+            "7144 6.4.2: after the reset the logical unit returns Function complete",
+            sent=[req],
+            received=reply.shown(),
+        )
+        closed = reply.outcome is Outcome.CLOSED or await ffp.raw.expect_closed(timeout=5)
+        data_out = await other.answer_r2t(cmd, r2t, changed)
+        status = None
+        seen: list[Any] = []
+        for _ in range(16):
+            p = await other.recv(timeout=5)
+            if p is None:
+                break
+            seen.append(p)
+            if getattr(p, "itt", None) == cmd.itt and (
+                isinstance(p, P.ScsiResponse) or getattr(p, "status_present", False)
+            ):
+                status = p.status
+                break
+        after = await other.command(cdb.read10(lba, 1), read_length=BLOCK, lun=lun)
+        written = after.status == 0 and after.data == changed
+        if written:
+            await other.command(cdb.write10(lba, 1), data_out=block, lun=lun)
+        require(
+            closed,
+            "R7144-6.3-3",
+            f"after I_T NEXUS RESET ({_what(ffp, resp)}) the issuing connection stayed open "
+            "for 5 s; RFC 7144 6.3: the target MUST drop all connections of the session",
+            sent=[req],
+            received=reply.shown(),
+        )
+        require(
+            status == 0 and written,
+            "R7144-6.3-4",
+            "an I_T NEXUS RESET of another nexus reached this session's WRITE: after its "
+            "Data-Out it got "
+            + (f"status {status:#04x}" if status is not None else _what(other, None))
+            + (", and the block was written" if written else ", and the block was not written")
+            + "; RFC 7144 6.3: the I_T nexus loss is that of the nexus the function came on",
+            sent=[cmd, req, *data_out, *after.sent],
+            received=[*got, *reply.shown(), *seen, *after.shown()],
+        )
+    async with target.raw(profile) as raw:
+        probe = await target.login(raw, profile, (), isid=isid)
+        again = FullFeature(raw, probe)
+        first = await again.command(cdb.test_unit_ready(), lun=lun)
+        require(
+            _unit_attention(first),
+            "R7144-6.3-4",
+            f"the nexus that sent I_T NEXUS RESET, logged in again with its ISID, got "
+            f"status {first.status!r} ({first.outcome.value}) for its first command, no "
+            "UNIT ATTENTION; RFC 7144 6.3: each logical unit MUST behave as SAM-5's I_T "
+            "nexus loss, which establishes a unit attention (I_T NEXUS LOSS OCCURRED)",
+            sent=[req, *first.sent],
+            received=first.shown(),
+        )
+
+
 @spec(
     "FullFeature.Reject.UnknownOpcode",
     "RFC 7143 11.17.1",

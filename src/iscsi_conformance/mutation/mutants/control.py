@@ -252,6 +252,120 @@ def query_task(p: Patcher) -> None:
     _tmf_result(p, change)
 
 
+def _inverted(function: int) -> Any:
+    """A ``_tmf_result`` change swapping Function succeeded and Function complete for
+    ``function``."""
+
+    def change(req: Any, r: Any, conn: Any) -> Any:
+        if _fn(req) != function or r[0] not in (0, TmfResponse.FUNCTION_SUCCEEDED):
+            return r
+        ok = r[0] == TmfResponse.FUNCTION_SUCCEEDED
+        return (TmfResponse.FUNCTION_COMPLETE if ok else TmfResponse.FUNCTION_SUCCEEDED, r[1])
+
+    return change
+
+
+@mutant(
+    "Control.Tmf.QueryTaskSetInverted",
+    "control",
+    "QUERY TASK SET answers Function succeeded with no task of the nexus and Function "
+    "complete with one (RFC 7144 6.4.2)",
+    catches=["FullFeature.TaskManagement.QueryTaskSet"],
+)
+def query_task_set(p: Patcher) -> None:
+    _tmf_result(p, _inverted(TmfFunction.QUERY_TASK_SET))
+
+
+@mutant(
+    "Control.Tmf.QueryAsyncEventInverted",
+    "control",
+    "QUERY ASYNCHRONOUS EVENT answers Function complete with a unit attention pending and "
+    "Function succeeded with none (RFC 7144 6.4.2)",
+    catches=["FullFeature.TaskManagement.QueryAsyncEvent"],
+)
+def query_async_event(p: Patcher) -> None:
+    _tmf_result(p, _inverted(TmfFunction.QUERY_ASYNCHRONOUS_EVENT))
+
+
+@mutant(
+    "Control.Tmf.QueryTaskOfTmfExecuted",
+    "control",
+    "QUERY TASK of a task management request is carried out (Function complete) instead "
+    "of answered Function rejected (RFC 7144 6.3)",
+    catches=["FullFeature.TaskManagement.QueryTaskOfTaskManagement"],
+)
+def query_task_of_tmf(p: Patcher) -> None:
+    def change(req: Any, r: Any, conn: Any) -> Any:
+        if _fn(req) == TmfFunction.QUERY_TASK and r[0] == TmfResponse.FUNCTION_REJECTED:
+            return (TmfResponse.FUNCTION_COMPLETE, None)
+        return r
+
+    _tmf_result(p, change)
+
+
+@mutant(
+    "Control.Tmf.ItNexusResetKeepsConnections",
+    "control",
+    "I_T NEXUS RESET answers Function complete and aborts the nexus's tasks but keeps the "
+    "session and its connections (RFC 7144 6.3: the target drops them)",
+    catches=["FullFeature.TaskManagement.ItNexusReset"],
+)
+def it_nexus_reset_kept(p: Patcher) -> None:
+    _tmf_result(
+        p, lambda req, r, conn: (r[0], None) if _fn(req) == TmfFunction.I_T_NEXUS_RESET else r
+    )
+
+
+@mutant(
+    "Control.Tmf.ItNexusResetAbortsEveryNexus",
+    "control",
+    "I_T NEXUS RESET aborts every session's tasks on the target, not only those of the "
+    "nexus it came on (RFC 7144 6.3, 6.5)",
+    catches=["FullFeature.TaskManagement.ItNexusReset"],
+)
+def it_nexus_reset_every_nexus(p: Patcher) -> None:
+    def make(old: Any) -> Any:
+        def perform(conn: Connection, req: P.TaskManagementRequest) -> Any:
+            if _fn(req) != TmfFunction.I_T_NEXUS_RESET:
+                return old(conn, req)
+            engine = conn.engine
+            real = engine.abort_tasks
+
+            def every(predicate: Any) -> int:
+                return real(lambda t: True)
+
+            with swapped(engine, "abort_tasks", every):
+                return old(conn, req)
+
+        return perform
+
+    p.wrap(C, "perform_tmf", make)
+
+
+@mutant(
+    "Control.Tmf.Level2FunctionsRejected",
+    "control",
+    "at iSCSIProtocolLevel 2 the functions of RFC 7144 6.3 get a Reject (protocol error) "
+    "instead of a Task Management Function Response (RFC 7144 4.1 MUST NOT)",
+    catches=["FullFeature.TaskManagement.QueryTask"],
+)
+def level2_rejected(p: Patcher) -> None:
+    new_functions = {9, 10, 11, 12}
+
+    def make(old: Any) -> Any:
+        def run(conn: Connection, pdu: P.TaskManagementRequest) -> None:
+            if _fn(pdu) in new_functions:
+                conn.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+                return
+            old(conn, pdu)
+
+        return run
+
+    # Immediate requests call the method, ordered ones go through the runners' table.
+    p.wrap(Connection, "_tmf", make)
+    p.setitem(C._ORDERED_RUNNERS, P.TaskManagementRequest, Connection._tmf)
+
+
 @mutant(
     "Control.Tmf.ColdResetKeepsConnections",
     "control",
