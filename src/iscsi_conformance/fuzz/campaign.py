@@ -93,6 +93,8 @@ class CampaignReport:
     # session-level cases of the seeded engine by kind (mcs, reinstate-..., chap, bad-chap)
     session_cases: dict[str, int] = dataclasses.field(default_factory=dict)
     digest_sessions: int = 0  # sessions that negotiated a CRC32C header or data digest
+    #: a hostile target's damage by family (``fuzz.hostile.FAMILIES``), in generation
+    families: dict[str, int] = dataclasses.field(default_factory=dict)
     closed_by_target: int = 0
     silent: int = 0
     liveness_checks: int = 0

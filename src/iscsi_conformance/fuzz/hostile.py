@@ -8,10 +8,19 @@ offsets, DataSN and residuals, R2T offsets and lengths, StatSN, NOP-In tags, Rej
 reasons, Async events...), the keys of a Login or Text Response replaced by hostile
 ones (SendTargets answers with ``../`` and control characters in names, over-long
 strings, IPv6 oddities in TargetAddress, CHAP challenges of odd sizes, limits of 0 or
-2**32), a PDU dropped or sent twice, or its bytes tampered (lengths, padding, digests).
-Which PDUs are damaged, and how, is a pure function of ``(seed, case)``, and every
-damage done is recorded as a :class:`Mutation` (connection, PDU index, what was done,
-with the concrete values): a case is replayed by applying the same mutations again.
+2**32), a PDU dropped or sent twice, or its bytes tampered (lengths, padding, digests),
+or a PDU of the target's own put before it (an Async Message, a Reject, a NOP-In
+asking for an answer, a burst of R2Ts beyond the one asked: ``inject``).
+Which PDUs are damaged, and how, is a pure function of ``(seed, case)``: a damaged
+connection draws one to three positions over its whole exchange (half the time among
+its first ``DAMAGED_PREFIX`` PDUs, else exponentially spread with a scale drawn
+log-uniform up to ``POSITION_SCALE`` PDUs), so that damage can land at any point of a
+session, not only its start. Every damage done is recorded as a :class:`Mutation`
+(connection, PDU position, what was done with the concrete values, its family): a case
+is replayed by applying the same mutations again, and shrunk by ddmin over them.
+Each damage has a family (``FAMILIES``: login keys, CHAP challenges, SendTargets
+answers, Data-In, R2T, NOP-In, Async, Reject...), counted per campaign
+(``CampaignReport.families``), so that a campaign shows which it reached.
 
 What the initiator sends goes upstream unchanged, and is checked on the way
 (``_SentChecker``): every PDU an initiator sends, whatever it was answered, must
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -50,9 +60,11 @@ from iscsi_conformance.fuzz.capture import ConnRecord, MultiTape
 from iscsi_conformance.fuzz.hostile_clients import IQN, make_client
 
 __all__ = [
+    "FAMILIES",
     "HOSTILE_VALUES",
     "HostileProxy",
     "Mutation",
+    "family_table",
     "initiator_campaign",
     "replay_finding",
     "save_reproducer",
@@ -103,10 +115,64 @@ _TEXT_KEYS = (
     "TargetPortalGroupTag",
     "X-com.example.odd",
 )
-ACTIONS = ("drop", "twice", "tamper", "keys", "field")
-#: damage is drawn among the first PDUs of each connection: a discovery's login, text
-#: and logout answers; a session's login, INQUIRY, READ CAPACITY, WRITE and READ answers
+ACTIONS = ("drop", "twice", "tamper", "keys", "field", "inject")
+#: half the damaged positions are drawn among the first PDUs of a connection (a
+#: discovery's login, text and logout answers; a session's login, INQUIRY, READ
+#: CAPACITY, WRITE and READ answers), the other half over the whole exchange
 DAMAGED_PREFIX = 12
+#: the largest scale (in PDUs) of the exponential spread of the other half
+POSITION_SCALE = 512
+#: the families of damage (issue 14): what the damaged or injected PDU is
+FAMILIES = (
+    "login",  # a Login Response's keys or fields
+    "chap",  # a Login Response carrying a CHAP challenge (CHAP_A, CHAP_I, CHAP_C)
+    "sendtargets",  # a Text Response answering SendTargets (names, addresses)
+    "text",  # another Text Response
+    "data-in",  # offsets, DataSN, residuals, status
+    "r2t",  # offsets, lengths, R2TSN, too many
+    "nop-in",
+    "async",
+    "reject",
+    "scsi-response",
+    "other",
+)
+#: the families the issue names; a campaign test checks that each is reached
+ISSUE_FAMILIES = ("login", "chap", "sendtargets", "data-in", "r2t", "nop-in", "async", "reject")
+_FAMILY_OF = {
+    P.ScsiDataIn: "data-in",
+    P.R2T: "r2t",
+    P.NopIn: "nop-in",
+    P.AsyncMessage: "async",
+    P.Reject: "reject",
+    P.ScsiResponse: "scsi-response",
+}
+#: the fields of a Data-In and an R2T the issue names, preferred when one is damaged
+_PREFERRED = {
+    P.ScsiDataIn: ("buffer_offset", "datasn", "residual_count"),
+    P.R2T: ("buffer_offset", "desired_data_transfer_length", "r2tsn"),
+}
+_INJECTED: dict[str, type[P.PDU]] = {
+    "async": P.AsyncMessage,
+    "reject": P.Reject,
+    "nop-in": P.NopIn,
+    "r2t": P.R2T,
+}
+_CHAP_CHALLENGES = (
+    ("CHAP_A", ("5", "7", "5,6,7,8", "999", "", "5" * 300)),
+    ("CHAP_I", ("0", "255", "256", "-1", "x", "9" * 40)),
+    ("CHAP_C", ("0x", "0xab", "0x" + "ab" * 16, "0x" + "ab" * 1024, "0xZZ", "0b" + "QUJD" * 8)),
+)
+
+
+def _family(pdu: P.PDU, action: str, data: bytes = b"") -> str:
+    """The family of a damage to ``pdu`` (``data``: the new keys of a keys action)."""
+    if isinstance(pdu, P.LoginResponse):
+        return "chap" if b"CHAP_" in pdu.data or b"CHAP_" in data else "login"
+    if isinstance(pdu, P.TextResponse):
+        return "sendtargets" if b"TargetName=" in pdu.data or b"Target" in data else "text"
+    return _FAMILY_OF.get(type(pdu), "other")
+
+
 #: a case records at most this many bytes of its connections (for its pcapng)
 RECORD_LIMIT = 4 << 20
 
@@ -121,19 +187,31 @@ class Mutation:
     index: int
     action: str
     arg: Any = None
+    family: str = ""  # FAMILIES (older reproducers have none)
 
     def literal(self) -> list[Any]:
-        return [self.conn, self.index, self.action, self.arg]
+        out = [self.conn, self.index, self.action, self.arg]
+        return [*out, self.family] if self.family else out
 
     @classmethod
     def from_literal(cls, value: Any) -> Mutation:
-        """Raises ValueError for anything but ``[conn, index, action, arg]``."""
-        if not isinstance(value, list | tuple) or len(value) != 4 or value[2] not in ACTIONS:
+        """Raises ValueError for anything but ``[conn, index, action, arg(, family)]``."""
+        if (
+            not isinstance(value, list | tuple)
+            or len(value) not in (4, 5)
+            or value[2] not in ACTIONS
+        ):
             raise ValueError(f"not a mutation: {value!r}")
-        return cls(int(value[0]), int(value[1]), str(value[2]), value[3])
+        family = str(value[4]) if len(value) == 5 else ""
+        return cls(int(value[0]), int(value[1]), str(value[2]), value[3], family)
 
     def describe(self) -> str:
         where = f"connection {self.conn} PDU {self.index}"
+        if self.family:
+            where += f" ({self.family})"
+        if self.action == "inject":
+            family, fields = self.arg
+            return f"{where}: a {family} PDU put before it: {fields}"
         if self.action == "drop":
             return f"{where}: dropped"
         if self.action == "twice":
@@ -161,6 +239,8 @@ class Mutation:
             if isinstance(pdu, P.LoginResponse | P.TextResponse):
                 return [dataclasses.replace(pdu, data=bytes.fromhex(self.arg))], None
             return [pdu], None
+        if self.action == "inject":
+            return self._inject(pdu), None
         name, value = self.arg
         if name not in {f.name for f in dataclasses.fields(pdu)}:  # type: ignore[arg-type]
             return [pdu], None
@@ -170,6 +250,32 @@ class Mutation:
             return [dataclasses.replace(pdu, **{name: value})], None  # type: ignore[type-var]
         except (TypeError, ValueError):
             return [pdu], None
+
+    def _inject(self, pdu: P.PDU) -> list[P.PDU]:
+        """The PDUs sent for an ``inject``: a PDU of the target's own before ``pdu``
+        (its numbers taken from ``pdu``), or R2Ts beyond the one asked after it."""
+        family, fields = self.arg
+        cls = _INJECTED.get(family)
+        if cls is None:
+            return [pdu]
+        fields = dict(fields)
+        count = int(fields.pop("count", 1))
+        data = bytes.fromhex(fields.pop("data", ""))
+        numbers = {k: getattr(pdu, k) for k in ("statsn", "expcmdsn", "maxcmdsn")
+                   if hasattr(pdu, k)}  # fmt: skip
+        if family == "r2t":  # too many R2Ts: the real one, then more for its task
+            if not isinstance(pdu, P.R2T):
+                return [pdu]
+            extra = [
+                dataclasses.replace(pdu, r2tsn=(pdu.r2tsn + i) & 0xFFFFFFFF, **fields)
+                for i in range(1, count + 1)
+            ]
+            return [pdu, *extra]
+        try:
+            made = cls(**numbers, **fields, data=data)  # type: ignore[call-arg]
+        except (TypeError, ValueError):
+            return [pdu]
+        return [made, pdu]
 
 
 class _Mutator:
@@ -186,13 +292,16 @@ class _Mutator:
         self.rng = rng
         self.conn = conn
         self.plan = plan
-        # ``rate`` of the connections get one to three of their first PDUs damaged:
-        # the states after them stay reachable.
-        self.targets = (
-            set(rng.sample(range(DAMAGED_PREFIX), rng.randint(1, 3)))
-            if rng.random() < rate
-            else set()
-        )
+        # ``rate`` of the connections get one to three PDUs damaged, anywhere in their
+        # exchange (module doc): the states after them stay reachable.
+        self.targets: set[int] = set()
+        if rng.random() < rate:
+            scale = 2 ** rng.uniform(1, math.log2(POSITION_SCALE))
+            for _ in range(rng.randint(1, 3)):
+                if rng.random() < 0.5:
+                    self.targets.add(rng.randrange(DAMAGED_PREFIX))
+                else:
+                    self.targets.add(int(rng.expovariate(1 / scale)))
         self.n = 0
 
     def _int(self, top: int) -> int:
@@ -220,33 +329,89 @@ class _Mutator:
             raw = raw.rstrip(b"\0") + rng.choice((b"", b"=", b"\xff\xfe", b"noequals"))
         return raw
 
+    def _challenge(self, data: bytes) -> bytes:
+        """A Login Response's keys with a CHAP challenge of odd values in them."""
+        rng = self.rng
+        try:
+            pairs = [kv for kv in T.parse_pairs(data) if not kv[0].startswith("CHAP_")]
+        except ProtocolError:
+            pairs = []
+        pairs = [kv for kv in pairs if kv[0] != "AuthMethod"] + [("AuthMethod", "CHAP")]
+        pairs += [(key, rng.choice(values)) for key, values in _CHAP_CHALLENGES]
+        return T.format_pairs(pairs, strict=False)
+
+    def _injected(self, pdu: P.PDU) -> tuple[str, dict[str, Any]]:
+        """What an ``inject`` puts in: a family and its drawn fields (module doc)."""
+        rng = self.rng
+        if isinstance(pdu, P.R2T) and rng.random() < 0.5:
+            fields: dict[str, Any] = {"count": rng.choice((1, 2, 15, 255))}
+            if rng.random() < 0.5:
+                fields["buffer_offset"] = self._int(0xFFFFFFFF)
+            if rng.random() < 0.5:
+                fields["desired_data_transfer_length"] = self._int(0xFFFFFFFF)
+            return "r2t", fields
+        family = rng.choice(("async", "reject", "nop-in"))
+        if family == "async":
+            sense = bytes([0x70, 0, 6, 0, 0, 0, 0, 10]) + bytes(10)
+            return family, {
+                "async_event": rng.choice((0, 1, 2, 3, 4, 5, 248, 255)),
+                "async_vcode": rng.randrange(256),
+                "parameter1": self._int(0xFFFF),
+                "parameter2": self._int(0xFFFF),
+                "parameter3": self._int(0xFFFF),
+                "data": rng.choice(
+                    (b"", len(sense).to_bytes(2, "big") + sense, b"\xff\xff", rng.randbytes(64))
+                ).hex(),
+            }
+        if family == "reject":
+            return family, {
+                "reason": rng.choice((1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0, 13, 255)),
+                "datasn_r2tsn": self._int(0xFFFFFFFF),
+                "data": rng.choice((bytes(48), rng.randbytes(48), b"", rng.randbytes(7))).hex(),
+            }
+        return family, {
+            "itt": 0xFFFFFFFF if rng.random() < 0.7 else self._int(0xFFFFFFFF),
+            "ttt": self._int(0xFFFFFFFE),
+            "data": rng.randbytes(rng.choice((0, 8, 64, 9000))).hex(),
+        }
+
     def _draw(self, pdu: P.PDU, index: int) -> Mutation | None:
         rng = self.rng
         r = rng.random()
         m = (self.conn, index)
-        if r < 0.08:
-            return Mutation(*m, "drop")
-        if r < 0.15:
-            return Mutation(*m, "twice")
-        if r < 0.25:
+        family = _family(pdu, "")
+        if r < 0.06:
+            return Mutation(*m, "drop", family=family)
+        if r < 0.11:
+            return Mutation(*m, "twice", family=family)
+        if r < 0.19:
             kind = rng.randrange(4)
             if kind == 0:
-                return Mutation(*m, "tamper", {"data_segment_length": self._int(0xFFFFFF)})
-            if kind == 1:
-                return Mutation(
-                    *m, "tamper", {"bhs_patch": {rng.randrange(48): rng.randrange(256)}}
-                )
-            if kind == 2:
-                return Mutation(*m, "tamper", {"total_ahs_length": self._int(0xFF)})
-            return Mutation(*m, "tamper", {"opcode": rng.randrange(64)})
+                arg: Any = {"data_segment_length": self._int(0xFFFFFF)}
+            elif kind == 1:
+                arg = {"bhs_patch": {rng.randrange(48): rng.randrange(256)}}
+            elif kind == 2:
+                arg = {"total_ahs_length": self._int(0xFF)}
+            else:
+                arg = {"opcode": rng.randrange(64)}
+            return Mutation(*m, "tamper", arg, family=family)
+        if r < 0.34 and not isinstance(pdu, P.LoginResponse):  # not before a login ends
+            what, made = self._injected(pdu)
+            return Mutation(*m, "inject", [what, made], family=what)
         if isinstance(pdu, P.LoginResponse | P.TextResponse) and rng.random() < 0.7:
-            data = self._text(pdu.data, send_targets=isinstance(pdu, P.TextResponse))
-            return Mutation(*m, "keys", data.hex())
+            if isinstance(pdu, P.LoginResponse) and rng.random() < 0.3:
+                data = self._challenge(pdu.data)
+            else:
+                data = self._text(pdu.data, send_targets=isinstance(pdu, P.TextResponse))
+            return Mutation(*m, "keys", data.hex(), family=_family(pdu, "keys", data))
         lay = type(pdu).layout
         fields = list(lay.value_fields) if lay is not None else []
         if not fields:
             return None
         f = rng.choice(fields)
+        preferred = _PREFERRED.get(type(pdu))
+        if preferred and rng.random() < 0.6:
+            f = next((x for x in fields if x.name == rng.choice(preferred)), f)
         value: Any
         if f.is_flag:
             value = not getattr(pdu, f.name)
@@ -254,7 +419,7 @@ class _Mutator:
             value = rng.randbytes(f.size).hex()
         else:
             value = self._int(f.max_value)
-        return Mutation(*m, "field", [f.name, value])
+        return Mutation(*m, "field", [f.name, value], family=family)
 
     def damage(self, pdu: P.PDU) -> tuple[list[P.PDU], P.Tamper | None, Mutation | None]:
         """The PDUs to send in place of ``pdu`` (none, one, two), an optional tamper,
@@ -348,6 +513,7 @@ class HostileProxy:
         self.host = host
         self.port = 0
         self.damaged = 0
+        self.families: dict[str, int] = {}
         self.plan = {(m.conn, m.index): m for m in plan} if plan is not None else None
         self.applied: list[Mutation] = []
         self.sent_damaged: list[bytes] = []
@@ -466,6 +632,8 @@ class HostileProxy:
                 ]
                 if m is not None:
                     self.damaged += 1
+                    fam = m.family or "other"
+                    self.families[fam] = self.families.get(fam, 0) + 1
                     self.applied.append(m)
                     # the damaged PDU as sent, its data cut at 1 KiB (the reproducer's
                     # evidence; a replay applies the mutation again)
@@ -587,9 +755,11 @@ def initiator_campaign(
                     last = time.monotonic()
                     progress(
                         f"[{last - start:6.1f} s] cases {report.cases}  damaged PDUs "
-                        f"{proxy.damaged}  failures {len(report.failures)}"
+                        f"{proxy.damaged}  families {len(proxy.families)}/{len(FAMILIES)}"
+                        f"  failures {len(report.failures)}"
                     )
             report.pdus = proxy.damaged
+            report.families = dict(proxy.families)  # before the replays of shrinking
             report.seconds = time.monotonic() - start
             for identity, f in report.failures.items():
                 tape = None
@@ -707,6 +877,14 @@ def save_reproducer(
     )  # fmt: skip
 
 
+def family_table(families: dict[str, int]) -> str:
+    """The damage of a campaign by family, those never reached named."""
+    cells = "  ".join(f"{name} {families.get(name, 0)}" for name in FAMILIES)
+    missing = [name for name in ISSUE_FAMILIES if not families.get(name)]
+    tail = f" (never reached: {', '.join(missing)})" if missing else ""
+    return f"damage by family: {cells}{tail}"
+
+
 def summary(report: CampaignReport) -> str:
     """The end-of-campaign lines of ``initiator_campaign``."""
     lines = [
@@ -714,6 +892,7 @@ def summary(report: CampaignReport) -> str:
         f"in {report.seconds:.1f} s ({report.cases / max(report.seconds, 1e-9):.2f} cases/s)"
     ]
     lines.extend(report.notes)
+    lines.append(family_table(report.families))
     if not report.failures:
         lines.append("no failure")
     for f in report.failures.values():

@@ -8,7 +8,9 @@ limit, proxy)``, which runs one case and returns None or its first failure as
 
 - ``reference``: the reference initiator in this process: SendTargets discovery, then a
   session: INQUIRY, READ CAPACITY(16), a WRITE of a pattern and a READ of it back,
-  logout. Oracles: it ends with success or one of its own errors within ``limit``
+  logout (every other case with InitialR2T=Yes, ImmediateData=No and MaxBurstLength
+  4096, so that the WRITE is asked for by four R2Ts the hostile target can damage).
+  Oracles: it ends with success or one of its own errors within ``limit``
   (``hang`` otherwise), never another exception (``internal-error``, placed by type
   and innermost frame); a READ it returns without having recorded a violation
   (``ProtocolViolated``: the engine is an instrument that records what a target does
@@ -148,7 +150,10 @@ class ReferenceClient(_Client):
         from iscsi_conformance.initiator.client import Session, discover
 
         await discover(host, port, timeout=timeout)
-        async with await Session.connect(host, port, IQN, timeout=timeout) as s:
+        # every other case, the WRITE waits for R2Ts (RFC 7143 13.10, 13.11)
+        r2t = {"InitialR2T": "Yes", "ImmediateData": "No", "MaxBurstLength": "4096"}
+        keys = r2t if lba // 32 % 2 else None
+        async with await Session.connect(host, port, IQN, timeout=timeout, keys=keys) as s:
             await s.inquiry(0)
             await s.read_capacity16(0)
             pattern = random.Random(lba).randbytes(32 * 512)
