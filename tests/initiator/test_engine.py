@@ -193,6 +193,21 @@ def test_data_in_pdus_out_of_order_placed_by_buffer_offset() -> None:
     assert done.result.good and done.result.data == payload
 
 
+def test_data_in_leaving_a_gap_in_order_recorded() -> None:
+    """With DataPDUInOrder and DataSequenceInOrder Yes (the defaults) Data-In comes at
+    continuously increasing offsets (RFC 7143 13.18, 13.19): one that starts past the
+    end so far leaves bytes the READ would return as zeros, which is recorded (found by
+    fuzz --initiator reference: a first Data-In moved to Buffer Offset 1 went unnoticed)."""
+    c = conn(max_recv_data_segment_length_local=4096)
+    itt = c.start_command(0, bytes(16), expected_in=8192)
+    c.pdus_to_send()
+    payload = bytes(i % 251 for i in range(8192))
+    c.receive_pdu(ScsiDataIn(itt=itt, datasn=0, buffer_offset=1, data=payload[:4096],
+                             expcmdsn=11, maxcmdsn=40))  # fmt: skip
+    (v,) = c.violations
+    assert "Buffer Offset 1 leaves bytes 0..1 unsent" in v.message and "13.18" in v.section
+
+
 def test_data_in_out_of_order_datasn_recorded() -> None:
     c = conn()
     itt = c.start_command(0, bytes(16), expected_in=1024)

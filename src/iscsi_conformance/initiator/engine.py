@@ -831,6 +831,23 @@ class InitiatorConnection:
                 events, "status in a Data-In of a bidirectional command", "RFC 7143 11.7.3", pdu
             )
         end = pdu.buffer_offset + n
+        if (
+            n
+            and pdu.buffer_offset > task.data_in_end
+            and self.params.data_pdu_in_order
+            and self.params.data_sequence_in_order
+        ):
+            # in order both ways, the data comes at continuously increasing offsets with
+            # no overlay (13.18) and sequences at non-decreasing ones (13.19, MUST): a gap
+            # left before this PDU would be returned as zeros, so it is recorded
+            self._violate(
+                events,
+                f"Data-In at Buffer Offset {pdu.buffer_offset} leaves bytes "
+                f"{task.data_in_end}..{pdu.buffer_offset} unsent (DataPDUInOrder and "
+                "DataSequenceInOrder Yes)",
+                "RFC 7143 13.18, 13.19",
+                pdu,
+            )
         if n and end > task.expected_in:
             self._violate(
                 events,
