@@ -22,6 +22,12 @@ in the time left once the campaign stops generating.
 Bounded: generation stops at the deadline (``seconds``; 80% of it once a failure
 waits to be shrunk), every wait is bounded by the time left, and shrinking never
 runs past ``seconds``.
+
+Throttled: with ``rate`` (PDUs/s, ``fuzz --rate``), every PDU the campaign writes
+(the cases', their pings, every login step, liveness checks) is counted in
+``CampaignReport.sent`` and the writer waits, before it writes, until the count is
+within ``rate`` times the time elapsed; batches are then at most ``rate / 20``
+cases, so that a burst stays short. The progress line shows the achieved rate.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import functools
 import itertools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from iscsi_conformance.core import pdu as P
@@ -93,6 +99,9 @@ class CampaignReport:
     # session-level cases of the seeded engine by kind (mcs, reinstate-..., chap, bad-chap)
     session_cases: dict[str, int] = dataclasses.field(default_factory=dict)
     digest_sessions: int = 0  # sessions that negotiated a CRC32C header or data digest
+    #: every PDU written (cases, pings, login steps, liveness), which ``rate_cap`` bounds
+    sent: int = 0
+    rate_cap: float | None = None  # PDUs/s (``Campaign(rate=)``), None for none
     #: a hostile target's damage by family (``fuzz.hostile.FAMILIES``), in generation
     families: dict[str, int] = dataclasses.field(default_factory=dict)
     closed_by_target: int = 0
@@ -114,8 +123,14 @@ class CampaignReport:
 
     def progress_line(self, elapsed: float) -> str:
         cov = len(self.coverage)
+        capped = (
+            f"  sent {self.sent / max(elapsed, 1e-9):.0f}/s (cap {self.rate_cap:g})"
+            if self.rate_cap
+            else ""
+        )
         return (
             f"[{elapsed:6.1f} s] cases {self.cases}  PDUs/s {self.pdus / max(elapsed, 1e-9):.0f}"
+            f"{capped}"
             f"  failures {len(self.failures)}  coverage {cov}/{len(COVERAGE_CELLS)} opcode x phase"
         )
 
@@ -129,6 +144,11 @@ class CampaignReport:
             f"coverage {len(self.coverage)}/{len(COVERAGE_CELLS)} opcode x phase, "
             f"CVE-derived cases {self.cve_cases}",
         ]
+        if self.rate_cap:
+            lines.append(
+                f"rate cap {self.rate_cap:g} PDUs/s: {self.sent} PDUs written in all (cases, "
+                f"pings, logins), {self.sent / max(self.seconds, 1e-9):.0f}/s achieved"
+            )
         if self.session_cases:
             lines.append("session cases: " + ", ".join(
                 f"{k} {v}" for k, v in sorted(self.session_cases.items())))  # fmt: skip
@@ -209,13 +229,15 @@ async def login(
     hook: Any = None,
     session: Any = None,
     result: list[Any] | None = None,
+    pace: Callable[[int], Awaitable[None]] | None = None,
 ) -> tuple[P.LoginResponse, dict[str, str]]:
     """A correct login as the reference initiator makes it (``initiator.login_flow``,
     AuthMethod=None, ``keys`` over its defaults): the final Login Response and the keys
     the target answered. Raises ConnectionError when the login does not succeed.
     ``tsih``/``cid``/``session`` join or reinstate (RFC 7143 6.3.1); ``chap``/``mutual``
     (``ChapAccount``) with CHAP_A ``algorithm`` authenticate; ``hook`` rewrites each
-    Login Request (``LoginFlow.login_hook``); ``result`` receives the ``LoginResult``."""
+    Login Request (``LoginFlow.login_hook``); ``result`` receives the ``LoginResult``;
+    ``pace`` is awaited before each Login Request (a campaign's ``rate``)."""
     from iscsi_conformance.initiator.login_flow import LoginFlow, LoginResult
 
     ours = dict(keys)
@@ -232,6 +254,8 @@ async def login(
     for _ in range(16):
         out = step.wire
         if out is not None:
+            if pace is not None:
+                await pace(1)
             wire.writer.write(out if isinstance(out, bytes) else P.encode(out, strict=step.strict))
         rsp = await _next_pdu(wire, timeout)
         if not isinstance(rsp, P.LoginResponse):
@@ -299,8 +323,14 @@ class Campaign:
         max_fds: int | None = None,
         accounts: Any = None,
         session_ratio: float = 0.05,
+        rate: float | None = None,
     ) -> None:
         self.host, self.port, self.target = host, port, target
+        # a cap on the PDUs written per second (module doc), None for none
+        self.rate = rate if rate else None
+        self._max_batch = (
+            MAX_BATCH if self.rate is None else max(1, min(MAX_BATCH, int(self.rate / 20)))
+        )
         # growth allowed over the start, read from ``health`` (rss_kib(), fds()) every
         # second and at the end: beyond it, a failure of kind "resources"
         self.max_rss_kib, self.max_fds = max_rss_kib, max_fds
@@ -325,7 +355,7 @@ class Campaign:
         self.silence = silence
         self.hostile_ratio = hostile_ratio
         self.digests = digests
-        self.report = CampaignReport(target=f"{host}:{port}/{target}")
+        self.report = CampaignReport(target=f"{host}:{port}/{target}", rate_cap=self.rate)
         self._isid = itertools.count(1)
         self._started = 0.0
         self._deadline = 0.0
@@ -356,6 +386,15 @@ class Campaign:
 
     def _io(self) -> float:
         return max(0.01, min(self.io_timeout, self._time_left()))
+
+    async def _pace(self, n: int) -> None:
+        """Count ``n`` PDUs about to be written; with ``rate``, wait until they fit."""
+        self.report.sent += n
+        if self.rate is None:
+            return
+        ahead = self.report.sent / self.rate - (time.monotonic() - self._started)
+        if ahead > 0:
+            await asyncio.sleep(min(ahead, max(0.0, self._time_left())))
 
     def _fail(
         self,
@@ -412,6 +451,7 @@ class Campaign:
             return
         self._transcripts[wire.local_port] = ("login", [], list(case.pdus))
         try:
+            await self._pace(len(case.pdus))
             wire.writer.write(b"".join(case.pdus))
             self._count(case)
             checker = AnswerChecker(0, 0, 8192)  # login answers: only decoding and size
@@ -457,8 +497,9 @@ class Campaign:
         try:
             try:
                 rsp, answered = await login(
-                    wire, keys, isid=(wid << 32) | next(self._isid), timeout=self._io()
-                )
+                    wire, keys, isid=(wid << 32) | next(self._isid), timeout=self._io(),
+                    pace=self._pace,
+                )  # fmt: skip
             except (ConnectionError, TimeoutError, OSError, ProtocolError) as exc:
                 if self._generating():
                     self.report.notes.append(f"a correct login failed: {exc}")
@@ -493,6 +534,7 @@ class Campaign:
                 self._cold_resets += sum(map(_is_cold_reset, out))
                 transcript.extend(out)
                 del transcript[:-TRANSCRIPT_CASES]
+                await self._pace(len(out) + 1)
                 wire.writer.write(
                     b"".join(out) + P.encode(nop, header_digest=s.hd, data_digest=s.dd)
                 )
@@ -502,7 +544,7 @@ class Campaign:
                 outcome = await self._read_until(wire, s, checker, ping_itt, keys, transcript)
                 self._poll_health()
                 if outcome == "answered":
-                    batch = min(batch * 2, MAX_BATCH)
+                    batch = min(batch * 2, self._max_batch)
                     continue
                 if outcome == "silent":
                     self.report.silent += 1
@@ -607,7 +649,8 @@ class Campaign:
         try:
             await login(wire, keys, isid=0x3D_0000_0000 | next(self._isid), timeout=self._io(),
                         chap=self.accounts.chap, algorithm=algorithm, hook=hook,
-                        mutual=self.accounts.mutual_target if mutual else None)  # fmt: skip
+                        mutual=self.accounts.mutual_target if mutual else None,
+                        pace=self._pace)  # fmt: skip
         except (ConnectionError, TimeoutError) as exc:
             if not spoil and "refused" in str(exc):
                 self._fail("login", f"CHAP {algorithm} refused",
@@ -631,7 +674,8 @@ class Campaign:
         lead = await _connect(self.host, self.port, self._io())
         wires.append(lead)
         got: list[Any] = []
-        rsp, _ = await login(lead, keys, isid=isid, timeout=self._io(), result=got)
+        rsp, _ = await login(lead, keys, isid=isid, timeout=self._io(), result=got,
+                             pace=self._pace)  # fmt: skip
         res = got[0]
         s = Session(cmdsn=rsp.expcmdsn, expstatsn=(rsp.statsn + 1) & 0xFFFFFFFF)
         resets = self._cold_resets
@@ -643,7 +687,8 @@ class Campaign:
             "reinstate-connection": {"tsih": res.tsih, "cid": 0, "session": res.negotiated},
         }[kind]
         try:
-            rsp2, _ = await login(second, keys, isid=isid, timeout=self._io(), **join)
+            rsp2, _ = await login(second, keys, isid=isid, timeout=self._io(), pace=self._pace,
+                                  **join)  # fmt: skip
         except (ConnectionError, TimeoutError) as exc:
             if kind == "reinstate-session" and "refused" in str(exc):  # a status, not a death
                 self._fail("reinstatement", "session refused",
@@ -659,6 +704,7 @@ class Campaign:
         ping = P.NopOut(immediate=True, itt=0xF0F0_0002, cmdsn=rsp2.expcmdsn,
                         expstatsn=(rsp2.statsn + 1) & 0xFFFFFFFF, data=PING)  # fmt: skip
         try:
+            await self._pace(1)
             second.writer.write(P.encode(ping))
             while True:
                 pdu = await _next_pdu(second, max(0.5, min(self.io_timeout, self._time_left())))
@@ -675,6 +721,7 @@ class Campaign:
         nop = P.NopOut(immediate=True, itt=0xF0F0_0001, cmdsn=s.cmdsn, expstatsn=s.expstatsn,
                        data=PING)  # fmt: skip
         try:
+            await self._pace(1)
             lead.writer.write(P.encode(nop))
             while True:
                 pdu = await _next_pdu(lead, max(0.01, min(self.silence, self._time_left())))
@@ -701,10 +748,12 @@ class Campaign:
         try:
             keys = default_login_keys(self.initiator, self.target, self.mrdsl)
             rsp, _ = await login(
-                wire, keys, isid=0x3F_0000_0000 | next(self._isid), timeout=timeout
-            )
+                wire, keys, isid=0x3F_0000_0000 | next(self._isid), timeout=timeout,
+                pace=self._pace,
+            )  # fmt: skip
             nop = P.NopOut(immediate=True, itt=1, cmdsn=rsp.expcmdsn, expstatsn=rsp.statsn + 1,
                            data=PING)  # fmt: skip
+            await self._pace(1)
             wire.writer.write(P.encode(nop))
             while True:
                 pdu = await _next_pdu(wire, timeout)
@@ -851,6 +900,7 @@ class Campaign:
     # ------------------------------------------------------------------ shrinking
 
     async def reproduces(self, f: Failure, pdus: list[bytes]) -> bool:
+        await self._pace(len(pdus) + 3)  # a login (about 2) and a ping
         seen = await replay_once(
             self.host, self.port, self.target, f.phase, f.login_keys, pdus,
             initiator=self.initiator, health=self.health, mrdsl=self.mrdsl,

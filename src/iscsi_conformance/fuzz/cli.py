@@ -213,6 +213,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="time budget (default 60)")
     parser.add_argument("--cases", type=int, help="stop after this many cases")
     parser.add_argument("--workers", type=int, default=4, help="connections at once (default 4)")
+    parser.add_argument(
+        "--rate", type=float, metavar="PDUS",
+        help="write at most this many PDUs a second to the target (every PDU: cases, pings, "
+        "logins); the progress line shows the rate achieved. Target campaigns only",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="campaign seed (default 0)")
     parser.add_argument(
         "--save",
@@ -255,6 +260,10 @@ def main(argv: list[str]) -> int:
         return _err("--seconds must be positive and --workers at least 1")
     if args.examples < 1 or args.steps < 1:
         return _err("--examples and --steps must be at least 1")
+    if args.rate is not None and args.rate <= 0:
+        return _err("--rate must be positive (PDUs per second)")
+    if args.rate is not None and (args.initiator is not None or args.url == "engine"):
+        return _err("--rate applies to a campaign against a target over the network")
     if args.initiator is not None:
         if args.url is not None:
             return _err("give a target URL or --initiator, not both")
@@ -475,7 +484,7 @@ def _hypothesis(
     report, run = run_machine(
         host, port, iqn, seconds=args.seconds, max_examples=args.examples, steps=args.steps,
         health=health, accounts=accounts, strict=strict, database=args.database,
-        max_rss_kib=max_rss_kib, max_fds=max_fds,
+        max_rss_kib=max_rss_kib, max_fds=max_fds, rate=args.rate,
         seed=args.seed if args.seed else None,
         progress=None if args.quiet else lambda line: print(line, flush=True),
     )  # fmt: skip
@@ -528,7 +537,7 @@ def _campaign(
     camp = Campaign(
         host, port, iqn, seconds=args.seconds, max_cases=args.cases, seed=args.seed,
         workers=args.workers, health=health, strict=strict, max_rss_kib=max_rss_kib,
-        max_fds=max_fds, accounts=accounts,
+        max_fds=max_fds, accounts=accounts, rate=args.rate,
         progress=None if args.quiet else lambda line: print(line, flush=True),
     )  # fmt: skip
     report = camp.run()

@@ -152,6 +152,17 @@ class MachineRun:
     record_sent: bool = False
     sent: list[tuple[int, bytes, tuple[bool, bool]]] = dataclasses.field(default_factory=list)
     conns: Any = dataclasses.field(default_factory=lambda: itertools.count(1))
+    #: a cap on the PDUs written per second (``fuzz --rate``), None for none
+    rate: float | None = None
+
+    def pace(self, n: int) -> None:
+        """Count ``n`` PDUs about to be written (``report.sent``); with ``rate``, wait
+        until they fit within ``rate`` times the time elapsed (never past the deadline)."""
+        self.report.sent += n
+        if self.rate:
+            ahead = self.report.sent / self.rate - (time.monotonic() - self.started)
+            if ahead > 0:
+                time.sleep(max(0.0, min(ahead, self.time_left())))
 
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
@@ -201,6 +212,7 @@ class _Link:
         self.sock = sock
         self.number = next(run.conns) if run is not None else 0
         self.log = run.sent if run is not None and run.record_sent else None
+        self.pace = run.pace if run is not None else None
         self.profile = profile
         self.keys = keys
         self.decoder = P.PDUDecoder(max_data_segment_length=1 << 24)
@@ -222,6 +234,8 @@ class _Link:
         """Send without keeping the PDUs in the transcript (a ping)."""
         if self.log is not None:
             self.log.extend((self.number, raw, (self.s.hd, self.s.dd)) for raw in raws)
+        if self.pace is not None:
+            self.pace(len(raws))
         try:
             self.sock.sendall(b"".join(raws))
         except OSError as exc:
@@ -316,9 +330,11 @@ class SessionMachine(RuleBasedStateMachine):
         if r.progress is not None and now - r.last_progress >= 1.0:
             r.last_progress = now
             rep = r.report
+            took = max(now - r.started, 1e-9)
+            capped = f"  sent {rep.sent / took:.0f}/s (cap {r.rate:g})" if r.rate else ""
             r.progress(
                 f"[{now - r.started:6.1f} s] examples {r.examples}  steps {rep.cases}"
-                f"  PDUs/s {rep.pdus / max(now - r.started, 1e-9):.0f}"
+                f"  PDUs/s {rep.pdus / took:.0f}{capped}"
                 f"  failures {len(r.failures)}"
                 f"  coverage {len(rep.coverage)}/{len(COVERAGE_CELLS)} opcode x phase"
             )
@@ -1014,13 +1030,15 @@ def run_machine(
     shrink_seconds: float | None = None,
     max_rss_kib: int | None = None,
     max_fds: int | None = None,
+    rate: float | None = None,
 ) -> tuple[CampaignReport, MachineRun]:
     """Run the machine for at most ``max_examples`` examples and ``seconds``; returns
     the report (a ``CampaignReport``: cases are rules run) and the run, whose
     ``failures`` hold each distinct failure as its last (shrunk) run left it."""
     run = MachineRun(host, port, target, deadline=time.monotonic() + seconds, health=health,
-                     accounts=accounts, strict=strict, progress=progress)  # fmt: skip
-    run.report = CampaignReport(target=f"{host}:{port}/{target}")
+                     accounts=accounts, strict=strict, progress=progress,
+                     rate=rate or None)  # fmt: skip
+    run.report = CampaignReport(target=f"{host}:{port}/{target}", rate_cap=run.rate)
     # shrinking gets a fifth of the budget (at least 2 s) from the first failure on
     run.shrink_seconds = shrink_seconds if shrink_seconds is not None else max(2.0, seconds / 5)
     machine = type("SessionMachineRun", (SessionMachine,), {"run": run})
