@@ -9,7 +9,7 @@ import pytest
 from initiator_helpers import run
 
 from iscsi_conformance.core.codes import AsyncEvent, TmfFunction, TmfResponse
-from iscsi_conformance.errors import AuthenticationError, LoginError
+from iscsi_conformance.errors import AuthenticationError, LoginError, ProtocolError
 from iscsi_conformance.initiator.client import Session, discover
 from iscsi_conformance.initiator.engine import AsyncMessageReceived, TargetPinged, TextCompleted
 from iscsi_conformance.peers.base import ChapAccount
@@ -36,6 +36,8 @@ def ref() -> Iterator[tuple[object, str, int]]:
             c.TargetConfig(name=f"{PREFIX}:mutual", luns=lun,
                            chap=c.ChapConfig(MUTUAL_IN.user, MUTUAL_IN.secret),
                            mutual_chap=c.ChapConfig(MUTUAL_OUT.user, MUTUAL_OUT.secret)),
+            c.TargetConfig(name=f"{PREFIX}:level1", luns=lun,
+                           parameters={"iSCSIProtocolLevel": "1"}),
             c.TargetConfig(name=f"{PREFIX}:small", luns=lun,
                            parameters={"MaxRecvDataSegmentLength": "1024", "MaxBurstLength": "16384",
                                        "FirstBurstLength": "4096"}),
@@ -126,6 +128,29 @@ def test_chap_mutual_and_failures(ref) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(AuthenticationError):
         run(Session.connect(host, port, f"{PREFIX}:mutual", chap=MUTUAL_IN,
                             mutual_chap=ChapAccount(MUTUAL_OUT.user, "other-secret-88")))  # fmt: skip
+
+
+def test_protocol_level_2_functions(ref) -> None:  # type: ignore[no-untyped-def]
+    """The reference initiator offers iSCSIProtocolLevel 2 and, where the target agrees,
+    uses the functions of RFC 7144 6.3; where it answers 1 it refuses to send them."""
+    _, host, port = ref
+
+    async def go() -> None:
+        async with Session.connect(host, port, f"{PREFIX}:plain") as s:
+            assert s.negotiated.iscsi_protocol_level == 2
+            await s.test_unit_ready(check=False)  # the nexus's power-on unit attention
+            await s.test_unit_ready(check=False)
+            assert await s.tmf(TmfFunction.QUERY_ASYNCHRONOUS_EVENT, 0) == 0
+            assert await s.tmf(TmfFunction.QUERY_TASK_SET, 0) == TmfResponse.FUNCTION_COMPLETE
+            assert await s.tmf(TmfFunction.QUERY_TASK, 0, 0x1234) == 0
+            assert s.violations == []
+        async with Session.connect(host, port, f"{PREFIX}:level1") as s:
+            assert s.negotiated.iscsi_protocol_level == 1
+            with pytest.raises(ProtocolError, match="iSCSIProtocolLevel 2"):
+                await s.tmf(TmfFunction.QUERY_TASK_SET, 0)
+            assert await s.tmf(TmfFunction.LOGICAL_UNIT_RESET, 0) == 0
+
+    run(go())
 
 
 def test_nop_tmf_text_logout(ref) -> None:  # type: ignore[no-untyped-def]

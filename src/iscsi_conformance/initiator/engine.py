@@ -69,7 +69,7 @@ from iscsi_conformance.core.serial import add_mod as _sn_add
 from iscsi_conformance.core.serial import gt as _sn_gt
 from iscsi_conformance.core.serial import le as _sn_le
 from iscsi_conformance.core.serial import lt as _sn_lt
-from iscsi_conformance.errors import ReservationConflict, SCSIError
+from iscsi_conformance.errors import ProtocolError, ReservationConflict, SCSIError
 from iscsi_conformance.scsi.sense import SenseData
 
 __all__ = [
@@ -92,6 +92,15 @@ __all__ = [
 
 NONE_TAG = 0xFFFFFFFF  # reserved tag value (RFC 7143 11.2.1.8)
 _SN_MASK = 0xFFFFFFFF  # 32-bit field width; serial arithmetic itself is core.serial
+#: The task management functions of RFC 7144 6.3, sent only at iSCSIProtocolLevel 2.
+_LEVEL2_FUNCTIONS = frozenset(
+    {
+        TmfFunction.QUERY_TASK,
+        TmfFunction.QUERY_TASK_SET,
+        TmfFunction.I_T_NEXUS_RESET,
+        TmfFunction.QUERY_ASYNCHRONOUS_EVENT,
+    }
+)
 
 
 def make_isid(rng: Callable[[int], bytes], qualifier: int | None = None) -> int:
@@ -587,7 +596,15 @@ class InitiatorConnection:
 
         RefCmdSN defaults to the CmdSN of the referenced task when we know it
         (11.5.4: required for ABORT TASK); TMF requests are usually immediate.
+        The functions RFC 7144 adds (9-12) raise ``ProtocolError`` on a session that
+        did not negotiate iSCSIProtocolLevel 2 (RFC 7144 6.3: they MUST NOT be sent).
         """
+        if function in _LEVEL2_FUNCTIONS and self.params.iscsi_protocol_level < 2:
+            raise ProtocolError(
+                f"task management function {int(function)} needs iSCSIProtocolLevel 2; "
+                f"this session negotiated {self.params.iscsi_protocol_level}",
+                section="RFC 7144 6.3",
+            )
         itt = self.session.allocate_itt()
         task = _Task(itt=itt, kind="tmf", lun=lun, immediate=immediate)
         task.cmdsn = self.session.take_cmdsn(immediate)

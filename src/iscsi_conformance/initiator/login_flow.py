@@ -79,6 +79,10 @@ DEFAULT_KEYS: dict[str, str] = {
     "DataPDUInOrder": "Yes",
     "DataSequenceInOrder": "Yes",
     "ErrorRecoveryLevel": "0",
+    # RFC 7144: the session may use QUERY TASK, QUERY TASK SET, I_T NEXUS RESET and
+    # QUERY ASYNCHRONOUS EVENT (Session.tmf) once the target answers 2 (minimum, 7.1.1);
+    # a target that answers less or NotUnderstood leaves the session at RFC 7143.
+    "iSCSIProtocolLevel": "2",
 }
 DEFAULT_DISCOVERY_KEYS: dict[str, str] = {
     "HeaderDigest": "None",
