@@ -33,8 +33,11 @@ from iscsi_conformance.bridge.faults import (
     FaultOutcome,
     FaultPlan,
     Verdict,
+    command_header_digest_breach,
     datain_digest_breach,
     dataout_digest_breach,
+    dropped_response_breach,
+    reset_breach,
 )
 from iscsi_conformance.bridge.judge import RULES, Rule
 from iscsi_conformance.bridge.pump import Bridge, BridgeBreach
@@ -255,21 +258,31 @@ del _rule
 # _FAULT_DEADLINE the bridge hangs up both sides, so an initiator's recovery timer
 # (open-iscsi's replacement_timeout) can never hold CI; a run that had not ended then,
 # with no answer on the wire, is skipped as inconclusive, never passed. By default only the pairings of
-# _FAULT_DEFAULT run them (CI's budget); ISCSI_CONFORMANCE_WIRE_FAULTS=all (tox -e
-# wire-faults) runs every pairing.
+# _FAULT_DEFAULT run them (CI's budget), and not those of _FAULT_SLOW (they wait out an
+# initiator's command timer); ISCSI_CONFORMANCE_WIRE_FAULTS=all (tox -e wire-faults)
+# runs every one on every pairing. The tests that verify data after the fault write an
+# acknowledged block range directly (no bridge) first, and after the faulted run log in
+# again directly: both ranges must read back as acknowledged.
 
 _FAULT_DEFAULT = {("reference", "reference")}
+_FAULT_SLOW = {"dropped", "delayed"}
+_FAULT_DELAY = 40.0  # beyond the command timers: reference 15 s, Linux SCSI 30 s
 _FAULT_DEADLINE = 120.0  # a micro-VM initiator's login, LU scan and 1 MiB, under load
 _FAULT_LBA = 28672  # away from the Interop tests' blocks and the scenario's
+_ACKED_LBA = _FAULT_LBA - 64  # written and acknowledged before a fault
 
 
-def _fault_pairing(initiator: Any, target: Any, kind: str) -> None:
+def _fault_pairing(initiator: Any, target: Any, kind: str, fault: str = "") -> None:
     everywhere = os.environ.get("ISCSI_CONFORMANCE_WIRE_FAULTS", "").strip() == "all"
-    if not everywhere and (initiator.name, target.name) not in _FAULT_DEFAULT:
+    if not everywhere and (
+        (initiator.name, target.name) not in _FAULT_DEFAULT or fault in _FAULT_SLOW
+    ):
         pytest.skip(
-            "fault injection on this pairing runs in tox -e wire-faults "
+            f"fault injection ({fault or kind}) on this pairing runs in tox -e wire-faults "
             "(ISCSI_CONFORMANCE_WIRE_FAULTS=all), not in the default run (CI's budget)"
         )
+    if not kind:
+        return
     for peer in (initiator, target):
         if not capability_satisfied(peer.manifest, f"{kind}=CRC32C"):
             pytest.skip(f"{peer.name} does not offer {kind} CRC32C: no digest to corrupt")
@@ -282,10 +295,25 @@ def _faulted(
     spec: str,
     blocks: int,
     keys: tuple[tuple[str, str], ...] = (),
+    *,
+    header_digest: str = "None",
+    data_digest: str = "CRC32C",
+    verify: bool = False,
 ) -> tuple[FaultOutcome, list[str]]:
-    """Log in with data digests (and ``keys``) through a bridge that injects ``spec``,
-    write ``blocks`` blocks and read them back, within _FAULT_DEADLINE."""
+    """Log in with the digests given (and ``keys``) through a bridge that injects
+    ``spec``, write ``blocks`` blocks and read them back, within _FAULT_DEADLINE. With
+    ``verify``, an acknowledged range is written directly first, and a direct login
+    afterwards reads back it and, if the WRITE through the bridge reported success,
+    that range too (``FaultOutcome.verified``)."""
     ep = target.endpoint()
+    drv = initiator.driver
+    acked = os.urandom(8 * BLOCK)
+    if verify:  # not through the bridge: nothing of it counts as a fault's PDU
+        session = drv.login(ep)
+        try:
+            drv.write(session, target.lun, _ACKED_LBA, acked)
+        finally:
+            drv.logout(session)
     host, port = ep.host_side or (ep.host, ep.port)
     seen: list[tuple[int, str, PDU, Fault | None]] = []
     bridge = Bridge(
@@ -300,16 +328,18 @@ def _faulted(
         ep, host=bridge.listen_host, port=bridge.port,
         host_side=(bridge.listen_host, bridge.port),
     )  # fmt: skip
-    drv = initiator.driver
     outcome: dict[str, Any] = {}
+    data = os.urandom(blocks * BLOCK)
 
     def work() -> None:
         try:
-            options = LoginOptions(data_digest="CRC32C", parameters=keys)
+            options = LoginOptions(
+                header_digest=header_digest, data_digest=data_digest, parameters=keys
+            )
             session = drv.login(via, options=options)
             try:
-                data = os.urandom(blocks * BLOCK)
                 drv.write(session, target.lun, _FAULT_LBA, data)
+                outcome["written"] = True
                 outcome["data_ok"] = drv.read(session, target.lun, _FAULT_LBA, blocks) == data
             finally:
                 try:
@@ -337,7 +367,36 @@ def _faulted(
     steps += [f"conn {c} ended by the {side}" for c, side in ended.items()]
     steps += bridge.harness_errors
     run = FaultOutcome(seen, outcome.get("error"), outcome.get("data_ok"), ended, timed_out)
+    if verify and not timed_out:
+        run.verified = _verify(drv, target, ep, acked, data if outcome.get("written") else None)
+        steps.append(f"checked in a new session: {run.verified or 'all acknowledged data back'}")
     return run, steps
+
+
+def _verify(drv: Any, target: Any, ep: Any, acked: bytes, written: bytes | None) -> str:
+    """A new session, directly: "" if the acknowledged ranges read back, else why not."""
+    try:
+        session = drv.login(ep)
+    except Exception as exc:
+        return f"a new session could not log in ({type(exc).__name__}: {str(exc)[:160]})"
+    try:
+        if drv.read(session, target.lun, _ACKED_LBA, len(acked) // BLOCK) != acked:
+            return f"the {len(acked)} bytes acknowledged before the fault read back different"
+        if written is not None:
+            got = drv.read(session, target.lun, _FAULT_LBA, len(written) // BLOCK)
+            if got != written:
+                return (
+                    f"the WRITE of {len(written)} bytes reported success through the fault, "
+                    "and its blocks read back different"
+                )
+        return ""
+    except Exception as exc:
+        return f"reading back failed ({type(exc).__name__}: {str(exc)[:160]})"
+    finally:
+        try:
+            drv.logout(session)
+        except Exception:
+            pass
 
 
 def _judge_fault(requirement: str, run: FaultOutcome, steps: list[str], verdict: Verdict) -> None:
@@ -389,3 +448,82 @@ def test_fault_dataout_digest(initiator: Any, target: Any, _iscsi_pool: Any) -> 
     solicited = (("ImmediateData", "No"), ("InitialR2T", "Yes"))
     run, steps = _faulted(initiator, target, _iscsi_pool, "ddigest:ScsiDataOut", 2048, solicited)
     _judge_fault("R7143-7.8-6", run, steps, dataout_digest_breach(run))
+
+
+@spec(
+    "Digests.Wire.Fault.CommandHeaderDigestDiscarded",
+    "RFC 7143 7.8",
+    level="MUST",
+    role="target",
+    requirements=["R7143-7.8-1", "RSBC3-5.16-1"],
+    pairing="all",
+    dataloss=True,
+)
+def test_fault_command_header_digest(initiator: Any, target: Any, _iscsi_pool: Any) -> None:
+    """The bridge corrupts the header digest of the first SCSI Command: the target must
+    discard it (and its data up to a later PDU) or close the connection, never act on
+    that header (no R2T, Data-In or SCSI Response for its tag before the initiator sends
+    it again or aborts it); afterwards a new session reads back every acknowledged
+    write."""
+    _fault_pairing(initiator, target, "header_digests")
+    run, steps = _faulted(
+        initiator, target, _iscsi_pool, "hdigest:ScsiCommand", 64,
+        header_digest="CRC32C", data_digest="None", verify=True,
+    )  # fmt: skip
+    verdict = command_header_digest_breach(run)
+    requirement = "RSBC3-5.16-1" if "read back" in verdict[1] else "R7143-7.8-1"
+    _judge_fault(requirement, run, steps, verdict)
+
+
+@pytest.mark.parametrize("fault", ["dropped", "delayed"])
+@spec(
+    "FullFeature.Wire.Fault.LostResponseNotTakenAsDone",
+    "RFC 7143 7.11",
+    level="MUST",
+    role="initiator",
+    requirements=["R7143-7.11-2"],
+    pairing="all",
+    dataloss=True,
+)
+def test_fault_lost_response(initiator: Any, target: Any, _iscsi_pool: Any, fault: str) -> None:
+    """The bridge drops the first SCSI Response, or holds it for longer than the
+    initiator's command timer (_FAULT_DELAY): the initiator must not report that
+    command done as if its status had come while it goes on with new commands; it
+    asks for the status again (SNACK), retries or aborts the command (task
+    management), or ends the connection or the session (RFC 7143 7.11, 7.8, 7.9).
+    Afterwards a new session reads back every acknowledged write."""
+    _fault_pairing(initiator, target, "", fault)
+    spec_ = "drop:ScsiResponse" if fault == "dropped" else (
+        f"delay:ScsiResponse={_FAULT_DELAY:g}"
+    )  # fmt: skip
+    run, steps = _faulted(
+        initiator, target, _iscsi_pool, spec_, 64, data_digest="None", verify=True
+    )
+    _judge_fault("R7143-7.11-2", run, steps, dropped_response_breach(run))
+
+
+@spec(
+    "FullFeature.Wire.Fault.ResetMidWriteKeepsAcknowledgedData",
+    "RFC 7143 7.15",
+    level="MUST",
+    role="target",
+    requirements=["R7143-7.15-1", "RSBC3-5.16-1"],
+    pairing="all",
+    dataloss=True,
+)
+def test_fault_reset_mid_write(initiator: Any, target: Any, _iscsi_pool: Any) -> None:
+    """The bridge resets both TCP connections on the first Data-Out of a 1 MiB WRITE
+    (InitialR2T=Yes, no immediate data, so that every initiator sends Data-Out): the
+    connection failure ends the session at ErrorRecoveryLevel 0 (RFC 7143 7.14), and
+    the target must then take the initiator's new session (7.15) and read back every
+    write it acknowledged: the range written before, and the 1 MiB if the WRITE
+    reported success after the initiator's recovery (SBC-3 READ)."""
+    _fault_pairing(initiator, target, "", "reset")
+    solicited = (("ImmediateData", "No"), ("InitialR2T", "Yes"))
+    run, steps = _faulted(
+        initiator, target, _iscsi_pool, "close:ScsiDataOut", 2048, solicited,
+        data_digest="None", verify=True,
+    )  # fmt: skip
+    verdict = reset_breach(run)
+    requirement = "RSBC3-5.16-1" if "read back" in verdict[1] else "R7143-7.15-1"
+    _judge_fault(requirement, run, steps, verdict)

@@ -11,19 +11,23 @@ import asyncio
 import dataclasses
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from crc32c import crc32c
 
 from iscsi_conformance.bridge.capture import _frames, conversations, replay
 from iscsi_conformance.bridge.faults import (
     FaultOutcome,
     FaultPlan,
+    command_header_digest_breach,
     datain_digest_breach,
     dataout_digest_breach,
+    dropped_response_breach,
     parse_fault,
+    reset_breach,
 )
 from iscsi_conformance.bridge.pump import Bridge
 from iscsi_conformance.core import pdu as P
@@ -364,3 +368,143 @@ def test_an_initiator_that_takes_a_bad_data_digest_as_good_is_caught(
     assert broken.error is None and broken.data_ok, broken.error
     grade, why = datain_digest_breach(broken)
     assert grade == "fail" and "as good" in why, (grade, why)
+
+
+def _fault_run(
+    target: TargetServer,
+    spec: str,
+    *,
+    keys: dict[str, str] | None = None,
+    blocks: int = 64,
+    timeout: float = 2,
+    go_on: bool = False,
+    after: Callable[[], None] = lambda: None,
+) -> FaultOutcome:
+    """As conformance/wire's fault tests with data verified: an acknowledged range
+    written directly, then through a bridge injecting ``spec`` a WRITE and its read,
+    then a direct session reading back what was acknowledged (``FaultOutcome.verified``).
+    ``go_on``: an initiator broken on purpose, that takes a WRITE whose answer never
+    came as done and goes on with a READ on the same session. ``after`` runs between
+    the faulted session and the check (a target broken from then on)."""
+    seen: list[Any] = []
+    acked, data = os.urandom(4096), os.urandom(blocks * 512)
+    host, port = target.portal()
+
+    async def direct_write() -> None:
+        async with Session.connect(host, port, DISK, timeout=5) as s:
+            await s.write(0, 600, acked)
+            await s.logout()
+
+    asyncio.run(direct_write())
+    b = Bridge((host, port), faults=FaultPlan([spec]), on_pdu=lambda *a: seen.append(a))
+    b.start()
+    out = FaultOutcome(seen)
+    written = False
+    try:
+
+        async def run() -> None:
+            nonlocal written
+            async with Session.connect(
+                b.listen_host, b.port, DISK, keys=keys, timeout=timeout
+            ) as s:
+                try:
+                    await s.write(0, 700, data)
+                except client.ResponseTimeout:
+                    if not go_on:
+                        raise
+                written = True
+                out.data_ok = await s.read(0, 700, blocks) == data or go_on
+                await s.logout()
+
+        try:
+            asyncio.run(run())
+        except Exception as exc:
+            out.error = f"{type(exc).__name__}: {exc}"
+        b.wait_closed(5)
+    finally:
+        b.stop()
+    out.closed_first = {c.index: c.ended_by for c in b.connections if c.ended_by}
+
+    async def check() -> str:
+        try:
+            async with Session.connect(host, port, DISK, timeout=5) as s:
+                if await s.read(0, 600, 8) != acked:
+                    return "the acknowledged range read back different"
+                if written and not go_on and await s.read(0, 700, blocks) != data:
+                    return "the WRITE reported success and its blocks read back different"
+                await s.logout()
+        except Exception as exc:
+            return f"a new session could not log in ({type(exc).__name__}: {exc})"
+        return ""
+
+    after()
+    out.verified = asyncio.run(check())
+    assert out.faulted() is not None, b.harness_errors
+    return out
+
+
+def test_a_target_that_acts_on_a_bad_header_digest_is_caught(target: TargetServer) -> None:
+    """Digests.Wire.Fault.CommandHeaderDigestDiscarded can fail (RFC 7143 7.8): the
+    reference target closes the connection on a command whose header digest is wrong;
+    broken on purpose to mend the digest and execute the command, it is caught."""
+    keys = {"HeaderDigest": "CRC32C"}
+    good = _fault_run(target, "hdigest:ScsiCommand", keys=keys)
+    assert command_header_digest_breach(good)[0] == "pass", (good.error, good.verified)
+    patcher = Patcher()
+
+    def mend(old: Any) -> Any:
+        def on_error(self: Connection, exc: Any) -> None:
+            if exc.which != "header":
+                return old(self, exc)  # type: ignore[no-any-return]
+            dec = self.decoder  # the digest made right again: the header is believed
+            pos = dec._pos
+            end = pos + 48 + 4 * dec._buf[pos + 4]
+            dec._buf[end : end + 4] = struct.pack("<I", crc32c(bytes(dec._buf[pos:end])))
+            return None
+
+        return on_error
+
+    patcher.wrap(Connection, "_digest_error", mend)
+    try:
+        broken = _fault_run(target, "hdigest:ScsiCommand", keys=keys)
+    finally:
+        patcher.undo()
+    grade, why = command_header_digest_breach(broken)
+    assert grade == "fail" and "acted on a header" in why, (grade, why, broken.error)
+
+
+def test_an_initiator_that_takes_a_lost_response_as_done_is_caught(target: TargetServer) -> None:
+    """FullFeature.Wire.Fault.LostResponseNotTakenAsDone can fail (RFC 7143 7.11): the
+    reference initiator ends a WRITE whose SCSI Response the bridge dropped with an
+    error at its timer and logs out; an initiator broken on purpose, that takes the
+    WRITE as done and goes on with a READ on the same session, is caught."""
+    good = _fault_run(target, "drop:ScsiResponse", timeout=1)
+    assert dropped_response_breach(good)[0] == "pass", (good.error, good.verified)
+    broken = _fault_run(target, "drop:ScsiResponse", timeout=1, go_on=True)
+    grade, why = dropped_response_breach(broken)
+    assert grade == "fail" and "reported complete" in why, (grade, why, broken.error)
+    late = _fault_run(target, "delay:ScsiResponse=0.3", timeout=2)  # within the timer
+    assert dropped_response_breach(late)[0] == "inconclusive", (late.error, late.verified)
+
+
+def test_a_target_that_refuses_the_new_session_after_a_reset_is_caught(
+    target: TargetServer,
+) -> None:
+    """FullFeature.Wire.Fault.ResetMidWriteKeepsAcknowledgedData can fail (RFC 7143
+    7.15): after the bridge resets a write's connections, the reference target takes a
+    new session and the acknowledged range reads back; broken on purpose to refuse
+    every login once a connection of it failed, it is caught."""
+    keys = {"ImmediateData": "No", "InitialR2T": "Yes"}
+    good = _fault_run(target, "close:ScsiDataOut", keys=keys, blocks=512)
+    assert reset_breach(good)[0] == "pass", (good.error, good.verified)
+    patcher = Patcher()
+
+    def refuse_logins() -> None:  # from the reset on
+        patcher.setattr(Connection, "_login_step", lambda self, req: self._login_failed())
+
+    try:
+        broken = _fault_run(target, "close:ScsiDataOut", keys=keys, blocks=512, after=refuse_logins)
+    finally:
+        patcher.undo()
+    grade, why = reset_breach(broken)
+    assert grade == "fail" and "could not log in" in why, (grade, why)

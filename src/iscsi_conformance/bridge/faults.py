@@ -21,10 +21,13 @@ what to do. A spec that does not parse raises ``ValueError`` with one clear line
 
 What a side must do after a fault is judged here too, from a :class:`FaultOutcome`
 (the PDUs the bridge saw, each with the fault applied to it, and how the I/O ended):
-``datain_digest_breach`` (RFC 7143 7.8, the initiator) and ``dataout_digest_breach``
-(7.8, the target) return a :data:`Verdict`: "pass", "fail" (with why), "unexercised"
-(no fault fired) or "inconclusive" (the I/O did not end in time and the wire showed
-no answer: a recovery timer still running is no pass, and no breach either).
+``datain_digest_breach`` (RFC 7143 7.8, the initiator), ``dataout_digest_breach``
+(7.8, the target), ``command_header_digest_breach`` (7.8, the target),
+``dropped_response_breach`` (7.11, the initiator) and ``reset_breach`` (7.15 and
+SBC's READ-after-WRITE, the target) return a :data:`Verdict`: "pass", "fail" (with
+why), "unexercised" (no fault fired) or "inconclusive" (the I/O did not end in time
+and the wire showed no answer: a recovery timer still running is no pass, and no
+breach either).
 """
 
 from __future__ import annotations
@@ -37,10 +40,13 @@ from iscsi_conformance.core.codes import RejectReason
 from iscsi_conformance.core.pdu import (
     PDU,
     PDU_CLASSES,
+    R2T,
     LogoutRequest,
     LogoutResponse,
     Reject,
     ScsiCommand,
+    ScsiDataIn,
+    ScsiResponse,
     SnackRequest,
     TaskManagementRequest,
 )
@@ -51,9 +57,12 @@ __all__ = [
     "FaultOutcome",
     "FaultPlan",
     "Verdict",
+    "command_header_digest_breach",
     "datain_digest_breach",
     "dataout_digest_breach",
+    "dropped_response_breach",
     "parse_fault",
+    "reset_breach",
 ]
 
 ACTIONS = ("drop", "withhold", "delay", "digest", "hdigest", "ddigest", "close", "split",
@@ -154,10 +163,16 @@ class FaultOutcome:
     data_ok: bool | None = None  # the data read back as written (None: not read)
     closed_first: dict[int, str] = dataclasses.field(default_factory=dict)  # side per conn
     timed_out: bool = False  # the I/O had not ended at the deadline (the bridge hung up)
+    # a new session's check afterwards: None if none ran, "" if it logged in and read
+    # back every acknowledged write, else what went wrong (login refused, data differs)
+    verified: str | None = None
 
     def faulted(self) -> tuple[int, PDU] | None:
         """(connection, PDU) of the first PDU a fault was applied to."""
         return next(((c, p) for c, _, p, f in self.seen if f is not None), None)
+
+    def _index(self) -> int | None:
+        return next((i for i, (_, _, _, f) in enumerate(self.seen) if f is not None), None)
 
     def after(self, conn: int, direction: str) -> list[PDU]:
         """The PDUs ``direction`` carried on ``conn`` after the first faulted one."""
@@ -233,3 +248,111 @@ def dataout_digest_breach(o: FaultOutcome) -> Verdict:
         "after a Data-Out with a wrong data digest the target sent no Reject "
         "(Data-Digest-Error) and kept the connection"
     )
+
+
+def _reacted(o: FaultOutcome, conn: int, itt: int) -> PDU | None:
+    """The first PDU by which the initiator addressed task ``itt`` after the fault on
+    ``conn``: a SNACK, a TMF (ABORT TASK of it, or a reset) or the command sent again
+    with its tag (RFC 7143 7.2.1 retry); None if there was none."""
+    for p in o.after(conn, _I2T):
+        if isinstance(p, SnackRequest | TaskManagementRequest):
+            return p
+        if isinstance(p, ScsiCommand) and p.itt == itt:
+            return p
+    return None
+
+
+def command_header_digest_breach(o: FaultOutcome) -> Verdict:
+    """RFC 7143 7.8: a target that receives a PDU with a header digest error MUST
+    discard the header and all data up to a later PDU, or close the connection; its
+    header cannot be trusted, so the target must not act on it. It broke the rule if,
+    after a SCSI Command whose header digest the bridge corrupted, it answered that
+    command's tag (R2T, Data-In, SCSI Response) before the initiator sent the command
+    again or aborted it. Data acknowledged must read back in a new session."""
+    hit = o.faulted()
+    if hit is None:
+        return "unexercised", "no SCSI Command crossed with a header digest"
+    conn, pdu = hit
+    itt = getattr(pdu, "itt", -1)
+    if o.verified:
+        return "fail", f"after the fault: {o.verified}"
+    start = o._index()
+    assert start is not None
+    for c, d, p, _ in o.seen[start + 1 :]:
+        if c != conn:
+            continue
+        if d == _I2T and (
+            getattr(p, "itt", None) == itt
+            or (isinstance(p, TaskManagementRequest) and p.referenced_task_tag == itt)
+        ):
+            break  # sent again or aborted: answers to the tag may follow now
+        if d == _T2I and isinstance(p, ScsiResponse | ScsiDataIn | R2T) and p.itt == itt:
+            return "fail", (
+                f"the target answered ITT {itt:#x} with a {type(p).__name__} although the "
+                "command's header failed its digest: it acted on a header it had to discard"
+            )
+    if o.closed_first.get(conn) == "target":
+        return "pass", "the target closed the connection"
+    if o.timed_out:
+        return "inconclusive", "no end and no close before the deadline"
+    return "pass", f"the target discarded the command (no answer to ITT {itt:#x})"
+
+
+def dropped_response_breach(o: FaultOutcome) -> Verdict:
+    """RFC 7143 7.11: on a ULP timeout of a command, an initiator that goes on with
+    the session MUST abort the command, by a task management request for it or a
+    Logout "close the connection"; 7.8 and 7.9 give the same choices, and SNACK, for
+    a status it knows it lost; either side may end the session instead. The bridge
+    drops the SCSI Response of a command: the initiator broke the rule if it reported
+    the I/O complete with no SNACK, task management request or retry for the lost
+    status, having gone on with new commands on the connection. (New commands alone
+    are no breach: an initiator with a queue sends them before its timer ends.)"""
+    hit = o.faulted()
+    if hit is None:
+        return "unexercised", "no SCSI Response crossed"
+    conn, pdu = hit
+    itt = getattr(pdu, "itt", -1)
+    if o.verified:
+        return "fail", f"after the fault: {o.verified}"
+    reaction = _reacted(o, conn, itt)
+    if reaction is not None:
+        return "pass", f"the initiator addressed the lost status with a {type(reaction).__name__}"
+    after = o.after(conn, _I2T)
+    ended = next((i for i, p in enumerate(after) if isinstance(p, LogoutRequest)), len(after))
+    went_on = [p for p in after[:ended] if isinstance(p, ScsiCommand)]
+    fault = next(f for _, _, _, f in o.seen if f is not None)
+    if o.error is None and not o.timed_out and went_on and fault.action == "delay":
+        return "inconclusive", (
+            f"the status came {fault.seconds:g} s late and the initiator took it: its "
+            "command timer is longer than that, or it has none"
+        )
+    if o.error is None and not o.timed_out and went_on:
+        return "fail", (
+            f"the SCSI Response of ITT {itt:#x} never came, yet the I/O was reported "
+            f"complete and the initiator went on with {len(went_on)} new command(s) on the "
+            "connection, with no SNACK, task management request or retry for it"
+        )
+    if o.closed_first.get(conn) == "initiator" and not any(
+        isinstance(p, LogoutRequest) for p in after
+    ):
+        return "pass", "the initiator ended the connection (session recovery)"
+    if o.timed_out:
+        return "inconclusive", "no answer on the wire before the deadline (a timer still running)"
+    if o.error is not None:
+        how = "then logged out" if ended < len(after) else "and did not go on"
+        return "pass", f"the command ended with an error, and the initiator {how}"
+    return "inconclusive", "the I/O completed without the initiator going on on that connection"
+
+
+def reset_breach(o: FaultOutcome) -> Verdict:
+    """RFC 7143 7.14 and 7.15: on a connection failure the target aborts what was in
+    flight (session recovery at ErrorRecoveryLevel 0) and MUST be prepared for the
+    initiator's new session; SBC (READ after WRITE): a write it acknowledged with GOOD
+    before the failure reads back. The bridge resets both connections mid-write."""
+    if o.faulted() is None:
+        return "unexercised", "no PDU of the kind the fault waits for crossed"
+    if o.verified is None:
+        return "inconclusive", "no new session was tried after the reset"
+    if o.verified:
+        return "fail", f"after the reset: {o.verified}"
+    return "pass", "a new session logged in and every acknowledged write read back"
