@@ -2,7 +2,9 @@
 reinstatement, CHAP MD5/SHA-1/SHA-256/SHA3-256 one-way and mutual, CHAP values
 spoiled) pass on the reference target and fail where it is broken on purpose: a
 target that ignores a session reinstatement (the mutant
-Login.Session.ReinstatementIgnored) and one that accepts any CHAP_R (issue 14)."""
+Login.Session.ReinstatementIgnored) and one that accepts any CHAP_R (issue 14). Each
+such finding carries the same case as a program of the state machine, and that
+program replays to the same failure."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 
 from iscsi_conformance.core.chap import ChapAuthenticator
 from iscsi_conformance.fuzz.campaign import Campaign
-from iscsi_conformance.fuzz.machine import Accounts, with_accounts
+from iscsi_conformance.fuzz.machine import Accounts, replay_program, with_accounts
 from iscsi_conformance.fuzz.reference import InProcessSubject
 from iscsi_conformance.mutation.mutants.login import no_reinstatement
 from iscsi_conformance.mutation.patching import Patcher
@@ -40,6 +42,12 @@ def test_session_cases(monkeypatch: pytest.MonkeyPatch, broken: str) -> None:
             report = Campaign(subject.host, subject.port, IQN, seconds=1.5, seed=4, workers=2,
                               health=subject, accounts=accounts, login_ratio=0.0,
                               session_ratio=1.0, shrink=False).run()  # fmt: skip
+            # each finding replays as the state machine's program (both connections)
+            for f in report.failures.values():
+                assert f.program, f
+                seen, _run = replay_program(subject.host, subject.port, IQN, f.program,
+                                            health=subject, accounts=accounts)  # fmt: skip
+                assert f.identity in seen, (f.identity, seen, f.program)
     finally:
         patcher.undo()
     kinds = set(report.session_cases)

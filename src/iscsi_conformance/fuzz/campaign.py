@@ -407,17 +407,19 @@ class Campaign:
         *,
         requirement: str = "",
         level: str = "MUST",
+        program: list[Any] | None = None,
     ) -> None:
         key = (kind, place)
         old = self.report.failures.get(key)
         if old is not None:
             old.count += 1
-            if len(pdus) < len(old.pdus) and pdus:
+            if len(pdus) < len(old.pdus) and pdus and not old.program:
                 old.pdus, old.phase, old.login_keys = list(pdus), phase, list(keys)
             return
         self.report.failures[key] = Failure(
-            kind, place, detail, requirement, level, phase, list(keys), list(pdus)
-        )
+            kind, place, detail, requirement, level, phase, list(keys), list(pdus),
+            program=list(program or []),
+        )  # fmt: skip
         if self.do_shrink and (self.strict or level == "MUST"):
             # leave a fifth of the budget to shrink what was found
             self._stop_generating = min(self._stop_generating, self._started + 0.8 * self.seconds)
@@ -660,16 +662,26 @@ class Campaign:
             return
         self.report.pdus += len(sent)
         if spoil and key != "CHAP_A":  # a spoiled CHAP_A list may still hold the right one
+            name = next(k for k, v in ALGORITHMS.items() if v == algorithm)
+            program = [["bad_chap", {"mutual": mutual, "algorithm": name, "bad": [key, value]}]]
             self._fail(
                 "auth-accepted", f"{key} {'mutual' if mutual else 'one-way'}",
                 f"a login whose {key} was {value[:40]!r} reached full feature phase",
-                "login", [], sent, requirement="R7143-12.1.3-3",
+                "login", [], sent, requirement="R7143-12.1.3-3", program=program,
             )  # fmt: skip
 
     async def _rejoin_case(self, gen: Gen, wid: int, kind: str, wires: list[_Wire]) -> None:
         keys = default_login_keys(self.initiator, self.target, self.mrdsl)
         keys.append(("MaxConnections", str(gen.rng.choice((1, 2, 4)))))
         keys.append(("ErrorRecoveryLevel", str(gen.rng.choice((0, 1, 2)))))
+        # the same case as two rules of the state machine (``fuzz.machine``): how its
+        # reproducer replays, with both connections
+        ops = {k: v for k, v in keys if k not in ("InitiatorName", "TargetName", "SessionType")}
+        first = ["first_session", {"profile": "none", "algorithm": "MD5", "keys": ops}]
+        second_rule = {"reinstate-session": ["reinstate_session", {"i": 0, "keys": ops}],
+                       "reinstate-connection": ["reinstate_connection", {"i": 0}],
+                       "mcs": ["extra_connection", {"i": 0}]}[kind]  # fmt: skip
+        program = [first, second_rule]
         isid = (wid << 32) | 0x3C_0000_0000 | next(self._isid)
         lead = await _connect(self.host, self.port, self._io())
         wires.append(lead)
@@ -678,7 +690,7 @@ class Campaign:
                              pace=self._pace)  # fmt: skip
         res = got[0]
         s = Session(cmdsn=rsp.expcmdsn, expstatsn=(rsp.statsn + 1) & 0xFFFFFFFF)
-        resets = self._cold_resets
+        resets, mark = self._cold_resets, self._restart_mark()
         second = await _connect(self.host, self.port, self._io())
         wires.append(second)
         join: dict[str, Any] = {
@@ -693,7 +705,8 @@ class Campaign:
             if kind == "reinstate-session" and "refused" in str(exc):  # a status, not a death
                 self._fail("reinstatement", "session refused",
                            f"a session reinstatement (same ISID, TSIH 0) failed: {exc}",
-                           "ffp", keys, [], requirement="R7143-6.3.5-1")  # fmt: skip
+                           "ffp", keys, [], requirement="R7143-6.3.5-1",
+                           program=program)  # fmt: skip
             return  # MC/S and connection reinstatement may be refused (MaxConnections, ERL)
         if kind == "mcs":
             return
@@ -711,11 +724,15 @@ class Campaign:
                 if isinstance(pdu, P.NopIn) and pdu.itt == 0xF0F0_0002:
                     break
         except (ConnectionError, TimeoutError, OSError, ProtocolError) as exc:
-            if self._time_left() > 0.5 and self._cold_resets == resets:
+            if (
+                self._time_left() > 0.5
+                and self._cold_resets == resets
+                and not self._peer_down(mark)  # a death is the liveness check's to record
+            ):
                 self._fail("reinstatement", f"new {what} not served",
                            f"after a {what} reinstatement the new connection's NOP-Out got "
                            f"{type(exc).__name__}: {exc}", "ffp", keys, [P.encode(ping)],
-                           requirement=requirement)  # fmt: skip
+                           requirement=requirement, program=program)  # fmt: skip
             return
         # ... and the old connection ends: it answers no more pings
         nop = P.NopOut(immediate=True, itt=0xF0F0_0001, cmdsn=s.cmdsn, expstatsn=s.expstatsn,
@@ -730,7 +747,7 @@ class Campaign:
                         "reinstatement", f"old {what} still answers",
                         f"after a {what} reinstatement the old connection still answered a "
                         "NOP-Out", "ffp", keys, [P.encode(nop)],
-                        requirement=requirement,
+                        requirement=requirement, program=program,
                     )  # fmt: skip
                     return
         except (ConnectionError, TimeoutError, OSError, ProtocolError):
@@ -764,9 +781,23 @@ class Campaign:
         finally:
             wire.close()
 
+    def _restart_mark(self) -> tuple[int, bool]:
+        """The peer's restarts so far and whether one is under way (``_peer_down``)."""
+        return int(getattr(self.health, "restarts", 0)), self._restart_lock.locked()
+
+    def _peer_down(self, mark: tuple[int, bool]) -> bool:
+        """Whether the peer was restarted, or was being restarted or is dead, since
+        ``mark``: a check that overlaps another worker's restart finds it down (no
+        listener, or tgt up without its target: login 0203) because that worker found
+        it dead and records how; it is not a failure of its own."""
+        if mark[1] or self._restart_lock.locked() or self._restart_mark()[0] != mark[0]:
+            return True
+        return self.health is not None and not self.health.alive()
+
     async def _liveness(self) -> None:
         self._need_liveness = False
         self._last_liveness = self.report.cases
+        mark = self._restart_mark()
         why = await self.alive(timeout=max(0.5, min(5.0, self._time_left())))
         if why is not None and "connect" not in why:
             # Another worker's case may have ended every session just then (a TARGET
@@ -778,6 +809,10 @@ class Campaign:
             return
         if self._time_left() <= 0.5:
             return  # the deadline cut the check short: not a verdict
+        if self.health is not None and (
+            mark[1] or self._restart_lock.locked() or self._restart_mark()[0] != mark[0]
+        ):
+            return  # another worker is restarting the peer it found dead (_peer_down)
         phase, keys, pdus = self._recent[-1] if self._recent else ("ffp", [], [])
         self._fail("liveness", _liveness_place(why, self.health), why, phase, keys, pdus)
         if self.health is None:
@@ -916,6 +951,8 @@ class Campaign:
                 return
             if not f.pdus or not (self.strict or f.level == "MUST") or f.kind == "resources":
                 continue  # growth is the campaign's doing, not one exchange's
+            if f.program:
+                continue  # a session-level case: two rules of the machine, replayed as such
             if not await self.reproduces(f, f.pdus):
                 f.detail += "\n(did not reproduce on replay: kept unshrunk)"
                 continue

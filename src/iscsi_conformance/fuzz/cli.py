@@ -551,8 +551,13 @@ def _campaign(
     save_dir = _save_dir(args, peer)
     if save_dir is not None:
         for f in report.failures.values():
-            tape = _tape(f, host, port, iqn, health)
-            path = save(f, save_dir, target=report.target, url=url, seed=args.seed, tape=tape)
+            extra: dict[str, Any] = {}
+            if f.program:  # a session-level case: replayed as the machine's program
+                tape, extra = _program_tape(f, host, port, iqn, health, accounts)
+            else:
+                tape = _tape(f, host, port, iqn, health)
+            path = save(f, save_dir, target=report.target, url=url, seed=args.seed, tape=tape,
+                        extra=extra)  # fmt: skip
             saved[f.identity] = path
             print(f"  reproducer: {path}  (iscsi-conformance fuzz replay {path})")
     _report(args, peer, "target", report, saved, version)
