@@ -74,6 +74,22 @@ def unknown_all(p: Patcher) -> None:
 
 
 @mutant(
+    "Discovery.SendTargets.NamedAnswersNothing",
+    "discovery",
+    "SendTargets=<a name the target has> lists no target (appendix C: a named value MUST be "
+    "supported on Discovery sessions)",
+    catches=["Discovery.SendTargets.Named"],
+)
+def named_nothing(p: Patcher) -> None:
+    def change(old: Any, self: TargetEngine, session: Any, which: str, *rest: Any) -> Any:
+        if which not in ("", "All"):
+            which = "iqn.2024-01.org.iscsi-conformance:mutant-absent"
+        return old(self, session, which, *rest)
+
+    _send_targets(p, change)
+
+
+@mutant(
     "Discovery.SendTargets.EmptyInNormalReturnsAll",
     "discovery",
     "SendTargets= (empty) in a Normal session answers every target, not the session's own (appendix C)",
