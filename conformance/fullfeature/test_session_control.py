@@ -1444,6 +1444,56 @@ async def test_inquiry(target: Any) -> None:
 
 
 @spec(
+    "FullFeature.Scsi.InquiryIscsiVersion",
+    "RFC 7144 4.2",
+    requirements=["R7144-4.2-1"],
+)
+async def test_inquiry_iscsi_version(target: Any) -> None:
+    """The iSCSI version descriptor of standard INQUIRY data follows the session's
+    iSCSIProtocolLevel: two sessions, one offering 2 and one offering 1, each read the
+    descriptors; one in 0960h-097Fh (the iSCSI range T10 gave RFC 7144) must be 0960h
+    plus the level that session negotiated (RFC 7144 4.2: MUST, for a device server that
+    returns one). A session whose offer got NotUnderstood negotiated no level (7.1.1) and
+    judges nothing; a device server that returns no iSCSI descriptor conforms."""
+    judged = []
+    for offer in ("2", "1"):
+        async with full_feature(target, keys=[("iSCSIProtocolLevel", offer)]) as ffp:
+            level = ffp.probe.negotiated.get("iSCSIProtocolLevel")
+            out = await ffp.command(cdb.inquiry(alloc=96), read_length=96, lun=target.lun)
+            require(
+                out.status == 0 and len(out.data) >= 36,
+                "RSPC4-6.6-1",
+                f"INQUIRY: status {out.status!r}, {len(out.data)} bytes",
+                sent=out.sent,
+                received=out.shown(),
+            )
+            if level is None or not level.isdigit():
+                continue
+            found = [
+                d for d in cdb.parse_inquiry(out.data).version_descriptors if 0x0960 <= d <= 0x097F
+            ]
+            if not found:
+                continue
+            judged.append(offer)
+            require(
+                found == [0x0960 + int(level)],
+                "R7144-4.2-1",
+                f"the session that offered iSCSIProtocolLevel={offer} negotiated {level}, and "
+                "INQUIRY's iSCSI version descriptor is "
+                + ", ".join(f"{d:04X}h" for d in found)
+                + f", not {0x0960 + int(level):04X}h; RFC 7144 4.2: a returned iSCSI version "
+                "descriptor MUST be 0960h plus the negotiated iSCSIProtocolLevel",
+                sent=[*ffp.probe.sent, *out.sent],
+                received=[*ffp.probe.received, *out.shown()],
+            )
+    if not judged:
+        pytest.skip(
+            "not negotiated or not returned: no session settled a numeric iSCSIProtocolLevel "
+            "with an iSCSI version descriptor (0960h-097Fh) in its INQUIRY data"
+        )
+
+
+@spec(
     "FullFeature.Scsi.InquiryInvalidPage",
     "SPC-4 6.6",
     "RFC 7143 11.4.7",

@@ -130,6 +130,17 @@ def test_standard_inquiry(lu: LogicalUnit) -> None:
     illegal(lu.execute(A, C.inquiry(True, 0xC7)))
 
 
+def test_inquiry_iscsi_version_descriptor(lu: LogicalUnit) -> None:
+    """RFC 7144 4.2: the iSCSI version descriptor is 0960h plus the iSCSIProtocolLevel
+    the nexus's session negotiated; a nexus the transport said nothing of keeps 0960h."""
+    lu.set_iscsi_protocol_level(A, 2)
+    mine = C.parse_inquiry(good(lu.execute(A, C.inquiry(alloc=255)))).version_descriptors
+    other = C.parse_inquiry(good(lu.execute(NODE_B, C.inquiry(alloc=255))))
+    theirs = other.version_descriptors
+    assert 0x0962 in mine and 0x0960 not in mine
+    assert 0x0960 in theirs and 0x0962 not in theirs
+
+
 def test_vpd_pages(lu: LogicalUnit) -> None:
     pages = C.parse_vpd_00(good(lu.execute(A, C.inquiry(True, 0))))
     assert pages == [0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]

@@ -571,6 +571,16 @@ MAX_LOST_NEXUSES = 1024
 """How many lost I_T nexuses a logical unit remembers (``LogicalUnit.nexus_lost``)."""
 
 
+def _iscsi_version_descriptor(data: bytes, level: int) -> bytes:
+    """Standard INQUIRY data whose iSCSI version descriptor (0960h, "no version
+    claimed") is 0960h + ``level``, the negotiated iSCSIProtocolLevel (RFC 7144 4.2)."""
+    out = bytearray(data)
+    for off in range(58, min(len(out) - 1, 74), 2):  # the eight descriptors (SPC-4 6.4.2)
+        if struct.unpack_from(">H", out, off)[0] == VersionDescriptor.ISCSI:
+            struct.pack_into(">H", out, off, VersionDescriptor.ISCSI + level)
+    return bytes(out)
+
+
 class LogicalUnit:
     """A direct-access block logical unit over a ``Backing`` (SBC-3).
 
@@ -640,6 +650,9 @@ class LogicalUnit:
         # ``max_lost_nexuses`` are remembered, so that state stays bounded when
         # initiators come with a new ISID every session (issue 14).
         self._lost: dict[Nexus, None] = {}
+        # iSCSIProtocolLevel each I_T nexus's session negotiated (RFC 7144 4.2: the
+        # iSCSI version descriptor of standard INQUIRY data is 0960h plus it).
+        self._iscsi_level: dict[Nexus, int] = {}
         self.max_lost_nexuses = MAX_LOST_NEXUSES
         self._table: dict[tuple[int, int | None], CommandSpec] = {
             (c.opcode, c.service_action): c for c in COMMANDS
@@ -797,6 +810,7 @@ class LogicalUnit:
                 del self._lost[oldest]
                 self._known.discard(oldest)
                 self._ua.pop(oldest, None)
+                self._iscsi_level.pop(oldest, None)
 
     def flush(self) -> None:
         """Write back everything (SYNCHRONIZE CACHE of the whole medium)."""
@@ -815,6 +829,12 @@ class LogicalUnit:
 
     def pending_unit_attentions(self, nexus: Nexus) -> list[Asc]:
         return list(self._ua.get(nexus, ()))
+
+    def set_iscsi_protocol_level(self, nexus: Nexus, level: int) -> None:
+        """The iSCSIProtocolLevel the session of ``nexus`` negotiated: its standard
+        INQUIRY data then carries the iSCSI version descriptor 0960h + ``level`` (RFC
+        7144 4.2 MUST, for a device server that returns one); unset, 0960h stays."""
+        self._iscsi_level[nexus] = level
 
     def unit_attention_pending(self, nexus: Nexus) -> bool:
         """Whether the next command of ``nexus`` would meet a unit attention: one is
@@ -1009,7 +1029,11 @@ class LogicalUnit:
         if not evpd:
             if page:
                 raise invalid_field_in_cdb(2, "PAGE CODE set with EVPD=0", section="SPC-4 6.4.1")
-            return ScsiOutcome(ScsiStatus.GOOD, data=self.standard_inquiry()[:alloc])
+            data = self.standard_inquiry()
+            level = self._iscsi_level.get(ctx.nexus)
+            if level is not None:
+                data = _iscsi_version_descriptor(data, level)
+            return ScsiOutcome(ScsiStatus.GOOD, data=data[:alloc])
         builder = self._vpd_pages().get(page)
         if builder is None:
             raise invalid_field_in_cdb(

@@ -112,6 +112,11 @@ class Session:
         self.initiator_alias: str | None = None
         if target is not None:
             self.nexus = engine.make_nexus(initiator_name, isid, target.config.name, tpgt)
+            # RFC 7144 4.2: INQUIRY's iSCSI version descriptor follows this session's level.
+            for lu in target.lus.values():
+                tell = getattr(lu, "set_iscsi_protocol_level", None)
+                if tell is not None:
+                    tell(self.nexus, params.iscsi_protocol_level)
         #: Where the session is in RFC 7143 8.3's target diagram, and the N-labels taken.
         self.state = SessionState.Q1_FREE
         self.labels: list[str] = []

@@ -333,6 +333,17 @@ def inquiry_version(p: Patcher) -> None:
 
 
 @mutant(
+    "Scsi.Inquiry.IscsiVersionUnclaimed",
+    "scsi",
+    "standard INQUIRY data keeps the iSCSI version descriptor at 0960h (no version claimed) "
+    "whatever iSCSIProtocolLevel the session negotiated (RFC 7144 4.2)",
+    catches=["FullFeature.Scsi.InquiryIscsiVersion"],
+)
+def inquiry_iscsi_version(p: Patcher) -> None:
+    p.noop(LogicalUnit, "set_iscsi_protocol_level")
+
+
+@mutant(
     "Scsi.Inquiry.AdditionalLengthWrong",
     "scsi",
     "standard INQUIRY data's ADDITIONAL LENGTH is 4 bytes too short (SPC-4 6.4.2)",
