@@ -24,7 +24,7 @@ import re
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -43,6 +43,7 @@ from iscsi_conformance.bridge.judge import RULES, Rule
 from iscsi_conformance.bridge.pump import Bridge, BridgeBreach
 from iscsi_conformance.core.codes import TmfFunction
 from iscsi_conformance.core.pdu import PDU
+from iscsi_conformance.errors import ConfigError
 from iscsi_conformance.harness.profiles import capability_satisfied
 from iscsi_conformance.peers.base import LoginOptions
 from iscsi_conformance.plugin import spec, violation
@@ -527,3 +528,193 @@ def test_fault_reset_mid_write(initiator: Any, target: Any, _iscsi_pool: Any) ->
     verdict = reset_breach(run)
     requirement = "RSBC3-5.16-1" if "read back" in verdict[1] else "R7143-7.15-1"
     _judge_fault(requirement, run, steps, verdict)
+
+
+# ---------------------------------------------------------------------------- options
+#
+# Each initiator driven through the options it can be configured with, one login each
+# through a bridge, the bridge's rules judging every PDU of it: ErrorRecoveryLevel 1
+# and 2 offered (open-iscsi: node.session.iscsi.ERL), CHAP in each algorithm both sides
+# declare (open-iscsi: node.session.auth.chap_algs; the reference initiator: CHAP_A),
+# one digest alone, and two sessions at once. A variant is one test per side (the
+# side whose PDUs break a rule fails; the other passes); a variant the initiator
+# cannot be configured for, or that did not take effect (the target answered another
+# CHAP algorithm), is skipped with the reason. By default only reference x reference
+# runs them; ISCSI_CONFORMANCE_WIRE_OPTIONS=all (tox -e wire-options) every pairing.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Variant:
+    area: str
+    doc: str
+    profile: str = "default"
+    parameters: tuple[tuple[str, str], ...] = ()
+    header_digest: str = "None"
+    data_digest: str = "None"
+    needs: tuple[str, ...] = ()  # capabilities both sides must declare
+    sessions: int = 1
+
+
+_VARIANTS = {
+    "ErrorRecoveryLevel1": _Variant(
+        "Login", "ErrorRecoveryLevel=1 offered", parameters=(("ErrorRecoveryLevel", "1"),)
+    ),
+    "ErrorRecoveryLevel2": _Variant(
+        "Login", "ErrorRecoveryLevel=2 offered", parameters=(("ErrorRecoveryLevel", "2"),)
+    ),
+    **{
+        f"Chap{name}": _Variant(
+            "CHAP",
+            f"CHAP with CHAP_A={alg} ({name}) alone offered",
+            profile="chap",
+            parameters=(("CHAP_A", alg),),
+            needs=(f"chap_algorithms={alg}",),
+        )
+        for alg, name in (("5", "Md5"), ("6", "Sha1"), ("7", "Sha256"), ("8", "Sha3"))
+    },
+    "HeaderDigestOnly": _Variant(
+        "Digests",
+        "HeaderDigest=CRC32C, DataDigest=None",
+        header_digest="CRC32C",
+        needs=("header_digests=CRC32C",),
+    ),
+    "DataDigestOnly": _Variant(
+        "Digests",
+        "HeaderDigest=None, DataDigest=CRC32C",
+        data_digest="CRC32C",
+        needs=("data_digests=CRC32C",),
+    ),
+    "TwoSessions": _Variant("FullFeature", "two sessions at once, I/O on each", sessions=2),
+}
+_OPTION_RUNS: dict[tuple[str, str, str], WireRun] = {}
+
+
+def _option_run(initiator: Any, target: Any, pool: Any, name: str) -> WireRun:
+    key = (initiator.name, target.name, name)
+    everywhere = os.environ.get("ISCSI_CONFORMANCE_WIRE_OPTIONS", "").strip() == "all"
+    if not everywhere and key[:2] not in _FAULT_DEFAULT:
+        pytest.skip(
+            "the initiator's option variants on this pairing run in tox -e wire-options "
+            "(ISCSI_CONFORMANCE_WIRE_OPTIONS=all), not in the default run (CI's budget)"
+        )
+    variant = _VARIANTS[name]
+    for need in variant.needs:
+        for peer in (initiator, target):
+            if not capability_satisfied(peer.manifest, need):
+                pytest.skip(f"{peer.name} does not declare {need}")
+    with _LOCK:
+        if key in _OPTION_RUNS:
+            return _OPTION_RUNS[key]
+        ep = target.endpoint(variant.profile)
+        host, port = ep.host_side or (ep.host, ep.port)
+        bridge = Bridge((host, port), listen=(_listen(ep, pool), 0))
+        bridge.start()
+        steps = [f"bridge {bridge.listen_host}:{bridge.port} -> {host}:{port}: {variant.doc}"]
+        via = dataclasses.replace(
+            ep, host=bridge.listen_host, port=bridge.port,
+            host_side=(bridge.listen_host, bridge.port),
+        )  # fmt: skip
+        chap, mutual = target.chap_for(variant.profile)
+        options = LoginOptions(
+            chap=chap, mutual_chap=mutual, header_digest=variant.header_digest,
+            data_digest=variant.data_digest, parameters=variant.parameters,
+        )  # fmt: skip
+        drv = initiator.driver
+        try:
+            sessions = []
+            try:
+                for n in range(variant.sessions):
+                    try:
+                        sessions.append(drv.login(via, options=options))
+                    except ConfigError as exc:
+                        pytest.skip(f"{initiator.name} cannot be configured so: {exc}")
+                    steps.append(f"session {n + 1} logged in")
+                for n, session in enumerate(sessions):
+                    data = os.urandom(64 * BLOCK)
+                    lba = LBA + 256 + 128 * n
+                    drv.write(session, target.lun, lba, data)
+                    if drv.read(session, target.lun, lba, 64) != data:
+                        raise AssertionError(f"session {n + 1}: 64 blocks read back differ")
+                steps.append("I/O with data verified")
+            except pytest.skip.Exception:
+                raise
+            except Exception as exc:  # the Interop tests judge whether a login works
+                steps.append(f"failed ({type(exc).__name__}: {str(exc)[:160]})")
+            finally:
+                for session in sessions:
+                    try:
+                        drv.logout(session)
+                    except Exception as exc:
+                        steps.append(f"logout: {type(exc).__name__}")
+            bridge.wait_closed(5)
+        finally:
+            bridge.stop()
+        judges = [c.judge for c in bridge.connections if c.judge.full_feature]
+        for judge in judges:
+            agreed = {k: judge.value(k) for k in ("ErrorRecoveryLevel", "HeaderDigest",
+                                                   "DataDigest")}  # fmt: skip
+            chap_a = judge.declared("target", "CHAP_A")
+            steps.append(
+                f"{judge.label}: agreed {agreed}" + (f", CHAP_A={chap_a}" if chap_a else "")
+            )
+        exercised: set[str] = set()
+        wanted = dict(variant.parameters).get("CHAP_A")
+        took = len(judges) >= variant.sessions and all(
+            wanted is None or j.declared("target", "CHAP_A") == wanted for j in judges
+        )
+        if took:
+            exercised = {"login"}
+        run = WireRun(list(bridge.breaches), exercised, steps + bridge.harness_errors)
+        _OPTION_RUNS[key] = run
+        return run
+
+
+def _make_option(name: str, side: str) -> Any:
+    variant = _VARIANTS[name]
+    rules = [r for r in RULES.values() if r.sender == side]
+
+    @spec(
+        f"{variant.area}.Wire.Option{name}.{side.capitalize()}",
+        "RFC 7143 6.2",
+        level="MUST",
+        role=side,
+        requirements=sorted({r.requirement for r in rules}),
+        pairing="all",
+        dataloss=True,
+    )
+    def test(initiator: Any, target: Any, _iscsi_pool: Any) -> None:
+        run = _option_run(initiator, target, _iscsi_pool, name)
+        if not run.exercised:
+            pytest.skip(
+                f"the option did not take effect on the wire; steps: {'; '.join(run.steps)}"
+            )
+        found = [b for b in run.breaches if b.breach.side == side and not b.after_fault]
+        if found:
+            # the first breach of the strongest level graded (a rule's own level)
+            strength = {"MUST": 0, "MUST NOT": 0, "SHOULD": 1, "SHOULD NOT": 1, "MAY": 2}
+            first = min(found, key=lambda b: strength.get(b.breach.rule.level, 3))
+            lines = [
+                f"with {variant.doc}, the {side} broke {len(found)} rule(s) on the wire "
+                f"({', '.join(sorted({b.breach.rule.name for b in found}))}); first: {first}",
+                "PDUs before it (bridge view):",
+                *(f"  {line}" for line in first.context),
+                f"steps: {'; '.join(run.steps)}",
+            ]
+            raise violation(
+                first.breach.rule.requirement,
+                "\n".join(lines),
+                level=cast(Any, first.breach.rule.level),
+            )
+
+    test.__doc__ = (
+        f"Through the bridge, the initiator configured for {variant.doc}: every PDU the "
+        f"{side} sends keeps the bridge's rules, with data verified."
+    )
+    test.__name__ = f"test_option_{name}_{side}"
+    return test
+
+
+for _name in _VARIANTS:
+    for _side in ("initiator", "target"):
+        globals()[f"test_option_{_name}_{_side}"] = _make_option(_name, _side)
+del _name, _side

@@ -362,6 +362,11 @@ class Judge:
                 self._memo[memo] = 8192
         return cast(int, self._memo[memo])
 
+    def declared(self, side: Side, key: str) -> str | None:
+        """What ``side`` declared for ``key`` (a declarative or CHAP key, e.g. the
+        target's CHAP_A choice), None if it declared nothing."""
+        return self._declared[side].get(key)
+
     def yes(self, key: str) -> bool:
         return self.value(key) == "Yes"
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from iscsi_conformance.errors import ISCSIConformanceError, PeerStartError
+from iscsi_conformance.errors import ConfigError, ISCSIConformanceError, PeerStartError
 from iscsi_conformance.peers.base import (
     InitiatorDriver,
     LoginOptions,
@@ -63,8 +63,6 @@ class ReferenceInitiator(InitiatorDriver):
                 manifest = Manifest(name="reference", role="initiator")
         super().__init__(manifest)
         if mode not in (None, "embedded"):
-            from iscsi_conformance.errors import ConfigError
-
             raise ConfigError(f"the reference initiator runs embedded, not {mode!r}", field="mode")
         self.timeout = timeout
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -129,8 +127,21 @@ class ReferenceInitiator(InitiatorDriver):
     @staticmethod
     def _keys(options: LoginOptions) -> dict[str, str]:
         keys = {"HeaderDigest": options.header_digest, "DataDigest": options.data_digest}
-        keys.update(dict(options.parameters))
+        keys.update((k, v) for k, v in options.parameters if k != "CHAP_A")
         return keys
+
+    @staticmethod
+    def _chap_algorithms(options: LoginOptions) -> tuple[int, ...]:
+        """The CHAP_A list to offer: parameter CHAP_A (e.g. "7" or "7,5"), else MD5."""
+        value = dict(options.parameters).get("CHAP_A")
+        if value is None:
+            return (5,)
+        try:
+            return tuple(int(v) for v in value.split(","))
+        except ValueError:
+            raise ConfigError(
+                f"CHAP_A={value!r}: numbers, comma-separated", field="parameters"
+            ) from None
 
     def _call(self, argv: list[str], coro: Coroutine[Any, Any, T]) -> T:
         started = time.monotonic()
@@ -186,6 +197,7 @@ class ReferenceInitiator(InitiatorDriver):
                 chap=options.chap,
                 mutual_chap=options.mutual_chap,
                 keys=self._keys(options),
+                chap_algorithms=self._chap_algorithms(options),
                 timeout=self.timeout,
             )
 
