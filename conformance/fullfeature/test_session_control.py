@@ -1494,6 +1494,65 @@ async def test_inquiry_iscsi_version(target: Any) -> None:
 
 
 @spec(
+    "FullFeature.Scsi.CommandPriorityIgnored",
+    "RFC 7144 5.1.1",
+    requirements=["R7144-5.1.1-1"],
+)
+async def test_command_priority_ignored(target: Any) -> None:
+    """On a session that did not negotiate iSCSIProtocolLevel 2 (this one offers 1), a
+    TEST UNIT READY whose Command Priority field (PRI, byte 2) is 15 is answered as if
+    it were 0: GOOD, not a Reject or CHECK CONDITION (RFC 7144 5.1.1: the target MUST
+    ignore the field unless level 2 was negotiated). The field is one a sender must
+    leave 0 below level 2; this test sets it on purpose to see the receiver's side."""
+    keys = [("iSCSIProtocolLevel", "1"), ("HeaderDigest", "None"), ("DataDigest", "None")]
+    async with full_feature(target, keys=keys) as ffp:
+        level = ffp.probe.negotiated.get("iSCSIProtocolLevel")
+        if level is not None and level.isdigit() and int(level) >= 2:
+            pytest.skip(f"iSCSIProtocolLevel={level} was negotiated: the field may count")
+        sent: list[Any] = []
+        received: list[Any] = []
+        for _ in range(3):  # a unit attention another test raised is reported first
+            cmd = P.ScsiCommand(
+                final=True,
+                attr=1,
+                lun=P.lun_to_field(target.lun),
+                itt=ffp.next_itt(),
+                cmdsn=ffp.take_cmdsn(),
+                expstatsn=ffp.expstatsn,
+                cdb=cdb.test_unit_ready(),
+            )
+            wire = P.encode(cmd, strict=False, tamper=P.Tamper(bhs_patch={2: 0xF0}))  # PRI 15
+
+            def answers(p: Any, itt: int = cmd.itt) -> bool:
+                return isinstance(p, P.ScsiResponse) and p.itt == itt
+
+            reply = await ffp.exchange(wire, answers=answers)
+            sent.append(cmd)
+            received += reply.shown()
+            resp = reply.pdu
+            if not (isinstance(resp, P.ScsiResponse) and resp.status == 0x02):
+                break
+            sense = resp.sense
+            if len(sense) < 3 or sense[2] & 0x0F != 0x06:
+                break
+        require(
+            isinstance(resp, P.ScsiResponse) and resp.status == 0,
+            "R7144-5.1.1-1",
+            "a TEST UNIT READY with Command Priority 15 on a session at iSCSIProtocolLevel "
+            f"{level!r} was answered "
+            + (
+                f"status {resp.status:#04x}"
+                if isinstance(resp, P.ScsiResponse)
+                else (type(resp).__name__ if resp is not None else str(reply.missing()))
+            )
+            + ", not GOOD; RFC 7144 5.1.1: below level 2 the target MUST ignore the field "
+            "(the PDU's byte 2 was F0h, the rest as an ordinary TEST UNIT READY)",
+            sent=sent,
+            received=received,
+        )
+
+
+@spec(
     "FullFeature.Scsi.InquiryInvalidPage",
     "SPC-4 6.6",
     "RFC 7143 11.4.7",

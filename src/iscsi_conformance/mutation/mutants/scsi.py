@@ -13,6 +13,7 @@ from iscsi_conformance.mutation.patching import Patcher
 from iscsi_conformance.mutation.registry import mutant
 from iscsi_conformance.scsi import nolu
 from iscsi_conformance.scsi.device import LogicalUnit, ScsiOutcome
+from iscsi_conformance.target.connection import Connection
 from iscsi_conformance.target.task import TaskIO
 
 _CHECK = ScsiStatus.CHECK_CONDITION
@@ -341,6 +342,29 @@ def inquiry_version(p: Patcher) -> None:
 )
 def inquiry_iscsi_version(p: Patcher) -> None:
     p.noop(LogicalUnit, "set_iscsi_protocol_level")
+
+
+@mutant(
+    "Scsi.Command.PriorityRejected",
+    "scsi",
+    "a SCSI Command whose Command Priority (byte 2) is not zero is rejected as an unknown "
+    "command even below iSCSIProtocolLevel 2, where the field MUST be ignored (RFC 7144 5.1.1)",
+    catches=["FullFeature.Scsi.CommandPriorityIgnored"],
+)
+def command_priority_rejected(p: Patcher) -> None:
+    class PriorityRejecting(P.PDUDecoder):
+        def next_pdu(self) -> Any:
+            header = self.peek()
+            pdu = super().next_pdu()
+            if isinstance(pdu, P.ScsiCommand) and len(header) > 2 and header[2] & 0xF0:
+                # the connection answers an UnknownPDU with a Reject carrying its header
+                return P.UnknownPDU(opcode=header[0] & 0x3F, bhs=header, data=pdu.data)
+            return pdu
+
+    def post(conn: Connection, *args: Any, **kwargs: Any) -> None:
+        conn.decoder.__class__ = PriorityRejecting  # the target's decoders alone
+
+    p.after(Connection, "__init__", post)
 
 
 @mutant(
