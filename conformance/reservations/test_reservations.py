@@ -476,6 +476,47 @@ async def test_scsi2_reserve_release(target: Any) -> None:
 
 
 @spec(
+    "Reservations.Scsi2.ReleaseByOther",
+    "SPC-2 5.5.1",
+    requirements=["RSPC2-5.5.1-3"],
+    needs=("reservations_scsi2",),
+    dataloss=True,
+)
+async def test_scsi2_release_by_other(target: Any) -> None:
+    """A holds RESERVE(6); B's RELEASE(6) is no error: GOOD, and A's reservation stays (B's
+    READ still conflicts). Only A's RELEASE frees the logical unit."""
+    async with two_nodes(target, other_name=True) as (a, b):
+        res = await a.command(cdb.reserve6(), lun=target.lun)
+        require(
+            res.status == 0,
+            "RSPC2-5.5.1-1",
+            f"A's RESERVE(6) status {res.status!r}",
+            sent=res.sent,
+            received=res.shown(),
+        )
+        try:
+            rel = await b.command(cdb.release6(), lun=target.lun)
+            require(
+                rel.status == 0,
+                "RSPC2-5.5.1-3",
+                f"non-holder B's RELEASE(6) answered status {rel.status!r}, not GOOD",
+                sent=rel.sent,
+                received=rel.shown(),
+            )
+            r = await b.command(cdb.read10(0, 1), read_length=BLOCK, lun=target.lun)
+            require(
+                r.status == CONFLICT,
+                "RSPC2-5.5.1-3",
+                f"after non-holder B's RELEASE(6), B's READ got status {r.status!r}, not "
+                "RESERVATION CONFLICT: B's RELEASE released A's reservation",
+                sent=r.sent,
+                received=r.shown(),
+            )
+        finally:
+            await a.command(cdb.release6(), lun=target.lun)
+
+
+@spec(
     "Reservations.Scsi2.ReserveWhileRegistered",
     "SPC-2 5.5.1",
     "SPC-4 5.13.3",

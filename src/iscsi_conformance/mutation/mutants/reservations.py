@@ -560,8 +560,9 @@ def scsi2_conflict(p: Patcher) -> None:
 @mutant(
     "Reservations.Scsi2.ReleaseByOther",
     "reservations",
-    "RELEASE from a nexus that does not hold the SCSI-2 reservation releases it (SPC-2 7.19)",
-    catches=["Reservations.Scsi2.ReserveRelease"],
+    "RELEASE from a nexus that does not hold the SCSI-2 reservation releases it (SPC-2 RELEASE:"
+    " GOOD, no reservation altered; catalog RSPC2-5.5.1-3)",
+    catches=["Reservations.Scsi2.ReleaseByOther", "Cluster.Scsi2.ReleaseByHolderOnly"],
 )
 def scsi2_release(p: Patcher) -> None:
     def make(old: Any) -> Any:
