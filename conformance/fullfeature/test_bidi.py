@@ -324,6 +324,10 @@ async def test_bidi_refused_without_support(target: Any) -> None:
             sent=out.sent,
             received=out.shown(),
         )
+        if rejected:
+            # 7.3: the CmdSN of a rejected command is not considered received by the
+            # target, and the initiator MUST plug the gap: the next command takes it.
+            ffp.cmdsn = out.command.cmdsn
         # the session goes on after the refusal
         tur = await ffp.command(cdb.test_unit_ready(), lun=target.lun)
         require(

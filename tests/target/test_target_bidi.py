@@ -2,7 +2,7 @@
 with its write part through R2Ts or immediate data and its read part as Data-In, R2T and
 Data-In numbered in one sequence (4.2.2.4, 11.7.5), the status in a SCSI Response
 (11.7.3) with both parts' residuals (11.4.1, 11.4.6), and a command with R and W but no
-Bidirectional Read AHS rejected (11.3.4, 11.17.1)."""
+Bidirectional Read AHS rejected without taking its CmdSN (11.3.4, 11.17.1, 7.3)."""
 
 from __future__ import annotations
 
@@ -108,9 +108,10 @@ def test_r_and_w_without_the_ahs_is_rejected(connect) -> None:  # type: ignore[n
         expected_data_transfer_length=BS, cmdsn=ini.cmdsn, expstatsn=ini.expstatsn,
         cdb=C.xdwriteread10(0, 1), data=bytes(BS),
     )  # fmt: skip
-    ini.cmdsn = (ini.cmdsn + 1) & 0xFFFFFFFF
     ini.send(cmd)
     rej = ini.recv()
     assert isinstance(rej, P.Reject) and rej.reason == RejectReason.INVALID_PDU_FIELD
+    # 7.3: the rejected command's CmdSN is not taken; the next command plugs the gap
+    assert rej.expcmdsn == cmd.cmdsn
     status, _, _ = ini.scsi(bytes(6))  # the session goes on
     assert status.status == 0

@@ -216,6 +216,15 @@ class TaskIO:
         if pdu.itt == NONE_TAG:
             self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
             return
+        if pdu.read and pdu.write and pdu.bidi_read_length is None:
+            # R and W without the Bidirectional Read AHS, which 11.3.4 says MUST be
+            # there: an invalid field of a PDU that describes a task (11.17.1 note 2),
+            # rejected before its CmdSN is taken, which 7.3 says MUST NOT be considered
+            # received (the initiator plugs the gap). Data-Out that may follow for the
+            # tag is dropped (remember_aborted).
+            self.remember_aborted(pdu.itt)
+            self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
+            return
         if pdu.immediate:
             self._create_task(pdu, deliver=True)
             return
@@ -237,13 +246,6 @@ class TaskIO:
         if pdu.itt in s.tasks:
             # A task tag still in use (RFC 7143 11.17.1: Task in progress).
             self.reject(RejectReason.TASK_IN_PROGRESS, P.bhs_of(pdu))
-            return
-        if pdu.read and pdu.write and pdu.bidi_read_length is None:
-            # R and W without the Bidirectional Read AHS, which 11.3.4 says MUST be
-            # there: an invalid field of a PDU that describes a task (11.17.1 note 2).
-            # Data-Out that may follow for the tag is dropped (remember_aborted).
-            self.remember_aborted(pdu.itt)
-            self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
             return
         lun = lun_number(pdu.lun)
         lus = s.target.lus_for(s.initiator_name)
