@@ -44,6 +44,16 @@ def _check_data_in(out: Any, expected_len: int, mrdsl: int) -> None:
         sent=out.sent,
         received=out.shown(),
     )
+    tagged = [p for p in ins if not p.ack and p.ttt not in (0, 0xFFFFFFFF)]
+    require(
+        not tagged,
+        "R7143-11.7-8",
+        f"Data-In DataSN {tagged[0].datasn if tagged else 0} has A=0 but Target Transfer Tag "
+        f"{tagged[0].ttt if tagged else 0:#010x}: the field is reserved without A "
+        "(0xffffffff or 0 expected)",
+        sent=out.sent,
+        received=out.shown(),
+    )
     pos = 0
     for p in ins:
         require(
@@ -77,7 +87,13 @@ def _check_data_in(out: Any, expected_len: int, mrdsl: int) -> None:
     "FullFeature.DataIn.WithinDeclaredLength",
     "RFC 7143 13.18",
     "RFC 7143 13.12",
-    requirements=["R7143-11.7-2", "R7143-13.12-2", "R7143-4.2.2.3-1", "R7143-11.7-1"],
+    requirements=[
+        "R7143-11.7-2",
+        "R7143-13.12-2",
+        "R7143-4.2.2.3-1",
+        "R7143-11.7-1",
+        "R7143-11.7-8",
+    ],
 )
 async def test_data_in_within_mrdsl(target: Any, mrdsl: int) -> None:
     """A 128 KiB READ comes back in Data-In PDUs no larger than our declared MaxRecvDataSegmentLength."""
@@ -97,7 +113,7 @@ async def test_data_in_within_mrdsl(target: Any, mrdsl: int) -> None:
 @spec(
     "FullFeature.DataIn.DefaultWhenUndeclared",
     "RFC 7143 13.12",
-    requirements=["R7143-13.12-1", "R7143-13.12-2"],
+    requirements=["R7143-13.12-1", "R7143-13.12-2", "R7143-11.7-8"],
 )
 async def test_data_in_default_mrdsl(target: Any) -> None:
     """An initiator that never declares MaxRecvDataSegmentLength receives at most the
