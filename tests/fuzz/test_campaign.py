@@ -101,3 +101,47 @@ def test_ddmin_finds_the_one_pair() -> None:
 
     out = asyncio.run(ddmin(items, fails, lambda: 100.0))
     assert out == [bytes([7]), bytes([31])]
+
+
+class _Restarting:
+    """A peer's health as a campaign sees it while another worker restarts it."""
+
+    restarts = 0
+
+    def poll(self) -> list[Any]:
+        return []
+
+    def alive(self) -> bool:
+        return True
+
+    def restart(self, *, deadline: float | None = None) -> None:
+        self.restarts += 1
+
+
+def test_a_liveness_check_overlapping_a_restart_is_no_failure() -> None:
+    """A check that finds the peer down while another worker restarts it (tgt: no
+    listener, or up without its target, login 0203) is that worker's finding, not a
+    bare 'liveness at dead' of its own; the same check with no restart is one."""
+
+    async def check(camp: Campaign, how: str) -> None:
+        camp._started = time.monotonic()
+        camp._deadline = camp._started + 10
+        health = camp.health
+
+        async def down(timeout: float = 5.0) -> str:
+            if how == "restarted meanwhile":
+                health.restarts += 1  # type: ignore[union-attr]
+            return "cannot connect: [Errno 111] refused"
+
+        camp.alive = down  # type: ignore[method-assign]
+        if how == "restart under way":
+            async with camp._restart_lock:
+                await asyncio.wait_for(camp._liveness(), 5)  # no wait for the lock it holds
+        else:
+            await asyncio.wait_for(camp._liveness(), 5)
+
+    for how in ("restarted meanwhile", "restart under way", "no restart"):
+        camp = Campaign("127.0.0.1", 9, IQN, seconds=10, health=_Restarting())
+        asyncio.run(check(camp, how))
+        expected = {("liveness", "dead")} if how == "no restart" else set()
+        assert set(camp.report.failures) == expected, (how, camp.report.summary())
