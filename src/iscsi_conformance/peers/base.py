@@ -206,6 +206,12 @@ class InitiatorDriver(PeerDriver):
     def inquiry(self, session: SessionHandle, lun: int) -> bytes:
         raise NotImplementedError
 
+    def xdwriteread(self, session: SessionHandle, lun: int, lba: int, data: bytes) -> bytes:
+        """XDWRITEREAD(10) of ``data`` at ``lba`` as one bidirectional command (RFC 7143
+        11.3.4): the read part returned (the XOR). Only where the manifest says
+        ``bidirectional``."""
+        raise NotImplementedError
+
 
 def handle_health(handle: dict[str, Any]) -> str | None:
     """``TargetDriver.health`` for a process that holds only ``health_handle()``:

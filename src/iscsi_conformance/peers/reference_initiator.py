@@ -231,6 +231,13 @@ class ReferenceInitiator(InitiatorDriver):
             session.ref.write(lun, lba, data),
         )
 
+    def xdwriteread(self, session: SessionHandle, lun: int, lba: int, data: bytes) -> bytes:
+        result = self._call(
+            ["xdwriteread", f"lun={lun}", f"lba={lba}", f"bytes={len(data)}"],
+            session.ref.xdwriteread(lun, lba, data),
+        )
+        return bytes(result.raise_for_status().data)
+
     def inquiry(self, session: SessionHandle, lun: int) -> bytes:
         result = self._call(["inquiry", f"lun={lun}"], session.ref.inquiry(lun))
         return bytes(result.data)
