@@ -94,10 +94,25 @@ def test_a_campaign_that_did_not_run_or_overran_fails(
     assert not v.ok and says in v.why, v.why
 
 
-def test_the_real_manifests_load_for_every_slot() -> None:
-    for slot in ci.SLOTS:
-        devs = ci.deviations_of(slot)
-        assert slot.ours == (devs == ()) or not slot.ours
+def test_the_findings_of_real_campaigns_are_recorded_in_the_manifests() -> None:
+    """What the 60 s campaigns of 2026-12-07 found in tgt 1.0.85 and LIO 6.1 passes the
+    gate with the real manifests; the same against a later tgt is new."""
+    for slot in ci.SLOTS:  # every manifest loads; our reference peers have none
+        assert isinstance(ci.deviations_of(slot), tuple)
+        assert ci.deviations_of(slot) == () or not slot.ours
+    tgt = [
+        _f("liveness", SEGV),
+        _f("liveness", "dead: tgtd exited with status -6 (SIGABRT)"),
+        _f("reinstatement", "old connection still answers"),
+    ]
+    devs = ci.deviations_of(TGT)
+    assert judge(TGT, _campaign("tgt", *tgt, version="1.0.85"), OK, devs, 60).ok
+    assert len(judge(TGT, _campaign("tgt", *tgt, version="1.0.86"), OK, devs, 60).new) == 3
+    lio = Slot("lio", "target", "lio", ("lio",))
+    found = [_f("liveness", "unresponsive"), _f("reinstatement", "new connection not served")]
+    v = judge(lio, _campaign("lio", *found, version="6.1.0-57-cloud-amd64"), OK,
+              ci.deviations_of(lio), 60)  # fmt: skip
+    assert v.ok and len(v.known) == 2, v.lines()
 
 
 # ------------------------------------------------------------------ the driver

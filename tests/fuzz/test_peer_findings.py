@@ -82,3 +82,20 @@ def test_tgt_keeps_serving_a_connection_it_let_be_reinstated() -> None:
             pytest.fail(f"tgt {version}: run the finding again and update its record")
         outcome = asyncio.run(reinstate(tgt.host, tgt.port))
     assert outcome == "old connection answered", outcome
+
+
+@pytest.mark.peer
+def test_tgt_aborts_on_a_nop_out_with_a_foreign_ttt_then_a_command() -> None:
+    """tgt 1.0.85: a NOP-Out with a valid ITT and a Target Transfer Tag tgtd never
+    issued, then a SCSI Command, right after login, and tgtd aborts (SIGABRT)."""
+    finding = load(PEERS / "tgt-1.0.85--nop-out-foreign-ttt-then-command--abort.py")
+    iqn = dict(finding["login_keys"])["TargetName"]  # the login is the campaign's own
+    with DriverSubject("tgt", iqn) as tgt:
+        version = tgt.version()
+        if not version.startswith("1.0.85"):
+            pytest.fail(f"tgt {version}: replay the finding and update its record")
+        seen = asyncio.run(
+            replay_once(tgt.host, tgt.port, iqn, finding["phase"], finding["login_keys"],
+                        finding["pdus"], health=tgt, timeout=3.0)
+        )  # fmt: skip
+    assert (finding["kind"], finding["place"]) in seen, seen
