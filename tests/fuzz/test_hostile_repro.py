@@ -209,3 +209,23 @@ def test_open_iscsi_oracles_can_fail() -> None:
     assert found[:2] == ("hang", "iscsiadm login"), found
     found = _oi_round(_FakeDriver(clean, rss=4000 + hostile_clients.MEMORY_BOUND_KIB + 1))
     assert found[:2] == ("memory", "iscsid RSS"), found
+
+
+def test_an_open_iscsi_round_cut_by_the_deadline_ends_with_it() -> None:
+    """A round given less than the client's limit (the campaign's deadline is near)
+    bounds its guest call by that, so --seconds stays a hard bound; a full round keeps
+    the steps' own caps plus the listing."""
+    asked: list[float] = []
+
+    class Timed(_FakeDriver):
+        def guest(self, script: str, **kw: Any) -> _Res:
+            asked.append(kw["timeout"])
+            return super().guest(script, **kw)
+
+    clean = "discovery=0 login=0 read=0 logout=0\nfile: /\nfile: /etc\nfile: /etc/iscsi\n"
+    client = hostile_clients.OpenIscsiClient()
+    client.driver = Timed(clean)
+    client.files = {"/", "/etc", "/etc/iscsi"}
+    client._round("127.0.0.1", 3260, 8.0)
+    client._round("127.0.0.1", 3260, hostile_clients.OpenIscsiClient.limit)
+    assert asked == [8.0, sum(hostile_clients.STEPS.values()) + 60], asked
