@@ -35,11 +35,14 @@ from iscsi_conformance.target.server import TargetServer
 IQN = "iqn.2024-01.org.iscsi-conformance:fuzz"
 
 
-def _raise_on_tmf_when(monkeypatch: pytest.MonkeyPatch, cond: Callable[[Connection], bool]) -> None:
+def _raise_when(
+    monkeypatch: pytest.MonkeyPatch, kind: type[P.PDU], cond: Callable[[Connection], bool]
+) -> None:
+    """An internal error on a PDU of ``kind`` where ``cond`` holds."""
     real = Connection.handle_pdu
 
     def scripted(self: Connection, pdu: P.PDU, now: float) -> None:
-        if isinstance(pdu, P.TaskManagementRequest) and cond(self):
+        if isinstance(pdu, kind) and cond(self):
             raise RuntimeError("scripted breakage")
         real(self, pdu, now)
 
@@ -47,18 +50,22 @@ def _raise_on_tmf_when(monkeypatch: pytest.MonkeyPatch, cond: Callable[[Connecti
 
 
 def _second_connection(monkeypatch: pytest.MonkeyPatch, _p: Patcher) -> None:
-    """An internal error on a TMF that comes on a session of two connections (MC/S)."""
-    _raise_on_tmf_when(
-        monkeypatch, lambda c: c.session is not None and len(c.session.connections) > 1
+    """An internal error on a TMF that comes on a session of two connections (MC/S; a
+    TMF, since a reinstatement's check pings a session of two connections too)."""
+    _raise_when(
+        monkeypatch,
+        P.TaskManagementRequest,
+        lambda c: c.session is not None and len(c.session.connections) > 1,
     )
 
 
 def _mutual_chap(monkeypatch: pytest.MonkeyPatch, _p: Patcher) -> None:
-    """An internal error on a TMF in a session that logged in with mutual CHAP."""
+    """An internal error on a NOP-Out in a session that logged in with mutual CHAP."""
     from iscsi_conformance.fuzz.accounts import MUTUAL_INITIATOR
 
-    _raise_on_tmf_when(
+    _raise_when(
         monkeypatch,
+        P.NopOut,
         lambda c: c.session is not None and c.session.initiator_name == MUTUAL_INITIATOR,
     )
 
@@ -116,9 +123,9 @@ def test_finding_is_saved_and_replays(
 ) -> None:
     subject, accounts = subject_with(kind)
     _, want_kind, want_place = KINDS[kind]
-    report, _run = run_machine(subject.host, subject.port, IQN, seconds=25, max_examples=3000,
+    report, _run = run_machine(subject.host, subject.port, IQN, seconds=60, max_examples=3000,
                                steps=6, health=subject, accounts=accounts, seed=11,
-                               shrink_seconds=3)  # fmt: skip
+                               shrink_seconds=1.5)  # fmt: skip
     found = [f for f in report.failures.values()
              if f.kind == want_kind and f.place.startswith(want_place)]  # fmt: skip
     assert found, report.summary()
