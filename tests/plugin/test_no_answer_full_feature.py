@@ -17,6 +17,10 @@ message that says what happened, unless RFC 7143 allows that outcome:
   the connection (7.7);
 - ``FullFeature.TaskManagement.UnknownFunction``: an unassigned function is an illegal
   header field, a format error (7.7), so ending the connection conforms;
+- ``FullFeature.TaskManagement.ItNexusReset``: RFC 7144 6.3 has the target drop every
+  connection of the session after I_T NEXUS RESET, whose response may be lost (6.4.2),
+  so ending the connection conforms (the test then checks the other nexus and the
+  issuing nexus's unit attention, which the target behind the proxy did produce);
 - ``FullFeature.Reject.DataSegmentTooLong``: past the receiver's
   MaxRecvDataSegmentLength the framing is lost and the connection may end;
 - ``FullFeature.Reject.PayloadDigestReason``: either side may escalate a digest error
@@ -64,6 +68,7 @@ HANG_UP_CONFORMS = {
     "FullFeature.Text.FinalAndContinue",
     "FullFeature.Text.ReservedItt",
     "FullFeature.TaskManagement.UnknownFunction",
+    "FullFeature.TaskManagement.ItNexusReset",
     "FullFeature.Reject.DataSegmentTooLong",
     "FullFeature.Reject.PayloadDigestReason",
 }

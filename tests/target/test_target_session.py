@@ -335,6 +335,30 @@ def test_rfc7144_functions_at_level2(connect):
     assert _tmf(ini, TmfFunction.QUERY_TASK_SET).response == TmfResponse.FUNCTION_COMPLETE
 
 
+def test_query_task_of_a_queued_task_management_request_is_rejected(connect):
+    """RFC 7144 6.3: QUERY TASK naming a task management request (one waiting for its
+    CmdSN behind a gap) is answered Function rejected, and the request still runs."""
+    ini = connect()
+    assert ini.login(params=[("iSCSIProtocolLevel", "2")]).status == 0
+    ini.clear_ua()
+    queued = P.TaskManagementRequest(
+        function=TmfFunction.QUERY_TASK_SET,
+        lun=P.lun_to_field(0),
+        itt=ini.next_itt(),
+        cmdsn=ini.cmdsn + 1,  # CmdSN ini.cmdsn is missing: it waits
+        expstatsn=ini.expstatsn,
+    )
+    ini.send(queued)
+    ref = _tmf(ini, TmfFunction.QUERY_TASK, ref=queued.itt, refcmdsn=queued.cmdsn)
+    assert ref.response == TmfResponse.FUNCTION_REJECTED
+    ini.send(  # fills the gap: the queued request runs after it
+        P.NopOut(itt=ini.next_itt(), cmdsn=ini.cmdsn, expstatsn=ini.expstatsn)
+    )
+    answers = [ini.recv(), ini.recv()]
+    tmf = next(p for p in answers if isinstance(p, P.TaskManagementResponse))
+    assert tmf.itt == queued.itt and tmf.response == TmfResponse.FUNCTION_COMPLETE
+
+
 def test_rfc7144_functions_not_supported_at_level1(connect):
     """Without iSCSIProtocolLevel 2 (the initiator did not offer it) the functions of
     RFC 7144 6.3 are answered 'not supported'; the key's default is 1."""
