@@ -37,6 +37,7 @@ from iscsi_conformance.bridge.faults import (
     datain_digest_breach,
     dataout_digest_breach,
     dropped_response_breach,
+    reframed_breach,
     reset_breach,
 )
 from iscsi_conformance.bridge.judge import RULES, Rule
@@ -293,7 +294,7 @@ def _faulted(
     initiator: Any,
     target: Any,
     pool: Any,
-    spec: str,
+    spec: str | list[str],
     blocks: int,
     keys: tuple[tuple[str, str], ...] = (),
     *,
@@ -320,7 +321,7 @@ def _faulted(
     bridge = Bridge(
         (host, port),
         listen=(_listen(ep, pool), 0),
-        faults=FaultPlan([spec]),
+        faults=FaultPlan([spec] if isinstance(spec, str) else spec),
         on_pdu=lambda c, d, p, f: seen.append((c, d, p, f)),
     )
     bridge.start()
@@ -718,3 +719,53 @@ for _name in _VARIANTS:
     for _side in ("initiator", "target"):
         globals()[f"test_option_{_name}_{_side}"] = _make_option(_name, _side)
 del _name, _side
+
+
+_REFRAMED = {
+    # the side that receives them -> the faults: PDUs it gets split in two TCP writes
+    # 50 ms apart (cut inside the BHS) and two of them in one write
+    "target": ["split:ScsiCommand", "merge:ScsiDataOut#2"],
+    "initiator": ["split:ScsiDataIn", "merge:ScsiDataIn#3"],
+}
+
+
+def _reframed(initiator: Any, target: Any, pool: Any, receiver: str) -> None:
+    _fault_pairing(initiator, target, "", "reframed")
+    solicited = (("ImmediateData", "No"), ("InitialR2T", "Yes"))  # Data-Out for the target
+    faults = _REFRAMED[receiver]
+    run, steps = _faulted(
+        initiator, target, pool, faults, 2048, solicited, data_digest="None", verify=True
+    )
+    _judge_fault("R7143-4.2.9-1", run, steps, reframed_breach(run, len(faults), receiver))
+
+
+@spec(
+    "FullFeature.Wire.Fault.SplitAndMergedPdusTakenByTarget",
+    "RFC 7143 4.2.9",
+    level="INFORMATIONAL",
+    role="target",
+    requirements=["R7143-4.2.9-1"],
+    pairing="all",
+    dataloss=True,
+)
+def test_fault_reframed_to_target(initiator: Any, target: Any, _iscsi_pool: Any) -> None:
+    """The bridge sends a SCSI Command in two TCP writes 50 ms apart (cut inside its
+    header) and two Data-Out PDUs of a 1 MiB WRITE in one: the target frames PDUs by
+    their headers' lengths, so the WRITE completes and reads back, also in a new session."""
+    _reframed(initiator, target, _iscsi_pool, "target")
+
+
+@spec(
+    "FullFeature.Wire.Fault.SplitAndMergedPdusTakenByInitiator",
+    "RFC 7143 4.2.9",
+    level="INFORMATIONAL",
+    role="initiator",
+    requirements=["R7143-4.2.9-1"],
+    pairing="all",
+    dataloss=True,
+)
+def test_fault_reframed_to_initiator(initiator: Any, target: Any, _iscsi_pool: Any) -> None:
+    """The bridge sends a Data-In in two TCP writes 50 ms apart (cut inside its header)
+    and two Data-In PDUs in one: the initiator frames PDUs by their headers' lengths, so
+    the READ returns what was written."""
+    _reframed(initiator, target, _iscsi_pool, "initiator")

@@ -27,6 +27,7 @@ from iscsi_conformance.bridge.faults import (
     dataout_digest_breach,
     dropped_response_breach,
     parse_fault,
+    reframed_breach,
     reset_breach,
 )
 from iscsi_conformance.bridge.pump import Bridge
@@ -372,7 +373,7 @@ def test_an_initiator_that_takes_a_bad_data_digest_as_good_is_caught(
 
 def _fault_run(
     target: TargetServer,
-    spec: str,
+    spec: str | list[str],
     *,
     keys: dict[str, str] | None = None,
     blocks: int = 64,
@@ -396,7 +397,8 @@ def _fault_run(
             await s.logout()
 
     asyncio.run(direct_write())
-    b = Bridge((host, port), faults=FaultPlan([spec]), on_pdu=lambda *a: seen.append(a))
+    specs = [spec] if isinstance(spec, str) else spec
+    b = Bridge((host, port), faults=FaultPlan(specs), on_pdu=lambda *a: seen.append(a))
     b.start()
     out = FaultOutcome(seen)
     written = False
@@ -508,3 +510,66 @@ def test_a_target_that_refuses_the_new_session_after_a_reset_is_caught(
         patcher.undo()
     grade, why = reset_breach(broken)
     assert grade == "fail" and "could not log in" in why, (grade, why)
+
+
+SOLICITED = {"ImmediateData": "No", "InitialR2T": "Yes"}  # every WRITE sends Data-Out
+
+
+def test_a_target_that_frames_by_segment_is_caught(target: TargetServer) -> None:
+    """FullFeature.Wire.Fault.SplitAndMergedPdusTakenByTarget can fail (RFC 7143
+    4.2.9): the reference target frames PDUs by their lengths and takes a command split
+    across two TCP writes and two Data-Out in one; broken on purpose to take each
+    segment that arrives for the start of a PDU (a partial one dropped), it is caught."""
+    faults = ["split:ScsiCommand", "merge:ScsiDataOut#2"]
+    good = _fault_run(target, faults, keys=SOLICITED, blocks=2048)
+    assert reframed_breach(good, 2, "target")[0] == "pass", (good.error, good.verified)
+    patcher = Patcher()
+
+    def by_segment(old: Any) -> Any:
+        def receive(self: Connection, data: Any, now: float = 0.0, **kw: Any) -> bool:
+            dec = self.decoder
+            if data and dec.buffered:  # what is left of a PDU is dropped
+                dec._buf.clear()
+                dec._pos, dec._need = 0, 48
+            return old(self, data, now, **kw)  # type: ignore[no-any-return]
+
+        return receive
+
+    patcher.wrap(Connection, "receive_data", by_segment)
+    try:
+        broken = _fault_run(target, faults, keys=SOLICITED, blocks=2048)
+    finally:
+        patcher.undo()
+    grade, why = reframed_breach(broken, 2, "target")
+    assert grade == "fail", (grade, why, broken.error)
+
+
+def test_an_initiator_that_frames_by_segment_is_caught(target: TargetServer) -> None:
+    """FullFeature.Wire.Fault.SplitAndMergedPdusTakenByInitiator can fail (RFC 7143
+    4.2.9): the reference initiator reads each PDU by its lengths; broken on purpose to
+    take what one read returns for the header (read instead of readexactly), it is
+    caught on a Data-In split across two TCP writes (it gives up the connection).
+    (It once padded the short header instead: the task that then failed on garbage
+    died unretrieved, and its finalizer, run by the GC inside a later ast.parse, set
+    off CPython 3.11.7's SystemError "AST constructor recursion depth mismatch".)"""
+    faults = ["split:ScsiDataIn", "merge:ScsiDataIn#3"]
+    good = _fault_run(target, faults, blocks=2048)
+    assert reframed_breach(good, 2, "initiator")[0] == "pass", (good.error, good.verified)
+    patcher = Patcher()
+    read_raw = client.read_raw_pdu
+
+    async def short_reads(reader: asyncio.StreamReader, **kw: Any) -> bytes:
+        head = await reader.read(48)  # what the segment holds, not the whole header
+        if len(head) in (0, 48):  # (at the end: the real reader says it is closed)
+            reader._buffer[:0] = head  # type: ignore[attr-defined]
+            return await read_raw(reader, **kw)
+        # a header cut short is taken for a broken stream: the connection is given up
+        raise client.ConnectionClosed(f"a header of {len(head)} bytes")
+
+    patcher.setattr(client, "read_raw_pdu", short_reads)
+    try:
+        broken = _fault_run(target, faults, blocks=2048)
+    finally:
+        patcher.undo()
+    grade, why = reframed_breach(broken, 2, "initiator")
+    assert grade == "fail", (grade, why, broken.error)

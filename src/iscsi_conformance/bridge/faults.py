@@ -23,8 +23,9 @@ What a side must do after a fault is judged here too, from a :class:`FaultOutcom
 (the PDUs the bridge saw, each with the fault applied to it, and how the I/O ended):
 ``datain_digest_breach`` (RFC 7143 7.8, the initiator), ``dataout_digest_breach``
 (7.8, the target), ``command_header_digest_breach`` (7.8, the target),
-``dropped_response_breach`` (7.11, the initiator) and ``reset_breach`` (7.15 and
-SBC's READ-after-WRITE, the target) return a :data:`Verdict`: "pass", "fail" (with
+``dropped_response_breach`` (7.11, the initiator), ``reset_breach`` (7.15 and
+SBC's READ-after-WRITE, the target) and ``reframed_breach`` (4.2.9, the side that
+receives PDUs split across TCP segments and merged into one) return a :data:`Verdict`: "pass", "fail" (with
 why), "unexercised" (no fault fired) or "inconclusive" (the I/O did not end in time
 and the wire showed no answer: a recovery timer still running is no pass, and no
 breach either).
@@ -62,6 +63,7 @@ __all__ = [
     "dataout_digest_breach",
     "dropped_response_breach",
     "parse_fault",
+    "reframed_breach",
     "reset_breach",
 ]
 
@@ -356,3 +358,27 @@ def reset_breach(o: FaultOutcome) -> Verdict:
     if o.verified:
         return "fail", f"after the reset: {o.verified}"
     return "pass", "a new session logged in and every acknowledged write read back"
+
+
+def reframed_breach(o: FaultOutcome, faults: int, receiver: str) -> Verdict:
+    """RFC 7143 4.2.9: a receiver frames PDUs by the lengths in their headers, so a
+    PDU split across TCP segments, or two PDUs in one segment, change nothing: the
+    I/O completes and reads back. ``faults``: how many split/merge faults were asked;
+    ``receiver``: "target" or "initiator", the side that received them."""
+    fired = sum(1 for _, _, _, f in o.seen if f is not None)
+    if not fired:
+        return "unexercised", "no split/merge fault found its PDU"
+    conn = o.faulted()
+    closer = o.closed_first.get(conn[0]) if conn is not None else None
+    if o.verified:
+        return "fail", f"after the split and merged PDUs: {o.verified}"
+    if o.data_ok is False:
+        return "fail", "the data read back differs from what was written"
+    if o.timed_out:
+        return "fail", f"the I/O never ended after the split and merged PDUs the {receiver} got"
+    if o.error is not None:
+        who = f" (the {closer} ended the connection)" if closer else ""
+        return "fail", f"the I/O failed after the split and merged PDUs{who}: {o.error}"
+    if fired < faults:  # the rest never found their PDU: no breach, yet no full pass
+        return "unexercised", f"{fired} of the {faults} split/merge faults found their PDU"
+    return "pass", "the I/O completed and read back"
