@@ -226,6 +226,35 @@ def test_an_open_iscsi_round_cut_by_the_deadline_ends_with_it() -> None:
     client = hostile_clients.OpenIscsiClient()
     client.driver = Timed(clean)
     client.files = {"/", "/etc", "/etc/iscsi"}
-    client._round("127.0.0.1", 3260, 8.0)
+    client._round("127.0.0.1", 3260, 8.0)  # cut short: bound to 8 s
     client._round("127.0.0.1", 3260, hostile_clients.OpenIscsiClient.limit)
     assert asked == [8.0, sum(hostile_clients.STEPS.values()) + 60], asked
+
+
+def test_no_case_starts_that_could_not_end_within_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client whose case needs at least ``min_case`` seconds (open-iscsi: 20) gets no
+    case with less time left, and the budget counts from the client being up (an
+    open-iscsi micro-VM boot is not fuzzing)."""
+    import time
+
+    given: list[float] = []
+
+    class Slow(hostile_clients._Client):
+        title, limit, min_case = "stand-in", 480.0, 4.0
+
+        async def setup(self, proxy: Any) -> None:
+            await asyncio.sleep(2.0)  # a boot
+
+        async def run(self, host: str, port: int, limit: float, proxy: Any) -> Any:
+            given.append(limit)
+            await asyncio.sleep(min(limit, 1.0))
+            return None
+
+    monkeypatch.setattr(hostile, "make_client", lambda client, tool=None: Slow())
+    start = time.monotonic()
+    report = hostile.initiator_campaign("open-iscsi", seconds=6.0)
+    assert report.cases == len(given) == 2, given  # 6 s and 5 s left; then under 4 s
+    assert min(given) >= 4.0 and report.seconds <= 6.0 * 1.05, (given, report.seconds)
+    assert time.monotonic() - start >= 2.0 + report.seconds - 0.5  # the boot not counted

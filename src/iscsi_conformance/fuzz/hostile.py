@@ -729,7 +729,7 @@ def initiator_campaign(
             while max_cases is None or case < max_cases:
                 end = deadline - (0.2 * seconds if report.failures and shrink else 0)
                 left = end - time.monotonic()
-                if left < min(0.5, lim):
+                if left < min(max(0.5, impl.min_case), lim):  # no case that cannot end
                     break
                 proxy.case = case
                 case_lim = min(lim, left)  # the budget is kept
