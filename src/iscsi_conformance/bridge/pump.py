@@ -331,7 +331,7 @@ class Bridge:
                 if direction in conn.framing_lost:
                     await self._send(conn, direction, writer, data)
                     continue
-                if not pending and self._fast(conn):
+                if not pending and conn.held[direction] is None and self._fast(conn):
                     # nothing to change on the way: judge, then forward as read (judged
                     # first, so no answer to it can reach the judge before it does)
                     self._judge_only(conn, direction, decoder, data)
