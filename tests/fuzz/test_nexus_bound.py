@@ -78,6 +78,24 @@ def test_lost_nexus_state_is_bounded_over_many_isids() -> None:
     assert grown < 32 * 1024, grown
     for lu in lus:
         assert len(lu._known) == cap and len(lu._ua) == cap and len(lu._lost) == cap
+        assert len(lu._iscsi_level) == cap  # RFC 7144 4.2's per-nexus level, same bound
+
+
+def test_a_nexus_that_sent_no_command_leaves_nothing_behind() -> None:
+    """A session that logs in and goes without a command leaves no per-nexus state in
+    its logical units (the iSCSIProtocolLevel each session tells them, RFC 7144 4.2)."""
+    engine, lus = _engine(4)
+    keys = [("InitiatorName", INITIATOR), ("TargetName", TARGET), ("SessionType", "Normal")]
+    for isid in range(1, 21):
+        conn = engine.new_connection(portal_group=1, peer=("", isid), now=0.0)
+        login = P.LoginRequest(transit=True, csg=1, nsg=3, isid=0x80_0000_0000 | isid, itt=1,
+                               data=T.format_pairs(keys))  # fmt: skip
+        conn.receive_data(P.encode(login), 0.0)
+        engine.take_output()
+        conn.connection_lost()
+        engine.take_output()
+    for lu in lus:
+        assert lu._iscsi_level == {} and lu._known == set()
 
 
 def test_remembered_and_forgotten_nexuses_still_see_a_unit_attention() -> None:

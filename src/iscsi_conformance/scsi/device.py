@@ -811,6 +811,8 @@ class LogicalUnit:
                 self._known.discard(oldest)
                 self._ua.pop(oldest, None)
                 self._iscsi_level.pop(oldest, None)
+        else:
+            self._iscsi_level.pop(nexus, None)  # it never came: nothing to remember
 
     def flush(self) -> None:
         """Write back everything (SYNCHRONIZE CACHE of the whole medium)."""
