@@ -89,6 +89,17 @@ async def _send_quietly(ffp: FullFeature, pdu: Any) -> bool:
     return True
 
 
+async def _closes(ffp: FullFeature, seconds: float) -> bool:
+    """True if the target ends the connection within ``seconds`` (what it sends
+    meanwhile is read and dropped)."""
+    try:
+        while await ffp.recv(timeout=seconds) is not None:
+            pass
+    except (TransportError, OSError):
+        return True
+    return False
+
+
 async def _ping(ffp: FullFeature) -> tuple[Any, Any]:
     """A ping that reports a dropped connection as no answer."""
     try:
@@ -619,6 +630,62 @@ async def test_immediate_data_over_first_burst(target: Any) -> None:
             "a Reject or an error status",
             sent=sent,
             received=received,
+        )
+
+
+@spec(
+    "FullFeature.Errors.RejectedCommandCmdSnNotTaken",
+    "RFC 7143 7.3",
+    requirements=["R7143-7.3-1"],
+    dataloss=True,
+)
+async def test_rejected_command_cmdsn_not_taken(target: Any) -> None:
+    """With ImmediateData=No a WRITE carrying immediate data breaks the negotiation. A
+    target that rejects the command (a Reject holding its header) must not count its
+    CmdSN as received (7.3): a TEST UNIT READY sent next with that same CmdSN, which
+    plugs the gap as the initiator must, is answered. A target that ends the command
+    with a status instead has taken the CmdSN rightly, and nothing is judged."""
+    async with _solicited_session(target) as ffp:
+        cmd = await _write_command(ffp, target.lun, LBA_BASE + 72, 1, data=os.urandom(BLOCK))
+        got = await _drain(ffp, 2.0)
+        rejected = [p for p in got if isinstance(p, P.Reject) and p.data[:48] == P.bhs_of(cmd)[:48]]
+        statuses = [p for p in got if isinstance(p, P.ScsiResponse) and p.itt == cmd.itt]
+        if not rejected:
+            if statuses or any(isinstance(p, P.R2T) and p.itt == cmd.itt for p in got):
+                pytest.skip(
+                    "the target did not reject the command (it answered "
+                    f"{type((statuses or got)[0]).__name__}): its CmdSN was taken, rightly"
+                )
+            require(
+                False,
+                "R7143-7.3-1",
+                "a WRITE with immediate data under ImmediateData=No got neither a Reject, "
+                f"an R2T nor a status within 2 s: {ffp.no_answer}",
+                sent=[cmd],
+                received=got,
+            )
+        ffp.cmdsn = cmd.cmdsn  # plug the gap (7.3): the next command takes the CmdSN
+        tur = await ffp.command(cdb.test_unit_ready(), lun=target.lun)
+        gone = tur.missing()
+        closed = gone is not None and (
+            gone.outcome is Outcome.CLOSED
+            or (gone.outcome is Outcome.SILENT and await _closes(ffp, 30.0))
+        )
+        if closed:
+            # A connection ended after a protocol error leaves no command sequence that
+            # could show the rejected CmdSN taken: not this rule's business.
+            pytest.skip(
+                "the target ended the connection after rejecting the WRITE: no command "
+                "sequence is left to show whether the rejected CmdSN was taken"
+            )
+        require(
+            gone is None,
+            "R7143-7.3-1",
+            f"the rejected WRITE's CmdSN {cmd.cmdsn} was reused by a TEST UNIT READY, which "
+            f"the target did not answer ({gone}): it counted the rejected command's CmdSN "
+            "as received",
+            sent=[cmd, *tur.sent],
+            received=[*got, *tur.shown()],
         )
 
 

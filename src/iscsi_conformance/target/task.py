@@ -225,6 +225,12 @@ class TaskIO:
             self.remember_aborted(pdu.itt)
             self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
             return
+        in_order = pdu.cmdsn == s.expcmdsn and sn_le(pdu.cmdsn, s.maxcmdsn)
+        if not pdu.immediate and in_order and self._refused(pdu):
+            # Refused before its CmdSN is taken: the CmdSN of a rejected command MUST NOT
+            # be considered received (RFC 7143 7.3); the initiator plugs the gap by
+            # sending a command with the same CmdSN.
+            return
         if pdu.immediate:
             self._create_task(pdu, deliver=True)
             return
@@ -239,6 +245,24 @@ class TaskIO:
                 self._drain()
             return
         self._order(pdu, lambda p: self._create_task(p, deliver=True))
+
+    def _refused(self, pdu: P.ScsiCommand) -> bool:
+        """Reject a command that ``_create_task`` would reject anyway, while its CmdSN is
+        still the expected one: a task tag in use (11.17.1, Task in progress), or
+        immediate data that was not negotiated or exceeds FirstBurstLength (13.11,
+        13.14). Data-Out that may follow a refused write's tag is dropped."""
+        s = self.session
+        assert s is not None
+        if pdu.itt in s.tasks:
+            self.reject(RejectReason.TASK_IN_PROGRESS, P.bhs_of(pdu))
+            return True
+        if pdu.data and (
+            not self.params.immediate_data or len(pdu.data) > self.params.first_burst_length
+        ):
+            self.remember_aborted(pdu.itt)
+            self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+            return True
+        return False
 
     def _create_task(self, pdu: P.ScsiCommand, *, deliver: bool) -> None:
         s = self.session

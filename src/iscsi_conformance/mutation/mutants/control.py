@@ -705,3 +705,16 @@ def redeclared(p: Patcher) -> None:
 )
 def text_itt(p: Patcher) -> None:
     fields(p, P.TextResponse, itt=lambda pdu: pdu.itt ^ 1)
+
+
+@mutant(
+    "Control.Reject.RejectedCmdSnTaken",
+    "control",
+    "a SCSI Command rejected for immediate data the keys forbid (or a tag in use) has its "
+    "CmdSN taken as received (7.3: MUST NOT)",
+    catches=["FullFeature.Errors.RejectedCommandCmdSnNotTaken"],
+    suites=("FullFeature.Errors.RejectedCommandCmdSnNotTaken",),
+)
+def rejected_cmdsn_taken(p: Patcher) -> None:
+    # _create_task still rejects the command, after on_scsi_command has taken its CmdSN
+    p.wrap(Connection, "_refused", lambda old: lambda self, pdu: False)
