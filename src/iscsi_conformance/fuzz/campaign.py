@@ -53,6 +53,7 @@ __all__ = ["Campaign", "CampaignReport", "Failure", "Health", "quiet_on_interrup
 PING = b"iscsi-conformance fuzz ping"
 MAX_BATCH = 64
 CASES_PER_SESSION = 2000
+LIVENESS_TRIES = 6  # fresh logins of one liveness check at most (Campaign._liveness)
 TRANSCRIPT_CASES = 256  # the cases of a session kept for its reproducer
 
 
@@ -798,15 +799,26 @@ class Campaign:
         self._need_liveness = False
         self._last_liveness = self.report.cases
         mark = self._restart_mark()
+        first = self._cold_resets
         why = await self.alive(timeout=max(0.5, min(5.0, self._time_left())))
-        if why is not None and "connect" not in why:
+        tries = 1
+        while why is not None and "connect" not in why and tries < LIVENESS_TRIES:
             # Another worker's case may have ended every session just then (a TARGET
-            # COLD RESET closes all connections, RFC 7143 11.5.1): a second fresh login
-            # tells a target that cannot serve from one that reset on request.
+            # COLD RESET closes all connections, RFC 7143 11.5.1): fresh logins tell a
+            # target that cannot serve from one that reset on request. A verdict needs
+            # a second failed login with no cold reset sent from 0.2 s before it to its
+            # end; while other workers keep sending them, up to LIVENESS_TRIES logins.
+            resets = self._cold_resets
             await asyncio.sleep(min(0.2, max(0.0, self._time_left())))
             why = await self.alive(timeout=max(0.5, min(5.0, self._time_left())))
+            tries += 1
+            if self._cold_resets == resets:
+                break
         if why is None:
             return
+        if tries > 1:
+            why += (f" ({tries} fresh logins; TARGET COLD RESETs sent by the workers "
+                    f"meanwhile: {self._cold_resets - first})")  # fmt: skip
         if self._time_left() <= 0.5:
             return  # the deadline cut the check short: not a verdict
         if self.health is not None and (
