@@ -640,29 +640,43 @@ async def test_immediate_data_over_first_burst(target: Any) -> None:
     dataloss=True,
 )
 async def test_rejected_command_cmdsn_not_taken(target: Any) -> None:
-    """With ImmediateData=No a WRITE carrying immediate data breaks the negotiation. A
-    target that rejects the command (a Reject holding its header) must not count its
-    CmdSN as received (7.3): a TEST UNIT READY sent next with that same CmdSN, which
-    plugs the gap as the initiator must, is answered. A target that ends the command
-    with a status instead has taken the CmdSN rightly, and nothing is judged."""
+    """A WRITE waits for its R2T; a TEST UNIT READY that reuses the WRITE's task tag is a
+    command the target can only refuse. A target that rejects it (a Reject holding its
+    header) must not count its CmdSN as received (7.3): a TEST UNIT READY sent next
+    with that same CmdSN and a fresh tag, which plugs the gap as the initiator must, is
+    answered. A target that ends the duplicate with a status instead has taken the
+    CmdSN rightly, and nothing is judged. (Header-only PDUs: no data segment whose
+    handling could blur the command sequence.)"""
     async with _solicited_session(target) as ffp:
-        cmd = await _write_command(ffp, target.lun, LBA_BASE + 72, 1, data=os.urandom(BLOCK))
+        write = await _write_command(ffp, target.lun, LBA_BASE + 72, 1)
+        before = await _drain(ffp, 1.0)  # its R2T (InitialR2T=Yes): the task is in use
+        cmd = P.ScsiCommand(
+            final=True,
+            attr=1,
+            lun=P.lun_to_field(target.lun),
+            itt=write.itt,
+            expected_data_transfer_length=0,
+            cmdsn=ffp.take_cmdsn(),
+            expstatsn=ffp.expstatsn,
+            cdb=cdb.test_unit_ready(),
+        )
+        await ffp.send(cmd)
         got = await _drain(ffp, 2.0)
         rejected = [p for p in got if isinstance(p, P.Reject) and p.data[:48] == P.bhs_of(cmd)[:48]]
-        statuses = [p for p in got if isinstance(p, P.ScsiResponse) and p.itt == cmd.itt]
+        answered = [p for p in got if isinstance(p, P.ScsiResponse) and p.itt == cmd.itt]
         if not rejected:
-            if statuses or any(isinstance(p, P.R2T) and p.itt == cmd.itt for p in got):
+            if answered:
                 pytest.skip(
-                    "the target did not reject the command (it answered "
-                    f"{type((statuses or got)[0]).__name__}): its CmdSN was taken, rightly"
+                    "the target did not reject the command that reused a task tag in use "
+                    "(it answered a SCSI Response): its CmdSN was taken, rightly"
                 )
             require(
                 False,
                 "R7143-7.3-1",
-                "a WRITE with immediate data under ImmediateData=No got neither a Reject, "
-                f"an R2T nor a status within 2 s: {ffp.no_answer}",
-                sent=[cmd],
-                received=got,
+                "a TEST UNIT READY reusing the tag of a WRITE in progress got neither a "
+                f"Reject nor a SCSI Response within 2 s: {ffp.no_answer}",
+                sent=[write, cmd],
+                received=[*before, *got],
             )
         ffp.cmdsn = cmd.cmdsn  # plug the gap (7.3): the next command takes the CmdSN
         tur = await ffp.command(cdb.test_unit_ready(), lun=target.lun)
@@ -672,16 +686,16 @@ async def test_rejected_command_cmdsn_not_taken(target: Any) -> None:
             or (gone.outcome is Outcome.SILENT and await _closes(ffp, 30.0))
         )
         if closed:
-            # A connection ended after a protocol error leaves no command sequence that
-            # could show the rejected CmdSN taken: not this rule's business.
+            # A connection ended after the Reject leaves no command sequence that could
+            # show the rejected CmdSN taken: not this rule's business.
             pytest.skip(
-                "the target ended the connection after rejecting the WRITE: no command "
-                "sequence is left to show whether the rejected CmdSN was taken"
+                "the target ended the connection after its Reject: no command sequence is "
+                "left to show whether the rejected CmdSN was taken"
             )
         require(
             gone is None,
             "R7143-7.3-1",
-            f"the rejected WRITE's CmdSN {cmd.cmdsn} was reused by a TEST UNIT READY, which "
+            f"the rejected command's CmdSN {cmd.cmdsn} was reused by a TEST UNIT READY, which "
             f"the target did not answer ({gone}): it counted the rejected command's CmdSN "
             "as received",
             sent=[cmd, *tur.sent],

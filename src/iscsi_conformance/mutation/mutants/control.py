@@ -710,7 +710,7 @@ def text_itt(p: Patcher) -> None:
 @mutant(
     "Control.Reject.RejectedCmdSnTaken",
     "control",
-    "a SCSI Command rejected for immediate data the keys forbid (or a tag in use) has its "
+    "a SCSI Command rejected for a task tag in use (or immediate data the keys forbid) has its "
     "CmdSN taken as received (7.3: MUST NOT)",
     catches=["FullFeature.Errors.RejectedCommandCmdSnNotTaken"],
     suites=("FullFeature.Errors.RejectedCommandCmdSnNotTaken",),
