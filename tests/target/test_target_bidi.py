@@ -115,3 +115,155 @@ def test_r_and_w_without_the_ahs_is_rejected(connect) -> None:  # type: ignore[n
     assert rej.expcmdsn == cmd.cmdsn
     status, _, _ = ini.scsi(bytes(6))  # the session goes on
     assert status.status == 0
+
+
+# ------------------------------------------------------------------ error recovery (sans-IO)
+#
+# The read part of a bidirectional command is retransmitted like a READ's Data-In: for a
+# Data SNACK at ERL 1 (11.16, BegRun a DataSN of the shared R2T/Data-In sequence,
+# 4.2.2.4), and from the initiator's ExpDataSN after a TASK REASSIGN at ERL 2 (11.5.6).
+
+import dataclasses  # noqa: E402
+
+from target_helpers import NONE_TAG  # noqa: E402
+
+from iscsi_conformance.core import text as T  # noqa: E402
+from iscsi_conformance.core.codes import TmfFunction  # noqa: E402
+from iscsi_conformance.target import engine as E  # noqa: E402
+from iscsi_conformance.target.config import simple_config  # noqa: E402
+from iscsi_conformance.target.luns import LunStore  # noqa: E402
+
+IQN = "iqn.2024-01.org.example:bidi"
+KEYS = [
+    ("InitiatorName", "iqn.2024-01.org.example:ini"),
+    ("TargetName", IQN),
+    ("InitialR2T", "Yes"),
+    ("ImmediateData", "No"),
+    ("MaxRecvDataSegmentLength", "1024"),
+    ("MaxBurstLength", "8192"),
+    ("DefaultTime2Wait", "0"),
+    ("DefaultTime2Retain", "20"),
+]
+
+
+def _engine(erl: str) -> E.TargetEngine:
+    cfg = simple_config(("127.0.0.1", 0), IQN, ["4M"])
+    tc = dataclasses.replace(cfg.targets[0], parameters={"ErrorRecoveryLevel": "2"})
+    cfg = dataclasses.replace(cfg, targets=(tc,))
+    return E.TargetEngine(cfg, LunStore(cfg).by_target, rng=lambda n: bytes(n))
+
+
+def _feed(engine: E.TargetEngine, conn: E.Connection, *pdus: P.PDU) -> list[P.PDU]:
+    for pdu in pdus:
+        conn.receive_data(P.encode(pdu))
+    dec = P.PDUDecoder()
+    for c, bufs, _ in engine.take_output():
+        if c is conn:
+            dec.feed(b"".join(bytes(b) for b in bufs))
+    return list(dec)
+
+
+def _connect(engine: E.TargetEngine, erl: str, *, cid: int = 0, tsih: int = 0) -> E.Connection:
+    conn = engine.new_connection(portal_group=1)
+    # a connection joining the session: its names and its own connection key only
+    keys = [*KEYS, ("ErrorRecoveryLevel", erl)] if not tsih else [*KEYS[:2], KEYS[4]]
+    (rsp,) = _feed(
+        engine,
+        conn,
+        P.LoginRequest(
+            transit=True, csg=1, nsg=3, isid=1, tsih=tsih, cid=cid, itt=1, cmdsn=1,
+            data=T.format_pairs(keys),
+        ),
+    )  # fmt: skip
+    assert isinstance(rsp, P.LoginResponse) and rsp.status == 0
+    return conn
+
+
+def _bidi_task(
+    engine: E.TargetEngine, conn: E.Connection, new: bytes, cmdsn: int
+) -> tuple[P.ScsiCommand, list[P.PDU]]:
+    """XDWRITEREAD(10) of ``new`` through R2Ts (8 KiB bursts): what the target sent."""
+    cmd = P.ScsiCommand(
+        final=True, read=True, write=True, itt=0x50, cmdsn=cmdsn, cdb=C.xdwriteread10(0, 32),
+        expected_data_transfer_length=len(new), bidi_read_length=len(new),
+    )  # fmt: skip
+    seen = _feed(engine, conn, cmd)
+    r2ts = [p for p in seen if isinstance(p, P.R2T)]
+    while r2ts:
+        r2t = r2ts.pop(0)
+        off, ln = r2t.buffer_offset, r2t.desired_data_transfer_length
+        outs = [
+            P.ScsiDataOut(
+                final=o + 1024 >= off + ln,
+                itt=cmd.itt,
+                ttt=r2t.ttt,
+                datasn=i,
+                buffer_offset=o,
+                data=new[o : o + 1024],
+            )
+            for i, o in enumerate(range(off, off + ln, 1024))
+        ]
+        more = _feed(engine, conn, *outs)
+        seen += more
+        r2ts += [p for p in more if isinstance(p, P.R2T)]
+    return cmd, seen
+
+
+def _setup(erl: str) -> tuple[E.TargetEngine, E.Connection, bytes, P.ScsiCommand, list[P.PDU]]:
+    engine = _engine(erl)
+    conn = _connect(engine, erl)
+    _feed(engine, conn, P.ScsiCommand(final=True, itt=1, cmdsn=1, cdb=bytes(6)))  # the UA
+    new = os.urandom(32 * BS)
+    cmd, seen = _bidi_task(engine, conn, new, 2)
+    return engine, conn, new, cmd, seen
+
+
+def test_erl1_data_snack_resends_the_read_part() -> None:
+    engine, conn, _, cmd, seen = _setup("1")
+    data_ins = [p for p in seen if isinstance(p, P.ScsiDataIn)]
+    r2ts = [p for p in seen if isinstance(p, P.R2T)]
+    assert len(r2ts) == 2 and len(data_ins) == 16
+    first = data_ins[0].datasn
+    assert first == 2  # after R2TSN 0 and 1 (4.2.2.4)
+    again = _feed(
+        engine, conn, P.SnackRequest(snack_type=0, itt=cmd.itt, begrun=first + 3, runlength=2)
+    )
+    assert [p.datasn for p in again] == [first + 3, first + 4]  # type: ignore[attr-defined]
+    assert [p.data for p in again] == [p.data for p in data_ins[3:5]]  # type: ignore[attr-defined]
+    # BegRun 0 RunLength 0: every unacknowledged Data-In (11.16.6)
+    everything = _feed(engine, conn, P.SnackRequest(snack_type=0, itt=cmd.itt))
+    assert [p.datasn for p in everything] == [p.datasn for p in data_ins]  # type: ignore[attr-defined]
+    # an R2T's number of a finished task, or one past the read part: rejected
+    for begrun in (1, first + 16):
+        (rej,) = _feed(
+            engine, conn, P.SnackRequest(snack_type=0, itt=cmd.itt, begrun=begrun, runlength=1)
+        )
+        assert isinstance(rej, P.Reject)
+
+
+def test_erl2_task_reassign_resends_the_read_part_from_expdatasn() -> None:
+    engine, conn, _, cmd, seen = _setup("2")
+    data_ins = [p for p in seen if isinstance(p, P.ScsiDataIn)]
+    (rsp,) = [p for p in seen if isinstance(p, P.ScsiResponse)]
+    first = data_ins[0].datasn
+    (tsih,) = engine.sessions
+    conn.connection_lost()  # nothing of it acknowledged
+    second = _connect(engine, "2", cid=1, tsih=tsih)
+    exp = first + 5
+    got = _feed(
+        engine,
+        second,
+        P.TaskManagementRequest(
+            immediate=True, function=TmfFunction.TASK_REASSIGN, itt=0x60,
+            referenced_task_tag=cmd.itt, cmdsn=3, expdatasn=exp,
+        ),
+    )  # fmt: skip
+    assert isinstance(got[0], P.TaskManagementResponse) and got[0].response == 0
+    again = [p for p in got if isinstance(p, P.ScsiDataIn)]
+    assert [p.datasn for p in again] == list(range(exp, first + 16))
+    assert b"".join(p.data for p in again) == b"".join(p.data for p in data_ins[5:])
+    (status,) = [p for p in got if isinstance(p, P.ScsiResponse)]
+    assert status.itt == cmd.itt and status.status == 0
+    assert status.expdatasn == rsp.expdatasn == 16  # Data-In PDUs of the command (11.4.8)
+    assert got[-1] is status  # the status last, never in a Data-In (11.7.3)
+    assert NONE_TAG not in {p.itt for p in again}

@@ -854,12 +854,12 @@ class Connection(TaskIO):
                 self.reject(RejectReason.SNACK_REJECT, P.bhs_of(pdu))
                 return
             frames = held.sent_datain
-            begin = 0 if kind == SnackType.R_DATA else pdu.begrun
-            end = (
-                len(frames)
-                if kind == SnackType.R_DATA or pdu.runlength == 0
-                else begin + pdu.runlength
-            )
+            everything = kind == SnackType.R_DATA or (pdu.begrun == 0 and pdu.runlength == 0)
+            # BegRun is a DataSN: the first kept one is sent_base (after the R2Ts of a
+            # bidirectional command, which share the sequence, 4.2.2.4); one below it
+            # wraps past the end and is rejected like one never sent (11.16).
+            begin = 0 if everything else (pdu.begrun - held.sent_base) & 0xFFFFFFFF
+            end = len(frames) if everything or pdu.runlength == 0 else begin + pdu.runlength
             if begin >= len(frames) or end > len(frames):
                 self.reject(RejectReason.SNACK_REJECT, P.bhs_of(pdu))
                 return

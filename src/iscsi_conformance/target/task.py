@@ -32,6 +32,7 @@ from iscsi_conformance.core.codes import (
 )
 from iscsi_conformance.core.serial import add_mod as sn_add
 from iscsi_conformance.core.serial import le as sn_le
+from iscsi_conformance.core.serial import lt as sn_lt
 from iscsi_conformance.scsi import nolu
 from iscsi_conformance.scsi.nexus import port_matches
 from iscsi_conformance.target.session import DEFAULT_CMD_WINDOW, SessionType
@@ -99,11 +100,13 @@ class Task:
         "aborted",
         "attr",
         "bidi",
+        "bidi_reply",
         "budgeted",
         "buffer",
         "cdb",
         "cmdsn",
         "conn",
+        "datain_first",
         "datain_offsets",
         "delivered",
         "edtl",
@@ -122,6 +125,7 @@ class Task:
         "received",
         "reply",
         "residual_mismatch",
+        "sent_base",
         "sent_datain",
         "statsn",
         "unsolicited_done",
@@ -161,6 +165,9 @@ class Task:
         self.unsolicited_next_datasn = 0
         self.unsolicited_received = 0
         self.sent_datain: list[bytes] = []  # ERL1: for Data SNACK
+        # The DataSN of sent_datain[0]: 0 for a READ, the first after the R2Ts for a
+        # bidirectional command (one sequence, 4.2.2.4), ExpDataSN after a TASK REASSIGN.
+        self.sent_base = 0
         self.r2tsn = 0
         self.next_offset = 0
         self.budgeted = 0
@@ -169,6 +176,10 @@ class Task:
         # each Data-In PDU's offset by DataSN, for a TASK REASSIGN (RFC 7143 11.5.6).
         self.reply: tuple[int, bytes, bytes, bool, bool, int] | None = None
         self.datain_offsets: list[int] = []
+        # ERL 2, bidirectional: the DataSN of the read part's first Data-In (offsets are
+        # counted from it) and its o, u and Bidirectional Read Residual Count (11.4.1).
+        self.datain_first = 0
+        self.bidi_reply: tuple[bool, bool, int] | None = None
 
 
 class TaskIO:
@@ -613,9 +624,14 @@ class TaskIO:
             data = data[:limit]
         elif n < limit:
             bidi_under, bidi_residual = True, limit - n
-        count = 0
-        if data and status == ScsiStatus.GOOD:
-            count = self._send_bidi_data_in(task, data)
+        if status != ScsiStatus.GOOD:
+            data = b""
+        if self.erl > 1:
+            # for a TASK REASSIGN: the read part and both residuals (11.5.6, 7.2.2)
+            task.reply = (status, sense, data, write_mismatch > 0, write_mismatch < 0,
+                          abs(write_mismatch))  # fmt: skip
+            task.bidi_reply = (bidi_over, bidi_under, bidi_residual)
+        count = self._send_bidi_data_in(task, data) if data else 0
         self._respond(
             task,
             status,
@@ -629,27 +645,49 @@ class TaskIO:
             bidi_residual=bidi_residual,
         )
 
-    def _send_bidi_data_in(self, task: Task, data: bytes) -> int:
+    def _send_bidi_data_in(
+        self, task: Task, data: bytes, *, datasn: int | None = None, start: int = 0
+    ) -> int:
         """The read part of a bidirectional command: Data-In PDUs without status, their
-        DataSN going on from the last R2TSN (``task.r2tsn``); returns how many."""
+        DataSN going on from the last R2TSN (``task.r2tsn``), or from ``datasn`` at
+        Buffer Offset ``start`` when a TASK REASSIGN resends it; returns how many.
+
+        At ERL 1 each PDU is kept for a Data SNACK, whose BegRun names it by its DataSN
+        in the shared R2T/Data-In sequence (11.16, 4.2.2.4: ``task.sent_base``); at
+        ERL 2 each one's offset is noted by DataSN for a TASK REASSIGN (11.5.6)."""
         s = self.session
         assert s is not None
         mv = memoryview(data)
         exp, mx = s.expcmdsn, s.maxcmdsn
-        datasn = task.r2tsn
+        resend = datasn is not None
+        if datasn is None:
+            datasn = task.r2tsn
+            task.datain_first = datasn
+        keep = self.erl > 0
+        if keep:
+            task.sent_datain = []
+            task.sent_base = datasn
+        offsets = task.datain_offsets if self.erl > 1 and not resend else None
+        if offsets is not None:
+            offsets.clear()
+        # ERL 2 resends from a DataSN's offset onwards: offset order only (as a READ).
+        reverse = self.erl < 2 and self.datain_reverse
+        backwards = self.erl < 2 and self.datain_sequences_reverse
         count = 0
         pieces = _datain_pieces(
-            0, len(data), self.max_send, self.params.max_burst_length,
-            self.datain_reverse, self.datain_sequences_reverse,
-        )  # fmt: skip
+            start, len(data), self.max_send, self.params.max_burst_length, reverse, backwards
+        )
         for off, ln, final, _last in pieces:
             bhs = P.DATA_IN_BHS.pack(
                 0x25, 0x80 if final else 0, 0, ln, task.lun_field, task.itt, NONE_TAG,
                 0, exp, mx, datasn, off, 0,
             )  # fmt: skip
             parts = P.frame_parts(bhs, mv[off : off + ln], self.hd, self.dd)
-            # not kept for a Data SNACK: its BegRun would count the R2Ts too (11.16)
             self.out.extend(parts)
+            if offsets is not None:
+                offsets.append(off)
+            if keep:
+                task.sent_datain.append(b"".join(parts))
             datasn = sn_add(datasn, 1)
             count += 1
         task.r2tsn = datasn
@@ -676,6 +714,9 @@ class TaskIO:
                 task.unsolicited_done = True
             self._progress(task)
             return
+        if task.bidi:
+            self._resume_bidi(task, expdatasn)
+            return
         status, sense, data, overflow, underflow, residual = reply
         offsets = task.datain_offsets
         task.sent_datain = []
@@ -689,6 +730,30 @@ class TaskIO:
         self._respond(
             task, status, sense, overflow=overflow, underflow=underflow, residual=residual
         )
+
+    def _resume_bidi(self, task: Task, expdatasn: int) -> None:
+        """TASK REASSIGN of a finished bidirectional command: its read part's Data-In
+        from ExpDataSN on, numbered in the shared R2T/Data-In sequence (4.2.2.4), then
+        its SCSI Response (11.5.6: the target MUST send all Data-In from the data
+        acknowledgment reference number; 0, or an R2T's number, means all of it)."""
+        assert task.reply is not None
+        status, sense, data, overflow, underflow, residual = task.reply
+        bidi_over, bidi_under, bidi_residual = task.bidi_reply or (False, False, 0)
+        first = task.datain_first
+        offsets = task.datain_offsets
+        if expdatasn == 0 or sn_lt(expdatasn, first):
+            k = 0  # unchanged, or an R2T's number (below the read part): all of it
+        else:
+            k = min((expdatasn - first) & 0xFFFFFFFF, len(offsets))
+        count = 0
+        task.sent_datain = []
+        if data and k < len(offsets):
+            count = self._send_bidi_data_in(task, data, datasn=sn_add(first, k), start=offsets[k])
+        self._respond(
+            task, status, sense, overflow=overflow, underflow=underflow, residual=residual,
+            expdatasn=k + count if data else 0,  # Data-In PDUs of the command (11.4.8)
+            bidi_overflow=bidi_over, bidi_underflow=bidi_under, bidi_residual=bidi_residual,
+        )  # fmt: skip
 
     def _send_data_in(
         self,
@@ -717,6 +782,8 @@ class TaskIO:
         burst = self.params.max_burst_length
         exp, mx = s.expcmdsn, s.maxcmdsn
         keep = self.erl > 0
+        if keep:
+            task.sent_base = datasn  # a TASK REASSIGN resends from ExpDataSN (11.5.6)
         offsets = task.datain_offsets if self.erl > 1 and not start else None
         if offsets is not None:
             offsets.clear()
