@@ -322,6 +322,8 @@ def dropped_response_breach(o: FaultOutcome) -> Verdict:
     after = o.after(conn, _I2T)
     ended = next((i for i, p in enumerate(after) if isinstance(p, LogoutRequest)), len(after))
     went_on = [p for p in after[:ended] if isinstance(p, ScsiCommand)]
+    if o.closed_first.get(conn) == "initiator" and ended == len(after):
+        return "pass", "the initiator ended the connection (session recovery)"
     fault = next(f for _, _, _, f in o.seen if f is not None)
     if o.error is None and not o.timed_out and went_on and fault.action == "delay":
         return "inconclusive", (
@@ -334,10 +336,6 @@ def dropped_response_breach(o: FaultOutcome) -> Verdict:
             f"complete and the initiator went on with {len(went_on)} new command(s) on the "
             "connection, with no SNACK, task management request or retry for it"
         )
-    if o.closed_first.get(conn) == "initiator" and not any(
-        isinstance(p, LogoutRequest) for p in after
-    ):
-        return "pass", "the initiator ended the connection (session recovery)"
     if o.timed_out:
         return "inconclusive", "no answer on the wire before the deadline (a timer still running)"
     if o.error is not None:
