@@ -151,7 +151,7 @@ def test_a_liveness_check_overlapping_cold_resets_is_no_failure() -> None:
     """A fresh login closed while other workers keep sending TARGET COLD RESETs (each
     one ends every connection of the target, RFC 7143 11.5.1) is no verdict: the check
     logs in again until one login fails with no reset sent around it. In the
-    1,000,000-case campaign of 38fb03b (and in 3 of 11 30 s campaigns of seed 7 under
+    1,000,000-case campaign of 38fb03b (and in 3 of 15 30 s campaigns of seed 7 under
     load) one check's two logins were both closed by the target, which no replay
     showed, while the workers sent cold resets at about 8 a second: the likely cause.
     A target that closes every login is still found."""
