@@ -349,3 +349,91 @@ async def test_read_reassigned_after_connection_drop(target: Any) -> None:
             f"the reassigned READ's status did not follow its data: {status!r}",
             received=second.shown(*pdus, None),
         )
+
+
+@spec(
+    "FullFeature.Recovery.Erl2.BidiReassigned",
+    "RFC 7143 11.5.6",
+    "RFC 7143 4.2.2.4",
+    requirements=["R7143-11.5.6-1"],
+    needs=("bidirectional", "xdwriteread"),
+)
+async def test_bidi_reassigned_from_expdatasn(target: Any) -> None:
+    """A bidirectional XDWRITEREAD(10) (DISABLE WRITE one: the blocks stay) ends with its
+    read part and status never acknowledged; the connection drops; a new connection
+    with the same CID reassigns it with ExpDataSN the DataSN of its last Data-In. The
+    target sends that Data-In again (same DataSN in the sequence R2T and Data-In share,
+    4.2.2.4; same offset and data) and then the status (11.5.6, MUST)."""
+    async with _erl2_session(target) as (lu, first), contextlib.AsyncExitStack() as stack:
+        new = os.urandom(BLOCKS * BLOCK)
+        out = await first.command(
+            cdb.xdwriteread10(LBA, BLOCKS, disable_write=True),
+            lun=lu.lun,
+            data_out=new,
+            bidi_read_length=len(new),
+        )
+        if out.status != 0 or len(out.data_ins) < 2 or out.response is None:
+            raise violation(
+                "harness",
+                f"the XDWRITEREAD(10) to reassign ended {out.status!r} with "
+                f"{len(out.data_ins)} Data-In PDU(s) (two or more wanted)",
+                sent=out.sent,
+                received=out.shown(),
+            )
+        # Nothing acknowledges the status: the connection fails at once.
+        await first.raw.__aexit__(None, None, None)
+        wait = int(first.probe.negotiated.get("DefaultTime2Wait", "2"))
+        second = await _new_connection(lu, stack, first, first.probe.cid, wait)
+        last = max(out.data_ins, key=lambda p: p.datasn)
+        req = _reassign(second, out.command, expdatasn=last.datasn)
+        await second.send(req)
+        resp, seen = await _tmf_response(second, req, out.command.itt)
+        if not isinstance(resp, P.TaskManagementResponse) or resp.response != 0:
+            anyway = await _continued_anyway(second, out.command.itt) if resp is not None else ""
+            require(
+                False,
+                "R7143-7.2.2-1",
+                "TASK REASSIGN of a bidirectional command after its connection failed "
+                f"answered {getattr(resp, 'response', None) if resp is not None else second.no_answer}"
+                + anyway,
+                sent=[req],
+                received=second.shown(*seen),
+            )
+        pdus: list[Any] = []
+        status = None
+        for _ in range(64):
+            p = await second.recv()
+            if p is None:
+                break
+            pdus.append(p)
+            if isinstance(p, P.ScsiResponse) and p.itt == out.command.itt:
+                status = p.status
+                break
+        again = [p for p in pdus if isinstance(p, P.ScsiDataIn) and p.itt == out.command.itt]
+        data = b"".join(p.data for p in sorted(again, key=lambda p: p.buffer_offset))
+        require(
+            bool(again)
+            and again[0].datasn == last.datasn
+            and again[0].buffer_offset == last.buffer_offset
+            and data == last.data,
+            "R7143-11.5.6-1",
+            f"after TASK REASSIGN with ExpDataSN {last.datasn} (the last of "
+            f"{len(out.data_ins)} Data-In, after {len(out.r2ts)} R2T(s)) the target sent "
+            f"{len(again)} Data-In PDU(s)"
+            + (
+                f" (first DataSN {again[0].datasn}, offset {again[0].buffer_offset}, "
+                f"{len(data)} bytes; wanted DataSN {last.datasn}, offset "
+                f"{last.buffer_offset}, {len(last.data)} bytes, the same data)"
+                if again
+                else ""
+            )
+            + ("" if status is not None else f"; {second.no_answer}"),
+            sent=[req],
+            received=second.shown(*pdus),
+        )
+        require(
+            status == 0,
+            "R7143-11.5.6-1",
+            f"the reassigned command's status did not follow its data: {status!r}",
+            received=second.shown(*pdus, None),
+        )

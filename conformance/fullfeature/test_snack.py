@@ -179,8 +179,8 @@ async def test_erl0_snack_rejected(target: Any) -> None:
 # --------------------------------------------------------------------------- ERL 1
 
 
-async def _erl1(target: Any) -> Any:
-    ctx = full_feature(target, keys=[("ErrorRecoveryLevel", "1"), *SMALL_PDUS])
+async def _erl1(target: Any, keys: list[tuple[str, str]] | None = None) -> Any:
+    ctx = full_feature(target, keys=[("ErrorRecoveryLevel", "1"), *SMALL_PDUS, *(keys or [])])
     ffp = await ctx.__aenter__()
     agreed = ffp.probe.negotiated.get("ErrorRecoveryLevel", "0")
     if agreed != "1":
@@ -297,5 +297,65 @@ async def test_erl1_data_snack_beyond_range(target: Any) -> None:
             sent=[snack],
             received=_seen(ffp, got),
         )
+    finally:
+        await ctx.__aexit__(None, None, None)
+
+
+@spec(
+    "FullFeature.Snack.Erl1.BidiDataSnackResends",
+    "RFC 7143 11.16",
+    "RFC 7143 4.2.2.4",
+    requirements=["R7143-11.16-3"],
+    needs=("bidirectional", "xdwriteread"),
+)
+async def test_erl1_bidi_data_snack_resends(target: Any) -> None:
+    """At ErrorRecoveryLevel 1, a Data SNACK for the second and third Data-In of a
+    bidirectional XDWRITEREAD(10) (DISABLE WRITE one: the blocks stay) brings those
+    PDUs back unchanged. BegRun is their DataSN in the sequence R2T and Data-In share
+    (4.2.2.4, 11.7.5), so it counts the R2Ts before them."""
+    ctx, ffp = await _erl1(target, [("InitialR2T", "Yes"), ("ImmediateData", "No")])
+    try:
+        blocks = 4
+        out = await ffp.command(
+            cdb.xdwriteread10(0, blocks, disable_write=True),
+            lun=target.lun,
+            data_out=bytes(range(256)) * (blocks * BLOCK // 256),
+            bidi_read_length=blocks * BLOCK,
+        )
+        require(
+            out.status == 0 and len(out.data_ins) == blocks and out.response is not None,
+            "RSBC3-5.48-1",
+            f"XDWRITEREAD(10) of {blocks} blocks: status {out.status!r}, "
+            f"{len(out.data_ins)} Data-In PDUs" + (f"; {out.missing()}" if out.missing() else ""),
+            sent=out.sent,
+            received=out.shown(),
+        )
+        first = min(p.datasn for p in out.data_ins)
+        snack = _snack(ffp, out, SnackType.DATA_R2T, begrun=first + 1, runlength=2)
+        await ffp.send(snack)
+        got, gone = await _collect(ffp, min(ffp.timeout, 2.0))
+        again = [p for p in got if isinstance(p, P.ScsiDataIn) and p.itt == out.command.itt]
+        rejected = any(isinstance(p, P.Reject) for p in got)
+        what = "closed the connection" if gone else "rejected it" if rejected else "stayed silent"
+        require(
+            sorted(p.datasn for p in again) == [first + 1, first + 2],
+            "R7143-11.16-3",
+            f"a Data SNACK for DataSN {first + 1}..{first + 2} (the read part after "
+            f"{len(out.r2ts)} R2T(s)) brought back DataSN {[p.datasn for p in again]}"
+            + ("" if again else f": the target {what}"),
+            sent=[*out.sent, snack],
+            received=[*out.received, *_seen(ffp, got)],
+        )
+        original = {p.datasn: p for p in out.data_ins}
+        for p in again:
+            was = original[p.datasn]
+            require(
+                p.buffer_offset == was.buffer_offset and p.data == was.data,
+                "R7143-11.16-3",
+                f"the resent DataSN {p.datasn} differs from the original (offset "
+                f"{p.buffer_offset} vs {was.buffer_offset}, or its data)",
+                sent=[*out.sent, snack],
+                received=[*out.received, *_seen(ffp, got)],
+            )
     finally:
         await ctx.__aexit__(None, None, None)

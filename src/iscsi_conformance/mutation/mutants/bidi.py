@@ -74,9 +74,9 @@ def ahs_ignored(p: Patcher) -> None:
 )
 def datasn_from_zero(p: Patcher) -> None:
     def make(old: Any) -> Any:
-        def send(self: TaskIO, task: Task, data: bytes) -> int:
+        def send(self: TaskIO, task: Task, data: bytes, **kw: Any) -> int:
             task.r2tsn = 0
-            return old(self, task, data)  # type: ignore[no-any-return]
+            return old(self, task, data, **kw)  # type: ignore[no-any-return]
 
         return send
 
@@ -115,3 +115,44 @@ def residual_off(p: Patcher) -> None:
         lambda pdu: pdu.bidi_overflow or pdu.bidi_underflow,
         bidi_residual_count=lambda pdu: pdu.bidi_residual_count + 512,
     )
+
+
+@mutant(
+    "Data.Bidi.ReadPartNotKeptForSnack",
+    "data",
+    "the Data-In of a bidirectional command's read part is not kept at ErrorRecoveryLevel "
+    "1, so a Data SNACK for it is rejected instead of answered (11.16)",
+    catches=["FullFeature.Snack.Erl1.BidiDataSnackResends"],
+    suites=("FullFeature.Snack.Erl1",),
+)
+def read_part_not_kept(p: Patcher) -> None:
+    def make(old: Any) -> Any:
+        def send(self: TaskIO, task: Task, data: bytes, **kw: Any) -> int:
+            count: int = old(self, task, data, **kw)
+            task.sent_datain = []
+            return count
+
+        return send
+
+    p.wrap(TaskIO, "_send_bidi_data_in", make)
+
+
+@mutant(
+    "Data.Bidi.ReassignStatusOnly",
+    "data",
+    "after a TASK REASSIGN a finished bidirectional command resends only its status, not "
+    "its unacknowledged Data-In from ExpDataSN (11.5.6)",
+    catches=["FullFeature.Recovery.Erl2.BidiReassigned"],
+    suites=("FullFeature.Recovery.Erl2",),
+)
+def reassign_status_only(p: Patcher) -> None:
+    def resume(self: TaskIO, task: Task, expdatasn: int) -> None:
+        assert task.reply is not None
+        status, sense, _, overflow, underflow, residual = task.reply
+        bidi_over, bidi_under, bidi_residual = task.bidi_reply or (False, False, 0)
+        self._respond(
+            task, status, sense, overflow=overflow, underflow=underflow, residual=residual,
+            bidi_overflow=bidi_over, bidi_underflow=bidi_under, bidi_residual=bidi_residual,
+        )  # fmt: skip
+
+    p.replace(TaskIO, "_resume_bidi", resume)
