@@ -228,6 +228,7 @@ def test_erl1_data_snack_resends_the_read_part() -> None:
     again = _feed(
         engine, conn, P.SnackRequest(snack_type=0, itt=cmd.itt, begrun=first + 3, runlength=2)
     )
+    assert all(isinstance(p, P.ScsiDataIn) for p in again), again  # not a SNACK Reject
     assert [p.datasn for p in again] == [first + 3, first + 4]  # type: ignore[attr-defined]
     assert [p.data for p in again] == [p.data for p in data_ins[3:5]]  # type: ignore[attr-defined]
     # BegRun 0 RunLength 0: every unacknowledged Data-In (11.16.6)
