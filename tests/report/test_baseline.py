@@ -1,6 +1,6 @@
 """``run --baseline`` (and the terminal progress of ``run``): a real run of the Discovery.SendTargets tests against the
-reference target broken on purpose (a mutant that answers SendTargets=<unknown name>
-with every target) compared with a baseline where that test passed and another one
+reference target broken on purpose (a mutant that answers SendTargets=<a name it has>
+with no target) compared with a baseline where that test passed and another one
 failed: the run exits 1 for the regression, names it, and the report's Changes
 section lists the regression and the fix; against its own results the run has no
 regression. A baseline that cannot be read is one usage line before anything runs.
@@ -22,8 +22,8 @@ from iscsi_conformance.report.diff import diff
 from iscsi_conformance.report.model import Pairing, TestResult
 from iscsi_conformance.report.writer import dump_results
 
-MUTANT = "Discovery.SendTargets.UnknownNameReturnsAll"
-BROKEN, OTHER = "Discovery.SendTargets.UnknownName", "Discovery.SendTargets.Named"
+MUTANT = "Discovery.SendTargets.NamedAnswersNothing"
+BROKEN, OTHER = "Discovery.SendTargets.Named", "Discovery.SendTargets.UnknownName"
 PAIR = "reference×reference"
 
 
