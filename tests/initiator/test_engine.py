@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -397,3 +398,61 @@ def test_login_response_in_full_feature_phase_still_moves_the_window() -> None:
     assert any(
         "unexpected LoginResponse" in e.message for e in events if isinstance(e, ProtocolViolated)
     )
+
+
+def test_read_with_missing_data_in_is_never_good() -> None:
+    """RFC 7143 7.9: a skipped DataSN, bytes never sent, or an ExpDataSN counting Data-In
+    that never came are implied digest errors, which 7.8 has the initiator recover or
+    end with an error: the READ's result carries why and is not good, though its status
+    is GOOD (found through the conformance bridge: zeros were returned as data)."""
+    payload = bytes(i % 251 for i in range(2048))
+    cases = {
+        "skipped": [
+            ScsiDataIn(itt=0, datasn=0, buffer_offset=0, data=payload[:1024]),
+            ScsiDataIn(
+                itt=0,
+                datasn=2,
+                buffer_offset=1024,
+                data=payload[1024:],
+                final=True,
+                status_present=True,
+            ),
+        ],
+        "hole": [
+            ScsiDataIn(
+                itt=0,
+                datasn=0,
+                buffer_offset=1024,
+                data=payload[1024:],
+                final=True,
+                status_present=True,
+            )
+        ],
+        "expdatasn": [
+            ScsiDataIn(itt=0, datasn=0, buffer_offset=0, data=payload[:1024]),
+            ScsiDataIn(itt=0, datasn=1, buffer_offset=1024, data=payload[1024:], final=True),
+        ],
+    }
+    for name, pdus in cases.items():
+        c = conn(max_recv_data_segment_length_local=4096)
+        itt = c.start_command(0, bytes(16), expected_in=2048)
+        c.pdus_to_send()
+        events = []
+        for p in pdus:
+            events += c.receive_pdu(dataclasses.replace(p, itt=itt, expcmdsn=11, maxcmdsn=40))
+        if name == "expdatasn":
+            events += c.receive_pdu(
+                ScsiResponse(itt=itt, statsn=1, expdatasn=3, expcmdsn=11, maxcmdsn=40)
+            )
+        (done,) = [e for e in events if isinstance(e, CommandCompleted)]
+        assert done.result.status == 0 and not done.result.good, name
+        assert done.result.data_missing, name
+    # the same READ whole: good
+    c = conn(max_recv_data_segment_length_local=4096)
+    itt = c.start_command(0, bytes(16), expected_in=2048)
+    c.pdus_to_send()
+    events = c.receive_pdu(ScsiDataIn(itt=itt, datasn=0, buffer_offset=0, data=payload,
+                                      final=True, status_present=True, expcmdsn=11,
+                                      maxcmdsn=40))  # fmt: skip
+    (done,) = [e for e in events if isinstance(e, CommandCompleted)]
+    assert done.result.good and not done.result.data_missing

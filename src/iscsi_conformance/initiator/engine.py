@@ -135,10 +135,15 @@ class ScsiResult:
     response_pdu: ScsiResponse | ScsiDataIn | None = dataclasses.field(
         default=None, repr=False, compare=False
     )
+    #: Why the Data-In is known to be incomplete (a DataSN skipped, bytes never sent,
+    #: an ExpDataSN counting PDUs that never came), or "". RFC 7143 7.9 makes such gaps
+    #: implied digest errors, and 7.8 has the initiator recover the data or end the
+    #: command with an error: such a result is never good, whatever its status.
+    data_missing: str = ""
 
     @property
     def good(self) -> bool:
-        return self.response == 0 and self.status == ScsiStatus.GOOD
+        return self.response == 0 and self.status == ScsiStatus.GOOD and not self.data_missing
 
     @property
     def sense_data(self) -> SenseData | None:
@@ -326,6 +331,18 @@ class SessionSequencer:
 # ====================================================================== tasks
 
 
+def _data_missing(task: _Task, expdatasn: int | None) -> str:
+    """Why ``task``'s Data-In is known to be incomplete, or "" (see ScsiResult)."""
+    if task.datasn_skipped:
+        return "a Data-In DataSN was skipped"
+    if task.data_in_bytes < task.data_in_end:
+        return f"{task.data_in_end - task.data_in_bytes} bytes within the data never came"
+    if expdatasn is not None and task.next_datasn != expdatasn and expdatasn != 0:
+        if _sn_lt(task.next_datasn, expdatasn):
+            return f"ExpDataSN {expdatasn} counts Data-In never received ({task.next_datasn})"
+    return ""
+
+
 class _TaskExtra(TypedDict, total=False):
     """What a request needs beyond the common task fields."""
 
@@ -353,6 +370,7 @@ class _Task:
     data_in_end: int = 0
     data_in_bytes: int = 0
     next_datasn: int = 0
+    datasn_skipped: bool = False  # a Data-In came with a DataSN beyond the next one
     next_r2tsn: int = 0
     r2t_count: int = 0
     status_result: ScsiResult | None = None
@@ -829,6 +847,8 @@ class InitiatorConnection:
                 "RFC 7143 11.7.5",
                 pdu,
             )
+            if _sn_lt(task.next_datasn, pdu.datasn):
+                task.datasn_skipped = True
         task.next_datasn = _sn_add(pdu.datasn, 1)
         n = len(pdu.data)
         if n > self.params.max_recv_data_segment_length_local:
@@ -891,6 +911,7 @@ class InitiatorConnection:
                 overflow=pdu.overflow,
                 itt=task.itt,
                 response_pdu=pdu,
+                data_missing=_data_missing(task, None),
             )
             self._check_residual(task, result, pdu, events)
             self._finish(task)
@@ -998,6 +1019,7 @@ class InitiatorConnection:
             bidi_residual=pdu.bidi_residual_count,
             itt=task.itt,
             response_pdu=pdu,
+            data_missing=_data_missing(task, pdu.expdatasn if task.extra["read"] else None),
         )
         self._check_residual(task, result, pdu, events)
         self._finish(task)
