@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from iscsi_conformance.core import pdu as P
-from iscsi_conformance.core.codes import SnackType
+from iscsi_conformance.core.codes import RejectReason, SnackType
 from iscsi_conformance.harness.probe import FullFeature, Outcome, full_feature
 from iscsi_conformance.plugin import require, spec
 from iscsi_conformance.scsi import cdb
@@ -290,10 +290,19 @@ async def test_erl1_data_snack_beyond_range(target: Any) -> None:
             sent=[*out.sent, snack],
             received=[*out.received, *_seen(ffp, got)],
         )
+        rejects = [p for p in got if isinstance(p, P.Reject)]
         require(
-            any(isinstance(p, P.Reject) for p in got),
+            bool(rejects),
             "R7143-11.16-5",
             "a Data SNACK for DataSNs the task never produced was not rejected",
+            sent=[snack],
+            received=_seen(ffp, got),
+        )
+        require(
+            any(p.reason == RejectReason.PROTOCOL_ERROR for p in rejects),
+            "R7143-11.16-5",
+            "a Data SNACK for DataSNs the task never produced was rejected with reason "
+            f"{', '.join(f'{p.reason:#04x}' for p in rejects)}, not Protocol Error (0x04)",
             sent=[snack],
             received=_seen(ffp, got),
         )

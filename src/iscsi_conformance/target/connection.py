@@ -846,12 +846,14 @@ class Connection(TaskIO):
                     self.emit_raw(self._retained[sn])
                     sent += 1
             if not sent:
-                self.reject(RejectReason.SNACK_REJECT, P.bhs_of(pdu))
+                # statuses never sent or already acknowledged: Protocol Error (11.16)
+                self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
             return
         if kind in (SnackType.DATA_R2T, SnackType.R_DATA):
             held = self._held.get(pdu.itt)
             if held is None:
-                self.reject(RejectReason.SNACK_REJECT, P.bhs_of(pdu))
+                # no Data-In kept for the tag: never sent, or acknowledged (11.16)
+                self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
                 return
             frames = held.sent_datain
             everything = kind == SnackType.R_DATA or (pdu.begrun == 0 and pdu.runlength == 0)
@@ -861,7 +863,10 @@ class Connection(TaskIO):
             begin = 0 if everything else (pdu.begrun - held.sent_base) & 0xFFFFFFFF
             end = len(frames) if everything or pdu.runlength == 0 else begin + pdu.runlength
             if begin >= len(frames) or end > len(frames):
-                self.reject(RejectReason.SNACK_REJECT, P.bhs_of(pdu))
+                # DataSNs never sent: Protocol Error, with the next DataSN the target
+                # would send for the task (11.16, 11.17.2)
+                nxt = (held.sent_base + len(frames)) & 0xFFFFFFFF
+                self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu), datasn_r2tsn=nxt)
                 return
             for raw in frames[begin:end]:
                 self.emit_raw(raw)

@@ -193,3 +193,33 @@ def erl2_data_not_resent(p: Patcher) -> None:
         return resume_task
 
     p.wrap(TaskIO, "resume_task", make)
+
+
+@mutant(
+    "Recovery.Snack.NeverSentSnackReject",
+    "recovery",
+    "a SNACK for statuses or Data-In never sent (or acknowledged) is rejected with reason "
+    "SNACK Reject (03h), not Protocol Error (11.16: MUST)",
+    catches=["FullFeature.Snack.Erl1.DataSnackBeyondRange"],
+)
+def never_sent_snack_reject(p: Patcher) -> None:
+    from iscsi_conformance.core.codes import RejectReason
+
+    def make(old: Any) -> Any:
+        def on_snack(self: Connection, pdu: P.SnackRequest, now: float) -> None:
+            real = self.reject
+
+            def reject(reason: int, header: bytes, *, datasn_r2tsn: int = 0) -> None:
+                if self.erl > 0 and reason == RejectReason.PROTOCOL_ERROR:
+                    reason = RejectReason.SNACK_REJECT
+                real(reason, header, datasn_r2tsn=datasn_r2tsn)
+
+            self.reject = reject  # type: ignore[method-assign]
+            try:
+                old(self, pdu, now)
+            finally:
+                del self.reject
+
+        return on_snack
+
+    p.wrap(Connection, "on_snack", make)
