@@ -362,7 +362,7 @@ iscsiadm -m discoverydb -t st -p $P -o delete >/dev/null 2>&1
 echo "discovery=$d login=$l read=$r logout=$o rss=$({_ISCSID_RSS})"
 {_LIST_FILES} | sed 's/^/file: /'
 """
-        bound = d + lg + rd + lo + 60
+        bound: float = d + lg + rd + lo + 60
         if limit < OpenIscsiClient.limit:
             # a round cut short by the campaign's deadline ends with it (--seconds is a
             # hard bound): the agent gives up, the round is no verdict, the VM is stopped
