@@ -156,6 +156,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ini_type="bool",
     )
     add(
+        "--iscsi-skip-pairing",
+        "iscsi_skip_pairings",
+        "INITIATOR@TARGET: leave this pairing out (e.g. reference@reference in a matrix "
+        "whose reference x reference cell comes from the embedded run); repeatable",
+        action="append",
+        ini_type="linelist",
+    )
+    add(
         "--iscsi-strict",
         "iscsi_strict",
         "strict verdicts: a SHOULD broken is a failure, not a non-strict result "
@@ -378,6 +386,7 @@ def pytest_collection_modifyitems(
     # tests whose instrument is not in the run (e.g. initiator tests while certifying a
     # third-party target) are deselected, not skipped: they say nothing of this run
     targets = set(_effective_targets(run))
+    skipped = set(_opt(config, "iscsi_skip_pairings") or [])
     outside = [
         item
         for item in items
@@ -387,6 +396,7 @@ def pytest_collection_modifyitems(
         and (
             item.callspec.params["pairing"].target not in targets
             or (info.pairing == "target" and not run.target_column)
+            or str(item.callspec.params["pairing"]) in skipped
         )
     ]
     if outside:
