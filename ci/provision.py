@@ -6,6 +6,14 @@
                                         and the micro-VM kernel and root file system
                                         (all cached; the IPsec root file system too when
                                         ISCSI_CONFORMANCE_IPSEC_PAIRINGS is set)
+    python ci/provision.py packages --peers-in-background
+                                        packages, then `peers` in a detached process
+                                        (log: .../provision-background.log) while the
+                                        caller goes on: the unit env's tests overlap the
+                                        image builds of a fresh machine
+
+Runs take one lock (/run/lock/iscsi-conformance-provision.lock): a `peers` step that
+starts while the background one works waits for it, then finds everything there.
 
 Only as root: anywhere else it says what it did not do and exits 0, so a user's
 machine is never changed behind their back (the tests then skip what has no peer,
@@ -15,13 +23,50 @@ its result is already there, so running it before each environment costs seconds
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+LOCK = Path("/run/lock/iscsi-conformance-provision.lock")
+BACKGROUND_LOG = ROOT / "reports" / "out" / "provision-background.log"
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """One provisioning at a time on this machine (a second waits for the first)."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK.open("a") as fh:
+        waited = time.monotonic()
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        if time.monotonic() - waited > 1:
+            print(f"provision: waited {time.monotonic() - waited:.0f} s for another run")
+        yield
+
+
+def _background_peers() -> None:
+    """Start `peers` detached, and return once it holds the lock (so that a later
+    `peers` step waits for it instead of building the same images beside it)."""
+    BACKGROUND_LOG.parent.mkdir(parents=True, exist_ok=True)
+    ready = BACKGROUND_LOG.with_suffix(".locked")
+    ready.unlink(missing_ok=True)
+    with BACKGROUND_LOG.open("w") as log:
+        subprocess.Popen(
+            [sys.executable, __file__, "peers", "--signal-locked", str(ready)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # not stopped with the caller's process group
+        )
+    deadline = time.monotonic() + 30
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print(f"provision: peers provisioning in the background (log {BACKGROUND_LOG})")
 
 
 def _packages() -> None:
@@ -62,13 +107,18 @@ def main(argv: list[str]) -> int:
         return 0
     started = time.monotonic()
     try:
-        _packages()
-        if what == "peers":
-            _images()
+        with _locked():
+            if "--signal-locked" in argv:
+                Path(argv[argv.index("--signal-locked") + 1]).touch()
+            _packages()
+            if what == "peers":
+                _images()
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         print(f"provision: {exc}", file=sys.stderr)
         return 1
-    print(f"provision: {what} ready in {time.monotonic() - started:.1f} s")
+    print(f"provision: {what} ready in {time.monotonic() - started:.1f} s", flush=True)
+    if what == "packages" and "--peers-in-background" in argv:
+        _background_peers()
     return 0
 
 
