@@ -93,6 +93,7 @@ class Verdict:
     known: list[tuple[FuzzFailure, Deviation]] = dataclasses.field(default_factory=list)
     reported: list[FuzzFailure] = dataclasses.field(default_factory=list)
     new: list[FuzzFailure] = dataclasses.field(default_factory=list)
+    new_fails: bool = True  # whether a new failure fails the campaign (see judge)
 
     def lines(self) -> list[str]:
         """The verdict, one line per failure seen."""
@@ -106,7 +107,7 @@ class Verdict:
             out.append(f"  reported ({f.level}, not a MUST): {f.kind} at {f.place} ({f.count}x)")
         for f in self.new:
             req = f", {f.requirement}" if f.requirement else ""
-            label = "NEW" if self.slot.ours or not self.ok else "NEW, not recorded yet"
+            label = "NEW" if self.new_fails else "NEW, not recorded yet"
             out.append(
                 f"  {label}: {f.kind} at {f.place} ({f.count}x, {f.level}{req}): {f.detail}"
                 + (f"; reproducer {f.reproducer}" if f.reproducer else "; no reproducer saved")
@@ -152,7 +153,8 @@ def judge(
             verdict.reported.append(f)
         else:
             verdict.new.append(f)
-    if verdict.new and (slot.ours or strict_peers):
+    verdict.new_fails = slot.ours or strict_peers
+    if verdict.new and verdict.new_fails:
         verdict.ok = False
     return verdict
 

@@ -108,7 +108,6 @@ class ObservedConnection:
         self.decoders: dict[Direction, PDUDecoder] = {I2T: PDUDecoder(), T2I: PDUDecoder()}
         self.errors: list[tuple[Direction, Exception]] = []  # decode failures (peer's)
         self.harness_errors: list[str] = []  # our own failures (rewrite hook, target down)
-        self.late_injections: list[str] = []  # delayed injections not sent: it closed first
         self.opened = time.monotonic()
         self.closed: dict[Direction, float] = {}  # direction -> time its sender stopped
         # login, followed from the text of Login Requests/Responses (as delivered)
@@ -344,8 +343,10 @@ class Observer:
                 if delay > 0:
                     # A side closed the connection before the delay ran out (an
                     # initiator done with it, or one that gave up, which its own test
-                    # sees): nothing of ours failed.
-                    conn.late_injections.append(f"{type(pdu).__name__} ({note})")
+                    # sees): nothing of ours failed; the trace shows it undelivered.
+                    raw = self._encode(conn, direction, pdu)
+                    self._record(conn, direction, pdu, raw, origin="proxy", delivered=False,
+                                 note=f"{note}: not sent, the connection had closed")  # fmt: skip
                 else:
                     conn.harness_errors.append(
                         f"cannot inject {type(pdu).__name__}: connection closed"

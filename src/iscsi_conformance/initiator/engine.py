@@ -337,9 +337,8 @@ def _data_missing(task: _Task, expdatasn: int | None) -> str:
         return "a Data-In DataSN was skipped"
     if task.data_in_bytes < task.data_in_end:
         return f"{task.data_in_end - task.data_in_bytes} bytes within the data never came"
-    if expdatasn is not None and task.next_datasn != expdatasn and expdatasn != 0:
-        if _sn_lt(task.next_datasn, expdatasn):
-            return f"ExpDataSN {expdatasn} counts Data-In never received ({task.next_datasn})"
+    if expdatasn and _sn_lt(task.next_datasn, expdatasn):  # None or 0: nothing counted
+        return f"ExpDataSN {expdatasn} counts Data-In never received ({task.next_datasn})"
     return ""
 
 
