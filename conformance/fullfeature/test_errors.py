@@ -113,16 +113,14 @@ async def _ping(ffp: FullFeature) -> tuple[Any, Any]:
 
 @spec(
     "FullFeature.Errors.UnmappedLunCheckCondition",
-    ("SPC-4", "6.39", "INFORMATIONAL", "target"),
+    ("SAM-3", "5.9.4", "MUST", "target"),
     ("RFC 7143", "11.4.7", "INFORMATIONAL", "target"),
     requirements=["RSPC4-6.39-2", "R7143-11.4-3"],
 )
 async def test_unmapped_lun_check_condition(target: Any) -> None:
     """TEST UNIT READY to a LUN the target does not provide ends in CHECK CONDITION,
-    ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (25h/00h).
-
-    A robustness check: the rule is SAM's incorrect-logical-unit selection, whose text
-    was not read (RSPC4-6.39-2)."""
+    ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (25h/00h): SAM-3 5.9.4, incorrect
+    logical unit selection (shall; RSPC4-6.39-2 says where the text was read)."""
     async with full_feature(target) as ffp:
         lun = await _unmapped_lun(ffp, target)
         out = await ffp.command(cdb.test_unit_ready(), lun=lun)

@@ -1,4 +1,4 @@
-"""The answers of a LUN that is not there (SPC-4 6.4.1, SAM-5 5.9.6), sans-IO.
+"""The answers of a LUN that is not there (SPC-4 6.6, SAM-3 5.9.4), sans-IO.
 
 Theory of operation: when a command names a LUN the initiator has no logical unit at,
 the target's device server still answers three commands, and everything else gets
