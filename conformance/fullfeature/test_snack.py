@@ -8,15 +8,17 @@ initiator has not acknowledged them (ExpStatSN, DataACK).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from iscsi_conformance.core import pdu as P
+from iscsi_conformance.core import text as T
 from iscsi_conformance.core.codes import RejectReason, SnackType
 from iscsi_conformance.harness.probe import FullFeature, Outcome, full_feature
-from iscsi_conformance.plugin import require, spec
+from iscsi_conformance.plugin import require, spec, violation
 from iscsi_conformance.scsi import cdb
 
 NONE_TAG = 0xFFFFFFFF
@@ -366,5 +368,279 @@ async def test_erl1_bidi_data_snack_resends(target: Any) -> None:
                 sent=[*out.sent, snack],
                 received=[*out.received, *_seen(ffp, got)],
             )
+    finally:
+        await ctx.__aexit__(None, None, None)
+
+
+# --------------------------------------------------------------------------- R-Data
+
+SNACK_TAG = 0x0000C0DE  # neither 0 nor 0xffffffff, as 11.16.5 requires
+
+
+def _what(got: list[Any], gone: bool) -> str:
+    """How the target answered a SNACK that brought nothing usable back."""
+    if gone:
+        return "closed the connection"
+    if any(isinstance(p, P.Reject) for p in got):
+        return "rejected it"
+    return "stayed silent" if not got else "sent " + ", ".join(type(p).__name__ for p in got)
+
+
+@spec(
+    "FullFeature.Snack.Erl1.RDataSnackTaggedResponse",
+    "RFC 7143 11.16.3",
+    "RFC 7143 11.16.5",
+    "RFC 7143 6.4",
+    requirements=["R7143-11.16-6", "R7143-11.16-7"],
+)
+async def test_erl1_r_data_snack_tagged_response(target: Any) -> None:
+    """At ErrorRecoveryLevel 1, after a READ of 4 blocks in 512-byte Data-In PDUs and a
+    new MaxRecvDataSegmentLength of 1024 declared by Text Request (6.4), an R-Data
+    SNACK (the case 11.16.3 requires it for) brings back all of the READ's data within
+    the new limit, then a SCSI Response carrying the SNACK Tag as the command's last
+    response, although the first status came in the last Data-In (11.16.3, 11.16.5:
+    MUST). The response's StatSN and status are those of the first status (11.16.3,
+    lower-case must: recorded only)."""
+    ctx, ffp = await _erl1(target)
+    try:
+        out = await _read(ffp, target)
+        status_sn = _status_statsn(out)
+        itt = out.command.itt
+        text = P.TextRequest(
+            final=True,
+            itt=ffp.next_itt(),
+            ttt=NONE_TAG,
+            cmdsn=ffp.take_cmdsn(),
+            expstatsn=status_sn,  # the READ's status stays unacknowledged
+            data=T.format_pairs([("MaxRecvDataSegmentLength", "1024")]),
+        )
+        reply = await ffp.exchange(text)
+        if not isinstance(reply.pdu, P.TextResponse) or "Reject" in reply.pdu.data.decode(
+            "utf-8", "replace"
+        ):
+            raise violation(
+                "harness",
+                "declaring MaxRecvDataSegmentLength=1024 in full feature phase did not "
+                f"complete: {reply.pdu or reply.missing()}",
+                sent=[text],
+                received=reply.shown(),
+            )
+        snack = P.SnackRequest(
+            snack_type=SnackType.R_DATA,
+            lun=out.command.lun,
+            itt=itt,
+            ttt=SNACK_TAG,
+            expstatsn=status_sn,
+            begrun=0,  # 11.16.6, 11.16.7: both 0 for an R-Data SNACK
+            runlength=0,
+        )
+        await ffp.send(snack)
+        got, gone = await _collect(ffp, min(ffp.timeout, 2.0))
+        sent = [*out.sent, text, snack]
+        received = [*out.received, *reply.shown(), *_seen(ffp, got)]
+        mine = [p for p in got if isinstance(p, P.ScsiDataIn | P.ScsiResponse) and p.itt == itt]
+        tagged = [p for p in mine if isinstance(p, P.ScsiResponse) and p.snack_tag == SNACK_TAG]
+        require(
+            bool(tagged),
+            "R7143-11.16-6",
+            f"an R-Data SNACK with SNACK Tag {SNACK_TAG:#x} brought no SCSI Response carrying "
+            f"it: the target {_what(got, gone)}"
+            + (
+                f" (SCSI Responses with SNACK Tag {[hex(p.snack_tag) for p in mine if isinstance(p, P.ScsiResponse)]})"
+                if any(isinstance(p, P.ScsiResponse) for p in mine)
+                else ""
+            ),
+            sent=sent,
+            received=received,
+        )
+        require(
+            mine[-1] is tagged[-1],
+            "R7143-11.16-6",
+            "the SCSI Response with the R-Data SNACK's Tag is not the command's last "
+            f"response: {type(mine[-1]).__name__} (DataSN/StatSN "
+            f"{getattr(mine[-1], 'datasn', getattr(mine[-1], 'statsn', None))}) came after it",
+            sent=sent,
+            received=received,
+        )
+        again = [p for p in mine if isinstance(p, P.ScsiDataIn)]
+        data = bytearray(len(out.data))
+        for p in again:
+            data[p.buffer_offset : p.buffer_offset + len(p.data)] = p.data
+        require(
+            bytes(data) == out.data and sum(len(p.data) for p in again) >= len(out.data),
+            "R7143-11.16-6",
+            f"after an R-Data SNACK the READ's {len(out.data)} bytes did not all come "
+            f"back: {len(again)} Data-In PDUs, {sum(len(p.data) for p in again)} bytes"
+            + ("" if bytes(data) == out.data or not again else ", not the data first read"),
+            sent=sent,
+            received=received,
+        )
+        too_long = [p.datasn for p in again if len(p.data) > 1024]
+        require(
+            not too_long,
+            "R7143-11.16-6",
+            f"Data-In resent for the R-Data SNACK exceed the MaxRecvDataSegmentLength of "
+            f"1024 declared before it: DataSN {too_long}",
+            sent=sent,
+            received=received,
+        )
+        first = out.response
+        last = tagged[-1]
+        require(
+            last.statsn == first.statsn and last.status == first.status,
+            "R7143-11.16-7",
+            f"the R-Data SNACK's SCSI Response has StatSN {last.statsn} and status "
+            f"{last.status:#04x}; the command's status had StatSN {first.statsn} and "
+            f"status {first.status:#04x}",
+            sent=sent,
+            received=received,
+        )
+        # a Status SNACK now brings back the latest response, SNACK Tag included
+        status = P.SnackRequest(
+            snack_type=SnackType.STATUS,
+            itt=NONE_TAG,
+            ttt=NONE_TAG,
+            expstatsn=status_sn,
+            begrun=status_sn,
+            runlength=1,
+        )
+        await ffp.send(status)
+        back, gone = await _collect(ffp, min(ffp.timeout, 2.0))
+        latest = [p for p in back if isinstance(p, P.ScsiResponse | P.ScsiDataIn) and p.itt == itt]
+        require(
+            bool(latest)
+            and isinstance(latest[-1], P.ScsiResponse)
+            and latest[-1].snack_tag == SNACK_TAG,
+            "R7143-11.16-7",
+            f"a Status SNACK for StatSN {status_sn} after the R-Data SNACK brought "
+            + (
+                f"{type(latest[-1]).__name__} with SNACK Tag {getattr(latest[-1], 'snack_tag', None)}"
+                if latest
+                else f"nothing for the command: the target {_what(back, gone)}"
+            ),
+            sent=[*sent, status],
+            received=[*received, *_seen(ffp, back)],
+        )
+    finally:
+        await ctx.__aexit__(None, None, None)
+
+
+# --------------------------------------------------------------------------- R2T SNACK
+
+
+@spec(
+    "FullFeature.Snack.Erl1.R2tSnackResends",
+    "RFC 7143 11.16",
+    "RFC 7143 11.16.6",
+    "RFC 7143 11.8",
+    requirements=["R7143-11.16-8"],
+    dataloss=True,
+)
+async def test_erl1_r2t_snack_resends(target: Any) -> None:
+    """At ErrorRecoveryLevel 1, a WRITE of 4 blocks without immediate or unsolicited
+    data: its first R2T is taken as lost and asked for again by a Data/R2T SNACK
+    (BegRun its R2TSN, RunLength 1), and so is a second one if the target splits the
+    write (BegRun its R2TSN, RunLength 0). Each comes back as it was (R2TSN, Target
+    Transfer Tag, LUN, Buffer Offset, Desired Data Transfer Length) with the current
+    StatSN (11.16: MUST); answered, the WRITE ends GOOD and a READ returns its data."""
+    target.require_dataloss()
+    keys = [("InitialR2T", "Yes"), ("ImmediateData", "No"), ("MaxBurstLength", "1024")]
+    ctx, ffp = await _erl1(target, keys)
+    try:
+        blocks, lba = 4, 64
+        new = os.urandom(blocks * BLOCK)
+        cmd, r2t, got = await ffp.hold_write(target.lun, cdb.write10(lba, blocks), len(new))
+        sent: list[Any] = [cmd]
+        received: list[Any] = [*got, *ffp.shown(None if r2t is None else r2t)]
+        if r2t is None:
+            raise violation(
+                "harness",
+                f"WRITE(10) without data brought no R2T: {ffp.no_answer or 'a SCSI Response'}",
+                sent=sent,
+                received=received,
+            )
+        current = r2t
+        snacked = 0
+        runlength = 1
+        while current is not None:
+            # the R2T is lost: ask for it again by its R2TSN
+            snack = P.SnackRequest(
+                snack_type=SnackType.DATA_R2T,
+                lun=cmd.lun,
+                itt=cmd.itt,
+                ttt=NONE_TAG,
+                expstatsn=ffp.expstatsn,
+                begrun=current.r2tsn,
+                runlength=runlength,
+            )
+            now_statsn = ffp.expstatsn
+            await ffp.send(snack)
+            sent.append(snack)
+            back, gone = await _collect(ffp, min(ffp.timeout, 2.0))
+            received.extend(_seen(ffp, back))
+            again = [p for p in back if isinstance(p, P.R2T) and p.itt == cmd.itt]
+            require(
+                bool(again),
+                "R7143-11.16-8",
+                f"a Data/R2T SNACK for R2TSN {current.r2tsn} of a WRITE under way brought no "
+                f"R2T: the target {_what(back, gone)}",
+                sent=sent,
+                received=received,
+            )
+            fields = ("r2tsn", "ttt", "lun", "buffer_offset", "desired_data_transfer_length")
+            differ = [
+                f"{f} {getattr(again[0], f)} (was {getattr(current, f)})"
+                for f in fields
+                if getattr(again[0], f) != getattr(current, f)
+            ]
+            require(
+                not differ and len(again) == 1,
+                "R7143-11.16-8",
+                f"the R2T resent for R2TSN {current.r2tsn} is not a replica of the first: "
+                + ("; ".join(differ) if differ else f"{len(again)} R2Ts came back"),
+                sent=sent,
+                received=received,
+            )
+            require(
+                again[0].statsn == now_statsn,
+                "R7143-11.16-8",
+                f"the R2T resent for R2TSN {current.r2tsn} carries StatSN {again[0].statsn}, "
+                f"not the current {now_statsn}",
+                sent=sent,
+                received=received,
+            )
+            snacked += 1
+            sent.extend(await ffp.answer_r2t(cmd, again[0], new))
+            # the next R2T, if the write takes more than one burst, is lost as well
+            current = None
+            runlength = 0
+            while True:
+                p = await ffp.recv()
+                received.append(p if p is not None else ffp.no_answer)
+                if p is None or (isinstance(p, P.ScsiResponse) and p.itt == cmd.itt):
+                    break
+                if isinstance(p, P.R2T) and p.itt == cmd.itt:
+                    current = p
+                    break
+            if current is None:
+                break
+        rsp = received[-1]
+        require(
+            isinstance(rsp, P.ScsiResponse) and rsp.itt == cmd.itt and rsp.status == 0,
+            "R7143-11.16-8",
+            f"the WRITE whose R2T(s) were resent after {snacked} SNACK(s) did not end GOOD: "
+            + (f"status {rsp.status:#04x}" if isinstance(rsp, P.ScsiResponse) else str(rsp)),
+            sent=sent,
+            received=received,
+        )
+        check = await ffp.command(cdb.read10(lba, blocks), read_length=len(new), lun=target.lun)
+        require(
+            check.status == 0 and check.data == new,
+            "R7143-11.16-8",
+            f"a READ after the WRITE recovered by R2T SNACK: status {check.status!r}, "
+            + ("the data written" if check.data == new else "not the data written"),
+            sent=[*sent, *check.sent],
+            received=[*received, *check.shown()],
+        )
     finally:
         await ctx.__aexit__(None, None, None)

@@ -44,6 +44,7 @@ from iscsi_conformance.harness.profiles import (
     REFERENCE_INITIATOR_NAME,
     capability_satisfied,
 )
+from iscsi_conformance.peers.base import LoginOptions
 from iscsi_conformance.plugin import require, spec
 from iscsi_conformance.scsi import cdb
 
@@ -2261,3 +2262,268 @@ async def _two_open_iscsi_vms(initiator: Any, target: Any) -> None:
                     with contextlib.suppress(Exception):
                         drv.logout(sess)
             await loop.run_in_executor(None, second.stop)
+
+
+# ====================================================================== three mixed nodes
+#: Node C's initiator name when it is a libiscsi node (a host of its own).
+LIBISCSI_NODE_C = "iqn.2024-01.org.iscsi-conformance:cluster-node-c-libiscsi"
+
+
+@contextlib.asynccontextmanager
+async def _libiscsi_node_driver(initiator: Any, pool: Any) -> AsyncIterator[Any]:
+    """A libiscsi driver for a further node with ``iscsi-pr``: the pairing's own, the
+    run's (libiscsi is another initiator of the run), or one of this test's own in a
+    container on the run's docker network (stopped on exit); None where none can run
+    (no docker network, or libiscsi without its PR tool)."""
+    if hasattr(initiator.driver, "node_login"):
+        yield initiator.driver if initiator.driver.has_pr_tool() else None
+        return
+    entry = getattr(pool, "initiators", {}).get("libiscsi")
+    if entry is not None:
+        entry.ensure_started()
+        yield entry.driver if entry.driver.has_pr_tool() else None
+        return
+    env = getattr(pool, "docker_env", None)
+    if env is None:
+        yield None
+        return
+    from iscsi_conformance.peers.libiscsi import LibiscsiInitiator
+
+    lib = LibiscsiInitiator(mode="container", docker_env=env)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, lib.start)
+    try:
+        yield lib
+    finally:
+        await loop.run_in_executor(None, lib.stop)
+
+
+class _ReferenceAsThirdParty:
+    """Node C as a reference-initiator session where no libiscsi node can run (tgt's
+    deviation, no docker network): the same calls as ``ThirdPartyNode``."""
+
+    def __init__(self, c: Cluster, node: Node) -> None:
+        self.c, self.node, self.name = c, node, node.name
+
+    async def pr_out(self, action: str, *, key: int = 0, sa_key: int = 0, pr_type: int = 0) -> str:
+        sa = {"register-ignore": REGISTER_IGNORE, "reserve": RESERVE}[action]
+        out = await self.c.pr_out(self.node, sa, key=key, sa_key=sa_key, pr_type=pr_type)
+        return "GOOD" if out.status == GOOD else describe(out)
+
+    async def write(self, lba: int, data: bytes) -> str:
+        out = await self.c.write(self.node, lba, data)
+        return "GOOD" if out.status == GOOD else describe(out)
+
+    async def keys(self) -> list[int] | None:
+        gen, keys, _out = await self.c.read_keys(self.node)
+        return keys if gen is not None else None
+
+
+async def _call(node: Any, method: str, *args: Any, **kw: Any) -> Any:
+    """``node.method(...)`` for a third-party node (blocking: its tools run in a
+    thread, so that the reference target of this process keeps serving) or a
+    reference one (a coroutine)."""
+    fn = getattr(node, method)
+    if asyncio.iscoroutinefunction(fn):
+        return await fn(*args, **kw)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, lambda: fn(*args, **kw))
+
+
+@spec(
+    "Cluster.Mixed.ThreeNodes",
+    "SPC-4 5.13.11.2.4",
+    "SPC-4 5.13.11.2.6",
+    "SPC-4 5.13.1",
+    "SPC-4 5.13.7",
+    pairing="all",
+    requirements=["RSPC4-5.13.7-3", "RSPC4-5.9-3", "RSPC4-5.9-7", "RSPC4-5.9-6"],
+    needs=(*PR, "initiator:persistent_reservations"),
+    dataloss=True,
+)
+def test_mixed_three_nodes(initiator: Any, target: Any, _iscsi_pool: Any) -> None:
+    """Issue 13's scenario 6 with a heterogeneous cluster of three hosts: node A is the
+    pairing's third-party initiator, node B the reference initiator, node C a libiscsi
+    node of its own initiator name (``iscsi-pr`` through one fixed ISID; with a libiscsi
+    pairing, a second libiscsi host). A unfences first and holds Write Exclusive -
+    Registrants Only, B and C register, A and C write. A fails: open-iscsi's host
+    resets for real (sysrq b, its micro-VM boots again and logs in by itself), a
+    libiscsi host just stops (it holds no connection between commands). B fences it
+    with PREEMPT AND ABORT (PREEMPT where refused) of A's key, which moves the
+    reservation to B and removes A's registration alone (SPC-4 5.13.11.2.4.3): C's
+    key stays and C writes and reads on, read back from B. A comes back (open-iscsi:
+    the same VM booted; libiscsi: a new ISID), answers TEST UNIT READY, finds its key
+    gone, its WRITE does not land (SPC-4 5.13.1: unregistered under Registrants Only;
+    the block read from B keeps A's data), and after REGISTER AND IGNORE EXISTING KEY
+    it writes again. Heavy on open-iscsi (a reboot and a libiscsi container):
+    ISCSI_CONFORMANCE_CLUSTER_HEAVY=1 runs it on every target; libiscsi pairings run it
+    in the default run."""
+    asyncio.run(
+        asyncio.wait_for(_mixed_three_nodes(initiator, target, _iscsi_pool), timeout=HEAVY_TIMEOUT)
+    )
+
+
+async def _mixed_three_nodes(initiator: Any, target: Any, pool: Any) -> None:
+    driver = initiator.driver
+    rebooting = hasattr(driver, "reboot") and driver.can_reboot()
+    if not rebooting and not hasattr(driver, "node_login"):
+        pytest.skip(f"{initiator.name} here is not a host the suite can reset (micro-VM only)")
+    if rebooting and not os.environ.get(ENV_HEAVY):
+        pytest.skip(
+            f"a reboot of {initiator.name}'s micro-VM and a libiscsi node: {ENV_HEAVY}=1 "
+            "(tox -e cluster) runs it; Cluster.Mixed.Reboot resets the node in the default run"
+        )
+    ka, kb, kc = (node_key(CLUSTER_NAME, f"three-mixed-{n}") for n in "abc")
+    deviation = getattr(target, "manifest", None) and target.manifest.deviation_for(
+        "Cluster.Restart.SameIsid"
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        lib = None if deviation else await stack.enter_async_context(
+            _libiscsi_node_driver(initiator, pool)
+        )  # fmt: skip
+        c = await stack.enter_async_context(cluster(target, f"mixed-three-nodes-{initiator.name}"))
+        b = await c.join("B")
+        ep = target.endpoint()
+        loop = asyncio.get_running_loop()
+        a = ThirdPartyNode(
+            c, "A", initiator, await loop.run_in_executor(None, _node_login, initiator, target, ep)
+        )
+        c.event(f"login ({initiator.name})", "A")
+        cnode: Any
+        c_session = None
+        if lib is not None:
+            c_session = await loop.run_in_executor(
+                None,
+                lambda: lib.node_login(ep, options=LoginOptions(initiator_name=LIBISCSI_NODE_C)),
+            )
+            cnode = ThirdPartyNode(c, "C", _Named("libiscsi", lib), c_session)
+            c.fact("node_c", f"libiscsi ({LIBISCSI_NODE_C}, ISID {c_session.ref.isid})")
+        else:
+            why = (
+                f"{target.name}'s deviation Cluster.Restart.SameIsid"
+                if deviation
+                else "no libiscsi with iscsi-pr in this run (no docker network)"
+            )
+            cnode = _ReferenceAsThirdParty(c, await c.join("C", initiator=THIRD))
+            c.fact("node_c", f"reference initiator ({why})")
+        c.event(f"node C: {c.facts['node_c']}", "C")
+        reboot: Any = None
+        try:
+            st = await _call(a, "pr_out", "register-ignore", sa_key=ka)
+            c.require(st == "GOOD", "RSPC4-5.13.7-3", f"A ({initiator.name}) registers: {st}")
+            st = await _call(a, "pr_out", "reserve", key=ka, pr_type=WE_RO)
+            c.require(st == "GOOD", "RSPC4-5.9-3", f"A reserves WE-RO: {st}")
+            out = await c.pr_out(b, REGISTER_IGNORE, sa_key=kb)
+            c.require(out.status == GOOD, "RSPC4-5.13.7-3", f"B registers: {describe(out)}", out)
+            st = await _call(cnode, "pr_out", "register-ignore", sa_key=kc)
+            c.require(st == "GOOD", "RSPC4-5.13.7-3", f"C registers: {st}")
+            mine_a, mine_c = c.pattern("node-A"), c.pattern("node-C")
+            await _call(a, "write", LBA + 15, mine_a)
+            st = await _call(cnode, "write", LBA + 16, mine_c)
+            c.require(st == "GOOD", "RSPC4-5.9-6", f"registrant C's WRITE: {st}", level="SHOULD")
+            state = await c.observe(b, "A holds, B and C registered")
+            c.require(
+                {ka, kb, kc} <= set(state.keys) and state.holder_key == ka,
+                "RSPC4-5.13.7-3",
+                f"B reads keys {[hex(k) for k in state.keys]}, holder {state.holder_key!r}: not the three registrations with A holding",
+            )
+            if rebooting:
+                c.event("A's host resets (sysrq b); B fences A", "A")
+                reboot = loop.run_in_executor(None, driver.reboot, a.session)
+            else:
+                c.event("A's host stops (no Logout: libiscsi holds no connection); B fences A", "A")
+            out = await _fence(c, b, kb, ka)
+            c.require(out.status == GOOD, "RSPC4-5.9-7", f"B's fence of A: {describe(out)}", out)
+            fenced = await c.observe(b, "A fenced")
+            c.require(
+                ka not in fenced.keys and kc in fenced.keys and fenced.holder_key == kb,
+                "RSPC4-5.9-7",
+                f"after B's PREEMPT of A's key B reads keys {[hex(k) for k in fenced.keys]}, holder {fenced.holder_key!r}: A's registration alone shall be gone, C's kept, and B hold the reservation (SPC-4 5.13.11.2.4.3)",
+                out,
+            )
+            seen_by_c = await _call(cnode, "keys")
+            again_c = c.pattern("node-C-after-fence")
+            st = await _call(cnode, "write", LBA + 16, again_c)
+            data, r = await c.read(b, LBA + 16)
+            c.require(
+                seen_by_c is not None and kc in seen_by_c and ka not in seen_by_c,
+                "RSPC4-5.9-7",
+                f"C reads keys {[hex(k) for k in seen_by_c or []]} after the fence: its own key shall stay and A's be gone",
+            )
+            c.require(
+                st == "GOOD" and data == again_c,
+                "RSPC4-5.9-6",
+                f"C keeps its access after A was fenced: WRITE {st}, read back from B {'same' if data == again_c else 'different'}",
+                r,
+                level="SHOULD",
+            )
+            if reboot is not None:
+                a.session, seconds = await reboot
+                c.event(f"A booted and logged in by itself after {seconds:.1f} s", "A")
+                c.fact("reboot_seconds", round(seconds, 1))
+            else:
+                a.session = await loop.run_in_executor(None, _node_login, initiator, target, ep)
+                c.event(f"A restarts: a new ISID {a.session.ref.isid}", "A")
+            tur = "not run"
+            for _ in range(4):  # unit attentions first (power on, registrations preempted)
+                tur = await _call(a, "tur")
+                if tur == "GOOD":
+                    break
+            keys = await _call(a, "keys")
+            c.require(
+                tur == "GOOD" and keys is not None and ka not in keys,
+                "RSPC4-5.9-7",
+                f"A back: TEST UNIT READY {tur}, reads keys {[hex(k) for k in keys or []]} (its key shall be gone: fenced)",
+            )
+            w = await _call(a, "write", LBA + 15, c.pattern("A-fenced"))
+            data, r = await c.read(b, LBA + 15)
+            c.require(
+                _conflicted(w) and data == mine_a,
+                "RSPC4-5.9-6",
+                f"fenced A's WRITE: {w} (RESERVATION CONFLICT expected; the Linux kernel reports it as EBADE, 'Invalid exchange'); the block read from B {'is unchanged' if data == mine_a else 'changed'} (SPC-4 5.13.1: an unregistered nexus's write conflicts under Registrants Only)",
+                r,
+            )
+            st = await _call(a, "pr_out", "register-ignore", sa_key=ka)
+            c.event("A rejoins (unfences)", "A")
+            back = c.pattern("node-A-back")
+            w = await _call(a, "write", LBA + 15, back)
+            data, r = await c.read(b, LBA + 15)
+            c.require(
+                st == "GOOD" and w == "GOOD" and data == back,
+                "RSPC4-5.9-6",
+                f"A registered again ({st}), its WRITE {w}, read back from B {'same' if data == back else 'different'}",
+                r,
+                level="SHOULD",
+            )
+            data, r = await c.read(b, LBA + 16)
+            c.require(
+                data == again_c,
+                "RSPC4-5.9-6",
+                "C's block changed while A was fenced and rejoined",
+                r,
+            )
+            await c.observe(b, "A back, three nodes registered")
+        finally:
+            if reboot is not None and not reboot.done():
+                with contextlib.suppress(Exception):
+                    a.session, _s = await reboot  # never leave the host half booted
+            for node in (a, cnode):
+                if isinstance(node, ThirdPartyNode):
+                    with contextlib.suppress(Exception):
+                        await _call(node, "pr_out", "register-ignore", sa_key=0)
+                    with contextlib.suppress(Exception):
+                        node.driver.logout(node.session)
+
+
+def _conflicted(status: str) -> bool:
+    """Whether a node's WRITE ended in RESERVATION CONFLICT: iscsi-pr's and the
+    reference initiator's words, or EBADE from open-iscsi's kernel (the SCSI midlayer
+    turns that status into a nexus failure, which dd reports as 'Invalid exchange')."""
+    return "RESERVATION CONFLICT" in status or "Invalid exchange" in status
+
+
+class _Named:
+    """What ``ThirdPartyNode`` reads of an initiator: its name and driver."""
+
+    def __init__(self, name: str, driver: Any) -> None:
+        self.name, self.driver = name, driver

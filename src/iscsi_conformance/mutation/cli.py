@@ -76,6 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 1 when a mutant not listed as a known survivor survives (CI)",
     )
+    p.add_argument(
+        "--initiator",
+        action="append",
+        metavar="NAME",
+        help="run the cells of this third-party initiator (libiscsi, open-iscsi) against "
+        "the mutated reference target instead of reference x reference (repeatable; "
+        "its peer must be provisioned)",
+    )
+    p.add_argument(
+        "--suite",
+        action="append",
+        metavar="PREFIX",
+        help="only tests whose ID starts with PREFIX, for every mutant, instead of its "
+        "area's suites (repeatable; e.g. Cluster.Mixed)",
+    )
     return p
 
 
@@ -216,8 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("iscsi-conformance mutate: no mutant selected", file=sys.stderr)
         return 2
     seed = (args.seed or default_seed()) if args.sample_per_area else None
+    initiators = [i for i in args.initiator or [] if i != "reference"]
     print(
-        f"{len(mutants)} mutants, {args.jobs} at a time" + (f", sample seed {seed}" if seed else "")
+        f"{len(mutants)} mutants, {args.jobs} at a time"
+        + (f", sample seed {seed}" if seed else "")
+        + (f", cells {', '.join(f'{i} x reference' for i in initiators)}" if initiators else "")
+        + (f", suites {', '.join(args.suite)}" if args.suite else "")
     )
     try:
         with _stopped_on_signal():
@@ -229,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 survivors=load_survivors(args.survivors),
                 seed=seed,
                 progress=lambda r: print(_line(r), flush=True),
+                initiators=initiators,
+                suites=args.suite or (),
             )
     except (KeyboardInterrupt, Interrupted):
         print("iscsi-conformance mutate: interrupted; every suite run stopped", file=sys.stderr)
@@ -252,7 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             with _stopped_on_signal():
                 confirmed = recheck(
-                    report, {m.name: m for m in mutants}, timeout=args.timeout, maxfail=args.maxfail
+                    report,
+                    {m.name: m for m in mutants},
+                    timeout=args.timeout,
+                    maxfail=args.maxfail,
+                    suites=args.suite or (),
                 )
         except (KeyboardInterrupt, Interrupted):
             print("iscsi-conformance mutate: interrupted; every suite run stopped", file=sys.stderr)

@@ -99,8 +99,12 @@ class MutantResult:
         return self.status in ("killed", "timeout")
 
 
-def pytest_argv(prefixes: Iterable[str], *, maxfail: int = 0) -> list[str]:
-    """The pytest arguments of one run of the suite on these test-ID prefixes."""
+def pytest_argv(
+    prefixes: Iterable[str], *, maxfail: int = 0, initiators: Sequence[str] = ()
+) -> list[str]:
+    """The pytest arguments of one run of the suite on these test-ID prefixes.
+    ``initiators``: third-party initiators whose cells (each against the reference
+    target, the one the mutant breaks) run instead of reference x reference."""
     from iscsi_conformance.suite import suite_dir
 
     root = str(suite_dir())
@@ -110,15 +114,25 @@ def pytest_argv(prefixes: Iterable[str], *, maxfail: int = 0) -> list[str]:
             "-p", "iscsi_conformance.mutation.activate", "-q", "--no-header", "-rN"]  # fmt: skip
     for prefix in prefixes:
         argv += ["--iscsi-suite", prefix]
+    if initiators:
+        argv += ["--iscsi-target", "reference", "--iscsi-no-target-column"]
+        for name in initiators:
+            argv += ["--iscsi-initiator", name]
     if maxfail:
         argv.append(f"--maxfail={maxfail}")
     return argv
 
 
 def run_suite(
-    prefixes: Sequence[str], *, mutant: str | None = None, timeout: float = 300.0, maxfail: int = 0
+    prefixes: Sequence[str],
+    *,
+    mutant: str | None = None,
+    timeout: float = 300.0,
+    maxfail: int = 0,
+    initiators: Sequence[str] = (),
 ) -> SuiteRun:
-    """One pytest process over ``prefixes`` (with ``mutant`` applied, if named)."""
+    """One pytest process over ``prefixes`` (with ``mutant`` applied, if named; with
+    ``initiators``, their cells against the reference target)."""
     run = SuiteRun()
     with tempfile.TemporaryDirectory(prefix="iscsi-mutant-") as tmp:
         out = Path(tmp) / "outcomes.jsonl"
@@ -131,7 +145,7 @@ def run_suite(
             raise Interrupted("mutation run stopped")
         started = time.monotonic()
         proc = subprocess.Popen(
-            pytest_argv(prefixes, maxfail=maxfail),
+            pytest_argv(prefixes, maxfail=maxfail, initiators=initiators),
             env=env,
             cwd=tmp,
             stdout=subprocess.DEVNULL,
@@ -241,6 +255,7 @@ class Report:
     baseline: SuiteRun
     seed: str | None
     seconds: float
+    initiators: list[str] = field(default_factory=list)  # third-party cells run, if any
 
     def counts(self, results: Sequence[MutantResult] | None = None) -> dict[str, int | float]:
         rs = self.results if results is None else results
@@ -277,6 +292,7 @@ class Report:
         return {
             "format": FORMAT,
             "seed": self.seed,
+            "initiators": self.initiators or ["reference"],
             "seconds": round(self.seconds, 1),
             "score": self.counts(),
             "areas": {
@@ -304,20 +320,29 @@ def run_mutants(
     survivors: dict[str, dict[str, object]] | None = None,
     seed: str | None = None,
     progress: Callable[[MutantResult], None] | None = None,
+    initiators: Sequence[str] = (),
+    suites: Sequence[str] = (),
 ) -> Report:
-    """Run the baseline and every mutant (``jobs`` processes side by side)."""
+    """Run the baseline and every mutant (``jobs`` processes side by side).
+    ``initiators``: run the cells of these third-party initiators against the mutated
+    reference target instead of reference x reference (peers provisioned);
+    ``suites``: only these test-ID prefixes, for every mutant, instead of its area's."""
     started = time.monotonic()
     survivors = load_survivors() if survivors is None else survivors
-    prefixes = list(dict.fromkeys(p for m in mutants for p in m.suite_prefixes()))
+    prefixes = list(suites) or list(dict.fromkeys(p for m in mutants for p in m.suite_prefixes()))
     runs: dict[str, SuiteRun] = {}
 
     def one(m: Mutant) -> None:
         runs[m.name] = run_suite(
-            m.suite_prefixes(), mutant=m.name, timeout=timeout, maxfail=maxfail
+            list(suites) or m.suite_prefixes(),
+            mutant=m.name,
+            timeout=timeout,
+            maxfail=maxfail,
+            initiators=initiators,
         )
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        base = pool.submit(run_suite, prefixes, timeout=max(timeout, 600.0))
+        base = pool.submit(run_suite, prefixes, timeout=max(timeout, 600.0), initiators=initiators)
         pending = [pool.submit(one, m) for m in mutants]
         baseline = base.result()
         results: list[MutantResult] = []
@@ -332,11 +357,16 @@ def run_mutants(
             results.append(r)
             if progress is not None:
                 progress(r)
-    return Report(results, baseline, seed, time.monotonic() - started)
+    return Report(results, baseline, seed, time.monotonic() - started, list(initiators))
 
 
 def recheck(
-    report: Report, mutants: dict[str, Mutant], *, timeout: float = 300.0, maxfail: int = 0
+    report: Report,
+    mutants: dict[str, Mutant],
+    *,
+    timeout: float = 300.0,
+    maxfail: int = 0,
+    suites: Sequence[str] = (),
 ) -> list[MutantResult]:
     """Run each unexpected survivor once more; a mutant killed this time is marked
     flaky (a timing-dependent kill) rather than counted as a regression. Returns the
@@ -346,7 +376,13 @@ def recheck(
         m = mutants[r.name]
         again = judge(
             m,
-            run_suite(m.suite_prefixes(), mutant=m.name, timeout=timeout, maxfail=maxfail),
+            run_suite(
+                list(suites) or m.suite_prefixes(),
+                mutant=m.name,
+                timeout=timeout,
+                maxfail=maxfail,
+                initiators=report.initiators,
+            ),
             report.baseline,
         )
         if again.killed:

@@ -849,14 +849,33 @@ class Connection(TaskIO):
                 # statuses never sent or already acknowledged: Protocol Error (11.16)
                 self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
             return
-        if kind in (SnackType.DATA_R2T, SnackType.R_DATA):
+        if kind == SnackType.DATA_R2T:
+            running = self.session.tasks.get(pdu.itt) if self.session is not None else None
+            if running is not None and running.conn is self and running.delivered:
+                # a task still taking data: BegRun names R2Ts by R2TSN (11.16.6)
+                if not self.resend_r2ts(running, pdu.begrun, pdu.runlength):
+                    # no outstanding R2T in the run: never sent, or answered (11.16)
+                    self.reject(
+                        RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu), datasn_r2tsn=running.r2tsn
+                    )
+                return
+        if kind == SnackType.R_DATA:
+            held = self._held.get(pdu.itt)
+            if held is None or held.reply is None or pdu.ttt in (0, NONE_TAG):
+                # no Data-In kept (never sent, or acknowledged), or no SNACK Tag
+                # (11.16.5: neither 0 nor 0xffffffff): Protocol Error (11.16)
+                self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+                return
+            self.resend_rdata(held, pdu.ttt)
+            return
+        if kind == SnackType.DATA_R2T:
             held = self._held.get(pdu.itt)
             if held is None:
                 # no Data-In kept for the tag: never sent, or acknowledged (11.16)
                 self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
                 return
             frames = held.sent_datain
-            everything = kind == SnackType.R_DATA or (pdu.begrun == 0 and pdu.runlength == 0)
+            everything = pdu.begrun == 0 and pdu.runlength == 0
             # BegRun is a DataSN: the first kept one is sent_base (after the R2Ts of a
             # bidirectional command, which share the sequence, 4.2.2.4); one below it
             # wraps past the end and is rejected like one never sent (11.16).

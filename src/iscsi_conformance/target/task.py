@@ -597,7 +597,8 @@ class TaskIO:
             data = data[:edtl]
         elif n < edtl:
             underflow, residual = True, edtl - n
-        if self.erl > 1:
+        if self.erl > 0:
+            # for an R-Data SNACK (ERL 1, 11.16.3) or a TASK REASSIGN (ERL 2, 11.5.6)
             task.reply = (status, sense, data, overflow, underflow, residual)
         if not data:
             self._respond(
@@ -626,8 +627,9 @@ class TaskIO:
             bidi_under, bidi_residual = True, limit - n
         if status != ScsiStatus.GOOD:
             data = b""
-        if self.erl > 1:
-            # for a TASK REASSIGN: the read part and both residuals (11.5.6, 7.2.2)
+        if self.erl > 0:
+            # for an R-Data SNACK (11.16.3) or a TASK REASSIGN (11.5.6, 7.2.2): the
+            # read part and both residuals
             task.reply = (status, sense, data, write_mismatch > 0, write_mismatch < 0,
                           abs(write_mismatch))  # fmt: skip
             task.bidi_reply = (bidi_over, bidi_under, bidi_residual)
@@ -830,9 +832,85 @@ class TaskIO:
         elif keep:
             self._hold(task, statsn)
 
+    def resend_rdata(self, task: Task, snack_tag: int) -> None:
+        """R-Data SNACK (RFC 7143 11.16.3): the initiator discarded the unacknowledged
+        Data-In of a finished read, so all of it goes out again, segmented for the
+        MaxRecvDataSegmentLength now in force (which may have changed since, 13.12) and
+        numbered on from the first kept DataSN (0 for a READ, the first after the R2Ts
+        for a bidirectional command, 4.2.2.4), without status; then a SCSI Response
+        with the task's status and residuals, the SNACK Tag, and the StatSN of the
+        status already sent (11.16.3: every response for the command carries one
+        StatSN), ExpDataSN counting the read part's Data-In (11.4.8). It replaces the
+        status kept for a Status SNACK and the PDUs kept for a Data SNACK."""
+        s = self.session
+        assert s is not None and task.reply is not None
+        status, sense, data, overflow, underflow, residual = task.reply
+        kept = task.sent_datain
+        # the first kept PDU's Buffer Offset (bytes 40-43): after a TASK REASSIGN from
+        # ExpDataSN > 0 what came before was acknowledged (11.5.6)
+        start = min((int.from_bytes(raw[40:44], "big") for raw in kept), default=0)
+        datasn = task.sent_base
+        exp, mx = s.expcmdsn, s.maxcmdsn
+        frames: list[bytes] = []
+        offsets: list[int] = []
+        pieces = _datain_pieces(
+            start, len(data), self.max_send, self.params.max_burst_length, False
+        )
+        for off, ln, final, _last in pieces:
+            bhs = P.DATA_IN_BHS.pack(
+                0x25, 0x80 if final else 0, 0, ln, task.lun_field, task.itt, NONE_TAG,
+                0, exp, mx, datasn, off, 0,
+            )  # fmt: skip
+            parts = P.frame_parts(bhs, memoryview(data)[off : off + ln], self.hd, self.dd)
+            self.out.extend(parts)
+            frames.append(b"".join(parts))
+            offsets.append(off)
+            datasn = sn_add(datasn, 1)
+        task.sent_datain = frames
+        if self.erl > 1 and not start:
+            task.datain_offsets = offsets
+        bidi_over, bidi_under, bidi_residual = task.bidi_reply or (False, False, 0)
+        self._respond(
+            task, status, sense, overflow=overflow, underflow=underflow, residual=residual,
+            expdatasn=(datasn - task.datain_first) & 0xFFFFFFFF,
+            bidi_overflow=bidi_over, bidi_underflow=bidi_under, bidi_residual=bidi_residual,
+            statsn=task.statsn, snack_tag=snack_tag,
+        )  # fmt: skip
+
+    def resend_r2ts(self, task: Task, begrun: int, runlength: int) -> bool:
+        """Data/R2T SNACK for a task still receiving data (RFC 7143 11.16): the
+        outstanding R2Ts whose R2TSN is in the run go out again as they were (same
+        R2TSN, Target Transfer Tag, Buffer Offset and length) with the current StatSN,
+        ExpCmdSN and MaxCmdSN (11.16: the replicas' only changes). BegRun 0 with
+        RunLength 0 is every outstanding R2T. The initiator missed such an R2T, so it
+        sent no data for it: anything counted for it is dropped and its Data-Out
+        starts again at DataSN 0. Returns False when no outstanding R2T is in the run
+        (never sent, or answered already: the caller rejects it)."""
+        everything = begrun == 0 and runlength == 0
+        again = [
+            r2t
+            for r2t in sorted(task.outstanding.values(), key=lambda r: r.r2tsn)
+            if everything
+            or (
+                sn_le(begrun, r2t.r2tsn)
+                and (runlength == 0 or sn_lt(r2t.r2tsn, sn_add(begrun, runlength)))
+            )
+        ]
+        for r2t in again:
+            task.received = max(0, task.received - r2t.received)
+            r2t.received = 0
+            r2t.next_datasn = 0
+            r2t.lost.clear()
+            self._send_r2t(task, r2t)
+        return bool(again)
+
     def _hold(self, task: Task, statsn: int) -> None:
         """ERL1: keep a finished read's Data-In PDUs for a Data SNACK until its
-        status is acknowledged (bounded, oldest dropped first)."""
+        status is acknowledged (bounded, oldest dropped first). The dict stays in StatSN
+        order (``_ack_statsn``): a task held again under its own StatSN (the response
+        of an R-Data SNACK) keeps its place."""
+        if self._held.get(task.itt) is task and task.statsn == statsn:
+            return
         task.statsn = statsn
         if len(self._held) >= MAX_HELD_TASKS:
             self._held.pop(next(iter(self._held)))
@@ -857,11 +935,17 @@ class TaskIO:
         bidi_overflow: bool = False,
         bidi_underflow: bool = False,
         bidi_residual: int = 0,
+        statsn: int | None = None,
+        snack_tag: int = 0,
     ) -> None:
+        """The SCSI Response of ``task`` (RFC 7143 11.4), with the next StatSN, or with
+        ``statsn`` when it replaces a response already sent (the R-Data SNACK's, which
+        carries ``snack_tag``, 11.16.3, 11.4.4)."""
         s = self.session
         assert s is not None
         data = P.ScsiResponse.sense_segment(sense) if sense else b""
-        statsn = self.next_statsn()
+        if statsn is None:
+            statsn = self.next_statsn()
         flags = 0x80 | (0x04 if overflow else 0) | (0x02 if underflow else 0)
         flags |= (0x10 if bidi_overflow else 0) | (0x08 if bidi_underflow else 0)
         bhs = P.SCSI_RESPONSE_BHS.pack(
@@ -872,7 +956,7 @@ class TaskIO:
             len(data),
             0,
             task.itt,
-            0,
+            snack_tag,
             statsn,
             s.expcmdsn,
             s.maxcmdsn,

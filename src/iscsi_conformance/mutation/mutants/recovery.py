@@ -223,3 +223,56 @@ def never_sent_snack_reject(p: Patcher) -> None:
         return on_snack
 
     p.wrap(Connection, "on_snack", make)
+
+
+@mutant(
+    "Recovery.Snack.RDataUntagged",
+    "recovery",
+    "an R-Data SNACK at ERL 1 brings back the kept Data-In only: no SCSI Response with "
+    "its SNACK Tag follows (11.16.3, 11.16.5; the target's behaviour before 11.16.3)",
+    catches=["FullFeature.Snack.Erl1.RDataSnackTaggedResponse"],
+)
+def r_data_untagged(p: Patcher) -> None:
+    from iscsi_conformance.target.task import Task, TaskIO
+
+    def resend_rdata(self: Connection, task: Task, snack_tag: int) -> None:
+        for raw in task.sent_datain:
+            self.emit_raw(raw)
+
+    p.replace(TaskIO, "resend_rdata", resend_rdata)
+
+
+@mutant(
+    "Recovery.Snack.R2tNotResent",
+    "recovery",
+    "a Data/R2T SNACK for an R2T of a WRITE under way is rejected (Protocol Error) instead "
+    "of resending the R2T (11.16; the target's behaviour before)",
+    catches=["FullFeature.Snack.Erl1.R2tSnackResends"],
+)
+def r2t_not_resent(p: Patcher) -> None:
+    from iscsi_conformance.target.task import TaskIO
+
+    p.replace(TaskIO, "resend_r2ts", lambda self, task, begrun, runlength: False)
+
+
+@mutant(
+    "Recovery.Snack.R2tResentWithNewTag",
+    "recovery",
+    "an R2T asked for again by a Data/R2T SNACK comes back with a new Target Transfer Tag, "
+    "not as a replica of the one sent first (11.16)",
+    catches=["FullFeature.Snack.Erl1.R2tSnackResends"],
+)
+def r2t_new_tag(p: Patcher) -> None:
+    from iscsi_conformance.target.task import Task, TaskIO
+
+    def make(old: Any) -> Any:
+        def resend_r2ts(self: TaskIO, task: Task, begrun: int, runlength: int) -> bool:
+            for r2t in list(task.outstanding.values()):
+                del task.outstanding[r2t.ttt]
+                r2t.ttt = self.engine.alloc_ttt()
+                task.outstanding[r2t.ttt] = r2t
+            return bool(old(self, task, begrun, runlength))
+
+        return resend_r2ts
+
+    p.wrap(TaskIO, "resend_r2ts", make)

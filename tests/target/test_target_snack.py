@@ -1,0 +1,192 @@
+"""The reference target's R-Data SNACK and R2T SNACK at ErrorRecoveryLevel 1 (sans-IO).
+
+- R-Data SNACK (RFC 7143 11.16.3): all of a finished READ's unacknowledged Data-In goes
+  out again, segmented for the MaxRecvDataSegmentLength in force now, then a SCSI
+  Response carrying the SNACK Tag and the StatSN of the status already sent; a Status
+  SNACK afterwards brings that tagged response back (11.4.4).
+- Data/R2T SNACK for a WRITE still under way (11.16): the outstanding R2T named by its
+  R2TSN goes out again with its R2TSN, Target Transfer Tag, offset and length, and the
+  current StatSN; the WRITE then completes with the data intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from iscsi_conformance.core import pdu as P
+from iscsi_conformance.core import text as T
+from iscsi_conformance.core.codes import RejectReason, SnackType
+from iscsi_conformance.scsi import cdb as C
+from iscsi_conformance.target import engine as E
+from iscsi_conformance.target.config import simple_config
+from iscsi_conformance.target.luns import LunStore
+
+IQN = "iqn.2024-01.org.example:snack"
+BS = 512
+TAG = 0x5A5A
+
+
+def _engine() -> E.TargetEngine:
+    cfg = simple_config(("127.0.0.1", 0), IQN, ["4M"])
+    tc = dataclasses.replace(cfg.targets[0], parameters={"ErrorRecoveryLevel": "1"})
+    cfg = dataclasses.replace(cfg, targets=(tc,))
+    return E.TargetEngine(cfg, LunStore(cfg).by_target, rng=lambda n: bytes(n))
+
+
+def _feed(engine: E.TargetEngine, conn: E.Connection, *pdus: P.PDU) -> list[P.PDU]:
+    for pdu in pdus:
+        conn.receive_data(P.encode(pdu))
+    dec = P.PDUDecoder()
+    for c, bufs, _ in engine.take_output():
+        if c is conn:
+            dec.feed(b"".join(bytes(b) for b in bufs))
+    return list(dec)
+
+
+def _connect(erl: str = "1") -> tuple[E.TargetEngine, E.Connection]:
+    engine = _engine()
+    conn = engine.new_connection(portal_group=1)
+    keys = [
+        ("InitiatorName", "iqn.2024-01.org.example:ini"),
+        ("TargetName", IQN),
+        ("ErrorRecoveryLevel", erl),
+        ("InitialR2T", "Yes"),
+        ("ImmediateData", "No"),
+        ("MaxRecvDataSegmentLength", "512"),
+        ("MaxBurstLength", "1024"),
+    ]
+    (rsp,) = _feed(
+        engine,
+        conn,
+        P.LoginRequest(
+            transit=True, csg=1, nsg=3, isid=1, itt=1, cmdsn=1, data=T.format_pairs(keys)
+        ),
+    )
+    assert isinstance(rsp, P.LoginResponse) and rsp.status == 0
+    _feed(engine, conn, P.ScsiCommand(final=True, itt=1, cmdsn=1, cdb=bytes(6)))  # the UA
+    return engine, conn
+
+
+def _read(engine: E.TargetEngine, conn: E.Connection, cmdsn: int, blocks: int = 4) -> list[P.PDU]:
+    cmd = P.ScsiCommand(
+        final=True, read=True, itt=0x40, cmdsn=cmdsn, cdb=C.read10(0, blocks),
+        expected_data_transfer_length=blocks * BS,
+    )  # fmt: skip
+    return _feed(engine, conn, cmd)
+
+
+def _status_statsn(seen: list[P.PDU]) -> int:
+    last = seen[-1]
+    assert isinstance(last, P.ScsiDataIn | P.ScsiResponse)
+    return last.statsn
+
+
+def test_r_data_snack_resegments_and_ends_with_the_tagged_response() -> None:
+    engine, conn = _connect()
+    seen = _read(engine, conn, 2)
+    data_ins = [p for p in seen if isinstance(p, P.ScsiDataIn)]
+    assert len(data_ins) == 4 and data_ins[-1].status_present  # phase collapse
+    statsn = _status_statsn(seen)
+    data = b"".join(p.data for p in data_ins)
+    # the initiator now receives 1024-byte segments (a new declaration, 6.4, 13.12)
+    (text,) = _feed(
+        engine, conn,
+        P.TextRequest(final=True, itt=0x41, ttt=0xFFFFFFFF, cmdsn=3, expstatsn=statsn,
+                      data=T.format_pairs([("MaxRecvDataSegmentLength", "1024")])),
+    )  # fmt: skip
+    assert isinstance(text, P.TextResponse)
+    got = _feed(
+        engine, conn,
+        P.SnackRequest(snack_type=SnackType.R_DATA, itt=0x40, ttt=TAG, expstatsn=statsn),
+    )  # fmt: skip
+    again = [p for p in got if isinstance(p, P.ScsiDataIn)]
+    assert [p.datasn for p in again] == [0, 1]
+    assert [len(p.data) for p in again] == [1024, 1024]
+    assert not any(p.status_present for p in again)
+    assert b"".join(p.data for p in again) == data
+    rsp = got[-1]
+    assert isinstance(rsp, P.ScsiResponse)
+    assert rsp.snack_tag == TAG and rsp.statsn == statsn and rsp.status == 0
+    assert rsp.expdatasn == 2  # the Data-In of the command now (11.4.8)
+    # a Status SNACK brings back the latest content, with the SNACK Tag (11.16.3)
+    (back,) = _feed(
+        engine, conn,
+        P.SnackRequest(snack_type=SnackType.STATUS, begrun=statsn, runlength=1, expstatsn=statsn),
+    )  # fmt: skip
+    assert isinstance(back, P.ScsiResponse) and back.snack_tag == TAG and back.statsn == statsn
+    # a Data SNACK names the resent PDUs by their new DataSN
+    (one,) = _feed(
+        engine, conn,
+        P.SnackRequest(snack_type=SnackType.DATA_R2T, itt=0x40, begrun=1, runlength=1,
+                       expstatsn=statsn),
+    )  # fmt: skip
+    assert isinstance(one, P.ScsiDataIn) and one.datasn == 1 and one.data == data[1024:]
+
+
+def test_r_data_snack_without_a_tag_or_after_the_status_is_acknowledged_is_rejected() -> None:
+    engine, conn = _connect()
+    seen = _read(engine, conn, 2)
+    statsn = _status_statsn(seen)
+    for tag in (0, 0xFFFFFFFF):  # 11.16.5: neither is a SNACK Tag
+        (rej,) = _feed(
+            engine, conn,
+            P.SnackRequest(snack_type=SnackType.R_DATA, itt=0x40, ttt=tag, expstatsn=statsn),
+        )  # fmt: skip
+        assert isinstance(rej, P.Reject) and rej.reason == RejectReason.PROTOCOL_ERROR
+    (rej,) = _feed(
+        engine, conn,
+        P.SnackRequest(snack_type=SnackType.R_DATA, itt=0x40, ttt=TAG, expstatsn=statsn + 1),
+    )  # fmt: skip
+    assert isinstance(rej, P.Reject) and rej.reason == RejectReason.PROTOCOL_ERROR
+
+
+def test_r2t_snack_resends_the_outstanding_r2t_and_the_write_completes() -> None:
+    engine, conn = _connect()
+    new = os.urandom(4 * BS)  # two 1024-byte bursts, MaxOutstandingR2T 1
+    cmd = P.ScsiCommand(
+        final=True, write=True, itt=0x50, cmdsn=2, cdb=C.write10(8, 4),
+        expected_data_transfer_length=len(new),
+    )  # fmt: skip
+    (r2t0,) = _feed(engine, conn, cmd)
+    assert isinstance(r2t0, P.R2T) and r2t0.r2tsn == 0
+    # ignored (lost); the initiator asks again by R2TSN (11.16, 11.16.6)
+    (again,) = _feed(
+        engine, conn, P.SnackRequest(snack_type=SnackType.DATA_R2T, itt=0x50, begrun=0, runlength=1)
+    )
+    assert isinstance(again, P.R2T)
+    same = ("r2tsn", "ttt", "buffer_offset", "desired_data_transfer_length", "lun", "itt")
+    assert all(getattr(again, f) == getattr(r2t0, f) for f in same)
+    # an R2TSN never sent: Protocol Error, with the next R2TSN (11.16, 11.17.2)
+    (rej,) = _feed(
+        engine, conn, P.SnackRequest(snack_type=SnackType.DATA_R2T, itt=0x50, begrun=5, runlength=1)
+    )
+    assert isinstance(rej, P.Reject) and rej.reason == RejectReason.PROTOCOL_ERROR
+    assert rej.datasn_r2tsn == 1
+
+    def answer(r2t: P.R2T) -> list[P.PDU]:
+        off = r2t.buffer_offset
+        return _feed(
+            engine, conn,
+            *(P.ScsiDataOut(final=i == 1, itt=0x50, ttt=r2t.ttt, datasn=i, buffer_offset=o,
+                            data=new[o : o + 512])
+              for i, o in enumerate((off, off + 512))),
+        )  # fmt: skip
+
+    (r2t1,) = answer(again)
+    assert isinstance(r2t1, P.R2T) and r2t1.r2tsn == 1
+    # half of the second burst, then a SNACK for it (BegRun 0 RunLength 0: all outstanding)
+    _feed(
+        engine, conn,
+        P.ScsiDataOut(itt=0x50, ttt=r2t1.ttt, datasn=0, buffer_offset=1024, data=bytes(512)),
+    )  # fmt: skip
+    (again1,) = _feed(engine, conn, P.SnackRequest(snack_type=SnackType.DATA_R2T, itt=0x50))
+    assert isinstance(again1, P.R2T) and again1.r2tsn == 1 and again1.ttt == r2t1.ttt
+    (rsp,) = answer(again1)
+    assert isinstance(rsp, P.ScsiResponse) and rsp.status == 0
+    cmd = P.ScsiCommand(
+        final=True, read=True, itt=0x51, cmdsn=3, cdb=C.read10(8, 4),
+        expected_data_transfer_length=len(new),
+    )  # fmt: skip
+    got = _feed(engine, conn, cmd)
+    assert b"".join(p.data for p in got if isinstance(p, P.ScsiDataIn)) == new
