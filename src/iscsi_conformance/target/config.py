@@ -182,6 +182,13 @@ class TargetConfig:
     # (MaxCmdSN - ExpCmdSN + 1, RFC 7143 4.2.2.1); 0 holds it closed (MaxCmdSN =
     # ExpCmdSN - 1) until the test API opens it. None: the server's default (128).
     cmd_window: int | None = None
+    # A target that takes no bidirectional command (R and W, RFC 7143 11.3.4) rejects
+    # one with reason Command not supported (11.17.1) before its CmdSN is taken (7.3);
+    # one without XDWRITEREAD(10) (an optional SBC-3 command, 5.48) answers it CHECK
+    # CONDITION, ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE. Both serve the
+    # negative FullFeature.Bidi tests' proofs, which need a target without them.
+    bidirectional: bool = True
+    xdwriteread: bool = True
 
     def acl_for(self, initiator: str) -> AclConfig | None:
         for acl in self.acls:
@@ -366,6 +373,8 @@ def _target(value: Any, field: str, base: Path | None, tags: set[int]) -> Target
             "chap_algorithms",
             "datain_order",
             "cmd_window",
+            "bidirectional",
+            "xdwriteread",
         },
         field,
     )
@@ -463,6 +472,8 @@ def _target(value: Any, field: str, base: Path | None, tags: set[int]) -> Target
         chap_algorithms=algs,
         datain_order=datain_order,
         cmd_window=window,
+        bidirectional=_bool(t.get("bidirectional", True), f"{field}.bidirectional"),
+        xdwriteread=_bool(t.get("xdwriteread", True), f"{field}.xdwriteread"),
         luns=luns,
         alias=_str(t["alias"], f"{field}.alias") if "alias" in t else None,
         portal_groups=tuple(groups),

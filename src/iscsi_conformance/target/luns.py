@@ -22,6 +22,8 @@ from typing import Any
 from iscsi_conformance.errors import ConfigError
 from iscsi_conformance.target.config import LunConfig, ServerConfig
 
+_XDWRITEREAD_10 = 0x53  # SBC-3 5.48: left out of a target configured without it
+
 log = logging.getLogger("iscsi_conformance.target")
 
 
@@ -96,6 +98,10 @@ class LunStore:
                 if reservations is not None:
                     kwargs["reservations"] = reservations
                 lu = LogicalUnit(backing, **kwargs)
+                if not t.xdwriteread:
+                    # the LU without XDWRITEREAD(10): INVALID COMMAND OPERATION CODE
+                    # for it, and not listed by REPORT SUPPORTED OPERATION CODES
+                    lu._table = {k: v for k, v in lu._table.items() if k[0] != _XDWRITEREAD_10}
                 entry = LunEntry(t.name, lc, lu, backing, state_path, saved)
                 self._by_lu[id(lu)] = entry
                 units[lc.lun] = lu

@@ -236,6 +236,12 @@ class TaskIO:
             self.remember_aborted(pdu.itt)
             self.reject(RejectReason.INVALID_PDU_FIELD, P.bhs_of(pdu))
             return
+        if pdu.read and pdu.write and s.target is not None and not s.target.config.bidirectional:
+            # a target configured without bidirectional commands: Command not supported
+            # (11.17.1), before the CmdSN is taken (7.3); Data-Out for it is dropped
+            self.remember_aborted(pdu.itt)
+            self.reject(RejectReason.COMMAND_NOT_SUPPORTED, P.bhs_of(pdu))
+            return
         in_order = pdu.cmdsn == s.expcmdsn and sn_le(pdu.cmdsn, s.maxcmdsn)
         if not pdu.immediate and in_order and self._refused(pdu):
             # Refused before its CmdSN is taken: the CmdSN of a rejected command MUST NOT
