@@ -39,6 +39,7 @@ from iscsi_conformance.bridge.faults import (
     dropped_response_breach,
     reframed_breach,
     reset_breach,
+    withheld_echo_breach,
 )
 from iscsi_conformance.bridge.judge import RULES, Rule
 from iscsi_conformance.bridge.pump import Bridge, BridgeBreach
@@ -301,12 +302,15 @@ def _faulted(
     header_digest: str = "None",
     data_digest: str = "CRC32C",
     verify: bool = False,
+    between: Any = None,
 ) -> tuple[FaultOutcome, list[str]]:
     """Log in with the digests given (and ``keys``) through a bridge that injects
     ``spec``, write ``blocks`` blocks and read them back, within _FAULT_DEADLINE. With
     ``verify``, an acknowledged range is written directly first, and a direct login
     afterwards reads back it and, if the WRITE through the bridge reported success,
-    that range too (``FaultOutcome.verified``)."""
+    that range too (``FaultOutcome.verified``). ``between(session, bridge, steps)``
+    runs between the WRITE and the READ; what it returns is the initiator's ping as its
+    driver reported it (``FaultOutcome.ping``)."""
     ep = target.endpoint()
     drv = initiator.driver
     acked = os.urandom(8 * BLOCK)
@@ -350,6 +354,8 @@ def _faulted(
             try:
                 drv.write(session, target.lun, _FAULT_LBA, data)
                 outcome["written"] = True
+                if between is not None:
+                    outcome["ping"] = between(session, bridge, steps)
                 outcome["data_ok"] = drv.read(session, target.lun, _FAULT_LBA, blocks) == data
             finally:
                 try:
@@ -377,6 +383,7 @@ def _faulted(
     steps += [f"conn {c} ended by the {side}" for c, side in ended.items()]
     steps += bridge.harness_errors
     run = FaultOutcome(seen, outcome.get("error"), outcome.get("data_ok"), ended, timed_out)
+    run.ping = outcome.get("ping")
     if verify and not timed_out:
         run.verified = _verify(drv, target, ep, acked, data if outcome.get("written") else None)
         steps.append(f"checked in a new session: {run.verified or 'all acknowledged data back'}")
@@ -536,6 +543,78 @@ def test_fault_reset_mid_write(initiator: Any, target: Any, _iscsi_pool: Any) ->
     )  # fmt: skip
     verdict = reset_breach(run)
     requirement = "RSBC3-5.16-1" if "read back" in verdict[1] else "R7143-7.15-1"
+    _judge_fault(requirement, run, steps, verdict)
+
+
+_PING_WAIT = 1.0  # the reference initiator's wait for its echo (never comes)
+_IDLE_PING = 15.0  # an initiator that pings by itself: open-iscsi every 5 s of idle
+_PING_RECOVERY = 15.0  # then its echo timer (open-iscsi 5 s) and a new login
+
+
+def _ping_unanswered(initiator: Any) -> Any:
+    """What the initiator does between its WRITE and READ in the withheld-echo test:
+    the reference initiator pings (NOP-Out with a valid ITT, RFC 7143 11.18) and says
+    whether the echo came; an initiator that pings an idle connection by itself
+    (open-iscsi's node.conn[0].timeo.noop_out_interval) is left idle until the bridge
+    has withheld an echo, then given the time to notice and recover. An initiator whose
+    session lives for one command has no idle connection to ping on."""
+
+    def reference(session: Any, bridge: Bridge, steps: list[str]) -> str:
+        try:
+            initiator.driver.run(
+                session.ref.nop(b"wire", timeout=_PING_WAIT), timeout=_PING_WAIT + 5
+            )
+        except Exception as exc:
+            steps.append(f"ping: {type(exc).__name__}: {str(exc)[:120]}")
+            return "no answer"
+        steps.append("ping: the driver reported it answered")
+        return "answered"
+
+    def idle(session: Any, bridge: Bridge, steps: list[str]) -> None:
+        started = time.monotonic()
+        if not bridge.wait_for(lambda: bool(bridge.faults.fired), _IDLE_PING):
+            steps.append(f"no ping echo crossed in {_IDLE_PING:g} s of idle")
+            return None
+        steps.append(f"echo withheld after {time.monotonic() - started:.1f} s of idle")
+        conn = bridge.faults.fired[0][1]
+        ended = bridge.wait_for(lambda: bridge.connections[conn].ended_by is not None,
+                                _PING_RECOVERY)  # fmt: skip
+        steps.append("its connection ended" if ended else "its connection lived on")
+        return None
+
+    if hasattr(initiator.driver, "run"):
+        return reference
+    if capability_satisfied(initiator.manifest, "session_persistent=false"):
+        pytest.skip(f"{initiator.name}'s sessions live for one command: no idle connection "
+                    "to ping on")  # fmt: skip
+    return idle
+
+
+@spec(
+    "FullFeature.Wire.Fault.WithheldPingEchoRecovered",
+    "RFC 7143 7.14",
+    level="MUST",
+    role="initiator",
+    requirements=["R7143-7.14-1", "RSBC3-5.16-1"],
+    pairing="all",
+    dataloss=True,
+)
+def test_fault_withheld_ping_echo(initiator: Any, target: Any, _iscsi_pool: Any) -> None:
+    """The initiator pings after a WRITE (NOP-Out with a valid Initiator Task Tag) and
+    the bridge withholds the target's NOP-In echo (RFC 7143 11.19). A failing ping may
+    be taken as a connection failure (7.14, MAY; timers are the initiator's own,
+    7.1.4.2), which then MUST be recovered (connection recovery, logout, or session
+    recovery at ErrorRecoveryLevel 0). The initiator must not report the ping answered,
+    the data must read back through the session, and a new session must read back
+    every acknowledged write."""
+    _fault_pairing(initiator, target, "", "withheld echo")
+    between = _ping_unanswered(initiator)
+    run, steps = _faulted(
+        initiator, target, _iscsi_pool, "withhold:NopIn=echo", 64,
+        data_digest="None", verify=True, between=between,
+    )  # fmt: skip
+    verdict = withheld_echo_breach(run)
+    requirement = "RSBC3-5.16-1" if "read back" in verdict[1] else "R7143-7.14-1"
     _judge_fault(requirement, run, steps, verdict)
 
 

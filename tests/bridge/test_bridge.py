@@ -29,6 +29,7 @@ from iscsi_conformance.bridge.faults import (
     parse_fault,
     reframed_breach,
     reset_breach,
+    withheld_echo_breach,
 )
 from iscsi_conformance.bridge.pump import Bridge
 from iscsi_conformance.core import pdu as P
@@ -226,7 +227,7 @@ def test_faults_on_demand(bridge: Any, spec: str, expect: str) -> None:
 
 @pytest.mark.parametrize(
     "spec", ["", "drop", "drop:", "drop:Nothing", "delay:NopIn", "delay:NopIn=-1", "drop:NopIn#0",
-             "split:NopIn=3"],
+             "split:NopIn=3", "withhold:ScsiResponse", "withhold:NopIn=pong"],
 )  # fmt: skip
 def test_a_bad_fault_spec_is_one_clear_error(spec: str) -> None:
     with pytest.raises(ValueError, match="fault"):
@@ -380,13 +381,16 @@ def _fault_run(
     timeout: float = 2,
     go_on: bool = False,
     after: Callable[[], None] = lambda: None,
+    ping: float = 0.0,
 ) -> FaultOutcome:
     """As conformance/wire's fault tests with data verified: an acknowledged range
     written directly, then through a bridge injecting ``spec`` a WRITE and its read,
     then a direct session reading back what was acknowledged (``FaultOutcome.verified``).
     ``go_on``: an initiator broken on purpose, that takes a WRITE whose answer never
     came as done and goes on with a READ on the same session. ``after`` runs between
-    the faulted session and the check (a target broken from then on)."""
+    the faulted session and the check (a target broken from then on). ``ping``: the
+    initiator pings between the WRITE and the READ, waiting that long for the echo
+    (``FaultOutcome.ping`` says whether it reported the ping answered)."""
     seen: list[Any] = []
     acked, data = os.urandom(4096), os.urandom(blocks * 512)
     host, port = target.portal()
@@ -415,6 +419,12 @@ def _fault_run(
                     if not go_on:
                         raise
                 written = True
+                if ping:
+                    try:
+                        await s.nop(b"ping", timeout=ping)
+                        out.ping = "answered"
+                    except client.ResponseTimeout:
+                        out.ping = "no answer"
                 out.data_ok = await s.read(0, 700, blocks) == data or go_on
                 await s.logout()
 
@@ -573,3 +583,54 @@ def test_an_initiator_that_frames_by_segment_is_caught(target: TargetServer) -> 
         patcher.undo()
     grade, why = reframed_breach(broken, 2, "initiator")
     assert grade == "fail", (grade, why, broken.error)
+
+
+def test_an_initiator_that_takes_a_missing_ping_echo_as_answered_is_caught(
+    target: TargetServer,
+) -> None:
+    """FullFeature.Wire.Fault.WithheldPingEchoRecovered can fail (RFC 7143 7.14,
+    11.19): the bridge withholds the NOP-In echoing the reference initiator's ping,
+    whose wait then ends without an answer; it goes on, and the data reads back. An
+    initiator broken on purpose, that reports its ping answered when the wait ends
+    (a NOP-In of its own making), is caught; so is one whose WRITE through the fault
+    does not read back."""
+    good = _fault_run(target, "withhold:NopIn=echo", ping=0.5)
+    assert good.ping == "no answer", (good.error, good.ping)
+    grade, why = withheld_echo_breach(good)
+    assert grade == "pass" and "went on" in why, (grade, why, good.error, good.verified)
+    patcher = Patcher()
+
+    def made_up_echo(old: Any) -> Any:
+        async def nop(self: Session, data: bytes = b"", **kw: Any) -> P.NopIn:
+            try:
+                return await old(self, data, **kw)  # type: ignore[no-any-return]
+            except client.ResponseTimeout:
+                return P.NopIn(itt=0, ttt=0xFFFFFFFF, data=data)
+
+        return nop
+
+    patcher.wrap(Session, "nop", made_up_echo)
+    try:
+        broken = _fault_run(target, "withhold:NopIn=echo", ping=0.5)
+    finally:
+        patcher.undo()
+    grade, why = withheld_echo_breach(broken)
+    assert grade == "fail" and "answered" in why, (grade, why, broken.error)
+    lost = dataclasses.replace(good, verified="the WRITE reported success and its blocks "
+                               "read back different")  # fmt: skip
+    assert withheld_echo_breach(lost)[0] == "fail"
+
+
+def test_withhold_selects_the_nop_in_it_names() -> None:
+    """``withhold:NopIn=echo`` counts only NOP-Ins answering a ping (ITT set), ``=ping``
+    only the target's pings (TTT set); a NOP-In that only carries counters is neither."""
+    counters = P.NopIn(itt=0xFFFFFFFF, ttt=0xFFFFFFFF)
+    echo, ping = P.NopIn(itt=7, ttt=0xFFFFFFFF), P.NopIn(itt=0xFFFFFFFF, ttt=9)
+    for spec, hits in (("withhold:NopIn=echo", echo), ("withhold:NopIn=ping", ping),
+                       ("withhold:NopIn#2", ping)):  # fmt: skip
+        plan = FaultPlan([spec])
+        fired = [plan.decide(0, pdu, True) for pdu in (counters, echo, counters, ping)]
+        assert [p for p, f in zip((counters, echo, counters, ping), fired, strict=True) if f] == [
+            hits
+        ], spec
+    assert str(parse_fault("withhold:nopin=ECHO")) == "withhold:NopIn#1=echo"

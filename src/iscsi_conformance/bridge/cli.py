@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SPEC",
-        help="ACTION:PDU[#N][=SECONDS], e.g. drop:NopIn, delay:ScsiResponse=20, "
-        "ddigest:ScsiDataOut, close:ScsiDataOut#3, split:ScsiCommand (repeatable)",
+        help="ACTION:PDU[#N][=ARG], e.g. drop:ScsiResponse, delay:ScsiResponse=20, "
+        "ddigest:ScsiDataOut, close:ScsiDataOut#3, split:ScsiCommand, withhold:NopIn=echo "
+        "(the NOP-In answering the initiator's ping; =ping: the target's own) (repeatable)",
     )
     p.add_argument("--pcap", type=Path, help="write what passes to this pcapng file")
     p.add_argument(

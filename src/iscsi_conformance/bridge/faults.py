@@ -7,7 +7,11 @@ class name in ``core.pdu``, any case, or ``*`` for any PDU), the occurrence it f
 on (the N-th of that class in full feature phase across the bridge, 1 by default) and
 the action's argument. Each fault fires once. Actions:
 
-``drop``       the PDU is not forwarded (``withhold`` is the same word for a NOP-In);
+``drop``       the PDU is not forwarded;
+``withhold``   a NOP-In that is a ping or an echo is not forwarded (``=echo``: the
+               NOP-In answering an initiator's ping, ITT set, RFC 7143 11.19; ``=ping``:
+               the target's own ping, TTT set; no argument: either); NOP-Ins that only
+               carry counters (both tags 0xffffffff) neither count nor are withheld;
 ``delay=S``    the PDU (and so everything after it in that direction) waits S seconds;
 ``digest``     the PDU is forwarded with a wrong data digest (or header digest when it
                carries no data; ``hdigest``/``ddigest`` choose); needs the digest agreed;
@@ -23,7 +27,8 @@ What a side must do after a fault is judged here too, from a :class:`FaultOutcom
 (the PDUs the bridge saw, each with the fault applied to it, and how the I/O ended):
 ``datain_digest_breach`` (RFC 7143 7.8, the initiator), ``dataout_digest_breach``
 (7.8, the target), ``command_header_digest_breach`` (7.8, the target),
-``dropped_response_breach`` (7.11, the initiator), ``reset_breach`` (7.15 and
+``dropped_response_breach`` (7.11, the initiator), ``withheld_echo_breach`` (7.14
+and 11.19, the initiator whose ping got no echo), ``reset_breach`` (7.15 and
 SBC's READ-after-WRITE, the target) and ``reframed_breach`` (4.2.9, the side that
 receives PDUs split across TCP segments and merged into one) return a :data:`Verdict`: "pass", "fail" (with
 why), "unexercised" (no fault fired) or "inconclusive" (the I/O did not end in time
@@ -42,8 +47,10 @@ from iscsi_conformance.core.pdu import (
     PDU,
     PDU_CLASSES,
     R2T,
+    LoginRequest,
     LogoutRequest,
     LogoutResponse,
+    NopIn,
     Reject,
     ScsiCommand,
     ScsiDataIn,
@@ -65,11 +72,15 @@ __all__ = [
     "parse_fault",
     "reframed_breach",
     "reset_breach",
+    "withheld_echo_breach",
 ]
 
 ACTIONS = ("drop", "withhold", "delay", "digest", "hdigest", "ddigest", "close", "split",
            "merge", "reorder")  # fmt: skip
 _CLASS_NAMES = {cls.__name__.lower(): cls.__name__ for cls in PDU_CLASSES.values()}
+_NONE_TAG = 0xFFFFFFFF
+#: what ``withhold`` may be narrowed to: the NOP-Ins each word selects (RFC 7143 11.19)
+_WITHHELD = {"echo": "answering an initiator's ping", "ping": "the target's ping"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +89,29 @@ class Fault:
     pdu: str  # class name, or "*"
     occurrence: int = 1
     seconds: float = 0.0
+    kind: str = ""  # withhold: "echo", "ping", or "" (either)
 
     def __str__(self) -> str:
         arg = f"={self.seconds:g}" if self.action == "delay" else ""
+        if self.kind:
+            arg = f"={self.kind}"
         return f"{self.action}:{self.pdu}#{self.occurrence}{arg}"
+
+    @property
+    def selector(self) -> str:
+        """What the fault counts occurrences of: a class name (or ``*``), narrowed."""
+        return f"{self.pdu}={self.kind or 'any'}" if self.action == "withhold" else self.pdu
+
+    def selects(self, pdu: PDU) -> bool:
+        """True if ``pdu`` is one of those the fault counts."""
+        if self.pdu not in (type(pdu).__name__, "*"):
+            return False
+        if self.action != "withhold":
+            return True
+        if not isinstance(pdu, NopIn):
+            return False
+        echo, ping = pdu.itt != _NONE_TAG, pdu.ttt != _NONE_TAG
+        return {"echo": echo, "ping": ping}.get(self.kind, echo or ping)
 
 
 def parse_fault(spec: str) -> Fault:
@@ -91,7 +121,7 @@ def parse_fault(spec: str) -> Fault:
     action = action.lower()
     if not sep or action not in ACTIONS:
         raise ValueError(
-            f"fault {spec!r}: expected ACTION:PDU[#N][=SECONDS], ACTION one of {', '.join(ACTIONS)}"
+            f"fault {spec!r}: expected ACTION:PDU[#N][=ARG], ACTION one of {', '.join(ACTIONS)}"
         )
     rest, _, arg = rest.partition("=")
     name, _, count = rest.partition("#")
@@ -104,8 +134,15 @@ def parse_fault(spec: str) -> Fault:
         raise ValueError(f"fault {spec!r}: #N must be a number, got {count!r}") from None
     if occurrence < 1:
         raise ValueError(f"fault {spec!r}: #N counts from 1")
-    seconds = 0.0
-    if action == "delay":
+    seconds, kind = 0.0, ""
+    if action == "withhold":
+        if name.lower() not in ("nopin", "*"):
+            raise ValueError(f"fault {spec!r}: withhold applies to NopIn only")
+        kind = arg.strip().lower()
+        if kind and kind not in _WITHHELD:
+            raise ValueError(f"fault {spec!r}: withhold takes =echo, =ping or nothing")
+        name = "NopIn"
+    elif action == "delay":
         try:
             seconds = float(arg)
         except ValueError:
@@ -114,9 +151,8 @@ def parse_fault(spec: str) -> Fault:
             raise ValueError(f"fault {spec!r}: delay must lie in (0, 3600] seconds")
     elif arg:
         raise ValueError(f"fault {spec!r}: {action} takes no =argument")
-    if action == "withhold":
-        action = "drop"
-    return Fault(action, "*" if name == "*" else _CLASS_NAMES[name.lower()], occurrence, seconds)
+    pdu = "*" if name == "*" else _CLASS_NAMES[name.lower()]
+    return Fault(action, pdu, occurrence, seconds, kind)
 
 
 class FaultPlan:
@@ -140,13 +176,16 @@ class FaultPlan:
         """The fault to apply to ``pdu`` now, if one is due (full feature phase only)."""
         if not self.faults or not full_feature:
             return None
-        name = type(pdu).__name__
-        self._seen[name] = self._seen.get(name, 0) + 1
-        self._seen["*"] = self._seen.get("*", 0) + 1
+        counted: set[str] = set()  # each selector counts a PDU once
+        for fault in self.faults:
+            key = fault.selector
+            if key not in counted and fault.selects(pdu):
+                counted.add(key)
+                self._seen[key] = self._seen.get(key, 0) + 1
         for i, fault in enumerate(self.faults):
-            if i in self._done or fault.pdu not in (name, "*"):
+            if i in self._done or fault.selector not in counted:
                 continue
-            if self._seen[fault.pdu] == fault.occurrence:
+            if self._seen[fault.selector] == fault.occurrence:
                 self._done.add(i)
                 self.fired.append((fault, conn, repr(pdu)[:120]))
                 return fault
@@ -168,6 +207,9 @@ class FaultOutcome:
     # a new session's check afterwards: None if none ran, "" if it logged in and read
     # back every acknowledged write, else what went wrong (login refused, data differs)
     verified: str | None = None
+    # an initiator's own ping through the bridge, as its driver reported it: None if
+    # none was reported, "answered" (the driver had its NOP-In), else why not
+    ping: str | None = None
 
     def faulted(self) -> tuple[int, PDU] | None:
         """(connection, PDU) of the first PDU a fault was applied to."""
@@ -342,6 +384,58 @@ def dropped_response_breach(o: FaultOutcome) -> Verdict:
         how = "then logged out" if ended < len(after) else "and did not go on"
         return "pass", f"the command ended with an error, and the initiator {how}"
     return "inconclusive", "the I/O completed without the initiator going on on that connection"
+
+
+def withheld_echo_breach(o: FaultOutcome) -> Verdict:
+    """RFC 7143 11.19: a target answers a ping (NOP-Out with a valid Initiator Task Tag)
+    with a NOP-In carrying that tag, and only that NOP-In echoes the ping. The bridge
+    withholds it, so the initiator's ping fails. 7.14 lets an initiator take a failing
+    ping as a connection failure (MAY; its timers are its own, 7.1.4.2), and if it
+    does, it MUST then recover in one of 7.14's ways (connection recovery, logout, or
+    session recovery: at ErrorRecoveryLevel 0 the last), with every write it reported
+    done reading back (SBC READ). The initiator broke the rules if it reported the ping
+    answered (no NOP-In with its tag reached it: it took another PDU for the echo), if
+    data it reported written reads back different, or if a new session cannot read back
+    what was acknowledged. Going on without a ping timer is no breach."""
+    hit = o.faulted()
+    if hit is None:
+        return "unexercised", "no NOP-In answering a ping crossed the bridge"
+    conn, pdu = hit
+    itt = getattr(pdu, "itt", _NONE_TAG)
+    if o.data_ok is False:
+        return "fail", "the data read back through the bridge differs from what was written"
+    if o.verified:
+        return "fail", f"after the fault: {o.verified}"
+    if o.ping == "answered":
+        return "fail", (
+            f"the initiator reported its ping (ITT {itt:#x}) answered although the only "
+            "NOP-In with that tag never reached it: it took another PDU for the echo"
+        )
+    later = o.after(conn, _I2T)
+    logged_out = any(isinstance(p, LogoutRequest) for p in later)
+    relogged = sum(  # logins on connections the initiator opened after the fault
+        1 for c, d, p, _ in o.seen[(o._index() or 0) + 1 :]
+        if c > conn and d == _I2T and isinstance(p, LoginRequest) and p.transit and p.nsg == 3
+    )  # fmt: skip
+    if o.closed_first.get(conn) == "initiator" and not logged_out:
+        again = "and logged in again" if relogged else "and did not log in again"
+        how = "the I/O ended with an error" if o.error else "every write read back"
+        return "pass", (
+            f"the initiator took the missing echo as a connection failure (7.14), hung up "
+            f"{again}; {how}"
+        )
+    if o.timed_out:
+        return "inconclusive", "no end and no hang-up before the deadline"
+    ended = next((i for i, p in enumerate(later) if isinstance(p, LogoutRequest)), len(later))
+    went_on = sum(1 for p in later[:ended] if isinstance(p, ScsiCommand))
+    if went_on:
+        return "pass", (
+            f"the initiator went on with the connection ({went_on} command(s) after the "
+            "missing echo; its ping timer, if any, is its own: 7.1.4.2); data verified"
+        )
+    if logged_out:
+        return "pass", "the initiator logged out after the missing echo; data verified"
+    return "pass", "the I/O ended without the initiator going on; data verified"
 
 
 def reset_breach(o: FaultOutcome) -> Verdict:

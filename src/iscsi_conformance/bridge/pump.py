@@ -548,7 +548,7 @@ class Bridge:
             return ""
         conn.faulted = True
         conn.recent.append(f"bridge: {fault}")
-        if fault.action == "drop":
+        if fault.action in ("drop", "withhold"):
             return ""
         if fault.action == "delay":
             if out:
