@@ -3,7 +3,10 @@
 SNACK is a recovery tool of ErrorRecoveryLevel 1 and above. At level 0 a target must
 not act on one (it rejects it); at level 1 a Data SNACK makes it send the named
 Data-In PDUs again, unchanged, and a Status SNACK the named status, as long as the
-initiator has not acknowledged them (ExpStatSN, DataACK).
+initiator has not acknowledged them (ExpStatSN, DataACK). An R-Data SNACK brings back
+all of a read's data, resegmented for a MaxRecvDataSegmentLength declared since, and
+then a SCSI Response with its SNACK Tag (11.16.3); a Data/R2T SNACK for an R2T of a
+write under way brings that R2T back as it was (11.16).
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ BLOCK = 512
 SMALL_PDUS = [("MaxRecvDataSegmentLength", "512")]
 
 
-async def _read(ffp: FullFeature, target: Any, blocks: int = 4) -> Any:
+async def _read(ffp: FullFeature, target: Any, blocks: int = 4, *, each: bool = True) -> Any:
+    """A READ of ``blocks`` blocks, GOOD, in one Data-In per block when ``each``."""
     out = await ffp.command(cdb.read10(0, blocks), read_length=blocks * BLOCK, lun=target.lun)
     require(
-        out.status == 0 and len(out.data_ins) == blocks,
+        out.status == 0
+        and len(out.data) == blocks * BLOCK
+        and (len(out.data_ins) == blocks or not each),
         "RSBC3-5.16-1",
         f"READ of {blocks} blocks: status {out.status!r}, {len(out.data_ins)} Data-In PDUs"
         + (f"; {out.missing()}" if out.missing() else ""),
@@ -181,8 +187,13 @@ async def test_erl0_snack_rejected(target: Any) -> None:
 # --------------------------------------------------------------------------- ERL 1
 
 
-async def _erl1(target: Any, keys: list[tuple[str, str]] | None = None) -> Any:
-    ctx = full_feature(target, keys=[("ErrorRecoveryLevel", "1"), *SMALL_PDUS, *(keys or [])])
+async def _erl1(
+    target: Any,
+    keys: list[tuple[str, str]] | None = None,
+    *,
+    pdus: list[tuple[str, str]] = SMALL_PDUS,
+) -> Any:
+    ctx = full_feature(target, keys=[("ErrorRecoveryLevel", "1"), *pdus, *(keys or [])])
     ffp = await ctx.__aenter__()
     agreed = ffp.probe.negotiated.get("ErrorRecoveryLevel", "0")
     if agreed != "1":
@@ -386,45 +397,46 @@ def _what(got: list[Any], gone: bool) -> str:
     return "stayed silent" if not got else "sent " + ", ".join(type(p).__name__ for p in got)
 
 
-@spec(
-    "FullFeature.Snack.Erl1.RDataSnackTaggedResponse",
-    "RFC 7143 11.16.3",
-    "RFC 7143 11.16.5",
-    "RFC 7143 6.4",
-    requirements=["R7143-11.16-6", "R7143-11.16-7"],
-)
-async def test_erl1_r_data_snack_tagged_response(target: Any) -> None:
-    """At ErrorRecoveryLevel 1, after a READ of 4 blocks in 512-byte Data-In PDUs and a
-    new MaxRecvDataSegmentLength of 1024 declared by Text Request (6.4), an R-Data
-    SNACK (the case 11.16.3 requires it for) brings back all of the READ's data within
-    the new limit, then a SCSI Response carrying the SNACK Tag as the command's last
-    response, although the first status came in the last Data-In (11.16.3, 11.16.5:
-    MUST). The response's StatSN and status are those of the first status (11.16.3,
-    lower-case must: recorded only)."""
-    ctx, ffp = await _erl1(target)
+async def _r_data(target: Any, *, segment: int | None) -> None:
+    """A READ of 4 blocks at ErrorRecoveryLevel 1, its status left unacknowledged: in
+    512-byte Data-In PDUs, or, with ``segment``, in PDUs of up to 2048 bytes followed by
+    a new, smaller MaxRecvDataSegmentLength ``segment`` declared by Text Request (6.4);
+    then an R-Data SNACK. What must come back: all of the READ's
+    data (within ``segment`` when given), then a SCSI Response carrying the SNACK Tag
+    as the command's last response (R7143-11.16-6); that response's StatSN and status
+    are the first status's, and a Status SNACK afterwards brings it back, SNACK Tag
+    included (R7143-11.16-7, recorded only)."""
+    first_segment = [("MaxRecvDataSegmentLength", "2048")] if segment is not None else SMALL_PDUS
+    ctx, ffp = await _erl1(target, pdus=first_segment)
     try:
-        out = await _read(ffp, target)
+        out = await _read(ffp, target, each=segment is None)
         status_sn = _status_statsn(out)
         itt = out.command.itt
-        text = P.TextRequest(
-            final=True,
-            itt=ffp.next_itt(),
-            ttt=NONE_TAG,
-            cmdsn=ffp.take_cmdsn(),
-            expstatsn=status_sn,  # the READ's status stays unacknowledged
-            data=T.format_pairs([("MaxRecvDataSegmentLength", "1024")]),
-        )
-        reply = await ffp.exchange(text)
-        if not isinstance(reply.pdu, P.TextResponse) or "Reject" in reply.pdu.data.decode(
-            "utf-8", "replace"
-        ):
-            raise violation(
-                "harness",
-                "declaring MaxRecvDataSegmentLength=1024 in full feature phase did not "
-                f"complete: {reply.pdu or reply.missing()}",
-                sent=[text],
-                received=reply.shown(),
+        sent: list[Any] = list(out.sent)
+        received: list[Any] = list(out.received)
+        if segment is not None:
+            text = P.TextRequest(
+                final=True,
+                itt=ffp.next_itt(),
+                ttt=NONE_TAG,
+                cmdsn=ffp.take_cmdsn(),
+                expstatsn=status_sn,  # the READ's status stays unacknowledged
+                data=T.format_pairs([("MaxRecvDataSegmentLength", str(segment))]),
             )
+            reply = await ffp.exchange(text)
+            sent.append(text)
+            received.extend(reply.shown())
+            answer = reply.pdu.data.decode("utf-8", "replace") if reply.pdu is not None else ""
+            if not isinstance(reply.pdu, P.TextResponse) or "Reject" in answer:
+                # FullFeature.Text.MaxRecvDataSegmentLengthRedeclared judges this
+                raise violation(
+                    "harness",
+                    f"declaring MaxRecvDataSegmentLength={segment} in full feature phase, "
+                    "needed before the R-Data SNACK, did not complete: "
+                    f"{reply.pdu if reply.pdu is not None else reply.missing()}",
+                    sent=sent,
+                    received=received,
+                )
         snack = P.SnackRequest(
             snack_type=SnackType.R_DATA,
             lun=out.command.lun,
@@ -435,30 +447,31 @@ async def test_erl1_r_data_snack_tagged_response(target: Any) -> None:
             runlength=0,
         )
         await ffp.send(snack)
+        sent.append(snack)
         got, gone = await _collect(ffp, min(ffp.timeout, 2.0))
-        sent = [*out.sent, text, snack]
-        received = [*out.received, *reply.shown(), *_seen(ffp, got)]
+        received.extend(_seen(ffp, got))
         mine = [p for p in got if isinstance(p, P.ScsiDataIn | P.ScsiResponse) and p.itt == itt]
-        tagged = [p for p in mine if isinstance(p, P.ScsiResponse) and p.snack_tag == SNACK_TAG]
+        responses = [p for p in mine if isinstance(p, P.ScsiResponse)]
+        tagged = [p for p in responses if p.snack_tag == SNACK_TAG]
         require(
             bool(tagged),
             "R7143-11.16-6",
             f"an R-Data SNACK with SNACK Tag {SNACK_TAG:#x} brought no SCSI Response carrying "
             f"it: the target {_what(got, gone)}"
             + (
-                f" (SCSI Responses with SNACK Tag {[hex(p.snack_tag) for p in mine if isinstance(p, P.ScsiResponse)]})"
-                if any(isinstance(p, P.ScsiResponse) for p in mine)
+                f" (SCSI Responses with SNACK Tag {[hex(p.snack_tag) for p in responses]})"
+                if responses
                 else ""
             ),
             sent=sent,
             received=received,
         )
+        last = mine[-1]
         require(
-            mine[-1] is tagged[-1],
+            last is tagged[-1],
             "R7143-11.16-6",
             "the SCSI Response with the R-Data SNACK's Tag is not the command's last "
-            f"response: {type(mine[-1]).__name__} (DataSN/StatSN "
-            f"{getattr(mine[-1], 'datasn', getattr(mine[-1], 'statsn', None))}) came after it",
+            f"response: a {type(last).__name__} came after it",
             sent=sent,
             received=received,
         )
@@ -466,31 +479,33 @@ async def test_erl1_r_data_snack_tagged_response(target: Any) -> None:
         data = bytearray(len(out.data))
         for p in again:
             data[p.buffer_offset : p.buffer_offset + len(p.data)] = p.data
+        count = sum(len(p.data) for p in again)
         require(
-            bytes(data) == out.data and sum(len(p.data) for p in again) >= len(out.data),
+            bytes(data) == out.data and count >= len(out.data),
             "R7143-11.16-6",
-            f"after an R-Data SNACK the READ's {len(out.data)} bytes did not all come "
-            f"back: {len(again)} Data-In PDUs, {sum(len(p.data) for p in again)} bytes"
+            f"after an R-Data SNACK the READ's {len(out.data)} bytes did not all come back: "
+            f"{len(again)} Data-In PDUs, {count} bytes"
             + ("" if bytes(data) == out.data or not again else ", not the data first read"),
             sent=sent,
             received=received,
         )
-        too_long = [p.datasn for p in again if len(p.data) > 1024]
-        require(
-            not too_long,
-            "R7143-11.16-6",
-            f"Data-In resent for the R-Data SNACK exceed the MaxRecvDataSegmentLength of "
-            f"1024 declared before it: DataSN {too_long}",
-            sent=sent,
-            received=received,
-        )
+        if segment is not None:
+            too_long = [p.datasn for p in again if len(p.data) > segment]
+            require(
+                not too_long,
+                "R7143-11.16-6",
+                f"Data-In resent for the R-Data SNACK exceed the MaxRecvDataSegmentLength of "
+                f"{segment} declared before it: DataSN {too_long}",
+                sent=sent,
+                received=received,
+            )
         first = out.response
-        last = tagged[-1]
+        final = tagged[-1]
         require(
-            last.statsn == first.statsn and last.status == first.status,
+            final.statsn == first.statsn and final.status == first.status,
             "R7143-11.16-7",
-            f"the R-Data SNACK's SCSI Response has StatSN {last.statsn} and status "
-            f"{last.status:#04x}; the command's status had StatSN {first.statsn} and "
+            f"the R-Data SNACK's SCSI Response has StatSN {final.statsn} and status "
+            f"{final.status:#04x}; the command's status had StatSN {first.statsn} and "
             f"status {first.status:#04x}",
             sent=sent,
             received=received,
@@ -505,7 +520,9 @@ async def test_erl1_r_data_snack_tagged_response(target: Any) -> None:
             runlength=1,
         )
         await ffp.send(status)
+        sent.append(status)
         back, gone = await _collect(ffp, min(ffp.timeout, 2.0))
+        received.extend(_seen(ffp, back))
         latest = [p for p in back if isinstance(p, P.ScsiResponse | P.ScsiDataIn) and p.itt == itt]
         require(
             bool(latest)
@@ -514,15 +531,46 @@ async def test_erl1_r_data_snack_tagged_response(target: Any) -> None:
             "R7143-11.16-7",
             f"a Status SNACK for StatSN {status_sn} after the R-Data SNACK brought "
             + (
-                f"{type(latest[-1]).__name__} with SNACK Tag {getattr(latest[-1], 'snack_tag', None)}"
+                f"{type(latest[-1]).__name__} with SNACK Tag "
+                f"{getattr(latest[-1], 'snack_tag', None)}"
                 if latest
                 else f"nothing for the command: the target {_what(back, gone)}"
             ),
-            sent=[*sent, status],
-            received=[*received, *_seen(ffp, back)],
+            sent=sent,
+            received=received,
         )
     finally:
         await ctx.__aexit__(None, None, None)
+
+
+@spec(
+    "FullFeature.Snack.Erl1.RDataSnackTaggedResponse",
+    "RFC 7143 11.16.3",
+    "RFC 7143 11.16.5",
+    requirements=["R7143-11.16-6", "R7143-11.16-7"],
+)
+async def test_erl1_r_data_snack_tagged_response(target: Any) -> None:
+    """At ErrorRecoveryLevel 1, an R-Data SNACK for a READ of 4 blocks whose status
+    came in its last Data-In and is not yet acknowledged brings back all of the READ's
+    data, then a SCSI Response carrying the SNACK Tag as the command's last response
+    (11.16.3, 11.16.5: MUST). Its StatSN and status are the first status's (11.16.3,
+    a lower-case must: recorded only), and a Status SNACK then brings it back."""
+    await _r_data(target, segment=None)
+
+
+@spec(
+    "FullFeature.Snack.Erl1.RDataSnackResegmented",
+    "RFC 7143 11.16.3",
+    "RFC 7143 11.16.5",
+    "RFC 7143 6.4",
+    requirements=["R7143-11.16-6", "R7143-11.16-7"],
+)
+async def test_erl1_r_data_snack_resegmented(target: Any) -> None:
+    """As RDataSnackTaggedResponse, for a READ received with MaxRecvDataSegmentLength
+    2048, after which the initiator declared 512 by Text Request (6.4), the case in
+    which 11.16.3 requires an R-Data SNACK: the data comes back resegmented within the
+    new limit (13.12), then the SCSI Response with the SNACK Tag."""
+    await _r_data(target, segment=512)
 
 
 # --------------------------------------------------------------------------- R2T SNACK
@@ -551,7 +599,7 @@ async def test_erl1_r2t_snack_resends(target: Any) -> None:
         new = os.urandom(blocks * BLOCK)
         cmd, r2t, got = await ffp.hold_write(target.lun, cdb.write10(lba, blocks), len(new))
         sent: list[Any] = [cmd]
-        received: list[Any] = [*got, *ffp.shown(None if r2t is None else r2t)]
+        received: list[Any] = [*got] if r2t is not None else [*got, *ffp.shown(None)]
         if r2t is None:
             raise violation(
                 "harness",

@@ -230,7 +230,10 @@ def never_sent_snack_reject(p: Patcher) -> None:
     "recovery",
     "an R-Data SNACK at ERL 1 brings back the kept Data-In only: no SCSI Response with "
     "its SNACK Tag follows (11.16.3, 11.16.5; the target's behaviour before 11.16.3)",
-    catches=["FullFeature.Snack.Erl1.RDataSnackTaggedResponse"],
+    catches=[
+        "FullFeature.Snack.Erl1.RDataSnackTaggedResponse",
+        "FullFeature.Snack.Erl1.RDataSnackResegmented",
+    ],
 )
 def r_data_untagged(p: Patcher) -> None:
     from iscsi_conformance.target.task import Task, TaskIO
@@ -240,6 +243,32 @@ def r_data_untagged(p: Patcher) -> None:
             self.emit_raw(raw)
 
     p.replace(TaskIO, "resend_rdata", resend_rdata)
+
+
+@mutant(
+    "Recovery.Snack.RDataNotResegmented",
+    "recovery",
+    "an R-Data SNACK after a smaller MaxRecvDataSegmentLength was declared resends the "
+    "Data-In in their first segments, beyond the new limit (11.16.3, 13.12)",
+    catches=["FullFeature.Snack.Erl1.RDataSnackResegmented"],
+)
+def r_data_not_resegmented(p: Patcher) -> None:
+    from iscsi_conformance.target.task import Task, TaskIO
+
+    def make(old: Any) -> Any:
+        def resend_rdata(self: TaskIO, task: Task, snack_tag: int) -> None:
+            # the first segment size: the longest kept DataSegmentLength (bytes 5-7)
+            first = max((int.from_bytes(raw[5:8], "big") for raw in task.sent_datain), default=0)
+            now = self.max_send
+            self.max_send = max(first, now)
+            try:
+                old(self, task, snack_tag)
+            finally:
+                self.max_send = now
+
+        return resend_rdata
+
+    p.wrap(TaskIO, "resend_rdata", make)
 
 
 @mutant(
