@@ -496,7 +496,8 @@ def test_an_initiator_that_takes_a_lost_response_as_done_is_caught(target: Targe
     grade, why = dropped_response_breach(broken)
     assert grade == "fail" and "reported complete" in why, (grade, why, broken.error)
     late = _fault_run(target, "delay:ScsiResponse=0.3", timeout=2)  # within the timer
-    assert dropped_response_breach(late)[0] == "inconclusive", (late.error, late.verified)
+    grade, why = dropped_response_breach(late)  # waited out, whether it went on or not
+    assert grade == "inconclusive" and "command timer" in why, (grade, why, late.error)
 
 
 def test_a_target_that_refuses_the_new_session_after_a_reset_is_caught(

@@ -367,10 +367,11 @@ def dropped_response_breach(o: FaultOutcome) -> Verdict:
     if o.closed_first.get(conn) == "initiator" and ended == len(after):
         return "pass", "the initiator ended the connection (session recovery)"
     fault = next(f for _, _, _, f in o.seen if f is not None)
-    if o.error is None and not o.timed_out and went_on and fault.action == "delay":
+    if o.error is None and not o.timed_out and fault.action == "delay":
+        # whether or not it went on meanwhile: no command was lost, so nothing to judge
         return "inconclusive", (
-            f"the status came {fault.seconds:g} s late and the initiator took it: its "
-            "command timer is longer than that, or it has none"
+            f"the status came {fault.seconds:g} s late and the initiator waited for it: "
+            "its command timer is longer than that, or it has none (RFC 7143 sets none)"
         )
     if o.error is None and not o.timed_out and went_on:
         return "fail", (
