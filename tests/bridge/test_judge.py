@@ -299,6 +299,45 @@ PLANTED["keys.numeric_answer.initiator"] = (
 PLANTED["keys.boolean_answer.initiator"] = (INQUIRY, _target_offer("InitialR2T", "Yes", "No"))
 
 
+def _chap(initiator_bytes: int, target_bytes: int | None = None) -> Callable[[Conv], Conv]:
+    """A CHAP exchange in the login (RFC 7143 12.1.3): the target chooses CHAP_A=7
+    (SHA-256, 32-byte responses) with its challenge, the initiator answers with a
+    CHAP_R of ``initiator_bytes`` (and, with ``target_bytes``, its own challenge, which
+    the target's final response answers with a CHAP_R of that many bytes)."""
+
+    def plant(c: Conv) -> Conv:
+        i = at(c, P.LoginResponse)
+        d, resp = c[i]
+        first = c[at(c, P.LoginRequest)][1]
+        pairs = [("CHAP_A", "7"), ("CHAP_I", "1"), ("CHAP_C", "0x" + "ab" * 16)]
+        challenge = dataclasses.replace(
+            resp, transit=False, nsg=1, tsih=0,  # type: ignore[call-arg]
+            data=format_pairs([*parse_pairs(resp.data), *pairs], strict=False),
+        )  # fmt: skip
+        answer = [("CHAP_N", "me"), ("CHAP_R", "0x" + "cd" * initiator_bytes)]
+        if target_bytes is not None:
+            answer += [("CHAP_I", "2"), ("CHAP_C", "0x" + "ef" * 16)]
+        reply = dataclasses.replace(first, transit=True, data=format_pairs(answer))  # type: ignore[call-arg]
+        mutual = [("CHAP_N", "tgt"), ("CHAP_R", "0x" + "01" * target_bytes)] if target_bytes else []
+        final = dataclasses.replace(resp, data=format_pairs(mutual))  # type: ignore[call-arg]
+        return [*c[:i], (d, challenge), ("i->t", reply), (d, final), *c[i + 1 :]]
+
+    return plant
+
+
+PLANTED["chap.response_length"] = (INQUIRY, _chap(16))  # an MD5-sized answer to SHA-256
+PLANTED["chap.response_length.target"] = (INQUIRY, _chap(32, 20))
+
+
+def test_a_chap_exchange_of_the_right_lengths_passes(convs: list[Conv]) -> None:
+    judge = Judge()
+    for d, p in _chap(32, 32)(convs[INQUIRY]):
+        judge.pdu(d, p)  # type: ignore[arg-type]
+    names = {b.rule.name for b in judge.breaches}
+    assert not {n for n in names if n.startswith("chap.")}, names
+    assert {"chap.response_length", "chap.response_length.target"} <= judge.exercised
+
+
 def test_every_rule_knows_when_it_is_exercised() -> None:
     from iscsi_conformance.bridge.judge import _EXERCISED_BY
 
@@ -307,6 +346,7 @@ def test_every_rule_knows_when_it_is_exercised() -> None:
     }
     marked_in_code |= {"keys.answered", "padding.zero", "padding.zero.target"}
     marked_in_code |= {"reserved.zero", "reserved.zero.target"}
+    marked_in_code |= {"chap.response_length", "chap.response_length.target"}
     assert set(RULES) - set(_EXERCISED_BY) - marked_in_code == set()
 
 

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal, cast
 
 from iscsi_conformance.core import serial
+from iscsi_conformance.core.chap import ChapAlgorithm
 from iscsi_conformance.core.keys import ResultFunction, Senders, ValueKind, defaults, spec_for
 from iscsi_conformance.core.layout import BHS_LENGTH, LAYOUTS, FieldKind, check_reserved
 from iscsi_conformance.core.negotiation import check_value
@@ -70,7 +71,7 @@ from iscsi_conformance.core.pdu import (
     violations,
     well_formed,
 )
-from iscsi_conformance.core.text import parse_list, parse_number, parse_pairs
+from iscsi_conformance.core.text import parse_binary, parse_list, parse_number, parse_pairs
 
 __all__ = ["RULES", "Breach", "Direction", "Judge", "Rule", "SessionBook"]
 
@@ -158,6 +159,10 @@ RULES: dict[str, Rule] = _rules(
          "values for standard keys are well formed and in range"),
     Rule("keys.sender", "R7143-6.2-6", "INFORMATIONAL", "initiator",
          "no key whose Senders line names only the target"),
+    Rule("chap.response_length", "R7143-12.1.3-12", "MUST", "initiator",
+         "CHAP_R is as long as the digest of the CHAP_A the target chose"),
+    Rule("chap.response_length.target", "R7143-12.1.3-12", "MUST", "target",
+         "CHAP_R is as long as the digest of the CHAP_A the target chose"),
     # -- numbering
     Rule("cmdsn.sequence", "R7143-4.2.2.1-5", "MUST", "initiator",
          "each command carries the current CmdSN; only non-immediate ones advance it"),
@@ -532,6 +537,8 @@ class Judge:
             if spec is None or key in ("SendTargets", "TargetName", "TargetAddress"):
                 self._declared[side][key] = value
                 continue
+            if key == "CHAP_R":
+                self._chap_response(d, pdu, value, out)
             if side == "initiator" and spec.senders == Senders.TARGET:
                 self._flag(out, "keys.sender", d, pdu, f"{key} may be sent by the target only")
             if side == "initiator" and value not in _ANSWER_WORDS:
@@ -548,6 +555,24 @@ class Judge:
             else:
                 self._offers[d][key] = value
                 self._offered_to_target = self._offered_to_target or d == I2T
+
+    def _chap_response(self, d: Direction, pdu: PDU, value: str, out: list[Breach]) -> None:
+        """RFC 7143 12.1.3 with RFC 1994 4.1: a CHAP_R (the initiator's, or the target's
+        in mutual CHAP) is the hash of the algorithm the target chose in CHAP_A, so its
+        binary value is as long as that hash's digest (MD5 16 bytes)."""
+        try:
+            algorithm = ChapAlgorithm(parse_number(self._declared["target"].get("CHAP_A", "")))
+            response = parse_binary(value)
+        except Exception:
+            return  # no algorithm agreed, or a malformed value (the CHAP area's business)
+        name = "chap.response_length" + ("" if d == I2T else ".target")
+        self.exercised.add(name)
+        if len(response) != algorithm.digest_size:
+            self._flag(
+                out, name, d, pdu,
+                f"CHAP_R of {len(response)} bytes, but CHAP_A={int(algorithm)} "
+                f"({algorithm.hash_name}) gives {algorithm.digest_size}",
+            )  # fmt: skip
 
     def _answer(
         self, d: Direction, pdu: PDU, key: str, offer: str, answer: str, out: list[Breach]

@@ -1,4 +1,5 @@
-"""The mutant registry: named, small patches of the reference target's behaviour.
+"""The mutant registry: named, small patches of the reference target's behaviour (and,
+in the area "initiator", of the reference initiator's, for the Wire option tests).
 
 Theory of operation: a mutant is a function that, given a :class:`~.patching.Patcher`,
 replaces one piece of the reference target's behaviour (a method, a function the
@@ -150,6 +151,17 @@ AREAS: dict[str, Area] = {
             "discovery",
             "SendTargets filtering and the answers' format; iSCSI names",
             ("Discovery", "Naming", "Interop.Discovery", "Login.Session"),
+        ),
+        Area(
+            "initiator",
+            "the reference initiator broken on purpose, judged on the wire by the bridge "
+            "while configured for one option (issue 15)",
+            (
+                "Login.Wire.Option",
+                "CHAP.Wire.Option",
+                "Digests.Wire.Option",
+                f"{_FF}.Wire.Option",
+            ),
         ),
     )
 }
