@@ -11,6 +11,7 @@ cannot start must make CI red, never silently vanish from the run.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -22,6 +23,15 @@ _provisioned: dict[str, bool] = {}
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """An xdist worker ignores SIGINT (its controller handles Ctrl-C), and a child
+    process inherits an ignored signal: the tests that stop a ``peers start`` or a
+    ``target`` child with Ctrl-C then wait for a child that cannot hear it. A worker
+    takes Python's default handler back, so its children start with SIGINT default."""
+    if hasattr(config, "workerinput"):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
