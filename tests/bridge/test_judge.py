@@ -8,6 +8,7 @@ import dataclasses
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bridge_helpers import golden
@@ -447,3 +448,19 @@ def test_a_reserved_bit_set_is_the_senders_breach(direction: str, rule: str) -> 
     judge = replay(planted)
     assert [b.rule.name for b in judge.breaches] == [rule], where
     assert RULES[rule].requirement in str(judge.breaches[0])
+
+
+def test_gating_the_exercise_tests_by_class_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The judge asks each exercise test only of the PDU classes its gate names (the
+    hot path's speed); asked of every PDU, they mark the same rules exercised."""
+    from iscsi_conformance.bridge import judge as J
+
+    gated = [replay(c).exercised for c in golden()]
+
+    def every(direction: str, cls: type) -> tuple[tuple[str, Any], ...]:
+        return tuple((n, t) for n, (d, t) in J._EXERCISED_BY.items() if d == direction)
+
+    monkeypatch.setattr(J, "_gated", every)
+    assert [replay(c).exercised for c in golden()] == gated

@@ -393,9 +393,9 @@ class Judge:
             self._reserved(direction, pdu, bhs, out)
         _dispatch(self, direction, pdu, out)
         todo = self._unexercised[direction]
-        if todo:
-            for name, test in list(todo.items()):
-                if test(self, pdu, was_ffp):
+        if todo:  # only the tests whose gate admits this PDU's class (_on)
+            for name, test in _gated(direction, type(pdu)):
+                if name in todo and test(self, pdu, was_ffp):
                     self.exercised.add(name)
                     del todo[name]
         self._keep(out)
@@ -1009,12 +1009,22 @@ class Judge:
         self._status(d, p, out, advances=True)
 
 
-def _ffp(cls: type | tuple[type, ...]) -> Callable[[Judge, PDU, bool], bool]:
-    return lambda j, p, was_ffp: was_ffp and isinstance(p, cls)
+_Test = Callable[["Judge", PDU, bool], bool]
 
 
-def _data(cls: type | tuple[type, ...]) -> Callable[[Judge, PDU, bool], bool]:
-    return lambda j, p, was_ffp: was_ffp and isinstance(p, cls) and bool(p.data)
+def _on(cls: type | tuple[type, ...], test: _Test) -> _Test:
+    """``test``, marked as one that only a PDU of ``cls`` can pass (its gate: the judge
+    then asks it of those PDUs alone, not of every PDU, in the bridge's hot path)."""
+    test.gate = cls if isinstance(cls, tuple) else (cls,)  # type: ignore[attr-defined]
+    return test
+
+
+def _ffp(cls: type | tuple[type, ...]) -> _Test:
+    return _on(cls, lambda j, p, was_ffp: was_ffp and isinstance(p, cls))
+
+
+def _data(cls: type | tuple[type, ...]) -> _Test:
+    return _on(cls, lambda j, p, was_ffp: was_ffp and isinstance(p, cls) and bool(p.data))
 
 
 _COMMANDS = (ScsiCommand, TaskManagementRequest, TextRequest, LogoutRequest, NopOut)
@@ -1037,33 +1047,52 @@ def _good_read(j: Judge, p: PDU, was_ffp: bool) -> bool:
     return isinstance(p, ScsiResponse) and p.status == 0 and p.response == 0
 
 
+_on(ScsiCommand, _write)
+_on((ScsiDataIn, ScsiResponse), _good_read)
+
+
 #: When a conversation gave the sender a chance to break each rule: (the sender's
 #: direction, a test on each PDU it sends). A rule never exercised has no verdict:
 #: silence is not a pass. Key answers and offers are marked where they are judged.
-_EXERCISED_BY: dict[str, tuple[Direction, Callable[[Judge, PDU, bool], bool]]] = {
+_EXERCISED_BY: dict[str, tuple[Direction, _Test]] = {
     "format.fields": (I2T, lambda j, p, f: True),
     "format.fields.target": (T2I, lambda j, p, f: True),
-    "login.t_and_c": (I2T, lambda j, p, f: isinstance(p, LoginRequest)),
-    "login.t_and_c.target": (T2I, lambda j, p, f: isinstance(p, LoginResponse)),
+    "login.t_and_c": (I2T, _on(LoginRequest, lambda j, p, f: isinstance(p, LoginRequest))),
+    "login.t_and_c.target": (
+        T2I,
+        _on(LoginResponse, lambda j, p, f: isinstance(p, LoginResponse)),
+    ),
     "datain.s_needs_f": (T2I, _ffp(ScsiDataIn)),
     "command.rw_length": (I2T, _ffp(ScsiCommand)),
     "digest.correct": (I2T, lambda j, p, f: f and (j.header_digest or j.data_digest)),
     "digest.correct.target": (T2I, lambda j, p, f: f and (j.header_digest or j.data_digest)),
     "login.same_ids": (
         I2T,
-        lambda j, p, f: isinstance(p, LoginRequest) and j._first_login is not p,
+        _on(LoginRequest, lambda j, p, f: isinstance(p, LoginRequest) and j._first_login is not p),
     ),
     "login.same_isid": (
         I2T,
-        lambda j, p, f: isinstance(p, LoginRequest) and j._first_login is not p,
+        _on(LoginRequest, lambda j, p, f: isinstance(p, LoginRequest) and j._first_login is not p),
     ),
-    "login.transit_granted": (T2I, lambda j, p, f: isinstance(p, LoginResponse)),
+    "login.transit_granted": (
+        T2I,
+        _on(LoginResponse, lambda j, p, f: isinstance(p, LoginResponse)),
+    ),
     "login.tsih": (T2I, lambda j, p, f: j.full_feature and not f),
-    "login.only_login": (I2T, lambda j, p, f: isinstance(p, LoginRequest)),
+    "login.only_login": (I2T, _on(LoginRequest, lambda j, p, f: isinstance(p, LoginRequest))),
     "login.silent_after_failure": (T2I, lambda j, p, f: j.login_failed),
-    "login.cmdsn": (I2T, lambda j, p, f: isinstance(p, LoginRequest) and j._first_login is not p),
-    "keys.well_formed": (I2T, lambda j, p, f: isinstance(p, LoginRequest) and bool(p.data)),
-    "keys.sender": (I2T, lambda j, p, f: isinstance(p, LoginRequest) and bool(p.data)),
+    "login.cmdsn": (
+        I2T,
+        _on(LoginRequest, lambda j, p, f: isinstance(p, LoginRequest) and j._first_login is not p),
+    ),
+    "keys.well_formed": (
+        I2T,
+        _on(LoginRequest, lambda j, p, f: isinstance(p, LoginRequest) and bool(p.data)),
+    ),
+    "keys.sender": (
+        I2T,
+        _on(LoginRequest, lambda j, p, f: isinstance(p, LoginRequest) and bool(p.data)),
+    ),
     "cmdsn.sequence": (I2T, _ffp(_COMMANDS)),
     "cmdsn.window": (I2T, _ffp(_COMMANDS)),
     "cmdsn.target_window": (T2I, _ffp((*_STATUS, ScsiDataIn, R2T, AsyncMessage))),
@@ -1077,10 +1106,13 @@ _EXERCISED_BY: dict[str, tuple[Direction, Callable[[Judge, PDU, bool], bool]]] =
     # only a read longer than one burst can break it (open-iscsi's reads never are)
     "datain.burst": (
         T2I,
-        lambda j, p, f: (
-            f
-            and isinstance(p, ScsiDataIn)
-            and p.buffer_offset + len(p.data) > j.number("MaxBurstLength", 262144)
+        _on(
+            ScsiDataIn,
+            lambda j, p, f: (
+                f
+                and isinstance(p, ScsiDataIn)
+                and p.buffer_offset + len(p.data) > j.number("MaxBurstLength", 262144)
+            ),
         ),
     ),
     "r2t.burst": (T2I, _ffp(R2T)),
@@ -1094,14 +1126,37 @@ _EXERCISED_BY: dict[str, tuple[Direction, Callable[[Judge, PDU, bool], bool]]] =
     "itt.unique": (I2T, _ffp(ScsiCommand)),
     "residual.underflow": (T2I, _good_read),
     "response.expdatasn": (T2I, _ffp(ScsiResponse)),
-    "nop.echo": (T2I, lambda j, p, f: f and isinstance(p, NopIn) and p.itt != NONE_TAG),
-    "nop.ping_reply": (I2T, lambda j, p, f: f and isinstance(p, NopOut) and p.ttt != NONE_TAG),
-    "nop.reply_form": (I2T, lambda j, p, f: f and isinstance(p, NopOut) and p.ttt != NONE_TAG),
+    "nop.echo": (T2I, _on(NopIn, lambda j, p, f: f and isinstance(p, NopIn) and p.itt != NONE_TAG)),
+    "nop.ping_reply": (
+        I2T,
+        _on(NopOut, lambda j, p, f: f and isinstance(p, NopOut) and p.ttt != NONE_TAG),
+    ),
+    "nop.reply_form": (
+        I2T,
+        _on(NopOut, lambda j, p, f: f and isinstance(p, NopOut) and p.ttt != NONE_TAG),
+    ),
     "logout.last": (I2T, _ffp(LogoutRequest)),
     "tmf.answer_itt": (T2I, _ffp(TaskManagementResponse)),
     "text.answer_itt": (T2I, _ffp(TextResponse)),
     "logout.answer_itt": (T2I, _ffp(LogoutResponse)),
 }
+
+
+_GATED: dict[tuple[Direction, type], tuple[tuple[str, _Test], ...]] = {}
+
+
+def _gated(direction: Direction, cls: type) -> tuple[tuple[str, _Test], ...]:
+    """The exercise tests of ``direction`` that a PDU of ``cls`` can pass: those with
+    no gate, and those whose gate names the class (computed once per class)."""
+    key = (direction, cls)
+    found = _GATED.get(key)
+    if found is None:
+        found = _GATED[key] = tuple(
+            (name, test)
+            for name, (d, test) in _EXERCISED_BY.items()
+            if d == direction and issubclass(cls, getattr(test, "gate", (object,)))
+        )
+    return found
 
 
 def _as_immediate(p: NopOut) -> NopOut:

@@ -422,6 +422,10 @@ class Bridge:
     ) -> None:
         if direction in conn.framing_lost:
             return
+        if not decoder.buffered:  # at a PDU boundary: whole PDUs decode in place
+            data = self._judge_whole(conn, direction, decoder, data)
+            if not data:
+                return
         decoder.feed(data)
         while True:
             header = decoder.peek()
@@ -439,10 +443,45 @@ class Bridge:
                 return
             if pdu is None:
                 return
-            conn.pdus[direction] += 1
-            conn.recent.append(_entry(direction, header, pdu))
-            self._judged(conn, conn.judge.pdu(direction, pdu, header=header))
-            self._seen(conn, direction, pdu, None)
+            self._judge_one(conn, direction, header, pdu)
+
+    def _judge_whole(
+        self,
+        conn: BridgedConnection,
+        direction: Direction,
+        decoder: PDUDecoder,
+        data: bytes | memoryview,
+    ) -> bytes | memoryview:
+        """Judge the whole PDUs at the start of ``data`` where they lie (no copy into
+        the decoder, whose buffer is empty); return what is left from the first PDU
+        that is incomplete or that the decoder must look at (a digest or format error:
+        it says what is wrong and keeps the stream in step)."""
+        pos, end = 0, len(data)
+        while end - pos >= BHS_LENGTH:
+            try:
+                result = decode(
+                    data,
+                    header_digest=decoder.header_digest,
+                    data_digest=decoder.data_digest,
+                    max_data_segment_length=decoder.max_data_segment_length,
+                    offset=pos,
+                )
+            except Exception:
+                break
+            if not isinstance(result, tuple):  # NeedMore
+                break
+            pdu, used = result
+            self._judge_one(conn, direction, bytes(data[pos : pos + BHS_LENGTH]), pdu)
+            pos += used
+        return data[pos:] if pos else data
+
+    def _judge_one(
+        self, conn: BridgedConnection, direction: Direction, header: bytes, pdu: PDU
+    ) -> None:
+        conn.pdus[direction] += 1
+        conn.recent.append(_entry(direction, header, pdu))
+        self._judged(conn, conn.judge.pdu(direction, pdu, header=header))
+        self._seen(conn, direction, pdu, None)
 
     async def _relay(
         self,
