@@ -1,14 +1,39 @@
-"""Throughput of the reference target over IPsec against the same without, in one run.
+"""iSCSI throughput over IPsec against the same without, side by side in one run.
 
-Builds the IPsec area's two hosts (network namespaces joined by a veth, a charon on
-each: kernel-libipsec over TUN on this host kernel, which has no ``esp4``), starts the
-reference target on the target host with two portals: ``10.77.0.2:3260``, which the
-child SA covers, and ``10.77.0.3:3261``, which nothing covers (the initiator reaches it
-from a second address of its own, ``10.77.0.4``, so that neither host's tunnel route
-applies). libiscsi's ``iscsi-perf`` then READs from each portal in turn, on the
-initiator host, for ``--seconds`` per round; the median MB/s of ``--rounds`` interleaved
-rounds and the ratio protected/clear are printed. Kernel ESP (the micro-VMs) is not
-measured yet. Needs root, strongSwan and libiscsi-bin.
+Each path is built with the IPsec area's own code (``ipsec.ProtectedPath``, and for a
+micro-VM guest ``harness.ipsec_guests.boot_guest``, as ``conformance/ipsec`` builds
+its hosts) and measured against a *clear path between the same two hosts*: a second
+address on each end of the same link (``ProtectedPath.clear_route``, which no SA's
+selectors cover) to a second portal of the same target on port 3261 (the drop policy
+covers 3260 only). Rounds alternate protected, clear, protected, ...; the median MB/s
+of each and the ratio protected/clear are printed, with min and max, the load
+averages, and which ESP backend ran at each end.
+
+Paths (``--path``, repeatable; the default is ``libipsec``):
+
+- ``libipsec``: the reference target on a network namespace, libiscsi's ``iscsi-perf``
+  (READ, ``--depth`` in flight) on another; ESP in charon's kernel-libipsec (user space,
+  over TUN) at both ends, since this machine's kernel has no ``esp4``.
+- ``kernel``: open-iscsi in its micro-VM guest reading from (and with ``--write``,
+  writing to) LIO in another micro-VM guest; ESP in both guests' kernels (Debian 6.1,
+  ``esp4``), the IPsec area's open-iscsi x LIO hosts. I/O is ``dd`` with direct I/O
+  on the LUN's block device in the initiator guest, ``--size`` bytes a request, one
+  in flight, for ``--seconds`` a round (or until the LUN's end).
+- ``mixed``: open-iscsi's guest (kernel ESP) reading from the reference target on a
+  network namespace (kernel-libipsec), the area's open-iscsi x reference hosts.
+
+The reference target is never on a kernel-ESP host: it runs on this machine (a
+namespace), whose kernel has no ESP, so its end is always kernel-libipsec; the micro-VM
+guests' root file system has no Python to run it. The pure kernel-ESP path that exists
+is therefore open-iscsi -> LIO (``kernel``), and ``mixed`` shows the reference target
+with kernel ESP at the initiator's end only. Each protected round must move bytes
+through the SA (the initiator guest's ``ip -s xfrm state`` counters) and each clear
+round none, or the benchmark fails.
+
+Everything is removed on every exit, Ctrl-C and SIGTERM included: the path's close
+(namespaces, taps, charons; also registered with ``atexit``) and the drivers' stop
+(the VMs). Needs root, strongSwan; libiscsi-bin for ``libipsec``; the micro-VM peers
+(``ci/provision.py peers``) for ``kernel`` and ``mixed``.
 
 Measured here (2 shared cores, strongSwan 5.9.8, libiscsi 1.19, ``--seconds 3 --rounds 2``,
 13 s in all): clear 1777 MB/s, kernel-libipsec 6 MB/s, ratio 0.003; charon start 0.11 s,
@@ -20,18 +45,108 @@ IKE + child SA 0.012 s. User-space ESP over TUN is the bottleneck, not iSCSI.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from iscsi_conformance.ipsec import DEFAULT, PROFILES, ProtectedPath, charon_available
+from iscsi_conformance.ipsec import DEFAULT, PROFILES, ProtectedPath, SaProfile, charon_available
 
 IQN = "iqn.2024-01.org.iscsi-conformance:bench-ipsec"
+CLEAR_PORT = 3261
 _AVG = re.compile(r"iops average (\d+) \((\d+) MB/s\)")
+_DD = re.compile(r"(\d+) bytes .*copied, ([\d.]+) s")
+_SA_BYTES = re.compile(r"(\d+)\(bytes\)")
+#: The negotiated keys printed for each session (the two paths must agree on them).
+_KEYS = (
+    "HeaderDigest", "DataDigest", "MaxRecvDataSegmentLength", "MaxBurstLength",
+    "FirstBurstLength", "ImmediateData",
+)  # fmt: skip
+
+
+class Measured:
+    """MB/s per round of each path, and what ran where."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.rounds: dict[str, list[float]] = {}
+        self.notes: list[str] = []
+        self.loads: list[tuple[float, float, float]] = [os.getloadavg()]
+
+    def add(self, name: str, mbs: float) -> None:
+        self.rounds.setdefault(name, []).append(mbs)
+
+    def print(self) -> None:
+        self.loads.append(os.getloadavg())
+        print(f"\n== {self.title}")
+        for note in self.notes:
+            print(f"   {note}")
+        loads = ", ".join("/".join(f"{x:.1f}" for x in load) for load in self.loads)
+        print(f"   load averages (1/5/15 min) at start and end: {loads}")
+        print(f"   {'path':<14} {'median':>8} {'min':>8} {'max':>8}  MB/s per round")
+        for name, values in self.rounds.items():
+            print(
+                f"   {name:<14} {statistics.median(values):>8.2f} {min(values):>8.2f} "
+                f"{max(values):>8.2f}  {', '.join(f'{v:.2f}' for v in values)}"
+            )
+        for op in ("read", "write"):
+            ipsec, clear = self.rounds.get(f"{op} ipsec"), self.rounds.get(f"{op} clear")
+            if ipsec and clear:
+                c = statistics.median(clear)
+                ratio = f"{statistics.median(ipsec) / c:.3f}" if c else "n/a (clear moved nothing)"
+                print(f"   ratio {op} ipsec/clear (medians): {ratio}")
+
+
+def _interruptible() -> None:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so every ``finally`` and closer runs.
+    Only in this process: a child it forked (pyroute2's namespace helpers) inherits the
+    handler and must die of the signal as before, or the namespace calls break."""
+    main = os.getpid()
+
+    def stop(signum: int, _frame: Any) -> None:
+        if os.getpid() != main:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
+@contextlib.contextmanager
+def _closing(closers: list[Callable[[], None]]) -> Iterator[list[Callable[[], None]]]:
+    """Run ``closers`` last first on the way out, each even when another fails."""
+    try:
+        yield closers
+    finally:
+        while closers:
+            with contextlib.suppress(Exception):
+                closers.pop()()
+
+
+def _describe(path: ProtectedPath, profile: SaProfile, est: Any) -> list[str]:
+    hosts = []
+    for h in path.link.hosts:
+        where = "micro-VM guest" if h.shell is not None else f"namespace {h.netns}"
+        hosts.append(f"{h.role} host: {where} {h.address}, ESP in {path.modes()[h.role]}")
+    t = path.timings
+    return [
+        *hosts,
+        f"{profile.describe()}; negotiated {est.transforms()}",
+        f"charon start {t.get('charon_start', 0):.2f} s, IKE + child SA {est.ike_seconds:.3f} s",
+    ]
+
+
+# ---------------------------------------------------------------- kernel-libipsec
 
 
 def perf(path: ProtectedPath, url: str, size: int, depth: int, seconds: int) -> int:
@@ -45,96 +160,229 @@ def perf(path: ProtectedPath, url: str, size: int, depth: int, seconds: int) -> 
     return int(found[-1][1])
 
 
+def _reference_target(path: ProtectedPath, clear: str, closers: list[Callable[[], None]]) -> None:
+    """The reference target on the target host, at the protected and the clear portal."""
+    t = path.target
+    target = subprocess.Popen(
+        t.argv(
+            sys.executable, "-m", "iscsi_conformance.cli", "target",
+            "--listen", f"{t.address}:3260", "--listen", f"{clear}:{CLEAR_PORT}",
+            "--target", IQN, "--lun", "256M",
+        ),
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+    def stop() -> None:
+        target.terminate()
+        try:
+            target.wait(10)
+        except subprocess.TimeoutExpired:
+            target.kill()
+            target.wait(5)
+
+    closers.append(stop)
+    assert target.stdout is not None
+    for _ in range(2):
+        line = target.stdout.readline()  # "listening on ..." per portal
+        if "listening on" not in line:
+            raise RuntimeError(f"reference target did not start: {line!r}")
+
+
+def bench_libipsec(args: argparse.Namespace, profile: SaProfile, workdir: Path) -> Measured:
+    out = Measured(
+        f"reference target over kernel-libipsec: libiscsi iscsi-perf READ {args.size} B, "
+        f"{args.depth} in flight, {args.seconds} s x {args.rounds} rounds"
+    )
+    with ProtectedPath(workdir) as path, _closing([]) as closers:
+        _ini, clear = path.clear_route()
+        est = path.establish(profile)
+        out.notes += _describe(path, profile, est)
+        _reference_target(path, clear, closers)
+        urls = {"read ipsec": f"iscsi://{path.target.address}:3260/{IQN}/0",
+                "read clear": f"iscsi://{clear}:{CLEAR_PORT}/{IQN}/0"}  # fmt: skip
+        for _ in range(args.rounds):
+            for name, url in urls.items():
+                out.add(name, perf(path, url, args.size, args.depth, args.seconds))
+    return out
+
+
+# ---------------------------------------------------------------- guests (kernel ESP)
+
+
+def sa_bytes(shell: Any) -> int:
+    """Bytes the guest's SAs (both directions) have carried, per ``ip -s xfrm state``."""
+    res = shell.run(["ip", "-s", "xfrm", "state"], check=True, timeout=30)
+    return sum(int(n) for n in _SA_BYTES.findall(res.text))
+
+
+def dd_round(shell: Any, device: str, op: str, size: int, seconds: int) -> tuple[int, float]:
+    """Bytes moved and seconds taken by one round of direct ``dd`` on ``device`` in the
+    guest."""
+    io = (
+        f"if={device} of=/dev/null iflag=direct"
+        if op == "read"
+        else f"if=/dev/zero of={device} oflag=direct"
+    )
+    # SIGINT makes dd print what it moved; the LUN's end stops it too
+    res = shell.run(f"timeout -s INT {seconds} dd {io} bs={size} 2>&1; true", timeout=seconds + 60)
+    found = _DD.findall(res.text)
+    if not found:
+        raise RuntimeError(f"dd printed no summary: {res.text[-300:]}")
+    return int(found[-1][0]), float(found[-1][1])
+
+
+def _login(idriver: Any, host: str, port: int, tag: int) -> tuple[Any, str]:
+    from iscsi_conformance.peers.base import TargetEndpoint
+
+    session = idriver.login(TargetEndpoint(host, port, IQN, luns=(0,), portal_group_tag=tag))
+    return session, idriver.device(session, 0)
+
+
+def _guest_rounds(
+    args: argparse.Namespace,
+    out: Measured,
+    path: ProtectedPath,
+    idriver: Any,
+    clear: str,
+    clear_tag: int,
+) -> None:
+    """Log in to both portals, then alternate dd rounds and check the SA counters."""
+    shell = path.initiator.shell
+    devices = {}
+    for name, host, port, tag in (
+        ("ipsec", path.target.address, 3260, 1),
+        ("clear", clear, CLEAR_PORT, clear_tag),
+    ):
+        session, devices[name] = _login(idriver, host, port, tag)
+        keys = session.negotiated
+        out.notes.append(
+            f"{name} session: {host}:{port} -> {devices[name]}; "
+            + ", ".join(f"{k}={keys.get(k)}" for k in _KEYS)
+        )
+    ops = ("read", "write") if args.write else ("read",)
+    through = {"ipsec": 0, "clear": 0}
+    moved = {"ipsec": 0, "clear": 0}
+    for _ in range(args.rounds):
+        for op in ops:
+            for name in ("ipsec", "clear"):
+                before = sa_bytes(shell)
+                done, took = dd_round(shell, devices[name], op, args.size, args.seconds)
+                through[name] += sa_bytes(shell) - before
+                moved[name] += done
+                out.add(f"{op} {name}", done / took / 1e6 if took else 0.0)
+    out.notes.append(
+        f"bytes through the SAs (initiator guest's ip -s xfrm state) / bytes dd moved: "
+        f"protected rounds {through['ipsec']} / {moved['ipsec']}, "
+        f"clear rounds {through['clear']} / {moved['clear']} (the protected session's "
+        f"NOP-Outs go on meanwhile)"
+    )
+    # ESP carries at least the data; a clear round's data never enters an SA
+    if through["ipsec"] < moved["ipsec"] or through["clear"] * 100 > moved["clear"]:
+        raise RuntimeError(
+            f"the paths are not what they claim: SA bytes / data moved, protected "
+            f"{through['ipsec']} / {moved['ipsec']}, clear {through['clear']} / {moved['clear']}"
+        )
+
+
+def bench_kernel(args: argparse.Namespace, profile: SaProfile, workdir: Path) -> Measured:
+    from iscsi_conformance.harness.ipsec_guests import boot_guest
+    from iscsi_conformance.peers.base import LunSpec, TargetSpec
+    from iscsi_conformance.peers.lio import LioTarget
+    from iscsi_conformance.peers.openiscsi import OpenIscsiInitiator
+
+    ops = "READ and WRITE" if args.write else "READ"
+    out = Measured(
+        f"open-iscsi (guest) -> LIO (guest), kernel ESP at both ends: dd {ops} {args.size} B "
+        f"direct, 1 in flight, {args.seconds} s x {args.rounds} rounds"
+    )
+    with _closing([]) as closers:
+        started = time.monotonic()
+        idriver = OpenIscsiInitiator(mode="microvm", login_timeout=15)
+        ini = boot_guest(idriver, closers, "i")
+        tdriver = LioTarget(mode="microvm")
+        tgt = boot_guest(tdriver, closers, "t")
+        out.notes.append(
+            f"guests booted in {time.monotonic() - started:.0f} s: {idriver.version()}; "
+            f"LIO {tdriver.version()}"
+        )
+        tdriver.configure(TargetSpec(IQN, luns=(LunSpec(args.lun_mib << 20),)))
+        tdriver.add_portal_group(IQN)  # TPG 2 on port 3261, the same LUN
+        path = ProtectedPath(workdir, guests={"initiator": ini, "target": tgt})
+        closers.append(path.close)
+        path.open()
+        _ini, clear = path.clear_route()
+        est = path.establish(profile)
+        out.notes += _describe(path, profile, est)
+        closers.append(idriver.stop)  # logs out first, before the path and VMs go
+        _guest_rounds(args, out, path, idriver, clear, clear_tag=2)
+    return out
+
+
+def bench_mixed(args: argparse.Namespace, profile: SaProfile, workdir: Path) -> Measured:
+    from iscsi_conformance.harness.ipsec_guests import boot_guest
+    from iscsi_conformance.peers.openiscsi import OpenIscsiInitiator
+
+    ops = "READ and WRITE" if args.write else "READ"
+    out = Measured(
+        f"open-iscsi (guest, kernel ESP) -> reference target (namespace, kernel-libipsec): "
+        f"dd {ops} {args.size} B direct, 1 in flight, {args.seconds} s x {args.rounds} rounds"
+    )
+    with _closing([]) as closers:
+        started = time.monotonic()
+        idriver = OpenIscsiInitiator(mode="microvm", login_timeout=15)
+        ini = boot_guest(idriver, closers, "i")
+        out.notes.append(f"guest booted in {time.monotonic() - started:.0f} s: {idriver.version()}")
+        path = ProtectedPath(workdir, guests={"initiator": ini})
+        closers.append(path.close)
+        path.open()
+        _ini, clear = path.clear_route()
+        est = path.establish(profile)
+        out.notes += _describe(path, profile, est)
+        _reference_target(path, clear, closers)
+        closers.append(idriver.stop)
+        # the reference target's two portals are in one portal group
+        _guest_rounds(args, out, path, idriver, clear, clear_tag=1)
+    return out
+
+
+BENCHES = {"libipsec": bench_libipsec, "kernel": bench_kernel, "mixed": bench_mixed}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--path", action="append", choices=sorted(BENCHES), default=None,
+                    help="which path to measure (repeatable; default libipsec)")  # fmt: skip
+    ap.add_argument("--kernel-esp", action="store_true",
+                    help="the kernel-ESP paths: the same as --path kernel --path mixed")  # fmt: skip
+    ap.add_argument("--seconds", type=int, default=5, help="per round and path")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--size", type=int, default=65536)
-    ap.add_argument("--depth", type=int, default=16)
+    ap.add_argument("--size", type=int, default=65536, help="bytes per request")
+    ap.add_argument("--depth", type=int, default=16, help="iscsi-perf's commands in flight")
+    ap.add_argument("--write", action="store_true", help="guests: measure writes too")
+    ap.add_argument("--lun-mib", type=int, default=64, help="LIO's LUN, in MiB")
     ap.add_argument("--profile", default=DEFAULT.name, choices=[p.name for p in PROFILES])
     args = ap.parse_args(argv)
+    paths = list(args.path or [])
+    if args.kernel_esp:
+        paths += [p for p in ("kernel", "mixed") if p not in paths]
+    paths = paths or ["libipsec"]
     why = charon_available()
     if why:
         print(f"bench_ipsec: {why}", file=sys.stderr)
         return 2
     profile = next(p for p in PROFILES if p.name == args.profile)
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-ipsec-") as tmp,
-        ProtectedPath(Path(tmp)) as path,
-    ):
-        t, i = path.target, path.initiator
-        for cmd in (
-            ["ip", "-n", t.netns, "addr", "add", "10.77.0.3/32", "dev", t.ifname],
-            ["ip", "-n", i.netns, "addr", "add", "10.77.0.4/32", "dev", i.ifname],
-            [
-                "ip",
-                "-n",
-                i.netns,
-                "route",
-                "add",
-                "10.77.0.3/32",
-                "dev",
-                i.ifname,
-                "src",
-                "10.77.0.4",
-            ],
-            [
-                "ip",
-                "-n",
-                t.netns,
-                "route",
-                "add",
-                "10.77.0.4/32",
-                "dev",
-                t.ifname,
-                "src",
-                "10.77.0.3",
-            ],
-        ):
-            subprocess.run(cmd, check=True, timeout=10)
-        started = time.monotonic()
-        est = path.establish(profile)
-        ike = time.monotonic() - started
-        target = subprocess.Popen(
-            t.argv(
-                sys.executable, "-m", "iscsi_conformance.cli", "target",
-                "--listen", f"{t.address}:3260", "--listen", "10.77.0.3:3261",
-                "--target", IQN, "--lun", "256M",
-            ),
-            stdout=subprocess.PIPE, text=True, start_new_session=True,
-        )  # fmt: skip
-        try:
-            assert target.stdout is not None
-            for _ in range(2):
-                target.stdout.readline()  # "listening on ..." per portal
-            urls = {
-                "ipsec": f"iscsi://{t.address}:3260/{IQN}/0",
-                "clear": f"iscsi://10.77.0.3:3261/{IQN}/0",
-            }
-            mbs: dict[str, list[int]] = {k: [] for k in urls}
-            for _ in range(args.rounds):
-                for name, url in urls.items():
-                    mbs[name].append(perf(path, url, args.size, args.depth, args.seconds))
-        finally:
-            target.terminate()
-            target.wait(10)
-        ipsec, clear = (statistics.median(mbs[k]) for k in ("ipsec", "clear"))
-        print(
-            f"bench_ipsec: charon start {path.timings['charon_start']:.2f} s, IKE + child SA "
-            f"{ike:.3f} s; ESP in {path.backend}, {profile.describe()}; negotiated "
-            f"{est.transforms()}"
-        )
-        print(
-            f"iscsi-perf READ {args.size} B, {args.depth} in flight, {args.seconds} s x {args.rounds}"
-        )
-        print(f"{'path':>8} {'MB/s (median)':>14}  rounds")
-        for name in ("clear", "ipsec"):
-            print(f"{name:>8} {statistics.median(mbs[name]):>14.0f}  {mbs[name]}")
-        print(
-            f"ratio ipsec/clear: {ipsec / clear:.3f}"
-            if clear
-            else "ratio: clear path moved nothing"
-        )
+    _interruptible()
+    started = time.monotonic()
+    results = []
+    try:
+        for name in paths:
+            with tempfile.TemporaryDirectory(prefix=f"bench-ipsec-{name}-") as tmp:
+                results.append(BENCHES[name](args, profile, Path(tmp)))
+            results[-1].print()
+    except KeyboardInterrupt as exc:
+        print(f"bench_ipsec: interrupted ({exc or 'Ctrl-C'}); everything removed", file=sys.stderr)
+        return 130
+    print(f"\nbench_ipsec: {' '.join(sys.argv[1:])}: {time.monotonic() - started:.0f} s in all")
     return 0
 
 

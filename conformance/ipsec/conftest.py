@@ -454,24 +454,13 @@ def _start_lio(
     chap: ChapAccount, closers: list[Callable[[], None]], end: str = "i"
 ) -> tuple[Any, Any]:
     """LIO in a micro-VM booted from the IPsec image (charon), with a tap as second NIC."""
-    from iscsi_conformance.ipsec.guest import GUEST_VICI_PORT
-    from iscsi_conformance.ipsec.hosts import make_tap
-    from iscsi_conformance.peers import microvm
+    from iscsi_conformance.harness.ipsec_guests import boot_guest
     from iscsi_conformance.peers.base import LunSpec, TargetSpec
     from iscsi_conformance.peers.lio import LioTarget
 
     tdriver = LioTarget(mode="microvm")
     tdriver.log.secrets.add(chap.secret)
-    rootfs = microvm.build_rootfs(tdriver.log, packages=microvm.IPSEC_ROOTFS_PACKAGES)
-    tap = make_tap(end=end)
-    tdriver.vm_options = {
-        "rootfs": rootfs,
-        "taps": (tap,),
-        "forwards": {"vici": GUEST_VICI_PORT},
-        "extra_cmdline": microvm.IPSEC_CMDLINE,  # the ESP modules
-    }
-    closers.append(tdriver.stop)
-    tdriver.start()
+    boot_guest(tdriver, closers, end)
     ep = tdriver.configure(TargetSpec(OPEN_TARGET, luns=(LunSpec(16 << 20),)))
     tdriver.configure(TargetSpec(CHAP_TARGET, luns=(LunSpec(4 << 20),), chap=chap))
     return tdriver, ep
@@ -480,22 +469,11 @@ def _start_lio(
 def _start_open_iscsi(closers: list[Callable[[], None]], end: str = "i") -> Any:
     """open-iscsi in a micro-VM booted from the IPsec image (charon), with a tap as second
     NIC: the guest is the initiator host, its tap goes into the target's namespace."""
-    from iscsi_conformance.ipsec.guest import GUEST_VICI_PORT
-    from iscsi_conformance.ipsec.hosts import make_tap
-    from iscsi_conformance.peers import microvm
+    from iscsi_conformance.harness.ipsec_guests import boot_guest
     from iscsi_conformance.peers.openiscsi import OpenIscsiInitiator
 
     probe = OpenIscsiInitiator(mode="microvm", login_timeout=5)
-    rootfs = microvm.build_rootfs(probe.log, packages=microvm.IPSEC_ROOTFS_PACKAGES)
-    tap = make_tap(end=end)
-    probe.vm_options = {
-        "rootfs": rootfs,
-        "taps": (tap,),
-        "forwards": {"vici": GUEST_VICI_PORT},
-        "extra_cmdline": microvm.IPSEC_CMDLINE,  # the ESP modules
-    }
-    closers.append(probe.stop)
-    probe.start()
+    boot_guest(probe, closers, end)
     return probe
 
 

@@ -37,6 +37,9 @@ __all__ = ["Established", "ProtectedPath"]
 
 IKE_NAME = "iscsi-path"
 ISCSI_PORT = 3260
+#: A second address per host for a path no SA covers (:meth:`ProtectedPath.clear_route`);
+#: ``.3`` is the bridge's between two guests.
+CLEAR_ADDRESSES = {"initiator": f"{hosts.SUBNET}.6", "target": f"{hosts.SUBNET}.5"}
 
 
 @dataclasses.dataclass
@@ -206,6 +209,21 @@ class ProtectedPath:
             self.initiator, "iptables", "-A", "OUTPUT", "-o", self.initiator.ifname,
             "-p", "tcp", "--dport", port, *unprotected, "-j", "DROP",
         )  # fmt: skip
+
+    def clear_route(self) -> tuple[str, str]:
+        """Give each host a second address on the link, routed to the other's, and
+        return (the initiator's, the target's). No SA's selectors name these addresses,
+        and with kernel-libipsec the tunnel's routes do not either, so TCP between them
+        crosses the same link in the clear: the baseline a benchmark compares the
+        protected path with. The drop policy covers the iSCSI port only, so the clear
+        portal must listen on another port."""
+        for role in ("initiator", "target"):
+            host = self.initiator if role == "initiator" else self.target
+            mine = CLEAR_ADDRESSES[role]
+            theirs = CLEAR_ADDRESSES["target" if role == "initiator" else "initiator"]
+            self._run(host, "ip", "addr", "add", f"{mine}/32", "dev", host.ifname)
+            self._run(host, "ip", "route", "add", f"{theirs}/32", "dev", host.ifname, "src", mine)
+        return CLEAR_ADDRESSES["initiator"], CLEAR_ADDRESSES["target"]
 
     # ------------------------------------------------------------------ SAs
 
