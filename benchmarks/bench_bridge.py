@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import signal
@@ -98,6 +99,16 @@ def reference_read(host: str, port: int, size: int, depth: int, seconds: float) 
             return done / elapsed / 1e6
 
     return asyncio.run(run())
+
+
+def cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of process ``pid`` so far (Linux /proc), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def perf_read(host: str, port: int, size: int, depth: int, seconds: float) -> float:
@@ -144,13 +155,30 @@ def main(argv: list[str] | None = None) -> int:
                 clients.append(("iscsi-perf", perf_read))
             for label, fn in clients:
                 direct, bridged = [], []
+                user = system = moved = 0.0
                 for _ in range(args.rounds):
                     direct.append(fn(*srv.portal(), args.size, args.depth, args.seconds))
-                    bridged.append(fn("127.0.0.1", port, args.size, args.depth, args.seconds))
+                    before = cpu_seconds(proc.pid)
+                    rate = fn("127.0.0.1", port, args.size, args.depth, args.seconds)
+                    after = cpu_seconds(proc.pid)
+                    bridged.append(rate)
+                    if before and after:
+                        user += after[0] - before[0]
+                        system += after[1] - before[1]
+                        moved += rate * args.seconds
                 d, b = statistics.median(direct), statistics.median(bridged)
+                # the bridge's own CPU per MB relayed: what it costs the host whatever
+                # the load (the ratio swings with what else runs on the cores)
+                cpu = (
+                    f", bridge CPU {1e3 * user / moved:.2f} ms/MB user + "
+                    f"{1e3 * system / moved:.2f} system"
+                    if moved
+                    else ""
+                )
                 print(
                     f"{label}: READ {args.size} B x{args.depth}: direct {d:.1f} MB/s, "
                     f"bridged {b:.1f} MB/s, ratio {b / d:.2f} (cost {100 * (1 - b / d):.0f}%)"
+                    f"{cpu}; load {os.getloadavg()[0]:.1f}"
                 )
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=10)
