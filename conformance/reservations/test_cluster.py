@@ -576,6 +576,16 @@ HELD_KEYS = [("ImmediateData", "No"), ("InitialR2T", "Yes")]
 WINDOWS_TYPES = (WE_RO, EA_RO, WE, EA)
 
 
+#: The catalog row of a WRITE from a nexus neither holding nor registered, per type
+#: (SPC-4 5.13.1): Write Exclusive, Exclusive Access, and the Registrants Only types.
+_LOSER_WRITE_ROW = {
+    WE: "RSPC4-5.9-4",
+    EA: "RSPC4-5.9-5",
+    WE_RO: "RSPC4-5.9-6",
+    EA_RO: "RSPC4-5.9-6",
+}
+
+
 async def _windows_reserve(c: Cluster, node: Node, key: int) -> int:
     for t in WINDOWS_TYPES:
         out = await c.pr_out(node, RESERVE, key=key, pr_type=t)
@@ -599,7 +609,8 @@ async def _windows_reserve(c: Cluster, node: Node, key: int) -> int:
     "SPC-4 5.13.11.2.3",
     requirements=[
         "RSPC4-5.13.7-3", "RSPC4-5.9-3", "RSPC4-5.9-7", "RSPC4-5.13.9-1",
-        "RSPC4-5.9-8", "RSPC4-5.9-9", "RSPC4-5.13.11.2.3-1",
+        "RSPC4-5.9-8", "RSPC4-5.9-9", "RSPC4-5.13.11.2.3-1", "RSPC4-5.9-4", "RSPC4-5.9-5",
+        "RSPC4-5.9-6",
     ],
     needs=PR,
     dataloss=True,
@@ -607,8 +618,10 @@ async def _windows_reserve(c: Cluster, node: Node, key: int) -> int:
 async def test_windows_arbitration(target: Any) -> None:
     """A Windows failover cluster's disk arbitration (MS-CSVP order): each node registers
     with REGISTER AND IGNORE EXISTING KEY, A reserves, B reads the keys and the
-    reservation; B then wins the disk by PREEMPT, A's RESERVE while B owns it conflicts,
-    A wins it back; release, clear, and unregistering with REGISTER AND IGNORE EXISTING
+    reservation; B then wins the disk by PREEMPT, after which A's WRITE through the
+    nexus that held the disk conflicts (SPC-4 5.13.1: A is neither holder nor
+    registrant any more) and the block read from B is unchanged; A's RESERVE while B
+    owns it conflicts, A wins it back; release, clear, and unregistering with REGISTER AND IGNORE EXISTING
     KEY and a zero key, which also releases a holder's reservation (SPC-4 5.13.11.2.3)."""
     ka, kb = node_key(CLUSTER_NAME, "win-a"), node_key(CLUSTER_NAME, "win-b")
     with own_lu(target) as lu:
@@ -652,6 +665,16 @@ async def test_windows_arbitration(target: Any) -> None:
                 rr,
             )
             c.event("B won arbitration", "B")
+            before, _r = await c.read(b, LBA + 17)
+            w = await c.write(a, LBA + 17, c.pattern("A-after-losing"))
+            after, r = await c.read(b, LBA + 17)
+            c.require(
+                w.status == CONFLICT and after == before,
+                _LOSER_WRITE_ROW[t],
+                f"A's WRITE after B's PREEMPT removed A's registration and took the reservation: {describe(w)}; the block read from B {'is unchanged' if after == before else 'changed'} (SPC-4 5.13.1: a nexus that neither holds type {t} nor is registered shall get RESERVATION CONFLICT)",
+                w,
+                r,
+            )
             out = await c.pr_out(a, REGISTER_IGNORE, sa_key=ka)
             c.require(
                 out.status == GOOD, "RSPC4-5.13.7-3", f"A registers again: {describe(out)}", out
