@@ -429,9 +429,18 @@ MICROVM_TARGETS = ("lio",)
 MICROVM_INITIATORS = ("open-iscsi",)
 
 
-#: The pairings the default CI run builds (its time budget); ``ISCSI_CONFORMANCE_IPSEC_PAIRINGS``
-#: = ``all`` (``tox -e ipsec``) or a comma list of ``initiator@target`` picks others.
-DEFAULT_PAIRINGS = ("reference@reference", "reference@tgt", "libiscsi@reference")
+#: The pairings the default CI run builds: every pairing but open-iscsi's three, whose
+#: guest boots and iscsiadm logins cost 3 to 6 min a pairing (docs/ipsec.md), more than
+#: CI's budget leaves. ``ISCSI_CONFORMANCE_IPSEC_PAIRINGS`` = ``all`` (``tox -e ipsec``)
+#: or a comma list of ``initiator@target`` picks others.
+DEFAULT_PAIRINGS = (
+    "reference@reference",
+    "reference@tgt",
+    "reference@lio",
+    "libiscsi@reference",
+    "libiscsi@tgt",
+    "libiscsi@lio",
+)
 
 
 def _selected(initiator: str, target: str) -> bool:
