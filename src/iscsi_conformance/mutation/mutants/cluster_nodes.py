@@ -58,7 +58,7 @@ def fence_spares_other_hosts(p: Patcher) -> None:
 @mutant(
     "Cluster.Nodes.OtherSessionEndReleases",
     "cluster",
-    "the end of a session (logout or I_T nexus loss) of a registrant that does not hold the persistent reservation releases it: a libiscsi node, which logs out after every command, or a node that restarts, takes the disk from its owner (SPC-4 5.13.1: registrations and the reservation persist across I_T nexus loss; 5.13.11.2.3: only the holder's unregistering releases)",
+    "the end of a session (logout or I_T nexus loss) of a registrant that does not hold the persistent reservation releases it: a libiscsi node, which logs out after every command, or a node that restarts, takes the disk from an owner that neither released it nor unregistered (SPC-4 5.13.1: I_T nexus loss does not reset persistent reservation state, as scsi/device.py's nexus_lost keeps it; row RSPC4-5.13.11.2.3-1: a holder's own unregistering releases)",
     catches=[f"{_M}.ThreeNodes", f"{_M}.FenceScsi", f"{_M}.Restart"],
 )
 def other_session_end_releases(p: Patcher) -> None:
