@@ -2425,7 +2425,7 @@ async def _mixed_three_nodes(initiator: Any, target: Any, pool: Any) -> None:
             why = (
                 f"{target.name}'s deviation Cluster.Restart.SameIsid"
                 if deviation
-                else "no libiscsi with iscsi-pr in this run (no docker network)"
+                else "no libiscsi with iscsi-pr here (a native libiscsi without it, or no docker network)"
             )
             cnode = _ReferenceAsThirdParty(c, await c.join("C", initiator=THIRD))
             c.fact("node_c", f"reference initiator ({why})")
