@@ -190,3 +190,93 @@ def test_r2t_snack_resends_the_outstanding_r2t_and_the_write_completes() -> None
     )  # fmt: skip
     got = _feed(engine, conn, cmd)
     assert b"".join(p.data for p in got if isinstance(p, P.ScsiDataIn)) == new
+
+
+def _data_ack(ttt: int, begrun: int, expstatsn: int) -> P.SnackRequest:
+    """A DataACK (11.16.2): Initiator Task Tag 0xffffffff (11.16.4), the A-bit Data-In's
+    Target Transfer Tag (11.16.5), BegRun the next DataSN expected (11.16.6)."""
+    return P.SnackRequest(
+        snack_type=SnackType.DATA_ACK, itt=0xFFFFFFFF, ttt=ttt, begrun=begrun,
+        expstatsn=expstatsn,
+    )  # fmt: skip
+
+
+def test_a_bit_once_per_burst_at_erl1_never_at_erl0() -> None:
+    engine, conn = _connect()
+    ins = [p for p in _read(engine, conn, 2) if isinstance(p, P.ScsiDataIn)]
+    # MaxBurstLength 1024 in 512-byte PDUs: the A bit closes the first sequence only,
+    # the second ends with the status (11.7.2: at most once every MaxBurstLength bytes)
+    assert [p.ack for p in ins] == [False, True, False, False]
+    assert ins[1].final and ins[1].ttt not in (0, 0xFFFFFFFF) and ins[3].status_present
+    assert all(p.ttt == 0xFFFFFFFF for p in ins if not p.ack)
+    engine, conn = _connect("0")
+    ins = [p for p in _read(engine, conn, 2) if isinstance(p, P.ScsiDataIn)]
+    assert len(ins) == 4 and not any(p.ack for p in ins)  # 11.7.2: MUST NOT at ERL 0
+
+
+def test_data_ack_frees_only_the_data_before_begrun_and_r_data_resends_from_it() -> None:
+    engine, conn = _connect()
+    seen = _read(engine, conn, 2)
+    ins = [p for p in seen if isinstance(p, P.ScsiDataIn)]
+    statsn = _status_statsn(seen)
+    data = b"".join(p.data for p in ins)
+    assert _feed(engine, conn, _data_ack(ins[1].ttt, 2, statsn)) == []
+    # DataSN 0..1 are acknowledged now: a Data SNACK for them is a Protocol Error (11.16)
+    (rej,) = _feed(
+        engine, conn,
+        P.SnackRequest(snack_type=SnackType.DATA_R2T, itt=0x40, begrun=1, runlength=1,
+                       expstatsn=statsn),
+    )  # fmt: skip
+    assert isinstance(rej, P.Reject) and rej.reason == RejectReason.PROTOCOL_ERROR
+    # ... and DataSN 2 is still kept
+    (two,) = _feed(
+        engine, conn,
+        P.SnackRequest(snack_type=SnackType.DATA_R2T, itt=0x40, begrun=2, runlength=1,
+                       expstatsn=statsn),
+    )  # fmt: skip
+    assert isinstance(two, P.ScsiDataIn) and two.datasn == 2 and two.data == data[1024:1536]
+    got = _feed(
+        engine, conn,
+        P.SnackRequest(snack_type=SnackType.R_DATA, itt=0x40, ttt=TAG, expstatsn=statsn),
+    )  # fmt: skip
+    again = [p for p in got if isinstance(p, P.ScsiDataIn)]
+    # 11.16.3: numbered from the BegRun of the last DataACK, only the unacknowledged data
+    assert [(p.datasn, p.buffer_offset) for p in again] == [(2, 1024), (3, 1536)]
+    assert b"".join(p.data for p in again) == data[1024:]
+    assert not any(p.status_present or p.ack for p in again)
+    rsp = got[-1]
+    assert isinstance(rsp, P.ScsiResponse) and len(got) == 3
+    assert rsp.snack_tag == TAG and rsp.statsn == statsn and rsp.status == 0
+    assert rsp.expdatasn == 4
+
+
+def test_r_data_after_everything_is_acknowledged_sends_only_the_tagged_response() -> None:
+    engine, conn = _connect()
+    seen = _read(engine, conn, 2)
+    ack = next(p for p in seen if isinstance(p, P.ScsiDataIn) and p.ack)
+    statsn = _status_statsn(seen)
+    assert _feed(engine, conn, _data_ack(ack.ttt, 2, statsn)) == []
+    assert _feed(engine, conn, _data_ack(ack.ttt, 1, statsn)) == []  # older: nothing more
+    assert _feed(engine, conn, _data_ack(ack.ttt, 4, statsn)) == []  # all four
+    # the status came in DataSN 3 (S bit): 11.16.3 wants a new SCSI Response all the same
+    (rsp,) = _feed(
+        engine, conn,
+        P.SnackRequest(snack_type=SnackType.R_DATA, itt=0x40, ttt=TAG, expstatsn=statsn),
+    )  # fmt: skip
+    assert isinstance(rsp, P.ScsiResponse) and rsp.snack_tag == TAG and rsp.statsn == statsn
+    assert rsp.expdatasn == 4
+
+
+def test_data_ack_beyond_the_data_sent_is_an_invalid_data_ack() -> None:
+    engine, conn = _connect()
+    seen = _read(engine, conn, 2)
+    ack = next(p for p in seen if isinstance(p, P.ScsiDataIn) and p.ack)
+    statsn = _status_statsn(seen)
+    (rej,) = _feed(engine, conn, _data_ack(ack.ttt, 5, statsn))
+    assert isinstance(rej, P.Reject) and rej.reason == RejectReason.INVALID_DATA_ACK
+    # nothing was freed: the R-Data SNACK resends all four from DataSN 0
+    got = _feed(
+        engine, conn,
+        P.SnackRequest(snack_type=SnackType.R_DATA, itt=0x40, ttt=TAG, expstatsn=statsn),
+    )  # fmt: skip
+    assert [p.datasn for p in got if isinstance(p, P.ScsiDataIn)] == [0, 1, 2, 3]

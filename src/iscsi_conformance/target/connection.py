@@ -891,7 +891,13 @@ class Connection(TaskIO):
                 self.emit_raw(raw)
             return
         if kind == SnackType.DATA_ACK:
-            self._held.pop(pdu.itt, None)
+            # the task is named by the Target Transfer Tag of its Data-In with the A bit
+            # (11.16.5; the Initiator Task Tag is 0xffffffff, 11.16.4); none kept under
+            # it (its status acknowledged since, say): nothing left to free
+            acked = next((t for t in self._held.values() if t.ack_ttt == pdu.ttt), None)
+            if acked is not None and pdu.ttt != NONE_TAG and not self.data_acked(acked, pdu.begrun):
+                # BegRun past the Data-In sent acknowledges data never sent (11.17.1)
+                self.reject(RejectReason.INVALID_DATA_ACK, P.bhs_of(pdu))
             return
         self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
 

@@ -98,6 +98,7 @@ class Task:
 
     __slots__ = (
         "aborted",
+        "ack_ttt",
         "attr",
         "bidi",
         "bidi_reply",
@@ -168,6 +169,9 @@ class Task:
         # The DataSN of sent_datain[0]: 0 for a READ, the first after the R2Ts for a
         # bidirectional command (one sequence, 4.2.2.4), ExpDataSN after a TASK REASSIGN.
         self.sent_base = 0
+        # ERL1: the Target Transfer Tag of the Data-In with the A bit, which a DataACK
+        # copies (11.7.4, 11.16.5; its Initiator Task Tag is 0xffffffff, 11.16.4)
+        self.ack_ttt = NONE_TAG
         self.r2tsn = 0
         self.next_offset = 0
         self.budgeted = 0
@@ -662,7 +666,8 @@ class TaskIO:
 
         At ERL 1 each PDU is kept for a Data SNACK, whose BegRun names it by its DataSN
         in the shared R2T/Data-In sequence (11.16, 4.2.2.4: ``task.sent_base``); at
-        ERL 2 each one's offset is noted by DataSN for a TASK REASSIGN (11.5.6)."""
+        ERL 2 each one's offset is noted by DataSN for a TASK REASSIGN (11.5.6). The
+        A bit as in ``_send_data_in``: a DataACK's BegRun is a DataSN of that sequence."""
         s = self.session
         assert s is not None
         mv = memoryview(data)
@@ -681,14 +686,16 @@ class TaskIO:
         # ERL 2 resends from a DataSN's offset onwards: offset order only (as a READ).
         reverse = self.erl < 2 and self.datain_reverse
         backwards = self.erl < 2 and self.datain_sequences_reverse
+        ack = keep and not backwards and not resend  # A bit as in _send_data_in
         count = 0
         pieces = _datain_pieces(
             start, len(data), self.max_send, self.params.max_burst_length, reverse, backwards
         )
         for off, ln, final, _last in pieces:
+            a = final and ack
             bhs = P.DATA_IN_BHS.pack(
-                0x25, 0x80 if final else 0, 0, ln, task.lun_field, task.itt, NONE_TAG,
-                0, exp, mx, datasn, off, 0,
+                0x25, (0x80 | 0x40) if a else 0x80 if final else 0, 0, ln, task.lun_field,
+                task.itt, self._ack_tag(task) if a else NONE_TAG, 0, exp, mx, datasn, off, 0,
             )  # fmt: skip
             parts = P.frame_parts(bhs, mv[off : off + ln], self.hd, self.dd)
             self.out.extend(parts)
@@ -780,7 +787,13 @@ class TaskIO:
         every MaxBurstLength sequence, the status in the last one when there is no
         sense data (phase collapse, 11.7.4); a sequence's PDUs at decreasing offsets
         when ``datain_reverse`` (DataPDUInOrder=No agreed). Payloads go out as memoryview slices of
-        ``data`` (no copy); headers come from the hot-path packer."""
+        ``data`` (no copy); headers come from the hot-path packer.
+
+        At ERL 1 and above the last PDU of each sequence that does not carry the status
+        asks for a DataACK (A bit, with a Target Transfer Tag, 11.7.2, 11.7.4): once every
+        MaxBurstLength bytes, as 11.7.2 allows, each time after a whole prefix of the
+        data, so that the DataACK's BegRun frees the Data-In before it (``data_acked``).
+        Not when the sequences go out last first (no prefix) or on a resend."""
         s = self.session
         assert s is not None
         collapse = not sense and status == ScsiStatus.GOOD
@@ -801,18 +814,23 @@ class TaskIO:
         # ERL 2 resends from a DataSN's offset onwards (resume_task): offset order only.
         reverse = self.datain_reverse and not start and self.erl < 2
         backwards = self.datain_sequences_reverse and not start and self.erl < 2
+        ack = keep and not backwards and not start
         for off, ln, final, last in _datain_pieces(start, total, seg, burst, reverse, backwards):
             flags = 0x80 if final else 0
             statsn = 0
             st = 0
             res = 0
+            ttt = NONE_TAG
             if last and collapse:
                 flags |= 0x01 | (0x04 if overflow else 0) | (0x02 if underflow else 0)
                 statsn = self.next_statsn()
                 st = status
                 res = residual
+            elif final and ack:
+                flags |= 0x40
+                ttt = self._ack_tag(task)
             bhs = P.DATA_IN_BHS.pack(
-                0x25, flags, st, ln, lun, itt, NONE_TAG, statsn, exp, mx, datasn, off, res
+                0x25, flags, st, ln, lun, itt, ttt, statsn, exp, mx, datasn, off, res
             )
             parts = P.frame_parts(bhs, mv[off : off + ln], hd, dd)
             out.extend(parts)
@@ -838,23 +856,50 @@ class TaskIO:
         elif keep:
             self._hold(task, statsn)
 
+    def _ack_tag(self, task: Task) -> int:
+        """The Target Transfer Tag of ``task``'s Data-In with the A bit: one per task."""
+        if task.ack_ttt == NONE_TAG:
+            task.ack_ttt = self.engine.alloc_ttt()
+        return task.ack_ttt
+
+    def data_acked(self, task: Task, begrun: int) -> bool:
+        """DataACK (RFC 7143 11.16.2, 11.16.6): BegRun is the next DataSN the initiator
+        expects, so the kept Data-In below it are acknowledged and freed; the rest stay
+        for a Data or R-Data SNACK, which now numbers from BegRun (11.16.3: the resent
+        DataSN start with the BegRun of the last DataACK). A BegRun at or below the
+        first kept DataSN frees nothing (an older acknowledgment). Returns False for a
+        BegRun past the Data-In sent, which acknowledges data never sent."""
+        kept = task.sent_datain
+        k = (begrun - task.sent_base) & 0xFFFFFFFF
+        if k > len(kept):
+            return not sn_lt(task.sent_base, begrun)
+        if k:
+            del kept[:k]
+            task.sent_base = begrun
+        return True
+
     def resend_rdata(self, task: Task, snack_tag: int) -> None:
         """R-Data SNACK (RFC 7143 11.16.3): the initiator discarded the unacknowledged
         Data-In of a finished read, so all of it goes out again, segmented for the
         MaxRecvDataSegmentLength now in force (which may have changed since, 13.12) and
         numbered on from the first kept DataSN (0 for a READ, the first after the R2Ts
-        for a bidirectional command, 4.2.2.4), without status; then a SCSI Response
+        for a bidirectional command, 4.2.2.4, or the BegRun of the last DataACK, whose
+        Data-In before it were freed), without status; then a SCSI Response
         with the task's status and residuals, the SNACK Tag, and the StatSN of the
         status already sent (11.16.3: every response for the command carries one
         StatSN), ExpDataSN counting the read part's Data-In (11.4.8). It replaces the
-        status kept for a Status SNACK and the PDUs kept for a Data SNACK."""
+        status kept for a Status SNACK and the PDUs kept for a Data SNACK. With all the
+        data acknowledged (DataACK) nothing is resent: only the SCSI Response, which
+        11.16.3 requires even when the status came in the last Data-In."""
         s = self.session
         assert s is not None and task.reply is not None
         status, sense, data, overflow, underflow, residual = task.reply
         kept = task.sent_datain
-        # the first kept PDU's Buffer Offset (bytes 40-43): after a TASK REASSIGN from
-        # ExpDataSN > 0 what came before was acknowledged (11.5.6)
-        start = min((int.from_bytes(raw[40:44], "big") for raw in kept), default=0)
+        # the first kept PDU's Buffer Offset (bytes 40-43): after a DataACK, or a TASK
+        # REASSIGN from ExpDataSN > 0, what came before was acknowledged (11.16.2,
+        # 11.5.6); none kept: all of it was (the A bit is set only after a prefix of the
+        # data, and a TASK REASSIGN resends from an offset on)
+        start = min((int.from_bytes(raw[40:44], "big") for raw in kept), default=len(data))
         datasn = task.sent_base
         exp, mx = s.expcmdsn, s.maxcmdsn
         frames: list[bytes] = []
