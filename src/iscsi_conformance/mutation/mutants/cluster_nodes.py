@@ -13,41 +13,38 @@ the libiscsi nodes), ``--initiator open-iscsi`` against open-iscsi x reference; 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from iscsi_conformance.mutation.patching import Patcher
-from iscsi_conformance.mutation.registry import mutant
+from iscsi_conformance.mutation.registry import Apply, mutant
 from iscsi_conformance.scsi.reservations import AccessClass, Registration, ReservationState
 
 R = ReservationState
 _M = "Cluster.Mixed"
 
 
-def _host(reg: Registration) -> str:
-    """The initiator name of a registration's initiator port (``name,i,0xISID``)."""
-    return reg.initiator.lower().split(",i,")[0]
+def _node_mutant(
+    name: str, description: str, *, scenarios: tuple[str, ...]
+) -> Callable[[Apply], Apply]:
+    """Register a mutant of the area "cluster" caught by these Cluster.Mixed scenarios."""
+    return mutant(name, "cluster", description, catches=[f"{_M}.{s}" for s in scenarios])
 
 
-@mutant(
-    "Cluster.Nodes.FenceSparesOtherHosts",
-    "cluster",
-    "PREEMPT and PREEMPT AND ABORT remove the service action key's registrations only on I_T nexuses of the sender's own initiator name: a node of another host stays registered after its fence and writes on (SPC-4 5.13.11.2.4.3, 5.13.11.2.5: every registration with that key)",
-    catches=[f"{_M}.FenceScsi", f"{_M}.ThreeNodes", f"{_M}.Reboot"],
-)
-def fence_spares_other_hosts(p: Patcher) -> None:
+def _around_preempt(
+    p: Patcher,
+    before: Callable[[R, Any], Any],
+    after: Callable[[R, Any, int, Any, Any], None],
+) -> None:
+    """Wrap ``ReservationState._preempt``: ``before(self, reg)`` is what it keeps of the
+    state before the real PREEMPT, ``after(self, reg, sark, kept, result)`` changes the
+    state and the result after it."""
+
     def make(old: Any) -> Any:
         def preempt(self: R, reg: Any, sark: int, scope: int, pr_type: int, *, abort: bool) -> Any:
-            before = list(self.registrations)
+            kept = before(self, reg)
             out = old(self, reg, sark, scope, pr_type, abort=abort)
-            spared = [
-                r
-                for r in before
-                if r not in self.registrations and r.key == sark and _host(r) != _host(reg)
-            ]
-            self.registrations.extend(spared)
-            gone = {r.nexus_key for r in spared}
-            out.unit_attentions[:] = [(k, a) for k, a in out.unit_attentions if k not in gone]
-            out.aborted[:] = [k for k in out.aborted if k not in gone]
+            after(self, reg, sark, kept, out)
             return out
 
         return preempt
@@ -55,11 +52,38 @@ def fence_spares_other_hosts(p: Patcher) -> None:
     p.wrap(R, "_preempt", make)
 
 
-@mutant(
+def _host(reg: Registration) -> str:
+    """The initiator name of a registration's initiator port (``name,i,0xISID``)."""
+    return reg.initiator.lower().split(",i,")[0]
+
+
+@_node_mutant(
+    "Cluster.Nodes.FenceSparesOtherHosts",
+    "PREEMPT and PREEMPT AND ABORT remove the service action key's registrations only on I_T nexuses of the sender's own initiator name: a node of another host stays registered after its fence and writes on (SPC-4 5.13.11.2.4.3, 5.13.11.2.5: every registration with that key)",
+    scenarios=("FenceScsi", "ThreeNodes", "Reboot"),
+)
+def fence_spares_other_hosts(p: Patcher) -> None:
+    def before(self: R, reg: Any) -> list[Registration]:
+        return list(self.registrations)
+
+    def after(self: R, reg: Any, sark: int, kept: list[Registration], out: Any) -> None:
+        spared = [
+            r
+            for r in kept
+            if r not in self.registrations and r.key == sark and _host(r) != _host(reg)
+        ]
+        self.registrations.extend(spared)
+        gone = {r.nexus_key for r in spared}
+        out.unit_attentions[:] = [(k, a) for k, a in out.unit_attentions if k not in gone]
+        out.aborted[:] = [k for k in out.aborted if k not in gone]
+
+    _around_preempt(p, before, after)
+
+
+@_node_mutant(
     "Cluster.Nodes.OtherSessionEndReleases",
-    "cluster",
     "the end of a session (logout or I_T nexus loss) of a registrant that does not hold the persistent reservation releases it: a libiscsi node, which logs out after every command, or a node that restarts, takes the disk from an owner that neither released it nor unregistered (SPC-4 5.13.1: I_T nexus loss does not reset persistent reservation state, as scsi/device.py's nexus_lost keeps it; row RSPC4-5.13.11.2.3-1: a holder's own unregistering releases)",
-    catches=[f"{_M}.ThreeNodes", f"{_M}.FenceScsi", f"{_M}.Restart"],
+    scenarios=("ThreeNodes", "FenceScsi", "Restart"),
 )
 def other_session_end_releases(p: Patcher) -> None:
     def post(self: R, nexus: Any) -> None:
@@ -70,22 +94,18 @@ def other_session_end_releases(p: Patcher) -> None:
     p.after(R, "nexus_lost", post)
 
 
-@mutant(
+@_node_mutant(
     "Cluster.Nodes.PreemptedHolderStillWrites",
-    "cluster",
     "a fenced holder keeps write access: PREEMPT (AND ABORT) of the holder's key moves the reservation and removes the registration, but WRITEs from the preempted I_T nexus still complete (SPC-4 5.13.1: an unregistered nexus's write conflicts under Registrants Only)",
-    catches=[f"{_M}.FenceScsi", f"{_M}.Reboot", f"{_M}.ThreeNodes"],
+    scenarios=("FenceScsi", "Reboot", "ThreeNodes"),
 )
 def preempted_holder_still_writes(p: Patcher) -> None:
-    def make_preempt(old: Any) -> Any:
-        def preempt(self: R, reg: Any, sark: int, scope: int, pr_type: int, *, abort: bool) -> Any:
-            holder = self._holder_registration()
-            out = old(self, reg, sark, scope, pr_type, abort=abort)
-            if holder is not None and holder is not reg and holder not in self.registrations:
-                self.__dict__.setdefault("_mutant_ex_holders", []).append(holder)
-            return out
+    def before(self: R, reg: Any) -> Registration | None:
+        return self._holder_registration()
 
-        return preempt
+    def after(self: R, reg: Any, sark: int, holder: Registration | None, out: Any) -> None:
+        if holder is not None and holder is not reg and holder not in self.registrations:
+            self.__dict__.setdefault("_mutant_ex_holders", []).append(holder)
 
     def make_access(old: Any) -> Any:
         def access_conflict(self: R, nexus: Any, klass: AccessClass) -> bool:
@@ -97,5 +117,5 @@ def preempted_holder_still_writes(p: Patcher) -> None:
 
         return access_conflict
 
-    p.wrap(R, "_preempt", make_preempt)
+    _around_preempt(p, before, after)
     p.wrap(R, "access_conflict", make_access)
