@@ -410,6 +410,8 @@ class Judge:
         return out
 
     def _keep(self, out: list[Breach]) -> None:
+        if not out:  # the common case, on the hot path
+            return
         room = MAX_BREACHES - len(self.breaches)
         self.breaches.extend(out[: max(room, 0)])
         self.dropped += max(len(out) - max(room, 0), 0)

@@ -479,9 +479,12 @@ class Bridge:
         self, conn: BridgedConnection, direction: Direction, header: bytes, pdu: PDU
     ) -> None:
         conn.pdus[direction] += 1
-        conn.recent.append(_entry(direction, header, pdu))
-        self._judged(conn, conn.judge.pdu(direction, pdu, header=header))
-        self._seen(conn, direction, pdu, None)
+        conn.recent.append((direction, header, len(pdu.data)))  # header: 48 bytes already
+        breaches = conn.judge.pdu(direction, pdu, header=header)
+        if breaches:
+            self._judged(conn, breaches)
+        if self.on_pdu is not None:
+            self._seen(conn, direction, pdu, None)
 
     async def _relay(
         self,
