@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,12 +79,26 @@ def _replay(argv: list[str]) -> int:
             host, port, iqn, finding["phase"], finding["login_keys"], finding["pdus"],
             health=health, tape=tape,
         )  # fmt: skip
+    return _replay_verdict(
+        args, identity, seen, tape, nothing=f"nothing was exchanged with {host}:{port}",
+        how=lambda _tape: f"tshark -r {args.pcap} -d tcp.port=={port},iscsi",
+    )  # fmt: skip
+
+
+def _replay_verdict(
+    args: argparse.Namespace, identity: tuple[str, str], seen: Any, tape: Any, *,
+    nothing: str, how: Callable[[Any], str],
+) -> int:  # fmt: skip
+    """The end of every ``fuzz replay``: the capture written to --pcap when ``tape`` is
+    not None (``no capture: NOTHING`` when it holds none, else where it is and
+    ``how(tape)``, how to read it), then whether ``identity`` (kind, place) is among
+    the failures ``seen``: status 1 when it is, 0 when it is not."""
     if tape is not None:
         title = f"fuzz replay of {args.file.name}: {identity[0]} at {identity[1]}"
         if tape.write_pcapng(args.pcap, title=title) is None:
-            print(f"no capture: nothing was exchanged with {host}:{port}")
+            print(f"no capture: {nothing}")
         else:
-            print(f"capture: {args.pcap} (tshark -r {args.pcap} -d tcp.port=={port},iscsi)")
+            print(f"capture: {args.pcap} ({how(tape)})")
     if identity in seen:
         print(f"reproduced: {identity[0]} at {identity[1]}")
         return 1
@@ -106,18 +121,11 @@ def _replay_initiator(args: argparse.Namespace, finding: dict[str, Any]) -> int:
         return 130
     except (ISCSIConformanceError, ValueError) as exc:
         return _err(f"cannot replay {args.file}: {exc}")
-    if args.pcap is not None:
-        title = f"fuzz replay of {args.file.name}: {identity[0]} at {identity[1]}"
-        if tape.write_pcapng(args.pcap, title=title) is None:
-            print("no capture: the initiator opened no connection")
-        else:
-            print(f"capture: {args.pcap} (tshark -r {args.pcap} -d tcp.port=={tape.port},iscsi)")
-    if identity in seen:
-        print(f"reproduced: {identity[0]} at {identity[1]}")
-        return 1
-    others = ", ".join(f"{k} at {p}" for k, p in sorted(seen)) or "nothing"
-    print(f"not reproduced: {identity[0]} at {identity[1]} (seen: {others})")
-    return 0
+    return _replay_verdict(
+        args, identity, seen, tape if args.pcap is not None else None,
+        nothing="the initiator opened no connection",
+        how=lambda t: f"tshark -r {args.pcap} -d tcp.port=={t.port},iscsi",
+    )  # fmt: skip
 
 
 def _replay_program(args: argparse.Namespace, finding: dict[str, Any]) -> int:
@@ -157,19 +165,11 @@ def _replay_program(args: argparse.Namespace, finding: dict[str, Any]) -> int:
         return 130
     except ISCSIConformanceError as exc:
         return _err(str(exc))
-    if tape is not None:
-        title = f"fuzz replay of {args.file.name}: {identity[0]} at {identity[1]}"
-        if tape.write_pcapng(args.pcap, title=title) is None:
-            print("no capture: the program opened no connection")
-        else:
-            print(f"capture: {args.pcap} ({len(tape.conns)} connection(s); "
-                  f"tshark -r {args.pcap} -d tcp.port=={tape.target_port},iscsi)")  # fmt: skip
-    if identity in seen:
-        print(f"reproduced: {identity[0]} at {identity[1]}")
-        return 1
-    others = ", ".join(f"{k} at {p}" for k, p in sorted(seen)) or "nothing"
-    print(f"not reproduced: {identity[0]} at {identity[1]} (seen: {others})")
-    return 0
+    return _replay_verdict(
+        args, identity, seen, tape, nothing="the program opened no connection",
+        how=lambda t: f"{len(t.conns)} connection(s); "
+        f"tshark -r {args.pcap} -d tcp.port=={t.target_port},iscsi",
+    )  # fmt: skip
 
 
 def _endpoint(url: str) -> tuple[str, int, str]:
@@ -477,7 +477,6 @@ def _hypothesis(
     accounts: Any,
 ) -> int:  # fmt: skip
     from iscsi_conformance.fuzz.machine import run_machine
-    from iscsi_conformance.fuzz.repro import save
 
     max_rss_kib, max_fds = _limits(args)
     version = _version(health)
@@ -494,26 +493,9 @@ def _hypothesis(
         f"{report.cases / max(report.seconds, 1e-9):.0f} rules/s "
         "(the seeded engine, the default, is the fast one: fuzz ... --engine random)"
     )
-    deaths = getattr(health, "deaths", None)
-    if deaths:
-        print(f"the peer died {len(deaths)} time(s): {'; '.join(sorted(set(deaths)))}")
-    peer = args.url if "://" not in args.url else f"{host}:{port}"
-    saved: dict[tuple[str, str], Path] = {}
-    save_dir = _save_dir(args, peer)
-    if save_dir is not None:
-        for f in report.failures.values():
-            extra: dict[str, Any] = {}
-            if f.program:
-                tape, extra = _program_tape(f, host, port, iqn, health, accounts)
-            else:
-                tape = _tape(f, host, port, iqn, health) if f.pdus else None
-            url = "" if health is not None else args.url
-            path = save(f, save_dir, target=report.target, url=url, seed=args.seed, tape=tape,
-                        extra=extra)  # fmt: skip
-            saved[f.identity] = path
-            print(f"  reproducer: {path}  (iscsi-conformance fuzz replay {path})")
-    _report(args, peer, "target", report, saved, version)
-    return 1 if report.failing(strict=strict) else 0
+    return _target_end(
+        args, report, host, port, iqn, health, strict, accounts, version, empty_tape=False
+    )
 
 
 def _version(health: Any) -> str:
@@ -530,7 +512,6 @@ def _campaign(
     accounts: Any = None,
 ) -> int:  # fmt: skip
     from iscsi_conformance.fuzz.campaign import Campaign
-    from iscsi_conformance.fuzz.repro import save
 
     max_rss_kib, max_fds = _limits(args)
     version = _version(health)
@@ -542,7 +523,21 @@ def _campaign(
     )  # fmt: skip
     report = camp.run()
     print(report.summary())
-    url = "" if health is not None else args.url
+    return _target_end(
+        args, report, host, port, iqn, health, strict, accounts, version, empty_tape=True
+    )
+
+
+def _target_end(
+    args: argparse.Namespace, report: Any, host: str, port: int, iqn: str, health: Any,
+    strict: bool, accounts: Any, version: str, *, empty_tape: bool,
+) -> int:  # fmt: skip
+    """The end of a campaign against a target (either engine): the peer's deaths, a
+    reproducer per failure with --save or --report (a session-level case or a state
+    machine finding replayed as the machine's program; a failure without PDUs captured
+    only when ``empty_tape``, as the seeded engine does), the report; the exit status."""
+    from iscsi_conformance.fuzz.repro import save
+
     deaths = getattr(health, "deaths", None)
     if deaths:
         print(f"the peer died {len(deaths)} time(s): {'; '.join(sorted(set(deaths)))}")
@@ -552,10 +547,11 @@ def _campaign(
     if save_dir is not None:
         for f in report.failures.values():
             extra: dict[str, Any] = {}
-            if f.program:  # a session-level case: replayed as the machine's program
+            if f.program:
                 tape, extra = _program_tape(f, host, port, iqn, health, accounts)
             else:
-                tape = _tape(f, host, port, iqn, health)
+                tape = _tape(f, host, port, iqn, health) if f.pdus or empty_tape else None
+            url = "" if health is not None else args.url
             path = save(f, save_dir, target=report.target, url=url, seed=args.seed, tape=tape,
                         extra=extra)  # fmt: skip
             saved[f.identity] = path
