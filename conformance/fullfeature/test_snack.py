@@ -5,8 +5,9 @@ not act on one (it rejects it); at level 1 a Data SNACK makes it send the named
 Data-In PDUs again, unchanged, and a Status SNACK the named status, as long as the
 initiator has not acknowledged them (ExpStatSN, DataACK). An R-Data SNACK brings back
 all of a read's data, resegmented for a MaxRecvDataSegmentLength declared since, and
-then a SCSI Response with its SNACK Tag (11.16.3); a Data/R2T SNACK for an R2T of a
-write under way brings that R2T back as it was (11.16).
+then a SCSI Response with its SNACK Tag (11.16.3), and after a DataACK (the initiator's
+answer to a Data-In with the A bit, 11.16.2) only the data left unacknowledged; a
+Data/R2T SNACK for an R2T of a write under way brings that R2T back as it was (11.16).
 """
 
 from __future__ import annotations
@@ -571,6 +572,135 @@ async def test_erl1_r_data_snack_resegmented(target: Any) -> None:
     which 11.16.3 requires an R-Data SNACK: the data comes back resegmented within the
     new limit (13.12), then the SCSI Response with the SNACK Tag."""
     await _r_data(target, segment=512)
+
+
+@spec(
+    "FullFeature.Snack.Erl1.RDataSnackAfterDataAck",
+    "RFC 7143 11.16.3",
+    "RFC 7143 11.16.2",
+    "RFC 7143 11.7.2",
+    requirements=["R7143-11.16-6", "R7143-11.16-9", "R7143-11.16-10"],
+)
+async def test_erl1_r_data_snack_after_data_ack(target: Any) -> None:
+    """At ErrorRecoveryLevel 1, a READ of 4 blocks in 512-byte Data-In with
+    MaxBurstLength 1024, so that the target may ask for a DataACK (A bit) at the end of
+    the first burst (11.7.2: MAY, at most once every MaxBurstLength bytes); the initiator
+    acknowledges up to that Data-In (DataACK, BegRun the next DataSN, 11.16.2, 11.16.6),
+    then sends an R-Data SNACK. The DataACK is not refused (11.16: every SNACK type at
+    ERL > 0) and the data not acknowledged comes back (11.16.3: the initiator discarded
+    it; R7143-11.16-9), then the SCSI Response with the SNACK Tag as the command's last
+    response, though the status came before (R7143-11.16-6). Recorded only: the resent
+    DataSN start at the DataACK's BegRun and the acknowledged data is not resent
+    (11.16.3, no keyword; R7143-11.16-10). Skipped when the target sets no A bit."""
+    ctx, ffp = await _erl1(target, [("MaxBurstLength", "1024")])
+    try:
+        out = await _read(ffp, target, each=False)
+        status_sn = _status_statsn(out)
+        itt = out.command.itt
+        acks = [p for p in out.data_ins if p.ack]
+        if not acks:
+            pytest.skip(
+                "the target set the A bit on none of the READ's Data-In (11.7.2: MAY): "
+                "no DataACK to send"
+            )
+        ack = acks[0]
+        begrun = (ack.datasn + 1) & 0xFFFFFFFF
+        sent: list[Any] = list(out.sent)
+        received: list[Any] = list(out.received)
+        data_ack = P.SnackRequest(
+            snack_type=SnackType.DATA_ACK,
+            lun=ack.lun,
+            itt=NONE_TAG,  # 11.16.4
+            ttt=ack.ttt,  # 11.16.5: the A-bit Data-In's tag
+            expstatsn=status_sn,  # the READ's status stays unacknowledged
+            begrun=begrun,  # 11.16.6: the next DataSN expected
+            runlength=0,  # 11.16.7
+        )
+        await ffp.send(data_ack)
+        sent.append(data_ack)
+        got, gone = await _collect(ffp, min(ffp.timeout, 1.0))
+        received.extend(_seen(ffp, got))
+        require(
+            not gone and not any(isinstance(p, P.Reject) for p in got),
+            "R7143-11.16-9",
+            f"a DataACK (BegRun {begrun}, the Target Transfer Tag {ack.ttt:#x} of the "
+            f"Data-In with the A bit, DataSN {ack.datasn}): the target {_what(got, gone)}",
+            sent=sent,
+            received=received,
+        )
+        snack = P.SnackRequest(
+            snack_type=SnackType.R_DATA,
+            lun=out.command.lun,
+            itt=itt,
+            ttt=SNACK_TAG,
+            expstatsn=status_sn,
+            begrun=0,  # 11.16.6, 11.16.7: both 0 for an R-Data SNACK
+            runlength=0,
+        )
+        await ffp.send(snack)
+        sent.append(snack)
+        got, gone = await _collect(ffp, min(ffp.timeout, 2.0))
+        received.extend(_seen(ffp, got))
+        mine = [p for p in got if isinstance(p, P.ScsiDataIn | P.ScsiResponse) and p.itt == itt]
+        responses = [p for p in mine if isinstance(p, P.ScsiResponse)]
+        tagged = [p for p in responses if p.snack_tag == SNACK_TAG]
+        require(
+            bool(tagged),
+            "R7143-11.16-6",
+            f"an R-Data SNACK with SNACK Tag {SNACK_TAG:#x} after a DataACK up to DataSN "
+            f"{begrun} brought no SCSI Response carrying it: the target {_what(got, gone)}"
+            + (
+                f" (SCSI Responses with SNACK Tag {[hex(p.snack_tag) for p in responses]})"
+                if responses
+                else ""
+            ),
+            sent=sent,
+            received=received,
+        )
+        require(
+            mine[-1] is tagged[-1],
+            "R7143-11.16-6",
+            "the SCSI Response with the R-Data SNACK's Tag is not the command's last "
+            f"response: a {type(mine[-1]).__name__} came after it",
+            sent=sent,
+            received=received,
+        )
+        # the data not acknowledged: what the first Data-In from BegRun on carried
+        unacked = [p for p in out.data_ins if ((p.datasn - begrun) & 0xFFFFFFFF) < 1 << 31]
+        start = min((p.buffer_offset for p in unacked), default=len(out.data))
+        again = [p for p in mine if isinstance(p, P.ScsiDataIn)]
+        data = bytearray(out.data)
+        covered = bytearray(len(out.data))
+        for p in again:
+            end = min(p.buffer_offset + len(p.data), len(data))
+            if p.buffer_offset < end:
+                data[p.buffer_offset : end] = p.data[: end - p.buffer_offset]
+                covered[p.buffer_offset : end] = b"\x01" * (end - p.buffer_offset)
+        missing = covered[start:].count(0)
+        require(
+            not missing and bytes(data) == out.data,
+            "R7143-11.16-9",
+            f"after a DataACK up to DataSN {begrun} an R-Data SNACK did not bring back the "
+            f"{len(out.data) - start} bytes not acknowledged (from offset {start}): "
+            f"{len(again)} Data-In PDUs, {missing} of those bytes missing"
+            + ("" if bytes(data) == out.data else ", data other than first read"),
+            sent=sent,
+            received=received,
+        )
+        numbers = [p.datasn for p in again]
+        expected = [(begrun + i) & 0xFFFFFFFF for i in range(len(again))]
+        below = [p.datasn for p in again if p.buffer_offset < start]
+        require(
+            numbers == expected and not below,
+            "R7143-11.16-10",
+            f"the Data-In resent after a DataACK with BegRun {begrun} have DataSN {numbers}"
+            + (f" (expected {expected})" if numbers != expected else "")
+            + (f"; DataSN {below} carry acknowledged data" if below else ""),
+            sent=sent,
+            received=received,
+        )
+    finally:
+        await ctx.__aexit__(None, None, None)
 
 
 # --------------------------------------------------------------------------- R2T SNACK

@@ -305,3 +305,61 @@ def r2t_new_tag(p: Patcher) -> None:
         return resend_r2ts
 
     p.wrap(TaskIO, "resend_r2ts", make)
+
+
+@mutant(
+    "Recovery.Snack.DataAckDropsTask",
+    "recovery",
+    "a DataACK drops everything kept for its task, so an R-Data SNACK after it is "
+    "rejected instead of resending the unacknowledged data and the tagged SCSI Response "
+    "(11.16.2, 11.16.3; the target's behaviour before)",
+    catches=["FullFeature.Snack.Erl1.RDataSnackAfterDataAck"],
+)
+def data_ack_drops_task(p: Patcher) -> None:
+    def handle(self: Connection, pdu: P.SnackRequest) -> bool:
+        if self.erl == 0 or pdu.snack_type & 0x0F != SnackType.DATA_ACK:
+            return False
+        for itt, task in list(self._held.items()):
+            if task.ack_ttt == pdu.ttt:
+                del self._held[itt]
+        return True
+
+    _snack(p, handle)
+
+
+@mutant(
+    "Recovery.Snack.DataAckFreesAllData",
+    "recovery",
+    "a DataACK frees all the Data-In kept for its task, past its BegRun: an R-Data SNACK "
+    "after it brings back only the tagged SCSI Response, not the unacknowledged data "
+    "(11.16.3)",
+    catches=["FullFeature.Snack.Erl1.RDataSnackAfterDataAck"],
+)
+def data_ack_frees_all(p: Patcher) -> None:
+    from iscsi_conformance.target.task import Task, TaskIO
+
+    def data_acked(self: TaskIO, task: Task, begrun: int) -> bool:
+        task.sent_base = (task.sent_base + len(task.sent_datain)) & 0xFFFFFFFF
+        task.sent_datain.clear()
+        return True
+
+    p.replace(TaskIO, "data_acked", data_acked)
+
+
+@mutant(
+    "Recovery.Snack.DataAckRejected",
+    "recovery",
+    "a DataACK at ERL 1 is rejected (Protocol Error) instead of freeing the acknowledged "
+    "Data-In (11.16: every SNACK type at ERL > 0)",
+    catches=["FullFeature.Snack.Erl1.RDataSnackAfterDataAck"],
+)
+def data_ack_rejected(p: Patcher) -> None:
+    from iscsi_conformance.core.codes import RejectReason
+
+    def handle(self: Connection, pdu: P.SnackRequest) -> bool:
+        if self.erl > 0 and pdu.snack_type & 0x0F == SnackType.DATA_ACK:
+            self.reject(RejectReason.PROTOCOL_ERROR, P.bhs_of(pdu))
+            return True
+        return False
+
+    _snack(p, handle)
