@@ -39,6 +39,7 @@ from iscsi_conformance.bridge.faults import (
     dropped_response_breach,
     reframed_breach,
     reset_breach,
+    unanswered_ping_breach,
     withheld_echo_breach,
 )
 from iscsi_conformance.bridge.judge import RULES, Rule
@@ -270,7 +271,7 @@ del _rule
 # again directly: both ranges must read back as acknowledged.
 
 _FAULT_DEFAULT = {("reference", "reference"), ("reference", "tgt")}  # cheap: about 1 s each
-_FAULT_SLOW = {"dropped", "delayed"}
+_FAULT_SLOW = {"dropped", "delayed", "target ping"}
 _FAULT_DELAY = 40.0  # beyond the command timers: reference 15 s, Linux SCSI 30 s
 _FAULT_DEADLINE = 120.0  # a micro-VM initiator's login, LU scan and 1 MiB, under load
 _FAULT_LBA = 28672  # away from the Interop tests' blocks and the scenario's
@@ -617,6 +618,60 @@ def test_fault_withheld_ping_echo(initiator: Any, target: Any, _iscsi_pool: Any)
     )  # fmt: skip
     verdict = withheld_echo_breach(run)
     requirement = "RSBC3-5.16-1" if "read back" in verdict[1] else "R7143-7.14-1"
+    _judge_fault(requirement, run, steps, verdict)
+
+
+_TARGET_PING_WAIT = 25.0  # idle until the target pings: LIO's nopin_timeout is 15 s
+_TARGET_PING_ANSWER = 45.0  # then its answer timer (LIO nopin_response_timeout 30 s)
+
+
+def _idle_for_target_ping(session: Any, bridge: Bridge, steps: list[str]) -> None:
+    """Leave the connection idle until the target pings (the bridge withholds the
+    ping), then give the target its answer timer to act: close the connection or not."""
+    started = time.monotonic()
+    if not bridge.wait_for(lambda: bool(bridge.faults.fired), _TARGET_PING_WAIT):
+        steps.append(f"the target sent no ping in {_TARGET_PING_WAIT:g} s of idle")
+        return None
+    steps.append(f"ping withheld after {time.monotonic() - started:.1f} s of idle")
+    conn = bridge.faults.fired[0][1]
+    closed = bridge.wait_for(lambda: bridge.connections[conn].ended_by is not None,
+                             _TARGET_PING_ANSWER)  # fmt: skip
+    steps.append(
+        f"its connection ended by the {bridge.connections[conn].ended_by}"
+        if closed
+        else f"its connection lived on for {_TARGET_PING_ANSWER:g} s"
+    )
+    return None
+
+
+@spec(
+    "FullFeature.Wire.Fault.UnansweredTargetPingHandled",
+    "RFC 7143 7.14",
+    level="MUST",
+    role="target",
+    requirements=["R7143-7.14-2", "R7143-7.15-1", "RSBC3-5.16-1"],
+    pairing="all",
+    dataloss=True,
+)
+def test_fault_unanswered_target_ping(initiator: Any, target: Any, _iscsi_pool: Any) -> None:
+    """After a WRITE the connection stays idle until the target pings (a NOP-In with a
+    valid Target Transfer Tag, RFC 7143 11.19), and the bridge withholds the ping, so
+    no NOP-Out answers it. The target may take that as a connection failure (7.14,
+    MAY), and then MUST close the connection (7.1.4.3) and take the initiator's new
+    session (7.15); or it keeps serving the connection. It must not keep the connection
+    open and answer nothing; a new session must read back every acknowledged write.
+    A target that pings no idle connection (the reference target as the suite runs it,
+    tgt) is skipped; only ISCSI_CONFORMANCE_WIRE_FAULTS=all runs it (it idles)."""
+    _fault_pairing(initiator, target, "", "target ping")
+    run, steps = _faulted(
+        initiator, target, _iscsi_pool, "withhold:NopIn=ping", 64,
+        data_digest="None", verify=True, between=_idle_for_target_ping,
+    )  # fmt: skip
+    verdict = unanswered_ping_breach(run)
+    if "after the fault" in verdict[1]:
+        requirement = "RSBC3-5.16-1" if "read back" in verdict[1] else "R7143-7.15-1"
+    else:
+        requirement = "R7143-7.14-2"
     _judge_fault(requirement, run, steps, verdict)
 
 

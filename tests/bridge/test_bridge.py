@@ -29,6 +29,7 @@ from iscsi_conformance.bridge.faults import (
     parse_fault,
     reframed_breach,
     reset_breach,
+    unanswered_ping_breach,
     withheld_echo_breach,
 )
 from iscsi_conformance.bridge.pump import Bridge
@@ -382,6 +383,7 @@ def _fault_run(
     go_on: bool = False,
     after: Callable[[], None] = lambda: None,
     ping: float = 0.0,
+    idle: float = 0.0,
 ) -> FaultOutcome:
     """As conformance/wire's fault tests with data verified: an acknowledged range
     written directly, then through a bridge injecting ``spec`` a WRITE and its read,
@@ -390,7 +392,8 @@ def _fault_run(
     came as done and goes on with a READ on the same session. ``after`` runs between
     the faulted session and the check (a target broken from then on). ``ping``: the
     initiator pings between the WRITE and the READ, waiting that long for the echo
-    (``FaultOutcome.ping`` says whether it reported the ping answered)."""
+    (``FaultOutcome.ping`` says whether it reported the ping answered). ``idle``: the
+    session stays idle that long between the WRITE and the READ (a target pings)."""
     seen: list[Any] = []
     acked, data = os.urandom(4096), os.urandom(blocks * 512)
     host, port = target.portal()
@@ -419,6 +422,7 @@ def _fault_run(
                     if not go_on:
                         raise
                 written = True
+                await asyncio.sleep(idle)
                 if ping:
                     try:
                         await s.nop(b"ping", timeout=ping)
@@ -635,3 +639,64 @@ def test_withhold_selects_the_nop_in_it_names() -> None:
             hits
         ], spec
     assert str(parse_fault("withhold:nopin=ECHO")) == "withhold:NopIn#1=echo"
+
+
+@pytest.fixture(scope="module")
+def pinging_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TargetServer]:
+    """A reference target that pings a connection idle for 0.3 s and drops it when no
+    NOP-Out answers within 1 s (RFC 7143 11.19, 7.14)."""
+    tmp = tmp_path_factory.mktemp("pinging-target")
+    cfg = {
+        "server": {"state_dir": str(tmp / "state"), "nop_in_interval": 0.3, "nop_in_timeout": 1.0},
+        "portal_groups": [{"tag": 1, "portals": ["127.0.0.1:0"]}],
+        "targets": [{"name": DISK, "luns": [{"lun": 0, "size": "4M"}]}],
+    }
+    srv = TargetServer(parse_config(cfg))
+    srv.start_in_thread()
+    try:
+        yield srv
+    finally:
+        srv.stop_thread()
+
+
+class _Discard(list[Any]):
+    """An output queue that keeps nothing (a target broken on purpose goes silent)."""
+
+    def append(self, item: Any) -> None:
+        return None
+
+    def extend(self, items: Any) -> None:
+        return None
+
+
+def test_a_target_silent_after_its_unanswered_ping_is_caught(pinging_target: TargetServer) -> None:
+    """FullFeature.Wire.Fault.UnansweredTargetPingHandled can fail (RFC 7143 7.14,
+    7.1.4.3): the bridge withholds the reference target's ping; the target drops the
+    connection when no answer comes, and a new session reads back what was acknowledged.
+    A target broken on purpose, that stops answering the connection instead of closing
+    it, is caught (the READ that follows gets no answer)."""
+    good = _fault_run(pinging_target, "withhold:NopIn=ping", idle=1.8, timeout=1)
+    grade, why = unanswered_ping_breach(good)
+    assert grade == "pass" and "closed the connection" in why, (grade, why, good.error)
+    patcher = Patcher()
+
+    def mute_instead_of_close(old: Any) -> Any:
+        def handle_timer(self: Connection, now: float) -> None:
+            if getattr(self, "_muted", False):
+                self._ping_ttt = None  # (no timer due at once, again and again)
+                return None
+            if self._ping_ttt is not None and now - self._ping_sent > 1.0:
+                self._muted = True  # taken as failed, and never closed
+                self.out = _Discard()  # what it would send from now on goes nowhere
+                return None
+            return old(self, now)  # type: ignore[no-any-return]
+
+        return handle_timer
+
+    patcher.wrap(Connection, "handle_timer", mute_instead_of_close)
+    try:
+        broken = _fault_run(pinging_target, "withhold:NopIn=ping", idle=1.8, timeout=1)
+    finally:
+        patcher.undo()
+    grade, why = unanswered_ping_breach(broken)
+    assert grade == "fail" and "silent" in why, (grade, why, broken.error)

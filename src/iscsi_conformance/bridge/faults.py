@@ -28,7 +28,8 @@ What a side must do after a fault is judged here too, from a :class:`FaultOutcom
 ``datain_digest_breach`` (RFC 7143 7.8, the initiator), ``dataout_digest_breach``
 (7.8, the target), ``command_header_digest_breach`` (7.8, the target),
 ``dropped_response_breach`` (7.11, the initiator), ``withheld_echo_breach`` (7.14
-and 11.19, the initiator whose ping got no echo), ``reset_breach`` (7.15 and
+and 11.19, the initiator whose ping got no echo), ``unanswered_ping_breach`` (7.14
+and 7.1.4.3, the target whose ping got no answer), ``reset_breach`` (7.15 and
 SBC's READ-after-WRITE, the target) and ``reframed_breach`` (4.2.9, the side that
 receives PDUs split across TCP segments and merged into one) return a :data:`Verdict`: "pass", "fail" (with
 why), "unexercised" (no fault fired) or "inconclusive" (the I/O did not end in time
@@ -72,6 +73,7 @@ __all__ = [
     "parse_fault",
     "reframed_breach",
     "reset_breach",
+    "unanswered_ping_breach",
     "withheld_echo_breach",
 ]
 
@@ -437,6 +439,45 @@ def withheld_echo_breach(o: FaultOutcome) -> Verdict:
     if logged_out:
         return "pass", "the initiator logged out after the missing echo; data verified"
     return "pass", "the I/O ended without the initiator going on; data verified"
+
+
+def unanswered_ping_breach(o: FaultOutcome) -> Verdict:
+    """RFC 7143 11.19 and 11.18: a target pings with a NOP-In carrying a valid Target
+    Transfer Tag, which the initiator answers with a NOP-Out. The bridge withholds the
+    ping, so no answer ever comes. 7.14 lets the target take a failing ping as a
+    connection failure (MAY; its timers are its own, 7.1.4.2); a target that does MUST
+    close the connection (7.1.4.3) and take the initiator's recovery (at
+    ErrorRecoveryLevel 0 a new session, 7.15). It broke the rules if it kept the
+    connection open and answered none of the commands sent on it afterwards (silent:
+    a connection taken as failed and not closed), or if a new session cannot read back
+    what was acknowledged."""
+    hit = o.faulted()
+    if hit is None:
+        return "unexercised", "the target sent no ping (a NOP-In with a Target Transfer Tag)"
+    conn, _ = hit
+    if o.data_ok is False:
+        return "fail", "the data read back through the bridge differs from what was written"
+    if o.verified:
+        return "fail", f"after the fault: {o.verified}"
+    if o.closed_first.get(conn) == "target":
+        return "pass", (
+            "the target took its unanswered ping as a connection failure and closed the "
+            "connection (7.14); a new session read back every acknowledged write"
+        )
+    asked = [p for p in o.after(conn, _I2T) if isinstance(p, ScsiCommand)]
+    answered = [p for p in o.after(conn, _T2I) if isinstance(p, ScsiResponse | ScsiDataIn | R2T)]
+    if asked and not answered:
+        return "fail", (
+            f"after its ping went unanswered the target answered none of the {len(asked)} "
+            "command(s) sent on the connection and did not close it (silent): a connection "
+            "it takes as failed it must close (7.1.4.3, 7.14)"
+        )
+    if o.timed_out:
+        return "inconclusive", "no end and no close before the deadline"
+    return "pass", (
+        "the target kept serving the connection (its ping timer, if any, is its own: "
+        "7.1.4.2); data verified"
+    )
 
 
 def reset_breach(o: FaultOutcome) -> Verdict:
