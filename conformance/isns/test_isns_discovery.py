@@ -30,6 +30,7 @@ skip as not supported.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -291,54 +293,91 @@ def test_scn_acted_on(target: Any, isns_server: Any) -> None:
     notified, lists the target again and logs in to it."""
     name = isns_server.unique_iqn("watcher")
     host, port = isns_server.host_side
-    with tempfile.TemporaryDirectory(prefix="icc-isns-scn-") as tmp:
+    with (
+        _watching(isns_server, name, "the reference initiator", "icc-isns-scn-") as watch,
+        isns_server.registered(target) as reg,
+    ):
+
+        def listed_after_scn(text: str) -> bool:
+            added = text.find(f" {reg.iqn}\n", text.find("SCN: "))
+            return "SCN: " in text and added >= 0 and f"Target: {reg.iqn}\n" in text[added:]
+
+        text = watch.until(listed_after_scn)
+        target.evidence.note(f"reference initiator --watch:\n{text}")
+        isns_server.check_alive()
+        require(
+            "SCN: " in text and f"Target: {reg.iqn}\n" in text,
+            "R4171-5.6.5.8-1",
+            f"no SCN naming {reg.iqn} reached the reference initiator, or it did not "
+            f"list the target after it, within {TIMEOUT:.0f} s",
+        )
+        portal = text[text.index(f"Target: {reg.iqn}\n") :].splitlines()[1]
+        done = subprocess.run(
+            [*CLI, "initiator", "discover", f"isns://{host}:{port}", "-i", name + "-login",
+             "--timeout", "5", "--login", reg.iqn],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        require(
+            done.returncode == 0 and f"Logged in: {reg.iqn}" in done.stdout,
+            "R4171-5.6.5.8-1",
+            f"the reference initiator could not log in to {reg.iqn} ({portal.strip()}) "
+            f"after the SCN: {done.stdout}{done.stderr}",
+        )
+
+
+class _Watch:
+    """The reference initiator's ``discover --watch`` running, its output in ``log``
+    (a plain class: tests/isns loads this module by path, outside sys.modules, where
+    a dataclass cannot resolve its annotations)."""
+
+    def __init__(self, proc: subprocess.Popen[str], log: Path) -> None:
+        self.proc, self.log = proc, log
+
+    def until(self, seen: Callable[[str], bool]) -> str:
+        """The watch's output once ``seen`` says it holds what is awaited, or as it is
+        after ``TIMEOUT`` seconds."""
+        deadline, text = time.monotonic() + TIMEOUT, ""
+        while time.monotonic() < deadline:
+            text = self.log.read_text()
+            if seen(text):
+                break
+            time.sleep(0.3)
+        return text
+
+    def stop(self) -> None:
+        """End the watch (SIGTERM), at most 10 s, then SIGKILL."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@contextlib.contextmanager
+def _watching(isns_server: Any, name: str, who: str, prefix: str) -> Iterator[_Watch]:
+    """The reference initiator registered for SCNs with the run's iSNS server as
+    ``name`` (``discover --watch``), for the block; ``who`` says whose watch it is in
+    the failure when it ends before the block (R4171-5.6.5.8-1), and it is stopped
+    after it."""
+    host, port = isns_server.host_side
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         out_path = Path(tmp) / "watch.log"
         with out_path.open("w") as out:
-            watch = subprocess.Popen(
+            proc = subprocess.Popen(
                 [*CLI, "initiator", "discover", f"isns://{host}:{port}", "-i", name,
                  "--timeout", "5", "--watch", str(int(TIMEOUT) + 10)],
                 stdout=out, stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
+        watch = _Watch(proc, out_path)
         try:
             time.sleep(2.0)  # registered with its SCN port before the change
-            require(watch.poll() is None, "R4171-5.6.5.8-1",
-                    f"the reference initiator's watch ended: {out_path.read_text()}")  # fmt: skip
-            with isns_server.registered(target) as reg:
-                deadline = time.monotonic() + TIMEOUT
-                text = ""
-                while time.monotonic() < deadline:
-                    text = out_path.read_text()
-                    added = text.find(f" {reg.iqn}\n", text.find("SCN: "))
-                    if "SCN: " in text and added >= 0 and f"Target: {reg.iqn}\n" in text[added:]:
-                        break
-                    time.sleep(0.3)
-                target.evidence.note(f"reference initiator --watch:\n{text}")
-                isns_server.check_alive()
-                require(
-                    "SCN: " in text and f"Target: {reg.iqn}\n" in text,
-                    "R4171-5.6.5.8-1",
-                    f"no SCN naming {reg.iqn} reached the reference initiator, or it did not "
-                    f"list the target after it, within {TIMEOUT:.0f} s",
-                )
-                portal = text[text.index(f"Target: {reg.iqn}\n") :].splitlines()[1]
-                done = subprocess.run(
-                    [*CLI, "initiator", "discover", f"isns://{host}:{port}", "-i", name + "-login",
-                     "--timeout", "5", "--login", reg.iqn],
-                    capture_output=True, text=True, timeout=60,
-                )  # fmt: skip
-                require(
-                    done.returncode == 0 and f"Logged in: {reg.iqn}" in done.stdout,
-                    "R4171-5.6.5.8-1",
-                    f"the reference initiator could not log in to {reg.iqn} ({portal.strip()}) "
-                    f"after the SCN: {done.stdout}{done.stderr}",
-                )
+            require(proc.poll() is None, "R4171-5.6.5.8-1",
+                    f"{who}'s watch ended: {out_path.read_text()}")  # fmt: skip
+            yield watch
         finally:
-            watch.terminate()
-            try:
-                watch.wait(10)
-            except subprocess.TimeoutExpired:
-                watch.kill()
-                watch.wait(5)
+            watch.stop()
 
 
 @spec(
@@ -387,56 +426,36 @@ def _bridge_acts_on_scn(initiator: Any, isns_server: Any) -> None:
     judged is libiscsi's."""
     name = isns_server.unique_iqn("bridged")
     iqn = isns_server.unique_iqn("scn-target")
-    host, port = isns_server.host_side
-    with tempfile.TemporaryDirectory(prefix="icc-isns-bridge-") as tmp:
-        out_path = Path(tmp) / "watch.log"
-        with out_path.open("w") as out:
-            watch = subprocess.Popen(
-                [*CLI, "initiator", "discover", f"isns://{host}:{port}", "-i", name,
-                 "--timeout", "5", "--watch", str(int(TIMEOUT) + 10)],
-                stdout=out, stderr=subprocess.STDOUT, text=True,
-            )  # fmt: skip
+    with (
+        _watching(isns_server, name, "the bridge", "icc-isns-bridge-") as watch,
+        isns_server.reference_target(iqn),
+    ):
+        text = watch.until(lambda out: "SCN: " in out and f"Target: {iqn}\n" in out)
+        watch.stop()
+        initiator.evidence.note(
+            f"{bridge(initiator)}; the bridge registered for SCNs as {name} "
+            f"(reference initiator --watch):\n{text}"
+        )
+        isns_server.check_alive()
+        require(
+            "SCN: " in text and f"Target: {iqn}\n" in text,
+            "R4171-5.6.5.8-1",
+            f"no SCN naming {iqn} reached the bridge registered as {name}, or it did "
+            f"not list the target after it, within {TIMEOUT:.0f} s",
+        )
+        found = [(h, p, tag) for t in isns_server.discover(name, timeout=TIMEOUT / 2)
+                 if t.name == iqn for h, p, tag in t.portals]  # fmt: skip
+        require(bool(found), "R4171-5.6.5.8-1",
+                f"after the SCN, {iqn} is not listed to {name}")  # fmt: skip
+        at_host, at_port, tag = found[0]
         try:
-            time.sleep(2.0)  # registered with its SCN port before the change
-            require(watch.poll() is None, "R4171-5.6.5.8-1",
-                    f"the bridge's watch ended: {out_path.read_text()}")  # fmt: skip
-            with isns_server.reference_target(iqn):
-                deadline, text = time.monotonic() + TIMEOUT, ""
-                while time.monotonic() < deadline:
-                    text = out_path.read_text()
-                    if "SCN: " in text and f"Target: {iqn}\n" in text:
-                        break
-                    time.sleep(0.3)
-                watch.terminate()
-                watch.wait(10)
-                initiator.evidence.note(
-                    f"{bridge(initiator)}; the bridge registered for SCNs as {name} "
-                    f"(reference initiator --watch):\n{text}"
-                )
-                isns_server.check_alive()
-                require(
-                    "SCN: " in text and f"Target: {iqn}\n" in text,
-                    "R4171-5.6.5.8-1",
-                    f"no SCN naming {iqn} reached the bridge registered as {name}, or it did "
-                    f"not list the target after it, within {TIMEOUT:.0f} s",
-                )
-                found = [(h, p, tag) for t in isns_server.discover(name, timeout=TIMEOUT / 2)
-                         if t.name == iqn for h, p, tag in t.portals]  # fmt: skip
-                require(bool(found), "R4171-5.6.5.8-1",
-                        f"after the SCN, {iqn} is not listed to {name}")  # fmt: skip
-                at_host, at_port, tag = found[0]
-                try:
-                    _login(initiator, iqn, at_host, at_port, tag, name)
-                except LoginError as exc:
-                    raise violation(
-                        "R4171-5.6.5.8-2",
-                        f"{initiator.name} could not log in to {iqn} at {at_host}:{at_port}, "
-                        f"which the SCN announced and iSNS lists: {exc}",
-                    ) from exc
-        finally:
-            if watch.poll() is None:
-                watch.kill()
-                watch.wait(5)
+            _login(initiator, iqn, at_host, at_port, tag, name)
+        except LoginError as exc:
+            raise violation(
+                "R4171-5.6.5.8-2",
+                f"{initiator.name} could not log in to {iqn} at {at_host}:{at_port}, "
+                f"which the SCN announced and iSNS lists: {exc}",
+            ) from exc
 
 
 def scn_in_guest(
