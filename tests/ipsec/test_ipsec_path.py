@@ -136,6 +136,38 @@ def test_cleartext_to_the_protected_port_is_dropped(path: ProtectedPath) -> None
         _round_trip(path, b"x" * 100, mark=True)
 
 
+def test_clear_route_crosses_the_link_in_the_clear_beside_the_sa(
+    path: ProtectedPath, tmp_path: Path
+) -> None:
+    """The benchmark's baseline (``bench_ipsec.py``): with the SA up, TCP between the
+    second addresses goes over the same link as plain TCP, not through the tunnel."""
+    path.establish(DEFAULT)
+    ini, tgt = path.clear_route()
+    srv = call_in(path.target, lambda: _echo_server(3261))
+    payload = os.urandom(100_000)
+
+    def client() -> bytes:
+        with socket.socket() as c:
+            c.settimeout(3)
+            c.bind((ini, 0))
+            c.connect((tgt, 3261))
+            peer, _ = srv.accept()
+            with peer:
+                c.sendall(payload)
+                got = b""
+                while len(got) < len(payload):
+                    got += peer.recv(65536)
+            return got
+
+    try:
+        with Capture(path.target, tmp_path / "clear.pcapng"):
+            assert call_in(path.initiator, client, timeout=30) == payload
+    finally:
+        srv.close()
+    wire = dissect(tmp_path / "clear.pcapng", port=3261)
+    assert wire.tcp_iscsi_port > 10 and wire.esp == 0, wire.describe()
+
+
 def test_secrets_never_reach_records_or_redacted_text(path: ProtectedPath) -> None:
     path.establish(SaProfile("cert", auth="pubkey"))
     path.establish(DEFAULT)
