@@ -419,13 +419,17 @@ def _verify(drv: Any, target: Any, ep: Any, acked: bytes, written: bytes | None)
             pass
 
 
-def _judge_fault(requirement: str, run: FaultOutcome, steps: list[str], verdict: Verdict) -> None:
+def _judge_fault(
+    requirement: str, run: FaultOutcome, steps: list[str], verdict: Verdict, target: Any = None
+) -> None:
     grade, why = verdict
     where = f"steps: {'; '.join(steps)}; I/O: {run.error or 'completed'}"
     if grade in ("unexercised", "inconclusive"):
         pytest.skip(f"{why}; {where}")  # a timer still running is no pass
     if grade == "fail":
         raise violation(requirement, f"{why}\n{where}")
+    if target is not None:  # how it passed, in the report (which way the side chose)
+        target.evidence.note(f"{why}; {where}")
 
 
 @spec(
@@ -618,7 +622,7 @@ def test_fault_withheld_ping_echo(initiator: Any, target: Any, _iscsi_pool: Any)
     )  # fmt: skip
     verdict = withheld_echo_breach(run)
     requirement = "RSBC3-5.16-1" if "read back" in verdict[1] else "R7143-7.14-1"
-    _judge_fault(requirement, run, steps, verdict)
+    _judge_fault(requirement, run, steps, verdict, target)
 
 
 _TARGET_PING_WAIT = 25.0  # idle until the target pings: LIO's nopin_timeout is 15 s
@@ -672,7 +676,7 @@ def test_fault_unanswered_target_ping(initiator: Any, target: Any, _iscsi_pool: 
         requirement = "RSBC3-5.16-1" if "read back" in verdict[1] else "R7143-7.15-1"
     else:
         requirement = "R7143-7.14-2"
-    _judge_fault(requirement, run, steps, verdict)
+    _judge_fault(requirement, run, steps, verdict, target)
 
 
 # ---------------------------------------------------------------------------- options
