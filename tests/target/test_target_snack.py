@@ -280,3 +280,41 @@ def test_data_ack_beyond_the_data_sent_is_an_invalid_data_ack() -> None:
         P.SnackRequest(snack_type=SnackType.R_DATA, itt=0x40, ttt=TAG, expstatsn=statsn),
     )  # fmt: skip
     assert [p.datasn for p in got if isinstance(p, P.ScsiDataIn)] == [0, 1, 2, 3]
+
+
+def test_bidi_data_ack_names_the_shared_numbering_and_r_data_resends_from_it() -> None:
+    engine, conn = _connect()
+    new = os.urandom(4 * BS)
+    cmd = P.ScsiCommand(
+        final=True, read=True, write=True, itt=0x60, cmdsn=2, cdb=C.xdwriteread10(8, 4),
+        expected_data_transfer_length=len(new), bidi_read_length=len(new),
+    )  # fmt: skip
+    seen = _feed(engine, conn, cmd)
+    while seen and isinstance(seen[-1], P.R2T):  # 1024-byte bursts, one R2T at a time
+        r2t = seen[-1]
+        off = r2t.buffer_offset
+        seen += _feed(
+            engine, conn,
+            *(P.ScsiDataOut(final=i == 1, itt=0x60, ttt=r2t.ttt, datasn=i, buffer_offset=o,
+                            data=new[o : o + 512])
+              for i, o in enumerate((off, off + 512))),
+        )  # fmt: skip
+    ins = [p for p in seen if isinstance(p, P.ScsiDataIn)]
+    rsp = seen[-1]
+    assert isinstance(rsp, P.ScsiResponse) and rsp.status == 0
+    # R2TSN 0 and 1, then the read part from DataSN 2 (4.2.2.4); no status in a Data-In
+    # of a bidirectional command (11.7.3), so both sequences end with the A bit
+    assert [p.datasn for p in ins] == [2, 3, 4, 5]
+    assert [p.ack for p in ins] == [False, True, False, True]
+    data = b"".join(p.data for p in ins)
+    assert _feed(engine, conn, _data_ack(ins[1].ttt, 4, rsp.statsn)) == []
+    got = _feed(
+        engine, conn,
+        P.SnackRequest(snack_type=SnackType.R_DATA, itt=0x60, ttt=TAG, expstatsn=rsp.statsn),
+    )  # fmt: skip
+    again = [p for p in got if isinstance(p, P.ScsiDataIn)]
+    assert [(p.datasn, p.buffer_offset) for p in again] == [(4, 1024), (5, 1536)]
+    assert b"".join(p.data for p in again) == data[1024:]
+    last = got[-1]
+    assert isinstance(last, P.ScsiResponse) and last.snack_tag == TAG
+    assert last.statsn == rsp.statsn and last.expdatasn == 4  # the read part's Data-In
