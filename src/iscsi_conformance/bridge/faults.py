@@ -373,7 +373,8 @@ def dropped_response_breach(o: FaultOutcome) -> Verdict:
         # whether or not it went on meanwhile: no command was lost, so nothing to judge
         return "inconclusive", (
             f"the status came {fault.seconds:g} s late and the initiator waited for it: "
-            "its command timer is longer than that, or it has none (RFC 7143 sets none)"
+            "its command timer is longer than that, or it has none (RFC 7143 7.1.4.1: "
+            "timeout values are out of its scope)"
         )
     if o.error is None and not o.timed_out and went_on:
         return "fail", (
