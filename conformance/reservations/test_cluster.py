@@ -1868,6 +1868,14 @@ class ThirdPartyNode:
         self._record(f"{self.tool} --in --read-keys", f"{[hex(k) for k in keys]}")
         return keys
 
+    def leave(self) -> None:
+        """At a scenario's end, whatever happened: unregister (REGISTER AND IGNORE
+        EXISTING KEY, key 0) and log out, each as far as it goes."""
+        with contextlib.suppress(Exception):
+            self.pr_out("register-ignore", sa_key=0)
+        with contextlib.suppress(Exception):
+            self.driver.logout(self.session)
+
 
 def _node_login(initiator: Any, target: Any, endpoint: Any) -> Any:
     """A third-party node's login: libiscsi's driver pins a fresh ISID for the node
@@ -1886,6 +1894,53 @@ def _node_login(initiator: Any, target: Any, endpoint: Any) -> Any:
             )
         return driver.node_login(endpoint)
     return driver.login(endpoint)
+
+
+async def _direct(node: Any, method: str, *args: Any, **kw: Any) -> Any:
+    """``node.method(...)`` called as it is, in the scenario's own thread (the
+    ``call`` of the steps below for the scenarios that drive node A that way; the
+    three-node one passes ``_call``)."""
+    return getattr(node, method)(*args, **kw)
+
+
+async def _unfences_and_holds(c: Cluster, a: Any, key: int, who: str, call: Any = _direct) -> None:
+    """Node ``a`` (a third-party node, ``who`` its initiator) unfences and takes the
+    disk: REGISTER AND IGNORE EXISTING KEY, then RESERVE Write Exclusive - Registrants
+    Only."""
+    st = await call(a, "pr_out", "register-ignore", sa_key=key)
+    c.require(st == "GOOD", "RSPC4-5.13.7-3", f"{a.name} ({who}) registers: {st}")
+    st = await call(a, "pr_out", "reserve", key=key, pr_type=WE_RO)
+    c.require(st == "GOOD", "RSPC4-5.9-3", f"{a.name} reserves WE-RO: {st}")
+
+
+async def _ready(a: Any, call: Any = _direct) -> str:
+    """Node ``a`` back: TEST UNIT READY until it answers GOOD (unit attentions first:
+    power on, I_T nexus loss, registrations preempted), at most four times; the last
+    answer."""
+    tur = "not run"
+    for _ in range(4):
+        tur = await call(a, "tur")
+        if tur == "GOOD":
+            break
+    return tur
+
+
+async def _writes_again(
+    c: Cluster, a: Any, b: Node, registered: str, lba: int, tag: str, call: Any = _direct
+) -> None:
+    """Node ``a``, registered again (``registered``: how its REGISTER AND IGNORE
+    EXISTING KEY ended), writes block ``lba``, read back from node ``b`` (SPC-4 5.13.1:
+    a registrant may write under Write Exclusive - Registrants Only)."""
+    again = c.pattern(tag)
+    w = await call(a, "write", lba, again)
+    data, r = await c.read(b, lba)
+    c.require(
+        registered == "GOOD" and w == "GOOD" and data == again,
+        "RSPC4-5.9-6",
+        f"{a.name} registered again ({registered}), its WRITE {w}, read back from {b.name} {'same' if data == again else 'different'}",
+        r,
+        level="SHOULD",
+    )
 
 
 @spec(
@@ -1912,12 +1967,9 @@ async def test_mixed_fence_scsi(initiator: Any, target: Any) -> None:
         b = await c.join("B")
         session = _node_login(initiator, target, target.endpoint())
         c.event(f"login ({initiator.name})", "A")
+        a = ThirdPartyNode(c, "A", initiator, session)
         try:
-            a = ThirdPartyNode(c, "A", initiator, session)
-            st = a.pr_out("register-ignore", sa_key=ka)
-            c.require(st == "GOOD", "RSPC4-5.13.7-3", f"A ({initiator.name}) registers: {st}")
-            st = a.pr_out("reserve", key=ka, pr_type=WE_RO)
-            c.require(st == "GOOD", "RSPC4-5.9-3", f"A reserves WE-RO: {st}")
+            await _unfences_and_holds(c, a, ka, initiator.name)
             out = await c.pr_out(b, REGISTER_IGNORE, sa_key=kb)
             c.require(out.status == GOOD, "RSPC4-5.13.7-3", f"B registers: {describe(out)}", out)
             mine = c.pattern("node-A")
@@ -1954,22 +2006,10 @@ async def test_mixed_fence_scsi(initiator: Any, target: Any) -> None:
             )
             st = a.pr_out("register-ignore", sa_key=ka)
             c.event("A unfences again", "A")
-            again = c.pattern("node-A-back")
-            wst = a.write(LBA + 7, again)
-            data, r = await c.read(b, LBA + 7)
-            c.require(
-                st == "GOOD" and wst == "GOOD" and data == again,
-                "RSPC4-5.9-6",
-                f"A registered again ({st}), its WRITE {wst}, read back from B {'same' if data == again else 'different'}",
-                r,
-                level="SHOULD",
-            )
+            await _writes_again(c, a, b, st, LBA + 7, "node-A-back")
             await c.observe(b, "A back")
         finally:
-            with contextlib.suppress(Exception):
-                a.pr_out("register-ignore", sa_key=0)
-            with contextlib.suppress(Exception):
-                initiator.driver.logout(session)
+            a.leave()
 
 
 def _ports_of(state: State, key: int) -> list[str]:
@@ -2008,10 +2048,7 @@ async def test_mixed_restart(initiator: Any, target: Any) -> None:
         c.event(f"login ({initiator.name})", "A")
         a = ThirdPartyNode(c, "A", initiator, session)
         try:
-            st = a.pr_out("register-ignore", sa_key=ka)
-            c.require(st == "GOOD", "RSPC4-5.13.7-3", f"A ({initiator.name}) registers: {st}")
-            st = a.pr_out("reserve", key=ka, pr_type=WE_RO)
-            c.require(st == "GOOD", "RSPC4-5.9-3", f"A reserves WE-RO: {st}")
+            await _unfences_and_holds(c, a, ka, initiator.name)
             await c.pr_out(b, REGISTER_IGNORE, sa_key=kb)
             before = await c.observe(b, "A holds")
             old_ports = _ports_of(before, ka)
@@ -2026,11 +2063,7 @@ async def test_mixed_restart(initiator: Any, target: Any) -> None:
             session = _node_login(initiator, target, ep)
             a.session = session
             c.event("A logged in again, LU mapped", "A")
-            tur = "not run"
-            for _ in range(4):  # a unit attention (e.g. I_T nexus loss) first, then GOOD
-                tur = a.tur()
-                if tur == "GOOD":
-                    break
+            tur = await _ready(a)
             # fence_scsi's unfence at boot: REGISTER AND IGNORE EXISTING KEY, which
             # registers a new I_T nexus and leaves the same one as it was
             st = a.pr_out("register-ignore", sa_key=ka)
@@ -2064,10 +2097,7 @@ async def test_mixed_restart(initiator: Any, target: Any) -> None:
                 level="SHOULD",
             )
         finally:
-            with contextlib.suppress(Exception):
-                a.pr_out("register-ignore", sa_key=0)
-            with contextlib.suppress(Exception):
-                initiator.driver.logout(a.session)
+            a.leave()
 
 
 #: The heavy scenarios (``tox -e cluster``): Cluster.Mixed.Reboot on every target (the
@@ -2120,10 +2150,7 @@ async def _mixed_reboot(initiator: Any, target: Any) -> None:
         c.event(f"login ({initiator.name})", "A")
         reboot: Any = None
         try:
-            st = a.pr_out("register-ignore", sa_key=ka)
-            c.require(st == "GOOD", "RSPC4-5.13.7-3", f"A ({initiator.name}) registers: {st}")
-            st = a.pr_out("reserve", key=ka, pr_type=WE_RO)
-            c.require(st == "GOOD", "RSPC4-5.9-3", f"A reserves WE-RO: {st}")
+            await _unfences_and_holds(c, a, ka, initiator.name)
             await c.pr_out(b, REGISTER_IGNORE, sa_key=kb)
             mine = c.pattern("A-before-reset")
             a.write(LBA + 11, mine)
@@ -2145,11 +2172,7 @@ async def _mixed_reboot(initiator: Any, target: Any) -> None:
             a.session, seconds = await reboot
             c.event(f"A booted and logged in by itself after {seconds:.1f} s", "A")
             c.fact("reboot_seconds", round(seconds, 1))
-            tur = "not run"
-            for _ in range(4):  # unit attentions first (power on, registrations preempted)
-                tur = a.tur()
-                if tur == "GOOD":
-                    break
+            tur = await _ready(a)
             keys = a.keys()
             c.require(
                 tur == "GOOD" and keys is not None and ka not in keys,
@@ -2170,24 +2193,12 @@ async def _mixed_reboot(initiator: Any, target: Any) -> None:
             c.fact("a_registrations", {"before": old_ports, "after": new_ports})
             if back.full is not None:
                 c.fact("same_nexus_after_reboot", bool(old_ports) and old_ports == new_ports)
-            again = c.pattern("A-back")
-            w = a.write(LBA + 11, again)
-            data, r = await c.read(b, LBA + 11)
-            c.require(
-                st == "GOOD" and w == "GOOD" and data == again,
-                "RSPC4-5.9-6",
-                f"A registered again ({st}), its WRITE {w}, read back from B {'same' if data == again else 'different'}",
-                r,
-                level="SHOULD",
-            )
+            await _writes_again(c, a, b, st, LBA + 11, "A-back")
         finally:
             if reboot is not None and not reboot.done():
                 with contextlib.suppress(Exception):
                     a.session, _s = await reboot  # never leave the host half booted
-            with contextlib.suppress(Exception):
-                a.pr_out("register-ignore", sa_key=0)
-            with contextlib.suppress(Exception):
-                driver.logout(a.session)
+            a.leave()
 
 
 @spec(
@@ -2432,10 +2443,7 @@ async def _mixed_three_nodes(initiator: Any, target: Any, pool: Any) -> None:
         c.event(f"node C: {c.facts['node_c']}", "C")
         reboot: Any = None
         try:
-            st = await _call(a, "pr_out", "register-ignore", sa_key=ka)
-            c.require(st == "GOOD", "RSPC4-5.13.7-3", f"A ({initiator.name}) registers: {st}")
-            st = await _call(a, "pr_out", "reserve", key=ka, pr_type=WE_RO)
-            c.require(st == "GOOD", "RSPC4-5.9-3", f"A reserves WE-RO: {st}")
+            await _unfences_and_holds(c, a, ka, initiator.name, _call)
             out = await c.pr_out(b, REGISTER_IGNORE, sa_key=kb)
             c.require(out.status == GOOD, "RSPC4-5.13.7-3", f"B registers: {describe(out)}", out)
             st = await _call(cnode, "pr_out", "register-ignore", sa_key=kc)
@@ -2492,11 +2500,7 @@ async def _mixed_three_nodes(initiator: Any, target: Any, pool: Any) -> None:
             else:
                 a.session = await loop.run_in_executor(None, _node_login, initiator, target, ep)
                 c.event(f"A restarts: a new ISID {a.session.ref.isid}", "A")
-            tur = "not run"
-            for _ in range(4):  # unit attentions first (power on, registrations preempted)
-                tur = await _call(a, "tur")
-                if tur == "GOOD":
-                    break
+            tur = await _ready(a, _call)
             keys = await _call(a, "keys")
             c.require(
                 tur == "GOOD" and keys is not None and ka not in keys,
@@ -2513,16 +2517,7 @@ async def _mixed_three_nodes(initiator: Any, target: Any, pool: Any) -> None:
             )
             st = await _call(a, "pr_out", "register-ignore", sa_key=ka)
             c.event("A rejoins (unfences)", "A")
-            back = c.pattern("node-A-back")
-            w = await _call(a, "write", LBA + 15, back)
-            data, r = await c.read(b, LBA + 15)
-            c.require(
-                st == "GOOD" and w == "GOOD" and data == back,
-                "RSPC4-5.9-6",
-                f"A registered again ({st}), its WRITE {w}, read back from B {'same' if data == back else 'different'}",
-                r,
-                level="SHOULD",
-            )
+            await _writes_again(c, a, b, st, LBA + 15, "node-A-back", _call)
             data, r = await c.read(b, LBA + 16)
             c.require(
                 data == again_c,
@@ -2537,10 +2532,7 @@ async def _mixed_three_nodes(initiator: Any, target: Any, pool: Any) -> None:
                     a.session, _s = await reboot  # never leave the host half booted
             for node in (a, cnode):
                 if isinstance(node, ThirdPartyNode):
-                    with contextlib.suppress(Exception):
-                        await _call(node, "pr_out", "register-ignore", sa_key=0)
-                    with contextlib.suppress(Exception):
-                        node.driver.logout(node.session)
+                    await _call(node, "leave")
 
 
 def _conflicted(status: str) -> bool:
