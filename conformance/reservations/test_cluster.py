@@ -599,6 +599,30 @@ async def _windows_reserve(c: Cluster, node: Node, key: int) -> int:
     pytest.skip("the target refuses every reservation type a Windows cluster may use (1, 3, 5, 6)")
 
 
+async def _wins_arbitration(
+    c: Cluster, winner: Node, key: int, owner: Node, owner_key: int, t: int, why: str = ""
+) -> None:
+    """``winner`` takes the disk from ``owner`` (MS-CSVP 3.4.4.11: PREEMPT with the
+    owner's key as service action key): GOOD, and READ RESERVATION from ``owner``
+    names the winner's key (``why``: what the failure adds)."""
+    __tracebackhide__ = True  # a failure points at the scenario's line
+    out = await c.pr_out(winner, PREEMPT, key=key, sa_key=owner_key, pr_type=t)
+    c.require(
+        out.status == GOOD,
+        "RSPC4-5.9-7",
+        f"{winner.name}'s PREEMPT of {owner.name}'s key: {describe(out)}",
+        out,
+    )
+    info, rr = await c.read_reservation(owner)
+    c.require(
+        info is not None and info.key == key,
+        "RSPC4-5.9-7",
+        f"after {winner.name}'s PREEMPT the reservation is {info!r}{why}",
+        rr,
+    )
+    c.event(f"{winner.name} won arbitration", winner.name)
+
+
 @spec(
     "Cluster.Windows.Arbitration",
     "SPC-4 5.13.7",
@@ -653,18 +677,10 @@ async def test_windows_arbitration(target: Any) -> None:
             )
             await c.observe(b, "A owns the disk")
             # arbitration: B challenges and wins (MS-CSVP 3.4.4.11: PREEMPT, owner's key)
-            out = await c.pr_out(b, PREEMPT, key=kb, sa_key=ka, pr_type=t)
-            c.require(
-                out.status == GOOD, "RSPC4-5.9-7", f"B's PREEMPT of A's key: {describe(out)}", out
-            )
-            info, rr = await c.read_reservation(a)
-            c.require(
-                info is not None and info.key == kb,
-                "RSPC4-5.9-7",
-                f"after B's PREEMPT the reservation is {info!r} (SPC-4 5.13.11.2.4.3: the preempting nexus's reservation is established)",
-                rr,
-            )
-            c.event("B won arbitration", "B")
+            await _wins_arbitration(
+                c, b, kb, a, ka, t,
+                " (SPC-4 5.13.11.2.4.3: the preempting nexus's reservation is established)",
+            )  # fmt: skip
             before, _r = await c.read(b, LBA + 17)
             w = await c.write(a, LBA + 17, c.pattern("A-after-losing"))
             after, r = await c.read(b, LBA + 17)
@@ -687,18 +703,7 @@ async def test_windows_arbitration(target: Any) -> None:
                 out,
             )
             await c.observe(a, "B owns the disk, A registered again")
-            out = await c.pr_out(a, PREEMPT, key=ka, sa_key=kb, pr_type=t)
-            c.require(
-                out.status == GOOD, "RSPC4-5.9-7", f"A's PREEMPT of B's key: {describe(out)}", out
-            )
-            info, rr = await c.read_reservation(b)
-            c.require(
-                info is not None and info.key == ka,
-                "RSPC4-5.9-7",
-                f"after A's PREEMPT the reservation is {info!r}",
-                rr,
-            )
-            c.event("A won arbitration", "A")
+            await _wins_arbitration(c, a, ka, b, kb, t)
             await c.observe(b, "A owns the disk again")
             out = await c.pr_out(a, RELEASE, key=ka, pr_type=t)
             info, rr = await c.read_reservation(b)
@@ -1907,6 +1912,7 @@ async def _unfences_and_holds(c: Cluster, a: Any, key: int, who: str, call: Any 
     """Node ``a`` (a third-party node, ``who`` its initiator) unfences and takes the
     disk: REGISTER AND IGNORE EXISTING KEY, then RESERVE Write Exclusive - Registrants
     Only."""
+    __tracebackhide__ = True  # a failure points at the scenario's line
     st = await call(a, "pr_out", "register-ignore", sa_key=key)
     c.require(st == "GOOD", "RSPC4-5.13.7-3", f"{a.name} ({who}) registers: {st}")
     st = await call(a, "pr_out", "reserve", key=key, pr_type=WE_RO)
@@ -1925,12 +1931,31 @@ async def _ready(a: Any, call: Any = _direct) -> str:
     return tur
 
 
+async def _fenced_write_lost(
+    c: Cluster, a: Any, b: Node, lba: int, tag: str, kept: bytes, *, when: str = "",
+    why: str = "",
+) -> None:  # fmt: skip
+    """Fenced node ``a`` writes block ``lba``: the WRITE fails and the block read from
+    node ``b`` is still ``kept`` (SPC-4 5.13.1: an unregistered nexus under Write
+    Exclusive - Registrants Only); ``when`` and ``why`` go into the failure."""
+    __tracebackhide__ = True  # a failure points at the scenario's line
+    w = a.write(lba, c.pattern(tag))
+    data, r = await c.read(b, lba)
+    c.require(
+        w != "GOOD" and data == kept,
+        "RSPC4-5.9-6",
+        f"fenced {a.name}'s WRITE{when}: {w}; the block read from {b.name} {'is unchanged' if data == kept else 'changed'}{why}",
+        r,
+    )
+
+
 async def _writes_again(
     c: Cluster, a: Any, b: Node, registered: str, lba: int, tag: str, call: Any = _direct
 ) -> None:
     """Node ``a``, registered again (``registered``: how its REGISTER AND IGNORE
     EXISTING KEY ended), writes block ``lba``, read back from node ``b`` (SPC-4 5.13.1:
     a registrant may write under Write Exclusive - Registrants Only)."""
+    __tracebackhide__ = True  # a failure points at the scenario's line
     again = c.pattern(tag)
     w = await call(a, "write", lba, again)
     data, r = await c.read(b, lba)
@@ -1996,14 +2021,10 @@ async def test_mixed_fence_scsi(initiator: Any, target: Any) -> None:
                 "RSPC4-5.13.11.2.5-1",
                 f"after the fence B reads {[hex(k) for k in state.keys]}, A reads {[hex(k) for k in seen_by_a]}: A's key shall be gone",
             )
-            st = a.write(LBA + 7, c.pattern("fenced-A"))
-            data, r = await c.read(b, LBA + 7)
-            c.require(
-                st != "GOOD" and data == mine,
-                "RSPC4-5.9-6",
-                f"fenced A's WRITE: {st}; the block read from B {'is unchanged' if data == mine else 'changed'} (SPC-4 5.13.1: an unregistered nexus's write conflicts)",
-                r,
-            )
+            await _fenced_write_lost(
+                c, a, b, LBA + 7, "fenced-A", mine,
+                why=" (SPC-4 5.13.1: an unregistered nexus's write conflicts)",
+            )  # fmt: skip
             st = a.pr_out("register-ignore", sa_key=ka)
             c.event("A unfences again", "A")
             await _writes_again(c, a, b, st, LBA + 7, "node-A-back")
@@ -2179,13 +2200,8 @@ async def _mixed_reboot(initiator: Any, target: Any) -> None:
                 "RSPC4-5.13.11.2.5-1",
                 f"A after boot: TEST UNIT READY {tur}, reads keys {[hex(k) for k in keys or []]} (its key shall be gone: fenced)",
             )
-            w = a.write(LBA + 11, c.pattern("A-fenced-after-boot"))
-            data, r = await c.read(b, LBA + 11)
-            c.require(
-                w != "GOOD" and data == mine,
-                "RSPC4-5.9-6",
-                f"fenced A's WRITE after boot: {w}; the block read from B {'is unchanged' if data == mine else 'changed'}",
-                r,
+            await _fenced_write_lost(
+                c, a, b, LBA + 11, "A-fenced-after-boot", mine, when=" after boot"
             )
             st = a.pr_out("register-ignore", sa_key=ka)
             back = await c.observe(b, "A registered again")
