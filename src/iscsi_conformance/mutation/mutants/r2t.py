@@ -132,6 +132,8 @@ def r2t_short(p: Patcher) -> None:
     catches=["FullFeature.Errors.ImmediateDataWhenDisabled"],
 )
 def immediate_disabled(p: Patcher) -> None:
+    # the early check (_refused, RFC 7143 7.3) and the task's own both see Yes
+    _with_params(p, "_refused", immediate_data=True)
     _with_params(p, "_create_task", immediate_data=True)
 
 
@@ -142,6 +144,7 @@ def immediate_disabled(p: Patcher) -> None:
     catches=["FullFeature.Errors.ImmediateDataOverFirstBurst"],
 )
 def immediate_over_fbl(p: Patcher) -> None:
+    _with_params(p, "_refused", first_burst_length=1 << 24)
     _with_params(p, "_create_task", first_burst_length=1 << 24)
 
 
