@@ -272,6 +272,11 @@ def datasn_unchecked(p: Patcher) -> None:
     catches=["FullFeature.DataOut", "FullFeature.Errors"],
 )
 def outside_range(p: Patcher) -> None:
+    # The R2T's range is widened only for the range check: the end of the R2T's
+    # sequence (_r2t_done, run on the F bit) still sees the real offset and length,
+    # so in-range Data-Out is handled as before.
+    real: dict[int, tuple[int, int]] = {}
+
     def make(old: Any) -> Any:
         def on_data_out(self: TaskIO, pdu: P.ScsiDataOut, now: float) -> None:
             s = self.session
@@ -281,15 +286,32 @@ def outside_range(p: Patcher) -> None:
                 old(self, pdu, now)
                 return
             off, ln = r2t.offset, r2t.length
+            real[id(r2t)] = (off, ln)
             r2t.offset, r2t.length = 0, 1 << 30
             try:
                 old(self, pdu, now)
             finally:
+                real.pop(id(r2t), None)
                 r2t.offset, r2t.length = off, ln
 
         return on_data_out
 
+    def make_done(old: Any) -> Any:
+        def r2t_done(self: TaskIO, task: Any, r2t: Any) -> Any:
+            orig = real.get(id(r2t))
+            if orig is None:
+                return old(self, task, r2t)
+            widened = (r2t.offset, r2t.length)
+            r2t.offset, r2t.length = orig
+            try:
+                return old(self, task, r2t)
+            finally:
+                r2t.offset, r2t.length = widened
+
+        return r2t_done
+
     p.wrap(TaskIO, "on_data_out", make)
+    p.wrap(TaskIO, "_r2t_done", make_done)
 
 
 @mutant(
