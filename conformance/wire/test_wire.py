@@ -448,7 +448,7 @@ def test_fault_datain_digest(initiator: Any, target: Any, _iscsi_pool: Any) -> N
     command again or ended the connection; the data read back must be what was written."""
     _fault_pairing(initiator, target, "data_digests")
     run, steps = _faulted(initiator, target, _iscsi_pool, "ddigest:ScsiDataIn", 64)
-    _judge_fault("R7143-7.8-5", run, steps, datain_digest_breach(run))
+    _judge_fault("R7143-7.8-5", run, steps, datain_digest_breach(run), target)
 
 
 @spec(
@@ -471,7 +471,7 @@ def test_fault_dataout_digest(initiator: Any, target: Any, _iscsi_pool: Any) -> 
     # Data-Out ever crosses the bridge (RFC 7143 13.10, 13.11)
     solicited = (("ImmediateData", "No"), ("InitialR2T", "Yes"))
     run, steps = _faulted(initiator, target, _iscsi_pool, "ddigest:ScsiDataOut", 2048, solicited)
-    _judge_fault("R7143-7.8-6", run, steps, dataout_digest_breach(run))
+    _judge_fault("R7143-7.8-6", run, steps, dataout_digest_breach(run), target)
 
 
 @spec(
@@ -496,7 +496,7 @@ def test_fault_command_header_digest(initiator: Any, target: Any, _iscsi_pool: A
     )  # fmt: skip
     verdict = command_header_digest_breach(run)
     requirement = "RSBC3-5.16-1" if "read back" in verdict[1] else "R7143-7.8-1"
-    _judge_fault(requirement, run, steps, verdict)
+    _judge_fault(requirement, run, steps, verdict, target)
 
 
 @pytest.mark.parametrize("fault", ["dropped", "delayed"])
@@ -523,7 +523,7 @@ def test_fault_lost_response(initiator: Any, target: Any, _iscsi_pool: Any, faul
     run, steps = _faulted(
         initiator, target, _iscsi_pool, spec_, 64, data_digest="None", verify=True
     )
-    _judge_fault("R7143-7.11-2", run, steps, dropped_response_breach(run))
+    _judge_fault("R7143-7.11-2", run, steps, dropped_response_breach(run), target)
 
 
 @spec(
@@ -550,7 +550,7 @@ def test_fault_reset_mid_write(initiator: Any, target: Any, _iscsi_pool: Any) ->
     )  # fmt: skip
     verdict = reset_breach(run)
     requirement = "RSBC3-5.16-1" if "read back" in verdict[1] else "R7143-7.15-1"
-    _judge_fault(requirement, run, steps, verdict)
+    _judge_fault(requirement, run, steps, verdict, target)
 
 
 _PING_WAIT = 1.0  # the reference initiator's wait for its echo (never comes)
@@ -915,7 +915,8 @@ def _reframed(initiator: Any, target: Any, pool: Any, receiver: str) -> None:
     run, steps = _faulted(
         initiator, target, pool, faults, 2048, solicited, data_digest="None", verify=True
     )
-    _judge_fault("R7143-4.2.9-1", run, steps, reframed_breach(run, len(faults), receiver))
+    verdict = reframed_breach(run, len(faults), receiver)
+    _judge_fault("R7143-4.2.9-1", run, steps, verdict, target)
 
 
 @spec(
