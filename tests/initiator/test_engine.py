@@ -19,6 +19,7 @@ from iscsi_conformance.core.pdu import (
     ScsiDataIn,
     ScsiDataOut,
     ScsiResponse,
+    SnackRequest,
     TextRequest,
     TextResponse,
     bhs_of,
@@ -456,3 +457,53 @@ def test_read_with_missing_data_in_is_never_good() -> None:
                                       maxcmdsn=40))  # fmt: skip
     (done,) = [e for e in events if isinstance(e, CommandCompleted)]
     assert done.result.good and not done.result.data_missing
+
+
+def _two_bursts(c: InitiatorConnection, *, ack_datasn: int, skip_first: bool = False) -> int:
+    """A 4096-byte read in two 2048-byte bursts, the A bit on ``ack_datasn`` (TTT 0x77)."""
+    itt = c.start_command(3, bytes(16), expected_in=4096)
+    c.pdus_to_send()
+    first = 1 if skip_first else 0
+    for n, sn in enumerate(range(first, 4)):
+        c.receive_pdu(
+            ScsiDataIn(
+                itt=itt, datasn=sn, buffer_offset=1024 * (n + first), data=b"d" * 1024,
+                final=sn in (1, 3), ack=sn == ack_datasn, ttt=0x77 if sn == ack_datasn else NONE_TAG,
+                lun=lun_to_field(3), expcmdsn=11, maxcmdsn=40,
+            )
+        )  # fmt: skip
+    return itt
+
+
+def test_data_ack_for_the_a_bit_at_erl1() -> None:
+    """RFC 7143 11.16.2 (MUST): the A bit gets a DataACK: ITT 0xffffffff (11.16.4), the
+    Data-In's TTT and LUN (11.16.5), BegRun the next DataSN (11.16.6), RunLength 0."""
+    c = conn(error_recovery_level=1)
+    itt = c.start_command(3, bytes(16), expected_in=4096)
+    c.pdus_to_send()
+    for sn in range(2):
+        c.receive_pdu(
+            ScsiDataIn(
+                itt=itt, datasn=sn, buffer_offset=1024 * sn, data=b"d" * 1024, final=sn == 1,
+                ack=sn == 1, ttt=0x77 if sn == 1 else NONE_TAG, lun=lun_to_field(3),
+                expcmdsn=11, maxcmdsn=40,
+            )
+        )  # fmt: skip
+    (ack,) = c.pdus_to_send()
+    assert isinstance(ack, SnackRequest)
+    assert (ack.snack_type, ack.itt, ack.ttt, ack.lun, ack.begrun, ack.runlength) == (
+        2, NONE_TAG, 0x77, lun_to_field(3), 2, 0,
+    )  # fmt: skip
+    assert ack.expstatsn == 5
+    encode(ack)
+    assert not c.violations
+
+
+def test_no_data_ack_at_erl0_or_after_a_hole() -> None:
+    c = conn(error_recovery_level=0)
+    _two_bursts(c, ack_datasn=1)
+    assert not c.pdus_to_send()  # the A bit is ignored (and recorded) at ERL 0, 11.7.2
+    assert any("A bit set at ErrorRecoveryLevel 0" in v.message for v in c.violations)
+    c = conn(error_recovery_level=1)
+    _two_bursts(c, ack_datasn=3, skip_first=True)  # DataSN 0 never came: a hole
+    assert not c.pdus_to_send()  # 11.16.2: postponed until the hole is filled

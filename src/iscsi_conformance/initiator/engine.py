@@ -39,6 +39,7 @@ from iscsi_conformance.core.codes import (
     LogoutReason,
     Opcode,
     ScsiStatus,
+    SnackType,
     TaskAttribute,
     TmfFunction,
 )
@@ -58,6 +59,7 @@ from iscsi_conformance.core.pdu import (
     ScsiDataIn,
     ScsiDataOut,
     ScsiResponse,
+    SnackRequest,
     TaskManagementRequest,
     TaskManagementResponse,
     TextRequest,
@@ -860,6 +862,8 @@ class InitiatorConnection:
             )
         if pdu.ack and self.params.error_recovery_level == 0:
             self._violate(events, "A bit set at ErrorRecoveryLevel 0", "RFC 7143 11.7.2", pdu)
+        elif pdu.ack and not task.datasn_skipped:
+            self._data_ack(pdu)
         if pdu.status_present and not pdu.final:
             self._violate(events, "S bit without F bit", "RFC 7143 11.7.3", pdu)
         if pdu.status_present and task.extra["read"] and task.extra["write"]:
@@ -915,6 +919,27 @@ class InitiatorConnection:
             self._check_residual(task, result, pdu, events)
             self._finish(task)
             events.append(CommandCompleted(task.itt, result))
+
+    def _data_ack(self, pdu: ScsiDataIn) -> None:
+        """RFC 7143 11.16.2 and 11.7.2: at ErrorRecoveryLevel 1 or higher, a Data-In with
+        the A bit and no hole before it is answered with a DataACK SNACK (type 2): ITT
+        0xffffffff (11.16.4), the Data-In's Target Transfer Tag and LUN (11.16.5), BegRun
+        the next expected DataSN and RunLength 0 (11.16.6, 11.16.7). Sent even when the
+        status came in the same Data-In (then OPTIONAL): it goes out with, not after, the
+        ExpStatSN that acknowledges that status. With a hole (a DataSN skipped: this
+        initiator asks for no retransmission) it is postponed for good (11.16.2 MUST
+        postpone until the holes are filled)."""
+        self._outbox.append(
+            SnackRequest(
+                snack_type=SnackType.DATA_ACK,
+                lun=pdu.lun,
+                itt=NONE_TAG,
+                ttt=pdu.ttt,
+                expstatsn=self.expstatsn,
+                begrun=_sn_add(pdu.datasn, 1),
+                runlength=0,
+            )
+        )
 
     def _check_residual(
         self, task: _Task, result: ScsiResult, pdu: PDU, events: list[Event]
