@@ -348,6 +348,7 @@ def test_every_rule_knows_when_it_is_exercised() -> None:
     marked_in_code |= {"keys.answered", "padding.zero", "padding.zero.target"}
     marked_in_code |= {"reserved.zero", "reserved.zero.target"}
     marked_in_code |= {"chap.response_length", "chap.response_length.target"}
+    marked_in_code |= {"snack.data_ack"}
     assert set(RULES) - set(_EXERCISED_BY) - marked_in_code == set()
 
 
@@ -464,3 +465,85 @@ def test_gating_the_exercise_tests_by_class_changes_nothing(
 
     monkeypatch.setattr(J, "_gated", every)
     assert [replay(c).exercised for c in golden()] == gated
+
+
+# ---------------------------------------------------------------- DataACK (RFC 7143 11.16.2)
+
+
+def _erl(level: int) -> Callable[[Conv], Conv]:
+    return then(
+        keys(P.LoginRequest, set_key("ErrorRecoveryLevel", str(level))),
+        keys(P.LoginResponse, set_key("ErrorRecoveryLevel", str(level))),
+    )
+
+
+def _a_bit(*, data_ack: P.SnackRequest | None = None, status_too: bool = False,
+            erl: int = 1) -> Callable[[Conv], Conv]:  # fmt: skip
+    """The first read's Data-In split in two bursts, the A bit (TTT 0x51) on the first
+    (with the status too, when ``status_too``: then it is the only Data-In); with
+    ``data_ack``, the initiator's DataACK goes out right after the A-bit Data-In."""
+
+    def plant(c: Conv) -> Conv:
+        c = _erl(erl)(c)
+        i = at(c, P.ScsiDataIn)
+        d, p = c[i]
+        assert isinstance(p, P.ScsiDataIn)
+        if status_too:
+            split = [dataclasses.replace(p, ack=True, ttt=0x51)]
+        else:
+            half = len(p.data) // 2
+            split = [
+                dataclasses.replace(p, ack=True, ttt=0x51, data=p.data[:half],
+                                    status_present=False, statsn=p.statsn, status=0),
+                dataclasses.replace(p, datasn=1, buffer_offset=half, data=p.data[half:]),
+            ]  # fmt: skip
+        ack = [("i->t", data_ack)] if data_ack is not None else []
+        return [*c[:i], (d, split[0]), *ack, *[(d, s) for s in split[1:]], *c[i + 1 :]]
+
+    return plant
+
+
+def _data_ack(**fields: Any) -> P.SnackRequest:
+    base: dict[str, Any] = dict(snack_type=2, itt=NONE, ttt=0x51, begrun=1, runlength=0,
+                                expstatsn=1)  # fmt: skip
+    return P.SnackRequest(**{**base, **fields})
+
+
+PLANTED["snack.data_ack"] = (READS, _a_bit())  # the A bit ignored, the status then acked
+
+
+def _snack_breaches(conv: Conv) -> tuple[list[str], set[str]]:
+    judge = Judge()
+    for d, p in conv:
+        judge.pdu(d, p)  # type: ignore[arg-type]
+    return [str(b) for b in judge.breaches], judge.exercised
+
+
+def test_a_data_ack_for_the_a_bit_passes(convs: list[Conv]) -> None:
+    found, exercised = _snack_breaches(_a_bit(data_ack=_data_ack())(convs[READS]))
+    assert found == []
+    assert "snack.data_ack" in exercised
+    # the status in the A-bit Data-In: acknowledging it through ExpStatSN is enough
+    found, _ = _snack_breaches(_a_bit(status_too=True)(convs[READS]))
+    assert found == []
+
+
+def test_a_wrong_or_late_data_ack_is_the_initiators_breach(convs: list[Conv]) -> None:
+    found, _ = _snack_breaches(_a_bit(data_ack=_data_ack(begrun=0))(convs[READS]))
+    assert any("R7143-11.16-11" in f and "BegRun 0, the next expected DataSN is 1" in f
+               for f in found), found  # fmt: skip
+    found, _ = _snack_breaches(_a_bit(data_ack=_data_ack(itt=0x99))(convs[READS]))
+    assert any("ITT 0x99" in f for f in found), found
+    # the status (in the A-bit Data-In) acknowledged by the next command, then a DataACK
+    late = then(
+        _a_bit(status_too=True),
+        insert(P.ScsiCommand, 1, _data_ack(begrun=1, expstatsn=2), after=True),
+    )
+    found, _ = _snack_breaches(late(convs[READS]))
+    assert any("after the task's status was acknowledged" in f for f in found), found
+
+
+def test_a_data_ack_at_erl0_is_the_initiators_breach(convs: list[Conv]) -> None:
+    found, exercised = _snack_breaches(_a_bit(data_ack=_data_ack(), erl=0)(convs[READS]))
+    assert any("R7143-11.16-11" in f and "ErrorRecoveryLevel 0" in f for f in found), found
+    assert "snack.data_ack" in exercised

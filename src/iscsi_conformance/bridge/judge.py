@@ -204,6 +204,9 @@ RULES: dict[str, Rule] = _rules(
     Rule("unsolicited.first_burst", "R7143-13.14-2", "MUST", "initiator",
          "unsolicited data never exceeds FirstBurstLength"),
     # -- tasks and answers
+    Rule("snack.data_ack", "R7143-11.16-11", "MUST", "initiator",
+         "at ErrorRecoveryLevel >= 1 a Data-In with the A bit gets a DataACK (its TTT, "
+         "BegRun the next DataSN) before the task's status is acknowledged; none at ERL 0"),
     Rule("itt.unique", "R7143-11.2.1-4", "MUST", "initiator",
          "an Initiator Task Tag is unique among open tasks and never 0xffffffff"),
     Rule("residual.underflow", "R7143-11.4-1", "MUST", "target",
@@ -229,6 +232,18 @@ RULES: dict[str, Rule] = _rules(
     Rule("logout.answer_itt", "R7143-11.15-1", "INFORMATIONAL", "target",
          "a Logout Response carries the ITT of the Logout Request"),
 )  # fmt: skip
+
+
+@dataclasses.dataclass
+class _OwedAck:
+    """A DataACK owed for a Data-In with the A bit (RFC 7143 11.16.2)."""
+
+    itt: int
+    datasn: int
+    begrun: int  # the next expected DataSN (11.16.6)
+    with_status: bool  # the status came in that Data-In (11.7.2: the DataACK is OPTIONAL)
+    statsn: int | None  # the task's status, once seen
+    index: int  # the Data-In's position in the conversation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,6 +349,10 @@ class Judge:
         self._pings: dict[int, bytes] = {}  # NOP-Out ITT -> data
         self._target_pings: dict[int, bytes] = {}  # NOP-In TTT -> data
         self._requests: dict[int, PDU] = {}  # ITT -> open TMF, Text or Logout request
+        # DataACK (RFC 7143 11.16.2): (TTT, BegRun) of an A-bit Data-In -> what is owed
+        # (a target may give every A bit of a task, or of a session, one TTT)
+        self._owed_acks: dict[tuple[int, int], _OwedAck] = {}
+        self._acked_by_status: set[tuple[int, int]] = set()  # status ack came first
 
     # ------------------------------------------------------------------ state views
 
@@ -392,6 +411,8 @@ class Judge:
         if bhs is not None and len(bhs) == BHS_LENGTH and not isinstance(pdu, UnknownPDU):
             self._reserved(direction, pdu, bhs, out)
         _dispatch(self, direction, pdu, out)
+        if self._owed_acks and direction == I2T and self.full_feature:
+            self._status_ack(pdu, out)
         todo = self._unexercised[direction]
         if todo:  # only the tests whose gate admits this PDU's class (_on)
             for name, test in _gated(direction, type(pdu)):
@@ -844,12 +865,99 @@ class Judge:
             self.logged_out = True
 
     def _snack(self, d: Direction, p: SnackRequest, out: list[Breach]) -> None:
+        if p.snack_type == 2:  # DataACK: asks for nothing again (11.16.2)
+            self._data_ack(d, p, out)
+            return
         self.snack_seen = True  # retransmissions repeat StatSN and DataSN
+
+    def _data_ack(self, d: Direction, p: SnackRequest, out: list[Breach]) -> None:
+        """RFC 7143 11.16.2, 11.16.4-11.16.7: a DataACK answers the A bit of a Data-In:
+        ITT 0xffffffff, that Data-In's TTT, BegRun its DataSN + 1, RunLength 0; never
+        after the task's status was acknowledged through ExpStatSN (11.7.2); none at
+        ErrorRecoveryLevel 0, where the initiator MUST ignore the A bit (11.7.2)."""
+        if self.number("ErrorRecoveryLevel", 0) == 0:
+            self.exercised.add("snack.data_ack")
+            self._flag(out, "snack.data_ack", d, p, "a DataACK at ErrorRecoveryLevel 0")
+            return
+        if (p.ttt, p.begrun) in self._acked_by_status:
+            self._acked_by_status.discard((p.ttt, p.begrun))
+            self._flag(
+                out, "snack.data_ack", d, p,
+                f"DataACK for TTT {p.ttt:#x} after the task's status was acknowledged "
+                "through ExpStatSN",
+            )  # fmt: skip
+            return
+        mine = sorted(
+            (k for k in self._owed_acks if k[0] == p.ttt), key=lambda k: self._owed_acks[k].index
+        )
+        if not mine:
+            return  # a DataACK for an A bit this judge did not see (or sent twice)
+        wrong = []
+        if (p.ttt, p.begrun) in self._owed_acks:
+            owed = self._owed_acks[(p.ttt, p.begrun)]
+            for k in mine:  # it acknowledges the Data-In before its BegRun (11.16.6)
+                if self._owed_acks[k].index <= owed.index:
+                    del self._owed_acks[k]
+        else:
+            owed = self._owed_acks.pop(mine[0])
+            wrong.append(f"BegRun {p.begrun}, the next expected DataSN is {owed.begrun}")
+        if p.itt != NONE_TAG:
+            wrong.append(f"ITT {p.itt:#x}, not 0xffffffff")
+        if p.runlength != 0:
+            wrong.append(f"RunLength {p.runlength}, not 0")
+        if wrong:
+            self._flag(
+                out, "snack.data_ack", d, p,
+                f"DataACK for the A bit on DataSN {owed.datasn} (TTT {p.ttt:#x}): "
+                + "; ".join(wrong),
+            )  # fmt: skip
+
+    def _status_ack(self, p: PDU, out: list[Breach]) -> None:
+        """An initiator PDU whose ExpStatSN acknowledges the status of a task that still
+        owes a DataACK. Excused (11.7.2: the DataACK is then OPTIONAL) only when the
+        status came in the very Data-In that had the A bit; otherwise the DataACK was
+        due before (11.16.2 MUST) and the A bit was ignored."""
+        exp = getattr(p, "expstatsn", None)
+        if exp is None or (isinstance(p, SnackRequest) and p.snack_type == 2):
+            return  # a DataACK carries its own ExpStatSN with, not after, the ack
+        for key, owed in list(self._owed_acks.items()):
+            if owed.statsn is None or not serial.gt(exp, owed.statsn):
+                continue
+            del self._owed_acks[key]
+            if owed.with_status:
+                self._acked_by_status.add(key)
+                continue
+            ttt = key[0]
+            self._flag(
+                out, "snack.data_ack", I2T, p,
+                f"ExpStatSN {exp} acknowledges the status (StatSN {owed.statsn}) of ITT "
+                f"{owed.itt:#x}, and no DataACK came for the A bit on its DataSN "
+                f"{owed.datasn} (TTT {ttt:#x})",
+            )  # fmt: skip
+
+    def _owe_ack(self, p: ScsiDataIn) -> None:
+        """Note the DataACK a Data-In with the A bit asks for, and the task's status."""
+        if p.ack and self.number("ErrorRecoveryLevel", 0) > 0:
+            self.exercised.add("snack.data_ack")
+            begrun = serial.add(p.datasn, 1)
+            self._owed_acks[(p.ttt, begrun)] = _OwedAck(
+                p.itt, p.datasn, begrun, p.status_present,
+                p.statsn if p.status_present else None, self.index,
+            )  # fmt: skip
+        elif p.status_present:
+            self._owed_status(p.itt, p.statsn)
+
+    def _owed_status(self, itt: int, statsn: int) -> None:
+        for owed in self._owed_acks.values():
+            if owed.itt == itt and owed.statsn is None:
+                owed.statsn = statsn
 
     # ------------------------------------------------------------------ target PDUs
 
     def _data_in(self, d: Direction, p: ScsiDataIn, out: list[Breach]) -> None:
         self._mrdsl(d, p, out)
+        if p.ack or (p.status_present and self._owed_acks):
+            self._owe_ack(p)
         self._target_window(d, p, out)
         if p.status_present:
             self._status(d, p, out, advances=True)
@@ -920,6 +1028,8 @@ class Judge:
         self._mrdsl(d, p, out)
         self._target_window(d, p, out)
         self._status(d, p, out, advances=True)
+        if self._owed_acks:
+            self._owed_status(p.itt, p.statsn)
         task = self._tasks.pop(p.itt, None)
         if task is None:
             return
