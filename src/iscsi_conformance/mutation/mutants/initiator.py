@@ -16,7 +16,7 @@ from typing import Any
 from iscsi_conformance.core import chap, text
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.initiator import client
-from iscsi_conformance.initiator.engine import SessionSequencer
+from iscsi_conformance.initiator.engine import InitiatorConnection, SessionSequencer
 from iscsi_conformance.mutation.patching import Patcher
 from iscsi_conformance.mutation.registry import mutant
 
@@ -108,3 +108,19 @@ def chap_response_always_md5(p: Patcher) -> None:
         return respond
 
     p.setattr(chap.ChapClient, "_respond", make(chap.ChapClient._respond))
+
+
+@mutant(
+    "Initiator.Recovery.DataAckIgnored",
+    "initiator",
+    "at ErrorRecoveryLevel 1 the reference initiator ignores the A bit of a Data-In and "
+    "never sends a DataACK, leaving the status acknowledgment to free the data (RFC 7143 "
+    "11.16.2, 11.7.2: MUST issue a SNACK of type DataACK)",
+    catches=["Initiator.Recovery.Erl1.DataAck"],
+    suites=("Initiator.Recovery.Erl1",),
+)
+def data_ack_ignored(p: Patcher) -> None:
+    def ignore(self: InitiatorConnection, pdu: P.ScsiDataIn) -> None:
+        return None
+
+    p.setattr(InitiatorConnection, "_data_ack", ignore)
