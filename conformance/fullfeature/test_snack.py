@@ -398,6 +398,60 @@ def _what(got: list[Any], gone: bool) -> str:
     return "stayed silent" if not got else "sent " + ", ".join(type(p).__name__ for p in got)
 
 
+async def _r_data_snack(
+    ffp: FullFeature,
+    out: Any,
+    status_sn: int,
+    sent: list[Any],
+    received: list[Any],
+    *,
+    after: str = "",
+) -> tuple[list[Any], list[Any]]:
+    """Send the R-Data SNACK for ``out``'s READ (SNACK Tag ``SNACK_TAG``) and require
+    what 11.16.3 requires of every answer to one: a SCSI Response carrying the tag, as
+    the command's last response. Returns the command's PDUs that came, and the tagged
+    responses among them."""
+    itt = out.command.itt
+    snack = P.SnackRequest(
+        snack_type=SnackType.R_DATA,
+        lun=out.command.lun,
+        itt=itt,
+        ttt=SNACK_TAG,
+        expstatsn=status_sn,
+        begrun=0,  # 11.16.6, 11.16.7: both 0 for an R-Data SNACK
+        runlength=0,
+    )
+    await ffp.send(snack)
+    sent.append(snack)
+    got, gone = await _collect(ffp, min(ffp.timeout, 2.0))
+    received.extend(_seen(ffp, got))
+    mine = [p for p in got if isinstance(p, P.ScsiDataIn | P.ScsiResponse) and p.itt == itt]
+    responses = [p for p in mine if isinstance(p, P.ScsiResponse)]
+    tagged = [p for p in responses if p.snack_tag == SNACK_TAG]
+    require(
+        bool(tagged),
+        "R7143-11.16-6",
+        f"an R-Data SNACK with SNACK Tag {SNACK_TAG:#x}{after} brought no SCSI Response "
+        f"carrying it: the target {_what(got, gone)}"
+        + (
+            f" (SCSI Responses with SNACK Tag {[hex(p.snack_tag) for p in responses]})"
+            if responses
+            else ""
+        ),
+        sent=sent,
+        received=received,
+    )
+    require(
+        mine[-1] is tagged[-1],
+        "R7143-11.16-6",
+        "the SCSI Response with the R-Data SNACK's Tag is not the command's last "
+        f"response: a {type(mine[-1]).__name__} came after it",
+        sent=sent,
+        received=received,
+    )
+    return mine, tagged
+
+
 async def _r_data(target: Any, *, segment: int | None) -> None:
     """A READ of 4 blocks at ErrorRecoveryLevel 1, its status left unacknowledged: in
     512-byte Data-In PDUs, or, with ``segment``, in PDUs of up to 2048 bytes followed by
@@ -438,44 +492,7 @@ async def _r_data(target: Any, *, segment: int | None) -> None:
                     sent=sent,
                     received=received,
                 )
-        snack = P.SnackRequest(
-            snack_type=SnackType.R_DATA,
-            lun=out.command.lun,
-            itt=itt,
-            ttt=SNACK_TAG,
-            expstatsn=status_sn,
-            begrun=0,  # 11.16.6, 11.16.7: both 0 for an R-Data SNACK
-            runlength=0,
-        )
-        await ffp.send(snack)
-        sent.append(snack)
-        got, gone = await _collect(ffp, min(ffp.timeout, 2.0))
-        received.extend(_seen(ffp, got))
-        mine = [p for p in got if isinstance(p, P.ScsiDataIn | P.ScsiResponse) and p.itt == itt]
-        responses = [p for p in mine if isinstance(p, P.ScsiResponse)]
-        tagged = [p for p in responses if p.snack_tag == SNACK_TAG]
-        require(
-            bool(tagged),
-            "R7143-11.16-6",
-            f"an R-Data SNACK with SNACK Tag {SNACK_TAG:#x} brought no SCSI Response carrying "
-            f"it: the target {_what(got, gone)}"
-            + (
-                f" (SCSI Responses with SNACK Tag {[hex(p.snack_tag) for p in responses]})"
-                if responses
-                else ""
-            ),
-            sent=sent,
-            received=received,
-        )
-        last = mine[-1]
-        require(
-            last is tagged[-1],
-            "R7143-11.16-6",
-            "the SCSI Response with the R-Data SNACK's Tag is not the command's last "
-            f"response: a {type(last).__name__} came after it",
-            sent=sent,
-            received=received,
-        )
+        mine, tagged = await _r_data_snack(ffp, out, status_sn, sent, received)
         again = [p for p in mine if isinstance(p, P.ScsiDataIn)]
         data = bytearray(len(out.data))
         for p in again:
@@ -596,7 +613,6 @@ async def test_erl1_r_data_snack_after_data_ack(target: Any) -> None:
     try:
         out = await _read(ffp, target, each=False)
         status_sn = _status_statsn(out)
-        itt = out.command.itt
         acks = [p for p in out.data_ins if p.ack]
         if not acks:
             pytest.skip(
@@ -628,42 +644,8 @@ async def test_erl1_r_data_snack_after_data_ack(target: Any) -> None:
             sent=sent,
             received=received,
         )
-        snack = P.SnackRequest(
-            snack_type=SnackType.R_DATA,
-            lun=out.command.lun,
-            itt=itt,
-            ttt=SNACK_TAG,
-            expstatsn=status_sn,
-            begrun=0,  # 11.16.6, 11.16.7: both 0 for an R-Data SNACK
-            runlength=0,
-        )
-        await ffp.send(snack)
-        sent.append(snack)
-        got, gone = await _collect(ffp, min(ffp.timeout, 2.0))
-        received.extend(_seen(ffp, got))
-        mine = [p for p in got if isinstance(p, P.ScsiDataIn | P.ScsiResponse) and p.itt == itt]
-        responses = [p for p in mine if isinstance(p, P.ScsiResponse)]
-        tagged = [p for p in responses if p.snack_tag == SNACK_TAG]
-        require(
-            bool(tagged),
-            "R7143-11.16-6",
-            f"an R-Data SNACK with SNACK Tag {SNACK_TAG:#x} after a DataACK up to DataSN "
-            f"{begrun} brought no SCSI Response carrying it: the target {_what(got, gone)}"
-            + (
-                f" (SCSI Responses with SNACK Tag {[hex(p.snack_tag) for p in responses]})"
-                if responses
-                else ""
-            ),
-            sent=sent,
-            received=received,
-        )
-        require(
-            mine[-1] is tagged[-1],
-            "R7143-11.16-6",
-            "the SCSI Response with the R-Data SNACK's Tag is not the command's last "
-            f"response: a {type(mine[-1]).__name__} came after it",
-            sent=sent,
-            received=received,
+        mine, _ = await _r_data_snack(
+            ffp, out, status_sn, sent, received, after=f" after a DataACK up to DataSN {begrun}"
         )
         # the data not acknowledged: what the first Data-In from BegRun on carried
         unacked = [p for p in out.data_ins if ((p.datasn - begrun) & 0xFFFFFFFF) < 1 << 31]
