@@ -7,6 +7,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -334,3 +335,32 @@ def connect(server: TargetServer) -> Iterator:
     yield make
     for ini in opened:
         ini.close()
+
+
+# --------------------------------------------------------------------------- the engine alone
+
+
+def sans_io_engine(iqn: str, erl: str) -> Any:
+    """The reference target's sans-IO engine (no socket) serving ``iqn`` with one 4 MiB
+    LU and ErrorRecoveryLevel ``erl`` offered; random bytes are zeros."""
+    import dataclasses
+
+    from iscsi_conformance.target import engine as E
+    from iscsi_conformance.target.config import simple_config
+    from iscsi_conformance.target.luns import LunStore
+
+    cfg = simple_config(("127.0.0.1", 0), iqn, ["4M"])
+    tc = dataclasses.replace(cfg.targets[0], parameters={"ErrorRecoveryLevel": erl})
+    cfg = dataclasses.replace(cfg, targets=(tc,))
+    return E.TargetEngine(cfg, LunStore(cfg).by_target, rng=lambda n: bytes(n))
+
+
+def feed(engine: Any, conn: Any, *pdus: P.PDU) -> list[P.PDU]:
+    """Hand ``pdus`` to ``conn`` of the sans-IO ``engine``; the PDUs it wrote to ``conn``."""
+    for pdu in pdus:
+        conn.receive_data(P.encode(pdu))
+    dec = P.PDUDecoder()
+    for c, bufs, _ in engine.take_output():
+        if c is conn:
+            dec.feed(b"".join(bytes(b) for b in bufs))
+    return list(dec)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from target_helpers import SMALL, RawInitiator, read16, write16
+from target_helpers import SMALL, RawInitiator, feed, read16, sans_io_engine, write16
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core.codes import RejectReason
@@ -123,15 +123,12 @@ def test_r_and_w_without_the_ahs_is_rejected(connect) -> None:  # type: ignore[n
 # Data SNACK at ERL 1 (11.16, BegRun a DataSN of the shared R2T/Data-In sequence,
 # 4.2.2.4), and from the initiator's ExpDataSN after a TASK REASSIGN at ERL 2 (11.5.6).
 
-import dataclasses  # noqa: E402
 
 from target_helpers import NONE_TAG  # noqa: E402
 
 from iscsi_conformance.core import text as T  # noqa: E402
 from iscsi_conformance.core.codes import TmfFunction  # noqa: E402
 from iscsi_conformance.target import engine as E  # noqa: E402
-from iscsi_conformance.target.config import simple_config  # noqa: E402
-from iscsi_conformance.target.luns import LunStore  # noqa: E402
 
 IQN = "iqn.2024-01.org.example:bidi"
 KEYS = [
@@ -147,20 +144,10 @@ KEYS = [
 
 
 def _engine(erl: str) -> E.TargetEngine:
-    cfg = simple_config(("127.0.0.1", 0), IQN, ["4M"])
-    tc = dataclasses.replace(cfg.targets[0], parameters={"ErrorRecoveryLevel": "2"})
-    cfg = dataclasses.replace(cfg, targets=(tc,))
-    return E.TargetEngine(cfg, LunStore(cfg).by_target, rng=lambda n: bytes(n))
+    return sans_io_engine(IQN, "2")  # ERL 2 offered; the initiator's offer ``erl`` decides
 
 
-def _feed(engine: E.TargetEngine, conn: E.Connection, *pdus: P.PDU) -> list[P.PDU]:
-    for pdu in pdus:
-        conn.receive_data(P.encode(pdu))
-    dec = P.PDUDecoder()
-    for c, bufs, _ in engine.take_output():
-        if c is conn:
-            dec.feed(b"".join(bytes(b) for b in bufs))
-    return list(dec)
+_feed = feed
 
 
 def _connect(engine: E.TargetEngine, erl: str, *, cid: int = 0, tsih: int = 0) -> E.Connection:

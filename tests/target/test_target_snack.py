@@ -11,16 +11,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
+
+from target_helpers import feed, sans_io_engine
 
 from iscsi_conformance.core import pdu as P
 from iscsi_conformance.core import text as T
 from iscsi_conformance.core.codes import RejectReason, SnackType
 from iscsi_conformance.scsi import cdb as C
 from iscsi_conformance.target import engine as E
-from iscsi_conformance.target.config import simple_config
-from iscsi_conformance.target.luns import LunStore
 
 IQN = "iqn.2024-01.org.example:snack"
 BS = 512
@@ -28,20 +27,10 @@ TAG = 0x5A5A
 
 
 def _engine() -> E.TargetEngine:
-    cfg = simple_config(("127.0.0.1", 0), IQN, ["4M"])
-    tc = dataclasses.replace(cfg.targets[0], parameters={"ErrorRecoveryLevel": "1"})
-    cfg = dataclasses.replace(cfg, targets=(tc,))
-    return E.TargetEngine(cfg, LunStore(cfg).by_target, rng=lambda n: bytes(n))
+    return sans_io_engine(IQN, "1")
 
 
-def _feed(engine: E.TargetEngine, conn: E.Connection, *pdus: P.PDU) -> list[P.PDU]:
-    for pdu in pdus:
-        conn.receive_data(P.encode(pdu))
-    dec = P.PDUDecoder()
-    for c, bufs, _ in engine.take_output():
-        if c is conn:
-            dec.feed(b"".join(bytes(b) for b in bufs))
-    return list(dec)
+_feed = feed
 
 
 def _connect(erl: str = "1") -> tuple[E.TargetEngine, E.Connection]:
