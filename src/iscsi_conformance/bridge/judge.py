@@ -73,7 +73,7 @@ from iscsi_conformance.core.pdu import (
 )
 from iscsi_conformance.core.text import parse_binary, parse_list, parse_number, parse_pairs
 
-__all__ = ["RULES", "Breach", "Direction", "Judge", "Rule", "SessionBook"]
+__all__ = ["DATA_UNREAD", "RULES", "Breach", "Direction", "Judge", "Rule", "SessionBook"]
 
 Direction = Literal["i->t", "t->i"]
 Side = Literal["initiator", "target"]
@@ -84,6 +84,11 @@ FULL_FEATURE = 3
 _SENDER: dict[Direction, Side] = {I2T: "initiator", T2I: "target"}
 _ANSWER_WORDS = frozenset({"NotUnderstood", "Irrelevant", "Reject"})
 MAX_BREACHES = 1000  # per connection; past it they are counted, not kept
+#: PDUs whose data segment no rule reads, only its length: the bridge's relay judges
+#: them from the header and forwards their data unread (pump._STREAMED). A rule that
+#: comes to read one's data must take its class out of here
+#: (tests/bridge/test_relay_stream.py judges every conversation both ways).
+DATA_UNREAD: tuple[type[PDU], ...] = (ScsiCommand, ScsiDataOut, ScsiDataIn)
 
 
 @dataclasses.dataclass(frozen=True)

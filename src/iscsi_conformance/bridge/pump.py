@@ -50,13 +50,20 @@ from typing import Any, cast
 
 from iscsi_conformance.aio import LoopThread
 from iscsi_conformance.core.layout import BHS_LENGTH
-from iscsi_conformance.core.pdu import PDU, PDUDecoder, TextResponse, decode, encode
+from iscsi_conformance.core.pdu import (
+    PDU,
+    PDUDecoder,
+    TextResponse,
+    decode,
+    decode_head,
+    encode,
+)
 from iscsi_conformance.core.text import format_pairs, parse_pairs
 from iscsi_conformance.errors import DigestError
 
 from .capture import PcapngWriter
 from .faults import Fault, FaultPlan
-from .judge import I2T, T2I, Breach, Direction, Judge, SessionBook
+from .judge import DATA_UNREAD, I2T, T2I, Breach, Direction, Judge, SessionBook
 
 __all__ = ["Bridge", "BridgeBreach", "BridgedConnection"]
 
@@ -67,6 +74,8 @@ _RELAY_CHUNK = 1 << 18  # what one recv of a relay thread may take
 _RELAY_POLL = 0.25  # seconds a relay thread waits on its sockets before it looks at stop
 _SOURCE = {I2T: "initiator", T2I: "target"}  # who sends what a direction reads
 _SINK = {I2T: "target", T2I: "initiator"}
+#: opcodes a relay judges from the header and forwards unread (judge.DATA_UNREAD)
+_STREAMED = frozenset(int(cls.opcode) for cls in DATA_UNREAD)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +140,8 @@ class BridgedConnection:
         self.recent: collections.deque[_Entry] = collections.deque(maxlen=_CONTEXT)
         self.pdus = {I2T: 0, T2I: 0}
         self.bytes = {I2T: 0, T2I: 0}
+        # bytes of a PDU already judged from its header that a relay passes unread
+        self.skip = {I2T: 0, T2I: 0}
         self.faulted = False
         self.framing_lost: set[Direction] = set()
         self.closed: dict[Direction, float] = {}
@@ -406,12 +417,13 @@ class Bridge:
         direction: Direction,
         decoder: PDUDecoder,
         data: bytes | memoryview,
+        stream: bool = False,
     ) -> None:
         """Record, decode and judge bytes that go out unchanged (the fast path)."""
         if self.pcap is not None:
             self.pcap.record(conn.index, direction, bytes(data), time.time())
         with conn.lock:
-            self._judge_chunk(conn, direction, decoder, data)
+            self._judge_chunk(conn, direction, decoder, data, stream)
 
     def _judge_chunk(
         self,
@@ -419,15 +431,52 @@ class Bridge:
         direction: Direction,
         decoder: PDUDecoder,
         data: bytes | memoryview,
+        stream: bool = False,
     ) -> None:
+        """Judge the PDUs in ``data``, the next bytes of ``direction``.
+
+        Whole PDUs are decoded where they lie. With ``stream``, a Data-In, Data-Out
+        or SCSI Command is judged from its header as soon as that is in
+        (:func:`decode_head`; no rule reads their data, only its length:
+        ``judge.DATA_UNREAD``) and the rest of it passes unread (``conn.skip``), unless
+        a data digest must be checked or ``on_pdu`` wants the data. So the bridge
+        copies no data segment it has no need to read, and holds none of it. Any other
+        PDU cut by the end of ``data`` is assembled in the decoder, which is fed only
+        the bytes of that PDU, so the next ones are back on the direct path. The relay threads stream (``stream``): they never hand the
+        direction back to the loop, whose pump would not know where a PDU ends."""
         if direction in conn.framing_lost:
             return
-        if not decoder.buffered:  # at a PDU boundary: whole PDUs decode in place
-            data = self._judge_whole(conn, direction, decoder, data)
-            if not data:
-                return
-        decoder.feed(data)
-        while True:
+        stream = stream and self.on_pdu is None and not decoder.data_digest
+        head = BHS_LENGTH + 4 if decoder.header_digest else BHS_LENGTH
+        pos, end = 0, len(data)
+        while pos < end:
+            skip = conn.skip[direction]
+            if skip:
+                n = min(skip, end - pos)
+                conn.skip[direction] = skip - n
+                pos += n
+                continue
+            if not decoder.buffered:
+                pos = self._judge_whole(conn, direction, decoder, data, pos, stream, head)
+                if pos >= end or conn.skip[direction]:
+                    continue
+                want = BHS_LENGTH  # a PDU cut by the end of data, or one to look at
+            else:
+                want = decoder.wanted
+            first = decoder.peek(1)[0] if decoder.buffered else data[pos]
+            streamed = stream and first & 0x3F in _STREAMED
+            if streamed and decoder.buffered < head:
+                want = head - decoder.buffered
+            take = min(want, end - pos)
+            decoder.feed(data[pos : pos + take])
+            pos += take
+            if streamed and decoder.buffered >= head:
+                found = decode_head(decoder.peek(head), header_digest=decoder.header_digest)
+                if found is not None:
+                    conn.skip[direction] = found[2] - decoder.buffered
+                    self._judge_one(conn, direction, decoder.peek(), found[0])
+                    decoder.drop()
+                    continue
             header = decoder.peek()
             try:
                 pdu = decoder.next_pdu()
@@ -441,9 +490,8 @@ class Bridge:
                 self.harness_errors.append(f"conn {conn.index} {direction}: undecodable: {exc}")
                 conn.framing_lost.add(direction)
                 return
-            if pdu is None:
-                return
-            self._judge_one(conn, direction, header, pdu)
+            if pdu is not None:
+                self._judge_one(conn, direction, header, pdu)
 
     def _judge_whole(
         self,
@@ -451,13 +499,27 @@ class Bridge:
         direction: Direction,
         decoder: PDUDecoder,
         data: bytes | memoryview,
-    ) -> bytes | memoryview:
-        """Judge the whole PDUs at the start of ``data`` where they lie (no copy into
-        the decoder, whose buffer is empty); return what is left from the first PDU
-        that is incomplete or that the decoder must look at (a digest or format error:
-        it says what is wrong and keeps the stream in step)."""
-        pos, end = 0, len(data)
-        while end - pos >= BHS_LENGTH:
+        pos: int,
+        stream: bool,
+        head: int,
+    ) -> int:
+        """Judge the PDUs from ``data[pos:]`` where they lie (no copy into the decoder,
+        whose buffer is empty); return where the first one starts that is cut by the
+        end of ``data`` or that the decoder must look at (a digest or format error: it
+        says what is wrong and keeps the stream in step). A streamed PDU (see
+        _judge_chunk) cut by the end sets ``conn.skip`` instead."""
+        end = len(data)
+        while end - pos >= head:
+            if stream and data[pos] & 0x3F in _STREAMED:
+                found = decode_head(data, header_digest=decoder.header_digest, offset=pos)
+                if found is not None:
+                    pdu, _, size = found
+                    self._judge_one(conn, direction, bytes(data[pos : pos + BHS_LENGTH]), pdu)
+                    if size > end - pos:
+                        conn.skip[direction] = size - (end - pos)
+                        return end
+                    pos += size
+                    continue
             try:
                 result = decode(
                     data,
@@ -473,7 +535,7 @@ class Bridge:
             pdu, used = result
             self._judge_one(conn, direction, bytes(data[pos : pos + BHS_LENGTH]), pdu)
             pos += used
-        return data[pos:] if pos else data
+        return pos
 
     def _judge_one(
         self, conn: BridgedConnection, direction: Direction, header: bytes, pdu: PDU
@@ -764,7 +826,7 @@ class _Relay(threading.Thread):
 
     def _pass(self, decoder: PDUDecoder, data: memoryview) -> None:
         self.conn.bytes[self.direction] += len(data)
-        self.bridge._judge_only(self.conn, self.direction, decoder, data)
+        self.bridge._judge_only(self.conn, self.direction, decoder, data, stream=True)
         while data:
             try:
                 sent = self.sink.send(data)

@@ -97,6 +97,7 @@ __all__ = [
     "check_reserved",
     "data_out_pdus",
     "decode",
+    "decode_head",
     "encode",
     "field_to_lun",
     "frame_parts",
@@ -1355,6 +1356,50 @@ def decode(
     return pdu, end - pos
 
 
+#: stand-in data segments of decode_head(), by length (two lengths at most: a relay's
+#: PDUs mostly come in one or two sizes)
+_STAND_INS: dict[int, bytes] = {}
+
+
+def decode_head(
+    buf: bytes | bytearray | memoryview, *, header_digest: bool = False, offset: int = 0
+) -> tuple[PDU, int, int] | None:
+    """The PDU at ``buf[offset:]`` from its header alone: ``(pdu, header bytes, PDU
+    bytes)``, for a relay that forwards a data segment it has no need to read.
+
+    ``pdu.data`` is a stand-in: zero bytes, as long as the DataSegmentLength (a rule
+    that reads only its length judges it as the real one). None when the header (with
+    its digest) is not all in ``buf``, it has an AHS, the header digest is wrong (the
+    full :func:`decode` says so), or the opcode is undefined: take :func:`decode` then.
+    The data digest, if any, is the caller's: the PDU bytes counted here include none.
+    """
+    if len(buf) - offset < BHS_LENGTH:
+        return None
+    b0, lengths = _HEAD.unpack_from(buf, offset)
+    if lengths >> 24:  # an AHS
+        return None
+    unpack = _UNPACKERS.get(b0 & 0x3F)
+    if unpack is None:
+        return None
+    head = BHS_LENGTH + 4 if header_digest else BHS_LENGTH
+    if len(buf) - offset < head:
+        return None
+    if header_digest:
+        with memoryview(buf) as mv:
+            good = _LE32.unpack_from(buf, offset + BHS_LENGTH)[0] == _crc32c(
+                mv[offset : offset + BHS_LENGTH]
+            )
+        if not good:
+            return None
+    dsl = lengths & 0xFFFFFF
+    data = _STAND_INS.get(dsl)
+    if data is None:
+        if len(_STAND_INS) >= 2:
+            _STAND_INS.clear()
+        data = _STAND_INS[dsl] = bytes(dsl)
+    return unpack(buf, offset, data, b""), head, head + ((dsl + 3) & ~3)
+
+
 class PDUDecoder:
     """Incremental decoder over a byte stream: ``feed()`` bytes, take ``next_pdu()``.
 
@@ -1389,6 +1434,18 @@ class PDUDecoder:
     def peek(self, n: int = BHS_LENGTH) -> bytes:
         """The first ``n`` bytes not yet returned (the next PDU's header, as sent)."""
         return bytes(self._buf[self._pos : self._pos + n])
+
+    @property
+    def wanted(self) -> int:
+        """Bytes to feed before :meth:`next_pdu` may return the PDU begun: its header
+        first, then the rest once :meth:`next_pdu` has read how long it is (0: ask it)."""
+        return max(self._need - self.buffered, 0)
+
+    def drop(self) -> None:
+        """Forget the bytes buffered: a relay forwards the rest of that PDU unread."""
+        self._buf.clear()
+        self._pos = 0
+        self._need = BHS_LENGTH
 
     def next_pdu(self) -> PDU | None:
         """The next complete PDU, or ``None`` if more bytes are needed."""
