@@ -79,6 +79,41 @@ def test_parsers() -> None:
     }
 
 
+def test_one_script_per_login_reports_through_markers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The login's one agent round trip: the generated shell parses, a failing setup
+    step ends it with SETUP_FAILED before the login, and the markers read back."""
+    import subprocess
+
+    attach = oi.attach_script("iqn.a:b", "[::1]:3260", (0, 1), timeout=0.4)
+    setup = oi._setup_script(["true", "false || true", "false", "echo never"])
+    for script in (attach, setup):
+        assert subprocess.run(["bash", "-n"], input=script.encode()).returncode == 0
+    ran = subprocess.run(["bash"], input=setup.encode(), capture_output=True)
+    assert ran.returncode == oi.SETUP_FAILED and b"never" not in ran.stdout
+    assert "ic-setup-done" not in oi.parse_markers(ran.stdout.decode())
+    ok = subprocess.run(["bash"], input=oi._setup_script(["true"]).encode(), capture_output=True)
+    assert ok.returncode == 0 and "ic-setup-done" in oi.parse_markers(ok.stdout.decode())
+    # the session is found by target name and portal, as iscsiadm -m session lists them
+    fake = tmp_path / "iscsiadm"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$3" = "-r" ]; then echo "Negotiated iSCSI params:"; echo "HeaderDigest: None"; exit 0; fi\n'
+        "echo 'tcp: [2] [::1]:3261,1 iqn.a:b (non-flash)'\n"
+        "echo 'tcp: [7] [::1]:3260,1 iqn.a:b (non-flash)'\n"
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    ran = subprocess.run(["bash"], input=attach.encode(), capture_output=True, env=env)
+    marks = oi.parse_markers(ran.stdout.decode())
+    assert marks["ic-sid"] == ["7"] and ran.returncode == 92  # no /sys here: no device
+    assert b"no block device for session 7 LUN 0" in ran.stderr
+    assert oi.parse_negotiated(ran.stdout.decode().split("@@ic-keys-end")[0]) == {
+        "HeaderDigest": "None"
+    }
+    assert oi._without_markers("@@ic-sid 3\n10.0.2.2:3260,1 iqn.x\n") == "10.0.2.2:3260,1 iqn.x"
+    assert oi._name_values([("a", "1"), ("b", "2")]) == ["-n", "a", "-v", "1", "-n", "b", "-v", "2"]
+
+
 # --------------------------------------------------------------------------- real peers
 
 HAVE = shutil.which("qemu-system-x86_64") and shutil.which("tgtd") and shutil.which("debootstrap")

@@ -29,6 +29,7 @@ import re
 import shlex
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -349,19 +350,22 @@ class OpenIscsiInitiator(InitiatorDriver):
             if creds is not None:
                 self.log.secrets.add(creds.secret)
 
-    def _iface(self, initiator_name: str | None) -> str:
-        """An iface carrying ``initiator_name`` (open-iscsi has one name per iface)."""
+    def _iface_lines(self, initiator_name: str | None) -> tuple[str, list[str]]:
+        """The iface carrying ``initiator_name`` (open-iscsi has one name per iface) and
+        the shell lines that make it (none for the default iface)."""
         if not initiator_name or initiator_name == self.initiator_name:
-            return "default"
+            return "default", []
         iface = "ic" + hashlib.sha1(initiator_name.encode()).hexdigest()[:10]
-        script = "\n".join(
-            [
-                f"iscsiadm -m iface -I {iface} >/dev/null 2>&1 || iscsiadm -m iface -I {iface} -o new",
-                f"iscsiadm -m iface -I {iface} -o update -n iface.transport_name -v tcp",
-                f"iscsiadm -m iface -I {iface} -o update -n iface.initiatorname -v {shlex.quote(initiator_name)}",
-            ]
-        )
-        self.shell.run(script, check=True)
+        return iface, [
+            f"iscsiadm -m iface -I {iface} >/dev/null 2>&1 || iscsiadm -m iface -I {iface} -o new",
+            f"iscsiadm -m iface -I {iface} -o update -n iface.transport_name -v tcp",
+            f"iscsiadm -m iface -I {iface} -o update -n iface.initiatorname -v {shlex.quote(initiator_name)}",
+        ]
+
+    def _iface(self, initiator_name: str | None) -> str:
+        iface, lines = self._iface_lines(initiator_name)
+        if lines:
+            self.shell.run("\n".join(lines), check=True)
         return iface
 
     # ------------------------------------------------------------------ discovery
@@ -372,28 +376,33 @@ class OpenIscsiInitiator(InitiatorDriver):
         """SendTargets through ``iscsiadm -m discoverydb``; raw answer (NAT addresses kept)."""
         self._mask(options)
         portal = _portal(guest_address(host, self.mode), port)
-        iface = self._iface(options.initiator_name)
+        iface, lines = self._iface_lines(options.initiator_name)
         base = ["iscsiadm", "-m", "discoverydb", "-t", "sendtargets", "-p", portal, "-I", iface]
-        lines = [shlex.join([*base, "-o", "new"])]
-
-        def upd(key: str, value: str) -> None:
-            lines.append(shlex.join([*base, "-o", "update", "-n", key, "-v", value]))
-
+        lines.append(shlex.join([*base, "-o", "new"]))
+        settings = [("discovery.sendtargets.auth.authmethod", "None")]
         if options.chap is not None:
-            upd("discovery.sendtargets.auth.authmethod", "CHAP")
-            upd("discovery.sendtargets.auth.username", options.chap.user)
-            upd("discovery.sendtargets.auth.password", options.chap.secret)
+            settings = [
+                ("discovery.sendtargets.auth.authmethod", "CHAP"),
+                ("discovery.sendtargets.auth.username", options.chap.user),
+                ("discovery.sendtargets.auth.password", options.chap.secret),
+            ]
             if options.mutual_chap is not None:
-                upd("discovery.sendtargets.auth.username_in", options.mutual_chap.user)
-                upd("discovery.sendtargets.auth.password_in", options.mutual_chap.secret)
-        else:
-            upd("discovery.sendtargets.auth.authmethod", "None")
-        self.shell.run("set -e\n" + "\n".join(lines), check=True)
-        # -o nonpersistent: list what the target says without creating node records
+                settings += [
+                    ("discovery.sendtargets.auth.username_in", options.mutual_chap.user),
+                    ("discovery.sendtargets.auth.password_in", options.mutual_chap.secret),
+                ]
+        lines.append(shlex.join([*base, "-o", "update", *_name_values(settings)]))
+        # one agent round trip (each costs a process start in a TCG guest): the record,
+        # then -o nonpersistent lists what the target says without creating node records
         res = self.shell.run(
-            [*base, "--discover", "-o", "nonpersistent"], timeout=self.login_timeout * 2 + 30
+            _setup_then(
+                lines,
+                shlex.join([*base, "--discover", "-o", "nonpersistent"]),
+                after=shlex.join([*base, "-o", "delete"]),
+            ),
+            timeout=self.login_timeout * 2 + 30,
         )
-        self.shell.run([*base, "-o", "delete"])
+        _check_setup(res, f"discovery record for {portal}")
         if res.returncode == ISCSI_ERR_LOGIN_AUTH_FAILED:
             raise AuthenticationError(
                 f"open-iscsi: discovery CHAP failed: {self.log.mask(res.error_text).strip()}"
@@ -402,7 +411,7 @@ class OpenIscsiInitiator(InitiatorDriver):
             raise LoginError(
                 f"open-iscsi: discovery on {portal} failed ({res.returncode}): {self.log.mask(res.error_text).strip()}"
             )
-        return parse_discovery(res.text)
+        return parse_discovery(_without_markers(res.text))
 
     # ------------------------------------------------------------------ sessions
 
@@ -412,64 +421,82 @@ class OpenIscsiInitiator(InitiatorDriver):
         self._mask(options)
         host = guest_address(endpoint.host, self.mode)
         portal = _portal(host, endpoint.port)
-        iface = self._iface(options.initiator_name)
-        node = ["-m", "node", "-T", endpoint.iqn, "-p", portal, "-I", iface]
+        iface, setup = self._iface_lines(options.initiator_name)
+        node = ["iscsiadm", "-m", "node", "-T", endpoint.iqn, "-p", portal, "-I", iface]
         settings = node_settings(options)
-        lines = [
-            # a stale record (an earlier failed run) would keep its old settings
-            shlex.join(["iscsiadm", *node, "-o", "delete"]) + " >/dev/null 2>&1 || true",
+        # a stale record (an earlier failed run) would keep its old settings
+        setup.append(shlex.join([*node, "-o", "delete"]) + " >/dev/null 2>&1 || true")
+        setup.append(
             shlex.join(
-                [
-                    "iscsiadm",
-                    *node[:4],
-                    "-p",
-                    f"{portal},{endpoint.portal_group_tag}",
-                    "-I",
-                    iface,
-                    "-o",
-                    "new",
-                ]
-            ),
-        ]
-        lines += [
-            shlex.join(["iscsiadm", *node, "-o", "update", "-n", k, "-v", v]) for k, v in settings
-        ]
-        self.shell.run("set -e\n" + "\n".join(lines), check=True)
-        started = time.monotonic()
-        res = self.iscsiadm(*node, "--login", timeout=self.login_timeout * 3 + 30)
-        login_seconds = time.monotonic() - started
-        if res.returncode != 0:
-            self.iscsiadm(*node, "-o", "delete")
-            msg = self.log.mask(res.error_text or res.text).strip()
+                [*node[:5], "-p", f"{portal},{endpoint.portal_group_tag}", "-I", iface, "-o", "new"]
+            )
+        )
+        if settings:  # iscsiadm takes every -n/-v pair of one update at once
+            setup.append(shlex.join([*node, "-o", "update", *_name_values(settings)]))
+        login_timeout = self.login_timeout * 3 + 30
+        # One agent round trip for the record, the login, the session's id, its
+        # negotiated keys and its LUNs' block devices: each round trip costs a process
+        # start in a TCG guest, and a test logs in often.
+        script = "\n".join(
+            [
+                _setup_script(setup),
+                "t0=$(date +%s%N)",
+                shlex.join([*node, "--login"]),
+                "rc=$?",
+                'echo "@@ic-login-ns $(( $(date +%s%N) - t0 ))"',
+                f"[ $rc -eq 0 ] || {{ {shlex.join([*node, '-o', 'delete'])} >/dev/null 2>&1; exit $rc; }}",
+                "echo @@ic-logged-in",
+                attach_script(endpoint.iqn, portal, endpoint.luns, timeout=60),
+            ]
+        )
+        res = self.shell.run(script, timeout=login_timeout + 90)
+        _check_setup(res, f"node record for {endpoint.iqn} at {portal}")
+        marks = parse_markers(res.text)
+        if "ic-login-ns" not in marks:  # the agent ended the script during the login
+            raise LoginError(
+                f"open-iscsi: login did not end within {login_timeout} s: "
+                f"{self.log.mask(res.error_text).strip()}"
+            )
+        if "ic-logged-in" not in marks:
+            msg = self.log.mask(res.error_text or _without_markers(res.text)).strip()
             if res.returncode == ISCSI_ERR_LOGIN_AUTH_FAILED:
                 raise AuthenticationError(f"open-iscsi: {msg}")
             raise LoginError(
                 f"open-iscsi: login failed (iscsiadm exit {res.returncode}): {msg}",
                 login_status=_status_from(res.returncode),
             )
-        sid = self._find_session(endpoint.iqn, portal)
         handle = SessionHandle(
             endpoint=endpoint,
             ref={
-                "sid": sid,
                 "portal": portal,
                 "iface": iface,
-                "login_seconds": login_seconds,
-                "devices": {},
+                "login_seconds": int(marks["ic-login-ns"][0]) / 1e9,
             },
         )
-        handle.negotiated = self.negotiated(handle)
         self._sessions.append(handle)
-        for lun in endpoint.luns:
-            handle.ref["devices"][lun] = self._wait_device(sid, lun)
+        self._attached(handle, res)
         return handle
 
-    def _find_session(self, iqn: str, portal: str) -> int:
-        res = self.iscsiadm("-m", "session", check=True)
-        for sid, sportal, siqn in parse_sessions(res.text):
-            if siqn == iqn and sportal.split(",")[0] == portal:
-                return sid
-        raise HarnessError(f"open-iscsi: logged in to {iqn} at {portal} but no session is listed")
+    def _attached(self, handle: SessionHandle, res: microvm.AgentResult) -> None:
+        """Fill ``handle`` from the output of :func:`attach_script`, or raise what broke."""
+        marks = parse_markers(res.text)
+        iqn, portal = handle.endpoint.iqn, handle.ref["portal"]
+        if "ic-sid" not in marks:
+            raise HarnessError(
+                f"open-iscsi: logged in to {iqn} at {portal} but no session is listed"
+            )
+        sid = int(marks["ic-sid"][0])
+        handle.ref["sid"] = sid
+        handle.ref["devices"], handle.ref["block_sizes"] = {}, {}
+        for lun, dev, size in (m.split() for m in marks.get("ic-dev", [])):
+            handle.ref["devices"][int(lun)] = dev
+            handle.ref["block_sizes"][int(lun)] = int(size)
+        if res.returncode != 0 or "ic-attached" not in marks:
+            raise HarnessError(
+                f"open-iscsi: session {sid} to {iqn}: "
+                f"{self.log.mask(res.error_text).strip() or f'exit {res.returncode}'}"
+            )
+        handle.negotiated = parse_negotiated(res.text.split("@@ic-keys-end")[0])
 
     def negotiated(self, session: SessionHandle) -> dict[str, str]:
         """The operational keys as ``iscsiadm -m session -P 2`` reports them."""
@@ -497,11 +524,15 @@ class OpenIscsiInitiator(InitiatorDriver):
 
     def logout(self, session: SessionHandle) -> None:
         ref = session.ref
-        node = ["-m", "node", "-T", session.endpoint.iqn, "-p", ref["portal"], "-I", ref["iface"]]
-        res = self.iscsiadm(*node, "--logout", timeout=60)
+        node = ["iscsiadm", "-m", "node", "-T", session.endpoint.iqn, "-p", ref["portal"]]
+        node += ["-I", ref["iface"]]
+        res = self.shell.run(
+            f"{shlex.join([*node, '--logout'])}; rc=$?; "
+            f"{shlex.join([*node, '-o', 'delete'])} >/dev/null 2>&1; exit $rc",
+            timeout=60,
+        )
         if session in self._sessions:
             self._sessions.remove(session)
-        self.iscsiadm(*node, "-o", "delete")
         if res.returncode not in (0, ISCSI_ERR_NO_OBJS_FOUND):
             raise HarnessError(
                 f"open-iscsi: logout failed ({res.returncode}): {res.error_text.strip()}"
@@ -545,25 +576,24 @@ class OpenIscsiInitiator(InitiatorDriver):
                 login_status=_status_from(res.returncode),
             )
         seconds = time.monotonic() - started
-        sid = self._find_session(session.endpoint.iqn, ref["portal"])
-        handle = SessionHandle(
-            endpoint=session.endpoint,
-            ref={**ref, "sid": sid, "devices": {}, "login_seconds": seconds},
-        )
-        handle.negotiated = self.negotiated(handle)
+        handle = SessionHandle(endpoint=session.endpoint, ref={**ref, "login_seconds": seconds})
         self._sessions.append(handle)
-        for lun in session.endpoint.luns:
-            handle.ref["devices"][lun] = self._wait_device(sid, lun)
+        attach = attach_script(session.endpoint.iqn, ref["portal"], session.endpoint.luns, 60)
+        self._attached(handle, self.shell.run(attach, timeout=90))
         return handle, seconds
 
     # ------------------------------------------------------------------ I/O
 
     def block_size(self, session: SessionHandle, lun: int) -> int:
-        dev = self.device(session, lun)
-        res = self.shell.run(
-            ["cat", f"/sys/block/{dev.rsplit('/', 1)[-1]}/queue/logical_block_size"], check=True
-        )
-        return int(res.text.strip())
+        sizes: dict[int, int] = session.ref.setdefault("block_sizes", {})
+        if lun not in sizes:  # found at login; a LUN added since is asked for
+            dev = self.device(session, lun)
+            res = self.shell.run(
+                ["cat", f"/sys/block/{dev.rsplit('/', 1)[-1]}/queue/logical_block_size"],
+                check=True,
+            )
+            sizes[lun] = int(res.text.strip())
+        return sizes[lun]
 
     def read(self, session: SessionHandle, lun: int, lba: int, blocks: int) -> bytes:
         dev = self.device(session, lun)
@@ -655,6 +685,85 @@ class OpenIscsiInitiator(InitiatorDriver):
     def registered_keys(self, session: SessionHandle, lun: int) -> list[int]:
         res = self.persistent_reserve_in(session, lun, "read-keys")
         return [int(k, 16) for k in re.findall(r"^\s+(0x[0-9a-fA-F]+)\s*$", res.text, re.M)]
+
+
+# --------------------------------------------------------------------------- scripts
+#
+# Each agent round trip costs a shell's start in a TCG guest (0.2 to 0.5 s under load),
+# so a login is one script; its steps report through "@@ic-<name> <value>" lines.
+
+SETUP_FAILED = 95
+
+
+def _name_values(settings: Sequence[tuple[str, str]]) -> list[str]:
+    """``-n NAME -v VALUE`` for each setting: one ``iscsiadm -o update`` takes them all."""
+    return [arg for name, value in settings for arg in ("-n", name, "-v", value)]
+
+
+def _setup_script(lines: Sequence[str]) -> str:
+    """``lines`` run in turn; the first that fails ends the script with
+    ``SETUP_FAILED``, before the step that follows (an ``&&`` chain: ``set -e`` has no
+    effect in a list whose status is tested)."""
+    chain = " && ".join(f"{{ {line}; }}" for line in lines)
+    return f"{chain} || exit {SETUP_FAILED}\necho @@ic-setup-done"
+
+
+def _check_setup(res: microvm.AgentResult, what: str) -> None:
+    if res.returncode == SETUP_FAILED and "ic-setup-done" not in parse_markers(res.text):
+        raise HarnessError(f"open-iscsi: setting up the {what} failed: {res.error_text.strip()}")
+
+
+def _setup_then(setup: Sequence[str], command: str, *, after: str) -> str:
+    """``setup``, then ``command`` whose status the script ends with, ``after`` run
+    whatever it returned."""
+    return "\n".join(
+        [_setup_script(setup), command, "rc=$?", f"{after} >/dev/null 2>&1", "exit $rc"]
+    )
+
+
+def attach_script(iqn: str, portal: str, luns: Sequence[int], timeout: float) -> str:
+    """Shell that finds the session to ``iqn`` at ``portal`` (``@@ic-sid``), prints its
+    ``-P 2`` report (ended by ``@@ic-keys-end``), waits up to ``timeout`` s for each
+    LUN's block device (``@@ic-dev LUN /dev/sdX BLOCKSIZE``) and ends ``@@ic-attached``."""
+    find = (
+        "sid=$(iscsiadm -m session 2>/dev/null | awk -v t="
+        + shlex.quote(iqn)
+        + " -v p="
+        + shlex.quote(portal + ",")
+        + " 'index($3, p) == 1 && $4 == t { gsub(/[][]/, \"\", $2); print $2; exit }')"
+    )
+    lines = [
+        find,
+        '[ -n "$sid" ] || exit 90',
+        'echo "@@ic-sid $sid"',
+        'iscsiadm -m session -r "$sid" -P 2 || exit 91',
+        "echo @@ic-keys-end",
+    ]
+    for lun in luns:
+        lines += [
+            "dev=",
+            f"for i in $(seq 1 {int(timeout * 5)}); do "
+            f"for b in /sys/class/iscsi_session/session$sid/device/target*/*:*:*:{int(lun)}/block/*; do "
+            '[ -e "$b" ] && [ -b "/dev/${b##*/}" ] && { dev=${b##*/}; break 2; }; done; '
+            "sleep 0.2; done",
+            f'[ -n "$dev" ] || {{ echo "no block device for session $sid LUN {int(lun)}" >&2; exit 92; }}',
+            f'echo "@@ic-dev {int(lun)} /dev/$dev $(cat /sys/block/$dev/queue/logical_block_size)"',
+        ]
+    return "\n".join([*lines, "echo @@ic-attached"])
+
+
+def parse_markers(text: str) -> dict[str, list[str]]:
+    """``@@ic-<name> <value>`` lines -> {"ic-<name>": [value, ...]}."""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("@@ic-"):
+            name, _, value = line[2:].partition(" ")
+            out.setdefault(name, []).append(value.strip())
+    return out
+
+
+def _without_markers(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.startswith("@@ic-"))
 
 
 # --------------------------------------------------------------------------- parsing
