@@ -95,3 +95,26 @@ def test_proxy_damages_what_it_forwards() -> None:
     damaged, names = asyncio.run(run())
     assert damaged >= 5
     assert any(n != hostile.IQN for n in names), names
+
+
+def test_a_tool_s_peak_rss_is_its_own() -> None:
+    """The libiscsi tools' memory verdict reads each tool's own peak RSS (wait4), not the
+    largest child this process ever had: a 300 MiB child reaped before must not make a
+    small tool's run a memory failure, and a tool's own growth is seen."""
+    import subprocess
+    import sys
+
+    from iscsi_conformance.fuzz import hostile_clients as hc
+
+    big = "b = bytearray(300 << 20); b[::4096] = b'x' * len(b[::4096])"
+    subprocess.run([sys.executable, "-c", big], check=True)  # an earlier, larger child
+    code, err, peak = asyncio.run(hc._tool([sys.executable, "-c", "pass"], 10))
+    assert code == 0 and 0 < peak < 100 << 10
+    code, err, peak = asyncio.run(hc._tool([sys.executable, "-c", big], 10))
+    assert code == 0 and peak > 300 << 10
+    code, err, peak = asyncio.run(
+        hc._tool([sys.executable, "-c", "import os, sys; sys.stderr.write('x'); os.abort()"], 10)
+    )
+    assert code == -6 and err == b"x"  # died by SIGABRT: the crash verdict's input
+    code, _, _ = asyncio.run(hc._tool(["sleep", "30"], 0.3))
+    assert code is None  # over the limit: a hang, and the tool is gone
