@@ -89,9 +89,13 @@ of a recorded conversation (64 KiB READs and WRITEs, 65,728-byte chunks) 26.4 to
 1.77 -> 1.67 ms/MB, system 1.07 -> 0.92): most of it is the relay's recv/send turns.
 Tried and dropped, no gain measured: polling only on EAGAIN (again), and spinning
 200 us on a non-blocking recv before sleeping (depth 1: 61.9 -> 64.5 MB/s for 2.4x
-the CPU). Five pairs of runs, the old bridge (B) and the new (A) alternating, each
-with 6 ABBA rounds of 2 s (ratio of medians), load 1.5 to 8.3: A 0.97, 0.93, 0.60,
-0.84, 0.83; B 0.82, 0.80, 0.60, 0.74, 0.73. Five runs of the command below (median
+the CPU); a second thread per direction that sends while the first receives and
+judges the next chunk (two buffers going round), as strace at depth 1 showed the
+64 KiB loopback send to the initiator taking 0.36 to 0.47 ms of each 1.1 ms turn:
+worse, 135.7 -> 105.9 MB/s median (10 interleaved rounds of 1 s, depth 8, load 1.9;
+likely the queue hand-overs' wake-ups). Five pairs of runs, the old bridge (B) and
+the new (A) alternating, each with 6 ABBA rounds of 2 s (ratio of medians), load 1.5
+to 8.3: A 0.97, 0.93, 0.60, 0.84, 0.83; B 0.82, 0.80, 0.60, 0.74, 0.73. Five runs of the command below (median
 of pair ratios) at load 0.5 to 4.4: 0.84, 0.69, 0.75, 0.78, 0.82 (min 0.69, median
 0.78), iscsi-perf 0.40 to 0.48. Before (old bridge, old method: ``--seconds 3
 --rounds 3``, load 1.3 to 2.5): 0.71, 0.90, 1.10, 0.99, 1.06. So the goal is not met
