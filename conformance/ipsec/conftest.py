@@ -167,6 +167,9 @@ class DriverInitiator:
     def __init__(self, area: IPsecArea, driver: Any) -> None:
         self.area, self.driver = area, driver
         self.name = driver.name
+        # open-iscsi's session lives in the guest's kernel between commands: the SA can
+        # go from under it (IPsec.Negative.SaDeletedMidSession's kernel variant)
+        self.kernel_session = driver.name == "open-iscsi"
         # libiscsi 1.19 always offers DataDigest=None; open-iscsi offers what it is set to
         self.data_digest = driver.name == "open-iscsi"
 

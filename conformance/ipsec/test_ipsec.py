@@ -267,6 +267,9 @@ def test_cleartext_to_protected_portal_dropped(ipsec: IPsecArea, evidence: Any) 
 def test_sa_deleted_mid_session_then_recovered(ipsec: IPsecArea, evidence: Any) -> None:
     """Child SA deleted mid-session: the connection fails; after a new SA a new login (ERL 0)
     reads back every write that had been acknowledged."""
+    if getattr(ipsec.initiator, "kernel_session", False):
+        _sa_deleted_under_a_kernel_session(ipsec, evidence)
+        return
     if not ipsec.initiator.holds_session:
         pytest.skip(
             f"not supported here: {ipsec.initiator.name}'s tools log in per command, so no "
@@ -315,6 +318,77 @@ def test_sa_deleted_mid_session_then_recovered(ipsec: IPsecArea, evidence: Any) 
         n = ipsec.run(after)
     evidence.note(f"{n} acknowledged writes read back after re-login")
     _no_cleartext(wire)
+
+
+#: How long open-iscsi may take to find its connection dead once the SA is gone (its NOP-Out
+#: every 5 s, answered within 5 s: node.conn[0].timeo.noop_out_*), and to log in again once
+#: the SA is back, under TCG at load.
+_KERNEL_FAIL_WITHIN = 40.0
+_KERNEL_RECOVER_WITHIN = 60.0
+
+
+def _sa_deleted_under_a_kernel_session(ipsec: IPsecArea, evidence: Any) -> None:
+    """The variant for an initiator whose session lives in its host's kernel (open-iscsi):
+    the session stays logged in between commands, so the SA goes from under it. Its
+    connection must fail (the session leaves LOGGED_IN: NOP-Outs unanswered), and once the
+    SA is back the initiator logs in again by itself (ERL 0 session reinstatement, no
+    hand) and every write it had acknowledged reads back through the recovered session."""
+    from iscsi_conformance.peers.base import TargetEndpoint
+
+    driver = ipsec.initiator.driver
+    host, port = ipsec.portal
+    lun = ipsec.lun
+    ipsec.protect()
+    session = driver.login(TargetEndpoint(host, port, ipsec.open_target, luns=(lun,)))
+    sid = session.ref["sid"]
+    state = f"cat /sys/class/iscsi_session/session{sid}/state"
+
+    def wait_state(want: bool, within: float) -> tuple[str, float]:
+        started = time.monotonic()
+        now = ""
+        while time.monotonic() - started < within:
+            now = driver.guest(state).text.strip()
+            if (now == "LOGGED_IN") == want:
+                break
+            time.sleep(0.5)
+        return now, time.monotonic() - started
+
+    try:
+        acked: dict[int, bytes] = {}
+        for i in range(4):
+            data = os.urandom(8192)
+            driver.write(session, lun, 1000 + i * 16, data)  # O_DIRECT + fsync: acknowledged
+            acked[1000 + i * 16] = data
+        ipsec.path.delete_child()
+        now, took = wait_state(False, _KERNEL_FAIL_WITHIN)
+        evidence.note(f"child SA deleted; session {sid} state {now!r} after {took:.1f} s")
+        require(
+            now != "LOGGED_IN",
+            "R7146-2-1",
+            f"{ipsec.initiator.name}'s session stayed LOGGED_IN for {_KERNEL_FAIL_WITHIN:g} s "
+            "with its child SA deleted: its connection went on without ESP",
+        )
+        again = ipsec.path.reinitiate()
+        with ipsec.wire(evidence, "sa-recovered") as wire:
+            now, took = wait_state(True, _KERNEL_RECOVER_WITHIN)
+            evidence.note(
+                f"child SA re-established in {again:.3f} s; session {sid} {now!r} "
+                f"{took:.1f} s later"
+            )
+            require(
+                now == "LOGGED_IN",
+                "R7146-2-1",
+                f"{ipsec.initiator.name} did not log in again within "
+                f"{_KERNEL_RECOVER_WITHIN:g} s of the SA's return (session {sid}: {now!r})",
+            )
+            for lba, data in acked.items():
+                back = driver.read(session, lun, lba, len(data) // driver.block_size(session, lun))
+                require(back == data, "R7146-2-1", f"acknowledged write at LBA {lba} lost")
+        evidence.note(f"{len(acked)} acknowledged writes read back through the same session")
+        _no_cleartext(wire)
+    finally:
+        with contextlib.suppress(Exception):
+            driver.logout(session)
 
 
 @spec("IPsec.Negative.RekeyDuringWrite", ESP, pairing="all", requirements=["R7146-2-1"])
