@@ -106,6 +106,31 @@ hop, most likely its two more thread wake-ups per PDU on this 2-vCPU VM, more th
 the bridge's CPU (a quarter of a core at 100 MB/s), which is all a faster judge
 could cut.
 
+Also tried in session 8 and dropped: splice() for the data segments no rule reads
+(socket -> pipe of 1 MiB -> socket, in the kernel; only with no capture, no fault, no
+on_pdu and no data digest). Two bridges in one run, splice on and off, against the
+same direct rounds (blocks of direct, A, B, direct, the order of A and B alternating).
+Looking at each PDU's header with MSG_PEEK, judging it, then splicing the whole PDU:
+with iscsi-perf, where the bridge is the bottleneck, worse (bridged median 198 and 251
+MB/s against 259 and 340; user CPU 1.56 and 1.33 ms/MB against 1.15 and 0.96): per PDU
+a poll, a peek and two splices replace a share of one 256 KiB recv and send. With the
+reference initiator, no better: median of the pair ratios 0.66 to 1.02 (median 0.81)
+against 0.64 to 0.93 (0.745) over 12 runs at load 1.1 to 6 (two of them without
+SPLICE_F_MORE), but in the last three, comparing the two bridges' rounds side by side,
+splice was ahead in 13 of 36 blocks (median 0.83 to 1.00 of the copying relay), and
+its user CPU was higher in every run (by 0.05 to 0.4 ms/MB). Splicing only the rest of
+a PDU cut by the end of a 256 KiB recv: neutral (iscsi-perf 260 and 334 MB/s against
+306 and 323). The copies are not the hop's cost; its turns are. Other settings of the
+relay, iscsi-perf, 6 blocks each, two runs or more: a 1 MiB recv buffer a little
+better (four runs: 331, 342, 309, 308 MB/s against 324, 297, 302, 259; system CPU 0.57
+to 0.61 against 0.68 to 0.80 ms/MB; the reference initiator 0.71 to 0.97 against 0.64
+to 0.77 in four runs), but two such buffers break tests/bridge/test_memory_bound.py's
+bound (at most one PDU per direction and the transports' buffers); 512 KiB neutral (3
+runs); 64 KiB + 48 worse (273 and 234 against 304 and 280); SO_SNDBUF and SO_RCVBUF
+fixed at 256 KiB or 1 MiB (which turns the kernel's autotuning off: 3.9 MB for the
+send buffer here) neutral to worse. TCP_NODELAY is on already: asyncio sets it on its
+TCP transports, and the relay's descriptors are duplicates of theirs.
+
     python benchmarks/bench_bridge.py
 """
 
