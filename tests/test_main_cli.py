@@ -214,6 +214,17 @@ def test_plan_run_splits_by_initiator_and_gives_each_column_once() -> None:
     one = plan_run(["reference", "tgt", "lio"], ["reference"], 2)
     assert [s.targets for s in one] == [["lio"], ["reference", "tgt"]]
     assert [s.initiator_column for s in one] == [False, True]
+    # a fourth shard splits the heaviest third-party initiator (open-iscsi, weight 6):
+    # its cell with the reference target (with the Initiator area), then the others
+    four = plan_run(["reference", "tgt", "lio"], ["reference", "libiscsi", "open-iscsi"], 4)
+    assert [(s.initiators, s.targets) for s in four] == [
+        (["open-iscsi"], ["reference"]),
+        (["open-iscsi"], ["tgt", "lio"]),
+        (["libiscsi"], ["reference", "tgt", "lio"]),
+        (["reference"], ["reference", "tgt", "lio"]),
+    ]
+    assert [s.target_column for s in four] == [False, False, False, True]
+    assert [s.initiator_column for s in four] == [True, False, True, True]
 
 
 def test_shard_argv_gives_each_column_to_one_shard() -> None:

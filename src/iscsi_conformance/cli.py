@@ -142,13 +142,32 @@ def plan_run(targets: Sequence[str], initiators: Sequence[str], shards: int) -> 
     """How ``run --shards N`` splits a run. With several initiators, by initiator (each
     shard pairs its initiators with every target; the target column, the reference
     initiator against each target, goes to one shard); otherwise by target (the
-    initiator column goes to the shard with the reference target)."""
+    initiator column goes to the shard with the reference target).
+
+    Shards left over once each initiator has one split the heaviest third-party
+    initiator's shard in two: its cell with the reference target (where its Initiator
+    area runs as well) and its cells with the other targets. A micro-VM initiator's
+    shard is the run's longest, and its guest keeps one core at most: alone at the end
+    of a run it would leave the other core idle."""
     targets = list(targets) or ["reference"]
     initiators = list(initiators) or ["reference"]
     if len(initiators) >= 2:
         groups = plan_shards(initiators, shards, role="initiator")
         owner = next((k for k, g in enumerate(groups) if "reference" in g), 0)
-        return [Shard(targets, g, target_column=k == owner) for k, g in enumerate(groups)]
+        plan = [Shard(targets, g, target_column=k == owner) for k, g in enumerate(groups)]
+        if "reference" in targets and len(targets) >= 2:
+            from iscsi_conformance.peers.registry import shard_weight
+
+            alone = [s for s in plan if len(s.initiators) == 1 and s.initiators[0] != "reference"]
+            alone.sort(key=lambda s: -shard_weight("initiator", s.initiators[0]))
+            for shard in alone[: max(0, shards - len(plan))]:
+                rest = [t for t in targets if t != "reference"]
+                k = plan.index(shard)
+                plan[k : k + 1] = [
+                    Shard(["reference"], shard.initiators, target_column=False),
+                    Shard(rest, shard.initiators, target_column=False, initiator_column=False),
+                ]
+        return plan
     groups = plan_shards(targets, shards)
     owner = next((k for k, g in enumerate(groups) if "reference" in g), 0)
     return [Shard(g, initiators, initiator_column=k == owner) for k, g in enumerate(groups)]
