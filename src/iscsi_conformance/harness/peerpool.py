@@ -294,7 +294,7 @@ class PeerPool:
                     raise
                 entry.unservable[profile.name] = f"{entry.name} could not configure it: {exc}"
 
-    def check_target(self, name: str) -> str | None:
+    def check_target(self, name: str, *, lost: bool = False) -> str | None:
         """After a test: if target ``name`` died, say why and bring it back.
 
         Returns None while the target serves (or when this process cannot tell: an
@@ -302,7 +302,9 @@ class PeerPool:
         what happened (exit status and the tail of the peer's log), after restarting
         the target and configuring every profile again, so that one crash costs one
         test, not the rest of the run. The restart is recorded in the target's
-        description (``restarts``) and its command log.
+        description (``restarts``) and its command log. ``lost``: the test lost the
+        target's answer; a target still running is then asked for a login
+        (:func:`hung`), and one that answers none is taken as dead too.
         """
         import time
 
@@ -312,6 +314,8 @@ class PeerPool:
         if entry.driver is None:
             return self._check_attached(entry)
         why = entry.driver.health()
+        if why is None and lost and "default" in entry.endpoints:
+            why = hung(entry.endpoints["default"])
         if why is None:
             return None
         tail = entry.driver.log_tail(20)
@@ -533,3 +537,48 @@ def attach_initiator_driver(name: str, mode: str = "auto") -> InitiatorDriver:
 
 
 __all__ = ["InitiatorEntry", "PeerPool", "PeerStartError", "TargetEntry"]
+
+
+#: How long a running target may take to answer a Login Request before it is taken as
+#: hung (a TCG guest at load answers in well under a second).
+HUNG_AFTER = 10.0
+
+
+def hung(endpoint: Any, within: float = HUNG_AFTER) -> str | None:
+    """Whether a target whose process runs answers no login: a Login Request (security
+    stage, no authentication offered) to ``endpoint`` must draw a Login Response header
+    within ``within`` s. Seen: tgtd after a Data-Out whose Target Transfer Tag it never
+    issued, looping in its connection close at a core's worth of CPU, accepting TCP
+    connections (the kernel's backlog) and answering nothing more. Returns what was
+    seen, or None when any answer came."""
+    import socket
+    import time
+
+    from iscsi_conformance.core import pdu as P
+
+    host, port = endpoint.host_side or (endpoint.host, endpoint.port)
+    keys = (
+        b"InitiatorName=iqn.2024-01.org.iscsi-conformance:liveness\0SessionType=Normal\0"
+        + b"TargetName="
+        + endpoint.iqn.encode()
+        + b"\0AuthMethod=None\0"
+    )
+    request = P.encode(
+        P.LoginRequest(transit=False, csg=0, nsg=0, isid=0x80_1234_5678_9A, itt=1, data=keys)
+    )
+    started = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=within) as sock:
+            sock.settimeout(max(0.5, within - (time.monotonic() - started)))
+            sock.sendall(request)
+            got = sock.recv(48)
+    except TimeoutError:
+        return (
+            f"hung: still running, but no Login Response within {within:g} s "
+            "(it answered nothing more)"
+        )
+    except OSError as exc:
+        return f"hung: still running, but a login to it failed: {exc}"
+    if not got:
+        return "hung: still running, but it closed a new connection without a Login Response"
+    return None

@@ -548,6 +548,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         while died is None and time.monotonic() < deadline:
             time.sleep(0.25)
             died = _target_died(pyfuncitem)
+        if died is None:  # still running: does it answer a login at all?
+            died = _target_died(pyfuncitem, lost=True)
     if died is not None:
         requirement = info.requirements[0] if info.requirements else info.test_id
         raise PeerDied(died, requirement=requirement) from error
@@ -596,14 +598,16 @@ def _watched(item: pytest.Item) -> bool:
     )
 
 
-def _target_died(item: pytest.Item) -> str | None:
+def _target_died(item: pytest.Item, *, lost: bool = False) -> str | None:
     """What happened to the item's target if it died during the test (and was
-    restarted); None while it serves or when this process does not own it."""
+    restarted); None while it serves or when this process does not own it. ``lost``:
+    the test lost the target's answer, so a running target must also answer a login
+    (a hung one is restarted as a dead one is)."""
     run: IscsiRun = item.config.stash[RUN_KEY]
     pairing = item.callspec.params.get("pairing") if hasattr(item, "callspec") else None
     if pairing is None or run.pool is None:
         return None
-    why = run.pool.check_target(pairing.target)
+    why = run.pool.check_target(pairing.target, lost=lost)
     if why is None:
         return None
     return f"target {_public_name(pairing.target)} died during this test: {why}"
