@@ -116,7 +116,7 @@ def test_a_tool_s_peak_rss_is_its_own() -> None:
     code, err, peak = asyncio.run(hc._tool([sys.executable, "-c", big], 10))
     assert code == 0 and peak > 300 << 10
     code, err, peak = asyncio.run(
-        hc._tool([sys.executable, "-c", "import os, sys; sys.stderr.write('x'); os.abort()"], 10)
+        hc._tool([sys.executable, "-c", "import os; os.write(2, b'x'); os.abort()"], 10)
     )
     assert code == -6 and err == b"x"  # died by SIGABRT: the crash verdict's input
     code, _, _ = asyncio.run(hc._tool(["sleep", "30"], 0.3))
