@@ -115,6 +115,10 @@ def print_verdict(verdict: Verdict, out: TextIO = sys.stdout) -> None:
     print(f"{verdict_word}{mode}: {verdict.target}", file=out)
 
 
+#: Failed tests named under each pairing's line of the run summary, at most.
+SUMMARY_FAILURES = 10
+
+
 def print_summary(results: Any, report_dir: Path, out: TextIO = sys.stdout) -> None:
     """One line per pairing with its counts, then where the report is."""
     by_pairing: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -139,6 +143,14 @@ def print_summary(results: Any, report_dir: Path, out: TextIO = sys.stdout) -> N
             if c[k]
         ]
         print(f"  {pid:<40} {', '.join(parts)}", file=out)
+        # the failures by name, so that a log that keeps only this summary (a CI
+        # excerpt) still says which tests broke, not only how many
+        broke = [t for t in results.tests if t.pairing == pid and t.outcome in ("failed", "error")]
+        for t in broke[:SUMMARY_FAILURES]:
+            text = (t.message or "").strip().splitlines()
+            print(f"    {t.outcome.upper()} {t.id}: {text[0][:200] if text else ''}", file=out)
+        if len(broke) > SUMMARY_FAILURES:
+            print(f"    ... {len(broke) - SUMMARY_FAILURES} more (see the report)", file=out)
     for run in getattr(results, "runs", []):
         phases = dict(getattr(run, "phases", None) or {})
         if phases:

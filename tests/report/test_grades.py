@@ -103,7 +103,11 @@ def test_exit_status_follows_musts_and_shoulds_only_when_strict() -> None:
 def test_summary_counts_graded_outcomes(tmp_path: Path) -> None:
     out = io.StringIO()
     print_summary(graded(), tmp_path, out)
-    assert "1 passed, 1 failed, 1 non-strict, 1 informational, 1 skipped" in out.getvalue()
+    text = out.getvalue()
+    assert "1 passed, 1 failed, 1 non-strict, 1 informational, 1 skipped" in text
+    # the failure is named under its pairing's line, so a log excerpt says which broke
+    assert "    FAILED Login.Keys.B: R7143-13.12-1: broken" in text
+    assert "Naming.Name.Refused" not in text  # a non-strict result is counted, not listed
 
 
 # --------------------------------------------------------------------------- JUnit
