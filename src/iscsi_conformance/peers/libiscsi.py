@@ -26,12 +26,15 @@ import contextlib
 import dataclasses
 import io
 import json
+import queue
 import re
 import secrets
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -707,6 +710,34 @@ class LibiscsiInitiator(InitiatorDriver):
             raise classify_login_failure(res.text)
         return SessionHandle(endpoint=endpoint, ref=s, negotiated={})
 
+    def held_node(
+        self, endpoint: TargetEndpoint, *, options: LoginOptions = NO_OPTIONS
+    ) -> HeldNode:
+        """A cluster node that holds its session (``iscsi-pr ... serve``: one login, one
+        connection, one I_T nexus, until ``close()``): what a SCSI-2 reservation needs,
+        which ends with the nexus that took it. A new random ISID, as ``node_login``."""
+        if not self.has_pr_tool():
+            raise ConfigError(
+                f"{PR_TOOL} is only in libiscsi's container image (initiators/libiscsi/iscsi_pr.c); use mode='container'",
+                field="mode",
+            )
+        s = dataclasses.replace(
+            self.session_for(endpoint, options), isid=f"80{secrets.randbits(40):010x}"
+        )
+        lun = endpoint.luns[0] if endpoint.luns else 0
+        argv = [PR_TOOL, s.url(lun), "-i", s.initiator_name, "-I", s.isid or "", "serve"]
+        env = dict(s.env)
+        if self.mode == "container":
+            if self._container is None:
+                raise PeerStartError("libiscsi", "container is not running (call start())")
+            # -e NAME without a value: docker takes it from this process's environment,
+            # so a CHAP secret is never in an argv
+            names = [a for k in env for a in ("-e", k)]
+            argv = ["docker", "exec", "-i", *names, self._container.name, *argv]
+        node = HeldNode(self, argv, env, lun, s)
+        node.open()
+        return node
+
     def _pr_tool(self, s: LibiscsiSession, lun: int, *args: str) -> PrToolResult:
         argv = [PR_TOOL, s.url(lun), "-i", s.initiator_name]
         if s.isid:
@@ -902,3 +933,132 @@ class LibiscsiInitiator(InitiatorDriver):
             finally:
                 self._drop(folder)
         return cases
+
+
+class HeldNode:
+    """A libiscsi cluster node holding one session: ``iscsi-pr URL ... serve`` keeps a
+    login open and takes one command per line on its standard input, answering each
+    with its lines and a JSON line that carries the exit status (sg3_utils' categories,
+    as ``iscsi-pr``'s one-shot commands). ``command("reserve6")`` and the like return a
+    ``PrToolResult``; ``close()`` logs out (``quit``) and ends the process."""
+
+    #: What one command may take at most before the node counts as silent.
+    TIMEOUT = 60.0
+
+    def __init__(
+        self, driver: LibiscsiInitiator, argv: list[str], env: dict[str, str], lun: int,
+        session: LibiscsiSession,
+    ) -> None:  # fmt: skip
+        self.driver, self.argv, self.env, self.lun, self.session = driver, argv, env, lun, session
+        self.isid = session.isid
+        self.proc: subprocess.Popen[str] | None = None
+        self._opened = 0.0
+        self._lines: queue.Queue[str | None] = queue.Queue()
+
+    def open(self) -> None:
+        import os
+
+        self._opened = time.monotonic()
+        self.driver.log.secrets.update(v for k, v in self.env.items() if "PASSWORD" in k)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **self.env},
+        )
+        threading.Thread(target=self._read, daemon=True, name="iscsi-pr-serve").start()
+        first = self._answer("login")
+        if first.returncode == 90:
+            self.close()
+            raise classify_login_failure(first.text)
+        if first.returncode != 0:
+            self.close()
+            raise TransportError(f"{PR_TOOL} serve did not log in: {first.text.strip()[-200:]}")
+        self.driver.log.add([*self.argv[:-1], "serve"], 0, first.text, "", self._opened)
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _answer(self, what: str) -> PrToolResult:
+        """Lines up to the JSON line with the exit status; 98 when the process ended
+        first, 97 when nothing came within TIMEOUT (the node is silent)."""
+        text: list[str] = []
+        deadline = time.monotonic() + self.TIMEOUT
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return PrToolResult(97, "".join(text), f"{what}: no answer in {self.TIMEOUT:g} s")
+            if line is None:
+                return PrToolResult(98, "".join(text), f"{what}: {PR_TOOL} serve ended")
+            text.append(line)
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    code = json.loads(line).get("exit")
+                    if isinstance(code, int):
+                        return PrToolResult(code, "".join(text), "")
+
+    def command(self, *words: str) -> PrToolResult:
+        """One command of the held session (``iscsi-pr``'s words, without URL)."""
+        if self.proc is None or self.proc.poll() is not None or self.proc.stdin is None:
+            return PrToolResult(98, "", f"{PR_TOOL} serve is not running")
+        line = " ".join(words)
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except OSError as exc:
+            return PrToolResult(98, "", f"{PR_TOOL} serve: {exc}")
+        started = time.monotonic()
+        res = self._answer(line)
+        where = f"{PR_TOOL} serve, ISID {self.isid}"
+        self.driver.log.add(
+            list(words), res.returncode, res.text, res.error_text, started, where=where
+        )
+        return res
+
+    def write(self, lba: int, data: bytes) -> PrToolResult:
+        folder = self.driver._scratch()
+        try:
+            path = self.driver._put_file(folder, "write.bin", data)
+            return self.command("write", str(lba), path)
+        finally:
+            self.driver._drop(folder)
+
+    def read(self, lba: int, blocks: int = 1) -> tuple[PrToolResult, bytes | None]:
+        folder = self.driver._scratch()
+        try:
+            if self.driver.mode == "container":
+                self.driver._exec(["mkdir", "-p", folder])
+            path = f"{folder}/read.bin"
+            res = self.command("read", str(lba), str(blocks), path)
+            return res, self.driver._get_file(path) if res.returncode == 0 else None
+        finally:
+            self.driver._drop(folder)
+
+    def kill(self) -> None:
+        """End the process at once: its connection drops with no Logout (a host that
+        fails; for the target, an I_T nexus loss)."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        """Log out (``quit``) and end the process; killed after 10 s."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            if proc.stdin is not None:
+                proc.stdin.write("quit\n")
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
