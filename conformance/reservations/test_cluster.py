@@ -3298,3 +3298,93 @@ async def _same_kind_three_nodes(initiator: Any, target: Any, second: _SecondHos
             level="SHOULD",
         )
         await c.observe(o, "B back, three hosts registered")
+
+
+@spec(
+    "Cluster.SameKind.Restart",
+    "SPC-4 5.13.1",
+    "SPC-4 5.13.7",
+    pairing="all",
+    requirements=["RSPC4-5.13.6-2", "RSPC4-5.9-11", "RSPC4-5.13.7-3", "RSPC4-5.9-6"],
+    needs=SAME_KIND_NEEDS,
+    dataloss=True,
+)
+def test_same_kind_restart(initiator: Any, target: Any, second_hosts: _SecondHosts) -> None:
+    """Node restart between two hosts of the pairing's initiator: A holds Write
+    Exclusive - Registrants Only and B is registered; A's host restarts (libiscsi: its
+    connection drops with no Logout and it comes back through a new session with a new
+    ISID, a new I_T nexus; open-iscsi: logout and login again through its node record,
+    the same ISID). B reads A's key and reservation still there (SPC-4 5.13.1:
+    registrations and the reservation outlive the I_T nexus). A brings the disk online
+    as a cluster node does: TEST UNIT READY until it answers; from a new nexus its WRITE
+    conflicts until it registers (SPC-4 5.13.1: that nexus is not registered); REGISTER
+    AND IGNORE EXISTING KEY (fence_scsi's unfence at boot), its key read back, and a
+    WRITE read back by B."""
+    asyncio.run(
+        asyncio.wait_for(_same_kind_restart(initiator, target, second_hosts), HEAVY_TIMEOUT)
+    )
+
+
+async def _same_kind_restart(initiator: Any, target: Any, second: _SecondHosts) -> None:
+    _same_kind_skip(initiator)
+    ka, kb = node_key(CLUSTER_NAME, "restart-a"), node_key(CLUSTER_NAME, "restart-b")
+    loop = asyncio.get_running_loop()
+    async with (
+        cluster(target, f"same-kind-restart-{initiator.name}") as c,
+        hosts(c, initiator, target, second) as (a, b),
+    ):
+        o = await c.join("observer")
+        for n, key in ((a, ka), (b, kb)):
+            st = await _on(n, "pr_out", "register-ignore", sa_key=key)
+            c.require(st == "GOOD", "RSPC4-5.13.7-3", f"{n.name} registers: {st}")
+        st = await _on(a, "pr_out", "reserve", key=ka, pr_type=WE_RO)
+        c.require(st == "GOOD", "RSPC4-5.9-3", f"A reserves WE-RO: {st}")
+        await c.observe(o, "A holds, B registered")
+        if isinstance(a, LibiscsiHost):
+            a.held.kill()
+            c.event("A's host fails: its connection drops, no Logout", "A")
+        else:
+            assert isinstance(a, OpenIscsiHost)
+            await loop.run_in_executor(None, a.close)
+            c.event("A's host shuts down (logout)", "A")
+        keys = await _on(b, "keys") or []
+        held = await _on(b, "reservation")
+        c.require(
+            ka in keys and held == (ka, WE_RO),
+            "RSPC4-5.13.6-2",
+            f"with A down B reads keys {[hex(k) for k in keys]}, reservation {held!r}: A's registration and reservation shall outlive its I_T nexus (SPC-4 5.13.1)",
+        )
+        await c.observe(o, "A down")
+        new_nexus = isinstance(a, LibiscsiHost)
+        if isinstance(a, LibiscsiHost):
+            a.held = await loop.run_in_executor(None, _held, *a.login)
+            c.event(f"A back: a new session, ISID {a.held.isid} (a new I_T nexus)", "A")
+        else:
+            a.session = await loop.run_in_executor(None, a.driver.login, target.endpoint())
+            c.event("A back: logged in through its node record (the same ISID)", "A")
+        tur = await _ready(a, _call)
+        c.fact("new_nexus_after_restart", new_nexus)
+        if new_nexus:
+            w = await _on(a, "write", LBA + 27, c.pattern("A-unregistered-nexus"))
+            c.require(
+                w == "RESERVATION CONFLICT",
+                "RSPC4-5.9-11",
+                f"A's WRITE from its new, unregistered nexus: {w} (SPC-4 5.13.1: the registration belongs to the old I_T nexus)",
+            )
+        st = await _on(a, "pr_out", "register-ignore", sa_key=ka)
+        keys = await _on(a, "keys") or []
+        c.require(
+            tur == "GOOD" and st == "GOOD" and ka in keys,
+            "RSPC4-5.13.7-3",
+            f"bring online: TEST UNIT READY {tur}, REGISTER AND IGNORE EXISTING KEY {st}, A reads keys {[hex(k) for k in keys]}",
+        )
+        mine = c.pattern("A-online")
+        w = await _on(a, "write", LBA + 27, mine)
+        _s, data = await _on(b, "read", LBA + 27)
+        c.require(
+            w == "GOOD" and data == mine,
+            "RSPC4-5.9-6",
+            f"A's WRITE once online: {w}; read back by B {'same' if data == mine else 'different'}",
+            level="SHOULD",
+        )
+        await c.observe(o, "A online again")
