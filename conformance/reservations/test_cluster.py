@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import time
 import zlib
@@ -2121,11 +2120,6 @@ async def test_mixed_restart(initiator: Any, target: Any) -> None:
             a.leave()
 
 
-#: The heavy scenarios (``tox -e cluster``): Cluster.Mixed.Reboot on every target (the
-#: default run resets the node on REBOOT_TARGETS only: one micro-VM reboot each) and
-#: Cluster.Mixed.ThreeNodes with an open-iscsi node A.
-ENV_HEAVY = "ISCSI_CONFORMANCE_CLUSTER_HEAVY"
-REBOOT_TARGETS = ("reference",)
 HEAVY_TIMEOUT = 420.0  # seconds: a micro-VM boot (up to its 180 s timeout) and the scenario
 
 
@@ -2158,11 +2152,6 @@ async def _mixed_reboot(initiator: Any, target: Any) -> None:
     driver = initiator.driver
     if not hasattr(driver, "reboot") or not driver.can_reboot():
         pytest.skip(f"{initiator.name} here is not a host the suite can reset (micro-VM only)")
-    if not os.environ.get(ENV_HEAVY) and target.name not in REBOOT_TARGETS:
-        pytest.skip(
-            f"a reboot takes about 35 s: the default run resets the node on {', '.join(REBOOT_TARGETS)} only; "
-            f"{ENV_HEAVY}=1 (tox -e cluster) runs it on every target"
-        )
     ka, kb = node_key(CLUSTER_NAME, "reboot-a"), node_key(CLUSTER_NAME, "reboot-b")
     async with cluster(target, f"mixed-reboot-{initiator.name}") as c:
         b = await c.join("B")
@@ -2308,9 +2297,8 @@ def test_mixed_three_nodes(initiator: Any, target: Any, _iscsi_pool: Any) -> Non
     the same VM booted; libiscsi: a new ISID), answers TEST UNIT READY, finds its key
     gone, its WRITE does not land (SPC-4 5.13.1: unregistered under Registrants Only;
     the block read from B keeps A's data), and after REGISTER AND IGNORE EXISTING KEY
-    it writes again. Heavy on open-iscsi (a reboot and a libiscsi container):
-    ISCSI_CONFORMANCE_CLUSTER_HEAVY=1 runs it on every target; libiscsi pairings run it
-    in the default run."""
+    it writes again. With open-iscsi: a reboot and a libiscsi container (16 s a target
+    at load 5)."""
     asyncio.run(
         asyncio.wait_for(_mixed_three_nodes(initiator, target, _iscsi_pool), timeout=HEAVY_TIMEOUT)
     )
@@ -2321,11 +2309,6 @@ async def _mixed_three_nodes(initiator: Any, target: Any, pool: Any) -> None:
     rebooting = hasattr(driver, "reboot") and driver.can_reboot()
     if not rebooting and not hasattr(driver, "node_login"):
         pytest.skip(f"{initiator.name} here is not a host the suite can reset (micro-VM only)")
-    if rebooting and not os.environ.get(ENV_HEAVY):
-        pytest.skip(
-            f"a reboot of {initiator.name}'s micro-VM and a libiscsi node: {ENV_HEAVY}=1 "
-            "(tox -e cluster) runs it; Cluster.Mixed.Reboot resets the node in the default run"
-        )
     ka, kb, kc = (node_key(CLUSTER_NAME, f"three-mixed-{n}") for n in "abc")
     deviation = getattr(target, "manifest", None) and target.manifest.deviation_for(
         "Cluster.Restart.SameIsid"
@@ -3195,9 +3178,9 @@ def test_same_kind_three_nodes(initiator: Any, target: Any, second_hosts: _Secon
     A's reservation as it was (SPC-4 5.13.11.2.5): C's key stays and C writes on, read
     back by A. B comes back (libiscsi: a new session, a new ISID; open-iscsi: logged in
     by itself at boot), finds its key gone, its WRITE does not land, and after REGISTER
-    AND IGNORE EXISTING KEY it writes again. Three open-iscsi micro-VMs and a reboot
-    are heavy: ISCSI_CONFORMANCE_CLUSTER_HEAVY=1 runs it with open-iscsi; libiscsi
-    always (Cluster.Mixed.ThreeNodes fails and fences an open-iscsi holder)."""
+    AND IGNORE EXISTING KEY it writes again. With open-iscsi: three micro-VMs (node C's
+    booted once per module, as B's) and a reboot of B's (25 to 29 s a target at load
+    5)."""
     asyncio.run(
         asyncio.wait_for(_same_kind_three_nodes(initiator, target, second_hosts), HEAVY_TIMEOUT)
     )
@@ -3205,13 +3188,6 @@ def test_same_kind_three_nodes(initiator: Any, target: Any, second_hosts: _Secon
 
 async def _same_kind_three_nodes(initiator: Any, target: Any, second: _SecondHosts) -> None:
     _same_kind_skip(initiator)
-    libiscsi = hasattr(initiator.driver, "held_node")
-    if not libiscsi and not os.environ.get(ENV_HEAVY):
-        pytest.skip(
-            f"a third open-iscsi micro-VM and a reboot of the second: {ENV_HEAVY}=1 (tox -e "
-            "cluster) runs it; Cluster.Mixed.ThreeNodes and Cluster.Mixed.Reboot fail and "
-            "fence an open-iscsi host among other nodes"
-        )
     k = {n: node_key(CLUSTER_NAME, f"same-three-{n}") for n in "abc"}
     loop = asyncio.get_running_loop()
     async with (

@@ -18,6 +18,7 @@ from iscsi_conformance.peers.base import (
     TargetSpec,
 )
 from iscsi_conformance.peers.libiscsi import (
+    SECOND_INITIATOR_NAME,
     LibiscsiInitiator,
     SuiteCase,
     classify_login_failure,
@@ -438,6 +439,58 @@ def test_cluster_node_tool_in_the_container() -> None:
                 with pytest.raises(ConfigError):
                     lib.persistent_reserve_out(a, lun, "bogus")
                 assert lib.test_unit_ready(a, lun).returncode == 0
+                assert CHAP.secret not in repr(lib.log.records)
+            finally:
+                lib.stop()
+    finally:
+        target.stop()
+
+
+@pytest.mark.peer
+def test_held_node_keeps_one_session() -> None:
+    """``iscsi-pr serve`` (``LibiscsiInitiator.held_node``) in libiscsi's container, two
+    nodes of the reference target with CHAP: A's RESERVE(6) holds across commands (its
+    session stays logged in), so B's READ conflicts until A releases; B's LOGICAL UNIT
+    RESET answers Response 0 and frees A's second reservation (B's next command meets
+    the reset's unit attention first, exit 6); a bad line is a usage answer and the
+    session goes on; after ``kill()`` the node answers nothing and exits 98; the CHAP
+    secret reaches iscsi-pr through the environment and is never in an argv or the log."""
+    from iscsi_conformance.peers.docker_env import DockerEnv, DockerUnavailable, ensure_engine
+    from iscsi_conformance.peers.reference_target import ReferenceTargetDriver
+
+    try:
+        ensure_engine()
+    except DockerUnavailable as exc:
+        pytest.skip(str(exc))
+    target = ReferenceTargetDriver()
+    target.start()
+    try:
+        with DockerEnv() as env:
+            lib = LibiscsiInitiator(mode="container", docker_env=env, network_mode="host")
+            lib.start()
+            try:
+                ep = target.configure(TargetSpec(iqn=IQN + ":held", chap=CHAP))
+                a = lib.held_node(ep, options=LoginOptions(chap=CHAP))
+                b = lib.held_node(
+                    ep, options=LoginOptions(chap=CHAP, initiator_name=SECOND_INITIATOR_NAME)
+                )
+                assert CHAP.secret not in " ".join(a.argv)
+                assert a.command("reserve6").returncode == 0
+                assert b.read(8)[0].returncode == 24  # RESERVATION CONFLICT: A still holds
+                assert a.command("bogus").returncode == 1  # usage; the session goes on
+                assert b.command("release6").returncode == 0  # not the holder: no effect
+                assert b.read(8)[0].returncode == 24
+                assert a.command("release6").returncode == 0
+                res, data = b.read(8)
+                assert res.returncode == 0 and data is not None and len(data) == 512
+                assert a.command("reserve6").returncode == 0
+                reset = b.command("lun-reset")
+                assert reset.returncode == 0 and '"tmf_response": 0' in reset.text, reset
+                assert b.command("tur").returncode == 6  # the reset's unit attention
+                assert b.read(8)[0].returncode == 0  # the reservation went with the reset
+                a.kill()
+                assert a.command("tur").returncode == 98
+                b.close()
                 assert CHAP.secret not in repr(lib.log.records)
             finally:
                 lib.stop()
