@@ -345,6 +345,7 @@ class LibiscsiInitiator(InitiatorDriver):
                 secrets=secrets,
                 timeout=t,
                 workdir=workdir,
+                keep_output=True,  # the engine may lose a short tool's output (process.py)
             )
         return run(argv, log=self.log, env=env, secrets=secrets, timeout=t, cwd=workdir)
 

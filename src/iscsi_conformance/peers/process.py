@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -220,6 +221,34 @@ def run(
     return result.check() if check else result
 
 
+#: ``docker_exec(keep_output=True)``: the command's output goes to files in the
+#: container first, then to the exec stream with an end line after it. The engine can
+#: lose the output of a process that ends just after printing (moby/moby#27289,
+#: docker/docker-py#2042): seen here under load as an exit status 0 with no output at
+#: all from libiscsi_io.py. Without the end line, the output is read from the files.
+_KEEP = (
+    r'o="$1"; e="$2"; shift 2; '
+    r'find /tmp -maxdepth 1 -name "icc-kept-*" -mmin +5 -delete 2>/dev/null; '
+    r'"$@" >"$o" 2>"$e"; rc=$?; cat "$o"; cat "$e" >&2; printf "\n@@icc-end %d\n" "$rc"; '
+    r'exit "$rc"'
+)
+_KEPT_END = re.compile(r"\n?@@icc-end (-?\d+)\n?$")
+
+
+def _read_kept(container: Any, path: str) -> str | None:
+    """A file of ``_KEEP``'s from the container (the engine's archive API), else None."""
+    import io
+    import tarfile
+
+    try:
+        stream, _ = container.get_archive(path)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            f = tar.extractfile(tar.getmembers()[0])
+            return f.read().decode(errors="replace") if f else None
+    except Exception:
+        return None
+
+
 def docker_exec(
     container: Any,
     argv: Sequence[str],
@@ -231,13 +260,42 @@ def docker_exec(
     user: str = "",
     secrets: Iterable[str] = (),
     check: bool = False,
+    keep_output: bool = False,
+    shown: Sequence[str] | None = None,
 ) -> CommandResult:
     """Run ``argv`` inside ``container`` (a docker SDK ``Container``); record it.
 
     The Engine API's exec has no timeout of its own, so the command runs under
     coreutils ``timeout`` inside the container, and we also stop waiting a little
-    later in case the engine itself stalls.
+    later in case the engine itself stalls. ``keep_output`` guards against the engine
+    losing a short command's output (``_KEEP``; the container needs ``sh``). ``shown``:
+    the command as the log records it (default ``argv``).
     """
+    if keep_output:
+        tag = f"/tmp/icc-kept-{os.getpid()}-{time.monotonic_ns()}"
+        kept = (f"{tag}.out", f"{tag}.err")
+        res = docker_exec(
+            container, ["sh", "-c", _KEEP, "sh", *kept, *argv], log=log, timeout=timeout,
+            env=env, workdir=workdir, user=user, secrets=secrets, shown=argv,
+        )  # fmt: skip
+        end = _KEPT_END.search(res.stdout)
+        out: str | None
+        err: str | None
+        if end is not None:
+            out, err = res.stdout[: end.start()], res.stderr
+            kept_end = _KEPT_END.search(res.record.stdout)
+            if kept_end is not None:  # the log shows what the command printed, no more
+                res.record.stdout = res.record.stdout[: kept_end.start()]
+        else:  # the stream lost it: the files are still there (removed after 5 min)
+            out = _read_kept(container, kept[0])
+            err = _read_kept(container, kept[1])
+            if out is None and err is None:
+                out, err = res.stdout, res.stderr  # the command never ran to its end
+            else:
+                log.add(["(output read from the container's files: the exec stream lost it)"],
+                        res.returncode, "", "", time.monotonic(), where=f"container:{container.name}")  # fmt: skip
+        result = CommandResult(res.returncode, out or "", err or "", res.record)
+        return result.check() if check else result
     log.secrets.update(s for s in secrets if s)
     where = f"container:{container.name}"
     wrapped = ["timeout", "-k", "5", f"{timeout:g}", *[str(a) for a in argv]]
@@ -265,7 +323,7 @@ def docker_exec(
     worker.join(timeout + 15)
     if worker.is_alive() or "error" in box:
         detail = str(box.get("error", "no answer from the engine"))
-        rec = _record(log, argv, env, None, "", detail, started, where)
+        rec = _record(log, shown or argv, env, None, "", detail, started, where)
         if "error" in box:
             result = CommandResult(126, "", detail, rec)
             if check:
@@ -277,9 +335,9 @@ def docker_exec(
     stderr = (err_b or b"").decode(errors="replace")
     code = api.exec_inspect(exec_id).get("ExitCode")
     if code in (124, 137) and time.monotonic() - started >= timeout:
-        rec = _record(log, argv, env, None, stdout, stderr, started, where)
+        rec = _record(log, shown or argv, env, None, stdout, stderr, started, where)
         raise CommandTimeout(rec, timeout)
-    rec = _record(log, argv, env, code, stdout, stderr, started, where)
+    rec = _record(log, shown or argv, env, code, stdout, stderr, started, where)
     result = CommandResult(code if code is not None else -1, stdout, stderr, rec)
     return result.check() if check else result
 
