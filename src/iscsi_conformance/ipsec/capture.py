@@ -49,12 +49,17 @@ class WireSummary:
         )
 
 
+#: How long ``Capture`` waits at its end for dumpcap to write a first frame (seconds).
+FLUSH_WAIT = 5.0
+
+
 class Capture:
     """``with Capture(host, path):`` records the host's link while the block runs."""
 
     def __init__(self, host: Host, path: Path, *, snaplen: int = 256) -> None:
         self.host, self.path, self.snaplen = host, path, snaplen
         self._proc: subprocess.Popen[bytes] | None = None
+        self._header = 0  # the file's size once dumpcap listened: its headers alone
 
     def __enter__(self) -> Capture:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +78,7 @@ class Capture:
                 raise HarnessError(f"dumpcap on {self.host.netns} exited: {err.strip()}")
             if self.path.exists() and self.path.stat().st_size > 0:
                 time.sleep(0.1)
+                self._header = self.path.stat().st_size
                 return self
             time.sleep(0.05)
         self.__exit__()
@@ -82,6 +88,19 @@ class Capture:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        # dumpcap drops what it has not read from its socket when SIGINT ends its loop:
+        # on a loaded host it may not have run at all since the block's frames came (a
+        # 0.3 s block, 0 frames in the file, seen in CI). While the file holds only its
+        # headers, give it up to FLUSH_WAIT to read and write them (it flushes its file
+        # every half second); a block with no traffic at all pays that wait.
+        deadline = time.monotonic() + FLUSH_WAIT
+        while (
+            time.monotonic() < deadline
+            and proc.poll() is None
+            and self.path.exists()
+            and self.path.stat().st_size <= self._header
+        ):
+            time.sleep(0.1)
         time.sleep(0.2)  # let the last frames reach the file
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGINT)
