@@ -2858,6 +2858,53 @@ async def _host_reserve(c: Cluster, node: HostNode, key: int) -> int:
     pytest.skip("the target refuses every reservation type a Windows cluster may use (1, 3, 5, 6)")
 
 
+async def _host_fence(c: Cluster, survivor: HostNode, key: int, victim_key: int) -> str:
+    """fence_scsi's fence from a host: PREEMPT AND ABORT of the victim's key, PREEMPT
+    where refused (optional, SPC-4 6.16.2), recorded as the fact "fenced_with"."""
+    st = await _on(survivor, "pr_out", "preempt-abort", key=key, sa_key=victim_key, pr_type=WE_RO)
+    c.fact("fenced_with", "PREEMPT AND ABORT")
+    if st == "ILLEGAL REQUEST":
+        c.fact("fenced_with", "PREEMPT (PREEMPT AND ABORT refused: ILLEGAL REQUEST)")
+        st = await _on(survivor, "pr_out", "preempt", key=key, sa_key=victim_key, pr_type=WE_RO)
+    return st
+
+
+async def _host_write_lands(
+    c: Cluster, writer: HostNode, reader: HostNode, lba: int, tag: str, who: str,
+    *, also: bool = True,
+) -> None:  # fmt: skip
+    """``writer``'s WRITE of block ``lba`` lands, read back by ``reader`` (SPC-4 5.13.1:
+    a registrant may write under Registrants Only; SHOULD, row RSPC4-5.9-6); ``also``
+    is what else must hold, told in ``who``."""
+    __tracebackhide__ = True  # a failure points at the scenario's line
+    data = c.pattern(tag)
+    w = await _on(writer, "write", lba, data)
+    _s, got = await _on(reader, "read", lba)
+    c.require(
+        also and w == "GOOD" and got == data,
+        "RSPC4-5.9-6",
+        f"{who}: its WRITE {w}, read back by {reader.name} {'same' if got == data else 'different'}",
+        level="SHOULD",
+    )
+
+
+async def _host_write_refused(
+    c: Cluster, writer: HostNode, reader: HostNode, lba: int, tag: str, kept: bytes | None,
+    requirement: str, who: str, *, conflict: bool = True,
+) -> None:  # fmt: skip
+    """``writer``'s WRITE of block ``lba`` is refused (RESERVATION CONFLICT; with
+    ``conflict`` False any failure) and the block read by ``reader`` is still ``kept``."""
+    __tracebackhide__ = True  # a failure points at the scenario's line
+    w = await _on(writer, "write", lba, c.pattern(tag))
+    _s, got = await _on(reader, "read", lba)
+    refused = w == "RESERVATION CONFLICT" if conflict else w != "GOOD"
+    c.require(
+        refused and kept is not None and got == kept,
+        requirement,
+        f"{who}: its WRITE {w}; the block read by {reader.name} {'is unchanged' if got == kept else 'changed'}",
+    )
+
+
 @spec(
     "Cluster.SameKind.Windows",
     "SPC-4 5.13.7",
@@ -2926,14 +2973,11 @@ async def _same_kind_windows(initiator: Any, target: Any, second: _SecondHosts) 
                 f"B's PREEMPT of A's key: {st}; A then reads the reservation {held!r}",
             )
             c.event("B won arbitration", "B")
-            before_status, before = await _on(b, "read", LBA + 21)
-            w = await _on(a, "write", LBA + 21, c.pattern("A-after-losing"))
-            _s, after = await _on(b, "read", LBA + 21)
-            c.require(
-                w == "RESERVATION CONFLICT" and before is not None and after == before,
-                _LOSER_WRITE_ROW[t],
-                f"A's WRITE after B's PREEMPT: {w}; the block read from B {'is unchanged' if after == before else 'changed'} ({before_status} before)",
-            )
+            _s, before = await _on(b, "read", LBA + 21)
+            await _host_write_refused(
+                c, a, b, LBA + 21, "A-after-losing", before, _LOSER_WRITE_ROW[t],
+                "A after B's PREEMPT (SPC-4 5.13.1: neither holder nor registrant)",
+            )  # fmt: skip
             st = await _on(a, "pr_out", "register-ignore", sa_key=ka)
             c.require(st == "GOOD", "RSPC4-5.13.7-3", f"A registers again: {st}")
             st = await _on(a, "pr_out", "preempt", key=ka, sa_key=kb, pr_type=t)
@@ -3041,11 +3085,7 @@ async def _same_kind_fence(initiator: Any, target: Any, second: _SecondHosts) ->
             await _on(a, "write", LBA + 13, mine)
             await c.observe(o, "A holds, B registered")
             c.event("A fails; B fences A", "B")
-            st = await _on(b, "pr_out", "preempt-abort", key=kb, sa_key=ka, pr_type=WE_RO)
-            c.fact("fenced_with", "PREEMPT AND ABORT")
-            if st == "ILLEGAL REQUEST":  # optional (SPC-4 6.16.2)
-                c.fact("fenced_with", "PREEMPT (PREEMPT AND ABORT refused: ILLEGAL REQUEST)")
-                st = await _on(b, "pr_out", "preempt", key=kb, sa_key=ka, pr_type=WE_RO)
+            st = await _host_fence(c, b, kb, ka)
             c.require(st == "GOOD", "RSPC4-5.13.11.2.5-1", f"B's fence of A: {st}")
             state = await c.observe(o, "A fenced")
             seen_by_a = await _on(a, "keys") or []
@@ -3054,22 +3094,11 @@ async def _same_kind_fence(initiator: Any, target: Any, second: _SecondHosts) ->
                 "RSPC4-5.13.11.2.5-1",
                 f"after the fence the keys are {[hex(k) for k in state.keys]}, A reads {[hex(k) for k in seen_by_a]}: A's key shall be gone",
             )
-            w = await _on(a, "write", LBA + 13, c.pattern("host-A-fenced"))
-            _s, data = await _on(b, "read", LBA + 13)
-            c.require(
-                w != "GOOD" and data == mine,
-                "RSPC4-5.9-6",
-                f"fenced A's WRITE: {w}; the block read by B {'is unchanged' if data == mine else 'changed'}",
-            )
-            theirs = c.pattern("host-B")
-            w = await _on(b, "write", LBA + 13, theirs)
-            _s, data = await _on(b, "read", LBA + 13)
-            c.require(
-                w == "GOOD" and data == theirs,
-                "RSPC4-5.9-6",
-                f"registrant B's WRITE: {w}, read back {'same' if data == theirs else 'different'}",
-                level="SHOULD",
-            )
+            await _host_write_refused(
+                c, a, b, LBA + 13, "host-A-fenced", mine, "RSPC4-5.9-6", "fenced A",
+                conflict=False,
+            )  # fmt: skip
+            await _host_write_lands(c, b, b, LBA + 13, "host-B", "registrant B")
 
 
 @spec(
@@ -3235,11 +3264,7 @@ async def _same_kind_three_nodes(initiator: Any, target: Any, second: _SecondHos
             c.event("B's host resets (sysrq b)", "B")
             reboot = loop.run_in_executor(None, b.driver.reboot, b.session)
         try:
-            st = await _on(a, "pr_out", "preempt-abort", key=k["a"], sa_key=k["b"], pr_type=WE_RO)
-            c.fact("fenced_with", "PREEMPT AND ABORT")
-            if st == "ILLEGAL REQUEST":  # optional (SPC-4 6.16.2)
-                c.fact("fenced_with", "PREEMPT (PREEMPT AND ABORT refused: ILLEGAL REQUEST)")
-                st = await _on(a, "pr_out", "preempt", key=k["a"], sa_key=k["b"], pr_type=WE_RO)
+            st = await _host_fence(c, a, k["a"], k["b"])
             c.require(st == "GOOD", "RSPC4-5.13.11.2.5-1", f"A's fence of B: {st}")
             c.event("A fenced B", "A")
             keys = await _on(cn, "keys") or []
@@ -3249,14 +3274,8 @@ async def _same_kind_three_nodes(initiator: Any, target: Any, second: _SecondHos
                 "RSPC4-5.13.11.2.5-1",
                 f"after A's PREEMPT of B's key C reads keys {[hex(x) for x in keys]}, reservation {held!r}: B's registration alone shall be gone and A's reservation stay as it was (SPC-4 5.13.11.2.5)",
             )
-            again_c = c.pattern("host-C-after-fence")
-            st = await _on(cn, "write", LBA + 26, again_c)
-            _s, data = await _on(a, "read", LBA + 26)
-            c.require(
-                st == "GOOD" and data == again_c,
-                "RSPC4-5.9-6",
-                f"C keeps its access after B was fenced: WRITE {st}, read back by A {'same' if data == again_c else 'different'}",
-                level="SHOULD",
+            await _host_write_lands(
+                c, cn, a, LBA + 26, "host-C-after-fence", "C keeps its access after B was fenced"
             )
             await c.observe(o, "B fenced")
         finally:
@@ -3274,23 +3293,14 @@ async def _same_kind_three_nodes(initiator: Any, target: Any, second: _SecondHos
             "RSPC4-5.13.11.2.5-1",
             f"B back: TEST UNIT READY {tur}, reads keys {[hex(x) for x in keys or []]} (its key shall be gone: fenced)",
         )
-        w = await _on(b, "write", LBA + 25, c.pattern("B-fenced"))
-        _s, data = await _on(a, "read", LBA + 25)
-        c.require(
-            w == "RESERVATION CONFLICT" and data == mine_b,
-            "RSPC4-5.9-6",
-            f"fenced B's WRITE: {w}; the block read by A {'is unchanged' if data == mine_b else 'changed'} (SPC-4 5.13.1: an unregistered nexus's write conflicts under Registrants Only)",
-        )
+        await _host_write_refused(
+            c, b, a, LBA + 25, "B-fenced", mine_b, "RSPC4-5.9-6",
+            "fenced B (SPC-4 5.13.1: an unregistered nexus's write conflicts under Registrants Only)",
+        )  # fmt: skip
         st = await _on(b, "pr_out", "register-ignore", sa_key=k["b"])
         c.event("B rejoins (unfences)", "B")
-        again_b = c.pattern("host-B-back")
-        w = await _on(b, "write", LBA + 25, again_b)
-        _s, data = await _on(a, "read", LBA + 25)
-        c.require(
-            st == "GOOD" and w == "GOOD" and data == again_b,
-            "RSPC4-5.9-6",
-            f"B registered again ({st}), its WRITE {w}, read back by A {'same' if data == again_b else 'different'}",
-            level="SHOULD",
+        await _host_write_lands(
+            c, b, a, LBA + 25, "host-B-back", f"B registered again ({st})", also=st == "GOOD"
         )
         await c.observe(o, "B back, three hosts registered")
 
@@ -3373,13 +3383,5 @@ async def _same_kind_restart(initiator: Any, target: Any, second: _SecondHosts) 
             "RSPC4-5.13.7-3",
             f"bring online: TEST UNIT READY {tur}, REGISTER AND IGNORE EXISTING KEY {st}, A reads keys {[hex(k) for k in keys]}",
         )
-        mine = c.pattern("A-online")
-        w = await _on(a, "write", LBA + 27, mine)
-        _s, data = await _on(b, "read", LBA + 27)
-        c.require(
-            w == "GOOD" and data == mine,
-            "RSPC4-5.9-6",
-            f"A's WRITE once online: {w}; read back by B {'same' if data == mine else 'different'}",
-            level="SHOULD",
-        )
+        await _host_write_lands(c, a, b, LBA + 27, "A-online", "A once online")
         await c.observe(o, "A online again")

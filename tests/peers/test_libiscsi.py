@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -384,6 +386,31 @@ def test_own_suite_survives_a_hang(tmp_path: object) -> None:
     assert sum(c.outcome == "passed" for c in cases) > 100  # the rest still ran
 
 
+@contextlib.contextmanager
+def _libiscsi_beside_reference() -> Iterator[tuple[Any, LibiscsiInitiator]]:
+    """A reference target on this host and libiscsi's container on the host network
+    (skipped where no docker engine answers); both stopped on exit."""
+    from iscsi_conformance.peers.docker_env import DockerEnv, DockerUnavailable, ensure_engine
+    from iscsi_conformance.peers.reference_target import ReferenceTargetDriver
+
+    try:
+        ensure_engine()
+    except DockerUnavailable as exc:
+        pytest.skip(str(exc))
+    target = ReferenceTargetDriver()
+    target.start()
+    try:
+        with DockerEnv() as env:
+            lib = LibiscsiInitiator(mode="container", docker_env=env, network_mode="host")
+            lib.start()
+            try:
+                yield target, lib
+            finally:
+                lib.stop()
+    finally:
+        target.stop()
+
+
 # a peer test only where asked for (tox -e cluster): in CI a skipped peer test is a
 # failure (tests/conftest.py), and the default run leaves this container out
 @(pytest.mark.peer if os.environ.get("ISCSI_CONFORMANCE_CLUSTER_HEAVY") else pytest.mark.slow)
@@ -398,52 +425,31 @@ def test_cluster_node_tool_in_the_container() -> None:
     its key (an unregistered nexus would conflict). B fences A with PREEMPT AND ABORT,
     after which A's key is gone and A's write conflicts. A bad action is one
     ConfigError, and the CHAP secret is never logged."""
-    from iscsi_conformance.peers.docker_env import DockerEnv, DockerUnavailable, ensure_engine
-    from iscsi_conformance.peers.reference_target import ReferenceTargetDriver
-
-    try:
-        ensure_engine()
-    except DockerUnavailable as exc:
-        pytest.skip(str(exc))
-    target = ReferenceTargetDriver()
-    target.start()
-    try:
-        with DockerEnv() as env:
-            lib = LibiscsiInitiator(mode="container", docker_env=env, network_mode="host")
-            lib.start()
-            try:
-                ep = target.configure(TargetSpec(iqn=IQN + ":cluster", chap=CHAP))
-                lun = ep.luns[0] if ep.luns else 0
-                a = lib.node_login(ep, options=LoginOptions(chap=CHAP))
-                b = lib.node_login(ep, options=LoginOptions(chap=CHAP))
-                assert a.ref.isid != b.ref.isid
-                ka, kb = 0xA1A1, 0xB2B2
-                out = lib.persistent_reserve_out(a, lun, "register-ignore", sa_key=ka)
-                assert out.returncode == 0, out
-                out = lib.persistent_reserve_out(a, lun, "reserve", key=ka, prout_type=5)
-                assert out.returncode == 0, out  # a later login, the same nexus: registered
-                assert (
-                    lib.persistent_reserve_out(b, lun, "register-ignore", sa_key=kb).returncode == 0
-                )
-                keys = lib.persistent_reserve_in(b, lun, "read-keys")
-                assert keys.returncode == 0 and "0xa1a1" in keys.text and "0xb2b2" in keys.text
-                out = lib.persistent_reserve_out(
-                    b, lun, "preempt-abort", key=kb, sa_key=ka, prout_type=5
-                )
-                assert out.returncode == 0, out
-                keys = lib.persistent_reserve_in(a, lun, "read-keys")
-                assert "0xa1a1" not in keys.text and "0xb2b2" in keys.text, keys
-                with pytest.raises(SCSIError):
-                    lib.write(a, lun, 8, bytes(512))  # RESERVATION CONFLICT
-                lib.write(b, lun, 8, bytes(512))
-                with pytest.raises(ConfigError):
-                    lib.persistent_reserve_out(a, lun, "bogus")
-                assert lib.test_unit_ready(a, lun).returncode == 0
-                assert CHAP.secret not in repr(lib.log.records)
-            finally:
-                lib.stop()
-    finally:
-        target.stop()
+    with _libiscsi_beside_reference() as (target, lib):
+        ep = target.configure(TargetSpec(iqn=IQN + ":cluster", chap=CHAP))
+        lun = ep.luns[0] if ep.luns else 0
+        a = lib.node_login(ep, options=LoginOptions(chap=CHAP))
+        b = lib.node_login(ep, options=LoginOptions(chap=CHAP))
+        assert a.ref.isid != b.ref.isid
+        ka, kb = 0xA1A1, 0xB2B2
+        out = lib.persistent_reserve_out(a, lun, "register-ignore", sa_key=ka)
+        assert out.returncode == 0, out
+        out = lib.persistent_reserve_out(a, lun, "reserve", key=ka, prout_type=5)
+        assert out.returncode == 0, out  # a later login, the same nexus: registered
+        assert lib.persistent_reserve_out(b, lun, "register-ignore", sa_key=kb).returncode == 0
+        keys = lib.persistent_reserve_in(b, lun, "read-keys")
+        assert keys.returncode == 0 and "0xa1a1" in keys.text and "0xb2b2" in keys.text
+        out = lib.persistent_reserve_out(b, lun, "preempt-abort", key=kb, sa_key=ka, prout_type=5)
+        assert out.returncode == 0, out
+        keys = lib.persistent_reserve_in(a, lun, "read-keys")
+        assert "0xa1a1" not in keys.text and "0xb2b2" in keys.text, keys
+        with pytest.raises(SCSIError):
+            lib.write(a, lun, 8, bytes(512))  # RESERVATION CONFLICT
+        lib.write(b, lun, 8, bytes(512))
+        with pytest.raises(ConfigError):
+            lib.persistent_reserve_out(a, lun, "bogus")
+        assert lib.test_unit_ready(a, lun).returncode == 0
+        assert CHAP.secret not in repr(lib.log.records)
 
 
 @pytest.mark.peer
@@ -455,44 +461,25 @@ def test_held_node_keeps_one_session() -> None:
     the reset's unit attention first, exit 6); a bad line is a usage answer and the
     session goes on; after ``kill()`` the node answers nothing and exits 98; the CHAP
     secret reaches iscsi-pr through the environment and is never in an argv or the log."""
-    from iscsi_conformance.peers.docker_env import DockerEnv, DockerUnavailable, ensure_engine
-    from iscsi_conformance.peers.reference_target import ReferenceTargetDriver
-
-    try:
-        ensure_engine()
-    except DockerUnavailable as exc:
-        pytest.skip(str(exc))
-    target = ReferenceTargetDriver()
-    target.start()
-    try:
-        with DockerEnv() as env:
-            lib = LibiscsiInitiator(mode="container", docker_env=env, network_mode="host")
-            lib.start()
-            try:
-                ep = target.configure(TargetSpec(iqn=IQN + ":held", chap=CHAP))
-                a = lib.held_node(ep, options=LoginOptions(chap=CHAP))
-                b = lib.held_node(
-                    ep, options=LoginOptions(chap=CHAP, initiator_name=SECOND_INITIATOR_NAME)
-                )
-                assert CHAP.secret not in " ".join(a.argv)
-                assert a.command("reserve6").returncode == 0
-                assert b.read(8)[0].returncode == 24  # RESERVATION CONFLICT: A still holds
-                assert a.command("bogus").returncode == 1  # usage; the session goes on
-                assert b.command("release6").returncode == 0  # not the holder: no effect
-                assert b.read(8)[0].returncode == 24
-                assert a.command("release6").returncode == 0
-                res, data = b.read(8)
-                assert res.returncode == 0 and data is not None and len(data) == 512
-                assert a.command("reserve6").returncode == 0
-                reset = b.command("lun-reset")
-                assert reset.returncode == 0 and '"tmf_response": 0' in reset.text, reset
-                assert b.command("tur").returncode == 6  # the reset's unit attention
-                assert b.read(8)[0].returncode == 0  # the reservation went with the reset
-                a.kill()
-                assert a.command("tur").returncode == 98
-                b.close()
-                assert CHAP.secret not in repr(lib.log.records)
-            finally:
-                lib.stop()
-    finally:
-        target.stop()
+    with _libiscsi_beside_reference() as (target, lib):
+        ep = target.configure(TargetSpec(iqn=IQN + ":held", chap=CHAP))
+        a = lib.held_node(ep, options=LoginOptions(chap=CHAP))
+        b = lib.held_node(ep, options=LoginOptions(chap=CHAP, initiator_name=SECOND_INITIATOR_NAME))
+        assert CHAP.secret not in " ".join(a.argv)
+        assert a.command("reserve6").returncode == 0
+        assert b.read(8)[0].returncode == 24  # RESERVATION CONFLICT: A still holds
+        assert a.command("bogus").returncode == 1  # usage; the session goes on
+        assert b.command("release6").returncode == 0  # not the holder: no effect
+        assert b.read(8)[0].returncode == 24
+        assert a.command("release6").returncode == 0
+        res, data = b.read(8)
+        assert res.returncode == 0 and data is not None and len(data) == 512
+        assert a.command("reserve6").returncode == 0
+        reset = b.command("lun-reset")
+        assert reset.returncode == 0 and '"tmf_response": 0' in reset.text, reset
+        assert b.command("tur").returncode == 6  # the reset's unit attention
+        assert b.read(8)[0].returncode == 0  # the reservation went with the reset
+        a.kill()
+        assert a.command("tur").returncode == 98
+        b.close()
+        assert CHAP.secret not in repr(lib.log.records)

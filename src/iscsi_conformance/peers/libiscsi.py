@@ -692,11 +692,10 @@ class LibiscsiInitiator(InitiatorDriver):
         when built and put on PATH by hand)."""
         return self.mode == "container" or shutil.which(PR_TOOL) is not None
 
-    def node_login(
-        self, endpoint: TargetEndpoint, *, options: LoginOptions = NO_OPTIONS
-    ) -> SessionHandle:
-        """Log in as a cluster node: a new random ISID (a new I_T nexus, as a restarted
-        host gets), kept for every later command of the session (``iscsi-pr -I``)."""
+    def _node_session(
+        self, endpoint: TargetEndpoint, options: LoginOptions
+    ) -> tuple[LibiscsiSession, int]:
+        """A cluster node's session (a new random ISID: a new I_T nexus) and its LUN."""
         if not self.has_pr_tool():
             raise ConfigError(
                 f"{PR_TOOL} is only in libiscsi's container image (initiators/libiscsi/iscsi_pr.c); use mode='container'",
@@ -705,7 +704,14 @@ class LibiscsiInitiator(InitiatorDriver):
         s = dataclasses.replace(
             self.session_for(endpoint, options), isid=f"80{secrets.randbits(40):010x}"
         )
-        lun = endpoint.luns[0] if endpoint.luns else 0
+        return s, endpoint.luns[0] if endpoint.luns else 0
+
+    def node_login(
+        self, endpoint: TargetEndpoint, *, options: LoginOptions = NO_OPTIONS
+    ) -> SessionHandle:
+        """Log in as a cluster node: a new random ISID (a new I_T nexus, as a restarted
+        host gets), kept for every later command of the session (``iscsi-pr -I``)."""
+        s, lun = self._node_session(endpoint, options)
         res = self._pr_tool(s, lun, "tur")
         if res.returncode == 90:
             raise classify_login_failure(res.text)
@@ -717,15 +723,7 @@ class LibiscsiInitiator(InitiatorDriver):
         """A cluster node that holds its session (``iscsi-pr ... serve``: one login, one
         connection, one I_T nexus, until ``close()``): what a SCSI-2 reservation needs,
         which ends with the nexus that took it. A new random ISID, as ``node_login``."""
-        if not self.has_pr_tool():
-            raise ConfigError(
-                f"{PR_TOOL} is only in libiscsi's container image (initiators/libiscsi/iscsi_pr.c); use mode='container'",
-                field="mode",
-            )
-        s = dataclasses.replace(
-            self.session_for(endpoint, options), isid=f"80{secrets.randbits(40):010x}"
-        )
-        lun = endpoint.luns[0] if endpoint.luns else 0
+        s, lun = self._node_session(endpoint, options)
         argv = [PR_TOOL, s.url(lun), "-i", s.initiator_name, "-I", s.isid or "", "serve"]
         env = dict(s.env)
         if self.mode == "container":
