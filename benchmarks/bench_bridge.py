@@ -131,6 +131,12 @@ fixed at 256 KiB or 1 MiB (which turns the kernel's autotuning off: 3.9 MB for t
 send buffer here) neutral to worse. TCP_NODELAY is on already: asyncio sets it on its
 TCP transports, and the relay's descriptors are duplicates of theirs.
 
+Session 9 (2026-12-08, idle machine, load 1.7 to 2.3): ``--depth 8`` 0.82, 0.89, 0.86
+and 0.72 / 0.91 in two runs with the bridge's ``sys.setswitchinterval(0.0002)`` (no
+effect beyond the noise; dropped); ``--depth 32`` 0.85. The direct path is saturated at
+depth 8 already (215 MB/s direct median, 199 at depth 32), so the depth is no lever
+either. The bridge's CPU: 1.16 ms/MB user + 0.92 system at depth 8.
+
     python benchmarks/bench_bridge.py
 """
 
