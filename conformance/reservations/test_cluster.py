@@ -1797,6 +1797,17 @@ async def test_three_nodes(target: Any) -> None:
 
 
 # ====================================================================== mixed nodes
+def _record_command(c: Cluster, node: str, what: str, status: str) -> None:
+    """A third-party node's command into the scenario's sequence and timeline."""
+    c._line(node, f"{what} -> {status}")
+    c.events.append({"t": c._t(), "node": node, "kind": "command", "what": what, "status": status})
+
+
+def _listed_keys(text: str) -> list[int]:
+    """The keys a READ KEYS printed, one ``    0x...`` line each (sg_persist, iscsi-pr)."""
+    return [int(k, 16) for k in re.findall(r"^\s+(0x[0-9a-fA-F]+)\s*$", text, re.M)]
+
+
 class ThirdPartyNode:
     """A cluster node that is a third-party initiator, driven through its driver's
     persistent reservation tools (open-iscsi: ``sg_persist`` and ``dd`` over the
@@ -1822,10 +1833,7 @@ class ThirdPartyNode:
         return status
 
     def _record(self, what: str, status: str) -> None:
-        self.c._line(self.name, f"{what} -> {status}")
-        self.c.events.append(
-            {"t": self.c._t(), "node": self.name, "kind": "command", "what": what, "status": status}
-        )
+        _record_command(self.c, self.name, what, status)
 
     def pr_out(self, action: str, *, key: int = 0, sa_key: int = 0, pr_type: int = 0) -> str:
         """``sg_persist --out`` / ``iscsi-pr out``: GOOD, RESERVATION CONFLICT (exit 24)
@@ -1869,7 +1877,7 @@ class ThirdPartyNode:
         if res.returncode != 0:
             self._record(f"{self.tool} --in --read-keys", f"exit {res.returncode}")
             return None
-        keys = [int(k, 16) for k in re.findall(r"^\s+(0x[0-9a-fA-F]+)\s*$", res.text, re.M)]
+        keys = _listed_keys(res.text)
         self._record(f"{self.tool} --in --read-keys", f"{[hex(k) for k in keys]}")
         return keys
 
@@ -2520,10 +2528,7 @@ class HostNode:
 
     # ------------------------------------------------------------------ recording
     def _record(self, what: str, status: str) -> None:
-        self.c._line(self.name, f"{what} -> {status}")
-        self.c.events.append(
-            {"t": self.c._t(), "node": self.name, "kind": "command", "what": what, "status": status}
-        )
+        _record_command(self.c, self.name, what, status)
 
     @staticmethod
     def _word(code: int, text: str) -> str:
@@ -2566,7 +2571,7 @@ class HostNode:
         if status != "GOOD":
             return None, None
         gen = re.search(r"PR generation=0x([0-9a-fA-F]+)", text)
-        keys = [int(k, 16) for k in re.findall(r"^\s+(0x[0-9a-fA-F]+)\s*$", text, re.M)]
+        keys = _listed_keys(text)
         self.c._line(
             self.name, f"  keys {[hex(k) for k in keys]}, generation {gen and int(gen[1], 16)}"
         )
@@ -2847,6 +2852,22 @@ async def _on(node: HostNode, method: str, *args: Any, **kw: Any) -> Any:
 SAME_KIND_NEEDS = (*PR, "initiator:persistent_reservations")
 
 
+def _run_same_kind(scenario: Any, initiator: Any, target: Any, second: _SecondHosts) -> None:
+    """A same-kind scenario where the pairing's initiator can be its hosts, under
+    HEAVY_TIMEOUT (a plain test function: a micro-VM boot may take longer than a
+    test's usual bound)."""
+    _same_kind_skip(initiator)
+    asyncio.run(asyncio.wait_for(scenario(initiator, target, second), HEAVY_TIMEOUT))
+
+
+async def _hosts_register(c: Cluster, *nodes: tuple[HostNode, int]) -> None:
+    """Each host registers its key (REGISTER AND IGNORE EXISTING KEY), which must be GOOD."""
+    __tracebackhide__ = True  # a failure points at the scenario's line
+    for n, key in nodes:
+        st = await _on(n, "pr_out", "register-ignore", sa_key=key)
+        c.require(st == "GOOD", "RSPC4-5.13.7-3", f"{n.name} registers: {st}")
+
+
 async def _host_reserve(c: Cluster, node: HostNode, key: int) -> int:
     """A Windows node's RESERVE, in the order of WINDOWS_TYPES until one is taken."""
     for t in WINDOWS_TYPES:
@@ -2861,7 +2882,9 @@ async def _host_reserve(c: Cluster, node: HostNode, key: int) -> int:
 async def _host_fence(c: Cluster, survivor: HostNode, key: int, victim_key: int) -> str:
     """fence_scsi's fence from a host: PREEMPT AND ABORT of the victim's key, PREEMPT
     where refused (optional, SPC-4 6.16.2), recorded as the fact "fenced_with"."""
-    st = await _on(survivor, "pr_out", "preempt-abort", key=key, sa_key=victim_key, pr_type=WE_RO)
+    st: str = await _on(
+        survivor, "pr_out", "preempt-abort", key=key, sa_key=victim_key, pr_type=WE_RO
+    )
     c.fact("fenced_with", "PREEMPT AND ABORT")
     if st == "ILLEGAL REQUEST":
         c.fact("fenced_with", "PREEMPT (PREEMPT AND ABORT refused: ILLEGAL REQUEST)")
@@ -2931,20 +2954,15 @@ def test_same_kind_windows(initiator: Any, target: Any, second_hosts: _SecondHos
     both PREEMPT each other at once and exactly one wins (SPC-4 5.13.11.2.4.3: a
     PREEMPT is one uninterrupted series of actions); release, clear, and unregistering
     with a zero key, which releases a holder's reservation (SPC-4 5.13.11.2.3)."""
-    asyncio.run(
-        asyncio.wait_for(_same_kind_windows(initiator, target, second_hosts), HEAVY_TIMEOUT)
-    )
+    _run_same_kind(_same_kind_windows, initiator, target, second_hosts)
 
 
 async def _same_kind_windows(initiator: Any, target: Any, second: _SecondHosts) -> None:
-    _same_kind_skip(initiator)
     ka, kb = node_key(CLUSTER_NAME, "win-a"), node_key(CLUSTER_NAME, "win-b")
     async with cluster(target, f"same-kind-windows-{initiator.name}") as c:
         o = await c.join("observer")
         async with hosts(c, initiator, target, second) as (a, b):
-            for n, k in ((a, ka), (b, kb)):
-                st = await _on(n, "pr_out", "register-ignore", sa_key=k)
-                c.require(st == "GOOD", "RSPC4-5.13.7-3", f"{n.name} registers: {st}")
+            await _hosts_register(c, (a, ka), (b, kb))
             t = await _host_reserve(c, a, ka)
             keys = await _on(b, "keys")
             c.require(
@@ -3066,11 +3084,10 @@ def test_same_kind_fence_scsi(initiator: Any, target: Any, second_hosts: _Second
     A's key is gone in A's own view, A's WRITE does not land (read back by B), and B, a
     registrant, writes. A reference session only reads the state for the timeline
     (PERSISTENT RESERVE IN needs no registration)."""
-    asyncio.run(asyncio.wait_for(_same_kind_fence(initiator, target, second_hosts), HEAVY_TIMEOUT))
+    _run_same_kind(_same_kind_fence, initiator, target, second_hosts)
 
 
 async def _same_kind_fence(initiator: Any, target: Any, second: _SecondHosts) -> None:
-    _same_kind_skip(initiator)
     ka, kb = node_key(CLUSTER_NAME, "host-a"), node_key(CLUSTER_NAME, "host-b")
     async with cluster(target, f"same-kind-fence-scsi-{initiator.name}") as c:
         o = await c.join("observer")
@@ -3117,11 +3134,10 @@ def test_same_kind_scsi2(initiator: Any, target: Any, second_hosts: _SecondHosts
     frees the LU, B reads; A reserves again and B's LOGICAL UNIT RESET (open-iscsi:
     sg_reset --device, which the kernel sends as that TMF; libiscsi: its TMF call)
     releases it (SAM-2 5.9.7 through RFC 7143 11.5.1): B reads again."""
-    asyncio.run(asyncio.wait_for(_same_kind_scsi2(initiator, target, second_hosts), HEAVY_TIMEOUT))
+    _run_same_kind(_same_kind_scsi2, initiator, target, second_hosts)
 
 
 async def _same_kind_scsi2(initiator: Any, target: Any, second: _SecondHosts) -> None:
-    _same_kind_skip(initiator)
     async with (
         cluster(target, f"same-kind-scsi2-{initiator.name}") as c,
         hosts(c, initiator, target, second) as (a, b),
@@ -3168,13 +3184,10 @@ def test_same_kind_generation(initiator: Any, target: Any, second_hosts: _Second
     """PRgeneration through a failover between two hosts of the pairing's initiator, as
     each host reads it: REGISTER, PREEMPT and CLEAR increment it, RESERVE and RELEASE
     leave it (SPC-4 6.16.2 table 213)."""
-    asyncio.run(
-        asyncio.wait_for(_same_kind_generation(initiator, target, second_hosts), HEAVY_TIMEOUT)
-    )
+    _run_same_kind(_same_kind_generation, initiator, target, second_hosts)
 
 
 async def _same_kind_generation(initiator: Any, target: Any, second: _SecondHosts) -> None:
-    _same_kind_skip(initiator)
     ka, kb = node_key(CLUSTER_NAME, "gen-a"), node_key(CLUSTER_NAME, "gen-b")
     async with (
         cluster(target, f"same-kind-generation-{initiator.name}") as c,
@@ -3224,13 +3237,10 @@ def test_same_kind_three_nodes(initiator: Any, target: Any, second_hosts: _Secon
     AND IGNORE EXISTING KEY it writes again. With open-iscsi: three micro-VMs (node C's
     booted once per module, as B's) and a reboot of B's (21 to 23 s a target in CI),
     heavy: ISCSI_CONFORMANCE_CLUSTER_HEAVY=1 runs it; libiscsi pairings always."""
-    asyncio.run(
-        asyncio.wait_for(_same_kind_three_nodes(initiator, target, second_hosts), HEAVY_TIMEOUT)
-    )
+    _run_same_kind(_same_kind_three_nodes, initiator, target, second_hosts)
 
 
 async def _same_kind_three_nodes(initiator: Any, target: Any, second: _SecondHosts) -> None:
-    _same_kind_skip(initiator)
     if not hasattr(initiator.driver, "held_node") and not os.environ.get(ENV_HEAVY):
         pytest.skip(
             f"a third open-iscsi micro-VM and a reboot of the second: {ENV_HEAVY}=1 (tox -e "
@@ -3243,9 +3253,7 @@ async def _same_kind_three_nodes(initiator: Any, target: Any, second: _SecondHos
         hosts(c, initiator, target, second, ("A", "B", "C")) as (a, b, cn),
     ):
         o = await c.join("observer")
-        for n, key in ((a, k["a"]), (b, k["b"]), (cn, k["c"])):
-            st = await _on(n, "pr_out", "register-ignore", sa_key=key)
-            c.require(st == "GOOD", "RSPC4-5.13.7-3", f"{n.name} registers: {st}")
+        await _hosts_register(c, (a, k["a"]), (b, k["b"]), (cn, k["c"]))
         st = await _on(a, "pr_out", "reserve", key=k["a"], pr_type=WE_RO)
         c.require(st == "GOOD", "RSPC4-5.9-3", f"A reserves WE-RO: {st}")
         mine_b, mine_c = c.pattern("host-B"), c.pattern("host-C")
@@ -3325,13 +3333,10 @@ def test_same_kind_restart(initiator: Any, target: Any, second_hosts: _SecondHos
     conflicts until it registers (SPC-4 5.13.1: that nexus is not registered); REGISTER
     AND IGNORE EXISTING KEY (fence_scsi's unfence at boot), its key read back, and a
     WRITE read back by B."""
-    asyncio.run(
-        asyncio.wait_for(_same_kind_restart(initiator, target, second_hosts), HEAVY_TIMEOUT)
-    )
+    _run_same_kind(_same_kind_restart, initiator, target, second_hosts)
 
 
 async def _same_kind_restart(initiator: Any, target: Any, second: _SecondHosts) -> None:
-    _same_kind_skip(initiator)
     ka, kb = node_key(CLUSTER_NAME, "restart-a"), node_key(CLUSTER_NAME, "restart-b")
     loop = asyncio.get_running_loop()
     async with (
@@ -3339,9 +3344,7 @@ async def _same_kind_restart(initiator: Any, target: Any, second: _SecondHosts) 
         hosts(c, initiator, target, second) as (a, b),
     ):
         o = await c.join("observer")
-        for n, key in ((a, ka), (b, kb)):
-            st = await _on(n, "pr_out", "register-ignore", sa_key=key)
-            c.require(st == "GOOD", "RSPC4-5.13.7-3", f"{n.name} registers: {st}")
+        await _hosts_register(c, (a, ka), (b, kb))
         st = await _on(a, "pr_out", "reserve", key=ka, pr_type=WE_RO)
         c.require(st == "GOOD", "RSPC4-5.9-3", f"A reserves WE-RO: {st}")
         await c.observe(o, "A holds, B registered")

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import queue
 import re
 import secrets
@@ -955,8 +956,6 @@ class HeldNode:
         self._lines: queue.Queue[str | None] = queue.Queue()
 
     def open(self) -> None:
-        import os
-
         self._opened = time.monotonic()
         self.driver.log.secrets.update(v for k, v in self.env.items() if "PASSWORD" in k)
         self.proc = subprocess.Popen(
